@@ -1,0 +1,3 @@
+from influx_backupd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""The run record: one per backup run, written even when the run fails.
+
+Everything after a job (catalog, logs, metrics, hooks, retention) reads this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+Mode = Literal["cold", "hot"]
+Status = Literal["running", "ok", "failed", "interrupted"]
+Kind = Literal["full", "incremental"]
+
+STATUSES: tuple[Status, ...] = ("running", "ok", "failed", "interrupted")
+
+
+def new_run_id(now: float | None = None) -> str:
+    """Sortable by time, unique enough for one host: 20261126T122754Z-3f9a."""
+    stamp = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
+    return stamp.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
+@dataclass
+class RunRecord:
+    id: str
+    job: str
+    mode: Mode
+    status: Status = "running"
+    started_at: float = 0.0  # epoch seconds, UTC
+    finished_at: float | None = None
+    archive: str | None = None  # absolute path: a file (cold, 0.9 hot) or a directory (1.x hot)
+    bytes: int = 0
+    files: int = 0
+    sha256: str | None = None
+    # downtime phases, seconds; None when the phase did not happen
+    stop_s: float | None = None
+    copy_s: float | None = None
+    start_s: float | None = None
+    downtime_s: float | None = None
+    prestage_s: float | None = None
+    archive_s: float | None = None
+    window_bytes: int | None = None  # bytes copied while influxd was stopped
+    error: str | None = None
+    # hot backups: a chain is a full and its increments, kept or deleted as one unit
+    kind: Kind = "full"
+    chain_id: str | None = None
+    parent_id: str | None = None
+    since: str | None = None  # RFC3339 -since used for an incremental
+    # per-database figures taken at backup time, for restore tests: {db: points}
+    db_counts: dict[str, int] | None = None
+    verify_status: Literal["ok", "failed"] | None = None
+    verified_at: float | None = None
+    verify_detail: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
