@@ -1,0 +1,82 @@
+"""Run records on disk: SQLite in state_dir, one row per run, the record as JSON.
+
+SQLite's journal makes every save atomic and crash-safe; readers (list, status) never need the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+from influx_backupd.record import RunRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    job TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_job_started ON runs (job, started_at);
+"""
+
+
+class Catalog:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "catalog.db"
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(self.path, timeout=30)) as conn:
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            with conn:
+                yield conn
+
+    def save(self, record: RunRecord) -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO runs (id, job, status, started_at, record) VALUES (?,?,?,?,?)",
+                (
+                    record.id,
+                    record.job,
+                    record.status,
+                    record.started_at,
+                    json.dumps(record.to_dict(), sort_keys=True),
+                ),
+            )
+
+    def get(self, run_id: str) -> RunRecord | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT record FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return RunRecord.from_dict(json.loads(row[0])) if row else None
+
+    def find_by_archive(self, archive: Path) -> RunRecord | None:
+        wanted = str(archive.resolve())
+        for record in self.list():
+            if record.archive and str(Path(record.archive).resolve()) == wanted:
+                return record
+        return None
+
+    def list(self, job: str | None = None) -> list[RunRecord]:
+        """Oldest first."""
+        with self._connect() as conn:
+            if job is None:
+                rows = conn.execute("SELECT record FROM runs ORDER BY started_at, id").fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT record FROM runs WHERE job = ? ORDER BY started_at, id", (job,)
+                ).fetchall()
+        return [RunRecord.from_dict(json.loads(row[0])) for row in rows]
+
+    def delete(self, run_id: str) -> None:
+        with self._connect() as conn:
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def exists(self) -> bool:
+        return self.path.exists()

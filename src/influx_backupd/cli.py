@@ -1,0 +1,247 @@
+"""Command line: parse, load config, call one action, print, exit with a defined status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from influx_backupd import __version__, log
+from influx_backupd.cold import Interrupted
+from influx_backupd.config import Config, ConfigError, load, resolve_path
+from influx_backupd.influxd import InfluxdError
+from influx_backupd.record import RunRecord
+from influx_backupd.state import Busy
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_CONFIG = 0, 1, 2, 75, 78
+
+
+class UsageError(Exception):
+    pass
+
+
+def _fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _fmt_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def _fmt_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def print_record(record: RunRecord, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record.to_dict(), sort_keys=False))
+        return
+    print(f"run {record.id}  job={record.job}  mode={record.mode}  status={record.status}")
+    if record.archive:
+        print(f"  archive   {record.archive}")
+        print(f"  size      {_fmt_bytes(record.bytes)} in {record.files} files, sha256 {record.sha256}")
+    print(
+        f"  downtime  {_fmt_s(record.downtime_s)} = stop {_fmt_s(record.stop_s)}"
+        f" + copy {_fmt_s(record.copy_s)} + start {_fmt_s(record.start_s)}"
+    )
+    if record.error:
+        print(f"  error     {record.error}")
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
+    s = config.settings
+    plan: dict[str, Any] = {
+        "config": str(config.path),
+        "influxdb_conf": str(config.server.conf),
+        "dirs": {k: str(v) for k, v in config.server.dirs().items()},
+        "url": config.url,
+        "backup_host": config.backup_host,
+        "control": {"service": s.influxd.service}
+        if s.influxd.service
+        else {"command": s.influxd.command, "pidfile": str(s.influxd.pidfile) if s.influxd.pidfile else None},
+        "state_dir": str(config.state_dir),
+        "storage_dir": str(config.storage_dir),
+        "jobs": [j.model_dump(exclude_none=True) for j in s.job],
+    }
+    if args.json:
+        print(json.dumps(plan, indent=2, default=str))
+        return EXIT_OK
+    print(f"{config.path}: ok")
+    print(f"  influxdb.conf  {plan['influxdb_conf']}")
+    for name, path in plan["dirs"].items():
+        exists = "" if config.server.dirs()[name].is_dir() else "  (does not exist yet)"
+        print(f"  {name + ' dir':<14} {path}{exists}")
+    print(f"  ready check    {config.url}/ping")
+    print(f"  snapshot host  {config.backup_host}")
+    ctl = plan["control"]
+    print("  control        " + (f"systemctl, unit {ctl['service']}" if "service" in ctl else f"signals, start with {ctl['command']}"))
+    print(f"  state dir      {config.state_dir}")
+    print(f"  archives       {config.storage_dir}")
+    if not s.job:
+        print("  jobs           none ([[job]] tables)")
+    for job in s.job:
+        when = f"cron '{job.schedule}'" if job.schedule else (f"every {job.every:g}s" if job.every else "manual only")
+        print(f"  job {job.name:<10} mode={job.mode} {when}")
+    return EXIT_OK
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def cmd_backup(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.cold import run_cold
+    from influx_backupd.guard import exclusive
+
+    job = config.job(args.job)
+    mode = args.mode or job.mode
+    if mode != "cold":
+        raise UsageError(f"mode {mode!r} is not available in this version; use --mode cold")
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)
+    with exclusive(config) as catalog:
+        record = run_cold(config, job, catalog)
+    print_record(record, args.json)
+    return EXIT_OK if record.ok else EXIT_FAILED
+
+
+def cmd_list(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.catalog import Catalog
+
+    records = Catalog(config.state_dir).list(job=args.job)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records]))
+        return EXIT_OK
+    if not records:
+        print("no backups yet")
+        return EXIT_OK
+    print(f"{'ID':<22} {'JOB':<10} {'MODE':<5} {'STATUS':<11} {'STARTED':<21} {'SIZE':>10} {'DOWNTIME':>9}  ARCHIVE")
+    for r in records:
+        print(
+            f"{r.id:<22} {r.job:<10} {r.mode:<5} {r.status:<11} {_fmt_time(r.started_at):<21} "
+            f"{_fmt_bytes(r.bytes):>10} {_fmt_s(r.downtime_s):>9}  {r.archive or '-'}"
+        )
+    return EXIT_OK
+
+
+def cmd_restore(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.guard import exclusive
+    from influx_backupd.restore import RestoreFailed, RestoreRefused, restore_cold
+
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("restore replaces the live data of influxd; pass --yes to confirm")
+        answer = input(f"Replace influxd's data with {args.backup}? influxd will be stopped. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing done")
+            return EXIT_USAGE
+    with exclusive(config) as catalog:
+        try:
+            result = restore_cold(config, catalog, args.backup)
+        except RestoreRefused as exc:
+            print(f"influx-backupd: restore refused, nothing touched: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except RestoreFailed as exc:
+            print(f"influx-backupd: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    if args.json:
+        print(json.dumps(result.__dict__))
+        return EXIT_OK
+    print(f"restored {result.archive} ({result.files} files); influxd is running")
+    print(f"  downtime {_fmt_s(result.downtime_s)} = stop {_fmt_s(result.stop_s)} + swap {_fmt_s(result.swap_s)} + start {_fmt_s(result.start_s)}")
+    if result.rollback_dirs:
+        print("  the previous data was kept in:")
+        for path in result.rollback_dirs:
+            print(f"    {path}")
+        print("  once satisfied, remove it with: rm -rf " + " ".join(result.rollback_dirs))
+    return EXIT_OK
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        "-c",
+        default=argparse.SUPPRESS,
+        help="config file (default: $INFLUX_BACKUPD_CONFIG or /etc/influx-backupd/config.toml)",
+    )
+    common.add_argument("--log-level", choices=log.LEVELS, default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="influx-backupd",
+        description="File-level backups of InfluxDB with measured downtime.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check-config", parents=[common], help="validate the config and print the plan")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("backup", parents=[common], help="run one backup now, in the foreground")
+    p.add_argument("--job", help="job name (default: the first [[job]])")
+    p.add_argument("--mode", choices=("cold", "hot", "auto"), help="override the job's mode")
+    p.add_argument("--json", action="store_true", help="print the run record as one JSON object")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("list", parents=[common], help="list the catalog of runs")
+    p.add_argument("--job")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("restore", parents=[common], help="restore a backup (catalog id or archive path)")
+    p.add_argument("backup", metavar="BACKUP")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_restore)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log.configure(level=getattr(args, "log_level", "info"))
+    func: Callable[[Config, argparse.Namespace], int] = args.func
+    path = resolve_path(getattr(args, "config", None))
+    try:
+        config = load(path)
+        return func(config, args)
+    except ConfigError as exc:
+        print(f"influx-backupd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except UsageError as exc:
+        print(f"influx-backupd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Busy as exc:
+        print(f"influx-backupd: busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except InfluxdError as exc:
+        print(f"influx-backupd: influxd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Interrupted as exc:
+        print(f"influx-backupd: interrupted by {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""The cold job: stop influxd, tar its meta, data and wal dirs plus influxdb.conf, start it again.
+
+Every phase of the downtime is measured. influxd is started again whatever happens in between:
+exceptions and signals alike (signals are blocked while it starts), and a crash marker covers
+SIGKILL and power loss.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from influx_backupd import log
+from influx_backupd.archive import ArchiveError, check_written, write_archive
+from influx_backupd.catalog import Catalog
+from influx_backupd.config import Config, JobSection
+from influx_backupd.influxd import Influxd, InfluxdError
+from influx_backupd.record import RunRecord, new_run_id
+from influx_backupd.state import CrashMarker
+
+SPACE_MARGIN = 1.02  # tar headers and padding, plus slack for files that grow before the stop
+SPACE_RESERVE = 64 << 20
+_SHIELDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+class Interrupted(BaseException):
+    """A signal asked us to stop; raised in the main thread so `finally` restarts influxd."""
+
+
+class JobFailed(Exception):
+    pass
+
+
+@contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT/SIGHUP while influxd is being started; they are delivered afterwards."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SHIELDED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def tree_size(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except FileNotFoundError:
+                continue  # compaction removed it while we looked
+    return total
+
+
+def archive_name(job: str, run_id: str) -> str:
+    return f"{job}-{run_id}.tar"
+
+
+class _Progress:
+    """A progress event every few seconds during long archive writes: bytes, rate, ETA."""
+
+    def __init__(self, total: int, logger: log.structlog.typing.FilteringBoundLogger) -> None:
+        self.total = total
+        self.done = 0
+        self.started = self.last = time.monotonic()
+        self.logger = logger
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= 5.0:
+            self.last = now
+            rate = self.done / max(now - self.started, 1e-6)
+            eta = (self.total - self.done) / rate if rate > 0 else None
+            self.logger.info(
+                "archive.progress",
+                bytes=self.done,
+                total=self.total,
+                rate_bytes_s=round(rate),
+                eta_s=round(eta, 1) if eta is not None else None,
+            )
+
+
+def run_cold(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
+    """One cold backup; always returns its record (saved in the catalog), ok or not."""
+    record = RunRecord(id=new_run_id(), job=job.name, mode="cold", started_at=time.time())
+    logger = log.get(run_id=record.id, job=job.name, mode="cold")
+    catalog.save(record)
+    logger.info("run.started", phase="preflight")
+    try:
+        _cold(config, record, logger)
+    except (JobFailed, InfluxdError, ArchiveError, OSError) as exc:
+        record.status = "failed"
+        record.error = str(exc)
+    except Interrupted as exc:
+        record.status = "interrupted"
+        record.error = f"interrupted by {exc}"
+    finally:
+        if record.status == "running":
+            record.status = "failed"
+            record.error = record.error or "unexpected error"
+        record.finished_at = time.time()
+        catalog.save(record)
+        event = logger.info if record.ok else logger.error
+        event("run.finished", phase="done", record=record.to_dict())
+    return record
+
+
+def _cold(config: Config, record: RunRecord, logger: log.structlog.typing.FilteringBoundLogger) -> None:
+    server = Influxd(config)
+    dirs = config.server.dirs()
+    for prefix, path in dirs.items():
+        if not path.is_dir():
+            raise JobFailed(f"{prefix} dir {path} (from {config.server.conf}) does not exist")
+    storage = config.storage_dir
+    storage.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # Refuse before stopping anything when the archive cannot fit.
+    predicted = sum(tree_size(p) for p in dirs.values()) + config.server.conf.stat().st_size
+    free = shutil.disk_usage(storage).free
+    needed = int(predicted * SPACE_MARGIN) + SPACE_RESERVE
+    if free < needed:
+        raise JobFailed(
+            f"not enough space in {storage}: need about {needed} bytes, {free} free; influxd not stopped"
+        )
+
+    proc = server.locate()
+    if proc is None or not server.ping():
+        raise JobFailed(
+            f"influxd is not running (no process for {config.server.conf} answering {config.url}/ping); "
+            "a cold backup stops and restarts a running server"
+        )
+    marker = CrashMarker(config.state_dir)
+    dest = storage / archive_name(record.job, record.id)
+    sources: list[tuple[str, Path]] = [*dirs.items(), ("influxdb.conf", config.server.conf)]
+
+    marker.write(record.id, job=record.job)
+    t_stop = time.monotonic()
+    stopped = False
+    try:
+        logger.info("influxd.stopping", phase="stop", pid=proc.pid)
+        try:
+            server.stop()
+        except InfluxdError as exc:
+            # Still running: nothing was copied, nothing to restart.
+            if server.locate() is not None:
+                marker.clear()
+            else:
+                stopped = True
+            raise JobFailed(str(exc)) from None
+        stopped = True
+        t_copy = time.monotonic()
+        record.stop_s = t_copy - t_stop
+        logger.info("influxd.stopped", phase="stop", stop_s=round(record.stop_s, 3))
+
+        holders = server.holders(dirs.values())
+        if holders:
+            raise JobFailed("files still in use after the stop: " + "; ".join(map(str, holders)))
+
+        logger.info("archive.writing", phase="copy", path=str(dest), predicted_bytes=predicted)
+        result = write_archive(dest, sources, progress=_Progress(predicted, logger))
+        record.copy_s = time.monotonic() - t_copy
+        record.window_bytes = result.bytes
+        record.archive, record.bytes, record.files = str(dest), result.bytes, result.files
+        record.sha256 = result.sha256
+    finally:
+        if stopped:
+            with signals_blocked():
+                t_start = time.monotonic()
+                logger.info("influxd.starting", phase="start")
+                server.start(log_path=config.state_dir / "influxd.log")
+                now = time.monotonic()
+                record.start_s = now - t_start
+                record.downtime_s = now - t_stop
+                marker.clear()
+                logger.info(
+                    "influxd.ready",
+                    phase="start",
+                    start_s=round(record.start_s, 3),
+                    downtime_s=round(record.downtime_s, 3),
+                )
+
+    # ok only once the output is checked, never on "no exception" alone
+    check_written(result)
+    record.status = "ok"

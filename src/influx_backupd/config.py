@@ -1,0 +1,291 @@
+"""Configuration: TOML loaded with tomllib, validated by pydantic, errors as one line with a key path.
+
+The server's directories are read from its own influxdb.conf so the operator never repeats them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG_PATH = Path("/etc/influx-backupd/config.toml")
+CONFIG_ENV = "INFLUX_BACKUPD_CONFIG"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """A user's configuration mistake: printed as one line, exit status 78."""
+
+
+def parse_duration(value: object) -> float:
+    """'90s', '5m', '2h', '7d' or a number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration like 90s, 5m, 2h or 7d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+    else:
+        raise ValueError(f"must be a duration like 90s, 5m, 2h or 7d, not {value!r}")
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonSection(_Strict):
+    state_dir: Path = Path("/var/lib/influx-backupd")
+    metrics_file: Path | None = None
+
+
+class InfluxdSection(_Strict):
+    config: Path = Path("/etc/influxdb/influxdb.conf")
+    service: str | None = None
+    command: list[str] | None = None
+    pidfile: Path | None = None
+    binary: Path = Path("/usr/bin/influxd")
+    url: str | None = None  # default: from influxdb.conf [http] bind-address
+    backup_host: str | None = None  # default: from influxdb.conf bind-address
+    user: str = "influxdb"
+    group: str = "influxdb"
+    stop_timeout: Duration = 90.0
+    start_timeout: Duration = 120.0
+
+    @model_validator(mode="after")
+    def _one_way_to_start(self) -> InfluxdSection:
+        if self.service and self.command:
+            raise ValueError("set either service or command, not both")
+        if not self.service and not self.command:
+            raise ValueError(
+                "set service (a systemd unit, e.g. influxdb.service) or command "
+                "(the argv that starts influxd)"
+            )
+        if self.command is not None and not self.command[0]:
+            raise ValueError("command must start with the influxd executable")
+        return self
+
+
+class StorageSection(_Strict):
+    dir: Path
+
+
+def _job_name(value: object) -> object:
+    if isinstance(value, str) and not _JOB_NAME.match(value):
+        raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter/digit")
+    return value
+
+
+class JobSection(_Strict):
+    name: Annotated[str, BeforeValidator(_job_name)]
+    schedule: str | None = None
+    every: Duration | None = None
+    mode: Literal["cold", "hot", "auto"] = "cold"
+    keep_last: int = Field(default=0, ge=0)
+    keep_hourly: int = Field(default=0, ge=0)
+    keep_daily: int = Field(default=0, ge=0)
+    keep_weekly: int = Field(default=0, ge=0)
+    keep_monthly: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _schedule_or_every(self) -> JobSection:
+        if self.schedule is not None and self.every is not None:
+            raise ValueError("set either schedule or every, not both")
+        if self.schedule is not None and len(self.schedule.split()) != 5:
+            raise ValueError(
+                f"schedule must be a 5-field crontab string like '0 3 * * *', not {self.schedule!r}"
+            )
+        if self.every is not None and self.every <= 0:
+            raise ValueError("every must be longer than 0s")
+        return self
+
+
+class Settings(_Strict):
+    daemon: DaemonSection = DaemonSection()
+    influxd: InfluxdSection
+    storage: StorageSection
+    job: list[JobSection] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_jobs(self) -> Settings:
+        seen: set[str] = set()
+        for job in self.job:
+            if job.name in seen:
+                raise ValueError(f"job name {job.name!r} is used twice")
+            seen.add(job.name)
+        return self
+
+
+@dataclass(frozen=True)
+class ServerPaths:
+    """Where the InfluxDB server keeps its files, as its own influxdb.conf says."""
+
+    conf: Path
+    meta: Path
+    data: Path
+    wal: Path | None
+    hh: Path | None  # 0.9 hinted handoff
+
+    def dirs(self) -> dict[str, Path]:
+        """Archive member prefix → live directory, in archive order."""
+        found = {"meta": self.meta, "data": self.data}
+        if self.wal is not None:
+            found["wal"] = self.wal
+        if self.hh is not None:
+            found["hh"] = self.hh
+        return found
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    settings: Settings
+    server: ServerPaths
+    url: str
+    backup_host: str
+
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.daemon.state_dir
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.settings.storage.dir
+
+    def job(self, name: str | None) -> JobSection:
+        jobs = self.settings.job
+        if name is None:
+            if not jobs:
+                return JobSection(name="manual")
+            return jobs[0]
+        for job in jobs:
+            if job.name == name:
+                return job
+        known = ", ".join(j.name for j in jobs) or "none"
+        raise ConfigError(f"{self.path}: no job named {name!r} (jobs: {known})")
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    where = _key_path(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "literal_error":
+        expected = str(error.get("ctx", {}).get("expected", ""))
+        message = "must be one of " + expected.replace("'", "").replace(" or ", ", ")
+    return f"{where}: {message}"
+
+
+def resolve_path(cli_path: str | None) -> Path:
+    if cli_path:
+        return Path(cli_path)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: {what} is a directory, not a file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: {what} is not readable (permission denied)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
+
+
+def _host_port(bind: str, default_port: int) -> tuple[str, int]:
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return host, int(port) if port.isdigit() else default_port
+
+
+def read_server_paths(conf: Path) -> tuple[ServerPaths, dict[str, Any]]:
+    """The meta, data, wal and hinted-handoff dirs from influxdb.conf (which is TOML too)."""
+    raw = _read_toml(conf, "influxdb.conf")
+
+    def section_dir(section: str, key: str, required: bool) -> Path | None:
+        table = raw.get(section)
+        value = table.get(key) if isinstance(table, dict) else None
+        if value is None:
+            if required:
+                raise ConfigError(f"{conf}: [{section}] {key}: missing (influx-backupd needs it)")
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{conf}: [{section}] {key}: must be a directory path")
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            raise ConfigError(f"{conf}: [{section}] {key}: must be an absolute path, not {value!r}")
+        return path
+
+    meta = section_dir("meta", "dir", True)
+    data = section_dir("data", "dir", True)
+    assert meta is not None and data is not None
+    paths = ServerPaths(
+        conf=conf.resolve(),
+        meta=meta,
+        data=data,
+        wal=section_dir("data", "wal-dir", False),
+        hh=section_dir("hinted-handoff", "dir", False),
+    )
+    return paths, raw
+
+
+def load(path: Path) -> Config:
+    """Load and validate; raises ConfigError with one line naming the file and key path."""
+    raw = _read_toml(path, "config file")
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{path}: {_describe(first)}") from None
+    server, influx_raw = read_server_paths(settings.influxd.config)
+
+    url = settings.influxd.url
+    if url is None:
+        http = influx_raw.get("http")
+        bind = http.get("bind-address", ":8086") if isinstance(http, dict) else ":8086"
+        host, port = _host_port(str(bind), 8086)
+        url = f"http://{host}:{port}"
+    backup_host = settings.influxd.backup_host
+    if backup_host is None:
+        host, port = _host_port(str(influx_raw.get("bind-address", "127.0.0.1:8088")), 8088)
+        backup_host = f"{host}:{port}"
+    return Config(
+        path=path, settings=settings, server=server, url=url.rstrip("/"), backup_host=backup_host
+    )

@@ -1,0 +1,65 @@
+"""Everything that may stop influxd runs inside `exclusive()`: the lock, then crash recovery."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from influx_backupd import log
+from influx_backupd.catalog import Catalog
+from influx_backupd.config import Config
+from influx_backupd.influxd import Influxd
+from influx_backupd.state import CrashMarker, lock_for
+
+
+@contextmanager
+def exclusive(config: Config) -> Iterator[Catalog]:
+    """Take the backup lock (Busy if held), recover from a dead predecessor, yield the catalog."""
+    lock = lock_for(config.state_dir)
+    lock.acquire()
+    try:
+        catalog = Catalog(config.state_dir)
+        recover(config, catalog)
+        yield catalog
+    finally:
+        lock.release()
+
+
+def recover(config: Config, catalog: Catalog) -> None:
+    """We hold the lock, so no other run is alive: undo what a dead one left behind."""
+    logger = log.get()
+    marker = CrashMarker(config.state_dir)
+    left = marker.read()
+    if left is not None:
+        server = Influxd(config)
+        run_id = left.get("run_id")
+        if server.ping():
+            logger.warning("recovery.influxd_already_running", run_id=run_id)
+        else:
+            if left.get("kind") == "restore":
+                # A restore died mid-swap with influxd down: put the previous dirs back first.
+                from influx_backupd.restore import roll_back
+
+                roll_back(left.get("swaps", []))
+                logger.warning("recovery.restore_rolled_back", run_id=run_id)
+            logger.warning("recovery.starting_influxd", run_id=run_id, marker=str(marker.path))
+            started = time.monotonic()
+            server.start(log_path=config.state_dir / "influxd.log")
+            logger.warning("recovery.influxd_started", run_id=run_id, start_s=round(time.monotonic() - started, 3))
+        marker.clear()
+    storage = config.storage_dir
+    if storage.is_dir():
+        for leftover in storage.glob("*.partial"):
+            leftover.unlink(missing_ok=True)
+            logger.warning("recovery.partial_removed", path=str(leftover))
+    for record in catalog.list():
+        if record.status == "running":
+            record.status = "interrupted"
+            record.finished_at = record.finished_at or time.time()
+            record.error = (
+                "the backup process died before finishing"
+                + ("; influxd was started again by recovery" if left and left.get("run_id") == record.id else "")
+            )
+            catalog.save(record)
+            logger.warning("recovery.run_interrupted", run_id=record.id, job=record.job)

@@ -1,0 +1,173 @@
+"""Restore of a cold archive: check everything first, swap directories by rename, roll back on failure.
+
+The archive is extracted next to each live dir while influxd still runs, so the stop window holds
+only renames. The live dirs are moved aside into rollback dirs, never deleted.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from influx_backupd import log
+from influx_backupd.archive import ArchiveError, extract_safely, scan_archive
+from influx_backupd.catalog import Catalog
+from influx_backupd.config import Config
+from influx_backupd.influxd import Influxd, InfluxdError
+from influx_backupd.record import RunRecord
+from influx_backupd.state import CrashMarker
+
+ALLOWED_TOPS = {"meta", "data", "wal", "hh", "influxdb.conf"}
+
+
+class RestoreRefused(Exception):
+    """The archive or the set-up failed a check; nothing was touched."""
+
+
+class RestoreFailed(Exception):
+    """Something failed after the swap began; the old dirs were put back."""
+
+
+@dataclass
+class RestoreResult:
+    archive: str
+    run_id: str | None
+    rollback_dirs: list[str] = field(default_factory=list)
+    stop_s: float | None = None
+    swap_s: float | None = None
+    start_s: float | None = None
+    downtime_s: float | None = None
+    files: int = 0
+
+
+def resolve_backup(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | None]:
+    record = catalog.get(backup)
+    if record is not None:
+        if record.status != "ok" or not record.archive:
+            raise RestoreRefused(f"backup {backup} is {record.status}, not a usable backup")
+        return Path(record.archive), record
+    path = Path(backup)
+    if not path.exists():
+        raise RestoreRefused(f"{backup}: neither a catalog id nor an existing archive path")
+    return path, catalog.find_by_archive(path)
+
+
+def owner_ids(config: Config) -> tuple[int, int]:
+    section = config.settings.influxd
+    try:
+        uid = pwd.getpwnam(section.user).pw_uid
+    except KeyError:
+        raise RestoreRefused(f"[influxd] user: no such user {section.user!r}") from None
+    try:
+        gid = grp.getgrnam(section.group).gr_gid
+    except KeyError:
+        raise RestoreRefused(f"[influxd] group: no such group {section.group!r}") from None
+    return uid, gid
+
+
+def check_archive(config: Config, path: Path, record: RunRecord | None) -> set[str]:
+    """Read the whole archive: sha256 against the catalog, safe headers, data present, dirs expected."""
+    try:
+        scan = scan_archive(path, ALLOWED_TOPS)
+    except ArchiveError as exc:
+        raise RestoreRefused(str(exc)) from None
+    if record is not None and record.sha256 and record.sha256 != scan.sha256:
+        raise RestoreRefused(
+            f"{path}: sha256 {scan.sha256} does not match the catalog's {record.sha256} (run {record.id})"
+        )
+    for needed in ("meta", "data"):
+        if needed not in scan.tops:
+            raise RestoreRefused(f"{path}: no {needed}/ in the archive; not a cold backup of influxd")
+    dirs = config.server.dirs()
+    missing = sorted(scan.tops - set(dirs) - {"influxdb.conf"})
+    if missing:
+        raise RestoreRefused(
+            f"{path}: archive holds {', '.join(m + '/' for m in missing)} but {config.server.conf} "
+            "sets no directory for it"
+        )
+    return {top for top in scan.tops if top in dirs}
+
+
+def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult:
+    logger = log.get(action="restore")
+    path, record = resolve_backup(catalog, backup)
+    logger.info("restore.checking", archive=str(path))
+    tops = check_archive(config, path, record)
+    uid, gid = owner_ids(config)
+    rid = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    targets = {top: config.server.dirs()[top] for top in sorted(tops)}
+    staging = {top: t.parent / f".{t.name}.restore-{rid}" for top, t in targets.items()}
+    rollback = {top: t.parent / f"{t.name}.rollback-{rid}" for top, t in targets.items()}
+    result = RestoreResult(archive=str(path), run_id=record.id if record else None)
+
+    size = path.stat().st_size
+    for top, target in targets.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(target.parent).free
+        if free < size:
+            raise RestoreRefused(
+                f"not enough space next to {target}: the archive is {size} bytes, {free} free"
+            )
+        if staging[top].exists() or rollback[top].exists():
+            raise RestoreRefused(f"{staging[top]} or {rollback[top]} already exists; try again in a second")
+
+    # Extract while influxd still serves: a failure here leaves the live dirs untouched.
+    logger.info("restore.extracting", staging=[str(p) for p in staging.values()])
+    try:
+        result.files = extract_safely(path, staging, uid=uid, gid=gid)
+    except (ArchiveError, OSError) as exc:
+        for p in staging.values():
+            shutil.rmtree(p, ignore_errors=True)
+        raise RestoreRefused(f"extraction failed, live data untouched: {exc}") from None
+
+    server = Influxd(config)
+    marker = CrashMarker(config.state_dir)
+    swaps = [[str(targets[t]), str(rollback[t]), str(staging[t])] for t in targets]
+    marker.write(f"restore-{rid}", kind="restore", swaps=swaps)
+    t_stop = time.monotonic()
+    was_running = server.locate() is not None
+    try:
+        if was_running:
+            logger.info("influxd.stopping", phase="stop")
+            server.stop()
+        result.stop_s = time.monotonic() - t_stop
+        t_swap = time.monotonic()
+        for top, target in targets.items():
+            if target.exists():
+                os.rename(target, rollback[top])
+                result.rollback_dirs.append(str(rollback[top]))
+            os.rename(staging[top], target)
+        result.swap_s = time.monotonic() - t_swap
+        t_start = time.monotonic()
+        server.start(log_path=config.state_dir / "influxd.log")
+        result.start_s = time.monotonic() - t_start
+        result.downtime_s = time.monotonic() - t_stop
+    except (InfluxdError, OSError) as exc:
+        logger.error("restore.rolling_back", error=str(exc))
+        roll_back(swaps)
+        try:
+            if server.locate() is None and was_running:
+                server.start(log_path=config.state_dir / "influxd.log")
+        finally:
+            marker.clear()
+        raise RestoreFailed(f"restore failed ({exc}); the previous data was put back") from None
+    marker.clear()
+    logger.info("restore.done", **{k: v for k, v in result.__dict__.items() if k != "rollback_dirs"})
+    return result
+
+
+def roll_back(swaps: list[list[str]]) -> None:
+    """Put each live dir back from its rollback dir; what was restored is kept aside, not deleted."""
+    for target_s, rollback_s, staging_s in swaps:
+        target, rollback_dir, staging = Path(target_s), Path(rollback_s), Path(staging_s)
+        if rollback_dir.exists():
+            if target.exists():
+                os.rename(target, target.with_name(target.name + ".failed-restore-" + rollback_dir.name.rsplit("-", 1)[-1]))
+            os.rename(rollback_dir, target)
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
