@@ -221,9 +221,14 @@ def scan_archive(path: Path, allowed_tops: set[str]) -> ArchiveScan:
 
     size = path.stat().st_size
     try:
-        with open(path, "rb") as raw, tarfile.open(
-            fileobj=_Hashing(raw), mode="r|", bufsize=CHUNK  # type: ignore[call-overload]
-        ) as tar:
+        with (
+            open(path, "rb") as raw,
+            tarfile.open(
+                fileobj=_Hashing(raw),
+                mode="r|",
+                bufsize=CHUNK,  # type: ignore[call-overload]
+            ) as tar,
+        ):
             for info in tar:
                 check_member_safe(info, allowed_tops)
                 members += 1
@@ -267,7 +272,7 @@ def extract_safely(
         infos = tar.getmembers()
         for info in infos:
             check_member_safe(info, allowed | {"influxdb.conf"})
-        for top, target in targets.items():
+        for target in targets.values():
             target.mkdir(mode=0o755, parents=False)
             if uid is not None:
                 os.chown(target, uid, gid if gid is not None else -1)

@@ -51,7 +51,9 @@ def print_record(record: RunRecord, as_json: bool) -> None:
     print(f"run {record.id}  job={record.job}  mode={record.mode}  status={record.status}")
     if record.archive:
         print(f"  archive   {record.archive}")
-        print(f"  size      {_fmt_bytes(record.bytes)} in {record.files} files, sha256 {record.sha256}")
+        print(
+            f"  size      {_fmt_bytes(record.bytes)} in {record.files} files, sha256 {record.sha256}"
+        )
     print(
         f"  downtime  {_fmt_s(record.downtime_s)} = stop {_fmt_s(record.stop_s)}"
         f" + copy {_fmt_s(record.copy_s)} + start {_fmt_s(record.start_s)}"
@@ -73,7 +75,10 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
         "backup_host": config.backup_host,
         "control": {"service": s.influxd.service}
         if s.influxd.service
-        else {"command": s.influxd.command, "pidfile": str(s.influxd.pidfile) if s.influxd.pidfile else None},
+        else {
+            "command": s.influxd.command,
+            "pidfile": str(s.influxd.pidfile) if s.influxd.pidfile else None,
+        },
         "state_dir": str(config.state_dir),
         "storage_dir": str(config.storage_dir),
         "jobs": [j.model_dump(exclude_none=True) for j in s.job],
@@ -89,13 +94,24 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     print(f"  ready check    {config.url}/ping")
     print(f"  snapshot host  {config.backup_host}")
     ctl = plan["control"]
-    print("  control        " + (f"systemctl, unit {ctl['service']}" if "service" in ctl else f"signals, start with {ctl['command']}"))
+    print(
+        "  control        "
+        + (
+            f"systemctl, unit {ctl['service']}"
+            if "service" in ctl
+            else f"signals, start with {ctl['command']}"
+        )
+    )
     print(f"  state dir      {config.state_dir}")
     print(f"  archives       {config.storage_dir}")
     if not s.job:
         print("  jobs           none ([[job]] tables)")
     for job in s.job:
-        when = f"cron '{job.schedule}'" if job.schedule else (f"every {job.every:g}s" if job.every else "manual only")
+        when = (
+            f"cron '{job.schedule}'"
+            if job.schedule
+            else (f"every {job.every:g}s" if job.every else "manual only")
+        )
         print(f"  job {job.name:<10} mode={job.mode} {when}")
     return EXIT_OK
 
@@ -130,7 +146,9 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     if not records:
         print("no backups yet")
         return EXIT_OK
-    print(f"{'ID':<22} {'JOB':<10} {'MODE':<5} {'STATUS':<11} {'STARTED':<21} {'SIZE':>10} {'DOWNTIME':>9}  ARCHIVE")
+    print(
+        f"{'ID':<22} {'JOB':<10} {'MODE':<5} {'STATUS':<11} {'STARTED':<21} {'SIZE':>10} {'DOWNTIME':>9}  ARCHIVE"
+    )
     for r in records:
         print(
             f"{r.id:<22} {r.job:<10} {r.mode:<5} {r.status:<11} {_fmt_time(r.started_at):<21} "
@@ -146,7 +164,9 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
             raise UsageError("restore replaces the live data of influxd; pass --yes to confirm")
-        answer = input(f"Replace influxd's data with {args.backup}? influxd will be stopped. [y/N] ")
+        answer = input(
+            f"Replace influxd's data with {args.backup}? influxd will be stopped. [y/N] "
+        )
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing done")
             return EXIT_USAGE
@@ -163,7 +183,9 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         print(json.dumps(result.__dict__))
         return EXIT_OK
     print(f"restored {result.archive} ({result.files} files); influxd is running")
-    print(f"  downtime {_fmt_s(result.downtime_s)} = stop {_fmt_s(result.stop_s)} + swap {_fmt_s(result.swap_s)} + start {_fmt_s(result.start_s)}")
+    print(
+        f"  downtime {_fmt_s(result.downtime_s)} = stop {_fmt_s(result.stop_s)} + swap {_fmt_s(result.swap_s)} + start {_fmt_s(result.start_s)}"
+    )
     if result.rollback_dirs:
         print("  the previous data was kept in:")
         for path in result.rollback_dirs:
@@ -192,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("check-config", parents=[common], help="validate the config and print the plan")
+    p = sub.add_parser(
+        "check-config", parents=[common], help="validate the config and print the plan"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check_config)
 
@@ -207,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("restore", parents=[common], help="restore a backup (catalog id or archive path)")
+    p = sub.add_parser(
+        "restore", parents=[common], help="restore a backup (catalog id or archive path)"
+    )
     p.add_argument("backup", metavar="BACKUP")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true")

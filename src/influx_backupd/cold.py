@@ -20,6 +20,7 @@ from influx_backupd.archive import ArchiveError, check_written, write_archive
 from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config, JobSection
 from influx_backupd.influxd import Influxd, InfluxdError
+from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord, new_run_id
 from influx_backupd.state import CrashMarker
 
@@ -64,7 +65,7 @@ def archive_name(job: str, run_id: str) -> str:
 class _Progress:
     """A progress event every few seconds during long archive writes: bytes, rate, ETA."""
 
-    def __init__(self, total: int, logger: log.structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(self, total: int, logger: Logger) -> None:
         self.total = total
         self.done = 0
         self.started = self.last = time.monotonic()
@@ -111,7 +112,7 @@ def run_cold(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
     return record
 
 
-def _cold(config: Config, record: RunRecord, logger: log.structlog.typing.FilteringBoundLogger) -> None:
+def _cold(config: Config, record: RunRecord, logger: Logger) -> None:
     server = Influxd(config)
     dirs = config.server.dirs()
     for prefix, path in dirs.items():

@@ -86,7 +86,9 @@ class StorageSection(_Strict):
 
 def _job_name(value: object) -> object:
     if isinstance(value, str) and not _JOB_NAME.match(value):
-        raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter/digit")
+        raise ValueError(
+            "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter/digit"
+        )
     return value
 
 

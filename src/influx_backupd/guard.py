@@ -46,7 +46,11 @@ def recover(config: Config, catalog: Catalog) -> None:
             logger.warning("recovery.starting_influxd", run_id=run_id, marker=str(marker.path))
             started = time.monotonic()
             server.start(log_path=config.state_dir / "influxd.log")
-            logger.warning("recovery.influxd_started", run_id=run_id, start_s=round(time.monotonic() - started, 3))
+            logger.warning(
+                "recovery.influxd_started",
+                run_id=run_id,
+                start_s=round(time.monotonic() - started, 3),
+            )
         marker.clear()
     storage = config.storage_dir
     if storage.is_dir():
@@ -57,9 +61,10 @@ def recover(config: Config, catalog: Catalog) -> None:
         if record.status == "running":
             record.status = "interrupted"
             record.finished_at = record.finished_at or time.time()
-            record.error = (
-                "the backup process died before finishing"
-                + ("; influxd was started again by recovery" if left and left.get("run_id") == record.id else "")
+            record.error = "the backup process died before finishing" + (
+                "; influxd was started again by recovery"
+                if left and left.get("run_id") == record.id
+                else ""
             )
             catalog.save(record)
             logger.warning("recovery.run_interrupted", run_id=record.id, job=record.job)

@@ -113,9 +113,13 @@ class Influxd:
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            raise InfluxdError(f"systemctl {' '.join(args)} did not finish in {timeout:.0f}s") from None
+            raise InfluxdError(
+                f"systemctl {' '.join(args)} did not finish in {timeout:.0f}s"
+            ) from None
         except FileNotFoundError:
-            raise InfluxdError("systemctl not found; use [influxd] command instead of service") from None
+            raise InfluxdError(
+                "systemctl not found; use [influxd] command instead of service"
+            ) from None
         if done.returncode != 0:
             detail = (done.stderr or done.stdout).strip().splitlines()
             raise InfluxdError(
@@ -154,9 +158,8 @@ class Influxd:
                 self._systemctl("stop", self.section.service, timeout=timeout)
             except InfluxdError as exc:
                 raise StopTimeout(str(exc)) from None
-            if proc is not None:
-                if not _wait_gone(proc, 5):
-                    raise StopTimeout(f"{self.section.service} stopped but pid {proc.pid} is alive")
+            if proc is not None and not _wait_gone(proc, 5):
+                raise StopTimeout(f"{self.section.service} stopped but pid {proc.pid} is alive")
             return
         proc = self._proc or self.locate()
         if proc is None:

@@ -9,9 +9,12 @@ from typing import Any, TextIO
 import structlog
 
 LEVELS = ("debug", "info", "warning", "error")
+Logger = structlog.typing.FilteringBoundLogger
 
 
-def configure(stream: TextIO | None = None, level: str = "info", *, json: bool | None = None) -> None:
+def configure(
+    stream: TextIO | None = None, level: str = "info", *, json: bool | None = None
+) -> None:
     out = stream if stream is not None else sys.stderr
     as_json = (not out.isatty()) if json is None else json
     renderer: Any = (
@@ -27,12 +30,14 @@ def configure(stream: TextIO | None = None, level: str = "info", *, json: bool |
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
 
 
-def get(**bound: Any) -> structlog.typing.FilteringBoundLogger:
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("influx_backupd")
+def get(**bound: Any) -> Logger:
+    logger: Logger = structlog.get_logger("influx_backupd")
     return logger.bind(**bound) if bound else logger

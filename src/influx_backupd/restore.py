@@ -82,7 +82,9 @@ def check_archive(config: Config, path: Path, record: RunRecord | None) -> set[s
         )
     for needed in ("meta", "data"):
         if needed not in scan.tops:
-            raise RestoreRefused(f"{path}: no {needed}/ in the archive; not a cold backup of influxd")
+            raise RestoreRefused(
+                f"{path}: no {needed}/ in the archive; not a cold backup of influxd"
+            )
     dirs = config.server.dirs()
     missing = sorted(scan.tops - set(dirs) - {"influxdb.conf"})
     if missing:
@@ -114,7 +116,9 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
                 f"not enough space next to {target}: the archive is {size} bytes, {free} free"
             )
         if staging[top].exists() or rollback[top].exists():
-            raise RestoreRefused(f"{staging[top]} or {rollback[top]} already exists; try again in a second")
+            raise RestoreRefused(
+                f"{staging[top]} or {rollback[top]} already exists; try again in a second"
+            )
 
     # Extract while influxd still serves: a failure here leaves the live dirs untouched.
     logger.info("restore.extracting", staging=[str(p) for p in staging.values()])
@@ -157,7 +161,9 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
             marker.clear()
         raise RestoreFailed(f"restore failed ({exc}); the previous data was put back") from None
     marker.clear()
-    logger.info("restore.done", **{k: v for k, v in result.__dict__.items() if k != "rollback_dirs"})
+    logger.info(
+        "restore.done", **{k: v for k, v in result.__dict__.items() if k != "rollback_dirs"}
+    )
     return result
 
 
@@ -167,7 +173,12 @@ def roll_back(swaps: list[list[str]]) -> None:
         target, rollback_dir, staging = Path(target_s), Path(rollback_s), Path(staging_s)
         if rollback_dir.exists():
             if target.exists():
-                os.rename(target, target.with_name(target.name + ".failed-restore-" + rollback_dir.name.rsplit("-", 1)[-1]))
+                os.rename(
+                    target,
+                    target.with_name(
+                        target.name + ".failed-restore-" + rollback_dir.name.rsplit("-", 1)[-1]
+                    ),
+                )
             os.rename(rollback_dir, target)
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

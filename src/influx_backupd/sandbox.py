@@ -5,6 +5,7 @@ Used by the demo, by restore tests and by the test suite's fixtures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,9 @@ def free_port() -> int:
 
 
 def influxd_binary() -> str | None:
-    return shutil.which("influxd") or ("/usr/bin/influxd" if os.path.exists("/usr/bin/influxd") else None)
+    return shutil.which("influxd") or (
+        "/usr/bin/influxd" if os.path.exists("/usr/bin/influxd") else None
+    )
 
 
 @dataclass
@@ -126,7 +129,9 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             if self.ping():
                 return
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"sandbox influxd exited ({self.proc.returncode}); see {self.root}/influxd.log")
+                raise RuntimeError(
+                    f"sandbox influxd exited ({self.proc.returncode}); see {self.root}/influxd.log"
+                )
             time.sleep(0.05)
         raise RuntimeError(f"sandbox influxd not ready in {timeout}s; see {self.root}/influxd.log")
 
@@ -159,10 +164,8 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         for proc in alive:
             proc.kill()
         if self.proc is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
             self.proc = None
 
     # -- data ---------------------------------------------------------------
@@ -182,7 +185,9 @@ bind-address = "127.0.0.1:{self.rpc_port}"
     def create_db(self, db: str) -> None:
         self.query(f'CREATE DATABASE "{db}"', method="POST")
 
-    def write_points(self, db: str, count: int, *, start: int = 0, measurement: str = "cpu") -> None:
+    def write_points(
+        self, db: str, count: int, *, start: int = 0, measurement: str = "cpu"
+    ) -> None:
         """count points, one per second from `start` (seconds since 2020-01-01), in batches."""
         base = 1_577_836_800 + start
         batch = 5000

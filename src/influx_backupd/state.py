@@ -35,7 +35,9 @@ class BackupLock:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise Busy(f"another backup is running (lock {self.path} held by pid {holder})") from None
+            raise Busy(
+                f"another backup is running (lock {self.path} held by pid {holder})"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
