@@ -115,9 +115,14 @@ def run_cold(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
 def _cold(config: Config, record: RunRecord, logger: Logger) -> None:
     server = Influxd(config)
     dirs = config.server.dirs()
-    for prefix, path in dirs.items():
-        if not path.is_dir():
+    for prefix, path in list(dirs.items()):
+        if path.is_dir():
+            continue
+        if prefix in ("meta", "data"):
             raise JobFailed(f"{prefix} dir {path} (from {config.server.conf}) does not exist")
+        # influxd creates wal/ and hh/ lazily: a server that never took a write has none yet
+        logger.info("archive.dir_absent", dir=prefix, path=str(path))
+        del dirs[prefix]
     storage = config.storage_dir
     storage.mkdir(parents=True, exist_ok=True, mode=0o700)
 

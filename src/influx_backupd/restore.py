@@ -99,10 +99,12 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
     logger = log.get(action="restore")
     path, record = resolve_backup(catalog, backup)
     logger.info("restore.checking", archive=str(path))
-    tops = check_archive(config, path, record)
+    check_archive(config, path, record)
     uid, gid = owner_ids(config)
     rid = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    targets = {top: config.server.dirs()[top] for top in sorted(tops)}
+    # Every configured dir is replaced, even one the archive lacks (it becomes empty): a live
+    # wal/ left beside restored data would replay newer writes into it.
+    targets = dict(sorted(config.server.dirs().items()))
     staging = {top: t.parent / f".{t.name}.restore-{rid}" for top, t in targets.items()}
     rollback = {top: t.parent / f"{t.name}.rollback-{rid}" for top, t in targets.items()}
     result = RestoreResult(archive=str(path), run_id=record.id if record else None)

@@ -1,0 +1,119 @@
+#!/bin/sh
+# Install influx-backupd from a checkout: a venv in /opt/influx-backupd, a command link in
+# /usr/local/bin, the systemd units, a first config and the backup directory.
+#
+#   sudo packaging/install.sh [--dry-run] [--enable] [--skip-venv] [CHECKOUT]
+#
+# CHECKOUT defaults to the directory above this script. An existing
+# /etc/influx-backupd/config.toml is never touched.
+#
+# INSTALL_ROOT=/some/dir puts every file under that prefix (like DESTDIR) and skips
+# systemctl; it is meant for tests and staging. A venv created under it records its
+# absolute path in its scripts, so it is not relocatable to /.
+# PYTHON selects the interpreter for the venv (default python3, must be >= 3.11).
+set -eu
+
+PREFIX=/opt/influx-backupd
+BIN_LINK=/usr/local/bin/influx-backupd
+UNIT_DIR=/etc/systemd/system
+CONF_DIR=/etc/influx-backupd
+BACKUP_DIR=/var/backups/influxdb
+UNITS="influx-backupd.service influx-backupd@.service"
+
+usage() {
+    cat <<'EOF'
+usage: install.sh [--dry-run] [--enable] [--skip-venv] [CHECKOUT]
+  --dry-run    print what would be done, change nothing
+  --enable     also run: systemctl enable --now influx-backupd.service
+  --skip-venv  keep the existing venv in /opt/influx-backupd (units and config only)
+EOF
+}
+
+die() {
+    printf 'install.sh: %s\n' "$*" >&2
+    exit 1
+}
+
+DRY_RUN=0
+ENABLE=0
+SKIP_VENV=0
+SRC=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --dry-run) DRY_RUN=1 ;;
+        --enable) ENABLE=1 ;;
+        --skip-venv) SKIP_VENV=1 ;;
+        -h | --help) usage; exit 0 ;;
+        -*) printf 'install.sh: unknown option %s\n' "$1" >&2; usage >&2; exit 2 ;;
+        *)
+            [ -z "$SRC" ] || { printf 'install.sh: one CHECKOUT only\n' >&2; exit 2; }
+            SRC=$1
+            ;;
+    esac
+    shift
+done
+
+[ -n "$SRC" ] || SRC=$(dirname -- "$0")/..
+SRC=$(CDPATH='' cd -- "$SRC" 2>/dev/null && pwd) || die "no such directory: $SRC"
+ROOT=${INSTALL_ROOT:-}
+ROOT=${ROOT%/}
+PYTHON=${PYTHON:-python3}
+
+# Check everything before changing anything.
+for f in pyproject.toml config.example.toml packaging/influx-backupd.service \
+    packaging/influx-backupd@.service; do
+    [ -f "$SRC/$f" ] || die "missing $SRC/$f (is $SRC an influx-backupd checkout?)"
+done
+if [ "$DRY_RUN" = 0 ] && [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
+    die "must run as root (or try --dry-run)"
+fi
+if [ "$SKIP_VENV" = 0 ]; then
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
+        die "$PYTHON is missing or older than 3.11 (set PYTHON=...)"
+fi
+
+# Show each step; run it unless --dry-run.
+run() {
+    printf '+ %s\n' "$*"
+    [ "$DRY_RUN" = 1 ] || "$@"
+}
+
+if [ "$SKIP_VENV" = 0 ]; then
+    run "$PYTHON" -m venv "$ROOT$PREFIX"
+    # A local directory is always rebuilt, so re-running the script upgrades in place.
+    run "$ROOT$PREFIX/bin/pip" install --upgrade "$SRC"
+fi
+# The link names the final path, not the one under INSTALL_ROOT.
+run mkdir -p "$ROOT$(dirname "$BIN_LINK")"
+run ln -sfn "$PREFIX/bin/influx-backupd" "$ROOT$BIN_LINK"
+
+run mkdir -p "$ROOT$UNIT_DIR"
+for unit in $UNITS; do
+    run cp "$SRC/packaging/$unit" "$ROOT$UNIT_DIR/$unit"
+    run chmod 0644 "$ROOT$UNIT_DIR/$unit"
+done
+
+run mkdir -p "$ROOT$CONF_DIR"
+if [ -e "$ROOT$CONF_DIR/config.toml" ] || [ -L "$ROOT$CONF_DIR/config.toml" ]; then
+    printf '= keeping existing %s\n' "$ROOT$CONF_DIR/config.toml"
+else
+    run cp "$SRC/config.example.toml" "$ROOT$CONF_DIR/config.toml"
+    # It may hold InfluxDB credentials.
+    run chmod 0640 "$ROOT$CONF_DIR/config.toml"
+fi
+
+# Backups are a full copy of the database: root only.
+run mkdir -p "$ROOT$BACKUP_DIR"
+run chmod 0700 "$ROOT$BACKUP_DIR"
+
+if [ -n "$ROOT" ]; then
+    printf '= INSTALL_ROOT is set: not running systemctl\n'
+    exit 0
+fi
+run systemctl daemon-reload
+if [ "$ENABLE" = 1 ]; then
+    run systemctl enable --now influx-backupd.service
+else
+    printf '\nEdit %s, then start the daemon with:\n  systemctl enable --now influx-backupd.service\n' \
+        "$CONF_DIR/config.toml"
+fi

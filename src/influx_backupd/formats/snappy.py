@@ -1,0 +1,127 @@
+"""A small pure-Python decoder for the snappy *block* format (not the framing format).
+
+InfluxDB's WAL compresses every entry with Go's ``snappy.Encode``, which writes the block
+format: a varint of the uncompressed length, then elements. An element's tag byte says,
+in its low two bits: 0 literal (length in the tag, or in 1-4 little-endian bytes after
+it), 1 copy with an 11-bit offset, 2 copy with a 16-bit offset, 3 copy with a 32-bit
+offset. A copy repeats bytes already produced and may overlap its own output.
+"""
+
+from __future__ import annotations
+
+# The best a snappy stream can do is a 3-byte copy element that emits 64 bytes, so a
+# declared length beyond ~22x the input cannot be honest; checking it first keeps a
+# corrupt varint from making us allocate gigabytes.
+_MAX_RATIO = 22
+
+
+class SnappyError(ValueError):
+    """The input is not a valid snappy block."""
+
+
+class _Ended(Exception):
+    """The input ended inside the block (only an error when the input should be whole)."""
+
+
+def decoded_length(src: bytes) -> tuple[int, int]:
+    """Return (uncompressed length, bytes used by the varint preamble)."""
+    result = 0
+    for i in range(min(len(src), 5)):
+        byte = src[i]
+        result |= (byte & 0x7F) << (7 * i)
+        if byte < 0x80:
+            if result > 0xFFFFFFFF:
+                raise SnappyError("declared length does not fit in 32 bits")
+            return result, i + 1
+    if len(src) < 5:
+        raise _Ended
+    raise SnappyError("overlong length preamble")
+
+
+def decompress(src: bytes) -> bytes:
+    """Decode one whole snappy block; raise SnappyError on any malformed input."""
+    try:
+        want, pos = decoded_length(src)
+    except _Ended:
+        raise SnappyError("truncated length preamble") from None
+    if want > _MAX_RATIO * len(src) + 64:
+        raise SnappyError(f"declared length {want} is impossible for {len(src)} input bytes")
+    out = bytearray()
+    try:
+        used = _walk(src, pos, want, out)
+    except _Ended:
+        raise SnappyError(f"input ends after {len(out)} of {want} bytes decoded") from None
+    if used != len(src):
+        raise SnappyError(f"{len(src) - used} stray bytes after the block")
+    return bytes(out)
+
+
+def block_length(src: bytes) -> int | None:
+    """How many bytes at the start of src form one whole snappy block.
+
+    None means src is a clean prefix of a block (it ends inside it), which is what a
+    write cut short looks like. Raises SnappyError when src cannot start a valid block.
+    Tracks only the output length, so it needs no memory for the output.
+    """
+    try:
+        want, pos = decoded_length(src)
+        return _walk(src, pos, want, None)
+    except _Ended:
+        return None
+
+
+def _walk(src: bytes, pos: int, want: int, out: bytearray | None) -> int:
+    """Decode elements from pos until `want` bytes are produced; return the input used.
+
+    Appends to `out` when given; otherwise only checks. Raises _Ended if src ends first.
+    """
+    produced = 0
+    end = len(src)
+    while produced < want:
+        if pos >= end:
+            raise _Ended
+        tag = src[pos]
+        kind = tag & 0x03
+        pos += 1
+        if kind == 0:  # literal
+            n = tag >> 2
+            if n >= 60:
+                extra = n - 59  # 60..63 -> 1..4 little-endian length bytes follow
+                if pos + extra > end:
+                    raise _Ended
+                n = int.from_bytes(src[pos : pos + extra], "little")
+                pos += extra
+            n += 1
+            if produced + n > want:
+                raise SnappyError("output exceeds the declared length")
+            if pos + n > end:
+                raise _Ended
+            if out is not None:
+                out += src[pos : pos + n]
+            produced += n
+            pos += n
+            continue
+        width = (1, 2, 4)[kind - 1]
+        if pos + width > end:
+            raise _Ended
+        if kind == 1:  # 3 high offset bits live in the tag
+            length = 4 + ((tag >> 2) & 0x07)
+            offset = ((tag >> 5) << 8) | src[pos]
+        else:
+            length = 1 + (tag >> 2)
+            offset = int.from_bytes(src[pos : pos + width], "little")
+        pos += width
+        if offset == 0 or offset > produced:
+            raise SnappyError(f"copy offset {offset} outside the {produced} bytes decoded")
+        if produced + length > want:
+            raise SnappyError("output exceeds the declared length")
+        if out is not None:
+            start = produced - offset
+            if offset >= length:
+                out += out[start : start + length]
+            else:
+                # An overlapping copy repeats the last `offset` bytes (run-length style).
+                pattern = bytes(out[start:])
+                out += (pattern * (length // offset + 1))[:length]
+        produced += length
+    return pos

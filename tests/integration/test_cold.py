@@ -1,0 +1,238 @@
+"""The cold job and its restore against a real influxd 1.x sandbox."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import psutil
+
+from influx_backupd.sandbox import Sandbox
+from tests.conftest import STAND_INS, Cli, write_config
+
+
+def _archives(tmp_path: Path) -> list[Path]:
+    storage = tmp_path / "archives"
+    return sorted(storage.iterdir()) if storage.exists() else []
+
+
+def test_backup_then_restore_brings_back_exactly_the_backed_up_points(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox, influxd={"user": "influxdb", "group": "influxdb"}))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 12_000)
+    record = cli.json("backup")
+
+    assert record["status"] == "ok", record["error"]
+    for phase in ("stop_s", "copy_s", "start_s", "downtime_s"):
+        assert record[phase] > 0, phase
+    assert record["downtime_s"] >= record["stop_s"] + record["copy_s"] + record["start_s"] - 1e-6
+    assert record["downtime_s"] >= record["copy_s"]
+    archive = Path(record["archive"])
+    assert archive.stat().st_mode & 0o777 == 0o600
+    assert archive.stat().st_size == record["bytes"]
+    assert archive.name.startswith("nightly-") and archive.suffix == ".tar"
+    assert sandbox.ping(), "influxd must be running again after the backup"
+
+    # GNU tar reads it, and the members are relative and stable
+    listing = subprocess.run(
+        ["tar", "-tf", str(archive)], capture_output=True, text=True, check=True
+    )
+    names = listing.stdout.split()
+    assert "influxdb.conf" in names
+    assert {n.split("/")[0] for n in names} == {"meta", "data", "wal", "influxdb.conf"}
+    assert "meta/meta.db" in names
+    assert any(n.startswith("data/metrics/autogen/") for n in names)
+    assert not any(n.startswith("/") or ".." in n.split("/") for n in names)
+
+    sandbox.write_points("metrics", 3_000, start=50_000)
+    assert sandbox.count("metrics") == 15_000
+
+    done = cli("restore", record["id"], "--yes")
+    assert done.returncode == 0, done.stderr
+    assert sandbox.ping()
+    assert sandbox.count("metrics") == 12_000
+    rollbacks = sorted(p.name.split(".rollback-")[0] for p in sandbox.root.glob("*.rollback-*"))
+    assert rollbacks == ["data", "meta", "wal"], "the live dirs are moved aside, never deleted"
+    assert "rm -rf" in done.stdout
+    influx_uid = __import__("pwd").getpwnam("influxdb").pw_uid
+    # influxd (root here) rewrites fields.idx and meta.db on start; directories it keeps
+    restored = [n for n in names if n.startswith(("data/metrics", "wal/metrics"))]
+    assert restored
+    for name in restored:
+        path = sandbox.root / name
+        if path.is_dir():
+            assert path.lstat().st_uid == influx_uid, f"{path} not owned by influxdb"
+
+    listed = cli.json("list")
+    assert [r["id"] for r in listed] == [record["id"]]
+
+
+def test_sigkill_while_influxd_is_stopped_is_recovered_by_the_next_command(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    # A large (sparse) file makes the copy long enough to kill the backup inside the stop window.
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(1_500_000_000)
+    cli = Cli(write_config(tmp_path, sandbox))
+    marker = tmp_path / "state" / "influxd-stopped.json"
+
+    backup = cli.popen("backup", "--json")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (
+            marker.exists()
+            and not sandbox.pids()
+            and list((tmp_path / "archives").glob("*.partial"))
+        ):
+            break
+        time.sleep(0.005)
+    else:
+        backup.kill()
+        raise AssertionError("never saw influxd stopped with a partial archive being written")
+    backup.send_signal(signal.SIGKILL)
+    backup.wait()
+    assert not sandbox.ping(), "influxd is down: the backup died in its stop window"
+
+    os.unlink(sandbox.data / "filler.bin")
+    listed = cli("list", "--json")  # list does not take the lock: it reports, it recovers nothing
+    assert listed.returncode == 0
+
+    second = cli.json("backup")
+    assert sandbox.ping(), "the next command must have started influxd again"
+    assert second["status"] == "ok", second["error"]
+    runs = {r["id"]: r for r in cli.json("list")}
+    first = next(r for r in runs.values() if r["id"] != second["id"])
+    assert first["status"] == "interrupted"
+    assert "influxd was started again" in first["error"]
+    assert not marker.exists()
+    assert not list((tmp_path / "archives").glob("*.partial"))
+    assert sandbox.count("metrics") == 2_000
+
+
+def test_influxd_ignoring_sigterm_is_left_running_and_nothing_is_copied(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    sandbox.stop()
+    pidfile = tmp_path / "influxd.pid"
+    supervisor = subprocess.Popen(
+        [
+            sys.executable,
+            str(STAND_INS / "term_ignoring_supervisor.py"),
+            str(pidfile),
+            *sandbox.command(),
+        ],
+        start_new_session=True,
+    )
+    try:
+        sandbox.wait_ready()
+        cli = Cli(
+            write_config(
+                tmp_path,
+                sandbox,
+                influxd={"pidfile": str(pidfile), "stop_timeout": "2s"},
+            )
+        )
+        started = time.monotonic()
+        done = cli("backup", "--json")
+        assert done.returncode == 1
+        assert time.monotonic() - started < 20
+        import json
+
+        record = json.loads(done.stdout)
+        assert record["status"] == "failed"
+        assert "stop_timeout" in record["error"]
+        assert record["archive"] is None
+        assert _archives(tmp_path) == [], "no archive and no partial file"
+        assert psutil.pid_exists(supervisor.pid)
+        assert sandbox.ping(), "influxd keeps serving"
+        assert not (tmp_path / "state" / "influxd-stopped.json").exists()
+    finally:
+        supervisor.send_signal(signal.SIGUSR1)
+        supervisor.wait(timeout=30)
+
+
+def test_a_second_backup_while_one_holds_the_lock_is_busy(tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "state").mkdir(exist_ok=True)
+    with open(tmp_path / "state" / "backup.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        done = cli("backup")
+    assert done.returncode == 75
+    assert "busy" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert _archives(tmp_path) == []
+
+
+def test_a_stale_lock_file_from_a_dead_process_does_not_block(tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state" / "backup.lock").write_text("999999\n")
+    assert cli.json("backup")["status"] == "ok"
+
+
+def _damaged_copies(archive: Path, tmp_path: Path) -> dict[str, Path]:
+    truncated = tmp_path / "truncated.tar"
+    data = archive.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(archive) as src:
+            for info in src:
+                tar.addfile(info, src.extractfile(info) if info.isreg() else None)
+        payload = tmp_path / "payload"
+        payload.write_text("owned")
+        tar.add(payload, arcname="data/../../escaped")
+    return {"truncated": truncated, "dot-dot": evil}
+
+
+def test_restore_refuses_damaged_archives_and_leaves_live_data_untouched(
+    tmp_path: Path, sandbox: Sandbox, cli: Cli
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 4_000)
+    record = cli.json("backup")
+    sandbox.write_points("metrics", 1_000, start=90_000)
+    before = sorted(
+        str(p.relative_to(sandbox.root))
+        for p in sandbox.root.rglob("*")
+        if "influxd.log" not in p.name
+    )
+
+    for what, damaged in _damaged_copies(Path(record["archive"]), tmp_path).items():
+        done = cli("restore", str(damaged), "--yes")
+        assert done.returncode == 1, what
+        assert "refused" in done.stderr and "nothing touched" in done.stderr, what
+        assert "Traceback" not in done.stderr
+        assert sandbox.count("metrics") == 5_000, what
+        after = sorted(
+            str(p.relative_to(sandbox.root))
+            for p in sandbox.root.rglob("*")
+            if "influxd.log" not in p.name
+        )
+        assert after == before, what
+    assert not (tmp_path / "escaped").exists()
+    assert not (sandbox.root.parent / "escaped").exists()
+
+
+def test_restore_refuses_an_archive_whose_sha256_differs_from_the_catalog(
+    tmp_path: Path, sandbox: Sandbox, cli: Cli
+) -> None:
+    record = cli.json("backup")
+    archive = Path(record["archive"])
+    with open(archive, "r+b") as fh:  # flip one byte inside the data, same size
+        fh.seek(archive.stat().st_size // 3)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    done = cli("restore", record["id"], "--yes")
+    assert done.returncode == 1
+    assert "sha256" in done.stderr
+    assert sandbox.ping()

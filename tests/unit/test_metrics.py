@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from influx_backupd.metrics import (
+    FAMILIES,
+    METRIC_LABELS,
+    METRIC_NAMES,
+    format_value,
+    render,
+    write_textfile,
+)
+from influx_backupd.record import RunRecord
+
+Key = tuple[str, frozenset[tuple[str, str]]]
+
+
+def parse(text: str) -> tuple[dict[Key, float], dict[str, str]]:
+    """Samples keyed by (name, labels), and sample name -> family type."""
+    values: dict[Key, float] = {}
+    types: dict[str, str] = {}
+    for family in text_string_to_metric_families(text):
+        assert family.documentation, f"{family.name} has no HELP"
+        for s in family.samples:
+            key = (s.name, frozenset(s.labels.items()))
+            assert key not in values, f"duplicate sample {key}"
+            values[key] = s.value
+            types[s.name] = family.type
+    return values, types
+
+
+def k(name: str, **labels: str) -> Key:
+    return (f"influx_backupd_{name}", frozenset(labels.items()))
+
+
+def rec(rid: str, job: str, status: str, started: float, **kw: object) -> RunRecord:
+    finished = None if status == "running" else started + 100
+    return RunRecord.from_dict(
+        {
+            "id": rid,
+            "job": job,
+            "mode": "cold",
+            "status": status,
+            "started_at": started,
+            "finished_at": finished,
+            **kw,
+        }
+    )
+
+
+def catalog() -> list[RunRecord]:
+    return [
+        # job "cold": ok, ok, failed, interrupted, then one still running
+        rec("c1", "cold", "ok", 1000.0, bytes=10, downtime_s=5.0, stop_s=1.0, copy_s=3.0,
+            start_s=1.0, archive_s=2.5, verify_status="failed"),
+        rec("c2", "cold", "ok", 2000.0, bytes=20, downtime_s=6.5, stop_s=2.0, copy_s=3.5,
+            start_s=1.0, verify_status="ok"),
+        rec("c3", "cold", "failed", 3000.0, downtime_s=0.75, stop_s=0.5, start_s=0.25,
+            verify_status="failed"),
+        rec("c4", "cold", "interrupted", 4000.0, stop_s=0.5),
+        rec("c5", "cold", "running", 5000.0, bytes=999, downtime_s=99.0, stop_s=9.0),
+        # job "hot": one ok, no downtime at all (influxd kept serving)
+        rec("h1", "hot", "ok", 1500.0, mode="hot", bytes=7, prestage_s=4.0, archive_s=1.0),
+    ]  # fmt: skip
+
+
+def test_render_values_and_labels() -> None:
+    values, types = parse(render(catalog(), {"cold": 2, "other": 1}))
+    expected = {
+        k("last_success_timestamp_seconds", job="cold"): 2100.0,
+        k("last_success_timestamp_seconds", job="hot"): 1600.0,
+        k("last_run_timestamp_seconds", job="cold", result="ok"): 2100.0,
+        k("last_run_timestamp_seconds", job="cold", result="failed"): 3100.0,
+        k("last_run_timestamp_seconds", job="cold", result="interrupted"): 4100.0,
+        k("last_run_timestamp_seconds", job="hot", result="ok"): 1600.0,
+        # c4 (newest finished) has no downtime: c3's is the last one measured
+        k("downtime_seconds", job="cold"): 0.75,
+        # phases of c4, the last finished run; the running c5 is ignored
+        k("phase_seconds", job="cold", phase="stop"): 0.5,
+        k("phase_seconds", job="hot", phase="prestage"): 4.0,
+        k("phase_seconds", job="hot", phase="archive"): 1.0,
+        k("archive_bytes", job="cold"): 20.0,
+        k("archive_bytes", job="hot"): 7.0,
+        k("runs_total", job="cold", result="ok"): 2.0,
+        k("runs_total", job="cold", result="failed"): 1.0,
+        k("runs_total", job="cold", result="interrupted"): 1.0,
+        k("runs_total", job="hot", result="ok"): 1.0,
+        k("runs_total", job="hot", result="failed"): 0.0,
+        k("runs_total", job="hot", result="interrupted"): 0.0,
+        # a job known only from the mapping still gets its series
+        k("runs_total", job="other", result="ok"): 0.0,
+        k("runs_total", job="other", result="failed"): 0.0,
+        k("runs_total", job="other", result="interrupted"): 0.0,
+        # two failed records plus two from the mapping
+        k("verify_failures_total", job="cold"): 4.0,
+        k("verify_failures_total", job="hot"): 0.0,
+        k("verify_failures_total", job="other"): 1.0,
+    }
+    assert values == expected
+    assert {name: types[name] for name in METRIC_NAMES} == {f.name: f.type for f in FAMILIES}
+
+
+def test_phases_of_last_finished_run_only_those_measured() -> None:
+    records = [
+        rec(
+            "a", "j", "ok", 1.0, stop_s=1.0, copy_s=2.0, start_s=3.0, prestage_s=4.0, archive_s=5.0
+        ),
+        rec("b", "j", "ok", 2.0, stop_s=0.125, copy_s=0.0),
+    ]
+    values, _ = parse(render(records))
+    phases = {dict(labels)["phase"]: v for (name, labels), v in values.items() if "phase" in name}
+    assert phases == {"stop": 0.125, "copy": 0.0}
+
+
+def test_newest_is_by_finish_time() -> None:
+    # "late" started first but finished last: it is the newest success
+    records = [
+        rec("late", "j", "ok", 10.0, finished_at=500.0, bytes=1),
+        rec("early", "j", "ok", 20.0, finished_at=200.0, bytes=2),
+    ]
+    values, _ = parse(render(records))
+    assert values[k("last_success_timestamp_seconds", job="j")] == 500.0
+    assert values[k("archive_bytes", job="j")] == 1.0
+
+
+def test_no_records_renders_only_help_and_type() -> None:
+    text = render([])
+    families = list(text_string_to_metric_families(text))
+    assert len(families) == len(METRIC_NAMES)
+    assert all(f.samples == [] for f in families)
+    for name in METRIC_NAMES:
+        assert f"# TYPE {name} " in text
+        assert f"# HELP {name} " in text
+
+
+def test_only_running_and_failed_has_no_success_series() -> None:
+    values, _ = parse(render([rec("f", "j", "failed", 1.0), rec("r", "j", "running", 2.0)]))
+    names = {name for name, _ in values}
+    assert "influx_backupd_last_success_timestamp_seconds" not in names
+    assert "influx_backupd_archive_bytes" not in names
+    assert values[k("runs_total", job="j", result="failed")] == 1.0
+
+
+@pytest.mark.parametrize("job", ['a"b\\c', "line\nbreak", "plain"])
+def test_label_values_are_escaped(job: str) -> None:
+    text = render([rec("x", job, "ok", 1.0)])
+    values, _ = parse(text)
+    assert values[k("runs_total", job=job, result="ok")] == 1.0
+    assert {dict(labels)["job"] for _, labels in values} == {job}
+    # one sample per line: a raw newline in a label would split one
+    assert all(
+        line.startswith(("# HELP ", "# TYPE ", "influx_backupd_")) for line in text.splitlines()
+    )
+
+
+def test_escaping_is_exactly_the_exposition_format() -> None:
+    text = render([rec("x", 'a"b\\c', "ok", 1.0)])
+    assert 'influx_backupd_runs_total{job="a\\"b\\\\c",result="ok"} 1\n' in text
+
+
+def test_names_follow_prometheus_conventions() -> None:
+    for family in FAMILIES:
+        assert re.fullmatch(r"influx_backupd_[a-z][a-z_]*[a-z]", family.name)
+        assert family.name.endswith("_total") == (family.type == "counter")
+        assert family.labels[0] == "job"
+        assert METRIC_LABELS[family.name] == family.labels
+    assert len(METRIC_NAMES) == 7
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(3, "3"), (0.5, "0.5"), (1764160074.25, "1764160074.25"), (float("nan"), "NaN"),
+     (float("inf"), "+Inf"), (float("-inf"), "-Inf")],
+)  # fmt: skip
+def test_format_value(value: float, text: str) -> None:
+    assert format_value(value) == text
+
+
+def test_write_textfile_is_complete_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "influx_backupd.prom"
+    target.write_text("stale\n")
+    text = render(catalog())
+    write_textfile(target, text)
+    assert target.read_text() == text
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    values, _ = parse(target.read_text())
+    assert values[k("runs_total", job="cold", result="ok")] == 2.0
+
+
+def test_write_textfile_mode_ignores_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        write_textfile(tmp_path / "m.prom", "")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.prom").stat().st_mode) == 0o644
+
+
+def test_write_textfile_failure_cleans_its_temp(tmp_path: Path) -> None:
+    target = tmp_path / "occupied.prom"
+    target.mkdir()  # os.replace of a file onto a directory fails
+    with pytest.raises(OSError):
+        write_textfile(target, "x 1\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["occupied.prom"]

@@ -1,0 +1,219 @@
+"""The shipped systemd units pass `systemd-analyze verify`; install.sh puts files in place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
+INSTALL_SH = PACKAGING / "install.sh"
+UNITS = ("influx-backupd.service", "influx-backupd@.service")
+EXEC_START = "ExecStart=/usr/local/bin/influx-backupd "
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed"
+)
+
+
+def unit_copy(tmp_path: Path, name: str) -> Path:
+    """Copy a unit into tmp_path with ExecStart pointing at an executable that exists.
+
+    verify fails when ExecStart's binary is missing, and /usr/local/bin/influx-backupd is
+    only there after install.sh has run; the rest of the line is kept as shipped.
+    """
+    text = (PACKAGING / name).read_text()
+    assert text.count(EXEC_START) == 1, f"{name}: expected one ExecStart of the installed command"
+    fake = tmp_path / "bin" / "influx-backupd"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    dest = tmp_path / name
+    dest.write_text(text.replace(EXEC_START, f"ExecStart={fake} "))
+    return dest
+
+
+def verify(unit: Path) -> subprocess.CompletedProcess[str]:
+    assert SYSTEMD_ANALYZE is not None
+    # --man=no: the units name no man pages, and man-db may be absent.
+    # Runs offline: systemd need not be PID 1 (it is not in this container).
+    return subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@needs_analyze
+def test_service_unit_verifies(tmp_path: Path) -> None:
+    result = verify(unit_copy(tmp_path, "influx-backupd.service"))
+    # Unknown keys and bad values are only warnings (exit 0), so stderr must be empty too.
+    assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
+
+
+@needs_analyze
+def test_template_instance_verifies(tmp_path: Path) -> None:
+    unit_copy(tmp_path, "influx-backupd@.service")
+    result = verify(tmp_path / "influx-backupd@main.service")
+    assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
+
+
+@needs_analyze
+def test_verify_catches_mistakes(tmp_path: Path) -> None:
+    """The two tests above would notice a typo or a missing binary."""
+    unit = unit_copy(tmp_path, "influx-backupd.service")
+    unit.write_text(unit.read_text().replace("KillMode=mixed", "KilMode=mixed"))
+    assert "Unknown key" in verify(unit).stderr
+    (tmp_path / "bin" / "influx-backupd").unlink()
+    assert verify(unit).returncode != 0
+
+
+def test_units_carry_required_settings() -> None:
+    for name in UNITS:
+        lines = set((PACKAGING / name).read_text().splitlines())
+        for wanted in (
+            "Type=notify",
+            "NotifyAccess=main",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "WatchdogSec=60",
+            "Restart=on-failure",
+            "KillMode=mixed",
+            "ProtectSystem=strict",
+            "NoNewPrivileges=yes",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        ):
+            assert wanted in lines, f"{name}: {wanted}"
+    template = (PACKAGING / "influx-backupd@.service").read_text()
+    assert "--config /etc/influx-backupd/%i.toml run" in template
+    assert "StateDirectory=influx-backupd/%i" in template
+
+
+# --- install.sh ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A minimal checkout: the real packaging files plus a stand-in example config."""
+    src = tmp_path / "src"
+    (src / "packaging").mkdir(parents=True)
+    for name in UNITS:
+        shutil.copy(PACKAGING / name, src / "packaging" / name)
+    (src / "pyproject.toml").write_text("[project]\nname = 'influx-backupd'\n")
+    (src / "config.example.toml").write_text("# example\n")
+    return src
+
+
+@pytest.fixture
+def fake_systemctl(tmp_path: Path) -> Path:
+    """A systemctl earlier in PATH that records being called."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    log = bindir / "calls"
+    script = bindir / "systemctl"
+    script.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    script.chmod(0o755)
+    return log
+
+
+def install(
+    root: Path | None, *args: str, path_prefix: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "INSTALL_ROOT"}
+    if root is not None:
+        env["INSTALL_ROOT"] = str(root)
+    if path_prefix is not None:
+        env["PATH"] = f"{path_prefix}:{env['PATH']}"
+    # /bin/sh (dash on Debian) rather than bash, to keep the script POSIX.
+    return subprocess.run(
+        ["/bin/sh", str(INSTALL_SH), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_install_into_root(checkout: Path, tmp_path: Path, fake_systemctl: Path) -> None:
+    root = tmp_path / "root"
+    result = install(
+        root, "--skip-venv", "--enable", str(checkout), path_prefix=fake_systemctl.parent
+    )
+    assert result.returncode == 0, result.stderr
+    for name in UNITS:
+        unit = root / "etc/systemd/system" / name
+        assert unit.read_bytes() == (PACKAGING / name).read_bytes()
+        assert mode(unit) == 0o644
+    config = root / "etc/influx-backupd/config.toml"
+    assert config.read_text() == "# example\n"
+    assert mode(config) == 0o640
+    backups = root / "var/backups/influxdb"
+    assert backups.is_dir() and mode(backups) == 0o700
+    link = root / "usr/local/bin/influx-backupd"
+    assert link.is_symlink()
+    assert os.readlink(link) == "/opt/influx-backupd/bin/influx-backupd"
+    # With INSTALL_ROOT, systemctl is never run, even with --enable.
+    assert not fake_systemctl.exists()
+
+
+def test_install_keeps_existing_config(checkout: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    config = root / "etc/influx-backupd/config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("# the operator's own\n")
+    config.chmod(0o600)
+    result = install(root, "--skip-venv", str(checkout))
+    assert result.returncode == 0, result.stderr
+    assert config.read_text() == "# the operator's own\n"
+    assert mode(config) == 0o600
+    assert "keeping existing" in result.stdout
+    assert (root / "etc/systemd/system/influx-backupd.service").is_file()
+
+
+def test_install_dry_run_changes_nothing(checkout: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    result = install(root, "--dry-run", str(checkout))
+    assert result.returncode == 0, result.stderr
+    assert not root.exists()
+    assert f"+ python3 -m venv {root}/opt/influx-backupd" in result.stdout
+    assert f"+ {root}/opt/influx-backupd/bin/pip install --upgrade {checkout}" in result.stdout
+    assert f"+ cp {checkout}/config.example.toml {root}/etc/influx-backupd/config.toml" in (
+        result.stdout
+    )
+
+
+def test_install_dry_run_without_root_plans_systemctl(checkout: Path, fake_systemctl: Path) -> None:
+    # Nothing runs in a dry run, so the real paths are safe to name here.
+    result = install(
+        None, "--dry-run", "--enable", str(checkout), path_prefix=fake_systemctl.parent
+    )
+    assert result.returncode == 0, result.stderr
+    assert "+ systemctl daemon-reload" in result.stdout
+    assert "+ systemctl enable --now influx-backupd.service" in result.stdout
+    assert not fake_systemctl.exists()
+
+
+def test_install_refuses_incomplete_checkout(checkout: Path, tmp_path: Path) -> None:
+    (checkout / "config.example.toml").unlink()
+    root = tmp_path / "root"
+    result = install(root, "--skip-venv", str(checkout))
+    assert result.returncode == 1
+    assert "config.example.toml" in result.stderr
+    assert not root.exists()
+
+
+def test_install_rejects_unknown_option(checkout: Path, tmp_path: Path) -> None:
+    result = install(tmp_path / "root", "--frobnicate", str(checkout))
+    assert result.returncode == 2
+    assert "unknown option --frobnicate" in result.stderr
