@@ -121,17 +121,17 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
 
 
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
-    from influx_backupd.cold import run_cold
     from influx_backupd.guard import exclusive
+    from influx_backupd.runner import ModeUnavailable, run_backup
 
     job = config.job(args.job)
-    mode = args.mode or job.mode
-    if mode != "cold":
-        raise UsageError(f"mode {mode!r} is not available in this version; use --mode cold")
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)
     with exclusive(config) as catalog:
-        record = run_cold(config, job, catalog)
+        try:
+            record = run_backup(config, job, catalog, mode=args.mode)
+        except ModeUnavailable as exc:
+            raise UsageError(str(exc)) from None
     print_record(record, args.json)
     return EXIT_OK if record.ok else EXIT_FAILED
 
@@ -244,11 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    log.configure(level=getattr(args, "log_level", "info"))
+    log.configure(level=getattr(args, "log_level", None) or "info")
     func: Callable[[Config, argparse.Namespace], int] = args.func
     path = resolve_path(getattr(args, "config", None))
     try:
         config = load(path)
+        if getattr(args, "log_level", None) is None:
+            log.configure(level=config.settings.daemon.log_level)
         return func(config, args)
     except ConfigError as exc:
         print(f"influx-backupd: {exc}", file=sys.stderr)

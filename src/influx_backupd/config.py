@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -19,6 +20,7 @@ CONFIG_ENV = "INFLUX_BACKUPD_CONFIG"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -45,12 +47,13 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class DaemonSection(_Strict):
     state_dir: Path = Path("/var/lib/influx-backupd")
     metrics_file: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class InfluxdSection(_Strict):
@@ -65,6 +68,7 @@ class InfluxdSection(_Strict):
     group: str = "influxdb"
     stop_timeout: Duration = 90.0
     start_timeout: Duration = 120.0
+    backup_timeout: Duration = 3600.0  # a whole `influxd backup` run (hot job)
 
     @model_validator(mode="after")
     def _one_way_to_start(self) -> InfluxdSection:
@@ -92,16 +96,56 @@ def _job_name(value: object) -> object:
     return value
 
 
+def _cold_window(value: object) -> object:
+    if value is None:
+        return value
+    if not isinstance(value, str) or not _WINDOW.match(value):
+        raise ValueError(f"must be a daily window like '01:00-05:00', not {value!r}")
+    return value
+
+
+def _timezone(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError("must be an IANA time zone name like 'UTC' or 'Europe/Berlin'")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {value!r} (use an IANA name like 'Europe/Berlin')"
+        ) from None
+    return value
+
+
 class JobSection(_Strict):
     name: Annotated[str, BeforeValidator(_job_name)]
+    # when: a 5-field crontab string, or an interval; neither = run only by hand
     schedule: str | None = None
     every: Duration | None = None
+    jitter: Duration = 0.0
+    timezone: Annotated[str, BeforeValidator(_timezone)] = "UTC"
+    catch_up: Duration = 3600.0
+    # how: the policy picks cold or hot per run
     mode: Literal["cold", "hot", "auto"] = "cold"
+    cold_window: Annotated[str | None, BeforeValidator(_cold_window)] = None
+    max_downtime: Duration | None = None
+    fallback: Literal["none", "cold"] = "none"
+    # TOML key `copy`; renamed here because BaseModel.copy exists
+    copy_mode: Literal["staged", "direct"] = Field(default="direct", alias="copy")
+    keep_staging: bool = True
+    full_every: Duration = 7 * 86400.0
+    # keep
     keep_last: int = Field(default=0, ge=0)
     keep_hourly: int = Field(default=0, ge=0)
     keep_daily: int = Field(default=0, ge=0)
     keep_weekly: int = Field(default=0, ge=0)
     keep_monthly: int = Field(default=0, ge=0)
+    # prove and report
+    verify_after_backup: bool = False
+    verify_restore_test: bool = False
+    on_success: list[str] | None = None
+    on_failure: list[str] | None = None
+    hook_timeout: Duration = 60.0
+    heartbeat_url: str | None = None
 
     @model_validator(mode="after")
     def _schedule_or_every(self) -> JobSection:
@@ -113,6 +157,16 @@ class JobSection(_Strict):
             )
         if self.every is not None and self.every <= 0:
             raise ValueError("every must be longer than 0s")
+        for hook in ("on_success", "on_failure"):
+            argv = getattr(self, hook)
+            if argv is not None and (not argv or not argv[0]):
+                raise ValueError(
+                    f"{hook} must be a non-empty argv list like ['/usr/local/bin/notify', 'ok']"
+                )
+        if self.heartbeat_url is not None and not self.heartbeat_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("heartbeat_url must start with http:// or https://")
         return self
 
 
