@@ -212,5 +212,5 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 
     def databases(self) -> list[str]:
         result = self.query("SHOW DATABASES")
-        series = result["results"][0].get("series") or [{"values": []}]
-        return [row[0] for row in series[0]["values"] if row[0] != "_internal"]
+        series = result["results"][0].get("series") or [{}]
+        return [row[0] for row in series[0].get("values") or [] if row[0] != "_internal"]
