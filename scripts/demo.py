@@ -24,7 +24,16 @@ POINTS = 50_000
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "influx_backupd", "--config", str(config), "--log-level", "warning", *args],
+        [
+            sys.executable,
+            "-m",
+            "influx_backupd",
+            "--config",
+            str(config),
+            "--log-level",
+            "warning",
+            *args,
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -60,8 +69,12 @@ def step(text: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir for a look afterwards")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp dir for a look afterwards"
+    )
     args = parser.parse_args()
     binary = influxd_binary()
     if binary is None:

@@ -5,8 +5,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 PYTHON="${PYTHON:-python3}"
 echo "== ruff" >&2
-"$PYTHON" -m ruff check src tests bench
-"$PYTHON" -m ruff format --check src tests bench
+"$PYTHON" -m ruff check src tests bench scripts
+"$PYTHON" -m ruff format --check src tests bench scripts
 echo "== mypy --strict src" >&2
 "$PYTHON" -m mypy --strict src
 echo "== pytest" >&2

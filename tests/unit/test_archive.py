@@ -1,0 +1,160 @@
+"""The archive writer and safe extraction, on real files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.archive import (
+    ArchiveError,
+    UnsafeArchive,
+    check_written,
+    extract_safely,
+    scan_archive,
+    write_archive,
+)
+
+
+def make_tree(root: Path) -> None:
+    (root / "meta").mkdir(parents=True)
+    (root / "meta" / "meta.db").write_bytes(b"meta" * 100)
+    shard = root / "data" / "db" / "autogen" / "1"
+    shard.mkdir(parents=True)
+    (shard / "000000001-000000001.tsm").write_bytes(os.urandom(3 << 20))
+    (root / "data" / "db" / "empty").mkdir()
+    (root / "influxdb.conf").write_text("[meta]\n")
+
+
+def test_written_archive_is_readable_by_gnu_tar_with_relative_members_and_its_hash(
+    tmp_path: Path,
+) -> None:
+    make_tree(tmp_path / "src")
+    dest = tmp_path / "out" / "a.tar"
+    dest.parent.mkdir()
+    result = write_archive(
+        dest,
+        [
+            ("meta", tmp_path / "src" / "meta"),
+            ("data", tmp_path / "src" / "data"),
+            ("influxdb.conf", tmp_path / "src" / "influxdb.conf"),
+        ],
+    )
+    check_written(result)
+    assert result.sha256 == hashlib.sha256(dest.read_bytes()).hexdigest()
+    assert result.bytes == dest.stat().st_size
+    assert dest.stat().st_mode & 0o777 == 0o600
+    assert not list(dest.parent.glob("*.partial"))
+    names = subprocess.run(
+        ["tar", "-tf", str(dest)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert names == [
+        "meta/",
+        "meta/meta.db",
+        "data/",
+        "data/db/",
+        "data/db/autogen/",
+        "data/db/empty/",
+        "data/db/autogen/1/",
+        "data/db/autogen/1/000000001-000000001.tsm",
+        "influxdb.conf",
+    ]
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["tar", "-xf", str(dest), "-C", str(out)], check=True)
+    assert (out / "data/db/autogen/1/000000001-000000001.tsm").read_bytes() == (
+        tmp_path / "src/data/db/autogen/1/000000001-000000001.tsm"
+    ).read_bytes()
+
+
+def test_a_failed_write_leaves_no_partial_and_no_archive(tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    dest = tmp_path / "a.tar"
+
+    def boom(_n: int) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_archive(dest, [("data", tmp_path / "src" / "data")], progress=boom)
+    assert not dest.exists()
+    assert not dest.with_name("a.tar.partial").exists()
+
+
+def _tar_with(tmp_path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
+    path = tmp_path / "evil.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def _link(name: str, target: str, kind: bytes) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info, None
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (_file("/etc/evil"), "absolute"),
+        (_file("data/../../evil"), "'..'"),
+        (_file("elsewhere/x"), "unexpected top-level"),
+        (_link("data/l", "/etc/passwd", tarfile.SYMTYPE), "leaves the archive"),
+        (_link("data/l", "../../x", tarfile.SYMTYPE), "leaves the archive"),
+        (_link("data/h", "meta/x", tarfile.LNKTYPE), "hard links"),
+        (_link("data/dev", "", tarfile.CHRTYPE), "device"),
+    ],
+)
+def test_unsafe_members_are_refused_before_anything_is_written(
+    tmp_path: Path, member: tuple[tarfile.TarInfo, bytes | None], message: str
+) -> None:
+    archive = _tar_with(tmp_path, _file("meta/meta.db"), _file("data/x"), member)
+    with pytest.raises(UnsafeArchive, match=message):
+        scan_archive(archive, {"meta", "data"})
+    targets = {"meta": tmp_path / "m", "data": tmp_path / "d"}
+    with pytest.raises(UnsafeArchive):
+        extract_safely(archive, targets, uid=None, gid=None)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "d").exists()
+    assert not Path("/etc/evil").exists()
+
+
+def test_a_truncated_archive_is_detected_by_the_scan(tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    dest = tmp_path / "a.tar"
+    write_archive(dest, [("meta", tmp_path / "src" / "meta"), ("data", tmp_path / "src" / "data")])
+    data = dest.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArchiveError):
+        scan_archive(cut, {"meta", "data"})
+
+
+def test_extraction_sets_the_owner_and_keeps_content(tmp_path: Path) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    make_tree(tmp_path / "src")
+    dest = tmp_path / "a.tar"
+    write_archive(dest, [("meta", tmp_path / "src" / "meta"), ("data", tmp_path / "src" / "data")])
+    targets = {"meta": tmp_path / "m", "data": tmp_path / "d"}
+    written = extract_safely(dest, targets, uid=nobody.pw_uid, gid=nobody.pw_gid)
+    assert written == 2
+    for path in [*targets["meta"].rglob("*"), *targets["data"].rglob("*"), *targets.values()]:
+        assert path.lstat().st_uid == nobody.pw_uid, path
+    assert (targets["data"] / "db/autogen/1/000000001-000000001.tsm").read_bytes() == (
+        tmp_path / "src/data/db/autogen/1/000000001-000000001.tsm"
+    ).read_bytes()
+    assert (targets["data"] / "db" / "empty").is_dir()

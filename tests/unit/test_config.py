@@ -1,0 +1,298 @@
+"""Config: every mistake is one line naming the file and the key path, exit 78, nothing touched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from influx_backupd import cli
+from influx_backupd.config import (
+    ConfigError,
+    JobSection,
+    Settings,
+    load,
+    parse_duration,
+    read_server_paths,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+INFLUXDB_CONF = """
+reporting-enabled = false
+bind-address = "127.0.0.1:18088"
+[meta]
+  dir = "{root}/meta"
+[data]
+  dir = "{root}/data"
+  wal-dir = "{root}/wal"
+[http]
+  bind-address = ":18086"
+"""
+
+
+@pytest.fixture
+def influxdb_conf(tmp_path: Path) -> Path:
+    path = tmp_path / "influxdb.conf"
+    path.write_text(INFLUXDB_CONF.format(root=tmp_path / "server"))
+    return path
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(body)
+    return path
+
+
+def base(influxdb_conf: Path, tmp_path: Path, influxd_extra: str = "", job: str = "") -> str:
+    return f"""
+[daemon]
+state_dir = "{tmp_path / "state"}"
+[influxd]
+config = "{influxdb_conf}"
+service = "influxdb.service"
+{influxd_extra}
+[storage]
+dir = "{tmp_path / "archives"}"
+{job}
+"""
+
+
+def test_a_valid_config_resolves_dirs_url_and_snapshot_host_from_influxdb_conf(
+    tmp_path: Path, influxdb_conf: Path
+) -> None:
+    config = load(write(tmp_path, base(influxdb_conf, tmp_path)))
+    server = tmp_path / "server"
+    assert config.server.dirs() == {
+        "meta": server / "meta",
+        "data": server / "data",
+        "wal": server / "wal",
+    }
+    assert config.url == "http://127.0.0.1:18086"  # ":18086" binds every address; we ask loopback
+    assert config.backup_host == "127.0.0.1:18088"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("5m", 300),
+        ("2h", 7200),
+        ("7d", 604800),
+        ("1.5h", 5400),
+        (30, 30),
+        ("250ms", 0.25),
+    ],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["5 minutes", "m5", "-3s", "", True, "1y"])
+def test_bad_durations_are_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"duration|negative"):
+        parse_duration(bad)
+
+
+BAD_CONFIGS: list[tuple[str, str, str]] = [
+    # (name, how to break the base config, expected message fragment with key path)
+    ("unknown key", 'influxd_extra:colour = "blue"', "influxd.colour: unknown key"),
+    ("wrong type", "influxd_extra:stop_timeout = [1]", "influxd.stop_timeout: must be a duration"),
+    (
+        "bad duration",
+        'influxd_extra:start_timeout = "5 minutes"',
+        "influxd.start_timeout: must be a duration",
+    ),
+    (
+        "bad mode",
+        'job:[[job]]\nname = "a"\n[[job]]\nname = "b"\nmode = "warm"',
+        "job[1].mode: must be one of cold, hot, auto",
+    ),
+    (
+        "bad schedule",
+        'job:[[job]]\nname = "a"\nschedule = "every day"',
+        "job[0]: schedule must be a 5-field",
+    ),
+    ("bad job name", 'job:[[job]]\nname = "a b"', "job[0].name: must be 1-64 letters"),
+    ("duplicate job", 'job:[[job]]\nname = "a"\n[[job]]\nname = "a"', "job name 'a' is used twice"),
+    (
+        "bad window",
+        'job:[[job]]\nname = "a"\ncold_window = "1am-5am"',
+        "job[0].cold_window: must be a daily window",
+    ),
+    (
+        "bad zone",
+        'job:[[job]]\nname = "a"\ntimezone = "Mars/Olympus"',
+        "job[0].timezone: unknown time zone",
+    ),
+    ("negative keep", 'job:[[job]]\nname = "a"\nkeep_daily = -1', "job[0].keep_daily:"),
+    (
+        "both service and command",
+        'influxd_extra:command = ["/usr/bin/influxd"]',
+        "influxd: set either service or command",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "expected"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS]
+)
+def test_bad_configs_give_one_line_with_the_key_path_and_exit_78(
+    tmp_path: Path,
+    influxdb_conf: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    change: str,
+    expected: str,
+) -> None:
+    where, _, text = change.partition(":")
+    body = base(influxdb_conf, tmp_path, **{where: text})
+    path = write(tmp_path, body)
+    assert cli.main(["--config", str(path), "check-config"]) == 78
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"influx-backupd: {path}: "), err
+    assert expected in err, err
+    assert not (tmp_path / "state").exists(), "a bad config touches nothing"
+
+
+def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--config", str(tmp_path / "nope.toml"), "check-config"]) == 78
+    assert (
+        capsys.readouterr().err
+        == f"influx-backupd: {tmp_path / 'nope.toml'}: config file not found\n"
+    )
+
+
+def test_config_that_is_not_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "[influxd\nconfig = 1\n")
+    assert cli.main(["--config", str(path), "check-config"]) == 78
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not valid TOML" in err
+
+
+def test_missing_required_sections(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "[daemon]\n")
+    assert cli.main(["--config", str(path), "check-config"]) == 78
+    assert "influxd: required key is missing" in capsys.readouterr().err
+
+
+def test_neither_service_nor_command(
+    tmp_path: Path, influxdb_conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = base(influxdb_conf, tmp_path).replace('service = "influxdb.service"', "")
+    assert cli.main(["--config", str(write(tmp_path, body)), "check-config"]) == 78
+    assert "influxd: set service" in capsys.readouterr().err
+
+
+def test_influxdb_conf_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    body = base(tmp_path / "gone.conf", tmp_path)
+    assert cli.main(["--config", str(write(tmp_path, body)), "check-config"]) == 78
+    assert (
+        capsys.readouterr().err
+        == f"influx-backupd: {tmp_path / 'gone.conf'}: influxdb.conf not found\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("conf", "expected"),
+    [
+        ('[meta]\ndir = "/m"\n', "[data] dir: missing"),
+        ('[meta]\ndir = "/m"\n[data]\nwal-dir = "/w"\n', "[data] dir: missing"),
+        ('[data]\ndir = "/d"\n', "[meta] dir: missing"),
+        ('[meta]\ndir = "m"\n[data]\ndir = "/d"\n', "[meta] dir: must be an absolute path"),
+        ('[meta]\ndir = "/m"\n[data]\ndir = 5\n', "[data] dir: must be a directory path"),
+    ],
+)
+def test_influxdb_conf_without_the_dirs_we_need(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], conf: str, expected: str
+) -> None:
+    influxdb_conf = tmp_path / "influxdb.conf"
+    influxdb_conf.write_text(conf)
+    assert (
+        cli.main(["--config", str(write(tmp_path, base(influxdb_conf, tmp_path))), "check-config"])
+        == 78
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(influxdb_conf) in err and expected in err, err
+
+
+def test_no_traceback_from_a_real_process(tmp_path: Path, influxdb_conf: Path) -> None:
+    path = write(tmp_path, base(influxdb_conf, tmp_path, influxd_extra="stop_timeout = []"))
+    done = subprocess.run(
+        [sys.executable, "-m", "influx_backupd", "--config", str(path), "backup"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 78
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_env_var_and_flag_choose_the_config(
+    tmp_path: Path,
+    influxdb_conf: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write(tmp_path, base(influxdb_conf, tmp_path))
+    monkeypatch.setenv("INFLUX_BACKUPD_CONFIG", str(path))
+    assert cli.main(["check-config"]) == 0
+    assert f"{path}: ok" in capsys.readouterr().out
+    assert cli.main(["check-config", "--config", str(tmp_path / "other.toml")]) == 78
+
+
+def test_check_config_prints_the_resolved_plan(
+    tmp_path: Path, influxdb_conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = '[[job]]\nname = "nightly"\nschedule = "0 3 * * *"\nmode = "auto"'
+    path = write(tmp_path, base(influxdb_conf, tmp_path, job=job))
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "server" / "wal") in out
+    assert "nightly" in out and "auto" in out and "influxdb.service" in out
+    assert cli.main(["--config", str(path), "check-config", "--json"]) == 0
+    import json
+
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dirs"]["data"] == str(tmp_path / "server" / "data")
+    assert plan["jobs"][0]["name"] == "nightly"
+
+
+def _field_names(model: type[BaseModel]) -> set[str]:
+    names: set[str] = set()
+    for name, info in model.model_fields.items():
+        names.add(info.alias or name)
+    return names
+
+
+def test_config_example_is_valid_and_documents_every_key() -> None:
+    raw: dict[str, Any] = tomllib.loads((REPO / "config.example.toml").read_text())
+    Settings.model_validate(raw)
+    text = (REPO / "config.example.toml").read_text()
+    for section, model in Settings.model_fields.items():
+        assert model.annotation is not None
+        sub = model.annotation
+        if section == "job":
+            sub = JobSection
+        assert isinstance(sub, type) and issubclass(sub, BaseModel)
+        for key in _field_names(sub):
+            # documented either as a live key or as a commented-out example
+            assert f"\n{key} = " in text or f"\n# {key} = " in text, f"{section}.{key} undocumented"
+
+
+def test_read_server_paths_of_a_09_style_conf_includes_hinted_handoff(tmp_path: Path) -> None:
+    conf = tmp_path / "influxdb.conf"
+    conf.write_text('[meta]\ndir = "/m"\n[data]\ndir = "/d"\n[hinted-handoff]\ndir = "/hh"\n')
+    paths, _ = read_server_paths(conf)
+    assert paths.dirs() == {"meta": Path("/m"), "data": Path("/d"), "hh": Path("/hh")}
+
+
+def test_config_error_is_a_plain_exception() -> None:
+    assert issubclass(ConfigError, Exception)
