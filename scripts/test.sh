@@ -5,8 +5,10 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 PYTHON="${PYTHON:-python3}"
 echo "== ruff" >&2
-"$PYTHON" -m ruff check src tests bench scripts
-"$PYTHON" -m ruff format --check src tests bench scripts
+lint="src tests scripts"
+[ -d bench ] && lint="$lint bench"
+"$PYTHON" -m ruff check $lint
+"$PYTHON" -m ruff format --check $lint
 echo "== mypy --strict src" >&2
 "$PYTHON" -m mypy --strict src
 echo "== pytest" >&2
