@@ -1,6 +1,6 @@
 """One backup run, from the job's mode to what follows the record (shared by CLI and daemon).
 
-    mode (cold | hot | auto → policy) → the job → record → after_run (prune, verify, metrics, hooks)
+mode (cold | hot | auto → policy) → the job → record → after_run (prune, verify, metrics, hooks)
 """
 
 from __future__ import annotations
