@@ -125,7 +125,7 @@ def fake_systemctl(tmp_path: Path) -> Path:
 def install(
     root: Path | None, *args: str, path_prefix: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "INSTALL_ROOT"}
+    env = {k: v for k, v in os.environ.items() if k not in ("INSTALL_ROOT", "PYTHON")}
     if root is not None:
         env["INSTALL_ROOT"] = str(root)
     if path_prefix is not None:
