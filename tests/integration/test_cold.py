@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -146,8 +147,6 @@ def test_influxd_ignoring_sigterm_is_left_running_and_nothing_is_copied(
         done = cli("backup", "--json")
         assert done.returncode == 1
         assert time.monotonic() - started < 20
-        import json
-
         record = json.loads(done.stdout)
         assert record["status"] == "failed"
         assert "stop_timeout" in record["error"]
@@ -236,3 +235,30 @@ def test_restore_refuses_an_archive_whose_sha256_differs_from_the_catalog(
     assert done.returncode == 1
     assert "sha256" in done.stderr
     assert sandbox.ping()
+
+
+def test_sigterm_during_the_copy_restarts_influxd_and_records_an_interrupted_run(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(1_500_000_000)
+    cli = Cli(write_config(tmp_path, sandbox))
+    marker = tmp_path / "state" / "influxd-stopped.json"
+    backup = cli.popen("backup", "--json")
+    deadline = time.monotonic() + 60
+    while not (list((tmp_path / "archives").glob("*.partial")) and not sandbox.pids()):
+        assert time.monotonic() < deadline, "never saw the copy start"
+        time.sleep(0.005)
+    backup.send_signal(signal.SIGTERM)
+    out, err = backup.communicate(timeout=60)
+    assert backup.returncode == 1, err
+    record = json.loads(out)
+    assert record["status"] == "interrupted"
+    assert "SIGTERM" in record["error"]
+    assert sandbox.ping(), "influxd runs again before the command exits"
+    assert record["downtime_s"] > 0
+    assert not marker.exists()
+    assert _archives(tmp_path) == [], "the partial archive is removed"
+    assert sandbox.count("metrics") == 1_000
