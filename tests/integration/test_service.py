@@ -1,0 +1,66 @@
+"""The `service` control path (systemctl stop/start, MainPID) against a real influxd.
+
+systemd cannot run as PID 1 here, so `systemctl` is the stand-in in tests/stand_ins/bin, which
+starts, tracks and stops the real influxd the way systemd does for a simple service. What this
+does not cover: a real systemd's unit state machine and its D-Bus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.sandbox import Sandbox
+from tests.conftest import STAND_INS, Cli, write_config
+
+UNIT = "influxdb-sandbox.service"
+
+
+@pytest.fixture
+def service(tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Path:
+    state = tmp_path / "systemd"
+    state.mkdir()
+    (state / f"{UNIT}.json").write_text(json.dumps({"command": sandbox.command()}))
+    monkeypatch.setenv("STANDIN_SYSTEMCTL_DIR", str(state))
+    monkeypatch.setenv("PATH", f"{STAND_INS / 'bin'}:{os.environ['PATH']}")
+    sandbox.stop()
+    subprocess.run(["systemctl", "start", UNIT], check=True)
+    sandbox.wait_ready()
+    return state
+
+
+def test_backup_and_restore_through_systemctl(
+    tmp_path: Path, sandbox: Sandbox, service: Path
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox, influxd={"command": None, "service": UNIT}))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 5_000)
+    pid_before = int((service / f"{UNIT}.pid").read_text())
+
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    assert sandbox.ping()
+    assert int((service / f"{UNIT}.pid").read_text()) != pid_before, "restarted by the unit"
+    calls = (service / "calls.log").read_text().splitlines()
+    assert f"stop {UNIT}" in calls and calls.count(f"start {UNIT}") == 2  # fixture's start + ours
+    assert f"show -p MainPID --value {UNIT}" in calls
+
+    sandbox.write_points("metrics", 1_000, start=80_000)
+    done = cli("restore", record["id"], "--yes")
+    assert done.returncode == 0, done.stderr
+    assert sandbox.count("metrics") == 5_000
+
+
+def test_a_stopped_unit_is_not_backed_up_and_not_started(
+    tmp_path: Path, sandbox: Sandbox, service: Path
+) -> None:
+    subprocess.run(["systemctl", "stop", UNIT], check=True)
+    cli = Cli(write_config(tmp_path, sandbox, influxd={"command": None, "service": UNIT}))
+    record = cli.json("backup")
+    assert record["status"] == "failed"
+    assert "not running" in record["error"]
+    assert not sandbox.ping(), "an operator's stopped server stays stopped"
