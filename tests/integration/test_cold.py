@@ -262,3 +262,33 @@ def test_sigterm_during_the_copy_restarts_influxd_and_records_an_interrupted_run
     assert not marker.exists()
     assert _archives(tmp_path) == [], "the partial archive is removed"
     assert sandbox.count("metrics") == 1_000
+
+
+HOLD_MAPPED = """
+import mmap, sys, time
+fh = open(sys.argv[1], "rb")
+mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+fh.close()  # only the mapping holds it now, as influxd holds its TSM files
+print("mapped", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_file_still_mapped_after_the_stop_blocks_the_copy_and_influxd_restarts(
+    tmp_path: Path, sandbox: Sandbox, cli: Cli
+) -> None:
+    held = sandbox.data / "held.bin"
+    held.write_bytes(b"x" * 8192)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_MAPPED, str(held)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "mapped"
+        record = cli.json("backup")
+        assert record["status"] == "failed"
+        assert f"pid {holder.pid}" in record["error"] and "held.bin" in record["error"]
+        assert record["archive"] is None and _archives(tmp_path) == []
+        assert sandbox.ping(), "influxd is started again after the refused copy"
+    finally:
+        holder.kill()
+        holder.wait()
