@@ -65,7 +65,9 @@ def write_config(
         "[storage]",
         f'dir = "{tmp_path / "archives"}"',
     ]
-    for job in jobs or [{"name": "nightly", "schedule": "0 3 * * *", "mode": "cold"}]:
+    # copy = "direct": these tests watch the stop window's tar; staged has tests/integration/test_staged.py
+    default_job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
+    for job in jobs or [default_job]:
         lines += ["", "[[job]]", *(f"{k} = {json.dumps(v)}" for k, v in job.items())]
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n" + extra)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import hashlib
 import os
+import pwd
+import queue
 import stat
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough to keep RSS flat
+CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough to keep RSS flat (and in L2)
 
 
 class ArchiveError(Exception):
@@ -23,23 +29,82 @@ class UnsafeArchive(ArchiveError):
     pass
 
 
-class _HashingSink:
-    """A write-only file object that hashes and counts what passes through to an fd."""
+class _Out:
+    """Writes to an fd while a second thread hashes the same bytes, in order.
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.sha256 = hashlib.sha256()
+    sha256 and the copy each take about as long as the other; hashlib and os.write both release
+    the GIL, so overlapping them brings the writer close to GNU tar, which does not hash.
+    Buffers come from a small ring and go back to it once written and hashed: memory stays flat.
+    """
+
+    def __init__(self, buffers: int = 4) -> None:
+        self.fd = -1  # set once the partial file is open
         self.bytes = 0
+        self._sha256 = hashlib.sha256()
+        self._pending: list[bytes] = []  # tar headers and padding, written with the next data
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        for _ in range(buffers):
+            self._free.put(memoryview(bytearray(CHUNK)))
+        self._todo: queue.SimpleQueue[tuple[memoryview | bytes, memoryview | None] | None] = (
+            queue.SimpleQueue()
+        )
+        self._hasher = threading.Thread(target=self._hash_loop, name="archive-sha256", daemon=True)
+        self._hasher.start()
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data)
-        self.sha256.update(view)
-        total = len(view)
+    def _hash_loop(self) -> None:
+        while (job := self._todo.get()) is not None:
+            data, give_back = job
+            self._sha256.update(data)
+            if give_back is not None:
+                self._free.put(give_back)
+
+    def buffer(self) -> memoryview:
+        """A free CHUNK-sized buffer to read into; pass what was read to data()."""
+        return self._free.get()
+
+    def small(self, data: bytes) -> None:
+        self.bytes += len(data)
+        self._todo.put((data, None))
+        self._pending.append(data)
+
+    def data(self, buf: memoryview, n: int) -> None:
+        view = buf[:n]
+        self.bytes += n
+        if self._pending:
+            parts: list[bytes | memoryview] = [*self._pending, view]
+            self._pending = []
+            self._writev(parts)
+        else:
+            self._write(view)
+        self._todo.put((view, buf))  # hashed after the write started; the ring gets it back
+
+    def give_back(self, buf: memoryview) -> None:
+        self._free.put(buf)
+
+    def flush(self) -> None:
+        if self._pending:
+            parts: list[bytes | memoryview] = list(self._pending)
+            self._pending = []
+            self._writev(parts)
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._sha256.hexdigest()
+
+    def close(self) -> None:
+        if self._hasher.is_alive():
+            self._todo.put(None)
+            self._hasher.join()
+
+    def _write(self, view: memoryview) -> None:
         while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
-        self.bytes += total
-        return total
+            view = view[os.write(self.fd, view) :]
+
+    def _writev(self, parts: list[bytes | memoryview]) -> None:
+        written = os.writev(self.fd, parts)
+        total = sum(len(p) for p in parts)
+        if written < total:  # short write (signal, nearly full disk): finish it piece by piece
+            self._write(memoryview(b"".join(bytes(p) for p in parts))[written:])
 
 
 @dataclass
@@ -69,6 +134,42 @@ def _walk(root: Path, prefix: str) -> Iterator[tuple[Path, str]]:
 ProgressFn = Callable[[int], None]
 
 
+@lru_cache(maxsize=64)
+def _uname(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+@lru_cache(maxsize=64)
+def _gname(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
+
+
+def _tarinfo(path: Path, name: str, st: os.stat_result) -> tarfile.TarInfo | None:
+    """The header tarfile's gettarinfo would make, except that hard links are stored as files
+    (restore refuses hard-link members); None for sockets, fifos and devices."""
+    info = tarfile.TarInfo(name)
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        info.type, info.size = tarfile.REGTYPE, st.st_size
+    elif stat.S_ISDIR(mode):
+        info.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+    else:
+        return None
+    info.mode = stat.S_IMODE(mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.uname, info.gname = _uname(st.st_uid), _gname(st.st_gid)
+    info.mtime = st.st_mtime
+    return info
+
+
 def write_archive(
     dest: Path,
     sources: list[tuple[str, Path]],
@@ -79,50 +180,75 @@ def write_archive(
 
     Written as dest.partial (mode 0600), fsynced, renamed, then the directory fsynced:
     a crash never leaves a file under the final name that is not complete.
+    Streams through one reusable buffer (flat memory whatever the data size) and hashes the
+    bytes as they are written; headers come from tarfile, the data loop is ours (speed).
     """
     partial = dest.with_name(dest.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    sink = _HashingSink(fd)
+    out = _Out()  # before the file exists: a signal while its thread starts leaves nothing behind
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except BaseException:
+        out.close()
+        raise
+    out.fd = fd
     files = members = 0
     sizes: dict[str, int] = {}
     try:
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:  # type: ignore[call-overload]
-            for prefix, root in sources:
-                entries = _walk(root, prefix) if root.is_dir() else iter([(root, prefix)])
-                for path, name in entries:
-                    info = tar.gettarinfo(str(path), arcname=name)
-                    members += 1
-                    if info.isreg():
-                        with open(path, "rb") as fh:
-                            tar.addfile(info, _Reader(fh, progress))
-                        files += 1
-                        sizes[name] = info.size
-                    elif info.isdir() or info.issym():
-                        tar.addfile(info)
-                    # sockets, fifos and devices have no place in influxd's dirs: skipped
+        for prefix, root in sources:
+            entries = _walk(root, prefix) if root.is_dir() else iter([(root, prefix)])
+            for path, name in entries:
+                st = os.lstat(path)
+                info = _tarinfo(path, name, st)
+                if info is None:
+                    continue  # sockets, fifos and devices have no place in influxd's dirs
+                out.small(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+                members += 1
+                if info.isreg():
+                    _copy_data(path, info, out, progress)
+                    files += 1
+                    sizes[name] = info.size
+        out.small(bytes(tarfile.BLOCKSIZE * 2))
+        remainder = out.bytes % tarfile.RECORDSIZE
+        if remainder:
+            out.small(bytes(tarfile.RECORDSIZE - remainder))
+        out.flush()
         os.fsync(fd)
+        digest = out.hexdigest()
     except BaseException:
+        out.close()
         os.close(fd)
         partial.unlink(missing_ok=True)
         raise
     os.close(fd)
     os.replace(partial, dest)
     fsync_dir(dest.parent)
-    return WriteResult(dest, sink.bytes, files, members, sink.sha256.hexdigest(), sizes)
+    return WriteResult(dest, out.bytes, files, members, digest, sizes)
 
 
-class _Reader:
-    """Passes reads through and reports bytes read, for progress events."""
-
-    def __init__(self, fh: BinaryIO, progress: ProgressFn | None) -> None:
-        self.fh = fh
-        self.progress = progress
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.fh.read(size)
-        if self.progress is not None and data:
-            self.progress(len(data))
-        return data
+def _copy_data(
+    path: Path,
+    info: tarfile.TarInfo,
+    out: _Out,
+    progress: ProgressFn | None,
+) -> None:
+    """Exactly info.size bytes of path, then the padding to the next 512-byte block."""
+    left = info.size
+    with open(path, "rb", buffering=0) as fh:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        while left > 0:
+            buf = out.buffer()
+            n = fh.readinto(buf[: min(len(buf), left)])
+            if not n:
+                out.give_back(buf)
+                raise ArchiveError(f"{path}: shrank while being archived ({left} bytes missing)")
+            out.data(buf, n)
+            left -= n
+            if progress is not None:
+                progress(n)
+    tail = info.size % tarfile.BLOCKSIZE
+    if tail:
+        out.small(bytes(tarfile.BLOCKSIZE - tail))
 
 
 def fsync_dir(path: Path) -> None:

@@ -22,6 +22,14 @@ CREATE TABLE IF NOT EXISTS runs (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_job_started ON runs (job, started_at);
+-- monotonic per-job counts (runs by result, verify failures): runs are pruned, counters never
+CREATE TABLE IF NOT EXISTS counters (
+    job TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    last_at REAL NOT NULL,
+    PRIMARY KEY (job, name)
+);
 """
 
 
@@ -77,6 +85,21 @@ class Catalog:
     def delete(self, run_id: str) -> None:
         with self._connect() as conn:
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def increment(self, job: str, name: str, at: float) -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO counters (job, name, value, last_at) VALUES (?,?,1,?) "
+                "ON CONFLICT (job, name) DO UPDATE SET value = value + 1, "
+                "last_at = max(last_at, excluded.last_at)",
+                (job, name, at),
+            )
+
+    def counters(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """(job, name) → (value, time of the last increment)."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT job, name, value, last_at FROM counters").fetchall()
+        return {(job, name): (int(value), float(at)) for job, name, value, at in rows}
 
     def exists(self) -> bool:
         return self.path.exists()

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -60,6 +61,8 @@ def print_record(record: RunRecord, as_json: bool) -> None:
     )
     if record.error:
         print(f"  error     {record.error}")
+    if record.verify_status:
+        print(f"  verify    {record.verify_status}: {record.verify_detail}")
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -122,18 +125,40 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
 
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     from influx_backupd.guard import exclusive
-    from influx_backupd.runner import ModeUnavailable, run_backup
+    from influx_backupd.runner import ModeUnavailable, Skipped, run_backup
 
     job = config.job(args.job)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)
-    with exclusive(config) as catalog:
-        try:
-            record = run_backup(config, job, catalog, mode=args.mode)
-        except ModeUnavailable as exc:
-            raise UsageError(str(exc)) from None
+    bar = _progress_bar(args)
+    try:
+        with exclusive(config) as catalog:
+            try:
+                record = run_backup(config, job, catalog, mode=args.mode)
+            except ModeUnavailable as exc:
+                raise UsageError(str(exc)) from None
+            except Skipped as exc:  # mode auto: the policy ran nothing now
+                print(f"influx-backupd: skipped, nothing backed up: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+    finally:
+        if bar is not None:
+            from influx_backupd import progress
+
+            progress.unlisten(bar)
+            bar.close()
     print_record(record, args.json)
-    return EXIT_OK if record.ok else EXIT_FAILED
+    return EXIT_OK if record.ok and record.verify_status != "failed" else EXIT_FAILED
+
+
+def _progress_bar(args: argparse.Namespace) -> Any:
+    """A bar on stderr while the archive is written, only when stderr is a terminal."""
+    if args.no_progress or not sys.stderr.isatty():
+        return None
+    from influx_backupd import progress
+
+    bar = progress.TerminalBar(sys.stderr)
+    progress.listen(bar)
+    return bar
 
 
 def cmd_list(config: Config, args: argparse.Namespace) -> int:
@@ -159,7 +184,8 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     from influx_backupd.guard import exclusive
-    from influx_backupd.restore import RestoreFailed, RestoreRefused, restore_cold
+    from influx_backupd.hot_restore import restore_backup
+    from influx_backupd.restore import RestoreFailed, RestoreRefused
 
     if not args.yes:
         if not sys.stdin.isatty():
@@ -172,7 +198,7 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             return EXIT_USAGE
     with exclusive(config) as catalog:
         try:
-            result = restore_cold(config, catalog, args.backup)
+            result = restore_backup(config, catalog, args.backup)
         except RestoreRefused as exc:
             print(f"influx-backupd: restore refused, nothing touched: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -191,6 +217,98 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         for path in result.rollback_dirs:
             print(f"    {path}")
         print("  once satisfied, remove it with: rm -rf " + " ".join(result.rollback_dirs))
+    return EXIT_OK
+
+
+def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.followup import write_metrics
+    from influx_backupd.guard import exclusive
+    from influx_backupd.verify import BackupNotFound, resolve, save_result, verify
+
+    if (args.backup is None) == (not args.all):
+        raise UsageError("verify: name one BACKUP (catalog id or archive path) or pass --all")
+    results = []
+    # Under the lock: prune must not delete an archive (or its entry) while we read it.
+    with exclusive(config) as catalog:
+        targets: list[tuple[Path, RunRecord | None]]
+        if args.all:
+            targets = [
+                (Path(r.archive), r)
+                for r in catalog.list(job=args.job)
+                if r.ok and r.archive is not None
+            ]
+        else:
+            try:
+                targets = [resolve(catalog, args.backup)]
+            except BackupNotFound as exc:
+                raise UsageError(str(exc)) from None
+        for archive, record in targets:
+            result = verify(config, archive, record, deep=args.deep, restore_test=args.restore_test)
+            if record is not None:
+                save_result(catalog, record, result)
+            results.append(result)
+        try:
+            write_metrics(config, catalog)
+        except OSError as exc:
+            print(f"influx-backupd: metrics file not written: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results]))
+    elif not results:
+        print("no backups to verify")
+    for result in [] if args.json else results:
+        label = result.status + (" (partial)" if result.ok and result.partial else "")
+        print(f"{label:<16} {result.run_id or '-':<22} {result.archive}")
+        for name, value in result.checks.items():
+            print(f"  {name:<13} {value}")
+        for message in result.errors:
+            print(f"  error         {message}")
+        for message in result.warnings:
+            print(f"  warning       {message}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def cmd_prune(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.followup import write_metrics
+    from influx_backupd.guard import exclusive
+    from influx_backupd.prune import prune
+
+    if args.job is not None:
+        config.job(args.job)  # an unknown name is a config error line, before the lock
+    with exclusive(config) as catalog:
+        report = prune(config, catalog, job=args.job, dry_run=args.dry_run)
+        if not args.dry_run:
+            try:
+                write_metrics(config, catalog)
+            except OSError as exc:
+                print(f"influx-backupd: metrics file not written: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        for d in report.deleted:
+            print(
+                f"{verb:<12} {d.run_id:<22} {d.job:<10} {d.status:<11} {' '.join(d.paths) or '-'}"
+            )
+        for path in report.cleaned:
+            print(f"{'would clean' if args.dry_run else 'cleaned':<12} {path}")
+        for kept in report.kept:
+            print(f"{'kept':<12} {kept['id']:<22} {kept['job']:<10} {', '.join(kept['reasons'])}")
+        for error in report.errors:
+            print(f"influx-backupd: prune: {error}", file=sys.stderr)
+    return EXIT_FAILED if report.errors else EXIT_OK
+
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.daemon import run_daemon
+
+    return run_daemon(config, getattr(args, "log_level", None) or config.settings.daemon.log_level)
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.status import gather, render
+
+    report = gather(config)
+    print(json.dumps(report) if args.json else render(report))
     return EXIT_OK
 
 
@@ -224,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job", help="job name (default: the first [[job]])")
     p.add_argument("--mode", choices=("cold", "hot", "auto"), help="override the job's mode")
     p.add_argument("--json", action="store_true", help="print the run record as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.set_defaults(func=cmd_backup)
 
     p = sub.add_parser("list", parents=[common], help="list the catalog of runs")
@@ -238,6 +357,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "verify", parents=[common], help="check backups: sha256, structure, file formats"
+    )
+    p.add_argument("backup", metavar="BACKUP", nargs="?", help="catalog id or archive path")
+    p.add_argument("--all", action="store_true", help="every ok backup in the catalog")
+    p.add_argument("--job", help="with --all: only this job's backups")
+    p.add_argument(
+        "--restore-test",
+        action="store_true",
+        help="also restore into a scratch dir and query it with a throwaway influxd",
+    )
+    p.add_argument("--deep", action="store_true", help="check every TSM block's CRC32 too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("run", parents=[common], help="the daemon: run the jobs on their schedules")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "status", parents=[common], help="daemon, each job's last result and next run"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("prune", parents=[common], help="apply the jobs' keep_* retention")
+    p.add_argument("--job", help="only this job (default: every job)")
+    p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prune)
     return parser
 
 

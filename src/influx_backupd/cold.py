@@ -1,5 +1,10 @@
 """The cold job: stop influxd, tar its meta, data and wal dirs plus influxdb.conf, start it again.
 
+copy = "direct" writes the tar while influxd is stopped. copy = "staged" (the default) syncs the
+dirs into a staging tree while influxd serves (phase 1, staging.py), stops it only to sync what
+changed since (phase 2), starts it, and writes the tar from the staging tree (phase 3): downtime
+is influxd's own stop and start plus a WAL-sized copy.
+
 Every phase of the downtime is measured. influxd is started again whatever happens in between:
 exceptions and signals alike (signals are blocked while it starts), and a crash marker covers
 SIGKILL and power loss.
@@ -15,13 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from influx_backupd import log
-from influx_backupd.archive import ArchiveError, check_written, write_archive
+from influx_backupd import figures, log, progress
+from influx_backupd.archive import ArchiveError, WriteResult, check_written, write_archive
 from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config, JobSection
 from influx_backupd.influxd import Influxd, InfluxdError
 from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord, new_run_id
+from influx_backupd.staging import Stager, staging_root
 from influx_backupd.state import CrashMarker
 
 SPACE_MARGIN = 1.02  # tar headers and padding, plus slack for files that grow before the stop
@@ -73,6 +79,7 @@ class _Progress:
 
     def __call__(self, n: int) -> None:
         self.done += n
+        progress.notify(self.done, self.total)  # e.g. the CLI's progress bar
         now = time.monotonic()
         if now - self.last >= 5.0:
             self.last = now
@@ -94,7 +101,7 @@ def run_cold(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
     catalog.save(record)
     logger.info("run.started", phase="preflight")
     try:
-        _cold(config, record, logger)
+        _cold(config, job, record, logger)
     except (JobFailed, InfluxdError, ArchiveError, OSError) as exc:
         record.status = "failed"
         record.error = str(exc)
@@ -112,7 +119,7 @@ def run_cold(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
     return record
 
 
-def _cold(config: Config, record: RunRecord, logger: Logger) -> None:
+def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) -> None:
     server = Influxd(config)
     dirs = config.server.dirs()
     for prefix, path in list(dirs.items()):
@@ -125,11 +132,17 @@ def _cold(config: Config, record: RunRecord, logger: Logger) -> None:
         del dirs[prefix]
     storage = config.storage_dir
     storage.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sources: list[tuple[str, Path]] = [*dirs.items(), ("influxdb.conf", config.server.conf)]
+    stager = Stager(staging_root(storage, job.name), sources) if job.copy_mode == "staged" else None
+    record.extra["copy"] = job.copy_mode
 
-    # Refuse before stopping anything when the archive cannot fit.
+    # Refuse before stopping anything when the archive (and the staging tree) cannot fit.
     predicted = sum(tree_size(p) for p in dirs.values()) + config.server.conf.stat().st_size
     free = shutil.disk_usage(storage).free
     needed = int(predicted * SPACE_MARGIN) + SPACE_RESERVE
+    if stager is not None:
+        staged_already = tree_size(stager.root) if stager.root.is_dir() else 0
+        needed += max(0, int(predicted * SPACE_MARGIN) - staged_already)
     if free < needed:
         raise JobFailed(
             f"not enough space in {storage}: need about {needed} bytes, {free} free; influxd not stopped"
@@ -141,15 +154,45 @@ def _cold(config: Config, record: RunRecord, logger: Logger) -> None:
             f"influxd is not running (no process for {config.server.conf} answering {config.url}/ping); "
             "a cold backup stops and restarts a running server"
         )
-    marker = CrashMarker(config.state_dir)
-    dest = storage / archive_name(record.job, record.id)
-    sources: list[tuple[str, Path]] = [*dirs.items(), ("influxdb.conf", config.server.conf)]
+    try:
+        _stop_copy_start(config, record, logger, server, proc.pid, dirs, sources, stager, predicted)
+    finally:
+        if stager is not None and not job.keep_staging:
+            stager.remove()
 
+
+def _stop_copy_start(
+    config: Config,
+    record: RunRecord,
+    logger: Logger,
+    server: Influxd,
+    pid: int,
+    dirs: dict[str, Path],
+    sources: list[tuple[str, Path]],
+    stager: Stager | None,
+    predicted: int,
+) -> None:
+    """Phase 1 (staged only), the stop window, then phase 3 (staged only) and the check."""
+    marker = CrashMarker(config.state_dir)
+    dest = config.storage_dir / archive_name(record.job, record.id)
+    staging: dict[str, object] = {}
+    if stager is not None:
+        # Phase 1, influxd serving: most of the bytes, outside the stop window.
+        logger.info("staging.syncing", phase="prestage", path=str(stager.root))
+        t_pre = time.monotonic()
+        first = stager.sync(tolerant=True)
+        record.prestage_s = time.monotonic() - t_pre
+        staging["prestage"] = first.as_dict()
+        record.extra["staging"] = staging
+        logger.info("staging.synced", phase="prestage", **first.as_dict())
+
+    figures.before_stop(config, record, dirs, logger)  # point counts for restore tests
     marker.write(record.id, job=record.job)
     t_stop = time.monotonic()
     stopped = False
+    result: WriteResult | None = None
     try:
-        logger.info("influxd.stopping", phase="stop", pid=proc.pid)
+        logger.info("influxd.stopping", phase="stop", pid=pid)
         try:
             server.stop()
         except InfluxdError as exc:
@@ -167,13 +210,21 @@ def _cold(config: Config, record: RunRecord, logger: Logger) -> None:
         holders = server.holders(dirs.values())
         if holders:
             raise JobFailed("files still in use after the stop: " + "; ".join(map(str, holders)))
+        t_copy = time.monotonic()  # copy_s is the copy alone; the holder check is in downtime_s
+        record.extra["holders_s"] = round(t_copy - t_stop - record.stop_s, 3)
 
-        logger.info("archive.writing", phase="copy", path=str(dest), predicted_bytes=predicted)
-        result = write_archive(dest, sources, progress=_Progress(predicted, logger))
-        record.copy_s = time.monotonic() - t_copy
-        record.window_bytes = result.bytes
-        record.archive, record.bytes, record.files = str(dest), result.bytes, result.files
-        record.sha256 = result.sha256
+        if stager is not None:
+            # Phase 2, influxd stopped: only what changed since phase 1, compared to the source.
+            second = stager.sync(tolerant=False)
+            record.copy_s = time.monotonic() - t_copy
+            record.window_bytes = second.copied_bytes
+            staging["window"] = second.as_dict()
+            logger.info("staging.synced", phase="copy", **second.as_dict())
+        else:
+            logger.info("archive.writing", phase="copy", path=str(dest), predicted_bytes=predicted)
+            result = write_archive(dest, sources, progress=_Progress(predicted, logger))
+            record.copy_s = time.monotonic() - t_copy
+            record.window_bytes = result.bytes
     finally:
         if stopped:
             with signals_blocked():
@@ -191,6 +242,17 @@ def _cold(config: Config, record: RunRecord, logger: Logger) -> None:
                     downtime_s=round(record.downtime_s, 3),
                 )
 
+    if stager is not None:
+        # Phase 3, influxd serving again: the tar comes from the staging tree.
+        logger.info("archive.writing", phase="archive", path=str(dest), predicted_bytes=predicted)
+        t_archive = time.monotonic()
+        result = write_archive(
+            dest, stager.archive_sources(), progress=_Progress(predicted, logger)
+        )
+        record.archive_s = time.monotonic() - t_archive
+    assert result is not None
+    record.archive, record.bytes, record.files = str(dest), result.bytes, result.files
+    record.sha256 = result.sha256
     # ok only once the output is checked, never on "no exception" alone
     check_written(result)
     record.status = "ok"

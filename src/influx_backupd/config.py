@@ -104,6 +104,20 @@ def _cold_window(value: object) -> object:
     return value
 
 
+def _crontab(value: object) -> object:
+    if value is None:
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a 5-field crontab string like '0 3 * * *'")
+    from influx_backupd.schedule import ScheduleError, validate  # APScheduler: load when used
+
+    try:
+        validate(value)
+    except ScheduleError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 def _timezone(value: object) -> object:
     if not isinstance(value, str):
         raise ValueError("must be an IANA time zone name like 'UTC' or 'Europe/Berlin'")
@@ -119,7 +133,7 @@ def _timezone(value: object) -> object:
 class JobSection(_Strict):
     name: Annotated[str, BeforeValidator(_job_name)]
     # when: a 5-field crontab string, or an interval; neither = run only by hand
-    schedule: str | None = None
+    schedule: Annotated[str | None, BeforeValidator(_crontab)] = None
     every: Duration | None = None
     jitter: Duration = 0.0
     timezone: Annotated[str, BeforeValidator(_timezone)] = "UTC"
@@ -130,7 +144,7 @@ class JobSection(_Strict):
     max_downtime: Duration | None = None
     fallback: Literal["none", "cold"] = "none"
     # TOML key `copy`; renamed here because BaseModel.copy exists
-    copy_mode: Literal["staged", "direct"] = Field(default="direct", alias="copy")
+    copy_mode: Literal["staged", "direct"] = Field(default="staged", alias="copy")
     keep_staging: bool = True
     full_every: Duration = 7 * 86400.0
     # keep
@@ -151,10 +165,6 @@ class JobSection(_Strict):
     def _schedule_or_every(self) -> JobSection:
         if self.schedule is not None and self.every is not None:
             raise ValueError("set either schedule or every, not both")
-        if self.schedule is not None and len(self.schedule.split()) != 5:
-            raise ValueError(
-                f"schedule must be a 5-field crontab string like '0 3 * * *', not {self.schedule!r}"
-            )
         if self.every is not None and self.every <= 0:
             raise ValueError("every must be longer than 0s")
         for hook in ("on_success", "on_failure"):

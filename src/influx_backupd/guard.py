@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,15 +35,19 @@ def recover(config: Config, catalog: Catalog) -> None:
     if left is not None:
         server = Influxd(config)
         run_id = left.get("run_id")
+        if left.get("kind") == "restore":
+            # The restore never finished, so whatever runs now may be half-restored: go back to
+            # the data as it was before (the restored dirs are kept aside, not deleted).
+            from influx_backupd.restore import roll_back
+
+            if server.locate() is not None:
+                logger.warning("recovery.stopping_unfinished_restore", run_id=run_id)
+                server.stop()
+            roll_back(left.get("swaps", []))
+            logger.warning("recovery.restore_rolled_back", run_id=run_id)
         if server.ping():
             logger.warning("recovery.influxd_already_running", run_id=run_id)
         else:
-            if left.get("kind") == "restore":
-                # A restore died mid-swap with influxd down: put the previous dirs back first.
-                from influx_backupd.restore import roll_back
-
-                roll_back(left.get("swaps", []))
-                logger.warning("recovery.restore_rolled_back", run_id=run_id)
             logger.warning("recovery.starting_influxd", run_id=run_id, marker=str(marker.path))
             started = time.monotonic()
             server.start(log_path=config.state_dir / "influxd.log")
@@ -55,7 +60,10 @@ def recover(config: Config, catalog: Catalog) -> None:
     storage = config.storage_dir
     if storage.is_dir():
         for leftover in storage.glob("*.partial"):
-            leftover.unlink(missing_ok=True)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
             logger.warning("recovery.partial_removed", path=str(leftover))
     for record in catalog.list():
         if record.status == "running":

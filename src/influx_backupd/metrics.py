@@ -71,7 +71,7 @@ ARCHIVE_BYTES = Family(
 RUNS = Family(
     "influx_backupd_runs_total",
     "counter",
-    "Finished backup runs in the catalog, by result.",
+    "Finished backup runs, by result.",
     (JOB_LABEL, "result"),
 )
 VERIFY_FAILURES = Family(
@@ -124,20 +124,34 @@ def _order(record: RunRecord) -> tuple[float, float, str]:
     return (_finished_at(record), record.started_at, record.id)
 
 
-def render(records: Iterable[RunRecord], verify_failures: Mapping[str, int] | None = None) -> str:
+VERIFY_FAILED = "verify_failed"  # counter name for verify failures, beside the RESULTS
+
+
+def render(
+    records: Iterable[RunRecord],
+    verify_failures: Mapping[str, int] | None = None,
+    *,
+    counters: Mapping[tuple[str, str], tuple[int, float]] | None = None,
+) -> str:
     """The textfile for all jobs in `records`.
 
     `verify_failures` adds failures the records no longer show (job -> count),
     e.g. of runs already pruned. Running records are ignored: they have no
     result yet.
+
+    `counters` ((job, result or VERIFY_FAILED) -> (count, last time), the catalog's
+    monotonic counters) makes runs_total and verify_failures_total survive
+    retention: with it they come from the counters, not from counting records,
+    and last_run takes the counter's last time when the record is gone.
     """
     extra_failures = verify_failures or {}
+    counted = counters
     by_job: dict[str, list[RunRecord]] = defaultdict(list)
     for record in records:
         by_job[record.job].append(record)
     samples: dict[str, list[tuple[Labels, float]]] = {f.name: [] for f in FAMILIES}
 
-    for job in sorted(set(by_job) | set(extra_failures)):
+    for job in sorted(set(by_job) | set(extra_failures) | {j for j, _ in counted or {}}):
         runs = by_job.get(job, [])
         finished = sorted((r for r in runs if r.status in RESULTS), key=_order)
         oks = [r for r in finished if r.ok]
@@ -147,11 +161,11 @@ def render(records: Iterable[RunRecord], verify_failures: Mapping[str, int] | No
             samples[LAST_SUCCESS.name].append((j, _finished_at(oks[-1])))
             samples[ARCHIVE_BYTES.name].append((j, oks[-1].bytes))
         for result in RESULTS:
-            of_result = [r for r in finished if r.status == result]
-            if of_result:
-                samples[LAST_RUN.name].append(
-                    ((*j, ("result", result)), _finished_at(of_result[-1]))
-                )
+            times = [_finished_at(r) for r in finished if r.status == result]
+            if counted is not None and (job, result) in counted:
+                times.append(counted[job, result][1])
+            if times:
+                samples[LAST_RUN.name].append(((*j, ("result", result)), max(times)))
         downtimes = [r.downtime_s for r in finished if r.downtime_s is not None]
         if downtimes:
             samples[DOWNTIME.name].append((j, downtimes[-1]))
@@ -163,9 +177,15 @@ def render(records: Iterable[RunRecord], verify_failures: Mapping[str, int] | No
                     samples[PHASE.name].append(((*j, ("phase", phase)), seconds))
         # Every result from the first write, so increase() sees the first failure.
         for result in RESULTS:
-            count = sum(1 for r in finished if r.status == result)
+            if counted is not None:
+                count = counted.get((job, result), (0, 0.0))[0]
+            else:
+                count = sum(1 for r in finished if r.status == result)
             samples[RUNS.name].append(((*j, ("result", result)), count))
-        failed_verifies = sum(1 for r in runs if r.verify_status == "failed")
+        if counted is not None:
+            failed_verifies = counted.get((job, VERIFY_FAILED), (0, 0.0))[0]
+        else:
+            failed_verifies = sum(1 for r in runs if r.verify_status == "failed")
         samples[VERIFY_FAILURES.name].append((j, failed_verifies + extra_failures.get(job, 0)))
 
     lines: list[str] = []

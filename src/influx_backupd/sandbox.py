@@ -39,6 +39,7 @@ class Sandbox:
     rpc_port: int = field(default_factory=free_port)
     binary: str = "/usr/bin/influxd"
     extra_data: dict[str, str] = field(default_factory=dict)
+    extra_sections: str = ""  # whole TOML sections appended to the config (restore tests)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,7 +97,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 
 [logging]
   level = "warn"
-"""
+{self.extra_sections}"""
         )
         return self.conf
 

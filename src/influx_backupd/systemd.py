@@ -72,7 +72,9 @@ def notify(*assignments: str) -> bool:
     payload = "\n".join(assignments).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(payload, _socket_address(target))
+            # MSG_DONTWAIT: a receiver that stopped reading (full queue, max_dgram_qlen is
+            # often 10) must not block the daemon's main loop; the message is dropped instead.
+            sock.sendto(payload, socket.MSG_DONTWAIT, _socket_address(target))
     except OSError as exc:
         _log.warning("sd_notify to %r failed: %s", target, exc)
         return False

@@ -292,3 +292,39 @@ def test_a_file_still_mapped_after_the_stop_blocks_the_copy_and_influxd_restarts
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_restore_that_died_half_way_is_rolled_back_by_the_next_command(
+    tmp_path: Path, sandbox: Sandbox, cli: Cli
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 3_000)
+    # The state a SIGKILLed restore leaves: live dirs moved aside, other dirs in their place,
+    # influxd started on them, the marker still there.
+    sandbox.stop()
+    swaps = []
+    for name in ("meta", "data", "wal"):
+        live = sandbox.root / name
+        aside = sandbox.root / f"{name}.rollback-20260101T000000Z"
+        live.rename(aside)
+        live.mkdir()
+        swaps.append(
+            [str(live), str(aside), str(sandbox.root / f".{name}.restore-20260101T000000Z")]
+        )
+    marker = tmp_path / "state" / "influxd-stopped.json"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(
+        json.dumps({"run_id": "restore-20260101T000000Z", "kind": "restore", "swaps": swaps})
+    )
+    sandbox.start()
+    assert sandbox.databases() == []
+
+    assert cli("list").returncode == 0
+    record = cli.json("backup")
+
+    assert record["status"] == "ok", record["error"]
+    assert sandbox.count("metrics") == 3_000, "the data from before the restore is back"
+    assert not marker.exists()
+    assert not list(sandbox.root.glob("*.rollback-*"))
+    kept = sorted(p.name for p in sandbox.root.glob("*.failed-restore-*"))
+    assert kept == [f"{n}.failed-restore-20260101T000000Z" for n in ("data", "meta", "wal")]

@@ -116,7 +116,12 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     (
         "bad schedule",
         'job:[[job]]\nname = "a"\nschedule = "every day"',
-        "job[0]: schedule must be a 5-field",
+        "job[0].schedule: must be a 5-field",
+    ),
+    (
+        "crontab field out of range",
+        'job:[[job]]\nname = "a"\nschedule = "0 3 * * 8"',
+        "job[0].schedule: day of week '8' must be 0-7 (0 and 7 are Sunday)",
     ),
     ("bad job name", 'job:[[job]]\nname = "a b"', "job[0].name: must be 1-64 letters"),
     ("duplicate job", 'job:[[job]]\nname = "a"\n[[job]]\nname = "a"', "job name 'a' is used twice"),

@@ -1,0 +1,89 @@
+"""What follows a finished run (runner.after_run): counters, verify, prune, metrics, hooks, heartbeat.
+
+Runs after the job returned, so influxd is serving again. Each step is on its own: a step that
+fails is logged and the next one runs; nothing here changes the run's status or raises.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from influx_backupd import heartbeat, log
+from influx_backupd.catalog import Catalog
+from influx_backupd.cold import Interrupted
+from influx_backupd.config import Config, JobSection
+from influx_backupd.hooks import environment, run_hook
+from influx_backupd.metrics import render, write_textfile
+from influx_backupd.record import RunRecord
+
+
+def write_metrics(config: Config, catalog: Catalog) -> None:
+    """The textfile for node_exporter, when [daemon] metrics_file is set."""
+    path = config.settings.daemon.metrics_file
+    if path is None:
+        return
+    write_textfile(path, render(catalog.list(), counters=catalog.counters()))
+
+
+def succeeded(record: RunRecord) -> bool:
+    """A run counts as a success for hooks and heartbeats only if its verify (if any) passed."""
+    return record.ok and record.verify_status != "failed"
+
+
+def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunRecord) -> None:
+    logger = log.get(run_id=record.id, job=job.name)
+
+    def step(name: str, action: Callable[[], None]) -> bool:
+        try:
+            action()
+        except Exception as exc:
+            logger.error("after_run.step_failed", step=name, error=str(exc), exc_info=True)
+            return False
+        return True
+
+    def count() -> None:
+        catalog.increment(job.name, record.status, record.finished_at or time.time())
+
+    def verify_it() -> None:
+        from influx_backupd.verify import save_result, verify
+
+        if not record.archive:
+            return
+        result = verify(
+            config,
+            Path(record.archive),
+            record,
+            restore_test=job.verify_restore_test,
+        )
+        save_result(catalog, record, result)
+
+    def prune_it() -> None:
+        from influx_backupd.prune import prune
+
+        prune(config, catalog, job=job.name)
+
+    def hooks() -> None:
+        argv = job.on_success if succeeded(record) else job.on_failure
+        if argv:
+            name = "on_success" if succeeded(record) else "on_failure"
+            run_hook(argv, environment(record), job.hook_timeout, name=name)
+
+    def beat() -> None:
+        if job.heartbeat_url:
+            heartbeat.ping(job.heartbeat_url, "success" if succeeded(record) else "fail")
+
+    try:
+        step("counters", count)
+        if record.ok and job.verify_after_backup:
+            step("verify", verify_it)
+        # Only a good run may prune: the plan keeps the newest good backup, and that must be it.
+        if succeeded(record):
+            step("prune", prune_it)
+        step("metrics", lambda: write_metrics(config, catalog))
+        step("hooks", hooks)
+        step("heartbeat", beat)
+    except Interrupted as exc:
+        # The run itself is finished and recorded; a signal only cuts what follows it short.
+        logger.warning("after_run.interrupted", signal=str(exc))

@@ -1,0 +1,686 @@
+"""The hot job: `influxd backup` while influxd keeps serving, as chains of a full and increments.
+
+Two flavours, told apart by `influxd version`:
+
+- 0.9.x: `influxd backup [-host H] PATH` writes one snapshot file, a tar whose first member is a
+  JSON manifest, then `meta`, then shard files. Run again with the same PATH, the tool writes the
+  increments PATH.0, PATH.1, ... (only what changed since the snapshots already there).
+- 1.5+ (`-portable`): a full into a new directory; an increment with `-since` set to the start of
+  the chain's last ok backup, into its own new directory.
+
+A chain is a full and its increments: every link records kind, chain_id (the full's run id, set on
+the full too) and parent_id. A new chain starts after `full_every`, after any failed or missing
+link, or when the flavour or host changed. The exit code is never trusted: the output is read
+back against its manifest before a run is recorded ok.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, Literal
+
+from influx_backupd import log
+from influx_backupd.archive import CHUNK, fsync_dir
+from influx_backupd.catalog import Catalog
+from influx_backupd.cold import Interrupted
+from influx_backupd.config import Config, JobSection
+from influx_backupd.log import Logger
+from influx_backupd.record import RunRecord, new_run_id
+
+Flavour = Literal["0.9", "portable"]
+
+PROBE_TIMEOUT = 3.0
+VERSION_TIMEOUT = 30.0
+# What the tool prints when it cannot reach the snapshot service (Go's net errors, 0.9's HTTP 404).
+_UNREACHABLE = re.compile(
+    r"connection refused|i/o timeout|no route to host|network is unreachable|"
+    r"no such host|status=404|404 not found",
+    re.IGNORECASE,
+)
+_VERSION = re.compile(r"InfluxDB v(\d+)\.(\d+)\.(\d+)")
+INCOMPLETE = ".incomplete"  # a 1.x backup dir while the tool writes it (not ".partial": a dir)
+
+
+class HotFailed(Exception):
+    """The hot run failed; the message starts with a hot.* code the policy can match."""
+
+
+class CheckFailed(HotFailed):
+    """The tool's output is missing, damaged or inconsistent with its manifest."""
+
+
+# -- the snapshot service -------------------------------------------------------------------------
+
+
+def split_host(host: str, default_port: int = 8088) -> tuple[str, int]:
+    """'h:p', '[v6]:p', ':p' or 'h' → (host, port)."""
+    name, sep, port = host.rpartition(":")
+    if not sep or "]" in port:
+        name, port = host, ""
+    name = name.strip("[]") or "127.0.0.1"
+    return name, int(port) if port.isdigit() else default_port
+
+
+def probe_snapshot_service(host: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """True when a TCP connection to the snapshot service at host ('h:p') opens within timeout."""
+    try:
+        with socket.create_connection(split_host(host), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _unreachable_reason(host: str, timeout: float) -> str | None:
+    """Why host cannot be reached, or None when it accepts a connection."""
+    try:
+        with socket.create_connection(split_host(host), timeout=timeout):
+            return None
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except ConnectionRefusedError:
+        return "connection refused"
+    except (OSError, ValueError) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+
+
+# -- flavour ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolVersion:
+    text: str  # "v1.6.7~rc0"
+    major: int
+    minor: int
+
+    @property
+    def flavour(self) -> Flavour | None:
+        """None: a version with neither 0.9 snapshots nor -portable (0.10 to 1.4)."""
+        if (self.major, self.minor) == (0, 9):
+            return "0.9"
+        if (self.major, self.minor) >= (1, 5):
+            return "portable"
+        return None
+
+
+def parse_version(output: str) -> ToolVersion | None:
+    """'InfluxDB v1.6.7~rc0 (git: ...)' or 'InfluxDB v0.9.6 (git: ...)' → ToolVersion."""
+    match = _VERSION.search(output)
+    if match is None:
+        return None
+    text = output[match.start() + len("InfluxDB ") :].split()[0]
+    return ToolVersion(text=text, major=int(match.group(1)), minor=int(match.group(2)))
+
+
+def tool_version(binary: Path) -> ToolVersion:
+    try:
+        done = subprocess.run(
+            [str(binary), "version"],
+            capture_output=True,
+            text=True,
+            timeout=VERSION_TIMEOUT,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise HotFailed(f"hot.tool: [influxd] binary {binary} does not exist") from None
+    except PermissionError:
+        raise HotFailed(f"hot.tool: [influxd] binary {binary} is not executable") from None
+    except subprocess.TimeoutExpired:
+        raise HotFailed(
+            f"hot.tool: `{binary} version` did not finish in {VERSION_TIMEOUT:g}s"
+        ) from None
+    found = parse_version(done.stdout + done.stderr)
+    if found is None:
+        first = (done.stdout + done.stderr).strip().splitlines()
+        raise HotFailed(
+            f"hot.tool: cannot tell the InfluxDB version from `{binary} version`: "
+            + (first[0] if first else f"no output, status {done.returncode}")
+        )
+    return found
+
+
+# -- checking the output ----------------------------------------------------------------------------
+
+
+@dataclass
+class Scan:
+    """What a read-back of one hot backup found."""
+
+    bytes: int
+    files: int  # files on disk (1.x dir) or files in the snapshot's manifest (0.9)
+    sha256: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+class _Hashing:
+    """Read-through that hashes and counts every byte read."""
+
+    def __init__(self, fh: BinaryIO, digest: Any) -> None:
+        self.fh = fh
+        self.digest = digest
+        self.bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        self.digest.update(data)
+        self.bytes += len(data)
+        return data
+
+
+def _read_exactly(stream: Any, size: int, what: str) -> None:
+    left = size
+    while left > 0:
+        chunk = stream.read(min(CHUNK, left))
+        if not chunk:
+            raise CheckFailed(f"hot.check: {what} is truncated")
+        left -= len(chunk)
+
+
+def scan_snapshot09(path: Path, *, incremental: bool) -> Scan:
+    """Read a 0.9 snapshot once: sha256 of the file, manifest first, every listed file present.
+
+    The manifest (the first member, JSON {"files": [{"name", "size", ...}]}) must list exactly the
+    other members, with their sizes; a full must hold `meta`. An increment may list nothing (no
+    change since the snapshots before it).
+    """
+    digest = hashlib.sha256()
+    seen: dict[str, int] = {}
+    manifest: dict[str, Any] = {}
+    try:
+        with open(path, "rb") as raw:
+            reader = _Hashing(raw, digest)
+            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+                for index, info in enumerate(tar):
+                    parts = PurePosixPath(info.name).parts
+                    if info.name.startswith("/") or ".." in parts or not parts:
+                        raise CheckFailed(f"hot.check: {path}: unsafe member {info.name!r}")
+                    if index == 0:
+                        if info.name != "manifest" or not info.isreg():
+                            raise CheckFailed(
+                                f"hot.check: {path}: first member is {info.name!r}, not the manifest"
+                            )
+                        stream = tar.extractfile(info)
+                        assert stream is not None
+                        manifest = _manifest_json(stream.read(), f"{path}: manifest")
+                        continue
+                    if not info.isreg():
+                        continue
+                    stream = tar.extractfile(info)
+                    assert stream is not None
+                    _read_exactly(stream, info.size, f"{path}: member {info.name!r}")
+                    seen[info.name] = info.size
+            while reader.read(CHUNK):
+                pass
+    except FileNotFoundError:
+        raise CheckFailed(f"hot.check: {path} does not exist") from None
+    except tarfile.TarError as exc:
+        raise CheckFailed(f"hot.check: {path}: not a readable snapshot ({exc})") from None
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        raise CheckFailed(f"hot.check: {path}: manifest has no files list")
+    listed: dict[str, int] = {}
+    for entry in files:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise CheckFailed(f"hot.check: {path}: manifest entry without a name: {entry!r}")
+        listed[entry["name"]] = int(entry.get("size", -1))
+    for name, size in listed.items():
+        if name not in seen:
+            raise CheckFailed(f"hot.check: {path}: manifest lists {name!r}, not in the snapshot")
+        if seen[name] != size:
+            raise CheckFailed(
+                f"hot.check: {path}: {name!r} is {seen[name]} bytes, manifest says {size}"
+            )
+    extra = sorted(set(seen) - set(listed))
+    if extra:
+        raise CheckFailed(
+            f"hot.check: {path}: {extra[0]!r} is in the snapshot, not in its manifest"
+        )
+    if not incremental and "meta" not in listed:
+        raise CheckFailed(f"hot.check: {path}: a full snapshot without meta")
+    return Scan(bytes=reader.bytes, files=len(listed), sha256=digest.hexdigest(), manifest=manifest)
+
+
+def _manifest_json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise CheckFailed(f"hot.check: {what} is not JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise CheckFailed(f"hot.check: {what} is not a JSON object")
+    return parsed
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def portable_meta_size(data: bytes) -> int:
+    """Length of the meta store inside a 1.x portable .meta file.
+
+    The file is protobuf PortableData {1: bytes Data, 2: uint64 MaxNodeID}; the manifest's
+    meta.size is len(Data).
+    """
+    pos, size = 0, None
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            if pos + length > len(data):
+                raise ValueError("field runs past the end of the file")
+            if number == 1:
+                size = length
+            pos += length
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+    if size is None:
+        raise ValueError("no meta store data")
+    return size
+
+
+def scan_portable(directory: Path) -> Scan:
+    """Read a 1.x portable backup dir once: every file hashed, checked against the manifest.
+
+    The one *.manifest must name a .meta file whose meta store is meta.size bytes, and shard files
+    (.tar.gz) that gunzip (CRC checked) to exactly their listed size; no other file may be there.
+
+    sha256 of the directory = sha256 over the lines "NAME\\0SIZE\\0SHA256HEX\\n" of every file,
+    sorted by name (SIZE in decimal, SHA256HEX of the file's bytes). Each file is read once:
+    hashed and checked in the same pass.
+    """
+    if not directory.is_dir():
+        raise CheckFailed(f"hot.check: {directory} is not a directory")
+    names = sorted(p.name for p in directory.iterdir())
+    manifests = [n for n in names if n.endswith(".manifest")]
+    if len(manifests) != 1:
+        raise CheckFailed(
+            f"hot.check: {directory}: {len(manifests)} *.manifest files, expected exactly 1"
+        )
+    manifest = _manifest_json((directory / manifests[0]).read_bytes(), manifests[0])
+    meta = manifest.get("meta")
+    files = manifest.get("files")
+    if not isinstance(meta, dict) or not isinstance(files, list):
+        raise CheckFailed(f"hot.check: {directory}/{manifests[0]}: no meta entry or files list")
+    expected: dict[str, tuple[str, int]] = {}  # file name → (kind, listed size)
+    for kind, entry in [("meta", meta)] + [("shard", f) for f in files]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("fileName"), str):
+            raise CheckFailed(f"hot.check: {directory}: manifest entry without fileName: {entry!r}")
+        name = entry["fileName"]
+        if "/" in name or name in ("", ".", ".."):
+            raise CheckFailed(f"hot.check: {directory}: manifest names unsafe file {name!r}")
+        expected[name] = (kind, int(entry.get("size", -1)))
+    for name in expected:
+        if name not in names:
+            raise CheckFailed(
+                f"hot.check: {directory}: manifest lists {name}, which does not exist"
+            )
+    for name in names:
+        if name not in expected and name != manifests[0]:
+            raise CheckFailed(f"hot.check: {directory}: {name} is not in the manifest")
+
+    listing = hashlib.sha256()
+    total = 0
+    for name in names:
+        path = directory / name
+        if not path.is_file() or path.is_symlink():
+            raise CheckFailed(f"hot.check: {path} is not a regular file")
+        digest = hashlib.sha256()
+        kind, listed = expected.get(name, ("manifest", -1))
+        with open(path, "rb") as raw:
+            reader = _Hashing(raw, digest)
+            if kind == "shard":
+                unpacked = _gunzipped_size(reader, path)
+                if unpacked != listed:
+                    raise CheckFailed(
+                        f"hot.check: {path}: {unpacked} bytes unpacked, manifest says {listed}"
+                    )
+            elif kind == "meta":
+                try:
+                    inner = portable_meta_size(reader.read())
+                except ValueError as exc:
+                    raise CheckFailed(
+                        f"hot.check: {path}: not a portable meta file ({exc})"
+                    ) from None
+                if inner != listed:
+                    raise CheckFailed(
+                        f"hot.check: {path}: meta store is {inner} bytes, manifest says {listed}"
+                    )
+            while reader.read(CHUNK):
+                pass
+        total += reader.bytes
+        listing.update(f"{name}\0{reader.bytes}\0{digest.hexdigest()}\n".encode())
+    return Scan(bytes=total, files=len(names), sha256=listing.hexdigest(), manifest=manifest)
+
+
+def _gunzipped_size(reader: _Hashing, path: Path) -> int:
+    size = 0
+    try:
+        with gzip.GzipFile(fileobj=reader, mode="rb") as gz:  # type: ignore[call-overload]
+            while chunk := gz.read(CHUNK):
+                size += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CheckFailed(f"hot.check: {path}: damaged gzip ({exc})") from None
+    return size
+
+
+# -- chains -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkPlan:
+    kind: Literal["full", "incremental"]
+    chain_id: str | None  # None for a full: its own run id, set once known
+    parent: RunRecord | None
+    since: str | None  # RFC3339, 1.x increments only
+    why: str
+
+
+def rfc3339(ts: float) -> str:
+    """Whole seconds, rounded down: an earlier -since only ever includes more."""
+    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def chain_links(records: list[RunRecord], chain_id: str) -> list[RunRecord]:
+    """The ok links of one chain, oldest first."""
+    links = [r for r in records if r.mode == "hot" and r.chain_id == chain_id and r.ok]
+    return sorted(links, key=lambda r: (r.started_at, r.id))
+
+
+def plan_link(
+    history: list[RunRecord],
+    *,
+    full_every: float,
+    now: float,
+    flavour: Flavour,
+    host: str,
+    exists: Callable[[Path], bool] = os.path.exists,
+) -> LinkPlan:
+    """Full or incremental, from this job's earlier runs (any order)."""
+    hot = sorted((r for r in history if r.mode == "hot"), key=lambda r: (r.started_at, r.id))
+    if not hot:
+        return LinkPlan("full", None, None, None, "first hot run of this job")
+    last = hot[-1]
+    if not last.ok:
+        return LinkPlan("full", None, None, None, f"the last hot run {last.id} is {last.status}")
+    if last.extra.get("flavour") != flavour:
+        return LinkPlan("full", None, None, None, "the influxd version changed")
+    if last.extra.get("backup_host") != host:
+        return LinkPlan("full", None, None, None, f"backup_host changed to {host}")
+    if not last.chain_id:
+        return LinkPlan("full", None, None, None, f"run {last.id} belongs to no chain")
+    links = chain_links(hot, last.chain_id)
+    if not links or links[0].kind != "full" or links[0].id != last.chain_id:
+        return LinkPlan("full", None, None, None, f"chain {last.chain_id} has no ok full")
+    for earlier, later in itertools.pairwise(links):
+        if later.parent_id != earlier.id:
+            return LinkPlan("full", None, None, None, f"chain {last.chain_id} has a gap")
+    for link in links:
+        if not link.archive or not exists(Path(link.archive)):
+            return LinkPlan("full", None, None, None, f"link {link.id} is missing on disk")
+    if now - links[0].started_at >= full_every:
+        return LinkPlan("full", None, None, None, "full_every has passed since the chain's full")
+    since = rfc3339(last.started_at) if flavour == "portable" else None
+    return LinkPlan("incremental", last.chain_id, last, since, f"extends chain {last.chain_id}")
+
+
+# -- running the tool -------------------------------------------------------------------------------
+
+
+@dataclass
+class ToolRun:
+    returncode: int | None  # None: killed on timeout
+    output: list[str]
+    seconds: float
+
+
+def run_tool(argv: list[str], timeout: float, logger: Logger, phase: str = "backup") -> ToolRun:
+    """Run argv in its own process group, its output logged line by line, under one timeout.
+
+    On timeout, or when we are interrupted, the whole group is killed: the 1.x client retries a
+    failed shard ten times and may otherwise outlive us.
+    """
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        close_fds=True,
+    )
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                lines.append(line)
+                logger.info("hot.output", phase=phase, line=line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    code: int | None = None
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        logger.error("hot.timeout", phase=phase, timeout_s=timeout, pid=proc.pid)
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    return ToolRun(code, lines, time.monotonic() - started)
+
+
+def _tail(lines: list[str], n: int = 3) -> str:
+    return " | ".join(lines[-n:]) if lines else "no output"
+
+
+# -- the job ----------------------------------------------------------------------------------------
+
+
+def run_hot(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
+    """One hot backup; always returns its record (saved in the catalog), ok or not."""
+    record = RunRecord(id=new_run_id(), job=job.name, mode="hot", started_at=time.time())
+    logger = log.get(run_id=record.id, job=job.name, mode="hot")
+    history = catalog.list(job=job.name)
+    catalog.save(record)
+    logger.info("run.started", phase="preflight", backup_host=config.backup_host)
+    try:
+        _hot(config, job, record, history, logger)
+    except HotFailed as exc:
+        record.status = "failed"
+        record.error = str(exc)
+    except OSError as exc:
+        record.status = "failed"
+        record.error = f"hot.io: {exc}"
+    except Interrupted as exc:
+        record.status = "interrupted"
+        record.error = f"interrupted by {exc}"
+    finally:
+        if record.status == "running":
+            record.status = "failed"
+            record.error = record.error or "unexpected error"
+        record.finished_at = time.time()
+        catalog.save(record)
+        event = logger.info if record.ok else logger.error
+        event("run.finished", phase="done", record=record.to_dict())
+    return record
+
+
+def _hot(
+    config: Config, job: JobSection, record: RunRecord, history: list[RunRecord], logger: Logger
+) -> None:
+    section = config.settings.influxd
+    host = config.backup_host
+    began = time.monotonic()
+    version = tool_version(section.binary)
+    flavour = version.flavour
+    record.extra.update(influxd_version=version.text, backup_host=host)
+    if flavour is None:
+        raise HotFailed(
+            f"hot.unsupported: influxd {version.text} has neither 0.9 snapshots nor "
+            "`backup -portable` (InfluxDB 1.5+); use mode cold"
+        )
+    record.extra["flavour"] = flavour
+    timeout = section.backup_timeout
+    reason = _unreachable_reason(host, min(PROBE_TIMEOUT, timeout))
+    if reason is not None:
+        raise HotFailed(f"hot.unavailable: snapshot service at {host}: {reason}")
+
+    plan = plan_link(
+        history, full_every=job.full_every, now=record.started_at, flavour=flavour, host=host
+    )
+    record.kind = plan.kind
+    record.chain_id = plan.chain_id or record.id
+    record.parent_id = plan.parent.id if plan.parent else None
+    record.since = plan.since
+    logger.info(
+        "hot.plan", phase="preflight", kind=plan.kind, chain_id=record.chain_id, why=plan.why
+    )
+
+    storage = config.storage_dir
+    storage.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # backup_timeout bounds the whole run: what the version call and the probe took counts too.
+    deadline_left = max(1.0, timeout - (time.monotonic() - began))
+    if flavour == "0.9":
+        _run_09(section.binary, host, storage, record, plan, deadline_left, logger)
+    else:
+        _run_portable(section.binary, host, storage, record, deadline_left, logger)
+    record.status = "ok"
+
+
+def _tool_failed(run: ToolRun, host: str, timeout: float) -> HotFailed:
+    text = "\n".join(run.output)
+    if _UNREACHABLE.search(text):
+        return HotFailed(f"hot.unavailable: snapshot service at {host}: {_tail(run.output, 1)}")
+    if run.returncode is None:
+        return HotFailed(
+            f"hot.timeout: influxd backup did not finish within backup_timeout={timeout:g}s "
+            f"and was killed; last output: {_tail(run.output)}"
+        )
+    return HotFailed(f"hot.tool: influxd backup exited {run.returncode}: {_tail(run.output)}")
+
+
+def _run_portable(
+    binary: Path, host: str, storage: Path, record: RunRecord, timeout: float, logger: Logger
+) -> None:
+    final = storage / f"{record.job}-{record.id}"
+    work = final.with_name(final.name + INCOMPLETE)
+    work.mkdir(mode=0o700)
+    record.archive = str(work)  # until checked: a failed run's leftovers stay findable
+    argv = [str(binary), "backup", "-portable", "-host", host]
+    if record.since:
+        argv += ["-since", record.since]
+    argv.append(str(work))
+    logger.info("hot.running", phase="backup", argv=argv)
+    run = run_tool(argv, timeout, logger)
+    if run.returncode != 0:
+        raise _tool_failed(run, host, timeout)
+    logger.info("hot.checking", phase="check", path=str(work), tool_s=round(run.seconds, 3))
+    scan = scan_portable(work)
+    for path in work.iterdir():
+        _fsync_file(path)
+    fsync_dir(work)
+    os.rename(work, final)
+    fsync_dir(storage)
+    record.archive, record.bytes, record.files, record.sha256 = (
+        str(final),
+        scan.bytes,
+        scan.files,
+        scan.sha256,
+    )
+    record.extra["databases"] = sorted({f["database"] for f in scan.manifest.get("files", [])})
+
+
+def _run_09(
+    binary: Path,
+    host: str,
+    storage: Path,
+    record: RunRecord,
+    plan: LinkPlan,
+    timeout: float,
+    logger: Logger,
+) -> None:
+    if plan.parent is None:
+        base = storage / f"{record.job}-{record.id}.snapshot"
+    else:
+        base = Path(str(plan.parent.extra.get("snapshot_base") or plan.parent.archive))
+    record.extra["snapshot_base"] = str(base)
+    before = _snapshot_files(base)
+    argv = [str(binary), "backup", "-host", host, str(base)]
+    logger.info("hot.running", phase="backup", argv=argv)
+    run = run_tool(argv, timeout, logger)
+    written = sorted(_snapshot_files(base) - before, key=_increment_number)
+    if written:
+        record.archive = str(written[-1])
+    if run.returncode != 0:
+        raise _tool_failed(run, host, timeout)
+    if len(written) != 1:
+        raise CheckFailed(
+            f"hot.check: influxd backup exited 0 but wrote {len(written)} new snapshot files "
+            f"next to {base} (expected one)"
+        )
+    out = written[0]
+    expected = base if plan.parent is None else None
+    if expected is not None and out != expected:
+        raise CheckFailed(f"hot.check: expected a new full at {base}, the tool wrote {out}")
+    logger.info("hot.checking", phase="check", path=str(out), tool_s=round(run.seconds, 3))
+    scan = scan_snapshot09(out, incremental=plan.parent is not None)
+    _fsync_file(out)
+    fsync_dir(storage)
+    record.bytes, record.files, record.sha256 = scan.bytes, scan.files, scan.sha256
+
+
+def _snapshot_files(base: Path) -> set[Path]:
+    """base and its increments base.N that exist now."""
+    found = {base} if base.exists() else set()
+    if base.parent.is_dir():
+        found |= {
+            p for p in base.parent.glob(base.name + ".*") if p.name[len(base.name) + 1 :].isdigit()
+        }
+    return found
+
+
+def _increment_number(path: Path) -> int:
+    suffix = path.suffix[1:]
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,447 @@
+"""Restore of hot backups, and `influx-backupd restore`'s choice between cold and hot.
+
+Both hot flavours restore the whole server the way the cold restore does: every link is checked
+first (manifest, sizes, sha256 against the catalog) before anything is touched; the live meta,
+data, wal (and hh) dirs are moved aside into rollback dirs, never deleted; on failure they are put
+back and the old server is started again. Restored files are chowned to [influxd] user/group.
+
+- 1.x (-portable): an empty influxd is started on empty dirs and each link is restored into it
+  with `influxd restore -portable`, full first. `influxd restore -portable` refuses a database
+  that already exists ("DB metadata not changed. database may already exist"), so an increment's
+  databases that the full created are restored under a temporary name and copied in with
+  `SELECT * INTO ... GROUP BY *` (InfluxData's documented way to restore into an existing
+  database), then the temporary database is dropped.
+- 0.9: with influxd stopped, `influxd restore -config CONF PATH`; the tool reads PATH and every
+  PATH.N beside it, so the chain up to the chosen link is hard-linked into a scratch dir first.
+
+The restore goes into the local server of [influxd] config (its own bind-address), whatever
+backup_host the backups came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import time
+import tomllib
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from influx_backupd import log
+from influx_backupd.catalog import Catalog
+from influx_backupd.config import Config
+from influx_backupd.hot import (
+    CheckFailed,
+    Flavour,
+    Scan,
+    run_tool,
+    scan_portable,
+    scan_snapshot09,
+    split_host,
+)
+from influx_backupd.influxd import Influxd, InfluxdError
+from influx_backupd.log import Logger
+from influx_backupd.record import RunRecord
+from influx_backupd.restore import (
+    RestoreFailed,
+    RestoreRefused,
+    RestoreResult,
+    owner_ids,
+    restore_cold,
+    roll_back,
+)
+from influx_backupd.state import CrashMarker
+
+QUERY_TIMEOUT = 3600.0
+SHARD_WAIT = 120.0  # how long a freshly restored shard may stay disabled
+
+
+class _StepFailed(Exception):
+    """A restore step failed after the swap: roll back."""
+
+
+@dataclass
+class HotRestoreResult(RestoreResult):
+    flavour: str = ""
+    links: list[str] = field(default_factory=list)  # oldest first: the full, then increments
+    restore_s: float | None = None  # restoring the links into the empty server (1.x)
+
+
+@dataclass(frozen=True)
+class Link:
+    path: Path
+    record: RunRecord | None
+    incremental: bool
+
+
+# -- choosing ---------------------------------------------------------------------------------------
+
+
+def restore_backup(config: Config, catalog: Catalog, backup: str) -> RestoreResult:
+    """Restore BACKUP (a catalog id or a path): cold archives by restore_cold, hot ones here."""
+    record = catalog.get(backup)
+    if record is None:
+        path = Path(backup)
+        if not path.exists():
+            raise RestoreRefused(f"{backup}: neither a catalog id nor an existing archive path")
+        record = catalog.find_by_archive(path)
+        if record is None:
+            flavour = sniff(path)
+            if flavour is None:
+                return restore_cold(config, catalog, backup)
+            # Not in the catalog: this one link alone, nothing to compare its sha256 with.
+            incremental = flavour == "0.9" and path.suffix[1:].isdigit()
+            return _restore_hot(config, flavour, [Link(path, None, incremental)], None)
+    if record.mode != "hot":
+        return restore_cold(config, catalog, backup)
+    if record.status != "ok" or not record.archive:
+        raise RestoreRefused(f"backup {record.id} is {record.status}, not a usable backup")
+    flavour = record.extra.get("flavour") or sniff(Path(record.archive))
+    if flavour not in ("0.9", "portable"):
+        raise RestoreRefused(f"backup {record.id}: cannot tell whether it is a 0.9 or 1.x backup")
+    links = chain_for(catalog, record)
+    return _restore_hot(
+        config,
+        flavour,
+        [Link(Path(str(r.archive)), r, r.kind == "incremental") for r in links],
+        record,
+    )
+
+
+def sniff(path: Path) -> Flavour | None:
+    """A hot backup's flavour from its shape; None for anything else (a cold archive)."""
+    if path.is_dir():
+        return "portable" if any(path.glob("*.manifest")) else None
+    try:
+        with tarfile.open(path) as tar:
+            first = tar.next()
+    except (tarfile.TarError, OSError):
+        return None
+    return "0.9" if first is not None and first.name == "manifest" else None
+
+
+def chain_for(catalog: Catalog, record: RunRecord) -> list[RunRecord]:
+    """The chain's links from its full up to record, oldest first; refuses a broken chain."""
+    if not record.chain_id:
+        raise RestoreRefused(f"backup {record.id} is a hot backup without a chain id")
+    members = sorted(
+        (
+            r
+            for r in catalog.list(job=record.job)
+            if r.chain_id == record.chain_id and r.mode == "hot"
+        ),
+        key=lambda r: (r.started_at, r.id),
+    )
+    by_id = {r.id: r for r in members}
+    links: list[RunRecord] = []
+    current: RunRecord | None = record
+    while current is not None:
+        if not current.ok or not current.archive:
+            raise RestoreRefused(
+                f"chain {record.chain_id}: link {current.id} is {current.status}, not usable"
+            )
+        links.append(current)
+        if current.kind == "full":
+            break
+        parent = by_id.get(current.parent_id or "")
+        if parent is None:
+            raise RestoreRefused(
+                f"chain {record.chain_id}: link {current.id}'s parent {current.parent_id} "
+                "is not in the catalog"
+            )
+        current = parent
+    links.reverse()
+    if links[0].id != record.chain_id:
+        raise RestoreRefused(f"chain {record.chain_id} does not start with its full")
+    return links
+
+
+# -- checking ---------------------------------------------------------------------------------------
+
+
+def check_links(flavour: Flavour, links: list[Link]) -> list[Scan]:
+    scans = []
+    for link in links:
+        try:
+            if flavour == "portable":
+                scan = scan_portable(link.path)
+            else:
+                scan = scan_snapshot09(link.path, incremental=link.incremental)
+        except CheckFailed as exc:
+            raise RestoreRefused(str(exc).removeprefix("hot.check: ")) from None
+        record = link.record
+        if record is not None and record.sha256 and record.sha256 != scan.sha256:
+            raise RestoreRefused(
+                f"{link.path}: sha256 {scan.sha256} does not match the catalog's "
+                f"{record.sha256} (run {record.id})"
+            )
+        scans.append(scan)
+    return scans
+
+
+def local_snapshot_host(config: Config) -> str:
+    """The local server's snapshot service, from its influxdb.conf (never a remote backup_host)."""
+    with open(config.server.conf, "rb") as fh:
+        raw = tomllib.load(fh)
+    host, port = split_host(str(raw.get("bind-address", "127.0.0.1:8088")))
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+# -- the swap -----------------------------------------------------------------------------------
+
+
+def _restore_hot(
+    config: Config, flavour: Flavour, links: list[Link], record: RunRecord | None
+) -> HotRestoreResult:
+    logger = log.get(action="restore", mode="hot", flavour=flavour)
+    logger.info("restore.checking", links=[str(link.path) for link in links])
+    scans = check_links(flavour, links)
+    uid, gid = owner_ids(config)
+    if not config.settings.influxd.binary.exists():
+        raise RestoreRefused(f"[influxd] binary {config.settings.influxd.binary} does not exist")
+    rid = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    targets = dict(sorted(config.server.dirs().items()))
+    rollback = {top: t.parent / f"{t.name}.rollback-{rid}" for top, t in targets.items()}
+    # restore.roll_back removes a staging dir per target; ours is never created.
+    unused = {top: t.parent / f".{t.name}.restore-{rid}" for top, t in targets.items()}
+    for top, target in targets.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if rollback[top].exists():
+            raise RestoreRefused(f"{rollback[top]} already exists; try again in a second")
+    result = HotRestoreResult(
+        archive=str(links[-1].path),
+        run_id=record.id if record else None,
+        flavour=flavour,
+        links=[str(link.path) for link in links],
+        files=sum(s.files for s in scans),
+    )
+    server = Influxd(config)
+    marker = CrashMarker(config.state_dir)
+    swaps = [[str(targets[t]), str(rollback[t]), str(unused[t])] for t in targets]
+    scratch = config.storage_dir / f".restore-{rid}"
+    marker.write(f"restore-{rid}", kind="restore", swaps=swaps)
+    was_running = server.locate() is not None
+    t_stop = time.monotonic()
+    try:
+        if was_running:
+            logger.info("influxd.stopping", phase="stop")
+            server.stop()
+        result.stop_s = time.monotonic() - t_stop
+        t_swap = time.monotonic()
+        for top, target in targets.items():
+            if target.exists():
+                os.rename(target, rollback[top])
+                result.rollback_dirs.append(str(rollback[top]))
+        result.swap_s = time.monotonic() - t_swap
+        if flavour == "portable":
+            _portable(config, links, targets, uid, gid, result, server, rid, logger)
+        else:
+            _snapshot09(config, links, targets, uid, gid, result, server, scratch, logger)
+        result.downtime_s = time.monotonic() - t_stop
+    except (InfluxdError, OSError, _StepFailed) as exc:
+        logger.error("restore.rolling_back", error=str(exc))
+        try:
+            if result.stop_s is not None and server.locate() is not None:
+                server.stop()  # past the stop, a running influxd is the half-restored one
+            roll_back(swaps)
+            if was_running and server.locate() is None:
+                server.start(log_path=config.state_dir / "influxd.log")
+        finally:
+            marker.clear()
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise RestoreFailed(f"restore failed ({exc}); the previous data was put back") from None
+    shutil.rmtree(scratch, ignore_errors=True)
+    marker.clear()
+    logger.info(
+        "restore.done",
+        **{k: v for k, v in result.__dict__.items() if k not in ("rollback_dirs", "links")},
+    )
+    return result
+
+
+def _chown_tree(roots: list[Path], uid: int, gid: int) -> None:
+    for root in roots:
+        if not root.exists():
+            continue
+        os.chown(root, uid, gid, follow_symlinks=False)
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+def _portable(
+    config: Config,
+    links: list[Link],
+    targets: dict[str, Path],
+    uid: int,
+    gid: int,
+    result: HotRestoreResult,
+    server: Influxd,
+    rid: str,
+    logger: Logger,
+) -> None:
+    for target in targets.values():
+        target.mkdir(mode=0o755)
+        os.chown(target, uid, gid)
+    t_start = time.monotonic()
+    server.start(log_path=config.state_dir / "influxd.log")
+    result.start_s = time.monotonic() - t_start
+    host = local_snapshot_host(config)
+    binary = str(config.settings.influxd.binary)
+    timeout = config.settings.influxd.backup_timeout
+    t_restore = time.monotonic()
+
+    def tool(*args: str) -> None:
+        argv = [binary, "restore", "-portable", "-host", host, *args]
+        logger.info("restore.running", argv=argv)
+        run = run_tool(argv, timeout, logger, phase="restore")
+        if run.returncode != 0:
+            tail = " | ".join(run.output[-3:]) or "no output"
+            state = "timed out" if run.returncode is None else f"exited {run.returncode}"
+            raise _StepFailed(f"influxd restore {state}: {tail}")
+
+    for number, link in enumerate(links):
+        if number == 0:
+            tool(str(link.path))
+            continue
+        manifest = json.loads(next(link.path.glob("*.manifest")).read_text())
+        wanted = sorted({str(f["database"]) for f in manifest.get("files", [])})
+        existing = set(_databases(config.url))
+        for db in wanted:
+            if db not in existing:
+                tool("-db", db, str(link.path))
+                continue
+            temp = f"{db}.restore-{rid}-{number}"
+            tool("-db", db, "-newdb", temp, str(link.path))
+            _copy_into(config.url, temp, db, logger)
+            _query(config.url, f"DROP DATABASE {_ident(temp)}", None)
+    for db in _databases(config.url):  # every restored shard open before we call it done
+        _query(config.url, "SHOW MEASUREMENTS", db)
+    result.restore_s = time.monotonic() - t_restore
+    _chown_tree(list(targets.values()), uid, gid)
+
+
+def _snapshot09(
+    config: Config,
+    links: list[Link],
+    targets: dict[str, Path],
+    uid: int,
+    gid: int,
+    result: HotRestoreResult,
+    server: Influxd,
+    scratch: Path,
+    logger: Logger,
+) -> None:
+    # The tool restores PATH and every PATH.N beside it: give it exactly the chosen links.
+    scratch.mkdir(mode=0o700)
+    base = scratch / "snapshot"
+    for number, link in enumerate(links):
+        staged = base if number == 0 else Path(f"{base}.{number - 1}")
+        try:
+            os.link(link.path, staged)
+        except OSError:
+            shutil.copyfile(link.path, staged)
+    argv = [
+        str(config.settings.influxd.binary),
+        "restore",
+        "-config",
+        str(config.server.conf),
+        str(base),
+    ]
+    logger.info("restore.running", argv=argv)
+    t_restore = time.monotonic()
+    run = run_tool(argv, config.settings.influxd.backup_timeout, logger, phase="restore")
+    if run.returncode != 0:
+        tail = " | ".join(run.output[-3:]) or "no output"
+        raise _StepFailed(f"influxd restore exited {run.returncode}: {tail}")
+    for top in ("meta", "data"):
+        if not targets[top].is_dir():
+            raise _StepFailed(f"influxd restore exited 0 but wrote no {top} dir {targets[top]}")
+    result.restore_s = time.monotonic() - t_restore
+    _chown_tree(list(targets.values()), uid, gid)
+    t_start = time.monotonic()
+    server.start(log_path=config.state_dir / "influxd.log")
+    result.start_s = time.monotonic() - t_start
+
+
+# -- InfluxQL over HTTP -------------------------------------------------------------------------
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _query(url: str, q: str, db: str | None) -> list[dict[str, Any]]:
+    """One InfluxQL statement; waits out shards the server is still importing.
+
+    `influxd restore -portable` returns once a shard is uploaded, while the server may still be
+    opening it: queries touching it fail with "shard is disabled" for a moment.
+    """
+    params = {"q": q}
+    if db is not None:
+        params["db"] = db
+    body = urllib.parse.urlencode(params).encode()
+    deadline = time.monotonic() + SHARD_WAIT
+    pause = 0.02
+    while True:
+        req = urllib.request.Request(url + "/query", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT) as resp:
+                answer: dict[str, Any] = json.loads(resp.read())
+        except (OSError, ValueError) as exc:
+            raise _StepFailed(f"{q!r}: {exc}") from None
+        results: list[dict[str, Any]] = answer.get("results") or [{}]
+        error = results[0].get("error")
+        if error is None:
+            series: list[dict[str, Any]] = results[0].get("series") or []
+            return series
+        if "shard is disabled" not in str(error) or time.monotonic() >= deadline:
+            raise _StepFailed(f"{q!r}: {error}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
+def _values(series: list[dict[str, Any]]) -> list[list[Any]]:
+    return [row for s in series for row in s.get("values") or []]
+
+
+def _databases(url: str) -> list[str]:
+    return [str(row[0]) for row in _values(_query(url, "SHOW DATABASES", None))]
+
+
+def _copy_into(url: str, source: str, dest: str, logger: Logger) -> None:
+    """Every point of every retention policy and measurement of source into dest, tags kept."""
+    dest_rps = {
+        str(row[0])
+        for row in _values(_query(url, f"SHOW RETENTION POLICIES ON {_ident(dest)}", None))
+    }
+    measurements = [str(row[0]) for row in _values(_query(url, "SHOW MEASUREMENTS", source))]
+    for row in _values(_query(url, f"SHOW RETENTION POLICIES ON {_ident(source)}", None)):
+        rp, duration, shard_duration = str(row[0]), str(row[1]), str(row[2])
+        if rp not in dest_rps:
+            _query(
+                url,
+                f"CREATE RETENTION POLICY {_ident(rp)} ON {_ident(dest)} DURATION {duration} "
+                f"REPLICATION 1 SHARD DURATION {shard_duration}",
+                None,
+            )
+        for m in measurements:
+            q = (
+                f"SELECT * INTO {_ident(dest)}.{_ident(rp)}.{_ident(m)} "
+                f"FROM {_ident(source)}.{_ident(rp)}.{_ident(m)} GROUP BY *"
+            )
+            written = _values(_query(url, q, source))
+            logger.info(
+                "restore.copied",
+                db=dest,
+                rp=rp,
+                measurement=m,
+                points=written[0][1] if written else 0,
+            )

@@ -1,0 +1,224 @@
+"""A job's `schedule` / `every` as an APScheduler 3 trigger, with crontab's standard meaning.
+
+APScheduler 3 numbers weekdays from Monday (0 = Monday) and ANDs day-of-month with day-of-week;
+crontab numbers them from Sunday (0 and 7 = Sunday) and, when both day fields are restricted,
+fires when either matches. Both differences are translated here, so "0 3 * * 0" is Sunday.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+# crontab weekday numbers: 0 and 7 are Sunday
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_DAY_NUMBERS = {name: i for i, name in enumerate(_DAY_NAMES)}
+_FIELDS = ("minute", "hour", "day of month", "month", "day of week")
+# walking a trigger's fire times backwards is done forwards from a lower bound; this caps it
+_MAX_STEPS = 200_000
+_TICK = timedelta(microseconds=1)
+
+
+class ScheduleError(ValueError):
+    """A crontab string that cron would not accept (the message names the field)."""
+
+
+class Schedulable(Protocol):
+    """The job keys a trigger is built from (config.JobSection has them)."""
+
+    @property
+    def schedule(self) -> str | None: ...
+    @property
+    def every(self) -> float | None: ...
+    @property
+    def jitter(self) -> float: ...
+    @property
+    def timezone(self) -> str: ...
+
+
+def _weekday(token: str) -> int:
+    """0-7 as written (7 stays 7 so "5-7" is a range), or a three-letter name (sun = 0)."""
+    low = token.strip().lower()
+    if low in _DAY_NUMBERS:
+        return _DAY_NUMBERS[low]
+    if not low.isdigit() or not 0 <= int(low) <= 7:
+        raise ScheduleError(
+            f"day of week {token!r} must be 0-7 (0 and 7 are Sunday) or sun, mon, … sat"
+        )
+    return int(low)
+
+
+def weekdays(field: str) -> set[int] | None:
+    """The crontab day-of-week field as a set of days (0 = Sunday … 6 = Saturday).
+
+    None for "*" (every day). Supports names, numbers 0-7, lists, ranges and steps
+    ("mon-fri", "1-5", "0,6", "5-7", "fri-sun", "*/2", "1-5/2", "1/2").
+    """
+    if field == "*":
+        return None
+    days: set[int] = set()
+    for part in field.split(","):
+        span, slash, step_text = part.partition("/")
+        step = 1
+        if slash:
+            if not step_text.isdigit() or int(step_text) < 1:
+                raise ScheduleError(f"day of week step {step_text!r} must be a positive number")
+            step = int(step_text)
+        if not span:
+            raise ScheduleError(f"day of week {field!r} has an empty item")
+        if span == "*":
+            first, last = 0, 6
+        elif "-" in span:
+            low, _, high = span.partition("-")
+            first, last = _weekday(low), _weekday(high)
+            if last == 0 and first > 0:
+                last = 7  # "fri-sun": Sunday at the end of the week
+            if last < first:
+                raise ScheduleError(
+                    f"day of week range {span!r} runs backwards (write it as two ranges)"
+                )
+        else:
+            first = last = _weekday(span)
+            if slash:
+                last = 7  # cron: "1/2" means 1-7/2
+        days.update(d % 7 for d in range(first, last + 1, step))
+    return days
+
+
+def _apscheduler_day_of_week(days: set[int]) -> str:
+    # Names are unambiguous whatever APScheduler's numbering is.
+    return ",".join(_DAY_NAMES[d] for d in sorted(days))
+
+
+def cron_trigger(expr: str, tz: ZoneInfo, jitter: float | None = None) -> BaseTrigger:
+    """A trigger that fires when the 5-field crontab `expr` does, in time zone `tz`."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ScheduleError(
+            f"must be a 5-field crontab string like '0 3 * * *', not {expr!r} ({len(fields)} fields)"
+        )
+    minute, hour, dom, month, dow = fields
+    # One field at a time, in order, so the message names the field that is wrong.
+    for key, label, value in zip(("minute", "hour", "day", "month"), _FIELDS, fields, strict=False):
+        try:
+            CronTrigger(**{key: value}, timezone=tz)
+        except ValueError as exc:
+            raise ScheduleError(f"{label} field {value!r} of {expr!r}: {_reason(exc)}") from None
+    days = weekdays(dow)
+    dow_arg = "*" if days is None else _apscheduler_day_of_week(days)
+
+    def make(day: str, day_of_week: str, jitter: float | None) -> CronTrigger:
+        try:
+            return CronTrigger(
+                minute=minute,
+                hour=hour,
+                day=day,
+                month=month,
+                day_of_week=day_of_week,
+                timezone=tz,
+                jitter=jitter,
+            )
+        except ValueError as exc:
+            raise ScheduleError(f"{expr!r}: {_reason(exc)}") from None
+
+    # cron (vixie, cronie): a field starting with "*" counts as unrestricted; when both day
+    # fields are restricted, either may match.
+    if not dom.startswith("*") and not dow.startswith("*"):
+        return OrTrigger([make(dom, "*", None), make("*", dow_arg, None)], jitter=jitter or None)
+    return make(dom, dow_arg, jitter or None)
+
+
+def _reason(exc: ValueError) -> str:
+    # APScheduler says "Error validating expression '61': the last value (61) is higher …"
+    text = str(exc)
+    return text.split("': ", 1)[1] if text.startswith("Error validating expression") else text
+
+
+def validate(expr: str) -> None:
+    """Raise ScheduleError if `expr` is not a crontab string this daemon can run."""
+    trigger = cron_trigger(expr, ZoneInfo("UTC"))
+    # Fields that are valid one by one but never meet ("0 0 31 2 *") never fire.
+    if trigger.get_next_fire_time(None, datetime(2000, 1, 1, tzinfo=ZoneInfo("UTC"))) is None:
+        raise ScheduleError(f"{expr!r} never fires")
+
+
+def build_trigger(
+    job: Schedulable, *, anchor: datetime | None = None, with_jitter: bool = True
+) -> BaseTrigger | None:
+    """The job's trigger, or None for a job that only runs by hand.
+
+    `anchor` starts an `every` job's grid at a known run (its last start), so a restart keeps
+    the rhythm; without one the first run is one interval from now.
+    """
+    tz = ZoneInfo(job.timezone)
+    jitter = job.jitter if with_jitter and job.jitter > 0 else None
+    if job.schedule is not None:
+        return cron_trigger(job.schedule, tz, jitter)
+    if job.every is not None:
+        return IntervalTrigger(seconds=job.every, start_date=anchor, timezone=tz, jitter=jitter)
+    return None
+
+
+@dataclass(frozen=True)
+class Missed:
+    """The latest fire time that has no run, and whether it is recent enough to catch up."""
+
+    fire_time: datetime
+    catch_up: bool
+
+
+def missed_run(
+    trigger: BaseTrigger, last_started: datetime | None, now: datetime, catch_up: float
+) -> Missed | None:
+    """The fire time missed since the job last started (build `trigger` without jitter).
+
+    A fire time in (last_started, now] had no run. Returns the latest one within `catch_up`
+    seconds of now (catch_up=True: run it once, however many were missed), else the first
+    missed one (catch_up=False: too old, only logged). None when nothing was missed, or when
+    the job has never run (nothing to catch up: it runs at its next fire time).
+    """
+    if last_started is None:
+        return None
+    window_start = max(last_started, now - timedelta(seconds=max(catch_up, 0.0)))
+    latest = latest_fire(trigger, window_start, now)
+    if latest is not None:
+        return Missed(latest, True)
+    first = trigger.get_next_fire_time(None, last_started + _TICK)
+    if first is not None and first <= now:
+        return Missed(first, False)
+    return None
+
+
+def latest_fire(trigger: BaseTrigger, after: datetime, until: datetime) -> datetime | None:
+    """The latest fire time in (after, until] (build `trigger` without jitter)."""
+    latest = None
+    fire = trigger.get_next_fire_time(None, after + _TICK)
+    for _ in range(_MAX_STEPS):
+        if fire is None or fire > until:
+            break
+        latest = fire
+        fire = trigger.get_next_fire_time(fire, fire + _TICK)
+    return latest
+
+
+def describe(job: Schedulable) -> str:
+    """One phrase for logs and status: "cron '0 3 * * *' UTC", "every 6h", "manual only"."""
+    if job.schedule is not None:
+        return f"cron '{job.schedule}' {job.timezone}"
+    if job.every is not None:
+        return f"every {_human(job.every)}"
+    return "manual only"
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

@@ -1,0 +1,177 @@
+"""prune on real archives: dry run, deletions through the catalog first, leftovers of dead runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from influx_backupd import prune as prune_module
+from influx_backupd.catalog import Catalog
+from influx_backupd.config import load
+from influx_backupd.record import RunRecord, new_run_id
+from influx_backupd.retention import RetentionPlan
+from influx_backupd.sandbox import Sandbox
+from tests.conftest import Cli, write_config
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_prune_dry_run_then_real_run_on_real_archives(tmp_path: Path, sandbox: Sandbox) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    keep_all = {"name": "nightly", "mode": "cold"}
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[keep_all]))
+    records = [cli.json("backup") for _ in range(3)]
+    assert [r["status"] for r in records] == ["ok"] * 3
+    storage = tmp_path / "archives"
+    catalog = Catalog(tmp_path / "state")
+
+    # What dead runs leave: a failed run with a partial archive, a restore-test scratch dir.
+    failed = RunRecord(
+        new_run_id(), "nightly", "cold", status="failed", started_at=1.0, finished_at=2.0
+    )
+    catalog.save(failed)
+    # it died after the rename, before recording the archive in its entry
+    leftover = storage / f"nightly-{failed.id}.tar"
+    leftover.write_bytes(b"an archive no entry names")
+    scratch = storage / ".verify-dead"
+    (scratch / "data").mkdir(parents=True)
+    (scratch / "owner.json").write_text(json.dumps({"pid": _dead_pid()}))
+    archives = {r["id"]: Path(r["archive"]) for r in records}
+
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[{**keep_all, "keep_last": 1}]))
+    dry = cli.json("prune", "--dry-run")
+    assert sorted(d["run_id"] for d in dry["deleted"]) == sorted(
+        [records[0]["id"], records[1]["id"], failed.id]
+    )
+    assert [k["id"] for k in dry["kept"]] == [records[2]["id"]]
+    assert str(scratch) in dry["cleaned"]
+    assert all(p.exists() for p in archives.values()) and leftover.exists() and scratch.exists()
+    assert len(catalog.list()) == 4, "a dry run deletes nothing"
+
+    done = cli("prune", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [r.id for r in catalog.list()] == [records[2]["id"]]
+    assert archives[records[2]["id"]].exists(), "the newest good backup is kept"
+    assert not archives[records[0]["id"]].exists() and not archives[records[1]["id"]].exists()
+    assert not leftover.exists() and not scratch.exists()
+    deleted_events = [
+        json.loads(line)
+        for line in done.stderr.splitlines()
+        if line.startswith("{") and '"prune.deleted"' in line
+    ]
+    assert sorted(e["run_id"] for e in deleted_events) == sorted(
+        [records[0]["id"], records[1]["id"], failed.id]
+    ), "each deletion is logged on its own"
+
+    again = cli.json("prune")
+    assert again["deleted"] == [] and again["cleaned"] == [], "prune is idempotent"
+
+    # And a prune follows every successful backup.
+    fourth = cli.json("backup")
+    assert fourth["status"] == "ok"
+    assert [r.id for r in catalog.list()] == [fourth["id"]]
+    assert sorted(p.name for p in storage.iterdir() if not p.name.startswith(".")) == [
+        Path(fourth["archive"]).name
+    ]
+
+
+def _record(run_id: str, started: float, archive: Path) -> RunRecord:
+    archive.write_bytes(b"archive of " + run_id.encode())
+    return RunRecord(
+        run_id,
+        "nightly",
+        "cold",
+        status="ok",
+        started_at=started,
+        finished_at=started + 1,
+        archive=str(archive),
+        sha256="0" * 64,
+    )
+
+
+def _config(tmp_path: Path, **job: object) -> Path:
+    server = Sandbox(tmp_path / "server")  # never started: prune needs no server
+    server.write_config()
+    return write_config(tmp_path, server, jobs=[{"name": "nightly", "mode": "cold", **job}])
+
+
+def test_a_prune_that_died_between_catalog_and_file_is_finished_by_the_next(tmp_path: Path) -> None:
+    config = load(_config(tmp_path, keep_last=1))
+    config.storage_dir.mkdir(parents=True)
+    catalog = Catalog(config.state_dir)
+    old = _record("20200101T000000Z-0001", 100.0, config.storage_dir / "old.tar")
+    new = _record("20200102T000000Z-0002", 200.0, config.storage_dir / "new.tar")
+    catalog.save(old)
+    catalog.save(new)
+    # The state a crash leaves: pending list written, entry gone, file still there.
+    prune_module._Pending(config.state_dir).write(old.id, [old.archive or ""])
+    catalog.delete(old.id)
+
+    report = prune_module.prune(config, catalog)
+    assert report.cleaned == [old.archive]
+    assert not Path(old.archive or "").exists() and Path(new.archive or "").exists()
+    assert not (config.state_dir / "prune-pending.json").exists()
+
+
+def test_a_plan_that_would_delete_the_newest_good_backup_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load(_config(tmp_path, keep_last=1))
+    config.storage_dir.mkdir(parents=True)
+    catalog = Catalog(config.state_dir)
+    records = [
+        _record(f"2020010{i}T000000Z-000{i}", 100.0 * i, config.storage_dir / f"{i}.tar")
+        for i in (1, 2)
+    ]
+    for r in records:
+        catalog.save(r)
+
+    def broken_plan(records: list[RunRecord], policy: object, *, now: float) -> RetentionPlan:
+        return RetentionPlan(keep=[], delete=list(records))
+
+    monkeypatch.setattr(prune_module, "plan", broken_plan)
+    report = prune_module.prune(config, catalog)
+    assert report.errors and "newest good backup" in report.errors[0]
+    assert len(catalog.list()) == 2 and all(Path(r.archive or "").exists() for r in records)
+
+
+def test_a_backup_that_failed_verification_is_not_the_one_kept(tmp_path: Path) -> None:
+    config = load(_config(tmp_path, keep_last=1))
+    config.storage_dir.mkdir(parents=True)
+    catalog = Catalog(config.state_dir)
+    good = _record("20200101T000000Z-0001", 100.0, config.storage_dir / "good.tar")
+    bad = _record("20200102T000000Z-0002", 200.0, config.storage_dir / "bad.tar")
+    bad.verify_status = "failed"
+    catalog.save(good)
+    catalog.save(bad)
+    report = prune_module.prune(config, catalog)
+    assert [k["id"] for k in report.kept] == [good.id]
+    assert [r.id for r in catalog.list()] == [good.id]
+
+
+def test_without_keep_rules_failures_stay_listed_but_their_files_go(tmp_path: Path) -> None:
+    config = load(_config(tmp_path))
+    config.storage_dir.mkdir(parents=True)
+    catalog = Catalog(config.state_dir)
+    ok = _record("20200102T000000Z-0002", 200.0, config.storage_dir / "ok.tar")
+    failed = RunRecord(
+        "20200101T000000Z-0001", "nightly", "cold", status="failed", started_at=100.0
+    )
+    leftover = config.storage_dir / f"nightly-{failed.id}.tar"
+    leftover.write_bytes(b"complete archive, never recorded")
+    catalog.save(ok)
+    catalog.save(failed)
+
+    report = prune_module.prune(config, catalog)
+    assert report.deleted == [] and report.cleaned == [str(leftover)]
+    assert not leftover.exists() and Path(ok.archive or "").exists()
+    assert [r.status for r in catalog.list()] == ["failed", "ok"]

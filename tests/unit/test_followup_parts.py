@@ -1,0 +1,66 @@
+"""The progress bar and the catalog's monotonic counters in the metrics."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from influx_backupd import progress
+from influx_backupd.catalog import Catalog
+from influx_backupd.metrics import VERIFY_FAILED, render
+from influx_backupd.record import RunRecord
+
+
+def test_bar_shows_fraction_sizes_and_eta() -> None:
+    bar = progress.TerminalBar(io.StringIO(), width=10)
+    line = bar.line(512 << 20, 1 << 30, elapsed=2.0)
+    assert "[#####.....]" in line and " 50.0%" in line
+    assert "512.0 MiB / 1.0 GiB" in line and "256.0 MiB/s" in line and "ETA 2s" in line
+    assert "100.0%" in bar.line(2 << 30, 1 << 30, elapsed=1.0), "files grew after the prediction"
+
+
+def test_listeners_get_notified_and_a_broken_one_is_ignored() -> None:
+    out = io.StringIO()
+    bar = progress.TerminalBar(out, interval=0)
+
+    def broken(done: int, total: int) -> None:
+        raise RuntimeError("display gone")
+
+    progress.listen(broken)
+    progress.listen(bar)
+    try:
+        progress.notify(10, 100)
+    finally:
+        progress.unlisten(broken)
+        progress.unlisten(bar)
+    bar.close()
+    assert out.getvalue().startswith("\rarchive [") and out.getvalue().endswith("\n")
+    progress.notify(1, 1)  # nobody listening: nothing happens
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_counters_keep_runs_total_monotonic_when_records_are_pruned(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path)
+    for at in (10.0, 20.0):
+        catalog.increment("nightly", "ok", at)
+    catalog.increment("nightly", "failed", 15.0)
+    catalog.increment("nightly", VERIFY_FAILED, 16.0)
+    # only the newest ok record is left after retention
+    left = [RunRecord("b", "nightly", "cold", status="ok", started_at=19.0, finished_at=20.0)]
+    samples = _samples(render(left, counters=catalog.counters()))
+    job = ("job", "nightly")
+    assert samples[("influx_backupd_runs_total", (job, ("result", "ok")))] == 2
+    assert samples[("influx_backupd_runs_total", (job, ("result", "failed")))] == 1
+    assert samples[("influx_backupd_runs_total", (job, ("result", "interrupted")))] == 0
+    assert samples[("influx_backupd_verify_failures_total", (job,))] == 1
+    assert samples[("influx_backupd_last_run_timestamp_seconds", (job, ("result", "failed")))] == 15
+    assert catalog.counters()[("nightly", "ok")] == (2, 20.0)

@@ -1,0 +1,127 @@
+"""Hooks and heartbeats: real processes and real sockets, no mocks."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from influx_backupd import heartbeat, log
+from influx_backupd.hooks import environment, run_hook
+from influx_backupd.record import RunRecord
+
+
+@pytest.fixture(autouse=True)
+def _log_to_a_buffer() -> Iterator[io.StringIO]:
+    # Another test may have left structlog writing to a stream pytest has closed.
+    buffer = io.StringIO()
+    log.configure(stream=buffer, json=True)
+    yield buffer
+
+
+def test_environment_carries_the_record() -> None:
+    record = RunRecord("r1", "nightly", "cold", status="failed", error="boom", downtime_s=1.25)
+    env = environment(record)
+    assert env["INFLUX_BACKUPD_JOB"] == "nightly"
+    assert env["INFLUX_BACKUPD_STATUS"] == "failed"
+    assert env["INFLUX_BACKUPD_ERROR"] == "boom"
+    assert env["INFLUX_BACKUPD_DOWNTIME_S"] == "1.250"
+    assert env["INFLUX_BACKUPD_ARCHIVE"] == ""
+    assert all(isinstance(v, str) for v in env.values())
+
+
+def test_hook_gets_argv_without_a_shell_and_its_output_is_kept(tmp_path: Path) -> None:
+    result = run_hook(
+        [sys.executable, "-c", "import os, sys; print(sys.argv[1], os.environ['X'])", "$HOME;*"],
+        {"X": "y"},
+        10,
+    )
+    assert result.ok
+    assert result.output.strip() == "$HOME;* y", "no shell expanded the argument"
+
+
+def test_hook_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time; "
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pidfile)!r}, 'w').write(str(c.pid)); time.sleep(60)"
+    )
+    started = time.monotonic()
+    result = run_hook([sys.executable, "-c", code], {}, 1.5)
+    assert time.monotonic() - started < 30
+    assert result.timed_out and result.returncode is None and not result.ok
+    child = int(pidfile.read_text())
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie"
+
+
+def test_hook_failures_are_results_not_exceptions() -> None:
+    assert run_hook([sys.executable, "-c", "raise SystemExit(4)"], {}, 10).returncode == 4
+    missing = run_hook(["/nonexistent/hook"], {}, 10)
+    assert missing.returncode is None and "cannot start" in (missing.error or "")
+
+
+class _Server:
+    def __init__(self, status: int) -> None:
+        self.paths: list[str] = []
+        paths = self.paths
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                paths.append(self.path)
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/abc"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    s = _Server(200)
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def test_heartbeat_urls_in_the_healthchecks_style(server: _Server) -> None:
+    assert heartbeat.ping(server.url, "start")
+    assert heartbeat.ping(server.url + "/", "success")
+    assert heartbeat.ping(server.url, "fail")
+    assert server.paths == ["/abc/start", "/abc", "/abc/fail"]
+
+
+def test_heartbeat_to_a_closed_port_or_a_silent_server_returns_false_quickly() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert heartbeat.ping(f"http://127.0.0.1:{port}/x", "success", timeout=2) is False
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/x"
+        assert heartbeat.ping(url, "start", timeout=1) is False
+        assert time.monotonic() - started < 10
+
+
+def test_heartbeat_http_error_is_a_failure() -> None:
+    s = _Server(500)
+    try:
+        assert heartbeat.ping(s.url, "success") is False
+    finally:
+        s.httpd.shutdown()
+        s.httpd.server_close()

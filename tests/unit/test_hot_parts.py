@@ -1,0 +1,249 @@
+"""Pure parts of the hot job: version parsing, chain planning, output checks, the tool runner."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import random
+import socket
+import tarfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from influx_backupd import log
+from influx_backupd.hot import (
+    CheckFailed,
+    parse_version,
+    plan_link,
+    portable_meta_size,
+    probe_snapshot_service,
+    run_tool,
+    scan_portable,
+    scan_snapshot09,
+    split_host,
+)
+from influx_backupd.record import RunRecord
+
+DAY = 86400.0
+
+
+def test_versions_and_their_flavours() -> None:
+    v16 = parse_version("InfluxDB v1.6.7~rc0 (git: unknown unknown)\n")
+    v09 = parse_version("InfluxDB v0.9.6 (git: 0.9.6 a6b7e8)")
+    assert v16 is not None and v16.text == "v1.6.7~rc0" and v16.flavour == "portable"
+    assert v09 is not None and v09.text == "v0.9.6" and v09.flavour == "0.9"
+    old = parse_version("InfluxDB v1.4.2 (git: x)")
+    assert old is not None and old.flavour is None, "1.4 has no -portable"
+    assert parse_version("command not found") is None
+
+
+def test_split_host() -> None:
+    assert split_host("10.0.0.5:8088") == ("10.0.0.5", 8088)
+    assert split_host("[::1]:9000") == ("::1", 9000)
+    assert split_host("db1") == ("db1", 8088)
+    assert split_host(":8089") == ("127.0.0.1", 8089)
+
+
+def _rec(
+    rid: str,
+    started: float,
+    kind: str = "full",
+    status: str = "ok",
+    chain: str | None = None,
+    parent: str | None = None,
+    archive: str = "/x",
+) -> RunRecord:
+    return RunRecord(
+        id=rid,
+        job="j",
+        mode="hot",
+        status=status,  # type: ignore[arg-type]
+        started_at=started,
+        kind=kind,  # type: ignore[arg-type]
+        chain_id=chain or (rid if kind == "full" else None),
+        parent_id=parent,
+        archive=archive,
+        extra={"flavour": "portable", "backup_host": "h:8088"},
+    )
+
+
+def _plan(history: list[RunRecord], now: float = 2 * DAY, **kw: object) -> object:
+    args: dict[str, object] = {
+        "full_every": 7 * DAY,
+        "now": now,
+        "flavour": "portable",
+        "host": "h:8088",
+        "exists": lambda _p: True,
+    }
+    args.update(kw)
+    return plan_link(history, **args)  # type: ignore[arg-type]
+
+
+def test_chain_planning() -> None:
+    full = _rec("a", 0.0)
+    inc = _rec("b", DAY, "incremental", chain="a", parent="a")
+    first = _plan([])
+    assert first.kind == "full"  # type: ignore[attr-defined]
+
+    nxt = _plan([full, inc])
+    assert (nxt.kind, nxt.chain_id, nxt.parent.id) == ("incremental", "a", "b")  # type: ignore[attr-defined]
+    assert nxt.since == "1970-01-02T00:00:00Z"  # type: ignore[attr-defined]
+    # a cold run in between does not break the chain
+    cold = RunRecord(id="c", job="j", mode="cold", status="failed", started_at=1.5 * DAY)
+    assert _plan([full, inc, cold]).kind == "incremental"  # type: ignore[attr-defined]
+
+    assert _plan([full, inc], now=7 * DAY).kind == "full", "full_every passed"  # type: ignore[attr-defined]
+    broken = _rec("d", 1.8 * DAY, "incremental", status="failed", chain="a", parent="b")
+    assert _plan([full, inc, broken]).kind == "full", "a failed link"  # type: ignore[attr-defined]
+    gone = _plan([full, inc], exists=lambda p: False)
+    assert gone.kind == "full" and "missing" in gone.why  # type: ignore[attr-defined]
+    assert _plan([full, inc], flavour="0.9").kind == "full"  # type: ignore[attr-defined]
+    assert _plan([full, inc], host="other:8088").kind == "full"  # type: ignore[attr-defined]
+    orphan = _rec("e", DAY, "incremental", chain="a", parent="zzz")
+    assert _plan([full, orphan]).kind == "full", "a gap in the chain"  # type: ignore[attr-defined]
+    assert _plan([full, inc], flavour="0.9").since is None  # type: ignore[attr-defined]
+
+
+# -- 1.x portable directories -----------------------------------------------------------------------
+
+
+def _portable_dir(root: Path, shard: bytes = b"x" * 5000, meta: bytes = b"m" * 94) -> Path:
+    root.mkdir()
+    (root / "T.meta").write_bytes(b"\x0a" + bytes([len(meta)]) + meta + b"\x10\x00")
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb") as gz:
+        gz.write(shard)
+    (root / "T.s1.tar.gz").write_bytes(buf.getvalue())
+    manifest = {
+        "meta": {"fileName": "T.meta", "size": len(meta)},
+        "limited": False,
+        "files": [
+            {
+                "database": "d",
+                "policy": "autogen",
+                "shardID": 1,
+                "fileName": "T.s1.tar.gz",
+                "size": len(shard),
+            }
+        ],
+    }
+    (root / "T.manifest").write_text(json.dumps(manifest))
+    return root
+
+
+def test_portable_scan_and_its_documented_sha256(tmp_path: Path) -> None:
+    d = _portable_dir(tmp_path / "b")
+    scan = scan_portable(d)
+    lines = "".join(
+        f"{p.name}\0{p.stat().st_size}\0{hashlib.sha256(p.read_bytes()).hexdigest()}\n"
+        for p in sorted(d.iterdir())
+    )
+    assert scan.sha256 == hashlib.sha256(lines.encode()).hexdigest()
+    assert scan.files == 3
+    assert scan.bytes == sum(p.stat().st_size for p in d.iterdir())
+
+
+@pytest.mark.parametrize("damage", ["missing", "size", "extra", "truncated-gzip", "meta-size"])
+def test_portable_scan_refuses_damage(tmp_path: Path, damage: str) -> None:
+    d = _portable_dir(tmp_path / "b")
+    if damage == "missing":
+        (d / "T.s1.tar.gz").unlink()
+    elif damage == "size":
+        manifest = json.loads((d / "T.manifest").read_text())
+        manifest["files"][0]["size"] += 1
+        (d / "T.manifest").write_text(json.dumps(manifest))
+    elif damage == "extra":
+        (d / "T.s2.tar.gz").write_bytes(b"")
+    elif damage == "truncated-gzip":
+        data = (d / "T.s1.tar.gz").read_bytes()
+        (d / "T.s1.tar.gz").write_bytes(data[: len(data) - 6])
+    else:
+        (d / "T.meta").write_bytes(b"\x0a\x05hello")
+    with pytest.raises(CheckFailed, match=r"^hot\.check: "):
+        scan_portable(d)
+
+
+def test_portable_meta_size_reads_the_protobuf_wrapper() -> None:
+    assert portable_meta_size(b"\x0a\x03abc\x10\x07") == 3
+    big = b"z" * 300
+    assert portable_meta_size(b"\x0a\xac\x02" + big) == 300
+    with pytest.raises(ValueError):
+        portable_meta_size(b"\x0a\x09abc")
+
+
+# -- 0.9 snapshot files -----------------------------------------------------------------------------
+
+
+def _snapshot(path: Path, files: dict[str, bytes], listed: dict[str, int] | None = None) -> Path:
+    manifest = {
+        "files": [
+            {"name": n, "size": s, "index": 1}
+            for n, s in (listed or {n: len(b) for n, b in files.items()}).items()
+        ]
+    }
+    with tarfile.open(path, "w") as tar:
+        for name, data in [("manifest", json.dumps(manifest).encode()), *files.items()]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_09_snapshot_scan(tmp_path: Path) -> None:
+    good = _snapshot(tmp_path / "s", {"meta": b"m", "db/rp/1": b"abc"})
+    scan = scan_snapshot09(good, incremental=False)
+    assert scan.files == 2
+    assert scan.sha256 == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert scan.bytes == good.stat().st_size
+
+    missing = _snapshot(tmp_path / "m", {"meta": b"m"}, {"meta": 1, "db/rp/1": 3})
+    with pytest.raises(CheckFailed, match="db/rp/1"):
+        scan_snapshot09(missing, incremental=False)
+    wrong = _snapshot(tmp_path / "w", {"meta": b"m"}, {"meta": 2})
+    with pytest.raises(CheckFailed, match="manifest says 2"):
+        scan_snapshot09(wrong, incremental=False)
+    no_meta = _snapshot(tmp_path / "n", {"db/rp/1": b"abc"})
+    with pytest.raises(CheckFailed, match="without meta"):
+        scan_snapshot09(no_meta, incremental=False)
+    assert scan_snapshot09(no_meta, incremental=True).files == 1
+    empty = tmp_path / "e"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckFailed):
+        scan_snapshot09(empty, incremental=True)
+    first_not_manifest = tmp_path / "f"
+    with tarfile.open(first_not_manifest, "w") as tar:
+        info = tarfile.TarInfo("meta")
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(CheckFailed, match="not the manifest"):
+        scan_snapshot09(first_not_manifest, incremental=True)
+
+
+# -- the snapshot service and the tool --------------------------------------------------------------
+
+
+def test_probe_snapshot_service() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert probe_snapshot_service(f"127.0.0.1:{port}", 2.0)
+    assert not probe_snapshot_service(f"127.0.0.1:{port}", 2.0)
+
+
+def test_run_tool_kills_the_whole_process_group_on_timeout() -> None:
+    marker = f"{random.randint(1000, 9999)}.{random.randint(100, 999)}"
+    run = run_tool(
+        ["sh", "-c", f"echo started; sleep {marker} & sleep {marker}; wait"], 0.5, log.get()
+    )
+    assert run.returncode is None
+    assert run.output == ["started"]
+    time.sleep(0.1)
+    left = [
+        p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not left, "the tool's children must not outlive the timeout"

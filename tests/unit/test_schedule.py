@@ -1,0 +1,205 @@
+"""Crontab strings in their standard meaning, intervals, DST, and catch-up after a gap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from influx_backupd.schedule import (
+    ScheduleError,
+    build_trigger,
+    cron_trigger,
+    describe,
+    latest_fire,
+    missed_run,
+    validate,
+    weekdays,
+)
+
+MONDAY = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+TICK = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Job:
+    schedule: str | None = None
+    every: float | None = None
+    jitter: float = 0.0
+    timezone: str = "UTC"
+
+
+def fires(expr: str, start: datetime = MONDAY, n: int = 14, tz: str = "UTC") -> list[datetime]:
+    trigger = cron_trigger(expr, ZoneInfo(tz))
+    out: list[datetime] = []
+    fire = trigger.get_next_fire_time(None, start)
+    while fire is not None and len(out) < n:
+        out.append(fire)
+        fire = trigger.get_next_fire_time(fire, fire + TICK)
+    return out
+
+
+def weekday_names(expr: str) -> set[str]:
+    return {f.strftime("%a") for f in fires(expr)}
+
+
+@pytest.mark.parametrize(
+    ("expr", "days"),
+    [
+        ("0 3 * * 0", {"Sun"}),
+        ("0 3 * * 7", {"Sun"}),
+        ("0 3 * * sun", {"Sun"}),
+        ("0 3 * * 1", {"Mon"}),
+        ("0 3 * * 6", {"Sat"}),
+        ("0 3 * * 1-5", {"Mon", "Tue", "Wed", "Thu", "Fri"}),
+        ("0 3 * * mon-fri", {"Mon", "Tue", "Wed", "Thu", "Fri"}),
+        ("0 3 * * 0,6", {"Sat", "Sun"}),
+        ("0 3 * * 5-7", {"Fri", "Sat", "Sun"}),
+        ("0 3 * * fri-sun", {"Fri", "Sat", "Sun"}),
+        ("0 3 * * 0-7", {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"}),
+        ("0 3 * * */2", {"Sun", "Tue", "Thu", "Sat"}),
+        ("0 3 * * 1-5/2", {"Mon", "Wed", "Fri"}),
+        ("0 3 * * 1/2", {"Mon", "Wed", "Fri", "Sun"}),
+        ("0 3 * * SAT,sun", {"Sat", "Sun"}),
+    ],
+)
+def test_day_of_week_means_what_crontab_means(expr: str, days: set[str]) -> None:
+    assert weekday_names(expr) == days
+    assert all(f.hour == 3 and f.minute == 0 for f in fires(expr))
+
+
+def test_sunday_is_zero_and_seven_and_the_first_run_is_the_coming_sunday() -> None:
+    assert fires("0 3 * * 0", n=1) == [datetime(2026, 3, 8, 3, 0, tzinfo=UTC)]
+    assert fires("0 3 * * 7", n=3) == fires("0 3 * * 0", n=3)
+
+
+def test_both_day_fields_restricted_fire_when_either_matches() -> None:
+    # crontab(5): "30 4 1,15 * 5" runs on the 1st, the 15th, and every Friday
+    dates = {f.date() for f in fires("30 4 1,15 * 5", n=12)}
+    assert datetime(2026, 3, 6).date() in dates  # a Friday
+    assert datetime(2026, 3, 15).date() in dates  # a Sunday, but the 15th
+    assert all(d.day in (1, 15) or d.weekday() == 4 for d in dates)
+    # a "*"-led field is unrestricted: then only the other one counts
+    assert {f.day for f in fires("0 3 */1 * 1", n=4)} == {9, 16, 23, 30}
+
+
+def test_other_fields_keep_their_meaning() -> None:
+    assert [f.minute for f in fires("*/15 * * * *", n=5)] == [0, 15, 30, 45, 0]
+    assert {f.month for f in fires("0 0 1 jan,jul *", n=2)} == {1, 7}
+
+
+@given(st.sets(st.integers(0, 7), min_size=1))
+def test_any_list_of_day_numbers_is_the_same_days_with_7_as_0(days: set[int]) -> None:
+    field = ",".join(str(d) for d in sorted(days))
+    assert weekdays(field) == {d % 7 for d in days}
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("0 3 * *", "5-field"),
+        ("0 3 * * 8", "day of week '8' must be 0-7"),
+        ("0 3 * * 5-1", "runs backwards"),
+        ("61 * * * *", "minute field '61'"),
+        ("0 24 * * *", "hour field '24'"),
+        ("0 3 0 * *", "day of month field '0'"),
+        ("0 3 * 13 *", "month field '13'"),
+        ("0 3 * * mon/0", "step '0'"),
+        ("0 0 31 2 *", "never fires"),
+    ],
+)
+def test_a_bad_crontab_names_the_field(expr: str, message: str) -> None:
+    with pytest.raises(ScheduleError, match=message):
+        validate(expr)
+
+
+def test_local_time_zone_follows_dst_and_utc_does_not() -> None:
+    berlin = fires("0 3 * * *", start=datetime(2026, 3, 27, tzinfo=UTC), n=4, tz="Europe/Berlin")
+    # 03:00 local each day: 02:00 UTC in winter, 01:00 UTC from 29 March (CEST)
+    assert [f.astimezone(UTC).hour for f in berlin] == [2, 2, 1, 1]
+    utc = fires("0 3 * * *", start=datetime(2026, 3, 27, tzinfo=UTC), n=4)
+    assert {f.astimezone(UTC).hour for f in utc} == {3}
+
+
+def test_local_times_in_the_dst_gap_move_and_in_the_repeated_hour_run_twice() -> None:
+    # What example config warns about: 02:30 does not exist on 29 March in Berlin ...
+    spring = fires(
+        "30 2 * * *", start=datetime(2026, 3, 28, 12, tzinfo=UTC), n=2, tz="Europe/Berlin"
+    )
+    assert spring[0].astimezone(UTC) == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # 03:30 CEST
+    # ... and happens twice on 25 October
+    autumn = fires(
+        "30 2 * * *", start=datetime(2026, 10, 24, 12, tzinfo=UTC), n=3, tz="Europe/Berlin"
+    )
+    assert [f.astimezone(UTC) for f in autumn[:2]] == [
+        datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
+        datetime(2026, 10, 25, 1, 30, tzinfo=UTC),
+    ]
+
+
+def test_every_builds_an_interval_anchored_at_the_last_run() -> None:
+    anchor = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    trigger = build_trigger(Job(every=3600.0), anchor=anchor)
+    assert trigger is not None
+    assert trigger.get_next_fire_time(None, MONDAY) == datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    assert trigger.get_next_fire_time(None, MONDAY + TICK) == datetime(
+        2026, 3, 2, 13, 0, tzinfo=UTC
+    )
+    assert build_trigger(Job()) is None
+    assert describe(Job(every=21600.0)) == "every 6h"
+    assert describe(Job(schedule="0 3 * * 0")) == "cron '0 3 * * 0' UTC"
+
+
+@given(st.floats(min_value=1.0, max_value=3600.0))
+def test_jitter_only_delays_and_never_by_more_than_jitter(jitter: float) -> None:
+    trigger = build_trigger(Job(schedule="0 3 * * *", jitter=jitter))
+    assert trigger is not None
+    fire = trigger.get_next_fire_time(None, MONDAY)
+    exact = datetime(2026, 3, 3, 3, 0, tzinfo=UTC)
+    assert exact <= fire <= exact + timedelta(seconds=jitter)
+
+
+def test_catch_up_runs_the_latest_missed_time_once_within_the_window() -> None:
+    trigger = cron_trigger("0 * * * *", ZoneInfo("UTC"))  # hourly
+    last = datetime(2026, 3, 2, 7, 0, 5, tzinfo=UTC)
+    now = datetime(2026, 3, 2, 12, 20, tzinfo=UTC)  # down since 07:00: 08:00 … 12:00 missed
+    missed = missed_run(trigger, last, now, catch_up=3600)
+    assert missed is not None
+    assert missed.catch_up and missed.fire_time == datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+def test_a_miss_older_than_catch_up_is_reported_not_run() -> None:
+    trigger = cron_trigger("0 3 * * *", ZoneInfo("UTC"))
+    last = datetime(2026, 3, 1, 3, 0, 2, tzinfo=UTC)
+    now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # 03:00 today was missed 6 hours ago
+    missed = missed_run(trigger, last, now, catch_up=3600)
+    assert missed is not None
+    assert not missed.catch_up and missed.fire_time == datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
+
+
+def test_nothing_is_missed_after_an_on_time_run_or_without_history() -> None:
+    trigger = cron_trigger("0 3 * * *", ZoneInfo("UTC"))
+    ran = datetime(2026, 3, 2, 3, 0, 1, tzinfo=UTC)
+    assert missed_run(trigger, ran, datetime(2026, 3, 2, 9, 0, tzinfo=UTC), 3600) is None
+    assert missed_run(trigger, None, datetime(2026, 3, 2, 9, 0, tzinfo=UTC), 3600) is None
+
+
+def test_an_interval_job_catches_up_after_a_gap() -> None:
+    last = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    trigger = build_trigger(Job(every=600.0), anchor=last, with_jitter=False)
+    assert trigger is not None
+    missed = missed_run(trigger, last, last + timedelta(minutes=25), catch_up=3600)
+    assert missed is not None and missed.catch_up
+    assert missed.fire_time == last + timedelta(minutes=20)
+    assert missed_run(trigger, last, last + timedelta(minutes=9), catch_up=3600) is None
+
+
+def test_latest_fire_is_exclusive_of_the_start_and_inclusive_of_the_end() -> None:
+    trigger = cron_trigger("0 * * * *", ZoneInfo("UTC"))
+    at = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    assert latest_fire(trigger, at, at) is None
+    assert latest_fire(trigger, at - TICK, at) == at

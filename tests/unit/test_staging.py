@@ -1,0 +1,229 @@
+"""The staging sync on real files: what it copies, what it removes, what it tolerates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.archive import write_archive
+from influx_backupd.staging import MANIFEST, Stager
+
+OLD = 1_600_000_000_000_000_000  # a settled mtime (2020), far outside the racy window
+
+
+def settle(*paths: Path) -> None:
+    for path in paths:
+        os.utime(path, ns=(OLD, OLD))
+
+
+def make_server(root: Path) -> list[tuple[str, Path]]:
+    shard = root / "data" / "db" / "autogen" / "1"
+    shard.mkdir(parents=True)
+    (root / "meta").mkdir()
+    (root / "wal" / "db" / "autogen" / "1").mkdir(parents=True)
+    (root / "meta" / "meta.db").write_bytes(b"meta" * 100)
+    (shard / "000000001-000000001.tsm").write_bytes(os.urandom(300_000))
+    (shard / "000000002-000000001.tsm").write_bytes(os.urandom(5000))
+    (root / "wal" / "db" / "autogen" / "1" / "_00001.wal").write_bytes(os.urandom(777))
+    (root / "influxdb.conf").write_text("[meta]\n")
+    settle(*[p for p in root.rglob("*") if p.is_file()])
+    return [
+        ("meta", root / "meta"),
+        ("data", root / "data"),
+        ("wal", root / "wal"),
+        ("influxdb.conf", root / "influxdb.conf"),
+    ]
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Relative path → content (None for dirs), the manifest left out."""
+    out: dict[str, bytes | None] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if rel == MANIFEST:
+            continue
+        out[rel] = path.read_bytes() if path.is_file() else None
+    return out
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> tuple[Path, list[tuple[str, Path]], Stager]:
+    src = tmp_path / "src"
+    sources = make_server(src)
+    return src, sources, Stager(tmp_path / "storage" / ".staging" / "job", sources)
+
+
+def test_first_sync_copies_everything_with_mode_and_mtime_then_nothing(
+    server: tuple[Path, list[tuple[str, Path]], Stager],
+) -> None:
+    src, _sources, stager = server
+    os.chmod(src / "meta" / "meta.db", 0o640)
+    first = stager.sync(tolerant=False)
+    assert first.copied == first.files == 5
+    assert tree(stager.root) == tree(src)
+    for rel in ("meta/meta.db", "data/db/autogen/1/000000001-000000001.tsm", "influxdb.conf"):
+        a, b = os.stat(src / rel), os.stat(stager.root / rel)
+        assert (a.st_mode, a.st_mtime_ns, a.st_uid) == (b.st_mode, b.st_mtime_ns, b.st_uid), rel
+    again = stager.sync(tolerant=False)
+    assert (again.copied, again.copied_bytes, again.removed) == (0, 0, 0)
+
+
+def test_changes_by_size_mtime_or_inode_are_copied_and_deletions_removed(
+    server: tuple[Path, list[tuple[str, Path]], Stager],
+) -> None:
+    src, _sources, stager = server
+    stager.sync(tolerant=False)
+    shard = src / "data" / "db" / "autogen" / "1"
+    wal = src / "wal" / "db" / "autogen" / "1" / "_00001.wal"
+    # grown (size)
+    with open(wal, "ab") as fh:
+        fh.write(b"more")
+    settle(wal)
+    # rewritten in place, same size, new mtime
+    meta = src / "meta" / "meta.db"
+    meta.write_bytes(b"ATEM" * 100)
+    os.utime(meta, ns=(OLD + 10**9, OLD + 10**9))
+    # replaced by another file of the same size and mtime: only the inode tells (compaction)
+    tsm = shard / "000000002-000000001.tsm"
+    replacement = shard / "tmp"
+    replacement.write_bytes(os.urandom(5000))
+    settle(replacement)
+    os.replace(replacement, tsm)
+    # gone: a file and a whole shard dir; new: a file in a new dir
+    (shard / "000000001-000000001.tsm").unlink()
+    (src / "data" / "db" / "autogen" / "2").mkdir()
+    (src / "data" / "db" / "autogen" / "2" / "000000001-000000001.tsm").write_bytes(b"new")
+    settle(src / "data" / "db" / "autogen" / "2" / "000000001-000000001.tsm")
+
+    stats = stager.sync(tolerant=False)
+    assert stats.copied == 4
+    assert stats.copied_bytes == (777 + 4) + 400 + 5000 + 3
+    assert stats.removed == 1
+    assert tree(stager.root) == tree(src)
+
+    import shutil
+
+    shutil.rmtree(src / "data" / "db" / "autogen" / "2")
+    stats = stager.sync(tolerant=False)
+    assert stats.copied == 0 and stats.removed == 1
+    assert tree(stager.root) == tree(src)
+
+
+def test_files_and_dirs_vanishing_during_a_tolerant_sync_are_skipped_strict_raises(
+    server: tuple[Path, list[tuple[str, Path]], Stager],
+) -> None:
+    src, sources, stager = server
+
+    class Compacting(Stager):
+        """Deletes each source file just before it is copied, as a compaction would."""
+
+        def _sync_file(self, src_file: Path, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+            if src_file.name.endswith(".tsm"):
+                src_file.unlink()
+            super()._sync_file(src_file, *args, **kwargs)  # type: ignore[arg-type]
+
+    racing = Compacting(stager.root, sources)
+    stats = racing.sync(tolerant=True)
+    assert stats.vanished == 2
+    assert not list(stager.root.rglob("*.tsm"))
+    assert (stager.root / "meta" / "meta.db").read_bytes() == b"meta" * 100
+
+    (src / "data" / "db" / "autogen" / "1" / "000000003-000000001.tsm").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError):
+        Compacting(stager.root, sources).sync(tolerant=False)
+
+    # a whole shard dir removed (retention) while listing: the dir vanishes under scandir
+    class Retention(Stager):
+        def _sync_dir(self, src_dir: Path, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+            if src_dir.name == "1":
+                import shutil
+
+                shutil.rmtree(src_dir)
+            super()._sync_dir(src_dir, *args, **kwargs)  # type: ignore[arg-type]
+
+    stats = Retention(stager.root, sources).sync(tolerant=True)
+    assert stats.vanished >= 1
+    # the next pass, with nothing racing, makes the staging tree exact again
+    stager.sync(tolerant=False)
+    assert tree(stager.root) == tree(src)
+
+
+def test_a_staging_tree_that_was_tampered_with_is_not_trusted(
+    server: tuple[Path, list[tuple[str, Path]], Stager],
+) -> None:
+    src, _sources, stager = server
+    stager.sync(tolerant=False)
+    staged = stager.root / "data" / "db" / "autogen" / "1" / "000000002-000000001.tsm"
+    staged.write_bytes(b"truncated")
+    (stager.root / "wal" / "db" / "autogen" / "1" / "_00001.wal").unlink()
+    (stager.root / "data" / "stray").write_text("not from the source")
+    stats = stager.sync(tolerant=False)
+    assert stats.copied == 2
+    assert tree(stager.root) == tree(src)
+
+
+def test_a_manifest_from_another_boot_means_everything_is_copied_again(
+    server: tuple[Path, list[tuple[str, Path]], Stager],
+) -> None:
+    _src, _sources, stager = server
+    stager.sync(tolerant=False)
+    manifest = stager.root / MANIFEST
+    doc = json.loads(manifest.read_text())
+    doc["boot_id"] = "another-boot"
+    manifest.write_text(json.dumps(doc))
+    assert stager.sync(tolerant=False).copied == 5
+
+
+def test_a_file_modified_just_before_its_copy_is_copied_again_next_time(
+    server: tuple[Path, list[tuple[str, Path]], Stager],
+) -> None:
+    src, _sources, stager = server
+    wal = src / "wal" / "db" / "autogen" / "1" / "_00001.wal"
+    wal.write_bytes(b"fresh")  # mtime: now; a second write in the same tick would not show
+    assert stager.sync(tolerant=True).copied == 5
+    assert stager.sync(tolerant=False).copied == 1  # racy: copied again
+    settle(wal)
+    assert stager.sync(tolerant=False).copied == 1  # its mtime changed
+    assert stager.sync(tolerant=False).copied == 0
+
+
+def _members(archive: Path) -> list[tuple[str, str, int, float, int, int, str | None]]:
+    out = []
+    with tarfile.open(archive) as tar:
+        for info in tar:
+            digest = None
+            if info.isreg():
+                stream = tar.extractfile(info)
+                assert stream is not None
+                digest = hashlib.sha256(stream.read()).hexdigest()
+            out.append(
+                (info.name, info.type.decode(), info.mode, info.mtime, info.uid, info.gid, digest)
+            )
+    return out
+
+
+def test_an_archive_of_the_staging_tree_equals_one_of_the_source(
+    tmp_path: Path, server: tuple[Path, list[tuple[str, Path]], Stager]
+) -> None:
+    src, sources, stager = server
+    stager.sync(tolerant=True)
+    (src / "wal" / "db" / "autogen" / "1" / "_00002.wal").write_bytes(b"late")
+    time.sleep(0.01)
+    stager.sync(tolerant=False)
+    direct = write_archive(tmp_path / "direct.tar", sources)
+    staged = write_archive(tmp_path / "staged.tar", stager.archive_sources())
+    assert _members(tmp_path / "direct.tar") == _members(tmp_path / "staged.tar")
+    assert direct.sha256 == staged.sha256  # same headers, same data: the same bytes
+
+
+def test_remove_deletes_the_tree(server: tuple[Path, list[tuple[str, Path]], Stager]) -> None:
+    _src, _sources, stager = server
+    stager.sync(tolerant=False)
+    stager.remove()
+    assert not stager.root.exists()
