@@ -161,6 +161,46 @@ def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) ->
             stager.remove()
 
 
+def _running_again(
+    config: Config,
+    server: Influxd,
+    record: RunRecord,
+    logger: Logger,
+    marker: CrashMarker,
+    t_stop: float,
+) -> None:
+    """After a stop was asked, whatever happened since: make sure influxd serves again.
+
+    A server that never stopped (it ignored SIGTERM past stop_timeout) and still answers is
+    left as it is; one still shutting down is waited for, then started.
+    """
+    proc = server.locate()
+    if proc is not None and server.ping():
+        logger.warning("influxd.still_running", phase="start", pid=proc.pid)
+        marker.clear()
+        return
+    if proc is not None:
+        logger.warning("influxd.still_stopping", phase="start", pid=proc.pid)
+        # influxd 1.x forces its own hard shutdown after 30 s
+        if not server.wait_exit(proc, max(config.settings.influxd.stop_timeout, 35.0)):
+            # Neither serving nor gone: starting a second one would fight it for its files.
+            # The marker stays, so the next command tries again.
+            raise InfluxdError(f"influxd (pid {proc.pid}) neither serves nor exits; not started")
+    t_start = time.monotonic()
+    logger.info("influxd.starting", phase="start")
+    server.start(log_path=config.state_dir / "influxd.log")
+    now = time.monotonic()
+    record.start_s = now - t_start
+    record.downtime_s = now - t_stop
+    marker.clear()
+    logger.info(
+        "influxd.ready",
+        phase="start",
+        start_s=round(record.start_s, 3),
+        downtime_s=round(record.downtime_s, 3),
+    )
+
+
 def _stop_copy_start(
     config: Config,
     record: RunRecord,
@@ -189,20 +229,15 @@ def _stop_copy_start(
     figures.before_stop(config, record, dirs, logger)  # point counts for restore tests
     marker.write(record.id, job=record.job)
     t_stop = time.monotonic()
-    stopped = False
+    # Set before the stop is asked: a signal or error from here on must lead to a start.
+    stop_requested = True
     result: WriteResult | None = None
     try:
         logger.info("influxd.stopping", phase="stop", pid=pid)
         try:
             server.stop()
         except InfluxdError as exc:
-            # Still running: nothing was copied, nothing to restart.
-            if server.locate() is not None:
-                marker.clear()
-            else:
-                stopped = True
             raise JobFailed(str(exc)) from None
-        stopped = True
         t_copy = time.monotonic()
         record.stop_s = t_copy - t_stop
         logger.info("influxd.stopped", phase="stop", stop_s=round(record.stop_s, 3))
@@ -226,21 +261,9 @@ def _stop_copy_start(
             record.copy_s = time.monotonic() - t_copy
             record.window_bytes = result.bytes
     finally:
-        if stopped:
+        if stop_requested:
             with signals_blocked():
-                t_start = time.monotonic()
-                logger.info("influxd.starting", phase="start")
-                server.start(log_path=config.state_dir / "influxd.log")
-                now = time.monotonic()
-                record.start_s = now - t_start
-                record.downtime_s = now - t_stop
-                marker.clear()
-                logger.info(
-                    "influxd.ready",
-                    phase="start",
-                    start_s=round(record.start_s, 3),
-                    downtime_s=round(record.downtime_s, 3),
-                )
+                _running_again(config, server, record, logger, marker, t_stop)
 
     if stager is not None:
         # Phase 3, influxd serving again: the tar comes from the staging tree.

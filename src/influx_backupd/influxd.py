@@ -175,6 +175,9 @@ class Influxd:
             )
         self._proc = None
 
+    def wait_exit(self, proc: psutil.Process, timeout: float) -> bool:
+        return _wait_gone(proc, timeout)
+
     def is_running(self) -> bool:
         return self.locate() is not None
 

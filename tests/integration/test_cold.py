@@ -328,3 +328,35 @@ def test_a_restore_that_died_half_way_is_rolled_back_by_the_next_command(
     assert not list(sandbox.root.glob("*.rollback-*"))
     kept = sorted(p.name for p in sandbox.root.glob("*.failed-restore-*"))
     assert kept == [f"{n}.failed-restore-20260101T000000Z" for n in ("data", "meta", "wal")]
+
+
+def test_an_influxd_still_shutting_down_after_stop_timeout_is_waited_for_and_started(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    sandbox.stop()
+    pidfile = tmp_path / "influxd.pid"
+    supervisor = subprocess.Popen(
+        [
+            sys.executable,
+            str(STAND_INS / "slow_exit_supervisor.py"),
+            str(pidfile),
+            "3",
+            *sandbox.command(),
+        ],
+        start_new_session=True,
+    )
+    try:
+        sandbox.wait_ready()
+        cli = Cli(
+            write_config(tmp_path, sandbox, influxd={"pidfile": str(pidfile), "stop_timeout": "1s"})
+        )
+        record = cli.json("backup")
+        assert record["status"] == "failed"
+        assert "stop_timeout" in record["error"]
+        assert _archives(tmp_path) == [] or all(p.name == ".staging" for p in _archives(tmp_path))
+        assert sandbox.ping(), "started again once the old process was gone"
+        assert supervisor.wait(timeout=10) == 0
+        assert not (tmp_path / "state" / "influxd-stopped.json").exists()
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
