@@ -442,3 +442,28 @@ def extract_safely(
         for target in targets.values():
             fsync_dir(target)
     return written
+
+
+def not_a_backup(path: Path) -> str | None:
+    """Why path cannot be a backup at all (None: it may be one; its checks say if it is sound).
+
+    Reads one tar header at most: a damaged archive is for the restore's and verify's checks.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "neither a catalog id nor an existing archive path"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        if any(path.glob("*.manifest")):
+            return None
+        return "a directory without a *.manifest file, so not a 1.x hot backup"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    try:
+        with tarfile.open(path) as tar:
+            tar.next()
+    except (tarfile.TarError, OSError):
+        return "not a tar archive"
+    return None

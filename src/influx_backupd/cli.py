@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from influx_backupd import __version__, log
 from influx_backupd.cold import Interrupted
@@ -24,6 +24,46 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_CONFIG = 0, 1, 2, 75, 78
 
 class UsageError(Exception):
     pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (what, and where to read more)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _known_job(config: Config, name: str | None, *, history_too: bool = False) -> None:
+    """--job names a configured job (or, for reading commands, one with runs in the catalog)."""
+    if name is None or any(j.name == name for j in config.settings.job):
+        return
+    if history_too:
+        from influx_backupd.catalog import Catalog
+
+        catalog = Catalog(config.state_dir)
+        if catalog.exists() and catalog.list(job=name):
+            return
+    known = ", ".join(j.name for j in config.settings.job) or "none"
+    raise UsageError(f"--job {name}: no such job in {config.path} (jobs: {known})")
+
+
+def _backup_argument(config: Config, backup: str) -> None:
+    """A BACKUP naming nothing is a usage error, found before the lock so nothing is created."""
+    from influx_backupd.archive import not_a_backup
+    from influx_backupd.catalog import Catalog
+
+    catalog = Catalog(config.state_dir)
+    record = catalog.get(backup) if catalog.exists() else None
+    if record is not None and not record.archive:
+        raise UsageError(f"BACKUP {backup}: run {backup} is {record.status} and has no archive")
+    if record is not None or (catalog.exists() and catalog.find_by_archive(Path(backup))):
+        return  # a damaged backup of ours is the command's failure (1), not a usage error
+    problem = not_a_backup(Path(backup))
+    if problem is not None:
+        raise UsageError(
+            f"BACKUP {backup}: {problem}; give a catalog id (see `list`), a cold .tar archive "
+            "or a hot backup"
+        )
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -127,6 +167,7 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     from influx_backupd.guard import exclusive
     from influx_backupd.runner import ModeUnavailable, Skipped, run_backup
 
+    _known_job(config, args.job)
     job = config.job(args.job)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)
@@ -164,7 +205,9 @@ def _progress_bar(args: argparse.Namespace) -> Any:
 def cmd_list(config: Config, args: argparse.Namespace) -> int:
     from influx_backupd.catalog import Catalog
 
-    records = Catalog(config.state_dir).list(job=args.job)
+    _known_job(config, args.job, history_too=True)
+    catalog = Catalog(config.state_dir)
+    records = catalog.list(job=args.job) if catalog.exists() else []
     if args.json:
         print(json.dumps([r.to_dict() for r in records]))
         return EXIT_OK
@@ -187,6 +230,7 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     from influx_backupd.hot_restore import restore_backup
     from influx_backupd.restore import RestoreFailed, RestoreRefused
 
+    _backup_argument(config, args.backup)
     if not args.yes:
         if not sys.stdin.isatty():
             raise UsageError("restore replaces the live data of influxd; pass --yes to confirm")
@@ -196,6 +240,8 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing done")
             return EXIT_USAGE
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)  # a restore interrupted mid-way is rolled back
     with exclusive(config) as catalog:
         try:
             result = restore_backup(config, catalog, args.backup)
@@ -227,6 +273,13 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
 
     if (args.backup is None) == (not args.all):
         raise UsageError("verify: name one BACKUP (catalog id or archive path) or pass --all")
+    if args.job is not None and not args.all:
+        raise UsageError("verify: --job goes with --all (a BACKUP names its job already)")
+    _known_job(config, args.job, history_too=True)
+    if args.backup is not None:
+        _backup_argument(config, args.backup)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)  # a restore test's throwaway influxd is stopped
     results = []
     # Under the lock: prune must not delete an archive (or its entry) while we read it.
     with exclusive(config) as catalog:
@@ -272,8 +325,7 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
     from influx_backupd.guard import exclusive
     from influx_backupd.prune import prune
 
-    if args.job is not None:
-        config.job(args.job)  # an unknown name is a config error line, before the lock
+    _known_job(config, args.job)  # before the lock
     with exclusive(config) as catalog:
         report = prune(config, catalog, job=args.job, dry_run=args.dry_run)
         if not args.dry_run:
@@ -316,7 +368,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--config",
         "-c",
@@ -324,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (default: $INFLUX_BACKUPD_CONFIG or /etc/influx-backupd/config.toml)",
     )
     common.add_argument("--log-level", choices=log.LEVELS, default=argparse.SUPPRESS)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="influx-backupd",
         description="File-level backups of InfluxDB with measured downtime.",
         parents=[common],

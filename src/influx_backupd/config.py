@@ -332,6 +332,18 @@ def read_server_paths(conf: Path) -> tuple[ServerPaths, dict[str, Any]]:
     return paths, raw
 
 
+def _usable_dir(path: Path, key: str, value: Path) -> None:
+    """A directory we create on first use: it must be one, or creatable (checked, not created)."""
+    if not value.is_absolute():
+        raise ConfigError(f"{path}: {key}: must be an absolute path, not {str(value)!r}")
+    for existing in (value, *value.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                what = "is" if existing == value else f"cannot be created: {existing} is"
+                raise ConfigError(f"{path}: {key}: {value} {what} not a directory")
+            return
+
+
 def load(path: Path) -> Config:
     """Load and validate; raises ConfigError with one line naming the file and key path."""
     raw = _read_toml(path, "config file")
@@ -341,6 +353,8 @@ def load(path: Path) -> Config:
         first = exc.errors()[0]
         raise ConfigError(f"{path}: {_describe(first)}") from None
     server, influx_raw = read_server_paths(settings.influxd.config)
+    _usable_dir(path, "daemon.state_dir", settings.daemon.state_dir)
+    _usable_dir(path, "storage.dir", settings.storage.dir)
 
     url = settings.influxd.url
     if url is None:

@@ -6,6 +6,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from influx_backupd import log
 from influx_backupd.catalog import Catalog
@@ -59,12 +60,16 @@ def recover(config: Config, catalog: Catalog) -> None:
         marker.clear()
     storage = config.storage_dir
     if storage.is_dir():
-        for leftover in storage.glob("*.partial"):
+        from influx_backupd.hot import INCOMPLETE
+
+        # a dead cold run's .partial tar, a dead hot run's .incomplete dir
+        for leftover in [*storage.glob("*.partial"), *storage.glob("*" + INCOMPLETE)]:
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
             logger.warning("recovery.partial_removed", path=str(leftover))
+        _restore_tests_left(storage)
     for record in catalog.list():
         if record.status == "running":
             record.status = "interrupted"
@@ -76,3 +81,16 @@ def recover(config: Config, catalog: Catalog) -> None:
             )
             catalog.save(record)
             logger.warning("recovery.run_interrupted", run_id=record.id, job=record.job)
+
+
+def _restore_tests_left(storage: Path) -> None:
+    """A verify --restore-test killed mid-way leaves its throwaway influxd serving: stop it.
+
+    Its scratch dir stays for prune, which reports and removes leftovers of dead runs.
+    """
+    from influx_backupd.prune import _pid_alive, _stop_scratch_servers
+    from influx_backupd.verify import SCRATCH_PREFIX
+
+    for scratch in storage.glob(SCRATCH_PREFIX + "*"):
+        if scratch.is_dir() and not _pid_alive(scratch):
+            _stop_scratch_servers(scratch)

@@ -34,6 +34,7 @@ from typing import Any
 
 from influx_backupd import log
 from influx_backupd.catalog import Catalog
+from influx_backupd.cold import Interrupted, signals_blocked
 from influx_backupd.config import Config
 from influx_backupd.hot import (
     CheckFailed,
@@ -169,7 +170,9 @@ def check_links(flavour: Flavour, links: list[Link]) -> list[Scan]:
     for link in links:
         try:
             if flavour == "portable":
-                scan = scan_portable(link.path)
+                scan = scan_portable(
+                    link.path, deep=True
+                )  # before touching anything: every shard gunzipped
             else:
                 scan = scan_snapshot09(link.path, incremental=link.incremental)
         except CheckFailed as exc:
@@ -245,17 +248,18 @@ def _restore_hot(
         else:
             _snapshot09(config, links, targets, uid, gid, result, server, scratch, logger)
         result.downtime_s = time.monotonic() - t_stop
-    except (InfluxdError, OSError, _StepFailed) as exc:
-        logger.error("restore.rolling_back", error=str(exc))
-        try:
-            if result.stop_s is not None and server.locate() is not None:
-                server.stop()  # past the stop, a running influxd is the half-restored one
-            roll_back(swaps)
-            if was_running and server.locate() is None:
-                server.start(log_path=config.state_dir / "influxd.log")
-        finally:
-            marker.clear()
-            shutil.rmtree(scratch, ignore_errors=True)
+    except (InfluxdError, OSError, _StepFailed, Interrupted) as exc:
+        with signals_blocked():
+            logger.error("restore.rolling_back", error=str(exc))
+            try:
+                if result.stop_s is not None and server.locate() is not None:
+                    server.stop()  # past the stop, a running influxd is the half-restored one
+                roll_back(swaps)
+                if was_running and server.locate() is None:
+                    server.start(log_path=config.state_dir / "influxd.log")
+                marker.clear()  # only once the old server runs again: else the next command retries
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
         raise RestoreFailed(f"restore failed ({exc}); the previous data was put back") from None
     shutil.rmtree(scratch, ignore_errors=True)
     marker.clear()

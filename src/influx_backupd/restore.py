@@ -17,6 +17,7 @@ from pathlib import Path
 from influx_backupd import log
 from influx_backupd.archive import ArchiveError, extract_safely, scan_archive
 from influx_backupd.catalog import Catalog
+from influx_backupd.cold import Interrupted, signals_blocked
 from influx_backupd.config import Config
 from influx_backupd.influxd import Influxd, InfluxdError
 from influx_backupd.record import RunRecord
@@ -153,14 +154,15 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
         server.start(log_path=config.state_dir / "influxd.log")
         result.start_s = time.monotonic() - t_start
         result.downtime_s = time.monotonic() - t_stop
-    except (InfluxdError, OSError) as exc:
-        logger.error("restore.rolling_back", error=str(exc))
-        roll_back(swaps)
-        try:
-            if server.locate() is None and was_running:
+    except (InfluxdError, OSError, Interrupted) as exc:
+        with signals_blocked():
+            logger.error("restore.rolling_back", error=str(exc))
+            if result.stop_s is not None and server.locate() is not None:
+                server.stop()  # past the stop, a running influxd is the restored one
+            roll_back(swaps)
+            if was_running and server.locate() is None:
                 server.start(log_path=config.state_dir / "influxd.log")
-        finally:
-            marker.clear()
+            marker.clear()  # only once the old server runs again: else the next command retries
         raise RestoreFailed(f"restore failed ({exc}); the previous data was put back") from None
     marker.clear()
     logger.info(

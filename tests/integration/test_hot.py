@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from influx_backupd.hot import scan_portable
 from influx_backupd.sandbox import Sandbox, free_port
 from tests.conftest import STAND_INS, Cli, write_config
 
@@ -61,6 +62,9 @@ def test_a_full_and_two_increments_restore_into_a_fresh_server(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(full["started_at"]))
     )
     assert second["extra"]["databases"] == ["later", "metrics"]
+    for record in (full, first, second):
+        # Hashed while the tool wrote it; read back from scratch, the same digest.
+        assert scan_portable(Path(record["archive"]), deep=True).sha256 == record["sha256"]
     assert sandbox.ping()
     expected = {"metrics": sandbox.count("metrics"), "later": sandbox.count("later")}
     assert expected == {"metrics": 9_000, "later": 700}
@@ -163,6 +167,23 @@ def test_a_backup_that_exits_0_but_misses_a_manifest_file_is_recorded_failed(
     after = cli.json("backup")
     assert after["status"] == "ok", after["error"]
     assert after["kind"] == "full" and after["chain_id"] == after["id"]
+
+
+def test_a_shard_whose_gzip_size_disagrees_with_the_manifest_is_recorded_failed(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    wrapper = STAND_INS / "influxd_hot_bad_gzip_size"
+    cli = Cli(write_config(tmp_path, sandbox, influxd={"binary": str(wrapper)}, jobs=HOT))
+    done = cli("backup", "--json")
+    assert done.returncode == 1
+    record = json.loads(done.stdout)
+    assert record["status"] == "failed"
+    assert record["error"].startswith("hot.check: ")
+    assert "gzip trailer says" in record["error"] and "manifest says" in record["error"]
+    assert record["sha256"] is None
+    assert Path(record["archive"]).name.endswith(".incomplete"), "never renamed as a good backup"
 
 
 # -- 0.9, through the stand-in ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 from influx_backupd import log
 from influx_backupd.hot import (
     CheckFailed,
+    _Follower,
     parse_version,
     plan_link,
     portable_meta_size,
@@ -166,6 +167,97 @@ def test_portable_scan_refuses_damage(tmp_path: Path, damage: str) -> None:
         (d / "T.meta").write_bytes(b"\x0a\x05hello")
     with pytest.raises(CheckFailed, match=r"^hot\.check: "):
         scan_portable(d)
+
+
+def _gz(data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb") as gz:
+        gz.write(data)
+    return buf.getvalue()
+
+
+def test_a_shard_whose_gzip_trailer_disagrees_with_the_manifest_fails(tmp_path: Path) -> None:
+    d = _portable_dir(tmp_path / "b")
+    shard = d / "T.s1.tar.gz"
+    data = bytearray(shard.read_bytes())
+    data[-4:] = (5001).to_bytes(4, "little")  # ISIZE: the manifest says 5000
+    shard.write_bytes(bytes(data))
+    for deep in (False, True):
+        with pytest.raises(CheckFailed, match=r"^hot\.check: .*T\.s1\.tar\.gz"):
+            scan_portable(d, deep=deep)
+    with pytest.raises(CheckFailed, match="gzip trailer says 5001 bytes unpacked"):
+        scan_portable(d)
+    shard.write_bytes(b"PK\x03\x04" + bytes(40))
+    with pytest.raises(CheckFailed, match="not a gzip file"):
+        scan_portable(d)
+
+
+def test_the_quick_check_reads_trailers_and_deep_gunzips(tmp_path: Path) -> None:
+    d = _portable_dir(tmp_path / "b", shard=b"x" * 3000 + b"y" * 2000)
+    shard = d / "T.s1.tar.gz"
+    # Two gzip members: the trailer holds only the last one's size; gunzip settles it.
+    shard.write_bytes(_gz(b"x" * 3000) + _gz(b"y" * 2000))
+    assert scan_portable(d).files == 3
+    assert scan_portable(d, deep=True).files == 3
+    # A damaged deflate stream with an intact trailer: only the deep check (verify) sees it.
+    data = bytearray(_gz(b"x" * 3000 + b"y" * 2000))
+    data[12] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    scan_portable(d)
+    with pytest.raises(CheckFailed, match="damaged gzip"):
+        scan_portable(d, deep=True)
+
+
+def test_hashing_while_the_tool_writes_gives_the_sequential_digest(tmp_path: Path) -> None:
+    d = tmp_path / "b"
+    _portable_dir(tmp_path / "src", shard=random.randbytes(3 << 20))
+    d.mkdir()
+    # The tool's order: meta, a temp file, the shard in pieces (read while it grows), manifest.
+    pieces = (tmp_path / "src" / "T.s1.tar.gz").read_bytes()
+    with _Follower(d) as follower:
+        (d / "T.meta").write_bytes((tmp_path / "src" / "T.meta").read_bytes())
+        (d / "d.autogen.00001.00.pending").write_bytes(b"temp")
+        with open(d / "T.s1.tar.gz", "wb") as out:
+            for start in range(0, len(pieces), 256 << 10):
+                out.write(pieces[start : start + (256 << 10)])
+                out.flush()
+                time.sleep(0.005)
+        (d / "d.autogen.00001.00.pending").unlink()
+        (d / "T.manifest").write_bytes((tmp_path / "src" / "T.manifest").read_bytes())
+        digests = follower.finish()
+    assert sorted(digests) == ["T.meta", "T.s1.tar.gz"], "final names only, temp files skipped"
+    assert digests["T.s1.tar.gz"].size == len(pieces)
+    followed = scan_portable(d, digests=digests)
+    assert followed.sha256 == scan_portable(d).sha256 == scan_portable(d, deep=True).sha256
+    assert followed.bytes == scan_portable(d).bytes
+
+    # Changed after it was hashed (same size, later mtime): the digest is not used.
+    time.sleep(0.05)
+    with open(d / "T.s1.tar.gz", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00" * 8)
+    assert scan_portable(d, digests=digests).sha256 == scan_portable(d).sha256 != followed.sha256
+
+
+def test_the_follower_drops_a_file_rewritten_in_place(tmp_path: Path) -> None:
+    d = tmp_path / "b"
+    d.mkdir()
+    shard = d / "T.s1.tar.gz"
+    with _Follower(d) as follower:
+        shard.write_bytes(b"a" * 1000)
+        deadline = time.monotonic() + 5
+        while (
+            (seen := follower.files.get("T.s1.tar.gz")) is None
+            or seen.stat is None
+            or (seen.stat[2] < 1000)
+        ):
+            assert time.monotonic() < deadline, "the follower never read the whole file"
+            time.sleep(0.01)
+        time.sleep(0.05)  # a later timestamp tick
+        with open(shard, "r+b") as fh:
+            fh.write(b"b" * 10)  # at offset 0: not an append
+        digests = follower.finish()
+    assert "T.s1.tar.gz" not in digests
 
 
 def test_portable_meta_size_reads_the_protobuf_wrapper() -> None:

@@ -1,0 +1,177 @@
+"""Processes killed at their worst moment, and what the next one does about it (real influxd)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+from influx_backupd.catalog import Catalog
+from influx_backupd.record import RunRecord
+from influx_backupd.sandbox import Sandbox
+from tests.conftest import Cli, write_config
+from tests.system.test_daemon import daemon, runs, wait_runs
+
+FILLER = 1_500_000_000  # sparse: makes the copy (and so the stop window) long enough to aim at
+
+
+def _wait(predicate: object, timeout: float, what: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"never saw {what}"
+        time.sleep(0.005)
+
+
+def test_a_daemon_killed_with_influxd_stopped_recovers_at_start_and_schedules_again(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(FILLER)
+    job = {"name": "often", "every": "2s", "mode": "cold", "copy": "direct"}
+    config = write_config(tmp_path, sandbox, jobs=[job])
+    marker = tmp_path / "state" / "influxd-stopped.json"
+
+    with daemon(tmp_path, config) as first:
+        _wait(
+            lambda: (
+                marker.exists()
+                and not sandbox.pids()
+                and list((tmp_path / "archives").glob("*.partial"))
+            ),
+            60,
+            "a scheduled cold run with influxd stopped and the archive being written",
+        )
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait()
+    assert not sandbox.ping(), "the daemon died inside the stop window: influxd is down"
+    [killed] = runs(tmp_path)
+    assert killed.status == "running"
+    (sandbox.data / "filler.bin").unlink()
+
+    with daemon(tmp_path, config) as second:
+        ready = second.wait_event("daemon.ready", 60)
+        # Recovery ran before the daemon called itself ready, not on the next scheduled run.
+        names = [e.get("event") for e in second.events()]
+        assert names.index("recovery.influxd_started") < names.index("daemon.ready"), names
+        assert ready
+        assert sandbox.ping(), "influxd answers /ping once the restarted daemon is ready"
+        assert not marker.exists()
+        assert not list((tmp_path / "archives").glob("*.partial"))
+        [record] = [r for r in runs(tmp_path) if r.id == killed.id]
+        assert record.status == "interrupted"
+        assert record.error is not None and "influxd was started again" in record.error
+        # …and it carries on scheduling: a new run of the job completes ok.
+        wait_runs(tmp_path, lambda rs: any(r.status == "ok" for r in rs), 60)
+        assert second.stop() == 0
+    assert sandbox.ping()
+    assert sandbox.count("metrics") == 2_000
+
+
+def _throwaway_influxds(storage: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if any(a.startswith(str(storage / ".verify-")) for a in argv):
+            found.append(proc)
+    return found
+
+
+def test_a_restore_test_killed_leaves_no_throwaway_influxd_behind(
+    tmp_path: Path, sandbox: Sandbox, cli: Cli
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    storage = tmp_path / "archives"
+
+    # SIGKILL: nothing of ours runs any more; the next lock-taking command stops the server.
+    verify = cli.popen("verify", record["id"], "--restore-test")
+    _wait(lambda: _throwaway_influxds(storage), 60, "the restore test's throwaway influxd")
+    verify.kill()
+    verify.wait()
+    assert _throwaway_influxds(storage), "SIGKILL leaves the throwaway influxd running"
+    done = cli("verify", "--all")
+    assert done.returncode == 0, done.stderr
+    assert _throwaway_influxds(storage) == []
+    assert cli("prune").returncode == 0  # prune reports and removes the dead run's scratch dir
+    assert not list(storage.glob(".verify-*"))
+
+    # SIGTERM: the command stops its own throwaway influxd before it exits.
+    verify = cli.popen("verify", record["id"], "--restore-test")
+    _wait(lambda: _throwaway_influxds(storage), 60, "the restore test's throwaway influxd")
+    verify.send_signal(signal.SIGTERM)
+    _, err = verify.communicate(timeout=60)
+    assert verify.returncode == 1
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err
+    assert _throwaway_influxds(storage) == []
+    assert not list(storage.glob(".verify-*"))
+    assert sandbox.ping()
+
+
+def test_a_hot_run_killed_is_recorded_interrupted_and_its_leftovers_go(
+    tmp_path: Path, sandbox: Sandbox, cli: Cli
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 20_000)
+    catalog = Catalog(tmp_path / "state")
+    storage = tmp_path / "archives"
+    backup = cli.popen("backup", "--mode", "hot")
+    _wait(
+        lambda: catalog.exists() and any(r.status == "running" for r in catalog.list()),
+        60,
+        "the hot run's record",
+    )
+    backup.kill()
+    backup.wait()
+    for child in psutil.process_iter(["cmdline"]):  # its `influxd backup` dies with it or soon
+        argv = child.info["cmdline"] or []
+        if len(argv) > 1 and argv[1] == "backup" and str(storage) in " ".join(argv):
+            child.kill()
+    [killed] = catalog.list()
+    assert killed.status == "running", "killed mid-run, the record says running until recovery"
+
+    second = cli.json("backup")  # cold: the next lock-taking command
+    assert second["status"] == "ok", second["error"]
+    record = catalog.get(killed.id)
+    assert record is not None and record.status == "interrupted"
+    assert record.finished_at is not None
+    assert "influxd was started again" not in (record.error or ""), "a hot run never stops it"
+    assert not list(storage.glob("*.incomplete")) and not list(storage.glob("*.partial"))
+    assert sandbox.ping()
+
+
+def test_sighup_during_a_run_keeps_the_lock_and_the_run_finishes_ok(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(FILLER)
+    job = {"name": "often", "every": "1h", "mode": "cold", "copy": "direct"}
+    config = write_config(tmp_path, sandbox, jobs=[job])
+    # A run due an hour ago: the daemon catches it up at start.
+    Catalog(tmp_path / "state").save(
+        RunRecord(
+            id="20200101T000000Z-0000",
+            job="often",
+            mode="cold",
+            status="ok",
+            started_at=time.time() - 3700,
+            finished_at=time.time() - 3699,
+        )
+    )
+    marker = tmp_path / "state" / "influxd-stopped.json"
+    with daemon(tmp_path, config) as d:
+        _wait(lambda: marker.exists(), 60, "the caught-up run stopping influxd")
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_event("config.reloaded", 30)
+        busy = Cli(config)("backup")
+        assert busy.returncode == 75, busy.stderr
+        assert "another backup is running" in busy.stderr
+        wait_runs(tmp_path, lambda rs: len(rs) == 2 and rs[-1].status == "ok", 60)
+        assert d.stop() == 0
+    assert sandbox.ping()
