@@ -15,7 +15,6 @@ that would start later than its job's catch_up after it was due is skipped, logg
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import queue
@@ -38,7 +37,7 @@ from influx_backupd.guard import exclusive
 from influx_backupd.influxd import InfluxdError
 from influx_backupd.record import RunRecord
 from influx_backupd.schedule import build_trigger, describe, missed_run
-from influx_backupd.state import Busy
+from influx_backupd.state import BackupLock, Busy
 
 STATE_FILE = "daemon.json"
 DAEMON_LOCK = "daemon.lock"
@@ -69,32 +68,12 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-class DaemonLock:
+def daemon_lock(state_dir: Path) -> BackupLock:
     """One daemon per state_dir: flock held for the daemon's lifetime (dropped if it dies)."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / DAEMON_LOCK
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise Busy(
-                f"another influx-backupd daemon (pid {holder}) uses state_dir {self.path.parent}"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+    return BackupLock(
+        state_dir / DAEMON_LOCK,
+        busy_means=f"another influx-backupd daemon uses state_dir {state_dir}",
+    )
 
 
 class Daemon:
@@ -134,7 +113,7 @@ class Daemon:
 
     # -- start and the main loop ------------------------------------------------------------
     def run(self) -> int:
-        lock = DaemonLock(self.config.state_dir)
+        lock = daemon_lock(self.config.state_dir)
         lock.acquire()
         try:
             for sig in (*_STOP_SIGNALS, signal.SIGHUP):

@@ -26,6 +26,8 @@ class Busy(Exception):
 class BackupLock:
     path: Path
     fd: int | None = None
+    # what a second caller is told is going on (the daemon's own lock reuses this class)
+    busy_means: str = "another backup is running"
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,9 +37,7 @@ class BackupLock:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise Busy(
-                f"another backup is running (lock {self.path} held by pid {holder})"
-            ) from None
+            raise Busy(f"{self.busy_means} (lock {self.path} held by pid {holder})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
