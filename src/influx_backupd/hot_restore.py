@@ -62,8 +62,8 @@ QUERY_TIMEOUT = 3600.0
 SHARD_WAIT = 120.0  # how long a freshly restored shard may stay disabled
 
 
-class _StepFailed(Exception):
-    """A restore step failed after the swap: roll back."""
+class StepFailed(Exception):
+    """A restore step failed (in restore_backup, after the swap: roll back)."""
 
 
 @dataclass
@@ -165,14 +165,14 @@ def chain_for(catalog: Catalog, record: RunRecord) -> list[RunRecord]:
 # -- checking ---------------------------------------------------------------------------------------
 
 
-def check_links(flavour: Flavour, links: list[Link]) -> list[Scan]:
+def check_links(flavour: Flavour, links: list[Link], *, deep: bool = True) -> list[Scan]:
+    """Every link against its manifest and the catalog's sha256; deep: every 1.x shard gunzipped
+    (restore, before touching anything), else its gzip ends (the sha256 already reads it all)."""
     scans = []
     for link in links:
         try:
             if flavour == "portable":
-                scan = scan_portable(
-                    link.path, deep=True
-                )  # before touching anything: every shard gunzipped
+                scan = scan_portable(link.path, deep=deep)
             else:
                 scan = scan_snapshot09(link.path, incremental=link.incremental)
         except CheckFailed as exc:
@@ -248,7 +248,7 @@ def _restore_hot(
         else:
             _snapshot09(config, links, targets, uid, gid, result, server, scratch, logger)
         result.downtime_s = time.monotonic() - t_stop
-    except (InfluxdError, OSError, _StepFailed, Interrupted) as exc:
+    except (InfluxdError, OSError, StepFailed, Interrupted) as exc:
         with signals_blocked():
             logger.error("restore.rolling_back", error=str(exc))
             try:
@@ -297,10 +297,36 @@ def _portable(
     t_start = time.monotonic()
     server.start(log_path=config.state_dir / "influxd.log")
     result.start_s = time.monotonic() - t_start
-    host = local_snapshot_host(config)
-    binary = str(config.settings.influxd.binary)
-    timeout = config.settings.influxd.backup_timeout
     t_restore = time.monotonic()
+    restore_portable_links(
+        str(config.settings.influxd.binary),
+        local_snapshot_host(config),
+        config.url,
+        links,
+        timeout=config.settings.influxd.backup_timeout,
+        tag=rid,
+        logger=logger,
+    )
+    result.restore_s = time.monotonic() - t_restore
+    _chown_tree(list(targets.values()), uid, gid)
+
+
+def restore_portable_links(
+    binary: str,
+    host: str,
+    url: str,
+    links: list[Link],
+    *,
+    timeout: float,
+    tag: str,
+    logger: Logger,
+) -> None:
+    """Restore 1.x links, the full first, into a running influxd that starts out empty.
+
+    host is its snapshot service, url its HTTP API (restore: the local server; verify's restore
+    test: a throwaway one). tag makes the temporary database names unique. Returns once every
+    restored database answers; raises StepFailed.
+    """
 
     def tool(*args: str) -> None:
         argv = [binary, "restore", "-portable", "-host", host, *args]
@@ -309,27 +335,33 @@ def _portable(
         if run.returncode != 0:
             tail = " | ".join(run.output[-3:]) or "no output"
             state = "timed out" if run.returncode is None else f"exited {run.returncode}"
-            raise _StepFailed(f"influxd restore {state}: {tail}")
+            raise StepFailed(f"influxd restore {state}: {tail}")
 
     for number, link in enumerate(links):
         if number == 0:
             tool(str(link.path))
             continue
-        manifest = json.loads(next(link.path.glob("*.manifest")).read_text())
-        wanted = sorted({str(f["database"]) for f in manifest.get("files", [])})
-        existing = set(_databases(config.url))
+        wanted = sorted(portable_databases(link.path))
+        existing = set(_databases(url))
         for db in wanted:
             if db not in existing:
                 tool("-db", db, str(link.path))
                 continue
-            temp = f"{db}.restore-{rid}-{number}"
+            temp = f"{db}.restore-{tag}-{number}"
             tool("-db", db, "-newdb", temp, str(link.path))
-            _copy_into(config.url, temp, db, logger)
-            _query(config.url, f"DROP DATABASE {_ident(temp)}", None)
-    for db in _databases(config.url):  # every restored shard open before we call it done
-        _query(config.url, "SHOW MEASUREMENTS", db)
-    result.restore_s = time.monotonic() - t_restore
-    _chown_tree(list(targets.values()), uid, gid)
+            _copy_into(url, temp, db, logger)
+            _query(url, f"DROP DATABASE {_ident(temp)}", None)
+    for db in _databases(url):  # every restored shard open before we call it done
+        _query(url, "SHOW MEASUREMENTS", db)
+
+
+def portable_databases(directory: Path) -> set[str]:
+    """The databases a 1.x portable backup dir holds shards of, from its manifest."""
+    found = sorted(directory.glob("*.manifest"))
+    if not found:
+        raise StepFailed(f"{directory}: no *.manifest")
+    manifest = json.loads(found[0].read_text())
+    return {str(f["database"]) for f in manifest.get("files", [])}
 
 
 def _snapshot09(
@@ -343,7 +375,34 @@ def _snapshot09(
     scratch: Path,
     logger: Logger,
 ) -> None:
-    # The tool restores PATH and every PATH.N beside it: give it exactly the chosen links.
+    t_restore = time.monotonic()
+    restore_snapshot09_links(
+        str(config.settings.influxd.binary),
+        config.server.conf,
+        links,
+        scratch,
+        timeout=config.settings.influxd.backup_timeout,
+        logger=logger,
+    )
+    for top in ("meta", "data"):
+        if not targets[top].is_dir():
+            raise StepFailed(f"influxd restore exited 0 but wrote no {top} dir {targets[top]}")
+    result.restore_s = time.monotonic() - t_restore
+    _chown_tree(list(targets.values()), uid, gid)
+    t_start = time.monotonic()
+    server.start(log_path=config.state_dir / "influxd.log")
+    result.start_s = time.monotonic() - t_start
+
+
+def restore_snapshot09_links(
+    binary: str, conf: Path, links: list[Link], scratch: Path, *, timeout: float, logger: Logger
+) -> None:
+    """`influxd restore -config CONF` of 0.9 links (full first) into CONF's meta and data dirs.
+
+    influxd must not be running on CONF. scratch (created here, removed by the caller) holds the
+    links hard-linked as PATH, PATH.0, ...: the tool restores PATH and every PATH.N beside it, so
+    it is given exactly the chosen links. Raises StepFailed.
+    """
     scratch.mkdir(mode=0o700)
     base = scratch / "snapshot"
     for number, link in enumerate(links):
@@ -352,27 +411,13 @@ def _snapshot09(
             os.link(link.path, staged)
         except OSError:
             shutil.copyfile(link.path, staged)
-    argv = [
-        str(config.settings.influxd.binary),
-        "restore",
-        "-config",
-        str(config.server.conf),
-        str(base),
-    ]
+    argv = [binary, "restore", "-config", str(conf), str(base)]
     logger.info("restore.running", argv=argv)
-    t_restore = time.monotonic()
-    run = run_tool(argv, config.settings.influxd.backup_timeout, logger, phase="restore")
+    run = run_tool(argv, timeout, logger, phase="restore")
     if run.returncode != 0:
         tail = " | ".join(run.output[-3:]) or "no output"
-        raise _StepFailed(f"influxd restore exited {run.returncode}: {tail}")
-    for top in ("meta", "data"):
-        if not targets[top].is_dir():
-            raise _StepFailed(f"influxd restore exited 0 but wrote no {top} dir {targets[top]}")
-    result.restore_s = time.monotonic() - t_restore
-    _chown_tree(list(targets.values()), uid, gid)
-    t_start = time.monotonic()
-    server.start(log_path=config.state_dir / "influxd.log")
-    result.start_s = time.monotonic() - t_start
+        state = "timed out" if run.returncode is None else f"exited {run.returncode}"
+        raise StepFailed(f"influxd restore {state}: {tail}")
 
 
 # -- InfluxQL over HTTP -------------------------------------------------------------------------
@@ -400,14 +445,14 @@ def _query(url: str, q: str, db: str | None) -> list[dict[str, Any]]:
             with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT) as resp:
                 answer: dict[str, Any] = json.loads(resp.read())
         except (OSError, ValueError) as exc:
-            raise _StepFailed(f"{q!r}: {exc}") from None
+            raise StepFailed(f"{q!r}: {exc}") from None
         results: list[dict[str, Any]] = answer.get("results") or [{}]
         error = results[0].get("error")
         if error is None:
             series: list[dict[str, Any]] = results[0].get("series") or []
             return series
         if "shard is disabled" not in str(error) or time.monotonic() >= deadline:
-            raise _StepFailed(f"{q!r}: {error}")
+            raise StepFailed(f"{q!r}: {error}")
         time.sleep(pause)
         pause = min(pause * 2, 0.5)
 

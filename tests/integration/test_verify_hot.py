@@ -1,0 +1,305 @@
+"""verify of hot backups: a real influxd 1.6 chain restore-tested, damaged shards, the 0.9 stand-in."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import os
+import shutil
+import signal
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from influx_backupd.catalog import Catalog
+from influx_backupd.hot import scan_portable
+from influx_backupd.record import RunRecord, new_run_id
+from influx_backupd.sandbox import Sandbox, influxd_binary
+from tests.conftest import STAND_INS, Cli, write_config
+
+JOBS = [{"name": "hotjob", "mode": "hot"}, {"name": "coldjob", "mode": "cold", "copy": "direct"}]
+INFLUXD09 = STAND_INS / "influxd09"
+NOT_QUERIED = "files restored; not queried (0.9 server not available here)"
+
+
+@dataclasses.dataclass
+class Chain:
+    root: Path
+    cli: Cli
+    server: Sandbox
+    full: dict[str, Any]
+    incremental: dict[str, Any]
+    cold: dict[str, Any]
+
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog(self.root / "state")
+
+    def register(self, archive: Path, **changes: Any) -> str:
+        """A catalog entry for a damaged copy of the incremental, in the same chain."""
+        run_id = new_run_id()
+        original = RunRecord.from_dict(self.incremental)
+        self.catalog.save(dataclasses.replace(original, id=run_id, archive=str(archive), **changes))
+        return run_id
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    """A hot full and an incremental (writes and a new database between them), and a cold backup."""
+    binary = influxd_binary()
+    assert binary, "influxd is not installed"
+    root = tmp_path_factory.mktemp("verify-hot")
+    server = Sandbox(root / "server", binary=binary)
+    server.write_config()
+    server.start()
+    try:
+        cli = Cli(write_config(root, server, jobs=JOBS))
+        server.create_db("metrics")
+        server.write_points("metrics", 3_000)
+        full = cli.json("backup")
+        server.write_points("metrics", 1_000, start=100_000)
+        server.create_db("later")
+        server.write_points("later", 500, measurement="mem")
+        incremental = cli.json("backup")
+        cold = cli.json("backup", "--job", "coldjob")
+        for record in (full, incremental, cold):
+            assert record["status"] == "ok", record["error"]
+        assert incremental["kind"] == "incremental" and incremental["parent_id"] == full["id"]
+        yield Chain(root, cli, server, full, incremental, cold)
+    finally:
+        server.stop()
+
+
+def results(done: Any) -> list[dict[str, Any]]:
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def throwaway_servers() -> list[psutil.Process]:
+    """influxd processes serving a verify scratch config (the restore test's server)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "run" in cmdline and any(f"{os.sep}.verify-" in arg for arg in cmdline):
+            found.append(proc)
+    return found
+
+
+def assert_cleaned_up(chain: Chain) -> None:
+    assert throwaway_servers() == [], "the throwaway influxd is stopped"
+    assert not list((chain.root / "archives").glob(".verify-*")), "the scratch dir is removed"
+    assert chain.server.ping(), "the real server is untouched"
+
+
+def test_restore_test_of_an_incremental_restores_its_whole_chain(chain: Chain) -> None:
+    done = chain.cli("verify", chain.incremental["id"], "--restore-test", "--deep", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    [result] = results(done)
+    assert result["status"] == "ok" and result["partial"] is False
+    checks = result["checks"]
+    assert checks["sha256"] == "ok" and checks["manifest"].startswith("ok")
+    assert checks["formats"].startswith("ok (") and "deep" in checks["formats"]
+    assert not checks["formats"].startswith("ok (0 tsm"), "the shards' TSM files were read"
+    assert checks["restore_test"].startswith("ok (2 links restored"), checks["restore_test"]
+    # The full's 3000 points, the increment's 1000 more, and the database only it has.
+    assert result["restored_counts"] == {"metrics": 4_000, "later": 500}
+    stored = chain.catalog.get(chain.incremental["id"])
+    assert stored is not None and stored.verify_status == "ok"
+    assert stored.verify_detail and "later 500" in stored.verify_detail
+    assert "metrics 4000" in stored.verify_detail
+    assert_cleaned_up(chain)
+
+
+def _flip_in_tsm(shard: Path) -> str | None:
+    """Flip one byte inside the first TSM block of a shard .tar.gz; a valid gzip again, the
+    unpacked size (the manifest's) unchanged. The member's name, or None without a TSM."""
+    raw = bytearray(gzip.decompress(shard.read_bytes()))
+    with tarfile.open(fileobj=io.BytesIO(bytes(raw))) as tar:
+        member = next((m for m in tar if m.name.endswith(".tsm") and m.size > 100), None)
+    if member is None:
+        return None
+    raw[member.offset_data + 5 + 4 + 20] ^= 0x01  # past the header and the block's CRC
+    shard.write_bytes(gzip.compress(bytes(raw)))
+    return member.name
+
+
+def _damaged_copy(chain: Chain, dest: Path) -> tuple[Path, str]:
+    shutil.copytree(chain.incremental["archive"], dest)
+    for shard in sorted(dest.glob("*.tar.gz")):
+        flipped = _flip_in_tsm(shard)
+        if flipped is not None:
+            return dest, flipped
+    raise AssertionError("the incremental holds no TSM file")
+
+
+def test_a_flipped_tsm_byte_inside_a_shard_gzip_fails_verify(chain: Chain, tmp_path: Path) -> None:
+    damaged, member = _damaged_copy(chain, tmp_path / "damaged")
+    stale = chain.register(damaged)  # the catalog keeps the original's sha256
+    fixed = chain.register(damaged, sha256=scan_portable(damaged).sha256)
+    try:
+        done = chain.cli("verify", stale, "--deep", "--json")
+        assert done.returncode == 1
+        [result] = results(done)
+        assert result["checks"]["sha256"] == "failed"
+        assert result["checks"]["manifest"].startswith("ok"), "the gzip itself is sound"
+
+        # With the sha256 fixed up, the format check alone finds the damaged block.
+        done = chain.cli("verify", fixed, "--deep", "--restore-test", "--json")
+        assert done.returncode == 1, done.stdout
+        [result] = results(done)
+        assert result["checks"]["sha256"] == "ok"
+        assert result["checks"]["formats"] == "failed"
+        assert any(member in e and "CRC32" in e for e in result["errors"]), result["errors"]
+        assert "restore_test" in result["checks"], "the restore test still ran"
+        stored = chain.catalog.get(fixed)
+        assert stored is not None and stored.verify_status == "failed"
+        assert stored.verify_detail and "CRC32" in stored.verify_detail
+        assert_cleaned_up(chain)
+    finally:
+        chain.catalog.delete(stale)
+        chain.catalog.delete(fixed)
+
+
+def test_a_flipped_byte_in_the_compressed_stream_fails_the_manifest_check(
+    chain: Chain, tmp_path: Path
+) -> None:
+    damaged = tmp_path / "gz"
+    shutil.copytree(chain.incremental["archive"], damaged)
+    shard = max(damaged.glob("*.tar.gz"), key=lambda p: p.stat().st_size)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    run_id = chain.register(damaged)
+    try:
+        done = chain.cli("verify", run_id, "--json")
+        assert done.returncode == 1
+        [result] = results(done)
+        assert result["checks"]["manifest"] == "failed"
+        assert any("damaged gzip" in e for e in result["errors"]), result["errors"]
+    finally:
+        chain.catalog.delete(run_id)
+
+
+def test_verify_all_restore_tests_hot_and_cold_backups(chain: Chain) -> None:
+    done = chain.cli("verify", "--all", "--restore-test", "--json", timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    by_id = {r["run_id"]: r for r in results(done)}
+    assert set(by_id) == {chain.full["id"], chain.incremental["id"], chain.cold["id"]}
+    assert by_id[chain.full["id"]]["checks"]["restore_test"].startswith("ok (1 link restored")
+    assert by_id[chain.full["id"]]["restored_counts"] == {"metrics": 3_000}
+    assert by_id[chain.incremental["id"]]["restored_counts"] == {"metrics": 4_000, "later": 500}
+    assert by_id[chain.cold["id"]]["checks"]["restore_test"].startswith(
+        "ok (2 databases answer, 2 point counts match"
+    )
+    for run_id in by_id:
+        stored = chain.catalog.get(run_id)
+        assert stored is not None and stored.verify_status == "ok"
+    assert_cleaned_up(chain)
+
+
+def test_a_signal_during_the_restore_test_stops_the_throwaway_server(chain: Chain) -> None:
+    proc = chain.cli.popen("verify", chain.incremental["id"], "--restore-test")
+    try:
+        deadline = time.monotonic() + 60
+        while not throwaway_servers():
+            assert proc.poll() is None, "verify ended before its throwaway influxd was seen"
+            assert time.monotonic() < deadline, "no throwaway influxd appeared"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1
+    assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
+    assert_cleaned_up(chain)
+
+
+# -- 0.9, through the stand-in ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Chain09:
+    cli: Cli
+    full: dict[str, Any]
+    incremental: dict[str, Any]
+
+
+@pytest.fixture
+def chain09(tmp_path: Path) -> Iterator[Chain09]:
+    """A 0.9 snapshot and its increment (a shard added between them), from the stand-in."""
+    server = Sandbox(tmp_path / "server09", binary=str(INFLUXD09))
+    server.write_config()
+    shard = server.data / "db" / "default" / "1"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(os.urandom(3000))
+    server.meta.mkdir(parents=True)
+    (server.meta / "meta").write_bytes(b"meta v1")
+    server.start()
+    try:
+        cli = Cli(
+            write_config(tmp_path, server, influxd={"binary": str(INFLUXD09)}, jobs=[JOBS[0]])
+        )
+        full = cli.json("backup")
+        second = server.data / "db" / "default" / "2"
+        second.write_bytes(b"second shard")
+        os.utime(second, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+        incremental = cli.json("backup")
+        for record in (full, incremental):
+            assert record["status"] == "ok", record["error"]
+        assert incremental["kind"] == "incremental"
+        yield Chain09(cli, full, incremental)
+    finally:
+        server.stop()
+
+
+def test_09_restore_test_restores_the_chain_files_and_says_it_cannot_query(
+    chain09: Chain09,
+) -> None:
+    done = chain09.cli("verify", chain09.incremental["id"], "--restore-test", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    [result] = results(done)
+    assert result["status"] == "ok"
+    assert result["checks"]["sha256"] == "ok"
+    restore = result["checks"]["restore_test"]
+    assert restore.startswith(NOT_QUERIED), restore
+    assert "3 files of 2 links" in restore, "meta and the shard of the full, the increment's shard"
+    assert result["partial"] is True, "not queried: a partial result"
+    text = chain09.cli("verify", chain09.incremental["id"], "--restore-test").stdout
+    assert "ok (partial)" in text and NOT_QUERIED in text
+    assert not list(Path(chain09.full["archive"]).parent.glob(".verify-*"))
+
+
+def test_09_restore_test_fails_when_a_link_of_the_chain_is_missing(chain09: Chain09) -> None:
+    Path(chain09.full["archive"]).unlink()
+    done = chain09.cli("verify", chain09.incremental["id"], "--restore-test", "--json")
+    assert done.returncode == 1
+    [result] = results(done)
+    assert result["checks"]["sha256"] == "ok", "the increment itself is intact"
+    assert result["checks"]["restore_test"] == "failed"
+    assert any(chain09.full["archive"] in e and "does not exist" in e for e in result["errors"]), (
+        result["errors"]
+    )
+
+
+def test_09_a_shard_file_missing_from_the_snapshot_fails(chain09: Chain09) -> None:
+    path = Path(chain09.incremental["archive"])
+    with tarfile.open(path) as src:
+        members = [(m, src.extractfile(m).read()) for m in src]  # type: ignore[union-attr]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as out:
+        for info, data in members:
+            if info.name != "db/default/2":  # the manifest still lists it
+                out.addfile(info, io.BytesIO(data))
+    done = chain09.cli("verify", chain09.incremental["id"], "--restore-test", "--json")
+    assert done.returncode == 1
+    [result] = results(done)
+    assert result["checks"]["manifest"] == "failed"
+    assert result["checks"]["restore_test"] == "failed", "the restored files miss it too"
+    assert any("db/default/2 was not restored" in e for e in result["errors"]), result["errors"]
