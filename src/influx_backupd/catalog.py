@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord
 
 _SCHEMA = """
@@ -59,6 +61,16 @@ class Catalog:
                 ),
             )
 
+    def finish(self, record: RunRecord, logger: Logger) -> None:
+        """The end of every run, whatever happened: a final status, saved, one event with it all."""
+        if record.status == "running":
+            record.status = "failed"
+            record.error = record.error or "unexpected error"
+        record.finished_at = time.time()
+        self.save(record)
+        event = logger.info if record.ok else logger.error
+        event("run.finished", phase="done", record=record.to_dict())
+
     def get(self, run_id: str) -> RunRecord | None:
         with self._connect() as conn:
             row = conn.execute("SELECT record FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -70,6 +82,14 @@ class Catalog:
             if record.archive and str(Path(record.archive).resolve()) == wanted:
                 return record
         return None
+
+    def running(self) -> list[RunRecord]:
+        """Runs not finished; read by every lock-taking command, so only these rows are parsed."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT record FROM runs WHERE status = 'running' ORDER BY started_at, id"
+            ).fetchall()
+        return [RunRecord.from_dict(json.loads(row[0])) for row in rows]
 
     def list(self, job: str | None = None) -> list[RunRecord]:
         """Oldest first."""

@@ -70,17 +70,16 @@ def recover(config: Config, catalog: Catalog) -> None:
                 leftover.unlink(missing_ok=True)
             logger.warning("recovery.partial_removed", path=str(leftover))
         _restore_tests_left(storage)
-    for record in catalog.list():
-        if record.status == "running":
-            record.status = "interrupted"
-            record.finished_at = record.finished_at or time.time()
-            record.error = "the backup process died before finishing" + (
-                "; influxd was started again by recovery"
-                if left and left.get("run_id") == record.id
-                else ""
-            )
-            catalog.save(record)
-            logger.warning("recovery.run_interrupted", run_id=record.id, job=record.job)
+    for record in catalog.running():
+        record.status = "interrupted"
+        record.finished_at = record.finished_at or time.time()
+        record.error = "the backup process died before finishing" + (
+            "; influxd was started again by recovery"
+            if left and left.get("run_id") == record.id
+            else ""
+        )
+        catalog.save(record)
+        logger.warning("recovery.run_interrupted", run_id=record.id, job=record.job)
 
 
 def _restore_tests_left(storage: Path) -> None:

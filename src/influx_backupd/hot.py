@@ -768,13 +768,7 @@ def run_hot(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
         record.status = "interrupted"
         record.error = f"interrupted by {exc}"
     finally:
-        if record.status == "running":
-            record.status = "failed"
-            record.error = record.error or "unexpected error"
-        record.finished_at = time.time()
-        catalog.save(record)
-        event = logger.info if record.ok else logger.error
-        event("run.finished", phase="done", record=record.to_dict())
+        catalog.finish(record, logger)
     return record
 
 

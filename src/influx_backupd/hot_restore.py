@@ -34,7 +34,6 @@ from typing import Any
 
 from influx_backupd import log
 from influx_backupd.catalog import Catalog
-from influx_backupd.cold import Interrupted, signals_blocked
 from influx_backupd.config import Config
 from influx_backupd.hot import (
     CheckFailed,
@@ -45,18 +44,16 @@ from influx_backupd.hot import (
     scan_snapshot09,
     split_host,
 )
-from influx_backupd.influxd import Influxd, InfluxdError
+from influx_backupd.influxd import Influxd
 from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord
 from influx_backupd.restore import (
-    RestoreFailed,
     RestoreRefused,
     RestoreResult,
+    live_dirs_swapped,
     owner_ids,
     restore_cold,
-    roll_back,
 )
-from influx_backupd.state import CrashMarker
 
 QUERY_TIMEOUT = 3600.0
 SHARD_WAIT = 120.0  # how long a freshly restored shard may stay disabled
@@ -226,43 +223,18 @@ def _restore_hot(
         files=sum(s.files for s in scans),
     )
     server = Influxd(config)
-    marker = CrashMarker(config.state_dir)
-    swaps = [[str(targets[t]), str(rollback[t]), str(unused[t])] for t in targets]
     scratch = config.storage_dir / f".restore-{rid}"
-    marker.write(f"restore-{rid}", kind="restore", swaps=swaps)
-    was_running = server.locate() is not None
-    t_stop = time.monotonic()
     try:
-        if was_running:
-            logger.info("influxd.stopping", phase="stop")
-            server.stop()
-        result.stop_s = time.monotonic() - t_stop
-        t_swap = time.monotonic()
-        for top, target in targets.items():
-            if target.exists():
-                os.rename(target, rollback[top])
-                result.rollback_dirs.append(str(rollback[top]))
-        result.swap_s = time.monotonic() - t_swap
-        if flavour == "portable":
-            _portable(config, links, targets, uid, gid, result, server, rid, logger)
-        else:
-            _snapshot09(config, links, targets, uid, gid, result, server, scratch, logger)
-        result.downtime_s = time.monotonic() - t_stop
-    except (InfluxdError, OSError, StepFailed, Interrupted) as exc:
-        with signals_blocked():
-            logger.error("restore.rolling_back", error=str(exc))
-            try:
-                if result.stop_s is not None and server.locate() is not None:
-                    server.stop()  # past the stop, a running influxd is the half-restored one
-                roll_back(swaps)
-                if was_running and server.locate() is None:
-                    server.start(log_path=config.state_dir / "influxd.log")
-                marker.clear()  # only once the old server runs again: else the next command retries
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-        raise RestoreFailed(f"restore failed ({exc}); the previous data was put back") from None
-    shutil.rmtree(scratch, ignore_errors=True)
-    marker.clear()
+        # the live dirs go aside; the links are restored into an empty server in their place
+        with live_dirs_swapped(
+            config, server, targets, rollback, unused, rid, result, logger, move_staging_in=False
+        ):
+            if flavour == "portable":
+                _portable(config, links, targets, uid, gid, result, server, rid, logger)
+            else:
+                _snapshot09(config, links, targets, uid, gid, result, server, scratch, logger)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     logger.info(
         "restore.done",
         **{k: v for k, v in result.__dict__.items() if k not in ("rollback_dirs", "links")},

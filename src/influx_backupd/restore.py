@@ -11,6 +11,8 @@ import os
 import pwd
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from influx_backupd.archive import ArchiveError, extract_safely, scan_archive
 from influx_backupd.catalog import Catalog
 from influx_backupd.cold import Interrupted, signals_blocked
 from influx_backupd.config import Config
-from influx_backupd.influxd import Influxd, InfluxdError
+from influx_backupd.influxd import Influxd
+from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord
 from influx_backupd.state import CrashMarker
 
@@ -133,11 +136,42 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
         raise RestoreRefused(f"extraction failed, live data untouched: {exc}") from None
 
     server = Influxd(config)
+    with live_dirs_swapped(config, server, targets, rollback, staging, rid, result, logger):
+        t_start = time.monotonic()
+        server.start(log_path=config.state_dir / "influxd.log")
+        result.start_s = time.monotonic() - t_start
+    logger.info(
+        "restore.done", **{k: v for k, v in result.__dict__.items() if k != "rollback_dirs"}
+    )
+    return result
+
+
+@contextmanager
+def live_dirs_swapped(
+    config: Config,
+    server: Influxd,
+    targets: dict[str, Path],
+    rollback: dict[str, Path],
+    staging: dict[str, Path],
+    rid: str,
+    result: RestoreResult,
+    logger: Logger,
+    *,
+    move_staging_in: bool = True,
+) -> Iterator[None]:
+    """Stop influxd, move each live dir aside (and, if asked, each staged dir into its place);
+    the body brings a server up on the new dirs.
+
+    Whatever fails or signals in between, the previous dirs are put back and the previous
+    server started again (signals held meanwhile), then RestoreFailed. The crash marker is
+    written first and cleared only once a server runs, so a SIGKILL is undone by the next
+    command (guard.recover).
+    """
     marker = CrashMarker(config.state_dir)
     swaps = [[str(targets[t]), str(rollback[t]), str(staging[t])] for t in targets]
     marker.write(f"restore-{rid}", kind="restore", swaps=swaps)
-    t_stop = time.monotonic()
     was_running = server.locate() is not None
+    t_stop = time.monotonic()
     try:
         if was_running:
             logger.info("influxd.stopping", phase="stop")
@@ -148,27 +182,23 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
             if target.exists():
                 os.rename(target, rollback[top])
                 result.rollback_dirs.append(str(rollback[top]))
-            os.rename(staging[top], target)
+            if move_staging_in:
+                os.rename(staging[top], target)
         result.swap_s = time.monotonic() - t_swap
-        t_start = time.monotonic()
-        server.start(log_path=config.state_dir / "influxd.log")
-        result.start_s = time.monotonic() - t_start
+        yield
         result.downtime_s = time.monotonic() - t_stop
-    except (InfluxdError, OSError, Interrupted) as exc:
+    except (Exception, Interrupted) as exc:
+        # any failure at all once the swap began: the previous data must come back
         with signals_blocked():
             logger.error("restore.rolling_back", error=str(exc))
             if result.stop_s is not None and server.locate() is not None:
-                server.stop()  # past the stop, a running influxd is the restored one
+                server.stop()  # past the stop, a running influxd is the (half-)restored one
             roll_back(swaps)
             if was_running and server.locate() is None:
                 server.start(log_path=config.state_dir / "influxd.log")
             marker.clear()  # only once the old server runs again: else the next command retries
         raise RestoreFailed(f"restore failed ({exc}); the previous data was put back") from None
     marker.clear()
-    logger.info(
-        "restore.done", **{k: v for k, v in result.__dict__.items() if k != "rollback_dirs"}
-    )
-    return result
 
 
 def roll_back(swaps: list[list[str]]) -> None:
