@@ -13,9 +13,9 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from influx_backupd import __version__, log
-from influx_backupd.cold import Interrupted
 from influx_backupd.config import Config, ConfigError, load, resolve_path
 from influx_backupd.influxd import InfluxdError
+from influx_backupd.interrupt import Interrupted
 from influx_backupd.record import RunRecord
 from influx_backupd.state import Busy
 

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from influx_backupd import figures, log, progress
@@ -25,6 +22,7 @@ from influx_backupd.archive import ArchiveError, WriteResult, check_written, wri
 from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config, JobSection
 from influx_backupd.influxd import Influxd, InfluxdError
+from influx_backupd.interrupt import Interrupted, signals_blocked
 from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord, new_run_id
 from influx_backupd.staging import Stager, staging_root
@@ -32,25 +30,10 @@ from influx_backupd.state import CrashMarker
 
 SPACE_MARGIN = 1.02  # tar headers and padding, plus slack for files that grow before the stop
 SPACE_RESERVE = 64 << 20
-_SHIELDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-
-
-class Interrupted(BaseException):
-    """A signal asked us to stop; raised in the main thread so `finally` restarts influxd."""
 
 
 class JobFailed(Exception):
     pass
-
-
-@contextmanager
-def signals_blocked() -> Iterator[None]:
-    """Hold SIGTERM/SIGINT/SIGHUP while influxd is being started; they are delivered afterwards."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SHIELDED)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def tree_size(root: Path) -> int:

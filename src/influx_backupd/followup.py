@@ -12,9 +12,9 @@ from pathlib import Path
 
 from influx_backupd import heartbeat, log
 from influx_backupd.catalog import Catalog
-from influx_backupd.cold import Interrupted
 from influx_backupd.config import Config, JobSection
 from influx_backupd.hooks import environment, run_hook
+from influx_backupd.interrupt import Interrupted
 from influx_backupd.metrics import render, write_textfile
 from influx_backupd.record import RunRecord
 

@@ -41,8 +41,8 @@ from typing import Any, BinaryIO, Literal
 from influx_backupd import log
 from influx_backupd.archive import CHUNK, fsync_dir
 from influx_backupd.catalog import Catalog
-from influx_backupd.cold import Interrupted
 from influx_backupd.config import Config, JobSection
+from influx_backupd.interrupt import Interrupted
 from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord, new_run_id
 

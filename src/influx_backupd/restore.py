@@ -19,9 +19,9 @@ from pathlib import Path
 from influx_backupd import log
 from influx_backupd.archive import ArchiveError, extract_safely, scan_archive
 from influx_backupd.catalog import Catalog
-from influx_backupd.cold import Interrupted, signals_blocked
 from influx_backupd.config import Config
 from influx_backupd.influxd import Influxd
+from influx_backupd.interrupt import Interrupted, signals_blocked
 from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord
 from influx_backupd.state import CrashMarker

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 from influx_backupd import log
 from influx_backupd.catalog import Catalog
-from influx_backupd.cold import run_cold, tree_size
 from influx_backupd.config import Config, JobSection
 from influx_backupd.policy import Capability, Decision, decide
 from influx_backupd.record import RunRecord
@@ -60,6 +59,8 @@ def run_backup(
 
         ping(job.heartbeat_url, "start")  # at most a few seconds, never raises
     if chosen == "cold":
+        from influx_backupd.cold import run_cold
+
         record = run_cold(config, job, catalog)
     elif chosen == "hot":
         from influx_backupd.hot import run_hot
@@ -86,6 +87,8 @@ def _fall_back_to_cold(
     decision = policy_decision(config, job, catalog, "cold", after=failed)
     if decision.mode != "cold":
         return failed
+    from influx_backupd.cold import run_cold
+
     return run_cold(config, job, catalog)
 
 
@@ -106,6 +109,8 @@ def _capability(config: Config, job: JobSection, requested: str) -> Capability:
         snapshot = probe_snapshot_service(config.backup_host, 3.0)
     data_bytes = None
     if job.max_downtime is not None and requested != "hot":
+        from influx_backupd.cold import tree_size
+
         data_bytes = sum(tree_size(p) for p in config.server.dirs().values() if p.is_dir())
     return Capability(snapshot, _influxd_version(config.url), data_bytes)
 

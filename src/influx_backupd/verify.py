@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 from influx_backupd import figures, log
 from influx_backupd.archive import ArchiveError, extract_safely, sha256_file
 from influx_backupd.catalog import Catalog
-from influx_backupd.cold import signals_blocked
 from influx_backupd.config import Config
 from influx_backupd.formats import ArchiveReport, Finding, check_archive, classify_member
+from influx_backupd.interrupt import signals_blocked
 from influx_backupd.metrics import VERIFY_FAILED
 from influx_backupd.record import RunRecord
 from influx_backupd.sandbox import Sandbox

@@ -1,0 +1,27 @@
+"""A signal turned into an exception, and a window in which signals wait.
+
+Its own small module so that every command can catch Interrupted without importing the cold
+job (and, through it, psutil, tarfile and the format readers) just for a class name.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_SHIELDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+class Interrupted(BaseException):
+    """A signal asked us to stop; raised in the main thread so `finally` restarts influxd."""
+
+
+@contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT/SIGHUP while influxd is being started; they are delivered afterwards."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SHIELDED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
