@@ -12,6 +12,7 @@ from influx_backupd import log
 from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config
 from influx_backupd.influxd import Influxd
+from influx_backupd.record import RunRecord
 from influx_backupd.state import CrashMarker, lock_for
 
 
@@ -70,7 +71,8 @@ def recover(config: Config, catalog: Catalog) -> None:
                 leftover.unlink(missing_ok=True)
             logger.warning("recovery.partial_removed", path=str(leftover))
         _restore_tests_left(storage)
-    for record in catalog.running():
+    dead = catalog.running()
+    for record in dead:
         record.status = "interrupted"
         record.finished_at = record.finished_at or time.time()
         record.error = "the backup process died before finishing" + (
@@ -80,6 +82,25 @@ def recover(config: Config, catalog: Catalog) -> None:
         )
         catalog.save(record)
         logger.warning("recovery.run_interrupted", run_id=record.id, job=record.job)
+    for record in dead:
+        _follow_up_dead_run(config, catalog, record)
+
+
+def _follow_up_dead_run(config: Config, catalog: Catalog, record: RunRecord) -> None:
+    """A run killed outright never reached its follow-up: count it in runs_total, rewrite the
+    metrics, run on_failure and the heartbeat's fail ping now, late rather than never."""
+    from influx_backupd.followup import follow_up, write_metrics
+
+    job = next((j for j in config.settings.job if j.name == record.job), None)
+    if job is not None:
+        follow_up(config, job, catalog, record)
+        return
+    # The job is gone from the config: no hooks to run, but the counter still counts it.
+    catalog.increment(record.job, record.status, record.finished_at or time.time())
+    try:
+        write_metrics(config, catalog)
+    except OSError as exc:
+        log.get(job=record.job).error("after_run.step_failed", step="metrics", error=str(exc))
 
 
 def _restore_tests_left(storage: Path) -> None:

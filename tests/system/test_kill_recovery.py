@@ -115,8 +115,21 @@ def test_a_restore_test_killed_leaves_no_throwaway_influxd_behind(
 
 
 def test_a_hot_run_killed_is_recorded_interrupted_and_its_leftovers_go(
-    tmp_path: Path, sandbox: Sandbox, cli: Cli
+    tmp_path: Path, sandbox: Sandbox
 ) -> None:
+    hook_out = tmp_path / "on_failure.env"
+    job = {
+        "name": "nightly",
+        "schedule": "0 3 * * *",
+        "mode": "cold",
+        "copy": "direct",
+        "on_failure": ["sh", "-c", f"env | grep ^INFLUX_BACKUPD_ > {hook_out}"],
+    }
+    config = write_config(tmp_path, sandbox, jobs=[job])
+    metrics = tmp_path / "metrics.prom"
+    text = config.read_text()
+    config.write_text(text.replace("[daemon]\n", f'[daemon]\nmetrics_file = "{metrics}"\n', 1))
+    cli = Cli(config)
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 20_000)
     catalog = Catalog(tmp_path / "state")
@@ -144,6 +157,13 @@ def test_a_hot_run_killed_is_recorded_interrupted_and_its_leftovers_go(
     assert "influxd was started again" not in (record.error or ""), "a hot run never stops it"
     assert not list(storage.glob("*.incomplete")) and not list(storage.glob("*.partial"))
     assert sandbox.ping()
+    # Its follow-up ran late, at recovery: counted, and the operator's on_failure told.
+    prom = metrics.read_text()
+    assert 'influx_backupd_runs_total{job="nightly",result="interrupted"} 1' in prom
+    assert 'influx_backupd_runs_total{job="nightly",result="ok"} 1' in prom
+    told = dict(line.split("=", 1) for line in hook_out.read_text().splitlines())
+    assert told["INFLUX_BACKUPD_RUN_ID"] == killed.id
+    assert told["INFLUX_BACKUPD_STATUS"] == "interrupted"
 
 
 def test_sighup_during_a_run_keeps_the_lock_and_the_run_finishes_ok(
