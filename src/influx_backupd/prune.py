@@ -26,6 +26,7 @@ from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config, JobSection
 from influx_backupd.record import RunRecord
 from influx_backupd.retention import RetentionPolicy, plan
+from influx_backupd.staging import STAGING_DIR
 from influx_backupd.verify import SCRATCH_PREFIX
 
 
@@ -265,6 +266,7 @@ def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: b
                 left.append((path, "hot backup dir of a dead run"))
             elif path.name.startswith(SCRATCH_PREFIX) and path.is_dir() and not _pid_alive(path):
                 left.append((path, "restore-test scratch dir of a dead run"))
+        left += _unused_staging_trees(config)
     for path, why in left:
         if not (path.exists() or path.is_symlink()):
             continue
@@ -282,6 +284,30 @@ def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: b
             logger.error("prune.clean_failed", path=str(path), error=str(exc))
     if not dry_run:
         pending.clear()
+
+
+def _unused_staging_trees(config: Config) -> list[tuple[Path, str]]:
+    """Staging trees no job will sync into again: each is a full copy of influxd's dirs.
+
+    Only a job with copy = "staged" and keep_staging = true keeps its tree between runs. A tree
+    of a job removed from the config, switched to direct, or told not to keep it (then left by
+    a run that died) would otherwise hold that disk forever. It is a cache, not a backup: a job
+    that uses it again refills it in phase 1, while influxd serves.
+    """
+    trees = config.storage_dir / STAGING_DIR
+    if not trees.is_dir():
+        return []
+    jobs = {j.name: j for j in config.settings.job}
+    left: list[tuple[Path, str]] = []
+    for tree in sorted(trees.iterdir()):
+        job = jobs.get(tree.name)
+        if job is None:
+            left.append((tree, "staging tree of a job no longer in the config"))
+        elif job.copy_mode != "staged":
+            left.append((tree, "staging tree of a job that now copies direct"))
+        elif not job.keep_staging:
+            left.append((tree, "staging tree of a job with keep_staging = false"))
+    return left
 
 
 class _Pending:

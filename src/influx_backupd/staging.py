@@ -64,8 +64,11 @@ def boot_id() -> str:
         return ""
 
 
+STAGING_DIR = ".staging"  # under the storage dir; one tree per job
+
+
 def staging_root(storage_dir: Path, job: str) -> Path:
-    return storage_dir / ".staging" / job
+    return storage_dir / STAGING_DIR / job
 
 
 def _vanished(exc: OSError) -> bool:

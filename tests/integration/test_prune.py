@@ -175,3 +175,33 @@ def test_without_keep_rules_failures_stay_listed_but_their_files_go(tmp_path: Pa
     assert report.deleted == [] and report.cleaned == [str(leftover)]
     assert not leftover.exists() and Path(ok.archive or "").exists()
     assert [r.status for r in catalog.list()] == ["failed", "ok"]
+
+
+def test_staging_trees_no_job_will_use_again_are_cleaned_and_a_kept_one_stays(
+    tmp_path: Path,
+) -> None:
+    server = Sandbox(tmp_path / "server")  # never started: prune needs no server
+    server.write_config()
+    jobs = [
+        {"name": "nightly", "mode": "cold"},  # staged, keeps its tree: the default
+        {"name": "direct", "mode": "cold", "copy": "direct"},
+        {"name": "thrifty", "mode": "cold", "keep_staging": False},
+    ]
+    config = load(write_config(tmp_path, server, jobs=jobs))
+    staging = config.storage_dir / ".staging"
+    trees = {name: staging / name for name in ("nightly", "direct", "thrifty", "removed")}
+    for tree in trees.values():
+        (tree / "data" / "db").mkdir(parents=True)
+        (tree / "data" / "db" / "000001.tsm").write_bytes(b"x" * 4096)
+    catalog = Catalog(config.state_dir)
+
+    dry = prune_module.prune(config, catalog, dry_run=True)
+    unused = sorted(str(trees[n]) for n in ("direct", "thrifty", "removed"))
+    assert sorted(dry.cleaned) == unused
+    assert all(tree.exists() for tree in trees.values()), "a dry run removes nothing"
+
+    # `prune --job nightly` too: leftovers are the storage dir's, not one job's.
+    report = prune_module.prune(config, catalog, job="nightly")
+    assert sorted(report.cleaned) == unused and report.errors == []
+    assert [p.name for p in staging.iterdir()] == ["nightly"]
+    assert (trees["nightly"] / "data" / "db" / "000001.tsm").stat().st_size == 4096
