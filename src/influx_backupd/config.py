@@ -64,6 +64,8 @@ class InfluxdSection(_Strict):
     binary: Path = Path("/usr/bin/influxd")
     url: str | None = None  # default: from influxdb.conf [http] bind-address
     backup_host: str | None = None  # default: from influxdb.conf bind-address
+    # backup_host's server's HTTP API, whose clock dates hot increments; default: see hot.py
+    backup_url: str | None = None
     user: str = "influxdb"
     group: str = "influxdb"
     stop_timeout: Duration = 90.0

@@ -17,6 +17,7 @@ back against its manifest before a run is recorded ok.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import gzip
 import hashlib
 import itertools
@@ -31,6 +32,9 @@ import subprocess
 import tarfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +53,9 @@ from influx_backupd.record import RunRecord, new_run_id
 Flavour = Literal["0.9", "portable"]
 
 PROBE_TIMEOUT = 3.0
+# Date has whole seconds and the request takes a moment: beyond this, the clocks really differ.
+CLOCK_SKEW_WARN_S = 5.0
+_THIS_HOST = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
 VERSION_TIMEOUT = 30.0
 # What the tool prints when it cannot reach the snapshot service (Go's net errors, 0.9's HTTP 404).
 _UNREACHABLE = re.compile(
@@ -505,8 +512,33 @@ def plan_link(
             return LinkPlan("full", None, None, None, f"link {link.id} is missing on disk")
     if now - links[0].started_at >= full_every:
         return LinkPlan("full", None, None, None, "full_every has passed since the chain's full")
-    since = rfc3339(last.started_at) if flavour == "portable" else None
+    since = rfc3339(since_anchor(last)) if flavour == "portable" else None
     return LinkPlan("incremental", last.chain_id, last, since, f"extends chain {last.chain_id}")
+
+
+def since_anchor(link: RunRecord) -> float:
+    """When the link's snapshot began, on the server's clock (influxd compares -since with its
+    own file times); our start time for records from before the server's clock was read."""
+    anchor = link.extra.get("since_anchor")
+    return float(anchor) if isinstance(anchor, int | float) else link.started_at
+
+
+def server_clock(url: str, timeout: float = PROBE_TIMEOUT) -> tuple[float, float] | None:
+    """(the server's time, ours) from the Date header of its /ping; None when unavailable.
+
+    Date has whole seconds, truncated: the server's time was somewhere in [Date, Date + 1).
+    """
+    try:
+        with urllib.request.urlopen(url + "/ping", timeout=timeout) as resp:
+            ours = time.time()
+            date = resp.headers.get("Date")
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    try:
+        server = email.utils.parsedate_to_datetime(date).timestamp() if date else None
+    except (TypeError, ValueError):
+        server = None
+    return None if server is None else (server, ours)
 
 
 # -- running the tool -------------------------------------------------------------------------------
@@ -810,8 +842,55 @@ def _hot(
     if flavour == "0.9":
         _run_09(section.binary, host, storage, record, plan, deadline_left, logger)
     else:
+        _anchor_since(clock_url(config), record, logger)
         _run_portable(section.binary, host, storage, record, deadline_left, logger)
     record.status = "ok"
+
+
+def clock_url(config: Config) -> str:
+    """The HTTP API of the server behind backup_host, whose clock dates the increments:
+    [influxd] backup_url; else url when backup_host is on url's host; else port 8086 there."""
+    explicit = config.settings.influxd.backup_url
+    if explicit:
+        return explicit.rstrip("/")
+    host = split_host(config.backup_host)[0]
+    url_host = urllib.parse.urlsplit(config.url).hostname or ""
+    if host == url_host or (host in _THIS_HOST and url_host in _THIS_HOST):
+        return config.url
+    return f"http://{'[' + host + ']' if ':' in host else host}:8086"
+
+
+def _anchor_since(url: str, record: RunRecord, logger: Logger) -> None:
+    """Record when this snapshot begins on the server's clock: the next increment's -since.
+
+    influxd picks an increment's files by comparing their times with -since on its own clock.
+    Ours would do on the same host, but a remote backup_host whose clock is behind ours would
+    see files written just after this snapshot as older than -since, and the next increment
+    would miss them. Read just before the tool starts, and rounded down, the anchor is never
+    later than the snapshot: an increment may hold a little more, never less.
+    """
+    clock = server_clock(url)
+    if clock is None:
+        record.extra["since_anchor"] = record.started_at
+        logger.warning(
+            "hot.server_clock_unknown",
+            phase="preflight",
+            url=url,
+            detail="no Date from /ping; the next increment's -since uses our clock",
+        )
+        return
+    server, ours = clock
+    record.extra["since_anchor"] = server  # Date's whole second: at or before the server's now
+    offset = server - ours
+    record.extra["server_clock_offset_s"] = round(offset, 1)
+    if abs(offset) > CLOCK_SKEW_WARN_S:
+        logger.warning(
+            "hot.clock_skew",
+            phase="preflight",
+            url=url,
+            offset_s=round(offset, 1),
+            detail="the server's clock differs from ours; -since follows the server's",
+        )
 
 
 def _tool_failed(run: ToolRun, host: str, timeout: float) -> HotFailed:

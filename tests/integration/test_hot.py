@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import email.utils
+import http.server
 import json
 import os
 import pwd
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from influx_backupd.hot import scan_portable
+from influx_backupd.hot import rfc3339, scan_portable
 from influx_backupd.sandbox import Sandbox, free_port
 from tests.conftest import STAND_INS, Cli, write_config
 
@@ -129,6 +132,62 @@ def test_the_remote_form_backs_up_the_backup_host_not_the_local_server(
         assert {f["database"] for f in manifest["files"]} == {"remote"}
     finally:
         remote.stop()
+
+
+class _SkewedPing(http.server.BaseHTTPRequestHandler):
+    """Stand-in for the HTTP API of a remote backup_host whose clock is an hour behind ours:
+    only /ping, with influxd 1.6's headers. (The real influxd here shares our clock.)"""
+
+    def do_GET(self) -> None:
+        self.send_response_only(204)
+        self.send_header("X-Influxdb-Version", "1.6.7~rc0")
+        self.send_header("Date", email.utils.formatdate(time.time() - 3600, usegmt=True))
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_increments_take_since_from_the_servers_clock_not_ours(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    ping = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SkewedPing)
+    threading.Thread(target=ping.serve_forever, daemon=True).start()
+    try:
+        skewed = f"http://127.0.0.1:{ping.server_address[1]}"
+        cli = Cli(write_config(tmp_path, sandbox, influxd={"backup_url": skewed}, jobs=HOT))
+        sandbox.create_db("metrics")
+        sandbox.write_points("metrics", 1_000)
+        full = cli("backup", "--json")
+        record = json.loads(full.stdout)
+        assert record["status"] == "ok", record["error"]
+        anchor = record["extra"]["since_anchor"]
+        assert abs(anchor - (record["started_at"] - 3600)) < 5
+        assert abs(record["extra"]["server_clock_offset_s"] + 3600) < 5
+        assert '"hot.clock_skew"' in full.stderr, "an hour of skew is worth a warning"
+
+        sandbox.write_points("metrics", 500, start=100_000)
+        increment = cli.json("backup")
+        assert increment["status"] == "ok", increment["error"]
+        assert increment["kind"] == "incremental"
+        assert increment["since"] == rfc3339(anchor), "-since is the server's time, not ours"
+    finally:
+        ping.shutdown()
+        ping.server_close()
+
+
+def test_without_the_servers_clock_since_falls_back_to_ours_and_says_so(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"  # no HTTP API answers there
+    cli = Cli(write_config(tmp_path, sandbox, influxd={"backup_url": nobody}, jobs=HOT))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    done = cli("backup", "--json")
+    record = json.loads(done.stdout)
+    assert record["status"] == "ok", record["error"]
+    assert record["extra"]["since_anchor"] == record["started_at"]
+    assert '"hot.server_clock_unknown"' in done.stderr
 
 
 def test_an_unreachable_backup_host_fails_quickly_as_unavailable(tmp_path: Path) -> None:

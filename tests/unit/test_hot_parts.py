@@ -16,9 +16,11 @@ import psutil
 import pytest
 
 from influx_backupd import log
+from influx_backupd.config import load
 from influx_backupd.hot import (
     CheckFailed,
     _Follower,
+    clock_url,
     parse_version,
     plan_link,
     portable_meta_size,
@@ -108,6 +110,18 @@ def test_chain_planning() -> None:
     orphan = _rec("e", DAY, "incremental", chain="a", parent="zzz")
     assert _plan([full, orphan]).kind == "full", "a gap in the chain"  # type: ignore[attr-defined]
     assert _plan([full, inc], flavour="0.9").since is None  # type: ignore[attr-defined]
+
+
+def test_since_follows_the_servers_clock_when_the_last_link_recorded_it() -> None:
+    full = _rec("a", 0.0)
+    # The server's clock was 90 s behind ours when the increment's snapshot began: influxd
+    # compares -since with its own file times, so -since is its time, not ours.
+    inc = _rec("b", DAY, "incremental", chain="a", parent="a")
+    inc.extra["since_anchor"] = DAY - 90
+    assert _plan([full, inc]).since == "1970-01-01T23:58:30Z"  # type: ignore[attr-defined]
+    # and a fraction of a second rounds down: earlier only ever includes more
+    inc.extra["since_anchor"] = DAY + 0.75
+    assert _plan([full, inc]).since == "1970-01-02T00:00:00Z"  # type: ignore[attr-defined]
 
 
 # -- 1.x portable directories -----------------------------------------------------------------------
@@ -339,3 +353,38 @@ def test_run_tool_kills_the_whole_process_group_on_timeout() -> None:
         p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
     ]
     assert not left, "the tool's children must not outlive the timeout"
+
+
+@pytest.mark.parametrize(
+    ("influxd", "expected"),
+    [
+        ({}, "http://127.0.0.1:8086"),  # both on this host: the server at url
+        ({"backup_host": "localhost:8088"}, "http://127.0.0.1:8086"),
+        ({"backup_host": "db2.example:8088"}, "http://db2.example:8086"),  # remote: its API
+        ({"backup_host": "[fd00::2]:8088"}, "http://[fd00::2]:8086"),
+        (
+            {"backup_host": "db2.example:8088", "backup_url": "https://db2.example:9086/"},
+            "https://db2.example:9086",
+        ),
+    ],
+)
+def test_the_clock_that_dates_increments_is_the_backup_hosts_servers(
+    tmp_path: Path, influxd: dict[str, str], expected: str
+) -> None:
+    conf = tmp_path / "influxdb.conf"
+    conf.write_text(
+        'bind-address = "127.0.0.1:8088"\n[http]\nbind-address = "127.0.0.1:8086"\n'
+        f'[meta]\ndir = "{tmp_path / "meta"}"\n[data]\ndir = "{tmp_path / "data"}"\n'
+        f'wal-dir = "{tmp_path / "wal"}"\n'
+    )
+    lines = ["[influxd]", f'config = "{conf}"', 'service = "influxdb.service"']
+    lines += [f'{k} = "{v}"' for k, v in influxd.items()]
+    lines += [
+        "[storage]",
+        f'dir = "{tmp_path / "archives"}"',
+        "[daemon]",
+        f'state_dir = "{tmp_path / "state"}"',
+    ]
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    assert clock_url(load(path)) == expected
