@@ -125,7 +125,20 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
         "state_dir": str(config.state_dir),
         "storage_dir": str(config.storage_dir),
         "jobs": [j.model_dump(exclude_none=True) for j in s.job],
+        "http_auth": {
+            "auth_enabled": config.auth_enabled,
+            "username": s.influxd.username,
+            "password_file": str(s.influxd.password_file) if s.influxd.password_file else None,
+        },
+        "warnings": [],
     }
+    if config.auth_enabled and config.credentials is None:
+        # cold backups themselves need no HTTP auth: a warning, not an error
+        plan["warnings"].append(
+            f"{config.server.conf} has [http] auth-enabled = true but [influxd] username is "
+            "not set: no point counts before a cold stop (restore tests cannot compare them) "
+            "and hot restores are refused; set [influxd] username and password_file"
+        )
     if args.json:
         print(json.dumps(plan, indent=2, default=str))
         return EXIT_OK
@@ -135,6 +148,8 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
         exists = "" if config.server.dirs()[name].is_dir() else "  (does not exist yet)"
         print(f"  {name + ' dir':<14} {path}{exists}")
     print(f"  ready check    {config.url}/ping")
+    if config.credentials is not None:
+        print(f"  http auth      {s.influxd.username}, password in {s.influxd.password_file}")
     print(f"  snapshot host  {config.backup_host}")
     ctl = plan["control"]
     print(
@@ -156,6 +171,8 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
             else (f"every {job.every:g}s" if job.every else "manual only")
         )
         print(f"  job {job.name:<10} mode={job.mode} {when}")
+    for warning in plan["warnings"]:
+        print(f"warning: {warning}")
     return EXIT_OK
 
 

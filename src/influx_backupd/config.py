@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from influx_backupd.influxql import Credentials
+
 DEFAULT_CONFIG_PATH = Path("/etc/influx-backupd/config.toml")
 CONFIG_ENV = "INFLUX_BACKUPD_CONFIG"
 
@@ -71,6 +73,10 @@ class InfluxdSection(_Strict):
     stop_timeout: Duration = 90.0
     start_timeout: Duration = 120.0
     backup_timeout: Duration = 3600.0  # a whole `influxd backup` run (hot job)
+    # HTTP auth for queries to the live server ([http] auth-enabled); both or neither. The
+    # password lives in its own file (config files are often world-readable): read at load.
+    username: str | None = None
+    password_file: Path | None = None
 
     @model_validator(mode="after")
     def _one_way_to_start(self) -> InfluxdSection:
@@ -225,6 +231,8 @@ class Config:
     server: ServerPaths
     url: str
     backup_host: str
+    credentials: Credentials | None = None  # [influxd] username + password_file's contents
+    auth_enabled: bool = False  # influxdb.conf [http] auth-enabled
 
     @property
     def state_dir(self) -> Path:
@@ -279,16 +287,24 @@ def resolve_path(cli_path: str | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
-def _read_toml(path: Path, what: str) -> dict[str, Any]:
+def _read_bytes(path: Path, where: str) -> bytes:
+    """A file we were told to read; where: how the error line names it."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        return path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
+        raise ConfigError(f"{where} not found") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: {what} is a directory, not a file") from None
+        raise ConfigError(f"{where} is a directory, not a file") from None
     except PermissionError:
-        raise ConfigError(f"{path}: {what} is not readable (permission denied)") from None
+        raise ConfigError(f"{where} is not readable (permission denied)") from None
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    data = _read_bytes(path, f"{path}: {what}")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
@@ -346,6 +362,30 @@ def _usable_dir(path: Path, key: str, value: Path) -> None:
             return
 
 
+def _credentials(path: Path, section: InfluxdSection) -> Credentials | None:
+    username, password_file = section.username, section.password_file
+    if username is None and password_file is None:
+        return None
+    if password_file is None:
+        raise ConfigError(f"{path}: influxd.password_file: required when influxd.username is set")
+    if username is None:
+        raise ConfigError(f"{path}: influxd.username: required when influxd.password_file is set")
+    if not username:
+        raise ConfigError(f"{path}: influxd.username: must not be empty")
+    if not password_file.is_absolute():
+        raise ConfigError(
+            f"{path}: influxd.password_file: must be an absolute path, not {str(password_file)!r}"
+        )
+    where = f"{path}: influxd.password_file: {password_file}"
+    try:
+        password = _read_bytes(password_file, where).decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text") from None
+    if not password:
+        raise ConfigError(f"{where} is empty (it must hold the password)")
+    return Credentials(username, password)
+
+
 def load(path: Path) -> Config:
     """Load and validate; raises ConfigError with one line naming the file and key path."""
     raw = _read_toml(path, "config file")
@@ -368,6 +408,13 @@ def load(path: Path) -> Config:
     if backup_host is None:
         host, port = _host_port(str(influx_raw.get("bind-address", "127.0.0.1:8088")), 8088)
         backup_host = f"{host}:{port}"
+    http = influx_raw.get("http")
     return Config(
-        path=path, settings=settings, server=server, url=url.rstrip("/"), backup_host=backup_host
+        path=path,
+        settings=settings,
+        server=server,
+        url=url.rstrip("/"),
+        backup_host=backup_host,
+        credentials=_credentials(path, settings.influxd),
+        auth_enabled=isinstance(http, dict) and http.get("auth-enabled") is True,
     )

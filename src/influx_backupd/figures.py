@@ -13,14 +13,13 @@ the whole pass has a time budget; databases not counted within it are left out o
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+from influx_backupd import influxql
 from influx_backupd.config import Config
+from influx_backupd.influxql import Credentials, ident
 from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord
 
@@ -31,51 +30,49 @@ class FiguresError(Exception):
     pass
 
 
-def _query(url: str, q: str, db: str | None, timeout: float) -> list[dict[str, Any]]:
-    params = {"q": q, "epoch": "s"}
-    if db is not None:
-        params["db"] = db
-    req = urllib.request.Request(url + "/query?" + urllib.parse.urlencode(params))
+def _query(
+    url: str, q: str, db: str | None, timeout: float, credentials: Credentials | None
+) -> list[dict[str, Any]]:
     try:
-        with urllib.request.urlopen(req, timeout=max(timeout, 0.1)) as resp:
-            body: dict[str, Any] = json.loads(resp.read())
-    except (OSError, ValueError) as exc:
-        raise FiguresError(f"{q!r}: {exc}") from None
-    results: list[dict[str, Any]] = body.get("results") or [{}]
-    if "error" in results[0]:
-        raise FiguresError(f"{q!r}: {results[0]['error']}")
-    series: list[dict[str, Any]] = results[0].get("series") or []
-    return series
+        return influxql.query(url, q, db, credentials=credentials, timeout=timeout, epoch="s")
+    except influxql.QueryError as exc:
+        raise FiguresError(str(exc)) from None
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def databases(url: str, timeout: float = 10.0) -> list[str]:
-    series = _query(url, "SHOW DATABASES", None, timeout)
+def databases(
+    url: str, timeout: float = 10.0, *, credentials: Credentials | None = None
+) -> list[str]:
+    series = _query(url, "SHOW DATABASES", None, timeout, credentials)
     rows = (series[0].get("values") or []) if series else []
     return sorted(str(row[0]) for row in rows if row and row[0] != "_internal")
 
 
-def point_count(url: str, db: str, timeout: float = 30.0) -> int:
+def point_count(
+    url: str, db: str, timeout: float = 30.0, *, credentials: Credentials | None = None
+) -> int:
     """The figure of one database (see the module docstring)."""
     deadline = time.monotonic() + timeout
-    series = _query(url, f"SHOW RETENTION POLICIES ON {_ident(db)}", db, timeout)
+    series = _query(url, f"SHOW RETENTION POLICIES ON {ident(db)}", db, timeout, credentials)
     rps = [str(row[0]) for s in series for row in s.get("values") or []]
     total = 0
     for rp in rps:
         left = deadline - time.monotonic()
         if left <= 0:
             raise FiguresError(f"counting {db} took longer than {timeout:g}s")
-        q = f"SELECT count(*) FROM {_ident(db)}.{_ident(rp)}./.*/"
-        for s in _query(url, q, db, left):
+        q = f"SELECT count(*) FROM {ident(db)}.{ident(rp)}./.*/"
+        for s in _query(url, q, db, left, credentials):
             for row in s.get("values") or []:
                 total += max((int(v) for v in row[1:] if isinstance(v, int | float)), default=0)
     return total
 
 
-def point_counts(url: str, dbs: list[str], budget: float = BUDGET_S) -> tuple[dict[str, int], str]:
+def point_counts(
+    url: str,
+    dbs: list[str],
+    budget: float = BUDGET_S,
+    *,
+    credentials: Credentials | None = None,
+) -> tuple[dict[str, int], str]:
     """Counts for dbs within budget seconds; the second item says what was skipped, or ""."""
     deadline = time.monotonic() + budget
     counts: dict[str, int] = {}
@@ -84,7 +81,7 @@ def point_counts(url: str, dbs: list[str], budget: float = BUDGET_S) -> tuple[di
         if left <= 0:
             return counts, f"time budget of {budget:g}s spent; not counted: {', '.join(dbs[i:])}"
         try:
-            counts[db] = point_count(url, db, timeout=left)
+            counts[db] = point_count(url, db, timeout=left, credentials=credentials)
         except FiguresError as exc:
             return counts, f"{exc}; not counted: {', '.join(dbs[i:])}"
     return counts, ""
@@ -100,7 +97,10 @@ def before_stop(
     try:
         record.extra["dirs"] = sorted(dirs)
         started = time.monotonic()
-        counts, skipped = point_counts(config.url, databases(config.url))
+        creds = config.credentials
+        counts, skipped = point_counts(
+            config.url, databases(config.url, credentials=creds), credentials=creds
+        )
         record.db_counts = counts
         took = round(time.monotonic() - started, 3)
         if skipped:

@@ -5,12 +5,14 @@ first (manifest, sizes, sha256 against the catalog) before anything is touched; 
 data, wal (and hh) dirs are moved aside into rollback dirs, never deleted; on failure they are put
 back and the old server is started again. Restored files are chowned to [influxd] user/group.
 
-- 1.x (-portable): an empty influxd is started on empty dirs and each link is restored into it
-  with `influxd restore -portable`, full first. `influxd restore -portable` refuses a database
-  that already exists ("DB metadata not changed. database may already exist"), so an increment's
-  databases that the full created are restored under a temporary name and copied in with
-  `SELECT * INTO ... GROUP BY *` (InfluxData's documented way to restore into an existing
-  database), then the temporary database is dropped.
+- 1.x (-portable): an influxd is started on empty dirs (but for a copy of the live meta.db, whose
+  users it keeps and whose databases it drops: the tool restores no users) and each link is
+  restored into it with `influxd restore -portable`, full first. `influxd restore -portable`
+  refuses a database that already exists ("DB metadata not changed. database may already
+  exist"), so an increment's databases that the full created are restored under a temporary
+  name and copied in with `SELECT * INTO ... GROUP BY *` (InfluxData's documented way to restore
+  into an existing database), then the temporary database is dropped. Queries go over HTTP with
+  [influxd] username/password_file; `influxd restore` uses the snapshot port, which has no auth.
 - 0.9: with influxd stopped, `influxd restore -config CONF PATH`; the tool reads PATH and every
   PATH.N beside it, so the chain up to the chosen link is hard-linked into a scratch dir first.
 
@@ -26,13 +28,11 @@ import shutil
 import tarfile
 import time
 import tomllib
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from influx_backupd import log
+from influx_backupd import influxql, log
 from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config
 from influx_backupd.hot import (
@@ -45,6 +45,7 @@ from influx_backupd.hot import (
     split_host,
 )
 from influx_backupd.influxd import Influxd
+from influx_backupd.influxql import Credentials, ident, values
 from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord
 from influx_backupd.restore import (
@@ -206,6 +207,8 @@ def _restore_hot(
     uid, gid = owner_ids(config)
     if not config.settings.influxd.binary.exists():
         raise RestoreRefused(f"[influxd] binary {config.settings.influxd.binary} does not exist")
+    if flavour == "portable":
+        check_credentials(config)
     rid = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     targets = dict(sorted(config.server.dirs().items()))
     rollback = {top: t.parent / f"{t.name}.rollback-{rid}" for top, t in targets.items()}
@@ -230,7 +233,9 @@ def _restore_hot(
             config, server, targets, rollback, unused, rid, result, logger, move_staging_in=False
         ):
             if flavour == "portable":
-                _portable(config, links, targets, uid, gid, result, server, rid, logger)
+                _portable(
+                    config, links, targets, rollback["meta"], uid, gid, result, server, rid, logger
+                )
             else:
                 _snapshot09(config, links, targets, uid, gid, result, server, scratch, logger)
     finally:
@@ -240,6 +245,24 @@ def _restore_hot(
         **{k: v for k, v in result.__dict__.items() if k not in ("rollback_dirs", "links")},
     )
     return result
+
+
+def check_credentials(config: Config) -> None:
+    """Refuse, before anything is stopped, a 1.x restore that could not query the server."""
+    if not config.auth_enabled:
+        return
+    creds = config.credentials
+    if creds is None:
+        raise RestoreRefused(
+            "influxd requires authentication: set [influxd] username and password_file "
+            f"([http] auth-enabled = true in {config.server.conf})"
+        )
+    try:  # an admin-only statement: the restore creates and drops databases
+        influxql.query(config.url, "SHOW USERS", credentials=creds, timeout=10.0)
+    except influxql.AuthError as exc:
+        raise RestoreRefused(str(exc)) from None
+    except influxql.QueryError:
+        pass  # not running (or not answering): nothing to ask now; the restore will tell
 
 
 def _chown_tree(roots: list[Path], uid: int, gid: int) -> None:
@@ -256,6 +279,7 @@ def _portable(
     config: Config,
     links: list[Link],
     targets: dict[str, Path],
+    live_meta_dir: Path,
     uid: int,
     gid: int,
     result: HotRestoreResult,
@@ -266,10 +290,18 @@ def _portable(
     for target in targets.values():
         target.mkdir(mode=0o755)
         os.chown(target, uid, gid)
+    # `influxd restore -portable` restores databases, not users: the server starts on a copy of
+    # the live meta (its accounts), whose databases are dropped before the links go in.
+    live_meta = live_meta_dir / "meta.db"
+    if live_meta.is_file():
+        shutil.copy2(live_meta, targets["meta"] / "meta.db")
+        os.chown(targets["meta"] / "meta.db", uid, gid)
     t_start = time.monotonic()
     server.start(log_path=config.state_dir / "influxd.log")
     result.start_s = time.monotonic() - t_start
     t_restore = time.monotonic()
+    creds = config.credentials
+    grants = _clear_databases(config.url, creds, logger) if live_meta.is_file() else []
     restore_portable_links(
         str(config.settings.influxd.binary),
         local_snapshot_host(config),
@@ -278,7 +310,9 @@ def _portable(
         timeout=config.settings.influxd.backup_timeout,
         tag=rid,
         logger=logger,
+        credentials=creds,
     )
+    _grant_again(config.url, grants, creds, logger)
     result.restore_s = time.monotonic() - t_restore
     _chown_tree(list(targets.values()), uid, gid)
 
@@ -292,13 +326,18 @@ def restore_portable_links(
     timeout: float,
     tag: str,
     logger: Logger,
+    credentials: Credentials | None = None,
 ) -> None:
-    """Restore 1.x links, the full first, into a running influxd that starts out empty.
+    """Restore 1.x links, the full first, into a running influxd without databases.
 
-    host is its snapshot service, url its HTTP API (restore: the local server; verify's restore
-    test: a throwaway one). tag makes the temporary database names unique. Returns once every
-    restored database answers; raises StepFailed.
+    host is its snapshot service (no auth there), url its HTTP API (restore: the local server,
+    with [influxd] credentials; verify's restore test: a throwaway one without auth). tag makes
+    the temporary database names unique. Returns once every restored database answers; raises
+    StepFailed.
     """
+
+    def q(statement: str, db: str | None = None) -> list[dict[str, Any]]:
+        return _query(url, statement, db, credentials)
 
     def tool(*args: str) -> None:
         argv = [binary, "restore", "-portable", "-host", host, *args]
@@ -314,17 +353,17 @@ def restore_portable_links(
             tool(str(link.path))
             continue
         wanted = sorted(portable_databases(link.path))
-        existing = set(_databases(url))
+        existing = set(_databases(url, credentials))
         for db in wanted:
             if db not in existing:
                 tool("-db", db, str(link.path))
                 continue
             temp = f"{db}.restore-{tag}-{number}"
             tool("-db", db, "-newdb", temp, str(link.path))
-            _copy_into(url, temp, db, logger)
-            _query(url, f"DROP DATABASE {_ident(temp)}", None)
-    for db in _databases(url):  # every restored shard open before we call it done
-        _query(url, "SHOW MEASUREMENTS", db)
+            _copy_into(url, temp, db, logger, credentials)
+            q(f"DROP DATABASE {ident(temp)}")
+    for db in _databases(url, credentials):  # every restored shard open before we call it done
+        q("SHOW MEASUREMENTS", db)
 
 
 def portable_databases(directory: Path) -> set[str]:
@@ -395,70 +434,94 @@ def restore_snapshot09_links(
 # -- InfluxQL over HTTP -------------------------------------------------------------------------
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _query(url: str, q: str, db: str | None) -> list[dict[str, Any]]:
-    """One InfluxQL statement; waits out shards the server is still importing.
+def _query(
+    url: str, q: str, db: str | None, credentials: Credentials | None
+) -> list[dict[str, Any]]:
+    """One statement; waits out shards the server is still importing.
 
     `influxd restore -portable` returns once a shard is uploaded, while the server may still be
     opening it: queries touching it fail with "shard is disabled" for a moment.
     """
-    params = {"q": q}
-    if db is not None:
-        params["db"] = db
-    body = urllib.parse.urlencode(params).encode()
-    deadline = time.monotonic() + SHARD_WAIT
-    pause = 0.02
-    while True:
-        req = urllib.request.Request(url + "/query", data=body, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT) as resp:
-                answer: dict[str, Any] = json.loads(resp.read())
-        except (OSError, ValueError) as exc:
-            raise StepFailed(f"{q!r}: {exc}") from None
-        results: list[dict[str, Any]] = answer.get("results") or [{}]
-        error = results[0].get("error")
-        if error is None:
-            series: list[dict[str, Any]] = results[0].get("series") or []
-            return series
-        if "shard is disabled" not in str(error) or time.monotonic() >= deadline:
-            raise StepFailed(f"{q!r}: {error}")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.5)
+    try:
+        return influxql.query(
+            url,
+            q,
+            db,
+            credentials=credentials,
+            timeout=QUERY_TIMEOUT,
+            post=True,
+            shard_wait=SHARD_WAIT,
+        )
+    except influxql.QueryError as exc:  # AuthError too: its line says what to set
+        raise StepFailed(str(exc)) from None
 
 
-def _values(series: list[dict[str, Any]]) -> list[list[Any]]:
-    return [row for s in series for row in s.get("values") or []]
+def _databases(url: str, credentials: Credentials | None) -> list[str]:
+    return [str(row[0]) for row in values(_query(url, "SHOW DATABASES", None, credentials))]
 
 
-def _databases(url: str) -> list[str]:
-    return [str(row[0]) for row in _values(_query(url, "SHOW DATABASES", None))]
+def _clear_databases(
+    url: str, credentials: Credentials | None, logger: Logger
+) -> list[tuple[str, str, str]]:
+    """Drop the databases of a server started on the live meta; keep its users.
+
+    Returns the non-admin users' grants (user, database, privilege), which the drops revoke.
+    """
+    grants: list[tuple[str, str, str]] = []
+    users = values(_query(url, "SHOW USERS", None, credentials))
+    for user, admin in ((str(row[0]), bool(row[1])) for row in users):
+        if not admin:
+            for db, privilege in values(
+                _query(url, f"SHOW GRANTS FOR {ident(user)}", None, credentials)
+            ):
+                grants.append((user, str(db), str(privilege)))
+    dropped = [db for db in _databases(url, credentials) if db != "_internal"]
+    for db in dropped:  # their files are in the rollback dirs, not here
+        _query(url, f"DROP DATABASE {ident(db)}", None, credentials)
+    logger.info("restore.accounts_kept", users=len(users), grants=len(grants), dropped=dropped)
+    return grants
 
 
-def _copy_into(url: str, source: str, dest: str, logger: Logger) -> None:
+_GRANTABLE = {"READ": "READ", "WRITE": "WRITE", "ALL PRIVILEGES": "ALL"}
+
+
+def _grant_again(
+    url: str, grants: list[tuple[str, str, str]], credentials: Credentials | None, logger: Logger
+) -> None:
+    """Grants on databases that the restore brought back, as the live server had them."""
+    restored = set(_databases(url, credentials))
+    for user, db, privilege in grants:
+        if db in restored and privilege in _GRANTABLE:
+            q = f"GRANT {_GRANTABLE[privilege]} ON {ident(db)} TO {ident(user)}"
+            _query(url, q, None, credentials)
+            logger.info("restore.granted", user=user, db=db, privilege=privilege)
+
+
+def _copy_into(
+    url: str, source: str, dest: str, logger: Logger, credentials: Credentials | None
+) -> None:
     """Every point of every retention policy and measurement of source into dest, tags kept."""
-    dest_rps = {
-        str(row[0])
-        for row in _values(_query(url, f"SHOW RETENTION POLICIES ON {_ident(dest)}", None))
-    }
-    measurements = [str(row[0]) for row in _values(_query(url, "SHOW MEASUREMENTS", source))]
-    for row in _values(_query(url, f"SHOW RETENTION POLICIES ON {_ident(source)}", None)):
+
+    def q(statement: str, db: str | None = None) -> list[dict[str, Any]]:
+        return _query(url, statement, db, credentials)
+
+    dest_rps = {str(row[0]) for row in values(q(f"SHOW RETENTION POLICIES ON {ident(dest)}"))}
+    measurements = [str(row[0]) for row in values(q("SHOW MEASUREMENTS", source))]
+    for row in values(q(f"SHOW RETENTION POLICIES ON {ident(source)}")):
         rp, duration, shard_duration = str(row[0]), str(row[1]), str(row[2])
         if rp not in dest_rps:
-            _query(
-                url,
-                f"CREATE RETENTION POLICY {_ident(rp)} ON {_ident(dest)} DURATION {duration} "
-                f"REPLICATION 1 SHARD DURATION {shard_duration}",
-                None,
+            q(
+                f"CREATE RETENTION POLICY {ident(rp)} ON {ident(dest)} DURATION {duration} "
+                f"REPLICATION 1 SHARD DURATION {shard_duration}"
             )
         for m in measurements:
-            q = (
-                f"SELECT * INTO {_ident(dest)}.{_ident(rp)}.{_ident(m)} "
-                f"FROM {_ident(source)}.{_ident(rp)}.{_ident(m)} GROUP BY *"
+            written = values(
+                q(
+                    f"SELECT * INTO {ident(dest)}.{ident(rp)}.{ident(m)} "
+                    f"FROM {ident(source)}.{ident(rp)}.{ident(m)} GROUP BY *",
+                    source,
+                )
             )
-            written = _values(_query(url, q, source))
             logger.info(
                 "restore.copied",
                 db=dest,

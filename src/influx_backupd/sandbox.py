@@ -5,6 +5,7 @@ Used by the demo, by restore tests and by the test suite's fixtures.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -40,6 +41,9 @@ class Sandbox:
     binary: str = "/usr/bin/influxd"
     extra_data: dict[str, str] = field(default_factory=dict)
     extra_sections: str = ""  # whole TOML sections appended to the config (restore tests)
+    # Opt-in [http] auth-enabled: (username, password) of an admin user that start() creates
+    # (idempotent) and the helpers below authenticate as.
+    admin: tuple[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,6 +92,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 [http]
   bind-address = "127.0.0.1:{self.http_port}"
   log-enabled = false
+  auth-enabled = {"true" if self.admin else "false"}
 
 [monitor]
   store-enabled = false
@@ -116,6 +121,21 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         finally:
             logfile.close()
         self.wait_ready(timeout)
+        if self.admin:
+            # Allowed unauthenticated while no admin exists; a no-op when it exists already.
+            name, password = self.admin
+            escaped = password.replace("\\", "\\\\").replace("'", "\\'")
+            self.query(
+                f"CREATE USER \"{name}\" WITH PASSWORD '{escaped}' WITH ALL PRIVILEGES",
+                method="POST",
+            )
+
+    def _request(self, url: str, data: bytes | None = None) -> urllib.request.Request:
+        req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+        if self.admin:
+            token = base64.b64encode(":".join(self.admin).encode()).decode()
+            req.add_header("Authorization", "Basic " + token)
+        return req
 
     def ping(self) -> bool:
         try:
@@ -176,9 +196,9 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             params["db"] = db
         body = urllib.parse.urlencode(params).encode()
         if method == "POST":
-            req = urllib.request.Request(self.url + "/query", data=body, method="POST")
+            req = self._request(self.url + "/query", data=body)
         else:
-            req = urllib.request.Request(self.url + "/query?" + body.decode())
+            req = self._request(self.url + "/query?" + body.decode())
         with urllib.request.urlopen(req, timeout=30) as resp:
             result: dict[str, Any] = json.loads(resp.read())
         return result
@@ -197,10 +217,9 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                 f"{measurement},host=h{(i % 7)} value={i}i {base + i}"
                 for i in range(offset, min(offset + batch, count))
             )
-            req = urllib.request.Request(
+            req = self._request(
                 self.url + "/write?" + urllib.parse.urlencode({"db": db, "precision": "s"}),
                 data=lines.encode(),
-                method="POST",
             )
             with urllib.request.urlopen(req, timeout=30) as resp:
                 if resp.status != 204:

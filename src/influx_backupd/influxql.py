@@ -1,0 +1,114 @@
+"""InfluxQL over HTTP: one statement to a running influxd, with [influxd] username/password.
+
+InfluxDB 1.x accepts HTTP Basic auth on /query. The live server may have `[http] auth-enabled`;
+the throwaway servers of restore tests write their own influxdb.conf without it, so they are
+queried with credentials=None.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+SHARD_DISABLED = "shard is disabled"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)  # never in a log line, a repr or check-config's output
+
+    def header(self) -> str:
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return "Basic " + token
+
+
+class QueryError(Exception):
+    """A statement failed: unreachable server, HTTP error, or InfluxQL error."""
+
+
+class AuthError(QueryError):
+    """influxd answered 401/403: no credentials, wrong ones, or a user lacking privileges."""
+
+
+def ident(name: str) -> str:
+    """A quoted InfluxQL identifier (database, retention policy, measurement, user)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _server_error(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(exc.read()).get("error") or exc.reason)
+    except (OSError, ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def _refused(status: int, detail: str, credentials: Credentials | None) -> AuthError:
+    if credentials is None:
+        what = "influxd requires authentication: set [influxd] username and password_file"
+    else:
+        what = f"influxd refused the credentials of [influxd] username = {credentials.username!r}"
+    return AuthError(f"{what} (HTTP {status}: {detail})")
+
+
+def query(
+    url: str,
+    q: str,
+    db: str | None = None,
+    *,
+    credentials: Credentials | None = None,
+    timeout: float = 30.0,
+    post: bool = False,
+    epoch: str | None = None,
+    shard_wait: float = 0.0,
+) -> list[dict[str, Any]]:
+    """The first result's series of one statement. post: for statements that change something.
+
+    shard_wait: how long to retry while the server answers "shard is disabled" (a shard that
+    `influxd restore -portable` uploaded is still being opened). Raises QueryError / AuthError.
+    """
+    params = {"q": q}
+    if db is not None:
+        params["db"] = db
+    if epoch is not None:
+        params["epoch"] = epoch
+    encoded = urllib.parse.urlencode(params)
+    deadline = time.monotonic() + shard_wait
+    pause = 0.02
+    while True:
+        if post:
+            req = urllib.request.Request(url + "/query", data=encoded.encode(), method="POST")
+        else:
+            req = urllib.request.Request(url + "/query?" + encoded)
+        if credentials is not None:
+            req.add_header("Authorization", credentials.header())
+        try:
+            with urllib.request.urlopen(req, timeout=max(timeout, 0.1)) as resp:
+                answer: dict[str, Any] = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            detail = _server_error(exc)
+            if exc.code in (401, 403):
+                raise _refused(exc.code, detail, credentials) from None
+            raise QueryError(f"{q!r}: HTTP {exc.code}: {detail}") from None
+        except (OSError, ValueError) as exc:
+            raise QueryError(f"{q!r}: {exc}") from None
+        results: list[dict[str, Any]] = answer.get("results") or [{}]
+        error = results[0].get("error")
+        if error is None:
+            series: list[dict[str, Any]] = results[0].get("series") or []
+            return series
+        if SHARD_DISABLED not in str(error) or time.monotonic() >= deadline:
+            raise QueryError(f"{q!r}: {error}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
+def values(series: list[dict[str, Any]]) -> list[list[Any]]:
+    """Every row of every series."""
+    return [row for s in series for row in s.get("values") or []]
