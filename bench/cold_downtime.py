@@ -65,9 +65,13 @@ def post(url: str, body: bytes, timeout: float = 60) -> bool:
 # -- data ------------------------------------------------------------------------------------
 
 
-def generate(sandbox: Sandbox, size: int, db: str = "bench") -> dict[str, Any]:
+def generate(
+    sandbox: Sandbox, size: int, db: str = "bench", first_ts: int = 1_500_000_000
+) -> dict[str, Any]:
     """Incompressible string payloads (TSM stays about as large as what is written), 16 series,
-    1 MiB requests from two threads: the quickest way to a given number of TSM+WAL bytes."""
+    1 MiB requests from two threads: the quickest way to a given number of TSM+WAL bytes.
+    Stops once the server's data and wal dirs hold `size` bytes; one point a second from
+    first_ts on (seconds since the epoch)."""
     sandbox.create_db(db)
     url = sandbox.url + "/write?" + urllib.parse.urlencode({"db": db, "precision": "s"})
     payload_len, per_request = 3000, 320
@@ -82,7 +86,7 @@ def generate(sandbox: Sandbox, size: int, db: str = "bench") -> dict[str, Any]:
                     return
                 n = state["next"]
                 state["next"] += 1
-            base = 1_500_000_000 + n * per_request
+            base = first_ts + n * per_request
             lines = []
             for i in range(per_request):
                 blob = base64.b64encode(os.urandom(payload_len * 3 // 4)).decode()
@@ -159,12 +163,14 @@ class SteadyWriter:
 # -- the CLI -----------------------------------------------------------------------------------
 
 
-def write_config(work: Path, sandbox: Sandbox) -> Path:
+def write_config(work: Path, sandbox: Sandbox, jobs: str | None = None) -> Path:
+    """The CLI's config for the sandbox; by default a direct and a staged cold job."""
     conf = work / "config.toml"
-    jobs = ""
-    for name, copy in (("direct", "direct"), ("staged", "staged")):
-        jobs += f'\n[[job]]\nname = "{name}"\nmode = "cold"\ncopy = "{copy}"\n'
-        jobs += 'schedule = "0 3 1 1 *"\nkeep_staging = true\n'
+    if jobs is None:
+        jobs = ""
+        for name, copy in (("direct", "direct"), ("staged", "staged")):
+            jobs += f'\n[[job]]\nname = "{name}"\nmode = "cold"\ncopy = "{copy}"\n'
+            jobs += 'schedule = "0 3 1 1 *"\nkeep_staging = true\n'
     conf.write_text(
         f"""[daemon]
 state_dir = "{work / "state"}"
