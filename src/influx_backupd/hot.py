@@ -55,6 +55,8 @@ Flavour = Literal["0.9", "portable"]
 PROBE_TIMEOUT = 3.0
 # Date has whole seconds and the request takes a moment: beyond this, the clocks really differ.
 CLOCK_SKEW_WARN_S = 5.0
+# Increments smaller than this together never force a new full (about 5 s of SELECT INTO).
+OUTGROWN_FLOOR = 256 << 20
 _THIS_HOST = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
 VERSION_TIMEOUT = 30.0
 # What the tool prints when it cannot reach the snapshot service (Go's net errors, 0.9's HTTP 404).
@@ -512,6 +514,20 @@ def plan_link(
             return LinkPlan("full", None, None, None, f"link {link.id} is missing on disk")
     if now - links[0].started_at >= full_every:
         return LinkPlan("full", None, None, None, "full_every has passed since the chain's full")
+    added = sum(link.bytes for link in links[1:])
+    if flavour == "portable" and added >= max(links[0].bytes, OUTGROWN_FLOOR):
+        # -since takes whole TSM files, and compactions rewrite them: increments can outgrow
+        # the full. Each is restored through SELECT * INTO (slow, memory-hungry; see
+        # docs/performance.md), while a full restores by file copy: start again. Small
+        # increments restore in seconds whatever their ratio, hence the floor.
+        return LinkPlan(
+            "full",
+            None,
+            None,
+            None,
+            f"the increments of chain {last.chain_id} ({added} bytes) have outgrown its full "
+            f"({links[0].bytes} bytes)",
+        )
     since = rfc3339(since_anchor(last)) if flavour == "portable" else None
     return LinkPlan("incremental", last.chain_id, last, since, f"extends chain {last.chain_id}")
 

@@ -112,6 +112,26 @@ def test_chain_planning() -> None:
     assert _plan([full, inc], flavour="0.9").since is None  # type: ignore[attr-defined]
 
 
+def test_a_chain_whose_increments_outgrew_its_full_starts_again() -> None:
+    gb = 1 << 30
+    full = _rec("a", 0.0)
+    full.bytes = gb
+    inc = _rec("b", DAY, "incremental", chain="a", parent="a")
+    inc.bytes = 6 * gb // 10
+    assert _plan([full, inc]).kind == "incremental"  # type: ignore[attr-defined]
+    inc2 = _rec("c", 1.2 * DAY, "incremental", chain="a", parent="b")
+    inc2.bytes = gb - inc.bytes  # together as big as the full
+    again = _plan([full, inc, inc2])
+    assert again.kind == "full" and "outgrown" in again.why  # type: ignore[attr-defined]
+    # small increments restore in seconds whatever their ratio to the full
+    full.bytes, inc.bytes, inc2.bytes = 1000, 60 << 20, 40 << 20
+    assert _plan([full, inc, inc2]).kind == "incremental"  # type: ignore[attr-defined]
+    # 0.9's tool restores its own increments (no SELECT INTO): the rule is for 1.x only
+    for r in (full, inc, inc2):
+        r.extra["flavour"] = "0.9"
+    assert _plan([full, inc, inc2], flavour="0.9").kind == "incremental"  # type: ignore[attr-defined]
+
+
 def test_since_follows_the_servers_clock_when_the_last_link_recorded_it() -> None:
     full = _rec("a", 0.0)
     # The server's clock was 90 s behind ours when the increment's snapshot began: influxd
