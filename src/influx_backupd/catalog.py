@@ -50,16 +50,14 @@ class Catalog:
 
     def save(self, record: RunRecord) -> None:
         with self._connect() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO runs (id, job, status, started_at, record) VALUES (?,?,?,?,?)",
-                (
-                    record.id,
-                    record.job,
-                    record.status,
-                    record.started_at,
-                    json.dumps(record.to_dict(), sort_keys=True),
-                ),
-            )
+            _save_row(conn, record)
+
+    def save_finished(self, record: RunRecord) -> None:
+        """A run's final record and its count in runs_total, in one transaction: every run is
+        counted exactly once, even when the process dies right after."""
+        with self._connect() as conn:
+            _save_row(conn, record)
+            _count(conn, record.job, record.status, record.finished_at or time.time())
 
     def finish(self, record: RunRecord, logger: Logger) -> None:
         """The end of every run, whatever happened: a final status, saved, one event with it all."""
@@ -67,7 +65,7 @@ class Catalog:
             record.status = "failed"
             record.error = record.error or "unexpected error"
         record.finished_at = time.time()
-        self.save(record)
+        self.save_finished(record)
         event = logger.info if record.ok else logger.error
         event("run.finished", phase="done", record=record.to_dict())
 
@@ -108,12 +106,7 @@ class Catalog:
 
     def increment(self, job: str, name: str, at: float) -> None:
         with self._connect() as conn:
-            conn.execute(
-                "INSERT INTO counters (job, name, value, last_at) VALUES (?,?,1,?) "
-                "ON CONFLICT (job, name) DO UPDATE SET value = value + 1, "
-                "last_at = max(last_at, excluded.last_at)",
-                (job, name, at),
-            )
+            _count(conn, job, name, at)
 
     def counters(self) -> dict[tuple[str, str], tuple[int, float]]:
         """(job, name) → (value, time of the last increment)."""
@@ -123,3 +116,25 @@ class Catalog:
 
     def exists(self) -> bool:
         return self.path.exists()
+
+
+def _save_row(conn: sqlite3.Connection, record: RunRecord) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO runs (id, job, status, started_at, record) VALUES (?,?,?,?,?)",
+        (
+            record.id,
+            record.job,
+            record.status,
+            record.started_at,
+            json.dumps(record.to_dict(), sort_keys=True),
+        ),
+    )
+
+
+def _count(conn: sqlite3.Connection, job: str, name: str, at: float) -> None:
+    conn.execute(
+        "INSERT INTO counters (job, name, value, last_at) VALUES (?,?,1,?) "
+        "ON CONFLICT (job, name) DO UPDATE SET value = value + 1, "
+        "last_at = max(last_at, excluded.last_at)",
+        (job, name, at),
+    )

@@ -6,7 +6,6 @@ fails is logged and the next one runs; nothing here changes the run's status or 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,9 +42,6 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
             return False
         return True
 
-    def count() -> None:
-        catalog.increment(job.name, record.status, record.finished_at or time.time())
-
     def verify_it() -> None:
         from influx_backupd.verify import save_result, verify
 
@@ -75,7 +71,6 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
             heartbeat.ping(job.heartbeat_url, "success" if succeeded(record) else "fail")
 
     try:
-        step("counters", count)
         if record.ok and job.verify_after_backup:
             step("verify", verify_it)
         # Only a good run may prune: the plan keeps the newest good backup, and that must be it.

@@ -80,23 +80,22 @@ def recover(config: Config, catalog: Catalog) -> None:
             if left and left.get("run_id") == record.id
             else ""
         )
-        catalog.save(record)
+        catalog.save_finished(record)  # counted in runs_total with it
         logger.warning("recovery.run_interrupted", run_id=record.id, job=record.job)
     for record in dead:
         _follow_up_dead_run(config, catalog, record)
 
 
 def _follow_up_dead_run(config: Config, catalog: Catalog, record: RunRecord) -> None:
-    """A run killed outright never reached its follow-up: count it in runs_total, rewrite the
-    metrics, run on_failure and the heartbeat's fail ping now, late rather than never."""
+    """A run killed outright never reached its follow-up: rewrite the metrics (its count is
+    in), run on_failure and the heartbeat's fail ping now, late rather than never."""
     from influx_backupd.followup import follow_up, write_metrics
 
     job = next((j for j in config.settings.job if j.name == record.job), None)
     if job is not None:
         follow_up(config, job, catalog, record)
         return
-    # The job is gone from the config: no hooks to run, but the counter still counts it.
-    catalog.increment(record.job, record.status, record.finished_at or time.time())
+    # The job is gone from the config: no hooks to run, only the metrics.
     try:
         write_metrics(config, catalog)
     except OSError as exc:

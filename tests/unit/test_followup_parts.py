@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from influx_backupd import progress
+from influx_backupd import log, progress
 from influx_backupd.catalog import Catalog
 from influx_backupd.metrics import VERIFY_FAILED, render
 from influx_backupd.record import RunRecord
@@ -64,3 +64,17 @@ def test_counters_keep_runs_total_monotonic_when_records_are_pruned(tmp_path: Pa
     assert samples[("influx_backupd_verify_failures_total", (job,))] == 1
     assert samples[("influx_backupd_last_run_timestamp_seconds", (job, ("result", "failed")))] == 15
     assert catalog.counters()[("nightly", "ok")] == (2, 20.0)
+
+
+def test_a_run_is_counted_with_its_final_record_once(tmp_path: Path) -> None:
+    """The count is written in the same transaction as the finished record: a process killed
+    right after cannot leave a finished run uncounted, and nothing else counts it again."""
+    catalog = Catalog(tmp_path)
+    record = RunRecord("a", "nightly", "hot", status="running", started_at=1.0)
+    catalog.save(record)
+    assert catalog.counters() == {}, "a running record is not counted"
+    record.status = "interrupted"
+    catalog.finish(record, log.get())
+    assert catalog.counters() == {("nightly", "interrupted"): (1, record.finished_at)}
+    [saved] = catalog.list()
+    assert saved.status == "interrupted"
