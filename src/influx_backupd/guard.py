@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -105,6 +106,9 @@ def _follow_up_dead_run(config: Config, catalog: Catalog, record: RunRecord) -> 
 def _restore_tests_left(storage: Path) -> None:
     """A verify --restore-test killed mid-way leaves its throwaway influxd serving: stop it.
 
+    A 1.x hot restore killed while building beside the live server also leaves the staging dirs
+    its owner.json names (full copies of the data): removed here. (One killed during the swap
+    left the crash marker too, handled before this: by then no staging dir is left.)
     Its scratch dir stays for prune, which reports and removes leftovers of dead runs.
     """
     from influx_backupd.prune import _pid_alive, _stop_scratch_servers
@@ -113,3 +117,13 @@ def _restore_tests_left(storage: Path) -> None:
     for scratch in storage.glob(SCRATCH_PREFIX + "*"):
         if scratch.is_dir() and not _pid_alive(scratch):
             _stop_scratch_servers(scratch)
+            try:
+                staged = json.loads((scratch / "owner.json").read_text()).get("staging") or []
+            except (OSError, ValueError, AttributeError):
+                staged = []
+            for name in staged:
+                path = Path(str(name))
+                # only what a restore names its staging dirs: ".{dir}.restore-{rid}"
+                if path.name.startswith(".") and ".restore-" in path.name and path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                    log.get().warning("recovery.restore_staging_removed", path=str(path))

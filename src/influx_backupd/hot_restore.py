@@ -1,18 +1,29 @@
 """Restore of hot backups, and `influx-backupd restore`'s choice between cold and hot.
 
-Both hot flavours restore the whole server the way the cold restore does: every link is checked
-first (manifest, sizes, sha256 against the catalog) before anything is touched; the live meta,
-data, wal (and hh) dirs are moved aside into rollback dirs, never deleted; on failure they are put
-back and the old server is started again. Restored files are chowned to [influxd] user/group.
+Both hot flavours restore the whole server: every link is checked first (manifest, sizes,
+sha256 against the catalog) before anything is touched; the live meta, data, wal (and hh) dirs are
+moved aside into rollback dirs, never deleted; on failure they are put back and the old server is
+started again. Restored files are chowned to [influxd] user/group.
 
-- 1.x (-portable): an influxd is started on empty dirs (but for a copy of the live meta.db, whose
-  users it keeps and whose databases it drops: the tool restores no users) and each link is
-  restored into it with `influxd restore -portable`, full first. `influxd restore -portable`
-  refuses a database that already exists ("DB metadata not changed. database may already
-  exist"), so an increment's databases that the full created are restored under a temporary
-  name and copied in with `SELECT * INTO ... GROUP BY *` (InfluxData's documented way to restore
-  into an existing database), then the temporary database is dropped. Queries go over HTTP with
-  [influxd] username/password_file; `influxd restore` uses the snapshot port, which has no auth.
+- 1.x (-portable): built beside the live server, which serves meanwhile, as the cold restore
+  extracts beside it. Staging dirs `.{dir}.restore-{rid}` are made next to each live dir (same
+  filesystem: the swap is a rename; refused up front when the links' unpacked sizes, increments
+  twice, do not fit there). A throwaway influxd on free 127.0.0.1 ports, with its own
+  influxdb.conf (no auth; the live [data] and [coordinator] settings) and those staging dirs as
+  its meta, data and wal, starts on a copy of the live meta.db, whose users it keeps and whose
+  databases it drops (the tool restores no users). Each link is restored into it with
+  `influxd restore -portable`, full first. The tool refuses a database that already exists ("DB
+  metadata not changed. database may already exist"), so an increment's databases that the full
+  created are restored under a temporary name and copied in with `SELECT * INTO ... GROUP BY *`
+  (InfluxData's documented way to restore into an existing database), then the temporary
+  database is dropped. Non-admin users get their grants back; the throwaway is stopped cleanly
+  and the staged trees chowned. Only then is the live influxd stopped, the dirs swapped by rename
+  and influxd started: downtime = stop + rename + start; build_s is the time spent beside.
+  The live server is never queried, so no credentials are needed. A failure or signal while
+  building stops the throwaway, removes the staging dirs and leaves the live server as it was
+  (RestoreFailed). The throwaway's conf and owner.json (naming the staging dirs) live in a
+  verify scratch dir: a restore killed outright is cleaned up by the next lock-taking command
+  (guard.recover stops the throwaway, removes the staging dirs; prune removes the scratch dir).
 - 0.9: with influxd stopped, `influxd restore -config CONF PATH`; the tool reads PATH and every
   PATH.N beside it, so the chain up to the chosen link is hard-linked into a scratch dir first.
 
@@ -26,6 +37,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -42,19 +54,21 @@ from influx_backupd.hot import (
     run_tool,
     scan_portable,
     scan_snapshot09,
-    split_host,
 )
 from influx_backupd.influxd import Influxd
-from influx_backupd.influxql import Credentials, ident, values
+from influx_backupd.influxql import ident, values
+from influx_backupd.interrupt import Interrupted, signals_blocked
 from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord
 from influx_backupd.restore import (
+    RestoreFailed,
     RestoreRefused,
     RestoreResult,
     live_dirs_swapped,
     owner_ids,
     restore_cold,
 )
+from influx_backupd.sandbox import Sandbox
 
 QUERY_TIMEOUT = 3600.0
 SHARD_WAIT = 120.0  # how long a freshly restored shard may stay disabled
@@ -68,7 +82,8 @@ class StepFailed(Exception):
 class HotRestoreResult(RestoreResult):
     flavour: str = ""
     links: list[str] = field(default_factory=list)  # oldest first: the full, then increments
-    restore_s: float | None = None  # restoring the links into the empty server (1.x)
+    restore_s: float | None = None  # restoring the links (1.x: inside the build)
+    build_s: float | None = None  # 1.x: building the restored server beside the live one
 
 
 @dataclass(frozen=True)
@@ -185,16 +200,6 @@ def check_links(flavour: Flavour, links: list[Link], *, deep: bool = True) -> li
     return scans
 
 
-def local_snapshot_host(config: Config) -> str:
-    """The local server's snapshot service, from its influxdb.conf (never a remote backup_host)."""
-    with open(config.server.conf, "rb") as fh:
-        raw = tomllib.load(fh)
-    host, port = split_host(str(raw.get("bind-address", "127.0.0.1:8088")))
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return f"{host}:{port}"
-
-
 # -- the swap -----------------------------------------------------------------------------------
 
 
@@ -207,17 +212,24 @@ def _restore_hot(
     uid, gid = owner_ids(config)
     if not config.settings.influxd.binary.exists():
         raise RestoreRefused(f"[influxd] binary {config.settings.influxd.binary} does not exist")
-    if flavour == "portable":
-        check_credentials(config)
     rid = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     targets = dict(sorted(config.server.dirs().items()))
     rollback = {top: t.parent / f"{t.name}.rollback-{rid}" for top, t in targets.items()}
-    # restore.roll_back removes a staging dir per target; ours is never created.
-    unused = {top: t.parent / f".{t.name}.restore-{rid}" for top, t in targets.items()}
+    # 1.x: the restored server is built here; 0.9: never created (restore.roll_back removes them)
+    staging = {top: t.parent / f".{t.name}.restore-{rid}" for top, t in targets.items()}
     for top, target in targets.items():
         target.parent.mkdir(parents=True, exist_ok=True)
-        if rollback[top].exists():
-            raise RestoreRefused(f"{rollback[top]} already exists; try again in a second")
+        if rollback[top].exists() or staging[top].exists():
+            raise RestoreRefused(
+                f"{staging[top]} or {rollback[top]} already exists; try again in a second"
+            )
+    if flavour == "portable":
+        if "wal" not in targets:
+            raise RestoreRefused(
+                f"{config.server.conf} sets no [data] wal-dir: the restored server's WAL "
+                "needs a dir to be swapped into"
+            )
+        _check_space(targets, links, scans)
     result = HotRestoreResult(
         archive=str(links[-1].path),
         run_id=record.id if record else None,
@@ -226,20 +238,26 @@ def _restore_hot(
         files=sum(s.files for s in scans),
     )
     server = Influxd(config)
-    scratch = config.storage_dir / f".restore-{rid}"
-    try:
-        # the live dirs go aside; the links are restored into an empty server in their place
-        with live_dirs_swapped(
-            config, server, targets, rollback, unused, rid, result, logger, move_staging_in=False
-        ):
-            if flavour == "portable":
-                _portable(
-                    config, links, targets, rollback["meta"], uid, gid, result, server, rid, logger
-                )
-            else:
+    if flavour == "portable":
+        _restore_portable_beside(config, links, targets, rollback, staging, uid, gid, result, rid)
+    else:
+        scratch = config.storage_dir / f".restore-{rid}"
+        try:
+            # with influxd stopped, the tool writes into the live config's (emptied) dirs
+            with live_dirs_swapped(
+                config,
+                server,
+                targets,
+                rollback,
+                staging,
+                rid,
+                result,
+                logger,
+                move_staging_in=False,
+            ):
                 _snapshot09(config, links, targets, uid, gid, result, server, scratch, logger)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     logger.info(
         "restore.done",
         **{k: v for k, v in result.__dict__.items() if k not in ("rollback_dirs", "links")},
@@ -247,22 +265,181 @@ def _restore_hot(
     return result
 
 
-def check_credentials(config: Config) -> None:
-    """Refuse, before anything is stopped, a 1.x restore that could not query the server."""
-    if not config.auth_enabled:
-        return
-    creds = config.credentials
-    if creds is None:
+def _check_space(targets: dict[str, Path], links: list[Link], scans: list[Scan]) -> None:
+    """Refuse, before anything starts, a build that cannot fit beside the live dirs.
+
+    The estimate is the links' unpacked sizes from their manifests, increments twice: restored
+    under a temporary name, then copied in by SELECT INTO before the temporary copy is dropped.
+    Checked on the data dir's filesystem, where nearly all of it goes.
+    """
+    needed = 0
+    for link, scan in zip(links, scans, strict=True):
+        shards = sum(int(f.get("size", 0)) for f in scan.manifest.get("files", []))
+        meta = int(scan.manifest.get("meta", {}).get("size", 0))
+        needed += meta + shards * (2 if link is not links[0] else 1)
+    data = targets["data"]
+    free = shutil.disk_usage(data.parent).free
+    if free < needed:
         raise RestoreRefused(
-            "influxd requires authentication: set [influxd] username and password_file "
-            f"([http] auth-enabled = true in {config.server.conf})"
+            f"not enough space next to {data}: the restored server needs about {needed} bytes "
+            f"beside the live one, {free} free; influxd not stopped"
         )
-    try:  # an admin-only statement: the restore creates and drops databases
-        influxql.query(config.url, "SHOW USERS", credentials=creds, timeout=10.0)
-    except influxql.AuthError as exc:
-        raise RestoreRefused(str(exc)) from None
-    except influxql.QueryError:
-        pass  # not running (or not answering): nothing to ask now; the restore will tell
+
+
+def _restore_portable_beside(
+    config: Config,
+    links: list[Link],
+    targets: dict[str, Path],
+    rollback: dict[str, Path],
+    staging: dict[str, Path],
+    uid: int,
+    gid: int,
+    result: HotRestoreResult,
+    rid: str,
+) -> None:
+    """Build the restored server in the staging dirs while the live one serves, then swap.
+
+    The throwaway influxd's conf and owner.json live in a verify scratch dir (SCRATCH_PREFIX):
+    a restore killed outright leaves it serving and the staging dirs full; the next lock-taking
+    command stops it and removes the staging dirs named there (guard.recover), prune the rest.
+    """
+    from influx_backupd.verify import SCRATCH_PREFIX
+
+    logger = log.get(action="restore", mode="hot", flavour="portable")
+    scratch: Path | None = None
+    built = False
+    try:
+        config.storage_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX + "restore-", dir=config.storage_dir))
+        owner = {"pid": os.getpid(), "staging": [str(p) for p in staging.values()]}
+        (scratch / "owner.json").write_text(json.dumps(owner))
+        t_build = time.monotonic()
+        logger.info("restore.building", staging=[str(p) for p in staging.values()])
+        _build(config, links, targets, staging, scratch, uid, gid, result, rid, logger)
+        result.build_s = time.monotonic() - t_build
+        built = True
+        logger.info("restore.built", build_s=round(result.build_s, 3))
+        server = Influxd(config)
+        with live_dirs_swapped(
+            config, server, targets, rollback, staging, rid, result, logger, move_staging_in=True
+        ):
+            t_start = time.monotonic()
+            server.start(log_path=config.state_dir / "influxd.log")
+            result.start_s = time.monotonic() - t_start
+    except (Exception, Interrupted) as exc:
+        with signals_blocked():
+            # A staging dir still there was never swapped in (live_dirs_swapped renames them
+            # into place or removes them when it rolls back): never live data.
+            for path in staging.values():
+                shutil.rmtree(path, ignore_errors=True)
+        if isinstance(exc, RestoreFailed):
+            raise  # from the swap: the previous dirs and server were put back
+        logger.error("restore.build_failed", error=str(exc) or type(exc).__name__)
+        what = "while building beside" if not built else "before swapping in for"
+        raise RestoreFailed(
+            f"restore failed {what} the live server ({exc}); "
+            "the live server and its data were not touched"
+        ) from None
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _build(
+    config: Config,
+    links: list[Link],
+    targets: dict[str, Path],
+    staging: dict[str, Path],
+    scratch: Path,
+    uid: int,
+    gid: int,
+    result: HotRestoreResult,
+    rid: str,
+    logger: Logger,
+) -> None:
+    """Restore the links into a throwaway influxd (free 127.0.0.1 ports, no auth) whose meta,
+    data and wal dirs are the staging dirs; stop it cleanly; chown what it wrote."""
+    from influx_backupd.verify import RESTORE_TEST_SECTIONS, _log_tail
+
+    section = config.settings.influxd
+    for path in staging.values():
+        path.mkdir(mode=0o755)
+    # `influxd restore -portable` restores databases, not users: the throwaway starts on a copy
+    # of the live meta (its accounts), whose databases are dropped before the links go in.
+    # influxd replaces meta.db by rename, so a copy taken while it runs is a whole one.
+    live_meta = targets["meta"] / "meta.db"
+    kept_accounts = live_meta.is_file()
+    if kept_accounts:
+        shutil.copy2(live_meta, staging["meta"] / "meta.db")
+    data_extra, sections = _live_settings(config.server.conf)
+    throwaway = Sandbox(
+        scratch,
+        binary=str(section.binary),
+        extra_data=data_extra,
+        extra_sections=RESTORE_TEST_SECTIONS + sections,
+        dirs={top: staging[top] for top in ("meta", "data", "wal")},
+    )
+    throwaway.write_config()
+    try:
+        try:
+            throwaway.start(timeout=section.start_timeout)
+        except RuntimeError:
+            raise StepFailed(
+                "an influxd on the staging dirs did not start: "
+                + _log_tail(scratch / "influxd.log")
+            ) from None
+        t_restore = time.monotonic()
+        grants = _clear_databases(throwaway.url, logger) if kept_accounts else []
+        restore_portable_links(
+            str(section.binary),
+            throwaway.backup_host,
+            throwaway.url,
+            links,
+            timeout=section.backup_timeout,
+            tag=rid,
+            logger=logger,
+        )
+        _grant_again(throwaway.url, grants, logger)
+        result.restore_s = time.monotonic() - t_restore
+    finally:
+        with signals_blocked():  # a second signal must not leave it serving
+            throwaway.stop(timeout=section.stop_timeout)
+    _chown_tree(list(staging.values()), uid, gid)
+
+
+# [data] keys the throwaway's own config sets (Sandbox.write_config)
+_OWN_DATA_KEYS = {"dir", "wal-dir", "query-log-enabled"}
+
+
+def _live_settings(conf: Path) -> tuple[dict[str, str], str]:
+    """The live influxdb.conf's [data] and [coordinator] scalars, as TOML for the throwaway.
+
+    The restored shards must be what the live server expects (index-version: an inmem-built
+    shard has no TSI index), and SELECT INTO must meet the live server's limits.
+    """
+    with open(conf, "rb") as fh:
+        raw = tomllib.load(fh)
+
+    def toml(value: Any) -> str | None:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return str(value)
+        if isinstance(value, str):
+            return json.dumps(value)  # a JSON string is a TOML basic string
+        return None
+
+    data: dict[str, str] = {}
+    for key, value in (raw.get("data") or {}).items():
+        text = toml(value)
+        if key not in _OWN_DATA_KEYS and text is not None:
+            data[key] = text
+    coordinator = [
+        f"  {key} = {text}\n"
+        for key, value in (raw.get("coordinator") or {}).items()
+        if (text := toml(value)) is not None
+    ]
+    return data, ("\n[coordinator]\n" + "".join(coordinator)) if coordinator else ""
 
 
 def _chown_tree(roots: list[Path], uid: int, gid: int) -> None:
@@ -275,48 +452,6 @@ def _chown_tree(roots: list[Path], uid: int, gid: int) -> None:
                 os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
-def _portable(
-    config: Config,
-    links: list[Link],
-    targets: dict[str, Path],
-    live_meta_dir: Path,
-    uid: int,
-    gid: int,
-    result: HotRestoreResult,
-    server: Influxd,
-    rid: str,
-    logger: Logger,
-) -> None:
-    for target in targets.values():
-        target.mkdir(mode=0o755)
-        os.chown(target, uid, gid)
-    # `influxd restore -portable` restores databases, not users: the server starts on a copy of
-    # the live meta (its accounts), whose databases are dropped before the links go in.
-    live_meta = live_meta_dir / "meta.db"
-    if live_meta.is_file():
-        shutil.copy2(live_meta, targets["meta"] / "meta.db")
-        os.chown(targets["meta"] / "meta.db", uid, gid)
-    t_start = time.monotonic()
-    server.start(log_path=config.state_dir / "influxd.log")
-    result.start_s = time.monotonic() - t_start
-    t_restore = time.monotonic()
-    creds = config.credentials
-    grants = _clear_databases(config.url, creds, logger) if live_meta.is_file() else []
-    restore_portable_links(
-        str(config.settings.influxd.binary),
-        local_snapshot_host(config),
-        config.url,
-        links,
-        timeout=config.settings.influxd.backup_timeout,
-        tag=rid,
-        logger=logger,
-        credentials=creds,
-    )
-    _grant_again(config.url, grants, creds, logger)
-    result.restore_s = time.monotonic() - t_restore
-    _chown_tree(list(targets.values()), uid, gid)
-
-
 def restore_portable_links(
     binary: str,
     host: str,
@@ -326,18 +461,17 @@ def restore_portable_links(
     timeout: float,
     tag: str,
     logger: Logger,
-    credentials: Credentials | None = None,
 ) -> None:
     """Restore 1.x links, the full first, into a running influxd without databases.
 
-    host is its snapshot service (no auth there), url its HTTP API (restore: the local server,
-    with [influxd] credentials; verify's restore test: a throwaway one without auth). tag makes
-    the temporary database names unique. Returns once every restored database answers; raises
+    host is its snapshot service, url its HTTP API: a throwaway influxd without auth (restore's
+    build beside the live server, verify's restore test). tag makes the temporary database
+    names unique. Returns once every restored database answers; raises
     StepFailed.
     """
 
     def q(statement: str, db: str | None = None) -> list[dict[str, Any]]:
-        return _query(url, statement, db, credentials)
+        return _query(url, statement, db)
 
     def tool(*args: str) -> None:
         argv = [binary, "restore", "-portable", "-host", host, *args]
@@ -353,16 +487,16 @@ def restore_portable_links(
             tool(str(link.path))
             continue
         wanted = sorted(portable_databases(link.path))
-        existing = set(_databases(url, credentials))
+        existing = set(_databases(url))
         for db in wanted:
             if db not in existing:
                 tool("-db", db, str(link.path))
                 continue
             temp = f"{db}.restore-{tag}-{number}"
             tool("-db", db, "-newdb", temp, str(link.path))
-            _copy_into(url, temp, db, logger, credentials)
+            _copy_into(url, temp, db, logger)
             q(f"DROP DATABASE {ident(temp)}")
-    for db in _databases(url, credentials):  # every restored shard open before we call it done
+    for db in _databases(url):  # every restored shard open before we call it done
         q("SHOW MEASUREMENTS", db)
 
 
@@ -434,9 +568,7 @@ def restore_snapshot09_links(
 # -- InfluxQL over HTTP -------------------------------------------------------------------------
 
 
-def _query(
-    url: str, q: str, db: str | None, credentials: Credentials | None
-) -> list[dict[str, Any]]:
+def _query(url: str, q: str, db: str | None) -> list[dict[str, Any]]:
     """One statement; waits out shards the server is still importing.
 
     `influxd restore -portable` returns once a shard is uploaded, while the server may still be
@@ -447,37 +579,32 @@ def _query(
             url,
             q,
             db,
-            credentials=credentials,
             timeout=QUERY_TIMEOUT,
             post=True,
             shard_wait=SHARD_WAIT,
         )
-    except influxql.QueryError as exc:  # AuthError too: its line says what to set
+    except influxql.QueryError as exc:
         raise StepFailed(str(exc)) from None
 
 
-def _databases(url: str, credentials: Credentials | None) -> list[str]:
-    return [str(row[0]) for row in values(_query(url, "SHOW DATABASES", None, credentials))]
+def _databases(url: str) -> list[str]:
+    return [str(row[0]) for row in values(_query(url, "SHOW DATABASES", None))]
 
 
-def _clear_databases(
-    url: str, credentials: Credentials | None, logger: Logger
-) -> list[tuple[str, str, str]]:
+def _clear_databases(url: str, logger: Logger) -> list[tuple[str, str, str]]:
     """Drop the databases of a server started on the live meta; keep its users.
 
     Returns the non-admin users' grants (user, database, privilege), which the drops revoke.
     """
     grants: list[tuple[str, str, str]] = []
-    users = values(_query(url, "SHOW USERS", None, credentials))
+    users = values(_query(url, "SHOW USERS", None))
     for user, admin in ((str(row[0]), bool(row[1])) for row in users):
         if not admin:
-            for db, privilege in values(
-                _query(url, f"SHOW GRANTS FOR {ident(user)}", None, credentials)
-            ):
+            for db, privilege in values(_query(url, f"SHOW GRANTS FOR {ident(user)}", None)):
                 grants.append((user, str(db), str(privilege)))
-    dropped = [db for db in _databases(url, credentials) if db != "_internal"]
+    dropped = [db for db in _databases(url) if db != "_internal"]
     for db in dropped:  # their files are in the rollback dirs, not here
-        _query(url, f"DROP DATABASE {ident(db)}", None, credentials)
+        _query(url, f"DROP DATABASE {ident(db)}", None)
     logger.info("restore.accounts_kept", users=len(users), grants=len(grants), dropped=dropped)
     return grants
 
@@ -485,25 +612,21 @@ def _clear_databases(
 _GRANTABLE = {"READ": "READ", "WRITE": "WRITE", "ALL PRIVILEGES": "ALL"}
 
 
-def _grant_again(
-    url: str, grants: list[tuple[str, str, str]], credentials: Credentials | None, logger: Logger
-) -> None:
+def _grant_again(url: str, grants: list[tuple[str, str, str]], logger: Logger) -> None:
     """Grants on databases that the restore brought back, as the live server had them."""
-    restored = set(_databases(url, credentials))
+    restored = set(_databases(url))
     for user, db, privilege in grants:
         if db in restored and privilege in _GRANTABLE:
             q = f"GRANT {_GRANTABLE[privilege]} ON {ident(db)} TO {ident(user)}"
-            _query(url, q, None, credentials)
+            _query(url, q, None)
             logger.info("restore.granted", user=user, db=db, privilege=privilege)
 
 
-def _copy_into(
-    url: str, source: str, dest: str, logger: Logger, credentials: Credentials | None
-) -> None:
+def _copy_into(url: str, source: str, dest: str, logger: Logger) -> None:
     """Every point of every retention policy and measurement of source into dest, tags kept."""
 
     def q(statement: str, db: str | None = None) -> list[dict[str, Any]]:
-        return _query(url, statement, db, credentials)
+        return _query(url, statement, db)
 
     dest_rps = {str(row[0]) for row in values(q(f"SHOW RETENTION POLICIES ON {ident(dest)}"))}
     measurements = [str(row[0]) for row in values(q("SHOW MEASUREMENTS", source))]

@@ -1,6 +1,7 @@
 """A throwaway influxd: own dirs, own config, free ports on 127.0.0.1, never the system instance.
 
-Used by the demo, by restore tests and by the test suite's fixtures.
+Used by the demo, by restore tests, by the 1.x hot restore (which builds the restored server in
+one) and by the test suite's fixtures.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class Sandbox:
     # Opt-in [http] auth-enabled: (username, password) of an admin user that start() creates
     # (idempotent) and the helpers below authenticate as.
     admin: tuple[str, str] | None = None
+    # Opt-in: "meta", "data", "wal" at these paths instead of under root (a hot restore builds
+    # the restored server in staging dirs beside the live ones).
+    dirs: dict[str, Path] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,15 +56,15 @@ class Sandbox:
 
     @property
     def meta(self) -> Path:
-        return self.root / "meta"
+        return self.dirs.get("meta", self.root / "meta")
 
     @property
     def data(self) -> Path:
-        return self.root / "data"
+        return self.dirs.get("data", self.root / "data")
 
     @property
     def wal(self) -> Path:
-        return self.root / "wal"
+        return self.dirs.get("wal", self.root / "wal")
 
     @property
     def url(self) -> str:

@@ -345,26 +345,3 @@ def test_09_broken_snapshots_and_404_are_recorded_failed(
             assert "db/default/999" in record["error"]
     finally:
         server09.stop()
-
-
-def test_a_hot_restore_failing_after_the_swap_puts_the_old_server_back(
-    tmp_path: Path, sandbox: Sandbox
-) -> None:
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 800)
-    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
-    record = cli.json("backup")
-    assert record["status"] == "ok", record["error"]
-    sandbox.write_points("metrics", 200, start=50_000)
-
-    failing = STAND_INS / "influxd_hot_restore_fails"
-    cli = Cli(write_config(tmp_path, sandbox, influxd={"binary": str(failing)}, jobs=HOT))
-    done = cli("restore", record["id"], "--yes")
-    assert done.returncode == 1
-    assert "previous data was put back" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert sandbox.ping(), "the old server runs again"
-    assert sandbox.count("metrics") == 1_000, "with its own data, newer than the backup"
-    assert not list(sandbox.root.glob("*.rollback-*"))
-    assert list(sandbox.root.glob("data.failed-restore-*")), "the attempt is kept aside"
-    assert not (tmp_path / "state" / "influxd-stopped.json").exists()

@@ -1,0 +1,236 @@
+"""A 1.x hot restore builds the restored server beside the live one, which serves meanwhile.
+
+Real influxd 1.6: the live server is the sandbox fixture; the throwaway influxd the restore
+builds in runs from a scratch dir in the storage dir (".verify-restore-*").
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from influx_backupd.hot import Scan
+from influx_backupd.hot_restore import Link, _check_space
+from influx_backupd.restore import RestoreRefused
+from influx_backupd.sandbox import Sandbox
+from tests.conftest import STAND_INS, Cli, write_config
+
+HOT = [{"name": "hotjob", "mode": "hot"}]
+
+
+def _chain(cli: Cli, sandbox: Sandbox) -> tuple[dict[str, Any], dict[str, int]]:
+    """A full and an increment (one db the full saw, one it did not); returns the increment and
+    the counts it holds. Then the live server takes writes newer than the backup."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 5_000)
+    full = cli.json("backup")
+    sandbox.write_points("metrics", 1_500, start=100_000)
+    sandbox.create_db("later")
+    sandbox.write_points("later", 600)
+    increment = cli.json("backup")
+    for record in (full, increment):
+        assert record["status"] == "ok", record["error"]
+    assert increment["kind"] == "incremental"
+    sandbox.write_points("metrics", 300, start=200_000)  # newer than the backup
+    return increment, {"metrics": 6_500, "later": 600}
+
+
+def _throwaways(storage: Path) -> list[psutil.Process]:
+    """influxd processes serving a config in a scratch dir of the storage dir."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if any(a.startswith(str(storage / ".verify-")) for a in argv):
+            found.append(proc)
+    return found
+
+
+def _staging(sandbox: Sandbox) -> list[Path]:
+    return sorted(sandbox.root.glob(".*.restore-*"))
+
+
+def _events(stderr: str) -> list[dict[str, Any]]:
+    events = []
+    for line in stderr.splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"never saw {what}"
+        time.sleep(0.005)
+
+
+@contextmanager
+def _pinging(sandbox: Sandbox) -> Iterator[list[tuple[float, bool]]]:
+    """(time, answered) of a /ping every 20 ms to the live server, in a thread."""
+    seen: list[tuple[float, bool]] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(sandbox.url + "/ping", timeout=5) as resp:
+                    ok = int(resp.status) == 204
+            except OSError:
+                ok = False
+            seen.append((time.time(), ok))
+            stop.wait(0.02)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _ts(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+def test_the_chain_is_built_while_the_live_server_serves_then_swapped_in(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
+    increment, expected = _chain(cli, sandbox)
+
+    with _pinging(sandbox) as pings:
+        done = cli("restore", increment["id"], "--yes", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert {db: sandbox.count(db) for db in expected} == expected
+    assert sorted(sandbox.databases()) == ["later", "metrics"], "temporary databases dropped"
+
+    events = _events(done.stderr)
+    names = [e["event"] for e in events]
+    building, built = names.index("restore.building"), names.index("restore.built")
+    assert building < built < names.index("influxd.stopping"), names
+    assert "restore.copied" in names[building:built], "SELECT INTO ran inside the build"
+    # The live server answered every ping until the stop, the whole build included.
+    begin, end = _ts(events[building]), _ts(events[names.index("influxd.stopping")])
+    during = [ok for at, ok in pings if begin <= at <= end]
+    assert during and all(during), pings
+    assert result["build_s"] > 0 and result["restore_s"] > 0
+    assert result["start_s"] is not None and result["downtime_s"] >= result["start_s"]
+
+    # The previous data (newer than the backup) is kept in the rollback dirs.
+    assert sorted(Path(p).name.split(".rollback-")[0] for p in result["rollback_dirs"]) == [
+        "data",
+        "meta",
+        "wal",
+    ]
+    old_data = next(Path(p) for p in result["rollback_dirs"] if "data.rollback-" in p)
+    assert (old_data / "metrics").is_dir() and (old_data / "later").is_dir()
+    assert _staging(sandbox) == []
+    storage = tmp_path / "archives"
+    assert _throwaways(storage) == []
+    assert not list(storage.glob(".verify-*")), "the build's scratch dir is removed"
+
+
+def test_a_failure_while_building_leaves_the_live_server_serving_untouched(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
+    increment, _ = _chain(cli, sandbox)
+    live = {"metrics": 6_800, "later": 600}
+    pid_before = sandbox.pids()
+    before = sorted(p.name for p in sandbox.root.iterdir())
+
+    # `influxd restore` fails in the tool (as when the snapshot service goes away mid-restore)
+    failing = STAND_INS / "influxd_hot_restore_fails"
+    cli = Cli(write_config(tmp_path, sandbox, influxd={"binary": str(failing)}, jobs=HOT))
+    done = cli("restore", increment["id"], "--yes")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("influx-backupd: restore failed while building"), line
+    assert "stand-in failure" in line and "live server and its data were not touched" in line
+    assert sandbox.pids() == pid_before, "the live influxd was never stopped"
+    assert {db: sandbox.count(db) for db in live} == live
+    assert sorted(p.name for p in sandbox.root.iterdir()) == before, "no staging or rollback dir"
+    storage = tmp_path / "archives"
+    assert _throwaways(storage) == []
+    assert not list(storage.glob(".verify-*"))
+    assert not (tmp_path / "state" / "influxd-stopped.json").exists()
+
+
+def test_a_restore_killed_while_building_never_stopped_the_live_server_and_is_cleaned_up(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
+    increment, _ = _chain(cli, sandbox)
+    live = {"metrics": 6_800, "later": 600}
+    pid_before = sandbox.pids()
+    storage = tmp_path / "archives"
+
+    # SIGKILL: the throwaway influxd keeps running and the staging dirs stay, until the next
+    # lock-taking command.
+    restore = cli.popen("restore", increment["id"], "--yes")
+    _wait(lambda: _throwaways(storage), 60, "the restore's throwaway influxd")
+    restore.kill()
+    restore.communicate()
+    assert _throwaways(storage), "SIGKILL leaves the throwaway influxd running"
+    assert _staging(sandbox), "…and the staging dirs"
+    assert sandbox.pids() == pid_before, "the live influxd was never stopped"
+    done = cli("backup")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "recovery.restore_staging_removed" in done.stderr
+    assert _throwaways(storage) == []
+    assert _staging(sandbox) == []
+    assert cli("prune").returncode == 0  # reports and removes the dead run's scratch dir
+    assert not list(storage.glob(".verify-*"))
+    assert sandbox.pids() == pid_before
+    assert {db: sandbox.count(db) for db in live} == live
+
+    # SIGTERM: the command stops its own throwaway and removes the staging dirs itself.
+    restore = cli.popen("restore", increment["id"], "--yes")
+    _wait(lambda: _throwaways(storage), 60, "the restore's throwaway influxd")
+    restore.send_signal(signal.SIGTERM)
+    _, err = restore.communicate(timeout=60)
+    assert restore.returncode == 1
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert "restore failed while building" in line and "SIGTERM" in line, line
+    assert _throwaways(storage) == []
+    assert _staging(sandbox) == []
+    assert not list(storage.glob(".verify-*"))
+    assert sandbox.pids() == pid_before
+    assert {db: sandbox.count(db) for db in live} == live
+
+
+def test_a_build_that_cannot_fit_beside_the_live_dirs_is_refused_with_both_numbers(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    huge = 1 << 60  # more than any test machine has free
+    full = Scan(1, 2, "x", {"meta": {"size": 10}, "files": [{"size": huge}]})
+    increment = Scan(1, 2, "y", {"meta": {"size": 10}, "files": [{"size": 100}]})
+    links = [Link(tmp_path / "full", None, False), Link(tmp_path / "inc", None, True)]
+    with pytest.raises(RestoreRefused) as refused:
+        _check_space({"meta": tmp_path / "meta", "data": data}, links, [full, increment])
+    message = str(refused.value)
+    # the increment counts twice: restored under a temporary name, then copied in
+    assert f"needs about {huge + 20 + 200} bytes beside the live one" in message, message
+    assert "free; influxd not stopped" in message and str(data) in message
+
+    small = Scan(1, 2, "x", {"meta": {"size": 10}, "files": [{"size": 1000}]})
+    _check_space({"data": data}, links[:1], [small])  # fits: no refusal
