@@ -109,6 +109,8 @@ def print_record(record: RunRecord, as_json: bool) -> None:
 
 
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.hot import clock_url
+
     s = config.settings
     plan: dict[str, Any] = {
         "config": str(config.path),
@@ -116,6 +118,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
         "dirs": {k: str(v) for k, v in config.server.dirs().items()},
         "url": config.url,
         "backup_host": config.backup_host,
+        "server_clock": clock_url(config) + "/ping",
         "control": {"service": s.influxd.service}
         if s.influxd.service
         else {
@@ -151,6 +154,8 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     if config.credentials is not None:
         print(f"  http auth      {s.influxd.username}, password in {s.influxd.password_file}")
     print(f"  snapshot host  {config.backup_host}")
+    if any(job.mode != "cold" for job in s.job):
+        print(f"  server clock   {plan['server_clock']} (its Date dates hot increments)")
     ctl = plan["control"]
     print(
         "  control        "

@@ -359,7 +359,7 @@ def _build(
 ) -> None:
     """Restore the links into a throwaway influxd (free 127.0.0.1 ports, no auth) whose meta,
     data and wal dirs are the staging dirs; stop it cleanly; chown what it wrote."""
-    from influx_backupd.verify import RESTORE_TEST_SECTIONS, _log_tail
+    from influx_backupd.verify import RESTORE_TEST_SECTIONS
 
     section = config.settings.influxd
     for path in staging.values():
@@ -385,8 +385,7 @@ def _build(
             throwaway.start(timeout=section.start_timeout)
         except RuntimeError:
             raise StepFailed(
-                "an influxd on the staging dirs did not start: "
-                + _log_tail(scratch / "influxd.log")
+                "an influxd on the staging dirs did not start: " + throwaway.log_tail()
             ) from None
         t_restore = time.monotonic()
         grants = _clear_databases(throwaway.url, logger) if kept_accounts else []

@@ -265,7 +265,7 @@ def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: b
             elif path.name.endswith(".incomplete") and path.is_dir():
                 left.append((path, "hot backup dir of a dead run"))
             elif path.name.startswith(SCRATCH_PREFIX) and path.is_dir() and not _pid_alive(path):
-                left.append((path, "restore-test scratch dir of a dead run"))
+                left.append((path, "scratch dir of a dead restore test or restore"))
         left += _unused_staging_trees(config)
     for path, why in left:
         if not (path.exists() or path.is_symlink()):

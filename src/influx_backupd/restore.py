@@ -34,7 +34,8 @@ class RestoreRefused(Exception):
 
 
 class RestoreFailed(Exception):
-    """Something failed after the swap began; the old dirs were put back."""
+    """The restore failed: after the swap began (the old dirs were put back, the old server
+    started), or, for a 1.x hot restore, while building beside the live server (untouched)."""
 
 
 @dataclass

@@ -110,6 +110,14 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         )
         return self.conf
 
+    def log_tail(self, n: int = 600) -> str:
+        """The end of this server's log on one line: why it did not start, for an error line."""
+        try:
+            text = (self.root / "influxd.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return text[-n:].strip().replace("\n", " | ")
+
     def start(self, timeout: float = 30.0) -> None:
         if not self.conf.exists():
             self.write_config()

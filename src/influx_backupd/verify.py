@@ -231,13 +231,6 @@ def _index_version(archive: Path) -> str | None:
     return value if isinstance(value, str) and value.isidentifier() else None
 
 
-def _log_tail(path: Path, n: int = 600) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:].strip().replace("\n", " | ")
-    except OSError:
-        return ""
-
-
 def _restore_test(
     config: Config,
     archive: Path,
@@ -273,8 +266,7 @@ def _restore_test(
         except RuntimeError:
             result.fail(
                 check,
-                "restore test: influxd did not start on the restored files: "
-                + _log_tail(scratch / "influxd.log"),
+                "restore test: influxd did not start on the restored files: " + server.log_tail(),
             )
             server.stop()
             return
@@ -506,8 +498,7 @@ def _restore_test_portable(
         except RuntimeError:
             result.fail(
                 check,
-                "restore test: an empty influxd did not start: "
-                + _log_tail(scratch / "influxd.log"),
+                "restore test: an empty influxd did not start: " + server.log_tail(),
             )
             return
         started = time.monotonic()

@@ -262,11 +262,14 @@ def test_check_config_prints_the_resolved_plan(
     out = capsys.readouterr().out
     assert str(tmp_path / "server" / "wal") in out
     assert "nightly" in out and "auto" in out and "influxdb.service" in out
+    # a job that may run hot: which server's clock dates its increments
+    assert "server clock" in out
     assert cli.main(["--config", str(path), "check-config", "--json"]) == 0
     import json
 
     plan = json.loads(capsys.readouterr().out)
     assert plan["dirs"]["data"] == str(tmp_path / "server" / "data")
+    assert plan["server_clock"].endswith("/ping") and plan["server_clock"] in out
     assert plan["jobs"][0]["name"] == "nightly"
 
 
