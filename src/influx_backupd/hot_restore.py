@@ -33,6 +33,7 @@ backup_host the backups came from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -372,6 +373,9 @@ def _build(
     if kept_accounts:
         shutil.copy2(live_meta, staging["meta"] / "meta.db")
     data_extra, sections = _live_settings(config.server.conf)
+    # Flush its cache to TSM a second after the last write: otherwise the live server replays
+    # what SELECT INTO left in the WAL at its start, inside the downtime.
+    data_extra["cache-snapshot-write-cold-duration"] = '"1s"'
     throwaway = Sandbox(
         scratch,
         binary=str(section.binary),
@@ -400,10 +404,38 @@ def _build(
         )
         _grant_again(throwaway.url, grants, logger)
         result.restore_s = time.monotonic() - t_restore
+        _wait_wal_flushed(staging["wal"], logger)
     finally:
         with signals_blocked():  # a second signal must not leave it serving
             throwaway.stop(timeout=section.stop_timeout)
     _chown_tree(list(staging.values()), uid, gid)
+
+
+WAL_FLUSH_WAIT = 30.0  # seconds; past it the live server replays the rest at its start
+WAL_FLUSHED = 64 << 10  # bytes of WAL segments left that count as flushed
+
+
+def _wal_bytes(wal: Path) -> int:
+    total = 0
+    for path in wal.rglob("*.wal"):
+        with contextlib.suppress(FileNotFoundError):  # removed by the snapshot meanwhile
+            total += path.stat().st_size
+    return total
+
+
+def _wait_wal_flushed(wal: Path, logger: Logger) -> None:
+    """Wait (outside the downtime) until the throwaway has snapshotted its WAL into TSM."""
+    started = time.monotonic()
+    left = _wal_bytes(wal)
+    while left > WAL_FLUSHED and time.monotonic() - started < WAL_FLUSH_WAIT:
+        time.sleep(0.2)
+        left = _wal_bytes(wal)
+    logger.info(
+        "restore.wal_flushed",
+        wal_bytes=left,
+        waited_s=round(time.monotonic() - started, 3),
+        flushed=left <= WAL_FLUSHED,
+    )
 
 
 # [data] keys the throwaway's own config sets (Sandbox.write_config)

@@ -124,6 +124,10 @@ def test_the_chain_is_built_while_the_live_server_serves_then_swapped_in(
     building, built = names.index("restore.building"), names.index("restore.built")
     assert building < built < names.index("influxd.stopping"), names
     assert "restore.copied" in names[building:built], "SELECT INTO ran inside the build"
+    # and what it wrote went from the throwaway's WAL into TSM before the swap, so the live
+    # server's start did not have to replay it
+    [flushed] = [e for e in events[building:built] if e["event"] == "restore.wal_flushed"]
+    assert flushed["flushed"] is True and flushed["wal_bytes"] <= 64 << 10, flushed
     # The live server answered every ping until the stop, the whole build included.
     begin, end = _ts(events[building]), _ts(events[names.index("influxd.stopping")])
     during = [ok for at, ok in pings if begin <= at <= end]
