@@ -84,8 +84,15 @@ def restore(conf: Path, sandbox: Sandbox, backup_id: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(done.stdout)
     for path in result.get("rollback_dirs") or []:
         shutil.rmtree(path, ignore_errors=True)  # the previous data, kept aside by every restore
+    flushed = [
+        json.loads(line)
+        for line in done.stderr.splitlines()
+        if line.startswith("{") and '"restore.wal_flushed"' in line
+    ]
     return {
         "wall_s": wall,
+        "build_s": result.get("build_s"),
+        "wal_wait_s": flushed[-1]["waited_s"] if flushed else None,
         "downtime_s": result.get("downtime_s"),
         "influxd_peak_rss_mb": rss.peak / 2**20,
         "points": count(sandbox),
