@@ -29,6 +29,10 @@ started again. Restored files are chowned to [influxd] user/group.
 
 The restore goes into the local server of [influxd] config (its own bind-address), whatever
 backup_host the backups came from.
+
+A 1.x dir given by a path the catalog does not know (a new host: the state_dir was lost, the
+storage dir kept) is restored with its chain from the records hot.py writes beside each dir
+(`<job>-<runid>.json`, sidecar_chain); a dir without one is restored alone, with a warning.
 """
 
 from __future__ import annotations
@@ -49,12 +53,14 @@ from influx_backupd import influxql, log
 from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config
 from influx_backupd.hot import (
+    SIDECAR_FORMAT,
     CheckFailed,
     Flavour,
     Scan,
     run_tool,
     scan_portable,
     scan_snapshot09,
+    sidecar_of,
 )
 from influx_backupd.influxd import Influxd
 from influx_backupd.influxql import ident, values
@@ -92,6 +98,7 @@ class Link:
     path: Path
     record: RunRecord | None
     incremental: bool
+    source: str = "catalog"  # where record came from: "catalog" or "sidecar"
 
 
 # -- choosing ---------------------------------------------------------------------------------------
@@ -109,6 +116,21 @@ def restore_backup(config: Config, catalog: Catalog, backup: str) -> RestoreResu
             flavour = sniff(path)
             if flavour is None:
                 return restore_cold(config, catalog, backup)
+            if flavour == "portable" and sidecar_of(path.absolute()).exists():
+                # Not in this catalog (e.g. a new host, only the storage dir kept): the chain
+                # from the sidecar records the hot job wrote beside each link.
+                chain = sidecar_chain(path.absolute())
+                return _restore_hot(config, flavour, chain, chain[-1].record)
+            if flavour == "portable":
+                log.get(action="restore", mode="hot", flavour=flavour).warning(
+                    "restore.no_sidecar",
+                    path=str(path),
+                    detail=(
+                        f"{path} has no record beside it ({sidecar_of(path).name}) and is not in "
+                        "the catalog: restored as a full; if it is an increment (-since), the "
+                        "data of the links before it will be missing"
+                    ),
+                )
             # Not in the catalog: this one link alone, nothing to compare its sha256 with.
             incremental = flavour == "0.9" and path.suffix[1:].isdigit()
             return _restore_hot(config, flavour, [Link(path, None, incremental)], None)
@@ -176,6 +198,85 @@ def chain_for(catalog: Catalog, record: RunRecord) -> list[RunRecord]:
     return links
 
 
+def read_sidecar(directory: Path) -> RunRecord | None:
+    """The record hot.py wrote beside a 1.x backup dir; None when there is none.
+
+    Refuses one that cannot be read or does not describe an ok 1.x link: without it, whether
+    the dir is an increment (useless alone) is unknown.
+    """
+    path = sidecar_of(directory)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise RestoreRefused(f"{path}: unreadable backup record ({exc})") from None
+    problem = None
+    if not isinstance(data, dict):
+        problem = "not a JSON object"
+    elif data.get("format") != SIDECAR_FORMAT:
+        problem = f"format {data.get('format')!r}, this version reads {SIDECAR_FORMAT}"
+    elif data.get("kind") not in ("full", "incremental"):
+        problem = f"kind {data.get('kind')!r}"
+    elif not all(isinstance(data.get(k), str) for k in ("id", "job", "chain_id", "sha256")):
+        problem = "id, job, chain_id or sha256 missing"
+    elif data["kind"] == "incremental" and not isinstance(data.get("parent_id"), str):
+        problem = "an increment without parent_id"
+    if problem is not None:
+        raise RestoreRefused(f"{path}: not a usable backup record ({problem})")
+    record = RunRecord.from_dict(data)
+    # Where the dir is now, whatever path the backup host gave it.
+    record.archive = str(directory)
+    return record
+
+
+def sidecar_chain(directory: Path) -> list[Link]:
+    """The chain up to a 1.x dir from the sidecar records alone, full first.
+
+    Each parent is the sibling dir <job>-<parent_id> (as hot.py names them) with its own record;
+    a missing or unusable one refuses the restore: an increment holds only what was written
+    since its parent.
+    """
+    record = read_sidecar(directory)
+    if record is None:
+        raise RestoreRefused(
+            f"{directory}: no backup record {sidecar_of(directory).name} beside it"
+        )
+    links: list[Link] = []
+    path, current = directory, record
+    while True:
+        links.append(Link(path, current, current.kind == "incremental", source="sidecar"))
+        if current.kind == "full":
+            break
+        parent_path = directory.parent / f"{current.job}-{current.parent_id}"
+        why = None
+        parent: RunRecord | None = None
+        if not parent_path.is_dir():
+            why = "is missing"
+        else:
+            try:
+                parent = read_sidecar(parent_path)
+            except RestoreRefused as exc:
+                why = f"is unusable: {exc}"
+            else:
+                if parent is None:
+                    why = f"has no backup record {sidecar_of(parent_path).name}"
+                elif parent.id != current.parent_id or parent.chain_id != record.chain_id:
+                    why = f"has a record of another run ({parent.id}, chain {parent.chain_id})"
+                elif len(links) > 10_000 or any(link.path == parent_path for link in links):
+                    why = "closes a loop of parents"
+        if why is not None or parent is None:
+            raise RestoreRefused(
+                f"link {current.parent_id} ({parent_path}), the parent of {path.name}, {why}; "
+                "an increment cannot be restored without the links before it"
+            )
+        path, current = parent_path, parent
+    links.reverse()
+    if links[0].record is None or links[0].record.id != record.chain_id:
+        raise RestoreRefused(f"{directory}: chain {record.chain_id} does not start with its full")
+    return links
+
+
 # -- checking ---------------------------------------------------------------------------------------
 
 
@@ -193,8 +294,9 @@ def check_links(flavour: Flavour, links: list[Link], *, deep: bool = True) -> li
             raise RestoreRefused(str(exc).removeprefix("hot.check: ")) from None
         record = link.record
         if record is not None and record.sha256 and record.sha256 != scan.sha256:
+            whose = "the catalog's" if link.source == "catalog" else "its backup record's"
             raise RestoreRefused(
-                f"{link.path}: sha256 {scan.sha256} does not match the catalog's "
+                f"{link.path}: sha256 {scan.sha256} does not match {whose} "
                 f"{record.sha256} (run {record.id})"
             )
         scans.append(scan)

@@ -342,7 +342,7 @@ def _verify_hot_scan(
         else:
             result.fail(
                 "sha256",
-                f"sha256 {scan.sha256} does not match the catalog's {record.sha256}: "
+                f"sha256 {scan.sha256} does not match the recorded {record.sha256}: "
                 "the backup changed",
             )
     else:
@@ -359,8 +359,19 @@ def _verify_directory(
     restore_test: bool,
     catalog: Catalog | None,
 ) -> None:
-    """A 1.x hot backup (-portable): manifest, every file, sha256 of the listing; TSM formats."""
-    _verify_hot_scan(archive, record, result, snapshot09=False)
+    """A 1.x hot backup (-portable): manifest, every file, sha256 of the listing; TSM formats.
+
+    Not in the catalog: its sha256 is compared with the record the hot job wrote beside it."""
+    from influx_backupd.hot_restore import read_sidecar
+    from influx_backupd.restore import RestoreRefused
+
+    recorded = record
+    if recorded is None:
+        try:
+            recorded = read_sidecar(archive.absolute())
+        except RestoreRefused as exc:
+            result.warnings.append(str(exc))
+    _verify_hot_scan(archive, recorded, result, snapshot09=False)
     config.storage_dir.mkdir(parents=True, exist_ok=True)
     report = check_portable_formats(archive, deep=deep, spool_dir=config.storage_dir)
     for finding in report.findings:
@@ -438,7 +449,8 @@ def _restore_test_hot(
     against their manifests and the catalog's sha256s (the gzip ends, not gunzipped: the sha256
     already shows they are the bytes checked when they were written).
     """
-    from influx_backupd.hot_restore import Link, chain_for, check_links
+    from influx_backupd.hot import sidecar_of
+    from influx_backupd.hot_restore import Link, chain_for, check_links, sidecar_chain
     from influx_backupd.restore import RestoreRefused
 
     check = "restore_test"
@@ -453,6 +465,13 @@ def _restore_test_hot(
         links = [Link(Path(str(r.archive)), r, r.kind == "incremental") for r in records]
         links[-1] = Link(archive, record, True)
         alone = ""
+    elif flavour == "portable" and sidecar_of(archive.absolute()).exists():
+        try:  # not in the catalog: the chain from the records beside the dirs, as restore does
+            links = sidecar_chain(archive.absolute())
+        except RestoreRefused as exc:
+            result.fail(check, f"restore test: {exc}")
+            return
+        alone = "; chain from the backup records beside the dirs, not the catalog"
     else:
         incremental = flavour == "0.9" and archive.suffix[1:].isdigit()
         links = [Link(archive, None, incremental)]
