@@ -486,13 +486,34 @@ def _build(
         dirs={top: staging[top] for top in ("meta", "data", "wal")},
     )
     throwaway.write_config()
-    try:
+
+    def start() -> None:
         try:
             throwaway.start(timeout=section.start_timeout)
         except RuntimeError:
             raise StepFailed(
                 "an influxd on the staging dirs did not start: " + throwaway.log_tail()
             ) from None
+
+    try:
+        try:
+            start()
+        except StepFailed as exc:
+            if not kept_accounts:
+                raise
+            # A broken live server is when a restore is needed most: its meta.db may be what
+            # broke. Start from an empty meta instead; only the accounts are lost.
+            throwaway.stop(timeout=section.stop_timeout)
+            logger.warning(
+                "restore.live_meta_unusable",
+                detail="the live meta.db cannot be opened: restoring without its users "
+                "(create them again after the restore)",
+                error=str(exc),
+            )
+            shutil.rmtree(staging["meta"])
+            staging["meta"].mkdir(mode=0o755)
+            kept_accounts = False
+            start()
         t_restore = time.monotonic()
         grants = _clear_databases(throwaway.url, logger) if kept_accounts else []
         restore_portable_links(
