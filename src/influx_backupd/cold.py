@@ -25,6 +25,7 @@ from influx_backupd.influxd import Influxd, InfluxdError
 from influx_backupd.interrupt import Interrupted, signals_blocked
 from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord, new_run_id
+from influx_backupd.sidecar import write_sidecar
 from influx_backupd.staging import Stager, staging_root
 from influx_backupd.state import CrashMarker
 
@@ -255,4 +256,6 @@ def _stop_copy_start(
     record.sha256 = result.sha256
     # ok only once the output is checked, never on "no exception" alone
     check_written(result)
+    # its sha256 and point counts beside it: the catalog is lost with the host's state_dir
+    write_sidecar(dest, record)
     record.status = "ok"

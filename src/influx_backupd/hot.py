@@ -7,7 +7,7 @@ Two flavours, told apart by `influxd version`:
   increments PATH.0, PATH.1, ... (only what changed since the snapshots already there).
 - 1.5+ (`-portable`): a full into a new directory; an increment with `-since` set to the start of
   the chain's last ok backup, into its own new directory. Beside each dir, its record as
-  `<dir>.json` (sidecar_of): the chain must be restorable from the storage dir alone.
+  `<dir>.json` (sidecar.py): the chain must be restorable from the storage dir alone.
 
 A chain is a full and its increments: every link records kind, chain_id (the full's run id, set on
 the full too) and parent_id. A new chain starts after `full_every`, after any failed or missing
@@ -50,6 +50,7 @@ from influx_backupd.config import Config, JobSection
 from influx_backupd.interrupt import Interrupted
 from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord, new_run_id
+from influx_backupd.sidecar import write_sidecar
 
 Flavour = Literal["0.9", "portable"]
 
@@ -968,28 +969,7 @@ def _run_portable(
     record.extra["databases"] = sorted({f["database"] for f in scan.manifest.get("files", [])})
     # The chain (kind, parent) is otherwise only in the catalog, lost with the host's state_dir:
     # the storage dir alone must say which links an increment needs (hot_restore reads it).
-    _write_sidecar(final, record)
-
-
-SIDECAR_FORMAT = 1
-
-
-def sidecar_of(directory: Path) -> Path:
-    """Where a 1.x backup dir's own record lives: <storage>/<job>-<runid>.json beside it."""
-    return directory.with_name(directory.name + ".json")
-
-
-def _write_sidecar(directory: Path, record: RunRecord) -> None:
-    """The run's record (as it will be once ok) beside its dir: .partial, fsync, rename."""
-    data = {"format": SIDECAR_FORMAT, **record.to_dict(), "status": "ok"}
-    final = sidecar_of(directory)
-    partial = final.with_name(final.name + ".partial")
-    with open(partial, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.rename(partial, final)
-    fsync_dir(final.parent)
+    write_sidecar(final, record)
 
 
 def _run_09(

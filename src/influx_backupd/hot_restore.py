@@ -53,14 +53,12 @@ from influx_backupd import influxql, log
 from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config
 from influx_backupd.hot import (
-    SIDECAR_FORMAT,
     CheckFailed,
     Flavour,
     Scan,
     run_tool,
     scan_portable,
     scan_snapshot09,
-    sidecar_of,
 )
 from influx_backupd.influxd import Influxd
 from influx_backupd.influxql import ident, values
@@ -76,6 +74,7 @@ from influx_backupd.restore import (
     restore_cold,
 )
 from influx_backupd.sandbox import Sandbox
+from influx_backupd.sidecar import SidecarError, read_sidecar_data, sidecar_of
 
 QUERY_TIMEOUT = 3600.0
 SHARD_WAIT = 120.0  # how long a freshly restored shard may stay disabled
@@ -204,26 +203,21 @@ def read_sidecar(directory: Path) -> RunRecord | None:
     Refuses one that cannot be read or does not describe an ok 1.x link: without it, whether
     the dir is an increment (useless alone) is unknown.
     """
-    path = sidecar_of(directory)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+        data = read_sidecar_data(directory)
+    except SidecarError as exc:
+        raise RestoreRefused(str(exc)) from None
+    if data is None:
         return None
-    except (OSError, ValueError) as exc:
-        raise RestoreRefused(f"{path}: unreadable backup record ({exc})") from None
     problem = None
-    if not isinstance(data, dict):
-        problem = "not a JSON object"
-    elif data.get("format") != SIDECAR_FORMAT:
-        problem = f"format {data.get('format')!r}, this version reads {SIDECAR_FORMAT}"
-    elif data.get("kind") not in ("full", "incremental"):
+    if data.get("kind") not in ("full", "incremental"):
         problem = f"kind {data.get('kind')!r}"
-    elif not all(isinstance(data.get(k), str) for k in ("id", "job", "chain_id", "sha256")):
-        problem = "id, job, chain_id or sha256 missing"
+    elif not isinstance(data.get("chain_id"), str):
+        problem = "chain_id missing"
     elif data["kind"] == "incremental" and not isinstance(data.get("parent_id"), str):
         problem = "an increment without parent_id"
     if problem is not None:
-        raise RestoreRefused(f"{path}: not a usable backup record ({problem})")
+        raise RestoreRefused(f"{sidecar_of(directory)}: not a usable backup record ({problem})")
     record = RunRecord.from_dict(data)
     # Where the dir is now, whatever path the backup host gave it.
     record.archive = str(directory)

@@ -24,9 +24,9 @@ from influx_backupd import log
 from influx_backupd.archive import fsync_dir
 from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config, JobSection
-from influx_backupd.hot import sidecar_of
 from influx_backupd.record import RunRecord
 from influx_backupd.retention import RetentionPolicy, plan
+from influx_backupd.sidecar import sidecar_of
 from influx_backupd.staging import STAGING_DIR
 from influx_backupd.verify import SCRATCH_PREFIX
 
@@ -86,8 +86,8 @@ def _files_of(config: Config, record: RunRecord) -> list[Path]:
         for ext in (".tar", ""):
             guess = config.storage_dir / f"{record.job}-{record.id}{ext}"
             paths.append(guess)
-    # A 1.x hot dir's record beside it goes with it (after it: a sidecar is never left
-    # naming a dir that is half gone without the prune-pending list covering it).
+    # The record beside an archive goes with it (after it: a sidecar is never left naming an
+    # archive that is half gone without the prune-pending list covering it).
     paths += [sidecar_of(p) for p in paths]  # only those that exist are kept below
     found: list[Path] = []
     for path in paths:
@@ -271,7 +271,7 @@ def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: b
             elif path.name.startswith(SCRATCH_PREFIX) and path.is_dir() and not _pid_alive(path):
                 left.append((path, "scratch dir of a dead restore test or restore"))
             elif _orphan_sidecar(path, run_ids):
-                left.append((path, "record of a removed hot backup"))
+                left.append((path, "record of a removed backup"))
         left += _unused_staging_trees(config)
     for path, why in left:
         if not (path.exists() or path.is_symlink()):
@@ -293,8 +293,8 @@ def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: b
 
 
 def _orphan_sidecar(path: Path, run_ids: set[str]) -> bool:
-    """A hot dir's sidecar record (hot.sidecar_of) whose dir is gone and whose run the catalog
-    does not know. Only a file that reads as such a record: nothing else is guessed at."""
+    """A backup's record (sidecar.py) whose archive is gone and whose run the catalog does not
+    know. Only a file that reads as such a record: nothing else is guessed at."""
     if not path.name.endswith(".json") or not path.is_file():
         return False
     if path.with_name(path.name.removesuffix(".json")).exists():
@@ -307,7 +307,7 @@ def _orphan_sidecar(path: Path, run_ids: set[str]) -> bool:
         isinstance(data, dict)
         and "format" in data
         and isinstance(data.get("id"), str)
-        and data.get("mode") == "hot"
+        and data.get("mode") in ("cold", "hot")
         and data["id"] not in run_ids
     )
 

@@ -24,6 +24,7 @@ from influx_backupd.influxd import Influxd
 from influx_backupd.interrupt import Interrupted, signals_blocked
 from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord
+from influx_backupd.sidecar import SidecarError, record_beside
 from influx_backupd.state import CrashMarker
 
 ALLOWED_TOPS = {"meta", "data", "wal", "hh", "influxdb.conf"}
@@ -59,7 +60,13 @@ def resolve_backup(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | Non
     path = Path(backup)
     if not path.exists():
         raise RestoreRefused(f"{backup}: neither a catalog id nor an existing archive path")
-    return path, catalog.find_by_archive(path)
+    known = catalog.find_by_archive(path)
+    if known is not None:
+        return path, known
+    try:  # not in this catalog (a new host?): the record written beside the archive
+        return path, record_beside(path.absolute())
+    except SidecarError as exc:
+        raise RestoreRefused(str(exc)) from None
 
 
 def owner_ids(config: Config) -> tuple[int, int]:
@@ -83,7 +90,8 @@ def check_archive(config: Config, path: Path, record: RunRecord | None) -> set[s
         raise RestoreRefused(str(exc)) from None
     if record is not None and record.sha256 and record.sha256 != scan.sha256:
         raise RestoreRefused(
-            f"{path}: sha256 {scan.sha256} does not match the catalog's {record.sha256} (run {record.id})"
+            f"{path}: sha256 {scan.sha256} does not match the recorded {record.sha256} "
+            f"(run {record.id})"
         )
     for needed in ("meta", "data"):
         if needed not in scan.tops:

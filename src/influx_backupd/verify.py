@@ -38,6 +38,7 @@ from influx_backupd.interrupt import signals_blocked
 from influx_backupd.metrics import VERIFY_FAILED
 from influx_backupd.record import RunRecord
 from influx_backupd.sandbox import Sandbox
+from influx_backupd.sidecar import SidecarError, record_beside
 
 if TYPE_CHECKING:
     from influx_backupd.hot import Flavour
@@ -125,8 +126,16 @@ def verify(
     restore_test: bool = False,
     catalog: Catalog | None = None,
 ) -> VerifyResult:
-    """catalog: where a hot record's chain is looked up (default: the one in state_dir)."""
+    """catalog: where a hot record's chain is looked up (default: the one in state_dir).
+
+    A tar the catalog does not know is checked against the record written beside it, if any."""
     started = time.monotonic()
+    sidecar_problem = None
+    if record is None and archive.is_file():
+        try:
+            record = record_beside(archive.absolute())
+        except SidecarError as exc:
+            sidecar_problem = str(exc)
     result = VerifyResult(
         archive=str(archive),
         run_id=record.id if record else None,
@@ -134,6 +143,8 @@ def verify(
     )
     logger = log.get(action="verify", run_id=result.run_id, archive=str(archive))
     logger.info("verify.started", deep=deep, restore_test=restore_test)
+    if sidecar_problem is not None:
+        result.fail("record", sidecar_problem)
     if not archive.exists():
         result.fail("archive", f"{archive}: the archive is missing")
     elif archive.is_dir():
@@ -180,10 +191,12 @@ def _verify_tar(
         else:
             result.fail(
                 "sha256",
-                f"sha256 {actual} does not match the catalog's {record.sha256}: the archive changed",
+                f"sha256 {actual} does not match the recorded {record.sha256}: the archive changed",
             )
     else:
-        result.checks["sha256"] = "skipped (no sha256 in the catalog)"
+        result.checks["sha256"] = (
+            "skipped (no recorded sha256: not in the catalog, no record beside it)"
+        )
 
     report = check_archive(archive, deep=deep)
     for finding in report.findings:
@@ -346,7 +359,9 @@ def _verify_hot_scan(
                 "the backup changed",
             )
     else:
-        result.checks["sha256"] = "skipped (no sha256 in the catalog)"
+        result.checks["sha256"] = (
+            "skipped (no recorded sha256: not in the catalog, no record beside it)"
+        )
 
 
 def _verify_directory(
@@ -449,9 +464,9 @@ def _restore_test_hot(
     against their manifests and the catalog's sha256s (the gzip ends, not gunzipped: the sha256
     already shows they are the bytes checked when they were written).
     """
-    from influx_backupd.hot import sidecar_of
     from influx_backupd.hot_restore import Link, chain_for, check_links, sidecar_chain
     from influx_backupd.restore import RestoreRefused
+    from influx_backupd.sidecar import sidecar_of
 
     check = "restore_test"
     if record is not None and record.kind == "full":

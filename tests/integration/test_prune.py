@@ -79,8 +79,10 @@ def test_prune_dry_run_then_real_run_on_real_archives(tmp_path: Path, sandbox: S
     fourth = cli.json("backup")
     assert fourth["status"] == "ok"
     assert [r.id for r in catalog.list()] == [fourth["id"]]
+    kept = Path(fourth["archive"]).name
     assert sorted(p.name for p in storage.iterdir() if not p.name.startswith(".")) == [
-        Path(fourth["archive"]).name
+        kept,
+        kept + ".json",  # its record beside it; the pruned archives' records went with them
     ]
 
 
