@@ -372,6 +372,45 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
     return EXIT_FAILED if report.errors else EXIT_OK
 
 
+def cmd_import(config: Config, args: argparse.Namespace) -> int:
+    """The backups in the storage dir, by the records beside them, into this host's catalog."""
+    from influx_backupd.guard import exclusive
+    from influx_backupd.sidecar import records_in
+
+    storage = config.storage_dir
+    if not storage.is_dir():
+        print(f"influx-backupd: import: storage dir {storage} does not exist", file=sys.stderr)
+        return EXIT_FAILED
+    with exclusive(config) as catalog:
+        found, problems = records_in(storage)
+        known = {r.id for r in catalog.list()}
+        new = [r for r in found if r.id not in known]
+        if not args.dry_run:
+            for record in new:  # not counted in runs_total: they ran on the host that counted them
+                catalog.save(record)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dry_run": args.dry_run,
+                    "imported": [r.id for r in new],
+                    "already_known": sorted(r.id for r in found if r.id in known),
+                    "problems": problems,
+                }
+            )
+        )
+    else:
+        verb = "would import" if args.dry_run else "imported"
+        print(f"{verb} {len(new)} backups, {len(found) - len(new)} already in the catalog")
+        for record in new:
+            print(f"  {record.id}  job={record.job}  mode={record.mode}  {record.archive}")
+        if new and not args.dry_run:
+            print("check them with: influx-backupd verify --all")
+    for problem in problems:
+        print(f"influx-backupd: not imported: {problem}", file=sys.stderr)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from influx_backupd.daemon import run_daemon
 
@@ -446,6 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deep", action="store_true", help="check every TSM block's CRC32 too")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "import",
+        parents=[common],
+        help="add the backups in the storage dir to the catalog (by the records beside them)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="say what would be added, add nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("run", parents=[common], help="the daemon: run the jobs on their schedules")
     p.set_defaults(func=cmd_run)

@@ -69,3 +69,26 @@ def record_beside(archive: Path) -> RunRecord | None:
     record = RunRecord.from_dict(data)
     record.archive = str(archive)
     return record
+
+
+def records_in(storage: Path) -> tuple[list[RunRecord], list[str]]:
+    """Every record beside an archive in storage (pointing at the archive where it is now),
+    and one line for each record that cannot be used. Archives are not read here."""
+    found: list[RunRecord] = []
+    problems: list[str] = []
+    for path in sorted(storage.glob("*.json")):
+        archive = path.with_name(path.name.removesuffix(".json"))
+        if not archive.exists():
+            problems.append(f"{path}: its backup {archive.name} is not there")
+            continue
+        try:
+            data = read_sidecar_data(archive)
+        except SidecarError as exc:
+            problems.append(str(exc))
+            continue
+        if data is None:  # gone since the glob
+            continue
+        record = RunRecord.from_dict(data)
+        record.archive = str(archive)
+        found.append(record)
+    return found, problems

@@ -28,6 +28,7 @@ COMMANDS = [
     ["restore", "20260101T000000Z-abcd", "--yes"],
     ["verify", "--all"],
     ["prune"],
+    ["import"],
     ["run"],
     ["status"],
 ]
@@ -106,6 +107,7 @@ USAGE = {
     "backup-unknown-job": (("backup", "--job", "nope"), _JOB),
     "list-unknown-job": (("list", "--job", "nope"), _JOB),
     "prune-unknown-job": (("prune", "--job", "nope"), _JOB),
+    "import-unknown-flag": (("import", "--all"), ("unrecognized arguments: --all",)),
     "verify-unknown-job": (("verify", "--all", "--job", "nope"), _JOB),
     "verify-nothing": (("verify",), ("BACKUP", "--all")),
     "verify-backup-and-all": (("verify", "x", "--all"), ("BACKUP", "--all")),

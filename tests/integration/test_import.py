@@ -1,0 +1,66 @@
+"""`import`: a new host's catalog rebuilt from the records beside the archives. Real influxd 1.6."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from influx_backupd.sandbox import Sandbox
+from tests.conftest import Cli, write_config
+
+JOBS = [{"name": "nightly", "mode": "cold", "copy": "direct"}, {"name": "hotjob", "mode": "hot"}]
+
+
+def test_a_new_host_imports_the_backups_then_lists_verifies_and_restores_them(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    old = Cli(write_config(tmp_path, sandbox, jobs=JOBS))
+    cold = old.json("backup", "--job", "nightly")
+    full = old.json("backup", "--job", "hotjob")
+    sandbox.write_points("metrics", 700, start=100_000)
+    increment = old.json("backup", "--job", "hotjob")
+    runs = [cold, full, increment]
+    assert [r["status"] for r in runs] == ["ok"] * 3 and increment["kind"] == "incremental"
+
+    # The new host: an empty state_dir, the old storage dir (mounted where the config says).
+    home = tmp_path / "newhost"
+    home.mkdir()
+    config = write_config(home, sandbox, jobs=JOBS)
+    config.write_text(
+        config.read_text().replace(str(home / "archives"), str(tmp_path / "archives"))
+    )
+    new = Cli(config)
+    assert new.json("list") == []
+
+    dry = new.json("import", "--dry-run")
+    assert sorted(dry["imported"]) == sorted(r["id"] for r in runs)
+    assert new.json("list") == [], "a dry run adds nothing"
+
+    # A record that cannot be read is named; the others are imported anyway (exit 1).
+    stray = tmp_path / "archives" / "nightly-20200101T000000Z-dead.tar"
+    stray.write_bytes(b"")
+    Path(str(stray) + ".json").write_text("{not json")
+    done = new("import", "--json")
+    assert done.returncode == 1
+    assert "not imported" in done.stderr and stray.name in done.stderr
+    assert sorted(json.loads(done.stdout)["imported"]) == sorted(r["id"] for r in runs)
+    listed = {r["id"]: r for r in new.json("list")}
+    assert set(listed) == {r["id"] for r in runs}
+    assert listed[increment["id"]]["parent_id"] == full["id"]
+    stray.unlink()
+    Path(str(stray) + ".json").unlink()
+
+    again = new.json("import")
+    assert again["imported"] == [] and len(again["already_known"]) == 3, "import is idempotent"
+
+    verified = new("verify", "--all", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr[-2000:]
+    assert [r["checks"].get("sha256") for r in json.loads(verified.stdout)].count("ok") >= 1
+
+    # The chain by its catalog id, on the new host: full then increment.
+    sandbox.write_points("metrics", 300, start=200_000)
+    restored = new("restore", increment["id"], "--yes", "--json")
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    assert sandbox.count("metrics") == 2_700
