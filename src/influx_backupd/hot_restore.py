@@ -720,7 +720,8 @@ def _query(url: str, q: str, db: str | None) -> list[dict[str, Any]]:
     """One statement; waits out shards the server is still importing.
 
     `influxd restore -portable` returns once a shard is uploaded, while the server may still be
-    opening it: queries touching it fail with "shard is disabled" for a moment.
+    opening it: queries touching it fail with "shard is disabled" or "engine is closed" for a
+    moment.
     """
     try:
         return influxql.query(

@@ -16,7 +16,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-SHARD_DISABLED = "shard is disabled"
+# What a query meets while a shard that `influxd restore -portable` just uploaded is being
+# opened (disabled) or swapped under it (its engine closed): both pass within moments.
+SHARD_OPENING = ("shard is disabled", "engine is closed")
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,8 @@ def query(
 ) -> list[dict[str, Any]]:
     """The first result's series of one statement. post: for statements that change something.
 
-    shard_wait: how long to retry while the server answers "shard is disabled" (a shard that
-    `influxd restore -portable` uploaded is still being opened). Raises QueryError / AuthError.
+    shard_wait: how long to retry while the server answers that a shard is still being opened
+    (SHARD_OPENING: one `influxd restore -portable` just uploaded). Raises QueryError / AuthError.
     """
     params = {"q": q}
     if db is not None:
@@ -103,7 +105,8 @@ def query(
         if error is None:
             series: list[dict[str, Any]] = results[0].get("series") or []
             return series
-        if SHARD_DISABLED not in str(error) or time.monotonic() >= deadline:
+        opening = any(text in str(error) for text in SHARD_OPENING)
+        if not opening or time.monotonic() >= deadline:
             raise QueryError(f"{q!r}: {error}")
         time.sleep(pause)
         pause = min(pause * 2, 0.5)
