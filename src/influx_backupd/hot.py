@@ -621,6 +621,9 @@ class _Followed:
         self.hashed = 0
         self.unsynced = 0
         self.stat: tuple[int, int, int, int, int] | None = None  # describes the bytes hashed
+        # Seen once with a new mtime but no new bytes: a write may be under way (write() sets
+        # the mtime before it extends the size), or the file was rewritten in place.
+        self.suspect = False
 
 
 class _Follower:
@@ -699,7 +702,7 @@ class _Follower:
         if self.failed is not None:
             return {}
         try:
-            self._pass()
+            self._pass(final=True)
         except OSError as exc:
             self.failed = str(exc)
             return {}
@@ -709,8 +712,10 @@ class _Follower:
             if f.stat is not None and f.stat[2] == f.hashed
         }
 
-    def _pass(self) -> bool:
-        """Read whatever was appended since the last pass; True when anything was."""
+    def _pass(self, final: bool = False) -> bool:
+        """Read whatever was appended since the last pass; True when anything was.
+
+        final: the tool has exited, so no write is under way any more."""
         progressed = False
         for entry in os.scandir(self.directory):
             name = entry.name
@@ -723,7 +728,7 @@ class _Follower:
                 except FileNotFoundError:
                     continue
                 followed = self.files[name] = _Followed(fd)
-            now = self._appended_only(name, followed, entry.path)
+            now = self._appended_only(name, followed, entry.path, final)
             if now is None:
                 continue
             # Up to the size seen before reading: the stat kept describes exactly these bytes,
@@ -744,9 +749,13 @@ class _Follower:
             followed.stat = _signature(now)
         return progressed
 
-    def _appended_only(self, name: str, followed: _Followed, path: str) -> os.stat_result | None:
-        """The file's stat now; None (and the file dropped) when it changed other than by
-        growing at its end since the last pass."""
+    def _appended_only(
+        self, name: str, followed: _Followed, path: str, final: bool
+    ) -> os.stat_result | None:
+        """The file's stat now, when it only grew at its end since the last pass; None when it
+        is to be skipped this pass: dropped (replaced, shrunk, rewritten in place), or seen
+        with a new mtime and no new bytes while the tool may be half-way through a write
+        (write() sets the mtime before it extends the size): looked at again next pass."""
         now = os.fstat(followed.fd)
         try:
             named = os.stat(path, follow_symlinks=False)
@@ -754,15 +763,16 @@ class _Follower:
             named = None
         replaced = named is None or (named.st_dev, named.st_ino) != (now.st_dev, now.st_ino)
         before = followed.stat
-        rewritten = before is not None and (
-            now.st_size < followed.hashed
-            or (now.st_size == before[2] and _signature(now) != before)
-        )
-        if replaced or rewritten:
+        touched = before is not None and now.st_size == before[2] and _signature(now) != before
+        if touched and not replaced and not final and not followed.suspect:
+            followed.suspect = True
+            return None
+        if replaced or now.st_size < followed.hashed or touched:
             os.close(followed.fd)
             del self.files[name]
             self.dropped.add(name)
             return None
+        followed.suspect = False
         return now
 
 

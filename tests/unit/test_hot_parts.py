@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import random
 import socket
 import tarfile
@@ -408,3 +409,42 @@ def test_the_clock_that_dates_increments_is_the_backup_hosts_servers(
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     assert clock_url(load(path)) == expected
+
+
+def test_a_write_caught_half_way_is_not_taken_for_a_rewrite(tmp_path: Path) -> None:
+    """write() sets the mtime before it extends the size: a pass can see a new mtime and no new
+    bytes while the tool is mid-write. Seen once, the file is looked at again; seen twice, or
+    once the tool has exited, it was rewritten in place and is read again in full later."""
+    d = tmp_path / "b"
+    d.mkdir()
+    shard = d / "T.s1.tar.gz"
+    shard.write_bytes(b"a" * 1000)
+    follower = _Follower(d)  # passes driven by hand, no thread
+    try:
+        assert follower._pass()
+        st = shard.stat()
+        os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the write has begun
+        assert not follower._pass(), "nothing read while the write is half-way"
+        assert "T.s1.tar.gz" not in follower.dropped
+        with open(shard, "ab") as fh:  # ... and ends
+            fh.write(b"b" * 500)
+        assert follower._pass()
+        assert follower.files["T.s1.tar.gz"].hashed == 1500
+        assert "T.s1.tar.gz" not in follower.dropped
+
+        st = shard.stat()
+        os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # no bytes follow
+        follower._pass()
+        follower._pass()
+        assert "T.s1.tar.gz" in follower.dropped, "the same size and a new mtime twice: rewritten"
+
+        other = d / "T.s2.tar.gz"
+        other.write_bytes(b"c" * 100)
+        follower._pass()
+        st = other.stat()
+        os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        follower._pass(final=True)
+        assert "T.s2.tar.gz" in follower.dropped, "after the tool exited no write is under way"
+    finally:
+        for followed in follower.files.values():
+            os.close(followed.fd)
