@@ -47,6 +47,7 @@ from influx_backupd import log
 from influx_backupd.archive import CHUNK, fsync_dir
 from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config, JobSection
+from influx_backupd.influxql import ping_headers
 from influx_backupd.interrupt import Interrupted
 from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord, new_run_id
@@ -546,12 +547,11 @@ def server_clock(url: str, timeout: float = PROBE_TIMEOUT) -> tuple[float, float
 
     Date has whole seconds, truncated: the server's time was somewhere in [Date, Date + 1).
     """
-    try:
-        with urllib.request.urlopen(url + "/ping", timeout=timeout) as resp:
-            ours = time.time()
-            date = resp.headers.get("Date")
-    except (urllib.error.URLError, OSError, ValueError):
+    answer = ping_headers(url, timeout)
+    if answer is None:
         return None
+    headers, ours = answer
+    date = headers.get("Date")
     try:
         server = email.utils.parsedate_to_datetime(date).timestamp() if date else None
     except (TypeError, ValueError):

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import Any
 
 # What a query meets while a shard that `influxd restore -portable` just uploaded is being
@@ -110,6 +111,16 @@ def query(
             raise QueryError(f"{q!r}: {error}")
         time.sleep(pause)
         pause = min(pause * 2, 0.5)
+
+
+def ping_headers(url: str, timeout: float) -> tuple[Message, float] | None:
+    """The headers of the server's /ping (version, Date) and our time when they came; None when
+    it does not answer. /ping needs no credentials on 1.x."""
+    try:
+        with urllib.request.urlopen(url + "/ping", timeout=timeout) as resp:
+            return resp.headers, time.time()  # case-insensitive, readable after close
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def values(series: list[dict[str, Any]]) -> list[list[Any]]:

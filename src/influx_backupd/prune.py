@@ -26,7 +26,7 @@ from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config, JobSection
 from influx_backupd.record import RunRecord
 from influx_backupd.retention import RetentionPolicy, plan
-from influx_backupd.sidecar import sidecar_of
+from influx_backupd.sidecar import SidecarError, read_sidecar_data, sidecar_of
 from influx_backupd.staging import STAGING_DIR
 from influx_backupd.verify import SCRATCH_PREFIX
 
@@ -297,19 +297,14 @@ def _orphan_sidecar(path: Path, run_ids: set[str]) -> bool:
     know. Only a file that reads as such a record: nothing else is guessed at."""
     if not path.name.endswith(".json") or not path.is_file():
         return False
-    if path.with_name(path.name.removesuffix(".json")).exists():
+    archive = path.with_name(path.name.removesuffix(".json"))
+    if archive.exists():
         return False
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = read_sidecar_data(archive)
+    except SidecarError:
         return False
-    return (
-        isinstance(data, dict)
-        and "format" in data
-        and isinstance(data.get("id"), str)
-        and data.get("mode") in ("cold", "hot")
-        and data["id"] not in run_ids
-    )
+    return data is not None and data.get("mode") in ("cold", "hot") and data["id"] not in run_ids
 
 
 def _unused_staging_trees(config: Config) -> list[tuple[Path, str]]:

@@ -6,8 +6,6 @@ mode (cold | hot | auto → policy) → the job → record → after_run (prune,
 from __future__ import annotations
 
 import threading
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 
 from influx_backupd import log
@@ -93,12 +91,10 @@ def _fall_back_to_cold(
 
 
 def _influxd_version(url: str, timeout: float = 2.0) -> str | None:
-    try:
-        with urllib.request.urlopen(url + "/ping", timeout=timeout) as resp:
-            value = resp.headers.get("X-Influxdb-Version")
-            return str(value) if value else None
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
+    from influx_backupd.influxql import ping_headers
+
+    answer = ping_headers(url, timeout)
+    return (answer[0].get("X-Influxdb-Version") or None) if answer else None
 
 
 def _capability(config: Config, job: JobSection, requested: str) -> Capability:
