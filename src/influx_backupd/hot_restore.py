@@ -478,6 +478,7 @@ def _build(
         extra_data=data_extra,
         extra_sections=RESTORE_TEST_SECTIONS + sections,
         dirs={top: staging[top] for top in ("meta", "data", "wal")},
+        oom_first=True,
     )
     throwaway.write_config()
 
@@ -493,7 +494,7 @@ def _build(
         try:
             start()
         except StepFailed as exc:
-            if not kept_accounts:
+            if not kept_accounts or throwaway.killed_by() is not None:
                 raise
             # A broken live server is when a restore is needed most: its meta.db may be what
             # broke. Start from an empty meta instead; only the accounts are lost.
@@ -522,6 +523,15 @@ def _build(
         _grant_again(throwaway.url, grants, logger)
         result.restore_s = time.monotonic() - t_restore
         _wait_wal_flushed(staging["wal"], logger)
+        if note := throwaway.killed_note():  # died after its last answer: not a whole build
+            raise StepFailed(note)
+    except Exception as exc:
+        # Whatever step noticed it first (a refused query, a failed tool), the cause to report
+        # is the server's death.
+        note = throwaway.killed_note()
+        if note is None or (isinstance(exc, StepFailed) and str(exc) == note):
+            raise
+        raise StepFailed(note) from exc
     finally:
         with signals_blocked():  # a second signal must not leave it serving
             throwaway.stop(timeout=section.stop_timeout)

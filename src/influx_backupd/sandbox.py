@@ -48,6 +48,10 @@ class Sandbox:
     # Opt-in: "meta", "data", "wal" at these paths instead of under root (a hot restore builds
     # the restored server in staging dirs beside the live ones).
     dirs: dict[str, Path] = field(default_factory=dict)
+    # Opt-in: the kernel's OOM killer takes this server before any other process. A restore
+    # build or restore test runs beside the live influxd, which is otherwise the largest
+    # process and so the one killed when the two no longer fit in memory.
+    oom_first: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -132,6 +136,12 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             )
         finally:
             logfile.close()
+        if self.oom_first:
+            # Raising a score needs no privilege (only lowering does), and this runs before the
+            # server has loaded anything. A mark that could not be set is no reason to refuse
+            # the restore it protects; the score is then influxd's default.
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{self.proc.pid}/oom_score_adj").write_text("1000")
         self.wait_ready(timeout)
         if self.admin:
             # Allowed unauthenticated while no admin exists; a no-op when it exists already.
@@ -167,6 +177,30 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                 )
             time.sleep(0.05)
         raise RuntimeError(f"sandbox influxd not ready in {timeout}s; see {self.root}/influxd.log")
+
+    def killed_by(self) -> str | None:
+        """The signal that ended the server this object started ("SIGKILL": the OOM killer's
+        signal), or None while it runs or after an exit of its own."""
+        code = self.proc.poll() if self.proc is not None else None
+        if code is None or code >= 0:
+            return None
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+
+    def killed_note(self) -> str | None:
+        """One clause for an error line when the server died by a signal, else None."""
+        killed = self.killed_by()
+        if killed is None:
+            return None
+        note = f"its influxd was killed by {killed}"
+        if killed == "SIGKILL" and self.oom_first:
+            note += (
+                " (when memory runs out, the kernel's OOM killer takes it first, before the live "
+                "server: see `dmesg`)"
+            )
+        return note
 
     def pids(self) -> list[int]:
         """Every influxd process running this sandbox's config, whoever started it."""

@@ -272,6 +272,7 @@ def _restore_test(
             binary=str(config.settings.influxd.binary),
             extra_data={"index-version": json.dumps(index)} if index else {},
             extra_sections=RESTORE_TEST_SECTIONS,
+            oom_first=True,
         )
         server.write_config()
         try:
@@ -281,6 +282,7 @@ def _restore_test(
                 check,
                 "restore test: influxd did not start on the restored files: " + server.log_tail(),
             )
+            _note_killed(server, result)
             server.stop()
             return
         except BaseException:  # a signal while it starts: it must not outlive us
@@ -289,6 +291,7 @@ def _restore_test(
         try:
             _check_restored(server, record, result)
         finally:
+            _note_killed(server, result)
             server.stop()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -524,7 +527,9 @@ def _restore_test_portable(
 
     check = "restore_test"
     section = config.settings.influxd
-    server = Sandbox(scratch, binary=str(section.binary), extra_sections=RESTORE_TEST_SECTIONS)
+    server = Sandbox(
+        scratch, binary=str(section.binary), extra_sections=RESTORE_TEST_SECTIONS, oom_first=True
+    )
     server.write_config()
     try:
         try:
@@ -555,8 +560,17 @@ def _restore_test_portable(
         took = time.monotonic() - started
         _check_restored_hot(server, sorted(expected), record, result, len(links), took, alone)
     finally:
+        _note_killed(server, result)
         with signals_blocked():  # a second signal must not leave it serving
             server.stop()
+
+
+def _note_killed(server: Sandbox, result: VerifyResult) -> None:
+    """A failed restore test whose server died by a signal says so: the failures it caused
+    (refused queries) are not what went wrong."""
+    note = server.killed_note()
+    if note is not None and result.checks.get("restore_test") == "failed":
+        result.fail("restore_test", "restore test: " + note)
 
 
 def _check_restored_hot(

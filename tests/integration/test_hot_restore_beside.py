@@ -6,6 +6,7 @@ builds in runs from a scratch dir in the storage dir (".verify-restore-*").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -238,3 +239,60 @@ def test_a_build_that_cannot_fit_beside_the_live_dirs_is_refused_with_both_numbe
 
     small = Scan(1, 2, "x", {"meta": {"size": 10}, "files": [{"size": 1000}]})
     _check_space({"data": data}, links[:1], [small])  # fits: no refusal
+
+
+def _oom_score_adj(pid: int) -> str:
+    return Path(f"/proc/{pid}/oom_score_adj").read_text().strip()
+
+
+def _restore_tool_running(cli_pid: int) -> bool:
+    try:
+        children = psutil.Process(cli_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return False
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if child.cmdline()[1:3] == ["restore", "-portable"]:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("moment", ["starting", "restoring"])
+def test_the_throwaway_is_the_oom_killers_first_choice_and_its_death_fails_the_build_alone(
+    tmp_path: Path, sandbox: Sandbox, moment: str
+) -> None:
+    """Two influxd run during the build; when memory runs out, the kernel must kill the
+    throwaway (oom_score_adj 1000), not the live server, and the restore must say why it failed.
+    The test plays the OOM killer: SIGKILL to the process it would pick."""
+    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
+    increment, _ = _chain(cli, sandbox)
+    live = {"metrics": 6_800, "later": 600}
+    pid_before = sandbox.pids()
+    live_adj = _oom_score_adj(pid_before[0])
+    storage = tmp_path / "archives"
+
+    restore = cli.popen("restore", increment["id"], "--yes")
+    _wait(lambda: _throwaways(storage), 60, "the restore's throwaway influxd")
+    throwaway = _throwaways(storage)[0]
+    _wait(
+        lambda: _oom_score_adj(throwaway.pid) == "1000",
+        5,
+        "the throwaway marked for the OOM killer",
+    )
+    assert _oom_score_adj(pid_before[0]) == live_adj, "the live server's score is left alone"
+    if moment == "restoring":  # where memory peaks: `influxd restore` and SELECT INTO
+        _wait(lambda: _restore_tool_running(restore.pid), 60, "`influxd restore` running")
+    throwaway.kill()
+    _, err = restore.communicate(timeout=120)
+
+    assert restore.returncode == 1
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("influx-backupd: restore failed while building"), line
+    assert "its influxd was killed by SIGKILL" in line and "OOM killer" in line, line
+    assert "live server and its data were not touched" in line, line
+    assert sandbox.pids() == pid_before, "the live influxd was never stopped"
+    assert {db: sandbox.count(db) for db in live} == live
+    assert _staging(sandbox) == []
+    assert _throwaways(storage) == []
+    assert not list(storage.glob(".verify-*"))

@@ -222,6 +222,36 @@ def test_a_signal_during_the_restore_test_stops_the_throwaway_server(chain: Chai
     assert_cleaned_up(chain)
 
 
+def test_a_restore_test_killed_for_memory_says_so(chain: Chain) -> None:
+    """The restore test's influxd runs beside the live one: it is the OOM killer's first choice
+    (oom_score_adj 1000), and a restore test it kills fails naming the kill, not only the
+    refused queries that followed. The test plays the OOM killer."""
+    proc = chain.cli.popen("verify", chain.incremental["id"], "--restore-test", "--json")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            servers = throwaway_servers()
+            scores = [Path(f"/proc/{s.pid}/oom_score_adj").read_text().strip() for s in servers]
+            if scores == ["1000"]:
+                break
+            assert proc.poll() is None, "verify ended before its throwaway influxd was marked"
+            assert time.monotonic() < deadline, f"no throwaway marked for the OOM killer: {scores}"
+            time.sleep(0.02)
+        servers[0].kill()
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, stderr[-2000:]
+    assert "Traceback" not in stderr
+    errors = json.loads(stdout)[0]["errors"]
+    assert any("its influxd was killed by SIGKILL" in e and "OOM killer" in e for e in errors), (
+        errors
+    )
+    assert_cleaned_up(chain)
+
+
 # -- 0.9, through the stand-in ----------------------------------------------------------------------
 
 
