@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS counters (
     last_at REAL NOT NULL,
     PRIMARY KEY (job, name)
 );
+-- finished runs whose follow-up (verify, prune, metrics, hooks, heartbeat) has not completed:
+-- written with the final record, removed once the follow-up is done; the next lock-taking
+-- command runs what a killed process left owed
+CREATE TABLE IF NOT EXISTS owed (run_id TEXT PRIMARY KEY);
 """
 
 
@@ -53,11 +57,28 @@ class Catalog:
             _save_row(conn, record)
 
     def save_finished(self, record: RunRecord) -> None:
-        """A run's final record and its count in runs_total, in one transaction: every run is
-        counted exactly once, even when the process dies right after."""
+        """A run's final record, its count in runs_total and its follow-up owed, in one
+        transaction: every run is counted exactly once and followed up at least once, even
+        when the process dies right after."""
         with self._connect() as conn:
             _save_row(conn, record)
             _count(conn, record.job, record.status, record.finished_at or time.time())
+            conn.execute("INSERT OR IGNORE INTO owed (run_id) VALUES (?)", (record.id,))
+
+    def followed_up(self, run_id: str) -> None:
+        with self._connect() as conn:
+            conn.execute("DELETE FROM owed WHERE run_id = ?", (run_id,))
+
+    def owed(self) -> list[RunRecord]:
+        """Finished runs whose follow-up never completed, oldest first. Owed entries of runs
+        pruned since are dropped."""
+        with self._connect() as conn:
+            conn.execute("DELETE FROM owed WHERE run_id NOT IN (SELECT id FROM runs)")
+            rows = conn.execute(
+                "SELECT record FROM runs JOIN owed ON owed.run_id = runs.id "
+                "WHERE status != 'running' ORDER BY started_at, id"
+            ).fetchall()
+        return [RunRecord.from_dict(json.loads(row[0])) for row in rows]
 
     def finish(self, record: RunRecord, logger: Logger) -> None:
         """The end of every run, whatever happened: a final status, saved, one event with it all."""

@@ -2,6 +2,9 @@
 
 Runs after the job returned, so influxd is serving again. Each step is on its own: a step that
 fails is logged and the next one runs; nothing here changes the run's status or raises.
+A follow-up is owed from the moment the run's final record is saved until it completes: one cut
+short by a kill or a signal is run again, whole, by the next lock-taking command
+(guard.recover), so hooks and heartbeats run at least once per run, late rather than never.
 """
 
 from __future__ import annotations
@@ -80,5 +83,8 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
         step("hooks", hooks)
         step("heartbeat", beat)
     except Interrupted as exc:
-        # The run itself is finished and recorded; a signal only cuts what follows it short.
+        # The run itself is finished and recorded; a signal only cuts what follows it short,
+        # and the follow-up stays owed: the next lock-taking command runs it again whole.
         logger.warning("after_run.interrupted", signal=str(exc))
+        return
+    step("settle", lambda: catalog.followed_up(record.id))

@@ -83,15 +83,20 @@ def recover(config: Config, catalog: Catalog) -> None:
         )
         catalog.save_finished(record)  # counted in runs_total with it
         logger.warning("recovery.run_interrupted", run_id=record.id, job=record.job)
-    for record in dead:
-        _follow_up_dead_run(config, catalog, record)
+    # The dead runs just saved, and runs that finished but were killed (or signalled) before
+    # their follow-up completed.
+    for record in catalog.owed():
+        _follow_up_late(config, catalog, record)
 
 
-def _follow_up_dead_run(config: Config, catalog: Catalog, record: RunRecord) -> None:
-    """A run killed outright never reached its follow-up: rewrite the metrics (its count is
-    in), run on_failure and the heartbeat's fail ping now, late rather than never."""
+def _follow_up_late(config: Config, catalog: Catalog, record: RunRecord) -> None:
+    """A run whose follow-up never completed: rewrite the metrics (its count is in), run its
+    hooks and heartbeat now (on_failure for a run killed outright), late rather than never."""
     from influx_backupd.followup import follow_up, write_metrics
 
+    log.get(run_id=record.id, job=record.job).warning(
+        "recovery.follow_up_owed", status=record.status
+    )
     job = next((j for j in config.settings.job if j.name == record.job), None)
     if job is not None:
         follow_up(config, job, catalog, record)
@@ -101,6 +106,7 @@ def _follow_up_dead_run(config: Config, catalog: Catalog, record: RunRecord) -> 
         write_metrics(config, catalog)
     except OSError as exc:
         log.get(job=record.job).error("after_run.step_failed", step="metrics", error=str(exc))
+    catalog.followed_up(record.id)
 
 
 def _restore_tests_left(storage: Path) -> None:

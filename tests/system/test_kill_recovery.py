@@ -166,6 +166,46 @@ def test_a_hot_run_killed_is_recorded_interrupted_and_its_leftovers_go(
     assert told["INFLUX_BACKUPD_STATUS"] == "interrupted"
 
 
+def test_a_run_killed_during_its_follow_up_is_followed_up_once_by_the_next_command(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The run is finished and recorded ok; the process dies in its verify, before its hooks.
+    The operator's on_success must still run, once, and the verify be done."""
+    hook_out = tmp_path / "on_success.ids"
+    job = {
+        "name": "nightly",
+        "schedule": "0 3 * * *",
+        "mode": "cold",
+        "copy": "direct",
+        "verify_after_backup": True,
+        "verify_restore_test": True,
+        "on_success": ["sh", "-c", f'echo "$INFLUX_BACKUPD_RUN_ID" >> {hook_out}'],
+    }
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[job]))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    storage = tmp_path / "archives"
+    catalog = Catalog(tmp_path / "state")
+
+    backup = cli.popen("backup")
+    _wait(lambda: _throwaway_influxds(storage), 60, "the verify's throwaway influxd")
+    backup.kill()
+    backup.wait()
+    [record] = catalog.list()
+    assert record.status == "ok" and record.verify_status is None, "killed in its follow-up"
+    assert not hook_out.exists()
+
+    done = cli("prune")  # the next lock-taking command
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "recovery.follow_up_owed" in done.stderr
+    assert hook_out.read_text().split() == [record.id]
+    followed = catalog.get(record.id)
+    assert followed is not None and followed.verify_status == "ok", followed
+    assert _throwaway_influxds(storage) == []
+    assert cli("prune").returncode == 0
+    assert hook_out.read_text().split() == [record.id], "followed up once, not at every command"
+
+
 def test_sighup_during_a_run_keeps_the_lock_and_the_run_finishes_ok(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
