@@ -47,7 +47,7 @@ from influx_backupd import log
 from influx_backupd.archive import CHUNK, fsync_dir
 from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config, JobSection
-from influx_backupd.influxql import ping_headers
+from influx_backupd.influxql import Credentials, ping_headers
 from influx_backupd.interrupt import Interrupted
 from influx_backupd.log import Logger
 from influx_backupd.record import RunRecord, new_run_id
@@ -542,12 +542,14 @@ def since_anchor(link: RunRecord) -> float:
     return float(anchor) if isinstance(anchor, int | float) else link.started_at
 
 
-def server_clock(url: str, timeout: float = PROBE_TIMEOUT) -> tuple[float, float] | None:
+def server_clock(
+    url: str, timeout: float = PROBE_TIMEOUT, credentials: Credentials | None = None
+) -> tuple[float, float] | None:
     """(the server's time, ours) from the Date header of its /ping; None when unavailable.
 
     Date has whole seconds, truncated: the server's time was somewhere in [Date, Date + 1).
     """
-    answer = ping_headers(url, timeout)
+    answer = ping_headers(url, timeout, credentials)
     if answer is None:
         return None
     headers, ours = answer
@@ -870,7 +872,7 @@ def _hot(
     if flavour == "0.9":
         _run_09(section.binary, host, storage, record, plan, deadline_left, logger)
     else:
-        _anchor_since(clock_url(config), record, logger)
+        _anchor_since(clock_url(config), config.credentials, record, logger)
         _run_portable(section.binary, host, storage, record, deadline_left, logger)
     record.status = "ok"
 
@@ -888,7 +890,9 @@ def clock_url(config: Config) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:8086"
 
 
-def _anchor_since(url: str, record: RunRecord, logger: Logger) -> None:
+def _anchor_since(
+    url: str, credentials: Credentials | None, record: RunRecord, logger: Logger
+) -> None:
     """Record when this snapshot begins on the server's clock: the next increment's -since.
 
     influxd picks an increment's files by comparing their times with -since on its own clock.
@@ -897,7 +901,7 @@ def _anchor_since(url: str, record: RunRecord, logger: Logger) -> None:
     would miss them. Read just before the tool starts, and rounded down, the anchor is never
     later than the snapshot: an increment may hold a little more, never less.
     """
-    clock = server_clock(url)
+    clock = server_clock(url, credentials=credentials)
     if clock is None:
         record.extra["since_anchor"] = record.started_at
         logger.warning(

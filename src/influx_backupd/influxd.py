@@ -9,8 +9,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from influx_backupd.config import Config
+from influx_backupd.influxql import ping_headers
 
 
 class InfluxdError(Exception):
@@ -130,11 +129,9 @@ class Influxd:
 
     # -- readiness --------------------------------------------------------
     def ping(self, timeout: float = 1.0) -> bool:
-        try:
-            with urllib.request.urlopen(self.config.url + "/ping", timeout=timeout) as resp:
-                return int(resp.status) == 204
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
+        """Whether influxd answers HTTP: 1.x starts its HTTP service only once its stores are
+        open."""
+        return ping_headers(self.config.url, timeout, self.config.credentials) is not None
 
     def wait_ready(self, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + timeout

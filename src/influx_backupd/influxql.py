@@ -113,12 +113,23 @@ def query(
         pause = min(pause * 2, 0.5)
 
 
-def ping_headers(url: str, timeout: float) -> tuple[Message, float] | None:
+def ping_headers(
+    url: str, timeout: float, credentials: Credentials | None = None
+) -> tuple[Message, float] | None:
     """The headers of the server's /ping (version, Date) and our time when they came; None when
-    it does not answer. /ping needs no credentials on 1.x."""
+    it does not answer.
+
+    /ping needs no credentials on 1.x up to 1.7. 1.8's `ping-auth-enabled` answers 401 (403)
+    without (good) ones: that is still an answer, so a server started by a cold run is not
+    taken for one that never came up. Its credentials are sent when configured."""
+    request = urllib.request.Request(url + "/ping")
+    if credentials is not None:
+        request.add_header("Authorization", credentials.header())
     try:
-        with urllib.request.urlopen(url + "/ping", timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.headers, time.time()  # case-insensitive, readable after close
+    except urllib.error.HTTPError as exc:
+        return (exc.headers, time.time()) if exc.code in (401, 403) else None
     except (urllib.error.URLError, OSError, ValueError):
         return None
 

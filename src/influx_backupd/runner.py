@@ -90,10 +90,10 @@ def _fall_back_to_cold(
     return run_cold(config, job, catalog)
 
 
-def _influxd_version(url: str, timeout: float = 2.0) -> str | None:
+def _influxd_version(config: Config, timeout: float = 2.0) -> str | None:
     from influx_backupd.influxql import ping_headers
 
-    answer = ping_headers(url, timeout)
+    answer = ping_headers(config.url, timeout, config.credentials)
     return (answer[0].get("X-Influxdb-Version") or None) if answer else None
 
 
@@ -108,7 +108,7 @@ def _capability(config: Config, job: JobSection, requested: str) -> Capability:
         from influx_backupd.cold import tree_size
 
         data_bytes = sum(tree_size(p) for p in config.server.dirs().values() if p.is_dir())
-    return Capability(snapshot, _influxd_version(config.url), data_bytes)
+    return Capability(snapshot, _influxd_version(config), data_bytes)
 
 
 def policy_decision(
