@@ -478,7 +478,7 @@ def _build(
         extra_data=data_extra,
         extra_sections=RESTORE_TEST_SECTIONS + sections,
         dirs={top: staging[top] for top in ("meta", "data", "wal")},
-        oom_first=True,
+        beside_live=True,
     )
     throwaway.write_config()
 

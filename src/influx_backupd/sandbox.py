@@ -21,6 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Go's default is 100. Copying an increment of about 1 GB in with SELECT INTO, the throwaway's
+# anonymous memory peaked at 2.2 GB by default and 1.46 GB at 25, with no slower copy
+# (bench/restore_memory.py, docs/performance.md).
+BESIDE_LIVE_GOGC = 25
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -48,10 +53,11 @@ class Sandbox:
     # Opt-in: "meta", "data", "wal" at these paths instead of under root (a hot restore builds
     # the restored server in staging dirs beside the live ones).
     dirs: dict[str, Path] = field(default_factory=dict)
-    # Opt-in: the kernel's OOM killer takes this server before any other process. A restore
-    # build or restore test runs beside the live influxd, which is otherwise the largest
-    # process and so the one killed when the two no longer fit in memory.
-    oom_first: bool = False
+    # Opt-in, for a server that runs beside the live influxd (a restore's build, a restore
+    # test): the live one is otherwise the largest process, the one the kernel's OOM killer
+    # takes when the two no longer fit in memory. So this one is the OOM killer's first choice
+    # (oom_score_adj 1000), and runs with Go's GOGC at BESIDE_LIVE_GOGC, holding less heap.
+    beside_live: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -127,8 +133,12 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             self.write_config()
         logfile = open(self.root / "influxd.log", "ab")  # noqa: SIM115
         try:
+            env = dict(os.environ)
+            if self.beside_live:
+                env["GOGC"] = str(BESIDE_LIVE_GOGC)
             self.proc = subprocess.Popen(
                 self.command(),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=logfile,
@@ -136,7 +146,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             )
         finally:
             logfile.close()
-        if self.oom_first:
+        if self.beside_live:
             # Raising a score needs no privilege (only lowering does), and this runs before the
             # server has loaded anything. A mark that could not be set is no reason to refuse
             # the restore it protects; the score is then influxd's default.
@@ -195,7 +205,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         if killed is None:
             return None
         note = f"its influxd was killed by {killed}"
-        if killed == "SIGKILL" and self.oom_first:
+        if killed == "SIGKILL" and self.beside_live:
             note += (
                 " (when memory runs out, the kernel's OOM killer takes it first, before the live "
                 "server: see `dmesg`)"

@@ -272,7 +272,7 @@ def _restore_test(
             binary=str(config.settings.influxd.binary),
             extra_data={"index-version": json.dumps(index)} if index else {},
             extra_sections=RESTORE_TEST_SECTIONS,
-            oom_first=True,
+            beside_live=True,
         )
         server.write_config()
         try:
@@ -528,7 +528,7 @@ def _restore_test_portable(
     check = "restore_test"
     section = config.settings.influxd
     server = Sandbox(
-        scratch, binary=str(section.binary), extra_sections=RESTORE_TEST_SECTIONS, oom_first=True
+        scratch, binary=str(section.binary), extra_sections=RESTORE_TEST_SECTIONS, beside_live=True
     )
     server.write_config()
     try:

@@ -24,7 +24,7 @@ import pytest
 from influx_backupd.hot import Scan
 from influx_backupd.hot_restore import Link, _check_space
 from influx_backupd.restore import RestoreRefused
-from influx_backupd.sandbox import Sandbox
+from influx_backupd.sandbox import BESIDE_LIVE_GOGC, Sandbox
 from tests.conftest import STAND_INS, Cli, write_config
 
 HOT = [{"name": "hotjob", "mode": "hot"}]
@@ -280,6 +280,9 @@ def test_the_throwaway_is_the_oom_killers_first_choice_and_its_death_fails_the_b
         "the throwaway marked for the OOM killer",
     )
     assert _oom_score_adj(pid_before[0]) == live_adj, "the live server's score is left alone"
+    environ = throwaway.environ()
+    assert environ.get("GOGC") == str(BESIDE_LIVE_GOGC), "…and it holds less heap"
+    assert "GOGC" not in psutil.Process(pid_before[0]).environ()
     if moment == "restoring":  # where memory peaks: `influxd restore` and SELECT INTO
         _wait(lambda: _restore_tool_running(restore.pid), 60, "`influxd restore` running")
     throwaway.kill()
