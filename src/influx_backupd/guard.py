@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -117,19 +116,15 @@ def _restore_tests_left(storage: Path) -> None:
     left the crash marker too, handled before this: by then no staging dir is left.)
     Its scratch dir stays for prune, which reports and removes leftovers of dead runs.
     """
-    from influx_backupd.prune import _pid_alive, _stop_scratch_servers
-    from influx_backupd.verify import SCRATCH_PREFIX
+    from influx_backupd import scratch
 
-    for scratch in storage.glob(SCRATCH_PREFIX + "*"):
-        if scratch.is_dir() and not _pid_alive(scratch):
-            _stop_scratch_servers(scratch)
-            try:
-                staged = json.loads((scratch / "owner.json").read_text()).get("staging") or []
-            except (OSError, ValueError, AttributeError):
-                staged = []
-            for name in staged:
-                path = Path(str(name))
-                # only what a restore names its staging dirs: ".{dir}.restore-{rid}"
-                if path.name.startswith(".") and ".restore-" in path.name and path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                    log.get().warning("recovery.restore_staging_removed", path=str(path))
+    for path in storage.glob(scratch.PREFIX + "*"):
+        if not path.is_dir() or scratch.owner_alive(path):
+            continue
+        scratch.stop_server(path)
+        made_by = scratch.owner(path)
+        for staged in made_by.staging if made_by else []:
+            # only what a restore names its staging dirs: ".{dir}.restore-{rid}"
+            if staged.name.startswith(".") and ".restore-" in staged.name and staged.is_dir():
+                shutil.rmtree(staged, ignore_errors=True)
+                log.get().warning("recovery.restore_staging_removed", path=str(staged))

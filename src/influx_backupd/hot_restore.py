@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd import influxql, log
+from influx_backupd import scratch as scratch_dir
 from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config
 from influx_backupd.hot import (
@@ -396,20 +396,15 @@ def _restore_portable_beside(
 ) -> None:
     """Build the restored server in the staging dirs while the live one serves, then swap.
 
-    The throwaway influxd's conf and owner.json live in a verify scratch dir (SCRATCH_PREFIX):
+    The throwaway influxd's conf and owner.json live in a scratch dir (scratch.py):
     a restore killed outright leaves it serving and the staging dirs full; the next lock-taking
     command stops it and removes the staging dirs named there (guard.recover), prune the rest.
     """
-    from influx_backupd.verify import SCRATCH_PREFIX
-
     logger = log.get(action="restore", mode="hot", flavour="portable")
     scratch: Path | None = None
     built = False
     try:
-        config.storage_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX + "restore-", dir=config.storage_dir))
-        owner = {"pid": os.getpid(), "staging": [str(p) for p in staging.values()]}
-        (scratch / "owner.json").write_text(json.dumps(owner))
+        scratch = scratch_dir.make(config.storage_dir, "restore-", list(staging.values()))
         t_build = time.monotonic()
         logger.info("restore.building", staging=[str(p) for p in staging.values()])
         _build(config, links, targets, staging, scratch, uid, gid, result, rid, logger)

@@ -12,15 +12,12 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from influx_backupd import log
+from influx_backupd import log, scratch
 from influx_backupd.archive import fsync_dir
 from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config, JobSection
@@ -28,7 +25,6 @@ from influx_backupd.record import RunRecord
 from influx_backupd.retention import RetentionPolicy, plan
 from influx_backupd.sidecar import SidecarError, read_sidecar_data, sidecar_of
 from influx_backupd.staging import STAGING_DIR
-from influx_backupd.verify import SCRATCH_PREFIX
 
 
 class PruneRefused(Exception):
@@ -231,26 +227,6 @@ def _clean_failed(
     logger.info("prune.leftovers_removed", run_id=record.id, paths=[str(p) for p in paths])
 
 
-def _pid_alive(path: Path) -> bool:
-    try:
-        pid = int(json.loads((path / "owner.json").read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return pid != os.getpid() and psutil.pid_exists(pid)
-
-
-def _stop_scratch_servers(scratch: Path) -> None:
-    """A restore test killed mid-way leaves its throwaway influxd running: stop it first."""
-    conf = str(scratch / "influxdb.conf")
-    for proc in psutil.process_iter(["cmdline"]):
-        if conf in (proc.info["cmdline"] or []):
-            try:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(10)
-            except (psutil.NoSuchProcess, psutil.TimeoutExpired):
-                continue
-
-
 def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: bool) -> None:
     """Partial archives, restore-test scratch dirs, and files a crashed prune left pending."""
     logger = log.get(action="prune", dry_run=dry_run)
@@ -268,7 +244,11 @@ def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: b
                 left.append((path, "partial archive of a dead run"))
             elif path.name.endswith(".incomplete") and path.is_dir():
                 left.append((path, "hot backup dir of a dead run"))
-            elif path.name.startswith(SCRATCH_PREFIX) and path.is_dir() and not _pid_alive(path):
+            elif (
+                path.name.startswith(scratch.PREFIX)
+                and path.is_dir()
+                and not scratch.owner_alive(path)
+            ):
                 left.append((path, "scratch dir of a dead restore test or restore"))
             elif _orphan_sidecar(path, run_ids):
                 left.append((path, "record of a removed backup"))
@@ -281,8 +261,8 @@ def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: b
             logger.info("prune.would_clean", path=str(path), reason=why)
             continue
         try:
-            if path.name.startswith(SCRATCH_PREFIX):
-                _stop_scratch_servers(path)
+            if path.name.startswith(scratch.PREFIX):
+                scratch.stop_server(path)
             _remove(path)
             logger.warning("prune.cleaned", path=str(path), reason=why)
         except OSError as exc:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tarfile
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from influx_backupd import figures, log
+from influx_backupd import scratch as scratch_dir
 from influx_backupd.archive import ArchiveError, extract_safely, sha256_file
 from influx_backupd.catalog import Catalog
 from influx_backupd.config import Config
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from influx_backupd.hot_restore import Link
     from influx_backupd.log import Logger
 
-SCRATCH_PREFIX = ".verify-"  # scratch dirs in the storage dir; prune removes those of dead runs
 COLD_REQUIRED = ("meta", "data", "influxdb.conf")
 SERVER_DIRS = ("meta", "data", "wal", "hh")
 # The restored server must not change what it serves while we count it.
@@ -257,9 +256,7 @@ def _restore_test(
     if "meta" not in tops or "data" not in tops:
         result.fail(check, "restore test: the archive has no meta/ and data/ to restore")
         return
-    config.storage_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=config.storage_dir))
-    (scratch / "owner.json").write_text(json.dumps({"pid": os.getpid()}))
+    scratch = scratch_dir.make(config.storage_dir)
     try:
         try:
             extract_safely(archive, {t: scratch / t for t in tops}, uid=None, gid=None)
@@ -499,9 +496,7 @@ def _restore_test_hot(
     except RestoreRefused as exc:
         result.fail(check, f"restore test: an earlier link of the chain is unusable: {exc}")
         return
-    config.storage_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=config.storage_dir))
-    (scratch / "owner.json").write_text(json.dumps({"pid": os.getpid()}))
+    scratch = scratch_dir.make(config.storage_dir)
     logger = log.get(action="verify", run_id=result.run_id, scratch=str(scratch))
     logger.info("verify.restore_test", flavour=flavour, links=[str(link.path) for link in links])
     try:
