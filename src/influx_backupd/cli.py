@@ -110,6 +110,7 @@ def print_record(record: RunRecord, as_json: bool) -> None:
 
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     from influx_backupd.hot import clock_url
+    from influx_backupd.schedule import describe
 
     s = config.settings
     plan: dict[str, Any] = {
@@ -128,6 +129,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
         "state_dir": str(config.state_dir),
         "storage_dir": str(config.storage_dir),
         "jobs": [j.model_dump(exclude_none=True) for j in s.job],
+        "verify": s.verify.model_dump(exclude_none=True),
         "http_auth": {
             "auth_enabled": config.auth_enabled,
             "username": s.influxd.username,
@@ -176,6 +178,9 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
             else (f"every {job.every:g}s" if job.every else "manual only")
         )
         print(f"  job {job.name:<10} mode={job.mode} {when}")
+    checks = " + restore test" if s.verify.restore_test else ""
+    checks += " + deep" if s.verify.deep else ""
+    print(f"  verify --all   {describe(s.verify)}{checks} ([verify])")
     for warning in plan["warnings"]:
         print(f"warning: {warning}")
     return EXIT_OK
@@ -291,7 +296,7 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     from influx_backupd.followup import write_metrics
     from influx_backupd.guard import exclusive
-    from influx_backupd.verify import BackupNotFound, resolve, save_result, verify
+    from influx_backupd.verify import BackupNotFound, resolve, save_result, verify, verify_all
 
     if (args.backup is None) == (not args.all):
         raise UsageError("verify: name one BACKUP (catalog id or archive path) or pass --all")
@@ -305,19 +310,15 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     results = []
     # Under the lock: prune must not delete an archive (or its entry) while we read it.
     with exclusive(config) as catalog:
-        targets: list[tuple[Path, RunRecord | None]]
         if args.all:
-            targets = [
-                (Path(r.archive), r)
-                for r in catalog.list(job=args.job)
-                if r.ok and r.archive is not None
-            ]
+            results = verify_all(
+                config, catalog, job=args.job, deep=args.deep, restore_test=args.restore_test
+            )
         else:
             try:
-                targets = [resolve(catalog, args.backup)]
+                archive, record = resolve(catalog, args.backup)
             except BackupNotFound as exc:
                 raise UsageError(str(exc)) from None
-        for archive, record in targets:
             result = verify(config, archive, record, deep=args.deep, restore_test=args.restore_test)
             if record is not None:
                 save_result(catalog, record, result)

@@ -10,7 +10,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -138,14 +138,34 @@ def _timezone(value: object) -> object:
     return value
 
 
-class JobSection(_Strict):
-    name: Annotated[str, BeforeValidator(_job_name)]
-    # when: a 5-field crontab string, or an interval; neither = run only by hand
+class Scheduled(_Strict):
+    """When something runs: a 5-field crontab string, or an interval; neither = only by hand."""
+
     schedule: Annotated[str | None, BeforeValidator(_crontab)] = None
     every: Duration | None = None
     jitter: Duration = 0.0
     timezone: Annotated[str, BeforeValidator(_timezone)] = "UTC"
     catch_up: Duration = 3600.0
+
+    @model_validator(mode="after")
+    def _schedule_or_every(self) -> Self:
+        if self.schedule is not None and self.every is not None:
+            raise ValueError("set either schedule or every, not both")
+        if self.every is not None and self.every <= 0:
+            raise ValueError("every must be longer than 0s")
+        return self
+
+
+class VerifySection(Scheduled):
+    """[verify]: the daemon checks every good backup again on this schedule (bit rot, a
+    truncated or edited archive), as `verify --all` does; neither schedule nor every: never."""
+
+    deep: bool = False
+    restore_test: bool = False
+
+
+class JobSection(Scheduled):
+    name: Annotated[str, BeforeValidator(_job_name)]
     # how: the policy picks cold or hot per run
     mode: Literal["cold", "hot", "auto"] = "cold"
     cold_window: Annotated[str | None, BeforeValidator(_cold_window)] = None
@@ -170,11 +190,7 @@ class JobSection(_Strict):
     heartbeat_url: str | None = None
 
     @model_validator(mode="after")
-    def _schedule_or_every(self) -> JobSection:
-        if self.schedule is not None and self.every is not None:
-            raise ValueError("set either schedule or every, not both")
-        if self.every is not None and self.every <= 0:
-            raise ValueError("every must be longer than 0s")
+    def _hooks_and_heartbeat(self) -> JobSection:
         for hook in ("on_success", "on_failure"):
             argv = getattr(self, hook)
             if argv is not None and (not argv or not argv[0]):
@@ -193,6 +209,7 @@ class Settings(_Strict):
     influxd: InfluxdSection
     storage: StorageSection
     job: list[JobSection] = Field(default_factory=list)
+    verify: VerifySection = VerifySection()
 
     @model_validator(mode="after")
     def _unique_jobs(self) -> Settings:

@@ -21,7 +21,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ import psutil
 
 from influx_backupd import __version__, log, systemd
 from influx_backupd.catalog import Catalog
-from influx_backupd.config import Config, ConfigError, JobSection, load
+from influx_backupd.config import Config, ConfigError, JobSection, Scheduled, load
 from influx_backupd.guard import exclusive
 from influx_backupd.influxd import InfluxdError
 from influx_backupd.record import RunRecord
@@ -47,6 +47,8 @@ EXTEND_EVERY = 10.0  # while a stop waits for a run: ask systemd for EXTEND_BY m
 EXTEND_BY = 60.0
 CLOCK_JUMP = 5.0  # wall clock vs monotonic drift that counts as a suspend or clock change
 _SCHEDULE_KEYS = ("schedule", "every", "jitter", "timezone", "catch_up")
+# The scheduled `verify --all` ([verify]) in the queue and the scheduler; not a valid job name.
+VERIFY_ALL = "[verify]"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -192,6 +194,7 @@ class Daemon:
         catalog = Catalog(self.config.state_dir)
         for job in self.config.settings.job:
             self._add_job(job, catalog, startup=True)
+        self._add_verify(catalog, startup=True)
 
     def _on_missed(self, event: Any) -> None:
         self._log.warning(
@@ -204,45 +207,63 @@ class Daemon:
     def _add_job(self, job: JobSection, catalog: Catalog, *, startup: bool) -> None:
         records = catalog.list(job=job.name) if catalog.exists() else []
         last = max((r.started_at for r in records), default=None)
+        self._schedule(job.name, job, last, startup=startup)
+
+    def _add_verify(self, catalog: Catalog, *, startup: bool) -> None:
+        """[verify]: anchored at the oldest check of any good backup (a backup is checked when
+        it is taken, and again by each verify), so every backup is checked again at least
+        every `every`, however often the daemon restarts."""
+        records = catalog.list() if catalog.exists() else []
+        checked = [r.verified_at or r.finished_at for r in records if r.ok and r.archive]
+        oldest = min((t for t in checked if t is not None), default=None)
+        if build_trigger(self.config.settings.verify) is None:
+            with contextlib.suppress(Exception):
+                self._scheduler.remove_job(VERIFY_ALL)
+            return
+        self._schedule(VERIFY_ALL, self.config.settings.verify, oldest, startup=startup)
+
+    def _schedule(self, name: str, when: Scheduled, last: float | None, *, startup: bool) -> None:
+        """Add (or replace) name's trigger; at start-up, run once what was missed since `last`
+        if it is no older than catch_up, else log it."""
         last_dt = datetime.fromtimestamp(last, UTC) if last is not None else None
-        anchor = last_dt if job.every is not None else None
-        trigger = build_trigger(job, anchor=anchor)
+        anchor = last_dt if when.every is not None else None
+        trigger = build_trigger(when, anchor=anchor)
         if trigger is None:
             return  # manual only
         self._scheduler.add_job(
             self._fire,
             trigger,
-            args=[job.name],
-            id=job.name,
-            name=job.name,
+            args=[name],
+            id=name,
+            name=name,
             replace_existing=True,
-            misfire_grace_time=max(1, int(job.catch_up)),
+            misfire_grace_time=max(1, int(when.catch_up)),
             coalesce=True,  # however many were missed, at most one run
             max_instances=1,
         )
         if not startup:
             return
-        plain = build_trigger(job, anchor=anchor, with_jitter=False)
+        plain = build_trigger(when, anchor=anchor, with_jitter=False)
         assert plain is not None
         now = datetime.now(UTC)
-        missed = missed_run(plain, last_dt, now, job.catch_up)
+        missed = missed_run(plain, last_dt, now, when.catch_up)
         if missed is None:
             return
         if missed.catch_up:
             self._log.info(
                 "schedule.catch_up",
-                job=job.name,
+                job=name,
                 missed=missed.fire_time.isoformat(timespec="seconds"),
                 last_run=_iso(last),
             )
-            self._fire(job.name, "catch-up", missed.fire_time.timestamp())
+            self._fire(name, "catch-up", missed.fire_time.timestamp())
         else:
             self._log.warning(
                 "schedule.missed",
-                job=job.name,
+                job=name,
                 due=missed.fire_time.isoformat(timespec="seconds"),
                 last_run=_iso(last),
-                reason=f"older than catch_up={job.catch_up:g}s: not run",
+                reason=f"older than catch_up={when.catch_up:g}s: not run",
             )
 
     def _fire(self, name: str, reason: str = "schedule", due: float | None = None) -> None:
@@ -288,6 +309,7 @@ class Daemon:
             return
         old = {j.name: j for j in self.config.settings.job}
         fresh = {j.name: j for j in new.settings.job}
+        old_verify = self.config.settings.verify
         self.config = new
         catalog = Catalog(new.state_dir)
         for name in old.keys() - fresh.keys():
@@ -303,6 +325,9 @@ class Daemon:
                         self._scheduler.remove_job(name)
                 else:
                     self._add_job(job, catalog, startup=False)
+        if any(getattr(old_verify, k) != getattr(new.settings.verify, k) for k in _SCHEDULE_KEYS):
+            changed.append(VERIFY_ALL)
+            self._add_verify(catalog, startup=False)
         self._log.info(
             "config.reloaded",
             config=str(path),
@@ -324,7 +349,10 @@ class Daemon:
                 item = self._pending.pop(0)
                 self._running = item.job
             try:
-                self._run(item)
+                if item.job == VERIFY_ALL:
+                    self._verify_all(item)
+                else:
+                    self._run(item)
             except Exception:
                 # The worker must outlive any one run; the run's record says what happened.
                 self._log.exception("run.crashed", job=item.job)
@@ -341,42 +369,90 @@ class Daemon:
         if job is None:
             self._log.info("run.dropped", job=item.job, reason="the job is no longer configured")
             return
+
+        def backup(catalog: Catalog, late: float) -> None:
+            self._current = {"job": job.name, "phase": "policy", "since": time.time()}
+            self._log.info("run.due", job=job.name, reason=item.reason, late_s=round(late, 3))
+            try:
+                record = run_backup(config, job, catalog, scheduled=True)
+            except Skipped as exc:
+                self._skips[job.name] = {"at": time.time(), "reasons": exc.decision.reasons}
+                return
+            except ModeUnavailable as exc:
+                self._log.error("run.unavailable", job=job.name, error=str(exc))
+                return
+            self._after_stop_request(catalog, record)
+
+        self._with_lock(config, item, job.catch_up, backup)
+
+    def _verify_all(self, item: Due) -> None:
+        """[verify]: every good backup checked again, under the backup lock, between runs."""
+        from influx_backupd.followup import write_metrics
+        from influx_backupd.verify import verify_all
+
+        config = self.config  # a reload from now on does not touch this check
+        section = config.settings.verify
+
+        def check(catalog: Catalog, _late: float) -> None:
+            self._current = {"job": VERIFY_ALL, "phase": "verify", "since": time.time()}
+            started = time.monotonic()
+            results = verify_all(
+                config,
+                catalog,
+                deep=section.deep,
+                restore_test=section.restore_test,
+                stopping=self._stopping.is_set,
+            )
+            failed = [f"{r.run_id}: {'; '.join(r.errors)}" for r in results if not r.ok]
+            (self._log.error if failed else self._log.info)(
+                "verify.scheduled",
+                reason=item.reason,
+                checked=len(results),
+                ok=len(results) - len(failed),
+                failed=failed,
+                cut_short=self._stopping.is_set(),
+                took_s=round(time.monotonic() - started, 3),
+            )
+            try:
+                write_metrics(config, catalog)
+            except OSError as exc:
+                self._log.error("after_run.step_failed", step="metrics", error=str(exc))
+
+        self._with_lock(config, item, section.catch_up, check)
+
+    def _with_lock(
+        self,
+        config: Config,
+        item: Due,
+        catch_up: float,
+        action: Callable[[Catalog, float], None],
+    ) -> None:
+        """action(catalog, seconds late) under the backup lock, once it is free; given up when
+        the wait would start it later than catch_up after it was due, or the daemon stops."""
         waited_for_lock = False
         while True:
             late = time.time() - item.due
-            if late > job.catch_up:
+            if late > catch_up:
                 self._log.warning(
                     "run.skipped",
-                    job=job.name,
+                    job=item.job,
                     reason=f"it would start {late:.0f}s after it was due, later than catch_up",
                 )
                 return
             if self._stopping.is_set():
-                self._log.info("run.dropped", job=job.name, reason="the daemon is stopping")
+                self._log.info("run.dropped", job=item.job, reason="the daemon is stopping")
                 return
             try:
                 with exclusive(config) as catalog:
-                    self._current = {"job": job.name, "phase": "policy", "since": time.time()}
-                    self._log.info(
-                        "run.due", job=job.name, reason=item.reason, late_s=round(late, 3)
-                    )
-                    try:
-                        record = run_backup(config, job, catalog, scheduled=True)
-                    except Skipped as exc:
-                        self._skips[job.name] = {"at": time.time(), "reasons": exc.decision.reasons}
-                        return
-                    except ModeUnavailable as exc:
-                        self._log.error("run.unavailable", job=job.name, error=str(exc))
-                        return
-                    self._after_stop_request(catalog, record)
+                    action(catalog, late)
                     return
             except Busy as exc:
                 if not waited_for_lock:
-                    self._log.info("run.waiting_for_lock", job=job.name, detail=str(exc))
+                    self._log.info("run.waiting_for_lock", job=item.job, detail=str(exc))
                     waited_for_lock = True
                 self._stopping.wait(1.0)
             except InfluxdError as exc:  # recovery could not start influxd
-                self._log.error("run.failed_to_start", job=job.name, error=str(exc))
+                self._log.error("run.failed_to_start", job=item.job, error=str(exc))
                 return
 
     def _after_stop_request(self, catalog: Catalog, record: RunRecord) -> None:
@@ -458,6 +534,9 @@ class Daemon:
             scheduled = self._scheduler.get_job(job.name) if self._scheduler else None
             when = getattr(scheduled, "next_run_time", None) if scheduled else None
             out[job.name] = when.timestamp() if when is not None else None
+        scheduled = self._scheduler.get_job(VERIFY_ALL) if self._scheduler else None
+        if scheduled is not None and scheduled.next_run_time is not None:
+            out[VERIFY_ALL] = scheduled.next_run_time.timestamp()
         return out
 
     def _status_text(self, next_runs: dict[str, float | None]) -> str:
@@ -503,6 +582,10 @@ class Daemon:
                     "last_skip": self._skips.get(job.name),
                 }
                 for job in self.config.settings.job
+            },
+            "verify": {
+                "schedule": describe(self.config.settings.verify),
+                "next_run": next_runs.get(VERIFY_ALL),
             },
             "running": dict(self._current, job=self._running) if self._running else None,
             "pending": pending,

@@ -73,6 +73,8 @@ def gather(config: Config) -> dict[str, Any]:
                 "last_skip": published.get("last_skip") if state else None,
             }
         )
+    verify = state.get("verify", {}) if state else {}
+    failing = [r.id for r in records if r.ok and r.verify_status == "failed"]
     with_downtime = [r for r in records if r.downtime_s is not None]
     last_downtime = with_downtime[-1] if with_downtime else None
     return {
@@ -86,6 +88,11 @@ def gather(config: Config) -> dict[str, Any]:
             "waiting": state.get("pending", []) if state else [],
         },
         "jobs": jobs,
+        "verify": {
+            "schedule": describe(config.settings.verify),
+            "next_run": verify.get("next_run"),
+            "failing": failing,  # good backups whose last check failed
+        },
         "last_downtime": {
             "run_id": last_downtime.id,
             "job": last_downtime.job,
@@ -128,6 +135,15 @@ def render(report: dict[str, Any]) -> str:
         skip = job["last_skip"]
         if skip:
             lines.append(f"  skipped {_when(skip['at'])}: {'; '.join(skip['reasons'])}")
+    verify = report["verify"]
+    lines.append(f"verify --all  {verify['schedule']} ([verify])")
+    if verify["schedule"] != "manual only":
+        lines.append(f"  next    {_when(verify['next_run']) if d['running'] else '- (no daemon)'}")
+    if verify["failing"]:
+        lines.append(
+            f"  FAILING {len(verify['failing'])} backup(s) failed their last check: "
+            + ", ".join(verify["failing"])
+        )
     down = report["last_downtime"]
     if down:
         lines.append(

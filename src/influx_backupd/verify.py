@@ -24,6 +24,7 @@ import tempfile
 import time
 import tomllib
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
@@ -688,6 +689,30 @@ def _snapshot_manifest(path: Path) -> list[dict[str, Any]]:
     if not isinstance(files, list):
         raise ValueError(f"{path}: manifest has no files list")
     return [f for f in files if isinstance(f, dict)]
+
+
+def verify_all(
+    config: Config,
+    catalog: Catalog,
+    *,
+    job: str | None = None,
+    deep: bool = False,
+    restore_test: bool = False,
+    stopping: Callable[[], bool] = lambda: False,
+) -> list[VerifyResult]:
+    """Every good backup (of one job), oldest first, each result saved in the catalog. The
+    caller holds the lock: prune cannot delete an archive (or its entry) while it is read.
+    `stopping` is asked between backups: the daemon's shutdown does not wait for them all."""
+    results = []
+    for record in catalog.list(job=job):
+        if not record.ok or record.archive is None:
+            continue
+        if stopping():
+            break
+        result = verify(config, Path(record.archive), record, deep=deep, restore_test=restore_test)
+        save_result(catalog, record, result)
+        results.append(result)
+    return results
 
 
 def save_result(catalog: Catalog, record: RunRecord, result: VerifyResult) -> None:

@@ -304,3 +304,35 @@ def test_read_server_paths_of_a_09_style_conf_includes_hinted_handoff(tmp_path: 
 
 def test_config_error_is_a_plain_exception() -> None:
     assert issubclass(ConfigError, Exception)
+
+
+def test_verify_is_not_scheduled_unless_asked(tmp_path: Path, influxdb_conf: Path) -> None:
+    verify = load(write(tmp_path, base(influxdb_conf, tmp_path))).settings.verify
+    assert (verify.schedule, verify.every, verify.deep, verify.restore_test) == (
+        None,
+        None,
+        False,
+        False,
+    )
+    section = '[verify]\nevery = "7d"\nrestore_test = true\n'
+    verify = load(write(tmp_path, base(influxdb_conf, tmp_path, job=section))).settings.verify
+    assert verify.every == 7 * 86400 and verify.restore_test
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ('every = "7d"\nschedule = "0 5 * * 0"', "verify: set either schedule or every, not both"),
+        ('schedule = "0 5 * * 8"', "verify.schedule:"),
+        ("scrub = true", "verify.scrub:"),
+    ],
+)
+def test_a_bad_verify_section_is_one_line_naming_it(
+    tmp_path: Path, influxdb_conf: Path, section: str, expected: str
+) -> None:
+    path = write(tmp_path, base(influxdb_conf, tmp_path, job=f"[verify]\n{section}\n"))
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    assert expected in message, message
