@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,18 @@ def test_without_a_verify_schedule_the_daemon_verifies_nothing(
         assert d.stop() == 0
     assert not any(e.get("event") == "verify.scheduled" for e in d.events())
     assert "verify --all  manual only ([verify])" in _status(config)
+
+
+def test_a_verify_schedule_added_by_a_reload_takes_effect(tmp_path: Path, sandbox: Sandbox) -> None:
+    config = write_config(tmp_path, sandbox, jobs=[JOB])
+    record = Cli(config).json("backup")
+    assert record["status"] == "ok", record["error"]
+    with daemon(tmp_path, config) as d:
+        d.wait_event("daemon.ready", timeout=30)
+        config.write_text(config.read_text() + '\n[verify]\nevery = "2s"\n')
+        d.proc.send_signal(signal.SIGHUP)
+        reloaded = d.wait_event("config.reloaded", timeout=10)
+        assert "[verify]" in reloaded["rescheduled"]
+        checked = d.wait_event("verify.scheduled", timeout=30)
+        assert checked["checked"] == 1 and checked["failed"] == []
+        assert d.stop() == 0
