@@ -80,6 +80,19 @@ VERIFY_FAILURES = Family(
     "Backup verifications that failed.",
     (JOB_LABEL,),
 )
+FAILING_VERIFY = Family(
+    "influx_backupd_backups_failing_verify",
+    "gauge",
+    "Backups kept as good whose last verification failed (0 when none).",
+    (JOB_LABEL,),
+)
+OLDEST_CHECK = Family(
+    "influx_backupd_oldest_check_timestamp_seconds",
+    "gauge",
+    "Unix time of the oldest check among the successful backups: when the least recently "
+    "checked one was last verified (or taken, if never verified since).",
+    (JOB_LABEL,),
+)
 
 FAMILIES: tuple[Family, ...] = (
     LAST_SUCCESS,
@@ -89,6 +102,8 @@ FAMILIES: tuple[Family, ...] = (
     ARCHIVE_BYTES,
     RUNS,
     VERIFY_FAILURES,
+    FAILING_VERIFY,
+    OLDEST_CHECK,
 )
 METRIC_NAMES: frozenset[str] = frozenset(f.name for f in FAMILIES)
 METRIC_LABELS: Mapping[str, tuple[str, ...]] = {f.name: f.labels for f in FAMILIES}
@@ -160,6 +175,10 @@ def render(
         if oks:
             samples[LAST_SUCCESS.name].append((j, _finished_at(oks[-1])))
             samples[ARCHIVE_BYTES.name].append((j, oks[-1].bytes))
+            checks = [r.verified_at or _finished_at(r) for r in oks]
+            samples[OLDEST_CHECK.name].append((j, min(checks)))
+        failing = sum(1 for r in oks if r.verify_status == "failed")
+        samples[FAILING_VERIFY.name].append((j, failing))
         for result in RESULTS:
             times = [_finished_at(r) for r in finished if r.status == result]
             if counted is not None and (job, result) in counted:

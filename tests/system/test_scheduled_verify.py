@@ -65,6 +65,7 @@ def test_a_backup_gone_bad_on_disk_is_found_by_the_next_scheduled_verify(
             if line.startswith('influx_backupd_verify_failures_total{job="nightly"}')
         ]
         assert counted and int(counted[0]) >= 1, counted  # one per failed check, every 2 s
+        assert 'influx_backupd_backups_failing_verify{job="nightly"} 1\n' in metrics.read_text()
         assert f"FAILING 1 backup(s) failed their last check: {record['id']}" in _status(config)
         assert d.stop() == 0
     assert sandbox.ping(), "a verify never touches the live server"

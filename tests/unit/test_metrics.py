@@ -101,6 +101,13 @@ def test_render_values_and_labels() -> None:
         k("verify_failures_total", job="cold"): 4.0,
         k("verify_failures_total", job="hot"): 0.0,
         k("verify_failures_total", job="other"): 1.0,
+        # c1 is kept as good but failed its last verify; c3 failed as a run, not a verify
+        k("backups_failing_verify", job="cold"): 1.0,
+        k("backups_failing_verify", job="hot"): 0.0,
+        k("backups_failing_verify", job="other"): 0.0,
+        # never verified since they were taken: c1 at 1100 is the oldest check of "cold"
+        k("oldest_check_timestamp_seconds", job="cold"): 1100.0,
+        k("oldest_check_timestamp_seconds", job="hot"): 1600.0,
     }
     assert values == expected
     assert {name: types[name] for name in METRIC_NAMES} == {f.name: f.type for f in FAMILIES}
@@ -116,6 +123,18 @@ def test_phases_of_last_finished_run_only_those_measured() -> None:
     values, _ = parse(render(records))
     phases = {dict(labels)["phase"]: v for (name, labels), v in values.items() if "phase" in name}
     assert phases == {"stop": 0.125, "copy": 0.0}
+
+
+def test_the_oldest_check_moves_when_every_backup_is_verified_again() -> None:
+    """A scheduled verify checks them all: the oldest check becomes the earliest of those."""
+    records = [
+        rec("a", "j", "ok", 10.0, verified_at=900.0, verify_status="ok"),
+        rec("b", "j", "ok", 20.0, verified_at=905.0, verify_status="ok"),
+        rec("c", "j", "failed", 5.0),  # not a backup: never counted
+    ]
+    values, _ = parse(render(records))
+    assert values[k("oldest_check_timestamp_seconds", job="j")] == 900.0
+    assert values[k("backups_failing_verify", job="j")] == 0.0
 
 
 def test_newest_is_by_finish_time() -> None:
@@ -170,7 +189,7 @@ def test_names_follow_prometheus_conventions() -> None:
         assert family.name.endswith("_total") == (family.type == "counter")
         assert family.labels[0] == "job"
         assert METRIC_LABELS[family.name] == family.labels
-    assert len(METRIC_NAMES) == 7
+    assert len(METRIC_NAMES) == 9
 
 
 @pytest.mark.parametrize(
