@@ -387,7 +387,7 @@ class Daemon:
 
     def _verify_all(self, item: Due) -> None:
         """[verify]: every good backup checked again, under the backup lock, between runs."""
-        from influx_backupd.followup import write_metrics
+        from influx_backupd.followup import tell_verify_failed, write_metrics
         from influx_backupd.verify import verify_all
 
         config = self.config  # a reload from now on does not touch this check
@@ -403,6 +403,15 @@ class Daemon:
                 restore_test=section.restore_test,
                 stopping=self._stopping.is_set,
             )
+            try:
+                write_metrics(config, catalog)
+            except OSError as exc:
+                self._log.error("after_run.step_failed", step="metrics", error=str(exc))
+            for result in results:
+                record = catalog.get(result.run_id) if result.run_id and not result.ok else None
+                if record is not None:
+                    tell_verify_failed(config, record)
+            # Last: once it is logged, the catalog, the metrics and the hooks all know.
             failed = [f"{r.run_id}: {'; '.join(r.errors)}" for r in results if not r.ok]
             (self._log.error if failed else self._log.info)(
                 "verify.scheduled",
@@ -413,10 +422,6 @@ class Daemon:
                 cut_short=self._stopping.is_set(),
                 took_s=round(time.monotonic() - started, 3),
             )
-            try:
-                write_metrics(config, catalog)
-            except OSError as exc:
-                self._log.error("after_run.step_failed", step="metrics", error=str(exc))
 
         self._with_lock(config, item, section.catch_up, check)
 

@@ -88,3 +88,12 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
         logger.warning("after_run.interrupted", signal=str(exc))
         return
     step("settle", lambda: catalog.followed_up(record.id))
+
+
+def tell_verify_failed(config: Config, record: RunRecord) -> None:
+    """A later check (the daemon's [verify]) found this run's backup bad: its job's on_failure
+    hook, with the record (INFLUX_BACKUPD_VERIFY=failed and the errors in _VERIFY_DETAIL), as
+    after a run whose verify failed. A hook never raises."""
+    job = next((j for j in config.settings.job if j.name == record.job), None)
+    if job is not None and job.on_failure:
+        run_hook(job.on_failure, environment(record), job.hook_timeout, name="on_failure")

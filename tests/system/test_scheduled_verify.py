@@ -28,7 +28,9 @@ def _status(config: Path) -> str:
 def test_a_backup_gone_bad_on_disk_is_found_by_the_next_scheduled_verify(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    config = write_config(tmp_path, sandbox, jobs=[JOB])
+    told = tmp_path / "on_failure.env"
+    hook = ["sh", "-c", f"env | grep ^INFLUX_BACKUPD_ > {told}"]
+    config = write_config(tmp_path, sandbox, jobs=[{**JOB, "on_failure": hook}])
     metrics = tmp_path / "metrics.prom"
     text = config.read_text().replace("[daemon]\n", f'[daemon]\nmetrics_file = "{metrics}"\n', 1)
     config.write_text(text + '\n[verify]\nevery = "2s"\n')
@@ -43,6 +45,7 @@ def test_a_backup_gone_bad_on_disk_is_found_by_the_next_scheduled_verify(
         assert first["checked"] == 1 and first["failed"] == []
         checked = catalog.get(record["id"])
         assert checked is not None and checked.verify_status == "ok" and checked.verified_at
+        assert not told.exists(), "a good check tells nobody"
         assert "verify --all  every 2s ([verify])" in _status(config)
 
         # Bit rot: one byte in the middle of the archive flips.
@@ -67,6 +70,11 @@ def test_a_backup_gone_bad_on_disk_is_found_by_the_next_scheduled_verify(
         assert counted and int(counted[0]) >= 1, counted  # one per failed check, every 2 s
         assert 'influx_backupd_backups_failing_verify{job="nightly"} 1\n' in metrics.read_text()
         assert f"FAILING 1 backup(s) failed their last check: {record['id']}" in _status(config)
+        # The operator's on_failure hears of it, with the run and what the check found.
+        env = dict(line.split("=", 1) for line in told.read_text().splitlines())
+        assert env["INFLUX_BACKUPD_RUN_ID"] == record["id"]
+        assert env["INFLUX_BACKUPD_VERIFY"] == "failed"
+        assert "sha256" in env["INFLUX_BACKUPD_VERIFY_DETAIL"]
         assert d.stop() == 0
     assert sandbox.ping(), "a verify never touches the live server"
     assert "Traceback" not in d.tail()
