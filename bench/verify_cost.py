@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""What a check costs: `verify` of a cold archive against reading and hashing the same file.
+
+    python bench/verify_cost.py --size 1G --runs 3
+
+A scheduled `[verify]` reads every kept archive again, so its cost per GB decides how often an
+operator can afford it. This builds a real influxd sandbox of --size, takes one cold backup
+through the CLI, then times, alternately and with the archive in the page cache: `openssl dgst
+-sha256` (reading and hashing every byte with SHA-NI where the CPU has it: the floor for any
+check that proves the bytes unchanged; coreutils' sha256sum was 4× slower here),
+`verify ID` (sha256 against the catalog, structure, Bolt/TSM/WAL headers and indexes), `verify
+ID --deep` (also every TSM block's CRC32) and, once, `verify ID --restore-test`. Prints medians,
+seconds per GiB and ratios. Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cold_downtime import generate, parse_size, write_config  # a sibling script
+
+from influx_backupd.sandbox import Sandbox, influxd_binary
+
+
+def timed(argv: list[str]) -> float:
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True)
+    took = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[-3:]} exited {done.returncode}: {done.stderr[-1500:]}")
+    return took
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size", default="1G", help="TSM+WAL to generate (default 1G)")
+    ap.add_argument("--runs", type=int, default=3, help="rounds of each check (default 3)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="verify-cost-bench-"))
+    server = Sandbox(work / "server", binary=influxd_binary() or "/usr/bin/influxd")
+    server.write_config()
+    server.start()
+    times: dict[str, list[float]] = {}
+    try:
+        print(f"generating {args.size} ...", flush=True)
+        print(f"  {generate(server, parse_size(args.size))}", flush=True)
+        conf = write_config(work, server)
+        cli = [sys.executable, "-m", "influx_backupd", "--config", str(conf)]
+        done = subprocess.run([*cli, "backup", "--job", "direct", "--json"], capture_output=True)
+        record = json.loads(done.stdout)
+        if record.get("status") != "ok":
+            raise RuntimeError(f"backup failed: {record.get('error')}")
+        archive, run_id = Path(record["archive"]), record["id"]
+        size = archive.stat().st_size
+        print(f"  archive {size / 2**30:.2f} GiB", flush=True)
+        checks = {
+            "openssl sha256": ["openssl", "dgst", "-sha256", str(archive)],
+            "verify": [*cli, "verify", run_id],
+            "verify --deep": [*cli, "verify", run_id, "--deep"],
+        }
+        timed(checks["openssl sha256"])  # untimed: the archive into the page cache
+        for i in range(args.runs):
+            names = list(checks) if i % 2 == 0 else list(reversed(checks))
+            for name in names:
+                times.setdefault(name, []).append(timed(checks[name]))
+            print(
+                f"  round {i + 1}: { {n: round(t[-1], 3) for n, t in times.items()} }", flush=True
+            )
+        times["verify --restore-test"] = [timed([*cli, "verify", run_id, "--restore-test"])]
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n# python bench/verify_cost.py {' '.join(sys.argv[1:])}")
+    floor = statistics.median(times["openssl sha256"])
+    print(
+        f"| check (median of {args.runs}; restore test once) | seconds | s per GiB | / openssl sha256 |"
+    )
+    print("| --- | ---: | ---: | ---: |")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:.2f} | {median / (size / 2**30):.2f} | {median / floor:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
