@@ -9,7 +9,9 @@ Threads:
 
 Overlap: a job due while another runs waits and then runs once (a job already waiting is not
 queued twice); a job due while that same job still runs is skipped with a logged reason. A run
-that would start later than its job's catch_up after it was due is skipped, logged.
+that would start later than its job's catch_up after it was due is skipped, logged. The
+scheduled verify ([verify]) queues like a job, but yields to a backup that falls due: it stops
+between archives and queues itself again behind it.
 """
 
 from __future__ import annotations
@@ -401,8 +403,13 @@ class Daemon:
                 catalog,
                 deep=section.deep,
                 restore_test=section.restore_test,
-                stopping=self._stopping.is_set,
+                stop=lambda: self._stopping.is_set() or self._backup_waiting(),
             )
+            yielded = not self._stopping.is_set() and self._backup_waiting()
+            if yielded:  # the rest after the backups now due: least recently checked first
+                with self._cond:
+                    self._pending.append(Due(VERIFY_ALL, time.time(), "resume"))
+                    self._cond.notify_all()
             try:
                 write_metrics(config, catalog)
             except OSError as exc:
@@ -419,11 +426,17 @@ class Daemon:
                 checked=len(results),
                 ok=len(results) - len(failed),
                 failed=failed,
-                cut_short=self._stopping.is_set(),
+                cut_short="daemon stopping"
+                if self._stopping.is_set()
+                else ("a backup is due: resumed after it" if yielded else None),
                 took_s=round(time.monotonic() - started, 3),
             )
 
         self._with_lock(config, item, section.catch_up, check)
+
+    def _backup_waiting(self) -> bool:
+        with self._cond:
+            return any(d.job != VERIFY_ALL for d in self._pending)
 
     def _with_lock(
         self,

@@ -698,17 +698,19 @@ def verify_all(
     job: str | None = None,
     deep: bool = False,
     restore_test: bool = False,
-    stopping: Callable[[], bool] = lambda: False,
+    stop: Callable[[], bool] = lambda: False,
 ) -> list[VerifyResult]:
-    """Every good backup (of one job), oldest first, each result saved in the catalog. The
-    caller holds the lock: prune cannot delete an archive (or its entry) while it is read.
-    `stopping` is asked between backups: the daemon's shutdown does not wait for them all."""
+    """Every good backup (of one job), the least recently checked first, each result saved in
+    the catalog. The caller holds the lock: prune cannot delete an archive (or its entry) while
+    it is read. `stop` is asked between backups (the daemon: stopping, or a backup is due); a
+    check cut short and begun again later starts with the backups it did not reach."""
+    good = [r for r in catalog.list(job=job) if r.ok and r.archive is not None]
+    good.sort(key=lambda r: (r.verified_at or r.finished_at or r.started_at, r.started_at))
     results = []
-    for record in catalog.list(job=job):
-        if not record.ok or record.archive is None:
-            continue
-        if stopping():
+    for record in good:
+        if stop():
             break
+        assert record.archive is not None
         result = verify(config, Path(record.archive), record, deep=deep, restore_test=restore_test)
         save_result(catalog, record, result)
         results.append(result)
