@@ -102,10 +102,8 @@ bind-address = "127.0.0.1:{free_port()}"
         self.log.close()
 
 
-@pytest.fixture(scope="module")
-def influxd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data set with TSM files, a non-empty WAL (writes and a delete), and meta."""
-    root = tmp_path_factory.mktemp("influxd")
+def _build_data_set(root: Path) -> int:
+    """TSM files, a non-empty WAL (writes and a delete), and meta; influxd's exit status."""
     server = Influxd(root)
     try:
         server.query("CREATE DATABASE x")
@@ -118,10 +116,32 @@ def influxd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         later = BASE_NS + WEEK_NS
         server.write([f"mem,host=h{i % 7} used={i}i {later + i * 10**9}" for i in range(3000)])
         server.query("DELETE FROM mem WHERE host='h3'")
+    except OSError:
+        if server.proc.poll() is None:
+            raise  # a refusal by a live server is a real failure; a crash is retried
     finally:
         server.stop()
-    assert server.proc.returncode == 0
-    return root
+    assert server.proc.returncode is not None
+    return server.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def influxd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data set with TSM files, a non-empty WAL (writes and a delete), and meta.
+
+    influxd 1.6.7 itself crashed once in about 25 suite runs while building it: SIGSEGV in
+    tsm1.(*Engine).DeleteSeriesRangeWithPredicate (its DELETE racing its own cache snapshot),
+    exit status 2. That is the peer's bug, not what these tests check: such an attempt is
+    built again in a fresh dir, up to three times, and the crash shown if it persists."""
+    log = ""
+    for _attempt in range(3):
+        root = tmp_path_factory.mktemp("influxd")
+        status = _build_data_set(root)
+        if status == 0:
+            return root
+        log = (root / "influxd.log").read_text(errors="replace")
+        assert "fatal error" in log, f"influxd exited {status}: {log[-2000:]}"
+    raise AssertionError(f"influxd crashed building the data set 3 times: {log[-2000:]}")
 
 
 @pytest.fixture
