@@ -272,21 +272,26 @@ def test_the_throwaway_is_the_oom_killers_first_choice_and_its_death_fails_the_b
     storage = tmp_path / "archives"
 
     restore = cli.popen("restore", increment["id"], "--yes")
-    _wait(lambda: _throwaways(storage), 60, "the restore's throwaway influxd")
-    throwaway = _throwaways(storage)[0]
-    _wait(
-        lambda: _oom_score_adj(throwaway.pid) == "1000",
-        5,
-        "the throwaway marked for the OOM killer",
-    )
-    assert _oom_score_adj(pid_before[0]) == live_adj, "the live server's score is left alone"
-    environ = throwaway.environ()
-    assert environ.get("GOGC") == str(BESIDE_LIVE_GOGC), "…and it holds less heap"
-    assert "GOGC" not in psutil.Process(pid_before[0]).environ()
-    if moment == "restoring":  # where memory peaks: `influxd restore` and SELECT INTO
-        _wait(lambda: _restore_tool_running(restore.pid), 60, "`influxd restore` running")
-    throwaway.kill()
-    _, err = restore.communicate(timeout=120)
+    try:
+        _wait(lambda: _throwaways(storage), 60, "the restore's throwaway influxd")
+        throwaway = _throwaways(storage)[0]
+        _wait(
+            lambda: _oom_score_adj(throwaway.pid) == "1000",
+            5,
+            "the throwaway marked for the OOM killer",
+        )
+        assert _oom_score_adj(pid_before[0]) == live_adj, "the live server's score is left alone"
+        environ = throwaway.environ()
+        assert environ.get("GOGC") == str(BESIDE_LIVE_GOGC), "…and it holds less heap"
+        assert "GOGC" not in psutil.Process(pid_before[0]).environ()
+        if moment == "restoring":  # where memory peaks: `influxd restore` and SELECT INTO
+            _wait(lambda: _restore_tool_running(restore.pid), 60, "`influxd restore` running")
+        throwaway.kill()
+        _, err = restore.communicate(timeout=120)
+    finally:
+        if restore.poll() is None:  # the test failed first: the restore must not outlive it
+            restore.terminate()
+            restore.communicate(timeout=120)
 
     assert restore.returncode == 1
     assert "Traceback" not in err
