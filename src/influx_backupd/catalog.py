@@ -70,10 +70,9 @@ class Catalog:
             conn.execute("DELETE FROM owed WHERE run_id = ?", (run_id,))
 
     def owed(self) -> list[RunRecord]:
-        """Finished runs whose follow-up never completed, oldest first. Owed entries of runs
-        pruned since are dropped."""
+        """Finished runs whose follow-up never completed, oldest first (a run deleted since,
+        by prune, takes its entry with it)."""
         with self._connect() as conn:
-            conn.execute("DELETE FROM owed WHERE run_id NOT IN (SELECT id FROM runs)")
             rows = conn.execute(
                 "SELECT record FROM runs JOIN owed ON owed.run_id = runs.id "
                 "WHERE status != 'running' ORDER BY started_at, id"
@@ -124,6 +123,7 @@ class Catalog:
     def delete(self, run_id: str) -> None:
         with self._connect() as conn:
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            conn.execute("DELETE FROM owed WHERE run_id = ?", (run_id,))
 
     def increment(self, job: str, name: str, at: float) -> None:
         with self._connect() as conn:

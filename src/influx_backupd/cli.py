@@ -215,7 +215,7 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
             progress.unlisten(bar)
             bar.close()
     print_record(record, args.json)
-    return EXIT_OK if record.ok and record.verify_status != "failed" else EXIT_FAILED
+    return EXIT_OK if record.good else EXIT_FAILED
 
 
 def _progress_bar(args: argparse.Namespace) -> Any:

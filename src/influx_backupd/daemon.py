@@ -218,20 +218,18 @@ class Daemon:
         records = catalog.list() if catalog.exists() else []
         checked = [r.verified_at or r.finished_at for r in records if r.ok and r.archive]
         oldest = min((t for t in checked if t is not None), default=None)
-        if build_trigger(self.config.settings.verify) is None:
-            with contextlib.suppress(Exception):
-                self._scheduler.remove_job(VERIFY_ALL)
-            return
         self._schedule(VERIFY_ALL, self.config.settings.verify, oldest, startup=startup)
 
     def _schedule(self, name: str, when: Scheduled, last: float | None, *, startup: bool) -> None:
-        """Add (or replace) name's trigger; at start-up, run once what was missed since `last`
-        if it is no older than catch_up, else log it."""
+        """Add (or replace) name's trigger, or remove it when `when` has none (manual only); at
+        start-up, run once what was missed since `last` if no older than catch_up, else log it."""
         last_dt = datetime.fromtimestamp(last, UTC) if last is not None else None
         anchor = last_dt if when.every is not None else None
         trigger = build_trigger(when, anchor=anchor)
         if trigger is None:
-            return  # manual only
+            if self._scheduler.get_job(name) is not None:
+                self._scheduler.remove_job(name)
+            return
         self._scheduler.add_job(
             self._fire,
             trigger,
@@ -322,11 +320,7 @@ class Daemon:
             before = old.get(name)
             if before is None or any(getattr(before, k) != getattr(job, k) for k in _SCHEDULE_KEYS):
                 changed.append(name)
-                if build_trigger(job) is None:
-                    with contextlib.suppress(Exception):
-                        self._scheduler.remove_job(name)
-                else:
-                    self._add_job(job, catalog, startup=False)
+                self._add_job(job, catalog, startup=False)
         if any(getattr(old_verify, k) != getattr(new.settings.verify, k) for k in _SCHEDULE_KEYS):
             changed.append(VERIFY_ALL)
             self._add_verify(catalog, startup=False)

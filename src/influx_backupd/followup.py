@@ -29,11 +29,6 @@ def write_metrics(config: Config, catalog: Catalog) -> None:
     write_textfile(path, render(catalog.list(), counters=catalog.counters()))
 
 
-def succeeded(record: RunRecord) -> bool:
-    """A run counts as a success for hooks and heartbeats only if its verify (if any) passed."""
-    return record.ok and record.verify_status != "failed"
-
-
 def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunRecord) -> None:
     logger = log.get(run_id=record.id, job=job.name)
 
@@ -64,20 +59,20 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
         prune(config, catalog, job=job.name)
 
     def hooks() -> None:
-        argv = job.on_success if succeeded(record) else job.on_failure
+        argv = job.on_success if record.good else job.on_failure
         if argv:
-            name = "on_success" if succeeded(record) else "on_failure"
+            name = "on_success" if record.good else "on_failure"
             run_hook(argv, environment(record), job.hook_timeout, name=name)
 
     def beat() -> None:
         if job.heartbeat_url:
-            heartbeat.ping(job.heartbeat_url, "success" if succeeded(record) else "fail")
+            heartbeat.ping(job.heartbeat_url, "success" if record.good else "fail")
 
     try:
         if record.ok and job.verify_after_backup:
             step("verify", verify_it)
         # Only a good run may prune: the plan keeps the newest good backup, and that must be it.
-        if succeeded(record):
+        if record.good:
             step("prune", prune_it)
         step("metrics", lambda: write_metrics(config, catalog))
         step("hooks", hooks)

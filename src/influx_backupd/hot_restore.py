@@ -518,13 +518,13 @@ def _build(
         _grant_again(throwaway.url, grants, logger)
         result.restore_s = time.monotonic() - t_restore
         _wait_wal_flushed(staging["wal"], logger)
-        if note := throwaway.killed_note():  # died after its last answer: not a whole build
-            raise StepFailed(note)
+        if throwaway.killed_by() is not None:  # died after its last answer: not a whole build
+            raise StepFailed("the build's influxd died")  # reported as its death, below
     except Exception as exc:
         # Whatever step noticed it first (a refused query, a failed tool), the cause to report
         # is the server's death.
         note = throwaway.killed_note()
-        if note is None or (isinstance(exc, StepFailed) and str(exc) == note):
+        if note is None:
             raise
         raise StepFailed(note) from exc
     finally:

@@ -177,7 +177,7 @@ def render(
             samples[ARCHIVE_BYTES.name].append((j, oks[-1].bytes))
             checks = [r.verified_at or _finished_at(r) for r in oks]
             samples[OLDEST_CHECK.name].append((j, min(checks)))
-        failing = sum(1 for r in oks if r.verify_status == "failed")
+        failing = sum(1 for r in oks if r.failed_check)
         samples[FAILING_VERIFY.name].append((j, failing))
         for result in RESULTS:
             times = [_finished_at(r) for r in finished if r.status == result]

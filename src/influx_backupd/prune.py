@@ -62,13 +62,9 @@ def policy_of(job: JobSection) -> RetentionPolicy:
     )
 
 
-def _good(record: RunRecord) -> bool:
-    return record.ok and record.verify_status != "failed"
-
-
 def _as_planned(record: RunRecord) -> RunRecord:
     # A backup that failed verification is no good backup: it never counts as kept.
-    if record.ok and record.verify_status == "failed":
+    if record.failed_check:
         return dataclasses.replace(record, status="failed")
     return record
 
@@ -144,7 +140,7 @@ def _prune_job(
     result = plan([_as_planned(r) for r in records], policy_of(job), now=now)
 
     # Belt and braces: whatever retention.plan says, the newest good backup stays.
-    goods = sorted((r for r in records if _good(r)), key=lambda r: (r.started_at, r.id))
+    goods = sorted((r for r in records if r.good), key=lambda r: (r.started_at, r.id))
     doomed = {r.id for r in result.delete}
     if goods and goods[-1].id in doomed:
         raise PruneRefused(

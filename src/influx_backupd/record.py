@@ -69,3 +69,13 @@ class RunRecord:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def failed_check(self) -> bool:
+        """A backup taken ok that a verify since found bad: kept, but no good backup."""
+        return self.ok and self.verify_status == "failed"
+
+    @property
+    def good(self) -> bool:
+        """A backup to rely on (hooks' success, retention's newest good, the exit status)."""
+        return self.ok and not self.failed_check

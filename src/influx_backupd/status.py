@@ -74,7 +74,7 @@ def gather(config: Config) -> dict[str, Any]:
             }
         )
     verify = state.get("verify", {}) if state else {}
-    failing = [r.id for r in records if r.ok and r.verify_status == "failed"]
+    failing = [r.id for r in records if r.failed_check]
     with_downtime = [r for r in records if r.downtime_s is not None]
     last_downtime = with_downtime[-1] if with_downtime else None
     return {
