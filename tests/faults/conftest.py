@@ -1,0 +1,178 @@
+"""The fault suite's shared format (README.md here): the `fault` marker, `fault_result`, `ledger`,
+and one JSON line per test in $INFLUX_BACKUPD_FAULT_RESULTS for scripts/reliability_report.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from influx_backupd.sandbox import Sandbox
+
+RESULTS_ENV = "INFLUX_BACKUPD_FAULT_RESULTS"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "fault(cls, fault, variant=None): what a fault test tries (tests/faults/README.md)",
+    )
+
+
+@dataclass
+class FaultResult:
+    data_lost: dict[str, int] | None = None
+    examples: int = 1
+    outcome: str = "passed"
+    started: float = field(default_factory=time.monotonic)
+
+    def lost(self, *, points: int = 0, archives: int = 0) -> None:
+        self.data_lost = {"points": max(0, points), "archives": max(0, archives)}
+
+
+_RESULT = pytest.StashKey[FaultResult]()
+
+
+def _result(item: pytest.Item) -> FaultResult:
+    if _RESULT not in item.stash:
+        item.stash[_RESULT] = FaultResult()
+    return item.stash[_RESULT]
+
+
+@pytest.fixture
+def fault_result(request: pytest.FixtureRequest) -> FaultResult:
+    return _result(request.node)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    result = _result(item)
+    if report.failed:
+        result.outcome = "failed"
+    elif report.skipped and result.outcome != "failed":
+        result.outcome = "skipped"
+    if report.when == "teardown":
+        _write(item, result)
+
+
+def _write(item: pytest.Item, result: FaultResult) -> None:
+    path = os.environ.get(RESULTS_ENV)
+    marker = item.get_closest_marker("fault")
+    if not path:
+        return
+    if marker is None:
+        cls, fault = "?", "(no fault marker: see tests/faults/README.md)"
+        variant: object = item.name
+    else:
+        cls, fault = str(marker.args[0]), str(marker.args[1])
+        variant = marker.args[2] if len(marker.args) > 2 else marker.kwargs.get("variant")
+        if variant is None:
+            callspec = getattr(item, "callspec", None)
+            variant = callspec.id if callspec is not None else item.name
+    line = {
+        "nodeid": item.nodeid,
+        "class": cls,
+        "fault": fault,
+        "variant": str(variant),
+        "outcome": result.outcome,
+        "data_lost": result.data_lost,
+        "examples": result.examples,
+        "seconds": round(time.monotonic() - result.started, 1),
+    }
+    with open(path, "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+# -- what a user would call data lost --------------------------------------------------------
+
+
+def points(server: Sandbox) -> dict[str, int]:
+    """Points per database that the server answers now (nothing when it does not answer)."""
+    found: dict[str, int] = {}
+    try:
+        dbs = server.databases()
+    except OSError:
+        return found
+    for db in dbs:
+        query = urllib.parse.urlencode({"q": "SELECT count(*) FROM /.*/", "db": db})
+        with urllib.request.urlopen(f"{server.url}/query?{query}", timeout=60) as resp:
+            answer = json.loads(resp.read())
+        found[db] = sum(
+            int(v)
+            for series in answer["results"][0].get("series") or []
+            for row in series["values"]
+            for v in row[1:]
+            if isinstance(v, int)
+        )
+    return found
+
+
+def backups(storage: Path) -> dict[str, str]:
+    """Every finished backup in storage (cold tar or hot dir) → sha256 of its bytes."""
+    found: dict[str, str] = {}
+    if not storage.is_dir():
+        return found
+    for path in sorted(storage.iterdir()):
+        name = path.name
+        if name.startswith(".") or name.endswith((".json", ".partial", ".incomplete")):
+            continue
+        digest = hashlib.sha256()
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(path.parent)).encode() + b"\0")
+            digest.update(file.read_bytes())
+        found[name] = digest.hexdigest()
+    return found
+
+
+@dataclass
+class Ledger:
+    """What a user has before a fault, compared with what they have after it."""
+
+    server: Sandbox
+    storage: Path
+    result: FaultResult
+    points_before: dict[str, int] = field(default_factory=dict)
+    backups_before: dict[str, str] = field(default_factory=dict)
+
+    def take(self) -> None:
+        self.points_before = points(self.server)
+        self.backups_before = backups(self.storage)
+
+    def settle(self) -> tuple[int, list[str]]:
+        """(points lost, backups lost or changed); recorded in the results either way."""
+        after = points(self.server)
+        lost_points = sum(max(0, n - after.get(db, 0)) for db, n in self.points_before.items())
+        now = backups(self.storage)
+        lost = [name for name, sha in self.backups_before.items() if now.get(name) != sha]
+        self.result.lost(points=lost_points, archives=len(lost))
+        return lost_points, lost
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, sandbox: Sandbox, fault_result: FaultResult) -> Ledger:
+    """For a sandbox with the conftest config (storage in tmp_path/archives)."""
+    return Ledger(sandbox, tmp_path / "archives", fault_result)
+
+
+def one_line(stderr: str) -> str:
+    """The single error line a refused command prints (log events are JSON lines: skipped)."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.lstrip().startswith("{")]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert len(lines) == 1, f"expected one line on stderr, got: {lines}"
+    return lines[0]
+
+
+def data_of(path: Path) -> Any:
+    return json.loads(path.read_text())
