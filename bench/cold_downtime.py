@@ -5,7 +5,7 @@
     python bench/cold_downtime.py --size 200M --runs 3
     python bench/cold_downtime.py --hot-only --runs 5   # issue 6's hot comparison alone
 
-Builds a throwaway real influxd (influx_backupd.sandbox) holding about --size of TSM and WAL,
+Builds a throwaway real influxd (influx_backupd.influxd.sandbox) holding about --size of TSM and WAL,
 keeps a writer going at a steady rate for the whole run, and runs direct and staged cold
 backups alternately through the real CLI (`python -m influx_backupd backup --json`). Then, in
 the same run: the archive writer against GNU tar on the same tree, the backup process's peak
@@ -39,9 +39,9 @@ from typing import Any
 
 import psutil
 
-from influx_backupd.archive import write_archive
-from influx_backupd.cold import tree_size
-from influx_backupd.sandbox import Sandbox, influxd_binary
+from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from influx_backupd.jobs.cold import tree_size
+from influx_backupd.store.archive import write_archive
 
 PHASES = ("stop_s", "copy_s", "start_s", "downtime_s", "prestage_s", "archive_s")
 
@@ -344,8 +344,8 @@ def hot_vs_bare(conf: Path, sandbox: Sandbox, work: Path, runs: int) -> dict[str
     bare run (outside its time), the fsync and sha256 that would give it our run's guarantees."""
     import importlib.util
 
-    if importlib.util.find_spec("influx_backupd.hot") is None:
-        return "not measured: hot mode missing (no influx_backupd.hot)"
+    if importlib.util.find_spec("influx_backupd.jobs.hot") is None:
+        return "not measured: hot mode missing (no influx_backupd.jobs.hot)"
     ours: list[float] = []
     bare: list[float] = []
     guarantees: list[float] = []

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cold_downtime import generate, parse_size  # a sibling script, not a package
 
-from influx_backupd.sandbox import Sandbox, influxd_binary
+from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 
 VARIANTS = ("alone", "nice 0", "nice 19", "SCHED_IDLE")
 

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cold_downtime import generate, parse_size, write_config  # a sibling script
 
-from influx_backupd.influxql import query, values
-from influx_backupd.sandbox import BESIDE_LIVE_GOGC, Sandbox, influxd_binary
+from influx_backupd.influxd.influxql import query, values
+from influx_backupd.influxd.sandbox import BESIDE_LIVE_GOGC, Sandbox, influxd_binary
 
 SOURCE, DEST = '"tmp"."autogen"."blob"', '"bench"."autogen"."blob"'
 WINDOW_S = 6 * 3600

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cold_downtime import generate, parse_size, write_config  # a sibling script
 
-from influx_backupd.sandbox import Sandbox, influxd_binary
+from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 
 
 def timed(argv: list[str]) -> float:

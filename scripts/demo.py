@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from influx_backupd.sandbox import Sandbox, influxd_binary
+from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 
 POINTS = 50_000
 

@@ -11,5 +11,7 @@ lint="src tests scripts"
 "$PYTHON" -m ruff format --check $lint
 echo "== mypy --strict src" >&2
 "$PYTHON" -m mypy --strict src
+echo "== lint-imports (the layers contract in pyproject.toml)" >&2
+"$PYTHON" -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
 echo "== pytest" >&2
 "$PYTHON" -m pytest -q -p no:cacheprovider "$@"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from influx_backupd.sandbox import Sandbox, influxd_binary
+from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 
 STAND_INS = Path(__file__).parent / "stand_ins"
 

@@ -1,3 +1,3 @@
-from influx_backupd.cli import main
+from influx_backupd.cli.main import main
 
 raise SystemExit(main())

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from influx_backupd.sandbox import Sandbox
+from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, write_config
 
 # A hook that records its environment and whether influxd answered /ping while it ran.

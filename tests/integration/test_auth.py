@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from influx_backupd.sandbox import Sandbox
+from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, write_config
 
 ADMIN = ("admin", "pa:ss w0rd!")  # a colon and a space: Basic auth must carry them as they are

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from influx_backupd.sandbox import Sandbox
+from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, write_config
 
 COLD = [{"name": "nightly", "mode": "cold", "copy": "direct"}]

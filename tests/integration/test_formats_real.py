@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd.formats import check_archive
+from influx_backupd.store.formats import check_archive
 
 pytestmark = [
     pytest.mark.influxd,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from influx_backupd.sandbox import Sandbox
+from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, write_config
 
 HOT = [{"name": "hotjob", "mode": "hot"}]

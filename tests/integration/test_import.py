@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from influx_backupd.sandbox import Sandbox
+from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, write_config
 
 JOBS = [{"name": "nightly", "mode": "cold", "copy": "direct"}, {"name": "hotjob", "mode": "hot"}]

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd import prune as prune_module
-from influx_backupd.catalog import Catalog
-from influx_backupd.config import load
-from influx_backupd.record import RunRecord, new_run_id
-from influx_backupd.retention import RetentionPlan
-from influx_backupd.sandbox import Sandbox
+from influx_backupd.core.config import load
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.keep import prune as prune_module
+from influx_backupd.keep.retention import RetentionPlan
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord, new_run_id
 from tests.conftest import Cli, write_config
 
 

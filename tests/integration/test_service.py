@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd.sandbox import Sandbox
+from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import STAND_INS, Cli, write_config
 
 UNIT = "influxdb-sandbox.service"

@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-from influx_backupd.sandbox import Sandbox
+from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, write_config
 
 

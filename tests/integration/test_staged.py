@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd.archive import write_archive
-from influx_backupd.sandbox import Sandbox
-from influx_backupd.staging import Stager, staging_root
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.jobs.staging import Stager
+from influx_backupd.store.archive import write_archive
+from influx_backupd.store.layout import staging_root
 from tests.conftest import Cli, write_config
 
 BATCH = 200

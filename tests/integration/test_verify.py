@@ -14,9 +14,9 @@ from typing import Any
 import psutil
 import pytest
 
-from influx_backupd.catalog import Catalog
-from influx_backupd.record import RunRecord, new_run_id
-from influx_backupd.sandbox import Sandbox, influxd_binary
+from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord, new_run_id
 from tests.conftest import Cli, write_config
 from tests.unit.test_formats import bolt_file
 
@@ -199,7 +199,7 @@ def test_restore_test_fails_on_a_backup_that_lost_its_data(backed: Backed, tmp_p
         return data
 
     damaged = rewrite(Path(backed.record["archive"]), tmp_path / "lost.tar", drop_metrics)
-    from influx_backupd.archive import sha256_file
+    from influx_backupd.store.archive import sha256_file
 
     # sha256 and formats are fine: only restoring and counting can tell
     run_id = backed.register(damaged, sha256=sha256_file(damaged))
@@ -234,7 +234,7 @@ def test_a_hot_portable_backup_gets_its_manifest_and_sha256_checked(
 ) -> None:
     import subprocess
 
-    from influx_backupd.hot import scan_portable
+    from influx_backupd.store.scanners import scan_portable
 
     target = tmp_path / "portable"
     subprocess.run(

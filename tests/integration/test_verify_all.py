@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from influx_backupd.catalog import Catalog
-from influx_backupd.config import load
-from influx_backupd.sandbox import Sandbox
-from influx_backupd.verify import verify_all
+from influx_backupd.core.config import load
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.verify.check import verify_all
 from tests.conftest import Cli, write_config
 
 

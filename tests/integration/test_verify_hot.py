@@ -18,10 +18,10 @@ from typing import Any
 import psutil
 import pytest
 
-from influx_backupd.catalog import Catalog
-from influx_backupd.hot import scan_portable
-from influx_backupd.record import RunRecord, new_run_id
-from influx_backupd.sandbox import Sandbox, influxd_binary
+from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord, new_run_id
+from influx_backupd.store.scanners import scan_portable
 from tests.conftest import STAND_INS, Cli, write_config
 
 JOBS = [{"name": "hotjob", "mode": "hot"}, {"name": "coldjob", "mode": "cold", "copy": "direct"}]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd.catalog import Catalog
-from influx_backupd.record import RunRecord
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
 
 EXIT_USAGE, EXIT_CONFIG = 2, 78
 COMMANDS = [
@@ -203,7 +203,7 @@ def test_bad_input_gets_one_line_a_defined_status_and_touches_nothing(
 
 
 def test_every_subcommand_is_in_the_matrix() -> None:
-    from influx_backupd.cli import build_parser
+    from influx_backupd.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert {c[0] for c in COMMANDS} == set(sub.choices)

@@ -23,9 +23,9 @@ from typing import Any
 import psutil
 import pytest
 
-from influx_backupd.catalog import Catalog
-from influx_backupd.record import RunRecord
-from influx_backupd.sandbox import Sandbox
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
 from tests.conftest import Cli, write_config
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import psutil
 
-from influx_backupd.catalog import Catalog
-from influx_backupd.record import RunRecord
-from influx_backupd.sandbox import Sandbox
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
 from tests.conftest import Cli, write_config
 from tests.system.test_daemon import daemon, runs, wait_runs
 

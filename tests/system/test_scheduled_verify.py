@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from influx_backupd.catalog import Catalog
-from influx_backupd.sandbox import Sandbox
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.store.catalog import Catalog
 from tests.conftest import Cli, write_config
 from tests.system.test_daemon import daemon, wait_runs
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd.archive import (
+from influx_backupd.store.archive import (
     ArchiveError,
     UnsafeArchive,
     check_written,

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd.archive import CHUNK, ArchiveError, check_written, scan_archive, write_archive
+from influx_backupd.store.archive import (
+    CHUNK,
+    ArchiveError,
+    check_written,
+    scan_archive,
+    write_archive,
+)
 
 
 def make_tree(root: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from influx_backupd.catalog import Catalog
-from influx_backupd.record import RunRecord, new_run_id
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord, new_run_id
 
 
 def _run(catalog: Catalog, status: str) -> RunRecord:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from influx_backupd import cli
-from influx_backupd.config import (
+from influx_backupd.cli import main as cli
+from influx_backupd.core.config import (
     ConfigError,
     JobSection,
     Settings,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd import cli
-from influx_backupd.config import load
+from influx_backupd.cli import main as cli
+from influx_backupd.core.config import load
 
 INFLUXDB_CONF = """
 [meta]

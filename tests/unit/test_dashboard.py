@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from influx_backupd.metrics import JOB_LABEL, METRIC_LABELS, METRIC_NAMES
+from influx_backupd.report.metrics import JOB_LABEL, METRIC_LABELS, METRIC_NAMES
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "packaging" / "grafana-dashboard.json"
 METRIC = re.compile(r"\binflux_backupd_[A-Za-z0-9_:]*")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from influx_backupd import log, progress
-from influx_backupd.catalog import Catalog
-from influx_backupd.metrics import VERIFY_FAILED, render
-from influx_backupd.record import RunRecord
+from influx_backupd.core import log
+from influx_backupd.report import progress
+from influx_backupd.report.metrics import VERIFY_FAILED, render
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
 
 
 def test_bar_shows_fraction_sizes_and_eta() -> None:

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from influx_backupd.formats import Finding, check_archive, classify_member
-from influx_backupd.formats.bolt import check_bolt, fnv64a
-from influx_backupd.formats.snappy import SnappyError, block_length, decompress
-from influx_backupd.formats.tsm import check_tsm
-from influx_backupd.formats.wal import check_wal
+from influx_backupd.store.formats import Finding, check_archive, classify_member
+from influx_backupd.store.formats.bolt import check_bolt, fnv64a
+from influx_backupd.store.formats.snappy import SnappyError, block_length, decompress
+from influx_backupd.store.formats.tsm import check_tsm
+from influx_backupd.store.formats.wal import check_wal
 
 # --------------------------------------------------------------------------- writers
 

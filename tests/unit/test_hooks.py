@@ -14,9 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from influx_backupd import heartbeat, log
-from influx_backupd.hooks import environment, run_hook
-from influx_backupd.record import RunRecord
+from influx_backupd.core import log
+from influx_backupd.report import heartbeat
+from influx_backupd.report.hooks import environment, run_hook
+from influx_backupd.store.record import RunRecord
 
 
 @pytest.fixture(autouse=True)

@@ -16,22 +16,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from influx_backupd import log
-from influx_backupd.config import load
-from influx_backupd.hot import (
-    CheckFailed,
-    _Follower,
-    clock_url,
-    parse_version,
-    plan_link,
-    portable_meta_size,
-    probe_snapshot_service,
-    run_tool,
-    scan_portable,
-    scan_snapshot09,
-    split_host,
-)
-from influx_backupd.record import RunRecord
+from influx_backupd.core import log
+from influx_backupd.core.config import load
+from influx_backupd.core.errors import CheckFailed
+from influx_backupd.influxd.tool import parse_version, probe_snapshot_service, run_tool, split_host
+from influx_backupd.jobs.hot import _Follower, clock_url, plan_link
+from influx_backupd.store.record import RunRecord
+from influx_backupd.store.scanners import portable_meta_size, scan_portable, scan_snapshot09
 
 DAY = 86400.0
 

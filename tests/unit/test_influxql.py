@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from influx_backupd import influxql
+from influx_backupd.influxd import influxql
 
 
 @contextmanager

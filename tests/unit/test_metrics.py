@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from influx_backupd.metrics import (
+from influx_backupd.report.metrics import (
     FAMILIES,
     METRIC_LABELS,
     METRIC_NAMES,
@@ -16,7 +16,7 @@ from influx_backupd.metrics import (
     render,
     write_textfile,
 )
-from influx_backupd.record import RunRecord
+from influx_backupd.store.record import RunRecord
 
 Key = tuple[str, frozenset[tuple[str, str]]]
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd.config import load
-from influx_backupd.hot import server_clock
-from influx_backupd.influxd import Influxd
-from influx_backupd.influxql import Credentials, ping_headers
+from influx_backupd.core.config import load
+from influx_backupd.influxd.influxql import Credentials, ping_headers
+from influx_backupd.influxd.server import Influxd
+from influx_backupd.jobs.hot import server_clock
 
 GOOD = "Basic " + base64.b64encode(b"backup:s3cret").decode()
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from influx_backupd.config import JobSection
-from influx_backupd.policy import Capability, decide, in_window, predict_downtime
-from influx_backupd.record import RunRecord
+from influx_backupd.core.config import JobSection
+from influx_backupd.run.policy import Capability, decide, in_window, predict_downtime
+from influx_backupd.store.record import RunRecord
 
 NIGHT = datetime(2026, 3, 2, 2, 30, tzinfo=UTC)  # 02:30 UTC
 NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from influx_backupd.record import STATUSES, RunRecord, Status
-from influx_backupd.retention import (
+from influx_backupd.keep.retention import (
     RetentionPlan,
     RetentionPolicy,
     day_of,
@@ -19,6 +18,7 @@ from influx_backupd.retention import (
     plan,
     week_of,
 )
+from influx_backupd.store.record import STATUSES, RunRecord, Status
 
 NOW = datetime(2027, 3, 1, tzinfo=UTC).timestamp()
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from influx_backupd.schedule import (
+from influx_backupd.core.schedule import (
     ScheduleError,
     build_trigger,
     cron_trigger,

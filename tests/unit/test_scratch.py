@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from influx_backupd import scratch
+from influx_backupd.influxd import scratch
 
 
 @pytest.fixture

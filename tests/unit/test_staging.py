@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd.archive import write_archive
-from influx_backupd.staging import MANIFEST, Stager
+from influx_backupd.jobs.staging import MANIFEST, Stager
+from influx_backupd.store.archive import write_archive
 
 OLD = 1_600_000_000_000_000_000  # a settled mtime (2020), far outside the racy window
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd.state import BackupLock, Busy, CrashMarker
+from influx_backupd.store.state import BackupLock, Busy, CrashMarker
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from influx_backupd.state import BackupLock
+from influx_backupd.store.state import BackupLock
 lock = BackupLock(Path(sys.argv[1]))
 lock.acquire()
 print("held", flush=True)

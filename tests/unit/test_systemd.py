@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from influx_backupd import systemd
+from influx_backupd.core import systemd
 
 
 @pytest.fixture

@@ -1,0 +1,548 @@
+"""Command line: parse, load config, call one action, print, exit with a defined status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from influx_backupd import __version__
+from influx_backupd.core import log
+from influx_backupd.core.config import Config, ConfigError, load, resolve_path
+from influx_backupd.core.interrupt import Interrupted
+from influx_backupd.influxd.server import InfluxdError
+from influx_backupd.store.record import RunRecord
+from influx_backupd.store.state import Busy
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_CONFIG = 0, 1, 2, 75, 78
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (what, and where to read more)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _known_job(config: Config, name: str | None, *, history_too: bool = False) -> None:
+    """--job names a configured job (or, for reading commands, one with runs in the catalog)."""
+    if name is None or any(j.name == name for j in config.settings.job):
+        return
+    if history_too:
+        from influx_backupd.store.catalog import Catalog
+
+        catalog = Catalog(config.state_dir)
+        if catalog.exists() and catalog.list(job=name):
+            return
+    known = ", ".join(j.name for j in config.settings.job) or "none"
+    raise UsageError(f"--job {name}: no such job in {config.path} (jobs: {known})")
+
+
+def _backup_argument(config: Config, backup: str) -> None:
+    """A BACKUP naming nothing is a usage error, found before the lock so nothing is created."""
+    from influx_backupd.store.archive import not_a_backup
+    from influx_backupd.store.catalog import Catalog
+
+    catalog = Catalog(config.state_dir)
+    record = catalog.get(backup) if catalog.exists() else None
+    if record is not None and not record.archive:
+        raise UsageError(f"BACKUP {backup}: run {backup} is {record.status} and has no archive")
+    if record is not None or (catalog.exists() and catalog.find_by_archive(Path(backup))):
+        return  # a damaged backup of ours is the command's failure (1), not a usage error
+    problem = not_a_backup(Path(backup))
+    if problem is not None:
+        raise UsageError(
+            f"BACKUP {backup}: {problem}; give a catalog id (see `list`), a cold .tar archive "
+            "or a hot backup"
+        )
+
+
+def _fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _fmt_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def _fmt_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def print_record(record: RunRecord, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record.to_dict(), sort_keys=False))
+        return
+    print(f"run {record.id}  job={record.job}  mode={record.mode}  status={record.status}")
+    if record.archive:
+        print(f"  archive   {record.archive}")
+        print(
+            f"  size      {_fmt_bytes(record.bytes)} in {record.files} files, sha256 {record.sha256}"
+        )
+    print(
+        f"  downtime  {_fmt_s(record.downtime_s)} = stop {_fmt_s(record.stop_s)}"
+        f" + copy {_fmt_s(record.copy_s)} + start {_fmt_s(record.start_s)}"
+    )
+    if record.error:
+        print(f"  error     {record.error}")
+    if record.verify_status:
+        print(f"  verify    {record.verify_status}: {record.verify_detail}")
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.core.schedule import describe
+    from influx_backupd.jobs.hot import clock_url
+
+    s = config.settings
+    plan: dict[str, Any] = {
+        "config": str(config.path),
+        "influxdb_conf": str(config.server.conf),
+        "dirs": {k: str(v) for k, v in config.server.dirs().items()},
+        "url": config.url,
+        "backup_host": config.backup_host,
+        "server_clock": clock_url(config) + "/ping",
+        "control": {"service": s.influxd.service}
+        if s.influxd.service
+        else {
+            "command": s.influxd.command,
+            "pidfile": str(s.influxd.pidfile) if s.influxd.pidfile else None,
+        },
+        "state_dir": str(config.state_dir),
+        "storage_dir": str(config.storage_dir),
+        "jobs": [j.model_dump(exclude_none=True) for j in s.job],
+        "verify": s.verify.model_dump(exclude_none=True),
+        "http_auth": {
+            "auth_enabled": config.auth_enabled,
+            "username": s.influxd.username,
+            "password_file": str(s.influxd.password_file) if s.influxd.password_file else None,
+        },
+        "warnings": [],
+    }
+    if config.auth_enabled and config.credentials is None:
+        # cold backups themselves need no HTTP auth: a warning, not an error
+        plan["warnings"].append(
+            f"{config.server.conf} has [http] auth-enabled = true but [influxd] username is "
+            "not set: no point counts before a cold stop (restore tests cannot compare them); "
+            "set [influxd] username and password_file"
+        )
+    if args.json:
+        print(json.dumps(plan, indent=2, default=str))
+        return EXIT_OK
+    print(f"{config.path}: ok")
+    print(f"  influxdb.conf  {plan['influxdb_conf']}")
+    for name, path in plan["dirs"].items():
+        exists = "" if config.server.dirs()[name].is_dir() else "  (does not exist yet)"
+        print(f"  {name + ' dir':<14} {path}{exists}")
+    print(f"  ready check    {config.url}/ping")
+    if config.credentials is not None:
+        print(f"  http auth      {s.influxd.username}, password in {s.influxd.password_file}")
+    print(f"  snapshot host  {config.backup_host}")
+    if any(job.mode != "cold" for job in s.job):
+        print(f"  server clock   {plan['server_clock']} (its Date dates hot increments)")
+    ctl = plan["control"]
+    print(
+        "  control        "
+        + (
+            f"systemctl, unit {ctl['service']}"
+            if "service" in ctl
+            else f"signals, start with {ctl['command']}"
+        )
+    )
+    print(f"  state dir      {config.state_dir}")
+    print(f"  archives       {config.storage_dir}")
+    if not s.job:
+        print("  jobs           none ([[job]] tables)")
+    for job in s.job:
+        when = (
+            f"cron '{job.schedule}'"
+            if job.schedule
+            else (f"every {job.every:g}s" if job.every else "manual only")
+        )
+        print(f"  job {job.name:<10} mode={job.mode} {when}")
+    checks = " + restore test" if s.verify.restore_test else ""
+    checks += " + deep" if s.verify.deep else ""
+    print(f"  verify --all   {describe(s.verify)}{checks} ([verify])")
+    for warning in plan["warnings"]:
+        print(f"warning: {warning}")
+    return EXIT_OK
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def cmd_backup(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.run.guard import exclusive
+    from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
+
+    _known_job(config, args.job)
+    job = config.job(args.job)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)
+    bar = _progress_bar(args)
+    try:
+        with exclusive(config) as catalog:
+            try:
+                record = run_backup(config, job, catalog, mode=args.mode)
+            except ModeUnavailable as exc:
+                raise UsageError(str(exc)) from None
+            except Skipped as exc:  # mode auto: the policy ran nothing now
+                print(f"influx-backupd: skipped, nothing backed up: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+    finally:
+        if bar is not None:
+            from influx_backupd.report import progress
+
+            progress.unlisten(bar)
+            bar.close()
+    print_record(record, args.json)
+    return EXIT_OK if record.good else EXIT_FAILED
+
+
+def _progress_bar(args: argparse.Namespace) -> Any:
+    """A bar on stderr while the archive is written, only when stderr is a terminal."""
+    if args.no_progress or not sys.stderr.isatty():
+        return None
+    from influx_backupd.report import progress
+
+    bar = progress.TerminalBar(sys.stderr)
+    progress.listen(bar)
+    return bar
+
+
+def cmd_list(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.store.catalog import Catalog
+
+    _known_job(config, args.job, history_too=True)
+    catalog = Catalog(config.state_dir)
+    records = catalog.list(job=args.job) if catalog.exists() else []
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records]))
+        return EXIT_OK
+    if not records:
+        print("no backups yet")
+        return EXIT_OK
+    print(
+        f"{'ID':<22} {'JOB':<10} {'MODE':<5} {'STATUS':<11} {'STARTED':<21} {'SIZE':>10} {'DOWNTIME':>9}  ARCHIVE"
+    )
+    for r in records:
+        print(
+            f"{r.id:<22} {r.job:<10} {r.mode:<5} {r.status:<11} {_fmt_time(r.started_at):<21} "
+            f"{_fmt_bytes(r.bytes):>10} {_fmt_s(r.downtime_s):>9}  {r.archive or '-'}"
+        )
+    return EXIT_OK
+
+
+def cmd_restore(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.restore.cold import RestoreFailed, RestoreRefused
+    from influx_backupd.restore.hot import restore_backup
+    from influx_backupd.run.guard import exclusive
+
+    _backup_argument(config, args.backup)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("restore replaces the live data of influxd; pass --yes to confirm")
+        answer = input(
+            f"Replace influxd's data with {args.backup}? influxd will be stopped. [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing done")
+            return EXIT_USAGE
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)  # a restore interrupted mid-way is rolled back
+    with exclusive(config) as catalog:
+        try:
+            result = restore_backup(config, catalog, args.backup)
+        except RestoreRefused as exc:
+            print(f"influx-backupd: restore refused, nothing touched: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except RestoreFailed as exc:
+            print(f"influx-backupd: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    if args.json:
+        print(json.dumps(result.__dict__))
+        return EXIT_OK
+    print(f"restored {result.archive} ({result.files} files); influxd is running")
+    print(
+        f"  downtime {_fmt_s(result.downtime_s)} = stop {_fmt_s(result.stop_s)} + swap {_fmt_s(result.swap_s)} + start {_fmt_s(result.start_s)}"
+    )
+    if result.rollback_dirs:
+        print("  the previous data was kept in:")
+        for path in result.rollback_dirs:
+            print(f"    {path}")
+        print("  once satisfied, remove it with: rm -rf " + " ".join(result.rollback_dirs))
+    return EXIT_OK
+
+
+def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.run.followup import write_metrics
+    from influx_backupd.run.guard import exclusive
+    from influx_backupd.verify.check import BackupNotFound, resolve, save_result, verify, verify_all
+
+    if (args.backup is None) == (not args.all):
+        raise UsageError("verify: name one BACKUP (catalog id or archive path) or pass --all")
+    if args.job is not None and not args.all:
+        raise UsageError("verify: --job goes with --all (a BACKUP names its job already)")
+    _known_job(config, args.job, history_too=True)
+    if args.backup is not None:
+        _backup_argument(config, args.backup)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)  # a restore test's throwaway influxd is stopped
+    results = []
+    # Under the lock: prune must not delete an archive (or its entry) while we read it.
+    with exclusive(config) as catalog:
+        if args.all:
+            results = verify_all(
+                config, catalog, job=args.job, deep=args.deep, restore_test=args.restore_test
+            )
+        else:
+            try:
+                archive, record = resolve(catalog, args.backup)
+            except BackupNotFound as exc:
+                raise UsageError(str(exc)) from None
+            result = verify(config, archive, record, deep=args.deep, restore_test=args.restore_test)
+            if record is not None:
+                save_result(catalog, record, result)
+            results.append(result)
+        try:
+            write_metrics(config, catalog)
+        except OSError as exc:
+            print(f"influx-backupd: metrics file not written: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results]))
+    elif not results:
+        print("no backups to verify")
+    for result in [] if args.json else results:
+        label = result.status + (" (partial)" if result.ok and result.partial else "")
+        print(f"{label:<16} {result.run_id or '-':<22} {result.archive}")
+        for name, value in result.checks.items():
+            print(f"  {name:<13} {value}")
+        for message in result.errors:
+            print(f"  error         {message}")
+        for message in result.warnings:
+            print(f"  warning       {message}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def cmd_prune(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.keep.prune import prune
+    from influx_backupd.run.followup import write_metrics
+    from influx_backupd.run.guard import exclusive
+
+    _known_job(config, args.job)  # before the lock
+    with exclusive(config) as catalog:
+        report = prune(config, catalog, job=args.job, dry_run=args.dry_run)
+        if not args.dry_run:
+            try:
+                write_metrics(config, catalog)
+            except OSError as exc:
+                print(f"influx-backupd: metrics file not written: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        for d in report.deleted:
+            print(
+                f"{verb:<12} {d.run_id:<22} {d.job:<10} {d.status:<11} {' '.join(d.paths) or '-'}"
+            )
+        for path in report.cleaned:
+            print(f"{'would clean' if args.dry_run else 'cleaned':<12} {path}")
+        for kept in report.kept:
+            print(f"{'kept':<12} {kept['id']:<22} {kept['job']:<10} {', '.join(kept['reasons'])}")
+        for error in report.errors:
+            print(f"influx-backupd: prune: {error}", file=sys.stderr)
+    return EXIT_FAILED if report.errors else EXIT_OK
+
+
+def cmd_import(config: Config, args: argparse.Namespace) -> int:
+    """The backups in the storage dir, by the records beside them, into this host's catalog."""
+    from influx_backupd.run.guard import exclusive
+    from influx_backupd.store.sidecar import records_in
+
+    storage = config.storage_dir
+    if not storage.is_dir():
+        print(f"influx-backupd: import: storage dir {storage} does not exist", file=sys.stderr)
+        return EXIT_FAILED
+    with exclusive(config) as catalog:
+        found, problems = records_in(storage)
+        known = {r.id for r in catalog.list()}
+        new = [r for r in found if r.id not in known]
+        if not args.dry_run:
+            for record in new:  # not counted in runs_total: they ran on the host that counted them
+                catalog.save(record)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dry_run": args.dry_run,
+                    "imported": [r.id for r in new],
+                    "already_known": sorted(r.id for r in found if r.id in known),
+                    "problems": problems,
+                }
+            )
+        )
+    else:
+        verb = "would import" if args.dry_run else "imported"
+        print(f"{verb} {len(new)} backups, {len(found) - len(new)} already in the catalog")
+        for record in new:
+            print(f"  {record.id}  job={record.job}  mode={record.mode}  {record.archive}")
+        if new and not args.dry_run:
+            print("check them with: influx-backupd verify --all")
+    for problem in problems:
+        print(f"influx-backupd: not imported: {problem}", file=sys.stderr)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.daemon.loop import run_daemon
+
+    return run_daemon(config, getattr(args, "log_level", None) or config.settings.daemon.log_level)
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.daemon.status import gather, render
+
+    report = gather(config)
+    print(json.dumps(report) if args.json else render(report))
+    return EXIT_OK
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--config",
+        "-c",
+        default=argparse.SUPPRESS,
+        help="config file (default: $INFLUX_BACKUPD_CONFIG or /etc/influx-backupd/config.toml)",
+    )
+    common.add_argument("--log-level", choices=log.LEVELS, default=argparse.SUPPRESS)
+    parser = _Parser(
+        prog="influx-backupd",
+        description="File-level backups of InfluxDB with measured downtime.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "check-config", parents=[common], help="validate the config and print the plan"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("backup", parents=[common], help="run one backup now, in the foreground")
+    p.add_argument("--job", help="job name (default: the first [[job]])")
+    p.add_argument("--mode", choices=("cold", "hot", "auto"), help="override the job's mode")
+    p.add_argument("--json", action="store_true", help="print the run record as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("list", parents=[common], help="list the catalog of runs")
+    p.add_argument("--job")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "restore", parents=[common], help="restore a backup (catalog id or archive path)"
+    )
+    p.add_argument("backup", metavar="BACKUP")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "verify", parents=[common], help="check backups: sha256, structure, file formats"
+    )
+    p.add_argument("backup", metavar="BACKUP", nargs="?", help="catalog id or archive path")
+    p.add_argument("--all", action="store_true", help="every ok backup in the catalog")
+    p.add_argument("--job", help="with --all: only this job's backups")
+    p.add_argument(
+        "--restore-test",
+        action="store_true",
+        help="also restore into a scratch dir and query it with a throwaway influxd",
+    )
+    p.add_argument("--deep", action="store_true", help="check every TSM block's CRC32 too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "import",
+        parents=[common],
+        help="add the backups in the storage dir to the catalog (by the records beside them)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="say what would be added, add nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("run", parents=[common], help="the daemon: run the jobs on their schedules")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "status", parents=[common], help="daemon, each job's last result and next run"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("prune", parents=[common], help="apply the jobs' keep_* retention")
+    p.add_argument("--job", help="only this job (default: every job)")
+    p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prune)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log.configure(level=getattr(args, "log_level", None) or "info")
+    func: Callable[[Config, argparse.Namespace], int] = args.func
+    path = resolve_path(getattr(args, "config", None))
+    try:
+        config = load(path)
+        if getattr(args, "log_level", None) is None:
+            log.configure(level=config.settings.daemon.log_level)
+        return func(config, args)
+    except ConfigError as exc:
+        print(f"influx-backupd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except UsageError as exc:
+        print(f"influx-backupd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Busy as exc:
+        print(f"influx-backupd: busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except InfluxdError as exc:
+        print(f"influx-backupd: influxd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Interrupted as exc:
+        print(f"influx-backupd: interrupted by {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

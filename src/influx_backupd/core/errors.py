@@ -1,0 +1,28 @@
+"""The base of influx-backupd's own errors: each carries a stable code and the exit status the CLI
+gives it, so that callers match on the class, not on the words of the message."""
+
+from __future__ import annotations
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_BUSY = 75
+EXIT_CONFIG = 78
+
+
+class BackupdError(Exception):
+    """Something we detected and can explain in one line."""
+
+    code = "error"
+    exit_status = EXIT_FAILED
+
+
+class HotFailed(BackupdError):
+    """The hot run failed; the message starts with a hot.* code the policy can match."""
+
+    code = "hot"
+
+
+class CheckFailed(HotFailed):
+    """A hot backup's output is missing, damaged or inconsistent with its manifest."""
+
+    code = "hot.check"

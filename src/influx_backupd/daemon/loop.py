@@ -1,0 +1,631 @@
+"""`influx-backupd run`: the scheduler, one worker that runs backups one at a time, signals.
+
+Threads:
+- main: the loop. Signal handlers only queue the signal (like gunicorn's arbiter); the loop
+  acts on it between ticks: SIGHUP reloads, SIGTERM/SIGINT stop. Each tick it publishes the
+  state (STATUS=, state_dir/daemon.json) and proves it is alive to the watchdog.
+- APScheduler: fires triggers; a fire only queues the job (it never runs a backup itself).
+- worker: takes queued runs one at a time, each under the backup lock (guard.exclusive).
+
+Overlap: a job due while another runs waits and then runs once (a job already waiting is not
+queued twice); a job due while that same job still runs is skipped with a logged reason. A run
+that would start later than its job's catch_up after it was due is skipped, logged. The
+scheduled verify ([verify]) queues like a job, but yields to a backup that falls due: it stops
+between archives and queues itself again behind it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+
+from influx_backupd import __version__
+from influx_backupd.core import log, systemd
+from influx_backupd.core.config import Config, ConfigError, JobSection, Scheduled, load
+from influx_backupd.core.schedule import build_trigger, describe, missed_run
+from influx_backupd.influxd.server import InfluxdError
+from influx_backupd.run.guard import exclusive
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
+from influx_backupd.store.state import BackupLock, Busy
+
+STATE_FILE = "daemon.json"
+DAEMON_LOCK = "daemon.lock"
+TICK = 1.0  # seconds between main-loop ticks
+STALL = 30.0  # a main loop silent this long is hung: the watchdog stops pinging
+EXTEND_EVERY = 10.0  # while a stop waits for a run: ask systemd for EXTEND_BY more this often
+EXTEND_BY = 60.0
+CLOCK_JUMP = 5.0  # wall clock vs monotonic drift that counts as a suspend or clock change
+_SCHEDULE_KEYS = ("schedule", "every", "jitter", "timezone", "catch_up")
+# The scheduled `verify --all` ([verify]) in the queue and the scheduler; not a valid job name.
+VERIFY_ALL = "[verify]"
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass(frozen=True)
+class Due:
+    job: str
+    due: float  # epoch seconds the run was due
+    reason: str  # "schedule" or "catch-up"
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Readers (`status`) see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def daemon_lock(state_dir: Path) -> BackupLock:
+    """One daemon per state_dir: flock held for the daemon's lifetime (dropped if it dies)."""
+    return BackupLock(
+        state_dir / DAEMON_LOCK,
+        busy_means=f"another influx-backupd daemon uses state_dir {state_dir}",
+    )
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._pending: list[Due] = []
+        self._running: str | None = None  # the job of the run in flight
+        self._current: dict[str, Any] = {}  # run_id, mode, phase: from the run's own log events
+        self._skips: dict[str, dict[str, Any]] = {}  # job → the last policy skip
+        self._stopping = threading.Event()
+        self._last_tick = time.monotonic()
+        self._clock_offset = time.time() - time.monotonic()
+        self._started_at = time.time()
+        self._create_time = psutil.Process().create_time()
+        self._published: dict[str, Any] | None = None
+        self._status_line = ""
+        self._worker = threading.Thread(target=self._work, name="backup-worker", daemon=True)
+        self._watchdog = systemd.Watchdog(self.alive)
+        self._scheduler: Any = None
+        self._log = log.get()
+
+    # -- the run's phase, from its own log events (a structlog processor) -----------------
+    def observe(
+        self, _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if threading.current_thread() is self._worker and "run_id" in event_dict:
+            current = dict(self._current)
+            if current.get("run_id") != event_dict["run_id"]:
+                current = {"run_id": event_dict["run_id"], "since": time.time()}
+            for key in ("job", "mode", "phase"):
+                if key in event_dict:
+                    current[key] = event_dict[key]
+            self._current = current  # one assignment: readers never see half an update
+        return event_dict
+
+    # -- start and the main loop ------------------------------------------------------------
+    def run(self) -> int:
+        lock = daemon_lock(self.config.state_dir)
+        lock.acquire()
+        try:
+            for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+                signal.signal(sig, self._queue_signal)
+            self._recover()
+            self._start_scheduler()
+            self._worker.start()
+            self._watchdog.start()
+            self._publish()
+            systemd.ready()
+            self._log.info(
+                "daemon.ready",
+                pid=os.getpid(),
+                config=str(self.config.path),
+                jobs=self._job_summary(),
+                watchdog_s=self._watchdog.interval,
+            )
+            signum = self._main_loop()
+            self._shutdown(signum)
+        finally:
+            with contextlib.suppress(OSError):
+                (self.config.state_dir / STATE_FILE).unlink()
+            lock.release()
+        self._log.info("daemon.stopped")
+        return 0
+
+    def _queue_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals.put(signum)  # SimpleQueue.put is reentrant: safe in a handler
+
+    def _main_loop(self) -> int:
+        while True:
+            try:
+                signum: int | None = self._signals.get(timeout=TICK)
+            except queue.Empty:
+                signum = None
+            self._last_tick = time.monotonic()
+            if signum in _STOP_SIGNALS:
+                assert signum is not None
+                return signum
+            if signum == signal.SIGHUP:
+                self.reload()
+            self._check_clock()
+            self._publish()
+
+    def _check_clock(self) -> None:
+        # A suspend or a clock change moves the wall clock against the monotonic one; the
+        # scheduler sleeps on the monotonic clock, so wake it to look at its jobs again.
+        offset = time.time() - time.monotonic()
+        if abs(offset - self._clock_offset) > CLOCK_JUMP:
+            self._log.warning("clock.jumped", by_s=round(offset - self._clock_offset, 1))
+            if self._scheduler is not None:
+                self._scheduler.wakeup()
+        self._clock_offset = offset
+
+    def alive(self) -> bool:
+        """The watchdog's health check: main loop ticking, worker and scheduler threads up."""
+        if time.monotonic() - self._last_tick > STALL or not self._worker.is_alive():
+            return False
+        if self._stopping.is_set():
+            return True
+        thread = getattr(self._scheduler, "_thread", None)
+        return thread is not None and thread.is_alive()
+
+    # -- scheduling ---------------------------------------------------------------------------
+    def _start_scheduler(self) -> None:
+        import logging
+
+        from apscheduler.events import EVENT_JOB_MISSED
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        # Its own warnings ("missed by …") are replaced by our schedule.missed event.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        self._scheduler = BackgroundScheduler(timezone=UTC)
+        self._scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
+        self._scheduler.start()
+        catalog = Catalog(self.config.state_dir)
+        for job in self.config.settings.job:
+            self._add_job(job, catalog, startup=True)
+        self._add_verify(catalog, startup=True)
+
+    def _on_missed(self, event: Any) -> None:
+        self._log.warning(
+            "schedule.missed",
+            job=event.job_id,
+            due=event.scheduled_run_time.isoformat(timespec="seconds"),
+            reason="woke up too late (suspend or clock jump): older than catch_up",
+        )
+
+    def _add_job(self, job: JobSection, catalog: Catalog, *, startup: bool) -> None:
+        records = catalog.list(job=job.name) if catalog.exists() else []
+        last = max((r.started_at for r in records), default=None)
+        self._schedule(job.name, job, last, startup=startup)
+
+    def _add_verify(self, catalog: Catalog, *, startup: bool) -> None:
+        """[verify]: anchored at the oldest check of any good backup (a backup is checked when
+        it is taken, and again by each verify), so every backup is checked again at least
+        every `every`, however often the daemon restarts."""
+        records = catalog.list() if catalog.exists() else []
+        checked = [r.verified_at or r.finished_at for r in records if r.ok and r.archive]
+        oldest = min((t for t in checked if t is not None), default=None)
+        self._schedule(VERIFY_ALL, self.config.settings.verify, oldest, startup=startup)
+
+    def _schedule(self, name: str, when: Scheduled, last: float | None, *, startup: bool) -> None:
+        """Add (or replace) name's trigger, or remove it when `when` has none (manual only); at
+        start-up, run once what was missed since `last` if no older than catch_up, else log it."""
+        last_dt = datetime.fromtimestamp(last, UTC) if last is not None else None
+        anchor = last_dt if when.every is not None else None
+        trigger = build_trigger(when, anchor=anchor)
+        if trigger is None:
+            if self._scheduler.get_job(name) is not None:
+                self._scheduler.remove_job(name)
+            return
+        self._scheduler.add_job(
+            self._fire,
+            trigger,
+            args=[name],
+            id=name,
+            name=name,
+            replace_existing=True,
+            misfire_grace_time=max(1, int(when.catch_up)),
+            coalesce=True,  # however many were missed, at most one run
+            max_instances=1,
+        )
+        if not startup:
+            return
+        plain = build_trigger(when, anchor=anchor, with_jitter=False)
+        assert plain is not None
+        now = datetime.now(UTC)
+        missed = missed_run(plain, last_dt, now, when.catch_up)
+        if missed is None:
+            return
+        if missed.catch_up:
+            self._log.info(
+                "schedule.catch_up",
+                job=name,
+                missed=missed.fire_time.isoformat(timespec="seconds"),
+                last_run=_iso(last),
+            )
+            self._fire(name, "catch-up", missed.fire_time.timestamp())
+        else:
+            self._log.warning(
+                "schedule.missed",
+                job=name,
+                due=missed.fire_time.isoformat(timespec="seconds"),
+                last_run=_iso(last),
+                reason=f"older than catch_up={when.catch_up:g}s: not run",
+            )
+
+    def _fire(self, name: str, reason: str = "schedule", due: float | None = None) -> None:
+        """A trigger fired (APScheduler's thread): queue the run, never run it here."""
+        due = time.time() if due is None else due
+        with self._cond:
+            if self._stopping.is_set():
+                return
+            if self._running == name:
+                self._log.warning(
+                    "run.skipped", job=name, reason="the previous run of this job is still running"
+                )
+                return
+            if any(d.job == name for d in self._pending):
+                self._log.info(
+                    "run.skipped", job=name, reason="a run of this job is already waiting"
+                )
+                return
+            ahead = [self._running] if self._running else []
+            ahead += [d.job for d in self._pending]
+            self._pending.append(Due(name, due, reason))
+            if ahead:
+                self._log.info("run.waiting", job=name, behind=ahead)
+            self._cond.notify_all()
+
+    def reload(self) -> None:
+        """SIGHUP: a valid config replaces the jobs; a run in flight keeps the config it has."""
+        systemd.reloading()
+        path = self.config.path
+        self._log.info("config.reloading", config=str(path))
+        try:
+            new = load(path)
+            if new.state_dir != self.config.state_dir:
+                raise ConfigError(
+                    f"{path}: daemon.state_dir: changing it needs a restart "
+                    f"(running with {self.config.state_dir})"
+                )
+        except ConfigError as exc:
+            self._log.error(
+                "config.reload_failed", config=str(path), error=str(exc), kept="the old config"
+            )
+            systemd.ready()
+            return
+        old = {j.name: j for j in self.config.settings.job}
+        fresh = {j.name: j for j in new.settings.job}
+        old_verify = self.config.settings.verify
+        self.config = new
+        catalog = Catalog(new.state_dir)
+        for name in old.keys() - fresh.keys():
+            with contextlib.suppress(Exception):
+                self._scheduler.remove_job(name)
+        changed = []
+        for name, job in fresh.items():
+            before = old.get(name)
+            if before is None or any(getattr(before, k) != getattr(job, k) for k in _SCHEDULE_KEYS):
+                changed.append(name)
+                self._add_job(job, catalog, startup=False)
+        if any(getattr(old_verify, k) != getattr(new.settings.verify, k) for k in _SCHEDULE_KEYS):
+            changed.append(VERIFY_ALL)
+            self._add_verify(catalog, startup=False)
+        self._log.info(
+            "config.reloaded",
+            config=str(path),
+            jobs=self._job_summary(),
+            rescheduled=changed,
+            removed=sorted(old.keys() - fresh.keys()),
+        )
+        self._publish()
+        systemd.ready()
+
+    # -- the worker -------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping.is_set():
+                    self._cond.wait(TICK)
+                if self._stopping.is_set():
+                    return
+                item = self._pending.pop(0)
+                self._running = item.job
+            try:
+                if item.job == VERIFY_ALL:
+                    self._verify_all(item)
+                else:
+                    self._run(item)
+            except Exception:
+                # The worker must outlive any one run; the run's record says what happened.
+                self._log.exception("run.crashed", job=item.job)
+            finally:
+                with self._cond:
+                    self._running = None
+                    self._current = {}
+
+    def _run(self, item: Due) -> None:
+        from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
+
+        config = self.config  # a reload from now on does not touch this run
+        job = next((j for j in config.settings.job if j.name == item.job), None)
+        if job is None:
+            self._log.info("run.dropped", job=item.job, reason="the job is no longer configured")
+            return
+
+        def backup(catalog: Catalog, late: float) -> None:
+            self._current = {"job": job.name, "phase": "policy", "since": time.time()}
+            self._log.info("run.due", job=job.name, reason=item.reason, late_s=round(late, 3))
+            try:
+                record = run_backup(config, job, catalog, scheduled=True)
+            except Skipped as exc:
+                self._skips[job.name] = {"at": time.time(), "reasons": exc.decision.reasons}
+                return
+            except ModeUnavailable as exc:
+                self._log.error("run.unavailable", job=job.name, error=str(exc))
+                return
+            self._after_stop_request(catalog, record)
+
+        self._with_lock(config, item, job.catch_up, backup)
+
+    def _verify_all(self, item: Due) -> None:
+        """[verify]: every good backup checked again, under the backup lock, between runs."""
+        from influx_backupd.run.followup import tell_verify_failed, write_metrics
+        from influx_backupd.verify.check import verify_all
+
+        config = self.config  # a reload from now on does not touch this check
+        section = config.settings.verify
+
+        def check(catalog: Catalog, _late: float) -> None:
+            self._current = {"job": VERIFY_ALL, "phase": "verify", "since": time.time()}
+            started = time.monotonic()
+            results = verify_all(
+                config,
+                catalog,
+                deep=section.deep,
+                restore_test=section.restore_test,
+                stop=lambda: self._stopping.is_set() or self._backup_waiting(),
+            )
+            yielded = not self._stopping.is_set() and self._backup_waiting()
+            if yielded:  # the rest after the backups now due: least recently checked first
+                with self._cond:
+                    self._pending.append(Due(VERIFY_ALL, time.time(), "resume"))
+                    self._cond.notify_all()
+            try:
+                write_metrics(config, catalog)
+            except OSError as exc:
+                self._log.error("after_run.step_failed", step="metrics", error=str(exc))
+            for result in results:
+                record = catalog.get(result.run_id) if result.run_id and not result.ok else None
+                if record is not None:
+                    tell_verify_failed(config, record)
+            # Last: once it is logged, the catalog, the metrics and the hooks all know.
+            failed = [f"{r.run_id}: {'; '.join(r.errors)}" for r in results if not r.ok]
+            (self._log.error if failed else self._log.info)(
+                "verify.scheduled",
+                reason=item.reason,
+                checked=len(results),
+                ok=len(results) - len(failed),
+                failed=failed,
+                cut_short="daemon stopping"
+                if self._stopping.is_set()
+                else ("a backup is due: resumed after it" if yielded else None),
+                took_s=round(time.monotonic() - started, 3),
+            )
+
+        self._with_lock(config, item, section.catch_up, check)
+
+    def _backup_waiting(self) -> bool:
+        with self._cond:
+            return any(d.job != VERIFY_ALL for d in self._pending)
+
+    def _with_lock(
+        self,
+        config: Config,
+        item: Due,
+        catch_up: float,
+        action: Callable[[Catalog, float], None],
+    ) -> None:
+        """action(catalog, seconds late) under the backup lock, once it is free; given up when
+        the wait would start it later than catch_up after it was due, or the daemon stops."""
+        waited_for_lock = False
+        while True:
+            late = time.time() - item.due
+            if late > catch_up:
+                self._log.warning(
+                    "run.skipped",
+                    job=item.job,
+                    reason=f"it would start {late:.0f}s after it was due, later than catch_up",
+                )
+                return
+            if self._stopping.is_set():
+                self._log.info("run.dropped", job=item.job, reason="the daemon is stopping")
+                return
+            try:
+                with exclusive(config) as catalog:
+                    action(catalog, late)
+                    return
+            except Busy as exc:
+                if not waited_for_lock:
+                    self._log.info("run.waiting_for_lock", job=item.job, detail=str(exc))
+                    waited_for_lock = True
+                self._stopping.wait(1.0)
+            except InfluxdError as exc:  # recovery could not start influxd
+                self._log.error("run.failed_to_start", job=item.job, error=str(exc))
+                return
+
+    def _after_stop_request(self, catalog: Catalog, record: RunRecord) -> None:
+        # A hot run we cut short on SIGTERM failed because we asked it to: say so.
+        if self._stopping.is_set() and record.mode == "hot" and record.status == "failed":
+            record.status = "interrupted"
+            record.error = f"stopped by the daemon's shutdown ({record.error})"
+            catalog.save(record)
+
+    # -- stopping -----------------------------------------------------------------------------
+    def _shutdown(self, signum: int) -> None:
+        from influx_backupd.run import runner
+
+        name = signal.Signals(signum).name
+        self._stopping.set()
+        runner.STOP_REQUESTED.set()  # no fallback run starts now
+        systemd.stopping()
+        self._log.info("daemon.stopping", signal=name)
+        self._scheduler.shutdown(wait=False)
+        with self._cond:
+            dropped, self._pending = self._pending, []
+            self._cond.notify_all()
+        for item in dropped:
+            self._log.info("run.dropped", job=item.job, reason="the daemon is stopping")
+        if self._running is not None:
+            mode = self._current.get("mode")
+            self._log.info(
+                "daemon.waiting_for_run",
+                job=self._running,
+                mode=mode,
+                action="stopping the hot backup" if mode == "hot" else "letting it finish",
+            )
+        last_extend = 0.0
+        stopped_hot = False
+        while self._worker.is_alive():
+            self._last_tick = time.monotonic()
+            if self._current.get("mode") == "hot" and not stopped_hot:
+                stopped_hot = self._stop_hot_children()
+            if time.monotonic() - last_extend >= EXTEND_EVERY:
+                systemd.extend_timeout(EXTEND_BY)
+                last_extend = time.monotonic()
+            self._publish()
+            self._worker.join(TICK / 2)
+            with contextlib.suppress(queue.Empty):
+                again = self._signals.get_nowait()
+                self._log.info(
+                    "daemon.still_stopping",
+                    signal=signal.Signals(again).name,
+                    detail="a backup is finishing; influxd is started again before exit",
+                )
+        self._watchdog.stop()
+
+    def _stop_hot_children(self) -> bool:
+        """Terminate our `influxd backup` children; the hot job sees its child fail."""
+        found = False
+        for child in psutil.Process().children(recursive=True):
+            try:
+                argv = child.cmdline()
+            except psutil.Error:
+                continue
+            if len(argv) >= 2 and Path(argv[0]).name.startswith("influxd") and argv[1] == "backup":
+                self._log.info("daemon.terminating_hot_backup", pid=child.pid)
+                with contextlib.suppress(OSError, psutil.Error):
+                    # hot.run_tool starts it as a group leader: its own children go too
+                    if os.getpgid(child.pid) == child.pid:
+                        os.killpg(child.pid, signal.SIGTERM)
+                    else:
+                        child.terminate()
+                found = True
+        return found
+
+    # -- what others can see: STATUS=, daemon.json ---------------------------------------------
+    def _job_summary(self) -> list[str]:
+        return [f"{j.name}: {describe(j)}, mode {j.mode}" for j in self.config.settings.job]
+
+    def _next_runs(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for job in self.config.settings.job:
+            scheduled = self._scheduler.get_job(job.name) if self._scheduler else None
+            when = getattr(scheduled, "next_run_time", None) if scheduled else None
+            out[job.name] = when.timestamp() if when is not None else None
+        scheduled = self._scheduler.get_job(VERIFY_ALL) if self._scheduler else None
+        if scheduled is not None and scheduled.next_run_time is not None:
+            out[VERIFY_ALL] = scheduled.next_run_time.timestamp()
+        return out
+
+    def _status_text(self, next_runs: dict[str, float | None]) -> str:
+        current = self._current
+        if self._running is not None:
+            text = f"running {self._running}"
+            if current.get("mode"):
+                text += f" ({current['mode']})"
+            text += f", phase {current.get('phase', 'starting')}"
+            if current.get("run_id"):
+                text += f", run {current['run_id']}"
+            return ("stopping: waiting for " if self._stopping.is_set() else "") + text
+        if self._stopping.is_set():
+            return "stopping"
+        upcoming = sorted((t, n) for n, t in next_runs.items() if t is not None)
+        if not upcoming:
+            return "idle; no scheduled jobs"
+        when, name = upcoming[0]
+        stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        return f"idle; next: {name} at {stamp}"
+
+    def _publish(self) -> None:
+        next_runs = {} if self._stopping.is_set() else self._next_runs()
+        line = self._status_text(next_runs)
+        if line != self._status_line:
+            systemd.status(line)
+            self._status_line = line
+        with self._cond:
+            pending = [d.job for d in self._pending]
+        state = {
+            "pid": os.getpid(),
+            "create_time": self._create_time,
+            "started_at": self._started_at,
+            "version": __version__,
+            "config": str(self.config.path),
+            "status": line,
+            "stopping": self._stopping.is_set(),
+            "jobs": {
+                job.name: {
+                    "schedule": describe(job),
+                    "mode": job.mode,
+                    "next_run": next_runs.get(job.name),
+                    "last_skip": self._skips.get(job.name),
+                }
+                for job in self.config.settings.job
+            },
+            "verify": {
+                "schedule": describe(self.config.settings.verify),
+                "next_run": next_runs.get(VERIFY_ALL),
+            },
+            "running": dict(self._current, job=self._running) if self._running else None,
+            "pending": pending,
+        }
+        if state != self._published:
+            try:
+                write_json_atomic(self.config.state_dir / STATE_FILE, state)
+                self._published = state
+            except OSError as exc:
+                self._log.warning("state.write_failed", error=str(exc))
+
+    def _recover(self) -> None:
+        """Whatever a dead predecessor left (influxd down, a partial archive), undone now."""
+        try:
+            with exclusive(self.config):
+                pass
+        except Busy as exc:
+            self._log.info("daemon.recovery_deferred", detail=str(exc))
+        except InfluxdError as exc:
+            self._log.error("daemon.recovery_failed", error=str(exc))
+
+
+def run_daemon(config: Config, level: str) -> int:
+    """`influx-backupd run`: log set-up for a service, then the daemon until SIGTERM/SIGINT."""
+    import sys
+
+    daemon = Daemon(config)
+    journal = log.journal_socket() if systemd.journal_available() else None
+    log.configure(sys.stdout, level, journal=journal, processors=[daemon.observe])
+    return daemon.run()

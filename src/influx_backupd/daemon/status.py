@@ -1,0 +1,153 @@
+"""`influx-backupd status`: is a daemon running, each job's last result and next run, the last
+downtime. Reads state_dir only (daemon.json and the catalog); never takes the backup lock, so it
+answers while a backup runs.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import psutil
+
+from influx_backupd.core.config import Config
+from influx_backupd.core.schedule import describe
+from influx_backupd.daemon.loop import STATE_FILE
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
+
+
+def read_daemon_state(config: Config) -> dict[str, Any] | None:
+    """The running daemon's published state, or None when no daemon is running.
+
+    The pid alone could have been reused since: it counts only when the process still has the
+    start time the daemon wrote.
+    """
+    try:
+        state = json.loads((config.state_dir / STATE_FILE).read_text())
+        pid, created = int(state["pid"]), float(state["create_time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        if abs(psutil.Process(pid).create_time() - created) > 1.0:
+            return None
+    except psutil.Error:
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _run_summary(record: RunRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "mode": record.mode,
+        "status": record.status,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "downtime_s": record.downtime_s,
+        "bytes": record.bytes,
+        "archive": record.archive,
+        "error": record.error,
+    }
+
+
+def gather(config: Config) -> dict[str, Any]:
+    state = read_daemon_state(config)
+    catalog = Catalog(config.state_dir)
+    records = catalog.list() if catalog.exists() else []
+    daemon_jobs: dict[str, Any] = state.get("jobs", {}) if state else {}
+    jobs = []
+    for job in config.settings.job:
+        mine = [r for r in records if r.job == job.name]
+        finished = [r for r in mine if r.status != "running"]
+        last_ok = next((r for r in reversed(mine) if r.ok), None)
+        published = daemon_jobs.get(job.name, {})
+        jobs.append(
+            {
+                "name": job.name,
+                "schedule": describe(job),
+                "mode": job.mode,
+                "next_run": published.get("next_run") if state else None,
+                "last": _run_summary(finished[-1]) if finished else None,
+                "last_ok": _run_summary(last_ok) if last_ok else None,
+                "last_skip": published.get("last_skip") if state else None,
+            }
+        )
+    verify = state.get("verify", {}) if state else {}
+    failing = [r.id for r in records if r.failed_check]
+    with_downtime = [r for r in records if r.downtime_s is not None]
+    last_downtime = with_downtime[-1] if with_downtime else None
+    return {
+        "daemon": {
+            "running": state is not None,
+            "pid": state.get("pid") if state else None,
+            "started_at": state.get("started_at") if state else None,
+            "config": state.get("config") if state else None,
+            "status": state.get("status") if state else None,
+            "run_in_flight": state.get("running") if state else None,
+            "waiting": state.get("pending", []) if state else [],
+        },
+        "jobs": jobs,
+        "verify": {
+            "schedule": describe(config.settings.verify),
+            "next_run": verify.get("next_run"),
+            "failing": failing,  # good backups whose last check failed
+        },
+        "last_downtime": {
+            "run_id": last_downtime.id,
+            "job": last_downtime.job,
+            "downtime_s": last_downtime.downtime_s,
+            "started_at": last_downtime.started_at,
+        }
+        if last_downtime
+        else None,
+    }
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def render(report: dict[str, Any]) -> str:
+    d = report["daemon"]
+    lines = []
+    if d["running"]:
+        lines.append(f"daemon    running, pid {d['pid']}, since {_when(d['started_at'])}")
+        lines.append(f"  status  {d['status']}")
+    else:
+        lines.append("daemon    not running")
+    for job in report["jobs"]:
+        lines.append(f"job {job['name']}  {job['schedule']}, mode {job['mode']}")
+        lines.append(f"  next    {_when(job['next_run']) if d['running'] else '- (no daemon)'}")
+        last = job["last"]
+        if last is None:
+            lines.append("  last    never ran")
+        else:
+            downtime = "" if last["downtime_s"] is None else f", downtime {last['downtime_s']:.3f}s"
+            lines.append(
+                f"  last    {last['status']} {last['mode']} at {_when(last['started_at'])}"
+                f" (run {last['id']}{downtime})"
+            )
+            if last["error"]:
+                lines.append(f"  error   {last['error']}")
+        skip = job["last_skip"]
+        if skip:
+            lines.append(f"  skipped {_when(skip['at'])}: {'; '.join(skip['reasons'])}")
+    verify = report["verify"]
+    lines.append(f"verify --all  {verify['schedule']} ([verify])")
+    if verify["schedule"] != "manual only":
+        lines.append(f"  next    {_when(verify['next_run']) if d['running'] else '- (no daemon)'}")
+    if verify["failing"]:
+        lines.append(
+            f"  FAILING {len(verify['failing'])} backup(s) failed their last check: "
+            + ", ".join(verify["failing"])
+        )
+    down = report["last_downtime"]
+    if down:
+        lines.append(
+            f"last downtime {down['downtime_s']:.3f}s ({down['job']}, run {down['run_id']}, "
+            f"{_when(down['started_at'])})"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""Per-database point counts, taken from a running influxd: at backup time, and in restore tests.
+
+A database's figure is the sum over its retention policies and measurements of the largest
+per-field `count(*)`: the number of points when some field is in every point of a measurement,
+a lower bound otherwise. Both sides of a restore test use this same function, so it compares
+like with like.
+
+Cost (measured on the sandbox, influxd 1.6, 2 cores): `SELECT count(*)` over 1,000,000 points
+took 0.13 s, i.e. about 8 M points/s. A server with billions of points would need minutes, so
+the whole pass has a time budget; databases not counted within it are left out of db_counts
+(and so are not compared by a restore test), which is logged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from influx_backupd.core.config import Config, Credentials
+from influx_backupd.core.log import Logger
+from influx_backupd.influxd import influxql
+from influx_backupd.influxd.influxql import ident
+from influx_backupd.store.record import RunRecord
+
+BUDGET_S = 30.0  # all databases together, before a cold stop
+
+
+class FiguresError(Exception):
+    pass
+
+
+def _query(
+    url: str, q: str, db: str | None, timeout: float, credentials: Credentials | None
+) -> list[dict[str, Any]]:
+    try:
+        return influxql.query(url, q, db, credentials=credentials, timeout=timeout, epoch="s")
+    except influxql.QueryError as exc:
+        raise FiguresError(str(exc)) from None
+
+
+def databases(
+    url: str, timeout: float = 10.0, *, credentials: Credentials | None = None
+) -> list[str]:
+    series = _query(url, "SHOW DATABASES", None, timeout, credentials)
+    rows = (series[0].get("values") or []) if series else []
+    return sorted(str(row[0]) for row in rows if row and row[0] != "_internal")
+
+
+def point_count(
+    url: str, db: str, timeout: float = 30.0, *, credentials: Credentials | None = None
+) -> int:
+    """The figure of one database (see the module docstring)."""
+    deadline = time.monotonic() + timeout
+    series = _query(url, f"SHOW RETENTION POLICIES ON {ident(db)}", db, timeout, credentials)
+    rps = [str(row[0]) for s in series for row in s.get("values") or []]
+    total = 0
+    for rp in rps:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise FiguresError(f"counting {db} took longer than {timeout:g}s")
+        q = f"SELECT count(*) FROM {ident(db)}.{ident(rp)}./.*/"
+        for s in _query(url, q, db, left, credentials):
+            for row in s.get("values") or []:
+                total += max((int(v) for v in row[1:] if isinstance(v, int | float)), default=0)
+    return total
+
+
+def point_counts(
+    url: str,
+    dbs: list[str],
+    budget: float = BUDGET_S,
+    *,
+    credentials: Credentials | None = None,
+) -> tuple[dict[str, int], str]:
+    """Counts for dbs within budget seconds; the second item says what was skipped, or ""."""
+    deadline = time.monotonic() + budget
+    counts: dict[str, int] = {}
+    for i, db in enumerate(dbs):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return counts, f"time budget of {budget:g}s spent; not counted: {', '.join(dbs[i:])}"
+        try:
+            counts[db] = point_count(url, db, timeout=left, credentials=credentials)
+        except FiguresError as exc:
+            return counts, f"{exc}; not counted: {', '.join(dbs[i:])}"
+    return counts, ""
+
+
+def before_stop(
+    config: Config, record: RunRecord, dirs: Mapping[str, object], logger: Logger
+) -> None:
+    """Called by the cold job just before it stops influxd. Never raises: figures are optional.
+
+    Records which dirs go into the archive (verify's structure check) and the point counts.
+    """
+    try:
+        record.extra["dirs"] = sorted(dirs)
+        started = time.monotonic()
+        creds = config.credentials
+        counts, skipped = point_counts(
+            config.url, databases(config.url, credentials=creds), credentials=creds
+        )
+        record.db_counts = counts
+        took = round(time.monotonic() - started, 3)
+        if skipped:
+            logger.warning("figures.partial", db_counts=counts, reason=skipped, took_s=took)
+        else:
+            logger.info("figures.taken", db_counts=counts, took_s=took)
+    except Exception as exc:  # a figure is never worth failing a backup for
+        logger.warning("figures.failed", error=str(exc))

@@ -1,0 +1,264 @@
+"""The cold job: stop influxd, tar its meta, data and wal dirs plus influxdb.conf, start it again.
+
+copy = "direct" writes the tar while influxd is stopped. copy = "staged" (the default) syncs the
+dirs into a staging tree while influxd serves (phase 1, staging.py), stops it only to sync what
+changed since (phase 2), starts it, and writes the tar from the staging tree (phase 3): downtime
+is influxd's own stop and start plus a WAL-sized copy.
+
+Every phase of the downtime is measured. influxd is started again whatever happens in between:
+exceptions and signals alike (signals are blocked while it starts), and a crash marker covers
+SIGKILL and power loss.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from influx_backupd.core import log
+from influx_backupd.core.config import Config, JobSection
+from influx_backupd.core.interrupt import Interrupted, signals_blocked
+from influx_backupd.core.log import Logger
+from influx_backupd.influxd import counts
+from influx_backupd.influxd.server import Influxd, InfluxdError
+from influx_backupd.jobs.staging import Stager
+from influx_backupd.report import progress
+from influx_backupd.store.archive import ArchiveError, WriteResult, check_written, write_archive
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.layout import staging_root
+from influx_backupd.store.record import RunRecord, new_run_id
+from influx_backupd.store.sidecar import write_sidecar
+from influx_backupd.store.state import CrashMarker
+
+SPACE_MARGIN = 1.02  # tar headers and padding, plus slack for files that grow before the stop
+SPACE_RESERVE = 64 << 20
+
+
+class JobFailed(Exception):
+    pass
+
+
+def tree_size(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except FileNotFoundError:
+                continue  # compaction removed it while we looked
+    return total
+
+
+def archive_name(job: str, run_id: str) -> str:
+    return f"{job}-{run_id}.tar"
+
+
+class _Progress:
+    """A progress event every few seconds during long archive writes: bytes, rate, ETA."""
+
+    def __init__(self, total: int, logger: Logger) -> None:
+        self.total = total
+        self.done = 0
+        self.started = self.last = time.monotonic()
+        self.logger = logger
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        progress.notify(self.done, self.total)  # e.g. the CLI's progress bar
+        now = time.monotonic()
+        if now - self.last >= 5.0:
+            self.last = now
+            rate = self.done / max(now - self.started, 1e-6)
+            eta = (self.total - self.done) / rate if rate > 0 else None
+            self.logger.info(
+                "archive.progress",
+                bytes=self.done,
+                total=self.total,
+                rate_bytes_s=round(rate),
+                eta_s=round(eta, 1) if eta is not None else None,
+            )
+
+
+def run_cold(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
+    """One cold backup; always returns its record (saved in the catalog), ok or not."""
+    record = RunRecord(id=new_run_id(), job=job.name, mode="cold", started_at=time.time())
+    logger = log.get(run_id=record.id, job=job.name, mode="cold")
+    catalog.save(record)
+    logger.info("run.started", phase="preflight")
+    try:
+        _cold(config, job, record, logger)
+    except (JobFailed, InfluxdError, ArchiveError, OSError) as exc:
+        record.status = "failed"
+        record.error = str(exc)
+    except Interrupted as exc:
+        record.status = "interrupted"
+        record.error = f"interrupted by {exc}"
+    finally:
+        catalog.finish(record, logger)
+    return record
+
+
+def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) -> None:
+    server = Influxd(config)
+    dirs = config.server.dirs()
+    for prefix, path in list(dirs.items()):
+        if path.is_dir():
+            continue
+        if prefix in ("meta", "data"):
+            raise JobFailed(f"{prefix} dir {path} (from {config.server.conf}) does not exist")
+        # influxd creates wal/ and hh/ lazily: a server that never took a write has none yet
+        logger.info("archive.dir_absent", dir=prefix, path=str(path))
+        del dirs[prefix]
+    storage = config.storage_dir
+    storage.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sources: list[tuple[str, Path]] = [*dirs.items(), ("influxdb.conf", config.server.conf)]
+    stager = Stager(staging_root(storage, job.name), sources) if job.copy_mode == "staged" else None
+    record.extra["copy"] = job.copy_mode
+
+    # Refuse before stopping anything when the archive (and the staging tree) cannot fit.
+    predicted = sum(tree_size(p) for p in dirs.values()) + config.server.conf.stat().st_size
+    free = shutil.disk_usage(storage).free
+    needed = int(predicted * SPACE_MARGIN) + SPACE_RESERVE
+    if stager is not None:
+        staged_already = tree_size(stager.root) if stager.root.is_dir() else 0
+        needed += max(0, int(predicted * SPACE_MARGIN) - staged_already)
+    if free < needed:
+        raise JobFailed(
+            f"not enough space in {storage}: need about {needed} bytes, {free} free; influxd not stopped"
+        )
+
+    proc = server.locate()
+    if proc is None or not server.ping():
+        raise JobFailed(
+            f"influxd is not running (no process for {config.server.conf} answering {config.url}/ping); "
+            "a cold backup stops and restarts a running server"
+        )
+    try:
+        _stop_copy_start(config, record, logger, server, proc.pid, dirs, sources, stager, predicted)
+    finally:
+        if stager is not None and not job.keep_staging:
+            stager.remove()
+
+
+def _running_again(
+    config: Config,
+    server: Influxd,
+    record: RunRecord,
+    logger: Logger,
+    marker: CrashMarker,
+    t_stop: float,
+) -> None:
+    """After a stop was asked, whatever happened since: make sure influxd serves again.
+
+    A server that never stopped (it ignored SIGTERM past stop_timeout) and still answers is
+    left as it is; one still shutting down is waited for, then started.
+    """
+    proc = server.locate()
+    if proc is not None and server.ping():
+        logger.warning("influxd.still_running", phase="start", pid=proc.pid)
+        marker.clear()
+        return
+    if proc is not None:
+        logger.warning("influxd.still_stopping", phase="start", pid=proc.pid)
+        # influxd 1.x forces its own hard shutdown after 30 s
+        if not server.wait_exit(proc, max(config.settings.influxd.stop_timeout, 35.0)):
+            # Neither serving nor gone: starting a second one would fight it for its files.
+            # The marker stays, so the next command tries again.
+            raise InfluxdError(f"influxd (pid {proc.pid}) neither serves nor exits; not started")
+    t_start = time.monotonic()
+    logger.info("influxd.starting", phase="start")
+    server.start(log_path=config.state_dir / "influxd.log")
+    now = time.monotonic()
+    record.start_s = now - t_start
+    record.downtime_s = now - t_stop
+    marker.clear()
+    logger.info(
+        "influxd.ready",
+        phase="start",
+        start_s=round(record.start_s, 3),
+        downtime_s=round(record.downtime_s, 3),
+    )
+
+
+def _stop_copy_start(
+    config: Config,
+    record: RunRecord,
+    logger: Logger,
+    server: Influxd,
+    pid: int,
+    dirs: dict[str, Path],
+    sources: list[tuple[str, Path]],
+    stager: Stager | None,
+    predicted: int,
+) -> None:
+    """Phase 1 (staged only), the stop window, then phase 3 (staged only) and the check."""
+    marker = CrashMarker(config.state_dir)
+    dest = config.storage_dir / archive_name(record.job, record.id)
+    staging: dict[str, object] = {}
+    if stager is not None:
+        # Phase 1, influxd serving: most of the bytes, outside the stop window.
+        logger.info("staging.syncing", phase="prestage", path=str(stager.root))
+        t_pre = time.monotonic()
+        first = stager.sync(tolerant=True)
+        record.prestage_s = time.monotonic() - t_pre
+        staging["prestage"] = first.as_dict()
+        record.extra["staging"] = staging
+        logger.info("staging.synced", phase="prestage", **first.as_dict())
+
+    counts.before_stop(config, record, dirs, logger)  # point counts for restore tests
+    marker.write(record.id, job=record.job)
+    t_stop = time.monotonic()
+    # Set before the stop is asked: a signal or error from here on must lead to a start.
+    stop_requested = True
+    result: WriteResult | None = None
+    try:
+        logger.info("influxd.stopping", phase="stop", pid=pid)
+        try:
+            server.stop()
+        except InfluxdError as exc:
+            raise JobFailed(str(exc)) from None
+        t_copy = time.monotonic()
+        record.stop_s = t_copy - t_stop
+        logger.info("influxd.stopped", phase="stop", stop_s=round(record.stop_s, 3))
+
+        holders = server.holders(dirs.values())
+        if holders:
+            raise JobFailed("files still in use after the stop: " + "; ".join(map(str, holders)))
+        t_copy = time.monotonic()  # copy_s is the copy alone; the holder check is in downtime_s
+        record.extra["holders_s"] = round(t_copy - t_stop - record.stop_s, 3)
+
+        if stager is not None:
+            # Phase 2, influxd stopped: only what changed since phase 1, compared to the source.
+            second = stager.sync(tolerant=False)
+            record.copy_s = time.monotonic() - t_copy
+            record.window_bytes = second.copied_bytes
+            staging["window"] = second.as_dict()
+            logger.info("staging.synced", phase="copy", **second.as_dict())
+        else:
+            logger.info("archive.writing", phase="copy", path=str(dest), predicted_bytes=predicted)
+            result = write_archive(dest, sources, progress=_Progress(predicted, logger))
+            record.copy_s = time.monotonic() - t_copy
+            record.window_bytes = result.bytes
+    finally:
+        if stop_requested:
+            with signals_blocked():
+                _running_again(config, server, record, logger, marker, t_stop)
+
+    if stager is not None:
+        # Phase 3, influxd serving again: the tar comes from the staging tree.
+        logger.info("archive.writing", phase="archive", path=str(dest), predicted_bytes=predicted)
+        t_archive = time.monotonic()
+        result = write_archive(
+            dest, stager.archive_sources(), progress=_Progress(predicted, logger)
+        )
+        record.archive_s = time.monotonic() - t_archive
+    assert result is not None
+    record.archive, record.bytes, record.files = str(dest), result.bytes, result.files
+    record.sha256 = result.sha256
+    # ok only once the output is checked, never on "no exception" alone
+    check_written(result)
+    # its sha256 and point counts beside it: the catalog is lost with the host's state_dir
+    write_sidecar(dest, record)
+    record.status = "ok"

@@ -1,0 +1,306 @@
+"""The staging tree of a staged cold backup: a mirror of influxd's dirs on the storage filesystem.
+
+Phase 1 syncs it while influxd runs (files may change or vanish: tolerated), phase 2 syncs it
+again while influxd is stopped (only what changed since; errors are errors), phase 3 tars it.
+
+A file is copied again when its source differs from what the manifest says we copied (size,
+mtime_ns, inode, device) or when the staging copy no longer has the size and mtime we gave it.
+The manifest is never trusted blindly: it is dropped after a reboot (page-cache contents of a
+copy may not have reached the disk), and a copy whose source was modified just before the copy
+is copied again next time (a timestamp tick can hide a second write).
+
+Copies are kernel-side: os.copy_file_range (a reflink where the filesystem can), else sendfile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MANIFEST = ".manifest.json"
+MANIFEST_VERSION = 1
+# A copy of a file modified within this long before it is not trusted next time: a second
+# write in the same timestamp tick would not change its mtime. While influxd runs, generously;
+# while it is stopped nothing writes until after the sync, so a few timestamp ticks suffice.
+RACY_NS = 2_000_000_000
+RACY_STOPPED_NS = 50_000_000
+COPY_CHUNK = 1 << 30  # per copy_file_range call; the kernel copies, so large is fine
+
+# relative member name → [size, mtime_ns, ino, dev, racy]
+Entries = dict[str, list[int]]
+
+
+@dataclass
+class SyncStats:
+    files: int = 0  # regular files in the source
+    copied: int = 0
+    copied_bytes: int = 0
+    removed: int = 0  # staging entries whose source is gone
+    vanished: int = 0  # source entries gone while we looked (phase 1 only)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, int | float]:
+        return {
+            "files": self.files,
+            "copied": self.copied,
+            "copied_bytes": self.copied_bytes,
+            "removed": self.removed,
+            "vanished": self.vanished,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _vanished(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE)
+
+
+def copy_fd(src: int, dst: int) -> int:
+    """Copy src (from its offset) to dst until EOF inside the kernel; bytes copied."""
+    total = 0
+    try:
+        while n := os.copy_file_range(src, dst, COPY_CHUNK):
+            total += n
+        return total
+    except OSError as exc:
+        # Across filesystems (EXDEV) or on filesystems without it: sendfile, still kernel-side.
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    os.lseek(src, total, os.SEEK_SET)
+    os.lseek(dst, total, os.SEEK_SET)
+    while n := os.sendfile(dst, src, None, COPY_CHUNK):
+        total += n
+    return total
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@dataclass
+class Stager:
+    """Keeps root/<prefix> equal to each source (a dir or a single file)."""
+
+    root: Path
+    sources: list[tuple[str, Path]]
+    _old: Entries = field(default_factory=dict)
+    _new: Entries = field(default_factory=dict)
+    _can_chown: bool = True
+    _racy_ns: int = RACY_NS
+
+    def archive_sources(self) -> list[tuple[str, Path]]:
+        """The (member prefix, path) list for write_archive: the same prefixes, staged."""
+        return [(prefix, self.root / prefix) for prefix, _src in self.sources]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- manifest ---------------------------------------------------------------------------
+    def _load(self) -> Entries:
+        try:
+            raw = json.loads((self.root / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return {}
+        if (
+            not isinstance(raw, dict)
+            or raw.get("version") != MANIFEST_VERSION
+            or raw.get("boot_id") != boot_id()
+            or raw.get("sources") != {p: str(s) for p, s in self.sources}
+        ):
+            return {}
+        entries = raw.get("entries")
+        return entries if isinstance(entries, dict) else {}
+
+    def _save(self, entries: Entries) -> None:
+        doc = {
+            "version": MANIFEST_VERSION,
+            "boot_id": boot_id(),
+            "sources": {p: str(s) for p, s in self.sources},
+            "entries": entries,
+        }
+        tmp = self.root / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(doc, separators=(",", ":")))
+        os.replace(tmp, self.root / MANIFEST)
+
+    # -- sync -------------------------------------------------------------------------------
+    def sync(self, *, tolerant: bool) -> SyncStats:
+        """One pass. tolerant: influxd is running, so sources may change or vanish under us."""
+        started = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._old = self._load()
+        self._new = {}
+        self._racy_ns = RACY_NS if tolerant else RACY_STOPPED_NS
+        stats = SyncStats()
+        wanted = {prefix for prefix, _src in self.sources} | {MANIFEST}
+        for entry in os.scandir(self.root):
+            if entry.name not in wanted:
+                _remove(Path(entry.path))
+        for prefix, src in self.sources:
+            try:
+                st = os.lstat(src)
+            except OSError as exc:
+                if not (tolerant and _vanished(exc)):
+                    raise
+                stats.vanished += 1
+                continue
+            self._sync_entry(src, self.root / prefix, prefix, st, stats, tolerant)
+        self._save(self._new)
+        stats.seconds = time.monotonic() - started
+        return stats
+
+    def _sync_entry(
+        self, src: Path, dst: Path, name: str, st: os.stat_result, stats: SyncStats, tolerant: bool
+    ) -> None:
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            self._sync_dir(src, dst, name, st, stats, tolerant)
+        elif stat.S_ISREG(mode):
+            stats.files += 1
+            self._sync_file(src, dst, name, st, stats, tolerant)
+        elif stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(src)
+            except OSError as exc:
+                if not (tolerant and _vanished(exc)):
+                    raise
+                stats.vanished += 1
+                return
+            try:
+                same = os.readlink(dst) == target
+            except OSError:
+                same = False
+            if not same:
+                if os.path.lexists(dst):
+                    _remove(dst)
+                os.symlink(target, dst)
+        # sockets, fifos and devices: the archive skips them, so does the staging tree
+
+    def _sync_dir(
+        self, src: Path, dst: Path, name: str, st: os.stat_result, stats: SyncStats, tolerant: bool
+    ) -> None:
+        try:
+            children = {e.name: e for e in os.scandir(src)}
+        except OSError as exc:
+            if not (tolerant and _vanished(exc)):
+                raise
+            stats.vanished += 1
+            return
+        if os.path.lexists(dst) and not (dst.is_dir() and not dst.is_symlink()):
+            _remove(dst)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(dst, 0o700)
+        for entry in os.scandir(dst):
+            if entry.name not in children:
+                _remove(Path(entry.path))
+                stats.removed += 1
+        for child_name in sorted(children):
+            child = children[child_name]
+            try:
+                child_st = child.stat(follow_symlinks=False)
+            except OSError as exc:
+                if not (tolerant and _vanished(exc)):
+                    raise
+                stats.vanished += 1
+                continue
+            self._sync_entry(
+                Path(child.path),
+                dst / child_name,
+                f"{name}/{child_name}",
+                child_st,
+                stats,
+                tolerant,
+            )
+        # Last, after the entries inside changed: creating and removing them moves the mtime.
+        self._copy_meta(dst, st, fd=None)
+
+    def _unchanged(self, dst: Path, name: str, st: os.stat_result) -> bool:
+        old = self._old.get(name)
+        if old is None or old[4] or old[:4] != [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]:
+            return False
+        try:
+            have = os.lstat(dst)
+        except OSError:
+            return False
+        return (
+            stat.S_ISREG(have.st_mode)
+            and have.st_size == st.st_size
+            and have.st_mtime_ns == st.st_mtime_ns
+        )
+
+    def _sync_file(
+        self, src: Path, dst: Path, name: str, st: os.stat_result, stats: SyncStats, tolerant: bool
+    ) -> None:
+        if self._unchanged(dst, name, st):
+            self._new[name] = self._old[name]
+            return
+        try:
+            sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            if not (tolerant and _vanished(exc)):
+                raise
+            stats.vanished += 1
+            return
+        try:
+            before = os.fstat(sfd)  # what we copy is this inode, whatever the name points at now
+            now_ns = time.time_ns()
+            if os.path.lexists(dst) and not (dst.is_file() and not dst.is_symlink()):
+                _remove(dst)
+            dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                copied = copy_fd(sfd, dfd)
+                self._copy_meta(dst, before, fd=dfd)
+            finally:
+                os.close(dfd)
+            after = os.fstat(sfd)
+        finally:
+            os.close(sfd)
+        racy = (
+            before.st_mtime_ns >= now_ns - self._racy_ns
+            or after.st_size != before.st_size
+            or after.st_mtime_ns != before.st_mtime_ns
+            or copied != before.st_size
+        )
+        self._new[name] = [
+            before.st_size,
+            before.st_mtime_ns,
+            before.st_ino,
+            before.st_dev,
+            int(racy),
+        ]
+        stats.copied += 1
+        stats.copied_bytes += copied
+
+    def _copy_meta(self, dst: Path, st: os.stat_result, fd: int | None) -> None:
+        """Mode, owner and mtime as the source has them, so tar headers match a direct archive."""
+        perm = stat.S_IMODE(st.st_mode)
+        if self._can_chown:
+            try:
+                if fd is not None:
+                    os.fchown(fd, st.st_uid, st.st_gid)
+                else:
+                    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+            except PermissionError:
+                # not root: the archive gets our owner; nothing else differs
+                self._can_chown = False
+        if fd is not None:
+            os.fchmod(fd, perm)
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        else:
+            os.chmod(dst, perm)
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))

@@ -1,0 +1,335 @@
+"""Prune: apply each job's keep_* policy (retention.plan) and clean what dead runs left behind.
+
+Order matters for crash safety: a run's catalog entry goes first, then its files. A crash in
+between leaves an unreferenced file (cleaned by the next prune, see `_leftovers`), never an
+entry pointing at a missing archive. The caller holds the backup lock (guard.exclusive), so no
+run is writing while we look, and every staging or scratch dir we find belongs to a dead run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from influx_backupd.core import log
+from influx_backupd.core.config import Config, JobSection
+from influx_backupd.influxd import scratch
+from influx_backupd.keep.retention import RetentionPolicy, plan
+from influx_backupd.store import layout
+from influx_backupd.store.archive import fsync_dir
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
+from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
+
+
+class PruneRefused(Exception):
+    """The plan would delete the newest good backup: a bug, so nothing of the job is deleted."""
+
+
+@dataclass
+class Deletion:
+    run_id: str
+    job: str
+    status: str
+    started_at: float
+    paths: list[str] = field(default_factory=list)  # what was (or would be) removed
+
+
+@dataclass
+class PruneReport:
+    dry_run: bool
+    kept: list[dict[str, Any]] = field(default_factory=list)  # {id, job, reasons}
+    deleted: list[Deletion] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)  # leftovers of dead runs
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def policy_of(job: JobSection) -> RetentionPolicy:
+    return RetentionPolicy(
+        keep_last=job.keep_last,
+        keep_hourly=job.keep_hourly,
+        keep_daily=job.keep_daily,
+        keep_weekly=job.keep_weekly,
+        keep_monthly=job.keep_monthly,
+    )
+
+
+def _as_planned(record: RunRecord) -> RunRecord:
+    # A backup that failed verification is no good backup: it never counts as kept.
+    if record.failed_check:
+        return dataclasses.replace(record, status="failed")
+    return record
+
+
+def _files_of(config: Config, record: RunRecord) -> list[Path]:
+    """The archive, and for a run that died before recording it, the names it would have used."""
+    paths: list[Path] = []
+    if record.archive:
+        paths.append(Path(record.archive))
+    if record.status != "ok":
+        for ext in (".tar", ""):
+            guess = config.storage_dir / f"{record.job}-{record.id}{ext}"
+            paths.append(guess)
+    # The record beside an archive goes with it (after it: a sidecar is never left naming an
+    # archive that is half gone without the prune-pending list covering it).
+    paths += [sidecar_of(p) for p in paths]  # only those that exist are kept below
+    found: list[Path] = []
+    for path in paths:
+        for candidate in (path, layout.partial_of(path)):
+            if candidate not in found and (candidate.exists() or candidate.is_symlink()):
+                found.append(candidate)
+    return found
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def prune(
+    config: Config,
+    catalog: Catalog,
+    *,
+    job: str | None = None,
+    dry_run: bool = False,
+    now: float | None = None,
+) -> PruneReport:
+    """Prune every configured job (or one). The caller holds the backup lock."""
+    logger = log.get(action="prune", dry_run=dry_run)
+    report = PruneReport(dry_run=dry_run)
+    jobs = [config.job(job)] if job is not None else list(config.settings.job)
+    when = time.time() if now is None else now
+    for section in jobs:
+        try:
+            _prune_job(config, catalog, section, report, dry_run, when)
+        except PruneRefused as exc:
+            report.errors.append(str(exc))
+            logger.error("prune.refused", job=section.name, error=str(exc))
+    _leftovers(config, catalog, report, dry_run)
+    logger.info(
+        "prune.finished",
+        kept=len(report.kept),
+        deleted=len(report.deleted),
+        cleaned=len(report.cleaned),
+        errors=len(report.errors),
+    )
+    return report
+
+
+def _prune_job(
+    config: Config,
+    catalog: Catalog,
+    job: JobSection,
+    report: PruneReport,
+    dry_run: bool,
+    now: float,
+) -> None:
+    logger = log.get(action="prune", job=job.name, dry_run=dry_run)
+    records = catalog.list(job=job.name)
+    by_id = {r.id: r for r in records}
+    result = plan([_as_planned(r) for r in records], policy_of(job), now=now)
+
+    # Belt and braces: whatever retention.plan says, the newest good backup stays.
+    goods = sorted((r for r in records if r.good), key=lambda r: (r.started_at, r.id))
+    doomed = {r.id for r in result.delete}
+    if goods and goods[-1].id in doomed:
+        raise PruneRefused(
+            f"job {job.name}: the retention plan would delete the newest good backup "
+            f"{goods[-1].id}; nothing of this job was deleted"
+        )
+    if any(by_id[i].status == "running" for i in doomed):
+        raise PruneRefused(f"job {job.name}: the plan would delete a running backup")
+
+    for kept in result.keep:
+        report.kept.append({"id": kept.id, "job": job.name, "reasons": result.reasons[kept.id]})
+    pending = _Pending(config.state_dir)
+    policy = policy_of(job)
+    kept_starts = [r.started_at for r in result.keep if r.status == "ok"]
+    oldest_kept = min(kept_starts) if kept_starts else None
+    for planned in result.delete:
+        record = by_id[planned.id]
+        paths = _files_of(config, record)
+        if record.status in ("failed", "interrupted") and (
+            not policy.has_rules or (oldest_kept is not None and record.started_at > oldest_kept)
+        ):
+            # History inside the retention window (all of it when no keep_* rule is set):
+            # the entry stays so `list` and the operator see the failure; its files go.
+            _clean_failed(catalog, record, paths, report, dry_run, logger)
+            continue
+        deletion = Deletion(
+            record.id, job.name, planned.status, record.started_at, [str(p) for p in paths]
+        )
+        report.deleted.append(deletion)
+        if dry_run:
+            logger.info(
+                "prune.would_delete", run_id=record.id, status=planned.status, paths=deletion.paths
+            )
+            continue
+        # The catalog first: a crash now leaves an unreferenced file (noted in the pending
+        # list for the next prune), never an entry pointing at a missing archive.
+        pending.write(record.id, deletion.paths)
+        catalog.delete(record.id)
+        for path in paths:
+            try:
+                _remove(path)
+            except OSError as exc:
+                report.errors.append(f"{path}: {exc}")
+                logger.error(
+                    "prune.remove_failed", run_id=record.id, path=str(path), error=str(exc)
+                )
+        logger.info(
+            "prune.deleted",
+            run_id=record.id,
+            status=planned.status,
+            started_at=record.started_at,
+            paths=deletion.paths,
+        )
+        pending.clear()
+
+
+def _clean_failed(
+    catalog: Catalog,
+    record: RunRecord,
+    paths: list[Path],
+    report: PruneReport,
+    dry_run: bool,
+    logger: Any,
+) -> None:
+    if not paths:
+        return
+    report.cleaned.extend(str(p) for p in paths)
+    if dry_run:
+        logger.info("prune.would_clean", run_id=record.id, paths=[str(p) for p in paths])
+        return
+    # The entry first: it must not name an archive that is about to go.
+    record.archive = None
+    record.extra["leftovers_removed"] = [str(p) for p in paths]
+    catalog.save(record)
+    for path in paths:
+        try:
+            _remove(path)
+        except OSError as exc:
+            report.errors.append(f"{path}: {exc}")
+    logger.info("prune.leftovers_removed", run_id=record.id, paths=[str(p) for p in paths])
+
+
+def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: bool) -> None:
+    """Partial archives, restore-test scratch dirs, and files a crashed prune left pending."""
+    logger = log.get(action="prune", dry_run=dry_run)
+    pending = _Pending(config.state_dir)
+    run_ids = {r.id for r in catalog.list()}
+    left: list[tuple[Path, str]] = [
+        (Path(p), "file of a deleted run (an earlier prune died halfway)")
+        for run_id, p in pending.read()
+        if run_id not in run_ids
+    ]
+    storage = config.storage_dir
+    if storage.is_dir():
+        for path in sorted(storage.iterdir()):
+            if layout.is_partial(path):
+                left.append((path, "partial archive of a dead run"))
+            elif layout.is_incomplete(path) and path.is_dir():
+                left.append((path, "hot backup dir of a dead run"))
+            elif layout.is_scratch(path) and path.is_dir() and not scratch.owner_alive(path):
+                left.append((path, "scratch dir of a dead restore test or restore"))
+            elif _orphan_sidecar(path, run_ids):
+                left.append((path, "record of a removed backup"))
+        left += _unused_staging_trees(config)
+    for path, why in left:
+        if not (path.exists() or path.is_symlink()):
+            continue
+        report.cleaned.append(str(path))
+        if dry_run:
+            logger.info("prune.would_clean", path=str(path), reason=why)
+            continue
+        try:
+            if layout.is_scratch(path):
+                scratch.stop_server(path)
+            _remove(path)
+            logger.warning("prune.cleaned", path=str(path), reason=why)
+        except OSError as exc:
+            report.errors.append(f"{path}: {exc}")
+            logger.error("prune.clean_failed", path=str(path), error=str(exc))
+    if not dry_run:
+        pending.clear()
+
+
+def _orphan_sidecar(path: Path, run_ids: set[str]) -> bool:
+    """A backup's record (sidecar.py) whose archive is gone and whose run the catalog does not
+    know. Only a file that reads as such a record: nothing else is guessed at."""
+    if not path.name.endswith(".json") or not path.is_file():
+        return False
+    archive = path.with_name(path.name.removesuffix(".json"))
+    if archive.exists():
+        return False
+    try:
+        data = read_sidecar_data(archive)
+    except SidecarError:
+        return False
+    return data is not None and data.get("mode") in ("cold", "hot") and data["id"] not in run_ids
+
+
+def _unused_staging_trees(config: Config) -> list[tuple[Path, str]]:
+    """Staging trees no job will sync into again: each is a full copy of influxd's dirs.
+
+    Only a job with copy = "staged" and keep_staging = true keeps its tree between runs. A tree
+    of a job removed from the config, switched to direct, or told not to keep it (then left by
+    a run that died) would otherwise hold that disk forever. It is a cache, not a backup: a job
+    that uses it again refills it in phase 1, while influxd serves.
+    """
+    trees = layout.staging_trees(config.storage_dir)
+    if not trees.is_dir():
+        return []
+    jobs = {j.name: j for j in config.settings.job}
+    left: list[tuple[Path, str]] = []
+    for tree in sorted(trees.iterdir()):
+        job = jobs.get(tree.name)
+        if job is None:
+            left.append((tree, "staging tree of a job no longer in the config"))
+        elif job.copy_mode != "staged":
+            left.append((tree, "staging tree of a job that now copies direct"))
+        elif not job.keep_staging:
+            left.append((tree, "staging tree of a job with keep_staging = false"))
+    return left
+
+
+class _Pending:
+    """What a prune is about to remove, written before the catalog entry goes.
+
+    A prune that dies between deleting the entry and removing the files leaves this
+    behind; the next prune removes those files (only there can it know which they are —
+    guessing from file names could take an archive whose catalog was lost).
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "prune-pending.json"
+
+    def write(self, run_id: str, paths: list[str]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump([[run_id, p] for p in paths], fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    def read(self) -> list[tuple[str, str]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        return [(str(r), str(p)) for r, p in data] if isinstance(data, list) else []
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,172 @@
+"""Retention: which runs of one job to keep, which to delete, and why.
+
+Grandfather-father-son over backup start times (UTC), restic style: every rule
+is applied on its own to the ok backups, and a backup may satisfy several rules
+at once ("keep_daily=7" keeps the newest ok backup of each of the 7 newest days
+that have one, whatever the other rules picked).
+
+Chains (hot backups: a full and its increments) are kept or deleted as one
+unit. The rules select individual ok backups; every selected backup then keeps
+its whole chain (all ok members, earlier and later). Selecting per backup
+rather than per chain keeps each rule's promise literally: a day whose only ok
+backup is a chain's full still counts as a day. Keeping the whole chain, not
+just the prefix a selection depends on, never leaves a chain half-pruned, so
+the hot job never extends a chain whose tail was deleted.
+
+Statuses: "running" is never touched (a backup may be in flight) and keeps its
+chain too, since an increment being written depends on it; "failed" and
+"interrupted" are always deleted (their leftovers are cleaned), even inside a
+kept chain; only "ok" counts toward any rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+
+from influx_backupd.store.record import RunRecord
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How many backups each rule keeps; all zero means keep everything."""
+
+    keep_last: int = 0
+    keep_hourly: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            # bool is an int subclass; "keep_daily = true" in TOML is a mistake.
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{f.name} must be an integer >= 0, got {value!r}")
+
+    @property
+    def has_rules(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+
+@dataclass
+class RetentionPlan:
+    keep: list[RunRecord] = field(default_factory=list)
+    delete: list[RunRecord] = field(default_factory=list)
+    # record id -> why it is kept; only kept records have an entry
+    reasons: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def hour_of(ts: float) -> str:
+    return _utc(ts).strftime("%Y-%m-%dT%H")
+
+
+def day_of(ts: float) -> str:
+    return _utc(ts).strftime("%Y-%m-%d")
+
+
+def week_of(ts: float) -> str:
+    iso = _utc(ts).isocalendar()
+    return f"{iso.year}-W{iso.week:02d}"
+
+
+def month_of(ts: float) -> str:
+    return _utc(ts).strftime("%Y-%m")
+
+
+# (reason label, policy field, period of a start time)
+BUCKETS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
+    ("hourly", "keep_hourly", hour_of),
+    ("daily", "keep_daily", day_of),
+    ("weekly", "keep_weekly", week_of),
+    ("monthly", "keep_monthly", month_of),
+)
+
+
+def chain_key(record: RunRecord, members: dict[str, RunRecord]) -> str:
+    """The chain a record belongs to: its chain_id, else its own id for a full.
+
+    An increment without chain_id (legacy or malformed) follows parent_id
+    through `members` (ok and running records only, so the answer is the same
+    after failed runs are pruned — that keeps plan() idempotent); a parent that
+    is not there names the chain.
+    """
+    current = record
+    visited: set[str] = set()
+    while True:
+        if current.chain_id:
+            return current.chain_id
+        if current.kind == "full" or not current.parent_id or current.id in visited:
+            return current.id
+        visited.add(current.id)
+        parent = members.get(current.parent_id)
+        if parent is None:
+            return current.parent_id
+        current = parent
+
+
+def _newest_first(records: Sequence[RunRecord]) -> list[RunRecord]:
+    return sorted(records, key=lambda r: (r.started_at, r.id), reverse=True)
+
+
+def plan(records: Sequence[RunRecord], policy: RetentionPolicy, *, now: float) -> RetentionPlan:
+    """Split one job's runs into keep and delete, newest first in each list.
+
+    `now` is accepted for time-relative rules (a future keep_within); the
+    current rules count periods that have a backup, not periods back from now,
+    so it does not change the result.
+    """
+    del now
+    ordered = _newest_first(records)
+    oks = [r for r in ordered if r.status == "ok"]
+    members = {r.id: r for r in ordered if r.status in ("ok", "running")}
+    reasons: dict[str, list[str]] = {}
+
+    def mark(record: RunRecord, why: str) -> None:
+        reasons.setdefault(record.id, []).append(why)
+
+    if not policy.has_rules:
+        for r in oks:
+            mark(r, "no retention rule set")
+    else:
+        if oks:
+            mark(oks[0], "newest ok")
+        for i, r in enumerate(oks[: policy.keep_last]):
+            mark(r, f"last {i + 1}/{policy.keep_last}")
+        for label, attr, period_of in BUCKETS:
+            wanted: int = getattr(policy, attr)
+            if not wanted:
+                continue
+            seen: set[str] = set()
+            for r in oks:  # newest first, so the first of each period is its newest
+                period = period_of(r.started_at)
+                if period in seen:
+                    continue
+                seen.add(period)
+                mark(r, f"{label} {period}")
+                if len(seen) == wanted:
+                    break
+    for r in ordered:
+        if r.status == "running":
+            mark(r, "running")
+
+    # Whole chains: the newest anchoring member names the reason.
+    keys = {rid: chain_key(r, members) for rid, r in members.items()}
+    anchors: dict[str, str] = {}
+    for r in ordered:
+        if r.id in reasons and r.id in keys:
+            anchors.setdefault(keys[r.id], r.id)
+    for r in oks:
+        key = keys[r.id]
+        if r.id not in reasons and key in anchors:
+            mark(r, f"chain {key} (kept with {anchors[key]})")
+
+    result = RetentionPlan(reasons=reasons)
+    for r in ordered:
+        (result.keep if r.id in reasons else result.delete).append(r)
+    return result

@@ -1,0 +1,50 @@
+"""Heartbeat pings in the healthchecks.io style: GET url/start, url on success, url/fail on failure.
+
+Each ping runs in a daemon thread that the caller waits for at most `timeout` seconds, so a slow
+DNS lookup or a black-holed address never holds up a run for longer; failures are only logged.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from typing import Literal
+
+from influx_backupd.core import log
+
+TIMEOUT_S = 5.0
+Signal = Literal["start", "success", "fail"]
+
+
+def url_for(base: str, signal: Signal) -> str:
+    base = base.rstrip("/")
+    return base if signal == "success" else f"{base}/{signal}"
+
+
+def ping(base: str, signal: Signal, *, timeout: float = TIMEOUT_S) -> bool:
+    """True when the endpoint answered 2xx within timeout."""
+    # No ?rid=: healthchecks.io wants a UUID there and answers 400 to anything else.
+    url = url_for(base, signal)
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            req = urllib.request.Request(url, headers={"User-Agent": "influx-backupd"})
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                outcome["status"] = int(resp.status)
+        except Exception as exc:  # reported below, never raised
+            outcome["error"] = str(exc)
+
+    thread = threading.Thread(target=call, name="heartbeat", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    logger = log.get(heartbeat=signal)
+    status = outcome.get("status")
+    if isinstance(status, int) and 200 <= status < 300:
+        logger.debug("heartbeat.sent", url=url, status=status)
+        return True
+    error = outcome.get("error") or (
+        f"HTTP {status}" if status is not None else f"no answer within {timeout:g}s"
+    )
+    logger.warning("heartbeat.failed", url=url, error=error)
+    return False

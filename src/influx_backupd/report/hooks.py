@@ -1,0 +1,106 @@
+"""on_success / on_failure hooks: an argv run without a shell, the run's record in its environment.
+
+A hook runs in its own process group with a timeout; on timeout the whole group is killed, so a
+hook that forks (a shell script's children) cannot keep us waiting. Its output goes to a temp
+file, not a pipe: a grandchild that escaped the group and holds the pipe cannot block us either.
+A hook never raises: what it did is returned and logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from influx_backupd.core import log
+from influx_backupd.store.record import RunRecord
+
+PREFIX = "INFLUX_BACKUPD_"
+OUTPUT_TAIL = 2000  # characters of the hook's output kept in the log
+
+
+@dataclass
+class HookResult:
+    argv: list[str]
+    returncode: int | None  # None: did not start or was killed on timeout
+    timed_out: bool
+    seconds: float
+    output: str
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def environment(record: RunRecord, status: str | None = None) -> dict[str, str]:
+    """The record as INFLUX_BACKUPD_* variables; empty strings for what the run did not have."""
+
+    def text(value: object) -> str:
+        return "" if value is None else str(value)
+
+    return {
+        PREFIX + "JOB": record.job,
+        PREFIX + "STATUS": status or record.status,
+        PREFIX + "RUN_ID": record.id,
+        PREFIX + "MODE": record.mode,
+        PREFIX + "ARCHIVE": text(record.archive),
+        PREFIX + "BYTES": str(record.bytes),
+        PREFIX + "DOWNTIME_S": "" if record.downtime_s is None else f"{record.downtime_s:.3f}",
+        PREFIX + "ERROR": text(record.error),
+        PREFIX + "VERIFY": text(record.verify_status),
+        PREFIX + "VERIFY_DETAIL": text(record.verify_detail),
+    }
+
+
+def run_hook(
+    argv: Sequence[str], env: dict[str, str], timeout: float, *, name: str = "hook"
+) -> HookResult:
+    logger = log.get(hook=name)
+    started = time.monotonic()
+    result = HookResult(list(argv), None, False, 0.0, "")
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+                start_new_session=True,  # its own process group, killed as one on timeout
+                close_fds=True,
+            )
+        except OSError as exc:
+            result.error = f"cannot start {argv[0]}: {exc.strerror or exc}"
+        else:
+            try:
+                result.returncode = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                result.timed_out = True
+                result.error = f"timed out after {timeout:g}s; its process group was killed"
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            # Children a hook left running on purpose (exit 0, `cmd &`) are not ours to kill:
+            # they do not hold us up, as their output goes to a file, not a pipe we read.
+            if result.returncode not in (0, None):
+                result.error = f"exited with status {result.returncode}"
+        out.seek(0)
+        result.output = out.read()[-OUTPUT_TAIL:].decode(errors="replace")
+    result.seconds = round(time.monotonic() - started, 3)
+    event = logger.info if result.ok else logger.warning
+    event(
+        "hook.finished",
+        argv=result.argv,
+        returncode=result.returncode,
+        timed_out=result.timed_out,
+        seconds=result.seconds,
+        error=result.error,
+        output=result.output,
+    )
+    return result

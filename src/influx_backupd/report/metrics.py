@@ -1,0 +1,246 @@
+"""Prometheus metrics from run records, for node_exporter's textfile collector.
+
+Everything is derived from the catalog's records on each write, so the file is
+a pure function of the records and a restart loses nothing. Exposition format
+0.0.4: https://prometheus.io/docs/instrumenting/exposition_formats/
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from influx_backupd.store.record import RunRecord
+
+JOB_LABEL = "job"
+RESULTS: tuple[str, ...] = ("ok", "failed", "interrupted")  # finished statuses
+# (phase label value, RunRecord field)
+PHASES: tuple[tuple[str, str], ...] = (
+    ("stop", "stop_s"),
+    ("copy", "copy_s"),
+    ("start", "start_s"),
+    ("prestage", "prestage_s"),
+    ("archive", "archive_s"),
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # as written in the exposition, counters with their _total
+    type: Literal["gauge", "counter"]
+    help: str
+    labels: tuple[str, ...]
+
+
+LAST_SUCCESS = Family(
+    "influx_backupd_last_success_timestamp_seconds",
+    "gauge",
+    "Unix time the newest successful backup run finished.",
+    (JOB_LABEL,),
+)
+LAST_RUN = Family(
+    "influx_backupd_last_run_timestamp_seconds",
+    "gauge",
+    "Unix time the newest finished backup run with this result finished.",
+    (JOB_LABEL, "result"),
+)
+DOWNTIME = Family(
+    "influx_backupd_downtime_seconds",
+    "gauge",
+    "Seconds influxd was unavailable during the last finished run that stopped it.",
+    (JOB_LABEL,),
+)
+PHASE = Family(
+    "influx_backupd_phase_seconds",
+    "gauge",
+    "Seconds each phase of the last finished backup run took.",
+    (JOB_LABEL, "phase"),
+)
+ARCHIVE_BYTES = Family(
+    "influx_backupd_archive_bytes",
+    "gauge",
+    "Size in bytes of the archive of the newest successful backup run.",
+    (JOB_LABEL,),
+)
+RUNS = Family(
+    "influx_backupd_runs_total",
+    "counter",
+    "Finished backup runs, by result.",
+    (JOB_LABEL, "result"),
+)
+VERIFY_FAILURES = Family(
+    "influx_backupd_verify_failures_total",
+    "counter",
+    "Backup verifications that failed.",
+    (JOB_LABEL,),
+)
+FAILING_VERIFY = Family(
+    "influx_backupd_backups_failing_verify",
+    "gauge",
+    "Backups kept as good whose last verification failed (0 when none).",
+    (JOB_LABEL,),
+)
+OLDEST_CHECK = Family(
+    "influx_backupd_oldest_check_timestamp_seconds",
+    "gauge",
+    "Unix time of the oldest check among the successful backups: when the least recently "
+    "checked one was last verified (or taken, if never verified since).",
+    (JOB_LABEL,),
+)
+
+FAMILIES: tuple[Family, ...] = (
+    LAST_SUCCESS,
+    LAST_RUN,
+    DOWNTIME,
+    PHASE,
+    ARCHIVE_BYTES,
+    RUNS,
+    VERIFY_FAILURES,
+    FAILING_VERIFY,
+    OLDEST_CHECK,
+)
+METRIC_NAMES: frozenset[str] = frozenset(f.name for f in FAMILIES)
+METRIC_LABELS: Mapping[str, tuple[str, ...]] = {f.name: f.labels for f in FAMILIES}
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_value(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+def _finished_at(record: RunRecord) -> float:
+    # A finished record should carry finished_at; fall back so a crash-written
+    # record still orders by when it ran.
+    return record.finished_at if record.finished_at is not None else record.started_at
+
+
+def _order(record: RunRecord) -> tuple[float, float, str]:
+    return (_finished_at(record), record.started_at, record.id)
+
+
+VERIFY_FAILED = "verify_failed"  # counter name for verify failures, beside the RESULTS
+
+
+def render(
+    records: Iterable[RunRecord],
+    verify_failures: Mapping[str, int] | None = None,
+    *,
+    counters: Mapping[tuple[str, str], tuple[int, float]] | None = None,
+) -> str:
+    """The textfile for all jobs in `records`.
+
+    `verify_failures` adds failures the records no longer show (job -> count),
+    e.g. of runs already pruned. Running records are ignored: they have no
+    result yet.
+
+    `counters` ((job, result or VERIFY_FAILED) -> (count, last time), the catalog's
+    monotonic counters) makes runs_total and verify_failures_total survive
+    retention: with it they come from the counters, not from counting records,
+    and last_run takes the counter's last time when the record is gone.
+    """
+    extra_failures = verify_failures or {}
+    counted = counters
+    by_job: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        by_job[record.job].append(record)
+    samples: dict[str, list[tuple[Labels, float]]] = {f.name: [] for f in FAMILIES}
+
+    for job in sorted(set(by_job) | set(extra_failures) | {j for j, _ in counted or {}}):
+        runs = by_job.get(job, [])
+        finished = sorted((r for r in runs if r.status in RESULTS), key=_order)
+        oks = [r for r in finished if r.ok]
+        j = ((JOB_LABEL, job),)
+
+        if oks:
+            samples[LAST_SUCCESS.name].append((j, _finished_at(oks[-1])))
+            samples[ARCHIVE_BYTES.name].append((j, oks[-1].bytes))
+            checks = [r.verified_at or _finished_at(r) for r in oks]
+            samples[OLDEST_CHECK.name].append((j, min(checks)))
+        failing = sum(1 for r in oks if r.failed_check)
+        samples[FAILING_VERIFY.name].append((j, failing))
+        for result in RESULTS:
+            times = [_finished_at(r) for r in finished if r.status == result]
+            if counted is not None and (job, result) in counted:
+                times.append(counted[job, result][1])
+            if times:
+                samples[LAST_RUN.name].append(((*j, ("result", result)), max(times)))
+        downtimes = [r.downtime_s for r in finished if r.downtime_s is not None]
+        if downtimes:
+            samples[DOWNTIME.name].append((j, downtimes[-1]))
+        if finished:
+            last = finished[-1]
+            for phase, attr in PHASES:
+                seconds: float | None = getattr(last, attr)
+                if seconds is not None:
+                    samples[PHASE.name].append(((*j, ("phase", phase)), seconds))
+        # Every result from the first write, so increase() sees the first failure.
+        for result in RESULTS:
+            if counted is not None:
+                count = counted.get((job, result), (0, 0.0))[0]
+            else:
+                count = sum(1 for r in finished if r.status == result)
+            samples[RUNS.name].append(((*j, ("result", result)), count))
+        if counted is not None:
+            failed_verifies = counted.get((job, VERIFY_FAILED), (0, 0.0))[0]
+        else:
+            failed_verifies = sum(1 for r in runs if r.verify_status == "failed")
+        samples[VERIFY_FAILURES.name].append((j, failed_verifies + extra_failures.get(job, 0)))
+
+    lines: list[str] = []
+    for family in FAMILIES:
+        lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
+        lines.append(f"# TYPE {family.name} {family.type}")
+        for labels, value in samples[family.name]:
+            rendered = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels)
+            lines.append(f"{family.name}{{{rendered}}} {format_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: Path, text: str) -> None:
+    """Replace `path` atomically so node_exporter never reads half a file.
+
+    The temp file is in the same directory (os.replace must not cross file
+    systems), hidden and not ending in .prom (the collector only reads *.prom),
+    and uniquely named so two writers (daemon and CLI) never share one.
+    """
+    directory = path.parent
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+            # mkstemp creates 0600; node_exporter often runs as another user.
+            os.fchmod(f.fileno(), 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    # The rename itself is durable only once the directory is synced.
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,804 @@
+"""Restore of hot backups, and `influx-backupd restore`'s choice between cold and hot.
+
+Both hot flavours restore the whole server: every link is checked first (manifest, sizes,
+sha256 against the catalog) before anything is touched; the live meta, data, wal (and hh) dirs are
+moved aside into rollback dirs, never deleted; on failure they are put back and the old server is
+started again. Restored files are chowned to [influxd] user/group.
+
+- 1.x (-portable): built beside the live server, which serves meanwhile, as the cold restore
+  extracts beside it. Staging dirs `.{dir}.restore-{rid}` are made next to each live dir (same
+  filesystem: the swap is a rename; refused up front when the links' unpacked sizes, increments
+  twice, do not fit there). A throwaway influxd on free 127.0.0.1 ports, with its own
+  influxdb.conf (no auth; the live [data] and [coordinator] settings) and those staging dirs as
+  its meta, data and wal, starts on a copy of the live meta.db, whose users it keeps and whose
+  databases it drops (the tool restores no users). Each link is restored into it with
+  `influxd restore -portable`, full first. The tool refuses a database that already exists ("DB
+  metadata not changed. database may already exist"), so an increment's databases that the full
+  created are restored under a temporary name and copied in with `SELECT * INTO ... GROUP BY *`
+  (InfluxData's documented way to restore into an existing database), then the temporary
+  database is dropped. Non-admin users get their grants back; the throwaway is stopped cleanly
+  and the staged trees chowned. Only then is the live influxd stopped, the dirs swapped by rename
+  and influxd started: downtime = stop + rename + start; build_s is the time spent beside.
+  The live server is never queried, so no credentials are needed. A failure or signal while
+  building stops the throwaway, removes the staging dirs and leaves the live server as it was
+  (RestoreFailed). The throwaway's conf and owner.json (naming the staging dirs) live in a
+  verify scratch dir: a restore killed outright is cleaned up by the next lock-taking command
+  (guard.recover stops the throwaway, removes the staging dirs; prune removes the scratch dir).
+- 0.9: with influxd stopped, `influxd restore -config CONF PATH`; the tool reads PATH and every
+  PATH.N beside it, so the chain up to the chosen link is hard-linked into a scratch dir first.
+
+The restore goes into the local server of [influxd] config (its own bind-address), whatever
+backup_host the backups came from.
+
+A 1.x dir given by a path the catalog does not know (a new host: the state_dir was lost, the
+storage dir kept) is restored with its chain from the records hot.py writes beside each dir
+(`<job>-<runid>.json`, sidecar_chain); a dir without one is restored alone, with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tarfile
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from influx_backupd.core import log
+from influx_backupd.core.config import Config
+from influx_backupd.core.errors import CheckFailed
+from influx_backupd.core.interrupt import Interrupted, signals_blocked
+from influx_backupd.core.log import Logger
+from influx_backupd.influxd import influxql
+from influx_backupd.influxd import scratch as scratch_dir
+from influx_backupd.influxd.influxql import ident, values
+from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox
+from influx_backupd.influxd.server import Influxd
+from influx_backupd.influxd.tool import Flavour, run_tool
+from influx_backupd.restore.cold import (
+    RestoreFailed,
+    RestoreRefused,
+    RestoreResult,
+    live_dirs_swapped,
+    owner_ids,
+    restore_cold,
+)
+from influx_backupd.store import layout
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
+from influx_backupd.store.scanners import Scan, scan_portable, scan_snapshot09
+from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
+
+QUERY_TIMEOUT = 3600.0
+SHARD_WAIT = 120.0  # how long a freshly restored shard may stay disabled
+
+
+class StepFailed(Exception):
+    """A restore step failed (in restore_backup, after the swap: roll back)."""
+
+
+@dataclass
+class HotRestoreResult(RestoreResult):
+    flavour: str = ""
+    links: list[str] = field(default_factory=list)  # oldest first: the full, then increments
+    restore_s: float | None = None  # restoring the links (1.x: inside the build)
+    build_s: float | None = None  # 1.x: building the restored server beside the live one
+
+
+@dataclass(frozen=True)
+class Link:
+    path: Path
+    record: RunRecord | None
+    incremental: bool
+    source: str = "catalog"  # where record came from: "catalog" or "sidecar"
+
+
+# -- choosing ---------------------------------------------------------------------------------------
+
+
+def restore_backup(config: Config, catalog: Catalog, backup: str) -> RestoreResult:
+    """Restore BACKUP (a catalog id or a path): cold archives by restore_cold, hot ones here."""
+    record = catalog.get(backup)
+    if record is None:
+        path = Path(backup)
+        if not path.exists():
+            raise RestoreRefused(f"{backup}: neither a catalog id nor an existing archive path")
+        record = catalog.find_by_archive(path)
+        if record is None:
+            flavour = sniff(path)
+            if flavour is None:
+                return restore_cold(config, catalog, backup)
+            if flavour == "portable" and sidecar_of(path.absolute()).exists():
+                # Not in this catalog (e.g. a new host, only the storage dir kept): the chain
+                # from the sidecar records the hot job wrote beside each link.
+                chain = sidecar_chain(path.absolute())
+                return _restore_hot(config, flavour, chain, chain[-1].record)
+            if flavour == "portable":
+                log.get(action="restore", mode="hot", flavour=flavour).warning(
+                    "restore.no_sidecar",
+                    path=str(path),
+                    detail=(
+                        f"{path} has no record beside it ({sidecar_of(path).name}) and is not in "
+                        "the catalog: restored as a full; if it is an increment (-since), the "
+                        "data of the links before it will be missing"
+                    ),
+                )
+            # Not in the catalog: this one link alone, nothing to compare its sha256 with.
+            incremental = flavour == "0.9" and path.suffix[1:].isdigit()
+            return _restore_hot(config, flavour, [Link(path, None, incremental)], None)
+    if record.mode != "hot":
+        return restore_cold(config, catalog, backup)
+    if record.status != "ok" or not record.archive:
+        raise RestoreRefused(f"backup {record.id} is {record.status}, not a usable backup")
+    flavour = record.extra.get("flavour") or sniff(Path(record.archive))
+    if flavour not in ("0.9", "portable"):
+        raise RestoreRefused(f"backup {record.id}: cannot tell whether it is a 0.9 or 1.x backup")
+    links = chain_for(catalog, record)
+    return _restore_hot(
+        config,
+        flavour,
+        [Link(Path(str(r.archive)), r, r.kind == "incremental") for r in links],
+        record,
+    )
+
+
+def sniff(path: Path) -> Flavour | None:
+    """A hot backup's flavour from its shape; None for anything else (a cold archive)."""
+    if path.is_dir():
+        return "portable" if any(path.glob("*.manifest")) else None
+    try:
+        with tarfile.open(path) as tar:
+            first = tar.next()
+    except (tarfile.TarError, OSError):
+        return None
+    return "0.9" if first is not None and first.name == "manifest" else None
+
+
+def chain_for(catalog: Catalog, record: RunRecord) -> list[RunRecord]:
+    """The chain's links from its full up to record, oldest first; refuses a broken chain."""
+    if not record.chain_id:
+        raise RestoreRefused(f"backup {record.id} is a hot backup without a chain id")
+    members = sorted(
+        (
+            r
+            for r in catalog.list(job=record.job)
+            if r.chain_id == record.chain_id and r.mode == "hot"
+        ),
+        key=lambda r: (r.started_at, r.id),
+    )
+    by_id = {r.id: r for r in members}
+    links: list[RunRecord] = []
+    current: RunRecord | None = record
+    while current is not None:
+        if not current.ok or not current.archive:
+            raise RestoreRefused(
+                f"chain {record.chain_id}: link {current.id} is {current.status}, not usable"
+            )
+        links.append(current)
+        if current.kind == "full":
+            break
+        parent = by_id.get(current.parent_id or "")
+        if parent is None:
+            raise RestoreRefused(
+                f"chain {record.chain_id}: link {current.id}'s parent {current.parent_id} "
+                "is not in the catalog"
+            )
+        current = parent
+    links.reverse()
+    if links[0].id != record.chain_id:
+        raise RestoreRefused(f"chain {record.chain_id} does not start with its full")
+    return links
+
+
+def read_sidecar(directory: Path) -> RunRecord | None:
+    """The record hot.py wrote beside a 1.x backup dir; None when there is none.
+
+    Refuses one that cannot be read or does not describe an ok 1.x link: without it, whether
+    the dir is an increment (useless alone) is unknown.
+    """
+    try:
+        data = read_sidecar_data(directory)
+    except SidecarError as exc:
+        raise RestoreRefused(str(exc)) from None
+    if data is None:
+        return None
+    problem = None
+    if data.get("kind") not in ("full", "incremental"):
+        problem = f"kind {data.get('kind')!r}"
+    elif not isinstance(data.get("chain_id"), str):
+        problem = "chain_id missing"
+    elif data["kind"] == "incremental" and not isinstance(data.get("parent_id"), str):
+        problem = "an increment without parent_id"
+    if problem is not None:
+        raise RestoreRefused(f"{sidecar_of(directory)}: not a usable backup record ({problem})")
+    record = RunRecord.from_dict(data)
+    # Where the dir is now, whatever path the backup host gave it.
+    record.archive = str(directory)
+    return record
+
+
+def sidecar_chain(directory: Path) -> list[Link]:
+    """The chain up to a 1.x dir from the sidecar records alone, full first.
+
+    Each parent is the sibling dir <job>-<parent_id> (as hot.py names them) with its own record;
+    a missing or unusable one refuses the restore: an increment holds only what was written
+    since its parent.
+    """
+    record = read_sidecar(directory)
+    if record is None:
+        raise RestoreRefused(
+            f"{directory}: no backup record {sidecar_of(directory).name} beside it"
+        )
+    links: list[Link] = []
+    path, current = directory, record
+    while True:
+        links.append(Link(path, current, current.kind == "incremental", source="sidecar"))
+        if current.kind == "full":
+            break
+        parent_path = directory.parent / f"{current.job}-{current.parent_id}"
+        why = None
+        parent: RunRecord | None = None
+        if not parent_path.is_dir():
+            why = "is missing"
+        else:
+            try:
+                parent = read_sidecar(parent_path)
+            except RestoreRefused as exc:
+                why = f"is unusable: {exc}"
+            else:
+                if parent is None:
+                    why = f"has no backup record {sidecar_of(parent_path).name}"
+                elif parent.id != current.parent_id or parent.chain_id != record.chain_id:
+                    why = f"has a record of another run ({parent.id}, chain {parent.chain_id})"
+                elif len(links) > 10_000 or any(link.path == parent_path for link in links):
+                    why = "closes a loop of parents"
+        if why is not None or parent is None:
+            raise RestoreRefused(
+                f"link {current.parent_id} ({parent_path}), the parent of {path.name}, {why}; "
+                "an increment cannot be restored without the links before it"
+            )
+        path, current = parent_path, parent
+    links.reverse()
+    if links[0].record is None or links[0].record.id != record.chain_id:
+        raise RestoreRefused(f"{directory}: chain {record.chain_id} does not start with its full")
+    return links
+
+
+# -- checking ---------------------------------------------------------------------------------------
+
+
+def check_links(flavour: Flavour, links: list[Link], *, deep: bool = True) -> list[Scan]:
+    """Every link against its manifest and the catalog's sha256; deep: every 1.x shard gunzipped
+    (restore, before touching anything), else its gzip ends (the sha256 already reads it all)."""
+    scans = []
+    for link in links:
+        try:
+            if flavour == "portable":
+                scan = scan_portable(link.path, deep=deep)
+            else:
+                scan = scan_snapshot09(link.path, incremental=link.incremental)
+        except CheckFailed as exc:
+            raise RestoreRefused(str(exc).removeprefix("hot.check: ")) from None
+        record = link.record
+        if record is not None and record.sha256 and record.sha256 != scan.sha256:
+            whose = "the catalog's" if link.source == "catalog" else "its backup record's"
+            raise RestoreRefused(
+                f"{link.path}: sha256 {scan.sha256} does not match {whose} "
+                f"{record.sha256} (run {record.id})"
+            )
+        scans.append(scan)
+    return scans
+
+
+# -- the swap -----------------------------------------------------------------------------------
+
+
+def _restore_hot(
+    config: Config, flavour: Flavour, links: list[Link], record: RunRecord | None
+) -> HotRestoreResult:
+    logger = log.get(action="restore", mode="hot", flavour=flavour)
+    logger.info("restore.checking", links=[str(link.path) for link in links])
+    scans = check_links(flavour, links)
+    uid, gid = owner_ids(config)
+    if not config.settings.influxd.binary.exists():
+        raise RestoreRefused(f"[influxd] binary {config.settings.influxd.binary} does not exist")
+    rid = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    targets = dict(sorted(config.server.dirs().items()))
+    rollback = {top: layout.rollback_of(t, rid) for top, t in targets.items()}
+    # 1.x: the restored server is built here; 0.9: never created (restore.roll_back removes them)
+    staging = {top: layout.restore_staging(t, rid) for top, t in targets.items()}
+    for top, target in targets.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if rollback[top].exists() or staging[top].exists():
+            raise RestoreRefused(
+                f"{staging[top]} or {rollback[top]} already exists; try again in a second"
+            )
+    if flavour == "portable":
+        if "wal" not in targets:
+            raise RestoreRefused(
+                f"{config.server.conf} sets no [data] wal-dir: the restored server's WAL "
+                "needs a dir to be swapped into"
+            )
+        _check_space(targets, links, scans)
+    result = HotRestoreResult(
+        archive=str(links[-1].path),
+        run_id=record.id if record else None,
+        flavour=flavour,
+        links=[str(link.path) for link in links],
+        files=sum(s.files for s in scans),
+    )
+    server = Influxd(config)
+    if flavour == "portable":
+        _restore_portable_beside(config, links, targets, rollback, staging, uid, gid, result, rid)
+    else:
+        scratch = layout.restore_scratch(config.storage_dir, rid)
+        try:
+            # with influxd stopped, the tool writes into the live config's (emptied) dirs
+            with live_dirs_swapped(
+                config,
+                server,
+                targets,
+                rollback,
+                staging,
+                rid,
+                result,
+                logger,
+                move_staging_in=False,
+            ):
+                _snapshot09(config, links, targets, uid, gid, result, server, scratch, logger)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    logger.info(
+        "restore.done",
+        **{k: v for k, v in result.__dict__.items() if k not in ("rollback_dirs", "links")},
+    )
+    return result
+
+
+def _check_space(targets: dict[str, Path], links: list[Link], scans: list[Scan]) -> None:
+    """Refuse, before anything starts, a build that cannot fit beside the live dirs.
+
+    The estimate is the links' unpacked sizes from their manifests, increments twice: restored
+    under a temporary name, then copied in by SELECT INTO before the temporary copy is dropped.
+    Checked on the data dir's filesystem, where nearly all of it goes.
+    """
+    needed = 0
+    for link, scan in zip(links, scans, strict=True):
+        shards = sum(int(f.get("size", 0)) for f in scan.manifest.get("files", []))
+        meta = int(scan.manifest.get("meta", {}).get("size", 0))
+        needed += meta + shards * (2 if link is not links[0] else 1)
+    data = targets["data"]
+    free = shutil.disk_usage(data.parent).free
+    if free < needed:
+        raise RestoreRefused(
+            f"not enough space next to {data}: the restored server needs about {needed} bytes "
+            f"beside the live one, {free} free; influxd not stopped"
+        )
+
+
+def _restore_portable_beside(
+    config: Config,
+    links: list[Link],
+    targets: dict[str, Path],
+    rollback: dict[str, Path],
+    staging: dict[str, Path],
+    uid: int,
+    gid: int,
+    result: HotRestoreResult,
+    rid: str,
+) -> None:
+    """Build the restored server in the staging dirs while the live one serves, then swap.
+
+    The throwaway influxd's conf and owner.json live in a scratch dir (scratch.py):
+    a restore killed outright leaves it serving and the staging dirs full; the next lock-taking
+    command stops it and removes the staging dirs named there (guard.recover), prune the rest.
+    """
+    logger = log.get(action="restore", mode="hot", flavour="portable")
+    scratch: Path | None = None
+    built = False
+    try:
+        scratch = scratch_dir.make(config.storage_dir, "restore-", list(staging.values()))
+        t_build = time.monotonic()
+        logger.info("restore.building", staging=[str(p) for p in staging.values()])
+        _build(config, links, targets, staging, scratch, uid, gid, result, rid, logger)
+        result.build_s = time.monotonic() - t_build
+        built = True
+        logger.info("restore.built", build_s=round(result.build_s, 3))
+        server = Influxd(config)
+        with live_dirs_swapped(
+            config, server, targets, rollback, staging, rid, result, logger, move_staging_in=True
+        ):
+            t_start = time.monotonic()
+            server.start(log_path=config.state_dir / "influxd.log")
+            result.start_s = time.monotonic() - t_start
+    except (Exception, Interrupted) as exc:
+        with signals_blocked():
+            # A staging dir still there was never swapped in (live_dirs_swapped renames them
+            # into place or removes them when it rolls back): never live data.
+            for path in staging.values():
+                shutil.rmtree(path, ignore_errors=True)
+        if isinstance(exc, RestoreFailed):
+            raise  # from the swap: the previous dirs and server were put back
+        logger.error("restore.build_failed", error=str(exc) or type(exc).__name__)
+        what = "while building beside" if not built else "before swapping in for"
+        raise RestoreFailed(
+            f"restore failed {what} the live server ({exc}); "
+            "the live server and its data were not touched"
+        ) from None
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _build(
+    config: Config,
+    links: list[Link],
+    targets: dict[str, Path],
+    staging: dict[str, Path],
+    scratch: Path,
+    uid: int,
+    gid: int,
+    result: HotRestoreResult,
+    rid: str,
+    logger: Logger,
+) -> None:
+    """Restore the links into a throwaway influxd (free 127.0.0.1 ports, no auth) whose meta,
+    data and wal dirs are the staging dirs; stop it cleanly; chown what it wrote."""
+
+    section = config.settings.influxd
+    for path in staging.values():
+        path.mkdir(mode=0o755)
+    # `influxd restore -portable` restores databases, not users: the throwaway starts on a copy
+    # of the live meta (its accounts), whose databases are dropped before the links go in.
+    # influxd replaces meta.db by rename, so a copy taken while it runs is a whole one.
+    live_meta = targets["meta"] / "meta.db"
+    kept_accounts = live_meta.is_file()
+    if kept_accounts:
+        shutil.copy2(live_meta, staging["meta"] / "meta.db")
+    data_extra, sections = _live_settings(config.server.conf)
+    # Flush its cache to TSM a second after the last write: otherwise the live server replays
+    # what SELECT INTO left in the WAL at its start, inside the downtime.
+    data_extra["cache-snapshot-write-cold-duration"] = '"1s"'
+    throwaway = Sandbox(
+        scratch,
+        binary=str(section.binary),
+        extra_data=data_extra,
+        extra_sections=RESTORE_TEST_SECTIONS + sections,
+        dirs={top: staging[top] for top in ("meta", "data", "wal")},
+        beside_live=True,
+    )
+    throwaway.write_config()
+
+    def start() -> None:
+        try:
+            throwaway.start(timeout=section.start_timeout)
+        except RuntimeError:
+            raise StepFailed(
+                "an influxd on the staging dirs did not start: " + throwaway.log_tail()
+            ) from None
+
+    try:
+        try:
+            start()
+        except StepFailed as exc:
+            if not kept_accounts or throwaway.killed_by() is not None:
+                raise
+            # A broken live server is when a restore is needed most: its meta.db may be what
+            # broke. Start from an empty meta instead; only the accounts are lost.
+            throwaway.stop(timeout=section.stop_timeout)
+            logger.warning(
+                "restore.live_meta_unusable",
+                detail="the live meta.db cannot be opened: restoring without its users "
+                "(create them again after the restore)",
+                error=str(exc),
+            )
+            shutil.rmtree(staging["meta"])
+            staging["meta"].mkdir(mode=0o755)
+            kept_accounts = False
+            start()
+        t_restore = time.monotonic()
+        grants = _clear_databases(throwaway.url, logger) if kept_accounts else []
+        restore_portable_links(
+            str(section.binary),
+            throwaway.backup_host,
+            throwaway.url,
+            links,
+            timeout=section.backup_timeout,
+            tag=rid,
+            logger=logger,
+        )
+        _grant_again(throwaway.url, grants, logger)
+        result.restore_s = time.monotonic() - t_restore
+        _wait_wal_flushed(staging["wal"], logger)
+        if throwaway.killed_by() is not None:  # died after its last answer: not a whole build
+            raise StepFailed("the build's influxd died")  # reported as its death, below
+    except Exception as exc:
+        # Whatever step noticed it first (a refused query, a failed tool), the cause to report
+        # is the server's death.
+        note = throwaway.killed_note()
+        if note is None:
+            raise
+        raise StepFailed(note) from exc
+    finally:
+        with signals_blocked():  # a second signal must not leave it serving
+            throwaway.stop(timeout=section.stop_timeout)
+    _chown_tree(list(staging.values()), uid, gid)
+
+
+WAL_FLUSH_WAIT = 30.0  # seconds; past it the live server replays the rest at its start
+WAL_FLUSHED = 64 << 10  # bytes of WAL segments left that count as flushed
+
+
+def _wal_bytes(wal: Path) -> int:
+    total = 0
+    for path in wal.rglob("*.wal"):
+        with contextlib.suppress(FileNotFoundError):  # removed by the snapshot meanwhile
+            total += path.stat().st_size
+    return total
+
+
+def _wait_wal_flushed(wal: Path, logger: Logger) -> None:
+    """Wait (outside the downtime) until the throwaway has snapshotted its WAL into TSM."""
+    started = time.monotonic()
+    left = _wal_bytes(wal)
+    while left > WAL_FLUSHED and time.monotonic() - started < WAL_FLUSH_WAIT:
+        time.sleep(0.2)
+        left = _wal_bytes(wal)
+    logger.info(
+        "restore.wal_flushed",
+        wal_bytes=left,
+        waited_s=round(time.monotonic() - started, 3),
+        flushed=left <= WAL_FLUSHED,
+    )
+
+
+# [data] keys the throwaway's own config sets (Sandbox.write_config)
+_OWN_DATA_KEYS = {"dir", "wal-dir", "query-log-enabled"}
+
+
+def _live_settings(conf: Path) -> tuple[dict[str, str], str]:
+    """The live influxdb.conf's [data] and [coordinator] scalars, as TOML for the throwaway.
+
+    The restored shards must be what the live server expects (index-version: an inmem-built
+    shard has no TSI index), and SELECT INTO must meet the live server's limits.
+    """
+    with open(conf, "rb") as fh:
+        raw = tomllib.load(fh)
+
+    def toml(value: Any) -> str | None:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return str(value)
+        if isinstance(value, str):
+            return json.dumps(value)  # a JSON string is a TOML basic string
+        return None
+
+    data: dict[str, str] = {}
+    for key, value in (raw.get("data") or {}).items():
+        text = toml(value)
+        if key not in _OWN_DATA_KEYS and text is not None:
+            data[key] = text
+    coordinator = [
+        f"  {key} = {text}\n"
+        for key, value in (raw.get("coordinator") or {}).items()
+        if (text := toml(value)) is not None
+    ]
+    return data, ("\n[coordinator]\n" + "".join(coordinator)) if coordinator else ""
+
+
+def _chown_tree(roots: list[Path], uid: int, gid: int) -> None:
+    for root in roots:
+        if not root.exists():
+            continue
+        os.chown(root, uid, gid, follow_symlinks=False)
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+def restore_portable_links(
+    binary: str,
+    host: str,
+    url: str,
+    links: list[Link],
+    *,
+    timeout: float,
+    tag: str,
+    logger: Logger,
+) -> None:
+    """Restore 1.x links, the full first, into a running influxd without databases.
+
+    host is its snapshot service, url its HTTP API: a throwaway influxd without auth (restore's
+    build beside the live server, verify's restore test). tag makes the temporary database
+    names unique. Returns once every restored database answers; raises
+    StepFailed.
+    """
+
+    def q(statement: str, db: str | None = None) -> list[dict[str, Any]]:
+        return _query(url, statement, db)
+
+    def tool(*args: str) -> None:
+        argv = [binary, "restore", "-portable", "-host", host, *args]
+        logger.info("restore.running", argv=argv)
+        run = run_tool(argv, timeout, logger, phase="restore")
+        if run.returncode != 0:
+            tail = " | ".join(run.output[-3:]) or "no output"
+            state = "timed out" if run.returncode is None else f"exited {run.returncode}"
+            raise StepFailed(f"influxd restore {state}: {tail}")
+
+    for number, link in enumerate(links):
+        if number == 0:
+            tool(str(link.path))
+            continue
+        wanted = sorted(portable_databases(link.path))
+        existing = set(_databases(url))
+        for db in wanted:
+            if db not in existing:
+                tool("-db", db, str(link.path))
+                continue
+            temp = f"{db}.restore-{tag}-{number}"
+            tool("-db", db, "-newdb", temp, str(link.path))
+            _copy_into(url, temp, db, logger)
+            q(f"DROP DATABASE {ident(temp)}")
+    for db in _databases(url):  # every restored shard open before we call it done
+        q("SHOW MEASUREMENTS", db)
+
+
+def portable_databases(directory: Path) -> set[str]:
+    """The databases a 1.x portable backup dir holds shards of, from its manifest."""
+    found = sorted(directory.glob("*.manifest"))
+    if not found:
+        raise StepFailed(f"{directory}: no *.manifest")
+    manifest = json.loads(found[0].read_text())
+    return {str(f["database"]) for f in manifest.get("files", [])}
+
+
+def _snapshot09(
+    config: Config,
+    links: list[Link],
+    targets: dict[str, Path],
+    uid: int,
+    gid: int,
+    result: HotRestoreResult,
+    server: Influxd,
+    scratch: Path,
+    logger: Logger,
+) -> None:
+    t_restore = time.monotonic()
+    restore_snapshot09_links(
+        str(config.settings.influxd.binary),
+        config.server.conf,
+        links,
+        scratch,
+        timeout=config.settings.influxd.backup_timeout,
+        logger=logger,
+    )
+    for top in ("meta", "data"):
+        if not targets[top].is_dir():
+            raise StepFailed(f"influxd restore exited 0 but wrote no {top} dir {targets[top]}")
+    result.restore_s = time.monotonic() - t_restore
+    _chown_tree(list(targets.values()), uid, gid)
+    t_start = time.monotonic()
+    server.start(log_path=config.state_dir / "influxd.log")
+    result.start_s = time.monotonic() - t_start
+
+
+def restore_snapshot09_links(
+    binary: str, conf: Path, links: list[Link], scratch: Path, *, timeout: float, logger: Logger
+) -> None:
+    """`influxd restore -config CONF` of 0.9 links (full first) into CONF's meta and data dirs.
+
+    influxd must not be running on CONF. scratch (created here, removed by the caller) holds the
+    links hard-linked as PATH, PATH.0, ...: the tool restores PATH and every PATH.N beside it, so
+    it is given exactly the chosen links. Raises StepFailed.
+    """
+    scratch.mkdir(mode=0o700)
+    base = scratch / "snapshot"
+    for number, link in enumerate(links):
+        staged = base if number == 0 else Path(f"{base}.{number - 1}")
+        try:
+            os.link(link.path, staged)
+        except OSError:
+            shutil.copyfile(link.path, staged)
+    argv = [binary, "restore", "-config", str(conf), str(base)]
+    logger.info("restore.running", argv=argv)
+    run = run_tool(argv, timeout, logger, phase="restore")
+    if run.returncode != 0:
+        tail = " | ".join(run.output[-3:]) or "no output"
+        state = "timed out" if run.returncode is None else f"exited {run.returncode}"
+        raise StepFailed(f"influxd restore {state}: {tail}")
+
+
+# -- InfluxQL over HTTP -------------------------------------------------------------------------
+
+
+def _query(url: str, q: str, db: str | None) -> list[dict[str, Any]]:
+    """One statement; waits out shards the server is still importing.
+
+    `influxd restore -portable` returns once a shard is uploaded, while the server may still be
+    opening it: queries touching it fail with "shard is disabled" or "engine is closed" for a
+    moment.
+    """
+    try:
+        return influxql.query(
+            url,
+            q,
+            db,
+            timeout=QUERY_TIMEOUT,
+            post=True,
+            shard_wait=SHARD_WAIT,
+        )
+    except influxql.QueryError as exc:
+        raise StepFailed(str(exc)) from None
+
+
+def _databases(url: str) -> list[str]:
+    return [str(row[0]) for row in values(_query(url, "SHOW DATABASES", None))]
+
+
+def _clear_databases(url: str, logger: Logger) -> list[tuple[str, str, str]]:
+    """Drop the databases of a server started on the live meta; keep its users.
+
+    Returns the non-admin users' grants (user, database, privilege), which the drops revoke.
+    """
+    grants: list[tuple[str, str, str]] = []
+    users = values(_query(url, "SHOW USERS", None))
+    for user, admin in ((str(row[0]), bool(row[1])) for row in users):
+        if not admin:
+            for db, privilege in values(_query(url, f"SHOW GRANTS FOR {ident(user)}", None)):
+                grants.append((user, str(db), str(privilege)))
+    dropped = [db for db in _databases(url) if db != "_internal"]
+    for db in dropped:  # their files are in the rollback dirs, not here
+        _query(url, f"DROP DATABASE {ident(db)}", None)
+    logger.info("restore.accounts_kept", users=len(users), grants=len(grants), dropped=dropped)
+    return grants
+
+
+_GRANTABLE = {"READ": "READ", "WRITE": "WRITE", "ALL PRIVILEGES": "ALL"}
+
+
+def _grant_again(url: str, grants: list[tuple[str, str, str]], logger: Logger) -> None:
+    """Grants on databases that the restore brought back, as the live server had them."""
+    restored = set(_databases(url))
+    for user, db, privilege in grants:
+        if db in restored and privilege in _GRANTABLE:
+            q = f"GRANT {_GRANTABLE[privilege]} ON {ident(db)} TO {ident(user)}"
+            _query(url, q, None)
+            logger.info("restore.granted", user=user, db=db, privilege=privilege)
+
+
+def _copy_into(url: str, source: str, dest: str, logger: Logger) -> None:
+    """Every point of every retention policy and measurement of source into dest, tags kept."""
+
+    def q(statement: str, db: str | None = None) -> list[dict[str, Any]]:
+        return _query(url, statement, db)
+
+    dest_rps = {str(row[0]) for row in values(q(f"SHOW RETENTION POLICIES ON {ident(dest)}"))}
+    measurements = [str(row[0]) for row in values(q("SHOW MEASUREMENTS", source))]
+    for row in values(q(f"SHOW RETENTION POLICIES ON {ident(source)}")):
+        rp, duration, shard_duration = str(row[0]), str(row[1]), str(row[2])
+        if rp not in dest_rps:
+            q(
+                f"CREATE RETENTION POLICY {ident(rp)} ON {ident(dest)} DURATION {duration} "
+                f"REPLICATION 1 SHARD DURATION {shard_duration}"
+            )
+        for m in measurements:
+            written = values(
+                q(
+                    f"SELECT * INTO {ident(dest)}.{ident(rp)}.{ident(m)} "
+                    f"FROM {ident(source)}.{ident(rp)}.{ident(m)} GROUP BY *",
+                    source,
+                )
+            )
+            logger.info(
+                "restore.copied",
+                db=dest,
+                rp=rp,
+                measurement=m,
+                points=written[0][1] if written else 0,
+            )

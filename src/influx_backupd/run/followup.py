@@ -1,0 +1,95 @@
+"""What follows a finished run (runner.after_run): counters, verify, prune, metrics, hooks, heartbeat.
+
+Runs after the job returned, so influxd is serving again. Each step is on its own: a step that
+fails is logged and the next one runs; nothing here changes the run's status or raises.
+A follow-up is owed from the moment the run's final record is saved until it completes: one cut
+short by a kill or a signal is run again, whole, by the next lock-taking command
+(guard.recover), so hooks and heartbeats run at least once per run, late rather than never.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from influx_backupd.core import log
+from influx_backupd.core.config import Config, JobSection
+from influx_backupd.core.interrupt import Interrupted
+from influx_backupd.report import heartbeat
+from influx_backupd.report.hooks import environment, run_hook
+from influx_backupd.report.metrics import render, write_textfile
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
+
+
+def write_metrics(config: Config, catalog: Catalog) -> None:
+    """The textfile for node_exporter, when [daemon] metrics_file is set."""
+    path = config.settings.daemon.metrics_file
+    if path is None:
+        return
+    write_textfile(path, render(catalog.list(), counters=catalog.counters()))
+
+
+def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunRecord) -> None:
+    logger = log.get(run_id=record.id, job=job.name)
+
+    def step(name: str, action: Callable[[], None]) -> bool:
+        try:
+            action()
+        except Exception as exc:
+            logger.error("after_run.step_failed", step=name, error=str(exc), exc_info=True)
+            return False
+        return True
+
+    def verify_it() -> None:
+        from influx_backupd.verify.check import save_result, verify
+
+        if not record.archive:
+            return
+        result = verify(
+            config,
+            Path(record.archive),
+            record,
+            restore_test=job.verify_restore_test,
+        )
+        save_result(catalog, record, result)
+
+    def prune_it() -> None:
+        from influx_backupd.keep.prune import prune
+
+        prune(config, catalog, job=job.name)
+
+    def hooks() -> None:
+        argv = job.on_success if record.good else job.on_failure
+        if argv:
+            name = "on_success" if record.good else "on_failure"
+            run_hook(argv, environment(record), job.hook_timeout, name=name)
+
+    def beat() -> None:
+        if job.heartbeat_url:
+            heartbeat.ping(job.heartbeat_url, "success" if record.good else "fail")
+
+    try:
+        if record.ok and job.verify_after_backup:
+            step("verify", verify_it)
+        # Only a good run may prune: the plan keeps the newest good backup, and that must be it.
+        if record.good:
+            step("prune", prune_it)
+        step("metrics", lambda: write_metrics(config, catalog))
+        step("hooks", hooks)
+        step("heartbeat", beat)
+    except Interrupted as exc:
+        # The run itself is finished and recorded; a signal only cuts what follows it short,
+        # and the follow-up stays owed: the next lock-taking command runs it again whole.
+        logger.warning("after_run.interrupted", signal=str(exc))
+        return
+    step("settle", lambda: catalog.followed_up(record.id))
+
+
+def tell_verify_failed(config: Config, record: RunRecord) -> None:
+    """A later check (the daemon's [verify]) found this run's backup bad: its job's on_failure
+    hook, with the record (INFLUX_BACKUPD_VERIFY=failed and the errors in _VERIFY_DETAIL), as
+    after a run whose verify failed. A hook never raises."""
+    job = next((j for j in config.settings.job if j.name == record.job), None)
+    if job is not None and job.on_failure:
+        run_hook(job.on_failure, environment(record), job.hook_timeout, name="on_failure")

@@ -1,0 +1,145 @@
+"""One backup run, from the job's mode to what follows the record (shared by CLI and daemon).
+
+mode (cold | hot | auto → policy) → the job → record → after_run (prune, verify, metrics, hooks)
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+from influx_backupd.core import log
+from influx_backupd.core.config import Config, JobSection
+from influx_backupd.run.policy import Capability, Decision, decide
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
+
+
+class ModeUnavailable(Exception):
+    """The asked-for mode cannot run in this build or on this server (a usage error)."""
+
+
+# Set by the daemon when it is stopping: a failed hot run then does not fall back to cold.
+STOP_REQUESTED = threading.Event()
+
+
+class Skipped(Exception):
+    """The policy decided not to run now. Nothing ran, so no record is written; logged as
+    `policy.skipped` (the daemon also shows it in `status`)."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__("; ".join(decision.reasons))
+        self.decision = decision
+
+
+def run_backup(
+    config: Config,
+    job: JobSection,
+    catalog: Catalog,
+    mode: str | None = None,
+    *,
+    scheduled: bool = False,
+) -> RunRecord:
+    """Run one backup of job; the caller holds the backup lock (guard.exclusive).
+
+    Mode auto, and every scheduled run (`scheduled`: cold_window and max_downtime apply), go
+    through the policy, which may raise Skipped. A mode asked for by hand runs as asked.
+    """
+    chosen = mode or job.mode
+    fallback = "cold" if chosen == "hot" and job.fallback == "cold" else None
+    if chosen == "auto" or scheduled:
+        decision = policy_decision(config, job, catalog, chosen)
+        if decision.mode == "skip":
+            raise Skipped(decision)
+        chosen, fallback = decision.mode, decision.fallback
+    if job.heartbeat_url:
+        from influx_backupd.report.heartbeat import ping
+
+        ping(job.heartbeat_url, "start")  # at most a few seconds, never raises
+    if chosen == "cold":
+        from influx_backupd.jobs.cold import run_cold
+
+        record = run_cold(config, job, catalog)
+    elif chosen == "hot":
+        from influx_backupd.jobs.hot import run_hot
+
+        record = run_hot(config, job, catalog)
+    else:
+        raise ModeUnavailable(f"mode {chosen!r} is not available in this version; use cold")
+    if (
+        fallback == "cold"
+        and record.mode == "hot"
+        and record.status == "failed"
+        and not STOP_REQUESTED.is_set()
+    ):
+        record = _fall_back_to_cold(config, job, catalog, record)
+    after_run(config, job, catalog, record)
+    return record
+
+
+def _fall_back_to_cold(
+    config: Config, job: JobSection, catalog: Catalog, failed: RunRecord
+) -> RunRecord:
+    """A failed hot run is a run of its own (recorded, followed up); cold only if allowed now."""
+    after_run(config, job, catalog, failed)
+    decision = policy_decision(config, job, catalog, "cold", after=failed)
+    if decision.mode != "cold":
+        return failed
+    from influx_backupd.jobs.cold import run_cold
+
+    return run_cold(config, job, catalog)
+
+
+def _influxd_version(config: Config, timeout: float = 2.0) -> str | None:
+    from influx_backupd.influxd.influxql import ping_headers
+
+    answer = ping_headers(config.url, timeout, config.credentials)
+    return (answer[0].get("X-Influxdb-Version") or None) if answer else None
+
+
+def _capability(config: Config, job: JobSection, requested: str) -> Capability:
+    snapshot = False
+    if requested == "auto":
+        from influx_backupd.influxd.tool import probe_snapshot_service
+
+        snapshot = probe_snapshot_service(config.backup_host, 3.0)
+    data_bytes = None
+    if job.max_downtime is not None and requested != "hot":
+        from influx_backupd.jobs.cold import tree_size
+
+        data_bytes = sum(tree_size(p) for p in config.server.dirs().values() if p.is_dir())
+    return Capability(snapshot, _influxd_version(config), data_bytes)
+
+
+def policy_decision(
+    config: Config,
+    job: JobSection,
+    catalog: Catalog,
+    requested: str,
+    after: RunRecord | None = None,
+) -> Decision:
+    """Gather the policy's inputs, decide, and log the decision as one event."""
+    capability = _capability(config, job, requested)
+    history = catalog.list(job=job.name)[-20:]
+    decision = decide(job, datetime.now(UTC), capability, history, mode=requested)
+    logger = log.get(job=job.name)
+    fields: dict[str, object] = {
+        "mode": decision.mode,
+        "requested": requested,
+        "reasons": decision.reasons,
+        "fallback": decision.fallback,
+        "predicted_downtime_s": decision.predicted_downtime_s,
+    }
+    if after is not None:
+        fields["fallback_for"] = after.id
+    logger.info("policy.decided", **fields)
+    if decision.mode == "skip":
+        logger.warning("policy.skipped", reasons=decision.reasons)
+    return decision
+
+
+def after_run(config: Config, job: JobSection, catalog: Catalog, record: RunRecord) -> None:
+    """Everything that reads the finished record. Never fails the run it follows."""
+    from influx_backupd.run.followup import follow_up
+
+    follow_up(config, job, catalog, record)

@@ -1,0 +1,308 @@
+"""Reading a hot backup back: the 0.9 snapshot tar and the 1.x -portable dir, each against its own
+manifest (sizes, gzip ends, sha256 of every file). Used by the hot job, verify and restore alike."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from influx_backupd.core.errors import CheckFailed
+from influx_backupd.store.archive import CHUNK
+
+
+@dataclass
+class Scan:
+    """What a read-back of one hot backup found."""
+
+    bytes: int
+    files: int  # files on disk (1.x dir) or files in the snapshot's manifest (0.9)
+    sha256: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+class _Hashing:
+    """Read-through that hashes and counts every byte read."""
+
+    def __init__(self, fh: BinaryIO, digest: Any | None) -> None:
+        self.fh = fh
+        self.digest = digest
+        self.bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        if self.digest is not None:
+            self.digest.update(data)
+        self.bytes += len(data)
+        return data
+
+
+def _read_exactly(stream: Any, size: int, what: str) -> None:
+    left = size
+    while left > 0:
+        chunk = stream.read(min(CHUNK, left))
+        if not chunk:
+            raise CheckFailed(f"hot.check: {what} is truncated")
+        left -= len(chunk)
+
+
+def scan_snapshot09(path: Path, *, incremental: bool) -> Scan:
+    """Read a 0.9 snapshot once: sha256 of the file, manifest first, every listed file present.
+
+    The manifest (the first member, JSON {"files": [{"name", "size", ...}]}) must list exactly the
+    other members, with their sizes; a full must hold `meta`. An increment may list nothing (no
+    change since the snapshots before it).
+    """
+    digest = hashlib.sha256()
+    seen: dict[str, int] = {}
+    manifest: dict[str, Any] = {}
+    try:
+        with open(path, "rb") as raw:
+            reader = _Hashing(raw, digest)
+            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+                for index, info in enumerate(tar):
+                    parts = PurePosixPath(info.name).parts
+                    if info.name.startswith("/") or ".." in parts or not parts:
+                        raise CheckFailed(f"hot.check: {path}: unsafe member {info.name!r}")
+                    if index == 0:
+                        if info.name != "manifest" or not info.isreg():
+                            raise CheckFailed(
+                                f"hot.check: {path}: first member is {info.name!r}, not the manifest"
+                            )
+                        stream = tar.extractfile(info)
+                        assert stream is not None
+                        manifest = _manifest_json(stream.read(), f"{path}: manifest")
+                        continue
+                    if not info.isreg():
+                        continue
+                    stream = tar.extractfile(info)
+                    assert stream is not None
+                    _read_exactly(stream, info.size, f"{path}: member {info.name!r}")
+                    seen[info.name] = info.size
+            while reader.read(CHUNK):
+                pass
+    except FileNotFoundError:
+        raise CheckFailed(f"hot.check: {path} does not exist") from None
+    except tarfile.TarError as exc:
+        raise CheckFailed(f"hot.check: {path}: not a readable snapshot ({exc})") from None
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        raise CheckFailed(f"hot.check: {path}: manifest has no files list")
+    listed: dict[str, int] = {}
+    for entry in files:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise CheckFailed(f"hot.check: {path}: manifest entry without a name: {entry!r}")
+        listed[entry["name"]] = int(entry.get("size", -1))
+    for name, size in listed.items():
+        if name not in seen:
+            raise CheckFailed(f"hot.check: {path}: manifest lists {name!r}, not in the snapshot")
+        if seen[name] != size:
+            raise CheckFailed(
+                f"hot.check: {path}: {name!r} is {seen[name]} bytes, manifest says {size}"
+            )
+    extra = sorted(set(seen) - set(listed))
+    if extra:
+        raise CheckFailed(
+            f"hot.check: {path}: {extra[0]!r} is in the snapshot, not in its manifest"
+        )
+    if not incremental and "meta" not in listed:
+        raise CheckFailed(f"hot.check: {path}: a full snapshot without meta")
+    return Scan(bytes=reader.bytes, files=len(listed), sha256=digest.hexdigest(), manifest=manifest)
+
+
+def _manifest_json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise CheckFailed(f"hot.check: {what} is not JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise CheckFailed(f"hot.check: {what} is not a JSON object")
+    return parsed
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def portable_meta_size(data: bytes) -> int:
+    """Length of the meta store inside a 1.x portable .meta file.
+
+    The file is protobuf PortableData {1: bytes Data, 2: uint64 MaxNodeID}; the manifest's
+    meta.size is len(Data).
+    """
+    pos, size = 0, None
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            if pos + length > len(data):
+                raise ValueError("field runs past the end of the file")
+            if number == 1:
+                size = length
+            pos += length
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+    if size is None:
+        raise ValueError("no meta store data")
+    return size
+
+
+GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip id bytes and CM=8 (deflate), the only method gzip defines
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """sha256 of one file, taken while the tool wrote it (_Follower), and the file's stat then."""
+
+    size: int
+    sha256: str
+    stat: tuple[
+        int, int, int, int, int
+    ]  # file_signature() taken just before the last bytes were read
+
+
+def file_signature(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def scan_portable(
+    directory: Path, *, deep: bool = False, digests: dict[str, FileDigest] | None = None
+) -> Scan:
+    """Read a 1.x portable backup dir back against its manifest; sha256 of every file.
+
+    The one *.manifest must name a .meta file whose meta store is meta.size bytes, and shard files
+    (.tar.gz) that unpack to exactly their listed size; no other file may be there.
+
+    How a shard's unpacked size is known (issue 6 measured both, docs/performance.md):
+    - deep=False (the hot job, restore's pre-check): from the gzip trailer. Its last 4 bytes are
+      ISIZE, the unpacked size mod 2^32, so reading 18 bytes (header magic + trailer) checks the
+      size without decompressing. influxd writes each shard as one gzip member; if the trailer
+      disagrees we gunzip after all before failing, so a multi-member file is never refused on a
+      trailer alone. Gunzipping 2 GB took about as long as the tool's whole run.
+    - deep=True (`influx-backupd verify`): every shard gunzipped, its CRC32 and length checked.
+    The catalog's sha256 (below) is what shows later that a backup is still the bytes checked here.
+
+    sha256 of the directory = sha256 over the lines "NAME\\0SIZE\\0SHA256HEX\\n" of every
+    file, sorted by name (SIZE in decimal, SHA256HEX of the file's bytes). digests (from
+    _Follower) gives sha256s already taken; one is used only when the file's device, inode, size,
+    mtime_ns and ctime_ns are still those the follower saw when it read the file's last bytes; any
+    other file is read and hashed here. Either way the result is the same digest.
+    """
+    if not directory.is_dir():
+        raise CheckFailed(f"hot.check: {directory} is not a directory")
+    names = sorted(p.name for p in directory.iterdir())
+    manifests = [n for n in names if n.endswith(".manifest")]
+    if len(manifests) != 1:
+        raise CheckFailed(
+            f"hot.check: {directory}: {len(manifests)} *.manifest files, expected exactly 1"
+        )
+    manifest = _manifest_json((directory / manifests[0]).read_bytes(), manifests[0])
+    meta = manifest.get("meta")
+    files = manifest.get("files")
+    if not isinstance(meta, dict) or not isinstance(files, list):
+        raise CheckFailed(f"hot.check: {directory}/{manifests[0]}: no meta entry or files list")
+    expected: dict[str, tuple[str, int]] = {}  # file name → (kind, listed size)
+    for kind, entry in [("meta", meta)] + [("shard", f) for f in files]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("fileName"), str):
+            raise CheckFailed(f"hot.check: {directory}: manifest entry without fileName: {entry!r}")
+        name = entry["fileName"]
+        if "/" in name or name in ("", ".", ".."):
+            raise CheckFailed(f"hot.check: {directory}: manifest names unsafe file {name!r}")
+        expected[name] = (kind, int(entry.get("size", -1)))
+    for name in expected:
+        if name not in names:
+            raise CheckFailed(
+                f"hot.check: {directory}: manifest lists {name}, which does not exist"
+            )
+    for name in names:
+        if name not in expected and name != manifests[0]:
+            raise CheckFailed(f"hot.check: {directory}: {name} is not in the manifest")
+
+    listing = hashlib.sha256()
+    total = 0
+    for name in names:
+        path = directory / name
+        if not path.is_file() or path.is_symlink():
+            raise CheckFailed(f"hot.check: {path} is not a regular file")
+        kind, listed = expected.get(name, ("manifest", -1))
+        with open(path, "rb") as raw:
+            st = os.fstat(raw.fileno())
+            known = (digests or {}).get(name)
+            if known is not None and known.stat != file_signature(st):
+                known = None
+            digest = hashlib.sha256()
+            reader = _Hashing(raw, None if known else digest)
+            if kind == "shard":
+                if deep:
+                    _check_gunzipped(reader, path, listed)
+                else:
+                    _check_gzip_ends(raw, st.st_size, path, listed)
+            elif kind == "meta":
+                try:
+                    inner = portable_meta_size(reader.read())
+                except ValueError as exc:
+                    raise CheckFailed(
+                        f"hot.check: {path}: not a portable meta file ({exc})"
+                    ) from None
+                if inner != listed:
+                    raise CheckFailed(
+                        f"hot.check: {path}: meta store is {inner} bytes, manifest says {listed}"
+                    )
+            if known is None:
+                while reader.read(CHUNK):
+                    pass
+        size, hexdigest = (
+            (known.size, known.sha256) if known else (reader.bytes, digest.hexdigest())
+        )
+        total += size
+        listing.update(f"{name}\0{size}\0{hexdigest}\n".encode())
+    return Scan(bytes=total, files=len(names), sha256=listing.hexdigest(), manifest=manifest)
+
+
+def _check_gzip_ends(raw: BinaryIO, size: int, path: Path, listed: int) -> None:
+    """Header magic and trailer ISIZE against the manifest, without moving raw's position."""
+    fd = raw.fileno()
+    if size < 18 or os.pread(fd, 3, 0) != GZIP_MAGIC:
+        raise CheckFailed(f"hot.check: {path}: not a gzip file ({size} bytes, no gzip header)")
+    isize = int.from_bytes(os.pread(fd, 4, size - 4), "little")
+    if isize == listed % 2**32:
+        return
+    # Several gzip members would carry only the last one's size: gunzip decides.
+    try:
+        with open(path, "rb") as again:
+            _check_gunzipped(_Hashing(again, None), path, listed)
+    except CheckFailed as exc:
+        raise CheckFailed(
+            f"hot.check: {path}: gzip trailer says {isize} bytes unpacked (mod 2^32), manifest "
+            f"says {listed}; gunzip: {str(exc).removeprefix(f'hot.check: {path}: ')}"
+        ) from None
+
+
+def _check_gunzipped(reader: _Hashing, path: Path, listed: int) -> None:
+    size = 0
+    try:
+        with gzip.GzipFile(fileobj=reader, mode="rb") as gz:  # type: ignore[call-overload]
+            while chunk := gz.read(CHUNK):
+                size += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CheckFailed(f"hot.check: {path}: damaged gzip ({exc})") from None
+    if size != listed:
+        raise CheckFailed(f"hot.check: {path}: {size} bytes unpacked, manifest says {listed}")

@@ -1,0 +1,95 @@
+"""A backup's own record beside it: `<archive>.json` next to a cold tar or a 1.x hot dir.
+
+The catalog lives in state_dir and is lost with the host; the storage dir alone must still say
+what each backup is (its sha256, point counts, and for a hot increment the links it needs).
+Written before the run is ok (.partial, fsync, rename), read by restore and verify when the
+catalog does not know a path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from influx_backupd.store import layout
+from influx_backupd.store.archive import fsync_dir
+from influx_backupd.store.record import RunRecord
+
+FORMAT = 1
+
+
+class SidecarError(Exception):
+    """A record beside a backup that cannot be used (unreadable, another format, incomplete)."""
+
+
+def sidecar_of(archive: Path) -> Path:
+    """Where a backup's own record lives: <storage>/<job>-<runid>[.tar].json beside it."""
+    return archive.with_name(archive.name + ".json")
+
+
+def write_sidecar(archive: Path, record: RunRecord) -> None:
+    """The run's record (as it will be once ok) beside its archive: .partial, fsync, rename."""
+    data = {"format": FORMAT, **record.to_dict(), "status": "ok"}
+    final = sidecar_of(archive)
+    partial = layout.partial_of(final)
+    with open(partial, "w") as fh:
+        json.dump(data, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.rename(partial, final)
+    fsync_dir(final.parent)
+
+
+def read_sidecar_data(archive: Path) -> dict[str, object] | None:
+    """The raw record beside archive; None when there is none; SidecarError when unusable."""
+    path = sidecar_of(archive)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise SidecarError(f"{path}: unreadable backup record ({exc})") from None
+    if not isinstance(data, dict):
+        raise SidecarError(f"{path}: not a usable backup record (not a JSON object)")
+    if data.get("format") != FORMAT:
+        raise SidecarError(
+            f"{path}: not a usable backup record (format {data.get('format')!r}, this version "
+            f"reads {FORMAT})"
+        )
+    if not all(isinstance(data.get(k), str) for k in ("id", "job", "sha256")):
+        raise SidecarError(f"{path}: not a usable backup record (id, job or sha256 missing)")
+    return data
+
+
+def record_beside(archive: Path) -> RunRecord | None:
+    """The record beside a cold archive, pointing at where the archive is now."""
+    data = read_sidecar_data(archive)
+    if data is None:
+        return None
+    record = RunRecord.from_dict(data)
+    record.archive = str(archive)
+    return record
+
+
+def records_in(storage: Path) -> tuple[list[RunRecord], list[str]]:
+    """Every record beside an archive in storage (pointing at the archive where it is now),
+    and one line for each record that cannot be used. Archives are not read here."""
+    found: list[RunRecord] = []
+    problems: list[str] = []
+    for path in sorted(storage.glob("*.json")):
+        archive = path.with_name(path.name.removesuffix(".json"))
+        if not archive.exists():
+            problems.append(f"{path}: its backup {archive.name} is not there")
+            continue
+        try:
+            data = read_sidecar_data(archive)
+        except SidecarError as exc:
+            problems.append(str(exc))
+            continue
+        if data is None:  # gone since the glob
+            continue
+        record = RunRecord.from_dict(data)
+        record.archive = str(archive)
+        found.append(record)
+    return found, problems

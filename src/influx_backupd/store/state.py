@@ -1,0 +1,92 @@
+"""The backup lock and the crash marker, both in state_dir.
+
+The lock is flock(2): the kernel drops it when its holder dies, so a stale lock never blocks.
+The marker says "influxd was stopped by run X": written before the stop, removed after the start.
+A marker found by whoever takes the lock next was left by a process that died with influxd down.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from influx_backupd.store.archive import fsync_dir
+
+
+class Busy(Exception):
+    """Another influx-backupd holds the backup lock (exit status 75)."""
+
+
+@dataclass
+class BackupLock:
+    path: Path
+    fd: int | None = None
+    # what a second caller is told is going on (the daemon's own lock reuses this class)
+    busy_means: str = "another backup is running"
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise Busy(f"{self.busy_means} (lock {self.path} held by pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+    def __enter__(self) -> BackupLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_for(state_dir: Path) -> BackupLock:
+    return BackupLock(state_dir / "backup.lock")
+
+
+class CrashMarker:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "influxd-stopped.json"
+
+    def write(self, run_id: str, **detail: Any) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        body = {"run_id": run_id, "pid": os.getpid(), "written_at": time.time(), **detail}
+        with open(tmp, "w") as fh:
+            json.dump(body, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            # A torn marker still means influxd may be down.
+            return {"run_id": None}
+        return data if isinstance(data, dict) else {"run_id": None}
+
+    def clear(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return
+        fsync_dir(self.path.parent)
