@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from influx_backupd.sandbox import Sandbox
 
 RESULTS_ENV = "INFLUX_BACKUPD_FAULT_RESULTS"

@@ -21,9 +21,10 @@ from typing import Any
 import psutil
 import pytest
 
+from influx_backupd.core.errors import RestoreRefused
 from influx_backupd.influxd.sandbox import BESIDE_LIVE_GOGC, Sandbox
-from influx_backupd.restore.cold import RestoreRefused
-from influx_backupd.restore.hot import Link, _check_space
+from influx_backupd.restore.hot import _check_space
+from influx_backupd.store.chain import Link
 from influx_backupd.store.scanners import Scan
 from tests.conftest import STAND_INS, Cli, write_config
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from influx_backupd.restore.cold import RestoreRefused
-from influx_backupd.restore.hot import read_sidecar, sidecar_chain
+from influx_backupd.core.errors import RestoreRefused
+from influx_backupd.store.chain import read_sidecar, sidecar_chain
 
 
 def _link(storage: Path, run_id: str, parent: str | None, **extra: Any) -> Path:

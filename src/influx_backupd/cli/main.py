@@ -15,10 +15,25 @@ from typing import Any, NoReturn
 from influx_backupd import __version__
 from influx_backupd.core import log
 from influx_backupd.core.config import Config, ConfigError, load, resolve_path
+from influx_backupd.core.errors import RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted
+from influx_backupd.core.schedule import describe
+from influx_backupd.daemon.loop import run_daemon
+from influx_backupd.daemon.status import gather, render
 from influx_backupd.influxd.server import InfluxdError
+from influx_backupd.jobs.hot import clock_url
+from influx_backupd.keep.prune import prune
+from influx_backupd.report import progress
+from influx_backupd.restore.hot import restore_backup
+from influx_backupd.run.followup import write_metrics
+from influx_backupd.run.guard import exclusive
+from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
+from influx_backupd.store.archive import not_a_backup
+from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
+from influx_backupd.store.sidecar import records_in
 from influx_backupd.store.state import Busy
+from influx_backupd.verify.check import BackupNotFound, resolve, save_result, verify, verify_all
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_CONFIG = 0, 1, 2, 75, 78
 
@@ -39,8 +54,6 @@ def _known_job(config: Config, name: str | None, *, history_too: bool = False) -
     if name is None or any(j.name == name for j in config.settings.job):
         return
     if history_too:
-        from influx_backupd.store.catalog import Catalog
-
         catalog = Catalog(config.state_dir)
         if catalog.exists() and catalog.list(job=name):
             return
@@ -50,8 +63,6 @@ def _known_job(config: Config, name: str | None, *, history_too: bool = False) -
 
 def _backup_argument(config: Config, backup: str) -> None:
     """A BACKUP naming nothing is a usage error, found before the lock so nothing is created."""
-    from influx_backupd.store.archive import not_a_backup
-    from influx_backupd.store.catalog import Catalog
 
     catalog = Catalog(config.state_dir)
     record = catalog.get(backup) if catalog.exists() else None
@@ -110,8 +121,6 @@ def print_record(record: RunRecord, as_json: bool) -> None:
 
 
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
-    from influx_backupd.core.schedule import describe
-    from influx_backupd.jobs.hot import clock_url
 
     s = config.settings
     plan: dict[str, Any] = {
@@ -192,8 +201,6 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
 
 
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
-    from influx_backupd.run.guard import exclusive
-    from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
 
     _known_job(config, args.job)
     job = config.job(args.job)
@@ -211,8 +218,6 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
                 return EXIT_FAILED
     finally:
         if bar is not None:
-            from influx_backupd.report import progress
-
             progress.unlisten(bar)
             bar.close()
     print_record(record, args.json)
@@ -223,7 +228,6 @@ def _progress_bar(args: argparse.Namespace) -> Any:
     """A bar on stderr while the archive is written, only when stderr is a terminal."""
     if args.no_progress or not sys.stderr.isatty():
         return None
-    from influx_backupd.report import progress
 
     bar = progress.TerminalBar(sys.stderr)
     progress.listen(bar)
@@ -231,7 +235,6 @@ def _progress_bar(args: argparse.Namespace) -> Any:
 
 
 def cmd_list(config: Config, args: argparse.Namespace) -> int:
-    from influx_backupd.store.catalog import Catalog
 
     _known_job(config, args.job, history_too=True)
     catalog = Catalog(config.state_dir)
@@ -254,9 +257,6 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_restore(config: Config, args: argparse.Namespace) -> int:
-    from influx_backupd.restore.cold import RestoreFailed, RestoreRefused
-    from influx_backupd.restore.hot import restore_backup
-    from influx_backupd.run.guard import exclusive
 
     _backup_argument(config, args.backup)
     if not args.yes:
@@ -295,9 +295,6 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
-    from influx_backupd.run.followup import write_metrics
-    from influx_backupd.run.guard import exclusive
-    from influx_backupd.verify.check import BackupNotFound, resolve, save_result, verify, verify_all
 
     if (args.backup is None) == (not args.all):
         raise UsageError("verify: name one BACKUP (catalog id or archive path) or pass --all")
@@ -345,9 +342,6 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_prune(config: Config, args: argparse.Namespace) -> int:
-    from influx_backupd.keep.prune import prune
-    from influx_backupd.run.followup import write_metrics
-    from influx_backupd.run.guard import exclusive
 
     _known_job(config, args.job)  # before the lock
     with exclusive(config) as catalog:
@@ -376,8 +370,6 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_import(config: Config, args: argparse.Namespace) -> int:
     """The backups in the storage dir, by the records beside them, into this host's catalog."""
-    from influx_backupd.run.guard import exclusive
-    from influx_backupd.store.sidecar import records_in
 
     storage = config.storage_dir
     if not storage.is_dir():
@@ -414,13 +406,11 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    from influx_backupd.daemon.loop import run_daemon
 
     return run_daemon(config, getattr(args, "log_level", None) or config.settings.daemon.log_level)
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    from influx_backupd.daemon.status import gather, render
 
     report = gather(config)
     print(json.dumps(report) if args.json else render(report))

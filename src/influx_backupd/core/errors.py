@@ -26,3 +26,16 @@ class CheckFailed(HotFailed):
     """A hot backup's output is missing, damaged or inconsistent with its manifest."""
 
     code = "hot.check"
+
+
+class RestoreRefused(BackupdError):
+    """The archive or the set-up failed a check; nothing was touched."""
+
+    code = "restore.refused"
+
+
+class RestoreFailed(BackupdError):
+    """The restore failed: after the swap began (the old dirs were put back, the old server
+    started), or, for a 1.x hot restore, while building beside the live server (untouched)."""
+
+    code = "restore.failed"

@@ -10,6 +10,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from influx_backupd.core.systemd import JOURNAL_SOCKET, JournalRenderer
+
 LEVELS = ("debug", "info", "warning", "error")
 Logger = structlog.typing.FilteringBoundLogger
 
@@ -18,8 +20,6 @@ JOURNAL_SOCKET_ENV = "INFLUX_BACKUPD_JOURNAL_SOCKET"  # tests point the journal 
 
 
 def journal_socket() -> str:
-    from influx_backupd.core.systemd import JOURNAL_SOCKET
-
     return os.environ.get(JOURNAL_SOCKET_ENV) or JOURNAL_SOCKET
 
 
@@ -49,8 +49,6 @@ def configure(
     as_json = (not out.isatty()) if json is None else json
     renderer: Any
     if journal is not None:
-        from influx_backupd.core.systemd import JournalRenderer
-
         renderer = JournalRenderer(socket_path=journal, drop=True)
     elif as_json:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)

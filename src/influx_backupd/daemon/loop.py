@@ -37,10 +37,14 @@ from influx_backupd.core import log, systemd
 from influx_backupd.core.config import Config, ConfigError, JobSection, Scheduled, load
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
 from influx_backupd.influxd.server import InfluxdError
+from influx_backupd.run import runner
+from influx_backupd.run.followup import tell_verify_failed, write_metrics
 from influx_backupd.run.guard import exclusive
+from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.state import BackupLock, Busy
+from influx_backupd.verify.check import verify_all
 
 STATE_FILE = "daemon.json"
 DAEMON_LOCK = "daemon.lock"
@@ -359,7 +363,6 @@ class Daemon:
                     self._current = {}
 
     def _run(self, item: Due) -> None:
-        from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
 
         config = self.config  # a reload from now on does not touch this run
         job = next((j for j in config.settings.job if j.name == item.job), None)
@@ -384,8 +387,6 @@ class Daemon:
 
     def _verify_all(self, item: Due) -> None:
         """[verify]: every good backup checked again, under the backup lock, between runs."""
-        from influx_backupd.run.followup import tell_verify_failed, write_metrics
-        from influx_backupd.verify.check import verify_all
 
         config = self.config  # a reload from now on does not touch this check
         section = config.settings.verify
@@ -477,7 +478,6 @@ class Daemon:
 
     # -- stopping -----------------------------------------------------------------------------
     def _shutdown(self, signum: int) -> None:
-        from influx_backupd.run import runner
 
         name = signal.Signals(signum).name
         self._stopping.set()

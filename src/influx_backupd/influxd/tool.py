@@ -14,13 +14,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from influx_backupd.core.errors import HotFailed
 from influx_backupd.core.log import Logger
-
-Flavour = Literal["0.9", "portable"]
-
+from influx_backupd.store.record import Flavour
 
 PROBE_TIMEOUT = 3.0
 

@@ -42,7 +42,6 @@ from influx_backupd.influxd.influxql import ping_headers
 from influx_backupd.influxd.tool import (
     PROBE_TIMEOUT,
     UNREACHABLE_OUTPUT,
-    Flavour,
     ToolRun,
     run_tool,
     split_host,
@@ -52,7 +51,7 @@ from influx_backupd.influxd.tool import (
 from influx_backupd.store import layout
 from influx_backupd.store.archive import CHUNK, fsync_dir
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.record import RunRecord, new_run_id
+from influx_backupd.store.record import Flavour, RunRecord, new_run_id
 from influx_backupd.store.scanners import (
     FileDigest,
     file_signature,

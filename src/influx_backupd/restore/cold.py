@@ -18,6 +18,7 @@ from pathlib import Path
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
+from influx_backupd.core.errors import RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd.server import Influxd
@@ -29,15 +30,6 @@ from influx_backupd.store.sidecar import SidecarError, record_beside
 from influx_backupd.store.state import CrashMarker
 
 ALLOWED_TOPS = {"meta", "data", "wal", "hh", "influxdb.conf"}
-
-
-class RestoreRefused(Exception):
-    """The archive or the set-up failed a check; nothing was touched."""
-
-
-class RestoreFailed(Exception):
-    """The restore failed: after the swap began (the old dirs were put back, the old server
-    started), or, for a 1.x hot restore, while building beside the live server (untouched)."""
 
 
 @dataclass

@@ -41,7 +41,6 @@ import contextlib
 import json
 import os
 import shutil
-import tarfile
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from typing import Any
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
-from influx_backupd.core.errors import CheckFailed
+from influx_backupd.core.errors import RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import influxql
@@ -58,10 +57,8 @@ from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.influxql import ident, values
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox
 from influx_backupd.influxd.server import Influxd
-from influx_backupd.influxd.tool import Flavour, run_tool
+from influx_backupd.influxd.tool import run_tool
 from influx_backupd.restore.cold import (
-    RestoreFailed,
-    RestoreRefused,
     RestoreResult,
     live_dirs_swapped,
     owner_ids,
@@ -69,9 +66,10 @@ from influx_backupd.restore.cold import (
 )
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.record import RunRecord
-from influx_backupd.store.scanners import Scan, scan_portable, scan_snapshot09
-from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
+from influx_backupd.store.chain import Link, chain_for, check_links, sidecar_chain, sniff
+from influx_backupd.store.record import Flavour, RunRecord
+from influx_backupd.store.scanners import Scan
+from influx_backupd.store.sidecar import sidecar_of
 
 QUERY_TIMEOUT = 3600.0
 SHARD_WAIT = 120.0  # how long a freshly restored shard may stay disabled
@@ -87,14 +85,6 @@ class HotRestoreResult(RestoreResult):
     links: list[str] = field(default_factory=list)  # oldest first: the full, then increments
     restore_s: float | None = None  # restoring the links (1.x: inside the build)
     build_s: float | None = None  # 1.x: building the restored server beside the live one
-
-
-@dataclass(frozen=True)
-class Link:
-    path: Path
-    record: RunRecord | None
-    incremental: bool
-    source: str = "catalog"  # where record came from: "catalog" or "sidecar"
 
 
 # -- choosing ---------------------------------------------------------------------------------------
@@ -146,152 +136,7 @@ def restore_backup(config: Config, catalog: Catalog, backup: str) -> RestoreResu
     )
 
 
-def sniff(path: Path) -> Flavour | None:
-    """A hot backup's flavour from its shape; None for anything else (a cold archive)."""
-    if path.is_dir():
-        return "portable" if any(path.glob("*.manifest")) else None
-    try:
-        with tarfile.open(path) as tar:
-            first = tar.next()
-    except (tarfile.TarError, OSError):
-        return None
-    return "0.9" if first is not None and first.name == "manifest" else None
-
-
-def chain_for(catalog: Catalog, record: RunRecord) -> list[RunRecord]:
-    """The chain's links from its full up to record, oldest first; refuses a broken chain."""
-    if not record.chain_id:
-        raise RestoreRefused(f"backup {record.id} is a hot backup without a chain id")
-    members = sorted(
-        (
-            r
-            for r in catalog.list(job=record.job)
-            if r.chain_id == record.chain_id and r.mode == "hot"
-        ),
-        key=lambda r: (r.started_at, r.id),
-    )
-    by_id = {r.id: r for r in members}
-    links: list[RunRecord] = []
-    current: RunRecord | None = record
-    while current is not None:
-        if not current.ok or not current.archive:
-            raise RestoreRefused(
-                f"chain {record.chain_id}: link {current.id} is {current.status}, not usable"
-            )
-        links.append(current)
-        if current.kind == "full":
-            break
-        parent = by_id.get(current.parent_id or "")
-        if parent is None:
-            raise RestoreRefused(
-                f"chain {record.chain_id}: link {current.id}'s parent {current.parent_id} "
-                "is not in the catalog"
-            )
-        current = parent
-    links.reverse()
-    if links[0].id != record.chain_id:
-        raise RestoreRefused(f"chain {record.chain_id} does not start with its full")
-    return links
-
-
-def read_sidecar(directory: Path) -> RunRecord | None:
-    """The record hot.py wrote beside a 1.x backup dir; None when there is none.
-
-    Refuses one that cannot be read or does not describe an ok 1.x link: without it, whether
-    the dir is an increment (useless alone) is unknown.
-    """
-    try:
-        data = read_sidecar_data(directory)
-    except SidecarError as exc:
-        raise RestoreRefused(str(exc)) from None
-    if data is None:
-        return None
-    problem = None
-    if data.get("kind") not in ("full", "incremental"):
-        problem = f"kind {data.get('kind')!r}"
-    elif not isinstance(data.get("chain_id"), str):
-        problem = "chain_id missing"
-    elif data["kind"] == "incremental" and not isinstance(data.get("parent_id"), str):
-        problem = "an increment without parent_id"
-    if problem is not None:
-        raise RestoreRefused(f"{sidecar_of(directory)}: not a usable backup record ({problem})")
-    record = RunRecord.from_dict(data)
-    # Where the dir is now, whatever path the backup host gave it.
-    record.archive = str(directory)
-    return record
-
-
-def sidecar_chain(directory: Path) -> list[Link]:
-    """The chain up to a 1.x dir from the sidecar records alone, full first.
-
-    Each parent is the sibling dir <job>-<parent_id> (as hot.py names them) with its own record;
-    a missing or unusable one refuses the restore: an increment holds only what was written
-    since its parent.
-    """
-    record = read_sidecar(directory)
-    if record is None:
-        raise RestoreRefused(
-            f"{directory}: no backup record {sidecar_of(directory).name} beside it"
-        )
-    links: list[Link] = []
-    path, current = directory, record
-    while True:
-        links.append(Link(path, current, current.kind == "incremental", source="sidecar"))
-        if current.kind == "full":
-            break
-        parent_path = directory.parent / f"{current.job}-{current.parent_id}"
-        why = None
-        parent: RunRecord | None = None
-        if not parent_path.is_dir():
-            why = "is missing"
-        else:
-            try:
-                parent = read_sidecar(parent_path)
-            except RestoreRefused as exc:
-                why = f"is unusable: {exc}"
-            else:
-                if parent is None:
-                    why = f"has no backup record {sidecar_of(parent_path).name}"
-                elif parent.id != current.parent_id or parent.chain_id != record.chain_id:
-                    why = f"has a record of another run ({parent.id}, chain {parent.chain_id})"
-                elif len(links) > 10_000 or any(link.path == parent_path for link in links):
-                    why = "closes a loop of parents"
-        if why is not None or parent is None:
-            raise RestoreRefused(
-                f"link {current.parent_id} ({parent_path}), the parent of {path.name}, {why}; "
-                "an increment cannot be restored without the links before it"
-            )
-        path, current = parent_path, parent
-    links.reverse()
-    if links[0].record is None or links[0].record.id != record.chain_id:
-        raise RestoreRefused(f"{directory}: chain {record.chain_id} does not start with its full")
-    return links
-
-
 # -- checking ---------------------------------------------------------------------------------------
-
-
-def check_links(flavour: Flavour, links: list[Link], *, deep: bool = True) -> list[Scan]:
-    """Every link against its manifest and the catalog's sha256; deep: every 1.x shard gunzipped
-    (restore, before touching anything), else its gzip ends (the sha256 already reads it all)."""
-    scans = []
-    for link in links:
-        try:
-            if flavour == "portable":
-                scan = scan_portable(link.path, deep=deep)
-            else:
-                scan = scan_snapshot09(link.path, incremental=link.incremental)
-        except CheckFailed as exc:
-            raise RestoreRefused(str(exc).removeprefix("hot.check: ")) from None
-        record = link.record
-        if record is not None and record.sha256 and record.sha256 != scan.sha256:
-            whose = "the catalog's" if link.source == "catalog" else "its backup record's"
-            raise RestoreRefused(
-                f"{link.path}: sha256 {scan.sha256} does not match {whose} "
-                f"{record.sha256} (run {record.id})"
-            )
-        scans.append(scan)
-    return scans
 
 
 # -- the swap -----------------------------------------------------------------------------------

@@ -15,11 +15,13 @@ from pathlib import Path
 from influx_backupd.core import log
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.interrupt import Interrupted
+from influx_backupd.keep.prune import prune
 from influx_backupd.report import heartbeat
 from influx_backupd.report.hooks import environment, run_hook
 from influx_backupd.report.metrics import render, write_textfile
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
+from influx_backupd.verify.check import save_result, verify
 
 
 def write_metrics(config: Config, catalog: Catalog) -> None:
@@ -42,7 +44,6 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
         return True
 
     def verify_it() -> None:
-        from influx_backupd.verify.check import save_result, verify
 
         if not record.archive:
             return
@@ -55,7 +56,6 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
         save_result(catalog, record, result)
 
     def prune_it() -> None:
-        from influx_backupd.keep.prune import prune
 
         prune(config, catalog, job=job.name)
 

@@ -10,7 +10,10 @@ from pathlib import Path
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
+from influx_backupd.influxd import scratch
 from influx_backupd.influxd.server import Influxd
+from influx_backupd.restore.cold import roll_back
+from influx_backupd.run.followup import follow_up, write_metrics
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
@@ -41,7 +44,6 @@ def recover(config: Config, catalog: Catalog) -> None:
         if left.get("kind") == "restore":
             # The restore never finished, so whatever runs now may be half-restored: go back to
             # the data as it was before (the restored dirs are kept aside, not deleted).
-            from influx_backupd.restore.cold import roll_back
 
             if server.locate() is not None:
                 logger.warning("recovery.stopping_unfinished_restore", run_id=run_id)
@@ -93,7 +95,6 @@ def recover(config: Config, catalog: Catalog) -> None:
 def _follow_up_late(config: Config, catalog: Catalog, record: RunRecord) -> None:
     """A run whose follow-up never completed: rewrite the metrics (its count is in), run its
     hooks and heartbeat now (on_failure for a run killed outright), late rather than never."""
-    from influx_backupd.run.followup import follow_up, write_metrics
 
     log.get(run_id=record.id, job=record.job).warning(
         "recovery.follow_up_owed", status=record.status
@@ -118,7 +119,6 @@ def _restore_tests_left(storage: Path) -> None:
     left the crash marker too, handled before this: by then no staging dir is left.)
     Its scratch dir stays for prune, which reports and removes leftovers of dead runs.
     """
-    from influx_backupd.influxd import scratch
 
     for path in storage.glob(scratch.PREFIX + "*"):
         if not path.is_dir() or scratch.owner_alive(path):

@@ -10,6 +10,12 @@ from datetime import UTC, datetime
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config, JobSection
+from influx_backupd.influxd.influxql import ping_headers
+from influx_backupd.influxd.tool import probe_snapshot_service
+from influx_backupd.jobs.cold import run_cold, tree_size
+from influx_backupd.jobs.hot import run_hot
+from influx_backupd.report.heartbeat import ping
+from influx_backupd.run.followup import follow_up
 from influx_backupd.run.policy import Capability, Decision, decide
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
@@ -53,16 +59,10 @@ def run_backup(
             raise Skipped(decision)
         chosen, fallback = decision.mode, decision.fallback
     if job.heartbeat_url:
-        from influx_backupd.report.heartbeat import ping
-
         ping(job.heartbeat_url, "start")  # at most a few seconds, never raises
     if chosen == "cold":
-        from influx_backupd.jobs.cold import run_cold
-
         record = run_cold(config, job, catalog)
     elif chosen == "hot":
-        from influx_backupd.jobs.hot import run_hot
-
         record = run_hot(config, job, catalog)
     else:
         raise ModeUnavailable(f"mode {chosen!r} is not available in this version; use cold")
@@ -85,13 +85,11 @@ def _fall_back_to_cold(
     decision = policy_decision(config, job, catalog, "cold", after=failed)
     if decision.mode != "cold":
         return failed
-    from influx_backupd.jobs.cold import run_cold
 
     return run_cold(config, job, catalog)
 
 
 def _influxd_version(config: Config, timeout: float = 2.0) -> str | None:
-    from influx_backupd.influxd.influxql import ping_headers
 
     answer = ping_headers(config.url, timeout, config.credentials)
     return (answer[0].get("X-Influxdb-Version") or None) if answer else None
@@ -100,13 +98,9 @@ def _influxd_version(config: Config, timeout: float = 2.0) -> str | None:
 def _capability(config: Config, job: JobSection, requested: str) -> Capability:
     snapshot = False
     if requested == "auto":
-        from influx_backupd.influxd.tool import probe_snapshot_service
-
         snapshot = probe_snapshot_service(config.backup_host, 3.0)
     data_bytes = None
     if job.max_downtime is not None and requested != "hot":
-        from influx_backupd.jobs.cold import tree_size
-
         data_bytes = sum(tree_size(p) for p in config.server.dirs().values() if p.is_dir())
     return Capability(snapshot, _influxd_version(config), data_bytes)
 
@@ -140,6 +134,5 @@ def policy_decision(
 
 def after_run(config: Config, job: JobSection, catalog: Catalog, record: RunRecord) -> None:
     """Everything that reads the finished record. Never fails the run it follows."""
-    from influx_backupd.run.followup import follow_up
 
     follow_up(config, job, catalog, record)

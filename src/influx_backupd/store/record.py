@@ -18,6 +18,9 @@ Kind = Literal["full", "incremental"]
 
 STATUSES: tuple[Status, ...] = ("running", "ok", "failed", "interrupted")
 
+# The two kinds of hot backup: 0.9 snapshot files, 1.5+ `-portable` dirs.
+Flavour = Literal["0.9", "portable"]
+
 
 def new_run_id(now: float | None = None) -> str:
     """Sortable by time, unique enough for one host: 20261126T122754Z-3f9a."""

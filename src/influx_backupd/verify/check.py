@@ -27,25 +27,38 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
+from influx_backupd.core.errors import HotFailed, RestoreRefused
 from influx_backupd.core.interrupt import signals_blocked
+from influx_backupd.core.log import Logger
 from influx_backupd.influxd import counts
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox
 from influx_backupd.report.metrics import VERIFY_FAILED
+from influx_backupd.restore.hot import (
+    StepFailed,
+    portable_databases,
+    restore_portable_links,
+    restore_snapshot09_links,
+)
 from influx_backupd.store.archive import ArchiveError, extract_safely, sha256_file
 from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.chain import (
+    Link,
+    chain_for,
+    check_links,
+    read_sidecar,
+    sidecar_chain,
+    sniff,
+)
 from influx_backupd.store.formats import ArchiveReport, Finding, check_archive, classify_member
-from influx_backupd.store.record import RunRecord
-from influx_backupd.store.sidecar import SidecarError, record_beside
-
-if TYPE_CHECKING:
-    from influx_backupd.core.log import Logger
-    from influx_backupd.influxd.tool import Flavour
-    from influx_backupd.restore.hot import Link
+from influx_backupd.store.formats.tsm import check_tsm
+from influx_backupd.store.record import Flavour, RunRecord
+from influx_backupd.store.scanners import scan_portable, scan_snapshot09
+from influx_backupd.store.sidecar import SidecarError, record_beside, sidecar_of
 
 COLD_REQUIRED = ("meta", "data", "influxdb.conf")
 SERVER_DIRS = ("meta", "data", "wal", "hh")
@@ -171,7 +184,6 @@ def _verify_tar(
     restore_test: bool,
     catalog: Catalog | None,
 ) -> None:
-    from influx_backupd.restore.hot import sniff
 
     # A path outside the catalog: its first member tells a 0.9 snapshot.
     hot_snapshot = record.mode == "hot" if record is not None else sniff(archive) == "0.9"
@@ -325,7 +337,7 @@ def _check_restored(server: Sandbox, record: RunRecord | None, result: VerifyRes
     compared = len(set(expected) & set(dbs))
     note = f"; written between count and stop: {', '.join(more)}" if more else ""
     result.checks[check] = (
-        f"ok ({len(dbs)} databases answer, {compared} point restored match{note})"
+        f"ok ({len(dbs)} databases answer, {compared} point counts match{note})"
     )
 
 
@@ -333,8 +345,6 @@ def _verify_hot_scan(
     archive: Path, record: RunRecord | None, result: VerifyResult, *, snapshot09: bool
 ) -> None:
     """Hot output, read back the way the hot job checked it (hot.py): manifest and sha256."""
-    from influx_backupd.core.errors import HotFailed
-    from influx_backupd.store.scanners import scan_portable, scan_snapshot09
 
     try:
         if snapshot09:
@@ -374,8 +384,6 @@ def _verify_directory(
     """A 1.x hot backup (-portable): manifest, every file, sha256 of the listing; TSM formats.
 
     Not in the catalog: its sha256 is compared with the record the hot job wrote beside it."""
-    from influx_backupd.restore.cold import RestoreRefused
-    from influx_backupd.restore.hot import read_sidecar
 
     recorded = record
     if recorded is None:
@@ -409,7 +417,6 @@ def check_portable_formats(directory: Path, *, deep: bool, spool_dir: Path) -> A
     spool_dir (chosen up front: a SpooledTemporaryFile's rollover briefly holds it twice). Peak
     memory stays about SPOOL_MAX whatever the shard size.
     """
-    from influx_backupd.store.formats.tsm import check_tsm
 
     report = ArchiveReport()
     for shard in sorted(directory.glob("*.tar.gz")):
@@ -461,9 +468,6 @@ def _restore_test_hot(
     against their manifests and the catalog's sha256s (the gzip ends, not gunzipped: the sha256
     already shows they are the bytes checked when they were written).
     """
-    from influx_backupd.restore.cold import RestoreRefused
-    from influx_backupd.restore.hot import Link, chain_for, check_links, sidecar_chain
-    from influx_backupd.store.sidecar import sidecar_of
 
     check = "restore_test"
     if record is not None and record.kind == "full":
@@ -515,7 +519,6 @@ def _restore_test_portable(
     logger: Logger,
 ) -> None:
     """An empty throwaway influxd (free ports, conf in scratch: prune and recovery find it)."""
-    from influx_backupd.restore.hot import StepFailed, portable_databases, restore_portable_links
 
     check = "restore_test"
     section = config.settings.influxd
@@ -627,7 +630,6 @@ def _restore_test_09(
     No 0.9 server can run here (tests use a stand-in that stores no series), so the restored
     files are not served and queried: the result says so, and counts as partial.
     """
-    from influx_backupd.restore.hot import StepFailed, restore_snapshot09_links
 
     check = "restore_test"
     meta, data = scratch / "meta", scratch / "data"

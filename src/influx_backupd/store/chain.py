@@ -1,0 +1,168 @@
+"""The chain model of hot backups, shared by verify and restore: what a link is, a backup's
+flavour from its shape, its chain from the catalog or from the records beside each link, and
+every link checked against its manifest and recorded sha256 before anything is touched."""
+
+from __future__ import annotations
+
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from influx_backupd.core.errors import CheckFailed, RestoreRefused
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import Flavour, RunRecord
+from influx_backupd.store.scanners import Scan, scan_portable, scan_snapshot09
+from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
+
+
+@dataclass(frozen=True)
+class Link:
+    path: Path
+    record: RunRecord | None
+    incremental: bool
+    source: str = "catalog"  # where record came from: "catalog" or "sidecar"
+
+
+def sniff(path: Path) -> Flavour | None:
+    """A hot backup's flavour from its shape; None for anything else (a cold archive)."""
+    if path.is_dir():
+        return "portable" if any(path.glob("*.manifest")) else None
+    try:
+        with tarfile.open(path) as tar:
+            first = tar.next()
+    except (tarfile.TarError, OSError):
+        return None
+    return "0.9" if first is not None and first.name == "manifest" else None
+
+
+def chain_for(catalog: Catalog, record: RunRecord) -> list[RunRecord]:
+    """The chain's links from its full up to record, oldest first; refuses a broken chain."""
+    if not record.chain_id:
+        raise RestoreRefused(f"backup {record.id} is a hot backup without a chain id")
+    members = sorted(
+        (
+            r
+            for r in catalog.list(job=record.job)
+            if r.chain_id == record.chain_id and r.mode == "hot"
+        ),
+        key=lambda r: (r.started_at, r.id),
+    )
+    by_id = {r.id: r for r in members}
+    links: list[RunRecord] = []
+    current: RunRecord | None = record
+    while current is not None:
+        if not current.ok or not current.archive:
+            raise RestoreRefused(
+                f"chain {record.chain_id}: link {current.id} is {current.status}, not usable"
+            )
+        links.append(current)
+        if current.kind == "full":
+            break
+        parent = by_id.get(current.parent_id or "")
+        if parent is None:
+            raise RestoreRefused(
+                f"chain {record.chain_id}: link {current.id}'s parent {current.parent_id} "
+                "is not in the catalog"
+            )
+        current = parent
+    links.reverse()
+    if links[0].id != record.chain_id:
+        raise RestoreRefused(f"chain {record.chain_id} does not start with its full")
+    return links
+
+
+def read_sidecar(directory: Path) -> RunRecord | None:
+    """The record hot.py wrote beside a 1.x backup dir; None when there is none.
+
+    Refuses one that cannot be read or does not describe an ok 1.x link: without it, whether
+    the dir is an increment (useless alone) is unknown.
+    """
+    try:
+        data = read_sidecar_data(directory)
+    except SidecarError as exc:
+        raise RestoreRefused(str(exc)) from None
+    if data is None:
+        return None
+    problem = None
+    if data.get("kind") not in ("full", "incremental"):
+        problem = f"kind {data.get('kind')!r}"
+    elif not isinstance(data.get("chain_id"), str):
+        problem = "chain_id missing"
+    elif data["kind"] == "incremental" and not isinstance(data.get("parent_id"), str):
+        problem = "an increment without parent_id"
+    if problem is not None:
+        raise RestoreRefused(f"{sidecar_of(directory)}: not a usable backup record ({problem})")
+    record = RunRecord.from_dict(data)
+    # Where the dir is now, whatever path the backup host gave it.
+    record.archive = str(directory)
+    return record
+
+
+def sidecar_chain(directory: Path) -> list[Link]:
+    """The chain up to a 1.x dir from the sidecar records alone, full first.
+
+    Each parent is the sibling dir <job>-<parent_id> (as hot.py names them) with its own record;
+    a missing or unusable one refuses the restore: an increment holds only what was written
+    since its parent.
+    """
+    record = read_sidecar(directory)
+    if record is None:
+        raise RestoreRefused(
+            f"{directory}: no backup record {sidecar_of(directory).name} beside it"
+        )
+    links: list[Link] = []
+    path, current = directory, record
+    while True:
+        links.append(Link(path, current, current.kind == "incremental", source="sidecar"))
+        if current.kind == "full":
+            break
+        parent_path = directory.parent / f"{current.job}-{current.parent_id}"
+        why = None
+        parent: RunRecord | None = None
+        if not parent_path.is_dir():
+            why = "is missing"
+        else:
+            try:
+                parent = read_sidecar(parent_path)
+            except RestoreRefused as exc:
+                why = f"is unusable: {exc}"
+            else:
+                if parent is None:
+                    why = f"has no backup record {sidecar_of(parent_path).name}"
+                elif parent.id != current.parent_id or parent.chain_id != record.chain_id:
+                    why = f"has a record of another run ({parent.id}, chain {parent.chain_id})"
+                elif len(links) > 10_000 or any(link.path == parent_path for link in links):
+                    why = "closes a loop of parents"
+        if why is not None or parent is None:
+            raise RestoreRefused(
+                f"link {current.parent_id} ({parent_path}), the parent of {path.name}, {why}; "
+                "an increment cannot be restored without the links before it"
+            )
+        path, current = parent_path, parent
+    links.reverse()
+    if links[0].record is None or links[0].record.id != record.chain_id:
+        raise RestoreRefused(f"{directory}: chain {record.chain_id} does not start with its full")
+    return links
+
+
+def check_links(flavour: Flavour, links: list[Link], *, deep: bool = True) -> list[Scan]:
+    """Every link against its manifest and the catalog's sha256; deep: every 1.x shard gunzipped
+    (restore, before touching anything), else its gzip ends (the sha256 already reads it all)."""
+    scans = []
+    for link in links:
+        try:
+            if flavour == "portable":
+                scan = scan_portable(link.path, deep=deep)
+            else:
+                scan = scan_snapshot09(link.path, incremental=link.incremental)
+        except CheckFailed as exc:
+            raise RestoreRefused(str(exc).removeprefix("hot.check: ")) from None
+        record = link.record
+        if record is not None and record.sha256 and record.sha256 != scan.sha256:
+            whose = "the catalog's" if link.source == "catalog" else "its backup record's"
+            raise RestoreRefused(
+                f"{link.path}: sha256 {scan.sha256} does not match {whose} "
+                f"{record.sha256} (run {record.id})"
+            )
+        scans.append(scan)
+    return scans
