@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install influx-backupd from a checkout: a venv in /opt/influx-backupd, a command link in
-# /usr/local/bin, the systemd units, a first config and the backup directory.
+# /usr/local/bin, the systemd units, a first config and the backup directory. For hosts
+# without dpkg; on Debian and Ubuntu, build and install the package (scripts/build-deb.sh).
 #
 #   sudo packaging/install.sh [--dry-run] [--enable] [--skip-venv] [CHECKOUT]
 #
@@ -18,6 +19,7 @@ BIN_LINK=/usr/local/bin/influx-backupd
 UNIT_DIR=/etc/systemd/system
 CONF_DIR=/etc/influx-backupd
 BACKUP_DIR=/var/backups/influxdb
+METRICS_DIR=/var/lib/prometheus/node-exporter
 UNITS="influx-backupd.service influx-backupd@.service"
 
 usage() {
@@ -61,7 +63,7 @@ PYTHON=${PYTHON:-python3}
 
 # Check everything before changing anything.
 for f in pyproject.toml config.example.toml packaging/influx-backupd.service \
-    packaging/influx-backupd@.service; do
+    packaging/influx-backupd@.service packaging/render-unit.sh; do
     [ -f "$SRC/$f" ] || die "missing $SRC/$f (is $SRC an influx-backupd checkout?)"
 done
 if [ "$DRY_RUN" = 0 ] && [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
@@ -88,8 +90,14 @@ run mkdir -p "$ROOT$(dirname "$BIN_LINK")"
 run ln -sfn "$PREFIX/bin/influx-backupd" "$ROOT$BIN_LINK"
 
 run mkdir -p "$ROOT$UNIT_DIR"
+# ExecStart names the link above; Type=notify-reload on systemd >= 253 (SYSTEMD_VERSION=N
+# overrides the version of this host's systemctl).
 for unit in $UNITS; do
-    run cp "$SRC/packaging/$unit" "$ROOT$UNIT_DIR/$unit"
+    printf '+ render-unit.sh %s > %s\n' "$unit" "$ROOT$UNIT_DIR/$unit"
+    if [ "$DRY_RUN" = 0 ]; then
+        sh "$SRC/packaging/render-unit.sh" "$SRC/packaging/$unit" "$(dirname "$BIN_LINK")" \
+            ${SYSTEMD_VERSION:-} >"$ROOT$UNIT_DIR/$unit"
+    fi
     run chmod 0644 "$ROOT$UNIT_DIR/$unit"
 done
 
@@ -105,6 +113,8 @@ fi
 # Backups are a full copy of the database: root only.
 run mkdir -p "$ROOT$BACKUP_DIR"
 run chmod 0700 "$ROOT$BACKUP_DIR"
+# The shipped config's metrics_file: node_exporter's textfile dir (the unit may write there).
+run mkdir -p "$ROOT$METRICS_DIR"
 
 if [ -n "$ROOT" ]; then
     printf '= INSTALL_ROOT is set: not running systemctl\n'
