@@ -61,8 +61,10 @@ def _option(action: argparse.Action) -> Option | None:
         metavar = action.dest.upper() if action.option_strings else action.dest
     help_text = action.help or ""
     if action.choices and "one of" not in help_text:
-        help_text = (help_text + "; " if help_text else "") + "one of: " + ", ".join(
-            map(str, action.choices)
+        help_text = (
+            (help_text + "; " if help_text else "")
+            + "one of: "
+            + ", ".join(map(str, action.choices))
         )
     return Option(
         list(action.option_strings),
@@ -174,7 +176,9 @@ def man(parser: argparse.ArgumentParser, version: str) -> str:
 
 def bash(parser: argparse.ArgumentParser) -> str:
     top, commands = describe(parser)
-    value_opts = sorted({f for c in commands for o in c.options + top if o.metavar for f in o.flags})
+    value_opts = sorted(
+        {f for c in commands for o in c.options + top if o.metavar for f in o.flags}
+    )
     lines = [
         f"# bash completion for {PROG}; generated from its argparse parser by scripts/cli_docs.py",
         "_influx_backupd() {",
@@ -183,7 +187,7 @@ def bash(parser: argparse.ArgumentParser) -> str:
         '        case "${COMP_WORDS[i]}" in',
         f"            {'|'.join(value_opts)}) ((i++)) ;;",
         "            -*) ;;",
-        '            *) cmd=${COMP_WORDS[i]}; break ;;',
+        "            *) cmd=${COMP_WORDS[i]}; break ;;",
         "        esac",
         "    done",
         '    case "$prev" in',
@@ -229,9 +233,7 @@ def bash(parser: argparse.ArgumentParser) -> str:
 def _zsh_spec(o: Option) -> str:
     text = o.help.replace("'", "'\\''").replace("[", "\\[").replace("]", "\\]").replace(":", "\\:")
     if o.metavar:
-        action = (
-            "(" + " ".join(o.choices) + ")" if o.choices else ("_files" if o.files else " ")
-        )
+        action = "(" + " ".join(o.choices) + ")" if o.choices else ("_files" if o.files else " ")
         value = f":{o.metavar.lower()}:{action}"
     else:
         value = ""

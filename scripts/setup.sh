@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what influx-backupd, its demo and its tests need on a fresh Debian machine:
 # InfluxDB (Debian's influxdb package, 1.6) when influxd is missing, systemd-analyze for the
-# unit checks, and the package itself with its test dependencies. Idempotent.
+# unit checks, what the .deb build and the systemd tests need, and the package itself with its
+# test dependencies. Idempotent.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,14 @@ missing=""
 command -v influxd >/dev/null 2>&1 || [ -x /usr/bin/influxd ] || missing="$missing influxdb"
 command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
 command -v tar >/dev/null 2>&1 || missing="$missing tar"
+# The Debian package (scripts/build-deb.sh) and the tests under a real systemd (tests/systemd:
+# a debootstrapped Debian 12 booted by systemd-nspawn).
+command -v fakeroot >/dev/null 2>&1 || missing="$missing fakeroot"
+command -v strip >/dev/null 2>&1 || missing="$missing binutils"
+command -v dpkg-architecture >/dev/null 2>&1 || missing="$missing dpkg-dev"
+/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || missing="$missing python3-venv"
+command -v systemd-nspawn >/dev/null 2>&1 || missing="$missing systemd-container"
+command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
 if [ -n "$missing" ]; then
     echo "setup: apt-get install$missing" >&2
     $SUDO apt-get update -qq
