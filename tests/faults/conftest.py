@@ -175,3 +175,84 @@ def one_line(stderr: str) -> str:
 
 def data_of(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+class Watched:
+    """A real `influx-backupd` process whose stderr log events (JSON lines) a thread collects,
+    so a test can act at the moment a phase begins."""
+
+    def __init__(self, config: Path, *args: str, umask: int | None = None) -> None:
+        import subprocess
+        import sys
+        import threading
+
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "influx_backupd", "--config", str(config), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            umask=-1 if umask is None else umask,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def events(self) -> list[dict[str, Any]]:
+        found = []
+        for line in list(self.lines):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                found.append(event)
+        return found
+
+    def wait_event(self, name: str, timeout: float = 120, **match: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events():
+                if event.get("event") == name and all(event.get(k) == v for k, v in match.items()):
+                    return event
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                raise AssertionError(f"exited {self.proc.returncode} before {name}: {self.tail()}")
+            assert time.monotonic() < deadline, f"no {name} {match} in {timeout}s: {self.tail()}"
+            time.sleep(0.005)
+
+    def finish(self, timeout: float = 300) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr) once it exits."""
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code, out, "".join(self.lines)
+
+    def kill(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def tail(self) -> str:
+        return "".join(self.lines)[-3000:]
+
+
+def run_cli(config: Path, *args: str, umask: int | None = None, timeout: float = 300) -> Any:
+    """Like tests.conftest.Cli, with the caller's umask chosen."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "influx_backupd", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        umask=-1 if umask is None else umask,
+    )

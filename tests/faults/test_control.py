@@ -1,0 +1,194 @@
+"""Class 1: a run that could not have succeeded must not stop influxd (real influxd, real CLI).
+
+The `command` must be able to start influxd again the way the config says, the process found
+must be the one the config names, and a server that does not answer (frozen) is never signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from influx_backupd.sandbox import Sandbox
+from tests.conftest import write_config
+from tests.faults.conftest import Ledger, Watched, one_line, run_cli
+
+MARKER = "influxd-stopped.json"
+
+
+def _missing(tmp_path: Path, sandbox: Sandbox) -> list[str]:
+    return [str(tmp_path / "no-such-dir" / "influxd"), "run", "-config", str(sandbox.conf)]
+
+
+def _not_executable(tmp_path: Path, sandbox: Sandbox) -> list[str]:
+    binary = tmp_path / "bin" / "influxd"
+    binary.parent.mkdir()
+    shutil.copyfile(sandbox.binary, binary)
+    binary.chmod(0o644)
+    return [str(binary), "run", "-config", str(sandbox.conf)]
+
+
+def _a_directory(tmp_path: Path, sandbox: Sandbox) -> list[str]:
+    (tmp_path / "bin").mkdir()
+    return [str(tmp_path / "bin"), "run", "-config", str(sandbox.conf)]
+
+
+def _other_conf(tmp_path: Path, sandbox: Sandbox) -> list[str]:
+    other = tmp_path / "other" / "influxdb.conf"
+    other.parent.mkdir()
+    shutil.copyfile(sandbox.conf, other)
+    return [sandbox.binary, "run", "-config", str(other)]
+
+
+def _no_conf(tmp_path: Path, sandbox: Sandbox) -> list[str]:
+    return [sandbox.binary, "run"]  # influxd would read /etc/influxdb/influxdb.conf
+
+
+COMMANDS = {
+    "missing binary": _missing,
+    "non-executable binary": _not_executable,
+    "binary is a directory": _a_directory,
+    "names another influxdb.conf": _other_conf,
+    "names no influxdb.conf": _no_conf,
+}
+
+
+@pytest.mark.fault("1", "a command that cannot start influxd again")
+@pytest.mark.parametrize("variant", list(COMMANDS))
+def test_a_command_that_cannot_start_influxd_is_refused_before_anything_is_stopped(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, variant: str
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    command = COMMANDS[variant](tmp_path, sandbox)
+    config = write_config(tmp_path, sandbox, influxd={"command": command})
+    pid = sandbox.pids()
+    ledger.take()
+
+    checked = run_cli(config, "check-config")
+    assert checked.returncode == 78, checked.stdout + checked.stderr
+    line = one_line(checked.stderr)
+    assert "influxd.command" in line, line
+    assert str(config) in line, "the line names the config file"
+
+    for mode in ("cold", "auto"):
+        done = run_cli(config, "backup", "--mode", mode)
+        assert done.returncode in (1, 78), done.stdout + done.stderr
+        line = one_line(done.stderr)
+        assert "influxd.command" in line or command[0] in line, line
+    lost_points, lost = ledger.settle()
+    assert sandbox.pids() == pid, "the same influxd process still runs: never stopped"
+    assert sandbox.ping()
+    assert not (tmp_path / "state" / MARKER).exists()
+    assert lost_points == 0 and lost == []
+    assert not list(tmp_path.glob("archives/*")), "nothing written"
+
+
+@pytest.mark.fault("1", "the process found is not the one the config names", "stale pidfile")
+def test_a_pidfile_naming_another_process_never_gets_it_signalled(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    pidfile = tmp_path / "influxd.pid"
+    # A pid reused by an unrelated process (as after a reboot): it must never get SIGTERM.
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        pidfile.write_text(f"{bystander.pid}\n")
+        config = write_config(tmp_path, sandbox, influxd={"pidfile": str(pidfile)})
+        ledger.take()
+        done = run_cli(config, "backup", "--json")
+        assert "Traceback" not in done.stderr
+        assert bystander.poll() is None, "the unrelated process was signalled"
+        assert psutil.Process(bystander.pid).status() != psutil.STATUS_STOPPED
+        lost_points, lost = ledger.settle()
+        assert sandbox.ping()
+        assert lost_points == 0 and lost == []
+        # Either the real influxd was found by its command line and backed up, or the run was
+        # refused with one line; both leave influxd serving.
+        if done.returncode != 0:
+            one_line(done.stderr)
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def _pending_signals(pid: int) -> int:
+    """The signals pending for pid (its threads' and the process's), as a bit mask."""
+    mask = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith(("SigPnd:", "ShdPnd:")):
+                mask |= int(line.split()[1], 16)
+    return mask
+
+
+def _frozen_check(tmp_path: Path, sandbox: Sandbox, pid: int, done: tuple[int, str, str]) -> None:
+    code, out, err = done
+    assert code == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    record = json.loads(out)
+    assert record["status"] == "failed" and record["archive"] is None, record
+    error = record["error"]
+    assert "not running" not in error, "a stopped process exists: it is not 'not running'"
+    assert str(pid) in error and "answer" in error, error
+    assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    assert _pending_signals(pid) & (1 << (signal.SIGTERM - 1)) == 0, "SIGTERM left pending"
+    assert not (tmp_path / "state" / MARKER).exists()
+    os.kill(pid, signal.SIGCONT)
+    # Thawed, it carries on serving: no signal was waiting for it.
+    deadline = time.monotonic() + 30
+    while not sandbox.ping():
+        assert time.monotonic() < deadline, "influxd did not answer again after SIGCONT"
+        time.sleep(0.1)
+    time.sleep(2)
+    assert psutil.pid_exists(pid) and sandbox.pids() == [pid]
+    assert sandbox.ping()
+
+
+@pytest.mark.fault("1", "a frozen server (SIGSTOP) is never sent SIGTERM", "frozen before the run")
+def test_a_frozen_server_is_not_signalled(tmp_path: Path, sandbox: Sandbox, ledger: Ledger) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    config = write_config(tmp_path, sandbox)
+    ledger.take()
+    [pid] = sandbox.pids()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        backup = Watched(config, "backup", "--json")
+        _frozen_check(tmp_path, sandbox, pid, backup.finish())
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault(
+    "1", "a frozen server (SIGSTOP) is never sent SIGTERM", "frozen during the pre-stop queries"
+)
+def test_a_server_frozen_after_the_run_began_is_not_signalled(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 20_000)
+    config = write_config(tmp_path, sandbox)
+    ledger.take()
+    [pid] = sandbox.pids()
+    backup = Watched(config, "backup", "--json")
+    try:
+        backup.wait_event("run.started")
+        os.kill(pid, signal.SIGSTOP)
+        _frozen_check(tmp_path, sandbox, pid, backup.finish())
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []

@@ -1,0 +1,117 @@
+"""The storage filesystem fills up mid-write (a small real tmpfs; mounting needs root): the
+error names the path, influxd runs, nothing partial is left or taken for a good backup, and the
+backups made before are untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.sandbox import Sandbox
+from tests.conftest import write_config
+from tests.faults.conftest import Ledger, Watched, run_cli
+
+MiB = 1 << 20
+FILLER = 300 * MiB  # sparse in the data dir, written out in full by the copy
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.fail("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "archives"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1000m,mode=0700", "tmpfs", str(mount)], check=True
+    )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(mount: Path) -> None:
+    """Take all the room left, fast (fallocate in shrinking steps while the run writes)."""
+    fd = os.open(mount / "hog", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        offset, step = 0, 64 * MiB
+        while step >= 4096:
+            try:
+                os.posix_fallocate(fd, offset, step)
+                offset += step
+            except OSError:
+                step //= 4
+    finally:
+        os.close(fd)
+
+
+# variant → (job mode, copy, the event at which the filesystem fills up, its fields)
+VARIANTS = {
+    "cold direct, in the stop window": ("cold", "direct", "archive.writing", {"phase": "copy"}),
+    "cold staged, syncing before the stop": (
+        "cold",
+        "staged",
+        "staging.syncing",
+        {"phase": "prestage"},
+    ),
+    "cold staged, the tar after the start": (
+        "cold",
+        "staged",
+        "archive.writing",
+        {"phase": "archive"},
+    ),
+    "hot, as influxd backup writes": ("hot", "staged", "", {}),
+}
+
+
+@pytest.mark.fault("disk-full", "the storage filesystem fills up mid-write")
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_storage_filling_up_mid_write_fails_cleanly(
+    tmp_path: Path, sandbox: Sandbox, small_fs: Path, ledger: Ledger, variant: str
+) -> None:
+    mode, copy, event, fields = VARIANTS[variant]
+    job = {"name": "nightly", "schedule": "0 3 * * *", "mode": mode, "copy": copy}
+    config = write_config(tmp_path, sandbox, jobs=[job])
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 20_000)
+    first = run_cli(config, "backup", "--json")
+    assert first.returncode == 0, first.stderr[-3000:]
+    ledger.take()
+    before = set(os.listdir(small_fs))
+    if mode == "cold":
+        with open(sandbox.data / "filler.bin", "wb") as fh:
+            fh.truncate(FILLER)
+        backup = Watched(config, "backup", "--json")
+        backup.wait_event(event, **fields)
+        _fill(small_fs)
+    else:
+        _fill(small_fs)  # the tool runs out of room as it writes
+        backup = Watched(config, "backup", "--json")
+    code, out, err = backup.finish()
+    assert code == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    record = json.loads(out)
+    assert record["status"] == "failed", record
+    error = record["error"]
+    assert "No space left on device" in error or "no space" in error.lower(), error
+    assert str(small_fs) in error, f"the error names the path: {error}"
+    assert sandbox.ping(), "influxd serves"
+    assert not (tmp_path / "state" / "influxd-stopped.json").exists()
+    (small_fs / "hog").unlink()
+    (sandbox.data / "filler.bin").unlink(missing_ok=True)
+    # Nothing of the failed run is left looking like a backup: no archive, no record beside it,
+    # no partial; and it is not listed as good.
+    left = set(os.listdir(small_fs)) - before - {".staging"}
+    assert left == set(), f"left behind: {left}"
+    runs = {r["id"]: r for r in json.loads(run_cli(config, "list", "--json").stdout)}
+    assert runs[record["id"]]["status"] == "failed"
+    assert runs[record["id"]]["archive"] is None or not Path(runs[record["id"]]["archive"]).exists()
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []
+    again = run_cli(config, "backup", "--json")  # with room again, the next backup is good
+    assert again.returncode == 0, again.stderr[-3000:]

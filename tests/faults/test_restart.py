@@ -1,0 +1,195 @@
+"""Class 2 and "influxd fails to start, then the cause goes": influxd is brought back, with
+backoff, for as long as it takes, and every command says when it is down (real influxd, real CLI
+and daemon; the cause is a real socket holding influxd's HTTP port)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.catalog import Catalog
+from influx_backupd.record import RunRecord
+from influx_backupd.sandbox import Sandbox
+from tests.conftest import write_config
+from tests.faults.conftest import Ledger, Watched, one_line, run_cli
+from tests.system.test_daemon import daemon
+
+FILLER = 1_500_000_000  # sparse: the copy (the stop window) lasts long enough to act in
+MARKER = "influxd-stopped.json"
+
+
+def _filler(sandbox: Sandbox) -> None:
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(FILLER)
+
+
+def _until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"never saw {what}"
+        time.sleep(0.01)
+
+
+def _hold_port(port: int) -> socket.socket:
+    """What keeps influxd from starting: another socket listening on its HTTP port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(64)
+    return sock
+
+
+def _stopped_by_us(tmp_path: Path, sandbox: Sandbox) -> bool:
+    return (tmp_path / "state" / MARKER).exists() and not sandbox.pids()
+
+
+@pytest.mark.fault("no-start", "influxd cannot start until a port is released", "foreground backup")
+def test_a_foreground_backup_retries_the_start_until_the_port_is_free(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    config = write_config(tmp_path, sandbox)
+    ledger.take()
+    _filler(sandbox)
+    backup = Watched(config, "backup", "--json")
+    _until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "influxd stopped by the backup")
+    holder = _hold_port(sandbox.http_port)
+    try:
+        failed = backup.wait_event("influxd.start_failed", timeout=120)
+        assert failed["retry_in_s"] > 0, failed
+    finally:
+        holder.close()  # the cause is gone: the next attempt succeeds
+    code, out, err = backup.finish()
+    assert code == 0, err[-3000:]
+    record = json.loads(out)
+    assert record["status"] == "ok", record["error"]
+    assert record["extra"]["start_attempts"] >= 2
+    (sandbox.data / "filler.bin").unlink()
+    lost_points, lost = ledger.settle()
+    assert sandbox.ping()
+    assert not (tmp_path / "state" / MARKER).exists()
+    assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault("2", "the daemon keeps starting influxd between jobs", "port held, then freed")
+def test_the_daemon_keeps_trying_says_so_and_tells_on_failure(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    hook_out = tmp_path / "on_failure.env"
+    job = {
+        "name": "nightly",
+        "every": "1h",
+        "mode": "cold",
+        "copy": "direct",
+        "on_failure": ["sh", "-c", f"env | grep ^INFLUX_BACKUPD_ > {hook_out}"],
+    }
+    metrics = tmp_path / "metrics.prom"
+    config = write_config(tmp_path, sandbox, jobs=[job])
+    config.write_text(
+        config.read_text().replace("[daemon]\n", f'[daemon]\nmetrics_file = "{metrics}"\n', 1)
+    )
+    # a run due an hour ago: the daemon catches it up as it starts
+    Catalog(tmp_path / "state").save(
+        RunRecord(
+            id="20200101T000000Z-0000",
+            job="nightly",
+            mode="cold",
+            status="ok",
+            started_at=time.time() - 3700,
+            finished_at=time.time() - 3699,
+        )
+    )
+    ledger.take()
+    _filler(sandbox)
+    holder: socket.socket | None = None
+    with daemon(tmp_path, config) as d:
+        try:
+            _until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "the caught-up run's stop")
+            holder = _hold_port(sandbox.http_port)
+            _until(lambda: hook_out.exists(), 180, "on_failure told of the failed start")
+            told = dict(line.split("=", 1) for line in hook_out.read_text().splitlines())
+            assert told["INFLUX_BACKUPD_STATUS"] == "failed"
+            assert "start" in told["INFLUX_BACKUPD_ERROR"], told
+            # Between jobs it keeps trying, and says so: status line, status, metrics.
+            _until(
+                lambda: "influxd down" in (run_cli(config, "status").stdout or ""),
+                60,
+                "status saying influxd is down",
+            )
+            status = run_cli(config, "status", "--json")
+            report = json.loads(status.stdout)
+            assert "influxd down" in report["daemon"]["status"], report["daemon"]
+            assert "retry" in report["daemon"]["status"], report["daemon"]
+            _until(
+                lambda: metrics.exists() and "influx_backupd_influxd_down 1" in metrics.read_text(),
+                60,
+                "influx_backupd_influxd_down 1 in the metrics",
+            )
+            assert not sandbox.ping()
+            holder.close()
+            holder = None
+            _until(sandbox.ping, 120, "the daemon starting influxd once the port is free")
+            _until(
+                lambda: "influx_backupd_influxd_down 0" in metrics.read_text(),
+                60,
+                "influx_backupd_influxd_down 0",
+            )
+            _until(
+                lambda: "influxd down" not in run_cli(config, "status").stdout,
+                60,
+                "status no longer saying influxd is down",
+            )
+            assert not (tmp_path / "state" / MARKER).exists()
+            assert d.stop() == 0
+        finally:
+            if holder is not None:
+                holder.close()
+    (sandbox.data / "filler.bin").unlink()
+    lost_points, lost = ledger.settle()
+    assert sandbox.ping()
+    assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault("2", "every command reports a pending crash marker", "after a SIGKILL mid-copy")
+def test_every_command_reports_influxd_left_stopped_and_what_brings_it_back(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    config = write_config(tmp_path, sandbox)
+    ledger.take()
+    _filler(sandbox)
+    backup = Watched(config, "backup")
+    backup.wait_event("archive.writing", phase="copy")
+    backup.kill()
+    (sandbox.data / "filler.bin").unlink()
+    assert not sandbox.ping(), "killed inside the stop window: influxd is down"
+
+    for args in (("list",), ("status",), ("check-config",), ("list", "--json")):
+        done = run_cli(config, *args)
+        assert done.returncode == 0, done.stderr
+        line = one_line(done.stderr)
+        assert "influxd" in line and "stopped" in line, line
+        assert "not started again" in line, line
+        assert "prune --dry-run" in line, "it tells what brings influxd back"
+        assert not sandbox.ping(), f"{args} must not touch anything"
+    status = run_cli(config, "status")
+    assert "influxd down" in status.stdout, status.stdout
+
+    done = run_cli(config, "verify", "--all")  # takes the lock: starts influxd, says so
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = one_line(done.stderr)
+    assert "started again" in line, line
+    assert sandbox.ping()
+    quiet = run_cli(config, "list")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []
