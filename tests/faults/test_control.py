@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from influx_backupd.sandbox import Sandbox
+from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import write_config
 from tests.faults.conftest import Ledger, Watched, one_line, run_cli
 
