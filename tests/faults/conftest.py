@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from influx_backupd.influxd.sandbox import Sandbox
 
 RESULTS_ENV = "INFLUX_BACKUPD_FAULT_RESULTS"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
-from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import write_config
 from tests.faults.conftest import Ledger, Watched, one_line, run_cli
 from tests.system.test_daemon import daemon
