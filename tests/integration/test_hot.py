@@ -306,9 +306,8 @@ def test_09_snapshots_make_one_chain_and_restore_with_influxd_stopped(
         assert result["links"] == [base, base + ".0", base + ".1"]
         assert server09.ping(), "influxd runs again after the restore"
         assert {p: (server09.root / p).read_bytes() for p in _files(server09)} == wanted
-        assert (
-            server09.root / f"data.rollback-{result['rollback_dirs'][0].rsplit('-', 1)[-1]}"
-        ).exists()
+        rid = result["rollback_dirs"][0].split(".rollback-", 1)[1]
+        assert (server09.root / f"data.rollback-{rid}").exists()
         influx_uid = pwd.getpwnam("influxdb").pw_uid
         assert (server09.data / "db" / "default" / "1").stat().st_uid == influx_uid
     finally:

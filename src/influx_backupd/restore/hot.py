@@ -58,12 +58,8 @@ from influx_backupd.influxd.influxql import ident, values
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.influxd.tool import run_tool
-from influx_backupd.restore.cold import (
-    RestoreResult,
-    live_dirs_swapped,
-    owner_ids,
-    restore_cold,
-)
+from influx_backupd.restore.cold import owner_ids, restore_cold
+from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import Link, chain_for, check_links, sidecar_chain, sniff
@@ -151,17 +147,9 @@ def _restore_hot(
     uid, gid = owner_ids(config)
     if not config.settings.influxd.binary.exists():
         raise RestoreRefused(f"[influxd] binary {config.settings.influxd.binary} does not exist")
-    rid = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    targets = dict(sorted(config.server.dirs().items()))
-    rollback = {top: layout.rollback_of(t, rid) for top, t in targets.items()}
-    # 1.x: the restored server is built here; 0.9: never created (restore.roll_back removes them)
-    staging = {top: layout.restore_staging(t, rid) for top, t in targets.items()}
-    for top, target in targets.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if rollback[top].exists() or staging[top].exists():
-            raise RestoreRefused(
-                f"{staging[top]} or {rollback[top]} already exists; try again in a second"
-            )
+    # 1.x: the restored server is built in plan.staging; 0.9: never created (roll_back removes them)
+    plan = SwapPlan.for_server(config)
+    targets = plan.targets
     if flavour == "portable":
         if "wal" not in targets:
             raise RestoreRefused(
@@ -178,22 +166,12 @@ def _restore_hot(
     )
     server = Influxd(config)
     if flavour == "portable":
-        _restore_portable_beside(config, links, targets, rollback, staging, uid, gid, result, rid)
+        _restore_portable_beside(config, links, plan, uid, gid, result)
     else:
-        scratch = layout.restore_scratch(config.storage_dir, rid)
+        scratch = layout.restore_scratch(config.storage_dir, plan.rid)
         try:
             # with influxd stopped, the tool writes into the live config's (emptied) dirs
-            with live_dirs_swapped(
-                config,
-                server,
-                targets,
-                rollback,
-                staging,
-                rid,
-                result,
-                logger,
-                move_staging_in=False,
-            ):
+            with live_dirs_swapped(config, server, plan, result, logger, move_staging_in=False):
                 _snapshot09(config, links, targets, uid, gid, result, server, scratch, logger)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -228,13 +206,10 @@ def _check_space(targets: dict[str, Path], links: list[Link], scans: list[Scan])
 def _restore_portable_beside(
     config: Config,
     links: list[Link],
-    targets: dict[str, Path],
-    rollback: dict[str, Path],
-    staging: dict[str, Path],
+    plan: SwapPlan,
     uid: int,
     gid: int,
     result: HotRestoreResult,
-    rid: str,
 ) -> None:
     """Build the restored server in the staging dirs while the live one serves, then swap.
 
@@ -246,17 +221,15 @@ def _restore_portable_beside(
     scratch: Path | None = None
     built = False
     try:
-        scratch = scratch_dir.make(config.storage_dir, "restore-", list(staging.values()))
+        scratch = scratch_dir.make(config.storage_dir, "restore-", list(plan.staging.values()))
         t_build = time.monotonic()
-        logger.info("restore.building", staging=[str(p) for p in staging.values()])
-        _build(config, links, targets, staging, scratch, uid, gid, result, rid, logger)
+        logger.info("restore.building", staging=[str(p) for p in plan.staging.values()])
+        _build(config, links, plan, scratch, uid, gid, result, logger)
         result.build_s = time.monotonic() - t_build
         built = True
         logger.info("restore.built", build_s=round(result.build_s, 3))
         server = Influxd(config)
-        with live_dirs_swapped(
-            config, server, targets, rollback, staging, rid, result, logger, move_staging_in=True
-        ):
+        with live_dirs_swapped(config, server, plan, result, logger, move_staging_in=True):
             t_start = time.monotonic()
             server.start(log_path=config.state_dir / "influxd.log")
             result.start_s = time.monotonic() - t_start
@@ -264,8 +237,7 @@ def _restore_portable_beside(
         with signals_blocked():
             # A staging dir still there was never swapped in (live_dirs_swapped renames them
             # into place or removes them when it rolls back): never live data.
-            for path in staging.values():
-                shutil.rmtree(path, ignore_errors=True)
+            plan.remove_staging()
         if isinstance(exc, RestoreFailed):
             raise  # from the swap: the previous dirs and server were put back
         logger.error("restore.build_failed", error=str(exc) or type(exc).__name__)
@@ -282,17 +254,16 @@ def _restore_portable_beside(
 def _build(
     config: Config,
     links: list[Link],
-    targets: dict[str, Path],
-    staging: dict[str, Path],
+    plan: SwapPlan,
     scratch: Path,
     uid: int,
     gid: int,
     result: HotRestoreResult,
-    rid: str,
     logger: Logger,
 ) -> None:
     """Restore the links into a throwaway influxd (free 127.0.0.1 ports, no auth) whose meta,
     data and wal dirs are the staging dirs; stop it cleanly; chown what it wrote."""
+    targets, staging = plan.targets, plan.staging
 
     section = config.settings.influxd
     for path in staging.values():
@@ -353,7 +324,7 @@ def _build(
             throwaway.url,
             links,
             timeout=section.backup_timeout,
-            tag=rid,
+            tag=plan.rid,
             logger=logger,
         )
         _grant_again(throwaway.url, grants, logger)

@@ -12,7 +12,7 @@ from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.influxd import scratch
 from influx_backupd.influxd.server import Influxd
-from influx_backupd.restore.cold import roll_back
+from influx_backupd.restore.swap import roll_back
 from influx_backupd.run.followup import follow_up, write_metrics
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog

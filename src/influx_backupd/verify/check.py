@@ -336,9 +336,7 @@ def _check_restored(server: Sandbox, record: RunRecord | None, result: VerifyRes
         return
     compared = len(set(expected) & set(dbs))
     note = f"; written between count and stop: {', '.join(more)}" if more else ""
-    result.checks[check] = (
-        f"ok ({len(dbs)} databases answer, {compared} point counts match{note})"
-    )
+    result.checks[check] = f"ok ({len(dbs)} databases answer, {compared} point counts match{note})"
 
 
 def _verify_hot_scan(

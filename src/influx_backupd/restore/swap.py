@@ -1,0 +1,148 @@
+"""The swap at the heart of every full restore: a plan names, for each live dir of influxd, where
+its replacement is staged and where it is moved aside; the swap stops influxd, renames, and
+puts everything back if anything fails. Shared by cold and hot restores."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from influx_backupd.core.config import Config
+from influx_backupd.core.errors import RestoreFailed, RestoreRefused
+from influx_backupd.core.interrupt import Interrupted, signals_blocked
+from influx_backupd.core.log import Logger
+from influx_backupd.influxd.server import Influxd
+from influx_backupd.store import layout
+from influx_backupd.store.state import CrashMarker
+
+
+@dataclass
+class RestoreResult:
+    archive: str
+    run_id: str | None
+    rollback_dirs: list[str] = field(default_factory=list)
+    stop_s: float | None = None
+    swap_s: float | None = None
+    start_s: float | None = None
+    downtime_s: float | None = None
+    files: int = 0
+
+
+@dataclass(frozen=True)
+class SwapPlan:
+    """One restore's names: every configured dir of influxd (targets) is replaced, even one the
+    backup lacks (it becomes empty: a live wal/ left beside restored data would replay newer
+    writes into it)."""
+
+    rid: str
+    targets: dict[str, Path]
+    staging: dict[str, Path]
+    rollback: dict[str, Path]
+
+    @classmethod
+    def for_server(cls, config: Config) -> SwapPlan:
+        # the time for people reading the dir names, a random tail so that two restores in the
+        # same second never share a rollback dir
+        rid = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+        targets = dict(sorted(config.server.dirs().items()))
+        plan = cls(
+            rid=rid,
+            targets=targets,
+            staging={top: layout.restore_staging(t, rid) for top, t in targets.items()},
+            rollback={top: layout.rollback_of(t, rid) for top, t in targets.items()},
+        )
+        for top, target in targets.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if plan.rollback[top].exists() or plan.staging[top].exists():
+                raise RestoreRefused(
+                    f"{plan.staging[top]} or {plan.rollback[top]} already exists; try again"
+                )
+        return plan
+
+    def swaps(self) -> list[list[str]]:
+        """[live, rollback, staging] per dir: what the crash marker keeps for roll_back."""
+        return [
+            [str(self.targets[t]), str(self.rollback[t]), str(self.staging[t])]
+            for t in self.targets
+        ]
+
+    def remove_staging(self) -> None:
+        for path in self.staging.values():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def live_dirs_swapped(
+    config: Config,
+    server: Influxd,
+    plan: SwapPlan,
+    result: RestoreResult,
+    logger: Logger,
+    *,
+    move_staging_in: bool = True,
+) -> Iterator[None]:
+    """Stop influxd, move each live dir aside (and, if asked, each staged dir into its place);
+    the body brings a server up on the new dirs.
+
+    Whatever fails or signals in between, the previous dirs are put back and the previous
+    server started again (signals held meanwhile), then RestoreFailed. The crash marker is
+    written first and cleared only once a server runs, so a SIGKILL is undone by the next
+    command (guard.recover).
+    """
+    marker = CrashMarker(config.state_dir)
+    swaps = plan.swaps()
+    marker.write(f"restore-{plan.rid}", kind="restore", swaps=swaps)
+    was_running = server.locate() is not None
+    t_stop = time.monotonic()
+    try:
+        if was_running:
+            logger.info("influxd.stopping", phase="stop")
+            server.stop()
+        result.stop_s = time.monotonic() - t_stop
+        t_swap = time.monotonic()
+        for top, target in plan.targets.items():
+            if target.exists():
+                os.rename(target, plan.rollback[top])
+                result.rollback_dirs.append(str(plan.rollback[top]))
+            if move_staging_in:
+                os.rename(plan.staging[top], target)
+        result.swap_s = time.monotonic() - t_swap
+        yield
+        result.downtime_s = time.monotonic() - t_stop
+    except (Exception, Interrupted) as exc:
+        # any failure at all once the swap began: the previous data must come back
+        with signals_blocked():
+            logger.error("restore.rolling_back", error=str(exc))
+            if result.stop_s is not None and server.locate() is not None:
+                server.stop()  # past the stop, a running influxd is the (half-)restored one
+            roll_back(swaps)
+            if was_running and server.locate() is None:
+                server.start(log_path=config.state_dir / "influxd.log")
+            marker.clear()  # only once the old server runs again: else the next command retries
+        raise RestoreFailed(f"restore failed ({exc}); the previous data was put back") from None
+    marker.clear()
+
+
+def roll_back(swaps: list[list[str]]) -> None:
+    """Put each live dir back from its rollback dir; what was restored is kept aside, not deleted."""
+    for target_s, rollback_s, staging_s in swaps:
+        target, rollback_dir, staging = Path(target_s), Path(rollback_s), Path(staging_s)
+        if rollback_dir.exists():
+            if target.exists():
+                os.rename(
+                    target,
+                    target.with_name(
+                        target.name
+                        + ".failed-restore-"
+                        + rollback_dir.name.split(".rollback-", 1)[1]
+                    ),
+                )
+            os.rename(rollback_dir, target)
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
