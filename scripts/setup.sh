@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs what influx-backupd, its demo and its tests need on a fresh Debian machine:
 # InfluxDB (Debian's influxdb package, 1.6) when influxd is missing, systemd-analyze for the
-# unit checks, what the .deb build and the systemd tests need, and the package itself with its
-# test dependencies. Idempotent.
+# unit checks, what the .deb build and the systemd tests need, promtool (Debian's prometheus
+# package) for the metrics and alert-rule checks, and the package itself with its test
+# dependencies. Idempotent.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,7 @@ command -v dpkg-architecture >/dev/null 2>&1 || missing="$missing dpkg-dev"
 /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || missing="$missing python3-venv"
 command -v systemd-nspawn >/dev/null 2>&1 || missing="$missing systemd-container"
 command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 if [ -n "$missing" ]; then
     echo "setup: apt-get install$missing" >&2
     $SUDO apt-get update -qq

@@ -1,0 +1,223 @@
+"""packaging/prometheus-alerts.yml: valid for promtool, and each alert fires when it should.
+
+`promtool test rules` evaluates the rules over made-up series, as Prometheus would: each case
+below says which alerts must be firing at a time, with which labels (no other alert of that
+name may fire). The test files are written as JSON, which is YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ALERTS = Path(__file__).resolve().parents[2] / "packaging" / "prometheus-alerts.yml"
+TARGET = {"instance": "db1:9100", "job": "node"}
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail("promtool is missing: scripts/setup.sh installs Debian's prometheus package")
+    return found
+
+
+def series(name: str, values: str, **labels: str) -> dict[str, str]:
+    rendered = ",".join(f'{k}="{v}"' for k, v in {**TARGET, **labels}.items())
+    return {"series": f"{name}{{{rendered}}}", "values": values}
+
+
+def fires(alert: str, at: str, *label_sets: dict[str, str]) -> dict[str, Any]:
+    """`alert` firing at `at` exactly once per label set (none: not firing)."""
+    return {
+        "eval_time": at,
+        "alertname": alert,
+        "exp_alerts": [{"exp_labels": labels} for labels in label_sets],
+    }
+
+
+def run_cases(
+    promtool: str, tmp_path: Path, cases: list[dict[str, Any]], *, annotations: bool = False
+) -> None:
+    """Run `cases` (promtool's `tests:` list). promtool compares annotations too; unless asked
+    to, the rules are run from a copy without them (every expr, for and label kept)."""
+    rules = ALERTS
+    if not annotations:
+        data = yaml.safe_load(ALERTS.read_text())
+        for group in data["groups"]:
+            for rule in group["rules"]:
+                rule.pop("annotations", None)
+        rules = tmp_path / "rules.yml"
+        rules.write_text(json.dumps(data))
+    test_file = tmp_path / "alerts_test.yml"
+    test_file.write_text(
+        json.dumps({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": cases})
+    )
+    done = subprocess.run(
+        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_rules_are_valid(promtool: str) -> None:
+    done = subprocess.run(
+        [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 5 rules found" in done.stdout
+
+
+def labels(backup_job: str | None = None, **more: str) -> dict[str, str]:
+    job = {"backup_job": backup_job} if backup_job else {}
+    return {**TARGET, **job, "severity": "critical", **more}
+
+
+def by_job(backup_job: str) -> dict[str, str]:
+    """Labels of an alert that aggregates by (instance, backup_job)."""
+    return {"instance": TARGET["instance"], "backup_job": backup_job, "severity": "critical"}
+
+
+LAST_RUN = "influx_backupd_last_run_timestamp_seconds"
+
+
+def test_failed_fires_until_a_run_succeeds(promtool: str, tmp_path: Path) -> None:
+    # Times in the series are Unix seconds; the test clock starts at 0.
+    cases = [
+        {
+            "interval": "1m",
+            "input_series": [
+                # a: ok at 100, failed at 200 (the newest): firing
+                series(LAST_RUN, "100x10", backup_job="a", result="ok"),
+                series(LAST_RUN, "200x10", backup_job="a", result="failed"),
+                # b: interrupted at 100, ok at 200: quiet
+                series(LAST_RUN, "200x10", backup_job="b", result="ok"),
+                series(LAST_RUN, "100x10", backup_job="b", result="interrupted"),
+                # c: never succeeded: firing
+                series(LAST_RUN, "150x10", backup_job="c", result="failed"),
+                # d: only successes
+                series(LAST_RUN, "150x10", backup_job="d", result="ok"),
+            ],
+            "alert_rule_test": [
+                fires("InfluxBackupFailed", "5m", by_job("a"), by_job("c")),
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [
+                # failed at 100, then (from minute 3) an ok run at 300: stops firing
+                series(LAST_RUN, "100x10", backup_job="a", result="failed"),
+                series(LAST_RUN, "_x2 300x8", backup_job="a", result="ok"),
+            ],
+            "alert_rule_test": [
+                fires("InfluxBackupFailed", "1m", by_job("a")),
+                fires("InfluxBackupFailed", "4m"),
+            ],
+        },
+    ]
+    run_cases(promtool, tmp_path, cases)
+
+
+def test_too_old(promtool: str, tmp_path: Path) -> None:
+    cases = [
+        {
+            "interval": "1h",
+            "input_series": [
+                series("influx_backupd_last_success_timestamp_seconds", "0x30", backup_job="a"),
+                # succeeds every hour
+                series(
+                    "influx_backupd_last_success_timestamp_seconds", "0+3600x30", backup_job="b"
+                ),
+            ],
+            "alert_rule_test": [
+                fires("InfluxBackupTooOld", "25h"),
+                fires("InfluxBackupTooOld", "27h", labels("a")),
+            ],
+        }
+    ]
+    run_cases(promtool, tmp_path, cases)
+
+
+def test_failing_verify_with_its_annotations(promtool: str, tmp_path: Path) -> None:
+    cases = [
+        {
+            "interval": "1m",
+            "input_series": [
+                series("influx_backupd_backups_failing_verify", "0 0 2 2 0", backup_job="a"),
+                series("influx_backupd_backups_failing_verify", "0x5", backup_job="b"),
+            ],
+            "alert_rule_test": [
+                fires("InfluxBackupFailingVerify", "1m"),
+                {
+                    "eval_time": "3m",
+                    "alertname": "InfluxBackupFailingVerify",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": labels("a"),
+                            "exp_annotations": {
+                                "summary": "influx-backupd: 2 kept backup(s) of a on db1:9100 "
+                                "failed verification",
+                                "description": "`influx-backupd status` names them; they "
+                                "will not restore as taken.",
+                            },
+                        }
+                    ],
+                },
+                fires("InfluxBackupFailingVerify", "4m"),
+            ],
+        }
+    ]
+    run_cases(promtool, tmp_path, cases, annotations=True)
+
+
+def test_daemon_silent(promtool: str, tmp_path: Path) -> None:
+    heartbeat = "influx_backupd_heartbeat_timestamp_seconds"
+    cases = [
+        {
+            "interval": "1m",
+            "input_series": [
+                # a daemon that wrote every minute until minute 3, then died
+                {
+                    "series": f'{heartbeat}{{instance="db1:9100",job="node"}}',
+                    "values": "0+60x3 180x20",
+                },
+                # one that keeps writing
+                {
+                    "series": f'{heartbeat}{{instance="db2:9100",job="node"}}',
+                    "values": "0+60x23",
+                },
+            ],
+            "alert_rule_test": [
+                fires("InfluxBackupDaemonSilent", "7m"),
+                fires("InfluxBackupDaemonSilent", "9m", {**TARGET, "severity": "warning"}),
+            ],
+        }
+    ]
+    run_cases(promtool, tmp_path, cases)
+
+
+def test_influxd_left_down_after_two_minutes(promtool: str, tmp_path: Path) -> None:
+    cases = [
+        {
+            "interval": "1m",
+            "input_series": [
+                series("influx_backupd_influxd_left_down", "0 1 1 1 1 0"),
+                # a cold backup's stop window seen by one write: not an outage
+                {
+                    "series": 'influx_backupd_influxd_left_down{instance="db2:9100",job="node"}',
+                    "values": "0 1 0 0 0 0",
+                },
+            ],
+            "alert_rule_test": [
+                fires("InfluxdLeftDown", "2m"),
+                fires("InfluxdLeftDown", "3m", labels()),
+                fires("InfluxdLeftDown", "5m"),
+            ],
+        }
+    ]
+    run_cases(promtool, tmp_path, cases)
