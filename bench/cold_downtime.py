@@ -370,7 +370,7 @@ def hot_vs_bare(conf: Path, sandbox: Sandbox, work: Path, runs: int) -> dict[str
                 ours.append(record["wall_s"])
                 extra = record.get("extra") or {}
                 part = {k: extra.get(k) for k in ("tool_s", "catchup_s", "check_s")}
-                part["run_s"] = round(record["finished_at"] - record["started_at"], 3)
+                part["run_s"] = round(record["finished_at_unix"] - record["started_at_unix"], 3)
                 part["bytes"] = record["bytes"]
                 parts.append(part)
                 continue

@@ -63,7 +63,7 @@ def test_a_full_and_two_increments_restore_into_a_fresh_server(
     )
     assert full["since"] is None
     assert first["since"] == time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(full["started_at"]))
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(full["started_at_unix"]))
     )
     assert second["extra"]["databases"] == ["later", "metrics"]
     for record in (full, first, second):
@@ -163,7 +163,7 @@ def test_increments_take_since_from_the_servers_clock_not_ours(
         record = json.loads(full.stdout)
         assert record["status"] == "ok", record["error"]
         anchor = record["extra"]["since_anchor"]
-        assert abs(anchor - (record["started_at"] - 3600)) < 5
+        assert abs(anchor - (record["started_at_unix"] - 3600)) < 5
         assert abs(record["extra"]["server_clock_offset_s"] + 3600) < 5
         assert '"hot.clock_skew"' in full.stderr, "an hour of skew is worth a warning"
 
@@ -187,7 +187,7 @@ def test_without_the_servers_clock_since_falls_back_to_ours_and_says_so(
     done = cli("backup", "--json")
     record = json.loads(done.stdout)
     assert record["status"] == "ok", record["error"]
-    assert record["extra"]["since_anchor"] == record["started_at"]
+    assert record["extra"]["since_anchor"] == record["started_at_unix"]
     assert '"hot.server_clock_unknown"' in done.stderr
 
 

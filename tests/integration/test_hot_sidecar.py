@@ -62,7 +62,7 @@ def test_a_chain_restores_by_path_without_the_catalog_and_refuses_a_broken_one(
         sidecar = _sidecar(record)
         assert sidecar["format"] == 1 and sidecar["status"] == "ok"
         assert {k: sidecar[k] for k in SAME} == {k: record[k] for k in SAME}
-        assert sidecar["started_at"] == record["started_at"]
+        assert sidecar["started_at"] == record["started_at_unix"]
         for key in ("flavour", "influxd_version", "backup_host"):
             assert sidecar["extra"][key] == record["extra"][key]
     assert [r["kind"] for r in (full, first, second)] == ["full", "incremental", "incremental"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,16 +16,32 @@ from influx_backupd.store.record import RunRecord
 
 
 def test_bar_shows_fraction_sizes_and_eta() -> None:
-    bar = progress.TerminalBar(io.StringIO(), width=10)
-    line = bar.line(512 << 20, 1 << 30, elapsed=2.0)
+    bar = progress.TerminalBar(lambda _line: None, width=10)
+    line = bar.line(512 << 20, 1 << 30, rate=256 << 20)
     assert "[#####.....]" in line and " 50.0%" in line
     assert "512.0 MiB / 1.0 GiB" in line and "256.0 MiB/s" in line and "ETA 2s" in line
-    assert "100.0%" in bar.line(2 << 30, 1 << 30, elapsed=1.0), "files grew after the prediction"
+    assert "100.0%" in bar.line(2 << 30, 1 << 30, rate=1.0), "files grew after the prediction"
+    assert line.endswith("ETA 2s")
+    assert bar.line(1, 100, rate=None).endswith("-/s  ETA -"), "no rate yet: no ETA"
+
+
+def test_rate_only_once_writing_has_settled() -> None:
+    shown: list[str | None] = []
+    bar = progress.TerminalBar(shown.append, interval=0, settle=0.3, window=5.0)
+    bar(0, 100 << 20)
+    bar(1 << 20, 100 << 20)
+    assert shown[-1] is not None and shown[-1].endswith("ETA -")
+    time.sleep(0.35)
+    bar(2 << 20, 100 << 20)
+    last = shown[-1]
+    assert last is not None and "ETA -" not in last and "MiB/s" in last
+    bar.close()
+    assert shown[-1] is None, "closing removes the bar's line"
 
 
 def test_listeners_get_notified_and_a_broken_one_is_ignored() -> None:
-    out = io.StringIO()
-    bar = progress.TerminalBar(out, interval=0)
+    shown: list[str | None] = []
+    bar = progress.TerminalBar(shown.append, interval=0)
 
     def broken(done: int, total: int) -> None:
         raise RuntimeError("display gone")
@@ -37,8 +54,23 @@ def test_listeners_get_notified_and_a_broken_one_is_ignored() -> None:
         progress.unlisten(broken)
         progress.unlisten(bar)
     bar.close()
-    assert out.getvalue().startswith("\rarchive [") and out.getvalue().endswith("\n")
+    assert shown[0] is not None and shown[0].startswith("archive [") and shown[-1] is None
     progress.notify(1, 1)  # nobody listening: nothing happens
+
+
+def test_log_lines_print_above_the_status_line() -> None:
+    out = io.StringIO()
+    log.configure(out, "info", json=True)
+    try:
+        log.status_line("archive [...]")
+        log.get().info("influxd.starting")
+        log.status_line(None)
+    finally:
+        log.configure(level="info")
+    text = out.getvalue()
+    clear = log.CLEAR_LINE
+    assert text.startswith(clear + "archive [...]" + clear + '{"event": "influxd.starting"')
+    assert text.endswith("}\narchive [...]" + clear)
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import fcntl
 import io
+import json
 import os
 import re
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from influx_backupd.core import systemd
+from influx_backupd.core import log, systemd
 
 
 @pytest.fixture
@@ -400,13 +401,54 @@ def test_journal_renderer_sends_fields(dgram_path: tuple[socket.socket, str]) ->
         "JOB": b"cold",
         "PHASE": b"stop",
         "SECONDS": b"1.5",
-        "LEVEL": b"info",
         # The event's own "message" key must not replace the entry's MESSAGE.
         "MESSAGE": text.encode(),
         "PRIORITY": b"6",
         "SYSLOG_IDENTIFIER": b"influx-backupd",
     }
     assert out.getvalue() == text + "\n"
+
+
+def test_journal_fields_nested_json_message_id_no_duplicates(
+    dgram_path: tuple[socket.socket, str],
+) -> None:
+    """Nested values as JSON (jq reads them), MESSAGE_ID on a finished run, and no LEVEL or
+    TIMESTAMP beside the journal's own PRIORITY and timestamp."""
+    sock, path = dgram_path
+    logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
+        structlog.PrintLogger(io.StringIO()),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            log.add_message_id,
+            systemd.JournalRenderer(socket_path=path),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+        cache_logger_on_first_use=False,
+    )
+    record = {"status": "failed", "extra": {"dirs": ["meta", "data"]}, "error": "it's 'bad'"}
+    logger.error("run.finished", run_id="r-1", record=record)
+    fields = parse_journal(recv(sock))
+    assert json.loads(fields["RECORD"]) == record
+    assert fields["MESSAGE_ID"] == log.MESSAGE_IDS["run_failed"].encode()
+    assert len(bytes.fromhex(fields["MESSAGE_ID"].decode())) == 16
+    assert "LEVEL" not in fields and "TIMESTAMP" not in fields
+    assert fields["PRIORITY"] == b"3"
+    message = fields["MESSAGE"].decode()
+    assert message.startswith("run.finished run_id=r-1 record={")
+    assert json.loads(message.split("record=", 1)[1]) == record
+    logger.info("run.finished", run_id="r-2", record={"status": "ok"})
+    assert parse_journal(recv(sock))["MESSAGE_ID"] == log.MESSAGE_IDS["run_ok"].encode()
+    logger.info("verify.finished", status="ok")
+    assert "MESSAGE_ID" not in parse_journal(recv(sock))
+    logger.error("verify.finished", status="failed")
+    assert parse_journal(recv(sock))["MESSAGE_ID"] == log.MESSAGE_IDS["verify_failed"].encode()
+
+
+def test_message_ids_are_distinct_128_bit() -> None:
+    ids = list(log.MESSAGE_IDS.values())
+    assert len(set(ids)) == len(ids) == 4
+    assert all(len(bytes.fromhex(i)) == 16 for i in ids)
 
 
 def test_journal_renderer_protocol_fields_win(dgram_path: tuple[socket.socket, str]) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -14,7 +16,7 @@ from typing import Any, NoReturn
 
 from influx_backupd import __version__
 from influx_backupd.core import log
-from influx_backupd.core.config import Config, ConfigError, load, resolve_path
+from influx_backupd.core.config import Config, ConfigError, JobSection, load, resolve_path
 from influx_backupd.core.errors import RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted
 from influx_backupd.core.schedule import describe
@@ -27,7 +29,7 @@ from influx_backupd.report import progress
 from influx_backupd.restore.hot import restore_backup
 from influx_backupd.run.followup import write_metrics
 from influx_backupd.run.guard import exclusive
-from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
+from influx_backupd.run.runner import ModeUnavailable, Skipped, dry_run, run_backup
 from influx_backupd.store.archive import not_a_backup
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
@@ -97,16 +99,46 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def print_record(record: RunRecord, as_json: bool) -> None:
+def rfc3339(ts: float) -> str:
+    """2026-11-26T12:42:16.123Z"""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _is_time_key(key: object) -> bool:
+    return isinstance(key, str) and (key.endswith("_at") or key == "next_run")
+
+
+def json_ready(value: Any) -> Any:
+    """Times (keys *_at, next_run) as RFC 3339 UTC strings, the Unix time beside them as
+    *_unix; everything else as it is."""
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if _is_time_key(key) and isinstance(item, int | float) and not isinstance(item, bool):
+                out[key] = rfc3339(item)
+                out[f"{key}_unix"] = item
+            else:
+                out[key] = json_ready(item)
+        return out
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def print_json(value: Any, *, indent: int | None = None) -> None:
+    print(json.dumps(json_ready(value), indent=indent, default=str))
+
+
+def print_record(record: RunRecord, as_json: bool, *, verbose: bool = False) -> None:
+    """The short record (what ran, where it went, what it cost); with verbose, every figure."""
     if as_json:
-        print(json.dumps(record.to_dict(), sort_keys=False))
+        print_json(record.to_dict())
         return
     print(f"run {record.id}  job={record.job}  mode={record.mode}  status={record.status}")
     if record.archive:
         print(f"  archive   {record.archive}")
-        print(
-            f"  size      {_fmt_bytes(record.bytes)} in {record.files} files, sha256 {record.sha256}"
-        )
+        sha = record.sha256 if verbose or not record.sha256 else record.sha256[:12] + "…"
+        print(f"  size      {_fmt_bytes(record.bytes)} in {record.files} files, sha256 {sha}")
     print(
         f"  downtime  {_fmt_s(record.downtime_s)} = stop {_fmt_s(record.stop_s)}"
         f" + copy {_fmt_s(record.copy_s)} + start {_fmt_s(record.start_s)}"
@@ -115,6 +147,24 @@ def print_record(record: RunRecord, as_json: bool) -> None:
         print(f"  error     {record.error}")
     if record.verify_status:
         print(f"  verify    {record.verify_status}: {record.verify_detail}")
+    if not verbose:
+        return
+    took = (record.finished_at - record.started_at) if record.finished_at else None
+    print(f"  started   {rfc3339(record.started_at)}, took {_fmt_s(took)}")
+    if record.prestage_s is not None or record.archive_s is not None:
+        print(
+            f"  staged    prestage {_fmt_s(record.prestage_s)}, archive {_fmt_s(record.archive_s)}"
+            f" (influxd serving), {_fmt_bytes(record.window_bytes or 0)} copied while stopped"
+        )
+    if record.kind != "full" or record.chain_id:
+        print(
+            f"  chain     {record.kind}, chain {record.chain_id}, parent {record.parent_id or '-'}"
+        )
+    if record.db_counts:
+        counts = ", ".join(f"{db}={n}" for db, n in sorted(record.db_counts.items()))
+        print(f"  points    {counts}")
+    for key, value in sorted(record.extra.items()):
+        print(f"  {key:<9} {json.dumps(value, default=str)}")
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -155,7 +205,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
             "set [influxd] username and password_file"
         )
     if args.json:
-        print(json.dumps(plan, indent=2, default=str))
+        print_json(plan, indent=2)
         return EXIT_OK
     print(f"{config.path}: ok")
     print(f"  influxdb.conf  {plan['influxdb_conf']}")
@@ -200,36 +250,87 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+def _jobs_to_run(config: Config, args: argparse.Namespace) -> list[JobSection]:
+    jobs = config.settings.job
+    if args.job is not None:
+        _known_job(config, args.job)
+        return [config.job(args.job)]
+    if args.all:
+        return list(jobs) or [config.job(None)]
+    if len(jobs) > 1:
+        names = ", ".join(j.name for j in jobs)
+        raise UsageError(
+            f"backup: {len(jobs)} jobs in {config.path} ({names}): name one with --job NAME, "
+            "or run them all, one after another, with --all"
+        )
+    return [config.job(None)]
+
+
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
 
-    _known_job(config, args.job)
-    job = config.job(args.job)
+    jobs = _jobs_to_run(config, args)
+    if args.dry_run:
+        return _dry_run(config, jobs, args)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)
     bar = _progress_bar(args)
+    records: list[RunRecord] = []
+    skipped = False
     try:
         with exclusive(config) as catalog:
-            try:
-                record = run_backup(config, job, catalog, mode=args.mode)
-            except ModeUnavailable as exc:
-                raise UsageError(str(exc)) from None
-            except Skipped as exc:  # mode auto: the policy ran nothing now
-                print(f"influx-backupd: skipped, nothing backed up: {exc}", file=sys.stderr)
-                return EXIT_FAILED
+            for job in jobs:
+                try:
+                    records.append(run_backup(config, job, catalog, mode=args.mode))
+                except ModeUnavailable as exc:
+                    raise UsageError(str(exc)) from None
+                except Skipped as exc:  # mode auto: the policy ran nothing now
+                    print(
+                        f"influx-backupd: {job.name}: skipped, nothing backed up: {exc}",
+                        file=sys.stderr,
+                    )
+                    skipped = True
     finally:
         if bar is not None:
             progress.unlisten(bar)
             bar.close()
-    print_record(record, args.json)
-    return EXIT_OK if record.good else EXIT_FAILED
+    if args.all and args.json:
+        print_json([r.to_dict() for r in records])
+    else:
+        for record in records:
+            print_record(record, args.json, verbose=args.verbose > 0)
+    return EXIT_OK if records and all(r.good for r in records) and not skipped else EXIT_FAILED
+
+
+def _dry_run(config: Config, jobs: list[JobSection], args: argparse.Namespace) -> int:
+    """The policy's decision and the predictions, stopping nothing, writing nothing (no lock,
+    no state_dir created: the catalog is only read, if there is one)."""
+    catalog = Catalog(config.state_dir)
+    plans = [dry_run(config, job, catalog if catalog.exists() else None, args.mode) for job in jobs]
+    if args.json:
+        print_json([p.to_dict() for p in plans] if args.all else plans[0].to_dict())
+    for plan in [] if args.json else plans:
+        print(f"backup {plan.job}: dry run, nothing stopped or written")
+        print(f"  mode        {plan.mode}: {'; '.join(plan.reasons)}")
+        if plan.scheduled_mode != plan.mode or args.verbose:
+            print(f"  scheduled   {plan.scheduled_mode}: {'; '.join(plan.scheduled_reasons)}")
+        seconds = plan.predicted_downtime_s
+        about = "unknown" if seconds is None else f"about {seconds:.1f}s"
+        print(f"  downtime    {about} ({plan.downtime_basis})")
+        verdict = "fits" if plan.fits else "does NOT fit: the backup would be refused"
+        print(
+            f"  size        about {_fmt_bytes(plan.predicted_bytes)} (needs "
+            f"{_fmt_bytes(plan.needed_bytes)} free), {_fmt_bytes(plan.free_bytes)} free in "
+            f"{plan.storage_dir}: {verdict}"
+        )
+    return EXIT_OK if all(p.would_run for p in plans) else EXIT_FAILED
 
 
 def _progress_bar(args: argparse.Namespace) -> Any:
     """A bar on stderr while the archive is written, only when stderr is a terminal."""
-    if args.no_progress or not sys.stderr.isatty():
+    if args.no_progress or args.quiet or args.json or not sys.stderr.isatty():
         return None
 
-    bar = progress.TerminalBar(sys.stderr)
+    bar = progress.TerminalBar()
     progress.listen(bar)
     return bar
 
@@ -240,7 +341,7 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     catalog = Catalog(config.state_dir)
     records = catalog.list(job=args.job) if catalog.exists() else []
     if args.json:
-        print(json.dumps([r.to_dict() for r in records]))
+        print_json([r.to_dict() for r in records])
         return EXIT_OK
     if not records:
         print("no backups yet")
@@ -280,7 +381,7 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             print(f"influx-backupd: {exc}", file=sys.stderr)
             return EXIT_FAILED
     if args.json:
-        print(json.dumps(result.__dict__))
+        print_json(result.__dict__)
         return EXIT_OK
     print(f"restored {result.archive} ({result.files} files); influxd is running")
     print(
@@ -326,7 +427,7 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"influx-backupd: metrics file not written: {exc}", file=sys.stderr)
     if args.json:
-        print(json.dumps([r.to_dict() for r in results]))
+        print_json([r.to_dict() for r in results])
     elif not results:
         print("no backups to verify")
     for result in [] if args.json else results:
@@ -352,7 +453,7 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
             except OSError as exc:
                 print(f"influx-backupd: metrics file not written: {exc}", file=sys.stderr)
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print_json(report.to_dict())
     else:
         verb = "would delete" if args.dry_run else "deleted"
         for d in report.deleted:
@@ -413,107 +514,213 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
 
     report = gather(config)
-    print(json.dumps(report) if args.json else render(report))
+    if args.json:
+        print_json(report)
+    else:
+        print(render(report))
     return EXIT_OK
 
 
 # -- parser --------------------------------------------------------------------------------------
 
+EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `seq 1 1000000 | head -1`
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument(
+EPILOG = """\
+exit status:
+  0    ok
+  1    the backup, restore, verify, prune or import failed or was interrupted
+  2    usage error (unknown command or option, a missing or conflicting argument)
+  75   busy: another backup holds the lock in state_dir
+  78   configuration error (the config or influxdb.conf missing or invalid)
+  141  stdout was closed early (e.g. piped into head); nothing else is affected
+
+-q/-v, --json and --config work before or after the command. NO_COLOR=1 turns off colours.
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """Options every command takes, before or after its name (SUPPRESS: an option given
+    before the command is not reset by the command's own parser)."""
+    p.add_argument(
         "--config",
         "-c",
+        metavar="PATH",
         default=argparse.SUPPRESS,
         help="config file (default: $INFLUX_BACKUPD_CONFIG or /etc/influx-backupd/config.toml)",
     )
-    common.add_argument("--log-level", choices=log.LEVELS, default=argparse.SUPPRESS)
+    p.add_argument(
+        "--log-level",
+        choices=log.LEVELS,
+        default=argparse.SUPPRESS,
+        help="log events at this level and above (default: the config's daemon.log_level; "
+        "warning on a terminal)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the result as JSON (times in RFC 3339 UTC, and as Unix time in *_unix)",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="only errors on stderr, no progress bar",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="more detail: the run's log events (-vv: debug events too) and the whole record",
+    )
+
+
+def _command(
+    sub: Any, common: argparse.ArgumentParser, name: str, summary: str, detail: str = ""
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        parents=[common],
+        help=summary,
+        description=summary[0].upper() + summary[1:] + "." + (f" {detail}" if detail else ""),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (the Debian package builds the man page and completions from it)."""
+    common = _Parser(add_help=False)
+    _add_common(common)
     parser = _Parser(
         prog="influx-backupd",
         description="File-level backups of InfluxDB with measured downtime.",
         parents=[common],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
-        "check-config", parents=[common], help="validate the config and print the plan"
-    )
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, common, "check-config", "validate the config and print the resolved plan")
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("backup", parents=[common], help="run one backup now, in the foreground")
-    p.add_argument("--job", help="job name (default: the first [[job]])")
-    p.add_argument("--mode", choices=("cold", "hot", "auto"), help="override the job's mode")
-    p.add_argument("--json", action="store_true", help="print the run record as one JSON object")
+    p = _command(
+        sub,
+        common,
+        "backup",
+        "run one backup now, in the foreground",
+        "With several jobs, name one with --job or run them all, one after another, with --all.",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--job", metavar="NAME", help="the job to run (needed when there are several)"
+    )
+    which.add_argument("--all", action="store_true", help="run every job, one after another")
+    p.add_argument(
+        "--mode", choices=("cold", "hot", "auto"), help="run in this mode instead of the job's"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what a backup would do now (mode and reasons, predicted downtime, predicted "
+        "size against free space); stop nothing, write nothing",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.set_defaults(func=cmd_backup)
 
-    p = sub.add_parser("list", parents=[common], help="list the catalog of runs")
-    p.add_argument("--job")
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, common, "list", "list the catalog of runs, oldest first")
+    p.add_argument("--job", metavar="NAME", help="only this job's runs")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser(
-        "restore", parents=[common], help="restore a backup (catalog id or archive path)"
+    p = _command(
+        sub,
+        common,
+        "restore",
+        "replace influxd's data with a backup (catalog id or archive path)",
+        "The live data is moved aside, never deleted; the command prints where.",
     )
-    p.add_argument("backup", metavar="BACKUP")
+    p.add_argument("backup", metavar="BACKUP", help="catalog id (see list) or archive path")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_restore)
 
-    p = sub.add_parser(
-        "verify", parents=[common], help="check backups: sha256, structure, file formats"
-    )
+    p = _command(sub, common, "verify", "check backups: sha256, structure, file formats")
     p.add_argument("backup", metavar="BACKUP", nargs="?", help="catalog id or archive path")
     p.add_argument("--all", action="store_true", help="every ok backup in the catalog")
-    p.add_argument("--job", help="with --all: only this job's backups")
+    p.add_argument("--job", metavar="NAME", help="with --all: only this job's backups")
     p.add_argument(
         "--restore-test",
         action="store_true",
         help="also restore into a scratch dir and query it with a throwaway influxd",
     )
     p.add_argument("--deep", action="store_true", help="check every TSM block's CRC32 too")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
+        common,
         "import",
-        parents=[common],
-        help="add the backups in the storage dir to the catalog (by the records beside them)",
+        "add the backups in the storage dir to the catalog, by the records beside them",
     )
     p.add_argument("--dry-run", action="store_true", help="say what would be added, add nothing")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("run", parents=[common], help="the daemon: run the jobs on their schedules")
+    p = _command(sub, common, "run", "run the daemon: every job on its schedule until stopped")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser(
-        "status", parents=[common], help="daemon, each job's last result and next run"
-    )
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, common, "status", "show the daemon, each job's last result and next run")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("prune", parents=[common], help="apply the jobs' keep_* retention")
-    p.add_argument("--job", help="only this job (default: every job)")
+    p = _command(sub, common, "prune", "delete the backups the jobs' keep_* rules no longer keep")
+    p.add_argument("--job", metavar="NAME", help="only this job (default: every job)")
     p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_prune)
     return parser
 
 
+def _log_level(args: argparse.Namespace, configured: str) -> str:
+    """--log-level, else -q/-v, else quiet on a terminal (the bar and the result say it),
+    else the config's level (JSON lines for cron, scripts and the journal)."""
+    if getattr(args, "log_level", None):
+        return str(args.log_level)
+    if args.quiet:
+        return "error"
+    if args.verbose >= 2:
+        return "debug"
+    if args.verbose == 1:
+        return "info"
+    if sys.stderr.isatty() and args.command != "run":
+        return "warning"
+    return configured
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe would print a traceback
+    except BrokenPipeError:
+        # The reader went away (`list | head`): stop quietly, as coreutils do.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    log.configure(level=getattr(args, "log_level", None) or "info")
+    for name, default in (("json", False), ("quiet", False), ("verbose", 0)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    log.configure(level=_log_level(args, "info"))
     func: Callable[[Config, argparse.Namespace], int] = args.func
     path = resolve_path(getattr(args, "config", None))
     try:
         config = load(path)
-        if getattr(args, "log_level", None) is None:
-            log.configure(level=config.settings.daemon.log_level)
+        log.configure(level=_log_level(args, config.settings.daemon.log_level))
         return func(config, args)
     except ConfigError as exc:
         print(f"influx-backupd: {exc}", file=sys.stderr)

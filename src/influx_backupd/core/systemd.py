@@ -13,7 +13,7 @@ from __future__ import annotations
 import array
 import errno
 import fcntl
-import logging
+import json
 import os
 import re
 import socket
@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import structlog
+
+from influx_backupd.core import log
 
 __all__ = [
     "JOURNAL_SOCKET",
@@ -43,8 +45,6 @@ __all__ = [
 ]
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
-
-_log = logging.getLogger(__name__)
 
 
 # --- sd_notify ----------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def notify(*assignments: str) -> bool:
         return False
     if not target.startswith(("/", "@")):
         # e.g. "vsock:..." (systemd >= 254, VMs): not needed for a host daemon.
-        _log.warning("unsupported NOTIFY_SOCKET address %r", target)
+        log.get().warning("systemd.notify_unsupported", address=target)
         return False
     payload = "\n".join(assignments).encode()
     try:
@@ -76,7 +76,7 @@ def notify(*assignments: str) -> bool:
             # often 10) must not block the daemon's main loop; the message is dropped instead.
             sock.sendto(payload, socket.MSG_DONTWAIT, _socket_address(target))
     except OSError as exc:
-        _log.warning("sd_notify to %r failed: %s", target, exc)
+        log.get().warning("systemd.notify_failed", address=target, error=str(exc))
         return False
     return True
 
@@ -176,7 +176,7 @@ class Watchdog:
             try:
                 healthy = self._alive()
             except Exception:
-                _log.exception("watchdog health check raised; not pinging")
+                log.get().error("systemd.watchdog_check_failed", exc_info=True)
                 healthy = False
             if healthy:
                 watchdog_ping()
@@ -227,6 +227,9 @@ def journal_field_name(key: str) -> str:
 def _encode_value(value: object) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
+    if isinstance(value, dict | list | tuple):
+        # JSON, so that `journalctl -o json | jq` can read a nested value (not Python's repr)
+        return json.dumps(value, default=str, separators=(",", ":")).encode("utf-8", "replace")
     return str(value).encode("utf-8", "replace")
 
 
@@ -311,6 +314,8 @@ def priority_for(level: str) -> int:
 
 
 def _format_value(value: object) -> str:
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, default=str, separators=(",", ":"))
     text = str(value)
     if not text or any(c.isspace() or c in "\"'=" for c in text):
         return repr(text)
@@ -326,7 +331,9 @@ class JournalRenderer:
       timestamp, which the journal records itself); an ``exception`` text goes on the lines
       after it.
     - PRIORITY from ``level`` (or the method name), SYSLOG_IDENTIFIER.
-    - every key of the event dict as its own field, upper-cased: run_id -> RUN_ID.
+    - every key of the event dict as its own field, upper-cased: run_id -> RUN_ID; nested
+      values (dicts, lists) as JSON; not level and timestamp (PRIORITY and the journal's own
+      timestamp say it); message_id as MESSAGE_ID (log.MESSAGE_IDS).
       MESSAGE, PRIORITY and SYSLOG_IDENTIFIER are never overridden by event keys.
 
     Returns the same MESSAGE text, so a console logger after it still prints something
@@ -335,7 +342,9 @@ class JournalRenderer:
     send fails, the text is always returned so the line is not lost.
     """
 
-    _NOT_IN_MESSAGE = frozenset({"event", "level", "timestamp", "exception"})
+    _NOT_IN_MESSAGE = frozenset({"event", "level", "timestamp", "exception", "message_id"})
+    # The journal stamps every entry itself (__REALTIME_TIMESTAMP) and PRIORITY is the level.
+    _NOT_FIELDS = frozenset({"level", "timestamp"})
 
     def __init__(
         self,
@@ -365,7 +374,9 @@ class JournalRenderer:
     ) -> str:
         text = self.message(event_dict)
         level = str(event_dict.get("level", method_name))
-        fields: dict[str, object] = {str(k): v for k, v in event_dict.items()}
+        fields: dict[str, object] = {
+            str(k): v for k, v in event_dict.items() if k not in self._NOT_FIELDS
+        }
         # Re-inserted last: journal_payload keeps the last value per field name, so event
         # keys such as "message" or "priority" cannot replace these.
         for name in ("MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER"):

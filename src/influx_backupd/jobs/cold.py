@@ -100,6 +100,17 @@ def run_cold(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
     return record
 
 
+def space_needed(config: Config, dirs: dict[str, Path], staging: Path | None) -> tuple[int, int]:
+    """(predicted archive bytes, bytes the storage dir needs free): the archive with margin and
+    reserve, and for a staged copy the part of the staging tree not there yet."""
+    predicted = sum(tree_size(p) for p in dirs.values()) + config.server.conf.stat().st_size
+    needed = int(predicted * SPACE_MARGIN) + SPACE_RESERVE
+    if staging is not None:
+        staged_already = tree_size(staging) if staging.is_dir() else 0
+        needed += max(0, int(predicted * SPACE_MARGIN) - staged_already)
+    return predicted, needed
+
+
 def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) -> None:
     server = Influxd(config)
     dirs = config.server.dirs()
@@ -118,12 +129,8 @@ def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) ->
     record.extra["copy"] = job.copy_mode
 
     # Refuse before stopping anything when the archive (and the staging tree) cannot fit.
-    predicted = sum(tree_size(p) for p in dirs.values()) + config.server.conf.stat().st_size
+    predicted, needed = space_needed(config, dirs, stager.root if stager is not None else None)
     free = shutil.disk_usage(storage).free
-    needed = int(predicted * SPACE_MARGIN) + SPACE_RESERVE
-    if stager is not None:
-        staged_already = tree_size(stager.root) if stager.root.is_dir() else 0
-        needed += max(0, int(predicted * SPACE_MARGIN) - staged_already)
     if free < needed:
         raise JobFailed(
             f"not enough space in {storage}: need about {needed} bytes, {free} free; influxd not stopped"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import TextIO
+
+from influx_backupd.core import log
 
 Listener = Callable[[int, int], None]  # (bytes done, bytes expected)
 
@@ -37,37 +39,65 @@ def _size(n: float) -> str:
 
 
 class TerminalBar:
-    """A one-line bar redrawn in place with \\r, at most every `interval` seconds."""
+    """The archive's progress as the console's status line (core.log keeps log lines above it),
+    redrawn at most every `interval` seconds.
 
-    def __init__(self, stream: TextIO, width: int = 30, interval: float = 0.2) -> None:
-        self.stream = stream
+    The rate is that of the last `window` seconds of archive writing (not since the command
+    started: the stop and the staging come first), and neither rate nor ETA is shown before
+    `settle` seconds of writing have given a rate worth dividing by.
+    """
+
+    def __init__(
+        self,
+        show: Callable[[str | None], None] = log.status_line,
+        width: int = 30,
+        interval: float = 0.2,
+        window: float = 5.0,
+        settle: float = 2.0,
+    ) -> None:
+        self.show = show
         self.width = width
         self.interval = interval
-        self.started = time.monotonic()
+        self.window = window
+        self.settle = settle
+        self.first: float | None = None  # when the first bytes were reported
+        self.samples: deque[tuple[float, int]] = deque()
         self.last = 0.0
         self.drawn = False
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
+        if self.first is None:
+            self.first = now
+            self.samples.append((now, done))
         if now - self.last < self.interval:
             return
         self.last = now
-        self.stream.write("\r" + self.line(done, total, now - self.started))
-        self.stream.flush()
+        self.samples.append((now, done))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
+            self.samples.popleft()
+        self.show(self.line(done, total, self.rate(now, done)))
         self.drawn = True
 
-    def line(self, done: int, total: int, elapsed: float) -> str:
+    def rate(self, now: float, done: int) -> float | None:
+        """Bytes a second over the recent window; None until `settle` seconds of writing."""
+        if self.first is None or now - self.first < self.settle:
+            return None
+        since, then = self.samples[0]
+        return (done - then) / (now - since) if now > since else None
+
+    def line(self, done: int, total: int, rate: float | None) -> str:
         # The prediction is taken before the stop; files may have grown since.
         fraction = min(done / total, 1.0) if total > 0 else 0.0
         filled = int(fraction * self.width)
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = f"{(total - done) / rate:.0f}s" if rate > 0 and total > done else "-"
+        speed = f"{_size(rate)}/s" if rate is not None else "-/s"
+        eta = f"{(total - done) / rate:.0f}s" if rate and total > done else "-"
         return (
             f"archive [{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}% "
-            f"{_size(done)} / {_size(total)}  {_size(rate)}/s  ETA {eta}   "
+            f"{_size(done)} / {_size(total)}  {speed}  ETA {eta}"
         )
 
     def close(self) -> None:
         if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+            self.show(None)
+            self.drawn = False

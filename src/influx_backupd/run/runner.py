@@ -5,20 +5,25 @@ mode (cold | hot | auto → policy) → the job → record → after_run (prune,
 
 from __future__ import annotations
 
+import shutil
 import threading
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.influxd.influxql import ping_headers
 from influx_backupd.influxd.tool import probe_snapshot_service
-from influx_backupd.jobs.cold import run_cold, tree_size
+from influx_backupd.jobs.cold import run_cold, space_needed, tree_size
 from influx_backupd.jobs.hot import run_hot
 from influx_backupd.report.heartbeat import ping
 from influx_backupd.run.followup import follow_up
-from influx_backupd.run.policy import Capability, Decision, decide
+from influx_backupd.run.policy import Capability, Chosen, Decision, decide, predict_downtime
 from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.layout import staging_root
 from influx_backupd.store.record import RunRecord
+from influx_backupd.store.state import CrashMarker
 
 
 class ModeUnavailable(Exception):
@@ -73,8 +78,99 @@ def run_backup(
         and not STOP_REQUESTED.is_set()
     ):
         record = _fall_back_to_cold(config, job, catalog, record)
+    influxd_left_down(config, record)
     after_run(config, job, catalog, record)
     return record
+
+
+def influxd_left_down(config: Config, record: RunRecord) -> bool:
+    """After a run: if influxd was stopped and is still not started again (its start failed),
+    say so loudly (MESSAGE_ID influxd_left_down); the crash marker makes the next command that
+    takes the lock try again."""
+    left = CrashMarker(config.state_dir).read()
+    if left is None:
+        return False
+    log.get(run_id=record.id, job=record.job).critical(
+        "influxd.left_down",
+        stopped_by=left.get("run_id"),
+        error=record.error,
+        detail="influxd was stopped and is not running again; the next command that takes "
+        "the lock (the daemon's next run, or any backup, verify, prune) starts it",
+    )
+    return True
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `backup --dry-run` reports for one job."""
+
+    job: str
+    mode: str  # cold | hot | skip
+    reasons: list[str]
+    fallback: str | None
+    scheduled_mode: str  # what a scheduled run (through the policy) would do now
+    scheduled_reasons: list[str]
+    predicted_downtime_s: float | None  # None: no cold run to predict from yet
+    downtime_basis: str
+    predicted_bytes: int
+    needed_bytes: int
+    free_bytes: int
+    storage_dir: str
+
+    @property
+    def fits(self) -> bool:
+        return self.free_bytes >= self.needed_bytes
+
+    @property
+    def would_run(self) -> bool:
+        return self.mode != "skip" and self.fits
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "fits": self.fits}
+
+
+def dry_run(
+    config: Config, job: JobSection, catalog: Catalog | None, mode: str | None = None
+) -> Plan:
+    """What `backup` would do now, stopping and writing nothing: the mode and why, the
+    predicted downtime, the predicted size against the storage dir's free space."""
+    requested = mode or job.mode
+    capability = _capability(config, job, requested)
+    history = catalog.list(job=job.name)[-20:] if catalog is not None else []
+    now = datetime.now(UTC)
+    if requested == "auto":
+        decision = decide(job, now, capability, history, mode=requested)
+    else:
+        fallback: Literal["cold"] | None = (
+            "cold" if requested == "hot" and job.fallback == "cold" else None
+        )
+        chosen: Chosen = "hot" if requested == "hot" else "cold"
+        decision = Decision(chosen, [f"mode = {requested}, by hand: runs as asked"], fallback)
+    # A scheduled run goes through the policy whatever the mode: say what it would do now.
+    scheduled = decide(job, now, capability, history, mode=job.mode)
+    dirs = {k: p for k, p in config.server.dirs().items() if p.is_dir()}
+    data_bytes = sum(tree_size(p) for p in dirs.values())
+    prediction = predict_downtime(history, data_bytes)
+    staging = staging_root(config.storage_dir, job.name) if job.copy_mode == "staged" else None
+    predicted, needed = space_needed(config, dirs, staging)
+    existing = next(p for p in (config.storage_dir, *config.storage_dir.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    cold = decision.mode == "cold"
+    return Plan(
+        job=job.name,
+        mode=decision.mode,
+        reasons=decision.reasons,
+        fallback=decision.fallback,
+        scheduled_mode=scheduled.mode,
+        scheduled_reasons=scheduled.reasons,
+        predicted_downtime_s=prediction.seconds if cold else 0.0,
+        downtime_basis=prediction.basis if cold else "hot: influxd keeps serving",
+        predicted_bytes=predicted,
+        # a hot run is not refused for space; its output is about the data's size, gzipped
+        needed_bytes=needed if cold else predicted,
+        free_bytes=free,
+        storage_dir=str(config.storage_dir),
+    )
 
 
 def _fall_back_to_cold(

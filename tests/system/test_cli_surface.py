@@ -1,0 +1,135 @@
+"""The command line as people meet it, without an influxd: closed pipes, where options go, help,
+exit codes in the help, several jobs without --job. Real processes, real pipes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.cli.main import build_parser
+
+EXIT_USAGE, EXIT_PIPE = 2, 141
+
+
+def _config(root: Path, jobs: tuple[str, ...] = ("nightly", "hourly")) -> Path:
+    """A config whose influxdb.conf names dirs that exist; no server runs."""
+    for name in ("meta", "data", "wal"):
+        (root / "server" / name).mkdir(parents=True)
+    conf = root / "influxdb.conf"
+    conf.write_text(
+        f'[meta]\n  dir = "{root}/server/meta"\n'
+        f'[data]\n  dir = "{root}/server/data"\n  wal-dir = "{root}/server/wal"\n'
+    )
+    lines = [
+        "[daemon]",
+        f'state_dir = "{root}/state"',
+        "[influxd]",
+        f'config = "{conf}"',
+        'service = "influxdb.service"',
+        "[storage]",
+        f'dir = "{root}/archives"',
+    ]
+    for name in jobs:
+        lines += ["[[job]]", f'name = "{name}"', 'every = "1h"', "keep_last = 3"]
+    path = root / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "influx_backupd", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kw,  # type: ignore[call-overload]
+    )
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before we write, as `| head` gone early
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "influx_backupd", "-c", str(config), "check-config"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == EXIT_PIPE
+    assert done.stderr == "", "no traceback, no message"
+
+
+def test_json_and_verbosity_before_or_after_the_command(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    after = cli("check-config", "-c", config, "--json", "-q")
+    before = cli("--json", "-q", "-c", config, "check-config")
+    mixed = cli("-v", "--json", "check-config", "-c", config)
+    assert after.returncode == before.returncode == mixed.returncode == 0, after.stderr
+    assert json.loads(after.stdout) == json.loads(before.stdout) == json.loads(mixed.stdout)
+    assert json.loads(before.stdout)["config"] == config
+
+
+def test_several_jobs_need_job_or_all(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    done = cli("-c", config, "backup")
+    assert done.returncode == EXIT_USAGE
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "2 jobs" in lines[0] and "(nightly, hourly)" in lines[0]
+    assert "--job NAME" in lines[0] and "--all" in lines[0]
+    assert not (tmp_path / "state").exists() and not (tmp_path / "archives").exists()
+    both = cli("-c", config, "backup", "--job", "nightly", "--all")
+    assert both.returncode == EXIT_USAGE and "not allowed with" in both.stderr
+
+
+def test_top_level_help_lists_the_exit_statuses() -> None:
+    done = cli("--help")
+    assert done.returncode == 0
+    assert "exit status:" in done.stdout
+    for status in ("0 ", "1 ", "2 ", "75 ", "78 ", "141 "):
+        assert f"\n  {status}" in done.stdout, status
+    assert "NO_COLOR" in done.stdout
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("no subcommands")
+
+
+def test_every_command_has_a_description_and_every_option_a_help() -> None:
+    parser = build_parser()
+    commands = _subcommands(parser)
+    assert {"backup", "list", "restore", "verify", "prune", "status", "run"} <= set(commands)
+    for name, sub in commands.items():
+        assert sub.description and "\n" not in sub.description.split(".")[0], name
+        assert sub.epilog and "exit status:" in sub.epilog, name
+        for action in sub._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+    # the one-line summaries `influx-backupd --help` lists
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                assert choice.help and "\n" not in choice.help, choice.dest
+
+
+@pytest.mark.parametrize("command", ["backup", "verify", "restore", "list"])
+def test_subcommand_help_shows_its_description(command: str) -> None:
+    done = cli(command, "--help")
+    assert done.returncode == 0
+    description = _subcommands(build_parser())[command].description
+    assert description is not None
+    assert description.split(".")[0] in " ".join(done.stdout.split())

@@ -1,0 +1,83 @@
+"""Every message goes through structlog: our own, systemd.py's, and libraries' stdlib logging."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from influx_backupd.core import log, systemd
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    log.configure(out, "info", json=True)
+    try:
+        yield out
+    finally:
+        log.configure(level="info")
+
+
+def events(out: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_sd_notify_problems_are_events(
+    captured: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1234")
+    assert systemd.notify("READY=1") is False
+    monkeypatch.setenv("NOTIFY_SOCKET", "/nonexistent/notify.sock")
+    assert systemd.notify("READY=1") is False
+    got = events(captured)
+    assert [e["event"] for e in got] == ["systemd.notify_unsupported", "systemd.notify_failed"]
+    assert got[0]["address"] == "vsock:2:1234" and got[0]["level"] == "warning"
+    assert "No such file" in str(got[1]["error"])
+
+
+def test_library_logging_becomes_an_event(captured: io.StringIO) -> None:
+    logging.getLogger("apprise").warning("could not send to %s", "ntfy://x")
+    logging.getLogger("apprise").info("chatty detail")  # libraries' info is not wanted
+    got = events(captured)
+    assert got == [
+        {
+            "logger": "apprise",
+            "message": "could not send to ntfy://x",
+            "event": "library.log",
+            "level": "warning",
+            "timestamp": got[0]["timestamp"],
+        }
+    ]
+
+
+def test_a_closed_stream_never_fails_the_caller() -> None:
+    out = io.StringIO()
+    log.configure(out, "info", json=True)
+    out.close()
+    try:
+        log.get().error("still.fine")  # ValueError on a closed stream: dropped
+        log.status_line("bar")
+    finally:
+        log.configure(level="info")
+
+
+def test_run_tails_keep_the_last_lines_of_recent_runs(captured: io.StringIO) -> None:
+    tails = log.RunTails(lines=3, runs=2)
+    for i in range(5):
+        tails(None, "info", {"event": f"step.{i}", "run_id": "a", "n": i})
+    tails(None, "info", {"event": "x", "run_id": "b"})
+    tails(None, "info", {"event": "y", "run_id": "c"})
+    assert tails.tail("a") == [], "only the 2 most recent runs are kept"
+    assert [line.split() for line in tails.tail("c")] == [["info", "y"]]
+    tails = log.RunTails(lines=3, runs=2)
+    for i in range(5):
+        tails(None, "warning", {"event": f"step.{i}", "run_id": "a", "n": i, "d": {"k": 1}})
+    assert [line.strip() for line in tails.tail("a")] == [
+        'warning step.2 n=2 d={"k": 1}',
+        'warning step.3 n=3 d={"k": 1}',
+        'warning step.4 n=4 d={"k": 1}',
+    ]
