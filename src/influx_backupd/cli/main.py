@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from influx_backupd import __version__
-from influx_backupd.core import log
+from influx_backupd.core import log, unit_paths
 from influx_backupd.core.config import Config, ConfigError, JobSection, load, resolve_path
 from influx_backupd.core.errors import RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted
@@ -204,6 +204,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
             "not set: no point counts before a cold stop (restore tests cannot compare them); "
             "set [influxd] username and password_file"
         )
+    plan["warnings"] += unit_paths.warnings(config)
     if args.json:
         print_json(plan, indent=2)
         return EXIT_OK

@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 DEFAULT_CONFIG_PATH = Path("/etc/influx-backupd/config.toml")
 CONFIG_ENV = "INFLUX_BACKUPD_CONFIG"
+DEFAULT_STATE_DIR = Path("/var/lib/influx-backupd")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -62,7 +63,7 @@ class _Strict(BaseModel):
 
 
 class DaemonSection(_Strict):
-    state_dir: Path = Path("/var/lib/influx-backupd")
+    state_dir: Path = DEFAULT_STATE_DIR  # unset: see default_state_dir
     metrics_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -376,6 +377,28 @@ def read_server_paths(conf: Path) -> tuple[ServerPaths, dict[str, Any]]:
     return paths, raw
 
 
+def default_state_dir(config_path: Path) -> Path:
+    """The state dir of a config without `state_dir`.
+
+    Under systemd, the unit's StateDirectory= ($STATE_DIRECTORY): influx-backupd@NAME gets
+    /var/lib/influx-backupd/NAME. By hand, the same dir for the same config, so that a `backup`
+    or `status` of /etc/influx-backupd/NAME.toml shares the instance's lock and catalog.
+    """
+    env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if env:
+        return Path(env)
+    name = instance_name(config_path)
+    return DEFAULT_STATE_DIR / name if name else DEFAULT_STATE_DIR
+
+
+def instance_name(config_path: Path) -> str | None:
+    """NAME for /etc/influx-backupd/NAME.toml, the config of the unit influx-backupd@NAME."""
+    name = config_path.stem
+    if config_path.parent != DEFAULT_CONFIG_PATH.parent or config_path.suffix != ".toml":
+        return None
+    return name if name != DEFAULT_CONFIG_PATH.stem and _JOB_NAME.match(name) else None
+
+
 def _usable_dir(path: Path, key: str, value: Path) -> None:
     """A directory we create on first use: it must be one, or creatable (checked, not created)."""
     if not value.is_absolute():
@@ -420,6 +443,9 @@ def load(path: Path) -> Config:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"{path}: {_describe(first)}") from None
+    if "state_dir" not in settings.daemon.model_fields_set:
+        daemon = settings.daemon.model_copy(update={"state_dir": default_state_dir(path)})
+        settings = settings.model_copy(update={"daemon": daemon})
     server, influx_raw = read_server_paths(settings.influxd.config)
     _usable_dir(path, "daemon.state_dir", settings.daemon.state_dir)
     _usable_dir(path, "storage.dir", settings.storage.dir)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,35 @@ class StopTimeout(InfluxdError):
 
 class StartFailed(InfluxdError):
     pass
+
+
+@contextmanager
+def normal_priority() -> Iterator[None]:
+    """Children forked inside start at nice 0 and the default I/O class.
+
+    The daemon's unit runs it at Nice=10 and best-effort I/O priority 7 so that its copies and
+    hashing yield to the server; an influxd it starts itself must not inherit that. Both are
+    per thread on Linux (fork copies the caller's), so only this thread is raised, and put back
+    after. Raising needs CAP_SYS_NICE: without it, the child keeps ours.
+    """
+    tid = threading.get_native_id()
+    me = psutil.Process(tid)
+    nice = os.getpriority(os.PRIO_PROCESS, tid)
+    ionice = me.ionice()
+    try:
+        with suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, 0)
+        with suppress(OSError, psutil.Error, ValueError):
+            me.ionice(psutil.IOPRIO_CLASS_NONE)
+        yield
+    finally:
+        with suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        with suppress(OSError, psutil.Error, ValueError):
+            if ionice.ioclass == psutil.IOPRIO_CLASS_NONE:
+                me.ionice(psutil.IOPRIO_CLASS_NONE)
+            else:
+                me.ionice(ionice.ioclass, ionice.value)
 
 
 @dataclass(frozen=True)
@@ -190,14 +221,16 @@ class Influxd:
         log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             # Its own session: influxd must outlive us and never get our terminal's signals.
-            child = subprocess.Popen(
-                self.section.command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                start_new_session=True,
-                close_fds=True,
-            )
+            # The server we protect serves at normal priority, not at ours (the unit's Nice=).
+            with normal_priority():
+                child = subprocess.Popen(
+                    self.section.command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    start_new_session=True,
+                    close_fds=True,
+                )
         except OSError as exc:
             raise StartFailed(f"cannot run {self.section.command[0]}: {exc.strerror}") from None
         finally:

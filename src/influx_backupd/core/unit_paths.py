@@ -1,0 +1,149 @@
+"""Would the daemon's systemd unit let it write where the config says? (`check-config` asks.)
+
+The shipped units run with ProtectSystem=strict: only ReadWritePaths=, the StateDirectory= and
+a private /tmp are writable, so a storage dir or metrics_file elsewhere fails at the first run
+(`after_run.step_failed`), long after `systemctl enable --now` looked fine. The sandbox is read
+from `systemctl show` of the unit that runs this config, and modelled as systemd mounts it: the
+most specific path rule wins.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from influx_backupd.core.config import DEFAULT_CONFIG_PATH, Config, instance_name
+
+_PROPERTIES = (
+    "LoadState",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "ReadWritePaths",
+    "ReadOnlyPaths",
+    "InaccessiblePaths",
+    "StateDirectory",
+)
+_SYSTEM = {"yes": ("/usr", "/boot", "/efi"), "full": ("/usr", "/boot", "/efi", "/etc")}
+
+
+@dataclass(frozen=True)
+class Written:
+    key: str  # the config key that names it
+    path: Path  # a directory the daemon creates, renames or replaces files in
+
+
+def written_dirs(config: Config) -> list[Written]:
+    """Every directory the config makes the daemon write into."""
+    s = config.settings
+    found = [
+        Written("daemon.state_dir", config.state_dir),
+        Written("storage.dir", config.storage_dir),
+    ]
+    if s.daemon.metrics_file is not None:
+        found.append(Written("daemon.metrics_file", s.daemon.metrics_file.parent))
+    for name, path in config.server.dirs().items():
+        # a restore renames the live dir aside and the restored one in: its parent is written
+        found.append(Written(f"influxd.config ({name} dir)", path.parent))
+    if s.influxd.command and s.influxd.pidfile is not None:
+        found.append(Written("influxd.pidfile", s.influxd.pidfile.parent))
+    return found
+
+
+def unit_for(config_path: Path) -> str | None:
+    """The shipped unit that runs this config file, if one does."""
+    if config_path == DEFAULT_CONFIG_PATH:
+        return "influx-backupd.service"
+    name = instance_name(config_path)
+    return f"influx-backupd@{name}.service" if name else None
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    protect_system: str  # no | yes | full | strict
+    read_write: tuple[Path, ...]  # ReadWritePaths=: skipped by systemd while they do not exist
+    read_only: tuple[Path, ...]  # ReadOnlyPaths=, InaccessiblePaths=, ProtectHome=
+    created: tuple[Path, ...] = ()  # StateDirectory=, PrivateTmp=: systemd makes them
+
+    @classmethod
+    def from_properties(cls, props: dict[str, str]) -> Sandbox:
+        def paths(key: str) -> list[Path]:
+            # "-" (skip if missing) and "+" (outside RootDirectory=) prefixes do not matter here
+            return [Path(p.lstrip("-+")) for p in props.get(key, "").split() if p.lstrip("-+")]
+
+        created = [Path("/var/lib") / d for d in props.get("StateDirectory", "").split()]
+        if props.get("PrivateTmp") == "yes":
+            created += [Path("/tmp"), Path("/var/tmp")]
+        read_only = paths("ReadOnlyPaths") + paths("InaccessiblePaths")
+        if props.get("ProtectHome", "no") != "no":
+            read_only += [Path("/home"), Path("/root"), Path("/run/user")]
+        return cls(
+            props.get("ProtectSystem", "no"),
+            tuple(paths("ReadWritePaths")),
+            tuple(read_only),
+            tuple(created),
+        )
+
+    def writable(self, path: Path) -> bool:
+        """Whether the unit can create or write files in the directory path (absolute)."""
+        rules = [(p, True) for p in self.read_write if p.exists()]
+        rules += [(p, True) for p in self.created]
+        rules += [(p, False) for p in self.read_only]
+        if self.protect_system == "strict":
+            rules.append((Path("/"), False))
+        rules += [(Path(p), False) for p in _SYSTEM.get(self.protect_system, ())]
+        matching = [(len(p.parts), ok) for p, ok in rules if path == p or p in path.parents]
+        # the deepest rule wins; on a tie, read-only (systemd mounts those last)
+        return max(matching, key=lambda m: (m[0], not m[1]))[1] if matching else True
+
+
+def unit_sandbox(unit: str) -> Sandbox | None:
+    """The unit's sandbox from `systemctl show`; None without systemd or without the unit."""
+    try:
+        result = subprocess.run(
+            ["systemctl", "show", "--property", ",".join(_PROPERTIES), unit],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    props = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    if result.returncode != 0 or props.get("LoadState") != "loaded":
+        return None
+    return Sandbox.from_properties(props)
+
+
+def _existing(path: Path) -> Path:
+    """path, or the nearest ancestor that exists (where it would be created), resolved."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate.resolve()
+    return Path("/")
+
+
+def warnings(config: Config, sandbox: Sandbox | None = None, unit: str | None = None) -> list[str]:
+    """One line per configured dir the service could not write in."""
+    if unit is None:
+        unit = unit_for(config.path)
+    if sandbox is None and unit is not None:
+        sandbox = unit_sandbox(unit)
+    found: list[str] = []
+    seen: set[Path] = set()
+    for w in written_dirs(config):
+        if w.path in seen:
+            continue
+        seen.add(w.path)
+        target = _existing(w.path)
+        if not os.access(target, os.W_OK):
+            found.append(f"{w.key}: {w.path} is not writable (not {target}, where it would be)")
+        elif sandbox is not None and unit is not None and not sandbox.writable(w.path.resolve()):
+            found.append(
+                f"{w.key}: {w.path} would not be writable by {unit} "
+                f"(ProtectSystem={sandbox.protect_system}): add it to ReadWritePaths= "
+                f"with `systemctl edit {unit}`"
+            )
+    return found
