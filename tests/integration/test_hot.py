@@ -127,7 +127,7 @@ def test_the_remote_form_backs_up_the_backup_host_not_the_local_server(
         )
         record = cli.json("backup")
         assert record["status"] == "ok", record["error"]
-        assert record["extra"]["backup_host"] == remote.backup_host
+        assert record["backup_host"] == remote.backup_host
         assert record["extra"]["databases"] == ["remote"]
         manifest = json.loads(next(Path(record["archive"]).glob("*.manifest")).read_text())
         assert {f["database"] for f in manifest["files"]} == {"remote"}
@@ -162,7 +162,7 @@ def test_increments_take_since_from_the_servers_clock_not_ours(
         full = cli("backup", "--json")
         record = json.loads(full.stdout)
         assert record["status"] == "ok", record["error"]
-        anchor = record["extra"]["since_anchor"]
+        anchor = record["since_anchor"]
         assert abs(anchor - (record["started_at_unix"] - 3600)) < 5
         assert abs(record["extra"]["server_clock_offset_s"] + 3600) < 5
         assert '"hot.clock_skew"' in full.stderr, "an hour of skew is worth a warning"
@@ -187,7 +187,7 @@ def test_without_the_servers_clock_since_falls_back_to_ours_and_says_so(
     done = cli("backup", "--json")
     record = json.loads(done.stdout)
     assert record["status"] == "ok", record["error"]
-    assert record["extra"]["since_anchor"] == record["started_at_unix"]
+    assert record["since_anchor"] == record["started_at_unix"]
     assert '"hot.server_clock_unknown"' in done.stderr
 
 
@@ -290,7 +290,7 @@ def test_09_snapshots_make_one_chain_and_restore_with_influxd_stopped(
         for record in (full, first, second):
             assert record["status"] == "ok", record["error"]
             assert record["chain_id"] == full["id"]
-            assert record["extra"]["flavour"] == "0.9"
+            assert record["flavour"] == "0.9"
         base = full["archive"]
         assert base.endswith(".snapshot")
         assert [first["archive"], second["archive"]] == [base + ".0", base + ".1"]

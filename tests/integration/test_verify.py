@@ -89,7 +89,7 @@ def results(done: Any) -> list[dict[str, Any]]:
 
 def test_db_counts_are_taken_before_the_stop(backed: Backed) -> None:
     assert backed.record["db_counts"] == {"metrics": 20_000, "other": 500}
-    assert set(backed.record["extra"]["dirs"]) == {"meta", "data", "wal"}
+    assert set(backed.record["dirs"]) == {"meta", "data", "wal"}
 
 
 def test_a_good_backup_verifies_and_the_result_is_in_the_catalog(backed: Backed) -> None:

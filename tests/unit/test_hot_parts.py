@@ -63,7 +63,8 @@ def _rec(
         chain_id=chain or (rid if kind == "full" else None),
         parent_id=parent,
         archive=archive,
-        extra={"flavour": "portable", "backup_host": "h:8088"},
+        flavour="portable",
+        backup_host="h:8088",
     )
 
 
@@ -120,7 +121,7 @@ def test_a_chain_whose_increments_outgrew_its_full_starts_again() -> None:
     assert _plan([full, inc, inc2]).kind == "incremental"  # type: ignore[attr-defined]
     # 0.9's tool restores its own increments (no SELECT INTO): the rule is for 1.x only
     for r in (full, inc, inc2):
-        r.extra["flavour"] = "0.9"
+        r.flavour = "0.9"
     assert _plan([full, inc, inc2], flavour="0.9").kind == "incremental"  # type: ignore[attr-defined]
 
 
@@ -129,10 +130,10 @@ def test_since_follows_the_servers_clock_when_the_last_link_recorded_it() -> Non
     # The server's clock was 90 s behind ours when the increment's snapshot began: influxd
     # compares -since with its own file times, so -since is its time, not ours.
     inc = _rec("b", DAY, "incremental", chain="a", parent="a")
-    inc.extra["since_anchor"] = DAY - 90
+    inc.since_anchor = DAY - 90
     assert _plan([full, inc]).since == "1970-01-01T23:58:30Z"  # type: ignore[attr-defined]
     # and a fraction of a second rounds down: earlier only ever includes more
-    inc.extra["since_anchor"] = DAY + 0.75
+    inc.since_anchor = DAY + 0.75
     assert _plan([full, inc]).since == "1970-01-02T00:00:00Z"  # type: ignore[attr-defined]
 
 

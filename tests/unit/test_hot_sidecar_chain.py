@@ -10,6 +10,7 @@ import pytest
 
 from influx_backupd.core.errors import RestoreRefused
 from influx_backupd.store.chain import read_sidecar, sidecar_chain
+from influx_backupd.store.record import RunRecord
 
 
 def _link(storage: Path, run_id: str, parent: str | None, **extra: Any) -> Path:
@@ -75,3 +76,27 @@ def test_a_record_of_an_unknown_format_is_refused_not_guessed(tmp_path: Path) ->
     with pytest.raises(RestoreRefused, match="not a usable backup record"):
         read_sidecar(directory)
     assert read_sidecar(tmp_path / "nothing") is None
+
+
+def test_records_from_before_the_typed_fields_read_them_from_extra() -> None:
+    old = {
+        "id": "20261101T000000Z-aaaa",
+        "job": "hot",
+        "mode": "hot",
+        "status": "ok",
+        "extra": {
+            "flavour": "portable",
+            "backup_host": "127.0.0.1:8088",
+            "since_anchor": 12.5,
+            "influxd_version": "v1.6.7",
+        },
+    }
+    record = RunRecord.from_dict(old)
+    assert (record.flavour, record.backup_host, record.since_anchor) == (
+        "portable",
+        "127.0.0.1:8088",
+        12.5,
+    )
+    assert record.extra == {"influxd_version": "v1.6.7"}
+    # and what is written now reads back the same
+    assert RunRecord.from_dict(record.to_dict()) == record

@@ -95,7 +95,7 @@ def before_stop(
     Records which dirs go into the archive (verify's structure check) and the point counts.
     """
     try:
-        record.extra["dirs"] = sorted(dirs)
+        record.dirs = sorted(dirs)
         started = time.monotonic()
         creds = config.credentials
         counts, skipped = point_counts(

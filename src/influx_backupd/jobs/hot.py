@@ -115,9 +115,9 @@ def plan_link(
     last = hot[-1]
     if not last.ok:
         return LinkPlan("full", None, None, None, f"the last hot run {last.id} is {last.status}")
-    if last.extra.get("flavour") != flavour:
+    if last.flavour != flavour:
         return LinkPlan("full", None, None, None, "the influxd version changed")
-    if last.extra.get("backup_host") != host:
+    if last.backup_host != host:
         return LinkPlan("full", None, None, None, f"backup_host changed to {host}")
     if not last.chain_id:
         return LinkPlan("full", None, None, None, f"run {last.id} belongs to no chain")
@@ -153,7 +153,7 @@ def plan_link(
 def since_anchor(link: RunRecord) -> float:
     """When the link's snapshot began, on the server's clock (influxd compares -since with its
     own file times); our start time for records from before the server's clock was read."""
-    anchor = link.extra.get("since_anchor")
+    anchor = link.since_anchor
     return float(anchor) if isinstance(anchor, int | float) else link.started_at
 
 
@@ -381,13 +381,14 @@ def _hot(
     began = time.monotonic()
     version = tool_version(section.binary)
     flavour = version.flavour
-    record.extra.update(influxd_version=version.text, backup_host=host)
+    record.extra["influxd_version"] = version.text
+    record.backup_host = host
     if flavour is None:
         raise HotFailed(
             f"hot.unsupported: influxd {version.text} has neither 0.9 snapshots nor "
             "`backup -portable` (InfluxDB 1.5+); use mode cold"
         )
-    record.extra["flavour"] = flavour
+    record.flavour = flavour
     timeout = section.backup_timeout
     reason = unreachable_reason(host, min(PROBE_TIMEOUT, timeout))
     if reason is not None:
@@ -442,7 +443,7 @@ def _anchor_since(
     """
     clock = server_clock(url, credentials=credentials)
     if clock is None:
-        record.extra["since_anchor"] = record.started_at
+        record.since_anchor = record.started_at
         logger.warning(
             "hot.server_clock_unknown",
             phase="preflight",
@@ -451,7 +452,7 @@ def _anchor_since(
         )
         return
     server, ours = clock
-    record.extra["since_anchor"] = server  # Date's whole second: at or before the server's now
+    record.since_anchor = server  # Date's whole second: at or before the server's now
     offset = server - ours
     record.extra["server_clock_offset_s"] = round(offset, 1)
     if abs(offset) > CLOCK_SKEW_WARN_S:
@@ -537,8 +538,8 @@ def _run_09(
     if plan.parent is None:
         base = storage / f"{record.job}-{record.id}.snapshot"
     else:
-        base = Path(str(plan.parent.extra.get("snapshot_base") or plan.parent.archive))
-    record.extra["snapshot_base"] = str(base)
+        base = Path(str(plan.parent.snapshot_base or plan.parent.archive))
+    record.snapshot_base = str(base)
     before = _snapshot_files(base)
     argv = [str(binary), "backup", "-host", host, str(base)]
     logger.info("hot.running", phase="backup", argv=argv)

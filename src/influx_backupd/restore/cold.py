@@ -19,6 +19,7 @@ from influx_backupd.influxd.server import Influxd
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
 from influx_backupd.store.archive import ArchiveError, extract_safely, scan_archive
 from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.chain import lookup
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.sidecar import SidecarError, record_beside
 
@@ -26,17 +27,15 @@ ALLOWED_TOPS = {"meta", "data", "wal", "hh", "influxdb.conf"}
 
 
 def resolve_backup(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | None]:
-    record = catalog.get(backup)
-    if record is not None:
-        if record.status != "ok" or not record.archive:
+    path, record = lookup(catalog, backup)
+    if record is not None and record.id == backup:
+        if record.status != "ok" or path is None:
             raise RestoreRefused(f"backup {backup} is {record.status}, not a usable backup")
-        return Path(record.archive), record
-    path = Path(backup)
-    if not path.exists():
+        return path, record
+    if path is None:
         raise RestoreRefused(f"{backup}: neither a catalog id nor an existing archive path")
-    known = catalog.find_by_archive(path)
-    if known is not None:
-        return path, known
+    if record is not None:
+        return path, record
     try:  # not in this catalog (a new host?): the record written beside the archive
         return path, record_beside(path.absolute())
     except SidecarError as exc:

@@ -62,7 +62,13 @@ from influx_backupd.restore.cold import owner_ids, restore_cold
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.chain import Link, chain_for, check_links, sidecar_chain, sniff
+from influx_backupd.store.chain import (
+    Link,
+    check_links,
+    links_up_to,
+    lookup,
+    sniff,
+)
 from influx_backupd.store.record import Flavour, RunRecord
 from influx_backupd.store.scanners import Scan
 from influx_backupd.store.sidecar import sidecar_of
@@ -88,51 +94,31 @@ class HotRestoreResult(RestoreResult):
 
 def restore_backup(config: Config, catalog: Catalog, backup: str) -> RestoreResult:
     """Restore BACKUP (a catalog id or a path): cold archives by restore_cold, hot ones here."""
-    record = catalog.get(backup)
-    if record is None:
-        path = Path(backup)
-        if not path.exists():
-            raise RestoreRefused(f"{backup}: neither a catalog id nor an existing archive path")
-        record = catalog.find_by_archive(path)
-        if record is None:
-            flavour = sniff(path)
-            if flavour is None:
-                return restore_cold(config, catalog, backup)
-            if flavour == "portable" and sidecar_of(path.absolute()).exists():
-                # Not in this catalog (e.g. a new host, only the storage dir kept): the chain
-                # from the sidecar records the hot job wrote beside each link.
-                chain = sidecar_chain(path.absolute())
-                return _restore_hot(config, flavour, chain, chain[-1].record)
-            if flavour == "portable":
-                log.get(action="restore", mode="hot", flavour=flavour).warning(
-                    "restore.no_sidecar",
-                    path=str(path),
-                    detail=(
-                        f"{path} has no record beside it ({sidecar_of(path).name}) and is not in "
-                        "the catalog: restored as a full; if it is an increment (-since), the "
-                        "data of the links before it will be missing"
-                    ),
-                )
-            # Not in the catalog: this one link alone, nothing to compare its sha256 with.
-            incremental = flavour == "0.9" and path.suffix[1:].isdigit()
-            return _restore_hot(config, flavour, [Link(path, None, incremental)], None)
-    if record.mode != "hot":
+    path, record = lookup(catalog, backup)
+    if path is None and record is None:
+        raise RestoreRefused(f"{backup}: neither a catalog id nor an existing archive path")
+    if record is not None and record.mode != "hot":
         return restore_cold(config, catalog, backup)
-    if record.status != "ok" or not record.archive:
+    if record is not None and (record.status != "ok" or path is None):
         raise RestoreRefused(f"backup {record.id} is {record.status}, not a usable backup")
-    flavour = record.extra.get("flavour") or sniff(Path(record.archive))
+    assert path is not None
+    flavour = (record.flavour if record else None) or sniff(path)
+    if flavour is None and record is None:
+        return restore_cold(config, catalog, backup)
     if flavour not in ("0.9", "portable"):
-        raise RestoreRefused(f"backup {record.id}: cannot tell whether it is a 0.9 or 1.x backup")
-    links = chain_for(catalog, record)
-    return _restore_hot(
-        config,
-        flavour,
-        [Link(Path(str(r.archive)), r, r.kind == "incremental") for r in links],
-        record,
-    )
-
-
-# -- checking ---------------------------------------------------------------------------------------
+        raise RestoreRefused(f"backup {backup}: cannot tell whether it is a 0.9 or 1.x backup")
+    links, source = links_up_to(catalog, flavour, path, record)
+    if source == "alone" and flavour == "portable":
+        log.get(action="restore", mode="hot", flavour=flavour).warning(
+            "restore.no_sidecar",
+            path=str(path),
+            detail=(
+                f"{path} has no record beside it ({sidecar_of(path).name}) and is not in "
+                "the catalog: restored as a full; if it is an increment (-since), the "
+                "data of the links before it will be missing"
+            ),
+        )
+    return _restore_hot(config, flavour, links, links[-1].record if source != "alone" else None)
 
 
 # -- the swap -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from influx_backupd.core.errors import CheckFailed, RestoreRefused
 from influx_backupd.store.catalog import Catalog
@@ -166,3 +167,49 @@ def check_links(flavour: Flavour, links: list[Link], *, deep: bool = True) -> li
             )
         scans.append(scan)
     return scans
+
+
+# -- what a BACKUP argument names -------------------------------------------------------------------
+
+
+def is_increment_09(path: Path) -> bool:
+    """0.9's tool names its increments PATH.0, PATH.1, …: without a record, the numeric suffix
+    is the only sign that a snapshot file is one."""
+    return path.suffix[1:].isdigit()
+
+
+def lookup(catalog: Catalog, backup: str) -> tuple[Path | None, RunRecord | None]:
+    """BACKUP as a catalog id, else as an existing path with the catalog's record of it, if any.
+
+    (None, record): an id whose run left no archive; (None, None): BACKUP names nothing. What a
+    caller does with a record that is not ok is its own rule (verify checks it, restore refuses).
+    """
+    record = catalog.get(backup)
+    if record is not None:
+        return (Path(record.archive) if record.archive else None), record
+    path = Path(backup)
+    if not path.exists():
+        return None, None
+    return path, catalog.find_by_archive(path)
+
+
+ChainSource = Literal["catalog", "sidecar", "alone"]
+
+
+def links_up_to(
+    catalog: Catalog, flavour: Flavour, path: Path, record: RunRecord | None
+) -> tuple[list[Link], ChainSource]:
+    """The links a hot backup needs restored before it, full first, and where they were found:
+    the catalog, the records beside 1.x dirs (a new host), or nowhere (this backup alone)."""
+    if record is not None and record.kind == "full":
+        return [Link(path, record, False)], "catalog"  # a full is a chain of its own
+    if record is not None:
+        links = [
+            Link(Path(str(r.archive)), r, r.kind == "incremental")
+            for r in chain_for(catalog, record)
+        ]
+        links[-1] = Link(path, record, record.kind == "incremental")
+        return links, "catalog"
+    if flavour == "portable" and sidecar_of(path.absolute()).exists():
+        return sidecar_chain(path.absolute()), "sidecar"
+    return [Link(path, None, flavour == "0.9" and is_increment_09(path))], "alone"

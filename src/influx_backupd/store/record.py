@@ -22,6 +22,9 @@ STATUSES: tuple[Status, ...] = ("running", "ok", "failed", "interrupted")
 Flavour = Literal["0.9", "portable"]
 
 
+TYPED_FROM_EXTRA = ("flavour", "backup_host", "since_anchor", "snapshot_base", "dirs")
+
+
 def new_run_id(now: float | None = None) -> str:
     """Sortable by time, unique enough for one host: 20261126T122754Z-3f9a."""
     stamp = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
@@ -59,7 +62,14 @@ class RunRecord:
     verify_status: Literal["ok", "failed"] | None = None
     verified_at: float | None = None
     verify_detail: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Data that later steps act on, typed. Records written before these fields existed kept
+    # them in `extra`: from_dict moves them here.
+    flavour: Flavour | None = None  # hot: picks the restore path and the chain rules
+    backup_host: str | None = None  # hot: a new host starts a new chain
+    since_anchor: float | None = None  # hot: the next increment's -since, on the server's clock
+    snapshot_base: str | None = None  # 0.9 hot: the PATH its increments PATH.N sit beside
+    dirs: list[str] | None = None  # cold: the server dirs archived (restore tests expect them)
+    extra: dict[str, Any] = field(default_factory=dict)  # figures for people: phases, versions
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,7 +77,13 @@ class RunRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        extra = dict(values.get("extra") or {})
+        for name in TYPED_FROM_EXTRA:
+            if values.get(name) is None and name in extra:
+                values[name] = extra.pop(name)
+        values["extra"] = extra
+        return cls(**values)
 
     @property
     def ok(self) -> bool:

@@ -48,17 +48,18 @@ from influx_backupd.store.archive import ArchiveError, extract_safely, sha256_fi
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import (
     Link,
-    chain_for,
     check_links,
+    is_increment_09,
+    links_up_to,
+    lookup,
     read_sidecar,
-    sidecar_chain,
     sniff,
 )
 from influx_backupd.store.formats import ArchiveReport, Finding, check_archive, classify_member
 from influx_backupd.store.formats.tsm import check_tsm
 from influx_backupd.store.record import Flavour, RunRecord
 from influx_backupd.store.scanners import scan_portable, scan_snapshot09
-from influx_backupd.store.sidecar import SidecarError, record_beside, sidecar_of
+from influx_backupd.store.sidecar import SidecarError, record_beside
 
 COLD_REQUIRED = ("meta", "data", "influxdb.conf")
 SERVER_DIRS = ("meta", "data", "wal", "hh")
@@ -112,15 +113,12 @@ class VerifyResult:
 
 
 def resolve(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | None]:
-    record = catalog.get(backup)
-    if record is not None:
-        if not record.archive:
-            raise BackupNotFound(f"run {backup} is {record.status} and has no archive to verify")
-        return Path(record.archive), record
-    path = Path(backup)
-    if not path.exists():
+    path, record = lookup(catalog, backup)
+    if path is None and record is not None:
+        raise BackupNotFound(f"run {backup} is {record.status} and has no archive to verify")
+    if path is None:
         raise BackupNotFound(f"{backup}: neither a catalog id nor an existing archive path")
-    return path, catalog.find_by_archive(path)
+    return path, record
 
 
 def verify(
@@ -220,7 +218,7 @@ def _verify_tar(
     if cold and report.members:
         expected = set(COLD_REQUIRED)
         if record is not None:
-            expected |= set(record.extra.get("dirs") or [])
+            expected |= set(record.dirs or [])
         missing = sorted(expected - report.top_dirs)
         if missing:
             result.fail("structure", f"{archive}: missing from the archive: {', '.join(missing)}")
@@ -346,7 +344,7 @@ def _verify_hot_scan(
 
     try:
         if snapshot09:
-            incremental = record.kind == "incremental" if record else archive.suffix[1:].isdigit()
+            incremental = record.kind == "incremental" if record else is_increment_09(archive)
             scan = scan_snapshot09(archive, incremental=incremental)
         else:
             scan = scan_portable(archive, deep=True)  # every shard gunzipped, CRC checked
@@ -468,28 +466,16 @@ def _restore_test_hot(
     """
 
     check = "restore_test"
-    if record is not None and record.kind == "full":
-        links, alone = [Link(archive, record, False)], ""  # a full is a chain of its own
-    elif record is not None:
-        try:
-            records = chain_for(catalog or Catalog(config.state_dir), record)
-        except RestoreRefused as exc:
-            result.fail(check, f"restore test: {exc}")
-            return
-        links = [Link(Path(str(r.archive)), r, r.kind == "incremental") for r in records]
-        links[-1] = Link(archive, record, True)
-        alone = ""
-    elif flavour == "portable" and sidecar_of(archive.absolute()).exists():
-        try:  # not in the catalog: the chain from the records beside the dirs, as restore does
-            links = sidecar_chain(archive.absolute())
-        except RestoreRefused as exc:
-            result.fail(check, f"restore test: {exc}")
-            return
-        alone = "; chain from the backup records beside the dirs, not the catalog"
-    else:
-        incremental = flavour == "0.9" and archive.suffix[1:].isdigit()
-        links = [Link(archive, None, incremental)]
-        alone = "; this backup alone: not in the catalog, so its chain is unknown"
+    try:
+        links, source = links_up_to(catalog or Catalog(config.state_dir), flavour, archive, record)
+    except RestoreRefused as exc:
+        result.fail(check, f"restore test: {exc}")
+        return
+    alone = {
+        "catalog": "",
+        "sidecar": "; chain from the backup records beside the dirs, not the catalog",
+        "alone": "; this backup alone: not in the catalog, so its chain is unknown",
+    }[source]
     try:
         check_links(flavour, links[:-1], deep=False)
     except RestoreRefused as exc:
