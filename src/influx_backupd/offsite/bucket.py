@@ -1,0 +1,505 @@
+"""The bucket: one S3 client, every request retried with backoff, every failure one line.
+
+Requests go through botocore's "standard" retry mode (exponential backoff with jitter for
+503 SlowDown, throttling, 5xx and connection errors, `retries` attempts). What still fails is
+turned into an OffsiteError naming the endpoint, the bucket and the error code, never the
+message the server sent (it may echo an access key id) and never a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from influx_backupd.offsite.errors import (
+    MissingExtra,
+    NoBucket,
+    NotFound,
+    OffsiteError,
+    Refused,
+    Unreachable,
+)
+from influx_backupd.offsite.files import Window
+from influx_backupd.offsite.settings import OffsiteSettings
+
+_REFUSED = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "InvalidClientTokenId",
+    "AuthorizationHeaderMalformed",
+    "403",
+    "Forbidden",
+}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+
+
+def _boto() -> tuple[Any, Any, Any]:
+    try:
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+    except ImportError:
+        raise MissingExtra("boto3") from None
+    return boto3, botocore.config, botocore.exceptions
+
+
+class RateLimit:
+    """A token bucket shared by every upload thread: max_rate bytes per second in all."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._lock = threading.Lock()
+        self._tokens = 0.0
+        self._at = time.monotonic()
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            # at most a quarter second of burst
+            self._tokens = min(self.rate / 4, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            self._tokens -= n
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            time.sleep(wait)
+
+
+class _Body:
+    """Bytes to send, read through the rate limit; seekable so a retry can rewind it."""
+
+    def __init__(self, data: bytes | memoryview, limit: RateLimit | None) -> None:
+        self._data, self._pos, self._limit = memoryview(data), 0, limit
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._data) if n < 0 else min(len(self._data), self._pos + n)
+        chunk = bytes(self._data[self._pos : end])
+        self._pos = end
+        if self._limit is not None and chunk:
+            self._limit.take(len(chunk))
+        return chunk
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._pos = {0: pos, 1: self._pos + pos, 2: len(self._data) + pos}[whence]
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def _no_continue_when_empty(params: dict[str, Any], **_: Any) -> None:
+    if params.get("headers", {}).get("Content-Length") in ("0", 0):
+        params["headers"].pop("Expect", None)
+
+
+@dataclass(frozen=True)
+class Listed:
+    key: str
+    size: int
+    modified: float  # epoch seconds
+
+
+def _md5(data: bytes | memoryview) -> tuple[str, str]:
+    digest = hashlib.md5(data, usedforsecurity=False)
+    return digest.hexdigest(), base64.b64encode(digest.digest()).decode()
+
+
+def _credentials(settings: OffsiteSettings) -> dict[str, str]:
+    path = settings.credentials_file
+    if path is None:
+        return {}
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path) as fh:
+            parser.read_file(fh)
+    except OSError as exc:
+        raise OffsiteError(f"credentials_file {path}: {exc.strerror}") from None
+    except configparser.Error:
+        raise OffsiteError(f"credentials_file {path}: not an AWS credentials file") from None
+    section = settings.profile
+    if not parser.has_section(section):
+        raise OffsiteError(f"credentials_file {path}: no [{section}] section")
+    found = {
+        k: parser.get(section, k)
+        for k in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+        if parser.has_option(section, k)
+    }
+    if "aws_access_key_id" not in found or "aws_secret_access_key" not in found:
+        raise OffsiteError(
+            f"credentials_file {path}: [{section}] needs aws_access_key_id and aws_secret_access_key"
+        )
+    return found
+
+
+class Bucket:
+    def __init__(self, settings: OffsiteSettings, *, on_sent: Callable[[int], None] | None = None):
+        boto3, config, self._exc = _boto()
+        self.settings = settings
+        self.name = settings.bucket
+        self.where = f"s3://{settings.bucket}/{settings.prefix}" + (
+            f" at {settings.endpoint_url}" if settings.endpoint_url else ""
+        )
+        creds = _credentials(settings)
+        self._secrets = [v for k, v in creds.items() if k != "aws_access_key_id"]
+        session = boto3.session.Session(
+            region_name=settings.region or ("us-east-1" if settings.endpoint_url else None),
+            **creds,
+        )
+        self.client = session.client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            config=config.Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+                retries={"mode": "standard", "max_attempts": settings.retries},
+                connect_timeout=settings.connect_timeout,
+                read_timeout=max(60.0, settings.connect_timeout),
+                max_pool_connections=settings.concurrency + 4,
+                # S3-compatible stores differ on flexible checksums; we send Content-MD5
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+        # rclone answers an empty body's Expect: 100-continue with its final response, then
+        # once more: the next request on that connection waits for its read timeout
+        self.client.meta.events.register_last("before-call.s3", _no_continue_when_empty)
+        self.limit = RateLimit(settings.max_rate) if settings.max_rate else None
+        self.on_sent = on_sent
+
+    # -- names -----------------------------------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        return "/".join((self.settings.prefix, *parts))
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def error(self, exc: BaseException, what: str) -> OffsiteError:
+        """One line for a failed request; the server's own message is left out on purpose."""
+        e = self._exc
+        if isinstance(exc, OffsiteError):
+            return exc
+        if isinstance(exc, e.NoCredentialsError | e.PartialCredentialsError):
+            return Refused(
+                f"{self.where}: no credentials (set credentials_file, or AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or an instance profile)"
+            )
+        if isinstance(exc, e.EndpointConnectionError | e.ConnectTimeoutError):
+            return Unreachable(
+                f"{self.where}: cannot connect (tried {self.settings.retries} times): {what}"
+            )
+        if isinstance(exc, e.ReadTimeoutError | e.ConnectionClosedError | e.HTTPClientError):
+            return Unreachable(
+                f"{self.where}: connection lost (tried {self.settings.retries} times): {what}"
+            )
+        if isinstance(exc, e.ClientError):
+            err = exc.response.get("Error", {})
+            code = str(
+                err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            )
+            if code in ("NoSuchBucket",):
+                return NoBucket(f"{self.where}: bucket {self.name!r} does not exist")
+            if code in _REFUSED:
+                return Refused(
+                    f"{self.where}: refused ({code}): check the credentials and the bucket policy"
+                )
+            if code in _NOT_FOUND:
+                return NotFound(f"{self.where}: {what}: not found")
+            if code in (
+                "SlowDown",
+                "503",
+                "ServiceUnavailable",
+                "Throttling",
+                "RequestLimitExceeded",
+            ):
+                return Unreachable(
+                    f"{self.where}: still throttled ({code}) after {self.settings.retries} tries: {what}"
+                )
+            return OffsiteError(f"{self.where}: {what}: failed ({code})")
+        if isinstance(exc, e.BotoCoreError):
+            return OffsiteError(f"{self.where}: {what}: {type(exc).__name__}")
+        return OffsiteError(self._redact(f"{self.where}: {what}: {exc}"))
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def call(self, what: str, op: Callable[..., Any], **kwargs: Any) -> Any:
+        try:
+            return op(**kwargs)
+        except Exception as exc:
+            raise self.error(exc, what) from None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """The bucket is there and these credentials may list it."""
+        self.call(
+            f"list {self.key('')}",
+            self.client.list_objects_v2,
+            Bucket=self.name,
+            Prefix=self.key(""),
+            MaxKeys=1,
+        )
+
+    def ls(self, *under: str) -> Iterator[Listed]:
+        prefix = self.key(*under) + "/"
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self.call(f"list {prefix}", self.client.list_objects_v2, **kwargs)
+            for item in page.get("Contents", []):
+                modified: datetime = item["LastModified"]
+                yield Listed(item["Key"], int(item["Size"]), modified.timestamp())
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.name, Key=key)
+        except Exception as exc:
+            err = self.error(exc, f"head {key}")
+            if isinstance(err, NotFound):
+                return False
+            raise err from None
+        return True
+
+    def get_bytes(self, key: str) -> bytes:
+        body = self.call(f"get {key}", self.client.get_object, Bucket=self.name, Key=key)["Body"]
+        try:
+            return bytes(body.read())
+        except Exception as exc:
+            raise self.error(exc, f"get {key}") from None
+
+    def get_stream(self, key: str) -> Any:
+        return self.call(f"get {key}", self.client.get_object, Bucket=self.name, Key=key)["Body"]
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _extra(self) -> dict[str, Any]:
+        s = self.settings
+        extra: dict[str, Any] = {}
+        if s.storage_class:
+            extra["StorageClass"] = s.storage_class
+        if s.sse:
+            extra["ServerSideEncryption"] = s.sse
+        if s.sse_kms_key_id:
+            extra["SSEKMSKeyId"] = s.sse_kms_key_id
+        return extra
+
+    def _body(self, data: bytes | memoryview) -> Any:
+        """bytes as they are, or through the rate limit when there is one."""
+        if self.limit is None or not data:
+            return bytes(data)
+        return _Body(data, self.limit)
+
+    def _sent(self, n: int) -> None:
+        if self.on_sent is not None:
+            self.on_sent(n)
+
+    def put_bytes(self, key: str, data: bytes | memoryview) -> int:
+        _, md5 = _md5(data)
+        self.call(
+            f"put {key}",
+            self.client.put_object,
+            Bucket=self.name,
+            Key=key,
+            Body=self._body(data),
+            ContentLength=len(data),
+            ContentMD5=md5,
+            **self._extra(),
+        )
+        self._sent(len(data))
+        return len(data)
+
+    def uploads(self, key: str | None = None) -> list[tuple[str, str, float]]:
+        """Multipart uploads in progress below the prefix (or for one key): (key, id, started)."""
+        found: list[tuple[str, str, float]] = []
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": key or self.key("")}
+        while True:
+            try:
+                page = self.client.list_multipart_uploads(**kwargs)
+            except Exception as exc:
+                err = self.error(exc, "list uploads")
+                if isinstance(err, NotFound):  # rclone's answer when there are none
+                    return found
+                raise err from None
+            for up in page.get("Uploads", []):
+                if key is None or up["Key"] == key:
+                    found.append((up["Key"], up["UploadId"], up["Initiated"].timestamp()))
+            if not page.get("IsTruncated"):
+                return found
+            kwargs["KeyMarker"] = page.get("NextKeyMarker", "")
+            kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+
+    def abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
+        except Exception as exc:
+            err = self.error(exc, f"abort upload of {key}")
+            if not isinstance(err, NotFound):
+                raise err from None
+
+    def _parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
+        parts: dict[int, tuple[str, int]] = {}
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Key": key, "UploadId": upload_id}
+        while True:
+            page = self.call(f"list parts of {key}", self.client.list_parts, **kwargs)
+            for p in page.get("Parts", []):
+                parts[int(p["PartNumber"])] = (str(p["ETag"]).strip('"'), int(p["Size"]))
+            if not page.get("IsTruncated"):
+                return parts
+            kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
+
+    def _upload_part(self, key: str, upload_id: str, n: int, data: bytes) -> str:
+        hexmd5, md5 = _md5(data)
+        self.call(
+            f"upload part {n} of {key}",
+            self.client.upload_part,
+            Bucket=self.name,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=n,
+            Body=self._body(data),
+            ContentLength=len(data),
+            ContentMD5=md5,
+        )
+        self._sent(len(data))
+        return hexmd5
+
+    def _complete(self, key: str, upload_id: str, etags: list[str]) -> None:
+        self.call(
+            f"complete upload of {key}",
+            self.client.complete_multipart_upload,
+            Bucket=self.name,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={
+                "Parts": [{"PartNumber": i, "ETag": f'"{t}"'} for i, t in enumerate(etags, 1)]
+            },
+        )
+
+    def _create(self, key: str) -> str:
+        started = self.call(
+            f"start upload of {key}",
+            self.client.create_multipart_upload,
+            Bucket=self.name,
+            Key=key,
+            **self._extra(),
+        )
+        return str(started["UploadId"])
+
+    def put_resumable(self, key: str, size: int, opener: Callable[[], Window]) -> int:
+        """Upload size bytes in parts; a multipart upload left by a killed run is continued:
+        each part already there whose MD5 (its ETag) and size match ours is kept, not sent.
+        Returns the bytes sent now."""
+        part = self.settings.part_size
+        found = self.uploads(key)
+        upload_id, have = "", {}
+        for _, uid, _started in sorted(found, key=lambda u: u[2], reverse=True):
+            if not upload_id:
+                upload_id, have = uid, self._parts(key, uid)
+            else:
+                self.abort(key, uid)  # older duplicates of the same object
+        if not upload_id:
+            upload_id = self._create(key)
+        sent = total = 0
+        etags: list[str] = []
+        with opener() as reader:
+            n = 0
+            while True:
+                n += 1
+                data = reader.read(part)
+                if not data and n > 1:
+                    break
+                total += len(data)
+                hexmd5, _ = _md5(data)
+                if have.get(n) == (hexmd5, len(data)):
+                    etags.append(hexmd5)  # sent by an earlier, interrupted run
+                else:
+                    etags.append(self._upload_part(key, upload_id, n, data))
+                    sent += len(data)
+                if len(data) < part:
+                    break
+        if total != size:
+            raise OffsiteError(f"{key}: {total} bytes read, {size} expected: the source changed")
+        self._complete(key, upload_id, etags)
+        return sent
+
+    def put_stream(self, key: str, fill: Callable[[Any], None]) -> int:
+        """Upload what fill() writes, part by part (encrypted objects: age ciphertext is
+        random, so an interrupted one starts again: its old upload is aborted first)."""
+        for k, uid, _ in self.uploads(key):
+            self.abort(k, uid)
+        bucket = self
+
+        class Parts:
+            def __init__(self) -> None:
+                self.buf = bytearray()
+                self.etags: list[str] = []
+                self.upload_id = ""
+                self.sent = 0
+
+            def write(self, data: bytes) -> int:
+                self.buf += data
+                while len(self.buf) >= bucket.settings.part_size:
+                    self.flush_part(bucket.settings.part_size)
+                return len(data)
+
+            def flush_part(self, n: int) -> None:
+                if not self.upload_id:
+                    self.upload_id = bucket._create(key)
+                chunk = bytes(self.buf[:n])
+                del self.buf[:n]
+                self.etags.append(
+                    bucket._upload_part(key, self.upload_id, len(self.etags) + 1, chunk)
+                )
+                self.sent += len(chunk)
+
+            def flush(self) -> None:
+                pass
+
+        out = Parts()
+        try:
+            fill(out)
+        except BaseException:
+            if out.upload_id:
+                bucket.abort(key, out.upload_id)
+            raise
+        if not out.upload_id:  # small: one PUT
+            return self.put_bytes(key, bytes(out.buf))
+        if out.buf:
+            out.flush_part(len(out.buf))
+        self._complete(key, out.upload_id, out.etags)
+        return out.sent
+
+    def delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = keys[i : i + 1000]
+            done = self.call(
+                f"delete {len(batch)} objects",
+                self.client.delete_objects,
+                Bucket=self.name,
+                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+            )
+            if done.get("Errors"):
+                first = done["Errors"][0]
+                raise OffsiteError(
+                    f"{self.where}: delete {first.get('Key')}: failed ({first.get('Code')})"
+                )

@@ -1,0 +1,127 @@
+"""Client-side encryption with age (pyrage), readable by the `age` command-line tool.
+
+Object names must not reveal the plaintext's sha256 when encrypting: they are
+HMAC-SHA256(name key, sha256) instead. The name key is 32 random bytes, kept 0600 on the host
+(the host only holds recipients, it cannot decrypt the bucket) and stored in the bucket encrypted
+to the recipients as keys/<key id>.age, so that a fresh host with the identity finds it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from influx_backupd.offsite.errors import MissingExtra, OffsiteError
+
+
+def _pyrage() -> Any:
+    try:
+        import pyrage
+    except ImportError:
+        raise MissingExtra("pyrage") from None
+    return pyrage
+
+
+def recipients(spec: list[str]) -> list[Any]:
+    pyrage = _pyrage()
+    out: list[Any] = []
+    for i, text in enumerate(spec):
+        try:
+            if text.startswith("age1"):
+                out.append(pyrage.x25519.Recipient.from_str(text))
+            else:
+                out.append(pyrage.ssh.Recipient.from_str(text))
+        except Exception:
+            raise OffsiteError(f"encrypt_to[{i}]: not a valid age recipient or SSH key") from None
+    return out
+
+
+def identities(path: Path) -> list[Any]:
+    """The identities of an age identity file (AGE-SECRET-KEY-1… lines; # comments)."""
+    pyrage = _pyrage()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise OffsiteError(f"identity_file {path}: {exc.strerror}") from None
+    found: list[Any] = []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            found.append(pyrage.x25519.Identity.from_str(line))
+        except Exception:
+            # never echo the line: it is a secret key
+            raise OffsiteError(f"identity_file {path}: line {n} is not an age identity") from None
+    if not found:
+        raise OffsiteError(f"identity_file {path}: holds no age identity")
+    return found
+
+
+def encrypt_bytes(data: bytes, to: list[Any]) -> bytes:
+    return bytes(_pyrage().encrypt(data, to))
+
+
+def decrypt_bytes(data: bytes, ids: list[Any], what: str) -> bytes:
+    pyrage = _pyrage()
+    try:
+        return bytes(pyrage.decrypt(data, ids))
+    except pyrage.DecryptError:
+        raise OffsiteError(f"{what}: cannot be decrypted with the identity_file's keys") from None
+
+
+def encrypt_stream(reader: Any, writer: Any, to: list[Any]) -> None:
+    """Stream age encryption: pyrage reads and writes in chunks, memory stays flat."""
+    _pyrage().encrypt_io(reader, writer, to)
+
+
+def decrypt_stream(reader: Any, writer: Any, ids: list[Any], what: str) -> None:
+    pyrage = _pyrage()
+    try:
+        pyrage.decrypt_io(reader, writer, ids)
+    except pyrage.DecryptError:
+        raise OffsiteError(f"{what}: cannot be decrypted with the identity_file's keys") from None
+
+
+def key_id(key: bytes) -> str:
+    return hashlib.sha256(b"influx-backupd name key\0" + key).hexdigest()[:16]
+
+
+class Namer:
+    """Object names: the plaintext sha256, or its HMAC under the name key when encrypting."""
+
+    def __init__(self, key: bytes | None) -> None:
+        self.key = key
+        self.key_id = key_id(key) if key is not None else None
+
+    def __call__(self, sha256: str) -> str:
+        if self.key is None:
+            return sha256
+        return hmac.new(self.key, sha256.encode(), hashlib.sha256).hexdigest()
+
+
+def local_key(path: Path, make: Callable[[], bytes] = lambda: secrets.token_bytes(32)) -> bytes:
+    """The host's name key: read it, or make one (0600, written then renamed)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    if len(data) == 32:
+        return data
+    if data:
+        raise OffsiteError(f"{path}: not a name key (32 bytes); move it away to make a new one")
+    key = make()
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(partial, path)
+    return key

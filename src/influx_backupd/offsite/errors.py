@@ -1,0 +1,36 @@
+"""Off-site errors: each is one line (what, where), never holding a secret."""
+
+from __future__ import annotations
+
+
+class OffsiteError(Exception):
+    """An off-site step failed; str() is the one line to show."""
+
+
+class Unreachable(OffsiteError):
+    """The endpoint does not answer (closed port, DNS, timeouts after retries)."""
+
+
+class Refused(OffsiteError):
+    """The store refused the credentials or the request (403, bad key, bad signature)."""
+
+
+class NoBucket(OffsiteError):
+    """The bucket does not exist."""
+
+
+class IntegrityError(OffsiteError):
+    """What came back from the bucket is not what the manifest says."""
+
+
+class NotFound(OffsiteError):
+    """A backup (manifest) or object is not in the bucket."""
+
+
+class MissingExtra(OffsiteError):
+    """boto3 or pyrage is not installed."""
+
+    def __init__(self, module: str) -> None:
+        super().__init__(
+            f"off-site copies need {module}: pip install 'influx-backupd[s3]' (boto3, pyrage)"
+        )

@@ -1,0 +1,231 @@
+"""The files of one backup as the bucket sees them: a cold tar's members or a hot dir's files.
+
+A tar is scanned in place (no extraction): its headers first (tarfile seeks past the data),
+then one sequential read that hashes the whole archive and each member. What lies between two
+members' data (padding, the next header blocks) is kept verbatim as that member's `lead`, and
+what follows the last member's data as the `trailer`: lead + data of every member, then the
+trailer, give back the archive byte for byte, whatever wrote it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from influx_backupd.offsite.errors import OffsiteError
+
+CHUNK = 1 << 20
+Layout = Literal["tar", "dir"]
+EntryType = Literal["file", "dir", "symlink"]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # tar member name, or the path relative to the backup dir
+    size: int
+    mode: int  # permission bits
+    mtime: float
+    sha256: str  # of the file's bytes; "" for dirs and symlinks
+    type: EntryType = "file"
+    link: str = ""  # symlink target
+    offset: int = 0  # tar: where the member's data starts in the archive
+    lead: bytes = b""  # tar: the bytes between the previous member's data and this one's
+
+
+@dataclass
+class Source:
+    """One local backup to send: where its bytes are and what they are."""
+
+    layout: Layout
+    path: Path  # the archive file, or the backup dir
+    entries: list[FileEntry]
+    sha256: str  # of the archive file, or hot.py's listing digest of the dir
+    size: int  # of the archive file, or the sum of the files' sizes
+    trailer: bytes = b""
+    rebuild: Literal["bytes", "tree"] = "bytes"  # can the archive be rebuilt byte for byte
+    notes: list[str] = field(default_factory=list)
+
+    def files(self) -> Iterator[FileEntry]:
+        return (e for e in self.entries if e.type == "file")
+
+    def open(self, entry: FileEntry) -> Window:
+        """A reader of exactly entry.size bytes of the entry's data."""
+        if self.layout == "tar":
+            return Window(self.path, entry.offset, entry.size)
+        return Window(self.path / entry.path, 0, entry.size)
+
+
+class Window:
+    """Reads [offset, offset + size) of a file with pread; seekable so boto3 can rewind on retry."""
+
+    def __init__(self, path: Path, offset: int, size: int) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._start, self._size, self._pos = offset, size, 0
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._size - self._pos
+        if n < 0 or n > left:
+            n = left
+        data = os.pread(self._fd, n, self._start + self._pos) if n else b""
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, min(self._size, base + pos))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Window:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _entry_type(info: tarfile.TarInfo) -> EntryType | None:
+    if info.isreg():
+        return "file"
+    if info.isdir():
+        return "dir"
+    if info.issym():
+        return "symlink"
+    return None
+
+
+def scan_tar(path: Path, expected_sha256: str | None = None) -> Source:
+    """Hash a tar archive and each member in one read; refuse one that is not its record."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            infos = tar.getmembers()
+    except (tarfile.TarError, OSError) as exc:
+        raise OffsiteError(f"{path}: not a readable tar archive ({exc})") from None
+    notes: list[str] = []
+    rebuild: Literal["bytes", "tree"] = "bytes"
+    whole = hashlib.sha256()
+    entries: list[FileEntry] = []
+    pos = 0
+    with open(path, "rb", buffering=0) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        for info in infos:
+            kind = _entry_type(info)
+            if kind is None or info.issparse():
+                # hard links, devices, sparse members: our writer makes none; rebuild the tree
+                rebuild = "tree"
+                notes.append(f"member {info.name!r} is neither a file, a dir nor a symlink")
+                continue
+            lead = _read(fh, pos, info.offset_data - pos, whole) if kind == "file" else b""
+            digest = ""
+            if kind == "file":
+                member = hashlib.sha256()
+                left, at = info.size, info.offset_data
+                while left > 0:
+                    chunk = os.pread(fh.fileno(), min(CHUNK, left), at)
+                    if not chunk:
+                        raise OffsiteError(f"{path}: member {info.name!r} is truncated")
+                    member.update(chunk)
+                    whole.update(chunk)
+                    left -= len(chunk)
+                    at += len(chunk)
+                digest = member.hexdigest()
+                pos = info.offset_data + info.size
+            entries.append(
+                FileEntry(
+                    path=info.name,
+                    size=info.size if kind == "file" else 0,
+                    mode=info.mode,
+                    mtime=float(info.mtime),
+                    sha256=digest,
+                    type=kind,
+                    link=info.linkname if kind == "symlink" else "",
+                    offset=info.offset_data if kind == "file" else 0,
+                    lead=lead,
+                )
+            )
+        trailer = _read(fh, pos, size - pos, whole)
+    sha256 = whole.hexdigest()
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise OffsiteError(
+            f"{path}: sha256 {sha256[:16]}… is not the {expected_sha256[:16]}… of its record: "
+            "the local archive is damaged, not sent"
+        )
+    if rebuild == "tree":
+        trailer = b""
+        entries = [replace_lead(e) for e in entries]
+    return Source("tar", path, entries, sha256, size, trailer, rebuild, notes)
+
+
+def replace_lead(entry: FileEntry) -> FileEntry:
+    return FileEntry(
+        entry.path, entry.size, entry.mode, entry.mtime, entry.sha256, entry.type, entry.link
+    )
+
+
+def _read(fh: BinaryIO, at: int, n: int, digest: hashlib._Hash) -> bytes:
+    """n bytes at `at` (headers, padding): small, so kept in memory."""
+    if n < 0:
+        raise OffsiteError(f"{fh.name!r}: tar members overlap at byte {at}")
+    data = os.pread(fh.fileno(), n, at) if n else b""
+    if len(data) != n:
+        raise OffsiteError(f"{fh.name!r}: truncated at byte {at}")
+    digest.update(data)
+    return data
+
+
+def listing_sha256(entries: list[FileEntry]) -> str:
+    """The digest hot.py records for a 1.x backup dir: "NAME\\0SIZE\\0SHA256\\n" sorted by name."""
+    listing = hashlib.sha256()
+    for e in sorted((e for e in entries if e.type == "file"), key=lambda e: e.path):
+        listing.update(f"{e.path}\0{e.size}\0{e.sha256}\n".encode())
+    return listing.hexdigest()
+
+
+def scan_dir(path: Path, expected_sha256: str | None = None) -> Source:
+    """Hash every regular file below a backup dir (a 1.x hot backup is one flat dir)."""
+    if not path.is_dir():
+        raise OffsiteError(f"{path}: not a directory")
+    entries: list[FileEntry] = []
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = Path(dirpath, name)
+            rel = full.relative_to(path).as_posix()
+            st = os.lstat(full)
+            if not stat.S_ISREG(st.st_mode):
+                raise OffsiteError(f"{full}: not a regular file")
+            digest = hashlib.sha256()
+            with open(full, "rb", buffering=0) as fh:
+                while chunk := fh.read(CHUNK):
+                    digest.update(chunk)
+            entries.append(
+                FileEntry(
+                    rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime, digest.hexdigest()
+                )
+            )
+            total += st.st_size
+    sha256 = listing_sha256(entries)
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise OffsiteError(
+            f"{path}: files digest {sha256[:16]}… is not the {expected_sha256[:16]}… of its "
+            "record: the local backup is damaged, not sent"
+        )
+    return Source("dir", path, entries, sha256, total, rebuild="tree")

@@ -1,0 +1,549 @@
+"""The off-site engine: send a backup, list, fetch back (hashing everything), verify, prune.
+
+Bucket layout (docs/offsite.md), everything below the host's prefix:
+    objects/<2 hex>/<name>         one per distinct file content; name = sha256 of the bytes,
+                                   or HMAC-SHA256(name key, sha256) when encrypting
+    manifests/<job>/<id>.json.gz   one per backup (…json.gz.age when encrypting)
+    keys/<key id>.age              the name key, encrypted to encrypt_to (encrypting only)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from influx_backupd.offsite import crypto
+from influx_backupd.offsite.bucket import Bucket, Listed
+from influx_backupd.offsite.errors import IntegrityError, NotFound, OffsiteError
+from influx_backupd.offsite.files import CHUNK, FileEntry, Source, listing_sha256
+from influx_backupd.offsite.manifest import (
+    Manifest,
+    ManifestFile,
+    build,
+    manifest_name,
+    object_name,
+    parse_name,
+)
+from influx_backupd.offsite.settings import OffsiteSettings
+
+
+@dataclass(frozen=True)
+class Backup:
+    """One local backup to send, in plain terms."""
+
+    id: str
+    job: str
+    kind: str
+    parent: str | None
+    record: dict[str, Any]
+    source: Source
+
+
+@dataclass
+class SendResult:
+    id: str
+    complete: bool = False  # False: stopped early (should_stop) — the next send resumes
+    already: bool = False  # its manifest was in the bucket already
+    bytes_uploaded: int = 0  # bytes sent now (ciphertext when encrypting)
+    bytes_skipped: int = 0  # file bytes not sent: their object was in the bucket already
+    objects_uploaded: int = 0
+    objects_skipped: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ManifestRef:
+    job: str
+    id: str
+    key: str
+    modified: float
+
+
+@dataclass
+class Fetched:
+    path: Path  # the rebuilt archive, or the dir holding the files
+    rebuilt: str  # "bytes": byte for byte, sha256 equal to the record's; "tree": files only
+    bytes: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VerifyResult:
+    id: str
+    objects: int
+    checked: int  # objects downloaded and hashed
+    bytes_read: int
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PruneResult:
+    manifests_deleted: list[str] = field(default_factory=list)
+    objects_deleted: int = 0
+    bytes_freed: int = 0
+    objects_in_grace: int = 0  # unreferenced, but too young to delete
+    uploads_aborted: int = 0
+
+
+class _HashingWriter:
+    """Hashes what it is given and passes it on (a file, or nowhere)."""
+
+    def __init__(self, out: BinaryIO | None) -> None:
+        self.out, self.digest, self.bytes = out, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.bytes += len(data)
+        if self.out is not None:
+            self.out.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class Offsite:
+    def __init__(
+        self,
+        settings: OffsiteSettings,
+        *,
+        key_file: Path | None = None,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> None:
+        """key_file: where this host keeps its name key (needed to send when encrypting)."""
+        self.settings = settings
+        self.bucket = Bucket(settings, on_sent=on_sent)
+        self.key_file = key_file
+        self._namer: crypto.Namer | None = None
+        self._recipients: list[Any] | None = None
+        self._identities: list[Any] | None = None
+        self._present: dict[str, int] | None = None  # object name → size
+        self._lock = threading.Lock()
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def recipients(self) -> list[Any]:
+        if self._recipients is None:
+            self._recipients = crypto.recipients(self.settings.encrypt_to)
+        return self._recipients
+
+    def identities(self) -> list[Any]:
+        if self._identities is None:
+            if self.settings.identity_file is None:
+                raise OffsiteError(
+                    f"{self.bucket.where}: the backups are encrypted: set [offsite] identity_file "
+                    "to an age identity file of one of the encrypt_to recipients"
+                )
+            self._identities = crypto.identities(self.settings.identity_file)
+        return self._identities
+
+    def namer(self) -> crypto.Namer:
+        if self._namer is not None:
+            return self._namer
+        if not self.settings.encrypted:
+            self._namer = crypto.Namer(None)
+            return self._namer
+        if self.key_file is None:
+            raise OffsiteError("encrypting needs a file for the name key (key_file)")
+        key: bytes | None = None
+        if not self.key_file.exists() and self.settings.identity_file is not None:
+            key = self._key_from_bucket()  # a fresh host that holds the identity: same names
+        if key is not None:
+            key = crypto.local_key(self.key_file, make=lambda: key)  # type: ignore[arg-type,return-value]
+        else:
+            key = crypto.local_key(self.key_file)
+        namer = crypto.Namer(key)
+        stored = self.bucket.key("keys", f"{namer.key_id}.age")
+        if not self.bucket.exists(stored):
+            self.bucket.put_bytes(stored, crypto.encrypt_bytes(key, self.recipients()))
+        self._namer = namer
+        return namer
+
+    def _key_from_bucket(self) -> bytes | None:
+        newest = sorted(self.bucket.ls("keys"), key=lambda o: o.modified, reverse=True)
+        for item in newest:
+            data = crypto.decrypt_bytes(
+                self.bucket.get_bytes(item.key), self.identities(), item.key
+            )
+            if len(data) == 32:
+                return data
+        return None
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def manifests(self, job: str | None = None) -> list[ManifestRef]:
+        refs: list[ManifestRef] = []
+        base = len(self.settings.prefix) + 1
+        for item in self.bucket.ls("manifests"):
+            parsed = parse_name(item.key[base:])
+            if parsed is None or (job is not None and parsed[0] != job):
+                continue
+            refs.append(ManifestRef(parsed[0], parsed[1], item.key, item.modified))
+        return sorted(refs, key=lambda r: r.id)
+
+    def find(self, backup_id: str) -> ManifestRef:
+        for ref in self.manifests():
+            if ref.id == backup_id:
+                return ref
+        raise NotFound(f"{self.bucket.where}: no backup {backup_id} in the bucket")
+
+    def manifest(self, ref: ManifestRef | str) -> Manifest:
+        if isinstance(ref, str):
+            ref = self.find(ref)
+        data = self.bucket.get_bytes(ref.key)
+        if ref.key.endswith(".age"):
+            data = crypto.decrypt_bytes(data, self.identities(), ref.key)
+        return Manifest.decode(data, ref.key)
+
+    def present(self) -> dict[str, int]:
+        """Objects in the bucket (name → size), listed once and kept up to date by send()."""
+        if self._present is None:
+            self._present = {PurePosixPath(o.key).name: o.size for o in self.bucket.ls("objects")}
+        return self._present
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(
+        self, backup: Backup, *, should_stop: Callable[[], bool] = lambda: False
+    ) -> SendResult:
+        """Send the objects the bucket lacks, then the manifest. Safe to repeat after a kill."""
+        started = time.monotonic()
+        result = SendResult(backup.id)
+        encrypted = self.settings.encrypted
+        mkey = self.bucket.key(manifest_name(backup.job, backup.id, encrypted))
+        if self.bucket.exists(mkey):
+            result.complete = result.already = True
+            return result
+        namer = self.namer()
+        present = self.present()
+        todo: dict[str, FileEntry] = {}  # object name → one entry with that content
+        names: dict[str, str] = {}
+        for entry in backup.source.files():
+            name = names.setdefault(entry.sha256, namer(entry.sha256))
+            if name in todo:
+                result.bytes_skipped += entry.size  # the same content twice in one backup
+                continue
+            size = present.get(name)
+            if size is not None and (encrypted or size == entry.size):
+                result.bytes_skipped += entry.size
+                result.objects_skipped += 1
+                continue
+            todo[name] = entry
+        sent_lock = threading.Lock()
+
+        def one(name: str, entry: FileEntry) -> None:
+            n = self._send_object(backup.source, name, entry)
+            with sent_lock:
+                result.bytes_uploaded += n
+                result.objects_uploaded += 1
+            with self._lock:
+                present[name] = entry.size
+
+        stopped = self._run_all(((name, entry) for name, entry in todo.items()), one, should_stop)
+        if stopped:
+            result.seconds = time.monotonic() - started
+            return result
+        manifest = build(
+            id=backup.id,
+            job=backup.job,
+            kind=backup.kind,
+            parent=backup.parent,
+            record=backup.record,
+            source=backup.source,
+            names=names,
+            key_id=namer.key_id,
+            sent_at=time.time(),
+        )
+        data = manifest.encode()
+        if encrypted:
+            data = crypto.encrypt_bytes(data, self.recipients())
+        result.bytes_uploaded += self.bucket.put_bytes(mkey, data)
+        result.complete = True
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _run_all(
+        self,
+        jobs: Iterable[tuple[str, FileEntry]],
+        one: Callable[[str, FileEntry], None],
+        should_stop: Callable[[], bool],
+    ) -> bool:
+        """Run one() over jobs, `concurrency` at a time; the first error cancels the rest.
+        Returns True when should_stop() ended it early."""
+        limit = self.settings.concurrency
+        with ThreadPoolExecutor(limit, thread_name_prefix="offsite") as pool:
+            running: set[Future[None]] = set()
+            try:
+                for name, entry in jobs:
+                    if should_stop():
+                        wait(running)
+                        for f in running:
+                            f.result()
+                        return True
+                    while len(running) >= limit:
+                        done, running = wait(running, return_when=FIRST_EXCEPTION)
+                        for f in done:
+                            f.result()
+                    running.add(pool.submit(one, name, entry))
+                done, _ = wait(running)
+                for f in done:
+                    f.result()
+            except BaseException:
+                for f in running:
+                    f.cancel()
+                raise
+        return False
+
+    def _send_object(self, source: Source, name: str, entry: FileEntry) -> int:
+        key = self.bucket.key(object_name(name))
+        part = self.settings.part_size
+        if not self.settings.encrypted:
+            if entry.size <= part:
+                with source.open(entry) as reader:
+                    return self.bucket.put_bytes(key, reader.read())
+            return self.bucket.put_resumable(key, entry.size, lambda: source.open(entry))
+        to = self.recipients()
+        if entry.size <= part:
+            with source.open(entry) as reader:
+                return self.bucket.put_bytes(key, crypto.encrypt_bytes(reader.read(), to))
+
+        def fill(writer: Any) -> None:
+            with source.open(entry) as reader:
+                crypto.encrypt_stream(reader, writer, to)
+
+        return self.bucket.put_stream(key, fill)
+
+    # -- reading back ----------------------------------------------------------------------
+
+    def _read_object(
+        self, manifest: Manifest, path: str, name: str, out: BinaryIO | None
+    ) -> tuple[str, int]:
+        """Download one object into out (or nowhere), hashing the plaintext: (sha256, size)."""
+        key = self.bucket.key(object_name(name))
+        body = self.bucket.get_stream(key)
+        writer = _HashingWriter(out)
+        try:
+            if manifest.encrypted:
+                crypto.decrypt_stream(body, writer, self.identities(), f"object {key} ({path})")
+            else:
+                while chunk := body.read(CHUNK):
+                    writer.write(chunk)
+        except OffsiteError as exc:
+            raise IntegrityError(str(exc)) from None
+        except Exception as exc:
+            raise self.bucket.error(exc, f"get {key}") from None
+        finally:
+            body.close()
+        return writer.digest.hexdigest(), writer.bytes
+
+    def _check(self, manifest: Manifest, f: ManifestFile, got: tuple[str, int]) -> None:
+        sha, size = got
+        if sha != f.sha256 or size != f.size:
+            key = self.bucket.key(object_name(f.object))
+            raise IntegrityError(
+                f"{self.bucket.where}: object {key} (for {f.path} of backup {manifest.id}) "
+                f"has sha256 {sha[:16]}… and {size} bytes; the manifest says {f.sha256[:16]}… "
+                f"and {f.size} bytes"
+            )
+
+    def fetch(self, ref: ManifestRef | str, dest_dir: Path, *, tree: bool = False) -> Fetched:
+        """Download a backup into dest_dir: a cold archive rebuilt byte for byte (its sha256
+        checked against the record's), else the files as a tree. Every object is hashed."""
+        manifest = self.manifest(ref)
+        target = dest_dir / manifest.name
+        if target.exists():
+            raise OffsiteError(f"{target}: exists already; not overwritten")
+        if manifest.layout == "tar" and manifest.rebuild == "bytes" and not tree:
+            return self._rebuild_tar(manifest, target)
+        return self._rebuild_tree(manifest, target)
+
+    def _rebuild_tar(self, manifest: Manifest, target: Path) -> Fetched:
+        partial = target.with_name(target.name + ".partial")
+        whole = _HashingWriter(None)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb", buffering=CHUNK) as out:
+
+                class Both:
+                    def write(self, data: bytes) -> int:
+                        whole.write(data)
+                        return out.write(data)
+
+                both: Any = Both()
+                for f in manifest.files:
+                    if f.type != "file":
+                        continue
+                    both.write(base64.b64decode(f.lead))
+                    self._check(manifest, f, self._read_object(manifest, f.path, f.object, both))
+                both.write(base64.b64decode(manifest.trailer))
+                out.flush()
+                os.fsync(out.fileno())
+            if whole.digest.hexdigest() != manifest.sha256:
+                raise IntegrityError(
+                    f"{self.bucket.where}: backup {manifest.id}: the rebuilt archive has sha256 "
+                    f"{whole.digest.hexdigest()[:16]}…, its record says {manifest.sha256[:16]}…"
+                )
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return Fetched(target, "bytes", whole.bytes)
+
+    def _rebuild_tree(self, manifest: Manifest, target: Path) -> Fetched:
+        partial = target.with_name(target.name + ".partial")
+        if partial.exists():
+            raise OffsiteError(f"{partial}: exists (a fetch was interrupted): remove it first")
+        total = 0
+        partial.mkdir(mode=0o700)
+        try:
+            dirs: list[tuple[Path, ManifestFile]] = []
+            for f in manifest.files:
+                rel = PurePosixPath(f.path)
+                if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+                    raise IntegrityError(
+                        f"backup {manifest.id}: unsafe path {f.path!r} in its manifest"
+                    )
+                path = partial.joinpath(*rel.parts)
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if f.type == "dir":
+                    path.mkdir(exist_ok=True, mode=0o700)
+                    dirs.append((path, f))
+                elif f.type == "symlink":
+                    link = PurePosixPath(f.link)
+                    if link.is_absolute() or ".." in link.parts:
+                        raise IntegrityError(
+                            f"backup {manifest.id}: symlink {f.path!r} leaves the tree"
+                        )
+                    os.symlink(f.link, path)
+                else:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                    with os.fdopen(fd, "wb", buffering=CHUNK) as out:
+                        self._check(manifest, f, self._read_object(manifest, f.path, f.object, out))
+                        out.flush()
+                        os.fsync(out.fileno())
+                    os.chmod(path, f.mode & 0o7777)
+                    os.utime(path, (f.mtime, f.mtime))
+                    total += f.size
+            for path, f in reversed(dirs):
+                os.chmod(path, f.mode & 0o7777)
+                os.utime(path, (f.mtime, f.mtime))
+            if manifest.layout == "dir" and listing_sha256(manifest.entries()) != manifest.sha256:
+                raise IntegrityError(
+                    f"backup {manifest.id}: its files do not give the record's digest"
+                )
+            os.replace(partial, target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        notes = (
+            []
+            if manifest.layout == "dir"
+            else [
+                f"{target}: the files of archive {manifest.name}, each checked against its sha256 "
+                "(the archive itself could not be rebuilt byte for byte)"
+            ]
+        )
+        return Fetched(target, "tree", total, notes)
+
+    def verify(
+        self, ref: ManifestRef | str, *, read_percent: float = 0.0, seed: int | None = None
+    ) -> VerifyResult:
+        """Every object the backup needs is there (and of its size, when not encrypted);
+        read_percent of them (at least one when > 0) are downloaded and hashed."""
+        manifest = self.manifest(ref)
+        present = {PurePosixPath(o.key).name: o.size for o in self.bucket.ls("objects")}
+        by_object: dict[str, ManifestFile] = {}
+        for f in manifest.files:
+            if f.object:
+                by_object.setdefault(f.object, f)
+        result = VerifyResult(manifest.id, len(by_object), 0, 0)
+        for name, f in sorted(by_object.items()):
+            size = present.get(name)
+            if size is None:
+                result.errors.append(
+                    f"object {self.bucket.key(object_name(name))} ({f.path}) is missing"
+                )
+            elif not manifest.encrypted and size != f.size:
+                result.errors.append(
+                    f"object {self.bucket.key(object_name(name))} ({f.path}) has {size} bytes, "
+                    f"the manifest says {f.size}"
+                )
+        if read_percent > 0 and by_object:
+            count = min(len(by_object), max(1, math.ceil(len(by_object) * read_percent / 100)))
+            sample = random.Random(seed).sample(sorted(by_object), count)
+            for name in sample:
+                f = by_object[name]
+                if name not in present:
+                    continue
+                try:
+                    got = self._read_object(manifest, f.path, name, None)
+                    self._check(manifest, f, got)
+                except IntegrityError as exc:
+                    result.errors.append(str(exc))
+                    continue
+                result.checked += 1
+                result.bytes_read += got[1]
+        return result
+
+    # -- retention -------------------------------------------------------------------------
+
+    def prune(
+        self, keep: set[str], *, now: float | None = None, dry_run: bool = False
+    ) -> PruneResult:
+        """Delete the manifests not in keep (and not a chain parent of a kept one), then every
+        object below the prefix that no remaining manifest names and that is older than grace;
+        abort multipart uploads older than grace."""
+        now = time.time() if now is None else now
+        result = PruneResult()
+        refs = {r.id: r for r in self.manifests()}
+        kept: dict[str, Manifest] = {}
+        todo = [i for i in keep if i in refs]
+        while todo:  # a kept increment keeps its parents, whatever the caller chose
+            bid = todo.pop()
+            if bid in kept:
+                continue
+            kept[bid] = self.manifest(refs[bid])
+            parent = kept[bid].parent
+            if parent and parent in refs and parent not in kept:
+                todo.append(parent)
+        doomed = [r for i, r in refs.items() if i not in kept]
+        result.manifests_deleted = [r.id for r in doomed]
+        if not dry_run and doomed:
+            self.bucket.delete([r.key for r in doomed])
+        # mark: what the manifests now in the bucket name (listed again: one may have come since)
+        referenced: set[str] = set()
+        for ref in self.manifests():
+            manifest = kept.get(ref.id) or self.manifest(ref)
+            referenced |= manifest.objects()
+        sweep: list[Listed] = []
+        for item in self.bucket.ls("objects"):
+            if PurePosixPath(item.key).name in referenced:
+                continue
+            if now - item.modified < self.settings.grace:
+                result.objects_in_grace += 1
+                continue
+            sweep.append(item)
+        result.objects_deleted = len(sweep)
+        result.bytes_freed = sum(i.size for i in sweep)
+        if not dry_run and sweep:
+            self.bucket.delete([i.key for i in sweep])
+            if self._present is not None:
+                for item in sweep:
+                    self._present.pop(PurePosixPath(item.key).name, None)
+        for key, upload_id, started in self.bucket.uploads():
+            if now - started >= self.settings.grace:
+                result.uploads_aborted += 1
+                if not dry_run:
+                    self.bucket.abort(key, upload_id)
+        return result
