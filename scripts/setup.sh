@@ -23,6 +23,8 @@ command -v dpkg-architecture >/dev/null 2>&1 || missing="$missing dpkg-dev"
 command -v systemd-nspawn >/dev/null 2>&1 || missing="$missing systemd-container"
 command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+# the off-site tests decrypt with the age command-line tool
+command -v age >/dev/null 2>&1 || missing="$missing age"
 if [ -n "$missing" ]; then
     echo "setup: apt-get install$missing" >&2
     $SUDO apt-get update -qq
