@@ -17,8 +17,11 @@ from influx_backupd.cli.main import build_parser
 EXIT_USAGE, EXIT_PIPE = 2, 141
 
 
-def _config(root: Path, jobs: tuple[str, ...] = ("nightly", "hourly")) -> Path:
-    """A config whose influxdb.conf names dirs that exist; no server runs."""
+def serverless_config(
+    root: Path, jobs: tuple[str, ...] = ("nightly", "hourly"), daemon: str = ""
+) -> Path:
+    """A config whose influxdb.conf names dirs that exist; no server runs. `daemon`: more
+    [daemon] lines."""
     for name in ("meta", "data", "wal"):
         (root / "server" / name).mkdir(parents=True)
     conf = root / "influxdb.conf"
@@ -29,6 +32,7 @@ def _config(root: Path, jobs: tuple[str, ...] = ("nightly", "hourly")) -> Path:
     lines = [
         "[daemon]",
         f'state_dir = "{root}/state"',
+        daemon,
         "[influxd]",
         f'config = "{conf}"',
         'service = "influxdb.service"',
@@ -36,7 +40,7 @@ def _config(root: Path, jobs: tuple[str, ...] = ("nightly", "hourly")) -> Path:
         f'dir = "{root}/archives"',
     ]
     for name in jobs:
-        lines += ["[[job]]", f'name = "{name}"', 'every = "1h"', "keep_last = 3"]
+        lines += ["[[job]]", f'name = "{name}"', 'schedule = "0 3 1 1 *"', "keep_last = 3"]
     path = root / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -53,7 +57,7 @@ def cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
-    config = _config(tmp_path)
+    config = serverless_config(tmp_path)
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before we write, as `| head` gone early
     try:
@@ -71,7 +75,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
 
 
 def test_json_and_verbosity_before_or_after_the_command(tmp_path: Path) -> None:
-    config = str(_config(tmp_path))
+    config = str(serverless_config(tmp_path))
     after = cli("check-config", "-c", config, "--json", "-q")
     before = cli("--json", "-q", "-c", config, "check-config")
     mixed = cli("-v", "--json", "check-config", "-c", config)
@@ -81,7 +85,7 @@ def test_json_and_verbosity_before_or_after_the_command(tmp_path: Path) -> None:
 
 
 def test_several_jobs_need_job_or_all(tmp_path: Path) -> None:
-    config = str(_config(tmp_path))
+    config = str(serverless_config(tmp_path))
     done = cli("-c", config, "backup")
     assert done.returncode == EXIT_USAGE
     assert done.stdout == ""

@@ -159,8 +159,8 @@ def test_a_hot_run_killed_is_recorded_interrupted_and_its_leftovers_go(
     assert sandbox.ping()
     # Its follow-up ran late, at recovery: counted, and the operator's on_failure told.
     prom = metrics.read_text()
-    assert 'influx_backupd_runs_total{job="nightly",result="interrupted"} 1' in prom
-    assert 'influx_backupd_runs_total{job="nightly",result="ok"} 1' in prom
+    assert 'influx_backupd_runs_total{backup_job="nightly",result="interrupted"} 1' in prom
+    assert 'influx_backupd_runs_total{backup_job="nightly",result="ok"} 1' in prom
     told = dict(line.split("=", 1) for line in hook_out.read_text().splitlines())
     assert told["INFLUX_BACKUPD_RUN_ID"] == killed.id
     assert told["INFLUX_BACKUPD_STATUS"] == "interrupted"

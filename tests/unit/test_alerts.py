@@ -8,6 +8,7 @@ name may fire). The test files are written as JSON, which is YAML.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from influx_backupd.report.metrics import JOB_LABEL, METRIC_LABELS, METRIC_NAMES
 
 ALERTS = Path(__file__).resolve().parents[2] / "packaging" / "prometheus-alerts.yml"
 TARGET = {"instance": "db1:9100", "job": "node"}
@@ -221,3 +224,20 @@ def test_influxd_left_down_after_two_minutes(promtool: str, tmp_path: Path) -> N
         }
     ]
     run_cases(promtool, tmp_path, cases)
+
+
+def test_alerts_use_only_metrics_and_labels_the_code_writes() -> None:
+    rules = yaml.safe_load(ALERTS.read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    used = {name for expr in exprs for name in re.findall(r"\binflux_backupd_\w+", expr)}
+    assert used and used <= METRIC_NAMES, sorted(used - METRIC_NAMES)
+    labels = {lbl for expr in exprs for lbl in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", expr)}
+    labels |= {
+        lbl.strip()
+        for expr in exprs
+        for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr)
+        for lbl in clause.split(",")
+    }
+    written = {lbl for name in used for lbl in METRIC_LABELS[name]} | {"instance", "job"}
+    assert labels <= written, sorted(labels - written)
+    assert JOB_LABEL in labels

@@ -55,7 +55,9 @@ def test_every_rendered_metric_is_on_the_dashboard(dashboard: dict[str, Any]) ->
 
 def test_legend_and_grouping_labels_exist(dashboard: dict[str, Any]) -> None:
     for panel, target in targets(dashboard):
+        # plus the target labels Prometheus adds to every scraped series
         available = {lbl for m in METRIC.findall(target["expr"]) for lbl in METRIC_LABELS[m]}
+        available |= {"instance", "job"}
         legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
         grouped = {
             lbl.strip()
@@ -67,10 +69,13 @@ def test_legend_and_grouping_labels_exist(dashboard: dict[str, Any]) -> None:
         assert not missing, f"panel {panel['title']!r} uses labels {sorted(missing)} no metric has"
 
 
-def test_every_query_honours_the_job_variable(dashboard: dict[str, Any]) -> None:
+def test_every_query_honours_the_instance_and_job_variables(dashboard: dict[str, Any]) -> None:
     for panel, target in targets(dashboard):
-        for selector in re.findall(r"influx_backupd_\w+(\{[^}]*\})?", target["expr"]):
-            assert f'{JOB_LABEL}=~"$job"' in selector, f"panel {panel['title']!r}: {selector!r}"
+        for match in re.finditer(r"(influx_backupd_\w+)(\{[^}]*\})?", target["expr"]):
+            name, selector = match.group(1), match.group(2) or ""
+            assert 'instance=~"$instance"' in selector, f"panel {panel['title']!r}: {selector!r}"
+            if JOB_LABEL in METRIC_LABELS[name]:
+                assert f'{JOB_LABEL}=~"$job"' in selector, f"panel {panel['title']!r}: {selector!r}"
 
 
 def test_datasource_is_the_variable(dashboard: dict[str, Any]) -> None:
@@ -90,8 +95,19 @@ def test_job_variable(dashboard: dict[str, Any]) -> None:
     job = variables["job"]
     assert job["type"] == "query"
     assert job["datasource"]["uid"] == DS_UID
-    assert job["query"] == f"label_values(influx_backupd_runs_total, {JOB_LABEL})"
+    assert job["query"] == (
+        f'label_values(influx_backupd_runs_total{{instance=~"$instance"}}, {JOB_LABEL})'
+    )
     assert set(METRIC.findall(job["query"])) <= METRIC_NAMES
+
+
+def test_instance_variable_comes_first(dashboard: dict[str, Any]) -> None:
+    names = [v["name"] for v in dashboard["templating"]["list"]]
+    assert names.index("instance") < names.index("job"), "the job list follows the instance"
+    instance = dashboard["templating"]["list"][names.index("instance")]
+    assert instance["type"] == "query" and instance["multi"] and instance["includeAll"]
+    assert instance["query"] == "label_values(influx_backupd_build_info, instance)"
+    assert JOB_LABEL == "backup_job", "not Prometheus's own target label"
 
 
 def test_panel_ids_unique_and_placed(dashboard: dict[str, Any]) -> None:

@@ -90,7 +90,7 @@ def test_counters_keep_runs_total_monotonic_when_records_are_pruned(tmp_path: Pa
     # only the newest ok record is left after retention
     left = [RunRecord("b", "nightly", "cold", status="ok", started_at=19.0, finished_at=20.0)]
     samples = _samples(render(left, counters=catalog.counters()))
-    job = ("job", "nightly")
+    job = ("backup_job", "nightly")
     assert samples[("influx_backupd_runs_total", (job, ("result", "ok")))] == 2
     assert samples[("influx_backupd_runs_total", (job, ("result", "failed")))] == 1
     assert samples[("influx_backupd_runs_total", (job, ("result", "interrupted")))] == 0

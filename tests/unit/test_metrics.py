@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from influx_backupd import __version__
 from influx_backupd.report.metrics import (
     FAMILIES,
     METRIC_LABELS,
     METRIC_NAMES,
+    DaemonFacts,
     format_value,
+    previous_daemon_facts,
     render,
     write_textfile,
 )
@@ -73,44 +76,58 @@ def catalog() -> list[RunRecord]:
 def test_render_values_and_labels() -> None:
     values, types = parse(render(catalog(), {"cold": 2, "other": 1}))
     expected = {
-        k("last_success_timestamp_seconds", job="cold"): 2100.0,
-        k("last_success_timestamp_seconds", job="hot"): 1600.0,
-        k("last_run_timestamp_seconds", job="cold", result="ok"): 2100.0,
-        k("last_run_timestamp_seconds", job="cold", result="failed"): 3100.0,
-        k("last_run_timestamp_seconds", job="cold", result="interrupted"): 4100.0,
-        k("last_run_timestamp_seconds", job="hot", result="ok"): 1600.0,
+        k("last_success_timestamp_seconds", backup_job="cold"): 2100.0,
+        k("last_success_timestamp_seconds", backup_job="hot"): 1600.0,
+        k("last_run_timestamp_seconds", backup_job="cold", result="ok"): 2100.0,
+        k("last_run_timestamp_seconds", backup_job="cold", result="failed"): 3100.0,
+        k("last_run_timestamp_seconds", backup_job="cold", result="interrupted"): 4100.0,
+        k("last_run_timestamp_seconds", backup_job="hot", result="ok"): 1600.0,
         # c4 (newest finished) has no downtime: c3's is the last one measured
-        k("downtime_seconds", job="cold"): 0.75,
+        k("downtime_seconds", backup_job="cold"): 0.75,
         # phases of c4, the last finished run; the running c5 is ignored
-        k("phase_seconds", job="cold", phase="stop"): 0.5,
-        k("phase_seconds", job="hot", phase="prestage"): 4.0,
-        k("phase_seconds", job="hot", phase="archive"): 1.0,
-        k("archive_bytes", job="cold"): 20.0,
-        k("archive_bytes", job="hot"): 7.0,
-        k("runs_total", job="cold", result="ok"): 2.0,
-        k("runs_total", job="cold", result="failed"): 1.0,
-        k("runs_total", job="cold", result="interrupted"): 1.0,
-        k("runs_total", job="hot", result="ok"): 1.0,
-        k("runs_total", job="hot", result="failed"): 0.0,
-        k("runs_total", job="hot", result="interrupted"): 0.0,
+        k("phase_seconds", backup_job="cold", phase="stop"): 0.5,
+        k("phase_seconds", backup_job="hot", phase="prestage"): 4.0,
+        k("phase_seconds", backup_job="hot", phase="archive"): 1.0,
+        k("archive_bytes", backup_job="cold"): 20.0,
+        k("archive_bytes", backup_job="hot"): 7.0,
+        k("runs_total", backup_job="cold", result="ok"): 2.0,
+        k("runs_total", backup_job="cold", result="failed"): 1.0,
+        k("runs_total", backup_job="cold", result="interrupted"): 1.0,
+        k("runs_total", backup_job="hot", result="ok"): 1.0,
+        k("runs_total", backup_job="hot", result="failed"): 0.0,
+        k("runs_total", backup_job="hot", result="interrupted"): 0.0,
         # a job known only from the mapping still gets its series
-        k("runs_total", job="other", result="ok"): 0.0,
-        k("runs_total", job="other", result="failed"): 0.0,
-        k("runs_total", job="other", result="interrupted"): 0.0,
+        k("runs_total", backup_job="other", result="ok"): 0.0,
+        k("runs_total", backup_job="other", result="failed"): 0.0,
+        k("runs_total", backup_job="other", result="interrupted"): 0.0,
         # two failed records plus two from the mapping
-        k("verify_failures_total", job="cold"): 4.0,
-        k("verify_failures_total", job="hot"): 0.0,
-        k("verify_failures_total", job="other"): 1.0,
+        k("verify_failures_total", backup_job="cold"): 4.0,
+        k("verify_failures_total", backup_job="hot"): 0.0,
+        k("verify_failures_total", backup_job="other"): 1.0,
         # c1 is kept as good but failed its last verify; c3 failed as a run, not a verify
-        k("backups_failing_verify", job="cold"): 1.0,
-        k("backups_failing_verify", job="hot"): 0.0,
-        k("backups_failing_verify", job="other"): 0.0,
+        k("backups_failing_verify", backup_job="cold"): 1.0,
+        k("backups_failing_verify", backup_job="hot"): 0.0,
+        k("backups_failing_verify", backup_job="other"): 0.0,
         # never verified since they were taken: c1 at 1100 is the oldest check of "cold"
-        k("oldest_check_timestamp_seconds", job="cold"): 1100.0,
-        k("oldest_check_timestamp_seconds", job="hot"): 1600.0,
+        k("oldest_check_timestamp_seconds", backup_job="cold"): 1100.0,
+        k("oldest_check_timestamp_seconds", backup_job="hot"): 1600.0,
+        # ok records in the catalog: c1 (failing its verify) and c2; h1
+        k("backups_kept", backup_job="cold"): 2.0,
+        k("backups_kept", backup_job="hot"): 1.0,
+        k("backups_kept", backup_job="other"): 0.0,
+        k("build_info", version=__version__): 1.0,
+        k("influxd_left_down"): 0.0,
+        # no daemon: no heartbeat, no next runs
     }
     assert values == expected
-    assert {name: types[name] for name in METRIC_NAMES} == {f.name: f.type for f in FAMILIES}
+    daemon_only = {
+        "influx_backupd_heartbeat_timestamp_seconds",
+        "influx_backupd_next_run_timestamp_seconds",
+    }
+    assert set(types) == METRIC_NAMES - daemon_only
+    assert {name: types[name] for name in types} == {
+        f.name: f.type for f in FAMILIES if f.name in types
+    }
 
 
 def test_phases_of_last_finished_run_only_those_measured() -> None:
@@ -133,8 +150,8 @@ def test_the_oldest_check_moves_when_every_backup_is_verified_again() -> None:
         rec("c", "j", "failed", 5.0),  # not a backup: never counted
     ]
     values, _ = parse(render(records))
-    assert values[k("oldest_check_timestamp_seconds", job="j")] == 900.0
-    assert values[k("backups_failing_verify", job="j")] == 0.0
+    assert values[k("oldest_check_timestamp_seconds", backup_job="j")] == 900.0
+    assert values[k("backups_failing_verify", backup_job="j")] == 0.0
 
 
 def test_newest_is_by_finish_time() -> None:
@@ -144,15 +161,20 @@ def test_newest_is_by_finish_time() -> None:
         rec("early", "j", "ok", 20.0, finished_at=200.0, bytes=2),
     ]
     values, _ = parse(render(records))
-    assert values[k("last_success_timestamp_seconds", job="j")] == 500.0
-    assert values[k("archive_bytes", job="j")] == 1.0
+    assert values[k("last_success_timestamp_seconds", backup_job="j")] == 500.0
+    assert values[k("archive_bytes", backup_job="j")] == 1.0
 
 
-def test_no_records_renders_only_help_and_type() -> None:
+def test_no_records_renders_only_help_type_and_host_facts() -> None:
     text = render([])
     families = list(text_string_to_metric_families(text))
     assert len(families) == len(METRIC_NAMES)
-    assert all(f.samples == [] for f in families)
+    with_samples = {f.name: [s.value for s in f.samples] for f in families if f.samples}
+    # prometheus_client names an info-like gauge without its _info suffix handling: by sample
+    assert with_samples == {
+        "influx_backupd_build_info": [1.0],
+        "influx_backupd_influxd_left_down": [0.0],
+    }
     for name in METRIC_NAMES:
         assert f"# TYPE {name} " in text
         assert f"# HELP {name} " in text
@@ -163,15 +185,15 @@ def test_only_running_and_failed_has_no_success_series() -> None:
     names = {name for name, _ in values}
     assert "influx_backupd_last_success_timestamp_seconds" not in names
     assert "influx_backupd_archive_bytes" not in names
-    assert values[k("runs_total", job="j", result="failed")] == 1.0
+    assert values[k("runs_total", backup_job="j", result="failed")] == 1.0
 
 
 @pytest.mark.parametrize("job", ['a"b\\c', "line\nbreak", "plain"])
 def test_label_values_are_escaped(job: str) -> None:
     text = render([rec("x", job, "ok", 1.0)])
     values, _ = parse(text)
-    assert values[k("runs_total", job=job, result="ok")] == 1.0
-    assert {dict(labels)["job"] for _, labels in values} == {job}
+    assert values[k("runs_total", backup_job=job, result="ok")] == 1.0
+    assert {dict(labels).get("backup_job") for _, labels in values} - {None} == {job}
     # one sample per line: a raw newline in a label would split one
     assert all(
         line.startswith(("# HELP ", "# TYPE ", "influx_backupd_")) for line in text.splitlines()
@@ -180,16 +202,30 @@ def test_label_values_are_escaped(job: str) -> None:
 
 def test_escaping_is_exactly_the_exposition_format() -> None:
     text = render([rec("x", 'a"b\\c', "ok", 1.0)])
-    assert 'influx_backupd_runs_total{job="a\\"b\\\\c",result="ok"} 1\n' in text
+    assert 'influx_backupd_runs_total{backup_job="a\\"b\\\\c",result="ok"} 1\n' in text
 
 
 def test_names_follow_prometheus_conventions() -> None:
     for family in FAMILIES:
         assert re.fullmatch(r"influx_backupd_[a-z][a-z_]*[a-z]", family.name)
         assert family.name.endswith("_total") == (family.type == "counter")
-        assert family.labels[0] == "job"
+        assert family.labels[:1] in (("backup_job",), ("version",), ())
+        assert "job" not in family.labels, "Prometheus's own target label"
         assert METRIC_LABELS[family.name] == family.labels
-    assert len(METRIC_NAMES) == 9
+    assert len(METRIC_NAMES) == 14
+
+
+def test_daemon_facts_and_left_down() -> None:
+    facts = DaemonFacts(heartbeat=1234.5, next_runs={"b": 2000.0, 'a"x': 3000.0})
+    text = render([rec("x", "a", "ok", 1.0)], daemon=facts, left_down=True)
+    values, _ = parse(text)
+    assert values[k("heartbeat_timestamp_seconds")] == 1234.5
+    assert values[k("next_run_timestamp_seconds", backup_job="b")] == 2000.0
+    assert values[k("next_run_timestamp_seconds", backup_job='a"x')] == 3000.0
+    assert values[k("influxd_left_down")] == 1.0
+    # another writer reads them back from the file the daemon wrote
+    assert previous_daemon_facts(text) == facts
+    assert previous_daemon_facts(render([])) is None
 
 
 @pytest.mark.parametrize(
@@ -210,7 +246,7 @@ def test_write_textfile_is_complete_and_leaves_no_temp(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     values, _ = parse(target.read_text())
-    assert values[k("runs_total", job="cold", result="ok")] == 2.0
+    assert values[k("runs_total", backup_job="cold", result="ok")] == 2.0
 
 
 def test_write_textfile_mode_ignores_umask(tmp_path: Path) -> None:

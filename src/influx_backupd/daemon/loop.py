@@ -21,6 +21,7 @@ import json
 import os
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, MutableMapping
@@ -37,6 +38,7 @@ from influx_backupd.core import log, systemd
 from influx_backupd.core.config import Config, ConfigError, JobSection, Scheduled, load
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
 from influx_backupd.influxd.server import InfluxdError
+from influx_backupd.report.metrics import DaemonFacts
 from influx_backupd.run import runner
 from influx_backupd.run.followup import tell_verify_failed, write_metrics
 from influx_backupd.run.guard import exclusive
@@ -49,6 +51,9 @@ from influx_backupd.verify.check import verify_all
 STATE_FILE = "daemon.json"
 DAEMON_LOCK = "daemon.lock"
 TICK = 1.0  # seconds between main-loop ticks
+# The metrics file's heartbeat: rewritten at least this often, so that an alert can tell a dead
+# daemon (heartbeat older than a few minutes) from a quiet one.
+METRICS_EVERY = 30.0
 STALL = 30.0  # a main loop silent this long is hung: the watchdog stops pinging
 EXTEND_EVERY = 10.0  # while a stop waits for a run: ask systemd for EXTEND_BY more this often
 EXTEND_BY = 60.0
@@ -96,6 +101,7 @@ class Daemon:
         self._skips: dict[str, dict[str, Any]] = {}  # job → the last policy skip
         self._stopping = threading.Event()
         self._last_tick = time.monotonic()
+        self._metrics_written = 0.0
         self._clock_offset = time.time() - time.monotonic()
         self._started_at = time.time()
         self._create_time = psutil.Process().create_time()
@@ -132,6 +138,7 @@ class Daemon:
             self._worker.start()
             self._watchdog.start()
             self._publish()
+            self._write_metrics()
             systemd.ready()
             self._log.info(
                 "daemon.ready",
@@ -142,6 +149,7 @@ class Daemon:
             )
             signum = self._main_loop()
             self._shutdown(signum)
+            self._write_metrics(stopping=True)
         finally:
             with contextlib.suppress(OSError):
                 (self.config.state_dir / STATE_FILE).unlink()
@@ -166,6 +174,24 @@ class Daemon:
                 self.reload()
             self._check_clock()
             self._publish()
+            if time.monotonic() - self._metrics_written >= METRICS_EVERY:
+                self._write_metrics()
+
+    def _write_metrics(self, *, stopping: bool = False) -> None:
+        """The metrics file with this daemon's heartbeat and next runs (none once stopping)."""
+        self._metrics_written = time.monotonic()
+        config = self.config
+        if config.settings.daemon.metrics_file is None:
+            return
+        next_runs = {} if stopping else self._next_runs()
+        facts = DaemonFacts(
+            heartbeat=time.time(),
+            next_runs={n: t for n, t in next_runs.items() if n != VERIFY_ALL and t is not None},
+        )
+        try:
+            write_metrics(config, Catalog(config.state_dir), facts)
+        except (OSError, sqlite3.Error) as exc:
+            self._log.warning("metrics.write_failed", error=str(exc))
 
     def _check_clock(self) -> None:
         # A suspend or a clock change moves the wall clock against the monotonic one; the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -16,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from influx_backupd import __version__
 from influx_backupd.store.record import RunRecord
 
-JOB_LABEL = "job"
+# The backup job's name. Not `job`: Prometheus sets its own `job` (and `instance`) target labels
+# on every scrape, and would rename ours to exported_job unless the scrape had honor_labels.
+JOB_LABEL = "backup_job"
 RESULTS: tuple[str, ...] = ("ok", "failed", "interrupted")  # finished statuses
 # (phase label value, RunRecord field)
 PHASES: tuple[tuple[str, str], ...] = (
@@ -94,7 +98,44 @@ OLDEST_CHECK = Family(
     (JOB_LABEL,),
 )
 
+KEPT = Family(
+    "influx_backupd_backups_kept",
+    "gauge",
+    "Successful backups in the catalog (those retention keeps), including any failing verify.",
+    (JOB_LABEL,),
+)
+NEXT_RUN = Family(
+    "influx_backupd_next_run_timestamp_seconds",
+    "gauge",
+    "Unix time of the job's next scheduled run (only while the daemon schedules it).",
+    (JOB_LABEL,),
+)
+HEARTBEAT = Family(
+    "influx_backupd_heartbeat_timestamp_seconds",
+    "gauge",
+    "Unix time the daemon last wrote this file; it does so at least every minute while it runs.",
+    (),
+)
+LEFT_DOWN = Family(
+    "influx_backupd_influxd_left_down",
+    "gauge",
+    "1 while influxd stopped by influx-backupd has not been started again (crash marker), "
+    "else 0. Also 1 for the seconds of a cold backup's stop window.",
+    (),
+)
+BUILD_INFO = Family(
+    "influx_backupd_build_info",
+    "gauge",
+    "Always 1; the version label is influx-backupd's version.",
+    ("version",),
+)
+
 FAMILIES: tuple[Family, ...] = (
+    BUILD_INFO,
+    HEARTBEAT,
+    LEFT_DOWN,
+    NEXT_RUN,
+    KEPT,
     LAST_SUCCESS,
     LAST_RUN,
     DOWNTIME,
@@ -109,6 +150,45 @@ METRIC_NAMES: frozenset[str] = frozenset(f.name for f in FAMILIES)
 METRIC_LABELS: Mapping[str, tuple[str, ...]] = {f.name: f.labels for f in FAMILIES}
 
 Labels = tuple[tuple[str, str], ...]
+# Written only by the daemon; other writers (a backup by hand, prune, verify) carry them over.
+DAEMON_FAMILIES: tuple[Family, ...] = (HEARTBEAT, NEXT_RUN)
+
+
+@dataclass(frozen=True)
+class DaemonFacts:
+    """What only the running daemon knows: that it is alive now, and when each job runs next."""
+
+    heartbeat: float
+    next_runs: Mapping[str, float]
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def previous_daemon_facts(text: str) -> DaemonFacts | None:
+    """The daemon's heartbeat and next runs as an earlier write of the file has them."""
+    heartbeat: float | None = None
+    next_runs: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        try:
+            value = float(match["value"])
+        except ValueError:
+            continue
+        if match["name"] == HEARTBEAT.name:
+            heartbeat = value
+        elif match["name"] == NEXT_RUN.name:
+            labels = {k: _unescape(v) for k, v in _LABEL.findall(match["labels"] or "")}
+            if JOB_LABEL in labels:
+                next_runs[labels[JOB_LABEL]] = value
+    return DaemonFacts(heartbeat, next_runs) if heartbeat is not None else None
 
 
 def escape_label_value(value: str) -> str:
@@ -147,6 +227,9 @@ def render(
     verify_failures: Mapping[str, int] | None = None,
     *,
     counters: Mapping[tuple[str, str], tuple[int, float]] | None = None,
+    daemon: DaemonFacts | None = None,
+    left_down: bool = False,
+    version: str = __version__,
 ) -> str:
     """The textfile for all jobs in `records`.
 
@@ -165,6 +248,12 @@ def render(
     for record in records:
         by_job[record.job].append(record)
     samples: dict[str, list[tuple[Labels, float]]] = {f.name: [] for f in FAMILIES}
+    samples[BUILD_INFO.name].append(((("version", version),), 1))
+    samples[LEFT_DOWN.name].append(((), 1 if left_down else 0))
+    if daemon is not None:
+        samples[HEARTBEAT.name].append(((), daemon.heartbeat))
+        for name, when in sorted(daemon.next_runs.items()):
+            samples[NEXT_RUN.name].append((((JOB_LABEL, name),), when))
 
     for job in sorted(set(by_job) | set(extra_failures) | {j for j, _ in counted or {}}):
         runs = by_job.get(job, [])
@@ -178,6 +267,7 @@ def render(
             checks = [r.verified_at or _finished_at(r) for r in oks]
             samples[OLDEST_CHECK.name].append((j, min(checks)))
         failing = sum(1 for r in oks if r.failed_check)
+        samples[KEPT.name].append((j, len(oks)))
         samples[FAILING_VERIFY.name].append((j, failing))
         for result in RESULTS:
             times = [_finished_at(r) for r in finished if r.status == result]
@@ -213,7 +303,8 @@ def render(
         lines.append(f"# TYPE {family.name} {family.type}")
         for labels, value in samples[family.name]:
             rendered = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels)
-            lines.append(f"{family.name}{{{rendered}}} {format_value(value)}")
+            braces = f"{{{rendered}}}" if rendered else ""
+            lines.append(f"{family.name}{braces} {format_value(value)}")
     return "\n".join(lines) + "\n"
 
 

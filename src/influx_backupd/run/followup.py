@@ -18,18 +18,41 @@ from influx_backupd.core.interrupt import Interrupted
 from influx_backupd.keep.prune import prune
 from influx_backupd.report import heartbeat
 from influx_backupd.report.hooks import environment, run_hook
-from influx_backupd.report.metrics import render, write_textfile
+from influx_backupd.report.metrics import (
+    DaemonFacts,
+    previous_daemon_facts,
+    render,
+    write_textfile,
+)
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
+from influx_backupd.store.state import CrashMarker
 from influx_backupd.verify.check import save_result, verify
 
 
-def write_metrics(config: Config, catalog: Catalog) -> None:
-    """The textfile for node_exporter, when [daemon] metrics_file is set."""
+def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None = None) -> None:
+    """The textfile for node_exporter, when [daemon] metrics_file is set.
+
+    `daemon`: given by the daemon itself (its heartbeat, at least every minute, and the next
+    runs). Any other writer keeps what the daemon last wrote there, so a backup by hand neither
+    hides a dead daemon nor invents a live one.
+    """
     path = config.settings.daemon.metrics_file
     if path is None:
         return
-    write_textfile(path, render(catalog.list(), counters=catalog.counters()))
+    if daemon is None:
+        try:
+            daemon = previous_daemon_facts(path.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            daemon = None
+    exists = catalog.exists()
+    text = render(
+        catalog.list() if exists else [],
+        counters=catalog.counters() if exists else None,
+        daemon=daemon,
+        left_down=CrashMarker(config.state_dir).read() is not None,
+    )
+    write_textfile(path, text)
 
 
 def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunRecord) -> None:
