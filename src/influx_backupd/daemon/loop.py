@@ -35,11 +35,11 @@ import psutil
 
 from influx_backupd import __version__
 from influx_backupd.core import log, systemd
+from influx_backupd.core.cancel import CancelToken
 from influx_backupd.core.config import Config, ConfigError, JobSection, Scheduled, load
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
 from influx_backupd.influxd.server import InfluxdError
 from influx_backupd.report.metrics import DaemonFacts
-from influx_backupd.run import runner
 from influx_backupd.run.followup import tell_verify_failed, write_metrics
 from influx_backupd.run.guard import exclusive
 from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
@@ -100,6 +100,9 @@ class Daemon:
         self._current: dict[str, Any] = {}  # run_id, mode, phase: from the run's own log events
         self._skips: dict[str, dict[str, Any]] = {}  # job → the last policy skip
         self._stopping = threading.Event()
+        # cancelled on SIGTERM: a hot run's tool is stopped by the job itself, and no fallback
+        # run starts; a cold run does not look at it (it finishes, influxd started again)
+        self._cancel = CancelToken()
         self._last_tick = time.monotonic()
         self._metrics_written = 0.0
         self._clock_offset = time.time() - time.monotonic()
@@ -400,7 +403,7 @@ class Daemon:
             self._current = {"job": job.name, "phase": "policy", "since": time.time()}
             self._log.info("run.due", job=job.name, reason=item.reason, late_s=round(late, 3))
             try:
-                record = run_backup(config, job, catalog, scheduled=True)
+                record = run_backup(config, job, catalog, scheduled=True, cancel=self._cancel)
             except Skipped as exc:
                 self._skips[job.name] = {"at": time.time(), "reasons": exc.decision.reasons}
                 return
@@ -507,7 +510,7 @@ class Daemon:
 
         name = signal.Signals(signum).name
         self._stopping.set()
-        runner.STOP_REQUESTED.set()  # no fallback run starts now
+        self._cancel.cancel()  # a hot run's tool is stopped; no fallback run starts now
         systemd.stopping()
         self._log.info("daemon.stopping", signal=name)
         self._scheduler.shutdown(wait=False)
@@ -525,11 +528,8 @@ class Daemon:
                 action="stopping the hot backup" if mode == "hot" else "letting it finish",
             )
         last_extend = 0.0
-        stopped_hot = False
         while self._worker.is_alive():
             self._last_tick = time.monotonic()
-            if self._current.get("mode") == "hot" and not stopped_hot:
-                stopped_hot = self._stop_hot_children()
             if time.monotonic() - last_extend >= EXTEND_EVERY:
                 systemd.extend_timeout(EXTEND_BY)
                 last_extend = time.monotonic()
@@ -543,25 +543,6 @@ class Daemon:
                     detail="a backup is finishing; influxd is started again before exit",
                 )
         self._watchdog.stop()
-
-    def _stop_hot_children(self) -> bool:
-        """Terminate our `influxd backup` children; the hot job sees its child fail."""
-        found = False
-        for child in psutil.Process().children(recursive=True):
-            try:
-                argv = child.cmdline()
-            except psutil.Error:
-                continue
-            if len(argv) >= 2 and Path(argv[0]).name.startswith("influxd") and argv[1] == "backup":
-                self._log.info("daemon.terminating_hot_backup", pid=child.pid)
-                with contextlib.suppress(OSError, psutil.Error):
-                    # hot.run_tool starts it as a group leader: its own children go too
-                    if os.getpgid(child.pid) == child.pid:
-                        os.killpg(child.pid, signal.SIGTERM)
-                    else:
-                        child.terminate()
-                found = True
-        return found
 
     # -- what others can see: STATUS=, daemon.json ---------------------------------------------
     def _job_summary(self) -> list[str]:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.errors import HotFailed
 from influx_backupd.core.log import Logger
 from influx_backupd.store.record import Flavour
@@ -126,11 +127,18 @@ class ToolRun:
     seconds: float
 
 
-def run_tool(argv: list[str], timeout: float, logger: Logger, phase: str = "backup") -> ToolRun:
+def run_tool(
+    argv: list[str],
+    timeout: float,
+    logger: Logger,
+    phase: str = "backup",
+    cancel: CancelToken = NEVER,
+) -> ToolRun:
     """Run argv in its own process group, its output logged line by line, under one timeout.
 
     On timeout, or when we are interrupted, the whole group is killed: the 1.x client retries a
-    failed shard ten times and may otherwise outlive us.
+    failed shard ten times and may otherwise outlive us. Cancelled (the daemon is stopping), the
+    group is sent SIGTERM: the caller then sees the tool fail.
     """
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -151,14 +159,21 @@ def run_tool(argv: list[str], timeout: float, logger: Logger, phase: str = "back
                 lines.append(line)
                 logger.info("hot.output", phase=phase, line=line)
 
+    def terminate() -> None:
+        logger.info("hot.cancelled", phase=phase, pid=proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
+    forget = cancel.on_cancel(terminate)
     code: int | None = None
     try:
         code = _wait(proc, timeout)
         if code is None:
             logger.error("hot.timeout", phase=phase, timeout_s=timeout, pid=proc.pid)
     finally:
+        forget()
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from influx_backupd.core import log
+from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.config import Config, Credentials, JobSection
 from influx_backupd.core.errors import CheckFailed, HotFailed
 from influx_backupd.core.interrupt import Interrupted
@@ -350,15 +351,18 @@ def _tail(lines: list[str], n: int = 3) -> str:
 # -- the job ----------------------------------------------------------------------------------------
 
 
-def run_hot(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
-    """One hot backup; always returns its record (saved in the catalog), ok or not."""
+def run_hot(
+    config: Config, job: JobSection, catalog: Catalog, cancel: CancelToken = NEVER
+) -> RunRecord:
+    """One hot backup; always returns its record (saved in the catalog), ok or not. Cancelled,
+    its tool is stopped (it owns the tool's process group) and the run fails."""
     record = RunRecord(id=new_run_id(), job=job.name, mode="hot", started_at=time.time())
     logger = log.get(run_id=record.id, job=job.name, mode="hot")
     history = catalog.list(job=job.name)
     catalog.save(record)
     logger.info("run.started", phase="preflight", backup_host=config.backup_host)
     try:
-        _hot(config, job, record, history, logger)
+        _hot(config, job, record, history, logger, cancel)
     except HotFailed as exc:
         record.status = "failed"
         record.error = str(exc)
@@ -374,7 +378,12 @@ def run_hot(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
 
 
 def _hot(
-    config: Config, job: JobSection, record: RunRecord, history: list[RunRecord], logger: Logger
+    config: Config,
+    job: JobSection,
+    record: RunRecord,
+    history: list[RunRecord],
+    logger: Logger,
+    cancel: CancelToken,
 ) -> None:
     section = config.settings.influxd
     host = config.backup_host
@@ -410,10 +419,10 @@ def _hot(
     # backup_timeout bounds the whole run: what the version call and the probe took counts too.
     deadline_left = max(1.0, timeout - (time.monotonic() - began))
     if flavour == "0.9":
-        _run_09(section.binary, host, storage, record, plan, deadline_left, logger)
+        _run_09(section.binary, host, storage, record, plan, deadline_left, logger, cancel)
     else:
         _anchor_since(clock_url(config), config.credentials, record, logger)
-        _run_portable(section.binary, host, storage, record, deadline_left, logger)
+        _run_portable(section.binary, host, storage, record, deadline_left, logger, cancel)
     record.status = "ok"
 
 
@@ -478,7 +487,13 @@ def _tool_failed(run: ToolRun, host: str, timeout: float) -> HotFailed:
 
 
 def _run_portable(
-    binary: Path, host: str, storage: Path, record: RunRecord, timeout: float, logger: Logger
+    binary: Path,
+    host: str,
+    storage: Path,
+    record: RunRecord,
+    timeout: float,
+    logger: Logger,
+    cancel: CancelToken,
 ) -> None:
     final = storage / f"{record.job}-{record.id}"
     work = layout.incomplete_of(final)
@@ -490,7 +505,7 @@ def _run_portable(
     argv.append(str(work))
     logger.info("hot.running", phase="backup", argv=argv)
     with _Follower(work) as follower:
-        run = run_tool(argv, timeout, logger)
+        run = run_tool(argv, timeout, logger, cancel=cancel)
         run_ended = time.monotonic()
         if run.returncode != 0:
             raise _tool_failed(run, host, timeout)
@@ -534,6 +549,7 @@ def _run_09(
     plan: LinkPlan,
     timeout: float,
     logger: Logger,
+    cancel: CancelToken,
 ) -> None:
     if plan.parent is None:
         base = storage / f"{record.job}-{record.id}.snapshot"
@@ -543,7 +559,7 @@ def _run_09(
     before = _snapshot_files(base)
     argv = [str(binary), "backup", "-host", host, str(base)]
     logger.info("hot.running", phase="backup", argv=argv)
-    run = run_tool(argv, timeout, logger)
+    run = run_tool(argv, timeout, logger, cancel=cancel)
     written = sorted(_snapshot_files(base) - before, key=_increment_number)
     if written:
         record.archive = str(written[-1])

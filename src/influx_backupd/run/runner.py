@@ -6,12 +6,12 @@ mode (cold | hot | auto → policy) → the job → record → after_run (prune,
 from __future__ import annotations
 
 import shutil
-import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 from influx_backupd.core import log
+from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.influxd.influxql import ping_headers
 from influx_backupd.influxd.tool import probe_snapshot_service
@@ -30,10 +30,6 @@ class ModeUnavailable(Exception):
     """The asked-for mode cannot run in this build or on this server (a usage error)."""
 
 
-# Set by the daemon when it is stopping: a failed hot run then does not fall back to cold.
-STOP_REQUESTED = threading.Event()
-
-
 class Skipped(Exception):
     """The policy decided not to run now. Nothing ran, so no record is written; logged as
     `policy.skipped` (the daemon also shows it in `status`)."""
@@ -50,6 +46,7 @@ def run_backup(
     mode: str | None = None,
     *,
     scheduled: bool = False,
+    cancel: CancelToken = NEVER,
 ) -> RunRecord:
     """Run one backup of job; the caller holds the backup lock (guard.exclusive).
 
@@ -68,14 +65,14 @@ def run_backup(
     if chosen == "cold":
         record = run_cold(config, job, catalog)
     elif chosen == "hot":
-        record = run_hot(config, job, catalog)
+        record = run_hot(config, job, catalog, cancel)
     else:
         raise ModeUnavailable(f"mode {chosen!r} is not available in this version; use cold")
     if (
         fallback == "cold"
         and record.mode == "hot"
         and record.status == "failed"
-        and not STOP_REQUESTED.is_set()
+        and not cancel.cancelled  # the daemon is stopping: no fallback run starts now
     ):
         record = _fall_back_to_cold(config, job, catalog, record)
     influxd_left_down(config, record)
