@@ -6,6 +6,7 @@ The server's directories are read from its own influxdb.conf so the operator nev
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 import tomllib
@@ -14,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 DEFAULT_CONFIG_PATH = Path("/etc/influx-backupd/config.toml")
 CONFIG_ENV = "INFLUX_BACKUPD_CONFIG"
@@ -214,12 +223,51 @@ class JobSection(Scheduled):
         return self
 
 
+def _apprise_url(value: object) -> object:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be an apprise URL like 'ntfy://ntfy.sh/my-topic'")
+    try:
+        import apprise  # optional: influx-backupd[notify]
+    except ImportError:
+        raise ValueError(
+            "needs apprise, which is not installed: pip install 'influx-backupd[notify]'"
+        ) from None
+    quiet = logging.getLogger("apprise")  # it logs its own error: ours is the one line
+    was, quiet.disabled = quiet.disabled, True
+    try:
+        known = apprise.Apprise().add(value)
+    finally:
+        quiet.disabled = was
+    if not known:
+        scheme = value.split("://", 1)[0] if "://" in value else value[:20]
+        raise ValueError(
+            f"{scheme!r} is not a URL apprise can send to (forms: "
+            "https://github.com/caronc/apprise/wiki, e.g. ntfy://ntfy.sh/TOPIC, "
+            "mailto://USER:PASSWORD@HOST, slack://TOKEN_A/TOKEN_B/TOKEN_C)"
+        )
+    return value
+
+
+AppriseUrls = list[Annotated[str, AfterValidator(_apprise_url)]]
+
+
+class NotifySection(_Strict):
+    """[notify]: apprise URLs per event; each message is a short summary and the run's log tail."""
+
+    start: AppriseUrls = Field(default_factory=list)
+    success: AppriseUrls = Field(default_factory=list)
+    failure: AppriseUrls = Field(default_factory=list)
+    verify_failed: AppriseUrls = Field(default_factory=list)
+    timeout: Duration = 30.0  # the most a notification may hold up the run that sends it
+
+
 class Settings(_Strict):
     daemon: DaemonSection = DaemonSection()
     influxd: InfluxdSection
     storage: StorageSection
     job: list[JobSection] = Field(default_factory=list)
     verify: VerifySection = VerifySection()
+    notify: NotifySection = NotifySection()
 
     @model_validator(mode="after")
     def _unique_jobs(self) -> Settings:

@@ -21,15 +21,28 @@ def url_for(base: str, signal: Signal) -> str:
     return base if signal == "success" else f"{base}/{signal}"
 
 
-def ping(base: str, signal: Signal, *, timeout: float = TIMEOUT_S) -> bool:
-    """True when the endpoint answered 2xx within timeout."""
+BODY_LIMIT = 100_000  # bytes healthchecks.io keeps of a ping's body
+
+
+def ping(base: str, signal: Signal, *, timeout: float = TIMEOUT_S, body: str | None = None) -> bool:
+    """True when the endpoint answered 2xx within timeout. `body` (the run's summary and log
+    tail) is POSTed, as healthchecks.io shows it with the ping; without it, a GET."""
     # No ?rid=: healthchecks.io wants a UUID there and answers 400 to anything else.
     url = url_for(base, signal)
     outcome: dict[str, object] = {}
 
     def call() -> None:
         try:
-            req = urllib.request.Request(url, headers={"User-Agent": "influx-backupd"})
+            data = body.encode("utf-8", "replace")[-BODY_LIMIT:] if body is not None else None
+            req = urllib.request.Request(
+                url,
+                data=data,
+                headers={
+                    "User-Agent": "influx-backupd",
+                    "Content-Type": "text/plain; charset=utf-8",
+                },
+                method="POST" if data is not None else "GET",
+            )
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 outcome["status"] = int(resp.status)
         except Exception as exc:  # reported below, never raised

@@ -16,7 +16,7 @@ from influx_backupd.core import log
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.interrupt import Interrupted
 from influx_backupd.keep.prune import prune
-from influx_backupd.report import heartbeat
+from influx_backupd.report import heartbeat, notify
 from influx_backupd.report.hooks import environment, run_hook
 from influx_backupd.report.metrics import (
     DaemonFacts,
@@ -88,9 +88,26 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
             name = "on_success" if record.good else "on_failure"
             run_hook(argv, environment(record), job.hook_timeout, name=name)
 
+    event = notify.event_for(record)
+
+    def message() -> str:
+        return notify.summary(event, record, log.RUN_TAILS.tail(record.id))
+
     def beat() -> None:
         if job.heartbeat_url:
-            heartbeat.ping(job.heartbeat_url, "success" if record.good else "fail")
+            signal: heartbeat.Signal = "success" if record.good else "fail"
+            heartbeat.ping(job.heartbeat_url, signal, body=message())
+
+    def notify_it() -> None:
+        section = config.settings.notify
+        notify.send(
+            getattr(section, event),
+            notify.title(event, record),
+            message(),
+            event=event,
+            timeout=section.timeout,
+            run_id=record.id,
+        )
 
     try:
         if record.ok and job.verify_after_backup:
@@ -101,6 +118,7 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
         step("metrics", lambda: write_metrics(config, catalog))
         step("hooks", hooks)
         step("heartbeat", beat)
+        step("notify", notify_it)
     except Interrupted as exc:
         # The run itself is finished and recorded; a signal only cuts what follows it short,
         # and the follow-up stays owed: the next lock-taking command runs it again whole.
@@ -116,3 +134,12 @@ def tell_verify_failed(config: Config, record: RunRecord) -> None:
     job = next((j for j in config.settings.job if j.name == record.job), None)
     if job is not None and job.on_failure:
         run_hook(job.on_failure, environment(record), job.hook_timeout, name="on_failure")
+    section = config.settings.notify
+    notify.send(
+        section.verify_failed,
+        notify.title("verify_failed", record),
+        notify.summary("verify_failed", record),
+        event="verify_failed",
+        timeout=section.timeout,
+        run_id=record.id,
+    )

@@ -17,6 +17,7 @@ from influx_backupd.influxd.influxql import ping_headers
 from influx_backupd.influxd.tool import probe_snapshot_service
 from influx_backupd.jobs.cold import run_cold, space_needed, tree_size
 from influx_backupd.jobs.hot import run_hot
+from influx_backupd.report import notify
 from influx_backupd.report.heartbeat import ping
 from influx_backupd.run.followup import follow_up
 from influx_backupd.run.policy import Capability, Chosen, Decision, decide, predict_downtime
@@ -62,6 +63,10 @@ def run_backup(
         chosen, fallback = decision.mode, decision.fallback
     if job.heartbeat_url:
         ping(job.heartbeat_url, "start")  # at most a few seconds, never raises
+    if config.settings.notify.start:
+        subject, body = notify.start_message(job.name, chosen)
+        section = config.settings.notify
+        notify.send(section.start, subject, body, event="start", timeout=section.timeout)
     if chosen == "cold":
         record = run_cold(config, job, catalog)
     elif chosen == "hot":
