@@ -121,7 +121,7 @@ def test_verbose_log_lines_print_above_the_bar(tmp_path: Path, filled: Sandbox) 
         assert "archive [" not in line, f"a bar left on screen or mixed into a line: {line!r}"
     # each event on its own line, starting with its timestamp
     assert all(re.match(r"\d{4}-\d\d-\d\dT", line) for line in events), events
-    assert "  started " in text and "  dirs " in text, "-v prints the whole record"
+    assert "  started " in text and "  copy " in text, "-v prints the whole record"
 
 
 @pytest.mark.influxd
