@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from influx_backupd.core import log, systemd
+from influx_backupd.core import journal, log, systemd
 
 
 @pytest.fixture
@@ -264,7 +264,7 @@ def test_parser_handles_both_forms() -> None:
 
 
 def test_journal_payload_exact_bytes() -> None:
-    payload = systemd.journal_payload({"message": "hi", "PRIORITY": 6, "trace": "a\nb"})
+    payload = journal.journal_payload({"message": "hi", "PRIORITY": 6, "trace": "a\nb"})
     assert payload == b"MESSAGE=hi\nPRIORITY=6\nTRACE\n\x03\x00\x00\x00\x00\x00\x00\x00a\nb\n"
 
 
@@ -280,12 +280,12 @@ def test_journal_payload_exact_bytes() -> None:
     ],
 )
 def test_journal_field_name(key: str, name: str) -> None:
-    assert systemd.journal_field_name(key) == name
+    assert journal.journal_field_name(key) == name
 
 
 def test_journal_send_datagram(dgram_path: tuple[socket.socket, str]) -> None:
     sock, path = dgram_path
-    systemd.journal_send(
+    journal.journal_send(
         {
             "MESSAGE": "cold backup done",
             "PRIORITY": 6,
@@ -309,7 +309,7 @@ def test_journal_send_datagram(dgram_path: tuple[socket.socket, str]) -> None:
 
 def test_journal_send_to_missing_socket_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        systemd.journal_send({"MESSAGE": "x"}, socket_path=str(tmp_path / "none.sock"))
+        journal.journal_send({"MESSAGE": "x"}, socket_path=str(tmp_path / "none.sock"))
 
 
 def test_journal_send_large_entry_via_memfd(dgram_path: tuple[socket.socket, str]) -> None:
@@ -317,7 +317,7 @@ def test_journal_send_large_entry_via_memfd(dgram_path: tuple[socket.socket, str
     # 8 MB is far above the AF_UNIX datagram limit (bounded by wmem, ~200 KB by default),
     # so the first sendto fails with EMSGSIZE and the memfd path must be taken.
     big = ("0123456789abcdef" * (8 * 1024 * 1024 // 16)) + "\nend"
-    systemd.journal_send(
+    journal.journal_send(
         {"MESSAGE": big, "PRIORITY": 3, "SYSLOG_IDENTIFIER": "influx-backupd"}, socket_path=path
     )
     fd_size = array.array("i").itemsize
@@ -345,14 +345,14 @@ def test_journal_send_large_entry_via_memfd(dgram_path: tuple[socket.socket, str
 
 
 def test_journal_available(monkeypatch: pytest.MonkeyPatch, no_systemd_env: None) -> None:
-    assert systemd.journal_available() is False
+    assert journal.journal_available() is False
     st = os.fstat(2)
     monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
-    assert systemd.journal_available() is True
+    assert journal.journal_available() is True
     monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1_000_000}")
-    assert systemd.journal_available() is False
+    assert journal.journal_available() is False
     monkeypatch.setenv("JOURNAL_STREAM", "garbage")
-    assert systemd.journal_available() is False
+    assert journal.journal_available() is False
 
 
 @pytest.mark.parametrize(
@@ -369,11 +369,11 @@ def test_journal_available(monkeypatch: pytest.MonkeyPatch, no_systemd_env: None
     ],
 )
 def test_priority_for(level: str, priority: int) -> None:
-    assert systemd.priority_for(level) == priority
+    assert journal.priority_for(level) == priority
 
 
 def journal_logger(
-    renderer: systemd.JournalRenderer, out: io.StringIO
+    renderer: journal.JournalRenderer, out: io.StringIO
 ) -> structlog.typing.FilteringBoundLogger:
     logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
         structlog.PrintLogger(out),
@@ -391,7 +391,7 @@ def journal_logger(
 def test_journal_renderer_sends_fields(dgram_path: tuple[socket.socket, str]) -> None:
     sock, path = dgram_path
     out = io.StringIO()
-    log = journal_logger(systemd.JournalRenderer(socket_path=path), out)
+    log = journal_logger(journal.JournalRenderer(socket_path=path), out)
     log.info("phase finished", run_id="r-7", job="cold", phase="stop", seconds=1.5, message="x y")
     fields = parse_journal(recv(sock))
     text = "phase finished run_id=r-7 job=cold phase=stop seconds=1.5 message='x y'"
@@ -421,7 +421,7 @@ def test_journal_fields_nested_json_message_id_no_duplicates(
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             log.add_message_id,
-            systemd.JournalRenderer(socket_path=path),
+            journal.JournalRenderer(socket_path=path),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(0),
         cache_logger_on_first_use=False,
@@ -453,7 +453,7 @@ def test_message_ids_are_distinct_128_bit() -> None:
 
 def test_journal_renderer_protocol_fields_win(dgram_path: tuple[socket.socket, str]) -> None:
     sock, path = dgram_path
-    log = journal_logger(systemd.JournalRenderer(socket_path=path), io.StringIO())
+    log = journal_logger(journal.JournalRenderer(socket_path=path), io.StringIO())
     log.info("e", MESSAGE="a", message="b", priority=1, syslog_identifier="other")
     fields = parse_journal(recv(sock))
     assert fields["MESSAGE"] == b"e MESSAGE=a message=b priority=1 syslog_identifier=other"
@@ -463,7 +463,7 @@ def test_journal_renderer_protocol_fields_win(dgram_path: tuple[socket.socket, s
 
 def test_journal_renderer_exception(dgram_path: tuple[socket.socket, str]) -> None:
     sock, path = dgram_path
-    log = journal_logger(systemd.JournalRenderer(socket_path=path), io.StringIO())
+    log = journal_logger(journal.JournalRenderer(socket_path=path), io.StringIO())
     try:
         raise OSError("disk full")
     except OSError:
@@ -480,10 +480,10 @@ def test_journal_renderer_drop_and_fallback(
 ) -> None:
     sock, path = dgram_path
     out = io.StringIO()
-    journal_logger(systemd.JournalRenderer(socket_path=path, drop=True), out).warning("w")
+    journal_logger(journal.JournalRenderer(socket_path=path, drop=True), out).warning("w")
     assert parse_journal(recv(sock))["PRIORITY"] == b"4"
     assert out.getvalue() == ""  # sent, so not printed again
     # No journal: the line is printed instead of lost, even with drop=True.
     missing = str(tmp_path / "none.sock")
-    journal_logger(systemd.JournalRenderer(socket_path=missing, drop=True), out).error("e", n=1)
+    journal_logger(journal.JournalRenderer(socket_path=missing, drop=True), out).error("e", n=1)
     assert out.getvalue() == "e n=1\n"

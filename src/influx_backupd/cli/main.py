@@ -17,7 +17,15 @@ from typing import Any, NoReturn
 from influx_backupd import __version__
 from influx_backupd.core import log, unit_paths
 from influx_backupd.core.config import Config, ConfigError, JobSection, load, resolve_path
-from influx_backupd.core.errors import RestoreFailed, RestoreRefused
+from influx_backupd.core.errors import (
+    EXIT_BUSY,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    BackupdError,
+    RestoreFailed,
+    RestoreRefused,
+)
 from influx_backupd.core.interrupt import Interrupted
 from influx_backupd.core.schedule import describe
 from influx_backupd.daemon.loop import run_daemon
@@ -37,10 +45,12 @@ from influx_backupd.store.sidecar import records_in
 from influx_backupd.store.state import Busy
 from influx_backupd.verify.check import BackupNotFound, resolve, save_result, verify, verify_all
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_CONFIG = 0, 1, 2, 75, 78
+EXIT_OK = 0
 
 
-class UsageError(Exception):
+class UsageError(BackupdError):
+    code = "usage"
+    exit_status = EXIT_USAGE
     pass
 
 

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from influx_backupd.core.errors import EXIT_CONFIG, BackupdError
+
 DEFAULT_CONFIG_PATH = Path("/etc/influx-backupd/config.toml")
 CONFIG_ENV = "INFLUX_BACKUPD_CONFIG"
 DEFAULT_STATE_DIR = Path("/var/lib/influx-backupd")
@@ -45,8 +47,11 @@ class Credentials:
         return "Basic " + token
 
 
-class ConfigError(Exception):
+class ConfigError(BackupdError):
     """A user's configuration mistake: printed as one line, exit status 78."""
+
+    code = "config"
+    exit_status = EXIT_CONFIG
 
 
 def parse_duration(value: object) -> float:

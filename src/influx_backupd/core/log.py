@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict
 
-from influx_backupd.core.systemd import JOURNAL_SOCKET, JournalRenderer
+from influx_backupd.core.journal import JOURNAL_SOCKET, JournalRenderer
 
 LEVELS = ("debug", "info", "warning", "error")
 Logger = structlog.typing.FilteringBoundLogger

@@ -37,6 +37,7 @@ from influx_backupd import __version__
 from influx_backupd.core import log, systemd
 from influx_backupd.core.cancel import CancelToken
 from influx_backupd.core.config import Config, ConfigError, JobSection, Scheduled, load
+from influx_backupd.core.journal import journal_available
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
 from influx_backupd.influxd.server import InfluxdError
 from influx_backupd.report.metrics import DaemonFacts
@@ -633,6 +634,6 @@ def run_daemon(config: Config, level: str) -> int:
     import sys
 
     daemon = Daemon(config)
-    journal = log.journal_socket() if systemd.journal_available() else None
+    journal = log.journal_socket() if journal_available() else None
     log.configure(sys.stdout, level, journal=journal, processors=[daemon.observe])
     return daemon.run()

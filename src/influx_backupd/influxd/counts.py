@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from influx_backupd.core.config import Config, Credentials
+from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import influxql
 from influx_backupd.influxd.influxql import ident
@@ -26,7 +27,8 @@ from influx_backupd.store.record import RunRecord
 BUDGET_S = 30.0  # all databases together, before a cold stop
 
 
-class FiguresError(Exception):
+class FiguresError(BackupdError):
+    code = "figures"
     pass
 
 

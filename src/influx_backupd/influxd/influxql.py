@@ -16,14 +16,17 @@ from email.message import Message
 from typing import Any
 
 from influx_backupd.core.config import Credentials
+from influx_backupd.core.errors import BackupdError
 
 # What a query meets while a shard that `influxd restore -portable` just uploaded is being
 # opened (disabled) or swapped under it (its engine closed): both pass within moments.
 SHARD_OPENING = ("shard is disabled", "engine is closed")
 
 
-class QueryError(Exception):
+class QueryError(BackupdError):
     """A statement failed: unreachable server, HTTP error, or InfluxQL error."""
+
+    code = "influxql"
 
 
 class AuthError(QueryError):

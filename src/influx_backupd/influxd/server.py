@@ -18,11 +18,14 @@ from pathlib import Path
 import psutil
 
 from influx_backupd.core.config import Config
+from influx_backupd.core.errors import BackupdError
 from influx_backupd.influxd.influxql import ping_headers
 
 
-class InfluxdError(Exception):
+class InfluxdError(BackupdError):
     """influxd could not be controlled as asked."""
+
+    code = "influxd"
 
 
 class StopTimeout(InfluxdError):

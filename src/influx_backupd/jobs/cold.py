@@ -19,6 +19,7 @@ from pathlib import Path
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config, JobSection
+from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import counts
@@ -36,7 +37,8 @@ SPACE_MARGIN = 1.02  # tar headers and padding, plus slack for files that grow b
 SPACE_RESERVE = 64 << 20
 
 
-class JobFailed(Exception):
+class JobFailed(BackupdError):
+    code = "cold"
     pass
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config, JobSection
+from influx_backupd.core.errors import BackupdError
 from influx_backupd.influxd import scratch
 from influx_backupd.keep.retention import RetentionPolicy, plan
 from influx_backupd.store import layout
@@ -28,8 +29,10 @@ from influx_backupd.store.record import RunRecord
 from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
 
 
-class PruneRefused(Exception):
+class PruneRefused(BackupdError):
     """The plan would delete the newest good backup: a bug, so nothing of the job is deleted."""
+
+    code = "prune.refused"
 
 
 @dataclass

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from influx_backupd.core.errors import BackupdError
 
-class OffsiteError(Exception):
+
+class OffsiteError(BackupdError):
     """An off-site step failed; str() is the one line to show."""
+
+    code = "offsite"
 
 
 class Unreachable(OffsiteError):

@@ -49,7 +49,7 @@ from typing import Any
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
-from influx_backupd.core.errors import RestoreFailed, RestoreRefused
+from influx_backupd.core.errors import BackupdError, RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import influxql
@@ -77,8 +77,10 @@ QUERY_TIMEOUT = 3600.0
 SHARD_WAIT = 120.0  # how long a freshly restored shard may stay disabled
 
 
-class StepFailed(Exception):
+class StepFailed(BackupdError):
     """A restore step failed (in restore_backup, after the swap: roll back)."""
+
+    code = "restore.step"
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Literal
 from influx_backupd.core import log
 from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.config import Config, JobSection
+from influx_backupd.core.errors import EXIT_USAGE, BackupdError
 from influx_backupd.influxd.influxql import ping_headers
 from influx_backupd.influxd.tool import probe_snapshot_service
 from influx_backupd.jobs.cold import run_cold, space_needed, tree_size
@@ -27,13 +28,18 @@ from influx_backupd.store.record import RunRecord
 from influx_backupd.store.state import CrashMarker
 
 
-class ModeUnavailable(Exception):
+class ModeUnavailable(BackupdError):
     """The asked-for mode cannot run in this build or on this server (a usage error)."""
 
+    code = "usage"
+    exit_status = EXIT_USAGE
 
-class Skipped(Exception):
+
+class Skipped(BackupdError):
     """The policy decided not to run now. Nothing ran, so no record is written; logged as
     `policy.skipped` (the daemon also shows it in `status`)."""
+
+    code = "skipped"
 
     def __init__(self, decision: Decision) -> None:
         super().__init__("; ".join(decision.reasons))

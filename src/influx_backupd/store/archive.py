@@ -18,12 +18,14 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from influx_backupd.core.errors import BackupdError
 from influx_backupd.store import layout
 
 CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough to keep RSS flat (and in L2)
 
 
-class ArchiveError(Exception):
+class ArchiveError(BackupdError):
+    code = "archive"
     pass
 
 

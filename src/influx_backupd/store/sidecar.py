@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from influx_backupd.core.errors import BackupdError
 from influx_backupd.store import layout
 from influx_backupd.store.archive import fsync_dir
 from influx_backupd.store.record import RunRecord
@@ -19,8 +20,10 @@ from influx_backupd.store.record import RunRecord
 FORMAT = 1
 
 
-class SidecarError(Exception):
+class SidecarError(BackupdError):
     """A record beside a backup that cannot be used (unreadable, another format, incomplete)."""
+
+    code = "sidecar"
 
 
 def sidecar_of(archive: Path) -> Path:

@@ -15,11 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from influx_backupd.core.errors import EXIT_BUSY, BackupdError
 from influx_backupd.store.archive import fsync_dir
 
 
-class Busy(Exception):
+class Busy(BackupdError):
     """Another influx-backupd holds the backup lock (exit status 75)."""
+
+    code = "busy"
+    exit_status = EXIT_BUSY
 
 
 @dataclass

@@ -31,7 +31,7 @@ from typing import Any, BinaryIO, Literal
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
-from influx_backupd.core.errors import HotFailed, RestoreRefused
+from influx_backupd.core.errors import EXIT_USAGE, BackupdError, HotFailed, RestoreRefused
 from influx_backupd.core.interrupt import signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import counts
@@ -71,8 +71,11 @@ SPOOL_MAX = 16 << 20
 NOT_QUERIED_09 = "not queried (0.9 server not available here)"
 
 
-class BackupNotFound(Exception):
+class BackupNotFound(BackupdError):
     """BACKUP names neither a catalog id nor an existing archive (a usage error)."""
+
+    code = "usage"
+    exit_status = EXIT_USAGE
 
 
 @dataclass
