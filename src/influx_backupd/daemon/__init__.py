@@ -1,0 +1,1 @@
+"""The daemon: the loop (signals only queue; the loop acts), schedules, reload, status."""

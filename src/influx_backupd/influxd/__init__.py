@@ -1,0 +1,1 @@
+"""The server: locate, stop, start, ping; the backup tool; InfluxQL; throwaway servers."""

@@ -1,0 +1,1 @@
+"""What follows a run for people and machines: metrics, hooks, notifications, heartbeat, progress."""
