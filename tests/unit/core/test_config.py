@@ -21,7 +21,7 @@ from influx_backupd.core.config import (
     read_server_paths,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 INFLUXDB_CONF = """
 reporting-enabled = false

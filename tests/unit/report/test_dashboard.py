@@ -10,7 +10,7 @@ import pytest
 
 from influx_backupd.report.metrics import JOB_LABEL, METRIC_LABELS, METRIC_NAMES
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "packaging" / "grafana-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[3] / "packaging" / "grafana-dashboard.json"
 METRIC = re.compile(r"\binflux_backupd_[A-Za-z0-9_:]*")
 DS_UID = "${DS_PROMETHEUS}"
 # Every metric is used; list here any left out on purpose, with the reason.

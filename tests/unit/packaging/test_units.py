@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
+PACKAGING = Path(__file__).resolve().parents[3] / "packaging"
 INSTALL_SH = PACKAGING / "install.sh"
 UNITS = ("influx-backupd.service", "influx-backupd@.service")
 EXEC_START = "ExecStart=/usr/bin/influx-backupd "

@@ -12,7 +12,7 @@ import pytest
 
 from influx_backupd.cli.main import build_parser
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cli_docs.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "cli_docs.py"
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import yaml
 
 from influx_backupd.report.metrics import JOB_LABEL, METRIC_LABELS, METRIC_NAMES
 
-ALERTS = Path(__file__).resolve().parents[2] / "packaging" / "prometheus-alerts.yml"
+ALERTS = Path(__file__).resolve().parents[3] / "packaging" / "prometheus-alerts.yml"
 TARGET = {"instance": "db1:9100", "job": "node"}
 
 
