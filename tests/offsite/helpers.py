@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tarfile
 from pathlib import Path
 
 from influx_backupd.offsite.files import Source, scan_dir, scan_tar
 from influx_backupd.offsite.repo import Backup
+from tests.offsite.conftest import Endpoint
 
 
 def sha256(path: Path) -> str:
@@ -61,3 +63,17 @@ def hot_backup(path: Path, id: str, *, parent: str | None = None, job: str = "ho
         "parent_id": parent,
     }
     return Backup(id, job, "incremental" if parent else "full", parent, record, source)
+
+
+def offsite_section(endpoint: Endpoint, **extra: object) -> str:
+    """An [offsite] section for a config file, pointing at a test endpoint."""
+    values: dict[str, object] = {
+        "bucket": endpoint.bucket,
+        "prefix": "host-a",
+        "endpoint_url": endpoint.url,
+        "credentials_file": str(endpoint.credentials),
+        "part_size": "5MiB",
+        "retries": 2,
+    }
+    values.update(extra)
+    return "\n[offsite]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())

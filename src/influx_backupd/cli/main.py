@@ -33,6 +33,7 @@ from influx_backupd.daemon.status import gather, render
 from influx_backupd.influxd.server import InfluxdError
 from influx_backupd.jobs.hot import clock_url
 from influx_backupd.keep.prune import prune
+from influx_backupd.offsite.errors import OffsiteError
 from influx_backupd.report import progress
 from influx_backupd.restore.hot import restore_backup
 from influx_backupd.run.followup import write_metrics
@@ -309,6 +310,8 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     else:
         for record in records:
             print_record(record, args.json, verbose=args.verbose > 0)
+    if config.settings.offsite is not None and any(r.good for r in records):
+        _offsite().after_backup(config)  # after the lock was let go: influxd serves again
     return EXIT_OK if records and all(r.good for r in records) and not skipped else EXIT_FAILED
 
 
@@ -346,7 +349,15 @@ def _progress_bar(args: argparse.Namespace) -> Any:
     return bar
 
 
+def _offsite() -> Any:
+    from influx_backupd.cli import offsite  # imports this module: loaded on use
+
+    return offsite
+
+
 def cmd_list(config: Config, args: argparse.Namespace) -> int:
+    if args.offsite:
+        return int(_offsite().cmd_list(config, args))
 
     _known_job(config, args.job, history_too=True)
     catalog = Catalog(config.state_dir)
@@ -370,7 +381,9 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_restore(config: Config, args: argparse.Namespace) -> int:
 
-    _backup_argument(config, args.backup)
+    from_offsite = args.source == "offsite"
+    if not from_offsite:
+        _backup_argument(config, args.backup)
     if not args.yes:
         if not sys.stdin.isatty():
             raise UsageError("restore replaces the live data of influxd; pass --yes to confirm")
@@ -380,6 +393,8 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing done")
             return EXIT_USAGE
+    if from_offsite:  # fetched and hashed first; then the restore below, as from local backups
+        _offsite().fetch_for_restore(config, args.backup)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)  # a restore interrupted mid-way is rolled back
     with exclusive(config) as catalog:
@@ -408,6 +423,10 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
 
+    if args.offsite:
+        return int(_offsite().cmd_verify(config, args))
+    if args.read_data is not None:
+        raise UsageError("verify: --read-data goes with --offsite")
     if (args.backup is None) == (not args.all):
         raise UsageError("verify: name one BACKUP (catalog id or archive path) or pass --all")
     if args.job is not None and not args.all:
@@ -482,6 +501,8 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_import(config: Config, args: argparse.Namespace) -> int:
     """The backups in the storage dir, by the records beside them, into this host's catalog."""
+    if args.offsite:
+        return int(_offsite().cmd_import(config, args))
 
     storage = config.storage_dir
     if not storage.is_dir():
@@ -645,6 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, common, "list", "list the catalog of runs, oldest first")
     p.add_argument("--job", metavar="NAME", help="only this job's runs")
+    p.add_argument("--offsite", action="store_true", help="the backups in the [offsite] bucket")
     p.set_defaults(func=cmd_list)
 
     p = _command(
@@ -656,6 +678,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("backup", metavar="BACKUP", help="catalog id (see list) or archive path")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=("local", "offsite"),
+        default="local",
+        help="offsite: fetch the backup (and its chain) from the bucket first, every hash checked",
+    )
     p.set_defaults(func=cmd_restore)
 
     p = _command(sub, common, "verify", "check backups: sha256, structure, file formats")
@@ -668,6 +697,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also restore into a scratch dir and query it with a throwaway influxd",
     )
     p.add_argument("--deep", action="store_true", help="check every TSM block's CRC32 too")
+    p.add_argument(
+        "--offsite", action="store_true", help="check the backup's objects in the bucket instead"
+    )
+    p.add_argument(
+        "--read-data",
+        metavar="PERCENT",
+        type=_percent,
+        help="with --offsite: download and hash this share of the objects",
+    )
     p.set_defaults(func=cmd_verify)
 
     p = _command(
@@ -677,7 +715,16 @@ def build_parser() -> argparse.ArgumentParser:
         "add the backups in the storage dir to the catalog, by the records beside them",
     )
     p.add_argument("--dry-run", action="store_true", help="say what would be added, add nothing")
+    p.add_argument(
+        "--offsite", action="store_true", help="from the manifests in the bucket (a fresh host)"
+    )
     p.set_defaults(func=cmd_import)
+
+    p = _command(
+        sub, common, "offsite", "off-site copies: `offsite sync` sends now what the bucket lacks"
+    )
+    p.add_argument("action", choices=("sync",), help="sync: send, then off-site retention")
+    p.set_defaults(func=lambda config, args: int(_offsite().cmd_sync(config, args)))
 
     p = _command(sub, common, "run", "run the daemon: every job on its schedule until stopped")
     p.set_defaults(func=cmd_run)
@@ -690,6 +737,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
     p.set_defaults(func=cmd_prune)
     return parser
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: a percentage above 0, up to 100")
+    return value
 
 
 def _log_level(args: argparse.Namespace, configured: str) -> str:
@@ -744,6 +801,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_BUSY
     except InfluxdError as exc:
         print(f"influx-backupd: influxd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OffsiteError as exc:
+        print(f"influx-backupd: offsite: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Interrupted as exc:
         print(f"influx-backupd: interrupted by {exc}", file=sys.stderr)

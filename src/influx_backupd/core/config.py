@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from influx_backupd.core.errors import EXIT_CONFIG, BackupdError
+from influx_backupd.core.offsite_section import OffsiteSection
 
 DEFAULT_CONFIG_PATH = Path("/etc/influx-backupd/config.toml")
 CONFIG_ENV = "INFLUX_BACKUPD_CONFIG"
@@ -212,6 +213,7 @@ class JobSection(Scheduled):
     on_failure: list[str] | None = None
     hook_timeout: Duration = 60.0
     heartbeat_url: str | None = None
+    offsite: bool = True  # false: this job's backups are not copied off-site
 
     @model_validator(mode="after")
     def _hooks_and_heartbeat(self) -> JobSection:
@@ -273,6 +275,7 @@ class Settings(_Strict):
     job: list[JobSection] = Field(default_factory=list)
     verify: VerifySection = VerifySection()
     notify: NotifySection = NotifySection()
+    offsite: OffsiteSection | None = None  # off-site copies (docs/offsite.md)
 
     @model_validator(mode="after")
     def _unique_jobs(self) -> Settings:
@@ -488,6 +491,23 @@ def _credentials(path: Path, section: InfluxdSection) -> Credentials | None:
     return Credentials(username, password)
 
 
+def _offsite_usable(path: Path, section: OffsiteSection) -> None:
+    """[offsite] needs the s3 extra, and the files it names."""
+    needed = ["boto3"] + (["pyrage"] if section.encrypt_to or section.identity_file else [])
+    for module in needed:
+        try:
+            __import__(module)
+        except ImportError:
+            raise ConfigError(
+                f"{path}: offsite: needs {module}, which is not installed: "
+                "pip install 'influx-backupd[s3]'"
+            ) from None
+    for key in ("credentials_file", "identity_file"):
+        file = getattr(section, key)
+        if file is not None and not file.is_file():
+            raise ConfigError(f"{path}: offsite.{key}: {file} is not a file")
+
+
 def load(path: Path) -> Config:
     """Load and validate; raises ConfigError with one line naming the file and key path."""
     raw = _read_toml(path, "config file")
@@ -499,6 +519,8 @@ def load(path: Path) -> Config:
     if "state_dir" not in settings.daemon.model_fields_set:
         daemon = settings.daemon.model_copy(update={"state_dir": default_state_dir(path)})
         settings = settings.model_copy(update={"daemon": daemon})
+    if settings.offsite is not None:
+        _offsite_usable(path, settings.offsite)
     server, influx_raw = read_server_paths(settings.influxd.config)
     _usable_dir(path, "daemon.state_dir", settings.daemon.state_dir)
     _usable_dir(path, "storage.dir", settings.storage.dir)

@@ -41,6 +41,7 @@ from influx_backupd.core.journal import journal_available
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
 from influx_backupd.influxd.server import InfluxdError
 from influx_backupd.report.metrics import DaemonFacts
+from influx_backupd.run import offsite
 from influx_backupd.run.followup import tell_verify_failed, write_metrics
 from influx_backupd.run.guard import exclusive
 from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
@@ -62,6 +63,8 @@ CLOCK_JUMP = 5.0  # wall clock vs monotonic drift that counts as a suspend or cl
 _SCHEDULE_KEYS = ("schedule", "every", "jitter", "timezone", "catch_up")
 # The scheduled `verify --all` ([verify]) in the queue and the scheduler; not a valid job name.
 VERIFY_ALL = "[verify]"
+# Off-site copies ([offsite]): queued after each backup and at start-up; yields to backups.
+OFFSITE = "[offsite]"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -232,6 +235,8 @@ class Daemon:
         for job in self.config.settings.job:
             self._add_job(job, catalog, startup=True)
         self._add_verify(catalog, startup=True)
+        if offsite.enabled(self.config):
+            self._fire(OFFSITE, "start")  # what an earlier run left unsent
 
     def _on_missed(self, event: Any) -> None:
         self._log.warning(
@@ -382,6 +387,8 @@ class Daemon:
             try:
                 if item.job == VERIFY_ALL:
                     self._verify_all(item)
+                elif item.job == OFFSITE:
+                    self._offsite(item)
                 else:
                     self._run(item)
             except Exception:
@@ -412,8 +419,32 @@ class Daemon:
                 self._log.error("run.unavailable", job=job.name, error=str(exc))
                 return
             self._after_stop_request(catalog, record)
+            if record.good and job.offsite and offsite.enabled(config):
+                self._fire(OFFSITE, "after a backup")  # after the lock: influxd serves again
 
         self._with_lock(config, item, job.catch_up, backup)
+
+    def _offsite(self, item: Due) -> None:
+        """[offsite]: send what the bucket lacks, under the lock, stopping between objects for
+        a backup that falls due (queued again behind it). A failure is logged and told to the
+        on_failure hooks; the next backup queues it again."""
+        config = self.config
+
+        def send(catalog: Catalog, _late: float) -> None:
+            self._current = {"job": OFFSITE, "phase": "upload", "since": time.time()}
+            report = offsite.run_sync(
+                config, catalog, stop=lambda: self._stopping.is_set() or self._backup_waiting()
+            )
+            if report is not None and report.yielded and not self._stopping.is_set():
+                with self._cond:
+                    self._pending.append(Due(OFFSITE, time.time(), "resume"))
+                    self._cond.notify_all()
+            try:
+                write_metrics(config, catalog)
+            except OSError as exc:
+                self._log.error("after_run.step_failed", step="metrics", error=str(exc))
+
+        self._with_lock(config, item, float("inf"), send)
 
     def _verify_all(self, item: Due) -> None:
         """[verify]: every good backup checked again, under the backup lock, between runs."""
@@ -462,7 +493,7 @@ class Daemon:
 
     def _backup_waiting(self) -> bool:
         with self._cond:
-            return any(d.job != VERIFY_ALL for d in self._pending)
+            return any(d.job not in (VERIFY_ALL, OFFSITE) for d in self._pending)
 
     def _with_lock(
         self,

@@ -14,6 +14,7 @@ import psutil
 from influx_backupd.core.config import Config
 from influx_backupd.core.schedule import describe
 from influx_backupd.daemon.loop import STATE_FILE
+from influx_backupd.run import offsite
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 
@@ -76,6 +77,7 @@ def gather(config: Config) -> dict[str, Any]:
     verify = state.get("verify", {}) if state else {}
     failing = [r.id for r in records if r.failed_check]
     with_downtime = [r for r in records if r.downtime_s is not None]
+    offsite_report = offsite.status(config, catalog) if catalog.exists() else None
     last_downtime = with_downtime[-1] if with_downtime else None
     return {
         "daemon": {
@@ -93,6 +95,7 @@ def gather(config: Config) -> dict[str, Any]:
             "next_run": verify.get("next_run"),
             "failing": failing,  # good backups whose last check failed
         },
+        "offsite": offsite_report,  # None without [offsite]
         "last_downtime": {
             "run_id": last_downtime.id,
             "job": last_downtime.job,
@@ -144,6 +147,15 @@ def render(report: dict[str, Any]) -> str:
             f"  FAILING {len(verify['failing'])} backup(s) failed their last check: "
             + ", ".join(verify["failing"])
         )
+    off = report.get("offsite")
+    if off:
+        lines.append(
+            f"offsite   {off['where']}: last sent {_when(off['last_success'])}, "
+            f"{len(off['not_offsite'])} backup(s) not off-site"
+            + (f": {', '.join(off['not_offsite'])}" if off["not_offsite"] else "")
+        )
+        if off["last_error"]:
+            lines.append(f"  error   {off['last_error']} ({_when(off['last_error_at'])})")
     down = report["last_downtime"]
     if down:
         lines.append(

@@ -130,6 +130,42 @@ BUILD_INFO = Family(
     ("version",),
 )
 
+# [offsite]: written only when off-site copies are configured
+OFFSITE_LAST_SUCCESS = Family(
+    "influx_backupd_offsite_last_success_timestamp_seconds",
+    "gauge",
+    "Unix time the newest backup of this job was complete in the off-site bucket.",
+    (JOB_LABEL,),
+)
+OFFSITE_UPLOADED = Family(
+    "influx_backupd_offsite_uploaded_bytes_total",
+    "counter",
+    "Bytes sent to the off-site bucket (ciphertext when encrypting).",
+    (JOB_LABEL,),
+)
+OFFSITE_SKIPPED = Family(
+    "influx_backupd_offsite_skipped_bytes_total",
+    "counter",
+    "Bytes of files not sent because their content was in the off-site bucket already.",
+    (JOB_LABEL,),
+)
+OFFSITE_PENDING = Family(
+    "influx_backupd_offsite_pending_backups",
+    "gauge",
+    "Good local backups not yet complete in the off-site bucket.",
+    (JOB_LABEL,),
+)
+OFFSITE_FAMILIES = (OFFSITE_LAST_SUCCESS, OFFSITE_UPLOADED, OFFSITE_SKIPPED, OFFSITE_PENDING)
+
+
+@dataclass(frozen=True)
+class OffsiteFigures:
+    last_success: float | None
+    uploaded_bytes: int
+    skipped_bytes: int
+    pending: int
+
+
 FAMILIES: tuple[Family, ...] = (
     BUILD_INFO,
     HEARTBEAT,
@@ -146,8 +182,10 @@ FAMILIES: tuple[Family, ...] = (
     FAILING_VERIFY,
     OLDEST_CHECK,
 )
-METRIC_NAMES: frozenset[str] = frozenset(f.name for f in FAMILIES)
-METRIC_LABELS: Mapping[str, tuple[str, ...]] = {f.name: f.labels for f in FAMILIES}
+METRIC_NAMES: frozenset[str] = frozenset(f.name for f in FAMILIES + OFFSITE_FAMILIES)
+METRIC_LABELS: Mapping[str, tuple[str, ...]] = {
+    f.name: f.labels for f in FAMILIES + OFFSITE_FAMILIES
+}
 
 Labels = tuple[tuple[str, str], ...]
 # Written only by the daemon; other writers (a backup by hand, prune, verify) carry them over.
@@ -230,6 +268,7 @@ def render(
     daemon: DaemonFacts | None = None,
     left_down: bool = False,
     version: str = __version__,
+    offsite: Mapping[str, OffsiteFigures] | None = None,
 ) -> str:
     """The textfile for all jobs in `records`.
 
@@ -297,8 +336,21 @@ def render(
             failed_verifies = sum(1 for r in runs if r.verify_status == "failed")
         samples[VERIFY_FAILURES.name].append((j, failed_verifies + extra_failures.get(job, 0)))
 
+    families = FAMILIES
+    if offsite is not None:
+        families += OFFSITE_FAMILIES
+        for f in OFFSITE_FAMILIES:
+            samples[f.name] = []
+        for job, figures in sorted(offsite.items()):
+            j = ((JOB_LABEL, job),)
+            if figures.last_success is not None:
+                samples[OFFSITE_LAST_SUCCESS.name].append((j, figures.last_success))
+            samples[OFFSITE_UPLOADED.name].append((j, figures.uploaded_bytes))
+            samples[OFFSITE_SKIPPED.name].append((j, figures.skipped_bytes))
+            samples[OFFSITE_PENDING.name].append((j, figures.pending))
+
     lines: list[str] = []
-    for family in FAMILIES:
+    for family in families:
         lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
         lines.append(f"# TYPE {family.name} {family.type}")
         for labels, value in samples[family.name]:

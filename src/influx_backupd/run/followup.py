@@ -24,6 +24,7 @@ from influx_backupd.report.metrics import (
     render,
     write_textfile,
 )
+from influx_backupd.run import offsite
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.state import CrashMarker
@@ -51,6 +52,7 @@ def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None =
         counters=catalog.counters() if exists else None,
         daemon=daemon,
         left_down=CrashMarker(config.state_dir).read() is not None,
+        offsite=offsite.figures(config, catalog) if exists else None,
     )
     write_textfile(path, text)
 

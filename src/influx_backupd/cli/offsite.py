@@ -1,0 +1,183 @@
+"""The off-site commands: `offsite sync`, `list --offsite`, `verify ID --offsite`,
+`import --offsite`, and the fetch before `restore ID --from offsite`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from influx_backupd.cli.main import (
+    EXIT_OK,
+    UsageError,
+    _fmt_bytes,
+    _fmt_time,
+    print_json,
+)
+from influx_backupd.core.config import Config, ConfigError
+from influx_backupd.core.errors import EXIT_FAILED
+from influx_backupd.offsite.errors import OffsiteError
+from influx_backupd.run import offsite
+from influx_backupd.run.followup import write_metrics
+from influx_backupd.run.guard import exclusive
+from influx_backupd.store.catalog import Catalog
+
+
+def _configured(config: Config) -> None:
+    if not offsite.enabled(config):
+        raise ConfigError(f"{config.path}: offsite: no [offsite] section (bucket, …) in the config")
+
+
+def cmd_sync(config: Config, args: argparse.Namespace) -> int:
+    """Send now what the bucket lacks, then off-site retention."""
+    _configured(config)
+    with exclusive(config) as catalog:
+        try:
+            report = offsite.sync(config, catalog)
+        except OffsiteError as exc:
+            offsite.tell_failed(config, catalog, str(exc))
+            _metrics(config, catalog)
+            raise
+        _metrics(config, catalog)
+    if args.json:
+        print_json(report.to_dict())
+        return EXIT_FAILED if report.skipped else EXIT_OK
+    for sent in report.sent:
+        what = "already there" if sent.already else f"sent {_fmt_bytes(sent.bytes_uploaded)}"
+        print(f"{sent.id:<22} {what}, {_fmt_bytes(sent.bytes_skipped)} skipped (in the bucket)")
+    for line in report.skipped:
+        print(f"influx-backupd: offsite: not sent: {line}", file=sys.stderr)
+    if report.pruned is not None:
+        p = report.pruned
+        print(
+            f"pruned {len(p.manifests_deleted)} backups, {p.objects_deleted} objects "
+            f"({_fmt_bytes(p.bytes_freed)}); {p.objects_in_grace} unreferenced objects in grace"
+        )
+    print(
+        f"uploaded {_fmt_bytes(report.bytes_uploaded)}, skipped {_fmt_bytes(report.bytes_skipped)}; "
+        f"{len(report.pending)} backups not off-site"
+    )
+    return EXIT_FAILED if report.skipped else EXIT_OK
+
+
+def _metrics(config: Config, catalog: Catalog) -> None:
+    try:
+        write_metrics(config, catalog)
+    except OSError as exc:
+        print(f"influx-backupd: metrics file not written: {exc}", file=sys.stderr)
+
+
+def cmd_list(config: Config, args: argparse.Namespace) -> int:
+    """The backups in the bucket (under this host's prefix), from their manifests."""
+    _configured(config)
+    store = offsite.open_offsite(config)
+    rows: list[dict[str, Any]] = []
+    for ref in store.manifests(job=args.job):
+        manifest = store.manifest(ref)
+        rows.append(
+            {
+                "id": manifest.id,
+                "job": manifest.job,
+                "kind": manifest.kind,
+                "parent": manifest.parent,
+                "layout": manifest.layout,
+                "name": manifest.name,
+                "sha256": manifest.sha256,
+                "bytes": manifest.size,
+                "files": sum(1 for f in manifest.files if f.type == "file"),
+                "started_at": manifest.started_at,
+                "sent_at": manifest.sent_at,
+                "encrypted": manifest.encrypted,
+            }
+        )
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print(f"no backups in {store.bucket.where}")
+        return EXIT_OK
+    print(f"{'ID':<22} {'JOB':<10} {'KIND':<11} {'STARTED':<21} {'SIZE':>10}  NAME")
+    for r in rows:
+        print(
+            f"{r['id']:<22} {r['job']:<10} {r['kind']:<11} {_fmt_time(r['started_at']):<21} "
+            f"{_fmt_bytes(r['bytes']):>10}  {r['name']}"
+        )
+    return EXIT_OK
+
+
+def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    """Every object of the backup in the bucket; --read-data PERCENT of them downloaded and hashed."""
+    _configured(config)
+    if args.backup is None or args.all:
+        raise UsageError("verify --offsite: name one BACKUP id (see list --offsite)")
+    store = offsite.open_offsite(config)
+    started = time.monotonic()
+    result = store.verify(args.backup, read_percent=args.read_data or 0.0)
+    if args.json:
+        print_json(
+            {**result.__dict__, "ok": not result.errors, "took_s": time.monotonic() - started}
+        )
+    else:
+        status = "ok" if not result.errors else "failed"
+        print(
+            f"{status:<8} {result.id}  {result.objects} objects in the bucket, {result.checked} "
+            f"downloaded and hashed ({_fmt_bytes(result.bytes_read)})"
+        )
+        for error in result.errors:
+            print(f"  error  {error}")
+    return EXIT_OK if not result.errors else EXIT_FAILED
+
+
+def cmd_import(config: Config, args: argparse.Namespace) -> int:
+    """The catalog of a fresh host from the manifests in the bucket; archives stay there until
+    `restore ID --from offsite` fetches them."""
+    _configured(config)
+    store = offsite.open_offsite(config)
+    with exclusive(config) as catalog:
+        known = {r.id for r in catalog.list()}
+        new = []
+        for ref in store.manifests():
+            if ref.id in known:
+                continue
+            record = offsite.record_of(store.manifest(ref), config.storage_dir)
+            record.extra = {**record.extra, "offsite_only": True}
+            new.append(record)
+            if not args.dry_run:
+                catalog.save(record)
+        if new and not args.dry_run:
+            state = offsite.State.load(config.state_dir)
+            state.sent.update({r.id: time.time() for r in new})
+            state.save(config.state_dir)
+    if args.json:
+        print_json({"dry_run": args.dry_run, "imported": [r.id for r in new]})
+        return EXIT_OK
+    verb = "would import" if args.dry_run else "imported"
+    print(f"{verb} {len(new)} backups from {store.bucket.where}")
+    for record in new:
+        print(f"  {record.id}  job={record.job}  mode={record.mode}  kind={record.kind}")
+    if new and not args.dry_run:
+        print("restore one with: influx-backupd restore ID --from offsite")
+    return EXIT_OK
+
+
+def fetch_for_restore(config: Config, backup_id: str) -> None:
+    """Before `restore ID --from offsite`: the backup (and its chain) into the storage dir."""
+    _configured(config)
+    with exclusive(config) as catalog:
+        for record in offsite.fetch_chain(config, catalog, backup_id):
+            print(f"fetched {record.id} into {record.archive}", file=sys.stderr)
+
+
+def after_backup(config: Config) -> None:
+    """`backup` with [offsite]: the new backup off-site now (cron users have no daemon to do
+    it). A failure is one line here, the hooks and the metrics; the backup stays ok."""
+    with exclusive(config) as catalog:
+        report = offsite.run_sync(config, catalog)
+        _metrics(config, catalog)
+    if report is None:
+        state = offsite.State.load(config.state_dir)
+        print(
+            f"influx-backupd: offsite: {state.last_error} (the local backup is kept)",
+            file=sys.stderr,
+        )

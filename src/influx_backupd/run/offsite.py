@@ -1,0 +1,369 @@
+"""Off-site copies as a step after the local runs: send what the bucket lacks, prune it, report.
+
+Runs under the backup lock (local prune must not delete an archive while it is read, and no
+cold run's stop window may share the disk with it), but yields: `stop()` is asked between
+objects, and the daemon asks it to stop when a backup falls due; the next sync resumes.
+A failure is logged (`offsite.failed`, one line), counted in the state file, and runs the
+on_failure hooks of the jobs whose backups it left behind; local backups are never touched.
+
+What is off-site is the bucket's business; `<state_dir>/offsite.json` keeps what `status` and
+the metrics show without asking the bucket: per job the last success, the bytes sent and
+skipped, and the backups sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from influx_backupd.core import log
+from influx_backupd.core.config import Config
+from influx_backupd.keep.retention import RetentionPolicy, plan
+from influx_backupd.offsite.errors import OffsiteError
+from influx_backupd.offsite.files import scan_dir, scan_tar
+from influx_backupd.offsite.manifest import Manifest
+from influx_backupd.offsite.repo import Backup, Offsite, PruneResult, SendResult
+from influx_backupd.report.hooks import PREFIX, environment, run_hook
+from influx_backupd.report.metrics import OffsiteFigures
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
+from influx_backupd.store.sidecar import write_sidecar
+
+STATE_FILE = "offsite.json"
+KEY_FILE = "offsite-name.key"
+
+
+def enabled(config: Config) -> bool:
+    return config.settings.offsite is not None
+
+
+def open_offsite(config: Config, **kwargs: Any) -> Offsite:
+    section = config.settings.offsite
+    if section is None:
+        raise OffsiteError(f"{config.path}: no [offsite] section: off-site copies are off")
+    return Offsite(section, key_file=config.state_dir / KEY_FILE, **kwargs)
+
+
+# -- what the host knows (offsite.json) ---------------------------------------------------------
+
+
+@dataclass
+class JobFigures:
+    last_success: float | None = None
+    uploaded_bytes: int = 0
+    skipped_bytes: int = 0
+
+
+@dataclass
+class State:
+    jobs: dict[str, JobFigures] = field(default_factory=dict)
+    sent: dict[str, float] = field(default_factory=dict)  # backup id → when it was complete
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    @classmethod
+    def load(cls, state_dir: Path) -> State:
+        try:
+            raw = json.loads((state_dir / STATE_FILE).read_text())
+            return cls(
+                jobs={k: JobFigures(**v) for k, v in raw.get("jobs", {}).items()},
+                sent={k: float(v) for k, v in raw.get("sent", {}).items()},
+                last_error=raw.get("last_error"),
+                last_error_at=raw.get("last_error_at"),
+            )
+        except (OSError, ValueError, TypeError, AttributeError):
+            return cls()  # none yet, or unreadable: the next sync learns it from the bucket
+
+    def save(self, state_dir: Path) -> None:
+        data = {
+            "jobs": {k: v.__dict__ for k, v in self.jobs.items()},
+            "sent": self.sent,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+        }
+        final = state_dir / STATE_FILE
+        partial = final.with_name(final.name + ".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, final)
+
+    def job(self, name: str) -> JobFigures:
+        return self.jobs.setdefault(name, JobFigures())
+
+
+def wanted(config: Config, catalog: Catalog) -> list[RunRecord]:
+    """The local backups that belong off-site: good, of a job that has not opted out, oldest
+    first (a chain's parent before its increments)."""
+    opted_out = {j.name for j in config.settings.job if not j.offsite}
+    return sorted(
+        (r for r in catalog.list() if r.good and r.archive and r.job not in opted_out),
+        key=lambda r: (r.started_at, r.id),
+    )
+
+
+def not_offsite(config: Config, catalog: Catalog, state: State | None = None) -> list[RunRecord]:
+    """What the last sync had not sent (from offsite.json: no request to the bucket)."""
+    state = state or State.load(config.state_dir)
+    return [r for r in wanted(config, catalog) if r.id not in state.sent]
+
+
+def status(config: Config, catalog: Catalog) -> dict[str, Any] | None:
+    """For `status`: what is not off-site yet, the last success and error (no network)."""
+    section = config.settings.offsite
+    if section is None:
+        return None
+    state = State.load(config.state_dir)
+    successes = [f.last_success for f in state.jobs.values() if f.last_success is not None]
+    return {
+        "where": f"s3://{section.bucket}/{section.prefix}",
+        "not_offsite": [r.id for r in not_offsite(config, catalog, state)],
+        "last_success": max(successes) if successes else None,
+        "last_error": state.last_error,
+        "last_error_at": state.last_error_at,
+    }
+
+
+def figures(config: Config, catalog: Catalog) -> dict[str, OffsiteFigures] | None:
+    """Per job, for the metrics."""
+    if config.settings.offsite is None:
+        return None
+    state = State.load(config.state_dir)
+    pending: dict[str, int] = {}
+    for record in not_offsite(config, catalog, state):
+        pending[record.job] = pending.get(record.job, 0) + 1
+    jobs = {j.name for j in config.settings.job if j.offsite}
+    return {
+        job: OffsiteFigures(
+            last_success=state.job(job).last_success,
+            uploaded_bytes=state.job(job).uploaded_bytes,
+            skipped_bytes=state.job(job).skipped_bytes,
+            pending=pending.get(job, 0),
+        )
+        for job in sorted(jobs | set(pending))
+    }
+
+
+# -- one sync -----------------------------------------------------------------------------------
+
+
+@dataclass
+class SyncReport:
+    sent: list[SendResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "id: why" for backups left locally
+    pruned: PruneResult | None = None
+    yielded: bool = False  # stopped early for a backup that fell due
+    pending: list[str] = field(default_factory=list)  # not off-site after this sync
+
+    @property
+    def bytes_uploaded(self) -> int:
+        return sum(s.bytes_uploaded for s in self.sent)
+
+    @property
+    def bytes_skipped(self) -> int:
+        return sum(s.bytes_skipped for s in self.sent)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sent": [s.__dict__ for s in self.sent],
+            "skipped": self.skipped,
+            "pruned": None if self.pruned is None else self.pruned.__dict__,
+            "yielded": self.yielded,
+            "pending": self.pending,
+            "bytes_uploaded": self.bytes_uploaded,
+            "bytes_skipped": self.bytes_skipped,
+        }
+
+
+def backup_of(record: RunRecord) -> Backup:
+    """A catalog record as the off-site engine's plain input; its files checked on the way."""
+    assert record.archive is not None
+    path = Path(record.archive)
+    if path.is_dir():
+        source = scan_dir(path, record.sha256)
+    elif path.is_file():
+        source = scan_tar(path, record.sha256)
+    else:
+        raise OffsiteError(f"{path}: not there (backup {record.id})")
+    return Backup(record.id, record.job, record.kind, record.parent_id, record.to_dict(), source)
+
+
+def sync(
+    config: Config,
+    catalog: Catalog,
+    *,
+    stop: Callable[[], bool] = lambda: False,
+    prune: bool = True,
+) -> SyncReport:
+    """Send every wanted backup the bucket lacks, oldest first; then off-site retention.
+    The caller holds the backup lock. Raises OffsiteError (after saving what was done)."""
+    logger = log.get()
+    state = State.load(config.state_dir)
+    report = SyncReport()
+    offsite = open_offsite(config)
+    try:
+        in_bucket = {r.id for r in offsite.manifests()}
+        for record in wanted(config, catalog):
+            if record.id in in_bucket:
+                state.sent.setdefault(record.id, time.time())
+                continue
+            if stop():
+                report.yielded = True
+                break
+            try:
+                backup = backup_of(record)
+            except OffsiteError as exc:  # a damaged or vanished local backup: the others go
+                report.skipped.append(f"{record.id}: {exc}")
+                logger.error("offsite.not_sent", run_id=record.id, job=record.job, error=str(exc))
+                continue
+            result = offsite.send(backup, should_stop=stop)
+            report.sent.append(result)
+            figures = state.job(record.job)
+            figures.uploaded_bytes += result.bytes_uploaded
+            figures.skipped_bytes += result.bytes_skipped
+            if not result.complete:
+                report.yielded = True
+                break
+            state.sent[record.id] = time.time()
+            figures.last_success = time.time()
+            logger.info(
+                "offsite.sent",
+                run_id=record.id,
+                job=record.job,
+                bytes_uploaded=result.bytes_uploaded,
+                bytes_skipped=result.bytes_skipped,
+                objects_uploaded=result.objects_uploaded,
+                objects_skipped=result.objects_skipped,
+                took_s=round(result.seconds, 3),
+            )
+        if prune and not report.yielded:
+            report.pruned = prune_offsite(config, offsite)
+        state.last_error = state.last_error_at = None
+    except OffsiteError as exc:
+        state.last_error, state.last_error_at = str(exc), time.time()
+        raise
+    finally:
+        known = {r.id for r in catalog.list()}
+        state.sent = {k: v for k, v in state.sent.items() if k in known}
+        report.pending = [r.id for r in not_offsite(config, catalog, state)]
+        state.save(config.state_dir)
+    return report
+
+
+def prune_offsite(config: Config, offsite: Offsite, *, dry_run: bool = False) -> PruneResult | None:
+    """[offsite] keep_* per job over the manifests (chains kept whole, as locally), then the
+    engine's mark and sweep. No keep_* rule: nothing off-site is deleted."""
+    section = config.settings.offsite
+    assert section is not None
+    policy = RetentionPolicy(
+        keep_last=section.keep_last,
+        keep_daily=section.keep_daily,
+        keep_weekly=section.keep_weekly,
+        keep_monthly=section.keep_monthly,
+    )
+    if not policy.has_rules:
+        return None
+    refs = offsite.manifests()
+    configured = {j.name for j in config.settings.job}
+    keep = {r.id for r in refs if r.job not in configured}  # never prune what no job owns
+    by_job: dict[str, list[RunRecord]] = {}
+    for ref in refs:
+        if ref.job in configured:
+            by_job.setdefault(ref.job, []).append(record_of(offsite.manifest(ref)))
+    now = time.time()
+    for records in by_job.values():
+        keep |= {r.id for r in plan(records, policy, now=now).keep}
+    result = offsite.prune(keep, now=now, dry_run=dry_run)
+    log.get().info(
+        "offsite.pruned",
+        manifests_deleted=result.manifests_deleted,
+        objects_deleted=result.objects_deleted,
+        bytes_freed=result.bytes_freed,
+        objects_in_grace=result.objects_in_grace,
+        uploads_aborted=result.uploads_aborted,
+        dry_run=dry_run,
+    )
+    return result
+
+
+def record_of(manifest: Manifest, storage_dir: Path | None = None) -> RunRecord:
+    """The run record a manifest carries; with storage_dir, pointing at where it is fetched."""
+    record = RunRecord.from_dict(manifest.record)
+    record.status = "ok"
+    if storage_dir is not None:
+        record.archive = str(storage_dir / manifest.name)
+    return record
+
+
+def tell_failed(config: Config, catalog: Catalog, error: str) -> None:
+    """An off-site failure: each affected job's on_failure hook (the newest backup of that job
+    not yet off-site as the record, INFLUX_BACKUPD_OFFSITE=failed, the line in _OFFSITE_DETAIL)."""
+    log.get().error("offsite.failed", error=error)
+    newest: dict[str, RunRecord] = {}
+    for record in not_offsite(config, catalog):
+        newest[record.job] = record
+    for job in config.settings.job:
+        behind = newest.get(job.name)
+        if behind is None or not job.on_failure:
+            continue
+        env = environment(behind, "ok")
+        env[PREFIX + "OFFSITE"] = "failed"
+        env[PREFIX + "OFFSITE_DETAIL"] = error
+        run_hook(job.on_failure, env, job.hook_timeout, name="on_failure")
+
+
+def run_sync(
+    config: Config, catalog: Catalog, *, stop: Callable[[], bool] = lambda: False
+) -> SyncReport | None:
+    """sync() as a follow-up step: a failure is told (log, hooks), never raised."""
+    try:
+        return sync(config, catalog, stop=stop)
+    except OffsiteError as exc:
+        tell_failed(config, catalog, str(exc))
+        return None
+
+
+def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRecord]:
+    """Bring a backup (and, for an increment, every earlier link of its chain) from the bucket
+    into the storage dir, each hashed on the way; its record beside it and in the catalog.
+    Links already in the storage dir with their recorded sha256 are not fetched again."""
+    offsite = open_offsite(config)
+    refs = {r.id: r for r in offsite.manifests()}
+    chain: list[Manifest] = []
+    at: str | None = backup_id
+    while at is not None:
+        ref = refs.get(at)
+        if ref is None:
+            what = "backup" if at == backup_id else f"chain parent {at} of"
+            raise OffsiteError(f"{offsite.bucket.where}: no {what} {backup_id} in the bucket")
+        manifest = offsite.manifest(ref)
+        chain.append(manifest)
+        at = manifest.parent
+    storage = config.storage_dir
+    storage.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fetched: list[RunRecord] = []
+    for manifest in reversed(chain):
+        record = record_of(manifest, storage)
+        known = catalog.get(manifest.id)
+        target = storage / manifest.name
+        if not (known is not None and known.archive == str(target) and target.exists()):
+            if target.exists():
+                raise OffsiteError(
+                    f"{target}: exists, but is not backup {manifest.id} in the catalog; "
+                    "move it away first"
+                )
+            got = offsite.fetch(manifest.id, storage)
+            for note in got.notes:
+                log.get().warning("offsite.rebuilt_as_tree", run_id=manifest.id, note=note)
+            write_sidecar(target, record)
+            catalog.save(record)
+            log.get().info("offsite.fetched", run_id=manifest.id, path=str(target), bytes=got.bytes)
+        fetched.append(record)
+    return fetched

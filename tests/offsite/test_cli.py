@@ -1,0 +1,106 @@
+"""[offsite] through the command line, against a real influxd and moto's server."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import Cli, write_config
+from tests.offsite.conftest import SECRET_KEY, Endpoint, free_port
+from tests.offsite.helpers import offsite_section, sha256
+
+
+def test_backup_goes_off_site_and_is_listed_verified_and_reported(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_500)
+    metrics = tmp_path / "metrics.prom"
+    config = write_config(tmp_path, sandbox, extra=offsite_section(moto))
+    config.write_text(
+        config.read_text().replace("[daemon]\n", f'[daemon]\nmetrics_file = "{metrics}"\n')
+    )
+    cli = Cli(config)
+    record = cli.json("backup")
+    assert record["status"] == "ok"
+    listed = cli.json("list", "--offsite")
+    assert [(r["id"], r["job"], r["sha256"]) for r in listed] == [
+        (record["id"], "nightly", record["sha256"])
+    ]
+    status = cli.json("status")
+    assert status["offsite"]["not_offsite"] == [] and status["offsite"]["last_success"]
+    text = metrics.read_text()
+    assert 'influx_backupd_offsite_pending_backups{job="nightly"} 0' in text
+    assert 'influx_backupd_offsite_uploaded_bytes_total{job="nightly"}' in text
+    assert "# HELP influx_backupd_offsite_skipped_bytes_total" in text
+    checked = cli("verify", record["id"], "--offsite", "--read-data", "100", "--json")
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    assert json.loads(checked.stdout)["checked"] == json.loads(checked.stdout)["objects"]
+
+    # the next night sends only what changed: most of the data is in the bucket already
+    sandbox.write_points("metrics", 10, start=50_000)
+    cli.json("backup")
+    synced = cli.json("offsite", "sync")
+    assert synced["sent"] == [] and synced["pending"] == []
+    skipped = [line for line in metrics.read_text().splitlines() if "skipped_bytes_total{" in line]
+    assert skipped and int(skipped[0].split()[-1]) > 0
+
+
+def test_offsite_failure_runs_the_hook_keeps_the_backup_and_the_next_sync_completes(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    told = tmp_path / "told"
+    hook = ["/bin/sh", "-c", f'env | grep ^INFLUX_BACKUPD_OFFSITE > "{told}"']
+    job = {"name": "nightly", "mode": "cold", "copy": "direct", "on_failure": hook}
+    down = moto.settings(endpoint_url=f"http://127.0.0.1:{free_port()}")
+    config = write_config(
+        tmp_path, sandbox, jobs=[job], extra=offsite_section(moto, endpoint_url=down.endpoint_url)
+    )
+    cli = Cli(config)
+    done = cli("backup", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(done.stdout)
+    lines = [
+        line for line in done.stderr.splitlines() if line.startswith("influx-backupd: offsite:")
+    ]
+    assert len(lines) == 1 and "cannot connect" in lines[0] and SECRET_KEY not in done.stderr
+    assert "INFLUX_BACKUPD_OFFSITE=failed" in told.read_text()
+    archive = Path(record["archive"])
+    assert sha256(archive) == record["sha256"]
+    status = cli.json("status")
+    assert status["offsite"]["not_offsite"] == [record["id"]] and status["offsite"]["last_error"]
+
+    config.write_text(config.read_text().replace(down.endpoint_url, moto.url))
+    synced = cli.json("offsite", "sync")
+    assert [s["id"] for s in synced["sent"]] == [record["id"]] and synced["pending"] == []
+    assert cli.json("status")["offsite"]["last_error"] is None
+
+
+def test_offsite_without_boto3_is_a_config_error_naming_the_extra(
+    tmp_path: Path, influxd_path: str, moto: Endpoint
+) -> None:
+    server = Sandbox(tmp_path / "server", binary=influxd_path)
+    server.write_config()
+    config = write_config(tmp_path, server, extra=offsite_section(moto))
+    hide = tmp_path / "no-boto3" / "boto3"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('boto3 hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": f"{hide.parent}:{os.environ.get('PYTHONPATH', '')}"}
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "influx_backupd", "--config", str(config), "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 78
+    assert done.stderr.count("\n") == 1 and "influx-backupd[s3]" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "state").exists()
