@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.report.metrics import JOB_LABEL
 from tests.conftest import Cli, write_config
 from tests.offsite.conftest import SECRET_KEY, Endpoint, free_port
 from tests.offsite.helpers import offsite_section, sha256
@@ -32,8 +33,8 @@ def test_backup_goes_off_site_and_is_listed_verified_and_reported(
     status = cli.json("status")
     assert status["offsite"]["not_offsite"] == [] and status["offsite"]["last_success"]
     text = metrics.read_text()
-    assert 'influx_backupd_offsite_pending_backups{job="nightly"} 0' in text
-    assert 'influx_backupd_offsite_uploaded_bytes_total{job="nightly"}' in text
+    assert f'influx_backupd_offsite_pending_backups{{{JOB_LABEL}="nightly"}} 0' in text
+    assert f'influx_backupd_offsite_uploaded_bytes_total{{{JOB_LABEL}="nightly"}}' in text
     assert "# HELP influx_backupd_offsite_skipped_bytes_total" in text
     checked = cli("verify", record["id"], "--offsite", "--read-data", "100", "--json")
     assert checked.returncode == 0, checked.stderr[-2000:]

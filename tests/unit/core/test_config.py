@@ -20,6 +20,7 @@ from influx_backupd.core.config import (
     parse_duration,
     read_server_paths,
 )
+from influx_backupd.core.offsite_section import OffsiteSection
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -289,6 +290,8 @@ def test_config_example_is_valid_and_documents_every_key() -> None:
         sub = model.annotation
         if section == "job":
             sub = JobSection
+        if section == "offsite":  # optional: OffsiteSection | None
+            sub = OffsiteSection
         assert isinstance(sub, type) and issubclass(sub, BaseModel)
         for key in _field_names(sub):
             # documented either as a live key or as a commented-out example
