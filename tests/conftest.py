@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -121,3 +122,26 @@ def cli(config_path: Path) -> Cli:
 
 
 MakeConfig = Callable[..., Path]
+
+
+Writes = list[tuple[str, int]]  # (database, points) written before one backup
+
+
+def hot_chain(
+    cli: Cli, server: Sandbox, batches: list[Writes], *, job: str | None = None
+) -> list[Any]:
+    """A hot chain as the tests need it: before each backup, its batch of writes (each batch's
+    points at new timestamps, so that nothing overwrites); the first backup a full, the others
+    increments, every link ok. Returns the links' records, full first."""
+    links: list[Any] = []
+    for number, batch in enumerate(batches):
+        for db, points in batch:
+            server.create_db(db)  # CREATE DATABASE is idempotent
+            server.write_points(db, points, start=number * 100_000)
+        link = cli.json("backup", *(["--job", job] if job else []))
+        assert link["status"] == "ok", link["error"]
+        links.append(link)
+    assert [link["kind"] for link in links] == ["full"] + ["incremental"] * (len(links) - 1)
+    for parent, child in itertools.pairwise(links):
+        assert child["parent_id"] == parent["id"]
+    return links

@@ -26,7 +26,7 @@ from influx_backupd.influxd.sandbox import BESIDE_LIVE_GOGC, Sandbox
 from influx_backupd.restore.hot import _check_space
 from influx_backupd.store.chain import Link
 from influx_backupd.store.scanners import Scan
-from tests.conftest import STAND_INS, Cli, write_config
+from tests.conftest import STAND_INS, Cli, hot_chain, write_config
 
 HOT = [{"name": "hotjob", "mode": "hot"}]
 
@@ -34,16 +34,9 @@ HOT = [{"name": "hotjob", "mode": "hot"}]
 def _chain(cli: Cli, sandbox: Sandbox) -> tuple[dict[str, Any], dict[str, int]]:
     """A full and an increment (one db the full saw, one it did not); returns the increment and
     the counts it holds. Then the live server takes writes newer than the backup."""
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 5_000)
-    full = cli.json("backup")
-    sandbox.write_points("metrics", 1_500, start=100_000)
-    sandbox.create_db("later")
-    sandbox.write_points("later", 600)
-    increment = cli.json("backup")
-    for record in (full, increment):
-        assert record["status"] == "ok", record["error"]
-    assert increment["kind"] == "incremental"
+    _, increment = hot_chain(
+        cli, sandbox, [[("metrics", 5_000)], [("metrics", 1_500), ("later", 600)]]
+    )
     sandbox.write_points("metrics", 300, start=200_000)  # newer than the backup
     return increment, {"metrics": 6_500, "later": 600}
 

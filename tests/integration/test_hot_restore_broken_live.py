@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli, hot_chain, write_config
 
 HOT = [{"name": "hotjob", "mode": "hot"}]
 
@@ -20,12 +20,7 @@ def test_a_chain_restores_over_a_server_whose_meta_db_is_destroyed(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 2_000)
-    full = cli.json("backup")
-    sandbox.write_points("metrics", 500, start=100_000)
-    increment = cli.json("backup")
-    assert (full["status"], increment["status"], increment["kind"]) == ("ok", "ok", "incremental")
+    _, increment = hot_chain(cli, sandbox, [[("metrics", 2_000)], [("metrics", 500)]])
 
     sandbox.stop()
     (sandbox.meta / "meta.db").write_bytes(b"not a bolt file " * 512)

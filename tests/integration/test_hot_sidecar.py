@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli, hot_chain, write_config
 
 HOT = [{"name": "hotjob", "mode": "hot"}]
 SAME = ("id", "job", "mode", "kind", "chain_id", "parent_id", "since", "sha256", "bytes", "files")
@@ -48,17 +48,13 @@ def test_a_chain_restores_by_path_without_the_catalog_and_refuses_a_broken_one(
     tmp_path: Path, sandbox: Sandbox, influxd_path: str
 ) -> None:
     cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 3_000)
-    full = cli.json("backup")
-    sandbox.write_points("metrics", 1_000, start=100_000)
-    first = cli.json("backup")
-    sandbox.create_db("later")  # a database the full never saw
-    sandbox.write_points("later", 500)
-    sandbox.write_points("metrics", 700, start=200_000)
-    second = cli.json("backup")
+    # the last increment holds a database the full never saw
+    full, first, second = hot_chain(
+        cli,
+        sandbox,
+        [[("metrics", 3_000)], [("metrics", 1_000)], [("later", 500), ("metrics", 700)]],
+    )
     for record in (full, first, second):
-        assert record["status"] == "ok", record["error"]
         sidecar = _sidecar(record)
         assert sidecar["format"] == 1 and sidecar["status"] == "ok"
         assert {k: sidecar[k] for k in SAME} == {k: record[k] for k in SAME}

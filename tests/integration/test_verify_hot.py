@@ -20,9 +20,9 @@ import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.record import RunRecord, new_run_id
+from influx_backupd.store.record import new_run_id
 from influx_backupd.store.scanners import scan_portable
-from tests.conftest import STAND_INS, Cli, write_config
+from tests.conftest import STAND_INS, Cli, hot_chain, write_config
 
 JOBS = [{"name": "hotjob", "mode": "hot"}, {"name": "coldjob", "mode": "cold", "copy": "direct"}]
 INFLUXD09 = STAND_INS / "influxd09"
@@ -45,7 +45,8 @@ class Chain:
     def register(self, archive: Path, **changes: Any) -> str:
         """A catalog entry for a damaged copy of the incremental, in the same chain."""
         run_id = new_run_id()
-        original = RunRecord.from_dict(self.incremental)
+        original = self.catalog.get(self.incremental["id"])
+        assert original is not None
         self.catalog.save(dataclasses.replace(original, id=run_id, archive=str(archive), **changes))
         return run_id
 
@@ -61,17 +62,11 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
     server.start()
     try:
         cli = Cli(write_config(root, server, jobs=JOBS))
-        server.create_db("metrics")
-        server.write_points("metrics", 3_000)
-        full = cli.json("backup")
-        server.write_points("metrics", 1_000, start=100_000)
-        server.create_db("later")
-        server.write_points("later", 500, measurement="mem")
-        incremental = cli.json("backup")
+        full, incremental = hot_chain(
+            cli, server, [[("metrics", 3_000)], [("metrics", 1_000), ("later", 500)]], job="hotjob"
+        )
         cold = cli.json("backup", "--job", "coldjob")
-        for record in (full, incremental, cold):
-            assert record["status"] == "ok", record["error"]
-        assert incremental["kind"] == "incremental" and incremental["parent_id"] == full["id"]
+        assert cold["status"] == "ok", cold["error"]
         yield Chain(root, cli, server, full, incremental, cold)
     finally:
         server.stop()
