@@ -137,3 +137,17 @@ def test_subcommand_help_shows_its_description(command: str) -> None:
     description = _subcommands(build_parser())[command].description
     assert description is not None
     assert description.split(".")[0] in " ".join(done.stdout.split())
+
+
+def test_check_config_warns_about_a_job_without_retention(tmp_path: Path) -> None:
+    config = serverless_config(tmp_path, jobs=("kept",))
+    with config.open("a") as f:
+        f.write('[[job]]\nname = "hoarder"\nschedule = "@daily"\n')
+    done = cli("-c", str(config), "check-config")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stdout.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1, done.stdout
+    assert "job hoarder has no retention rule" in warnings[0]
+    plan = json.loads(cli("-c", str(config), "check-config", "--json").stdout)
+    assert [w for w in plan["warnings"] if "retention" in w] == [warnings[0][len("warning: ") :]]
+    assert "job hoarder" in done.stdout and "cron '@daily'" in done.stdout

@@ -216,6 +216,15 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
             "set [influxd] username and password_file"
         )
     plan["warnings"] += unit_paths.warnings(config)
+    for job in s.job:
+        if not any(
+            (job.keep_last, job.keep_hourly, job.keep_daily, job.keep_weekly, job.keep_monthly)
+        ):
+            plan["warnings"].append(
+                f"job {job.name} has no retention rule (keep_last, keep_hourly, keep_daily, "
+                "keep_weekly, keep_monthly all 0): every backup is kept until the disk is full; "
+                "e.g. keep_daily = 7 and keep_weekly = 4"
+            )
     if args.json:
         print_json(plan, indent=2)
         return EXIT_OK

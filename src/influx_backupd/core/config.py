@@ -6,13 +6,14 @@ The server's directories are read from its own influxdb.conf so the operator nev
 from __future__ import annotations
 
 import base64
+import difflib
 import logging
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -25,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from influx_backupd.core.durations import Duration
 from influx_backupd.core.errors import EXIT_CONFIG, BackupdError
 from influx_backupd.core.offsite_section import OffsiteSection
 
@@ -32,8 +34,6 @@ DEFAULT_CONFIG_PATH = Path("/etc/influx-backupd/config.toml")
 CONFIG_ENV = "INFLUX_BACKUPD_CONFIG"
 DEFAULT_STATE_DIR = Path("/var/lib/influx-backupd")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _WINDOW = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -55,53 +55,56 @@ class ConfigError(BackupdError):
     exit_status = EXIT_CONFIG
 
 
-def parse_duration(value: object) -> float:
-    """'90s', '5m', '2h', '7d' or a number of seconds → seconds."""
-    if isinstance(value, bool):
-        raise ValueError("must be a duration like 90s, 5m, 2h or 7d")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
-    else:
-        raise ValueError(f"must be a duration like 90s, 5m, 2h or 7d, not {value!r}")
-    if seconds < 0:
-        raise ValueError("must not be negative")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # Docstrings under fields are their descriptions (the JSON Schema in packaging/ shows them).
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
 
 
 class DaemonSection(_Strict):
     state_dir: Path = DEFAULT_STATE_DIR  # unset: see default_state_dir
+    """Catalog, backup lock, crash marker and the log of influxd servers we started. Unset: $STATE_DIRECTORY when systemd sets it, else /var/lib/influx-backupd."""
     metrics_file: Path | None = None
+    """Prometheus text file for node_exporter's textfile collector, rewritten after every run and by the daemon at least every minute. Unset: no metrics."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """The lowest level of events logged by the daemon and, off a terminal, by commands."""
 
 
 class InfluxdSection(_Strict):
     config: Path = Path("/etc/influxdb/influxdb.conf")
+    """The server's influxdb.conf: its meta, data, wal and hinted-handoff dirs are read from it."""
     service: str | None = None
+    """The systemd unit that runs influxd, stopped and started with systemctl. Set service or command, not both."""
     command: list[str] | None = None
+    """Without a service manager: the argv that starts influxd (detached, in its own session). Set service or command, not both."""
     pidfile: Path | None = None
+    """With command: the pidfile influxd writes (else it is found by the config path on its command line)."""
     binary: Path = Path("/usr/bin/influxd")
+    """The influxd executable used for `influxd backup` and `influxd restore` (hot jobs)."""
     url: str | None = None  # default: from influxdb.conf [http] bind-address
+    """The HTTP API, whose /ping must answer after a start. Unset: from influxdb.conf [http] bind-address."""
     backup_host: str | None = None  # default: from influxdb.conf bind-address
+    """The snapshot (RPC) service hot backups read, host:port; may be a remote node. Unset: influxdb.conf's bind-address."""
     # backup_host's server's HTTP API, whose clock dates hot increments; default: see hot.py
     backup_url: str | None = None
+    """The HTTP API of backup_host's server, whose clock dates hot increments. Unset: url when backup_host is on url's host, else port 8086 of backup_host."""
     user: str = "influxdb"
+    """Owner of restored files (influxd cannot write files it does not own)."""
     group: str = "influxdb"
+    """Group of restored files."""
     stop_timeout: Duration = 90.0
+    """How long influxd may take to stop; past it nothing is copied and influxd is left running."""
     start_timeout: Duration = 120.0
+    """How long influxd may take to answer /ping after a start (it grows with the WAL)."""
     backup_timeout: Duration = 3600.0  # a whole `influxd backup` run (hot job)
+    """Limit on one whole `influxd backup` run (hot jobs); past it the run fails."""
     # HTTP auth for queries to the live server ([http] auth-enabled); both or neither. The
     # password lives in its own file (config files are often world-readable): read at load.
     username: str | None = None
+    """HTTP user for the queries sent to a server with [http] auth-enabled (point counts before a cold stop). Set with password_file, or neither."""
     password_file: Path | None = None
+    """File holding that user's password (trailing newline stripped), e.g. a 0600 file or a systemd credential. Set with username, or neither."""
 
     @model_validator(mode="after")
     def _one_way_to_start(self) -> InfluxdSection:
@@ -119,6 +122,7 @@ class InfluxdSection(_Strict):
 
 class StorageSection(_Strict):
     dir: Path
+    """Where the archives go (created with mode 0700); best on its own filesystem."""
 
 
 def _job_name(value: object) -> object:
@@ -167,10 +171,15 @@ class Scheduled(_Strict):
     """When something runs: a 5-field crontab string, or an interval; neither = only by hand."""
 
     schedule: Annotated[str | None, BeforeValidator(_crontab)] = None
+    """A 5-field crontab string in cron's meaning (0 and 7 are Sunday), or @hourly, @daily, @weekly, @monthly. Set schedule or every, or neither (by hand only)."""
     every: Duration | None = None
+    """An interval instead of schedule, e.g. \"6h\"; its grid is anchored at the last run."""
     jitter: Duration = 0.0
+    """A random delay of up to this much added to each run."""
     timezone: Annotated[str, BeforeValidator(_timezone)] = "UTC"
+    """IANA time zone of the schedule."""
     catch_up: Duration = 3600.0
+    """A run missed while the daemon was down runs once at start-up if it is no older than this; a run waiting longer than this after it was due is skipped."""
 
     @model_validator(mode="after")
     def _schedule_or_every(self) -> Self:
@@ -186,34 +195,56 @@ class VerifySection(Scheduled):
     truncated or edited archive), as `verify --all` does; neither schedule nor every: never."""
 
     deep: bool = False
+    """Also check every TSM block's CRC32 (reads every byte)."""
     restore_test: bool = False
+    """Also restore every backup into a throwaway influxd and count its points (slow)."""
 
 
 class JobSection(Scheduled):
     name: Annotated[str, BeforeValidator(_job_name)]
+    """The job's name: 1-64 letters, digits, '.', '_' or '-'. Names the archives and the metrics' backup_job label."""
     # how: the policy picks cold or hot per run
     mode: Literal["cold", "hot", "auto"] = "cold"
+    """cold: stop influxd, tar its dirs, start it. hot: `influxd backup` while it serves. auto: hot when the snapshot service answers, else cold when allowed, else skip."""
     cold_window: Annotated[str | None, BeforeValidator(_cold_window)] = None
+    """Scheduled cold runs only inside this daily window, in the job's time zone, e.g. \"01:00-05:00\" (may wrap midnight). Unset: any time."""
     max_downtime: Duration | None = None
+    """Refuse a scheduled cold run whose predicted downtime is longer than this. Unset: no limit."""
     fallback: Literal["none", "cold"] = "none"
+    """cold: a failed hot run is followed by a cold one (if cold_window and max_downtime allow)."""
     # TOML key `copy`; renamed here because BaseModel.copy exists
     copy_mode: Literal["staged", "direct"] = Field(default="staged", alias="copy")
+    """staged: copy the dirs while influxd serves and stop it only for what changed. direct: tar while it is stopped."""
     keep_staging: bool = True
+    """Keep the staging tree between runs, so the next staged copy is incremental (costs one more copy of the data on the storage filesystem)."""
     full_every: Duration = 7 * 86400.0
+    """Hot jobs: start a new chain (a full backup) after this long; increments in between."""
     # keep
     keep_last: int = Field(default=0, ge=0)
+    """Retention: keep the newest N good backups. All keep_* 0: keep every backup."""
     keep_hourly: int = Field(default=0, ge=0)
+    """Retention: keep the newest good backup of each of the last N hours."""
     keep_daily: int = Field(default=0, ge=0)
+    """Retention: keep the newest good backup of each of the last N days."""
     keep_weekly: int = Field(default=0, ge=0)
+    """Retention: keep the newest good backup of each of the last N weeks."""
     keep_monthly: int = Field(default=0, ge=0)
+    """Retention: keep the newest good backup of each of the last N months."""
     # prove and report
     verify_after_backup: bool = False
+    """Verify each backup after it is written (sha256, structure, file formats)."""
     verify_restore_test: bool = False
+    """With verify_after_backup: also restore it into a throwaway influxd and query it."""
     on_success: list[str] | None = None
+    """Argv run without a shell after a good run, the record in INFLUX_BACKUPD_* variables."""
     on_failure: list[str] | None = None
+    """Argv run without a shell after a failed run, or when a check finds a backup bad."""
     hook_timeout: Duration = 60.0
+    """After this long a hook's whole process group is killed."""
     heartbeat_url: str | None = None
-    offsite: bool = True  # false: this job's backups are not copied off-site
+    """healthchecks.io-style URL: GET url/start when a run begins, POST url on success and url/fail on failure, with the log tail."""
+    offsite: bool = True
+    """false: this job's backups are not copied off-site ([offsite])."""
 
     @model_validator(mode="after")
     def _hooks_and_heartbeat(self) -> JobSection:
@@ -262,20 +293,32 @@ class NotifySection(_Strict):
     """[notify]: apprise URLs per event; each message is a short summary and the run's log tail."""
 
     start: AppriseUrls = Field(default_factory=list)
+    """apprise URLs told when a run begins."""
     success: AppriseUrls = Field(default_factory=list)
+    """apprise URLs told when a run finished ok (and its verify, if any)."""
     failure: AppriseUrls = Field(default_factory=list)
+    """apprise URLs told when a run failed or was interrupted."""
     verify_failed: AppriseUrls = Field(default_factory=list)
+    """apprise URLs told when a check finds a kept backup bad."""
     timeout: Duration = 30.0  # the most a notification may hold up the run that sends it
+    """The most a notification may hold up the run that sends it."""
 
 
 class Settings(_Strict):
     daemon: DaemonSection = DaemonSection()
+    """The daemon's own files, metrics and logging."""
     influxd: InfluxdSection
+    """The InfluxDB server to back up, and how to stop and start it."""
     storage: StorageSection
+    """Where backups are kept."""
     job: list[JobSection] = Field(default_factory=list)
+    """The backup jobs, one [[job]] table each."""
     verify: VerifySection = VerifySection()
+    """Scheduled checks of every good backup (off unless schedule or every is set)."""
     notify: NotifySection = NotifySection()
-    offsite: OffsiteSection | None = None  # off-site copies (docs/offsite.md)
+    """Notifications through apprise, per event (needs influx-backupd[notify])."""
+    offsite: OffsiteSection | None = None
+    """Off-site copies to S3-compatible storage (needs influx-backupd[s3]; docs/offsite.md)."""
 
     @model_validator(mode="after")
     def _unique_jobs(self) -> Settings:
@@ -339,6 +382,8 @@ class Config:
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
+    """('job', 0, 'mode') -> 'job[0].mode': TOML's arrays of tables counted from 0, as in the
+    README and every message."""
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -348,19 +393,111 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model whose keys are allowed at `loc` (the path of a table)."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None
+        )
+        if field is None:
+            return None
+        inner: Any = field.annotation
+        for _ in range(3):  # list[JobSection], X | None
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                break
+            args = [a for a in get_args(inner) if a is not type(None)]
+            inner = args[0] if args else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return None
+        model = inner
+    return model
+
+
+def _keys_of(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _closest(loc: tuple[int | str, ...]) -> str:
+    """'; did you mean keep_daily?' for a misspelt key, '' when nothing is close."""
+    model = _model_at(loc[:-1])
+    if model is None or not isinstance(loc[-1], str):
+        return ""
+    keys = _keys_of(model)
+    found = difflib.get_close_matches(loc[-1], keys, n=1, cutoff=0.6) or difflib.get_close_matches(
+        loc[-1].lower().replace("-", "_"), keys, n=1, cutoff=0.6
+    )
+    if not found:  # "notifications" for notify: a long shared start
+        typo = loc[-1].lower()
+        prefix = {
+            k: next(
+                (i for i, (a, b) in enumerate(zip(k, typo, strict=False)) if a != b),
+                min(len(k), len(typo)),
+            )
+            for k in keys
+        }
+        best = max(prefix, key=lambda k: prefix[k], default=None)
+        found = [best] if best is not None and prefix[best] >= 5 else []
+    if found:
+        return f"; did you mean {found[0]}?"
+    return f" (keys here: {', '.join(keys)})" if len(keys) <= 12 else ""
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# pydantic's error type -> the form we expect, in our words (the rest come from our validators)
+_EXPECTED = {
+    "string_type": "must be a string in quotes",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "list_type": 'must be a list like ["a", "b"]',
+    "path_type": "must be a path in quotes",
+    "dict_type": "must be a table (a [section] or { key = value })",
+    "model_type": "must be a table (a [section] or { key = value })",
+    "model_attributes_type": "must be a table (a [section] or { key = value })",
+    "string_too_short": "must not be empty",
+    "too_short": "must not be empty",
+}
+
+
 def _describe(error: Any) -> str:
+    """One line in our words: the key path, what is expected, and what was found."""
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     where = _key_path(loc)
     kind = error["type"]
+    ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
-        return f"{where}: unknown key"
+        return f"{where}: unknown key{_closest(loc)}"
     if kind == "missing":
         return f"{where}: required key is missing"
-    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "value_error":  # our validators' own words
+        return f"{where}: {str(error['msg']).removeprefix('Value error, ')}"
     if kind == "literal_error":
-        expected = str(error.get("ctx", {}).get("expected", ""))
-        message = "must be one of " + expected.replace("'", "").replace(" or ", ", ")
-    return f"{where}: {message}"
+        expected = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
+        return f"{where}: must be one of {expected}, not {_shown(error.get('input'))}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        words = {
+            "greater_than_equal": "or more",
+            "greater_than": "exclusive, or more",
+            "less_than_equal": "or less",
+            "less_than": "exclusive, or less",
+        }[kind]
+        bound = next(iter(ctx.values()), "?")
+        return f"{where}: must be {bound} {words}, not {_shown(error.get('input'))}"
+    if loc == ("job",) and kind == "list_type":
+        return "job: must be [[job]] tables (double brackets: one table per job), not [job]"
+    expected = _EXPECTED.get(kind, f"has a value of the wrong form ({kind})")
+    return f"{where}: {expected}, not {_shown(error.get('input'))}"
 
 
 def resolve_path(cli_path: str | None) -> Path:

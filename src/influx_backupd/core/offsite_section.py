@@ -9,6 +9,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from influx_backupd.core.durations import Duration
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]i?)?[bB]?\s*$")
 _SIZE_UNIT = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,62})*$")
@@ -28,12 +30,6 @@ def parse_size(value: object) -> object:
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
-
-
-def _duration(value: object) -> object:
-    from influx_backupd.core.config import parse_duration  # config imports this module
-
-    return parse_duration(value)
 
 
 def _prefix(value: object) -> object:
@@ -56,37 +52,58 @@ def _recipient(value: object) -> object:
 class OffsiteSection(BaseModel):
     """Where and how backups are copied off the host."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$")
+    """The S3 bucket the copies go to."""
     # one daemon per prefix: objects, manifests and keys all live below it
     prefix: Annotated[str, BeforeValidator(_prefix)] = Field(
         default_factory=lambda: socket.gethostname().split(".")[0] or "localhost"
     )
+    """Everything of this host lives below this prefix in the bucket (default: the host name)."""
     endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/.*)?$")
+    """The S3 endpoint, for storage other than AWS (MinIO, Ceph, B2, R2, Garage …); omit for AWS."""
     region: str | None = None
+    """The bucket's region."""
     # an AWS shared-credentials file ([default] aws_access_key_id / aws_secret_access_key);
     # without it, boto3's standard chain (environment, ~/.aws, instance profile)
     credentials_file: Path | None = None
+    """An AWS shared-credentials file (0600); without it: environment, ~/.aws, instance profile."""
     profile: str = "default"
+    """The profile in credentials_file."""
     storage_class: str | None = Field(default=None, pattern=r"^[A-Z_]+$")
+    """The S3 storage class of uploaded objects, e.g. STANDARD_IA."""
     sse: Literal["AES256", "aws:kms"] | None = None
+    """Server-side encryption: AES256 or aws:kms (with sse_kms_key_id)."""
     sse_kms_key_id: str | None = None
+    """The KMS key for sse = "aws:kms"."""
     encrypt_to: list[Annotated[str, BeforeValidator(_recipient)]] = Field(default_factory=list)
+    """Client-side encryption to these age recipients (age1… or SSH public keys)."""
     # age identities to read encrypted backups back (restore, verify, import)
     identity_file: Path | None = None
+    """The age identity file, to read encrypted backups back (restore, verify, import)."""
     max_rate: Annotated[Size | None, Field(gt=0)] = None  # bytes per second, all uploads together
+    """Bytes per second for all uploads together (e.g. "20MiB"); unset: no limit."""
     concurrency: int = Field(default=4, ge=1, le=64)
+    """Objects sent at once."""
     part_size: Annotated[Size, Field(ge=5 * MiB, le=5 * 1024 * MiB)] = 16 * MiB
+    """Objects larger than this go as multipart uploads of parts this size."""
     retries: int = Field(default=8, ge=1, le=30)  # attempts per request, with backoff
-    connect_timeout: Annotated[float, BeforeValidator(_duration), Field(gt=0)] = 10.0
+    """Attempts per request, with backoff."""
+    connect_timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    """How long a connection to the endpoint may take."""
     # objects no kept manifest references are deleted only once older than this (seconds):
     # an upload in flight writes its objects before its manifest
-    grace: Annotated[float, BeforeValidator(_duration)] = 2 * 86400.0
+    grace: Duration = 2 * 86400.0
+    """Objects no kept manifest references are deleted only once older than this (an upload writes its objects before its manifest)."""
     keep_last: int = Field(default=0, ge=0)
+    """Off-site retention: keep the newest N backups. All keep_* 0: keep all."""
     keep_daily: int = Field(default=0, ge=0)
+    """Off-site retention: keep the newest backup of each of the last N days."""
     keep_weekly: int = Field(default=0, ge=0)
+    """Off-site retention: keep the newest backup of each of the last N weeks."""
     keep_monthly: int = Field(default=0, ge=0)
+    """Off-site retention: keep the newest backup of each of the last N months."""
 
     @model_validator(mode="after")
     def _kms(self) -> Self:

@@ -97,8 +97,27 @@ def _apscheduler_day_of_week(days: set[int]) -> str:
     return ",".join(_DAY_NAMES[d] for d in sorted(days))
 
 
+# cron's (vixie, cronie) nicknames; @reboot has no meaning for a schedule.
+ALIASES = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+
+
 def cron_trigger(expr: str, tz: ZoneInfo, jitter: float | None = None) -> BaseTrigger:
-    """A trigger that fires when the 5-field crontab `expr` does, in time zone `tz`."""
+    """A trigger that fires when the 5-field crontab `expr` (or a nickname such as @daily)
+    does, in time zone `tz`."""
+    if expr.startswith("@"):
+        if expr.strip().lower() not in ALIASES:
+            raise ScheduleError(
+                f"unknown nickname {expr!r}: use one of {', '.join(ALIASES)} or 5 fields"
+            )
+        expr = ALIASES[expr.strip().lower()]
     fields = expr.split()
     if len(fields) != 5:
         raise ScheduleError(

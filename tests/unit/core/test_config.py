@@ -17,9 +17,9 @@ from influx_backupd.core.config import (
     JobSection,
     Settings,
     load,
-    parse_duration,
     read_server_paths,
 )
+from influx_backupd.core.durations import parse_duration
 from influx_backupd.core.offsite_section import OffsiteSection
 
 REPO = Path(__file__).resolve().parents[3]
