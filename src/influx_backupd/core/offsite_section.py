@@ -86,7 +86,7 @@ class OffsiteSection(BaseModel):
     """Bytes per second for all uploads together (e.g. "20MiB"); unset: no limit."""
     concurrency: int = Field(default=4, ge=1, le=64)
     """Objects sent at once."""
-    part_size: Annotated[Size, Field(ge=5 * MiB, le=5 * 1024 * MiB)] = 16 * MiB
+    part_size: Annotated[Size, Field(ge=5 * MiB, le=5 * 1024 * MiB)] = 8 * MiB
     """Objects larger than this go as multipart uploads of parts this size."""
     retries: int = Field(default=8, ge=1, le=30)  # attempts per request, with backoff
     """Attempts per request, with backoff."""

@@ -405,41 +405,17 @@ class Bucket:
         )
         return str(started["UploadId"])
 
+    def multipart(self, key: str, size: int) -> Multipart:
+        """A plain object to send in parts (resumed if a killed run left its upload)."""
+        return Multipart(self, key, size)
+
     def put_resumable(self, key: str, size: int, opener: Callable[[], Window]) -> int:
-        """Upload size bytes in parts; a multipart upload left by a killed run is continued:
-        each part already there whose MD5 (its ETag) and size match ours is kept, not sent.
-        Returns the bytes sent now."""
-        part = self.settings.part_size
-        found = self.uploads(key)
-        upload_id, have = "", {}
-        for _, uid, _started in sorted(found, key=lambda u: u[2], reverse=True):
-            if not upload_id:
-                upload_id, have = uid, self._parts(key, uid)
-            else:
-                self.abort(key, uid)  # older duplicates of the same object
-        if not upload_id:
-            upload_id = self._create(key)
-        sent = total = 0
-        etags: list[str] = []
+        """Upload size bytes in parts, one after the other; returns the bytes sent now."""
+        upload = self.multipart(key, size)
+        sent = 0
         with opener() as reader:
-            n = 0
-            while True:
-                n += 1
-                data = reader.read(part)
-                if not data and n > 1:
-                    break
-                total += len(data)
-                hexmd5, _ = _md5(data)
-                if have.get(n) == (hexmd5, len(data)):
-                    etags.append(hexmd5)  # sent by an earlier, interrupted run
-                else:
-                    etags.append(self._upload_part(key, upload_id, n, data))
-                    sent += len(data)
-                if len(data) < part:
-                    break
-        if total != size:
-            raise OffsiteError(f"{key}: {total} bytes read, {size} expected: the source changed")
-        self._complete(key, upload_id, etags)
+            for n in range(1, upload.count + 1):
+                sent += upload.send(n, reader.read(upload.part_size))[0]
         return sent
 
     def put_stream(self, key: str, fill: Callable[[Any], None]) -> int:
@@ -503,3 +479,53 @@ class Bucket:
                 raise OffsiteError(
                     f"{self.where}: delete {first.get('Key')}: failed ({first.get('Code')})"
                 )
+
+
+class Multipart:
+    """One plain object sent as a multipart upload, its parts possibly from several threads.
+
+    A multipart upload left by a killed run is continued: each part already there whose MD5
+    (its ETag) and size match ours is kept, not sent again. The last part in completes it."""
+
+    def __init__(self, bucket: Bucket, key: str, size: int) -> None:
+        self.bucket, self.key, self.size = bucket, key, size
+        self.part_size = bucket.settings.part_size
+        self.count = max(1, -(-size // self.part_size))
+        self.upload_id, self.have = "", {}
+        found = bucket.uploads(key)
+        for _, uid, _started in sorted(found, key=lambda u: u[2], reverse=True):
+            if not self.upload_id:
+                self.upload_id, self.have = uid, bucket._parts(key, uid)
+            else:
+                bucket.abort(key, uid)  # older duplicates of the same object
+        if not self.upload_id:
+            self.upload_id = bucket._create(key)
+        self._etags = [""] * self.count
+        self._left = self.count
+        self._lock = threading.Lock()
+
+    def offset(self, n: int) -> int:
+        return (n - 1) * self.part_size
+
+    def length(self, n: int) -> int:
+        return min(self.part_size, self.size - self.offset(n))
+
+    def send(self, n: int, data: bytes) -> tuple[int, bool]:
+        """Part n (1-based): (bytes sent now, whether this completed the object)."""
+        if len(data) != self.length(n):
+            raise OffsiteError(
+                f"{self.key}: part {n} has {len(data)} bytes, {self.length(n)} expected: "
+                "the source changed"
+            )
+        hexmd5, _ = _md5(data)
+        sent = 0
+        if self.have.get(n) != (hexmd5, len(data)):
+            hexmd5 = self.bucket._upload_part(self.key, self.upload_id, n, data)
+            sent = len(data)
+        with self._lock:
+            self._etags[n - 1] = hexmd5
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self.bucket._complete(self.key, self.upload_id, self._etags)
+        return sent, last

@@ -17,14 +17,15 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from influx_backupd.offsite import crypto
-from influx_backupd.offsite.bucket import Bucket, Listed
+from influx_backupd.offsite.bucket import Bucket, Listed, Multipart
 from influx_backupd.offsite.errors import IntegrityError, NotFound, OffsiteError
 from influx_backupd.offsite.files import CHUNK, FileEntry, Source, listing_sha256
 from influx_backupd.offsite.manifest import (
@@ -242,15 +243,15 @@ class Offsite:
             todo[name] = entry
         sent_lock = threading.Lock()
 
-        def one(name: str, entry: FileEntry) -> None:
-            n = self._send_object(backup.source, name, entry)
+        def done(name: str, entry: FileEntry, sent: int, complete: bool) -> None:
             with sent_lock:
-                result.bytes_uploaded += n
-                result.objects_uploaded += 1
-            with self._lock:
-                present[name] = entry.size
+                result.bytes_uploaded += sent
+                result.objects_uploaded += complete
+            if complete:
+                with self._lock:
+                    present[name] = entry.size
 
-        stopped = self._run_all(((name, entry) for name, entry in todo.items()), one, should_stop)
+        stopped = self._run_all(self._jobs(backup.source, todo, done), should_stop)
         if stopped:
             result.seconds = time.monotonic() - started
             return result
@@ -273,31 +274,67 @@ class Offsite:
         result.seconds = time.monotonic() - started
         return result
 
-    def _run_all(
+    def _jobs(
         self,
-        jobs: Iterable[tuple[str, FileEntry]],
-        one: Callable[[str, FileEntry], None],
-        should_stop: Callable[[], bool],
-    ) -> bool:
-        """Run one() over jobs, `concurrency` at a time; the first error cancels the rest.
-        Returns True when should_stop() ended it early."""
+        source: Source,
+        todo: dict[str, FileEntry],
+        done: Callable[[str, FileEntry, int, bool], None],
+    ) -> Iterator[Callable[[], None]]:
+        """One job per object, or per part of a plain object larger than part_size, so that the
+        parts of one large file go out side by side. Made lazily: a multipart upload is started
+        (or found again) only when its first part is about to be sent."""
+        for name, entry in todo.items():
+            if self.settings.encrypted or entry.size <= self.settings.part_size:
+                yield partial(self._whole, source, name, entry, done)
+                continue
+            upload = self.bucket.multipart(self.bucket.key(object_name(name)), entry.size)
+            for n in range(1, upload.count + 1):
+                yield partial(self._part, source, name, entry, upload, n, done)
+
+    def _whole(
+        self,
+        source: Source,
+        name: str,
+        entry: FileEntry,
+        done: Callable[[str, FileEntry, int, bool], None],
+    ) -> None:
+        done(name, entry, self._send_object(source, name, entry), True)
+
+    def _part(
+        self,
+        source: Source,
+        name: str,
+        entry: FileEntry,
+        upload: Multipart,
+        n: int,
+        done: Callable[[str, FileEntry, int, bool], None],
+    ) -> None:
+        with source.open(entry) as reader:
+            reader.seek(upload.offset(n))
+            data = reader.read(upload.length(n))
+        sent, complete = upload.send(n, data)
+        done(name, entry, sent, complete)
+
+    def _run_all(self, jobs: Iterable[Callable[[], None]], should_stop: Callable[[], bool]) -> bool:
+        """Run the jobs, `concurrency` at a time (so at most that many parts in memory); the
+        first error cancels the rest. Returns True when should_stop() ended it early."""
         limit = self.settings.concurrency
         with ThreadPoolExecutor(limit, thread_name_prefix="offsite") as pool:
             running: set[Future[None]] = set()
             try:
-                for name, entry in jobs:
+                for job in jobs:
                     if should_stop():
                         wait(running)
                         for f in running:
                             f.result()
                         return True
                     while len(running) >= limit:
-                        done, running = wait(running, return_when=FIRST_EXCEPTION)
-                        for f in done:
+                        finished, running = wait(running, return_when=FIRST_COMPLETED)
+                        for f in finished:
                             f.result()
-                    running.add(pool.submit(one, name, entry))
-                done, _ = wait(running)
-                for f in done:
+                    running.add(pool.submit(job))
+                finished, _ = wait(running)
+                for f in finished:
                     f.result()
             except BaseException:
                 for f in running:
