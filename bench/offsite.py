@@ -26,20 +26,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from cold_downtime import SteadyWriter, generate, parse_size  # noqa: E402
-from cold_downtime import write_config as bench_config  # noqa: E402
+from cold_downtime import SteadyWriter, generate, parse_size
+from cold_downtime import write_config as bench_config
 
-from influx_backupd.influxd.sandbox import Sandbox, influxd_binary  # noqa: E402
-from influx_backupd.jobs.cold import tree_size  # noqa: E402
-from influx_backupd.offsite.files import scan_tar  # noqa: E402
-from tests.offsite.conftest import (  # noqa: E402
+from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from influx_backupd.jobs.cold import tree_size
+from influx_backupd.offsite.files import scan_tar
+from tests.offsite.conftest import (
     ACCESS_KEY,
     SECRET_KEY,
     free_port,
@@ -119,7 +118,9 @@ def start_server(kind: str, work: Path) -> tuple[subprocess.Popen[bytes] | Any, 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", default="400M", help="data to start with (default 400M)")
     ap.add_argument("--nightly", default="40M", help="new data written between nights")
     ap.add_argument("--nights", type=int, default=4)
@@ -146,7 +147,9 @@ def main() -> int:
             offsite = {"bucket": BUCKET, "prefix": "nightly-host", "endpoint_url": url,
                        "credentials_file": str(creds)}  # fmt: skip
             jobs = '\n[[job]]\nname = "staged"\nmode = "cold"\ncopy = "staged"\nschedule = "0 3 1 1 *"\n'
-            jobs += "\n[offsite]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in offsite.items())
+            jobs += "\n[offsite]\n" + "".join(
+                f"{k} = {json.dumps(v)}\n" for k, v in offsite.items()
+            )
             conf = bench_config(work, sandbox, jobs)
             size = parse_size(args.size)
             figures["data"] = generate(sandbox, size)
@@ -159,7 +162,11 @@ def main() -> int:
                         generate(sandbox, target + parse_size(args.nightly), db=f"night{night}",
                                  first_ts=1_600_000_000 + night * 10_000_000)  # fmt: skip
                     state_file = work / "state" / "offsite.json"
-                    before = json.loads(state_file.read_text())["jobs"]["staged"]["uploaded_bytes"] if state_file.exists() else 0
+                    before = (
+                        json.loads(state_file.read_text())["jobs"]["staged"]["uploaded_bytes"]
+                        if state_file.exists()
+                        else 0
+                    )
                     done = subprocess.run(
                         [sys.executable, "-m", "influx_backupd", "--config", str(conf), "backup", "--json"],
                         capture_output=True, text=True,
@@ -203,7 +210,9 @@ def main() -> int:
                     "bytes": n,
                     "ours_mb_s": round(n / statistics.median(ours) / 1e6, 1),
                     "upload_file_mb_s": round(n / statistics.median(theirs) / 1e6, 1),
-                    "throughput_ratio": round(statistics.median(theirs) / statistics.median(ours), 3),
+                    "throughput_ratio": round(
+                        statistics.median(theirs) / statistics.median(ours), 3
+                    ),
                     "ours_peak_rss_mb": round(max(ours_rss), 1),
                     "upload_file_peak_rss_mb": round(max(theirs_rss), 1),
                 }
@@ -214,7 +223,9 @@ def main() -> int:
             server.terminate()
             server.wait(30)
     ratios = [r["ratio"] for r in figures["nights"][1:] if r["ratio"] is not None]
-    print(f"uploaded/new after the first night: max {max(ratios) if ratios else '-'} (target <= 1.05)")
+    print(
+        f"uploaded/new after the first night: max {max(ratios) if ratios else '-'} (target <= 1.05)"
+    )
     tp = figures["throughput_last"]
     print(f"throughput vs upload_file: {tp['throughput_ratio']} (target >= 0.9); "
           f"peak RSS {tp['ours_peak_rss_mb']} MB on {tp['bytes'] / 1e6:.0f} MB, "
