@@ -36,6 +36,7 @@ from influx_backupd.keep.prune import prune
 from influx_backupd.offsite.errors import OffsiteError
 from influx_backupd.report import progress
 from influx_backupd.restore.hot import restore_backup
+from influx_backupd.restore.target import TargetResult, restore_into, target_problem
 from influx_backupd.run.followup import write_metrics
 from influx_backupd.run.guard import exclusive
 from influx_backupd.run.runner import ModeUnavailable, Skipped, dry_run, run_backup
@@ -393,7 +394,13 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     from_offsite = args.source == "offsite"
     if not from_offsite:
         _backup_argument(config, args.backup)
-    if not args.yes:
+    if args.start and args.target is None:
+        raise UsageError("restore: --start goes with --target DIR")
+    if args.target is not None:
+        problem = target_problem(Path(args.target).absolute())
+        if problem is not None:
+            raise UsageError(problem)
+    elif not args.yes:  # only the whole-server form replaces live data
         if not sys.stdin.isatty():
             raise UsageError("restore replaces the live data of influxd; pass --yes to confirm")
         answer = input(
@@ -408,13 +415,21 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         signal.signal(sig, _raise_interrupted)  # a restore interrupted mid-way is rolled back
     with exclusive(config) as catalog:
         try:
-            result = restore_backup(config, catalog, args.backup)
+            if args.target is not None:
+                into = restore_into(
+                    config, catalog, args.backup, Path(args.target), start=args.start
+                )
+            else:
+                result = restore_backup(config, catalog, args.backup)
         except RestoreRefused as exc:
             print(f"influx-backupd: restore refused, nothing touched: {exc}", file=sys.stderr)
             return EXIT_FAILED
         except RestoreFailed as exc:
             print(f"influx-backupd: {exc}", file=sys.stderr)
             return EXIT_FAILED
+    if args.target is not None:
+        _print_target(into, args.json)
+        return EXIT_OK
     if args.json:
         print_json(result.__dict__)
         return EXIT_OK
@@ -428,6 +443,22 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             print(f"    {path}")
         print("  once satisfied, remove it with: rm -rf " + " ".join(result.rollback_dirs))
     return EXIT_OK
+
+
+def _print_target(result: TargetResult, as_json: bool) -> None:
+    if as_json:
+        print_json(result.__dict__)
+        return
+    print(f"restored {result.archive} ({result.files} files) into {result.target}")
+    print(f"  config   {result.conf}")
+    if result.url is None:
+        print(f"  serve it with: influxd run -config {result.conf}")
+    else:
+        print(
+            f"  serving  {result.url} (influxd pid {result.pid}, log {result.target}/influxd.log)"
+        )
+        print(f"  stop it with: kill {result.pid}")
+    print("  the live server was not touched; remove the copy with: rm -rf " + result.target)
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
@@ -693,6 +724,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("local", "offsite"),
         default="local",
         help="offsite: fetch the backup (and its chain) from the bucket first, every hash checked",
+    )
+    p.add_argument(
+        "--target",
+        metavar="DIR",
+        help="restore into DIR (absent or empty) with a ready-to-run influxdb.conf instead; "
+        "the live server is not touched",
+    )
+    p.add_argument(
+        "--start",
+        action="store_true",
+        help="with --target: serve DIR from a throwaway influxd on a free port; print its URL",
     )
     p.set_defaults(func=cmd_restore)
 

@@ -37,6 +37,41 @@ RESTORE_TEST_SECTIONS = """
 """
 
 
+def toml_value(value: object) -> str | None:
+    """A TOML scalar for a bool, number or string (None for anything else): paths and names go
+    into a config quoted, whatever quotes, backslashes or control characters they hold."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # a JSON string is a TOML basic string
+    return None
+
+
+def server_settings(raw: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """An influxdb.conf's [data] scalars (but its dirs) and its [coordinator] section, as TOML
+    for a throwaway's config: shards it restores must be what that server expects
+    (index-version: an inmem-built shard has no TSI index), its queries meet the same limits."""
+    data_table = raw.get("data")
+    data: dict[str, str] = {}
+    for key, value in (data_table if isinstance(data_table, dict) else {}).items():
+        text = toml_value(value)
+        if key not in OWN_DATA_KEYS and text is not None:
+            data[str(key)] = text
+    table = raw.get("coordinator")
+    coordinator = [
+        f"  {key} = {text}\n"
+        for key, value in (table if isinstance(table, dict) else {}).items()
+        if (text := toml_value(value)) is not None
+    ]
+    return data, ("\n[coordinator]\n" + "".join(coordinator)) if coordinator else ""
+
+
+# [data] keys a sandbox's own config sets (Sandbox.write_config)
+OWN_DATA_KEYS = {"dir", "wal-dir", "query-log-enabled"}
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -106,11 +141,11 @@ reporting-enabled = false
 bind-address = "127.0.0.1:{self.rpc_port}"
 
 [meta]
-  dir = "{self.meta}"
+  dir = {toml_value(self.meta)}
 
 [data]
-  dir = "{self.data}"
-  wal-dir = "{self.wal}"
+  dir = {toml_value(self.data)}
+  wal-dir = {toml_value(self.wal)}
   query-log-enabled = false
 {data_extra}
 [http]

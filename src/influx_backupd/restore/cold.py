@@ -9,12 +9,15 @@ from __future__ import annotations
 import grp
 import pwd
 import shutil
+import tarfile
 import time
+import tomllib
 from pathlib import Path
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreRefused
+from influx_backupd.influxd.sandbox import server_settings
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
 from influx_backupd.store.archive import ArchiveError, extract_safely, scan_archive
@@ -55,8 +58,9 @@ def owner_ids(config: Config) -> tuple[int, int]:
     return uid, gid
 
 
-def check_archive(config: Config, path: Path, record: RunRecord | None) -> set[str]:
-    """Read the whole archive: sha256 against the catalog, safe headers, data present, dirs expected."""
+def scan_cold(path: Path, record: RunRecord | None) -> set[str]:
+    """Read the whole archive: sha256 against the record, safe headers, data present, meta/ and
+    data/ there. Returns its top-level names."""
     try:
         scan = scan_archive(path, ALLOWED_TOPS)
     except ArchiveError as exc:
@@ -71,14 +75,20 @@ def check_archive(config: Config, path: Path, record: RunRecord | None) -> set[s
             raise RestoreRefused(
                 f"{path}: no {needed}/ in the archive; not a cold backup of influxd"
             )
+    return scan.tops
+
+
+def check_archive(config: Config, path: Path, record: RunRecord | None) -> set[str]:
+    """scan_cold, and every dir of the archive has a live dir to go to."""
+    tops = scan_cold(path, record)
     dirs = config.server.dirs()
-    missing = sorted(scan.tops - set(dirs) - {"influxdb.conf"})
+    missing = sorted(tops - set(dirs) - {"influxdb.conf"})
     if missing:
         raise RestoreRefused(
             f"{path}: archive holds {', '.join(m + '/' for m in missing)} but {config.server.conf} "
             "sets no directory for it"
         )
-    return {top for top in scan.tops if top in dirs}
+    return {top for top in tops if top in dirs}
 
 
 def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult:
@@ -115,3 +125,18 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
         "restore.done", **{k: v for k, v in result.__dict__.items() if k != "rollback_dirs"}
     )
     return result
+
+
+def archived_settings(path: Path) -> tuple[dict[str, str], str]:
+    """The archived influxdb.conf's [data] and [coordinator] settings, as TOML for a throwaway
+    serving the archive's files (index-version: a TSI shard served as inmem is rebuilt, slowly);
+    nothing when the archive holds no readable influxdb.conf."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            member = tar.extractfile("influxdb.conf")
+            if member is None:
+                return {}, ""
+            raw = tomllib.loads(member.read().decode())
+    except (KeyError, OSError, tarfile.TarError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return {}, ""
+    return server_settings(raw)

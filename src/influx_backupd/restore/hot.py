@@ -43,6 +43,8 @@ import os
 import shutil
 import time
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,23 +57,20 @@ from influx_backupd.core.log import Logger
 from influx_backupd.influxd import influxql
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.influxql import ident, values
-from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox
+from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.influxd.tool import run_tool
 from influx_backupd.restore.cold import owner_ids, restore_cold
+from influx_backupd.restore.source import ColdSource, choose
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import (
     Link,
     check_links,
-    links_up_to,
-    lookup,
-    sniff,
 )
 from influx_backupd.store.record import Flavour, RunRecord
 from influx_backupd.store.scanners import Scan
-from influx_backupd.store.sidecar import sidecar_of
 
 QUERY_TIMEOUT = 3600.0
 SHARD_WAIT = 120.0  # how long a freshly restored shard may stay disabled
@@ -96,31 +95,10 @@ class HotRestoreResult(RestoreResult):
 
 def restore_backup(config: Config, catalog: Catalog, backup: str) -> RestoreResult:
     """Restore BACKUP (a catalog id or a path): cold archives by restore_cold, hot ones here."""
-    path, record = lookup(catalog, backup)
-    if path is None and record is None:
-        raise RestoreRefused(f"{backup}: neither a catalog id nor an existing archive path")
-    if record is not None and record.mode != "hot":
+    source = choose(catalog, backup)
+    if isinstance(source, ColdSource):
         return restore_cold(config, catalog, backup)
-    if record is not None and (record.status != "ok" or path is None):
-        raise RestoreRefused(f"backup {record.id} is {record.status}, not a usable backup")
-    assert path is not None
-    flavour = (record.flavour if record else None) or sniff(path)
-    if flavour is None and record is None:
-        return restore_cold(config, catalog, backup)
-    if flavour not in ("0.9", "portable"):
-        raise RestoreRefused(f"backup {backup}: cannot tell whether it is a 0.9 or 1.x backup")
-    links, source = links_up_to(catalog, flavour, path, record)
-    if source == "alone" and flavour == "portable":
-        log.get(action="restore", mode="hot", flavour=flavour).warning(
-            "restore.no_sidecar",
-            path=str(path),
-            detail=(
-                f"{path} has no record beside it ({sidecar_of(path).name}) and is not in "
-                "the catalog: restored as a full; if it is an increment (-since), the "
-                "data of the links before it will be missing"
-            ),
-        )
-    return _restore_hot(config, flavour, links, links[-1].record if source != "alone" else None)
+    return _restore_hot(config, source.flavour, source.links, source.record)
 
 
 # -- the swap -----------------------------------------------------------------------------------
@@ -263,7 +241,7 @@ def _build(
     kept_accounts = live_meta.is_file()
     if kept_accounts:
         shutil.copy2(live_meta, staging["meta"] / "meta.db")
-    data_extra, sections = _live_settings(config.server.conf)
+    data_extra, sections = live_settings(config.server.conf)
     # Flush its cache to TSM a second after the last write: otherwise the live server replays
     # what SELECT INTO left in the WAL at its start, inside the downtime.
     data_extra["cache-snapshot-write-cold-duration"] = '"1s"'
@@ -278,12 +256,7 @@ def _build(
     throwaway.write_config()
 
     def start() -> None:
-        try:
-            throwaway.start(timeout=section.start_timeout)
-        except RuntimeError:
-            raise StepFailed(
-                "an influxd on the staging dirs did not start: " + throwaway.log_tail()
-            ) from None
+        start_throwaway(throwaway, section.start_timeout, "an influxd on the staging dirs")
 
     try:
         try:
@@ -317,7 +290,7 @@ def _build(
         )
         _grant_again(throwaway.url, grants, logger)
         result.restore_s = time.monotonic() - t_restore
-        _wait_wal_flushed(staging["wal"], logger)
+        wait_wal_flushed(staging["wal"], logger)
         if throwaway.killed_by() is not None:  # died after its last answer: not a whole build
             raise StepFailed("the build's influxd died")  # reported as its death, below
     except Exception as exc:
@@ -333,6 +306,73 @@ def _build(
     _chown_tree(list(staging.values()), uid, gid)
 
 
+def start_throwaway(server: Sandbox, timeout: float, what: str) -> None:
+    """Start a throwaway influxd; StepFailed with the end of its log when it does not come up.
+    A signal while it starts does not leave it running."""
+    try:
+        server.start(timeout=timeout)
+    except RuntimeError:
+        why = server.killed_note() or server.log_tail()
+        raise StepFailed(f"{what} did not start: {why}") from None
+    except BaseException:
+        with signals_blocked():
+            server.stop()
+        raise
+
+
+@contextmanager
+def chain_server(
+    config: Config,
+    links: list[Link],
+    root: Path,
+    *,
+    tag: str,
+    logger: Logger,
+    dirs: dict[str, Path] | None = None,
+    extra_data: dict[str, str] | None = None,
+    extra_sections: str = "",
+    databases: set[str] | None = None,
+) -> Iterator[Sandbox]:
+    """An empty throwaway influxd (its conf in root: recovery finds a scratch dir's) with 1.x
+    links restored into it, full first (only `databases`, if given); stopped cleanly on exit.
+
+    dirs: its meta, data and wal elsewhere than under root. Raises StepFailed, naming the
+    server's death by a signal when that is what went wrong.
+    """
+    section = config.settings.influxd
+    server = Sandbox(
+        root,
+        binary=str(section.binary),
+        extra_data=extra_data or {},
+        extra_sections=RESTORE_TEST_SECTIONS + extra_sections,
+        dirs=dirs or {},
+        beside_live=True,
+    )
+    server.write_config()
+    start_throwaway(server, section.start_timeout, "an empty influxd")
+    try:
+        try:
+            restore_portable_links(
+                str(section.binary),
+                server.backup_host,
+                server.url,
+                links,
+                timeout=section.backup_timeout,
+                tag=tag,
+                logger=logger,
+                databases=databases,
+            )
+        except Exception as exc:
+            note = server.killed_note()
+            if note is None:
+                raise
+            raise StepFailed(note) from exc
+        yield server
+    finally:
+        with signals_blocked():  # a second signal must not leave it serving
+            server.stop(timeout=section.stop_timeout)
+
+
 WAL_FLUSH_WAIT = 30.0  # seconds; past it the live server replays the rest at its start
 WAL_FLUSHED = 64 << 10  # bytes of WAL segments left that count as flushed
 
@@ -345,7 +385,7 @@ def _wal_bytes(wal: Path) -> int:
     return total
 
 
-def _wait_wal_flushed(wal: Path, logger: Logger) -> None:
+def wait_wal_flushed(wal: Path, logger: Logger) -> None:
     """Wait (outside the downtime) until the throwaway has snapshotted its WAL into TSM."""
     started = time.monotonic()
     left = _wal_bytes(wal)
@@ -360,39 +400,11 @@ def _wait_wal_flushed(wal: Path, logger: Logger) -> None:
     )
 
 
-# [data] keys the throwaway's own config sets (Sandbox.write_config)
-_OWN_DATA_KEYS = {"dir", "wal-dir", "query-log-enabled"}
-
-
-def _live_settings(conf: Path) -> tuple[dict[str, str], str]:
-    """The live influxdb.conf's [data] and [coordinator] scalars, as TOML for the throwaway.
-
-    The restored shards must be what the live server expects (index-version: an inmem-built
-    shard has no TSI index), and SELECT INTO must meet the live server's limits.
-    """
+def live_settings(conf: Path) -> tuple[dict[str, str], str]:
+    """The live influxdb.conf's [data] and [coordinator] settings for the throwaway: the
+    restored shards must be what the live server expects, SELECT INTO meet its limits."""
     with open(conf, "rb") as fh:
-        raw = tomllib.load(fh)
-
-    def toml(value: Any) -> str | None:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int | float):
-            return str(value)
-        if isinstance(value, str):
-            return json.dumps(value)  # a JSON string is a TOML basic string
-        return None
-
-    data: dict[str, str] = {}
-    for key, value in (raw.get("data") or {}).items():
-        text = toml(value)
-        if key not in _OWN_DATA_KEYS and text is not None:
-            data[key] = text
-    coordinator = [
-        f"  {key} = {text}\n"
-        for key, value in (raw.get("coordinator") or {}).items()
-        if (text := toml(value)) is not None
-    ]
-    return data, ("\n[coordinator]\n" + "".join(coordinator)) if coordinator else ""
+        return server_settings(tomllib.load(fh))
 
 
 def _chown_tree(roots: list[Path], uid: int, gid: int) -> None:
@@ -414,8 +426,10 @@ def restore_portable_links(
     timeout: float,
     tag: str,
     logger: Logger,
+    databases: set[str] | None = None,
 ) -> None:
-    """Restore 1.x links, the full first, into a running influxd without databases.
+    """Restore 1.x links, the full first, into a running influxd without databases (only
+    `databases` of them, if given).
 
     host is its snapshot service, url its HTTP API: a throwaway influxd without auth (restore's
     build beside the live server, verify's restore test). tag makes the temporary database
@@ -436,10 +450,11 @@ def restore_portable_links(
             raise StepFailed(f"influxd restore {state}: {tail}")
 
     for number, link in enumerate(links):
-        if number == 0:
+        if number == 0 and databases is None:
             tool(str(link.path))
             continue
-        wanted = sorted(portable_databases(link.path))
+        held = portable_databases(link.path)
+        wanted = sorted(held if databases is None else held & databases)
         existing = set(_databases(url))
         for db in wanted:
             if db not in existing:

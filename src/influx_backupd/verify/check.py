@@ -22,7 +22,6 @@ import shutil
 import tarfile
 import tempfile
 import time
-import tomllib
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,17 +31,18 @@ from typing import Any, BinaryIO, Literal
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import EXIT_USAGE, BackupdError, HotFailed, RestoreRefused
-from influx_backupd.core.interrupt import signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import counts
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox
 from influx_backupd.report.metrics import VERIFY_FAILED
+from influx_backupd.restore.cold import archived_settings
 from influx_backupd.restore.hot import (
     StepFailed,
+    chain_server,
     portable_databases,
-    restore_portable_links,
     restore_snapshot09_links,
+    start_throwaway,
 )
 from influx_backupd.store.archive import ArchiveError, extract_safely, sha256_file
 from influx_backupd.store.catalog import Catalog
@@ -235,21 +235,6 @@ def _verify_tar(
             _restore_test(config, archive, record, report, result)
 
 
-def _index_version(archive: Path) -> str | None:
-    """The archived influxdb.conf's [data] index-version, so the test server reads the same index."""
-    try:
-        with tarfile.open(archive, "r:") as tar:
-            member = tar.extractfile("influxdb.conf")
-            if member is None:
-                return None
-            raw = tomllib.loads(member.read().decode())
-    except (KeyError, OSError, tarfile.TarError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return None
-    data = raw.get("data")
-    value = data.get("index-version") if isinstance(data, dict) else None
-    return value if isinstance(value, str) and value.isidentifier() else None
-
-
 def _restore_test(
     config: Config,
     archive: Path,
@@ -270,28 +255,23 @@ def _restore_test(
         except (ArchiveError, OSError, tarfile.TarError) as exc:
             result.fail(check, f"restore test: extraction failed: {exc}")
             return
-        index = _index_version(archive)
+        # the archived server's settings (index-version: a TSI shard served as inmem is rebuilt)
+        data, sections = archived_settings(archive)
         server = Sandbox(
             scratch,
             binary=str(config.settings.influxd.binary),
-            extra_data={"index-version": json.dumps(index)} if index else {},
-            extra_sections=RESTORE_TEST_SECTIONS,
+            extra_data=data,
+            extra_sections=RESTORE_TEST_SECTIONS + sections,
             beside_live=True,
         )
         server.write_config()
         try:
-            server.start(timeout=config.settings.influxd.start_timeout)
-        except RuntimeError:
-            result.fail(
-                check,
-                "restore test: influxd did not start on the restored files: " + server.log_tail(),
-            )
+            start_throwaway(server, config.settings.influxd.start_timeout, "influxd")
+        except StepFailed as exc:
+            result.fail(check, f"restore test: {exc} on the restored files")
             _note_killed(server, result)
             server.stop()
             return
-        except BaseException:  # a signal while it starts: it must not outlive us
-            server.stop()
-            raise
         try:
             _check_restored(server, record, result)
         finally:
@@ -508,43 +488,17 @@ def _restore_test_portable(
     """An empty throwaway influxd (free ports, conf in scratch: prune and recovery find it)."""
 
     check = "restore_test"
-    section = config.settings.influxd
-    server = Sandbox(
-        scratch, binary=str(section.binary), extra_sections=RESTORE_TEST_SECTIONS, beside_live=True
-    )
-    server.write_config()
+    started = time.monotonic()
     try:
-        try:
-            server.start(timeout=section.start_timeout)
-        except RuntimeError:
-            result.fail(
-                check,
-                "restore test: an empty influxd did not start: " + server.log_tail(),
-            )
-            return
-        started = time.monotonic()
-        try:
-            expected: set[str] = set()
-            for link in links:
-                expected |= portable_databases(link.path)
-            restore_portable_links(
-                str(section.binary),
-                server.backup_host,
-                server.url,
-                links,
-                timeout=section.backup_timeout,
-                tag="verify",
-                logger=logger,
-            )
-        except (StepFailed, OSError, ValueError, KeyError, TypeError) as exc:
-            result.fail(check, f"restore test: restoring the chain failed: {exc}")
-            return
-        took = time.monotonic() - started
-        _check_restored_hot(server, sorted(expected), record, result, len(links), took, alone)
-    finally:
-        _note_killed(server, result)
-        with signals_blocked():  # a second signal must not leave it serving
-            server.stop()
+        expected: set[str] = set()
+        for link in links:
+            expected |= portable_databases(link.path)
+        with chain_server(config, links, scratch, tag="verify", logger=logger) as server:
+            took = time.monotonic() - started
+            _check_restored_hot(server, sorted(expected), record, result, len(links), took, alone)
+            _note_killed(server, result)
+    except (StepFailed, OSError, ValueError, KeyError, TypeError) as exc:
+        result.fail(check, f"restore test: restoring the chain failed: {exc}")
 
 
 def _note_killed(server: Sandbox, result: VerifyResult) -> None:

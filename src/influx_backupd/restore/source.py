@@ -1,0 +1,59 @@
+"""What a BACKUP argument is to restore: a cold archive, or a hot backup with the links of its
+chain. Every form of restore (the whole server, one database, into a directory) starts here,
+so each takes the same ids and paths (a backup fetched from elsewhere is a path too)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from influx_backupd.core import log
+from influx_backupd.core.errors import RestoreRefused
+from influx_backupd.restore.cold import resolve_backup
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.chain import Link, links_up_to, lookup, sniff
+from influx_backupd.store.record import Flavour, RunRecord
+from influx_backupd.store.sidecar import sidecar_of
+
+
+@dataclass(frozen=True)
+class ColdSource:
+    path: Path
+    record: RunRecord | None
+
+
+@dataclass(frozen=True)
+class HotSource:
+    flavour: Flavour
+    links: list[Link]  # the full first, this backup last
+    record: RunRecord | None  # None: restored alone (no record in the catalog or beside it)
+
+
+def choose(catalog: Catalog, backup: str) -> ColdSource | HotSource:
+    """BACKUP (a catalog id or a path) as a cold archive or a hot chain; RestoreRefused when it
+    is neither or is not usable. Reads records only; the archives are checked by the caller."""
+    path, record = lookup(catalog, backup)
+    if path is None and record is None:
+        raise RestoreRefused(f"{backup}: neither a catalog id nor an existing archive path")
+    if record is not None and record.mode != "hot":
+        return ColdSource(*resolve_backup(catalog, backup))
+    if record is not None and (record.status != "ok" or path is None):
+        raise RestoreRefused(f"backup {record.id} is {record.status}, not a usable backup")
+    assert path is not None
+    flavour = (record.flavour if record else None) or sniff(path)
+    if flavour is None and record is None:
+        return ColdSource(*resolve_backup(catalog, backup))
+    if flavour not in ("0.9", "portable"):
+        raise RestoreRefused(f"backup {backup}: cannot tell whether it is a 0.9 or 1.x backup")
+    links, source = links_up_to(catalog, flavour, path, record)
+    if source == "alone" and flavour == "portable":
+        log.get(action="restore", mode="hot", flavour=flavour).warning(
+            "restore.no_sidecar",
+            path=str(path),
+            detail=(
+                f"{path} has no record beside it ({sidecar_of(path).name}) and is not in "
+                "the catalog: restored as a full; if it is an increment (-since), the "
+                "data of the links before it will be missing"
+            ),
+        )
+    return HotSource(flavour, links, links[-1].record if source != "alone" else None)

@@ -1,0 +1,244 @@
+"""`restore BACKUP --target DIR`: a backup unpacked (cold) or rebuilt (a 1.x hot chain) into a
+directory of its own, with a ready-to-run influxdb.conf pointing at it; `--start` serves it from
+a throwaway influxd. The live server is never stopped, queried or written to: no crash marker,
+no swap; only the lock is taken (prune must not delete a backup while it is read).
+
+DIR must be absent or an empty directory; it is made 0700 (a copy of the data is as private as
+the data). The layout: DIR/meta, DIR/data, DIR/wal (and DIR/hh for a 0.9 cold archive), DIR/influxdb.conf,
+written last: a DIR without it is incomplete. On failure or a signal everything written into DIR
+is removed again. A restore killed outright leaves DIR incomplete, and for a hot chain its
+build server running from a scratch dir, which the next lock-taking command stops.
+
+The conf: free 127.0.0.1 ports (free when written), every path quoted as TOML, the backed-up
+server's [data] and [coordinator] settings (from the archived influxdb.conf of a cold archive,
+from the live one for a hot chain, whose backups hold none), and the retention, subscriber and
+continuous-query services off: an old backup's shards would otherwise be deleted by its
+retention policies as soon as it is served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from influx_backupd.core import log
+from influx_backupd.core.config import Config
+from influx_backupd.core.errors import RestoreFailed, RestoreRefused
+from influx_backupd.core.interrupt import Interrupted, signals_blocked
+from influx_backupd.influxd import scratch as scratch_dir
+from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, toml_value
+from influx_backupd.restore.cold import archived_settings, scan_cold
+from influx_backupd.restore.hot import (
+    StepFailed,
+    chain_server,
+    live_settings,
+    restore_snapshot09_links,
+    start_throwaway,
+    wait_wal_flushed,
+)
+from influx_backupd.restore.source import ColdSource, HotSource, choose
+from influx_backupd.store import layout
+from influx_backupd.store.archive import extract_safely
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.chain import check_links
+
+SERVER_DIRS = ("meta", "data", "wal", "hh")
+# influxd 1.x globs its shard and WAL file names: under a dir whose path holds one of these,
+# it finds none of them and serves empty databases (measured with 1.6 and a backslash)
+GLOB_CHARS = "*?[\\"
+
+
+@dataclass
+class TargetResult:
+    archive: str
+    run_id: str | None
+    target: str
+    conf: str
+    mode: str  # "cold" or "hot"
+    links: list[str] = field(default_factory=list)
+    files: int = 0
+    seconds: float = 0.0
+    url: str | None = None  # --start: the throwaway serving DIR
+    pid: int | None = None
+
+
+def target_problem(target: Path) -> str | None:
+    """Why DIR cannot take a restore (None: it can): it must be absent or an empty dir."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        return f"--target {target}: not a directory"
+    odd = sorted(set(str(target)) & set(GLOB_CHARS))
+    if odd:
+        return (
+            f"--target {target}: influxd cannot serve files under a path with "
+            f"{' '.join(odd)} in it (it finds its files by glob patterns); choose another"
+        )
+    if target.is_dir():
+        try:
+            if any(target.iterdir()):
+                return f"--target {target}: not empty; give an empty or absent directory"
+        except OSError as exc:
+            return f"--target {target}: cannot be read ({exc.strerror})"
+    return None
+
+
+def restore_into(
+    config: Config, catalog: Catalog, backup: str, target: Path, *, start: bool = False
+) -> TargetResult:
+    """Restore BACKUP (a catalog id or a path) into target; RestoreRefused (nothing written)
+    or RestoreFailed (what was written removed again)."""
+    target = target.absolute()
+    problem = target_problem(target)
+    if problem is not None:
+        raise RestoreRefused(problem)
+    source = choose(catalog, backup)
+    logger = log.get(action="restore", target=str(target))
+    if isinstance(source, HotSource):
+        if source.flavour == "0.9" and start:
+            raise RestoreRefused("--start: a 0.9 snapshot cannot be served by influxd 1.x")
+        logger.info("restore.checking", links=[str(link.path) for link in source.links])
+        scans = check_links(source.flavour, source.links)
+        result = TargetResult(
+            archive=str(source.links[-1].path),
+            run_id=source.record.id if source.record else None,
+            target=str(target),
+            conf=str(target / "influxdb.conf"),
+            mode="hot",
+            links=[str(link.path) for link in source.links],
+            files=sum(s.files for s in scans),
+        )
+    else:
+        logger.info("restore.checking", archive=str(source.path))
+        tops = scan_cold(source.path, source.record)
+        result = TargetResult(
+            archive=str(source.path),
+            run_id=source.record.id if source.record else None,
+            target=str(target),
+            conf=str(target / "influxdb.conf"),
+            mode="cold",
+        )
+    started = time.monotonic()
+    created = not target.exists()
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.chmod(target, 0o700)
+        if isinstance(source, ColdSource):
+            server = _unpack_cold(config, source, tops, target, result)
+        elif source.flavour == "portable":
+            server = _rebuild_portable(config, source, target)
+        else:
+            server = None
+            _rebuild_09(config, source, target)
+    except (Exception, Interrupted) as exc:
+        with signals_blocked():
+            _empty(target, created)
+        if isinstance(exc, Interrupted):
+            raise
+        what = "removed again" if created else "emptied again"
+        raise RestoreFailed(
+            f"restore into {target} failed ({exc or type(exc).__name__}); {target} {what}; "
+            "the live server was not touched"
+        ) from None
+    result.seconds = round(time.monotonic() - started, 3)
+    logger.info("restore.unpacked", conf=result.conf, files=result.files, seconds=result.seconds)
+    if start and server is not None:
+        try:
+            start_throwaway(server, config.settings.influxd.start_timeout, "influxd")
+        except StepFailed as exc:
+            raise RestoreFailed(
+                f"the backup is in {target}, but {exc} (its log: {target / 'influxd.log'})"
+            ) from None
+        result.url = server.url
+        result.pid = server.proc.pid if server.proc is not None else None
+        logger.info("restore.serving", url=result.url, pid=result.pid)
+    return result
+
+
+def _served_by(config: Config, target: Path, data: dict[str, str], sections: str) -> Sandbox:
+    """The ready-to-run influxdb.conf of target, written last (a DIR without it is incomplete)."""
+    server = Sandbox(
+        target,
+        binary=str(config.settings.influxd.binary),
+        extra_data=data,
+        extra_sections=RESTORE_TEST_SECTIONS + sections,
+        beside_live=True,  # it runs beside the live server: the OOM killer's first choice
+    )
+    server.write_config()
+    return server
+
+
+def _unpack_cold(
+    config: Config, source: ColdSource, tops: set[str], target: Path, result: TargetResult
+) -> Sandbox:
+    dirs = {top: target / top for top in SERVER_DIRS if top in tops}
+    result.files = extract_safely(source.path, dirs, uid=None, gid=None)
+    data, sections = archived_settings(source.path)
+    if "hh" in dirs:
+        sections += f"\n[hinted-handoff]\n  dir = {toml_value(dirs['hh'])}\n"
+    return _served_by(config, target, data, sections)
+
+
+def _rebuild_portable(config: Config, source: HotSource, target: Path) -> Sandbox:
+    """The chain restored into a throwaway whose dirs are target's (its conf in a scratch dir,
+    so that recovery stops it after a kill), its WAL flushed into TSM, then stopped."""
+    logger = log.get(action="restore", mode="hot", target=str(target))
+    data, sections = live_settings(config.server.conf)
+    build_data = {**data, "cache-snapshot-write-cold-duration": '"1s"'}
+    scratch = scratch_dir.make(config.storage_dir, "restore-")
+    try:
+        with chain_server(
+            config,
+            source.links,
+            scratch,
+            tag=scratch.name[-8:],
+            logger=logger,
+            dirs={top: target / top for top in ("meta", "data", "wal")},
+            extra_data=build_data,
+            extra_sections=sections,
+        ):
+            wait_wal_flushed(target / "wal", logger)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return _served_by(config, target, data, sections)
+
+
+def _rebuild_09(config: Config, source: HotSource, target: Path) -> None:
+    """`influxd restore -config` of the 0.9 chain into target's meta and data dirs; the conf
+    written for the tool stays as target's (a 0.9 server's, not runnable by influxd 1.x)."""
+    logger = log.get(action="restore", mode="hot", target=str(target))
+    conf = target / "influxdb.conf.partial"
+    conf.write_text(
+        "# influx-backupd restore --target: a 0.9 server's dirs\n"
+        f"[meta]\n  dir = {toml_value(target / 'meta')}\n"
+        f"[data]\n  dir = {toml_value(target / 'data')}\n"
+        f"[hinted-handoff]\n  dir = {toml_value(target / 'hh')}\n"
+    )
+    scratch = layout.restore_scratch(config.storage_dir, target.name + "-" + str(os.getpid()))
+    try:
+        restore_snapshot09_links(
+            str(config.settings.influxd.binary),
+            conf,
+            source.links,
+            scratch,
+            timeout=config.settings.influxd.backup_timeout,
+            logger=logger,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    conf.rename(target / "influxdb.conf")
+
+
+def _empty(target: Path, created: bool) -> None:
+    """Remove what a failed restore wrote into target (target itself too if it made it)."""
+    if created:
+        shutil.rmtree(target, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        for child in target.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)

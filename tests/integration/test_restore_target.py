@@ -1,0 +1,206 @@
+"""`restore BACKUP --target DIR [--start]` against a real influxd 1.6: the backup unpacked or
+rebuilt into DIR with a ready-to-run influxdb.conf, the live server never stopped or changed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import tomllib
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from influx_backupd.influxd import counts
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import STAND_INS, Cli, write_config
+
+HOT = [{"name": "hotjob", "mode": "hot"}]
+# quotes and spaces: the generated conf must quote them as TOML
+ODD_NAME = 'copy "of" a backup'
+
+
+@contextmanager
+def _no_crash_marker(state: Path) -> Iterator[list[str]]:
+    """Watch state_dir for the crash marker (written before any stop of influxd) meanwhile."""
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            if (state / "influxd-stopped.json").exists():
+                seen.append("marker")
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def _live_state(sandbox: Sandbox) -> dict[str, Any]:
+    return {
+        "pids": sandbox.pids(),
+        "counts": {db: sandbox.count(db) for db in sandbox.databases()},
+        "meta": (sandbox.meta / "meta.db").read_bytes(),
+    }
+
+
+def _serve(conf: Path) -> Iterator[str]:
+    """Run `influxd run -config CONF` as printed, yield its URL once it answers."""
+    raw = tomllib.loads(conf.read_text())
+    url = "http://" + raw["http"]["bind-address"]
+    proc = subprocess.Popen(
+        ["influxd", "run", "-config", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None, "influxd did not start on the restored dir"
+                assert time.monotonic() < deadline, "influxd did not answer in 60 s"
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+serving = contextmanager(_serve)
+
+
+def _counts(url: str) -> dict[str, int]:
+    return {db: counts.point_count(url, db, timeout=120) for db in counts.databases(url)}
+
+
+def test_a_cold_archive_into_a_dir_and_served_leaves_the_live_server_alone(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 5_000)
+    sandbox.create_db("other")
+    sandbox.write_points("other", 700, measurement="mem")
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    sandbox.write_points("metrics", 300, start=100_000)  # the live server moves on
+    before = _live_state(sandbox)
+    target = tmp_path / ODD_NAME / "restored"
+
+    with _no_crash_marker(tmp_path / "state") as seen:
+        done = cli("restore", record["id"], "--target", str(target), "--start", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    pid = result["pid"]
+    try:
+        assert seen == [], "no crash marker: influxd was never about to be stopped"
+        assert _live_state(sandbox) == before, "live pid, points and meta.db unchanged"
+        conf = tomllib.loads((target / "influxdb.conf").read_text())
+        assert conf["meta"]["dir"] == str(target / "meta")
+        assert conf["data"]["dir"] == str(target / "data")
+        assert conf["data"]["wal-dir"] == str(target / "wal")
+        assert conf["retention"]["enabled"] is False, "an old backup's shards must stay"
+        assert result["url"] == "http://" + conf["http"]["bind-address"]
+        assert conf["http"]["bind-address"] != f"127.0.0.1:{sandbox.http_port}"
+        assert target.stat().st_mode & 0o777 == 0o700
+        assert _counts(result["url"]) == {"metrics": 5_000, "other": 700}
+        assert psutil.Process(pid).cmdline()[-1] == str(target / "influxdb.conf")
+    finally:
+        proc = psutil.Process(pid)
+        proc.terminate()
+        proc.wait(60)
+    assert _live_state(sandbox) == before
+
+
+def test_a_hot_chain_rebuilt_into_a_dir_runs_with_the_printed_command(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 5_000)
+    assert cli.json("backup")["status"] == "ok"
+    sandbox.write_points("metrics", 1_500, start=100_000)
+    sandbox.create_db("later")
+    sandbox.write_points("later", 600)
+    increment = cli.json("backup")
+    assert increment["status"] == "ok" and increment["kind"] == "incremental"
+    sandbox.write_points("metrics", 300, start=200_000)
+    before = _live_state(sandbox)
+    target = tmp_path / ODD_NAME
+
+    with _no_crash_marker(tmp_path / "state") as seen:
+        done = cli("restore", increment["id"], "--target", str(target))
+    assert done.returncode == 0, done.stderr
+    assert seen == []
+    assert _live_state(sandbox) == before
+    conf = target / "influxdb.conf"
+    assert f"influxd run -config {conf}" in done.stdout
+    assert not list((tmp_path / "archives").glob(".verify-*")), "the build's scratch is gone"
+    with serving(conf) as url:
+        assert _counts(url) == {"metrics": 6_500, "later": 600}
+
+
+def test_a_dir_that_is_not_empty_is_refused_with_one_line_and_left_alone(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 100)
+    record = cli.json("backup")
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    done = cli("restore", record["id"], "--target", str(target))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"influx-backupd: --target {target}: not empty; give an empty or absent directory"
+    ]
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    done = cli("restore", record["id"], "--target", str(a_file))
+    assert done.returncode == 2 and "not a directory" in done.stderr
+    done = cli("restore", record["id"], "--target", str(tmp_path / "a\\b"))
+    assert done.returncode == 2 and "glob patterns" in done.stderr
+    assert not (tmp_path / "a\\b").exists()
+    done = cli("restore", record["id"], "--start")
+    assert done.returncode == 2 and "--start goes with --target" in done.stderr
+
+
+def test_a_build_that_fails_removes_what_it_wrote_into_the_dir(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    before = _live_state(sandbox)
+    failing = STAND_INS / "influxd_hot_restore_fails"
+    cli = Cli(write_config(tmp_path, sandbox, influxd={"binary": str(failing)}, jobs=HOT))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target, left in ((tmp_path / "absent", False), (empty, True)):
+        done = cli("restore", record["id"], "--target", str(target))
+        assert done.returncode == 1
+        line = done.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"influx-backupd: restore into {target} failed"), line
+        assert "stand-in failure" in line and "the live server was not touched" in line
+        assert target.exists() == left
+        assert not left or not any(target.iterdir())
+    assert _live_state(sandbox) == before
+    assert not list((tmp_path / "archives").glob(".verify-*"))
