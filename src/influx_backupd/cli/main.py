@@ -656,7 +656,9 @@ def _command(
         name,
         parents=[common],
         help=summary,
-        description=summary[0].upper() + summary[1:] + "." + (f" {detail}" if detail else ""),
+        description=(
+            summary[0].upper() + summary[1:] + "." + (f" {detail}" if detail else "")
+        ).replace(" \n", "\n"),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -713,8 +715,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         common,
         "restore",
-        "replace influxd's data with a backup (catalog id or archive path)",
-        "The live data is moved aside, never deleted; the command prints where.",
+        "restore a backup (catalog id or archive path): the whole server, or into a directory",
+        "\n\nrestore BACKUP --yes\n"
+        "  replace influxd's data: the live data is moved aside, never deleted (the command\n"
+        "  prints where); downtime is stop + rename + start.\n"
+        "restore BACKUP --target DIR [--start]\n"
+        "  unpack (cold) or rebuild (hot chain) into DIR, absent or empty, with a ready-to-run\n"
+        "  influxdb.conf; the live server is not touched. --start serves DIR from a throwaway\n"
+        "  influxd on a free port and prints its URL and how to stop it.",
     )
     p.add_argument("backup", metavar="BACKUP", help="catalog id (see list) or archive path")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
