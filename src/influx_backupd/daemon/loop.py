@@ -436,6 +436,7 @@ class Daemon:
                 config, catalog, stop=lambda: self._stopping.is_set() or self._backup_waiting()
             )
             if report is not None and report.yielded and not self._stopping.is_set():
+                self._log.info("offsite.yielded", reason="a backup is due: resumed after it")
                 with self._cond:
                     self._pending.append(Due(OFFSITE, time.time(), "resume"))
                     self._cond.notify_all()

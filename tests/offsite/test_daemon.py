@@ -1,0 +1,41 @@
+"""The daemon sends each backup off-site after its run, and the upload yields to a due backup."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import Cli, write_config
+from tests.offsite.conftest import Endpoint
+from tests.offsite.helpers import offsite_section
+from tests.system.test_daemon import daemon, runs
+
+
+def test_the_upload_yields_to_a_due_backup_and_resumes_after_it(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    # 24 MB of content to send at 2 MiB/s, part by part: a backup falls due meanwhile
+    (sandbox.data / "filler.bin").write_bytes(bytes(range(256)) * (24 * 4096))
+    jobs = [{"name": "often", "every": "5s", "mode": "cold", "copy": "direct"}]
+    section = offsite_section(moto, max_rate="2MiB", concurrency=1)
+    config = write_config(tmp_path, sandbox, jobs=jobs, extra=section)
+    with daemon(tmp_path, config) as d:
+        d.wait_event("offsite.yielded", timeout=180)
+        d.wait_event("offsite.sent", timeout=180)
+        assert d.stop() == 0
+    events = d.events()
+    names = [e.get("event") for e in events]
+    yielded = names.index("offsite.yielded")
+    # the run that made it yield came between the stopped upload and the next one
+    assert "run.finished" in names[yielded:]
+    done = [r for r in runs(tmp_path) if r.ok]
+    assert len(done) >= 2
+    sent = {e["run_id"] for e in events if e.get("event") == "offsite.sent"}
+    in_bucket = {r["id"] for r in Cli(config).json("list", "--offsite")}
+    assert sent <= in_bucket and done[0].id in in_bucket
+    state = json.loads((tmp_path / "state" / "offsite.json").read_text())
+    assert set(state["sent"]) == in_bucket & {r.id for r in runs(tmp_path)}
+    assert sandbox.ping()
