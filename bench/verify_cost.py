@@ -11,6 +11,12 @@ check that proves the bytes unchanged; coreutils' sha256sum was 4× slower here)
 `verify ID` (sha256 against the catalog, structure, Bolt/TSM/WAL headers and indexes), `verify
 ID --deep` (also every TSM block's CRC32) and, once, `verify ID --restore-test`. Prints medians,
 seconds per GiB and ratios. Not a test: nothing is asserted.
+
+    python bench/verify_cost.py --wal-heavy --size 500M --runs 3
+
+--wal-heavy: a server whose cache is never snapshotted, so the archive is almost all WAL
+(telegraf-like points, as bench/snappy_decode.py writes), where verify decodes every entry's
+snappy payload.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cold_downtime import generate, parse_size, write_config  # a sibling script
+from cold_downtime import generate, parse_size, write_config  # sibling scripts
+from snappy_decode import WAL_ONLY, wal_bytes
+from snappy_decode import generate as generate_wal
 
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 
@@ -45,15 +53,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", default="1G", help="TSM+WAL to generate (default 1G)")
     ap.add_argument("--runs", type=int, default=3, help="rounds of each check (default 3)")
+    ap.add_argument(
+        "--wal-heavy", action="store_true", help="keep the data in the WAL (no cache snapshots)"
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="verify-cost-bench-"))
-    server = Sandbox(work / "server", binary=influxd_binary() or "/usr/bin/influxd")
+    server = Sandbox(
+        work / "server",
+        binary=influxd_binary() or "/usr/bin/influxd",
+        extra_data=WAL_ONLY if args.wal_heavy else {},
+    )
     server.write_config()
     server.start()
     times: dict[str, list[float]] = {}
     try:
         print(f"generating {args.size} ...", flush=True)
-        print(f"  {generate(server, parse_size(args.size))}", flush=True)
+        if args.wal_heavy:
+            points = generate_wal(server, parse_size(args.size))
+            print(f"  {points} points, {wal_bytes(server.wal) / 2**20:.0f} MiB of WAL", flush=True)
+        else:
+            print(f"  {generate(server, parse_size(args.size))}", flush=True)
         conf = write_config(work, server)
         cli = [sys.executable, "-m", "influx_backupd", "--config", str(conf)]
         done = subprocess.run([*cli, "backup", "--job", "direct", "--json"], capture_output=True)

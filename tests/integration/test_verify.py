@@ -18,7 +18,7 @@ from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord, new_run_id
 from tests.conftest import Cli, write_config
-from tests.unit.test_formats import bolt_file
+from tests.unit.store.test_formats import bolt_file
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ import tarfile
 import zlib
 from pathlib import Path
 
+import cramjam
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -148,6 +149,16 @@ def test_snappy_literal_round_trip(data: bytes) -> None:
 def test_snappy_rejects_malformed(stream: bytes) -> None:
     with pytest.raises(SnappyError):
         decompress(stream)
+
+
+@given(st.binary(max_size=20000), st.binary(max_size=20))
+def test_snappy_agrees_with_a_real_encoder(data: bytes, after: bytes) -> None:
+    """Blocks from snappy's own encoder (copies of every kind, not only literals): decoded
+    whole, and block_length finds where each ends with other bytes after it."""
+    block = bytes(cramjam.snappy.compress_raw(data))
+    assert decompress(block) == data
+    assert block_length(block + after) == len(block)
+    assert block_length(block[:-1]) is None
 
 
 def test_snappy_block_length_tells_prefix_from_whole_block() -> None:
