@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.offsite.repo import Offsite
 from influx_backupd.report.metrics import JOB_LABEL
 from tests.conftest import Cli, write_config
 from tests.offsite.conftest import SECRET_KEY, Endpoint, free_port
@@ -105,3 +106,28 @@ def test_offsite_without_boto3_is_a_config_error_naming_the_extra(
     assert done.stderr.count("\n") == 1 and "influx-backupd[s3]" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_offsite_retention_keeps_the_newest_and_sweeps_what_only_the_others_needed(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    sandbox.create_db("metrics")
+    jobs = [{"name": "nightly", "mode": "cold", "copy": "direct", "keep_last": 5}]
+    section = offsite_section(moto, keep_last=1, grace="0s")
+    cli = Cli(write_config(tmp_path, sandbox, jobs=jobs, extra=section))
+    ids = []
+    for night in range(3):
+        sandbox.write_points("metrics", 300, start=night * 10_000)
+        ids.append(cli.json("backup")["id"])
+    assert [r["id"] for r in cli.json("list", "--offsite")] == [ids[-1]]
+    assert len(cli.json("list")) == 3, "local backups are not touched by off-site retention"
+    checked = cli("verify", ids[-1], "--offsite", "--read-data", "100", "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
+    client = moto.client()
+    objects = {
+        o["Key"].rsplit("/", 1)[1]
+        for o in client.list_objects_v2(Bucket=moto.bucket, Prefix="host-a/objects/").get(
+            "Contents", []
+        )
+    }
+    assert objects == Offsite(moto.settings()).manifest(ids[-1]).objects()
