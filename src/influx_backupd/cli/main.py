@@ -35,6 +35,7 @@ from influx_backupd.jobs.hot import clock_url
 from influx_backupd.keep.prune import prune
 from influx_backupd.offsite.errors import OffsiteError
 from influx_backupd.report import progress
+from influx_backupd.restore.database import DatabaseResult, restore_database
 from influx_backupd.restore.hot import restore_backup
 from influx_backupd.restore.target import TargetResult, restore_into, target_problem
 from influx_backupd.run.followup import write_metrics
@@ -396,16 +397,24 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         _backup_argument(config, args.backup)
     if args.start and args.target is None:
         raise UsageError("restore: --start goes with --target DIR")
+    if args.database is None and (args.new_name is not None or args.replace):
+        raise UsageError("restore: --as and --replace go with --database NAME")
+    if args.target is not None and args.database is not None:
+        raise UsageError("restore: --target and --database are two forms; give one")
     if args.target is not None:
         problem = target_problem(Path(args.target).absolute())
         if problem is not None:
             raise UsageError(problem)
-    elif not args.yes:  # only the whole-server form replaces live data
+    elif not args.yes and (args.database is None or args.replace):  # live data replaced
         if not sys.stdin.isatty():
             raise UsageError("restore replaces the live data of influxd; pass --yes to confirm")
-        answer = input(
-            f"Replace influxd's data with {args.backup}? influxd will be stopped. [y/N] "
+        what = (
+            f"Replace database {args.new_name or args.database} with the one in {args.backup}? "
+            "(the present one is kept aside)"
+            if args.database
+            else f"Replace influxd's data with {args.backup}? influxd will be stopped."
         )
+        answer = input(f"{what} [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing done")
             return EXIT_USAGE
@@ -419,6 +428,15 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
                 into = restore_into(
                     config, catalog, args.backup, Path(args.target), start=args.start
                 )
+            elif args.database is not None:
+                one = restore_database(
+                    config,
+                    catalog,
+                    args.backup,
+                    args.database,
+                    new_name=args.new_name,
+                    replace=args.replace,
+                )
             else:
                 result = restore_backup(config, catalog, args.backup)
         except RestoreRefused as exc:
@@ -429,6 +447,9 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             return EXIT_FAILED
     if args.target is not None:
         _print_target(into, args.json)
+        return EXIT_OK
+    if args.database is not None:
+        _print_database(one, args.json)
         return EXIT_OK
     if args.json:
         print_json(result.__dict__)
@@ -443,6 +464,22 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             print(f"    {path}")
         print("  once satisfied, remove it with: rm -rf " + " ".join(result.rollback_dirs))
     return EXIT_OK
+
+
+def _print_database(result: DatabaseResult, as_json: bool) -> None:
+    if as_json:
+        print_json(result.__dict__)
+        return
+    print(
+        f"restored database {result.database} of {result.archive} as {result.restored_as} "
+        f"in {result.seconds:.1f}s; influxd kept serving"
+    )
+    print(
+        f"  prepared {_fmt_s(result.prepare_s)}, taken in by the live server {_fmt_s(result.restore_s)}"
+    )
+    if result.replaced_copy:
+        print(f"  the database it replaced was kept in {result.replaced_copy}")
+        print(f"  once satisfied, remove it with: rm -rf {result.replaced_copy}")
 
 
 def _print_target(result: TargetResult, as_json: bool) -> None:
@@ -715,14 +752,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         common,
         "restore",
-        "restore a backup (catalog id or archive path): the whole server, or into a directory",
+        "restore a backup (catalog id or archive path): the whole server, one database, or into a dir",
         "\n\nrestore BACKUP --yes\n"
         "  replace influxd's data: the live data is moved aside, never deleted (the command\n"
         "  prints where); downtime is stop + rename + start.\n"
         "restore BACKUP --target DIR [--start]\n"
         "  unpack (cold) or rebuild (hot chain) into DIR, absent or empty, with a ready-to-run\n"
         "  influxdb.conf; the live server is not touched. --start serves DIR from a throwaway\n"
-        "  influxd on a free port and prints its URL and how to stop it.",
+        "  influxd on a free port and prints its URL and how to stop it.\n"
+        "restore BACKUP --database NAME [--as NEWNAME] [--replace [--yes]]\n"
+        "  bring back one database (every retention policy and shard; users and grants as\n"
+        "  they are) into the live server while it serves, under its name or NEWNAME. A\n"
+        "  database of that name is refused unless --replace, which keeps it aside first.",
     )
     p.add_argument("backup", metavar="BACKUP", help="catalog id (see list) or archive path")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -743,6 +784,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--start",
         action="store_true",
         help="with --target: serve DIR from a throwaway influxd on a free port; print its URL",
+    )
+    p.add_argument(
+        "--database",
+        metavar="NAME",
+        help="restore only database NAME into the live server, which keeps serving",
+    )
+    p.add_argument(
+        "--as",
+        dest="new_name",
+        metavar="NEWNAME",
+        help="with --database: restore it under this name (default: NAME)",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --database: replace the live database of that name (kept aside first)",
     )
     p.set_defaults(func=cmd_restore)
 

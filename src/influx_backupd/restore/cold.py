@@ -17,7 +17,7 @@ from pathlib import Path
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreRefused
-from influx_backupd.influxd.sandbox import server_settings
+from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
 from influx_backupd.store.archive import ArchiveError, extract_safely, scan_archive
@@ -140,3 +140,20 @@ def archived_settings(path: Path) -> tuple[dict[str, str], str]:
     except (KeyError, OSError, tarfile.TarError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return {}, ""
     return server_settings(raw)
+
+
+def throwaway(config: Config, root: Path, settings: tuple[dict[str, str], str]) -> Sandbox:
+    """A throwaway influxd (its config written, not started) serving root's meta, data and wal
+    with a server's [data] and [coordinator] settings (archived_settings, live_settings), its
+    retention and subscriber services off, beside the live server (the OOM killer's first
+    choice)."""
+    data, sections = settings
+    server = Sandbox(
+        root,
+        binary=str(config.settings.influxd.binary),
+        extra_data=data,
+        extra_sections=RESTORE_TEST_SECTIONS + sections,
+        beside_live=True,
+    )
+    server.write_config()
+    return server

@@ -30,8 +30,8 @@ from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.influxd import scratch as scratch_dir
-from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, toml_value
-from influx_backupd.restore.cold import archived_settings, scan_cold
+from influx_backupd.influxd.sandbox import Sandbox, toml_value
+from influx_backupd.restore.cold import archived_settings, scan_cold, throwaway
 from influx_backupd.restore.hot import (
     StepFailed,
     chain_server,
@@ -157,19 +157,6 @@ def restore_into(
     return result
 
 
-def _served_by(config: Config, target: Path, data: dict[str, str], sections: str) -> Sandbox:
-    """The ready-to-run influxdb.conf of target, written last (a DIR without it is incomplete)."""
-    server = Sandbox(
-        target,
-        binary=str(config.settings.influxd.binary),
-        extra_data=data,
-        extra_sections=RESTORE_TEST_SECTIONS + sections,
-        beside_live=True,  # it runs beside the live server: the OOM killer's first choice
-    )
-    server.write_config()
-    return server
-
-
 def _unpack_cold(
     config: Config, source: ColdSource, tops: set[str], target: Path, result: TargetResult
 ) -> Sandbox:
@@ -178,7 +165,7 @@ def _unpack_cold(
     data, sections = archived_settings(source.path)
     if "hh" in dirs:
         sections += f"\n[hinted-handoff]\n  dir = {toml_value(dirs['hh'])}\n"
-    return _served_by(config, target, data, sections)
+    return throwaway(config, target, (data, sections))  # its conf written last
 
 
 def _rebuild_portable(config: Config, source: HotSource, target: Path) -> Sandbox:
@@ -202,7 +189,7 @@ def _rebuild_portable(config: Config, source: HotSource, target: Path) -> Sandbo
             wait_wal_flushed(target / "wal", logger)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return _served_by(config, target, data, sections)
+    return throwaway(config, target, (data, sections))  # its conf written last
 
 
 def _rebuild_09(config: Config, source: HotSource, target: Path) -> None:

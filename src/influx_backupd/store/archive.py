@@ -391,10 +391,12 @@ def extract_safely(
     *,
     uid: int | None,
     gid: int | None,
+    keep: Callable[[str], bool] | None = None,
 ) -> int:
     """Extract members whose top-level name is in targets into those dirs (which must not exist).
 
-    Every header is checked before anything is written below a target.
+    Every header is checked before anything is written below a target; keep, if given, picks
+    the members written (by name; the dirs above a kept one are made as needed).
     Returns the number of regular files written.
     """
     allowed = set(targets)
@@ -411,7 +413,7 @@ def extract_safely(
         for info in infos:
             parts = PurePosixPath(info.name).parts
             top = parts[0]
-            if top not in targets:
+            if top not in targets or (keep is not None and not keep(info.name)):
                 continue
             dest = targets[top].joinpath(*parts[1:]) if len(parts) > 1 else targets[top]
             if info.isdir():

@@ -35,9 +35,9 @@ from influx_backupd.core.errors import EXIT_USAGE, BackupdError, HotFailed, Rest
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import counts
 from influx_backupd.influxd import scratch as scratch_dir
-from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox
+from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.report.metrics import VERIFY_FAILED
-from influx_backupd.restore.cold import archived_settings
+from influx_backupd.restore.cold import archived_settings, throwaway
 from influx_backupd.restore.hot import (
     StepFailed,
     chain_server,
@@ -263,15 +263,7 @@ def _restore_test(
             result.fail(check, f"restore test: extraction failed: {exc}")
             return
         # the archived server's settings (index-version: a TSI shard served as inmem is rebuilt)
-        data, sections = archived_settings(archive)
-        server = Sandbox(
-            scratch,
-            binary=str(config.settings.influxd.binary),
-            extra_data=data,
-            extra_sections=RESTORE_TEST_SECTIONS + sections,
-            beside_live=True,
-        )
-        server.write_config()
+        server = throwaway(config, scratch, archived_settings(archive))
         try:
             start_throwaway(server, config.settings.influxd.start_timeout, "influxd")
         except StepFailed as exc:

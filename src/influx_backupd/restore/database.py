@@ -1,0 +1,314 @@
+"""`restore BACKUP --database NAME [--as NEWNAME] [--replace]`: one database (every retention
+policy and shard of it; users and grants as they are) brought back into the live server while it
+keeps serving. Other databases are not touched: nothing is stopped, no dir is swapped.
+
+The live server takes the database through its own snapshot service, as `influxd restore
+-portable -db NAME -newdb NEWNAME` against its bind-address (read from its influxdb.conf; the
+restore goes into the local server whatever backup_host the backups came from). That needs a
+portable backup holding the database as it was:
+
+- a single 1.x hot full: the backup dir itself (the tool takes only NAME's shards from it);
+- a 1.x hot chain: its links restored, NAME only, into a throwaway influxd (chain_server), then
+  `influxd backup -portable -database NAME` from it;
+- a cold archive: its meta and NAME's data and WAL extracted into a scratch dir, served by a
+  throwaway influxd with the archived settings, then `influxd backup -portable -database NAME`.
+
+The throwaways run from scratch dirs in the storage dir (recovery stops them after a kill).
+
+NEWNAME existing on the live server is refused, unless --replace: then it is first backed up
+(`influxd backup -portable -database NEWNAME` from the live server) into the storage dir as
+`NEWNAME.replaced-<id>`, kept and printed, never deleted by us; only then dropped and restored.
+If the restore fails after the drop, that copy is restored back under NEWNAME. A database the
+failed tool had begun creating (it did not exist before) is dropped again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from influx_backupd.core import log
+from influx_backupd.core.config import Config
+from influx_backupd.core.errors import RestoreFailed, RestoreRefused
+from influx_backupd.core.interrupt import Interrupted, signals_blocked
+from influx_backupd.core.log import Logger
+from influx_backupd.influxd import counts, influxql
+from influx_backupd.influxd import scratch as scratch_dir
+from influx_backupd.influxd.influxql import ident
+from influx_backupd.influxd.tool import run_tool
+from influx_backupd.restore.cold import archived_settings, scan_cold, throwaway
+from influx_backupd.restore.hot import (
+    SHARD_WAIT,
+    StepFailed,
+    chain_server,
+    live_settings,
+    portable_databases,
+    start_throwaway,
+)
+from influx_backupd.restore.source import ColdSource, HotSource, choose
+from influx_backupd.store.archive import extract_safely
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.chain import check_links
+from influx_backupd.store.scanners import scan_portable
+
+
+@dataclass
+class DatabaseResult:
+    archive: str
+    run_id: str | None
+    database: str
+    restored_as: str
+    links: list[str] = field(default_factory=list)
+    replaced_copy: str | None = None  # --replace: the previous NEWNAME, as a portable backup
+    prepare_s: float = 0.0  # building the portable backup of NAME (throwaway), if needed
+    restore_s: float = 0.0  # the live server taking it in
+    seconds: float = 0.0
+
+
+def live_snapshot_host(config: Config) -> str:
+    """The live server's snapshot service, from its own influxdb.conf's bind-address."""
+    with open(config.server.conf, "rb") as fh:
+        bind = str(tomllib.load(fh).get("bind-address", "127.0.0.1:8088"))
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"{host}:{port if port.isdigit() else 8088}"
+
+
+def _cold_databases(archive: Path) -> set[str]:
+    """The databases a cold archive holds data of (data/DB/...)."""
+    with tarfile.open(archive, "r:") as tar:
+        return {
+            parts[1]
+            for parts in (PurePosixPath(name).parts for name in tar.getnames())
+            if len(parts) > 2 and parts[0] == "data"
+        }
+
+
+def restore_database(
+    config: Config,
+    catalog: Catalog,
+    backup: str,
+    name: str,
+    *,
+    new_name: str | None = None,
+    replace: bool = False,
+) -> DatabaseResult:
+    """Restore database `name` of BACKUP into the live server as new_name (default: name).
+    RestoreRefused: nothing touched; RestoreFailed: the live server as it was (see above)."""
+    new = new_name or name
+    for which, value in (("--database", name), ("--as", new)):
+        if not value or value == "_internal":
+            raise RestoreRefused(f"{which} {value!r}: name a database of the backup")
+    logger = log.get(action="restore", database=name, restored_as=new)
+    source = choose(catalog, backup)
+    if isinstance(source, HotSource) and source.flavour == "0.9":
+        raise RestoreRefused(
+            "--database: a 0.9 snapshot restores only as a whole server (influxd restore -config)"
+        )
+    url, creds = config.url, config.credentials
+    try:
+        existing = set(counts.databases(url, credentials=creds))
+    except counts.FiguresError as exc:
+        raise RestoreRefused(f"the live server does not answer at {url}: {exc}") from None
+    if new in existing and not replace:
+        raise RestoreRefused(
+            f"database {new} exists on the live server; name another with --as NEWNAME, or "
+            "pass --replace (its data is first kept aside as a portable backup)"
+        )
+    # Check everything before anything is touched.
+    if isinstance(source, HotSource):
+        scans = check_links(source.flavour, source.links)
+        held: set[str] = set()
+        for link in source.links:
+            held |= portable_databases(link.path)
+        archive, run_id = source.links[-1].path, source.record.id if source.record else None
+        links = [str(link.path) for link in source.links]
+        logger.info("restore.checked", links=links, files=sum(s.files for s in scans))
+    else:
+        scan_cold(source.path, source.record)
+        held = _cold_databases(source.path)
+        archive, run_id = source.path, source.record.id if source.record else None
+        links = [str(source.path)]
+    if name not in held:
+        raise RestoreRefused(
+            f"--database {name}: not in {archive} (it holds: {', '.join(sorted(held)) or 'none'})"
+        )
+    result = DatabaseResult(str(archive), run_id, name, new, links=links)
+    started = time.monotonic()
+    scratch = scratch_dir.make(config.storage_dir, "restore-")
+    try:
+        _restore(config, source, result, scratch, new in existing, logger)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result.seconds = round(time.monotonic() - started, 3)
+    logger.info("restore.database_done", **{k: v for k, v in result.__dict__.items()})
+    return result
+
+
+def _tool(config: Config, logger: Logger, *args: str) -> None:
+    binary = str(config.settings.influxd.binary)
+    argv = [binary, *args]
+    logger.info("restore.running", argv=argv)
+    run = run_tool(argv, config.settings.influxd.backup_timeout, logger, phase="restore")
+    if run.returncode != 0:
+        tail = " | ".join(run.output[-3:]) or "no output"
+        state = "timed out" if run.returncode is None else f"exited {run.returncode}"
+        raise StepFailed(f"influxd {args[0]} {state}: {tail}")
+
+
+class _Live:
+    """The live server as this restore uses it: InfluxQL over HTTP (its credentials), the
+    snapshot service for the tools."""
+
+    def __init__(self, config: Config, logger: Logger) -> None:
+        self.config, self.logger = config, logger
+        self.snapshot = live_snapshot_host(config)
+
+    def q(self, statement: str, db: str | None = None) -> None:
+        try:
+            influxql.query(
+                self.config.url,
+                statement,
+                db,
+                credentials=self.config.credentials,
+                post=True,
+                shard_wait=SHARD_WAIT,
+            )
+        except influxql.QueryError as exc:
+            raise StepFailed(str(exc)) from None
+
+    def has(self, db: str) -> bool:
+        try:
+            return db in counts.databases(self.config.url, credentials=self.config.credentials)
+        except counts.FiguresError as exc:
+            raise StepFailed(str(exc)) from None
+
+    def take(self, portable: Path, db: str, as_name: str) -> None:
+        """Database db of a portable backup into the live server as as_name; returns once
+        every shard of it is open."""
+        _tool(
+            self.config,
+            self.logger,
+            "restore",
+            "-portable",
+            "-host",
+            self.snapshot,
+            "-db",
+            db,
+            "-newdb",
+            as_name,
+            str(portable),
+        )
+        self.q("SHOW MEASUREMENTS", as_name)
+
+    def export(self, db: str, dest: Path) -> None:
+        _export(self.config, self.logger, self.snapshot, db, dest)
+
+
+def _export(config: Config, logger: Logger, host: str, db: str, dest: Path) -> None:
+    """`influxd backup -portable -database db` from the server whose snapshot service is host."""
+    _tool(config, logger, "backup", "-portable", "-host", host, "-database", db, str(dest))
+
+
+def _restore(
+    config: Config,
+    source: ColdSource | HotSource,
+    result: DatabaseResult,
+    scratch: Path,
+    exists: bool,
+    logger: Logger,
+) -> None:
+    name, new = result.database, result.restored_as
+    live = _Live(config, logger)
+    aside: Path | None = None
+    dropped = False
+    try:
+        t_prepare = time.monotonic()
+        portable = _portable_of(config, source, name, scratch, logger)
+        result.prepare_s = round(time.monotonic() - t_prepare, 3)
+        if exists:  # --replace: keep the present one aside first, whole
+            aside = config.storage_dir / f"{new}.replaced-{scratch.name[-8:]}"
+            logger.info("restore.keeping_replaced", database=new, path=str(aside))
+            live.export(new, aside)
+            scan_portable(aside, deep=True)
+            result.replaced_copy = str(aside)
+            live.q(f"DROP DATABASE {ident(new)}")
+            dropped = True
+        t_restore = time.monotonic()
+        live.take(portable, name, new)
+        result.restore_s = round(time.monotonic() - t_restore, 3)
+    except (Exception, Interrupted) as exc:
+        with signals_blocked():
+            undone = _undo(live, new, exists, dropped, aside)
+        logger.error("restore.database_failed", error=str(exc), undone=undone)
+        if isinstance(exc, Interrupted):
+            raise
+        raise RestoreFailed(
+            f"restore of database {name} as {new} failed ({exc or type(exc).__name__}); {undone}"
+        ) from None
+
+
+def _undo(live: _Live, new: str, existed: bool, dropped: bool, aside: Path | None) -> str:
+    """Put the live server back as it was; says how it ended, for the error line."""
+    try:
+        if (dropped or not existed) and live.has(new):
+            live.q(f"DROP DATABASE {ident(new)}")  # what the failed restore made of it
+        if dropped and aside is not None:
+            live.take(aside, new, new)
+            return f"database {new} was put back from the copy kept in {aside}"
+    except Exception as exc:
+        if dropped and aside is not None:
+            return (
+                f"putting {new} back failed too ({exc}): its data is in {aside}; restore it with "
+                f"influxd restore -portable -host {live.snapshot} -db {new} {aside}"
+            )
+        return f"dropping the half-restored {new} failed ({exc}): drop it by hand"
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)  # a copy of a database that was never dropped
+    return "the live server's databases are as they were"
+
+
+def _portable_of(
+    config: Config, source: ColdSource | HotSource, name: str, scratch: Path, logger: Logger
+) -> Path:
+    """A portable backup holding database name as the backup has it (see the module doc)."""
+    export = scratch / "export"
+    if isinstance(source, HotSource):
+        if len(source.links) == 1:
+            return source.links[0].path
+        data, sections = live_settings(config.server.conf)
+        with chain_server(
+            config,
+            source.links,
+            scratch,
+            tag=scratch.name[-8:],
+            logger=logger,
+            extra_data=data,
+            extra_sections=sections,
+            databases={name},
+        ) as server:
+            _export(config, logger, server.backup_host, name, export)
+        return export
+    tops = {"meta", "data", "wal"}
+    dirs = {top: scratch / top for top in tops}
+    extract_safely(
+        source.path,
+        dirs,
+        uid=None,
+        gid=None,
+        keep=lambda member: member.startswith(("meta/", f"data/{name}/", f"wal/{name}/")),
+    )
+    server = throwaway(config, scratch, archived_settings(source.path))
+    start_throwaway(server, config.settings.influxd.start_timeout, "influxd on the archive")
+    try:
+        _export(config, logger, server.backup_host, name, export)
+    finally:
+        with signals_blocked():
+            server.stop(timeout=config.settings.influxd.stop_timeout)
+    return export

@@ -1,0 +1,145 @@
+"""`restore BACKUP --database NAME [--as NEWNAME] [--replace]` against a real influxd 1.6: one
+database back into the live server while it serves, every other database untouched."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from influx_backupd.influxd import counts
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import STAND_INS, Cli, write_config
+
+HOT = [{"name": "hotjob", "mode": "hot"}]
+
+
+def _points(sandbox: Sandbox) -> dict[str, int]:
+    """Every database's points, every retention policy of each."""
+    return {db: counts.point_count(sandbox.url, db, timeout=120) for db in sandbox.databases()}
+
+
+def _accounts(sandbox: Sandbox) -> Any:
+    users = sandbox.query("SHOW USERS")["results"][0]
+    grants = sandbox.query('SHOW GRANTS FOR "reader"')["results"][0]
+    return users, grants
+
+
+def _populate(sandbox: Sandbox) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 5_000)
+    sandbox.query(
+        'CREATE RETENTION POLICY "year" ON "metrics" DURATION 100000h REPLICATION 1',
+        method="POST",
+    )
+    sandbox.create_db("other")
+    sandbox.write_points("other", 700, measurement="mem")
+    sandbox.query("CREATE USER \"reader\" WITH PASSWORD 'pw'", method="POST")
+    sandbox.query('GRANT READ ON "other" TO "reader"', method="POST")
+
+
+def _write_rp(sandbox: Sandbox, db: str, rp: str, n: int) -> None:
+    lines = "\n".join(f"load,host=h v={i}i {1_577_836_800 + i}" for i in range(n))
+    req = urllib.request.Request(
+        f"{sandbox.url}/write?db={db}&rp={rp}&precision=s", data=lines.encode(), method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 204
+
+
+def test_a_dropped_database_comes_back_from_a_hot_chain_while_the_server_serves(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
+    _populate(sandbox)
+    _write_rp(sandbox, "metrics", "year", 400)
+    assert cli.json("backup")["status"] == "ok"
+    sandbox.write_points("metrics", 1_500, start=100_000)
+    sandbox.create_db("later")
+    sandbox.write_points("later", 600)
+    increment = cli.json("backup")
+    assert increment["status"] == "ok" and increment["kind"] == "incremental"
+
+    sandbox.query('DROP DATABASE "metrics"', method="POST")  # the accident
+    sandbox.write_points("other", 50, start=500_000, measurement="mem")
+    before, accounts, pids = _points(sandbox), _accounts(sandbox), sandbox.pids()
+    assert "metrics" not in before
+
+    done = cli("restore", increment["id"], "--database", "metrics", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["restored_as"] == "metrics" and result["replaced_copy"] is None
+    after = _points(sandbox)
+    assert after == {**before, "metrics": 5_000 + 400 + 1_500}, "other databases untouched"
+    assert sandbox.pids() == pids, "influxd was never stopped"
+    assert _accounts(sandbox) == accounts, "users and grants as they were"
+    rps = sandbox.query('SHOW RETENTION POLICIES ON "metrics"')["results"][0]["series"][0]
+    assert {row[0] for row in rps["values"]} == {"autogen", "year"}
+    assert not list((tmp_path / "archives").glob(".verify-*")), "the throwaway's scratch is gone"
+    # it takes writes like any database
+    sandbox.write_points("metrics", 10, start=900_000)
+    assert sandbox.count("metrics") == 5_000 + 1_500 + 10
+
+
+def test_a_database_from_a_cold_archive_under_a_new_name_beside_the_live_one(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox))
+    _populate(sandbox)
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    sandbox.write_points("metrics", 300, start=100_000)
+    before, pids = _points(sandbox), sandbox.pids()
+
+    done = cli("restore", record["id"], "--database", "metrics", "--as", "metrics_then")
+    assert done.returncode == 0, done.stderr
+    assert "as metrics_then" in done.stdout
+    assert _points(sandbox) == {**before, "metrics_then": 5_000}
+    assert sandbox.pids() == pids
+
+    # the name exists now: refused, nothing touched
+    done = cli("restore", record["id"], "--database", "metrics", "--as", "metrics_then")
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert "database metrics_then exists on the live server" in line and "--replace" in line
+    done = cli("restore", record["id"], "--database", "nosuch", "--as", "x")
+    assert done.returncode == 1
+    assert "--database nosuch: not in" in done.stderr and "metrics, other" in done.stderr
+    assert _points(sandbox) == {**before, "metrics_then": 5_000}
+    done = cli("restore", record["id"], "--as", "x")
+    assert done.returncode == 2 and "go with --database" in done.stderr
+
+
+def test_replace_keeps_the_replaced_database_aside_and_a_failure_puts_it_back(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox))
+    _populate(sandbox)
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    sandbox.write_points("metrics", 300, start=100_000)
+    before = _points(sandbox)
+
+    # `influxd restore -db metrics -newdb other` fails: "other" must come back as it was
+    failing = STAND_INS / "influxd_restore_renaming_fails"
+    broken = Cli(write_config(tmp_path, sandbox, influxd={"binary": str(failing)}))
+    done = broken(
+        "restore", record["id"], "--database", "metrics", "--as", "other", "--replace", "--yes"
+    )
+    assert done.returncode == 1
+    line = done.stderr.strip().splitlines()[-1]
+    assert "stand-in failure" in line and "database other was put back from the copy" in line
+    assert _points(sandbox) == before
+
+    cli = Cli(write_config(tmp_path, sandbox))  # the real influxd again
+    done = cli("restore", record["id"], "--database", "metrics", "--replace", "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert _points(sandbox) == {**before, "metrics": 5_000}
+    kept = Path(result["replaced_copy"])
+    assert kept.is_dir() and kept.parent == tmp_path / "archives"
+    # the copy kept aside is a portable backup of the replaced database, 5,300 points
+    done = cli("restore", str(kept), "--database", "metrics", "--as", "metrics_before")
+    assert done.returncode == 0, done.stderr
+    assert sandbox.count("metrics_before") == 5_300
