@@ -129,18 +129,20 @@ def test_the_daemon_keeps_trying_says_so_and_tells_on_failure(
             assert "influxd down" in report["daemon"]["status"], report["daemon"]
             assert "retry" in report["daemon"]["status"], report["daemon"]
             _until(
-                lambda: metrics.exists() and "influx_backupd_influxd_down 1" in metrics.read_text(),
+                lambda: (
+                    metrics.exists() and "influx_backupd_influxd_left_down 1" in metrics.read_text()
+                ),
                 60,
-                "influx_backupd_influxd_down 1 in the metrics",
+                "influx_backupd_influxd_left_down 1 in the metrics",
             )
             assert not sandbox.ping()
             holder.close()
             holder = None
             _until(sandbox.ping, 120, "the daemon starting influxd once the port is free")
             _until(
-                lambda: "influx_backupd_influxd_down 0" in metrics.read_text(),
+                lambda: "influx_backupd_influxd_left_down 0" in metrics.read_text(),
                 60,
-                "influx_backupd_influxd_down 0",
+                "influx_backupd_influxd_left_down 0",
             )
             _until(
                 lambda: "influxd down" not in run_cli(config, "status").stdout,
@@ -187,7 +189,7 @@ def test_every_command_reports_influxd_left_stopped_and_what_brings_it_back(
     done = run_cli(config, "verify", "--all")  # takes the lock: starts influxd, says so
     assert done.returncode == 0, done.stderr[-3000:]
     line = one_line(done.stderr)
-    assert "started again" in line, line
+    assert "starts it again" in line, line
     assert sandbox.ping()
     quiet = run_cli(config, "list")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr

@@ -29,8 +29,8 @@ from influx_backupd.core.errors import (
 from influx_backupd.core.interrupt import Interrupted
 from influx_backupd.core.schedule import describe
 from influx_backupd.daemon.loop import run_daemon
-from influx_backupd.daemon.status import gather, render
-from influx_backupd.influxd.server import InfluxdError
+from influx_backupd.daemon.status import gather, read_daemon_state, render
+from influx_backupd.influxd.server import Influxd, InfluxdError
 from influx_backupd.jobs.hot import clock_url
 from influx_backupd.keep.prune import prune
 from influx_backupd.offsite.errors import OffsiteError
@@ -39,7 +39,7 @@ from influx_backupd.restore.database import DatabaseResult, restore_database
 from influx_backupd.restore.hot import restore_backup
 from influx_backupd.restore.target import TargetResult, restore_into, target_problem
 from influx_backupd.run.followup import write_metrics
-from influx_backupd.run.guard import exclusive
+from influx_backupd.run.guard import exclusive, left_stopped, left_stopped_line
 from influx_backupd.run.runner import ModeUnavailable, Skipped, dry_run, run_backup
 from influx_backupd.store.archive import not_a_backup
 from influx_backupd.store.catalog import Catalog
@@ -183,8 +183,16 @@ def print_record(record: RunRecord, as_json: bool, *, verbose: bool = False) -> 
 # -- commands ------------------------------------------------------------------------------------
 
 
-def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
+def _startable(config: Config) -> None:
+    """A config whose influxd could not be started again is refused before anything is
+    stopped: a stop we cannot undo is the one mistake a backup tool must not make."""
+    problem = Influxd(config).startable()
+    if problem is not None:
+        raise ConfigError(f"{config.path}: {problem}")
 
+
+def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
+    _startable(config)
     s = config.settings
     plan: dict[str, Any] = {
         "config": str(config.path),
@@ -294,6 +302,8 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     jobs = _jobs_to_run(config, args)
     if args.dry_run:
         return _dry_run(config, jobs, args)
+    if any((args.mode or job.mode) != "hot" for job in jobs):  # a hot run never stops influxd
+        _startable(config)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)
     bar = _progress_bar(args)
@@ -881,7 +891,32 @@ def _log_level(args: argparse.Namespace, configured: str) -> str:
     return configured
 
 
+# Commands that take the backup lock: their recovery starts an influxd left stopped.
+_LOCK_TAKING = {cmd_backup, cmd_restore, cmd_verify, cmd_prune, cmd_import}
+
+
+def _tell_left_stopped(config: Config, func: Callable[..., int]) -> None:
+    """Every command says, in one line, when a dead run left influxd stopped (the daemon says
+    it in its log and status line instead)."""
+    if func is cmd_run:
+        return
+    left = left_stopped(config)
+    if left is None:
+        return
+    state = read_daemon_state(config)
+    line = left_stopped_line(
+        config,
+        left,
+        daemon_pid=int(state["pid"]) if state else None,
+        this_command_starts=func in _LOCK_TAKING,
+    )
+    print(f"influx-backupd: {line}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # Private by default (state, staging, archives, records, logs), whatever the caller's
+    # umask; what is meant to be shared (the metrics file) and influxd itself set their own.
+    os.umask(0o077)
     try:
         status = _main(argv)
         sys.stdout.flush()  # here, not at exit, where a closed pipe would print a traceback
@@ -905,6 +940,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         config = load(path)
         log.configure(level=_log_level(args, config.settings.daemon.log_level))
+        _tell_left_stopped(config, func)
         return func(config, args)
     except ConfigError as exc:
         print(f"influx-backupd: {exc}", file=sys.stderr)

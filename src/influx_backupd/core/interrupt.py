@@ -25,3 +25,14 @@ def signals_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextmanager
+def signals_allowed() -> Iterator[None]:
+    """Inside signals_blocked: let SIGTERM/SIGINT/SIGHUP through for a while (a wait between
+    start attempts, when nothing is half-done)."""
+    old = signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHIELDED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

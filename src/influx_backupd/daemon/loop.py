@@ -39,7 +39,8 @@ from influx_backupd.core.cancel import CancelToken
 from influx_backupd.core.config import Config, ConfigError, JobSection, Scheduled, load
 from influx_backupd.core.journal import journal_available
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
-from influx_backupd.influxd.server import InfluxdError
+from influx_backupd.influxd import server
+from influx_backupd.influxd.server import BACKOFF_CAP_S, InfluxdError, backoff
 from influx_backupd.report.metrics import DaemonFacts
 from influx_backupd.run import offsite
 from influx_backupd.run.followup import tell_verify_failed, write_metrics
@@ -47,10 +48,11 @@ from influx_backupd.run.guard import exclusive
 from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
-from influx_backupd.store.state import BackupLock, Busy
+from influx_backupd.store.state import BackupLock, Busy, CrashMarker
 from influx_backupd.verify.check import verify_all
 
 STATE_FILE = "daemon.json"
+DAEMON_RUN_START_ATTEMPTS = 3
 DAEMON_LOCK = "daemon.lock"
 TICK = 1.0  # seconds between main-loop ticks
 # The metrics file's heartbeat: rewritten at least this often, so that an alert can tell a dead
@@ -114,6 +116,10 @@ class Daemon:
         self._create_time = psutil.Process().create_time()
         self._published: dict[str, Any] | None = None
         self._status_line = ""
+        # influxd left stopped (a crash marker): when the worker tries to start it next, and
+        # what the status line says about it meanwhile
+        self._next_start: float | None = None
+        self._down_note: str | None = None
         self._worker = threading.Thread(target=self._work, name="backup-worker", daemon=True)
         self._watchdog = systemd.Watchdog(self.alive)
         self._scheduler: Any = None
@@ -378,12 +384,18 @@ class Daemon:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stopping.is_set():
+                while not self._pending and not self._stopping.is_set() and not self._start_due():
                     self._cond.wait(TICK)
                 if self._stopping.is_set():
                     return
-                item = self._pending.pop(0)
-                self._running = item.job
+                if not self._pending:
+                    item = None
+                else:
+                    item = self._pending.pop(0)
+                    self._running = item.job
+            if item is None:
+                self._start_influxd()
+                continue
             try:
                 if item.job == VERIFY_ALL:
                     self._verify_all(item)
@@ -398,6 +410,58 @@ class Daemon:
                 with self._cond:
                     self._running = None
                     self._current = {}
+                self._note_left_down()
+
+    # -- influxd left stopped: tried again between jobs, with backoff, for as long as it takes --
+    def _start_due(self) -> bool:
+        return self._next_start is not None and time.time() >= self._next_start
+
+    def _note_left_down(self, error: str | None = None) -> None:
+        """After a run (or a failed recovery): a crash marker left means influxd is down, and
+        the worker tries to start it between jobs until it runs."""
+        left = CrashMarker(self.config.state_dir).read()
+        if left is None:
+            if self._down_note is not None:
+                self._log.warning("daemon.influxd_running_again")
+            self._next_start, self._down_note = None, None
+            return
+        failures = left.get("start_failures")
+        failures = failures if isinstance(failures, int) else 0
+        last = error or left.get("last_start_error") or "not started yet"
+        wait = backoff(max(1, failures))
+        if self._next_start is None or error is not None:
+            self._next_start = time.time() + wait
+        at = datetime.fromtimestamp(self._next_start, UTC).strftime("%H:%M:%SZ")
+        self._down_note = (
+            f"influxd down since run {left.get('run_id')}: {failures} start attempts failed "
+            f"(last: {last}); retrying at {at}"
+        )
+
+    def _start_influxd(self) -> None:
+        """One start attempt under the backup lock (recovery does it), between jobs."""
+        self._next_start = None
+        try:
+            with exclusive(self.config, start_attempts=1):
+                pass
+        except Busy:
+            self._next_start = time.time() + 5.0  # a foreground command runs: it starts it
+            return
+        except InfluxdError as exc:
+            self._note_left_down(str(exc))
+            self._log.error(
+                "daemon.influxd_start_failed",
+                error=str(exc),
+                retry_at=_iso(self._next_start),
+                detail="influxd stays down until a start succeeds; the daemon keeps trying",
+            )
+            self._write_metrics()  # influx_backupd_influxd_left_down 1
+            return
+        except OSError as exc:
+            self._log.error("daemon.influxd_start_failed", error=str(exc))
+            self._next_start = time.time() + BACKOFF_CAP_S
+            return
+        self._note_left_down()
+        self._write_metrics()  # influx_backupd_influxd_left_down back to 0
 
     def _run(self, item: Due) -> None:
 
@@ -593,6 +657,11 @@ class Daemon:
         return out
 
     def _status_text(self, next_runs: dict[str, float | None]) -> str:
+        text = self._job_status_text(next_runs)
+        down = self._down_note
+        return f"{down}; {text}" if down else text
+
+    def _job_status_text(self, next_runs: dict[str, float | None]) -> str:
         current = self._current
         if self._running is not None:
             text = f"running {self._running}"
@@ -659,12 +728,16 @@ class Daemon:
             self._log.info("daemon.recovery_deferred", detail=str(exc))
         except InfluxdError as exc:
             self._log.error("daemon.recovery_failed", error=str(exc))
+            self._note_left_down(str(exc))
 
 
 def run_daemon(config: Config, level: str) -> int:
     """`influx-backupd run`: log set-up for a service, then the daemon until SIGTERM/SIGINT."""
     import sys
 
+    # A run gives up starting influxd after a few attempts, leaving its crash marker; the
+    # worker then keeps trying between jobs (the daemon stays stoppable and says so).
+    server.RUN_START_ATTEMPTS = DAEMON_RUN_START_ATTEMPTS
     daemon = Daemon(config)
     journal = log.journal_socket() if journal_available() else None
     log.configure(sys.stdout, level, journal=journal, processors=[daemon.observe])

@@ -15,6 +15,7 @@ from influx_backupd.core.config import Config
 from influx_backupd.core.schedule import describe
 from influx_backupd.daemon.loop import STATE_FILE
 from influx_backupd.run import offsite
+from influx_backupd.run.guard import left_stopped, left_stopped_line
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 
@@ -79,7 +80,22 @@ def gather(config: Config) -> dict[str, Any]:
     with_downtime = [r for r in records if r.downtime_s is not None]
     offsite_report = offsite.status(config, catalog) if catalog.exists() else None
     last_downtime = with_downtime[-1] if with_downtime else None
+    left = left_stopped(config)
     return {
+        # influxd left stopped by a run that is gone (its crash marker), and what brings it back
+        "influxd_down": {
+            "run_id": left.get("run_id"),
+            "start_failures": left.get("start_failures", 0),
+            "last_start_error": left.get("last_start_error"),
+            "detail": left_stopped_line(
+                config,
+                left,
+                daemon_pid=int(state["pid"]) if state else None,
+                this_command_starts=False,
+            ),
+        }
+        if left is not None
+        else None,
         "daemon": {
             "running": state is not None,
             "pid": state.get("pid") if state else None,
@@ -116,6 +132,8 @@ def _when(ts: float | None) -> str:
 def render(report: dict[str, Any]) -> str:
     d = report["daemon"]
     lines = []
+    if report["influxd_down"]:
+        lines.append(f"influxd down  {report['influxd_down']['detail']}")
     if d["running"]:
         lines.append(f"daemon    running, pid {d['pid']}, since {_when(d['started_at'])}")
         lines.append(f"  status  {d['status']}")

@@ -6,20 +6,39 @@ Through systemctl when it is a systemd unit, else through signals and a detached
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import BackupdError
+from influx_backupd.core.interrupt import signals_allowed
 from influx_backupd.influxd.influxql import ping_headers
+
+# What influxd gets under its own service (Debian's unit, systemd's default): its new files are
+# never world-writable, whatever umask the caller of influx-backupd had.
+INFLUXD_UMASK = 0o022
+# Waits between start attempts: doubling up to the cap, then every cap, for as long as it takes.
+BACKOFF_FIRST_S = 1.0
+BACKOFF_CAP_S = 30.0
+# Start attempts a run makes before it gives up, leaving the crash marker: None in a foreground
+# command (it returns only once influxd runs); the daemon sets a few, then keeps trying itself
+# between jobs, so that it can still be stopped and can say what is going on.
+RUN_START_ATTEMPTS: int | None = None
+
+
+def backoff(failed: int) -> float:
+    """Seconds to wait after the failed-th failed start attempt (1, 2, 4 … up to the cap)."""
+    return float(min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** max(0, failed - 1)))
 
 
 class InfluxdError(BackupdError):
@@ -65,6 +84,11 @@ def normal_priority() -> Iterator[None]:
                 me.ionice(ionice.ioclass, ionice.value)
 
 
+class NotAnswering(InfluxdError):
+    """The process exists but does not answer: never stopped (a signal to a frozen process
+    stays pending and would take it down later, when nobody is there to start it)."""
+
+
 @dataclass(frozen=True)
 class Holder:
     pid: int
@@ -73,6 +97,23 @@ class Holder:
 
     def __str__(self) -> str:
         return f"pid {self.pid} ({self.name}) holds {self.path}"
+
+
+def names_conf(argv: list[str], conf: Path) -> bool:
+    """Whether an argv names this influxdb.conf (`-config PATH`, `-config=PATH`, any form)."""
+    wanted = {str(conf), str(conf.resolve())}
+    for arg in argv:
+        value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+        if value in wanted:
+            return True
+    return False
+
+
+def _frozen(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
 
 
 def _same_process(pid: int, create_time: float) -> psutil.Process | None:
@@ -106,16 +147,86 @@ class Influxd:
             except (OSError, ValueError):
                 pid = 0
             found = self._remember(pid)
-            if found is not None:
+            # A stale pidfile may name a reused pid: only a process started with our
+            # influxdb.conf is the server the config names.
+            if found is not None and self._names_our_conf(found):
                 return found
-        conf = str(self.config.server.conf)
+            self._proc = None
+        conf = self.config.server.conf
         for proc in psutil.process_iter(["cmdline", "pid"]):
             cmdline = proc.info["cmdline"] or []
             if proc.pid == os.getpid():
                 continue
-            if any(arg == conf or arg.endswith("=" + conf) for arg in cmdline):
+            if names_conf(cmdline, conf):
                 return self._remember(proc.pid)
         return None
+
+    def _names_our_conf(self, proc: psutil.Process) -> bool:
+        try:
+            return names_conf(proc.cmdline(), self.config.server.conf)
+        except psutil.Error:
+            return False
+
+    # -- can it be started again the way the config says? ---------------------------------
+    def startable(self) -> str | None:
+        """Why influxd could not be started again as configured, or None. Checked before
+        anything is stopped: a stop we cannot undo is the worst thing we can do."""
+        if self.section.service:
+            try:
+                state = self._systemctl(
+                    "show", "-p", "LoadState", "--value", self.section.service, timeout=30
+                ).strip()
+            except InfluxdError as exc:
+                return f"influxd.service: {exc}"
+            if state == "not-found":
+                return f"influxd.service: unit {self.section.service} does not exist"
+            return None
+        command = self.section.command or []
+        if not command or not command[0]:
+            return "influxd.command: empty; it must start with the influxd executable"
+        exe = command[0]
+        found = shutil.which(exe) if "/" not in exe else exe
+        if found is None:
+            return f"influxd.command: {exe} is not found in PATH"
+        path = Path(found)
+        if not path.exists():
+            return f"influxd.command: {exe} does not exist"
+        if not path.is_file():
+            return f"influxd.command: {exe} is not a file"
+        if not os.access(path, os.X_OK):
+            return f"influxd.command: {exe} is not executable"
+        conf = self.config.server.conf
+        if not names_conf(command, conf):
+            named = [a for a in command if a.endswith(".conf") or a.startswith("-config")]
+            what = f"it names {' '.join(named)}" if named else "it names no config file"
+            return (
+                f"influxd.command must name the configured influxdb.conf {conf} "
+                f"(influxd.config); {what}: influxd started by it would not be the server "
+                "backed up"
+            )
+        return None
+
+    def describe_down(self, proc: psutil.Process | None) -> str:
+        """Why the server does not count as serving, in words that fit what the process is."""
+        ping = f"{self.config.url}/ping"
+        if proc is None:
+            return f"influxd is not running (no process for {self.config.server.conf})"
+        if _frozen(proc):
+            return (
+                f"influxd (pid {proc.pid}) is stopped (frozen by SIGSTOP or a debugger) and "
+                f"does not answer {ping}"
+            )
+        return f"influxd (pid {proc.pid}) does not answer {ping}"
+
+    def frozen(self, proc: psutil.Process) -> bool:
+        return _frozen(proc)
+
+    def check_answers(self) -> psutil.Process:
+        """The process the config names, answering right now: the last check before a stop."""
+        proc = self.locate()
+        if proc is None or _frozen(proc) or not self.ping(timeout=5.0) or _frozen(proc):
+            raise NotAnswering(self.describe_down(proc))
+        return proc
 
     def _remember(self, pid: int) -> psutil.Process | None:
         if pid <= 0:
@@ -194,7 +305,10 @@ class Influxd:
             return
         proc = self._proc or self.locate()
         if proc is None:
-            raise InfluxdError("influxd is not running (no process found)")
+            raise InfluxdError(self.describe_down(None))
+        if _frozen(proc):
+            # the signal would wait until it is thawed, and take it down then
+            raise NotAnswering(self.describe_down(proc) + "; not signalled")
         try:
             proc.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
@@ -233,6 +347,7 @@ class Influxd:
                     stderr=log_file,
                     start_new_session=True,
                     close_fds=True,
+                    umask=INFLUXD_UMASK,
                 )
         except OSError as exc:
             raise StartFailed(f"cannot run {self.section.command[0]}: {exc.strerror}") from None
@@ -243,6 +358,65 @@ class Influxd:
             _write_pidfile(self.section.pidfile, child.pid)
         self.wait_ready(timeout, child)
         self._remember(child.pid)
+
+    def start_until_up(
+        self,
+        log_path: Path | None = None,
+        *,
+        attempts: int | None = None,
+        on_failure: Callable[[int, str, float], None] | None = None,
+    ) -> int:
+        """Start influxd, retrying with backoff until it answers; the attempts it took.
+
+        attempts=None: RUN_START_ATTEMPTS; when that is None too, for as long as it takes (a foreground command: influxd must run again
+        before we return). Otherwise StartFailed after that many (the daemon tries again between
+        jobs). A server that still runs is waited for, never doubled: one still exiting is let
+        exit first, one starting is given start_timeout to answer. The waits between attempts
+        let SIGTERM/SIGINT through: a command stopped there leaves the crash marker, and the
+        next one goes on trying.
+        """
+        logger = log.get()
+        limit = attempts if attempts is not None else RUN_START_ATTEMPTS
+        failed = 0
+        while True:
+            try:
+                self._start_once(log_path)
+                return failed + 1
+            except InfluxdError as exc:
+                failed += 1
+                wait = backoff(failed)
+                last = limit is not None and failed >= limit
+                logger.error(
+                    "influxd.start_failed",
+                    phase="start",
+                    attempt=failed,
+                    error=str(exc),
+                    retry_in_s=None if last else wait,
+                )
+                if on_failure is not None:
+                    on_failure(failed, str(exc), wait)
+                if last:
+                    raise StartFailed(
+                        f"influxd did not start again ({failed} attempts; last: {exc})"
+                    ) from None
+                with signals_allowed():
+                    time.sleep(wait)
+
+    def _start_once(self, log_path: Path | None) -> None:
+        proc = self.locate()
+        if proc is not None:
+            if _frozen(proc):
+                raise StartFailed(self.describe_down(proc))
+            if self.ping():
+                return
+            # Exiting after a stop, or still opening its stores: never start a second one on
+            # the same files. Wait for it to go, or to answer.
+            if self.wait_exit(proc, self.section.stop_timeout):
+                proc = None
+            else:
+                self.wait_ready(self.section.start_timeout)
+                return
+        self.start(log_path=log_path)
 
     # -- who holds the files ---------------------------------------------
     def holders(self, dirs: Iterable[Path]) -> list[Holder]:

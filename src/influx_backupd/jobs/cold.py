@@ -23,10 +23,16 @@ from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import counts
-from influx_backupd.influxd.server import Influxd, InfluxdError
+from influx_backupd.influxd.server import Influxd, InfluxdError, NotAnswering
 from influx_backupd.jobs.staging import Stager
 from influx_backupd.report import progress
-from influx_backupd.store.archive import ArchiveError, WriteResult, check_written, write_archive
+from influx_backupd.store.archive import (
+    ArchiveError,
+    WriteResult,
+    check_written,
+    name_written,
+    write_archive,
+)
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.layout import staging_root
 from influx_backupd.store.record import RunRecord, new_run_id
@@ -138,11 +144,16 @@ def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) ->
             f"not enough space in {storage}: need about {needed} bytes, {free} free; influxd not stopped"
         )
 
+    # Before anything is stopped: it can be started again the way the config says, and the
+    # process the config names answers.
+    problem = server.startable()
+    if problem is not None:
+        raise JobFailed(f"{problem}; influxd not stopped")
     proc = server.locate()
     if proc is None or not server.ping():
         raise JobFailed(
-            f"influxd is not running (no process for {config.server.conf} answering {config.url}/ping); "
-            "a cold backup stops and restarts a running server"
+            f"{server.describe_down(proc)}; a cold backup stops and restarts a serving "
+            "server: nothing stopped"
         )
     try:
         _stop_copy_start(config, record, logger, server, proc.pid, dirs, sources, stager, predicted)
@@ -169,16 +180,19 @@ def _running_again(
         logger.warning("influxd.still_running", phase="start", pid=proc.pid)
         marker.clear()
         return
+    if proc is not None and server.frozen(proc):
+        # stop() never signals a frozen process: it was not stopped by us, nothing to start
+        marker.clear()
+        return
     if proc is not None:
+        # still shutting down (1.x forces its own hard shutdown after 30 s): start_until_up
+        # waits for it to go before it starts another on the same files
         logger.warning("influxd.still_stopping", phase="start", pid=proc.pid)
-        # influxd 1.x forces its own hard shutdown after 30 s
-        if not server.wait_exit(proc, max(config.settings.influxd.stop_timeout, 35.0)):
-            # Neither serving nor gone: starting a second one would fight it for its files.
-            # The marker stays, so the next command tries again.
-            raise InfluxdError(f"influxd (pid {proc.pid}) neither serves nor exits; not started")
     t_start = time.monotonic()
     logger.info("influxd.starting", phase="start")
-    server.start(log_path=config.state_dir / "influxd.log")
+    record.extra["start_attempts"] = server.start_until_up(
+        config.state_dir / "influxd.log", on_failure=marker.note_failed_start
+    )
     now = time.monotonic()
     record.start_s = now - t_start
     record.downtime_s = now - t_stop
@@ -210,13 +224,22 @@ def _stop_copy_start(
         # Phase 1, influxd serving: most of the bytes, outside the stop window.
         logger.info("staging.syncing", phase="prestage", path=str(stager.root))
         t_pre = time.monotonic()
-        first = stager.sync(tolerant=True)
+        try:
+            first = stager.sync(tolerant=True)
+        except OSError as exc:
+            raise name_written(exc, stager.root) from None
         record.prestage_s = time.monotonic() - t_pre
         staging["prestage"] = first.as_dict()
         record.extra["staging"] = staging
         logger.info("staging.synced", phase="prestage", **first.as_dict())
 
     counts.before_stop(config, record, dirs, logger)  # point counts for restore tests
+    try:
+        # The figures' queries may have timed out against a server frozen since: it must
+        # answer right now, or it is not stopped (a signal would stay pending until it thaws).
+        pid = server.check_answers().pid
+    except NotAnswering as exc:
+        raise JobFailed(f"{exc}; nothing stopped") from None
     marker.write(record.id, job=record.job)
     t_stop = time.monotonic()
     # Set before the stop is asked: a signal or error from here on must lead to a start.
@@ -240,7 +263,10 @@ def _stop_copy_start(
 
         if stager is not None:
             # Phase 2, influxd stopped: only what changed since phase 1, compared to the source.
-            second = stager.sync(tolerant=False)
+            try:
+                second = stager.sync(tolerant=False)
+            except OSError as exc:
+                raise name_written(exc, stager.root) from None
             record.copy_s = time.monotonic() - t_copy
             record.window_bytes = second.copied_bytes
             staging["window"] = second.as_dict()

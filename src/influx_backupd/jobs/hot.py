@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import os
 import queue
+import shutil
 import threading
 import time
 import urllib.error
@@ -373,8 +374,24 @@ def run_hot(
         record.status = "interrupted"
         record.error = f"interrupted by {exc}"
     finally:
+        if record.status == "failed":
+            _free_space_of_failed(record, logger)
         catalog.finish(record, logger)
     return record
+
+
+def _free_space_of_failed(record: RunRecord, logger: Logger) -> None:
+    """A run that failed for want of space removes its incomplete output: the room is what the
+    next run needs (output that failed otherwise stays for inspection until prune)."""
+    error = (record.error or "").lower()
+    if "no space left" not in error and "disk quota" not in error:
+        return
+    if not record.archive or not record.archive.endswith(layout.INCOMPLETE):
+        return
+    shutil.rmtree(record.archive, ignore_errors=True)
+    logger.warning("hot.incomplete_removed", path=record.archive, reason="no space left")
+    record.error = f"{record.error} (its incomplete output {record.archive} was removed)"
+    record.archive = None
 
 
 def _hot(
@@ -536,6 +553,8 @@ def _run_portable(
         scan.sha256,
     )
     record.extra["databases"] = sorted({f["database"] for f in scan.manifest.get("files", [])})
+    # one sha256 a file (the record's sha256 is over this listing): verify names what changed
+    record.extra["file_sha256"] = scan.file_sha256
     # The chain (kind, parent) is otherwise only in the catalog, lost with the host's state_dir:
     # the storage dir alone must say which links an increment needs (hot_restore reads it).
     write_sidecar(final, record)

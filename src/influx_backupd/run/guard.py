@@ -6,7 +6,9 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
@@ -17,23 +19,26 @@ from influx_backupd.run.followup import follow_up, write_metrics
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
-from influx_backupd.store.state import CrashMarker, lock_for
+from influx_backupd.store.state import CrashMarker, lock_for, lock_held
 
 
 @contextmanager
-def exclusive(config: Config) -> Iterator[Catalog]:
-    """Take the backup lock (Busy if held), recover from a dead predecessor, yield the catalog."""
+def exclusive(config: Config, *, start_attempts: int | None = None) -> Iterator[Catalog]:
+    """Take the backup lock (Busy if held), recover from a dead predecessor, yield the catalog.
+
+    A start that recovery cannot make is retried start_attempts times (None: the default of
+    influxd.server, for as long as it takes in a foreground command), then StartFailed."""
     lock = lock_for(config.state_dir)
     lock.acquire()
     try:
         catalog = Catalog(config.state_dir)
-        recover(config, catalog)
+        recover(config, catalog, start_attempts=start_attempts)
         yield catalog
     finally:
         lock.release()
 
 
-def recover(config: Config, catalog: Catalog) -> None:
+def recover(config: Config, catalog: Catalog, *, start_attempts: int | None = None) -> None:
     """We hold the lock, so no other run is alive: undo what a dead one left behind."""
     logger = log.get()
     marker = CrashMarker(config.state_dir)
@@ -55,7 +60,11 @@ def recover(config: Config, catalog: Catalog) -> None:
         else:
             logger.warning("recovery.starting_influxd", run_id=run_id, marker=str(marker.path))
             started = time.monotonic()
-            server.start(log_path=config.state_dir / "influxd.log")
+            server.start_until_up(
+                config.state_dir / "influxd.log",
+                attempts=start_attempts,
+                on_failure=marker.note_failed_start,
+            )
             logger.warning(
                 "recovery.influxd_started",
                 run_id=run_id,
@@ -90,6 +99,51 @@ def recover(config: Config, catalog: Catalog) -> None:
     # their follow-up completed.
     for record in catalog.owed():
         _follow_up_late(config, catalog, record)
+
+
+def left_stopped(config: Config) -> dict[str, Any] | None:
+    """The crash marker of a run that is gone (nobody holds the backup lock): influxd was
+    stopped by it and not started again. None when there is none, or a live run owns it."""
+    left = CrashMarker(config.state_dir).read()
+    if left is None or lock_held(config.state_dir):
+        return None
+    return left
+
+
+def left_stopped_line(
+    config: Config, left: dict[str, Any], *, daemon_pid: int | None, this_command_starts: bool
+) -> str:
+    """One line for every command: who stopped influxd, what failed since, what brings it back."""
+    marker = CrashMarker(config.state_dir).path
+    when = left.get("written_at")
+    at = (
+        datetime.fromtimestamp(when, UTC).strftime(" at %Y-%m-%d %H:%M:%SZ")
+        if isinstance(when, int | float)
+        else ""
+    )
+    kind = "restore" if left.get("kind") == "restore" else "run"
+    text = f"influxd was stopped by {kind} {left.get('run_id') or '(unknown)'}{at}"
+    answering = Influxd(config).ping()
+    if answering:
+        text += " and answers again, but its crash marker is still there"
+    else:
+        text += " and not started again"
+    failures = left.get("start_failures")
+    if isinstance(failures, int) and failures:
+        text += f" ({failures} start attempts failed, last: {left.get('last_start_error')})"
+    text += f" (crash marker {marker}); "
+    if this_command_starts:
+        return (
+            text + "this command starts it again first"
+            if not answering
+            else text + ("this command clears it")
+        )
+    if daemon_pid is not None:
+        return text + f"the daemon (pid {daemon_pid}) keeps trying to start it"
+    return text + (
+        "any command that takes the backup lock starts it again, e.g. "
+        "`influx-backupd prune --dry-run` (deletes nothing)"
+    )
 
 
 def _follow_up_late(config: Config, catalog: Catalog, record: RunRecord) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import hashlib
 import os
@@ -174,6 +175,18 @@ def _tarinfo(path: Path, name: str, st: os.stat_result) -> tarfile.TarInfo | Non
     return info
 
 
+# Errors that are about the filesystem written to: they name the file we wrote, not one we read.
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def name_written(exc: OSError, path: Path) -> OSError:
+    """exc with the path it happened writing, when it is a full filesystem and names none
+    (write(2) and copy_file_range(2) errors carry no file name)."""
+    if exc.filename is None and exc.errno in _FULL:
+        return OSError(exc.errno, f"{exc.strerror} (writing)", str(path))
+    return exc
+
+
 def write_archive(
     dest: Path,
     sources: list[tuple[str, Path]],
@@ -218,10 +231,12 @@ def write_archive(
         out.flush()
         os.fsync(fd)
         digest = out.hexdigest()
-    except BaseException:
+    except BaseException as exc:
         out.close()
         os.close(fd)
         partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and name_written(exc, partial) is not exc:
+            raise name_written(exc, partial) from None
         raise
     os.close(fd)
     os.replace(partial, dest)

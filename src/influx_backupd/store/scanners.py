@@ -25,6 +25,8 @@ class Scan:
     files: int  # files on disk (1.x dir) or files in the snapshot's manifest (0.9)
     sha256: str
     manifest: dict[str, Any] = field(default_factory=dict)
+    # 1.x dir: sha256 of each file by name (kept in the record, so verify names a changed file)
+    file_sha256: dict[str, str] = field(default_factory=dict)
 
 
 class _Hashing:
@@ -237,6 +239,7 @@ def scan_portable(
             raise CheckFailed(f"hot.check: {directory}: {name} is not in the manifest")
 
     listing = hashlib.sha256()
+    per_file: dict[str, str] = {}
     total = 0
     for name in names:
         path = directory / name
@@ -273,8 +276,15 @@ def scan_portable(
             (known.size, known.sha256) if known else (reader.bytes, digest.hexdigest())
         )
         total += size
+        per_file[name] = hexdigest
         listing.update(f"{name}\0{size}\0{hexdigest}\n".encode())
-    return Scan(bytes=total, files=len(names), sha256=listing.hexdigest(), manifest=manifest)
+    return Scan(
+        bytes=total,
+        files=len(names),
+        sha256=listing.hexdigest(),
+        manifest=manifest,
+        file_sha256=per_file,
+    )
 
 
 def _check_gzip_ends(raw: BinaryIO, size: int, path: Path, listed: int) -> None:

@@ -63,20 +63,52 @@ def lock_for(state_dir: Path) -> BackupLock:
     return BackupLock(state_dir / "backup.lock")
 
 
+def lock_held(state_dir: Path) -> bool:
+    """Whether a live process holds the backup lock; creates nothing (read-only commands)."""
+    try:
+        fd = os.open(state_dir / "backup.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the shared lock, if taken
+    return False
+
+
 class CrashMarker:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "influxd-stopped.json"
 
     def write(self, run_id: str, **detail: Any) -> None:
+        self._write({"run_id": run_id, "pid": os.getpid(), "written_at": time.time(), **detail})
+
+    def _write(self, body: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        body = {"run_id": run_id, "pid": os.getpid(), "written_at": time.time(), **detail}
         with open(tmp, "w") as fh:
             json.dump(body, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
+
+    def note_failed_start(self, _attempt: int, error: str, retry_in_s: float) -> None:
+        """A start attempt failed: counted in the marker (over every command and the daemon),
+        so that every command can say so."""
+        body = self.read()
+        if body is None:
+            return
+        failures = body.get("start_failures")
+        body.update(
+            start_failures=(failures if isinstance(failures, int) else 0) + 1,
+            last_start_error=error,
+            last_start_at=time.time(),
+            next_start_at=time.time() + retry_in_s,
+        )
+        self._write(body)
 
     def read(self) -> dict[str, Any] | None:
         try:
