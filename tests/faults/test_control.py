@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import write_config
+from tests.conftest import STAND_INS, write_config
 from tests.faults.conftest import Ledger, Watched, one_line, run_cli
 
 MARKER = "influxd-stopped.json"
@@ -191,4 +191,29 @@ def test_a_server_frozen_after_the_run_began_is_not_signalled(
     finally:
         os.kill(pid, signal.SIGCONT)
     lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault("1", "a command that cannot start influxd again", "service unit does not exist")
+def test_a_service_that_does_not_exist_is_refused_before_anything_is_stopped(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # systemd is not PID 1 here: the stand-in systemctl answers LoadState as systemd does
+    units = tmp_path / "systemd"
+    units.mkdir()
+    monkeypatch.setenv("STANDIN_SYSTEMCTL_DIR", str(units))
+    monkeypatch.setenv("PATH", f"{STAND_INS / 'bin'}:{os.environ['PATH']}")
+    config = write_config(
+        tmp_path, sandbox, influxd={"command": None, "service": "influxdb-typo.service"}
+    )
+    pid = sandbox.pids()
+    ledger.take()
+    for args in (("check-config",), ("backup",)):
+        done = run_cli(config, *args)
+        assert done.returncode == 78, done.stdout + done.stderr
+        line = one_line(done.stderr)
+        assert "influxdb-typo.service" in line and "does not exist" in line, line
+    assert "stop influxdb-typo.service" not in (units / "calls.log").read_text()
+    lost_points, lost = ledger.settle()
+    assert sandbox.pids() == pid and sandbox.ping()
     assert lost_points == 0 and lost == []

@@ -176,8 +176,9 @@ class Influxd:
                 state = self._systemctl(
                     "show", "-p", "LoadState", "--value", self.section.service, timeout=30
                 ).strip()
-            except InfluxdError as exc:
-                return f"influxd.service: {exc}"
+            except InfluxdError:
+                # systemd not reachable here (a container, a chroot): it cannot say no
+                return None
             if state == "not-found":
                 return f"influxd.service: unit {self.section.service} does not exist"
             return None
@@ -407,16 +408,26 @@ class Influxd:
         if proc is not None:
             if _frozen(proc):
                 raise StartFailed(self.describe_down(proc))
-            if self.ping():
-                return
             # Exiting after a stop, or still opening its stores: never start a second one on
-            # the same files. Wait for it to go, or to answer.
-            if self.wait_exit(proc, self.section.stop_timeout):
-                proc = None
-            else:
-                self.wait_ready(self.section.start_timeout)
+            # the same files. Wait for it to answer or to go (1.x forces its own hard
+            # shutdown 30 s after SIGTERM).
+            if self._answers_or_exits(proc, max(self.section.stop_timeout, 35.0)):
                 return
         self.start(log_path=log_path)
+
+    def _answers_or_exits(self, proc: psutil.Process, timeout: float) -> bool:
+        """True once proc answers; False once it is gone; StartFailed when neither happens."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.ping(timeout=1.0):
+                return True
+            if _wait_gone(proc, 0.2):
+                return False
+            if time.monotonic() >= deadline:
+                raise StartFailed(
+                    f"influxd (pid {proc.pid}) neither answers {self.config.url}/ping nor "
+                    f"exits within {timeout:.0f}s; not started beside it"
+                )
 
     # -- who holds the files ---------------------------------------------
     def holders(self, dirs: Iterable[Path]) -> list[Holder]:

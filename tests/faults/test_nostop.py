@@ -1,0 +1,107 @@
+"""influxd refusing to stop: one that ignores SIGTERM, and one whose exit outlasts stop_timeout.
+
+The real influxd cannot be made to do either (its Go runtime re-enables SIGTERM; its shutdown
+cannot be slowed on demand): tests/stand_ins supervisors around a real influxd play that part,
+each explaining itself at its top. The server behind them is real and keeps the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import STAND_INS, write_config
+from tests.faults.conftest import Ledger, run_cli
+
+MARKER = "influxd-stopped.json"
+
+
+def _supervised(tmp_path: Path, sandbox: Sandbox, *stand_in: str) -> list[str]:
+    return [sys.executable, str(STAND_INS / stand_in[0]), *stand_in[1:], *sandbox.command()]
+
+
+@pytest.fixture
+def pidfile(tmp_path: Path, sandbox: Sandbox) -> Iterator[Path]:
+    path = tmp_path / "influxd.pid"
+    yield path
+    # whichever supervisor runs now: SIGUSR1 ends the term-ignoring one, SIGTERM the other
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(path) in (proc.info["cmdline"] or []):
+            for sig in (signal.SIGUSR1, signal.SIGTERM):
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(sig)
+            psutil.wait_procs([proc], timeout=60)
+
+
+@pytest.mark.fault("no-stop", "influxd refuses to stop", "SIGTERM ignored")
+def test_a_server_ignoring_sigterm_keeps_serving_and_nothing_is_copied(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, pidfile: Path
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 3_000)
+    sandbox.stop()
+    command = _supervised(tmp_path, sandbox, "term_ignoring_supervisor.py", str(pidfile))
+    subprocess.Popen(command, start_new_session=True)
+    sandbox.wait_ready()
+    config = write_config(
+        tmp_path,
+        sandbox,
+        influxd={"pidfile": str(pidfile), "command": command, "stop_timeout": "3s"},
+    )
+    ledger.take()
+    supervisor = int(pidfile.read_text())
+    done = run_cli(config, "backup", "--json")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    record = json.loads(done.stdout)
+    assert record["status"] == "failed" and "stop_timeout" in record["error"], record["error"]
+    assert record["archive"] is None
+    assert int(pidfile.read_text()) == supervisor and psutil.pid_exists(supervisor)
+    assert sandbox.ping(), "influxd serves on: never killed, never doubled"
+    assert not (tmp_path / "state" / MARKER).exists()
+    assert not list((tmp_path / "archives").glob("*.tar*"))
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault("no-stop", "influxd refuses to stop", "exit outlasts stop_timeout")
+def test_a_server_exiting_after_stop_timeout_is_started_again_once_it_is_gone(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, pidfile: Path
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 3_000)
+    sandbox.stop()
+    command = _supervised(tmp_path, sandbox, "slow_exit_supervisor.py", str(pidfile), "8")
+    subprocess.Popen(command, start_new_session=True)
+    sandbox.wait_ready()
+    config = write_config(
+        tmp_path,
+        sandbox,
+        influxd={"pidfile": str(pidfile), "command": command, "stop_timeout": "2s"},
+    )
+    ledger.take()
+    first = int(pidfile.read_text())
+    started = time.monotonic()
+    done = run_cli(config, "backup", "--json")
+    assert "Traceback" not in done.stderr
+    record = json.loads(done.stdout)
+    # nothing was copied from a server that had not exited; it was started again once gone
+    assert done.returncode == 1 and record["status"] == "failed", record
+    assert "stop_timeout" in record["error"], record["error"]
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+    assert sandbox.ping(), "started again after the slow exit"
+    assert [p for p in sandbox.pids() if p != first], "a new server runs"
+    assert not (tmp_path / "state" / MARKER).exists()
+    assert time.monotonic() - started < 300
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []
