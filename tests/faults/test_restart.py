@@ -114,7 +114,11 @@ def test_the_daemon_keeps_trying_says_so_and_tells_on_failure(
         try:
             _until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "the caught-up run's stop")
             holder = _hold_port(sandbox.http_port)
-            _until(lambda: hook_out.exists(), 180, "on_failure told of the failed start")
+            _until(
+                lambda: hook_out.exists() and "INFLUX_BACKUPD_ERROR=" in hook_out.read_text(),
+                180,
+                "on_failure told of the failed start",
+            )
             told = dict(line.split("=", 1) for line in hook_out.read_text().splitlines())
             assert told["INFLUX_BACKUPD_STATUS"] == "failed"
             assert "start" in told["INFLUX_BACKUPD_ERROR"], told
