@@ -332,7 +332,13 @@ class Influxd:
         """Start influxd and wait until /ping answers 204, up to start_timeout."""
         timeout = self.section.start_timeout
         if self.section.service:
-            self._systemctl("start", self.section.service, timeout=timeout)
+            # ignore-dependencies: the daemon's unit is ordered after influxdb.service, and
+            # systemd runs a stop job before any start job of units ordered either way, so a
+            # plain start, asked for by a cold run while `systemctl stop|restart influx-backupd`
+            # waits for that run, would wait for the run itself (deadlock until the timeout).
+            self._systemctl(
+                "start", "--job-mode=ignore-dependencies", self.section.service, timeout=timeout
+            )
             self.wait_ready(timeout)
             return
         assert self.section.command
