@@ -84,5 +84,20 @@ def test_under_umask_000_everything_is_private_and_influxd_gets_022(
     assert made
     for path in made:
         assert _mode(path) & 0o002 == 0, f"{path} is world-writable: {oct(_mode(path))}"
+    # A restore under the same umask: influxd's dirs come back as influxd made them, the
+    # server started again with 022.
+    [cold] = [
+        r for r in json.loads(run_cli(config, "list", "--json").stdout) if r["job"] == "direct"
+    ]
+    live = (sandbox.meta, sandbox.data, sandbox.wal)
+    modes = {path: _mode(path) for path in live}
+    done = run_cli(config, "restore", cold["id"], "--yes", umask=0)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {path: _mode(path) for path in live} == modes, "as influxd made them"
+    [pid] = sandbox.pids()
+    assert _umask_of(pid) == 0o022
+    for root in (state, storage):
+        for path in [root, *root.rglob("*")]:
+            assert _mode(path) & 0o022 == 0, f"{path}: {oct(_mode(path))}"
     lost_points, lost = ledger.settle()
     assert lost_points == 0 and lost == []

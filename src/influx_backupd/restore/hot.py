@@ -233,7 +233,8 @@ def _build(
 
     section = config.settings.influxd
     for path in staging.values():
-        path.mkdir(mode=0o755)
+        path.mkdir()
+        path.chmod(0o755)  # influxd's dir, as influxd makes it: not our umask's 0700
     # `influxd restore -portable` restores databases, not users: the throwaway starts on a copy
     # of the live meta (its accounts), whose databases are dropped before the links go in.
     # influxd replaces meta.db by rename, so a copy taken while it runs is a whole one.
@@ -274,7 +275,8 @@ def _build(
                 error=str(exc),
             )
             shutil.rmtree(staging["meta"])
-            staging["meta"].mkdir(mode=0o755)
+            staging["meta"].mkdir()
+            staging["meta"].chmod(0o755)
             kept_accounts = False
             start()
         t_restore = time.monotonic()

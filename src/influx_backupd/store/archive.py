@@ -420,7 +420,8 @@ def extract_safely(
         for info in infos:
             check_member_safe(info, allowed | {"influxdb.conf"})
         for target in targets.values():
-            target.mkdir(mode=0o755, parents=False)
+            target.mkdir(parents=False)
+            os.chmod(target, 0o755)  # influxd's dir, as influxd makes it: not our umask's 0700
             if uid is not None:
                 os.chown(target, uid, gid if gid is not None else -1)
         written = 0
