@@ -58,9 +58,10 @@ settings = OffsiteSettings.model_validate_json(sys.argv[1])
 archive = Path(sys.argv[2])
 started = time.monotonic()
 source = scan_tar(archive)
+scanned = time.monotonic()
 result = Offsite(settings).send(Backup(sys.argv[3], "bench", "full", None, {}, source))
-print(json.dumps({"seconds": time.monotonic() - started, "uploaded": result.bytes_uploaded,
-                  "complete": result.complete}))
+print(json.dumps({"seconds": time.monotonic() - started, "scan_s": scanned - started,
+                  "uploaded": result.bytes_uploaded, "complete": result.complete}))
 """
 
 BOTO = """
@@ -194,11 +195,12 @@ def main() -> int:
             # throughput and memory: the last (largest) and the first archive, to an empty prefix
             settings = {**offsite, "prefix": "x"}
             for label, archive in (("last", archives[-1]), ("first", archives[0])):
-                ours, theirs, ours_rss, theirs_rss = [], [], [], []
+                ours, scans, theirs, ours_rss, theirs_rss = [], [], [], [], []
                 for run in range(args.runs if label == "last" else 1):
                     s = json.dumps({**settings, "prefix": f"tp-{label}-{run}"})
                     got, rss = timed([sys.executable, "-c", SEND, s, str(archive), f"run-{run}"])
                     ours.append(got["seconds"])
+                    scans.append(got["scan_s"])
                     ours_rss.append(rss)
                     got, rss = timed([sys.executable, "-c", BOTO, url, str(archive), BUCKET,
                                       ACCESS_KEY, SECRET_KEY, f"{label}-{run}.tar"])  # fmt: skip
@@ -213,6 +215,14 @@ def main() -> int:
                     "throughput_ratio": round(
                         statistics.median(theirs) / statistics.median(ours), 3
                     ),
+                    # the same without the scan (sha256 of the archive and of each file)
+                    "upload_only_ratio": round(
+                        statistics.median(theirs)
+                        / statistics.median(o - s for o, s in zip(ours, scans, strict=True)),
+                        3,
+                    ),
+                    "scan_s": round(statistics.median(scans), 2),
+                    "runs": len(ours),
                     "ours_peak_rss_mb": round(max(ours_rss), 1),
                     "upload_file_peak_rss_mb": round(max(theirs_rss), 1),
                 }
