@@ -42,7 +42,7 @@ from influx_backupd.run.followup import write_metrics
 from influx_backupd.run.guard import exclusive, left_stopped, left_stopped_line
 from influx_backupd.run.runner import ModeUnavailable, Skipped, dry_run, run_backup
 from influx_backupd.store.archive import not_a_backup
-from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.catalog import Catalog, CatalogBusy, CatalogError
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.sidecar import records_in
 from influx_backupd.store.state import Busy
@@ -193,6 +193,10 @@ def _startable(config: Config) -> None:
 
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     _startable(config)
+    try:  # the config is fine either way: a damaged catalog is a warning here
+        Catalog(config.state_dir).check()
+    except CatalogError as exc:
+        print(f"influx-backupd: warning: {exc}", file=sys.stderr)
     s = config.settings
     plan: dict[str, Any] = {
         "config": str(config.path),
@@ -382,6 +386,8 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
 
     _known_job(config, args.job, history_too=True)
     catalog = Catalog(config.state_dir)
+    if catalog.exists():
+        catalog.check()  # damage anywhere, not only in the rows listed
     records = catalog.list(job=args.job) if catalog.exists() else []
     if args.json:
         print_json([r.to_dict() for r in records])
@@ -595,26 +601,33 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     if not storage.is_dir():
         print(f"influx-backupd: import: storage dir {storage} does not exist", file=sys.stderr)
         return EXIT_FAILED
-    with exclusive(config) as catalog:
+    # A damaged catalog is moved aside (never deleted) and rebuilt from the records; recovery
+    # reads the catalog only after that.
+    with exclusive(config, on_damage="ignore" if args.dry_run else "set_aside") as catalog:
         found, problems = records_in(storage)
-        known = {r.id for r in catalog.list()}
+        known = set() if catalog.damage else {r.id for r in catalog.list()}
         new = [r for r in found if r.id not in known]
         if not args.dry_run:
             for record in new:  # not counted in runs_total: they ran on the host that counted them
                 catalog.save(record)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "dry_run": args.dry_run,
-                    "imported": [r.id for r in new],
-                    "already_known": sorted(r.id for r in found if r.id in known),
-                    "problems": problems,
-                }
-            )
-        )
+        report: dict[str, Any] = {
+            "dry_run": args.dry_run,
+            "imported": [r.id for r in new],
+            "already_known": sorted(r.id for r in found if r.id in known),
+            "problems": problems,
+        }
+        if catalog.moved_aside is not None:
+            report["damaged_catalog_moved_to"] = str(catalog.moved_aside)
+        if catalog.damage is not None:
+            report["damaged_catalog"] = catalog.damage
+        print(json.dumps(report))
     else:
         verb = "would import" if args.dry_run else "imported"
+        if catalog.moved_aside is not None:
+            print(f"the damaged catalog was moved to {catalog.moved_aside}; a new one was made")
+        if catalog.damage is not None:
+            print(f"would move the damaged catalog {catalog.path} aside and make a new one")
         print(f"{verb} {len(new)} backups, {len(found) - len(new)} already in the catalog")
         for record in new:
             print(f"  {record.id}  job={record.job}  mode={record.mode}  {record.archive}")
@@ -631,7 +644,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-
+    Catalog(config.state_dir).check()
     report = gather(config)
     if args.json:
         print_json(report)
@@ -960,6 +973,12 @@ def _main(argv: Sequence[str] | None) -> int:
     except Interrupted as exc:
         print(f"influx-backupd: interrupted by {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except CatalogBusy as exc:
+        print(f"influx-backupd: busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except BackupdError as exc:  # every other error of ours: one line, its own status
+        print(f"influx-backupd: {exc}", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
         return 130
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
@@ -17,28 +17,57 @@ from influx_backupd.influxd.server import Influxd
 from influx_backupd.restore.swap import roll_back
 from influx_backupd.run.followup import follow_up, write_metrics
 from influx_backupd.store import layout
-from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.catalog import Catalog, CatalogDamaged
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.state import CrashMarker, lock_for, lock_held
 
 
+OnDamage = Literal["raise", "set_aside", "ignore"]
+
+
 @contextmanager
-def exclusive(config: Config, *, start_attempts: int | None = None) -> Iterator[Catalog]:
+def exclusive(
+    config: Config, *, start_attempts: int | None = None, on_damage: OnDamage = "raise"
+) -> Iterator[Catalog]:
     """Take the backup lock (Busy if held), recover from a dead predecessor, yield the catalog.
 
     A start that recovery cannot make is retried start_attempts times (None: the default of
-    influxd.server, for as long as it takes in a foreground command), then StartFailed."""
+    influxd.server, for as long as it takes in a foreground command), then StartFailed.
+    on_damage: what a damaged catalog does (after influxd was brought back: that needs no
+    catalog); "raise" CatalogDamaged, "set_aside" (import, which rebuilds it: catalog.moved_aside
+    says where it went), "ignore" (import --dry-run: catalog.damage says what is wrong)."""
     lock = lock_for(config.state_dir)
     lock.acquire()
     try:
         catalog = Catalog(config.state_dir)
-        recover(config, catalog, start_attempts=start_attempts)
+        recover(config, catalog, start_attempts=start_attempts, on_damage=on_damage)
         yield catalog
     finally:
         lock.release()
 
 
-def recover(config: Config, catalog: Catalog, *, start_attempts: int | None = None) -> None:
+def _catalog_usable(catalog: Catalog, on_damage: OnDamage) -> bool:
+    """Checked before recovery reads it; False: damaged and left alone (recovery skips it)."""
+    try:
+        catalog.check(write=True)
+    except CatalogDamaged as exc:
+        if on_damage == "raise":
+            raise
+        if on_damage == "ignore":
+            catalog.damage = str(exc)
+            return False
+        catalog.moved_aside = catalog.set_aside()
+        log.get().warning("catalog.moved_aside", path=str(catalog.moved_aside))
+    return True
+
+
+def recover(
+    config: Config,
+    catalog: Catalog,
+    *,
+    start_attempts: int | None = None,
+    on_damage: OnDamage = "raise",
+) -> None:
     """We hold the lock, so no other run is alive: undo what a dead one left behind."""
     logger = log.get()
     marker = CrashMarker(config.state_dir)
@@ -84,6 +113,8 @@ def recover(config: Config, catalog: Catalog, *, start_attempts: int | None = No
                 leftover.unlink(missing_ok=True)
             logger.warning("recovery.partial_removed", path=str(leftover))
         _restore_tests_left(storage)
+    if not _catalog_usable(catalog, on_damage):
+        return
     dead = catalog.running()
     for record in dead:
         record.status = "interrupted"

@@ -1,19 +1,52 @@
 """Run records on disk: SQLite in state_dir, one row per run, the record as JSON.
 
 SQLite's journal makes every save atomic and crash-safe; readers (list, status) never need the lock.
+
+Whatever is wrong with the file (not a database, truncated, a directory in its place, a row that
+is not a record) is one CatalogDamaged, whose line says how to rebuild it (`import`, from the
+records beside the archives); a catalog held by another process is CatalogBusy, one that cannot
+be written CatalogReadOnly. Never an sqlite3 or JSON exception.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+from influx_backupd.core.errors import EXIT_BUSY, BackupdError
 from influx_backupd.core.log import Logger
 from influx_backupd.store.record import RunRecord
+
+TIMEOUT_S = 30.0  # how long a command waits for another one's write to the catalog
+
+
+class CatalogError(BackupdError):
+    code = "catalog"
+
+
+class CatalogDamaged(CatalogError):
+    code = "catalog.damaged"
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(
+            f"catalog {path} is damaged ({detail}); rebuild it from the records beside the "
+            "archives with `influx-backupd import` (it moves the damaged file aside)"
+        )
+
+
+class CatalogBusy(CatalogError):
+    code = "catalog.locked"
+    exit_status = EXIT_BUSY
+
+
+class CatalogReadOnly(CatalogError):
+    code = "catalog.read_only"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -42,15 +75,85 @@ CREATE TABLE IF NOT EXISTS owed (run_id TEXT PRIMARY KEY);
 class Catalog:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "catalog.db"
+        self.moved_aside: Path | None = None  # where set_aside() put a damaged one
+        self.damage: str | None = None  # a damage found and left alone (import --dry-run)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=30)) as conn:
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
-            with conn:
-                yield conn
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+            what = "a dangling symlink" if not self.path.exists() else "not a regular file"
+            raise CatalogDamaged(self.path, what)
+        try:
+            with closing(sqlite3.connect(self.path, timeout=TIMEOUT_S)) as conn:
+                conn.execute("PRAGMA synchronous=FULL")
+                if not _has_schema(conn):
+                    conn.executescript(_SCHEMA)
+                with conn:
+                    yield conn
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: sqlite3.Error) -> CatalogError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+            return CatalogBusy(
+                f"catalog {self.path} is locked by another process (waited {TIMEOUT_S:g}s); "
+                "try again when it is done"
+            )
+        if "readonly" in text or "read-only" in text:
+            return CatalogReadOnly(f"catalog {self.path} cannot be written ({text})")
+        return CatalogDamaged(self.path, text)
+
+    def _record(self, raw: object) -> RunRecord:
+        """A row's record, or CatalogDamaged naming what is wrong with it."""
+        try:
+            data = json.loads(raw) if isinstance(raw, str | bytes) else raw
+        except ValueError as exc:
+            raise CatalogDamaged(self.path, f"a run's record is not JSON: {exc}") from None
+        problem = RunRecord.problem(data)
+        if problem is not None:
+            run = data.get("id") if isinstance(data, dict) else None
+            raise CatalogDamaged(self.path, f"run {run!r:.40}: {problem}")
+        return RunRecord.from_dict(data)  # type: ignore[arg-type]
+
+    def check(self, *, write: bool = False) -> None:
+        """The whole catalog is usable: SQLite's own check of every page, every run's record,
+        the counters; write: and it can be written (every lock-taking command, before it acts)."""
+        if not self.exists():
+            return
+        with self._connect() as conn:
+            found = conn.execute("PRAGMA quick_check").fetchall()
+            if found != [("ok",)]:
+                raise CatalogDamaged(self.path, "; ".join(str(r[0]) for r in found[:2]))
+            for (raw,) in conn.execute("SELECT record FROM runs"):
+                self._record(raw)
+            for row in conn.execute("SELECT job, name, value, last_at FROM counters"):
+                if not (isinstance(row[2], int) and isinstance(row[3], int | float)):
+                    raise CatalogDamaged(self.path, f"counter {row[0]!r:.40}: not a number")
+            conn.execute("SELECT run_id FROM owed LIMIT 1").fetchall()
+            if write:
+                # a write that is rolled back: refused at once on a read-only file or dir
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("CREATE TABLE _write_check (x)")
+                conn.rollback()
+
+    def set_aside(self) -> Path:
+        """Move the catalog (and SQLite's journal files beside it) aside, never deleting it;
+        the next connection makes a new, empty one. Returns where it went."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        try:
+            os.rename(self.path, aside)
+            for suffix in ("-journal", "-wal", "-shm"):
+                extra = self.path.with_name(self.path.name + suffix)
+                if os.path.lexists(extra):
+                    os.rename(extra, aside.with_name(aside.name + suffix))
+        except OSError as exc:
+            raise CatalogReadOnly(
+                f"catalog {self.path} is damaged and cannot be moved aside ({exc.strerror})"
+            ) from None
+        return aside
 
     def save(self, record: RunRecord) -> None:
         with self._connect() as conn:
@@ -77,7 +180,7 @@ class Catalog:
                 "SELECT record FROM runs JOIN owed ON owed.run_id = runs.id "
                 "WHERE status != 'running' ORDER BY started_at, id"
             ).fetchall()
-        return [RunRecord.from_dict(json.loads(row[0])) for row in rows]
+        return [self._record(row[0]) for row in rows]
 
     def finish(self, record: RunRecord, logger: Logger) -> None:
         """The end of every run, whatever happened: a final status, saved, one event with it all."""
@@ -92,7 +195,7 @@ class Catalog:
     def get(self, run_id: str) -> RunRecord | None:
         with self._connect() as conn:
             row = conn.execute("SELECT record FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return RunRecord.from_dict(json.loads(row[0])) if row else None
+        return self._record(row[0]) if row else None
 
     def find_by_archive(self, archive: Path) -> RunRecord | None:
         wanted = str(archive.resolve())
@@ -107,7 +210,7 @@ class Catalog:
             rows = conn.execute(
                 "SELECT record FROM runs WHERE status = 'running' ORDER BY started_at, id"
             ).fetchall()
-        return [RunRecord.from_dict(json.loads(row[0])) for row in rows]
+        return [self._record(row[0]) for row in rows]
 
     def list(self, job: str | None = None) -> list[RunRecord]:
         """Oldest first."""
@@ -118,7 +221,7 @@ class Catalog:
                 rows = conn.execute(
                     "SELECT record FROM runs WHERE job = ? ORDER BY started_at, id", (job,)
                 ).fetchall()
-        return [RunRecord.from_dict(json.loads(row[0])) for row in rows]
+        return [self._record(row[0]) for row in rows]
 
     def delete(self, run_id: str) -> None:
         with self._connect() as conn:
@@ -133,10 +236,18 @@ class Catalog:
         """(job, name) → (value, time of the last increment)."""
         with self._connect() as conn:
             rows = conn.execute("SELECT job, name, value, last_at FROM counters").fetchall()
-        return {(job, name): (int(value), float(at)) for job, name, value, at in rows}
+        try:
+            return {(job, name): (int(value), float(at)) for job, name, value, at in rows}
+        except (TypeError, ValueError):
+            raise CatalogDamaged(self.path, "a counter is not a number") from None
 
     def exists(self) -> bool:
-        return self.path.exists()
+        return os.path.lexists(self.path)  # a dangling symlink is a damaged catalog, not none
+
+
+def _has_schema(conn: sqlite3.Connection) -> bool:
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    return {"runs", "counters", "owed"} <= names
 
 
 def _save_row(conn: sqlite3.Connection, record: RunRecord) -> None:

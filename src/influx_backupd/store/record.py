@@ -8,8 +8,11 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, Literal
 
 Mode = Literal["cold", "hot"]
@@ -85,6 +88,22 @@ class RunRecord:
         values["extra"] = extra
         return cls(**values)
 
+    @classmethod
+    def problem(cls, data: object) -> str | None:
+        """Why data (a record read back from the catalog or a sidecar) cannot be a RunRecord:
+        a missing id, job or mode, or a field of the wrong type; None when it can."""
+        if not isinstance(data, dict):
+            return f"not a JSON object but {type(data).__name__}"
+        hints = _hints()
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    return f"{f.name} is missing"
+                continue
+            if not _fits(data[f.name], hints[f.name]):
+                return f"{f.name} is {data[f.name]!r:.60}, not {_type_name(hints[f.name])}"
+        return None
+
     @property
     def ok(self) -> bool:
         return self.status == "ok"
@@ -98,3 +117,43 @@ class RunRecord:
     def good(self) -> bool:
         """A backup to rely on (hooks' success, retention's newest good, the exit status)."""
         return self.ok and not self.failed_check
+
+
+@cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(RunRecord)
+
+
+def _fits(value: object, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and _fits(v, args[1]) for k, v in value.items()
+        )
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))

@@ -1,0 +1,281 @@
+"""Class 3: a damaged catalog. Every command says so in one line (and how to rebuild it), with a
+defined exit status and no traceback; nothing is stopped; `import` rebuilds it from the records
+beside the archives whatever state the old file is in (moved aside, never deleted).
+
+One real influxd and one cold and one hot backup serve every variant (module fixture): each
+variant gets its own state_dir holding a copy of the good catalog, then damages it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from tests.conftest import Cli, write_config
+from tests.faults.conftest import FaultResult, backups, one_line
+
+JOBS = [{"name": "nightly", "mode": "cold", "copy": "direct"}, {"name": "hotjob", "mode": "hot"}]
+POINTS = 3_000
+
+
+@dataclass
+class World:
+    root: Path
+    server: Sandbox
+    archives: Path
+    catalog: bytes  # the good catalog.db after the two backups
+    runs: list[str]
+    backups: dict[str, str]  # name → sha256 of every backup in archives
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    binary = influxd_binary()
+    if binary is None:
+        pytest.fail("influxd is not installed")
+    root = tmp_path_factory.mktemp("catalog")
+    server = Sandbox(root / "server", binary=binary)
+    server.write_config()
+    server.start()
+    try:
+        server.create_db("metrics")
+        server.write_points("metrics", POINTS)
+        cli = Cli(write_config(root, server, jobs=JOBS))
+        runs = [cli.json("backup", "--job", job["name"]) for job in JOBS]
+        assert [r["status"] for r in runs] == ["ok", "ok"], runs
+        yield World(
+            root,
+            server,
+            root / "archives",
+            (root / "state" / "catalog.db").read_bytes(),
+            [r["id"] for r in runs],
+            backups(root / "archives"),
+        )
+    finally:
+        server.stop()
+
+
+def _settle(world: World, influxd: list[int], result: FaultResult) -> None:
+    """Records what was lost (points, kept backups), then: influxd was never stopped."""
+    after = backups(world.archives)
+    lost = [name for name, sha in world.backups.items() if after.get(name) != sha]
+    result.lost(points=POINTS - world.server.count("metrics"), archives=len(lost))
+    assert not lost, lost
+    assert world.server.pids() == influxd, "influxd was stopped"
+
+
+def _random_bytes(db: Path) -> None:
+    db.write_bytes(bytes(range(256)) * 64)
+
+
+def _truncated(db: Path) -> None:
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 3])
+
+
+def _directory(db: Path) -> None:
+    db.unlink()
+    db.mkdir()
+    (db / "something").write_text("x")
+
+
+def _page_zeroed(db: Path) -> None:
+    data = bytearray(db.read_bytes())
+    page = int.from_bytes(data[16:18], "big") or 65536
+    data[page : 2 * page] = bytes(page)  # page 2: the first table's root
+    db.write_bytes(bytes(data))
+
+
+def _bad_json_row(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE runs SET record = '{not json' WHERE job = 'hotjob'")
+
+
+def _wrong_shape_row(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            """UPDATE runs SET record = '{"id": 5, "bytes": "many"}' WHERE job = 'nightly'"""
+        )
+
+
+def _wrong_types_row(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT id, record FROM runs WHERE job = 'nightly'").fetchone()
+        record = json.loads(row[1])
+        record.update(started_at="yesterday", bytes=None, db_counts=[1, 2])
+        conn.execute("UPDATE runs SET record = ? WHERE id = ?", (json.dumps(record), row[0]))
+
+
+def _missing_table(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE runs")
+        conn.execute("CREATE TABLE runs (x)")
+
+
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    "random bytes": _random_bytes,
+    "truncated to a third": _truncated,
+    "a directory in its place": _directory,
+    "a page zeroed": _page_zeroed,
+    "a row that is not JSON": _bad_json_row,
+    "a row that is not a record": _wrong_shape_row,
+    "a row with wrong types": _wrong_types_row,
+    "the runs table of another shape": _missing_table,
+}
+
+# every command a user may run on this host; restore and verify name a backup the catalog knew
+COMMANDS: list[tuple[str, ...]] = [
+    ("list",),
+    ("status",),
+    ("verify", "--all"),
+    ("prune",),
+    ("backup", "--job", "nightly"),
+    ("check-config",),
+]
+
+
+def _variant(world: World, name: str) -> tuple[Cli, Path]:
+    home = world.root / ("v-" + name.replace(" ", "-"))
+    home.mkdir()
+    config = write_config(home, world.server, jobs=JOBS)
+    config.write_text(config.read_text().replace(str(home / "archives"), str(world.archives)))
+    (home / "state").mkdir(mode=0o700)
+    db = home / "state" / "catalog.db"
+    db.write_bytes(world.catalog)
+    return Cli(config), db
+
+
+LOCK_TAKERS = {"backup", "verify", "prune", "restore", "import"}
+
+
+def _all(
+    cli: Cli, commands: list[tuple[str, ...]]
+) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
+    """Readers side by side; commands that take the backup lock one after another (side by
+    side they would find each other's lock, exit 75, and say nothing about the catalog)."""
+    takers = [argv for argv in commands if argv[0] in LOCK_TAKERS]
+    readers = [argv for argv in commands if argv[0] not in LOCK_TAKERS]
+
+    def in_turn() -> list[subprocess.CompletedProcess[str]]:
+        return [cli(*argv, timeout=240) for argv in takers]
+
+    with ThreadPoolExecutor(len(readers) + 1) as pool:
+        serial = pool.submit(in_turn)
+        found = dict(zip(readers, pool.map(lambda a: cli(*a, timeout=240), readers), strict=True))
+        found.update(zip(takers, serial.result(), strict=True))
+    return found
+
+
+@pytest.mark.fault("3", "damaged catalog")
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_every_command_says_the_catalog_is_damaged_and_import_rebuilds_it(
+    world: World, damage: str, fault_result: FaultResult
+) -> None:
+    cli, db = _variant(world, damage)
+    DAMAGE[damage](db)
+    influxd = world.server.pids()
+    commands = [*COMMANDS, ("restore", world.runs[0], "--yes")]
+    results = _all(cli, commands)
+    for argv, done in results.items():
+        line = one_line(done.stderr)
+        assert "catalog" in line and str(db) in line, (argv, line)
+        assert "damaged" in line and "influx-backupd import" in line, (argv, line)
+        if argv == ("check-config",):
+            assert done.returncode == 0, (argv, line)  # the config is fine: a warning
+        else:
+            assert done.returncode == 1, (argv, done.returncode, line)
+    _settle(world, influxd, fault_result)
+
+    kept = db.read_bytes() if db.is_file() else None
+    dry = cli("import", "--dry-run", "--json")
+    assert dry.returncode == 0 and "Traceback" not in dry.stderr, dry.stderr[-3000:]
+    assert sorted(json.loads(dry.stdout)["imported"]) == sorted(world.runs)
+    assert (db.read_bytes() if db.is_file() else None) == kept, "a dry run moves nothing"
+    done = cli("import", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    report = json.loads(done.stdout)
+    assert sorted(report["imported"]) == sorted(world.runs)
+    aside = Path(report["damaged_catalog_moved_to"])
+    assert aside.parent == db.parent and aside.exists(), "the damaged catalog is kept aside"
+    if kept is not None:
+        assert aside.read_bytes() == kept, "moved aside as it was"
+    assert sorted(r["id"] for r in cli.json("list")) == sorted(world.runs)
+    if damage == "random bytes":  # the same after any damage: once is enough (CI's time)
+        verified = cli("verify", "--all", "--json")
+        assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
+        again = cli.json("import")
+        assert again["imported"] == [] and "damaged_catalog_moved_to" not in again
+    _settle(world, influxd, fault_result)
+
+
+@pytest.mark.fault("3", "catalog held or not writable", "an exclusive SQLite lock held")
+def test_a_catalog_locked_by_another_process_makes_commands_busy_not_broken(
+    world: World, fault_result: FaultResult
+) -> None:
+    cli, db = _variant(world, "locked")
+    influxd = world.server.pids()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        commands = [*COMMANDS[:5], ("import",)]
+        results = _all(cli, commands)
+    finally:
+        holder.rollback()
+        holder.close()
+    for argv, done in results.items():
+        line = one_line(done.stderr)
+        assert done.returncode == 75, (argv, done.returncode, line)
+        assert str(db) in line and "locked" in line, (argv, line)
+    assert db.read_bytes() == world.catalog, "a locked catalog is not moved aside"
+    _settle(world, influxd, fault_result)
+
+
+@pytest.mark.fault("3", "catalog held or not writable", "catalog.db immutable (chattr +i)")
+def test_a_read_only_catalog_is_read_and_not_written(
+    world: World, fault_result: FaultResult
+) -> None:
+    cli, db = _variant(world, "read-only")
+    influxd = world.server.pids()
+    # root ignores permission bits: the immutable attribute is what makes a file read-only for it
+    subprocess.run(["chattr", "+i", str(db)], check=True)
+    try:
+        results = _all(cli, [*COMMANDS, ("import",)])
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+    for argv in [("list",), ("status",), ("check-config",)]:
+        assert results[argv].returncode == 0, (argv, results[argv].stderr[-2000:])
+        assert "Traceback" not in results[argv].stderr
+    for argv in [("verify", "--all"), ("prune",), ("backup", "--job", "nightly"), ("import",)]:
+        line = one_line(results[argv].stderr)
+        assert results[argv].returncode == 1, (argv, line)
+        assert str(db) in line and "cannot be written" in line, (argv, line)
+    assert db.read_bytes() == world.catalog
+    _settle(world, influxd, fault_result)
+
+
+@pytest.mark.fault("3", "damaged catalog", "a dangling symlink in its place")
+def test_import_rebuilds_a_catalog_that_is_missing_its_state_dir_entry(
+    world: World, fault_result: FaultResult
+) -> None:
+    """A dangling symlink where the catalog was (a state dir restored badly) is damage too."""
+    cli, db = _variant(world, "dangling")
+    influxd = world.server.pids()
+    db.unlink()
+    db.symlink_to(db.parent / "nowhere" / "catalog.db")
+    listed = cli("list")
+    line = one_line(listed.stderr)
+    assert listed.returncode == 1 and "damaged" in line, line
+    done = cli("import", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(json.loads(done.stdout)["imported"]) == sorted(world.runs)
+    assert db.is_file() and not db.is_symlink()
+    _settle(world, influxd, fault_result)
