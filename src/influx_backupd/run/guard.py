@@ -21,7 +21,6 @@ from influx_backupd.store.catalog import Catalog, CatalogDamaged
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.state import CrashMarker, lock_for, lock_held
 
-
 OnDamage = Literal["raise", "set_aside", "ignore"]
 
 

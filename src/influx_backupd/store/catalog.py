@@ -48,6 +48,7 @@ class CatalogBusy(CatalogError):
 class CatalogReadOnly(CatalogError):
     code = "catalog.read_only"
 
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
