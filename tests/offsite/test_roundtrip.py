@@ -132,3 +132,18 @@ def test_an_archive_written_by_gnu_tar_comes_back_byte_for_byte(
     assert tree_copy.rebuilt == "tree" and tree_copy.notes
     assert (tree_copy.path / deep).read_bytes() == (tree / deep).read_bytes()
     assert os.readlink(tree_copy.path / "meta" / "link") == "meta.db"
+
+
+def test_storage_class_and_server_side_encryption_are_asked_for(
+    moto: Endpoint, tmp_path: Path
+) -> None:
+    files = {"data/big.tsm": os.urandom(6 * MiB), "meta/meta.db": b"m" * 100}
+    archive = make_tar(tmp_path / "nightly-1.tar", make_tree(tmp_path / "t", files))
+    offsite = Offsite(moto.settings(storage_class="STANDARD_IA", sse="AES256"))
+    offsite.send(cold_backup(archive, "20261130T060000Z-5555"))
+    client = moto.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=moto.bucket)["Contents"]]
+    assert len(keys) == 3  # two objects (one of them multipart) and the manifest
+    for key in keys:
+        head = client.head_object(Bucket=moto.bucket, Key=key)
+        assert head["StorageClass"] == "STANDARD_IA" and head["ServerSideEncryption"] == "AES256"

@@ -246,8 +246,9 @@ def sync(
         if prune and not report.yielded:
             report.pruned = prune_offsite(config, offsite)
         state.last_error = state.last_error_at = None
-    except OffsiteError as exc:
-        state.last_error, state.last_error_at = str(exc), time.time()
+    except Exception as exc:
+        line = str(exc) if isinstance(exc, OffsiteError) else f"{type(exc).__name__}: {exc}"
+        state.last_error, state.last_error_at = line, time.time()
         raise
     finally:
         known = {r.id for r in catalog.list()}
@@ -327,7 +328,10 @@ def run_sync(
         return sync(config, catalog, stop=stop)
     except OffsiteError as exc:
         tell_failed(config, catalog, str(exc))
-        return None
+    except Exception as exc:  # a bug or an OS error: still one line, and the hooks
+        log.get().exception("offsite.crashed")
+        tell_failed(config, catalog, f"{type(exc).__name__}: {exc}")
+    return None
 
 
 def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRecord]:
@@ -338,7 +342,7 @@ def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRec
     refs = {r.id: r for r in offsite.manifests()}
     chain: list[Manifest] = []
     at: str | None = backup_id
-    while at is not None:
+    while at is not None and at not in {m.id for m in chain}:
         ref = refs.get(at)
         if ref is None:
             what = "backup" if at == backup_id else f"chain parent {at} of"
