@@ -48,9 +48,10 @@ def _stopped_by_us(tmp_path: Path, sandbox: Sandbox) -> bool:
     return (tmp_path / "state" / MARKER).exists() and not sandbox.pids()
 
 
-@pytest.mark.fault("no-start", "influxd cannot start until a port is released", "foreground backup")
+@pytest.mark.fault("no-start", "influxd cannot start until a port is released")
+@pytest.mark.parametrize("port", ["HTTP port, foreground backup", "RPC port, foreground backup"])
 def test_a_foreground_backup_retries_the_start_until_the_port_is_free(
-    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, port: str
 ) -> None:
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
@@ -59,7 +60,7 @@ def test_a_foreground_backup_retries_the_start_until_the_port_is_free(
     _filler(sandbox)
     backup = Watched(config, "backup", "--json")
     _until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "influxd stopped by the backup")
-    holder = _hold_port(sandbox.http_port)
+    holder = _hold_port(sandbox.http_port if port.startswith("HTTP") else sandbox.rpc_port)
     try:
         failed = backup.wait_event("influxd.start_failed", timeout=120)
         assert failed["retry_in_s"] > 0, failed
@@ -197,5 +198,39 @@ def test_every_command_reports_influxd_left_stopped_and_what_brings_it_back(
     assert sandbox.ping()
     quiet = run_cli(config, "list")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault(
+    "no-start", "influxd cannot start until a port is released", "recovery by the next command"
+)
+def test_the_next_command_keeps_trying_to_start_influxd_a_killed_run_left_stopped(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    config = write_config(tmp_path, sandbox)
+    ledger.take()
+    _filler(sandbox)
+    backup = Watched(config, "backup")
+    backup.wait_event("archive.writing", phase="copy")
+    backup.kill()
+    (sandbox.data / "filler.bin").unlink()
+    holder = _hold_port(sandbox.http_port)
+    try:
+        recovery = Watched(config, "prune", "--dry-run")
+        recovery.wait_event("influxd.start_failed", timeout=120)
+        recovery.wait_event("influxd.start_failed", timeout=120, attempt=2)  # it goes on
+        left = run_cli(config, "list")  # meanwhile: the failed attempts are counted
+        assert "start attempts failed" in one_line(left.stderr), left.stderr
+    finally:
+        holder.close()
+    code, _out, err = recovery.finish()
+    assert code == 0, err[-3000:]
+    assert sandbox.ping()
+    assert not (tmp_path / "state" / MARKER).exists()
+    runs = json.loads(run_cli(config, "list", "--json").stdout)
+    assert [r["status"] for r in runs] == ["interrupted"]
     lost_points, lost = ledger.settle()
     assert lost_points == 0 and lost == []

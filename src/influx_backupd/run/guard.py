@@ -133,10 +133,20 @@ def recover(
 
 def left_stopped(config: Config) -> dict[str, Any] | None:
     """The crash marker of a run that is gone (nobody holds the backup lock): influxd was
-    stopped by it and not started again. None when there is none, or a live run owns it."""
+    stopped by it and not started again. Also a marker whose start keeps failing while a live
+    process holds the lock (it is retrying: its pid is under "lock_holder"). None when there is
+    none, or a live run owns it and nothing has failed (its stop window)."""
     left = CrashMarker(config.state_dir).read()
-    if left is None or lock_held(config.state_dir):
+    if left is None:
         return None
+    if lock_held(config.state_dir):
+        if not left.get("start_failures"):
+            return None
+        try:
+            holder = (config.state_dir / "backup.lock").read_text().strip()
+        except OSError:
+            holder = ""
+        left["lock_holder"] = holder or "unknown"
     return left
 
 
@@ -162,6 +172,8 @@ def left_stopped_line(
     if isinstance(failures, int) and failures:
         text += f" ({failures} start attempts failed, last: {left.get('last_start_error')})"
     text += f" (crash marker {marker}); "
+    if "lock_holder" in left:
+        return text + f"pid {left['lock_holder']}, which holds the backup lock, keeps trying"
     if this_command_starts:
         return (
             text + "this command starts it again first"
