@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from influx_backupd.offsite.errors import IntegrityError
+from influx_backupd.offsite.errors import IntegrityError, OffsiteError
+from influx_backupd.offsite.files import scan_tar
 from influx_backupd.offsite.repo import Offsite
 from tests.offsite.conftest import Endpoint
 from tests.offsite.helpers import cold_backup, hot_backup, make_tar, make_tree, sha256
@@ -147,3 +149,34 @@ def test_storage_class_and_server_side_encryption_are_asked_for(
     for key in keys:
         head = client.head_object(Bucket=moto.bucket, Key=key)
         assert head["StorageClass"] == "STANDARD_IA" and head["ServerSideEncryption"] == "AES256"
+
+
+def test_files_known_from_the_last_backup_are_not_read_again(
+    moto: Endpoint, tmp_path: Path
+) -> None:
+    tree = make_tree(tmp_path / "t", {"data/1.tsm": os.urandom(MiB), "wal/_1.wal": b"w" * 999})
+    first = make_tar(tmp_path / "nightly-1.tar", tree)
+    offsite = Offsite(moto.settings())
+    offsite.send(cold_backup(first, "20261130T070000Z-0001"))
+    known = offsite.known("nightly")
+    assert set(known) == {
+        ("data/1.tsm", MiB, 1_700_000_000 + MiB % 1000),
+        ("wal/_1.wal", 999, 1_700_000_999),
+    }
+
+    (tree / "wal/_1.wal").write_bytes(b"x" * 2000)  # grew: read again
+    second = make_tar(tmp_path / "nightly-2.tar", tree)
+    expected = sha256(second)
+    # the TSM member's bytes changed behind a header that did not: proof it is not read
+    data = bytearray(second.read_bytes())
+    at = data.index((tree / "data/1.tsm").read_bytes()[:64])
+    data[at] ^= 0xFF
+    second.write_bytes(bytes(data))
+    source = scan_tar(second, expected, known)
+    assert source.notes and f"{MiB} bytes" in source.notes[0]
+    by_path = {e.path: e.sha256 for e in source.files()}
+    assert by_path["data/1.tsm"] == known[("data/1.tsm", MiB, 1_700_000_000 + MiB % 1000)]
+    assert by_path["wal/_1.wal"] == hashlib.sha256(b"x" * 2000).hexdigest()
+    # without what is known, the damaged archive is refused before anything is sent
+    with pytest.raises(OffsiteError, match="not sent"):
+        scan_tar(second, expected)

@@ -207,6 +207,15 @@ class Offsite:
             data = crypto.decrypt_bytes(data, self.identities(), ref.key)
         return Manifest.decode(data, ref.key)
 
+    def known(self, job: str) -> dict[tuple[str, int, float], str]:
+        """(path, size, mtime) → sha256 of the files of the job's newest backup in the bucket,
+        for scan_tar: what an earlier backup held is not hashed again."""
+        refs = self.manifests(job=job)
+        if not refs:
+            return {}
+        manifest = self.manifest(refs[-1])
+        return {(f.path, f.size, f.mtime): f.sha256 for f in manifest.files if f.type == "file"}
+
     def present(self) -> dict[str, int]:
         """Objects in the bucket (name → size), listed once and kept up to date by send()."""
         if self._present is None:

@@ -25,7 +25,7 @@ from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.keep.retention import RetentionPolicy, plan
 from influx_backupd.offsite.errors import OffsiteError
-from influx_backupd.offsite.files import scan_dir, scan_tar
+from influx_backupd.offsite.files import Known, scan_dir, scan_tar
 from influx_backupd.offsite.manifest import Manifest
 from influx_backupd.offsite.repo import Backup, Offsite, PruneResult, SendResult
 from influx_backupd.report.hooks import PREFIX, environment, run_hook
@@ -182,14 +182,15 @@ class SyncReport:
         }
 
 
-def backup_of(record: RunRecord) -> Backup:
-    """A catalog record as the off-site engine's plain input; its files checked on the way."""
+def backup_of(record: RunRecord, known: Known | None = None) -> Backup:
+    """A catalog record as the off-site engine's plain input; its files checked on the way
+    (those known from the job's previous backup in the bucket are not read again)."""
     assert record.archive is not None
     path = Path(record.archive)
     if path.is_dir():
         source = scan_dir(path, record.sha256)
     elif path.is_file():
-        source = scan_tar(path, record.sha256)
+        source = scan_tar(path, record.sha256, known)
     else:
         raise OffsiteError(f"{path}: not there (backup {record.id})")
     return Backup(record.id, record.job, record.kind, record.parent_id, record.to_dict(), source)
@@ -210,6 +211,7 @@ def sync(
     offsite = open_offsite(config)
     try:
         in_bucket = {r.id for r in offsite.manifests()}
+        known: dict[str, Known] = {}
         for record in wanted(config, catalog):
             if record.id in in_bucket:
                 state.sent.setdefault(record.id, time.time())
@@ -217,8 +219,10 @@ def sync(
             if stop():
                 report.yielded = True
                 break
+            if record.job not in known:
+                known[record.job] = offsite.known(record.job)
             try:
-                backup = backup_of(record)
+                backup = backup_of(record, known[record.job])
             except OffsiteError as exc:  # a damaged or vanished local backup: the others go
                 report.skipped.append(f"{record.id}: {exc}")
                 logger.error("offsite.not_sent", run_id=record.id, job=record.job, error=str(exc))
@@ -232,6 +236,7 @@ def sync(
                 report.yielded = True
                 break
             state.sent[record.id] = time.time()
+            known[record.job] = {(e.path, e.size, e.mtime): e.sha256 for e in backup.source.files()}
             figures.last_success = time.time()
             logger.info(
                 "offsite.sent",
@@ -251,8 +256,8 @@ def sync(
         state.last_error, state.last_error_at = line, time.time()
         raise
     finally:
-        known = {r.id for r in catalog.list()}
-        state.sent = {k: v for k, v in state.sent.items() if k in known}
+        ids = {r.id for r in catalog.list()}
+        state.sent = {k: v for k, v in state.sent.items() if k in ids}
         report.pending = [r.id for r in not_offsite(config, catalog, state)]
         state.save(config.state_dir)
     return report
