@@ -234,3 +234,65 @@ def test_the_next_command_keeps_trying_to_start_influxd_a_killed_run_left_stoppe
     assert [r["status"] for r in runs] == ["interrupted"]
     lost_points, lost = ledger.settle()
     assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault(
+    "2", "the daemon keeps starting influxd between jobs", "started after a kill, port held"
+)
+def test_a_daemon_started_after_a_kill_tells_on_failure_and_keeps_trying(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    hook_out = tmp_path / "on_failure.env"
+    job = {
+        "name": "nightly",
+        "schedule": "0 3 * * *",
+        "mode": "cold",
+        "copy": "direct",
+        "on_failure": ["sh", "-c", f"env | grep ^INFLUX_BACKUPD_ > {hook_out}"],
+    }
+    config = write_config(tmp_path, sandbox, jobs=[job])
+    ledger.take()
+    _filler(sandbox)
+    backup = Watched(config, "backup")
+    backup.wait_event("archive.writing", phase="copy")
+    backup.kill()
+    (sandbox.data / "filler.bin").unlink()
+    holder: socket.socket | None = _hold_port(sandbox.http_port)
+    try:
+        with daemon(tmp_path, config) as d:
+            # Recovery could not start influxd: the killed run is recorded and its on_failure
+            # told now, not once influxd is back; the daemon is up and says what it does.
+            d.wait_event("daemon.ready", 120)
+            _until(
+                lambda: hook_out.exists() and "INFLUX_BACKUPD_ERROR=" in hook_out.read_text(),
+                120,
+                "on_failure told of the killed run",
+            )
+            told = dict(line.split("=", 1) for line in hook_out.read_text().splitlines())
+            assert told["INFLUX_BACKUPD_STATUS"] == "interrupted", told
+            assert "could not be started again" in told["INFLUX_BACKUPD_ERROR"], told
+            _until(
+                lambda: (
+                    "retrying"
+                    in json.loads(run_cli(config, "status", "--json").stdout)["daemon"]["status"]
+                ),
+                60,
+                "the status line saying it retries",
+            )
+            assert not sandbox.ping()
+            assert holder is not None
+            holder.close()
+            holder = None
+            _until(sandbox.ping, 120, "the daemon starting influxd once the port is free")
+            _until(
+                lambda: not (tmp_path / "state" / MARKER).exists(), 60, "the crash marker cleared"
+            )
+            assert d.stop() == 0
+    finally:
+        if holder is not None:
+            holder.close()
+    lost_points, lost = ledger.settle()
+    assert sandbox.ping()
+    assert lost_points == 0 and lost == []

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.influxd import scratch
-from influx_backupd.influxd.server import Influxd
+from influx_backupd.influxd.server import Influxd, InfluxdError
 from influx_backupd.restore.swap import roll_back
 from influx_backupd.run.followup import follow_up, write_metrics
 from influx_backupd.store import layout
@@ -71,6 +71,7 @@ def recover(
     logger = log.get()
     marker = CrashMarker(config.state_dir)
     left = marker.read()
+    not_started: InfluxdError | None = None
     if left is not None:
         server = Influxd(config)
         run_id = left.get("run_id")
@@ -88,17 +89,24 @@ def recover(
         else:
             logger.warning("recovery.starting_influxd", run_id=run_id, marker=str(marker.path))
             started = time.monotonic()
-            server.start_until_up(
-                config.state_dir / "influxd.log",
-                attempts=start_attempts,
-                on_failure=marker.note_failed_start,
-            )
-            logger.warning(
-                "recovery.influxd_started",
-                run_id=run_id,
-                start_s=round(time.monotonic() - started, 3),
-            )
-        marker.clear()
+            try:
+                server.start_until_up(
+                    config.state_dir / "influxd.log",
+                    attempts=start_attempts,
+                    on_failure=marker.note_failed_start,
+                )
+            except InfluxdError as exc:
+                # Only with start_attempts (the daemon): the dead run is still recorded and
+                # followed up (its on_failure told) below, then the caller tries again later.
+                not_started = exc
+            else:
+                logger.warning(
+                    "recovery.influxd_started",
+                    run_id=run_id,
+                    start_s=round(time.monotonic() - started, 3),
+                )
+        if not_started is None:
+            marker.clear()
     storage = config.storage_dir
     if storage.is_dir():
         # a dead cold run's partial tar, a dead hot run's incomplete dir
@@ -113,15 +121,20 @@ def recover(
             logger.warning("recovery.partial_removed", path=str(leftover))
         _restore_tests_left(storage)
     if not _catalog_usable(catalog, on_damage):
+        if not_started is not None:
+            raise not_started
         return
     dead = catalog.running()
     for record in dead:
         record.status = "interrupted"
         record.finished_at = record.finished_at or time.time()
+        stopped_it = left is not None and left.get("run_id") == record.id
         record.error = "the backup process died before finishing" + (
-            "; influxd was started again by recovery"
-            if left and left.get("run_id") == record.id
-            else ""
+            ""
+            if not stopped_it
+            else "; influxd was started again by recovery"
+            if not_started is None
+            else f"; influxd could not be started again yet ({not_started}): still trying"
         )
         catalog.save_finished(record)  # counted in runs_total with it
         logger.warning("recovery.run_interrupted", run_id=record.id, job=record.job)
@@ -129,6 +142,8 @@ def recover(
     # their follow-up completed.
     for record in catalog.owed():
         _follow_up_late(config, catalog, record)
+    if not_started is not None:
+        raise not_started
 
 
 def left_stopped(config: Config) -> dict[str, Any] | None:
