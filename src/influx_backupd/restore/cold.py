@@ -20,13 +20,13 @@ from influx_backupd.core.errors import RestoreRefused
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
-from influx_backupd.store.archive import ArchiveError, extract_safely, scan_archive
+from influx_backupd.store.archive import COLD_TOPS, ArchiveError, extract_safely, scan_archive
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import lookup
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.sidecar import SidecarError, record_beside
 
-ALLOWED_TOPS = {"meta", "data", "wal", "hh", "influxdb.conf"}
+ALLOWED_TOPS = COLD_TOPS
 
 
 def resolve_backup(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | None]:

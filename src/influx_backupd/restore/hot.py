@@ -51,7 +51,7 @@ from typing import Any
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
-from influx_backupd.core.errors import BackupdError, RestoreFailed, RestoreRefused
+from influx_backupd.core.errors import BackupdError, HotFailed, RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import influxql
@@ -59,7 +59,7 @@ from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.influxql import ident, values
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
-from influx_backupd.influxd.tool import run_tool
+from influx_backupd.influxd.tool import run_tool, tool_version
 from influx_backupd.restore.cold import owner_ids, restore_cold
 from influx_backupd.restore.source import ColdSource, choose
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
@@ -113,6 +113,7 @@ def _restore_hot(
     uid, gid = owner_ids(config)
     if not config.settings.influxd.binary.exists():
         raise RestoreRefused(f"[influxd] binary {config.settings.influxd.binary} does not exist")
+    _tool_restores(config, flavour, links[-1].path)
     # 1.x: the restored server is built in plan.staging; 0.9: never created (roll_back removes them)
     plan = SwapPlan.for_server(config)
     targets = plan.targets
@@ -146,6 +147,24 @@ def _restore_hot(
         **{k: v for k, v in result.__dict__.items() if k not in ("rollback_dirs", "links")},
     )
     return result
+
+
+FLAVOUR_NAMES = {"0.9": "an InfluxDB 0.9 snapshot", "portable": "a 1.x -portable backup"}
+
+
+def _tool_restores(config: Config, flavour: Flavour, path: Path) -> None:
+    """The configured influxd's own restore reads this flavour: found before anything is
+    stopped (a 0.9 snapshot given to a 1.x tool, or the other way round, cannot be restored)."""
+    binary = config.settings.influxd.binary
+    try:
+        version = tool_version(binary)
+    except HotFailed as exc:
+        raise RestoreRefused(str(exc).removeprefix("hot.tool: ")) from None
+    if version.flavour != flavour:
+        raise RestoreRefused(
+            f"{path} is {FLAVOUR_NAMES[flavour]}, but [influxd] binary {binary} is InfluxDB "
+            f"{version.text}, whose restore cannot read it"
+        )
 
 
 def _check_space(targets: dict[str, Path], links: list[Link], scans: list[Scan]) -> None:

@@ -13,7 +13,7 @@ import stat
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -318,26 +318,47 @@ def member_top(name: str) -> str:
     return PurePosixPath(name).parts[0] if name else ""
 
 
-def check_member_safe(info: tarfile.TarInfo, allowed_tops: set[str]) -> None:
-    """Reject what could write outside the target: absolute paths, '..', outbound links, devices."""
+# What a cold archive holds at its top: the server's dirs and its influxdb.conf.
+COLD_TOPS = frozenset({"meta", "data", "wal", "hh", "influxdb.conf"})
+
+
+def check_member_safe(info: tarfile.TarInfo, allowed_tops: Set[str] | None) -> None:
+    """Reject what could write outside the target: absolute paths, '..', links, devices.
+
+    The one safety check of every tar we read (restore, verify, 0.9 snapshots): what verify
+    passes, restore accepts. allowed_tops None: any first path component."""
     name = info.name
     parts = PurePosixPath(name).parts
+
+    def unsafe(why: str) -> UnsafeArchive:
+        return UnsafeArchive(f"unsafe member {name!r}: {why}")
+
     if name.startswith("/") or not parts:
-        raise UnsafeArchive(f"member {name!r}: absolute or empty path")
+        raise unsafe("absolute or empty path")
     if ".." in parts:
-        raise UnsafeArchive(f"member {name!r}: contains '..'")
-    if parts[0] not in allowed_tops:
-        raise UnsafeArchive(
-            f"member {name!r}: unexpected top-level entry (allowed: {', '.join(sorted(allowed_tops))})"
-        )
+        raise unsafe("contains '..'")
+    if allowed_tops is not None and parts[0] not in allowed_tops:
+        raise unsafe(f"unexpected top-level entry (allowed: {', '.join(sorted(allowed_tops))})")
     if info.islnk():
-        raise UnsafeArchive(f"member {name!r}: hard links are not allowed")
+        raise unsafe(f"a hard link to {info.linkname!r} (hard links are not allowed)")
     if info.issym():
         target = PurePosixPath(info.linkname)
         if target.is_absolute() or ".." in target.parts:
-            raise UnsafeArchive(f"member {name!r}: symlink to {info.linkname!r} leaves the archive")
+            raise unsafe(f"symlink to {info.linkname!r} leaves the archive")
     elif not (info.isreg() or info.isdir()):
-        raise UnsafeArchive(f"member {name!r}: device, fifo or other special file")
+        raise unsafe("device, fifo or other special file")
+
+
+def check_headers(path: Path, allowed_tops: Set[str] | None) -> None:
+    """Every member header of an uncompressed tar through check_member_safe, without reading
+    the contents (tarfile seeks past them): UnsafeArchive for the first unsafe one;
+    ArchiveError when the tar cannot be read."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for info in tar:
+                check_member_safe(info, allowed_tops)
+    except (tarfile.TarError, OSError) as exc:
+        raise ArchiveError(f"{path}: not a readable tar archive ({exc})") from None
 
 
 @dataclass
@@ -349,7 +370,7 @@ class ArchiveScan:
     sha256: str
 
 
-def scan_archive(path: Path, allowed_tops: set[str]) -> ArchiveScan:
+def scan_archive(path: Path, allowed_tops: Set[str]) -> ArchiveScan:
     """Read the whole archive once: sha256, every header checked safe, every member's data present."""
     digest = hashlib.sha256()
     members = files = 0

@@ -10,11 +10,26 @@ import os
 import tarfile
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from influx_backupd.core.errors import CheckFailed
-from influx_backupd.store.archive import CHUNK
+from influx_backupd.store.archive import CHUNK, UnsafeArchive, check_member_safe
+
+MAX_SIZE = 2**63 - 1  # no file is larger; a manifest that says so lies
+
+
+def listed_size(entry: dict[str, Any], where: object) -> int:
+    """A manifest entry's size: a whole number of bytes, else CheckFailed naming the manifest
+    (never int()'s ValueError, TypeError or OverflowError)."""
+    size = entry.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE:
+        name = entry.get("fileName", entry.get("name"))
+        raise CheckFailed(
+            f"hot.check: {where}: the size of {name!r:.80} is {size!r:.40}, not a whole "
+            "number of bytes"
+        )
+    return size
 
 
 @dataclass
@@ -69,9 +84,10 @@ def scan_snapshot09(path: Path, *, incremental: bool) -> Scan:
             reader = _Hashing(raw, digest)
             with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
                 for index, info in enumerate(tar):
-                    parts = PurePosixPath(info.name).parts
-                    if info.name.startswith("/") or ".." in parts or not parts:
-                        raise CheckFailed(f"hot.check: {path}: unsafe member {info.name!r}")
+                    try:
+                        check_member_safe(info, None)  # the same check as restore's
+                    except UnsafeArchive as exc:
+                        raise CheckFailed(f"hot.check: {path}: {exc}") from None
                     if index == 0:
                         if info.name != "manifest" or not info.isreg():
                             raise CheckFailed(
@@ -100,7 +116,7 @@ def scan_snapshot09(path: Path, *, incremental: bool) -> Scan:
     for entry in files:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise CheckFailed(f"hot.check: {path}: manifest entry without a name: {entry!r}")
-        listed[entry["name"]] = int(entry.get("size", -1))
+        listed[entry["name"]] = listed_size(entry, f"{path}: manifest")
     for name, size in listed.items():
         if name not in seen:
             raise CheckFailed(f"hot.check: {path}: manifest lists {name!r}, not in the snapshot")
@@ -216,19 +232,20 @@ def scan_portable(
         raise CheckFailed(
             f"hot.check: {directory}: {len(manifests)} *.manifest files, expected exactly 1"
         )
-    manifest = _manifest_json((directory / manifests[0]).read_bytes(), manifests[0])
+    where = directory / manifests[0]
+    manifest = _manifest_json(where.read_bytes(), str(where))
     meta = manifest.get("meta")
     files = manifest.get("files")
     if not isinstance(meta, dict) or not isinstance(files, list):
-        raise CheckFailed(f"hot.check: {directory}/{manifests[0]}: no meta entry or files list")
+        raise CheckFailed(f"hot.check: {where}: no meta entry or files list")
     expected: dict[str, tuple[str, int]] = {}  # file name → (kind, listed size)
     for kind, entry in [("meta", meta)] + [("shard", f) for f in files]:
         if not isinstance(entry, dict) or not isinstance(entry.get("fileName"), str):
-            raise CheckFailed(f"hot.check: {directory}: manifest entry without fileName: {entry!r}")
+            raise CheckFailed(f"hot.check: {where}: an entry without fileName: {entry!r:.200}")
         name = entry["fileName"]
-        if "/" in name or name in ("", ".", ".."):
-            raise CheckFailed(f"hot.check: {directory}: manifest names unsafe file {name!r}")
-        expected[name] = (kind, int(entry.get("size", -1)))
+        if "/" in name or "\0" in name or name in ("", ".", ".."):
+            raise CheckFailed(f"hot.check: {where}: names unsafe file {name!r:.200}")
+        expected[name] = (kind, listed_size(entry, where))
     for name in expected:
         if name not in names:
             raise CheckFailed(

@@ -62,6 +62,9 @@ def read_sidecar_data(archive: Path) -> dict[str, object] | None:
         )
     if not all(isinstance(data.get(k), str) for k in ("id", "job", "sha256")):
         raise SidecarError(f"{path}: not a usable backup record (id, job or sha256 missing)")
+    problem = RunRecord.problem({k: v for k, v in data.items() if k != "format"})
+    if problem is not None:
+        raise SidecarError(f"{path}: not a usable backup record ({problem})")
     return data
 
 

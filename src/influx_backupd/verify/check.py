@@ -45,7 +45,14 @@ from influx_backupd.restore.hot import (
     restore_snapshot09_links,
     start_throwaway,
 )
-from influx_backupd.store.archive import ArchiveError, extract_safely, sha256_file
+from influx_backupd.store.archive import (
+    COLD_TOPS,
+    ArchiveError,
+    UnsafeArchive,
+    check_headers,
+    extract_safely,
+    sha256_file,
+)
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import (
     Link,
@@ -59,7 +66,7 @@ from influx_backupd.store.chain import (
 from influx_backupd.store.formats import ArchiveReport, Finding, check_archive, classify_member
 from influx_backupd.store.formats.tsm import check_tsm
 from influx_backupd.store.record import Flavour, RunRecord
-from influx_backupd.store.scanners import Scan, scan_portable, scan_snapshot09
+from influx_backupd.store.scanners import Scan, listed_size, scan_portable, scan_snapshot09
 from influx_backupd.store.sidecar import SidecarError, record_beside
 
 COLD_REQUIRED = ("meta", "data", "influxdb.conf")
@@ -224,8 +231,20 @@ def _verify_tar(
         )
 
     cold = not hot_snapshot
+    unsafe = None
+    if cold:
+        # restore's own safety check (a 0.9 snapshot's is in its scan): what verify passes,
+        # restore accepts
+        try:
+            check_headers(archive, COLD_TOPS)
+        except UnsafeArchive as exc:
+            unsafe = f"{archive}: {exc}"
+        except ArchiveError:
+            pass  # unreadable: the format checks said so already
+    if unsafe is not None:
+        result.fail("structure", unsafe)
     # A hot 0.9 snapshot's layout is influxd's: its manifest check above stands for structure.
-    if cold and report.members:
+    elif cold and report.members:
         expected = set(COLD_REQUIRED)
         if record is not None:
             expected |= set(record.dirs or [])
@@ -597,7 +616,7 @@ def _restore_test_09(
     try:
         for link in links:
             for entry in _snapshot_manifest(link.path):
-                wanted[str(entry["name"])] = int(entry.get("size", -1))
+                wanted[str(entry["name"])] = listed_size(entry, link.path)
         restore_snapshot09_links(
             str(config.settings.influxd.binary),
             conf,

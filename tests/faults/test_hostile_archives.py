@@ -1,0 +1,309 @@
+"""Class 4: archives that restore must refuse are refused by verify too (one safety check), every
+input read from a backup is validated (a clear line naming the file, never ValueError/TypeError),
+and whatever can be checked is checked before influxd is stopped.
+
+One real influxd 1.6 with one cold and one hot (1.x portable) backup serves every variant.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from tests.conftest import STAND_INS, Cli, write_config
+from tests.faults.conftest import FaultResult, one_line
+
+JOBS = [{"name": "nightly", "mode": "cold", "copy": "direct"}, {"name": "hotjob", "mode": "hot"}]
+POINTS = 2_000
+
+
+@dataclass
+class World:
+    root: Path
+    server: Sandbox
+    cli: Cli
+    cold: Path
+    hot: Path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    binary = influxd_binary()
+    if binary is None:
+        pytest.fail("influxd is not installed")
+    root = tmp_path_factory.mktemp("hostile")
+    server = Sandbox(root / "server", binary=binary)
+    server.write_config()
+    server.start()
+    try:
+        server.create_db("metrics")
+        server.write_points("metrics", POINTS)
+        cli = Cli(write_config(root, server, jobs=JOBS))
+        cold, hot = (cli.json("backup", "--job", job["name"]) for job in JOBS)
+        assert cold["status"] == hot["status"] == "ok"
+        yield World(root, server, cli, Path(cold["archive"]), Path(hot["archive"]))
+    finally:
+        server.stop()
+
+
+def _settle(world: World, influxd: list[int], result: FaultResult) -> None:
+    """Records the points lost, then: influxd is the very process it was (never stopped)."""
+    result.lost(points=POINTS - world.server.count("metrics"))
+    assert world.server.pids() == influxd, "influxd was stopped"
+
+
+def _refused_by_both(world: World, path: Path, says: str) -> tuple[str, str]:
+    """verify PATH fails naming `says`; restore PATH refuses in one line naming it; returns both."""
+    verified = world.cli("verify", str(path), "--json")
+    assert "Traceback" not in verified.stderr, verified.stderr[-3000:]
+    assert verified.returncode == 1, (verified.returncode, verified.stdout, verified.stderr[-2000:])
+    errors = " ".join(json.loads(verified.stdout)[0]["errors"])
+    assert says in errors, errors
+    restored = world.cli("restore", str(path), "--yes")
+    line = one_line(restored.stderr)
+    assert restored.returncode == 1 and says in line, (restored.returncode, line)
+    return errors, line
+
+
+# -- cold archives with members that could write outside the target -------------------------------
+
+
+def _reg(name: str) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = 5
+    return info, b"evil\n"
+
+
+def _link(name: str, kind: bytes, target: str) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, b""
+
+
+def _device(name: str, kind: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.devmajor, info.devminor = kind, 1, 3
+    return info, b""
+
+
+EVIL = f"influx-backupd-evil-{uuid.uuid4().hex[:8]}"
+HOSTILE_MEMBERS: dict[str, Callable[[], tuple[tarfile.TarInfo, bytes]]] = {
+    "a '..' member": lambda: _reg(f"data/../../../../tmp/{EVIL}"),
+    "an absolute member": lambda: _reg(f"/tmp/{EVIL}"),
+    "a hard link to /etc/passwd": lambda: _link("data/passwd", tarfile.LNKTYPE, "/etc/passwd"),
+    "a hard link up the tree": lambda: _link("data/up", tarfile.LNKTYPE, "../../etc/passwd"),
+    "a symlink to /etc": lambda: _link("data/etc", tarfile.SYMTYPE, "/etc"),
+    "a symlink up the tree": lambda: _link("wal/up", tarfile.SYMTYPE, "../../../../etc"),
+    "a character device": lambda: _device("data/null", tarfile.CHRTYPE),
+    "a block device": lambda: _device("data/sda", tarfile.BLKTYPE),
+    "a fifo": lambda: _device("meta/fifo", tarfile.FIFOTYPE),
+    "an unexpected top-level entry": lambda: _reg("etc/cron.d/evil"),
+}
+
+
+def _with_member(good: Path, dest: Path, extra: tuple[tarfile.TarInfo, bytes]) -> None:
+    """The good archive's members, one hostile member in the middle (after meta/)."""
+    with tarfile.open(good) as src, tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as out:
+        members = src.getmembers()
+        for index, info in enumerate(members):
+            out.addfile(info, src.extractfile(info) if info.isreg() else None)
+            if index == 1:
+                out.addfile(extra[0], io.BytesIO(extra[1]) if extra[1] else None)
+
+
+@pytest.mark.fault("4", "hostile cold archive")
+@pytest.mark.parametrize("hostile", list(HOSTILE_MEMBERS))
+def test_verify_and_restore_refuse_the_same_unsafe_members(
+    world: World, hostile: str, fault_result: FaultResult
+) -> None:
+    influxd = world.server.pids()
+    info, data = HOSTILE_MEMBERS[hostile]()
+    path = world.root / f"hostile-{uuid.uuid4().hex[:6]}.tar"
+    _with_member(world.cold, path, (info, data))
+    errors, line = _refused_by_both(world, path, repr(info.name))
+    assert "unsafe" in errors and "unsafe" in line, (errors, line)
+    assert not Path("/tmp", EVIL).exists()
+    _settle(world, influxd, fault_result)
+
+
+# -- 1.x hot dirs whose manifest lies ------------------------------------------------------------
+
+
+def _set_meta_size(value: Any) -> Callable[[dict[str, Any]], Any]:
+    def edit(manifest: dict[str, Any]) -> Any:
+        manifest["meta"]["size"] = value
+        return manifest
+
+    return edit
+
+
+def _set_first_shard(key: str, value: Any) -> Callable[[dict[str, Any]], Any]:
+    def edit(manifest: dict[str, Any]) -> Any:
+        manifest["files"][0][key] = value
+        return manifest
+
+    return edit
+
+
+MANIFESTS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "meta size is a word": _set_meta_size("many"),
+    "meta size is null": _set_meta_size(None),
+    "meta size is true": _set_meta_size(True),
+    "meta size is 1e400 (inf)": _set_meta_size("__INF__"),
+    "meta size is 10**40": _set_meta_size(10**40),
+    "meta size is negative": _set_meta_size(-7),
+    "meta size is a float": _set_meta_size(12.5),
+    "shard size is a string of digits": _set_first_shard("size", "1024"),
+    "shard size is a list": _set_first_shard("size", [1]),
+    "shard fileName is a number": _set_first_shard("fileName", 5),
+    "shard fileName climbs out": _set_first_shard("fileName", "../../../etc/passwd"),
+    "files is null": lambda m: {**m, "files": None},
+    "files holds a number": lambda m: {**m, "files": [5]},
+    "meta is a string": lambda m: {**m, "meta": "meta"},
+    "the manifest is a list": lambda m: [m],
+}
+
+
+def _copy_hot(world: World, name: str) -> tuple[Path, Path]:
+    """The hot backup dir, copied without its record beside it (restored alone, as a full)."""
+    dest = world.root / "copies" / f"hotjob-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(world.hot, dest)
+    manifest = next(dest.glob("*.manifest"))
+    return dest, manifest
+
+
+@pytest.mark.fault("4", "malformed 1.x hot manifest")
+@pytest.mark.parametrize("edit", list(MANIFESTS))
+def test_a_malformed_hot_manifest_is_named_never_a_traceback(
+    world: World, edit: str, fault_result: FaultResult
+) -> None:
+    influxd = world.server.pids()
+    path, manifest = _copy_hot(world, edit)
+    raw = json.loads(manifest.read_bytes())
+    edited = MANIFESTS[edit](raw)
+    text = json.dumps(edited)
+    text = text.replace('"__INF__"', "1e400")
+    manifest.write_text(text)
+    _refused_by_both(world, path, manifest.name)
+    _settle(world, influxd, fault_result)
+
+
+@pytest.mark.fault("4", "malformed 1.x hot manifest", "the manifest is binary garbage")
+def test_a_manifest_that_is_not_text_is_named(world: World, fault_result: FaultResult) -> None:
+    influxd = world.server.pids()
+    path, manifest = _copy_hot(world, "binary")
+    manifest.write_bytes(b"\xff\xfe\x00garbage{")
+    _refused_by_both(world, path, manifest.name)
+    _settle(world, influxd, fault_result)
+
+
+# -- 0.9 snapshots (a tar: manifest first) -------------------------------------------------------
+
+
+def _snapshot09(dest: Path, manifest: bytes, members: dict[str, bytes]) -> Path:
+    with tarfile.open(dest, "w") as out:
+        for name, data in {"manifest": manifest, **members}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    return dest
+
+
+SNAPSHOT_MANIFESTS: dict[str, bytes] = {
+    "size is a word": b'{"files": [{"name": "meta", "size": "big"}]}',
+    "size is null": b'{"files": [{"name": "meta", "size": null}]}',
+    "size is 1e400": b'{"files": [{"name": "meta", "size": 1e400}]}',
+    "size is an object": b'{"files": [{"name": "meta", "size": {"n": 4}}]}',
+    "files is an object": b'{"files": {"name": "meta"}}',
+    "an entry is a string": b'{"files": ["meta"]}',
+    "not JSON": b"{files: meta",
+}
+
+
+@pytest.mark.fault("4", "malformed 0.9 snapshot manifest")
+@pytest.mark.parametrize("variant", list(SNAPSHOT_MANIFESTS))
+def test_a_malformed_09_manifest_is_named_never_a_traceback(
+    world: World, variant: str, fault_result: FaultResult
+) -> None:
+    influxd = world.server.pids()
+    path = _snapshot09(
+        world.root / f"snap-{uuid.uuid4().hex[:6]}", SNAPSHOT_MANIFESTS[variant], {"meta": b"meta"}
+    )
+    _refused_by_both(world, path, str(path))
+    _settle(world, influxd, fault_result)
+
+
+# -- the other flavour: found before influxd is stopped -----------------------------------------
+
+
+@pytest.mark.fault(
+    "4", "backup of the other flavour", "a well-formed 0.9 snapshot, influxd 1.6's tool"
+)
+def test_a_09_snapshot_is_refused_by_a_1x_tool_before_influxd_is_stopped(
+    world: World, fault_result: FaultResult
+) -> None:
+    influxd = world.server.pids()
+    meta = b"opaque 0.9 meta"
+    path = _snapshot09(
+        world.root / f"snap-good-{uuid.uuid4().hex[:6]}",
+        json.dumps({"files": [{"name": "meta", "size": len(meta), "index": 1}]}).encode(),
+        {"meta": meta},
+    )
+    done = world.cli("restore", str(path), "--yes")
+    line = one_line(done.stderr)
+    assert done.returncode == 1 and "0.9" in line and "nothing touched" in line, line
+    _settle(world, influxd, fault_result)
+
+
+@pytest.mark.fault(
+    "4", "backup of the other flavour", "a 1.x portable backup, a 0.9 influxd binary"
+)
+def test_a_1x_backup_is_refused_by_a_09_tool_before_influxd_is_stopped(
+    world: World, fault_result: FaultResult
+) -> None:
+    influxd = world.server.pids()
+    home = world.root / f"tool09-{uuid.uuid4().hex[:6]}"
+    home.mkdir()
+    config = write_config(
+        home, world.server, influxd={"binary": str(STAND_INS / "influxd09")}, jobs=JOBS
+    )
+    done = Cli(config)("restore", str(world.hot), "--yes")
+    line = one_line(done.stderr)
+    assert done.returncode == 1 and "nothing touched" in line and "0.9" in line, line
+    _settle(world, influxd, fault_result)
+
+
+# -- a record beside a backup that lies about its types -------------------------------------------
+
+SIDECARS: dict[str, dict[str, Any]] = {
+    "bytes is a word": {"bytes": "many"},
+    "started_at is null": {"started_at": None},
+    "kind is sideways": {"kind": "sideways"},
+    "db_counts is a list": {"db_counts": [1, 2]},
+    "parent_id is a number": {"parent_id": 7},
+}
+
+
+@pytest.mark.fault("4", "a record beside a backup of the wrong shape")
+@pytest.mark.parametrize("lie", list(SIDECARS))
+def test_a_record_beside_a_backup_with_wrong_types_is_named(
+    world: World, lie: str, fault_result: FaultResult
+) -> None:
+    influxd = world.server.pids()
+    dest = world.root / "copies" / f"nightly-{uuid.uuid4().hex[:8]}.tar"
+    dest.parent.mkdir(exist_ok=True)
+    shutil.copyfile(world.cold, dest)
+    record = json.loads(Path(str(world.cold) + ".json").read_text())
+    Path(str(dest) + ".json").write_text(json.dumps({**record, **SIDECARS[lie]}))
+    _refused_by_both(world, dest, "not a usable backup record")
+    _settle(world, influxd, fault_result)
