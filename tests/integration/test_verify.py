@@ -16,7 +16,7 @@ import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.record import RunRecord, new_run_id
+from influx_backupd.store.record import new_run_id
 from tests.conftest import Cli, write_config
 from tests.unit.store.test_formats import bolt_file
 
@@ -34,7 +34,9 @@ class Backed:
 
     def register(self, archive: Path, **changes: Any) -> str:
         """A catalog entry for a damaged copy: the original's record, pointing at the copy."""
-        original = RunRecord.from_dict(self.record)
+        # the catalog's record: the CLI's JSON carries times as RFC 3339 strings
+        original = self.catalog.get(self.record["id"])
+        assert original is not None
         run_id = new_run_id()
         self.catalog.save(dataclasses.replace(original, id=run_id, archive=str(archive), **changes))
         return run_id

@@ -136,9 +136,7 @@ def _fits(value: object, hint: Any) -> bool:
         return value in args
     if hint is bool:
         return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
+    if hint in (int, float):  # a number is a number: a 3.0 for a count is no damage
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
