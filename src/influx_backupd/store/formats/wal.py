@@ -127,7 +127,7 @@ def _entry_problem(stream: BinaryIO, pos: int, entry_type: int, length: int) -> 
     return None  # a delete entry is newline-separated keys: any bytes parse
 
 
-def _write_problem(b: bytes) -> str | None:
+def _write_problem(b: bytes | memoryview) -> str | None:
     """Walk a write entry: per key, value type u8, key len u16, key, count u32, values."""
     i, n = 0, len(b)
     while i < n:
@@ -153,7 +153,7 @@ def _write_problem(b: bytes) -> str | None:
     return None
 
 
-def _delete_range_problem(b: bytes) -> str | None:
+def _delete_range_problem(b: bytes | memoryview) -> str | None:
     """min i64, max i64, then u32-length-prefixed series keys."""
     if len(b) < 16:
         return "delete-range entry shorter than its time range"
