@@ -95,7 +95,10 @@ def main() -> int:
             print(
                 f"  round {i + 1}: { {n: round(t[-1], 3) for n, t in times.items()} }", flush=True
             )
-        times["verify --restore-test"] = [timed([*cli, "verify", run_id, "--restore-test"])]
+        try:
+            times["verify --restore-test"] = [timed([*cli, "verify", run_id, "--restore-test"])]
+        except RuntimeError as exc:  # e.g. its throwaway influxd OOM-killed on a busy machine
+            print(f"  restore test failed, left out: {str(exc)[-300:]}", flush=True)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
