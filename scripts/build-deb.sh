@@ -7,10 +7,14 @@
 #   scripts/build-deb.sh [--out DIR] [--version-suffix SUFFIX] [--systemd-version N]
 #
 # --out             where the .deb goes (default: dist/)
-# --version-suffix  appended to the version (e.g. +test2, for an upgrade test)
+# --version-suffix  appended to the version, the package's too (e.g. +test2, for an upgrade test)
 # --systemd-version the target's systemd: >= 253 ships Type=notify-reload (default: this host's)
 # WHEELS=DIR        take wheels from DIR only (no index), e.g. for an offline rebuild
 set -eu
+# The build's Pythons see only their own venvs (a PYTHONPATH to a checkout would make pip take
+# the package as installed already and leave it out of the venv).
+unset PYTHONPATH PYTHONHOME PYTHONUSERBASE VIRTUAL_ENV
+export PYTHONNOUSERSITE=1
 cd "$(dirname "$0")/.."
 SRC=$(pwd)
 PY=/usr/bin/python3
@@ -55,6 +59,8 @@ ROOT=$BUILD/root
 #    egg-info and build/ next to it.
 mkdir -p "$BUILD/src" "$BUILD/wheels"
 cp -r pyproject.toml README.md src "$BUILD/src/"
+# A suffix makes a different version: the package says so too (a PEP 440 local version).
+sed -i "s/^__version__ = .*/__version__ = \"$VERSION\"/" "$BUILD/src/src/influx_backupd/__init__.py"
 "$PY" -m venv "$BUILD/tools"
 if [ -n "${WHEELS:-}" ]; then
     "$BUILD/tools/bin/pip" wheel -q --no-index --find-links "$WHEELS" -w "$BUILD/wheels" "$BUILD/src"

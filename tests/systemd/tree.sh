@@ -37,8 +37,10 @@ debootstrap --variant=minbase --include="$PACKAGES" bookworm "$tree.tmp" "$MIRRO
     exit 1
 }
 echo influx-test >"$tree.tmp/etc/hostname"
-# Boot to multi-user quickly: no getty on the container's console.
-chroot "$tree.tmp" systemctl mask console-getty.service getty@.service >/dev/null 2>&1 || true
+# Boot to multi-user quickly: no getty on the container's console. The container has only
+# loopback (--private-network): nothing to wait for, network-online.target is reached at once.
+chroot "$tree.tmp" systemctl mask console-getty.service getty@.service \
+    systemd-networkd-wait-online.service >/dev/null 2>&1 || true
 chroot "$tree.tmp" systemctl enable influxdb.service >/dev/null 2>&1
 chroot "$tree.tmp" apt-get clean
 rm -f "$tree.tmp/etc/machine-id"

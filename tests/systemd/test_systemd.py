@@ -1,0 +1,549 @@
+"""The Debian package under a real systemd: Debian 12 booted by systemd-nspawn, Debian's influxdb
+with a writer running, `apt`-style install of the .deb, then the service as an administrator
+runs it. One boot for the whole module; the tests run in file order and build on each other
+(install, runs, reload, stops and kills, instances, upgrade, purge).
+
+Needs root, systemd-nspawn and debootstrap (scripts/setup.sh installs them) and, the first time,
+deb.debian.org to build the cached tree (tests/systemd/tree.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.systemd.container import Container, build_tree
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = "influx-backupd.service"
+PROM = "/var/lib/prometheus/node-exporter/influx_backupd.prom"
+EXPOSURE_LIMIT = 3.0  # docs/daemon.md
+
+pytestmark = [
+    pytest.mark.systemd,
+    pytest.mark.skipif(os.geteuid() != 0, reason="systemd-nspawn needs root"),
+]
+
+# Writes one point every 20 ms into database "test" of the container's influxd, whatever
+# happens to the server (a cold backup stops it); counts what it wrote in /root/written.
+WRITER = """
+import time, urllib.request, urllib.parse
+base = "http://127.0.0.1:8086"
+n = 0
+while True:
+    try:
+        urllib.request.urlopen(base + "/query", urllib.parse.urlencode(
+            {"q": "CREATE DATABASE test"}).encode(), timeout=2).read()
+        while True:
+            body = f"m,src=writer v={n} {time.time_ns()}".encode()
+            urllib.request.urlopen(base + "/write?db=test", body, timeout=2).read()
+            n += 1
+            time.sleep(0.02)
+    except OSError:
+        time.sleep(0.1)
+"""
+
+# influx.py query Q | influx.py write LINE, against database "test"; a cold backup may have the
+# server stopped for a moment, so a refused connection is tried again for up to 60 s.
+INFLUX = """
+import sys, time, urllib.request, urllib.parse
+what, arg = sys.argv[1:]
+url = "http://127.0.0.1:8086/" + (
+    "query?" + urllib.parse.urlencode({"db": "test", "q": arg}) if what == "query" else "write?db=test"
+)
+for attempt in range(600):
+    try:
+        body = None if what == "query" else arg.encode()
+        print(urllib.request.urlopen(url, body, timeout=10).read().decode())
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("influxd did not answer for 60 s")
+"""
+
+
+def config(job: str, every: str, *, copy: str = "staged", extra: str = "") -> str:
+    return f"""
+[daemon]
+metrics_file = "{PROM}"
+
+[influxd]
+config = "/etc/influxdb/influxdb.conf"
+service = "influxdb.service"
+
+[storage]
+dir = "/var/backups/influxdb"
+
+[verify]
+
+[[job]]
+name = "{job}"
+every = "{every}"
+mode = "cold"
+copy = "{copy}"
+keep_last = 2
+keep_daily = 0
+keep_weekly = 0
+keep_monthly = 0
+{extra}
+"""
+
+
+QUICK = config("quick", "3s")
+IDLE = config("quick", "1h")
+# direct copy of ~600 MB: influxd stays stopped long enough to stop or kill the daemon then
+SLOW = config("slow", "3s", copy="direct", extra="verify_after_backup = false")
+BROKEN = QUICK.replace('mode = "cold"', 'mode = "lukewarm"')
+
+
+def build_debs(out: Path, **suffixes: str) -> dict[str, Path]:
+    """scripts/build-deb.sh once per suffix, side by side; name -> the .deb."""
+    builds = {}
+    for name, suffix in suffixes.items():
+        argv = ["sh", str(ROOT / "scripts" / "build-deb.sh"), "--out", str(out / name)]
+        if suffix:
+            argv += ["--version-suffix", suffix]
+        builds[name] = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    debs = {}
+    for name, build in builds.items():
+        stdout, stderr = build.communicate(timeout=900)
+        assert build.returncode == 0, stderr[-3000:]
+        debs[name] = Path(stdout.strip().splitlines()[-1])
+    return debs
+
+
+@pytest.fixture(scope="module")
+def debs() -> Iterator[dict[str, Path]]:
+    # not under pytest's basetemp: another pytest session may prune it while the container
+    # still has it bind-mounted
+    out = Path(tempfile.mkdtemp(prefix="influx-backupd-debs."))
+    try:
+        started = time.monotonic()
+        # and a newer build of the same source, for the upgrade
+        built = build_debs(out, first="", newer="+upgrade1")
+        print(f"\n.debs built in {time.monotonic() - started:.1f}s", end=" ")
+        yield built
+    finally:
+        shutil.rmtree(out)
+
+
+@pytest.fixture(scope="module")
+def box(debs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    for tool in ("systemd-nspawn", "debootstrap", "nsenter"):
+        assert shutil.which(tool), f"{tool} is missing: scripts/setup.sh installs it"
+    started = time.monotonic()
+    tree = build_tree()
+    print(f"\ntree {tree} ready in {time.monotonic() - started:.1f}s", end=" ")
+    box = Container(tree, binds=[(debs["first"].parents[1], "/mnt/debs")])
+    logs = tmp_path_factory.mktemp("nspawn")
+    started = time.monotonic()
+    box.boot(logs / "console.log")
+    print(f"booted in {time.monotonic() - started:.1f}s", end=" ")
+    try:
+        assert box.sh("systemctl is-active influxdb.service").stdout.strip() == "active"
+        box.write("/root/writer.py", WRITER)
+        box.write("/root/influx.py", INFLUX)
+        box.write(
+            "/etc/systemd/system/writer.service",
+            "[Service]\nExecStart=/usr/bin/python3 /root/writer.py\nRestart=always\n",
+        )
+        box.sh("systemctl daemon-reload && systemctl start writer.service")
+        yield box
+    finally:
+        box.shutdown()
+
+
+def main_pid(box: Container, unit: str = UNIT) -> int:
+    return int(box.show(unit, "MainPID")["MainPID"])
+
+
+def runs(box: Container, conf: str = "/etc/influx-backupd/config.toml") -> list[dict[str, object]]:
+    records = box.json(f"influx-backupd --config {conf} list --json")
+    assert isinstance(records, list)
+    return records
+
+
+def count(box: Container, measurement: str) -> int:
+    out = json.loads(
+        box.sh(f'python3 /root/influx.py query "SELECT count(v) FROM {measurement}"').stdout
+    )
+    series = out["results"][0].get("series")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def journal_since(box: Container, cursor: str, *matches: str) -> list[dict[str, str]]:
+    out = box.sh(
+        f"journalctl -o json --no-pager --after-cursor={shlex.quote(cursor)} "
+        + " ".join(shlex.quote(m) for m in matches)
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def cursor(box: Container) -> str:
+    last = json.loads(box.sh("journalctl -n 1 -o json --no-pager").stdout)
+    assert isinstance(last, dict)
+    return str(last["__CURSOR"])
+
+
+def wait_active(box: Container, unit: str = UNIT, timeout: float = 90) -> None:
+    box.wait(
+        f"{unit} active",
+        lambda: box.show(unit, "ActiveState")["ActiveState"] == "active",
+        timeout=timeout,
+    )
+
+
+def mid_cold_run(box: Container, then: str) -> str:
+    """Wait (inside the container, no round trips) until the daemon copies in a cold backup
+    with influxd stopped, then run `then`; returns the run id the status line showed."""
+    script = f"""
+for i in $(seq 1200); do
+    status=$(systemctl show {UNIT} -p StatusText --value)
+    case $status in "running "*"phase copy, run "*)
+        if [ "$(systemctl is-active influxdb.service)" != active ]; then
+            {then}
+            echo "$status"; exit 0
+        fi ;;
+    esac
+    sleep 0.05
+done
+echo "no cold run seen with influxd stopped: $status" >&2; exit 1
+"""
+    status = box.sh(script, timeout=180).stdout.strip().splitlines()[-1]
+    found = re.search(r"run (\S+)", status)
+    assert found, status
+    return found.group(1).rstrip(",")
+
+
+# -- install and the first runs -------------------------------------------------------------------
+
+
+def test_install_enable_ready_and_status_shows_next_run(
+    box: Container, debs: dict[str, Path]
+) -> None:
+    box.sh(f"dpkg -i /mnt/debs/first/{debs['first'].name}", timeout=300)
+    # the installed config as shipped: no warning, and the paths it names exist
+    checked = box.sh("influx-backupd check-config")
+    assert "warning" not in checked.stdout, checked.stdout
+    box.sh("test -d /var/backups/influxdb && test -d /var/lib/prometheus/node-exporter")
+    # faster restarts and watchdog than shipped, so that the tests below take seconds
+    box.sh(f"mkdir -p /etc/systemd/system/{UNIT}.d")
+    box.write(
+        f"/etc/systemd/system/{UNIT}.d/50-test.conf",
+        "[Service]\nRestartSec=1s\nWatchdogSec=10s\n",
+    )
+    box.write("/etc/influx-backupd/config.toml", QUICK)
+    box.sh("systemctl daemon-reload")
+    # Type=notify: enable --now returns once READY=1 arrived
+    box.sh(f"systemctl enable --now {UNIT}")
+    props = box.show(UNIT, "ActiveState", "SubState", "StatusText", "NRestarts", "Type")
+    assert props["ActiveState"] == "active" and props["SubState"] == "running", props
+    assert props["Type"] in ("notify", "notify-reload")
+    assert props["StatusText"].startswith("idle; next: quick at "), props
+    assert props["NRestarts"] == "0"
+
+
+def test_cold_runs_stop_and_start_influxdb_through_systemctl(box: Container) -> None:
+    before = box.show("influxdb.service", "InvocationID")["InvocationID"]
+    start = cursor(box)
+    box.wait("two ok runs", lambda: len([r for r in runs(box) if r["status"] == "ok"]) >= 2)
+    ok = [r for r in runs(box) if r["status"] == "ok"]
+    assert all(r["mode"] == "cold" and float(str(r["downtime_s"])) > 0 for r in ok)
+    # systemd itself stopped and started influxdb.service for each run
+    influx = [e["MESSAGE"] for e in journal_since(box, start, "_PID=1", "UNIT=influxdb.service")]
+    assert sum("Stopped" in m for m in influx) >= 2, influx
+    assert sum("Started" in m for m in influx) >= 2, influx
+    assert box.show("influxdb.service", "InvocationID")["InvocationID"] != before
+    assert box.sh("systemctl is-active influxdb.service writer.service").stdout.split() == [
+        "active",
+        "active",
+    ]
+    assert count(box, "m") > 0
+
+
+def test_journal_finds_a_run_by_its_run_id_with_fields(box: Container) -> None:
+    run_id = str([r for r in runs(box) if r["status"] == "ok"][-1]["id"])
+    out = box.sh(f"journalctl -u {UNIT} RUN_ID={run_id} -o json --no-pager").stdout
+    entries = [json.loads(line) for line in out.splitlines()]
+    events = [e["EVENT"] for e in entries]
+    assert "run.started" in events and "run.finished" in events, events
+    assert {e["RUN_ID"] for e in entries} == {run_id}
+    assert {e["JOB"] for e in entries} == {"quick"}
+    assert {"stop", "start"} <= {e.get("PHASE") for e in entries}
+    # each event once: the daemon writes to journald's socket, not also to its stdout
+    assert len(events) == len({(e["EVENT"], e.get("PHASE"), e["MESSAGE"]) for e in entries})
+
+
+def test_metrics_file_appears_where_node_exporter_reads_it(box: Container) -> None:
+    text = box.sh(f"cat {PROM}").stdout
+    assert re.search(
+        r'^influx_backupd_last_success_timestamp_seconds\{[^}]*"quick"\} \d', text, re.M
+    )
+    # node_exporter runs as its own user: it must be able to read the file
+    assert box.sh(f"stat -c %a {PROM}").stdout.strip()[-1] in "46"
+
+
+def test_check_config_warns_about_a_path_the_unit_cannot_write(box: Container) -> None:
+    probe = QUICK.replace(PROM, "/var/lib/node_exporter/textfile_collector/x.prom")
+    box.write("/etc/influx-backupd/probe.toml", probe)
+    out = box.sh("influx-backupd --config /etc/influx-backupd/probe.toml check-config").stdout
+    box.sh("rm /etc/influx-backupd/probe.toml")
+    assert (
+        "warning: daemon.metrics_file: /var/lib/node_exporter/textfile_collector would not be "
+        "writable by influx-backupd@probe.service (ProtectSystem=strict)"
+    ) in out, out
+
+
+def test_an_archive_restores(box: Container) -> None:
+    box.sh("systemctl stop writer.service")
+    try:
+        written = count(box, "m")
+        before = {r["id"] for r in runs(box)}
+        box.wait(
+            "an ok run of everything written",
+            lambda: any(r["status"] == "ok" and r["id"] not in before for r in runs(box)),
+        )
+        run = next(r for r in runs(box) if r["status"] == "ok" and r["id"] not in before)
+        # written after the backup: the restore must take it away again
+        box.sh(
+            'python3 -c "import urllib.request; urllib.request.urlopen('
+            "'http://127.0.0.1:8086/write?db=test', b'after v=1').read()\""
+        )
+        assert count(box, "after") == 1
+        restore = f"influx-backupd restore {run['id']} --yes"
+        # the daemon's next run may hold the backup lock (exit 75): try again
+        result = box.sh(
+            f"for i in $(seq 30); do {restore}; s=$?; [ $s = 75 ] || exit $s; sleep 0.5; done",
+            check=False,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert box.sh("systemctl is-active influxdb.service").stdout.strip() == "active"
+        assert count(box, "m") == written
+        assert count(box, "after") == 0
+    finally:
+        box.sh("systemctl start writer.service")
+
+
+# -- reload, priorities ----------------------------------------------------------------------------
+
+
+def seconds_to_next_run(box: Container) -> float | None:
+    """From the status line; None while a run is in flight (it shows the run instead)."""
+    status = box.show(UNIT, "StatusText")["StatusText"]
+    found = re.search(r"^idle; next: quick at (\S+ \S+)Z", status)
+    if not found:
+        return None
+    when = datetime.fromisoformat(found.group(1)).replace(tzinfo=UTC)
+    return (when - datetime.now(UTC)).total_seconds()
+
+
+def hourly(box: Container) -> bool:
+    left = seconds_to_next_run(box)
+    return left is not None and left > 3000
+
+
+def test_reload_applies_a_new_schedule_and_refuses_a_broken_one(box: Container) -> None:
+    pid = main_pid(box)
+    box.write("/etc/influx-backupd/config.toml", IDLE)
+    box.sh(f"systemctl reload {UNIT}")
+    box.wait("the hourly schedule", lambda: hourly(box))
+    start = cursor(box)
+    box.write("/etc/influx-backupd/config.toml", BROKEN)
+    box.sh(f"systemctl reload {UNIT}")
+    box.wait(
+        "config.reload_failed",
+        lambda: any(
+            e.get("EVENT") == "config.reload_failed"
+            for e in journal_since(box, start, f"_SYSTEMD_UNIT={UNIT}")
+        ),
+    )
+    failed = next(
+        e
+        for e in journal_since(box, start, f"_SYSTEMD_UNIT={UNIT}")
+        if e.get("EVENT") == "config.reload_failed"
+    )
+    assert "job[0].mode" in failed["MESSAGE"]
+    assert box.show(UNIT, "ActiveState")["ActiveState"] == "active"
+    assert main_pid(box) == pid
+    assert hourly(box)  # the old config stays
+    box.write("/etc/influx-backupd/config.toml", QUICK)
+    box.sh(f"systemctl reload {UNIT}")
+    box.wait("the 3 s schedule", lambda: (seconds_to_next_run(box) or 3600) < 10)
+
+
+def test_daemon_runs_at_low_priority_and_influxd_at_normal(box: Container) -> None:
+    daemon = main_pid(box)
+    influxd = main_pid(box, "influxdb.service")
+    assert box.sh(f"ps -o ni= -p {daemon}").stdout.strip() == "10"
+    assert box.sh(f"ps -o ni= -p {influxd}").stdout.strip() == "0"
+
+
+# -- stopping, killing, freezing -------------------------------------------------------------------
+
+
+def test_stop_in_the_middle_of_a_cold_run_leaves_influxdb_active(box: Container) -> None:
+    # ballast that influxd ignores, so that the copy takes seconds
+    box.sh("fallocate -l 600M /var/lib/influxdb/meta/ballast")
+    box.write("/etc/influx-backupd/config.toml", SLOW)
+    box.sh(f"systemctl reload {UNIT}")
+    run_id = mid_cold_run(box, f"systemctl stop {UNIT}")
+    assert box.sh("systemctl is-active influxdb.service").stdout.strip() == "active"
+    assert box.show(UNIT, "ActiveState", "Result") == {
+        "ActiveState": "inactive",
+        "Result": "success",
+    }
+    record = next(r for r in runs(box) if r["id"] == run_id)
+    assert record["status"] == "ok", record
+
+
+def test_kill_9_mid_run_is_recovered_by_systemds_restart(box: Container) -> None:
+    box.sh(f"systemctl start {UNIT}")
+    restarts = int(box.show(UNIT, "NRestarts")["NRestarts"])
+    start = cursor(box)
+    run_id = mid_cold_run(box, f"kill -9 $(systemctl show {UNIT} -p MainPID --value)")
+    box.wait(
+        "the restart",
+        lambda: (
+            int(box.show(UNIT, "NRestarts")["NRestarts"]) > restarts
+            and box.show(UNIT, "ActiveState")["ActiveState"] == "active"
+        ),
+    )
+    # the new daemon found the crash marker and started influxd before it said READY=1
+    events = [e.get("EVENT") for e in journal_since(box, start, f"_SYSTEMD_UNIT={UNIT}")]
+    assert "recovery.influxd_started" in events, events
+    assert events.index("recovery.influxd_started") < events.index("daemon.ready"), events
+    record = next(r for r in runs(box) if r["id"] == run_id)
+    assert record["status"] == "interrupted", record
+    # (its next cold run may have stopped influxd again by now: it starts it when done)
+    box.wait(
+        "influxdb active",
+        lambda: (
+            box.sh("systemctl is-active influxdb.service", check=False).stdout.strip() == "active"
+        ),
+    )
+
+
+def test_the_watchdog_restarts_a_frozen_daemon(box: Container) -> None:
+    box.sh("rm -f /var/lib/influxdb/meta/ballast")
+    box.write("/etc/influx-backupd/config.toml", IDLE)
+    box.sh(f"systemctl reload {UNIT}")
+    box.wait("the hourly schedule", lambda: hourly(box))
+    pid = main_pid(box)
+    start = cursor(box)
+    box.sh(f"kill -STOP {pid}")
+    box.wait(
+        "a new daemon",
+        lambda: (
+            main_pid(box) not in (0, pid)
+            and box.show(UNIT, "ActiveState")["ActiveState"] == "active"
+        ),
+        timeout=120,
+    )
+    messages = [e["MESSAGE"] for e in journal_since(box, start, "_PID=1", f"UNIT={UNIT}")]
+    assert f"{UNIT}: Failed with result 'watchdog'." in messages, messages
+
+
+def test_a_broken_config_at_start_leaves_the_unit_failed_not_restarting(box: Container) -> None:
+    box.write("/etc/influx-backupd/config.toml", BROKEN)
+    assert box.sh(f"systemctl restart {UNIT}", check=False).returncode != 0
+    time.sleep(4)  # RestartSec=1s here: a restarting unit would have come back by now
+    props = box.show(UNIT, "ActiveState", "Result", "ExecMainStatus", "NRestarts")
+    assert props == {
+        "ActiveState": "failed",
+        "Result": "exit-code",
+        "ExecMainStatus": "78",
+        "NRestarts": "0",  # counted from the restart by hand, and none since
+    }
+    box.write("/etc/influx-backupd/config.toml", IDLE)
+    box.sh(f"systemctl reset-failed {UNIT} && systemctl start {UNIT}")
+
+
+def test_security_exposure_at_most_the_documented_figure(box: Container) -> None:
+    for unit in (UNIT, "influx-backupd@main.service"):
+        out = box.sh(f"systemd-analyze security --no-pager {unit}").stdout
+        found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
+        assert found, out
+        assert float(found.group(1)) <= EXPOSURE_LIMIT, out
+
+
+# -- the template unit ------------------------------------------------------------------------------
+
+
+def test_template_instances_each_with_own_config_and_state(box: Container) -> None:
+    box.sh(f"systemctl stop {UNIT}")  # one daemon per influxd: the instances take over
+    for name in ("alpha", "beta"):
+        conf = (
+            IDLE.replace("/var/backups/influxdb", f"/var/backups/influxdb/{name}")
+            .replace("influx_backupd.prom", f"influx_backupd_{name}.prom")
+            .replace('name = "quick"', f'name = "{name}job"')
+        )
+        box.write(f"/etc/influx-backupd/{name}.toml", conf)
+        box.sh(f"systemctl start influx-backupd@{name}.service")
+    for name in ("alpha", "beta"):
+        unit = f"influx-backupd@{name}.service"
+        props = box.show(unit, "ActiveState", "StatusText", "MainPID")
+        assert props["ActiveState"] == "active", props
+        assert props["StatusText"].startswith(f"idle; next: {name}job at "), props
+        # no state_dir in its config: $STATE_DIRECTORY, /var/lib/influx-backupd/NAME
+        state = box.json(f"cat /var/lib/influx-backupd/{name}/daemon.json")
+        assert isinstance(state, dict) and state["pid"] == int(props["MainPID"])
+        # by hand, the same config finds the same state: status sees its daemon, and a backup
+        # lands in this instance's catalog only
+        status = box.json(f"influx-backupd --config /etc/influx-backupd/{name}.toml status --json")
+        assert isinstance(status, dict) and status["daemon"]["running"] is True, status
+    box.sh(
+        "influx-backupd --config /etc/influx-backupd/alpha.toml backup --no-progress", timeout=300
+    )
+    assert [r["job"] for r in runs(box, "/etc/influx-backupd/alpha.toml")] == ["alphajob"]
+    assert runs(box, "/etc/influx-backupd/beta.toml") == []
+    box.sh("ls /var/backups/influxdb/alpha/alphajob-*.tar")
+    box.sh("systemctl reload influx-backupd@alpha.service influx-backupd@beta.service")
+    box.sh("systemctl stop influx-backupd@alpha.service influx-backupd@beta.service")
+    box.sh(f"systemctl start {UNIT}")
+
+
+# -- upgrade and purge -------------------------------------------------------------------------------
+
+
+def test_upgrade_to_a_newer_build_keeps_a_changed_config(
+    box: Container, debs: dict[str, Path]
+) -> None:
+    before = box.sh("sha256sum /etc/influx-backupd/config.toml").stdout
+    pid = main_pid(box)
+    box.sh(f"dpkg -i /mnt/debs/newer/{debs['newer'].name}", timeout=300)
+    assert box.sh("sha256sum /etc/influx-backupd/config.toml").stdout == before
+    assert "+upgrade1" in box.sh("influx-backupd --version").stdout
+    # the running daemon was restarted onto the new build
+    wait_active(box)
+    assert main_pid(box) != pid
+
+
+def test_purge_removes_state_and_keeps_the_backups(box: Container) -> None:
+    archives = box.sh("find /var/backups/influxdb -name '*.tar' | sort").stdout.split()
+    assert archives
+    box.sh("dpkg --purge influx-backupd", timeout=300)
+    assert box.sh("find /var/backups/influxdb -name '*.tar' | sort").stdout.split() == archives
+    for gone in (
+        "/var/lib/influx-backupd",
+        "/etc/influx-backupd/config.toml",
+        PROM,
+        f"/lib/systemd/system/{UNIT}",
+    ):
+        assert box.sh(f"test -e {gone}", check=False).returncode != 0, gone
+    assert box.show(UNIT, "LoadState")["LoadState"] == "not-found"
+    assert box.sh("systemctl is-active influxdb.service").stdout.strip() == "active"
