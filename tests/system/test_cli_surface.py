@@ -151,3 +151,23 @@ def test_check_config_warns_about_a_job_without_retention(tmp_path: Path) -> Non
     plan = json.loads(cli("-c", str(config), "check-config", "--json").stdout)
     assert [w for w in plan["warnings"] if "retention" in w] == [warnings[0][len("warning: ") :]]
     assert "job hoarder" in done.stdout and "cron '@daily'" in done.stdout
+
+
+def test_check_config_counts_notify_targets_without_their_urls(tmp_path: Path) -> None:
+    config = serverless_config(tmp_path, jobs=("nightly",))
+    with config.open("a") as f:
+        f.write(
+            '[notify]\nfailure = ["json://backup:s3cret@127.0.0.1:9/x", "ntfy://ntfy.sh/t0p1c"]\n'
+        )
+    done = cli("-c", str(config), "check-config")
+    assert done.returncode == 0, done.stderr
+    assert "  notify         failure (2)" in done.stdout.splitlines()
+    plan = cli("-c", str(config), "check-config", "--json")
+    assert json.loads(plan.stdout)["notify"] == {
+        "start": 0,
+        "success": 0,
+        "failure": 2,
+        "verify_failed": 0,
+    }
+    for text in (done.stdout, plan.stdout):
+        assert "s3cret" not in text and "t0p1c" not in text

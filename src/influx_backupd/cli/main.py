@@ -34,7 +34,7 @@ from influx_backupd.influxd.server import Influxd, InfluxdError
 from influx_backupd.jobs.hot import clock_url
 from influx_backupd.keep.prune import prune
 from influx_backupd.offsite.errors import OffsiteError
-from influx_backupd.report import progress
+from influx_backupd.report import notify, progress
 from influx_backupd.restore.database import DatabaseResult, restore_database
 from influx_backupd.restore.hot import restore_backup
 from influx_backupd.restore.target import TargetResult, restore_into, target_problem
@@ -215,6 +215,8 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
         "storage_dir": str(config.storage_dir),
         "jobs": [j.model_dump(exclude_none=True) for j in s.job],
         "verify": s.verify.model_dump(exclude_none=True),
+        # how many targets per event: the URLs themselves carry tokens and passwords
+        "notify": {event: len(getattr(s.notify, event)) for event in notify.EVENTS},
         "http_auth": {
             "auth_enabled": config.auth_enabled,
             "username": s.influxd.username,
@@ -276,6 +278,8 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     checks = " + restore test" if s.verify.restore_test else ""
     checks += " + deep" if s.verify.deep else ""
     print(f"  verify --all   {describe(s.verify)}{checks} ([verify])")
+    told = [f"{event} ({n})" for event, n in plan["notify"].items() if n]
+    print(f"  notify         {', '.join(told) if told else 'none ([notify])'}")
     for warning in plan["warnings"]:
         print(f"warning: {warning}")
     return EXIT_OK
