@@ -31,6 +31,7 @@ COMMANDS = [
     ["import"],
     ["run"],
     ["status"],
+    ["offsite", "sync"],
 ]
 
 
@@ -129,8 +130,22 @@ USAGE = {
     "restore-failed-run": (("restore", "20250101T000000Z-fail", "--yes"), ("is failed",)),
     "restore-unconfirmed": (("restore", "{root}/backup.tar"), ("--yes", "replaces the live data")),
     "run-extra-argument": (("run", "now"), ("unrecognized arguments: now",)),
+    "offsite-unknown-action": (("offsite", "push"), ("invalid choice", "sync")),
+    "read-data-without-offsite": (
+        ("verify", "x", "--read-data", "5"),
+        ("--read-data", "--offsite"),
+    ),
+    "read-data-out-of-range": (
+        ("verify", "x", "--offsite", "--read-data", "150"),
+        ("--read-data", "above 0, up to 100"),
+    ),
+    "restore-from-elsewhere": (("restore", "x", "--from", "tape"), ("--from", "offsite")),
 }
 CASES.update({name: Case("good", argv, EXIT_USAGE, says) for name, (argv, says) in USAGE.items()})
+# [offsite] commands without an [offsite] section: a configuration error, nothing touched
+NO_OFFSITE = ("{root}/config.toml", "no [offsite] section")
+for argv in (("offsite", "sync"), ("list", "--offsite"), ("import", "--offsite")):
+    CASES[f"no-offsite-{'-'.join(argv)}"] = Case("good", argv, EXIT_CONFIG, NO_OFFSITE)
 # Cases that need a catalog already there (a failed run): state_dir exists before, as a user's would.
 WITH_CATALOG = {"verify-failed-run", "restore-failed-run"}
 
