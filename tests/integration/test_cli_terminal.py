@@ -176,3 +176,13 @@ def test_all_runs_every_job_in_turn_with_rfc3339_times(tmp_path: Path, sandbox: 
     listed = json.loads(cli("--json", "list", check=True).stdout)
     assert {r["id"] for r in listed} == {r["id"] for r in records}
     assert all(r["finished_at"].endswith("Z") for r in listed)
+
+
+@pytest.mark.influxd
+def test_quiet_on_a_terminal_is_the_record_alone(tmp_path: Path, filled: Sandbox) -> None:
+    config = write_config(tmp_path, filled)
+    status, text = backup_in_pty(config, "-q")
+    assert status == 0, text
+    assert "archive [" not in text and "\x1b[" not in text, "no bar, nothing to colour"
+    shown = [line for line in screen(text) if line.strip()]
+    assert shown[0].startswith("run ") and len(shown) == 4, shown
