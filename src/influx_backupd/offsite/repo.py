@@ -157,11 +157,12 @@ class Offsite:
             return self._namer
         if self.key_file is None:
             raise OffsiteError("encrypting needs a file for the name key (key_file)")
-        key: bytes | None = None
+        found: bytes | None = None
         if not self.key_file.exists() and self.settings.identity_file is not None:
-            key = self._key_from_bucket()  # a fresh host that holds the identity: same names
-        if key is not None:
-            key = crypto.local_key(self.key_file, make=lambda: key)  # type: ignore[arg-type,return-value]
+            found = self._key_from_bucket()  # a fresh host that holds the identity: same names
+        if found is not None:
+            known = found
+            key = crypto.local_key(self.key_file, make=lambda: known)
         else:
             key = crypto.local_key(self.key_file)
         namer = crypto.Namer(key)
