@@ -37,6 +37,7 @@ from influx_backupd import __version__
 from influx_backupd.core import log, systemd
 from influx_backupd.core.cancel import CancelToken
 from influx_backupd.core.config import Config, ConfigError, JobSection, Scheduled, load
+from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.journal import journal_available
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
 from influx_backupd.influxd import server
@@ -203,7 +204,7 @@ class Daemon:
         )
         try:
             write_metrics(config, Catalog(config.state_dir), facts)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, BackupdError) as exc:  # e.g. a damaged catalog
             self._log.warning("metrics.write_failed", error=str(exc))
 
     def _check_clock(self) -> None:
