@@ -131,3 +131,22 @@ def test_offsite_retention_keeps_the_newest_and_sweeps_what_only_the_others_need
         )
     }
     assert objects == Offsite(moto.settings()).manifest(ids[-1]).objects()
+
+
+def test_a_job_with_offsite_false_stays_on_the_host(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 200)
+    jobs = [
+        {"name": "nightly", "mode": "cold", "copy": "direct"},
+        {"name": "scratch", "mode": "cold", "copy": "direct", "offsite": False},
+    ]
+    cli = Cli(write_config(tmp_path, sandbox, jobs=jobs, extra=offsite_section(moto)))
+    done = cli("backup", "--all", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = json.loads(done.stdout)
+    assert [r["job"] for r in cli.json("list", "--offsite")] == ["nightly"]
+    assert cli.json("status")["offsite"]["not_offsite"] == []
+    assert cli.json("offsite", "sync")["sent"] == []
+    assert sorted(r["job"] for r in records if r["status"] == "ok") == ["nightly", "scratch"]
