@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from moto.server import ThreadedMotoServer
+
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, write_config
-from tests.offsite.conftest import Endpoint
+from tests.offsite.conftest import Endpoint, _credentials, free_port, wait_port
 from tests.offsite.helpers import offsite_section
 from tests.system.test_daemon import daemon, runs
 
@@ -39,3 +41,36 @@ def test_the_upload_yields_to_a_due_backup_and_resumes_after_it(
     state = json.loads((tmp_path / "state" / "offsite.json").read_text())
     assert set(state["sent"]) == in_bucket & {r.id for r in runs(tmp_path)}
     assert sandbox.ping()
+
+
+def test_after_a_failure_the_daemon_tries_again_and_completes_the_upload(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    port = free_port()  # nothing listens here yet: the endpoint is down
+    down = Endpoint("moto", f"http://127.0.0.1:{port}", "comes-back", _credentials(tmp_path))
+    jobs = [{"name": "nightly", "schedule": "0 3 1 1 *", "mode": "cold", "copy": "direct"}]
+    section = offsite_section(down, retries=1, retry_after="2s")
+    config = write_config(tmp_path, sandbox, jobs=jobs, extra=section)
+    record = Cli(config).json("backup")  # ok locally; its off-site copy fails
+    assert record["status"] == "ok"
+    server = None
+    try:
+        with daemon(tmp_path, config) as d:
+            d.wait_event("offsite.retry_scheduled", timeout=120)
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            server.start()
+            wait_port(port)
+            down.client().create_bucket(Bucket=down.bucket)
+            sent = d.wait_event("offsite.sent", timeout=180)
+            assert sent["run_id"] == record["id"]
+            assert d.stop() == 0
+        failures = [e for e in d.events() if e.get("event") == "offsite.failed"]
+        assert failures and all("cannot connect" in e["error"] for e in failures)
+        delays = [e["in_s"] for e in d.events() if e.get("event") == "offsite.retry_scheduled"]
+        assert delays[:2] == [2.0, 4.0][: len(delays[:2])]  # doubling
+        assert [r["id"] for r in Cli(config).json("list", "--offsite")] == [record["id"]]
+    finally:
+        if server is not None:
+            server.stop()

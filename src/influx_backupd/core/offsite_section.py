@@ -90,6 +90,8 @@ class OffsiteSection(BaseModel):
     """Objects larger than this go as multipart uploads of parts this size."""
     retries: int = Field(default=8, ge=1, le=30)  # attempts per request, with backoff
     """Attempts per request, with backoff."""
+    retry_after: Annotated[Duration, Field(gt=0)] = 900.0
+    """After a failed off-site step the daemon tries again this long after, doubling up to 6 h."""
     connect_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     """How long a connection to the endpoint may take."""
     # objects no kept manifest references are deleted only once older than this (seconds):

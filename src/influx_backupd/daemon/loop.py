@@ -68,6 +68,7 @@ _SCHEDULE_KEYS = ("schedule", "every", "jitter", "timezone", "catch_up")
 VERIFY_ALL = "[verify]"
 # Off-site copies ([offsite]): queued after each backup and at start-up; yields to backups.
 OFFSITE = "[offsite]"
+OFFSITE_RETRY_MAX = 6 * 3600.0  # the longest wait between tries after failures
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -106,6 +107,7 @@ class Daemon:
         self._running: str | None = None  # the job of the run in flight
         self._current: dict[str, Any] = {}  # run_id, mode, phase: from the run's own log events
         self._skips: dict[str, dict[str, Any]] = {}  # job → the last policy skip
+        self._offsite_failures = 0  # in a row: the retry waits double each time
         self._stopping = threading.Event()
         # cancelled on SIGTERM: a hot run's tool is stopped by the job itself, and no fallback
         # run starts; a cold run does not look at it (it finishes, influxd started again)
@@ -492,7 +494,8 @@ class Daemon:
     def _offsite(self, item: Due) -> None:
         """[offsite]: send what the bucket lacks, under the lock, stopping between objects for
         a backup that falls due (queued again behind it). A failure is logged and told to the
-        on_failure hooks; the next backup queues it again."""
+        on_failure hooks, and tried again after [offsite] retry_after, doubling up to 6 h (the
+        next backup queues it too)."""
         config = self.config
 
         def send(catalog: Catalog, _late: float) -> None:
@@ -500,6 +503,10 @@ class Daemon:
             report = offsite.run_sync(
                 config, catalog, stop=lambda: self._stopping.is_set() or self._backup_waiting()
             )
+            if report is None and not self._stopping.is_set():
+                self._retry_offsite(config)
+            elif report is not None:
+                self._offsite_failures = 0
             if report is not None and report.yielded and not self._stopping.is_set():
                 self._log.info("offsite.yielded", reason="a backup is due: resumed after it")
                 with self._cond:
@@ -511,6 +518,24 @@ class Daemon:
                 self._log.error("after_run.step_failed", step="metrics", error=str(exc))
 
         self._with_lock(config, item, float("inf"), send)
+
+    def _retry_offsite(self, config: Config) -> None:
+        section = config.settings.offsite
+        if section is None:
+            return
+        self._offsite_failures += 1
+        delay = min(OFFSITE_RETRY_MAX, section.retry_after * 2 ** (self._offsite_failures - 1))
+        self._scheduler.add_job(
+            self._fire,
+            "date",
+            run_date=datetime.fromtimestamp(time.time() + delay, UTC),
+            args=[OFFSITE, "retry"],
+            id=OFFSITE + " retry",
+            replace_existing=True,
+        )
+        self._log.info(
+            "offsite.retry_scheduled", in_s=round(delay, 1), failures=self._offsite_failures
+        )
 
     def _verify_all(self, item: Due) -> None:
         """[verify]: every good backup checked again, under the backup lock, between runs."""
