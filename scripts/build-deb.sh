@@ -134,7 +134,16 @@ for script in postinst prerm postrm; do
 done
 (cd "$ROOT" && find etc -type f | sed 's|^|/|') >"$ROOT/DEBIAN/conffiles"
 SIZE=$(du -sk --exclude=DEBIAN "$ROOT" | cut -f1)
+# The venv is tied to the minor version of the python3 it was made with.
+PYVER=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PYNEXT=$("$PY" -c 'import sys; print("%d.%d" % (sys.version_info[0], sys.version_info[1] + 1))')
+# Units rendered for Type=notify-reload need a systemd that knows it.
+DEPENDS=
+if grep -q '^Type=notify-reload$' "$ROOT/lib/systemd/system/influx-backupd.service"; then
+    DEPENDS=", systemd (>= 253)"
+fi
 sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@SIZE@/$SIZE/" \
+    -e "/^Depends: /s/\$/$DEPENDS/" -e "s/@PY@/$PYVER/" -e "s/@PYNEXT@/$PYNEXT/" \
     packaging/deb/control.in >"$ROOT/DEBIAN/control"
 (cd "$ROOT" && find . -path ./DEBIAN -prune -o -type f -print | sed 's|^\./||' | LC_ALL=C sort |
     xargs md5sum) >"$ROOT/DEBIAN/md5sums"

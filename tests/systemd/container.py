@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -29,7 +30,24 @@ def build_tree() -> Path:
     )
     if result.returncode != 0:
         raise RuntimeError(f"tree.sh failed: {result.stderr.strip()}")
-    return Path(result.stdout.strip())
+    tree = Path(result.stdout.strip())
+    _clean_leftovers(tree.parent)
+    return tree
+
+
+def _clean_leftovers(cache: Path) -> None:
+    """Throwaway copies that `-x` leaves behind when systemd-nspawn itself is killed (a run cut
+    short), after an hour; and debootstrap logs of trees that are gone."""
+    for leftover in cache.glob(".#*machine.*"):
+        if time.time() - leftover.stat().st_mtime > 3600:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+    trees = {p.name.removeprefix("bookworm-") for p in cache.glob("bookworm-*")}
+    for log in cache.glob("debootstrap-*.log"):
+        if log.stem.removeprefix("debootstrap-") not in trees:
+            log.unlink(missing_ok=True)
 
 
 @dataclass
@@ -124,9 +142,9 @@ class Container:
         if self.proc is None:
             return
         if self.proc.poll() is None and self.leader:
-            # SIGRTMIN+4 to the container's systemd: a clean poweroff
+            # SIGRTMIN+15 to the container's systemd: power off at once (the copy is thrown away)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.leader, signal.SIGRTMIN + 4)
+                os.kill(self.leader, signal.SIGRTMIN + 15)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(60)
         if self.proc.poll() is None:
