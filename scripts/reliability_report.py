@@ -4,6 +4,7 @@
     python3 scripts/reliability_report.py                  # runs tests/faults, then writes the doc
     python3 scripts/reliability_report.py -- -k kill       # pytest arguments after --
     python3 scripts/reliability_report.py --results R.jsonl  # from a run made earlier
+    python3 scripts/reliability_report.py --check          # the doc lists every fault test?
 
 The document lists only what the run recorded: each fault tried, its variants, their outcome and
 the data lost as the tests measured it. Exit status 1 when any test failed (the doc still says so).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -128,12 +130,49 @@ def render(rows: list[dict[str, Any]], when: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def collected() -> set[str]:
+    """The node ids of every test in tests/faults as pytest collects them now."""
+    env = {**os.environ}
+    env.setdefault("PYTHONPATH", str(ROOT / "src"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
+         "tests/faults"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return {line.strip() for line in done.stdout.splitlines() if "::" in line}
+
+
+def documented(doc: Path) -> set[str]:
+    """The node ids the document reports on."""
+    return set(re.findall(r"\(`(tests/faults/[^`]+)`\)", doc.read_text()))
+
+
+def check(doc: Path) -> list[str]:
+    """What makes the document stale: fault tests it does not report, reports of tests gone."""
+    now, listed = collected(), documented(doc)
+    problems = [f"not in {doc.name}: {n}" for n in sorted(now - listed)]
+    problems += [f"in {doc.name} but no longer a test: {n}" for n in sorted(listed - now)]
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, help="JSON lines from an earlier run")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
+    parser.add_argument("--check", action="store_true", help="compare the doc with the tests")
     args = parser.parse_args()
+    if args.check:
+        problems = check(args.out)
+        for problem in problems:
+            print(f"reliability_report: {problem}", file=sys.stderr)
+        if problems:
+            print(
+                "reliability_report: run `python3 scripts/reliability_report.py` (the whole "
+                "fault suite) and commit docs/reliability.md",
+                file=sys.stderr,
+            )
+        return 1 if problems else 0
     path = args.results or run_suite(args.pytest_args)
     rows = read_results(path)
     if not rows:
