@@ -36,14 +36,19 @@ sys.exit(int(sys.argv[3]) if len(sys.argv) > 3 else 0)
 class Heartbeats:
     def __init__(self) -> None:
         self.paths: list[str] = []
-        seen = self.paths
+        self.bodies: list[str] = []
+        seen, bodies = self.paths, self.bodies
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 seen.append(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                bodies.append(self.rfile.read(length).decode())
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(b"OK")
+
+            do_POST = do_GET  # success and fail pings carry the run's summary and log tail
 
             def log_message(self, *args: object) -> None:
                 return
@@ -112,6 +117,7 @@ def test_hooks_and_heartbeats_follow_the_run_with_influxd_up(
     assert float(env["INFLUX_BACKUPD_DOWNTIME_S"]) > 0
     assert env["INFLUX_BACKUPD_VERIFY"] == "ok"
     assert heartbeats.paths == ["/ping/abc/start", "/ping/abc"]
+    assert heartbeats.bodies[0] == "" and record["id"] in heartbeats.bodies[1]
     stored = cli.json("list")[0]
     assert stored["verify_status"] == "ok"
     assert "restore_test: ok" in stored["verify_detail"]
