@@ -3,8 +3,13 @@ rebuilt into DIR with a ready-to-run influxdb.conf, the live server never stoppe
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import socket
 import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -19,6 +24,7 @@ import psutil
 from influx_backupd.influxd import counts
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import STAND_INS, Cli, write_config
+from tests.integration.test_cli_terminal import run_in_pty, screen
 
 HOT = [{"name": "hotjob", "mode": "hot"}]
 # quotes and spaces: the generated conf must quote them as TOML
@@ -204,3 +210,43 @@ def test_a_build_that_fails_removes_what_it_wrote_into_the_dir(
         assert not left or not any(target.iterdir())
     assert _live_state(sandbox) == before
     assert not list((tmp_path / "archives").glob(".verify-*"))
+
+
+def test_restore_shows_its_progress_on_a_terminal_and_to_systemd(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    cli = Cli(config)
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 20_000)
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    argv = [sys.executable, "-m", "influx_backupd", "--config", str(config), "restore"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    status, text = run_in_pty([*argv, record["id"], "--target", str(tmp_path / "a")], env)
+    assert status == 0, text
+    assert re.search(r"restore \[[#.]+\] +\d+\.\d% .* \d+/\d+ files", text), "the bar was drawn"
+    shown = [line for line in screen(text) if line.strip()]
+    assert shown[0].startswith("restored "), "the bar is gone once done"
+
+    # Under a unit (NOTIFY_SOCKET): more time asked for, the progress as the unit's status.
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(60)
+        done = subprocess.run(
+            [*argv, record["id"], "--target", str(tmp_path / "b")],
+            env={**env, "NOTIFY_SOCKET": path},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        sock.settimeout(0.5)
+        messages = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                messages.append(sock.recv(4096).decode())
+    assert messages[0] == "EXTEND_TIMEOUT_USEC=60000000", messages
+    assert messages[-1] == f"STATUS=restore {record['id']}: finished", messages

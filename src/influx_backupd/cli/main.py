@@ -368,12 +368,13 @@ def _dry_run(config: Config, jobs: list[JobSection], args: argparse.Namespace) -
     return EXIT_OK if all(p.would_run for p in plans) else EXIT_FAILED
 
 
-def _progress_bar(args: argparse.Namespace) -> Any:
-    """A bar on stderr while the archive is written, only when stderr is a terminal."""
-    if args.no_progress or args.quiet or args.json or not sys.stderr.isatty():
+def _progress_bar(args: argparse.Namespace, label: str = "archive") -> Any:
+    """A bar on stderr while the archive is written (or a backup restored), only when stderr
+    is a terminal."""
+    if getattr(args, "no_progress", False) or args.quiet or args.json or not sys.stderr.isatty():
         return None
 
-    bar = progress.TerminalBar()
+    bar = progress.TerminalBar(label=label)
     progress.listen(bar)
     return bar
 
@@ -442,7 +443,15 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         _offsite().fetch_for_restore(config, args.backup)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)  # a restore interrupted mid-way is rolled back
-    with exclusive(config) as catalog:
+    bar = _progress_bar(args, "restore")
+    with (
+        exclusive(config) as catalog,
+        progress.under_systemd(f"restore {args.backup}"),
+        contextlib.ExitStack() as cleanup,
+    ):
+        if bar is not None:
+            cleanup.callback(bar.close)
+            cleanup.callback(progress.unlisten, bar)
         try:
             if args.target is not None:
                 into = restore_into(
@@ -828,6 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --database: replace the live database of that name (kept aside first)",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.set_defaults(func=cmd_restore)
 
     p = _command(sub, common, "verify", "check backups: sha256, structure, file formats")

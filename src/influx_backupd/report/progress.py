@@ -1,15 +1,19 @@
-"""Archive progress for whoever listens (the CLI's terminal bar); the jobs only call notify()."""
+"""Archive and restore progress for whoever listens (the CLI's terminal bar, a systemd unit's
+status); the jobs and restores only call notify()."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from influx_backupd.core import log
+from influx_backupd.core import log, systemd
 
-Listener = Callable[[int, int], None]  # (bytes done, bytes expected)
+# (bytes done, bytes expected), and files=(done, expected) when the emitter counts files
+Listener = Callable[..., None]
 
 _listeners: list[Listener] = []
 
@@ -23,11 +27,70 @@ def unlisten(listener: Listener) -> None:
         _listeners.remove(listener)
 
 
-def notify(done: int, total: int) -> None:
+def notify(done: int, total: int, files: tuple[int, int] | None = None) -> None:
     """Called for every chunk written: listeners must be cheap (the bar throttles itself)."""
-    for listener in _listeners:
+    for listener in list(_listeners):
         with contextlib.suppress(Exception):  # a broken display never fails a backup
-            listener(done, total)
+            if files is None:
+                listener(done, total)
+            else:
+                listener(done, total, files=files)
+
+
+def describe(done: int, total: int, files: tuple[int, int] | None = None) -> str:
+    """ "1.0 MiB / 2.0 MiB, 3/10 files": for a status line."""
+    text = f"{_size(done)} / {_size(total)}"
+    return text + (f", {files[0]}/{files[1]} files" if files is not None else "")
+
+
+EXTEND_EVERY = 10.0  # seconds between two EXTEND_TIMEOUT_USEC while a long command runs
+EXTEND_BY = 60.0
+
+
+@contextlib.contextmanager
+def under_systemd(what: str, every: float = EXTEND_EVERY, by: float = EXTEND_BY) -> Iterator[None]:
+    """While a long command (a restore) runs under a systemd unit (NOTIFY_SOCKET set): ask for
+    `by` more seconds every `every` seconds (EXTEND_TIMEOUT_USEC), so that the unit's start or
+    stop timeout does not kill it half-way, and show its progress as the unit's STATUS=."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        yield
+        return
+    state = {"line": what}
+
+    def listener(done: int, total: int, files: tuple[int, int] | None = None) -> None:
+        state["line"] = f"{what}: {describe(done, total, files)}"
+
+    def tell() -> None:
+        systemd.extend_timeout(by)
+        systemd.status(state["line"])
+
+    listen(listener)
+    try:
+        with repeating(every, tell, now=True):
+            yield
+    finally:
+        unlisten(listener)
+        systemd.status(f"{what}: finished")
+
+
+@contextlib.contextmanager
+def repeating(every: float, action: Callable[[], None], *, now: bool = False) -> Iterator[None]:
+    """action() every `every` seconds in a thread while the body runs (first at once if now)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        if now:
+            action()
+        while not stop.wait(every):
+            action()
+
+    thread = threading.Thread(target=loop, name="progress-repeating", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 def _size(n: float) -> str:
@@ -50,12 +113,15 @@ class TerminalBar:
     def __init__(
         self,
         show: Callable[[str | None], None] = log.status_line,
+        label: str = "archive",
         width: int = 30,
         interval: float = 0.2,
         window: float = 5.0,
         settle: float = 2.0,
     ) -> None:
         self.show = show
+        self.label = label
+        self.files: tuple[int, int] | None = None
         self.width = width
         self.interval = interval
         self.window = window
@@ -65,7 +131,8 @@ class TerminalBar:
         self.last = 0.0
         self.drawn = False
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, files: tuple[int, int] | None = None) -> None:
+        self.files = files
         now = time.monotonic()
         if self.first is None:
             self.first = now
@@ -92,9 +159,10 @@ class TerminalBar:
         filled = int(fraction * self.width)
         speed = f"{_size(rate)}/s" if rate is not None else "-/s"
         eta = f"{(total - done) / rate:.0f}s" if rate and total > done else "-"
+        files = f"  {self.files[0]}/{self.files[1]} files" if self.files is not None else ""
         return (
-            f"archive [{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}% "
-            f"{_size(done)} / {_size(total)}  {speed}  ETA {eta}"
+            f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}% "
+            f"{_size(done)} / {_size(total)}{files}  {speed}  ETA {eta}"
         )
 
     def close(self) -> None:

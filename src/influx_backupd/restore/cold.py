@@ -19,6 +19,7 @@ from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreRefused
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
+from influx_backupd.report import progress
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
 from influx_backupd.store.archive import COLD_TOPS, ArchiveError, extract_safely, scan_archive
 from influx_backupd.store.catalog import Catalog
@@ -111,7 +112,9 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
     # Extract while influxd still serves: a failure here leaves the live dirs untouched.
     logger.info("restore.extracting", staging=[str(p) for p in plan.staging.values()])
     try:
-        result.files = extract_safely(path, plan.staging, uid=uid, gid=gid)
+        result.files = extract_safely(
+            path, plan.staging, uid=uid, gid=gid, on_progress=extract_progress
+        )
     except (ArchiveError, OSError) as exc:
         plan.remove_staging()
         raise RestoreRefused(f"extraction failed, live data untouched: {exc}") from None
@@ -157,3 +160,8 @@ def throwaway(config: Config, root: Path, settings: tuple[dict[str, str], str]) 
     )
     server.write_config()
     return server
+
+
+def extract_progress(done: int, total: int, files: int, files_total: int) -> None:
+    """extract_safely's progress to whoever listens (the terminal bar, a unit's status)."""
+    progress.notify(done, total, files=(files, files_total))

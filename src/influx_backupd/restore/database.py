@@ -24,12 +24,15 @@ failed tool had begun creating (it did not exist before) is dropped again.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tarfile
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+import psutil
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
@@ -39,8 +42,14 @@ from influx_backupd.core.log import Logger
 from influx_backupd.influxd import counts, influxql
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.influxql import ident
+from influx_backupd.influxd.sandbox import BESIDE_LIVE_NICE
 from influx_backupd.influxd.tool import run_tool
-from influx_backupd.restore.cold import archived_settings, scan_cold, throwaway
+from influx_backupd.restore.cold import (
+    archived_settings,
+    extract_progress,
+    scan_cold,
+    throwaway,
+)
 from influx_backupd.restore.hot import (
     SHARD_WAIT,
     StepFailed,
@@ -140,6 +149,7 @@ def restore_database(
             f"--database {name}: not in {archive} (it holds: {', '.join(sorted(held)) or 'none'})"
         )
     result = DatabaseResult(str(archive), run_id, name, new, links=links)
+    _yield_to_live()
     started = time.monotonic()
     scratch = scratch_dir.make(config.storage_dir, "restore-")
     try:
@@ -149,6 +159,16 @@ def restore_database(
     result.seconds = round(time.monotonic() - started, 3)
     logger.info("restore.database_done", **{k: v for k, v in result.__dict__.items()})
     return result
+
+
+def _yield_to_live() -> None:
+    """The rest of this command (extraction, tools, throwaways: children inherit it) at nice
+    BESIDE_LIVE_NICE and the lowest best-effort I/O priority: the live server, which keeps
+    taking writes, gets the CPU and the disk first."""
+    with contextlib.suppress(Exception):  # a priority that cannot be set is no reason to stop
+        me = psutil.Process()
+        me.nice(max(me.nice(), BESIDE_LIVE_NICE))
+        me.ionice(psutil.IOPRIO_CLASS_BE, 7)
 
 
 def _tool(config: Config, logger: Logger, *args: str) -> None:
@@ -303,6 +323,7 @@ def _portable_of(
         uid=None,
         gid=None,
         keep=lambda member: member.startswith(("meta/", f"data/{name}/", f"wal/{name}/")),
+        on_progress=extract_progress,
     )
     server = throwaway(config, scratch, archived_settings(source.path))
     start_throwaway(server, config.settings.influxd.start_timeout, "influxd on the archive")

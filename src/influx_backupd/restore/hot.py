@@ -60,6 +60,7 @@ from influx_backupd.influxd.influxql import ident, values
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.influxd.tool import run_tool, tool_version
+from influx_backupd.report import progress
 from influx_backupd.restore.cold import owner_ids, restore_cold
 from influx_backupd.restore.source import ColdSource, choose
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
@@ -300,15 +301,16 @@ def _build(
             start()
         t_restore = time.monotonic()
         grants = _clear_databases(throwaway.url, logger) if kept_accounts else []
-        restore_portable_links(
-            str(section.binary),
-            throwaway.backup_host,
-            throwaway.url,
-            links,
-            timeout=section.backup_timeout,
-            tag=plan.rid,
-            logger=logger,
-        )
+        with growth_reported(staging["data"], links):
+            restore_portable_links(
+                str(section.binary),
+                throwaway.backup_host,
+                throwaway.url,
+                links,
+                timeout=section.backup_timeout,
+                tag=plan.rid,
+                logger=logger,
+            )
         _grant_again(throwaway.url, grants, logger)
         result.restore_s = time.monotonic() - t_restore
         wait_wal_flushed(staging["wal"], logger)
@@ -325,6 +327,34 @@ def _build(
         with signals_blocked():  # a second signal must not leave it serving
             throwaway.stop(timeout=section.stop_timeout)
     _chown_tree(list(staging.values()), uid, gid)
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for path in root.rglob("*"):
+        with contextlib.suppress(OSError):  # compacted away meanwhile
+            if path.is_file():
+                total += path.stat().st_size
+    return total
+
+
+def link_bytes(link: Link) -> int:
+    """A 1.x link's shard bytes, as its manifest lists them."""
+    found = sorted(link.path.glob("*.manifest"))
+    if not found:
+        return 0
+    manifest = json.loads(found[0].read_text())
+    return sum(int(f.get("size", 0)) for f in manifest.get("files", []))
+
+
+@contextmanager
+def growth_reported(data: Path, links: list[Link], every: float = 1.0) -> Iterator[None]:
+    """While links are restored into a server whose data dir is data: its size against the
+    links' shard bytes, to whoever listens (report.progress), every `every` seconds."""
+    total = max(sum(link_bytes(link) for link in links), 1)
+    with progress.repeating(every, lambda: progress.notify(min(_tree_bytes(data), total), total)):
+        yield
+    progress.notify(total, total)
 
 
 def start_throwaway(server: Sandbox, timeout: float, what: str) -> None:
@@ -373,16 +403,17 @@ def chain_server(
     start_throwaway(server, section.start_timeout, "an empty influxd")
     try:
         try:
-            restore_portable_links(
-                str(section.binary),
-                server.backup_host,
-                server.url,
-                links,
-                timeout=section.backup_timeout,
-                tag=tag,
-                logger=logger,
-                databases=databases,
-            )
+            with growth_reported(server.data, links):
+                restore_portable_links(
+                    str(section.binary),
+                    server.backup_host,
+                    server.url,
+                    links,
+                    timeout=section.backup_timeout,
+                    tag=tag,
+                    logger=logger,
+                    databases=databases,
+                )
         except Exception as exc:
             note = server.killed_note()
             if note is None:

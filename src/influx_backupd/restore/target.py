@@ -31,7 +31,12 @@ from influx_backupd.core.errors import RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.sandbox import Sandbox, toml_value
-from influx_backupd.restore.cold import archived_settings, scan_cold, throwaway
+from influx_backupd.restore.cold import (
+    archived_settings,
+    extract_progress,
+    scan_cold,
+    throwaway,
+)
 from influx_backupd.restore.hot import (
     StepFailed,
     chain_server,
@@ -161,7 +166,9 @@ def _unpack_cold(
     config: Config, source: ColdSource, tops: set[str], target: Path, result: TargetResult
 ) -> Sandbox:
     dirs = {top: target / top for top in SERVER_DIRS if top in tops}
-    result.files = extract_safely(source.path, dirs, uid=None, gid=None)
+    result.files = extract_safely(
+        source.path, dirs, uid=None, gid=None, on_progress=extract_progress
+    )
     data, sections = archived_settings(source.path)
     if "hh" in dirs:
         sections += f"\n[hinted-handoff]\n  dir = {toml_value(dirs['hh'])}\n"

@@ -428,11 +428,13 @@ def extract_safely(
     uid: int | None,
     gid: int | None,
     keep: Callable[[str], bool] | None = None,
+    on_progress: Callable[[int, int, int, int], None] | None = None,
 ) -> int:
     """Extract members whose top-level name is in targets into those dirs (which must not exist).
 
     Every header is checked before anything is written below a target; keep, if given, picks
-    the members written (by name; the dirs above a kept one are made as needed).
+    the members written (by name; the dirs above a kept one are made as needed). on_progress
+    gets (bytes written, bytes to write, files written, files to write) as the data goes out.
     Returns the number of regular files written.
     """
     allowed = set(targets)
@@ -445,13 +447,19 @@ def extract_safely(
             os.chmod(target, 0o755)  # influxd's dir, as influxd makes it: not our umask's 0700
             if uid is not None:
                 os.chown(target, uid, gid if gid is not None else -1)
-        written = 0
+
+        def wanted(info: tarfile.TarInfo) -> bool:
+            top = PurePosixPath(info.name).parts[0]
+            return top in targets and (keep is None or keep(info.name))
+
+        chosen = [info for info in infos if wanted(info)]
+        files_total = sum(1 for info in chosen if info.isreg())
+        bytes_total = sum(info.size for info in chosen if info.isreg())
+        written = done = 0
         dirs: list[tuple[Path, tarfile.TarInfo]] = []
-        for info in infos:
+        for info in chosen:
             parts = PurePosixPath(info.name).parts
             top = parts[0]
-            if top not in targets or (keep is not None and not keep(info.name)):
-                continue
             dest = targets[top].joinpath(*parts[1:]) if len(parts) > 1 else targets[top]
             if info.isdir():
                 dest.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -472,11 +480,16 @@ def extract_safely(
                             raise ArchiveError(f"member {info.name!r} is truncated")
                         out.write(chunk)
                         left -= len(chunk)
+                        done += len(chunk)
+                        if on_progress is not None:
+                            on_progress(done, bytes_total, written, files_total)
                     out.flush()
                     os.fsync(out.fileno())
                 os.chmod(dest, stat.S_IMODE(info.mode) & 0o777)
                 os.utime(dest, (time.time(), info.mtime))
                 written += 1
+                if on_progress is not None:
+                    on_progress(done, bytes_total, written, files_total)
             if uid is not None:
                 os.chown(dest, uid, gid if gid is not None else -1, follow_symlinks=False)
         for dest, info in reversed(dirs):
