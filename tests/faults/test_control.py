@@ -69,10 +69,13 @@ def test_a_command_that_cannot_start_influxd_is_refused_before_anything_is_stopp
 ) -> None:
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 1_000)
+    good = run_cli(write_config(tmp_path, sandbox), "backup", "--json")  # one to restore
+    assert good.returncode == 0, good.stderr[-3000:]
     command = COMMANDS[variant](tmp_path, sandbox)
     config = write_config(tmp_path, sandbox, influxd={"command": command})
     pid = sandbox.pids()
     ledger.take()
+    stored = sorted(p.name for p in (tmp_path / "archives").iterdir())
 
     checked = run_cli(config, "check-config")
     assert checked.returncode == 78, checked.stdout + checked.stderr
@@ -80,17 +83,18 @@ def test_a_command_that_cannot_start_influxd_is_refused_before_anything_is_stopp
     assert "influxd.command" in line, line
     assert str(config) in line, "the line names the config file"
 
-    for mode in ("cold", "auto"):
-        done = run_cli(config, "backup", "--mode", mode)
-        assert done.returncode in (1, 78), done.stdout + done.stderr
+    restore = ("restore", json.loads(good.stdout)["id"], "--yes")
+    for args in (("backup", "--mode", "cold"), ("backup", "--mode", "auto"), restore):
+        done = run_cli(config, *args)
+        assert done.returncode == 78, done.stdout + done.stderr
         line = one_line(done.stderr)
-        assert "influxd.command" in line or command[0] in line, line
+        assert "influxd.command" in line, line
     lost_points, lost = ledger.settle()
     assert sandbox.pids() == pid, "the same influxd process still runs: never stopped"
     assert sandbox.ping()
     assert not (tmp_path / "state" / MARKER).exists()
     assert lost_points == 0 and lost == []
-    assert not list(tmp_path.glob("archives/*")), "nothing written"
+    assert sorted(p.name for p in (tmp_path / "archives").iterdir()) == stored, "nothing written"
 
 
 @pytest.mark.fault("1", "the process found is not the one the config names", "stale pidfile")

@@ -426,7 +426,9 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         problem = target_problem(Path(args.target).absolute())
         if problem is not None:
             raise UsageError(problem)
-    elif not args.yes and (args.database is None or args.replace):  # live data replaced
+    if args.target is None and args.database is None:
+        _startable(config)  # the whole-server restore stops influxd: it must start again
+    if args.target is None and not args.yes and (args.database is None or args.replace):
         if not sys.stdin.isatty():
             raise UsageError("restore replaces the live data of influxd; pass --yes to confirm")
         what = (

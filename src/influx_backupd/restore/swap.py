@@ -123,7 +123,10 @@ def live_dirs_swapped(
                 server.stop()  # past the stop, a running influxd is the (half-)restored one
             roll_back(swaps)
             if was_running and server.locate() is None:
-                server.start(log_path=config.state_dir / "influxd.log")
+                # the previous data must serve again: retried with backoff until it does
+                server.start_until_up(
+                    config.state_dir / "influxd.log", on_failure=marker.note_failed_start
+                )
             marker.clear()  # only once the old server runs again: else the next command retries
         raise RestoreFailed(f"restore failed ({exc}); the previous data was put back") from None
     marker.clear()
