@@ -38,8 +38,8 @@ class Command:
 
 
 def _parser() -> argparse.ArgumentParser:
-    # After the layout move the parser lives in influx_backupd.cli (cli/main.py); before, cli.py.
-    for name in ("influx_backupd.cli.main", "influx_backupd.cli"):
+    # the parser lives in influx_backupd.cli.parser (cli/main.py before the split)
+    for name in ("influx_backupd.cli.parser", "influx_backupd.cli.main"):
         try:
             module = importlib.import_module(name)
         except ImportError:

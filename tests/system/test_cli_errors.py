@@ -218,7 +218,7 @@ def test_bad_input_gets_one_line_a_defined_status_and_touches_nothing(
 
 
 def test_every_subcommand_is_in_the_matrix() -> None:
-    from influx_backupd.cli.main import build_parser
+    from influx_backupd.cli.parser import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert {c[0] for c in COMMANDS} == set(sub.choices)

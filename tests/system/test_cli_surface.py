@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd.cli.main import build_parser
+from influx_backupd.cli.parser import build_parser
 
 EXIT_USAGE, EXIT_PIPE = 2, 141
 

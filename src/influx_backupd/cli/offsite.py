@@ -8,15 +8,9 @@ import sys
 import time
 from typing import Any
 
-from influx_backupd.cli.main import (
-    EXIT_OK,
-    UsageError,
-    _fmt_bytes,
-    _fmt_time,
-    print_json,
-)
+from influx_backupd.cli.output import fmt_bytes, fmt_time, print_json
 from influx_backupd.core.config import Config, ConfigError
-from influx_backupd.core.errors import EXIT_FAILED
+from influx_backupd.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from influx_backupd.offsite.errors import OffsiteError
 from influx_backupd.run import offsite
 from influx_backupd.run.followup import write_metrics
@@ -44,18 +38,18 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
         print_json(report.to_dict())
         return EXIT_FAILED if report.skipped else EXIT_OK
     for sent in report.sent:
-        what = "already there" if sent.already else f"sent {_fmt_bytes(sent.bytes_uploaded)}"
-        print(f"{sent.id:<22} {what}, {_fmt_bytes(sent.bytes_skipped)} skipped (in the bucket)")
+        what = "already there" if sent.already else f"sent {fmt_bytes(sent.bytes_uploaded)}"
+        print(f"{sent.id:<22} {what}, {fmt_bytes(sent.bytes_skipped)} skipped (in the bucket)")
     for line in report.skipped:
         print(f"influx-backupd: offsite: not sent: {line}", file=sys.stderr)
     if report.pruned is not None:
         p = report.pruned
         print(
             f"pruned {len(p.manifests_deleted)} backups, {p.objects_deleted} objects "
-            f"({_fmt_bytes(p.bytes_freed)}); {p.objects_in_grace} unreferenced objects in grace"
+            f"({fmt_bytes(p.bytes_freed)}); {p.objects_in_grace} unreferenced objects in grace"
         )
     print(
-        f"uploaded {_fmt_bytes(report.bytes_uploaded)}, skipped {_fmt_bytes(report.bytes_skipped)}; "
+        f"uploaded {fmt_bytes(report.bytes_uploaded)}, skipped {fmt_bytes(report.bytes_skipped)}; "
         f"{len(report.pending)} backups not off-site"
     )
     return EXIT_FAILED if report.skipped else EXIT_OK
@@ -100,8 +94,8 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     print(f"{'ID':<22} {'JOB':<10} {'KIND':<11} {'STARTED':<21} {'SIZE':>10}  NAME")
     for r in rows:
         print(
-            f"{r['id']:<22} {r['job']:<10} {r['kind']:<11} {_fmt_time(r['started_at']):<21} "
-            f"{_fmt_bytes(r['bytes']):>10}  {r['name']}"
+            f"{r['id']:<22} {r['job']:<10} {r['kind']:<11} {fmt_time(r['started_at']):<21} "
+            f"{fmt_bytes(r['bytes']):>10}  {r['name']}"
         )
     return EXIT_OK
 
@@ -122,7 +116,7 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         status = "ok" if not result.errors else "failed"
         print(
             f"{status:<8} {result.id}  {result.objects} objects in the bucket, {result.checked} "
-            f"downloaded and hashed ({_fmt_bytes(result.bytes_read)})"
+            f"downloaded and hashed ({fmt_bytes(result.bytes_read)})"
         )
         for error in result.errors:
             print(f"  error  {error}")

@@ -3,6 +3,7 @@ gives it, so that callers match on the class, not on the words of the message.""
 
 from __future__ import annotations
 
+EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BUSY = 75
@@ -39,3 +40,10 @@ class RestoreFailed(BackupdError):
     started), or, for a 1.x hot restore, while building beside the live server (untouched)."""
 
     code = "restore.failed"
+
+
+class UsageError(BackupdError):
+    """The command line asks for something that cannot be: found before anything is touched."""
+
+    code = "usage"
+    exit_status = EXIT_USAGE

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd.cli.main import build_parser
+from influx_backupd.cli.parser import build_parser
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "cli_docs.py"
 

@@ -1,0 +1,529 @@
+"""One function per command, as borgmatic's actions: each takes the loaded config and the parsed
+arguments, calls one action of the package, prints, and returns the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from influx_backupd.cli import offsite as offsite_cli
+from influx_backupd.cli.output import (
+    fmt_bytes,
+    fmt_s,
+    fmt_time,
+    print_database,
+    print_json,
+    print_record,
+    print_target,
+)
+from influx_backupd.core import unit_paths
+from influx_backupd.core.config import Config, ConfigError, JobSection
+from influx_backupd.core.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    RestoreFailed,
+    RestoreRefused,
+    UsageError,
+)
+from influx_backupd.core.interrupt import Interrupted
+from influx_backupd.core.schedule import describe
+from influx_backupd.daemon.loop import run_daemon
+from influx_backupd.daemon.status import gather, render
+from influx_backupd.influxd.server import Influxd
+from influx_backupd.jobs.hot import clock_url
+from influx_backupd.keep.prune import prune
+from influx_backupd.report import notify, progress
+from influx_backupd.restore.database import restore_database
+from influx_backupd.restore.hot import restore_backup
+from influx_backupd.restore.target import restore_into, target_problem
+from influx_backupd.run.followup import write_metrics
+from influx_backupd.run.guard import exclusive
+from influx_backupd.run.runner import ModeUnavailable, Skipped, dry_run, run_backup
+from influx_backupd.store.archive import not_a_backup
+from influx_backupd.store.catalog import Catalog, CatalogError
+from influx_backupd.store.record import RunRecord
+from influx_backupd.store.sidecar import records_in
+from influx_backupd.verify.check import BackupNotFound, resolve, save_result, verify, verify_all
+
+
+def known_job(config: Config, name: str | None, *, history_too: bool = False) -> None:
+    """--job names a configured job (or, for reading commands, one with runs in the catalog)."""
+    if name is None or any(j.name == name for j in config.settings.job):
+        return
+    if history_too:
+        catalog = Catalog(config.state_dir)
+        if catalog.exists() and catalog.list(job=name):
+            return
+    known = ", ".join(j.name for j in config.settings.job) or "none"
+    raise UsageError(f"--job {name}: no such job in {config.path} (jobs: {known})")
+
+
+def backup_argument(config: Config, backup: str) -> None:
+    """A BACKUP naming nothing is a usage error, found before the lock so nothing is created."""
+
+    catalog = Catalog(config.state_dir)
+    record = catalog.get(backup) if catalog.exists() else None
+    if record is not None and not record.archive:
+        raise UsageError(f"BACKUP {backup}: run {backup} is {record.status} and has no archive")
+    if record is not None or (catalog.exists() and catalog.find_by_archive(Path(backup))):
+        return  # a damaged backup of ours is the command's failure (1), not a usage error
+    problem = not_a_backup(Path(backup))
+    if problem is not None:
+        raise UsageError(
+            f"BACKUP {backup}: {problem}; give a catalog id (see `list`), a cold .tar archive "
+            "or a hot backup"
+        )
+
+
+def _startable(config: Config) -> None:
+    """A config whose influxd could not be started again is refused before anything is
+    stopped: a stop we cannot undo is the one mistake a backup tool must not make."""
+    problem = Influxd(config).startable()
+    if problem is not None:
+        raise ConfigError(f"{config.path}: {problem}")
+
+
+def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
+    _startable(config)
+    try:  # the config is fine either way: a damaged catalog is a warning here
+        Catalog(config.state_dir).check()
+    except CatalogError as exc:
+        print(f"influx-backupd: warning: {exc}", file=sys.stderr)
+    s = config.settings
+    plan: dict[str, Any] = {
+        "config": str(config.path),
+        "influxdb_conf": str(config.server.conf),
+        "dirs": {k: str(v) for k, v in config.server.dirs().items()},
+        "url": config.url,
+        "backup_host": config.backup_host,
+        "server_clock": clock_url(config) + "/ping",
+        "control": {"service": s.influxd.service}
+        if s.influxd.service
+        else {
+            "command": s.influxd.command,
+            "pidfile": str(s.influxd.pidfile) if s.influxd.pidfile else None,
+        },
+        "state_dir": str(config.state_dir),
+        "storage_dir": str(config.storage_dir),
+        "jobs": [j.model_dump(exclude_none=True) for j in s.job],
+        "verify": s.verify.model_dump(exclude_none=True),
+        # how many targets per event: the URLs themselves carry tokens and passwords
+        "notify": {event: len(getattr(s.notify, event)) for event in notify.EVENTS},
+        "http_auth": {
+            "auth_enabled": config.auth_enabled,
+            "username": s.influxd.username,
+            "password_file": str(s.influxd.password_file) if s.influxd.password_file else None,
+        },
+        "warnings": [],
+    }
+    if config.auth_enabled and config.credentials is None:
+        # cold backups themselves need no HTTP auth: a warning, not an error
+        plan["warnings"].append(
+            f"{config.server.conf} has [http] auth-enabled = true but [influxd] username is "
+            "not set: no point counts before a cold stop (restore tests cannot compare them); "
+            "set [influxd] username and password_file"
+        )
+    plan["warnings"] += unit_paths.warnings(config)
+    for job in s.job:
+        if not any(
+            (job.keep_last, job.keep_hourly, job.keep_daily, job.keep_weekly, job.keep_monthly)
+        ):
+            plan["warnings"].append(
+                f"job {job.name} has no retention rule (keep_last, keep_hourly, keep_daily, "
+                "keep_weekly, keep_monthly all 0): every backup is kept until the disk is full; "
+                "e.g. keep_daily = 7 and keep_weekly = 4"
+            )
+    if args.json:
+        print_json(plan, indent=2)
+        return EXIT_OK
+    print(f"{config.path}: ok")
+    print(f"  influxdb.conf  {plan['influxdb_conf']}")
+    for name, path in plan["dirs"].items():
+        exists = "" if config.server.dirs()[name].is_dir() else "  (does not exist yet)"
+        print(f"  {name + ' dir':<14} {path}{exists}")
+    print(f"  ready check    {config.url}/ping")
+    if config.credentials is not None:
+        print(f"  http auth      {s.influxd.username}, password in {s.influxd.password_file}")
+    print(f"  snapshot host  {config.backup_host}")
+    if any(job.mode != "cold" for job in s.job):
+        print(f"  server clock   {plan['server_clock']} (its Date dates hot increments)")
+    ctl = plan["control"]
+    print(
+        "  control        "
+        + (
+            f"systemctl, unit {ctl['service']}"
+            if "service" in ctl
+            else f"signals, start with {ctl['command']}"
+        )
+    )
+    print(f"  state dir      {config.state_dir}")
+    print(f"  archives       {config.storage_dir}")
+    if not s.job:
+        print("  jobs           none ([[job]] tables)")
+    for job in s.job:
+        when = (
+            f"cron '{job.schedule}'"
+            if job.schedule
+            else (f"every {job.every:g}s" if job.every else "manual only")
+        )
+        print(f"  job {job.name:<10} mode={job.mode} {when}")
+    checks = " + restore test" if s.verify.restore_test else ""
+    checks += " + deep" if s.verify.deep else ""
+    print(f"  verify --all   {describe(s.verify)}{checks} ([verify])")
+    told = [f"{event} ({n})" for event, n in plan["notify"].items() if n]
+    print(f"  notify         {', '.join(told) if told else 'none ([notify])'}")
+    for warning in plan["warnings"]:
+        print(f"warning: {warning}")
+    return EXIT_OK
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _jobs_to_run(config: Config, args: argparse.Namespace) -> list[JobSection]:
+    jobs = config.settings.job
+    if args.job is not None:
+        known_job(config, args.job)
+        return [config.job(args.job)]
+    if args.all:
+        return list(jobs) or [config.job(None)]
+    if len(jobs) > 1:
+        names = ", ".join(j.name for j in jobs)
+        raise UsageError(
+            f"backup: {len(jobs)} jobs in {config.path} ({names}): name one with --job NAME, "
+            "or run them all, one after another, with --all"
+        )
+    return [config.job(None)]
+
+
+def cmd_backup(config: Config, args: argparse.Namespace) -> int:
+
+    jobs = _jobs_to_run(config, args)
+    if args.dry_run:
+        return _dry_run(config, jobs, args)
+    if any((args.mode or job.mode) != "hot" for job in jobs):  # a hot run never stops influxd
+        _startable(config)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)
+    bar = progress_bar(args)
+    records: list[RunRecord] = []
+    skipped = False
+    try:
+        with exclusive(config) as catalog:
+            for job in jobs:
+                try:
+                    records.append(run_backup(config, job, catalog, mode=args.mode))
+                except ModeUnavailable as exc:
+                    raise UsageError(str(exc)) from None
+                except Skipped as exc:  # mode auto: the policy ran nothing now
+                    print(
+                        f"influx-backupd: {job.name}: skipped, nothing backed up: {exc}",
+                        file=sys.stderr,
+                    )
+                    skipped = True
+    finally:
+        if bar is not None:
+            progress.unlisten(bar)
+            bar.close()
+    if args.all and args.json:
+        print_json([r.to_dict() for r in records])
+    else:
+        for record in records:
+            print_record(record, args.json, verbose=args.verbose > 0)
+    if config.settings.offsite is not None and any(r.good for r in records):
+        offsite_cli.after_backup(config)  # after the lock was let go: influxd serves again
+    return EXIT_OK if records and all(r.good for r in records) and not skipped else EXIT_FAILED
+
+
+def _dry_run(config: Config, jobs: list[JobSection], args: argparse.Namespace) -> int:
+    """The policy's decision and the predictions, stopping nothing, writing nothing (no lock,
+    no state_dir created: the catalog is only read, if there is one)."""
+    catalog = Catalog(config.state_dir)
+    plans = [dry_run(config, job, catalog if catalog.exists() else None, args.mode) for job in jobs]
+    if args.json:
+        print_json([p.to_dict() for p in plans] if args.all else plans[0].to_dict())
+    for plan in [] if args.json else plans:
+        print(f"backup {plan.job}: dry run, nothing stopped or written")
+        print(f"  mode        {plan.mode}: {'; '.join(plan.reasons)}")
+        if plan.scheduled_mode != plan.mode or args.verbose:
+            print(f"  scheduled   {plan.scheduled_mode}: {'; '.join(plan.scheduled_reasons)}")
+        seconds = plan.predicted_downtime_s
+        about = "unknown" if seconds is None else f"about {seconds:.1f}s"
+        print(f"  downtime    {about} ({plan.downtime_basis})")
+        verdict = "fits" if plan.fits else "does NOT fit: the backup would be refused"
+        print(
+            f"  size        about {fmt_bytes(plan.predicted_bytes)} (needs "
+            f"{fmt_bytes(plan.needed_bytes)} free), {fmt_bytes(plan.free_bytes)} free in "
+            f"{plan.storage_dir}: {verdict}"
+        )
+    return EXIT_OK if all(p.would_run for p in plans) else EXIT_FAILED
+
+
+def progress_bar(args: argparse.Namespace, label: str = "archive") -> Any:
+    """A bar on stderr while the archive is written (or a backup restored), only when stderr
+    is a terminal."""
+    if getattr(args, "no_progress", False) or args.quiet or args.json or not sys.stderr.isatty():
+        return None
+
+    bar = progress.TerminalBar(label=label)
+    progress.listen(bar)
+    return bar
+
+
+def cmd_list(config: Config, args: argparse.Namespace) -> int:
+    if args.offsite:
+        return int(offsite_cli.cmd_list(config, args))
+
+    known_job(config, args.job, history_too=True)
+    catalog = Catalog(config.state_dir)
+    if catalog.exists():
+        catalog.check()  # damage anywhere, not only in the rows listed
+    records = catalog.list(job=args.job) if catalog.exists() else []
+    if args.json:
+        print_json([r.to_dict() for r in records])
+        return EXIT_OK
+    if not records:
+        print("no backups yet")
+        return EXIT_OK
+    print(
+        f"{'ID':<22} {'JOB':<10} {'MODE':<5} {'STATUS':<11} {'STARTED':<21} {'SIZE':>10} {'DOWNTIME':>9}  ARCHIVE"
+    )
+    for r in records:
+        print(
+            f"{r.id:<22} {r.job:<10} {r.mode:<5} {r.status:<11} {fmt_time(r.started_at):<21} "
+            f"{fmt_bytes(r.bytes):>10} {fmt_s(r.downtime_s):>9}  {r.archive or '-'}"
+        )
+    return EXIT_OK
+
+
+def cmd_restore(config: Config, args: argparse.Namespace) -> int:
+
+    from_offsite = args.source == "offsite"
+    if not from_offsite:
+        backup_argument(config, args.backup)
+    if args.start and args.target is None:
+        raise UsageError("restore: --start goes with --target DIR")
+    if args.database is None and (args.new_name is not None or args.replace):
+        raise UsageError("restore: --as and --replace go with --database NAME")
+    if args.target is not None and args.database is not None:
+        raise UsageError("restore: --target and --database are two forms; give one")
+    if args.target is not None:
+        problem = target_problem(Path(args.target).absolute())
+        if problem is not None:
+            raise UsageError(problem)
+    if args.target is None and args.database is None:
+        _startable(config)  # the whole-server restore stops influxd: it must start again
+    if args.target is None and not args.yes and (args.database is None or args.replace):
+        if not sys.stdin.isatty():
+            raise UsageError("restore replaces the live data of influxd; pass --yes to confirm")
+        what = (
+            f"Replace database {args.new_name or args.database} with the one in {args.backup}? "
+            "(the present one is kept aside)"
+            if args.database
+            else f"Replace influxd's data with {args.backup}? influxd will be stopped."
+        )
+        answer = input(f"{what} [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing done")
+            return EXIT_USAGE
+    if from_offsite:  # fetched and hashed first; then the restore below, as from local backups
+        offsite_cli.fetch_for_restore(config, args.backup)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)  # a restore interrupted mid-way is rolled back
+    bar = progress_bar(args, "restore")
+    with (
+        exclusive(config) as catalog,
+        progress.under_systemd(f"restore {args.backup}"),
+        contextlib.ExitStack() as cleanup,
+    ):
+        if bar is not None:
+            cleanup.callback(bar.close)
+            cleanup.callback(progress.unlisten, bar)
+        try:
+            if args.target is not None:
+                into = restore_into(
+                    config, catalog, args.backup, Path(args.target), start=args.start
+                )
+            elif args.database is not None:
+                one = restore_database(
+                    config,
+                    catalog,
+                    args.backup,
+                    args.database,
+                    new_name=args.new_name,
+                    replace=args.replace,
+                )
+            else:
+                result = restore_backup(config, catalog, args.backup)
+        except RestoreRefused as exc:
+            print(f"influx-backupd: restore refused, nothing touched: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except RestoreFailed as exc:
+            print(f"influx-backupd: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    if args.target is not None:
+        print_target(into, args.json)
+        return EXIT_OK
+    if args.database is not None:
+        print_database(one, args.json)
+        return EXIT_OK
+    if args.json:
+        print_json(result.__dict__)
+        return EXIT_OK
+    print(f"restored {result.archive} ({result.files} files); influxd is running")
+    print(
+        f"  downtime {fmt_s(result.downtime_s)} = stop {fmt_s(result.stop_s)} + swap {fmt_s(result.swap_s)} + start {fmt_s(result.start_s)}"
+    )
+    if result.rollback_dirs:
+        print("  the previous data was kept in:")
+        for path in result.rollback_dirs:
+            print(f"    {path}")
+        print("  once satisfied, remove it with: rm -rf " + " ".join(result.rollback_dirs))
+    return EXIT_OK
+
+
+def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+
+    if args.offsite:
+        return int(offsite_cli.cmd_verify(config, args))
+    if args.read_data is not None:
+        raise UsageError("verify: --read-data goes with --offsite")
+    if (args.backup is None) == (not args.all):
+        raise UsageError("verify: name one BACKUP (catalog id or archive path) or pass --all")
+    if args.job is not None and not args.all:
+        raise UsageError("verify: --job goes with --all (a BACKUP names its job already)")
+    known_job(config, args.job, history_too=True)
+    if args.backup is not None:
+        backup_argument(config, args.backup)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)  # a restore test's throwaway influxd is stopped
+    results = []
+    # Under the lock: prune must not delete an archive (or its entry) while we read it.
+    with exclusive(config) as catalog:
+        if args.all:
+            results = verify_all(
+                config, catalog, job=args.job, deep=args.deep, restore_test=args.restore_test
+            )
+        else:
+            try:
+                archive, record = resolve(catalog, args.backup)
+            except BackupNotFound as exc:
+                raise UsageError(str(exc)) from None
+            result = verify(config, archive, record, deep=args.deep, restore_test=args.restore_test)
+            if record is not None:
+                save_result(catalog, record, result)
+            results.append(result)
+        try:
+            write_metrics(config, catalog)
+        except OSError as exc:
+            print(f"influx-backupd: metrics file not written: {exc}", file=sys.stderr)
+    if args.json:
+        print_json([r.to_dict() for r in results])
+    elif not results:
+        print("no backups to verify")
+    for result in [] if args.json else results:
+        label = result.status + (" (partial)" if result.ok and result.partial else "")
+        print(f"{label:<16} {result.run_id or '-':<22} {result.archive}")
+        for name, value in result.checks.items():
+            print(f"  {name:<13} {value}")
+        for message in result.errors:
+            print(f"  error         {message}")
+        for message in result.warnings:
+            print(f"  warning       {message}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def cmd_prune(config: Config, args: argparse.Namespace) -> int:
+
+    known_job(config, args.job)  # before the lock
+    with exclusive(config) as catalog:
+        report = prune(config, catalog, job=args.job, dry_run=args.dry_run)
+        if not args.dry_run:
+            try:
+                write_metrics(config, catalog)
+            except OSError as exc:
+                print(f"influx-backupd: metrics file not written: {exc}", file=sys.stderr)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        for d in report.deleted:
+            print(
+                f"{verb:<12} {d.run_id:<22} {d.job:<10} {d.status:<11} {' '.join(d.paths) or '-'}"
+            )
+        for path in report.cleaned:
+            print(f"{'would clean' if args.dry_run else 'cleaned':<12} {path}")
+        for kept in report.kept:
+            print(f"{'kept':<12} {kept['id']:<22} {kept['job']:<10} {', '.join(kept['reasons'])}")
+        for error in report.errors:
+            print(f"influx-backupd: prune: {error}", file=sys.stderr)
+    return EXIT_FAILED if report.errors else EXIT_OK
+
+
+def cmd_import(config: Config, args: argparse.Namespace) -> int:
+    """The backups in the storage dir, by the records beside them, into this host's catalog."""
+    if args.offsite:
+        return int(offsite_cli.cmd_import(config, args))
+
+    storage = config.storage_dir
+    if not storage.is_dir():
+        print(f"influx-backupd: import: storage dir {storage} does not exist", file=sys.stderr)
+        return EXIT_FAILED
+    # A damaged catalog is moved aside (never deleted) and rebuilt from the records; recovery
+    # reads the catalog only after that.
+    with exclusive(config, on_damage="ignore" if args.dry_run else "set_aside") as catalog:
+        found, problems = records_in(storage)
+        known = set() if catalog.damage else {r.id for r in catalog.list()}
+        new = [r for r in found if r.id not in known]
+        if not args.dry_run:
+            for record in new:  # not counted in runs_total: they ran on the host that counted them
+                catalog.save(record)
+    if args.json:
+        report: dict[str, Any] = {
+            "dry_run": args.dry_run,
+            "imported": [r.id for r in new],
+            "already_known": sorted(r.id for r in found if r.id in known),
+            "problems": problems,
+        }
+        if catalog.moved_aside is not None:
+            report["damaged_catalog_moved_to"] = str(catalog.moved_aside)
+        if catalog.damage is not None:
+            report["damaged_catalog"] = catalog.damage
+        print(json.dumps(report))
+    else:
+        verb = "would import" if args.dry_run else "imported"
+        if catalog.moved_aside is not None:
+            print(f"the damaged catalog was moved to {catalog.moved_aside}; a new one was made")
+        if catalog.damage is not None:
+            print(f"would move the damaged catalog {catalog.path} aside and make a new one")
+        print(f"{verb} {len(new)} backups, {len(found) - len(new)} already in the catalog")
+        for record in new:
+            print(f"  {record.id}  job={record.job}  mode={record.mode}  {record.archive}")
+        if new and not args.dry_run:
+            print("check them with: influx-backupd verify --all")
+    for problem in problems:
+        print(f"influx-backupd: not imported: {problem}", file=sys.stderr)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+
+    return run_daemon(config, getattr(args, "log_level", None) or config.settings.daemon.log_level)
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    Catalog(config.state_dir).check()
+    report = gather(config)
+    if args.json:
+        print_json(report)
+    else:
+        print(render(report))
+    return EXIT_OK

@@ -1,0 +1,131 @@
+"""What the commands print: records and results as short text for people or as JSON (times in
+RFC 3339 UTC, the Unix time beside them)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from influx_backupd.restore.database import DatabaseResult
+from influx_backupd.restore.target import TargetResult
+from influx_backupd.store.record import RunRecord
+
+
+def fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def fmt_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def fmt_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def rfc3339(ts: float) -> str:
+    """2026-11-26T12:42:16.123Z"""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def is_time_key(key: object) -> bool:
+    return isinstance(key, str) and (key.endswith("_at") or key == "next_run")
+
+
+def json_ready(value: Any) -> Any:
+    """Times (keys *_at, next_run) as RFC 3339 UTC strings, the Unix time beside them as
+    *_unix; everything else as it is."""
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if is_time_key(key) and isinstance(item, int | float) and not isinstance(item, bool):
+                out[key] = rfc3339(item)
+                out[f"{key}_unix"] = item
+            else:
+                out[key] = json_ready(item)
+        return out
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def print_json(value: Any, *, indent: int | None = None) -> None:
+    print(json.dumps(json_ready(value), indent=indent, default=str))
+
+
+def print_record(record: RunRecord, as_json: bool, *, verbose: bool = False) -> None:
+    """The short record (what ran, where it went, what it cost); with verbose, every figure."""
+    if as_json:
+        print_json(record.to_dict())
+        return
+    print(f"run {record.id}  job={record.job}  mode={record.mode}  status={record.status}")
+    if record.archive:
+        print(f"  archive   {record.archive}")
+        sha = record.sha256 if verbose or not record.sha256 else record.sha256[:12] + "…"
+        print(f"  size      {fmt_bytes(record.bytes)} in {record.files} files, sha256 {sha}")
+    print(
+        f"  downtime  {fmt_s(record.downtime_s)} = stop {fmt_s(record.stop_s)}"
+        f" + copy {fmt_s(record.copy_s)} + start {fmt_s(record.start_s)}"
+    )
+    if record.error:
+        print(f"  error     {record.error}")
+    if record.verify_status:
+        print(f"  verify    {record.verify_status}: {record.verify_detail}")
+    if not verbose:
+        return
+    took = (record.finished_at - record.started_at) if record.finished_at else None
+    print(f"  started   {rfc3339(record.started_at)}, took {fmt_s(took)}")
+    if record.prestage_s is not None or record.archive_s is not None:
+        print(
+            f"  staged    prestage {fmt_s(record.prestage_s)}, archive {fmt_s(record.archive_s)}"
+            f" (influxd serving), {fmt_bytes(record.window_bytes or 0)} copied while stopped"
+        )
+    if record.kind != "full" or record.chain_id:
+        print(
+            f"  chain     {record.kind}, chain {record.chain_id}, parent {record.parent_id or '-'}"
+        )
+    if record.db_counts:
+        counts = ", ".join(f"{db}={n}" for db, n in sorted(record.db_counts.items()))
+        print(f"  points    {counts}")
+    for key, value in sorted(record.extra.items()):
+        print(f"  {key:<9} {json.dumps(value, default=str)}")
+
+
+def print_database(result: DatabaseResult, as_json: bool) -> None:
+    if as_json:
+        print_json(result.__dict__)
+        return
+    print(
+        f"restored database {result.database} of {result.archive} as {result.restored_as} "
+        f"in {result.seconds:.1f}s; influxd kept serving"
+    )
+    print(
+        f"  prepared {fmt_s(result.prepare_s)}, taken in by the live server {fmt_s(result.restore_s)}"
+    )
+    if result.replaced_copy:
+        print(f"  the database it replaced was kept in {result.replaced_copy}")
+        print(f"  once satisfied, remove it with: rm -rf {result.replaced_copy}")
+
+
+def print_target(result: TargetResult, as_json: bool) -> None:
+    if as_json:
+        print_json(result.__dict__)
+        return
+    print(f"restored {result.archive} ({result.files} files) into {result.target}")
+    print(f"  config   {result.conf}")
+    if result.url is None:
+        print(f"  serve it with: influxd run -config {result.conf}")
+    else:
+        print(
+            f"  serving  {result.url} (influxd pid {result.pid}, log {result.target}/influxd.log)"
+        )
+        print(f"  stop it with: kill {result.pid}")
+    print("  the live server was not touched; remove the copy with: rm -rf " + result.target)

@@ -1,0 +1,264 @@
+"""The argparse parser: every command with its one-line description, every option with its help,
+the exit statuses in the epilog. scripts/cli_docs.py builds the man page and completions from it."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+from influx_backupd import __version__
+from influx_backupd.cli import offsite as offsite_cli
+from influx_backupd.cli.commands import (
+    cmd_backup,
+    cmd_check_config,
+    cmd_import,
+    cmd_list,
+    cmd_prune,
+    cmd_restore,
+    cmd_run,
+    cmd_status,
+    cmd_verify,
+)
+from influx_backupd.core import log
+from influx_backupd.core.errors import (
+    EXIT_USAGE,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (what, and where to read more)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+EPILOG = """\
+exit status:
+  0    ok
+  1    the backup, restore, verify, prune or import failed or was interrupted
+  2    usage error (unknown command or option, a missing or conflicting argument)
+  75   busy: another backup holds the lock in state_dir
+  78   configuration error (the config or influxdb.conf missing or invalid)
+  141  stdout was closed early (e.g. piped into head); nothing else is affected
+
+-q/-v, --json and --config work before or after the command. NO_COLOR=1 turns off colours.
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """Options every command takes, before or after its name (SUPPRESS: an option given
+    before the command is not reset by the command's own parser)."""
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="config file (default: $INFLUX_BACKUPD_CONFIG or /etc/influx-backupd/config.toml)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=log.LEVELS,
+        default=argparse.SUPPRESS,
+        help="log events at this level and above (default: the config's daemon.log_level; "
+        "warning on a terminal)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the result as JSON (times in RFC 3339 UTC, and as Unix time in *_unix)",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="only errors on stderr, no progress bar",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="more detail: the run's log events (-vv: debug events too) and the whole record",
+    )
+
+
+def _command(
+    sub: Any, common: argparse.ArgumentParser, name: str, summary: str, detail: str = ""
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        parents=[common],
+        help=summary,
+        description=(
+            summary[0].upper() + summary[1:] + "." + (f" {detail}" if detail else "")
+        ).replace(" \n", "\n"),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (the Debian package builds the man page and completions from it)."""
+    common = _Parser(add_help=False)
+    _add_common(common)
+    parser = _Parser(
+        prog="influx-backupd",
+        description="File-level backups of InfluxDB with measured downtime.",
+        parents=[common],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _command(sub, common, "check-config", "validate the config and print the resolved plan")
+    p.set_defaults(func=cmd_check_config)
+
+    p = _command(
+        sub,
+        common,
+        "backup",
+        "run one backup now, in the foreground",
+        "With several jobs, name one with --job or run them all, one after another, with --all.",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--job", metavar="NAME", help="the job to run (needed when there are several)"
+    )
+    which.add_argument("--all", action="store_true", help="run every job, one after another")
+    p.add_argument(
+        "--mode", choices=("cold", "hot", "auto"), help="run in this mode instead of the job's"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what a backup would do now (mode and reasons, predicted downtime, predicted "
+        "size against free space); stop nothing, write nothing",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    p.set_defaults(func=cmd_backup)
+
+    p = _command(sub, common, "list", "list the catalog of runs, oldest first")
+    p.add_argument("--job", metavar="NAME", help="only this job's runs")
+    p.add_argument("--offsite", action="store_true", help="the backups in the [offsite] bucket")
+    p.set_defaults(func=cmd_list)
+
+    p = _command(
+        sub,
+        common,
+        "restore",
+        "restore a backup (catalog id or archive path): the whole server, one database, or into a dir",
+        "\n\nrestore BACKUP --yes\n"
+        "  replace influxd's data: the live data is moved aside, never deleted (the command\n"
+        "  prints where); downtime is stop + rename + start.\n"
+        "restore BACKUP --target DIR [--start]\n"
+        "  unpack (cold) or rebuild (hot chain) into DIR, absent or empty, with a ready-to-run\n"
+        "  influxdb.conf; the live server is not touched. --start serves DIR from a throwaway\n"
+        "  influxd on a free port and prints its URL and how to stop it.\n"
+        "restore BACKUP --database NAME [--as NEWNAME] [--replace [--yes]]\n"
+        "  bring back one database (every retention policy and shard; users and grants as\n"
+        "  they are) into the live server while it serves, under its name or NEWNAME. A\n"
+        "  database of that name is refused unless --replace, which keeps it aside first.",
+    )
+    p.add_argument("backup", metavar="BACKUP", help="catalog id (see list) or archive path")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=("local", "offsite"),
+        default="local",
+        help="offsite: fetch the backup (and its chain) from the bucket first, every hash checked",
+    )
+    p.add_argument(
+        "--target",
+        metavar="DIR",
+        help="restore into DIR (absent or empty) with a ready-to-run influxdb.conf instead; "
+        "the live server is not touched",
+    )
+    p.add_argument(
+        "--start",
+        action="store_true",
+        help="with --target: serve DIR from a throwaway influxd on a free port; print its URL",
+    )
+    p.add_argument(
+        "--database",
+        metavar="NAME",
+        help="restore only database NAME into the live server, which keeps serving",
+    )
+    p.add_argument(
+        "--as",
+        dest="new_name",
+        metavar="NEWNAME",
+        help="with --database: restore it under this name (default: NAME)",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --database: replace the live database of that name (kept aside first)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    p.set_defaults(func=cmd_restore)
+
+    p = _command(sub, common, "verify", "check backups: sha256, structure, file formats")
+    p.add_argument("backup", metavar="BACKUP", nargs="?", help="catalog id or archive path")
+    p.add_argument("--all", action="store_true", help="every ok backup in the catalog")
+    p.add_argument("--job", metavar="NAME", help="with --all: only this job's backups")
+    p.add_argument(
+        "--restore-test",
+        action="store_true",
+        help="also restore into a scratch dir and query it with a throwaway influxd",
+    )
+    p.add_argument("--deep", action="store_true", help="check every TSM block's CRC32 too")
+    p.add_argument(
+        "--offsite", action="store_true", help="check the backup's objects in the bucket instead"
+    )
+    p.add_argument(
+        "--read-data",
+        metavar="PERCENT",
+        type=_percent,
+        help="with --offsite: download and hash this share of the objects",
+    )
+    p.set_defaults(func=cmd_verify)
+
+    p = _command(
+        sub,
+        common,
+        "import",
+        "add the backups in the storage dir to the catalog, by the records beside them",
+    )
+    p.add_argument("--dry-run", action="store_true", help="say what would be added, add nothing")
+    p.add_argument(
+        "--offsite", action="store_true", help="from the manifests in the bucket (a fresh host)"
+    )
+    p.set_defaults(func=cmd_import)
+
+    p = _command(
+        sub, common, "offsite", "off-site copies: `offsite sync` sends now what the bucket lacks"
+    )
+    p.add_argument("action", choices=("sync",), help="sync: send, then off-site retention")
+    p.set_defaults(func=offsite_cli.cmd_sync)
+
+    p = _command(sub, common, "run", "run the daemon: every job on its schedule until stopped")
+    p.set_defaults(func=cmd_run)
+
+    p = _command(sub, common, "status", "show the daemon, each job's last result and next run")
+    p.set_defaults(func=cmd_status)
+
+    p = _command(sub, common, "prune", "delete the backups the jobs' keep_* rules no longer keep")
+    p.add_argument("--job", metavar="NAME", help="only this job (default: every job)")
+    p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+    p.set_defaults(func=cmd_prune)
+    return parser
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: a percentage above 0, up to 100")
+    return value
