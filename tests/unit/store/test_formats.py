@@ -454,3 +454,44 @@ def test_archive_finds_09_bolt_shards_and_raft_db(tmp_path: Path) -> None:
 )
 def test_classify_member(name: str, kind: str | None) -> None:
     assert classify_member(name) == kind
+
+
+_VALUE_SIZES = {1: 8, 2: 8, 3: 1, 5: 8}
+
+
+@st.composite
+def write_entries(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """A decoded WAL write entry (keys of every value type) and the offsets where keys end."""
+    body, ends = b"", []
+    for _ in range(draw(st.integers(1, 5))):
+        value_type = draw(st.sampled_from([1, 2, 3, 4, 5]))
+        key = draw(st.binary(min_size=1, max_size=40))
+        values = b""
+        count = draw(st.integers(0, 4))
+        for _ in range(count):
+            if value_type == 4:
+                text = draw(st.binary(max_size=20))
+                values += struct.pack(">qI", 1, len(text)) + text
+            else:
+                values += struct.pack(">q", 1) + bytes(_VALUE_SIZES[value_type])
+        body += struct.pack(">BH", value_type, len(key)) + key + struct.pack(">I", count) + values
+        ends.append(len(body))
+    return body, ends
+
+
+@given(write_entries(), st.data())
+def test_write_entry_walk_whole_and_cut(
+    entry: tuple[bytes, list[int]], data: st.DataObject
+) -> None:
+    from influx_backupd.store.formats.wal import _write_problem
+
+    body, ends = entry
+    assert _write_problem(body) is None
+    assert _write_problem(memoryview(body)) is None
+    cut = data.draw(st.integers(1, len(body) - 1)) if len(body) > 1 else len(body)
+    problem = _write_problem(memoryview(body)[:cut])
+    if cut in ends:
+        assert problem is None, "a cut between keys leaves whole keys"
+    else:
+        assert problem is not None and "cut short" in problem, (cut, problem)
+    assert _write_problem(b"\x09" + body[1:]) == "write entry has unknown value type 9"
