@@ -150,3 +150,24 @@ def test_a_job_with_offsite_false_stays_on_the_host(
     assert cli.json("status")["offsite"]["not_offsite"] == []
     assert cli.json("offsite", "sync")["sent"] == []
     assert sorted(r["job"] for r in records if r["status"] == "ok") == ["nightly", "scratch"]
+
+
+def test_a_damaged_local_archive_is_restored_from_the_bucket_and_kept_aside(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 800)
+    cli = Cli(write_config(tmp_path, sandbox, extra=offsite_section(moto)))
+    record = cli.json("backup")
+    archive = Path(record["archive"])
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # bit rot in the local copy
+    archive.write_bytes(bytes(data))
+    assert cli("restore", record["id"], "--yes").returncode == 1  # the local copy is refused
+    sandbox.write_points("metrics", 100, start=90_000)
+    done = cli("restore", record["id"], "--from", "offsite", "--yes")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sandbox.count("metrics") == 800
+    assert sha256(archive) == record["sha256"]
+    aside = list(archive.parent.glob(archive.name + ".damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == bytes(data)

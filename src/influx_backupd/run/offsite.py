@@ -342,7 +342,8 @@ def run_sync(
 def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRecord]:
     """Bring a backup (and, for an increment, every earlier link of its chain) from the bucket
     into the storage dir, each hashed on the way; its record beside it and in the catalog.
-    Links already in the storage dir with their recorded sha256 are not fetched again."""
+    A link already in the storage dir with its recorded sha256 is not fetched again; one that
+    is damaged is moved aside (NAME.damaged-TIME) and fetched."""
     offsite = open_offsite(config)
     refs = {r.id: r for r in offsite.manifests()}
     chain: list[Manifest] = []
@@ -360,19 +361,31 @@ def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRec
     fetched: list[RunRecord] = []
     for manifest in reversed(chain):
         record = record_of(manifest, storage)
-        known = catalog.get(manifest.id)
         target = storage / manifest.name
-        if not (known is not None and known.archive == str(target) and target.exists()):
-            if target.exists():
-                raise OffsiteError(
-                    f"{target}: exists, but is not backup {manifest.id} in the catalog; "
-                    "move it away first"
-                )
-            got = offsite.fetch(manifest.id, storage)
-            for note in got.notes:
-                log.get().warning("offsite.rebuilt_as_tree", run_id=manifest.id, note=note)
-            write_sidecar(target, record)
-            catalog.save(record)
-            log.get().info("offsite.fetched", run_id=manifest.id, path=str(target), bytes=got.bytes)
+        if target.exists():
+            if _intact(target, manifest.sha256):
+                if catalog.get(manifest.id) is None:
+                    catalog.save(record)
+                fetched.append(record)
+                continue
+            # damaged (or another backup under that name): kept aside, never deleted
+            aside = target.with_name(f"{target.name}.damaged-{int(time.time())}")
+            target.rename(aside)
+            log.get().warning("offsite.local_copy_damaged", run_id=manifest.id, moved_to=str(aside))
+        got = offsite.fetch(manifest.id, storage)
+        for note in got.notes:
+            log.get().warning("offsite.rebuilt_as_tree", run_id=manifest.id, note=note)
+        write_sidecar(target, record)
+        catalog.save(record)
+        log.get().info("offsite.fetched", run_id=manifest.id, path=str(target), bytes=got.bytes)
         fetched.append(record)
     return fetched
+
+
+def _intact(path: Path, sha256: str) -> bool:
+    """The local copy is the backup the manifest names (its whole sha256, as in its record)."""
+    try:
+        source = scan_dir(path) if path.is_dir() else scan_tar(path)
+    except OffsiteError:
+        return False
+    return source.sha256 == sha256
