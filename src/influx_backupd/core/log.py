@@ -169,6 +169,19 @@ class _ToStructlog(logging.Handler):
             get(logger=record.name).log(record.levelno, "library.log", message=record.getMessage())
 
 
+class _AtLeast:
+    """Drops what is below the level shown (after the run tails have seen it)."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def __call__(self, _logger: object, method: str, event_dict: EventDict) -> EventDict:
+        name = str(event_dict.get("level", method)).upper()
+        if logging.getLevelNamesMapping().get(name, logging.INFO) < self.level:
+            raise structlog.DropEvent
+        return event_dict
+
+
 def _route_stdlib(level: int) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -209,10 +222,12 @@ def configure(
             structlog.processors.format_exc_info,
             add_message_id,
             RUN_TAILS,
+            _AtLeast(numeric),
             *processors,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        # info reaches the run tails even when less is shown (a terminal shows warnings only)
+        wrapper_class=structlog.make_filtering_bound_logger(min(numeric, logging.INFO)),
         logger_factory=lambda *_args: CONSOLE,
         cache_logger_on_first_use=False,
     )

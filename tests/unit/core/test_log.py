@@ -81,3 +81,20 @@ def test_run_tails_keep_the_last_lines_of_recent_runs(captured: io.StringIO) -> 
         'warning step.3 n=3 d={"k": 1}',
         'warning step.4 n=4 d={"k": 1}',
     ]
+
+
+def test_run_tails_see_info_even_when_the_console_shows_warnings_only() -> None:
+    out = io.StringIO()
+    log.configure(out, "warning", json=True)
+    try:
+        log.get(run_id="r-quiet").info("influxd.stopped")
+        log.get(run_id="r-quiet").debug("too.small")
+        log.get(run_id="r-quiet").warning("hot.clock_skew")
+    finally:
+        log.configure(level="info")
+    assert [e["event"] for e in events(out)] == ["hot.clock_skew"]
+    tail = log.RUN_TAILS.tail("r-quiet")
+    assert [line.split()[1:3] for line in tail] == [
+        ["info", "influxd.stopped"],
+        ["warning", "hot.clock_skew"],
+    ]
