@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from influx_backupd.core import config_values
 from influx_backupd.core.durations import Duration
 from influx_backupd.core.errors import EXIT_CONFIG, BackupdError
 from influx_backupd.core.offsite_section import OffsiteSection
@@ -115,7 +116,7 @@ class InfluxdSection(_Strict):
                 "set service (a systemd unit, e.g. influxdb.service) or command "
                 "(the argv that starts influxd)"
             )
-        if self.command is not None and not self.command[0]:
+        if self.command is not None and (not self.command or not self.command[0]):
             raise ValueError("command must start with the influxd executable")
         return self
 
@@ -653,6 +654,9 @@ def load(path: Path) -> Config:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"{path}: {_describe(first)}") from None
+    wrong = config_values.problem(settings)  # before any path is used (a NUL byte, relative)
+    if wrong is not None:
+        raise ConfigError(f"{path}: {wrong}")
     if "state_dir" not in settings.daemon.model_fields_set:
         daemon = settings.daemon.model_copy(update={"state_dir": default_state_dir(path)})
         settings = settings.model_copy(update={"daemon": daemon})

@@ -1,0 +1,121 @@
+"""Values that pass the config's types but cannot work: found at load, one line naming the key.
+
+Whatever check-config accepts must work in every command and never kill the daemon, so a value
+is refused here when it would fail later: a NUL byte anywhere (no path, argv or header holds
+one), a relative or empty path (it would depend on the caller's working directory), a URL
+without an http(s) scheme, a host or a valid port, a host:port that is not one, a systemd unit
+name that is not one (or would be read as an option), an argv whose executable is not an
+absolute path. Every section and key is walked, so a new key of type Path gets the path rules.
+(Durations are checked where they are parsed: core/durations.py.)
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from pathlib import Path
+
+from pydantic import BaseModel
+
+# systemd's unit name characters; never starting with '-' (systemctl would take an option)
+_UNIT = re.compile(r"^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]*$")
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+)$")
+_URL_KEYS = {"url", "backup_url", "heartbeat_url"}
+_ARGV_KEYS = {"command", "on_success", "on_failure"}
+_NOT_EMPTY = {"user", "group"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def problem(settings: BaseModel) -> str | None:
+    """The first value that cannot work, as "key.path: what is wrong", or None."""
+    return _walk(settings, "")
+
+
+def _walk(model: BaseModel, prefix: str) -> str | None:
+    for name, info in type(model).model_fields.items():
+        key = f"{prefix}{info.alias or name}"
+        value = getattr(model, name)
+        found: str | None
+        if isinstance(value, BaseModel):
+            found = _walk(value, key + ".")
+        elif isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):
+            found = next(
+                (p for i, v in enumerate(value) if (p := _walk(v, f"{key}[{i}].")) is not None),
+                None,
+            )
+        else:
+            found = _value(info.alias or name, value)
+            if found is not None:
+                found = f"{key}: {found}"
+        if found is not None:
+            return found
+    return None
+
+
+def _value(key: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, Path):
+        return path_problem(value)
+    if isinstance(value, str) and "\0" in value:
+        return "must not contain a NUL byte"
+    if isinstance(value, list) and any(isinstance(v, str) and "\0" in v for v in value):
+        return "must not contain a NUL byte"
+    if key in _URL_KEYS and isinstance(value, str):
+        return url_problem(value)
+    if key == "backup_host" and isinstance(value, str):
+        return host_port_problem(value)
+    if key == "service" and isinstance(value, str) and not _UNIT.match(value):
+        return f"must be a systemd unit name like influxdb.service, not {value!r}"
+    if key in _ARGV_KEYS and isinstance(value, list):
+        return argv_problem(value)
+    if key == "username" and isinstance(value, str) and (":" in value or _CONTROL.search(value)):
+        return f"must not contain ':' or control characters (HTTP basic auth), not {value!r}"
+    if key in _NOT_EMPTY and isinstance(value, str) and not value.strip():
+        return "must not be empty"
+    return None
+
+
+def path_problem(path: Path) -> str | None:
+    text = str(path)
+    if "\0" in text:
+        return "must not contain a NUL byte"
+    if not path.is_absolute():
+        shown = "an empty path" if text == "." else repr(text)
+        return f"must be an absolute path, not {shown}"
+    return None
+
+
+def argv_problem(argv: list[str]) -> str | None:
+    if not argv or not argv[0]:
+        return "must be a non-empty argv list starting with the executable, like ['/usr/bin/x']"
+    if not Path(argv[0]).is_absolute():
+        return f"the executable must be an absolute path, not {argv[0]!r}"
+    return None
+
+
+def url_problem(url: str) -> str | None:
+    example = "like http://127.0.0.1:8086"
+    if _CONTROL.search(url):
+        return f"must be a URL without control characters, {example}, not {url!r}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # a port out of range or not a number, a broken [v6 literal]
+        return f"must be an http:// or https:// URL with a valid host and port ({exc}), {example}"
+    if parts.scheme not in ("http", "https"):
+        return f"must start with http:// or https://, {example}, not {url!r}"
+    if not parts.hostname or not _HOST.match(parts.hostname.strip("[]")):
+        return f"must name a host, {example}, not {url!r}"
+    if port == 0:
+        return f"its port must be 1-65535, not 0 ({url!r})"
+    return None
+
+
+def host_port_problem(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"must be host:port with a port 1-65535, like 127.0.0.1:8088, not {value!r}"
+    if not _HOST.match(host):
+        return f"must be host:port, like 127.0.0.1:8088; its host {host!r} is not a host name"
+    return None
