@@ -216,7 +216,7 @@ def good(key: str, root: Path) -> st.SearchStrategy[Any]:
         "user": ["root"],
         "group": ["root"],
         "service": ["influxdb.service"],
-        "dir": [str(root / "archives"), str(root / 'b ü \\ "q"')],
+        "dir": [str(root / "archives"), str(root / 'b ü "q" {x}')],
         "state_dir": [str(root / "state"), str(root / "s t")],
         "metrics_file": [str(root / "metrics.prom")],
         "pidfile": [str(root / "influxd.pid")],

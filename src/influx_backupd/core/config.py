@@ -663,6 +663,9 @@ def load(path: Path) -> Config:
     if settings.offsite is not None:
         _offsite_usable(path, settings.offsite)
     server, influx_raw = read_server_paths(settings.influxd.config)
+    wrong = config_values.server_dirs_problem(server.dirs())
+    if wrong is not None:
+        raise ConfigError(f"{server.conf}: {wrong}")
     _usable_dir(path, "daemon.state_dir", settings.daemon.state_dir)
     _usable_dir(path, "storage.dir", settings.storage.dir)
 

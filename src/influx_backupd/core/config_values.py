@@ -45,6 +45,8 @@ def _walk(model: BaseModel, prefix: str) -> str | None:
             )
         else:
             found = _value(info.alias or name, value)
+            if found is None and key == "storage.dir":
+                found = glob_problem(value, "throwaway influxd servers run here (restore tests)")
             if found is not None:
                 found = f"{key}: {found}"
         if found is not None:
@@ -118,4 +120,30 @@ def host_port_problem(value: str) -> str | None:
         return f"must be host:port with a port 1-65535, like 127.0.0.1:8088, not {value!r}"
     if not _HOST.match(host):
         return f"must be host:port, like 127.0.0.1:8088; its host {host!r} is not a host name"
+    return None
+
+
+_GLOB = re.compile(r"[*?\[\\]")
+
+
+def glob_problem(path: Path, why: str) -> str | None:
+    """influxd 1.x finds its TSM and WAL files with Go's filepath.Glob, which reads *, ?, [ and
+    a backslash in the dir's own path as pattern syntax: such a server starts with none of its
+    data, silently. A dir influxd will serve must not hold them."""
+    found = _GLOB.findall(str(path))
+    if not found:
+        return None
+    return (
+        f"{path} holds {found[0]!r}: influxd cannot find its own files under a path with "
+        f"*, ?, [ or a backslash (Go's file globbing); {why}"
+    )
+
+
+def server_dirs_problem(dirs: dict[str, Path]) -> str | None:
+    """The live server's dirs (influxdb.conf): stopped and started again by a backup, influxd
+    would come back without its data."""
+    for name, path in dirs.items():
+        found = glob_problem(path, "a restart would lose sight of its data")
+        if found is not None:
+            return f"the {name} dir {found}"
     return None

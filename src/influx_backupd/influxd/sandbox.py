@@ -46,7 +46,8 @@ def toml_value(value: object) -> str | None:
     if isinstance(value, int | float):
         return str(value)
     if isinstance(value, str | Path):
-        return json.dumps(str(value))  # a JSON string is a TOML basic string
+        # A JSON string is a TOML basic string, but for DEL, which TOML wants escaped too
+        return json.dumps(str(value)).replace("\x7f", "\\u007f")
     return None
 
 

@@ -35,7 +35,7 @@ from influx_backupd.core.errors import EXIT_USAGE, BackupdError, HotFailed, Rest
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import counts
 from influx_backupd.influxd import scratch as scratch_dir
-from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.influxd.sandbox import Sandbox, toml_value
 from influx_backupd.report.metrics import VERIFY_FAILED
 from influx_backupd.restore.cold import archived_settings, throwaway
 from influx_backupd.restore.hot import (
@@ -609,8 +609,8 @@ def _restore_test_09(
     conf = scratch / "influxdb.conf"
     conf.write_text(
         "# influx-backupd verify: restore-test target, never served\n"
-        f'[meta]\n  dir = "{meta}"\n[data]\n  dir = "{data}"\n'
-        f'[hinted-handoff]\n  dir = "{scratch / "hh"}"\n'
+        f"[meta]\n  dir = {toml_value(meta)}\n[data]\n  dir = {toml_value(data)}\n"
+        f"[hinted-handoff]\n  dir = {toml_value(scratch / 'hh')}\n"
     )
     wanted: dict[str, int] = {}  # the newest copy of each file wins, as the tool restores
     try:
