@@ -116,6 +116,10 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000, help="live writes, points a second")
     parser.add_argument("--before", type=float, default=20.0, help="seconds measured before")
     parser.add_argument("--work", help="work dir (default: a temp dir, removed)")
+    parser.add_argument("--forms", default="cold,hot", help="which backups to restore from")
+    parser.add_argument(
+        "--limit-rates", default="0", help="restore --limit-rate values (MiB/s) to compare"
+    )
     args = parser.parse_args()
     binary = influxd_binary()
     if binary is None:
@@ -134,23 +138,34 @@ def main() -> None:
         points = counts.point_count(sandbox.url, "bench", timeout=600)
         print(json.dumps({"generated": made, "points": points}), flush=True)
         backups = {}
-        for form in ("cold", "hot"):
+        for form in args.forms.split(","):
             done = cli(conf, "backup", "--job", form, "--json")
             record = json.loads(done.stdout)
             assert record["status"] == "ok", record.get("error")
             backups[form] = record["id"]
         sandbox.create_db("live")
         results = []
+        rates = [float(r) for r in args.limit_rates.split(",")]
+        combos = [(f, b, r) for f, b in backups.items() for r in rates]
         for run in range(args.runs):
-            for form, backup_id in backups.items():
+            for form, backup_id, rate in combos:
                 os.sync()
-                new = f"copy_{form}_{run}"
+                new = f"copy_{form}_{run}_{int(rate)}"
                 with LatencyWriter(sandbox, args.rate, "live") as writer:
                     t0 = time.monotonic()
                     time.sleep(args.before)
                     t1 = time.monotonic()
                     done = cli(
-                        conf, "restore", backup_id, "--database", "bench", "--as", new, "--json"
+                        conf,
+                        "restore",
+                        backup_id,
+                        "--database",
+                        "bench",
+                        "--as",
+                        new,
+                        "--limit-rate",
+                        str(rate),
+                        "--json",
                     )
                     t2 = time.monotonic()
                     time.sleep(1)
@@ -163,6 +178,7 @@ def main() -> None:
                 taking = writer.between(t2 - result["restore_s"] - 0.2, t2)
                 row = {
                     "form": form,
+                    "limit_rate": rate,
                     "run": run,
                     "wall_s": round(t2 - t1, 2),
                     "prepare_s": result["prepare_s"],
@@ -178,11 +194,11 @@ def main() -> None:
                 results.append(row)
                 print(json.dumps(row), flush=True)
                 sandbox.query(f'DROP DATABASE "{new}"', method="POST")
-        for form in backups:
-            rows = [r for r in results if r["form"] == form]
+        for form, _, rate in combos:
+            rows = [r for r in results if r["form"] == form and r["limit_rate"] == rate]
             if rows:
                 print(
-                    f"{form}: wall {statistics.median(r['wall_s'] for r in rows):.1f} s, "
+                    f"{form}, --limit-rate {rate:g}: wall {statistics.median(r['wall_s'] for r in rows):.1f} s, "
                     f"p99 during/before {statistics.median(r['p99_ratio'] for r in rows):.2f}, "
                     f"while the live server takes it in "
                     f"{statistics.median(r['p99_ratio_taking'] for r in rows):.2f} "

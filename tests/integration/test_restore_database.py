@@ -92,7 +92,16 @@ def test_a_database_from_a_cold_archive_under_a_new_name_beside_the_live_one(
     sandbox.write_points("metrics", 300, start=100_000)
     before, pids = _points(sandbox), sandbox.pids()
 
-    done = cli("restore", record["id"], "--database", "metrics", "--as", "metrics_then")
+    done = cli(
+        "restore",
+        record["id"],
+        "--database",
+        "metrics",
+        "--as",
+        "metrics_then",
+        "--limit-rate",
+        "8",
+    )  # paced through the forwarder
     assert done.returncode == 0, done.stderr
     assert "as metrics_then" in done.stdout
     assert _points(sandbox) == {**before, "metrics_then": 5_000}
@@ -109,6 +118,8 @@ def test_a_database_from_a_cold_archive_under_a_new_name_beside_the_live_one(
     assert _points(sandbox) == {**before, "metrics_then": 5_000}
     done = cli("restore", record["id"], "--as", "x")
     assert done.returncode == 2 and "go with --database" in done.stderr
+    done = cli("restore", record["id"], "--database", "metrics", "--limit-rate", "-1")
+    assert done.returncode == 2 and "--limit-rate -1" in done.stderr
 
 
 def test_replace_keeps_the_replaced_database_aside_and_a_failure_puts_it_back(

@@ -311,8 +311,10 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         backup_argument(config, args.backup)
     if args.start and args.target is None:
         raise UsageError("restore: --start goes with --target DIR")
-    if args.database is None and (args.new_name is not None or args.replace):
-        raise UsageError("restore: --as and --replace go with --database NAME")
+    if args.database is None and (args.new_name is not None or args.replace or args.limit_rate):
+        raise UsageError("restore: --as, --replace and --limit-rate go with --database NAME")
+    if args.limit_rate < 0:
+        raise UsageError(f"restore: --limit-rate {args.limit_rate:g}: give MiB a second, >= 0")
     if args.target is not None and args.database is not None:
         raise UsageError("restore: --target and --database are two forms; give one")
     if args.target is not None:
@@ -360,6 +362,7 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
                     args.database,
                     new_name=args.new_name,
                     replace=args.replace,
+                    rate=args.limit_rate * (1 << 20),
                 )
             else:
                 result = restore_backup(config, catalog, args.backup)

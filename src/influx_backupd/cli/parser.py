@@ -199,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --database: replace the live database of that name (kept aside first)",
     )
+    p.add_argument(
+        "--limit-rate",
+        type=float,
+        default=0.0,
+        metavar="MIB_S",
+        help="with --database: send the database to the live server at most this many MiB a "
+        "second, so that its own writes wait less (default: 0, no limit)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.set_defaults(func=cmd_restore)
 

@@ -43,6 +43,7 @@ from influx_backupd.influxd import counts, influxql
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.influxql import ident
 from influx_backupd.influxd.sandbox import BESIDE_LIVE_NICE
+from influx_backupd.influxd.throttle import Forwarder
 from influx_backupd.influxd.tool import run_tool
 from influx_backupd.restore.cold import (
     archived_settings,
@@ -107,8 +108,10 @@ def restore_database(
     *,
     new_name: str | None = None,
     replace: bool = False,
+    rate: float = 0.0,
 ) -> DatabaseResult:
-    """Restore database `name` of BACKUP into the live server as new_name (default: name).
+    """Restore database `name` of BACKUP into the live server as new_name (default: name),
+    its upload to the live server at most `rate` bytes a second (0: as fast as it goes).
     RestoreRefused: nothing touched; RestoreFailed: the live server as it was (see above)."""
     new = new_name or name
     for which, value in (("--database", name), ("--as", new)):
@@ -153,7 +156,7 @@ def restore_database(
     started = time.monotonic()
     scratch = scratch_dir.make(config.storage_dir, "restore-")
     try:
-        _restore(config, source, result, scratch, new in existing, logger)
+        _restore(config, source, result, scratch, new in existing, logger, rate)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result.seconds = round(time.monotonic() - started, 3)
@@ -186,8 +189,8 @@ class _Live:
     """The live server as this restore uses it: InfluxQL over HTTP (its credentials), the
     snapshot service for the tools."""
 
-    def __init__(self, config: Config, logger: Logger) -> None:
-        self.config, self.logger = config, logger
+    def __init__(self, config: Config, logger: Logger, rate: float) -> None:
+        self.config, self.logger, self.rate = config, logger, rate
         self.snapshot = live_snapshot_host(config)
 
     def q(self, statement: str, db: str | None = None) -> None:
@@ -211,20 +214,21 @@ class _Live:
 
     def take(self, portable: Path, db: str, as_name: str) -> None:
         """Database db of a portable backup into the live server as as_name; returns once
-        every shard of it is open."""
-        _tool(
-            self.config,
-            self.logger,
-            "restore",
-            "-portable",
-            "-host",
-            self.snapshot,
-            "-db",
-            db,
-            "-newdb",
-            as_name,
-            str(portable),
-        )
+        every shard of it is open. The upload is paced at self.rate bytes a second (0: not)."""
+        with Forwarder(self.snapshot, self.rate) as paced:
+            _tool(
+                self.config,
+                self.logger,
+                "restore",
+                "-portable",
+                "-host",
+                paced.address,
+                "-db",
+                db,
+                "-newdb",
+                as_name,
+                str(portable),
+            )
         self.q("SHOW MEASUREMENTS", as_name)
 
     def export(self, db: str, dest: Path) -> None:
@@ -243,9 +247,10 @@ def _restore(
     scratch: Path,
     exists: bool,
     logger: Logger,
+    rate: float,
 ) -> None:
     name, new = result.database, result.restored_as
-    live = _Live(config, logger)
+    live = _Live(config, logger, rate)
     aside: Path | None = None
     dropped = False
     try:
