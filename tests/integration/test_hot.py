@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox, free_port
-from influx_backupd.jobs.hot import rfc3339
+from influx_backupd.jobs.plan import rfc3339
 from influx_backupd.store.scanners import scan_portable
 from tests.conftest import STAND_INS, Cli, write_config
 

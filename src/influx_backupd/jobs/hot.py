@@ -18,21 +18,13 @@ back against its manifest before a run is recorded ok.
 from __future__ import annotations
 
 import email.utils
-import hashlib
-import itertools
 import os
-import queue
 import shutil
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 from influx_backupd.core import log
 from influx_backupd.core.cancel import NEVER, CancelToken
@@ -50,22 +42,21 @@ from influx_backupd.influxd.tool import (
     tool_version,
     unreachable_reason,
 )
+
+# Date has whole seconds and the request takes a moment: beyond this, the clocks really differ.
+from influx_backupd.jobs.follower import Follower
+from influx_backupd.jobs.plan import LinkPlan, plan_link
 from influx_backupd.store import layout
-from influx_backupd.store.archive import CHUNK, fsync_dir
+from influx_backupd.store.archive import fsync_dir
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.record import Flavour, RunRecord, new_run_id
+from influx_backupd.store.record import RunRecord, new_run_id
 from influx_backupd.store.scanners import (
-    FileDigest,
-    file_signature,
     scan_portable,
     scan_snapshot09,
 )
 from influx_backupd.store.sidecar import write_sidecar
 
-# Date has whole seconds and the request takes a moment: beyond this, the clocks really differ.
 CLOCK_SKEW_WARN_S = 5.0
-# Increments smaller than this together never force a new full (about 5 s of SELECT INTO).
-OUTGROWN_FLOOR = 256 << 20
 _THIS_HOST = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
 
 
@@ -79,84 +70,6 @@ _THIS_HOST = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
 
 
 # -- chains -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LinkPlan:
-    kind: Literal["full", "incremental"]
-    chain_id: str | None  # None for a full: its own run id, set once known
-    parent: RunRecord | None
-    since: str | None  # RFC3339, 1.x increments only
-    why: str
-
-
-def rfc3339(ts: float) -> str:
-    """Whole seconds, rounded down: an earlier -since only ever includes more."""
-    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def chain_links(records: list[RunRecord], chain_id: str) -> list[RunRecord]:
-    """The ok links of one chain, oldest first."""
-    links = [r for r in records if r.mode == "hot" and r.chain_id == chain_id and r.ok]
-    return sorted(links, key=lambda r: (r.started_at, r.id))
-
-
-def plan_link(
-    history: list[RunRecord],
-    *,
-    full_every: float,
-    now: float,
-    flavour: Flavour,
-    host: str,
-    exists: Callable[[Path], bool] = os.path.exists,
-) -> LinkPlan:
-    """Full or incremental, from this job's earlier runs (any order)."""
-    hot = sorted((r for r in history if r.mode == "hot"), key=lambda r: (r.started_at, r.id))
-    if not hot:
-        return LinkPlan("full", None, None, None, "first hot run of this job")
-    last = hot[-1]
-    if not last.ok:
-        return LinkPlan("full", None, None, None, f"the last hot run {last.id} is {last.status}")
-    if last.flavour != flavour:
-        return LinkPlan("full", None, None, None, "the influxd version changed")
-    if last.backup_host != host:
-        return LinkPlan("full", None, None, None, f"backup_host changed to {host}")
-    if not last.chain_id:
-        return LinkPlan("full", None, None, None, f"run {last.id} belongs to no chain")
-    links = chain_links(hot, last.chain_id)
-    if not links or links[0].kind != "full" or links[0].id != last.chain_id:
-        return LinkPlan("full", None, None, None, f"chain {last.chain_id} has no ok full")
-    for earlier, later in itertools.pairwise(links):
-        if later.parent_id != earlier.id:
-            return LinkPlan("full", None, None, None, f"chain {last.chain_id} has a gap")
-    for link in links:
-        if not link.archive or not exists(Path(link.archive)):
-            return LinkPlan("full", None, None, None, f"link {link.id} is missing on disk")
-    if now - links[0].started_at >= full_every:
-        return LinkPlan("full", None, None, None, "full_every has passed since the chain's full")
-    added = sum(link.bytes for link in links[1:])
-    if flavour == "portable" and added >= max(links[0].bytes, OUTGROWN_FLOOR):
-        # -since takes whole TSM files, and compactions rewrite them: increments can outgrow
-        # the full. Each is restored through SELECT * INTO (slow, memory-hungry; see
-        # docs/performance.md), while a full restores by file copy: start again. Small
-        # increments restore in seconds whatever their ratio, hence the floor.
-        return LinkPlan(
-            "full",
-            None,
-            None,
-            None,
-            f"the increments of chain {last.chain_id} ({added} bytes) have outgrown its full "
-            f"({links[0].bytes} bytes)",
-        )
-    since = rfc3339(since_anchor(last)) if flavour == "portable" else None
-    return LinkPlan("incremental", last.chain_id, last, since, f"extends chain {last.chain_id}")
-
-
-def since_anchor(link: RunRecord) -> float:
-    """When the link's snapshot began, on the server's clock (influxd compares -since with its
-    own file times); our start time for records from before the server's clock was read."""
-    anchor = link.since_anchor
-    return float(anchor) if isinstance(anchor, int | float) else link.started_at
 
 
 def server_clock(
@@ -179,170 +92,6 @@ def server_clock(
 
 
 # -- running the tool -------------------------------------------------------------------------------
-
-
-class _Followed:
-    """One output file as the follower reads it: bytes hashed so far, front to back."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.digest = hashlib.sha256()
-        self.hashed = 0
-        self.unsynced = 0
-        self.stat: tuple[int, int, int, int, int] | None = None  # describes the bytes hashed
-        # Seen once with a new mtime but no new bytes: a write may be under way (write() sets
-        # the mtime before it extends the size), or the file was rewritten in place.
-        self.suspect = False
-
-
-class _Follower:
-    """Hashes (and starts writing back) the tool's output files while the tool writes them.
-
-    After `influxd backup -portable` exits, reading 1.9 GB back for sha256 cost about 1.7 s, the
-    fsync of that much fresh page cache about 1 s more, against 3.5 s for the tool itself. Both
-    run here instead, on the second core, a few milliseconds behind the tool.
-
-    Why a file being written can be hashed: influxd writes each output file once, front to back,
-    and never seeks back (Go's gzip.Writer over an os.File opened in a brand-new directory;
-    strace shows plain sequential writes, no truncate, no rename onto a final name). So the bytes
-    before the end of a file do not change again, and hashing up to the current end, then
-    continuing from there, gives the digest of the finished file. Each file is read through one
-    descriptor, up to the size of a stat taken just before; that stat is kept with the digest,
-    and scan_portable uses a digest only when the file's device, inode, size, mtime_ns and
-    ctime_ns are still exactly that after the tool has exited. A file replaced, truncated or written without growing (mtime
-    moved, size did not) is dropped here and read again in full by scan_portable. Hashing only
-    files the tool has finished would have been simpler, but influxd 1.6 writes the shards one at
-    a time, and a server often holds one or two large shards: the last file is most of the bytes.
-
-    Only final names are followed (*.tar.gz, *.meta): the tool's .pending files and the plain
-    shard tar it gzips from are deleted before it exits, and hashing them would be wasted work.
-    """
-
-    POLL_S = 0.02
-    # fdatasync after this many new bytes, on a thread of its own: the final fsync finds little
-    # left, and hashing never waits for the disk (it fell behind the tool when it did).
-    SYNC_EVERY = 64 << 20
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.files: dict[str, _Followed] = {}
-        self.dropped: set[str] = set()
-        self.failed: str | None = None  # why the follower gave up; scan_portable then reads all
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="hot-follow", daemon=True)
-        self._syncs: queue.SimpleQueue[int | None] = queue.SimpleQueue()  # dup'd fds, None: done
-        self._syncer = threading.Thread(target=self._sync_loop, name="hot-sync", daemon=True)
-
-    def __enter__(self) -> _Follower:
-        self._thread.start()
-        self._syncer.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._syncs.put(None)
-        self._syncer.join()
-        for followed in self.files.values():
-            os.close(followed.fd)
-        self.files.clear()
-
-    def _loop(self) -> None:
-        try:
-            while not self._stop.is_set():
-                if not self._pass():
-                    self._stop.wait(self.POLL_S)
-        except OSError as exc:
-            self.failed = str(exc)
-
-    def _sync_loop(self) -> None:
-        while (fd := self._syncs.get()) is not None:
-            try:
-                os.fdatasync(fd)
-            except OSError:
-                pass  # only a head start: the run's own fsync of every file reports errors
-            finally:
-                os.close(fd)
-
-    def finish(self) -> dict[str, FileDigest]:
-        """Once the tool has exited: the rest of every file, and the digests taken."""
-        self._stop.set()
-        self._thread.join()
-        if self.failed is not None:
-            return {}
-        try:
-            self._pass(final=True)
-        except OSError as exc:
-            self.failed = str(exc)
-            return {}
-        return {
-            name: FileDigest(f.hashed, f.digest.hexdigest(), f.stat)
-            for name, f in self.files.items()
-            if f.stat is not None and f.stat[2] == f.hashed
-        }
-
-    def _pass(self, final: bool = False) -> bool:
-        """Read whatever was appended since the last pass; True when anything was.
-
-        final: the tool has exited, so no write is under way any more."""
-        progressed = False
-        for entry in os.scandir(self.directory):
-            name = entry.name
-            if name in self.dropped or not name.endswith((".tar.gz", ".meta")):
-                continue
-            followed = self.files.get(name)
-            if followed is None:
-                try:
-                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
-                except FileNotFoundError:
-                    continue
-                followed = self.files[name] = _Followed(fd)
-            now = self._appended_only(name, followed, entry.path, final)
-            if now is None:
-                continue
-            # Up to the size seen before reading: the stat kept describes exactly these bytes,
-            # so any later write shows as another size or mtime.
-            while followed.hashed < now.st_size:
-                data = os.pread(
-                    followed.fd, min(CHUNK, now.st_size - followed.hashed), followed.hashed
-                )
-                if not data:
-                    break  # truncated meanwhile: the next pass drops the file
-                followed.digest.update(data)
-                followed.hashed += len(data)
-                followed.unsynced += len(data)
-                progressed = True
-                if followed.unsynced >= self.SYNC_EVERY:
-                    self._syncs.put(os.dup(followed.fd))
-                    followed.unsynced = 0
-            followed.stat = file_signature(now)
-        return progressed
-
-    def _appended_only(
-        self, name: str, followed: _Followed, path: str, final: bool
-    ) -> os.stat_result | None:
-        """The file's stat now, when it only grew at its end since the last pass; None when it
-        is to be skipped this pass: dropped (replaced, shrunk, rewritten in place), or seen
-        with a new mtime and no new bytes while the tool may be half-way through a write
-        (write() sets the mtime before it extends the size): looked at again next pass."""
-        now = os.fstat(followed.fd)
-        try:
-            named = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            named = None
-        replaced = named is None or (named.st_dev, named.st_ino) != (now.st_dev, now.st_ino)
-        before = followed.stat
-        touched = before is not None and now.st_size == before[2] and file_signature(now) != before
-        if touched and not replaced and not final and not followed.suspect:
-            followed.suspect = True
-            return None
-        if replaced or now.st_size < followed.hashed or touched:
-            os.close(followed.fd)
-            del self.files[name]
-            self.dropped.add(name)
-            return None
-        followed.suspect = False
-        return now
 
 
 def _tail(lines: list[str], n: int = 3) -> str:
@@ -521,7 +270,7 @@ def _run_portable(
         argv += ["-since", record.since]
     argv.append(str(work))
     logger.info("hot.running", phase="backup", argv=argv)
-    with _Follower(work) as follower:
+    with Follower(work) as follower:
         run = run_tool(argv, timeout, logger, cancel=cancel)
         run_ended = time.monotonic()
         if run.returncode != 0:

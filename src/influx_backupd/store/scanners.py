@@ -188,7 +188,7 @@ GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip id bytes and CM=8 (deflate), the only metho
 
 @dataclass(frozen=True)
 class FileDigest:
-    """sha256 of one file, taken while the tool wrote it (_Follower), and the file's stat then."""
+    """sha256 of one file, taken while the tool wrote it (Follower), and the file's stat then."""
 
     size: int
     sha256: str
@@ -220,7 +220,7 @@ def scan_portable(
 
     sha256 of the directory = sha256 over the lines "NAME\\0SIZE\\0SHA256HEX\\n" of every
     file, sorted by name (SIZE in decimal, SHA256HEX of the file's bytes). digests (from
-    _Follower) gives sha256s already taken; one is used only when the file's device, inode, size,
+    Follower) gives sha256s already taken; one is used only when the file's device, inode, size,
     mtime_ns and ctime_ns are still those the follower saw when it read the file's last bytes; any
     other file is read and hashed here. Either way the result is the same digest.
     """

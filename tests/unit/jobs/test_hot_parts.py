@@ -20,7 +20,9 @@ from influx_backupd.core import log
 from influx_backupd.core.config import load
 from influx_backupd.core.errors import CheckFailed
 from influx_backupd.influxd.tool import parse_version, probe_snapshot_service, run_tool, split_host
-from influx_backupd.jobs.hot import _Follower, clock_url, plan_link
+from influx_backupd.jobs.follower import Follower
+from influx_backupd.jobs.hot import clock_url
+from influx_backupd.jobs.plan import plan_link
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.scanners import portable_meta_size, scan_portable, scan_snapshot09
 
@@ -241,7 +243,7 @@ def test_hashing_while_the_tool_writes_gives_the_sequential_digest(tmp_path: Pat
     d.mkdir()
     # The tool's order: meta, a temp file, the shard in pieces (read while it grows), manifest.
     pieces = (tmp_path / "src" / "T.s1.tar.gz").read_bytes()
-    with _Follower(d) as follower:
+    with Follower(d) as follower:
         (d / "T.meta").write_bytes((tmp_path / "src" / "T.meta").read_bytes())
         (d / "d.autogen.00001.00.pending").write_bytes(b"temp")
         with open(d / "T.s1.tar.gz", "wb") as out:
@@ -270,7 +272,7 @@ def test_the_follower_drops_a_file_rewritten_in_place(tmp_path: Path) -> None:
     d = tmp_path / "b"
     d.mkdir()
     shard = d / "T.s1.tar.gz"
-    with _Follower(d) as follower:
+    with Follower(d) as follower:
         shard.write_bytes(b"a" * 1000)
         deadline = time.monotonic() + 5
         while (
@@ -411,7 +413,7 @@ def test_a_write_caught_half_way_is_not_taken_for_a_rewrite(tmp_path: Path) -> N
     d.mkdir()
     shard = d / "T.s1.tar.gz"
     shard.write_bytes(b"a" * 1000)
-    follower = _Follower(d)  # passes driven by hand, no thread
+    follower = Follower(d)  # passes driven by hand, no thread
     try:
         assert follower._pass()
         st = shard.stat()
