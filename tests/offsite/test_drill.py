@@ -3,6 +3,7 @@ influxd) restores a cold archive and a hot chain from the bucket alone, 0 points
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,9 @@ def test_a_fresh_host_restores_a_cold_archive_and_a_hot_chain_from_the_bucket(
     }
     imported = new.json("import", "--offsite")
     assert sorted(imported["imported"]) == sorted([cold["id"], full["id"], increment["id"]])
+    # they are in the bucket, not here: verify --all has nothing to check yet (and fails none)
+    checked = new("verify", "--all", "--json")
+    assert checked.returncode == 0 and json.loads(checked.stdout) == [], checked.stdout
 
     done = new("restore", cold["id"], "--from", "offsite", "--yes", "--json")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -71,3 +75,8 @@ def test_a_fresh_host_restores_a_cold_archive_and_a_hot_chain_from_the_bucket(
     assert done.returncode == 0, done.stderr[-3000:]
     assert second.count("metrics") == 4_400
     assert sandbox.count("metrics") == 4_400  # the old host's data, untouched by all this
+    checked = new("verify", "--all", "--json")  # what was fetched is checked like any backup
+    assert checked.returncode == 0, checked.stdout[-2000:]
+    assert sorted(r["run_id"] for r in json.loads(checked.stdout)) == sorted(
+        [cold["id"], full["id"], increment["id"]]
+    )

@@ -678,6 +678,10 @@ def verify_all(
     it is read. `stop` is asked between backups (the daemon: stopping, or a backup is due); a
     check cut short and begun again later starts with the backups it did not reach."""
     good = [r for r in catalog.list(job=job) if r.ok and r.archive is not None]
+    # imported from the bucket (import --offsite) and not fetched yet: nothing here to check
+    good = [
+        r for r in good if not (r.extra.get("offsite_only") and not Path(str(r.archive)).exists())
+    ]
     good.sort(key=lambda r: (r.verified_at or r.finished_at or r.started_at, r.started_at))
     results = []
     for record in good:
