@@ -33,7 +33,14 @@ def test_under_umask_000_everything_is_private_and_influxd_gets_022(
     sandbox.write_points("metrics", 5_000)
     jobs = [
         {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "staged"},
-        {"name": "direct", "schedule": "0 4 * * *", "mode": "cold", "copy": "direct"},
+        {
+            "name": "direct",
+            "schedule": "0 4 * * *",
+            "mode": "cold",
+            "copy": "direct",
+            # the operator's hooks run with the operator's umask, not ours
+            "on_success": ["sh", "-c", f"umask > {tmp_path / 'hook.umask'}"],
+        },
         {"name": "hourly", "schedule": "0 * * * *", "mode": "hot"},
     ]
     config = write_config(tmp_path, sandbox, jobs=jobs)
@@ -66,6 +73,7 @@ def test_under_umask_000_everything_is_private_and_influxd_gets_022(
     assert any(n.endswith(".tar") for n in names) and any(n.endswith(".tar.json") for n in names)
     for path in files:
         assert _mode(path) == 0o600, f"{path}: {oct(_mode(path))}"
+    assert (tmp_path / "hook.umask").read_text().strip() == "0000"
     # node_exporter (another user) reads the metrics: readable, never writable by others
     assert _mode(metrics) == 0o644, oct(_mode(metrics))
     # nothing anywhere below them is writable by group or others (staged copies included)

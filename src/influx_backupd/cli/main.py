@@ -31,6 +31,7 @@ from influx_backupd.core.interrupt import Interrupted
 from influx_backupd.daemon.status import read_daemon_state
 from influx_backupd.influxd.server import InfluxdError
 from influx_backupd.offsite.errors import OffsiteError
+from influx_backupd.report import hooks
 from influx_backupd.run.guard import left_stopped, left_stopped_line
 from influx_backupd.store.catalog import CatalogBusy
 from influx_backupd.store.state import Busy
@@ -83,8 +84,8 @@ def _tell_left_stopped(config: Config, func: Callable[..., int]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # Private by default (state, staging, archives, records, logs), whatever the caller's
-    # umask; what is meant to be shared (the metrics file) and influxd itself set their own.
-    os.umask(0o077)
+    # umask; what is meant to be shared (the metrics file), influxd and hooks set their own.
+    hooks.CALLER_UMASK = os.umask(0o077)
     try:
         status = _main(argv)
         sys.stdout.flush()  # here, not at exit, where a closed pipe would print a traceback

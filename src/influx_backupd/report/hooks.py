@@ -21,6 +21,9 @@ from influx_backupd.core import log
 from influx_backupd.store.record import RunRecord
 
 PREFIX = "INFLUX_BACKUPD_"
+# The umask of whoever ran influx-backupd (the CLI keeps its own private): hooks are the
+# operator's programs and create their files as the operator would. -1: leave it as it is.
+CALLER_UMASK = -1
 OUTPUT_TAIL = 2000  # characters of the hook's output kept in the log
 
 
@@ -74,6 +77,7 @@ def run_hook(
                 env={**os.environ, **env},
                 start_new_session=True,  # its own process group, killed as one on timeout
                 close_fds=True,
+                umask=CALLER_UMASK,
             )
         except OSError as exc:
             result.error = f"cannot start {argv[0]}: {exc.strerror or exc}"
