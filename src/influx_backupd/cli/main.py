@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from influx_backupd.cli import offsite as offsite_cli
 from influx_backupd.cli.commands import (
     cmd_backup,
     cmd_import,
@@ -61,7 +62,15 @@ def _log_level(args: argparse.Namespace, configured: str) -> str:
 
 
 # Commands that take the backup lock: their recovery starts an influxd left stopped.
-_LOCK_TAKING = {cmd_backup, cmd_restore, cmd_verify, cmd_prune, cmd_import}
+_LOCK_TAKING = {
+    cmd_backup,
+    cmd_restore,
+    cmd_verify,
+    cmd_prune,
+    cmd_import,
+    offsite_cli.cmd_sync,
+    offsite_cli.cmd_import,
+}
 
 
 def _tell_left_stopped(config: Config, func: Callable[..., int]) -> None:
