@@ -17,7 +17,6 @@ Every problem is collected (not just the first) and the result goes into the cat
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import tarfile
 import tempfile
@@ -25,58 +24,40 @@ import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import BinaryIO
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import EXIT_USAGE, BackupdError, HotFailed, RestoreRefused
-from influx_backupd.core.log import Logger
-from influx_backupd.influxd import counts
-from influx_backupd.influxd import scratch as scratch_dir
-from influx_backupd.influxd.sandbox import Sandbox, toml_value
 from influx_backupd.report.metrics import VERIFY_FAILED
-from influx_backupd.restore.cold import archived_settings, throwaway
-from influx_backupd.restore.hot import (
-    StepFailed,
-    chain_server,
-    portable_databases,
-    restore_snapshot09_links,
-    start_throwaway,
-)
 from influx_backupd.store.archive import (
     COLD_TOPS,
     ArchiveError,
     UnsafeArchive,
     check_headers,
-    extract_safely,
     sha256_file,
 )
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import (
-    Link,
-    check_links,
     is_increment_09,
-    links_up_to,
     lookup,
     read_sidecar,
     sniff,
 )
 from influx_backupd.store.formats import ArchiveReport, Finding, check_archive, classify_member
 from influx_backupd.store.formats.tsm import check_tsm
-from influx_backupd.store.record import Flavour, RunRecord
-from influx_backupd.store.scanners import Scan, listed_size, scan_portable, scan_snapshot09
+from influx_backupd.store.record import RunRecord
+from influx_backupd.store.scanners import Scan, scan_portable, scan_snapshot09
 from influx_backupd.store.sidecar import SidecarError, record_beside
+from influx_backupd.verify.restore_test import restore_test_cold, restore_test_hot
+from influx_backupd.verify.result import VerifyResult
 
 COLD_REQUIRED = ("meta", "data", "influxdb.conf")
-SERVER_DIRS = ("meta", "data", "wal", "hh")
-COUNT_BUDGET_S = 300.0  # counting a restored server; its data is cold on disk
 # A TSM file from a 1.x shard .tar.gz is checked from a copy (gzip streams cannot seek): in memory
 # up to this size, a larger one in an unlinked temp file in the storage dir. In memory, BytesIO's
 # growth holds it about twice (measured: a 60 MB member raised peak RSS by 90 MB).
 SPOOL_MAX = 16 << 20
-NOT_QUERIED_09 = "not queried (0.9 server not available here)"
 
 
 class BackupNotFound(BackupdError):
@@ -84,43 +65,6 @@ class BackupNotFound(BackupdError):
 
     code = "usage"
     exit_status = EXIT_USAGE
-
-
-@dataclass
-class VerifyResult:
-    archive: str
-    run_id: str | None = None
-    job: str | None = None
-    status: Literal["ok", "failed"] = "ok"
-    # check name → "ok …" | "failed …" | "skipped …" | "not supported yet …"
-    checks: dict[str, str] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    restored_counts: dict[str, int] | None = None  # per database, from a restore test's server
-
-    def fail(self, check: str, message: str) -> None:
-        self.errors.append(message)
-        self.checks[check] = "failed"
-        self.status = "failed"
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def partial(self) -> bool:
-        return any(
-            v.startswith("not supported") or NOT_QUERIED_09 in v for v in self.checks.values()
-        )
-
-    def detail(self) -> str:
-        if self.errors:
-            return "; ".join(self.errors)
-        return ", ".join(f"{k}: {v}" for k, v in self.checks.items())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "partial": self.partial}
 
 
 def resolve(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | None]:
@@ -256,86 +200,9 @@ def _verify_tar(
 
     if restore_test:
         if not cold:
-            _restore_test_hot(config, "0.9", archive, record, result, catalog)
+            restore_test_hot(config, "0.9", archive, record, result, catalog)
         else:
-            _restore_test(config, archive, record, report, result)
-
-
-def _restore_test(
-    config: Config,
-    archive: Path,
-    record: RunRecord | None,
-    report: ArchiveReport,
-    result: VerifyResult,
-) -> None:
-    """Restore into a scratch dir and serve it from a throwaway influxd on free ports."""
-    check = "restore_test"
-    tops = sorted(set(SERVER_DIRS) & report.top_dirs)
-    if "meta" not in tops or "data" not in tops:
-        result.fail(check, "restore test: the archive has no meta/ and data/ to restore")
-        return
-    scratch = scratch_dir.make(config.storage_dir)
-    try:
-        try:
-            extract_safely(archive, {t: scratch / t for t in tops}, uid=None, gid=None)
-        except (ArchiveError, OSError, tarfile.TarError) as exc:
-            result.fail(check, f"restore test: extraction failed: {exc}")
-            return
-        # the archived server's settings (index-version: a TSI shard served as inmem is rebuilt)
-        server = throwaway(config, scratch, archived_settings(archive))
-        try:
-            start_throwaway(server, config.settings.influxd.start_timeout, "influxd")
-        except StepFailed as exc:
-            result.fail(check, f"restore test: {exc} on the restored files")
-            _note_killed(server, result)
-            server.stop()
-            return
-        try:
-            _check_restored(server, record, result)
-        finally:
-            _note_killed(server, result)
-            server.stop()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _check_restored(server: Sandbox, record: RunRecord | None, result: VerifyResult) -> None:
-    check = "restore_test"
-    try:
-        dbs = counts.databases(server.url)
-    except counts.FiguresError as exc:
-        result.fail(check, f"restore test: SHOW DATABASES failed: {exc}")
-        return
-    expected = (record.db_counts if record else None) or {}
-    errors: list[str] = []
-    missing = sorted(set(expected) - set(dbs))
-    if missing:
-        errors.append(f"databases missing after restore: {', '.join(missing)}")
-    deadline = time.monotonic() + COUNT_BUDGET_S
-    more: list[str] = []
-    result.restored_counts = {}
-    for db in dbs:
-        try:
-            got = counts.point_count(server.url, db, timeout=max(deadline - time.monotonic(), 1))
-        except counts.FiguresError as exc:
-            errors.append(f"database {db} does not answer: {exc}")
-            continue
-        result.restored_counts[db] = got
-        want = expected.get(db)
-        if want is None:
-            continue
-        # Points counted before the stop are a floor: writes may land until the stop itself.
-        if got < want:
-            errors.append(f"database {db}: {got} points restored, {want} counted at backup time")
-        elif got > want:
-            more.append(f"{db} +{got - want}")
-    if errors:
-        for message in errors:
-            result.fail(check, "restore test: " + message)
-        return
-    compared = len(set(expected) & set(dbs))
-    note = f"; written between count and stop: {', '.join(more)}" if more else ""
-    result.checks[check] = f"ok ({len(dbs)} databases answer, {compared} point counts match{note})"
+            restore_test_cold(config, archive, record, report, result)
 
 
 def _verify_hot_scan(
@@ -417,7 +284,7 @@ def _verify_directory(
             f"{', deep' if deep else ''})"
         )
     if restore_test:
-        _restore_test_hot(config, "portable", archive, record, result, catalog)
+        restore_test_hot(config, "portable", archive, record, result, catalog)
 
 
 def check_portable_formats(directory: Path, *, deep: bool, spool_dir: Path) -> ArchiveReport:
@@ -463,205 +330,6 @@ def check_portable_formats(directory: Path, *, deep: bool, spool_dir: Path) -> A
 
 
 # -- restore test of a hot backup -------------------------------------------------------------------
-
-
-def _restore_test_hot(
-    config: Config,
-    flavour: Flavour,
-    archive: Path,
-    record: RunRecord | None,
-    result: VerifyResult,
-    catalog: Catalog | None,
-) -> None:
-    """The chain up to this link, restored by hot_restore's own steps into scratch, then checked.
-
-    The link itself was read back above (manifest, sha256); the links before it are checked here
-    against their manifests and the catalog's sha256s (the gzip ends, not gunzipped: the sha256
-    already shows they are the bytes checked when they were written).
-    """
-
-    check = "restore_test"
-    try:
-        links, source = links_up_to(catalog or Catalog(config.state_dir), flavour, archive, record)
-    except RestoreRefused as exc:
-        result.fail(check, f"restore test: {exc}")
-        return
-    alone = {
-        "catalog": "",
-        "sidecar": "; chain from the backup records beside the dirs, not the catalog",
-        "alone": "; this backup alone: not in the catalog, so its chain is unknown",
-    }[source]
-    try:
-        check_links(flavour, links[:-1], deep=False)
-    except RestoreRefused as exc:
-        result.fail(check, f"restore test: an earlier link of the chain is unusable: {exc}")
-        return
-    scratch = scratch_dir.make(config.storage_dir)
-    logger = log.get(action="verify", run_id=result.run_id, scratch=str(scratch))
-    logger.info("verify.restore_test", flavour=flavour, links=[str(link.path) for link in links])
-    try:
-        if flavour == "portable":
-            _restore_test_portable(config, links, record, scratch, result, alone, logger)
-        else:
-            _restore_test_09(config, links, scratch, result, alone, logger)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _restore_test_portable(
-    config: Config,
-    links: list[Link],
-    record: RunRecord | None,
-    scratch: Path,
-    result: VerifyResult,
-    alone: str,
-    logger: Logger,
-) -> None:
-    """An empty throwaway influxd (free ports, conf in scratch: prune and recovery find it)."""
-
-    check = "restore_test"
-    started = time.monotonic()
-    try:
-        expected: set[str] = set()
-        for link in links:
-            expected |= portable_databases(link.path)
-        with chain_server(config, links, scratch, tag="verify", logger=logger) as server:
-            took = time.monotonic() - started
-            _check_restored_hot(server, sorted(expected), record, result, len(links), took, alone)
-            _note_killed(server, result)
-    except (StepFailed, OSError, ValueError, KeyError, TypeError) as exc:
-        result.fail(check, f"restore test: restoring the chain failed: {exc}")
-
-
-def _note_killed(server: Sandbox, result: VerifyResult) -> None:
-    """A failed restore test whose server died by a signal says so: the failures it caused
-    (refused queries) are not what went wrong."""
-    note = server.killed_note()
-    if note is not None and result.checks.get("restore_test") == "failed":
-        result.fail("restore_test", "restore test: " + note)
-
-
-def _check_restored_hot(
-    server: Sandbox,
-    expected: list[str],
-    record: RunRecord | None,
-    result: VerifyResult,
-    links: int,
-    took: float,
-    alone: str,
-) -> None:
-    check = "restore_test"
-    try:
-        dbs = counts.databases(server.url)
-    except counts.FiguresError as exc:
-        result.fail(check, f"restore test: SHOW DATABASES failed: {exc}")
-        return
-    floor = (record.db_counts if record else None) or {}
-    errors: list[str] = []
-    missing = sorted((set(expected) | set(floor)) - set(dbs))
-    if missing:
-        errors.append(f"databases missing after restore: {', '.join(missing)}")
-    deadline = time.monotonic() + COUNT_BUDGET_S
-    restored: dict[str, int] = {}
-    for db in dbs:
-        try:
-            restored[db] = counts.point_count(
-                server.url, db, timeout=max(deadline - time.monotonic(), 1)
-            )
-        except counts.FiguresError as exc:
-            errors.append(f"database {db} does not answer: {exc}")
-            continue
-        want = floor.get(db)
-        if want is not None and restored[db] < want:
-            errors.append(
-                f"database {db}: {restored[db]} points restored, {want} counted at backup"
-            )
-    result.restored_counts = restored
-    if errors:
-        for message in errors:
-            result.fail(check, "restore test: " + message)
-        return
-    shown = ", ".join(f"{db} {n}" for db, n in sorted(restored.items())) or "none"
-    compared = f", {len(set(floor) & set(dbs))} point counts match" if floor else ""
-    answer = "1 database answers" if len(dbs) == 1 else f"{len(dbs)} databases answer"
-    result.checks[check] = (
-        f"ok ({links} link{'s' if links != 1 else ''} restored in {took:.1f}s, {answer}"
-        f"{compared}; points: {shown}{alone})"
-    )
-
-
-def _restore_test_09(
-    config: Config,
-    links: list[Link],
-    scratch: Path,
-    result: VerifyResult,
-    alone: str,
-    logger: Logger,
-) -> None:
-    """`influxd restore -config` into scratch dirs; every manifest file restored with its size.
-
-    No 0.9 server can run here (tests use a stand-in that stores no series), so the restored
-    files are not served and queried: the result says so, and counts as partial.
-    """
-
-    check = "restore_test"
-    meta, data = scratch / "meta", scratch / "data"
-    conf = scratch / "influxdb.conf"
-    conf.write_text(
-        "# influx-backupd verify: restore-test target, never served\n"
-        f"[meta]\n  dir = {toml_value(meta)}\n[data]\n  dir = {toml_value(data)}\n"
-        f"[hinted-handoff]\n  dir = {toml_value(scratch / 'hh')}\n"
-    )
-    wanted: dict[str, int] = {}  # the newest copy of each file wins, as the tool restores
-    try:
-        for link in links:
-            for entry in _snapshot_manifest(link.path):
-                wanted[str(entry["name"])] = listed_size(entry, link.path)
-        restore_snapshot09_links(
-            str(config.settings.influxd.binary),
-            conf,
-            links,
-            scratch / "stage",
-            timeout=config.settings.influxd.backup_timeout,
-            logger=logger,
-        )
-    except (StepFailed, OSError, ValueError, KeyError, TypeError, tarfile.TarError) as exc:
-        result.fail(check, f"restore test: restoring the chain failed: {exc}")
-        return
-    errors = [
-        f"the restored {d.name} dir is missing or empty"
-        for d in (meta, data)
-        if not d.is_dir() or not any(d.iterdir())
-    ]
-    for name, size in sorted(wanted.items()):
-        if name == "meta":
-            continue  # the tool rewrites the meta store; its dir is checked above
-        path = data / name
-        if not path.is_file():
-            errors.append(f"{name} was not restored")
-        elif path.stat().st_size != size:
-            errors.append(f"{name} restored with {path.stat().st_size} bytes, manifest says {size}")
-    if errors:
-        for message in errors:
-            result.fail(check, "restore test: " + message)
-        return
-    result.checks[check] = (
-        f"files restored; {NOT_QUERIED_09}: {len(wanted)} files of {len(links)} "
-        f"link{'s' if len(links) != 1 else ''} match their manifests{alone}"
-    )
-
-
-def _snapshot_manifest(path: Path) -> list[dict[str, Any]]:
-    """The files list of a 0.9 snapshot's manifest (its first member)."""
-    with tarfile.open(path, "r:") as tar:
-        first = tar.next()
-        stream = tar.extractfile(first) if first is not None and first.name == "manifest" else None
-        if stream is None:
-            raise ValueError(f"{path}: no manifest")
-        files = json.loads(stream.read()).get("files")
-    if not isinstance(files, list):
-        raise ValueError(f"{path}: manifest has no files list")
-    return [f for f in files if isinstance(f, dict)]
 
 
 def verify_all(
