@@ -40,7 +40,7 @@ from influx_backupd.influxd.server import Influxd
 from influx_backupd.jobs.hot import clock_url
 from influx_backupd.keep.prune import prune
 from influx_backupd.report import notify, progress
-from influx_backupd.restore.database import restore_database
+from influx_backupd.restore.database import DATABASE_RATE_MIB, restore_database
 from influx_backupd.restore.hot import restore_backup
 from influx_backupd.restore.target import restore_into, target_problem
 from influx_backupd.run.followup import write_metrics
@@ -311,8 +311,12 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         backup_argument(config, args.backup)
     if args.start and args.target is None:
         raise UsageError("restore: --start goes with --target DIR")
-    if args.database is None and (args.new_name is not None or args.replace or args.limit_rate):
+    if args.database is None and (
+        args.new_name is not None or args.replace or args.limit_rate is not None
+    ):
         raise UsageError("restore: --as, --replace and --limit-rate go with --database NAME")
+    if args.limit_rate is None:
+        args.limit_rate = DATABASE_RATE_MIB
     if args.limit_rate < 0:
         raise UsageError(f"restore: --limit-rate {args.limit_rate:g}: give MiB a second, >= 0")
     if args.target is not None and args.database is not None:

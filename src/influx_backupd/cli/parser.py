@@ -23,6 +23,7 @@ from influx_backupd.core import log
 from influx_backupd.core.errors import (
     EXIT_USAGE,
 )
+from influx_backupd.restore.database import DATABASE_RATE_MIB
 
 
 class _Parser(argparse.ArgumentParser):
@@ -202,10 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit-rate",
         type=float,
-        default=0.0,
         metavar="MIB_S",
         help="with --database: send the database to the live server at most this many MiB a "
-        "second, so that its own writes wait less (default: 0, no limit)",
+        f"second, so that its own writes wait less (default: {DATABASE_RATE_MIB:g}; 0: no limit)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.set_defaults(func=cmd_restore)

@@ -65,6 +65,10 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import check_links
 from influx_backupd.store.scanners import scan_portable
 
+# The live server's write p99 while a 1 GB database went in: 4.5 times its p99 before without a
+# limit, 1.8 times at 50 MiB/s (bench/restore_database.py, docs/performance.md)
+DATABASE_RATE_MIB = 50.0
+
 
 @dataclass
 class DatabaseResult:
