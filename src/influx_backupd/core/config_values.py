@@ -12,6 +12,7 @@ absolute path. Every section and key is walked, so a new key of type Path gets t
 from __future__ import annotations
 
 import re
+import shutil
 import urllib.parse
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from pydantic import BaseModel
 _UNIT = re.compile(r"^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]*$")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+)$")
 _URL_KEYS = {"url", "backup_url", "heartbeat_url"}
-_ARGV_KEYS = {"command", "on_success", "on_failure"}
+_HOOK_KEYS = {"on_success", "on_failure"}
+_ARGV_KEYS = {"command"} | _HOOK_KEYS
 _NOT_EMPTY = {"user", "group"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -70,7 +72,9 @@ def _value(key: str, value: object) -> str | None:
     if key == "service" and isinstance(value, str) and not _UNIT.match(value):
         return f"must be a systemd unit name like influxdb.service, not {value!r}"
     if key in _ARGV_KEYS and isinstance(value, list):
-        return argv_problem(value)
+        # influxd's command must be exactly what starts it again (invariant 1); a hook may be
+        # a program found on the PATH, as a shell would find it, if it is there now
+        return argv_problem(value, on_path=key in _HOOK_KEYS)
     if key == "username" and isinstance(value, str) and (":" in value or _CONTROL.search(value)):
         return f"must not contain ':' or control characters (HTTP basic auth), not {value!r}"
     if key in _NOT_EMPTY and isinstance(value, str) and not value.strip():
@@ -88,12 +92,16 @@ def path_problem(path: Path) -> str | None:
     return None
 
 
-def argv_problem(argv: list[str]) -> str | None:
+def argv_problem(argv: list[str], *, on_path: bool = False) -> str | None:
     if not argv or not argv[0]:
         return "must be a non-empty argv list starting with the executable, like ['/usr/bin/x']"
-    if not Path(argv[0]).is_absolute():
-        return f"the executable must be an absolute path, not {argv[0]!r}"
-    return None
+    if Path(argv[0]).is_absolute():
+        return None
+    if on_path and "/" not in argv[0]:
+        if shutil.which(argv[0]) is None:
+            return f"the executable {argv[0]!r} is not on the PATH; give its absolute path"
+        return None
+    return f"the executable must be an absolute path, not {argv[0]!r}"
 
 
 def url_problem(url: str) -> str | None:

@@ -1,0 +1,22 @@
+"""A hook may name a program on the PATH; influxd's command must be an absolute path."""
+
+from __future__ import annotations
+
+from influx_backupd.core.config_values import argv_problem
+
+
+def test_a_hook_may_be_a_program_found_on_the_path() -> None:
+    assert argv_problem(["sh", "-c", "true"], on_path=True) is None
+    assert argv_problem(["/bin/sh", "-c", "true"], on_path=True) is None
+
+
+def test_a_hook_not_on_the_path_or_relative_is_refused() -> None:
+    missing = argv_problem(["no-such-program-here"], on_path=True)
+    assert missing is not None and "not on the PATH" in missing
+    relative = argv_problem(["bin/notify"], on_path=True)
+    assert relative is not None and "absolute path" in relative
+
+
+def test_influxds_command_must_be_absolute() -> None:
+    refused = argv_problem(["influxd", "run"])
+    assert refused is not None and "absolute path" in refused
