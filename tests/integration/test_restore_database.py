@@ -4,9 +4,12 @@ database back into the live server while it serves, every other database untouch
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from influx_backupd.influxd import counts
 from influx_backupd.influxd.sandbox import Sandbox
@@ -154,3 +157,42 @@ def test_replace_keeps_the_replaced_database_aside_and_a_failure_puts_it_back(
     done = cli("restore", str(kept), "--database", "metrics", "--as", "metrics_before")
     assert done.returncode == 0, done.stderr
     assert sandbox.count("metrics_before") == 5_300
+
+
+def test_a_replace_killed_after_the_drop_is_undone_by_the_next_command(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox))
+    _populate(sandbox)
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    before = _points(sandbox)
+    pending = tmp_path / "state" / "restore-database.json"
+
+    # `influxd restore -db metrics -newdb other` hangs: the restore is killed while it runs
+    hanging = STAND_INS / "influxd_restore_renaming_hangs"
+    stuck = Cli(write_config(tmp_path, sandbox, influxd={"binary": str(hanging)}))
+    proc = stuck.popen(
+        "restore", record["id"], "--database", "metrics", "--as", "other", "--replace", "--yes"
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any("sleep" in p.name() for p in psutil.Process(proc.pid).children(True)):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the restore never reached the live server"
+            time.sleep(0.1)
+        assert json.loads(pending.read_text())["dropped"] is True
+        assert "other" not in sandbox.databases(), "dropped, its copy kept aside"
+        tool = [p for p in psutil.Process(proc.pid).children(True) if "sleep" in p.name()]
+    finally:
+        proc.kill()
+        proc.communicate()
+    for p in tool:
+        p.kill()
+
+    cli = Cli(write_config(tmp_path, sandbox))
+    done = cli("prune", "--dry-run")  # any command that takes the lock
+    assert done.returncode == 0, done.stderr
+    assert "recovery.database_restore_undone" in done.stderr
+    assert not pending.exists()
+    assert _points(sandbox) == before, "other is back, as it was; nothing else changed"

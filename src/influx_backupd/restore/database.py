@@ -25,12 +25,15 @@ failed tool had begun creating (it did not exist before) is dropped again.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 import tarfile
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import psutil
 
@@ -244,6 +247,66 @@ def _export(config: Config, logger: Logger, host: str, db: str, dest: Path) -> N
     _tool(config, logger, "backup", "-portable", "-host", host, "-database", db, str(dest))
 
 
+PENDING = "restore-database.json"  # in state_dir while the live server is being changed
+
+
+class _Pending:
+    """What a database restore has done to the live server so far, in state_dir: a restore
+    killed outright (SIGKILL, power loss) is undone from it by the next lock-taking command
+    (recover_database_restore)."""
+
+    def __init__(self, config: Config) -> None:
+        self.path = config.state_dir / PENDING
+
+    def write(self, **state: object) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def recover_database_restore(config: Config) -> None:
+    """Called under the lock (its writer is dead): undo what a killed database restore did to
+    the live server, as a failed one undoes it itself. Kept for the next command if the live
+    server does not answer now."""
+    pending = _Pending(config)
+    state = pending.read()
+    if state is None:
+        if pending.path.exists():
+            pending.clear()  # unreadable: written half-way, before anything was changed
+        return
+    logger = log.get(action="recovery", database=state.get("new"))
+    aside = state.get("aside")
+    try:
+        undone = _undo(
+            _Live(config, logger, 0.0),
+            str(state["new"]),
+            bool(state.get("existed")),
+            bool(state.get("dropped")),
+            Path(aside) if isinstance(aside, str) else None,
+            strict=True,
+        )
+    except (StepFailed, KeyError) as exc:
+        logger.error("recovery.database_restore_pending", error=str(exc), path=str(pending.path))
+        return
+    logger.warning("recovery.database_restore_undone", undone=undone)
+    pending.clear()
+
+
 def _restore(
     config: Config,
     source: ColdSource | HotSource,
@@ -255,26 +318,32 @@ def _restore(
 ) -> None:
     name, new = result.database, result.restored_as
     live = _Live(config, logger, rate)
+    pending = _Pending(config)
     aside: Path | None = None
     dropped = False
     try:
         t_prepare = time.monotonic()
         portable = _portable_of(config, source, name, scratch, logger)
         result.prepare_s = round(time.monotonic() - t_prepare, 3)
+        pending.write(new=new, existed=exists, dropped=False, aside=None)
         if exists:  # --replace: keep the present one aside first, whole
             aside = config.storage_dir / f"{new}.replaced-{scratch.name[-8:]}"
             logger.info("restore.keeping_replaced", database=new, path=str(aside))
             live.export(new, aside)
             scan_portable(aside, deep=True)
             result.replaced_copy = str(aside)
+            # written before the drop: a kill right after it still finds the copy
+            pending.write(new=new, existed=exists, dropped=True, aside=str(aside))
             live.q(f"DROP DATABASE {ident(new)}")
             dropped = True
         t_restore = time.monotonic()
         live.take(portable, name, new)
         result.restore_s = round(time.monotonic() - t_restore, 3)
+        pending.clear()
     except (Exception, Interrupted) as exc:
         with signals_blocked():
             undone = _undo(live, new, exists, dropped, aside)
+            pending.clear()
         logger.error("restore.database_failed", error=str(exc), undone=undone)
         if isinstance(exc, Interrupted):
             raise
@@ -283,8 +352,21 @@ def _restore(
         ) from None
 
 
-def _undo(live: _Live, new: str, existed: bool, dropped: bool, aside: Path | None) -> str:
-    """Put the live server back as it was; says how it ended, for the error line."""
+def _undo(
+    live: _Live,
+    new: str,
+    existed: bool,
+    dropped: bool,
+    aside: Path | None,
+    *,
+    strict: bool = False,
+) -> str:
+    """Put the live server back as it was; says how it ended, for the error line. strict
+    (recovery): a live server that does not answer raises StepFailed, to be tried again."""
+    if dropped and aside is not None and not aside.is_dir():
+        return f"database {new} was dropped and its copy {aside} is gone: restore it by hand"
+    if strict:
+        live.has(new)  # StepFailed while the live server does not answer
     try:
         if (dropped or not existed) and live.has(new):
             live.q(f"DROP DATABASE {ident(new)}")  # what the failed restore made of it
