@@ -203,8 +203,10 @@ def test_scheduled_runs_happen_on_time_never_overlap_and_report_to_systemd(
     # on time: the first run of each job comes one interval after start (not at once), and a
     # job's runs are whole intervals apart (a fire while it still runs is skipped, not queued)
     first = {job: min(r.started_at for r in records if r.job == job) for job in ("fast", "slow")}
-    assert 1.5 < first["fast"] - started < 6
-    assert 2.5 < first["slow"] - started < 7
+    # (the upper bounds leave room for the daemon's own start-up on a loaded machine: `started`
+    # is taken before its Python even runs)
+    assert 1.5 < first["fast"] - started < 15
+    assert 2.5 < first["slow"] - started < 16
     events = d.events()
     # both are due every 6 s: one waits while the other runs, then runs once
     waited = [e for e in events if e["event"] == "run.due" and e["late_s"] > 0.3]
