@@ -5,6 +5,11 @@
     python3 scripts/reliability_report.py -- -k kill       # pytest arguments after --
     python3 scripts/reliability_report.py --results R.jsonl  # from a run made earlier
     python3 scripts/reliability_report.py --check          # the doc lists every fault test?
+    python3 scripts/reliability_report.py --update tests/faults/test_x.py  # only those tests again
+
+Every run's results are kept in docs/reliability.jsonl (one JSON line per test; the newest line
+of a test counts), so --update reruns only what changed, and results of tests that no longer
+exist are dropped before the document is written.
 
 The document lists only what the run recorded: each fault tried, its variants, their outcome and
 the data lost as the tests measured it. Exit status 1 when any test failed (the doc still says so).
@@ -44,13 +49,20 @@ CLASSES: dict[str, str] = {
 }
 
 
-def run_suite(pytest_args: list[str]) -> Path:
-    fd, name = tempfile.mkstemp(prefix="faults-", suffix=".jsonl")
-    os.close(fd)
+RESULTS = ROOT / "docs" / "reliability.jsonl"
+
+
+def run_suite(pytest_args: list[str], into: Path | None = None) -> Path:
+    if into is None:
+        fd, name = tempfile.mkstemp(prefix="faults-", suffix=".jsonl")
+        os.close(fd)
+    else:
+        name = str(into)
     env = {**os.environ, "INFLUX_BACKUPD_FAULT_RESULTS": name}
     env.setdefault("PYTHONPATH", str(ROOT / "src"))
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/faults"]
-    subprocess.run([*argv, *pytest_args], cwd=ROOT, env=env, check=False)
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    targets = [] if any(a.startswith("tests/") for a in pytest_args) else ["tests/faults"]
+    subprocess.run([*argv, *targets, *pytest_args], cwd=ROOT, env=env, check=False)
     return Path(name)
 
 
@@ -161,6 +173,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
     parser.add_argument("--check", action="store_true", help="compare the doc with the tests")
+    parser.add_argument(
+        "--update",
+        nargs="+",
+        metavar="TEST",
+        help="rerun only these tests (files or node ids), keep the other results",
+    )
     args = parser.parse_args()
     if args.check:
         problems = check(args.out)
@@ -168,13 +186,24 @@ def main() -> int:
             print(f"reliability_report: {problem}", file=sys.stderr)
         if problems:
             print(
-                "reliability_report: run `python3 scripts/reliability_report.py` (the whole "
-                "fault suite) and commit docs/reliability.md",
+                "reliability_report: run `python3 scripts/reliability_report.py --update "
+                "TESTS` (or without --update: the whole fault suite) and commit "
+                "docs/reliability.md and docs/reliability.jsonl",
                 file=sys.stderr,
             )
         return 1 if problems else 0
-    path = args.results or run_suite(args.pytest_args)
+    if args.results:
+        path = args.results
+    else:
+        if not args.update:
+            RESULTS.write_text("")  # a whole run replaces every result
+        path = run_suite([*(args.update or []), *args.pytest_args], into=RESULTS)
     rows = read_results(path)
+    if not args.results:
+        now = collected()
+        rows = [row for row in rows if row["nodeid"] in now]
+        # what the document was made from, without the results of tests that are gone
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     if not rows:
         print(f"reliability_report: no results in {path}", file=sys.stderr)
         return 1
