@@ -184,15 +184,26 @@ def test_a_replace_killed_after_the_drop_is_undone_by_the_next_command(
         assert json.loads(pending.read_text())["dropped"] is True
         assert "other" not in sandbox.databases(), "dropped, its copy kept aside"
         tool = [p for p in psutil.Process(proc.pid).children(True) if "sleep" in p.name()]
+        # `status` (no lock) shows the restore running, with its progress
+        report = stuck.json("status")
+        assert report["restore"]["what"] == f"restore {record['id']}"
+        assert report["restore"]["pid"] == proc.pid
+        while report["restore"]["total"] == 0:  # rewritten every 2 s
+            assert time.monotonic() < deadline, "the archive's extraction was never counted"
+            time.sleep(0.5)
+            report = stuck.json("status")
+        assert f"restore   restore {record['id']} (pid {proc.pid}" in stuck("status").stdout
     finally:
         proc.kill()
         proc.communicate()
     for p in tool:
         p.kill()
+    assert stuck.json("status")["restore"] is None, "a file left by a dead restore is not shown"
 
     cli = Cli(write_config(tmp_path, sandbox))
     done = cli("prune", "--dry-run")  # any command that takes the lock
     assert done.returncode == 0, done.stderr
     assert "recovery.database_restore_undone" in done.stderr
     assert not pending.exists()
+    assert not (tmp_path / "state" / "restore-progress.json").exists()
     assert _points(sandbox) == before, "other is back, as it was; nothing else changed"

@@ -348,6 +348,7 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     with (
         exclusive(config) as catalog,
         progress.under_systemd(f"restore {args.backup}"),
+        progress.published(config.state_dir / progress.RUNNING_FILE, f"restore {args.backup}"),
         contextlib.ExitStack() as cleanup,
     ):
         if bar is not None:

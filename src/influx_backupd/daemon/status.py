@@ -14,6 +14,7 @@ import psutil
 from influx_backupd.core.config import Config
 from influx_backupd.core.schedule import describe
 from influx_backupd.daemon.loop import STATE_FILE
+from influx_backupd.report import progress
 from influx_backupd.run import offsite
 from influx_backupd.run.guard import left_stopped, left_stopped_line
 from influx_backupd.store.catalog import Catalog
@@ -82,6 +83,8 @@ def gather(config: Config) -> dict[str, Any]:
     last_downtime = with_downtime[-1] if with_downtime else None
     left = left_stopped(config)
     return {
+        # a restore running now (by hand or under a unit), with its progress
+        "restore": progress.read_published(config.state_dir / progress.RUNNING_FILE),
         # influxd left stopped by a run that is gone (its crash marker), and what brings it back
         "influxd_down": {
             "run_id": left.get("run_id"),
@@ -139,6 +142,14 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  status  {d['status']}")
     else:
         lines.append("daemon    not running")
+    running = report.get("restore")
+    if running:
+        files = running.get("files")
+        done = progress.describe(running["done"], running["total"], tuple(files) if files else None)
+        lines.append(
+            f"restore   {running['what']} (pid {running['pid']}, since "
+            f"{_when(running['started_at'])}): {done}"
+        )
     for job in report["jobs"]:
         lines.append(f"job {job['name']}  {job['schedule']}, mode {job['mode']}")
         lines.append(f"  next    {_when(job['next_run']) if d['running'] else '- (no daemon)'}")

@@ -4,11 +4,16 @@ status); the jobs and restores only call notify()."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
 
 from influx_backupd.core import log, systemd
 
@@ -71,6 +76,56 @@ def under_systemd(what: str, every: float = EXTEND_EVERY, by: float = EXTEND_BY)
     finally:
         unlisten(listener)
         systemd.status(f"{what}: finished")
+
+
+RUNNING_FILE = "restore-progress.json"  # in state_dir while a restore runs, for `status`
+
+
+@contextlib.contextmanager
+def published(path: Path, what: str, every: float = 2.0) -> Iterator[None]:
+    """While a long command (a restore) runs: its progress in path (JSON, rewritten every
+    `every` seconds, removed at the end), which `status` shows. pid and create_time let a reader
+    tell a file left by a process killed outright."""
+    me = psutil.Process()
+    state: dict[str, Any] = {
+        "what": what,
+        "pid": me.pid,
+        "create_time": me.create_time(),
+        "started_at": time.time(),
+        "done": 0,
+        "total": 0,
+        "files": None,
+    }
+
+    def listener(done: int, total: int, files: tuple[int, int] | None = None) -> None:
+        state.update(done=done, total=total, files=list(files) if files else None)
+
+    def write() -> None:
+        with contextlib.suppress(OSError):  # a status that cannot be written fails nothing
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({**state, "updated_at": time.time()}))
+            os.replace(tmp, path)
+
+    listen(listener)
+    try:
+        with repeating(every, write, now=True):
+            yield
+    finally:
+        unlisten(listener)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def read_published(path: Path) -> dict[str, Any] | None:
+    """A running command's published progress; None when there is none or its writer is gone."""
+    try:
+        state = json.loads(path.read_text())
+        pid, created = int(state["pid"]), float(state["create_time"])
+        if abs(psutil.Process(pid).create_time() - created) > 1.0:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 @contextlib.contextmanager

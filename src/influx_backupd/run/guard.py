@@ -14,6 +14,7 @@ from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.influxd import scratch
 from influx_backupd.influxd.server import Influxd, InfluxdError
+from influx_backupd.report import progress
 from influx_backupd.restore.database import recover_database_restore
 from influx_backupd.restore.swap import roll_back
 from influx_backupd.run.followup import follow_up, write_metrics
@@ -122,6 +123,8 @@ def recover(
             logger.warning("recovery.partial_removed", path=str(leftover))
         _restore_tests_left(storage)
     recover_database_restore(config)  # a killed `restore --database`: undone on the live server
+    # a restore's published progress, left by one killed outright (restores hold the lock)
+    (config.state_dir / progress.RUNNING_FILE).unlink(missing_ok=True)
     if not _catalog_usable(catalog, on_damage):
         if not_started is not None:
             raise not_started
