@@ -71,6 +71,13 @@ def test_verify_names_the_changed_file_of_a_hot_backup(
         assert any(shard in ln for ln in errors), failed.stdout
         others = [n for n in files if n != shard]
         assert not any(n in ln for ln in errors for n in others), "only the changed file is named"
+    # restore refuses it before anything is stopped, naming the file too
+    pid = sandbox.pids()
+    refused = run_cli(config, "restore", record["id"], "--yes")
+    assert refused.returncode == 1, refused.stdout + refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr
+    assert shard in refused.stderr and "changed since the backup" in refused.stderr
+    assert sandbox.pids() == pid, "influxd was not stopped"
     # nothing lost: verify only reads (the damage is the test's own)
     fault_result.lost(points=20_000 - sandbox.count("metrics"), archives=0)
     assert sandbox.count("metrics") == 20_000

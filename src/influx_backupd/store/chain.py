@@ -12,7 +12,7 @@ from typing import Literal
 from influx_backupd.core.errors import CheckFailed, RestoreRefused
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import Flavour, RunRecord
-from influx_backupd.store.scanners import Scan, scan_portable, scan_snapshot09
+from influx_backupd.store.scanners import Scan, changed_files, scan_portable, scan_snapshot09
 from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
 
 
@@ -161,9 +161,11 @@ def check_links(flavour: Flavour, links: list[Link], *, deep: bool = True) -> li
         record = link.record
         if record is not None and record.sha256 and record.sha256 != scan.sha256:
             whose = "the catalog's" if link.source == "catalog" else "its backup record's"
+            changed = changed_files(scan, record.extra.get("file_sha256"))
             raise RestoreRefused(
                 f"{link.path}: sha256 {scan.sha256} does not match {whose} "
                 f"{record.sha256} (run {record.id})"
+                + (f": changed since the backup: {'; '.join(changed)}" if changed else "")
             )
         scans.append(scan)
     return scans

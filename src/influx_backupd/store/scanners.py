@@ -44,6 +44,19 @@ class Scan:
     file_sha256: dict[str, str] = field(default_factory=dict)
 
 
+def changed_files(scan: Scan, recorded: object) -> list[str] | None:
+    """The files of a 1.x hot backup whose sha256 differs from the recorded one (each with both
+    sha256s), named; None when the record keeps no sha256 per file (written before they were)."""
+    if not isinstance(recorded, dict) or not scan.file_sha256:
+        return None
+    return [
+        f"{name} (sha256 {scan.file_sha256.get(name, 'missing')}, recorded "
+        f"{recorded.get(name, 'none')})"
+        for name in sorted(set(recorded) | set(scan.file_sha256))
+        if recorded.get(name) != scan.file_sha256.get(name)
+    ]
+
+
 class _Hashing:
     """Read-through that hashes and counts every byte read."""
 

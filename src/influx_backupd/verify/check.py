@@ -48,7 +48,7 @@ from influx_backupd.store.chain import (
 from influx_backupd.store.formats import ArchiveReport, Finding, check_archive, classify_member
 from influx_backupd.store.formats.tsm import check_tsm
 from influx_backupd.store.record import RunRecord
-from influx_backupd.store.scanners import Scan, scan_portable, scan_snapshot09
+from influx_backupd.store.scanners import Scan, changed_files, scan_portable, scan_snapshot09
 from influx_backupd.store.sidecar import SidecarError, record_beside
 from influx_backupd.verify.restore_test import restore_test_cold, restore_test_hot
 from influx_backupd.verify.result import VerifyResult
@@ -234,16 +234,10 @@ def _verify_hot_scan(
 def _what_changed(scan: Scan, record: RunRecord) -> str:
     """The files whose sha256 differs from the record's, by name; a record written before
     per-file sha256s were kept can only say that the backup changed."""
-    recorded = record.extra.get("file_sha256")
     whole = f"sha256 {scan.sha256} does not match the recorded {record.sha256}"
-    if not isinstance(recorded, dict) or not scan.file_sha256:
+    changed = changed_files(scan, record.extra.get("file_sha256"))
+    if changed is None:
         return f"{whole}: the backup changed (its record has no sha256 per file)"
-    changed = [
-        f"{name} (sha256 {scan.file_sha256.get(name, 'missing')}, recorded "
-        f"{recorded.get(name, 'none')})"
-        for name in sorted(set(recorded) | set(scan.file_sha256))
-        if recorded.get(name) != scan.file_sha256.get(name)
-    ]
     if not changed:
         return f"{whole}: the backup changed (every file matches its own sha256: the sizes?)"
     return f"{whole}: changed since the backup: " + "; ".join(changed)
