@@ -94,6 +94,8 @@ def live_snapshot_host(config: Config) -> str:
     host = host.strip("[]")
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
+    if ":" in host:  # an IPv6 address, bracketed again for host:port
+        host = f"[{host}]"
     return f"{host}:{port if port.isdigit() else 8088}"
 
 
