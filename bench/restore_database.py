@@ -188,6 +188,13 @@ def main() -> None:
                     "taking": summary(taking),
                     "p99_ratio": round(percentile(during, 99) / percentile(before, 99), 2),
                     "p99_ratio_taking": round(percentile(taking, 99) / percentile(before, 99), 2),
+                    # when the slowest writes were sent, in seconds before the command ended
+                    "worst": [
+                        [round(t2 - when, 1), round(took * 1000, 1)]
+                        for when, took in sorted(
+                            (x for x in writer.samples if t1 <= x[0] < t2), key=lambda x: -x[1]
+                        )[:4]
+                    ],
                     "failed_writes": writer.failed,
                     "points_ok": counts.point_count(sandbox.url, new, timeout=600) == points,
                 }

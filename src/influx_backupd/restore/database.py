@@ -68,8 +68,9 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import check_links
 from influx_backupd.store.scanners import scan_portable
 
-# The live server's write p99 while a 1 GB database went in: 4.5 times its p99 before without a
-# limit, 1.8 times at 50 MiB/s (bench/restore_database.py, docs/performance.md)
+# Paced at 50 MiB/s, the live server's median write latency stayed at its idle value while a
+# 1 GB database went in (several times it unpaced); its p99, 1.8 times its value before (4.5
+# unpaced) as the median of two runs, but noisy (bench/restore_database.py, docs/performance.md)
 DATABASE_RATE_MIB = 50.0
 
 
@@ -127,6 +128,7 @@ def restore_database(
         if not value or value == "_internal":
             raise RestoreRefused(f"{which} {value!r}: name a database of the backup")
     logger = log.get(action="restore", database=name, restored_as=new)
+    _yield_to_live()  # the checks below read the whole backup: they yield too
     source = choose(catalog, backup)
     if isinstance(source, HotSource) and source.flavour == "0.9":
         raise RestoreRefused(
@@ -161,7 +163,6 @@ def restore_database(
             f"--database {name}: not in {archive} (it holds: {', '.join(sorted(held)) or 'none'})"
         )
     result = DatabaseResult(str(archive), run_id, name, new, links=links)
-    _yield_to_live()
     started = time.monotonic()
     scratch = scratch_dir.make(config.storage_dir, "restore-")
     try:
