@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from influx_backupd.store.state import CrashMarker
 from tests.conftest import Cli, write_config
-from tests.faults.conftest import FaultResult, backups, one_line
+from tests.faults.conftest import FaultResult, Ledger, backups, one_line
 
 JOBS = [{"name": "nightly", "mode": "cold", "copy": "direct"}, {"name": "hotjob", "mode": "hot"}]
 POINTS = 3_000
@@ -279,3 +280,28 @@ def test_import_rebuilds_a_catalog_that_is_missing_its_state_dir_entry(
     assert sorted(json.loads(done.stdout)["imported"]) == sorted(world.runs)
     assert db.is_file() and not db.is_symlink()
     _settle(world, influxd, fault_result)
+
+
+@pytest.mark.fault("3", "damaged catalog", "damaged while influxd was left stopped (crash marker)")
+def test_import_brings_influxd_back_and_rebuilds_a_catalog_damaged_with_influxd_down(
+    tmp_path: Path, sandbox: Sandbox, fault_result: FaultResult
+) -> None:
+    """Recovery needs no catalog: influxd is started again first, then the catalog repaired."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    cli = Cli(write_config(tmp_path, sandbox))
+    run = cli.json("backup")
+    assert run["status"] == "ok", run
+    ledger = Ledger(sandbox, tmp_path / "archives", fault_result)
+    ledger.take()
+    # as a run SIGKILLed after its stop leaves it: influxd down, the marker naming the run
+    sandbox.stop()
+    CrashMarker(tmp_path / "state").write("20260101T000000Z-dead")
+    _random_bytes(tmp_path / "state" / "catalog.db")
+    done = cli("import", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["imported"] == [run["id"]]
+    assert sandbox.ping(), "recovery started influxd again"
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and not lost
+    assert [r["id"] for r in cli.json("list")] == [run["id"]]
