@@ -14,6 +14,7 @@ import psutil
 from influx_backupd.influxd import counts
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import STAND_INS, Cli, write_config
+from tests.integration.test_auth import ADMIN, cli_for, password_file
 
 HOT = [{"name": "hotjob", "mode": "hot"}]
 
@@ -207,3 +208,36 @@ def test_a_replace_killed_after_the_drop_is_undone_by_the_next_command(
     assert not pending.exists()
     assert not (tmp_path / "state" / "restore-progress.json").exists()
     assert _points(sandbox) == before, "other is back, as it was; nothing else changed"
+
+
+def test_with_auth_it_needs_credentials_and_replaces_with_them(
+    tmp_path: Path, influxd_path: str
+) -> None:
+    server = Sandbox(tmp_path / "server", binary=influxd_path, admin=ADMIN)
+    server.write_config()
+    server.start()
+    try:
+        server.create_db("metrics")
+        server.write_points("metrics", 2_000)
+        cli = cli_for(
+            tmp_path, server, username=ADMIN[0], password=password_file(tmp_path), jobs=HOT
+        )
+        record = cli.json("backup")
+        assert record["status"] == "ok", record["error"]
+        server.write_points("metrics", 100, start=100_000)
+
+        anonymous = cli_for(tmp_path, server, jobs=HOT)
+        done = anonymous("restore", record["id"], "--database", "metrics", "--as", "m2")
+        assert done.returncode == 1
+        [line] = done.stderr.strip().splitlines()
+        assert "the live server does not answer" in line and "nothing touched" in line
+        assert "m2" not in server.databases()
+
+        cli = cli_for(
+            tmp_path, server, username=ADMIN[0], password=password_file(tmp_path), jobs=HOT
+        )
+        done = cli("restore", record["id"], "--database", "metrics", "--replace", "--yes")
+        assert done.returncode == 0, done.stderr
+        assert server.count("metrics") == 2_000
+    finally:
+        server.stop()
