@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -305,3 +306,57 @@ def test_import_brings_influxd_back_and_rebuilds_a_catalog_damaged_with_influxd_
     lost_points, lost = ledger.settle()
     assert lost_points == 0 and not lost
     assert [r["id"] for r in cli.json("list")] == [run["id"]]
+
+
+@pytest.mark.fault("3", "damaged catalog", "damaged under a running daemon")
+def test_a_daemon_whose_catalog_is_damaged_says_so_each_run_and_keeps_running(
+    tmp_path: Path, sandbox: Sandbox, fault_result: FaultResult
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    job = {"name": "often", "every": "3s", "mode": "cold", "copy": "direct"}
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[job]))
+    assert cli("backup", "--json").returncode == 0  # a catalog to damage, a backup to keep
+    ledger = Ledger(sandbox, tmp_path / "archives", fault_result)
+    ledger.take()
+    daemon = cli.popen("run")  # a catalog damaged before the start: refused in one line
+    try:
+        seen = ""
+        deadline = time.monotonic() + 90
+        while "run.finished" not in seen and time.monotonic() < deadline:
+            time.sleep(0.5)
+            assert daemon.poll() is None, daemon.communicate(timeout=30)
+            seen += _read_available(daemon)
+        assert "run.finished" in seen, seen[-3000:]
+        _random_bytes(tmp_path / "state" / "catalog.db")
+        seen = ""
+        while "run.catalog_unusable" not in seen and time.monotonic() < deadline:
+            time.sleep(1)
+            assert daemon.poll() is None, daemon.communicate(timeout=30)
+            seen += _read_available(daemon)
+        assert "run.catalog_unusable" in seen and "damaged" in seen, seen[-3000:]
+        assert "run.crashed" not in seen and "Traceback" not in seen, seen[-3000:]
+        assert daemon.poll() is None, "the daemon keeps running"
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=120)
+    assert daemon.returncode == 0, err[-3000:]
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and not lost
+    assert sandbox.ping()
+
+
+def _read_available(proc: subprocess.Popen[str]) -> str:
+    """What the daemon wrote to stdout so far, without blocking."""
+    import os
+    import select
+
+    assert proc.stdout is not None
+    chunks = []
+    fd = proc.stdout.fileno()
+    while select.select([fd], [], [], 0)[0]:
+        data = os.read(fd, 65536)
+        if not data:
+            break
+        chunks.append(data.decode(errors="replace"))
+    return "".join(chunks)

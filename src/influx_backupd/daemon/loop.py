@@ -47,7 +47,7 @@ from influx_backupd.run import offsite
 from influx_backupd.run.followup import tell_verify_failed, write_metrics
 from influx_backupd.run.guard import exclusive
 from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
-from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.catalog import Catalog, CatalogError
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.state import BackupLock, Busy, CrashMarker
 from influx_backupd.verify.check import verify_all
@@ -619,6 +619,9 @@ class Daemon:
                 self._stopping.wait(1.0)
             except InfluxdError as exc:  # recovery could not start influxd
                 self._log.error("run.failed_to_start", job=item.job, error=str(exc))
+                return
+            except CatalogError as exc:  # damaged (import rebuilds it), held or read-only
+                self._log.error("run.catalog_unusable", job=item.job, error=str(exc))
                 return
 
     def _after_stop_request(self, catalog: Catalog, record: RunRecord) -> None:
