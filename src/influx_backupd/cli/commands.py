@@ -1,5 +1,9 @@
 """One function per command, as borgmatic's actions: each takes the loaded config and the parsed
-arguments, calls one action of the package, prints, and returns the exit status."""
+arguments, calls one action of the package, prints, and returns the exit status.
+
+Why one module of this size: one short function per command (ten of them) and the few helpers
+they share; the parser is parser.py, output formatting output.py, the off-site commands offsite.py.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
 """Configuration: TOML loaded with tomllib, validated by pydantic, errors as one line with a key path.
 
 The server's directories are read from its own influxdb.conf so the operator never repeats them.
+
+Why one module of this size: the pydantic models and the loader that turns their errors into
+one line with a key path are read together when a key is added; value checks that need no model
+live in config_values.py, durations in durations.py, [offsite] in offsite_section.py.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ queued twice); a job due while that same job still runs is skipped with a logged
 that would start later than its job's catch_up after it was due is skipped, logged. The
 scheduled verify ([verify]) queues like a job, but yields to a backup that falls due: it stops
 between archives and queues itself again behind it.
+
+Why one module of this size: the Daemon's state (the queue of due runs, the run in flight,
+the stopping flag, what is published) is shared by the signal handling, the scheduler's callbacks,
+the worker and the status; split into mixins, each part would read state defined elsewhere.
 """
 
 from __future__ import annotations

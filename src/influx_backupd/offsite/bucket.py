@@ -4,6 +4,9 @@ Requests go through botocore's "standard" retry mode (exponential backoff with j
 503 SlowDown, throttling, 5xx and connection errors, `retries` attempts). What still fails is
 turned into an OffsiteError naming the endpoint, the bucket and the error code, never the
 message the server sent (it may echo an access key id) and never a secret.
+
+Why one module of this size: every S3 call and its error translation in one place, so that no
+other module ever sees botocore or a message that could carry a secret.
 """
 
 from __future__ import annotations

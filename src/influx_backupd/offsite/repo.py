@@ -5,6 +5,10 @@ Bucket layout (docs/offsite.md), everything below the host's prefix:
                                    or HMAC-SHA256(name key, sha256) when encrypting
     manifests/<job>/<id>.json.gz   one per backup (…json.gz.age when encrypting)
     keys/<key id>.age              the name key, encrypted to encrypt_to (encrypting only)
+
+Why one module of this size: send, fetch, verify and prune all walk the same layout (objects,
+manifests, keys) and its invariants (manifest last, nothing swept that a kept manifest names);
+the transport is bucket.py, the file lists files.py, the manifest format manifest.py.
 """
 
 from __future__ import annotations

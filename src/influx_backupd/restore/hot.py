@@ -33,6 +33,10 @@ backup_host the backups came from.
 A 1.x dir given by a path the catalog does not know (a new host: the state_dir was lost, the
 storage dir kept) is restored with its chain from the records hot.py writes beside each dir
 (`<job>-<runid>.json`, sidecar_chain); a dir without one is restored alone, with a warning.
+
+Why one module of this size: the two flavours' restores share the link checks, the chown and
+the grants handling, and the 1.x build beside the live server is one sequence (throwaway, links,
+SELECT INTO, WAL flush, stop) that reads best in one place.
 """
 
 from __future__ import annotations

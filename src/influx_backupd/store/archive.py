@@ -1,4 +1,8 @@
-"""Uncompressed tar archives: a streaming writer that hashes in the same pass, checks, safe extraction."""
+"""Uncompressed tar archives: a streaming writer that hashes in the same pass, checks, safe extraction.
+
+Why one module of this size: the writer, the read-back check and the safe extraction share one
+notion of a safe member (the same rules for verify and restore) and must not drift apart.
+"""
 
 from __future__ import annotations
 
