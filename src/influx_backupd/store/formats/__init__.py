@@ -14,22 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
+from influx_backupd.store.formats.bolt import check_bolt
+from influx_backupd.store.formats.findings import Finding, read_at
+from influx_backupd.store.formats.tsm import check_tsm
+from influx_backupd.store.formats.wal import check_wal
+
 __all__ = ["ArchiveReport", "Finding", "check_archive", "classify_member", "read_at"]
 
 ARCHIVE_MEMBER = "<archive>"
 BOLT_MAGIC_LE = (0xED0CDAED).to_bytes(4, "little")
 
 Format = Literal["tsm", "wal", "bolt"]
-
-
-@dataclass(frozen=True)
-class Finding:
-    severity: Literal["error", "warning"]
-    member: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.severity}: {self.member}: {self.message}"
 
 
 @dataclass
@@ -47,20 +42,6 @@ class ArchiveReport:
     def ok(self) -> bool:
         """Warnings (e.g. a WAL torn tail) do not make an archive bad; errors do."""
         return not self.errors
-
-
-def read_at(stream: BinaryIO, offset: int, n: int) -> bytes:
-    """Read up to n bytes at offset; short only at end of data (raw streams may return less)."""
-    stream.seek(offset)
-    chunks: list[bytes] = []
-    remaining = n
-    while remaining > 0:
-        chunk = stream.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
 
 
 def _normalise(name: str) -> str:
@@ -92,11 +73,6 @@ def classify_member(name: str) -> Format | Literal["bolt?"] | None:
 def _check_member(
     kind: Format, stream: BinaryIO, size: int, member: str, deep: bool
 ) -> list[Finding]:
-    # Imported here: the checkers import Finding from this module.
-    from influx_backupd.store.formats.bolt import check_bolt
-    from influx_backupd.store.formats.tsm import check_tsm
-    from influx_backupd.store.formats.wal import check_wal
-
     if kind == "tsm":
         return check_tsm(stream, size, member, deep=deep)
     if kind == "wal":

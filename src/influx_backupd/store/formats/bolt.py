@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from influx_backupd.store.formats import Finding, read_at
+from influx_backupd.store.formats.findings import Finding, read_at
 
 MAGIC = 0xED0CDAED
 VERSION = 2

@@ -15,7 +15,7 @@ import struct
 import zlib
 from typing import BinaryIO
 
-from influx_backupd.store.formats import Finding, read_at
+from influx_backupd.store.formats.findings import Finding, read_at
 
 MAGIC = 0x16D116D1
 VERSION = 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-from influx_backupd.store.formats import Finding, read_at
+from influx_backupd.store.formats.findings import Finding, read_at
 from influx_backupd.store.formats.snappy import SnappyError, block_length, decompress
 
 WRITE, DELETE, DELETE_RANGE = 1, 2, 3
