@@ -11,6 +11,8 @@
 # --systemd-version the target's systemd: >= 253 ships Type=notify-reload (default: this host's)
 # WHEELS=DIR        take wheels from DIR only (no index), e.g. for an offline rebuild
 set -eu
+# A package is built the same whatever the caller's umask (a private 077 would ship unreadable files).
+umask 022
 # The build's Pythons see only their own venvs (a PYTHONPATH to a checkout would make pip take
 # the package as installed already and leave it out of the venv).
 unset PYTHONPATH PYTHONHOME PYTHONUSERBASE VIRTUAL_ENV

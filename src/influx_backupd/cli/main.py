@@ -103,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PIPE
+    finally:
+        os.umask(hooks.CALLER_UMASK)  # a caller in the same process (tests) gets its own back
     return status
 
 
