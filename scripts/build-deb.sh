@@ -60,24 +60,29 @@ ROOT=$BUILD/root
 # 1. Wheels of the package and its dependencies. A copy of the source: the build writes
 #    egg-info and build/ next to it.
 mkdir -p "$BUILD/src" "$BUILD/wheels"
+# Off-site copies (boto3, pyrage) and notifications (apprise) ship in the package: an operator
+# who installs it needs nothing from pip to use [offsite] or [notify].
+EXTRAS="[s3,notify]"
 cp -r pyproject.toml README.md src "$BUILD/src/"
 # A suffix makes a different version: the package says so too (a PEP 440 local version).
 sed -i "s/^__version__ = .*/__version__ = \"$VERSION\"/" "$BUILD/src/src/influx_backupd/__init__.py"
 "$PY" -m venv "$BUILD/tools"
 if [ -n "${WHEELS:-}" ]; then
-    "$BUILD/tools/bin/pip" wheel -q --no-index --find-links "$WHEELS" -w "$BUILD/wheels" "$BUILD/src"
+    "$BUILD/tools/bin/pip" wheel -q --no-index --find-links "$WHEELS" -w "$BUILD/wheels" "$BUILD/src$EXTRAS"
 else
-    "$BUILD/tools/bin/pip" wheel -q --disable-pip-version-check -w "$BUILD/wheels" "$BUILD/src"
+    "$BUILD/tools/bin/pip" wheel -q --disable-pip-version-check -w "$BUILD/wheels" "$BUILD/src$EXTRAS"
 fi
 
 # 2. The venv, where it will live, then made relocatable to $PREFIX: only the scripts'
 #    shebangs name its path (activate scripts are of no use to a service: dropped).
 "$PY" -m venv --without-pip "$ROOT$PREFIX"
 "$BUILD/tools/bin/pip" --python "$ROOT$PREFIX/bin/python" install -q --no-compile \
-    --disable-pip-version-check --no-index --find-links "$BUILD/wheels" influx-backupd
+    --disable-pip-version-check --no-index --find-links "$BUILD/wheels" "influx-backupd$EXTRAS"
 # Of no use to a service: activate scripts, the empty include/ and the lib64 link.
 rm -rf "$ROOT$PREFIX"/bin/activate* "$ROOT$PREFIX"/bin/Activate.ps1 "$ROOT$PREFIX/include" \
     "$ROOT$PREFIX/lib64"
+# Nor the command-line tools the dependencies bring (apprise, jp.py, …): only ours is shipped.
+find "$ROOT$PREFIX/bin" -maxdepth 1 -type f ! -name influx-backupd ! -name 'python*' -delete
 # Debian ships shared objects stripped.
 find "$ROOT$PREFIX" -name '*.so' -exec strip --strip-unneeded --remove-section=.comment \
     --remove-section=.note {} +

@@ -323,6 +323,12 @@ def test_check_config_warns_about_a_path_the_unit_cannot_write(box: Container) -
     ) in out, out
 
 
+def test_the_package_carries_offsite_and_notifications(box: Container) -> None:
+    """[offsite] and [notify] work from the package alone: their libraries are in its venv."""
+    box.sh("/opt/influx-backupd/bin/python -c 'import boto3, pyrage, apprise'")
+    assert box.sh("command -v apprise jp.py", check=False).returncode != 0, "only our command"
+
+
 def test_an_archive_restores(box: Container) -> None:
     box.sh("systemctl stop writer.service")
     try:
