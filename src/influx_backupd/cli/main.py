@@ -19,23 +19,15 @@ from influx_backupd.cli.commands import (
 )
 from influx_backupd.cli.parser import build_parser
 from influx_backupd.core import log
-from influx_backupd.core.config import Config, ConfigError, load, resolve_path
+from influx_backupd.core.config import Config, load, resolve_path
 from influx_backupd.core.errors import (
-    EXIT_BUSY,
-    EXIT_CONFIG,
     EXIT_FAILED,
-    EXIT_USAGE,
     BackupdError,
-    UsageError,
 )
 from influx_backupd.core.interrupt import Interrupted
 from influx_backupd.daemon.status import read_daemon_state
-from influx_backupd.influxd.server import InfluxdError
-from influx_backupd.offsite.errors import OffsiteError
 from influx_backupd.report import hooks
 from influx_backupd.run.guard import left_stopped, left_stopped_line
-from influx_backupd.store.catalog import CatalogBusy
-from influx_backupd.store.state import Busy
 
 # -- commands ------------------------------------------------------------------------------------
 
@@ -122,29 +114,11 @@ def _main(argv: Sequence[str] | None) -> int:
         log.configure(level=_log_level(args, config.settings.daemon.log_level))
         _tell_left_stopped(config, func)
         return func(config, args)
-    except ConfigError as exc:
-        print(f"influx-backupd: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except UsageError as exc:
-        print(f"influx-backupd: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Busy as exc:
-        print(f"influx-backupd: busy: {exc}", file=sys.stderr)
-        return EXIT_BUSY
-    except InfluxdError as exc:
-        print(f"influx-backupd: influxd: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except OffsiteError as exc:
-        print(f"influx-backupd: offsite: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except Interrupted as exc:
         print(f"influx-backupd: interrupted by {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except CatalogBusy as exc:
-        print(f"influx-backupd: busy: {exc}", file=sys.stderr)
-        return EXIT_BUSY
-    except BackupdError as exc:  # every other error of ours: one line, its own status
-        print(f"influx-backupd: {exc}", file=sys.stderr)
+    except BackupdError as exc:  # every error of ours: one line, its own exit status
+        print(f"influx-backupd: {exc.line()}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         return 130

@@ -15,6 +15,11 @@ class BackupdError(Exception):
 
     code = "error"
     exit_status = EXIT_FAILED
+    label = ""  # what the command line puts before the message ("busy", "influxd", …)
+
+    def line(self) -> str:
+        """The one line a command prints for it."""
+        return f"{self.label}: {self}" if self.label else str(self)
 
 
 class HotFailed(BackupdError):

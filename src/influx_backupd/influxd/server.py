@@ -45,6 +45,7 @@ class InfluxdError(BackupdError):
     """influxd could not be controlled as asked."""
 
     code = "influxd"
+    label = "influxd"
 
 
 class StopTimeout(InfluxdError):

@@ -9,6 +9,7 @@ class OffsiteError(BackupdError):
     """An off-site step failed; str() is the one line to show."""
 
     code = "offsite"
+    label = "offsite"
 
 
 class Unreachable(OffsiteError):

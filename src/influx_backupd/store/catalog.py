@@ -42,6 +42,7 @@ class CatalogDamaged(CatalogError):
 
 class CatalogBusy(CatalogError):
     code = "catalog.locked"
+    label = "busy"
     exit_status = EXIT_BUSY
 
 

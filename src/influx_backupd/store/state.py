@@ -23,6 +23,7 @@ class Busy(BackupdError):
     """Another influx-backupd holds the backup lock (exit status 75)."""
 
     code = "busy"
+    label = "busy"
     exit_status = EXIT_BUSY
 
 
