@@ -23,6 +23,7 @@ from influx_backupd.cli.output import (
     fmt_time,
     print_database,
     print_json,
+    print_merge,
     print_record,
     print_target,
 )
@@ -391,6 +392,7 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         print_json(result.__dict__)
         return EXIT_OK
     print(f"restored {result.archive} ({result.files} files); influxd is running")
+    print_merge(getattr(result, "merge", None), getattr(result, "merge_reason", None))
     print(
         f"  downtime {fmt_s(result.downtime_s)} = stop {fmt_s(result.stop_s)} + swap {fmt_s(result.swap_s)} + start {fmt_s(result.start_s)}"
     )

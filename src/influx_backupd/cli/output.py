@@ -99,6 +99,14 @@ def print_record(record: RunRecord, as_json: bool, *, verbose: bool = False) -> 
         print(f"  {key:<9} {json.dumps(value, default=str)}")
 
 
+def print_merge(merge: str | None, reason: str | None) -> None:
+    """How a 1.x chain's increments went in, when there were some."""
+    if merge == "files":
+        print("  chain    merged by files, restored once")
+    elif merge == "sql":
+        print(f"  chain    copied in with SELECT INTO (not merged by files: {reason})")
+
+
 def print_database(result: DatabaseResult, as_json: bool) -> None:
     if as_json:
         print_json(result.__dict__)
@@ -110,6 +118,7 @@ def print_database(result: DatabaseResult, as_json: bool) -> None:
     print(
         f"  prepared {fmt_s(result.prepare_s)}, taken in by the live server {fmt_s(result.restore_s)}"
     )
+    print_merge(result.merge, result.merge_reason)
     if result.replaced_copy:
         print(f"  the database it replaced was kept in {result.replaced_copy}")
         print(f"  once satisfied, remove it with: rm -rf {result.replaced_copy}")
@@ -121,6 +130,7 @@ def print_target(result: TargetResult, as_json: bool) -> None:
         return
     print(f"restored {result.archive} ({result.files} files) into {result.target}")
     print(f"  config   {result.conf}")
+    print_merge(result.merge, result.merge_reason)
     if result.url is None:
         print(f"  serve it with: influxd run -config {result.conf}")
     else:

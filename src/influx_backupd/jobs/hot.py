@@ -17,6 +17,7 @@ back against its manifest before a run is recorded ok.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import os
 import shutil
@@ -25,6 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from influx_backupd.core import log
 from influx_backupd.core.cancel import NEVER, CancelToken
@@ -188,8 +190,45 @@ def _hot(
         _run_09(section.binary, host, storage, record, plan, deadline_left, logger, cancel)
     else:
         _anchor_since(clock_url(config), config.credentials, record, logger)
-        _run_portable(section.binary, host, storage, record, deadline_left, logger, cancel)
+        listing = _listing_source(config)
+        _run_portable(section.binary, host, storage, record, deadline_left, logger, cancel, listing)
     record.status = "ok"
+
+
+SHARD_LISTING = "shard_listing"  # record.extra key: the live shards' files after the backup
+
+
+def _listing_source(config: Config) -> Path | None:
+    """The data dir whose shard files are listed after a 1.x backup: the local server's, when
+    it is the backed-up one; None otherwise (a remote backup_host's files cannot be seen)."""
+    host = split_host(config.backup_host)[0]
+    if host not in _THIS_HOST:
+        return None
+    data = config.server.data
+    return data if data.is_dir() else None
+
+
+def shard_listing(data: Path) -> dict[str, Any]:
+    """Each shard's *.tsm and *.tombstone files (name: [size, mtime]) under data/DB/RP/ID.
+
+    Taken right after `influxd backup` returns: what the restore's file merge needs to tell
+    which files of earlier links a compaction or a delete removed (restore/merge.py). Files
+    that vanish while listed (compacted away meanwhile) are left out, as they are gone.
+    """
+    shards: dict[str, dict[str, list[float]]] = {}
+    for shard in sorted(data.glob("*/*/*")):
+        # data/DB/_series/00 matches the pattern too: a shard's name is a plain number
+        if not shard.name.isdigit() or shard.parent.name == "_series" or not shard.is_dir():
+            continue
+        files: dict[str, list[float]] = {}
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(shard):
+                if entry.name.endswith((".tsm", ".tombstone")):
+                    with contextlib.suppress(OSError):
+                        st = entry.stat()
+                        files[entry.name] = [st.st_size, st.st_mtime]
+        shards.setdefault(shard.name, {}).update(files)
+    return {"taken_at": time.time(), "data_dir": str(data), "shards": shards}
 
 
 def clock_url(config: Config) -> str:
@@ -260,6 +299,7 @@ def _run_portable(
     timeout: float,
     logger: Logger,
     cancel: CancelToken,
+    listing: Path | None = None,
 ) -> None:
     final = storage / f"{record.job}-{record.id}"
     work = layout.incomplete_of(final)
@@ -275,6 +315,11 @@ def _run_portable(
         run_ended = time.monotonic()
         if run.returncode != 0:
             raise _tool_failed(run, host, timeout)
+        if listing is not None:  # first: every moment after the snapshot lets compactions run
+            try:
+                record.extra[SHARD_LISTING] = shard_listing(listing)
+            except OSError as exc:
+                logger.warning("hot.listing_failed", path=str(listing), error=str(exc))
         digests = follower.finish()
     logger.info(
         "hot.checking",

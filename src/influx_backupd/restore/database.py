@@ -62,6 +62,7 @@ from influx_backupd.restore.hot import (
     portable_databases,
     start_throwaway,
 )
+from influx_backupd.restore.merge import ChainMerge
 from influx_backupd.restore.source import ColdSource, HotSource, choose
 from influx_backupd.store.archive import extract_safely
 from influx_backupd.store.catalog import Catalog
@@ -85,6 +86,8 @@ class DatabaseResult:
     prepare_s: float = 0.0  # building the portable backup of NAME (throwaway), if needed
     restore_s: float = 0.0  # the live server taking it in
     seconds: float = 0.0
+    merge: str | None = None  # a 1.x chain: how its increments went in, "files" or "sql"
+    merge_reason: str | None = None  # why not "files"
 
 
 def live_snapshot_host(config: Config) -> str:
@@ -360,7 +363,7 @@ def _restore(
     dropped = False
     try:
         t_prepare = time.monotonic()
-        portable = _portable_of(config, source, name, scratch, logger)
+        portable = _portable_of(config, source, name, scratch, logger, result)
         result.prepare_s = round(time.monotonic() - t_prepare, 3)
         pending.write(new=new, existed=exists, dropped=False, aside=None)
         if exists:  # --replace: keep the present one aside first, whole
@@ -423,7 +426,12 @@ def _undo(
 
 
 def _portable_of(
-    config: Config, source: ColdSource | HotSource, name: str, scratch: Path, logger: Logger
+    config: Config,
+    source: ColdSource | HotSource,
+    name: str,
+    scratch: Path,
+    logger: Logger,
+    result: DatabaseResult,
 ) -> Path:
     """A portable backup holding database name as the backup has it (see the module doc)."""
     export = scratch / "export"
@@ -431,6 +439,7 @@ def _portable_of(
         if len(source.links) == 1:
             return source.links[0].path
         data, sections = live_settings(config.server.conf)
+        merges: list[ChainMerge] = []
         with chain_server(
             config,
             source.links,
@@ -440,8 +449,11 @@ def _portable_of(
             extra_data=data,
             extra_sections=sections,
             databases={name},
+            merges=merges,
         ) as server:
             _export(config, logger, server.backup_host, name, export)
+        if merges:
+            result.merge, result.merge_reason = merges[0].path, merges[0].reason
         return export
     tops = {"meta", "data", "wal"}
     dirs = {top: scratch / top for top in tops}

@@ -11,14 +11,21 @@ started again. Restored files are chowned to [influxd] user/group.
   twice, do not fit there). A throwaway influxd on free 127.0.0.1 ports, with its own
   influxdb.conf (no auth; the live [data] and [coordinator] settings) and those staging dirs as
   its meta, data and wal, starts on a copy of the live meta.db, whose users it keeps and whose
-  databases it drops (the tool restores no users). Each link is restored into it with
-  `influxd restore -portable`, full first. The tool refuses a database that already exists ("DB
-  metadata not changed. database may already exist"), so an increment's databases that the full
-  created are restored under a temporary name and copied in with `SELECT * INTO ... GROUP BY *`
-  (InfluxData's documented way to restore into an existing database), then the temporary
-  database is dropped. Non-admin users get their grants back; the throwaway is stopped cleanly
-  and the staged trees chowned. Only then is the live influxd stopped, the dirs swapped by rename
-  and influxd started: downtime = stop + rename + start; build_s is the time spent beside.
+  databases it drops (the tool restores no users). A chain is first merged at file speed
+  (restore/merge.py): its links' shard files combined, shard by shard, into one synthetic
+  portable backup in the scratch dir (the newest link's meta; shards the newest link does not
+  list left out), restored once with `influxd restore -portable` like a full. Only where that
+  cannot be exact (an increment without the live shards' listing the hot job records, a
+  compaction after a snapshot, a tombstone left, too little space) does it fall back, saying
+  why (event restore.chain_merge, the result's merge and merge_reason), to the SQL merge: the
+  full, then each increment's databases, which the tool refuses to restore over existing ones
+  ("DB metadata not changed. database may already exist"), under a temporary name, copied in
+  with `SELECT * INTO ... GROUP BY *` (InfluxData's documented way to restore into an existing
+  database) and dropped. Non-admin users get their grants back; the throwaway is stopped
+  cleanly and the staged trees chowned. Only then is the live influxd stopped, the dirs swapped
+  by rename and influxd started: downtime = stop + rename + start; build_s is the time spent
+  beside. Every consumer of a chain (this, --target, --database, verify's restore test) goes
+  through restore_portable_links, so all of them merge the same way.
   The live server is never queried, so no credentials are needed. A failure or signal while
   building stops the throwaway, removes the staging dirs and leaves the live server as it was
   (RestoreFailed). The throwaway's conf and owner.json (naming the staging dirs) live in a
@@ -35,8 +42,8 @@ storage dir kept) is restored with its chain from the records hot.py writes besi
 (`<job>-<runid>.json`, sidecar_chain); a dir without one is restored alone, with a warning.
 
 Why one module of this size: the two flavours' restores share the link checks, the chown and
-the grants handling, and the 1.x build beside the live server is one sequence (throwaway, links,
-SELECT INTO, WAL flush, stop) that reads best in one place.
+the grants handling, and the 1.x build beside the live server is one sequence (throwaway, links
+merged or copied in, WAL flush, stop) that reads best in one place.
 """
 
 from __future__ import annotations
@@ -45,9 +52,10 @@ import contextlib
 import json
 import os
 import shutil
+import tarfile
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +74,13 @@ from influx_backupd.influxd.server import Influxd
 from influx_backupd.influxd.tool import run_tool, tool_version
 from influx_backupd.report import progress
 from influx_backupd.restore.cold import owner_ids, restore_cold
+from influx_backupd.restore.merge import (
+    ChainMerge,
+    merged_bytes,
+    plan_merge,
+    view_of,
+    write_merged,
+)
 from influx_backupd.restore.source import ColdSource, choose
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
 from influx_backupd.store import layout
@@ -93,6 +108,8 @@ class HotRestoreResult(RestoreResult):
     links: list[str] = field(default_factory=list)  # oldest first: the full, then increments
     restore_s: float | None = None  # restoring the links (1.x: inside the build)
     build_s: float | None = None  # 1.x: building the restored server beside the live one
+    merge: str | None = None  # 1.x: how the increments went in: "files" or "sql"
+    merge_reason: str | None = None  # why not "files"
 
 
 # -- choosing ---------------------------------------------------------------------------------------
@@ -306,7 +323,7 @@ def _build(
         t_restore = time.monotonic()
         grants = _clear_databases(throwaway.url, logger) if kept_accounts else []
         with growth_reported(staging["data"], links):
-            restore_portable_links(
+            merge = restore_portable_links(
                 str(section.binary),
                 throwaway.backup_host,
                 throwaway.url,
@@ -314,7 +331,9 @@ def _build(
                 timeout=section.backup_timeout,
                 tag=plan.rid,
                 logger=logger,
+                work=scratch,
             )
+        result.merge, result.merge_reason = merge.path, merge.reason
         _grant_again(throwaway.url, grants, logger)
         result.restore_s = time.monotonic() - t_restore
         wait_wal_flushed(staging["wal"], logger)
@@ -387,9 +406,12 @@ def chain_server(
     extra_data: dict[str, str] | None = None,
     extra_sections: str = "",
     databases: set[str] | None = None,
+    merges: list[ChainMerge] | None = None,
 ) -> Iterator[Sandbox]:
     """An empty throwaway influxd (its conf in root: recovery finds a scratch dir's) with 1.x
     links restored into it, full first (only `databases`, if given); stopped cleanly on exit.
+    How the chain went in (restore_portable_links; its merged backup written in root) is
+    appended to merges.
 
     dirs: its meta, data and wal elsewhere than under root. Raises StepFailed, naming the
     server's death by a signal when that is what went wrong.
@@ -408,7 +430,7 @@ def chain_server(
     try:
         try:
             with growth_reported(server.data, links):
-                restore_portable_links(
+                merge = restore_portable_links(
                     str(section.binary),
                     server.backup_host,
                     server.url,
@@ -417,7 +439,10 @@ def chain_server(
                     tag=tag,
                     logger=logger,
                     databases=databases,
+                    work=root,
                 )
+            if merges is not None:
+                merges.append(merge)
         except Exception as exc:
             note = server.killed_note()
             if note is None:
@@ -483,13 +508,17 @@ def restore_portable_links(
     tag: str,
     logger: Logger,
     databases: set[str] | None = None,
-) -> None:
+    work: Path | None = None,
+) -> ChainMerge:
     """Restore 1.x links, the full first, into a running influxd without databases (only
     `databases` of them, if given).
 
     host is its snapshot service, url its HTTP API: a throwaway influxd without auth (restore's
-    build beside the live server, verify's restore test). tag makes the temporary database
-    names unique. Returns once every restored database answers; raises
+    build beside the live server, verify's restore test). A chain is merged at file speed into
+    one portable backup written in `work` (restore/merge.py) and restored once, like a full;
+    where that cannot be exact (or no work dir is given), each increment's databases are
+    restored under a temporary name (tag makes it unique) and copied in with SELECT INTO.
+    Returns once every restored database answers, saying which way the chain went; raises
     StepFailed.
     """
 
@@ -505,6 +534,83 @@ def restore_portable_links(
             state = "timed out" if run.returncode is None else f"exited {run.returncode}"
             raise StepFailed(f"influxd restore {state}: {tail}")
 
+    outcome = ChainMerge("files")
+    merged: Path | None = None
+    if len(links) > 1:
+        if work is None:
+            outcome = ChainMerge("sql", "no scratch dir to write a merged backup in")
+        else:
+            merged, outcome = merge_chain(links, work, logger)
+    try:
+        if merged is not None or len(links) == 1:
+            whole = merged or links[0].path
+            if databases is None:
+                tool(str(whole))
+            else:
+                for db in sorted(portable_databases(whole) & databases):
+                    tool("-db", db, str(whole))
+        else:
+            _restore_each_link(links, tool, q, url, tag, logger, databases)
+    finally:
+        if merged is not None:
+            shutil.rmtree(merged, ignore_errors=True)
+    for db in _databases(url):  # every restored shard open before we call it done
+        q("SHOW MEASUREMENTS", db)
+    return outcome
+
+
+def merge_chain(links: list[Link], work: Path, logger: Logger) -> tuple[Path | None, ChainMerge]:
+    """The chain merged into one portable backup under work, or None and why not (logged)."""
+
+    def fallback(reason: str) -> tuple[None, ChainMerge]:
+        logger.warning("restore.chain_merge", path="sql", reason=reason)
+        return None, ChainMerge("sql", reason)
+
+    started = time.monotonic()
+    try:
+        views = [
+            view_of(link.path, link.record, full=number == 0) for number, link in enumerate(links)
+        ]
+    except (OSError, ValueError, KeyError, TypeError, tarfile.TarError) as exc:
+        return fallback(f"the links could not be read for a file merge ({exc})")
+    plan = plan_merge(views)
+    if not plan.exact:
+        return fallback(plan.reason or "not exact")
+    needed = merged_bytes(views, plan)
+    free = shutil.disk_usage(work).free
+    if free < needed:
+        return fallback(
+            f"not enough space in {work} for the merged backup: about {needed} bytes, {free} free"
+        )
+    out = work / "merged"
+    try:
+        files = write_merged(views, plan, links[-1].path, out)
+    except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        return fallback(f"writing the merged backup failed ({exc})")
+    seconds = round(time.monotonic() - started, 3)
+    logger.info(
+        "restore.chain_merge",
+        path="files",
+        links=len(links),
+        shards=len(plan.shards),
+        files=files,
+        seconds=seconds,
+    )
+    return out, ChainMerge("files", None, seconds)
+
+
+def _restore_each_link(
+    links: list[Link],
+    tool: Callable[..., None],
+    q: Callable[..., list[dict[str, Any]]],
+    url: str,
+    tag: str,
+    logger: Logger,
+    databases: set[str] | None,
+) -> None:
+    """The SQL merge: the full, then each increment's databases under a temporary name, copied
+    in with SELECT * INTO and dropped."""
     for number, link in enumerate(links):
         if number == 0 and databases is None:
             tool(str(link.path))
@@ -520,8 +626,6 @@ def restore_portable_links(
             tool("-db", db, "-newdb", temp, str(link.path))
             _copy_into(url, temp, db, logger)
             q(f"DROP DATABASE {ident(temp)}")
-    for db in _databases(url):  # every restored shard open before we call it done
-        q("SHOW MEASUREMENTS", db)
 
 
 def portable_databases(directory: Path) -> set[str]:

@@ -45,6 +45,7 @@ from influx_backupd.restore.hot import (
     start_throwaway,
     wait_wal_flushed,
 )
+from influx_backupd.restore.merge import ChainMerge
 from influx_backupd.restore.source import ColdSource, HotSource, choose
 from influx_backupd.store import layout
 from influx_backupd.store.archive import extract_safely
@@ -69,6 +70,8 @@ class TargetResult:
     seconds: float = 0.0
     url: str | None = None  # --start: the throwaway serving DIR
     pid: int | None = None
+    merge: str | None = None  # a 1.x chain: how its increments went in, "files" or "sql"
+    merge_reason: str | None = None  # why not "files"
 
 
 def target_problem(target: Path) -> str | None:
@@ -133,7 +136,7 @@ def restore_into(
         if isinstance(source, ColdSource):
             server = _unpack_cold(config, source, tops, target, result)
         elif source.flavour == "portable":
-            server = _rebuild_portable(config, source, target)
+            server = _rebuild_portable(config, source, target, result)
         else:
             server = None
             _rebuild_09(config, source, target)
@@ -175,13 +178,16 @@ def _unpack_cold(
     return throwaway(config, target, (data, sections))  # its conf written last
 
 
-def _rebuild_portable(config: Config, source: HotSource, target: Path) -> Sandbox:
+def _rebuild_portable(
+    config: Config, source: HotSource, target: Path, result: TargetResult
+) -> Sandbox:
     """The chain restored into a throwaway whose dirs are target's (its conf in a scratch dir,
     so that recovery stops it after a kill), its WAL flushed into TSM, then stopped."""
     logger = log.get(action="restore", mode="hot", target=str(target))
     data, sections = live_settings(config.server.conf)
     build_data = {**data, "cache-snapshot-write-cold-duration": '"1s"'}
     scratch = scratch_dir.make(config.storage_dir, "restore-")
+    merges: list[ChainMerge] = []
     try:
         with chain_server(
             config,
@@ -192,10 +198,13 @@ def _rebuild_portable(config: Config, source: HotSource, target: Path) -> Sandbo
             dirs={top: target / top for top in ("meta", "data", "wal")},
             extra_data=build_data,
             extra_sections=sections,
+            merges=merges,
         ):
             wait_wal_flushed(target / "wal", logger)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if merges:
+        result.merge, result.merge_reason = merges[0].path, merges[0].reason
     return throwaway(config, target, (data, sections))  # its conf written last
 
 

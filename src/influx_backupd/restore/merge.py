@@ -1,0 +1,275 @@
+"""A 1.x hot chain merged at file speed: its links' shard files combined into one synthetic
+portable backup, restored once like a full, instead of each increment copied in by SELECT INTO.
+Exact or not at all: where the chain does not say which files make up each shard at its newest
+link, plan_merge says why and the caller takes the SQL merge.
+
+What a real influxd 1.6 showed (docs/performance.md): a `-since` link's shard tar holds the TSM
+files of the shard's snapshot modified after -since (the tool flushes the cache into a new TSM
+file first). TSM files are immutable, named GEN-SEQ.tsm: SEQ 1 is a cache snapshot, SEQ > 1 a
+compaction or a delete rewrite, which replaced files of an earlier link, and which ones is not
+in the backup. Worse, a delete that empties a file (DROP SERIES of every series in it) removes
+it with no output at all, and the increment then holds nothing for that shard. So an increment
+can be merged into a shard that already has files only with the listing the hot job records
+right after the tool returns (jobs/hot.py, shard_listing: each live shard's files with size and
+mtime; only when the backed-up server is the local one). With P the shard's files after the
+earlier links, T the increment's and L the listing:
+
+    P' = (P ∩ L) ∪ T, exact when every file of L outside T ∪ P is a SEQ-1 TSM file (or a
+    tombstone) modified after -since: written after the snapshot, so not part of this link.
+
+A compaction after the snapshot that removed files of P leaves its SEQ > 1 output in L outside
+T ∪ P (an output compacted again leaves another), and a file of L modified before -since that
+no link holds was renamed into place after the previous snapshot: both refuse the merge. Points
+in two files overlap harmlessly (influxd keeps the newest on read); only deletions are at risk.
+`influxd restore` takes only *.tsm files from a shard tar, so a tombstone left in the merged set
+refuses too (the SQL merge loses it as well; the fallback says so).
+
+Shards: each link's manifest lists every shard of its meta (an unchanged one with an empty
+tar), so a shard absent from the newest link's manifest was dropped (DROP DATABASE, DROP SHARD,
+retention) and is left out; the newest link's .meta is the synthetic backup's meta.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, cast
+
+from influx_backupd.store.record import RunRecord
+
+TSM_NAME = re.compile(r"^(\d+)-(\d+)\.tsm$")
+LISTING = "shard_listing"  # the record.extra key jobs/hot.py writes
+
+
+@dataclass(frozen=True)
+class ShardPart:
+    """One shard's tar in one link."""
+
+    database: str
+    policy: str
+    tar: Path
+    files: frozenset[str]  # base names of the files in it
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """What the merge needs of one link: its shards and, for an increment, its -since and the
+    live shards' files listed after it (None: none recorded)."""
+
+    label: str
+    since: float | None
+    shards: dict[int, ShardPart]
+    listing: dict[int, dict[str, tuple[int, float]]] | None = None
+
+
+@dataclass
+class MergePlan:
+    exact: bool
+    reason: str | None = None  # why not exact
+    # shard id -> file name -> index of the link whose tar holds it
+    shards: dict[int, dict[str, int]] = field(default_factory=dict)
+
+
+def _seq(name: str) -> int | None:
+    match = TSM_NAME.match(name)
+    return int(match.group(2)) if match else None
+
+
+def plan_merge(views: list[LinkView]) -> MergePlan:
+    """The merged file set of each shard at the newest link, or why there is none (a pure
+    function of the links' contents and listings; see the module doc)."""
+    merged: dict[int, dict[str, int]] = {}
+    for number, view in enumerate(views):
+        now: dict[int, dict[str, int]] = {}
+        for sid, part in sorted(view.shards.items()):
+            before = merged.get(sid, {})
+            files: dict[str, int] = {}
+            if number > 0 and before:
+                why = _unexplained(view, sid, part.files, before)
+                if why is not None:
+                    return MergePlan(False, f"{view.label}: shard {sid}: {why}")
+                listed = (view.listing or {})[sid]
+                files = {name: link for name, link in before.items() if name in listed}
+            for name in part.files:
+                files[name] = number  # the same name in a newer link: the same bytes
+            now[sid] = files
+        merged = now  # shards the newer link does not list were dropped
+    for sid, files in sorted(merged.items()):
+        for name in sorted(files):
+            if not name.endswith(".tsm"):
+                return MergePlan(
+                    False,
+                    f"{views[files[name]].label}: shard {sid}: {name}: influxd restore takes only "
+                    ".tsm files, so what this tombstone deletes would come back",
+                )
+    return MergePlan(True, None, merged)
+
+
+def _unexplained(
+    view: LinkView, sid: int, taken: frozenset[str], before: dict[str, int]
+) -> str | None:
+    """Why an increment's shard cannot be merged onto the files before it (None: it can)."""
+    if view.listing is None:
+        return (
+            "no listing of the live shard files was recorded with this increment (taken only "
+            "when the backed-up server is the local one): a compaction or delete may have "
+            "removed files of the earlier links, and the backup does not say which"
+        )
+    listed = view.listing.get(sid)
+    if listed is None:
+        return "the listing recorded with this increment has no such shard"
+    if view.since is None:
+        return "the increment records no -since"
+    for name in sorted(set(listed) - taken - set(before)):
+        mtime = listed[name][1]
+        later = mtime > view.since
+        if name.endswith(".tombstone") and later:
+            continue  # a delete after the snapshot
+        if _seq(name) == 1 and later:
+            continue  # a cache snapshot after the backup's: not part of this link
+        if _seq(name) is None and not name.endswith(".tombstone"):
+            return f"{name} is not a TSM file name"
+        what = "written" if later else "modified before -since yet in no link"
+        return (
+            f"{name} is live but in no link ({what}): a compaction or delete after the "
+            "snapshot may have replaced files of the earlier links"
+        )
+    return None
+
+
+# -- reading the links -------------------------------------------------------------------------
+
+
+def parse_since(since: str | None) -> float | None:
+    if not since:
+        return None
+    try:
+        return datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def listing_of(record: RunRecord | None) -> dict[int, dict[str, tuple[int, float]]] | None:
+    """The shard listing a link's record carries (jobs/hot.py), None when it has none."""
+    raw = record.extra.get(LISTING) if record is not None else None
+    if not isinstance(raw, dict) or not isinstance(raw.get("shards"), dict):
+        return None
+    found: dict[int, dict[str, tuple[int, float]]] = {}
+    try:
+        for sid, files in raw["shards"].items():
+            found[int(sid)] = {
+                str(name): (int(stat[0]), float(stat[1])) for name, stat in dict(files).items()
+            }
+    except (TypeError, ValueError, IndexError):
+        return None
+    return found
+
+
+def manifest_of(directory: Path) -> tuple[Path, dict[str, Any]]:
+    found = sorted(directory.glob("*.manifest"))
+    if len(found) != 1:
+        raise ValueError(f"{directory}: {len(found)} *.manifest files, expected 1")
+    return found[0], json.loads(found[0].read_text())
+
+
+def view_of(directory: Path, record: RunRecord | None, *, full: bool) -> LinkView:
+    """A link as plan_merge sees it: its manifest's shards, each tar's member names."""
+    _, manifest = manifest_of(directory)
+    shards: dict[int, ShardPart] = {}
+    for entry in manifest.get("files", []):
+        tar = directory / str(entry["fileName"])
+        with tarfile.open(tar, "r|gz") as tf:
+            names = frozenset(PurePosixPath(m.name).name for m in tf if m.isfile())
+        shards[int(entry["shardID"])] = ShardPart(
+            str(entry["database"]), str(entry["policy"]), tar, names
+        )
+    return LinkView(
+        label=directory.name,
+        since=None if full else parse_since(record.since if record else None),
+        shards=shards,
+        listing=None if full else listing_of(record),
+    )
+
+
+def merged_bytes(views: list[LinkView], plan: MergePlan) -> int:
+    """An upper bound of the synthetic backup's size: the chosen links' shard tars."""
+    total = 0
+    for sid, files in plan.shards.items():
+        for link in set(files.values()):
+            total += views[link].shards[sid].tar.stat().st_size * 2  # gzip stored: ≤ unpacked
+    return total
+
+
+def write_merged(views: list[LinkView], plan: MergePlan, newest: Path, out: Path) -> int:
+    """The synthetic portable backup in out (made here): the newest link's .meta, one tar.gz a
+    shard with its merged files (gzip level 0: only a valid gzip is needed), a manifest in the
+    tool's format. Returns the files written into the shard tars."""
+    out.mkdir(mode=0o700)
+    manifest_path, manifest = manifest_of(newest)
+    prefix = manifest_path.name.removesuffix(".manifest")
+    meta_name = str(manifest["meta"]["fileName"])
+    shutil.copyfile(newest / meta_name, out / meta_name)
+    entries: list[dict[str, Any]] = []
+    count = 0
+    last = views[-1]
+    for sid, files in sorted(plan.shards.items()):
+        part = last.shards[sid]
+        name = f"{prefix}.s{sid}.tar.gz"
+        with gzip.GzipFile(out / name, "wb", compresslevel=0) as gz:
+            counted = _Counting(gz)
+            tw = tarfile.open(fileobj=cast(Any, counted), mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+            for link in sorted(set(files.values())):
+                wanted = {n for n, k in files.items() if k == link}
+                with tarfile.open(views[link].shards[sid].tar, "r|gz") as tf:
+                    for member in tf:
+                        base = PurePosixPath(member.name).name
+                        if member.isfile() and base in wanted:
+                            tw.addfile(member, tf.extractfile(member))
+                            wanted.discard(base)
+                            count += 1
+                if wanted:
+                    raise ValueError(f"{views[link].shards[sid].tar}: {sorted(wanted)} missing")
+            tw.close()
+        size = counted.written
+        entries.append(
+            {
+                "database": part.database,
+                "policy": part.policy,
+                "shardID": sid,
+                "fileName": name,
+                "size": size,
+                "lastModified": 0,
+            }
+        )
+    merged = {"meta": manifest["meta"], "limited": False, "files": entries}
+    (out / f"{prefix}.manifest").write_text(json.dumps(merged, indent=2))
+    return count
+
+
+class _Counting:
+    """A write-only file that counts what goes through: the tar's unpacked size, which the
+    tool's manifest lists as a shard's size."""
+
+    def __init__(self, inner: gzip.GzipFile) -> None:
+        self.inner, self.written = inner, 0
+
+    def write(self, data: bytes) -> int:
+        self.written += len(data)
+        return self.inner.write(data)
+
+
+@dataclass
+class ChainMerge:
+    """How a 1.x chain's increments went in: "files" (merged here, restored once) or "sql"
+    (each increment restored under a temporary name and copied in with SELECT INTO), and why
+    not by files."""
+
+    path: str
+    reason: str | None = None
+    seconds: float | None = None  # writing the merged backup

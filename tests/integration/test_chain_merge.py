@@ -1,0 +1,181 @@
+"""A 1.x hot chain restored at file speed (restore/merge.py), exact or not at all, against a
+real influxd 1.6: deletes between links do not come back, newer points are all there once, and
+a chain that cannot be merged exactly takes the SQL merge and says why."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from influx_backupd.influxd import counts, influxql
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.sidecar import sidecar_of
+from tests.conftest import Cli, write_config
+from tests.integration.test_restore_target import serving
+
+HOT = [{"name": "hotjob", "mode": "hot"}]
+
+
+def _events(stderr: str, name: str) -> list[dict[str, Any]]:
+    found = []
+    for line in stderr.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == name:
+            found.append(event)
+    return found
+
+
+def _count(url: str, db: str, where: str = "") -> int:
+    q = f'SELECT count("value") FROM "cpu"{" WHERE " + where if where else ""}'
+    rows = influxql.values(influxql.query(url, q, db, timeout=120))
+    return int(rows[0][1]) if rows else 0
+
+
+def _figures(url: str) -> dict[str, int]:
+    """Points per database and, in metrics, per host h0..h6: what a merge must get exactly."""
+    found = {db: _count(url, db) for db in counts.databases(url) if db != "_internal"}
+    if "metrics" in found:
+        for host in range(7):
+            found[f"metrics/h{host}"] = _count(url, "metrics", f"host = 'h{host}'")
+    return found
+
+
+def _settled(sandbox: Sandbox, timeout: float = 60.0) -> None:
+    """Wait until no tombstone is left in the live shards: influxd applies a delete by
+    rewriting the files it touched, a second or so later (then a backup holds no tombstone)."""
+    deadline = time.monotonic() + timeout
+    while any(sandbox.data.rglob("*.tombstone")):
+        assert time.monotonic() < deadline, "tombstones never applied"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def compacting(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
+    """A live server that flushes its cache after a second and compacts a cold shard fully two
+    seconds later: a compaction between two links, for sure."""
+    server = Sandbox(
+        tmp_path / "server",
+        binary=influxd_path,
+        extra_data={
+            "cache-snapshot-write-cold-duration": '"1s"',
+            "compact-full-write-cold-duration": '"2s"',
+        },
+    )
+    server.write_config()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_deletes_and_a_dropped_database_between_links_do_not_come_back(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
+    sandbox.create_db("metrics")
+    sandbox.create_db("other")
+    sandbox.write_points("metrics", 7_000)
+    sandbox.write_points("other", 1_000)
+    assert cli.json("backup")["kind"] == "full"
+    sandbox.query("DELETE FROM cpu WHERE host = 'h1'", db="metrics", method="POST")
+    sandbox.query("DROP SERIES FROM cpu WHERE host = 'h2'", db="metrics", method="POST")
+    sandbox.query('DROP DATABASE "other"', method="POST")
+    sandbox.write_points("metrics", 700, start=200_000)  # every host again, h1 and h2 too
+    _settled(sandbox)
+    expected = _figures(sandbox.url)
+    assert expected["metrics/h1"] == 100 and expected["metrics/h2"] == 100, expected
+    increment = cli.json("backup")
+    assert increment["kind"] == "incremental" and increment["status"] == "ok"
+    assert "shard_listing" in increment["extra"], "the hot job lists the live shards"
+    assert sidecar_of(Path(increment["archive"])).exists()
+    assert (
+        "shard_listing" in json.loads(sidecar_of(Path(increment["archive"])).read_text())["extra"]
+    ), "the listing travels with the backup"
+    sandbox.write_points("metrics", 300, start=400_000)  # newer than the backup
+
+    done = cli("restore", increment["id"], "--yes", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["merge"] == "files", result.get("merge_reason")
+    assert [e["path"] for e in _events(done.stderr, "restore.chain_merge")] == ["files"]
+    assert _events(done.stderr, "restore.copied") == [], "no SELECT INTO"
+    assert _figures(sandbox.url) == expected, "deleted points and the dropped db stay gone"
+
+    # the same chain, one database of it, into the live server under another name
+    done = cli("restore", increment["id"], "--database", "metrics", "--as", "copy", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = json.loads(done.stdout)
+    assert one["merge"] == "files", one.get("merge_reason")
+    assert _count(sandbox.url, "copy") == expected["metrics"]
+    assert _count(sandbox.url, "copy", "host = 'h1'") == 100
+
+
+def _without_listing(tmp_path: Path, record: dict[str, Any]) -> None:
+    """The increment as a remote backup_host's would be: no listing in its records."""
+    catalog = Catalog(tmp_path / "state")
+    stored = catalog.get(record["id"])
+    assert stored is not None
+    stored.extra.pop("shard_listing")
+    catalog.save(stored)
+    beside = sidecar_of(Path(record["archive"]))
+    data = json.loads(beside.read_text())
+    data["extra"].pop("shard_listing")
+    beside.write_text(json.dumps(data))
+
+
+def test_a_compaction_between_links_merges_with_a_listing_and_falls_back_without(
+    tmp_path: Path, compacting: Sandbox
+) -> None:
+    sandbox = compacting
+    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 5_000)
+    full = cli.json("backup")
+    assert full["kind"] == "full"
+    sandbox.write_points("metrics", 2_000, start=100_000)
+    # the new points flushed, then the shard compacted fully: a file of a later generation and
+    # a sequence above 1 replaces the full's file
+    deadline = time.monotonic() + 120
+    shard_files: list[str] = []
+    while True:
+        shard_files = sorted(p.name for p in sandbox.data.glob("metrics/*/*/*.tsm"))
+        if len(shard_files) == 1 and not shard_files[0].startswith("000000001-"):
+            break
+        assert time.monotonic() < deadline, f"never compacted: {shard_files}"
+        time.sleep(0.2)
+    assert not shard_files[0].endswith("-000000001.tsm"), shard_files
+    increment = cli.json("backup")
+    assert increment["kind"] == "incremental"
+    expected = {"metrics": 7_000}
+
+    target = tmp_path / "merged"
+    done = cli("restore", increment["id"], "--target", str(target), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["merge"] == "files"
+    with serving(target / "influxdb.conf") as url:
+        assert {"metrics": _count(url, "metrics")} == expected
+
+    _without_listing(tmp_path, increment)
+    target = tmp_path / "fallback"
+    done = cli("restore", increment["id"], "--target", str(target), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["merge"] == "sql"
+    link = Path(increment["archive"]).name
+    assert result["merge_reason"].startswith(f"{link}: shard "), result["merge_reason"]
+    assert "no listing of the live shard files" in result["merge_reason"]
+    [event] = _events(done.stderr, "restore.chain_merge")
+    assert event["path"] == "sql" and event["reason"] == result["merge_reason"]
+    assert _events(done.stderr, "restore.copied"), "the SQL merge ran"
+    with serving(target / "influxdb.conf") as url:
+        assert {"metrics": _count(url, "metrics")} == expected

@@ -1,0 +1,239 @@
+"""plan_merge: a 1.x chain's shard files merged exactly, or not at all (with the reason)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from influx_backupd.restore.merge import LinkView, ShardPart, listing_of, parse_since, plan_merge
+from influx_backupd.store.record import RunRecord
+
+SINCE = 1_000.0
+
+
+def part(*files: str) -> ShardPart:
+    return ShardPart("db", "autogen", Path("/nowhere.tar.gz"), frozenset(files))
+
+
+def full(shards: dict[int, ShardPart]) -> LinkView:
+    return LinkView("full", None, shards)
+
+
+def increment(
+    shards: dict[int, ShardPart],
+    listing: dict[int, dict[str, tuple[int, float]]] | None,
+    label: str = "inc1",
+) -> LinkView:
+    return LinkView(label, SINCE, shards, listing)
+
+
+def live(*names: str, mtime: float = SINCE + 5) -> dict[str, tuple[int, float]]:
+    return {name: (100, mtime) for name in names}
+
+
+def test_a_compaction_output_without_a_listing_falls_back() -> None:
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm")}),
+            increment({1: part("000000002-000000002.tsm")}, None),
+        ]
+    )
+    assert not plan.exact
+    assert plan.reason is not None
+    assert plan.reason.startswith("inc1: shard 1: no listing"), plan.reason
+
+
+def test_only_new_files_without_a_listing_fall_back_too() -> None:
+    """influxd 1.6 removes a TSM file a delete emptied with no output: an increment holding
+    only new cache snapshots does not prove that nothing of the earlier links was removed."""
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm")}),
+            increment({1: part("000000002-000000001.tsm")}, None),
+        ]
+    )
+    assert not plan.exact
+
+
+def test_a_shard_new_in_the_increment_needs_no_listing() -> None:
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm")}),
+            increment(
+                {1: part(), 2: part("000000001-000000001.tsm")},
+                {1: live("000000001-000000001.tsm", mtime=SINCE - 5)},
+            ),
+        ]
+    )
+    assert plan.exact, plan.reason
+    assert plan.shards == {1: {"000000001-000000001.tsm": 0}, 2: {"000000001-000000001.tsm": 1}}
+
+
+def test_with_a_listing_a_compaction_replaces_what_it_consumed() -> None:
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm", "000000002-000000001.tsm")}),
+            increment(
+                {1: part("000000003-000000002.tsm", "000000004-000000001.tsm")},
+                {1: live("000000003-000000002.tsm", "000000004-000000001.tsm")},
+            ),
+        ]
+    )
+    assert plan.exact, plan.reason
+    assert plan.shards == {1: {"000000003-000000002.tsm": 1, "000000004-000000001.tsm": 1}}
+
+
+def test_a_file_a_delete_removed_without_output_is_left_out() -> None:
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm"), 2: part("000000001-000000001.tsm")}),
+            increment(
+                {1: part(), 2: part()},
+                {1: {}, 2: live("000000001-000000001.tsm", mtime=SINCE - 50)},
+            ),
+        ]
+    )
+    assert plan.exact, plan.reason
+    assert plan.shards == {1: {}, 2: {"000000001-000000001.tsm": 0}}
+
+
+def test_an_unexplained_compaction_output_in_the_listing_falls_back() -> None:
+    """Compacted after the snapshot: its output (seq 2) is live but in no link, and may have
+    replaced files of the earlier links."""
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm")}),
+            increment(
+                {1: part("000000002-000000001.tsm")},
+                {1: live("000000002-000000002.tsm")},
+            ),
+        ]
+    )
+    assert not plan.exact
+    assert plan.reason is not None
+    assert "000000002-000000002.tsm is live but in no link" in plan.reason
+    assert plan.reason.startswith("inc1: shard 1:")
+
+
+def test_a_flush_after_the_snapshot_is_not_part_of_the_link() -> None:
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm")}),
+            increment(
+                {1: part("000000002-000000001.tsm")},
+                {
+                    1: live(
+                        "000000001-000000001.tsm",
+                        "000000002-000000001.tsm",
+                        "000000003-000000001.tsm",
+                    )
+                },
+            ),
+        ]
+    )
+    assert plan.exact, plan.reason
+    assert plan.shards == {1: {"000000001-000000001.tsm": 0, "000000002-000000001.tsm": 1}}
+
+
+def test_a_live_file_older_than_since_in_no_link_falls_back() -> None:
+    """Renamed into place after the previous snapshot with an mtime before -since: no link
+    holds it, and the increment cannot be trusted to be whole."""
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm")}),
+            increment(
+                {1: part()},
+                {
+                    1: {
+                        **live("000000001-000000001.tsm"),
+                        **live("000000002-000000001.tsm", mtime=SINCE - 1),
+                    }
+                },
+            ),
+        ]
+    )
+    assert not plan.exact
+    assert plan.reason is not None and "modified before -since" in plan.reason
+
+
+def test_a_shard_dropped_in_the_newest_link_is_excluded() -> None:
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm"), 2: part("000000001-000000001.tsm")}),
+            increment(
+                {1: part("000000002-000000001.tsm")},
+                {1: live("000000001-000000001.tsm", "000000002-000000001.tsm")},
+            ),
+        ]
+    )
+    assert plan.exact, plan.reason
+    assert set(plan.shards) == {1}
+
+
+def test_a_tombstone_left_in_the_merged_set_falls_back() -> None:
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm")}),
+            increment(
+                {1: part("000000001-000000001.tombstone")},
+                {1: live("000000001-000000001.tsm", "000000001-000000001.tombstone")},
+            ),
+        ]
+    )
+    assert not plan.exact
+    assert plan.reason is not None and "tombstone" in plan.reason
+
+
+def test_the_reason_names_the_link() -> None:
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm")}),
+            increment(
+                {1: part("000000002-000000001.tsm")},
+                {1: live("000000001-000000001.tsm", "000000002-000000001.tsm")},
+            ),
+            increment({1: part("000000003-000000001.tsm")}, None, label="inc2"),
+        ]
+    )
+    assert plan.reason is not None and plan.reason.startswith("inc2: shard 1:")
+
+
+def test_the_listing_and_since_are_read_from_the_record() -> None:
+    record = RunRecord(id="r", job="j", mode="hot", started_at=0.0)
+    record.extra["shard_listing"] = {"taken_at": 1.0, "shards": {"7": {"a.tsm": [10, 2.5]}}}
+    assert listing_of(record) == {7: {"a.tsm": (10, 2.5)}}
+    record.extra["shard_listing"] = {"shards": {"x": {}}}
+    assert listing_of(record) is None
+    assert listing_of(None) is None
+    assert parse_since("1970-01-01T00:16:40Z") == SINCE
+    assert parse_since("garbage") is None
+
+
+NAMES = st.sampled_from([f"{g:09d}-{s:09d}.tsm" for g in range(1, 5) for s in range(1, 4)])
+
+
+@given(
+    st.sets(NAMES, max_size=6),
+    st.sets(NAMES, max_size=6),
+    st.sets(NAMES, max_size=6),
+    st.lists(st.booleans(), min_size=12, max_size=12),
+)
+def test_an_exact_plan_is_the_listed_files_before_plus_the_increment(
+    before: set[str], taken: set[str], listed: set[str], late: list[bool]
+) -> None:
+    """Whenever the plan says exact, every merged file is in the increment or was listed live,
+    and every file listed live outside the merge is a seq-1 file written after -since."""
+    listing = {
+        name: (1, SINCE + 1 if late[i % len(late)] else SINCE - 1)
+        for i, name in enumerate(sorted(listed))
+    }
+    plan = plan_merge([full({1: part(*before)}), increment({1: part(*taken)}, {1: listing})])
+    if not plan.exact:
+        return
+    merged = set(plan.shards.get(1, {}))
+    assert taken <= merged
+    assert all(name in taken or name in listing for name in merged)
+    for name in set(listing) - merged:
+        assert (name.endswith("-000000001.tsm") and listing[name][1] > SINCE) or not before
