@@ -22,6 +22,7 @@ import email.utils
 import os
 import shutil
 import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -201,8 +202,16 @@ SHARD_LISTING = "shard_listing"  # record.extra key: the live shards' files afte
 def _listing_source(config: Config) -> Path | None:
     """The data dir whose shard files are listed after a 1.x backup: the local server's, when
     it is the backed-up one; None otherwise (a remote backup_host's files cannot be seen)."""
-    host = split_host(config.backup_host)[0]
+    host, port = split_host(config.backup_host)
     if host not in _THIS_HOST:
+        return None
+    # and the one whose influxdb.conf we read: another local instance's files are not these
+    try:
+        with open(config.server.conf, "rb") as fh:
+            bind = str(tomllib.load(fh).get("bind-address", "127.0.0.1:8088"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    if split_host(bind)[1] != port:
         return None
     data = config.server.data
     return data if data.is_dir() else None

@@ -55,6 +55,7 @@ class ShardPart:
     policy: str
     tar: Path
     files: frozenset[str]  # base names of the files in it
+    sizes: dict[str, int] = field(default_factory=dict, compare=False)  # of those files
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,10 @@ def _unexplained(
         return "the listing recorded with this increment has no such shard"
     if view.since is None:
         return "the increment records no -since"
+    for name in sorted(taken & set(listed)):
+        size = view.shards[sid].sizes.get(name)
+        if size is not None and size != listed[name][0]:
+            return f"{name} is {size} bytes in the backup, {listed[name][0]} in the listing"
     for name in sorted(set(listed) - taken - set(before)):
         mtime = listed[name][1]
         later = mtime > view.since
@@ -185,9 +190,9 @@ def view_of(directory: Path, record: RunRecord | None, *, full: bool) -> LinkVie
     for entry in manifest.get("files", []):
         tar = directory / str(entry["fileName"])
         with tarfile.open(tar, "r|gz") as tf:
-            names = frozenset(PurePosixPath(m.name).name for m in tf if m.isfile())
+            sizes = {PurePosixPath(m.name).name: m.size for m in tf if m.isfile()}
         shards[int(entry["shardID"])] = ShardPart(
-            str(entry["database"]), str(entry["policy"]), tar, names
+            str(entry["database"]), str(entry["policy"]), tar, frozenset(sizes), sizes
         )
     return LinkView(
         label=directory.name,

@@ -186,6 +186,25 @@ def test_a_tombstone_left_in_the_merged_set_falls_back() -> None:
     assert plan.reason is not None and "tombstone" in plan.reason
 
 
+def test_a_listing_of_other_files_than_the_backup_falls_back() -> None:
+    """A listing whose files differ in size from the link's is not this server's."""
+    taken = ShardPart(
+        "db",
+        "autogen",
+        Path("/x"),
+        frozenset({"000000002-000000001.tsm"}),
+        {"000000002-000000001.tsm": 99},
+    )
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm")}),
+            increment({1: taken}, {1: live("000000001-000000001.tsm", "000000002-000000001.tsm")}),
+        ]
+    )
+    assert not plan.exact
+    assert plan.reason is not None and "99 bytes in the backup, 100 in the listing" in plan.reason
+
+
 def test_the_reason_names_the_link() -> None:
     plan = plan_merge(
         [
