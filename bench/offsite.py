@@ -57,7 +57,9 @@ from influx_backupd.offsite.settings import OffsiteSettings
 settings = OffsiteSettings.model_validate_json(sys.argv[1])
 archive = Path(sys.argv[2])
 started = time.monotonic()
-source = scan_tar(archive)
+# as the CLI does: the headers now, the members hashed while the ones before them are sent,
+# the whole archive checked against its record's sha256 (argv[4]) before the manifest
+source = scan_tar(archive, sys.argv[4], lazy=True)
 scanned = time.monotonic()
 result = Offsite(settings).send(Backup(sys.argv[3], "bench", "full", None, {}, source))
 print(json.dumps({"seconds": time.monotonic() - started, "scan_s": scanned - started,
@@ -156,6 +158,7 @@ def main() -> int:
             figures["data"] = generate(sandbox, size)
             seen: set[str] = set()
             archives: list[Path] = []
+            digests: dict[Path, str] = {}
             with SteadyWriter(sandbox, 2000):
                 for night in range(args.nights):
                     if night:
@@ -179,6 +182,7 @@ def main() -> int:
                     uploaded = state["jobs"]["staged"]["uploaded_bytes"] - before
                     archive = Path(record["archive"])
                     archives.append(archive)
+                    digests[archive] = record["sha256"]
                     source = scan_tar(archive)
                     new = sum(e.size for e in source.files() if e.sha256 not in seen)
                     seen |= {e.sha256 for e in source.files()}
@@ -198,7 +202,8 @@ def main() -> int:
                 ours, scans, theirs, ours_rss, theirs_rss = [], [], [], [], []
                 for run in range(args.runs if label == "last" else 1):
                     s = json.dumps({**settings, "prefix": f"tp-{label}-{run}"})
-                    got, rss = timed([sys.executable, "-c", SEND, s, str(archive), f"run-{run}"])
+                    got, rss = timed([sys.executable, "-c", SEND, s, str(archive), f"run-{run}",
+                                      digests[archive]])  # fmt: skip
                     ours.append(got["seconds"])
                     scans.append(got["scan_s"])
                     ours_rss.append(rss)

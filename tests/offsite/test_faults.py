@@ -69,12 +69,14 @@ def test_missing_bucket_is_one_line(endpoint: Endpoint, archive: Path) -> None:
 
 
 class _Throttling:
-    """An HTTP proxy in front of moto that answers the first `fail` requests 503 SlowDown."""
+    """An HTTP proxy in front of moto that answers the first `fail` requests 503 SlowDown;
+    it keeps each forwarded request (method, path, headers, body) in `seen`."""
 
     def __init__(self, upstream: str, fail: int) -> None:
         host, port = upstream.removeprefix("http://").split(":")
         outer = self
         self.fail, self.failed, self.forwarded = fail, 0, 0
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
         self.lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
@@ -89,6 +91,9 @@ class _Throttling:
                     slow = outer.failed < outer.fail
                     outer.failed += slow
                     outer.forwarded += not slow
+                    if not slow:
+                        headers = {k.lower(): v for k, v in self.headers.items()}
+                        outer.seen.append((self.command, self.path, headers, body))
                 if slow:
                     xml = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
                     self.send_response(503)

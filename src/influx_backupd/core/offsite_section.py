@@ -88,6 +88,11 @@ class OffsiteSection(BaseModel):
     """Objects sent at once."""
     part_size: Annotated[Size, Field(ge=5 * MiB, le=5 * 1024 * MiB)] = 8 * MiB
     """Objects larger than this go as multipart uploads of parts this size."""
+    # crc32: x-amz-checksum-crc32 on every part (4 GB/s), the plaintext sha256 the object is
+    # named by on a plain single PUT (free); md5: Content-MD5 everywhere (2 ms per MB here),
+    # for stores that verify only that (rclone serve s3)
+    transfer_checksum: Literal["crc32", "md5"] = "crc32"
+    """What each upload carries for the store to check: crc32 (x-amz-checksum-crc32, or the object's sha256 on a single PUT) or md5 (Content-MD5, for stores that check only that)."""
     retries: int = Field(default=8, ge=1, le=30)  # attempts per request, with backoff
     """Attempts per request, with backoff."""
     retry_after: Annotated[Duration, Field(gt=0)] = 900.0

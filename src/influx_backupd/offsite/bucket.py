@@ -16,6 +16,7 @@ import configparser
 import hashlib
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -119,6 +120,10 @@ def _md5(data: bytes | memoryview) -> tuple[str, str]:
     return digest.hexdigest(), base64.b64encode(digest.digest()).decode()
 
 
+def _crc32(data: bytes | memoryview) -> str:
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
 def _credentials(settings: OffsiteSettings) -> dict[str, str]:
     path = settings.credentials_file
     if path is None:
@@ -165,12 +170,19 @@ class Bucket:
             endpoint_url=settings.endpoint_url,
             config=config.Config(
                 signature_version="s3v4",
-                s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+                s3={
+                    "addressing_style": "path" if settings.endpoint_url else "auto",
+                    # bodies are covered by the checksum header we sign (as boto3 itself does
+                    # over https), not by a second sha256 of every byte for the signature,
+                    # which botocore otherwise takes over plain http
+                    "payload_signing_enabled": False,
+                },
                 retries={"mode": "standard", "max_attempts": settings.retries},
                 connect_timeout=settings.connect_timeout,
                 read_timeout=max(60.0, settings.connect_timeout),
                 max_pool_connections=settings.concurrency + 4,
-                # S3-compatible stores differ on flexible checksums; we send Content-MD5
+                # we choose each body's checksum ourselves (transfer_checksum); boto3's own
+                # flexible checksums (CRC32 trailers) are not served by every S3-compatible store
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             ),
@@ -316,8 +328,25 @@ class Bucket:
         if self.on_sent is not None:
             self.on_sent(n)
 
-    def put_bytes(self, key: str, data: bytes | memoryview) -> int:
-        _, md5 = _md5(data)
+    @property
+    def md5(self) -> bool:
+        return self.settings.transfer_checksum == "md5"
+
+    def _checksum(self, data: bytes | memoryview, sha256: str | None = None) -> dict[str, str]:
+        """What the store checks the body against: Content-MD5, or (crc32) the sha256 the
+        caller already knows (a plain object's content address: no pass over the bytes),
+        else a CRC32 (4 GB/s)."""
+        if self.md5:
+            return {"ContentMD5": _md5(data)[1]}
+        # the algorithm is named too (x-amz-sdk-checksum-algorithm): object lock asks for it
+        # (or Content-MD5) on every upload
+        if sha256 is not None:
+            b64 = base64.b64encode(bytes.fromhex(sha256)).decode()
+            return {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": b64}
+        return {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": _crc32(data)}
+
+    def put_bytes(self, key: str, data: bytes | memoryview, *, sha256: str | None = None) -> int:
+        """One PUT; sha256: the data's, when the caller knows it (then sent as its checksum)."""
         self.call(
             f"put {key}",
             self.client.put_object,
@@ -325,7 +354,7 @@ class Bucket:
             Key=key,
             Body=self._body(data),
             ContentLength=len(data),
-            ContentMD5=md5,
+            **self._checksum(data, sha256),
             **self._extra(),
         )
         self._sent(len(data))
@@ -333,7 +362,11 @@ class Bucket:
 
     def uploads(self, key: str | None = None) -> list[tuple[str, str, float]]:
         """Multipart uploads in progress below the prefix (or for one key): (key, id, started)."""
-        found: list[tuple[str, str, float]] = []
+        return [(k, uid, started) for k, uid, started, _ in self._uploads(key)]
+
+    def _uploads(self, key: str | None = None) -> list[tuple[str, str, float, str]]:
+        """… and the checksum algorithm each was started with ("" when none is listed)."""
+        found: list[tuple[str, str, float, str]] = []
         kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": key or self.key("")}
         while True:
             try:
@@ -345,7 +378,14 @@ class Bucket:
                 raise err from None
             for up in page.get("Uploads", []):
                 if key is None or up["Key"] == key:
-                    found.append((up["Key"], up["UploadId"], up["Initiated"].timestamp()))
+                    found.append(
+                        (
+                            up["Key"],
+                            up["UploadId"],
+                            up["Initiated"].timestamp(),
+                            str(up.get("ChecksumAlgorithm") or ""),
+                        )
+                    )
             if not page.get("IsTruncated"):
                 return found
             kwargs["KeyMarker"] = page.get("NextKeyMarker", "")
@@ -370,9 +410,15 @@ class Bucket:
                 return parts
             kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
 
-    def _upload_part(self, key: str, upload_id: str, n: int, data: bytes) -> str:
-        hexmd5, md5 = _md5(data)
-        self.call(
+    def _upload_part(self, key: str, upload_id: str, n: int, data: bytes, crc: bool) -> Part:
+        """Part n with Content-MD5, or with its CRC32 (crc: the upload was started with
+        ChecksumAlgorithm CRC32). Returns what completing the upload needs."""
+        check = (
+            {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": _crc32(data)}
+            if crc
+            else {"ContentMD5": _md5(data)[1]}
+        )
+        got = self.call(
             f"upload part {n} of {key}",
             self.client.upload_part,
             Bucket=self.name,
@@ -381,32 +427,39 @@ class Bucket:
             PartNumber=n,
             Body=self._body(data),
             ContentLength=len(data),
-            ContentMD5=md5,
+            **check,
         )
         self._sent(len(data))
-        return hexmd5
+        return Part(str(got["ETag"]).strip('"'), check.get("ChecksumCRC32", ""))
 
-    def _complete(self, key: str, upload_id: str, etags: list[str]) -> None:
+    def _complete(self, key: str, upload_id: str, parts: list[Part]) -> None:
+        listed: list[dict[str, Any]] = []
+        for i, part in enumerate(parts, 1):
+            item: dict[str, Any] = {"PartNumber": i, "ETag": f'"{part.etag}"'}
+            if part.crc32:
+                item["ChecksumCRC32"] = part.crc32
+            listed.append(item)
         self.call(
             f"complete upload of {key}",
             self.client.complete_multipart_upload,
             Bucket=self.name,
             Key=key,
             UploadId=upload_id,
-            MultipartUpload={
-                "Parts": [{"PartNumber": i, "ETag": f'"{t}"'} for i, t in enumerate(etags, 1)]
-            },
+            MultipartUpload={"Parts": listed},
         )
 
-    def _create(self, key: str) -> str:
+    def _create(self, key: str) -> tuple[str, bool]:
+        """A new multipart upload: (its id, whether its parts carry CRC32 checksums)."""
+        crc = not self.md5
         started = self.call(
             f"start upload of {key}",
             self.client.create_multipart_upload,
             Bucket=self.name,
             Key=key,
+            **({"ChecksumAlgorithm": "CRC32"} if crc else {}),
             **self._extra(),
         )
-        return str(started["UploadId"])
+        return str(started["UploadId"]), crc
 
     def multipart(self, key: str, size: int) -> Multipart:
         """A plain object to send in parts (resumed if a killed run left its upload)."""
@@ -431,8 +484,9 @@ class Bucket:
         class Parts:
             def __init__(self) -> None:
                 self.buf = bytearray()
-                self.etags: list[str] = []
+                self.parts: list[Part] = []
                 self.upload_id = ""
+                self.crc = False
                 self.sent = 0
 
             def write(self, data: bytes) -> int:
@@ -443,11 +497,11 @@ class Bucket:
 
             def flush_part(self, n: int) -> None:
                 if not self.upload_id:
-                    self.upload_id = bucket._create(key)
+                    self.upload_id, self.crc = bucket._create(key)
                 chunk = bytes(self.buf[:n])
                 del self.buf[:n]
-                self.etags.append(
-                    bucket._upload_part(key, self.upload_id, len(self.etags) + 1, chunk)
+                self.parts.append(
+                    bucket._upload_part(key, self.upload_id, len(self.parts) + 1, chunk, self.crc)
                 )
                 self.sent += len(chunk)
 
@@ -465,7 +519,7 @@ class Bucket:
             return self.put_bytes(key, bytes(out.buf))
         if out.buf:
             out.flush_part(len(out.buf))
-        self._complete(key, out.upload_id, out.etags)
+        self._complete(key, out.upload_id, out.parts)
         return out.sent
 
     def delete(self, keys: list[str]) -> None:
@@ -484,26 +538,35 @@ class Bucket:
                 )
 
 
+@dataclass(frozen=True)
+class Part:
+    etag: str
+    crc32: str = ""  # base64, when the upload carries CRC32 checksums
+
+
 class Multipart:
     """One plain object sent as a multipart upload, its parts possibly from several threads.
 
     A multipart upload left by a killed run is continued: each part already there whose MD5
-    (its ETag) and size match ours is kept, not sent again. The last part in completes it."""
+    (its ETag) and size match ours is kept, not sent again (the MD5 is taken only of those
+    parts). The last part in completes it."""
 
     def __init__(self, bucket: Bucket, key: str, size: int) -> None:
         self.bucket, self.key, self.size = bucket, key, size
         self.part_size = bucket.settings.part_size
         self.count = max(1, -(-size // self.part_size))
-        self.upload_id, self.have = "", {}
-        found = bucket.uploads(key)
-        for _, uid, _started in sorted(found, key=lambda u: u[2], reverse=True):
+        self.upload_id, self.have, self.crc = "", {}, False
+        found = bucket._uploads(key)
+        for _, uid, _started, algorithm in sorted(found, key=lambda u: u[2], reverse=True):
             if not self.upload_id:
                 self.upload_id, self.have = uid, bucket._parts(key, uid)
+                # a store that does not list the algorithm gets Content-MD5, which any takes
+                self.crc = algorithm.upper() == "CRC32"
             else:
                 bucket.abort(key, uid)  # older duplicates of the same object
         if not self.upload_id:
-            self.upload_id = bucket._create(key)
-        self._etags = [""] * self.count
+            self.upload_id, self.crc = bucket._create(key)
+        self._parts: list[Part] = [Part("")] * self.count
         self._left = self.count
         self._lock = threading.Lock()
 
@@ -520,15 +583,17 @@ class Multipart:
                 f"{self.key}: part {n} has {len(data)} bytes, {self.length(n)} expected: "
                 "the source changed"
             )
-        hexmd5, _ = _md5(data)
         sent = 0
-        if self.have.get(n) != (hexmd5, len(data)):
-            hexmd5 = self.bucket._upload_part(self.key, self.upload_id, n, data)
+        there = self.have.get(n)
+        if there is not None and there == (_md5(data)[0], len(data)):
+            part = Part(there[0], _crc32(data) if self.crc else "")
+        else:
+            part = self.bucket._upload_part(self.key, self.upload_id, n, data, self.crc)
             sent = len(data)
         with self._lock:
-            self._etags[n - 1] = hexmd5
+            self._parts[n - 1] = part
             self._left -= 1
             last = self._left == 0
         if last:
-            self.bucket._complete(self.key, self.upload_id, self._etags)
+            self.bucket._complete(self.key, self.upload_id, self._parts)
         return sent, last

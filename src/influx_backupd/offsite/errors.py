@@ -28,6 +28,10 @@ class IntegrityError(OffsiteError):
     """What came back from the bucket is not what the manifest says."""
 
 
+class Damaged(OffsiteError):
+    """The local backup is not what its record says: it is not sent (the others are)."""
+
+
 class NotFound(OffsiteError):
     """A backup (manifest) or object is not in the bucket."""
 

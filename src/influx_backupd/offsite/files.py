@@ -9,16 +9,19 @@ trailer, give back the archive byte for byte, whatever wrote it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
 import tarfile
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from influx_backupd.offsite.errors import OffsiteError
+from influx_backupd.offsite.errors import Damaged, OffsiteError
 
 CHUNK = 1 << 20
 Layout = Literal["tar", "dir"]
@@ -50,9 +53,24 @@ class Source:
     trailer: bytes = b""
     rebuild: Literal["bytes", "tree"] = "bytes"  # can the archive be rebuilt byte for byte
     notes: list[str] = field(default_factory=list)
+    # what is left to hash (lazy scans): fills entries' sha256 in order, yields their indexes
+    _hashing: Callable[[threading.Event | None], Iterator[int]] | None = None
 
     def files(self) -> Iterator[FileEntry]:
         return (e for e in self.entries if e.type == "file")
+
+    def hashing(self, cancel: threading.Event | None = None) -> Iterator[FileEntry]:
+        """The files in order, each with its sha256: hashed now if it was not yet (once)."""
+        if self._hashing is None:
+            yield from self.files()
+            return
+        run, self._hashing = self._hashing, None
+        for i in run(cancel):
+            yield self.entries[i]
+
+    def hash_all(self) -> None:
+        for _ in self.hashing():
+            pass
 
     def open(self, entry: FileEntry) -> Window:
         """A reader of exactly entry.size bytes of the entry's data."""
@@ -114,14 +132,24 @@ def _entry_type(info: tarfile.TarInfo) -> EntryType | None:
 Known = Mapping[tuple[str, int, float], str]  # (path, size, mtime) → sha256
 
 
-def scan_tar(path: Path, expected_sha256: str | None = None, known: Known | None = None) -> Source:
+def scan_tar(
+    path: Path,
+    expected_sha256: str | None = None,
+    known: Known | None = None,
+    *,
+    lazy: bool = False,
+) -> Source:
     """Hash a tar archive and each member in one read; refuse one that is not its record.
 
     known: the sha256 of files an earlier backup of the job held (its manifest). A member with
     the same path, size and mtime is not read again (a TSM file never changes once written):
     a large server's nightly scan reads what is new, not every byte. The whole archive's
     sha256 is then not recomputed (the run checked it when it wrote the archive; a fetch
-    checks the rebuilt archive against it)."""
+    checks the rebuilt archive against it).
+
+    lazy: read only the headers now; the members are hashed by source.hashing() as the sender
+    asks for them (it hashes the next files while the last ones are uploaded), and a damaged
+    archive raises Damaged there, before its manifest is written."""
     try:
         with tarfile.open(path, "r:") as tar:
             infos = tar.getmembers()
@@ -129,9 +157,8 @@ def scan_tar(path: Path, expected_sha256: str | None = None, known: Known | None
         raise OffsiteError(f"{path}: not a readable tar archive ({exc})") from None
     notes: list[str] = []
     rebuild: Literal["bytes", "tree"] = "bytes"
-    whole = hashlib.sha256()
     entries: list[FileEntry] = []
-    pos = skipped = 0
+    pos = 0
     with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size
         for info in infos:
@@ -141,25 +168,8 @@ def scan_tar(path: Path, expected_sha256: str | None = None, known: Known | None
                 rebuild = "tree"
                 notes.append(f"member {info.name!r} is neither a file, a dir nor a symlink")
                 continue
-            lead = _read(fh, pos, info.offset_data - pos, whole) if kind == "file" else b""
-            digest = ""
-            reused = (known or {}).get((info.name, info.size, float(info.mtime)))
-            if kind == "file" and reused is not None:
-                digest = reused
-                pos = info.offset_data + info.size
-                skipped += info.size
-            elif kind == "file":
-                member = hashlib.sha256()
-                left, at = info.size, info.offset_data
-                while left > 0:
-                    chunk = os.pread(fh.fileno(), min(CHUNK, left), at)
-                    if not chunk:
-                        raise OffsiteError(f"{path}: member {info.name!r} is truncated")
-                    member.update(chunk)
-                    whole.update(chunk)
-                    left -= len(chunk)
-                    at += len(chunk)
-                digest = member.hexdigest()
+            lead = _read(fh, pos, info.offset_data - pos) if kind == "file" else b""
+            if kind == "file":
                 pos = info.offset_data + info.size
             entries.append(
                 FileEntry(
@@ -167,29 +177,81 @@ def scan_tar(path: Path, expected_sha256: str | None = None, known: Known | None
                     size=info.size if kind == "file" else 0,
                     mode=info.mode,
                     mtime=float(info.mtime),
-                    sha256=digest,
+                    sha256=(known or {}).get((info.name, info.size, float(info.mtime)), "")
+                    if kind == "file"
+                    else "",
                     type=kind,
                     link=info.linkname if kind == "symlink" else "",
                     offset=info.offset_data if kind == "file" else 0,
                     lead=lead,
                 )
             )
-        trailer = _read(fh, pos, size - pos, whole)
+        trailer = _read(fh, pos, size - pos)
+    leads = [e.lead for e in entries]
+    if rebuild == "tree":
+        trailer_kept = b""
+        entries = [replace_lead(e) for e in entries]
+    else:
+        trailer_kept = trailer
+    source = Source("tar", path, entries, expected_sha256 or "", size, trailer_kept, rebuild, notes)
+    source._hashing = partial(_hash_tar, source, leads, trailer, expected_sha256)
+    if not lazy:
+        source.hash_all()
+    return source
+
+
+def _hash_tar(
+    source: Source,
+    leads: list[bytes],
+    trailer: bytes,
+    expected: str | None,
+    cancel: threading.Event | None = None,
+) -> Iterator[int]:
+    """Hash each member not known yet (and the whole archive, when none is): fills the
+    entries' sha256 in order, yielding each file's index as it is done."""
+    whole = hashlib.sha256()
+    skipped = 0
+    fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for i, entry in enumerate(source.entries):
+            if entry.type != "file":
+                continue
+            whole.update(leads[i])
+            if entry.sha256:  # known from an earlier backup: not read again
+                skipped += entry.size
+                yield i
+                continue
+            member = hashlib.sha256()
+            left, at = entry.size, entry.offset
+            while left > 0:
+                if cancel is not None and cancel.is_set():
+                    return
+                chunk = os.pread(fd, min(CHUNK, left), at)
+                if not chunk:
+                    raise Damaged(f"{source.path}: member {entry.path!r} is truncated")
+                member.update(chunk)
+                whole.update(chunk)
+                left -= len(chunk)
+                at += len(chunk)
+            source.entries[i] = dataclasses.replace(entry, sha256=member.hexdigest())
+            yield i
+    finally:
+        os.close(fd)
+    whole.update(trailer)
     sha256 = whole.hexdigest()
     if skipped:
-        if expected_sha256 is None:
-            raise OffsiteError(f"{path}: known files given, but no sha256 for the archive")
-        sha256 = expected_sha256
-        notes.append(f"{skipped} bytes of files known from an earlier backup were not read again")
-    elif expected_sha256 is not None and sha256 != expected_sha256:
-        raise OffsiteError(
-            f"{path}: sha256 {sha256[:16]}… is not the {expected_sha256[:16]}… of its record: "
+        if expected is None:
+            raise OffsiteError(f"{source.path}: known files given, but no sha256 for the archive")
+        sha256 = expected
+        source.notes.append(
+            f"{skipped} bytes of files known from an earlier backup were not read again"
+        )
+    elif expected is not None and sha256 != expected:
+        raise Damaged(
+            f"{source.path}: sha256 {sha256[:16]}… is not the {expected[:16]}… of its record: "
             "the local archive is damaged, not sent"
         )
-    if rebuild == "tree":
-        trailer = b""
-        entries = [replace_lead(e) for e in entries]
-    return Source("tar", path, entries, sha256, size, trailer, rebuild, notes)
+    source.sha256 = sha256
 
 
 def replace_lead(entry: FileEntry) -> FileEntry:
@@ -198,14 +260,13 @@ def replace_lead(entry: FileEntry) -> FileEntry:
     )
 
 
-def _read(fh: BinaryIO, at: int, n: int, digest: hashlib._Hash) -> bytes:
+def _read(fh: BinaryIO, at: int, n: int) -> bytes:
     """n bytes at `at` (headers, padding): small, so kept in memory."""
     if n < 0:
         raise OffsiteError(f"{fh.name!r}: tar members overlap at byte {at}")
     data = os.pread(fh.fileno(), n, at) if n else b""
     if len(data) != n:
-        raise OffsiteError(f"{fh.name!r}: truncated at byte {at}")
-    digest.update(data)
+        raise Damaged(f"{fh.name!r}: truncated at byte {at}")
     return data
 
 
@@ -243,7 +304,7 @@ def scan_dir(path: Path, expected_sha256: str | None = None) -> Source:
             total += st.st_size
     sha256 = listing_sha256(entries)
     if expected_sha256 is not None and sha256 != expected_sha256:
-        raise OffsiteError(
+        raise Damaged(
             f"{path}: files digest {sha256[:16]}… is not the {expected_sha256[:16]}… of its "
             "record: the local backup is damaged, not sent"
         )

@@ -17,11 +17,12 @@ import base64
 import hashlib
 import math
 import os
+import queue
 import random
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
@@ -116,6 +117,51 @@ class _HashingWriter:
 
     def flush(self) -> None:
         pass
+
+
+AHEAD = 256 * 1024 * 1024  # bytes hashed ahead of the uploads, at most (page cache, not RSS)
+
+
+def _read_ahead(source: Source) -> Generator[FileEntry, None, None]:
+    """source.hashing() run in a thread of its own, up to AHEAD bytes ahead of the consumer:
+    the next files are hashed (hashlib and pread release the GIL) while the last ones are
+    uploaded. An error in the hashing (a damaged archive) is raised here, in order."""
+    if source._hashing is None:
+        yield from source.files()
+        return
+    cancel = threading.Event()
+    ready: queue.Queue[FileEntry | BaseException | None] = queue.Queue()
+    room = threading.Condition()
+    ahead = [0]
+
+    def hash_all() -> None:
+        try:
+            for entry in source.hashing(cancel):
+                with room:
+                    room.wait_for(lambda: ahead[0] < AHEAD or cancel.is_set())
+                    ahead[0] += entry.size
+                if cancel.is_set():
+                    return
+                ready.put(entry)
+            ready.put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            ready.put(exc)
+
+    worker = threading.Thread(target=hash_all, name="offsite-hash", daemon=True)
+    worker.start()
+    try:
+        while (got := ready.get()) is not None:
+            if isinstance(got, BaseException):
+                raise got
+            with room:
+                ahead[0] -= got.size
+                room.notify()
+            yield got
+    finally:
+        cancel.set()
+        with room:
+            room.notify()
+        worker.join()
 
 
 class Offsite:
@@ -242,19 +288,24 @@ class Offsite:
             return result
         namer = self.namer()
         present = self.present()
-        todo: dict[str, FileEntry] = {}  # object name → one entry with that content
+        todo: set[str] = set()  # object names on their way
         names: dict[str, str] = {}
-        for entry in backup.source.files():
-            name = names.setdefault(entry.sha256, namer(entry.sha256))
-            if name in todo:
-                result.bytes_skipped += entry.size  # the same content twice in one backup
-                continue
-            size = present.get(name)
-            if size is not None and (encrypted or size == entry.size):
-                result.bytes_skipped += entry.size
-                result.objects_skipped += 1
-                continue
-            todo[name] = entry
+
+        def plan(entries: Iterable[FileEntry]) -> Iterator[tuple[str, FileEntry]]:
+            """The objects to send, decided file by file as each file's hash is known."""
+            for entry in entries:
+                name = names.setdefault(entry.sha256, namer(entry.sha256))
+                if name in todo:
+                    result.bytes_skipped += entry.size  # the same content twice in one backup
+                    continue
+                size = present.get(name)
+                if size is not None and (encrypted or size == entry.size):
+                    result.bytes_skipped += entry.size
+                    result.objects_skipped += 1
+                    continue
+                todo.add(name)
+                yield name, entry
+
         sent_lock = threading.Lock()
 
         def done(name: str, entry: FileEntry, sent: int, complete: bool) -> None:
@@ -265,7 +316,11 @@ class Offsite:
                 with self._lock:
                     present[name] = entry.size
 
-        stopped = self._run_all(self._jobs(backup.source, todo, done), should_stop)
+        hashed = _read_ahead(backup.source)
+        try:
+            stopped = self._run_all(self._jobs(backup.source, plan(hashed), done), should_stop)
+        finally:
+            hashed.close()
         if stopped:
             result.seconds = time.monotonic() - started
             return result
@@ -291,13 +346,13 @@ class Offsite:
     def _jobs(
         self,
         source: Source,
-        todo: dict[str, FileEntry],
+        todo: Iterable[tuple[str, FileEntry]],
         done: Callable[[str, FileEntry, int, bool], None],
     ) -> Iterator[Callable[[], None]]:
         """One job per object, or per part of a plain object larger than part_size, so that the
         parts of one large file go out side by side. Made lazily: a multipart upload is started
         (or found again) only when its first part is about to be sent."""
-        for name, entry in todo.items():
+        for name, entry in todo:
             if self.settings.encrypted or entry.size <= self.settings.part_size:
                 yield partial(self._whole, source, name, entry, done)
                 continue
@@ -362,7 +417,7 @@ class Offsite:
         if not self.settings.encrypted:
             if entry.size <= part:
                 with source.open(entry) as reader:
-                    return self.bucket.put_bytes(key, reader.read())
+                    return self.bucket.put_bytes(key, reader.read(), sha256=entry.sha256)
             return self.bucket.put_resumable(key, entry.size, lambda: source.open(entry))
         to = self.recipients()
         if entry.size <= part:

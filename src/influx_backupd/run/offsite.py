@@ -24,7 +24,7 @@ from typing import Any
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.keep.retention import RetentionPolicy, plan
-from influx_backupd.offsite.errors import OffsiteError
+from influx_backupd.offsite.errors import Damaged, OffsiteError
 from influx_backupd.offsite.files import Known, scan_dir, scan_tar
 from influx_backupd.offsite.manifest import Manifest
 from influx_backupd.offsite.repo import Backup, Offsite, PruneResult, SendResult
@@ -184,13 +184,15 @@ class SyncReport:
 
 def backup_of(record: RunRecord, known: Known | None = None) -> Backup:
     """A catalog record as the off-site engine's plain input; its files checked on the way
-    (those known from the job's previous backup in the bucket are not read again)."""
+    (those known from the job's previous backup in the bucket are not read again). An archive's
+    members are hashed while the send uploads the ones before them; a damaged archive raises
+    Damaged from the send, before its manifest is written."""
     assert record.archive is not None
     path = Path(record.archive)
     if path.is_dir():
         source = scan_dir(path, record.sha256)
     elif path.is_file():
-        source = scan_tar(path, record.sha256, known)
+        source = scan_tar(path, record.sha256, known, lazy=True)
     else:
         raise OffsiteError(f"{path}: not there (backup {record.id})")
     return Backup(record.id, record.job, record.kind, record.parent_id, record.to_dict(), source)
@@ -227,7 +229,12 @@ def sync(
                 report.skipped.append(f"{record.id}: {exc}")
                 logger.error("offsite.not_sent", run_id=record.id, job=record.job, error=str(exc))
                 continue
-            result = offsite.send(backup, should_stop=stop)
+            try:
+                result = offsite.send(backup, should_stop=stop)
+            except Damaged as exc:  # found while sending: no manifest, so not off-site
+                report.skipped.append(f"{record.id}: {exc}")
+                logger.error("offsite.not_sent", run_id=record.id, job=record.job, error=str(exc))
+                continue
             report.sent.append(result)
             figures = state.job(record.job)
             figures.uploaded_bytes += result.bytes_uploaded

@@ -1,0 +1,106 @@
+"""What travels with each upload: a checksum of its body the store can check (CRC32, the
+object's own sha256, or Content-MD5), and a damaged archive found while it is sent."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import subprocess
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.offsite.errors import Damaged
+from influx_backupd.offsite.files import scan_tar
+from influx_backupd.offsite.repo import Backup, Offsite
+from tests.offsite.conftest import Endpoint
+from tests.offsite.helpers import cold_backup, make_tar, make_tree
+from tests.offsite.test_faults import _Throttling
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def recording(moto: Endpoint) -> Iterator[_Throttling]:
+    proxy = _Throttling(moto.url, fail=0)
+    yield proxy
+    proxy.server.shutdown()
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _archive(tmp_path: Path) -> Path:
+    files = {
+        "meta/meta.db": os.urandom(5000),
+        "data/db/rp/1/1.tsm": os.urandom(12 * MiB + 3),  # 3 parts of 5 MiB
+        "wal/db/rp/1/_00001.wal": os.urandom(70_000),
+    }
+    return make_tar(tmp_path / "nightly-1.tar", make_tree(tmp_path / "t", files))
+
+
+@pytest.mark.parametrize("mode", ["crc32", "md5", "crc32-encrypted"])
+def test_every_upload_carries_a_checksum_of_its_body(
+    moto: Endpoint, recording: _Throttling, tmp_path: Path, mode: str
+) -> None:
+    extra: dict[str, object] = {"transfer_checksum": mode.split("-")[0]}
+    if mode.endswith("encrypted"):
+        key = tmp_path / "identity.txt"
+        subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+        extra["encrypt_to"] = [
+            subprocess.run(
+                ["age-keygen", "-y", str(key)], capture_output=True, text=True
+            ).stdout.strip()
+        ]
+    backup = cold_backup(_archive(tmp_path), "20261130T010000Z-0001")
+    offsite = Offsite(moto.settings(endpoint_url=recording.url, **extra), key_file=tmp_path / "k")
+    assert offsite.send(backup).complete
+    puts = [(path, h, body) for method, path, h, body in recording.seen if method == "PUT" and body]
+    assert len(puts) >= 6  # 2 small objects, 3 parts, the manifest (and the name key)
+    by_kind = {"crc32": 0, "sha256": 0, "md5": 0}
+    for path, headers, body in puts:
+        # the body is covered by a checksum header, not by a signed sha256 of every byte
+        assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD", path
+        if "content-md5" in headers:
+            assert headers["content-md5"] == _b64(hashlib.md5(body).digest()), path
+            by_kind["md5"] += 1
+        elif "x-amz-checksum-sha256" in headers:
+            assert headers["x-amz-checksum-sha256"] == _b64(hashlib.sha256(body).digest()), path
+            assert headers["x-amz-sdk-checksum-algorithm"] == "SHA256"  # object lock asks
+            by_kind["sha256"] += 1
+        else:
+            assert headers["x-amz-checksum-crc32"] == _b64(zlib.crc32(body).to_bytes(4, "big"))
+            assert headers["x-amz-sdk-checksum-algorithm"] == "CRC32"
+            by_kind["crc32"] += 1
+    if mode == "md5":
+        assert by_kind == {"crc32": 0, "sha256": 0, "md5": len(puts)}
+    elif mode == "crc32":
+        # the two small files by the sha256 they are named by; the parts and manifest by CRC32
+        assert by_kind == {"crc32": 4, "sha256": 2, "md5": 0}
+    else:
+        assert by_kind["md5"] == by_kind["sha256"] == 0
+    starts = [h for m, p, h, _ in recording.seen if m == "POST" and p.endswith("?uploads")]
+    assert starts and all(
+        h.get("x-amz-checksum-algorithm") == ("CRC32" if mode != "md5" else None) for h in starts
+    )
+
+
+def test_a_damaged_archive_found_while_it_is_sent_gets_no_manifest(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    archive = _archive(tmp_path)
+    good = cold_backup(archive, "20261130T010000Z-0002")
+    wrong = "0" * 64  # the record's sha256 is not the archive's: damaged since it was written
+    source = scan_tar(archive, wrong, lazy=True)
+    assert all(not e.sha256 for e in source.files())  # only the headers read so far
+    offsite = Offsite(endpoint.settings())
+    with pytest.raises(Damaged, match="damaged, not sent"):
+        offsite.send(Backup(good.id, good.job, good.kind, None, good.record, source))
+    assert offsite.manifests() == []
+    # the members hashed on the way are what an eager scan gives
+    assert [e.sha256 for e in source.files()] == [e.sha256 for e in good.source.files()]
+    assert Offsite(endpoint.settings()).send(good).complete
