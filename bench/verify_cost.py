@@ -8,21 +8,26 @@ operator can afford it. This builds a real influxd sandbox of --size, takes one 
 through the CLI, then times, alternately and with the archive in the page cache: `openssl dgst
 -sha256` (reading and hashing every byte with SHA-NI where the CPU has it: the floor for any
 check that proves the bytes unchanged; coreutils' sha256sum was 4× slower here),
-`verify ID` (sha256 against the catalog, structure, Bolt/TSM/WAL headers and indexes), `verify
-ID --deep` (also every TSM block's CRC32) and, once, `verify ID --restore-test`. Prints medians,
-seconds per GiB and ratios. Not a test: nothing is asserted.
+the CLI's start alone (`--help`: imports, paid once per command), `verify ID` (sha256 against the
+catalog, structure, Bolt meta pages, TSM headers and indexes, WAL entry framing), `verify ID
+--deep` (also every TSM block's CRC32 and every WAL entry decoded and walked) and, once, `verify
+ID --restore-test`. Prints medians of wall and CPU seconds (user + sys, every thread), seconds
+per GiB, ratios and the load average before and after the rounds. Not a test: nothing is
+asserted.
 
-    python bench/verify_cost.py --wal-heavy --size 500M --runs 3
+    python bench/verify_cost.py --wal-heavy --size 400M --runs 5
 
 --wal-heavy: a server whose cache is never snapshotted, so the archive is almost all WAL
-(telegraf-like points, as bench/snappy_decode.py writes), where verify decodes every entry's
-snappy payload.
+(telegraf-like points, as bench/snappy_decode.py writes), where `verify --deep` decodes every
+entry's snappy payload.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,13 +45,22 @@ from snappy_decode import generate as generate_wal
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 
 
-def timed(argv: list[str]) -> float:
+def timed(argv: list[str], cpu: list[float] | None = None) -> float:
+    """Wall seconds of one run; its CPU seconds (user + sys, all threads) appended to cpu."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True)
     took = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"{argv[-3:]} exited {done.returncode}: {done.stderr[-1500:]}")
+    if cpu is not None:
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     return took
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> int:
@@ -66,6 +80,8 @@ def main() -> int:
     server.write_config()
     server.start()
     times: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    loads: list[str] = []
     try:
         print(f"generating {args.size} ...", flush=True)
         if args.wal_heavy:
@@ -84,17 +100,20 @@ def main() -> int:
         print(f"  archive {size / 2**30:.2f} GiB", flush=True)
         checks = {
             "openssl sha256": ["openssl", "dgst", "-sha256", str(archive)],
+            "CLI start (--help)": [*cli, "--help"],
             "verify": [*cli, "verify", run_id],
             "verify --deep": [*cli, "verify", run_id, "--deep"],
         }
         timed(checks["openssl sha256"])  # untimed: the archive into the page cache
+        loads = [load()]
         for i in range(args.runs):
             names = list(checks) if i % 2 == 0 else list(reversed(checks))
             for name in names:
-                times.setdefault(name, []).append(timed(checks[name]))
+                times.setdefault(name, []).append(timed(checks[name], cpu.setdefault(name, [])))
             print(
                 f"  round {i + 1}: { {n: round(t[-1], 3) for n, t in times.items()} }", flush=True
             )
+        loads.append(load())
         try:
             times["verify --restore-test"] = [timed([*cli, "verify", run_id, "--restore-test"])]
         except RuntimeError as exc:  # e.g. its throwaway influxd OOM-killed on a busy machine
@@ -103,14 +122,20 @@ def main() -> int:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n# python bench/verify_cost.py {' '.join(sys.argv[1:])}")
+    print(f"# {size / 2**30:.2f} GiB archive; load average (1, 5, 15 min) {' -> '.join(loads)}")
     floor = statistics.median(times["openssl sha256"])
     print(
-        f"| check (median of {args.runs}; restore test once) | seconds | s per GiB | / openssl sha256 |"
+        f"| check (median of {args.runs}; restore test once) | seconds | CPU seconds | s per GiB "
+        "| / openssl sha256 |"
     )
-    print("| --- | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"| {name} | {median:.2f} | {median / (size / 2**30):.2f} | {median / floor:.2f} |")
+        used = f"{statistics.median(cpu[name]):.2f}" if name in cpu else ""
+        print(
+            f"| {name} | {median:.2f} | {used} | {median / (size / 2**30):.2f} "
+            f"| {median / floor:.2f} |"
+        )
     return 0
 
 

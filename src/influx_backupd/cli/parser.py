@@ -219,7 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also restore into a scratch dir and query it with a throwaway influxd",
     )
-    p.add_argument("--deep", action="store_true", help="check every TSM block's CRC32 too")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="also check every TSM block's CRC32 and decode every WAL entry (without: TSM "
+        "indexes and WAL entry framing only)",
+    )
     p.add_argument(
         "--offsite", action="store_true", help="check the backup's objects in the bucket instead"
     )

@@ -200,7 +200,7 @@ class VerifySection(Scheduled):
     truncated or edited archive), as `verify --all` does; neither schedule nor every: never."""
 
     deep: bool = False
-    """Also check every TSM block's CRC32 (reads every byte)."""
+    """Also check every TSM block's CRC32 and decode every WAL entry (without: TSM indexes and WAL entry framing only)."""
     restore_test: bool = False
     """Also restore every backup into a throwaway influxd and count its points (slow)."""
 

@@ -1,6 +1,6 @@
 """Verify a backup: sha256 against the catalog, structure, file formats, and optionally a restore test.
 
-    archive ──► sha256 (catalog) ──► formats.check_archive (tar read in place: structure + Bolt/TSM/WAL)
+    archive ──► formats.check_archive: one read, sha256 (catalog) + structure + Bolt/TSM/WAL
             └─► --restore-test: extract to a scratch dir, throwaway influxd, every db answers,
                 point counts ≥ those taken before the stop (record.db_counts)
 
@@ -23,7 +23,6 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,7 +35,6 @@ from influx_backupd.store.archive import (
     ArchiveError,
     UnsafeArchive,
     check_headers,
-    sha256_file,
 )
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import (
@@ -140,23 +138,21 @@ def _verify_tar(
 
     # A path outside the catalog: its first member tells a 0.9 snapshot.
     hot_snapshot = record.mode == "hot" if record is not None else sniff(archive) == "0.9"
-    digest: Future[str] | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-sha256") as pool:
-        if hot_snapshot:
-            _verify_hot_scan(archive, record, result, snapshot09=True)
-        elif record is not None and record.sha256:
-            # Hashing (OpenSSL, outside the GIL) beside the format checks: the two reads of
-            # the archive overlap, and a check costs about the longer of them, not their sum.
-            digest = pool.submit(sha256_file, archive)
-        report = check_archive(archive, deep=deep)
-        actual = digest.result() if digest is not None else None
-    if digest is not None and record is not None:
-        if actual == record.sha256:
+    if hot_snapshot:
+        _verify_hot_scan(archive, record, result, snapshot09=True)
+    digest = not hot_snapshot and record is not None and bool(record.sha256)
+    # One read of the archive: every byte feeds the sha256 and the format checks alike.
+    report = check_archive(archive, deep=deep, sha256=digest)
+    if digest and record is not None:
+        if report.sha256 == record.sha256:
             result.checks["sha256"] = "ok"
+        elif report.sha256 is None:
+            result.fail("sha256", f"{archive}: unreadable, its sha256 could not be computed")
         else:
             result.fail(
                 "sha256",
-                f"sha256 {actual} does not match the recorded {record.sha256}: the archive changed",
+                f"sha256 {report.sha256} does not match the recorded {record.sha256}: "
+                "the archive changed",
             )
     elif not hot_snapshot:
         result.checks["sha256"] = (

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import tarfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import cramjam
@@ -13,11 +15,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from influx_backupd.store import formats
 from influx_backupd.store.formats import Finding, check_archive, classify_member
 from influx_backupd.store.formats.bolt import check_bolt, fnv64a
-from influx_backupd.store.formats.snappy import SnappyError, block_length, decompress
+from influx_backupd.store.formats.snappy import (
+    SnappyError,
+    block_length,
+    decoded_length,
+    decompress,
+)
 from influx_backupd.store.formats.tsm import check_tsm
-from influx_backupd.store.formats.wal import check_wal
+from influx_backupd.store.formats.wal import check_wal, check_wal_buffer
 
 # --------------------------------------------------------------------------- writers
 
@@ -41,6 +49,24 @@ def snappy_literal(data: bytes) -> bytes:
             out += (len(chunk) - 1).to_bytes(2, "little")
         out += chunk
     return bytes(out)
+
+
+def snappy_elements(block: bytes) -> list[tuple[int, int]]:
+    """(offset, kind) of each element of a snappy block: kind 0 literal, 1-3 copies."""
+    _, pos = decoded_length(block)
+    found = []
+    while pos < len(block):
+        tag, kind = block[pos], block[pos] & 0x03
+        found.append((pos, kind))
+        if kind == 0:
+            n = tag >> 2
+            extra = n - 59 if n >= 60 else 0
+            if extra:
+                n = int.from_bytes(block[pos + 1 : pos + 1 + extra], "little")
+            pos += 1 + extra + n + 1
+        else:
+            pos += 1 + (1, 2, 4)[kind - 1]
+    return found
 
 
 def tsm_file(series: dict[bytes, list[bytes]], block_type: int = 0) -> bytes:
@@ -298,55 +324,125 @@ def test_bolt_truncation_uses_newest_valid_meta() -> None:
 # --------------------------------------------------------------------------- WAL
 
 
-def test_wal_valid_and_empty_pass() -> None:
+WalCheck = Callable[..., list[Finding]]
+
+
+@pytest.fixture(params=["stream", "buffer"])
+def wal_check(request: pytest.FixtureRequest) -> WalCheck:
+    """check_wal from a stream (a member too big to hold) or from memory (the usual case)."""
+
+    def check(data: bytes, *, deep: bool = False) -> list[Finding]:
+        if request.param == "stream":
+            return check_wal(io.BytesIO(data), len(data), "m", deep=deep)
+        return check_wal_buffer(data, "m", deep=deep)
+
+    return check
+
+
+DEPTHS = pytest.mark.parametrize("deep", [False, True], ids=["framing", "deep"])
+
+
+@DEPTHS
+def test_wal_valid_and_empty_pass(wal_check: WalCheck, deep: bool) -> None:
     delete_range = struct.pack(">qqI", 0, 100, 3) + b"k,a"
     data = wal_file() + wal_entry(2, b"cpu,host=a") + wal_entry(3, delete_range)
-    assert run(check_wal, data) == []
-    assert run(check_wal, b"") == []
+    assert wal_check(data, deep=deep) == []
+    assert wal_check(b"", deep=deep) == []
 
 
+@DEPTHS
 @pytest.mark.parametrize("cut", [1, 3, 20])
-def test_wal_torn_tail_is_a_warning_only(cut: int) -> None:
+def test_wal_torn_tail_is_a_warning_only(wal_check: WalCheck, deep: bool, cut: int) -> None:
     data = wal_file()
-    findings = run(check_wal, data[:-cut])
+    findings = wal_check(data[:-cut], deep=deep)
     assert severities(findings) == ["warning"]
     last = len(data) - len(wal_file(1))
     assert f"torn tail at offset {last} (influxd tolerates this)" in findings[0].message
 
 
-def test_wal_zero_filled_tail_is_a_warning() -> None:
-    assert severities(run(check_wal, wal_file() + bytes(4096))) == ["warning"]
+@DEPTHS
+def test_wal_zero_filled_tail_is_a_warning(wal_check: WalCheck, deep: bool) -> None:
+    assert severities(wal_check(wal_file() + bytes(4096), deep=deep)) == ["warning"]
 
 
-def test_wal_corrupt_entry_in_the_middle_is_an_error() -> None:
+@DEPTHS
+def test_wal_corrupt_entry_type_in_the_middle_is_an_error(wal_check: WalCheck, deep: bool) -> None:
     one = len(wal_file(1))
     bad_type = bytearray(wal_file())
     bad_type[one] = 9
-    findings = run(check_wal, bytes(bad_type))
+    findings = wal_check(bytes(bad_type), deep=deep)
     assert severities(findings) == ["error"]
     assert f"corrupt entry at offset {one}: unknown entry type 9" in findings[0].message
 
+
+@DEPTHS
+@pytest.mark.parametrize(
+    ("preamble", "problem"),
+    [
+        (b"\x00", "too small"),  # declares 0 bytes, yet elements follow
+        (b"\xff\xff\xff\x7f", "impossible"),  # 268 MB from a few hundred bytes
+        (b"\xff\xff\xff\xff\xff", "overlong length preamble"),
+    ],
+)
+def test_wal_impossible_snappy_preamble_is_caught_by_framing_too(
+    wal_check: WalCheck, deep: bool, preamble: bytes, problem: str
+) -> None:
+    payload = snappy_literal(wal_write_payload(b"cpu,host=a#!~#value", [1.0] * 50))
+    _, used = decoded_length(payload)
+    bad = preamble + payload[used:]
+    data = wal_file(1) + struct.pack(">BI", 1, len(bad)) + bad + wal_file(1)
+    findings = wal_check(data, deep=deep)
+    assert severities(findings) == ["error"]
+    assert f"corrupt entry at offset {len(wal_file(1))}: undecodable snappy" in findings[0].message
+    assert problem in findings[0].message
+
+
+def test_wal_damaged_snappy_inside_a_payload_is_caught_only_by_deep(wal_check: WalCheck) -> None:
+    one = len(wal_file(1))
     bad_payload = bytearray(wal_file())
-    bad_payload[one + 5] ^= 0x7F  # the snappy preamble: declared length now wrong
-    findings = run(check_wal, bytes(bad_payload))
+    bad_payload[one + 5] ^= 0x7F  # the snappy preamble: declared length now wrong, yet plausible
+    assert wal_check(bytes(bad_payload)) == []
+    findings = wal_check(bytes(bad_payload), deep=True)
     assert severities(findings) == ["error"]
     assert "undecodable snappy payload" in findings[0].message
 
+    # a real encoder's copy elements: one copy's offset pointed before the start of the output
+    payload = wal_write_payload(b"cpu,host=a#!~#value", [1.0] * 200)
+    block = bytearray(cramjam.snappy.compress_raw(payload))
+    copy = next(pos for pos, kind in snappy_elements(bytes(block)) if kind == 2)
+    block[copy + 1 : copy + 3] = (0xFFFF).to_bytes(2, "little")  # its 2-byte offset
+    data = struct.pack(">BI", 1, len(block)) + bytes(block) + wal_file(1)
+    assert wal_check(data) == []
+    assert severities(wal_check(data, deep=True)) == ["error"]
 
-def test_wal_corrupt_length_in_the_middle_is_an_error_not_a_torn_tail() -> None:
+
+@DEPTHS
+def test_wal_corrupt_length_in_the_middle_is_an_error_not_a_torn_tail(
+    wal_check: WalCheck, deep: bool
+) -> None:
     data = bytearray(wal_file())
     data[1:5] = struct.pack(">I", len(data))  # first entry now claims the whole file
-    findings = run(check_wal, bytes(data))
+    findings = wal_check(bytes(data), deep=deep)
     assert severities(findings) == ["error"]
     assert "corrupt entry at offset 0: length field says" in findings[0].message
 
 
-def test_wal_write_entry_structure_is_checked() -> None:
+def test_wal_write_entry_structure_is_checked_deep(wal_check: WalCheck) -> None:
     payload = wal_write_payload(b"k", [1.0, 2.0])[:-3]  # last value cut short
     data = wal_entry(1, payload) + wal_file(1)
-    findings = run(check_wal, data)
+    assert wal_check(data) == [], "framing does not decode"
+    findings = wal_check(data, deep=True)
     assert severities(findings) == ["error"]
     assert "write entry cut short" in findings[0].message
+
+
+def test_wal_stream_shorter_than_its_size_is_an_error() -> None:
+    data = wal_file()
+    for deep in (False, True):
+        findings = check_wal(io.BytesIO(data[:-10]), len(data), "m", deep=deep)
+        assert findings == [
+            Finding("error", "m", f"data ends before its declared size of {len(data)} bytes")
+        ]
 
 
 # --------------------------------------------------------------------------- archives
@@ -391,6 +487,65 @@ def test_archive_flipped_tsm_byte_is_caught_deep(tmp_path: Path) -> None:
     report = check_archive(path, deep=True)
     assert not report.ok
     assert [f.member for f in report.errors] == ["data/x/autogen/1/000000001-000000001.tsm"]
+
+
+def damaged_members() -> dict[str, bytes]:
+    """Three damaged members among good ones: a TSM block (deep), a WAL entry's snappy
+    elements (deep) and a WAL entry's type (framing)."""
+    members = cold_members()
+    tsm_name = "data/x/autogen/1/000000001-000000001.tsm"
+    tsm = bytearray(members[tsm_name])
+    tsm[5 + 4 + 10] ^= 0x01
+    members[tsm_name] = bytes(tsm)
+    one = len(wal_file(1))
+    wal = bytearray(wal_file())
+    wal[one + 5] ^= 0x7F  # a plausible but wrong snappy preamble
+    members["wal/x/autogen/1/_00001.wal"] = bytes(wal)
+    wal = bytearray(wal_file())
+    wal[one] = 9
+    members["wal/x/autogen/1/_00003.wal"] = bytes(wal)
+    members["wal/x/autogen/1/_00004.wal"] = wal_file(5)
+    return members
+
+
+def test_archive_wal_snappy_damage_is_caught_deep(tmp_path: Path) -> None:
+    path = make_tar(tmp_path / "a.tar", damaged_members())
+    assert [f.member for f in check_archive(path).errors] == ["wal/x/autogen/1/_00003.wal"]
+    assert [f.member for f in check_archive(path, deep=True).errors] == [
+        "data/x/autogen/1/000000001-000000001.tsm",
+        "wal/x/autogen/1/_00001.wal",
+        "wal/x/autogen/1/_00003.wal",
+    ]
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_archive_members_too_big_to_hold_are_checked_from_the_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deep: bool
+) -> None:
+    path = make_tar(tmp_path / "a.tar", damaged_members())
+    held = check_archive(path, deep=deep, sha256=True)
+    monkeypatch.setattr(formats, "IN_FLIGHT_MAX", 1)  # one member at a time
+    assert check_archive(path, deep=deep, sha256=True) == held
+    monkeypatch.setattr(formats, "HOLD_MAX", 100)  # every WAL and TSM member streamed
+    streamed = check_archive(path, deep=deep, sha256=True)
+    assert streamed == held
+    assert held.checked == {"tsm": 1, "wal": 4}
+
+
+def test_archive_sha256_is_the_files_whatever_its_state(tmp_path: Path) -> None:
+    good = make_tar(tmp_path / "a.tar", damaged_members())
+    whole = good.read_bytes()
+    offset, size = member_offsets(good)["wal/x/autogen/1/_00003.wal"]
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole[: offset + size // 2])
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"\x1f\x8b" + bytes(3000))
+    for path in (good, cut, junk):
+        for deep in (False, True):
+            report = check_archive(path, deep=deep, sha256=True)
+            assert report.sha256 == hashlib.sha256(path.read_bytes()).hexdigest(), path
+    assert check_archive(good).sha256 is None, "not asked for"
+    assert check_archive(tmp_path / "missing.tar", sha256=True).sha256 is None
 
 
 def member_offsets(path: Path) -> dict[str, tuple[int, int]]:

@@ -2,14 +2,19 @@
 
 Each checker takes a seekable binary stream plus its size and returns a list of
 ``Finding``s instead of raising: ``verify`` wants every problem in an archive, not the
-first one. ``check_archive`` streams the members of an uncompressed tar straight from the
-archive to the checkers, so nothing is extracted to disk.
+first one. ``check_archive`` reads an uncompressed tar once, front to back: each byte feeds
+the archive's sha256 (when asked for) and, for a member a checker wants, that checker, in
+memory, on worker threads; nothing is extracted to disk.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import tarfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, cast
@@ -17,12 +22,29 @@ from typing import BinaryIO, Literal, cast
 from influx_backupd.store.formats.bolt import check_bolt
 from influx_backupd.store.formats.findings import Finding, read_at
 from influx_backupd.store.formats.tsm import check_tsm
-from influx_backupd.store.formats.wal import check_wal
+from influx_backupd.store.formats.wal import check_wal, check_wal_buffer
 
-__all__ = ["ArchiveReport", "Finding", "check_archive", "classify_member", "read_at"]
+__all__ = [
+    "CHECK_THREADS",
+    "ArchiveReport",
+    "Finding",
+    "check_archive",
+    "classify_member",
+    "read_at",
+]
 
 ARCHIVE_MEMBER = "<archive>"
 BOLT_MAGIC_LE = (0xED0CDAED).to_bytes(4, "little")
+# Threads that run the checks (snappy decoding and sha256 release the GIL; the main thread
+# reads and hashes): about two cores at full speed, never more than the process may use.
+CHECK_THREADS = max(1, min(2, len(os.sched_getaffinity(0))))
+# A checked member up to this size is read into memory once and checked there (WAL segments
+# are 10 MiB); a larger one is hashed as it is read and checked from the archive (a second
+# read, of the parts its checker needs).
+HOLD_MAX = 16 << 20
+# Members held for the checks at once, in bytes (besides the one being read): bounds memory.
+IN_FLIGHT_MAX = 64 << 20
+_READ = 4 << 20
 
 Format = Literal["tsm", "wal", "bolt"]
 
@@ -33,6 +55,7 @@ class ArchiveReport:
     members: int = 0
     top_dirs: set[str] = field(default_factory=set)
     checked: dict[str, int] = field(default_factory=dict)
+    sha256: str | None = None  # of the whole file, when asked for and it could all be read
 
     @property
     def errors(self) -> list[Finding]:
@@ -76,17 +99,29 @@ def _check_member(
     if kind == "tsm":
         return check_tsm(stream, size, member, deep=deep)
     if kind == "wal":
-        return check_wal(stream, size, member)
+        return check_wal(stream, size, member, deep=deep)
     return check_bolt(stream, size, member)
 
 
-def check_archive(path: Path, *, deep: bool = False) -> ArchiveReport:
-    """Check every recognised member of an uncompressed tar archive, in one pass."""
-    report = ArchiveReport()
+def _check_held(kind: Format, data: bytes, member: str, deep: bool) -> list[Finding]:
+    if kind == "wal":
+        return check_wal_buffer(data, member, deep=deep)
+    return _check_member(kind, io.BytesIO(data), len(data), member, deep)
 
+
+def check_archive(path: Path, *, deep: bool = False, sha256: bool = False) -> ArchiveReport:
+    """Check every recognised member of an uncompressed tar archive, in one pass.
+
+    sha256: also hash the whole file from the same reads (report.sha256)."""
+    report = ArchiveReport()
     try:
         with open(path, "rb") as raw:
-            _scan(raw, deep, report)
+            digest = _Digest(raw.fileno(), sha256)
+            with ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="verify") as pool:
+                _scan(raw, deep, report, _Checks(pool, report), digest)
+            if sha256:
+                digest.to_end()
+                report.sha256 = digest.hexdigest()
     except OSError as exc:
         report.findings.append(
             Finding("error", ARCHIVE_MEMBER, f"cannot read {path}: {exc.strerror or exc}")
@@ -94,22 +129,100 @@ def check_archive(path: Path, *, deep: bool = False) -> ArchiveReport:
     return report
 
 
+class _Digest:
+    """sha256 of the file's bytes in order; bytes read for a check are passed in, not read again.
+
+    Disabled, it only reads what is handed to it (nothing)."""
+
+    def __init__(self, fd: int, enabled: bool) -> None:
+        self.fd = fd
+        self._hash = hashlib.sha256() if enabled else None
+        self.pos = 0  # every byte before this one is hashed
+
+    def upto(self, end: int) -> None:
+        """Read and hash up to offset end (headers, members no checker reads)."""
+        while self._hash is not None and self.pos < end:
+            chunk = os.pread(self.fd, min(_READ, end - self.pos), self.pos)
+            if not chunk:
+                return  # the file is shorter: to_end and the tar walk say so
+            self._hash.update(chunk)  # OpenSSL, without the GIL: the checks run meanwhile
+            self.pos += len(chunk)
+
+    def to_end(self) -> None:
+        self.upto(1 << 62)
+
+    def read(self, offset: int, size: int) -> bytes:
+        """size bytes at offset (fewer at the end of the file), hashed if they are next."""
+        self.upto(offset)
+        parts = []
+        pos, end = offset, offset + size
+        while pos < end:
+            chunk = os.pread(self.fd, end - pos, pos)
+            if not chunk:
+                break
+            parts.append(chunk)
+            pos += len(chunk)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if self._hash is not None and self.pos == offset:
+            self._hash.update(data)
+            self.pos += len(data)
+        return data
+
+    def hexdigest(self) -> str | None:
+        return self._hash.hexdigest() if self._hash is not None else None
+
+
+class _Checks:
+    """Checks on worker threads, their findings kept in member order; at most IN_FLIGHT_MAX
+    bytes of members wait or run at once."""
+
+    def __init__(self, pool: ThreadPoolExecutor, report: ArchiveReport) -> None:
+        self._pool = pool
+        self._report = report
+        self._pending: deque[tuple[int, Future[list[Finding]] | list[Finding]]] = deque()
+        self._held = 0
+
+    def submit(self, kind: Format, data: bytes, member: str, deep: bool) -> None:
+        while self._pending and self._held + len(data) > IN_FLIGHT_MAX:
+            self._collect_one()
+        self._pending.append((len(data), self._pool.submit(_check_held, kind, data, member, deep)))
+        self._held += len(data)
+
+    def add(self, findings: list[Finding]) -> None:
+        """Findings made on this thread, in their place among the pending ones."""
+        self._pending.append((0, findings))
+
+    def collect(self) -> None:
+        while self._pending:
+            self._collect_one()
+
+    def _collect_one(self) -> None:
+        size, outcome = self._pending.popleft()
+        self._held -= size
+        self._report.findings.extend(outcome if isinstance(outcome, list) else outcome.result())
+
+
 class _Truncated(Exception):
     pass
 
 
-def _scan(raw: BinaryIO, deep: bool, report: ArchiveReport) -> None:
+def _scan(
+    raw: BinaryIO, deep: bool, report: ArchiveReport, checks: _Checks, digest: _Digest
+) -> None:
     def archive_error(message: str) -> None:
         report.findings.append(Finding("error", ARCHIVE_MEMBER, message))
 
     archive_size = os.fstat(raw.fileno()).st_size
     opened = False
     try:
-        with tarfile.open(fileobj=raw, mode="r:") as tar:
-            opened = True
-            for info in tar:
-                _check_one(tar, info, archive_size, deep, report)
-            end = tar.offset
+        try:
+            with tarfile.open(fileobj=raw, mode="r:") as tar:
+                opened = True
+                for info in tar:
+                    _check_one(tar, info, archive_size, deep, report, checks, digest)
+                end = tar.offset
+        finally:
+            checks.collect()  # every member's findings before the archive's own
     except _Truncated as exc:
         return archive_error(str(exc))
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -136,6 +249,8 @@ def _check_one(
     archive_size: int,
     deep: bool,
     report: ArchiveReport,
+    checks: _Checks,
+    digest: _Digest,
 ) -> None:
     name = _normalise(info.name)
     report.members += 1
@@ -151,13 +266,20 @@ def _check_one(
     kind = classify_member(name)
     if kind is None:
         return
-    extracted = tar.extractfile(info)
-    if extracted is None:
-        return
-    stream = cast(BinaryIO, extracted)
     if kind == "bolt?":
-        if read_at(stream, 16, 4) != BOLT_MAGIC_LE:
+        if os.pread(digest.fd, 4, info.offset_data + 16) != BOLT_MAGIC_LE:
             return
         kind = "bolt"
-    report.findings.extend(_check_member(kind, stream, info.size, name, deep))
+    if info.size <= HOLD_MAX and not info.sparse:
+        data = digest.read(info.offset_data, info.size)
+        if len(data) < info.size:  # the file shrank since the walk began
+            checks.add([Finding("error", name, f"data ends before its {info.size} bytes")])
+        else:
+            checks.submit(kind, data, name, deep)
+    else:
+        digest.upto(info.offset_data + info.size)
+        extracted = tar.extractfile(info)
+        if extracted is None:
+            return
+        checks.add(_check_member(kind, cast(BinaryIO, extracted), info.size, name, deep))
     report.checked[kind] = report.checked.get(kind, 0) + 1

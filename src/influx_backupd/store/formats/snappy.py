@@ -32,7 +32,7 @@ class _Ended(Exception):
     """The input ended inside the block (only an error when the input should be whole)."""
 
 
-def decoded_length(src: bytes) -> tuple[int, int]:
+def decoded_length(src: bytes | memoryview) -> tuple[int, int]:
     """Return (uncompressed length, bytes used by the varint preamble)."""
     result = 0
     for i in range(min(len(src), 5)):
@@ -47,23 +47,43 @@ def decoded_length(src: bytes) -> tuple[int, int]:
     raise SnappyError("overlong length preamble")
 
 
+def preamble_problem(head: bytes | memoryview, size: int) -> str | None:
+    """What is wrong with the length preamble of a block of `size` bytes, judged from its first
+    bytes (`head`, at most 5 are used) alone, or None when it is plausible.
+
+    A block's elements each emit at least one byte: a literal costs its bytes plus at most 5
+    tag bytes, a copy at most 5. So the elements after the preamble take at most 6 bytes per
+    byte they emit, and emit at most _MAX_RATIO bytes per byte they take."""
+    try:
+        want, used = decoded_length(head[:5])
+    except _Ended:
+        return "truncated length preamble"
+    except SnappyError as exc:
+        return str(exc)
+    if used > size:
+        return "truncated length preamble"
+    if want > _MAX_RATIO * size + 64:
+        return f"declared length {want} is impossible for {size} input bytes"
+    if size - used > 6 * want:
+        return f"declared length {want} is too small for {size - used} bytes of elements"
+    return None
+
+
 _scratch = threading.local()  # one output buffer per thread, grown as needed, reused
 
 
-def decompress(src: bytes) -> memoryview:
+def decompress(src: bytes | memoryview) -> memoryview:
     """Decode one whole snappy block; raise SnappyError on any malformed input.
 
     Returns a view of this thread's reused output buffer, valid until the next call in the
     same thread: a fresh buffer per WAL entry (each up to a few MiB) cost page faults and a
-    copy, a fifth of the decoding time.
+    copy, a fifth of the decoding time. cramjam releases the GIL while it decodes.
     """
-    try:
-        want, _ = decoded_length(src)
-    except _Ended:
-        raise SnappyError("truncated length preamble") from None
     # Checked before a buffer of `want` bytes is made for a corrupt length.
-    if want > _MAX_RATIO * len(src) + 64:
-        raise SnappyError(f"declared length {want} is impossible for {len(src)} input bytes")
+    problem = preamble_problem(src, len(src))
+    if problem is not None:
+        raise SnappyError(problem)
+    want, _ = decoded_length(src[:5])
     buffer: bytearray | None = getattr(_scratch, "buffer", None)
     if buffer is None or len(buffer) < want:
         buffer = _scratch.buffer = bytearray(max(want, 1 << 20))
