@@ -333,7 +333,8 @@ def _build(
                 logger=logger,
                 work=scratch,
             )
-        result.merge, result.merge_reason = merge.path, merge.reason
+        if merge is not None:
+            result.merge, result.merge_reason = merge.path, merge.reason
         _grant_again(throwaway.url, grants, logger)
         result.restore_s = time.monotonic() - t_restore
         wait_wal_flushed(staging["wal"], logger)
@@ -441,7 +442,7 @@ def chain_server(
                     databases=databases,
                     work=root,
                 )
-            if merges is not None:
+            if merges is not None and merge is not None:
                 merges.append(merge)
         except Exception as exc:
             note = server.killed_note()
@@ -509,7 +510,7 @@ def restore_portable_links(
     logger: Logger,
     databases: set[str] | None = None,
     work: Path | None = None,
-) -> ChainMerge:
+) -> ChainMerge | None:
     """Restore 1.x links, the full first, into a running influxd without databases (only
     `databases` of them, if given).
 
@@ -518,8 +519,8 @@ def restore_portable_links(
     one portable backup written in `work` (restore/merge.py) and restored once, like a full;
     where that cannot be exact (or no work dir is given), each increment's databases are
     restored under a temporary name (tag makes it unique) and copied in with SELECT INTO.
-    Returns once every restored database answers, saying which way the chain went; raises
-    StepFailed.
+    Returns once every restored database answers, saying which way the chain went (None: a
+    lone link); raises StepFailed.
     """
 
     def q(statement: str, db: str | None = None) -> list[dict[str, Any]]:
@@ -534,7 +535,7 @@ def restore_portable_links(
             state = "timed out" if run.returncode is None else f"exited {run.returncode}"
             raise StepFailed(f"influxd restore {state}: {tail}")
 
-    outcome = ChainMerge("files")
+    outcome: ChainMerge | None = None
     merged: Path | None = None
     if len(links) > 1:
         if work is None:
