@@ -113,6 +113,7 @@ class Listed:
     key: str
     size: int
     modified: float  # epoch seconds
+    etag: str = ""
 
 
 def _md5(data: bytes | memoryview) -> tuple[str, str]:
@@ -280,7 +281,8 @@ class Bucket:
             page = self.call(f"list {prefix}", self.client.list_objects_v2, **kwargs)
             for item in page.get("Contents", []):
                 modified: datetime = item["LastModified"]
-                yield Listed(item["Key"], int(item["Size"]), modified.timestamp())
+                etag = str(item.get("ETag") or "").strip('"')
+                yield Listed(item["Key"], int(item["Size"]), modified.timestamp(), etag)
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")

@@ -74,6 +74,8 @@ class ManifestRef:
     id: str
     key: str
     modified: float
+    etag: str = ""  # as listed: with size, what the local manifest cache is keyed by
+    size: int = 0
 
 
 @dataclass
@@ -170,10 +172,13 @@ class Offsite:
         settings: OffsiteSettings,
         *,
         key_file: Path | None = None,
+        cache_dir: Path | None = None,
         on_sent: Callable[[int], None] | None = None,
     ) -> None:
-        """key_file: where this host keeps its name key (needed to send when encrypting)."""
+        """key_file: where this host keeps its name key (needed to send when encrypting);
+        cache_dir: where manifests read from the bucket are kept (none: not kept)."""
         self.settings = settings
+        self.cache_dir = cache_dir
         self.bucket = Bucket(settings, on_sent=on_sent)
         self.key_file = key_file
         self._namer: crypto.Namer | None = None
@@ -241,7 +246,11 @@ class Offsite:
             parsed = parse_name(item.key[base:])
             if parsed is None or (job is not None and parsed[0] != job):
                 continue
-            refs.append(ManifestRef(parsed[0], parsed[1], item.key, item.modified))
+            refs.append(
+                ManifestRef(parsed[0], parsed[1], item.key, item.modified, item.etag, item.size)
+            )
+        if job is None and self.cache_dir is not None:
+            self._forget(refs)
         return sorted(refs, key=lambda r: r.id)
 
     def find(self, backup_id: str) -> ManifestRef:
@@ -250,13 +259,65 @@ class Offsite:
                 return ref
         raise NotFound(f"{self.bucket.where}: no backup {backup_id} in the bucket")
 
-    def manifest(self, ref: ManifestRef | str) -> Manifest:
+    def manifest(self, ref: ManifestRef | str, *, fresh: bool = False) -> Manifest:
+        """A backup's manifest: from the local cache when it holds this key with the ETag and
+        size just listed (list, import, prune, the next send's known files), else from the
+        bucket (and kept). fresh: always from the bucket (fetch and verify: what a restore
+        trusts is read from the bucket)."""
         if isinstance(ref, str):
             ref = self.find(ref)
+        path = self._cache_path(ref)
+        cached = None if fresh else path
+        if cached is not None:
+            try:
+                return self._decode(ref, cached.read_bytes())
+            except FileNotFoundError:
+                pass
+            except OffsiteError:  # damaged (gzip's CRC, age's MAC): read it again
+                cached.unlink(missing_ok=True)
         data = self.bucket.get_bytes(ref.key)
+        manifest = self._decode(ref, data)
+        if path is not None:
+            self._keep(path, data)
+        return manifest
+
+    def _decode(self, ref: ManifestRef, data: bytes) -> Manifest:
         if ref.key.endswith(".age"):
             data = crypto.decrypt_bytes(data, self.identities(), ref.key)
         return Manifest.decode(data, ref.key)
+
+    # -- the manifest cache (state_dir/offsite-cache): manifests as stored in the bucket
+    # (encrypted ones stay encrypted), one file each, named by a hash of where they are, their
+    # key, ETag and size: a manifest written again under its key gets a new name
+
+    def _cache_path(self, ref: ManifestRef) -> Path | None:
+        if self.cache_dir is None or not ref.etag:
+            return None
+        ident = "\0".join((self.bucket.where, ref.key, ref.etag, str(ref.size)))
+        return self.cache_dir / hashlib.sha256(ident.encode()).hexdigest()[:40]
+
+    def _keep(self, path: Path, data: bytes) -> None:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(partial, path)
+        except OSError:
+            pass  # a cache: the next listing fetches it again
+
+    def _forget(self, refs: list[ManifestRef]) -> None:
+        """Drop the cached manifests no longer in the bucket (pruned, or written again)."""
+        assert self.cache_dir is not None
+        keep = {p.name for p in map(self._cache_path, refs) if p is not None}
+        try:
+            names = os.listdir(self.cache_dir)
+        except OSError:
+            return
+        for name in names:
+            if name not in keep:
+                (self.cache_dir / name).unlink(missing_ok=True)
 
     def known(self, job: str) -> dict[tuple[str, int, float], str]:
         """(path, size, mtime) → sha256 of the files of the job's newest backup in the bucket,
@@ -466,7 +527,7 @@ class Offsite:
     def fetch(self, ref: ManifestRef | str, dest_dir: Path, *, tree: bool = False) -> Fetched:
         """Download a backup into dest_dir: a cold archive rebuilt byte for byte (its sha256
         checked against the record's), else the files as a tree. Every object is hashed."""
-        manifest = self.manifest(ref)
+        manifest = self.manifest(ref, fresh=True)
         target = dest_dir / manifest.name
         if target.exists():
             raise OffsiteError(f"{target}: exists already; not overwritten")
@@ -567,7 +628,7 @@ class Offsite:
     ) -> VerifyResult:
         """Every object the backup needs is there (and of its size, when not encrypted);
         read_percent of them (at least one when > 0) are downloaded and hashed."""
-        manifest = self.manifest(ref)
+        manifest = self.manifest(ref, fresh=True)
         present = {PurePosixPath(o.key).name: o.size for o in self.bucket.ls("objects")}
         by_object: dict[str, ManifestFile] = {}
         for f in manifest.files:

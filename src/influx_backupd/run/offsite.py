@@ -36,6 +36,7 @@ from influx_backupd.store.sidecar import write_sidecar
 
 STATE_FILE = "offsite.json"
 KEY_FILE = "offsite-name.key"
+CACHE_DIR = "offsite-manifests"  # manifests as read from the bucket, for list, import, prune
 
 
 def enabled(config: Config) -> bool:
@@ -46,7 +47,12 @@ def open_offsite(config: Config, **kwargs: Any) -> Offsite:
     section = config.settings.offsite
     if section is None:
         raise OffsiteError(f"{config.path}: no [offsite] section: off-site copies are off")
-    return Offsite(section, key_file=config.state_dir / KEY_FILE, **kwargs)
+    return Offsite(
+        section,
+        key_file=config.state_dir / KEY_FILE,
+        cache_dir=config.state_dir / CACHE_DIR,
+        **kwargs,
+    )
 
 
 # -- what the host knows (offsite.json) ---------------------------------------------------------
@@ -360,7 +366,7 @@ def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRec
         if ref is None:
             what = "backup" if at == backup_id else f"chain parent {at} of"
             raise OffsiteError(f"{offsite.bucket.where}: no {what} {backup_id} in the bucket")
-        manifest = offsite.manifest(ref)
+        manifest = offsite.manifest(ref, fresh=True)  # a restore trusts only the bucket
         chain.append(manifest)
         at = manifest.parent
     storage = config.storage_dir
