@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
 import tarfile
@@ -42,6 +43,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 from influx_backupd.store.record import RunRecord
+from influx_backupd.store.scanners import members_seen
 
 TSM_NAME = re.compile(r"^(\d+)-(\d+)\.tsm$")
 LISTING = "shard_listing"  # the record.extra key jobs/hot.py writes
@@ -56,6 +58,7 @@ class ShardPart:
     tar: Path
     files: frozenset[str]  # base names of the files in it
     sizes: dict[str, int] = field(default_factory=dict, compare=False)  # of those files
+    listed: int = 0  # its unpacked size, as the link's manifest lists it
 
 
 @dataclass(frozen=True)
@@ -189,10 +192,18 @@ def view_of(directory: Path, record: RunRecord | None, *, full: bool) -> LinkVie
     shards: dict[int, ShardPart] = {}
     for entry in manifest.get("files", []):
         tar = directory / str(entry["fileName"])
-        with tarfile.open(tar, "r|gz") as tf:
-            sizes = {PurePosixPath(m.name).name: m.size for m in tf if m.isfile()}
+        members = members_seen(tar)  # from restore's deep check: no second gunzip
+        if members is None:
+            with tarfile.open(tar, "r|gz") as tf:
+                members = [(m.name, m.size) for m in tf if m.isfile()]
+        sizes = {PurePosixPath(name).name: size for name, size in members}
         shards[int(entry["shardID"])] = ShardPart(
-            str(entry["database"]), str(entry["policy"]), tar, frozenset(sizes), sizes
+            str(entry["database"]),
+            str(entry["policy"]),
+            tar,
+            frozenset(sizes),
+            sizes,
+            int(entry.get("size", 0)),
         )
     return LinkView(
         label=directory.name,
@@ -226,6 +237,12 @@ def write_merged(views: list[LinkView], plan: MergePlan, newest: Path, out: Path
     for sid, files in sorted(plan.shards.items()):
         part = last.shards[sid]
         name = f"{prefix}.s{sid}.tar.gz"
+        whole = _whole_tar(views, sid, files)
+        if whole is not None:  # one link's tar is the shard as merged: used as it is
+            _link_or_copy(whole.tar, out / name)
+            entries.append(_entry(part, sid, name, whole.listed))
+            count += len(files)
+            continue
         with gzip.GzipFile(out / name, "wb", compresslevel=0) as gz:
             counted = _Counting(gz)
             tw = tarfile.open(fileobj=cast(Any, counted), mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
@@ -241,20 +258,38 @@ def write_merged(views: list[LinkView], plan: MergePlan, newest: Path, out: Path
                 if wanted:
                     raise ValueError(f"{views[link].shards[sid].tar}: {sorted(wanted)} missing")
             tw.close()
-        size = counted.written
-        entries.append(
-            {
-                "database": part.database,
-                "policy": part.policy,
-                "shardID": sid,
-                "fileName": name,
-                "size": size,
-                "lastModified": 0,
-            }
-        )
+        entries.append(_entry(part, sid, name, counted.written))
     merged = {"meta": manifest["meta"], "limited": False, "files": entries}
     (out / f"{prefix}.manifest").write_text(json.dumps(merged, indent=2))
     return count
+
+
+def _whole_tar(views: list[LinkView], sid: int, files: dict[str, int]) -> ShardPart | None:
+    """The one link's shard tar that holds exactly the merged files, if there is one."""
+    links = set(files.values())
+    if len(links) != 1:
+        return None
+    part = views[links.pop()].shards[sid]
+    return part if part.files == frozenset(files) and part.listed > 0 else None
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copyfile(source, dest)
+
+
+def _entry(part: ShardPart, sid: int, name: str, size: int) -> dict[str, Any]:
+    """A shard's entry in the tool's manifest (size: the tar's unpacked size)."""
+    return {
+        "database": part.database,
+        "policy": part.policy,
+        "shardID": sid,
+        "fileName": name,
+        "size": size,
+        "lastModified": 0,
+    }
 
 
 class _Counting:

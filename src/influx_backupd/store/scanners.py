@@ -285,7 +285,9 @@ def scan_portable(
             reader = _Hashing(raw, None if known else digest)
             if kind == "shard":
                 if deep:
-                    _check_gunzipped(reader, path, listed)
+                    members = _check_gunzipped(reader, path, listed)
+                    if members is not None:
+                        _MEMBERS[file_signature(st)] = members
                 else:
                     _check_gzip_ends(raw, st.st_size, path, listed)
             elif kind == "meta":
@@ -336,13 +338,51 @@ def _check_gzip_ends(raw: BinaryIO, size: int, path: Path, listed: int) -> None:
         ) from None
 
 
-def _check_gunzipped(reader: _Hashing, path: Path, listed: int) -> None:
-    size = 0
+class _Counted:
+    """A reader that counts the bytes read through it."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self.inner, self.count = inner, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.inner.read(size)
+        self.count += len(data)
+        return data
+
+
+# What deep checks saw in shard tars: file signature -> [(member name, size)], regular files.
+# The restore's chain merge (restore/merge.py) plans from these instead of gunzipping every
+# link a second time; keyed by device, inode, size, mtime and ctime, so never stale.
+_MEMBERS: dict[tuple[int, int, int, int, int], list[tuple[str, int]]] = {}
+
+
+def members_seen(path: Path) -> list[tuple[str, int]] | None:
+    """The regular files of a shard tar.gz as a deep check in this process read them, if it
+    did and the file has not changed since; else None."""
+    try:
+        return _MEMBERS.get(file_signature(path.stat()))
+    except OSError:
+        return None
+
+
+def _check_gunzipped(reader: _Hashing, path: Path, listed: int) -> list[tuple[str, int]] | None:
+    """Gunzip a shard file whole against its listed size; returns its tar's regular files
+    (name, size), read from the headers on the way, or None when the tar cannot be parsed
+    (the check is of the gzip: a tar problem is the restore tool's to report)."""
+    members: list[tuple[str, int]] | None = None
     try:
         with gzip.GzipFile(fileobj=reader, mode="rb") as gz:  # type: ignore[call-overload]
-            while chunk := gz.read(CHUNK):
-                size += len(chunk)
+            counted = _Counted(gz)
+            try:
+                with tarfile.open(fileobj=counted, mode="r|", bufsize=CHUNK) as tf:  # type: ignore[call-overload]
+                    members = [(m.name, m.size) for m in tf if m.isfile()]
+            except tarfile.TarError:
+                members = None
+            while counted.read(CHUNK):
+                pass
+            size = counted.count
     except (OSError, EOFError, zlib.error) as exc:
         raise CheckFailed(f"hot.check: {path}: damaged gzip ({exc})") from None
     if size != listed:
         raise CheckFailed(f"hot.check: {path}: {size} bytes unpacked, manifest says {listed}")
+    return members
