@@ -93,6 +93,10 @@ class OffsiteSection(BaseModel):
     # for stores that verify only that (rclone serve s3)
     transfer_checksum: Literal["crc32", "md5"] = "crc32"
     """What each upload carries for the store to check: crc32 (x-amz-checksum-crc32, or the object's sha256 on a single PUT) or md5 (Content-MD5, for stores that check only that)."""
+    # with encrypt_to: age ciphertext is random, so a file's interrupted upload cannot be
+    # matched part by part; larger files go as independently encrypted chunks, one object each
+    chunk_size: Annotated[Size, Field(ge=5 * MiB, le=5 * 1024 * MiB)] = 64 * MiB
+    """With encrypt_to: files larger than this are sent as age-encrypted chunks of this size, each its own object, so an interrupted upload resumes chunk by chunk."""
     retries: int = Field(default=8, ge=1, le=30)  # attempts per request, with backoff
     """Attempts per request, with backoff."""
     retry_after: Annotated[Duration, Field(gt=0)] = 900.0

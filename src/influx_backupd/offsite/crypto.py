@@ -104,6 +104,13 @@ class Namer:
             return sha256
         return hmac.new(self.key, sha256.encode(), hashlib.sha256).hexdigest()
 
+    def chunk(self, sha256: str, chunk_size: int, index: int) -> str:
+        """The name of chunk `index` of a file sent in chunks of chunk_size (encrypting only):
+        the same file gives the same chunks, so a resumed send finds those already there."""
+        assert self.key is not None
+        text = f"{sha256}/{chunk_size}/{index}".encode()
+        return hmac.new(self.key, text, hashlib.sha256).hexdigest()
+
 
 def local_key(path: Path, make: Callable[[], bytes] = lambda: secrets.token_bytes(32)) -> bytes:
     """The host's name key: read it, or make one (0600, written then renamed)."""

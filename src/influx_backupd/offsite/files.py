@@ -72,11 +72,13 @@ class Source:
         for _ in self.hashing():
             pass
 
-    def open(self, entry: FileEntry) -> Window:
-        """A reader of exactly entry.size bytes of the entry's data."""
+    def open(self, entry: FileEntry, offset: int = 0, size: int | None = None) -> Window:
+        """A reader of exactly entry.size bytes of the entry's data (or of size bytes of it,
+        from offset)."""
+        size = entry.size - offset if size is None else size
         if self.layout == "tar":
-            return Window(self.path, entry.offset, entry.size)
-        return Window(self.path / entry.path, 0, entry.size)
+            return Window(self.path, entry.offset + offset, size)
+        return Window(self.path / entry.path, offset, size)
 
 
 class Window:

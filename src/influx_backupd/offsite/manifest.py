@@ -17,7 +17,8 @@ from typing import Any, Literal
 from influx_backupd.offsite.errors import OffsiteError
 from influx_backupd.offsite.files import FileEntry, Layout, Source
 
-FORMAT = 1
+FORMAT = 1  # a manifest without chunked files: what every version reads
+CHUNKED = 2  # a manifest with chunked files (chunks, chunk_size): older versions refuse it
 _NAME = re.compile(r"^manifests/([^/]+)/([^/]+)\.json\.gz(\.age)?$")
 
 
@@ -32,6 +33,13 @@ class ManifestFile:
     object: str = ""  # object name under objects/ ("" for dirs and symlinks)
     link: str = ""
     lead: str = ""  # base64 of the tar bytes before this member's data (byte-for-byte rebuild)
+    # a large encrypted file: its objects in order, each an age file of chunk_size bytes of it
+    # (the last one shorter); object is "" then
+    chunks: list[str] = field(default_factory=list)
+    chunk_size: int = 0
+
+    def objects(self) -> list[str]:
+        return self.chunks or ([self.object] if self.object else [])
 
 
 @dataclass
@@ -59,7 +67,7 @@ class Manifest:
         return float(self.record.get("started_at") or 0.0)
 
     def objects(self) -> set[str]:
-        return {f.object for f in self.files if f.object}
+        return {name for f in self.files for name in f.objects()}
 
     def entries(self) -> list[FileEntry]:
         return [
@@ -78,14 +86,19 @@ class Manifest:
         ]
 
     def encode(self) -> bytes:
-        text = json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+        raw = asdict(self)
+        for f in raw["files"]:
+            if not f["chunks"]:  # so that a manifest without chunks reads as format 1 did
+                del f["chunks"], f["chunk_size"]
+        raw["format"] = CHUNKED if any(f.chunks for f in self.files) else FORMAT
+        text = json.dumps(raw, separators=(",", ":"), sort_keys=True)
         return gzip.compress(text.encode(), compresslevel=6, mtime=0)
 
     @classmethod
     def decode(cls, data: bytes, where: str) -> Manifest:
         try:
             raw = json.loads(gzip.decompress(data))
-            if raw.get("format") != FORMAT:
+            if raw.get("format") not in (FORMAT, CHUNKED):
                 raise OffsiteError(f"{where}: manifest format {raw.get('format')!r} is unknown")
             raw["files"] = [ManifestFile(**f) for f in raw["files"]]
             return cls(**raw)
@@ -106,7 +119,11 @@ def build(
     names: dict[str, str],
     key_id: str | None,
     sent_at: float,
+    chunks: dict[str, tuple[int, list[str]]] | None = None,
 ) -> Manifest:
+    """names: sha256 → object name; chunks: sha256 → (chunk_size, chunk object names) of the
+    files sent as chunks."""
+    chunks = chunks or {}
     files = [
         ManifestFile(
             path=e.path,
@@ -118,6 +135,8 @@ def build(
             object=names.get(e.sha256, "") if e.type == "file" else "",
             link=e.link,
             lead=base64.b64encode(e.lead).decode() if e.lead else "",
+            chunks=list(chunks[e.sha256][1]) if e.type == "file" and e.sha256 in chunks else [],
+            chunk_size=chunks[e.sha256][0] if e.type == "file" and e.sha256 in chunks else 0,
         )
         for e in source.entries
     ]

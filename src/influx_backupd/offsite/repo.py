@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from influx_backupd.offsite import crypto
 from influx_backupd.offsite.bucket import Bucket, Listed, Multipart
@@ -119,6 +119,16 @@ class _HashingWriter:
 
     def flush(self) -> None:
         pass
+
+
+class _Piece(NamedTuple):
+    """One object to send: a whole file, or one chunk of a large encrypted file."""
+
+    name: str
+    entry: FileEntry
+    offset: int
+    length: int
+    chunk: bool
 
 
 AHEAD = 256 * 1024 * 1024  # bytes hashed ahead of the uploads, at most (page cache, not RSS)
@@ -286,7 +296,7 @@ class Offsite:
             data = crypto.decrypt_bytes(data, self.identities(), ref.key)
         return Manifest.decode(data, ref.key)
 
-    # -- the manifest cache (state_dir/offsite-cache): manifests as stored in the bucket
+    # -- the manifest cache (state_dir/offsite-manifests): manifests as stored in the bucket
     # (encrypted ones stay encrypted), one file each, named by a hash of where they are, their
     # key, ETag and size: a manifest written again under its key gets a new name
 
@@ -349,33 +359,50 @@ class Offsite:
             return result
         namer = self.namer()
         present = self.present()
-        todo: set[str] = set()  # object names on their way
-        names: dict[str, str] = {}
+        names: dict[str, str] = {}  # sha256 → object name
+        chunks: dict[str, tuple[int, list[str]]] = {}  # sha256 → (chunk size, chunk names)
+        chunk_size = self.settings.chunk_size
 
-        def plan(entries: Iterable[FileEntry]) -> Iterator[tuple[str, FileEntry]]:
+        def skip(n: int) -> None:
+            result.bytes_skipped += n
+            result.objects_skipped += 1
+
+        def plan(entries: Iterable[FileEntry]) -> Iterator[_Piece]:
             """The objects to send, decided file by file as each file's hash is known."""
             for entry in entries:
-                name = names.setdefault(entry.sha256, namer(entry.sha256))
-                if name in todo:
+                sha = entry.sha256
+                if sha in names or sha in chunks:
                     result.bytes_skipped += entry.size  # the same content twice in one backup
                     continue
+                name = namer(sha)
                 size = present.get(name)
                 if size is not None and (encrypted or size == entry.size):
-                    result.bytes_skipped += entry.size
-                    result.objects_skipped += 1
+                    names[sha] = name  # whole, as sent before (by an older version too)
+                    skip(entry.size)
                     continue
-                todo.add(name)
-                yield name, entry
+                if not encrypted or entry.size <= chunk_size:
+                    names[sha] = name
+                    yield _Piece(name, entry, 0, entry.size, False)
+                    continue
+                count = -(-entry.size // chunk_size)
+                chunks[sha] = (chunk_size, [namer.chunk(sha, chunk_size, i) for i in range(count)])
+                for i, piece in enumerate(chunks[sha][1]):
+                    offset = i * chunk_size
+                    length = min(chunk_size, entry.size - offset)
+                    if piece in present:  # sent before this send was interrupted
+                        skip(length)
+                        continue
+                    yield _Piece(piece, entry, offset, length, True)
 
         sent_lock = threading.Lock()
 
-        def done(name: str, entry: FileEntry, sent: int, complete: bool) -> None:
+        def done(name: str, size: int, sent: int, complete: bool) -> None:
             with sent_lock:
                 result.bytes_uploaded += sent
                 result.objects_uploaded += complete
             if complete:
                 with self._lock:
-                    present[name] = entry.size
+                    present[name] = size
 
         hashed = _read_ahead(backup.source)
         try:
@@ -395,6 +422,7 @@ class Offsite:
             names=names,
             key_id=namer.key_id,
             sent_at=time.time(),
+            chunks=chunks,
         )
         data = manifest.encode()
         if encrypted:
@@ -407,43 +435,37 @@ class Offsite:
     def _jobs(
         self,
         source: Source,
-        todo: Iterable[tuple[str, FileEntry]],
-        done: Callable[[str, FileEntry, int, bool], None],
+        todo: Iterable[_Piece],
+        done: Callable[[str, int, int, bool], None],
     ) -> Iterator[Callable[[], None]]:
-        """One job per object, or per part of a plain object larger than part_size, so that the
-        parts of one large file go out side by side. Made lazily: a multipart upload is started
-        (or found again) only when its first part is about to be sent."""
-        for name, entry in todo:
-            if self.settings.encrypted or entry.size <= self.settings.part_size:
-                yield partial(self._whole, source, name, entry, done)
+        """One job per object (or chunk), or per part of a plain object larger than part_size,
+        so that the parts of one large file go out side by side. Made lazily: a multipart
+        upload is started (or found again) only when its first part is about to be sent."""
+        for piece in todo:
+            if self.settings.encrypted or piece.length <= self.settings.part_size:
+                yield partial(self._whole, source, piece, done)
                 continue
-            upload = self.bucket.multipart(self.bucket.key(object_name(name)), entry.size)
+            upload = self.bucket.multipart(self.bucket.key(object_name(piece.name)), piece.length)
             for n in range(1, upload.count + 1):
-                yield partial(self._part, source, name, entry, upload, n, done)
+                yield partial(self._part, source, piece, upload, n, done)
 
     def _whole(
-        self,
-        source: Source,
-        name: str,
-        entry: FileEntry,
-        done: Callable[[str, FileEntry, int, bool], None],
+        self, source: Source, piece: _Piece, done: Callable[[str, int, int, bool], None]
     ) -> None:
-        done(name, entry, self._send_object(source, name, entry), True)
+        done(piece.name, piece.length, self._send_object(source, piece), True)
 
     def _part(
         self,
         source: Source,
-        name: str,
-        entry: FileEntry,
+        piece: _Piece,
         upload: Multipart,
         n: int,
-        done: Callable[[str, FileEntry, int, bool], None],
+        done: Callable[[str, int, int, bool], None],
     ) -> None:
-        with source.open(entry) as reader:
-            reader.seek(upload.offset(n))
-            data = reader.read(upload.length(n))
+        with source.open(piece.entry, upload.offset(n), upload.length(n)) as reader:
+            data = reader.read()
         sent, complete = upload.send(n, data)
-        done(name, entry, sent, complete)
+        done(piece.name, piece.length, sent, complete)
 
     def _run_all(self, jobs: Iterable[Callable[[], None]], should_stop: Callable[[], bool]) -> bool:
         """Run the jobs, `concurrency` at a time (so at most that many parts in memory); the
@@ -472,54 +494,64 @@ class Offsite:
                 raise
         return False
 
-    def _send_object(self, source: Source, name: str, entry: FileEntry) -> int:
-        key = self.bucket.key(object_name(name))
-        part = self.settings.part_size
+    def _send_object(self, source: Source, piece: _Piece) -> int:
+        """One object: a file's bytes, an age file of them, or an age file of one chunk."""
+        key = self.bucket.key(object_name(piece.name))
+        entry, part = piece.entry, self.settings.part_size
         if not self.settings.encrypted:
             if entry.size <= part:
                 with source.open(entry) as reader:
                     return self.bucket.put_bytes(key, reader.read(), sha256=entry.sha256)
             return self.bucket.put_resumable(key, entry.size, lambda: source.open(entry))
         to = self.recipients()
-        if entry.size <= part:
-            with source.open(entry) as reader:
+        if piece.length <= part:
+            with source.open(entry, piece.offset, piece.length) as reader:
                 return self.bucket.put_bytes(key, crypto.encrypt_bytes(reader.read(), to))
 
         def fill(writer: Any) -> None:
-            with source.open(entry) as reader:
+            with source.open(entry, piece.offset, piece.length) as reader:
                 crypto.encrypt_stream(reader, writer, to)
 
         return self.bucket.put_stream(key, fill)
 
     # -- reading back ----------------------------------------------------------------------
 
-    def _read_object(
-        self, manifest: Manifest, path: str, name: str, out: BinaryIO | None
+    def _read_file(
+        self, manifest: Manifest, f: ManifestFile, out: BinaryIO | None
     ) -> tuple[str, int]:
-        """Download one object into out (or nowhere), hashing the plaintext: (sha256, size)."""
-        key = self.bucket.key(object_name(name))
-        body = self.bucket.get_stream(key)
+        """Download a file's object, or its chunks in order, into out (or nowhere), hashing the
+        plaintext: (sha256, size)."""
         writer = _HashingWriter(out)
-        try:
-            if manifest.encrypted:
-                crypto.decrypt_stream(body, writer, self.identities(), f"object {key} ({path})")
-            else:
-                while chunk := body.read(CHUNK):
-                    writer.write(chunk)
-        except OffsiteError as exc:
-            raise IntegrityError(str(exc)) from None
-        except Exception as exc:
-            raise self.bucket.error(exc, f"get {key}") from None
-        finally:
-            body.close()
+        for name in f.objects():
+            key = self.bucket.key(object_name(name))
+            body = self.bucket.get_stream(key)
+            try:
+                if manifest.encrypted:
+                    crypto.decrypt_stream(
+                        body, writer, self.identities(), f"object {key} ({f.path})"
+                    )
+                else:
+                    while chunk := body.read(CHUNK):
+                        writer.write(chunk)
+            except OffsiteError as exc:
+                raise IntegrityError(str(exc)) from None
+            except Exception as exc:
+                raise self.bucket.error(exc, f"get {key}") from None
+            finally:
+                body.close()
         return writer.digest.hexdigest(), writer.bytes
+
+    def _objects_of(self, f: ManifestFile) -> str:
+        keys = [self.bucket.key(object_name(n)) for n in f.objects()]
+        if len(keys) == 1:
+            return f"object {keys[0]}"
+        return f"the {len(keys)} chunks {keys[0]} …"
 
     def _check(self, manifest: Manifest, f: ManifestFile, got: tuple[str, int]) -> None:
         sha, size = got
         if sha != f.sha256 or size != f.size:
-            key = self.bucket.key(object_name(f.object))
             raise IntegrityError(
-                f"{self.bucket.where}: object {key} (for {f.path} of backup {manifest.id}) "
+                f"{self.bucket.where}: {self._objects_of(f)} (for {f.path} of backup {manifest.id}) "
                 f"has sha256 {sha[:16]}… and {size} bytes; the manifest says {f.sha256[:16]}… "
                 f"and {f.size} bytes"
             )
@@ -552,7 +584,7 @@ class Offsite:
                     if f.type != "file":
                         continue
                     both.write(base64.b64decode(f.lead))
-                    self._check(manifest, f, self._read_object(manifest, f.path, f.object, both))
+                    self._check(manifest, f, self._read_file(manifest, f, both))
                 both.write(base64.b64decode(manifest.trailer))
                 out.flush()
                 os.fsync(out.fileno())
@@ -596,7 +628,7 @@ class Offsite:
                 else:
                     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                     with os.fdopen(fd, "wb", buffering=CHUNK) as out:
-                        self._check(manifest, f, self._read_object(manifest, f.path, f.object, out))
+                        self._check(manifest, f, self._read_file(manifest, f, out))
                         out.flush()
                         os.fsync(out.fileno())
                     os.chmod(path, f.mode & 0o7777)
@@ -630,10 +662,13 @@ class Offsite:
         read_percent of them (at least one when > 0) are downloaded and hashed."""
         manifest = self.manifest(ref, fresh=True)
         present = {PurePosixPath(o.key).name: o.size for o in self.bucket.ls("objects")}
-        by_object: dict[str, ManifestFile] = {}
+        by_object: dict[str, ManifestFile] = {}  # every object (chunks too) → its file
+        by_file: dict[str, ManifestFile] = {}  # one per content, by its first object
         for f in manifest.files:
-            if f.object:
-                by_object.setdefault(f.object, f)
+            for name in f.objects():
+                by_object.setdefault(name, f)
+            if f.objects():
+                by_file.setdefault(f.objects()[0], f)
         result = VerifyResult(manifest.id, len(by_object), 0, 0)
         for name, f in sorted(by_object.items()):
             size = present.get(name)
@@ -646,20 +681,21 @@ class Offsite:
                     f"object {self.bucket.key(object_name(name))} ({f.path}) has {size} bytes, "
                     f"the manifest says {f.size}"
                 )
-        if read_percent > 0 and by_object:
-            count = min(len(by_object), max(1, math.ceil(len(by_object) * read_percent / 100)))
-            sample = random.Random(seed).sample(sorted(by_object), count)
-            for name in sample:
-                f = by_object[name]
-                if name not in present:
+        if read_percent > 0 and by_file:
+            # files, not objects: a chunk alone has no hash of its own to check
+            count = min(len(by_file), max(1, math.ceil(len(by_file) * read_percent / 100)))
+            sample = random.Random(seed).sample(sorted(by_file), count)
+            for first in sample:
+                f = by_file[first]
+                if any(name not in present for name in f.objects()):
                     continue
                 try:
-                    got = self._read_object(manifest, f.path, name, None)
+                    got = self._read_file(manifest, f, None)
                     self._check(manifest, f, got)
                 except IntegrityError as exc:
                     result.errors.append(str(exc))
                     continue
-                result.checked += 1
+                result.checked += len(f.objects())
                 result.bytes_read += got[1]
         return result
 
