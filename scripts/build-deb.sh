@@ -2,7 +2,9 @@
 # Build the Debian package: influx-backupd_VERSION_ARCH.deb with its own venv in
 # /opt/influx-backupd (made with Debian's /usr/bin/python3, from wheels), the systemd units,
 # /etc/influx-backupd/config.toml as a conffile, /usr/bin/influx-backupd, a man page and
-# bash/zsh completion generated from the argparse parser.
+# bash/zsh completion generated from the argparse parser, and in /usr/share/influx-backupd the
+# Prometheus alert rules and the config's JSON Schema (files to use, not docs: uncompressed, and
+# kept where dpkg's path-exclude of /usr/share/doc, common in containers, cannot drop them).
 #
 #   scripts/build-deb.sh [--out DIR] [--version-suffix SUFFIX] [--systemd-version N]
 #
@@ -131,6 +133,10 @@ gzip -9n <"$BUILD/cli/influx-backupd.1" >"$ROOT/usr/share/man/man1/influx-backup
 install -m 0644 "$BUILD/cli/influx-backupd.bash" \
     "$ROOT/usr/share/bash-completion/completions/influx-backupd"
 install -m 0644 "$BUILD/cli/_influx-backupd" "$ROOT/usr/share/zsh/vendor-completions/_influx-backupd"
+# Read by Prometheus (rule_files) and by editors (`#:schema` in the config): as they are.
+install -d "$ROOT/usr/share/influx-backupd"
+install -m 0644 packaging/prometheus-alerts.yml packaging/config.schema.json \
+    "$ROOT/usr/share/influx-backupd/"
 install -d "$ROOT/usr/share/lintian/overrides"
 install -m 0644 packaging/deb/lintian-overrides "$ROOT/usr/share/lintian/overrides/influx-backupd"
 

@@ -17,10 +17,12 @@ import shutil
 import subprocess
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from tests.systemd.container import Container, build_tree
@@ -242,6 +244,41 @@ def test_lintian_has_no_errors_or_warnings(debs: dict[str, Path]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     tags = [line for line in result.stdout.splitlines() if line[:2] in ("E:", "W:")]
     assert tags == []
+
+
+def test_the_package_ships_alert_rules_and_config_schema(
+    debs: dict[str, Path], tmp_path: Path
+) -> None:
+    """In /usr/share/influx-backupd as packaging/ has them (README), usable where they lie:
+    promtool loads the rules, and the config the package installs validates against the schema."""
+    deb = debs["first"]
+    listing = subprocess.run(
+        ["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    subprocess.run(["dpkg-deb", "--extract", str(deb), str(tmp_path)], check=True)
+    share = tmp_path / "usr" / "share" / "influx-backupd"
+    for name in ("prometheus-alerts.yml", "config.schema.json"):
+        entry = [line for line in listing if line.endswith(f" ./usr/share/influx-backupd/{name}")]
+        assert len(entry) == 1 and entry[0].startswith("-rw-r--r-- root/root "), entry or listing
+        assert (share / name).read_bytes() == (ROOT / "packaging" / name).read_bytes()
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: scripts/setup.sh installs Debian's prometheus package"
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(share / "prometheus-alerts.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 5 rules found" in checked.stdout, checked.stdout
+
+    schema = json.loads((share / "config.schema.json").read_text())
+    config = tomllib.loads((tmp_path / "etc" / "influx-backupd" / "config.toml").read_text())
+    jsonschema.Draft202012Validator(schema).validate(config)
+    config["job"][0]["mode"] = "lukewarm"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate(config)
 
 
 # -- install and the first runs -------------------------------------------------------------------
