@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 from influx_backupd.offsite.files import Source, scan_dir, scan_tar
 from influx_backupd.offsite.repo import Backup
@@ -63,6 +66,46 @@ def hot_backup(path: Path, id: str, *, parent: str | None = None, job: str = "ho
         "parent_id": parent,
     }
     return Backup(id, job, "incremental" if parent else "full", parent, record, source)
+
+
+def age_identity(tmp_path: Path) -> tuple[Path, str]:
+    """A new age identity file (age-keygen) and its recipient."""
+    key = tmp_path / "identity.txt"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    public = subprocess.run(
+        ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return key, public
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from influx_backupd.offsite.repo import Offsite
+from tests.offsite.helpers import cold_backup
+from influx_backupd.offsite.settings import OffsiteSettings
+settings = OffsiteSettings.model_validate_json({settings!r})
+key = Path({key!r}) if {key!r} else None
+Offsite(settings, key_file=key).send(cold_backup(Path({archive!r}), {id!r}))
+print("finished")
+"""
+
+
+def send_in_child(
+    settings: Any, archive: Path, id: str, key_file: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A process that sends a cold backup of archive (for tests that kill it midway)."""
+    code = _CHILD.format(
+        root=str(Path(__file__).parents[2]),
+        settings=settings.model_dump_json(),
+        key=str(key_file or ""),
+        archive=str(archive),
+        id=id,
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def offsite_section(endpoint: Endpoint, **extra: object) -> str:

@@ -9,36 +9,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from influx_backupd.offsite.repo import Offsite
 from tests.offsite.conftest import Endpoint
-from tests.offsite.helpers import cold_backup, make_tar, make_tree, sha256
+from tests.offsite.helpers import (
+    age_identity,
+    cold_backup,
+    make_tar,
+    make_tree,
+    send_in_child,
+    sha256,
+)
 
 MiB = 1 << 20
-
-_CHILD = """
-import sys
-from pathlib import Path
-sys.path.insert(0, {root!r})
-from influx_backupd.offsite.repo import Offsite
-from tests.offsite.helpers import cold_backup
-from influx_backupd.offsite.settings import OffsiteSettings
-settings = OffsiteSettings.model_validate_json({settings!r})
-Offsite(settings, key_file=Path({key!r})).send(cold_backup(Path({archive!r}), {id!r}))
-print("finished")
-"""
-
-
-def _identity(tmp_path: Path) -> tuple[Path, str]:
-    key = tmp_path / "identity.txt"
-    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-    public = subprocess.run(
-        ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    return key, public
 
 
 def _objects(endpoint: Endpoint) -> dict[str, str]:
@@ -55,7 +40,7 @@ def _objects(endpoint: Endpoint) -> dict[str, str]:
 def test_an_encrypted_upload_killed_midway_sends_only_the_missing_chunks(
     endpoint: Endpoint, tmp_path: Path
 ) -> None:
-    identity, recipient = _identity(tmp_path)
+    identity, recipient = age_identity(tmp_path)
     big = os.urandom(30 * MiB + 123)  # 7 chunks of 5 MiB (the last one short)
     files = {"meta/meta.db": b"meta" * 300, "data/db/rp/1/000000001-000000001.tsm": big}
     archive = make_tar(tmp_path / "nightly-big.tar", make_tree(tmp_path / "t", files))
@@ -64,21 +49,7 @@ def test_an_encrypted_upload_killed_midway_sends_only_the_missing_chunks(
     key_file = tmp_path / "name.key"
     common = {"encrypt_to": [recipient], "chunk_size": "5MiB"}
     slow = endpoint.settings(max_rate=4 * MiB, concurrency=1, **common)
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            _CHILD.format(
-                root=str(Path(__file__).parents[2]),
-                settings=slow.model_dump_json(),
-                key=str(key_file),
-                archive=str(archive),
-                id=bid,
-            ),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    child = send_in_child(slow, archive, bid, key_file)
     there: dict[str, str] = {}
     deadline = time.monotonic() + 120
     try:
@@ -149,7 +120,7 @@ def test_an_encrypted_upload_killed_midway_sends_only_the_missing_chunks(
 def test_what_the_earlier_format_wrote_stays_readable_and_is_not_sent_again(
     moto: Endpoint, tmp_path: Path
 ) -> None:
-    identity, recipient = _identity(tmp_path)
+    identity, recipient = age_identity(tmp_path)
     big = os.urandom(12 * MiB + 5)
     archive = make_tar(tmp_path / "n1.tar", make_tree(tmp_path / "t", {"data/1.tsm": big}))
     key_file = tmp_path / "name.key"

@@ -13,24 +13,15 @@ import pytest
 from influx_backupd.offsite.errors import OffsiteError
 from influx_backupd.offsite.repo import Offsite
 from tests.offsite.conftest import Endpoint
-from tests.offsite.helpers import cold_backup, make_tar, make_tree
+from tests.offsite.helpers import age_identity, cold_backup, make_tar, make_tree
 
 MiB = 1 << 20
-
-
-def _identity(tmp_path: Path) -> tuple[Path, str]:
-    key = tmp_path / "identity.txt"
-    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-    public = subprocess.run(
-        ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    return key, public
 
 
 def test_encrypted_backup_is_readable_by_age_and_names_hide_contents(
     endpoint: Endpoint, tmp_path: Path
 ) -> None:
-    identity, recipient = _identity(tmp_path)
+    identity, recipient = age_identity(tmp_path)
     files = {
         "meta/meta.db": b"meta" * 300,
         "data/db/rp/1/000000001-000000001.tsm": os.urandom(12 * MiB + 5),  # streamed in parts

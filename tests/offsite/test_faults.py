@@ -6,8 +6,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ import pytest
 from influx_backupd.offsite.errors import NoBucket, Refused, Unreachable
 from influx_backupd.offsite.repo import Offsite
 from tests.offsite.conftest import SECRET_KEY, Endpoint, free_port
-from tests.offsite.helpers import cold_backup, make_tar, make_tree, sha256
+from tests.offsite.helpers import cold_backup, make_tar, make_tree, send_in_child, sha256
 
 MiB = 1 << 20
 
@@ -152,37 +150,12 @@ def test_slowdown_is_retried_with_backoff(
     assert "throttled" in _one_line(caught.value)
 
 
-_CHILD = """
-import sys
-from pathlib import Path
-sys.path.insert(0, {root!r})
-from influx_backupd.offsite.repo import Offsite
-from tests.offsite.helpers import cold_backup
-from influx_backupd.offsite.settings import OffsiteSettings
-settings = OffsiteSettings.model_validate_json({settings!r})
-Offsite(settings).send(cold_backup(Path({archive!r}), "20261130T040000Z-kill"))
-print("finished")
-"""
-
-
 def test_multipart_upload_resumes_after_sigkill(endpoint: Endpoint, tmp_path: Path) -> None:
     big = os.urandom(30 * MiB + 123)
     archive = make_tar(tmp_path / "nightly-big.tar", make_tree(tmp_path / "t", {"data/1.tsm": big}))
     before = sha256(archive)
     slow = endpoint.settings(max_rate=4 * MiB, concurrency=1)
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            _CHILD.format(
-                root=str(Path(__file__).parents[2]),
-                settings=slow.model_dump_json(),
-                archive=str(archive),
-            ),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    child = send_in_child(slow, archive, "20261130T040000Z-kill")
     client = endpoint.client()
     parts = 0
     deadline = time.monotonic() + 120

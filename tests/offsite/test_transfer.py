@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import subprocess
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from influx_backupd.offsite.errors import Damaged
 from influx_backupd.offsite.files import scan_tar
 from influx_backupd.offsite.repo import Backup, Offsite
 from tests.offsite.conftest import Endpoint
-from tests.offsite.helpers import cold_backup, make_tar, make_tree
+from tests.offsite.helpers import age_identity, cold_backup, make_tar, make_tree
 from tests.offsite.test_faults import _Throttling
 
 MiB = 1 << 20
@@ -49,13 +48,7 @@ def test_every_upload_carries_a_checksum_of_its_body(
 ) -> None:
     extra: dict[str, object] = {"transfer_checksum": mode.split("-")[0]}
     if mode.endswith("encrypted"):
-        key = tmp_path / "identity.txt"
-        subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-        extra["encrypt_to"] = [
-            subprocess.run(
-                ["age-keygen", "-y", str(key)], capture_output=True, text=True
-            ).stdout.strip()
-        ]
+        extra["encrypt_to"] = [age_identity(tmp_path)[1]]
     backup = cold_backup(_archive(tmp_path), "20261130T010000Z-0001")
     offsite = Offsite(moto.settings(endpoint_url=recording.url, **extra), key_file=tmp_path / "k")
     assert offsite.send(backup).complete
