@@ -7,16 +7,39 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 
 STAND_INS = Path(__file__).parent / "stand_ins"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Polls predicate until it is true; fails naming what never came."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"never saw {what}"
+        time.sleep(0.005)
+
+
+def throwaway_influxds(storage: Path) -> list[psutil.Process]:
+    """influxd processes serving a config in a verify/restore scratch dir of this storage dir.
+    Scoped to one storage dir: tests run side by side (pytest -n) and must not see, or stop,
+    each other's throwaways."""
+    prefix = str(storage / ".verify-")
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if any(a.startswith(prefix) for a in argv):
+            found.append(proc)
+    return found
 
 
 @pytest.fixture

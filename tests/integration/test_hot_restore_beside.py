@@ -26,7 +26,7 @@ from influx_backupd.influxd.sandbox import BESIDE_LIVE_GOGC, Sandbox
 from influx_backupd.restore.hot import _check_space
 from influx_backupd.store.chain import Link
 from influx_backupd.store.scanners import Scan
-from tests.conftest import STAND_INS, Cli, hot_chain, write_config
+from tests.conftest import STAND_INS, Cli, hot_chain, throwaway_influxds, wait_until, write_config
 
 HOT = [{"name": "hotjob", "mode": "hot"}]
 
@@ -41,16 +41,6 @@ def _chain(cli: Cli, sandbox: Sandbox) -> tuple[dict[str, Any], dict[str, int]]:
     return increment, {"metrics": 6_500, "later": 600}
 
 
-def _throwaways(storage: Path) -> list[psutil.Process]:
-    """influxd processes serving a config in a scratch dir of the storage dir."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        argv = proc.info["cmdline"] or []
-        if any(a.startswith(str(storage / ".verify-")) for a in argv):
-            found.append(proc)
-    return found
-
-
 def _staging(sandbox: Sandbox) -> list[Path]:
     return sorted(sandbox.root.glob(".*.restore-*"))
 
@@ -63,13 +53,6 @@ def _events(stderr: str) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return events
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"never saw {what}"
-        time.sleep(0.005)
 
 
 @contextmanager
@@ -143,7 +126,7 @@ def test_the_chain_is_built_while_the_live_server_serves_then_swapped_in(
     assert (old_data / "metrics").is_dir() and (old_data / "later").is_dir()
     assert _staging(sandbox) == []
     storage = tmp_path / "archives"
-    assert _throwaways(storage) == []
+    assert throwaway_influxds(storage) == []
     assert not list(storage.glob(".verify-*")), "the build's scratch dir is removed"
 
 
@@ -169,7 +152,7 @@ def test_a_failure_while_building_leaves_the_live_server_serving_untouched(
     assert {db: sandbox.count(db) for db in live} == live
     assert sorted(p.name for p in sandbox.root.iterdir()) == before, "no staging or rollback dir"
     storage = tmp_path / "archives"
-    assert _throwaways(storage) == []
+    assert throwaway_influxds(storage) == []
     assert not list(storage.glob(".verify-*"))
     assert not (tmp_path / "state" / "influxd-stopped.json").exists()
 
@@ -186,16 +169,16 @@ def test_a_restore_killed_while_building_never_stopped_the_live_server_and_is_cl
     # SIGKILL: the throwaway influxd keeps running and the staging dirs stay, until the next
     # lock-taking command.
     restore = cli.popen("restore", increment["id"], "--yes")
-    _wait(lambda: _throwaways(storage), 60, "the restore's throwaway influxd")
+    wait_until(lambda: throwaway_influxds(storage), 60, "the restore's throwaway influxd")
     restore.kill()
     restore.communicate()
-    assert _throwaways(storage), "SIGKILL leaves the throwaway influxd running"
+    assert throwaway_influxds(storage), "SIGKILL leaves the throwaway influxd running"
     assert _staging(sandbox), "…and the staging dirs"
     assert sandbox.pids() == pid_before, "the live influxd was never stopped"
     done = cli("backup")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "recovery.restore_staging_removed" in done.stderr
-    assert _throwaways(storage) == []
+    assert throwaway_influxds(storage) == []
     assert _staging(sandbox) == []
     assert cli("prune").returncode == 0  # reports and removes the dead run's scratch dir
     assert not list(storage.glob(".verify-*"))
@@ -204,14 +187,14 @@ def test_a_restore_killed_while_building_never_stopped_the_live_server_and_is_cl
 
     # SIGTERM: the command stops its own throwaway and removes the staging dirs itself.
     restore = cli.popen("restore", increment["id"], "--yes")
-    _wait(lambda: _throwaways(storage), 60, "the restore's throwaway influxd")
+    wait_until(lambda: throwaway_influxds(storage), 60, "the restore's throwaway influxd")
     restore.send_signal(signal.SIGTERM)
     _, err = restore.communicate(timeout=60)
     assert restore.returncode == 1
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]
     assert "restore failed while building" in line and "SIGTERM" in line, line
-    assert _throwaways(storage) == []
+    assert throwaway_influxds(storage) == []
     assert _staging(sandbox) == []
     assert not list(storage.glob(".verify-*"))
     assert sandbox.pids() == pid_before
@@ -270,9 +253,9 @@ def test_the_throwaway_is_the_oom_killers_first_choice_and_its_death_fails_the_b
 
     restore = cli.popen("restore", increment["id"], "--yes")
     try:
-        _wait(lambda: _throwaways(storage), 60, "the restore's throwaway influxd")
-        throwaway = _throwaways(storage)[0]
-        _wait(
+        wait_until(lambda: throwaway_influxds(storage), 60, "the restore's throwaway influxd")
+        throwaway = throwaway_influxds(storage)[0]
+        wait_until(
             lambda: _oom_score_adj(throwaway.pid) == "1000",
             5,
             "the throwaway marked for the OOM killer",
@@ -282,7 +265,7 @@ def test_the_throwaway_is_the_oom_killers_first_choice_and_its_death_fails_the_b
         assert environ.get("GOGC") == str(BESIDE_LIVE_GOGC), "…and it holds less heap"
         assert "GOGC" not in psutil.Process(pid_before[0]).environ()
         if moment == "restoring":  # where memory peaks: `influxd restore`
-            _wait(lambda: _restore_tool_running(restore.pid), 60, "`influxd restore` running")
+            wait_until(lambda: _restore_tool_running(restore.pid), 60, "`influxd restore` running")
         throwaway.kill()
         _, err = restore.communicate(timeout=120)
     finally:
@@ -299,5 +282,5 @@ def test_the_throwaway_is_the_oom_killers_first_choice_and_its_death_fails_the_b
     assert sandbox.pids() == pid_before, "the live influxd was never stopped"
     assert {db: sandbox.count(db) for db in live} == live
     assert _staging(sandbox) == []
-    assert _throwaways(storage) == []
+    assert throwaway_influxds(storage) == []
     assert not list(storage.glob(".verify-*"))

@@ -11,13 +11,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import new_run_id
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli, throwaway_influxds, write_config
 from tests.unit.store.test_formats import bolt_file
 
 
@@ -115,12 +114,7 @@ def test_restore_test_passes_on_a_real_backup(backed: Backed) -> None:
     )
     storage = backed.root / "archives"
     assert not list(storage.glob(".verify-*")), "the scratch dir is removed"
-    scratch_servers = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if any(".verify-" in arg for arg in p.info["cmdline"] or [])
-    ]
-    assert scratch_servers == [], "the throwaway influxd is stopped"
+    assert throwaway_influxds(storage) == [], "the throwaway influxd is stopped"
     assert backed.server.ping()
 
 

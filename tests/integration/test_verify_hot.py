@@ -15,14 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import new_run_id
 from influx_backupd.store.scanners import scan_portable
-from tests.conftest import STAND_INS, Cli, hot_chain, write_config
+from tests.conftest import STAND_INS, Cli, hot_chain, throwaway_influxds, write_config
 
 JOBS = [{"name": "hotjob", "mode": "hot"}, {"name": "coldjob", "mode": "cold", "copy": "direct"}]
 INFLUXD09 = STAND_INS / "influxd09"
@@ -76,18 +75,8 @@ def results(done: Any) -> list[dict[str, Any]]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
-def throwaway_servers() -> list[psutil.Process]:
-    """influxd processes serving a verify scratch config (the restore test's server)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "run" in cmdline and any(f"{os.sep}.verify-" in arg for arg in cmdline):
-            found.append(proc)
-    return found
-
-
 def assert_cleaned_up(chain: Chain) -> None:
-    assert throwaway_servers() == [], "the throwaway influxd is stopped"
+    assert throwaway_influxds(chain.root / "archives") == [], "the throwaway influxd is stopped"
     assert not list((chain.root / "archives").glob(".verify-*")), "the scratch dir is removed"
     assert chain.server.ping(), "the real server is untouched"
 
@@ -202,7 +191,7 @@ def test_a_signal_during_the_restore_test_stops_the_throwaway_server(chain: Chai
     proc = chain.cli.popen("verify", chain.incremental["id"], "--restore-test")
     try:
         deadline = time.monotonic() + 60
-        while not throwaway_servers():
+        while not throwaway_influxds(chain.root / "archives"):
             assert proc.poll() is None, "verify ended before its throwaway influxd was seen"
             assert time.monotonic() < deadline, "no throwaway influxd appeared"
             time.sleep(0.02)
@@ -225,7 +214,7 @@ def test_a_restore_test_killed_for_memory_says_so(chain: Chain) -> None:
     try:
         deadline = time.monotonic() + 60
         while True:
-            servers = throwaway_servers()
+            servers = throwaway_influxds(chain.root / "archives")
             scores = [Path(f"/proc/{s.pid}/oom_score_adj").read_text().strip() for s in servers]
             if scores == ["1000"]:
                 break

@@ -11,18 +11,10 @@ import psutil
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli, throwaway_influxds, wait_until, write_config
 from tests.system.test_daemon import daemon, runs, wait_runs
 
 FILLER = 1_500_000_000  # sparse: makes the copy (and so the stop window) long enough to aim at
-
-
-def _wait(predicate: object, timeout: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"never saw {what}"
-        time.sleep(0.005)
 
 
 def test_a_daemon_killed_with_influxd_stopped_recovers_at_start_and_schedules_again(
@@ -37,7 +29,7 @@ def test_a_daemon_killed_with_influxd_stopped_recovers_at_start_and_schedules_ag
     marker = tmp_path / "state" / "influxd-stopped.json"
 
     with daemon(tmp_path, config) as first:
-        _wait(
+        wait_until(
             lambda: (
                 marker.exists()
                 and not sandbox.pids()
@@ -72,15 +64,6 @@ def test_a_daemon_killed_with_influxd_stopped_recovers_at_start_and_schedules_ag
     assert sandbox.count("metrics") == 2_000
 
 
-def _throwaway_influxds(storage: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        argv = proc.info["cmdline"] or []
-        if any(a.startswith(str(storage / ".verify-")) for a in argv):
-            found.append(proc)
-    return found
-
-
 def test_a_restore_test_killed_leaves_no_throwaway_influxd_behind(
     tmp_path: Path, sandbox: Sandbox, cli: Cli
 ) -> None:
@@ -92,24 +75,24 @@ def test_a_restore_test_killed_leaves_no_throwaway_influxd_behind(
 
     # SIGKILL: nothing of ours runs any more; the next lock-taking command stops the server.
     verify = cli.popen("verify", record["id"], "--restore-test")
-    _wait(lambda: _throwaway_influxds(storage), 60, "the restore test's throwaway influxd")
+    wait_until(lambda: throwaway_influxds(storage), 60, "the restore test's throwaway influxd")
     verify.kill()
     verify.wait()
-    assert _throwaway_influxds(storage), "SIGKILL leaves the throwaway influxd running"
+    assert throwaway_influxds(storage), "SIGKILL leaves the throwaway influxd running"
     done = cli("verify", "--all")
     assert done.returncode == 0, done.stderr
-    assert _throwaway_influxds(storage) == []
+    assert throwaway_influxds(storage) == []
     assert cli("prune").returncode == 0  # prune reports and removes the dead run's scratch dir
     assert not list(storage.glob(".verify-*"))
 
     # SIGTERM: the command stops its own throwaway influxd before it exits.
     verify = cli.popen("verify", record["id"], "--restore-test")
-    _wait(lambda: _throwaway_influxds(storage), 60, "the restore test's throwaway influxd")
+    wait_until(lambda: throwaway_influxds(storage), 60, "the restore test's throwaway influxd")
     verify.send_signal(signal.SIGTERM)
     _, err = verify.communicate(timeout=60)
     assert verify.returncode == 1
     assert "interrupted by SIGTERM" in err and "Traceback" not in err
-    assert _throwaway_influxds(storage) == []
+    assert throwaway_influxds(storage) == []
     assert not list(storage.glob(".verify-*"))
     assert sandbox.ping()
 
@@ -135,7 +118,7 @@ def test_a_hot_run_killed_is_recorded_interrupted_and_its_leftovers_go(
     catalog = Catalog(tmp_path / "state")
     storage = tmp_path / "archives"
     backup = cli.popen("backup", "--mode", "hot")
-    _wait(
+    wait_until(
         lambda: catalog.exists() and any(r.status == "running" for r in catalog.list()),
         60,
         "the hot run's record",
@@ -188,7 +171,7 @@ def test_a_run_killed_during_its_follow_up_is_followed_up_once_by_the_next_comma
     catalog = Catalog(tmp_path / "state")
 
     backup = cli.popen("backup")
-    _wait(lambda: _throwaway_influxds(storage), 60, "the verify's throwaway influxd")
+    wait_until(lambda: throwaway_influxds(storage), 60, "the verify's throwaway influxd")
     backup.kill()
     backup.wait()
     [record] = catalog.list()
@@ -201,7 +184,7 @@ def test_a_run_killed_during_its_follow_up_is_followed_up_once_by_the_next_comma
     assert hook_out.read_text().split() == [record.id]
     followed = catalog.get(record.id)
     assert followed is not None and followed.verify_status == "ok", followed
-    assert _throwaway_influxds(storage) == []
+    assert throwaway_influxds(storage) == []
     assert cli("prune").returncode == 0
     assert hook_out.read_text().split() == [record.id], "followed up once, not at every command"
 
@@ -226,7 +209,7 @@ def test_sighup_during_a_run_keeps_the_lock_and_the_run_finishes_ok(
     )
     marker = tmp_path / "state" / "influxd-stopped.json"
     with daemon(tmp_path, config) as d:
-        _wait(lambda: marker.exists(), 60, "the caught-up run stopping influxd")
+        wait_until(lambda: marker.exists(), 60, "the caught-up run stopping influxd")
         d.proc.send_signal(signal.SIGHUP)
         d.wait_event("config.reloaded", 30)
         busy = Cli(config)("backup")

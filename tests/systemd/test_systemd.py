@@ -34,6 +34,8 @@ EXPOSURE_LIMIT = 3.0  # docs/daemon.md
 
 pytestmark = [
     pytest.mark.systemd,
+    # One container at a time, on one worker under pytest -n (the cached tree is shared).
+    pytest.mark.xdist_group("systemd"),
     pytest.mark.skipif(os.geteuid() != 0, reason="systemd-nspawn needs root"),
 ]
 

@@ -120,6 +120,12 @@ def tool_version(binary: Path) -> ToolVersion:
     return found
 
 
+# Output after which the tool's own retries (the 1.x client tries a failed shard ten times, two
+# seconds apart) only delay the failure: a full filesystem stays full. The group is stopped at
+# the first such line, which then ends the error.
+HOPELESS_OUTPUT = ("no space left on device", "disk quota exceeded")
+
+
 @dataclass
 class ToolRun:
     returncode: int | None  # None: killed on timeout
@@ -137,7 +143,8 @@ def run_tool(
     """Run argv in its own process group, its output logged line by line, under one timeout.
 
     On timeout, or when we are interrupted, the whole group is killed: the 1.x client retries a
-    failed shard ten times and may otherwise outlive us. Cancelled (the daemon is stopping), the
+    failed shard ten times and may otherwise outlive us. On a line of HOPELESS_OUTPUT the group
+    is sent SIGTERM at once. Cancelled (the daemon is stopping), the
     group is sent SIGTERM: the caller then sees the tool fail.
     """
     started = time.monotonic()
@@ -151,22 +158,30 @@ def run_tool(
     )
     lines: list[str] = []
 
+    def terminate() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
     def pump() -> None:
         assert proc.stdout is not None
+        gave_up = False
         for raw in proc.stdout:
             line = raw.decode(errors="replace").rstrip()
             if line:
                 lines.append(line)
                 logger.info("hot.output", phase=phase, line=line)
+                if not gave_up and any(p in line.lower() for p in HOPELESS_OUTPUT):
+                    gave_up = True
+                    logger.warning("hot.giving_up", phase=phase, pid=proc.pid, line=line)
+                    terminate()
 
-    def terminate() -> None:
+    def cancelled() -> None:
         logger.info("hot.cancelled", phase=phase, pid=proc.pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        terminate()
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    forget = cancel.on_cancel(terminate)
+    forget = cancel.on_cancel(cancelled)
     code: int | None = None
     try:
         code = _wait(proc, timeout)

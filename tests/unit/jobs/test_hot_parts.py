@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import signal
 import socket
 import tarfile
 import time
@@ -368,6 +369,21 @@ def test_run_tool_kills_the_whole_process_group_on_timeout() -> None:
         p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
     ]
     assert not left, "the tool's children must not outlive the timeout"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Download shard 3 failed write /b/x.tmp: no space left on device.  Waiting 2s and retrying",
+        "copy: write /b/x: disk quota exceeded",
+    ],
+)
+def test_run_tool_stops_a_tool_whose_retries_cannot_help(line: str) -> None:
+    """A full filesystem stays full: the 1.x client's ten retries, 2 s apart, only delay the
+    failure (and keep the room taken)."""
+    run = run_tool(["sh", "-c", f"echo '{line}'; sleep 30; echo retried"], 60, log.get())
+    assert run.returncode == -signal.SIGTERM
+    assert run.output == [line], "the group stops at the line, before the tool retries"
 
 
 @pytest.mark.parametrize(
