@@ -4,15 +4,20 @@ database back into the live server while it serves, every other database untouch
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from influx_backupd.core import config as config_mod
+from influx_backupd.core import log
 from influx_backupd.influxd import counts
 from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.restore import database
 from tests.conftest import STAND_INS, Cli, write_config
 from tests.integration.test_auth import ADMIN, cli_for, password_file
 
@@ -241,3 +246,23 @@ def test_with_auth_it_needs_credentials_and_replaces_with_them(
         assert server.count("metrics") == 2_000
     finally:
         server.stop()
+
+
+def test_restored_shards_count_only_once_every_policy_with_data_answers(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: Any
+) -> None:
+    """The wait after the tool: a total that holds still is not enough while a retention
+    policy the backup has data for still counts 0 (a shard the server is still opening); a
+    policy that stays empty past the wait is taken with a warning, not a failure."""
+    _populate(sandbox)
+    live = database._Live(config_mod.load(write_config(tmp_path, sandbox)), log.get(), 0)
+    late = threading.Timer(4.0, _write_rp, (sandbox, "metrics", "year", 40))
+    late.start()
+    try:
+        live.settled("metrics", Counter({"autogen": 1, "year": 1}))
+        assert counts.shard_points(sandbox.url, "metrics")  # every shard answers
+        assert counts.point_count(sandbox.url, "metrics") == 5_040, "returned after year counted"
+    finally:
+        late.cancel()
+    monkeypatch.setattr(database, "SHARD_WAIT", 4.0)
+    live.settled("metrics", Counter({"autogen": 1, "year": 1, "gone": 1}))  # warns, returns

@@ -68,6 +68,38 @@ def point_count(
     return total
 
 
+def shard_points(
+    url: str, db: str, timeout: float = 30.0, *, credentials: Credentials | None = None
+) -> dict[tuple[str, int], int]:
+    """The figure of each shard of db, keyed by (retention policy, shard id): a count over the
+    shard's time range in its retention policy (one shard group a range, one shard a group on
+    a single node)."""
+    deadline = time.monotonic() + timeout
+    found: dict[tuple[str, int], int] = {}
+    for s in _query(url, "SHOW SHARDS", None, timeout, credentials):
+        if s.get("name") != db:
+            continue
+        cols = list(s.get("columns") or [])
+        for row in s.get("values") or []:
+            shard = dict(zip(cols, row, strict=False))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FiguresError(f"counting {db} took longer than {timeout:g}s")
+            rp = str(shard["retention_policy"])
+            q = (
+                f"SELECT count(*) FROM {ident(db)}.{ident(rp)}./.*/ WHERE time >= "
+                f"'{shard['start_time']}' AND time < '{shard['end_time']}'"
+            )
+            points = 0
+            for series in _query(url, q, db, left, credentials):
+                for counted in series.get("values") or []:
+                    points += max(
+                        (int(v) for v in counted[1:] if isinstance(v, int | float)), default=0
+                    )
+            found[(rp, int(shard["id"]))] = points
+    return found
+
+
 def point_counts(
     url: str,
     dbs: list[str],
