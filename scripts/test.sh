@@ -13,5 +13,8 @@ echo "== mypy --strict src" >&2
 "$PYTHON" -m mypy --strict src
 echo "== lint-imports (the layers contract in pyproject.toml)" >&2
 "$PYTHON" -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
-echo "== pytest" >&2
-"$PYTHON" -m pytest -q -p no:cacheprovider "$@"
+# Side by side: most of the suite waits on influxd starting, stopping and copying, so three
+# workers fill two cores (tests of a module with a shared fixture stay on one worker, see
+# tests/conftest.py). TEST_WORKERS=0 runs them one after another.
+echo "== pytest (${TEST_WORKERS:-3} workers)" >&2
+"$PYTHON" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-3}" --dist loadgroup "$@"

@@ -168,3 +168,14 @@ def hot_chain(
     for parent, child in itertools.pairwise(links):
         assert child["parent_id"] == parent["id"]
     return links
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest -n (scripts/test.sh), the tests of a module that builds a module-scoped
+    fixture (a shared influxd with backups, CLI outcomes gathered side by side, a booted
+    container) run on one worker, so the fixture is built once, not once per worker."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else []
+        if any(d and d[-1].scope in ("module", "package") for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
