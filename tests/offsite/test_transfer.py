@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 from influx_backupd.offsite.errors import Damaged
 from influx_backupd.offsite.files import scan_tar
 from influx_backupd.offsite.repo import Backup, Offsite
+from influx_backupd.run.offsite import backup_of
+from influx_backupd.store.record import RunRecord
 from tests.offsite.conftest import Endpoint
 from tests.offsite.helpers import age_identity, cold_backup, make_tar, make_tree
 from tests.offsite.test_faults import _Throttling
@@ -97,3 +100,38 @@ def test_a_damaged_archive_found_while_it_is_sent_gets_no_manifest(
     # the members hashed on the way are what an eager scan gives
     assert [e.sha256 for e in source.files()] == [e.sha256 for e in good.source.files()]
     assert Offsite(endpoint.settings()).send(good).complete
+
+
+def test_the_whole_archive_is_hashed_again_only_when_its_proof_is_old(
+    moto: Endpoint, tmp_path: Path
+) -> None:
+    archive = _archive(tmp_path)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    # the archive went bad after its run hashed it: one byte of the WAL file flipped
+    data = bytearray(archive.read_bytes())
+    at = data.rindex(b"\0" * 512) - 70_000  # inside the last member's data
+    data[at] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    now = time.time()
+    offsite = Offsite(moto.settings())
+
+    def record(id: str, finished: float, verified: float | None = None) -> RunRecord:
+        return RunRecord(
+            id, "nightly", "cold", status="ok", started_at=finished - 5, finished_at=finished,
+            archive=str(archive), sha256=digest, verified_at=verified,
+            verify_status="ok" if verified else None,
+        )  # fmt: skip
+
+    # proved a day and more ago (by its run, and by a verify): hashed whole, refused
+    for old in (record("20261128T010000Z-0001", now - 2 * 86400),
+                record("20261128T010000Z-0002", now - 3 * 86400, now - 25 * 3600)):  # fmt: skip
+        with pytest.raises(Damaged, match="damaged, not sent"):
+            offsite.send(backup_of(old))
+    assert offsite.manifests() == []
+    # proved an hour ago (a verify of an older backup counts too): each member hashed, the
+    # whole archive not again; the object names are the hashes of the bytes sent
+    recent = backup_of(record("20261128T010000Z-0003", now - 3 * 86400, now - 3600))
+    assert offsite.send(recent).complete
+    wal = next(e for e in recent.source.files() if e.path.endswith(".wal"))
+    with recent.source.open(wal) as reader:
+        assert wal.sha256 == hashlib.sha256(reader.read()).hexdigest()

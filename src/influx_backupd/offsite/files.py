@@ -140,6 +140,7 @@ def scan_tar(
     known: Known | None = None,
     *,
     lazy: bool = False,
+    recheck: bool = True,
 ) -> Source:
     """Hash a tar archive and each member in one read; refuse one that is not its record.
 
@@ -151,7 +152,11 @@ def scan_tar(
 
     lazy: read only the headers now; the members are hashed by source.hashing() as the sender
     asks for them (it hashes the next files while the last ones are uploaded), and a damaged
-    archive raises Damaged there, before its manifest is written."""
+    archive raises Damaged there, before its manifest is written.
+
+    recheck=False (with expected_sha256): the whole archive's sha256 is not taken again, only
+    each member's (their object names); for an archive whose sha256 was proved a short while
+    ago (the run that wrote it, a verify)."""
     try:
         with tarfile.open(path, "r:") as tar:
             infos = tar.getmembers()
@@ -196,7 +201,9 @@ def scan_tar(
     else:
         trailer_kept = trailer
     source = Source("tar", path, entries, expected_sha256 or "", size, trailer_kept, rebuild, notes)
-    source._hashing = partial(_hash_tar, source, leads, trailer, expected_sha256)
+    if not recheck and expected_sha256 is None:
+        raise OffsiteError(f"{path}: recheck=False needs the archive's sha256")
+    source._hashing = partial(_hash_tar, source, leads, trailer, expected_sha256, recheck)
     if not lazy:
         source.hash_all()
     return source
@@ -207,18 +214,20 @@ def _hash_tar(
     leads: list[bytes],
     trailer: bytes,
     expected: str | None,
+    recheck: bool = True,
     cancel: threading.Event | None = None,
 ) -> Iterator[int]:
-    """Hash each member not known yet (and the whole archive, when none is): fills the
-    entries' sha256 in order, yielding each file's index as it is done."""
+    """Hash each member not known yet (and the whole archive, when none is and recheck):
+    fills the entries' sha256 in order, yielding each file's index as it is done."""
     whole = hashlib.sha256()
+    update = whole.update if recheck else _ignore
     skipped = 0
     fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         for i, entry in enumerate(source.entries):
             if entry.type != "file":
                 continue
-            whole.update(leads[i])
+            update(leads[i])
             if entry.sha256:  # known from an earlier backup: not read again
                 skipped += entry.size
                 yield i
@@ -232,7 +241,7 @@ def _hash_tar(
                 if not chunk:
                     raise Damaged(f"{source.path}: member {entry.path!r} is truncated")
                 member.update(chunk)
-                whole.update(chunk)
+                update(chunk)
                 left -= len(chunk)
                 at += len(chunk)
             source.entries[i] = dataclasses.replace(entry, sha256=member.hexdigest())
@@ -241,7 +250,10 @@ def _hash_tar(
         os.close(fd)
     whole.update(trailer)
     sha256 = whole.hexdigest()
-    if skipped:
+    if not recheck:
+        assert expected is not None
+        sha256 = expected
+    elif skipped:
         if expected is None:
             raise OffsiteError(f"{source.path}: known files given, but no sha256 for the archive")
         sha256 = expected
@@ -254,6 +266,10 @@ def _hash_tar(
             "the local archive is damaged, not sent"
         )
     source.sha256 = sha256
+
+
+def _ignore(_: bytes) -> None:
+    pass
 
 
 def replace_lead(entry: FileEntry) -> FileEntry:

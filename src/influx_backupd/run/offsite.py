@@ -35,6 +35,9 @@ from influx_backupd.store.record import RunRecord
 from influx_backupd.store.sidecar import write_sidecar
 
 STATE_FILE = "offsite.json"
+# an archive whose sha256 was proved less than this ago (the run that wrote it hashed what it
+# wrote; a verify re-read it) is sent without hashing it whole again (each member still is)
+RECHECK_AFTER = 24 * 3600.0
 KEY_FILE = "offsite-name.key"
 CACHE_DIR = "offsite-manifests"  # manifests as read from the bucket, for list, import, prune
 
@@ -192,13 +195,18 @@ def backup_of(record: RunRecord, known: Known | None = None) -> Backup:
     """A catalog record as the off-site engine's plain input; its files checked on the way
     (those known from the job's previous backup in the bucket are not read again). An archive's
     members are hashed while the send uploads the ones before them; a damaged archive raises
-    Damaged from the send, before its manifest is written."""
+    Damaged from the send, before its manifest is written. The whole archive is hashed again
+    only when its sha256 was last proved more than RECHECK_AFTER ago."""
     assert record.archive is not None
     path = Path(record.archive)
     if path.is_dir():
         source = scan_dir(path, record.sha256)
     elif path.is_file():
-        source = scan_tar(path, record.sha256, known, lazy=True)
+        proved = record.finished_at or 0.0
+        if record.verify_status == "ok" and record.verified_at:
+            proved = max(proved, record.verified_at)
+        recheck = record.sha256 is None or time.time() - proved > RECHECK_AFTER
+        source = scan_tar(path, record.sha256, known, lazy=True, recheck=recheck)
     else:
         raise OffsiteError(f"{path}: not there (backup {record.id})")
     return Backup(record.id, record.job, record.kind, record.parent_id, record.to_dict(), source)
