@@ -425,12 +425,28 @@ def _keys_of(model: type[BaseModel]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
+def _home_of(key: str, here: type[BaseModel]) -> str:
+    """'; state_dir belongs in [daemon]' for a key of another table, '' when none has it."""
+    tables: list[tuple[str, type[BaseModel]]] = [("top level, before any [table]", Settings)]
+    for name in _keys_of(Settings):
+        model = _model_at((name,))
+        if model is not None:
+            shown = f"each [[{name}]]" if name == "job" else f"[{name}]"
+            tables.append((shown, model))
+    homes = [shown for shown, model in tables if model is not here and key in _keys_of(model)]
+    return f"; {key} belongs in {' or '.join(homes)}" if homes else ""
+
+
 def _closest(loc: tuple[int | str, ...]) -> str:
-    """'; did you mean keep_daily?' for a misspelt key, '' when nothing is close."""
+    """'; did you mean keep_daily?' for a misspelt key, '; state_dir belongs in [daemon]' for
+    one in the wrong table, '' when nothing is close."""
     model = _model_at(loc[:-1])
     if model is None or not isinstance(loc[-1], str):
         return ""
     keys = _keys_of(model)
+    home = _home_of(loc[-1], model)
+    if home:
+        return home
     found = difflib.get_close_matches(loc[-1], keys, n=1, cutoff=0.6) or difflib.get_close_matches(
         loc[-1].lower().replace("-", "_"), keys, n=1, cutoff=0.6
     )

@@ -175,6 +175,28 @@ def test_unknown_keys_suggest_the_closest(where: str, typo: str, meant: str) -> 
     assert _describe(caught.value.errors()[0]) == f"{path}: unknown key; did you mean {meant}?"
 
 
+@pytest.mark.parametrize(
+    ("where", "key", "home"),
+    [
+        ("(top)", "state_dir", "[daemon]"),
+        ("influxd", "keep_last", "each [[job]] or [offsite]"),
+        ("storage", "stop_timeout", "[influxd]"),
+        ("daemon", "dir", "[storage]"),
+    ],
+)
+def test_a_key_in_the_wrong_table_says_where_it_belongs(where: str, key: str, home: str) -> None:
+    config: dict[str, Any] = {**BASE}
+    if where == "(top)":
+        config[key] = "x"
+        path = key
+    else:
+        config[where] = {**config.get(where, {}), key: 1}
+        path = f"{where}.{key}"
+    with pytest.raises(ValidationError) as caught:
+        Settings.model_validate(config)
+    assert _describe(caught.value.errors()[0]) == f"{path}: unknown key; {key} belongs in {home}"
+
+
 def test_job_written_as_a_single_table() -> None:
     with pytest.raises(ValidationError) as caught:
         Settings.model_validate({**BASE, "job": {"name": "a"}})
