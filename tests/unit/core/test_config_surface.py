@@ -146,6 +146,23 @@ def test_every_message_is_one_line_in_our_words(where: str, data: Any, value: ob
         assert leak not in message, message
 
 
+def _unknown_key_line(where: str, key: str) -> tuple[str, str]:
+    """(the key's path, the one line said) for a config with key added in table where."""
+    config: dict[str, Any] = {**BASE}
+    if where == "(top)":
+        config[key] = {}
+        path = key
+    elif where == "job":
+        config["job"] = [{"name": "a", key: 1}]
+        path = f"job[0].{key}"
+    else:
+        config[where] = {**config.get(where, {}), key: 1}
+        path = f"{where}.{key}"
+    with pytest.raises(ValidationError) as caught:
+        Settings.model_validate(config)
+    return path, _describe(caught.value.errors()[0])
+
+
 @pytest.mark.parametrize(
     ("where", "typo", "meant"),
     [
@@ -160,19 +177,8 @@ def test_every_message_is_one_line_in_our_words(where: str, data: Any, value: ob
     ],
 )
 def test_unknown_keys_suggest_the_closest(where: str, typo: str, meant: str) -> None:
-    config: dict[str, Any] = {**BASE}
-    if where == "(top)":
-        config[typo] = {}
-        path = typo
-    elif where == "job":
-        config["job"] = [{"name": "a", typo: 1}]
-        path = f"job[0].{typo}"
-    else:
-        config[where] = {**config.get(where, {}), typo: 1}
-        path = f"{where}.{typo}"
-    with pytest.raises(ValidationError) as caught:
-        Settings.model_validate(config)
-    assert _describe(caught.value.errors()[0]) == f"{path}: unknown key; did you mean {meant}?"
+    path, line = _unknown_key_line(where, typo)
+    assert line == f"{path}: unknown key; did you mean {meant}?"
 
 
 @pytest.mark.parametrize(
@@ -185,16 +191,8 @@ def test_unknown_keys_suggest_the_closest(where: str, typo: str, meant: str) -> 
     ],
 )
 def test_a_key_in_the_wrong_table_says_where_it_belongs(where: str, key: str, home: str) -> None:
-    config: dict[str, Any] = {**BASE}
-    if where == "(top)":
-        config[key] = "x"
-        path = key
-    else:
-        config[where] = {**config.get(where, {}), key: 1}
-        path = f"{where}.{key}"
-    with pytest.raises(ValidationError) as caught:
-        Settings.model_validate(config)
-    assert _describe(caught.value.errors()[0]) == f"{path}: unknown key; {key} belongs in {home}"
+    path, line = _unknown_key_line(where, key)
+    assert line == f"{path}: unknown key; {key} belongs in {home}"
 
 
 def test_job_written_as_a_single_table() -> None:
