@@ -20,6 +20,12 @@ asserted.
 --wal-heavy: a server whose cache is never snapshotted, so the archive is almost all WAL
 (telegraf-like points, as bench/snappy_decode.py writes), where `verify --deep` decodes every
 entry's snappy payload.
+
+    env -u PYTHONPATH /opt/influx-backupd/bin/python bench/verify_cost.py --wal-heavy ...
+
+With the package's own interpreter (an installed .deb, or one extracted and byte-compiled as its
+postinst does), the CLI is timed as an operator runs it: a checkout's start can cost twice as
+much (no byte code under PYTHONDONTWRITEBYTECODE, development tools' imports).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from snappy_decode import WAL_ONLY, wal_bytes
 from snappy_decode import generate as generate_wal
 
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from influx_backupd.store.archive import sha256_file
+from influx_backupd.store.formats import check_archive
 
 
 def timed(argv: list[str], cpu: list[float] | None = None) -> float:
@@ -113,6 +121,18 @@ def main() -> int:
             print(
                 f"  round {i + 1}: { {n: round(t[-1], 3) for n, t in times.items()} }", flush=True
             )
+        # The same work in this process, without the CLI around it: where a check's time goes.
+        inner = {
+            "sha256 (hashlib)": lambda: sha256_file(archive),
+            "check_archive + sha256": lambda: check_archive(archive, sha256=True),
+            "check_archive deep + sha256": lambda: check_archive(archive, deep=True, sha256=True),
+        }
+        for i in range(args.runs):
+            for name in list(inner) if i % 2 == 0 else list(reversed(inner)):
+                wall, spent = time.monotonic(), time.process_time()
+                inner[name]()
+                times.setdefault(f"in process: {name}", []).append(time.monotonic() - wall)
+                cpu.setdefault(f"in process: {name}", []).append(time.process_time() - spent)
         loads.append(load())
         try:
             times["verify --restore-test"] = [timed([*cli, "verify", run_id, "--restore-test"])]
