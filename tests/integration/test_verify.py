@@ -17,7 +17,7 @@ from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import new_run_id
 from tests.conftest import Cli, throwaway_influxds, write_config
-from tests.unit.store.test_formats import bolt_file
+from tests.unit.store.test_formats import bolt_file, snappy_elements
 
 
 @dataclasses.dataclass
@@ -148,6 +148,58 @@ def test_a_flipped_byte_in_a_tsm_file_is_caught(backed: Backed, tmp_path: Path) 
     [result] = results(done)
     assert result["checks"]["sha256"].startswith("skipped")
     assert [e for e in result["errors"] if flipped[0] in e]
+
+
+def test_wal_damage_inside_an_entry_is_caught_by_deep_and_framing_damage_by_both(
+    backed: Backed, tmp_path: Path
+) -> None:
+    """A real segment's entry written twice, the first's snappy elements damaged (a copy
+    reaching before the output's start): only decoding finds it. An unknown entry type in the
+    middle breaks the framing: the plain check finds it too."""
+    damaged_wal: list[str] = []
+
+    def damage(info: tarfile.TarInfo, data: bytes, *, framing: bool) -> bytes:
+        if damaged_wal or not (info.name.startswith("wal/") and info.name.endswith(".wal")):
+            return data
+        if len(data) < 5:  # an empty segment
+            return data
+        length = int.from_bytes(data[1:5], "big")
+        entry = bytearray(data[: 5 + length])
+        if framing:
+            entry[0] = 9
+        else:
+            at, kind = next((pos, k) for pos, k in snappy_elements(bytes(entry[5:])) if k)
+            at += 5
+            if kind == 1:  # offset: 3 bits in the tag, 8 in the next byte
+                entry[at] |= 0xE0
+                entry[at + 1] = 0xFF
+            else:
+                width = 2 if kind == 2 else 4
+                entry[at + 1 : at + 1 + width] = b"\xff" * width
+        damaged_wal.append(info.name)
+        return bytes(entry) + data  # the damaged entry, then the whole segment as it was
+
+    for framing in (False, True):
+        damaged_wal.clear()
+        archive = rewrite(
+            Path(backed.record["archive"]),
+            tmp_path / f"wal-{framing}.tar",
+            lambda info, data, framing=framing: damage(info, data, framing=framing),
+        )
+        assert damaged_wal, "the backup has a WAL segment"
+        plain, deep = (
+            results(backed.cli("verify", str(archive), *extra, "--json"))[0]
+            for extra in ((), ("--deep",))
+        )
+        assert deep["status"] == "failed"
+        assert [e for e in deep["errors"] if damaged_wal[0] in e], deep["errors"]
+        if framing:
+            assert plain["status"] == "failed"
+            assert any("unknown entry type 9" in e for e in plain["errors"]), plain["errors"]
+        else:
+            assert plain["status"] == "ok", plain["errors"]
+            assert plain["checks"]["formats"].startswith("ok (")
+            assert any("undecodable snappy payload" in e for e in deep["errors"]), deep["errors"]
 
 
 def test_a_truncated_archive_is_caught(backed: Backed, tmp_path: Path) -> None:
