@@ -172,6 +172,25 @@ class _Digest:
         return self._hash.hexdigest() if self._hash is not None else None
 
 
+class _Region:
+    """A member read in place from the archive's descriptor: seek and read, as read_at uses
+    them. pread keeps no shared file offset, so workers and the hashing thread read at once."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self._fd, self._offset, self.size = fd, offset, size
+        self._pos = 0
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        self._pos = pos if whence == os.SEEK_SET else self._pos + pos
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self._pos if n < 0 else min(n, self.size - self._pos)
+        data = os.pread(self._fd, n, self._offset + self._pos) if n > 0 else b""
+        self._pos += len(data)
+        return data
+
+
 class _Checks:
     """Checks on worker threads, their findings kept in member order; at most IN_FLIGHT_MAX
     bytes of members wait or run at once."""
@@ -187,6 +206,11 @@ class _Checks:
             self._collect_one()
         self._pending.append((len(data), self._pool.submit(_check_held, kind, data, member, deep)))
         self._held += len(data)
+
+    def submit_region(self, kind: Format, region: _Region, member: str, deep: bool) -> None:
+        stream = cast(BinaryIO, region)
+        future = self._pool.submit(_check_member, kind, stream, region.size, member, deep)
+        self._pending.append((0, future))
 
     def add(self, findings: list[Finding]) -> None:
         """Findings made on this thread, in their place among the pending ones."""
@@ -270,16 +294,21 @@ def _check_one(
         if os.pread(digest.fd, 4, info.offset_data + 16) != BOLT_MAGIC_LE:
             return
         kind = "bolt"
-    if info.size <= HOLD_MAX and not info.sparse:
+    if info.sparse:  # not from our writer: tarfile knows where its pieces lie
+        digest.upto(info.offset_data + info.size)
+        extracted = tar.extractfile(info)
+        if extracted is None:
+            return
+        checks.add(_check_member(kind, cast(BinaryIO, extracted), info.size, name, deep))
+    elif info.size <= HOLD_MAX:
         data = digest.read(info.offset_data, info.size)
         if len(data) < info.size:  # the file shrank since the walk began
             checks.add([Finding("error", name, f"data ends before its {info.size} bytes")])
         else:
             checks.submit(kind, data, name, deep)
     else:
-        digest.upto(info.offset_data + info.size)
-        extracted = tar.extractfile(info)
-        if extracted is None:
-            return
-        checks.add(_check_member(kind, cast(BinaryIO, extracted), info.size, name, deep))
+        # checked on a worker from the archive (e.g. a TSM file's index and, deep, its blocks)
+        # while this thread hashes on
+        region = _Region(digest.fd, info.offset_data, info.size)
+        checks.submit_region(kind, region, name, deep)
     report.checked[kind] = report.checked.get(kind, 0) + 1
