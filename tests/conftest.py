@@ -170,6 +170,8 @@ def hot_chain(
     return links
 
 
+# tryfirst: pytest-xdist reads the marker in its own hook of this name (--dist loadgroup).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest -n (scripts/test.sh), the tests of a module that builds a module-scoped
     fixture (a shared influxd with backups, CLI outcomes gathered side by side, a booted
