@@ -25,6 +25,8 @@ import tempfile
 import threading
 import time
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from cold_downtime import generate, parse_size, write_config  # a sibling script
 
 from influx_backupd.influxd.influxql import query, values
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from influx_backupd.store.catalog import Catalog
 
 JOBS = """
 [[job]]
@@ -111,7 +114,7 @@ class Peaks:
         self._thread.join()
 
 
-def cli(conf: Path, *args: str) -> dict[str, Any]:
+def cli(conf: Path, *args: str, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "influx_backupd", "--config", str(conf), *args, "--json"],
         capture_output=True,
@@ -123,6 +126,13 @@ def cli(conf: Path, *args: str) -> dict[str, Any]:
         raise RuntimeError(f"{args}: {done.stderr[-2000:]}") from None
     if done.returncode != 0:
         raise RuntimeError(f"{args} exited {done.returncode}: {done.stderr[-2000:]}")
+    for line in done.stderr.splitlines() if events is not None else []:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "restore.chain_merge":
+            events.append(event)
     return result
 
 
@@ -153,17 +163,42 @@ def build(work: Path, size: int, more: int, increments: int) -> tuple[Path, list
     return conf, [*links, single]
 
 
-def restore(conf: Path, work: Path, run_id: str) -> dict[str, Any]:
+@contextmanager
+def without_listings(work: Path, ids: list[str]) -> Iterator[None]:
+    """The links' shard listings taken out of the catalog meanwhile: the restore then takes
+    the SQL merge (SELECT INTO), as before the file merge or for a remote backup_host."""
+    catalog = Catalog(work / "state")
+    kept = {}
+    for run_id in ids:
+        record = catalog.get(run_id)
+        if record is not None and "shard_listing" in record.extra:
+            kept[run_id] = record.extra.pop("shard_listing")
+            catalog.save(record)
+    try:
+        yield
+    finally:
+        for run_id, listing in kept.items():
+            record = catalog.get(run_id)
+            if record is not None:
+                record.extra["shard_listing"] = listing
+                catalog.save(record)
+
+
+def restore(conf: Path, work: Path, run_id: str, sql: list[str] | None = None) -> dict[str, Any]:
     target = work / "restored"
     shutil.rmtree(target, ignore_errors=True)
-    with Peaks(str(work)) as peaks:
+    with Peaks(str(work)) as peaks, without_listings(work, sql or []):
         started = time.monotonic()
-        result = cli(conf, "restore", run_id, "--target", str(target))
+        merges: list[dict[str, Any]] = []
+        result = cli(conf, "restore", run_id, "--target", str(target), events=merges)
         took = time.monotonic() - started
     return {
         "seconds": took,
         "merge": result.get("merge"),
         "why": result.get("merge_reason"),
+        "merged": {k: merges[0].get(k) for k in ("seconds", "shards_reused", "shards_packed")}
+        if merges
+        else None,
         "anon": peaks.by_role(),
         "target": target,
     }
@@ -199,6 +234,9 @@ def main() -> int:
     ap.add_argument("--increment", default="450M", help="data written before each increment")
     ap.add_argument("--increments", type=int, default=2, help="increments (default 2)")
     ap.add_argument("--runs", type=int, default=1, help="rounds of every restore (default 1)")
+    ap.add_argument(
+        "--sql", action="store_true", help="also the whole chain by SELECT INTO (no listings)"
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="restore-chain-bench-"))
     try:
@@ -211,12 +249,15 @@ def main() -> int:
             f"chain: full + {args.increments} increments": links[-2]["id"],
             "single full, same data": links[-1]["id"],
         }
+        if args.sql:
+            cases[f"chain: full + {args.increments} increments, SELECT INTO"] = links[-2]["id"]
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in cases}
         names = list(cases)
         loads = []
         for i in range(args.runs):
             for name in names if i % 2 == 0 else names[::-1]:
-                result = restore(conf, work, cases[name])
+                sql = [link["id"] for link in links[1:-1]] if "SELECT INTO" in name else None
+                result = restore(conf, work, cases[name], sql)
                 loads.append(psutil.getloadavg()[0])
                 if i == args.runs - 1:
                     result["points"] = points(result["target"])
@@ -228,7 +269,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n# python bench/restore_chain.py {' '.join(sys.argv[1:])}")
     print(f"load average (1 min) after each restore: {', '.join(f'{x:.1f}' for x in loads)}")
-    single = statistics.median(r["seconds"] for r in results[names[-1]])
+    single = statistics.median(r["seconds"] for r in results["single full, same data"])
     print(
         f"| restore --target (median of {args.runs}) | how | time | / single full "
         "| peak RssAnon: server | peak RssAnon: restore tool | points |"

@@ -585,7 +585,7 @@ def merge_chain(links: list[Link], work: Path, logger: Logger) -> tuple[Path | N
         )
     out = work / "merged"
     try:
-        files = write_merged(views, plan, links[-1].path, out)
+        reused, packed = write_merged(views, plan, links[-1].path, out)
     except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
         shutil.rmtree(out, ignore_errors=True)
         return fallback(f"writing the merged backup failed ({exc})")
@@ -595,7 +595,8 @@ def merge_chain(links: list[Link], work: Path, logger: Logger) -> tuple[Path | N
         path="files",
         links=len(links),
         shards=len(plan.shards),
-        files=files,
+        shards_reused=reused,  # a link's tar as it is
+        shards_packed=packed,  # files of several links packed again
         seconds=seconds,
     )
     return out, ChainMerge("files", None, seconds)

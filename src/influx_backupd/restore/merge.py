@@ -222,17 +222,20 @@ def merged_bytes(views: list[LinkView], plan: MergePlan) -> int:
     return total
 
 
-def write_merged(views: list[LinkView], plan: MergePlan, newest: Path, out: Path) -> int:
+def write_merged(
+    views: list[LinkView], plan: MergePlan, newest: Path, out: Path
+) -> tuple[int, int]:
     """The synthetic portable backup in out (made here): the newest link's .meta, one tar.gz a
-    shard with its merged files (gzip level 0: only a valid gzip is needed), a manifest in the
-    tool's format. Returns the files written into the shard tars."""
+    shard with its merged files (gzip level 0: only a valid gzip is needed; a link's own tar
+    when it holds exactly them), a manifest in the tool's format. Returns the shards taken
+    whole from a link and those packed again."""
     out.mkdir(mode=0o700)
     manifest_path, manifest = manifest_of(newest)
     prefix = manifest_path.name.removesuffix(".manifest")
     meta_name = str(manifest["meta"]["fileName"])
     shutil.copyfile(newest / meta_name, out / meta_name)
     entries: list[dict[str, Any]] = []
-    count = 0
+    reused = 0
     last = views[-1]
     for sid, files in sorted(plan.shards.items()):
         part = last.shards[sid]
@@ -241,7 +244,7 @@ def write_merged(views: list[LinkView], plan: MergePlan, newest: Path, out: Path
         if whole is not None:  # one link's tar is the shard as merged: used as it is
             _link_or_copy(whole.tar, out / name)
             entries.append(_entry(part, sid, name, whole.listed))
-            count += len(files)
+            reused += 1
             continue
         with gzip.GzipFile(out / name, "wb", compresslevel=0) as gz:
             counted = _Counting(gz)
@@ -254,14 +257,13 @@ def write_merged(views: list[LinkView], plan: MergePlan, newest: Path, out: Path
                         if member.isfile() and base in wanted:
                             tw.addfile(member, tf.extractfile(member))
                             wanted.discard(base)
-                            count += 1
                 if wanted:
                     raise ValueError(f"{views[link].shards[sid].tar}: {sorted(wanted)} missing")
             tw.close()
         entries.append(_entry(part, sid, name, counted.written))
     merged = {"meta": manifest["meta"], "limited": False, "files": entries}
     (out / f"{prefix}.manifest").write_text(json.dumps(merged, indent=2))
-    return count
+    return reused, len(entries) - reused
 
 
 def _whole_tar(views: list[LinkView], sid: int, files: dict[str, int]) -> ShardPart | None:
