@@ -136,7 +136,9 @@ def cli(conf: Path, *args: str, events: list[dict[str, Any]] | None = None) -> d
     return result
 
 
-def build(work: Path, size: int, more: int, increments: int) -> tuple[Path, list[dict[str, Any]]]:
+def build(
+    work: Path, size: int, more: int, increments: int, step: int
+) -> tuple[Path, list[dict[str, Any]]]:
     server = Sandbox(work / "server", binary=influxd_binary() or "/usr/bin/influxd")
     server.write_config()
     server.start()
@@ -146,10 +148,10 @@ def build(work: Path, size: int, more: int, increments: int) -> tuple[Path, list
         data = generate(server, size)
         settled(server)
         links.append(cli(conf, "backup", "--job", "chain"))
-        first_ts = 1_500_000_000 + data["points"] + SHARD_STEP
+        first_ts = 1_500_000_000 + data["points"] + step
         for number in range(increments):
             data = generate(server, size + more * (number + 1), first_ts=first_ts)
-            first_ts += data["points"] + SHARD_STEP
+            first_ts += data["points"] + step
             settled(server)
             links.append(cli(conf, "backup", "--job", "chain"))
         single = cli(conf, "backup", "--job", "single")
@@ -235,6 +237,11 @@ def main() -> int:
     ap.add_argument("--increments", type=int, default=2, help="increments (default 2)")
     ap.add_argument("--runs", type=int, default=1, help="rounds of every restore (default 1)")
     ap.add_argument(
+        "--same-shard",
+        action="store_true",
+        help="increments write on into the full's shard (its files then packed again)",
+    )
+    ap.add_argument(
         "--sql", action="store_true", help="also the whole chain by SELECT INTO (no listings)"
     )
     args = ap.parse_args()
@@ -242,7 +249,11 @@ def main() -> int:
     try:
         print(f"generating {args.size}, then {args.increments} x {args.increment} ...")
         conf, links = build(
-            work, parse_size(args.size), parse_size(args.increment), args.increments
+            work,
+            parse_size(args.size),
+            parse_size(args.increment),
+            args.increments,
+            10 if args.same_shard else SHARD_STEP,
         )
         cases = {
             "chain: full + 1 increment": links[1]["id"],

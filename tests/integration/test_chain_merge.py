@@ -40,6 +40,15 @@ def _count(url: str, db: str, where: str = "") -> int:
     return int(rows[0][1]) if rows else 0
 
 
+def _by_measurement(url: str) -> dict[str, int]:
+    found = {}
+    for m in ("cpu", "mem"):
+        q = f'SELECT count("value") FROM "{m}"'
+        rows = influxql.values(influxql.query(url, q, "metrics", timeout=120))
+        found[m] = int(rows[0][1]) if rows else 0
+    return found
+
+
 def _figures(url: str) -> dict[str, int]:
     """Points per database and, in metrics, per host h0..h6: what a merge must get exactly."""
     found = {db: _count(url, db) for db in counts.databases(url) if db != "_internal"}
@@ -179,3 +188,63 @@ def test_a_compaction_between_links_merges_with_a_listing_and_falls_back_without
     assert _events(done.stderr, "restore.copied"), "the SQL merge ran"
     with serving(target / "influxdb.conf") as url:
         assert {"metrics": _count(url, "metrics")} == expected
+
+
+@pytest.fixture
+def flushing(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
+    """A live server that flushes its cache into a new TSM file a second after a write."""
+    server = Sandbox(
+        tmp_path / "server",
+        binary=influxd_path,
+        extra_data={"cache-snapshot-write-cold-duration": '"1s"'},
+    )
+    server.write_config()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _tsm_files(sandbox: Sandbox, count: int) -> list[str]:
+    deadline = time.monotonic() + 60
+    while True:
+        found = sorted(p.name for p in sandbox.data.glob("metrics/*/*/*.tsm"))
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"never {count} TSM files: {found}"
+        time.sleep(0.2)
+
+
+def test_a_delete_in_one_of_a_shards_files_stays_deleted(tmp_path: Path, flushing: Sandbox) -> None:
+    """Full: one shard of two files (cpu, then mem). A delete in mem rewrites the shard; the
+    merge takes the increment's files for it, and the restored shard the points as they were."""
+    sandbox = flushing
+    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    _tsm_files(sandbox, 1)
+    sandbox.write_points("metrics", 1_000, measurement="mem")
+    first, second = _tsm_files(sandbox, 2)
+    full = cli.json("backup")
+    [shard] = full["extra"]["shard_listing"]["shards"].values()
+    assert sorted(shard) == [first, second], "the full holds both files"
+    sandbox.query("DELETE FROM mem WHERE host = 'h1'", db="metrics", method="POST")
+    _settled(sandbox)
+    deadline = time.monotonic() + 60
+    while second in _tsm_files(sandbox, 1):
+        assert time.monotonic() < deadline, "the delete never rewrote the file"
+        time.sleep(0.2)
+    expected = _by_measurement(sandbox.url)
+    assert expected["mem"] < 1_000 and expected["cpu"] == 1_000, expected
+    increment = cli.json("backup")
+    assert increment["kind"] == "incremental"
+
+    target = tmp_path / "merged"
+    done = cli("restore", increment["id"], "--target", str(target), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["merge"] == "files"
+    [event] = _events(done.stderr, "restore.chain_merge")
+    assert event["shards"] == 1 and event["shards_reused"] + event["shards_packed"] >= 1, event
+    with serving(target / "influxdb.conf") as url:
+        assert _by_measurement(url) == expected

@@ -75,7 +75,8 @@ def plan_link(
     added = sum(link.bytes for link in links[1:])
     if flavour == "portable" and added >= max(links[0].bytes, OUTGROWN_FLOOR):
         # -since takes whole TSM files, and compactions rewrite them: increments can outgrow
-        # the full. Each is restored through SELECT * INTO (slow, memory-hungry; see
+        # the full, costing space, and, where the restore cannot merge them by files
+        # (restore/merge.py), a SELECT * INTO each (slow, memory-hungry; see
         # docs/performance.md), while a full restores by file copy: start again. Small
         # increments restore in seconds whatever their ratio, hence the floor.
         return LinkPlan(

@@ -225,10 +225,12 @@ def merged_bytes(views: list[LinkView], plan: MergePlan) -> int:
 def write_merged(
     views: list[LinkView], plan: MergePlan, newest: Path, out: Path
 ) -> tuple[int, int]:
-    """The synthetic portable backup in out (made here): the newest link's .meta, one tar.gz a
-    shard with its merged files (gzip level 0: only a valid gzip is needed; a link's own tar
-    when it holds exactly them), a manifest in the tool's format. Returns the shards taken
-    whole from a link and those packed again."""
+    """The synthetic portable backup in out (made here): the newest link's .meta, a manifest in
+    the tool's format, one tar.gz a shard: a link's own tar, by hard link, where it holds
+    exactly the shard's merged files (no gunzip, no copy); else the files packed again from
+    the links' tars (gzip level 0: only a valid gzip is needed). One tar a shard: influxd 1.6's
+    restore takes only one upload of a shard (a manifest listing a shard twice, each with some
+    of its files, restored the first tar's files only). Returns the tars reused and packed."""
     out.mkdir(mode=0o700)
     manifest_path, manifest = manifest_of(newest)
     prefix = manifest_path.name.removesuffix(".manifest")
@@ -240,39 +242,42 @@ def write_merged(
     for sid, files in sorted(plan.shards.items()):
         part = last.shards[sid]
         name = f"{prefix}.s{sid}.tar.gz"
-        whole = _whole_tar(views, sid, files)
-        if whole is not None:  # one link's tar is the shard as merged: used as it is
-            _link_or_copy(whole.tar, out / name)
-            entries.append(_entry(part, sid, name, whole.listed))
+        links = set(files.values())
+        source = views[links.pop()].shards[sid] if len(links) == 1 else None
+        if source is not None and source.files == frozenset(files) and source.listed > 0:
+            _link_or_copy(source.tar, out / name)
+            entries.append(_entry(part, sid, name, source.listed))
             reused += 1
             continue
-        with gzip.GzipFile(out / name, "wb", compresslevel=0) as gz:
-            counted = _Counting(gz)
-            tw = tarfile.open(fileobj=cast(Any, counted), mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
-            for link in sorted(set(files.values())):
-                wanted = {n for n, k in files.items() if k == link}
-                with tarfile.open(views[link].shards[sid].tar, "r|gz") as tf:
-                    for member in tf:
-                        base = PurePosixPath(member.name).name
-                        if member.isfile() and base in wanted:
-                            tw.addfile(member, tf.extractfile(member))
-                            wanted.discard(base)
-                if wanted:
-                    raise ValueError(f"{views[link].shards[sid].tar}: {sorted(wanted)} missing")
-            tw.close()
-        entries.append(_entry(part, sid, name, counted.written))
+        wanted: dict[int, set[str]] = {}
+        for file, link in files.items():
+            wanted.setdefault(link, set()).add(file)
+        entries.append(_entry(part, sid, name, _pack(views, sid, wanted, out / name)))
     merged = {"meta": manifest["meta"], "limited": False, "files": entries}
     (out / f"{prefix}.manifest").write_text(json.dumps(merged, indent=2))
     return reused, len(entries) - reused
 
 
-def _whole_tar(views: list[LinkView], sid: int, files: dict[str, int]) -> ShardPart | None:
-    """The one link's shard tar that holds exactly the merged files, if there is one."""
-    links = set(files.values())
-    if len(links) != 1:
-        return None
-    part = views[links.pop()].shards[sid]
-    return part if part.files == frozenset(files) and part.listed > 0 else None
+def _pack(views: list[LinkView], sid: int, wanted: dict[int, set[str]], dest: Path) -> int:
+    """The wanted files of each link's tar of shard sid into one tar.gz; its unpacked size."""
+    with gzip.GzipFile(dest, "wb", compresslevel=0) as gz:
+        counted = _Counting(gz)
+        tw = tarfile.open(  # noqa: SIM115
+            fileobj=cast(Any, counted), mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20
+        )
+        for link, names in sorted(wanted.items()):
+            left = set(names)
+            tar = views[link].shards[sid].tar
+            with tarfile.open(tar, "r|gz", bufsize=1 << 20) as tf:
+                for member in tf:
+                    base = PurePosixPath(member.name).name
+                    if member.isfile() and base in left:
+                        tw.addfile(member, tf.extractfile(member))
+                        left.discard(base)
+            if left:
+                raise ValueError(f"{tar}: {sorted(left)} missing")
+        tw.close()
+    return counted.written
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import gzip
+import io
+import json
+import tarfile
 from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from influx_backupd.restore.merge import LinkView, ShardPart, listing_of, parse_since, plan_merge
+from influx_backupd.restore.merge import (
+    LinkView,
+    MergePlan,
+    ShardPart,
+    listing_of,
+    parse_since,
+    plan_merge,
+    view_of,
+    write_merged,
+)
 from influx_backupd.store.record import RunRecord
 
 SINCE = 1_000.0
@@ -256,3 +269,69 @@ def test_an_exact_plan_is_the_listed_files_before_plus_the_increment(
     assert all(name in taken or name in listing for name in merged)
     for name in set(listing) - merged:
         assert (name.endswith("-000000001.tsm") and listing[name][1] > SINCE) or not before
+
+
+def _link(directory: Path, prefix: str, shards: dict[int, dict[str, bytes]]) -> Path:
+    """A portable backup dir as influxd writes one: manifest, meta, a tar.gz a shard."""
+    directory.mkdir()
+    (directory / f"{prefix}.meta").write_bytes(b"meta of " + prefix.encode())
+    files = []
+    for sid, members in shards.items():
+        name = f"{prefix}.s{sid}.tar.gz"
+        with tarfile.open(directory / name, "w:gz") as tw:
+            for file, data in members.items():
+                info = tarfile.TarInfo(f"db/autogen/{sid}/{file}")
+                info.size = len(data)
+                tw.addfile(info, io.BytesIO(data))
+        size = len(gzip.decompress((directory / name).read_bytes()))
+        files.append(
+            {
+                "database": "db",
+                "policy": "autogen",
+                "shardID": sid,
+                "fileName": name,
+                "size": size,
+                "lastModified": 0,
+            }
+        )
+    manifest = {"meta": {"fileName": f"{prefix}.meta", "size": 1}, "limited": False, "files": files}
+    (directory / f"{prefix}.manifest").write_text(json.dumps(manifest))
+    return directory
+
+
+def test_the_merged_backup_reuses_whole_tars_and_packs_the_rest(tmp_path: Path) -> None:
+    a, b, c = b"A" * 700, b"B" * 800, b"C" * 900
+    full = _link(
+        tmp_path / "full",
+        "T1",
+        {
+            1: {"000000001-000000001.tsm": a, "000000002-000000001.tsm": b},
+            2: {"000000001-000000001.tsm": a},
+        },
+    )
+    inc = _link(tmp_path / "inc", "T2", {1: {"000000003-000000001.tsm": c}, 2: {}})
+    views = [view_of(full, None, full=True), view_of(inc, None, full=False)]
+    plan = MergePlan(
+        True,
+        None,
+        {
+            1: {"000000001-000000001.tsm": 0, "000000003-000000001.tsm": 1},
+            2: {"000000001-000000001.tsm": 0},
+        },
+    )
+    reused, packed = write_merged(views, plan, inc, tmp_path / "out")
+    assert (reused, packed) == (1, 1)
+    out = tmp_path / "out"
+    manifest = json.loads((out / "T2.manifest").read_text())
+    assert (out / "T2.meta").read_bytes() == b"meta of T2", "the newest link's meta"
+    by_shard = {e["shardID"]: e for e in manifest["files"]}
+    assert sorted(by_shard) == [1, 2]
+    assert (out / by_shard[2]["fileName"]).stat().st_ino == (full / "T1.s2.tar.gz").stat().st_ino
+    with tarfile.open(out / by_shard[1]["fileName"], "r:gz") as tf:
+        got = {m.name: tf.extractfile(m).read() for m in tf}  # type: ignore[union-attr]
+    assert got == {
+        "db/autogen/1/000000001-000000001.tsm": a,
+        "db/autogen/1/000000003-000000001.tsm": c,
+    }
+    unpacked = len(gzip.decompress((out / by_shard[1]["fileName"]).read_bytes()))
+    assert by_shard[1]["size"] == unpacked
