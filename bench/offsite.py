@@ -14,7 +14,9 @@ through the real CLI, sent off-site by it ([offsite] in its config) to a local S
   timed and its peak RSS taken (/usr/bin/time): throughput ratio (target ≥ 0.9), peak RSS
   (target ≤ 150 MB, flat in archive size: the first night's archive is sent the same way).
   Our send is timed twice: as for an archive its run proved less than 24 h ago (each member
-  hashed, not the whole archive again) and with the whole archive hashed again.
+  hashed, not the whole archive again) and with the whole archive hashed again. Each child
+  also reports the CPU seconds of its timed window (all threads), and the load average is
+  recorded before and after.
 
 Not a test: nothing is asserted; targets are printed next to what was measured.
 """
@@ -59,7 +61,7 @@ from influx_backupd.offsite.settings import OffsiteSettings
 settings = OffsiteSettings.model_validate_json(sys.argv[1])
 archive = Path(sys.argv[2])
 offsite = Offsite(settings)  # the client made before the clock starts, as upload_file's is
-started = time.monotonic()
+started, cpu = time.monotonic(), time.process_time()
 # as the CLI does: the headers now, the members hashed while the ones before them are sent;
 # argv[5] "recheck": the whole archive hashed too and checked against its record's sha256
 # (argv[4]) before the manifest, as for an archive proved more than 24 h ago; "fresh": not,
@@ -68,6 +70,7 @@ source = scan_tar(archive, sys.argv[4], lazy=True, recheck=sys.argv[5] == "reche
 scanned = time.monotonic()
 result = offsite.send(Backup(sys.argv[3], "bench", "full", None, {}, source))
 print(json.dumps({"seconds": time.monotonic() - started, "scan_s": scanned - started,
+                  "cpu_s": time.process_time() - cpu,
                   "uploaded": result.bytes_uploaded, "complete": result.complete}))
 """
 
@@ -78,9 +81,9 @@ client = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
     aws_access_key_id=sys.argv[4], aws_secret_access_key=sys.argv[5],
     config=botocore.config.Config(s3={"addressing_style": "path"},
         request_checksum_calculation="when_required", response_checksum_validation="when_required"))
-started = time.monotonic()
+started, cpu = time.monotonic(), time.process_time()
 client.upload_file(sys.argv[2], sys.argv[3], "plain/" + sys.argv[6])
-print(json.dumps({"seconds": time.monotonic() - started}))
+print(json.dumps({"seconds": time.monotonic() - started, "cpu_s": time.process_time() - cpu}))
 """
 
 
@@ -205,16 +208,20 @@ def main() -> int:
             settings = {**offsite, "prefix": "x"}
             for label, archive in (("last", archives[-1]), ("first", archives[0])):
                 ours, rechecked, theirs, ours_rss, theirs_rss = [], [], [], [], []
+                cpu: dict[str, list[float]] = {"fresh": [], "recheck": [], "upload_file": []}
+                load_before = os.getloadavg()
                 for run in range(args.runs if label == "last" else 1):
                     for mode, times in (("fresh", ours), ("recheck", rechecked)):
                         s = json.dumps({**settings, "prefix": f"tp-{label}-{mode}-{run}"})
                         got, rss = timed([sys.executable, "-c", SEND, s, str(archive),
                                           f"run-{run}", digests[archive], mode])  # fmt: skip
                         times.append(got["seconds"])
+                        cpu[mode].append(got["cpu_s"])
                         ours_rss.append(rss)
                     got, rss = timed([sys.executable, "-c", BOTO, url, str(archive), BUCKET,
                                       ACCESS_KEY, SECRET_KEY, f"{label}-{run}.tar"])  # fmt: skip
                     theirs.append(got["seconds"])
+                    cpu["upload_file"].append(got["cpu_s"])
                     theirs_rss.append(rss)
                 n = archive.stat().st_size
                 row = {
@@ -230,7 +237,12 @@ def main() -> int:
                         statistics.median(theirs) / statistics.median(rechecked), 3
                     ),
                     "per_run_ratios": [round(t / o, 2) for t, o in zip(theirs, ours, strict=True)],
+                    # CPU seconds of the sending process in the timed window (all its threads):
+                    # what the load of a shared machine moves least
+                    "cpu_s": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
                     "runs": len(ours),
+                    "load_avg_before": [round(x, 2) for x in load_before],
+                    "load_avg_after": [round(x, 2) for x in os.getloadavg()],
                     "ours_peak_rss_mb": round(max(ours_rss), 1),
                     "upload_file_peak_rss_mb": round(max(theirs_rss), 1),
                 }
