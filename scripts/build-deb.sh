@@ -121,8 +121,7 @@ install -m 0644 packaging/deb/copyright "$DOC/copyright"
 for f in README.md docs/daemon.md docs/operations.md; do
     gzip -9n <"$f" >"$DOC/$(basename "$f").gz"
 done
-install -m 0644 config.example.toml packaging/grafana-dashboard.json "$DOC/"
-gzip -9n "$DOC/grafana-dashboard.json"
+install -m 0644 config.example.toml "$DOC/"
 DATE=$(date -R -d "@$(git log -1 --format=%ct 2>/dev/null || date +%s)")
 printf 'influx-backupd (%s) unstable; urgency=medium\n\n  * Built from the upstream source, see README.md.gz.\n\n -- %s  %s\n' \
     "$VERSION" "$MAINTAINER" "$DATE" | gzip -9n >"$DOC/changelog.gz"
@@ -133,10 +132,11 @@ gzip -9n <"$BUILD/cli/influx-backupd.1" >"$ROOT/usr/share/man/man1/influx-backup
 install -m 0644 "$BUILD/cli/influx-backupd.bash" \
     "$ROOT/usr/share/bash-completion/completions/influx-backupd"
 install -m 0644 "$BUILD/cli/_influx-backupd" "$ROOT/usr/share/zsh/vendor-completions/_influx-backupd"
-# Read by Prometheus (rule_files) and by editors (`#:schema` in the config): as they are.
+# Read by Prometheus (rule_files), Grafana (dashboard provisioning) and editors (`#:schema` in
+# the config) where they lie: as they are, outside /usr/share/doc (which images often strip).
 install -d "$ROOT/usr/share/influx-backupd"
 install -m 0644 packaging/prometheus-alerts.yml packaging/config.schema.json \
-    "$ROOT/usr/share/influx-backupd/"
+    packaging/grafana-dashboard.json "$ROOT/usr/share/influx-backupd/"
 install -d "$ROOT/usr/share/lintian/overrides"
 install -m 0644 packaging/deb/lintian-overrides "$ROOT/usr/share/lintian/overrides/influx-backupd"
 

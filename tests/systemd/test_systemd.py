@@ -257,7 +257,7 @@ def test_the_package_ships_alert_rules_and_config_schema(
     ).stdout.splitlines()
     subprocess.run(["dpkg-deb", "--extract", str(deb), str(tmp_path)], check=True)
     share = tmp_path / "usr" / "share" / "influx-backupd"
-    for name in ("prometheus-alerts.yml", "config.schema.json"):
+    for name in ("prometheus-alerts.yml", "config.schema.json", "grafana-dashboard.json"):
         entry = [line for line in listing if line.endswith(f" ./usr/share/influx-backupd/{name}")]
         assert len(entry) == 1 and entry[0].startswith("-rw-r--r-- root/root "), entry or listing
         assert (share / name).read_bytes() == (ROOT / "packaging" / name).read_bytes()
