@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from influx_backupd.offsite.errors import Damaged
-from influx_backupd.offsite.files import scan_tar
+from influx_backupd.offsite.files import scan_dir, scan_tar
 from influx_backupd.offsite.repo import Backup, Offsite
 from influx_backupd.run.offsite import backup_of
 from influx_backupd.store.record import RunRecord
 from tests.offsite.conftest import Endpoint
-from tests.offsite.helpers import age_identity, cold_backup, make_tar, make_tree
+from tests.offsite.helpers import age_identity, cold_backup, hot_backup, make_tar, make_tree
 from tests.offsite.test_faults import _Throttling
 
 MiB = 1 << 20
@@ -135,3 +135,16 @@ def test_the_whole_archive_is_hashed_again_only_when_its_proof_is_old(
     wal = next(e for e in recent.source.files() if e.path.endswith(".wal"))
     with recent.source.open(wal) as reader:
         assert wal.sha256 == hashlib.sha256(reader.read()).hexdigest()
+
+
+def test_a_hot_dir_that_is_not_its_record_is_found_while_it_is_sent(
+    moto: Endpoint, tmp_path: Path
+) -> None:
+    files = {f"20261130T010000Z.s{i}.tar.gz": os.urandom(300_000 + i) for i in range(4)}
+    good = hot_backup(make_tree(tmp_path / "hot", files), "20261130T010000Z-0009")
+    (tmp_path / "hot" / "20261130T010000Z.s2.tar.gz").write_bytes(os.urandom(300_002))
+    source = scan_dir(tmp_path / "hot", good.source.sha256, lazy=True)
+    offsite = Offsite(moto.settings())
+    with pytest.raises(Damaged, match="damaged, not sent"):
+        offsite.send(Backup(good.id, good.job, good.kind, None, good.record, source))
+    assert offsite.manifests() == []

@@ -296,8 +296,11 @@ def listing_sha256(entries: list[FileEntry]) -> str:
     return listing.hexdigest()
 
 
-def scan_dir(path: Path, expected_sha256: str | None = None) -> Source:
-    """Hash every regular file below a backup dir (a 1.x hot backup is one flat dir)."""
+def scan_dir(path: Path, expected_sha256: str | None = None, *, lazy: bool = False) -> Source:
+    """Hash every regular file below a backup dir (a 1.x hot backup is one flat dir).
+
+    lazy: list the files now; source.hashing() hashes them as the sender asks (see scan_tar),
+    and checks the listing digest after the last one (Damaged there, before the manifest)."""
     if not path.is_dir():
         raise OffsiteError(f"{path}: not a directory")
     entries: list[FileEntry] = []
@@ -310,20 +313,34 @@ def scan_dir(path: Path, expected_sha256: str | None = None) -> Source:
             st = os.lstat(full)
             if not stat.S_ISREG(st.st_mode):
                 raise OffsiteError(f"{full}: not a regular file")
-            digest = hashlib.sha256()
-            with open(full, "rb", buffering=0) as fh:
-                while chunk := fh.read(CHUNK):
-                    digest.update(chunk)
-            entries.append(
-                FileEntry(
-                    rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime, digest.hexdigest()
-                )
-            )
+            entries.append(FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime, ""))
             total += st.st_size
-    sha256 = listing_sha256(entries)
-    if expected_sha256 is not None and sha256 != expected_sha256:
+    source = Source("dir", path, entries, expected_sha256 or "", total, rebuild="tree")
+    source._hashing = partial(_hash_dir, source, expected_sha256)
+    if not lazy:
+        source.hash_all()
+    return source
+
+
+def _hash_dir(
+    source: Source, expected: str | None, cancel: threading.Event | None = None
+) -> Iterator[int]:
+    for i, entry in enumerate(source.entries):
+        digest, n = hashlib.sha256(), 0
+        with open(source.path / entry.path, "rb", buffering=0) as fh:
+            while chunk := fh.read(CHUNK):
+                if cancel is not None and cancel.is_set():
+                    return
+                digest.update(chunk)
+                n += len(chunk)
+        if n != entry.size:
+            raise Damaged(f"{source.path / entry.path}: changed while it was read")
+        source.entries[i] = dataclasses.replace(entry, sha256=digest.hexdigest())
+        yield i
+    sha256 = listing_sha256(source.entries)
+    if expected is not None and sha256 != expected:
         raise Damaged(
-            f"{path}: files digest {sha256[:16]}… is not the {expected_sha256[:16]}… of its "
+            f"{source.path}: files digest {sha256[:16]}… is not the {expected[:16]}… of its "
             "record: the local backup is damaged, not sent"
         )
-    return Source("dir", path, entries, sha256, total, rebuild="tree")
+    source.sha256 = sha256

@@ -200,7 +200,7 @@ def backup_of(record: RunRecord, known: Known | None = None) -> Backup:
     assert record.archive is not None
     path = Path(record.archive)
     if path.is_dir():
-        source = scan_dir(path, record.sha256)
+        source = scan_dir(path, record.sha256, lazy=True)
     elif path.is_file():
         proved = record.finished_at or 0.0
         if record.verify_status == "ok" and record.verified_at:
