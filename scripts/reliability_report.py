@@ -46,6 +46,8 @@ CLASSES: dict[str, str] = {
     "no-stop": "influxd refuses to stop",
     "no-start": "influxd fails to start, then the cause goes",
     "fuzz": "config fuzzer",
+    "term": "SIGTERM mid-command",
+    "refusal": "input refused with one line, nothing touched",
 }
 
 

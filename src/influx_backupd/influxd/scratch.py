@@ -5,6 +5,10 @@ Each holds the throwaway's influxdb.conf and owner.json: which process made it a
 restore's build, the staging dirs it fills beside the live ones. A process killed outright
 leaves the dir, its server serving and those staging dirs behind: guard.recover stops the
 server and removes the staging dirs, prune removes the dir.
+
+A `restore --target DIR` names DIR too (and whether it made it): its throwaways serve from a
+conf in DIR (`--start`), and a DIR its restore never finished is removed again by recovery.
+Once its server answers, `--start` hands the server over to the user by removing the dir.
 """
 
 from __future__ import annotations
@@ -30,15 +34,37 @@ class Owner:
     # not the owner. None in dirs written before it was recorded.
     started: float | None
     staging: list[Path]
+    target: Path | None = None  # restore --target's DIR
+    created: bool = False  # DIR was made by that restore (else it was an empty dir)
+
+    @property
+    def serves(self) -> list[str]:
+        """Confs, besides the scratch dir's own, whose influxd is this owner's."""
+        return [] if self.target is None else [str(self.target / "influxdb.conf")]
 
 
-def make(storage: Path, kind: str = "", staging: list[Path] | None = None) -> Path:
+def make(
+    storage: Path,
+    kind: str = "",
+    staging: list[Path] | None = None,
+    *,
+    target: Path | None = None,
+    created: bool = False,
+) -> Path:
     """A new scratch dir (PREFIX + kind + random), owned by this process."""
     storage.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = Path(tempfile.mkdtemp(prefix=PREFIX + kind, dir=storage))
     me = psutil.Process()
-    owner = {"pid": me.pid, "started": me.create_time(), "staging": [str(p) for p in staging or []]}
-    (path / "owner.json").write_text(json.dumps(owner))
+    owner: dict[str, object] = {
+        "pid": me.pid,
+        "started": me.create_time(),
+        "staging": [str(p) for p in staging or []],
+    }
+    if target is not None:
+        owner.update(target=str(target), created=created)
+    partial = path / "owner.json.partial"
+    partial.write_text(json.dumps(owner))
+    partial.rename(path / "owner.json")  # never half a record: recovery acts on what it says
     return path
 
 
@@ -50,6 +76,8 @@ def owner(scratch: Path) -> Owner | None:
             pid=int(data["pid"]),
             started=None if started is None else float(started),
             staging=[Path(str(p)) for p in data.get("staging") or []],
+            target=None if data.get("target") is None else Path(str(data["target"])),
+            created=bool(data.get("created", False)),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -68,13 +96,19 @@ def owner_alive(scratch: Path) -> bool:
     return made_by.started is None or abs(started - made_by.started) < 0.01
 
 
-def stop_server(scratch: Path) -> None:
-    """The throwaway influxd of a dead owner: SIGKILL, as it holds nothing we keep."""
-    conf = str(scratch / "influxdb.conf")
+def stop_server(scratch: Path) -> list[int]:
+    """The throwaway influxds of a dead owner: SIGKILL, as they hold nothing we keep (a
+    `--target` DIR's server is stopped only before the hand-over, while this dir exists).
+    Returns the pids stopped."""
+    made_by = owner(scratch)
+    confs = {str(scratch / "influxdb.conf"), *(made_by.serves if made_by else [])}
+    stopped = []
     for proc in psutil.process_iter(["cmdline"]):
-        if conf in (proc.info["cmdline"] or []):
+        if confs & set(proc.info["cmdline"] or []):
             try:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
             except (psutil.NoSuchProcess, psutil.TimeoutExpired):
                 continue
+            stopped.append(proc.pid)
+    return stopped

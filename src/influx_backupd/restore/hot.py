@@ -383,11 +383,15 @@ def growth_reported(data: Path, links: list[Link], every: float = 1.0) -> Iterat
 
 def start_throwaway(server: Sandbox, timeout: float, what: str) -> None:
     """Start a throwaway influxd; StepFailed with the end of its log when it does not come up.
-    A signal while it starts does not leave it running."""
+    Neither a signal while it starts nor a start that timed out leaves it running."""
+    log.get().info("throwaway.starting", conf=str(server.conf), what=what)
     try:
         server.start(timeout=timeout)
     except RuntimeError:
         why = server.killed_note() or server.log_tail()
+        if server.proc is not None and server.proc.poll() is None:
+            with signals_blocked():  # not up in time, still starting: no one else stops it
+                server.stop()
         raise StepFailed(f"{what} did not start: {why}") from None
     except BaseException:
         with signals_blocked():

@@ -3,11 +3,18 @@ directory of its own, with a ready-to-run influxdb.conf pointing at it; `--start
 a throwaway influxd. The live server is never stopped, queried or written to: no crash marker,
 no swap; only the lock is taken (prune must not delete a backup while it is read).
 
-DIR must be absent or an empty directory; it is made 0700 (a copy of the data is as private as
-the data). The layout: DIR/meta, DIR/data, DIR/wal (and DIR/hh for a 0.9 cold archive), DIR/influxdb.conf,
-written last: a DIR without it is incomplete. On failure or a signal everything written into DIR
-is removed again. A restore killed outright leaves DIR incomplete, and for a hot chain its
-build server running from a scratch dir, which the next lock-taking command stops.
+DIR must be absent or an empty directory that can be made, outside the live server's dirs; it
+is made 0700 (a copy of the data is as private as the data). The layout: DIR/meta, DIR/data,
+DIR/wal (and DIR/hh for a 0.9 cold archive), DIR/influxdb.conf, written last. DIR/RESTORE-INCOMPLETE
+is written first and removed once the conf is in: a DIR with it (or without the conf) is
+incomplete. On failure or a signal everything written into DIR is removed again.
+
+Ownership: a scratch dir (influxd/scratch.py) names DIR while the command runs. A restore killed
+outright leaves it; the next lock-taking command (guard.recover) then stops any influxd serving
+from it or from DIR's conf (a hot chain's build server, or a `--start` server that was still
+starting) and removes an incomplete DIR again (emptied, if it was there before). A `--start`
+server that answered is handed over to the user (the scratch dir removed, then its pid logged and
+printed with `kill PID`): from then on it is theirs, meant to outlive the command.
 
 The conf: free 127.0.0.1 ports (free when written), every path quoted as TOML, the backed-up
 server's [data] and [coordinator] settings (from the archived influxdb.conf of a cold archive,
@@ -53,6 +60,7 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import check_links
 
 SERVER_DIRS = ("meta", "data", "wal", "hh")
+INCOMPLETE_MARK = "RESTORE-INCOMPLETE"
 # influxd 1.x globs its shard and WAL file names: under a dir whose path holds one of these,
 # it finds none of them and serves empty databases (measured with 1.6 and a backslash)
 GLOB_CHARS = "*?[\\"
@@ -74,10 +82,27 @@ class TargetResult:
     merge_reason: str | None = None  # why not "files"
 
 
-def target_problem(target: Path) -> str | None:
-    """Why DIR cannot take a restore (None: it can): it must be absent or an empty dir."""
+def target_problem(target: Path, live: dict[str, Path] | None = None) -> str | None:
+    """Why DIR cannot take a restore (None: it can): it must be absent (and one that can be
+    made) or an empty dir, and outside the live server's dirs (live: config.server.dirs())."""
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         return f"--target {target}: not a directory"
+    real = Path(os.path.realpath(target))
+    for name, path in (live or {}).items():
+        inside = Path(os.path.realpath(path))
+        if real == inside or inside in real.parents:
+            return (
+                f"--target {target}: inside the live server's {name} dir {path}; "
+                "give a directory outside its meta, data and wal dirs"
+            )
+    if not target.exists():
+        ancestor = target.parent
+        while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            return f"--target {target}: cannot be made, {ancestor} is not a directory"
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            return f"--target {target}: cannot be made, {ancestor} is not writable"
     odd = sorted(set(str(target)) & set(GLOB_CHARS))
     if odd:
         return (
@@ -99,7 +124,7 @@ def restore_into(
     """Restore BACKUP (a catalog id or a path) into target; RestoreRefused (nothing written)
     or RestoreFailed (what was written removed again)."""
     target = target.absolute()
-    problem = target_problem(target)
+    problem = target_problem(target, config.server.dirs())
     if problem is not None:
         raise RestoreRefused(problem)
     source = choose(catalog, backup)
@@ -130,37 +155,64 @@ def restore_into(
         )
     started = time.monotonic()
     created = not target.exists()
-    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # owned (by owner.json) before anything is made: recovery undoes what a kill leaves
+    scratch = scratch_dir.make(config.storage_dir, "target-", target=target, created=created)
     try:
-        os.chmod(target, 0o700)
-        if isinstance(source, ColdSource):
-            server = _unpack_cold(config, source, tops, target, result)
-        elif source.flavour == "portable":
-            server = _rebuild_portable(config, source, target, result)
-        else:
-            server = None
-            _rebuild_09(config, source, target)
-    except (Exception, Interrupted) as exc:
-        with signals_blocked():
-            _empty(target, created)
-        if isinstance(exc, Interrupted):
-            raise
-        what = "removed again" if created else "emptied again"
-        raise RestoreFailed(
-            f"restore into {target} failed ({exc or type(exc).__name__}); {target} {what}; "
-            "the live server was not touched"
-        ) from None
-    result.seconds = round(time.monotonic() - started, 3)
-    logger.info("restore.unpacked", conf=result.conf, files=result.files, seconds=result.seconds)
-    if start and server is not None:
         try:
-            start_throwaway(server, config.settings.influxd.start_timeout, "influxd")
-        except StepFailed as exc:
+            target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RestoreRefused(f"--target {target}: cannot be made ({exc.strerror})") from None
+        try:
+            os.chmod(target, 0o700)
+            mark = target / INCOMPLETE_MARK
+            mark.write_text(
+                f"influx-backupd restore of {result.archive} into this directory (pid "
+                f"{os.getpid()}) has not finished: if it is gone, the next command that takes "
+                "the backup lock removes what it wrote\n"
+            )
+            if isinstance(source, ColdSource):
+                server = _unpack_cold(config, source, tops, target, result)
+            elif source.flavour == "portable":
+                server = _rebuild_portable(config, source, target, result, scratch)
+            else:
+                server = None
+                _rebuild_09(config, source, target)
+            mark.unlink()  # the conf is in: complete
+        except (Exception, Interrupted) as exc:
+            with signals_blocked():
+                _empty(target, created)
+            what = "removed again" if created else "emptied again"
+            why = (
+                f"interrupted by {exc}"
+                if isinstance(exc, Interrupted)
+                else f"failed ({exc or type(exc).__name__})"
+            )
             raise RestoreFailed(
-                f"the backup is in {target}, but {exc} (its log: {target / 'influxd.log'})"
+                f"restore into {target} {why}; {target} {what}; the live server was not touched"
             ) from None
-        result.url = server.url
-        result.pid = server.proc.pid if server.proc is not None else None
+        result.seconds = round(time.monotonic() - started, 3)
+        logger.info(
+            "restore.unpacked", conf=result.conf, files=result.files, seconds=result.seconds
+        )
+        if start and server is not None:
+            try:
+                start_throwaway(server, config.settings.influxd.start_timeout, "influxd")
+            except StepFailed as exc:
+                raise RestoreFailed(
+                    f"the backup is in {target}, but {exc} (its log: {target / 'influxd.log'})"
+                ) from None
+            except Interrupted as exc:  # start_throwaway stopped it
+                raise RestoreFailed(
+                    f"interrupted by {exc} while influxd started on {target}, which was stopped "
+                    f"again; the backup is in {target} (serve it with: influxd run -config "
+                    f"{result.conf}); the live server was not touched"
+                ) from None
+            result.url = server.url
+            result.pid = server.proc.pid if server.proc is not None else None
+    finally:
+        with signals_blocked():
+            shutil.rmtree(scratch, ignore_errors=True)  # with --start: the server handed over
+    if result.pid is not None:
         logger.info("restore.serving", url=result.url, pid=result.pid)
     return result
 
@@ -179,30 +231,26 @@ def _unpack_cold(
 
 
 def _rebuild_portable(
-    config: Config, source: HotSource, target: Path, result: TargetResult
+    config: Config, source: HotSource, target: Path, result: TargetResult, scratch: Path
 ) -> Sandbox:
-    """The chain restored into a throwaway whose dirs are target's (its conf in a scratch dir,
-    so that recovery stops it after a kill), its WAL flushed into TSM, then stopped."""
+    """The chain restored into a throwaway whose dirs are target's (its conf in the restore's
+    scratch dir, so that recovery stops it after a kill), its WAL flushed into TSM, stopped."""
     logger = log.get(action="restore", mode="hot", target=str(target))
     data, sections = live_settings(config.server.conf)
     build_data = {**data, "cache-snapshot-write-cold-duration": '"1s"'}
-    scratch = scratch_dir.make(config.storage_dir, "restore-")
     merges: list[ChainMerge] = []
-    try:
-        with chain_server(
-            config,
-            source.links,
-            scratch,
-            tag=scratch.name[-8:],
-            logger=logger,
-            dirs={top: target / top for top in ("meta", "data", "wal")},
-            extra_data=build_data,
-            extra_sections=sections,
-            merges=merges,
-        ):
-            wait_wal_flushed(target / "wal", logger)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with chain_server(
+        config,
+        source.links,
+        scratch,
+        tag=scratch.name[-8:],
+        logger=logger,
+        dirs={top: target / top for top in ("meta", "data", "wal")},
+        extra_data=build_data,
+        extra_sections=sections,
+        merges=merges,
+    ):
+        wait_wal_flushed(target / "wal", logger)
     if merges:
         result.merge, result.merge_reason = merges[0].path, merges[0].reason
     return throwaway(config, target, (data, sections))  # its conf written last
@@ -232,6 +280,17 @@ def _rebuild_09(config: Config, source: HotSource, target: Path) -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     conf.rename(target / "influxdb.conf")
+
+
+def recover_target(target: Path, created: bool) -> bool:
+    """After a restore into target was killed outright: remove what it wrote unless it
+    finished (the conf in, the mark gone). True: removed (or emptied, if it was there before)."""
+    if not target.is_dir() or target.is_symlink():
+        return False
+    if (target / "influxdb.conf").is_file() and not (target / INCOMPLETE_MARK).exists():
+        return False
+    _empty(target, created)
+    return True
 
 
 def _empty(target: Path, created: bool) -> None:

@@ -17,6 +17,7 @@ from influx_backupd.influxd.server import Influxd, InfluxdError
 from influx_backupd.report import progress
 from influx_backupd.restore.database import recover_database_restore
 from influx_backupd.restore.swap import roll_back
+from influx_backupd.restore.target import recover_target
 from influx_backupd.run.followup import follow_up, write_metrics
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog, CatalogDamaged
@@ -239,9 +240,29 @@ def _restore_tests_left(storage: Path) -> None:
     for path in storage.glob(scratch.PREFIX + "*"):
         if not path.is_dir() or scratch.owner_alive(path):
             continue
-        scratch.stop_server(path)
         made_by = scratch.owner(path)
+        stopped = scratch.stop_server(path)
+        if stopped:
+            log.get().warning("recovery.throwaway_stopped", scratch=str(path), pids=stopped)
         for staged in made_by.staging if made_by else []:
             if layout.is_restore_staging(staged) and staged.is_dir():
                 shutil.rmtree(staged, ignore_errors=True)
                 log.get().warning("recovery.restore_staging_removed", path=str(staged))
+        if made_by is not None and made_by.target is not None:
+            target = made_by.target
+            if recover_target(target, made_by.created):
+                log.get().warning(
+                    "recovery.target_removed",
+                    path=str(target),
+                    detail="a restore --target killed before it finished: what it wrote is gone",
+                )
+            elif target.is_dir():
+                log.get().warning(
+                    "recovery.target_kept",
+                    path=str(target),
+                    detail="a restore --target killed while its influxd started: the copy is "
+                    f"whole, that server stopped; serve it with influxd run -config "
+                    f"{target / 'influxdb.conf'}",
+                )
+            # DIR dealt with: a later restore into the same DIR must never be taken for this one
+            shutil.rmtree(path, ignore_errors=True)
