@@ -67,24 +67,32 @@ def _settled(sandbox: Sandbox, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture
-def compacting(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
-    """A live server that flushes its cache after a second and compacts a cold shard fully two
-    seconds later: a compaction between two links, for sure."""
-    server = Sandbox(
-        tmp_path / "server",
-        binary=influxd_path,
-        extra_data={
-            "cache-snapshot-write-cold-duration": '"1s"',
-            "compact-full-write-cold-duration": '"2s"',
-        },
-    )
+def _live(tmp_path: Path, influxd_path: str, **data: str) -> Iterator[Sandbox]:
+    """A live server with these [data] settings."""
+    server = Sandbox(tmp_path / "server", binary=influxd_path, extra_data=data)
     server.write_config()
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def compacting(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
+    """A live server that flushes its cache after a second and compacts a cold shard fully two
+    seconds later: a compaction between two links, for sure."""
+    settings = {
+        "cache-snapshot-write-cold-duration": '"1s"',
+        "compact-full-write-cold-duration": '"2s"',
+    }
+    yield from _live(tmp_path, influxd_path, **settings)
+
+
+@pytest.fixture
+def flushing(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
+    """A live server that flushes its cache into a new TSM file a second after a write."""
+    yield from _live(tmp_path, influxd_path, **{"cache-snapshot-write-cold-duration": '"1s"'})
 
 
 def test_deletes_and_a_dropped_database_between_links_do_not_come_back(
@@ -188,22 +196,6 @@ def test_a_compaction_between_links_merges_with_a_listing_and_falls_back_without
     assert _events(done.stderr, "restore.copied"), "the SQL merge ran"
     with serving(target / "influxdb.conf") as url:
         assert {"metrics": _count(url, "metrics")} == expected
-
-
-@pytest.fixture
-def flushing(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
-    """A live server that flushes its cache into a new TSM file a second after a write."""
-    server = Sandbox(
-        tmp_path / "server",
-        binary=influxd_path,
-        extra_data={"cache-snapshot-write-cold-duration": '"1s"'},
-    )
-    server.write_config()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _tsm_files(sandbox: Sandbox, count: int) -> list[str]:
