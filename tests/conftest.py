@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,16 +51,22 @@ def influxd_path() -> str:
     return found
 
 
-@pytest.fixture
-def sandbox(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
-    """A real influxd 1.x on free ports, its dirs under tmp_path/server."""
-    server = Sandbox(tmp_path / "server", binary=influxd_path)
+@contextmanager
+def started(server: Sandbox) -> Iterator[Sandbox]:
+    """server with its config written and running; stopped on the way out."""
     server.write_config()
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
+    """A real influxd 1.x on free ports, its dirs under tmp_path/server."""
+    with started(Sandbox(tmp_path / "server", binary=influxd_path)) as server:
+        yield server
 
 
 def write_config(
@@ -69,6 +76,7 @@ def write_config(
     influxd: dict[str, Any] | None = None,
     jobs: list[dict[str, Any]] | None = None,
     extra: str = "",
+    daemon: dict[str, Any] | None = None,
 ) -> Path:
     section: dict[str, Any] = {
         "config": str(server.conf),
@@ -82,6 +90,7 @@ def write_config(
     lines = [
         "[daemon]",
         f'state_dir = "{tmp_path / "state"}"',
+        *(f"{k} = {json.dumps(v)}" for k, v in (daemon or {}).items()),
         "",
         "[influxd]",
         *(f"{k} = {json.dumps(v)}" for k, v in section.items() if v is not None),
@@ -96,6 +105,38 @@ def write_config(
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
+
+
+@dataclass
+class FailureHook:
+    """A job's on_failure that writes the INFLUX_BACKUPD_ variables it was given to a file."""
+
+    out: Path
+
+    @property
+    def argv(self) -> list[str]:
+        return ["sh", "-c", f"env | grep ^INFLUX_BACKUPD_ > {self.out}"]
+
+    def called(self) -> bool:
+        """Whether it ran and was told an error."""
+        return self.out.exists() and "INFLUX_BACKUPD_ERROR=" in self.out.read_text()
+
+    def told(self) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in self.out.read_text().splitlines())
+
+
+def failure_hooked(tmp_path: Path, **when: str) -> tuple[dict[str, Any], FailureHook]:
+    """The default job (cold, direct copy, nightly at 03:00 unless `when` says otherwise, e.g.
+    every="1h") with a FailureHook writing to tmp_path/on_failure.env."""
+    hook = FailureHook(tmp_path / "on_failure.env")
+    job = {
+        "name": "nightly",
+        **(when or {"schedule": "0 3 * * *"}),
+        "mode": "cold",
+        "copy": "direct",
+        "on_failure": hook.argv,
+    }
+    return job, hook
 
 
 @dataclass

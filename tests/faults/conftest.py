@@ -10,13 +10,15 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from tests.conftest import Cli, started, write_config
 
 RESULTS_ENV = "INFLUX_BACKUPD_FAULT_RESULTS"
 
@@ -257,3 +259,38 @@ def run_cli(config: Path, *args: str, umask: int | None = None, timeout: float =
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         umask=-1 if umask is None else umask,
     )
+
+
+# -- one server with a cold and a hot backup, shared by a module's variants ------------------
+
+COLD_AND_HOT = [
+    {"name": "nightly", "mode": "cold", "copy": "direct"},
+    {"name": "hotjob", "mode": "hot"},
+]
+
+
+@dataclass
+class BackedUp:
+    root: Path
+    server: Sandbox
+    cli: Cli
+    runs: list[dict[str, Any]]  # the records of the COLD_AND_HOT backups, in that order
+
+
+@contextmanager
+def backed_up(
+    tmp_path_factory: pytest.TempPathFactory, name: str, points: int
+) -> Iterator[BackedUp]:
+    """A real influxd with `points` points in database metrics, and one backup by each job of
+    COLD_AND_HOT (both ok): for a module fixture, under a temp dir of its own."""
+    binary = influxd_binary()
+    if binary is None:
+        pytest.fail("influxd is not installed")
+    root = tmp_path_factory.mktemp(name)
+    with started(Sandbox(root / "server", binary=binary)) as server:
+        server.create_db("metrics")
+        server.write_points("metrics", points)
+        cli = Cli(write_config(root, server, jobs=COLD_AND_HOT))
+        runs = [cli.json("backup", "--job", job["name"]) for job in COLD_AND_HOT]
+        assert [r["status"] for r in runs] == ["ok", "ok"], runs
+        yield BackedUp(root, server, cli, runs)

@@ -19,12 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.state import CrashMarker
 from tests.conftest import Cli, write_config
-from tests.faults.conftest import FaultResult, Ledger, backups, one_line
+from tests.faults.conftest import (
+    COLD_AND_HOT,
+    FaultResult,
+    Ledger,
+    backed_up,
+    backups,
+    one_line,
+)
 
-JOBS = [{"name": "nightly", "mode": "cold", "copy": "direct"}, {"name": "hotjob", "mode": "hot"}]
+JOBS = COLD_AND_HOT
 POINTS = 3_000
 
 
@@ -40,29 +47,15 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    binary = influxd_binary()
-    if binary is None:
-        pytest.fail("influxd is not installed")
-    root = tmp_path_factory.mktemp("catalog")
-    server = Sandbox(root / "server", binary=binary)
-    server.write_config()
-    server.start()
-    try:
-        server.create_db("metrics")
-        server.write_points("metrics", POINTS)
-        cli = Cli(write_config(root, server, jobs=JOBS))
-        runs = [cli.json("backup", "--job", job["name"]) for job in JOBS]
-        assert [r["status"] for r in runs] == ["ok", "ok"], runs
+    with backed_up(tmp_path_factory, "catalog", POINTS) as got:
         yield World(
-            root,
-            server,
-            root / "archives",
-            (root / "state" / "catalog.db").read_bytes(),
-            [r["id"] for r in runs],
-            backups(root / "archives"),
+            got.root,
+            got.server,
+            got.root / "archives",
+            (got.root / "state" / "catalog.db").read_bytes(),
+            [r["id"] for r in got.runs],
+            backups(got.root / "archives"),
         )
-    finally:
-        server.stop()
 
 
 def _settle(world: World, influxd: list[int], result: FaultResult) -> None:

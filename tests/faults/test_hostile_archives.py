@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import STAND_INS, Cli, write_config
-from tests.faults.conftest import FaultResult, one_line
+from tests.faults.conftest import COLD_AND_HOT, FaultResult, backed_up, one_line
 
-JOBS = [{"name": "nightly", "mode": "cold", "copy": "direct"}, {"name": "hotjob", "mode": "hot"}]
+JOBS = COLD_AND_HOT
 POINTS = 2_000
 
 
@@ -38,22 +38,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    binary = influxd_binary()
-    if binary is None:
-        pytest.fail("influxd is not installed")
-    root = tmp_path_factory.mktemp("hostile")
-    server = Sandbox(root / "server", binary=binary)
-    server.write_config()
-    server.start()
-    try:
-        server.create_db("metrics")
-        server.write_points("metrics", POINTS)
-        cli = Cli(write_config(root, server, jobs=JOBS))
-        cold, hot = (cli.json("backup", "--job", job["name"]) for job in JOBS)
-        assert cold["status"] == hot["status"] == "ok"
-        yield World(root, server, cli, Path(cold["archive"]), Path(hot["archive"]))
-    finally:
-        server.stop()
+    with backed_up(tmp_path_factory, "hostile", POINTS) as got:
+        cold, hot = got.runs
+        yield World(got.root, got.server, got.cli, Path(cold["archive"]), Path(hot["archive"]))
 
 
 def _settle(world: World, influxd: list[int], result: FaultResult) -> None:

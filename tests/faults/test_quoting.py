@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import Cli
+from tests.conftest import Cli, started
 from tests.faults.conftest import FaultResult, Ledger, one_line
 from tests.faults.test_config_values import config_text
 
@@ -42,13 +42,8 @@ def odd_root(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def odd_server(odd_root: Path, influxd_path: str) -> Iterator[Sandbox]:
-    server = Sandbox(odd_root / "server", binary=influxd_path)
-    server.write_config()
-    server.start()
-    try:
+    with started(Sandbox(odd_root / "server", binary=influxd_path)) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.fault("6", "paths that need quoting")

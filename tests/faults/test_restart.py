@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
-from tests.conftest import write_config
+from tests.conftest import failure_hooked, wait_until, write_config
 from tests.faults.conftest import Ledger, Watched, one_line, run_cli
 from tests.system.test_daemon import daemon
 
@@ -28,11 +27,15 @@ def _filler(sandbox: Sandbox) -> None:
         fh.truncate(FILLER)
 
 
-def _until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"never saw {what}"
-        time.sleep(0.01)
+def _killed_mid_copy(config: Path, sandbox: Sandbox, ledger: Ledger) -> None:
+    """ledger.take(), then a backup SIGKILLed as its copy begins: influxd left stopped (the
+    filler that makes the copy long enough to aim at removed again)."""
+    ledger.take()
+    _filler(sandbox)
+    backup = Watched(config, "backup")
+    backup.wait_event("archive.writing", phase="copy")
+    backup.kill()
+    (sandbox.data / "filler.bin").unlink()
 
 
 def _hold_port(port: int) -> socket.socket:
@@ -59,7 +62,7 @@ def test_a_foreground_backup_retries_the_start_until_the_port_is_free(
     ledger.take()
     _filler(sandbox)
     backup = Watched(config, "backup", "--json")
-    _until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "influxd stopped by the backup")
+    wait_until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "influxd stopped by the backup")
     holder = _hold_port(sandbox.http_port if port.startswith("HTTP") else sandbox.rpc_port)
     try:
         failed = backup.wait_event("influxd.start_failed", timeout=120)
@@ -84,19 +87,9 @@ def test_the_daemon_keeps_trying_says_so_and_tells_on_failure(
 ) -> None:
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
-    hook_out = tmp_path / "on_failure.env"
-    job = {
-        "name": "nightly",
-        "every": "1h",
-        "mode": "cold",
-        "copy": "direct",
-        "on_failure": ["sh", "-c", f"env | grep ^INFLUX_BACKUPD_ > {hook_out}"],
-    }
+    job, hook = failure_hooked(tmp_path, every="1h")
     metrics = tmp_path / "metrics.prom"
-    config = write_config(tmp_path, sandbox, jobs=[job])
-    config.write_text(
-        config.read_text().replace("[daemon]\n", f'[daemon]\nmetrics_file = "{metrics}"\n', 1)
-    )
+    config = write_config(tmp_path, sandbox, jobs=[job], daemon={"metrics_file": str(metrics)})
     # a run due an hour ago: the daemon catches it up as it starts
     Catalog(tmp_path / "state").save(
         RunRecord(
@@ -113,18 +106,18 @@ def test_the_daemon_keeps_trying_says_so_and_tells_on_failure(
     holder: socket.socket | None = None
     with daemon(tmp_path, config) as d:
         try:
-            _until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "the caught-up run's stop")
+            wait_until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "the caught-up run's stop")
             holder = _hold_port(sandbox.http_port)
-            _until(
-                lambda: hook_out.exists() and "INFLUX_BACKUPD_ERROR=" in hook_out.read_text(),
+            wait_until(
+                hook.called,
                 180,
                 "on_failure told of the failed start",
             )
-            told = dict(line.split("=", 1) for line in hook_out.read_text().splitlines())
+            told = hook.told()
             assert told["INFLUX_BACKUPD_STATUS"] == "failed"
             assert "start" in told["INFLUX_BACKUPD_ERROR"], told
             # Between jobs it keeps trying, and says so: status line, status, metrics.
-            _until(
+            wait_until(
                 lambda: "influxd down" in (run_cli(config, "status").stdout or ""),
                 60,
                 "status saying influxd is down",
@@ -133,7 +126,7 @@ def test_the_daemon_keeps_trying_says_so_and_tells_on_failure(
             report = json.loads(status.stdout)
             assert "influxd down" in report["daemon"]["status"], report["daemon"]
             assert "retry" in report["daemon"]["status"], report["daemon"]
-            _until(
+            wait_until(
                 lambda: (
                     metrics.exists() and "influx_backupd_influxd_left_down 1" in metrics.read_text()
                 ),
@@ -143,13 +136,13 @@ def test_the_daemon_keeps_trying_says_so_and_tells_on_failure(
             assert not sandbox.ping()
             holder.close()
             holder = None
-            _until(sandbox.ping, 120, "the daemon starting influxd once the port is free")
-            _until(
+            wait_until(sandbox.ping, 120, "the daemon starting influxd once the port is free")
+            wait_until(
                 lambda: "influx_backupd_influxd_left_down 0" in metrics.read_text(),
                 60,
                 "influx_backupd_influxd_left_down 0",
             )
-            _until(
+            wait_until(
                 lambda: "influxd down" not in run_cli(config, "status").stdout,
                 60,
                 "status no longer saying influxd is down",
@@ -172,12 +165,7 @@ def test_every_command_reports_influxd_left_stopped_and_what_brings_it_back(
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
     config = write_config(tmp_path, sandbox)
-    ledger.take()
-    _filler(sandbox)
-    backup = Watched(config, "backup")
-    backup.wait_event("archive.writing", phase="copy")
-    backup.kill()
-    (sandbox.data / "filler.bin").unlink()
+    _killed_mid_copy(config, sandbox, ledger)
     assert not sandbox.ping(), "killed inside the stop window: influxd is down"
 
     for args in (("list",), ("status",), ("check-config",), ("list", "--json")):
@@ -211,12 +199,7 @@ def test_the_next_command_keeps_trying_to_start_influxd_a_killed_run_left_stoppe
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
     config = write_config(tmp_path, sandbox)
-    ledger.take()
-    _filler(sandbox)
-    backup = Watched(config, "backup")
-    backup.wait_event("archive.writing", phase="copy")
-    backup.kill()
-    (sandbox.data / "filler.bin").unlink()
+    _killed_mid_copy(config, sandbox, ledger)
     holder = _hold_port(sandbox.http_port)
     try:
         recovery = Watched(config, "prune", "--dry-run")
@@ -244,36 +227,24 @@ def test_a_daemon_started_after_a_kill_tells_on_failure_and_keeps_trying(
 ) -> None:
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
-    hook_out = tmp_path / "on_failure.env"
-    job = {
-        "name": "nightly",
-        "schedule": "0 3 * * *",
-        "mode": "cold",
-        "copy": "direct",
-        "on_failure": ["sh", "-c", f"env | grep ^INFLUX_BACKUPD_ > {hook_out}"],
-    }
+    job, hook = failure_hooked(tmp_path)
     config = write_config(tmp_path, sandbox, jobs=[job])
-    ledger.take()
-    _filler(sandbox)
-    backup = Watched(config, "backup")
-    backup.wait_event("archive.writing", phase="copy")
-    backup.kill()
-    (sandbox.data / "filler.bin").unlink()
+    _killed_mid_copy(config, sandbox, ledger)
     holder: socket.socket | None = _hold_port(sandbox.http_port)
     try:
         with daemon(tmp_path, config) as d:
             # Recovery could not start influxd: the killed run is recorded and its on_failure
             # told now, not once influxd is back; the daemon is up and says what it does.
             d.wait_event("daemon.ready", 120)
-            _until(
-                lambda: hook_out.exists() and "INFLUX_BACKUPD_ERROR=" in hook_out.read_text(),
+            wait_until(
+                hook.called,
                 120,
                 "on_failure told of the killed run",
             )
-            told = dict(line.split("=", 1) for line in hook_out.read_text().splitlines())
+            told = hook.told()
             assert told["INFLUX_BACKUPD_STATUS"] == "interrupted", told
             assert "could not be started again" in told["INFLUX_BACKUPD_ERROR"], told
-            _until(
+            wait_until(
                 lambda: (
                     "retrying"
                     in json.loads(run_cli(config, "status", "--json").stdout)["daemon"]["status"]
@@ -285,8 +256,8 @@ def test_a_daemon_started_after_a_kill_tells_on_failure_and_keeps_trying(
             assert holder is not None
             holder.close()
             holder = None
-            _until(sandbox.ping, 120, "the daemon starting influxd once the port is free")
-            _until(
+            wait_until(sandbox.ping, 120, "the daemon starting influxd once the port is free")
+            wait_until(
                 lambda: not (tmp_path / "state" / MARKER).exists(), 60, "the crash marker cleared"
             )
             assert d.stop() == 0

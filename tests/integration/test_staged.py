@@ -20,7 +20,7 @@ from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.jobs.staging import Stager
 from influx_backupd.store.archive import write_archive
 from influx_backupd.store.layout import staging_root
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli, started, write_config
 
 BATCH = 200
 
@@ -38,12 +38,8 @@ def busy_sandbox(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
             "compact-full-write-cold-duration": '"1s"',
         },
     )
-    server.write_config()
-    server.start()
-    try:
+    with started(server):
         yield server
-    finally:
-        server.stop()
 
 
 @dataclass

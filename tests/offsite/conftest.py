@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import started
+
 ACCESS_KEY = "AKIATESTOFFSITE00001"
 SECRET_KEY = "s3cr3t-never-in-logs-7Hq2Lw9ZpX"
 
@@ -150,3 +153,10 @@ def rclone(tmp_path: Path) -> Iterator[Endpoint]:
 @pytest.fixture(params=["moto", "rclone"])
 def endpoint(request: pytest.FixtureRequest) -> Endpoint:
     return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def second(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
+    """A second real influxd (a fresh host), its dirs under tmp_path/newhost/server."""
+    with started(Sandbox(tmp_path / "newhost" / "server", binary=influxd_path)) as server:
+        yield server

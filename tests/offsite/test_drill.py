@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, write_config
@@ -16,17 +13,6 @@ from tests.offsite.conftest import Endpoint
 from tests.offsite.helpers import offsite_section
 
 JOBS = [{"name": "nightly", "mode": "cold", "copy": "direct"}, {"name": "hotjob", "mode": "hot"}]
-
-
-@pytest.fixture
-def second(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
-    server = Sandbox(tmp_path / "newhost" / "server", binary=influxd_path)
-    server.write_config()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_fresh_host_restores_a_cold_archive_and_a_hot_chain_from_the_bucket(

@@ -5,7 +5,6 @@ database of a hot chain into its live server."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,6 @@ from tests.offsite.conftest import Endpoint
 from tests.offsite.helpers import offsite_section
 
 JOBS = [{"name": "nightly", "mode": "cold", "copy": "direct"}, {"name": "hotjob", "mode": "hot"}]
-
-
-@pytest.fixture
-def second(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
-    server = Sandbox(tmp_path / "newhost" / "server", binary=influxd_path)
-    server.write_config()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("endpoint", ["moto"], indirect=True)

@@ -11,7 +11,7 @@ import psutil
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
-from tests.conftest import Cli, throwaway_influxds, wait_until, write_config
+from tests.conftest import Cli, failure_hooked, throwaway_influxds, wait_until, write_config
 from tests.system.test_daemon import daemon, runs, wait_runs
 
 FILLER = 1_500_000_000  # sparse: makes the copy (and so the stop window) long enough to aim at
@@ -100,18 +100,9 @@ def test_a_restore_test_killed_leaves_no_throwaway_influxd_behind(
 def test_a_hot_run_killed_is_recorded_interrupted_and_its_leftovers_go(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    hook_out = tmp_path / "on_failure.env"
-    job = {
-        "name": "nightly",
-        "schedule": "0 3 * * *",
-        "mode": "cold",
-        "copy": "direct",
-        "on_failure": ["sh", "-c", f"env | grep ^INFLUX_BACKUPD_ > {hook_out}"],
-    }
-    config = write_config(tmp_path, sandbox, jobs=[job])
+    job, hook = failure_hooked(tmp_path)
     metrics = tmp_path / "metrics.prom"
-    text = config.read_text()
-    config.write_text(text.replace("[daemon]\n", f'[daemon]\nmetrics_file = "{metrics}"\n', 1))
+    config = write_config(tmp_path, sandbox, jobs=[job], daemon={"metrics_file": str(metrics)})
     cli = Cli(config)
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 20_000)
@@ -144,7 +135,7 @@ def test_a_hot_run_killed_is_recorded_interrupted_and_its_leftovers_go(
     prom = metrics.read_text()
     assert 'influx_backupd_runs_total{backup_job="nightly",result="interrupted"} 1' in prom
     assert 'influx_backupd_runs_total{backup_job="nightly",result="ok"} 1' in prom
-    told = dict(line.split("=", 1) for line in hook_out.read_text().splitlines())
+    told = hook.told()
     assert told["INFLUX_BACKUPD_RUN_ID"] == killed.id
     assert told["INFLUX_BACKUPD_STATUS"] == "interrupted"
 
