@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli, started, write_config
 
 ADMIN = ("admin", "pa:ss w0rd!")  # a colon and a space: Basic auth must carry them as they are
 HOT = [{"name": "hotjob", "mode": "hot"}]
@@ -22,13 +22,8 @@ HOT = [{"name": "hotjob", "mode": "hot"}]
 @pytest.fixture
 def server(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
     """A real influxd with auth enabled and one admin; its helpers authenticate as the admin."""
-    sandbox = Sandbox(tmp_path / "server", binary=influxd_path, admin=ADMIN)
-    sandbox.write_config()
-    sandbox.start()
-    try:
+    with started(Sandbox(tmp_path / "server", binary=influxd_path, admin=ADMIN)) as sandbox:
         yield sandbox
-    finally:
-        sandbox.stop()
 
 
 def password_file(tmp_path: Path, password: str = ADMIN[1], name: str = "influx-password") -> Path:
