@@ -22,7 +22,7 @@ from influx_backupd.core.config import load
 from influx_backupd.core.errors import CheckFailed
 from influx_backupd.influxd.tool import parse_version, probe_snapshot_service, run_tool, split_host
 from influx_backupd.jobs.follower import Follower
-from influx_backupd.jobs.hot import clock_url
+from influx_backupd.jobs.hot import _listing_source, clock_url, shard_listing
 from influx_backupd.jobs.plan import plan_link
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.scanners import portable_meta_size, scan_portable, scan_snapshot09
@@ -402,23 +402,7 @@ def test_run_tool_stops_a_tool_whose_retries_cannot_help(line: str) -> None:
 def test_the_clock_that_dates_increments_is_the_backup_hosts_servers(
     tmp_path: Path, influxd: dict[str, str], expected: str
 ) -> None:
-    conf = tmp_path / "influxdb.conf"
-    conf.write_text(
-        'bind-address = "127.0.0.1:8088"\n[http]\nbind-address = "127.0.0.1:8086"\n'
-        f'[meta]\ndir = "{tmp_path / "meta"}"\n[data]\ndir = "{tmp_path / "data"}"\n'
-        f'wal-dir = "{tmp_path / "wal"}"\n'
-    )
-    lines = ["[influxd]", f'config = "{conf}"', 'service = "influxdb.service"']
-    lines += [f'{k} = "{v}"' for k, v in influxd.items()]
-    lines += [
-        "[storage]",
-        f'dir = "{tmp_path / "archives"}"',
-        "[daemon]",
-        f'state_dir = "{tmp_path / "state"}"',
-    ]
-    path = tmp_path / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    assert clock_url(load(path)) == expected
+    assert clock_url(load(_config_with(tmp_path, influxd))) == expected
 
 
 def test_a_write_caught_half_way_is_not_taken_for_a_rewrite(tmp_path: Path) -> None:
@@ -458,3 +442,48 @@ def test_a_write_caught_half_way_is_not_taken_for_a_rewrite(tmp_path: Path) -> N
     finally:
         for followed in follower.files.values():
             os.close(followed.fd)
+
+
+def _config_with(tmp_path: Path, influxd: dict[str, str]) -> Path:
+    conf = tmp_path / "influxdb.conf"
+    conf.write_text(
+        'bind-address = "127.0.0.1:8088"\n[http]\nbind-address = "127.0.0.1:8086"\n'
+        f'[meta]\ndir = "{tmp_path / "meta"}"\n[data]\ndir = "{tmp_path / "data"}"\n'
+        f'wal-dir = "{tmp_path / "wal"}"\n'
+    )
+    lines = ["[influxd]", f'config = "{conf}"', 'service = "influxdb.service"']
+    lines += [f'{k} = "{v}"' for k, v in influxd.items()]
+    lines += ["[storage]", f'dir = "{tmp_path / "archives"}"']
+    lines += ["[daemon]", f'state_dir = "{tmp_path / "state"}"']
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("influxd", "listed"),
+    [
+        ({}, True),  # the local server of [influxd] config
+        ({"backup_host": "localhost:8088"}, True),
+        ({"backup_host": "127.0.0.1:8089"}, False),  # another local instance: not its files
+        ({"backup_host": "db2.example:8088"}, False),  # remote: its files cannot be seen
+    ],
+)
+def test_the_live_shards_are_listed_only_for_the_local_server_backed_up(
+    tmp_path: Path, influxd: dict[str, str], listed: bool
+) -> None:
+    data = tmp_path / "data"
+    shard = data / "db" / "autogen" / "12"
+    shard.mkdir(parents=True)
+    (shard / "000000001-000000001.tsm").write_bytes(b"x" * 10)
+    (shard / "000000001-000000001.tombstone").write_bytes(b"t")
+    (shard / "fields.idx").write_bytes(b"f")
+    (data / "db" / "_series" / "00").mkdir(parents=True)
+    (data / "db" / "_series" / "00" / "0000").write_bytes(b"s")
+    source = _listing_source(load(_config_with(tmp_path, influxd)))
+    assert (source == data) is listed
+    listing = shard_listing(data)
+    assert set(listing["shards"]) == {"12"}, "the series file's dirs are no shards"
+    files = listing["shards"]["12"]
+    assert sorted(files) == ["000000001-000000001.tombstone", "000000001-000000001.tsm"]
+    assert files["000000001-000000001.tsm"][0] == 10
