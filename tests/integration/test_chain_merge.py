@@ -128,6 +128,11 @@ def test_deletes_and_a_dropped_database_between_links_do_not_come_back(
     assert _events(done.stderr, "restore.copied") == [], "no SELECT INTO"
     assert _figures(sandbox.url) == expected, "deleted points and the dropped db stay gone"
 
+    # the database dropped between the links is not in the backup
+    done = cli("restore", increment["id"], "--database", "other", "--as", "x")
+    assert done.returncode == 1, done.stderr
+    assert "--database other: not in" in done.stderr and "holds: metrics" in done.stderr
+
     # the same chain, one database of it, into the live server under another name
     done = cli("restore", increment["id"], "--database", "metrics", "--as", "copy", "--json")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -151,9 +151,9 @@ def restore_database(
     # Check everything before anything is touched.
     if isinstance(source, HotSource):
         scans = check_links(source.flavour, source.links)
-        held: set[str] = set()
-        for link in source.links:
-            held |= portable_databases(link.path)
+        # the newest link's manifest lists every shard the server had then (unchanged ones
+        # with an empty tar): a database dropped between links is not in the backup
+        held = portable_databases(source.links[-1].path)
         archive, run_id = source.links[-1].path, source.record.id if source.record else None
         links = [str(link.path) for link in source.links]
         logger.info("restore.checked", links=links, files=sum(s.files for s in scans))
