@@ -211,14 +211,12 @@ def hot_chain(
     return links
 
 
-# tryfirst: pytest-xdist reads the marker in its own hook of this name (--dist loadgroup).
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Under pytest -n (scripts/test.sh), the tests of a module that builds a module-scoped
     fixture (a shared influxd with backups, CLI outcomes gathered side by side, a booted
-    container) run on one worker, so the fixture is built once, not once per worker."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        defs = info.name2fixturedefs.values() if info is not None else []
-        if any(d and d[-1].scope in ("module", "package") for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    container) run on one worker, so the fixture is built once, not once per worker. Marked as
+    each test is collected: pytest-xdist reads the marker in its collection_modifyitems."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else []
+    if any(d and d[-1].scope in ("module", "package") for d in defs):
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
