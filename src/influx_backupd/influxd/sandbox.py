@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from influx_backupd.core.interrupt import signals_blocked
+
 # Go's default is 100. Copying an increment of about 1 GB in with SELECT INTO, the throwaway's
 # anonymous memory peaked at 2.2 GB by default and 1.46 GB at 25, with no slower copy
 # (bench/restore_memory.py, docs/performance.md).
@@ -184,14 +186,18 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             env = dict(os.environ)
             if self.beside_live:
                 env["GOGC"] = str(BESIDE_LIVE_GOGC)
-            self.proc = subprocess.Popen(
-                self.command(),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=logfile,
-                stderr=logfile,
-                start_new_session=True,
-            )
+            # A signal raised while Popen waits for the exec would leave a server starting
+            # whose pid nobody has: held until self.proc names it (influxd, a Go program,
+            # unblocks SIGTERM/SIGINT/SIGHUP itself, as for the live server started so).
+            with signals_blocked():
+                self.proc = subprocess.Popen(
+                    self.command(),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logfile,
+                    stderr=logfile,
+                    start_new_session=True,
+                )
         finally:
             logfile.close()
         if self.beside_live:

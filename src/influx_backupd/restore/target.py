@@ -197,23 +197,26 @@ def restore_into(
         if start and server is not None:
             try:
                 start_throwaway(server, config.settings.influxd.start_timeout, "influxd")
+                with signals_blocked():  # the hand-over, whole or not at all
+                    result.url = server.url
+                    result.pid = server.proc.pid if server.proc is not None else None
+                    shutil.rmtree(scratch, ignore_errors=True)  # the server is the user's now
+                    logger.info("restore.serving", url=result.url, pid=result.pid)
             except StepFailed as exc:
                 raise RestoreFailed(
                     f"the backup is in {target}, but {exc} (its log: {target / 'influxd.log'})"
                 ) from None
-            except Interrupted as exc:  # start_throwaway stopped it
+            except Interrupted as exc:
+                with signals_blocked():  # stopped already if it never answered
+                    server.stop()
                 raise RestoreFailed(
                     f"interrupted by {exc} while influxd started on {target}, which was stopped "
                     f"again; the backup is in {target} (serve it with: influxd run -config "
                     f"{result.conf}); the live server was not touched"
                 ) from None
-            result.url = server.url
-            result.pid = server.proc.pid if server.proc is not None else None
     finally:
         with signals_blocked():
-            shutil.rmtree(scratch, ignore_errors=True)  # with --start: the server handed over
-    if result.pid is not None:
-        logger.info("restore.serving", url=result.url, pid=result.pid)
+            shutil.rmtree(scratch, ignore_errors=True)
     return result
 
 
