@@ -141,6 +141,21 @@ def test_deletes_and_a_dropped_database_between_links_do_not_come_back(
     assert _count(sandbox.url, "copy") == expected["metrics"]
     assert _count(sandbox.url, "copy", "host = 'h1'") == 100
 
+    # Without the listing (as from a remote backup_host) the chain goes by SELECT INTO, which
+    # only adds: it brings back deleted points (said in the README), but the database dropped
+    # between the links is dropped again, by the newest link's meta.
+    _without_listing(tmp_path, increment)
+    target = tmp_path / "by-sql"
+    done = cli("restore", increment["id"], "--target", str(target), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["merge"] == "sql"
+    assert [e["databases"] for e in _events(done.stderr, "restore.dropped_since_full")] == [
+        ["other"]
+    ]
+    with serving(target / "influxdb.conf") as url:
+        assert sorted(db for db in counts.databases(url) if db != "_internal") == ["metrics"]
+        assert _count(url, "metrics") >= expected["metrics"]
+
 
 def _without_listing(tmp_path: Path, record: dict[str, Any]) -> None:
     """The increment as a remote backup_host's would be: no listing in its records."""

@@ -76,6 +76,7 @@ from influx_backupd.report import progress
 from influx_backupd.restore.cold import owner_ids, restore_cold
 from influx_backupd.restore.merge import (
     ChainMerge,
+    manifest_of,
     merged_bytes,
     plan_merge,
     view_of,
@@ -90,7 +91,7 @@ from influx_backupd.store.chain import (
     check_links,
 )
 from influx_backupd.store.record import Flavour, RunRecord
-from influx_backupd.store.scanners import Scan
+from influx_backupd.store.scanners import Scan, portable_meta_databases
 
 QUERY_TIMEOUT = 3600.0
 SHARD_WAIT = 120.0  # how long a freshly restored shard may stay disabled
@@ -632,6 +633,25 @@ def _restore_each_link(
             tool("-db", db, "-newdb", temp, str(link.path))
             _copy_into(url, temp, db, logger)
             q(f"DROP DATABASE {ident(temp)}")
+    if databases is None and len(links) > 1:
+        # The merge only adds: a database dropped between the full and the newest link came
+        # back with the full. The newest link's meta names the databases the server had then.
+        kept = newest_meta_databases(links[-1].path)
+        gone = sorted(set(_databases(url)) - kept - {"_internal"})
+        for db in gone:
+            q(f"DROP DATABASE {ident(db)}")
+        if gone:
+            logger.info("restore.dropped_since_full", databases=gone)
+
+
+def newest_meta_databases(directory: Path) -> set[str]:
+    """The databases defined in a 1.x portable backup dir's meta (its manifest's meta file)."""
+    try:
+        _, manifest = manifest_of(directory)
+        meta = directory / str(manifest["meta"]["fileName"])
+        return portable_meta_databases(meta.read_bytes())
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise StepFailed(f"{directory}: its meta cannot be read ({exc})") from None
 
 
 def portable_databases(directory: Path) -> set[str]:

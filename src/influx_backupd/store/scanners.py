@@ -9,6 +9,7 @@ import json
 import os
 import tarfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -170,30 +171,62 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """(field number, value) of each field of one protobuf message: an int for a varint or a
+    fixed-width field, bytes for a length-delimited one. Raises ValueError."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            yield number, value
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            if pos + width > len(data):
+                raise ValueError("field runs past the end of the file")
+            yield number, int.from_bytes(data[pos : pos + width], "little")
+            pos += width
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            if pos + length > len(data):
+                raise ValueError("field runs past the end of the file")
+            yield number, data[pos : pos + length]
+            pos += length
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+
+
 def portable_meta_size(data: bytes) -> int:
     """Length of the meta store inside a 1.x portable .meta file.
 
     The file is protobuf PortableData {1: bytes Data, 2: uint64 MaxNodeID}; the manifest's
     meta.size is len(Data).
     """
-    pos, size = 0, None
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            _, pos = _varint(data, pos)
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            if pos + length > len(data):
-                raise ValueError("field runs past the end of the file")
-            if number == 1:
-                size = length
-            pos += length
-        else:
-            raise ValueError(f"unexpected protobuf wire type {wire}")
-    if size is None:
+    sizes = [
+        len(value) for number, value in _fields(data) if number == 1 and isinstance(value, bytes)
+    ]
+    if not sizes:
         raise ValueError("no meta store data")
-    return size
+    return sizes[-1]
+
+
+def portable_meta_databases(data: bytes) -> set[str]:
+    """The databases a 1.x portable .meta file's meta store defines, with or without shards.
+
+    PortableData {1: bytes Data}; Data (influxdb's meta.proto) {5: repeated DatabaseInfo};
+    DatabaseInfo {1: string Name}. Raises ValueError.
+    """
+    store = [value for number, value in _fields(data) if number == 1 and isinstance(value, bytes)]
+    if not store:
+        raise ValueError("no meta store data")
+    names: set[str] = set()
+    for number, database in _fields(store[-1]):
+        if number == 5 and isinstance(database, bytes):
+            for field, name in _fields(database):
+                if field == 1 and isinstance(name, bytes):
+                    names.add(name.decode("utf-8", "replace"))
+    return names
 
 
 GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip id bytes and CM=8 (deflate), the only method gzip defines

@@ -25,7 +25,12 @@ from influx_backupd.jobs.follower import Follower
 from influx_backupd.jobs.hot import _listing_source, clock_url, shard_listing
 from influx_backupd.jobs.plan import plan_link
 from influx_backupd.store.record import RunRecord
-from influx_backupd.store.scanners import portable_meta_size, scan_portable, scan_snapshot09
+from influx_backupd.store.scanners import (
+    portable_meta_databases,
+    portable_meta_size,
+    scan_portable,
+    scan_snapshot09,
+)
 
 DAY = 86400.0
 
@@ -487,3 +492,25 @@ def test_the_live_shards_are_listed_only_for_the_local_server_backed_up(
     files = listing["shards"]["12"]
     assert sorted(files) == ["000000001-000000001.tombstone", "000000001-000000001.tsm"]
     assert files["000000001-000000001.tsm"][0] == 10
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    assert len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def test_portable_meta_databases_names_every_database_of_the_meta_store() -> None:
+    rp = _field(1, b"autogen")
+    store = (
+        b"\x08\x05"  # Term: a varint
+        + b"\x21"
+        + (7).to_bytes(8, "little")  # field 4 as fixed64: skipped, not refused
+        + _field(5, _field(1, b"metrics") + _field(2, b"autogen") + _field(3, rp))
+        + _field(5, _field(1, b"empty"))  # a database with no shards is a database
+        + _field(6, _field(1, b"admin"))  # a user's name is not a database
+    )
+    assert portable_meta_databases(_field(1, store) + b"\x10\x01") == {"metrics", "empty"}
+    with pytest.raises(ValueError):
+        portable_meta_databases(b"\x10\x01")  # no meta store
+    with pytest.raises(ValueError):
+        portable_meta_databases(_field(1, store)[:-3])  # cut short
