@@ -220,3 +220,24 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     defs = info.name2fixturedefs.values() if info is not None else []
     if any(d and d[-1].scope in ("module", "package") for d in defs):
         item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest 9.2 ignores the group tag pytest-xdist 3.8 puts on each grouped test's nodeid
+    (pytest-dev/pytest-xdist#1386): a module's tests would be spread over workers, each
+    building its own shared fixture (a stateful container missing its installed package).
+    Refused in one line rather than failing as a dozen unrelated tests."""
+    workers = getattr(config.option, "numprocesses", None)
+    if not workers or getattr(config.option, "dist", None) != "loadgroup":
+        return
+    import xdist  # present whenever -n is
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+    if version(pytest.__version__) >= (9, 2) and version(xdist.__version__) <= (3, 8):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} with pytest-xdist {xdist.__version__} drops the "
+            "test groups tests/conftest.py sets: pip install -e '.[test]' (pyproject.toml "
+            "pins pytest below 9.2), or run the tests one at a time (TEST_WORKERS=0)"
+        )
