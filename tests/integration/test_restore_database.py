@@ -124,6 +124,11 @@ def test_a_database_from_a_cold_archive_under_a_new_name_beside_the_live_one(
     done = cli("restore", record["id"], "--database", "nosuch", "--as", "x")
     assert done.returncode == 1
     assert "--database nosuch: not in" in done.stderr and "metrics, other" in done.stderr
+    for bad in ("../x", "a\\b", "..", "a\nb"):  # names influxd would refuse mid-restore
+        done = cli("restore", record["id"], "--database", "metrics", "--as", bad)
+        assert done.returncode == 1, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert f"--as {bad!r}: not a name influxd accepts" in line
     assert _points(sandbox) == {**before, "metrics_then": 5_000}
     done = cli("restore", record["id"], "--as", "x")
     assert done.returncode == 2 and "go with --database" in done.stderr

@@ -104,6 +104,17 @@ def live_snapshot_host(config: Config) -> str:
     return f"{host}:{port if port.isdigit() else 8088}"
 
 
+def valid_database_name(name: str) -> bool:
+    """What influxd 1.x's meta.ValidName accepts: a name that is no path element of its own
+    and has only printable characters (it is a directory name under data/ and wal/)."""
+    return (
+        name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and name.isprintable()  # as Go's unicode.IsPrint: the space only of the spaces
+    )
+
+
 def _cold_databases(archive: Path) -> set[str]:
     """The databases a cold archive holds data of (data/DB/...)."""
     with tarfile.open(archive, "r:") as tar:
@@ -131,6 +142,11 @@ def restore_database(
     for which, value in (("--database", name), ("--as", new)):
         if not value or value == "_internal":
             raise RestoreRefused(f"{which} {value!r}: name a database of the backup")
+        if not valid_database_name(value):
+            raise RestoreRefused(
+                f"{which} {value!r}: not a name influxd accepts (no '/', '\\', control "
+                "characters, '.' or '..')"
+            )
     logger = log.get(action="restore", database=name, restored_as=new)
     _yield_to_live()  # the checks below read the whole backup: they yield too
     source = choose(catalog, backup)
