@@ -36,3 +36,11 @@ def signals_allowed() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def unblock_in_child() -> None:
+    """preexec_fn of every process we start. A child inherits the signal mask: one started
+    inside signals_blocked would hold SIGTERM/SIGINT/SIGHUP for its whole life. influxd (Go)
+    unblocks the ones it handles, but a wrapper script, a stand-in or a hook would never stop
+    on SIGTERM. Runs between fork and exec, so it takes no lock and imports nothing."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHIELDED)

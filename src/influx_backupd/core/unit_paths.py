@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from influx_backupd.core.config import DEFAULT_CONFIG_PATH, Config, instance_name
+from influx_backupd.core.interrupt import unblock_in_child
 
 _PROPERTIES = (
     "LoadState",
@@ -108,6 +109,7 @@ def unit_sandbox(unit: str) -> Sandbox | None:
             text=True,
             timeout=10,
             check=False,
+            preexec_fn=unblock_in_child,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

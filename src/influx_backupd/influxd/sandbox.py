@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from influx_backupd.core.interrupt import signals_blocked
+from influx_backupd.core.interrupt import signals_blocked, unblock_in_child
 
 # Go's default is 100. Copying an increment of about 1 GB in with SELECT INTO, the throwaway's
 # anonymous memory peaked at 2.2 GB by default and 1.46 GB at 25, with no slower copy
@@ -197,6 +197,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                     stdout=logfile,
                     stderr=logfile,
                     start_new_session=True,
+                    preexec_fn=unblock_in_child,
                 )
         finally:
             logfile.close()
