@@ -15,6 +15,9 @@ import threading
 import time
 
 CHUNK = 64 << 10
+# How long the uploads may take to reach the target once the clients are done (a paced one
+# holds at most its socket buffers, a few MiB: seconds at any sane rate).
+DRAIN_TIMEOUT = 300.0
 
 
 class Throttle:
@@ -48,7 +51,10 @@ class Forwarder:
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(16)
         self.closed = threading.Event()
+        self.accepting: threading.Thread | None = None
+        self.uploads: list[threading.Thread] = []
         self.threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
         self.sent = 0  # client bytes forwarded, for the record
 
     @property
@@ -56,22 +62,52 @@ class Forwarder:
         return f"127.0.0.1:{self.listener.getsockname()[1]}"
 
     def __enter__(self) -> Forwarder:
-        self._spawn(self._accept)
+        self.accepting = self._spawn(self._accept)
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        """Returns once every byte a client sent has reached the target. A client (the
+        restore tool) connects, writes its shard and exits before we accept: its connection
+        waits in the listen backlog, and closing the listener then would drop it, and the
+        shard, with the tool already gone and saying it succeeded (seen under load: a
+        restored database with an empty shard). So the backlog is drained first."""
         self.closed.set()
+        self._drain_backlog()
         with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(): close alone does not
         with contextlib.suppress(OSError):
             self.listener.close()
-        for thread in list(self.threads):
-            thread.join(5)
+        if self.accepting is not None:
+            self.accepting.join(5)
+        with self.lock:
+            uploads = list(self.uploads)
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        for thread in uploads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in uploads):
+            raise TimeoutError(
+                f"the upload through the forwarder to {self.target[0]}:{self.target[1]} "
+                f"did not finish within {DRAIN_TIMEOUT:g}s"
+            )
+        for thread in list(self.threads):  # the answers: their ends are closing
+            thread.join(1)
 
-    def _spawn(self, target: object, *args: object) -> None:
+    def _drain_backlog(self) -> None:
+        self.listener.setblocking(False)
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # BlockingIOError: none waiting
+                return
+            client.setblocking(True)
+            self._connect(client)
+
+    def _spawn(self, target: object, *args: object) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
-        self.threads.append(thread)
+        with self.lock:
+            self.threads.append(thread)
         thread.start()
+        return thread
 
     def _accept(self) -> None:
         while not self.closed.is_set():
@@ -79,14 +115,19 @@ class Forwarder:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            try:
-                server = socket.create_connection(self.target, timeout=30)
-                server.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            self._spawn(self._pump, client, server, True)
-            self._spawn(self._pump, server, client, False)
+            self._connect(client)
+
+    def _connect(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(self.target, timeout=30)
+            server.settimeout(None)
+        except OSError:
+            client.close()
+            return
+        upload = self._spawn(self._pump, client, server, True)
+        with self.lock:
+            self.uploads.append(upload)
+        self._spawn(self._pump, server, client, False)
 
     def _pump(self, src: socket.socket, dst: socket.socket, upload: bool) -> None:
         try:

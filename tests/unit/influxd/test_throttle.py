@@ -72,3 +72,29 @@ def test_without_a_rate_it_only_forwards() -> None:
             assert _send(plain.address, b"x" * 10) == hashlib.sha256(b"x" * 10).hexdigest().encode()
     finally:
         listener.close()
+
+
+class _AcceptingLate(Forwarder):
+    """A forwarder whose accept thread has not run yet when the client is done, as on a
+    loaded machine: the connection still waits in the listen backlog at __exit__."""
+
+    def _accept(self) -> None:
+        self.closed.wait()
+
+
+def test_a_client_done_before_its_connection_was_accepted_still_gets_through() -> None:
+    listener, got = _server()
+    payload = os.urandom(200_000)
+    try:
+        with _AcceptingLate(f"127.0.0.1:{listener.getsockname()[1]}", rate=0) as late:
+            host, port = late.address.split(":")
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(payload)  # taken by the kernel's buffers: nobody has accepted
+            # the restore tool has exited 0 here; only the forwarder holds its shard
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        listener.close()
+    assert got == [hashlib.sha256(payload).hexdigest()], "the shard reached the server whole"
+    assert late.sent == len(payload)
