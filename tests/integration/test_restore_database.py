@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from influx_backupd.core import config as config_mod
 from influx_backupd.core import log
 from influx_backupd.influxd import counts
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.restore import database
+from influx_backupd.store.scanners import scan_portable
 from tests.conftest import STAND_INS, Cli, write_config
 from tests.integration.test_auth import ADMIN, cli_for, password_file
 
@@ -271,3 +273,26 @@ def test_restored_shards_count_only_once_every_policy_with_data_answers(
         late.cancel()
     monkeypatch.setattr(database, "SHARD_WAIT", 4.0)
     live.settled("metrics", Counter({"autogen": 1, "year": 1, "gone": 1}))  # warns, returns
+    # but a shard known to hold TSM files that counts nothing was lost on the way: a failure
+    with pytest.raises(database.StepFailed, match="1 of 2 shards of retention policy autogen"):
+        live.settled("metrics", Counter({"autogen": 2}), Counter({"autogen": 2}))
+
+
+def test_the_shards_known_to_hold_tsm_files_are_told_from_the_rest(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    _populate(sandbox)
+    copy = tmp_path / "copy"
+    database._export(
+        config_mod.load(write_config(tmp_path, sandbox)),
+        log.get(),
+        sandbox.backup_host,
+        "metrics",
+        copy,
+    )
+    assert database._shards_with_data(copy, "metrics") == (Counter({"autogen": 1}), Counter())
+    scan_portable(copy, deep=True)  # as a replaced database's copy is checked
+    assert database._shards_with_data(copy, "metrics") == (
+        Counter({"autogen": 1}),
+        Counter({"autogen": 1}),
+    )

@@ -68,7 +68,7 @@ from influx_backupd.restore.source import ColdSource, HotSource, choose
 from influx_backupd.store.archive import extract_safely
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import check_links
-from influx_backupd.store.scanners import scan_portable
+from influx_backupd.store.scanners import members_seen, scan_portable
 
 # Paced at 50 MiB/s, the live server's median write latency stayed at its idle value while a
 # 1 GB database went in (several times it unpaced); its p99, 1.8 times its value before (4.5
@@ -199,16 +199,23 @@ def restore_database(
 EMPTY_SHARD_TAR = 1024
 
 
-def _shards_with_data(portable: Path, db: str) -> Counter[str]:
-    """How many shards of db, per retention policy, a portable backup's manifest lists with
-    files in them."""
-    found: Counter[str] = Counter()
+def _shards_with_data(portable: Path, db: str) -> tuple[Counter[str], Counter[str]]:
+    """Per retention policy, how many shards of db a portable backup's manifest lists with
+    files in them, and how many of those are known to hold a TSM file (their members seen by a
+    deep check in this process: the links checked before a restore, a replaced database's copy;
+    unknown for the rest, which count only in the first)."""
+    with_files: Counter[str] = Counter()
+    with_tsm: Counter[str] = Counter()
     for manifest in portable.glob("*.manifest"):
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, KeyError):
             for f in json.loads(manifest.read_text())["files"]:
                 if f.get("database") == db and int(f.get("size", 0)) > EMPTY_SHARD_TAR:
-                    found[str(f.get("policy"))] += 1
-    return found
+                    policy = str(f.get("policy"))
+                    with_files[policy] += 1
+                    members = members_seen(portable / str(f["fileName"]))
+                    if members and any(n.endswith(".tsm") and size for n, size in members):
+                        with_tsm[policy] += 1
+    return with_files, with_tsm
 
 
 def _yield_to_live() -> None:
@@ -277,16 +284,18 @@ class _Live:
                 str(portable),
             )
         self.q("SHOW MEASUREMENTS", as_name)
-        self.settled(as_name, _shards_with_data(portable, db))
+        self.settled(as_name, *_shards_with_data(portable, db))
 
-    def settled(self, db: str, expected: Counter[str]) -> None:
+    def settled(self, db: str, expected: Counter[str], certain: Counter[str] | None = None) -> None:
         """Return once db's shards, counted every second, have held still three times and as
         many of them count points, per retention policy, as the backup has shards with files:
         the tool returns, and SHOW MEASUREMENTS answers, while the server may still be opening
         shards, whose points count 0 meanwhile (seen with 1.6: a restored retention policy
         counted 0 for several seconds on a loaded machine, while the others held still). A
-        shard whose points were all deleted counts 0 for good: past SHARD_WAIT, a total that
-        holds still is taken, with a warning."""
+        shard holding no TSM file (only a tsi1 index, say) may count 0 for good: past
+        SHARD_WAIT, a total that holds still is taken, with a warning, unless fewer shards count
+        points than `certain` knows hold TSM files: then the server lost what it was sent (as
+        when our forwarder dropped a connection it had not accepted yet), and StepFailed."""
         deadline = time.monotonic() + SHARD_WAIT
         seen: list[int] = []
         short: dict[str, str] = {}
@@ -313,6 +322,18 @@ class _Live:
         if not still:
             raise StepFailed(
                 f"database {db}: its points did not settle in {SHARD_WAIT:g}s ({seen[-3:]})"
+            )
+        lost = {
+            rp: f"{with_points[rp]} of {want}"
+            for rp, want in (certain or Counter()).items()
+            if with_points[rp] < want
+        }
+        if lost:
+            rp, figure = sorted(lost.items())[0]
+            raise StepFailed(
+                f"database {db}: {figure} shards of retention policy {rp} that hold TSM files "
+                f"in the backup count points after {SHARD_WAIT:g}s: the live server did not "
+                "take them in"
             )
         self.logger.warning(
             "restore.shards_without_points",
