@@ -187,8 +187,8 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             if self.beside_live:
                 env["GOGC"] = str(BESIDE_LIVE_GOGC)
             # A signal raised while Popen waits for the exec would leave a server starting
-            # whose pid nobody has: held until self.proc names it (influxd, a Go program,
-            # unblocks SIGTERM/SIGINT/SIGHUP itself, as for the live server started so).
+            # whose pid nobody has: held here until self.proc names it; the child lets them
+            # through again before its exec (unblock_in_child).
             with signals_blocked():
                 self.proc = subprocess.Popen(
                     self.command(),
