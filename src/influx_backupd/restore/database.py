@@ -218,6 +218,13 @@ def _shards_with_data(portable: Path, db: str) -> tuple[Counter[str], Counter[st
     return with_files, with_tsm
 
 
+def _behind(with_points: Counter[str], wanted: Counter[str]) -> dict[str, str]:
+    """Each retention policy with fewer shards counting points than wanted: "N of M"."""
+    return {
+        rp: f"{with_points[rp]} of {want}" for rp, want in wanted.items() if with_points[rp] < want
+    }
+
+
 def _yield_to_live() -> None:
     """The rest of this command (extraction, tools, throwaways: children inherit it) at nice
     BESIDE_LIVE_NICE and the lowest best-effort I/O priority: the live server, which keeps
@@ -308,11 +315,7 @@ class _Live:
                 raise StepFailed(str(exc)) from None
             seen.append(sum(shards.values()))
             with_points = Counter(rp for (rp, _), n in shards.items() if n > 0)
-            short = {
-                rp: f"{with_points[rp]} of {want}"
-                for rp, want in expected.items()
-                if with_points[rp] < want
-            }
+            short = _behind(with_points, expected)
             still = len(seen) >= 3 and len(set(seen[-3:])) == 1
             if still and not short:
                 return
@@ -323,11 +326,7 @@ class _Live:
             raise StepFailed(
                 f"database {db}: its points did not settle in {SHARD_WAIT:g}s ({seen[-3:]})"
             )
-        lost = {
-            rp: f"{with_points[rp]} of {want}"
-            for rp, want in (certain or Counter()).items()
-            if with_points[rp] < want
-        }
+        lost = _behind(with_points, certain or Counter())
         if lost:
             rp, figure = sorted(lost.items())[0]
             raise StepFailed(

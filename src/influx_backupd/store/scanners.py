@@ -197,31 +197,26 @@ def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
             raise ValueError(f"unexpected protobuf wire type {wire}")
 
 
-def portable_meta_size(data: bytes) -> int:
-    """Length of the meta store inside a 1.x portable .meta file.
-
-    The file is protobuf PortableData {1: bytes Data, 2: uint64 MaxNodeID}; the manifest's
-    meta.size is len(Data).
-    """
-    sizes = [
-        len(value) for number, value in _fields(data) if number == 1 and isinstance(value, bytes)
-    ]
-    if not sizes:
+def _meta_store(data: bytes) -> bytes:
+    """The meta store inside a 1.x portable .meta file: protobuf PortableData {1: bytes Data,
+    2: uint64 MaxNodeID}. Raises ValueError."""
+    stores = [v for number, v in _fields(data) if number == 1 and isinstance(v, bytes)]
+    if not stores:
         raise ValueError("no meta store data")
-    return sizes[-1]
+    return stores[-1]
+
+
+def portable_meta_size(data: bytes) -> int:
+    """Length of the meta store inside a 1.x portable .meta file (the manifest's meta.size)."""
+    return len(_meta_store(data))
 
 
 def portable_meta_databases(data: bytes) -> set[str]:
-    """The databases a 1.x portable .meta file's meta store defines, with or without shards.
-
-    PortableData {1: bytes Data}; Data (influxdb's meta.proto) {5: repeated DatabaseInfo};
-    DatabaseInfo {1: string Name}. Raises ValueError.
-    """
-    store = [value for number, value in _fields(data) if number == 1 and isinstance(value, bytes)]
-    if not store:
-        raise ValueError("no meta store data")
+    """The databases a 1.x portable .meta file's meta store defines, with or without shards:
+    Data (influxdb's meta.proto) {5: repeated DatabaseInfo}; DatabaseInfo {1: string Name}.
+    Raises ValueError."""
     names: set[str] = set()
-    for number, database in _fields(store[-1]):
+    for number, database in _fields(_meta_store(data)):
         if number == 5 and isinstance(database, bytes):
             for field, name in _fields(database):
                 if field == 1 and isinstance(name, bytes):
