@@ -7,7 +7,7 @@ job (and, through it, psutil, tarfile and the format readers) just for a class n
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 _SHIELDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -39,8 +39,16 @@ def signals_allowed() -> Iterator[None]:
 
 
 def unblock_in_child() -> None:
-    """preexec_fn of every process we start. A child inherits the signal mask: one started
-    inside signals_blocked would hold SIGTERM/SIGINT/SIGHUP for its whole life. influxd (Go)
-    unblocks the ones it handles, but a wrapper script, a stand-in or a hook would never stop
-    on SIGTERM. Runs between fork and exec, so it takes no lock and imports nothing."""
+    """Runs in a child between fork and exec: lets SIGTERM/SIGINT/SIGHUP through again."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHIELDED)
+
+
+def child_preexec() -> Callable[[], None] | None:
+    """preexec_fn for every process we start. A child inherits the signal mask: one started
+    inside signals_blocked would hold SIGTERM/SIGINT/SIGHUP for life (influxd, Go, unblocks
+    those it handles; a wrapper script, a stand-in or a hook never stops on SIGTERM). Given
+    only then: a preexec_fn makes Popen run Python's at-fork hooks, and a signal handled
+    inside one raises an exception Python prints and drops (seen: an Interrupted lost, the
+    command went on). With the signals held, no handler can run there."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return unblock_in_child if held & _SHIELDED else None

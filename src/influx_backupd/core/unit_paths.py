@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from influx_backupd.core.config import DEFAULT_CONFIG_PATH, Config, instance_name
-from influx_backupd.core.interrupt import unblock_in_child
+from influx_backupd.core.interrupt import child_preexec
 
 _PROPERTIES = (
     "LoadState",
@@ -109,7 +109,7 @@ def unit_sandbox(unit: str) -> Sandbox | None:
             text=True,
             timeout=10,
             check=False,
-            preexec_fn=unblock_in_child,
+            preexec_fn=child_preexec(),
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from influx_backupd.core.interrupt import signals_blocked, unblock_in_child
+from influx_backupd.core.interrupt import child_preexec, signals_blocked
 
 # Go's default is 100. Copying an increment of about 1 GB in with SELECT INTO, the throwaway's
 # anonymous memory peaked at 2.2 GB by default and 1.46 GB at 25, with no slower copy
@@ -188,7 +188,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                 env["GOGC"] = str(BESIDE_LIVE_GOGC)
             # A signal raised while Popen waits for the exec would leave a server starting
             # whose pid nobody has: held here until self.proc names it; the child lets them
-            # through again before its exec (unblock_in_child).
+            # through again before its exec (child_preexec).
             with signals_blocked():
                 self.proc = subprocess.Popen(
                     self.command(),
@@ -197,7 +197,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                     stdout=logfile,
                     stderr=logfile,
                     start_new_session=True,
-                    preexec_fn=unblock_in_child,
+                    preexec_fn=child_preexec(),
                 )
         finally:
             logfile.close()

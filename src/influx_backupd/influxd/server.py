@@ -21,7 +21,7 @@ import psutil
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import BackupdError
-from influx_backupd.core.interrupt import signals_allowed, unblock_in_child
+from influx_backupd.core.interrupt import child_preexec, signals_allowed
 from influx_backupd.influxd.influxql import ping_headers
 
 # What influxd gets under its own service (Debian's unit, systemd's default): its new files are
@@ -257,7 +257,7 @@ class Influxd:
                 text=True,
                 timeout=timeout,
                 check=False,
-                preexec_fn=unblock_in_child,
+                preexec_fn=child_preexec(),
             )
         except subprocess.TimeoutExpired:
             raise InfluxdError(
@@ -357,7 +357,7 @@ class Influxd:
                     start_new_session=True,
                     close_fds=True,
                     umask=INFLUXD_UMASK,
-                    preexec_fn=unblock_in_child,
+                    preexec_fn=child_preexec(),
                 )
         except OSError as exc:
             raise StartFailed(f"cannot run {self.section.command[0]}: {exc.strerror}") from None

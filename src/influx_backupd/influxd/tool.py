@@ -17,7 +17,7 @@ from pathlib import Path
 
 from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.errors import HotFailed
-from influx_backupd.core.interrupt import unblock_in_child
+from influx_backupd.core.interrupt import child_preexec
 from influx_backupd.core.log import Logger
 from influx_backupd.store.record import Flavour
 
@@ -102,7 +102,7 @@ def tool_version(binary: Path) -> ToolVersion:
             text=True,
             timeout=VERSION_TIMEOUT,
             check=False,
-            preexec_fn=unblock_in_child,
+            preexec_fn=child_preexec(),
         )
     except FileNotFoundError:
         raise HotFailed(f"hot.tool: [influxd] binary {binary} does not exist") from None
@@ -157,7 +157,7 @@ def run_tool(
         stderr=subprocess.STDOUT,
         start_new_session=True,
         close_fds=True,
-        preexec_fn=unblock_in_child,
+        preexec_fn=child_preexec(),
     )
     lines: list[str] = []
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from influx_backupd.core import log
-from influx_backupd.core.interrupt import unblock_in_child
+from influx_backupd.core.interrupt import child_preexec
 from influx_backupd.store.record import RunRecord
 
 PREFIX = "INFLUX_BACKUPD_"
@@ -79,7 +79,7 @@ def run_hook(
                 start_new_session=True,  # its own process group, killed as one on timeout
                 close_fds=True,
                 umask=CALLER_UMASK,
-                preexec_fn=unblock_in_child,
+                preexec_fn=child_preexec(),
             )
         except OSError as exc:
             result.error = f"cannot start {argv[0]}: {exc.strerror or exc}"
