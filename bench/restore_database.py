@@ -101,11 +101,14 @@ def summary(values: list[float]) -> dict[str, Any]:
     }
 
 
-def cli(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    conf: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "influx_backupd", "--config", str(conf), *args],
         capture_output=True,
         text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -119,6 +122,11 @@ def main() -> None:
     parser.add_argument("--forms", default="cold,hot", help="which backups to restore from")
     parser.add_argument(
         "--limit-rates", default="0", help="restore --limit-rate values (MiB/s) to compare"
+    )
+    parser.add_argument(
+        "--flush-behind",
+        default="on",
+        help="on, off or on,off: the restore's flush-behind of the files the server writes",
     )
     args = parser.parse_args()
     binary = influxd_binary()
@@ -146,11 +154,12 @@ def main() -> None:
         sandbox.create_db("live")
         results = []
         rates = [float(r) for r in args.limit_rates.split(",")]
-        combos = [(f, b, r) for f, b in backups.items() for r in rates]
+        behinds = args.flush_behind.split(",")
+        combos = [(f, b, r, fb) for f, b in backups.items() for r in rates for fb in behinds]
         for run in range(args.runs):
-            for form, backup_id, rate in combos:
+            for form, backup_id, rate, behind in combos:
                 os.sync()
-                new = f"copy_{form}_{run}_{int(rate)}"
+                new = f"copy_{form}_{run}_{int(rate)}_{behind}"
                 with LatencyWriter(sandbox, args.rate, "live") as writer:
                     t0 = time.monotonic()
                     time.sleep(args.before)
@@ -166,6 +175,7 @@ def main() -> None:
                         "--limit-rate",
                         str(rate),
                         "--json",
+                        env={"INFLUX_BACKUPD_FLUSH_BEHIND": behind},
                     )
                     t2 = time.monotonic()
                     time.sleep(1)
@@ -179,6 +189,7 @@ def main() -> None:
                 row = {
                     "form": form,
                     "limit_rate": rate,
+                    "flush_behind": behind,
                     "run": run,
                     "wall_s": round(t2 - t1, 2),
                     "prepare_s": result["prepare_s"],
@@ -201,11 +212,15 @@ def main() -> None:
                 results.append(row)
                 print(json.dumps(row), flush=True)
                 sandbox.query(f'DROP DATABASE "{new}"', method="POST")
-        for form, _, rate in combos:
-            rows = [r for r in results if r["form"] == form and r["limit_rate"] == rate]
+        for form, _, rate, behind in combos:
+            rows = [
+                r
+                for r in results
+                if r["form"] == form and r["limit_rate"] == rate and r["flush_behind"] == behind
+            ]
             if rows:
                 print(
-                    f"{form}, --limit-rate {rate:g}: wall {statistics.median(r['wall_s'] for r in rows):.1f} s, "
+                    f"{form}, --limit-rate {rate:g}, flush-behind {behind}: wall {statistics.median(r['wall_s'] for r in rows):.1f} s, "
                     f"p99 during/before {statistics.median(r['p99_ratio'] for r in rows):.2f}, "
                     f"while the live server takes it in "
                     f"{statistics.median(r['p99_ratio_taking'] for r in rows):.2f} "

@@ -296,3 +296,35 @@ def test_the_shards_known_to_hold_tsm_files_are_told_from_the_rest(
         Counter({"autogen": 1}),
         Counter({"autogen": 1}),
     )
+
+
+def test_imported_shards_are_known_by_their_files_and_never_counted(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: Any
+) -> None:
+    """The wait after the tool reads the live server's statistics for the shards that loaded
+    TSM files, and counts only the rest: a count reads every block of a shard, on the live
+    server, and its writes wait behind it. It still returns only once the points answer."""
+    _populate(sandbox)
+    _write_rp(sandbox, "metrics", "year", 40)
+    config = config_mod.load(write_config(tmp_path, sandbox))
+    copy = tmp_path / "copy"
+    database._export(config, log.get(), sandbox.backup_host, "metrics", copy)
+    scan_portable(copy, deep=True)
+    # shards written live hold their points in the cache, in no TSM file yet
+    assert set(counts.shard_tsm_files(sandbox.url, "other").values()) == {0}
+
+    counted: list[tuple[str, int]] = []
+    real = counts.shard_points
+
+    def spy(*args: Any, **kwargs: Any) -> dict[tuple[str, int], int]:
+        found = real(*args, **kwargs)
+        counted.extend(found)
+        return found
+
+    monkeypatch.setattr(counts, "shard_points", spy)
+    database._Live(config, log.get(), 0).take(copy, "metrics", "copied")
+    files = counts.shard_tsm_files(sandbox.url, "copied")
+    assert sorted(rp for rp, _ in files) == ["autogen", "year"]
+    assert all(n > 0 for n in files.values())
+    assert not [shard for shard in counted if shard in files], "a shard with files was counted"
+    assert counts.point_count(sandbox.url, "copied") == 5_040, "every point answers at once"

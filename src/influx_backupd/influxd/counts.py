@@ -14,7 +14,7 @@ the whole pass has a time budget; databases not counted within it are left out o
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import Any
 
 from influx_backupd.core.config import Config, Credentials
@@ -69,11 +69,16 @@ def point_count(
 
 
 def shard_points(
-    url: str, db: str, timeout: float = 30.0, *, credentials: Credentials | None = None
+    url: str,
+    db: str,
+    timeout: float = 30.0,
+    *,
+    credentials: Credentials | None = None,
+    skip: Container[tuple[str, int]] = (),
 ) -> dict[tuple[str, int], int]:
-    """The figure of each shard of db, keyed by (retention policy, shard id): a count over the
-    shard's time range in its retention policy (one shard group a range, one shard a group on
-    a single node)."""
+    """The figure of each shard of db but those in skip, keyed by (retention policy, shard
+    id): a count over the shard's time range in its retention policy (one shard group a range,
+    one shard a group on a single node)."""
     deadline = time.monotonic() + timeout
     found: dict[tuple[str, int], int] = {}
     for s in _query(url, "SHOW SHARDS", None, timeout, credentials):
@@ -86,6 +91,9 @@ def shard_points(
             if left <= 0:
                 raise FiguresError(f"counting {db} took longer than {timeout:g}s")
             rp = str(shard["retention_policy"])
+            key = (rp, int(shard["id"]))
+            if key in skip:
+                continue
             q = (
                 f"SELECT count(*) FROM {ident(db)}.{ident(rp)}./.*/ WHERE time >= "
                 f"'{shard['start_time']}' AND time < '{shard['end_time']}'"
@@ -96,7 +104,25 @@ def shard_points(
                     points += max(
                         (int(v) for v in counted[1:] if isinstance(v, int | float)), default=0
                     )
-            found[(rp, int(shard["id"]))] = points
+            found[key] = points
+    return found
+
+
+def shard_tsm_files(
+    url: str, db: str, timeout: float = 30.0, *, credentials: Credentials | None = None
+) -> dict[tuple[str, int], int]:
+    """How many TSM files each open shard of db has loaded, keyed by (retention policy, shard
+    id), from the server's own statistics: free to ask, where a count reads every block."""
+    found: dict[tuple[str, int], int] = {}
+    for s in _query(url, "SHOW STATS FOR 'tsm1_filestore'", None, timeout, credentials):
+        tags = s.get("tags") or {}
+        if tags.get("database") != db or not str(tags.get("id", "")).isdigit():
+            continue
+        row = dict(zip(s.get("columns") or [], (s.get("values") or [[]])[0], strict=False))
+        files = row.get("numFiles")
+        found[(str(tags.get("retentionPolicy")), int(tags["id"]))] = (
+            int(files) if isinstance(files, int | float) else 0
+        )
     return found
 
 

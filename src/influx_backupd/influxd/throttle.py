@@ -53,6 +53,8 @@ class Forwarder:
         self.closed = threading.Event()
         self.accepting: threading.Thread | None = None
         self.uploads: list[threading.Thread] = []
+        self.answers: list[threading.Thread] = []
+        self.answered = False  # every connection's server side closed, by the end
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
         self.sent = 0  # client bytes forwarded, for the record
@@ -89,8 +91,14 @@ class Forwarder:
                 f"the upload through the forwarder to {self.target[0]}:{self.target[1]} "
                 f"did not finish within {DRAIN_TIMEOUT:g}s"
             )
-        for thread in list(self.threads):  # the answers: their ends are closing
-            thread.join(1)
+        # The server closes a connection once it is done with what it was sent: for a shard,
+        # its files in place and its series in the index. Waiting for that, rather than
+        # guessing from the outside, costs the live server nothing.
+        with self.lock:
+            answers = list(self.answers)
+        for thread in answers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.answered = not any(thread.is_alive() for thread in answers)
 
     def _drain_backlog(self) -> None:
         self.listener.setblocking(False)
@@ -125,9 +133,10 @@ class Forwarder:
             client.close()
             return
         upload = self._spawn(self._pump, client, server, True)
+        answer = self._spawn(self._pump, server, client, False)
         with self.lock:
             self.uploads.append(upload)
-        self._spawn(self._pump, server, client, False)
+            self.answers.append(answer)
 
     def _pump(self, src: socket.socket, dst: socket.socket, upload: bool) -> None:
         try:
@@ -139,7 +148,16 @@ class Forwarder:
                     if self.throttle is not None:
                         self.throttle.take(len(data))
                     self.sent += len(data)
-                dst.sendall(data)
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    if upload:
+                        raise
+                    # the tool is gone (it does not wait for the server's end): read on to
+                    # the server's close, which tells that it is done
+                    while src.recv(CHUNK):
+                        pass
+                    break
         except OSError:
             pass
         finally:

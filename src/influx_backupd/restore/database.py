@@ -49,6 +49,7 @@ from influx_backupd.influxd.influxql import ident
 from influx_backupd.influxd.sandbox import BESIDE_LIVE_NICE
 from influx_backupd.influxd.throttle import Forwarder
 from influx_backupd.influxd.tool import run_tool
+from influx_backupd.influxd.writeback import FlushBehind
 from influx_backupd.restore.cold import (
     archived_settings,
     extract_progress,
@@ -70,9 +71,9 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import check_links
 from influx_backupd.store.scanners import members_seen, scan_portable
 
-# Paced at 50 MiB/s, the live server's median write latency stayed at its idle value while a
-# 1 GB database went in (several times it unpaced); its p99, 1.8 times its value before (4.5
-# unpaced) as the median of two runs, but noisy (bench/restore_database.py, docs/performance.md)
+# Paced at 50 MiB/s, with the server's files flushed behind and its shards never counted while
+# it loads them, the live server's write p99 during a 1 GB restore from a hot backup was 0.44-1.0
+# times its p99 before (11.2 times with neither; bench/restore_database.py, docs/performance.md)
 DATABASE_RATE_MIB = 50.0
 
 
@@ -275,8 +276,10 @@ class _Live:
 
     def take(self, portable: Path, db: str, as_name: str) -> None:
         """Database db of a portable backup into the live server as as_name; returns once
-        every shard of it is open. The upload is paced at self.rate bytes a second (0: not)."""
-        with Forwarder(self.snapshot, self.rate) as paced:
+        every shard of it is open. The upload is paced at self.rate bytes a second (0: not),
+        and the files the server writes are flushed behind as they grow."""
+        behind = FlushBehind(self.config.server.data / as_name)
+        with behind, Forwarder(self.snapshot, self.rate) as paced:
             _tool(
                 self.config,
                 self.logger,
@@ -292,29 +295,49 @@ class _Live:
             )
         self.q("SHOW MEASUREMENTS", as_name)
         self.settled(as_name, *_shards_with_data(portable, db))
+        self.logger.info(
+            "restore.taken_in",
+            database=as_name,
+            uploaded_bytes=paced.sent,
+            flushed_behind_bytes=behind.pushed,
+            server_done=paced.answered,  # False: it had not closed every connection in time
+        )
 
     def settled(self, db: str, expected: Counter[str], certain: Counter[str] | None = None) -> None:
-        """Return once db's shards, counted every second, have held still three times and as
-        many of them count points, per retention policy, as the backup has shards with files:
+        """Return once db's shards, looked at every second, have held still three times and as
+        many of them hold points, per retention policy, as the backup has shards with files:
         the tool returns, and SHOW MEASUREMENTS answers, while the server may still be opening
-        shards, whose points count 0 meanwhile (seen with 1.6: a restored retention policy
-        counted 0 for several seconds on a loaded machine, while the others held still). A
-        shard holding no TSM file (only a tsi1 index, say) may count 0 for good: past
-        SHARD_WAIT, a total that holds still is taken, with a warning, unless fewer shards count
-        points than `certain` knows hold TSM files: then the server lost what it was sent (as
-        when our forwarder dropped a connection it had not accepted yet), and StepFailed."""
+        shards (seen with 1.6: a restored retention policy held nothing for several seconds
+        on a loaded machine, while the others held still). A shard holds points once the
+        server's statistics show TSM files loaded in it; only the others are counted, which
+        costs nothing for a shard without TSM files (a count reads every block of a shard, on
+        the live server: its writes' p99 went up several times while a 1 GB database was
+        recounted every second). A shard holding no TSM file (only a tsi1 index, say) may
+        hold nothing for good: past SHARD_WAIT, a state that holds still is taken, with a
+        warning, unless fewer shards hold points than `certain` knows hold TSM files: then the
+        server lost what it was sent (as when our forwarder dropped a connection it had not
+        accepted yet), and StepFailed."""
         deadline = time.monotonic() + SHARD_WAIT
-        seen: list[int] = []
+        seen: list[tuple[frozenset[tuple[str, int]], int]] = []
         short: dict[str, str] = {}
         while True:
             try:
-                shards = counts.shard_points(
+                files = counts.shard_tsm_files(
                     self.config.url, db, timeout=SHARD_WAIT, credentials=self.config.credentials
+                )
+                loaded = {shard for shard, n in files.items() if n > 0}
+                counted = counts.shard_points(
+                    self.config.url,
+                    db,
+                    timeout=SHARD_WAIT,
+                    credentials=self.config.credentials,
+                    skip=loaded,
                 )
             except counts.FiguresError as exc:
                 raise StepFailed(str(exc)) from None
-            seen.append(sum(shards.values()))
-            with_points = Counter(rp for (rp, _), n in shards.items() if n > 0)
+            holding = loaded | {shard for shard, n in counted.items() if n > 0}
+            seen.append((frozenset(holding), sum(counted.values())))
+            with_points = Counter(rp for rp, _ in holding)
             short = _behind(with_points, expected)
             still = len(seen) >= 3 and len(set(seen[-3:])) == 1
             if still and not short:
@@ -324,7 +347,8 @@ class _Live:
             time.sleep(1.0)
         if not still:
             raise StepFailed(
-                f"database {db}: its points did not settle in {SHARD_WAIT:g}s ({seen[-3:]})"
+                f"database {db}: its shards did not settle in {SHARD_WAIT:g}s (shards holding "
+                f"points, last three looks: {[len(holding) for holding, _ in seen[-3:]]})"
             )
         lost = _behind(with_points, certain or Counter())
         if lost:
@@ -426,7 +450,10 @@ def _restore(
     dropped = False
     try:
         t_prepare = time.monotonic()
-        portable = _portable_of(config, source, name, scratch, logger, result)
+        # what we write there (an archive's files, a throwaway's, its export) shares the
+        # live server's disk as often as not: flushed behind too, it comes in no bursts
+        with FlushBehind(scratch):
+            portable = _portable_of(config, source, name, scratch, logger, result)
         result.prepare_s = round(time.monotonic() - t_prepare, 3)
         pending.write(new=new, existed=exists, dropped=False, aside=None)
         if exists:  # --replace: keep the present one aside first, whole

@@ -98,3 +98,32 @@ def test_a_client_done_before_its_connection_was_accepted_still_gets_through() -
         listener.close()
     assert got == [hashlib.sha256(payload).hexdigest()], "the shard reached the server whole"
     assert late.sent == len(payload)
+
+
+def test_it_returns_only_once_the_server_has_closed_what_a_gone_client_sent() -> None:
+    """As `influxd restore` does: the tool writes its shard and exits without waiting for the
+    server, which closes the connection only once the shard is in. Returning earlier would
+    leave the restore to guess, from outside, when the server is done."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def slow_server() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while conn.recv(1 << 16):
+                pass
+            time.sleep(1.0)  # importing the shard, loading its series
+            done.set()
+            conn.sendall(b"late word for a client that is gone")
+
+    threading.Thread(target=slow_server, daemon=True).start()
+    try:
+        with Forwarder(f"127.0.0.1:{listener.getsockname()[1]}", rate=0) as paced:
+            host, port = paced.address.split(":")
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(os.urandom(1 << 20))
+            # the client is gone before the server has read its bytes
+        assert done.is_set()
+        assert paced.answered
+    finally:
+        listener.close()
