@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 from influx_backupd.core import log
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
+from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import scratch
 from influx_backupd.keep.retention import RetentionPolicy, plan
 from influx_backupd.store import layout
@@ -91,13 +91,6 @@ def _files_of(config: Config, record: RunRecord) -> list[Path]:
             if candidate not in found and (candidate.exists() or candidate.is_symlink()):
                 found.append(candidate)
     return found
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def prune(
@@ -185,7 +178,7 @@ def _prune_job(
         catalog.delete(record.id)
         for path in paths:
             try:
-                _remove(path)
+                remove_gently(path)
             except OSError as exc:
                 report.errors.append(f"{path}: {exc}")
                 logger.error(
@@ -221,7 +214,7 @@ def _clean_failed(
     catalog.save(record)
     for path in paths:
         try:
-            _remove(path)
+            remove_gently(path)
         except OSError as exc:
             report.errors.append(f"{path}: {exc}")
     logger.info("prune.leftovers_removed", run_id=record.id, paths=[str(p) for p in paths])
@@ -259,7 +252,7 @@ def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: b
         try:
             if layout.is_scratch(path):
                 scratch.stop_server(path)
-            _remove(path)
+            remove_gently(path)
             logger.warning("prune.cleaned", path=str(path), reason=why)
         except OSError as exc:
             report.errors.append(f"{path}: {exc}")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tarfile
 import time
 import tomllib
@@ -43,6 +42,7 @@ from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
+from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import counts, influxql
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.influxql import ident
@@ -189,7 +189,7 @@ def restore_database(
     try:
         _restore(config, source, result, scratch, new in existing, logger, rate)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_gently(scratch, ignore_errors=True)  # the live server's disk, likely
     result.seconds = round(time.monotonic() - started, 3)
     logger.info("restore.database_done", **{k: v for k, v in result.__dict__.items()})
     return result
@@ -511,7 +511,7 @@ def _undo(
             )
         return f"dropping the half-restored {new} failed ({exc}): drop it by hand"
     if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)  # a copy of a database that was never dropped
+        remove_gently(aside, ignore_errors=True)  # a copy of a database that was never dropped
     return "the live server's databases are as they were"
 
 

@@ -6,7 +6,6 @@ counts taken at backup time; a hot backup's whole chain restored by the restore'
 from __future__ import annotations
 
 import json
-import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreRefused
 from influx_backupd.core.log import Logger
+from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import counts
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.sandbox import Sandbox, toml_value
@@ -82,7 +82,7 @@ def restore_test_cold(
             _note_killed(server, result)
             server.stop()
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_gently(scratch, ignore_errors=True)  # beside the live server
 
 
 def _check_restored(server: Sandbox, record: RunRecord | None, result: VerifyResult) -> None:
@@ -164,7 +164,7 @@ def restore_test_hot(
         else:
             restore_test_09(config, links, scratch, result, alone, logger)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_gently(scratch, ignore_errors=True)
 
 
 def _restore_test_portable(
