@@ -26,25 +26,44 @@ from pathlib import Path
 from influx_backupd.influxd.writeback import FlushBehind
 
 
-def run(
-    directory: Path, rate_mib: float, file_mb: int, seconds: float, flush_behind: bool
-) -> list[float]:
-    latencies: list[float] = []
-    bulk_dir = directory / "bulk"
-    bulk_dir.mkdir(exist_ok=True)
-    stop = threading.Event()
+class WalAppender:
+    """While in use, a thread appends 200 bytes to path and fsyncs them every `every` seconds,
+    as a WAL taking one write batch at a time; latencies: each append's, sorted at the end."""
 
-    def wal() -> None:
-        fd = os.open(directory / "wal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    def __init__(self, path: Path, every: float) -> None:
+        self.path, self.every = path, every
+        self.latencies: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            while not stop.is_set():
+            while not self.stop.is_set():
                 started = time.monotonic()
                 os.write(fd, b"x" * 200)
                 os.fsync(fd)
-                latencies.append(time.monotonic() - started)
-                time.sleep(0.02)
+                self.latencies.append(time.monotonic() - started)
+                time.sleep(self.every)
         finally:
             os.close(fd)
+
+    def __enter__(self) -> WalAppender:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.latencies.sort()
+
+
+def run(
+    directory: Path, rate_mib: float, file_mb: int, seconds: float, flush_behind: bool
+) -> list[float]:
+    bulk_dir = directory / "bulk"
+    bulk_dir.mkdir(exist_ok=True)
+    stop = threading.Event()
 
     def bulk() -> None:
         block, rate = os.urandom(1 << 20), rate_mib * (1 << 20)
@@ -65,17 +84,16 @@ def run(
             path.unlink()
             number += 1
 
-    threads = [threading.Thread(target=wal)]
-    if rate_mib > 0:
-        threads.append(threading.Thread(target=bulk))
-    with FlushBehind(bulk_dir) if flush_behind else contextlib.nullcontext():
-        for thread in threads:
-            thread.start()
+    writer = threading.Thread(target=bulk)
+    behind = FlushBehind(bulk_dir) if flush_behind else contextlib.nullcontext()
+    with WalAppender(directory / "wal", 0.02) as wal, behind:
+        if rate_mib > 0:
+            writer.start()
         time.sleep(seconds)
         stop.set()
-        for thread in threads:
-            thread.join()
-    return sorted(latencies)
+        if rate_mib > 0:
+            writer.join()
+    return wal.latencies
 
 
 def quantile(values: list[float], p: float) -> float:

@@ -76,25 +76,32 @@ class FlushBehind:
             self.look()
 
     def look(self) -> None:
-        """One pass over the tree: push what grew by at least a chunk since the last pass."""
+        """One pass over the tree: push what grew by at least a chunk since the last pass.
+        Files gone since are forgotten: a new file may get a removed one's inode number (a
+        compaction replacing files), and must not be taken for it, grown by what it holds."""
+        seen: dict[tuple[int, int], int] = {}
         for dirpath, _dirnames, filenames in os.walk(self.root):
             for name in filenames:
                 with contextlib.suppress(OSError):
-                    self._push(os.path.join(dirpath, name))
+                    self._push(os.path.join(dirpath, name), seen)
+        self.flushed = seen
 
-    def _push(self, path: str) -> None:
+    def _push(self, path: str, seen: dict[tuple[int, int], int]) -> None:
         assert self.start_writeback is not None
         st = os.stat(path, follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):
             return
         key = (st.st_dev, st.st_ino)
         done = self.flushed.get(key, 0)
+        if st.st_size < done:  # cut down, or another file in its place between two looks
+            done = 0
+        seen[key] = done
         if st.st_size - done < self.chunk:
             return
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             if self.start_writeback(fd, done, st.st_size - done) == 0:
                 self.pushed += st.st_size - done
-            self.flushed[key] = st.st_size
+            seen[key] = st.st_size
         finally:
             os.close(fd)

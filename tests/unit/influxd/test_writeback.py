@@ -118,3 +118,22 @@ def test_the_switch_turns_it_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("INFLUX_BACKUPD_FLUSH_BEHIND", "off")
     with FlushBehind(tmp_path) as behind:
         assert behind.thread is None
+
+
+def test_a_file_cut_down_or_gone_is_not_taken_for_what_it_was(tmp_path: Path) -> None:
+    """A new file can get the inode number of one just removed (a compaction replacing files):
+    taken for the old one, it would not be pushed until it outgrew it."""
+    root = tmp_path / "db"
+    tsm = root / "a.tsm"
+    _write(tsm, 2 << 20)
+    behind = FlushBehind(root, chunk=1 << 20)
+    behind.look()
+    assert behind.pushed == 2 << 20
+    with tsm.open("r+b") as f:  # the same inode, holding less than was pushed
+        f.truncate(0)
+        f.write(os.urandom(1 << 20))
+    behind.look()
+    assert behind.pushed == 3 << 20
+    tsm.unlink()
+    behind.look()
+    assert behind.flushed == {}, "a removed file's inode is forgotten"
