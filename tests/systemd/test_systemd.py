@@ -468,18 +468,26 @@ def test_stop_in_the_middle_of_a_cold_run_leaves_influxdb_active(box: Container)
 
 def test_kill_9_mid_run_is_recovered_by_systemds_restart(box: Container) -> None:
     box.sh(f"systemctl start {UNIT}")
-    restarts = int(box.show(UNIT, "NRestarts")["NRestarts"])
-    start = cursor(box)
-    run_id = mid_cold_run(box, f"kill -9 $(systemctl show {UNIT} -p MainPID --value)")
-    box.wait(
-        "the restart",
-        lambda: (
-            int(box.show(UNIT, "NRestarts")["NRestarts"]) > restarts
-            and box.show(UNIT, "ActiveState")["ActiveState"] == "active"
-        ),
-    )
+    for _attempt in range(3):
+        restarts = int(box.show(UNIT, "NRestarts")["NRestarts"])
+        start = cursor(box)
+        run_id = mid_cold_run(box, f"kill -9 $(systemctl show {UNIT} -p MainPID --value)")
+        box.wait(
+            "the restart",
+            lambda: (
+                int(box.show(UNIT, "NRestarts")["NRestarts"]) > restarts  # noqa: B023
+                and box.show(UNIT, "ActiveState")["ActiveState"] == "active"
+            ),
+        )
+        events = [e.get("EVENT") for e in journal_since(box, start, f"_SYSTEMD_UNIT={UNIT}")]
+        # The copy can end between the status read and the kill (seen once in CI: the killed
+        # run had logged influxd.starting, and the new daemon rightly found influxd running).
+        # That kill did not land in the downtime: try again.
+        recovered = [i for i, e in enumerate(events) if str(e).startswith("recovery.")]
+        killed_run = events[: recovered[0]] if recovered else events
+        if "influxd.starting" not in killed_run:
+            break
     # the new daemon found the crash marker and started influxd before it said READY=1
-    events = [e.get("EVENT") for e in journal_since(box, start, f"_SYSTEMD_UNIT={UNIT}")]
     assert "recovery.influxd_started" in events, events
     assert events.index("recovery.influxd_started") < events.index("daemon.ready"), events
     record = next(r for r in runs(box) if r["id"] == run_id)
