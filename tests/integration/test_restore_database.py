@@ -328,3 +328,20 @@ def test_imported_shards_are_known_by_their_files_and_never_counted(
     assert all(n > 0 for n in files.values())
     assert not [shard for shard in counted if shard in files], "a shard with files was counted"
     assert counts.point_count(sandbox.url, "copied") == 5_040, "every point answers at once"
+
+
+def test_without_the_servers_statistics_every_shard_is_counted(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: Any
+) -> None:
+    """SHOW STATS needs an admin: with other credentials the wait counts, as it did before."""
+    _populate(sandbox)
+    live = database._Live(config_mod.load(write_config(tmp_path, sandbox)), log.get(), 0)
+
+    def refused(*_args: Any, **_kwargs: Any) -> dict[tuple[str, int], int]:
+        raise counts.FiguresError("error authorizing query: reader not authorized to execute")
+
+    monkeypatch.setattr(counts, "shard_tsm_files", refused)
+    monkeypatch.setattr(database, "SHARD_WAIT", 4.0)
+    live.settled("metrics", Counter({"autogen": 1}), Counter({"autogen": 1}))
+    with pytest.raises(database.StepFailed, match="1 of 2 shards of retention policy autogen"):
+        live.settled("metrics", Counter({"autogen": 2}), Counter({"autogen": 2}))
