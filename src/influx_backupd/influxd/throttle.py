@@ -55,7 +55,6 @@ class Forwarder:
         self.uploads: list[threading.Thread] = []
         self.answers: list[threading.Thread] = []
         self.answered = False  # every connection's server side closed, by the end
-        self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
         self.sent = 0  # client bytes forwarded, for the record
 
@@ -112,8 +111,6 @@ class Forwarder:
 
     def _spawn(self, target: object, *args: object) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
-        with self.lock:
-            self.threads.append(thread)
         thread.start()
         return thread
 
