@@ -119,6 +119,19 @@ def print_database(result: DatabaseResult, as_json: bool) -> None:
         f"  prepared {fmt_s(result.prepare_s)}, taken in by the live server {fmt_s(result.restore_s)}"
     )
     print_merge(result.merge, result.merge_reason)
+    if result.cold_shards is not None:
+        whole = result.cold_shards["whole"]
+        print(
+            f"  shards   {result.cold_shards['by_files']} taken from the archive's TSM files, "
+            f"{len(whole)} replayed whole by a throwaway influxd"
+        )
+        for sid, why in whole.items():
+            print(f"           shard {sid}: {why}")
+        if result.cold_shards["tombstones_not_restored"]:
+            print(
+                "  warning  influxd restore takes no .tombstone file: points deleted since "
+                "those shards' last compaction may be back"
+            )
     if result.replaced_copy:
         print(f"  the database it replaced was kept in {result.replaced_copy}")
         print(f"  once satisfied, remove it with: rm -rf {result.replaced_copy}")

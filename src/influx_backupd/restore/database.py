@@ -10,8 +10,11 @@ portable backup holding the database as it was:
 - a single 1.x hot full: the backup dir itself (the tool takes only NAME's shards from it);
 - a 1.x hot chain: its links restored, NAME only, into a throwaway influxd (chain_server), then
   `influxd backup -portable -database NAME` from it;
-- a cold archive: its meta and NAME's data and WAL extracted into a scratch dir, served by a
-  throwaway influxd with the archived settings, then `influxd backup -portable -database NAME`.
+- a cold archive: a throwaway influxd with the archived settings replays NAME's WAL (its meta,
+  NAME's WAL and data less the TSM files extracted into a scratch dir), `influxd backup
+  -portable -database NAME` from it, then each shard's tar written with the archive's TSM files
+  as they are and the export's on top (restore/cold_files.py; a shard whose files cannot be
+  taken as they are, a delete in its WAL say, is exported whole by the throwaway).
 
 The throwaways run from scratch dirs in the storage dir (recovery stops them after a kill).
 
@@ -50,6 +53,7 @@ from influx_backupd.influxd.sandbox import BESIDE_LIVE_NICE
 from influx_backupd.influxd.throttle import Forwarder
 from influx_backupd.influxd.tool import run_tool
 from influx_backupd.influxd.writeback import FlushBehind
+from influx_backupd.restore import cold_files
 from influx_backupd.restore.cold import (
     archived_settings,
     extract_progress,
@@ -90,6 +94,8 @@ class DatabaseResult:
     seconds: float = 0.0
     merge: str | None = None  # a 1.x chain: how its increments went in, "files" or "sql"
     merge_reason: str | None = None  # why not "files"
+    # a cold archive: its shards taken by files, those replayed whole and why (cold_files.py)
+    cold_shards: dict[str, Any] | None = None
 
 
 def live_snapshot_host(config: Config) -> str:
@@ -556,15 +562,10 @@ def _portable_of(
         if merges:
             result.merge, result.merge_reason = merges[0].path, merges[0].reason
         return export
-    tops = {"meta", "data", "wal"}
-    dirs = {top: scratch / top for top in tops}
+    shards = cold_files.plan(source.path, name)
+    dirs = {top: scratch / top for top in ("meta", "data", "wal")}
     extract_safely(
-        source.path,
-        dirs,
-        uid=None,
-        gid=None,
-        keep=lambda member: member.startswith(("meta/", f"data/{name}/", f"wal/{name}/")),
-        on_progress=extract_progress,
+        source.path, dirs, uid=None, gid=None, keep=shards.keep, on_progress=extract_progress
     )
     server = throwaway(config, scratch, archived_settings(source.path))
     start_throwaway(server, config.settings.influxd.start_timeout, "influxd on the archive")
@@ -573,4 +574,20 @@ def _portable_of(
     finally:
         with signals_blocked():
             server.stop(timeout=config.settings.influxd.stop_timeout)
-    return export
+    portable = scratch / "portable"
+    built = cold_files.write_portable(source.path, shards, export, portable)
+    logger.info("restore.cold_files", **built.__dict__)
+    result.cold_shards = {
+        "by_files": built.shards_by_files,
+        "whole": {str(sid): why for sid, why in sorted(built.whole_because.items())},
+        "tombstones_not_restored": built.tombstones_not_restored,
+    }
+    if built.tombstones_not_restored:
+        logger.warning(
+            "restore.tombstones_not_restored",
+            database=name,
+            tombstones=built.tombstones_not_restored,
+            why="influxd restore takes only .tsm files: points deleted since the shard's last "
+            "compaction may be back",
+        )
+    return portable

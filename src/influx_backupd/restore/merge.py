@@ -245,7 +245,7 @@ def write_merged(
         links = set(files.values())
         source = views[links.pop()].shards[sid] if len(links) == 1 else None
         if source is not None and source.files == frozenset(files) and source.listed > 0:
-            _link_or_copy(source.tar, out / name)
+            link_or_copy(source.tar, out / name)
             entries.append(_entry(part, sid, name, source.listed))
             reused += 1
             continue
@@ -261,7 +261,7 @@ def write_merged(
 def _pack(views: list[LinkView], sid: int, wanted: dict[int, set[str]], dest: Path) -> int:
     """The wanted files of each link's tar of shard sid into one tar.gz; its unpacked size."""
     with gzip.GzipFile(dest, "wb", compresslevel=0) as gz:
-        counted = _Counting(gz)
+        counted = CountingWriter(gz)
         tw = tarfile.open(  # noqa: SIM115
             fileobj=cast(Any, counted), mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20
         )
@@ -280,7 +280,7 @@ def _pack(views: list[LinkView], sid: int, wanted: dict[int, set[str]], dest: Pa
     return counted.written
 
 
-def _link_or_copy(source: Path, dest: Path) -> None:
+def link_or_copy(source: Path, dest: Path) -> None:
     try:
         os.link(source, dest)
     except OSError:  # another filesystem, or links not allowed
@@ -299,7 +299,7 @@ def _entry(part: ShardPart, sid: int, name: str, size: int) -> dict[str, Any]:
     }
 
 
-class _Counting:
+class CountingWriter:
     """A write-only file that counts what goes through: the tar's unpacked size, which the
     tool's manifest lists as a shard's size."""
 

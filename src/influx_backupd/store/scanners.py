@@ -3,6 +3,7 @@ manifest (sizes, gzip ends, sha256 of every file). Used by the hot job, verify a
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -391,6 +392,13 @@ def members_seen(path: Path) -> list[tuple[str, int]] | None:
         return _MEMBERS.get(file_signature(path.stat()))
     except OSError:
         return None
+
+
+def remember_members(path: Path, members: list[tuple[str, int]]) -> None:
+    """What a shard tar.gz this process has just written holds, as a deep check would have
+    seen it (valid while the file is not changed)."""
+    with contextlib.suppress(OSError):
+        _MEMBERS[file_signature(path.stat())] = list(members)
 
 
 def _check_gunzipped(reader: _Hashing, path: Path, listed: int) -> list[tuple[str, int]] | None:

@@ -54,6 +54,21 @@ def check_wal_buffer(data: bytes | bytearray, member: str, *, deep: bool = False
     return _check(lambda offset, n: view[offset : offset + n], len(view), member, deep)
 
 
+def entry_types(stream: BinaryIO, size: int) -> set[int]:
+    """The types of the entries a segment holds, read from their 5-byte headers only (no
+    payload decoded); stops at the first header that does not chain (a torn tail, or
+    damage: the checks above report those)."""
+    found: set[int] = set()
+    pos = 0
+    while pos + ENTRY_HEADER_SIZE <= size:
+        header = read_at(stream, pos, ENTRY_HEADER_SIZE)
+        if len(header) < ENTRY_HEADER_SIZE or header[0] not in (WRITE, DELETE, DELETE_RANGE):
+            break
+        found.add(header[0])
+        pos += ENTRY_HEADER_SIZE + _U32(header, 1)[0]
+    return found
+
+
 def _check(read: _Reader, size: int, member: str, deep: bool) -> list[Finding]:
     pos = 0
     while pos < size:
