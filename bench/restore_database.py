@@ -128,6 +128,12 @@ def main() -> None:
         default="on",
         help="on, off or on,off: the restore's flush-behind of the files the server writes",
     )
+    parser.add_argument(
+        "--cold-files",
+        default="on",
+        help="on, off or on,off: a cold archive's TSM files taken as they are (off: the "
+        "throwaway replays and exports the whole database, as before)",
+    )
     args = parser.parse_args()
     binary = influxd_binary()
     if binary is None:
@@ -155,11 +161,18 @@ def main() -> None:
         results = []
         rates = [float(r) for r in args.limit_rates.split(",")]
         behinds = args.flush_behind.split(",")
-        combos = [(f, b, r, fb) for f, b in backups.items() for r in rates for fb in behinds]
+        colds = args.cold_files.split(",")
+        combos = [
+            (f, b, r, fb, cf)
+            for f, b in backups.items()
+            for r in rates
+            for fb in behinds
+            for cf in (colds if f == "cold" else ["-"])
+        ]
         for run in range(args.runs):
-            for form, backup_id, rate, behind in combos:
+            for form, backup_id, rate, behind, cold in combos:
                 os.sync()
-                new = f"copy_{form}_{run}_{int(rate)}_{behind}"
+                new = f"copy_{form}_{run}_{int(rate)}_{behind}_{cold}".replace("-", "x")
                 with LatencyWriter(sandbox, args.rate, "live") as writer:
                     t0 = time.monotonic()
                     time.sleep(args.before)
@@ -175,7 +188,10 @@ def main() -> None:
                         "--limit-rate",
                         str(rate),
                         "--json",
-                        env={"INFLUX_BACKUPD_FLUSH_BEHIND": behind},
+                        env={
+                            "INFLUX_BACKUPD_FLUSH_BEHIND": behind,
+                            "INFLUX_BACKUPD_COLD_FILES": cold,
+                        },
                     )
                     t2 = time.monotonic()
                     time.sleep(1)
@@ -190,6 +206,7 @@ def main() -> None:
                     "form": form,
                     "limit_rate": rate,
                     "flush_behind": behind,
+                    "cold_files": cold,
                     "run": run,
                     "wall_s": round(t2 - t1, 2),
                     "prepare_s": result["prepare_s"],
@@ -212,15 +229,16 @@ def main() -> None:
                 results.append(row)
                 print(json.dumps(row), flush=True)
                 sandbox.query(f'DROP DATABASE "{new}"', method="POST")
-        for form, _, rate, behind in combos:
+        for form, _, rate, behind, cold in combos:
             rows = [
                 r
                 for r in results
-                if r["form"] == form and r["limit_rate"] == rate and r["flush_behind"] == behind
+                if (r["form"], r["limit_rate"], r["flush_behind"], r["cold_files"])
+                == (form, rate, behind, cold)
             ]
             if rows:
                 print(
-                    f"{form}, --limit-rate {rate:g}, flush-behind {behind}: wall {statistics.median(r['wall_s'] for r in rows):.1f} s, "
+                    f"{form}, --limit-rate {rate:g}, flush-behind {behind}, cold files {cold}: wall {statistics.median(r['wall_s'] for r in rows):.1f} s, "
                     f"p99 during/before {statistics.median(r['p99_ratio'] for r in rows):.2f}, "
                     f"while the live server takes it in "
                     f"{statistics.median(r['p99_ratio_taking'] for r in rows):.2f} "

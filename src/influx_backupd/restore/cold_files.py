@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -39,6 +40,10 @@ from typing import Any, BinaryIO, cast
 from influx_backupd.restore.merge import TSM_NAME, CountingWriter, link_or_copy, manifest_of
 from influx_backupd.store.formats.wal import DELETE, DELETE_RANGE, entry_types
 from influx_backupd.store.scanners import remember_members
+
+# INFLUX_BACKUPD_COLD_FILES=off: every shard replayed and exported whole by the throwaway, as
+# before, for bench/restore_database.py's side-by-side comparison
+SWITCH = "INFLUX_BACKUPD_COLD_FILES"
 
 
 @dataclass
@@ -99,6 +104,9 @@ def plan(archive: Path, database: str) -> ColdShards:
                 if TSM_NAME.match(base) is None:
                     shard.whole_because = f"{base} is not a GEN-SEQ.tsm name"
                 shard.tsm.append(info)
+    if os.environ.get(SWITCH) == "off":
+        for shard in shards.values():
+            shard.whole_because = f"{SWITCH}=off"
     return ColdShards(database, shards)
 
 

@@ -9,6 +9,8 @@ import struct
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from influx_backupd.restore import cold_files
 from influx_backupd.store.formats.wal import DELETE, DELETE_RANGE, WRITE, entry_types
 
@@ -71,3 +73,17 @@ def test_shards_go_whole_only_where_their_tsm_files_cannot_be_taken_as_they_are(
     assert keep("data/db/autogen/2/000000001-000000001.tsm")
     assert not keep("data/other/autogen/6/000000001-000000001.tsm")
     assert not keep("wal/other/autogen/6/_00001.wal")
+
+
+def test_switched_off_every_shard_is_replayed_whole_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = _archive(
+        tmp_path / "a.tar",
+        {"meta/meta.db": b"m", "data/db/autogen/1/000000001-000000001.tsm": b"t"},
+    )
+    assert cold_files.plan(archive, "db").by_files == {1}
+    monkeypatch.setenv(cold_files.SWITCH, "off")
+    planned = cold_files.plan(archive, "db")
+    assert planned.by_files == set()
+    assert planned.keep("data/db/autogen/1/000000001-000000001.tsm")
