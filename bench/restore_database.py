@@ -118,6 +118,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--rate", type=int, default=1000, help="live writes, points a second")
     parser.add_argument("--before", type=float, default=20.0, help="seconds measured before")
+    parser.add_argument(
+        "--settle", type=float, default=15.0, help="seconds after each drop before measuring"
+    )
     parser.add_argument("--work", help="work dir (default: a temp dir, removed)")
     parser.add_argument("--forms", default="cold,hot", help="which backups to restore from")
     parser.add_argument(
@@ -170,7 +173,8 @@ def main() -> None:
             for cf in (colds if f == "cold" else ["-"])
         ]
         for run in range(args.runs):
-            for form, backup_id, rate, behind, cold in combos:
+            # odd runs take the variants the other way round: each follows the other's drop
+            for form, backup_id, rate, behind, cold in combos[:: -1 if run % 2 else 1]:
                 os.sync()
                 new = f"copy_{form}_{run}_{int(rate)}_{behind}_{cold}".replace("-", "x")
                 with LatencyWriter(sandbox, args.rate, "live") as writer:
@@ -229,6 +233,10 @@ def main() -> None:
                 results.append(row)
                 print(json.dumps(row), flush=True)
                 sandbox.query(f'DROP DATABASE "{new}"', method="POST")
+                # influxd removes the dropped files at once: a burst of its own (the next
+                # "before" would measure it), let it pass
+                os.sync()
+                time.sleep(args.settle)
         for form, _, rate, behind, cold in combos:
             rows = [
                 r

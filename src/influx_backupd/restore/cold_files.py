@@ -11,11 +11,10 @@ then the export's files, renumbered above the archive's newest generation. influ
 gives every imported file a new generation in the order of the tar, and on read a point in a
 newer generation wins: the WAL's points are the newest, as they were on the server.
 
-Before, the throwaway replayed the whole database, flushed its cache and exported every byte
-gzipped: on the live server's disk and CPU, three writes of the database and a gzip of it
-before the live server took it in; its write p99 suffered most in that preparation
-(docs/performance.md). Now the database is written once here (gzip level 0) and once by the
-live server.
+Before, the whole database was extracted for the throwaway, which exported every byte of it
+gzipped: on the live server's disk and CPU, two writes of the database and a gzip of it before
+the live server took it in, where its write p99 suffered most (docs/performance.md). Now the
+TSM files are written once here (gzip level 0, no compression) and once by the live server.
 
 Exact or not at all, shard by shard. A shard goes through the throwaway whole, as before, when
 its TSM files cannot be taken as they are:
