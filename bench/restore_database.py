@@ -137,6 +137,12 @@ def main() -> None:
         help="on, off or on,off: a cold archive's TSM files taken as they are (off: the "
         "throwaway replays and exports the whole database, as before)",
     )
+    parser.add_argument(
+        "--go-procs",
+        default="-",
+        help="GOMAXPROCS values in the restore's environment to compare (-: unset): its "
+        "throwaway influxd and tools inherit it, the live server does not",
+    )
     args = parser.parse_args()
     binary = influxd_binary()
     if binary is None:
@@ -166,17 +172,18 @@ def main() -> None:
         behinds = args.flush_behind.split(",")
         colds = args.cold_files.split(",")
         combos = [
-            (f, b, r, fb, cf)
+            (f, b, r, fb, cf, gp)
             for f, b in backups.items()
             for r in rates
             for fb in behinds
             for cf in (colds if f == "cold" else ["-"])
+            for gp in args.go_procs.split(",")
         ]
         for run in range(args.runs):
             # odd runs take the variants the other way round: each follows the other's drop
-            for form, backup_id, rate, behind, cold in combos[:: -1 if run % 2 else 1]:
+            for form, backup_id, rate, behind, cold, procs in combos[:: -1 if run % 2 else 1]:
                 os.sync()
-                new = f"copy_{form}_{run}_{int(rate)}_{behind}_{cold}".replace("-", "x")
+                new = f"copy_{form}_{run}_{int(rate)}_{behind}_{cold}_{procs}".replace("-", "x")
                 with LatencyWriter(sandbox, args.rate, "live") as writer:
                     t0 = time.monotonic()
                     time.sleep(args.before)
@@ -195,6 +202,7 @@ def main() -> None:
                         env={
                             "INFLUX_BACKUPD_FLUSH_BEHIND": behind,
                             "INFLUX_BACKUPD_COLD_FILES": cold,
+                            **({} if procs == "-" else {"GOMAXPROCS": procs}),
                         },
                     )
                     t2 = time.monotonic()
@@ -211,6 +219,7 @@ def main() -> None:
                     "limit_rate": rate,
                     "flush_behind": behind,
                     "cold_files": cold,
+                    "go_procs": procs,
                     "run": run,
                     "wall_s": round(t2 - t1, 2),
                     "prepare_s": result["prepare_s"],
@@ -237,16 +246,16 @@ def main() -> None:
                 # "before" would measure it), let it pass
                 os.sync()
                 time.sleep(args.settle)
-        for form, _, rate, behind, cold in combos:
+        for form, _, rate, behind, cold, procs in combos:
             rows = [
                 r
                 for r in results
-                if (r["form"], r["limit_rate"], r["flush_behind"], r["cold_files"])
-                == (form, rate, behind, cold)
+                if (r["form"], r["limit_rate"], r["flush_behind"], r["cold_files"], r["go_procs"])
+                == (form, rate, behind, cold, procs)
             ]
             if rows:
                 print(
-                    f"{form}, --limit-rate {rate:g}, flush-behind {behind}, cold files {cold}: wall {statistics.median(r['wall_s'] for r in rows):.1f} s, "
+                    f"{form}, --limit-rate {rate:g}, flush-behind {behind}, cold files {cold}, GOMAXPROCS {procs}: wall {statistics.median(r['wall_s'] for r in rows):.1f} s, "
                     f"p99 during/before {statistics.median(r['p99_ratio'] for r in rows):.2f}, "
                     f"while the live server takes it in "
                     f"{statistics.median(r['p99_ratio_taking'] for r in rows):.2f} "

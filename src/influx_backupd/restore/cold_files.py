@@ -181,8 +181,13 @@ def _pack_shard(
     with gzip.GzipFile(dest, "wb", compresslevel=0) as gz:
         counted = CountingWriter(gz)
         tw = tarfile.open(  # noqa: SIM115
-            fileobj=cast(Any, counted), mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20
+            fileobj=cast(Any, counted),
+            mode="w|",
+            format=tarfile.PAX_FORMAT,
+            bufsize=1 << 20,
         )
+        # its default, 16 KiB a read and a write, packs 1.7x slower (not in typeshed)
+        tw.copybufsize = 1 << 20  # type: ignore[attr-defined]
         for info in sorted(shard.tsm, key=lambda i: _order(i.name)):
             source = tar.extractfile(info)
             if source is None:

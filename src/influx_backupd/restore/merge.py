@@ -263,8 +263,13 @@ def _pack(views: list[LinkView], sid: int, wanted: dict[int, set[str]], dest: Pa
     with gzip.GzipFile(dest, "wb", compresslevel=0) as gz:
         counted = CountingWriter(gz)
         tw = tarfile.open(  # noqa: SIM115
-            fileobj=cast(Any, counted), mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20
+            fileobj=cast(Any, counted),
+            mode="w|",
+            format=tarfile.PAX_FORMAT,
+            bufsize=1 << 20,
         )
+        # its default, 16 KiB a read and a write, packs 1.7x slower (not in typeshed)
+        tw.copybufsize = 1 << 20  # type: ignore[attr-defined]
         for link, names in sorted(wanted.items()):
             left = set(names)
             tar = views[link].shards[sid].tar
