@@ -7,7 +7,8 @@ archive gets the meta, the database's WAL and, under data/, everything but the T
 shards taken by files; its export (`influxd backup -portable -database NAME`) then holds the
 meta in the tool's format and, for those shards, only the WAL's points, as a small new TSM file.
 Each such shard's tar is written here: its archived TSM files in (generation, sequence) order,
-then the export's files, renumbered above the archive's newest generation. influxd restore
+then the export's files, renumbered above the archive's newest generation (each archived file's
+header, index and footer checked on the way, as the throwaway's open of it did before). influxd restore
 gives every imported file a new generation in the order of the tar, and on read a point in a
 newer generation wins: the WAL's points are the newest, as they were on the server.
 
@@ -21,7 +22,9 @@ its TSM files cannot be taken as they are:
 - a WAL segment holds a delete (DELETE, DROP SERIES): replayed without the TSM files, the delete
   would not reach the points in them;
 - a .tombstone file beside its TSM files (a delete not yet compacted away);
-- a TSM file whose name is not GEN-SEQ.tsm (its order among the others is unknown).
+- a TSM file whose name is not GEN-SEQ.tsm (its order among the others is unknown);
+- a member of its data or WAL dir that is not a regular file (a symlink, which the archive
+  allows inside itself): what it stands for is not read here.
 (`influxd restore` takes only .tsm files from a shard's tar: a tombstone is lost whichever way
 the shard goes; the result says so, restore.tombstones_not_restored.)
 """
@@ -37,6 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 
 from influx_backupd.restore.merge import TSM_NAME, CountingWriter, link_or_copy, manifest_of
+from influx_backupd.store.formats.tsm import check_tsm
 from influx_backupd.store.formats.wal import DELETE, DELETE_RANGE, entry_types
 from influx_backupd.store.scanners import remember_members
 
@@ -87,11 +91,13 @@ def plan(archive: Path, database: str) -> ColdShards:
         for info in tar.getmembers():
             parts = PurePosixPath(info.name).parts
             sid = _shard_id(parts)
-            if sid is None or parts[1] != database or not info.isfile():
+            if sid is None or parts[1] != database or info.isdir():
                 continue
             shard = shards.setdefault(sid, ArchivedShard(parts[2]))
             base = parts[-1]
-            if parts[0] == "wal":
+            if not info.isfile():  # a symlink: what it stands for is the throwaway's to see
+                shard.whole_because = shard.whole_because or f"{base} is not a regular file"
+            elif parts[0] == "wal":
                 if base.endswith(".wal") and shard.whole_because is None:
                     segment = cast(BinaryIO, tar.extractfile(info))
                     if entry_types(segment, info.size) & {DELETE, DELETE_RANGE}:
@@ -189,9 +195,12 @@ def _pack_shard(
         # its default, 16 KiB a read and a write, packs 1.7x slower (not in typeshed)
         tw.copybufsize = 1 << 20  # type: ignore[attr-defined]
         for info in sorted(shard.tsm, key=lambda i: _order(i.name)):
-            source = tar.extractfile(info)
-            if source is None:
-                raise ValueError(f"{info.name}: not readable in the archive")
+            source = cast(BinaryIO, tar.extractfile(info))
+            # the throwaway refused a file it could not open; the live server is next here
+            problems = [f for f in check_tsm(source, info.size, info.name) if f.severity == "error"]
+            if problems:
+                raise ValueError(f"{problems[0]}: not sent to the live server")
+            source.seek(0)
             copy = tarfile.TarInfo(f"{prefix}/{PurePosixPath(info.name).name}")
             copy.size, copy.mode, copy.mtime = info.size, 0o644, int(info.mtime)
             tw.addfile(copy, source)
