@@ -107,3 +107,49 @@ def test_tsm_files_come_from_the_archive_and_the_wal_s_points_win(
         sandbox.count("d2"),
         result["cold_shards"],
     )
+
+
+def _archive_of(sandbox: Sandbox, dest: Path) -> Path:
+    """A cold archive of a stopped sandbox, made by hand (no record: restore takes a path)."""
+    with tarfile.open(dest, "w") as tar:
+        for top, path in (("meta", sandbox.meta), ("data", sandbox.data), ("wal", sandbox.wal)):
+            tar.add(path, arcname=top)
+        tar.add(sandbox.conf, arcname="influxdb.conf")
+    return dest
+
+
+def test_deletes_a_tombstone_holds_stay_deleted(tmp_path: Path, sandbox: Sandbox) -> None:
+    cli = Cli(write_config(tmp_path, sandbox))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 3_000)
+    _snapshot(sandbox, "metrics", tmp_path / "snap1")
+    sandbox.write_points("metrics", 3_000, start=10_000)
+    _snapshot(sandbox, "metrics", tmp_path / "snap2")
+    tombstones: list[Path] = []
+    for attempt in range(3):  # stopped before the server's compaction takes them in
+        start = f"2020-01-01T00:0{attempt * 2}:00Z"
+        sandbox.query(
+            f"DELETE FROM cpu WHERE time >= '{start}' AND time < '2020-01-01T00:05:00Z'",
+            db="metrics",
+            method="POST",
+        )
+        sandbox.query(
+            f"DROP SERIES FROM cpu WHERE host='h{attempt + 2}'", db="metrics", method="POST"
+        )
+        sandbox.stop()
+        tombstones = list(sandbox.data.glob("metrics/*/*/*.tombstone"))
+        if tombstones:
+            break
+        sandbox.start()
+    assert tombstones, "three tries, and the server compacted the deletes before it stopped"
+    archive = _archive_of(sandbox, tmp_path / "by-hand.tar")
+    sandbox.start()
+    expected = _rows(sandbox, "metrics")  # the live server holds the deletes
+
+    done = cli("restore", str(archive), "--database", "metrics", "--as", "m2", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    [why] = result["cold_shards"]["whole"].values()
+    assert "tombstone" in why or "holds a delete" in why
+    assert result["cold_shards"]["tombstones_not_restored"] == 0
+    assert _rows(sandbox, "m2") == expected, "no deleted point is back"

@@ -129,8 +129,9 @@ def print_database(result: DatabaseResult, as_json: bool) -> None:
             print(f"           shard {sid}: {why}")
         if result.cold_shards["tombstones_not_restored"]:
             print(
-                "  warning  influxd restore takes no .tombstone file: points deleted since "
-                "those shards' last compaction may be back"
+                f"  warning  {result.cold_shards['tombstones_not_restored']} .tombstone files "
+                "were not compacted away in time and influxd restore takes none: points "
+                "deleted shortly before the backup may be back"
             )
     if result.replaced_copy:
         print(f"  the database it replaced was kept in {result.replaced_copy}")

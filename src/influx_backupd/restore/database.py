@@ -570,6 +570,7 @@ def _portable_of(
     server = throwaway(config, scratch, archived_settings(source.path))
     start_throwaway(server, config.settings.influxd.start_timeout, "influxd on the archive")
     try:
+        tombstones = cold_files.tombstones_left(server.data / name)
         _export(config, logger, server.backup_host, name, export)
     finally:
         with signals_blocked():
@@ -580,13 +581,14 @@ def _portable_of(
     result.cold_shards = {
         "by_files": built.shards_by_files,
         "whole": {str(sid): why for sid, why in sorted(built.whole_because.items())},
-        "tombstones_not_restored": built.tombstones_not_restored,
+        "tombstones_not_restored": tombstones,
     }
-    if built.tombstones_not_restored:
+    if tombstones:
         logger.warning(
             "restore.tombstones_not_restored",
             database=name,
-            tombstones=built.tombstones_not_restored,
+            tombstones=tombstones,
+            waited_s=cold_files.TOMBSTONE_WAIT,
             why="influxd restore takes only .tsm files: points deleted since the shard's last "
             "compaction may be back",
         )
