@@ -35,6 +35,7 @@ from influx_backupd.core.config import Config, Credentials, JobSection
 from influx_backupd.core.errors import CheckFailed, HotFailed
 from influx_backupd.core.interrupt import Interrupted
 from influx_backupd.core.log import Logger
+from influx_backupd.influxd import tombstones
 from influx_backupd.influxd.influxql import ping_headers
 from influx_backupd.influxd.tool import (
     PROBE_TIMEOUT,
@@ -185,15 +186,40 @@ def _hot(
 
     storage = config.storage_dir
     storage.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # backup_timeout bounds the whole run: what the version call and the probe took counts too.
-    deadline_left = max(1.0, timeout - (time.monotonic() - began))
     if flavour == "0.9":
+        deadline_left = max(1.0, timeout - (time.monotonic() - began))
         _run_09(section.binary, host, storage, record, plan, deadline_left, logger, cancel)
     else:
         _anchor_since(clock_url(config), config.credentials, record, logger)
         listing = _listing_source(config)
+        if listing is not None:
+            _await_deletes(listing, timeout / 4, record, logger, cancel)
+        # backup_timeout bounds the whole run: the version call, the probe, the wait count too
+        deadline_left = max(1.0, timeout - (time.monotonic() - began))
         _run_portable(section.binary, host, storage, record, deadline_left, logger, cancel, listing)
     record.status = "ok"
+
+
+def _await_deletes(
+    data: Path, most: float, record: RunRecord, logger: Logger, cancel: CancelToken
+) -> None:
+    """Before the snapshot, let the local server compact in the deletes it holds as .tombstone
+    files (influxd/tombstones.py): a tombstone in the backup would be lost on restore, and the
+    points it deletes with it back. Usually a second; at most `most` seconds, then the backup
+    goes ahead and the record says how many it may hold (extra["tombstones_at_snapshot"])."""
+    if not tombstones.count(data):
+        return
+    started = time.monotonic()
+    logger.info("hot.awaiting_deletes", phase="preflight", tombstones=tombstones.count(data))
+    left = tombstones.wait_gone(data, min(tombstones.WAIT, most), stop=lambda: cancel.cancelled)
+    logger.info(
+        "hot.deletes_compacted" if not left else "hot.deletes_pending",
+        phase="preflight",
+        waited_s=round(time.monotonic() - started, 2),
+        tombstones_left=left,
+    )
+    if left:
+        record.extra["tombstones_at_snapshot"] = left
 
 
 SHARD_LISTING = "shard_listing"  # record.extra key: the live shards' files after the backup

@@ -29,8 +29,8 @@ its TSM files cannot be taken as they are:
 the points it deletes come back. The throwaway's tsm1 engine compacts a file with a tombstone
 into one without it within about a second of opening it (seen with 1.6, one file or several),
 and its WAL replay writes the tombstones of the deletes it holds: the export waits until the
-database's data dir holds no tombstone (tombstones_left), up to TOMBSTONE_WAIT; any left then
-are named in the result (restore.tombstones_not_restored).
+database's data dir holds no tombstone (influxd/tombstones.py); any left after its wait are
+named in the result (restore.tombstones_not_restored).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import gzip
 import json
 import os
 import tarfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
@@ -118,22 +117,6 @@ def plan(archive: Path, database: str) -> ColdShards:
         for shard in shards.values():
             shard.whole_because = f"{SWITCH}=off"
     return ColdShards(database, shards)
-
-
-# How long the export waits for the throwaway to compact tombstones away: a compaction rewrites
-# the shard's files, at the disk's speed (a few GB a minute).
-TOMBSTONE_WAIT = 300.0
-
-
-def tombstones_left(database_dir: Path, timeout: float = TOMBSTONE_WAIT) -> int:
-    """Wait, up to timeout, until the throwaway's data dir of a database (DB/RP/ID/...) holds
-    no .tombstone file; returns how many are left."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = sum(1 for _ in database_dir.glob("*/*/*.tombstone"))
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.2)
 
 
 def _shard_id(parts: tuple[str, ...]) -> int | None:

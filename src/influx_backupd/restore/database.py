@@ -48,6 +48,7 @@ from influx_backupd.core.log import Logger
 from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import counts, influxql
 from influx_backupd.influxd import scratch as scratch_dir
+from influx_backupd.influxd import tombstones as influxd_tombstones
 from influx_backupd.influxd.influxql import ident
 from influx_backupd.influxd.sandbox import BESIDE_LIVE_NICE
 from influx_backupd.influxd.throttle import Forwarder
@@ -570,7 +571,7 @@ def _portable_of(
     server = throwaway(config, scratch, archived_settings(source.path))
     start_throwaway(server, config.settings.influxd.start_timeout, "influxd on the archive")
     try:
-        tombstones = cold_files.tombstones_left(server.data / name)
+        tombstones = influxd_tombstones.wait_gone(server.data, database=name)
         _export(config, logger, server.backup_host, name, export)
     finally:
         with signals_blocked():
@@ -588,7 +589,7 @@ def _portable_of(
             "restore.tombstones_not_restored",
             database=name,
             tombstones=tombstones,
-            waited_s=cold_files.TOMBSTONE_WAIT,
+            waited_s=influxd_tombstones.WAIT,
             why="influxd restore takes only .tsm files: points deleted since the shard's last "
             "compaction may be back",
         )

@@ -540,6 +540,18 @@ def restore_portable_links(
             state = "timed out" if run.returncode is None else f"exited {run.returncode}"
             raise StepFailed(f"influxd restore {state}: {tail}")
 
+    pending = sum(
+        int(link.record.extra.get("tombstones_at_snapshot", 0) or 0)
+        for link in links
+        if link.record
+    )
+    if pending:  # the hot job waited for them in vain (jobs/hot.py, _await_deletes)
+        logger.warning(
+            "restore.tombstones_not_restored",
+            tombstones=pending,
+            why="the server had not compacted these deletes in when the backup was taken, and "
+            "influxd restore takes no .tombstone file: the points they delete may be back",
+        )
     outcome: ChainMerge | None = None
     merged: Path | None = None
     if len(links) > 1:
