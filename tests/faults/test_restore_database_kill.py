@@ -1,0 +1,97 @@
+"""`restore BACKUP --database NAME --as NEW` from a cold archive, killed (SIGKILL) in each of its
+phases: while the throwaway on the archive starts, once the shards' tars are packed from the
+archive's TSM files (restore/cold_files.py), and while the live server takes the database in
+(real influxd, real CLI, real signals).
+
+What a user depends on: the live influxd is never stopped and keeps every point; once the next
+lock-taking command is done, no throwaway of ours runs, the half-restored database is gone (the
+live server's databases are as they were), and no scratch dir of the restore is left.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import write_config
+from tests.faults.conftest import Ledger, Watched, points, run_cli
+
+# variant → (the event the kill lands on, its fields, how many of them come first)
+KILLS: dict[str, tuple[str, dict[str, str], int]] = {
+    "the throwaway on the archive starting": (
+        "throwaway.starting",
+        {"what": "influxd on the archive"},
+        1,
+    ),
+    "the shards' tars packed": ("restore.cold_files", {}, 1),
+    # the second restore.running is the tool against the live server (the first, the export)
+    "the live server taking the database in": ("restore.running", {}, 2),
+}
+
+
+def _ours(tmp_path: Path, sandbox: Sandbox) -> list[psutil.Process]:
+    """influxd processes with a config under this test's dirs, the live one aside."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if str(sandbox.conf) not in argv and any(a.startswith(str(tmp_path)) for a in argv):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.fault("kill", "SIGKILL of restore --database from a cold archive")
+@pytest.mark.parametrize("variant", list(KILLS))
+def test_a_database_restore_killed_leaves_the_live_server_as_it_was(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, variant: str
+) -> None:
+    event, fields, nth = KILLS[variant]
+    config = write_config(tmp_path, sandbox)
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 20_000)
+    done = run_cli(config, "backup", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(done.stdout)
+    sandbox.write_points("metrics", 300, start=200_000)  # the live server moves on
+    ledger.take()
+    live_pids, before = sandbox.pids(), points(sandbox)
+
+    # paced hard, so that the upload is still going when the kill lands
+    restore = Watched(
+        config, "restore", record["id"], "--database", "metrics", "--as", "m2",
+        "--limit-rate", "0.02",
+    )  # fmt: skip
+    try:
+        restore.wait_event(event, timeout=300, **fields)
+        deadline = time.monotonic() + 120
+        while sum(e.get("event") == event for e in restore.events()) < nth:
+            assert time.monotonic() < deadline, restore.tail()
+            time.sleep(0.005)
+        if nth > 1:
+            time.sleep(0.5)  # into the upload
+    finally:
+        restore.kill()
+    assert "restore.database_done" not in "".join(restore.lines), "killed before it ended"
+
+    done = run_cli(config, "prune", "--dry-run")  # the next lock-taking command
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    if nth > 1:  # killed with the live server changed: undone from the pending file
+        assert "recovery.database_restore_undone" in done.stderr, done.stderr[-3000:]
+    assert sandbox.pids() == live_pids, "the live influxd was never stopped"
+    left = _ours(tmp_path, sandbox)
+    for proc in left:
+        proc.kill()
+    assert left == [], "no throwaway of ours is left running"
+    assert points(sandbox) == before, "the half-restored database is gone, nothing else changed"
+    assert not (tmp_path / "state" / "restore-database.json").exists()
+    done = run_cli(config, "prune")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list((tmp_path / "archives").glob(".verify-restore-*")), "the scratch is gone"
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0, "points lost"
+    assert lost == [], f"archives lost or changed: {lost}"
