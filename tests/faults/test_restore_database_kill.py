@@ -14,12 +14,12 @@ import json
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import write_config
 from tests.faults.conftest import Ledger, Watched, points, run_cli
+from tests.faults.test_restore_target_kill import _ours
 
 # variant → (the event the kill lands on, its fields, how many of them come first)
 KILLS: dict[str, tuple[str, dict[str, str], int]] = {
@@ -32,16 +32,6 @@ KILLS: dict[str, tuple[str, dict[str, str], int]] = {
     # the second restore.running is the tool against the live server (the first, the export)
     "the live server taking the database in": ("restore.running", {}, 2),
 }
-
-
-def _ours(tmp_path: Path, sandbox: Sandbox) -> list[psutil.Process]:
-    """influxd processes with a config under this test's dirs, the live one aside."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        argv = proc.info["cmdline"] or []
-        if str(sandbox.conf) not in argv and any(a.startswith(str(tmp_path)) for a in argv):
-            found.append(proc)
-    return found
 
 
 @pytest.mark.fault("kill", "SIGKILL of restore --database from a cold archive")

@@ -35,7 +35,6 @@ named in the result (restore.tombstones_not_restored).
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import tarfile
@@ -43,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 
-from influx_backupd.restore.merge import TSM_NAME, CountingWriter, link_or_copy, manifest_of
+from influx_backupd.restore.merge import TSM_NAME, link_or_copy, manifest_of, shard_tar_writer
 from influx_backupd.store.formats.tsm import check_tsm
 from influx_backupd.store.formats.wal import DELETE, DELETE_RANGE, entry_types
 from influx_backupd.store.scanners import remember_members
@@ -186,16 +185,7 @@ def _pack_shard(
     newest = max(_order(info.name)[0] for info in shard.tsm)
     prefix = "/".join(PurePosixPath(shard.tsm[0].name).parts[1:4])  # data/DB/RP/ID -> DB/RP/ID
     members: list[tuple[str, int]] = []
-    with gzip.GzipFile(dest, "wb", compresslevel=0) as gz:
-        counted = CountingWriter(gz)
-        tw = tarfile.open(  # noqa: SIM115
-            fileobj=cast(Any, counted),
-            mode="w|",
-            format=tarfile.PAX_FORMAT,
-            bufsize=1 << 20,
-        )
-        # its default, 16 KiB a read and a write, packs 1.7x slower (not in typeshed)
-        tw.copybufsize = 1 << 20  # type: ignore[attr-defined]
+    with shard_tar_writer(dest) as (tw, counted):
         for info in sorted(shard.tsm, key=lambda i: _order(i.name)):
             source = cast(BinaryIO, tar.extractfile(info))
             # the throwaway refused a file it could not open; the live server is next here
@@ -219,5 +209,4 @@ def _pack_shard(
                 tw.addfile(member, tf.extractfile(member))
                 members.append((member.name, member.size))
                 built.files_from_throwaway += 1
-        tw.close()
     return counted.written, members

@@ -37,6 +37,8 @@ import os
 import re
 import shutil
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -258,8 +260,10 @@ def write_merged(
     return reused, len(entries) - reused
 
 
-def _pack(views: list[LinkView], sid: int, wanted: dict[int, set[str]], dest: Path) -> int:
-    """The wanted files of each link's tar of shard sid into one tar.gz; its unpacked size."""
+@contextmanager
+def shard_tar_writer(dest: Path) -> Iterator[tuple[tarfile.TarFile, CountingWriter]]:
+    """A shard's tar.gz for influxd restore, written as a stream (gzip level 0: only a valid
+    gzip is needed); the writer counts the tar's unpacked size, which the manifest lists."""
     with gzip.GzipFile(dest, "wb", compresslevel=0) as gz:
         counted = CountingWriter(gz)
         tw = tarfile.open(  # noqa: SIM115
@@ -270,6 +274,13 @@ def _pack(views: list[LinkView], sid: int, wanted: dict[int, set[str]], dest: Pa
         )
         # its default, 16 KiB a read and a write, packs 1.7x slower (not in typeshed)
         tw.copybufsize = 1 << 20  # type: ignore[attr-defined]
+        yield tw, counted
+        tw.close()
+
+
+def _pack(views: list[LinkView], sid: int, wanted: dict[int, set[str]], dest: Path) -> int:
+    """The wanted files of each link's tar of shard sid into one tar.gz; its unpacked size."""
+    with shard_tar_writer(dest) as (tw, counted):
         for link, names in sorted(wanted.items()):
             left = set(names)
             tar = views[link].shards[sid].tar
@@ -281,7 +292,6 @@ def _pack(views: list[LinkView], sid: int, wanted: dict[int, set[str]], dest: Pa
                         left.discard(base)
             if left:
                 raise ValueError(f"{tar}: {sorted(left)} missing")
-        tw.close()
     return counted.written
 
 
