@@ -7,8 +7,11 @@ job (and, through it, psutil, tarfile and the format readers) just for a class n
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
+from typing import Any
 
 _SHIELDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
@@ -17,14 +20,61 @@ class Interrupted(BaseException):
     """A signal asked us to stop; raised in the main thread so `finally` restarts influxd."""
 
 
+# While signals are held: the handlers set before (the main thread's only), and the signals
+# that came meanwhile, delivered when the hold ends.
+_held_handlers: dict[int, Any] = {}
+_deferred: list[int] = []
+
+
+def _defer(signum: int, _frame: FrameType | None) -> None:
+    _deferred.append(signum)
+
+
+def _hold_handlers() -> bool:
+    """Swap the Python handlers of SIGTERM/SIGINT/SIGHUP for _defer (main thread, not held
+    yet); True if this call did. A blocked mask alone does not hold a signal: it is the calling
+    thread's, and the kernel gives a signal to any thread not blocking it (a progress thread, a
+    forwarder's); Python then runs the handler in the main thread at its next bytecode, inside
+    the window, even inside an at-fork hook of Popen, where the Interrupted it raises is printed
+    and dropped (seen: a SIGTERM lost while a throwaway influxd started, the command went on)."""
+    if _held_handlers or threading.current_thread() is not threading.main_thread():
+        return False
+    for sig in _SHIELDED:
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            _held_handlers[sig] = signal.signal(sig, _defer)
+    return bool(_held_handlers)
+
+
+def _release_handlers() -> None:
+    """The handlers as before _hold_handlers (not yet: what came meanwhile, see _deliver)."""
+    for sig, handler in _held_handlers.items():
+        signal.signal(sig, handler)
+    _held_handlers.clear()
+
+
+def _deliver() -> None:
+    """Each signal that came while held, to its own handler, now: Interrupted raised here."""
+    while _deferred:
+        signum = _deferred.pop(0)
+        handler = signal.getsignal(signum)
+        if callable(handler) and handler is not _defer:
+            handler(signum, None)
+
+
 @contextmanager
 def signals_blocked() -> Iterator[None]:
     """Hold SIGTERM/SIGINT/SIGHUP while influxd is being started; they are delivered afterwards."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _SHIELDED)
+    held = _hold_handlers()
     try:
         yield
     finally:
+        if held:
+            _release_handlers()
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if held:
+            _deliver()
 
 
 @contextmanager
@@ -32,10 +82,16 @@ def signals_allowed() -> Iterator[None]:
     """Inside signals_blocked: let SIGTERM/SIGINT/SIGHUP through for a while (a wait between
     start attempts, when nothing is half-done)."""
     old = signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHIELDED)
+    handlers = dict(_held_handlers)
+    _release_handlers()
     try:
+        _deliver()
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if handlers:
+            for sig in handlers:
+                _held_handlers[sig] = signal.signal(sig, _defer)
 
 
 def unblock_in_child() -> None:

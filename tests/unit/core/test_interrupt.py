@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import influx_backupd
@@ -66,3 +67,59 @@ def test_every_process_we_start_unblocks_the_held_signals() -> None:
                 calls.append((f"{path.relative_to(SRC)}:{node.lineno}", given.get("preexec_fn")))
     assert len(calls) >= 7, calls  # hooks, the tools, influxd, systemctl, the sandboxes
     assert [where for where, fn in calls if fn != "child_preexec()"] == []
+
+
+# Run in a fresh interpreter: it installs handlers and signals itself. A thread that does not
+# block SIGTERM takes it while the main thread holds it; Python runs the handler in the main
+# thread all the same, at its next bytecode: before, that raised inside the window, even inside
+# Popen's at-fork hooks, where the exception is printed and dropped.
+_HELD_ACROSS_THREADS = r"""
+import os, signal, subprocess, sys, threading, time
+from influx_backupd.core.interrupt import Interrupted, signals_allowed, signals_blocked
+
+def raise_it(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+signal.signal(signal.SIGTERM, raise_it)
+idle = threading.Event()
+threading.Thread(target=idle.wait, daemon=True).start()  # SIGTERM not blocked there
+events = []
+try:
+    with signals_blocked():
+        os.kill(os.getpid(), signal.SIGTERM)  # the kernel gives it to the other thread
+        time.sleep(0.3)
+        # what influxd's start does inside the window: Popen with a preexec_fn runs the
+        # interpreter's at-fork hooks (logging's among them)
+        subprocess.run(["true"], preexec_fn=lambda: None, check=True)
+        for _ in range(100_000):
+            pass
+        events.append("window finished")
+except Interrupted as exc:
+    events.append(f"raised after the window: {exc}")
+try:
+    with signals_blocked():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)
+        events.append("held")
+        with signals_allowed():
+            events.append("not reached")
+except Interrupted as exc:
+    events.append(f"raised where allowed: {exc}")
+print(events)
+"""
+
+
+def test_a_signal_another_thread_takes_waits_for_the_end_of_the_window() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _HELD_ACROSS_THREADS], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Exception ignored" not in done.stderr, done.stderr
+    assert done.stdout.strip() == str(
+        [
+            "window finished",
+            "raised after the window: SIGTERM",
+            "held",
+            "raised where allowed: SIGTERM",
+        ]
+    )
