@@ -504,6 +504,12 @@ def _chown_tree(roots: list[Path], uid: int, gid: int) -> None:
                 os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
+def _tombstones_at_snapshot(record: RunRecord | None) -> int:
+    """What jobs/hot.py noted of a link (0: nothing, or a record edited into nonsense)."""
+    value = record.extra.get("tombstones_at_snapshot") if record is not None else None
+    return value if isinstance(value, int) and value > 0 else 0
+
+
 def restore_portable_links(
     binary: str,
     host: str,
@@ -540,11 +546,7 @@ def restore_portable_links(
             state = "timed out" if run.returncode is None else f"exited {run.returncode}"
             raise StepFailed(f"influxd restore {state}: {tail}")
 
-    pending = sum(
-        int(link.record.extra.get("tombstones_at_snapshot", 0) or 0)
-        for link in links
-        if link.record
-    )
+    pending = sum(_tombstones_at_snapshot(link.record) for link in links)
     if pending:  # the hot job waited for them in vain (jobs/hot.py, _await_deletes)
         logger.warning(
             "restore.tombstones_not_restored",
