@@ -8,9 +8,10 @@ shards taken by files; its export (`influxd backup -portable -database NAME`) th
 meta in the tool's format and, for those shards, only the WAL's points, as a small new TSM file.
 Each such shard's tar is written here: its archived TSM files in (generation, sequence) order,
 then the export's files, renumbered above the archive's newest generation (each archived file's
-header, index and footer checked on the way, as the throwaway's open of it did before). influxd restore
-gives every imported file a new generation in the order of the tar, and on read a point in a
-newer generation wins: the WAL's points are the newest, as they were on the server.
+header, index and footer checked on the way, as the throwaway's open of it did before). Whether
+influxd restore keeps a file's name or numbers the files anew in the order of the tar, the
+WAL's come last and highest, and on read a point of a newer generation wins: the WAL's points
+win where a TSM file holds the same one, as they did on the server (tested against 1.6).
 
 Before, the whole database was extracted for the throwaway, which exported every byte of it
 gzipped: on the live server's disk and CPU, two writes of the database and a gzip of it before
