@@ -51,7 +51,12 @@ def test_a_daemon_killed_with_influxd_stopped_recovers_at_start_and_schedules_ag
         names = [e.get("event") for e in second.events()]
         assert names.index("recovery.influxd_started") < names.index("daemon.ready"), names
         assert ready
-        assert sandbox.ping(), "influxd answers /ping once the restarted daemon is ready"
+        # influxd answers once the restarted daemon is ready, unless the job (every 2 s) has
+        # already begun its next run, which stops it again (seen under load: recovery took
+        # longer than the interval, and the run was due as the daemon became ready)
+        answers = sandbox.ping()
+        since_ready = [e.get("event") for e in second.events()][names.index("daemon.ready") :]
+        assert answers or "run.started" in since_ready, since_ready
         assert not marker.exists()
         assert not list((tmp_path / "archives").glob("*.partial"))
         [record] = [r for r in runs(tmp_path) if r.id == killed.id]
