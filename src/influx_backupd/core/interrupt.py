@@ -82,16 +82,15 @@ def signals_allowed() -> Iterator[None]:
     """Inside signals_blocked: let SIGTERM/SIGINT/SIGHUP through for a while (a wait between
     start attempts, when nothing is half-done)."""
     old = signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHIELDED)
-    handlers = dict(_held_handlers)
+    held = list(_held_handlers)
     _release_handlers()
     try:
         _deliver()
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        if handlers:
-            for sig in handlers:
-                _held_handlers[sig] = signal.signal(sig, _defer)
+        for sig in held:
+            _held_handlers[sig] = signal.signal(sig, _defer)
 
 
 def unblock_in_child() -> None:

@@ -207,10 +207,11 @@ def _await_deletes(
     files (influxd/tombstones.py): a tombstone in the backup would be lost on restore, and the
     points it deletes with it back. Usually a second; at most `most` seconds, then the backup
     goes ahead and the record says how many it may hold (extra["tombstones_at_snapshot"])."""
-    if not tombstones.count(data):
+    pending = tombstones.count(data)
+    if not pending:
         return
     started = time.monotonic()
-    logger.info("hot.awaiting_deletes", phase="preflight", tombstones=tombstones.count(data))
+    logger.info("hot.awaiting_deletes", phase="preflight", tombstones=pending)
     left = tombstones.wait_gone(data, min(tombstones.WAIT, most), stop=lambda: cancel.cancelled)
     logger.info(
         "hot.deletes_compacted" if not left else "hot.deletes_pending",

@@ -136,11 +136,14 @@ def _order(name: str) -> tuple[int, int]:
 @dataclass
 class Built:
     shards_by_files: int = 0
-    shards_whole: int = 0
     tsm_files_from_archive: int = 0
     bytes_from_archive: int = 0
     files_from_throwaway: int = 0
-    whole_because: dict[int, str] = field(default_factory=dict)
+    whole_because: dict[int, str] = field(default_factory=dict)  # the shards replayed whole
+
+    @property
+    def shards_whole(self) -> int:
+        return len(self.whole_because)
 
 
 def write_portable(archive: Path, shards: ColdShards, export: Path, out: Path) -> Built:
@@ -161,7 +164,6 @@ def write_portable(archive: Path, shards: ColdShards, export: Path, out: Path) -
                 link_or_copy(export / name, out / name)
                 entries.append(entry)
                 if shard is not None and shard.whole_because is not None:
-                    built.shards_whole += 1
                     built.whole_because[sid] = shard.whole_because
                 continue
             size, members = _pack_shard(tar, shard, export / name, out / name, built)

@@ -578,7 +578,7 @@ def _portable_of(
             server.stop(timeout=config.settings.influxd.stop_timeout)
     portable = scratch / "portable"
     built = cold_files.write_portable(source.path, shards, export, portable)
-    logger.info("restore.cold_files", **built.__dict__)
+    logger.info("restore.cold_files", shards_whole=built.shards_whole, **built.__dict__)
     result.cold_shards = {
         "by_files": built.shards_by_files,
         "whole": {str(sid): why for sid, why in sorted(built.whole_because.items())},
