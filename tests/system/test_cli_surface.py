@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from influx_backupd.cli.main import command_function
 from influx_backupd.cli.parser import build_parser
 
 EXIT_USAGE, EXIT_PIPE = 2, 141
@@ -128,6 +129,38 @@ def test_every_command_has_a_description_and_every_option_a_help() -> None:
         if isinstance(action, argparse._SubParsersAction):
             for choice in action._choices_actions:
                 assert choice.help and "\n" not in choice.help, choice.dest
+
+
+def test_every_command_runs_a_function_of_its_own() -> None:
+    """The parser names commands; main imports each one's function only when it runs."""
+    names = set(_subcommands(build_parser()))
+    functions = {name: command_function(name) for name in names}
+    assert all(callable(f) for f in functions.values())
+    assert len({id(f) for f in functions.values()}) == len(names)
+
+
+def test_help_and_usage_mistakes_load_no_command_machinery() -> None:
+    """`--help`, `--version` and a mistyped option answer without importing the jobs, the
+    restores or the scheduler: their import was most of a short command's start."""
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['influx-backupd', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('influx_backupd.cli.main', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in sys.modules if m.split('.')[:2] in (\n"
+        "    ['influx_backupd', 'cli'], ['influx_backupd', 'restore'], ['influx_backupd', 'jobs'],\n"
+        "    ['influx_backupd', 'daemon'], ['influx_backupd', 'run'], ['influx_backupd', 'verify'],\n"
+        ") and m not in ('influx_backupd.cli', 'influx_backupd.cli.main', 'influx_backupd.cli.parser')]\n"
+        "heavy += [m for m in ('apscheduler', 'pydantic', 'psutil') if m in sys.modules]\n"
+        "print(','.join(sorted(heavy)), file=sys.stderr)\n"
+    )
+    for argv in (["--help"], ["--version"], ["backup", "--no-such-option"]):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=False
+        )
+        assert done.stderr.splitlines()[-1] == "", (argv, done.stderr)
 
 
 @pytest.mark.parametrize("command", ["backup", "verify", "restore", "list"])

@@ -42,10 +42,11 @@ from influx_backupd.core.schedule import describe
 from influx_backupd.daemon.loop import run_daemon
 from influx_backupd.daemon.status import gather, render
 from influx_backupd.influxd.server import Influxd
+from influx_backupd.influxd.throttle import DATABASE_RATE_MIB
 from influx_backupd.jobs.hot import clock_url
 from influx_backupd.keep.prune import prune
 from influx_backupd.report import notify, progress
-from influx_backupd.restore.database import DATABASE_RATE_MIB, restore_database
+from influx_backupd.restore.database import restore_database
 from influx_backupd.restore.hot import restore_backup
 from influx_backupd.restore.target import restore_into, target_problem
 from influx_backupd.run.followup import write_metrics

@@ -4,35 +4,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from influx_backupd.cli import offsite as offsite_cli
-from influx_backupd.cli.commands import (
-    cmd_backup,
-    cmd_import,
-    cmd_prune,
-    cmd_restore,
-    cmd_run,
-    cmd_verify,
-)
 from influx_backupd.cli.parser import build_parser
 from influx_backupd.core import log
-from influx_backupd.core.config import Config, load, resolve_path
-from influx_backupd.core.errors import (
-    EXIT_FAILED,
-    BackupdError,
-)
+from influx_backupd.core.errors import EXIT_FAILED, BackupdError
 from influx_backupd.core.interrupt import Interrupted
-from influx_backupd.daemon.status import read_daemon_state
 from influx_backupd.report import hooks
-from influx_backupd.run.guard import left_stopped, left_stopped_line
 
-# -- commands ------------------------------------------------------------------------------------
-
-
-# -- parser --------------------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from influx_backupd.core.config import Config
 
 EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `seq 1 1000000 | head -1`
 
@@ -53,23 +38,41 @@ def _log_level(args: argparse.Namespace, configured: str) -> str:
     return configured
 
 
-# Commands that take the backup lock: their recovery starts an influxd left stopped.
-_LOCK_TAKING = {
-    cmd_backup,
-    cmd_restore,
-    cmd_verify,
-    cmd_prune,
-    cmd_import,
-    offsite_cli.cmd_sync,
-    offsite_cli.cmd_import,
+# Each command's function, imported only when it runs: `--help`, `--version` and a usage
+# mistake load none of the package's machinery (the CLI's start is most of a short command).
+_COMMANDS = {
+    "check-config": ("commands", "cmd_check_config"),
+    "backup": ("commands", "cmd_backup"),
+    "list": ("commands", "cmd_list"),
+    "import": ("commands", "cmd_import"),
+    "offsite": ("offsite", "cmd_sync"),
+    "run": ("commands", "cmd_run"),
+    "status": ("commands", "cmd_status"),
+    "restore": ("commands", "cmd_restore"),
+    "verify": ("commands", "cmd_verify"),
+    "prune": ("commands", "cmd_prune"),
 }
 
+# Commands that take the backup lock: their recovery starts an influxd left stopped.
+_LOCK_TAKING = {"backup", "restore", "verify", "prune", "import", "offsite"}
 
-def _tell_left_stopped(config: Config, func: Callable[..., int]) -> None:
+
+def command_function(command: str) -> Callable[[Config, argparse.Namespace], int]:
+    module, name = _COMMANDS[command]
+    func: Callable[[Config, argparse.Namespace], int] = getattr(
+        importlib.import_module(f"influx_backupd.cli.{module}"), name
+    )
+    return func
+
+
+def _tell_left_stopped(config: Config, command: str) -> None:
     """Every command says, in one line, when a dead run left influxd stopped (the daemon says
     it in its log and status line instead)."""
-    if func is cmd_run:
+    if command == "run":
         return
+    from influx_backupd.daemon.status import read_daemon_state
+    from influx_backupd.run.guard import left_stopped, left_stopped_line
+
     left = left_stopped(config)
     if left is None:
         return
@@ -78,7 +81,7 @@ def _tell_left_stopped(config: Config, func: Callable[..., int]) -> None:
         config,
         left,
         daemon_pid=int(state["pid"]) if state else None,
-        this_command_starts=func in _LOCK_TAKING,
+        this_command_starts=command in _LOCK_TAKING,
     )
     print(f"influx-backupd: {line}", file=sys.stderr)
 
@@ -107,13 +110,14 @@ def _main(argv: Sequence[str] | None) -> int:
         if not hasattr(args, name):
             setattr(args, name, default)
     log.configure(level=_log_level(args, "info"))
-    func: Callable[[Config, argparse.Namespace], int] = args.func
+    from influx_backupd.core.config import load, resolve_path
+
     path = resolve_path(getattr(args, "config", None))
     try:
         config = load(path)
         log.configure(level=_log_level(args, config.settings.daemon.log_level))
-        _tell_left_stopped(config, func)
-        return func(config, args)
+        _tell_left_stopped(config, args.command)
+        return command_function(args.command)(config, args)
     except Interrupted as exc:
         print(f"influx-backupd: interrupted by {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -7,23 +7,11 @@ import argparse
 from typing import Any, NoReturn
 
 from influx_backupd import __version__
-from influx_backupd.cli import offsite as offsite_cli
-from influx_backupd.cli.commands import (
-    cmd_backup,
-    cmd_check_config,
-    cmd_import,
-    cmd_list,
-    cmd_prune,
-    cmd_restore,
-    cmd_run,
-    cmd_status,
-    cmd_verify,
-)
 from influx_backupd.core import log
 from influx_backupd.core.errors import (
     EXIT_USAGE,
 )
-from influx_backupd.restore.database import DATABASE_RATE_MIB
+from influx_backupd.influxd.throttle import DATABASE_RATE_MIB
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _command(sub, common, "check-config", "validate the config and print the resolved plan")
-    p.set_defaults(func=cmd_check_config)
 
     p = _command(
         sub,
@@ -140,12 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         "size against free space); stop nothing, write nothing",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
-    p.set_defaults(func=cmd_backup)
 
     p = _command(sub, common, "list", "list the catalog of runs, oldest first")
     p.add_argument("--job", metavar="NAME", help="only this job's runs")
     p.add_argument("--offsite", action="store_true", help="the backups in the [offsite] bucket")
-    p.set_defaults(func=cmd_list)
 
     p = _command(
         sub,
@@ -208,7 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
         f"second, so that its own writes wait less (default: {DATABASE_RATE_MIB:g}; 0: no limit)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
-    p.set_defaults(func=cmd_restore)
 
     p = _command(sub, common, "verify", "check backups: sha256, structure, file formats")
     p.add_argument("backup", metavar="BACKUP", nargs="?", help="catalog id or archive path")
@@ -234,7 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=_percent,
         help="with --offsite: download and hash this share of the objects",
     )
-    p.set_defaults(func=cmd_verify)
 
     p = _command(
         sub,
@@ -246,24 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--offsite", action="store_true", help="from the manifests in the bucket (a fresh host)"
     )
-    p.set_defaults(func=cmd_import)
 
     p = _command(
         sub, common, "offsite", "off-site copies: `offsite sync` sends now what the bucket lacks"
     )
     p.add_argument("action", choices=("sync",), help="sync: send, then off-site retention")
-    p.set_defaults(func=offsite_cli.cmd_sync)
 
     p = _command(sub, common, "run", "run the daemon: every job on its schedule until stopped")
-    p.set_defaults(func=cmd_run)
 
     p = _command(sub, common, "status", "show the daemon, each job's last result and next run")
-    p.set_defaults(func=cmd_status)
 
     p = _command(sub, common, "prune", "delete the backups the jobs' keep_* rules no longer keep")
     p.add_argument("--job", metavar="NAME", help="only this job (default: every job)")
     p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
-    p.set_defaults(func=cmd_prune)
     return parser
 
 

@@ -19,6 +19,11 @@ CHUNK = 64 << 10
 # holds at most its socket buffers, a few MiB: seconds at any sane rate).
 DRAIN_TIMEOUT = 300.0
 
+# Paced at 50 MiB/s, with the server's files flushed behind and its shards never counted while
+# it loads them, the live server's write p99 during a 1 GB restore from a hot backup was 0.44-1.0
+# times its p99 before (11.2 times with neither; bench/restore_database.py, docs/performance.md)
+DATABASE_RATE_MIB = 50.0
+
 
 class Throttle:
     """Shared by every connection: at most `rate` bytes a second in all, measured from the

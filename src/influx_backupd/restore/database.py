@@ -76,11 +76,6 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import check_links
 from influx_backupd.store.scanners import members_seen, scan_portable
 
-# Paced at 50 MiB/s, with the server's files flushed behind and its shards never counted while
-# it loads them, the live server's write p99 during a 1 GB restore from a hot backup was 0.44-1.0
-# times its p99 before (11.2 times with neither; bench/restore_database.py, docs/performance.md)
-DATABASE_RATE_MIB = 50.0
-
 
 @dataclass
 class DatabaseResult:
