@@ -22,6 +22,7 @@ from influx_backupd.cli.output import (
     fmt_s,
     fmt_time,
     print_database,
+    print_deletes,
     print_json,
     print_merge,
     print_record,
@@ -394,6 +395,7 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"restored {result.archive} ({result.files} files); influxd is running")
     print_merge(getattr(result, "merge", None), getattr(result, "merge_reason", None))
+    print_deletes(getattr(result, "deletes", None))
     print(
         f"  downtime {fmt_s(result.downtime_s)} = stop {fmt_s(result.stop_s)} + swap {fmt_s(result.swap_s)} + start {fmt_s(result.start_s)}"
     )

@@ -107,6 +107,23 @@ def print_merge(merge: str | None, reason: str | None) -> None:
         print(f"  chain    copied in with SELECT INTO (not merged by files: {reason})")
 
 
+def print_deletes(deletes: dict[str, Any] | None) -> None:
+    """What the restore did with the tombstones its backup held (restore/deletes.py)."""
+    if not deletes:
+        return
+    print(
+        f"  deletes  {deletes['tombstones']} pending in the backup (.tombstone files), "
+        f"{deletes['applied']} applied before the restore ({deletes['seconds']:.1f}s)"
+    )
+    if deletes["left"]:
+        print(
+            f"  warning  {deletes['left']} not applied: points deleted shortly before the "
+            "backup may be back"
+        )
+        for where, why in deletes["not_applied"].items():
+            print(f"           {where}: {why}")
+
+
 def print_database(result: DatabaseResult, as_json: bool) -> None:
     if as_json:
         print_json(result.__dict__)
@@ -119,6 +136,7 @@ def print_database(result: DatabaseResult, as_json: bool) -> None:
         f"  prepared {fmt_s(result.prepare_s)}, taken in by the live server {fmt_s(result.restore_s)}"
     )
     print_merge(result.merge, result.merge_reason)
+    print_deletes(result.deletes)
     if result.cold_shards is not None:
         whole = result.cold_shards["whole"]
         print(
@@ -145,6 +163,7 @@ def print_target(result: TargetResult, as_json: bool) -> None:
     print(f"restored {result.archive} ({result.files} files) into {result.target}")
     print(f"  config   {result.conf}")
     print_merge(result.merge, result.merge_reason)
+    print_deletes(result.deletes)
     if result.url is None:
         print(f"  serve it with: influxd run -config {result.conf}")
     else:

@@ -1,7 +1,7 @@
 """Scratch dirs in the storage dir, each for one throwaway influxd (a restore test, or a 1.x
 restore's build beside the live server).
 
-Each holds the throwaway's influxdb.conf and owner.json: which process made it and, for a
+Each holds the throwaway's influxdb.conf (or a dir of its own holding one) and owner.json: which process made it and, for a
 restore's build, the staging dirs it fills beside the live ones. A process killed outright
 leaves the dir, its server serving and those staging dirs behind: guard.recover stops the
 server and removes the staging dirs, prune removes the dir.
@@ -91,7 +91,7 @@ def owner_alive(scratch: Path) -> bool:
         return False
     try:
         started = psutil.Process(made_by.pid).create_time()
-    except psutil.Error:
+    except (psutil.Error, ValueError, OverflowError):  # gone; or a pid no process can have
         return False
     return made_by.started is None or abs(started - made_by.started) < 0.01
 
@@ -102,9 +102,16 @@ def stop_server(scratch: Path) -> list[int]:
     Returns the pids stopped."""
     made_by = owner(scratch)
     confs = {str(scratch / "influxdb.conf"), *(made_by.serves if made_by else [])}
+    # a throwaway may also serve from a dir of its own inside this one (a restore applies a
+    # backup's deletes in one beside the throwaway it restores into)
+    inside = str(scratch) + os.sep
+
+    def ours(arg: str) -> bool:
+        return arg in confs or (arg.startswith(inside) and arg.endswith(os.sep + "influxdb.conf"))
+
     stopped = []
     for proc in psutil.process_iter(["cmdline"]):
-        if confs & set(proc.info["cmdline"] or []):
+        if any(ours(arg) for arg in proc.info["cmdline"] or []):
             try:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)

@@ -61,9 +61,11 @@ from influx_backupd.restore.cold import (
     scan_cold,
     throwaway,
 )
+from influx_backupd.restore.deletes import DeletesApplied
 from influx_backupd.restore.hot import (
     SHARD_WAIT,
     StepFailed,
+    apply_deletes,
     chain_server,
     live_settings,
     portable_databases,
@@ -92,6 +94,8 @@ class DatabaseResult:
     merge_reason: str | None = None  # why not "files"
     # a cold archive: its shards taken by files, those replayed whole and why (cold_files.py)
     cold_shards: dict[str, Any] | None = None
+    # a hot backup: its tombstones, applied before the tool restored it (restore/deletes.py)
+    deletes: dict[str, Any] | None = None
 
 
 def live_snapshot_host(config: Config) -> str:
@@ -539,8 +543,19 @@ def _portable_of(
     """A portable backup holding database name as the backup has it (see the module doc)."""
     export = scratch / "export"
     if isinstance(source, HotSource):
+        applied = DeletesApplied()
         if len(source.links) == 1:
-            return source.links[0].path
+            section = config.settings.influxd
+            path = apply_deletes(
+                str(section.binary),
+                source.links[0].path,
+                scratch,
+                timeout=section.backup_timeout,
+                logger=logger,
+                report=applied,
+            )
+            result.deletes = applied.summary()
+            return path
         data, sections = live_settings(config.server.conf)
         merges: list[ChainMerge] = []
         with chain_server(
@@ -553,8 +568,10 @@ def _portable_of(
             extra_sections=sections,
             databases={name},
             merges=merges,
+            deletes_applied=applied,
         ) as server:
             _export(config, logger, server.backup_host, name, export)
+        result.deletes = applied.summary()
         if merges:
             result.merge, result.merge_reason = merges[0].path, merges[0].reason
         return export

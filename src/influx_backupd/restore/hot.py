@@ -16,7 +16,8 @@ started again. Restored files are chowned to [influxd] user/group.
   portable backup in the scratch dir (the newest link's meta; shards the newest link does not
   list left out), restored once with `influxd restore -portable` like a full. Only where that
   cannot be exact (an increment without the live shards' listing the hot job records, a
-  compaction after a snapshot, a tombstone left, too little space) does it fall back, saying
+  compaction after a snapshot, a tombstone whose TSM file is in no link, too little space) does
+  it fall back, saying
   why (event restore.chain_merge, the result's merge and merge_reason), to the SQL merge: the
   full, then each increment's databases, which the tool refuses to restore over existing ones
   ("DB metadata not changed. database may already exist"), under a temporary name, copied in
@@ -25,7 +26,8 @@ started again. Restored files are chowned to [influxd] user/group.
   cleanly and the staged trees chowned. Only then is the live influxd stopped, the dirs swapped
   by rename and influxd started: downtime = stop + rename + start; build_s is the time spent
   beside. Every consumer of a chain (this, --target, --database, verify's restore test) goes
-  through restore_portable_links, so all of them merge the same way.
+  through restore_portable_links, so all of them merge the same way, and each backup dir the
+  tool reads first has its tombstones applied (apply_deletes, restore/deletes.py).
   The live server is never queried, so no credentials are needed. A failure or signal while
   building stops the throwaway, removes the staging dirs and leaves the live server as it was
   (RestoreFailed). The throwaway's conf and owner.json (naming the staging dirs) live in a
@@ -53,6 +55,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -68,12 +71,15 @@ from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import influxql
 from influx_backupd.influxd import scratch as scratch_dir
+from influx_backupd.influxd import tombstones as influxd_tombstones
 from influx_backupd.influxd.influxql import ident, values
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.influxd.tool import run_tool, tool_version
 from influx_backupd.report import progress
+from influx_backupd.restore import deletes
 from influx_backupd.restore.cold import owner_ids, restore_cold
+from influx_backupd.restore.deletes import DeletesApplied
 from influx_backupd.restore.merge import (
     ChainMerge,
     manifest_of,
@@ -111,6 +117,8 @@ class HotRestoreResult(RestoreResult):
     build_s: float | None = None  # 1.x: building the restored server beside the live one
     merge: str | None = None  # 1.x: how the increments went in: "files" or "sql"
     merge_reason: str | None = None  # why not "files"
+    # 1.x: the backup's tombstones, applied before the tool restored it (restore/deletes.py)
+    deletes: dict[str, Any] | None = None
 
 
 # -- choosing ---------------------------------------------------------------------------------------
@@ -322,6 +330,7 @@ def _build(
             kept_accounts = False
             start()
         t_restore = time.monotonic()
+        applied = DeletesApplied()
         grants = _clear_databases(throwaway.url, logger) if kept_accounts else []
         with growth_reported(staging["data"], links):
             merge = restore_portable_links(
@@ -333,9 +342,11 @@ def _build(
                 tag=plan.rid,
                 logger=logger,
                 work=scratch,
+                deletes_applied=applied,
             )
         if merge is not None:
             result.merge, result.merge_reason = merge.path, merge.reason
+        result.deletes = applied.summary()
         _grant_again(throwaway.url, grants, logger)
         result.restore_s = time.monotonic() - t_restore
         wait_wal_flushed(staging["wal"], logger)
@@ -413,11 +424,12 @@ def chain_server(
     extra_sections: str = "",
     databases: set[str] | None = None,
     merges: list[ChainMerge] | None = None,
+    deletes_applied: DeletesApplied | None = None,
 ) -> Iterator[Sandbox]:
     """An empty throwaway influxd (its conf in root: recovery finds a scratch dir's) with 1.x
     links restored into it, full first (only `databases`, if given); stopped cleanly on exit.
     How the chain went in (restore_portable_links; its merged backup written in root) is
-    appended to merges.
+    appended to merges, what it did with the backup's tombstones counted into deletes_applied.
 
     dirs: its meta, data and wal elsewhere than under root. Raises StepFailed, naming the
     server's death by a signal when that is what went wrong.
@@ -446,6 +458,7 @@ def chain_server(
                     logger=logger,
                     databases=databases,
                     work=root,
+                    deletes_applied=deletes_applied,
                 )
             if merges is not None and merge is not None:
                 merges.append(merge)
@@ -504,10 +517,71 @@ def _chown_tree(roots: list[Path], uid: int, gid: int) -> None:
                 os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
-def _tombstones_at_snapshot(record: RunRecord | None) -> int:
-    """What jobs/hot.py noted of a link (0: nothing, or a record edited into nonsense)."""
-    value = record.extra.get("tombstones_at_snapshot") if record is not None else None
-    return value if isinstance(value, int) and value > 0 else 0
+def apply_deletes(
+    binary: str,
+    directory: Path,
+    work: Path | None,
+    *,
+    timeout: float,
+    logger: Logger,
+    report: DeletesApplied | None = None,
+) -> Path:
+    """The portable backup dir to restore: directory itself when none of its shard tars holds
+    a tombstone, else a copy under work with their deletes applied by a throwaway influxd
+    (restore/deletes.py). Counts into report; raises StepFailed."""
+    found, counted = deletes.find(directory)
+    out = directory
+    if found and work is None:
+        counted.not_applied[directory.name] = "no scratch dir to apply them in"
+        found = []
+    if found:
+        assert work is not None
+        started = time.monotonic()
+        root = Path(tempfile.mkdtemp(prefix="deletes-", dir=work))
+        server = Sandbox(
+            root,
+            binary=binary,
+            extra_sections=RESTORE_TEST_SECTIONS,
+            dirs={"meta": root / "meta", "data": root / "data", "wal": root / "wal"},
+            beside_live=True,
+        )
+        deletes.lay_out(directory, found, server.meta, server.data)
+        server.write_config()
+        logger.info("restore.applying_deletes", backup=str(directory), shards=len(found))
+        start_throwaway(server, timeout, "an influxd applying the backup's deletes")
+        try:
+            left = influxd_tombstones.wait_gone(server.data)
+        finally:
+            with signals_blocked():
+                server.stop(timeout=timeout)
+        if server.killed_by() is not None:
+            raise StepFailed(server.killed_note() or "the influxd applying deletes died")
+        out = root / "backup"
+        still = deletes.pack(directory, found, server.data, out)
+        counted.applied = sum(len(s.tombstones) for s in found) - left - still
+        counted.shards = len(found)
+        counted.seconds = round(time.monotonic() - started, 3)
+        if left or still:
+            counted.not_applied[directory.name] = (
+                f"{max(left, still)} not compacted in within {influxd_tombstones.WAIT:g}s"
+            )
+    if counted.tombstones:
+        event = logger.warning if counted.left else logger.info
+        event(
+            "restore.deletes",
+            backup=str(directory),
+            tombstones=counted.tombstones,
+            applied=counted.applied,
+            shards=counted.shards,
+            seconds=counted.seconds,
+            not_applied=counted.not_applied or None,
+            why=None
+            if not counted.left
+            else "influxd restore takes no .tombstone file: the points these delete may be back",
+        )
+    if report is not None:
+        report.add(counted)
+    return out
 
 
 def restore_portable_links(
@@ -521,6 +595,7 @@ def restore_portable_links(
     logger: Logger,
     databases: set[str] | None = None,
     work: Path | None = None,
+    deletes_applied: DeletesApplied | None = None,
 ) -> ChainMerge | None:
     """Restore 1.x links, the full first, into a running influxd without databases (only
     `databases` of them, if given).
@@ -530,8 +605,9 @@ def restore_portable_links(
     one portable backup written in `work` (restore/merge.py) and restored once, like a full;
     where that cannot be exact (or no work dir is given), each increment's databases are
     restored under a temporary name (tag makes it unique) and copied in with SELECT INTO.
-    Returns once every restored database answers, saying which way the chain went (None: a
-    lone link); raises StepFailed.
+    Each backup dir the tool reads first has the deletes its tombstones hold applied
+    (apply_deletes, in work; counted into deletes_applied). Returns once every restored
+    database answers, saying which way the chain went (None: a lone link); raises StepFailed.
     """
 
     def q(statement: str, db: str | None = None) -> list[dict[str, Any]]:
@@ -546,14 +622,16 @@ def restore_portable_links(
             state = "timed out" if run.returncode is None else f"exited {run.returncode}"
             raise StepFailed(f"influxd restore {state}: {tail}")
 
-    pending = sum(_tombstones_at_snapshot(link.record) for link in links)
-    if pending:  # the hot job waited for them in vain (jobs/hot.py, _await_deletes)
-        logger.warning(
-            "restore.tombstones_not_restored",
-            tombstones=pending,
-            why="the server had not compacted these deletes in when the backup was taken, and "
-            "influxd restore takes no .tombstone file: the points they delete may be back",
+    written: list[Path] = []  # backups with their deletes applied, removed once restored
+
+    def applied(directory: Path) -> Path:
+        out = apply_deletes(
+            binary, directory, work, timeout=timeout, logger=logger, report=deletes_applied
         )
+        if out != directory:
+            written.append(out.parent)
+        return out
+
     outcome: ChainMerge | None = None
     merged: Path | None = None
     if len(links) > 1:
@@ -563,17 +641,17 @@ def restore_portable_links(
             merged, outcome = merge_chain(links, work, logger)
     try:
         if merged is not None or len(links) == 1:
-            whole = merged or links[0].path
+            whole = applied(merged or links[0].path)
             if databases is None:
                 tool(str(whole))
             else:
                 for db in sorted(portable_databases(whole) & databases):
                     tool("-db", db, str(whole))
         else:
-            _restore_each_link(links, tool, q, url, tag, logger, databases)
+            _restore_each_link(links, tool, q, url, tag, logger, databases, applied)
     finally:
-        if merged is not None:
-            shutil.rmtree(merged, ignore_errors=True)
+        for path in [*written, *([merged] if merged is not None else [])]:
+            shutil.rmtree(path, ignore_errors=True)
     for db in _databases(url):  # every restored shard open before we call it done
         q("SHOW MEASUREMENTS", db)
     return outcome
@@ -629,22 +707,24 @@ def _restore_each_link(
     tag: str,
     logger: Logger,
     databases: set[str] | None,
+    applied: Callable[[Path], Path],
 ) -> None:
     """The SQL merge: the full, then each increment's databases under a temporary name, copied
     in with SELECT * INTO and dropped."""
     for number, link in enumerate(links):
+        path = applied(link.path)
         if number == 0 and databases is None:
-            tool(str(link.path))
+            tool(str(path))
             continue
-        held = portable_databases(link.path)
+        held = portable_databases(path)
         wanted = sorted(held if databases is None else held & databases)
         existing = set(_databases(url))
         for db in wanted:
             if db not in existing:
-                tool("-db", db, str(link.path))
+                tool("-db", db, str(path))
                 continue
             temp = f"{db}.restore-{tag}-{number}"
-            tool("-db", db, "-newdb", temp, str(link.path))
+            tool("-db", db, "-newdb", temp, str(path))
             _copy_into(url, temp, db, logger)
             q(f"DROP DATABASE {ident(temp)}")
     if databases is None and len(links) > 1:

@@ -21,8 +21,10 @@ A compaction after the snapshot that removed files of P leaves its SEQ > 1 outpu
 T ∪ P (an output compacted again leaves another), and a file of L modified before -since that
 no link holds was renamed into place after the previous snapshot: both refuse the merge. Points
 in two files overlap harmlessly (influxd keeps the newest on read); only deletions are at risk.
-`influxd restore` takes only *.tsm files from a shard tar, so a tombstone left in the merged set
-refuses too (the SQL merge loses it as well; the fallback says so).
+`influxd restore` takes only *.tsm files from a shard tar: a tombstone in the merged set is
+packed beside its TSM file, and restore/deletes.py applies it before the tool runs; one whose
+TSM file is in no link refuses (nothing could apply it; the SQL merge loses it too, and the
+fallback says so).
 
 Shards: each link's manifest lists every shard of its meta (an unchanged one with an empty
 tar), so a shard absent from the newest link's manifest was dropped (DROP DATABASE, DROP SHARD,
@@ -108,12 +110,16 @@ def plan_merge(views: list[LinkView]) -> MergePlan:
         merged = now  # shards the newer link does not list were dropped
     for sid, files in sorted(merged.items()):
         for name in sorted(files):
-            if not name.endswith(".tsm"):
-                return MergePlan(
-                    False,
-                    f"{views[files[name]].label}: shard {sid}: {name}: influxd restore takes only "
-                    ".tsm files, so what this tombstone deletes would come back",
-                )
+            if name.endswith(".tsm"):
+                continue
+            if name.endswith(".tombstone") and name.removesuffix(".tombstone") + ".tsm" in files:
+                continue  # packed beside its file, applied before the restore (deletes.py)
+            return MergePlan(
+                False,
+                f"{views[files[name]].label}: shard {sid}: {name}: influxd restore takes only "
+                ".tsm files, and the file this tombstone deletes from is in no link, so what "
+                "it deletes would come back",
+            )
     return MergePlan(True, None, merged)
 
 

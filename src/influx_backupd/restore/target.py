@@ -31,6 +31,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
@@ -44,6 +45,7 @@ from influx_backupd.restore.cold import (
     scan_cold,
     throwaway,
 )
+from influx_backupd.restore.deletes import DeletesApplied
 from influx_backupd.restore.hot import (
     StepFailed,
     chain_server,
@@ -80,6 +82,8 @@ class TargetResult:
     pid: int | None = None
     merge: str | None = None  # a 1.x chain: how its increments went in, "files" or "sql"
     merge_reason: str | None = None  # why not "files"
+    # 1.x: the backup's tombstones, applied before the tool restored it (restore/deletes.py)
+    deletes: dict[str, Any] | None = None
 
 
 def target_problem(target: Path, live: dict[str, Path] | None = None) -> str | None:
@@ -242,6 +246,7 @@ def _rebuild_portable(
     data, sections = live_settings(config.server.conf)
     build_data = {**data, "cache-snapshot-write-cold-duration": '"1s"'}
     merges: list[ChainMerge] = []
+    applied = DeletesApplied()
     with chain_server(
         config,
         source.links,
@@ -252,10 +257,12 @@ def _rebuild_portable(
         extra_data=build_data,
         extra_sections=sections,
         merges=merges,
+        deletes_applied=applied,
     ):
         wait_wal_flushed(target / "wal", logger)
     if merges:
         result.merge, result.merge_reason = merges[0].path, merges[0].reason
+    result.deletes = applied.summary()
     return throwaway(config, target, (data, sections))  # its conf written last
 
 

@@ -198,7 +198,7 @@ def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
             raise ValueError(f"unexpected protobuf wire type {wire}")
 
 
-def _meta_store(data: bytes) -> bytes:
+def portable_meta_store(data: bytes) -> bytes:
     """The meta store inside a 1.x portable .meta file: protobuf PortableData {1: bytes Data,
     2: uint64 MaxNodeID}. Raises ValueError."""
     stores = [v for number, v in _fields(data) if number == 1 and isinstance(v, bytes)]
@@ -209,7 +209,7 @@ def _meta_store(data: bytes) -> bytes:
 
 def portable_meta_size(data: bytes) -> int:
     """Length of the meta store inside a 1.x portable .meta file (the manifest's meta.size)."""
-    return len(_meta_store(data))
+    return len(portable_meta_store(data))
 
 
 def portable_meta_databases(data: bytes) -> set[str]:
@@ -217,7 +217,7 @@ def portable_meta_databases(data: bytes) -> set[str]:
     Data (influxdb's meta.proto) {5: repeated DatabaseInfo}; DatabaseInfo {1: string Name}.
     Raises ValueError."""
     names: set[str] = set()
-    for number, database in _fields(_meta_store(data)):
+    for number, database in _fields(portable_meta_store(data)):
         if number == 5 and isinstance(database, bytes):
             for field, name in _fields(database):
                 if field == 1 and isinstance(name, bytes):

@@ -75,3 +75,23 @@ def test_an_unreadable_owner_is_no_owner(tmp_path: Path, text: str) -> None:
     (path / "owner.json").write_text(text)
     assert scratch.owner(path) is None
     assert not scratch.owner_alive(path)
+
+
+def test_recovery_stops_a_throwaway_serving_from_a_dir_inside_the_scratch_dir(
+    tmp_path: Path,
+) -> None:
+    """A restore killed while it applies a backup's deletes leaves that throwaway running
+    from a dir of its own in the scratch dir; one serving a conf elsewhere is not ours."""
+    path = _owned_by(tmp_path, {"pid": 1, "started": 0.0})
+    nested = path / "deletes-abc" / "influxdb.conf"
+    outside = tmp_path / "elsewhere" / "influxdb.conf"
+    sleeper = "import time; time.sleep(60)"
+    ours = subprocess.Popen([sys.executable, "-c", sleeper, "run", "-config", str(nested)])
+    theirs = subprocess.Popen([sys.executable, "-c", sleeper, "run", "-config", str(outside)])
+    try:
+        assert scratch.stop_server(path) == [ours.pid]  # killed and waited for
+        assert theirs.poll() is None
+    finally:
+        for proc in (ours, theirs):
+            proc.kill()
+            proc.wait()

@@ -185,7 +185,8 @@ def test_a_shard_dropped_in_the_newest_link_is_excluded() -> None:
     assert set(plan.shards) == {1}
 
 
-def test_a_tombstone_left_in_the_merged_set_falls_back() -> None:
+def test_a_tombstone_merges_beside_its_file_and_is_applied_before_the_restore() -> None:
+    """restore/deletes.py compacts it in before the tool sees the merged backup."""
     plan = plan_merge(
         [
             full({1: part("000000001-000000001.tsm")}),
@@ -195,8 +196,23 @@ def test_a_tombstone_left_in_the_merged_set_falls_back() -> None:
             ),
         ]
     )
+    assert plan.exact, plan.reason
+    assert plan.shards[1] == {"000000001-000000001.tsm": 0, "000000001-000000001.tombstone": 1}
+
+
+def test_a_tombstone_whose_file_is_in_no_link_falls_back() -> None:
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm")}),
+            increment(
+                {1: part("000000002-000000001.tombstone")},
+                {1: live("000000001-000000001.tsm", "000000002-000000001.tombstone")},
+            ),
+        ]
+    )
     assert not plan.exact
-    assert plan.reason is not None and "tombstone" in plan.reason
+    assert plan.reason is not None and "000000002-000000001.tombstone" in plan.reason
+    assert "in no link" in plan.reason
 
 
 def test_a_listing_of_other_files_than_the_backup_falls_back() -> None:
