@@ -4,12 +4,14 @@ real influxd: what each event sends, and that a failing notification never fails
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox, free_port
@@ -155,3 +157,57 @@ def test_an_unknown_url_is_a_config_error(tmp_path: Path, sandbox: Sandbox) -> N
     assert done.returncode == 78
     assert done.stderr.count("\n") == 1
     assert "notify.failure[1]" in done.stderr and "'carrier-pigeon'" in done.stderr
+
+
+def test_a_receiver_that_answers_a_byte_at_a_time_holds_nothing_past_the_timeout(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """It answers, so no connect or read timeout fires: one header line a second, without
+    end. apprise's own thread pool would keep the process open until the receiver stopped
+    (Python joins it at exit); the notifier's process is killed at the timeout instead."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for n in range(600):
+                if stop.wait(1.0):
+                    return
+                try:
+                    conn.sendall(f"X-Drip-{n}: 1\r\n".encode())
+                except OSError:
+                    return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"json://127.0.0.1:{listener.getsockname()[1]}/drip"
+    extra = f'\n[notify]\ntimeout = "3s"\nstart = ["{url}"]\nsuccess = ["{url}"]\n'
+    try:
+        done = Cli(write_config(tmp_path, sandbox, extra=extra))("backup", "--json", timeout=60)
+    finally:
+        stop.set()
+        listener.close()
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "ok"
+    failed = [e for e in _events(done.stderr) if e["event"] == "notify.failed"]
+    assert [e["notify"] for e in failed] == ["start", "success"]
+    assert all("no answer within 3s" in e["error"] for e in failed)
+    left = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "influx_backupd.report.notify_child" in (p.info["cmdline"] or [])
+    ]
+    assert left == [], "no notifier outlives its timeout"
+
+
+def _events(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]

@@ -50,7 +50,7 @@ from influx_backupd.report import notify, progress
 from influx_backupd.restore.database import restore_database
 from influx_backupd.restore.hot import restore_backup
 from influx_backupd.restore.target import restore_into, target_problem
-from influx_backupd.run.followup import write_metrics
+from influx_backupd.run.followup import MetricsNotWritten, write_metrics
 from influx_backupd.run.guard import exclusive
 from influx_backupd.run.runner import ModeUnavailable, Skipped, dry_run, run_backup
 from influx_backupd.store.archive import not_a_backup
@@ -440,8 +440,8 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
             results.append(result)
         try:
             write_metrics(config, catalog)
-        except OSError as exc:
-            print(f"influx-backupd: metrics file not written: {exc}", file=sys.stderr)
+        except (OSError, MetricsNotWritten) as exc:
+            print(f"influx-backupd: {exc}", file=sys.stderr)
     if args.json:
         print_json([r.to_dict() for r in results])
     elif not results:
@@ -466,8 +466,8 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
         if not args.dry_run:
             try:
                 write_metrics(config, catalog)
-            except OSError as exc:
-                print(f"influx-backupd: metrics file not written: {exc}", file=sys.stderr)
+            except (OSError, MetricsNotWritten) as exc:
+                print(f"influx-backupd: {exc}", file=sys.stderr)
     if args.json:
         print_json(report.to_dict())
     else:

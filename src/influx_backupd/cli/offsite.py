@@ -13,7 +13,7 @@ from influx_backupd.core.config import Config, ConfigError
 from influx_backupd.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from influx_backupd.offsite.errors import OffsiteError
 from influx_backupd.run import offsite
-from influx_backupd.run.followup import write_metrics
+from influx_backupd.run.followup import MetricsNotWritten, write_metrics
 from influx_backupd.run.guard import exclusive
 from influx_backupd.store.catalog import Catalog
 
@@ -58,8 +58,8 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
 def _metrics(config: Config, catalog: Catalog) -> None:
     try:
         write_metrics(config, catalog)
-    except OSError as exc:
-        print(f"influx-backupd: metrics file not written: {exc}", file=sys.stderr)
+    except (OSError, MetricsNotWritten) as exc:
+        print(f"influx-backupd: {exc}", file=sys.stderr)
 
 
 def cmd_list(config: Config, args: argparse.Namespace) -> int:

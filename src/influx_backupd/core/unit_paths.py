@@ -140,8 +140,15 @@ def warnings(config: Config, sandbox: Sandbox | None = None, unit: str | None = 
             continue
         seen.add(w.path)
         target = _existing(w.path)
-        if not os.access(target, os.W_OK):
-            found.append(f"{w.key}: {w.path} is not writable (not {target}, where it would be)")
+        never_made = w.key == "daemon.metrics_file" and not w.path.is_dir()
+        if never_made:  # written into, never made by us: node_exporter's package makes it
+            found.append(
+                f"{w.key}: its directory {w.path} does not exist: no metrics are written "
+                "until it does"
+            )
+        if not never_made and not os.access(target, os.W_OK):
+            where = "" if target == w.path.resolve() else f" (it would be made in {target})"
+            found.append(f"{w.key}: {w.path} is not writable{where}")
         elif sandbox is not None and unit is not None and not sandbox.writable(w.path.resolve()):
             found.append(
                 f"{w.key}: {w.path} would not be writable by {unit} "

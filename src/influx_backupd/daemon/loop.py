@@ -48,7 +48,7 @@ from influx_backupd.influxd import server
 from influx_backupd.influxd.server import BACKOFF_CAP_S, InfluxdError, backoff
 from influx_backupd.report.metrics import DaemonFacts
 from influx_backupd.run import offsite
-from influx_backupd.run.followup import tell_verify_failed, write_metrics
+from influx_backupd.run.followup import MetricsNotWritten, tell_verify_failed, write_metrics
 from influx_backupd.run.guard import exclusive
 from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
@@ -118,6 +118,7 @@ class Daemon:
         self._cancel = CancelToken()
         self._last_tick = time.monotonic()
         self._metrics_written = 0.0
+        self._metrics_failing: str | None = None  # the last write's error, logged once
         self._clock_offset = time.time() - time.monotonic()
         self._started_at = time.time()
         self._create_time = psutil.Process().create_time()
@@ -211,7 +212,14 @@ class Daemon:
         try:
             write_metrics(config, Catalog(config.state_dir), facts)
         except (OSError, sqlite3.Error, BackupdError) as exc:  # e.g. a damaged catalog
-            self._log.warning("metrics.write_failed", error=str(exc))
+            # said once, and again only when it changes: the heartbeat tries every 30 s
+            if str(exc) != self._metrics_failing:
+                self._log.warning("metrics.write_failed", error=str(exc))
+            self._metrics_failing = str(exc)
+            return
+        if self._metrics_failing is not None:
+            self._log.info("metrics.written_again", path=str(config.settings.daemon.metrics_file))
+            self._metrics_failing = None
 
     def _check_clock(self) -> None:
         # A suspend or a clock change moves the wall clock against the monotonic one; the
@@ -518,7 +526,7 @@ class Daemon:
                     self._cond.notify_all()
             try:
                 write_metrics(config, catalog)
-            except OSError as exc:
+            except (OSError, MetricsNotWritten) as exc:
                 self._log.error("after_run.step_failed", step="metrics", error=str(exc))
 
         self._with_lock(config, item, float("inf"), send)
@@ -564,7 +572,7 @@ class Daemon:
                     self._cond.notify_all()
             try:
                 write_metrics(config, catalog)
-            except OSError as exc:
+            except (OSError, MetricsNotWritten) as exc:
                 self._log.error("after_run.step_failed", step="metrics", error=str(exc))
             for result in results:
                 record = catalog.get(result.run_id) if result.run_id and not result.ok else None

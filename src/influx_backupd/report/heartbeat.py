@@ -7,6 +7,7 @@ DNS lookup or a black-holed address never holds up a run for longer; failures ar
 from __future__ import annotations
 
 import threading
+import urllib.parse
 import urllib.request
 from typing import Literal
 
@@ -54,10 +55,20 @@ def ping(base: str, signal: Signal, *, timeout: float = TIMEOUT_S, body: str | N
     logger = log.get(heartbeat=signal)
     status = outcome.get("status")
     if isinstance(status, int) and 200 <= status < 300:
-        logger.debug("heartbeat.sent", url=url, status=status)
+        logger.debug("heartbeat.sent", url=_shown(url), status=status)
         return True
     error = outcome.get("error") or (
         f"HTTP {status}" if status is not None else f"no answer within {timeout:g}s"
     )
-    logger.warning("heartbeat.failed", url=url, error=error)
+    logger.warning("heartbeat.failed", url=_shown(url), error=str(error).replace(url, _shown(url)))
     return False
+
+
+def _shown(url: str) -> str:
+    """The endpoint without its path and credentials: a check's UUID or token is its secret."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # checked by the config; never a reason to fail a ping's log line
+        port = ""
+    return f"{parts.scheme}://{parts.hostname or '?'}{port}/…"

@@ -3,19 +3,26 @@ section names URLs per event, and each message is a short summary of the run and
 its log.
 
 apprise is optional (`pip install 'influx-backupd[notify]'`); the config refuses `[notify]` URLs
-without it. A notification runs in a daemon thread that the caller waits for at most `timeout`
-seconds; whatever happens is logged (`notify.sent`, `notify.failed`) and never raised: a failed
+without it. A notification is sent by a child process (report/notify_child.py) that the caller
+waits for at most `timeout` seconds and then kills: apprise's own threads cannot outlive it.
+Whatever happens is logged (`notify.sent`, `notify.failed`) and never raised: a failed
 notification never fails a backup.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import socket
-import threading
+import subprocess
+import sys
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from influx_backupd.core import log
+from influx_backupd.core.interrupt import child_preexec
 from influx_backupd.store.record import RunRecord
 
 Event = Literal["start", "success", "failure", "verify_failed"]
@@ -87,29 +94,10 @@ def send(
     if not urls:
         return True
     logger = log.get(notify=event, run_id=run_id) if run_id else log.get(notify=event)
-    outcome: dict[str, object] = {}
-
-    def call() -> None:
-        try:
-            import apprise  # optional: the config refuses [notify] URLs when it is missing
-
-            kind = {
-                "start": apprise.NotifyType.INFO,
-                "success": apprise.NotifyType.SUCCESS,
-                "failure": apprise.NotifyType.FAILURE,
-                "verify_failed": apprise.NotifyType.FAILURE,
-            }[event]
-            sender = apprise.Apprise()
-            refused = [u for u in urls if not sender.add(u)]
-            if refused:
-                outcome["refused"] = len(refused)
-            outcome["ok"] = bool(sender.notify(title=subject, body=body, notify_type=kind))
-        except Exception as exc:  # reported below, never raised
-            outcome["error"] = f"{type(exc).__name__}: {exc}"
-
-    thread = threading.Thread(target=call, name="notify", daemon=True)
-    thread.start()
-    thread.join(timeout)
+    request = {"urls": list(urls), "subject": subject, "body": body, "event": event}
+    outcome = _in_child({**request, "timeout": timeout}, timeout)
+    for line in outcome.get("warnings") or []:
+        logger.warning("notify.library", detail=str(line))
     if outcome.get("ok") is True and "refused" not in outcome:
         logger.info("notify.sent", targets=len(urls))
         return True
@@ -121,3 +109,32 @@ def send(
     # URLs carry tokens and passwords: never log them, only how many.
     logger.warning("notify.failed", targets=len(urls), error=str(error))
     return False
+
+
+def _in_child(request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """notify_child's outcome; {} when it gave none within timeout (it is killed then)."""
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "influx_backupd.report.notify_child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # killed as a group, whatever it started
+            preexec_fn=child_preexec(),
+        )
+    except OSError as exc:
+        return {"error": f"the notifier did not start: {exc.strerror or exc}"}
+    try:
+        out, _ = proc.communicate(json.dumps(request).encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {}
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    try:
+        outcome = json.loads(out)
+    except ValueError:
+        return {"error": f"the notifier ended with status {proc.returncode} and no answer"}
+    return outcome if isinstance(outcome, dict) else {"error": "the notifier's answer is no object"}

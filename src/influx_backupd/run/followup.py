@@ -14,6 +14,7 @@ from pathlib import Path
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config, JobSection
+from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import Interrupted
 from influx_backupd.keep.prune import prune
 from influx_backupd.report import heartbeat, notify
@@ -29,6 +30,12 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.state import CrashMarker
 from influx_backupd.verify.check import save_result, verify
+
+
+class MetricsNotWritten(BackupdError):
+    """The metrics file could not be replaced (its dir missing, read-only, full)."""
+
+    code = "metrics"
 
 
 def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None = None) -> None:
@@ -54,7 +61,12 @@ def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None =
         left_down=CrashMarker(config.state_dir).read() is not None,
         offsite=offsite.figures(config, catalog) if exists else None,
     )
-    write_textfile(path, text)
+    try:
+        write_textfile(path, text)
+    except OSError as exc:  # the machine's answer, said of the setting (not of the temp file)
+        raise MetricsNotWritten(
+            f"daemon.metrics_file {path} not written: {exc.strerror or exc}"
+        ) from None
 
 
 def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunRecord) -> None:
@@ -63,6 +75,9 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
     def step(name: str, action: Callable[[], None]) -> bool:
         try:
             action()
+        except BackupdError as exc:  # explained in its one line: no traceback wanted
+            logger.error("after_run.step_failed", step=name, error=exc.line())
+            return False
         except Exception as exc:
             logger.error("after_run.step_failed", step=name, error=str(exc), exc_info=True)
             return False

@@ -18,7 +18,7 @@ from influx_backupd.report import progress
 from influx_backupd.restore.database import recover_database_restore
 from influx_backupd.restore.swap import roll_back
 from influx_backupd.restore.target import recover_target
-from influx_backupd.run.followup import follow_up, write_metrics
+from influx_backupd.run.followup import MetricsNotWritten, follow_up, write_metrics
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog, CatalogDamaged
 from influx_backupd.store.record import RunRecord
@@ -223,7 +223,7 @@ def _follow_up_late(config: Config, catalog: Catalog, record: RunRecord) -> None
     # The job is gone from the config: no hooks to run, only the metrics.
     try:
         write_metrics(config, catalog)
-    except OSError as exc:
+    except (OSError, MetricsNotWritten) as exc:
         log.get(job=record.job).error("after_run.step_failed", step="metrics", error=str(exc))
     catalog.followed_up(record.id)
 

@@ -104,8 +104,12 @@ def test_check_config_warns_about_paths_outside_the_sandbox(tmp_path: Path) -> N
     box = shipped_sandbox(tmp_path, tmp_path / "archives", tmp_path / "server", tmp_path / "state")
     found = warnings(config, box, "influx-backupd.service")
     # the state dir does not exist yet, so systemd would skip its ReadWritePaths entry
-    assert [w.split(":")[0] for w in found] == ["daemon.state_dir", "daemon.metrics_file"]
+    assert [w.split(":")[0] for w in found] == ["daemon.state_dir"] + ["daemon.metrics_file"] * 2
     assert found[1] == (
+        f"daemon.metrics_file: its directory {metrics.parent} does not exist: no metrics are "
+        "written until it does"
+    )
+    assert found[2] == (
         f"daemon.metrics_file: {metrics.parent} would not be writable by influx-backupd.service "
         "(ProtectSystem=strict): add it to ReadWritePaths= with "
         "`systemctl edit influx-backupd.service`"

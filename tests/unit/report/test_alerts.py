@@ -73,7 +73,7 @@ def test_rules_are_valid(promtool: str) -> None:
         [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 5 rules found" in done.stdout
+    assert "SUCCESS: 6 rules found" in done.stdout
 
 
 def labels(backup_job: str | None = None, **more: str) -> dict[str, str]:
@@ -222,6 +222,26 @@ def test_influxd_left_down_after_two_minutes(promtool: str, tmp_path: Path) -> N
                 fires("InfluxdLeftDown", "5m"),
             ],
         }
+    ]
+    run_cases(promtool, tmp_path, cases)
+
+
+def test_metrics_absent_for_an_hour(promtool: str, tmp_path: Path) -> None:
+    """A metrics file that never was (its directory missing): no series at all to go stale."""
+    cases = [
+        {
+            "interval": "1m",
+            "input_series": [],
+            "alert_rule_test": [
+                fires("InfluxBackupMetricsAbsent", "50m"),
+                fires("InfluxBackupMetricsAbsent", "61m", {"severity": "warning"}),
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [series("influx_backupd_build_info", "1x90", version="0.1.0")],
+            "alert_rule_test": [fires("InfluxBackupMetricsAbsent", "61m")],
+        },
     ]
     run_cases(promtool, tmp_path, cases)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from influx_backupd.core import log
 from influx_backupd.core.config import load
-from influx_backupd.run.followup import write_metrics
+from influx_backupd.run.followup import MetricsNotWritten, write_metrics
 from influx_backupd.run.runner import influxd_left_down
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
@@ -38,3 +38,19 @@ def test_left_down_is_logged_and_counted(tmp_path: Path) -> None:
     assert event["message_id"] == log.MESSAGE_IDS["influxd_left_down"]
     assert event["stopped_by"] == "r-1" and event["error"] == "no start"
     assert "influx_backupd_influxd_left_down 1\n" in metrics.read_text()
+
+
+def test_a_metrics_file_that_cannot_be_written_is_one_line_about_the_setting(
+    tmp_path: Path,
+) -> None:
+    """Its directory gone after check-config (node_exporter removed): the backup goes on, the
+    line names the setting and the reason, never the temp file or a traceback."""
+    metrics = tmp_path / "textfile" / "m.prom"
+    config = load(serverless_config(tmp_path, daemon=f'metrics_file = "{metrics}"'))
+    try:
+        write_metrics(config, Catalog(config.state_dir))
+    except MetricsNotWritten as exc:
+        assert str(exc) == f"daemon.metrics_file {metrics} not written: No such file or directory"
+    else:
+        raise AssertionError("written into a dir that does not exist")
+    assert not list(tmp_path.glob("**/*.tmp"))
