@@ -343,7 +343,11 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             if args.database
             else f"Replace influxd's data with {args.backup}? influxd will be stopped."
         )
-        answer = input(f"{what} [y/N] ")
+        try:
+            answer = input(f"{what} [y/N] ")
+        except EOFError:  # Ctrl-D: no answer is no
+            answer = ""
+            print()
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing done")
             return EXIT_USAGE

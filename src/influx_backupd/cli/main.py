@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from influx_backupd.cli.parser import build_parser
 from influx_backupd.core import log
-from influx_backupd.core.errors import EXIT_FAILED, BackupdError
+from influx_backupd.core.errors import EXIT_CONFIG, EXIT_FAILED, BackupdError
 from influx_backupd.core.interrupt import Interrupted
 from influx_backupd.report import hooks
 
@@ -86,7 +86,30 @@ def _tell_left_stopped(config: Config, command: str) -> None:
     print(f"influx-backupd: {line}", file=sys.stderr)
 
 
+def _streams_open() -> None:
+    """A command started with stdout or stderr closed (`>&-`, `2>&-`) writes into /dev/null
+    there instead of failing on its first print: the backup's own status is what counts."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115
+
+
+def _undecodable(args: argparse.Namespace) -> str | None:
+    """The first argument that is not valid UTF-8 (undecodable bytes arrive as lone
+    surrogates, which no file name, job name or query can carry on)."""
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return (
+                    f"{name.replace('_', '-')} {value.encode(errors='backslashreplace').decode()}"
+                )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _streams_open()
     # Private by default (state, staging, archives, records, logs), whatever the caller's
     # umask; what is meant to be shared (the metrics file), influxd and hooks set their own.
     hooks.CALLER_UMASK = os.umask(0o077)
@@ -106,15 +129,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    bad = _undecodable(args)
+    if bad is not None:
+        parser.error(f"argument {bad} is not valid UTF-8")
     for name, default in (("json", False), ("quiet", False), ("verbose", 0)):
         if not hasattr(args, name):
             setattr(args, name, default)
     log.configure(level=_log_level(args, "info"))
     from influx_backupd.core.config import load, resolve_path
 
-    path = resolve_path(getattr(args, "config", None))
     try:
-        config = load(path)
+        config = load(resolve_path(getattr(args, "config", None)))
         log.configure(level=_log_level(args, config.settings.daemon.log_level))
         _tell_left_stopped(config, args.command)
         return command_function(args.command)(config, args)
@@ -126,6 +151,24 @@ def _main(argv: Sequence[str] | None) -> int:
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
+    except UnicodeEncodeError as exc:
+        # a path or name the locale's encoding cannot hold (LANG=C and a config naming
+        # "/var/lib/stäte"): nothing of ours can be written under that name
+        print(
+            f"influx-backupd: {exc.object[exc.start : exc.end]!r} cannot be written in this "
+            f"locale's encoding ({exc.encoding}); run with a UTF-8 locale "
+            "(LANG=C.UTF-8) or PYTHONUTF8=1",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    except OSError as exc:
+        # the machine said no where we did not expect it (a dir made read-only, a file where a
+        # dir belongs, a full disk): what and where, in one line
+        if isinstance(exc, BrokenPipeError):
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"influx-backupd: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ from influx_backupd.store.record import RunRecord
 def fmt_time(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):  # no date: shown as the number it is
+        return str(ts)
 
 
 def fmt_s(value: float | None) -> str:
@@ -33,7 +36,11 @@ def fmt_bytes(n: int) -> str:
 
 def rfc3339(ts: float) -> str:
     """2026-11-26T12:42:16.123Z"""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):  # no date: shown as the number it is
+        return str(ts)
+    return stamp.replace("+00:00", "Z")
 
 
 def is_time_key(key: object) -> bool:

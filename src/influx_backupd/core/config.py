@@ -14,6 +14,7 @@ import difflib
 import logging
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +34,14 @@ from pydantic import (
 from influx_backupd.core import config_values
 from influx_backupd.core.durations import Duration
 from influx_backupd.core.errors import EXIT_CONFIG, BackupdError
+from influx_backupd.core.names import JOB_NAME, JOB_NAME_RULE
 from influx_backupd.core.offsite_section import OffsiteSection
 
 DEFAULT_CONFIG_PATH = Path("/etc/influx-backupd/config.toml")
 CONFIG_ENV = "INFLUX_BACKUPD_CONFIG"
 DEFAULT_STATE_DIR = Path("/var/lib/influx-backupd")
 
-_WINDOW = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
-_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_WINDOW = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 
 
 @dataclass(frozen=True)
@@ -131,10 +132,8 @@ class StorageSection(_Strict):
 
 
 def _job_name(value: object) -> object:
-    if isinstance(value, str) and not _JOB_NAME.match(value):
-        raise ValueError(
-            "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter/digit"
-        )
+    if isinstance(value, str) and not JOB_NAME.match(value):
+        raise ValueError(f"must be {JOB_NAME_RULE}")
     return value
 
 
@@ -172,6 +171,9 @@ def _timezone(value: object) -> object:
     return value
 
 
+MIN_EVERY = 1.0  # seconds
+
+
 class Scheduled(_Strict):
     """When something runs: a 5-field crontab string, or an interval; neither = only by hand."""
 
@@ -190,8 +192,9 @@ class Scheduled(_Strict):
     def _schedule_or_every(self) -> Self:
         if self.schedule is not None and self.every is not None:
             raise ValueError("set either schedule or every, not both")
-        if self.every is not None and self.every <= 0:
-            raise ValueError("every must be longer than 0s")
+        if self.every is not None and self.every < MIN_EVERY:
+            # a shorter one starts a run (a cold one stops influxd) as often as it can
+            raise ValueError(f"every must be {MIN_EVERY:g}s or longer")
         return self
 
 
@@ -308,6 +311,12 @@ class NotifySection(_Strict):
     timeout: Duration = 30.0  # the most a notification may hold up the run that sends it
     """The most a notification may hold up the run that sends it."""
 
+    @model_validator(mode="after")
+    def _some_time(self) -> Self:
+        if self.timeout <= 0:  # 0 gives up before anything is sent, and says it failed
+            raise ValueError("timeout must be longer than 0s")
+        return self
+
 
 class Settings(_Strict):
     daemon: DaemonSection = DaemonSection()
@@ -327,11 +336,14 @@ class Settings(_Strict):
 
     @model_validator(mode="after")
     def _unique_jobs(self) -> Settings:
-        seen: set[str] = set()
-        for job in self.job:
+        seen: dict[str, int] = {}
+        for number, job in enumerate(self.job):
             if job.name in seen:
-                raise ValueError(f"job name {job.name!r} is used twice")
-            seen.add(job.name)
+                raise ValueError(
+                    f"job[{number}].name: {job.name!r} is used twice (also job[{seen[job.name]}]"
+                    ".name); each job needs a name of its own"
+                )
+            seen[job.name] = number
         return self
 
 
@@ -437,6 +449,18 @@ def _home_of(key: str, here: type[BaseModel]) -> str:
     return f"; {key} belongs in {' or '.join(homes)}" if homes else ""
 
 
+def _first_to_tell(errors: list[Any]) -> Any:
+    """The error to report: a misspelt key that has a close match first ([storge] also makes
+    [storage] missing, and the typo is the news), else the first."""
+    for error in errors:
+        loc = tuple(
+            p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+        )
+        if error["type"] == "extra_forbidden" and loc and _closest(loc):
+            return error
+    return errors[0]
+
+
 def _closest(loc: tuple[int | str, ...]) -> str:
     """'; did you mean keep_daily?' for a misspelt key, '; state_dir belongs in [daemon]' for
     one in the wrong table, '' when nothing is close."""
@@ -486,8 +510,21 @@ _EXPECTED = {
     "dict_type": "must be a table (a [section] or { key = value })",
     "model_type": "must be a table (a [section] or { key = value })",
     "model_attributes_type": "must be a table (a [section] or { key = value })",
-    "string_too_short": "must not be empty",
+    "string_too_short": "is too short",
     "too_short": "must not be empty",
+    "finite_number": "must be a finite number",
+    "string_too_long": "is too long",
+    "string_pattern_mismatch": "is not of the allowed form",
+    "url_parsing": "must be a URL like https://host/path",
+    "url_scheme": "must be an http:// or https:// URL",
+}
+
+
+# keys with a pattern: the form it stands for, in our words
+_PATTERN_WORDS = {
+    "bucket": "an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-'",
+    "endpoint_url": "an http:// or https:// URL like https://s3.example.com",
+    "storage_class": "an S3 storage class like STANDARD_IA",
 }
 
 
@@ -502,7 +539,8 @@ def _describe(error: Any) -> str:
     if kind == "missing":
         return f"{where}: required key is missing"
     if kind == "value_error":  # our validators' own words
-        return f"{where}: {str(error['msg']).removeprefix('Value error, ')}"
+        said = str(error["msg"]).removeprefix("Value error, ")
+        return said if not loc else f"{where}: {said}"  # a whole-file check names its keys
     if kind == "literal_error":
         expected = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
         return f"{where}: must be one of {expected}, not {_shown(error.get('input'))}"
@@ -517,21 +555,43 @@ def _describe(error: Any) -> str:
         return f"{where}: must be {bound} {words}, not {_shown(error.get('input'))}"
     if loc == ("job",) and kind == "list_type":
         return "job: must be [[job]] tables (double brackets: one table per job), not [job]"
-    expected = _EXPECTED.get(kind, f"has a value of the wrong form ({kind})")
+    if kind == "string_pattern_mismatch" and loc and loc[-1] in _PATTERN_WORDS:
+        return f"{where}: must be {_PATTERN_WORDS[str(loc[-1])]}, not {_shown(error.get('input'))}"
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return f"{where}: must not be empty"
+    if kind in ("string_too_short", "string_too_long"):
+        bound = ctx.get("min_length") if kind == "string_too_short" else ctx.get("max_length")
+        words = "at least" if kind == "string_too_short" else "at most"
+        return f"{where}: must be {words} {bound} characters, not {_shown(error.get('input'))}"
+    expected = _EXPECTED.get(kind, "has a value of the wrong form")
     return f"{where}: {expected}, not {_shown(error.get('input'))}"
 
 
 def resolve_path(cli_path: str | None) -> Path:
-    if cli_path:
+    if cli_path is not None:
+        if not cli_path:
+            raise ConfigError("--config: an empty path names no config file")
         return Path(cli_path)
     env = os.environ.get(CONFIG_ENV)
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
+MAX_READ = 16 << 20  # a config, influxdb.conf or password file is never near this
+
+
 def _read_bytes(path: Path, where: str) -> bytes:
-    """A file we were told to read; where: how the error line names it."""
+    """A file we were told to read; where: how the error line names it. Only a regular file
+    of sane size: a FIFO would block and /dev/zero never end."""
     try:
-        return path.read_bytes()
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{where} is not a regular file")
+        if st.st_size > MAX_READ:
+            raise ConfigError(f"{where} is {st.st_size} bytes: too large to be one")
+        with path.open("rb") as f:
+            return f.read(MAX_READ + 1)
     except FileNotFoundError:
         raise ConfigError(f"{where} not found") from None
     except IsADirectoryError:
@@ -548,6 +608,8 @@ def _read_toml(path: Path, what: str) -> dict[str, Any]:
         return tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
 
@@ -610,7 +672,7 @@ def instance_name(config_path: Path) -> str | None:
     name = config_path.stem
     if config_path.parent != DEFAULT_CONFIG_PATH.parent or config_path.suffix != ".toml":
         return None
-    return name if name != DEFAULT_CONFIG_PATH.stem and _JOB_NAME.match(name) else None
+    return name if name != DEFAULT_CONFIG_PATH.stem and JOB_NAME.match(name) else None
 
 
 def _usable_dir(path: Path, key: str, value: Path) -> None:
@@ -672,8 +734,7 @@ def load(path: Path) -> Config:
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"{path}: {_describe(first)}") from None
+        raise ConfigError(f"{path}: {_describe(_first_to_tell(exc.errors()))}") from None
     wrong = config_values.problem(settings)  # before any path is used (a NUL byte, relative)
     if wrong is not None:
         raise ConfigError(f"{path}: {wrong}")
@@ -688,6 +749,12 @@ def load(path: Path) -> Config:
         raise ConfigError(f"{server.conf}: {wrong}")
     _usable_dir(path, "daemon.state_dir", settings.daemon.state_dir)
     _usable_dir(path, "storage.dir", settings.storage.dir)
+    for key, file in (
+        ("daemon.metrics_file", settings.daemon.metrics_file),
+        ("influxd.pidfile", settings.influxd.pidfile),
+    ):
+        if file is not None and file.is_dir():
+            raise ConfigError(f"{path}: {key}: {file} is a directory; name a file (in it)")
 
     url = settings.influxd.url
     if url is None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 # systemd's unit name characters; never starting with '-' (systemctl would take an option)
-_UNIT = re.compile(r"^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]*$")
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+)$")
+_UNIT = re.compile(r"^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]*\Z")
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+)\Z")
 _URL_KEYS = {"url", "backup_url", "heartbeat_url"}
 _HOOK_KEYS = {"on_success", "on_failure"}
 _ARGV_KEYS = {"command"} | _HOOK_KEYS

@@ -112,8 +112,14 @@ ALIASES = {
 def cron_trigger(expr: str, tz: ZoneInfo, jitter: float | None = None) -> BaseTrigger:
     """A trigger that fires when the 5-field crontab `expr` (or a nickname such as @daily)
     does, in time zone `tz`."""
+    if not expr.isascii() or not expr.isprintable():
+        # int() reads "٣" as 3; a newline would split every line that shows the schedule
+        raise ScheduleError(
+            f"{expr!r}: only ASCII digits, letters, spaces and * , - / in a crontab string"
+        )
+    expr = expr.strip()
     if expr.startswith("@"):
-        if expr.strip().lower() not in ALIASES:
+        if expr.lower() not in ALIASES:
             raise ScheduleError(
                 f"unknown nickname {expr!r}: use one of {', '.join(ALIASES)} or 5 fields"
             )

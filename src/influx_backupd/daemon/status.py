@@ -35,7 +35,7 @@ def read_daemon_state(config: Config) -> dict[str, Any] | None:
     try:
         if abs(psutil.Process(pid).create_time() - created) > 1.0:
             return None
-    except psutil.Error:
+    except (psutil.Error, ValueError, OverflowError):  # no such process; pid 0, -1 or huge
         return None
     return state if isinstance(state, dict) else None
 

@@ -126,7 +126,7 @@ def _same_process(pid: int, create_time: float) -> psutil.Process | None:
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
         return proc
-    except psutil.Error:
+    except (psutil.Error, ValueError, OverflowError):  # gone; or a pid no process can have
         return None
 
 

@@ -19,7 +19,7 @@ from influx_backupd.offsite.files import FileEntry, Layout, Source
 
 FORMAT = 1  # a manifest without chunked files: what every version reads
 CHUNKED = 2  # a manifest with chunked files (chunks, chunk_size): older versions refuse it
-_NAME = re.compile(r"^manifests/([^/]+)/([^/]+)\.json\.gz(\.age)?$")
+_NAME = re.compile(r"^manifests/([^/]+)/([^/]+)\.json\.gz(\.age)?\Z")
 
 
 @dataclass

@@ -31,7 +31,7 @@ from typing import Any
 from influx_backupd.restore.merge import TSM_NAME, link_or_copy, manifest_of, shard_tar_writer
 from influx_backupd.store.scanners import members_seen, portable_meta_store, remember_members
 
-TOMBSTONE_NAME = re.compile(r"^(\d+)-(\d+)\.tombstone$")
+TOMBSTONE_NAME = re.compile(r"^([0-9]+)-([0-9]+)\.tombstone\Z")
 
 
 @dataclass

@@ -49,7 +49,7 @@ from typing import Any, cast
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.scanners import members_seen
 
-TSM_NAME = re.compile(r"^(\d+)-(\d+)\.tsm$")
+TSM_NAME = re.compile(r"^([0-9]+)-([0-9]+)\.tsm\Z")
 LISTING = "shard_listing"  # the record.extra key jobs/hot.py writes
 
 

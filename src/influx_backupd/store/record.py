@@ -6,6 +6,7 @@ Everything after a job (catalog, logs, metrics, hooks, retention) reads this.
 from __future__ import annotations
 
 import dataclasses
+import math
 import secrets
 import time
 import types
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Literal
+
+from influx_backupd.core.names import JOB_NAME, JOB_NAME_RULE
 
 Mode = Literal["cold", "hot"]
 Status = Literal["running", "ok", "failed", "interrupted"]
@@ -100,8 +103,15 @@ class RunRecord:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     return f"{f.name} is missing"
                 continue
-            if not _fits(data[f.name], hints[f.name]):
-                return f"{f.name} is {data[f.name]!r:.60}, not {_type_name(hints[f.name])}"
+            value = data[f.name]
+            if not _fits(value, hints[f.name]):
+                return f"{f.name} is {value!r:.60}, not {_type_name(hints[f.name])}"
+            if isinstance(value, str) and not _utf8(value):
+                return f"{f.name} is not valid UTF-8"
+            if f.name == "job" and not JOB_NAME.match(value):
+                return f"job is {value!r:.60}, not a job name ({JOB_NAME_RULE})"
+            if f.name.endswith("_at") and value is not None and not 0 <= value < LAST_TIME:
+                return f"{f.name} is {value!r:.60}, not a time between 1970 and 9999"
         return None
 
     @property
@@ -124,6 +134,17 @@ def _hints() -> dict[str, Any]:
     return typing.get_type_hints(RunRecord)
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # lone surrogates: undecodable bytes read back
+        return False
+    return True
+
+
+LAST_TIME = 253_402_300_800  # 10000-01-01T00:00:00Z in Unix seconds
+
+
 def _fits(value: object, hint: Any) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
@@ -137,7 +158,9 @@ def _fits(value: object, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint in (int, float):  # a number is a number: a 3.0 for a count is no damage
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
     if hint is str:
         return isinstance(value, str)
     if origin is dict:

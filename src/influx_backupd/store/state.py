@@ -27,6 +27,13 @@ class Busy(BackupdError):
     exit_status = EXIT_BUSY
 
 
+class StateDirError(BackupdError):
+    """The state_dir cannot hold the lock (not writable, not a directory): exit status 1."""
+
+    code = "state_dir"
+    label = "state_dir"
+
+
 @dataclass
 class BackupLock:
     path: Path
@@ -35,8 +42,14 @@ class BackupLock:
     busy_means: str = "another backup is running"
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateDirError(
+                f"cannot take the lock {self.path}: {exc.strerror or exc} (the state_dir must "
+                "be a directory this user can write; is another user's service running?)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -125,7 +125,11 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         "job[0].schedule: day of week '8' must be 0-7 (0 and 7 are Sunday)",
     ),
     ("bad job name", 'job:[[job]]\nname = "a b"', "job[0].name: must be 1-64 letters"),
-    ("duplicate job", 'job:[[job]]\nname = "a"\n[[job]]\nname = "a"', "job name 'a' is used twice"),
+    (
+        "duplicate job",
+        'job:[[job]]\nname = "a"\n[[job]]\nname = "a"',
+        "job[1].name: 'a' is used twice (also job[0].name)",
+    ),
     (
         "bad window",
         'job:[[job]]\nname = "a"\ncold_window = "1am-5am"',
@@ -141,6 +145,20 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         "both service and command",
         'influxd_extra:command = ["/usr/bin/influxd"]',
         "influxd: set either service or command",
+    ),
+    # a run as often as it can start, every cold one stopping influxd
+    ("sub-second every", 'job:[[job]]\nname = "a"\nevery = "1ms"', "job[0]: every must be 1s"),
+    # int() reads Arabic-Indic digits: "١٠s" would be 10 s, "0 ٣ * * *" 03:00
+    ("non-ASCII digits", 'job:[[job]]\nname = "a"\nevery = "١٠s"', "job[0].every: must be a"),
+    ("non-ASCII cron", 'job:[[job]]\nname = "a"\nschedule = "0 ٣ * * *"', "only ASCII"),
+    ("newline in cron", 'job:[[job]]\nname = "a"\nschedule = "0 3 * * *\\n"', "only ASCII"),
+    ("newline ending a name", 'job:[[job]]\nname = "a\\n"', "job[0].name: must be 1-64"),
+    ("zero notify timeout", 'job:[notify]\ntimeout = "0s"', "notify: timeout must be longer"),
+    ("misspelt section", 'job:[storge]\ndir = "/x"', "storge: unknown key; did you mean storage?"),
+    (
+        "bucket name",
+        'job:[offsite]\nbucket = "Bad Bucket!"',
+        "offsite.bucket: must be an S3 bucket name",
     ),
 ]
 
@@ -165,6 +183,19 @@ def test_bad_configs_give_one_line_with_the_key_path_and_exit_78(
     assert err.startswith(f"influx-backupd: {path}: "), err
     assert expected in err, err
     assert not (tmp_path / "state").exists(), "a bad config touches nothing"
+
+
+def test_a_schedule_may_have_spaces_around_it(tmp_path: Path, influxdb_conf: Path) -> None:
+    body = base(influxdb_conf, tmp_path, job='[[job]]\nname = "a"\nschedule = " @daily "')
+    assert load(write(tmp_path, body)).settings.job[0].schedule == " @daily "
+
+
+def test_a_metrics_file_that_is_a_directory_is_refused(tmp_path: Path, influxdb_conf: Path) -> None:
+    body = base(influxdb_conf, tmp_path).replace(
+        "[daemon]\n", f'[daemon]\nmetrics_file = "{tmp_path}"\n'
+    )
+    with pytest.raises(ConfigError, match=r"daemon.metrics_file: .* is a directory"):
+        load(write(tmp_path, body))
 
 
 def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,184 @@
+"""What a hostile or unlucky environment does to a command, as real processes without an influxd:
+closed streams, bytes that are no UTF-8, an ASCII locale, a state_dir that refuses, files that
+never end, edited records and state files. Each ends in one line and a defined status; none in
+a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
+from tests.system.test_cli_surface import serverless_config
+
+EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG = 1, 2, 78
+
+
+def run(argv: list[str | bytes], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "influx_backupd", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kw,  # type: ignore[call-overload]
+    )
+
+
+def one_line(done: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def in_shell(script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """A command line with its redirections, as cron or a unit would run it."""
+    return subprocess.run(
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+
+
+def test_closed_stdout_or_stderr_changes_no_exit_status(tmp_path: Path) -> None:
+    config = serverless_config(tmp_path)
+    cmd = f"{sys.executable} -m influx_backupd -c {config}"
+    assert in_shell(f"{cmd} list >&-").returncode == 0
+    assert in_shell(f"{cmd} check-config >&-").returncode == 0
+    assert in_shell(f"{cmd} list 2>&-").returncode == 0
+    assert in_shell(f"{cmd} list --job nope 2>&-").returncode == EXIT_USAGE
+    assert in_shell(f"{cmd} backup 2>&- >&-").returncode == EXIT_USAGE  # two jobs, no --job
+
+
+@pytest.mark.parametrize(
+    "command", [["list", "--job"], ["verify"], ["restore"], ["prune", "--job"]]
+)
+def test_an_argument_that_is_not_utf8_is_a_usage_error(tmp_path: Path, command: list[str]) -> None:
+    config = serverless_config(tmp_path)
+    done = run([*(c.encode() for c in ["-c", str(config), *command]), b"x\xff"])
+    assert done.returncode == EXIT_USAGE
+    assert "not valid UTF-8" in one_line(done)
+    assert not (tmp_path / "state").exists(), "nothing touched"
+
+
+def test_an_ascii_locale_and_a_non_ascii_path_say_what_to_do(tmp_path: Path) -> None:
+    config = serverless_config(tmp_path)
+    config.write_text(config.read_text().replace(f"{tmp_path}/state", f"{tmp_path}/stäte"))
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    for command in (["list"], ["status"], ["prune", "--dry-run"]):
+        done = run(["-c", str(config), *command], env=env)
+        assert done.returncode == EXIT_CONFIG, (command, done.stderr)
+        assert "UTF-8 locale" in one_line(done)
+
+
+def test_a_state_dir_that_refuses_the_lock_is_one_line(tmp_path: Path) -> None:
+    config = serverless_config(tmp_path)
+    (tmp_path / "state" / "backup.lock").mkdir(parents=True)  # a dir where the lock goes
+    for command in (["prune", "--dry-run"], ["verify", "--all"], ["backup", "--job", "nightly"]):
+        done = run(["-c", str(config), *command])
+        assert done.returncode == EXIT_FAILED, (command, done.stderr)
+        line = one_line(done)
+        assert "cannot take the lock" in line and "backup.lock" in line, line
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda p: os.mkfifo(p), id="fifo"),
+        pytest.param(lambda p: p.write_text("x = " + "[" * 5000 + "]" * 5000), id="deep-arrays"),
+        pytest.param(
+            lambda p: p.write_text("x = " + "{a=" * 3000 + "1" + "}" * 3000), id="deep-tables"
+        ),
+        pytest.param(lambda p: p.write_bytes(b"#" * (17 << 20)), id="huge"),
+    ],
+)
+def test_a_config_that_never_ends_or_nests_without_end_is_refused(tmp_path: Path, make) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "config.toml"
+    make(path)
+    done = run(["-c", str(path), "check-config"])
+    assert done.returncode == EXIT_CONFIG
+    one_line(done)
+
+
+def test_an_empty_config_path_is_no_config(tmp_path: Path) -> None:
+    done = run(["-c", "", "list"], cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG
+    assert "empty path" in one_line(done)
+
+
+def test_an_edited_record_with_an_impossible_time_is_damage_not_a_crash(tmp_path: Path) -> None:
+    """A sidecar with started_at = 1e20 is refused by import; a catalog row with one, by list
+    as a damaged catalog: one line either way."""
+    config = serverless_config(tmp_path)
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    record = RunRecord(id="20260101T000000Z-abcd", job="nightly", mode="cold", status="ok")
+    data = {**record.to_dict(), "started_at": 1e20, "archive": str(archives / "a.tar")}
+    (archives / "nightly-20260101T000000Z-abcd.tar.json").write_text(json.dumps(data))
+    done = run(["-c", str(config), "import"])
+    assert "Traceback" not in done.stderr
+    assert run(["-c", str(config), "list"]).returncode == 0
+    catalog = Catalog(tmp_path / "state")
+    catalog.save(RunRecord(id="20260101T000000Z-beef", job="nightly", mode="cold", status="ok"))
+    with catalog._connect() as db:  # the edit, by hand
+        db.execute("UPDATE runs SET record = json_set(record, '$.started_at', 1e300)")
+    for argv in (["list"], ["list", "--json"], ["status"]):
+        done = run(["-c", str(config), *argv])
+        assert "Traceback" not in done.stderr, done.stderr
+        assert done.returncode in (0, EXIT_FAILED)
+
+
+@pytest.mark.parametrize("pid", [-1, 0, 2**70, "x"])
+def test_a_daemon_state_file_with_an_impossible_pid_is_no_daemon(
+    tmp_path: Path, pid: object
+) -> None:
+    config = serverless_config(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "daemon.json").write_text(json.dumps({"pid": pid, "create_time": 0}))
+    done = run(["-c", str(config), "status"])
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_end_of_input_at_the_restore_question_is_no(tmp_path: Path) -> None:
+    config = serverless_config(tmp_path)
+    backup = tmp_path / "backup.tar"
+    subprocess.run(["tar", "-cf", str(backup), "-C", str(tmp_path / "server"), "."], check=True)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command on a terminal
+        os.execv(
+            sys.executable,
+            [sys.executable, "-m", "influx_backupd", "-c", str(config), "restore", str(backup)],
+        )
+    out = b""
+    deadline = time.monotonic() + 60
+    sent = False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        if not sent and b"[y/N]" in out:
+            os.write(fd, b"\x04")  # Ctrl-D
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert sent, text
+    assert os.waitstatus_to_exitcode(status) == EXIT_USAGE, text
+    assert "nothing done" in text and "Traceback" not in text
