@@ -111,6 +111,13 @@ def test_a_config_that_never_ends_or_nests_without_end_is_refused(tmp_path: Path
     one_line(done)
 
 
+@pytest.mark.parametrize("command", [["verify", ""], ["restore", "", "--yes"], ["verify", " "]])
+def test_an_empty_backup_argument_names_nothing(tmp_path: Path, command: list[str]) -> None:
+    done = run(["-c", str(serverless_config(tmp_path)), *command], cwd=tmp_path)
+    assert done.returncode == EXIT_USAGE
+    assert "BACKUP: empty" in one_line(done)
+
+
 def test_an_empty_config_path_is_no_config(tmp_path: Path) -> None:
     done = run(["-c", "", "list"], cwd=tmp_path)
     assert done.returncode == EXIT_CONFIG

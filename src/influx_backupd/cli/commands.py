@@ -74,6 +74,8 @@ def known_job(config: Config, name: str | None, *, history_too: bool = False) ->
 
 def backup_argument(config: Config, backup: str) -> None:
     """A BACKUP naming nothing is a usage error, found before the lock so nothing is created."""
+    if not backup.strip():  # Path("") is the current directory, never what was meant
+        raise UsageError("BACKUP: empty; give a catalog id (see `list`) or a backup's path")
 
     catalog = Catalog(config.state_dir)
     record = catalog.get(backup) if catalog.exists() else None

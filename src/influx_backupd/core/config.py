@@ -202,9 +202,9 @@ class VerifySection(Scheduled):
     """[verify]: the daemon checks every good backup again on this schedule (bit rot, a
     truncated or edited archive), as `verify --all` does; neither schedule nor every: never."""
 
-    deep: bool = False
+    deep: bool = Field(default=False, strict=True)
     """Also check every TSM block's CRC32 and decode every WAL entry (without: TSM indexes and WAL entry framing only)."""
-    restore_test: bool = False
+    restore_test: bool = Field(default=False, strict=True)
     """Also restore every backup into a throwaway influxd and count its points (slow)."""
 
 
@@ -215,7 +215,7 @@ class JobSection(Scheduled):
     mode: Literal["cold", "hot", "auto"] = "cold"
     """cold: stop influxd, tar its dirs, start it. hot: `influxd backup` while it serves. auto: hot when the snapshot service answers, else cold when allowed, else skip."""
     cold_window: Annotated[str | None, BeforeValidator(_cold_window)] = None
-    """Scheduled cold runs only inside this daily window, in the job's time zone, e.g. \"01:00-05:00\" (may wrap midnight). Unset: any time."""
+    """Scheduled cold runs only inside this daily window, in the job's time zone, e.g. \"01:00-05:00\" (may wrap midnight; equal ends: the whole day). Unset: any time."""
     max_downtime: Duration | None = None
     """Refuse a scheduled cold run whose predicted downtime is longer than this. Unset: no limit."""
     fallback: Literal["none", "cold"] = "none"
@@ -223,25 +223,25 @@ class JobSection(Scheduled):
     # TOML key `copy`; renamed here because BaseModel.copy exists
     copy_mode: Literal["staged", "direct"] = Field(default="staged", alias="copy")
     """staged: copy the dirs while influxd serves and stop it only for what changed. direct: tar while it is stopped."""
-    keep_staging: bool = True
+    keep_staging: bool = Field(default=True, strict=True)
     """Keep the staging tree between runs, so the next staged copy is incremental (costs one more copy of the data on the storage filesystem)."""
     full_every: Duration = 7 * 86400.0
     """Hot jobs: start a new chain (a full backup) after this long; increments in between."""
     # keep
-    keep_last: int = Field(default=0, ge=0)
+    keep_last: int = Field(default=0, ge=0, strict=True)
     """Retention: keep the newest N good backups. All keep_* 0: keep every backup."""
-    keep_hourly: int = Field(default=0, ge=0)
+    keep_hourly: int = Field(default=0, ge=0, strict=True)
     """Retention: keep the newest good backup of each of the last N hours."""
-    keep_daily: int = Field(default=0, ge=0)
+    keep_daily: int = Field(default=0, ge=0, strict=True)
     """Retention: keep the newest good backup of each of the last N days."""
-    keep_weekly: int = Field(default=0, ge=0)
+    keep_weekly: int = Field(default=0, ge=0, strict=True)
     """Retention: keep the newest good backup of each of the last N weeks."""
-    keep_monthly: int = Field(default=0, ge=0)
+    keep_monthly: int = Field(default=0, ge=0, strict=True)
     """Retention: keep the newest good backup of each of the last N months."""
     # prove and report
-    verify_after_backup: bool = False
+    verify_after_backup: bool = Field(default=False, strict=True)
     """Verify each backup after it is written (sha256, structure, file formats)."""
-    verify_restore_test: bool = False
+    verify_restore_test: bool = Field(default=False, strict=True)
     """With verify_after_backup: also restore it into a throwaway influxd and query it."""
     on_success: list[str] | None = None
     """Argv run without a shell after a good run, the record in INFLUX_BACKUPD_* variables."""
@@ -251,7 +251,7 @@ class JobSection(Scheduled):
     """After this long a hook's whole process group is killed."""
     heartbeat_url: str | None = None
     """healthchecks.io-style URL: GET url/start when a run begins, POST url on success and url/fail on failure, with the log tail."""
-    offsite: bool = True
+    offsite: bool = Field(default=True, strict=True)
     """false: this job's backups are not copied off-site ([offsite])."""
 
     @model_validator(mode="after")

@@ -84,7 +84,7 @@ class OffsiteSection(BaseModel):
     """The age identity file, to read encrypted backups back (restore, verify, import)."""
     max_rate: Annotated[Size | None, Field(gt=0)] = None  # bytes per second, all uploads together
     """Bytes per second for all uploads together (e.g. "20MiB"); unset: no limit."""
-    concurrency: int = Field(default=4, ge=1, le=64)
+    concurrency: int = Field(default=4, ge=1, le=64, strict=True)
     """Objects sent at once."""
     part_size: Annotated[Size, Field(ge=5 * MiB, le=5 * 1024 * MiB)] = 8 * MiB
     """Objects larger than this go as multipart uploads of parts this size."""
@@ -97,7 +97,7 @@ class OffsiteSection(BaseModel):
     # matched part by part; larger files go as independently encrypted chunks, one object each
     chunk_size: Annotated[Size, Field(ge=5 * MiB, le=5 * 1024 * MiB)] = 64 * MiB
     """With encrypt_to: files larger than this are sent as age-encrypted chunks of this size, each its own object, so an interrupted upload resumes chunk by chunk."""
-    retries: int = Field(default=8, ge=1, le=30)  # attempts per request, with backoff
+    retries: int = Field(default=8, ge=1, le=30, strict=True)  # attempts per request, with backoff
     """Attempts per request, with backoff."""
     retry_after: Annotated[Duration, Field(gt=0)] = 900.0
     """After a failed off-site step the daemon tries again this long after, doubling up to 6 h."""
@@ -107,13 +107,13 @@ class OffsiteSection(BaseModel):
     # an upload in flight writes its objects before its manifest
     grace: Duration = 2 * 86400.0
     """Objects no kept manifest references are deleted only once older than this (an upload writes its objects before its manifest)."""
-    keep_last: int = Field(default=0, ge=0)
+    keep_last: int = Field(default=0, ge=0, strict=True)
     """Off-site retention: keep the newest N backups. All keep_* 0: keep all."""
-    keep_daily: int = Field(default=0, ge=0)
+    keep_daily: int = Field(default=0, ge=0, strict=True)
     """Off-site retention: keep the newest backup of each of the last N days."""
-    keep_weekly: int = Field(default=0, ge=0)
+    keep_weekly: int = Field(default=0, ge=0, strict=True)
     """Off-site retention: keep the newest backup of each of the last N weeks."""
-    keep_monthly: int = Field(default=0, ge=0)
+    keep_monthly: int = Field(default=0, ge=0, strict=True)
     """Off-site retention: keep the newest backup of each of the last N months."""
 
     @model_validator(mode="after")

@@ -155,6 +155,22 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     ("newline ending a name", 'job:[[job]]\nname = "a\\n"', "job[0].name: must be 1-64"),
     ("zero notify timeout", 'job:[notify]\ntimeout = "0s"', "notify: timeout must be longer"),
     ("misspelt section", 'job:[storge]\ndir = "/x"', "storge: unknown key; did you mean storage?"),
+    # what TOML says as a string or a float is not quietly read as a bool or a count
+    (
+        "string for a bool",
+        'job:[[job]]\nname = "a"\nverify_after_backup = "yes"',
+        "job[0].verify_after_backup: must be true or false",
+    ),
+    (
+        "bool for a count",
+        'job:[[job]]\nname = "a"\nkeep_last = true',
+        "job[0].keep_last: must be a",
+    ),
+    (
+        "float for a count",
+        'job:[[job]]\nname = "a"\nkeep_last = 1e3',
+        "job[0].keep_last: must be a",
+    ),
     (
         "bucket name",
         'job:[offsite]\nbucket = "Bad Bucket!"',
