@@ -16,6 +16,7 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 from tests.conftest import failure_hooked, wait_until, write_config
 from tests.faults.conftest import Ledger, Watched, one_line, run_cli
+from tests.integration.test_notify import Receiver
 from tests.system.test_daemon import daemon
 
 FILLER = 1_500_000_000  # sparse: the copy (the stop window) lasts long enough to act in
@@ -78,6 +79,62 @@ def test_a_foreground_backup_retries_the_start_until_the_port_is_free(
     lost_points, lost = ledger.settle()
     assert sandbox.ping()
     assert not (tmp_path / "state" / MARKER).exists()
+    assert lost_points == 0 and lost == []
+
+
+def _pinged(receiver: Receiver, path: str) -> list[bytes]:
+    return [body for _, p, body in receiver.requests if p == path]
+
+
+@pytest.mark.fault("no-start", "the first failed start is told while influxd is still down")
+def test_the_first_failed_start_is_told_while_influxd_is_still_down(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    """A foreground run retries the start for as long as it takes, and its own failure notice
+    comes only at its end: the first failed start sets off the failure notifications, the
+    heartbeat's /fail and left_down in the metrics at once, once a stop window."""
+    receiver = Receiver()
+    metrics = tmp_path / "m.prom"
+    job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
+    config = write_config(
+        tmp_path,
+        sandbox,
+        jobs=[{**job, "heartbeat_url": f"http://{receiver.url}/hb"}],
+        daemon={"metrics_file": str(metrics)},
+        extra=f'\n[notify]\ntimeout = "10s"\nfailure = ["json://{receiver.url}/failure"]\n',
+    )
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    ledger.take()
+    _filler(sandbox)
+    backup = Watched(config, "backup", "--json")
+    try:
+        wait_until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "influxd stopped by the backup")
+        holder = _hold_port(sandbox.http_port)
+        try:
+            backup.wait_event("influxd.start_failed", timeout=120)
+            wait_until(
+                lambda: receiver.posts("/failure") and _pinged(receiver, "/hb/fail"),
+                30,
+                "the alarm, while influxd is down",
+            )
+            assert not sandbox.pids(), "told while influxd was still down"
+            assert "influx_backupd_influxd_left_down 1\n" in metrics.read_text()
+            backup.wait_event("influxd.start_failed", timeout=60)  # a second attempt failed too
+        finally:
+            holder.close()
+        code, out, err = backup.finish()
+    finally:
+        receiver.close()
+    assert code == 0, err[-3000:]
+    assert json.loads(out)["status"] == "ok"
+    [alarm] = receiver.posts("/failure")  # once for the stop window, not once an attempt
+    assert "influxd did not start again" in alarm["title"]
+    assert "job nightly stopped influxd" in alarm["message"]
+    assert len(_pinged(receiver, "/hb/fail")) == 1
+    assert "influx_backupd_influxd_left_down 0\n" in metrics.read_text()
+    (sandbox.data / "filler.bin").unlink()
+    lost_points, lost = ledger.settle()
     assert lost_points == 0 and lost == []
 
 

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -109,6 +110,32 @@ def send(
     # URLs carry tokens and passwords: never log them, only how many.
     logger.warning("notify.failed", targets=len(urls), error=str(error))
     return False
+
+
+def send_detached(
+    urls: Sequence[str], subject: str, body: str, *, event: Event, timeout: float = 30.0
+) -> None:
+    """send() without waiting for it: for an alarm raised where nothing may wait (influxd
+    being started again). Its outcome is logged when it comes."""
+    if urls:
+        threading.Thread(
+            target=send,
+            args=(urls, subject, body),
+            kwargs={"event": event, "timeout": timeout},
+            name="notify-alarm",
+            daemon=True,
+        ).start()
+
+
+def left_down_message(job: str | None, error: str) -> tuple[str, str]:
+    """(title, body) of the alarm raised at the first failed start after our stop."""
+    whose = f"job {job}" if job else "a run"
+    return (
+        f"influx-backupd on {socket.gethostname()}: influxd did not start again",
+        f"{whose} stopped influxd, and starting it again failed: {error}\n"
+        "influx-backupd keeps trying (backoff up to 30 s) and says when it is back "
+        "(`influx-backupd status`).",
+    )
 
 
 def _in_child(request: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -9,10 +9,12 @@ short by a kill or a signal is run again, whole, by the next lock-taking command
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from influx_backupd.core import log
+from influx_backupd.core import alarms, log
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import Interrupted
@@ -142,6 +144,37 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
         logger.warning("after_run.interrupted", signal=str(exc))
         return
     step("settle", lambda: catalog.followed_up(record.id))
+
+
+def left_down_alarm(config: Config) -> alarms.Handler:
+    """What the first failed start after our stop sets off, at once, without waiting: the
+    metrics' left_down (the InfluxdLeftDown alert), the failure notifications and the job's
+    heartbeat /fail (core/alarms.py)."""
+
+    def alarm(job_name: str | None, error: str) -> None:
+        with contextlib.suppress(Exception):
+            write_metrics(config, Catalog(config.state_dir))
+        subject, body = notify.left_down_message(job_name, error)
+        section = config.settings.notify
+        notify.send_detached(
+            section.failure, subject, body, event="failure", timeout=section.timeout
+        )
+        job = next((j for j in config.settings.job if j.name == job_name), None)
+        if job is not None and job.heartbeat_url:
+            threading.Thread(
+                target=heartbeat.ping,
+                args=(job.heartbeat_url, "fail"),
+                kwargs={"body": f"{subject}\n{body}"},
+                name="heartbeat-alarm",
+                daemon=True,
+            ).start()
+        log.get(job=job_name).warning(
+            "influxd.left_down_alarm",
+            notified=len(section.failure),
+            heartbeat=bool(job is not None and job.heartbeat_url),
+        )
+
+    return alarm
 
 
 def tell_verify_failed(config: Config, record: RunRecord) -> None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from influx_backupd.core import log
+from influx_backupd.core import alarms, log
 from influx_backupd.core.config import Config
 from influx_backupd.influxd import scratch
 from influx_backupd.influxd.server import Influxd, InfluxdError
@@ -18,7 +18,12 @@ from influx_backupd.report import progress
 from influx_backupd.restore.database import recover_database_restore
 from influx_backupd.restore.swap import roll_back
 from influx_backupd.restore.target import recover_target
-from influx_backupd.run.followup import MetricsNotWritten, follow_up, write_metrics
+from influx_backupd.run.followup import (
+    MetricsNotWritten,
+    follow_up,
+    left_down_alarm,
+    write_metrics,
+)
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog, CatalogDamaged
 from influx_backupd.store.record import RunRecord
@@ -41,9 +46,12 @@ def exclusive(
     lock = lock_for(config.state_dir)
     lock.acquire()
     try:
-        catalog = Catalog(config.state_dir)
-        recover(config, catalog, start_attempts=start_attempts, on_damage=on_damage)
-        yield catalog
+        # under the lock, whatever stops influxd (a cold run, a restore's swap) or starts it
+        # again (recovery): its first failed start is told at once (core/alarms.py)
+        with alarms.left_down_handler(left_down_alarm(config)):
+            catalog = Catalog(config.state_dir)
+            recover(config, catalog, start_attempts=start_attempts, on_damage=on_damage)
+            yield catalog
     finally:
         lock.release()
 

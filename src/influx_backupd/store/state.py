@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from influx_backupd.core import alarms
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
 from influx_backupd.store.archive import fsync_dir
 
@@ -116,13 +117,18 @@ class CrashMarker:
         if body is None:
             return
         failures = body.get("start_failures")
+        first = body.get("alarmed") is not True  # once a stop window, whoever retries
         body.update(
             start_failures=(failures if isinstance(failures, int) else 0) + 1,
             last_start_error=error,
             last_start_at=time.time(),
             next_start_at=time.time() + retry_in_s,
+            alarmed=True,
         )
         self._write(body)
+        if first:
+            job = body.get("job")
+            alarms.left_down(job if isinstance(job, str) else None, error)
 
     def read(self) -> dict[str, Any] | None:
         try:
