@@ -7,7 +7,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -148,3 +150,25 @@ def test_a_tombstone_the_throwaway_left_is_counted(tmp_path: Path) -> None:
     assert deletes.pack(backup, found, data, tmp_path / "out") == 1
     with tarfile.open(tmp_path / "out" / "T.s1.tar.gz") as tar:
         assert tar.getnames() == [f"db/autogen/1/{TSM1}"], "influxd restore takes only TSM"
+
+
+def test_a_backup_on_another_filesystem_is_linked_by_symlink_never_copied(
+    tmp_path: Path,
+) -> None:
+    """Only the tombstoned shards are written again; the rest stays where it is."""
+    other = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        backup = _backup(
+            other / "b", {1: ("db", {TSM1: b"a", TOMB1: b"t"}), 2: ("db", {TSM1: b"b" * 10})}
+        )
+        found, _ = deletes.find(backup)
+        data = tmp_path / "data"
+        deletes.lay_out(backup, found, tmp_path / "meta", data)
+        (data / "db" / "autogen" / "1" / TOMB1).unlink()
+        out = tmp_path / "out"
+        deletes.pack(backup, found, data, out)
+        assert (out / "T.s2.tar.gz").is_symlink() and (out / "T.meta").is_symlink()
+        assert (out / "T.s2.tar.gz").read_bytes() == (backup / "T.s2.tar.gz").read_bytes()
+        assert not (out / "T.s1.tar.gz").is_symlink()
+    finally:
+        shutil.rmtree(other)
