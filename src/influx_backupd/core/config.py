@@ -122,7 +122,7 @@ class InfluxdSection(_Strict):
                 "(the argv that starts influxd)"
             )
         if self.command is not None and (not self.command or not self.command[0]):
-            raise ValueError("command must start with the influxd executable")
+            raise ValueError("command: must start with the influxd executable")
         return self
 
 
@@ -194,7 +194,7 @@ class Scheduled(_Strict):
             raise ValueError("set either schedule or every, not both")
         if self.every is not None and self.every < MIN_EVERY:
             # a shorter one starts a run (a cold one stops influxd) as often as it can
-            raise ValueError(f"every must be {MIN_EVERY:g}s or longer")
+            raise ValueError(f"every: must be {MIN_EVERY:g}s or longer")
         return self
 
 
@@ -260,12 +260,12 @@ class JobSection(Scheduled):
             argv = getattr(self, hook)
             if argv is not None and (not argv or not argv[0]):
                 raise ValueError(
-                    f"{hook} must be a non-empty argv list like ['/usr/local/bin/notify', 'ok']"
+                    f"{hook}: must be a non-empty argv list like ['/usr/local/bin/notify', 'ok']"
                 )
         if self.heartbeat_url is not None and not self.heartbeat_url.startswith(
             ("http://", "https://")
         ):
-            raise ValueError("heartbeat_url must start with http:// or https://")
+            raise ValueError("heartbeat_url: must start with http:// or https://")
         return self
 
 
@@ -314,7 +314,7 @@ class NotifySection(_Strict):
     @model_validator(mode="after")
     def _some_time(self) -> Self:
         if self.timeout <= 0:  # 0 gives up before anything is sent, and says it failed
-            raise ValueError("timeout must be longer than 0s")
+            raise ValueError("timeout: must be longer than 0s")
         return self
 
 
@@ -540,7 +540,12 @@ def _describe(error: Any) -> str:
         return f"{where}: required key is missing"
     if kind == "value_error":  # our validators' own words
         said = str(error["msg"]).removeprefix("Value error, ")
-        return said if not loc else f"{where}: {said}"  # a whole-file check names its keys
+        if not loc:
+            return said  # a whole-file check names its keys
+        key, sep, rest = said.partition(": ")
+        if sep and re.fullmatch(r"[a-z_]+", key):  # a table's check of one of its keys
+            return f"{_key_path((*loc, key))}: {rest}"
+        return f"{where}: {said}"
     if kind == "literal_error":
         expected = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
         return f"{where}: must be one of {expected}, not {_shown(error.get('input'))}"

@@ -147,13 +147,13 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         "influxd: set either service or command",
     ),
     # a run as often as it can start, every cold one stopping influxd
-    ("sub-second every", 'job:[[job]]\nname = "a"\nevery = "1ms"', "job[0]: every must be 1s"),
+    ("sub-second every", 'job:[[job]]\nname = "a"\nevery = "1ms"', "job[0].every: must be 1s"),
     # int() reads Arabic-Indic digits: "١٠s" would be 10 s, "0 ٣ * * *" 03:00
     ("non-ASCII digits", 'job:[[job]]\nname = "a"\nevery = "١٠s"', "job[0].every: must be a"),
     ("non-ASCII cron", 'job:[[job]]\nname = "a"\nschedule = "0 ٣ * * *"', "only ASCII"),
     ("newline in cron", 'job:[[job]]\nname = "a"\nschedule = "0 3 * * *\\n"', "only ASCII"),
     ("newline ending a name", 'job:[[job]]\nname = "a\\n"', "job[0].name: must be 1-64"),
-    ("zero notify timeout", 'job:[notify]\ntimeout = "0s"', "notify: timeout must be longer"),
+    ("zero notify timeout", 'job:[notify]\ntimeout = "0s"', "notify.timeout: must be longer"),
     ("misspelt section", 'job:[storge]\ndir = "/x"', "storge: unknown key; did you mean storage?"),
     # what TOML says as a string or a float is not quietly read as a bool or a count
     (
