@@ -139,6 +139,26 @@ def failure_hooked(tmp_path: Path, **when: str) -> tuple[dict[str, Any], Failure
     return job, hook
 
 
+def stopped_with_deletes_pending(server: Sandbox, db: str, tries: int = 5) -> list[Path]:
+    """A DELETE and a DROP SERIES in db's cpu, then the server stopped at once, until it stopped
+    before its compaction took them in (about a second's race): the .tombstone files left. The
+    server is left stopped; which points went is for the caller to read from it afterwards."""
+    for attempt in range(tries):
+        server.query(
+            f"DELETE FROM cpu WHERE time >= '2020-01-01T00:0{attempt * 2}:00Z' "
+            "AND time < '2020-01-01T00:05:00Z'",
+            db=db,
+            method="POST",
+        )
+        server.query(f"DROP SERIES FROM cpu WHERE host='h{attempt + 1}'", db=db, method="POST")
+        server.stop()
+        found = list(server.data.glob(f"{db}/*/*/*.tombstone"))
+        if found:
+            return found
+        server.start()
+    raise AssertionError(f"{tries} tries, and the server compacted the deletes before it stopped")
+
+
 @dataclass
 class Cli:
     config: Path

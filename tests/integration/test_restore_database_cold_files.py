@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli, stopped_with_deletes_pending, write_config
 
 
 def _snapshot(sandbox: Sandbox, db: str, dest: Path) -> None:
@@ -125,23 +125,7 @@ def test_deletes_a_tombstone_holds_stay_deleted(tmp_path: Path, sandbox: Sandbox
     _snapshot(sandbox, "metrics", tmp_path / "snap1")
     sandbox.write_points("metrics", 3_000, start=10_000)
     _snapshot(sandbox, "metrics", tmp_path / "snap2")
-    tombstones: list[Path] = []
-    for attempt in range(3):  # stopped before the server's compaction takes them in
-        start = f"2020-01-01T00:0{attempt * 2}:00Z"
-        sandbox.query(
-            f"DELETE FROM cpu WHERE time >= '{start}' AND time < '2020-01-01T00:05:00Z'",
-            db="metrics",
-            method="POST",
-        )
-        sandbox.query(
-            f"DROP SERIES FROM cpu WHERE host='h{attempt + 2}'", db="metrics", method="POST"
-        )
-        sandbox.stop()
-        tombstones = list(sandbox.data.glob("metrics/*/*/*.tombstone"))
-        if tombstones:
-            break
-        sandbox.start()
-    assert tombstones, "three tries, and the server compacted the deletes before it stopped"
+    stopped_with_deletes_pending(sandbox, "metrics")
     archive = _archive_of(sandbox, tmp_path / "by-hand.tar")
     sandbox.start()
     expected = _rows(sandbox, "metrics")  # the live server holds the deletes

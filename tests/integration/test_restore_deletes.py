@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import Cli, started, write_config
+from tests.conftest import Cli, started, stopped_with_deletes_pending, write_config
 
 
 def _rows(server: Sandbox, db: str) -> list[str]:
@@ -40,22 +40,7 @@ def _with_tombstones(server: Sandbox, dest: Path) -> Path:
         capture_output=True,
         timeout=120,
     )
-    tombstones: list[Path] = []
-    for attempt in range(5):  # stopped before the server's compaction takes them in
-        server.query(
-            f"DROP SERIES FROM cpu WHERE host='h{attempt + 1}'", db="metrics", method="POST"
-        )
-        server.query(
-            f"DELETE FROM cpu WHERE time < '2020-01-01T00:0{attempt + 2}:00Z'",
-            db="metrics",
-            method="POST",
-        )
-        server.stop()
-        tombstones = list(server.data.glob("metrics/*/*/*.tombstone"))
-        if tombstones:
-            break
-        server.start()
-    assert tombstones, "five tries, and the server compacted the deletes before it stopped"
+    stopped_with_deletes_pending(server, "metrics")
     manifest_path = next(dest.glob("*.manifest"))
     manifest = json.loads(manifest_path.read_text())
     for entry in manifest["files"]:
