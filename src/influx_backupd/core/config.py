@@ -266,6 +266,8 @@ class JobSection(Scheduled):
             ("http://", "https://")
         ):
             raise ValueError("heartbeat_url: must start with http:// or https://")
+        if self.hook_timeout <= 0:  # 0 kills every hook as it starts
+            raise ValueError("hook_timeout: must be longer than 0s")
         return self
 
 
@@ -285,9 +287,10 @@ def _apprise_url(value: object) -> object:
     finally:
         quiet.disabled = was
     if not known:
-        scheme = value.split("://", 1)[0] if "://" in value else value[:20]
+        # never the rest of the value: a URL's path and user part carry its secrets
+        what = f"{value.split('://', 1)[0]!r} URL" if "://" in value else "value without ://"
         raise ValueError(
-            f"{scheme!r} is not a URL apprise can send to (forms: "
+            f"this {what} is not one apprise can send to (forms: "
             "https://github.com/caronc/apprise/wiki, e.g. ntfy://ntfy.sh/TOPIC, "
             "mailto://USER:PASSWORD@HOST, slack://TOKEN_A/TOKEN_B/TOKEN_C)"
         )

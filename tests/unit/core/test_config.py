@@ -153,6 +153,11 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     ("non-ASCII cron", 'job:[[job]]\nname = "a"\nschedule = "0 ٣ * * *"', "only ASCII"),
     ("newline in cron", 'job:[[job]]\nname = "a"\nschedule = "0 3 * * *\\n"', "only ASCII"),
     ("newline ending a name", 'job:[[job]]\nname = "a\\n"', "job[0].name: must be 1-64"),
+    (
+        "zero hook timeout",
+        'job:[[job]]\nname = "a"\nhook_timeout = "0s"',
+        "job[0].hook_timeout: must",
+    ),
     ("zero notify timeout", 'job:[notify]\ntimeout = "0s"', "notify.timeout: must be longer"),
     ("misspelt section", 'job:[storge]\ndir = "/x"', "storge: unknown key; did you mean storage?"),
     # what TOML says as a string or a float is not quietly read as a bool or a count
@@ -199,6 +204,17 @@ def test_bad_configs_give_one_line_with_the_key_path_and_exit_78(
     assert err.startswith(f"influx-backupd: {path}: "), err
     assert expected in err, err
     assert not (tmp_path / "state").exists(), "a bad config touches nothing"
+
+
+def test_a_notify_value_that_is_no_url_is_not_echoed(
+    tmp_path: Path, influxdb_conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A token pasted without its scheme is a secret: the line names the key, not the value."""
+    body = base(influxdb_conf, tmp_path, job='[notify]\nfailure = ["tk_live_s3cr3t"]')
+    assert cli.main(["--config", str(write(tmp_path, body)), "check-config"]) == 78
+    err = capsys.readouterr().err
+    assert "notify.failure[0]" in err and "without ://" in err, err
+    assert "s3cr3t" not in err and "tk_live" not in err, err
 
 
 def test_a_schedule_may_have_spaces_around_it(tmp_path: Path, influxdb_conf: Path) -> None:
