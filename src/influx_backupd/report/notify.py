@@ -142,7 +142,9 @@ def _in_child(request: dict[str, Any], timeout: float) -> dict[str, Any]:
     """notify_child's outcome; {} when it gave none within timeout (it is killed then)."""
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "influx_backupd.report.notify_child"],
+            # -P: the caller's working directory is not put on sys.path (a root command run
+            # in a dir that holds an influx_backupd/ of someone else's would import theirs)
+            [sys.executable, "-P", "-m", "influx_backupd.report.notify_child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

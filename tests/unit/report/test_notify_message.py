@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,22 @@ def test_a_silent_receiver_costs_at_most_the_timeout() -> None:
         started = time.monotonic()
         assert not notify.send([f"json://127.0.0.1:{port}/x"], "s", "b", event="failure", timeout=1)
         assert time.monotonic() - started < 5
+
+
+def test_the_notifier_never_imports_from_the_callers_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root command run in a directory holding an influx_backupd/ of someone else's: the
+    notifier child is ours all the same (python -P)."""
+    marker = tmp_path / "ran"
+    fake = tmp_path / "influx_backupd" / "report"
+    fake.mkdir(parents=True)
+    (tmp_path / "influx_backupd" / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "notify_child.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    outcome = notify._in_child(
+        {"urls": ["json://127.0.0.1:1/x"], "subject": "s", "body": "b", "event": "failure"}, 20
+    )
+    assert not marker.exists(), "another package's code ran"
+    assert outcome.get("ok") is False, outcome  # ours: it tried, and port 1 refused
