@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 
-from influx_backupd.restore.merge import TSM_NAME, link_or_copy, manifest_of, shard_tar_writer
+from influx_backupd.restore.merge import TSM_NAME, link_or_symlink, manifest_of, shard_tar_writer
 from influx_backupd.store.formats.tsm import check_tsm
 from influx_backupd.store.formats.wal import DELETE, DELETE_RANGE, entry_types
 from influx_backupd.store.scanners import remember_members
@@ -152,7 +152,7 @@ def write_portable(archive: Path, shards: ColdShards, export: Path, out: Path) -
     out.mkdir(mode=0o700)
     manifest_path, manifest = manifest_of(export)
     meta_name = str(manifest["meta"]["fileName"])
-    link_or_copy(export / meta_name, out / meta_name)
+    link_or_symlink(export / meta_name, out / meta_name)
     built = Built()
     by_files = shards.by_files
     entries: list[dict[str, Any]] = []
@@ -161,7 +161,7 @@ def write_portable(archive: Path, shards: ColdShards, export: Path, out: Path) -
             name, sid = str(entry["fileName"]), int(entry["shardID"])
             shard = shards.shards.get(sid)
             if entry.get("database") != shards.database or sid not in by_files or shard is None:
-                link_or_copy(export / name, out / name)
+                link_or_symlink(export / name, out / name)
                 entries.append(entry)
                 if shard is not None and shard.whole_because is not None:
                     built.whole_because[sid] = shard.whole_because

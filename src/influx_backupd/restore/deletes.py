@@ -22,15 +22,14 @@ This module lays out and packs files; restore/hot.py runs the throwaway (apply_d
 from __future__ import annotations
 
 import json
-import os
 import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from influx_backupd.restore.merge import TSM_NAME, manifest_of, shard_tar_writer
-from influx_backupd.store.scanners import members_seen, portable_meta_store, remember_members
+from influx_backupd.restore.merge import TSM_NAME, link_or_symlink, manifest_of, shard_tar_writer
+from influx_backupd.store.scanners import portable_meta_store, remember_members, shard_members
 
 TOMBSTONE_NAME = re.compile(r"^([0-9]+)-([0-9]+)\.tombstone\Z")
 
@@ -86,13 +85,8 @@ def _valid_name(name: object) -> bool:
 
 
 def _members(tar: Path) -> list[str]:
-    """The base names of a shard tar's regular files (from restore's deep check, when it read
-    this tar; else one gunzip of it)."""
-    seen = members_seen(tar)
-    if seen is None:
-        with tarfile.open(tar, "r|gz", bufsize=1 << 20) as tf:
-            seen = [(m.name, m.size) for m in tf if m.isfile()]
-    return [PurePosixPath(name).name for name, _ in seen]
+    """The base names of a shard tar's regular files."""
+    return [PurePosixPath(name).name for name, _ in shard_members(tar)]
 
 
 def find(directory: Path) -> tuple[list[Tombstoned], DeletesApplied]:
@@ -150,15 +144,6 @@ def lay_out(directory: Path, shards: list[Tombstoned], meta: Path, data: Path) -
                 wanted.discard(name)
 
 
-def _beside(source: Path, dest: Path) -> None:
-    """A file of the backup as it is: a hard link, else a symlink; never a copy (the backup
-    may be on another disk and hundreds of GB, and only the tombstoned shards change)."""
-    try:
-        os.link(source, dest)
-    except OSError:
-        os.symlink(source.resolve(), dest)
-
-
 def pack(directory: Path, shards: list[Tombstoned], data: Path, out: Path) -> int:
     """The backup again in out (made here), each tombstoned shard's tar packed from the
     throwaway's TSM files; every other file linked. Returns the tombstones still there."""
@@ -171,7 +156,7 @@ def pack(directory: Path, shards: list[Tombstoned], data: Path, out: Path) -> in
         name = str(entry["fileName"])
         shard = packed.get(int(entry["shardID"]))
         if shard is None or shard.tar.name != name:
-            _beside(directory / name, out / name)
+            link_or_symlink(directory / name, out / name)
             entries.append(entry)
             continue
         source = shard.shard_dir(data)
@@ -193,6 +178,6 @@ def pack(directory: Path, shards: list[Tombstoned], data: Path, out: Path) -> in
         remember_members(out / name, members)
         entries.append({**entry, "size": counted.written})
     meta_name = str(manifest["meta"]["fileName"])
-    _beside(directory / meta_name, out / meta_name)
+    link_or_symlink(directory / meta_name, out / meta_name)
     (out / manifest_path.name).write_text(json.dumps({**manifest, "files": entries}, indent=2))
     return left

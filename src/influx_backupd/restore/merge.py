@@ -47,7 +47,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 from influx_backupd.store.record import RunRecord
-from influx_backupd.store.scanners import members_seen
+from influx_backupd.store.scanners import shard_members
 
 TSM_NAME = re.compile(r"^([0-9]+)-([0-9]+)\.tsm\Z")
 LISTING = "shard_listing"  # the record.extra key jobs/hot.py writes
@@ -200,10 +200,7 @@ def view_of(directory: Path, record: RunRecord | None, *, full: bool) -> LinkVie
     shards: dict[int, ShardPart] = {}
     for entry in manifest.get("files", []):
         tar = directory / str(entry["fileName"])
-        members = members_seen(tar)  # from restore's deep check: no second gunzip
-        if members is None:
-            with tarfile.open(tar, "r|gz") as tf:
-                members = [(m.name, m.size) for m in tf if m.isfile()]
+        members = shard_members(tar)  # from restore's deep check: no second gunzip
         sizes = {PurePosixPath(name).name: size for name, size in members}
         shards[int(entry["shardID"])] = ShardPart(
             str(entry["database"]),
@@ -253,7 +250,7 @@ def write_merged(
         links = set(files.values())
         source = views[links.pop()].shards[sid] if len(links) == 1 else None
         if source is not None and source.files == frozenset(files) and source.listed > 0:
-            link_or_copy(source.tar, out / name)
+            link_or_symlink(source.tar, out / name)
             entries.append(_entry(part, sid, name, source.listed))
             reused += 1
             continue
@@ -301,11 +298,14 @@ def _pack(views: list[LinkView], sid: int, wanted: dict[int, set[str]], dest: Pa
     return counted.written
 
 
-def link_or_copy(source: Path, dest: Path) -> None:
+def link_or_symlink(source: Path, dest: Path) -> None:
+    """A file of a backup as it is, in a backup written beside it for influxd restore: a hard
+    link, else (another filesystem, links not allowed) a symlink; never a copy, which for a
+    backup on another disk meant copying hundreds of GB to change a few shards."""
     try:
         os.link(source, dest)
-    except OSError:  # another filesystem, or links not allowed
-        shutil.copyfile(source, dest)
+    except OSError:
+        os.symlink(source.resolve(), dest)
 
 
 def _entry(part: ShardPart, sid: int, name: str, size: int) -> dict[str, Any]:

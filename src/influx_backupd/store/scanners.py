@@ -394,6 +394,17 @@ def members_seen(path: Path) -> list[tuple[str, int]] | None:
         return None
 
 
+def shard_members(path: Path) -> list[tuple[str, int]]:
+    """The regular files of a shard tar.gz: as a deep check in this process saw them, else
+    read once (and remembered). Raises OSError, tarfile.TarError."""
+    seen = members_seen(path)
+    if seen is None:
+        with tarfile.open(path, "r|gz", bufsize=CHUNK) as tf:
+            seen = [(m.name, m.size) for m in tf if m.isfile()]
+        remember_members(path, seen)
+    return seen
+
+
 def remember_members(path: Path, members: list[tuple[str, int]]) -> None:
     """What a shard tar.gz this process has just written holds, as a deep check would have
     seen it (valid while the file is not changed)."""
