@@ -46,7 +46,7 @@ from tests.offsite.conftest import (
     ACCESS_KEY,
     SECRET_KEY,
     free_port,
-    rclone_binary,
+    serve_rclone,
     wait_port,
 )
 
@@ -103,17 +103,12 @@ def timed(argv: list[str]) -> tuple[dict[str, Any], float]:
 
 
 def start_server(kind: str, work: Path) -> tuple[subprocess.Popen[bytes] | Any, str]:
-    port = free_port()
     if kind == "rclone":
         root = work / "s3root"
         (root / BUCKET).mkdir(parents=True)
-        proc = subprocess.Popen(
-            [rclone_binary(), "serve", "s3", "--addr", f"127.0.0.1:{port}",
-             "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}", str(root)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_port(port)
+        proc, port = serve_rclone(root)
         return proc, f"http://127.0.0.1:{port}"
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

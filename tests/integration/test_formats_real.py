@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import tarfile
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 from influx_backupd.store.formats import check_archive
 
 pytestmark = [
@@ -25,49 +25,19 @@ WEEK_NS = 7 * 24 * 3600 * 10**9
 BASE_NS = 1_600_000_000 * 10**9 // WEEK_NS * WEEK_NS  # start of a 7-day shard group
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class Influxd:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.http = f"http://127.0.0.1:{free_port()}"
-        self.conf = root / "influxdb.conf"
-        self.conf.write_text(
-            f"""reporting-enabled = false
-bind-address = "127.0.0.1:{free_port()}"
-[meta]
-  dir = "{root / "meta"}"
-[data]
-  dir = "{root / "data"}"
-  wal-dir = "{root / "wal"}"
-  cache-snapshot-write-cold-duration = "1s"
-  query-log-enabled = false
-[monitor]
-  store-enabled = false
-[http]
-  bind-address = "{self.http.removeprefix("http://")}"
-  log-enabled = false
-[continuous_queries]
-  enabled = false
-"""
+        # A Sandbox: it starts again on fresh ports when another process took its port first
+        server = Sandbox(
+            root,
+            binary=influxd_binary() or "influxd",
+            extra_data={"cache-snapshot-write-cold-duration": '"1s"'},
         )
-        self.log = (root / "influxd.log").open("wb")
-        self.proc = subprocess.Popen(
-            ["influxd", "run", "-config", str(self.conf)], stdout=self.log, stderr=self.log
-        )
-        self._wait(lambda: self._ping(), "answer /ping")
-
-    def _ping(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.http}/ping", timeout=1) as r:
-                return bool(r.status == 204)
-        except OSError:
-            return False
+        server.start(timeout=10)
+        assert server.proc is not None
+        self.proc = server.proc
+        self.http = server.url
 
     def _wait(self, ready: object, what: str, timeout: float = 10) -> None:
         assert callable(ready)
@@ -99,7 +69,6 @@ bind-address = "127.0.0.1:{free_port()}"
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
 
 
 def _build_data_set(root: Path) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
@@ -103,10 +104,11 @@ def _credentials(tmp_path: Path) -> Path:
 def moto_url() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # Port 0: the kernel's choice, bound at once (a port chosen earlier may be taken first, and
+    # moto's start then waits forever for a server that failed in its thread)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    wait_port(port)
+    _, port = server.get_host_and_port()
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -121,29 +123,54 @@ def moto(moto_url: str, tmp_path: Path) -> Endpoint:
     return ep
 
 
+def listening(pid: int, port: int) -> bool:
+    """Process pid itself listens on port (not some other process that took it)."""
+    try:
+        sockets = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(s.status == psutil.CONN_LISTEN and s.laddr[1] == port for s in sockets)
+
+
+def serve_rclone(root: Path, attempts: int = 5) -> tuple[subprocess.Popen[bytes], int]:
+    """`rclone serve s3` over root on a free port, listening. A port chosen free may be taken
+    before rclone binds it (tests run side by side): rclone then exits, and is started again on
+    another port."""
+    for _ in range(attempts):
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                rclone_binary(),
+                "serve",
+                "s3",
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--auth-key",
+                f"{ACCESS_KEY},{SECRET_KEY}",
+                str(root),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and not listening(proc.pid, port):
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"rclone serve s3 did not listen on {port} in 30 s")
+            time.sleep(0.05)
+        if proc.poll() is None:
+            return proc, port
+    raise AssertionError(f"rclone serve s3 did not start in {attempts} tries")
+
+
 @pytest.fixture
 def rclone(tmp_path: Path) -> Iterator[Endpoint]:
     """rclone serve s3 over a plain directory: real files on disk, Content-MD5 validated,
     credentials checked."""
     root = tmp_path / "rclone-root"
     (root / "offsite-test").mkdir(parents=True)  # a top-level dir is a bucket
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            rclone_binary(),
-            "serve",
-            "s3",
-            "--addr",
-            f"127.0.0.1:{port}",
-            "--auth-key",
-            f"{ACCESS_KEY},{SECRET_KEY}",
-            str(root),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc, port = serve_rclone(root)
     try:
-        wait_port(port)
         yield Endpoint("rclone", f"http://127.0.0.1:{port}", "offsite-test", _credentials(tmp_path))
     finally:
         proc.terminate()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 from moto.server import ThreadedMotoServer
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, write_config
-from tests.offsite.conftest import Endpoint, _credentials, free_port, wait_port
+from tests.offsite.conftest import Endpoint, _credentials, wait_port
 from tests.offsite.helpers import offsite_section
 from tests.system.test_daemon import daemon, runs
 
@@ -48,7 +49,11 @@ def test_after_a_failure_the_daemon_tries_again_and_completes_the_upload(
 ) -> None:
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 300)
-    port = free_port()  # nothing listens here yet: the endpoint is down
+    # The endpoint is down: the port is held (bound, not listening: connections are refused)
+    # until moto starts on it, so that nothing else takes it in between
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = int(holder.getsockname()[1])
     down = Endpoint("moto", f"http://127.0.0.1:{port}", "comes-back", _credentials(tmp_path))
     jobs = [{"name": "nightly", "schedule": "0 3 1 1 *", "mode": "cold", "copy": "direct"}]
     section = offsite_section(down, retries=1, retry_after="2s")
@@ -60,6 +65,7 @@ def test_after_a_failure_the_daemon_tries_again_and_completes_the_upload(
         with daemon(tmp_path, config) as d:
             d.wait_event("offsite.retry_scheduled", timeout=120)
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            holder.close()
             server.start()
             wait_port(port)
             down.client().create_bucket(Bucket=down.bucket)
@@ -72,5 +78,6 @@ def test_after_a_failure_the_daemon_tries_again_and_completes_the_upload(
         assert delays[:2] == [2.0, 4.0][: len(delays[:2])]  # doubling
         assert [r["id"] for r in Cli(config).json("list", "--offsite")] == [record["id"]]
     finally:
+        holder.close()
         if server is not None:
             server.stop()

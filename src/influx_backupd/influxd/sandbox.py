@@ -76,6 +76,10 @@ def server_settings(raw: dict[str, Any]) -> tuple[dict[str, str], str]:
 OWN_DATA_KEYS = {"dir", "wal-dir", "query-log-enabled"}
 
 
+# Starts on fresh ports after a start that lost its port to someone else (Sandbox.start)
+PORT_ATTEMPTS = 5
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -179,8 +183,49 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         return text[-n:].strip().replace("\n", " | ")
 
     def start(self, timeout: float = 30.0) -> None:
+        """Start the server and wait until it answers on its own port. free_port() only names a
+        port that was free a moment ago: anything may take it before influxd binds it (another
+        throwaway, an outgoing connection's ephemeral port). A server that lost its port that way
+        is started again on fresh ports, up to PORT_ATTEMPTS times."""
         if not self.conf.exists():
             self.write_config()
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            log_start = self._log_size()
+            self._spawn()
+            try:
+                self.wait_ready(timeout)
+                break
+            except RuntimeError:
+                exited = self.proc is not None and self.proc.poll() is not None
+                if not (exited and attempt < PORT_ATTEMPTS and self._lost_port(log_start)):
+                    raise
+                self.http_port, self.rpc_port = free_port(), free_port()
+                self.write_config()
+        if self.admin:
+            # Allowed unauthenticated while no admin exists; a no-op when it exists already.
+            name, password = self.admin
+            escaped = password.replace("\\", "\\\\").replace("'", "\\'")
+            self.query(
+                f"CREATE USER \"{name}\" WITH PASSWORD '{escaped}' WITH ALL PRIVILEGES",
+                method="POST",
+            )
+
+    def _log_size(self) -> int:
+        try:
+            return (self.root / "influxd.log").stat().st_size
+        except OSError:
+            return 0
+
+    def _lost_port(self, log_start: int) -> bool:
+        """This start's own log lines say a port was taken."""
+        try:
+            with open(self.root / "influxd.log", "rb") as logfile:
+                logfile.seek(log_start)
+                return b"address already in use" in logfile.read(1 << 20)
+        except OSError:
+            return False
+
+    def _spawn(self) -> None:
         logfile = open(self.root / "influxd.log", "ab")  # noqa: SIM115
         try:
             env = dict(os.environ)
@@ -215,15 +260,6 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                 proc = psutil.Process(self.proc.pid)
                 proc.nice(max(proc.nice(), BESIDE_LIVE_NICE))
                 proc.ionice(psutil.IOPRIO_CLASS_BE, 7)
-        self.wait_ready(timeout)
-        if self.admin:
-            # Allowed unauthenticated while no admin exists; a no-op when it exists already.
-            name, password = self.admin
-            escaped = password.replace("\\", "\\\\").replace("'", "\\'")
-            self.query(
-                f"CREATE USER \"{name}\" WITH PASSWORD '{escaped}' WITH ALL PRIVILEGES",
-                method="POST",
-            )
 
     def _request(self, url: str, data: bytes | None = None) -> urllib.request.Request:
         req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
@@ -242,7 +278,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.ping():
+            if self.ping() and self._listening_itself():
                 return
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(
@@ -250,6 +286,25 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                 )
             time.sleep(0.05)
         raise RuntimeError(f"sandbox influxd not ready in {timeout}s; see {self.root}/influxd.log")
+
+    def _listening_itself(self) -> bool:
+        """The answer came from this server, not from another one that holds its port (this
+        one then fails to bind and exits). True for a server this object did not start."""
+        if self.proc is None:
+            return True
+        import psutil
+
+        try:
+            process = psutil.Process(self.proc.pid)
+            # net_connections since psutil 6; connections before
+            listing = getattr(process, "net_connections", None) or process.connections
+            sockets = listing(kind="tcp")
+        except psutil.Error:
+            return False
+        return any(
+            s.status == psutil.CONN_LISTEN and s.laddr and s.laddr[1] == self.http_port
+            for s in sockets
+        )
 
     def killed_by(self) -> str | None:
         """The signal that ended the server this object started ("SIGKILL": the OOM killer's
