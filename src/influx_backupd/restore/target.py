@@ -26,6 +26,7 @@ retention policies as soon as it is served.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import time
@@ -35,7 +36,7 @@ from typing import Any
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
-from influx_backupd.core.errors import RestoreFailed, RestoreRefused
+from influx_backupd.core.errors import RestoreFailed, RestoreRefused, UsageError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.sandbox import Sandbox, toml_value
@@ -84,6 +85,19 @@ class TargetResult:
     merge_reason: str | None = None  # why not "files"
     # 1.x: the backup's tombstones, applied before the tool restored it (restore/deletes.py)
     deletes: dict[str, Any] | None = None
+
+
+# mkdir's answers that mean the path cannot hold a directory of ours, whatever we retry
+DIR_REFUSALS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.ENOENT,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+}
 
 
 def target_problem(target: Path, live: dict[str, Path] | None = None) -> str | None:
@@ -165,7 +179,13 @@ def restore_into(
         try:
             target.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise RestoreRefused(f"--target {target}: cannot be made ({exc.strerror})") from None
+            line = f"--target {target}: cannot be made ({exc.strerror})"
+            # The path's fault, like those target_problem finds (where access(2) said yes but
+            # the filesystem says no: /proc, a read-only mount): a usage error. The machine's
+            # (a full disk, an I/O error): the restore failed.
+            if exc.errno in DIR_REFUSALS:
+                raise UsageError(line) from None
+            raise RestoreRefused(line) from None
         try:
             os.chmod(target, 0o700)
             mark = target / INCOMPLETE_MARK
