@@ -25,6 +25,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from influx_backupd.core.log import MESSAGE_IDS
 from tests.systemd.container import Container, build_tree
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -339,6 +340,30 @@ def test_journal_finds_a_run_by_its_run_id_with_fields(box: Container) -> None:
     assert {"stop", "start"} <= {e.get("PHASE") for e in entries}
     # each event once: the daemon writes to journald's socket, not also to its stdout
     assert len(events) == len({(e["EVENT"], e.get("PHASE"), e["MESSAGE"]) for e in entries})
+
+
+def test_a_backup_started_by_systemd_run_logs_fields_with_its_message_id(box: Container) -> None:
+    """A one-shot command under systemd (a timer's service, systemd-run) logs as the daemon
+    does: fields and MESSAGE_IDs, not JSON text in MESSAGE."""
+    box.sh(f"systemctl stop {UNIT}")  # it would hold the lock: the one-shot would be busy
+    try:
+        done = box.sh(
+            "systemd-run --wait --collect --quiet --unit=ib-oneshot influx-backupd backup",
+            check=False,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        out = box.sh("journalctl -u ib-oneshot.service -o json --no-pager").stdout
+        entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+        finished = [e for e in entries if e.get("EVENT") == "run.finished"]
+        assert len(finished) == 1, [e.get("EVENT") for e in entries]
+        assert finished[0]["MESSAGE_ID"] == MESSAGE_IDS["run_ok"]
+        assert finished[0]["JOB"] == "quick"
+        assert {"stop", "start"} <= {e.get("PHASE") for e in entries}
+        assert not [e["MESSAGE"] for e in entries if str(e["MESSAGE"]).startswith("{")]
+        assert box.sh("systemctl is-active influxdb.service").stdout.strip() == "active"
+    finally:
+        box.sh(f"systemctl start {UNIT}")
 
 
 def test_metrics_file_appears_where_node_exporter_reads_it(box: Container) -> None:

@@ -14,6 +14,7 @@ from influx_backupd.cli.parser import build_parser
 from influx_backupd.core import log
 from influx_backupd.core.errors import EXIT_CONFIG, EXIT_FAILED, BackupdError
 from influx_backupd.core.interrupt import Interrupted
+from influx_backupd.core.journal import journal_available
 from influx_backupd.report import hooks
 
 if TYPE_CHECKING:
@@ -135,12 +136,15 @@ def _main(argv: Sequence[str] | None) -> int:
     for name, default in (("json", False), ("quiet", False), ("verbose", 0)):
         if not hasattr(args, name):
             setattr(args, name, default)
-    log.configure(level=_log_level(args, "info"))
+    # Under systemd (a timer's service, `systemd-run`) events go to the journal as fields with
+    # their MESSAGE_IDs, as the daemon's do, not as JSON text lines
+    journal = log.journal_socket() if journal_available() else None
+    log.configure(level=_log_level(args, "info"), journal=journal)
     from influx_backupd.core.config import load, resolve_path
 
     try:
         config = load(resolve_path(getattr(args, "config", None)))
-        log.configure(level=_log_level(args, config.settings.daemon.log_level))
+        log.configure(level=_log_level(args, config.settings.daemon.log_level), journal=journal)
         _tell_left_stopped(config, args.command)
         return command_function(args.command)(config, args)
     except Interrupted as exc:
