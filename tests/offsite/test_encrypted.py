@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.offsite.errors import OffsiteError
 from influx_backupd.offsite.repo import Offsite
+from tests.conftest import Cli, write_config
 from tests.offsite.conftest import Endpoint
-from tests.offsite.helpers import age_identity, cold_backup, make_tar, make_tree
+from tests.offsite.helpers import age_identity, cold_backup, make_tar, make_tree, offsite_section
 
 MiB = 1 << 20
 
@@ -73,3 +75,44 @@ def test_encrypted_backup_is_readable_by_age_and_names_hide_contents(
 
     with pytest.raises(OffsiteError, match="identity_file"):
         Offsite(endpoint.settings(encrypt_to=[recipient])).fetch("20261130T030000Z-eeee", out)
+
+
+def test_a_host_holding_only_the_recipient_sends_every_backup(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """The README's advice: the identity elsewhere. Before, the second sync read the last
+    manifest back (to skip hashing what it held), needed the identity, and nothing more went."""
+    identity, recipient = age_identity(tmp_path)
+    sandbox.create_db("metrics")
+    section = offsite_section(moto, encrypt_to=[recipient])
+    cli = Cli(write_config(tmp_path, sandbox, extra=section))
+    ids = []
+    for night in range(3):
+        sandbox.write_points("metrics", 300, start=night * 10_000)
+        ids.append(cli.json("backup")["id"])
+    assert cli.json("status")["offsite"]["not_offsite"] == []
+    elsewhere = Offsite(moto.settings(encrypt_to=[recipient], identity_file=identity))
+    assert [r.id for r in elsewhere.manifests()] == ids
+
+
+def test_a_changed_encrypted_object_is_named_and_the_others_are_still_checked(
+    tmp_path: Path, moto: Endpoint
+) -> None:
+    identity, recipient = age_identity(tmp_path)
+    files = {"meta/meta.db": b"m" * 3000, "data/1.tsm": os.urandom(200_000)}
+    archive = make_tar(tmp_path / "nightly-1.tar", make_tree(tmp_path / "t", files))
+    settings = moto.settings(encrypt_to=[recipient], identity_file=identity)
+    (tmp_path / "state").mkdir()
+    offsite = Offsite(settings, key_file=tmp_path / "state" / "name.key")
+    offsite.send(cold_backup(archive, "20261130T030000Z-dddd"))
+    manifest = offsite.manifest("20261130T030000Z-dddd")
+    tsm = next(f for f in manifest.files if f.path == "data/1.tsm")
+    client = moto.client()
+    key = f"host-a/objects/{tsm.object[:2]}/{tsm.object}"
+    body = bytearray(client.get_object(Bucket=moto.bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 1
+    client.put_object(Bucket=moto.bucket, Key=key, Body=bytes(body))
+    result = offsite.verify("20261130T030000Z-dddd", read_percent=100)
+    assert len(result.errors) == 1
+    assert f"{key} (for data/1.tsm of backup 20261130T030000Z-dddd) is damaged" in result.errors[0]
+    assert result.checked == 1, "meta.db was still downloaded and hashed"

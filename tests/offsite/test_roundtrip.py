@@ -12,6 +12,7 @@ import pytest
 from influx_backupd.offsite.errors import IntegrityError, OffsiteError
 from influx_backupd.offsite.files import scan_tar
 from influx_backupd.offsite.repo import Offsite
+from influx_backupd.run.offsite import load_known, save_known
 from tests.offsite.conftest import Endpoint
 from tests.offsite.helpers import cold_backup, hot_backup, make_tar, make_tree, sha256
 
@@ -157,8 +158,12 @@ def test_files_known_from_the_last_backup_are_not_read_again(
     tree = make_tree(tmp_path / "t", {"data/1.tsm": os.urandom(MiB), "wal/_1.wal": b"w" * 999})
     first = make_tar(tmp_path / "nightly-1.tar", tree)
     offsite = Offsite(moto.settings())
-    offsite.send(cold_backup(first, "20261130T070000Z-0001"))
-    known = offsite.known("nightly")
+    sent = cold_backup(first, "20261130T070000Z-0001")
+    offsite.send(sent)
+    # kept on the host by the sync that sent it, never read back from the bucket
+    (tmp_path / "state").mkdir()
+    save_known(tmp_path / "state", "nightly", sent)
+    known = load_known(tmp_path / "state", "nightly")
     assert set(known) == {
         ("data/1.tsm", MiB, 1_700_000_000 + MiB % 1000),
         ("wal/_1.wal", 999, 1_700_000_999),

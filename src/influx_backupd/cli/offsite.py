@@ -67,8 +67,8 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     _configured(config)
     store = offsite.open_offsite(config)
     rows: list[dict[str, Any]] = []
-    for ref in store.manifests(job=args.job):
-        manifest = store.manifest(ref)
+    skipped: dict[str, str] = {}
+    for _, manifest in store.readable(store.manifests(job=args.job), skipped):
         rows.append(
             {
                 "id": manifest.id,
@@ -85,19 +85,26 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
                 "encrypted": manifest.encrypted,
             }
         )
+    status = _told_skipped(skipped)
     if args.json:
         print_json(rows)
-        return EXIT_OK
+        return status
     if not rows:
         print(f"no backups in {store.bucket.where}")
-        return EXIT_OK
+        return status
     print(f"{'ID':<22} {'JOB':<10} {'KIND':<11} {'STARTED':<21} {'SIZE':>10}  NAME")
     for r in rows:
         print(
             f"{r['id']:<22} {r['job']:<10} {r['kind']:<11} {fmt_time(r['started_at']):<21} "
             f"{fmt_bytes(r['bytes']):>10}  {r['name']}"
         )
-    return EXIT_OK
+    return status
+
+
+def _told_skipped(skipped: dict[str, str]) -> int:
+    """Exit 1 when a manifest was passed over (each said once, by offsite.manifest_skipped;
+    the rest were listed or imported), so that a script notices."""
+    return EXIT_FAILED if skipped else EXIT_OK
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
@@ -131,10 +138,10 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     with exclusive(config) as catalog:
         known = {r.id for r in catalog.list()}
         new = []
-        for ref in store.manifests():
-            if ref.id in known:
-                continue
-            record = offsite.record_of(store.manifest(ref), config.storage_dir)
+        skipped: dict[str, str] = {}
+        fresh = [ref for ref in store.manifests() if ref.id not in known]
+        for _, manifest in store.readable(fresh, skipped):
+            record = offsite.record_of(manifest, config.storage_dir)
             record.extra = {**record.extra, "offsite_only": True}
             new.append(record)
             if not args.dry_run:
@@ -143,16 +150,17 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
             state = offsite.State.load(config.state_dir)
             state.sent.update({r.id: time.time() for r in new})
             state.save(config.state_dir)
+    status = _told_skipped(skipped)
     if args.json:
-        print_json({"dry_run": args.dry_run, "imported": [r.id for r in new]})
-        return EXIT_OK
+        print_json({"dry_run": args.dry_run, "imported": [r.id for r in new], "skipped": skipped})
+        return status
     verb = "would import" if args.dry_run else "imported"
     print(f"{verb} {len(new)} backups from {store.bucket.where}")
     for record in new:
         print(f"  {record.id}  job={record.job}  mode={record.mode}  kind={record.kind}")
     if new and not args.dry_run:
         print("restore one with: influx-backupd restore ID --from offsite")
-    return EXIT_OK
+    return status
 
 
 def fetch_for_restore(config: Config, backup_id: str) -> None:

@@ -7,3 +7,12 @@ import re
 
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 JOB_NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter/digit"
+
+# A backup's id (new_run_id: 20261126T122754Z-3f9a; an imported one may differ): it names files,
+# object keys and catalog rows, so one read back from outside is held to this
+BACKUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}\Z")
+
+# A backup's file or dir name in the storage dir, as a record from outside (a bucket's manifest)
+# may give it: one path element of ours, never a hidden one (.partial, .verify-… are the tool's)
+FILE_NAME = re.compile(r"^[A-Za-z0-9_+:-][A-Za-z0-9_.+:-]{0,254}\Z")
+FILE_NAME_RULE = "1-255 letters, digits, '.', '_', '+', ':' or '-', not starting with '.'"

@@ -93,6 +93,35 @@ def _files_of(config: Config, record: RunRecord) -> list[Path]:
     return found
 
 
+def _ours_alone(
+    config: Config,
+    catalog: Catalog,
+    record: RunRecord,
+    paths: list[Path],
+    report: PruneReport,
+    logger: Any,
+) -> list[Path]:
+    """The paths prune may remove with record: inside the storage dir, and no other backup's.
+    A record may come from outside (a sidecar, a bucket's manifest): the path it names is not
+    trusted to be its own. The others stay where they are, said in an error."""
+    storage = config.storage_dir.resolve()
+    others = {Path(r.archive) for r in catalog.list() if r.archive and r.id != record.id}
+    others |= {sidecar_of(p) for p in others}
+    kept: list[Path] = []
+    for path in paths:
+        where = path.parent.resolve() / path.name  # the last element itself is what goes
+        if storage not in where.parents:
+            why = f"{path}: not inside storage.dir {config.storage_dir}; left where it is"
+        elif path in others:
+            why = f"{path}: named by another backup's record too; left where it is"
+        else:
+            kept.append(path)
+            continue
+        report.errors.append(why)
+        logger.error("prune.not_removed", run_id=record.id, path=str(path), error=why)
+    return kept
+
+
 def prune(
     config: Config,
     catalog: Catalog,
@@ -155,7 +184,7 @@ def _prune_job(
     oldest_kept = min(kept_starts) if kept_starts else None
     for planned in result.delete:
         record = by_id[planned.id]
-        paths = _files_of(config, record)
+        paths = _ours_alone(config, catalog, record, _files_of(config, record), report, logger)
         if record.status in ("failed", "interrupted") and (
             not policy.has_rules or (oldest_kept is not None and record.started_at > oldest_kept)
         ):

@@ -28,6 +28,12 @@ class IntegrityError(OffsiteError):
     """What came back from the bucket is not what the manifest says."""
 
 
+class BadManifest(IntegrityError):
+    """A manifest in the bucket that this tool cannot have written as it is (damaged, cut
+    short, too large, a field out of shape, stored under another backup's name): skipped by
+    what lists backups, never acted on."""
+
+
 class Damaged(OffsiteError):
     """The local backup is not what its record says: it is not sent (the others are)."""
 

@@ -11,11 +11,16 @@ import base64
 import gzip
 import json
 import re
+import zlib
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from influx_backupd.offsite.errors import OffsiteError
+from influx_backupd.core.names import BACKUP_ID, FILE_NAME, FILE_NAME_RULE, JOB_NAME
+from influx_backupd.core.shapes import shape_problem
+from influx_backupd.offsite.errors import BadManifest
 from influx_backupd.offsite.files import FileEntry, Layout, Source
+from influx_backupd.store.record import LAST_TIME, RunRecord
 
 FORMAT = 1  # a manifest without chunked files: what every version reads
 CHUNKED = 2  # a manifest with chunked files (chunks, chunk_size): older versions refuse it
@@ -96,16 +101,151 @@ class Manifest:
 
     @classmethod
     def decode(cls, data: bytes, where: str) -> Manifest:
+        """A manifest read from a bucket: anyone with the bucket's credentials may have written
+        it, so every field is checked before anything uses it (a name is a path in the storage
+        dir, prune deletes it) and its size is bounded (gzip's ratio reaches 1000:1)."""
+        if len(data) > MAX_STORED:
+            raise BadManifest(f"{where}: {len(data)} bytes, more than a manifest may be")
         try:
-            raw = json.loads(gzip.decompress(data))
-            if raw.get("format") not in (FORMAT, CHUNKED):
-                raise OffsiteError(f"{where}: manifest format {raw.get('format')!r} is unknown")
-            raw["files"] = [ManifestFile(**f) for f in raw["files"]]
-            return cls(**raw)
-        except OffsiteError:
-            raise
-        except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise OffsiteError(f"{where}: not a readable manifest ({type(exc).__name__})") from None
+            unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            text = unpacker.decompress(data, MAX_TEXT + 1)
+            if len(text) > MAX_TEXT:
+                raise BadManifest(
+                    f"{where}: more than {MAX_TEXT >> 20} MiB unpacked; not read as a manifest"
+                )
+            if not unpacker.eof:
+                raise BadManifest(f"{where}: not a readable manifest (cut short)")
+            raw = json.loads(text)
+        except zlib.error:
+            raise BadManifest(f"{where}: not a readable manifest (not gzip)") from None
+        except ValueError as exc:
+            raise BadManifest(f"{where}: not a readable manifest ({type(exc).__name__})") from None
+        wrong = manifest_problem(raw)
+        if wrong is not None:
+            raise BadManifest(f"{where}: not a manifest of ours: {wrong}")
+        raw["files"] = [ManifestFile(**f) for f in raw["files"]]
+        return cls(**raw)
+
+
+# A manifest as stored (gzip'd, maybe encrypted) and unpacked: about 300 bytes of JSON per file,
+# so 64 MiB is some 200,000 files, more than a server's dirs hold
+MAX_STORED = 64 << 20
+MAX_TEXT = 64 << 20
+MAX_LEAD = 1 << 20  # a tar member's header (a long name's PAX records included)
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+KINDS = ("full", "incremental")
+LAYOUTS = ("tar", "dir")
+REBUILDS = ("bytes", "tree")
+FILE_TYPES = ("file", "dir", "symlink")
+
+
+def manifest_problem(raw: object) -> str | None:
+    """Why raw (a manifest's JSON) is no manifest this tool wrote; None when it is one."""
+    if isinstance(raw, dict) and raw.get("format") not in (FORMAT, CHUNKED):
+        return f"format {raw.get('format')!r:.20} is unknown"
+    wrong = shape_problem(Manifest, raw, skip=frozenset({"files"}), strict=True)
+    if wrong is not None:
+        return wrong
+    assert isinstance(raw, dict)
+    checks: list[tuple[bool, str]] = [
+        (bool(BACKUP_ID.match(raw["id"])), f"id {raw['id']!r:.60} is no backup id"),
+        (bool(JOB_NAME.match(raw["job"])), f"job {raw['job']!r:.60} is no job name"),
+        (raw["kind"] in KINDS, f"kind {raw['kind']!r:.40} is not one of {', '.join(KINDS)}"),
+        (
+            raw["parent"] is None or bool(BACKUP_ID.match(raw["parent"])),
+            f"parent {raw['parent']!r:.60} is no backup id",
+        ),
+        (raw["layout"] in LAYOUTS, f"layout {raw['layout']!r:.40} is not tar or dir"),
+        (raw["rebuild"] in REBUILDS, f"rebuild {raw['rebuild']!r:.40} is not bytes or tree"),
+        (
+            bool(FILE_NAME.match(raw["name"])),
+            f"name {raw['name']!r:.60} is no file name in the storage dir ({FILE_NAME_RULE})",
+        ),
+        (bool(_HEX64.match(raw["sha256"])), "sha256 is not 64 hex digits"),
+        (_count(raw["size"]), f"size {raw['size']!r:.40} is no byte count"),
+        (_base64(raw.get("trailer", ""), MAX_LEAD), "trailer is not base64 of a tar's end"),
+        (isinstance(raw["files"], list), "files is not a list"),
+    ]
+    for ok, why in checks:
+        if not ok:
+            return why
+    record = raw["record"]
+    wrong = RunRecord.problem(record)
+    if wrong is not None:
+        return f"record: {wrong}"
+    if record["id"] != raw["id"] or record["job"] != raw["job"]:
+        return (
+            f"its record is of backup {record['id']!r:.60} of job {record['job']!r:.60}, "
+            f"not {raw['id']} of {raw['job']}"
+        )
+    for index, entry in enumerate(raw["files"]):
+        wrong = file_problem(entry)
+        if wrong is not None:
+            return f"files[{index}]: {wrong}"
+    return None
+
+
+def file_problem(entry: object) -> str | None:
+    wrong = shape_problem(ManifestFile, entry, strict=True)
+    if wrong is not None:
+        return wrong
+    assert isinstance(entry, dict)
+    path = PurePosixPath(entry["path"])
+    kind = entry["type"]
+    chunks = entry.get("chunks", [])
+    checks: list[tuple[bool, str]] = [
+        (
+            bool(entry["path"])
+            and "\0" not in entry["path"]
+            and not path.is_absolute()
+            and ".." not in path.parts,
+            f"path {entry['path']!r:.80} is not a relative path inside the backup",
+        ),
+        (kind in FILE_TYPES, f"type {kind!r:.40} is not file, dir or symlink"),
+        (_count(entry["size"]), f"size {entry['size']!r:.40} is no byte count"),
+        (
+            isinstance(entry["mode"], int) and 0 <= entry["mode"] <= 0o7777,
+            f"mode {entry['mode']!r:.40} is no permission mode",
+        ),
+        (0 <= entry["mtime"] < LAST_TIME, f"mtime {entry['mtime']!r:.40} is no time"),
+        (
+            bool(_HEX64.match(entry["sha256"])) or (kind != "file" and not entry["sha256"]),
+            "sha256 is not 64 hex digits",
+        ),
+        (
+            entry.get("object", "") == "" or bool(_HEX64.match(entry["object"])),
+            "object is no object name (64 hex digits)",
+        ),
+        (all(_HEX64.match(c) for c in chunks), "chunks holds a name that is no object name"),
+        (
+            _count(entry.get("chunk_size", 0)) and (not chunks or entry["chunk_size"] > 0),
+            "chunk_size is no byte count",
+        ),
+        (
+            kind != "file" or bool(chunks) != bool(entry.get("object")),
+            "a file names neither one object nor chunks, or both",
+        ),
+        ("\0" not in entry.get("link", ""), "link holds a NUL"),
+        (_base64(entry.get("lead", ""), MAX_LEAD), "lead is not base64 of a tar header"),
+    ]
+    for ok, why in checks:
+        if not ok:
+            return why
+    return None
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _base64(value: object, limit: int) -> bool:
+    if not isinstance(value, str) or len(value) > limit * 4 // 3 + 4:
+        return False
+    try:
+        base64.b64decode(value, validate=True)
+    except ValueError:
+        return False
+    return True
 
 
 def build(

@@ -29,11 +29,13 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, NamedTuple
 
+from influx_backupd.core import log
 from influx_backupd.offsite import crypto
 from influx_backupd.offsite.bucket import Bucket, Listed, Multipart
-from influx_backupd.offsite.errors import IntegrityError, NotFound, OffsiteError
+from influx_backupd.offsite.errors import BadManifest, IntegrityError, NotFound, OffsiteError
 from influx_backupd.offsite.files import CHUNK, FileEntry, Source, listing_sha256
 from influx_backupd.offsite.manifest import (
+    MAX_STORED,
     Manifest,
     ManifestFile,
     build,
@@ -102,6 +104,9 @@ class PruneResult:
     bytes_freed: int = 0
     objects_in_grace: int = 0  # unreferenced, but too young to delete
     uploads_aborted: int = 0
+    # manifests that are no manifest of ours (key → why): kept, and while there is one no
+    # object is swept (which objects it would keep cannot be known)
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 class _HashingWriter:
@@ -285,6 +290,8 @@ class Offsite:
                 pass
             except OffsiteError:  # damaged (gzip's CRC, age's MAC): read it again
                 cached.unlink(missing_ok=True)
+        if ref.size > MAX_STORED:  # not even downloaded
+            raise BadManifest(f"{ref.key}: {ref.size} bytes, more than a manifest may be")
         data = self.bucket.get_bytes(ref.key)
         manifest = self._decode(ref, data)
         if path is not None:
@@ -294,7 +301,15 @@ class Offsite:
     def _decode(self, ref: ManifestRef, data: bytes) -> Manifest:
         if ref.key.endswith(".age"):
             data = crypto.decrypt_bytes(data, self.identities(), ref.key)
-        return Manifest.decode(data, ref.key)
+        manifest = Manifest.decode(data, ref.key)
+        if (manifest.job, manifest.id) != (ref.job, ref.id):
+            # a manifest copied under another key would stand in for (and be imported over)
+            # the backup whose name it took
+            raise BadManifest(
+                f"{ref.key}: holds backup {manifest.id} of job {manifest.job}, not the one its "
+                "name says"
+            )
+        return manifest
 
     # -- the manifest cache (state_dir/offsite-manifests): manifests as stored in the bucket
     # (encrypted ones stay encrypted), one file each, named by a hash of where they are, their
@@ -329,14 +344,21 @@ class Offsite:
             if name not in keep:
                 (self.cache_dir / name).unlink(missing_ok=True)
 
-    def known(self, job: str) -> dict[tuple[str, int, float], str]:
-        """(path, size, mtime) → sha256 of the files of the job's newest backup in the bucket,
-        for scan_tar: what an earlier backup held is not hashed again."""
-        refs = self.manifests(job=job)
-        if not refs:
-            return {}
-        manifest = self.manifest(refs[-1])
-        return {(f.path, f.size, f.mtime): f.sha256 for f in manifest.files if f.type == "file"}
+    def readable(
+        self, refs: Iterable[ManifestRef], skipped: dict[str, str]
+    ) -> Iterator[tuple[ManifestRef, Manifest]]:
+        """Each ref with its manifest; one that is no manifest of ours (BadManifest) is logged,
+        put in skipped (key → why) and passed over, so that one damaged or planted object
+        does not stop every listing, import and prune. Any other error (the endpoint, the
+        identity) still ends the walk."""
+        for ref in refs:
+            try:
+                manifest = self.manifest(ref)
+            except BadManifest as exc:
+                skipped[ref.key] = str(exc)
+                log.get().warning("offsite.manifest_skipped", key=ref.key, error=str(exc))
+                continue
+            yield ref, manifest
 
     def present(self) -> dict[str, int]:
         """Objects in the bucket (name → size), listed once and kept up to date by send()."""
@@ -535,6 +557,14 @@ class Offsite:
                         writer.write(chunk)
             except OffsiteError as exc:
                 raise IntegrityError(str(exc)) from None
+            except OSError as exc:
+                if manifest.encrypted and str(exc) == "decryption error":
+                    # pyrage's word for ciphertext that does not authenticate: cut or changed
+                    raise IntegrityError(
+                        f"{self.bucket.where}: {self._objects_of(f)} (for {f.path} of backup "
+                        f"{manifest.id}) is damaged: its age ciphertext is cut short or changed"
+                    ) from None
+                raise self.bucket.error(exc, f"get {key}") from None
             except Exception as exc:
                 raise self.bucket.error(exc, f"get {key}") from None
             finally:
@@ -631,11 +661,11 @@ class Offsite:
                         self._check(manifest, f, self._read_file(manifest, f, out))
                         out.flush()
                         os.fsync(out.fileno())
-                    os.chmod(path, f.mode & 0o7777)
+                    os.chmod(path, f.mode & 0o777)  # never set-id: root writes these files
                     os.utime(path, (f.mtime, f.mtime))
                     total += f.size
             for path, f in reversed(dirs):
-                os.chmod(path, f.mode & 0o7777)
+                os.chmod(path, f.mode & 0o777)
                 os.utime(path, (f.mtime, f.mtime))
             if manifest.layout == "dir" and listing_sha256(manifest.entries()) != manifest.sha256:
                 raise IntegrityError(
@@ -670,6 +700,23 @@ class Offsite:
             if f.objects():
                 by_file.setdefault(f.objects()[0], f)
         result = VerifyResult(manifest.id, len(by_object), 0, 0)
+        # one content, one object: files naming the same object must agree on what it holds
+        # (only one of them is downloaded), and an unencrypted object is named by its sha256
+        for f in manifest.files:
+            first = f.objects()[0] if f.objects() else None
+            if first is None:
+                continue
+            other = by_file[first]
+            if (other.sha256, other.size) != (f.sha256, f.size):
+                result.errors.append(
+                    f"{f.path} and {other.path} of backup {manifest.id} name the same object "
+                    f"{first[:16]}… but not the same content: the manifest is not consistent"
+                )
+            elif not manifest.encrypted and f.object != f.sha256:
+                result.errors.append(
+                    f"{f.path} of backup {manifest.id}: object {f.object[:16]}… is not named by "
+                    f"its sha256 {f.sha256[:16]}…: the manifest is not consistent"
+                )
         for name, f in sorted(by_object.items()):
             size = present.get(name)
             if size is None:
@@ -702,33 +749,53 @@ class Offsite:
     # -- retention -------------------------------------------------------------------------
 
     def prune(
-        self, keep: set[str], *, now: float | None = None, dry_run: bool = False
+        self,
+        keep: set[str],
+        *,
+        now: float | None = None,
+        dry_run: bool = False,
+        unreadable: dict[str, str] | None = None,
     ) -> PruneResult:
         """Delete the manifests not in keep (and not a chain parent of a kept one), then every
         object below the prefix that no remaining manifest names and that is older than grace;
         abort multipart uploads older than grace."""
         now = time.time() if now is None else now
-        result = PruneResult()
+        result = PruneResult(unreadable=dict(unreadable or {}))  # the caller's found already
         refs = {r.id: r for r in self.manifests()}
         kept: dict[str, Manifest] = {}
+        unreadable = result.unreadable
         todo = [i for i in keep if i in refs]
         while todo:  # a kept increment keeps its parents, whatever the caller chose
             bid = todo.pop()
-            if bid in kept:
+            if bid in kept or refs[bid].key in unreadable:
                 continue
-            kept[bid] = self.manifest(refs[bid])
-            parent = kept[bid].parent
-            if parent and parent in refs and parent not in kept:
-                todo.append(parent)
-        doomed = [r for i, r in refs.items() if i not in kept]
+            for _, manifest in self.readable([refs[bid]], unreadable):
+                kept[bid] = manifest
+                parent = manifest.parent
+                if parent and parent in refs and parent not in kept:
+                    todo.append(parent)
+        # what is not kept goes, but for a manifest that cannot be read (whose backup is
+        # unknown): never deleted by a rule it cannot be judged by
+        candidates = [r for i, r in refs.items() if i not in kept and r.key not in unreadable]
+        doomed = [ref for ref, _ in self.readable(candidates, unreadable)]
         result.manifests_deleted = [r.id for r in doomed]
         if not dry_run and doomed:
             self.bucket.delete([r.key for r in doomed])
         # mark: what the manifests now in the bucket name (listed again: one may have come since)
         referenced: set[str] = set()
         for ref in self.manifests():
-            manifest = kept.get(ref.id) or self.manifest(ref)
-            referenced |= manifest.objects()
+            if ref.id in kept:
+                referenced |= kept[ref.id].objects()
+            else:
+                for _, manifest in self.readable([ref], unreadable):
+                    referenced |= manifest.objects()
+        if unreadable:
+            log.get().warning(
+                "offsite.sweep_skipped",
+                reason="a manifest that cannot be read may name any object: none is deleted",
+                unreadable=sorted(unreadable),
+            )
+            return result
         sweep: list[Listed] = []
         for item in self.bucket.ls("objects"):
             if PurePosixPath(item.key).name in referenced:

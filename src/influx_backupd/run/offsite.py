@@ -13,6 +13,7 @@ skipped, and the backups sent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -95,17 +96,43 @@ class State:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
         }
-        final = state_dir / STATE_FILE
-        partial = final.with_name(final.name + ".partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(partial, final)
+        _write_private(state_dir / STATE_FILE, data)
 
     def job(self, name: str) -> JobFigures:
         return self.jobs.setdefault(name, JobFigures())
+
+
+def _write_private(final: Path, data: object) -> None:
+    partial = final.with_name(final.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(partial, final)
+
+
+def _known_file(state_dir: Path, job: str) -> Path:
+    return state_dir / f"offsite-known-{job}.json"
+
+
+def load_known(state_dir: Path, job: str) -> Known:
+    """(path, size, mtime) → sha256 of the files of the job's last backup this host sent: what
+    it held is not hashed again. Kept on the host, never read from the bucket (whoever can write
+    there could make a lie spread into every later backup; an encrypting host cannot read its
+    manifests back). None yet, or unreadable: everything is hashed once."""
+    try:
+        rows = json.loads(_known_file(state_dir, job).read_text())
+        return {(str(p), int(n), float(t)): str(sha) for p, n, t, sha in rows}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def save_known(state_dir: Path, job: str, backup: Backup) -> Known:
+    known = {(e.path, e.size, e.mtime): e.sha256 for e in backup.source.files()}
+    with contextlib.suppress(OSError):  # a shortcut: without it the next send hashes all
+        _write_private(_known_file(state_dir, job), [[*k, v] for k, v in known.items()])
+    return known
 
 
 def wanted(config: Config, catalog: Catalog) -> list[RunRecord]:
@@ -236,7 +263,7 @@ def sync(
                 report.yielded = True
                 break
             if record.job not in known:
-                known[record.job] = offsite.known(record.job)
+                known[record.job] = load_known(config.state_dir, record.job)
             try:
                 backup = backup_of(record, known[record.job])
             except OffsiteError as exc:  # a damaged or vanished local backup: the others go
@@ -257,7 +284,7 @@ def sync(
                 report.yielded = True
                 break
             state.sent[record.id] = time.time()
-            known[record.job] = {(e.path, e.size, e.mtime): e.sha256 for e in backup.source.files()}
+            known[record.job] = save_known(config.state_dir, record.job, backup)
             figures.last_success = time.time()
             logger.info(
                 "offsite.sent",
@@ -301,13 +328,13 @@ def prune_offsite(config: Config, offsite: Offsite, *, dry_run: bool = False) ->
     configured = {j.name for j in config.settings.job}
     keep = {r.id for r in refs if r.job not in configured}  # never prune what no job owns
     by_job: dict[str, list[RunRecord]] = {}
-    for ref in refs:
-        if ref.job in configured:
-            by_job.setdefault(ref.job, []).append(record_of(offsite.manifest(ref)))
+    unreadable: dict[str, str] = {}
+    for ref, manifest in offsite.readable([r for r in refs if r.job in configured], unreadable):
+        by_job.setdefault(ref.job, []).append(record_of(manifest))
     now = time.time()
     for records in by_job.values():
         keep |= {r.id for r in plan(records, policy, now=now).keep}
-    result = offsite.prune(keep, now=now, dry_run=dry_run)
+    result = offsite.prune(keep, now=now, dry_run=dry_run, unreadable=unreadable)
     log.get().info(
         "offsite.pruned",
         manifests_deleted=result.manifests_deleted,
@@ -315,6 +342,7 @@ def prune_offsite(config: Config, offsite: Offsite, *, dry_run: bool = False) ->
         bytes_freed=result.bytes_freed,
         objects_in_grace=result.objects_in_grace,
         uploads_aborted=result.uploads_aborted,
+        unreadable=sorted(result.unreadable) or None,
         dry_run=dry_run,
     )
     return result

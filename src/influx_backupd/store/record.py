@@ -6,17 +6,14 @@ Everything after a job (catalog, logs, metrics, hooks, retention) reads this.
 from __future__ import annotations
 
 import dataclasses
-import math
 import secrets
 import time
-import types
-import typing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any, Literal
 
 from influx_backupd.core.names import JOB_NAME, JOB_NAME_RULE
+from influx_backupd.core.shapes import shape_problem
 
 Mode = Literal["cold", "hot"]
 Status = Literal["running", "ok", "failed", "interrupted"]
@@ -93,23 +90,17 @@ class RunRecord:
 
     @classmethod
     def problem(cls, data: object) -> str | None:
-        """Why data (a record read back from the catalog or a sidecar) cannot be a RunRecord:
-        a missing id, job or mode, or a field of the wrong type; None when it can."""
-        if not isinstance(data, dict):
-            return f"not a JSON object but {type(data).__name__}"
-        hints = _hints()
+        """Why data (a record read back from the catalog, a sidecar or a manifest) cannot be a
+        RunRecord: a missing id, job or mode, or a field of the wrong type; None when it can."""
+        wrong = shape_problem(cls, data)
+        if wrong is not None:
+            return wrong
+        assert isinstance(data, dict)
+        job = data["job"]
+        if not JOB_NAME.match(job):
+            return f"job is {job!r:.60}, not a job name ({JOB_NAME_RULE})"
         for f in dataclasses.fields(cls):
-            if f.name not in data:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    return f"{f.name} is missing"
-                continue
-            value = data[f.name]
-            if not _fits(value, hints[f.name]):
-                return f"{f.name} is {value!r:.60}, not {_type_name(hints[f.name])}"
-            if isinstance(value, str) and not _utf8(value):
-                return f"{f.name} is not valid UTF-8"
-            if f.name == "job" and not JOB_NAME.match(value):
-                return f"job is {value!r:.60}, not a job name ({JOB_NAME_RULE})"
+            value = data.get(f.name)
             if f.name.endswith("_at") and value is not None and not 0 <= value < LAST_TIME:
                 return f"{f.name} is {value!r:.60}, not a time between 1970 and 9999"
         return None
@@ -129,52 +120,4 @@ class RunRecord:
         return self.ok and not self.failed_check
 
 
-@cache
-def _hints() -> dict[str, Any]:
-    return typing.get_type_hints(RunRecord)
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:  # lone surrogates: undecodable bytes read back
-        return False
-    return True
-
-
 LAST_TIME = 253_402_300_800  # 10000-01-01T00:00:00Z in Unix seconds
-
-
-def _fits(value: object, hint: Any) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if origin is Literal:
-        return value in args
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint in (int, float):  # a number is a number: a 3.0 for a count is no damage
-        return (
-            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        )
-    if hint is str:
-        return isinstance(value, str)
-    if origin is dict:
-        return isinstance(value, dict) and all(
-            isinstance(k, str) and _fits(v, args[1]) for k, v in value.items()
-        )
-    if origin is list:
-        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
-    return True
-
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(hint)))
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))

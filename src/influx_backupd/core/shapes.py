@@ -1,0 +1,84 @@
+"""Whether data read back from outside (a catalog row, a sidecar, a manifest from a bucket) has
+the shape of one of our dataclasses: every required field there, every value of its type. Read
+back data is never trusted to be what we wrote; a value of the wrong type must be one line, not
+a TypeError somewhere later."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, Literal
+
+
+def is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # lone surrogates: undecodable bytes read back
+        return False
+    return True
+
+
+def fits(value: object, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):  # a number is a number: a 3.0 for a count is no damage
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
+    if hint is str:
+        return isinstance(value, str) and is_utf8(value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and fits(v, args[1]) for k, v in value.items()
+        )
+    if origin is list:
+        return isinstance(value, list) and all(fits(v, args[0]) for v in value)
+    return True
+
+
+def type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in typing.get_args(hint))
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def shape_problem(
+    cls: type, data: object, *, skip: frozenset[str] = frozenset(), strict: bool = False
+) -> str | None:
+    """Why data cannot be cls(**data) (cls a dataclass): not an object, a required field
+    missing, a value not of its field's type (or a string that is not UTF-8); None when it can.
+    Fields in skip are left to the caller. Keys that are no field are ignored, or with strict
+    are the problem."""
+    if not isinstance(data, dict):
+        return f"not a JSON object but {type(data).__name__}"
+    if strict:
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            return f"unknown field {unknown[0][:40]!r}"
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                return f"{f.name} is missing"
+            continue
+        value = data[f.name]
+        if isinstance(value, str) and not is_utf8(value):
+            return f"{f.name} is not valid UTF-8"
+        if not fits(value, hints[f.name]):
+            return f"{f.name} is {value!r:.60}, not {type_name(hints[f.name])}"
+    return None
