@@ -12,7 +12,6 @@ other module ever sees botocore or a message that could carry a secret.
 from __future__ import annotations
 
 import base64
-import configparser
 import hashlib
 import threading
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from influx_backupd.core import offsite_keys
 from influx_backupd.offsite.errors import (
     MissingExtra,
     NoBucket,
@@ -126,30 +126,17 @@ def _crc32(data: bytes | memoryview) -> str:
 
 
 def _credentials(settings: OffsiteSettings) -> dict[str, str]:
+    """The keys of credentials_file's profile, parsed as the config's load parsed them."""
     path = settings.credentials_file
     if path is None:
         return {}
-    parser = configparser.ConfigParser(interpolation=None)
     try:
-        with open(path) as fh:
-            parser.read_file(fh)
+        text = offsite_keys.text_of(path.read_bytes())
+        return offsite_keys.credentials(text, settings.profile)
     except OSError as exc:
-        raise OffsiteError(f"credentials_file {path}: {exc.strerror}") from None
-    except configparser.Error:
-        raise OffsiteError(f"credentials_file {path}: not an AWS credentials file") from None
-    section = settings.profile
-    if not parser.has_section(section):
-        raise OffsiteError(f"credentials_file {path}: no [{section}] section")
-    found = {
-        k: parser.get(section, k)
-        for k in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
-        if parser.has_option(section, k)
-    }
-    if "aws_access_key_id" not in found or "aws_secret_access_key" not in found:
-        raise OffsiteError(
-            f"credentials_file {path}: [{section}] needs aws_access_key_id and aws_secret_access_key"
-        )
-    return found
+        raise OffsiteError(f"credentials_file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise OffsiteError(f"credentials_file {path} {exc}") from None
 
 
 class Bucket:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from influx_backupd.core import offsite_keys
 from influx_backupd.offsite.errors import MissingExtra, OffsiteError
 
 
@@ -28,39 +29,28 @@ def _pyrage() -> Any:
 
 
 def recipients(spec: list[str]) -> list[Any]:
-    pyrage = _pyrage()
+    """The recipients of encrypt_to, parsed as the config's load parsed them."""
     out: list[Any] = []
     for i, text in enumerate(spec):
         try:
-            if text.startswith("age1"):
-                out.append(pyrage.x25519.Recipient.from_str(text))
-            else:
-                out.append(pyrage.ssh.Recipient.from_str(text))
-        except Exception:
-            raise OffsiteError(f"encrypt_to[{i}]: not a valid age recipient or SSH key") from None
+            out.append(offsite_keys.recipient(text))
+        except offsite_keys.NoPyrage:
+            raise MissingExtra("pyrage") from None
+        except ValueError as exc:
+            raise OffsiteError(f"encrypt_to[{i}]: {exc}") from None
     return out
 
 
 def identities(path: Path) -> list[Any]:
     """The identities of an age identity file (AGE-SECRET-KEY-1… lines; # comments)."""
-    pyrage = _pyrage()
     try:
-        lines = path.read_text().splitlines()
+        return offsite_keys.identities(offsite_keys.text_of(path.read_bytes()))
     except OSError as exc:
-        raise OffsiteError(f"identity_file {path}: {exc.strerror}") from None
-    found: list[Any] = []
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            found.append(pyrage.x25519.Identity.from_str(line))
-        except Exception:
-            # never echo the line: it is a secret key
-            raise OffsiteError(f"identity_file {path}: line {n} is not an age identity") from None
-    if not found:
-        raise OffsiteError(f"identity_file {path}: holds no age identity")
-    return found
+        raise OffsiteError(f"identity_file {path}: {exc.strerror or exc}") from None
+    except offsite_keys.NoPyrage:
+        raise MissingExtra("pyrage") from None
+    except ValueError as exc:
+        raise OffsiteError(f"identity_file {path} {exc}") from None
 
 
 def encrypt_bytes(data: bytes, to: list[Any]) -> bytes:

@@ -1,0 +1,68 @@
+"""The secret files as the off-site code reads them when used (a file changed since the config's
+load): one OffsiteError line, never a traceback, never the secret; parsed as load parsed them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from influx_backupd.core.offsite_section import OffsiteSection
+from influx_backupd.offsite import crypto
+from influx_backupd.offsite.bucket import _credentials
+from influx_backupd.offsite.errors import OffsiteError
+
+SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY"
+
+
+def test_an_identity_file_that_is_not_text_is_one_offsite_error(tmp_path: Path) -> None:
+    identity = tmp_path / "key.txt"
+    identity.write_bytes(b"\xff\xfeAGE-SECRET-KEY-1")
+    with pytest.raises(OffsiteError) as caught:
+        crypto.identities(identity)
+    assert str(caught.value) == f"identity_file {identity} is not UTF-8 text"
+
+
+def test_identities_and_recipients_parse_as_at_load(tmp_path: Path) -> None:
+    key = pyrage.x25519.Identity.generate()
+    identity = tmp_path / "key.txt"
+    identity.write_text(f"# public key: {key.to_public()}\n{key}\n")
+    assert len(crypto.identities(identity)) == 1
+    assert len(crypto.recipients([str(key.to_public())])) == 1
+    with pytest.raises(OffsiteError) as caught:
+        crypto.recipients([str(key.to_public()), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"])
+    assert str(caught.value).startswith("encrypt_to[1]: 'ssh-ed25…' is an SSH key: ")
+
+
+def _settings(creds: Path, profile: str = "default") -> OffsiteSection:
+    return OffsiteSection(bucket="influx-backups", credentials_file=creds, profile=profile)
+
+
+def test_a_credentials_file_that_is_not_text_is_one_offsite_error(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.write_bytes(b"[default]\naws_secret_access_key = \xff\xfe\n")
+    with pytest.raises(OffsiteError) as caught:
+        _credentials(_settings(creds))
+    assert str(caught.value) == f"credentials_file {creds} is not UTF-8 text"
+
+
+def test_credentials_are_read_as_at_load_and_never_shown(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.write_text(
+        f"[default]\naws_access_key_id = AKIAEXAMPLE\naws_secret_access_key = {SECRET}\n"
+    )
+    assert _credentials(_settings(creds)) == {
+        "aws_access_key_id": "AKIAEXAMPLE",
+        "aws_secret_access_key": SECRET,
+    }
+    with pytest.raises(OffsiteError) as caught:
+        _credentials(_settings(creds, profile="other"))
+    assert (
+        str(caught.value)
+        == f"credentials_file {creds} has no [other] section (sections: [default])"
+    )
+    creds.write_text(f"[default]\n{SECRET}\n")
+    with pytest.raises(OffsiteError) as caught:
+        _credentials(_settings(creds))
+    assert SECRET not in str(caught.value) and "(line 2)" in str(caught.value)
