@@ -76,6 +76,11 @@ def _make_config(root: Path, variant: str) -> Path:
     )
     if variant == "bad-toml":
         body += "[[job]\n"
+    if variant.startswith("offsite-"):
+        (root / "binary").write_bytes(b"\xff\xfe\x00AGE-SECRET-KEY-1")
+        body += '[offsite]\nbucket = "influx-backups"\n' + OFFSITE_VARIANTS[variant].format(
+            root=root
+        )
     path = root / "config.toml"
     if variant == "config-is-dir":
         path.mkdir()
@@ -97,6 +102,31 @@ CASES: dict[str, Case] = {
     for variant, says in CONFIG_ERRORS.items()
     for argv in COMMANDS
 }
+# [offsite] values that used to pass check-config and fail when used (a traceback, or the
+# secret in errors, logs, status and the state file): refused by every command, at load
+OFFSITE_SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY"
+OFFSITE_VARIANTS = {
+    "offsite-secret-url": f'endpoint_url = "http://AKIAEXAMPLE:{OFFSITE_SECRET}@127.0.0.1:1"\n',
+    "offsite-broken-url": 'endpoint_url = "http://[::1"\n',
+    "offsite-binary-identity": 'identity_file = "{root}/binary"\n',
+    "offsite-binary-credentials": 'credentials_file = "{root}/binary"\n',
+}
+OFFSITE_ERRORS = {
+    "offsite-secret-url": ("offsite.endpoint_url", "credentials_file"),
+    "offsite-broken-url": ("offsite.endpoint_url", "IPv6"),
+    "offsite-binary-identity": ("offsite.identity_file", "{root}/binary is not UTF-8 text"),
+    "offsite-binary-credentials": ("offsite.credentials_file", "{root}/binary is not UTF-8 text"),
+}
+OFFSITE_COMMANDS = (
+    ["check-config"],
+    ["backup"],
+    ["status"],
+    ["offsite", "sync"],
+    ["list", "--offsite"],
+)
+for variant, says in OFFSITE_ERRORS.items():
+    for argv in OFFSITE_COMMANDS:
+        CASES[f"{variant}-{'-'.join(argv)}"] = Case(variant, tuple(argv), EXIT_CONFIG, says)
 _JOB = ("--job nope", "{root}/config.toml", "jobs: nightly")
 _BACKUP = ("give a catalog id",)
 USAGE = {
@@ -215,6 +245,15 @@ def test_bad_input_gets_one_line_a_defined_status_and_touches_nothing(
     assert done.stdout == "", done.stdout
     assert outcome.after == outcome.before, "bad input must create or change nothing"
     assert not (outcome.root / "state").exists() or case.config == "good"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if n.startswith("offsite-secret-url")))
+def test_credentials_in_the_endpoint_url_are_never_shown(
+    name: str, outcomes: dict[str, Outcome]
+) -> None:
+    done = outcomes[name].done
+    for part in (OFFSITE_SECRET, OFFSITE_SECRET[:8], "AKIAEXAMPLE"):
+        assert part not in done.stdout + done.stderr, done.stderr
 
 
 def test_every_subcommand_is_in_the_matrix() -> None:

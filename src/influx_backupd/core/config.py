@@ -31,11 +31,11 @@ from pydantic import (
     model_validator,
 )
 
-from influx_backupd.core import config_values
+from influx_backupd.core import config_values, offsite_keys
 from influx_backupd.core.durations import Duration
 from influx_backupd.core.errors import EXIT_CONFIG, BackupdError
 from influx_backupd.core.names import JOB_NAME, JOB_NAME_RULE
-from influx_backupd.core.offsite_section import OffsiteSection
+from influx_backupd.core.offsite_section import BUCKET_FORM, OffsiteSection
 
 DEFAULT_CONFIG_PATH = Path("/etc/influx-backupd/config.toml")
 CONFIG_ENV = "INFLUX_BACKUPD_CONFIG"
@@ -525,8 +525,7 @@ _EXPECTED = {
 
 # keys with a pattern: the form it stands for, in our words
 _PATTERN_WORDS = {
-    "bucket": "an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-'",
-    "endpoint_url": "an http:// or https:// URL like https://s3.example.com",
+    "bucket": BUCKET_FORM,
     "storage_class": "an S3 storage class like STANDARD_IA",
 }
 
@@ -734,6 +733,24 @@ def _offsite_usable(path: Path, section: OffsiteSection) -> None:
         file = getattr(section, key)
         if file is not None and not file.is_file():
             raise ConfigError(f"{path}: offsite.{key}: {file} is not a file")
+    # read as they will be used, by the same parsers: a file that passes here works there
+    if section.identity_file is not None:
+        where = f"{path}: offsite.identity_file: {section.identity_file}"
+        try:
+            offsite_keys.identities(offsite_keys.text_of(_read_bytes(section.identity_file, where)))
+        except ValueError as exc:
+            raise ConfigError(f"{where} {exc}") from None
+    if section.credentials_file is not None:
+        where = f"{path}: offsite.credentials_file: {section.credentials_file}"
+        try:
+            text = offsite_keys.text_of(_read_bytes(section.credentials_file, where))
+            offsite_keys.credentials(text, section.profile)
+        except offsite_keys.NoProfile as exc:
+            raise ConfigError(
+                f"{path}: offsite.profile: {section.credentials_file} {exc}"
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(f"{where} {exc}") from None
 
 
 def load(path: Path) -> Config:

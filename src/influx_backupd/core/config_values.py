@@ -122,6 +122,39 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+_SPACE = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def endpoint_problem(url: str) -> str | None:
+    """[offsite] endpoint_url: what botocore can connect to. Never shows the URL: a pasted
+    http://KEY:SECRET@host holds a secret, and a broken one may hold part of it."""
+    form = "an http:// or https:// URL like https://s3.example.net"
+    if "@" in url:
+        return (
+            "must not hold credentials (user:password@host; the URL is not shown): put the keys "
+            f"in credentials_file; must be {form}"
+        )
+    if _SPACE.search(url):
+        return f"must not contain spaces or control characters; must be {form}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # a broken [v6 literal]
+        return f"has a broken [IPv6 address]; must be {form}"
+    try:
+        port = parts.port
+    except ValueError:  # out of range or not a number; its message would quote it
+        return f"its port must be a number 1-65535; must be {form}"
+    if parts.scheme not in ("http", "https"):
+        return f"must start with http:// or https://; must be {form}"
+    if not parts.hostname or not _HOST.match(parts.hostname.strip("[]")):
+        return f"must name a host; must be {form}"
+    if port == 0:
+        return f"its port must be 1-65535, not 0; must be {form}"
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        return f"must not have a ?query or #fragment; must be {form}"
+    return None
+
+
 def host_port_problem(value: str) -> str | None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:

@@ -7,8 +7,16 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
+from influx_backupd.core import config_values, offsite_keys
 from influx_backupd.core.durations import Duration
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]i?)?[bB]?\s*\Z")
@@ -42,11 +50,49 @@ def _prefix(value: object) -> object:
 
 
 def _recipient(value: object) -> object:
-    if isinstance(value, str) and not (
-        value.startswith("age1") or value.startswith(("ssh-ed25519 ", "ssh-rsa "))
-    ):
-        raise ValueError("must be age recipients (age1…) or SSH public keys")
+    if not isinstance(value, str):
+        return value  # pydantic says it must be a string
+    try:
+        offsite_keys.recipient(value)
+    except offsite_keys.NoPyrage:
+        return value  # the config's load says pyrage is needed, naming the extra
     return value
+
+
+def _endpoint(value: object) -> object:
+    if isinstance(value, str):
+        wrong = config_values.endpoint_problem(value)
+        if wrong is not None:
+            raise ValueError(wrong)
+    return value
+
+
+# S3's rules for bucket names, beyond the form in BUCKET_PATTERN
+# (docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html)
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$"
+BUCKET_FORM = (
+    "an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-', "
+    "beginning and ending with a letter or digit"
+)
+_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+_IP = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+\Z")
+
+
+def _bucket(value: str) -> str:
+    if ".." in value:
+        rule = "without two periods in a row"
+    elif _IP.match(value):
+        rule = "that is not formatted as an IP address"
+    elif value.startswith(_RESERVED_PREFIXES):
+        found = next(p for p in _RESERVED_PREFIXES if value.startswith(p))
+        rule = f"not starting with {found!r} (reserved by S3)"
+    elif value.endswith(_RESERVED_SUFFIXES):
+        found = next(p for p in _RESERVED_SUFFIXES if value.endswith(p))
+        rule = f"not ending with {found!r} (reserved by S3)"
+    else:
+        return value
+    raise ValueError(f"must be {BUCKET_FORM}, {rule}, not {value!r}")
 
 
 class OffsiteSection(BaseModel):
@@ -54,14 +100,20 @@ class OffsiteSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$")
+    bucket: Annotated[str, AfterValidator(_bucket)] = Field(
+        min_length=3, max_length=63, pattern=BUCKET_PATTERN
+    )
     """The S3 bucket the copies go to."""
     # one daemon per prefix: objects, manifests and keys all live below it
     prefix: Annotated[str, BeforeValidator(_prefix)] = Field(
         default_factory=lambda: socket.gethostname().split(".")[0] or "localhost"
     )
     """Everything of this host lives below this prefix in the bucket (default: the host name)."""
-    endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/.*)?$")
+    # the pattern is for editors (the JSON Schema); the checks, which never echo the URL, are
+    # config_values.endpoint_problem's
+    endpoint_url: Annotated[str, AfterValidator(_endpoint)] | None = Field(
+        default=None, json_schema_extra={"pattern": r"^https?://[^\s/?#@]+(/[^\s?#@]*)?$"}
+    )
     """The S3 endpoint, for storage other than AWS (MinIO, Ceph, B2, R2, Garage …); omit for AWS."""
     region: str | None = None
     """The bucket's region."""
@@ -77,8 +129,11 @@ class OffsiteSection(BaseModel):
     """Server-side encryption: AES256 or aws:kms (with sse_kms_key_id)."""
     sse_kms_key_id: str | None = None
     """The KMS key for sse = "aws:kms"."""
-    encrypt_to: list[Annotated[str, BeforeValidator(_recipient)]] = Field(default_factory=list)
-    """Client-side encryption to these age recipients (age1… or SSH public keys)."""
+    encrypt_to: list[Annotated[str, AfterValidator(_recipient)]] = Field(
+        default_factory=list,
+        json_schema_extra={"items": {"type": "string", "pattern": "^age1[0-9a-z]+$"}},
+    )
+    """Client-side encryption to these age recipients (age1…; not SSH keys: backups are read back only with an age identity)."""
     # age identities to read encrypted backups back (restore, verify, import)
     identity_file: Path | None = None
     """The age identity file, to read encrypted backups back (restore, verify, import)."""
