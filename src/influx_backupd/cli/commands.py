@@ -29,7 +29,7 @@ from influx_backupd.cli.output import (
     print_target,
 )
 from influx_backupd.core import unit_paths
-from influx_backupd.core.config import Config, ConfigError, JobSection
+from influx_backupd.core.config import Config, ConfigError, JobSection, secret_file_warnings
 from influx_backupd.core.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -140,6 +140,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
             "set [influxd] username and password_file"
         )
     plan["warnings"] += unit_paths.warnings(config)
+    plan["warnings"] += secret_file_warnings(s)
     for job in s.job:
         if not any(
             (job.keep_last, job.keep_hourly, job.keep_daily, job.keep_weekly, job.keep_monthly)

@@ -753,6 +753,26 @@ def _offsite_usable(path: Path, section: OffsiteSection) -> None:
             raise ConfigError(f"{where} {exc}") from None
 
 
+def secret_file_warnings(settings: Settings) -> list[str]:
+    """check-config's warnings: an [offsite] secret file that its group or others may open."""
+    found: list[str] = []
+    section = settings.offsite
+    if section is None:
+        return found
+    for key, holds in (("identity_file", "age identities"), ("credentials_file", "S3 keys")):
+        file = getattr(section, key)
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode) if file is not None else 0
+        except OSError:
+            continue  # load read it; gone since: the command that uses it says so
+        if mode & 0o077:
+            found.append(
+                f"offsite.{key}: {file} is readable or writable by group or others "
+                f"(mode {mode:04o}) and holds {holds}: chmod 600 {file}"
+            )
+    return found
+
+
 def load(path: Path) -> Config:
     """Load and validate; raises ConfigError with one line naming the file and key path."""
     raw = _read_toml(path, "config file")

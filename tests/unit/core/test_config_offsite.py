@@ -295,3 +295,29 @@ def test_a_good_credentials_file_and_profile_are_accepted(tmp_path: Path) -> Non
         config_file(tmp_path, f'credentials_file = "{creds}"\nprofile = "other"')
     ).settings.offsite
     assert offsite is not None and offsite.profile == "other"
+
+
+# -- check-config: secret files others may read --------------------------------------------
+
+
+def test_check_config_warns_of_secret_files_open_to_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    creds = secret_file(tmp_path, "creds", CREDENTIALS.encode(), mode=0o644)
+    key = pyrage.x25519.Identity.generate()
+    identity = secret_file(tmp_path, "key.txt", f"{key}\n".encode(), mode=0o640)
+    path = config_file(tmp_path, f'credentials_file = "{creds}"\nidentity_file = "{identity}"')
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"warning: offsite.identity_file: {identity} is readable or writable by group or others "
+        f"(mode 0640) and holds age identities: chmod 600 {identity}\n" in out
+    )
+    assert (
+        f"warning: offsite.credentials_file: {creds} is readable or writable by group or others "
+        f"(mode 0644) and holds S3 keys: chmod 600 {creds}\n" in out
+    )
+    creds.chmod(0o600)
+    identity.chmod(0o400)
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    assert "chmod 600" not in capsys.readouterr().out
