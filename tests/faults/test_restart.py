@@ -324,3 +324,34 @@ def test_a_daemon_started_after_a_kill_tells_on_failure_and_keeps_trying(
     lost_points, lost = ledger.settle()
     assert sandbox.ping()
     assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault(
+    "no-start",
+    "another process answers /ping on influxd's port while influxd starts",
+    "foreground backup",
+)
+def test_an_answer_from_another_process_on_the_port_is_not_taken_for_influxd(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    """Before: its 204 counted as "influxd ready", the run said ok, and influxd, which had
+    failed to bind its port and exited, stayed down with no crash marker left to say so."""
+    from tests.integration.test_sandbox_ports import answering_pings
+
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    config = write_config(tmp_path, sandbox)
+    ledger.take()
+    _filler(sandbox)
+    backup = Watched(config, "backup", "--json")
+    backup.wait_event("archive.writing", phase="copy")  # influxd is stopped: its port is free
+    with answering_pings(sandbox.http_port):
+        failed = backup.wait_event("influxd.start_failed", timeout=120)
+    assert "another process answers there" in failed["error"], failed
+    status, out, err = backup.finish()
+    (sandbox.data / "filler.bin").unlink()
+    assert status == 0, err[-2000:]
+    assert json.loads(out)["status"] == "ok"
+    assert sandbox.pids() and sandbox.ping(), "influxd itself runs again"
+    assert not (tmp_path / "state" / MARKER).exists()
+    assert ledger.settle() == (0, [])

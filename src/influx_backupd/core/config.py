@@ -379,6 +379,9 @@ class Config:
     backup_host: str
     credentials: Credentials | None = None  # [influxd] username + password_file's contents
     auth_enabled: bool = False  # influxdb.conf [http] auth-enabled
+    # influxdb.conf [http] bind-address's port: the one influxd itself listens on (url may
+    # name a proxy in front of it)
+    http_port: int | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -801,12 +804,12 @@ def load(path: Path) -> Config:
         if file is not None and file.is_dir():
             raise ConfigError(f"{path}: {key}: {file} is a directory; name a file (in it)")
 
+    http = influx_raw.get("http")
+    bind = http.get("bind-address", ":8086") if isinstance(http, dict) else ":8086"
+    host, http_port = _host_port(str(bind), 8086)
     url = settings.influxd.url
     if url is None:
-        http = influx_raw.get("http")
-        bind = http.get("bind-address", ":8086") if isinstance(http, dict) else ":8086"
-        host, port = _host_port(str(bind), 8086)
-        url = f"http://{host}:{port}"
+        url = f"http://{host}:{http_port}"
     backup_host = settings.influxd.backup_host
     if backup_host is None:
         host, port = _host_port(str(influx_raw.get("bind-address", "127.0.0.1:8088")), 8088)
@@ -820,4 +823,5 @@ def load(path: Path) -> Config:
         backup_host=backup_host,
         credentials=_credentials(path, settings.influxd),
         auth_enabled=isinstance(http, dict) and http.get("auth-enabled") is True,
+        http_port=http_port,
     )

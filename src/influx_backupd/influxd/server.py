@@ -226,7 +226,13 @@ class Influxd:
     def check_answers(self) -> psutil.Process:
         """The process the config names, answering right now: the last check before a stop."""
         proc = self.locate()
-        if proc is None or _frozen(proc) or not self.ping(timeout=5.0) or _frozen(proc):
+        if (
+            proc is None
+            or _frozen(proc)
+            or not self.ping(timeout=5.0)
+            or _frozen(proc)
+            or not self._listening_itself(proc.pid)
+        ):
             raise NotAnswering(self.describe_down(proc))
         return proc
 
@@ -282,16 +288,68 @@ class Influxd:
         return ping_headers(self.config.url, timeout, self.config.credentials) is not None
 
     def wait_ready(self, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+        """Until influxd answers /ping, up to timeout. An answer counts only while the server
+        started (proc, the unit's main process, or the one running our influxdb.conf) is the one
+        listening on its port: another process on that port answers 204 as well, while influxd
+        fails to bind it and exits, and a start taken as done would leave it down."""
         deadline = time.monotonic() + timeout
+        impostor = False
         while time.monotonic() < deadline:
             if self.ping(timeout=min(1.0, max(0.05, deadline - time.monotonic()))):
-                return
+                if self._listening_itself(proc.pid if proc is not None else self._started_pid()):
+                    return
+                impostor = True
             if proc is not None and proc.poll() is not None:
                 raise StartFailed(
-                    f"influxd exited with status {proc.returncode} before answering {self.config.url}/ping"
+                    f"influxd exited with status {proc.returncode} before answering "
+                    f"{self.config.url}/ping" + (self._impostor_note() if impostor else "")
                 )
-            time.sleep(0.02)
-        raise StartFailed(f"influxd did not answer {self.config.url}/ping within {timeout:.0f}s")
+            time.sleep(0.1 if impostor else 0.02)
+        raise StartFailed(
+            f"influxd did not answer {self.config.url}/ping within {timeout:.0f}s"
+            + (self._impostor_note() if impostor else "")
+        )
+
+    def _impostor_note(self) -> str:
+        return (
+            f" (another process answers there: influxd's own port {self.config.http_port} is "
+            "taken; see `ss -ltnp`)"
+        )
+
+    def _started_pid(self) -> int:
+        """The unit's main process, or the one running our influxdb.conf (0: none)."""
+        if self.section.service:
+            return self._service_main_pid()
+        located = self.locate()
+        return located.pid if located is not None else 0
+
+    def _listening_itself(self, pid: int) -> bool:
+        """Process pid (or its children: a wrapper script) listens on influxdb.conf's HTTP
+        port. True when that cannot be told (no port known, another user's sockets)."""
+        port = self.config.http_port
+        if port is None:
+            return True
+        if pid <= 0:
+            return False
+        try:
+            root = psutil.Process(pid)
+            family = [root, *root.children(recursive=True)]
+        except (psutil.Error, ValueError):
+            return False
+        for member in family:
+            try:
+                # net_connections since psutil 6; connections before
+                listing = getattr(member, "net_connections", None) or member.connections
+                sockets = listing(kind="tcp")
+            except psutil.AccessDenied:
+                return True
+            except psutil.Error:
+                continue
+            if any(
+                c.status == psutil.CONN_LISTEN and c.laddr and c.laddr[1] == port for c in sockets
+            ):
+                return True
+        return False
 
     # -- stopping ---------------------------------------------------------
     def stop(self) -> None:
@@ -428,7 +486,7 @@ class Influxd:
         """True once proc answers; False once it is gone; StartFailed when neither happens."""
         deadline = time.monotonic() + timeout
         while True:
-            if self.ping(timeout=1.0):
+            if self.ping(timeout=1.0) and self._listening_itself(proc.pid):
                 return True
             if _wait_gone(proc, 0.2):
                 return False
