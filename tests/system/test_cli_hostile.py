@@ -189,3 +189,36 @@ def test_end_of_input_at_the_restore_question_is_no(tmp_path: Path) -> None:
     assert sent, text
     assert os.waitstatus_to_exitcode(status) == EXIT_USAGE, text
     assert "nothing done" in text and "Traceback" not in text
+
+
+DEEP = "[" * 200_000 + "]" * 200_000  # past the JSON parser's recursion limit
+
+
+@pytest.mark.parametrize(
+    ("where", "argv"),
+    [
+        ("state/influxd-stopped.json", ["list"]),  # the crash marker: every command reads it
+        ("state/daemon.json", ["status"]),
+        ("state/offsite.json", ["status"]),
+        ("archives/nightly-20260101T000000Z-abcd.tar.json", ["import"]),
+        ("archives/nightly-20260101T000000Z-abcd.tar.json", ["verify", "{archive}"]),
+        ("state/prune-pending.json", ["prune"]),
+    ],
+)
+def test_json_nested_past_the_parsers_limit_is_damage_not_a_traceback(
+    tmp_path: Path, where: str, argv: list[str]
+) -> None:
+    """Before, RecursionError (no ValueError) went past every reader: a crash marker nested so
+    deep ended every command, the one that would start influxd again too."""
+    config = serverless_config(tmp_path)
+    path = tmp_path / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEEP)
+    archive = tmp_path / "archives" / "nightly-20260101T000000Z-abcd.tar"
+    if where.endswith(".tar.json"):
+        subprocess.run(
+            ["tar", "-cf", str(archive), "-C", str(tmp_path / "server"), "."], check=True
+        )
+    done = run(["-c", str(config), *(a.format(archive=archive) for a in argv)])
+    assert "Traceback" not in done.stderr and "RecursionError" not in done.stderr, done.stderr
+    assert done.returncode in (0, EXIT_FAILED), done.stderr

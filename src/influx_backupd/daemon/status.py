@@ -5,13 +5,13 @@ answers while a backup runs.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 import psutil
 
 from influx_backupd.core.config import Config
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.schedule import describe
 from influx_backupd.daemon.loop import STATE_FILE
 from influx_backupd.report import progress
@@ -28,7 +28,7 @@ def read_daemon_state(config: Config) -> dict[str, Any] | None:
     start time the daemon wrote.
     """
     try:
-        state = json.loads((config.state_dir / STATE_FILE).read_text())
+        state = loads_json((config.state_dir / STATE_FILE).read_text())
         pid, created = int(state["pid"]), float(state["create_time"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

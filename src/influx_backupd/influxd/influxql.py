@@ -7,7 +7,6 @@ queried with credentials=None.
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.error
 import urllib.parse
@@ -17,6 +16,7 @@ from typing import Any
 
 from influx_backupd.core.config import Credentials
 from influx_backupd.core.errors import BackupdError
+from influx_backupd.core.jsontext import loads_json
 
 # What a query meets while a shard that `influxd restore -portable` just uploaded is being
 # opened (disabled) or swapped under it (its engine closed): both pass within moments.
@@ -40,7 +40,7 @@ def ident(name: str) -> str:
 
 def _server_error(exc: urllib.error.HTTPError) -> str:
     try:
-        return str(json.loads(exc.read()).get("error") or exc.reason)
+        return str(loads_json(exc.read()).get("error") or exc.reason)
     except (OSError, ValueError, AttributeError):
         return str(exc.reason)
 
@@ -86,7 +86,7 @@ def query(
             req.add_header("Authorization", credentials.header())
         try:
             with urllib.request.urlopen(req, timeout=max(timeout, 0.1)) as resp:
-                answer: dict[str, Any] = json.loads(resp.read())
+                answer: dict[str, Any] = loads_json(resp.read())
         except urllib.error.HTTPError as exc:
             detail = _server_error(exc)
             if exc.code in (401, 403):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.core.interrupt import child_preexec, signals_blocked
+from influx_backupd.core.jsontext import loads_json
 
 # Go's default is 100. Copying an increment of about 1 GB in with SELECT INTO, the throwaway's
 # anonymous memory peaked at 2.2 GB by default and 1.46 GB at 25, with no slower copy
@@ -374,7 +375,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         else:
             req = self._request(self.url + "/query?" + body.decode())
         with urllib.request.urlopen(req, timeout=30) as resp:
-            result: dict[str, Any] = json.loads(resp.read())
+            result: dict[str, Any] = loads_json(resp.read())
         return result
 
     def create_db(self, db: str) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.store import layout
 
 PREFIX = layout.SCRATCH
@@ -70,7 +71,7 @@ def make(
 
 def owner(scratch: Path) -> Owner | None:
     try:
-        data = json.loads((scratch / "owner.json").read_text())
+        data = loads_json((scratch / "owner.json").read_text())
         started = data.get("started")
         return Owner(
             pid=int(data["pid"]),

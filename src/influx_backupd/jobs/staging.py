@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from influx_backupd.core.jsontext import loads_json
+
 MANIFEST = ".manifest.json"
 MANIFEST_VERSION = 1
 # A copy of a file modified within this long before it is not trusted next time: a second
@@ -114,7 +116,7 @@ class Stager:
     # -- manifest ---------------------------------------------------------------------------
     def _load(self) -> Entries:
         try:
-            raw = json.loads((self.root / MANIFEST).read_text())
+            raw = loads_json((self.root / MANIFEST).read_text())
         except (OSError, ValueError):
             return {}
         if (

@@ -19,6 +19,7 @@ from typing import Any
 from influx_backupd.core import log
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import scratch
 from influx_backupd.keep.retention import RetentionPolicy, plan
@@ -351,7 +352,7 @@ class _Pending:
 
     def read(self) -> list[tuple[str, str]]:
         try:
-            data = json.loads(self.path.read_text())
+            data = loads_json(self.path.read_text())
         except (OSError, ValueError):
             return []
         return [(str(r), str(p)) for r, p in data] if isinstance(data, list) else []

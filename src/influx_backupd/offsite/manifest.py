@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.names import BACKUP_ID, FILE_NAME, FILE_NAME_RULE, JOB_NAME
 from influx_backupd.core.shapes import shape_problem
 from influx_backupd.offsite.errors import BadManifest
@@ -115,7 +116,7 @@ class Manifest:
                 )
             if not unpacker.eof:
                 raise BadManifest(f"{where}: not a readable manifest (cut short)")
-            raw = json.loads(text)
+            raw = loads_json(text)
         except zlib.error:
             raise BadManifest(f"{where}: not a readable manifest (not gzip)") from None
         except ValueError as exc:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from influx_backupd.core import log
 from influx_backupd.core.interrupt import child_preexec
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.store.record import RunRecord
 
 Event = Literal["start", "success", "failure", "verify_failed"]
@@ -163,7 +164,7 @@ def _in_child(request: dict[str, Any], timeout: float) -> dict[str, Any]:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     try:
-        outcome = json.loads(out)
+        outcome = loads_json(out)
     except ValueError:
         return {"error": f"the notifier ended with status {proc.returncode} and no answer"}
     return outcome if isinstance(outcome, dict) else {"error": "the notifier's answer is no object"}

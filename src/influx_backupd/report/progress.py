@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 
 from influx_backupd.core import log, systemd
+from influx_backupd.core.jsontext import loads_json
 
 # (bytes done, bytes expected), and files=(done, expected) when the emitter counts files
 Listener = Callable[..., None]
@@ -119,7 +120,7 @@ def published(path: Path, what: str, every: float = 2.0) -> Iterator[None]:
 def read_published(path: Path) -> dict[str, Any] | None:
     """A running command's published progress; None when there is none or its writer is gone."""
     try:
-        state = json.loads(path.read_text())
+        state = loads_json(path.read_text())
         pid, created = int(state["pid"]), float(state["create_time"])
         if abs(psutil.Process(pid).create_time() - created) > 1.0:
             return None

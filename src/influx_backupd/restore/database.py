@@ -44,6 +44,7 @@ from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
 from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import counts, influxql
@@ -215,7 +216,7 @@ def _shards_with_data(portable: Path, db: str) -> tuple[Counter[str], Counter[st
     with_tsm: Counter[str] = Counter()
     for manifest in portable.glob("*.manifest"):
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, KeyError):
-            for f in json.loads(manifest.read_text())["files"]:
+            for f in loads_json(manifest.read_text())["files"]:
                 if f.get("database") == db and int(f.get("size", 0)) > EMPTY_SHARD_TAR:
                     policy = str(f.get("policy"))
                     with_files[policy] += 1
@@ -414,7 +415,7 @@ class _Pending:
 
     def read(self) -> dict[str, Any] | None:
         try:
-            data = json.loads(self.path.read_text())
+            data = loads_json(self.path.read_text())
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None

@@ -51,7 +51,6 @@ merged or copied in, WAL flush, stop) that reads best in one place.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tarfile
@@ -68,6 +67,7 @@ from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import BackupdError, HotFailed, RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import influxql
 from influx_backupd.influxd import scratch as scratch_dir
@@ -379,7 +379,7 @@ def link_bytes(link: Link) -> int:
     found = sorted(link.path.glob("*.manifest"))
     if not found:
         return 0
-    manifest = json.loads(found[0].read_text())
+    manifest = loads_json(found[0].read_text())
     return sum(int(f.get("size", 0)) for f in manifest.get("files", []))
 
 
@@ -753,7 +753,7 @@ def portable_databases(directory: Path) -> set[str]:
     found = sorted(directory.glob("*.manifest"))
     if not found:
         raise StepFailed(f"{directory}: no *.manifest")
-    manifest = json.loads(found[0].read_text())
+    manifest = loads_json(found[0].read_text())
     return {str(f["database"]) for f in manifest.get("files", [])}
 
 

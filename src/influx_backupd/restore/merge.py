@@ -46,6 +46,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.scanners import shard_members
 
@@ -191,7 +192,7 @@ def manifest_of(directory: Path) -> tuple[Path, dict[str, Any]]:
     found = sorted(directory.glob("*.manifest"))
     if len(found) != 1:
         raise ValueError(f"{directory}: {len(found)} *.manifest files, expected 1")
-    return found[0], json.loads(found[0].read_text())
+    return found[0], loads_json(found[0].read_text())
 
 
 def view_of(directory: Path, record: RunRecord | None, *, full: bool) -> LinkView:

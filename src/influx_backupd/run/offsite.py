@@ -24,6 +24,7 @@ from typing import Any
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.keep.retention import RetentionPolicy, plan
 from influx_backupd.offsite.errors import Damaged, OffsiteError
 from influx_backupd.offsite.files import Known, scan_dir, scan_tar
@@ -79,7 +80,7 @@ class State:
     @classmethod
     def load(cls, state_dir: Path) -> State:
         try:
-            raw = json.loads((state_dir / STATE_FILE).read_text())
+            raw = loads_json((state_dir / STATE_FILE).read_text())
             return cls(
                 jobs={k: JobFigures(**v) for k, v in raw.get("jobs", {}).items()},
                 sent={k: float(v) for k, v in raw.get("sent", {}).items()},
@@ -122,7 +123,7 @@ def load_known(state_dir: Path, job: str) -> Known:
     there could make a lie spread into every later backup; an encrypting host cannot read its
     manifests back). None yet, or unreadable: everything is hashed once."""
     try:
-        rows = json.loads(_known_file(state_dir, job).read_text())
+        rows = loads_json(_known_file(state_dir, job).read_text())
         return {(str(p), int(n), float(t)): str(sha) for p, n, t, sha in rows}
     except (OSError, ValueError, TypeError):
         return {}

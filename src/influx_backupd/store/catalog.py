@@ -20,6 +20,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
 from influx_backupd.store.record import RunRecord
 
@@ -110,7 +111,7 @@ class Catalog:
     def _record(self, raw: object) -> RunRecord:
         """A row's record, or CatalogDamaged naming what is wrong with it."""
         try:
-            data = json.loads(raw) if isinstance(raw, str | bytes) else raw
+            data = loads_json(raw) if isinstance(raw, str | bytes) else raw
         except ValueError as exc:
             raise CatalogDamaged(self.path, f"a run's record is not JSON: {exc}") from None
         problem = RunRecord.problem(data)

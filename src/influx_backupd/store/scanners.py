@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import json
 import os
 import tarfile
 import zlib
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from influx_backupd.core.errors import CheckFailed
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.store.archive import CHUNK, UnsafeArchive, check_member_safe
 
 MAX_SIZE = 2**63 - 1  # no file is larger; a manifest that says so lies
@@ -151,7 +151,7 @@ def scan_snapshot09(path: Path, *, incremental: bool) -> Scan:
 
 def _manifest_json(data: bytes, what: str) -> dict[str, Any]:
     try:
-        parsed = json.loads(data)
+        parsed = loads_json(data)
     except ValueError as exc:
         raise CheckFailed(f"hot.check: {what} is not JSON ({exc})") from None
     if not isinstance(parsed, dict):

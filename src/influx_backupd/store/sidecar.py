@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from influx_backupd.core.errors import BackupdError
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.store import layout
 from influx_backupd.store.archive import fsync_dir
 from influx_backupd.store.record import RunRecord
@@ -48,7 +49,7 @@ def read_sidecar_data(archive: Path) -> dict[str, object] | None:
     """The raw record beside archive; None when there is none; SidecarError when unusable."""
     path = sidecar_of(archive)
     try:
-        data = json.loads(path.read_text())
+        data = loads_json(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:

@@ -17,6 +17,7 @@ from typing import Any
 
 from influx_backupd.core import alarms
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.store.archive import fsync_dir
 
 
@@ -132,7 +133,7 @@ class CrashMarker:
 
     def read(self) -> dict[str, Any] | None:
         try:
-            data = json.loads(self.path.read_text())
+            data = loads_json(self.path.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError):

@@ -5,7 +5,6 @@ counts taken at backup time; a hot backup's whole chain restored by the restore'
 
 from __future__ import annotations
 
-import json
 import tarfile
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreRefused
+from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
 from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import counts
@@ -323,7 +323,7 @@ def _snapshot_manifest(path: Path) -> list[dict[str, Any]]:
         stream = tar.extractfile(first) if first is not None and first.name == "manifest" else None
         if stream is None:
             raise ValueError(f"{path}: no manifest")
-        files = json.loads(stream.read()).get("files")
+        files = loads_json(stream.read()).get("files")
     if not isinstance(files, list):
         raise ValueError(f"{path}: manifest has no files list")
     return [f for f in files if isinstance(f, dict)]
