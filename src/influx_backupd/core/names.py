@@ -11,6 +11,7 @@ JOB_NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter/d
 # A backup's id (new_run_id: 20261126T122754Z-3f9a; an imported one may differ): it names files,
 # object keys and catalog rows, so one read back from outside is held to this
 BACKUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}\Z")
+BACKUP_ID_RULE = "1-128 letters, digits, '.', '_', ':', '+' or '-', starting with a letter/digit"
 
 # A backup's file or dir name in the storage dir, as a record from outside (a bucket's manifest)
 # may give it: one path element of ours, never a hidden one (.partial, .verify-… are the tool's)

@@ -177,6 +177,21 @@ class OffsiteSection(BaseModel):
             raise ValueError('sse_kms_key_id needs sse = "aws:kms"')
         return self
 
+    @model_validator(mode="after")
+    def _retention_reads_manifests(self) -> Self:
+        rules = [
+            k
+            for k in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
+            if getattr(self, k)
+        ]
+        if rules and self.encrypt_to and self.identity_file is None:
+            raise ValueError(
+                f"{rules[0]} needs identity_file when encrypt_to is set: off-site retention reads "
+                "the encrypted manifests to know which objects the kept backups still need; set "
+                "identity_file, or leave off-site retention off (no keep_* rule)"
+            )
+        return self
+
     @property
     def encrypted(self) -> bool:
         return bool(self.encrypt_to)

@@ -316,18 +316,22 @@ class Influxd:
             "taken; see `ss -ltnp`)"
         )
 
-    def _started_pid(self) -> int:
-        """The unit's main process, or the one running our influxdb.conf (0: none)."""
+    def _started_pid(self) -> int | None:
+        """The unit's main process, or the one running our influxdb.conf (0: none; None:
+        cannot be told, systemd not reachable)."""
         if self.section.service:
-            return self._service_main_pid()
+            try:
+                return self._service_main_pid()
+            except InfluxdError:
+                return None
         located = self.locate()
         return located.pid if located is not None else 0
 
-    def _listening_itself(self, pid: int) -> bool:
+    def _listening_itself(self, pid: int | None) -> bool:
         """Process pid (or its children: a wrapper script) listens on influxdb.conf's HTTP
-        port. True when that cannot be told (no port known, another user's sockets)."""
+        port. True when that cannot be told (no pid or port known, another user's sockets)."""
         port = self.config.http_port
-        if port is None:
+        if port is None or pid is None:
             return True
         if pid <= 0:
             return False

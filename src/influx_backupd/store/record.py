@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from influx_backupd.core.names import JOB_NAME, JOB_NAME_RULE
+from influx_backupd.core.names import BACKUP_ID, BACKUP_ID_RULE, JOB_NAME, JOB_NAME_RULE
 from influx_backupd.core.shapes import shape_problem
 
 Mode = Literal["cold", "hot"]
@@ -99,6 +99,12 @@ class RunRecord:
         job = data["job"]
         if not JOB_NAME.match(job):
             return f"job is {job!r:.60}, not a job name ({JOB_NAME_RULE})"
+        # an id names files (prune guesses JOB-ID[.tar] for a run that died) and keys: never
+        # a path ("../../x") or anything else that is not one name
+        for key in ("id", "parent_id"):
+            value = data.get(key)
+            if value is not None and not BACKUP_ID.match(value):
+                return f"{key} is {value!r:.60}, not a backup id ({BACKUP_ID_RULE})"
         for f in dataclasses.fields(cls):
             value = data.get(f.name)
             if f.name.endswith("_at") and value is not None and not 0 <= value < LAST_TIME:

@@ -321,3 +321,18 @@ def test_check_config_warns_of_secret_files_open_to_others(
     identity.chmod(0o400)
     assert cli.main(["--config", str(path), "check-config"]) == 0
     assert "chmod 600" not in capsys.readouterr().out
+
+
+def test_off_site_retention_without_the_identity_to_read_encrypted_manifests_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Retention reads every manifest to know which objects kept backups need; encrypted, it
+    cannot without the identity, and every sync failed at its end."""
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    path = config_file(tmp_path, f'encrypt_to = ["{recipient}"]\nkeep_daily = 7\n')
+    assert refused(path) == (
+        f"{path}: offsite: keep_daily needs identity_file when encrypt_to is set: off-site "
+        "retention reads the encrypted manifests to know which objects the kept backups still "
+        "need; set identity_file, or leave off-site retention off (no keep_* rule)"
+    )
+    load(config_file(tmp_path, f'encrypt_to = ["{recipient}"]\n'))  # no retention: fine
