@@ -171,3 +171,17 @@ def test_a_damaged_local_archive_is_restored_from_the_bucket_and_kept_aside(
     assert sha256(archive) == record["sha256"]
     aside = list(archive.parent.glob(archive.name + ".damaged-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == bytes(data)
+
+
+def test_a_backup_id_the_bucket_does_not_hold_is_a_usage_error(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox, extra=offsite_section(moto)))
+    for argv in (
+        ["verify", "20200101T000000Z-0000", "--offsite"],
+        ["restore", "20200101T000000Z-0000", "--from", "offsite", "--yes"],
+    ):
+        done = cli(*argv)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert done.stderr.strip().endswith("no backup 20200101T000000Z-0000 in the bucket")
+    assert sandbox.ping()

@@ -92,6 +92,19 @@ def test_a_state_dir_that_refuses_the_lock_is_one_line(tmp_path: Path) -> None:
         assert "cannot take the lock" in line and "backup.lock" in line, line
 
 
+def test_a_lock_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    """Before, the lock's open followed it: the file it named was truncated and got our pid."""
+    config = serverless_config(tmp_path)
+    victim = tmp_path / "victim.conf"
+    victim.write_text("keep me\n")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "backup.lock").symlink_to(victim)
+    done = run(["-c", str(config), "prune", "--dry-run"])
+    assert done.returncode == EXIT_FAILED, done.stderr
+    assert "cannot take the lock" in one_line(done)
+    assert victim.read_text() == "keep me\n"
+
+
 @pytest.mark.parametrize(
     "make",
     [

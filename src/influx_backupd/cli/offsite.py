@@ -11,7 +11,7 @@ from typing import Any
 from influx_backupd.cli.output import fmt_bytes, fmt_time, print_json
 from influx_backupd.core.config import Config, ConfigError
 from influx_backupd.core.errors import EXIT_FAILED, EXIT_OK, UsageError
-from influx_backupd.offsite.errors import OffsiteError
+from influx_backupd.offsite.errors import NoSuchBackup, OffsiteError
 from influx_backupd.run import offsite
 from influx_backupd.run.followup import MetricsNotWritten, write_metrics
 from influx_backupd.run.guard import exclusive
@@ -114,7 +114,10 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         raise UsageError("verify --offsite: name one BACKUP id (see list --offsite)")
     store = offsite.open_offsite(config)
     started = time.monotonic()
-    result = store.verify(args.backup, read_percent=args.read_data or 0.0)
+    try:
+        result = store.verify(args.backup, read_percent=args.read_data or 0.0)
+    except NoSuchBackup as exc:  # BACKUP names nothing: a usage error, as for local backups
+        raise UsageError(str(exc)) from None
     if args.json:
         print_json(
             {**result.__dict__, "ok": not result.errors, "took_s": time.monotonic() - started}
@@ -167,7 +170,11 @@ def fetch_for_restore(config: Config, backup_id: str) -> None:
     """Before `restore ID --from offsite`: the backup (and its chain) into the storage dir."""
     _configured(config)
     with exclusive(config) as catalog:
-        for record in offsite.fetch_chain(config, catalog, backup_id):
+        try:
+            fetched = offsite.fetch_chain(config, catalog, backup_id)
+        except NoSuchBackup as exc:  # BACKUP names nothing in the bucket: a usage error
+            raise UsageError(str(exc)) from None
+        for record in fetched:
             print(f"fetched {record.id} into {record.archive}", file=sys.stderr)
 
 

@@ -42,6 +42,10 @@ class NotFound(OffsiteError):
     """A backup (manifest) or object is not in the bucket."""
 
 
+class NoSuchBackup(NotFound):
+    """The backup the command line names is not in the bucket (a usage error there)."""
+
+
 class MissingExtra(OffsiteError):
     """boto3 or pyrage is not installed."""
 

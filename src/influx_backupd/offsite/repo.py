@@ -32,7 +32,12 @@ from typing import Any, BinaryIO, NamedTuple
 from influx_backupd.core import log
 from influx_backupd.offsite import crypto
 from influx_backupd.offsite.bucket import Bucket, Listed, Multipart
-from influx_backupd.offsite.errors import BadManifest, IntegrityError, NotFound, OffsiteError
+from influx_backupd.offsite.errors import (
+    BadManifest,
+    IntegrityError,
+    NoSuchBackup,
+    OffsiteError,
+)
 from influx_backupd.offsite.files import CHUNK, FileEntry, Source, listing_sha256
 from influx_backupd.offsite.manifest import (
     MAX_STORED,
@@ -272,7 +277,7 @@ class Offsite:
         for ref in self.manifests():
             if ref.id == backup_id:
                 return ref
-        raise NotFound(f"{self.bucket.where}: no backup {backup_id} in the bucket")
+        raise NoSuchBackup(f"{self.bucket.where}: no backup {backup_id} in the bucket")
 
     def manifest(self, ref: ManifestRef | str, *, fresh: bool = False) -> Manifest:
         """A backup's manifest: from the local cache when it holds this key with the ETag and

@@ -26,7 +26,7 @@ from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.keep.retention import RetentionPolicy, plan
-from influx_backupd.offsite.errors import Damaged, OffsiteError
+from influx_backupd.offsite.errors import Damaged, NoSuchBackup, OffsiteError
 from influx_backupd.offsite.files import Known, scan_dir, scan_tar
 from influx_backupd.offsite.manifest import Manifest
 from influx_backupd.offsite.repo import Backup, Offsite, PruneResult, SendResult
@@ -401,8 +401,11 @@ def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRec
     while at is not None and at not in {m.id for m in chain}:
         ref = refs.get(at)
         if ref is None:
-            what = "backup" if at == backup_id else f"chain parent {at} of"
-            raise OffsiteError(f"{offsite.bucket.where}: no {what} {backup_id} in the bucket")
+            if at == backup_id:
+                raise NoSuchBackup(f"{offsite.bucket.where}: no backup {backup_id} in the bucket")
+            raise OffsiteError(
+                f"{offsite.bucket.where}: no chain parent {at} of {backup_id} in the bucket"
+            )
         manifest = offsite.manifest(ref, fresh=True)  # a restore trusts only the bucket
         chain.append(manifest)
         at = manifest.parent

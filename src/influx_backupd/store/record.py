@@ -109,6 +109,14 @@ class RunRecord:
             value = data.get(f.name)
             if f.name.endswith("_at") and value is not None and not 0 <= value < LAST_TIME:
                 return f"{f.name} is {value!r:.60}, not a time between 1970 and 9999"
+            # sizes, counts and durations: what a restore test compares and figures show
+            if f.name in COUNTS and value is not None and not _whole(value):
+                return f"{f.name} is {value!r:.60}, not a count (a whole number, 0 or more)"
+            if f.name.endswith("_s") and value is not None and value < 0:
+                return f"{f.name} is {value!r:.60}, not a duration (0 or more seconds)"
+        for db, points in (data.get("db_counts") or {}).items():
+            if not _whole(points):
+                return f"db_counts[{db!r:.40}] is {points!r:.40}, not a count of points"
         return None
 
     @property
@@ -127,3 +135,9 @@ class RunRecord:
 
 
 LAST_TIME = 253_402_300_800  # 10000-01-01T00:00:00Z in Unix seconds
+COUNTS = ("bytes", "files", "window_bytes")
+
+
+def _whole(value: object) -> bool:
+    """A count read back: 0 or more and whole (3.0 is three; a JSON writer may say so)."""
+    return isinstance(value, int | float) and value >= 0 and float(value).is_integer()

@@ -46,7 +46,9 @@ class BackupLock:
     def acquire(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # O_NOFOLLOW: a symlink put there would have us truncate and write whatever it
+            # names (as root); refused, it is the one-line error below
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise StateDirError(
                 f"cannot take the lock {self.path}: {exc.strerror or exc} (the state_dir must "
