@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 import tarfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -294,3 +295,96 @@ def test_a_record_beside_a_backup_with_wrong_types_is_named(
     Path(str(dest) + ".json").write_text(json.dumps({**record, **SIDECARS[lie]}))
     _refused_by_both(world, dest, "not a usable backup record")
     _settle(world, influxd, fault_result)
+
+
+# -- members verify and every restore form must refuse alike, before anything is written ---------
+
+
+def _refused_everywhere(world: World, path: Path, member: str, says: str) -> None:
+    """verify (with and without its restore test) fails naming member for that one reason; the
+    whole-server restore, --target and --database each refuse in one line naming it, exit 1;
+    the live influxd is the very process it was and answers; no target dir was made."""
+    influxd = world.server.pids()
+    for extra in ([], ["--restore-test"]):
+        verified = world.cli("verify", str(path), "--json", *extra)
+        assert "Traceback" not in verified.stderr, verified.stderr[-3000:]
+        assert verified.returncode == 1, (extra, verified.stdout, verified.stderr[-2000:])
+        errors = json.loads(verified.stdout)[0]["errors"]
+        assert len(errors) == 1 and repr(member) in errors[0] and says in errors[0], errors
+    target = world.root / f"look-{uuid.uuid4().hex[:8]}"
+    for form in (["--yes"], ["--target", str(target)], ["--database", "metrics", "--as", "m2"]):
+        done = world.cli("restore", str(path), *form)
+        line = one_line(done.stderr)
+        assert done.returncode == 1, (form, done.returncode, line)
+        assert repr(member) in line and says in line, (form, line)
+        assert world.server.pids() == influxd, f"influxd was stopped by restore {form}"
+        assert world.server.ping(), f"influxd does not answer after restore {form}"
+    assert not target.exists()
+    assert "m2" not in world.server.databases()
+
+
+@pytest.mark.fault("4", "hostile cold archive", "a GNU sparse member of 2 GB")
+def test_a_sparse_member_is_refused_by_verify_and_every_restore(
+    world: World, tmp_path: Path, fault_result: FaultResult
+) -> None:
+    """A few KB of tar that unpack to 2 GB of zeros: refused from its header alone (our cold
+    job writes no sparse members), never unpacked into the live, target or scratch dirs."""
+    name = f"zeros-{uuid.uuid4().hex[:8]}"
+    big = tmp_path / name
+    with open(big, "wb") as fh:
+        fh.truncate(2 << 30)  # a hole: no disk used
+    path = world.root / f"sparse-{uuid.uuid4().hex[:6]}.tar"
+    shutil.copyfile(world.cold, path)
+    subprocess.run(
+        ["tar", "--sparse", f"--transform=s,^{name}$,data/{name},", "-rf", str(path), name],
+        cwd=tmp_path,
+        check=True,
+    )
+    assert path.stat().st_size < 64 << 20
+    _refused_everywhere(world, path, f"data/{name}", "sparse")
+    found = list(world.root.rglob(f"{name}*"))
+    assert not found, found
+    _settle(world, world.server.pids(), fault_result)
+
+
+def _dir(name: str) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    return info, b""
+
+
+def _contiguous(name: str) -> tuple[tarfile.TarInfo, bytes]:
+    info, data = _reg(name)
+    info.type = tarfile.CONTTYPE
+    return info, data
+
+
+# (the member added, the name the refusal gives, what it says)
+MISSHAPEN: dict[str, tuple[Callable[[], tuple[tarfile.TarInfo, bytes]], str, str]] = {
+    "meta/meta.db twice": (lambda: _reg("meta/meta.db"), "meta/meta.db", "second member"),
+    "./meta/meta.db beside meta/meta.db": (
+        lambda: _reg("./meta/meta.db"),
+        "./meta/meta.db",
+        "second member",
+    ),
+    "meta/ again": (lambda: _dir("meta/"), "meta", "second member"),
+    "a dir where meta/meta.db is": (lambda: _dir("meta/meta.db"), "meta/meta.db", "second"),
+    "a file below meta/meta.db": (lambda: _reg("meta/meta.db/x"), "meta/meta.db/x", "below"),
+    "a file where meta/ is": (lambda: _reg("meta"), "meta", "must be a directory"),
+    "a contiguous file": (lambda: _contiguous("meta/extra"), "meta/extra", "member type"),
+    "influxdb.conf as a dir": (lambda: _dir("influxdb.conf"), "influxdb.conf", "regular file"),
+}
+
+
+@pytest.mark.fault("4", "hostile cold archive", "a member of no shape our cold job writes")
+@pytest.mark.parametrize("variant", list(MISSHAPEN))
+def test_a_misshapen_listing_is_refused_by_verify_and_every_restore(
+    world: World, variant: str, fault_result: FaultResult
+) -> None:
+    """What extraction would meet half-way ('File exists') is refused from the headers, by
+    verify as by restore: a name twice (./a is a), a member below a file, a type we never write."""
+    make, member, says = MISSHAPEN[variant]
+    path = world.root / f"misshapen-{uuid.uuid4().hex[:6]}.tar"
+    _with_member(world.cold, path, make())
+    _refused_everywhere(world, path, member, says)
+    _settle(world, world.server.pids(), fault_result)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import grp
 import pwd
-import shutil
 import tarfile
 import time
 import tomllib
@@ -21,7 +20,13 @@ from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, serve
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import progress
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
-from influx_backupd.store.archive import COLD_TOPS, ArchiveError, extract_safely, scan_archive
+from influx_backupd.store.archive import (
+    COLD_TOPS,
+    ArchiveError,
+    NoSpace,
+    extract_safely,
+    scan_archive,
+)
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import lookup
 from influx_backupd.store.record import RunRecord
@@ -101,20 +106,15 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
     plan = SwapPlan.for_server(config)
     result = RestoreResult(archive=str(path), run_id=record.id if record else None)
 
-    size = path.stat().st_size
-    for target in plan.targets.values():
-        free = shutil.disk_usage(target.parent).free
-        if free < size:
-            raise RestoreRefused(
-                f"not enough space next to {target}: the archive is {size} bytes, {free} free"
-            )
-
-    # Extract while influxd still serves: a failure here leaves the live dirs untouched.
+    # Extract while influxd still serves: a failure here leaves the live dirs untouched. The
+    # space next to each live dir is checked first, for the bytes the members unpack to there.
     logger.info("restore.extracting", staging=[str(p) for p in plan.staging.values()])
     try:
         result.files = extract_safely(
             path, plan.staging, uid=uid, gid=gid, on_progress=extract_progress
         )
+    except NoSpace as exc:
+        raise RestoreRefused(f"{exc}; influxd not stopped") from None
     except (ArchiveError, OSError) as exc:
         plan.remove_staging()
         raise RestoreRefused(f"extraction failed, live data untouched: {exc}") from None

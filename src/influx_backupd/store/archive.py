@@ -13,6 +13,7 @@ import hashlib
 import os
 import pwd
 import queue
+import shutil
 import stat
 import tarfile
 import threading
@@ -326,11 +327,26 @@ def member_top(name: str) -> str:
 COLD_TOPS = frozenset({"meta", "data", "wal", "hh", "influxdb.conf"})
 
 
-def check_member_safe(info: tarfile.TarInfo, allowed_tops: Set[str] | None) -> None:
-    """Reject what could write outside the target: absolute paths, '..', links, devices.
+# Tops of a cold archive that are one regular file (the others are directories).
+FILE_TOPS = frozenset({"influxdb.conf"})
+# The member types our writer (and influxd 0.9's backup) writes; AREGTYPE is the pre-POSIX
+# spelling of REGTYPE, the same regular file. Anything else is refused, whatever tarfile
+# would make of it (a contiguous file, a GNU sparse file, a volume header, an unknown type).
+WRITTEN_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE})
 
-    The one safety check of every tar we read (restore, verify, 0.9 snapshots): what verify
-    passes, restore accepts. allowed_tops None: any first path component."""
+
+def member_key(name: str) -> str:
+    """A member's name as extraction uses it: './a', 'a/', 'a//b' and 'a/./b' are 'a', 'a/b'."""
+    return "/".join(PurePosixPath(name).parts)
+
+
+def check_member_safe(info: tarfile.TarInfo, allowed_tops: Set[str] | None) -> None:
+    """Reject what could write outside the target: absolute paths, '..', links, devices, and
+    any member type our backups never write (a sparse file: gigabytes of zeros unpacked from a
+    small archive).
+
+    One member alone; MemberCheck adds what only the listing shows. allowed_tops None: any
+    first path component."""
     name = info.name
     parts = PurePosixPath(name).parts
 
@@ -345,24 +361,99 @@ def check_member_safe(info: tarfile.TarInfo, allowed_tops: Set[str] | None) -> N
         raise unsafe(f"unexpected top-level entry (allowed: {', '.join(sorted(allowed_tops))})")
     if info.islnk():
         raise unsafe(f"a hard link to {info.linkname!r} (hard links are not allowed)")
+    if info.issparse():
+        raise unsafe(f"a sparse file of {info.size} bytes unpacked (backups hold no sparse files)")
     if info.issym():
         target = PurePosixPath(info.linkname)
         if target.is_absolute() or ".." in target.parts:
             raise unsafe(f"symlink to {info.linkname!r} leaves the archive")
-    elif not (info.isreg() or info.isdir()):
+    elif info.ischr() or info.isblk() or info.isfifo():
         raise unsafe("device, fifo or other special file")
+    elif info.type not in WRITTEN_TYPES:
+        raise unsafe(
+            f"tar member type {info.type!r}, which backups never hold (only regular files, "
+            "directories and symlinks)"
+        )
+    if allowed_tops is not None:
+        if parts[0] in FILE_TOPS and (len(parts) > 1 or not info.isreg()):
+            raise unsafe(f"{parts[0]} must be one regular file")
+        if parts[0] not in FILE_TOPS and len(parts) == 1 and not info.isdir():
+            raise unsafe(f"{parts[0]} must be a directory")
 
 
-def check_headers(path: Path, allowed_tops: Set[str] | None) -> None:
-    """Every member header of an uncompressed tar through check_member_safe, without reading
-    the contents (tarfile seeks past them): UnsafeArchive for the first unsafe one;
-    ArchiveError when the tar cannot be read."""
+class MemberCheck:
+    """The one safety check of every tar we read (restore in each form, verify and its restore
+    test, 0.9 snapshots): what verify passes, restore accepts. Call it on each member in order:
+    check_member_safe, then what only the listing shows, which extraction would otherwise meet
+    half-way ('File exists'): a name twice (after member_key), a member below one that is no
+    directory, a member that is no directory where earlier ones need one. Counts the bytes the
+    regular files unpack to (unpacked)."""
+
+    def __init__(self, allowed_tops: Set[str] | None) -> None:
+        self.allowed_tops = allowed_tops
+        self.unpacked = 0
+        self._kinds: dict[str, bool] = {}  # member key -> is a directory
+        self._parents: set[str] = set()  # every dir above a member
+
+    def __call__(self, info: tarfile.TarInfo) -> None:
+        check_member_safe(info, self.allowed_tops)
+        key = member_key(info.name)
+        parts = key.split("/")
+
+        def unsafe(why: str) -> UnsafeArchive:
+            return UnsafeArchive(f"unsafe member {info.name!r}: {why}")
+
+        if key in self._kinds:
+            raise unsafe("a second member of that name (each name is written once)")
+        if not info.isdir() and key in self._parents:
+            raise unsafe("not a directory, but earlier members lie below it")
+        for depth in range(1, len(parts)):
+            above = "/".join(parts[:depth])
+            if self._kinds.get(above) is False:
+                raise unsafe(f"below {above!r}, which is not a directory")
+            self._parents.add(above)
+        self._kinds[key] = info.isdir()
+        if info.isreg():
+            self.unpacked += info.size
+
+
+def check_headers(path: Path, allowed_tops: Set[str] | None) -> int:
+    """Every member header of an uncompressed tar through MemberCheck, without reading the
+    contents (tarfile seeks past them): UnsafeArchive for the first unsafe one; ArchiveError
+    when the tar cannot be read. Returns the bytes its regular files unpack to."""
+    check = MemberCheck(allowed_tops)
     try:
         with tarfile.open(path, "r:") as tar:
             for info in tar:
-                check_member_safe(info, allowed_tops)
+                check(info)
     except (tarfile.TarError, OSError) as exc:
         raise ArchiveError(f"{path}: not a readable tar archive ({exc})") from None
+    return check.unpacked
+
+
+class NoSpace(ArchiveError):
+    pass
+
+
+def check_space(infos: list[tarfile.TarInfo], targets: dict[str, Path]) -> None:
+    """NoSpace unless each filesystem the targets lie on has room for the bytes the members
+    going there unpack to (their sizes, never the archive's: a few headers can stand for
+    gigabytes). Targets need not exist yet; their parents must."""
+    devices = {top: os.stat(target.parent).st_dev for top, target in targets.items()}
+    needed: dict[int, tuple[int, Path]] = {}
+    for info in infos:
+        if not info.isreg():
+            continue
+        top = PurePosixPath(info.name).parts[0]
+        got, _ = needed.get(devices[top], (0, targets[top].parent))
+        needed[devices[top]] = (got + info.size, targets[top].parent)
+    for size, parent in needed.values():
+        free = shutil.disk_usage(parent).free
+        if free < size:
+            raise NoSpace(
+                f"not enough space in {parent}: the archive unpacks to {size} bytes there, "
+                f"{free} free; nothing written"
+            )
 
 
 @dataclass
@@ -372,6 +463,7 @@ class ArchiveScan:
     bytes: int
     tops: set[str]
     sha256: str
+    unpacked: int  # bytes its regular files unpack to
 
 
 def scan_archive(path: Path, allowed_tops: Set[str]) -> ArchiveScan:
@@ -379,6 +471,7 @@ def scan_archive(path: Path, allowed_tops: Set[str]) -> ArchiveScan:
     digest = hashlib.sha256()
     members = files = 0
     tops: set[str] = set()
+    check = MemberCheck(allowed_tops)
 
     class _Hashing:
         def __init__(self, fh: BinaryIO) -> None:
@@ -400,7 +493,7 @@ def scan_archive(path: Path, allowed_tops: Set[str]) -> ArchiveScan:
             ) as tar,
         ):
             for info in tar:
-                check_member_safe(info, allowed_tops)
+                check(info)
                 members += 1
                 tops.add(member_top(info.name))
                 if info.isreg():
@@ -422,7 +515,7 @@ def scan_archive(path: Path, allowed_tops: Set[str]) -> ArchiveScan:
         raise ArchiveError(f"{path}: damaged tar archive ({exc})") from None
     if members == 0:
         raise ArchiveError(f"{path}: archive holds no members")
-    return ArchiveScan(members, files, size, tops, digest.hexdigest())
+    return ArchiveScan(members, files, size, tops, digest.hexdigest(), check.unpacked)
 
 
 def extract_safely(
@@ -436,7 +529,8 @@ def extract_safely(
 ) -> int:
     """Extract members whose top-level name is in targets into those dirs (which must not exist).
 
-    Every header is checked before anything is written below a target; keep, if given, picks
+    Every header is checked (MemberCheck) and the space the chosen members unpack to is there
+    (check_space) before anything is written; keep, if given, picks
     the members written (by name; the dirs above a kept one are made as needed). on_progress
     gets (bytes written, bytes to write, files written, files to write) as the data goes out.
     Returns the number of regular files written.
@@ -444,19 +538,21 @@ def extract_safely(
     allowed = set(targets)
     with tarfile.open(path, "r:") as tar:
         infos = tar.getmembers()
+        check = MemberCheck(allowed | FILE_TOPS)
         for info in infos:
-            check_member_safe(info, allowed | {"influxdb.conf"})
-        for target in targets.values():
-            target.mkdir(parents=False)
-            os.chmod(target, 0o755)  # influxd's dir, as influxd makes it: not our umask's 0700
-            if uid is not None:
-                os.chown(target, uid, gid if gid is not None else -1)
+            check(info)
 
         def wanted(info: tarfile.TarInfo) -> bool:
             top = PurePosixPath(info.name).parts[0]
             return top in targets and (keep is None or keep(info.name))
 
         chosen = [info for info in infos if wanted(info)]
+        check_space(chosen, targets)
+        for target in targets.values():
+            target.mkdir(parents=False)
+            os.chmod(target, 0o755)  # influxd's dir, as influxd makes it: not our umask's 0700
+            if uid is not None:
+                os.chown(target, uid, gid if gid is not None else -1)
         files_total = sum(1 for info in chosen if info.isreg())
         bytes_total = sum(info.size for info in chosen if info.isreg())
         written = done = 0

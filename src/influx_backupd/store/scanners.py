@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from influx_backupd.core.errors import CheckFailed
 from influx_backupd.core.jsontext import loads_json
-from influx_backupd.store.archive import CHUNK, UnsafeArchive, check_member_safe
+from influx_backupd.store.archive import CHUNK, MemberCheck, UnsafeArchive
 
 MAX_SIZE = 2**63 - 1  # no file is larger; a manifest that says so lies
 
@@ -98,9 +98,10 @@ def scan_snapshot09(path: Path, *, incremental: bool) -> Scan:
         with open(path, "rb") as raw:
             reader = _Hashing(raw, digest)
             with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+                check = MemberCheck(None)  # the same check as restore's
                 for index, info in enumerate(tar):
                     try:
-                        check_member_safe(info, None)  # the same check as restore's
+                        check(info)
                     except UnsafeArchive as exc:
                         raise CheckFailed(f"hot.check: {path}: {exc}") from None
                     if index == 0:

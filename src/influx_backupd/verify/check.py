@@ -140,6 +140,17 @@ def _verify_tar(
     hot_snapshot = record.mode == "hot" if record is not None else sniff(archive) == "0.9"
     if hot_snapshot:
         _verify_hot_scan(archive, record, result, snapshot09=True)
+    else:
+        # restore's own safety check, from the headers alone, before anything reads the data
+        # (a 0.9 snapshot's is in its scan): what verify passes, restore accepts. An unsafe
+        # archive is refused for that one reason: what else it holds does not matter then.
+        try:
+            check_headers(archive, COLD_TOPS)
+        except UnsafeArchive as exc:
+            result.fail("structure", f"{archive}: {exc}")
+            return
+        except ArchiveError:
+            pass  # unreadable: the format checks say so
     digest = not hot_snapshot and record is not None and bool(record.sha256)
     # One read of the archive: every byte feeds the sha256 and the format checks alike.
     report = check_archive(archive, deep=deep, sha256=digest)
@@ -171,20 +182,8 @@ def _verify_tar(
         )
 
     cold = not hot_snapshot
-    unsafe = None
-    if cold:
-        # restore's own safety check (a 0.9 snapshot's is in its scan): what verify passes,
-        # restore accepts
-        try:
-            check_headers(archive, COLD_TOPS)
-        except UnsafeArchive as exc:
-            unsafe = f"{archive}: {exc}"
-        except ArchiveError:
-            pass  # unreadable: the format checks said so already
-    if unsafe is not None:
-        result.fail("structure", unsafe)
     # A hot 0.9 snapshot's layout is influxd's: its manifest check above stands for structure.
-    elif cold and report.members:
+    if cold and report.members:
         expected = set(COLD_REQUIRED)
         if record is not None:
             expected |= set(record.dirs or [])
