@@ -388,3 +388,20 @@ def test_a_misshapen_listing_is_refused_by_verify_and_every_restore(
     _with_member(world.cold, path, make())
     _refused_everywhere(world, path, member, says)
     _settle(world, world.server.pids(), fault_result)
+
+
+@pytest.mark.fault("4", "damaged cold archive", "cut at a member boundary, no record beside it")
+def test_an_archive_cut_between_members_is_refused_by_verify_and_restore(
+    world: World, fault_result: FaultResult
+) -> None:
+    """tarfile reads a tar cut right after a member as complete: verify looked for the
+    end-of-archive marker, restore did not, and restored what was left of the server."""
+    influxd = world.server.pids()
+    with tarfile.open(world.cold) as tar:
+        members = tar.getmembers()
+    cut = members[len(members) // 2].offset  # a header's start: the members before it whole
+    path = world.root / f"cut-{uuid.uuid4().hex[:6]}.tar"
+    path.write_bytes(world.cold.read_bytes()[:cut])
+    _refused_by_both(world, path, "end-of-archive marker")
+    assert world.server.ping()
+    _settle(world, influxd, fault_result)

@@ -506,9 +506,19 @@ def scan_archive(path: Path, allowed_tops: Set[str]) -> ArchiveScan:
                         if not chunk:
                             raise ArchiveError(f"member {info.name!r} is truncated")
                         left -= len(chunk)
+            end = tar.offset
             # the end-of-archive padding too, so the digest covers the whole file
             while chunk := raw.read(CHUNK):
                 digest.update(chunk)
+            # tarfile stops quietly where a header is missing: a tar cut at a member boundary
+            # reads as complete. Every tar writer ends with two zero blocks; verify insists on
+            # them too (formats._scan), so a cut archive is refused by both.
+            marker = os.pread(raw.fileno(), 2 * tarfile.BLOCKSIZE, end)
+            if len(marker) < 2 * tarfile.BLOCKSIZE or marker.count(0) != len(marker):
+                raise ArchiveError(
+                    f"{path}: no end-of-archive marker at offset {end} after {members} members: "
+                    "the archive is truncated or corrupt"
+                )
     except tarfile.ReadError as exc:
         raise ArchiveError(f"{path}: not a readable tar archive ({exc})") from None
     except tarfile.TarError as exc:
