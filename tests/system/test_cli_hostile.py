@@ -235,3 +235,20 @@ def test_json_nested_past_the_parsers_limit_is_damage_not_a_traceback(
     done = run(["-c", str(config), *(a.format(archive=archive) for a in argv)])
     assert "Traceback" not in done.stderr and "RecursionError" not in done.stderr, done.stderr
     assert done.returncode in (0, EXIT_FAILED), done.stderr
+
+
+@pytest.mark.parametrize("link", ["loop", "dangling"])
+def test_a_storage_dir_that_is_a_symlink_to_nowhere_is_a_config_error(
+    tmp_path: Path, link: str
+) -> None:
+    config = serverless_config(tmp_path)
+    storage = tmp_path / "archives"
+    if link == "loop":
+        (tmp_path / "other").symlink_to(storage)
+        storage.symlink_to(tmp_path / "other")
+    else:
+        storage.symlink_to(tmp_path / "gone")
+    for argv in (["check-config"], ["verify", "--all"], ["backup", "--job", "nightly"]):
+        done = run(["-c", str(config), *argv])
+        assert done.returncode == EXIT_CONFIG, (argv, done.stderr)
+        assert "storage.dir: " in one_line(done) and "leads nowhere" in one_line(done)

@@ -690,6 +690,12 @@ def _usable_dir(path: Path, key: str, value: Path) -> None:
     if not value.is_absolute():
         raise ConfigError(f"{path}: {key}: must be an absolute path, not {str(value)!r}")
     for existing in (value, *value.parents):
+        if existing.is_symlink() and not existing.exists():
+            # a loop or a missing target: nothing can be made there (mkdir says "File exists")
+            raise ConfigError(
+                f"{path}: {key}: {existing} is a symlink that leads nowhere (a loop, or its "
+                "target is missing)"
+            )
         if existing.exists():
             if not existing.is_dir():
                 what = "is" if existing == value else f"cannot be created: {existing} is"
