@@ -212,6 +212,26 @@ def test_a_build_that_fails_removes_what_it_wrote_into_the_dir(
     assert not list((tmp_path / "archives").glob(".verify-*"))
 
 
+def test_a_backup_the_configured_influxd_cannot_read_is_refused_before_the_dir_is_made(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A 1.x backup with [influxd] binary an InfluxDB 0.9 (the stand-in): refused as the
+    whole-server restore refuses it, not run into influxd's usage text after the dir was made."""
+    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    old = STAND_INS / "influxd09"
+    cli = Cli(write_config(tmp_path, sandbox, influxd={"binary": str(old)}, jobs=HOT))
+    target = tmp_path / "look"
+    done = cli("restore", record["id"], "--target", str(target))
+    assert done.returncode == 1, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert "whose restore cannot read it" in line and "InfluxDB v0.9.6" in line, line
+    assert not target.exists()
+
+
 def test_restore_shows_its_progress_on_a_terminal_and_to_systemd(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:

@@ -144,7 +144,7 @@ def _restore_hot(
     uid, gid = owner_ids(config)
     if not config.settings.influxd.binary.exists():
         raise RestoreRefused(f"[influxd] binary {config.settings.influxd.binary} does not exist")
-    _tool_restores(config, flavour, links[-1].path)
+    check_tool_restores(config, flavour, links[-1].path)
     # 1.x: the restored server is built in plan.staging; 0.9: never created (roll_back removes them)
     plan = SwapPlan.for_server(config)
     targets = plan.targets
@@ -183,7 +183,7 @@ def _restore_hot(
 FLAVOUR_NAMES = {"0.9": "an InfluxDB 0.9 snapshot", "portable": "a 1.x -portable backup"}
 
 
-def _tool_restores(config: Config, flavour: Flavour, path: Path) -> None:
+def check_tool_restores(config: Config, flavour: Flavour, path: Path) -> None:
     """The configured influxd's own restore reads this flavour: found before anything is
     stopped (a 0.9 snapshot given to a 1.x tool, or the other way round, cannot be restored)."""
     binary = config.settings.influxd.binary

@@ -50,6 +50,7 @@ from influx_backupd.restore.deletes import DeletesApplied
 from influx_backupd.restore.hot import (
     StepFailed,
     chain_server,
+    check_tool_restores,
     live_settings,
     restore_snapshot09_links,
     start_throwaway,
@@ -150,6 +151,9 @@ def restore_into(
     if isinstance(source, HotSource):
         if source.flavour == "0.9" and start:
             raise RestoreRefused("--start: a 0.9 snapshot cannot be served by influxd 1.x")
+        # the configured influxd rebuilds it (its restore, or a throwaway of it): it must read
+        # this flavour, found before anything is written (as for the whole-server restore)
+        check_tool_restores(config, source.flavour, source.links[-1].path)
         logger.info("restore.checking", links=[str(link.path) for link in source.links])
         scans = check_links(source.flavour, source.links)
         result = TargetResult(
