@@ -9,6 +9,7 @@ variant gets its own state_dir holding a copy of the good catalog, then damages 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import time
@@ -232,6 +233,61 @@ def test_a_catalog_locked_by_another_process_makes_commands_busy_not_broken(
         assert done.returncode == 75, (argv, done.returncode, line)
         assert str(db) in line and "locked" in line, (argv, line)
     assert db.read_bytes() == world.catalog, "a locked catalog is not moved aside"
+    _settle(world, influxd, fault_result)
+
+
+def _fill(mount: Path) -> None:
+    """Take every byte left on the filesystem."""
+    fd = os.open(mount / "hog", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        step = 64 * 1024
+        while step >= 512:
+            try:
+                os.write(fd, bytes(step))
+            except OSError:
+                step //= 2
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.fault("3", "catalog held or not writable", "state_dir full (a 2 MiB tmpfs)")
+def test_a_full_state_dir_is_said_to_be_full_and_the_catalog_is_not_set_aside(
+    world: World, fault_result: FaultResult
+) -> None:
+    """SQLITE_FULL is no damage: `import` as a damaged catalog's line says would set a healthy
+    catalog aside and leave an empty one. Every command says the state_dir is full instead."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a tmpfs needs root (CI runs as root)")
+    cli, db = _variant(world, "full")
+    state = db.parent
+    influxd = world.server.pids()
+    db.unlink()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(state)], check=True
+    )
+    try:
+        db.write_bytes(world.catalog)
+        (state / "backup.lock").write_text("1\n")  # as any earlier command leaves it
+        _fill(state)
+        commands = [
+            ("verify", "--all"),
+            ("prune",),
+            ("backup", "--job", "nightly"),
+            ("restore", world.runs[0], "--yes"),
+            ("import",),
+        ]
+        results = _all(cli, commands)
+        for argv, done in results.items():
+            line = one_line(done.stderr)
+            assert done.returncode == 1, (argv, done.returncode, line)
+            assert f"state_dir {state} is full" in line, (argv, line)
+            assert "is damaged" not in line and "import" not in line, (argv, line)
+        assert db.read_bytes() == world.catalog, "the catalog is as it was"
+        assert not list(state.glob("catalog.db.damaged-*")), "nothing is moved aside"
+        (state / "hog").unlink()
+        assert sorted(r["id"] for r in cli.json("list")) == sorted(world.runs)
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
     _settle(world, influxd, fault_result)
 
 

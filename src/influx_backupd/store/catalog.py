@@ -4,8 +4,11 @@ SQLite's journal makes every save atomic and crash-safe; readers (list, status) 
 
 Whatever is wrong with the file (not a database, truncated, a directory in its place, a row that
 is not a record) is one CatalogDamaged, whose line says how to rebuild it (`import`, from the
-records beside the archives); a catalog held by another process is CatalogBusy, one that cannot
-be written CatalogReadOnly. Never an sqlite3 or JSON exception.
+records beside the archives: it moves the damaged file aside). What is wrong around a healthy
+file is never called damage, or `import` would set a good catalog aside: one held by another
+process is CatalogBusy, one that cannot be written CatalogReadOnly, a full state_dir
+CatalogFull, an I/O error (or one SQLite cannot open) CatalogUnavailable. Never an sqlite3 or
+JSON exception.
 """
 
 from __future__ import annotations
@@ -49,6 +52,25 @@ class CatalogBusy(CatalogError):
 
 class CatalogReadOnly(CatalogError):
     code = "catalog.read_only"
+
+
+class CatalogFull(CatalogError):
+    """The filesystem under state_dir has no room for the catalog's write (SQLITE_FULL)."""
+
+    code = "catalog.full"
+
+
+class CatalogUnavailable(CatalogError):
+    """The file could not be read or written for a reason outside it (an I/O error, out of
+    memory, cannot be opened): not damage, so nothing is moved aside."""
+
+    code = "catalog.unavailable"
+
+
+# SQLite's primary result codes (sqlite3 exceptions carry them from Python 3.11 on)
+_BUSY, _LOCKED, _READONLY, _PERM, _AUTH = 5, 6, 8, 3, 23
+_FULL = 13
+_IOERR, _NOMEM, _INTERRUPT, _CANTOPEN, _NOLFS = 10, 7, 9, 14, 22
 
 
 _SCHEMA = """
@@ -98,14 +120,32 @@ class Catalog:
             raise self._error(exc) from None
 
     def _error(self, exc: sqlite3.Error) -> CatalogError:
+        """What SQLite's error says: damage only when the file itself is wrong (not a
+        database, malformed, tables of another shape); never a full disk or an I/O error."""
         text = str(exc)
-        if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        state_dir = self.path.parent
+        if primary in (_BUSY, _LOCKED) or (
+            primary is None and isinstance(exc, sqlite3.OperationalError) and "locked" in text
+        ):
             return CatalogBusy(
                 f"catalog {self.path} is locked by another process (waited {TIMEOUT_S:g}s); "
                 "try again when it is done"
             )
-        if "readonly" in text or "read-only" in text:
+        if primary in (_READONLY, _PERM, _AUTH) or "readonly" in text or "read-only" in text:
             return CatalogReadOnly(f"catalog {self.path} cannot be written ({text})")
+        if primary == _FULL:
+            return CatalogFull(
+                f"state_dir {state_dir} is full: catalog {self.path} cannot be written ({text}); "
+                "free some space there and run the command again (the catalog is not damaged)"
+            )
+        if primary in (_IOERR, _NOMEM, _INTERRUPT, _CANTOPEN, _NOLFS):
+            return CatalogUnavailable(
+                f"catalog {self.path} could not be read or written ({text}); check the "
+                f"filesystem under state_dir {state_dir} and run the command again (the "
+                "catalog is not called damaged: nothing was moved aside)"
+            )
         return CatalogDamaged(self.path, text)
 
     def _record(self, raw: object) -> RunRecord:
