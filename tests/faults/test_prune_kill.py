@@ -5,6 +5,7 @@ gone whole, no catalog entry naming it, the kept backup untouched (real CLI, rea
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -62,5 +63,52 @@ def test_a_prune_killed_while_cutting_an_archive_down_is_finished_by_the_next_co
     assert first["id"] not in listed and kept["id"] in listed
     verified = run_cli(config, "verify", kept["id"], "--json")
     assert verified.returncode == 0, verified.stdout[-2000:]
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == [], lost
+
+
+@pytest.mark.fault(
+    "kill", "SIGKILL of prune mid-deletion", "the next prune deletes a backup of its own first"
+)
+def test_what_a_killed_prune_left_pending_is_removed_even_when_the_next_prune_deletes_too(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    """A prune killed after a run's catalog entry went and before its files did leaves
+    prune-pending.json naming them. The next prune deletes a backup of its own as well: the
+    list must not be overwritten by that deletion (the files would stay for good, and a later
+    import would bring the deleted backup back)."""
+    job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
+    config = write_config(tmp_path, sandbox, jobs=[job])  # no rule: every backup kept
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    runs = []
+    for _ in range(3):
+        done = run_cli(config, "backup", "--json")
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(json.loads(done.stdout))
+    dead, doomed, kept = runs
+    ledger.take()
+    gone = [Path(dead["archive"]), Path(dead["archive"] + ".json")]
+    for name in [gone[0].name, Path(doomed["archive"]).name]:
+        ledger.backups_before.pop(name)
+    # as a prune SIGKILLed between the catalog delete and the unlinks leaves it (prune.py)
+    state = tmp_path / "state"
+    (state / "prune-pending.json").write_text(json.dumps([[dead["id"], str(p)] for p in gone]))
+    with sqlite3.connect(state / "catalog.db") as conn:
+        conn.execute("DELETE FROM runs WHERE id = ?", (dead["id"],))
+    assert write_config(tmp_path, sandbox, jobs=[{**job, "keep_last": 1}]) == config
+
+    again = run_cli(config, "prune", "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads(again.stdout)
+    assert [d["run_id"] for d in report["deleted"]] == [doomed["id"]], report
+    left = [p for p in gone if p.exists()]
+    assert left == [], f"the killed prune's files stay: {left}"
+    assert not Path(doomed["archive"]).exists()
+    assert not (state / "prune-pending.json").exists()
+    imported = run_cli(config, "import", "--json")
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    listed = {r["id"] for r in json.loads(run_cli(config, "list", "--json").stdout)}
+    assert listed == {kept["id"]}, "import brings no deleted backup back"
     lost_points, lost = ledger.settle()
     assert lost_points == 0 and lost == [], lost

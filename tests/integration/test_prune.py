@@ -115,7 +115,7 @@ def test_a_prune_that_died_between_catalog_and_file_is_finished_by_the_next(tmp_
     catalog.save(old)
     catalog.save(new)
     # The state a crash leaves: pending list written, entry gone, file still there.
-    prune_module._Pending(config.state_dir).write(old.id, [old.archive or ""])
+    prune_module._Pending(config.state_dir).add(old.id, [old.archive or ""])
     catalog.delete(old.id)
 
     report = prune_module.prune(config, catalog)

@@ -1,8 +1,10 @@
 """Prune: apply each job's keep_* policy (retention.plan) and clean what dead runs left behind.
 
 Order matters for crash safety: a run's catalog entry goes first, then its files. A crash in
-between leaves an unreferenced file (cleaned by the next prune, see `_leftovers`), never an
-entry pointing at a missing archive. The caller holds the backup lock (guard.exclusive), so no
+between leaves an unreferenced file, never an entry pointing at a missing archive: the files are
+named in prune-pending.json before the entry goes, and the next prune removes them first of all
+(`_finish_pending`), before it deletes anything of its own; entries are added to that list and
+taken off it one by one, never overwritten, so what a killed prune left is never lost. The caller holds the backup lock (guard.exclusive), so no
 run is writing while we look, and every staging or scratch dir we find belongs to a dead run.
 """
 
@@ -136,6 +138,9 @@ def prune(
     report = PruneReport(dry_run=dry_run)
     jobs = [config.job(job)] if job is not None else list(config.settings.job)
     when = time.time() if now is None else now
+    # What a killed prune left half done comes first: the list must not be lost under a
+    # deletion of this prune's own (and a later import would bring that backup back).
+    _finish_pending(config, catalog, report, dry_run)
     for section in jobs:
         try:
             _prune_job(config, catalog, section, report, dry_run, when)
@@ -204,12 +209,14 @@ def _prune_job(
             continue
         # The catalog first: a crash now leaves an unreferenced file (noted in the pending
         # list for the next prune), never an entry pointing at a missing archive.
-        pending.write(record.id, deletion.paths)
+        pending.add(record.id, deletion.paths)
         catalog.delete(record.id)
+        failed: list[str] = []
         for path in paths:
             try:
                 remove_gently(path)
             except OSError as exc:
+                failed.append(str(path))
                 report.errors.append(f"{path}: {exc}")
                 logger.error(
                     "prune.remove_failed", run_id=record.id, path=str(path), error=str(exc)
@@ -221,7 +228,7 @@ def _prune_job(
             started_at=record.started_at,
             paths=deletion.paths,
         )
-        pending.clear()
+        pending.done(record.id, still=failed)  # what could not be removed: tried again next time
 
 
 def _clean_failed(
@@ -250,16 +257,49 @@ def _clean_failed(
     logger.info("prune.leftovers_removed", run_id=record.id, paths=[str(p) for p in paths])
 
 
-def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: bool) -> None:
-    """Partial archives, restore-test scratch dirs, and files a crashed prune left pending."""
+def _finish_pending(config: Config, catalog: Catalog, report: PruneReport, dry_run: bool) -> None:
+    """The files of runs an earlier prune took out of the catalog and died before removing.
+
+    An entry whose run the catalog still has is dropped (that prune died before the delete:
+    the run is planned again like any other), as is a path another record names now. A path
+    that cannot be removed stays on the list for the next prune."""
     logger = log.get(action="prune", dry_run=dry_run)
     pending = _Pending(config.state_dir)
+    entries = pending.read()
+    if not entries:
+        return
+    records = catalog.list()
+    run_ids = {r.id for r in records}
+    named = {Path(r.archive) for r in records if r.archive}
+    named |= {sidecar_of(p) for p in named}
+    still: list[tuple[str, str]] = []
+    for run_id, name in entries:
+        path = Path(name)
+        if run_id in run_ids or path in named or not (path.exists() or path.is_symlink()):
+            continue
+        report.cleaned.append(str(path))
+        if dry_run:
+            logger.info("prune.would_clean", path=str(path), reason=_PENDING_WHY, run_id=run_id)
+            continue
+        try:
+            remove_gently(path)
+            logger.warning("prune.cleaned", path=str(path), reason=_PENDING_WHY, run_id=run_id)
+        except OSError as exc:
+            still.append((run_id, name))
+            report.errors.append(f"{path}: {exc}")
+            logger.error("prune.clean_failed", path=str(path), error=str(exc))
+    if not dry_run:
+        pending.replace(still)
+
+
+_PENDING_WHY = "file of a deleted run (an earlier prune died halfway)"
+
+
+def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: bool) -> None:
+    """Partial archives, restore-test scratch dirs, records of removed backups, staging trees."""
+    logger = log.get(action="prune", dry_run=dry_run)
     run_ids = {r.id for r in catalog.list()}
-    left: list[tuple[Path, str]] = [
-        (Path(p), "file of a deleted run (an earlier prune died halfway)")
-        for run_id, p in pending.read()
-        if run_id not in run_ids
-    ]
+    left: list[tuple[Path, str]] = []
     storage = config.storage_dir
     if storage.is_dir():
         for path in sorted(storage.iterdir()):
@@ -287,8 +327,6 @@ def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: b
         except OSError as exc:
             report.errors.append(f"{path}: {exc}")
             logger.error("prune.clean_failed", path=str(path), error=str(exc))
-    if not dry_run:
-        pending.clear()
 
 
 def _orphan_sidecar(path: Path, run_ids: set[str]) -> bool:
@@ -335,16 +373,29 @@ class _Pending:
 
     A prune that dies between deleting the entry and removing the files leaves this
     behind; the next prune removes those files (only there can it know which they are —
-    guessing from file names could take an archive whose catalog was lost).
+    guessing from file names could take an archive whose catalog was lost). Runs are added to
+    the list and taken off it; nothing already on it is ever overwritten.
     """
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "prune-pending.json"
 
-    def write(self, run_id: str, paths: list[str]) -> None:
+    def add(self, run_id: str, paths: list[str]) -> None:
+        entries = self.read()
+        entries += [(run_id, p) for p in paths if (run_id, p) not in entries]
+        self.replace(entries)
+
+    def done(self, run_id: str, still: list[str]) -> None:
+        """run_id's files are removed, but for those in still (kept on the list)."""
+        self.replace([(r, p) for r, p in self.read() if r != run_id or p in still])
+
+    def replace(self, entries: list[tuple[str, str]]) -> None:
+        if not entries:
+            self.clear()
+            return
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w") as fh:
-            json.dump([[run_id, p] for p in paths], fh)
+            json.dump([[r, p] for r, p in entries], fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
