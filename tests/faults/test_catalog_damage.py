@@ -21,12 +21,14 @@ from pathlib import Path
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.store.record import RunRecord
 from influx_backupd.store.state import CrashMarker
 from tests.conftest import Cli, write_config
 from tests.faults.conftest import (
     COLD_AND_HOT,
     FaultResult,
     Ledger,
+    Watched,
     backed_up,
     backups,
     one_line,
@@ -410,3 +412,87 @@ def _read_available(proc: subprocess.Popen[str]) -> str:
             break
         chunks.append(data.decode(errors="replace"))
     return "".join(chunks)
+
+
+@pytest.mark.fault("3", "catalog held or not writable", "held as a cold run saves its record")
+def test_a_catalog_held_when_a_cold_backup_saves_its_record_does_not_lose_the_backup(
+    tmp_path: Path, sandbox: Sandbox, fault_result: FaultResult
+) -> None:
+    """The final save waits longer than SQLite's 30 s for a catalog another process holds: a
+    finished, checked backup is not turned into `busy` (and then deleted as a dead run's)."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    config = write_config(tmp_path, sandbox)
+    ledger = Ledger(sandbox, tmp_path / "archives", fault_result)
+    ledger.take()
+    db = tmp_path / "state" / "catalog.db"
+    backup = Watched(config, "backup", "--json")
+    # from the stop on, the run does not touch the catalog until its final record
+    backup.wait_event("influxd.stopping")
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        backup.wait_event("influxd.ready")
+        time.sleep(40)  # past SQLite's own 30 s wait
+    finally:
+        holder.rollback()
+        holder.close()
+    code, out, err = backup.finish()
+    assert code == 0, err[-3000:]
+    run = json.loads(out)
+    assert run["status"] == "ok", run
+    assert "catalog.busy_final_save" in err
+    listed = {r["id"]: r for r in Cli(config).json("list")}
+    assert listed[run["id"]]["status"] == "ok"
+    assert Path(run["archive"]).is_file()
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and not lost
+    assert sandbox.ping()
+
+
+@pytest.mark.fault("3", "catalog held or not writable", "a checked run's final record not saved")
+def test_a_checked_backup_whose_final_record_was_not_saved_is_adopted_not_deleted(
+    tmp_path: Path, sandbox: Sandbox, fault_result: FaultResult
+) -> None:
+    """A run whose final save never happened (held past the longer wait, or a kill right after
+    the check) stays `running`; the next lock-taking command adopts it from the record beside
+    its archive when the archive matches that record, instead of deleting it as a dead run's."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    cli = Cli(write_config(tmp_path, sandbox))
+    runs = [cli.json("backup") for _ in range(2)]
+    assert [r["status"] for r in runs] == ["ok", "ok"], runs
+    ledger = Ledger(sandbox, tmp_path / "archives", fault_result)
+    ledger.take()
+    db = tmp_path / "state" / "catalog.db"
+    good, tampered = runs
+    with sqlite3.connect(db) as conn:  # both rows as run_cold saved them at the start
+        for run in runs:
+            (started,) = conn.execute(
+                "SELECT started_at FROM runs WHERE id = ?", (run["id"],)
+            ).fetchone()
+            start = RunRecord(id=run["id"], job=run["job"], mode="cold", started_at=started)
+            conn.execute(
+                "UPDATE runs SET status = 'running', record = ? WHERE id = ?",
+                (json.dumps(start.to_dict()), run["id"]),
+            )
+    changed = Path(tampered["archive"])
+    ledger.backups_before.pop(changed.name)
+    with open(changed, "r+b") as fh:  # the record beside it no longer matches it
+        fh.seek(700)
+        byte = fh.read(1)
+        fh.seek(700)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    done = cli("prune", "--json")  # takes the lock: recovery, then a prune
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "recovery.run_adopted" in done.stderr
+    listed = {r["id"]: r for r in cli.json("list")}
+    assert listed[good["id"]]["status"] == "ok", listed[good["id"]]
+    assert listed[good["id"]]["sha256"] == good["sha256"]
+    assert listed[good["id"]]["archive"] == good["archive"]
+    assert listed[tampered["id"]]["status"] == "interrupted", "not adopted: it does not match"
+    assert Path(good["archive"]).is_file() and Path(good["archive"] + ".json").is_file()
+    verified = cli("verify", good["id"], "--json")
+    assert verified.returncode == 0, verified.stdout[-2000:]
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and not lost

@@ -27,7 +27,9 @@ from influx_backupd.run.followup import (
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog, CatalogDamaged
 from influx_backupd.store.record import RunRecord
+from influx_backupd.store.sidecar import SidecarError, record_beside, sidecar_of
 from influx_backupd.store.state import CrashMarker, lock_for, lock_held
+from influx_backupd.verify.check import verify
 
 OnDamage = Literal["raise", "set_aside", "ignore"]
 
@@ -140,6 +142,15 @@ def recover(
         return
     dead = catalog.running()
     for record in dead:
+        adopted = _adopt(config, record)
+        if adopted is not None:
+            # finished and checked, its final save lost (the catalog held by another process,
+            # or a kill right after): the record beside the archive says so, the archive agrees
+            catalog.save_finished(adopted)
+            logger.warning(
+                "recovery.run_adopted", run_id=record.id, job=record.job, archive=adopted.archive
+            )
+            continue
         record.status = "interrupted"
         record.finished_at = record.finished_at or time.time()
         stopped_it = left is not None and left.get("run_id") == record.id
@@ -158,6 +169,41 @@ def recover(
         _follow_up_late(config, catalog, record)
     if not_started is not None:
         raise not_started
+
+
+def _adopt(config: Config, record: RunRecord) -> RunRecord | None:
+    """A run left `running` whose backup finished: its archive under the name the job gives it,
+    the record beside it (written only once the output was checked) naming this run as ok, and
+    the archive verifying against that record (sha256, structure). None otherwise: then the
+    run was interrupted, as before."""
+    storage = config.storage_dir
+    for archive in (
+        storage / f"{record.job}-{record.id}.tar",
+        storage / f"{record.job}-{record.id}",
+    ):
+        if not archive.exists() or archive.is_symlink():
+            continue
+        try:
+            found = record_beside(archive)
+        except SidecarError:
+            continue
+        if found is None or (found.id, found.job, found.status) != (record.id, record.job, "ok"):
+            continue
+        if not found.sha256 or not verify(config, archive, found).ok:
+            log.get().warning(
+                "recovery.not_adopted",
+                run_id=record.id,
+                archive=str(archive),
+                detail="the record beside it says ok, the archive does not match it",
+            )
+            continue
+        try:
+            found.finished_at = found.finished_at or sidecar_of(archive).stat().st_mtime
+        except OSError:
+            found.finished_at = time.time()
+        found.extra["adopted"] = "its final record was not saved; adopted by recovery"
+        return found
+    return None
 
 
 def left_stopped(config: Config) -> dict[str, Any] | None:

@@ -26,8 +26,12 @@ from influx_backupd.core.errors import EXIT_BUSY, BackupdError
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
 from influx_backupd.store.record import RunRecord
+from influx_backupd.store.sidecar import sidecar_of
 
 TIMEOUT_S = 30.0  # how long a command waits for another one's write to the catalog
+# A run's final record waits longer (SQLite's wait again and again): a finished, checked backup
+# is not given up for a reader or a manual `sqlite3` session that holds the catalog a while.
+FINAL_WAIT_S = 300.0
 
 
 class CatalogError(BackupdError):
@@ -231,9 +235,40 @@ class Catalog:
             record.status = "failed"
             record.error = record.error or "unexpected error"
         record.finished_at = time.time()
-        self.save_finished(record)
+        self._save_final(record, logger)
         event = logger.info if record.ok else logger.error
         event("run.finished", phase="done", record=record.to_dict())
+
+    def _save_final(self, record: RunRecord, logger: Logger) -> None:
+        """save_finished, waiting out a catalog held by another process for FINAL_WAIT_S. Still
+        held then: CatalogBusy saying what became of the run (an ok backup's record beside its
+        archive is what the next lock-taking command adopts it from, guard.recover)."""
+        deadline = time.monotonic() + FINAL_WAIT_S
+        while True:
+            try:
+                self.save_finished(record)
+                return
+            except CatalogBusy:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(1.0)  # SQLite waited TIMEOUT_S already, unless it failed at once
+                logger.warning(
+                    "catalog.busy_final_save",
+                    path=str(self.path),
+                    status=record.status,
+                    detail=f"the run's record waits for the catalog (up to {FINAL_WAIT_S:g}s)",
+                )
+        held = f"catalog {self.path} stayed locked by another process ({FINAL_WAIT_S:g}s)"
+        if record.ok and record.archive:
+            raise CatalogBusy(
+                f"backup {record.id} is ok and checked ({record.archive}), but {held} and its "
+                f"record was not saved there; the record beside it ({sidecar_of(Path(record.archive))}) "
+                "stays, and the next command that takes the backup lock adopts it from there"
+            )
+        raise CatalogBusy(
+            f"run {record.id} ended {record.status}, but {held} and its record was not saved "
+            "there; the next command that takes the backup lock records it as interrupted"
+        )
 
     def get(self, run_id: str) -> RunRecord | None:
         with self._connect() as conn:
