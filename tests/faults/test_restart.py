@@ -355,3 +355,31 @@ def test_an_answer_from_another_process_on_the_port_is_not_taken_for_influxd(
     assert sandbox.pids() and sandbox.ping(), "influxd itself runs again"
     assert not (tmp_path / "state" / MARKER).exists()
     assert ledger.settle() == (0, [])
+
+
+@pytest.mark.fault(
+    "no-start",
+    "another process answers /ping on influxd's port while influxd starts",
+    "recovery after a kill",
+)
+def test_recovery_does_not_take_an_answer_from_another_process_for_influxd(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    """Before: recovery saw the 204, said influxd.already_running and cleared the crash marker;
+    influxd stayed down and nothing was left to say so."""
+    from tests.integration.test_sandbox_ports import answering_pings
+
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    config = write_config(tmp_path, sandbox)
+    _killed_mid_copy(config, sandbox, ledger)
+    assert _stopped_by_us(tmp_path, sandbox)
+    with answering_pings(sandbox.http_port):
+        recovery = Watched(config, "prune", "--dry-run")
+        failed = recovery.wait_event("influxd.start_failed", timeout=120)
+        assert "another process answers there" in failed["error"], failed
+    status, _out, err = recovery.finish()
+    assert status == 0, err[-2000:]
+    assert sandbox.pids() and sandbox.ping(), "influxd itself runs again"
+    assert not (tmp_path / "state" / MARKER).exists()
+    assert ledger.settle() == (0, [])

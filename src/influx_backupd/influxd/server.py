@@ -316,6 +316,13 @@ class Influxd:
             "taken; see `ss -ltnp`)"
         )
 
+    def answers_itself(self, pid: int | None = None) -> bool:
+        """/ping answers and the one answering is our influxd (pid, else the unit's main
+        process or the one running our influxdb.conf), not another process on its port."""
+        if not self.ping():
+            return False
+        return self._listening_itself(pid if pid is not None else self._started_pid())
+
     def _started_pid(self) -> int | None:
         """The unit's main process, or the one running our influxdb.conf (0: none; None:
         cannot be told, systemd not reachable)."""

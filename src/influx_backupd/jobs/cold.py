@@ -150,7 +150,7 @@ def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) ->
     if problem is not None:
         raise JobFailed(f"{problem}; influxd not stopped")
     proc = server.locate()
-    if proc is None or not server.ping():
+    if proc is None or not server.answers_itself(proc.pid):
         raise JobFailed(
             f"{server.describe_down(proc)}; a cold backup stops and restarts a serving "
             "server: nothing stopped"
@@ -176,7 +176,7 @@ def _running_again(
     left as it is; one still shutting down is waited for, then started.
     """
     proc = server.locate()
-    if proc is not None and server.ping():
+    if proc is not None and server.answers_itself(proc.pid):
         logger.warning("influxd.still_running", phase="start", pid=proc.pid)
         marker.clear()
         return

@@ -97,7 +97,7 @@ def recover(
                 server.stop()
             roll_back(left.get("swaps", []))
             logger.warning("recovery.restore_rolled_back", run_id=run_id)
-        if server.ping():
+        if server.answers_itself():
             logger.warning("recovery.influxd_already_running", run_id=run_id)
         else:
             logger.warning("recovery.starting_influxd", run_id=run_id, marker=str(marker.path))
@@ -238,7 +238,7 @@ def left_stopped_line(
     )
     kind = "restore" if left.get("kind") == "restore" else "run"
     text = f"influxd was stopped by {kind} {left.get('run_id') or '(unknown)'}{at}"
-    answering = Influxd(config).ping()
+    answering = Influxd(config).answers_itself()
     if answering:
         text += " and answers again, but its crash marker is still there"
     else:
