@@ -23,6 +23,7 @@ from typing import Any
 
 from influx_backupd.core.interrupt import child_preexec, signals_blocked
 from influx_backupd.core.jsontext import loads_json
+from influx_backupd.influxd.listening import listens
 
 # Go's default is 100. Copying an increment of about 1 GB in with SELECT INTO, the throwaway's
 # anonymous memory peaked at 2.2 GB by default and 1.46 GB at 25, with no slower copy
@@ -293,19 +294,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         one then fails to bind and exits). True for a server this object did not start."""
         if self.proc is None:
             return True
-        import psutil
-
-        try:
-            process = psutil.Process(self.proc.pid)
-            # net_connections since psutil 6; connections before
-            listing = getattr(process, "net_connections", None) or process.connections
-            sockets = listing(kind="tcp")
-        except psutil.Error:
-            return False
-        return any(
-            s.status == psutil.CONN_LISTEN and s.laddr and s.laddr[1] == self.http_port
-            for s in sockets
-        )
+        return listens(self.proc.pid, self.http_port) is not False
 
     def killed_by(self) -> str | None:
         """The signal that ended the server this object started ("SIGKILL": the OOM killer's

@@ -23,6 +23,7 @@ from influx_backupd.core.config import Config
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import child_preexec, signals_allowed
 from influx_backupd.influxd.influxql import ping_headers
+from influx_backupd.influxd.listening import listens
 
 # What influxd gets under its own service (Debian's unit, systemd's default): its new files are
 # never world-writable, whatever umask the caller of influx-backupd had.
@@ -342,27 +343,8 @@ class Influxd:
             return True
         if pid <= 0:
             return False
-        try:
-            root = psutil.Process(pid)
-            family = [root, *root.children(recursive=True)]
-        except (psutil.Error, ValueError):
-            return False
-        for member in family:
-            try:
-                # net_connections since psutil 6; connections before
-                listing = getattr(member, "net_connections", None) or member.connections
-                sockets = listing(kind="tcp")
-            except psutil.AccessDenied:
-                return True
-            except psutil.Error:
-                continue
-            if any(
-                c.status == psutil.CONN_LISTEN and c.laddr and c.laddr[1] == port for c in sockets
-            ):
-                return True
-        return False
+        return listens(pid, port) is not False  # None: cannot be told
 
-    # -- stopping ---------------------------------------------------------
     def stop(self) -> None:
         """Stop influxd and wait for it to exit; StopTimeout leaves it running and untouched."""
         timeout = self.section.stop_timeout
