@@ -105,21 +105,33 @@ def argv_problem(argv: list[str], *, on_path: bool = False) -> str | None:
 
 
 def url_problem(url: str) -> str | None:
+    """[influxd] url, a job's heartbeat_url: an http(s) URL. The URL itself is shown only as
+    scheme and host: its user:password, path or query may be the secret (a healthchecks UUID,
+    a token)."""
     example = "like http://127.0.0.1:8086"
     if _CONTROL.search(url):
-        return f"must be a URL without control characters, {example}, not {url!r}"
+        return f"must be a URL without control characters, {example}"
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError as exc:  # a port out of range or not a number, a broken [v6 literal]
         return f"must be an http:// or https:// URL with a valid host and port ({exc}), {example}"
+    shown = _shown(parts)
     if parts.scheme not in ("http", "https"):
-        return f"must start with http:// or https://, {example}, not {url!r}"
+        return f"must start with http:// or https://, {example}, not {shown}"
     if not parts.hostname or not _HOST.match(parts.hostname.strip("[]")):
-        return f"must name a host, {example}, not {url!r}"
+        return f"must name a host, {example}"
     if port == 0:
-        return f"its port must be 1-65535, not 0 ({url!r})"
+        return "its port must be 1-65535, not 0"
     return None
+
+
+def _shown(parts: urllib.parse.SplitResult) -> str:
+    """A URL as an error may show it: scheme and host; the rest, if any, as …"""
+    if not parts.scheme or "@" in parts.netloc:
+        return "(the value, not shown)"
+    rest = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return repr(f"{parts.scheme}://{parts.hostname or ''}{rest}")
 
 
 _SPACE = re.compile(r"[\s\x00-\x1f\x7f]")

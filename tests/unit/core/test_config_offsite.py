@@ -336,3 +336,29 @@ def test_off_site_retention_without_the_identity_to_read_encrypted_manifests_is_
         "need; set identity_file, or leave off-site retention off (no keep_* rule)"
     )
     load(config_file(tmp_path, f'encrypt_to = ["{recipient}"]\n'))  # no retention: fine
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://backup:pa55word@h/x", "https://h:0/6f1c-secret-uuid", "hc-ping.com/6f1c-secret-uuid"],
+)
+def test_a_bad_influxd_url_or_heartbeat_url_is_refused_without_its_secret_parts(
+    tmp_path: Path, url: str
+) -> None:
+    """user:password, a healthchecks UUID in the path: the error names the key, not them."""
+    conf = tmp_path / "influxdb.conf"
+    conf.write_text(INFLUXDB_CONF.format(root=tmp_path / "server"))
+    for where, line in (
+        ("influxd.url", f'url = "{url}"'),
+        ("job[0].heartbeat_url", None),
+    ):
+        path = tmp_path / "config.toml"
+        job = f'\n[[job]]\nname = "n"\nschedule = "@daily"\nheartbeat_url = "{url}"\n'
+        path.write_text(
+            f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[influxd]\nconfig = "{conf}"\n'
+            f'service = "influxdb.service"\n{line or ""}\n[storage]\n'
+            f'dir = "{tmp_path / "archives"}"\n' + ("" if line else job)
+        )
+        said = refused(path)
+        assert f"{where}: " in said, said
+        assert "pa55word" not in said and "6f1c" not in said and "backup:" not in said, said
