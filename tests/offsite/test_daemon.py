@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 from pathlib import Path
 
 from moto.server import ThreadedMotoServer
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli, wait_until, write_config
 from tests.offsite.conftest import Endpoint, _credentials, wait_port
 from tests.offsite.helpers import offsite_section
 from tests.system.test_daemon import daemon, runs
@@ -81,3 +83,68 @@ def test_after_a_failure_the_daemon_tries_again_and_completes_the_upload(
         holder.close()
         if server is not None:
             server.stop()
+
+
+class Trickle:
+    """An endpoint that accepts every request and answers it one byte every 2 s, for ever: each
+    byte resets botocore's read timeout, so no request to it ever ends."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                while not self.closed.wait(2.0):
+                    conn.sendall(b"<")
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.closed.set()
+        self.sock.close()
+
+
+def test_an_endpoint_that_never_finishes_an_answer_does_not_hold_the_backups(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: the sync waited on the request for ever, under the lock; every backup that fell
+    due waited behind it ("already waiting"), and SIGTERM took minutes."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    trickle = Trickle()
+    try:
+        down = Endpoint("moto", trickle.url, "held", _credentials(tmp_path))
+        jobs = [{"name": "often", "every": "4s", "mode": "cold", "copy": "direct"}]
+        section = offsite_section(down, retries=1, yield_within="3s", retry_after="1h")
+        config = write_config(tmp_path, sandbox, jobs=jobs, extra=section)
+        with daemon(tmp_path, config) as d:
+            d.wait_event("offsite.left_behind", timeout=120)
+            names = lambda: [e.get("event") for e in d.events()]  # noqa: E731
+            wait_until(
+                lambda: "run.finished" in names()[names().index("offsite.left_behind") :],
+                60,
+                "a backup run after the upload was left behind",
+            )
+            started = time.monotonic()
+            assert d.stop() == 0
+            assert time.monotonic() - started < 30, "SIGTERM is not held by the request"
+        assert [r for r in runs(tmp_path) if r.ok], "the backup ran"
+        assert sandbox.ping()
+    finally:
+        trickle.close()

@@ -156,6 +156,8 @@ class OffsiteSection(BaseModel):
     """Attempts per request, with backoff."""
     retry_after: Annotated[Duration, Field(gt=0)] = 900.0
     """After a failed off-site step the daemon tries again this long after, doubling up to 6 h."""
+    yield_within: Annotated[Duration, Field(gt=0)] = 60.0
+    """The daemon: a backup that falls due waits this long for the upload to stop between objects; past it, an upload held by a request that does not end (a stuck endpoint) is left behind and the backup runs."""
     connect_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     """How long a connection to the endpoint may take."""
     # objects no kept manifest references are deleted only once older than this (seconds):

@@ -72,6 +72,7 @@ _SCHEDULE_KEYS = ("schedule", "every", "jitter", "timezone", "catch_up")
 VERIFY_ALL = "[verify]"
 # Off-site copies ([offsite]): queued after each backup and at start-up; yields to backups.
 OFFSITE = "[offsite]"
+_LEFT_BEHIND = object()  # _sync_yielding: the sync was left on a request that does not end
 OFFSITE_RETRY_MAX = 6 * 3600.0  # the longest wait between tries after failures
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -112,6 +113,7 @@ class Daemon:
         self._current: dict[str, Any] = {}  # run_id, mode, phase: from the run's own log events
         self._skips: dict[str, dict[str, Any]] = {}  # job → the last policy skip
         self._offsite_failures = 0  # in a row: the retry waits double each time
+        self._held_sync: threading.Thread | None = None  # a sync left behind on a stuck request
         self._stopping = threading.Event()
         # cancelled on SIGTERM: a hot run's tool is stopped by the job itself, and no fallback
         # run starts; a cold run does not look at it (it finishes, influxd started again)
@@ -509,12 +511,19 @@ class Daemon:
         on_failure hooks, and tried again after [offsite] retry_after, doubling up to 6 h (the
         next backup queues it too)."""
         config = self.config
+        if self._held_sync is not None and self._held_sync.is_alive():
+            # a sync left behind still waits on its request: never two at once
+            self._log.warning(
+                "offsite.still_held", reason="an earlier upload's request has not ended"
+            )
+            self._retry_offsite(config)
+            return
 
         def send(catalog: Catalog, _late: float) -> None:
             self._current = {"job": OFFSITE, "phase": "upload", "since": time.time()}
-            report = offsite.run_sync(
-                config, catalog, stop=lambda: self._stopping.is_set() or self._backup_waiting()
-            )
+            report = self._sync_yielding(config, catalog)
+            if report is _LEFT_BEHIND:
+                return
             if report is None and not self._stopping.is_set():
                 self._retry_offsite(config)
             elif report is not None:
@@ -530,6 +539,48 @@ class Daemon:
                 self._log.error("after_run.step_failed", step="metrics", error=str(exc))
 
         self._with_lock(config, item, float("inf"), send)
+
+    def _sync_yielding(self, config: Config, catalog: Catalog) -> Any:
+        """run_sync in a thread of its own, asked to stop between objects when a backup is due
+        or the daemon stops. It yields there; a request that does not end (an endpoint that
+        answers a byte at a time defeats the read timeout) would hold the backup for good, so
+        after [offsite] yield_within it is left behind (its thread ends when the request does,
+        doing nothing more) and _LEFT_BEHIND is returned: the backup goes first."""
+        section = config.settings.offsite
+        grace = section.yield_within if section is not None else 60.0
+        left_behind = threading.Event()
+
+        def stop() -> bool:
+            return left_behind.is_set() or self._stopping.is_set() or self._backup_waiting()
+
+        outcome: list[Any] = []
+        thread = threading.Thread(
+            target=lambda: outcome.append(offsite.run_sync(config, catalog, stop=stop)),
+            name="offsite-sync",
+            daemon=True,
+        )
+        thread.start()
+        asked: float | None = None
+        while True:
+            thread.join(0.5)
+            if not thread.is_alive():
+                return outcome[0] if outcome else None
+            if not stop():
+                asked = None
+                continue
+            asked = asked if asked is not None else time.monotonic()
+            if time.monotonic() - asked >= grace:
+                left_behind.set()
+                self._held_sync = thread
+                self._log.warning(
+                    "offsite.left_behind",
+                    reason="a request to the endpoint has not ended; the upload did not stop "
+                    f"within yield_within ({grace:.0f}s)",
+                    then="resumed after what is due, once that request ends",
+                )
+                if not self._stopping.is_set():
+                    self._retry_offsite(config)
+                return _LEFT_BEHIND
 
     def _retry_offsite(self, config: Config) -> None:
         section = config.settings.offsite
@@ -782,4 +833,12 @@ def run_daemon(config: Config, level: str) -> int:
     daemon = Daemon(config)
     journal = log.journal_socket() if journal_available() else None
     log.configure(sys.stdout, level, journal=journal, processors=[daemon.observe])
-    return daemon.run()
+    status = daemon.run()
+    if daemon._held_sync is not None and daemon._held_sync.is_alive():
+        # Python joins the upload's worker threads at exit, which would wait on the request
+        # that does not end: everything of ours is written; leave now, with our status
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+    return status
