@@ -241,3 +241,28 @@ def test_a_lie_in_the_last_manifest_does_not_spread_and_verify_finds_it(
     junk = next(f for f in manifest.files if f.path == "data/junk.bin")
     assert junk.sha256 != next(f for f in manifest.files if f.path == "meta/meta.db").sha256
     assert cli("verify", second, "--offsite", "--read-data", "100").returncode == 0
+
+
+def test_a_manifest_naming_another_backups_archive_does_not_move_it_aside(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    cli = Cli(write_config(tmp_path, sandbox, extra=offsite_section(moto)))
+    mine = cli.json("backup")
+    archive = Path(mine["archive"])
+    before = archive.read_bytes()
+    # another content under that name: before, the archive was moved aside for it
+    plant(
+        moto,
+        "host-a",
+        lambda raw: raw.__setitem__("sha256", "0" * 64),
+        source_id=mine["id"],
+        new_id=FORGED_ID,
+    )
+    done = cli("restore", FORGED_ID, "--from", "offsite", "--target", str(tmp_path / "look"))
+    assert done.returncode == 1, done.stderr
+    assert f"the archive of backup {mine['id']}; not fetched" in done.stderr
+    assert archive.read_bytes() == before
+    assert not list(archive.parent.glob("*.damaged-*"))
+    assert not (tmp_path / "look").exists()

@@ -415,6 +415,16 @@ def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRec
     for manifest in reversed(chain):
         record = record_of(manifest, storage)
         target = storage / manifest.name
+        owner = next(
+            (r for r in catalog.list() if r.archive == str(target) and r.id != manifest.id), None
+        )
+        if owner is not None:
+            # a manifest naming another backup's archive (planted, or a name reused): that
+            # archive is never moved aside for it
+            raise OffsiteError(
+                f"{offsite.bucket.where}: backup {manifest.id} would be fetched as {target}, "
+                f"the archive of backup {owner.id}; not fetched"
+            )
         if target.exists():
             if _intact(target, manifest.sha256):
                 if catalog.get(manifest.id) is None:
