@@ -19,6 +19,7 @@ from tests.faults.conftest import Ledger, Watched, one_line, run_cli
 from tests.integration.test_notify import Receiver
 from tests.system.test_daemon import daemon
 
+HUNG = ["sleep", "617"]  # what the hanging wrapper of the last test becomes
 FILLER = 1_500_000_000  # sparse: the copy (the stop window) lasts long enough to act in
 MARKER = "influxd-stopped.json"
 
@@ -383,3 +384,43 @@ def test_recovery_does_not_take_an_answer_from_another_process_for_influxd(
     assert sandbox.pids() and sandbox.ping(), "influxd itself runs again"
     assert not (tmp_path / "state" / MARKER).exists()
     assert ledger.settle() == (0, [])
+
+
+@pytest.mark.fault(
+    "no-start",
+    "influxd's command neither answers nor exits (a wrapper that hangs)",
+    "foreground backup",
+)
+def test_a_start_that_hangs_is_waited_for_never_started_a_second_time(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    """Before: each attempt ran the command again beside the one still running (a wrapper's
+    command line does not name influxdb.conf, so it was not found): one more process every
+    attempt, and two servers on the same files once they came up."""
+    import psutil
+
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    hang = tmp_path / "hang.sh"
+    # exec: the process then runs `sleep 617`, its command line no longer names influxdb.conf
+    hang.write_text("#!/bin/sh\nexec sleep 617\n")
+    hang.chmod(0o755)
+    config = write_config(
+        tmp_path,
+        sandbox,
+        influxd={"command": [str(hang), "-config", str(sandbox.conf)], "start_timeout": "2s"},
+    )
+    ledger.take()
+    backup = Watched(config, "backup")
+    try:
+        for attempt in (1, 2):
+            backup.wait_event("influxd.start_failed", timeout=180, attempt=attempt)
+        wrappers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == HUNG]
+        assert len(wrappers) == 1, [p.info["cmdline"] for p in wrappers]
+    finally:
+        backup.kill()
+        for proc in psutil.process_iter(["cmdline"]):
+            if proc.info["cmdline"] == HUNG:
+                proc.kill()
+        sandbox.start()  # influxd itself again, as the operator would
+    assert ledger.settle()[0] == 0

@@ -5,6 +5,7 @@ Through systemctl when it is a systemd unit, else through signals and a detached
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -136,6 +137,9 @@ class Influxd:
         self.config = config
         self.section = config.settings.influxd
         self._proc: psutil.Process | None = None
+        # the last process start() ran: a wrapper whose command line does not name our
+        # influxdb.conf is not found by locate(), and must not be started a second time
+        self._started: psutil.Process | None = None
 
     # -- finding it -------------------------------------------------------
     def locate(self) -> psutil.Process | None:
@@ -417,6 +421,8 @@ class Influxd:
                 log_file.close()
         if self.section.pidfile is not None:
             _write_pidfile(self.section.pidfile, child.pid)
+        with contextlib.suppress(psutil.Error):
+            self._started = psutil.Process(child.pid)
         self.wait_ready(timeout, child)
         self._remember(child.pid)
 
@@ -464,7 +470,7 @@ class Influxd:
                     time.sleep(wait)
 
     def _start_once(self, log_path: Path | None) -> None:
-        proc = self.locate()
+        proc = self.locate() or self._still_starting()
         if proc is not None:
             if _frozen(proc):
                 raise StartFailed(self.describe_down(proc))
@@ -474,6 +480,16 @@ class Influxd:
             if self._answers_or_exits(proc, max(self.section.stop_timeout, 35.0)):
                 return
         self.start(log_path=log_path)
+
+    def _still_starting(self) -> psutil.Process | None:
+        """What an earlier start() of ours ran, if it neither answered nor exited."""
+        proc = self._started
+        try:
+            if proc is not None and proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                return proc
+        except psutil.Error:
+            pass
+        return None
 
     def _answers_or_exits(self, proc: psutil.Process, timeout: float) -> bool:
         """True once proc answers; False once it is gone; StartFailed when neither happens."""
