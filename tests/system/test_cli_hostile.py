@@ -252,3 +252,18 @@ def test_a_storage_dir_that_is_a_symlink_to_nowhere_is_a_config_error(
         done = run(["-c", str(config), *argv])
         assert done.returncode == EXIT_CONFIG, (argv, done.stderr)
         assert "storage.dir: " in one_line(done) and "leads nowhere" in one_line(done)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '[["a"]]', "{", "null"])
+def test_a_damaged_prune_pending_list_is_set_aside_not_a_traceback(
+    tmp_path: Path, text: str
+) -> None:
+    config = serverless_config(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "prune-pending.json").write_text(text)
+    done = run(["-c", str(config), "prune"])
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr
+    assert "prune.pending_list_damaged" in done.stderr
+    [aside] = (tmp_path / "state").glob("prune-pending.json.damaged-*")
+    assert aside.read_text() == text

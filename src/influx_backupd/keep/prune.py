@@ -10,6 +10,7 @@ run is writing while we look, and every staging or scratch dir we find belongs t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -404,9 +405,26 @@ class _Pending:
     def read(self) -> list[tuple[str, str]]:
         try:
             data = loads_json(self.path.read_text())
-        except (OSError, ValueError):
+            if isinstance(data, list) and all(
+                isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e)
+                for e in data
+            ):
+                return [(r, p) for r, p in data]
+        except FileNotFoundError:
             return []
-        return [(str(r), str(p)) for r, p in data] if isinstance(data, list) else []
+        except (OSError, ValueError, UnicodeDecodeError):
+            pass
+        # Damaged: which files it named cannot be known. Set aside for the operator (never
+        # written over, which would lose them silently), said once; the list starts again.
+        aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+        with contextlib.suppress(OSError):
+            self.path.rename(aside)
+            log.get(action="prune").warning(
+                "prune.pending_list_damaged",
+                moved_to=str(aside),
+                detail="files a killed prune meant to remove may be left; see the list by hand",
+            )
+        return []
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
