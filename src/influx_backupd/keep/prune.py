@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,12 @@ def _files_of(config: Config, record: RunRecord) -> list[Path]:
     return found
 
 
+def _named_paths(records: Iterable[RunRecord]) -> set[Path]:
+    """The archives these records name, and the records beside them."""
+    archives = {Path(r.archive) for r in records if r.archive}
+    return archives | {sidecar_of(p) for p in archives}
+
+
 def _ours_alone(
     config: Config,
     catalog: Catalog,
@@ -109,8 +116,7 @@ def _ours_alone(
     A record may come from outside (a sidecar, a bucket's manifest): the path it names is not
     trusted to be its own. The others stay where they are, said in an error."""
     storage = config.storage_dir.resolve()
-    others = {Path(r.archive) for r in catalog.list() if r.archive and r.id != record.id}
-    others |= {sidecar_of(p) for p in others}
+    others = _named_paths(r for r in catalog.list() if r.id != record.id)
     kept: list[Path] = []
     for path in paths:
         where = path.parent.resolve() / path.name  # the last element itself is what goes
@@ -271,8 +277,7 @@ def _finish_pending(config: Config, catalog: Catalog, report: PruneReport, dry_r
         return
     records = catalog.list()
     run_ids = {r.id for r in records}
-    named = {Path(r.archive) for r in records if r.archive}
-    named |= {sidecar_of(p) for p in named}
+    named = _named_paths(records)
     still: list[tuple[str, str]] = []
     for run_id, name in entries:
         path = Path(name)

@@ -412,13 +412,12 @@ def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRec
     storage = config.storage_dir
     storage.mkdir(parents=True, exist_ok=True, mode=0o700)
     fetched: list[RunRecord] = []
+    owners = {r.archive: r for r in catalog.list() if r.archive}
     for manifest in reversed(chain):
         record = record_of(manifest, storage)
         target = storage / manifest.name
-        owner = next(
-            (r for r in catalog.list() if r.archive == str(target) and r.id != manifest.id), None
-        )
-        if owner is not None:
+        owner = owners.get(str(target))
+        if owner is not None and owner.id != manifest.id:
             # a manifest naming another backup's archive (planted, or a name reused): that
             # archive is never moved aside for it
             raise OffsiteError(
