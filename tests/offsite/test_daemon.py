@@ -148,3 +148,32 @@ def test_an_endpoint_that_never_finishes_an_answer_does_not_hold_the_backups(
         assert sandbox.ping()
     finally:
         trickle.close()
+
+
+def test_a_stalled_request_is_left_behind_after_stall_after_even_with_nothing_due(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """yield_within only counts while a backup waits; a request that moves nothing for
+    stall_after is left behind on its own, and the retry is scheduled (before: the upload held
+    the sync, and `status` showed it uploading, for as long as the endpoint dripped)."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    trickle = Trickle()
+    try:
+        down = Endpoint("moto", trickle.url, "held", _credentials(tmp_path))
+        jobs = [{"name": "daily", "every": "1d", "mode": "cold", "copy": "direct"}]
+        section = offsite_section(
+            down, retries=1, yield_within="1h", stall_after="3s", retry_after="1h"
+        )
+        config = write_config(tmp_path, sandbox, jobs=jobs, extra=section)
+        # a backup the bucket lacks (its own off-site step gives up on the stall): the
+        # daemon sends it at start, with no backup due for a day
+        assert Cli(config)("backup", timeout=90).returncode == 0
+        with daemon(tmp_path, config) as d:
+            left = d.wait_event("offsite.left_behind", timeout=60)
+            assert "stall_after" in left["reason"], left
+            d.wait_event("offsite.retry_scheduled", timeout=30)
+            assert d.stop() == 0
+        assert sandbox.ping()
+    finally:
+        trickle.close()

@@ -117,6 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status = _main(argv)
         sys.stdout.flush()  # here, not at exit, where a closed pipe would print a traceback
+        offsite_run = sys.modules.get("influx_backupd.run.offsite")  # loaded only if used
+        if offsite_run is not None and offsite_run.left_behind():
+            # a stalled request's thread is held: Python would join the upload's pool
+            # threads at exit, as long as that request lasts; all of ours is written
+            sys.stderr.flush()
+            os._exit(status)
     except BrokenPipeError:
         # The reader went away (`list | head`): stop quietly, as coreutils do.
         with contextlib.suppress(OSError):

@@ -28,7 +28,7 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
     _configured(config)
     with exclusive(config) as catalog:
         try:
-            report = offsite.sync(config, catalog)
+            report = offsite.watched(config, lambda: offsite.sync(config, catalog))
         except OffsiteError as exc:
             offsite.tell_failed(config, catalog, str(exc))
             _metrics(config, catalog)
@@ -68,7 +68,10 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     store = offsite.open_offsite(config)
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
-    for _, manifest in store.readable(store.manifests(job=args.job), skipped):
+    found = offsite.watched(
+        config, lambda: list(store.readable(store.manifests(job=args.job), skipped))
+    )
+    for _, manifest in found:
         rows.append(
             {
                 "id": manifest.id,
@@ -115,7 +118,9 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     store = offsite.open_offsite(config)
     started = time.monotonic()
     try:
-        result = store.verify(args.backup, read_percent=args.read_data or 0.0)
+        result = offsite.watched(
+            config, lambda: store.verify(args.backup, read_percent=args.read_data or 0.0)
+        )
     except NoSuchBackup as exc:  # BACKUP names nothing: a usage error, as for local backups
         raise UsageError(str(exc)) from None
     if args.json:
@@ -142,8 +147,13 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
         known = {r.id for r in catalog.list()}
         new = []
         skipped: dict[str, str] = {}
-        fresh = [ref for ref in store.manifests() if ref.id not in known]
-        for _, manifest in store.readable(fresh, skipped):
+        found = offsite.watched(
+            config,
+            lambda: list(
+                store.readable([ref for ref in store.manifests() if ref.id not in known], skipped)
+            ),
+        )
+        for _, manifest in found:
             record = offsite.record_of(manifest, config.storage_dir)
             record.extra = {**record.extra, "offsite_only": True}
             new.append(record)
@@ -171,7 +181,9 @@ def fetch_for_restore(config: Config, backup_id: str) -> None:
     _configured(config)
     with exclusive(config) as catalog:
         try:
-            fetched = offsite.fetch_chain(config, catalog, backup_id)
+            fetched = offsite.watched(
+                config, lambda: offsite.fetch_chain(config, catalog, backup_id)
+            )
         except NoSuchBackup as exc:  # BACKUP names nothing in the bucket: a usage error
             raise UsageError(str(exc)) from None
         for record in fetched:
@@ -182,7 +194,11 @@ def after_backup(config: Config) -> None:
     """`backup` with [offsite]: the new backup off-site now (cron users have no daemon to do
     it). A failure is one line here, the hooks and the metrics; the backup stays ok."""
     with exclusive(config) as catalog:
-        report = offsite.run_sync(config, catalog)
+        try:
+            report = offsite.watched(config, lambda: offsite.run_sync(config, catalog))
+        except OffsiteError as exc:  # a stalled request (run_sync tells every other failure)
+            offsite.tell_failed(config, catalog, str(exc))
+            report = None
         _metrics(config, catalog)
     if report is None:
         state = offsite.State.load(config.state_dir)

@@ -561,21 +561,29 @@ class Daemon:
         )
         thread.start()
         asked: float | None = None
+        stall_after = section.stall_after if section is not None else 300.0
         while True:
             thread.join(0.5)
             if not thread.is_alive():
                 return outcome[0] if outcome else None
-            if not stop():
+            stalled = offsite.stalled_for() >= stall_after
+            if not stop() and not stalled:
                 asked = None
                 continue
             asked = asked if asked is not None else time.monotonic()
-            if time.monotonic() - asked >= grace:
+            if stalled or time.monotonic() - asked >= grace:
                 left_behind.set()
                 self._held_sync = thread
+                reason = (
+                    f"a request to the endpoint has moved no byte for stall_after "
+                    f"({stall_after:.0f}s)"
+                    if stalled
+                    else "a request to the endpoint has not ended; the upload did not stop "
+                    f"within yield_within ({grace:.0f}s)"
+                )
                 self._log.warning(
                     "offsite.left_behind",
-                    reason="a request to the endpoint has not ended; the upload did not stop "
-                    f"within yield_within ({grace:.0f}s)",
+                    reason=reason,
                     then="resumed after what is due, once that request ends",
                 )
                 if not self._stopping.is_set():

@@ -47,6 +47,61 @@ _REFUSED = {
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 
 
+class Activity:
+    """When each thread's request to the endpoint last moved: an attempt began, or body bytes
+    went out or came in. botocore's read timeout bounds one wait for a byte, so an endpoint
+    that answers a byte at a time holds a request for ever; this is what notices it (one
+    registry for the process: every Bucket reports here, whoever watches reads it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: dict[int, float] = {}
+
+    def begin(self, **_: Any) -> None:
+        with self._lock:
+            self._since[threading.get_ident()] = time.monotonic()
+
+    def moved(self) -> None:
+        me = threading.get_ident()
+        with self._lock:
+            if me in self._since:
+                self._since[me] = time.monotonic()
+
+    def end(self, **_: Any) -> None:  # also botocore's needs-retry handler: must return None
+        with self._lock:
+            self._since.pop(threading.get_ident(), None)
+
+    def stalled_for(self) -> float:
+        """Seconds the longest-still request has moved nothing; 0 with none in flight."""
+        now = time.monotonic()
+        with self._lock:
+            return max((now - t for t in self._since.values()), default=0.0)
+
+
+ACTIVITY = Activity()
+
+
+class _Reading:
+    """A response body whose every read is a request in flight for ACTIVITY (a download that
+    trickles stalls as an upload's answer does)."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def read(self, n: int = -1) -> bytes:
+        ACTIVITY.begin()
+        try:
+            return bytes(self._body.read(n))
+        finally:
+            ACTIVITY.end()
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._body.close()
+
+
 def _boto() -> tuple[Any, Any, Any]:
     try:
         import boto3
@@ -79,7 +134,8 @@ class RateLimit:
 
 
 class _Body:
-    """Bytes to send, read through the rate limit; seekable so a retry can rewind it."""
+    """Bytes to send, read through the rate limit; seekable so a retry can rewind it. Each
+    read is movement for ACTIVITY: a part that goes out slowly has not stalled."""
 
     def __init__(self, data: bytes | memoryview, limit: RateLimit | None) -> None:
         self._data, self._pos, self._limit = memoryview(data), 0, limit
@@ -90,6 +146,7 @@ class _Body:
         self._pos = end
         if self._limit is not None and chunk:
             self._limit.take(len(chunk))
+        ACTIVITY.moved()
         return chunk
 
     def seek(self, pos: int, whence: int = 0) -> int:
@@ -139,14 +196,18 @@ def _credentials(settings: OffsiteSettings) -> dict[str, str]:
         raise OffsiteError(f"credentials_file {path} {exc}") from None
 
 
+def where_of(settings: OffsiteSettings) -> str:
+    """The bucket as errors name it (the endpoint URL holds no secret: refused at load)."""
+    at = f" at {settings.endpoint_url}" if settings.endpoint_url else ""
+    return f"s3://{settings.bucket}/{settings.prefix}{at}"
+
+
 class Bucket:
     def __init__(self, settings: OffsiteSettings, *, on_sent: Callable[[int], None] | None = None):
         boto3, config, self._exc = _boto()
         self.settings = settings
         self.name = settings.bucket
-        self.where = f"s3://{settings.bucket}/{settings.prefix}" + (
-            f" at {settings.endpoint_url}" if settings.endpoint_url else ""
-        )
+        self.where = where_of(settings)
         creds = _credentials(settings)
         self._secrets = [v for k, v in creds.items() if k != "aws_access_key_id"]
         session = boto3.session.Session(
@@ -178,6 +239,10 @@ class Bucket:
         # rclone answers an empty body's Expect: 100-continue with its final response, then
         # once more: the next request on that connection waits for its read timeout
         self.client.meta.events.register_last("before-call.s3", _no_continue_when_empty)
+        # each attempt (a retry is a new one) is a request in flight until botocore decides
+        # whether to retry it
+        self.client.meta.events.register("before-send.s3", ACTIVITY.begin)
+        self.client.meta.events.register("needs-retry.s3", ACTIVITY.end)
         self.limit = RateLimit(settings.max_rate) if settings.max_rate else None
         self.on_sent = on_sent
 
@@ -285,14 +350,15 @@ class Bucket:
         return True
 
     def get_bytes(self, key: str) -> bytes:
-        body = self.call(f"get {key}", self.client.get_object, Bucket=self.name, Key=key)["Body"]
+        body = self.get_stream(key)
         try:
             return bytes(body.read())
         except Exception as exc:
             raise self.error(exc, f"get {key}") from None
 
     def get_stream(self, key: str) -> Any:
-        return self.call(f"get {key}", self.client.get_object, Bucket=self.name, Key=key)["Body"]
+        body = self.call(f"get {key}", self.client.get_object, Bucket=self.name, Key=key)["Body"]
+        return _Reading(body)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -308,9 +374,9 @@ class Bucket:
         return extra
 
     def _body(self, data: bytes | memoryview) -> Any:
-        """bytes as they are, or through the rate limit when there is one."""
-        if self.limit is None or not data:
-            return bytes(data)
+        """Read in pieces (each one movement for ACTIVITY), through the rate limit if any."""
+        if not data:
+            return b""
         return _Body(data, self.limit)
 
     def _sent(self, n: int) -> None:

@@ -16,6 +16,10 @@ class Unreachable(OffsiteError):
     """The endpoint does not answer (closed port, DNS, timeouts after retries)."""
 
 
+class Stalled(Unreachable):
+    """A request moved no byte for [offsite] stall_after: given up, left to end on its own."""
+
+
 class Refused(OffsiteError):
     """The store refused the credentials or the request (403, bad key, bad signature)."""
 

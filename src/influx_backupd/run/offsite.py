@@ -16,17 +16,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.keep.retention import RetentionPolicy, plan
-from influx_backupd.offsite.errors import Damaged, NoSuchBackup, OffsiteError
+from influx_backupd.offsite.bucket import ACTIVITY, where_of
+from influx_backupd.offsite.errors import Damaged, NoSuchBackup, OffsiteError, Stalled
 from influx_backupd.offsite.files import Known, scan_dir, scan_tar
 from influx_backupd.offsite.manifest import Manifest
 from influx_backupd.offsite.repo import Backup, Offsite, PruneResult, SendResult
@@ -42,6 +44,65 @@ STATE_FILE = "offsite.json"
 RECHECK_AFTER = 24 * 3600.0
 KEY_FILE = "offsite-name.key"
 CACHE_DIR = "offsite-manifests"  # manifests as read from the bucket, for list, import, prune
+
+
+T = TypeVar("T")
+_LEFT: list[threading.Thread] = []  # watched() work given up on a stalled request
+
+
+def watched(config: Config, work: Callable[[], T]) -> T:
+    """work() (requests to the bucket) in a thread of its own, given up with Stalled when a
+    request has moved no byte for [offsite] stall_after. The thread is left to end with its
+    request (it does nothing after; see left_behind()); the caller goes on, under its signals."""
+    section = config.settings.offsite
+    limit = section.stall_after if section is not None else 300.0
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # handed to the caller's thread as it is
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="offsite", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.25)
+        stalled = stalled_for()
+        if thread.is_alive() and stalled >= limit:
+            _LEFT.append(thread)
+            where = where_of(section) if section is not None else "the bucket"
+            line = (
+                f"{where}: a request has moved no byte for {stalled:.0f}s (stall_after "
+                f"{limit:.0f}s): the endpoint stalls; given up"
+            )
+            _note_failure(config, line)
+            raise Stalled(line)
+    ok, value = outcome[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
+
+
+def stalled_for() -> float:
+    """How long the stillest request to the endpoint has moved nothing (0: none in flight)."""
+    return ACTIVITY.stalled_for()
+
+
+def left_behind() -> bool:
+    """A watched() thread still waits on its request: Python would join the upload's pool
+    threads at exit (waiting as long as that request does), so the process must leave with
+    os._exit once everything of its own is written."""
+    return any(t.is_alive() for t in _LEFT)
+
+
+def _note_failure(config: Config, line: str) -> None:
+    """What sync() records on a failure, for status and the metrics (its own thread, which
+    would, is held)."""
+    with contextlib.suppress(OSError):
+        state = State.load(config.state_dir)
+        state.last_error, state.last_error_at = line, time.time()
+        state.save(config.state_dir)
 
 
 def enabled(config: Config) -> bool:

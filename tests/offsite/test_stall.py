@@ -1,0 +1,187 @@
+"""A one-shot command on an endpoint that stalls: a request that moves no byte for
+[offsite] stall_after is given up with one line, and the process ends (before: `offsite sync`,
+`backup`'s off-site step, `verify --offsite`, `restore --from offsite` waited as long as the
+request did — for ever on an endpoint that answers a byte at a time, as botocore's read
+timeout restarts with each byte)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import Cli, write_config
+from tests.offsite.conftest import Endpoint
+from tests.offsite.helpers import offsite_section
+
+
+class StallingProxy:
+    """Passes requests on to moto, except those `stalls(method, path)` picks: those get a
+    status line and headers, then one byte every 2 s, for ever."""
+
+    def __init__(self, upstream: str, stalls: Callable[[str, str], bool]) -> None:
+        self.upstream = urlsplit(upstream)
+        self.stalls = stalls
+        self.stalled: list[str] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(32)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                reader = conn.makefile("rb")
+                line = reader.readline().decode()
+                if not line:
+                    return
+                method, path, _ = line.split(" ", 2)
+                headers: dict[str, str] = {}
+                while (h := reader.readline().decode()) not in ("\r\n", "\n", ""):
+                    k, v = h.split(":", 1)
+                    headers[k.strip()] = v.strip()
+                if self.stalls(method, path):
+                    self.stalled.append(f"{method} {path}")
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                    while not self.closed.wait(2.0):
+                        conn.sendall(b"<")
+                    return
+                if headers.pop("Expect", "").lower() == "100-continue":
+                    conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                body = reader.read(int(headers.get("Content-Length", "0") or 0))
+                up = http.client.HTTPConnection(
+                    self.upstream.hostname, self.upstream.port, timeout=30
+                )
+                up.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+                for k, v in headers.items():
+                    up.putheader(k, v)
+                up.endheaders(body or None)
+                answer = up.getresponse()
+                data = answer.read()
+                head = [f"HTTP/1.1 {answer.status} {answer.reason}"]
+                for k, v in answer.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        head.append(f"{k}: {v}")
+                head += [f"Content-Length: {len(data)}", "Connection: close"]
+                conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+                up.close()
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.closed.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def proxy_for(moto: Endpoint) -> Iterator[Callable[[Callable[[str, str], bool]], StallingProxy]]:
+    made: list[StallingProxy] = []
+
+    def make(stalls: Callable[[str, str], bool]) -> StallingProxy:
+        made.append(StallingProxy(moto.url, stalls))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def _objects(method: str) -> Callable[[str, str], bool]:
+    return lambda m, path: m == method and "/objects/" in path
+
+
+def _config(tmp_path: Path, sandbox: Sandbox, endpoint: Endpoint, url: str) -> Path:
+    section = offsite_section(endpoint, endpoint_url=url, retries=1, stall_after="3s")
+    return write_config(tmp_path, sandbox, extra=section)
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("influx-backupd:")]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert lines, stderr[-3000:]
+    return lines[-1]
+
+
+def test_offsite_sync_gives_up_a_stalled_upload_and_ends(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint, proxy_for: Callable[..., StallingProxy]
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    proxy = proxy_for(_objects("PUT"))
+    cli = Cli(_config(tmp_path, sandbox, moto, proxy.url))
+    # the backup's own off-site step meets the stall first: the backup stays ok
+    started = time.monotonic()
+    backup = cli("backup", "--json", timeout=90)
+    took = time.monotonic() - started
+    assert backup.returncode == 0, backup.stderr[-3000:]
+    assert json.loads(backup.stdout)["status"] == "ok"
+    line = _one_line(backup.stderr)
+    assert "stalls" in line and "the local backup is kept" in line, line
+    assert proxy.stalled, "the upload reached the stalling endpoint"
+    assert took < 60, f"backup took {took:.0f}s on a stalled endpoint"
+    assert sandbox.ping()
+
+    started = time.monotonic()
+    sync = cli("offsite", "sync", timeout=90)
+    took = time.monotonic() - started
+    assert sync.returncode == 1, sync.stderr[-3000:]
+    line = _one_line(sync.stderr)
+    assert "moved no byte" in line and proxy.url in line, line
+    assert took < 60, f"offsite sync took {took:.0f}s on a stalled endpoint"
+    status = cli.json("status")
+    assert "moved no byte" in (status["offsite"]["last_error"] or ""), status["offsite"]
+    assert status["offsite"]["not_offsite"], "the backup is not counted as off-site"
+
+
+def test_reading_back_a_stalled_download_gives_up_and_touches_nothing(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint, proxy_for: Callable[..., StallingProxy]
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    config = _config(tmp_path, sandbox, moto, moto.url)
+    cli = Cli(config)
+    record = cli.json("backup")
+    assert record["status"] == "ok" and cli.json("list", "--offsite"), "sent through moto"
+    proxy = proxy_for(_objects("GET"))
+    config.write_text(config.read_text().replace(moto.url, proxy.url))
+
+    for argv in (("verify", record["id"], "--offsite", "--read-data", "100"),):
+        started = time.monotonic()
+        done = cli(*argv, timeout=90)
+        took = time.monotonic() - started
+        assert done.returncode == 1, (argv, done.stderr[-3000:])
+        assert "moved no byte" in _one_line(done.stderr), argv
+        assert took < 60, f"{argv} took {took:.0f}s"
+
+    # restore from the bucket: the fetch gives up before influxd is touched
+    archive = Path(record["archive"])
+    archive.unlink()
+    before = sandbox.pids()
+    started = time.monotonic()
+    done = cli("restore", record["id"], "--from", "offsite", "--yes", timeout=90)
+    took = time.monotonic() - started
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "moved no byte" in _one_line(done.stderr)
+    assert took < 60, f"restore --from offsite took {took:.0f}s"
+    assert sandbox.ping(), "influxd was never stopped"
+    assert sandbox.pids() == before
+    assert not archive.exists(), "no half-fetched archive under the backup's name"
+    assert proxy.stalled
