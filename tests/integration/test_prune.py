@@ -146,7 +146,7 @@ def test_a_plan_that_would_delete_the_newest_good_backup_is_refused(
     assert len(catalog.list()) == 2 and all(Path(r.archive or "").exists() for r in records)
 
 
-def test_a_backup_that_failed_verification_is_not_the_one_kept(tmp_path: Path) -> None:
+def test_a_backup_that_failed_verification_is_not_counted_and_goes_once_superseded(tmp_path: Path) -> None:
     config = load(_config(tmp_path, keep_last=1))
     config.storage_dir.mkdir(parents=True)
     catalog = Catalog(config.state_dir)
@@ -156,8 +156,15 @@ def test_a_backup_that_failed_verification_is_not_the_one_kept(tmp_path: Path) -
     catalog.save(good)
     catalog.save(bad)
     report = prune_module.prune(config, catalog)
-    assert [k["id"] for k in report.kept] == [good.id]
-    assert [r.id for r in catalog.list()] == [good.id]
+    kept = {k["id"]: k["reasons"] for k in report.kept}
+    assert kept[good.id] == ["newest ok", "last 1/1"], "the rules count the good one"
+    # the failed one is newer than every good backup kept: its check may have failed for a
+    # reason outside it, and it may hold the newest data; kept until superseded
+    assert kept[bad.id] == ["its check failed: kept until the good backups kept are all newer"]
+    newer = _record("20200103T000000Z-0003", 300.0, config.storage_dir / "newer.tar")
+    catalog.save(newer)
+    report = prune_module.prune(config, catalog)
+    assert [r.id for r in catalog.list()] == [newer.id]
 
 
 def test_without_keep_rules_failures_stay_listed_but_their_files_go(tmp_path: Path) -> None:

@@ -174,7 +174,12 @@ def _hot(
         raise HotFailed(f"hot.unavailable: snapshot service at {host}: {reason}")
 
     plan = plan_link(
-        history, full_every=job.full_every, now=record.started_at, flavour=flavour, host=host
+        history,
+        full_every=job.full_every,
+        now=record.started_at,
+        flavour=flavour,
+        host=host,
+        storage_dir=config.storage_dir,
     )
     record.kind = plan.kind
     record.chain_id = plan.chain_id or record.id

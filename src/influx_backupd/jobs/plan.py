@@ -46,9 +46,13 @@ def plan_link(
     now: float,
     flavour: Flavour,
     host: str,
+    storage_dir: Path | None = None,
     exists: Callable[[Path], bool] = os.path.exists,
 ) -> LinkPlan:
-    """Full or incremental, from this job's earlier runs (any order)."""
+    """Full or incremental, from this job's earlier runs (any order). A chain is extended only
+    while every link is there, good (no failed check: retention keeps such a link, but an
+    increment on it would restore only as well as it does) and in storage_dir (a chain split
+    across two dirs cannot be restored from the new one alone)."""
     hot = sorted((r for r in history if r.mode == "hot"), key=lambda r: (r.started_at, r.id))
     if not hot:
         return LinkPlan("full", None, None, None, "first hot run of this job")
@@ -70,6 +74,12 @@ def plan_link(
     for link in links:
         if not link.archive or not exists(Path(link.archive)):
             return LinkPlan("full", None, None, None, f"link {link.id} is missing on disk")
+        if link.failed_check:
+            return LinkPlan("full", None, None, None, f"link {link.id} failed its last check")
+        if storage_dir is not None and not _within(Path(link.archive), storage_dir):
+            return LinkPlan(
+                "full", None, None, None, f"link {link.id} is not in storage.dir {storage_dir}"
+            )
     if now - links[0].started_at >= full_every:
         return LinkPlan("full", None, None, None, "full_every has passed since the chain's full")
     added = sum(link.bytes for link in links[1:])
@@ -89,6 +99,11 @@ def plan_link(
         )
     since = rfc3339(since_anchor(last)) if flavour == "portable" else None
     return LinkPlan("incremental", last.chain_id, last, since, f"extends chain {last.chain_id}")
+
+
+def _within(archive: Path, storage_dir: Path) -> bool:
+    """The archive lies in storage_dir (under whichever path names it: a symlink is not a move)."""
+    return archive.parent == storage_dir or archive.parent.resolve() == storage_dir.resolve()
 
 
 def since_anchor(link: RunRecord) -> float:

@@ -71,13 +71,6 @@ def policy_of(job: JobSection) -> RetentionPolicy:
     )
 
 
-def _as_planned(record: RunRecord) -> RunRecord:
-    # A backup that failed verification is no good backup: it never counts as kept.
-    if record.failed_check:
-        return dataclasses.replace(record, status="failed")
-    return record
-
-
 def _files_of(config: Config, record: RunRecord) -> list[Path]:
     """The archive, and for a run that died before recording it, the names it would have used."""
     paths: list[Path] = []
@@ -176,7 +169,7 @@ def _prune_job(
     logger = log.get(action="prune", job=job.name, dry_run=dry_run)
     records = catalog.list(job=job.name)
     by_id = {r.id: r for r in records}
-    result = plan([_as_planned(r) for r in records], policy_of(job), now=now)
+    result = plan(records, policy_of(job), now=now)
 
     # Belt and braces: whatever retention.plan says, the newest good backup stays.
     goods = sorted((r for r in records if r.good), key=lambda r: (r.started_at, r.id))

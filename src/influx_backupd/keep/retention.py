@@ -16,7 +16,13 @@ the hot job never extends a chain whose tail was deleted.
 Statuses: "running" is never touched (a backup may be in flight) and keeps its
 chain too, since an increment being written depends on it; "failed" and
 "interrupted" are always deleted (their leftovers are cleaned), even inside a
-kept chain; only "ok" counts toward any rule.
+kept chain; only good backups ("ok", no failed check since) count toward any rule.
+
+A backup whose check failed since is no good backup, but it is not deleted for that: the
+check may have failed for a reason outside it (a storage mount that was down, a throwaway
+influxd that would not start) and it may hold the newest data there is. It is kept until the
+good backups the rules keep are all newer than it (with no rule, for ever), and a kept chain
+keeps it like any member.
 """
 
 from __future__ import annotations
@@ -123,7 +129,8 @@ def plan(records: Sequence[RunRecord], policy: RetentionPolicy, *, now: float) -
     """
     del now
     ordered = _newest_first(records)
-    oks = [r for r in ordered if r.status == "ok"]
+    oks = [r for r in ordered if r.good]  # what the rules count
+    checked_bad = [r for r in ordered if r.failed_check]
     members = {r.id: r for r in ordered if r.status in ("ok", "running")}
     reasons: dict[str, list[str]] = {}
 
@@ -131,8 +138,9 @@ def plan(records: Sequence[RunRecord], policy: RetentionPolicy, *, now: float) -
         reasons.setdefault(record.id, []).append(why)
 
     if not policy.has_rules:
-        for r in oks:
-            mark(r, "no retention rule set")
+        for r in ordered:
+            if r.ok:
+                mark(r, "no retention rule set")
     else:
         if oks:
             mark(oks[0], "newest ok")
@@ -154,6 +162,10 @@ def plan(records: Sequence[RunRecord], policy: RetentionPolicy, *, now: float) -
     for r in ordered:
         if r.status == "running":
             mark(r, "running")
+    kept_good = [r.started_at for r in oks if r.id in reasons]
+    for r in checked_bad:
+        if r.id not in reasons and (not kept_good or r.started_at >= min(kept_good)):
+            mark(r, "its check failed: kept until the good backups kept are all newer")
 
     # Whole chains: the newest anchoring member names the reason.
     keys = {rid: chain_key(r, members) for rid, r in members.items()}
@@ -161,9 +173,9 @@ def plan(records: Sequence[RunRecord], policy: RetentionPolicy, *, now: float) -
     for r in ordered:
         if r.id in reasons and r.id in keys:
             anchors.setdefault(keys[r.id], r.id)
-    for r in oks:
-        key = keys[r.id]
-        if r.id not in reasons and key in anchors:
+    for r in ordered:
+        key = keys.get(r.id)
+        if r.ok and r.id not in reasons and key in anchors:
             mark(r, f"chain {key} (kept with {anchors[key]})")
 
     result = RetentionPlan(reasons=reasons)

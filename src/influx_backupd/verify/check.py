@@ -38,6 +38,7 @@ from influx_backupd.store.archive import (
 )
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import (
+    chain_for,
     is_increment_09,
     lookup,
     read_sidecar,
@@ -112,6 +113,8 @@ def verify(
         _verify_tar(
             config, archive, record, result, deep=deep, restore_test=restore_test, catalog=catalog
         )
+    if record is not None and record.kind == "incremental" and archive.exists():
+        _verify_chain(config, record, result, catalog)
     result.seconds = round(time.monotonic() - started, 3)
     event = logger.info if result.ok else logger.error
     event(
@@ -123,6 +126,37 @@ def verify(
         seconds=result.seconds,
     )
     return result
+
+
+def _verify_chain(
+    config: Config, record: RunRecord, result: VerifyResult, catalog: Catalog | None
+) -> None:
+    """An increment restores only on top of its earlier links: each one in the catalog, ok,
+    its archive there, and not failed its own last check (before: `verify TIP` said ok with a
+    link gone, and a restore of it was then refused)."""
+    if catalog is None:
+        if not config.state_dir.is_dir():
+            return  # no catalog here (a backup verified by path on another host)
+        catalog = Catalog(config.state_dir)
+    try:
+        links = chain_for(catalog, record)
+    except RestoreRefused as exc:
+        result.fail("chain", str(exc))
+        return
+    for link in links[:-1]:
+        if not Path(str(link.archive)).exists():
+            result.fail(
+                "chain", f"link {link.id} of chain {record.chain_id}: {link.archive} is missing"
+            )
+            return
+        if link.failed_check:
+            result.fail(
+                "chain",
+                f"link {link.id} of chain {record.chain_id} failed its last check "
+                f"({link.verify_detail or 'see verify ' + link.id})",
+            )
+            return
+    result.checks["chain"] = f"ok ({len(links)} links)"
 
 
 def _verify_tar(

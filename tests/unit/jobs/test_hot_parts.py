@@ -514,3 +514,22 @@ def test_portable_meta_databases_names_every_database_of_the_meta_store() -> Non
         portable_meta_databases(b"\x10\x01")  # no meta store
     with pytest.raises(ValueError):
         portable_meta_databases(_field(1, store)[:-3])  # cut short
+
+
+def test_a_chain_is_not_extended_on_a_link_that_failed_its_check_or_left_storage_dir(
+    tmp_path: Path,
+) -> None:
+    """Before: an increment went onto a full whose check had failed (it restores only as well
+    as its full does), and onto a chain whose links stayed in the old storage.dir (the new dir
+    alone could not restore it)."""
+    full = _rec("a", 0.0, archive=str(tmp_path / "old" / "hot-a"))
+    inc = _rec(
+        "b", DAY, "incremental", chain="a", parent="a", archive=str(tmp_path / "old" / "hot-b")
+    )
+    same = _plan([full, inc], storage_dir=tmp_path / "old")
+    assert same.kind == "incremental"  # type: ignore[attr-defined]
+    moved = _plan([full, inc], storage_dir=tmp_path / "new")
+    assert moved.kind == "full" and "not in storage.dir" in moved.why  # type: ignore[attr-defined]
+    full.verify_status = "failed"
+    bad = _plan([full, inc], storage_dir=tmp_path / "old")
+    assert bad.kind == "full" and "a failed its last check" in bad.why  # type: ignore[attr-defined]

@@ -515,3 +515,43 @@ def test_property_nothing_kept_without_a_rule_or_chain(
             expected |= {first_of[k] for k in sorted(first_of, reverse=True)[:n]}
     expected |= {r.id for r in colds if r.status == "running"}
     assert set(ids(p.keep)) == expected
+
+
+# --- backups whose check failed since ---------------------------------------------------------
+
+
+def checked_bad(record: RunRecord) -> RunRecord:
+    record.verify_status = "failed"
+    return record
+
+
+def test_a_failed_check_alone_deletes_nothing() -> None:
+    """Every backup's check failed (a storage mount that was down during verify): before, the
+    next prune deleted them all, the newest included, with or without rules."""
+    records = [checked_bad(cold(f"C{i}", f"2026-11-2{i} 00:00")) for i in range(1, 5)]
+    for policy in ({}, {"keep_last": 1}, {"keep_daily": 2, "keep_weekly": 1}):
+        p = run(records, **policy)
+        assert p.delete == [], policy
+
+
+def test_a_failed_check_is_kept_until_the_good_backups_kept_are_all_newer() -> None:
+    records = [
+        checked_bad(cold("OLD", "2026-11-20 00:00")),
+        cold("G1", "2026-11-21 00:00"),
+        checked_bad(cold("MID", "2026-11-22 00:00")),
+        cold("G2", "2026-11-23 00:00"),
+    ]
+    p = run(records, keep_last=2)
+    assert ids(p.keep) == ["G2", "MID", "G1"], "the rules count good backups only"
+    assert ids(p.delete) == ["OLD"]
+    assert p.reasons["MID"] == ["its check failed: kept until the good backups kept are all newer"]
+    p = run([*records, cold("G3", "2026-11-24 00:00")], keep_last=2)
+    assert ids(p.keep) == ["G3", "G2"] and ids(p.delete) == ["MID", "G1", "OLD"]
+
+
+def test_a_kept_increment_keeps_the_full_whose_check_failed() -> None:
+    """The full's check failed; its increments are good and kept: deleting the full would leave
+    them unrestorable (before: the full was deleted, the increments kept)."""
+    full, i1, i2, c = chain_records()
+    p = run([checked_bad(full), i1, i2, c], keep_last=2)
+    assert "F1" in ids(p.keep) and p.delete == []

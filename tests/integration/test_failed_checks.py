@@ -1,0 +1,86 @@
+"""A backup whose check failed is no good backup, but nothing is deleted for that alone: the
+check may have failed for a reason outside it (a storage mount down while verify ran), and a
+hot chain is never extended on, nor split at, such a link. Real influxd 1.6, real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import Cli, hot_chain, write_config
+
+JOBS = [{"name": "hot", "mode": "hot"}, {"name": "cold", "mode": "cold", "copy": "direct"}]
+
+
+def _statuses(cli: Cli) -> dict[str, str]:
+    return {r["id"]: r.get("verify_status") or "" for r in cli.json("list")}
+
+
+def test_a_verify_while_the_storage_dir_was_away_makes_prune_delete_nothing(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: every backup was marked failed, and the next prune deleted them all."""
+    config = write_config(tmp_path, sandbox, jobs=JOBS)
+    cli = Cli(config)
+    links = hot_chain(cli, sandbox, [[("metrics", 800)], [("metrics", 200)]], job="hot")
+    cold = cli.json("backup", "--job", "cold")
+    assert cold["status"] == "ok"
+    storage = tmp_path / "archives"
+    away = tmp_path / "archives.away"
+    os.rename(storage, away)
+    storage.mkdir()
+    down = cli("verify", "--all")
+    assert down.returncode == 1, down.stderr[-2000:]
+    os.rmdir(storage)
+    os.rename(away, storage)
+    ids = {r["id"] for r in [*links, cold]}
+    assert set(_statuses(cli).values()) == {"failed"}, _statuses(cli)
+
+    for rules in ({}, {"keep_last": 1}):
+        text = config.read_text()
+        for key, value in rules.items():
+            text = text.replace('mode = "hot"', f'mode = "hot"\n{key} = {value}')
+            text = text.replace('copy = "direct"', f'copy = "direct"\n{key} = {value}')
+        config.write_text(text)
+        pruned = cli("prune", "--json")
+        assert pruned.returncode == 0, pruned.stderr[-2000:]
+        assert json.loads(pruned.stdout)["deleted"] == [], (rules, pruned.stdout)
+        assert {r["id"] for r in cli.json("list")} == ids, rules
+    assert all(Path(r["archive"]).exists() for r in [*links, cold])
+    # and the next check, with the dir back, finds them good again
+    again = cli("verify", "--all")
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    assert set(_statuses(cli).values()) == {"ok"}
+
+
+def test_a_chain_whose_full_failed_its_check_is_not_extended_and_its_tip_fails(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: the next hot run extended the chain on the bad full, prune deleted the full
+    and kept its increments, and `verify` of the tip said ok (its restore was refused)."""
+    config = write_config(tmp_path, sandbox, jobs=JOBS[:1])
+    config.write_text(config.read_text().replace('mode = "hot"', 'mode = "hot"\nkeep_last = 2'))
+    cli = Cli(config)
+    full, inc = hot_chain(cli, sandbox, [[("metrics", 800)], [("metrics", 200)]], job="hot")
+    shard = next(Path(full["archive"]).glob("*.tar.gz"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+    checked = cli("verify", "--all", "--json")
+    assert checked.returncode == 1
+    by_id = {r["run_id"]: r for r in json.loads(checked.stdout)}
+    assert by_id[full["id"]]["status"] == "failed"
+    tip = cli("verify", inc["id"], "--json")
+    assert tip.returncode == 1, tip.stdout
+    assert json.loads(tip.stdout)[0]["checks"].get("chain") == "failed", tip.stdout
+    assert f"link {full['id']}" in tip.stdout and "failed its last check" in tip.stdout
+
+    sandbox.write_points("metrics", 100, start=900_000)
+    nxt = cli.json("backup", "--job", "hot")
+    assert nxt["status"] == "ok" and nxt["kind"] == "full", "a new chain, not one on the bad full"
+    # its prune: the bad chain is older than the good backup kept, so it goes, and whole
+    # (never the full without its increments)
+    assert {r["id"] for r in cli.json("list")} == {nxt["id"]}
