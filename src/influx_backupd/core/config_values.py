@@ -117,6 +117,14 @@ def url_problem(url: str) -> str | None:
     except ValueError as exc:  # a port out of range or not a number, a broken [v6 literal]
         return f"must be an http:// or https:// URL with a valid host and port ({exc}), {example}"
     shown = _shown(parts)
+    if "@" in parts.netloc:
+        # urllib cannot send them (it reads "user:password@host" as host and port, and says so
+        # in an error holding the password): such a URL could only ever fail, loudly
+        return (
+            "must not hold credentials (user:password@host; the URL is not shown): for "
+            "[influxd] url set username and password_file; a heartbeat takes its secret in "
+            f"the path or query, {example}"
+        )
     if parts.scheme not in ("http", "https"):
         return f"must start with http:// or https://, {example}, not {shown}"
     if not parts.hostname or not _HOST.match(parts.hostname.strip("[]")):
@@ -124,6 +132,22 @@ def url_problem(url: str) -> str | None:
     if port == 0:
         return "its port must be 1-65535, not 0"
     return None
+
+
+_URL_IN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*")
+
+
+def shown_url(text: str) -> str:
+    """A hook's argument as a log may show it: each URL in it as scheme and host only (a
+    healthchecks UUID, a token or user:password rides in the rest); the other text as it is."""
+
+    def one(match: re.Match[str]) -> str:
+        try:
+            return _shown(urllib.parse.urlsplit(match.group(0))).strip("'")
+        except ValueError:
+            return "(a URL, not shown)"
+
+    return _URL_IN.sub(one, text)
 
 
 def _shown(parts: urllib.parse.SplitResult) -> str:

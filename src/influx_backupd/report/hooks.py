@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from influx_backupd.core import log
+from influx_backupd.core.config_values import shown_url
 from influx_backupd.core.interrupt import child_preexec
 from influx_backupd.store.record import RunRecord
 
@@ -96,13 +97,15 @@ def run_hook(
             # they do not hold us up, as their output goes to a file, not a pipe we read.
             if result.returncode not in (0, None):
                 result.error = f"exited with status {result.returncode}"
-        out.seek(0)
-        result.output = out.read()[-OUTPUT_TAIL:].decode(errors="replace")
+        # the tail only: a hook that printed 400 MB is not read into memory whole
+        size = out.seek(0, os.SEEK_END)
+        out.seek(max(0, size - 4 * OUTPUT_TAIL))
+        result.output = out.read().decode(errors="replace")[-OUTPUT_TAIL:]
     result.seconds = round(time.monotonic() - started, 3)
     event = logger.info if result.ok else logger.warning
     event(
         "hook.finished",
-        argv=result.argv,
+        argv=[shown_url(arg) for arg in result.argv],
         returncode=result.returncode,
         timed_out=result.timed_out,
         seconds=result.seconds,

@@ -340,7 +340,15 @@ def test_off_site_retention_without_the_identity_to_read_encrypted_manifests_is_
 
 @pytest.mark.parametrize(
     "url",
-    ["ftp://backup:pa55word@h/x", "https://h:0/6f1c-secret-uuid", "hc-ping.com/6f1c-secret-uuid"],
+    [
+        "ftp://backup:pa55word@h/x",
+        "https://h:0/6f1c-secret-uuid",
+        "hc-ping.com/6f1c-secret-uuid",
+        # http, no port: passed, then every request failed with "nonnumeric port: 'pa55word@h'"
+        # in logs, the catalog and stdout
+        "http://backup:pa55word@h/6f1c-secret-uuid",
+        "http://backup:pa55word@127.0.0.1:8086",
+    ],
 )
 def test_a_bad_influxd_url_or_heartbeat_url_is_refused_without_its_secret_parts(
     tmp_path: Path, url: str

@@ -49,6 +49,39 @@ def test_hook_gets_argv_without_a_shell_and_its_output_is_kept(tmp_path: Path) -
     assert result.output.strip() == "$HOME;* y", "no shell expanded the argument"
 
 
+def test_a_hook_that_prints_a_lot_is_read_by_its_tail_and_its_urls_are_not_logged(
+    _log_to_a_buffer: io.StringIO,
+) -> None:
+    """Before: a hook printing 400 MB took the backup to 444 MB RSS (its output read whole), and
+    `hook.finished` logged the argv as given: `curl https://hc-ping.com/UUID` leaked the UUID
+    the heartbeat's own log hides."""
+    import subprocess
+
+    code = "import sys; [sys.stdout.write('x' * 1048576) for _ in range(200)]; print('END')"
+    hook = [sys.executable, "-c", code, "https://hc-ping.com/6f1c-secret-uuid?t=tok"]
+    # the peak RSS of a fresh process running the hook: this one's peak may be anything
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import resource, sys; from influx_backupd.report.hooks import run_hook; "
+            f"r = run_hook({hook!r}, {{}}, 60); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, repr(r.output[-4:]))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    peak_kib, tail = child.stdout.split()[-2:]
+    assert tail == repr("END\n"), child.stdout
+    assert int(peak_kib) < 150_000, f"the 200 MB output was read into memory ({peak_kib} KiB)"
+    result = run_hook(hook, {}, 60)
+    assert result.ok and result.output.endswith("END\n") and len(result.output) <= 2000
+    logged = _log_to_a_buffer.getvalue()
+    assert "hook.finished" in logged and "https://hc-ping.com/" in logged
+    assert "6f1c" not in logged and "tok" not in logged
+
+
 def test_hook_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     # sh, not Python: its child is running within milliseconds, well inside the timeout, even
