@@ -418,3 +418,22 @@ def test_sigterm_during_a_hot_run_stops_influxd_backup_and_records_it_interrupte
     assert "stopped by the daemon's shutdown" in (record.error or "")
     assert sandbox.ping()
     assert any(e["event"] == "hot.cancelled" for e in d.events()), "the job stopped its own tool"
+
+
+def test_sighup_with_a_damaged_catalog_keeps_the_daemon(tmp_path: Path, sandbox: Sandbox) -> None:
+    """Before: the reload read the catalog to anchor the changed job, the damage ended the
+    daemon (exit with one line), a run in flight with it."""
+    config = write_config(tmp_path, sandbox, jobs=[{"name": "first", "every": "1h"}])
+    with daemon(tmp_path, config) as d:
+        d.wait_event("daemon.ready", timeout=30)
+        catalog = tmp_path / "state" / "catalog.db"
+        catalog.parent.mkdir(exist_ok=True)
+        catalog.write_bytes(os.urandom(8192))
+        config.write_text(config.read_text().replace('every = "1h"', 'every = "2h"'))
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_event("config.reloaded", timeout=20)
+        told = d.wait_event("schedule.catalog_unusable", timeout=5)
+        assert "catalog" in told["error"], told
+        assert d.proc.poll() is None, "the daemon is still there"
+        assert d.stop() == 0
+    assert "Traceback" not in d.tail()

@@ -194,7 +194,11 @@ class Daemon:
                 assert signum is not None
                 return signum
             if signum == signal.SIGHUP:
-                self.reload()
+                try:
+                    self.reload()
+                except Exception as exc:  # a reload never ends the daemon (a run may be in flight)
+                    self._log.exception("config.reload_failed", error=str(exc), kept="running")
+                    systemd.ready()
             self._check_clock()
             self._publish()
             if time.monotonic() - self._metrics_written >= METRICS_EVERY:
@@ -269,8 +273,23 @@ class Daemon:
             reason="woke up too late (suspend or clock jump): older than catch_up",
         )
 
+    def _history(self, catalog: Catalog, job: str | None = None) -> list[RunRecord]:
+        """What the schedule anchors on. A catalog that cannot be read (damaged, held, its
+        disk failing) must not end the daemon at a reload or a start: the job is scheduled as
+        if it had no run yet, and the runs themselves say what is wrong with the catalog."""
+        try:
+            return catalog.list(job=job) if catalog.exists() else []
+        except CatalogError as exc:
+            self._log.error(
+                "schedule.catalog_unusable",
+                job=job or VERIFY_ALL,
+                error=str(exc),
+                then="scheduled as if it had no earlier run",
+            )
+            return []
+
     def _add_job(self, job: JobSection, catalog: Catalog, *, startup: bool) -> None:
-        records = catalog.list(job=job.name) if catalog.exists() else []
+        records = self._history(catalog, job.name)
         last = max((r.started_at for r in records), default=None)
         self._schedule(job.name, job, last, startup=startup)
 
@@ -278,7 +297,7 @@ class Daemon:
         """[verify]: anchored at the oldest check of any good backup (a backup is checked when
         it is taken, and again by each verify), so every backup is checked again at least
         every `every`, however often the daemon restarts."""
-        records = catalog.list() if catalog.exists() else []
+        records = self._history(catalog)
         checked = [r.verified_at or r.finished_at for r in records if r.ok and r.archive]
         oldest = min((t for t in checked if t is not None), default=None)
         self._schedule(VERIFY_ALL, self.config.settings.verify, oldest, startup=startup)
