@@ -146,7 +146,9 @@ def test_a_plan_that_would_delete_the_newest_good_backup_is_refused(
     assert len(catalog.list()) == 2 and all(Path(r.archive or "").exists() for r in records)
 
 
-def test_a_backup_that_failed_verification_is_not_counted_and_goes_once_superseded(tmp_path: Path) -> None:
+def test_a_backup_that_failed_verification_is_not_counted_and_goes_once_superseded(
+    tmp_path: Path,
+) -> None:
     config = load(_config(tmp_path, keep_last=1))
     config.storage_dir.mkdir(parents=True)
     catalog = Catalog(config.state_dir)

@@ -63,7 +63,9 @@ def notify(*assignments: str) -> bool:
         return False
     if not target.startswith(("/", "@")):
         # e.g. "vsock:..." (systemd >= 254, VMs): not needed for a host daemon.
-        log.get().warning("systemd.notify_unsupported", address=target)
+        if (target, None) not in _TOLD:
+            _TOLD.add((target, None))
+            log.get().warning("systemd.notify_unsupported", address=target)
         return False
     payload = "\n".join(assignments).encode()
     try:
@@ -72,9 +74,25 @@ def notify(*assignments: str) -> bool:
             # often 10) must not block the daemon's main loop; the message is dropped instead.
             sock.sendto(payload, socket.MSG_DONTWAIT, _socket_address(target))
     except OSError as exc:
-        log.get().warning("systemd.notify_failed", address=target, error=str(exc))
+        # said once per kind of failure, not on every watchdog ping (a socket nobody reads
+        # filled the log 3 times a second); said again after a send got through
+        said = (target, exc.errno)
+        if said not in _TOLD:
+            _TOLD.add(said)
+            log.get().warning(
+                "systemd.notify_failed",
+                address=target,
+                error=str(exc),
+                then="said once until a notification gets through",
+            )
         return False
+    if _TOLD:
+        _TOLD.clear()
+        log.get().info("systemd.notify_recovered", address=target)
     return True
+
+
+_TOLD: set[tuple[str, int | None]] = set()  # notify(): failures already logged
 
 
 def ready() -> bool:

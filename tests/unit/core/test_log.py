@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +31,7 @@ def events(out: io.StringIO) -> list[dict[str, object]]:
 def test_sd_notify_problems_are_events(
     captured: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(systemd, "_TOLD", set())  # what an earlier test had said
     monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1234")
     assert systemd.notify("READY=1") is False
     monkeypatch.setenv("NOTIFY_SOCKET", "/nonexistent/notify.sock")
@@ -37,6 +40,32 @@ def test_sd_notify_problems_are_events(
     assert [e["event"] for e in got] == ["systemd.notify_unsupported", "systemd.notify_failed"]
     assert got[0]["address"] == "vsock:2:1234" and got[0]["level"] == "warning"
     assert "No such file" in str(got[1]["error"])
+
+
+def test_a_failing_notify_socket_is_said_once_until_a_send_gets_through(
+    captured: io.StringIO, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Before: every watchdog ping to a socket nobody reads logged a warning (3 a second)."""
+    monkeypatch.setattr(systemd, "_TOLD", set())
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone.sock"))
+    for _ in range(20):
+        assert systemd.notify("WATCHDOG=1") is False
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify.sock"))
+    try:
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+        assert systemd.notify("WATCHDOG=1") is True
+        assert listener.recv(100) == b"WATCHDOG=1"
+    finally:
+        listener.close()
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone.sock"))
+    for _ in range(5):
+        assert systemd.notify("WATCHDOG=1") is False
+    assert [e["event"] for e in events(captured)] == [
+        "systemd.notify_failed",
+        "systemd.notify_recovered",
+        "systemd.notify_failed",
+    ]
 
 
 def test_library_logging_becomes_an_event(captured: io.StringIO) -> None:
