@@ -37,6 +37,8 @@ def test_a_verify_while_the_storage_dir_was_away_makes_prune_delete_nothing(
     os.rename(away, storage)
     ids = {r["id"] for r in [*links, cold]}
     assert set(_statuses(cli).values()) == {"failed"}, _statuses(cli)
+    table = cli("list").stdout.splitlines()[1:]
+    assert len(table) == 3 and all(" check-fail " in row for row in table), table
 
     for rules in ({}, {"keep_last": 1}):
         text = config.read_text()

@@ -307,8 +307,10 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
         f"{'ID':<22} {'JOB':<10} {'MODE':<5} {'STATUS':<11} {'STARTED':<21} {'SIZE':>10} {'DOWNTIME':>9}  ARCHIVE"
     )
     for r in records:
+        # taken ok, found bad by a check since: not a good backup, and said so here too
+        status = "check-fail" if r.failed_check else r.status
         print(
-            f"{r.id:<22} {r.job:<10} {r.mode:<5} {r.status:<11} {fmt_time(r.started_at):<21} "
+            f"{r.id:<22} {r.job:<10} {r.mode:<5} {status:<11} {fmt_time(r.started_at):<21} "
             f"{fmt_bytes(r.bytes):>10} {fmt_s(r.downtime_s):>9}  {r.archive or '-'}"
         )
     return EXIT_OK
