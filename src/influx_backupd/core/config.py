@@ -581,9 +581,11 @@ def resolve_path(cli_path: str | None) -> Path:
     if cli_path is not None:
         if not cli_path:
             raise ConfigError("--config: an empty path names no config file")
-        return Path(cli_path)
+        return Path(cli_path).absolute()
     env = os.environ.get(CONFIG_ENV)
-    return Path(env) if env else DEFAULT_CONFIG_PATH
+    # absolute: the daemon's status file names it for `status` run from anywhere, and a
+    # reload reads the file the daemon started with whatever the cwd
+    return Path(env).absolute() if env else DEFAULT_CONFIG_PATH
 
 
 MAX_READ = 16 << 20  # a config, influxdb.conf or password file is never near this

@@ -402,3 +402,16 @@ def test_a_bad_verify_section_is_one_line_naming_it(
     message = str(caught.value)
     assert "\n" not in message and str(path) in message
     assert expected in message, message
+
+
+def test_a_relative_config_path_is_made_absolute_where_it_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's status file and its reloads name the config: a relative path given at
+    start (`--config conf.toml` from /etc/x) named another file, or none, from anywhere else."""
+    from influx_backupd.core.config import CONFIG_ENV, resolve_path
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_path("conf.toml") == tmp_path / "conf.toml"
+    monkeypatch.setenv(CONFIG_ENV, "sub/conf.toml")
+    assert resolve_path(None) == tmp_path / "sub" / "conf.toml"
