@@ -86,3 +86,26 @@ def test_a_chain_whose_full_failed_its_check_is_not_extended_and_its_tip_fails(
     # its prune: the bad chain is older than the good backup kept, so it goes, and whole
     # (never the full without its increments)
     assert {r["id"] for r in cli.json("list")} == {nxt["id"]}
+
+
+def test_a_record_beside_a_backup_without_its_sha256_fails_verify_by_path(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: "sha256 skipped (no record beside it)" although one was there, and exit 0 on a
+    backup changed since: the record's missing sha256 let any change pass."""
+    import shutil
+
+    config = write_config(tmp_path, sandbox, jobs=JOBS[:1])
+    cli = Cli(config)
+    (full,) = hot_chain(cli, sandbox, [[("metrics", 500)]], job="hot")
+    source = Path(full["archive"])
+    elsewhere = tmp_path / "copied" / source.name
+    shutil.copytree(source, elsewhere)
+    record = json.loads(Path(f"{source}.json").read_text())
+    del record["sha256"]
+    Path(f"{elsewhere}.json").write_text(json.dumps(record))
+    manifest = next(elsewhere.glob("*.manifest"))
+    manifest.write_text(manifest.read_text() + " ")
+    done = cli("verify", str(elsewhere), "--json")
+    assert done.returncode == 1, done.stdout + done.stderr[-2000:]
+    assert "sha256 missing" in done.stdout and "unusable" in done.stdout, done.stdout

@@ -199,6 +199,8 @@ def _verify_tar(
                 f"sha256 {report.sha256} does not match the recorded {record.sha256}: "
                 "the archive changed",
             )
+    elif not hot_snapshot and record is not None and record.ok:
+        result.fail("sha256", f"the record of run {record.id} has no sha256 to check against")
     elif not hot_snapshot:
         result.checks["sha256"] = (
             "skipped (no recorded sha256: not in the catalog, no record beside it)"
@@ -254,6 +256,9 @@ def _verify_hot_scan(
             result.checks["sha256"] = "ok"
         else:
             result.fail("sha256", _what_changed(scan, record))
+    elif record is not None and record.ok:
+        # every ok run records one: without it a changed backup would pass as ok
+        result.fail("sha256", f"the record of run {record.id} has no sha256 to check against")
     else:
         result.checks["sha256"] = (
             "skipped (no recorded sha256: not in the catalog, no record beside it)"
@@ -287,12 +292,18 @@ def _verify_directory(
     Not in the catalog: its sha256 is compared with the record the hot job wrote beside it."""
 
     recorded = record
+    unusable = None
     if recorded is None:
         try:
             recorded = read_sidecar(archive.absolute())
         except RestoreRefused as exc:
-            result.warnings.append(str(exc))
+            # as for a tar: a record is there, and without it nothing proves what the backup
+            # held (before: a warning, exit 0, whatever had changed)
+            unusable = str(exc)
     _verify_hot_scan(archive, recorded, result, snapshot09=False)
+    if unusable is not None:
+        result.fail("record", unusable)
+        result.checks["sha256"] = "skipped (the record beside it is unusable)"
     config.storage_dir.mkdir(parents=True, exist_ok=True)
     report = check_portable_formats(archive, deep=deep, spool_dir=config.storage_dir)
     for finding in report.findings:
