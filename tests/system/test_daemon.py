@@ -437,3 +437,27 @@ def test_sighup_with_a_damaged_catalog_keeps_the_daemon(tmp_path: Path, sandbox:
         assert d.proc.poll() is None, "the daemon is still there"
         assert d.stop() == 0
     assert "Traceback" not in d.tail()
+
+
+def test_status_shows_the_daemon_starting_while_it_recovers(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the status file was first written after recovery (which may wait minutes on
+    influxd's start), and `status` meanwhile said the daemon was not running."""
+    from influx_backupd.core.config import load
+    from influx_backupd.daemon.loop import Daemon
+
+    config = write_config(tmp_path, sandbox, jobs=[{"name": "n", "every": "1h"}])
+    daemon_ = Daemon(load(config))
+    seen: list[Any] = []
+    monkeypatch.setattr(daemon_, "_recover", lambda: seen.append(Cli(config).json("status")))
+    daemon_._signals.put(signal.SIGTERM)  # the main loop ends at once, after start-up
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        assert daemon_.run() == 0
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    [during] = seen
+    assert during["daemon"]["running"] is True, during["daemon"]
+    assert during["daemon"]["status"].startswith("starting"), during["daemon"]

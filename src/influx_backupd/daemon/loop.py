@@ -111,6 +111,7 @@ class Daemon:
         self._pending: list[Due] = []
         self._running: str | None = None  # the job of the run in flight
         self._current: dict[str, Any] = {}  # run_id, mode, phase: from the run's own log events
+        self._starting = False  # run(): recovery of what a predecessor left is under way
         self._skips: dict[str, dict[str, Any]] = {}  # job → the last policy skip
         self._offsite_failures = 0  # in a row: the retry waits double each time
         self._held_sync: threading.Thread | None = None  # a sync left behind on a stuck request
@@ -156,7 +157,12 @@ class Daemon:
         try:
             for sig in (*_STOP_SIGNALS, signal.SIGHUP):
                 signal.signal(sig, self._queue_signal)
+            # said before recovery, which may wait on influxd's start for minutes: `status`
+            # meanwhile shows the daemon starting, not "not running"
+            self._starting = True
+            self._publish()
             self._recover()
+            self._starting = False
             self._start_scheduler()
             self._worker.start()
             self._watchdog.start()
@@ -781,6 +787,8 @@ class Daemon:
         return f"{down}; {text}" if down else text
 
     def _job_status_text(self, next_runs: dict[str, float | None]) -> str:
+        if self._starting:
+            return "starting: undoing what an earlier run left (influxd, partial archives)"
         current = self._current
         if self._running is not None:
             text = f"running {self._running}"
