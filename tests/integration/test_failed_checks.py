@@ -109,3 +109,34 @@ def test_a_record_beside_a_backup_without_its_sha256_fails_verify_by_path(
     done = cli("verify", str(elsewhere), "--json")
     assert done.returncode == 1, done.stdout + done.stderr[-2000:]
     assert "sha256 missing" in done.stdout and "unusable" in done.stdout, done.stdout
+
+
+def test_a_restore_test_influxd_cannot_make_is_no_verdict_on_the_backup(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: influxd failing to start for a reason outside the backup (a package upgrade
+    under way, no memory) marked a good backup failed, and the next prune deleted it."""
+    from influx_backupd.influxd.sandbox import influxd_binary
+
+    config = write_config(tmp_path, sandbox, jobs=JOBS[1:])
+    cli = Cli(config)
+    good = cli.json("backup")
+    assert good["status"] == "ok"
+    broken = tmp_path / "influxd-mid-upgrade"
+    broken.write_text(f'#!/bin/sh\n[ "$1" = version ] && exec {influxd_binary()} "$@"\nexit 1\n')
+    broken.chmod(0o755)
+    config.write_text(
+        config.read_text().replace("[influxd]\n", f'[influxd]\nbinary = "{broken}"\n', 1)
+    )
+    done = cli("verify", good["id"], "--restore-test", "--json")
+    assert done.returncode == 1, done.stdout + done.stderr[-2000:]
+    [result] = json.loads(done.stdout)
+    assert result["status"] == "error" and result["checks"]["restore_test"] == "not run", result
+    assert "does not start even on an empty dir" in result["errors"][0], result
+    [listed] = cli.json("list")
+    assert listed["verify_status"] == "error"
+    assert " check-fail " not in cli("list").stdout
+    # with influxd whole again, the same backup passes its restore test
+    config.write_text(config.read_text().replace(f'binary = "{broken}"\n', ""))
+    again = cli("verify", good["id"], "--restore-test", "--json")
+    assert again.returncode == 0, again.stdout

@@ -72,9 +72,9 @@ def restore_test_cold(
         try:
             start_throwaway(server, config.settings.influxd.start_timeout, "influxd")
         except StepFailed as exc:
-            result.fail(check, f"restore test: {exc} on the restored files")
             _note_killed(server, result)
             server.stop()
+            _judge_start(config, result, check, f"{exc} on the restored files")
             return
         try:
             _check_restored(server, record, result)
@@ -194,8 +194,33 @@ def _restore_test_portable(
                 expected = portable_databases(links[-1].path)
             _check_restored_hot(server, sorted(expected), record, result, len(links), took, alone)
             _note_killed(server, result)
-    except (StepFailed, OSError, ValueError, KeyError, TypeError) as exc:
+    except StepFailed as exc:
+        _judge_start(config, result, check, f"restoring the chain failed: {exc}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         result.fail(check, f"restore test: restoring the chain failed: {exc}")
+
+
+def _judge_start(config: Config, result: VerifyResult, check: str, failure: str) -> None:
+    """influxd did not come up on the restored files: the backup's fault only if it comes up
+    on an empty dir. If it does not (its binary gone mid-upgrade, no memory, a broken
+    [influxd] setting), the test could not be made: said as an error, not as a failed backup
+    (which a failed check would be: never extended, counted for no retention rule)."""
+    scratch = scratch_dir.make(config.storage_dir)
+    try:
+        control = throwaway(config, scratch, ({}, ""))
+        try:
+            start_throwaway(control, config.settings.influxd.start_timeout, "influxd")
+        except StepFailed as exc:
+            result.cannot(
+                check,
+                f"restore test not run: influxd does not start even on an empty dir ({exc}); "
+                "the backup was not judged",
+            )
+            return
+        control.stop()
+    finally:
+        remove_gently(scratch, ignore_errors=True)
+    result.fail(check, f"restore test: {failure}")
 
 
 def _note_killed(server: Sandbox, result: VerifyResult) -> None:

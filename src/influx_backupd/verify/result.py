@@ -14,7 +14,9 @@ class VerifyResult:
     archive: str
     run_id: str | None = None
     job: str | None = None
-    status: Literal["ok", "failed"] = "ok"
+    # error: a check could not be made for a reason outside the backup (influxd does not start
+    # even on an empty dir): not ok, and not a verdict on the backup (retention, the chain)
+    status: Literal["ok", "failed", "error"] = "ok"
     # check name → "ok …" | "failed …" | "skipped …" | "not supported yet …"
     checks: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -26,6 +28,12 @@ class VerifyResult:
         self.errors.append(message)
         self.checks[check] = "failed"
         self.status = "failed"
+
+    def cannot(self, check: str, message: str) -> None:
+        self.errors.append(message)
+        self.checks[check] = "not run"
+        if self.status == "ok":
+            self.status = "error"
 
     @property
     def ok(self) -> bool:
