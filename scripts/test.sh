@@ -16,5 +16,13 @@ echo "== lint-imports (the layers contract in pyproject.toml)" >&2
 # Side by side: most of the suite waits on influxd starting, stopping and copying, so three
 # workers fill two cores (tests of a module with a shared fixture stay on one worker, see
 # tests/conftest.py). TEST_WORKERS=0 runs them one after another.
+# The suite writes archives of a GB or more side by side (some 5 GB at its peak; a passing
+# test's tmp dir is removed as it ends): say so up front on a nearly full disk, not as 300
+# errors half an hour later.
+tmp="${TMPDIR:-/tmp}"
+free_kib=$(df -Pk "$tmp" | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((8 * 1024 * 1024)) ]; then
+    echo "test.sh: warning: only $((free_kib / 1024)) MiB free in $tmp; the suite needs some 8 GiB" >&2
+fi
 echo "== pytest (${TEST_WORKERS:-3} workers)" >&2
 "$PYTHON" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-3}" --dist loadgroup "$@"
