@@ -48,6 +48,7 @@ CLASSES: dict[str, str] = {
     "fuzz": "config fuzzer",
     "term": "SIGTERM mid-command",
     "refusal": "input refused with one line, nothing touched",
+    "check": "a check that fails for a reason outside the backup",
 }
 
 

@@ -5,7 +5,6 @@ hot chain is never extended on, nor split at, such a link. Real influxd 1.6, rea
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from influx_backupd.influxd.sandbox import Sandbox
@@ -16,45 +15,6 @@ JOBS = [{"name": "hot", "mode": "hot"}, {"name": "cold", "mode": "cold", "copy":
 
 def _statuses(cli: Cli) -> dict[str, str]:
     return {r["id"]: r.get("verify_status") or "" for r in cli.json("list")}
-
-
-def test_a_verify_while_the_storage_dir_was_away_makes_prune_delete_nothing(
-    tmp_path: Path, sandbox: Sandbox
-) -> None:
-    """Before: every backup was marked failed, and the next prune deleted them all."""
-    config = write_config(tmp_path, sandbox, jobs=JOBS)
-    cli = Cli(config)
-    links = hot_chain(cli, sandbox, [[("metrics", 800)], [("metrics", 200)]], job="hot")
-    cold = cli.json("backup", "--job", "cold")
-    assert cold["status"] == "ok"
-    storage = tmp_path / "archives"
-    away = tmp_path / "archives.away"
-    os.rename(storage, away)
-    storage.mkdir()
-    down = cli("verify", "--all")
-    assert down.returncode == 1, down.stderr[-2000:]
-    os.rmdir(storage)
-    os.rename(away, storage)
-    ids = {r["id"] for r in [*links, cold]}
-    assert set(_statuses(cli).values()) == {"failed"}, _statuses(cli)
-    table = cli("list").stdout.splitlines()[1:]
-    assert len(table) == 3 and all(" check-fail " in row for row in table), table
-
-    for rules in ({}, {"keep_last": 1}):
-        text = config.read_text()
-        for key, value in rules.items():
-            text = text.replace('mode = "hot"', f'mode = "hot"\n{key} = {value}')
-            text = text.replace('copy = "direct"', f'copy = "direct"\n{key} = {value}')
-        config.write_text(text)
-        pruned = cli("prune", "--json")
-        assert pruned.returncode == 0, pruned.stderr[-2000:]
-        assert json.loads(pruned.stdout)["deleted"] == [], (rules, pruned.stdout)
-        assert {r["id"] for r in cli.json("list")} == ids, rules
-    assert all(Path(r["archive"]).exists() for r in [*links, cold])
-    # and the next check, with the dir back, finds them good again
-    again = cli("verify", "--all")
-    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
-    assert set(_statuses(cli).values()) == {"ok"}
 
 
 def test_a_chain_whose_full_failed_its_check_is_not_extended_and_its_tip_fails(
@@ -109,34 +69,3 @@ def test_a_record_beside_a_backup_without_its_sha256_fails_verify_by_path(
     done = cli("verify", str(elsewhere), "--json")
     assert done.returncode == 1, done.stdout + done.stderr[-2000:]
     assert "sha256 missing" in done.stdout and "unusable" in done.stdout, done.stdout
-
-
-def test_a_restore_test_influxd_cannot_make_is_no_verdict_on_the_backup(
-    tmp_path: Path, sandbox: Sandbox
-) -> None:
-    """Before: influxd failing to start for a reason outside the backup (a package upgrade
-    under way, no memory) marked a good backup failed, and the next prune deleted it."""
-    from influx_backupd.influxd.sandbox import influxd_binary
-
-    config = write_config(tmp_path, sandbox, jobs=JOBS[1:])
-    cli = Cli(config)
-    good = cli.json("backup")
-    assert good["status"] == "ok"
-    broken = tmp_path / "influxd-mid-upgrade"
-    broken.write_text(f'#!/bin/sh\n[ "$1" = version ] && exec {influxd_binary()} "$@"\nexit 1\n')
-    broken.chmod(0o755)
-    config.write_text(
-        config.read_text().replace("[influxd]\n", f'[influxd]\nbinary = "{broken}"\n', 1)
-    )
-    done = cli("verify", good["id"], "--restore-test", "--json")
-    assert done.returncode == 1, done.stdout + done.stderr[-2000:]
-    [result] = json.loads(done.stdout)
-    assert result["status"] == "error" and result["checks"]["restore_test"] == "not run", result
-    assert "does not start even on an empty dir" in result["errors"][0], result
-    [listed] = cli.json("list")
-    assert listed["verify_status"] == "error"
-    assert " check-fail " not in cli("list").stdout
-    # with influxd whole again, the same backup passes its restore test
-    config.write_text(config.read_text().replace(f'binary = "{broken}"\n', ""))
-    again = cli("verify", good["id"], "--restore-test", "--json")
-    assert again.returncode == 0, again.stdout
