@@ -187,3 +187,31 @@ def test_multipart_upload_resumes_after_sigkill(endpoint: Endpoint, tmp_path: Pa
     out.mkdir()
     assert offsite.fetch("20261130T040000Z-kill", out).path.read_bytes() == archive.read_bytes()
     assert sha256(archive) == before
+
+
+@pytest.mark.parametrize("tree", [False, True], ids=["archive", "tree"])
+def test_a_full_disk_while_fetching_names_the_local_path_and_leaves_nothing(
+    moto: Endpoint, archive: Path, tmp_path: Path, tree: bool
+) -> None:
+    """Before: "s3://…: get KEY: [Errno 28] No space left on device", naming the bucket and
+    an object as if the request had failed, not the full dir here."""
+    import subprocess
+
+    offsite = Offsite(moto.settings())
+    offsite.send(cold_backup(archive, "20261130T010000Z-0009"))
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        with pytest.raises(Exception) as caught:
+            offsite.fetch("20261130T010000Z-0009", small, tree=tree)
+        line = _one_line(caught.value)
+        assert str(small / archive.name) in line and "No space left" in line, line
+        assert "s3://" not in line, line
+        assert os.listdir(small) == [], "the partial copy is removed"
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+    roomy = tmp_path / "roomy"
+    roomy.mkdir()
+    fetched = offsite.fetch("20261130T010000Z-0009", roomy, tree=tree)
+    assert fetched.path.exists(), "the backup in the bucket is whole: with room, it comes back"

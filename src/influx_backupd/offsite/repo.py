@@ -114,6 +114,15 @@ class PruneResult:
     unreadable: dict[str, str] = field(default_factory=dict)
 
 
+class _LocalWrite(Exception):
+    """Writing what came from the bucket failed here (a full disk): the local path's fault,
+    told as such, not as a failed request to the bucket."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 class _HashingWriter:
     """Hashes what it is given and passes it on (a file, or nowhere)."""
 
@@ -124,11 +133,24 @@ class _HashingWriter:
         self.digest.update(data)
         self.bytes += len(data)
         if self.out is not None:
-            self.out.write(data)
+            try:
+                self.out.write(data)
+            except OSError as exc:
+                raise _LocalWrite(exc) from None
         return len(data)
 
     def flush(self) -> None:
         pass
+
+
+def _local_failure(exc: BaseException, target: Path) -> OffsiteError:
+    """A fetch that failed writing here: one line naming where (the partial copy is gone)."""
+    error = exc.error if isinstance(exc, _LocalWrite) else exc
+    assert isinstance(error, OSError)
+    return OffsiteError(
+        f"{target}: cannot be written here: {error.strerror or error}; the partial copy was "
+        "removed (the backup in the bucket is untouched)"
+    )
 
 
 class _Piece(NamedTuple):
@@ -562,6 +584,8 @@ class Offsite:
                         writer.write(chunk)
             except OffsiteError as exc:
                 raise IntegrityError(str(exc)) from None
+            except _LocalWrite:
+                raise
             except OSError as exc:
                 if manifest.encrypted and str(exc) == "decryption error":
                     # pyrage's word for ciphertext that does not authenticate: cut or changed
@@ -612,7 +636,10 @@ class Offsite:
                 class Both:
                     def write(self, data: bytes) -> int:
                         whole.write(data)
-                        return out.write(data)
+                        try:
+                            return out.write(data)
+                        except OSError as exc:
+                            raise _LocalWrite(exc) from None
 
                 both: Any = Both()
                 for f in manifest.files:
@@ -629,6 +656,9 @@ class Offsite:
                     f"{whole.digest.hexdigest()[:16]}…, its record says {manifest.sha256[:16]}…"
                 )
             os.replace(partial, target)
+        except (_LocalWrite, OSError) as exc:
+            partial.unlink(missing_ok=True)
+            raise _local_failure(exc, target) from None
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -677,6 +707,9 @@ class Offsite:
                     f"backup {manifest.id}: its files do not give the record's digest"
                 )
             os.replace(partial, target)
+        except (_LocalWrite, OSError) as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise _local_failure(exc, target) from None
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
