@@ -34,3 +34,30 @@ def test_not_enough_space_is_refused_before_the_stop(tmp_path: Path, sandbox: Sa
     assert sandbox.pids() == pids, "influxd was never stopped: same process"
     assert sandbox.ping()
     assert list((tmp_path / "archives").iterdir()) == []
+
+
+def test_a_restore_into_a_dir_without_room_is_refused_before_a_byte_is_written(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The unpacked size of the archive's members, counted against the target's filesystem
+    (a small real tmpfs): refused with one line naming it, nothing written there."""
+    import os
+    import subprocess
+
+    cli = Cli(write_config(tmp_path, sandbox))
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.write(os.urandom(3 << 20))  # the archive: over 3 MiB of file data
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        done = cli("restore", record["id"], "--target", str(small / "restored"))
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        line = [ln for ln in done.stderr.splitlines() if ln.startswith("influx-backupd:")][-1]
+        assert f"not enough space in {small}" in line and "nothing written" in line, line
+        assert os.listdir(small) == [], os.listdir(small)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+    assert sandbox.ping()
