@@ -39,6 +39,7 @@ import psutil
 
 from influx_backupd import __version__
 from influx_backupd.core import log, systemd
+from influx_backupd.core.atomic import replace_file
 from influx_backupd.core.cancel import CancelToken
 from influx_backupd.core.config import Config, ConfigError, JobSection, Scheduled, load
 from influx_backupd.core.errors import BackupdError
@@ -90,9 +91,8 @@ def _iso(ts: float | None) -> str | None:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Readers (`status`) see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    replace_file(path, text.encode(), durable=False)  # rewritten as it changes: no fsync
 
 
 def daemon_lock(state_dir: Path) -> BackupLock:

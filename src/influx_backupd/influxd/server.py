@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 
 from influx_backupd.core import log
+from influx_backupd.core.atomic import replace_file
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import child_preexec, signals_allowed
@@ -546,6 +547,4 @@ def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
 
 def _write_pidfile(path: Path, pid: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{pid}\n")
-    os.replace(tmp, path)
+    replace_file(path, f"{pid}\n".encode(), mode=0o644)

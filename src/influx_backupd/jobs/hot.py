@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.core import log
+from influx_backupd.core.atomic import fsync_dir
 from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.config import Config, Credentials, JobSection
 from influx_backupd.core.errors import CheckFailed, HotFailed
@@ -51,7 +52,6 @@ from influx_backupd.influxd.tool import (
 from influx_backupd.jobs.follower import Follower
 from influx_backupd.jobs.plan import LinkPlan, plan_link
 from influx_backupd.store import layout
-from influx_backupd.store.archive import fsync_dir
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord, new_run_id
 from influx_backupd.store.scanners import (

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import shutil
 import stat
@@ -24,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.jsontext import loads_json
 
 MANIFEST = ".manifest.json"
@@ -136,9 +136,8 @@ class Stager:
             "sources": {p: str(s) for p, s in self.sources},
             "entries": entries,
         }
-        tmp = self.root / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(doc, separators=(",", ":")))
-        os.replace(tmp, self.root / MANIFEST)
+        # not durable: after a power loss a missing manifest only costs a full sync
+        replace_json(self.root / MANIFEST, doc, durable=False)
 
     # -- sync -------------------------------------------------------------------------------
     def sync(self, *, tolerant: bool) -> SyncStats:

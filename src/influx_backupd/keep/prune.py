@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.core import log
+from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.jsontext import loads_json
@@ -28,7 +27,6 @@ from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import scratch
 from influx_backupd.keep.retention import RetentionPolicy, plan
 from influx_backupd.store import layout
-from influx_backupd.store.archive import fsync_dir
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
@@ -392,13 +390,7 @@ class _Pending:
         if not entries:
             self.clear()
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump([[r, p] for r, p in entries], fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        replace_json(self.path, [[r, p] for r, p in entries])
 
     def read(self) -> list[tuple[str, str]]:
         try:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from influx_backupd.core import offsite_keys
+from influx_backupd.core.atomic import replace_file
 from influx_backupd.offsite.errors import MissingExtra, OffsiteError
 
 
@@ -113,12 +113,5 @@ def local_key(path: Path, make: Callable[[], bytes] = lambda: secrets.token_byte
     if data:
         raise OffsiteError(f"{path}: not a name key (32 bytes); move it away to make a new one")
     key = make()
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(partial, path)
+    replace_file(path, key)
     return key

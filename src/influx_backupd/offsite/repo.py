@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, NamedTuple
 
 from influx_backupd.core import log
+from influx_backupd.core.atomic import replace_file
 from influx_backupd.offsite import crypto
 from influx_backupd.offsite.bucket import Bucket, Listed, Multipart
 from influx_backupd.offsite.errors import (
@@ -351,11 +352,7 @@ class Offsite:
     def _keep(self, path: Path, data: bytes) -> None:
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            partial = path.with_name(path.name + ".partial")
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(partial, path)
+            replace_file(path, data, durable=False)
         except OSError:
             pass  # a cache: the next listing fetches it again
 

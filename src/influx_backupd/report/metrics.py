@@ -8,9 +8,7 @@ a pure function of the records and a restart loses nothing. Exposition format
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from influx_backupd import __version__
+from influx_backupd.core.atomic import replace_file
 from influx_backupd.store.record import RunRecord
 
 # The backup job's name. Not `job`: Prometheus sets its own `job` (and `instance`) target labels
@@ -360,29 +359,7 @@ def render(
 
 
 def write_textfile(path: Path, text: str) -> None:
-    """Replace `path` atomically so node_exporter never reads half a file.
-
-    The temp file is in the same directory (os.replace must not cross file
-    systems), hidden and not ending in .prom (the collector only reads *.prom),
-    and uniquely named so two writers (daemon and CLI) never share one.
-    """
-    directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-            # mkstemp creates 0600; node_exporter often runs as another user.
-            os.fchmod(f.fileno(), 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    # The rename itself is durable only once the directory is synced.
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Replace `path` atomically so node_exporter never reads half a file: the temp file is
+    hidden and does not end in .prom (the collector reads only *.prom); 0644, as
+    node_exporter often runs as another user."""
+    replace_file(path, text.encode(), mode=0o644)

@@ -4,7 +4,6 @@ status); the jobs and restores only call notify()."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
@@ -16,6 +15,7 @@ from typing import Any
 import psutil
 
 from influx_backupd.core import log, systemd
+from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.jsontext import loads_json
 
 # (bytes done, bytes expected), and files=(done, expected) when the emitter counts files
@@ -103,9 +103,7 @@ def published(path: Path, what: str, every: float = 2.0) -> Iterator[None]:
 
     def write() -> None:
         with contextlib.suppress(OSError):  # a status that cannot be written fails nothing
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({**state, "updated_at": time.time()}))
-            os.replace(tmp, path)
+            replace_json(path, {**state, "updated_at": time.time()}, durable=False)
 
     listen(listener)
     try:

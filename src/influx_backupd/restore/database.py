@@ -28,8 +28,6 @@ failed tool had begun creating (it did not exist before) is dropped again.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import tarfile
 import time
 import tomllib
@@ -41,6 +39,7 @@ from typing import Any
 import psutil
 
 from influx_backupd.core import log
+from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
@@ -405,13 +404,7 @@ class _Pending:
 
     def write(self, **state: object) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        replace_json(self.path, state)
 
     def read(self) -> dict[str, Any] | None:
         try:

@@ -14,8 +14,6 @@ skipped, and the backups sent.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from influx_backupd.core import log
+from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.keep.retention import RetentionPolicy, plan
@@ -165,13 +164,7 @@ class State:
 
 
 def _write_private(final: Path, data: object) -> None:
-    partial = final.with_name(final.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(partial, final)
+    replace_json(final, data, indent=1)
 
 
 def _known_file(state_dir: Path, job: str) -> Path:

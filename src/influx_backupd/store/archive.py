@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from influx_backupd.core.atomic import fsync_dir
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.store import layout
 
@@ -273,14 +274,6 @@ def _copy_data(
     tail = info.size % tarfile.BLOCKSIZE
     if tail:
         out.small(bytes(tarfile.BLOCKSIZE - tail))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_file(path: Path) -> str:

@@ -8,14 +8,12 @@ catalog does not know a path.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
+from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.store import layout
-from influx_backupd.store.archive import fsync_dir
 from influx_backupd.store.record import RunRecord
 
 FORMAT = 1
@@ -36,13 +34,8 @@ def write_sidecar(archive: Path, record: RunRecord) -> None:
     """The run's record (as it will be once ok) beside its archive: .partial, fsync, rename."""
     data = {"format": FORMAT, **record.to_dict(), "status": "ok"}
     final = sidecar_of(archive)
-    partial = layout.partial_of(final)
-    with open(partial, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.rename(partial, final)
-    fsync_dir(final.parent)
+    # .partial: the name prune's cleanup of a dead run's leftovers knows
+    replace_json(final, data, indent=1, tmp=layout.partial_of(final))
 
 
 def read_sidecar_data(archive: Path) -> dict[str, object] | None:

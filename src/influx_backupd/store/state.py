@@ -8,7 +8,6 @@ A marker found by whoever takes the lock next was left by a process that died wi
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -16,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.core import alarms
+from influx_backupd.core.atomic import fsync_dir, replace_json
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
 from influx_backupd.core.jsontext import loads_json
-from influx_backupd.store.archive import fsync_dir
 
 
 class Busy(BackupdError):
@@ -105,13 +104,7 @@ class CrashMarker:
 
     def _write(self, body: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(body, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        replace_json(self.path, body)
 
     def note_failed_start(self, _attempt: int, error: str, retry_in_s: float) -> None:
         """A start attempt failed: counted in the marker (over every command and the daemon),
