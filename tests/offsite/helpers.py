@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from influx_backupd.offsite.files import Source, scan_dir, scan_tar
 from influx_backupd.offsite.repo import Backup
@@ -120,3 +125,74 @@ def offsite_section(endpoint: Endpoint, **extra: object) -> str:
     }
     values.update(extra)
     return "\n[offsite]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+
+class StallingProxy:
+    """Passes requests on to upstream (moto), except those `stalls(method, path)` picks: those
+    get a status line and headers, then one byte every 2 s, for ever: each byte resets
+    botocore's read timeout, so no such request ever ends. No upstream: every request stalls."""
+
+    def __init__(
+        self, upstream: str | None, stalls: Callable[[str, str], bool] = lambda _m, _p: True
+    ) -> None:
+        self.upstream = urlsplit(upstream or "http://127.0.0.1:9")
+        self.stalls = stalls
+        self.stalled: list[str] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(32)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                reader = conn.makefile("rb")
+                line = reader.readline().decode()
+                if not line:
+                    return
+                method, path, _ = line.split(" ", 2)
+                headers: dict[str, str] = {}
+                while (h := reader.readline().decode()) not in ("\r\n", "\n", ""):
+                    k, v = h.split(":", 1)
+                    headers[k.strip()] = v.strip()
+                if self.stalls(method, path):
+                    self.stalled.append(f"{method} {path}")
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                    while not self.closed.wait(2.0):
+                        conn.sendall(b"<")
+                    return
+                if headers.pop("Expect", "").lower() == "100-continue":
+                    conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                body = reader.read(int(headers.get("Content-Length", "0") or 0))
+                up = http.client.HTTPConnection(
+                    self.upstream.hostname, self.upstream.port, timeout=30
+                )
+                up.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+                for k, v in headers.items():
+                    up.putheader(k, v)
+                up.endheaders(body or None)
+                answer = up.getresponse()
+                data = answer.read()
+                head = [f"HTTP/1.1 {answer.status} {answer.reason}"]
+                for k, v in answer.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        head.append(f"{k}: {v}")
+                head += [f"Content-Length: {len(data)}", "Connection: close"]
+                conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+                up.close()
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.closed.set()
+        self.sock.close()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from moto.server import ThreadedMotoServer
@@ -13,7 +14,7 @@ from moto.server import ThreadedMotoServer
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, wait_until, write_config
 from tests.offsite.conftest import Endpoint, _credentials, wait_port
-from tests.offsite.helpers import offsite_section
+from tests.offsite.helpers import StallingProxy, offsite_section
 from tests.system.test_daemon import daemon, runs
 
 
@@ -85,39 +86,20 @@ def test_after_a_failure_the_daemon_tries_again_and_completes_the_upload(
             server.stop()
 
 
-class Trickle:
-    """An endpoint that accepts every request and answers it one byte every 2 s, for ever: each
-    byte resets botocore's read timeout, so no request to it ever ends."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
-
-    def _drip(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
-                while not self.closed.wait(2.0):
-                    conn.sendall(b"<")
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.closed.set()
-        self.sock.close()
+@contextmanager
+def _stalling(
+    tmp_path: Path, sandbox: Sandbox, jobs: list[dict[str, str]], **section: str
+) -> Iterator[Path]:
+    """A config whose [offsite] endpoint answers no request to its end (one byte every 2 s)."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    stalling = StallingProxy(None)
+    try:
+        down = Endpoint("moto", stalling.url, "held", _credentials(tmp_path))
+        extra = offsite_section(down, retries=1, retry_after="1h", **section)
+        yield write_config(tmp_path, sandbox, jobs=jobs, extra=extra)
+    finally:
+        stalling.close()
 
 
 def test_an_endpoint_that_never_finishes_an_answer_does_not_hold_the_backups(
@@ -125,14 +107,8 @@ def test_an_endpoint_that_never_finishes_an_answer_does_not_hold_the_backups(
 ) -> None:
     """Before: the sync waited on the request for ever, under the lock; every backup that fell
     due waited behind it ("already waiting"), and SIGTERM took minutes."""
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 300)
-    trickle = Trickle()
-    try:
-        down = Endpoint("moto", trickle.url, "held", _credentials(tmp_path))
-        jobs = [{"name": "often", "every": "4s", "mode": "cold", "copy": "direct"}]
-        section = offsite_section(down, retries=1, yield_within="3s", retry_after="1h")
-        config = write_config(tmp_path, sandbox, jobs=jobs, extra=section)
+    jobs = [{"name": "often", "every": "4s", "mode": "cold", "copy": "direct"}]
+    with _stalling(tmp_path, sandbox, jobs, yield_within="3s") as config:
         with daemon(tmp_path, config) as d:
             d.wait_event("offsite.left_behind", timeout=120)
             names = lambda: [e.get("event") for e in d.events()]  # noqa: E731
@@ -146,8 +122,6 @@ def test_an_endpoint_that_never_finishes_an_answer_does_not_hold_the_backups(
             assert time.monotonic() - started < 30, "SIGTERM is not held by the request"
         assert [r for r in runs(tmp_path) if r.ok], "the backup ran"
         assert sandbox.ping()
-    finally:
-        trickle.close()
 
 
 def test_a_stalled_request_is_left_behind_after_stall_after_even_with_nothing_due(
@@ -156,16 +130,8 @@ def test_a_stalled_request_is_left_behind_after_stall_after_even_with_nothing_du
     """yield_within only counts while a backup waits; a request that moves nothing for
     stall_after is left behind on its own, and the retry is scheduled (before: the upload held
     the sync, and `status` showed it uploading, for as long as the endpoint dripped)."""
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 300)
-    trickle = Trickle()
-    try:
-        down = Endpoint("moto", trickle.url, "held", _credentials(tmp_path))
-        jobs = [{"name": "daily", "every": "1d", "mode": "cold", "copy": "direct"}]
-        section = offsite_section(
-            down, retries=1, yield_within="1h", stall_after="3s", retry_after="1h"
-        )
-        config = write_config(tmp_path, sandbox, jobs=jobs, extra=section)
+    jobs = [{"name": "daily", "every": "1d", "mode": "cold", "copy": "direct"}]
+    with _stalling(tmp_path, sandbox, jobs, yield_within="1h", stall_after="3s") as config:
         # a backup the bucket lacks (its own off-site step gives up on the stall): the
         # daemon sends it at start, with no backup due for a day
         assert Cli(config)("backup", timeout=90).returncode == 0
@@ -175,5 +141,3 @@ def test_a_stalled_request_is_left_behind_after_stall_after_even_with_nothing_du
             d.wait_event("offsite.retry_scheduled", timeout=30)
             assert d.stop() == 0
         assert sandbox.ping()
-    finally:
-        trickle.close()

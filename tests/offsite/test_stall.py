@@ -6,89 +6,17 @@ timeout restarts with each byte)."""
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, write_config
 from tests.offsite.conftest import Endpoint
-from tests.offsite.helpers import offsite_section
-
-
-class StallingProxy:
-    """Passes requests on to moto, except those `stalls(method, path)` picks: those get a
-    status line and headers, then one byte every 2 s, for ever."""
-
-    def __init__(self, upstream: str, stalls: Callable[[str, str], bool]) -> None:
-        self.upstream = urlsplit(upstream)
-        self.stalls = stalls
-        self.stalled: list[str] = []
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(32)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                reader = conn.makefile("rb")
-                line = reader.readline().decode()
-                if not line:
-                    return
-                method, path, _ = line.split(" ", 2)
-                headers: dict[str, str] = {}
-                while (h := reader.readline().decode()) not in ("\r\n", "\n", ""):
-                    k, v = h.split(":", 1)
-                    headers[k.strip()] = v.strip()
-                if self.stalls(method, path):
-                    self.stalled.append(f"{method} {path}")
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
-                    while not self.closed.wait(2.0):
-                        conn.sendall(b"<")
-                    return
-                if headers.pop("Expect", "").lower() == "100-continue":
-                    conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-                body = reader.read(int(headers.get("Content-Length", "0") or 0))
-                up = http.client.HTTPConnection(
-                    self.upstream.hostname, self.upstream.port, timeout=30
-                )
-                up.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-                for k, v in headers.items():
-                    up.putheader(k, v)
-                up.endheaders(body or None)
-                answer = up.getresponse()
-                data = answer.read()
-                head = [f"HTTP/1.1 {answer.status} {answer.reason}"]
-                for k, v in answer.getheaders():
-                    if k.lower() not in ("connection", "transfer-encoding", "content-length"):
-                        head.append(f"{k}: {v}")
-                head += [f"Content-Length: {len(data)}", "Connection: close"]
-                conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
-                up.close()
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.closed.set()
-        self.sock.close()
+from tests.offsite.helpers import StallingProxy, offsite_section
 
 
 @pytest.fixture
