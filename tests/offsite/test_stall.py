@@ -113,3 +113,58 @@ def test_reading_back_a_stalled_download_gives_up_and_touches_nothing(
     assert sandbox.pids() == before
     assert not archive.exists(), "no half-fetched archive under the backup's name"
     assert proxy.stalled
+
+
+@pytest.mark.parametrize(
+    ("argv", "sig", "status"),
+    [(("backup",), "SIGTERM", 1), (("offsite", "sync"), "SIGINT", 130)],
+    ids=["backup's off-site step, SIGTERM", "offsite sync, SIGINT"],
+)
+def test_a_signal_during_a_stalled_request_ends_the_command_at_once(
+    tmp_path: Path,
+    sandbox: Sandbox,
+    moto: Endpoint,
+    proxy_for: Callable[..., StallingProxy],
+    argv: tuple[str, ...],
+    sig: str,
+    status: int,
+) -> None:
+    """Before stall_after: the signal ended the main thread's wait, then Python joined the
+    upload's pool threads at exit, as long as the stalled request lasted."""
+    import signal
+    import subprocess
+    import sys
+
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    proxy = proxy_for(_objects("PUT"))
+    if argv[0] == "offsite":  # a backup the bucket lacks, taken before [offsite] was set
+        assert Cli(write_config(tmp_path, sandbox))("backup").returncode == 0
+    section = offsite_section(moto, endpoint_url=proxy.url, retries=1, stall_after="10m")
+    config = write_config(tmp_path, sandbox, extra=section)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "influx_backupd", "--config", str(config), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, "PYTHONFAULTHANDLER": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not proxy.stalled and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proxy.stalled, "the upload reached the stalling endpoint"
+        time.sleep(1)
+        proc.send_signal(getattr(signal, sig))
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:  # show where it hangs (faulthandler's dump)
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=20)
+            raise AssertionError(f"still running 20 s after {sig}: {err[-6000:]}") from None
+    finally:
+        proc.kill()
+    assert proc.returncode == status, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert sandbox.ping()
+    assert [r["status"] for r in Cli(config).json("list")] == ["ok"], "the local backup stays"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 # Date has whole seconds and the request takes a moment: beyond this, the clocks really differ.
+from influx_backupd.store.chain import link_problem
 from influx_backupd.store.record import Flavour, RunRecord
 
 # Increments smaller than this together never force a new full (about 5 s of SELECT INTO).
@@ -48,6 +49,7 @@ def plan_link(
     host: str,
     storage_dir: Path | None = None,
     exists: Callable[[Path], bool] = os.path.exists,
+    problem: Callable[[RunRecord], str | None] = link_problem,
 ) -> LinkPlan:
     """Full or incremental, from this job's earlier runs (any order). A chain is extended only
     while every link is there, good (no failed check: retention keeps such a link, but an
@@ -76,6 +78,9 @@ def plan_link(
             return LinkPlan("full", None, None, None, f"link {link.id} is missing on disk")
         if link.failed_check:
             return LinkPlan("full", None, None, None, f"link {link.id} failed its last check")
+        wrong = problem(link)
+        if wrong is not None:
+            return LinkPlan("full", None, None, None, wrong)
         if storage_dir is not None and not _within(Path(link.archive), storage_dir):
             return LinkPlan(
                 "full", None, None, None, f"link {link.id} is not in storage.dir {storage_dir}"

@@ -46,7 +46,7 @@ CACHE_DIR = "offsite-manifests"  # manifests as read from the bucket, for list, 
 
 
 T = TypeVar("T")
-_LEFT: list[threading.Thread] = []  # watched() work given up on a stalled request
+_LEFT: list[threading.Event] = []  # watched() work given up (its done flag, not set yet)
 
 
 def watched(config: Config, work: Callable[[], T]) -> T:
@@ -56,20 +56,38 @@ def watched(config: Config, work: Callable[[], T]) -> T:
     section = config.settings.offsite
     limit = section.stall_after if section is not None else 300.0
     outcome: list[tuple[bool, Any]] = []
+    # its own flag, not Thread.is_alive(): a signal handler raising inside join() leaves the
+    # thread marked stopped while it runs on (CPython's bpo-45274 handling)
+    done = threading.Event()
 
     def run() -> None:
         try:
             outcome.append((True, work()))
         except BaseException as exc:  # handed to the caller's thread as it is
             outcome.append((False, exc))
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=run, name="offsite", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.25)
+    threading.Thread(target=run, name="offsite", daemon=True).start()
+    try:
+        _wait(done, config, limit)
+    except BaseException:
+        # a signal (Interrupted, KeyboardInterrupt) or a stall: the work is not waited for;
+        # the command ends now, and leaves with os._exit (left_behind)
+        if not done.is_set():
+            _LEFT.append(done)
+        raise
+    ok, value = outcome[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
+
+
+def _wait(done: threading.Event, config: Config, limit: float) -> None:
+    section = config.settings.offsite
+    while not done.wait(0.25):
         stalled = stalled_for()
-        if thread.is_alive() and stalled >= limit:
-            _LEFT.append(thread)
+        if stalled >= limit:
             where = where_of(section) if section is not None else "the bucket"
             line = (
                 f"{where}: a request has moved no byte for {stalled:.0f}s (stall_after "
@@ -77,10 +95,6 @@ def watched(config: Config, work: Callable[[], T]) -> T:
             )
             _note_failure(config, line)
             raise Stalled(line)
-    ok, value = outcome[0]
-    if ok:
-        return value  # type: ignore[no-any-return]
-    raise value
 
 
 def stalled_for() -> float:
@@ -92,7 +106,7 @@ def left_behind() -> bool:
     """A watched() thread still waits on its request: Python would join the upload's pool
     threads at exit (waiting as long as that request does), so the process must leave with
     os._exit once everything of its own is written."""
-    return any(t.is_alive() for t in _LEFT)
+    return any(not done.is_set() for done in _LEFT)
 
 
 def _note_failure(config: Config, line: str) -> None:

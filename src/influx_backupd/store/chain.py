@@ -72,6 +72,31 @@ def chain_for(catalog: Catalog, record: RunRecord) -> list[RunRecord]:
     return links
 
 
+def link_problem(record: RunRecord) -> str | None:
+    """What is wrong on disk with a chain link, found by stat alone (an increment is planned or
+    verified on it, so this stays cheap): gone, a file of it gone, or not the size recorded (a
+    cut or a truncated shard). A changed byte of the same size needs its sha256: verify's."""
+    path = Path(str(record.archive or ""))
+    try:
+        if not record.archive or not path.exists():
+            return f"link {record.id}: {record.archive or 'no archive'} is missing"
+        if path.is_file():
+            size = path.stat().st_size
+        else:
+            names = record.extra.get("file_sha256")
+            if not isinstance(names, dict):
+                return None  # a record from before per-file digests: nothing to compare
+            missing = [n for n in names if not (path / str(n)).is_file()]
+            if missing:
+                return f"link {record.id}: {path / str(missing[0])} is missing"
+            size = sum((path / str(n)).stat().st_size for n in names)
+    except OSError as exc:
+        return f"link {record.id}: {path}: {exc.strerror or exc}"
+    if record.bytes is not None and size != record.bytes:
+        return f"link {record.id}: {path} holds {size} bytes, {record.bytes} when it was taken"
+    return None
+
+
 def read_sidecar(directory: Path) -> RunRecord | None:
     """The record hot.py wrote beside a 1.x backup dir; None when there is none.
 

@@ -40,6 +40,7 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import (
     chain_for,
     is_increment_09,
+    link_problem,
     lookup,
     read_sidecar,
     sniff,
@@ -144,10 +145,9 @@ def _verify_chain(
         result.fail("chain", str(exc))
         return
     for link in links[:-1]:
-        if not Path(str(link.archive)).exists():
-            result.fail(
-                "chain", f"link {link.id} of chain {record.chain_id}: {link.archive} is missing"
-            )
+        wrong = link_problem(link)
+        if wrong is not None:
+            result.fail("chain", f"chain {record.chain_id}: {wrong}")
             return
         if link.failed_check:
             result.fail(

@@ -83,6 +83,7 @@ def _plan(history: list[RunRecord], now: float = 2 * DAY, **kw: object) -> objec
         "flavour": "portable",
         "host": "h:8088",
         "exists": lambda _p: True,
+        "problem": lambda _r: None,
     }
     args.update(kw)
     return plan_link(history, **args)  # type: ignore[arg-type]
