@@ -69,3 +69,22 @@ def test_a_record_beside_a_backup_without_its_sha256_fails_verify_by_path(
     done = cli("verify", str(elsewhere), "--json")
     assert done.returncode == 1, done.stdout + done.stderr[-2000:]
     assert "sha256 missing" in done.stdout and "unusable" in done.stdout, done.stdout
+
+
+def test_a_cut_link_not_yet_verified_fails_its_increments_and_ends_the_chain(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: `verify I1` said "chain ok" over a full cut short, and the next hot run
+    extended the chain on it (its restore test then failed on the damaged gzip)."""
+    config = write_config(tmp_path, sandbox, jobs=JOBS[:1])
+    cli = Cli(config)
+    full, inc = hot_chain(cli, sandbox, [[("metrics", 800)], [("metrics", 200)]], job="hot")
+    shard = next(Path(full["archive"]).glob("*.tar.gz"))
+    with open(shard, "r+b") as fh:
+        fh.truncate(shard.stat().st_size // 2)
+    tip = cli("verify", inc["id"], "--json")
+    assert tip.returncode == 1, tip.stdout
+    [result] = json.loads(tip.stdout)
+    assert result["checks"]["chain"] == "failed" and "when it was taken" in tip.stdout, result
+    nxt = cli.json("backup", "--job", "hot")
+    assert nxt["status"] == "ok" and nxt["kind"] == "full", nxt
