@@ -18,11 +18,12 @@ chain too, since an increment being written depends on it; "failed" and
 "interrupted" are always deleted (their leftovers are cleaned), even inside a
 kept chain; only good backups ("ok", no failed check since) count toward any rule.
 
-A backup whose check failed since is no good backup, but it is not deleted for that: the
-check may have failed for a reason outside it (a storage mount that was down, a throwaway
-influxd that would not start) and it may hold the newest data there is. It is kept until the
-good backups the rules keep are all newer than it (with no rule, for ever), and a kept chain
-keeps it like any member.
+A backup whose check failed since (or an increment on a link whose check failed) is no good
+backup, but it is not deleted for that: the check may have failed for a reason outside it (a
+storage mount that was down, a throwaway influxd that would not start) and it may hold the
+newest data there is. It is kept until the
+good backups the rules keep are all newer than it (with no rule, for ever) — and in any case
+while the rules would keep it were its check good — and a kept chain keeps it like any member.
 """
 
 from __future__ import annotations
@@ -116,6 +117,51 @@ def chain_key(record: RunRecord, members: dict[str, RunRecord]) -> str:
         current = parent
 
 
+def _on_failed_link(record: RunRecord, members: dict[str, RunRecord]) -> bool:
+    """An earlier link of record's chain failed its last check."""
+    current, seen = record, {record.id}
+    while current.kind == "incremental" and current.parent_id:
+        parent = members.get(current.parent_id)
+        if parent is None or parent.id in seen:
+            return False
+        if parent.failed_check:
+            return True
+        seen.add(parent.id)
+        current = parent
+    return False
+
+
+def _selected(oks: list[RunRecord], policy: RetentionPolicy) -> dict[str, list[str]]:
+    """The rules applied to oks (newest first): each backup they keep, with why."""
+    reasons: dict[str, list[str]] = {}
+
+    def mark(record: RunRecord, why: str) -> None:
+        reasons.setdefault(record.id, []).append(why)
+
+    if not policy.has_rules:
+        for r in oks:
+            mark(r, "no retention rule set")
+        return reasons
+    if oks:
+        mark(oks[0], "newest ok")
+    for i, r in enumerate(oks[: policy.keep_last]):
+        mark(r, f"last {i + 1}/{policy.keep_last}")
+    for label, attr, period_of in BUCKETS:
+        wanted: int = getattr(policy, attr)
+        if not wanted:
+            continue
+        seen: set[str] = set()
+        for r in oks:  # newest first, so the first of each period is its newest
+            period = period_of(r.started_at)
+            if period in seen:
+                continue
+            seen.add(period)
+            mark(r, f"{label} {period}")
+            if len(seen) == wanted:
+                break
+    return reasons
+
+
 def _newest_first(records: Sequence[RunRecord]) -> list[RunRecord]:
     return sorted(records, key=lambda r: (r.started_at, r.id), reverse=True)
 
@@ -129,43 +175,29 @@ def plan(records: Sequence[RunRecord], policy: RetentionPolicy, *, now: float) -
     """
     del now
     ordered = _newest_first(records)
-    oks = [r for r in ordered if r.good]  # what the rules count
-    checked_bad = [r for r in ordered if r.failed_check]
     members = {r.id: r for r in ordered if r.status in ("ok", "running")}
-    reasons: dict[str, list[str]] = {}
+    # an increment restores only as well as its earlier links: one on a link whose check
+    # failed is no good backup either (it would take a rule's place from a restorable one)
+    unproven = {r.id for r in ordered if r.failed_check or _on_failed_link(r, members)}
+    oks = [r for r in ordered if r.good and r.id not in unproven]  # what the rules count
+    checked_bad = [r for r in ordered if r.ok and r.id in unproven]
+    reasons = _selected(oks, policy)
+    # what the rules would keep were every check good: a failed check never has them delete a
+    # backup they would otherwise keep
+    as_if_good = _selected([r for r in ordered if r.ok], policy)
 
     def mark(record: RunRecord, why: str) -> None:
         reasons.setdefault(record.id, []).append(why)
 
-    if not policy.has_rules:
-        for r in ordered:
-            if r.ok:
-                mark(r, "no retention rule set")
-    else:
-        if oks:
-            mark(oks[0], "newest ok")
-        for i, r in enumerate(oks[: policy.keep_last]):
-            mark(r, f"last {i + 1}/{policy.keep_last}")
-        for label, attr, period_of in BUCKETS:
-            wanted: int = getattr(policy, attr)
-            if not wanted:
-                continue
-            seen: set[str] = set()
-            for r in oks:  # newest first, so the first of each period is its newest
-                period = period_of(r.started_at)
-                if period in seen:
-                    continue
-                seen.add(period)
-                mark(r, f"{label} {period}")
-                if len(seen) == wanted:
-                    break
     for r in ordered:
         if r.status == "running":
             mark(r, "running")
     kept_good = [r.started_at for r in oks if r.id in reasons]
     for r in checked_bad:
-        if r.id not in reasons and (not kept_good or r.started_at >= min(kept_good)):
-            mark(r, "its check failed: kept until the good backups kept are all newer")
+        newer = not kept_good or r.started_at >= min(kept_good)
+        if r.id not in reasons and (newer or r.id in as_if_good):
+            what = "its check" if r.failed_check else "a check of an earlier link"
+            mark(r, f"{what} failed: kept until the good backups kept are all newer")
 
     # Whole chains: the newest anchoring member names the reason.
     keys = {rid: chain_key(r, members) for rid, r in members.items()}

@@ -62,7 +62,7 @@ class RunRecord:
     since: str | None = None  # RFC3339 -since used for an incremental
     # per-database figures taken at backup time, for restore tests: {db: points}
     db_counts: dict[str, int] | None = None
-    verify_status: Literal["ok", "failed", "error"] | None = None  # error: not judged
+    verify_status: Literal["ok", "failed"] | None = None
     verified_at: float | None = None
     verify_detail: str | None = None
     # Data that later steps act on, typed. Records written before these fields existed kept

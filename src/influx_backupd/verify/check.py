@@ -397,7 +397,14 @@ def verify_all(
 
 
 def save_result(catalog: Catalog, record: RunRecord, result: VerifyResult) -> None:
-    """Into the catalog (the caller holds the lock, so prune cannot remove the record meanwhile)."""
+    """Into the catalog (the caller holds the lock, so prune cannot remove the record meanwhile).
+    A check that could not be made (status error) is no verdict: the record keeps the last one
+    (before: it overwrote a "failed", and the bad backup counted as good again)."""
+    if result.status == "error":
+        log.get().warning(
+            "verify.not_judged", run_id=record.id, job=record.job, error=result.detail()
+        )
+        return
     now = time.time()
     record.verify_status = result.status
     record.verified_at = now

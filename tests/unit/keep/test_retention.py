@@ -555,3 +555,21 @@ def test_a_kept_increment_keeps_the_full_whose_check_failed() -> None:
     full, i1, i2, c = chain_records()
     p = run([checked_bad(full), i1, i2, c], keep_last=2)
     assert "F1" in ids(p.keep) and p.delete == []
+
+
+def test_an_increment_on_a_link_whose_check_failed_counts_for_no_rule() -> None:
+    """Before: B1 (on a full whose check failed) took keep_last's place, and A0, the only
+    restorable backup older than C0, was deleted."""
+    records = [
+        hot("A0", "2026-11-20 00:00", chain="A0"),
+        checked_bad(hot("B0", "2026-11-21 00:00", chain="B0")),
+        hot("B1", "2026-11-22 00:00", chain="B0", parent="B0"),
+        hot("C0", "2026-11-23 00:00", chain="C0"),
+        hot("C1", "2026-11-24 00:00", chain="C0", parent="C0"),
+    ]
+    p = run(records, keep_last=3)
+    assert ids(p.keep) == ["C1", "C0", "B1", "B0", "A0"]
+    assert p.reasons["B1"] == [
+        "a check of an earlier link failed: kept until the good backups kept are all newer"
+    ]
+    assert p.reasons["A0"] == ["last 3/3"]

@@ -41,3 +41,23 @@ def test_a_record_saved_again_after_its_follow_up_is_not_owed_again(tmp_path: Pa
     record.verify_status = "ok"
     catalog.save(record)
     assert catalog.owed() == []
+
+
+def test_a_check_that_could_not_be_made_leaves_the_last_verdict(tmp_path: Path) -> None:
+    """Before: an "error" (influxd would not start even on an empty dir) overwrote "failed",
+    and a backup known bad counted as good again for retention."""
+    from influx_backupd.verify.check import save_result
+    from influx_backupd.verify.result import VerifyResult
+
+    catalog = Catalog(tmp_path)
+    record = _run(catalog, "ok")
+    failed = VerifyResult(archive="a", run_id=record.id)
+    failed.fail("restore_test", "restore test: 10 points restored, 20 counted")
+    save_result(catalog, record, failed)
+    stored = catalog.get(record.id)
+    assert stored is not None and stored.failed_check
+    not_made = VerifyResult(archive="a", run_id=record.id)
+    not_made.cannot("restore_test", "restore test not run: influxd does not start")
+    save_result(catalog, stored, not_made)
+    again = catalog.get(record.id)
+    assert again is not None and again.failed_check and again.verify_detail == stored.verify_detail
