@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -130,13 +131,19 @@ def offsite_section(endpoint: Endpoint, **extra: object) -> str:
 class StallingProxy:
     """Passes requests on to upstream (moto), except those `stalls(method, path)` picks: those
     get a status line and headers, then one byte every 2 s, for ever: each byte resets
-    botocore's read timeout, so no such request ever ends. No upstream: every request stalls."""
+    botocore's read timeout, so no such request ever ends. No upstream: every request stalls.
+    rate (bytes/s): every body, both ways, passed on that slowly but steadily."""
 
     def __init__(
-        self, upstream: str | None, stalls: Callable[[str, str], bool] = lambda _m, _p: True
+        self,
+        upstream: str | None,
+        stalls: Callable[[str, str], bool] = lambda _m, _p: True,
+        *,
+        rate: int | None = None,
     ) -> None:
         self.upstream = urlsplit(upstream or "http://127.0.0.1:9")
         self.stalls = stalls
+        self.rate = rate
         self.stalled: list[str] = []
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -173,7 +180,7 @@ class StallingProxy:
                     return
                 if headers.pop("Expect", "").lower() == "100-continue":
                     conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-                body = reader.read(int(headers.get("Content-Length", "0") or 0))
+                body = self._slowly(reader.read, int(headers.get("Content-Length", "0") or 0))
                 up = http.client.HTTPConnection(
                     self.upstream.hostname, self.upstream.port, timeout=30
                 )
@@ -188,10 +195,27 @@ class StallingProxy:
                     if k.lower() not in ("connection", "transfer-encoding", "content-length"):
                         head.append(f"{k}: {v}")
                 head += [f"Content-Length: {len(data)}", "Connection: close"]
-                conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+                conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+                for at in range(0, len(data), 4096):
+                    conn.sendall(data[at : at + 4096])
+                    if self.rate:
+                        time.sleep(len(data[at : at + 4096]) / self.rate)
                 up.close()
             except OSError:
                 return
+
+    def _slowly(self, take: Callable[[int], bytes], size: int) -> bytes:
+        """size bytes from take, 4 KiB at a time at self.rate."""
+        got = []
+        while size > 0:
+            piece = take(min(4096, size))
+            if not piece:
+                break
+            got.append(piece)
+            size -= len(piece)
+            if self.rate:
+                time.sleep(len(piece) / self.rate)
+        return b"".join(got)
 
     def close(self) -> None:
         self.closed.set()

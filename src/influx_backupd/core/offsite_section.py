@@ -159,7 +159,7 @@ class OffsiteSection(BaseModel):
     yield_within: Annotated[Duration, Field(gt=0)] = 60.0
     """The daemon: a backup that falls due waits this long for the upload to stop between objects; past it, an upload held by a request that does not end (a stuck endpoint) is left behind and the backup runs."""
     stall_after: Annotated[Duration, Field(gt=0)] = 300.0
-    """A request that moves no byte for this long has stalled (an endpoint answering a byte at a time defeats the read timeout): the off-site step gives up with one line (a command exits; the daemon leaves it behind and tries again after retry_after). Keep it above the read timeout (60 s)."""
+    """A request that makes no progress for this long has stalled (an endpoint answering a byte at a time defeats the read timeout): the off-site step gives up with one line (a command exits; the daemon leaves it behind and tries again after retry_after). Progress: bytes leaving the socket's send queue, 16 KiB of a download, an attempt begun; our own max_rate waits do not count. Keep it above the read timeout (60 s) and above the time the endpoint takes to answer a whole upload."""
     connect_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     """How long a connection to the endpoint may take."""
     # objects no kept manifest references are deleted only once older than this (seconds):

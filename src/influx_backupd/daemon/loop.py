@@ -600,7 +600,7 @@ class Daemon:
                 left_behind.set()
                 self._held_sync = thread
                 reason = (
-                    f"a request to the endpoint has moved no byte for stall_after "
+                    f"a request to the endpoint has made no progress for stall_after "
                     f"({stall_after:.0f}s)"
                     if stalled
                     else "a request to the endpoint has not ended; the upload did not stop "

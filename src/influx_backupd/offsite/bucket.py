@@ -12,11 +12,14 @@ other module ever sees botocore or a message that could carry a secret.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import os
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,6 +59,7 @@ class Activity:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._since: dict[int, float] = {}
+        self._queued: dict[int, int] | None = None  # _send_queues() at the last look
 
     def begin(self, **_: Any) -> None:
         with self._lock:
@@ -71,14 +75,64 @@ class Activity:
         with self._lock:
             self._since.pop(threading.get_ident(), None)
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Our own wait (max_rate's throttle) is no stall of the endpoint's."""
+        me = threading.get_ident()
+        with self._lock:
+            was = self._since.pop(me, None)
+        try:
+            yield
+        finally:
+            if was is not None:
+                with self._lock:
+                    self._since[me] = time.monotonic()
+
     def stalled_for(self) -> float:
-        """Seconds the longest-still request has moved nothing; 0 with none in flight."""
+        """Seconds the longest-still request has moved nothing; 0 with none in flight. A body
+        handed to the kernel whole drains from its socket buffer (up to some MiB) with no read
+        of ours: bytes leaving our sockets' send queues since the last look count too."""
         now = time.monotonic()
         with self._lock:
-            return max((now - t for t in self._since.values()), default=0.0)
+            still = max((now - t for t in self._since.values()), default=0.0)
+        if still > 1.0:
+            queued = _send_queues()
+            if queued is not None and queued != self._queued:
+                self._queued = queued
+                with self._lock:
+                    for me in self._since:
+                        self._since[me] = now
+                return 0.0
+        return still
+
+
+def _send_queues() -> dict[int, int] | None:
+    """Bytes waiting in the send queue of each TCP socket this process holds that has any
+    (Linux /proc; None where it cannot be read)."""
+    try:
+        ours = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith("socket:["):
+                    ours.add(int(target[8:-1]))
+        queues: dict[int, int] = {}
+        for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as fh:
+                next(fh, None)
+                for line in fh:
+                    fields = line.split()
+                    inode = int(fields[9])
+                    queued = int(fields[4].split(":")[0], 16)
+                    if inode in ours and queued:  # idle ones (and new ones) say nothing
+                        queues[inode] = queued
+        return queues
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 ACTIVITY = Activity()
+PIECE = 16 * 1024  # a download's unit of movement (see _Reading.read)
 
 
 class _Reading:
@@ -89,9 +143,20 @@ class _Reading:
         self._body = body
 
     def read(self, n: int = -1) -> bytes:
+        """In pieces of PIECE at most, each one movement: a slow download that brings a piece
+        now and then has not stalled (one read of a whole 1 MiB chunk could take minutes)."""
         ACTIVITY.begin()
         try:
-            return bytes(self._body.read(n))
+            pieces: list[bytes] = []
+            left = n
+            while left != 0:
+                piece = bytes(self._body.read(PIECE if left < 0 else min(PIECE, left)))
+                if not piece:
+                    break
+                ACTIVITY.moved()
+                pieces.append(piece)
+                left = left - len(piece) if left > 0 else left
+            return b"".join(pieces)
         finally:
             ACTIVITY.end()
 
@@ -145,7 +210,8 @@ class _Body:
         chunk = bytes(self._data[self._pos : end])
         self._pos = end
         if self._limit is not None and chunk:
-            self._limit.take(len(chunk))
+            with ACTIVITY.paused():
+                self._limit.take(len(chunk))
         ACTIVITY.moved()
         return chunk
 

@@ -17,7 +17,7 @@ class Unreachable(OffsiteError):
 
 
 class Stalled(Unreachable):
-    """A request moved no byte for [offsite] stall_after: given up, left to end on its own."""
+    """A request made no progress for [offsite] stall_after: given up, left to end on its own."""
 
 
 class Refused(OffsiteError):

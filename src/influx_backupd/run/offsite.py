@@ -51,7 +51,7 @@ _LEFT: list[threading.Event] = []  # watched() work given up (its done flag, not
 
 def watched(config: Config, work: Callable[[], T]) -> T:
     """work() (requests to the bucket) in a thread of its own, given up with Stalled when a
-    request has moved no byte for [offsite] stall_after. The thread is left to end with its
+    request has made no progress for [offsite] stall_after. The thread is left to end with its
     request (it does nothing after; see left_behind()); the caller goes on, under its signals."""
     section = config.settings.offsite
     limit = section.stall_after if section is not None else 300.0
@@ -90,7 +90,7 @@ def _wait(done: threading.Event, config: Config, limit: float) -> None:
         if stalled >= limit:
             where = where_of(section) if section is not None else "the bucket"
             line = (
-                f"{where}: a request has moved no byte for {stalled:.0f}s (stall_after "
+                f"{where}: a request has made no progress for {stalled:.0f}s (stall_after "
                 f"{limit:.0f}s): the endpoint stalls; given up"
             )
             _note_failure(config, line)
