@@ -60,13 +60,23 @@ def backed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backed]:
         while not any(server.data.rglob("*.tsm")):
             assert time.monotonic() < deadline, "influxd wrote no TSM file"
             time.sleep(0.2)
-        server.write_points("other", 500, measurement="mem")  # stays in the WAL
         cli = Cli(write_config(root, server))
-        record = cli.json("backup")
-        assert record["status"] == "ok", record["error"]
+        # "other" stays in the WAL, unless influxd snapshots it (1 s cold) before the stop:
+        # on a busy machine it may, so the backup is taken again until its WAL holds it
+        for attempt in range(5):
+            server.write_points("other", 500, measurement="mem", start=attempt * 1000)
+            record = cli.json("backup")
+            assert record["status"] == "ok", record["error"]
+            if _holds_wal(Path(record["archive"])):
+                break
         yield Backed(root, cli, server, record)
     finally:
         server.stop()
+
+
+def _holds_wal(archive: Path) -> bool:
+    with tarfile.open(archive) as tar:
+        return any(i.name.endswith(".wal") and i.size > 5 for i in tar if i.isreg())
 
 
 def rewrite(
@@ -89,7 +99,8 @@ def results(done: Any) -> list[dict[str, Any]]:
 
 
 def test_db_counts_are_taken_before_the_stop(backed: Backed) -> None:
-    assert backed.record["db_counts"] == {"metrics": 20_000, "other": 500}
+    counts = backed.record["db_counts"]
+    assert counts["metrics"] == 20_000 and counts["other"] in range(500, 2501, 500), counts
     assert set(backed.record["dirs"]) == {"meta", "data", "wal"}
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from influx_backupd.core.redact import shown_parts
+
 # systemd's unit name characters; never starting with '-' (systemctl would take an option)
 _UNIT = re.compile(r"^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]*\Z")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+)\Z")
@@ -116,7 +118,7 @@ def url_problem(url: str) -> str | None:
         port = parts.port
     except ValueError as exc:  # a port out of range or not a number, a broken [v6 literal]
         return f"must be an http:// or https:// URL with a valid host and port ({exc}), {example}"
-    shown = _shown(parts)
+    shown = shown_parts(parts)
     if "@" in parts.netloc:
         # urllib cannot send them (it reads "user:password@host" as host and port, and says so
         # in an error holding the password): such a URL could only ever fail, loudly
@@ -132,30 +134,6 @@ def url_problem(url: str) -> str | None:
     if port == 0:
         return "its port must be 1-65535, not 0"
     return None
-
-
-_URL_IN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*")
-
-
-def shown_url(text: str) -> str:
-    """A hook's argument as a log may show it: each URL in it as scheme and host only (a
-    healthchecks UUID, a token or user:password rides in the rest); the other text as it is."""
-
-    def one(match: re.Match[str]) -> str:
-        try:
-            return _shown(urllib.parse.urlsplit(match.group(0))).strip("'")
-        except ValueError:
-            return "(a URL, not shown)"
-
-    return _URL_IN.sub(one, text)
-
-
-def _shown(parts: urllib.parse.SplitResult) -> str:
-    """A URL as an error may show it: scheme and host; the rest, if any, as …"""
-    if not parts.scheme or "@" in parts.netloc:
-        return "(the value, not shown)"
-    rest = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
-    return repr(f"{parts.scheme}://{parts.hostname or ''}{rest}")
 
 
 _SPACE = re.compile(r"[\s\x00-\x1f\x7f]")

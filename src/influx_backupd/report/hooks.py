@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from influx_backupd.core import log
-from influx_backupd.core.config_values import shown_url
 from influx_backupd.core.interrupt import child_preexec
+from influx_backupd.core.redact import shown_url
 from influx_backupd.store.record import RunRecord
 
 PREFIX = "INFLUX_BACKUPD_"

@@ -59,14 +59,16 @@ def test_a_hook_that_prints_a_lot_is_read_by_its_tail_and_its_urls_are_not_logge
 
     code = "import sys; [sys.stdout.write('x' * 1048576) for _ in range(200)]; print('END')"
     hook = [sys.executable, "-c", code, "https://hc-ping.com/6f1c-secret-uuid?t=tok"]
-    # the peak RSS of a fresh process running the hook: this one's peak may be anything
+    # the peak RSS of a fresh process running the hook: its VmHWM, as ru_maxrss keeps the
+    # peak of the image before exec (here a fork of a pytest worker of any size)
+    peak = "[ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]"
     child = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import resource, sys; from influx_backupd.report.hooks import run_hook; "
+            "from influx_backupd.report.hooks import run_hook; "
             f"r = run_hook({hook!r}, {{}}, 60); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, repr(r.output[-4:]))",
+            f"print({peak}, repr(r.output[-4:]))",
         ],
         capture_output=True,
         text=True,
