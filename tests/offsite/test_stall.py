@@ -117,7 +117,7 @@ def test_reading_back_a_stalled_download_gives_up_and_touches_nothing(
 
 @pytest.mark.parametrize(
     ("argv", "sig", "status"),
-    [(("backup",), "SIGTERM", 1), (("offsite", "sync"), "SIGINT", 130)],
+    [(("backup",), "SIGTERM", 1), (("offsite", "sync"), "SIGINT", 1)],
     ids=["backup's off-site step, SIGTERM", "offsite sync, SIGINT"],
 )
 def test_a_signal_during_a_stalled_request_ends_the_command_at_once(
@@ -166,5 +166,49 @@ def test_a_signal_during_a_stalled_request_ends_the_command_at_once(
         proc.kill()
     assert proc.returncode == status, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+    assert f"influx-backupd: interrupted by {sig}" in err, err[-3000:]
     assert sandbox.ping()
     assert [r["status"] for r in Cli(config).json("list")] == ["ok"], "the local backup stays"
+
+
+def test_sigterm_during_a_fetch_from_the_bucket_ends_it_and_the_next_fetch_works(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint, proxy_for: Callable[..., StallingProxy]
+) -> None:
+    """Before: no handler was set until after the fetch: SIGTERM ended `restore --from
+    offsite` with status 143 and no line."""
+    import signal
+    import subprocess
+    import sys
+
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    config = _config(tmp_path, sandbox, moto, moto.url)
+    record = Cli(config).json("backup")
+    assert record["status"] == "ok"
+    Path(record["archive"]).unlink()
+    proxy = proxy_for(_objects("GET"))
+    direct = config.read_text()
+    config.write_text(direct.replace(moto.url, proxy.url).replace('"3s"', '"10m"'))
+    target = tmp_path / "restored"
+    argv = ["restore", record["id"], "--from", "offsite", "--target", str(target), "--yes"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "influx_backupd", "--config", str(config), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not proxy.stalled and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proxy.stalled, "the fetch reached the stalling endpoint"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    assert "influx-backupd: interrupted by SIGTERM" in err and "Traceback" not in err, err[-3000:]
+    assert sandbox.ping() and not target.exists()
+    config.write_text(direct)
+    again = Cli(config)(*argv, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]

@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from influx_backupd.cli import offsite as offsite_cli
@@ -38,7 +36,7 @@ from influx_backupd.core.errors import (
     RestoreRefused,
     UsageError,
 )
-from influx_backupd.core.interrupt import Interrupted
+from influx_backupd.core.interrupt import interrupt_on_signals
 from influx_backupd.core.schedule import describe
 from influx_backupd.daemon.loop import run_daemon
 from influx_backupd.daemon.status import gather, render
@@ -194,10 +192,6 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
-    raise Interrupted(signal.Signals(signum).name)
-
-
 def _jobs_to_run(config: Config, args: argparse.Namespace) -> list[JobSection]:
     jobs = config.settings.job
     if args.job is not None:
@@ -221,8 +215,7 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
         return _dry_run(config, jobs, args)
     if any((args.mode or job.mode) != "hot" for job in jobs):  # a hot run never stops influxd
         _startable(config)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupted)
+    interrupt_on_signals()
     bar = progress_bar(args)
     records: list[RunRecord] = []
     skipped = False
@@ -356,10 +349,9 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing done")
             return EXIT_USAGE
+    interrupt_on_signals()  # a restore interrupted mid-way is rolled back; a fetch ends
     if from_offsite:  # fetched and hashed first; then the restore below, as from local backups
         offsite_cli.fetch_for_restore(config, args.backup)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupted)  # a restore interrupted mid-way is rolled back
     bar = progress_bar(args, "restore")
     with (
         exclusive(config) as catalog,
@@ -429,8 +421,7 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     known_job(config, args.job, history_too=True)
     if args.backup is not None:
         backup_argument(config, args.backup)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupted)  # a restore test's throwaway influxd is stopped
+    interrupt_on_signals()  # a restore test's throwaway influxd is stopped
     results = []
     # Under the lock: prune must not delete an archive (or its entry) while we read it.
     with exclusive(config) as catalog:

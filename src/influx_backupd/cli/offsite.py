@@ -11,6 +11,7 @@ from typing import Any
 from influx_backupd.cli.output import fmt_bytes, fmt_time, print_json
 from influx_backupd.core.config import Config, ConfigError
 from influx_backupd.core.errors import EXIT_FAILED, EXIT_OK, UsageError
+from influx_backupd.core.interrupt import interrupt_on_signals
 from influx_backupd.offsite.errors import NoSuchBackup, OffsiteError
 from influx_backupd.run import offsite
 from influx_backupd.run.followup import MetricsNotWritten, write_metrics
@@ -19,8 +20,11 @@ from influx_backupd.store.catalog import Catalog
 
 
 def _configured(config: Config) -> None:
+    """[offsite] is set; and a signal ends the command with one line, not silently (the
+    request in flight is left: see run/offsite.watched)."""
     if not offsite.enabled(config):
         raise ConfigError(f"{config.path}: offsite: no [offsite] section (bucket, …) in the config")
+    interrupt_on_signals()
 
 
 def cmd_sync(config: Config, args: argparse.Namespace) -> int:

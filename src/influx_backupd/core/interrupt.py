@@ -20,6 +20,17 @@ class Interrupted(BaseException):
     """A signal asked us to stop; raised in the main thread so `finally` restarts influxd."""
 
 
+def raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM, SIGINT and SIGHUP raise Interrupted in the main thread: each command's
+    `finally` undoes what it began, and it ends with "interrupted by SIG…", exit 1."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, raise_interrupted)
+
+
 # While signals are held: the handlers set before (the main thread's only), and the signals
 # that came meanwhile, delivered when the hold ends.
 _held_handlers: dict[int, Any] = {}

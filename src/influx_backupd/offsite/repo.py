@@ -663,8 +663,9 @@ class Offsite:
 
     def _rebuild_tree(self, manifest: Manifest, target: Path) -> Fetched:
         partial = target.with_name(target.name + ".partial")
-        if partial.exists():
-            raise OffsiteError(f"{partial}: exists (a fetch was interrupted): remove it first")
+        if partial.is_dir() and not partial.is_symlink():
+            # an interrupted fetch's (fetches run under the backup lock: no one else's)
+            shutil.rmtree(partial)
         total = 0
         partial.mkdir(mode=0o700)
         try:
