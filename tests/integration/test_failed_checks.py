@@ -88,3 +88,31 @@ def test_a_cut_link_not_yet_verified_fails_its_increments_and_ends_the_chain(
     assert result["checks"]["chain"] == "failed" and "when it was taken" in tip.stdout, result
     nxt = cli.json("backup", "--job", "hot")
     assert nxt["status"] == "ok" and nxt["kind"] == "full", nxt
+
+
+def test_a_copied_increment_verified_by_path_checks_the_links_beside_it(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: `verify DIR` of an increment copied alone said ok (it restores only on top of
+    its full); and a tar's unusable record was said as "no record beside it"."""
+    import shutil
+
+    config = write_config(tmp_path, sandbox, jobs=JOBS[:1])
+    cli = Cli(config)
+    full, inc = hot_chain(cli, sandbox, [[("metrics", 500)], [("metrics", 100)]], job="hot")
+    elsewhere = tmp_path / "copied"
+    elsewhere.mkdir()
+    for link in (inc,):
+        source = Path(link["archive"])
+        shutil.copytree(source, elsewhere / source.name)
+        shutil.copy(f"{source}.json", elsewhere / f"{source.name}.json")
+    alone = cli("verify", str(elsewhere / Path(inc["archive"]).name), "--json")
+    assert alone.returncode == 1, alone.stdout
+    [result] = json.loads(alone.stdout)
+    assert result["checks"]["chain"] == "failed" and full["id"] in alone.stdout, result
+    source = Path(full["archive"])
+    shutil.copytree(source, elsewhere / source.name)
+    shutil.copy(f"{source}.json", elsewhere / f"{source.name}.json")
+    both = cli("verify", str(elsewhere / Path(inc["archive"]).name), "--json")
+    assert both.returncode == 0, both.stdout
+    assert json.loads(both.stdout)[0]["checks"]["chain"].startswith("ok (2 links"), both.stdout

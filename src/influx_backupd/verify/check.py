@@ -43,6 +43,7 @@ from influx_backupd.store.chain import (
     link_problem,
     lookup,
     read_sidecar,
+    sidecar_chain,
     sniff,
 )
 from influx_backupd.store.formats import ArchiveReport, Finding, check_archive, classify_member
@@ -104,6 +105,7 @@ def verify(
     logger.info("verify.started", deep=deep, restore_test=restore_test)
     if sidecar_problem is not None:
         result.fail("record", sidecar_problem)
+        result.checks["sha256"] = "skipped (the record beside it is unusable)"
     if not archive.exists():
         result.fail("archive", f"{archive}: the archive is missing")
     elif archive.is_dir():
@@ -159,6 +161,23 @@ def _verify_chain(
     result.checks["chain"] = f"ok ({len(links)} links)"
 
 
+def _verify_sidecar_chain(archive: Path, result: VerifyResult) -> None:
+    """A 1.x increment verified by path (no catalog entry): the links before it, as a restore
+    on a new host finds them, from the records beside the dirs (before: ok, with no word that
+    it restores only on top of them)."""
+    try:
+        links = sidecar_chain(archive.absolute())
+    except RestoreRefused as exc:
+        result.fail("chain", str(exc))
+        return
+    for link in links[:-1]:
+        wrong = link_problem(link.record) if link.record is not None else None
+        if wrong is not None:
+            result.fail("chain", wrong)
+            return
+    result.checks["chain"] = f"ok ({len(links)} links, from the records beside them)"
+
+
 def _verify_tar(
     config: Config,
     archive: Path,
@@ -201,7 +220,7 @@ def _verify_tar(
             )
     elif not hot_snapshot and record is not None and record.ok:
         result.fail("sha256", f"the record of run {record.id} has no sha256 to check against")
-    elif not hot_snapshot:
+    elif not hot_snapshot and "sha256" not in result.checks:  # set: the record is unusable
         result.checks["sha256"] = (
             "skipped (no recorded sha256: not in the catalog, no record beside it)"
         )
@@ -304,6 +323,8 @@ def _verify_directory(
     if unusable is not None:
         result.fail("record", unusable)
         result.checks["sha256"] = "skipped (the record beside it is unusable)"
+    elif record is None and recorded is not None and recorded.kind == "incremental":
+        _verify_sidecar_chain(archive, result)
     config.storage_dir.mkdir(parents=True, exist_ok=True)
     report = check_portable_formats(archive, deep=deep, spool_dir=config.storage_dir)
     for finding in report.findings:
