@@ -1,9 +1,18 @@
 """Whether a process itself listens on a TCP port: an answer on a port proves nothing about who
-answers (another process may hold a port a server failed to bind, and answer /ping too)."""
+answers (another process may hold a port a server failed to bind, and answer /ping too).
+
+Read from /proc directly: the sockets listening on the port (in the process's own network
+namespace), then the process's descriptors, oldest first, until one is such a socket. psutil's
+per-process listing resolves every descriptor and every socket of the host: twice the time,
+added to the stop window at each start (bench/readiness.py, docs/performance.md)."""
 
 from __future__ import annotations
 
+import os
+
 import psutil
+
+LISTEN = "0A"  # the TCP state in /proc/net/tcp
 
 
 def listens(pid: int, port: int) -> bool | None:
@@ -14,6 +23,59 @@ def listens(pid: int, port: int) -> bool | None:
         family = [root, *root.children(recursive=True)]
     except (psutil.Error, ValueError):
         return False
+    for member in family:
+        found = _holds_listener(member.pid, port)
+        if found is None:
+            return _by_psutil(family, port)
+        if found:
+            return True
+    return False
+
+
+def _holds_listener(pid: int, port: int) -> bool | None:
+    """None when /proc cannot tell (not Linux, another user's process)."""
+    try:
+        inodes = _listening_inodes(pid, port)
+        if not inodes:
+            return False
+        # oldest first: influxd binds its listeners before it opens its shards' files
+        for fd in sorted(map(int, os.listdir(f"/proc/{pid}/fd"))):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue  # closed meanwhile
+            if target.startswith("socket:[") and int(target[8:-1]) in inodes:
+                return True
+        return False
+    except PermissionError:
+        return None
+    except FileNotFoundError:
+        return False  # the process is gone
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _listening_inodes(pid: int, port: int) -> set[int]:
+    """The inodes of sockets listening on port, IPv4 and IPv6, in pid's network namespace."""
+    inodes: set[int] = set()
+    local = f":{port:04X} "  # a line's local address ends so (a busy host has many lines)
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as fh:
+                next(fh, None)
+                for line in fh:
+                    if local not in line:
+                        continue
+                    fields = line.split()
+                    if fields[3] == LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(int(fields[9]))
+        except FileNotFoundError:
+            if table == "tcp":
+                raise
+    return inodes
+
+
+def _by_psutil(family: list[psutil.Process], port: int) -> bool | None:
     for member in family:
         try:
             # net_connections since psutil 6; connections before
