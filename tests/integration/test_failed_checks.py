@@ -43,9 +43,17 @@ def test_a_chain_whose_full_failed_its_check_is_not_extended_and_its_tip_fails(
     sandbox.write_points("metrics", 100, start=900_000)
     nxt = cli.json("backup", "--job", "hot")
     assert nxt["status"] == "ok" and nxt["kind"] == "full", "a new chain, not one on the bad full"
-    # its prune: the bad chain is older than the good backup kept, so it goes, and whole
-    # (never the full without its increments)
-    assert {r["id"] for r in cli.json("list")} == {nxt["id"]}
+    # its prune (keep_last 2): were their checks good, the rules would keep the increment, so
+    # the bad chain stays — whole, never the full without its increments (before: the full was
+    # deleted, the increment kept)
+    assert {r["id"] for r in cli.json("list")} == {full["id"], inc["id"], nxt["id"]}
+    sandbox.write_points("metrics", 100, start=950_000)
+    assert cli.json("backup", "--job", "hot")["status"] == "ok"
+    sandbox.write_points("metrics", 100, start=990_000)
+    last = cli.json("backup", "--job", "hot")
+    listed = {r["id"] for r in cli.json("list")}
+    assert full["id"] not in listed and inc["id"] not in listed, "superseded: gone, and whole"
+    assert last["id"] in listed
 
 
 def test_a_record_beside_a_backup_without_its_sha256_fails_verify_by_path(
