@@ -51,8 +51,10 @@ _LEFT: list[threading.Event] = []  # watched() work given up (its done flag, not
 
 def watched(config: Config, work: Callable[[], T]) -> T:
     """work() (requests to the bucket) in a thread of its own, given up with Stalled when a
-    request has made no progress for [offsite] stall_after. The thread is left to end with its
-    request (it does nothing after; see left_behind()); the caller goes on, under its signals."""
+    request has made no progress for [offsite] stall_after. Given up (a stall, or a signal in the
+    caller's thread), the thread is left on its request and the command leaves with os._exit as
+    it ends (left_behind()), before that thread can do more. For one-shot commands: the daemon
+    has its own way (daemon/loop._sync_yielding)."""
     section = config.settings.offsite
     limit = section.stall_after if section is not None else 300.0
     outcome: list[tuple[bool, Any]] = []
