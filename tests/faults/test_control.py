@@ -126,6 +126,44 @@ def test_a_pidfile_naming_another_process_never_gets_it_signalled(
         bystander.wait()
 
 
+@pytest.mark.parametrize("variant", ["forks influxd", "forks and traps SIGTERM"])
+@pytest.mark.fault("1", "the process found is not the one the config names")
+def test_a_wrapper_that_runs_influxd_as_its_child_gets_influxd_itself_stopped(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, variant: str
+) -> None:
+    """`influxd "$@" & wait`: before, the wrapper got the SIGTERM and exited, influxd ran on
+    (the copy then failed on files in use; on an empty server the run said ok, copied from a
+    running influxd). Now influxd itself is stopped and the wrapper ends with it."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    binary = sandbox.binary
+    trap = "trap '' TERM\n" if "traps" in variant else ""
+    wrapper = tmp_path / "influxd-wrapper"
+    wrapper.write_text(f'#!/bin/sh\n{trap}{binary} "$@" &\nwait\n')
+    wrapper.chmod(0o755)
+    command = [str(wrapper), "run", "-config", str(sandbox.conf)]
+    sandbox.stop()
+    started = subprocess.Popen(command, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not sandbox.ping():
+            assert time.monotonic() < deadline, "the wrapped influxd did not come up"
+            time.sleep(0.2)
+        config = write_config(tmp_path, sandbox, influxd={"command": command})
+        ledger.take()
+        done = run_cli(config, "backup", "--json")
+        lost_points, lost = ledger.settle()
+        assert done.returncode == 0, done.stderr[-3000:]
+        record = json.loads(done.stdout)
+        assert record["status"] == "ok" and record["downtime_s"], record
+        assert started.wait(timeout=30) is not None, "the first wrapper ended with its influxd"
+        assert sandbox.ping()
+        assert lost_points == 0 and lost == []
+    finally:
+        started.kill()
+        started.wait()
+
+
 def _pending_signals(pid: int) -> int:
     """The signals pending for pid (its threads' and the process's), as a bit mask."""
     mask = 0

@@ -159,14 +159,26 @@ class Influxd:
             if found is not None and self._names_our_conf(found):
                 return found
             self._proc = None
-        conf = self.config.server.conf
-        for proc in psutil.process_iter(["cmdline", "pid"]):
-            cmdline = proc.info["cmdline"] or []
-            if proc.pid == os.getpid():
+        candidates = self._all_naming_conf()
+        # A wrapper that runs influxd as its child (`influxd "$@" & wait`) names the conf too:
+        # the server is the one no other of them descends from. A SIGTERM to the wrapper would
+        # end the wrapper alone and leave influxd running on the files being copied.
+        pids = {p.pid for p in candidates}
+        for proc in candidates:
+            try:
+                if not any(c.pid in pids for c in proc.children(recursive=True)):
+                    return self._remember(proc.pid)
+            except psutil.Error:
                 continue
-            if names_conf(cmdline, conf):
-                return self._remember(proc.pid)
         return None
+
+    def _all_naming_conf(self) -> list[psutil.Process]:
+        conf = self.config.server.conf
+        return [
+            proc
+            for proc in psutil.process_iter(["cmdline", "pid"])
+            if proc.pid != os.getpid() and names_conf(proc.info["cmdline"] or [], conf)
+        ]
 
     def _names_our_conf(self, proc: psutil.Process) -> bool:
         try:
@@ -372,12 +384,22 @@ class Influxd:
             proc.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             return
+        started = time.monotonic()
         if not _wait_gone(proc, timeout):
             # Never SIGKILL: a forced kill mid-write is the corruption we exist to avoid.
             raise StopTimeout(
                 f"influxd (pid {proc.pid}) did not exit within stop_timeout={timeout:.0f}s after SIGTERM"
             )
         self._proc = None
+        # Whatever else runs our influxdb.conf (a wrapper around influxd ends as its child
+        # does; a server the one signalled had started beside itself does not): stopped means
+        # none is left, or nothing may be copied as if it were
+        for other in self._all_naming_conf():
+            if not _wait_gone(other, max(1.0, timeout - (time.monotonic() - started))):
+                raise StopTimeout(
+                    f"pid {other.pid} still runs {self.config.server.conf} after influxd "
+                    f"(pid {proc.pid}) exited: nothing copied"
+                )
 
     def wait_exit(self, proc: psutil.Process, timeout: float) -> bool:
         return _wait_gone(proc, timeout)
