@@ -39,6 +39,8 @@ def test_a_chain_whose_full_failed_its_check_is_not_extended_and_its_tip_fails(
     assert tip.returncode == 1, tip.stdout
     assert json.loads(tip.stdout)[0]["checks"].get("chain") == "failed", tip.stdout
     assert f"link {full['id']}" in tip.stdout and "failed its last check" in tip.stdout
+    [job] = cli.json("status")["jobs"]
+    assert job["last_ok"] is None, "no good backup: `status` said 'last ok' for a failed one"
 
     sandbox.write_points("metrics", 100, start=900_000)
     nxt = cli.json("backup", "--job", "hot")

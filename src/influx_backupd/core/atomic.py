@@ -37,6 +37,7 @@ def replace_file(
     backup's `.partial`); by default hidden and unique to this process and thread, so that
     two writers (the daemon and a command) never share one."""
     if tmp is None:
+        _sweep(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
@@ -53,6 +54,29 @@ def replace_file(
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def _sweep(path: Path) -> None:
+    """Temp files of path that a writer killed before its rename left (its pid is gone)."""
+    prefix = f".{path.name}."
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
+                continue
+            pid = entry.name[len(prefix) :].split(".", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def replace_json(

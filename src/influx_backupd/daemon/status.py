@@ -63,7 +63,8 @@ def gather(config: Config) -> dict[str, Any]:
     for job in config.settings.job:
         mine = [r for r in records if r.job == job.name]
         finished = [r for r in mine if r.status != "running"]
-        last_ok = next((r for r in reversed(mine) if r.ok), None)
+        # "last ok": the newest good backup (one whose check failed since is none)
+        last_ok = next((r for r in reversed(mine) if r.good), None)
         published = daemon_jobs.get(job.name, {})
         jobs.append(
             {
