@@ -634,6 +634,12 @@ def _host_port(bind: str, default_port: int) -> tuple[str, int]:
     return host, int(port) if port.isdigit() else default_port
 
 
+def _joined(host: str, port: int) -> str:
+    """host:port as a URL and `influxd backup -host` want it: an IPv6 address in brackets
+    (before: "http://::1:8086", which names no host, for [http] bind-address = "[::1]:8086")."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def read_server_paths(conf: Path) -> tuple[ServerPaths, dict[str, Any]]:
     """The meta, data, wal and hinted-handoff dirs from influxdb.conf (which is TOML too)."""
     raw = _read_toml(conf, "influxdb.conf")
@@ -817,11 +823,11 @@ def load(path: Path) -> Config:
     host, http_port = _host_port(str(bind), 8086)
     url = settings.influxd.url
     if url is None:
-        url = f"http://{host}:{http_port}"
+        url = f"http://{_joined(host, http_port)}"
     backup_host = settings.influxd.backup_host
     if backup_host is None:
         host, port = _host_port(str(influx_raw.get("bind-address", "127.0.0.1:8088")), 8088)
-        backup_host = f"{host}:{port}"
+        backup_host = _joined(host, port)
     http = influx_raw.get("http")
     return Config(
         path=path,

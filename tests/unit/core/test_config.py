@@ -78,6 +78,19 @@ def test_a_valid_config_resolves_dirs_url_and_snapshot_host_from_influxdb_conf(
     assert config.backup_host == "127.0.0.1:18088"
 
 
+def test_an_ipv6_bind_address_gives_a_url_and_snapshot_host_in_brackets(
+    tmp_path: Path, influxdb_conf: Path
+) -> None:
+    influxdb_conf.write_text(
+        influxdb_conf.read_text()
+        .replace('bind-address = "127.0.0.1:18088"', 'bind-address = "[::1]:18088"')
+        .replace('bind-address = ":18086"', 'bind-address = "[::1]:18086"')
+    )
+    config = load(write(tmp_path, base(influxdb_conf, tmp_path)))
+    assert config.url == "http://[::1]:18086"
+    assert config.backup_host == "[::1]:18088"
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
