@@ -29,7 +29,10 @@ def test_not_enough_space_is_refused_before_the_stop(tmp_path: Path, sandbox: Sa
     numbers = [int(n) for n in re.findall(r"\d{6,}", record["error"])]
     assert len(numbers) == 2, record["error"]
     need, have = numbers
-    assert need > free + (1 << 30) and have <= free + (64 << 20), (need, have, free)
+    # have: the free space when the run looked; other tests beside this one write and remove
+    # GBs meanwhile (a passing test's tmp dir goes as it ends), so it is free give or take that
+    assert need > free + (1 << 30) and need > have, (need, have, free)
+    assert abs(have - free) < (1 << 30), (need, have, free)
     assert record["stop_s"] is None and record["downtime_s"] is None
     assert sandbox.pids() == pids, "influxd was never stopped: same process"
     assert sandbox.ping()
