@@ -146,18 +146,10 @@ def _verify_chain(
     except RestoreRefused as exc:
         result.fail("chain", str(exc))
         return
-    for link in links[:-1]:
-        wrong = link_problem(link)
-        if wrong is not None:
-            result.fail("chain", f"chain {record.chain_id}: {wrong}")
-            return
-        if link.failed_check:
-            result.fail(
-                "chain",
-                f"link {link.id} of chain {record.chain_id} failed its last check "
-                f"({link.verify_detail or 'see verify ' + link.id})",
-            )
-            return
+    wrong = _earlier_links_problem(links[:-1])
+    if wrong is not None:
+        result.fail("chain", f"chain {record.chain_id}: {wrong}")
+        return
     result.checks["chain"] = f"ok ({len(links)} links)"
 
 
@@ -170,12 +162,26 @@ def _verify_sidecar_chain(archive: Path, result: VerifyResult) -> None:
     except RestoreRefused as exc:
         result.fail("chain", str(exc))
         return
-    for link in links[:-1]:
-        wrong = link_problem(link.record) if link.record is not None else None
-        if wrong is not None:
-            result.fail("chain", wrong)
-            return
+    wrong = _earlier_links_problem([link.record for link in links[:-1] if link.record])
+    if wrong is not None:
+        result.fail("chain", wrong)
+        return
     result.checks["chain"] = f"ok ({len(links)} links, from the records beside them)"
+
+
+def _earlier_links_problem(links: list[RunRecord]) -> str | None:
+    """What keeps an increment from restoring on these links: one gone or not its recorded
+    size (stat only), or one whose own last check failed."""
+    for link in links:
+        wrong = link_problem(link)
+        if wrong is not None:
+            return wrong
+        if link.failed_check:
+            return (
+                f"link {link.id} failed its last check "
+                f"({link.verify_detail or 'see verify ' + link.id})"
+            )
+    return None
 
 
 def _verify_tar(
@@ -411,7 +417,14 @@ def verify_all(
         if stop():
             break
         assert record.archive is not None
-        result = verify(config, Path(record.archive), record, deep=deep, restore_test=restore_test)
+        result = verify(
+            config,
+            Path(record.archive),
+            record,
+            deep=deep,
+            restore_test=restore_test,
+            catalog=catalog,  # the increments' chains are read from it, not opened again each
+        )
         save_result(catalog, record, result)
         results.append(result)
     return results
