@@ -95,7 +95,8 @@ def _wait(done: threading.Event, config: Config, limit: float) -> None:
                 f"{where}: a request has made no progress for {stalled:.0f}s (stall_after "
                 f"{limit:.0f}s): the endpoint stalls; given up"
             )
-            _note_failure(config, line)
+            with contextlib.suppress(OSError):  # sync()'s own record of it waits in its thread
+                State.load(config.state_dir).failed(line).save(config.state_dir)
             raise Stalled(line)
 
 
@@ -109,15 +110,6 @@ def left_behind() -> bool:
     threads at exit (waiting as long as that request does), so the process must leave with
     os._exit once everything of its own is written."""
     return any(not done.is_set() for done in _LEFT)
-
-
-def _note_failure(config: Config, line: str) -> None:
-    """What sync() records on a failure, for status and the metrics (its own thread, which
-    would, is held)."""
-    with contextlib.suppress(OSError):
-        state = State.load(config.state_dir)
-        state.last_error, state.last_error_at = line, time.time()
-        state.save(config.state_dir)
 
 
 def enabled(config: Config) -> bool:
@@ -177,6 +169,11 @@ class State:
 
     def job(self, name: str) -> JobFigures:
         return self.jobs.setdefault(name, JobFigures())
+
+    def failed(self, line: str) -> State:
+        """The last failure, as status and the metrics show it."""
+        self.last_error, self.last_error_at = line, time.time()
+        return self
 
 
 def _write_private(final: Path, data: object) -> None:
@@ -372,7 +369,7 @@ def sync(
         state.last_error = state.last_error_at = None
     except Exception as exc:
         line = str(exc) if isinstance(exc, OffsiteError) else f"{type(exc).__name__}: {exc}"
-        state.last_error, state.last_error_at = line, time.time()
+        state.failed(line)
         raise
     finally:
         ids = {r.id for r in catalog.list()}
