@@ -112,6 +112,8 @@ def test_reading_back_a_stalled_download_gives_up_and_touches_nothing(
     assert sandbox.ping(), "influxd was never stopped"
     assert sandbox.pids() == before
     assert not archive.exists(), "no half-fetched archive under the backup's name"
+    left = list(archive.parent.glob("*.partial"))
+    assert not left, f"the given-up fetch left its partial copy: {left}"
     assert proxy.stalled
 
 
@@ -209,6 +211,8 @@ def test_sigterm_during_a_fetch_from_the_bucket_ends_it_and_the_next_fetch_works
     assert proc.returncode == 1, err[-3000:]
     assert "influx-backupd: interrupted by SIGTERM" in err and "Traceback" not in err, err[-3000:]
     assert sandbox.ping() and not target.exists()
+    left = list(tmp_path.rglob("*.partial"))
+    assert not left, f"the interrupted fetch left its partial copy: {left}"
     config.write_text(direct)
     again = Cli(config)(*argv, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]

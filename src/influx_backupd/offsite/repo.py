@@ -144,6 +144,19 @@ class _HashingWriter:
         pass
 
 
+_FETCHING: set[Path] = set()  # partial copies being written by a fetch in this process
+
+
+def drop_partial_fetches() -> None:
+    """Remove the partial copies of fetches this process gives up on (a stall or a signal):
+    their thread is left on its request and never reaches its own cleanup."""
+    for copy in list(_FETCHING):
+        if copy.is_dir() and not copy.is_symlink():
+            shutil.rmtree(copy, ignore_errors=True)
+        else:
+            copy.unlink(missing_ok=True)
+
+
 def _local_failure(exc: BaseException, target: Path) -> OffsiteError:
     """A fetch that failed writing here: one line naming where (the partial copy is gone)."""
     error = exc.error if isinstance(exc, _LocalWrite) else exc
@@ -627,6 +640,7 @@ class Offsite:
         partial = target.with_name(target.name + ".partial")
         whole = _HashingWriter(None)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        _FETCHING.add(partial)
         try:
             with os.fdopen(fd, "wb", buffering=CHUNK) as out:
 
@@ -659,6 +673,8 @@ class Offsite:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
+        finally:
+            _FETCHING.discard(partial)
         return Fetched(target, "bytes", whole.bytes)
 
     def _rebuild_tree(self, manifest: Manifest, target: Path) -> Fetched:
@@ -668,6 +684,7 @@ class Offsite:
             shutil.rmtree(partial)
         total = 0
         partial.mkdir(mode=0o700)
+        _FETCHING.add(partial)
         try:
             dirs: list[tuple[Path, ManifestFile]] = []
             for f in manifest.files:
@@ -711,6 +728,8 @@ class Offsite:
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
+        finally:
+            _FETCHING.discard(partial)
         notes = (
             []
             if manifest.layout == "dir"

@@ -30,7 +30,13 @@ from influx_backupd.offsite.bucket import ACTIVITY, where_of
 from influx_backupd.offsite.errors import Damaged, NoSuchBackup, OffsiteError, Stalled
 from influx_backupd.offsite.files import Known, scan_dir, scan_tar
 from influx_backupd.offsite.manifest import Manifest
-from influx_backupd.offsite.repo import Backup, Offsite, PruneResult, SendResult
+from influx_backupd.offsite.repo import (
+    Backup,
+    Offsite,
+    PruneResult,
+    SendResult,
+    drop_partial_fetches,
+)
 from influx_backupd.report.hooks import PREFIX, environment, run_hook
 from influx_backupd.report.metrics import OffsiteFigures
 from influx_backupd.store.catalog import Catalog
@@ -78,6 +84,7 @@ def watched(config: Config, work: Callable[[], T]) -> T:
         # the command ends now, and leaves with os._exit (left_behind)
         if not done.is_set():
             _LEFT.append(done)
+            drop_partial_fetches()
         raise
     ok, value = outcome[0]
     if ok:
