@@ -12,8 +12,9 @@ from influx_backupd.cli.output import fmt_bytes, fmt_time, print_json
 from influx_backupd.core.config import Config, ConfigError
 from influx_backupd.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from influx_backupd.core.interrupt import interrupt_on_signals
-from influx_backupd.offsite.errors import NoSuchBackup, OffsiteError
-from influx_backupd.run import offsite
+from influx_backupd.offsite.errors import BadManifest, IntegrityError, NoSuchBackup, OffsiteError
+from influx_backupd.offsite.repo import VerifyResult
+from influx_backupd.run import offsite, offsite_repair
 from influx_backupd.run.followup import MetricsNotWritten, write_metrics
 from influx_backupd.run.guard import exclusive
 from influx_backupd.store.catalog import Catalog
@@ -40,7 +41,7 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
         _metrics(config, catalog)
     if args.json:
         print_json(report.to_dict())
-        return EXIT_FAILED if report.skipped else EXIT_OK
+        return EXIT_FAILED if report.skipped or report.unrepaired else EXIT_OK
     for sent in report.sent:
         what = "already there" if sent.already else f"sent {fmt_bytes(sent.bytes_uploaded)}"
         print(f"{sent.id:<22} {what}, {fmt_bytes(sent.bytes_skipped)} skipped (in the bucket)")
@@ -52,11 +53,15 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
             f"pruned {len(p.manifests_deleted)} backups, {p.objects_deleted} objects "
             f"({fmt_bytes(p.bytes_freed)}); {p.objects_in_grace} unreferenced objects in grace"
         )
+    for backup_id in report.repaired:
+        print(f"{backup_id:<22} repaired: its damaged objects sent again")
+    for backup_id, why in report.unrepaired.items():
+        print(f"influx-backupd: offsite: not repaired: {backup_id}: {why}", file=sys.stderr)
     print(
         f"uploaded {fmt_bytes(report.bytes_uploaded)}, skipped {fmt_bytes(report.bytes_skipped)}; "
         f"{len(report.pending)} backups not off-site"
     )
-    return EXIT_FAILED if report.skipped else EXIT_OK
+    return EXIT_FAILED if report.skipped or report.unrepaired else EXIT_OK
 
 
 def _metrics(config: Config, catalog: Catalog) -> None:
@@ -115,23 +120,59 @@ def _told_skipped(skipped: dict[str, str]) -> int:
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
-    """Every object of the backup in the bucket; --read-data PERCENT of them downloaded and hashed."""
+    """Every object of a backup (or of --all) in the bucket; --read-data PERCENT of them
+    downloaded and hashed. What is found wrong is noted, and the next sync sends it again
+    from a local copy (run/offsite_repair)."""
     _configured(config)
-    if args.backup is None or args.all:
-        raise UsageError("verify --offsite: name one BACKUP id (see list --offsite)")
-    store = offsite.open_offsite(config)
-    started = time.monotonic()
-    try:
-        result = offsite.watched(
-            config, lambda: store.verify(args.backup, read_percent=args.read_data or 0.0)
+    if (args.backup is None) == (not args.all):
+        raise UsageError("verify --offsite: name one BACKUP id (see list --offsite) or pass --all")
+    if args.job is not None and not args.all:
+        raise UsageError("verify --offsite: --job goes with --all (a BACKUP names its job already)")
+    if args.deep or args.restore_test:
+        raise UsageError(
+            "verify --offsite: --deep and --restore-test check a local copy; fetch it with "
+            "`restore BACKUP --from offsite --target DIR`, or verify the local backup"
         )
+    store = offsite.open_offsite(config)
+    percent = args.read_data or 0.0
+    started = time.monotonic()
+
+    def check() -> tuple[list[VerifyResult], dict[str, str]]:
+        if args.backup is not None:
+            return [store.verify(args.backup, read_percent=percent)], {}
+        results, unreadable = [], {}
+        for ref in store.manifests(args.job):
+            try:
+                results.append(store.verify(ref, read_percent=percent))
+            except (BadManifest, IntegrityError) as exc:  # one planted or damaged manifest
+                unreadable[ref.id] = str(exc)
+        return results, unreadable
+
+    try:
+        results, unreadable = offsite.watched(config, check)
     except NoSuchBackup as exc:  # BACKUP names nothing: a usage error, as for local backups
         raise UsageError(str(exc)) from None
+    for result in results:
+        offsite_repair.note(config.state_dir, result.id, result.job, result.bad)
+    repairable = sum(len(r.bad) for r in results)
+    failed = unreadable or any(r.errors for r in results)
     if args.json:
         print_json(
-            {**result.__dict__, "ok": not result.errors, "took_s": time.monotonic() - started}
+            {
+                "backups": [{**r.__dict__, "ok": not r.errors} for r in results],
+                "unreadable": unreadable,
+                "ok": not failed,
+                "took_s": time.monotonic() - started,
+            }
+            if args.all
+            else {
+                **results[0].__dict__,
+                "ok": not failed,
+                "took_s": time.monotonic() - started,
+            }
         )
-    else:
+        return EXIT_FAILED if failed else EXIT_OK
+    for result in results:
         status = "ok" if not result.errors else "failed"
         print(
             f"{status:<8} {result.id}  {result.objects} objects in the bucket, {result.checked} "
@@ -139,7 +180,16 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         )
         for error in result.errors:
             print(f"  error  {error}")
-    return EXIT_OK if not result.errors else EXIT_FAILED
+    for backup_id, why in unreadable.items():
+        print(f"{'failed':<8} {backup_id}  its manifest does not read: {why}")
+    if args.all and not results and not unreadable:
+        print(f"no backups in {store.bucket.where}")
+    if repairable:
+        print(
+            f"{repairable} damaged or missing objects noted: the next `offsite sync` (or the "
+            "daemon's) sends them again from a local backup that holds them"
+        )
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_import(config: Config, args: argparse.Namespace) -> int:

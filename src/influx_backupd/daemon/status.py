@@ -186,6 +186,12 @@ def render(report: dict[str, Any]) -> str:
         )
         if off["last_error"]:
             lines.append(f"  error   {off['last_error']} ({_when(off['last_error_at'])})")
+        for damage in off.get("damaged") or []:
+            lines.append(
+                f"  DAMAGED {damage['backup']}: {damage['objects']} object(s) missing or damaged "
+                f"in the bucket (found {_when(damage['found_at'])}); the next sync sends them "
+                "again from a local copy"
+            )
     down = report["last_downtime"]
     if down:
         lines.append(

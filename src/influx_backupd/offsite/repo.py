@@ -74,6 +74,7 @@ class SendResult:
     objects_uploaded: int = 0
     objects_skipped: int = 0
     seconds: float = 0.0
+    resent: list[str] = field(default_factory=list)  # objects sent again to repair them
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,10 @@ class VerifyResult:
     checked: int  # objects downloaded and hashed
     bytes_read: int
     errors: list[str] = field(default_factory=list)
+    # objects found missing, of the wrong size or not holding their content: name → why
+    # (what a send from a local copy of that content puts right)
+    bad: dict[str, str] = field(default_factory=dict)
+    job: str = ""
 
 
 @dataclass
@@ -406,18 +411,28 @@ class Offsite:
     # -- sending ---------------------------------------------------------------------------
 
     def send(
-        self, backup: Backup, *, should_stop: Callable[[], bool] = lambda: False
+        self,
+        backup: Backup,
+        *,
+        should_stop: Callable[[], bool] = lambda: False,
+        resend: Iterable[str] = (),
     ) -> SendResult:
-        """Send the objects the bucket lacks, then the manifest. Safe to repeat after a kill."""
+        """Send the objects the bucket lacks, then the manifest. Safe to repeat after a kill.
+        A repair: the objects of this backup named in resend are sent again whether the bucket
+        lists them or not (a check found them damaged); a manifest there already is kept."""
         started = time.monotonic()
         result = SendResult(backup.id)
         encrypted = self.settings.encrypted
         mkey = self.bucket.key(manifest_name(backup.job, backup.id, encrypted))
-        if self.bucket.exists(mkey):
+        resend = set(resend)
+        has_manifest = self.bucket.exists(mkey)
+        if has_manifest and not resend:
             result.complete = result.already = True
             return result
         namer = self.namer()
         present = self.present()
+        for name in resend:
+            present.pop(name, None)
         names: dict[str, str] = {}  # sha256 → object name
         chunks: dict[str, tuple[int, list[str]]] = {}  # sha256 → (chunk size, chunk names)
         chunk_size = self.settings.chunk_size
@@ -462,6 +477,8 @@ class Offsite:
             if complete:
                 with self._lock:
                     present[name] = size
+                    if name in resend:
+                        result.resent.append(name)
 
         hashed = _read_ahead(backup.source)
         try:
@@ -469,6 +486,10 @@ class Offsite:
         finally:
             hashed.close()
         if stopped:
+            result.seconds = time.monotonic() - started
+            return result
+        if has_manifest:
+            result.complete = True
             result.seconds = time.monotonic() - started
             return result
         manifest = build(
@@ -754,7 +775,7 @@ class Offsite:
                 by_object.setdefault(name, f)
             if f.objects():
                 by_file.setdefault(f.objects()[0], f)
-        result = VerifyResult(manifest.id, len(by_object), 0, 0)
+        result = VerifyResult(manifest.id, len(by_object), 0, 0, job=manifest.job)
         # one content, one object: files naming the same object must agree on what it holds
         # (only one of them is downloaded), and an unencrypted object is named by its sha256
         for f in manifest.files:
@@ -775,14 +796,16 @@ class Offsite:
         for name, f in sorted(by_object.items()):
             size = present.get(name)
             if size is None:
-                result.errors.append(
+                result.bad[name] = (
                     f"object {self.bucket.key(object_name(name))} ({f.path}) is missing"
                 )
+                result.errors.append(result.bad[name])
             elif not manifest.encrypted and size != f.size:
-                result.errors.append(
+                result.bad[name] = (
                     f"object {self.bucket.key(object_name(name))} ({f.path}) has {size} bytes, "
                     f"the manifest says {f.size}"
                 )
+                result.errors.append(result.bad[name])
         if read_percent > 0 and by_file:
             # files, not objects: a chunk alone has no hash of its own to check
             count = min(len(by_file), max(1, math.ceil(len(by_file) * read_percent / 100)))
@@ -796,6 +819,8 @@ class Offsite:
                     self._check(manifest, f, got)
                 except IntegrityError as exc:
                     result.errors.append(str(exc))
+                    # which chunk of a file is wrong cannot be told: all of them are sent again
+                    result.bad.update(dict.fromkeys(f.objects(), str(exc)))
                     continue
                 result.checked += len(f.objects())
                 result.bytes_read += got[1]

@@ -154,7 +154,19 @@ OFFSITE_PENDING = Family(
     "Good local backups not yet complete in the off-site bucket.",
     (JOB_LABEL,),
 )
-OFFSITE_FAMILIES = (OFFSITE_LAST_SUCCESS, OFFSITE_UPLOADED, OFFSITE_SKIPPED, OFFSITE_PENDING)
+OFFSITE_DAMAGED = Family(
+    "influx_backupd_offsite_damaged_objects",
+    "gauge",
+    "Objects in the bucket a check found missing or damaged and no sync has sent again yet.",
+    (JOB_LABEL,),
+)
+OFFSITE_FAMILIES = (
+    OFFSITE_LAST_SUCCESS,
+    OFFSITE_UPLOADED,
+    OFFSITE_SKIPPED,
+    OFFSITE_PENDING,
+    OFFSITE_DAMAGED,
+)
 
 
 @dataclass(frozen=True)
@@ -163,6 +175,7 @@ class OffsiteFigures:
     uploaded_bytes: int
     skipped_bytes: int
     pending: int
+    damaged: int = 0
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -346,6 +359,7 @@ def render(
             samples[OFFSITE_UPLOADED.name].append((j, figures.uploaded_bytes))
             samples[OFFSITE_SKIPPED.name].append((j, figures.skipped_bytes))
             samples[OFFSITE_PENDING.name].append((j, figures.pending))
+            samples[OFFSITE_DAMAGED.name].append((j, figures.damaged))
 
     lines: list[str] = []
     for family in families:

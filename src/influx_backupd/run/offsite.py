@@ -39,6 +39,7 @@ from influx_backupd.offsite.repo import (
 )
 from influx_backupd.report.hooks import PREFIX, environment, run_hook
 from influx_backupd.report.metrics import OffsiteFigures
+from influx_backupd.run import offsite_repair
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.sidecar import write_sidecar
@@ -239,6 +240,7 @@ def status(config: Config, catalog: Catalog) -> dict[str, Any] | None:
         "last_success": max(successes) if successes else None,
         "last_error": state.last_error,
         "last_error_at": state.last_error_at,
+        "damaged": offsite_repair.summary(config.state_dir),
     }
 
 
@@ -250,6 +252,9 @@ def figures(config: Config, catalog: Catalog) -> dict[str, OffsiteFigures] | Non
     pending: dict[str, int] = {}
     for record in not_offsite(config, catalog, state):
         pending[record.job] = pending.get(record.job, 0) + 1
+    damaged: dict[str, int] = {}
+    for note in offsite_repair.noted(config.state_dir):
+        damaged[note.job] = damaged.get(note.job, 0) + len(note.objects)
     jobs = {j.name for j in config.settings.job if j.offsite}
     return {
         job: OffsiteFigures(
@@ -257,8 +262,9 @@ def figures(config: Config, catalog: Catalog) -> dict[str, OffsiteFigures] | Non
             uploaded_bytes=state.job(job).uploaded_bytes,
             skipped_bytes=state.job(job).skipped_bytes,
             pending=pending.get(job, 0),
+            damaged=damaged.get(job, 0),
         )
-        for job in sorted(jobs | set(pending))
+        for job in sorted(jobs | set(pending) | set(damaged))
     }
 
 
@@ -272,6 +278,8 @@ class SyncReport:
     pruned: PruneResult | None = None
     yielded: bool = False  # stopped early for a backup that fell due
     pending: list[str] = field(default_factory=list)  # not off-site after this sync
+    repaired: list[str] = field(default_factory=list)  # backups whose damaged objects were sent
+    unrepaired: dict[str, str] = field(default_factory=dict)  # backup id → why not yet
 
     @property
     def bytes_uploaded(self) -> int:
@@ -288,6 +296,8 @@ class SyncReport:
             "pruned": None if self.pruned is None else self.pruned.__dict__,
             "yielded": self.yielded,
             "pending": self.pending,
+            "repaired": self.repaired,
+            "unrepaired": self.unrepaired,
             "bytes_uploaded": self.bytes_uploaded,
             "bytes_skipped": self.bytes_skipped,
         }
@@ -371,6 +381,15 @@ def sync(
                 objects_skipped=result.objects_skipped,
                 took_s=round(result.seconds, 3),
             )
+        if not report.yielded:
+            # what a check found damaged in the bucket, sent again from the local copies
+            repair = offsite_repair.repair(
+                offsite, catalog, config.state_dir, backup_of, state.sent, stop=stop
+            )
+            report.repaired, report.unrepaired = repair.repaired, repair.left
+            for job, sent in repair.bytes_by_job.items():
+                state.job(job).uploaded_bytes += sent
+            report.yielded = stop()
         if prune and not report.yielded:
             report.pruned = prune_offsite(config, offsite)
         state.last_error = state.last_error_at = None

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from influx_backupd.report.metrics import JOB_LABEL, METRIC_LABELS, METRIC_NAMES
+from influx_backupd.report.metrics import JOB_LABEL, METRIC_LABELS, METRIC_NAMES, OFFSITE_FAMILIES
 
 ALERTS = Path(__file__).resolve().parents[3] / "packaging" / "prometheus-alerts.yml"
 TARGET = {"instance": "db1:9100", "job": "node"}
@@ -247,11 +247,37 @@ def test_metrics_absent_for_an_hour(promtool: str, tmp_path: Path) -> None:
     run_cases(promtool, tmp_path, cases)
 
 
+def test_offsite_damaged_fires_when_a_day_of_syncs_has_not_repaired_it(
+    promtool: str, tmp_path: Path
+) -> None:
+    damaged = "influx_backupd_offsite_damaged_objects"
+    cases = [
+        {
+            "interval": "1m",
+            "input_series": [
+                # a: found damaged at minute 1, never repaired; b: repaired after 2 hours
+                series(damaged, "0 3x1800", backup_job="a"),
+                series(damaged, "0 2x120 0x1680", backup_job="b"),
+            ],
+            "alert_rule_test": [
+                fires("InfluxBackupOffsiteDamaged", "20h"),
+                fires(
+                    "InfluxBackupOffsiteDamaged",
+                    "28h",
+                    {**TARGET, "backup_job": "a", "severity": "warning"},
+                ),
+            ],
+        }
+    ]
+    run_cases(promtool, tmp_path, cases)
+
+
 def test_alerts_use_only_metrics_and_labels_the_code_writes() -> None:
     rules = yaml.safe_load(ALERTS.read_text())
     exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     used = {name for expr in exprs for name in re.findall(r"\binflux_backupd_\w+", expr)}
-    assert used and used <= METRIC_NAMES, sorted(used - METRIC_NAMES)
+    names = METRIC_NAMES | {f.name for f in OFFSITE_FAMILIES}
+    assert used and used <= names, sorted(used - names)
     labels = {lbl for expr in exprs for lbl in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", expr)}
     labels |= {
         lbl.strip()
@@ -259,6 +285,7 @@ def test_alerts_use_only_metrics_and_labels_the_code_writes() -> None:
         for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr)
         for lbl in clause.split(",")
     }
-    written = {lbl for name in used for lbl in METRIC_LABELS[name]} | {"instance", "job"}
+    known = {**METRIC_LABELS, **{f.name: f.labels for f in OFFSITE_FAMILIES}}
+    written = {lbl for name in used for lbl in known[name]} | {"instance", "job"}
     assert labels <= written, sorted(labels - written)
     assert JOB_LABEL in labels

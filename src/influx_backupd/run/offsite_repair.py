@@ -1,0 +1,210 @@
+"""Off-site copies found damaged, and putting them right from the local copies.
+
+`verify --offsite` notes the objects of a backup it found missing, of the wrong size or not
+holding their content. Each note is a file of its own in `<state_dir>/offsite-damaged/` (verify
+runs without the backup lock; a file per backup needs none). The next sync sends those objects
+again from a local backup that holds their content: the damaged backup's own local copy, or any
+other sent backup whose manifest names them (objects are shared between backups). Objects are
+named by their content, so a good one is what is written over a bad one. A note is removed once
+all of it is put right; what no local backup holds stays noted, and `status`, the metrics and
+the log say so. A manifest that does not read is not written over (it may be one that another
+key reads): verify says so, and deleting it makes the next sync send the backup again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from influx_backupd.core import log
+from influx_backupd.core.atomic import replace_json
+from influx_backupd.core.jsontext import loads_json
+from influx_backupd.offsite.errors import Damaged, OffsiteError
+from influx_backupd.offsite.repo import Backup, Offsite
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
+
+DAMAGED_DIR = "offsite-damaged"
+
+
+@dataclass
+class Damage:
+    backup: str  # the backup id whose check found it
+    job: str
+    objects: dict[str, str]  # object name → what was wrong
+    found_at: float
+
+
+@dataclass
+class RepairReport:
+    repaired: list[str] = field(default_factory=list)  # backup ids whose note was cleared
+    objects_sent: int = 0
+    bytes_by_job: dict[str, int] = field(default_factory=dict)  # bytes sent again
+    left: dict[str, str] = field(default_factory=dict)  # backup id → why not (yet)
+
+
+def _note_path(state_dir: Path, backup_id: str) -> Path:
+    # ids come from the bucket's listing: the file name is a digest of one, never the id
+    return state_dir / DAMAGED_DIR / (hashlib.sha256(backup_id.encode()).hexdigest()[:32] + ".json")
+
+
+def note(state_dir: Path, backup_id: str, job: str, objects: dict[str, str]) -> None:
+    """The objects a check found wrong with one backup in the bucket (replacing that backup's
+    last note); none clears it."""
+    path = _note_path(state_dir, backup_id)
+    if not objects:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    replace_json(
+        path,
+        {
+            "backup": backup_id,
+            "job": job,
+            "objects": objects,
+            "found_at": time.time(),
+        },
+        indent=1,
+    )
+
+
+def noted(state_dir: Path) -> list[Damage]:
+    """Every note, oldest first; one that does not read is passed over (the next check of its
+    backup writes it again)."""
+    found = []
+    try:
+        paths = sorted((state_dir / DAMAGED_DIR).glob("*.json"))
+    except OSError:
+        return []
+    for path in paths:
+        try:
+            raw = loads_json(path.read_text())
+            found.append(
+                Damage(
+                    backup=str(raw["backup"]),
+                    job=str(raw.get("job") or ""),
+                    objects={str(k): str(v) for k, v in dict(raw.get("objects") or {}).items()},
+                    found_at=float(raw["found_at"]),
+                )
+            )
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+    return sorted(found, key=lambda d: d.found_at)
+
+
+def _clear(state_dir: Path, damage: Damage, left: dict[str, str]) -> None:
+    """Write what is still wrong of a note, or remove it; a note a newer check wrote meanwhile
+    is left as it is."""
+    path = _note_path(state_dir, damage.backup)
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        if float(loads_json(path.read_text())["found_at"]) != damage.found_at:
+            return
+        if left:
+            replace_json(path, {**damage.__dict__, "objects": left}, indent=1)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def repair(
+    offsite: Offsite,
+    catalog: Catalog,
+    state_dir: Path,
+    backup_of: Callable[[RunRecord], Backup],
+    sent: Iterable[str],
+    *,
+    stop: Callable[[], bool] = lambda: False,
+) -> RepairReport:
+    """Send again what the notes name, from the local backups (sent: the ids off-site)."""
+    report = RepairReport()
+    notes = noted(state_dir)
+    if not notes:
+        return report
+    logger = log.get()
+    in_bucket = {r.id for r in offsite.manifests()}
+    local = {r.id: r for r in catalog.list() if r.good and r.archive}
+    holders = [local[i] for i in sent if i in local]
+    for damage in notes:
+        if stop():
+            break
+        if damage.backup not in in_bucket:
+            # pruned off-site since (or never there): nothing left to put right
+            _clear(state_dir, damage, {})
+            continue
+        needed = dict(damage.objects)
+        own = local.get(damage.backup)
+        problems = []  # local copies that could not be read
+        stopped = False
+        # the backup's own local copy first, then any other that names those objects
+        for record in [own, *holders] if own is not None else holders:
+            if not needed:
+                break
+            if stop():
+                stopped = True
+                break
+            if record.id != damage.backup and not _names_any(offsite, record.id, needed):
+                continue
+            # a local copy gone or damaged is passed over; the bucket's errors end the sync
+            try:
+                backup = backup_of(record)
+            except OffsiteError as exc:
+                problems.append(f"{record.id}: {exc}")
+                continue
+            try:
+                result = offsite.send(backup, should_stop=stop, resend=needed)
+            except Damaged as exc:
+                problems.append(f"{record.id}: {exc}")
+                continue
+            report.objects_sent += result.objects_uploaded
+            report.bytes_by_job[record.job] = (
+                report.bytes_by_job.get(record.job, 0) + result.bytes_uploaded
+            )
+            needed = {n: why for n, why in needed.items() if n not in result.resent}
+            if not result.complete:
+                stopped = True
+                break
+        _clear(state_dir, damage, needed)
+        if stopped:
+            break
+        if needed:
+            why = f"{len(needed)} damaged objects are held by no local backup" + (
+                f" that reads ({'; '.join(problems)})" if problems else ""
+            )
+            report.left[damage.backup] = why
+            logger.error(
+                "offsite.unrepairable",
+                run_id=damage.backup,
+                job=damage.job,
+                objects=len(needed),
+                why=why,
+            )
+        else:
+            report.repaired.append(damage.backup)
+            logger.info("offsite.repaired", run_id=damage.backup, job=damage.job)
+    return report
+
+
+def _names_any(offsite: Offsite, backup_id: str, names: dict[str, str]) -> bool:
+    """Whether the manifest of backup_id (from the local cache when it is there) names any."""
+    try:
+        manifest = offsite.manifest(backup_id)
+    except OffsiteError:
+        return False
+    return any(n in names for f in manifest.files for n in f.objects())
+
+
+def summary(state_dir: Path) -> list[dict[str, Any]]:
+    """For `status` and the metrics: per damaged backup, what is wrong (no network)."""
+    return [
+        {
+            "backup": d.backup,
+            "job": d.job,
+            "objects": len(d.objects),
+            "found_at": d.found_at,
+        }
+        for d in noted(state_dir)
+    ]

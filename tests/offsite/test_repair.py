@@ -1,0 +1,173 @@
+"""Off-site copies found damaged by `verify --offsite` are sent again by the next sync, from a
+local backup holding their content; what none holds is said by sync, status and the metrics.
+Against a real influxd and moto's server; the damage is done to the objects in the bucket."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.report.metrics import JOB_LABEL
+from tests.conftest import Cli, write_config
+from tests.offsite.conftest import Endpoint
+from tests.offsite.helpers import age_identity, offsite_section, sha256
+
+
+def _setup(tmp_path: Path, sandbox: Sandbox, moto: Endpoint, **extra: object) -> tuple[Cli, Path]:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    metrics = tmp_path / "metrics.prom"
+    config = write_config(tmp_path, sandbox, extra=offsite_section(moto, **extra))
+    config.write_text(
+        config.read_text().replace("[daemon]\n", f'[daemon]\nmetrics_file = "{metrics}"\n')
+    )
+    return Cli(config), metrics
+
+
+def _objects(moto: Endpoint) -> dict[str, int]:
+    listed = moto.client().list_objects_v2(Bucket=moto.bucket, Prefix="host-a/objects/")
+    return {o["Key"]: o["Size"] for o in listed.get("Contents", [])}
+
+
+def _largest(moto: Endpoint) -> str:
+    objects = _objects(moto)
+    return max(objects, key=lambda k: objects[k])
+
+
+def _spoil(moto: Endpoint, key: str) -> None:
+    """The same size, other bytes: only reading it back can tell."""
+    client = moto.client()
+    body = bytearray(client.get_object(Bucket=moto.bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    client.put_object(Bucket=moto.bucket, Key=key, Body=bytes(body))
+
+
+def _verify_all(cli: Cli) -> tuple[int, dict[str, Any]]:
+    done = cli("verify", "--offsite", "--all", "--read-data", "100", "--json")
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_a_damaged_object_is_noted_by_verify_and_sent_again_by_the_next_sync(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    cli, metrics = _setup(tmp_path, sandbox, moto)
+    record = cli.json("backup")
+    assert record["status"] == "ok"
+    key = _largest(moto)
+    _spoil(moto, key)
+
+    status, found = _verify_all(cli)
+    assert status == 1 and not found["ok"]
+    [backup] = found["backups"]
+    assert backup["id"] == record["id"] and list(backup["bad"]) == [key.rsplit("/", 1)[1]]
+    text = cli("verify", record["id"], "--offsite", "--read-data", "100")
+    assert text.returncode == 1 and "the next `offsite sync`" in text.stdout, text.stdout
+    noted = cli.json("status")["offsite"]["damaged"]
+    assert [(d["backup"], d["objects"]) for d in noted] == [(record["id"], 1)]
+    assert "DAMAGED" in cli("status").stdout
+    cli("offsite", "sync")  # also rewrites the metrics
+    assert f'influx_backupd_offsite_damaged_objects{{{JOB_LABEL}="nightly"}} 0' in (
+        metrics.read_text()
+    ), "the sync put it right before writing the metrics"
+
+    status, found = _verify_all(cli)
+    assert status == 0 and found["ok"], found
+    assert cli.json("status")["offsite"]["damaged"] == []
+
+    # and the bucket's copy restores: the local archive gone, fetched back byte for byte
+    archive = Path(record["archive"])
+    archive.unlink()
+    done = cli("restore", record["id"], "--from", "offsite", "--yes", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sha256(archive) == record["sha256"]
+
+
+def test_an_object_deleted_from_the_bucket_is_sent_again_from_another_local_backup(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Objects are shared between backups: the first backup's local copy is gone, the second
+    holds the same file."""
+    cli, _ = _setup(tmp_path, sandbox, moto)
+    first = cli.json("backup")
+    second = cli.json("backup")
+    assert first["status"] == second["status"] == "ok"
+    shared = _largest(moto)
+    moto.client().delete_object(Bucket=moto.bucket, Key=shared)
+    Path(first["archive"]).unlink()
+
+    done = cli("verify", first["id"], "--offsite", "--json")  # listing alone finds it missing
+    assert done.returncode == 1 and "is missing" in done.stdout, done.stdout
+    synced = cli("offsite", "sync", "--json")
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    assert json.loads(synced.stdout)["repaired"] == [first["id"]]
+    assert shared in _objects(moto)
+    status, found = _verify_all(cli)
+    assert status == 0, found
+
+
+def test_what_no_local_backup_holds_is_said_by_sync_status_and_metrics(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    cli, metrics = _setup(tmp_path, sandbox, moto)
+    record = cli.json("backup")
+    key = _largest(moto)
+    _spoil(moto, key)
+    Path(record["archive"]).unlink()
+    status, _ = _verify_all(cli)
+    assert status == 1
+
+    synced = cli("offsite", "sync")
+    assert synced.returncode == 1, synced.stdout
+    lines = [x for x in synced.stderr.splitlines() if x.startswith("influx-backupd:")]
+    assert len(lines) == 1 and "not repaired" in lines[0] and record["id"] in lines[0], lines
+    assert "held by no local backup" in lines[0] and "Traceback" not in synced.stderr
+    assert [d["backup"] for d in cli.json("status")["offsite"]["damaged"]] == [record["id"]]
+    assert f'influx_backupd_offsite_damaged_objects{{{JOB_LABEL}="nightly"}} 1' in (
+        metrics.read_text()
+    )
+    assert _objects(moto)[key], "the damaged object is left as it was: nothing to replace it"
+
+
+def test_a_damaged_chunk_of_an_encrypted_file_is_sent_again(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    identity, recipient = age_identity(tmp_path)
+    cli, _ = _setup(
+        tmp_path,
+        sandbox,
+        moto,
+        encrypt_to=[recipient],
+        identity_file=str(identity),
+        chunk_size="5MiB",
+    )
+    record = cli.json("backup")
+    assert record["status"] == "ok"
+    _spoil(moto, _largest(moto))
+    status, found = _verify_all(cli)
+    assert status == 1 and found["backups"][0]["bad"], found
+    synced = cli.json("offsite", "sync")
+    assert synced["repaired"] == [record["id"]]
+    status, found = _verify_all(cli)
+    assert status == 0, found
+
+
+def test_verify_offsite_refuses_what_only_a_local_check_does(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    cli, _ = _setup(tmp_path, sandbox, moto)
+    for argv in (
+        ("verify", "--offsite"),
+        ("verify", "x", "--offsite", "--all"),
+        ("verify", "x", "--offsite", "--job", "nightly"),
+        ("verify", "x", "--offsite", "--deep"),
+        ("verify", "x", "--offsite", "--restore-test"),
+    ):
+        done = cli(*argv)
+        assert done.returncode == 2, (argv, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("influx-backupd: "), (argv, lines)
+    status, found = _verify_all(cli)
+    assert status == 0 and found["backups"] == [], found
