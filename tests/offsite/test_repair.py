@@ -171,3 +171,33 @@ def test_verify_offsite_refuses_what_only_a_local_check_does(
         assert len(lines) == 1 and lines[0].startswith("influx-backupd: "), (argv, lines)
     status, found = _verify_all(cli)
     assert status == 0 and found["backups"] == [], found
+
+
+def test_the_sync_checks_the_bucket_every_check_every_and_repairs_in_the_same_run(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    cli, _ = _setup(tmp_path, sandbox, moto, check_every="1h", check_read_data=100)
+    record = cli.json("backup")  # its sync sends it and checks the bucket: last_check set
+    assert record["status"] == "ok"
+    key = _largest(moto)
+    _spoil(moto, key)
+    quiet = cli.json("offsite", "sync")
+    assert quiet["checked"] == 0, "checked less than check_every ago: not again"
+
+    state = tmp_path / "state" / "offsite.json"
+    saved = json.loads(state.read_text())
+    saved["last_check"] -= 3601  # an hour later
+    state.write_text(json.dumps(saved))
+    synced = cli.json("offsite", "sync")
+    assert synced["checked"] == 1 and synced["repaired"] == [record["id"]], synced
+    status, found = _verify_all(cli)
+    assert status == 0, found
+
+    # off: never checked by the sync
+    config = cli.config
+    config.write_text(config.read_text().replace('check_every = "1h"', 'check_every = "0"'))
+    _spoil(moto, key)
+    saved = json.loads(state.read_text())
+    saved["last_check"] = 0
+    state.write_text(json.dumps(saved))
+    assert cli.json("offsite", "sync")["checked"] == 0

@@ -41,7 +41,9 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
         _metrics(config, catalog)
     if args.json:
         print_json(report.to_dict())
-        return EXIT_FAILED if report.skipped or report.unrepaired else EXIT_OK
+        return (
+            EXIT_FAILED if report.skipped or report.unrepaired or report.check_failed else EXIT_OK
+        )
     for sent in report.sent:
         what = "already there" if sent.already else f"sent {fmt_bytes(sent.bytes_uploaded)}"
         print(f"{sent.id:<22} {what}, {fmt_bytes(sent.bytes_skipped)} skipped (in the bucket)")
@@ -53,6 +55,10 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
             f"pruned {len(p.manifests_deleted)} backups, {p.objects_deleted} objects "
             f"({fmt_bytes(p.bytes_freed)}); {p.objects_in_grace} unreferenced objects in grace"
         )
+    if report.checked or report.check_failed:
+        print(f"checked {report.checked} backups in the bucket (check_every)")
+    for backup_id, why in report.check_failed.items():
+        print(f"influx-backupd: offsite: check: {backup_id}: {why}", file=sys.stderr)
     for backup_id in report.repaired:
         print(f"{backup_id:<22} repaired: its damaged objects sent again")
     for backup_id, why in report.unrepaired.items():
@@ -61,7 +67,7 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
         f"uploaded {fmt_bytes(report.bytes_uploaded)}, skipped {fmt_bytes(report.bytes_skipped)}; "
         f"{len(report.pending)} backups not off-site"
     )
-    return EXIT_FAILED if report.skipped or report.unrepaired else EXIT_OK
+    return EXIT_FAILED if report.skipped or report.unrepaired or report.check_failed else EXIT_OK
 
 
 def _metrics(config: Config, catalog: Catalog) -> None:

@@ -152,6 +152,7 @@ class State:
     sent: dict[str, float] = field(default_factory=dict)  # backup id → when it was complete
     last_error: str | None = None
     last_error_at: float | None = None
+    last_check: float | None = None  # every backup in the bucket checked (check_every)
 
     @classmethod
     def load(cls, state_dir: Path) -> State:
@@ -162,6 +163,7 @@ class State:
                 sent={k: float(v) for k, v in raw.get("sent", {}).items()},
                 last_error=raw.get("last_error"),
                 last_error_at=raw.get("last_error_at"),
+                last_check=raw.get("last_check"),
             )
         except (OSError, ValueError, TypeError, AttributeError):
             return cls()  # none yet, or unreadable: the next sync learns it from the bucket
@@ -172,6 +174,7 @@ class State:
             "sent": self.sent,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
+            "last_check": self.last_check,
         }
         _write_private(state_dir / STATE_FILE, data)
 
@@ -278,6 +281,8 @@ class SyncReport:
     pruned: PruneResult | None = None
     yielded: bool = False  # stopped early for a backup that fell due
     pending: list[str] = field(default_factory=list)  # not off-site after this sync
+    checked: int = 0  # backups in the bucket checked (check_every)
+    check_failed: dict[str, str] = field(default_factory=dict)  # manifests that do not read
     repaired: list[str] = field(default_factory=list)  # backups whose damaged objects were sent
     unrepaired: dict[str, str] = field(default_factory=dict)  # backup id → why not yet
 
@@ -296,11 +301,23 @@ class SyncReport:
             "pruned": None if self.pruned is None else self.pruned.__dict__,
             "yielded": self.yielded,
             "pending": self.pending,
+            "checked": self.checked,
+            "check_failed": self.check_failed,
             "repaired": self.repaired,
             "unrepaired": self.unrepaired,
             "bytes_uploaded": self.bytes_uploaded,
             "bytes_skipped": self.bytes_skipped,
         }
+
+
+def _check_due(config: Config, state: State) -> bool:
+    """check_every has passed since the last whole check, and the manifests can be read."""
+    section = config.settings.offsite
+    if section is None or section.check_every <= 0:
+        return False
+    if section.encrypted and section.identity_file is None:
+        return False  # the host holds only the recipients: `verify --offsite` where the key is
+    return state.last_check is None or time.time() - state.last_check >= section.check_every
 
 
 def backup_of(record: RunRecord, known: Known | None = None) -> Backup:
@@ -381,6 +398,24 @@ def sync(
                 objects_skipped=result.objects_skipped,
                 took_s=round(result.seconds, 3),
             )
+        if not report.yielded and _check_due(config, state):
+            checked = offsite_repair.check(
+                offsite,
+                config.state_dir,
+                read_percent=offsite.settings.check_read_data,
+                stop=stop,
+            )
+            report.checked, report.check_failed = checked.checked, dict(checked.unreadable)
+            if checked.complete:
+                state.last_check = time.time()
+            (logger.error if checked.damaged or checked.unreadable else logger.info)(
+                "offsite.checked",
+                backups=checked.checked,
+                damaged=checked.damaged,
+                unreadable=sorted(checked.unreadable),
+                complete=checked.complete,
+            )
+            report.yielded = stop()
         if not report.yielded:
             # what a check found damaged in the bucket, sent again from the local copies
             repair = offsite_repair.repair(

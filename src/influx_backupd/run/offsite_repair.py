@@ -24,7 +24,7 @@ from typing import Any
 from influx_backupd.core import log
 from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.jsontext import loads_json
-from influx_backupd.offsite.errors import Damaged, OffsiteError
+from influx_backupd.offsite.errors import BadManifest, Damaged, OffsiteError
 from influx_backupd.offsite.repo import Backup, Offsite
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
@@ -46,6 +46,48 @@ class RepairReport:
     objects_sent: int = 0
     bytes_by_job: dict[str, int] = field(default_factory=dict)  # bytes sent again
     left: dict[str, str] = field(default_factory=dict)  # backup id → why not (yet)
+
+
+@dataclass
+class CheckReport:
+    checked: int = 0  # backups
+    damaged: list[str] = field(default_factory=list)  # backup ids with objects noted
+    unreadable: dict[str, str] = field(default_factory=dict)  # backup id → why
+    complete: bool = False  # every backup checked (not stopped early)
+
+
+def check(
+    offsite: Offsite,
+    state_dir: Path,
+    *,
+    read_percent: float = 0.0,
+    stop: Callable[[], bool] = lambda: False,
+) -> CheckReport:
+    """Every backup in the bucket, as `verify --offsite --all`: what is wrong is noted."""
+    report = CheckReport()
+    logger = log.get()
+    for ref in offsite.manifests():
+        if stop():
+            return report
+        try:
+            result = offsite.verify(ref, read_percent=read_percent)
+        except BadManifest as exc:  # planted or damaged: not ours to rewrite (see the top)
+            report.unreadable[ref.id] = str(exc)
+            logger.error("offsite.check_failed", run_id=ref.id, error=str(exc))
+            continue
+        report.checked += 1
+        note(state_dir, result.id, result.job, result.bad)
+        if result.bad:
+            report.damaged.append(result.id)
+            logger.error(
+                "offsite.damaged",
+                run_id=result.id,
+                job=result.job,
+                objects=len(result.bad),
+                errors=result.errors[:5],
+            )
+    report.complete = True
+    return report
 
 
 def _note_path(state_dir: Path, backup_id: str) -> Path:
