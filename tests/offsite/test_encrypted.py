@@ -116,3 +116,84 @@ def test_a_changed_encrypted_object_is_named_and_the_others_are_still_checked(
     assert len(result.errors) == 1
     assert f"{key} (for data/1.tsm of backup 20261130T030000Z-dddd) is damaged" in result.errors[0]
     assert result.checked == 1, "meta.db was still downloaded and hashed"
+
+
+def test_after_encrypt_to_changes_new_backups_restore_with_the_new_identity_alone(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: files the new backup shared with older ones were named as before and not sent
+    again: they stayed encrypted to the old recipient only, and verify --read-data and restore
+    with the new identity failed while backup and sync said ok."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old_identity, old_recipient = age_identity(tmp_path / "old")
+    new_identity, new_recipient = age_identity(tmp_path / "new")
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    section = offsite_section(moto, encrypt_to=[old_recipient], identity_file=str(old_identity))
+    config = write_config(tmp_path, sandbox, extra=section)
+    cli = Cli(config)
+    first = cli.json("backup")
+    assert first["status"] == "ok"
+    # the old key is retired (lost, or handed on): encrypt to the new one from now on
+    config.write_text(
+        config.read_text()
+        .replace(old_recipient, new_recipient)
+        .replace(str(old_identity), str(new_identity))
+    )
+    sandbox.write_points("metrics", 300, start=50_000)
+    second = cli.json("backup")
+    assert second["status"] == "ok"
+    checked = cli("verify", second["id"], "--offsite", "--read-data", "100", "--json")
+    assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-1000:]
+    Path(second["archive"]).unlink()
+    restored = cli("restore", second["id"], "--from", "offsite", "--yes", timeout=300)
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    # the backup before is still there, readable with the identity of before
+    config.write_text(config.read_text().replace(str(new_identity), str(old_identity)))
+    before = cli("verify", first["id"], "--offsite", "--read-data", "100")
+    assert before.returncode == 0, before.stdout[-2000:]
+
+
+def test_a_damaged_or_foreign_encrypted_manifest_is_passed_over_not_the_end_of_every_listing(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: one manifest failing age's MAC ended list, import and every sync."""
+    identity, recipient = age_identity(tmp_path)
+    (tmp_path / "other").mkdir()
+    _, stranger = age_identity(tmp_path / "other")
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    section = offsite_section(moto, encrypt_to=[recipient], identity_file=str(identity))
+    cli = Cli(write_config(tmp_path, sandbox, extra=section))
+    rid = cli.json("backup")["id"]
+    client = moto.client()
+    prefix = "host-a/manifests/nightly/"
+    body = client.get_object(Bucket=moto.bucket, Key=f"{prefix}{rid}.json.gz.age")["Body"].read()
+    damaged = bytearray(body)
+    damaged[-5] ^= 0xFF
+    client.put_object(
+        Bucket=moto.bucket, Key=f"{prefix}20200101T000000Z-dead.json.gz.age", Body=bytes(damaged)
+    )
+    import pyrage
+
+    foreign = pyrage.encrypt(b"{}", [pyrage.x25519.Recipient.from_str(stranger)])
+    client.put_object(
+        Bucket=moto.bucket, Key=f"{prefix}20200101T000001Z-beef.json.gz.age", Body=foreign
+    )
+
+    listed = cli("list", "--offsite", "--json")
+    assert listed.returncode == 1, "a script notices the two passed over"
+    assert [r["id"] for r in json.loads(listed.stdout)] == [rid]
+    assert "damaged" in listed.stderr and "Traceback" not in listed.stderr
+    synced = cli("offsite", "sync")
+    assert synced.returncode == 0, synced.stderr[-2000:]
+    assert cli.json("status")["offsite"]["last_error"] is None
+
+    # a wrong identity reads none of them: that is the identity's fault, said as such
+    (tmp_path / "third").mkdir()
+    wrong, _ = age_identity(tmp_path / "third")
+    config = cli.config
+    config.write_text(config.read_text().replace(str(identity), str(wrong)))
+    listed = cli("list", "--offsite")
+    assert listed.returncode == 1 and "identity_file" in listed.stderr.strip().splitlines()[-1]

@@ -17,7 +17,7 @@ from typing import Any
 
 from influx_backupd.core import offsite_keys
 from influx_backupd.core.atomic import replace_file
-from influx_backupd.offsite.errors import MissingExtra, OffsiteError
+from influx_backupd.offsite.errors import IntegrityError, MissingExtra, NotOurs, OffsiteError
 
 
 def _pyrage() -> Any:
@@ -57,12 +57,23 @@ def encrypt_bytes(data: bytes, to: list[Any]) -> bytes:
     return bytes(_pyrage().encrypt(data, to))
 
 
+# pyrage's words for "none of these identities is a recipient of it"; anything else it says
+# (a MAC that fails, a header it cannot parse, a file cut short) is damage to the ciphertext
+_NOT_OURS = "No matching keys found"
+
+
+def _decrypt_failed(exc: Exception, what: str) -> OffsiteError:
+    if str(exc) == _NOT_OURS:
+        return NotOurs(f"{what}: cannot be decrypted with the identity_file's keys")
+    return IntegrityError(f"{what}: is damaged: its age ciphertext is cut short or changed")
+
+
 def decrypt_bytes(data: bytes, ids: list[Any], what: str) -> bytes:
     pyrage = _pyrage()
     try:
         return bytes(pyrage.decrypt(data, ids))
-    except pyrage.DecryptError:
-        raise OffsiteError(f"{what}: cannot be decrypted with the identity_file's keys") from None
+    except pyrage.DecryptError as exc:
+        raise _decrypt_failed(exc, what) from None
 
 
 def encrypt_stream(reader: Any, writer: Any, to: list[Any]) -> None:
@@ -74,8 +85,8 @@ def decrypt_stream(reader: Any, writer: Any, ids: list[Any], what: str) -> None:
     pyrage = _pyrage()
     try:
         pyrage.decrypt_io(reader, writer, ids)
-    except pyrage.DecryptError:
-        raise OffsiteError(f"{what}: cannot be decrypted with the identity_file's keys") from None
+    except pyrage.DecryptError as exc:
+        raise _decrypt_failed(exc, what) from None
 
 
 def key_id(key: bytes) -> str:
@@ -100,6 +111,19 @@ class Namer:
         assert self.key is not None
         text = f"{sha256}/{chunk_size}/{index}".encode()
         return hmac.new(self.key, text, hashlib.sha256).hexdigest()
+
+
+def recipients_fingerprint(recipients: list[str]) -> str:
+    """Which recipients a name key names objects for (order and repeats do not matter)."""
+    text = "\n".join(sorted({r.strip() for r in recipients}))
+    return hashlib.sha256(b"influx-backupd recipients\0" + text.encode()).hexdigest()
+
+
+def renew_key(path: Path) -> bytes:
+    """A new name key in place of the one at path (0600, written then renamed)."""
+    key = secrets.token_bytes(32)
+    replace_file(path, key)
+    return key
 
 
 def local_key(path: Path, make: Callable[[], bytes] = lambda: secrets.token_bytes(32)) -> bytes:

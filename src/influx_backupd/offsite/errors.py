@@ -38,6 +38,10 @@ class BadManifest(IntegrityError):
     what lists backups, never acted on."""
 
 
+class NotOurs(OffsiteError):
+    """Encrypted to none of the identity_file's keys: a wrong identity, or another's file."""
+
+
 class Damaged(OffsiteError):
     """The local backup is not what its record says: it is not sent (the others are)."""
 

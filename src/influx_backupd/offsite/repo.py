@@ -37,6 +37,7 @@ from influx_backupd.offsite.errors import (
     BadManifest,
     IntegrityError,
     NoSuchBackup,
+    NotOurs,
     OffsiteError,
 )
 from influx_backupd.offsite.files import CHUNK, FileEntry, Source, listing_sha256
@@ -281,6 +282,7 @@ class Offsite:
             key = crypto.local_key(self.key_file, make=lambda: known)
         else:
             key = crypto.local_key(self.key_file)
+        key = self._key_for_recipients(key)
         namer = crypto.Namer(key)
         stored = self.bucket.key("keys", f"{namer.key_id}.age")
         if not self.bucket.exists(stored):
@@ -288,12 +290,41 @@ class Offsite:
         self._namer = namer
         return namer
 
+    def _key_for_recipients(self, key: bytes) -> bytes:
+        """The name key, made anew when encrypt_to changed since it was first used. An object
+        is sent once and named by its content: under the same names, the next backup would be
+        made of objects encrypted to the recipients of before, unreadable with the new identity
+        alone. A new key gives new names: everything is sent again, to the new recipients (the
+        backups before stay readable with the identity of before until pruned)."""
+        assert self.key_file is not None
+        marker = self.key_file.with_name(self.key_file.name + ".recipients")
+        now = crypto.recipients_fingerprint(self.settings.encrypt_to)
+        try:
+            was: str | None = marker.read_text().strip()
+        except FileNotFoundError:
+            was = None  # a key from before this marker: taken as made for these recipients
+        except OSError as exc:
+            raise OffsiteError(f"{marker}: cannot be read: {exc.strerror or exc}") from None
+        if was is not None and was != now:
+            key = crypto.renew_key(self.key_file)
+            log.get().warning(
+                "offsite.name_key_renewed",
+                reason="encrypt_to changed: every file is sent again, to the new recipients",
+                key_id=crypto.key_id(key),
+            )
+        if was != now:
+            replace_file(marker, now.encode() + b"\n")
+        return key
+
     def _key_from_bucket(self) -> bytes | None:
         newest = sorted(self.bucket.ls("keys"), key=lambda o: o.modified, reverse=True)
         for item in newest:
-            data = crypto.decrypt_bytes(
-                self.bucket.get_bytes(item.key), self.identities(), item.key
-            )
+            try:
+                data = crypto.decrypt_bytes(
+                    self.bucket.get_bytes(item.key), self.identities(), item.key
+                )
+            except (NotOurs, IntegrityError):
+                continue  # a key of other recipients (encrypt_to changed since), or damaged
             if len(data) == 32:
                 return data
         return None
@@ -346,7 +377,10 @@ class Offsite:
 
     def _decode(self, ref: ManifestRef, data: bytes) -> Manifest:
         if ref.key.endswith(".age"):
-            data = crypto.decrypt_bytes(data, self.identities(), ref.key)
+            try:
+                data = crypto.decrypt_bytes(data, self.identities(), ref.key)
+            except IntegrityError as exc:  # damaged: passed over like any unreadable manifest
+                raise BadManifest(str(exc)) from None
         manifest = Manifest.decode(data, ref.key)
         if (manifest.job, manifest.id) != (ref.job, ref.id):
             # a manifest copied under another key would stand in for (and be imported over)
@@ -393,14 +427,22 @@ class Offsite:
         put in skipped (key → why) and passed over, so that one damaged or planted object
         does not stop every listing, import and prune. Any other error (the endpoint, the
         identity) still ends the walk."""
+        read = 0
+        not_ours: NotOurs | None = None
         for ref in refs:
             try:
                 manifest = self.manifest(ref)
-            except BadManifest as exc:
+            except (BadManifest, NotOurs) as exc:
+                # one encrypted to another key is planted, or the identity is wrong: which,
+                # the others tell (none read: the identity is wrong, and that ends the walk)
+                not_ours = exc if isinstance(exc, NotOurs) and not_ours is None else not_ours
                 skipped[ref.key] = str(exc)
                 log.get().warning("offsite.manifest_skipped", key=ref.key, error=str(exc))
                 continue
+            read += 1
             yield ref, manifest
+        if not_ours is not None and not read:
+            raise not_ours
 
     def present(self) -> dict[str, int]:
         """Objects in the bucket (name → size), listed once and kept up to date by send()."""
