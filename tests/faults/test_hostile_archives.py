@@ -405,3 +405,49 @@ def test_an_archive_cut_between_members_is_refused_by_verify_and_restore(
     _refused_by_both(world, path, "end-of-archive marker")
     assert world.server.ping()
     _settle(world, influxd, fault_result)
+
+
+# -- an archived influxdb.conf that writes its own sections ---------------------------------------
+
+INJECTED = (
+    b'[data]\n"x = 1\\n[[udp]]\\n  enabled = true\\n  bind-address = \\"0.0.0.0:{port}\\"'
+    b'\\n  database" = "evil"\n'
+    b'[coordinator]\n"y = 2\\n[[graphite]]\\n  enabled = true\\n  bind-address = \\":{port}\\"'
+    b'\\n  z" = 3\n'
+)
+
+
+@pytest.mark.fault("4", "hostile cold archive", "influxdb.conf keys that open sections")
+def test_an_archived_conf_cannot_write_sections_into_the_servers_we_start(
+    world: World, fault_result: FaultResult
+) -> None:
+    """Before: keys of the archive's [data] and [coordinator] were copied into the config of
+    the server `restore --target --start` and restore tests start, unquoted: a key holding a
+    newline opened a [[udp]] listener on every interface."""
+    from influx_backupd.influxd.sandbox import free_port
+
+    influxd = world.server.pids()
+    port = free_port()
+    conf = INJECTED.replace(b"{port}", str(port).encode())
+    hostile = world.root / f"conf-{uuid.uuid4().hex[:6]}.tar"
+    with tarfile.open(world.cold) as src, tarfile.open(hostile, "w") as out:
+        for info in src.getmembers():
+            if info.name == "influxdb.conf":
+                info.size = len(conf)
+                out.addfile(info, io.BytesIO(conf))
+            else:
+                out.addfile(info, src.extractfile(info) if info.isreg() else None)
+    target = world.root / f"look-{uuid.uuid4().hex[:6]}"
+    done = world.cli("restore", str(hostile), "--target", str(target), "--start", timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pid = int(done.stdout.split("influxd pid ")[1].split(",")[0])
+    try:
+        written = (target / "influxdb.conf").read_text()
+        assert "[[udp]]" not in written and "[[graphite]]" not in written, written
+        import psutil
+
+        ports = {c.laddr.port for c in psutil.Process(pid).net_connections("all")}
+        assert port not in ports, "the archive's conf opened a listener"
+    finally:
+        subprocess.run(["kill", "-9", str(pid)], check=False)
+    _settle(world, influxd, fault_result)
