@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -160,7 +161,7 @@ def test_an_unknown_url_is_a_config_error(tmp_path: Path, sandbox: Sandbox) -> N
 
 
 def test_a_receiver_that_answers_a_byte_at_a_time_holds_nothing_past_the_timeout(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """It answers, so no connect or read timeout fires: one header line a second, without
     end. apprise's own thread pool would keep the process open until the receiver stopped
@@ -189,6 +190,9 @@ def test_a_receiver_that_answers_a_byte_at_a_time_holds_nothing_past_the_timeout
             threading.Thread(target=drip, args=(conn,), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
+    # this run's notifiers, told from those of tests running beside it by what they inherit
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv("INFLUX_BACKUPD_TEST_RUN", mark)
     url = f"json://127.0.0.1:{listener.getsockname()[1]}/drip"
     extra = f'\n[notify]\ntimeout = "3s"\nstart = ["{url}"]\nsuccess = ["{url}"]\n'
     try:
@@ -204,9 +208,16 @@ def test_a_receiver_that_answers_a_byte_at_a_time_holds_nothing_past_the_timeout
     left = [
         p.pid
         for p in psutil.process_iter(["cmdline"])
-        if "influx_backupd.report.notify_child" in (p.info["cmdline"] or [])
+        if "influx_backupd.report.notify_child" in (p.info["cmdline"] or []) and _inherited(p, mark)
     ]
     assert left == [], "no notifier outlives its timeout"
+
+
+def _inherited(proc: psutil.Process, mark: str) -> bool:
+    try:
+        return proc.environ().get("INFLUX_BACKUPD_TEST_RUN") == mark
+    except psutil.Error:
+        return False  # gone meanwhile
 
 
 def _events(stderr: str) -> list[dict[str, Any]]:
