@@ -201,3 +201,27 @@ def test_the_sync_checks_the_bucket_every_check_every_and_repairs_in_the_same_ru
     saved["last_check"] = 0
     state.write_text(json.dumps(saved))
     assert cli.json("offsite", "sync")["checked"] == 0
+
+
+def test_an_object_moved_elsewhere_below_objects_is_missing_and_sent_again(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: objects were matched by their file name anywhere below objects/, so verify and
+    send counted a moved one as there, and the restore failed on "not found"."""
+    cli, _ = _setup(tmp_path, sandbox, moto)
+    record = cli.json("backup")
+    key = _largest(moto)
+    name = key.rsplit("/", 1)[1]
+    client = moto.client()
+    client.copy_object(
+        Bucket=moto.bucket,
+        Key=f"host-a/objects/zz/{name}",
+        CopySource={"Bucket": moto.bucket, "Key": key},
+    )
+    client.delete_object(Bucket=moto.bucket, Key=key)
+    done = cli("verify", record["id"], "--offsite")
+    assert done.returncode == 1 and "is missing" in done.stdout, done.stdout
+    assert cli.json("offsite", "sync")["repaired"] == [record["id"]]
+    Path(record["archive"]).unlink()
+    restored = cli("restore", record["id"], "--from", "offsite", "--yes", timeout=300)
+    assert restored.returncode == 0, restored.stderr[-2000:]

@@ -447,8 +447,18 @@ class Offsite:
     def present(self) -> dict[str, int]:
         """Objects in the bucket (name → size), listed once and kept up to date by send()."""
         if self._present is None:
-            self._present = {PurePosixPath(o.key).name: o.size for o in self.bucket.ls("objects")}
+            self._present = self._objects_in_place()
         return self._present
+
+    def _objects_in_place(self) -> dict[str, int]:
+        """The objects listed (name → size) at the key a manifest's name resolves to: one
+        copied or moved elsewhere below objects/ is not what a restore will find."""
+        listed = {}
+        for item in self.bucket.ls("objects"):
+            name = PurePosixPath(item.key).name
+            if item.key == self.bucket.key(object_name(name)):
+                listed[name] = item.size
+        return listed
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -809,7 +819,7 @@ class Offsite:
         """Every object the backup needs is there (and of its size, when not encrypted);
         read_percent of them (at least one when > 0) are downloaded and hashed."""
         manifest = self.manifest(ref, fresh=True)
-        present = {PurePosixPath(o.key).name: o.size for o in self.bucket.ls("objects")}
+        present = self._objects_in_place()
         by_object: dict[str, ManifestFile] = {}  # every object (chunks too) → its file
         by_file: dict[str, ManifestFile] = {}  # one per content, by its first object
         for f in manifest.files:
