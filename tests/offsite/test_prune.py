@@ -3,14 +3,17 @@ No object of a kept backup is ever deleted."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
 from pathlib import Path
 
+from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.offsite.repo import Offsite
+from tests.conftest import Cli, write_config
 from tests.offsite.conftest import Endpoint
-from tests.offsite.helpers import cold_backup, hot_backup, make_tar, make_tree
+from tests.offsite.helpers import cold_backup, hot_backup, make_tar, make_tree, offsite_section
 
 
 def _objects(ep: Endpoint) -> set[str]:
@@ -80,3 +83,49 @@ def test_prune_aborts_only_stale_multipart_uploads(rclone: Endpoint) -> None:
     assert len(offsite.bucket.uploads()) == 1
     assert offsite.prune(set(), now=time.time() + 7200).uploads_aborted == 1
     assert offsite.bucket.uploads() == []
+
+
+COLD_KEEP_5 = [{"name": "nightly", "mode": "cold", "copy": "direct", "keep_last": 5}]
+
+
+def test_a_backup_off_site_retention_deleted_is_not_sent_again(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: with off-site retention shorter than local retention, every sync sent the older
+    local backups again and the prune after it deleted them again."""
+    sandbox.create_db("metrics")
+    section = offsite_section(moto, keep_last=1)
+    cli = Cli(write_config(tmp_path, sandbox, jobs=COLD_KEEP_5, extra=section))
+    ids = []
+    for night in range(3):
+        sandbox.write_points("metrics", 300, start=night * 10_000)
+        ids.append(cli.json("backup")["id"])
+    assert [r["id"] for r in cli.json("list", "--offsite")] == ids[-1:]
+    for _ in range(2):
+        synced = cli.json("offsite", "sync")
+        assert synced["sent"] == [] and synced["pruned"]["manifests_deleted"] == [], synced
+        assert synced["pending"] == [], "what retention deleted is not pending either"
+    assert len(cli.json("list")) == 3, "local retention keeps its own"
+
+
+def test_imported_backups_pruned_off_site_leave_no_record_without_a_copy(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: a fresh host's imported records stayed "ok" after off-site retention deleted
+    their manifests (no archive anywhere), and every later sync failed sending them."""
+    sandbox.create_db("metrics")
+    first = Cli(write_config(tmp_path, sandbox, jobs=COLD_KEEP_5, extra=offsite_section(moto)))
+    for night in range(3):
+        sandbox.write_points("metrics", 300, start=night * 10_000)
+        first.json("backup")
+    (tmp_path / "b").mkdir()
+    section = offsite_section(moto, keep_last=1)
+    fresh = Cli(write_config(tmp_path / "b", sandbox, jobs=COLD_KEEP_5, extra=section))
+    assert fresh("import", "--offsite").returncode == 0
+    assert fresh.json("offsite", "sync")["pruned"]["manifests_deleted"]
+    again = fresh("offsite", "sync", "--json")
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    assert json.loads(again.stdout)["skipped"] == []
+    kept = fresh.json("list")
+    assert [r["id"] for r in kept] == [r["id"] for r in fresh.json("list", "--offsite")]
+    assert len(kept) == 1

@@ -153,6 +153,9 @@ class State:
     last_error: str | None = None
     last_error_at: float | None = None
     last_check: float | None = None  # every backup in the bucket checked (check_every)
+    # backup id → when off-site retention deleted its manifest: not sent again (local
+    # retention may keep it longer, and each sync would send it for the next prune to delete)
+    retired: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, state_dir: Path) -> State:
@@ -164,6 +167,7 @@ class State:
                 last_error=raw.get("last_error"),
                 last_error_at=raw.get("last_error_at"),
                 last_check=raw.get("last_check"),
+                retired={k: float(v) for k, v in raw.get("retired", {}).items()},
             )
         except (OSError, ValueError, TypeError, AttributeError):
             return cls()  # none yet, or unreadable: the next sync learns it from the bucket
@@ -175,6 +179,7 @@ class State:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "last_check": self.last_check,
+            "retired": self.retired,
         }
         _write_private(state_dir / STATE_FILE, data)
 
@@ -214,12 +219,22 @@ def save_known(state_dir: Path, job: str, backup: Backup) -> Known:
     return known
 
 
-def wanted(config: Config, catalog: Catalog) -> list[RunRecord]:
-    """The local backups that belong off-site: good, of a job that has not opted out, oldest
-    first (a chain's parent before its increments)."""
+def wanted(config: Config, catalog: Catalog, state: State | None = None) -> list[RunRecord]:
+    """The local backups that belong off-site: good, of a job that has not opted out, not
+    imported from the bucket (only there), not retired by off-site retention; oldest first (a
+    chain's parent before its increments)."""
     opted_out = {j.name for j in config.settings.job if not j.offsite}
+    retired = (state or State.load(config.state_dir)).retired
     return sorted(
-        (r for r in catalog.list() if r.good and r.archive and r.job not in opted_out),
+        (
+            r
+            for r in catalog.list()
+            if r.good
+            and r.archive
+            and r.job not in opted_out
+            and not r.extra.get("offsite_only")
+            and r.id not in retired
+        ),
         key=lambda r: (r.started_at, r.id),
     )
 
@@ -227,7 +242,7 @@ def wanted(config: Config, catalog: Catalog) -> list[RunRecord]:
 def not_offsite(config: Config, catalog: Catalog, state: State | None = None) -> list[RunRecord]:
     """What the last sync had not sent (from offsite.json: no request to the bucket)."""
     state = state or State.load(config.state_dir)
-    return [r for r in wanted(config, catalog) if r.id not in state.sent]
+    return [r for r in wanted(config, catalog, state) if r.id not in state.sent]
 
 
 def status(config: Config, catalog: Catalog) -> dict[str, Any] | None:
@@ -357,7 +372,7 @@ def sync(
     try:
         in_bucket = {r.id for r in offsite.manifests()}
         known: dict[str, Known] = {}
-        for record in wanted(config, catalog):
+        for record in wanted(config, catalog, state):
             if record.id in in_bucket:
                 state.sent.setdefault(record.id, time.time())
                 continue
@@ -427,6 +442,8 @@ def sync(
             report.yielded = stop()
         if prune and not report.yielded:
             report.pruned = prune_offsite(config, offsite)
+            if report.pruned is not None:
+                _retired(report.pruned.manifests_deleted, state, catalog)
         state.last_error = state.last_error_at = None
     except Exception as exc:
         line = str(exc) if isinstance(exc, OffsiteError) else f"{type(exc).__name__}: {exc}"
@@ -435,9 +452,31 @@ def sync(
     finally:
         ids = {r.id for r in catalog.list()}
         state.sent = {k: v for k, v in state.sent.items() if k in ids}
+        state.retired = {k: v for k, v in state.retired.items() if k in ids}
         report.pending = [r.id for r in not_offsite(config, catalog, state)]
         state.save(config.state_dir)
     return report
+
+
+def _retired(deleted: list[str], state: State, catalog: Catalog) -> None:
+    """Backups whose manifest off-site retention deleted: never sent again; one imported from
+    the bucket and never fetched had no copy but that one: its record goes too (it would stay
+    an ok backup with no archive anywhere, counted by local retention)."""
+    for backup_id in deleted:
+        state.sent.pop(backup_id, None)
+        state.retired[backup_id] = time.time()
+        record = catalog.get(backup_id)
+        if (
+            record is not None
+            and record.extra.get("offsite_only")
+            and not (record.archive and Path(record.archive).exists())
+        ):
+            catalog.delete(backup_id)
+            log.get().info(
+                "offsite.forgotten",
+                run_id=backup_id,
+                reason="imported from the bucket, never fetched, and pruned there",
+            )
 
 
 def prune_offsite(config: Config, offsite: Offsite, *, dry_run: bool = False) -> PruneResult | None:
