@@ -129,3 +129,38 @@ def test_imported_backups_pruned_off_site_leave_no_record_without_a_copy(
     kept = fresh.json("list")
     assert [r["id"] for r in kept] == [r["id"] for r in fresh.json("list", "--offsite")]
     assert len(kept) == 1
+
+
+def test_local_retention_keeps_what_is_not_off_site_yet(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: with the endpoint down for three nights and keep_last = 1, the first two backups
+    were pruned locally before any sync could send them: lost to the off-site copy."""
+    from tests.offsite.conftest import free_port
+
+    sandbox.create_db("metrics")
+    jobs = [{"name": "nightly", "mode": "cold", "copy": "direct", "keep_last": 1}]
+    down = f"http://127.0.0.1:{free_port()}"
+    section = offsite_section(moto, endpoint_url=down, retries=1)
+    config = write_config(tmp_path, sandbox, jobs=jobs, extra=section)
+    cli = Cli(config)
+    ids = []
+    for night in range(3):
+        sandbox.write_points("metrics", 300, start=night * 10_000)
+        done = cli("backup", "--json")
+        assert done.returncode == 0, done.stderr[-2000:]
+        ids.append(json.loads(done.stdout)["id"])
+    assert [r["id"] for r in cli.json("list")] == ids, "all three held: none is off-site"
+    config.write_text(config.read_text().replace(down, moto.url))
+    cli.json("offsite", "sync")
+    assert sorted(r["id"] for r in cli.json("list", "--offsite")) == ids
+    pruned = cli.json("prune")
+    assert sorted(d["run_id"] for d in pruned["deleted"]) == sorted(ids[:2]), pruned
+    assert [r["id"] for r in cli.json("list")] == ids[-1:]
+
+    # hold_unsent = false: local retention alone
+    config.write_text(config.read_text().replace(moto.url, down) + "hold_unsent = false\n")
+    sandbox.write_points("metrics", 300, start=90_000)
+    done = cli("backup", "--json")
+    assert done.returncode == 0
+    assert [r["id"] for r in cli.json("list")] == [json.loads(done.stdout)["id"]]

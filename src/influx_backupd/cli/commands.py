@@ -50,6 +50,7 @@ from influx_backupd.restore.hot import restore_backup
 from influx_backupd.restore.target import restore_into, target_problem
 from influx_backupd.run.followup import MetricsNotWritten, write_metrics
 from influx_backupd.run.guard import exclusive
+from influx_backupd.run.offsite import unsent_holds
 from influx_backupd.run.runner import ModeUnavailable, Skipped, dry_run, run_backup
 from influx_backupd.store.archive import not_a_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
@@ -462,7 +463,8 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
 
     known_job(config, args.job)  # before the lock
     with exclusive(config) as catalog:
-        report = prune(config, catalog, job=args.job, dry_run=args.dry_run)
+        hold = unsent_holds(config, catalog)
+        report = prune(config, catalog, job=args.job, dry_run=args.dry_run, hold=hold)
         if not args.dry_run:
             try:
                 write_metrics(config, catalog)

@@ -166,6 +166,8 @@ class OffsiteSection(BaseModel):
     # an upload in flight writes its objects before its manifest
     grace: Duration = 2 * 86400.0
     """Objects no kept manifest references are deleted only once older than this (an upload writes its objects before its manifest)."""
+    hold_unsent: bool = Field(default=True, strict=True)
+    """Local retention keeps a good backup that is not off-site yet (an endpoint down for days), with the earlier links of its chain, until a sync has sent it; a warning (prune.held) says so. false: local retention as if there were no off-site copies."""
     check_every: Annotated[Duration, Field(ge=0)] = 7 * 86400.0
     """Every backup in the bucket is checked this often, by the sync that follows (as `verify --offsite --all`): its objects there and of their size, check_read_data percent of them downloaded and hashed; what is found damaged is sent again from a local copy. 0: never. With encrypt_to it needs identity_file (the manifests are read)."""
     check_read_data: float = Field(default=0.0, ge=0.0, le=100.0)

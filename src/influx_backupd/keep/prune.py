@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import scratch
-from influx_backupd.keep.retention import RetentionPolicy, plan
+from influx_backupd.keep.retention import RetentionPlan, RetentionPolicy, plan
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
@@ -130,8 +130,10 @@ def prune(
     job: str | None = None,
     dry_run: bool = False,
     now: float | None = None,
+    hold: Mapping[str, str] | None = None,
 ) -> PruneReport:
-    """Prune every configured job (or one). The caller holds the backup lock."""
+    """Prune every configured job (or one). The caller holds the backup lock. hold: backups
+    kept whatever the rules say (id → why; e.g. not off-site yet), with their chains."""
     logger = log.get(action="prune", dry_run=dry_run)
     report = PruneReport(dry_run=dry_run)
     jobs = [config.job(job)] if job is not None else list(config.settings.job)
@@ -141,7 +143,7 @@ def prune(
     _finish_pending(config, catalog, report, dry_run)
     for section in jobs:
         try:
-            _prune_job(config, catalog, section, report, dry_run, when)
+            _prune_job(config, catalog, section, report, dry_run, when, hold or {})
         except PruneRefused as exc:
             report.errors.append(str(exc))
             logger.error("prune.refused", job=section.name, error=str(exc))
@@ -163,11 +165,12 @@ def _prune_job(
     report: PruneReport,
     dry_run: bool,
     now: float,
+    hold: Mapping[str, str],
 ) -> None:
     logger = log.get(action="prune", job=job.name, dry_run=dry_run)
     records = catalog.list(job=job.name)
     by_id = {r.id: r for r in records}
-    result = plan(records, policy_of(job), now=now)
+    result = _holding(plan(records, policy_of(job), now=now), by_id, hold)
 
     # Belt and braces: whatever retention.plan says, the newest good backup stays.
     goods = sorted((r for r in records if r.good), key=lambda r: (r.started_at, r.id))
@@ -227,6 +230,32 @@ def _prune_job(
             paths=deletion.paths,
         )
         pending.done(record.id, still=failed)  # what could not be removed: tried again next time
+
+
+def _holding(
+    result: RetentionPlan, by_id: Mapping[str, RunRecord], hold: Mapping[str, str]
+) -> RetentionPlan:
+    """The plan with the held backups, and every earlier link of their chains, moved to keep."""
+    held: dict[str, str] = {}
+    for run_id, why in hold.items():
+        seen: set[str] = set()
+        at: str | None = run_id
+        while at is not None and at in by_id and at not in seen:  # a looping chain ends
+            seen.add(at)
+            held.setdefault(at, why if at == run_id else f"an earlier link of {run_id}: {why}")
+            at = by_id[at].parent_id
+    moved = [r for r in result.delete if r.id in held]
+    if not moved:
+        return result
+    reasons = dict(result.reasons)
+    for record in moved:
+        reasons[record.id] = [held[record.id]]
+        log.get().warning("prune.held", run_id=record.id, reason=held[record.id])
+    return RetentionPlan(
+        keep=sorted([*result.keep, *moved], key=lambda r: (r.started_at, r.id), reverse=True),
+        delete=[r for r in result.delete if r.id not in held],
+        reasons=reasons,
+    )
 
 
 def _clean_failed(

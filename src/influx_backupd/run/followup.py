@@ -99,7 +99,7 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
 
     def prune_it() -> None:
 
-        prune(config, catalog, job=job.name)
+        prune(config, catalog, job=job.name, hold=offsite.unsent_holds(config, catalog))
 
     def hooks() -> None:
         argv = job.on_success if record.good else job.on_failure

@@ -245,6 +245,14 @@ def not_offsite(config: Config, catalog: Catalog, state: State | None = None) ->
     return [r for r in wanted(config, catalog, state) if r.id not in state.sent]
 
 
+def unsent_holds(config: Config, catalog: Catalog) -> dict[str, str]:
+    """What local retention must keep for the off-site copy ([offsite] hold_unsent)."""
+    section = config.settings.offsite
+    if section is None or not section.hold_unsent:
+        return {}
+    return {r.id: "not off-site yet" for r in not_offsite(config, catalog)}
+
+
 def status(config: Config, catalog: Catalog) -> dict[str, Any] | None:
     """For `status`: what is not off-site yet, the last success and error (no network)."""
     section = config.settings.offsite
