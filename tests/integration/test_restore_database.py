@@ -128,9 +128,20 @@ def test_a_database_from_a_cold_archive_under_a_new_name_beside_the_live_one(
     assert "--database nosuch: not in" in done.stderr and "metrics, other" in done.stderr
     for bad in ("../x", "a\\b", "..", "a\nb"):  # names influxd would refuse mid-restore
         done = cli("restore", record["id"], "--database", "metrics", "--as", bad)
-        assert done.returncode == 1, done.stderr
+        assert done.returncode == 2, done.stderr
         [line] = done.stderr.strip().splitlines()
         assert f"--as {bad!r}: not a name influxd accepts" in line
+    # names influxd restore fails on after seconds of work: refused before any
+    for bad, why in (
+        ("nëw", "ASCII names only"),
+        ("d" * 300, "longer than 255 bytes"),
+        ("_internal", "statistics database"),
+        ("", "empty"),
+    ):
+        done = cli("restore", record["id"], "--database", "metrics", "--as", bad)
+        assert done.returncode == 2, (bad, done.stderr)
+        [line] = done.stderr.strip().splitlines()
+        assert why in line and line.startswith("influx-backupd: "), (bad, line)
     assert _points(sandbox) == {**before, "metrics_then": 5_000}
     done = cli("restore", record["id"], "--as", "x")
     assert done.returncode == 2 and "go with --database" in done.stderr

@@ -41,7 +41,7 @@ import psutil
 from influx_backupd.core import log
 from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.config import Config
-from influx_backupd.core.errors import RestoreFailed, RestoreRefused
+from influx_backupd.core.errors import RestoreFailed, RestoreRefused, UsageError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
@@ -122,6 +122,26 @@ def valid_database_name(name: str) -> bool:
     )
 
 
+# a database is a directory under data/ and wal/: one file name of at most this many bytes
+MAX_NAME_BYTES = 255
+
+
+def database_name_problem(name: str, *, target: bool) -> str | None:
+    """Why a database name cannot be restored (target: the name it is restored as), or None."""
+    if not name:
+        return "empty: name a database of the backup"
+    if name == "_internal":
+        return "influxd's own statistics database is not restored"
+    if not valid_database_name(name):
+        return "not a name influxd accepts (no '/', '\\', control characters, '.' or '..')"
+    if target and not name.isascii():
+        # influxd restore -newdb writes the name into a USTAR header, which holds ASCII only
+        return "influxd restore takes ASCII names only; restore it --as an ASCII name"
+    if target and len(name.encode()) > MAX_NAME_BYTES:
+        return f"longer than {MAX_NAME_BYTES} bytes, the most a directory name may be"
+    return None
+
+
 def _cold_databases(archive: Path) -> set[str]:
     """The databases a cold archive holds data of (data/DB/...)."""
     with tarfile.open(archive, "r:") as tar:
@@ -145,15 +165,11 @@ def restore_database(
     """Restore database `name` of BACKUP into the live server as new_name (default: name),
     its upload to the live server at most `rate` bytes a second (0: as fast as it goes).
     RestoreRefused: nothing touched; RestoreFailed: the live server as it was (see above)."""
-    new = new_name or name
+    new = name if new_name is None else new_name
     for which, value in (("--database", name), ("--as", new)):
-        if not value or value == "_internal":
-            raise RestoreRefused(f"{which} {value!r}: name a database of the backup")
-        if not valid_database_name(value):
-            raise RestoreRefused(
-                f"{which} {value!r}: not a name influxd accepts (no '/', '\\', control "
-                "characters, '.' or '..')"
-            )
+        problem = database_name_problem(value, target=which == "--as" or new_name is None)
+        if problem is not None:
+            raise UsageError(f"restore {which} {value[:80]!r}: {problem}")
     logger = log.get(action="restore", database=name, restored_as=new)
     _yield_to_live()  # the checks below read the whole backup: they yield too
     source = choose(catalog, backup)
