@@ -27,6 +27,7 @@ from influx_backupd.influxd.server import Influxd, InfluxdError, NotAnswering
 from influx_backupd.jobs.staging import Stager
 from influx_backupd.report import progress
 from influx_backupd.store.archive import (
+    COLD_TOPS,
     ArchiveError,
     WriteResult,
     check_written,
@@ -293,7 +294,7 @@ def _stop_copy_start(
     record.archive, record.bytes, record.files = str(dest), result.bytes, result.files
     record.sha256 = result.sha256
     # ok only once the output is checked, never on "no exception" alone
-    check_written(result)
+    check_written(result, COLD_TOPS)
     # its sha256 and point counts beside it: the catalog is lost with the host's state_dir
     write_sidecar(dest, record)
     record.status = "ok"

@@ -153,14 +153,19 @@ class Stager:
             if entry.name not in wanted:
                 _remove(Path(entry.path))
         for prefix, src in self.sources:
+            # The configured dir or file itself is followed (data -> /mnt/big/data): its
+            # contents are staged under prefix, as write_archive archives a direct copy.
+            # A link staged as a link would be archived through to the live dir, or as a
+            # link that restore refuses. Links below it stay links.
             try:
-                st = os.lstat(src)
+                real = Path(os.path.realpath(src))
+                st = os.lstat(real)
             except OSError as exc:
                 if not (tolerant and _vanished(exc)):
                     raise
                 stats.vanished += 1
                 continue
-            self._sync_entry(src, self.root / prefix, prefix, st, stats, tolerant)
+            self._sync_entry(real, self.root / prefix, prefix, st, stats, tolerant)
         self._save(self._new)
         stats.seconds = time.monotonic() - started
         return stats

@@ -128,18 +128,24 @@ class WriteResult:
     sizes: dict[str, int] = field(default_factory=dict)  # member name → size of regular files
 
 
-def _walk(root: Path, prefix: str) -> Iterator[tuple[Path, str]]:
-    """(path, member name) for root and everything under it, sorted so archives are stable."""
-    yield root, prefix
+def _walk(root: Path, prefix: str) -> Iterator[tuple[Path, str, os.stat_result]]:
+    """(path, member name, stat) for root and everything under it, sorted so archives are stable.
+
+    root itself is followed: a configured dir or file that is a symlink (data -> /mnt/big/data,
+    a common layout) is archived as what it points to, under its prefix; restore refuses a
+    top-level member that is a link (and any link to an absolute path). Below root, links are
+    archived as links (os.walk does not descend into symlinked dirs)."""
+    st = os.stat(root)
+    yield root, prefix, st
+    if not stat.S_ISDIR(st.st_mode):
+        return
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         rel = os.path.relpath(dirpath, root)
         base = prefix if rel == "." else f"{prefix}/{rel}"
-        for name in dirnames:
-            # os.walk does not descend into symlinked dirs; we archive the link itself.
-            yield Path(dirpath, name), f"{base}/{name}"
-        for name in sorted(filenames):
-            yield Path(dirpath, name), f"{base}/{name}"
+        for name in [*dirnames, *sorted(filenames)]:
+            path = Path(dirpath, name)
+            yield path, f"{base}/{name}", os.lstat(path)
 
 
 ProgressFn = Callable[[int], None]
@@ -218,9 +224,7 @@ def write_archive(
     sizes: dict[str, int] = {}
     try:
         for prefix, root in sources:
-            entries = _walk(root, prefix) if root.is_dir() else iter([(root, prefix)])
-            for path, name in entries:
-                st = os.lstat(path)
+            for path, name, st in _walk(root, prefix):
                 info = _tarinfo(path, name, st)
                 if info is None:
                     continue  # sockets, fifos and devices have no place in influxd's dirs
@@ -284,8 +288,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_written(result: WriteResult) -> None:
-    """The archive on disk is what we wrote: its size, and every member header with its size.
+def check_written(result: WriteResult, allowed_tops: Set[str] | None) -> None:
+    """The archive on disk is what we wrote: its size, and every member header with its size;
+    and every member passes MemberCheck(allowed_tops), the rules verify and restore apply: a
+    backup no restore would accept is never recorded ok (UnsafeArchive names the member).
 
     Reads tar headers only (uncompressed tar lets tarfile seek past contents), so this is cheap.
     """
@@ -294,9 +300,14 @@ def check_written(result: WriteResult) -> None:
         raise ArchiveError(f"{result.path}: {on_disk} bytes on disk, {result.bytes} written")
     seen: dict[str, int] = {}
     count = 0
+    check = MemberCheck(allowed_tops)
     try:
         with tarfile.open(result.path, "r:") as tar:
             for info in tar:
+                try:
+                    check(info)
+                except UnsafeArchive as exc:
+                    raise UnsafeArchive(f"{result.path}: restore would refuse it: {exc}") from None
                 count += 1
                 if info.isreg():
                     seen[info.name] = info.size

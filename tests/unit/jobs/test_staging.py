@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from influx_backupd.jobs.staging import MANIFEST, Stager
-from influx_backupd.store.archive import write_archive
+from influx_backupd.store.archive import COLD_TOPS, check_written, write_archive
 
 OLD = 1_600_000_000_000_000_000  # a settled mtime (2020), far outside the racy window
 
@@ -227,3 +227,31 @@ def test_remove_deletes_the_tree(server: tuple[Path, list[tuple[str, Path]], Sta
     stager.sync(tolerant=False)
     stager.remove()
     assert not stager.root.exists()
+
+
+def test_configured_dirs_and_files_that_are_symlinks_are_staged_as_what_they_point_to(
+    tmp_path: Path, server: tuple[Path, list[tuple[str, Path]], Stager]
+) -> None:
+    """data -> /mnt/big/data: staged (and archived) as a dir of its contents, byte for byte
+    the archive of a direct copy."""
+    src, _sources, _stager = server
+    big = tmp_path / "big"
+    big.mkdir()
+    for name in ("data", "wal", "influxdb.conf"):
+        (src / name).rename(big / name)
+        (src / name).symlink_to(big / name)
+    sources = make_server_sources(src)
+    stager = Stager(tmp_path / "storage" / ".staging" / "job", sources)
+    stager.sync(tolerant=True)
+    stager.sync(tolerant=False)
+    for name in ("data", "wal", "influxdb.conf"):
+        assert not (stager.root / name).is_symlink(), name
+    direct = write_archive(tmp_path / "direct.tar", sources)
+    staged = write_archive(tmp_path / "staged.tar", stager.archive_sources())
+    assert _members(tmp_path / "direct.tar") == _members(tmp_path / "staged.tar")
+    assert direct.sha256 == staged.sha256
+    check_written(staged, COLD_TOPS)
+
+
+def make_server_sources(root: Path) -> list[tuple[str, Path]]:
+    return [(name, root / name) for name in ("meta", "data", "wal", "influxdb.conf")]

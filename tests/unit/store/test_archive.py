@@ -8,10 +8,12 @@ import os
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from influx_backupd.store.archive import (
+    COLD_TOPS,
     ArchiveError,
     UnsafeArchive,
     check_written,
@@ -45,7 +47,7 @@ def test_written_archive_is_readable_by_gnu_tar_with_relative_members_and_its_ha
             ("influxdb.conf", tmp_path / "src" / "influxdb.conf"),
         ],
     )
-    check_written(result)
+    check_written(result, COLD_TOPS)
     assert result.sha256 == hashlib.sha256(dest.read_bytes()).hexdigest()
     assert result.bytes == dest.stat().st_size
     assert dest.stat().st_mode & 0o777 == 0o600
@@ -158,3 +160,57 @@ def test_extraction_sets_the_owner_and_keeps_content(tmp_path: Path) -> None:
         tmp_path / "src/data/db/autogen/1/000000001-000000001.tsm"
     ).read_bytes()
     assert (targets["data"] / "db" / "empty").is_dir()
+
+
+def test_configured_dirs_and_files_that_are_symlinks_are_archived_as_what_they_point_to(
+    tmp_path: Path,
+) -> None:
+    """data -> /mnt/big/data, a common layout: the archive holds data/ as a dir (restore
+    refuses a top-level link, and any link to an absolute path); links inside stay links."""
+    make_tree(tmp_path / "big")
+    (tmp_path / "big" / "data" / "db" / "link").symlink_to("autogen")
+    server = tmp_path / "server"
+    server.mkdir()
+    for name in ("meta", "data", "influxdb.conf"):
+        (server / name).symlink_to(tmp_path / "big" / name)
+    result = write_archive(
+        tmp_path / "a.tar", [(name, server / name) for name in ("meta", "data", "influxdb.conf")]
+    )
+    check_written(result, COLD_TOPS)
+    with tarfile.open(result.path) as tar:
+        kinds = {m.name: m.type for m in tar.getmembers()}
+    assert kinds["meta"] == kinds["data"] == tarfile.DIRTYPE
+    assert kinds["influxdb.conf"] == tarfile.REGTYPE
+    assert kinds["data/db/link"] == tarfile.SYMTYPE
+    assert kinds["data/db/autogen/1/000000001-000000001.tsm"] == tarfile.REGTYPE
+    scan_archive(result.path, COLD_TOPS)
+    targets = {"meta": tmp_path / "m", "data": tmp_path / "d"}
+    extract_safely(result.path, targets, uid=None, gid=None)
+    assert (tmp_path / "d" / "db" / "autogen" / "1" / "000000001-000000001.tsm").is_file()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: (d / "db" / "abs").symlink_to("/etc"), "leaves the archive"),
+        (lambda d: (d / "db" / "up").symlink_to("../../x"), "leaves the archive"),
+    ],
+    ids=["absolute-link-inside", "dotdot-link-inside"],
+)
+def test_a_written_archive_that_restore_would_refuse_fails_its_check(
+    tmp_path: Path, make: Any, message: str
+) -> None:
+    """The check after writing applies restore's member rules: never recorded ok."""
+    make_tree(tmp_path / "src")
+    make(tmp_path / "src" / "data")
+    result = write_archive(tmp_path / "a.tar", [("data", tmp_path / "src" / "data")])
+    with pytest.raises(UnsafeArchive, match=f"restore would refuse it: .*{message}"):
+        check_written(result, COLD_TOPS)
+
+
+def test_a_configured_dir_that_leads_to_a_file_fails_the_check(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "data").symlink_to(tmp_path / "file")
+    result = write_archive(tmp_path / "a.tar", [("data", tmp_path / "data")])
+    with pytest.raises(UnsafeArchive, match="data must be a directory"):
+        check_written(result, COLD_TOPS)
