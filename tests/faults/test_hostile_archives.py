@@ -451,3 +451,31 @@ def test_an_archived_conf_cannot_write_sections_into_the_servers_we_start(
     finally:
         subprocess.run(["kill", "-9", str(pid)], check=False)
     _settle(world, influxd, fault_result)
+
+
+@pytest.mark.fault("4", "hostile cold archive", "every member at mode 06777")
+def test_modes_from_an_archive_are_capped_at_influxds_own(
+    world: World, fault_result: FaultResult
+) -> None:
+    """Set-id, group- and other-writable members: restored no wider than influxd makes its
+    dirs (0755) and files (0644), never writable by anyone else."""
+    influxd = world.server.pids()
+    path = world.root / f"modes-{uuid.uuid4().hex[:6]}.tar"
+    with tarfile.open(world.cold) as src, tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as out:
+        for info in src.getmembers():
+            if not info.issym():
+                info.mode = 0o6777
+            out.addfile(info, src.extractfile(info) if info.isreg() else None)
+    target = world.root / f"look-{uuid.uuid4().hex[:8]}"
+    done = world.cli("restore", str(path), "--target", str(target))
+    assert done.returncode == 0, done.stderr[-2000:]
+    wide = {
+        str(p.relative_to(target)): oct(p.lstat().st_mode & 0o7777)
+        for p in [target, *target.rglob("*")]
+        if not p.is_symlink() and p.lstat().st_mode & 0o7022
+    }
+    assert wide == {}
+    assert (target / "data" / "metrics").stat().st_mode & 0o777 == 0o755
+    meta = target / "meta" / "meta.db"
+    assert meta.stat().st_mode & 0o777 == 0o644
+    _settle(world, influxd, fault_result)

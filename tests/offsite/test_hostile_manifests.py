@@ -266,3 +266,26 @@ def test_a_manifest_naming_another_backups_archive_does_not_move_it_aside(
     assert archive.read_bytes() == before
     assert not list(archive.parent.glob("*.damaged-*"))
     assert not (tmp_path / "look").exists()
+
+
+def test_modes_from_a_manifest_are_capped_at_influxds_own(
+    moto: Endpoint, sent: Offsite, tmp_path: Path
+) -> None:
+    """Set-id, group- and other-writable modes in a planted manifest: the fetched tree is no
+    wider than influxd makes its dirs (0755) and files (0644)."""
+
+    def wide(raw: dict[str, Any]) -> None:
+        for f in raw["files"]:
+            f["mode"] = 0o6777
+
+    plant(moto, "test", wide)
+    out = tmp_path / "out"
+    out.mkdir()
+    got = sent.fetch(FORGED_ID, out, tree=True)
+    modes = {
+        str(p.relative_to(got.path)): p.lstat().st_mode & 0o7777
+        for p in got.path.rglob("*")
+        if not p.is_symlink()
+    }
+    assert modes and {m for m in modes.values() if m & 0o7022} == set(), modes
+    assert modes["meta/meta.db"] == 0o644 and modes["data/db"] == 0o755

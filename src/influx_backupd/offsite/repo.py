@@ -51,6 +51,7 @@ from influx_backupd.offsite.manifest import (
     parse_name,
 )
 from influx_backupd.offsite.settings import OffsiteSettings
+from influx_backupd.store.archive import restored_mode
 
 
 @dataclass(frozen=True)
@@ -784,11 +785,11 @@ class Offsite:
                         self._check(manifest, f, self._read_file(manifest, f, out))
                         out.flush()
                         os.fsync(out.fileno())
-                    os.chmod(path, f.mode & 0o777)  # never set-id: root writes these files
+                    os.chmod(path, restored_mode(f.mode, is_dir=False))
                     os.utime(path, (f.mtime, f.mtime))
                     total += f.size
             for path, f in reversed(dirs):
-                os.chmod(path, f.mode & 0o777)
+                os.chmod(path, restored_mode(f.mode, is_dir=True))
                 os.utime(path, (f.mtime, f.mtime))
             if manifest.layout == "dir" and listing_sha256(manifest.entries()) != manifest.sha256:
                 raise IntegrityError(

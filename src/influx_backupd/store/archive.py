@@ -532,6 +532,17 @@ def scan_archive(path: Path, allowed_tops: Set[str]) -> ArchiveScan:
     return ArchiveScan(members, files, size, tops, digest.hexdigest(), check.unpacked)
 
 
+# The most a restored dir or file is given: influxd's own modes. Modes come from an archive or
+# a manifest, which may be hostile: never set-id, never writable by group or other.
+MAX_DIR_MODE = 0o755
+MAX_FILE_MODE = 0o644
+
+
+def restored_mode(mode: int, *, is_dir: bool) -> int:
+    """A mode read from an archive or manifest, capped for a restored or fetched dir or file."""
+    return stat.S_IMODE(mode) & (MAX_DIR_MODE if is_dir else MAX_FILE_MODE)
+
+
 def extract_safely(
     path: Path,
     targets: dict[str, Path],
@@ -599,7 +610,7 @@ def extract_safely(
                             on_progress(done, bytes_total, written, files_total)
                     out.flush()
                     os.fsync(out.fileno())
-                os.chmod(dest, stat.S_IMODE(info.mode) & 0o777)
+                os.chmod(dest, restored_mode(info.mode, is_dir=False))
                 os.utime(dest, (time.time(), info.mtime))
                 written += 1
                 if on_progress is not None:
@@ -607,7 +618,7 @@ def extract_safely(
             if uid is not None:
                 os.chown(dest, uid, gid if gid is not None else -1, follow_symlinks=False)
         for dest, info in reversed(dirs):
-            os.chmod(dest, stat.S_IMODE(info.mode) & 0o777)
+            os.chmod(dest, restored_mode(info.mode, is_dir=True))
             os.utime(dest, (time.time(), info.mtime))
         for target in targets.values():
             fsync_dir(target)
