@@ -32,6 +32,7 @@ from influx_backupd.store.archive import (
     WriteResult,
     check_written,
     name_written,
+    refused_link,
     write_archive,
 )
 from influx_backupd.store.catalog import Catalog
@@ -144,6 +145,16 @@ def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) ->
         raise JobFailed(
             f"not enough space in {storage}: need about {needed} bytes, {free} free; influxd not stopped"
         )
+
+    # Refuse before stopping anything what restore would refuse in the archive (a link inside
+    # a dir to an absolute path): the check after writing would only fail it after the stop.
+    for prefix, path in dirs.items():
+        problem = refused_link(path, prefix)
+        if problem is not None:
+            raise JobFailed(
+                f"{problem} (restore takes only links that stay inside the dir); "
+                "influxd not stopped"
+            )
 
     # Before anything is stopped: it can be started again the way the config says, and the
     # process the config names answers.
