@@ -1,4 +1,4 @@
-"""A server whose data and wal dirs are symlinks to elsewhere, a common
+"""A server whose data and wal dirs (and influxdb.conf) are symlinks to elsewhere, a common
 layout (`/var/lib/influxdb/data -> /mnt/big/data`): cold backups archive what the links point
 to under the configured names, and every restore form accepts what the backup said was ok."""
 
@@ -24,6 +24,10 @@ def test_a_cold_backup_of_symlinked_dirs_holds_their_contents_and_restores(
     for name in ("data", "wal"):
         (big / name).mkdir(parents=True)
         getattr(server, name).symlink_to(big / name)
+    # influxdb.conf too (/etc/influxdb/influxdb.conf -> a managed copy), named by the link
+    (big / "influxdb.conf").write_text(server.conf.read_text())
+    server.conf.unlink()
+    server.conf.symlink_to(big / "influxdb.conf")
     server.start()
     try:
         server.create_db("metrics")

@@ -105,10 +105,14 @@ class Holder:
 
 def names_conf(argv: list[str], conf: Path) -> bool:
     """Whether an argv names this influxdb.conf (`-config PATH`, `-config=PATH`, any form)."""
-    wanted = {str(conf), str(conf.resolve())}
+    real = conf.resolve()
+    wanted = {str(conf), str(real)}
     for arg in argv:
         value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
         if value in wanted:
+            return True
+        # the config's path is resolved: /etc/influxdb/influxdb.conf may be a link to it
+        if value.startswith("/") and os.path.realpath(value) == str(real):
             return True
     return False
 

@@ -1,0 +1,24 @@
+"""Which argv names the configured influxdb.conf: the config's path is resolved, the command
+may name it through a link (/etc/influxdb/influxdb.conf -> a managed copy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from influx_backupd.influxd.server import names_conf
+
+
+def test_a_command_naming_the_conf_through_a_link_names_it(tmp_path: Path) -> None:
+    real = tmp_path / "managed" / "influxdb.conf"
+    real.parent.mkdir()
+    real.write_text("")
+    link = tmp_path / "influxdb.conf"
+    link.symlink_to(real)
+    conf = link.resolve()  # as the config holds it
+    for argv in (["influxd", "-config", str(link)], ["influxd", f"-config={link}"]):
+        assert names_conf(argv, conf), argv
+    assert names_conf(["influxd", "-config", str(real)], conf)
+    other = tmp_path / "other.conf"
+    other.write_text("")
+    assert not names_conf(["influxd", "-config", str(other)], conf)
+    assert not names_conf(["influxd", "run"], conf)
