@@ -128,6 +128,10 @@ class WriteResult:
     sizes: dict[str, int] = field(default_factory=dict)  # member name → size of regular files
 
 
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
 def _walk(root: Path, prefix: str) -> Iterator[tuple[Path, str, os.stat_result]]:
     """(path, member name, stat) for root and everything under it, sorted so archives are stable.
 
@@ -139,7 +143,8 @@ def _walk(root: Path, prefix: str) -> Iterator[tuple[Path, str, os.stat_result]]
     yield root, prefix, st
     if not stat.S_ISDIR(st.st_mode):
         return
-    for dirpath, dirnames, filenames in os.walk(root):
+    # onerror: os.walk skips a dir it cannot list quietly, which would archive it empty, ok
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
         dirnames.sort()
         rel = os.path.relpath(dirpath, root)
         base = prefix if rel == "." else f"{prefix}/{rel}"

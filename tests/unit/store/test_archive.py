@@ -214,3 +214,21 @@ def test_a_configured_dir_that_leads_to_a_file_fails_the_check(tmp_path: Path) -
     result = write_archive(tmp_path / "a.tar", [("data", tmp_path / "data")])
     with pytest.raises(UnsafeArchive, match="data must be a directory"):
         check_written(result, COLD_TOPS)
+
+
+def test_a_dir_that_cannot_be_listed_fails_the_write_rather_than_archive_it_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tree(tmp_path / "src")
+    unlistable = tmp_path / "src" / "data" / "db" / "autogen"
+    scandir = os.scandir
+
+    def failing(path: Any = ".") -> Any:
+        if Path(path) == unlistable:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", failing)
+    with pytest.raises(PermissionError):
+        write_archive(tmp_path / "a.tar", [("data", tmp_path / "src" / "data")])
+    assert not (tmp_path / "a.tar").exists()
