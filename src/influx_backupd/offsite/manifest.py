@@ -156,6 +156,10 @@ def manifest_problem(raw: object) -> str | None:
             raw["parent"] is None or bool(BACKUP_ID.match(raw["parent"])),
             f"parent {raw['parent']!r:.60} is no backup id",
         ),
+        (
+            raw["parent"] != raw["id"],
+            f"backup {raw['id']} is its own parent (a chain that never reaches its full)",
+        ),
         (raw["layout"] in LAYOUTS, f"layout {raw['layout']!r:.40} is not tar or dir"),
         (raw["rebuild"] in REBUILDS, f"rebuild {raw['rebuild']!r:.40} is not bytes or tree"),
         (

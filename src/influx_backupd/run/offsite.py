@@ -41,6 +41,7 @@ from influx_backupd.report.hooks import PREFIX, environment, run_hook
 from influx_backupd.report.metrics import OffsiteFigures
 from influx_backupd.run import offsite_repair
 from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.chain import chain_loop
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.sidecar import write_sidecar
 
@@ -573,7 +574,11 @@ def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRec
     refs = {r.id: r for r in offsite.manifests()}
     chain: list[Manifest] = []
     at: str | None = backup_id
-    while at is not None and at not in {m.id for m in chain}:
+    while at is not None:
+        if any(m.id == at for m in chain):
+            # planted manifests naming each other: refused before anything is fetched (the
+            # catalog's chain walk would follow them for ever)
+            raise OffsiteError(f"{offsite.bucket.where}: {chain_loop(backup_id, at)}")
         ref = refs.get(at)
         if ref is None:
             if at == backup_id:

@@ -52,6 +52,9 @@ def chain_for(catalog: Catalog, record: RunRecord) -> list[RunRecord]:
     links: list[RunRecord] = []
     current: RunRecord | None = record
     while current is not None:
+        if any(link.id == current.id for link in links):
+            # a record written by hand or a forged manifest: following it would never end
+            raise RestoreRefused(chain_loop(record.id, current.id))
         if not current.ok or not current.archive:
             raise RestoreRefused(
                 f"chain {record.chain_id}: link {current.id} is {current.status}, not usable"
@@ -70,6 +73,14 @@ def chain_for(catalog: Catalog, record: RunRecord) -> list[RunRecord]:
     if links[0].id != record.chain_id:
         raise RestoreRefused(f"chain {record.chain_id} does not start with its full")
     return links
+
+
+def chain_loop(backup_id: str, again: str) -> str:
+    """The one line for a chain whose parents come round again (whoever follows them)."""
+    return (
+        f"chain of {backup_id} loops back to {again}: its records name each other as parents; "
+        "an increment cannot be restored without a full below it"
+    )
 
 
 def link_problem(record: RunRecord) -> str | None:
