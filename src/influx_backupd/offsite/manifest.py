@@ -12,6 +12,7 @@ import gzip
 import json
 import re
 import zlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -183,10 +184,69 @@ def manifest_problem(raw: object) -> str | None:
             f"its record is of backup {record['id']!r:.60} of job {record['job']!r:.60}, "
             f"not {raw['id']} of {raw['job']}"
         )
+    wrong = _agreement_problem(raw, record)
+    if wrong is not None:
+        return wrong
     for index, entry in enumerate(raw["files"]):
         wrong = file_problem(entry)
         if wrong is not None:
             return f"files[{index}]: {wrong}"
+    return tree_problem((f["path"], f["type"]) for f in raw["files"])
+
+
+def _agreement_problem(raw: dict[str, Any], record: dict[str, Any]) -> str | None:
+    """The manifest and its record must tell one backup: a restore picks its path from the
+    record's mode and flavour and rebuilds from the manifest's layout, so a disagreement ended
+    in an error about the local disk ("Is a directory"), or a chain that cannot be."""
+    kind, parent, layout = raw["kind"], raw["parent"], raw["layout"]
+    mode = record["mode"]
+    flavour = record.get("flavour") or (record.get("extra") or {}).get("flavour")
+    checks: list[tuple[bool, str]] = [
+        (
+            record.get("kind", "full") == kind,
+            f"its record is {record.get('kind', 'full')!s:.20}, the manifest {kind}",
+        ),
+        (
+            record.get("parent_id") == parent,
+            f"its record's parent is {record.get('parent_id')}, the manifest's {parent}",
+        ),
+        (kind != "full" or parent is None, f"a full with a parent ({parent})"),
+        (kind != "incremental" or parent is not None, "an increment without a parent"),
+        (mode in ("cold", "hot"), f"mode {mode!r:.40} is not cold or hot"),
+        (mode != "cold" or kind == "full", "a cold backup that is an increment"),
+        (
+            mode != "cold" or layout == "tar",
+            f"mode cold with layout {layout} (a cold backup is one tar archive)",
+        ),
+        (
+            mode != "hot" or flavour != "portable" or layout == "dir",
+            f"a 1.x (portable) hot backup with layout {layout} (it is a dir)",
+        ),
+        (
+            mode != "hot" or flavour != "0.9" or layout == "tar",
+            f"a 0.9 hot backup with layout {layout} (it is a snapshot file)",
+        ),
+    ]
+    for ok, why in checks:
+        if not ok:
+            return why
+    return None
+
+
+def tree_problem(entries: Iterable[tuple[str, str]]) -> str | None:
+    """Two entries (path, type) that cannot both be on disk: one path twice, or a path under a
+    file or symlink. Our writers make neither; a manifest that has one is not ours."""
+    types: dict[tuple[str, ...], tuple[str, str]] = {}
+    for path, kind in entries:
+        parts = PurePosixPath(path).parts
+        if parts in types:
+            return f"path {path!r:.80} is listed twice"
+        types[parts] = (path, kind)
+    for parts, (path, _) in types.items():
+        for depth in range(1, len(parts)):
+            above = types.get(parts[:depth])
+            if above is not None and above[1] != "dir":
+                return f"path {path!r:.80} lies under the {above[1]} {above[0]!r:.80}"
     return None
 
 
@@ -201,6 +261,7 @@ def file_problem(entry: object) -> str | None:
     checks: list[tuple[bool, str]] = [
         (
             bool(entry["path"])
+            and bool(path.parts)
             and "\0" not in entry["path"]
             and not path.is_absolute()
             and ".." not in path.parts,

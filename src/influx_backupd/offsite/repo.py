@@ -49,6 +49,7 @@ from influx_backupd.offsite.manifest import (
     manifest_name,
     object_name,
     parse_name,
+    tree_problem,
 )
 from influx_backupd.offsite.settings import OffsiteSettings
 from influx_backupd.store.archive import restored_mode
@@ -752,6 +753,14 @@ class Offsite:
         return Fetched(target, "bytes", whole.bytes)
 
     def _rebuild_tree(self, manifest: Manifest, target: Path) -> Fetched:
+        # Checked when the manifest was read too; here again because a clash would otherwise
+        # surface as a local write error ("File exists") blaming this host's disk.
+        wrong = tree_problem((f.path, f.type) for f in manifest.files)
+        if wrong is not None:
+            raise IntegrityError(
+                f"backup {manifest.id}: {wrong} in its manifest, which is not consistent; "
+                "nothing fetched"
+            )
         partial = target.with_name(target.name + ".partial")
         if partial.is_dir() and not partial.is_symlink():
             # an interrupted fetch's (fetches run under the backup lock: no one else's)
