@@ -56,7 +56,14 @@ from influx_backupd.store.archive import not_a_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.sidecar import records_in
-from influx_backupd.verify.check import BackupNotFound, resolve, save_result, verify, verify_all
+from influx_backupd.verify.check import (
+    BackupNotFound,
+    passed_over,
+    resolve,
+    save_result,
+    verify,
+    verify_all,
+)
 
 
 def known_job(config: Config, name: str | None, *, history_too: bool = False) -> None:
@@ -424,9 +431,11 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         backup_argument(config, args.backup)
     interrupt_on_signals()  # a restore test's throwaway influxd is stopped
     results = []
+    passed: list[str] = []
     # Under the lock: prune must not delete an archive (or its entry) while we read it.
     with exclusive(config) as catalog:
         if args.all:
+            passed = passed_over(catalog, args.job)
             results = verify_all(
                 config, catalog, job=args.job, deep=args.deep, restore_test=args.restore_test
             )
@@ -445,8 +454,13 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
             print(f"influx-backupd: {exc}", file=sys.stderr)
     if args.json:
         print_json([r.to_dict() for r in results])
-    elif not results:
+    elif not results and not passed:
         print("no backups to verify")
+    if passed and not args.json:
+        print(
+            f"passed over {len(passed)} backup(s) only in the bucket (not fetched here): "
+            "verify --offsite --all checks them there"
+        )
     for result in [] if args.json else results:
         label = result.status + (" (partial)" if result.ok and result.partial else "")
         print(f"{label:<16} {result.run_id or '-':<22} {result.archive}")

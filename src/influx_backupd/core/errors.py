@@ -47,6 +47,19 @@ class RestoreFailed(BackupdError):
     code = "restore.failed"
 
 
+class OnlyInBucket(BackupdError):
+    """A backup imported from the bucket (import --offsite) and not fetched since: there is no
+    archive here to restore or check, and its absence is no verdict on the backup."""
+
+    code = "offsite_only"
+
+    def __init__(self, backup_id: str) -> None:
+        super().__init__(
+            f"backup {backup_id} is only in the bucket: "
+            f"restore {backup_id} --from offsite / verify {backup_id} --offsite"
+        )
+
+
 class UsageError(BackupdError):
     """The command line asks for something that cannot be: found before anything is touched."""
 

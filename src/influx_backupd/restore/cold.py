@@ -15,7 +15,7 @@ from pathlib import Path
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
-from influx_backupd.core.errors import RestoreRefused
+from influx_backupd.core.errors import OnlyInBucket, RestoreRefused
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import progress
@@ -29,7 +29,7 @@ from influx_backupd.store.archive import (
 )
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import lookup
-from influx_backupd.store.record import RunRecord
+from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import SidecarError, record_beside
 
 ALLOWED_TOPS = COLD_TOPS
@@ -37,6 +37,8 @@ ALLOWED_TOPS = COLD_TOPS
 
 def resolve_backup(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | None]:
     path, record = lookup(catalog, backup)
+    if record is not None and only_in_bucket(record):
+        raise OnlyInBucket(record.id)
     if record is not None and record.id == backup:
         if record.status != "ok" or path is None:
             raise RestoreRefused(f"backup {backup} is {record.status}, not a usable backup")

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from influx_backupd.core import log
-from influx_backupd.core.errors import RestoreRefused
+from influx_backupd.core.errors import OnlyInBucket, RestoreRefused
 from influx_backupd.restore.cold import resolve_backup
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import Link, links_up_to, lookup, sniff
-from influx_backupd.store.record import Flavour, RunRecord
+from influx_backupd.store.record import Flavour, RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import sidecar_of
 
 
@@ -33,6 +33,8 @@ def choose(catalog: Catalog, backup: str) -> ColdSource | HotSource:
     """BACKUP (a catalog id or a path) as a cold archive or a hot chain; RestoreRefused when it
     is neither or is not usable. Reads records only; the archives are checked by the caller."""
     path, record = lookup(catalog, backup)
+    if record is not None and only_in_bucket(record):
+        raise OnlyInBucket(record.id)
     if path is None and record is None:
         raise RestoreRefused(f"{backup}: neither a catalog id nor an existing archive path")
     if record is not None and record.mode != "hot":

@@ -11,7 +11,7 @@ from typing import Literal
 
 from influx_backupd.core.errors import CheckFailed, RestoreRefused
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.record import Flavour, RunRecord
+from influx_backupd.store.record import Flavour, RunRecord, only_in_bucket
 from influx_backupd.store.scanners import Scan, changed_files, scan_portable, scan_snapshot09
 from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
 
@@ -55,6 +55,11 @@ def chain_for(catalog: Catalog, record: RunRecord) -> list[RunRecord]:
         if any(link.id == current.id for link in links):
             # a record written by hand or a forged manifest: following it would never end
             raise RestoreRefused(chain_loop(record.id, current.id))
+        if only_in_bucket(current):
+            raise RestoreRefused(
+                f"chain {record.chain_id}: link {current.id} is only in the bucket: "
+                f"restore {record.id} --from offsite fetches the chain"
+            )
         if not current.ok or not current.archive:
             raise RestoreRefused(
                 f"chain {record.chain_id}: link {current.id} is {current.status}, not usable"

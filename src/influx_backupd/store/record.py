@@ -6,6 +6,7 @@ Everything after a job (catalog, logs, metrics, hooks, retention) reads this.
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -132,6 +133,13 @@ class RunRecord:
     def good(self) -> bool:
         """A backup to rely on (hooks' success, retention's newest good, the exit status)."""
         return self.ok and not self.failed_check
+
+
+def only_in_bucket(record: RunRecord) -> bool:
+    """Imported from the bucket (import --offsite) and not fetched since: no archive here."""
+    return bool(record.extra.get("offsite_only")) and not (
+        record.archive and os.path.exists(record.archive)
+    )
 
 
 LAST_TIME = 253_402_300_800  # 10000-01-01T00:00:00Z in Unix seconds

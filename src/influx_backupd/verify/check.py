@@ -28,7 +28,13 @@ from typing import BinaryIO
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
-from influx_backupd.core.errors import EXIT_USAGE, BackupdError, HotFailed, RestoreRefused
+from influx_backupd.core.errors import (
+    EXIT_USAGE,
+    BackupdError,
+    HotFailed,
+    OnlyInBucket,
+    RestoreRefused,
+)
 from influx_backupd.report.metrics import VERIFY_FAILED
 from influx_backupd.store.archive import (
     COLD_TOPS,
@@ -48,7 +54,7 @@ from influx_backupd.store.chain import (
 )
 from influx_backupd.store.formats import ArchiveReport, Finding, check_archive, classify_member
 from influx_backupd.store.formats.tsm import check_tsm
-from influx_backupd.store.record import RunRecord
+from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.scanners import Scan, changed_files, scan_portable, scan_snapshot09
 from influx_backupd.store.sidecar import SidecarError, record_beside
 from influx_backupd.verify.restore_test import restore_test_cold, restore_test_hot
@@ -70,6 +76,8 @@ class BackupNotFound(BackupdError):
 
 def resolve(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | None]:
     path, record = lookup(catalog, backup)
+    if record is not None and only_in_bucket(record):
+        raise OnlyInBucket(record.id)  # no verdict: a missing archive here says nothing of it
     if path is None and record is not None:
         raise BackupNotFound(f"run {backup} is {record.status} and has no archive to verify")
     if path is None:
@@ -406,10 +414,11 @@ def verify_all(
     the catalog. The caller holds the lock: prune cannot delete an archive (or its entry) while
     it is read. `stop` is asked between backups (the daemon: stopping, or a backup is due); a
     check cut short and begun again later starts with the backups it did not reach."""
-    good = [r for r in catalog.list(job=job) if r.ok and r.archive is not None]
-    # imported from the bucket (import --offsite) and not fetched yet: nothing here to check
+    passed = set(passed_over(catalog, job))
+    if passed:
+        log.get().info("verify.passed_over", reason="only in the bucket", backups=sorted(passed))
     good = [
-        r for r in good if not (r.extra.get("offsite_only") and not Path(str(r.archive)).exists())
+        r for r in catalog.list(job=job) if r.ok and r.archive is not None and r.id not in passed
     ]
     good.sort(key=lambda r: (r.verified_at or r.finished_at or r.started_at, r.started_at))
     results = []
@@ -428,6 +437,13 @@ def verify_all(
         save_result(catalog, record, result)
         results.append(result)
     return results
+
+
+def passed_over(catalog: Catalog, job: str | None = None) -> list[str]:
+    """The backups verify_all leaves alone: imported from the bucket (import --offsite) and not
+    fetched yet. Nothing here to check, and no verdict: a "failed" would show FAILING in status
+    and make prune keep them (verify --offsite checks them in the bucket)."""
+    return [r.id for r in catalog.list(job=job) if r.ok and only_in_bucket(r)]
 
 
 def save_result(catalog: Catalog, record: RunRecord, result: VerifyResult) -> None:
