@@ -23,7 +23,7 @@ import pytest
 
 from influx_backupd.core.errors import RestoreRefused
 from influx_backupd.influxd.sandbox import BESIDE_LIVE_GOGC, Sandbox
-from influx_backupd.restore.hot import _check_space
+from influx_backupd.restore.hot import BUILD_HEADROOM, _check_space, _out_of_space
 from influx_backupd.store.chain import Link
 from influx_backupd.store.scanners import Scan
 from tests.conftest import STAND_INS, Cli, hot_chain, throwaway_influxds, wait_until, write_config
@@ -212,11 +212,15 @@ def test_a_build_that_cannot_fit_beside_the_live_dirs_is_refused_with_both_numbe
     increment = Scan(1, 2, "y", {"meta": {"size": 10}, "files": [{"size": 100}]})
     links = [Link(tmp_path / "full", None, False), Link(tmp_path / "inc", None, True)]
     with pytest.raises(RestoreRefused) as refused:
-        _check_space({"meta": tmp_path / "meta", "data": data}, links, [full, increment])
+        _check_space(
+            {"meta": tmp_path / ".meta.r", "data": tmp_path / ".data.r"}, links, [full, increment]
+        )
     message = str(refused.value)
-    # the increment counts twice: restored under a temporary name, then copied in
-    assert f"needs about {huge + 20 + 200} bytes beside the live one" in message, message
-    assert "free; influxd not stopped" in message and str(data) in message
+    # the increment counts twice: restored under a temporary name, then copied in; the meta
+    # and the build's headroom on the same filesystem count there too
+    needed = huge + 200 + BUILD_HEADROOM + 20
+    assert f"needs about {needed} bytes there" in message, message
+    assert "free; influxd not stopped" in message and str(tmp_path) in message
 
     small = Scan(1, 2, "x", {"meta": {"size": 10}, "files": [{"size": 1000}]})
     _check_space({"data": data}, links[:1], [small])  # fits: no refusal
@@ -287,3 +291,13 @@ def test_the_throwaway_is_the_oom_killers_first_choice_and_its_death_fails_the_b
     assert _staging(sandbox) == []
     assert throwaway_influxds(storage) == []
     assert not list(storage.glob(".verify-*"))
+
+
+def test_a_build_that_ran_out_of_disk_says_so() -> None:
+    """The tool often reports only a timeout or a broken connection: the server's log (lines
+    joined by " | ", as log_tail gives them) or the tool's output names the full disk."""
+    log_tail = 'lvl=info msg="x" | lvl=error msg="write failed" error="write /d/1: no space left on device" | lvl=info msg="y"'
+    found = _out_of_space("the build", ["influxd restore timed out: no output", log_tail])
+    assert found is not None and "ran out of disk space" in str(found)
+    assert "no space left on device" in str(found)
+    assert _out_of_space("the build", ["exited 1: shard is disabled"]) is None

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -154,7 +155,7 @@ def _restore_hot(
                 f"{config.server.conf} sets no [data] wal-dir: the restored server's WAL "
                 "needs a dir to be swapped into"
             )
-        _check_space(targets, links, scans)
+        _check_space(plan.staging, links, scans)
     result = HotRestoreResult(
         archive=str(links[-1].path),
         run_id=record.id if record else None,
@@ -198,25 +199,54 @@ def check_tool_restores(config: Config, flavour: Flavour, path: Path) -> None:
         )
 
 
-def _check_space(targets: dict[str, Path], links: list[Link], scans: list[Scan]) -> None:
+# Room the throwaway influxd needs beyond the shard bytes: its series files and indexes, WAL
+# segments, a compaction's new files written before the old are removed. Without it a build on a
+# nearly full disk stalls inside `influxd restore` (the server's write fails, the tool waits)
+# until backup_timeout, holding the backup lock.
+BUILD_HEADROOM = 64 << 20
+
+
+def _check_space(staging: dict[str, Path], links: list[Link], scans: list[Scan]) -> None:
     """Refuse, before anything starts, a build that cannot fit beside the live dirs.
 
     The estimate is the links' unpacked sizes from their manifests, increments twice: restored
-    under a temporary name, then copied in by SELECT INTO before the temporary copy is dropped.
-    Checked on the data dir's filesystem, where nearly all of it goes.
+    under a temporary name, then copied in by SELECT INTO before the temporary copy is dropped;
+    plus BUILD_HEADROOM. Shards go to the data dir's filesystem, the meta to the meta dir's
+    (staging: beside each real live dir, symlinks resolved).
     """
-    needed = 0
+    shards = meta = 0
     for link, scan in zip(links, scans, strict=True):
-        shards = sum(int(f.get("size", 0)) for f in scan.manifest.get("files", []))
-        meta = int(scan.manifest.get("meta", {}).get("size", 0))
-        needed += meta + shards * (2 if link is not links[0] else 1)
-    data = targets["data"]
-    free = shutil.disk_usage(data.parent).free
-    if free < needed:
-        raise RestoreRefused(
-            f"not enough space next to {data}: the restored server needs about {needed} bytes "
-            f"beside the live one, {free} free; influxd not stopped"
-        )
+        link_shards = sum(int(f.get("size", 0)) for f in scan.manifest.get("files", []))
+        meta += int(scan.manifest.get("meta", {}).get("size", 0))
+        shards += link_shards * (2 if link is not links[0] else 1)
+    needed: dict[int, tuple[int, Path]] = {}
+    for top, size in (("data", shards + BUILD_HEADROOM), ("meta", meta)):
+        if top not in staging:
+            continue
+        parent = staging[top].parent
+        device = os.stat(parent).st_dev
+        got, _ = needed.get(device, (0, parent))
+        needed[device] = (got + size, parent)
+    for size, parent in needed.values():
+        free = shutil.disk_usage(parent).free
+        if free < size:
+            raise RestoreRefused(
+                f"not enough space in {parent}: the restored server built beside the live one "
+                f"needs about {size} bytes there, {free} free; influxd not stopped"
+            )
+
+
+NO_SPACE = "no space left on device"
+
+
+def _out_of_space(what: str, logs: list[str]) -> StepFailed | None:
+    """The failure named as the full disk it is, when the tool's or a server's output says so
+    (ENOSPC: the tool then often reports only a timeout or a broken connection)."""
+    for text in logs:
+        for line in reversed(re.split(r"\n| \| ", text)):
+            if NO_SPACE in line.lower():
+                return StepFailed(f"{what} ran out of disk space ({line.strip()[-200:]})")
+    return None
 
 
 def _restore_portable_beside(
@@ -354,11 +384,16 @@ def _build(
             raise StepFailed("the build's influxd died")  # reported as its death, below
     except Exception as exc:
         # Whatever step noticed it first (a refused query, a failed tool), the cause to report
-        # is the server's death.
+        # is the server's death, or the disk it filled.
         note = throwaway.killed_note()
-        if note is None:
-            raise
-        raise StepFailed(note) from exc
+        if note is not None:
+            raise StepFailed(note) from exc
+        full = _out_of_space(
+            "the build beside the live server", [str(exc), throwaway.log_tail(20_000)]
+        )
+        if full is not None:
+            raise full from exc
+        raise
     finally:
         with signals_blocked():  # a second signal must not leave it serving
             throwaway.stop(timeout=section.stop_timeout)
@@ -618,6 +653,9 @@ def restore_portable_links(
         logger.info("restore.running", argv=argv)
         run = run_tool(argv, timeout, logger, phase="restore")
         if run.returncode != 0:
+            full = _out_of_space("influxd restore", ["\n".join(run.output)])
+            if full is not None:
+                raise full
             tail = " | ".join(run.output[-3:]) or "no output"
             state = "timed out" if run.returncode is None else f"exited {run.returncode}"
             raise StepFailed(f"influxd restore {state}: {tail}")
@@ -808,6 +846,9 @@ def restore_snapshot09_links(
     logger.info("restore.running", argv=argv)
     run = run_tool(argv, timeout, logger, phase="restore")
     if run.returncode != 0:
+        full = _out_of_space("influxd restore", ["\n".join(run.output)])
+        if full is not None:
+            raise full
         tail = " | ".join(run.output[-3:]) or "no output"
         state = "timed out" if run.returncode is None else f"exited {run.returncode}"
         raise StepFailed(f"influxd restore {state}: {tail}")
