@@ -1,7 +1,7 @@
 """A whole-server restore and live dirs that are not plain dirs beside influxdb.conf: a disk
-without room for the build.
+without room for the build, a live dir that is a mount point, a symlinked live dir.
 
-Real influxd 1.6, real tmpfs (root).
+Real influxd 1.6, real tmpfs and bind mounts (root).
 """
 
 from __future__ import annotations
@@ -12,8 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, started, write_config
+
+MODES = ["cold", "hot"]
 
 
 def _job(mode: str) -> list[dict[str, str]]:
@@ -75,3 +79,86 @@ def test_a_hot_restore_on_a_full_disk_is_refused_at_once_naming_the_space(
         assert server.pids() == pids, "influxd was never stopped"
         assert server.count("metrics") == 1000
         assert not list((mnt / "server").glob(".*.restore-*"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mount", ["tmpfs", "bind"])
+def test_a_live_data_dir_that_is_a_mount_point_is_refused_before_the_stop(
+    tmp_path: Path, influxd_path: str, mode: str, mount: str
+) -> None:
+    """rename(2) of a mount point is EBUSY: the restore stopped influxd, failed at the swap and
+    rolled back (downtime for nothing). Refused before the stop now, in one line. A bind mount
+    shares its parent's st_dev (os.path.ismount misses it): found in mountinfo."""
+    server = Sandbox(tmp_path / "server", binary=influxd_path)
+    server.write_config()
+    if mount == "tmpfs":
+        options = ["-t", "tmpfs", "-o", "size=200m", "tmpfs"]
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        options = ["--bind", str(tmp_path / "elsewhere")]
+    with _mounted(server.data, *options):
+        server.start()
+        try:
+            server.create_db("metrics")
+            server.write_points("metrics", 100)
+            cli = Cli(write_config(tmp_path, server, jobs=_job(mode)))
+            rec = cli.json("backup")
+            assert rec["status"] == "ok", rec["error"]
+            server.write_points("metrics", 50, start=100_000)  # newer than the backup
+            pids = server.pids()
+
+            done = cli("restore", rec["id"], "--yes")
+
+            assert done.returncode == 1, done.stderr[-2000:]
+            last = done.stderr.splitlines()[-1]
+            assert last.startswith("influx-backupd: "), last
+            assert f"{server.data} is a mount point" in last, last
+            assert "restore --target" in last and "influxd not stopped" in last, last
+            assert "Traceback" not in done.stderr
+            assert server.pids() == pids, "influxd was never stopped"
+            assert server.count("metrics") == 150, "the live data is untouched"
+            assert not list(tmp_path.rglob("*.restore-*")) and not list(
+                tmp_path.rglob("*.rollback-*")
+            )
+        finally:
+            server.stop()
+
+
+def _symlinked_data(tmp_path: Path, server: Sandbox) -> Path:
+    """server's data dir moved to tmp_path/big/data, a symlink left in its place (server
+    stopped meanwhile)."""
+    server.stop()
+    big = tmp_path / "big"
+    big.mkdir()
+    server.data.rename(big / "data")
+    server.data.symlink_to(big / "data")
+    server.start()
+    return big
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_symlinked_live_data_dir_is_restored_through_its_link(
+    tmp_path: Path, influxd_path: str, mode: str
+) -> None:
+    """It was staged beside the link, on the parent's filesystem, the link moved aside and a
+    plain dir left in its place: the data silently moved off the volume the link named."""
+    server = Sandbox(tmp_path / "server", binary=influxd_path)
+    with started(server):
+        server.create_db("metrics")
+        server.write_points("metrics", 100)
+        cli = Cli(write_config(tmp_path, server, jobs=_job(mode)))
+        rec = cli.json("backup")
+        assert rec["status"] == "ok", rec["error"]
+        big = _symlinked_data(tmp_path, server)
+        server.write_points("metrics", 50, start=100_000)  # newer than the backup
+
+        done = cli("restore", rec["id"], "--yes", "--json")
+
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert server.data.is_symlink(), "data/ is now a plain dir on the parent's filesystem"
+        assert server.data.readlink() == big / "data"
+        assert server.count("metrics") == 100, "the backup's points, served through the link"
+        aside = sorted(p.name for p in big.iterdir())
+        assert aside[0] == "data" and aside[1].startswith("data.rollback-"), aside
+        assert len(aside) == 2, f"no staging dir left beside the real dir: {aside}"
+        assert not list(server.root.glob("*data.*")), "nothing staged or moved beside the link"

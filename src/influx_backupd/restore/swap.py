@@ -5,6 +5,7 @@ puts everything back if anything fails. Shared by cold and hot restores."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import time
@@ -47,17 +48,36 @@ class SwapPlan:
 
     @classmethod
     def for_server(cls, config: Config) -> SwapPlan:
+        """Refused (RestoreRefused, before anything is stopped) when a live dir cannot be
+        swapped by rename.
+
+        Each live dir is taken at its real path (symlinks resolved): staging and rollback dirs
+        lie beside the real dir, on its filesystem, and a symlink such as data -> /big/data
+        stays as it is, naming the restored dir once the swap is done."""
         # the time for people reading the dir names, a random tail so that two restores in the
         # same second never share a rollback dir
         rid = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
-        targets = dict(sorted(config.server.dirs().items()))
+        targets = {top: real_live_dir(path) for top, path in sorted(config.server.dirs().items())}
         plan = cls(
             rid=rid,
             targets=targets,
             staging={top: layout.restore_staging(t, rid) for top, t in targets.items()},
             rollback={top: layout.rollback_of(t, rid) for top, t in targets.items()},
         )
+        configured = config.server.dirs()
         for top, target in targets.items():
+            if is_mount_point(target):
+                shown = (
+                    str(target)
+                    if target == configured[top]
+                    else f"{configured[top]} (that is {target})"
+                )
+                raise RestoreRefused(
+                    f"{config.server.conf}: {top} dir {shown} is a mount point: a whole-server "
+                    "restore swaps dirs by rename, which cannot move a mount point; influxd not "
+                    "stopped (restore --target DIR instead, then copy DIR's files into the mount "
+                    "with influxd stopped)"
+                )
             target.parent.mkdir(parents=True, exist_ok=True)
             if plan.rollback[top].exists() or plan.staging[top].exists():
                 raise RestoreRefused(
@@ -75,6 +95,36 @@ class SwapPlan:
     def remove_staging(self) -> None:
         for path in self.staging.values():
             shutil.rmtree(path, ignore_errors=True)
+
+
+def real_live_dir(path: Path) -> Path:
+    """path with every symlink in it resolved: where the dir really is (it need not exist)."""
+    return Path(os.path.realpath(path))
+
+
+def _mount_points() -> set[Path]:
+    """Every mount point of this mount namespace (bind mounts too, which share their parent's
+    st_dev and so escape os.path.ismount)."""
+    found: set[Path] = set()
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                fields = line.split(" ")
+                if len(fields) > 4:
+                    # octal escapes for space, tab, newline and backslash
+                    found.add(Path(re.sub(r"\\([0-7]{3})", _unescape, fields[4])))
+    except OSError:
+        pass
+    return found
+
+
+def _unescape(match: re.Match[str]) -> str:
+    return chr(int(match.group(1), 8))
+
+
+def is_mount_point(path: Path) -> bool:
+    """A mount point cannot be renamed (EBUSY): found before anything is stopped."""
+    return path.is_dir() and (os.path.ismount(path) or path in _mount_points())
 
 
 @contextmanager
@@ -112,6 +162,9 @@ def live_dirs_swapped(
                 result.rollback_dirs.append(str(plan.rollback[top]))
             if move_staging_in:
                 os.rename(plan.staging[top], target)
+            elif target != config.server.dirs()[top]:
+                # a symlinked live dir: the tool writes through the link, which must name a dir
+                target.mkdir(mode=0o755)
         result.swap_s = time.monotonic() - t_swap
         yield
         result.downtime_s = time.monotonic() - t_stop

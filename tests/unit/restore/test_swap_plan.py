@@ -32,3 +32,18 @@ def test_a_plan_names_each_live_dir_with_its_aside_and_staged_dirs(tmp_path: Pat
         [str(tmp_path / t), str(plan.rollback[t]), str(plan.staging[t])]
         for t in ("data", "meta", "wal")
     ]
+
+
+def test_a_symlinked_live_dir_is_staged_and_moved_aside_beside_its_real_dir(
+    tmp_path: Path,
+) -> None:
+    """Beside the link, the swap would replace the link by a plain dir on its parent's
+    filesystem; beside the real dir, the link names the restored data."""
+    (tmp_path / "big" / "data").mkdir(parents=True)
+    (tmp_path / "server").mkdir()
+    (tmp_path / "server" / "data").symlink_to(tmp_path / "big" / "data")
+    plan = SwapPlan.for_server(_config(tmp_path / "server"))
+    assert plan.targets["data"] == tmp_path / "big" / "data"
+    assert plan.staging["data"].parent == tmp_path / "big"
+    assert plan.rollback["data"].parent == tmp_path / "big"
+    assert plan.targets["meta"] == tmp_path / "server" / "meta"
