@@ -39,7 +39,7 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.layout import staging_root
 from influx_backupd.store.record import RunRecord, new_run_id
 from influx_backupd.store.sidecar import write_sidecar
-from influx_backupd.store.state import CrashMarker
+from influx_backupd.store.state import CrashMarker, process_identity
 
 SPACE_MARGIN = 1.02  # tar headers and padding, plus slack for files that grow before the stop
 SPACE_RESERVE = 64 << 20
@@ -249,15 +249,17 @@ def _stop_copy_start(
     try:
         # The figures' queries may have timed out against a server frozen since: it must
         # answer right now, or it is not stopped (a signal would stay pending until it thaws).
-        pid = server.check_answers().pid
+        proc = server.check_answers()
     except NotAnswering as exc:
         raise JobFailed(f"{exc}; nothing stopped") from None
-    marker.write(record.id, job=record.job)
+    pid = proc.pid
+    marker.write(record.id, job=record.job, influxd=process_identity(proc))
     t_stop = time.monotonic()
     # Set before the stop is asked: a signal or error from here on must lead to a start.
     stop_requested = True
     result: WriteResult | None = None
     try:
+        marker.stopping()  # before the event: "stopping" in the log means the stop was asked
         logger.info("influxd.stopping", phase="stop", pid=pid)
         try:
             server.stop()

@@ -20,7 +20,7 @@ from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.store import layout
-from influx_backupd.store.state import CrashMarker
+from influx_backupd.store.state import CrashMarker, process_identity
 
 
 @dataclass
@@ -147,11 +147,17 @@ def live_dirs_swapped(
     """
     marker = CrashMarker(config.state_dir)
     swaps = plan.swaps()
-    marker.write(f"restore-{plan.rid}", kind="restore", swaps=swaps)
-    was_running = server.locate() is not None
+    running = server.locate()
+    was_running = running is not None
+    # the server about to be stopped: a marker left by a kill before the stop names it still
+    # running, and recovery leaves it alone (CrashMarker.never_stopped)
+    marker.write(
+        f"restore-{plan.rid}", kind="restore", swaps=swaps, influxd=process_identity(running)
+    )
     t_stop = time.monotonic()
     try:
         if was_running:
+            marker.stopping()  # before the event: "stopping" in the log means it was asked
             logger.info("influxd.stopping", phase="stop")
             server.stop()
         result.stop_s = time.monotonic() - t_stop

@@ -85,6 +85,18 @@ def recover(
     marker = CrashMarker(config.state_dir)
     left = marker.read()
     not_started: InfluxdError | None = None
+    if left is not None and CrashMarker.never_stopped(left):
+        # Its writer died between writing it and asking influxd to stop: the server it named
+        # runs untouched, nothing was swapped. Only a restore's staging dirs may be left.
+        if left.get("kind") == "restore":
+            roll_back(left.get("swaps", []))
+        logger.info(
+            "recovery.influxd_never_stopped",
+            run_id=left.get("run_id"),
+            detail="the run died before it stopped influxd; its crash marker is cleared",
+        )
+        marker.clear()
+        left = None
     if left is not None:
         server = Influxd(config)
         run_id = left.get("run_id")
@@ -212,7 +224,8 @@ def left_stopped(config: Config) -> dict[str, Any] | None:
     process holds the lock (it is retrying: its pid is under "lock_holder"). None when there is
     none, or a live run owns it and nothing has failed (its stop window)."""
     left = CrashMarker(config.state_dir).read()
-    if left is None:
+    if left is None or CrashMarker.never_stopped(left):
+        # never_stopped: a run killed before its stop; the next lock-taking command clears it
         return None
     if lock_held(config.state_dir):
         if not left.get("start_failures"):

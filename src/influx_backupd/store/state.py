@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from influx_backupd.core import alarms
 from influx_backupd.core.atomic import fsync_dir, replace_json
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
@@ -95,12 +97,37 @@ def lock_held(state_dir: Path) -> bool:
     return False
 
 
+def process_identity(proc: psutil.Process | None) -> tuple[int, float] | None:
+    """A server's pid and create_time, for the crash marker (CrashMarker.never_stopped)."""
+    if proc is None:
+        return None
+    try:
+        return proc.pid, proc.create_time()
+    except psutil.Error:
+        return None
+
+
 class CrashMarker:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "influxd-stopped.json"
 
-    def write(self, run_id: str, **detail: Any) -> None:
-        self._write({"run_id": run_id, "pid": os.getpid(), "written_at": time.time(), **detail})
+    def write(
+        self, run_id: str, *, influxd: tuple[int, float] | None = None, **detail: Any
+    ) -> None:
+        """influxd: the pid and create_time of the server about to be stopped, so that a marker
+        left by a process killed before it asked for the stop is told apart (never_stopped)."""
+        body: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(), "written_at": time.time()}
+        if influxd is not None:
+            body["influxd"] = {"pid": influxd[0], "create_time": influxd[1]}
+            body["stopping"] = False
+        self._write({**body, **detail})
+
+    def stopping(self) -> None:
+        """Written just before influxd is asked to stop: from here on, the server named in the
+        marker may be on its way down even while it still runs."""
+        body = self.read()
+        if body is not None and body.get("stopping") is not True:
+            self._write({**body, "stopping": True})
 
     def _write(self, body: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +162,24 @@ class CrashMarker:
             # A torn marker still means influxd may be down.
             return {"run_id": None}
         return data if isinstance(data, dict) else {"run_id": None}
+
+    @staticmethod
+    def never_stopped(body: dict[str, Any]) -> bool:
+        """The marker's writer died before asking influxd to stop: the very server it named
+        (same pid, same create_time: not a reused pid, not a restart) still runs."""
+        named = body.get("influxd")
+        if body.get("stopping") is not False or not isinstance(named, dict):
+            return False
+        pid, created = named.get("pid"), named.get("create_time")
+        if not isinstance(pid, int) or not isinstance(created, int | float) or pid <= 0:
+            return False
+        try:
+            proc = psutil.Process(pid)
+            return (
+                abs(proc.create_time() - created) <= 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+            )
+        except (psutil.Error, ValueError, OverflowError):
+            return False
 
     def clear(self) -> None:
         try:

@@ -7,9 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from influx_backupd.store.state import BackupLock, Busy, CrashMarker
+from influx_backupd.store.state import BackupLock, Busy, CrashMarker, process_identity
 
 HOLD = """
 import sys, time
@@ -59,3 +60,24 @@ def test_crash_marker_round_trip_and_a_torn_marker_still_counts(tmp_path: Path) 
     marker.clear()
     assert marker.read() is None
     marker.clear()  # idempotent
+
+
+def test_a_marker_tells_a_run_killed_before_it_asked_for_the_stop(tmp_path: Path) -> None:
+    """The server it names (pid and create_time) still runs and no stop was asked: nothing
+    was stopped. Asked, or another process on that pid, or an older marker: it may have been."""
+    me = psutil.Process()
+    marker = CrashMarker(tmp_path)
+    marker.write("r1", influxd=process_identity(me))
+    body = marker.read()
+    assert body is not None and CrashMarker.never_stopped(body)
+    marker.stopping()
+    body = marker.read()
+    assert body is not None and body["stopping"] is True and not CrashMarker.never_stopped(body)
+
+    reused = {"run_id": "r", "stopping": False, "influxd": {"pid": me.pid, "create_time": 1.0}}
+    assert not CrashMarker.never_stopped(reused)
+    assert not CrashMarker.never_stopped({"run_id": "r", "pid": me.pid})  # before this field
+    assert not CrashMarker.never_stopped({"run_id": None})  # torn
+    marker.write("r2", influxd=None)  # nothing was running to stop
+    body = marker.read()
+    assert body is not None and not CrashMarker.never_stopped(body)
