@@ -462,6 +462,8 @@ class Daemon:
         """After a run (or a failed recovery): a crash marker left means influxd is down, and
         the worker tries to start it between jobs until it runs."""
         left = CrashMarker(self.config.state_dir).read()
+        if left is not None and CrashMarker.never_stopped(left):
+            left = None  # a run killed before its stop: influxd runs; the next run clears it
         if left is None:
             if self._down_note is not None:
                 self._log.warning("daemon.influxd_running_again")
