@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import Cli, started, write_config
+from tests.conftest import STAND_INS, Cli, started, write_config
 
 MODES = ["cold", "hot"]
+INFLUXD09 = STAND_INS / "influxd09"
 
 
 def _job(mode: str) -> list[dict[str, str]]:
@@ -162,3 +163,36 @@ def test_a_symlinked_live_data_dir_is_restored_through_its_link(
         assert aside[0] == "data" and aside[1].startswith("data.rollback-"), aside
         assert len(aside) == 2, f"no staging dir left beside the real dir: {aside}"
         assert not list(server.root.glob("*data.*")), "nothing staged or moved beside the link"
+
+
+def test_a_09_restore_with_a_symlinked_data_dir_is_refused_before_the_stop(
+    tmp_path: Path,
+) -> None:
+    """0.9's `influxd restore` removes the data dir itself (os.RemoveAll: the link, not what it
+    names) and makes a plain dir in its place; a rollback would then lose the link."""
+    server = Sandbox(tmp_path / "server09", binary=str(INFLUXD09))
+    server.write_config()
+    server.meta.mkdir(parents=True)
+    (server.meta / "meta").write_bytes(b"meta v1")
+    big = tmp_path / "big"
+    (big / "data" / "db" / "default").mkdir(parents=True)
+    (big / "data" / "db" / "default" / "1").write_bytes(b"shard")
+    server.data.symlink_to(big / "data")
+    server.start()
+    try:
+        influxd = {"binary": str(INFLUXD09), "user": "root", "group": "root"}
+        cli = Cli(write_config(tmp_path, server, influxd=influxd, jobs=_job("hot")))
+        rec = cli.json("backup")
+        assert rec["status"] == "ok", rec["error"]
+        pids = server.pids()
+
+        done = cli("restore", rec["id"], "--yes")
+
+        assert done.returncode == 1, done.stderr[-2000:]
+        last = done.stderr.splitlines()[-1]
+        assert f"{server.data} is a symlink" in last and "influxd not stopped" in last, last
+        assert server.pids() == pids
+        assert server.data.is_symlink() and (big / "data" / "db" / "default" / "1").exists()
+        assert not list(big.glob("*.rollback-*")) and not list(server.root.glob("*.rollback-*"))
+    finally:
+        server.stop()

@@ -149,6 +149,17 @@ def _restore_hot(
     # 1.x: the restored server is built in plan.staging; 0.9: never created (roll_back removes them)
     plan = SwapPlan.for_server(config)
     targets = plan.targets
+    if flavour == "0.9":
+        for top in ("meta", "data"):
+            given = config.server.dirs().get(top)
+            if given is not None and given.is_symlink():
+                # os.RemoveAll removes the link itself: the restored dir would be a plain dir in
+                # its place, on the link's filesystem, and a rollback would lose the link
+                raise RestoreRefused(
+                    f"{config.server.conf}: {top} dir {given} is a symlink, which 0.9's "
+                    "`influxd restore` replaces by a plain dir; influxd not stopped (point "
+                    f"the config at {targets[top]} itself)"
+                )
     if flavour == "portable":
         if "wal" not in targets:
             raise RestoreRefused(
