@@ -197,3 +197,48 @@ def test_a_damaged_or_foreign_encrypted_manifest_is_passed_over_not_the_end_of_e
     config.write_text(config.read_text().replace(str(identity), str(wrong)))
     listed = cli("list", "--offsite")
     assert listed.returncode == 1 and "identity_file" in listed.stderr.strip().splitlines()[-1]
+
+
+def test_a_fresh_host_with_other_recipients_makes_its_own_name_key_and_repairs_nothing_of_others(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: a host without its name key took the bucket's, whatever recipients it was made
+    for; new backups were deduplicated onto objects only the old identity reads, and verify
+    noted those as damaged, so the next sync wrote over objects the old backups need."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old_identity, old_recipient = age_identity(tmp_path / "old")
+    new_identity, new_recipient = age_identity(tmp_path / "new")
+    both = tmp_path / "both.txt"
+    both.write_text(old_identity.read_text() + new_identity.read_text())
+    both.chmod(0o600)
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2000)
+    section = offsite_section(moto, encrypt_to=[old_recipient], identity_file=str(old_identity))
+    config = write_config(tmp_path, sandbox, extra=section)
+    cli = Cli(config)
+    first = cli.json("backup")
+    assert first["status"] == "ok"
+    for key_file in (tmp_path / "state").glob("offsite-name.key*"):
+        key_file.unlink()  # a fresh host
+    config.write_text(
+        config.read_text()
+        .replace(old_recipient, new_recipient)
+        .replace(str(old_identity), str(both))
+    )
+    second = cli.json("backup")
+    assert second["status"] == "ok"
+    config.write_text(config.read_text().replace(str(both), str(new_identity)))
+    checked = cli("verify", second["id"], "--offsite", "--read-data", "100")
+    assert checked.returncode == 0, checked.stdout[-2000:]
+    # the first backup cannot be read with the new identity alone: an error, never "damage"
+    checked = cli("verify", first["id"], "--offsite", "--read-data", "100")
+    assert checked.returncode == 1 and "identity_file" in checked.stderr, checked.stderr
+    checked = cli("verify", "--offsite", "--all", "--read-data", "100", "--json")
+    assert checked.returncode == 1 and list(json.loads(checked.stdout)["unreadable"]) == [
+        first["id"]
+    ]
+    assert not list((tmp_path / "state").glob("offsite-damaged/*")), "nothing noted as damage"
+    assert cli.json("offsite", "sync")["repaired"] == []
+    config.write_text(config.read_text().replace(str(new_identity), str(old_identity)))
+    assert cli("verify", first["id"], "--offsite", "--read-data", "100").returncode == 0

@@ -12,8 +12,14 @@ from influx_backupd.cli.output import fmt_bytes, fmt_time, print_json
 from influx_backupd.core.config import Config, ConfigError
 from influx_backupd.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from influx_backupd.core.interrupt import interrupt_on_signals
-from influx_backupd.offsite.errors import BadManifest, IntegrityError, NoSuchBackup, OffsiteError
-from influx_backupd.offsite.repo import VerifyResult
+from influx_backupd.offsite.errors import (
+    BadManifest,
+    IntegrityError,
+    NoSuchBackup,
+    NotOurs,
+    OffsiteError,
+)
+from influx_backupd.offsite.repo import VerifyResult, identity_wrong
 from influx_backupd.run import offsite, offsite_repair
 from influx_backupd.run.followup import MetricsNotWritten, write_metrics
 from influx_backupd.run.guard import exclusive
@@ -86,6 +92,7 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     found = offsite.watched(
         config, lambda: list(store.readable(store.manifests(job=args.job), skipped))
     )
+    _identity_right(found, skipped)
     for _, manifest in found:
         rows.append(
             {
@@ -119,6 +126,13 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     return status
 
 
+def _identity_right(found: list[Any], skipped: dict[str, str]) -> None:
+    """None of the manifests read, some for want of a key: the identity is wrong, said once."""
+    wrong = identity_wrong(len(found), skipped)
+    if wrong is not None:
+        raise OffsiteError(wrong)
+
+
 def _told_skipped(skipped: dict[str, str]) -> int:
     """Exit 1 when a manifest was passed over (each said once, by offsite.manifest_skipped;
     the rest were listed or imported), so that a script notices."""
@@ -150,7 +164,7 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         for ref in store.manifests(args.job):
             try:
                 results.append(store.verify(ref, read_percent=percent))
-            except (BadManifest, IntegrityError) as exc:  # one planted or damaged manifest
+            except (BadManifest, IntegrityError, NotOurs) as exc:  # one we cannot read
                 unreadable[ref.id] = str(exc)
         return results, unreadable
 
@@ -213,6 +227,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
                 store.readable([ref for ref in store.manifests() if ref.id not in known], skipped)
             ),
         )
+        _identity_right(found, skipped)
         for _, manifest in found:
             record = offsite.record_of(manifest, config.storage_dir)
             record.extra = {**record.extra, "offsite_only": True}

@@ -60,11 +60,12 @@ def encrypt_bytes(data: bytes, to: list[Any]) -> bytes:
 # pyrage's words for "none of these identities is a recipient of it"; anything else it says
 # (a MAC that fails, a header it cannot parse, a file cut short) is damage to the ciphertext
 _NOT_OURS = "No matching keys found"
+NOT_OURS_LINE = "cannot be decrypted with the identity_file's keys"
 
 
 def _decrypt_failed(exc: Exception, what: str) -> OffsiteError:
     if str(exc) == _NOT_OURS:
-        return NotOurs(f"{what}: cannot be decrypted with the identity_file's keys")
+        return NotOurs(f"{what}: {NOT_OURS_LINE}")
     return IntegrityError(f"{what}: is damaged: its age ciphertext is cut short or changed")
 
 

@@ -37,6 +37,7 @@ from influx_backupd.offsite.errors import (
     BadManifest,
     IntegrityError,
     NoSuchBackup,
+    NotFound,
     NotOurs,
     OffsiteError,
 )
@@ -165,6 +166,14 @@ def drop_partial_fetches() -> None:
             copy.unlink(missing_ok=True)
 
 
+def identity_wrong(read: int, skipped: dict[str, str]) -> str | None:
+    """The line to end a listing with when no manifest read and some were encrypted to other
+    keys: then it is the identity_file that is wrong, not those manifests."""
+    if read:
+        return None
+    return next((why for why in skipped.values() if why.endswith(crypto.NOT_OURS_LINE)), None)
+
+
 def _local_failure(exc: BaseException, target: Path) -> OffsiteError:
     """A fetch that failed writing here: one line naming where (the partial copy is gone)."""
     error = exc.error if isinstance(exc, _LocalWrite) else exc
@@ -276,31 +285,42 @@ class Offsite:
             return self._namer
         if self.key_file is None:
             raise OffsiteError("encrypting needs a file for the name key (key_file)")
+        now = crypto.recipients_fingerprint(self.settings.encrypt_to)
         found: bytes | None = None
         if not self.key_file.exists() and self.settings.identity_file is not None:
-            found = self._key_from_bucket()  # a fresh host that holds the identity: same names
+            # a fresh host that holds the identity: the same names, if the bucket's key was
+            # made for these very recipients
+            found = self._key_from_bucket(now)
         if found is not None:
             known = found
             key = crypto.local_key(self.key_file, make=lambda: known)
+            replace_file(self._recipients_marker(), now.encode() + b"\n")
         else:
-            key = crypto.local_key(self.key_file)
-        key = self._key_for_recipients(key)
+            key = self._key_for_recipients(crypto.local_key(self.key_file), now)
         namer = crypto.Namer(key)
         stored = self.bucket.key("keys", f"{namer.key_id}.age")
         if not self.bucket.exists(stored):
             self.bucket.put_bytes(stored, crypto.encrypt_bytes(key, self.recipients()))
+        # which recipients the key names objects for, beside it (the fingerprint of public
+        # keys: nothing secret), so that a fresh host reuses it only for those
+        tag = self.bucket.key("keys", f"{namer.key_id}.recipients")
+        if not self.bucket.exists(tag):
+            self.bucket.put_bytes(tag, now.encode())
         self._namer = namer
         return namer
 
-    def _key_for_recipients(self, key: bytes) -> bytes:
+    def _recipients_marker(self) -> Path:
+        assert self.key_file is not None
+        return self.key_file.with_name(self.key_file.name + ".recipients")
+
+    def _key_for_recipients(self, key: bytes, now: str) -> bytes:
         """The name key, made anew when encrypt_to changed since it was first used. An object
         is sent once and named by its content: under the same names, the next backup would be
         made of objects encrypted to the recipients of before, unreadable with the new identity
         alone. A new key gives new names: everything is sent again, to the new recipients (the
         backups before stay readable with the identity of before until pruned)."""
         assert self.key_file is not None
-        marker = self.key_file.with_name(self.key_file.name + ".recipients")
-        now = crypto.recipients_fingerprint(self.settings.encrypt_to)
+        marker = self._recipients_marker()
         try:
             was: str | None = marker.read_text().strip()
         except FileNotFoundError:
@@ -318,9 +338,17 @@ class Offsite:
             replace_file(marker, now.encode() + b"\n")
         return key
 
-    def _key_from_bucket(self) -> bytes | None:
-        newest = sorted(self.bucket.ls("keys"), key=lambda o: o.modified, reverse=True)
-        for item in newest:
+    def _key_from_bucket(self, recipients: str) -> bytes | None:
+        """The newest name key in the bucket made for these recipients (its tag says so; a key
+        without one is from before tags, for recipients unknown: not taken)."""
+        listed = [o for o in self.bucket.ls("keys") if o.key.endswith(".age")]
+        for item in sorted(listed, key=lambda o: o.modified, reverse=True):
+            tag = item.key[: -len(".age")] + ".recipients"
+            try:
+                if self.bucket.get_bytes(tag).decode(errors="replace").strip() != recipients:
+                    continue
+            except NotFound:
+                continue
             try:
                 data = crypto.decrypt_bytes(
                     self.bucket.get_bytes(item.key), self.identities(), item.key
@@ -429,22 +457,16 @@ class Offsite:
         put in skipped (key → why) and passed over, so that one damaged or planted object
         does not stop every listing, import and prune. Any other error (the endpoint, the
         identity) still ends the walk."""
-        read = 0
-        not_ours: NotOurs | None = None
         for ref in refs:
             try:
                 manifest = self.manifest(ref)
             except (BadManifest, NotOurs) as exc:
-                # one encrypted to another key is planted, or the identity is wrong: which,
-                # the others tell (none read: the identity is wrong, and that ends the walk)
-                not_ours = exc if isinstance(exc, NotOurs) and not_ours is None else not_ours
+                # one encrypted to other keys is planted, of backups before encrypt_to changed,
+                # or the identity is wrong (see identity_wrong): passed over, never acted on
                 skipped[ref.key] = str(exc)
                 log.get().warning("offsite.manifest_skipped", key=ref.key, error=str(exc))
                 continue
-            read += 1
             yield ref, manifest
-        if not_ours is not None and not read:
-            raise not_ours
 
     def present(self) -> dict[str, int]:
         """Objects in the bucket (name → size), listed once and kept up to date by send()."""
@@ -667,6 +689,8 @@ class Offsite:
                 else:
                     while chunk := body.read(CHUNK):
                         writer.write(chunk)
+            except NotOurs:
+                raise  # not damage: encrypted to other keys (encrypt_to changed since)
             except OffsiteError as exc:
                 raise IntegrityError(str(exc)) from None
             except _LocalWrite:
@@ -879,6 +903,11 @@ class Offsite:
                 try:
                     got = self._read_file(manifest, f, None)
                     self._check(manifest, f, got)
+                except NotOurs as exc:
+                    # readable by other keys, perhaps: never noted as damage, or a repair would
+                    # write over what those keys read
+                    result.errors.append(str(exc))
+                    continue
                 except IntegrityError as exc:
                     result.errors.append(str(exc))
                     # which chunk of a file is wrong cannot be told: all of them are sent again

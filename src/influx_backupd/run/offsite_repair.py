@@ -24,7 +24,7 @@ from typing import Any
 from influx_backupd.core import log
 from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.jsontext import loads_json
-from influx_backupd.offsite.errors import BadManifest, Damaged, OffsiteError
+from influx_backupd.offsite.errors import BadManifest, Damaged, NotOurs, OffsiteError
 from influx_backupd.offsite.repo import Backup, Offsite
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
@@ -71,7 +71,7 @@ def check(
             return report
         try:
             result = offsite.verify(ref, read_percent=read_percent)
-        except BadManifest as exc:  # planted or damaged: not ours to rewrite (see the top)
+        except (BadManifest, NotOurs) as exc:  # not ours to rewrite (see the top)
             report.unreadable[ref.id] = str(exc)
             logger.error("offsite.check_failed", run_id=ref.id, error=str(exc))
             continue
@@ -134,7 +134,7 @@ def noted(state_dir: Path) -> list[Damage]:
                     found_at=float(raw["found_at"]),
                 )
             )
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError):
             continue
     return sorted(found, key=lambda d: d.found_at)
 
