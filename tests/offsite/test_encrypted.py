@@ -242,3 +242,44 @@ def test_a_fresh_host_with_other_recipients_makes_its_own_name_key_and_repairs_n
     assert cli.json("offsite", "sync")["repaired"] == []
     config.write_text(config.read_text().replace(str(new_identity), str(old_identity)))
     assert cli("verify", first["id"], "--offsite", "--read-data", "100").returncode == 0
+
+
+def test_a_manifest_of_other_keys_neither_fails_the_sync_nor_stops_retention(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: one manifest encrypted to other keys (planted, or from before encrypt_to
+    changed) failed the scheduled check and off-site retention's mark, on every sync."""
+    import pyrage
+
+    identity, recipient = age_identity(tmp_path)
+    (tmp_path / "other").mkdir()
+    _, stranger = age_identity(tmp_path / "other")
+    sandbox.create_db("metrics")
+    section = offsite_section(
+        moto, encrypt_to=[recipient], identity_file=str(identity), keep_last=1
+    )
+    cli = Cli(write_config(tmp_path, sandbox, extra=section))
+    foreign = pyrage.encrypt(b"{}", [pyrage.x25519.Recipient.from_str(stranger)])
+    moto.client().put_object(
+        Bucket=moto.bucket,
+        Key="host-a/manifests/nightly/20200101T000001Z-beef.json.gz.age",
+        Body=foreign,
+    )
+    ids = []
+    for night in range(3):
+        sandbox.write_points("metrics", 300, start=night * 10_000)
+        done = cli("backup", "--json")
+        assert done.returncode == 0 and "offsite:" not in done.stderr, done.stderr[-2000:]
+        ids.append(json.loads(done.stdout)["id"])
+    listed = cli("list", "--offsite", "--json")
+    assert [r["id"] for r in json.loads(listed.stdout)] == ids[-1:], "keep_last = 1 was applied"
+    state = tmp_path / "state" / "offsite.json"
+    saved = json.loads(state.read_text())
+    assert saved["last_check"], "the scheduled check completed"
+    saved["last_check"] -= 8 * 86400
+    state.write_text(json.dumps(saved))
+    synced = cli("offsite", "sync", "--json")
+    assert synced.returncode == 1, "the manifest it could not read is said"
+    report = json.loads(synced.stdout)
+    assert list(report["check_failed"]) == ["20200101T000001Z-beef"] and report["checked"] == 1
+    assert cli.json("status")["offsite"]["last_error"] is None

@@ -5,6 +5,7 @@ Against a real influxd and moto's server; the damage is done to the objects in t
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +226,83 @@ def test_an_object_moved_elsewhere_below_objects_is_missing_and_sent_again(
     Path(record["archive"]).unlink()
     restored = cli("restore", record["id"], "--from", "offsite", "--yes", timeout=300)
     assert restored.returncode == 0, restored.stderr[-2000:]
+
+
+def test_the_local_copy_a_repair_needs_is_held_from_local_retention(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: the next backup's prune (before its sync) deleted the only local copy that
+    held the damaged objects, and the repair could never be done."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2000)
+    job = {"name": "nightly", "mode": "cold", "copy": "direct", "keep_last": 1}
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[job], extra=offsite_section(moto)))
+    first = cli.json("backup")
+    client = moto.client()
+    for key in _objects(moto):
+        client.delete_object(Bucket=moto.bucket, Key=key)
+    assert cli("verify", first["id"], "--offsite").returncode == 1
+    sandbox.write_points("metrics", 2000, start=100_000)
+    assert cli.json("backup")["status"] == "ok"  # its sync repairs, from the held copy
+    status, found = _verify_all(cli)
+    assert status == 0, found
+    assert cli.json("status")["offsite"]["damaged"] == []
+    assert cli.json("prune")["deleted"], "once repaired, local retention has its way"
+    assert not Path(first["archive"]).exists()
+
+
+def test_a_chunk_of_a_file_sent_before_chunk_size_changed_is_sent_again_as_named(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    identity, recipient = age_identity(tmp_path)
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    (sandbox.data / "metrics" / "big.bin").write_bytes(os.urandom(13 << 20))
+    section = offsite_section(
+        moto, encrypt_to=[recipient], identity_file=str(identity), chunk_size="5MiB"
+    )
+    config = write_config(tmp_path, sandbox, extra=section)
+    cli = Cli(config)
+    record = cli.json("backup")
+    assert record["status"] == "ok"
+    _spoil(moto, _largest(moto))
+    status, _ = _verify_all(cli)
+    assert status == 1
+    before = set(_objects(moto))
+    config.write_text(config.read_text().replace('chunk_size = "5MiB"', 'chunk_size = "6MiB"'))
+    synced = cli.json("offsite", "sync")
+    assert synced["repaired"] == [record["id"]] and synced["bytes_uploaded"] > 0, synced
+    assert set(_objects(moto)) == before, "the chunks went under their own names, no others"
+    status, found = _verify_all(cli)
+    assert status == 0, found
+
+
+def test_objects_shared_by_backups_are_downloaded_once_per_check(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    cli, _ = _setup(tmp_path, sandbox, moto, check_every="0")
+    for _ in range(4):
+        assert cli.json("backup")["status"] == "ok"
+    status, found = _verify_all(cli)
+    assert status == 0 and len(found["backups"]) == 4
+    read = sum(b["bytes_read"] for b in found["backups"])
+    assert read <= 1.1 * sum(_objects(moto).values()), (read, sum(_objects(moto).values()))
+    assert all(b["checked"] == b["objects"] for b in found["backups"])
+
+
+def test_a_note_that_does_not_parse_is_passed_over(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    cli, _ = _setup(tmp_path, sandbox, moto)
+    record = cli.json("backup")
+    notes = tmp_path / "state" / "offsite-damaged"
+    notes.mkdir(exist_ok=True)
+    huge = "1" + "0" * 400
+    (notes / "a.json").write_text(
+        f'{{"backup": "{record["id"]}", "job": "nightly", "objects": {{"x": "y"}}, '
+        f'"found_at": {huge}}}'
+    )
+    (notes / "b.json").write_text("not json")
+    for argv in (("status",), ("offsite", "sync"), ("prune", "--dry-run")):
+        done = cli(*argv)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (argv, done.stderr)

@@ -161,9 +161,10 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         if args.backup is not None:
             return [store.verify(args.backup, read_percent=percent)], {}
         results, unreadable = [], {}
+        read: set[str] = set()  # objects shared by backups are downloaded once
         for ref in store.manifests(args.job):
             try:
-                results.append(store.verify(ref, read_percent=percent))
+                results.append(store.verify(ref, read_percent=percent, read=read))
             except (BadManifest, IntegrityError, NotOurs) as exc:  # one we cannot read
                 unreadable[ref.id] = str(exc)
         return results, unreadable

@@ -22,7 +22,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
@@ -492,10 +492,13 @@ class Offsite:
         *,
         should_stop: Callable[[], bool] = lambda: False,
         resend: Iterable[str] = (),
+        split: Mapping[str, int] | None = None,
     ) -> SendResult:
         """Send the objects the bucket lacks, then the manifest. Safe to repeat after a kill.
         A repair: the objects of this backup named in resend are sent again whether the bucket
-        lists them or not (a check found them damaged); a manifest there already is kept."""
+        lists them or not (a check found them damaged); a manifest there already is kept.
+        split: per content sha256, the chunk size its manifest sent it in (0: whole), for a
+        repair after chunk_size changed: the objects to send again are named as sent."""
         started = time.monotonic()
         result = SendResult(backup.id)
         encrypted = self.settings.encrypted
@@ -530,15 +533,16 @@ class Offsite:
                     names[sha] = name  # whole, as sent before (by an older version too)
                     skip(entry.size)
                     continue
-                if not encrypted or entry.size <= chunk_size:
+                step = chunk_size if split is None else split.get(sha, chunk_size)
+                if not encrypted or step <= 0 or entry.size <= step:
                     names[sha] = name
                     yield _Piece(name, entry, 0, entry.size, False)
                     continue
-                count = -(-entry.size // chunk_size)
-                chunks[sha] = (chunk_size, [namer.chunk(sha, chunk_size, i) for i in range(count)])
+                count = -(-entry.size // step)
+                chunks[sha] = (step, [namer.chunk(sha, step, i) for i in range(count)])
                 for i, piece in enumerate(chunks[sha][1]):
-                    offset = i * chunk_size
-                    length = min(chunk_size, entry.size - offset)
+                    offset = i * step
+                    length = min(step, entry.size - offset)
                     if piece in present:  # sent before this send was interrupted
                         skip(length)
                         continue
@@ -848,10 +852,16 @@ class Offsite:
         return Fetched(target, "tree", total, notes)
 
     def verify(
-        self, ref: ManifestRef | str, *, read_percent: float = 0.0, seed: int | None = None
+        self,
+        ref: ManifestRef | str,
+        *,
+        read_percent: float = 0.0,
+        seed: int | None = None,
+        read: set[str] | None = None,
     ) -> VerifyResult:
         """Every object the backup needs is there (and of its size, when not encrypted);
-        read_percent of them (at least one when > 0) are downloaded and hashed."""
+        read_percent of them (at least one when > 0) are downloaded and hashed. read: objects
+        already downloaded and found good in this check (backups share them): not again."""
         manifest = self.manifest(ref, fresh=True)
         present = self._objects_in_place()
         by_object: dict[str, ManifestFile] = {}  # every object (chunks too) → its file
@@ -900,6 +910,9 @@ class Offsite:
                 f = by_file[first]
                 if any(name not in present for name in f.objects()):
                     continue
+                if read is not None and all(name in read for name in f.objects()):
+                    result.checked += len(f.objects())
+                    continue
                 try:
                     got = self._read_file(manifest, f, None)
                     self._check(manifest, f, got)
@@ -915,6 +928,8 @@ class Offsite:
                     continue
                 result.checked += len(f.objects())
                 result.bytes_read += got[1]
+                if read is not None:
+                    read.update(f.objects())
         return result
 
     # -- retention -------------------------------------------------------------------------

@@ -247,11 +247,16 @@ def not_offsite(config: Config, catalog: Catalog, state: State | None = None) ->
 
 
 def unsent_holds(config: Config, catalog: Catalog) -> dict[str, str]:
-    """What local retention must keep for the off-site copy ([offsite] hold_unsent)."""
+    """What local retention must keep for the off-site copy ([offsite] hold_unsent): what is
+    not sent yet, and what a repair of a damaged off-site copy needs."""
     section = config.settings.offsite
     if section is None or not section.hold_unsent:
         return {}
-    return {r.id: "not off-site yet" for r in not_offsite(config, catalog)}
+    holds = {r.id: "not off-site yet" for r in not_offsite(config, catalog)}
+    # the local copy a repair of its damaged off-site copy is sent from
+    for note in offsite_repair.noted(config.state_dir):
+        holds.setdefault(note.backup, "its off-site copy is damaged: kept to repair it")
+    return holds
 
 
 def status(config: Config, catalog: Catalog) -> dict[str, Any] | None:
@@ -308,11 +313,12 @@ class SyncReport:
     checked: int = 0  # backups in the bucket checked (check_every)
     check_failed: dict[str, str] = field(default_factory=dict)  # manifests that do not read
     repaired: list[str] = field(default_factory=list)  # backups whose damaged objects were sent
+    repaired_bytes: int = 0  # sent again by the repair
     unrepaired: dict[str, str] = field(default_factory=dict)  # backup id → why not yet
 
     @property
     def bytes_uploaded(self) -> int:
-        return sum(s.bytes_uploaded for s in self.sent)
+        return sum(s.bytes_uploaded for s in self.sent) + self.repaired_bytes
 
     @property
     def bytes_skipped(self) -> int:
@@ -344,7 +350,9 @@ def _check_due(config: Config, state: State) -> bool:
     return state.last_check is None or time.time() - state.last_check >= section.check_every
 
 
-def backup_of(record: RunRecord, known: Known | None = None) -> Backup:
+def backup_of(
+    record: RunRecord, known: Known | None = None, *, recheck: bool | None = None
+) -> Backup:
     """A catalog record as the off-site engine's plain input; its files checked on the way
     (those known from the job's previous backup in the bucket are not read again). An archive's
     members are hashed while the send uploads the ones before them; a damaged archive raises
@@ -358,7 +366,8 @@ def backup_of(record: RunRecord, known: Known | None = None) -> Backup:
         proved = record.finished_at or 0.0
         if record.verify_status == "ok" and record.verified_at:
             proved = max(proved, record.verified_at)
-        recheck = record.sha256 is None or time.time() - proved > RECHECK_AFTER
+        if recheck is None:
+            recheck = record.sha256 is None or time.time() - proved > RECHECK_AFTER
         source = scan_tar(path, record.sha256, known, lazy=True, recheck=recheck)
     else:
         raise OffsiteError(f"{path}: not there (backup {record.id})")
@@ -443,8 +452,15 @@ def sync(
         if not report.yielded:
             # what a check found damaged in the bucket, sent again from the local copies
             repair = offsite_repair.repair(
-                offsite, catalog, config.state_dir, backup_of, state.sent, stop=stop
+                offsite,
+                catalog,
+                config.state_dir,
+                # every byte proved again: a damaged local copy must not stand in for a repair
+                lambda record: backup_of(record, recheck=True),
+                state.sent,
+                stop=stop,
             )
+            report.repaired_bytes = sum(repair.bytes_by_job.values())
             report.repaired, report.unrepaired = repair.repaired, repair.left
             for job, sent in repair.bytes_by_job.items():
                 state.job(job).uploaded_bytes += sent

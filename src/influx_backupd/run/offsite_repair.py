@@ -25,6 +25,7 @@ from influx_backupd.core import log
 from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.offsite.errors import BadManifest, Damaged, NotOurs, OffsiteError
+from influx_backupd.offsite.manifest import Manifest
 from influx_backupd.offsite.repo import Backup, Offsite
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
@@ -66,11 +67,12 @@ def check(
     """Every backup in the bucket, as `verify --offsite --all`: what is wrong is noted."""
     report = CheckReport()
     logger = log.get()
+    read: set[str] = set()  # objects shared by backups are downloaded once
     for ref in offsite.manifests():
         if stop():
             return report
         try:
-            result = offsite.verify(ref, read_percent=read_percent)
+            result = offsite.verify(ref, read_percent=read_percent, read=read)
         except (BadManifest, NotOurs) as exc:  # not ours to rewrite (see the top)
             report.unreadable[ref.id] = str(exc)
             logger.error("offsite.check_failed", run_id=ref.id, error=str(exc))
@@ -188,7 +190,10 @@ def repair(
             if stop():
                 stopped = True
                 break
-            if record.id != damage.backup and not _names_any(offsite, record.id, needed):
+            manifest = _manifest(offsite, record.id)
+            if manifest is None or not any(
+                n in needed for f in manifest.files for n in f.objects()
+            ):
                 continue
             # a local copy gone or damaged is passed over; the bucket's errors end the sync
             try:
@@ -197,7 +202,12 @@ def repair(
                 problems.append(f"{record.id}: {exc}")
                 continue
             try:
-                result = offsite.send(backup, should_stop=stop, resend=needed)
+                result = offsite.send(
+                    backup,
+                    should_stop=stop,
+                    resend=needed,
+                    split={f.sha256: f.chunk_size if f.chunks else 0 for f in manifest.files},
+                )
             except Damaged as exc:
                 problems.append(f"{record.id}: {exc}")
                 continue
@@ -230,13 +240,12 @@ def repair(
     return report
 
 
-def _names_any(offsite: Offsite, backup_id: str, names: dict[str, str]) -> bool:
-    """Whether the manifest of backup_id (from the local cache when it is there) names any."""
+def _manifest(offsite: Offsite, backup_id: str) -> Manifest | None:
+    """The manifest of backup_id (from the local cache when it is there), if it reads."""
     try:
-        manifest = offsite.manifest(backup_id)
+        return offsite.manifest(backup_id)
     except OffsiteError:
-        return False
-    return any(n in names for f in manifest.files for n in f.objects())
+        return None
 
 
 def summary(state_dir: Path) -> list[dict[str, Any]]:
