@@ -92,6 +92,7 @@ from influx_backupd.restore.merge import (
 from influx_backupd.restore.source import ColdSource, choose
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
 from influx_backupd.store import layout
+from influx_backupd.store.archive import short_of_room
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import (
     Link,
@@ -230,21 +231,17 @@ def _check_space(staging: dict[str, Path], links: list[Link], scans: list[Scan])
         link_shards = sum(int(f.get("size", 0)) for f in scan.manifest.get("files", []))
         meta += int(scan.manifest.get("meta", {}).get("size", 0))
         shards += link_shards * (2 if link is not links[0] else 1)
-    needed: dict[int, tuple[int, Path]] = {}
-    for top, size in (("data", shards + BUILD_HEADROOM), ("meta", meta)):
-        if top not in staging:
-            continue
-        parent = staging[top].parent
-        device = os.stat(parent).st_dev
-        got, _ = needed.get(device, (0, parent))
-        needed[device] = (got + size, parent)
-    for size, parent in needed.values():
-        free = shutil.disk_usage(parent).free
-        if free < size:
-            raise RestoreRefused(
-                f"not enough space in {parent}: the restored server built beside the live one "
-                f"needs about {size} bytes there, {free} free; influxd not stopped"
-            )
+    short = short_of_room(
+        (staging[top].parent, size)
+        for top, size in (("data", shards + BUILD_HEADROOM), ("meta", meta))
+        if top in staging
+    )
+    if short is not None:
+        parent, size, free = short
+        raise RestoreRefused(
+            f"not enough space in {parent}: the restored server built beside the live one "
+            f"needs about {size} bytes there, {free} free; influxd not stopped"
+        )
 
 
 NO_SPACE = "no space left on device"

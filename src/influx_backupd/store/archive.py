@@ -18,7 +18,7 @@ import stat
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Set
+from collections.abc import Callable, Iterable, Iterator, Set
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -466,25 +466,38 @@ class NoSpace(ArchiveError):
     pass
 
 
+def short_of_room(wanted: Iterable[tuple[Path, int]]) -> tuple[Path, int, int] | None:
+    """Bytes to be written into each dir, summed per filesystem: (dir, bytes, free) of the
+    first filesystem that lacks room, or None."""
+    devices: dict[Path, int] = {}
+    needed: dict[int, tuple[int, Path]] = {}
+    for parent, size in wanted:
+        if parent not in devices:
+            devices[parent] = os.stat(parent).st_dev
+        got, first = needed.get(devices[parent], (0, parent))
+        needed[devices[parent]] = (got + size, first)
+    for size, parent in needed.values():
+        free = shutil.disk_usage(parent).free
+        if free < size:
+            return parent, size, free
+    return None
+
+
 def check_space(infos: list[tarfile.TarInfo], targets: dict[str, Path]) -> None:
     """NoSpace unless each filesystem the targets lie on has room for the bytes the members
     going there unpack to (their sizes, never the archive's: a few headers can stand for
     gigabytes). Targets need not exist yet; their parents must."""
-    devices = {top: os.stat(target.parent).st_dev for top, target in targets.items()}
-    needed: dict[int, tuple[int, Path]] = {}
-    for info in infos:
-        if not info.isreg():
-            continue
-        top = PurePosixPath(info.name).parts[0]
-        got, _ = needed.get(devices[top], (0, targets[top].parent))
-        needed[devices[top]] = (got + info.size, targets[top].parent)
-    for size, parent in needed.values():
-        free = shutil.disk_usage(parent).free
-        if free < size:
-            raise NoSpace(
-                f"not enough space in {parent}: the archive unpacks to {size} bytes there, "
-                f"{free} free; nothing written"
-            )
+    short = short_of_room(
+        (targets[PurePosixPath(info.name).parts[0]].parent, info.size)
+        for info in infos
+        if info.isreg()
+    )
+    if short is not None:
+        parent, size, free = short
+        raise NoSpace(
+            f"not enough space in {parent}: the archive unpacks to {size} bytes there, "
+            f"{free} free; nothing written"
+        )
 
 
 @dataclass
