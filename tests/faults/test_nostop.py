@@ -105,3 +105,38 @@ def test_a_server_exiting_after_stop_timeout_is_started_again_once_it_is_gone(
     assert time.monotonic() - started < 300
     lost_points, lost = ledger.settle()
     assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault("no-stop", "influxd refuses to stop", "exit outlasts stop_timeout in a restore")
+@pytest.mark.parametrize("mode", ["cold", "hot"])
+def test_a_restore_whose_stop_outlasts_stop_timeout_starts_the_server_again(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, pidfile: Path, mode: str
+) -> None:
+    """Before: the rollback started influxd only if no process ran at that moment; the old one
+    was still shutting down, so none was started, the marker was cleared, and influxd stayed
+    down once it had exited, with the line saying the previous data was put back."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 3_000)
+    sandbox.stop()
+    command = _supervised(tmp_path, sandbox, "slow_exit_supervisor.py", str(pidfile), "8")
+    subprocess.Popen(command, start_new_session=True)
+    sandbox.wait_ready()
+    job = {"name": "nightly", "mode": mode, **({"copy": "direct"} if mode == "cold" else {})}
+
+    def config(stop_timeout: str) -> Path:
+        influxd = {"pidfile": str(pidfile), "command": command, "stop_timeout": stop_timeout}
+        return write_config(tmp_path, sandbox, jobs=[job], influxd=influxd)
+
+    backup = run_cli(config("60s"), "backup", "--json")
+    assert backup.returncode == 0, backup.stderr[-3000:]
+    ledger.take()
+    first = int(pidfile.read_text())
+    done = run_cli(config("2s"), "restore", json.loads(backup.stdout)["id"], "--yes")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "the previous data was put back" in done.stderr.strip().splitlines()[-1]
+    # the command returned: a server runs (the slow exit waited for, another started)
+    assert sandbox.ping(), "influxd left down after the restore returned"
+    assert [p for p in sandbox.pids() if p != first], "a new server runs"
+    assert not (tmp_path / "state" / MARKER).exists()
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []

@@ -23,7 +23,13 @@ import pytest
 
 from influx_backupd.core.errors import RestoreRefused
 from influx_backupd.influxd.sandbox import BESIDE_LIVE_GOGC, Sandbox
-from influx_backupd.restore.hot import BUILD_HEADROOM, _check_space, _out_of_space
+from influx_backupd.restore.hot import (
+    BUILD_HEADROOM_MAX,
+    BUILD_HEADROOM_MIN,
+    _check_space,
+    _out_of_space,
+    build_headroom,
+)
 from influx_backupd.store.chain import Link
 from influx_backupd.store.scanners import Scan
 from tests.conftest import STAND_INS, Cli, hot_chain, throwaway_influxds, wait_until, write_config
@@ -218,12 +224,16 @@ def test_a_build_that_cannot_fit_beside_the_live_dirs_is_refused_with_both_numbe
     message = str(refused.value)
     # the increment counts twice: restored under a temporary name, then copied in; the meta
     # and the build's headroom on the same filesystem count there too
-    needed = huge + 200 + BUILD_HEADROOM + 20
+    needed = huge + 200 + BUILD_HEADROOM_MAX + 20
     assert f"needs about {needed} bytes there" in message, message
     assert "free; influxd not stopped" in message and str(tmp_path) in message
 
     small = Scan(1, 2, "x", {"meta": {"size": 10}, "files": [{"size": 1000}]})
     _check_space({"data": data}, links[:1], [small])  # fits: no refusal
+    # the room grows with the build, within its bounds (a small backup on a small volume fits)
+    assert build_headroom(1000) == BUILD_HEADROOM_MIN
+    assert build_headroom(40 << 20) == 20 << 20
+    assert build_headroom(1 << 40) == BUILD_HEADROOM_MAX
 
 
 def _oom_score_adj(pid: int) -> str:

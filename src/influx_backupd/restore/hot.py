@@ -214,8 +214,13 @@ def check_tool_restores(config: Config, flavour: Flavour, path: Path) -> None:
 # Room the throwaway influxd needs beyond the shard bytes: its series files and indexes, WAL
 # segments, a compaction's new files written before the old are removed. Without it a build on a
 # nearly full disk stalls inside `influxd restore` (the server's write fails, the tool waits)
-# until backup_timeout, holding the backup lock.
-BUILD_HEADROOM = 64 << 20
+# until backup_timeout, holding the backup lock. Half the shard bytes, at least 4 MiB, at most
+# 64 MiB: a fixed 64 MiB refused a restore of a small backup that fitted a small volume.
+BUILD_HEADROOM_MIN, BUILD_HEADROOM_MAX = 4 << 20, 64 << 20
+
+
+def build_headroom(shard_bytes: int) -> int:
+    return min(BUILD_HEADROOM_MAX, max(BUILD_HEADROOM_MIN, shard_bytes // 2))
 
 
 def _check_space(staging: dict[str, Path], links: list[Link], scans: list[Scan]) -> None:
@@ -223,7 +228,7 @@ def _check_space(staging: dict[str, Path], links: list[Link], scans: list[Scan])
 
     The estimate is the links' unpacked sizes from their manifests, increments twice: restored
     under a temporary name, then copied in by SELECT INTO before the temporary copy is dropped;
-    plus BUILD_HEADROOM. Shards go to the data dir's filesystem, the meta to the meta dir's
+    plus build_headroom. Shards go to the data dir's filesystem, the meta to the meta dir's
     (staging: beside each real live dir, symlinks resolved).
     """
     shards = meta = 0
@@ -233,7 +238,7 @@ def _check_space(staging: dict[str, Path], links: list[Link], scans: list[Scan])
         shards += link_shards * (2 if link is not links[0] else 1)
     short = short_of_room(
         (staging[top].parent, size)
-        for top, size in (("data", shards + BUILD_HEADROOM), ("meta", meta))
+        for top, size in (("data", shards + build_headroom(shards)), ("meta", meta))
         if top in staging
     )
     if short is not None:

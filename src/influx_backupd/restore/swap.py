@@ -181,8 +181,16 @@ def live_dirs_swapped(
             if result.stop_s is not None and server.locate() is not None:
                 server.stop()  # past the stop, a running influxd is the (half-)restored one
             roll_back(swaps)
-            if was_running and server.locate() is None:
-                # the previous data must serve again: retried with backoff until it does
+            left = server.locate()
+            if was_running and (
+                left is None or not (server.answers_itself(left.pid) or server.frozen(left))
+            ):
+                # the previous data must serve again: retried with backoff until it does. A
+                # server still shutting down (its stop outlasted stop_timeout) is waited for
+                # by start_until_up, then started; one that ignored the SIGTERM and answers,
+                # or a frozen one (never signalled), is left as it is
+                if left is not None:
+                    logger.warning("influxd.still_stopping", phase="start", pid=left.pid)
                 server.start_until_up(
                     config.state_dir / "influxd.log", on_failure=marker.note_failed_start
                 )
