@@ -30,6 +30,15 @@ def _supervised(tmp_path: Path, sandbox: Sandbox, *stand_in: str) -> list[str]:
     return [sys.executable, str(STAND_INS / stand_in[0]), *stand_in[1:], *sandbox.command()]
 
 
+def _serve_supervised(tmp_path: Path, sandbox: Sandbox, *stand_in: str) -> list[str]:
+    """The sandbox's server stopped and started again under a stand-in supervisor: its command."""
+    sandbox.stop()
+    command = _supervised(tmp_path, sandbox, *stand_in)
+    subprocess.Popen(command, start_new_session=True)
+    sandbox.wait_ready()
+    return command
+
+
 @pytest.fixture
 def pidfile(tmp_path: Path, sandbox: Sandbox) -> Iterator[Path]:
     path = tmp_path / "influxd.pid"
@@ -49,10 +58,7 @@ def test_a_server_ignoring_sigterm_keeps_serving_and_nothing_is_copied(
 ) -> None:
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 3_000)
-    sandbox.stop()
-    command = _supervised(tmp_path, sandbox, "term_ignoring_supervisor.py", str(pidfile))
-    subprocess.Popen(command, start_new_session=True)
-    sandbox.wait_ready()
+    command = _serve_supervised(tmp_path, sandbox, "term_ignoring_supervisor.py", str(pidfile))
     config = write_config(
         tmp_path,
         sandbox,
@@ -80,10 +86,7 @@ def test_a_server_exiting_after_stop_timeout_is_started_again_once_it_is_gone(
 ) -> None:
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 3_000)
-    sandbox.stop()
-    command = _supervised(tmp_path, sandbox, "slow_exit_supervisor.py", str(pidfile), "8")
-    subprocess.Popen(command, start_new_session=True)
-    sandbox.wait_ready()
+    command = _serve_supervised(tmp_path, sandbox, "slow_exit_supervisor.py", str(pidfile), "8")
     config = write_config(
         tmp_path,
         sandbox,
@@ -117,10 +120,7 @@ def test_a_restore_whose_stop_outlasts_stop_timeout_starts_the_server_again(
     down once it had exited, with the line saying the previous data was put back."""
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 3_000)
-    sandbox.stop()
-    command = _supervised(tmp_path, sandbox, "slow_exit_supervisor.py", str(pidfile), "8")
-    subprocess.Popen(command, start_new_session=True)
-    sandbox.wait_ready()
+    command = _serve_supervised(tmp_path, sandbox, "slow_exit_supervisor.py", str(pidfile), "8")
     job = {"name": "nightly", "mode": mode, **({"copy": "direct"} if mode == "cold" else {})}
 
     def config(stop_timeout: str) -> Path:

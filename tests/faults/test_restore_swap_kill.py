@@ -37,17 +37,22 @@ def _kill_when_marker_appears(watched: Watched, marker: Path) -> dict[str, objec
     return dict(body)
 
 
-@pytest.mark.fault("kill", "SIGKILL before influxd is stopped")
-@pytest.mark.parametrize("command", ["restore", "backup"])
-def test_a_run_killed_before_it_stopped_influxd_is_no_outage_and_no_false_alarm(
-    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, command: str
-) -> None:
+def _backed_up(tmp_path: Path, sandbox: Sandbox) -> tuple[Path, str]:
+    """A config and one cold backup of 2,000 points."""
     config = write_config(tmp_path, sandbox, jobs=COLD)
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
     first = run_cli(config, "backup", "--json")
     assert first.returncode == 0, first.stderr[-3000:]
-    backup_id = json.loads(first.stdout)["id"]
+    return config, str(json.loads(first.stdout)["id"])
+
+
+@pytest.mark.fault("kill", "SIGKILL before influxd is stopped")
+@pytest.mark.parametrize("command", ["restore", "backup"])
+def test_a_run_killed_before_it_stopped_influxd_is_no_outage_and_no_false_alarm(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, command: str
+) -> None:
+    config, backup_id = _backed_up(tmp_path, sandbox)
     ledger.take()
     marker = tmp_path / "state" / MARKER
     args = ["restore", backup_id, "--yes"] if command == "restore" else ["backup"]
@@ -99,11 +104,7 @@ def test_a_run_killed_before_it_stopped_influxd_is_no_outage_and_no_false_alarm(
 def test_a_restore_through_a_symlinked_data_dir_signalled_mid_swap_is_rolled_back_through_it(
     tmp_path: Path, sandbox: Sandbox, ledger: Ledger, sig: str
 ) -> None:
-    config = write_config(tmp_path, sandbox, jobs=COLD)
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 2_000)
-    first = run_cli(config, "backup", "--json")
-    assert first.returncode == 0, first.stderr[-3000:]
+    config, backup_id = _backed_up(tmp_path, sandbox)
     sandbox.stop()
     big = tmp_path / "big"
     big.mkdir()
@@ -113,7 +114,7 @@ def test_a_restore_through_a_symlinked_data_dir_signalled_mid_swap_is_rolled_bac
     sandbox.write_points("metrics", 500, start=100_000)  # newer than the backup
     ledger.take()
 
-    restore = Watched(config, "restore", json.loads(first.stdout)["id"], "--yes")
+    restore = Watched(config, "restore", backup_id, "--yes")
     deadline = time.monotonic() + 120
     while not list(big.glob("data.rollback-*")):  # the live data dir moved aside
         assert restore.proc.poll() is None, restore.tail()
