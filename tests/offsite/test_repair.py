@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.report.metrics import JOB_LABEL
 from tests.conftest import Cli, write_config
@@ -306,3 +308,34 @@ def test_a_note_that_does_not_parse_is_passed_over(
     for argv in (("status",), ("offsite", "sync"), ("prune", "--dry-run")):
         done = cli(*argv)
         assert done.returncode == 0 and "Traceback" not in done.stderr, (argv, done.stderr)
+
+
+def test_a_check_of_many_backups_lists_the_bucket_once(
+    tmp_path: Path, moto: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: each backup's check listed every object below the prefix again: a weekly check
+    of N backups paged through the whole bucket N times."""
+    from influx_backupd.offsite.bucket import Bucket
+    from influx_backupd.offsite.repo import Offsite
+    from influx_backupd.run import offsite_repair
+    from tests.offsite.helpers import cold_backup, make_tar, make_tree
+
+    offsite = Offsite(moto.settings())
+    for n in range(4):
+        tree = make_tree(
+            tmp_path / f"t{n}", {"meta/meta.db": b"m" * 100, f"data/{n}": os.urandom(99)}
+        )
+        offsite.send(
+            cold_backup(make_tar(tmp_path / f"n{n}.tar", tree), f"20261130T0{n}0000Z-000{n}")
+        )
+    listings: list[str] = []
+    real = Bucket.ls
+
+    def counted(self: Bucket, what: str) -> Any:
+        listings.append(what)
+        return real(self, what)
+
+    monkeypatch.setattr(Bucket, "ls", counted)
+    report = offsite_repair.check(Offsite(moto.settings()), tmp_path / "state", read_percent=100)
+    assert report.checked == 4 and report.complete and not report.damaged
+    assert listings.count("objects") == 1, listings

@@ -162,9 +162,10 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
             return [store.verify(args.backup, read_percent=percent)], {}
         results, unreadable = [], {}
         read: set[str] = set()  # objects shared by backups are downloaded once
+        listed = store.objects_in_place()  # and the bucket listed once, not once per backup
         for ref in store.manifests(args.job):
             try:
-                results.append(store.verify(ref, read_percent=percent, read=read))
+                results.append(store.verify(ref, read_percent=percent, read=read, listed=listed))
             except (BadManifest, IntegrityError, NotOurs) as exc:  # one we cannot read
                 unreadable[ref.id] = str(exc)
         return results, unreadable

@@ -471,10 +471,10 @@ class Offsite:
     def present(self) -> dict[str, int]:
         """Objects in the bucket (name → size), listed once and kept up to date by send()."""
         if self._present is None:
-            self._present = self._objects_in_place()
+            self._present = self.objects_in_place()
         return self._present
 
-    def _objects_in_place(self) -> dict[str, int]:
+    def objects_in_place(self) -> dict[str, int]:
         """The objects listed (name → size) at the key a manifest's name resolves to: one
         copied or moved elsewhere below objects/ is not what a restore will find."""
         listed = {}
@@ -858,12 +858,14 @@ class Offsite:
         read_percent: float = 0.0,
         seed: int | None = None,
         read: set[str] | None = None,
+        listed: Mapping[str, int] | None = None,
     ) -> VerifyResult:
         """Every object the backup needs is there (and of its size, when not encrypted);
         read_percent of them (at least one when > 0) are downloaded and hashed. read: objects
-        already downloaded and found good in this check (backups share them): not again."""
+        already downloaded and found good in this check (backups share them): not again.
+        listed: the objects as listed once for a check of many backups (else listed here)."""
         manifest = self.manifest(ref, fresh=True)
-        present = self._objects_in_place()
+        present = self.objects_in_place() if listed is None else listed
         by_object: dict[str, ManifestFile] = {}  # every object (chunks too) → its file
         by_file: dict[str, ManifestFile] = {}  # one per content, by its first object
         for f in manifest.files:

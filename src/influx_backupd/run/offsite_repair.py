@@ -68,11 +68,12 @@ def check(
     report = CheckReport()
     logger = log.get()
     read: set[str] = set()  # objects shared by backups are downloaded once
+    listed = offsite.objects_in_place()  # and the bucket listed once, not once per backup
     for ref in offsite.manifests():
         if stop():
             return report
         try:
-            result = offsite.verify(ref, read_percent=read_percent, read=read)
+            result = offsite.verify(ref, read_percent=read_percent, read=read, listed=listed)
         except (BadManifest, NotOurs) as exc:  # not ours to rewrite (see the top)
             report.unreadable[ref.id] = str(exc)
             logger.error("offsite.check_failed", run_id=ref.id, error=str(exc))
