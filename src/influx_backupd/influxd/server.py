@@ -107,12 +107,17 @@ def names_conf(argv: list[str], conf: Path) -> bool:
     """Whether an argv names this influxdb.conf (`-config PATH`, `-config=PATH`, any form)."""
     real = conf.resolve()
     wanted = {str(conf), str(real)}
+    after_flag = False
     for arg in argv:
+        flagged = after_flag or arg.startswith(("-config=", "--config="))
+        after_flag = arg in ("-config", "--config")
         value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
         if value in wanted:
             return True
-        # the config's path is resolved: /etc/influxdb/influxdb.conf may be a link to it
-        if value.startswith("/") and os.path.realpath(value) == str(real):
+        # the config's path is resolved: /etc/influxdb/influxdb.conf may be a link to it.
+        # Only a -config value is resolved: every process's every argument is read here, in
+        # the stop window too, and a realpath of each costs syscalls
+        if flagged and value.startswith("/") and os.path.realpath(value) == str(real):
             return True
     return False
 

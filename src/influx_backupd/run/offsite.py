@@ -42,7 +42,7 @@ from influx_backupd.report.metrics import OffsiteFigures
 from influx_backupd.run import offsite_repair
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import chain_loop
-from influx_backupd.store.record import RunRecord
+from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import write_sidecar
 
 STATE_FILE = "offsite.json"
@@ -233,7 +233,7 @@ def wanted(config: Config, catalog: Catalog, state: State | None = None) -> list
             if r.good
             and r.archive
             and r.job not in opted_out
-            and not r.extra.get("offsite_only")
+            and not only_in_bucket(r)
             and r.id not in retired
         ),
         key=lambda r: (r.started_at, r.id),
@@ -491,11 +491,7 @@ def _retired(deleted: list[str], state: State, catalog: Catalog) -> None:
         state.sent.pop(backup_id, None)
         state.retired[backup_id] = time.time()
         record = catalog.get(backup_id)
-        if (
-            record is not None
-            and record.extra.get("offsite_only")
-            and not (record.archive and Path(record.archive).exists())
-        ):
+        if record is not None and only_in_bucket(record):
             catalog.delete(backup_id)
             log.get().info(
                 "offsite.forgotten",
