@@ -20,8 +20,9 @@ import psutil
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import STAND_INS, write_config
+from tests.conftest import STAND_INS, wait_until, write_config
 from tests.faults.conftest import Ledger, run_cli
+from tests.system.test_daemon import daemon
 
 MARKER = "influxd-stopped.json"
 
@@ -37,6 +38,31 @@ def _serve_supervised(tmp_path: Path, sandbox: Sandbox, *stand_in: str) -> list[
     subprocess.Popen(command, start_new_session=True)
     sandbox.wait_ready()
     return command
+
+
+def _signalled(tmp_path: Path) -> int | None:
+    """The pid a "signalled" crash marker names (a server that got our stop and still runs)."""
+    path = tmp_path / "state" / MARKER
+    if not path.exists():
+        return None
+    body = json.loads(path.read_text())
+    return body["influxd"]["pid"] if "signalled_at" in body else None
+
+
+def _gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def _under(
+    tmp_path: Path, sandbox: Sandbox, pidfile: Path, stand_in: str, linger: str, stop_timeout: str
+) -> Path:
+    """3,000 points, the server under a stand-in supervisor lingering that long after SIGTERM,
+    and a config controlling it through its pidfile with that stop_timeout."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 3_000)
+    command = _serve_supervised(tmp_path, sandbox, stand_in, str(pidfile), linger)
+    influxd = {"pidfile": str(pidfile), "command": command, "stop_timeout": stop_timeout}
+    return write_config(tmp_path, sandbox, influxd=influxd)
 
 
 @pytest.fixture
@@ -74,7 +100,10 @@ def test_a_server_ignoring_sigterm_keeps_serving_and_nothing_is_copied(
     assert record["archive"] is None
     assert int(pidfile.read_text()) == supervisor and psutil.pid_exists(supervisor)
     assert sandbox.ping(), "influxd serves on: never killed, never doubled"
-    assert not (tmp_path / "state" / MARKER).exists()
+    # it got the SIGTERM: watched (started again should it exit late), never said to be down
+    assert _signalled(tmp_path) == supervisor
+    status = json.loads(run_cli(config, "status", "--json").stdout)
+    assert status["influxd_down"] is None, status["influxd_down"]
     assert not list((tmp_path / "archives").glob("*.tar*"))
     lost_points, lost = ledger.settle()
     assert lost_points == 0 and lost == []
@@ -84,14 +113,7 @@ def test_a_server_ignoring_sigterm_keeps_serving_and_nothing_is_copied(
 def test_a_server_exiting_after_stop_timeout_is_started_again_once_it_is_gone(
     tmp_path: Path, sandbox: Sandbox, ledger: Ledger, pidfile: Path
 ) -> None:
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 3_000)
-    command = _serve_supervised(tmp_path, sandbox, "slow_exit_supervisor.py", str(pidfile), "8")
-    config = write_config(
-        tmp_path,
-        sandbox,
-        influxd={"pidfile": str(pidfile), "command": command, "stop_timeout": "2s"},
-    )
+    config = _under(tmp_path, sandbox, pidfile, "slow_exit_supervisor.py", "8", "2s")
     ledger.take()
     first = int(pidfile.read_text())
     started = time.monotonic()
@@ -138,5 +160,72 @@ def test_a_restore_whose_stop_outlasts_stop_timeout_starts_the_server_again(
     assert sandbox.ping(), "influxd left down after the restore returned"
     assert [p for p in sandbox.pids() if p != first], "a new server runs"
     assert not (tmp_path / "state" / MARKER).exists()
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault(
+    "no-stop", "influxd refuses to stop", "serves past stop_timeout, exits later: next command"
+)
+@pytest.mark.parametrize("command", ["backup", "restore"])
+def test_a_server_serving_past_stop_timeout_that_exits_later_is_started_by_the_next_command(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, pidfile: Path, command: str
+) -> None:
+    """Before: the run (or the restore's rollback) saw the server still answering, cleared the
+    crash marker and returned; when that server's shutdown ended later, nothing started it and
+    no command said it was down."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 3_000)
+    served = _serve_supervised(tmp_path, sandbox, "late_exit_supervisor.py", str(pidfile), "6")
+
+    def config(stop_timeout: str) -> Path:
+        influxd = {"pidfile": str(pidfile), "command": served, "stop_timeout": stop_timeout}
+        return write_config(tmp_path, sandbox, influxd=influxd)
+
+    args = ["backup", "--json"]
+    if command == "restore":
+        backup = run_cli(config("60s"), "backup", "--json")
+        assert backup.returncode == 0, backup.stderr[-3000:]
+        args = ["restore", json.loads(backup.stdout)["id"], "--yes"]
+    ledger.take()
+    first = int(pidfile.read_text())
+    done = run_cli(config("2s"), *args)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "stop_timeout" in done.stdout + done.stderr
+    assert sandbox.ping() and _signalled(tmp_path) == first, "left serving, and watched"
+    wait_until(lambda: _gone(first), 60, "the late end of its shutdown")
+    assert not sandbox.ping()
+    # now influxd is down: every command says so, the next one taking the lock starts it
+    told = run_cli(config("2s"), "status")
+    assert "not started again" in told.stderr + told.stdout, told.stderr
+    prune = run_cli(config("2s"), "prune", "--dry-run")
+    assert prune.returncode == 0, prune.stderr[-3000:]
+    assert sandbox.ping(), "started again by the next command"
+    assert not (tmp_path / "state" / MARKER).exists()
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault(
+    "no-stop", "influxd refuses to stop", "serves past stop_timeout, exits later: the daemon"
+)
+def test_the_daemon_starts_a_server_that_exits_long_after_the_stop_it_outlasted(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, pidfile: Path
+) -> None:
+    """No command runs after the failed backup: the daemon alone sees the late exit."""
+    config = _under(tmp_path, sandbox, pidfile, "late_exit_supervisor.py", "8", "2s")
+    ledger.take()
+    first = int(pidfile.read_text())
+    done = run_cli(config, "backup", "--json")
+    assert done.returncode == 1 and json.loads(done.stdout)["status"] == "failed", done.stderr
+    assert sandbox.ping() and _signalled(tmp_path) == first
+    with daemon(tmp_path, config) as d:
+        d.wait_event("daemon.ready", 120)
+        assert not _gone(first), "the daemon was up before the late exit (linger too short?)"
+        wait_until(lambda: _gone(first), 60, "the late end of its shutdown")
+        wait_until(sandbox.ping, 60, "the daemon starting influxd after the late exit")
+        wait_until(lambda: not (tmp_path / "state" / MARKER).exists(), 30, "the marker cleared")
+        assert [p for p in sandbox.pids() if p != first], "a new server runs"
+        assert d.stop() == 0
     lost_points, lost = ledger.settle()
     assert lost_points == 0 and lost == []

@@ -154,7 +154,9 @@ def test_influxd_ignoring_sigterm_is_left_running_and_nothing_is_copied(
         assert _archives(tmp_path) == [], "no archive and no partial file"
         assert psutil.pid_exists(supervisor.pid)
         assert sandbox.ping(), "influxd keeps serving"
-        assert not (tmp_path / "state" / "influxd-stopped.json").exists()
+        # it got the SIGTERM: watched by a "signalled" marker, started again if it exits late
+        marker = json.loads((tmp_path / "state" / "influxd-stopped.json").read_text())
+        assert marker["influxd"]["pid"] == supervisor.pid and "signalled_at" in marker, marker
     finally:
         supervisor.send_signal(signal.SIGUSR1)
         supervisor.wait(timeout=30)

@@ -64,6 +64,7 @@ TICK = 1.0  # seconds between main-loop ticks
 # The metrics file's heartbeat: rewritten at least this often, so that an alert can tell a dead
 # daemon (heartbeat older than a few minutes) from a quiet one.
 METRICS_EVERY = 30.0
+SIGNALLED_LOOK_S = 2.0  # how often a signalled, still running influxd is looked at
 STALL = 30.0  # a main loop silent this long is hung: the watchdog stops pinging
 EXTEND_EVERY = 10.0  # while a stop waits for a run: ask systemd for EXTEND_BY more this often
 EXTEND_BY = 60.0
@@ -462,12 +463,18 @@ class Daemon:
         """After a run (or a failed recovery): a crash marker left means influxd is down, and
         the worker tries to start it between jobs until it runs."""
         left = CrashMarker(self.config.state_dir).read()
-        if left is not None and CrashMarker.never_stopped(left):
-            left = None  # a run killed before its stop: influxd runs; the next run clears it
+        if left is not None and CrashMarker.signalled_runs(left):
+            # a server that got a run's stop and outlasted stop_timeout: looked at every few
+            # seconds, and started again (by recovery) should it exit late
+            self._next_start = time.time() + SIGNALLED_LOOK_S
+            left = None
+        elif not CrashMarker.may_be_down(left):
+            # none, or a run killed before its stop: influxd runs; the next run clears it
+            self._next_start, left = None, None
         if left is None:
             if self._down_note is not None:
                 self._log.warning("daemon.influxd_running_again")
-            self._next_start, self._down_note = None, None
+            self._down_note = None
             return
         failures = left.get("start_failures")
         failures = failures if isinstance(failures, int) else 0
@@ -484,6 +491,10 @@ class Daemon:
     def _start_influxd(self) -> None:
         """One start attempt under the backup lock (recovery does it), between jobs."""
         self._next_start = None
+        left = CrashMarker(self.config.state_dir).read()
+        if left is not None and CrashMarker.signalled_runs(left):
+            self._next_start = time.time() + SIGNALLED_LOOK_S  # still runs: nothing to start
+            return
         try:
             with exclusive(self.config, start_attempts=1):
                 pass
@@ -858,6 +869,8 @@ class Daemon:
         except InfluxdError as exc:
             self._log.error("daemon.recovery_failed", error=str(exc))
             self._note_left_down(str(exc))
+        else:
+            self._note_left_down()  # a server a dead run signalled, still running: watched
 
 
 def run_daemon(config: Config, level: str) -> int:

@@ -184,13 +184,21 @@ def _running_again(
 ) -> None:
     """After a stop was asked, whatever happened since: make sure influxd serves again.
 
-    A server that never stopped (it ignored SIGTERM past stop_timeout) and still answers is
-    left as it is; one still shutting down is waited for, then started.
+    A server that never stopped (its shutdown outlasted stop_timeout) and still answers is
+    left as it is, and watched: the marker stays "signalled" so that it is started again if it
+    exits later. One still shutting down is waited for, then started.
     """
     proc = server.locate()
     if proc is not None and server.answers_itself(proc.pid):
-        logger.warning("influxd.still_running", phase="start", pid=proc.pid)
-        marker.clear()
+        watched = marker.signalled(process_identity(proc))
+        logger.warning(
+            "influxd.still_running",
+            phase="start",
+            pid=proc.pid,
+            detail="it got the stop and still serves; started again if it exits late"
+            if watched
+            else "it was not stopped by this run",
+        )
         return
     if proc is not None and server.frozen(proc):
         # stop() never signals a frozen process: it was not stopped by us, nothing to start

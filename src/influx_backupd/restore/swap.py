@@ -182,19 +182,22 @@ def live_dirs_swapped(
                 server.stop()  # past the stop, a running influxd is the (half-)restored one
             roll_back(swaps)
             left = server.locate()
-            if was_running and (
-                left is None or not (server.answers_itself(left.pid) or server.frozen(left))
-            ):
+            if left is not None and server.answers_itself(left.pid):
+                # its stop outlasted stop_timeout and it still serves the previous data: left
+                # as it is, watched (started again should it exit late)
+                marker.signalled(process_identity(left))
+            elif was_running and (left is None or not server.frozen(left)):
                 # the previous data must serve again: retried with backoff until it does. A
                 # server still shutting down (its stop outlasted stop_timeout) is waited for
-                # by start_until_up, then started; one that ignored the SIGTERM and answers,
-                # or a frozen one (never signalled), is left as it is
+                # by start_until_up, then started; a frozen one (never signalled) is left
                 if left is not None:
                     logger.warning("influxd.still_stopping", phase="start", pid=left.pid)
                 server.start_until_up(
                     config.state_dir / "influxd.log", on_failure=marker.note_failed_start
                 )
-            marker.clear()  # only once the old server runs again: else the next command retries
+                marker.clear()  # only once the old server runs again: else the next one retries
+            else:
+                marker.clear()
         raise RestoreFailed(f"restore failed ({exc}); the previous data was put back") from None
     marker.clear()
 

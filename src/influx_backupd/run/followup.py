@@ -60,7 +60,7 @@ def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None =
         catalog.list() if exists else [],
         counters=catalog.counters() if exists else None,
         daemon=daemon,
-        left_down=CrashMarker(config.state_dir).read() is not None,
+        left_down=CrashMarker.may_be_down(CrashMarker(config.state_dir).read()),
         offsite=offsite.figures(config, catalog) if exists else None,
     )
     try:

@@ -97,6 +97,20 @@ def recover(
         )
         marker.clear()
         left = None
+    # A server that got a run's stop and outlasted stop_timeout: while it serves it is left
+    # alone, the marker kept (started again should it exit late); one still shutting down is
+    # waited for and started below
+    if (
+        left is not None
+        and CrashMarker.signalled_runs(left)
+        and Influxd(config).answers_itself(CrashMarker.named_pid(left))
+    ):
+        logger.info(
+            "recovery.influxd_signalled_serving",
+            run_id=left.get("run_id"),
+            pid=CrashMarker.named_pid(left),
+        )
+        left = None
     if left is not None:
         server = Influxd(config)
         run_id = left.get("run_id")
@@ -130,7 +144,7 @@ def recover(
                     run_id=run_id,
                     start_s=round(time.monotonic() - started, 3),
                 )
-        if not_started is None:
+        if not_started is None and not CrashMarker.signalled_runs(left):
             marker.clear()
     storage = config.storage_dir
     if storage.is_dir():
@@ -224,8 +238,9 @@ def left_stopped(config: Config) -> dict[str, Any] | None:
     process holds the lock (it is retrying: its pid is under "lock_holder"). None when there is
     none, or a live run owns it and nothing has failed (its stop window)."""
     left = CrashMarker(config.state_dir).read()
-    if left is None or CrashMarker.never_stopped(left):
-        # never_stopped: a run killed before its stop; the next lock-taking command clears it
+    if left is None or not CrashMarker.may_be_down(left):
+        # a run killed before its stop (the next lock-taking command clears it), or a server
+        # that got a stop and still runs (watched)
         return None
     if lock_held(config.state_dir):
         if not left.get("start_failures"):

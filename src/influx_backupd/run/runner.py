@@ -96,7 +96,7 @@ def influxd_left_down(config: Config, record: RunRecord) -> bool:
     say so loudly (MESSAGE_ID influxd_left_down); the crash marker makes the next command that
     takes the lock try again."""
     left = CrashMarker(config.state_dir).read()
-    if left is None:
+    if left is None or not CrashMarker.may_be_down(left):
         return False
     log.get(run_id=record.id, job=record.job).critical(
         "influxd.left_down",

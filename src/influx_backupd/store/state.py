@@ -3,6 +3,8 @@
 The lock is flock(2): the kernel drops it when its holder dies, so a stale lock never blocks.
 The marker says "influxd was stopped by run X": written before the stop, removed after the start.
 A marker found by whoever takes the lock next was left by a process that died with influxd down.
+A server that got our SIGTERM and outlasted stop_timeout still serving keeps a "signalled"
+marker for SIGNALLED_WATCH_S: should it exit late, nothing else would start it again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from influx_backupd.core import alarms
 from influx_backupd.core.atomic import fsync_dir, replace_json
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
 from influx_backupd.core.jsontext import loads_json
+
+# How long a server that got our stop signal and still runs is watched: influxd 1.x ends its own
+# shutdown by force 30 s after SIGTERM; an exit later than this is not taken as ours.
+SIGNALLED_WATCH_S = 900.0
 
 
 class Busy(BackupdError):
@@ -163,23 +169,67 @@ class CrashMarker:
             return {"run_id": None}
         return data if isinstance(data, dict) else {"run_id": None}
 
+    def signalled(self, influxd: tuple[int, float] | None) -> bool:
+        """After a stop that outlasted stop_timeout: influxd (pid, create_time) still runs.
+
+        When it is the very server this marker named and its stop was asked, the marker is
+        kept as "signalled" (nothing left to roll back: a restore's swaps are dropped) and True:
+        recovery and the daemon start influxd again should that process exit late. Otherwise
+        (another server runs: someone started one) the marker is cleared and False.
+        """
+        body = self.read()
+        named = body.get("influxd") if body is not None else None
+        if (
+            body is None
+            or influxd is None
+            or body.get("stopping") is not True
+            or not _same_process(named, influxd)
+        ):
+            self.clear()
+            return False
+        self._write(
+            {
+                "run_id": body.get("run_id"),
+                "job": body.get("job"),
+                "pid": os.getpid(),
+                "written_at": body.get("written_at"),
+                "influxd": named,
+                "stopping": True,
+                "signalled_at": time.time(),
+            }
+        )
+        return True
+
     @staticmethod
     def never_stopped(body: dict[str, Any]) -> bool:
         """The marker's writer died before asking influxd to stop: the very server it named
         (same pid, same create_time: not a reused pid, not a restart) still runs."""
+        return body.get("stopping") is False and _named_runs(body)
+
+    @staticmethod
+    def signalled_runs(body: dict[str, Any]) -> bool:
+        """A "signalled" marker whose server still runs, within SIGNALLED_WATCH_S: influxd was
+        never taken down (yet); it is watched, not started."""
+        at = body.get("signalled_at")
+        if not isinstance(at, int | float) or not time.time() < at + SIGNALLED_WATCH_S:
+            return False
+        return _named_runs(body)
+
+    @staticmethod
+    def may_be_down(body: dict[str, Any] | None) -> bool:
+        """Whether this marker means influxd may be down: not one left before the stop was
+        asked, nor one whose signalled server still runs."""
+        return (
+            body is not None
+            and not CrashMarker.never_stopped(body)
+            and not CrashMarker.signalled_runs(body)
+        )
+
+    @staticmethod
+    def named_pid(body: dict[str, Any]) -> int | None:
         named = body.get("influxd")
-        if body.get("stopping") is not False or not isinstance(named, dict):
-            return False
-        pid, created = named.get("pid"), named.get("create_time")
-        if not isinstance(pid, int) or not isinstance(created, int | float) or pid <= 0:
-            return False
-        try:
-            proc = psutil.Process(pid)
-            return (
-                abs(proc.create_time() - created) <= 0.01 and proc.status() != psutil.STATUS_ZOMBIE
-            )
-        except (psutil.Error, ValueError, OverflowError):
-            return False
+        pid = named.get("pid") if isinstance(named, dict) else None
+        return pid if isinstance(pid, int) and pid > 0 else None
 
     def clear(self) -> None:
         try:
@@ -187,3 +237,30 @@ class CrashMarker:
         except FileNotFoundError:
             return
         fsync_dir(self.path.parent)
+
+
+def _same_process(named: object, identity: tuple[int, float]) -> bool:
+    if not isinstance(named, dict):
+        return False
+    pid, created = named.get("pid"), named.get("create_time")
+    return (
+        pid == identity[0]
+        and isinstance(created, int | float)
+        and abs(created - identity[1]) <= 0.01
+    )
+
+
+def _named_runs(body: dict[str, Any]) -> bool:
+    """The server the marker names (same pid, same create_time: not a reused pid, not a
+    restart) still runs."""
+    named = body.get("influxd")
+    if not isinstance(named, dict):
+        return False
+    pid, created = named.get("pid"), named.get("create_time")
+    if not isinstance(pid, int) or not isinstance(created, int | float) or pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - created) <= 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, ValueError, OverflowError):
+        return False

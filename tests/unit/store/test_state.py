@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from influx_backupd.store import state
 from influx_backupd.store.state import BackupLock, Busy, CrashMarker, process_identity
 
 HOLD = """
@@ -81,3 +82,48 @@ def test_a_marker_tells_a_run_killed_before_it_asked_for_the_stop(tmp_path: Path
     marker.write("r2", influxd=None)  # nothing was running to stop
     body = marker.read()
     assert body is not None and not CrashMarker.never_stopped(body)
+
+
+def test_a_signalled_marker_watches_only_the_server_it_stopped_and_only_for_a_while(
+    tmp_path: Path,
+) -> None:
+    """After a stop that outlasted stop_timeout, the server that got it and still runs keeps a
+    "signalled" marker (not "down"); another server, a stop never asked, or a watch past
+    SIGNALLED_WATCH_S is not ours to start."""
+    me = psutil.Process()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        marker = CrashMarker(tmp_path)
+        marker.write("r1", kind="restore", swaps=[["a", "b", "c"]], influxd=process_identity(me))
+        assert not marker.signalled(process_identity(me)), "the stop was never asked"
+        assert marker.read() is None
+
+        marker.write("r2", job="nightly", influxd=process_identity(me))
+        marker.stopping()
+        assert not marker.signalled(process_identity(psutil.Process(sleeper.pid)))
+        assert marker.read() is None, "another server runs: not ours, cleared"
+
+        marker.write(
+            "r3",
+            job="nightly",
+            kind="restore",
+            swaps=[["a", "b", "c"]],
+            influxd=process_identity(psutil.Process(sleeper.pid)),
+        )
+        marker.stopping()
+        assert marker.signalled(process_identity(psutil.Process(sleeper.pid)))
+        body = marker.read()
+        assert body is not None and body["run_id"] == "r3" and body["job"] == "nightly"
+        assert "swaps" not in body and "kind" not in body, "nothing left to roll back"
+        assert CrashMarker.signalled_runs(body) and not CrashMarker.may_be_down(body)
+        assert not CrashMarker.never_stopped(body)
+
+        stale = {**body, "signalled_at": time.time() - state.SIGNALLED_WATCH_S - 1}
+        assert not CrashMarker.signalled_runs(stale) and CrashMarker.may_be_down(stale)
+        sleeper.kill()
+        sleeper.wait()
+        assert not CrashMarker.signalled_runs(body), "it exited: down, to be started"
+        assert CrashMarker.may_be_down(body)
+    finally:
+        sleeper.kill()
+        sleeper.wait()

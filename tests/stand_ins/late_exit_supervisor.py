@@ -1,0 +1,38 @@
+"""Stand-in for an influxd that still serves well after SIGTERM, then exits: a supervisor.
+
+On SIGTERM it lets the real influxd behind it go on answering /ping for LINGER seconds, then
+stops it and exits: a shutdown slower than stop_timeout that keeps the HTTP service up to the
+end. The real influxd closes its listeners early and forces its own exit 30 s after SIGTERM, so
+it cannot be made to do this on demand; this wrapper (its pid in the pidfile) is what the backup
+tool sees as "influxd" and signals.
+
+usage: late_exit_supervisor.py PIDFILE LINGER INFLUXD_ARGV...
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+pidfile, linger, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+child = subprocess.Popen(argv)
+asked_at: float | None = None
+
+
+def on_term(_signum: int, _frame: object) -> None:
+    global asked_at
+    if asked_at is None:
+        asked_at = time.monotonic()
+
+
+signal.signal(signal.SIGTERM, on_term)
+with open(pidfile, "w") as fh:
+    fh.write(f"{os.getpid()}\n")
+while child.poll() is None:
+    if asked_at is not None and time.monotonic() - asked_at >= linger:
+        child.terminate()
+        child.wait()
+        break
+    time.sleep(0.1)
+sys.exit(0)
