@@ -317,3 +317,31 @@ def test_09_a_shard_file_missing_from_the_snapshot_fails(chain09: Chain09) -> No
     assert result["checks"]["manifest"] == "failed"
     assert result["checks"]["restore_test"] == "failed", "the restored files miss it too"
     assert any("db/default/2 was not restored" in e for e in result["errors"]), result["errors"]
+
+
+def test_a_server_keeping_its_own_statistics_restore_tests_ok(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Debian's influxdb keeps _internal (the monitor store is on by default); `influxd restore
+    -portable` skips it. Before: every hot backup of such a server failed its restore test
+    ("databases missing after restore: _internal"), and the chain's later links with it."""
+    sandbox.stop()
+    sandbox.conf.write_text(
+        sandbox.conf.read_text().replace(
+            "store-enabled = false", 'store-enabled = true\n  store-interval = "1s"'
+        )
+    )
+    sandbox.start()
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    deadline = time.monotonic() + 30
+    while "_internal" not in json.dumps(sandbox.query("SHOW DATABASES")):
+        assert time.monotonic() < deadline, "the monitor store never wrote _internal"
+        time.sleep(0.2)
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[{"name": "hotjob", "mode": "hot"}]))
+    backup = cli("backup", "--json")
+    assert backup.returncode == 0, backup.stderr[-3000:]
+    done = cli("verify", json.loads(backup.stdout)["id"], "--restore-test", "--json")
+    [result] = json.loads(done.stdout)
+    assert done.returncode == 0, result
+    assert result["checks"]["restore_test"].startswith("ok"), result["checks"]

@@ -41,12 +41,17 @@ def _query(
         raise FiguresError(str(exc)) from None
 
 
+# influxd's own monitoring database: the server's, not the user's. Left out of the figures,
+# and `influxd restore -portable` skips it ("Meta info not found … Skipping shard").
+INTERNAL = "_internal"
+
+
 def databases(
     url: str, timeout: float = 10.0, *, credentials: Credentials | None = None
 ) -> list[str]:
     series = _query(url, "SHOW DATABASES", None, timeout, credentials)
     rows = (series[0].get("values") or []) if series else []
-    return sorted(str(row[0]) for row in rows if row and row[0] != "_internal")
+    return sorted(str(row[0]) for row in rows if row and row[0] != INTERNAL)
 
 
 def point_count(

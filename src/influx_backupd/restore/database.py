@@ -130,7 +130,7 @@ def database_name_problem(name: str, *, target: bool) -> str | None:
     """Why a database name cannot be restored (target: the name it is restored as), or None."""
     if not name:
         return "empty: name a database of the backup"
-    if name == "_internal":
+    if name == counts.INTERNAL:
         return "influxd's own statistics database is not restored"
     if not valid_database_name(name):
         return "not a name influxd accepts (no '/', '\\', control characters, '.' or '..')"

@@ -70,7 +70,7 @@ from influx_backupd.core.errors import BackupdError, HotFailed, RestoreFailed, R
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
-from influx_backupd.influxd import influxql
+from influx_backupd.influxd import counts, influxql
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd import tombstones as influxd_tombstones
 from influx_backupd.influxd.influxql import ident, values
@@ -782,7 +782,7 @@ def _restore_each_link(
         # The merge only adds: a database dropped between the full and the newest link came
         # back with the full. The newest link's meta names the databases the server had then.
         kept = newest_meta_databases(links[-1].path)
-        gone = sorted(set(_databases(url)) - kept - {"_internal"})
+        gone = sorted(set(_databases(url)) - kept - {counts.INTERNAL})
         for db in gone:
             q(f"DROP DATABASE {ident(db)}")
         if gone:
@@ -905,7 +905,7 @@ def _clear_databases(url: str, logger: Logger) -> list[tuple[str, str, str]]:
         if not admin:
             for db, privilege in values(_query(url, f"SHOW GRANTS FOR {ident(user)}", None)):
                 grants.append((user, str(db), str(privilege)))
-    dropped = [db for db in _databases(url) if db != "_internal"]
+    dropped = [db for db in _databases(url) if db != counts.INTERNAL]
     for db in dropped:  # their files are in the rollback dirs, not here
         _query(url, f"DROP DATABASE {ident(db)}", None)
     logger.info("restore.accounts_kept", users=len(users), grants=len(grants), dropped=dropped)
