@@ -474,6 +474,67 @@ def test_daemon_runs_at_low_priority_and_influxd_at_normal(box: Container) -> No
     assert box.sh(f"ps -o ni= -p {influxd}").stdout.strip() == "0"
 
 
+RUNUSER_INFLUXD = (
+    'command = ["/usr/sbin/runuser", "-u", "influxdb", "--", '
+    '"/usr/bin/influxd", "-config", "/etc/influxdb/influxdb.conf"]'
+)
+
+
+def test_an_influxd_the_daemon_starts_itself_outlives_the_daemon(box: Container) -> None:
+    """[influxd] command under the unit. Before: the influxd the daemon started lived in the
+    daemon's cgroup (as root) and `systemctl stop influx-backupd` SIGKILLed it (KillMode=mixed),
+    with no crash marker; and a command dropping to the influxdb user failed inside the unit's
+    sandbox ("runuser: cannot set groups") after influxd had been stopped."""
+    box.sh("systemctl stop influxdb.service && touch /root/before-command")
+    box.sh(
+        "systemd-run --unit=byhand -p User=influxdb "
+        "/usr/bin/influxd -config /etc/influxdb/influxdb.conf"
+    )
+    try:
+        box.wait("influxd started by hand", lambda: count(box, "m") > 0)
+        before = {str(r["id"]) for r in runs(box)}
+        box.write(
+            "/etc/influx-backupd/config.toml",
+            QUICK.replace('service = "influxdb.service"', RUNUSER_INFLUXD),
+        )
+        box.sh(f"systemctl reload {UNIT}")
+        box.wait(
+            "an ok run with the command",
+            lambda: any(r["status"] == "ok" for r in runs(box) if str(r["id"]) not in before),
+            timeout=120,
+        )
+        # the conf is in both argvs (runuser's and influxd's): influxd is the one running as
+        # influxdb; the wait lets a run that started meanwhile finish its start
+        box.wait(
+            "influxd answering after the runs",
+            lambda: "influxdb" in box.sh("ps -o user= -C influxd", check=False).stdout,
+        )
+        box.write(
+            "/etc/influx-backupd/config.toml",
+            IDLE.replace('service = "influxdb.service"', RUNUSER_INFLUXD),
+        )
+        box.sh(f"systemctl reload {UNIT}")
+        box.wait("the daemon idle", lambda: hourly(box))
+        pid = box.sh("pgrep -x -u influxdb influxd").stdout.split()
+        assert len(pid) == 1, pid
+        cgroup = box.sh(f"cat /proc/{pid[0]}/cgroup").stdout
+        assert "influx-backupd-influxd-" in cgroup and UNIT not in cgroup, cgroup
+        assert box.sh(f"ps -o ni= -p {pid[0]}").stdout.strip() == "0"
+        box.sh(f"systemctl stop {UNIT}")
+        assert box.sh(f"kill -0 {pid[0]}", check=False).returncode == 0, "killed with the daemon"
+        assert count(box, "m") > 0, "influxd answers after the daemon stopped"
+        # nothing influxd wrote since belongs to root
+        owned = box.sh(
+            "find /var/lib/influxdb -newer /root/before-command ! -user influxdb -print"
+        ).stdout.split()
+        assert owned == [], owned
+    finally:
+        box.sh("pkill -TERM -x influxd; while pgrep -x influxd >/dev/null; do sleep 0.1; done")
+        box.sh("systemctl reset-failed byhand.service", check=False)
+        box.write("/etc/influx-backupd/config.toml", QUICK)
+        box.sh(f"systemctl start influxdb.service && systemctl restart {UNIT}")
+
+
 # -- stopping, killing, freezing -------------------------------------------------------------------
 
 

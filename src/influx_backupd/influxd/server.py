@@ -1,11 +1,15 @@
 """The InfluxDB server as one object: locate, stop, start, wait until ready, who holds its files.
 
-Through systemctl when it is a systemd unit, else through signals and a detached start.
+Through systemctl when it is a systemd unit, else through signals and a detached start. Under
+a systemd service of our own (the daemon's unit, a timer's oneshot), a detached start would
+still leave influxd in our cgroup and sandbox: stopping our unit would kill it, and a command
+that drops privileges could not; there it is started as a transient unit of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -224,6 +228,11 @@ class Influxd:
             return f"influxd.command: {exe} is not a file"
         if not os.access(path, os.X_OK):
             return f"influxd.command: {exe} is not executable"
+        if in_systemd_service() and shutil.which("systemd-run") is None:
+            return (
+                "influxd.command: under a systemd service influxd is started with systemd-run "
+                "(in a unit of its own), which is not found in PATH"
+            )
         conf = self.config.server.conf
         if not names_conf(command, conf):
             named = [a for a in command if a.endswith(".conf") or a.startswith("-config")]
@@ -314,11 +323,18 @@ class Influxd:
         open."""
         return ping_headers(self.config.url, timeout, self.config.credentials) is not None
 
-    def wait_ready(self, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    def wait_ready(
+        self,
+        timeout: float,
+        proc: subprocess.Popen[bytes] | psutil.Process | None = None,
+        *,
+        where: str = "",
+    ) -> None:
         """Until influxd answers /ping, up to timeout. An answer counts only while the server
         started (proc, the unit's main process, or the one running our influxdb.conf) is the one
         listening on its port: another process on that port answers 204 as well, while influxd
-        fails to bind it and exits, and a start taken as done would leave it down."""
+        fails to bind it and exits, and a start taken as done would leave it down. where: what
+        the exit message adds (the transient unit whose journal says why)."""
         deadline = time.monotonic() + timeout
         impostor = False
         while time.monotonic() < deadline:
@@ -326,10 +342,11 @@ class Influxd:
                 if self._listening_itself(proc.pid if proc is not None else self._started_pid()):
                     return
                 impostor = True
-            if proc is not None and proc.poll() is not None:
+            status = _exit_status(proc) if proc is not None else None
+            if status is not None:
                 raise StartFailed(
-                    f"influxd exited with status {proc.returncode} before answering "
-                    f"{self.config.url}/ping" + (self._impostor_note() if impostor else "")
+                    f"influxd exited{status} before answering {self.config.url}/ping{where}"
+                    + (self._impostor_note() if impostor else "")
                 )
             time.sleep(0.1 if impostor else 0.02)
         raise StartFailed(
@@ -431,6 +448,9 @@ class Influxd:
             self.wait_ready(timeout)
             return
         assert self.section.command
+        if in_systemd_service():
+            self._start_own_unit(self.section.command, log_path, timeout)
+            return
         log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             # Its own session: influxd must outlive us and never get our terminal's signals.
@@ -457,6 +477,60 @@ class Influxd:
             self._started = psutil.Process(child.pid)
         self.wait_ready(timeout, child)
         self._remember(child.pid)
+
+    def _start_own_unit(self, command: list[str], log_path: Path | None, timeout: float) -> None:
+        """The command as a transient service (systemd-run): outside our unit's cgroup, so that
+        stopping or restarting influx-backupd never kills it (KillMode), and outside our
+        sandbox (no capability bounding set: runuser can drop to the influxdb user)."""
+        unit = transient_unit(self.config.server.conf)
+        # one that failed earlier stays loaded under that name until reset (none: an error)
+        with suppress(InfluxdError):
+            self._systemctl("reset-failed", unit, timeout=30)
+        argv = [
+            "systemd-run",
+            f"--unit={unit}",
+            "--collect",
+            "--quiet",
+            f"--description=influxd for {self.config.server.conf} (started by influx-backupd)",
+            f"--property=UMask={INFLUXD_UMASK:04o}",
+            *(f"--setenv={k}={v}" for k, v in os.environ.items() if k.startswith("INFLUXDB_")),
+        ]
+        if log_path is not None:
+            # made here, private (systemd would create it with the unit's umask), then appended to
+            with suppress(OSError):
+                os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+            argv += [f"--property=Standard{out}=append:{log_path}" for out in ("Output", "Error")]
+        try:
+            done = subprocess.run(
+                [*argv, "--", *command],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                preexec_fn=child_preexec(),
+            )
+        except subprocess.TimeoutExpired:
+            raise StartFailed(f"systemd-run did not start unit {unit} in {timeout:.0f}s") from None
+        except OSError as exc:
+            raise StartFailed(f"cannot run systemd-run: {exc.strerror or exc}") from None
+        where = f" (unit {unit}: `journalctl -u {unit}`)"
+        if done.returncode != 0:
+            detail = (done.stderr or done.stdout).strip().splitlines()
+            raise StartFailed(
+                f"systemd-run could not start {command[0]}{where}: "
+                + (detail[-1] if detail else f"status {done.returncode}")
+            )
+        try:
+            pid = int(self._systemctl("show", "-p", "MainPID", "--value", unit, timeout=30) or 0)
+        except (InfluxdError, ValueError):
+            pid = 0
+        proc = self._remember(pid)
+        if proc is None:
+            raise StartFailed(f"influxd exited at once{where}")
+        if self.section.pidfile is not None:
+            _write_pidfile(self.section.pidfile, proc.pid)
+        self._started = proc
+        self.wait_ready(timeout, proc, where=where)
 
     def start_until_up(
         self,
@@ -574,6 +648,31 @@ def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
         except psutil.TimeoutExpired:
             if time.monotonic() >= deadline:
                 return False
+
+
+def in_systemd_service() -> bool:
+    """Whether we run inside a systemd service (systemd sets INVOCATION_ID for its processes):
+    whatever we start stays in its cgroup and sandbox."""
+    return bool(os.environ.get("INVOCATION_ID")) and os.path.isdir("/run/systemd/system")
+
+
+def transient_unit(conf: Path) -> str:
+    """The unit an influxd started under systemd runs in: one name per influxdb.conf."""
+    digest = hashlib.sha256(str(conf.resolve()).encode()).hexdigest()[:12]
+    return f"influx-backupd-influxd-{digest}.service"
+
+
+def _exit_status(proc: subprocess.Popen[bytes] | psutil.Process) -> str | None:
+    """None while proc runs; once it has exited, words for how (" with status N" for a child
+    of ours, "" for a process we cannot reap)."""
+    if isinstance(proc, subprocess.Popen):
+        code = proc.poll()
+        return None if code is None else f" with status {code}"
+    try:
+        running = proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        running = False
+    return None if running else ""
 
 
 def _write_pidfile(path: Path, pid: int) -> None:
