@@ -386,6 +386,38 @@ def test_check_config_warns_about_a_path_the_unit_cannot_write(box: Container) -
     ) in out, out
 
 
+def test_a_storage_dir_the_unit_cannot_write_is_said_at_start_and_by_each_run(
+    box: Container,
+) -> None:
+    """Before: the daemon said READY and each run failed with "[Errno 30] Read-only file
+    system: '/srv/ib'", naming neither storage.dir nor ReadWritePaths=."""
+    start = cursor(box)
+    before = {str(r["id"]) for r in runs(box)}
+    box.write("/etc/influx-backupd/config.toml", QUICK.replace("/var/backups/influxdb", "/srv/ib"))
+    try:
+        box.sh(f"systemctl reload {UNIT}")
+        box.wait(
+            "a failed run",
+            lambda: any(r["status"] == "failed" for r in runs(box) if str(r["id"]) not in before),
+        )
+        failed = next(
+            r for r in runs(box) if str(r["id"]) not in before and r["status"] == "failed"
+        )
+        assert str(failed["error"]).startswith("storage.dir /srv/ib: Read-only file system; "), (
+            failed
+        )
+        assert "ReadWritePaths=" in str(failed["error"]), failed
+        said = [
+            e["MESSAGE"]
+            for e in journal_since(box, start, f"_SYSTEMD_UNIT={UNIT}")
+            if e.get("EVENT") == "config.warning"
+        ]
+        assert any("storage.dir: /srv/ib would not be writable" in m for m in said), said
+    finally:
+        box.write("/etc/influx-backupd/config.toml", QUICK)
+        box.sh(f"systemctl reload {UNIT}")
+
+
 def test_the_package_carries_offsite_and_notifications(box: Container) -> None:
     """[offsite] and [notify] work from the package alone: their libraries are in its venv."""
     box.sh("/opt/influx-backupd/bin/python -c 'import boto3, pyrage, apprise'")

@@ -9,6 +9,7 @@ most specific path rule wins.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from dataclasses import dataclass
@@ -146,13 +147,40 @@ def warnings(config: Config, sandbox: Sandbox | None = None, unit: str | None = 
                 f"{w.key}: its directory {w.path} does not exist: no metrics are written "
                 "until it does"
             )
-        if not never_made and not os.access(target, os.W_OK):
-            where = "" if target == w.path.resolve() else f" (it would be made in {target})"
-            found.append(f"{w.key}: {w.path} is not writable{where}")
-        elif sandbox is not None and unit is not None and not sandbox.writable(w.path.resolve()):
+        if sandbox is not None and unit is not None and not sandbox.writable(w.path.resolve()):
+            # first: inside the unit, its sandbox is also why access() says no
             found.append(
                 f"{w.key}: {w.path} would not be writable by {unit} "
                 f"(ProtectSystem={sandbox.protect_system}): add it to ReadWritePaths= "
                 f"with `systemctl edit {unit}`"
             )
+        elif not never_made and not os.access(target, os.W_OK):
+            where = "" if target == w.path.resolve() else f" (it would be made in {target})"
+            found.append(f"{w.key}: {w.path} is not writable{where}")
     return found
+
+
+_REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def explain(config: Config, exc: OSError) -> str:
+    """An OSError of a run, said of the setting that names its path: "[Errno 30] Read-only file
+    system: '/srv/ib'" becomes "storage.dir /srv/ib: Read-only file system", and inside a
+    systemd service, where a read-only path is its sandbox's doing, how to open it up."""
+    if exc.filename is None:
+        return str(exc)
+    path = Path(os.fsdecode(exc.filename))
+    owner = next(
+        (w for w in written_dirs(config) if path == w.path or w.path in path.parents), None
+    )
+    if owner is None:
+        return str(exc)
+    what = exc.strerror or str(exc)
+    text = f"{owner.key} {owner.path}: {what}" + ("" if path == owner.path else f" ({path})")
+    if exc.errno in _REFUSED and os.environ.get("INVOCATION_ID"):
+        unit = unit_for(config.path) or "influx-backupd.service"
+        text += (
+            f"; if the unit's sandbox is why, add it to ReadWritePaths= with "
+            f"`systemctl edit {unit}` (`influx-backupd check-config` lists every such path)"
+        )
+    return text

@@ -38,7 +38,7 @@ from typing import Any
 import psutil
 
 from influx_backupd import __version__
-from influx_backupd.core import log, systemd
+from influx_backupd.core import log, systemd, unit_paths
 from influx_backupd.core.atomic import replace_file
 from influx_backupd.core.cancel import CancelToken
 from influx_backupd.core.config import Config, ConfigError, JobSection, Scheduled, load
@@ -170,6 +170,7 @@ class Daemon:
             self._publish()
             self._write_metrics()
             systemd.ready()
+            self._tell_unwritable()
             self._log.info(
                 "daemon.ready",
                 pid=os.getpid(),
@@ -422,6 +423,7 @@ class Daemon:
         )
         self._publish()
         systemd.ready()
+        self._tell_unwritable()
 
     # -- the worker -------------------------------------------------------------------------
     def _work(self) -> None:
@@ -858,6 +860,12 @@ class Daemon:
                 self._published = state
             except OSError as exc:
                 self._log.warning("state.write_failed", error=str(exc))
+
+    def _tell_unwritable(self) -> None:
+        """At start and reload: a configured dir this process cannot write (the unit's sandbox,
+        a read-only mount) fails every run; said now, once per dir, as check-config says it."""
+        for line in unit_paths.warnings(self.config):
+            self._log.warning("config.warning", detail=line)
 
     def _recover(self) -> None:
         """Whatever a dead predecessor left (influxd down, a partial archive), undone now."""

@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from influx_backupd.core import log
+from influx_backupd.core import log, unit_paths
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
@@ -99,9 +99,12 @@ def run_cold(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
     logger.info("run.started", phase="preflight")
     try:
         _cold(config, job, record, logger)
-    except (JobFailed, InfluxdError, ArchiveError, OSError) as exc:
+    except (JobFailed, InfluxdError, ArchiveError) as exc:
         record.status = "failed"
         record.error = str(exc)
+    except OSError as exc:
+        record.status = "failed"
+        record.error = unit_paths.explain(config, exc)
     except Interrupted as exc:
         record.status = "interrupted"
         record.error = f"interrupted by {exc}"

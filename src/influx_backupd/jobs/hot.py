@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from influx_backupd.core import log
+from influx_backupd.core import log, unit_paths
 from influx_backupd.core.atomic import fsync_dir
 from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.config import Config, Credentials, JobSection
@@ -122,7 +122,7 @@ def run_hot(
         record.error = str(exc)
     except OSError as exc:
         record.status = "failed"
-        record.error = f"hot.io: {exc}"
+        record.error = f"hot.io: {unit_paths.explain(config, exc)}"
     except Interrupted as exc:
         record.status = "interrupted"
         record.error = f"interrupted by {exc}"

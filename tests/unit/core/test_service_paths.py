@@ -159,3 +159,31 @@ def test_a_child_started_inside_normal_priority_runs_at_nice_0() -> None:
     assert seen["after"] == (10, psutil.IOPRIO_CLASS_BE)
     # the main thread was never lowered
     assert os.getpriority(os.PRIO_PROCESS, 0) == 0
+
+
+def test_a_run_error_on_a_configured_path_names_its_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: "[Errno 30] Read-only file system: '/srv/ib'", naming neither storage.dir nor
+    what lets the unit write there."""
+    import errno
+
+    from influx_backupd.core.unit_paths import explain
+
+    storage = tmp_path / "srv" / "ib"
+    config = load(write(tmp_path, storage=storage))
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    refused = OSError(errno.EROFS, "Read-only file system", str(storage))
+    assert explain(config, refused) == f"storage.dir {storage}: Read-only file system"
+    inside = OSError(errno.EACCES, "Permission denied", str(storage / "job-1.tar.partial"))
+    assert explain(config, inside) == (
+        f"storage.dir {storage}: Permission denied ({storage / 'job-1.tar.partial'})"
+    )
+    monkeypatch.setenv("INVOCATION_ID", "0123")
+    assert explain(config, refused).endswith(
+        "; if the unit's sandbox is why, add it to ReadWritePaths= with `systemctl edit "
+        "influx-backupd.service` (`influx-backupd check-config` lists every such path)"
+    )
+    elsewhere = OSError(errno.EROFS, "Read-only file system", "/usr/lib/x")
+    assert explain(config, elsewhere) == str(elsewhere)
+    assert explain(config, OSError(errno.ENOSPC, "No space left")) == "[Errno 28] No space left"
