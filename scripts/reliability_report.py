@@ -49,6 +49,7 @@ CLASSES: dict[str, str] = {
     "term": "SIGTERM mid-command",
     "refusal": "input refused with one line, nothing touched",
     "check": "a check that fails for a reason outside the backup",
+    "intruder": "influxd started by someone else inside the stop window",
 }
 
 

@@ -259,3 +259,43 @@ def test_a_service_that_does_not_exist_is_refused_before_anything_is_stopped(
     lost_points, lost = ledger.settle()
     assert sandbox.pids() == pid and sandbox.ping()
     assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault("intruder", "influxd started by someone else inside the stop window")
+def test_a_server_started_by_someone_else_during_the_copy_fails_the_run(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    """An operator or a supervisor starts influxd while the cold copy runs. Before: the run
+    said ok (no downtime, no start) for files read while a live server wrote them, and its
+    log line said influxd "was not stopped by this run"."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    with open(sandbox.data / "filler.bin", "wb") as fh:  # sparse: the copy lasts seconds
+        fh.truncate(1_500_000_000)
+    config = write_config(tmp_path, sandbox)
+    ledger.take()
+    backup = Watched(config, "backup", "--json")
+    backup.wait_event("archive.writing", phase="copy")
+    other = subprocess.Popen(
+        sandbox.command(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        code, out, err = backup.finish()
+        assert code == 1 and "Traceback" not in err, err[-3000:]
+        record = json.loads(out)
+        assert record["status"] == "failed", record
+        assert f"influxd (pid {other.pid}) was started by something else" in record["error"]
+        assert record["archive"] is None
+        assert not list((tmp_path / "archives").glob("*.tar")), "a torn copy kept"
+        assert sandbox.ping() and other.poll() is None, "the other server is left serving"
+        assert not (tmp_path / "state" / MARKER).exists()
+        (sandbox.data / "filler.bin").unlink()
+        lost_points, lost = ledger.settle()
+        assert lost_points == 0 and lost == []
+    finally:
+        other.terminate()
+        other.wait(60)
+        sandbox.start()

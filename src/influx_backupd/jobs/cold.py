@@ -17,6 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
+import psutil
+
 from influx_backupd.core import log, unit_paths
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
@@ -184,15 +186,26 @@ def _running_again(
     logger: Logger,
     marker: CrashMarker,
     t_stop: float,
-) -> None:
+) -> psutil.Process | None:
     """After a stop was asked, whatever happened since: make sure influxd serves again.
 
     A server that never stopped (its shutdown outlasted stop_timeout) and still answers is
     left as it is, and watched: the marker stays "signalled" so that it is started again if it
-    exits later. One still shutting down is waited for, then started.
+    exits later. One still shutting down is waited for, then started. Returned: a server that
+    answers although the stop completed, started by something else while the files were
+    copied (nothing copied in that window can be trusted).
     """
     proc = server.locate()
     if proc is not None and server.answers_itself(proc.pid):
+        if record.stop_s is not None:
+            marker.clear()
+            logger.error(
+                "influxd.started_by_another",
+                phase="start",
+                pid=proc.pid,
+                detail="influxd was started by something else while the files were copied",
+            )
+            return proc
         watched = marker.signalled(process_identity(proc))
         logger.warning(
             "influxd.still_running",
@@ -200,13 +213,13 @@ def _running_again(
             pid=proc.pid,
             detail="it got the stop and still serves; started again if it exits late"
             if watched
-            else "it was not stopped by this run",
+            else "another influxd answers than the one this run asked to stop",
         )
-        return
+        return None
     if proc is not None and server.frozen(proc):
         # stop() never signals a frozen process: it was not stopped by us, nothing to start
         marker.clear()
-        return
+        return None
     if proc is not None:
         # still shutting down (1.x forces its own hard shutdown after 30 s): start_until_up
         # waits for it to go before it starts another on the same files
@@ -226,6 +239,7 @@ def _running_again(
         start_s=round(record.start_s, 3),
         downtime_s=round(record.downtime_s, 3),
     )
+    return None
 
 
 def _stop_copy_start(
@@ -269,6 +283,7 @@ def _stop_copy_start(
     # Set before the stop is asked: a signal or error from here on must lead to a start.
     stop_requested = True
     result: WriteResult | None = None
+    intruder: psutil.Process | None = None
     try:
         marker.stopping()  # before the event: "stopping" in the log means the stop was asked
         logger.info("influxd.stopping", phase="stop", pid=pid)
@@ -304,7 +319,17 @@ def _stop_copy_start(
     finally:
         if stop_requested:
             with signals_blocked():
-                _running_again(config, server, record, logger, marker, t_stop)
+                intruder = _running_again(config, server, record, logger, marker, t_stop)
+    if intruder is not None:
+        # A live server may have written the files while they were copied: a torn copy that
+        # every check would pass (sizes and sums are of what was read)
+        if result is not None:
+            dest.unlink(missing_ok=True)
+        raise JobFailed(
+            f"influxd (pid {intruder.pid}) was started by something else while the files were "
+            "copied: they may hold its writes, nothing is kept (if a supervisor restarts "
+            "influxd when it stops, name its unit in [influxd] service)"
+        )
 
     if stager is not None:
         # Phase 3, influxd serving again: the tar comes from the staging tree.
