@@ -310,10 +310,9 @@ class Influxd:
                 "systemctl not found; use [influxd] command instead of service"
             ) from None
         if done.returncode != 0:
-            detail = (done.stderr or done.stdout).strip().splitlines()
             raise InfluxdError(
                 f"systemctl {' '.join(args)} failed ({done.returncode}): "
-                + (detail[-1] if detail else "no output")
+                + _last_line(done, "no output")
             )
         return done.stdout
 
@@ -515,10 +514,9 @@ class Influxd:
             raise StartFailed(f"cannot run systemd-run: {exc.strerror or exc}") from None
         where = f" (unit {unit}: `journalctl -u {unit}`)"
         if done.returncode != 0:
-            detail = (done.stderr or done.stdout).strip().splitlines()
             raise StartFailed(
                 f"systemd-run could not start {command[0]}{where}: "
-                + (detail[-1] if detail else f"status {done.returncode}")
+                + _last_line(done, f"status {done.returncode}")
             )
         try:
             pid = int(self._systemctl("show", "-p", "MainPID", "--value", unit, timeout=30) or 0)
@@ -648,6 +646,12 @@ def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
         except psutil.TimeoutExpired:
             if time.monotonic() >= deadline:
                 return False
+
+
+def _last_line(done: subprocess.CompletedProcess[str], otherwise: str) -> str:
+    """What a failed systemctl/systemd-run said last (its reason), or otherwise."""
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return lines[-1] if lines else otherwise
 
 
 def in_systemd_service() -> bool:
