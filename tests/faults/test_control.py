@@ -126,7 +126,9 @@ def test_a_pidfile_naming_another_process_never_gets_it_signalled(
         bystander.wait()
 
 
-@pytest.mark.parametrize("variant", ["forks influxd", "forks and traps SIGTERM"])
+@pytest.mark.parametrize(
+    "variant", ["forks influxd", "forks and traps SIGTERM", "traps SIGTERM, pidfile names it"]
+)
 @pytest.mark.fault("1", "the process found is not the one the config names")
 def test_a_wrapper_that_runs_influxd_as_its_child_gets_influxd_itself_stopped(
     tmp_path: Path, sandbox: Sandbox, ledger: Ledger, variant: str
@@ -149,7 +151,13 @@ def test_a_wrapper_that_runs_influxd_as_its_child_gets_influxd_itself_stopped(
         while not sandbox.ping():
             assert time.monotonic() < deadline, "the wrapped influxd did not come up"
             time.sleep(0.2)
-        config = write_config(tmp_path, sandbox, influxd={"command": command})
+        influxd: dict[str, object] = {"command": command}
+        if "pidfile" in variant:
+            # what `systemd-run`'s MainPID or a start-stop-daemon records: the wrapper's pid
+            pidfile = tmp_path / "influxd.pid"
+            pidfile.write_text(f"{started.pid}\n")
+            influxd["pidfile"] = str(pidfile)
+        config = write_config(tmp_path, sandbox, influxd=influxd)
         ledger.take()
         done = run_cli(config, "backup", "--json")
         lost_points, lost = ledger.settle()

@@ -168,14 +168,22 @@ class Influxd:
                 pid = 0
             found = self._remember(pid)
             # A stale pidfile may name a reused pid: only a process started with our
-            # influxdb.conf is the server the config names.
+            # influxdb.conf is the server the config names. One naming a wrapper (runuser,
+            # a script) leads to the influxd below it.
             if found is not None and self._names_our_conf(found):
-                return found
+                try:
+                    below = [c for c in found.children(recursive=True) if self._names_our_conf(c)]
+                except psutil.Error:
+                    below = []
+                return self._innermost([found, *below]) or found
             self._proc = None
-        candidates = self._all_naming_conf()
-        # A wrapper that runs influxd as its child (`influxd "$@" & wait`) names the conf too:
-        # the server is the one no other of them descends from. A SIGTERM to the wrapper would
-        # end the wrapper alone and leave influxd running on the files being copied.
+        return self._innermost(self._all_naming_conf())
+
+    def _innermost(self, candidates: list[psutil.Process]) -> psutil.Process | None:
+        """Of the processes naming our conf, the one no other of them descends from: a wrapper
+        that runs influxd as its child (`influxd "$@" & wait`, runuser) names the conf too,
+        and a SIGTERM to it would end the wrapper alone (leaving influxd running on the files
+        being copied) or, runuser, end influxd by SIGKILL two seconds later."""
         pids = {p.pid for p in candidates}
         for proc in candidates:
             try:
