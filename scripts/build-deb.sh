@@ -35,6 +35,11 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+# A bad --systemd-version is told now (one line, exit 2), not after the wheels are built.
+for unit in influx-backupd.service influx-backupd@.service; do
+    sh packaging/render-unit.sh "packaging/$unit" /usr/bin ${SYSTEMD_VERSION:+"$SYSTEMD_VERSION"} \
+        >/dev/null || exit $?
+done
 for tool in dpkg-deb fakeroot; do
     command -v "$tool" >/dev/null 2>&1 || {
         echo "build-deb.sh: $tool is missing (apt-get install dpkg-dev fakeroot)" >&2
@@ -108,7 +113,7 @@ mkdir -p "$ROOT/usr/bin"
 ln -s "$PREFIX/bin/influx-backupd" "$ROOT/usr/bin/influx-backupd"
 mkdir -p "$ROOT/lib/systemd/system"
 for unit in influx-backupd.service influx-backupd@.service; do
-    packaging/render-unit.sh "packaging/$unit" /usr/bin $SYSTEMD_VERSION \
+    sh packaging/render-unit.sh "packaging/$unit" /usr/bin ${SYSTEMD_VERSION:+"$SYSTEMD_VERSION"} \
         >"$ROOT/lib/systemd/system/$unit"
 done
 install -d -m 0755 "$ROOT/etc/influx-backupd"
