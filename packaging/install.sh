@@ -12,13 +12,20 @@
 # systemctl; it is meant for tests and staging. A venv created under it records its
 # absolute path in its scripts, so it is not relocatable to /.
 # PYTHON selects the interpreter for the venv (default python3, must be >= 3.11).
+# A mistake in the arguments (unknown option, a CHECKOUT that is no checkout, a bad
+# SYSTEMD_VERSION) exits 2 with one line, before anything is changed.
 set -eu
+# Whatever the caller's umask: a root daemon reads the config (hooks and `command` run as root)
+# and runs the venv, so nothing made here may be group- or world-writable. Private files and
+# dirs get their modes explicitly below (as the .deb: config.toml 0640, state and backups 0700).
+umask 022
 
 PREFIX=/opt/influx-backupd
 BIN_LINK=/usr/local/bin/influx-backupd
 UNIT_DIR=/etc/systemd/system
 CONF_DIR=/etc/influx-backupd
 BACKUP_DIR=/var/backups/influxdb
+STATE_DIR=/var/lib/influx-backupd
 METRICS_DIR=/var/lib/prometheus/node-exporter
 UNITS="influx-backupd.service influx-backupd@.service"
 
@@ -36,6 +43,12 @@ die() {
     exit 1
 }
 
+# A mistake in what the caller gave: exit 2 (usage), like the command itself.
+usage_error() {
+    printf 'install.sh: %s\n' "$*" >&2
+    exit 2
+}
+
 DRY_RUN=0
 ENABLE=0
 SKIP_VENV=0
@@ -46,9 +59,9 @@ while [ $# -gt 0 ]; do
         --enable) ENABLE=1 ;;
         --skip-venv) SKIP_VENV=1 ;;
         -h | --help) usage; exit 0 ;;
-        -*) printf 'install.sh: unknown option %s\n' "$1" >&2; usage >&2; exit 2 ;;
+        -*) usage_error "unknown option '$1' (see --help)" ;;
         *)
-            [ -z "$SRC" ] || { printf 'install.sh: one CHECKOUT only\n' >&2; exit 2; }
+            [ -z "$SRC" ] || usage_error "one CHECKOUT only, got '$SRC' and '$1'"
             SRC=$1
             ;;
     esac
@@ -56,7 +69,8 @@ while [ $# -gt 0 ]; do
 done
 
 [ -n "$SRC" ] || SRC=$(dirname -- "$0")/..
-SRC=$(CDPATH='' cd -- "$SRC" 2>/dev/null && pwd) || die "no such directory: $SRC"
+GIVEN=$SRC
+SRC=$(CDPATH='' cd -- "$GIVEN" 2>/dev/null && pwd) || usage_error "no such directory: '$GIVEN'"
 ROOT=${INSTALL_ROOT:-}
 ROOT=${ROOT%/}
 PYTHON=${PYTHON:-python3}
@@ -64,8 +78,16 @@ PYTHON=${PYTHON:-python3}
 # Check everything before changing anything.
 for f in pyproject.toml config.example.toml packaging/influx-backupd.service \
     packaging/influx-backupd@.service packaging/render-unit.sh; do
-    [ -f "$SRC/$f" ] || die "missing $SRC/$f (is $SRC an influx-backupd checkout?)"
+    [ -f "$SRC/$f" ] || usage_error "missing $SRC/$f (is '$GIVEN' an influx-backupd checkout?)"
 done
+# A SYSTEMD_VERSION given is valid (render-unit.sh says what is wrong in one line); without
+# one, render-unit.sh asks this host's systemctl, which cannot be wrong.
+if [ -n "${SYSTEMD_VERSION:-}" ]; then
+    for unit in $UNITS; do
+        sh "$SRC/packaging/render-unit.sh" "$SRC/packaging/$unit" "$(dirname "$BIN_LINK")" \
+            "$SYSTEMD_VERSION" >/dev/null || exit $?
+    done
+fi
 if [ "$DRY_RUN" = 0 ] && [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
     die "must run as root (or try --dry-run)"
 fi
@@ -95,24 +117,25 @@ run mkdir -p "$ROOT$UNIT_DIR"
 for unit in $UNITS; do
     printf '+ render-unit.sh %s > %s\n' "$unit" "$ROOT$UNIT_DIR/$unit"
     if [ "$DRY_RUN" = 0 ]; then
+        # through a temp file: a unit is replaced whole or not at all
         sh "$SRC/packaging/render-unit.sh" "$SRC/packaging/$unit" "$(dirname "$BIN_LINK")" \
-            ${SYSTEMD_VERSION:-} >"$ROOT$UNIT_DIR/$unit"
+            ${SYSTEMD_VERSION:+"$SYSTEMD_VERSION"} >"$ROOT$UNIT_DIR/.$unit.tmp"
+        chmod 0644 "$ROOT$UNIT_DIR/.$unit.tmp"
+        mv -f "$ROOT$UNIT_DIR/.$unit.tmp" "$ROOT$UNIT_DIR/$unit"
     fi
-    run chmod 0644 "$ROOT$UNIT_DIR/$unit"
 done
 
 run mkdir -p "$ROOT$CONF_DIR"
 if [ -e "$ROOT$CONF_DIR/config.toml" ] || [ -L "$ROOT$CONF_DIR/config.toml" ]; then
     printf '= keeping existing %s\n' "$ROOT$CONF_DIR/config.toml"
 else
-    run cp "$SRC/config.example.toml" "$ROOT$CONF_DIR/config.toml"
-    # It may hold InfluxDB credentials.
-    run chmod 0640 "$ROOT$CONF_DIR/config.toml"
+    # It may hold InfluxDB credentials: 0640 from the start, as the .deb ships it.
+    run install -m 0640 "$SRC/config.example.toml" "$ROOT$CONF_DIR/config.toml"
 fi
 
-# Backups are a full copy of the database: root only.
-run mkdir -p "$ROOT$BACKUP_DIR"
-run chmod 0700 "$ROOT$BACKUP_DIR"
+# State (catalog, lock) and backups are a full copy of the database: root only (as the
+# .deb's postinst; an existing dir is set to 0700 too).
+run install -d -m 0700 "$ROOT$STATE_DIR" "$ROOT$BACKUP_DIR"
 # The shipped config's metrics_file: node_exporter's textfile dir (the unit may write there).
 run mkdir -p "$ROOT$METRICS_DIR"
 

@@ -1,10 +1,13 @@
-"""packaging/render-unit.sh as a real process. Bad input: one line naming it, exit 2, nothing
-written.
+"""packaging/install.sh and packaging/render-unit.sh as real processes, against temp dirs.
+
+install.sh runs with INSTALL_ROOT (no systemctl) and --skip-venv (no pip); the venv is made
+under the same umask as the rest. Bad input: one line naming it, exit 2, nothing written.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -50,6 +53,79 @@ def one_line(result: subprocess.CompletedProcess[str], *named: str) -> None:
     assert "Traceback" not in result.stderr
     for what in named:
         assert what in result.stderr, result.stderr
+
+
+# -- install.sh ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o002, 0o077])
+def test_install_makes_the_same_modes_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    """umask 000 made every dir world-writable: a local user could then swap the config a
+    root daemon reads (its hooks and `command` run as root)."""
+    root = tmp_path / "root"
+    result = install(root, "--skip-venv", umask=umask)
+    assert result.returncode == 0, result.stderr
+    modes = {
+        "/" + str(p.relative_to(root)): stat.S_IMODE(p.lstat().st_mode)
+        for p in root.rglob("*")
+        if not p.is_symlink()
+    }
+    writable = {p: oct(m) for p, m in modes.items() if m & (stat.S_IWGRP | stat.S_IWOTH)}
+    assert writable == {}
+    # as the .deb ships and its postinst makes them
+    assert modes["/etc/influx-backupd"] == 0o755
+    assert modes["/etc/influx-backupd/config.toml"] == 0o640
+    assert modes["/var/lib/influx-backupd"] == 0o700
+    assert modes["/var/backups/influxdb"] == 0o700
+    assert modes["/var/lib/prometheus/node-exporter"] == 0o755
+    assert modes["/usr/local/bin"] == 0o755
+    for unit in UNITS:
+        assert modes[f"/etc/systemd/system/{unit}"] == 0o644
+    # a second run keeps the config and leaves no temp file behind
+    (root / "etc/influx-backupd/config.toml").write_text("# mine\n")
+    assert install(root, "--skip-venv", umask=umask).returncode == 0
+    assert (root / "etc/influx-backupd/config.toml").read_text() == "# mine\n"
+    assert sorted(p.name for p in (root / "etc/systemd/system").iterdir()) == sorted(UNITS)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["/nonexistent/checkout"], "/nonexistent/checkout"),
+        (["--bogus"], "--bogus"),
+        (["/tmp"], "'/tmp'"),  # exists, but no checkout
+        ([str(ROOT), str(ROOT)], "one CHECKOUT only"),
+    ],
+)
+def test_install_refuses_bad_arguments_in_one_line(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    root = tmp_path / "root"
+    result = install(root, "--skip-venv", *args)
+    one_line(result, named)
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("version", ["999999999999999999999", "253x", "2 5 3"])
+def test_install_refuses_a_bad_systemd_version_before_changing_anything(
+    tmp_path: Path, version: str
+) -> None:
+    root = tmp_path / "root"
+    result = install(root, "--skip-venv", SYSTEMD_VERSION=version)
+    one_line(result, "SYSTEMD_VERSION", version)
+    assert not root.exists()
+
+
+@pytest.mark.parametrize(("version", "kind"), [("252", "notify"), ("253", "notify-reload")])
+def test_install_renders_units_for_the_systemd_version(
+    tmp_path: Path, version: str, kind: str
+) -> None:
+    root = tmp_path / "root"
+    assert install(root, "--skip-venv", SYSTEMD_VERSION=version).returncode == 0
+    for unit in UNITS:
+        text = (root / "etc/systemd/system" / unit).read_text()
+        assert f"\nType={kind}\n" in text
+        assert "\nExecStart=/usr/local/bin/influx-backupd --config /etc/influx-backupd/" in text
 
 
 # -- render-unit.sh ------------------------------------------------------------------------------

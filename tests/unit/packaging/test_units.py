@@ -262,8 +262,9 @@ def test_install_dry_run_changes_nothing(checkout: Path, tmp_path: Path) -> None
     assert not root.exists()
     assert f"+ python3 -m venv {root}/opt/influx-backupd" in result.stdout
     assert f"+ {root}/opt/influx-backupd/bin/pip install --upgrade {checkout}" in result.stdout
-    assert f"+ cp {checkout}/config.example.toml {root}/etc/influx-backupd/config.toml" in (
-        result.stdout
+    assert (
+        f"+ install -m 0640 {checkout}/config.example.toml {root}/etc/influx-backupd/config.toml"
+        in result.stdout
     )
 
 
@@ -282,7 +283,7 @@ def test_install_refuses_incomplete_checkout(checkout: Path, tmp_path: Path) -> 
     (checkout / "config.example.toml").unlink()
     root = tmp_path / "root"
     result = install(root, "--skip-venv", str(checkout))
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage mistake: not a checkout
     assert "config.example.toml" in result.stderr
     assert not root.exists()
 
@@ -290,4 +291,4 @@ def test_install_refuses_incomplete_checkout(checkout: Path, tmp_path: Path) -> 
 def test_install_rejects_unknown_option(checkout: Path, tmp_path: Path) -> None:
     result = install(tmp_path / "root", "--frobnicate", str(checkout))
     assert result.returncode == 2
-    assert "unknown option --frobnicate" in result.stderr
+    assert "unknown option '--frobnicate'" in result.stderr
