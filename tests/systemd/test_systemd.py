@@ -715,17 +715,65 @@ def test_upgrade_to_a_newer_build_keeps_a_changed_config(
     assert main_pid(box) != pid
 
 
-def test_purge_removes_state_and_keeps_the_backups(box: Container) -> None:
+MARKER = "influxd-stopped.json"
+# What purge leaves of the state: the crash markers, nothing else.
+STATE_FILES = "find /var/lib/influx-backupd -type f 2>/dev/null | sort"
+# Our enablement links (and any other link of our units) in /etc/systemd/system.
+OUR_LINKS = "find /etc/systemd/system -type l -name 'influx-backupd*' | sort"
+
+
+def test_purge_removes_state_and_keeps_the_backups(box: Container, debs: dict[str, Path]) -> None:
+    # Stopped first: a run on a short schedule would prune while we look. Crash markers
+    # are written below with no daemon running (a live one would act on them).
+    box.sh(f"systemctl stop {UNIT}")
+    state = box.sh("systemctl is-active influxdb.service", check=False).stdout.strip()
+    assert state == "active", box.sh("journalctl -n 150 --no-pager", check=False).stdout
     archives = box.sh("find /var/backups/influxdb -name '*.tar' | sort").stdout.split()
     assert archives
-    box.sh("dpkg --purge influx-backupd", timeout=300)
+    # What an admin adds that dpkg does not track: an instance enabled by hand (the main unit
+    # was enabled so too), the instances' metrics files, the temp file of a killed writer.
+    box.write("/etc/influx-backupd/alpha.toml", IDLE)  # kept as it is (not a conffile)
+    box.sh("systemctl enable influx-backupd@alpha.service")
+    box.sh("test -L /etc/systemd/system/multi-user.target.wants/influx-backupd@alpha.service")
+    metrics = PROM.rsplit("/", 1)[0]
+    box.sh(f"touch {metrics}/influx_backupd_alpha.prom {metrics}/.influx_backupd.prom.9.9.tmp")
+    box.sh(f"touch {metrics}/other_exporter.prom")  # not ours: stays
+    # Crash markers of runs killed with influxd down, in an instance's state dir and the main one.
+    markers = [f"/var/lib/influx-backupd/{MARKER}", f"/var/lib/influx-backupd/beta/{MARKER}"]
+    box.sh("mkdir -p /var/lib/influx-backupd/beta")
+    for marker in markers:
+        box.write(marker, '{"run_id": "killed", "pid": 1, "written_at": 0}\n', mode=0o600)
+    purged = box.sh("dpkg --purge influx-backupd 2>&1", timeout=300).stdout
     assert box.sh("find /var/backups/influxdb -name '*.tar' | sort").stdout.split() == archives
     for gone in (
-        "/var/lib/influx-backupd",
         "/etc/influx-backupd/config.toml",
         PROM,
+        f"{metrics}/influx_backupd_alpha.prom",
+        f"{metrics}/.influx_backupd.prom.9.9.tmp",
         f"/lib/systemd/system/{UNIT}",
     ):
         assert box.sh(f"test -e {gone}", check=False).returncode != 0, gone
+    box.sh(f"test -e {metrics}/other_exporter.prom && rm {metrics}/other_exporter.prom")
     assert box.show(UNIT, "LoadState")["LoadState"] == "not-found"
     assert box.sh("systemctl is-active influxdb.service").stdout.strip() == "active"
+    # Each marker: said at remove (with what to do while the command is there) and at purge,
+    # which keeps it and nothing else of the state.
+    lines = [line for line in purged.splitlines() if "influx-backupd: WARNING" in line]
+    for marker in markers:
+        said = [line for line in lines if f"crash marker {marker}" in line]
+        assert len(said) == 2, purged
+        assert "systemctl start influxdb" in said[0] and "prune --dry-run" in said[0], said
+        assert "kept by the purge" in said[1], said
+    assert "--config /etc/influx-backupd/beta.toml prune" in purged, purged
+    assert box.sh(STATE_FILES).stdout.split() == sorted(markers)
+    # No link of ours is left: installed again, the units are not enabled (README).
+    assert box.sh(OUR_LINKS).stdout.split() == []
+    box.sh(f"dpkg -i /mnt/debs/first/{debs['first'].name}", timeout=300)
+    for unit in (UNIT, "influx-backupd@alpha.service"):
+        enabled = box.sh(f"systemctl is-enabled {unit}", check=False).stdout.strip()
+        assert enabled == "disabled", (unit, enabled)
+    assert box.show(UNIT, "ActiveState")["ActiveState"] == "inactive"
+    # purged again, as this section leaves it; the markers (and influxd, never down) are ours
+    box.sh("dpkg --purge influx-backupd", timeout=300)
+    assert box.sh(STATE_FILES).stdout.split() == sorted(markers)
+    box.sh("rm -rf /var/lib/influx-backupd")
