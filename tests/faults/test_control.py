@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import STAND_INS, write_config
+from tests.conftest import STAND_INS, wait_until, write_config
 from tests.faults.conftest import Ledger, Watched, one_line, run_cli
 
 MARKER = "influxd-stopped.json"
@@ -270,8 +270,9 @@ def test_a_service_that_does_not_exist_is_refused_before_anything_is_stopped(
 
 
 @pytest.mark.fault("intruder", "influxd started by someone else inside the stop window")
+@pytest.mark.parametrize("variant", ["serving when the copy ends", "frozen when the copy ends"])
 def test_a_server_started_by_someone_else_during_the_copy_fails_the_run(
-    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, variant: str
 ) -> None:
     """An operator or a supervisor starts influxd while the cold copy runs. Before: the run
     said ok (no downtime, no start) for files read while a live server wrote them, and its
@@ -290,8 +291,14 @@ def test_a_server_started_by_someone_else_during_the_copy_fails_the_run(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    frozen = variant.startswith("frozen")
+    if frozen:
+        os.kill(other.pid, signal.SIGSTOP)  # found, not answering: never doubled, never signalled
     try:
         code, out, err = backup.finish()
+        if frozen:
+            os.kill(other.pid, signal.SIGCONT)
+            wait_until(sandbox.ping, 60, "the thawed server answering")
         assert code == 1 and "Traceback" not in err, err[-3000:]
         record = json.loads(out)
         assert record["status"] == "failed", record

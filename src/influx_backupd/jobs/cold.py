@@ -191,21 +191,23 @@ def _running_again(
 
     A server that never stopped (its shutdown outlasted stop_timeout) and still answers is
     left as it is, and watched: the marker stays "signalled" so that it is started again if it
-    exits later. One still shutting down is waited for, then started. Returned: a server that
-    answers although the stop completed, started by something else while the files were
-    copied (nothing copied in that window can be trusted).
+    exits later. One still shutting down is waited for, then started. Returned: a server found
+    although the stop completed (every process on our influxdb.conf had exited), started by
+    something else while the files were copied: nothing copied in that window can be trusted.
     """
     proc = server.locate()
+    intruder = proc if proc is not None and record.stop_s is not None else None
+    if intruder is not None:
+        logger.error(
+            "influxd.started_by_another",
+            phase="start",
+            pid=intruder.pid,
+            detail="influxd was started by something else while the files were copied",
+        )
     if proc is not None and server.answers_itself(proc.pid):
-        if record.stop_s is not None:
+        if intruder is not None:
             marker.clear()
-            logger.error(
-                "influxd.started_by_another",
-                phase="start",
-                pid=proc.pid,
-                detail="influxd was started by something else while the files were copied",
-            )
-            return proc
+            return intruder
         watched = marker.signalled(process_identity(proc))
         logger.warning(
             "influxd.still_running",
@@ -219,11 +221,12 @@ def _running_again(
     if proc is not None and server.frozen(proc):
         # stop() never signals a frozen process: it was not stopped by us, nothing to start
         marker.clear()
-        return None
-    if proc is not None:
+        return intruder
+    if proc is not None and intruder is None:
         # still shutting down (1.x forces its own hard shutdown after 30 s): start_until_up
         # waits for it to go before it starts another on the same files
         logger.warning("influxd.still_stopping", phase="start", pid=proc.pid)
+    # (an intruder still opening its stores is waited for by start_until_up, never doubled)
     t_start = time.monotonic()
     logger.info("influxd.starting", phase="start")
     record.extra["start_attempts"] = server.start_until_up(
@@ -239,7 +242,7 @@ def _running_again(
         start_s=round(record.start_s, 3),
         downtime_s=round(record.downtime_s, 3),
     )
-    return None
+    return intruder
 
 
 def _stop_copy_start(
