@@ -7,6 +7,7 @@ it cannot be made to do this on demand; this wrapper (its pid in the pidfile) is
 tool sees as "influxd" and signals.
 
 usage: late_exit_supervisor.py PIDFILE LINGER INFLUXD_ARGV...
+(The real influxd is given its config by environment: see conf_by_env.py.)
 """
 
 import os
@@ -15,8 +16,11 @@ import subprocess
 import sys
 import time
 
+from conf_by_env import dies_with_parent, hidden
+
 pidfile, linger, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
-child = subprocess.Popen(argv)
+child_argv, child_env = hidden(argv)
+child = subprocess.Popen(child_argv, env=child_env, preexec_fn=dies_with_parent)
 asked_at: float | None = None
 
 

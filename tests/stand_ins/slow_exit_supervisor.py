@@ -5,6 +5,7 @@ closed its listeners), but the process we signalled lingers LINGER seconds befor
 real influxd busy flushing would. The real influxd cannot be slowed down on demand, hence this.
 
 usage: slow_exit_supervisor.py PIDFILE LINGER INFLUXD_ARGV...
+(The real influxd is given its config by environment: see conf_by_env.py.)
 """
 
 import os
@@ -13,8 +14,11 @@ import subprocess
 import sys
 import time
 
+from conf_by_env import dies_with_parent, hidden
+
 pidfile, linger, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
-child = subprocess.Popen(argv)
+child_argv, child_env = hidden(argv)
+child = subprocess.Popen(child_argv, env=child_env, preexec_fn=dies_with_parent)
 stopping = False
 
 

@@ -6,6 +6,7 @@ pidfile), while the real server behind it keeps answering /ping. SIGUSR1 shuts b
 the test's clean-up.
 
 usage: term_ignoring_supervisor.py PIDFILE INFLUXD_ARGV...
+(The real influxd is given its config by environment: see conf_by_env.py.)
 """
 
 import os
@@ -13,9 +14,19 @@ import signal
 import subprocess
 import sys
 
+from conf_by_env import dies_with_parent, hidden
+
 pidfile, argv = sys.argv[1], sys.argv[2:]
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-child = subprocess.Popen(argv, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+child_argv, child_env = hidden(argv)
+
+
+def child_preexec() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    dies_with_parent()
+
+
+child = subprocess.Popen(child_argv, env=child_env, preexec_fn=child_preexec)
 
 
 def shutdown(_signum: int, _frame: object) -> None:

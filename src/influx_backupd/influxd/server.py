@@ -108,20 +108,30 @@ class Holder:
 
 
 def names_conf(argv: list[str], conf: Path) -> bool:
-    """Whether an argv names this influxdb.conf (`-config PATH`, `-config=PATH`, any form)."""
+    """Whether an argv runs this influxdb.conf: as the value of influxd's `-config` flag
+    (`-config PATH`, `-config=PATH`, `--config …`), as influxd and a wrapper passing its
+    arguments on name it. A path anywhere else (`tail -f`, `less`, an editor on the file) is
+    not a server: taken for one, it was waited for as a server that would not exit, with
+    influxd down meanwhile, and counted as another server started in the stop window."""
     real = conf.resolve()
     wanted = {str(conf), str(real)}
     after_flag = False
     for arg in argv:
-        flagged = after_flag or arg.startswith(("-config=", "--config="))
+        if after_flag:
+            value: str | None = arg
+        elif arg.startswith(("-config=", "--config=")):
+            value = arg.split("=", 1)[1]
+        else:
+            value = None
         after_flag = arg in ("-config", "--config")
-        value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+        if value is None:
+            continue
         if value in wanted:
             return True
         # the config's path is resolved: /etc/influxdb/influxdb.conf may be a link to it.
-        # Only a -config value is resolved: every process's every argument is read here, in
-        # the stop window too, and a realpath of each costs syscalls
-        if flagged and value.startswith("/") and os.path.realpath(value) == str(real):
+        # Only a -config value is read: every process's every argument is looked at here, in
+        # the stop window too
+        if value.startswith("/") and os.path.realpath(value) == str(real):
             return True
     return False
 
@@ -247,8 +257,8 @@ class Influxd:
             what = f"it names {' '.join(named)}" if named else "it names no config file"
             return (
                 f"influxd.command must name the configured influxdb.conf {conf} "
-                f"(influxd.config); {what}: influxd started by it would not be the server "
-                "backed up"
+                f"(influxd.config) with -config; {what}: influxd started by it would not be "
+                "the server backed up"
             )
         return None
 

@@ -22,3 +22,25 @@ def test_a_command_naming_the_conf_through_a_link_names_it(tmp_path: Path) -> No
     other.write_text("")
     assert not names_conf(["influxd", "-config", str(other)], conf)
     assert not names_conf(["influxd", "run"], conf)
+
+
+def test_only_a_config_flag_names_it_not_a_path_anywhere_in_a_command(tmp_path: Path) -> None:
+    """`tail -f influxdb.conf`, a pager, an editor: not a server. Before, any argument equal
+    to the path counted (a good archive deleted, influxd kept down while a `tail -f` ran)."""
+    conf = tmp_path / "influxdb.conf"
+    conf.write_text("")
+    for argv in (
+        ["tail", "-f", str(conf)],
+        ["less", str(conf)],
+        ["vim", str(conf)],
+        ["influxd", "run", str(conf)],
+        ["influxd", "-config"],
+        ["grep", "-config", "-r", str(conf)],
+    ):
+        assert not names_conf(argv, conf), argv
+    for argv in (
+        ["influxd", "run", "-config", str(conf)],
+        ["/usr/sbin/runuser", "-u", "influxdb", "--", "influxd", "--config", str(conf)],
+        ["sh", "wrapper.sh", f"--config={conf}"],
+    ):
+        assert names_conf(argv, conf), argv
