@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 
 from influx_backupd.core.config import Config
-from influx_backupd.core.jsontext import loads_json
+from influx_backupd.core.jsontext import count, loads_json, number
 from influx_backupd.core.schedule import describe
 from influx_backupd.daemon.loop import STATE_FILE
 from influx_backupd.report import progress
@@ -30,14 +30,31 @@ def read_daemon_state(config: Config) -> dict[str, Any] | None:
     try:
         state = loads_json((config.state_dir / STATE_FILE).read_text())
         pid, created = int(state["pid"]), float(state["create_time"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
         return None
     try:
         if abs(psutil.Process(pid).create_time() - created) > 1.0:
             return None
     except (psutil.Error, ValueError, OverflowError):  # no such process; pid 0, -1 or huge
         return None
-    return state if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        return None
+    # a damaged file of a live daemon loses the parts that do not fit, not the whole `status`
+    jobs = state.get("jobs")
+    state["jobs"] = (
+        {k: v for k, v in jobs.items() if isinstance(v, dict)} if isinstance(jobs, dict) else {}
+    )
+    for job in state["jobs"].values():
+        skip = job.get("last_skip")
+        if skip is not None and not (
+            isinstance(skip, dict) and isinstance(skip.get("reasons"), list)
+        ):
+            job["last_skip"] = None
+    if not isinstance(state.get("verify"), dict):
+        state["verify"] = {}
+    for key in ("started_at",):
+        state[key] = number(state.get(key))
+    return state
 
 
 def _run_summary(record: RunRecord) -> dict[str, Any]:
@@ -89,7 +106,7 @@ def gather(config: Config) -> dict[str, Any]:
         # influxd left stopped by a run that is gone (its crash marker), and what brings it back
         "influxd_down": {
             "run_id": left.get("run_id"),
-            "start_failures": left.get("start_failures", 0),
+            "start_failures": count(left.get("start_failures")) or 0,
             "last_start_error": left.get("last_start_error"),
             "detail": left_stopped_line(
                 config,
@@ -127,7 +144,8 @@ def gather(config: Config) -> dict[str, Any]:
     }
 
 
-def _when(ts: float | None) -> str:
+def _when(ts: object) -> str:
+    ts = number(ts)  # a damaged file's "yesterday" or 1e300 is no time: shown as none
     if ts is None:
         return "-"
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
@@ -167,7 +185,9 @@ def render(report: dict[str, Any]) -> str:
                 lines.append(f"  error   {last['error']}")
         skip = job["last_skip"]
         if skip:
-            lines.append(f"  skipped {_when(skip['at'])}: {'; '.join(skip['reasons'])}")
+            lines.append(
+                f"  skipped {_when(skip.get('at'))}: {'; '.join(map(str, skip['reasons']))}"
+            )
     verify = report["verify"]
     lines.append(f"verify --all  {verify['schedule']} ([verify])")
     if verify["schedule"] != "manual only":

@@ -45,7 +45,8 @@ RUN_START_ATTEMPTS: int | None = None
 
 def backoff(failed: int) -> float:
     """Seconds to wait after the failed-th failed start attempt (1, 2, 4 … up to the cap)."""
-    return float(min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** max(0, failed - 1)))
+    # the exponent is capped: a count read from a damaged marker (10**400) must not hang us
+    return float(min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** min(32, max(0, failed - 1))))
 
 
 class InfluxdError(BackupdError):

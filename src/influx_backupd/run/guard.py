@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from influx_backupd.core import alarms, log
 from influx_backupd.core.config import Config
+from influx_backupd.core.jsontext import count, number
 from influx_backupd.influxd import scratch
 from influx_backupd.influxd.server import Influxd, InfluxdError
 from influx_backupd.report import progress
@@ -258,10 +259,10 @@ def left_stopped_line(
 ) -> str:
     """One line for every command: who stopped influxd, what failed since, what brings it back."""
     marker = CrashMarker(config.state_dir).path
-    when = left.get("written_at")
+    when = number(left.get("written_at"))  # a damaged marker's 1e300 is no time
     at = (
         datetime.fromtimestamp(when, UTC).strftime(" at %Y-%m-%d %H:%M:%SZ")
-        if isinstance(when, int | float)
+        if when is not None
         else ""
     )
     kind = "restore" if left.get("kind") == "restore" else "run"
@@ -271,8 +272,8 @@ def left_stopped_line(
         text += " and answers again, but its crash marker is still there"
     else:
         text += " and not started again"
-    failures = left.get("start_failures")
-    if isinstance(failures, int) and failures:
+    failures = count(left.get("start_failures"))
+    if failures:
         text += f" ({failures} start attempts failed, last: {left.get('last_start_error')})"
     text += f" (crash marker {marker}); "
     if "lock_holder" in left:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from influx_backupd.core import log
 from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.config import Config
-from influx_backupd.core.jsontext import loads_json
+from influx_backupd.core.jsontext import count, loads_json, number, tell_ignored
 from influx_backupd.keep.retention import RetentionPolicy, plan
 from influx_backupd.offsite.bucket import ACTIVITY, where_of
 from influx_backupd.offsite.errors import Damaged, NoSuchBackup, OffsiteError, Stalled
@@ -160,18 +160,79 @@ class State:
 
     @classmethod
     def load(cls, state_dir: Path) -> State:
+        """What offsite.json says; a field of the wrong type or range (a damaged or hand-edited
+        file) is dropped as absent, said once: it feeds the metrics the daemon writes every
+        30 s and `status`, which must not raise on it. The next sync rewrites the file."""
+        path = state_dir / STATE_FILE
         try:
-            raw = loads_json((state_dir / STATE_FILE).read_text())
-            return cls(
-                jobs={k: JobFigures(**v) for k, v in raw.get("jobs", {}).items()},
-                sent={k: float(v) for k, v in raw.get("sent", {}).items()},
-                last_error=raw.get("last_error"),
-                last_error_at=raw.get("last_error_at"),
-                last_check=raw.get("last_check"),
-                retired={k: float(v) for k, v in raw.get("retired", {}).items()},
-            )
-        except (OSError, ValueError, TypeError, AttributeError):
-            return cls()  # none yet, or unreadable: the next sync learns it from the bucket
+            raw = loads_json(path.read_text())
+        except FileNotFoundError:
+            return cls()  # none yet: the next sync learns it from the bucket
+        except (OSError, ValueError):
+            tell_ignored(path, ["(the whole file: not JSON)"])
+            return cls()
+        bad: list[str] = []
+        if not isinstance(raw, dict):
+            tell_ignored(path, ["(the whole file: not an object)"])
+            return cls()
+
+        def table(key: str) -> dict[str, Any]:
+            value = raw.get(key, {})
+            if isinstance(value, dict):
+                return value
+            bad.append(key)
+            return {}
+
+        def stamps(key: str) -> dict[str, float]:
+            out = {}
+            for name, value in table(key).items():
+                when = number(value)
+                if when is None:
+                    bad.append(f"{key}.{name}")
+                else:
+                    out[name] = when
+            return out
+
+        def stamp(key: str) -> float | None:
+            value = raw.get(key)
+            when = number(value)
+            if value is not None and when is None:
+                bad.append(key)
+            return when
+
+        jobs = {}
+        for name, figures in table("jobs").items():
+            if not isinstance(figures, dict):
+                bad.append(f"jobs.{name}")
+                continue
+            job = JobFigures()
+            for key, value in figures.items():
+                if key == "last_success" and value is None:
+                    continue
+                checked = number(value) if key == "last_success" else count(value)
+                if checked is None or key not in (
+                    "last_success",
+                    "uploaded_bytes",
+                    "skipped_bytes",
+                ):
+                    bad.append(f"jobs.{name}.{key}")
+                else:
+                    setattr(job, key, checked)
+            jobs[name] = job
+        error = raw.get("last_error")
+        if error is not None and not isinstance(error, str):
+            bad.append("last_error")
+            error = None
+        state = cls(
+            jobs=jobs,
+            sent=stamps("sent"),
+            last_error=error,
+            last_error_at=stamp("last_error_at"),
+            last_check=stamp("last_check"),
+            retired=stamps("retired"),
+        )
+        tell_ignored(path, bad)
+        return state
 
     def save(self, state_dir: Path) -> None:
         data = {

@@ -23,7 +23,7 @@ from typing import Any
 
 from influx_backupd.core import log
 from influx_backupd.core.atomic import replace_json
-from influx_backupd.core.jsontext import loads_json
+from influx_backupd.core.jsontext import loads_json, number
 from influx_backupd.offsite.errors import BadManifest, Damaged, NotOurs, OffsiteError
 from influx_backupd.offsite.manifest import Manifest
 from influx_backupd.offsite.repo import Backup, Offsite
@@ -129,12 +129,15 @@ def noted(state_dir: Path) -> list[Damage]:
     for path in paths:
         try:
             raw = loads_json(path.read_text())
+            found_at = number(raw["found_at"])
+            if found_at is None:  # NaN, 1e400, a string: no time `status` can print
+                raise ValueError("found_at")
             found.append(
                 Damage(
                     backup=str(raw["backup"]),
                     job=str(raw.get("job") or ""),
                     objects={str(k): str(v) for k, v in dict(raw.get("objects") or {}).items()},
-                    found_at=float(raw["found_at"]),
+                    found_at=found_at,
                 )
             )
         except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError):

@@ -21,7 +21,7 @@ import psutil
 from influx_backupd.core import alarms
 from influx_backupd.core.atomic import fsync_dir, replace_json
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
-from influx_backupd.core.jsontext import loads_json
+from influx_backupd.core.jsontext import count, loads_json
 
 # How long a server that got our stop signal and still runs is watched: influxd 1.x ends its own
 # shutdown by force 30 s after SIGTERM; an exit later than this is not taken as ours.
@@ -145,10 +145,10 @@ class CrashMarker:
         body = self.read()
         if body is None:
             return
-        failures = body.get("start_failures")
+        failures = count(body.get("start_failures")) or 0
         first = body.get("alarmed") is not True  # once a stop window, whoever retries
         body.update(
-            start_failures=(failures if isinstance(failures, int) else 0) + 1,
+            start_failures=failures + 1,
             last_start_error=error,
             last_start_at=time.time(),
             next_start_at=time.time() + retry_in_s,
