@@ -44,6 +44,7 @@ from influx_backupd.core.cancel import CancelToken
 from influx_backupd.core.config import Config, ConfigError, JobSection, Scheduled, load
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.journal import journal_available
+from influx_backupd.core.jsontext import count
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
 from influx_backupd.influxd import server
 from influx_backupd.influxd.server import BACKOFF_CAP_S, InfluxdError, backoff
@@ -123,6 +124,7 @@ class Daemon:
         self._last_tick = time.monotonic()
         self._metrics_written = 0.0
         self._metrics_failing: str | None = None  # the last write's error, logged once
+        self._tick_failing: dict[str, str] = {}  # a main-loop step's last error, logged once
         self._clock_offset = time.time() - time.monotonic()
         self._started_at = time.time()
         self._create_time = psutil.Process().create_time()
@@ -164,29 +166,50 @@ class Daemon:
             self._publish()
             self._recover()
             self._starting = False
-            self._start_scheduler()
-            self._worker.start()
-            self._watchdog.start()
-            self._publish()
-            self._write_metrics()
-            systemd.ready()
-            self._tell_unwritable()
-            self._log.info(
-                "daemon.ready",
-                pid=os.getpid(),
-                config=str(self.config.path),
-                jobs=self._job_summary(),
-                watchdog_s=self._watchdog.interval,
-            )
-            signum = self._main_loop()
-            self._shutdown(signum)
-            self._write_metrics(stopping=True)
+            try:
+                self._serve()
+            except BaseException as exc:
+                # whatever ends the daemon, a run in flight finishes first: a cold run in its
+                # stop window starts influxd again before we return (the worker is a daemon
+                # thread, which the interpreter would abandon at exit)
+                self._log.error("daemon.failed", error=f"{type(exc).__name__}: {exc}")
+                self._stop_after_failure()
+                raise
         finally:
             with contextlib.suppress(OSError):
                 (self.config.state_dir / STATE_FILE).unlink()
             lock.release()
         self._log.info("daemon.stopped")
         return 0
+
+    def _serve(self) -> None:
+        """From the scheduler's start to the end of the stop (the worker's run finished)."""
+        self._start_scheduler()
+        self._worker.start()
+        self._watchdog.start()
+        self._publish()
+        self._write_metrics()
+        systemd.ready()
+        self._tell_unwritable()
+        self._log.info(
+            "daemon.ready",
+            pid=os.getpid(),
+            config=str(self.config.path),
+            jobs=self._job_summary(),
+            watchdog_s=self._watchdog.interval,
+        )
+        signum = self._main_loop()
+        self._shutdown(signal.Signals(signum).name)
+        self._write_metrics(stopping=True)
+
+    def _stop_after_failure(self) -> None:
+        """The daemon is ending on an error: stop as on SIGTERM (the run in flight finishes);
+        should that fail too, at least wait for the worker."""
+        try:
+            self._shutdown("an error in the daemon")
+        except BaseException:
+            while self._worker.is_alive():
+                self._worker.join(TICK)
 
     def _queue_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals.put(signum)  # SimpleQueue.put is reentrant: safe in a handler
@@ -207,10 +230,34 @@ class Daemon:
                 except Exception as exc:  # a reload never ends the daemon (a run may be in flight)
                     self._log.exception("config.reload_failed", error=str(exc), kept="running")
                     systemd.ready()
-            self._check_clock()
-            self._publish()
-            if time.monotonic() - self._metrics_written >= METRICS_EVERY:
-                self._write_metrics()
+            self._tick(stopping=False)
+
+    def _tick(self, *, stopping: bool) -> None:
+        """What the main loop does each tick, also while a stop waits for a run. Nothing here
+        may end the daemon with a run in flight (a cold run's influxd would be abandoned):
+        an unexpected error is logged in one line, once until it changes, and the loop goes on."""
+        for name, step in (
+            ("clock", self._check_clock),
+            ("publish", self._publish),
+            ("metrics", lambda: self._heartbeat(stopping=stopping)),
+        ):
+            try:
+                step()
+            except Exception as exc:
+                line = f"{type(exc).__name__}: {exc}"
+                if self._tick_failing.get(name) != line:
+                    self._log.error("daemon.step_failed", step=name, error=line, then="goes on")
+                self._tick_failing[name] = line
+            else:
+                self._tick_failing.pop(name, None)
+
+    def _heartbeat(self, *, stopping: bool) -> None:
+        if time.monotonic() - self._metrics_written < METRICS_EVERY:
+            return
+        self._write_metrics(stopping=stopping)
+        # daemon.json's mtime: when this daemon was last alive, for `status` after a kill
+        with contextlib.suppress(OSError):
+            os.utime(self.config.state_dir / STATE_FILE)
 
     def _write_metrics(self, *, stopping: bool = False) -> None:
         """The metrics file with this daemon's heartbeat and next runs (none once stopping)."""
@@ -225,11 +272,14 @@ class Daemon:
         )
         try:
             write_metrics(config, Catalog(config.state_dir), facts)
-        except (OSError, sqlite3.Error, BackupdError) as exc:  # e.g. a damaged catalog
-            # said once, and again only when it changes: the heartbeat tries every 30 s
-            if str(exc) != self._metrics_failing:
-                self._log.warning("metrics.write_failed", error=str(exc))
-            self._metrics_failing = str(exc)
+        except Exception as exc:  # a damaged catalog or state file, a full disk, a bug
+            # said once, and again only when it changes: the heartbeat tries every 30 s. Never
+            # raised: this runs in the main loop, whose end would abandon a run in flight
+            known = isinstance(exc, OSError | sqlite3.Error | BackupdError)
+            line = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            if line != self._metrics_failing:
+                self._log.warning("metrics.write_failed", error=line)
+            self._metrics_failing = line
             return
         if self._metrics_failing is not None:
             self._log.info("metrics.written_again", path=str(config.settings.daemon.metrics_file))
@@ -478,8 +528,7 @@ class Daemon:
                 self._log.warning("daemon.influxd_running_again")
             self._down_note = None
             return
-        failures = left.get("start_failures")
-        failures = failures if isinstance(failures, int) else 0
+        failures = count(left.get("start_failures")) or 0
         last = error or left.get("last_start_error") or "not started yet"
         wait = backoff(max(1, failures))
         if self._next_start is None or error is not None:
@@ -743,14 +792,15 @@ class Daemon:
             catalog.save(record)
 
     # -- stopping -----------------------------------------------------------------------------
-    def _shutdown(self, signum: int) -> None:
-
-        name = signal.Signals(signum).name
+    def _shutdown(self, why: str) -> None:
+        """why: the signal's name, or what else ends the daemon."""
         self._stopping.set()
         self._cancel.cancel()  # a hot run's tool is stopped; no fallback run starts now
         systemd.stopping()
-        self._log.info("daemon.stopping", signal=name)
-        self._scheduler.shutdown(wait=False)
+        self._log.info("daemon.stopping", signal=why)
+        if self._scheduler is not None:
+            with contextlib.suppress(Exception):  # not running (it failed to start): nothing
+                self._scheduler.shutdown(wait=False)
         with self._cond:
             dropped, self._pending = self._pending, []
             self._cond.notify_all()
@@ -770,7 +820,7 @@ class Daemon:
             if time.monotonic() - last_extend >= EXTEND_EVERY:
                 systemd.extend_timeout(EXTEND_BY)
                 last_extend = time.monotonic()
-            self._publish()
+            self._tick(stopping=True)  # STATUS=, daemon.json, the metrics heartbeat
             self._worker.join(TICK / 2)
             with contextlib.suppress(queue.Empty):
                 again = self._signals.get_nowait()

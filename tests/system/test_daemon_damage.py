@@ -1,0 +1,120 @@
+"""The daemon against damaged state files, slow starts and kills: a real `influx-backupd run`, a
+real influxd, real signals. Nothing in state_dir may end the daemon (a run in flight would be
+abandoned with influxd down); a stop or a recovery that waits keeps the daemon visibly alive."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import Cli, wait_until, write_config
+from tests.system.test_daemon import daemon, filler, runs
+from tests.system.test_daemon_metrics import heartbeat
+
+# a string where a time belongs (TypeError in the metrics), an integer no float holds
+# (OverflowError in State.load)
+DAMAGED_OFFSITE = '{"jobs": {"nightly": {"last_success": "yesterday"}}}'
+OVERFLOWING_OFFSITE = f'{{"sent": {{"20260101T000000Z-0000": {"9" * 400}}}, "last_check": 1e300}}'
+
+
+@contextmanager
+def dead_offsite(tmp_path: Path) -> Iterator[str]:
+    """An [offsite] section whose endpoint refuses every connection (a bound, unlistened port):
+    each sync fails at once and is retried in an hour."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    creds = tmp_path / "creds"
+    creds.write_text("[default]\naws_access_key_id = AKIAX\naws_secret_access_key = y\n")
+    creds.chmod(0o600)
+    try:
+        yield (
+            f'\n[offsite]\nbucket = "bkt"\nendpoint_url = "http://127.0.0.1:'
+            f'{dead.getsockname()[1]}"\ncredentials_file = "{creds}"\nretries = 1\n'
+            'retry_after = "1h"\nhold_unsent = false\n'
+        )
+    finally:
+        dead.close()
+
+
+def test_damaged_state_files_end_neither_the_daemon_nor_status_nor_a_backup(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: the metrics write at start raised TypeError on offsite.json's "yesterday" (and
+    OverflowError on its 400-digit integer): the daemon exited 1 before READY, on every restart;
+    `status` and `backup` printed tracebacks."""
+    metrics = tmp_path / "m.prom"
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "offsite.json").write_text(OVERFLOWING_OFFSITE)
+    (state / "offsite-damaged").mkdir()
+    (state / "offsite-damaged" / "b.json").write_text(
+        '{"backup": "b", "job": "nightly", "objects": {"k": "missing"}, "found_at": 1e999}'
+    )
+    with dead_offsite(tmp_path) as extra:
+        config = write_config(tmp_path, sandbox, daemon={"metrics_file": str(metrics)}, extra=extra)
+        with daemon(tmp_path, config) as d:
+            d.wait_event("daemon.ready", 60)
+            assert heartbeat(metrics) is not None, metrics.read_text()
+            status = Cli(config)("status")
+            assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+            assert "offsite" in status.stdout and "DAMAGED" not in status.stdout, status.stdout
+            backup = Cli(config)("backup", "--job", "nightly")
+            assert backup.returncode == 0, backup.stderr[-3000:]
+            assert "Traceback" not in backup.stderr + backup.stdout, backup.stderr[-3000:]
+            assert d.stop() == 0, d.tail()
+        told = [e for e in d.events() if e.get("event") == "state.damaged"]
+        # said once, not with every metrics write
+        assert [e["path"] for e in told] == [str(state / "offsite.json")], told
+        assert not any("Traceback" in e.get("line", "") for e in d.events()), d.tail()
+    shutil.rmtree(tmp_path / "archives", ignore_errors=True)
+
+
+def test_a_stop_waiting_on_a_slow_start_keeps_the_heartbeat_whatever_offsite_json_holds(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A SIGTERM in a cold run's stop window, influxd slow to start again (35 s), offsite.json
+    damaged meanwhile. Before: the main loop's metrics write raised on it, and the daemon
+    exited 1 with its worker (a daemon thread) abandoned, influxd never started again; and
+    the stop wrote no heartbeat while it waited."""
+    filler(sandbox, 300_000_000)
+    metrics = tmp_path / "m.prom"
+    slow = tmp_path / "slow-influxd"
+    slow.write_text('#!/bin/sh\nsleep 35\nexec "$@"\n')
+    slow.chmod(0o755)
+    with dead_offsite(tmp_path) as extra:
+        config = write_config(
+            tmp_path,
+            sandbox,
+            influxd={"command": [str(slow), *sandbox.command()], "start_timeout": "60s"},
+            jobs=[{"name": "often", "every": "1s", "mode": "cold", "copy": "direct"}],
+            daemon={"metrics_file": str(metrics)},
+            extra=extra,
+        )
+        with daemon(tmp_path, config) as d:
+            d.wait_event("archive.writing", 60)
+            (tmp_path / "state" / "offsite.json").write_text(
+                DAMAGED_OFFSITE.replace("nightly", "often")
+            )
+            d.proc.send_signal(signal.SIGTERM)
+            d.wait_event("daemon.stopping", 10)
+            before = heartbeat(metrics)
+            assert before is not None
+            # the stop waits on the start (35 s): the heartbeat goes on meanwhile
+            wait_until(
+                lambda: (heartbeat(metrics) or 0) > before or d.proc.poll() is not None,
+                45,
+                "a heartbeat during the stop",
+            )
+            assert d.proc.poll() is None, f"exited {d.proc.returncode} before influxd ran"
+            assert not sandbox.ping(), "the heartbeat came only after the start, as the stop ended"
+            assert d.proc.wait(60) == 0, d.tail()
+    assert sandbox.ping(), "influxd must run again when the daemon has exited"
+    assert not (tmp_path / "state" / "influxd-stopped.json").exists()
+    assert [r.status for r in runs(tmp_path)] == ["ok"]
+    assert not any("Traceback" in e.get("line", "") for e in d.events()), d.tail()
+    shutil.rmtree(tmp_path / "archives", ignore_errors=True)
