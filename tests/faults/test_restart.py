@@ -5,6 +5,7 @@ and daemon; the cause is a real socket holding influxd's HTTP port)."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -424,3 +425,41 @@ def test_a_start_that_hangs_is_waited_for_never_started_a_second_time(
                 proc.kill()
         sandbox.start()  # influxd itself again, as the operator would
     assert ledger.settle()[0] == 0
+
+
+@pytest.mark.fault(
+    "no-start", "influxd cannot start until a port is released", "daemon SIGTERMed meanwhile"
+)
+def test_a_daemon_stopped_while_influxd_cannot_start_exits_non_zero(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    """Before: the run gave up, the worker returned (the daemon was stopping) and the daemon
+    exited 0 with influxd down: Restart=on-failure did not bring it back, nothing retried."""
+    config = write_config(
+        tmp_path, sandbox, jobs=[{"name": "often", "every": "3s", "copy": "direct"}]
+    )
+    ledger.take()
+    _filler(sandbox)
+    holder: socket.socket | None = None
+    try:
+        with daemon(tmp_path, config) as d:
+            d.wait_event("influxd.stopped", 60)
+            holder = _hold_port(sandbox.http_port)
+            d.wait_event("influxd.start_failed", 120)
+            d.proc.send_signal(signal.SIGTERM)
+            assert d.proc.wait(120) == 1, d.tail()
+            [said] = [e for e in d.events() if e.get("event") == "daemon.exit_influxd_down"]
+            assert "Restart=on-failure" in said["error"], said
+        assert (tmp_path / "state" / MARKER).exists() and not sandbox.ping()
+        holder.close()
+        holder = None
+        # what the restarted daemon (or any lock-taking command) does: start it again
+        assert run_cli(config, "prune", "--dry-run").returncode == 0
+    finally:
+        if holder is not None:
+            holder.close()
+    (sandbox.data / "filler.bin").unlink()
+    lost_points, lost = ledger.settle()
+    assert sandbox.ping()
+    assert not (tmp_path / "state" / MARKER).exists()
+    assert lost_points == 0 and lost == []

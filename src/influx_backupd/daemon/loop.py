@@ -42,7 +42,7 @@ from influx_backupd.core import log, systemd, unit_paths
 from influx_backupd.core.atomic import replace_file
 from influx_backupd.core.cancel import CancelToken
 from influx_backupd.core.config import Config, ConfigError, JobSection, Scheduled, load
-from influx_backupd.core.errors import BackupdError
+from influx_backupd.core.errors import EXIT_FAILED, BackupdError
 from influx_backupd.core.journal import journal_available
 from influx_backupd.core.jsontext import count
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
@@ -55,7 +55,7 @@ from influx_backupd.run.guard import exclusive
 from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
 from influx_backupd.store.record import RunRecord
-from influx_backupd.store.state import BackupLock, Busy, CrashMarker
+from influx_backupd.store.state import BackupLock, Busy, CrashMarker, lock_held
 from influx_backupd.verify.check import verify_all
 
 STATE_FILE = "daemon.json"
@@ -175,12 +175,13 @@ class Daemon:
                 self._log.error("daemon.failed", error=f"{type(exc).__name__}: {exc}")
                 self._stop_after_failure()
                 raise
+            status = self._exit_status()
         finally:
             with contextlib.suppress(OSError):
                 (self.config.state_dir / STATE_FILE).unlink()
             lock.release()
-        self._log.info("daemon.stopped")
-        return 0
+        self._log.info("daemon.stopped", exit_status=status)
+        return status
 
     def _serve(self) -> None:
         """From the scheduler's start to the end of the stop (the worker's run finished)."""
@@ -210,6 +211,24 @@ class Daemon:
         except BaseException:
             while self._worker.is_alive():
                 self._worker.join(TICK)
+
+    def _exit_status(self) -> int:
+        """1 when influxd may be left down (a crash marker, and no other process holding the
+        backup lock to start it): exit 0 would keep Restart=on-failure from bringing the daemon
+        back, and with it the recovery that keeps trying to start influxd."""
+        state_dir = self.config.state_dir
+        marker = CrashMarker(state_dir)
+        if not CrashMarker.may_be_down(marker.read()) or lock_held(state_dir):
+            return 0
+        self._log.error(
+            "daemon.exit_influxd_down",
+            error=(
+                f"influxd may be down (crash marker {marker.path} left): exit status 1, so "
+                "that the unit's Restart=on-failure starts the daemon again and its recovery "
+                "keeps trying to start influxd"
+            ),
+        )
+        return EXIT_FAILED
 
     def _queue_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals.put(signum)  # SimpleQueue.put is reentrant: safe in a handler
