@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.store.state import CrashMarker
 from tests.conftest import Cli, wait_until, write_config
-from tests.system.test_daemon import daemon, filler, runs
+from tests.system.test_daemon import Datagrams, daemon, filler, runs
 from tests.system.test_daemon_metrics import heartbeat
 
 # a string where a time belongs (TypeError in the metrics), an integer no float holds
@@ -118,3 +119,39 @@ def test_a_stop_waiting_on_a_slow_start_keeps_the_heartbeat_whatever_offsite_jso
     assert [r.status for r in runs(tmp_path)] == ["ok"]
     assert not any("Traceback" in e.get("line", "") for e in d.events()), d.tail()
     shutil.rmtree(tmp_path / "archives", ignore_errors=True)
+
+
+def test_a_sigterm_during_start_up_recovery_extends_the_start_and_ends_once_influxd_runs(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Recovery of a crash marker, influxd slow to start (15 s). Before: no EXTEND_TIMEOUT_USEC
+    and no heartbeat while it waited (systemd's 90 s start timeout could kill it), and a
+    SIGTERM meanwhile was acted on only after the scheduler, the worker and READY."""
+    metrics = tmp_path / "m.prom"
+    slow = tmp_path / "slow-influxd"
+    slow.write_text('#!/bin/sh\nsleep 15\nexec "$@"\n')
+    slow.chmod(0o755)
+    config = write_config(
+        tmp_path,
+        sandbox,
+        influxd={"command": [str(slow), *sandbox.command()], "start_timeout": "40s"},
+        daemon={"metrics_file": str(metrics)},
+    )
+    sandbox.stop()
+    CrashMarker(tmp_path / "state").write("20260101T000000Z-0001", job="nightly")
+    notify = Datagrams(tmp_path, "notify.sock")
+    try:
+        with daemon(tmp_path, config, NOTIFY_SOCKET=str(notify.path)) as d:
+            d.wait_event("recovery.starting_influxd", 30)
+            d.proc.send_signal(signal.SIGTERM)
+            notify.wait_for(lambda m: m.startswith(b"EXTEND_TIMEOUT_USEC="), 15)
+            assert d.proc.poll() is None and not sandbox.ping()  # still recovering
+            assert heartbeat(metrics) is not None, "no heartbeat while recovery waits"
+            assert d.proc.wait(60) == 0, d.tail()
+    finally:
+        notify.close()
+    assert sandbox.ping()
+    assert not (tmp_path / "state" / "influxd-stopped.json").exists()
+    names = [e.get("event") for e in d.events()]
+    assert "daemon.ready" not in names and "run.due" not in names, names
+    assert b"READY=1" not in notify.messages

@@ -164,17 +164,25 @@ class Daemon:
             # meanwhile shows the daemon starting, not "not running"
             self._starting = True
             self._publish()
-            self._recover()
+            self._recover_keeping_alive()
             self._starting = False
-            try:
-                self._serve()
-            except BaseException as exc:
-                # whatever ends the daemon, a run in flight finishes first: a cold run in its
-                # stop window starts influxd again before we return (the worker is a daemon
-                # thread, which the interpreter would abandon at exit)
-                self._log.error("daemon.failed", error=f"{type(exc).__name__}: {exc}")
-                self._stop_after_failure()
-                raise
+            early = self._stop_signal_queued()
+            if early is not None:
+                # a SIGTERM during recovery, acted on now that influxd runs: no run starts
+                self._stopping.set()
+                systemd.stopping()
+                self._log.info("daemon.stopping", signal=signal.Signals(early).name)
+                self._write_metrics(stopping=True)
+            else:
+                try:
+                    self._serve()
+                except BaseException as exc:
+                    # whatever ends the daemon, a run in flight finishes first: a cold run in
+                    # its stop window starts influxd again before we return (the worker is a
+                    # daemon thread, which the interpreter would abandon at exit)
+                    self._log.error("daemon.failed", error=f"{type(exc).__name__}: {exc}")
+                    self._stop_after_failure()
+                    raise
             status = self._exit_status()
         finally:
             with contextlib.suppress(OSError):
@@ -202,6 +210,24 @@ class Daemon:
         signum = self._main_loop()
         self._shutdown(signal.Signals(signum).name)
         self._write_metrics(stopping=True)
+
+    def _stop_signal_queued(self) -> int | None:
+        """A SIGTERM/SIGINT that arrived while nothing could act on it (start-up recovery);
+        a SIGHUP is queued again for the main loop."""
+        others: list[int] = []
+        found: int | None = None
+        while found is None:
+            try:
+                signum = self._signals.get_nowait()
+            except queue.Empty:
+                break
+            if signum in _STOP_SIGNALS:
+                found = signum
+            else:
+                others.append(signum)
+        for signum in others:
+            self._signals.put(signum)
+        return found
 
     def _stop_after_failure(self) -> None:
         """The daemon is ending on an error: stop as on SIGTERM (the run in flight finishes);
@@ -935,6 +961,27 @@ class Daemon:
         a read-only mount) fails every run; said now, once per dir, as check-config says it."""
         for line in unit_paths.warnings(self.config):
             self._log.warning("config.warning", detail=line)
+
+    def _recover_keeping_alive(self) -> None:
+        """Recovery may wait minutes on influxd's start (start_timeout × attempts, longer than
+        systemd's default 90 s start timeout, and the unit sets none): meanwhile systemd is
+        asked for more time and the metrics heartbeat goes on, so that neither systemd nor
+        the InfluxBackupDaemonSilent alert takes a recovering daemon for a hung one. A SIGTERM
+        meanwhile waits in the queue: acted on as soon as influxd runs (run())."""
+        done = threading.Event()
+
+        def keep_alive() -> None:
+            while not done.wait(EXTEND_EVERY):
+                systemd.extend_timeout(EXTEND_BY)
+                self._heartbeat(stopping=True)  # no next runs yet: nothing is scheduled
+
+        thread = threading.Thread(target=keep_alive, name="recovery-keepalive", daemon=True)
+        thread.start()
+        try:
+            self._recover()
+        finally:
+            done.set()
+            thread.join()
 
     def _recover(self) -> None:
         """Whatever a dead predecessor left (influxd down, a partial archive), undone now."""
