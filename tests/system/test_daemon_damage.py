@@ -4,6 +4,7 @@ abandoned with influxd down); a stop or a recovery that waits keeps the daemon v
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -155,3 +156,26 @@ def test_a_sigterm_during_start_up_recovery_extends_the_start_and_ends_once_infl
     names = [e.get("event") for e in d.events()]
     assert "daemon.ready" not in names and "run.due" not in names, names
     assert b"READY=1" not in notify.messages
+
+
+def test_status_after_a_kill_says_the_daemon_did_not_stop_cleanly(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: "daemon not running", as after a clean stop."""
+    config = write_config(tmp_path, sandbox)
+    with daemon(tmp_path, config) as d:
+        d.wait_event("daemon.ready", 60)
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(10)
+    text = Cli(config)("status", check=True).stdout
+    assert "did not stop cleanly (killed or crashed" in text, text
+    assert f"pid {d.proc.pid}" in text and "last alive 20" in text, text
+    report = Cli(config).json("status")
+    assert report["daemon"]["running"] is False
+    assert report["daemon"]["gone"]["pid"] == d.proc.pid, report["daemon"]
+    # a clean stop leaves nothing to say
+    with daemon(tmp_path, config) as d:
+        d.wait_event("daemon.ready", 60)
+        assert d.stop() == 0
+    assert "daemon    not running\n" in Cli(config)("status", check=True).stdout + "\n"
+    assert json.loads(Cli(config)("status", "--json").stdout)["daemon"]["gone"] is None

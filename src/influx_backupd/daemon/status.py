@@ -57,6 +57,20 @@ def read_daemon_state(config: Config) -> dict[str, Any] | None:
     return state
 
 
+def left_behind(config: Config) -> dict[str, Any] | None:
+    """daemon.json of a daemon that is gone without its clean exit (which removes it): killed
+    (SIGKILL, the OOM killer, the watchdog) or crashed. Its pid and when it was last alive (the
+    daemon touches the file with each metrics heartbeat)."""
+    path = config.state_dir / STATE_FILE
+    try:
+        last_alive = path.stat().st_mtime
+        state = loads_json(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = state.get("pid") if isinstance(state, dict) else None
+    return {"pid": count(pid), "last_alive": last_alive}
+
+
 def _run_summary(record: RunRecord) -> dict[str, Any]:
     return {
         "id": record.id,
@@ -125,6 +139,8 @@ def gather(config: Config) -> dict[str, Any]:
             "status": state.get("status") if state else None,
             "run_in_flight": state.get("running") if state else None,
             "waiting": state.get("pending", []) if state else [],
+            # not running, and did not stop cleanly: its daemon.json was left behind
+            "gone": None if state else left_behind(config),
         },
         "jobs": jobs,
         "verify": {
@@ -159,6 +175,12 @@ def render(report: dict[str, Any]) -> str:
     if d["running"]:
         lines.append(f"daemon    running, pid {d['pid']}, since {_when(d['started_at'])}")
         lines.append(f"  status  {d['status']}")
+    elif d.get("gone"):
+        gone = d["gone"]
+        lines.append(
+            f"daemon    not running: it did not stop cleanly (killed or crashed; pid "
+            f"{gone['pid'] or '?'}, last alive {_when(gone['last_alive'])})"
+        )
     else:
         lines.append("daemon    not running")
     running = report.get("restore")
