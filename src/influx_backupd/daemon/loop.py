@@ -336,7 +336,7 @@ class Daemon:
         offset = time.time() - time.monotonic()
         if abs(offset - self._clock_offset) > CLOCK_JUMP:
             self._log.warning("clock.jumped", by_s=round(offset - self._clock_offset, 1))
-            if self._scheduler is not None:
+            if self._scheduler is not None and not self._stopping.is_set():  # shut down
                 self._scheduler.wakeup()
         self._clock_offset = offset
 
