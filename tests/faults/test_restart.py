@@ -416,7 +416,12 @@ def test_a_start_that_hangs_is_waited_for_never_started_a_second_time(
     try:
         for attempt in (1, 2):
             backup.wait_event("influxd.start_failed", timeout=180, attempt=attempt)
-        wrappers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == HUNG]
+        # its own (started by this backup; another test may hang its own beside it)
+        wrappers = [
+            p
+            for p in psutil.process_iter(["cmdline", "ppid"])
+            if p.info["cmdline"] == HUNG and p.info["ppid"] == backup.proc.pid
+        ]
         assert len(wrappers) == 1, [p.info["cmdline"] for p in wrappers]
     finally:
         backup.kill()
