@@ -127,7 +127,17 @@ def recover(
         if server.answers_itself():
             logger.warning("recovery.influxd_already_running", run_id=run_id)
         else:
-            logger.warning("recovery.starting_influxd", run_id=run_id, marker=str(marker.path))
+            logger.warning(
+                "recovery.starting_influxd",
+                run_id=run_id,
+                marker=str(marker.path),
+                detail=(
+                    f"influxd (pid {CrashMarker.named_pid(left)}) outlasted this run's stop "
+                    "and exited since: started again"
+                    if "signalled_at" in left
+                    else "influxd was left stopped by this run"
+                ),
+            )
             started = time.monotonic()
             try:
                 server.start_until_up(

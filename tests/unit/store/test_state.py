@@ -120,6 +120,8 @@ def test_a_signalled_marker_watches_only_the_server_it_stopped_and_only_for_a_wh
 
         stale = {**body, "signalled_at": time.time() - state.SIGNALLED_WATCH_S - 1}
         assert not CrashMarker.signalled_runs(stale) and CrashMarker.may_be_down(stale)
+        for ahead in (time.time() + 3600, 9e99, float("nan")):  # hand-edited: never for ever
+            assert not CrashMarker.signalled_runs({**body, "signalled_at": ahead}), ahead
         sleeper.kill()
         sleeper.wait()
         assert not CrashMarker.signalled_runs(body), "it exited: down, to be started"
