@@ -511,8 +511,10 @@ class Influxd:
             "--quiet",
             f"--description=influxd for {self.config.server.conf} (started by influx-backupd)",
             f"--property=UMask={INFLUXD_UMASK:04o}",
-            *(f"--setenv={k}={v}" for k, v in os.environ.items() if k.startswith("INFLUXDB_")),
         ]
+        # None of our environment is passed on: --setenv puts values in argv (ps shows them to
+        # every user) and in the unit's Environment= (`systemctl show` does too), and
+        # INFLUXDB_* settings carry secrets. influxd reads its settings from influxdb.conf.
         if log_path is not None:
             # made here, private (systemd would create it with the unit's umask), then appended to
             with suppress(OSError):
