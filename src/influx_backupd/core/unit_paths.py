@@ -170,11 +170,16 @@ def explain(config: Config, exc: OSError) -> str:
     if exc.filename is None:
         return str(exc)
     path = Path(os.fsdecode(exc.filename))
-    owner = next(
-        (w for w in written_dirs(config) if path == w.path or w.path in path.parents), None
-    )
-    if owner is None:
+    # the live dirs themselves too (written_dirs has their parent, which they share), and of
+    # nested settings (a storage dir inside the state dir) the deepest
+    named = [
+        *written_dirs(config),
+        *(Written(f"influxd.config ({n} dir)", d) for n, d in config.server.dirs().items()),
+    ]
+    owners = [w for w in named if path == w.path or w.path in path.parents]
+    if not owners:
         return str(exc)
+    owner = max(owners, key=lambda w: len(w.path.parts))
     what = exc.strerror or str(exc)
     text = f"{owner.key} {owner.path}: {what}" + ("" if path == owner.path else f" ({path})")
     if exc.errno in _REFUSED and os.environ.get("INVOCATION_ID"):

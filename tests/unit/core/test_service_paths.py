@@ -184,6 +184,13 @@ def test_a_run_error_on_a_configured_path_names_its_setting(
         "; if the unit's sandbox is why, add it to ReadWritePaths= with `systemctl edit "
         "influx-backupd.service` (`influx-backupd check-config` lists every such path)"
     )
+    nested = load(write(tmp_path, f'state_dir = "{tmp_path / "state"}"', tmp_path / "state" / "a"))
+    deep = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "state" / "a" / "x"))
+    assert explain(nested, deep).startswith(f"storage.dir {tmp_path / 'state' / 'a'}: ")
+    data_file = OSError(errno.EACCES, "Permission denied", str(tmp_path / "server" / "data" / "f"))
+    assert explain(nested, data_file).startswith(
+        f"influxd.config (data dir) {tmp_path}/server/data:"
+    )
     elsewhere = OSError(errno.EROFS, "Read-only file system", "/usr/lib/x")
     assert explain(config, elsewhere) == str(elsewhere)
     assert explain(config, OSError(errno.ENOSPC, "No space left")) == "[Errno 28] No space left"
