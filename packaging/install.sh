@@ -59,6 +59,7 @@ while [ $# -gt 0 ]; do
         --enable) ENABLE=1 ;;
         --skip-venv) SKIP_VENV=1 ;;
         -h | --help) usage; exit 0 ;;
+        --) shift; [ $# -le 1 ] || usage_error "one CHECKOUT only, got '$*'"; SRC=${1:-$SRC}; break ;;
         -*) usage_error "unknown option '$1' (see --help)" ;;
         *)
             [ -z "$SRC" ] || usage_error "one CHECKOUT only, got '$SRC' and '$1'"
@@ -93,7 +94,7 @@ if [ "$DRY_RUN" = 0 ] && [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
 fi
 if [ "$SKIP_VENV" = 0 ]; then
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
-        die "$PYTHON is missing or older than 3.11 (set PYTHON=...)"
+        usage_error "PYTHON=$PYTHON is missing or older than 3.11 (set PYTHON=...)"
 fi
 
 # Show each step; run it unless --dry-run.

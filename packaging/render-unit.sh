@@ -31,7 +31,7 @@ case $bindir in
 esac
 case $bindir in
     *[!A-Za-z0-9/._+@-]*) usage "BINDIR '$2' may hold only letters, digits and / . _ + @ - (no spaces)" ;;
-    *//* | */./* | */../* | */. | */..) usage "BINDIR '$2' must be a normalized path (no //, . or ..)" ;;
+    *//* | */./* | */../* | */. | */.. | ?*/) usage "BINDIR '$2' must be a normalized path (no //, . or ..)" ;;
 esac
 [ "$bindir" != / ] || bindir=
 if [ $# -ge 3 ] && [ -n "$3" ]; then

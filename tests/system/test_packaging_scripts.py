@@ -95,6 +95,7 @@ def test_install_makes_the_same_modes_whatever_the_umask(tmp_path: Path, umask: 
         (["--bogus"], "--bogus"),
         (["/tmp"], "'/tmp'"),  # exists, but no checkout
         ([str(ROOT), str(ROOT)], "one CHECKOUT only"),
+        (["--", str(ROOT), str(ROOT)], "one CHECKOUT only"),
     ],
 )
 def test_install_refuses_bad_arguments_in_one_line(
@@ -104,6 +105,14 @@ def test_install_refuses_bad_arguments_in_one_line(
     result = install(root, "--skip-venv", *args)
     one_line(result, named)
     assert not root.exists()
+
+
+def test_install_refuses_a_python_it_cannot_use_as_a_usage_error(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    result = install(root, str(ROOT), PYTHON=str(tmp_path / "no-python"))
+    one_line(result, "PYTHON=")
+    assert not root.exists()
+    assert install(root, "--skip-venv", "--dry-run", "--", str(ROOT)).returncode == 0
 
 
 @pytest.mark.parametrize("version", ["999999999999999999999", "253x", "2 5 3"])
@@ -144,6 +153,7 @@ def test_install_renders_units_for_the_systemd_version(
         '/opt/"q"',
         "/opt/../bin",  # systemd refuses a path that is not normalized
         "//opt/bin",
+        "/usr/bin//",  # one trailing slash is dropped, not two
         "",
     ],
 )
@@ -183,3 +193,50 @@ def test_render_writes_execstart_and_type(
     assert f"ExecStart={execstart} --config /etc/influx-backupd/config.toml run" in lines
     assert f"Type={kind}" in lines
     assert any(line.startswith("ExecReload=") for line in lines) == (kind == "notify")
+
+
+# -- prerm / postrm: pending crash markers -------------------------------------------------------
+
+MARKERS = {
+    "stopped": '{"run_id":"r1","job":"nightly","stopping":true}',
+    "restore": '{"run_id":"restore-r2","kind":"restore","swaps":[["/srv/d","/srv/d.rb","/srv/d.s"]],'
+    '"stopping":true}',
+    "signalled": '{"run_id":"r3","stopping":true,"signalled_at":1.0,'
+    '"influxd":{"pid":1,"create_time":0}}',
+    "never stopped": '{"run_id":"r4","stopping":false,"influxd":{"pid":1,"create_time":0}}',
+}
+
+
+@pytest.mark.parametrize("kind", list(MARKERS))
+@pytest.mark.parametrize("script", ["prerm remove", "postrm purge"])
+def test_removal_says_what_a_pending_marker_asks_for(kind: str, script: str) -> None:
+    """Before: every marker got "run systemctl start influxdb" — for an interrupted restore
+    that starts influxd on half-restored dirs, and throws away the rollback record on purge;
+    a marker whose server never stopped was said as influxd down. The scripts run in a
+    private mount namespace, /var/lib and /etc/systemd a tmpfs: nothing of this host touched."""
+    body = MARKERS[kind].replace('"', '\\"')
+    name, arg = script.split()
+    done = run(
+        [
+            "unshare", "-m", "--propagation", "private", "sh", "-c",
+            "mount -t tmpfs none /var/lib && mount -t tmpfs none /etc/systemd && "
+            "mkdir -p /var/lib/influx-backupd && "
+            f'printf "%s" "{body}" > /var/lib/influx-backupd/influxd-stopped.json && '
+            f"sh {ROOT / 'packaging' / 'deb' / name} {arg} && "
+            "test -f /var/lib/influx-backupd/influxd-stopped.json",
+        ]
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # (deb-systemd-helper, run outside dpkg, says so on stderr too)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("influx-backupd:")]
+    if kind == "never stopped":
+        assert lines == [], lines
+        return
+    assert len(lines) == 1 and lines[0].startswith("influx-backupd: WARNING: "), lines
+    if kind == "restore":
+        assert "restore was interrupted" in lines[0] and "prune --dry-run" in lines[0]
+        assert "systemctl start" not in lines[0] and "do not start influxd" in lines[0]
+    elif kind == "signalled":
+        assert "outlasted" in lines[0], lines
+    else:
+        assert "not started again" in lines[0] and "systemctl start influxdb" in lines[0]
