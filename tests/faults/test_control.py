@@ -314,3 +314,36 @@ def test_a_server_started_by_someone_else_during_the_copy_fails_the_run(
         other.terminate()
         other.wait(60)
         sandbox.start()
+
+
+@pytest.mark.fault("intruder", "a process that names influxdb.conf but is no server")
+@pytest.mark.parametrize("when", ["open before the run", "opened during the copy"])
+def test_a_tail_of_influxdb_conf_is_no_server(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, when: str
+) -> None:
+    """`tail -f influxdb.conf` (a pager, an editor). Before: taken for a server. Opened during
+    the copy it failed the run as an intruder, deleted the good archive, and influxd stayed
+    down while the tail ran; open before the run, the stop waited for it and copied nothing."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    config = write_config(tmp_path, sandbox, influxd={"stop_timeout": "5s"})
+    ledger.take()
+    tail: subprocess.Popen[bytes] | None = None
+    try:
+        if when.startswith("open"):
+            tail = subprocess.Popen(["tail", "-f", str(sandbox.conf)], stdout=subprocess.DEVNULL)
+            backup = Watched(config, "backup", "--json")
+        else:
+            backup = Watched(config, "backup", "--json")
+            backup.wait_event("influxd.stopped")
+            tail = subprocess.Popen(["tail", "-f", str(sandbox.conf)], stdout=subprocess.DEVNULL)
+        code, out, err = backup.finish()
+        assert code == 0, err[-3000:]
+        record = json.loads(out)
+        assert record["status"] == "ok" and record["downtime_s"], record
+        assert sandbox.ping() and tail.poll() is None, "influxd serves, the tail runs on"
+        assert ledger.settle() == (0, [])
+    finally:
+        if tail is not None:
+            tail.kill()
+            tail.wait()
