@@ -312,14 +312,7 @@ class Influxd:
 
     def _systemctl(self, *args: str, timeout: float) -> str:
         try:
-            done = subprocess.run(
-                ["systemctl", *args],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-                preexec_fn=child_preexec(),
-            )
+            done = _captured(["systemctl", *args], timeout)
         except subprocess.TimeoutExpired:
             raise InfluxdError(
                 f"systemctl {' '.join(args)} did not finish in {timeout:.0f}s"
@@ -521,14 +514,7 @@ class Influxd:
                 os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
             argv += [f"--property=Standard{out}=append:{log_path}" for out in ("Output", "Error")]
         try:
-            done = subprocess.run(
-                [*argv, "--", *command],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-                preexec_fn=child_preexec(),
-            )
+            done = _captured([*argv, "--", *command], timeout)
         except subprocess.TimeoutExpired:
             raise StartFailed(f"systemd-run did not start unit {unit} in {timeout:.0f}s") from None
         except OSError as exc:
@@ -667,6 +653,18 @@ def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
         except psutil.TimeoutExpired:
             if time.monotonic() >= deadline:
                 return False
+
+
+def _captured(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """A systemd tool run to its end, its output kept for the error line."""
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        preexec_fn=child_preexec(),
+    )
 
 
 def _last_line(done: subprocess.CompletedProcess[str], otherwise: str) -> str:
