@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from influx_backupd.influxd import scratch
 from influx_backupd.keep.retention import RetentionPlan, RetentionPolicy, plan
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.record import RunRecord
+from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
 
 
@@ -95,25 +96,44 @@ def _named_paths(records: Iterable[RunRecord]) -> set[Path]:
     return archives | {sidecar_of(p) for p in archives}
 
 
+# A start this far after now is the clock's doing, not a backup still to come.
+FUTURE_SLACK_S = 300.0
+
+
+def _on_disk(record: RunRecord) -> bool:
+    return bool(record.archive) and os.path.exists(str(record.archive))
+
+
+def _named_by(records: Iterable[RunRecord]) -> dict[Path, set[str]]:
+    """Each path the records name (archive, sidecar) → the ids naming it: read once per job
+    (read again per deletion, a prune of N backups parsed the catalog N times: 160 s at 400)."""
+    named: dict[Path, set[str]] = {}
+    for r in records:
+        for path in _named_paths([r]):
+            named.setdefault(path, set()).add(r.id)
+    return named
+
+
 def _ours_alone(
     config: Config,
-    catalog: Catalog,
+    named: Mapping[Path, set[str]],
     record: RunRecord,
     paths: list[Path],
     report: PruneReport,
     logger: Any,
 ) -> list[Path]:
-    """The paths prune may remove with record: inside the storage dir, and no other backup's.
-    A record may come from outside (a sidecar, a bucket's manifest): the path it names is not
-    trusted to be its own. The others stay where they are, said in an error."""
+    """The paths prune may remove with record: strictly inside the storage dir, and no other
+    backup's. A record may come from outside (a sidecar, a bucket's manifest): the path it
+    names is not trusted to be its own. The others stay where they are, said in an error."""
     storage = config.storage_dir.resolve()
-    others = _named_paths(r for r in catalog.list() if r.id != record.id)
     kept: list[Path] = []
     for path in paths:
-        where = path.parent.resolve() / path.name  # the last element itself is what goes
-        if storage not in where.parents:
+        # the last element itself is what goes; ".." (`DIR/..` is the storage dir itself,
+        # which lies below itself by name) and "." name no file of a backup
+        where = Path(os.path.normpath(path.parent.resolve() / path.name))
+        if path.name in ("", ".", "..") or ".." in path.parts or storage not in where.parents:
             why = f"{path}: not inside storage.dir {config.storage_dir}; left where it is"
-        elif path in others:
+        elif named.get(path, set()) - {record.id}:
             why = f"{path}: named by another backup's record too; left where it is"
         else:
             kept.append(path)
@@ -170,7 +190,22 @@ def _prune_job(
     logger = log.get(action="prune", job=job.name, dry_run=dry_run)
     records = catalog.list(job=job.name)
     by_id = {r.id: r for r in records}
-    result = _holding(plan(records, policy_of(job), now=now), by_id, hold)
+    # A backup whose files are gone restores nothing: for the rules it is as one whose check
+    # failed (it never takes a restorable backup's place), and so are its chain's later links
+    gone = {r.id for r in records if r.ok and not only_in_bucket(r) and not _on_disk(r)}
+    if gone:
+        logger.warning("prune.missing_on_disk", run_ids=sorted(gone))
+    ruled = [dataclasses.replace(r, verify_status="failed") if r.id in gone else r for r in records]
+    # A backup dated after now (taken while the clock was ahead) ranks newest until then: the
+    # newest one dated before now is kept besides, or each new backup would be pruned at once
+    ahead = sorted(r.id for r in records if r.started_at > now + FUTURE_SLACK_S)
+    present = [r for r in ruled if r.good and r.started_at <= now + FUTURE_SLACK_S]
+    if ahead:
+        logger.warning("prune.dated_in_the_future", run_ids=ahead)
+        if present:
+            newest = max(present, key=lambda r: (r.started_at, r.id))
+            hold = {newest.id: "the newest backup not dated in the future", **hold}
+    result = _holding(plan(ruled, policy_of(job), now=now), by_id, hold)
 
     # Belt and braces: whatever retention.plan says, the newest good backup stays.
     goods = sorted((r for r in records if r.good), key=lambda r: (r.started_at, r.id))
@@ -189,9 +224,10 @@ def _prune_job(
     policy = policy_of(job)
     kept_starts = [r.started_at for r in result.keep if r.status == "ok"]
     oldest_kept = min(kept_starts) if kept_starts else None
+    named = _named_by(catalog.list())
     for planned in result.delete:
         record = by_id[planned.id]
-        paths = _ours_alone(config, catalog, record, _files_of(config, record), report, logger)
+        paths = _ours_alone(config, named, record, _files_of(config, record), report, logger)
         if record.status in ("failed", "interrupted") and (
             not policy.has_rules or (oldest_kept is not None and record.started_at > oldest_kept)
         ):

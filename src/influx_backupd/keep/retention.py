@@ -122,7 +122,9 @@ def _on_failed_link(record: RunRecord, members: dict[str, RunRecord]) -> bool:
     current, seen = record, {record.id}
     while current.kind == "incremental" and current.parent_id:
         parent = members.get(current.parent_id)
-        if parent is None or parent.id in seen:
+        if parent is None:
+            return True  # an earlier link not kept as ok: the chain cannot be restored
+        if parent.id in seen:
             return False
         if parent.failed_check:
             return True

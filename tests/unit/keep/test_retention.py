@@ -289,17 +289,18 @@ def test_increment_without_chain_id_follows_parents() -> None:
     assert ids(p.keep) == ["I2", "I1", "F"]
 
 
-def test_parent_walk_stops_at_a_failed_parent_so_prune_is_idempotent() -> None:
-    # Walking through the failed I1 to F would keep F now, but once I1 is pruned
-    # the walk could not reach F and the next prune would delete it.
+def test_an_increment_on_a_failed_parent_takes_no_place_and_prune_is_idempotent() -> None:
+    # I2's chain runs through the failed I1: it restores nothing, so it never takes the place
+    # of F, the one restorable backup (before, keep_last=1 kept I2 alone and deleted F). It is
+    # kept beside, as a backup whose check failed is, while no good backup kept is newer.
     records = [
         hot("F", "2026-11-23 00:00", chain=None),
         hot("I1", "2026-11-24 00:00", chain=None, parent="F", status="failed"),
         hot("I2", "2026-11-25 00:00", chain=None, parent="I1"),
     ]
     first = run(records, keep_last=1)
-    assert ids(first.keep) == ["I2"]
-    assert ids(run(first.keep, keep_last=1).keep) == ["I2"]
+    assert ids(first.keep) == ["I2", "F"]
+    assert ids(run(first.keep, keep_last=1).keep) == ["I2", "F"]
 
 
 def test_failed_member_of_kept_chain_is_still_deleted() -> None:
