@@ -125,4 +125,8 @@ def test_a_copied_increment_verified_by_path_checks_the_links_beside_it(
     shutil.copy(f"{source}.json", elsewhere / f"{source.name}.json")
     both = cli("verify", str(elsewhere / Path(inc["archive"]).name), "--json")
     assert both.returncode == 0, both.stdout
-    assert json.loads(both.stdout)[0]["checks"]["chain"].startswith("ok (2 links"), both.stdout
+    said = json.loads(both.stdout)[0]["checks"]["chain"]
+    assert said.startswith("2 links present, sizes match") and "not read" in said, said
+    deep = cli("verify", str(elsewhere / Path(inc["archive"]).name), "--deep", "--json")
+    assert deep.returncode == 0, deep.stdout
+    assert json.loads(deep.stdout)[0]["checks"]["chain"].startswith("ok (2 links"), deep.stdout

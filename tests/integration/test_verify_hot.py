@@ -345,3 +345,46 @@ def test_a_server_keeping_its_own_statistics_restore_tests_ok(
     [result] = json.loads(done.stdout)
     assert done.returncode == 0, result
     assert result["checks"]["restore_test"].startswith("ok"), result["checks"]
+
+
+# -- the links before an increment, and the records beside the backups ----------------------------
+
+
+def test_deep_verify_of_a_link_reads_the_earlier_links_plain_says_it_did_not(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """Before: `verify TIP [--deep]` said "chain ok" over an earlier link with one byte changed
+    (its size the same: the chain check was a stat), and a restore of TIP then refused it."""
+    middle = tmp_path / "middle"
+    shutil.copytree(chain.incremental["archive"], middle)
+    shard = max(middle.glob("*.tar.gz"), key=lambda p: p.stat().st_size)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    # not the verdict an earlier test left on the original (a killed restore test's)
+    fresh: dict[str, Any] = {"verify_status": None, "verify_detail": None}
+    damaged = chain.register(middle, **fresh)
+    shutil.copytree(chain.incremental["archive"], tmp_path / "tip")  # no record beside it
+    tip = chain.register(tmp_path / "tip", parent_id=damaged, **fresh)
+    try:
+        done = chain.cli("verify", tip, "--deep", "--json")
+        assert done.returncode == 1, done.stdout
+        [result] = results(done)
+        assert result["checks"]["sha256"] == "ok", "the tip itself is intact"
+        assert result["checks"]["chain"] == "failed", result
+        assert any(damaged in e and "damaged gzip" in e for e in result["errors"]), result
+
+        plain = chain.cli("verify", tip)
+        assert plain.returncode == 0, plain.stdout + plain.stderr[-2000:]
+        assert "chain ok" not in plain.stdout and "ok (3 links" not in plain.stdout
+        assert (
+            "3 links present, sizes match; contents of 2 earlier links not read "
+            "(verify --deep, or verify --all)" in plain.stdout
+        ), plain.stdout
+
+        intact = chain.cli("verify", chain.incremental["id"], "--deep", "--json")
+        assert intact.returncode == 0, intact.stdout
+        assert results(intact)[0]["checks"]["chain"].startswith("ok (2 links, each one's")
+    finally:
+        chain.catalog.delete(tip)
+        chain.catalog.delete(damaged)

@@ -93,11 +93,15 @@ def verify(
     deep: bool = False,
     restore_test: bool = False,
     catalog: Catalog | None = None,
+    seen: dict[str, VerifyResult] | None = None,
 ) -> VerifyResult:
     """catalog: where a hot record's chain is looked up (default: the one in state_dir).
+    seen: the results of backups verified earlier in this run (verify --all), at this depth:
+    an increment's earlier links among them are not read again.
 
     A tar the catalog does not know is checked against the record written beside it, if any."""
     started = time.monotonic()
+    from_catalog = record is not None
     sidecar_problem = None
     if record is None and archive.is_file():
         try:
@@ -114,18 +118,18 @@ def verify(
     if sidecar_problem is not None:
         result.fail("record", sidecar_problem)
         result.checks["sha256"] = "skipped (the record beside it is unusable)"
-    if not archive.exists():
-        result.fail("archive", f"{archive}: the archive is missing")
-    elif archive.is_dir():
-        _verify_directory(
-            config, archive, record, result, deep=deep, restore_test=restore_test, catalog=catalog
-        )
-    else:
-        _verify_tar(
-            config, archive, record, result, deep=deep, restore_test=restore_test, catalog=catalog
-        )
+    _verify_one(
+        config,
+        archive,
+        record,
+        result,
+        deep=deep,
+        restore_test=restore_test,
+        catalog=catalog,
+        from_catalog=from_catalog,
+    )
     if record is not None and record.kind == "incremental" and archive.exists():
-        _verify_chain(config, record, result, catalog)
+        _verify_chain(config, record, result, catalog, deep=deep, seen=seen)
     result.seconds = round(time.monotonic() - started, 3)
     event = logger.info if result.ok else logger.error
     event(
@@ -139,12 +143,44 @@ def verify(
     return result
 
 
+def _verify_one(
+    config: Config,
+    archive: Path,
+    record: RunRecord | None,
+    result: VerifyResult,
+    *,
+    deep: bool,
+    restore_test: bool,
+    catalog: Catalog | None,
+    from_catalog: bool,
+) -> None:
+    """One backup on its own, without the links before it: what `verify ID` of it checks, and
+    what `verify --deep` of a later link checks of each earlier one."""
+    if not archive.exists():
+        result.fail("archive", f"{archive}: the archive is missing")
+        return
+    if archive.is_dir():
+        _verify_directory(
+            config, archive, record, result, deep=deep, restore_test=restore_test, catalog=catalog
+        )
+    else:
+        _verify_tar(
+            config, archive, record, result, deep=deep, restore_test=restore_test, catalog=catalog
+        )
+
+
 def _verify_chain(
-    config: Config, record: RunRecord, result: VerifyResult, catalog: Catalog | None
+    config: Config,
+    record: RunRecord,
+    result: VerifyResult,
+    catalog: Catalog | None,
+    *,
+    deep: bool,
+    seen: dict[str, VerifyResult] | None,
 ) -> None:
     """An increment restores only on top of its earlier links: each one in the catalog, ok,
     its archive there, and not failed its own last check (before: `verify TIP` said ok with a
-    link gone, and a restore of it was then refused)."""
+    link gone, and a restore of it was then refused). Deep: each one also verified in full."""
     if catalog is None:
         if not config.state_dir.is_dir():
             return  # no catalog here (a backup verified by path on another host)
@@ -154,14 +190,12 @@ def _verify_chain(
     except RestoreRefused as exc:
         result.fail("chain", str(exc))
         return
-    wrong = _earlier_links_problem(links[:-1])
-    if wrong is not None:
-        result.fail("chain", f"chain {record.chain_id}: {wrong}")
-        return
-    result.checks["chain"] = f"ok ({len(links)} links)"
+    _check_earlier_links(config, links[:-1], result, catalog, deep=deep, seen=seen)
 
 
-def _verify_sidecar_chain(archive: Path, result: VerifyResult) -> None:
+def _verify_sidecar_chain(
+    config: Config, archive: Path, result: VerifyResult, *, deep: bool
+) -> None:
     """A 1.x increment verified by path (no catalog entry): the links before it, as a restore
     on a new host finds them, from the records beside the dirs (before: ok, with no word that
     it restores only on top of them)."""
@@ -170,26 +204,70 @@ def _verify_sidecar_chain(archive: Path, result: VerifyResult) -> None:
     except RestoreRefused as exc:
         result.fail("chain", str(exc))
         return
-    wrong = _earlier_links_problem([link.record for link in links[:-1] if link.record])
-    if wrong is not None:
-        result.fail("chain", wrong)
-        return
-    result.checks["chain"] = f"ok ({len(links)} links, from the records beside them)"
+    earlier = [link.record for link in links[:-1] if link.record]
+    _check_earlier_links(
+        config, earlier, result, None, deep=deep, seen=None, whence=", from the records beside them"
+    )
 
 
-def _earlier_links_problem(links: list[RunRecord]) -> str | None:
+def _check_earlier_links(
+    config: Config,
+    links: list[RunRecord],
+    result: VerifyResult,
+    catalog: Catalog | None,
+    *,
+    deep: bool,
+    seen: dict[str, VerifyResult] | None,
+    whence: str = "",
+) -> None:
     """What keeps an increment from restoring on these links: one gone or not its recorded
-    size (stat only), or one whose own last check failed."""
+    size (stat only), or one whose own last check failed. Deep, or verified earlier in this
+    run: its contents too, as `verify` of that link alone checks them. Otherwise the line says
+    that its contents were not read (before: "chain ok" over a link with a changed byte)."""
+    unread = 0
     for link in links:
         wrong = link_problem(link)
-        if wrong is not None:
-            return wrong
-        if link.failed_check:
-            return (
+        if wrong is None and link.failed_check:
+            wrong = (
                 f"link {link.id} failed its last check "
                 f"({link.verify_detail or 'see verify ' + link.id})"
             )
-    return None
+        if wrong is None:
+            own = (seen or {}).get(link.id)
+            if own is None and deep:
+                own = VerifyResult(archive=str(link.archive), run_id=link.id, job=link.job)
+                _verify_one(
+                    config,
+                    Path(str(link.archive)),
+                    link,
+                    own,
+                    deep=True,
+                    restore_test=False,
+                    catalog=catalog,
+                    from_catalog=catalog is not None,
+                )
+            if own is None:
+                unread += 1
+            elif own.status == "failed":
+                wrong = f"link {link.id}: {'; '.join(own.errors)}"
+            elif not own.ok:
+                result.cannot("chain", f"link {link.id} could not be checked: {own.detail()}")
+                return
+        if wrong is not None:
+            prefix = f"chain {links[0].chain_id}: " if catalog is not None else ""
+            result.fail("chain", prefix + wrong)
+            return
+    total = len(links) + 1
+    # verify --all reads each link on its own line; links known only by their records beside
+    # them (by path) are not in it
+    how = "verify --deep, or verify --all" if catalog is not None else "verify --deep"
+    if unread:
+        result.checks["chain"] = (
+            f"{total} links present, sizes match{whence}; contents of {unread} earlier "
+            f"link{'s' if unread > 1 else ''} not read ({how})"
+        )
+    else:
+        result.checks["chain"] = f"ok ({total} links, each one's contents verified{whence})"
 
 
 def _verify_tar(
@@ -338,7 +416,7 @@ def _verify_directory(
         result.fail("record", unusable)
         result.checks["sha256"] = "skipped (the record beside it is unusable)"
     elif record is None and recorded is not None and recorded.kind == "incremental":
-        _verify_sidecar_chain(archive, result)
+        _verify_sidecar_chain(config, archive, result, deep=deep)
     config.storage_dir.mkdir(parents=True, exist_ok=True)
     report = check_portable_formats(archive, deep=deep, spool_dir=config.storage_dir)
     for finding in report.findings:
@@ -422,6 +500,7 @@ def verify_all(
     ]
     good.sort(key=lambda r: (r.verified_at or r.finished_at or r.started_at, r.started_at))
     results = []
+    seen: dict[str, VerifyResult] = {}
     for record in good:
         if stop():
             break
@@ -433,9 +512,11 @@ def verify_all(
             deep=deep,
             restore_test=restore_test,
             catalog=catalog,  # the increments' chains are read from it, not opened again each
+            seen=seen,  # an increment's earlier links checked before it are not read again
         )
         save_result(catalog, record, result)
         results.append(result)
+        seen[record.id] = result
     return results
 
 
