@@ -388,3 +388,40 @@ def test_deep_verify_of_a_link_reads_the_earlier_links_plain_says_it_did_not(
     finally:
         chain.catalog.delete(tip)
         chain.catalog.delete(damaged)
+
+
+def test_a_record_beside_a_backup_that_disagrees_with_the_catalog_fails_verify(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """Before: a sidecar edited to kind full, no parent and another sha256 (what `import` on a
+    new host reads) passed verify and verify --all."""
+    copy = tmp_path / Path(chain.incremental["archive"]).name
+    shutil.copytree(chain.incremental["archive"], copy)
+    run_id = chain.register(copy, verify_status=None, verify_detail=None)
+    data = json.loads(Path(f"{chain.incremental['archive']}.json").read_text())
+    data.update(id=run_id, kind="full", parent_id=None, sha256="0" * 64)
+    Path(f"{copy}.json").write_text(json.dumps(data))
+    bare = chain.register(tmp_path / "bare", verify_status=None, verify_detail=None)
+    shutil.copytree(chain.incremental["archive"], tmp_path / "bare")
+    try:
+        done = chain.cli("verify", run_id, "--json")
+        assert done.returncode == 1, done.stdout
+        [result] = results(done)
+        assert result["checks"]["sha256"] == "ok" and result["checks"]["record"] == "failed"
+        [line] = [e for e in result["errors"] if "disagrees with the catalog" in e]
+        assert f"{copy}.json" in line and "kind 'full' here, 'incremental' in the catalog" in line
+        assert f"parent_id None here, '{chain.full['id']}' in the catalog" in line
+        assert "sha256 '" + "0" * 64 + "' here" in line
+
+        every = chain.cli("verify", "--all", "--job", "hotjob", "--json")
+        assert every.returncode == 1
+        by_id = {r["run_id"]: r for r in results(every)}
+        assert by_id[run_id]["checks"]["record"] == "failed"
+        assert by_id[chain.incremental["id"]]["checks"]["record"].startswith("ok")
+        assert by_id[chain.full["id"]]["checks"]["record"].startswith("ok")
+        # none beside it: said, no verdict against an intact backup
+        assert by_id[bare]["status"] == "ok" and by_id[bare]["checks"]["record"] == "missing"
+        assert any("no backup record beside it" in w for w in by_id[bare]["warnings"])
+    finally:
+        chain.catalog.delete(run_id)
+        chain.catalog.delete(bare)

@@ -56,7 +56,12 @@ from influx_backupd.store.formats import ArchiveReport, Finding, check_archive, 
 from influx_backupd.store.formats.tsm import check_tsm
 from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.scanners import Scan, changed_files, scan_portable, scan_snapshot09
-from influx_backupd.store.sidecar import SidecarError, record_beside
+from influx_backupd.store.sidecar import (
+    SidecarError,
+    read_sidecar_data,
+    record_beside,
+    sidecar_of,
+)
 from influx_backupd.verify.restore_test import restore_test_cold, restore_test_hot
 from influx_backupd.verify.result import VerifyResult
 
@@ -99,7 +104,8 @@ def verify(
     seen: the results of backups verified earlier in this run (verify --all), at this depth:
     an increment's earlier links among them are not read again.
 
-    A tar the catalog does not know is checked against the record written beside it, if any."""
+    A tar the catalog does not know is checked against the record written beside it, if any;
+    one it knows, its record beside it against the catalog's."""
     started = time.monotonic()
     from_catalog = record is not None
     sidecar_problem = None
@@ -167,6 +173,66 @@ def _verify_one(
         _verify_tar(
             config, archive, record, result, deep=deep, restore_test=restore_test, catalog=catalog
         )
+    if from_catalog and record is not None:
+        _compare_sidecar(archive, record, result)
+
+
+# What restore and import act on: a record beside the backup that differs here misleads them.
+SIDECAR_FIELDS = ("id", "job", "mode", "kind", "parent_id", "chain_id", "sha256")
+
+
+def _compare_sidecar(archive: Path, record: RunRecord, result: VerifyResult) -> None:
+    """The record beside a backup is all `import` has on a new host: it must say what the
+    catalog says (before: one edited to another kind, parent or sha256 passed verify, and an
+    import after a lost host restored on its word).
+
+    A missing one is a warning: backups taken before records were written beside them have
+    none, and this host restores the backup from the catalog; marking it failed would take an
+    intact backup out of the good ones, with nothing to put back."""
+    if record.mode == "hot" and archive.is_file():
+        return  # a 0.9 snapshot: its chain is in its files' names, no record is written
+    try:
+        data = read_sidecar_data(archive.absolute())
+    except SidecarError as exc:
+        result.fail("record", f"{exc}; the catalog's record is intact (import would refuse it)")
+        return
+    where = sidecar_of(archive)
+    if data is None:
+        result.checks["record"] = "missing"
+        result.warnings.append(
+            f"{where}: no backup record beside it: the catalog here knows the backup, but "
+            "import on a new host will not"
+        )
+        return
+    wrong = [
+        f"{name} {data.get(name)!r} here, {getattr(record, name)!r} in the catalog"
+        for name in SIDECAR_FIELDS
+        if data.get(name) != getattr(record, name)
+    ]
+    recorded = record.extra.get("file_sha256")
+    beside = data.get("extra")
+    beside_files = beside.get("file_sha256") if isinstance(beside, dict) else None
+    if recorded is not None and beside_files != recorded:
+        names = recorded if isinstance(recorded, dict) else {}
+        other = beside_files if isinstance(beside_files, dict) else {}
+        differ = sorted(n for n in set(names) | set(other) if names.get(n) != other.get(n))
+        wrong.append(
+            f"file_sha256 of {len(differ)} file(s) differs from the catalog's"
+            + (
+                f" (first: {differ[0]}: {other.get(differ[0])!r} here, "
+                f"{names.get(differ[0])!r} in the catalog)"
+                if differ
+                else ""
+            )
+        )
+    if wrong:
+        result.fail(
+            "record",
+            f"{where}: the backup record beside it disagrees with the catalog (import on a new "
+            f"host reads it): {'; '.join(wrong)}",
+        )
+    else:
+        result.checks["record"] = "ok (the record beside it matches the catalog)"
 
 
 def _verify_chain(
