@@ -300,6 +300,8 @@ def _check_earlier_links(
             )
         if wrong is None:
             own = (seen or {}).get(link.id)
+            if own is not None and own.status == "error":
+                own = None  # no verdict (its restore test could not run): read it as if unseen
             if own is None and deep:
                 own = VerifyResult(archive=str(link.archive), run_id=link.id, job=link.job)
                 _verify_one(
