@@ -137,7 +137,9 @@ def test_a_plan_that_would_delete_the_newest_good_backup_is_refused(
     for r in records:
         catalog.save(r)
 
-    def broken_plan(records: list[RunRecord], policy: object, *, now: float) -> RetentionPlan:
+    def broken_plan(
+        records: list[RunRecord], policy: object, *, now: float, **_: object
+    ) -> RetentionPlan:
         return RetentionPlan(keep=[], delete=list(records))
 
     monkeypatch.setattr(prune_module, "plan", broken_plan)

@@ -190,22 +190,22 @@ def _prune_job(
     logger = log.get(action="prune", job=job.name, dry_run=dry_run)
     records = catalog.list(job=job.name)
     by_id = {r.id: r for r in records}
-    # A backup whose files are gone restores nothing: for the rules it is as one whose check
-    # failed (it never takes a restorable backup's place), and so are its chain's later links
+    # A backup whose files are gone restores nothing (plan's `missing`)
     gone = {r.id for r in records if r.ok and not only_in_bucket(r) and not _on_disk(r)}
     if gone:
         logger.warning("prune.missing_on_disk", run_ids=sorted(gone))
-    ruled = [dataclasses.replace(r, verify_status="failed") if r.id in gone else r for r in records]
     # A backup dated after now (taken while the clock was ahead) ranks newest until then: the
     # newest one dated before now is kept besides, or each new backup would be pruned at once
     ahead = sorted(r.id for r in records if r.started_at > now + FUTURE_SLACK_S)
-    present = [r for r in ruled if r.good and r.started_at <= now + FUTURE_SLACK_S]
+    present = [
+        r for r in records if r.good and r.id not in gone and r.started_at <= now + FUTURE_SLACK_S
+    ]
     if ahead:
         logger.warning("prune.dated_in_the_future", run_ids=ahead)
         if present:
             newest = max(present, key=lambda r: (r.started_at, r.id))
             hold = {newest.id: "the newest backup not dated in the future", **hold}
-    result = _holding(plan(ruled, policy_of(job), now=now), by_id, hold)
+    result = _holding(plan(records, policy_of(job), now=now, missing=gone), by_id, hold)
 
     # Belt and braces: whatever retention.plan says, the newest good backup stays.
     goods = sorted((r for r in records if r.good), key=lambda r: (r.started_at, r.id))

@@ -28,7 +28,7 @@ while the rules would keep it were its check good — and a kept chain keeps it 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
@@ -117,8 +117,10 @@ def chain_key(record: RunRecord, members: dict[str, RunRecord]) -> str:
         current = parent
 
 
-def _on_failed_link(record: RunRecord, members: dict[str, RunRecord]) -> bool:
-    """An earlier link of record's chain failed its last check."""
+def _on_failed_link(
+    record: RunRecord, members: dict[str, RunRecord], failed: Callable[[RunRecord], bool]
+) -> bool:
+    """An earlier link of record's chain failed its last check (or its files are gone)."""
     current, seen = record, {record.id}
     while current.kind == "incremental" and current.parent_id:
         parent = members.get(current.parent_id)
@@ -126,7 +128,7 @@ def _on_failed_link(record: RunRecord, members: dict[str, RunRecord]) -> bool:
             return True  # an earlier link not kept as ok: the chain cannot be restored
         if parent.id in seen:
             return False
-        if parent.failed_check:
+        if failed(parent):
             return True
         seen.add(parent.id)
         current = parent
@@ -168,8 +170,16 @@ def _newest_first(records: Sequence[RunRecord]) -> list[RunRecord]:
     return sorted(records, key=lambda r: (r.started_at, r.id), reverse=True)
 
 
-def plan(records: Sequence[RunRecord], policy: RetentionPolicy, *, now: float) -> RetentionPlan:
-    """Split one job's runs into keep and delete, newest first in each list.
+def plan(
+    records: Sequence[RunRecord],
+    policy: RetentionPolicy,
+    *,
+    now: float,
+    missing: Collection[str] = (),
+) -> RetentionPlan:
+    """Split one job's runs into keep and delete, newest first in each list. missing: the ids
+    of backups whose files are gone, which restore nothing: as a failed check, they never take
+    a restorable backup's place, nor do their chain's later links.
 
     `now` is accepted for time-relative rules (a future keep_within); the
     current rules count periods that have a backup, not periods back from now,
@@ -178,9 +188,13 @@ def plan(records: Sequence[RunRecord], policy: RetentionPolicy, *, now: float) -
     del now
     ordered = _newest_first(records)
     members = {r.id: r for r in ordered if r.status in ("ok", "running")}
+
     # an increment restores only as well as its earlier links: one on a link whose check
     # failed is no good backup either (it would take a rule's place from a restorable one)
-    unproven = {r.id for r in ordered if r.failed_check or _on_failed_link(r, members)}
+    def failed(r: RunRecord) -> bool:
+        return r.failed_check or (r.ok and r.id in missing)
+
+    unproven = {r.id for r in ordered if failed(r) or _on_failed_link(r, members, failed)}
     oks = [r for r in ordered if r.good and r.id not in unproven]  # what the rules count
     checked_bad = [r for r in ordered if r.ok and r.id in unproven]
     reasons = _selected(oks, policy)
@@ -198,8 +212,14 @@ def plan(records: Sequence[RunRecord], policy: RetentionPolicy, *, now: float) -
     for r in checked_bad:
         newer = not kept_good or r.started_at >= min(kept_good)
         if r.id not in reasons and (newer or r.id in as_if_good):
-            what = "its check" if r.failed_check else "a check of an earlier link"
-            mark(r, f"{what} failed: kept until the good backups kept are all newer")
+            what = (
+                "its files are gone"
+                if r.id in missing
+                else "its check failed"
+                if r.failed_check
+                else "a check of an earlier link failed"
+            )
+            mark(r, f"{what}: kept until the good backups kept are all newer")
 
     # Whole chains: the newest anchoring member names the reason.
     keys = {rid: chain_key(r, members) for rid, r in members.items()}
