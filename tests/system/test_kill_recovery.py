@@ -12,6 +12,7 @@ from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 from tests.conftest import Cli, failure_hooked, throwaway_influxds, wait_until, write_config
+from tests.faults.conftest import Watched
 from tests.system.test_daemon import daemon, runs, wait_runs
 
 FILLER = 1_500_000_000  # sparse: makes the copy (and so the stop window) long enough to aim at
@@ -113,14 +114,13 @@ def test_a_hot_run_killed_is_recorded_interrupted_and_its_leftovers_go(
     sandbox.write_points("metrics", 20_000)
     catalog = Catalog(tmp_path / "state")
     storage = tmp_path / "archives"
-    backup = cli.popen("backup", "--mode", "hot")
-    wait_until(
-        lambda: catalog.exists() and any(r.status == "running" for r in catalog.list()),
-        60,
-        "the hot run's record",
-    )
+    backup = Watched(config, "backup", "--mode", "hot")
+    # Frozen the moment its `influxd backup` starts: polling the catalog for `running` could
+    # miss the whole run (20,000 points take well under a second) when this worker is
+    # descheduled, and a run that ends first fails here with its own stderr.
+    backup.wait_event("hot.running", timeout=60)
+    backup.proc.send_signal(signal.SIGSTOP)
     backup.kill()
-    backup.wait()
     for child in psutil.process_iter(["cmdline"]):  # its `influxd backup` dies with it or soon
         argv = child.info["cmdline"] or []
         if len(argv) > 1 and argv[1] == "backup" and str(storage) in " ".join(argv):
