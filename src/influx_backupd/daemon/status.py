@@ -8,10 +8,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import psutil
-
 from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import count, loads_json, number
+from influx_backupd.core.processes import LOOSE, same_process
 from influx_backupd.core.schedule import describe
 from influx_backupd.daemon.loop import STATE_FILE
 from influx_backupd.report import progress
@@ -29,15 +28,11 @@ def read_daemon_state(config: Config) -> dict[str, Any] | None:
     """
     try:
         state = loads_json((config.state_dir / STATE_FILE).read_text())
-        pid, created = int(state["pid"]), float(state["create_time"])
-    except (OSError, ValueError, KeyError, TypeError, OverflowError):
-        return None
-    try:
-        if abs(psutil.Process(pid).create_time() - created) > 1.0:
-            return None
-    except (psutil.Error, ValueError, OverflowError):  # no such process; pid 0, -1 or huge
+    except (OSError, ValueError):
         return None
     if not isinstance(state, dict):
+        return None
+    if same_process(state.get("pid"), state.get("create_time"), LOOSE) is None:
         return None
     # a damaged file of a live daemon loses the parts that do not fit, not the whole `status`
     jobs = state.get("jobs")

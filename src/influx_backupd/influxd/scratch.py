@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from influx_backupd.core.jsontext import loads_json
+from influx_backupd.core.processes import same_process
 from influx_backupd.store import layout
 
 PREFIX = layout.SCRATCH
@@ -90,11 +91,12 @@ def owner_alive(scratch: Path) -> bool:
     made_by = owner(scratch)
     if made_by is None or made_by.pid == os.getpid():
         return False
-    try:
-        started = psutil.Process(made_by.pid).create_time()
-    except (psutil.Error, ValueError, OverflowError):  # gone; or a pid no process can have
-        return False
-    return made_by.started is None or abs(started - made_by.started) < 0.01
+    if made_by.started is None:  # written before the start time was recorded
+        try:
+            return made_by.pid > 0 and psutil.pid_exists(made_by.pid)
+        except OverflowError:  # a pid no process can have
+            return False
+    return same_process(made_by.pid, made_by.started) is not None
 
 
 def stop_server(scratch: Path) -> list[int]:

@@ -28,6 +28,7 @@ from influx_backupd.core.atomic import replace_file
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import child_preexec, signals_allowed
+from influx_backupd.core.processes import same_process
 from influx_backupd.influxd.influxql import ping_headers
 from influx_backupd.influxd.listening import listens
 
@@ -142,19 +143,6 @@ def _frozen(proc: psutil.Process) -> bool:
         return proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
     except psutil.Error:
         return False
-
-
-def _same_process(pid: int, create_time: float) -> psutil.Process | None:
-    """The process, unless the pid was reused by another one since we saw it."""
-    try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) > 0.01:
-            return None
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return proc
-    except (psutil.Error, ValueError, OverflowError):  # gone; or a pid no process can have
-        return None
 
 
 class Influxd:
@@ -296,7 +284,7 @@ class Influxd:
             return None
         try:
             proc = psutil.Process(pid)
-            checked = _same_process(pid, proc.create_time())
+            checked = same_process(pid, proc.create_time())
         except psutil.Error:
             return None
         self._proc = checked

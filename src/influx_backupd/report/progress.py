@@ -17,6 +17,7 @@ import psutil
 from influx_backupd.core import log, systemd
 from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.jsontext import loads_json
+from influx_backupd.core.processes import LOOSE, same_process
 
 # (bytes done, bytes expected), and files=(done, expected) when the emitter counts files
 Listener = Callable[..., None]
@@ -119,12 +120,13 @@ def read_published(path: Path) -> dict[str, Any] | None:
     """A running command's published progress; None when there is none or its writer is gone."""
     try:
         state = loads_json(path.read_text())
-        pid, created = int(state["pid"]), float(state["create_time"])
-        if abs(psutil.Process(pid).create_time() - created) > 1.0:
-            return None
-    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+    except (OSError, ValueError):
         return None
-    return state if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        return None
+    if same_process(state.get("pid"), state.get("create_time"), LOOSE) is None:
+        return None
+    return state
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from influx_backupd.core import alarms
 from influx_backupd.core.atomic import fsync_dir, replace_json
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
 from influx_backupd.core.jsontext import count, loads_json
+from influx_backupd.core.processes import same_process
 
 # How long a server that got our stop signal and still runs is watched: influxd 1.x ends its own
 # shutdown by force 30 s after SIGTERM; an exit later than this is not taken as ours.
@@ -257,11 +258,4 @@ def _named_runs(body: dict[str, Any]) -> bool:
     named = body.get("influxd")
     if not isinstance(named, dict):
         return False
-    pid, created = named.get("pid"), named.get("create_time")
-    if not isinstance(pid, int) or not isinstance(created, int | float) or pid <= 0:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - created) <= 0.01 and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.Error, ValueError, OverflowError):
-        return False
+    return same_process(named.get("pid"), named.get("create_time")) is not None

@@ -1,0 +1,111 @@
+"""A pid written down in a state file counts only while it is still the process it named."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import psutil
+import pytest
+
+from influx_backupd.core.config import Config
+from influx_backupd.core.processes import LOOSE, same_process
+from influx_backupd.daemon.status import STATE_FILE, read_daemon_state
+from influx_backupd.report.progress import read_published
+
+ME = psutil.Process()
+
+
+def test_this_process_is_itself() -> None:
+    found = same_process(ME.pid, ME.create_time())
+    assert found is not None and found.pid == ME.pid
+
+
+def test_a_reused_pid_is_another_process() -> None:
+    assert same_process(ME.pid, ME.create_time() - 5) is None
+    assert same_process(ME.pid, ME.create_time() - 0.5, LOOSE) is not None
+
+
+def test_an_exited_child_is_not_running(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    created = psutil.Process(child.pid).create_time()
+    child.wait()
+    assert same_process(child.pid, created) is None
+
+
+def test_a_zombie_is_not_running() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    created = psutil.Process(child.pid).create_time()
+    try:  # not reaped until child.wait(): a zombie once it has exited
+        deadline = time.monotonic() + 30
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert same_process(child.pid, created) is None
+    finally:
+        child.wait()
+
+
+@pytest.mark.parametrize(
+    ("pid", "created"),
+    [
+        ("1", 0.0),
+        (True, 0.0),
+        (0, 0.0),
+        (-1, 0.0),
+        (10**400, 0.0),
+        (2**63, 0.0),
+        (None, 0.0),
+        (ME.pid, float("nan")),
+        (ME.pid, float("inf")),
+        (ME.pid, "now"),
+        (ME.pid, None),
+        (ME.pid, True),
+        (ME.pid, [ME.create_time()]),
+    ],
+    ids=lambda value: type(value).__name__,  # not the value: each worker has its own pid
+)
+def test_damaged_values_name_no_process(pid: object, created: object) -> None:
+    assert same_process(pid, created) is None
+    assert same_process(pid, created, LOOSE) is None
+
+
+def test_status_of_a_damaged_daemon_state_is_no_daemon(tmp_path: Path) -> None:
+    """NaN as the start time once passed the old check (nothing is far from NaN): `status`
+    showed a daemon that was not there."""
+    state = tmp_path / "state"
+    state.mkdir()
+    config = cast(Config, SimpleNamespace(state_dir=state))  # all it reads
+    good = {"pid": os.getpid(), "create_time": ME.create_time(), "jobs": {}}
+    (state / STATE_FILE).write_text(json.dumps(good))
+    assert read_daemon_state(config) is not None
+    for damaged in (
+        {**good, "create_time": float("nan")},
+        {**good, "pid": 10**400},
+        {**good, "pid": str(os.getpid())},
+        {"pid": os.getpid()},
+        [os.getpid(), ME.create_time()],
+    ):
+        (state / STATE_FILE).write_text(json.dumps(damaged))
+        assert read_daemon_state(config) is None, damaged
+
+
+def test_progress_of_a_gone_or_damaged_writer_is_none(tmp_path: Path) -> None:
+    path = tmp_path / "restore-progress.json"
+    good = {"pid": os.getpid(), "create_time": ME.create_time(), "what": "restore"}
+    path.write_text(json.dumps(good))
+    assert read_published(path) == good
+    for damaged in (
+        {**good, "create_time": float("nan")},
+        {**good, "create_time": ME.create_time() - 30},
+        {**good, "pid": -5},
+        "just text",
+    ):
+        path.write_text(json.dumps(damaged))
+        assert read_published(path) is None, damaged
