@@ -272,6 +272,32 @@ def test_offsite_damaged_fires_when_a_day_of_syncs_has_not_repaired_it(
     run_cases(promtool, tmp_path, cases)
 
 
+def test_offsite_behind_fires_after_half_a_day_of_backups_waiting(
+    promtool: str, tmp_path: Path
+) -> None:
+    """Job a: the endpoint down, pending grows for a day. Job b: a backup waits an hour for
+    each sync, 0 in between: that is the normal case, never an alert."""
+    pending = "influx_backupd_offsite_pending_backups"
+    cases = [
+        {
+            "interval": "1m",
+            "input_series": [
+                series(pending, "1+0x360 2+0x360 3+0x800", backup_job="a"),
+                series(pending, " ".join(["1x58 0"] * 14), backup_job="b"),
+            ],
+            "alert_rule_test": [
+                fires("InfluxBackupOffsiteBehind", "11h"),
+                fires(
+                    "InfluxBackupOffsiteBehind",
+                    "13h",
+                    {**TARGET, "backup_job": "a", "severity": "warning"},
+                ),
+            ],
+        }
+    ]
+    run_cases(promtool, tmp_path, cases)
+
+
 def test_alerts_use_only_metrics_and_labels_the_code_writes() -> None:
     rules = yaml.safe_load(ALERTS.read_text())
     exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
