@@ -164,3 +164,45 @@ def test_local_retention_keeps_what_is_not_off_site_yet(
     done = cli("backup", "--json")
     assert done.returncode == 0
     assert [r["id"] for r in cli.json("list")] == [json.loads(done.stdout)["id"]]
+
+
+def test_a_run_short_of_space_names_the_backups_held_for_the_bucket(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """An endpoint down for days: hold_unsent keeps every backup, the storage dir fills, and
+    the run that finds no room must say what holds it (before: only "not enough space")."""
+    import shutil
+
+    from tests.offsite.conftest import free_port
+
+    sandbox.create_db("metrics")
+    jobs = [{"name": "nightly", "mode": "cold", "copy": "direct", "keep_last": 1}]
+    down = f"http://127.0.0.1:{free_port()}"
+    config = write_config(
+        tmp_path, sandbox, jobs=jobs, extra=offsite_section(moto, endpoint_url=down, retries=1)
+    )
+    cli = Cli(config)
+    held = []
+    for night in range(2):
+        sandbox.write_points("metrics", 300, start=night * 10_000)
+        held.append(cli.json("backup"))
+    assert all(r["status"] == "ok" for r in held), held
+    with open(sandbox.data / "huge.bin", "wb") as fh:  # sparse: the prediction counts its size
+        fh.truncate(shutil.disk_usage(tmp_path).free + (1 << 30))
+
+    done = cli("backup", "--json")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    record = json.loads(done.stdout)
+    size = sum(r["bytes"] for r in held)
+    assert "not enough space" in record["error"], record["error"]
+    assert f"2 backup(s), {size} bytes, are kept until they are off-site" in record["error"]
+    assert "hold_unsent" in record["error"]
+    assert "offsite.holding_space" in done.stderr
+    assert [r["id"] for r in cli.json("list") if r["status"] == "ok"] == [r["id"] for r in held]
+    assert cli.json("list")[-1]["error"] == record["error"], "the catalog says it too"
+
+    # without the hold, retention kept one backup: nothing to name
+    config.write_text(config.read_text() + "hold_unsent = false\n")
+    done = cli("backup", "--json")
+    assert done.returncode == 1
+    assert "hold_unsent" not in json.loads(done.stdout)["error"]

@@ -134,6 +134,8 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
         # Only a good run may prune: the plan keeps the newest good backup, and that must be it.
         if record.good:
             step("prune", prune_it)
+        if record.status == "failed":
+            step("space", lambda: name_what_holds_the_space(config, catalog, record))
         step("metrics", lambda: write_metrics(config, catalog))
         step("hooks", hooks)
         step("heartbeat", beat)
@@ -144,6 +146,43 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
         logger.warning("after_run.interrupted", signal=str(exc))
         return
     step("settle", lambda: catalog.followed_up(record.id))
+
+
+# how a run that failed for want of space says so (our preflight; ENOSPC and EDQUOT's strerror)
+_NO_SPACE = ("not enough space", "no space left", "disk quota")
+
+
+def name_what_holds_the_space(config: Config, catalog: Catalog, record: RunRecord) -> None:
+    """A run failed for want of space while backups wait for the bucket: say that hold_unsent
+    keeps them (an endpoint down for days is what fills the storage dir), in the record's error
+    that hooks and notifications pass on, and in a warning."""
+    error = record.error or ""
+    if record.status != "failed" or not any(w in error.lower() for w in _NO_SPACE):
+        return
+    if "hold_unsent" in error:  # said by an earlier try of this follow-up
+        return
+    held = offsite.unsent_holds(config, catalog)
+    if not held:
+        return
+    records = [r for r in catalog.list() if r.id in held]
+    size = sum(r.bytes for r in records)
+    state = offsite.status(config, catalog) or {}
+    last_error = state.get("last_error")
+    said = (
+        f"{len(records)} backup(s), {size} bytes, are kept until they are off-site "
+        "([offsite] hold_unsent)"
+        + (f"; the last off-site error: {last_error}" if last_error else "")
+    )
+    record.error = f"{error}; {said}"
+    catalog.save(record)
+    log.get(run_id=record.id, job=record.job).warning(
+        "offsite.holding_space",
+        held=len(records),
+        bytes=size,
+        last_error=last_error,
+        detail="mend the endpoint (`influx-backupd offsite sync` says what fails) or set "
+        "hold_unsent = false to let local retention delete them",
+    )
 
 
 def left_down_alarm(config: Config) -> alarms.Handler:
