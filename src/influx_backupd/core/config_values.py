@@ -201,4 +201,50 @@ def server_dirs_problem(dirs: dict[str, Path]) -> str | None:
         found = glob_problem(path, "a restart would lose sight of its data")
         if found is not None:
             return f"the {name} dir {found}"
+    # Each dir is backed up and restored whole (a restore moves it aside by one rename): a dir
+    # inside another would be archived twice, and its restore fails after influxd was stopped.
+    real = {name: _real(path) for name, path in dirs.items()}
+    for inner, inner_path in real.items():
+        for outer, outer_path in real.items():
+            if inner != outer and _within(inner_path, outer_path):
+                return (
+                    f"the {inner} dir {dirs[inner]} is inside the {outer} dir {dirs[outer]}: "
+                    "influx-backupd backs up and restores each dir whole, so they must be apart "
+                    "(e.g. /var/lib/influxdb/{meta,data,wal})"
+                )
     return None
+
+
+def our_dirs_problem(ours: dict[str, Path], server: dict[str, Path]) -> str | None:
+    """Our own dirs (state, storage, the metrics file's) against the server's: inside one of
+    them, every archive would be in the next backup and a restore would move our files (the
+    catalog, every backup) aside with the live data; holding one, our 0700 mode would shut the
+    influxdb user out of it."""
+    for key, path in ours.items():
+        mine = _real(path)
+        for name, live in server.items():
+            theirs = _real(live)
+            if _within(mine, theirs):
+                return (
+                    f"{key}: {path} is inside influxd's {name} dir {live}: a backup would hold "
+                    "the backups before it and a restore would move it aside with the live "
+                    "data; choose a directory outside influxd's meta, data and wal dirs"
+                )
+            if _within(theirs, mine):
+                return (
+                    f"{key}: {path} holds influxd's {name} dir {live}: choose a directory "
+                    "of its own, outside influxd's meta, data and wal dirs"
+                )
+    return None
+
+
+def _real(path: Path) -> Path:
+    """Where a path leads, symlinks resolved as far as they exist (a dir made later too)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compared as written
+        return path
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
