@@ -70,7 +70,8 @@ mkdir -p "$BUILD/src" "$BUILD/wheels"
 # Off-site copies (boto3, pyrage) and notifications (apprise) ship in the package: an operator
 # who installs it needs nothing from pip to use [offsite] or [notify].
 EXTRAS="[s3,notify]"
-cp -r pyproject.toml README.md src "$BUILD/src/"
+# (not the checkout's __pycache__: test.sh compiles src, and nothing compiled here is shipped)
+tar -c --exclude=__pycache__ pyproject.toml README.md src | tar -x -C "$BUILD/src"
 # A suffix makes a different version: the package says so too (a PEP 440 local version).
 sed -i "s/^__version__ = .*/__version__ = \"$VERSION\"/" "$BUILD/src/src/influx_backupd/__init__.py"
 "$PY" -m venv "$BUILD/tools"
