@@ -165,6 +165,47 @@ def test_a_restore_whose_stop_outlasts_stop_timeout_starts_the_server_again(
 
 
 @pytest.mark.fault(
+    "no-stop", "influxd refuses to stop", "a supervisor starts it again at once: restore"
+)
+def test_a_restore_whose_stop_a_supervisor_undoes_says_nothing_was_restored(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    """A supervisor (its argv naming the config, as runuser's does) starts influxd again the
+    moment it exits. Before: the restore failed with the cold backup's "nothing copied" and
+    without the cold job's hint to name the supervisor's unit in [influxd] service."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 3_000)
+    backup = run_cli(write_config(tmp_path, sandbox), "backup", "--json")
+    assert backup.returncode == 0, backup.stderr[-3000:]
+    command = _serve_supervised(tmp_path, sandbox, "respawning_supervisor.py")
+    [supervisor] = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "respawning_supervisor.py" in " ".join(p.info["cmdline"] or [])
+    ]
+    try:
+        config = write_config(tmp_path, sandbox, influxd={"command": command, "stop_timeout": "3s"})
+        ledger.take()
+        live = sorted(p.name for p in sandbox.root.iterdir())
+        done = run_cli(config, "restore", json.loads(backup.stdout)["id"], "--yes")
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        line = done.stderr.strip().splitlines()[-1]
+        assert f"pid {supervisor} still runs {sandbox.conf}" in line, line
+        assert "nothing restored, live data untouched" in line and "nothing copied" not in line
+        assert "name its unit in [influxd] service" in line, line
+        assert sorted(p.name for p in sandbox.root.iterdir()) == live, "live dirs moved"
+        wait_until(sandbox.ping, 60, "the respawned server answering")
+        lost_points, lost = ledger.settle()
+        assert lost_points == 0 and lost == []
+    finally:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(supervisor)
+            proc.terminate()
+            proc.wait(60)
+        sandbox.start()
+
+
+@pytest.mark.fault(
     "no-stop", "influxd refuses to stop", "serves past stop_timeout, exits later: next command"
 )
 @pytest.mark.parametrize("command", ["backup", "restore"])

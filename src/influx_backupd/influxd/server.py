@@ -42,6 +42,12 @@ BACKOFF_CAP_S = 30.0
 # command (it returns only once influxd runs); the daemon sets a few, then keeps trying itself
 # between jobs, so that it can still be stopped and can say what is going on.
 RUN_START_ATTEMPTS: int | None = None
+# What a caller says when something else runs our influxdb.conf once ours has stopped, or
+# started it while it was stopped (a supervisor's restart): stopped through that unit instead,
+# influxd stays stopped. One wording for the cold job and restores.
+SUPERVISOR_HINT = (
+    "if a supervisor restarts influxd when it stops, name its unit in [influxd] service"
+)
 
 
 def backoff(failed: int) -> float:
@@ -387,17 +393,23 @@ class Influxd:
             return False
         return listens(pid, port) is not False  # None: cannot be told
 
-    def stop(self) -> None:
-        """Stop influxd and wait for it to exit; StopTimeout leaves it running and untouched."""
+    def stop(self, *, outcome: str = "") -> None:
+        """Stop influxd and wait for it to exit; StopTimeout leaves it running and untouched.
+
+        outcome: what the caller's failure means for its work, ending StopTimeout's message
+        ("nothing copied", "nothing restored, live data untouched")."""
         timeout = self.section.stop_timeout
+        tail = f": {outcome}" if outcome else ""
         if self.section.service:
             proc = self.locate()
             try:
                 self._systemctl("stop", self.section.service, timeout=timeout)
             except InfluxdError as exc:
-                raise StopTimeout(str(exc)) from None
+                raise StopTimeout(f"{exc}{tail}") from None
             if proc is not None and not _wait_gone(proc, 5):
-                raise StopTimeout(f"{self.section.service} stopped but pid {proc.pid} is alive")
+                raise StopTimeout(
+                    f"{self.section.service} stopped but pid {proc.pid} is alive{tail}"
+                )
             return
         proc = self._proc or self.locate()
         if proc is None:
@@ -413,17 +425,18 @@ class Influxd:
         if not _wait_gone(proc, timeout):
             # Never SIGKILL: a forced kill mid-write is the corruption we exist to avoid.
             raise StopTimeout(
-                f"influxd (pid {proc.pid}) did not exit within stop_timeout={timeout:.0f}s after SIGTERM"
+                f"influxd (pid {proc.pid}) did not exit within stop_timeout={timeout:.0f}s "
+                f"after SIGTERM{tail}"
             )
         self._proc = None
         # Whatever else runs our influxdb.conf (a wrapper around influxd ends as its child
         # does; a server the one signalled had started beside itself does not): stopped means
-        # none is left, or nothing may be copied as if it were
+        # none is left, or nothing may be copied or swapped as if it were
         for other in self._all_naming_conf():
             if not _wait_gone(other, max(1.0, timeout - (time.monotonic() - started))):
                 raise StopTimeout(
                     f"pid {other.pid} still runs {self.config.server.conf} after influxd "
-                    f"(pid {proc.pid}) exited: nothing copied"
+                    f"(pid {proc.pid}) exited{tail} ({SUPERVISOR_HINT})"
                 )
 
     def wait_exit(self, proc: psutil.Process, timeout: float) -> bool:

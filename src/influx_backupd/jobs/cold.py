@@ -25,7 +25,7 @@ from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import counts
-from influx_backupd.influxd.server import Influxd, InfluxdError, NotAnswering
+from influx_backupd.influxd.server import SUPERVISOR_HINT, Influxd, InfluxdError, NotAnswering
 from influx_backupd.jobs.staging import Stager
 from influx_backupd.report import progress
 from influx_backupd.store.archive import (
@@ -291,7 +291,7 @@ def _stop_copy_start(
         marker.stopping()  # before the event: "stopping" in the log means the stop was asked
         logger.info("influxd.stopping", phase="stop", pid=pid)
         try:
-            server.stop()
+            server.stop(outcome="nothing copied")
         except InfluxdError as exc:
             raise JobFailed(str(exc)) from None
         t_copy = time.monotonic()
@@ -330,8 +330,7 @@ def _stop_copy_start(
             dest.unlink(missing_ok=True)
         raise JobFailed(
             f"influxd (pid {intruder.pid}) was started by something else while the files were "
-            "copied: they may hold its writes, nothing is kept (if a supervisor restarts "
-            "influxd when it stops, name its unit in [influxd] service)"
+            f"copied: they may hold its writes, nothing is kept ({SUPERVISOR_HINT})"
         )
 
     if stager is not None:

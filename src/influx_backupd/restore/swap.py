@@ -159,7 +159,7 @@ def live_dirs_swapped(
         if was_running:
             marker.stopping()  # before the event: "stopping" in the log means it was asked
             logger.info("influxd.stopping", phase="stop")
-            server.stop()
+            server.stop(outcome="nothing restored, live data untouched")
         result.stop_s = time.monotonic() - t_stop
         t_swap = time.monotonic()
         for top, target in plan.targets.items():
