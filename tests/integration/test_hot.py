@@ -301,6 +301,18 @@ def test_09_snapshots_make_one_chain_and_restore_with_influxd_stopped(
         assert (full["files"], first["files"], second["files"]) == (2, 1, 1), "only what changed"
         wanted = {p: (server09.root / p).read_bytes() for p in _files(server09)}
 
+        # forms a 0.9 snapshot cannot take: usage mistakes (2), nothing touched
+        pids = server09.pids()
+        for form, says in (
+            (["--database", "db", "--as", "db2"], "restores only as a whole server"),
+            (["--target", str(tmp_path / "look"), "--start"], "cannot be served"),
+        ):
+            refused = cli("restore", second["id"], *form)
+            assert refused.returncode == 2, (form, refused.returncode, refused.stderr)
+            [line] = refused.stderr.strip().splitlines()
+            assert says in line and "nothing touched" in line, line
+        assert server09.pids() == pids and not (tmp_path / "look").exists()
+
         _set(server09.data / "db" / "default" / "3", b"written after the last backup")
         done = cli("restore", second["id"], "--yes", "--json")
         assert done.returncode == 0, done.stderr[-3000:]

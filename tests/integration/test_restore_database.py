@@ -118,13 +118,13 @@ def test_a_database_from_a_cold_archive_under_a_new_name_beside_the_live_one(
     assert _points(sandbox) == {**before, "metrics_then": 5_000}
     assert sandbox.pids() == pids
 
-    # the name exists now: refused, nothing touched
+    # the name exists now: refused, nothing touched; a usage mistake, as a name not in the backup
     done = cli("restore", record["id"], "--database", "metrics", "--as", "metrics_then")
-    assert done.returncode == 1
+    assert done.returncode == 2, done.stderr
     [line] = done.stderr.strip().splitlines()
     assert "database metrics_then exists on the live server" in line and "--replace" in line
     done = cli("restore", record["id"], "--database", "nosuch", "--as", "x")
-    assert done.returncode == 1
+    assert done.returncode == 2, done.stderr
     assert "--database nosuch: not in" in done.stderr and "metrics, other" in done.stderr
     for bad in ("../x", "a\\b", "..", "a\nb"):  # names influxd would refuse mid-restore
         done = cli("restore", record["id"], "--database", "metrics", "--as", bad)

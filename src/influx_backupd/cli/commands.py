@@ -389,7 +389,7 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
                 result = restore_backup(config, catalog, args.backup)
         except RestoreRefused as exc:
             print(f"influx-backupd: restore refused, nothing touched: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+            return exc.exit_status  # 1; 2 for a usage mistake, 78 for a config that cannot work
         except RestoreFailed as exc:
             print(f"influx-backupd: {exc}", file=sys.stderr)
             return EXIT_FAILED

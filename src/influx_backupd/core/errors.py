@@ -40,6 +40,14 @@ class RestoreRefused(BackupdError):
     code = "restore.refused"
 
 
+class RestoreMistake(RestoreRefused):
+    """The command line asks for what the backup or the live server cannot give (a database
+    the backup lacks, a name taken without --replace): a usage error, nothing touched."""
+
+    code = "restore.usage"
+    exit_status = EXIT_USAGE
+
+
 class RestoreFailed(BackupdError):
     """The restore failed: after the swap began (the old dirs were put back, the old server
     started), or, for a 1.x hot restore, while building beside the live server (untouched)."""

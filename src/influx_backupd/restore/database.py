@@ -41,7 +41,7 @@ import psutil
 from influx_backupd.core import log
 from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.config import Config
-from influx_backupd.core.errors import RestoreFailed, RestoreRefused, UsageError
+from influx_backupd.core.errors import RestoreFailed, RestoreMistake, RestoreRefused, UsageError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
@@ -174,7 +174,7 @@ def restore_database(
     _yield_to_live()  # the checks below read the whole backup: they yield too
     source = choose(catalog, backup)
     if isinstance(source, HotSource) and source.flavour == "0.9":
-        raise RestoreRefused(
+        raise RestoreMistake(
             "--database: a 0.9 snapshot restores only as a whole server (influxd restore -config)"
         )
     url, creds = config.url, config.credentials
@@ -183,7 +183,7 @@ def restore_database(
     except counts.FiguresError as exc:
         raise RestoreRefused(f"the live server does not answer at {url}: {exc}") from None
     if new in existing and not replace:
-        raise RestoreRefused(
+        raise RestoreMistake(
             f"database {new} exists on the live server; name another with --as NEWNAME, or "
             "pass --replace (its data is first kept aside as a portable backup)"
         )
@@ -202,7 +202,7 @@ def restore_database(
         archive, run_id = source.path, source.record.id if source.record else None
         links = [str(source.path)]
     if name not in held:
-        raise RestoreRefused(
+        raise RestoreMistake(
             f"--database {name}: not in {archive} (it holds: {', '.join(sorted(held)) or 'none'})"
         )
     result = DatabaseResult(str(archive), run_id, name, new, links=links)

@@ -36,7 +36,7 @@ from typing import Any
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
-from influx_backupd.core.errors import RestoreFailed, RestoreRefused, UsageError
+from influx_backupd.core.errors import RestoreFailed, RestoreMistake, RestoreRefused, UsageError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.sandbox import Sandbox, toml_value
@@ -145,12 +145,12 @@ def restore_into(
     target = target.absolute()
     problem = target_problem(target, config.server.dirs())
     if problem is not None:
-        raise RestoreRefused(problem)
+        raise RestoreMistake(problem)
     source = choose(catalog, backup)
     logger = log.get(action="restore", target=str(target))
     if isinstance(source, HotSource):
         if source.flavour == "0.9" and start:
-            raise RestoreRefused("--start: a 0.9 snapshot cannot be served by influxd 1.x")
+            raise RestoreMistake("--start: a 0.9 snapshot cannot be served by influxd 1.x")
         # the configured influxd rebuilds it (its restore, or a throwaway of it): it must read
         # this flavour, found before anything is written (as for the whole-server restore)
         check_tool_restores(config, source.flavour, source.links[-1].path)
