@@ -48,6 +48,14 @@ class RestoreMistake(RestoreRefused):
     exit_status = EXIT_USAGE
 
 
+class RestoreMisconfigured(RestoreRefused):
+    """The config does not fit the host or the running server (an [influxd] user that does not
+    exist, or that influxd does not run as): a configuration error, nothing touched."""
+
+    code = "restore.config"
+    exit_status = EXIT_CONFIG
+
+
 class RestoreFailed(BackupdError):
     """The restore failed: after the swap began (the old dirs were put back, the old server
     started), or, for a 1.x hot restore, while building beside the live server (untouched)."""

@@ -9,8 +9,10 @@ that drops privileges could not; there it is started as a transient unit of its 
 from __future__ import annotations
 
 import contextlib
+import grp
 import hashlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -284,6 +286,32 @@ class Influxd:
         ):
             raise NotAnswering(self.describe_down(proc))
         return proc
+
+    def runs_as_other(self, uid: int, gid: int) -> str | None:
+        """How the running influxd's (effective) user and group differ from uid and gid, whose
+        files it would then fail to write; None when they match, when it runs as root (any
+        owner's files are its own), when none runs or when that cannot be told."""
+        proc = self.locate()
+        if proc is None:
+            return None
+        try:
+            runs = proc.uids().effective, proc.gids().effective
+        except psutil.Error:
+            return None
+        if runs[0] == 0 or runs == (uid, gid):
+            return None
+        try:
+            user = repr(pwd.getpwuid(runs[0]).pw_name)
+        except KeyError:
+            user = "?"
+        try:
+            group = repr(grp.getgrgid(runs[1]).gr_name)
+        except KeyError:
+            group = "?"
+        return (
+            f"influxd (pid {proc.pid}) runs as user {user}, group {group} "
+            f"(uid {runs[0]}, gid {runs[1]})"
+        )
 
     def _remember(self, pid: int) -> psutil.Process | None:
         if pid <= 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
-from influx_backupd.core.errors import OnlyInBucket, RestoreRefused
+from influx_backupd.core.errors import OnlyInBucket, RestoreMisconfigured, RestoreRefused
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import progress
@@ -54,15 +54,31 @@ def resolve_backup(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | Non
 
 
 def owner_ids(config: Config) -> tuple[int, int]:
+    """[influxd] user's and group's ids, which restored files are given. Refused (a config
+    error, before anything is stopped) when the running influxd runs as another user or group:
+    the server started on the restored files would fail on them (permission denied on
+    meta.db) only once the old one was stopped. An influxd running as root passes (any
+    owner's files are its own); with none running there is nothing to compare."""
     section = config.settings.influxd
     try:
         uid = pwd.getpwnam(section.user).pw_uid
     except KeyError:
-        raise RestoreRefused(f"[influxd] user: no such user {section.user!r}") from None
+        raise RestoreMisconfigured(
+            f"{config.path}: [influxd] user: no such user {section.user!r}"
+        ) from None
     try:
         gid = grp.getgrnam(section.group).gr_gid
     except KeyError:
-        raise RestoreRefused(f"[influxd] group: no such group {section.group!r}") from None
+        raise RestoreMisconfigured(
+            f"{config.path}: [influxd] group: no such group {section.group!r}"
+        ) from None
+    other = Influxd(config).runs_as_other(uid, gid)
+    if other is not None:
+        raise RestoreMisconfigured(
+            f"{config.path}: [influxd] user = {section.user!r}, group = {section.group!r} "
+            f"(uid {uid}, gid {gid}), but {other}: restored files must belong to the user "
+            "influxd runs as; set [influxd] user and group to those"
+        )
     return uid, gid
 
 

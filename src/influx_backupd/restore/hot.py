@@ -66,7 +66,13 @@ from typing import Any
 
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
-from influx_backupd.core.errors import BackupdError, HotFailed, RestoreFailed, RestoreRefused
+from influx_backupd.core.errors import (
+    BackupdError,
+    HotFailed,
+    RestoreFailed,
+    RestoreMisconfigured,
+    RestoreRefused,
+)
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
@@ -145,7 +151,9 @@ def _restore_hot(
     scans = check_links(flavour, links)
     uid, gid = owner_ids(config)
     if not config.settings.influxd.binary.exists():
-        raise RestoreRefused(f"[influxd] binary {config.settings.influxd.binary} does not exist")
+        raise RestoreMisconfigured(
+            f"[influxd] binary {config.settings.influxd.binary} does not exist"
+        )
     check_tool_restores(config, flavour, links[-1].path)
     # 1.x: the restored server is built in plan.staging; 0.9: never created (roll_back removes them)
     plan = SwapPlan.for_server(config)
