@@ -31,6 +31,7 @@ from influx_backupd.core.config import Config
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import child_preexec, signals_allowed
 from influx_backupd.core.processes import same_process
+from influx_backupd.core.redact import shown_url
 from influx_backupd.influxd.influxql import ping_headers
 from influx_backupd.influxd.listening import listens
 
@@ -50,6 +51,8 @@ RUN_START_ATTEMPTS: int | None = None
 SUPERVISOR_HINT = (
     "if a supervisor restarts influxd when it stops, name its unit in [influxd] service"
 )
+# Most of one influxd log line kept in an error message (its end: the reason comes last).
+LOG_LINE_MAX = 300
 
 
 def backoff(failed: int) -> float:
@@ -362,12 +365,15 @@ class Influxd:
         proc: subprocess.Popen[bytes] | psutil.Process | None = None,
         *,
         where: str = "",
+        log_from: tuple[Path, int] | None = None,
     ) -> None:
         """Until influxd answers /ping, up to timeout. An answer counts only while the server
         started (proc, the unit's main process, or the one running our influxdb.conf) is the one
         listening on its port: another process on that port answers 204 as well, while influxd
         fails to bind it and exits, and a start taken as done would leave it down. where: what
-        the exit message adds (the transient unit whose journal says why)."""
+        the exit message adds (the transient unit whose journal says why); log_from: the log
+        this start appends to and its size before, whose last line the exit message quotes
+        (influxd's reason, such as a permission denied on meta.db)."""
         deadline = time.monotonic() + timeout
         impostor = False
         while time.monotonic() < deadline:
@@ -377,9 +383,11 @@ class Influxd:
                 impostor = True
             status = _exit_status(proc) if proc is not None else None
             if status is not None:
+                said = _log_last_line(*log_from) if log_from is not None else None
                 raise StartFailed(
                     f"influxd exited{status} before answering {self.config.url}/ping{where}"
                     + (self._impostor_note() if impostor else "")
+                    + (f"; its log {log_from[0]} ends: {said}" if log_from and said else "")
                 )
             time.sleep(0.1 if impostor else 0.02)
         raise StartFailed(
@@ -491,6 +499,7 @@ class Influxd:
         if in_systemd_service():
             self._start_own_unit(self.section.command, log_path, timeout)
             return
+        log_from = (log_path, _size(log_path)) if log_path else None
         log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             # Its own session: influxd must outlive us and never get our terminal's signals.
@@ -515,7 +524,7 @@ class Influxd:
             _write_pidfile(self.section.pidfile, child.pid)
         with contextlib.suppress(psutil.Error):
             self._started = psutil.Process(child.pid)
-        self.wait_ready(timeout, child)
+        self.wait_ready(timeout, child, log_from=log_from)
         self._remember(child.pid)
 
     def _start_own_unit(self, command: list[str], log_path: Path | None, timeout: float) -> None:
@@ -537,6 +546,7 @@ class Influxd:
         # None of our environment is passed on: --setenv puts values in argv (ps shows them to
         # every user) and in the unit's Environment= (`systemctl show` does too), and
         # INFLUXDB_* settings carry secrets. influxd reads its settings from influxdb.conf.
+        log_from = (log_path, _size(log_path)) if log_path else None
         if log_path is not None:
             # made here, private (systemd would create it with the unit's umask), then appended to
             with suppress(OSError):
@@ -564,7 +574,7 @@ class Influxd:
         if self.section.pidfile is not None:
             _write_pidfile(self.section.pidfile, proc.pid)
         self._started = proc
-        self.wait_ready(timeout, proc, where=where)
+        self.wait_ready(timeout, proc, where=where, log_from=log_from)
 
     def start_until_up(
         self,
@@ -698,8 +708,36 @@ def _captured(argv: list[str], timeout: float) -> subprocess.CompletedProcess[st
 
 def _last_line(done: subprocess.CompletedProcess[str], otherwise: str) -> str:
     """What a failed systemctl/systemd-run said last (its reason), or otherwise."""
-    lines = (done.stderr or done.stdout).strip().splitlines()
-    return lines[-1] if lines else otherwise
+    return _final_line(done.stderr or done.stdout) or otherwise
+
+
+def _final_line(text: str) -> str | None:
+    """text's last non-empty line, stripped; None when it has none."""
+    lines = text.strip().splitlines()
+    return lines[-1].strip() if lines else None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _log_last_line(path: Path, since: int) -> str | None:
+    """The last non-empty line written to path after byte since (this start's own lines, not an
+    earlier start's), its end kept when long; None when there is none."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(since, _size(path) - 65536))
+            text = fh.read(65536).decode(errors="replace")
+    except OSError:
+        return None
+    last = _final_line(text)
+    if last is None:
+        return None
+    last = shown_url(last)  # a URL's user:password or token never reaches an error
+    return last if len(last) <= LOG_LINE_MAX else "…" + last[-LOG_LINE_MAX:]
 
 
 def in_systemd_service() -> bool:
