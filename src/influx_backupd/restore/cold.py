@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grp
 import pwd
+import shutil
 import tarfile
 import time
 import tomllib
@@ -16,6 +17,8 @@ from pathlib import Path
 from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import OnlyInBucket, RestoreMisconfigured, RestoreRefused
+from influx_backupd.core.interrupt import Interrupted, signals_blocked
+from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import progress
@@ -124,24 +127,48 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
     plan = SwapPlan.for_server(config)
     result = RestoreResult(archive=str(path), run_id=record.id if record else None)
 
-    # Extract while influxd still serves: a failure here leaves the live dirs untouched. The
-    # space next to each live dir is checked first, for the bytes the members unpack to there.
-    logger.info("restore.extracting", staging=[str(p) for p in plan.staging.values()])
+    # The staging dirs are named in an owner record (influxd/scratch.py) before the first is
+    # made: a restore killed outright leaves them to the next lock-taking command, which removes
+    # those of a dead owner (guard.recover); a failure or a signal removes them here.
     try:
-        result.files = extract_safely(
-            path, plan.staging, uid=uid, gid=gid, on_progress=extract_progress
-        )
-    except NoSpace as exc:
-        raise RestoreRefused(f"{exc}; influxd not stopped") from None
-    except (ArchiveError, OSError) as exc:
-        plan.remove_staging()
-        raise RestoreRefused(f"extraction failed, live data untouched: {exc}") from None
+        owned = scratch_dir.make(config.storage_dir, "restore-", list(plan.staging.values()))
+    except OSError as exc:
+        raise RestoreRefused(
+            f"cannot record the restore's staging dirs in {config.storage_dir}: "
+            f"{exc.strerror or exc}; influxd not stopped"
+        ) from None
+    try:
+        # Extract while influxd still serves: a failure here leaves the live dirs untouched.
+        # The space next to each live dir is checked first, for the bytes the members unpack
+        # to there.
+        logger.info("restore.extracting", staging=[str(p) for p in plan.staging.values()])
+        try:
+            result.files = extract_safely(
+                path, plan.staging, uid=uid, gid=gid, on_progress=extract_progress
+            )
+        except NoSpace as exc:
+            raise RestoreRefused(f"{exc}; influxd not stopped") from None
+        except (ArchiveError, OSError) as exc:
+            raise RestoreRefused(f"extraction failed, live data untouched: {exc}") from None
 
-    server = Influxd(config)
-    with live_dirs_swapped(config, server, plan, result, logger):
-        t_start = time.monotonic()
-        server.start(log_path=config.state_dir / "influxd.log")
-        result.start_s = time.monotonic() - t_start
+        server = Influxd(config)
+        with live_dirs_swapped(config, server, plan, result, logger):
+            t_start = time.monotonic()
+            server.start(log_path=config.state_dir / "influxd.log")
+            result.start_s = time.monotonic() - t_start
+    except (Exception, Interrupted) as exc:
+        with signals_blocked():
+            # A staging dir still there was never swapped in (the swap renames each into place
+            # or, rolling back, removes it): never live data.
+            left = [str(p) for p in plan.staging.values() if p.exists()]
+            plan.remove_staging()
+            if left:
+                logger.warning(
+                    "restore.staging_removed", paths=left, error=str(exc) or type(exc).__name__
+                )
+        raise
+    finally:
+        shutil.rmtree(owned, ignore_errors=True)
     logger.info(
         "restore.done", **{k: v for k, v in result.__dict__.items() if k != "rollback_dirs"}
     )

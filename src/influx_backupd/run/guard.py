@@ -324,8 +324,10 @@ def _follow_up_late(config: Config, catalog: Catalog, record: RunRecord) -> None
 def _restore_tests_left(storage: Path) -> None:
     """A verify --restore-test killed mid-way leaves its throwaway influxd serving: stop it.
 
-    A 1.x hot restore killed while building beside the live server also leaves the staging dirs
-    its owner.json names (full copies of the data): removed here. (One killed during the swap
+    A whole-server restore (a cold one extracting, a 1.x hot one building beside the live
+    server) killed before its swap also leaves the staging dirs its owner.json names (full
+    copies of the data): removed here. Its owner is dead and every restore holds the lock we
+    hold, so none is in use. (One killed during the swap
     left the crash marker too, handled before this: by then no staging dir is left.)
     Its scratch dir stays for prune, which reports and removes leftovers of dead runs.
     """
@@ -337,10 +339,20 @@ def _restore_tests_left(storage: Path) -> None:
         stopped = scratch.stop_server(path)
         if stopped:
             log.get().warning("recovery.throwaway_stopped", scratch=str(path), pids=stopped)
-        for staged in made_by.staging if made_by else []:
-            if layout.is_restore_staging(staged) and staged.is_dir():
-                shutil.rmtree(staged, ignore_errors=True)
-                log.get().warning("recovery.restore_staging_removed", path=str(staged))
+        # a staging dir is there only until the swap renames it into place: never live data
+        removed = [
+            staged
+            for staged in (made_by.staging if made_by else [])
+            if layout.is_restore_staging(staged) and staged.is_dir()
+        ]
+        for staged in removed:
+            shutil.rmtree(staged, ignore_errors=True)
+        if removed:
+            log.get().warning(
+                "recovery.restore_staging_removed",
+                paths=[str(p) for p in removed],
+                detail="a restore killed before its swap left these copies beside the live dirs",
+            )
         if made_by is not None and made_by.target is not None:
             target = made_by.target
             if recover_target(target, made_by.created):
