@@ -13,6 +13,7 @@ from influx_backupd.core.jsontext import count, loads_json, number
 from influx_backupd.core.processes import LOOSE, same_process
 from influx_backupd.core.schedule import describe
 from influx_backupd.daemon.loop import STATE_FILE
+from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import progress
 from influx_backupd.run import offsite
 from influx_backupd.run.guard import left_stopped, left_stopped_line
@@ -109,6 +110,7 @@ def gather(config: Config) -> dict[str, Any]:
     offsite_report = offsite.status(config, catalog) if catalog.exists() else None
     last_downtime = with_downtime[-1] if with_downtime else None
     left = left_stopped(config)
+    answering = Influxd(config).answers_itself() if left is not None else False
     return {
         # a restore running now (by hand or under a unit), with its progress
         "restore": progress.read_published(config.state_dir / progress.RUNNING_FILE),
@@ -117,11 +119,14 @@ def gather(config: Config) -> dict[str, Any]:
             "run_id": left.get("run_id"),
             "start_failures": count(left.get("start_failures")) or 0,
             "last_start_error": left.get("last_start_error"),
+            # a marker left while influxd answers (a restore killed after its start): not down
+            "answers": answering,
             "detail": left_stopped_line(
                 config,
                 left,
                 daemon_pid=int(state["pid"]) if state else None,
                 this_command_starts=False,
+                answering=answering,
             ),
         }
         if left is not None
@@ -166,7 +171,8 @@ def render(report: dict[str, Any]) -> str:
     d = report["daemon"]
     lines = []
     if report["influxd_down"]:
-        lines.append(f"influxd down  {report['influxd_down']['detail']}")
+        label = "crash marker" if report["influxd_down"].get("answers") else "influxd down"
+        lines.append(f"{label}  {report['influxd_down']['detail']}")
     if d["running"]:
         lines.append(f"daemon    running, pid {d['pid']}, since {_when(d['started_at'])}")
         lines.append(f"  status  {d['status']}")

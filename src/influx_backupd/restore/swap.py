@@ -174,13 +174,20 @@ def live_dirs_swapped(
         result.swap_s = time.monotonic() - t_swap
         yield
         result.downtime_s = time.monotonic() - t_stop
+        # the body returns once the restored server answers: from here a kill leaves it serving
+        # (recovery keeps it, guard.recover), never rolled back under writes it took since
+        try:
+            marker.swap_done(process_identity(server.locate()))
+        except OSError as exc:  # not worth a rollback of a server that answers: cleared below
+            logger.warning("restore.marker_not_written", path=str(marker.path), error=str(exc))
     except (Exception, Interrupted) as exc:
         # any failure at all once the swap began: the previous data must come back
         with signals_blocked():
             logger.error("restore.rolling_back", error=str(exc))
             if result.stop_s is not None and server.locate() is not None:
                 server.stop()  # past the stop, a running influxd is the (half-)restored one
-            roll_back(swaps)
+            failed = roll_back(swaps)
+            logger.error("restore.rolled_back", failed_restore=failed)
             left = server.locate()
             if left is not None and server.answers_itself(left.pid):
                 # its stop outlasted stop_timeout and it still serves the previous data: left
@@ -198,24 +205,39 @@ def live_dirs_swapped(
                 marker.clear()  # only once the old server runs again: else the next one retries
             else:
                 marker.clear()
-        raise RestoreFailed(f"restore failed ({exc}); the previous data was put back") from None
+        raise RestoreFailed(
+            f"restore failed ({exc}); the previous data was put back" + failed_kept(failed)
+        ) from None
     marker.clear()
 
 
-def roll_back(swaps: list[list[str]]) -> None:
-    """Put each live dir back from its rollback dir; what was restored is kept aside, not deleted."""
+def roll_back(swaps: list[list[str]]) -> list[str]:
+    """Put each live dir back from its rollback dir; what was restored is kept aside, not
+    deleted. Returns where (the *.failed-restore-* dirs: full copies nobody else names)."""
+    failed: list[str] = []
     for target_s, rollback_s, staging_s in swaps:
         target, rollback_dir, staging = Path(target_s), Path(rollback_s), Path(staging_s)
         if rollback_dir.exists():
             if target.exists():
-                os.rename(
-                    target,
-                    target.with_name(
-                        target.name
-                        + ".failed-restore-"
-                        + rollback_dir.name.split(".rollback-", 1)[1]
-                    ),
+                aside = target.with_name(
+                    target.name + ".failed-restore-" + rollback_dir.name.split(".rollback-", 1)[1]
                 )
+                os.rename(target, aside)
+                failed.append(str(aside))
             os.rename(rollback_dir, target)
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+    return failed
+
+
+def failed_kept(failed: list[str]) -> str:
+    """The tail of a rollback's message: where the restored dirs went, how to remove them."""
+    if not failed:
+        return ""
+    return (
+        "; what the restore had put in place was moved aside to "
+        + ", ".join(failed)
+        + " (not used again: once not needed, rm -rf "
+        + " ".join(failed)
+        + ")"
+    )

@@ -17,7 +17,7 @@ from influx_backupd.influxd import scratch
 from influx_backupd.influxd.server import Influxd, InfluxdError
 from influx_backupd.report import progress
 from influx_backupd.restore.database import recover_database_restore
-from influx_backupd.restore.swap import roll_back
+from influx_backupd.restore.swap import failed_kept, roll_back
 from influx_backupd.restore.target import recover_target
 from influx_backupd.run.followup import (
     MetricsNotWritten,
@@ -115,17 +115,45 @@ def recover(
     if left is not None:
         server = Influxd(config)
         run_id = left.get("run_id")
-        if left.get("kind") == "restore":
+        swap_done = CrashMarker.restore_swap_done(left)
+        answering = server.answers_itself()
+        if swap_done:
+            # Killed after its restored server answered: the swap is done. A rollback now would
+            # be a second outage and lose the writes made since; the restored data stays.
+            kept = _rollback_dirs(left)
+            logger.warning(
+                "recovery.restore_kept",
+                run_id=run_id,
+                previous_data=kept,
+                detail=f"restore {run_id} was killed after its restored influxd answered: the "
+                "restored data stays in use"
+                + (", influxd answers" if answering else ", influxd is started again on it")
+                + (
+                    "; the previous data is kept in "
+                    + ", ".join(kept)
+                    + " (to go back to it: stop influxd, rename those dirs back by hand)"
+                    if kept
+                    else ""
+                ),
+            )
+        elif left.get("kind") == "restore":
             # The restore never finished, so whatever runs now may be half-restored: go back to
             # the data as it was before (the restored dirs are kept aside, not deleted).
 
             if server.locate() is not None:
                 logger.warning("recovery.stopping_unfinished_restore", run_id=run_id)
                 server.stop()
-            roll_back(left.get("swaps", []))
-            logger.warning("recovery.restore_rolled_back", run_id=run_id)
-        if server.answers_itself():
-            logger.warning("recovery.influxd_already_running", run_id=run_id)
+            failed = roll_back(left.get("swaps", []))
+            logger.warning(
+                "recovery.restore_rolled_back",
+                run_id=run_id,
+                failed_restore=failed,
+                detail="the previous data was put back" + failed_kept(failed),
+            )
+            answering = server.answers_itself()
+        if answering:
+            if not swap_done:
+                logger.warning("recovery.influxd_already_running", run_id=run_id)
         else:
             logger.warning(
                 "recovery.starting_influxd",
@@ -135,6 +163,8 @@ def recover(
                     f"influxd (pid {CrashMarker.named_pid(left)}) outlasted this run's stop "
                     "and exited since: started again"
                     if "signalled_at" in left
+                    else "the restored influxd exited since: started again on the restored data"
+                    if swap_done
                     else "influxd was left stopped by this run"
                 ),
             )
@@ -243,6 +273,19 @@ def _adopt(config: Config, record: RunRecord) -> RunRecord | None:
     return None
 
 
+def _rollback_dirs(left: dict[str, Any]) -> list[str]:
+    """The rollback dirs a restore's marker names that are there: its previous data."""
+    swaps = left.get("swaps")
+    return [
+        swap[1]
+        for swap in (swaps if isinstance(swaps, list) else [])
+        if isinstance(swap, list)
+        and len(swap) == 3
+        and isinstance(swap[1], str)
+        and Path(swap[1]).is_dir()
+    ]
+
+
 def left_stopped(config: Config) -> dict[str, Any] | None:
     """The crash marker of a run that is gone (nobody holds the backup lock): influxd was
     stopped by it and not started again. Also a marker whose start keeps failing while a live
@@ -265,9 +308,16 @@ def left_stopped(config: Config) -> dict[str, Any] | None:
 
 
 def left_stopped_line(
-    config: Config, left: dict[str, Any], *, daemon_pid: int | None, this_command_starts: bool
+    config: Config,
+    left: dict[str, Any],
+    *,
+    daemon_pid: int | None,
+    this_command_starts: bool,
+    answering: bool | None = None,
 ) -> str:
-    """One line for every command: who stopped influxd, what failed since, what brings it back."""
+    """One line for every command: who stopped influxd, what failed since, what brings it back
+    (and, for a restore, what recovery will do with its data). answering: whether influxd
+    answers, if the caller asked already."""
     marker = CrashMarker(config.state_dir).path
     when = number(left.get("written_at"))  # a damaged marker's 1e300 is no time
     at = (
@@ -275,30 +325,48 @@ def left_stopped_line(
         if when is not None
         else ""
     )
-    kind = "restore" if left.get("kind") == "restore" else "run"
-    text = f"influxd was stopped by {kind} {left.get('run_id') or '(unknown)'}{at}"
-    answering = Influxd(config).answers_itself()
-    if answering:
-        text += " and answers again, but its crash marker is still there"
+    restore = left.get("kind") == "restore"
+    run_id = left.get("run_id") or "(unknown)"
+    if answering is None:
+        answering = Influxd(config).answers_itself()
+    if CrashMarker.restore_swap_done(left):
+        text = (
+            f"restore {run_id} was killed after its restored influxd answered (crash marker "
+            f"{marker}); influxd "
+            + ("answers on the restored data" if answering else "is down since")
+            + "; "
+        )
+        does = "keeps the restored data and clears the marker" + (
+            "" if answering else ", starting influxd again"
+        )
     else:
-        text += " and not started again"
-    failures = count(left.get("start_failures"))
-    if failures:
-        text += f" ({failures} start attempts failed, last: {left.get('last_start_error')})"
-    text += f" (crash marker {marker}); "
+        text = f"influxd was stopped by {'restore' if restore else 'run'} {run_id}{at}"
+        if answering:
+            text += " and answers again, but its crash marker is still there"
+        else:
+            text += " and not started again"
+        failures = count(left.get("start_failures"))
+        if failures:
+            text += f" ({failures} start attempts failed, last: {left.get('last_start_error')})"
+        text += f" (crash marker {marker}); "
+        does = (
+            # not finished: whatever serves may be half-restored
+            "rolls the restore back (stops influxd, moves the restored dirs aside, puts the "
+            "previous data back, starts influxd)"
+            if restore
+            else "clears it"
+            if answering
+            else "starts it again"
+        )
     if "lock_holder" in left:
         return text + f"pid {left['lock_holder']}, which holds the backup lock, keeps trying"
     if this_command_starts:
-        return (
-            text + "this command starts it again first"
-            if not answering
-            else text + ("this command clears it")
-        )
-    if daemon_pid is not None:
+        return text + f"this command {does} first"
+    if daemon_pid is not None and not answering:
         return text + f"the daemon (pid {daemon_pid}) keeps trying to start it"
     return text + (
-        "any command that takes the backup lock starts it again, e.g. "
-        "`influx-backupd prune --dry-run` (deletes nothing)"
+        f"any command that takes the backup lock {does}, e.g. `influx-backupd prune --dry-run`"
+        + ("" if restore else " (deletes nothing)")
     )
 
 

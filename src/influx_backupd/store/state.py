@@ -27,6 +27,8 @@ from influx_backupd.core.processes import same_process
 # How long a server that got our stop signal and still runs is watched: influxd 1.x ends its own
 # shutdown by force 30 s after SIGTERM; an exit later than this is not taken as ours.
 SIGNALLED_WATCH_S = 900.0
+# A restore marker's phase once the restored server answers (CrashMarker.swap_done).
+SWAP_DONE = "swap_done"
 
 
 class Busy(BackupdError):
@@ -135,6 +137,19 @@ class CrashMarker:
         body = self.read()
         if body is not None and body.get("stopping") is not True:
             self._write({**body, "stopping": True})
+
+    def swap_done(self, restored: tuple[int, float] | None) -> None:
+        """A restore's server answers on the restored dirs (pid, create_time): the swap is done.
+        A marker left from here on is not rolled back by recovery (guard.recover): the restored
+        server may have taken writes since, and a rollback would be a second outage."""
+        body = self.read()
+        if body is not None:
+            named = {"pid": restored[0], "create_time": restored[1]} if restored else None
+            self._write({**body, "phase": SWAP_DONE, "restored_influxd": named})
+
+    @staticmethod
+    def restore_swap_done(body: dict[str, Any]) -> bool:
+        return body.get("kind") == "restore" and body.get("phase") == SWAP_DONE
 
     def _write(self, body: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
