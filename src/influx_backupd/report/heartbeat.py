@@ -18,8 +18,14 @@ Signal = Literal["start", "success", "fail"]
 
 
 def url_for(base: str, signal: Signal) -> str:
-    base = base.rstrip("/")
-    return base if signal == "success" else f"{base}/{signal}"
+    """/start and /fail go on the path, before any query (healthchecks' `?create=1`, a push
+    URL's `?status=up`): appended to the text, they landed in the query and every ping of a
+    failed run reached the success endpoint. A fragment is never sent: dropped."""
+    parts = urllib.parse.urlsplit(base)
+    path = parts.path.rstrip("/")
+    if signal != "success":
+        path = f"{path}/{signal}"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 BODY_LIMIT = 100_000  # bytes healthchecks.io keeps of a ping's body

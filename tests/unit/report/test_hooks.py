@@ -147,6 +147,22 @@ def test_heartbeat_urls_in_the_healthchecks_style(server: _Server) -> None:
     assert server.paths == ["/abc/start", "/abc", "/abc/fail"]
 
 
+def test_heartbeat_signals_go_on_the_path_before_a_query(server: _Server) -> None:
+    """A push URL with a query (`?create=1`, `?status=up&msg=OK`): /start and /fail once went
+    after the query, so a failed run pinged the success endpoint."""
+    query = server.url + "?create=1&msg=OK#frag"
+    assert heartbeat.ping(query, "start")
+    assert heartbeat.ping(query, "success")
+    assert heartbeat.ping(query, "fail")
+    assert heartbeat.ping(server.url + "/?create=1", "fail")
+    assert server.paths == [
+        "/abc/start?create=1&msg=OK",
+        "/abc?create=1&msg=OK",
+        "/abc/fail?create=1&msg=OK",
+        "/abc/fail?create=1",
+    ]
+
+
 def test_heartbeat_to_a_closed_port_or_a_silent_server_returns_false_quickly() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
