@@ -811,18 +811,20 @@ def load(path: Path) -> Config:
         raise ConfigError(f"{server.conf}: {wrong}")
     _usable_dir(path, "daemon.state_dir", settings.daemon.state_dir)
     _usable_dir(path, "storage.dir", settings.storage.dir)
-    ours = {"daemon.state_dir": settings.daemon.state_dir, "storage.dir": settings.storage.dir}
-    if settings.daemon.metrics_file is not None:
-        ours["daemon.metrics_file"] = settings.daemon.metrics_file
-    wrong = config_values.our_dirs_problem(ours, server.dirs())
-    if wrong is not None:
-        raise ConfigError(f"{path}: {wrong}")
     for key, file in (
         ("daemon.metrics_file", settings.daemon.metrics_file),
         ("influxd.pidfile", settings.influxd.pidfile),
     ):
         if file is not None and file.is_dir():
             raise ConfigError(f"{path}: {key}: {file} is a directory; name a file (in it)")
+    ours = {"daemon.state_dir": settings.daemon.state_dir, "storage.dir": settings.storage.dir}
+    if settings.daemon.metrics_file is not None:
+        ours["daemon.metrics_file"] = settings.daemon.metrics_file
+    wrong = config_values.our_dirs_problem(
+        ours, server.dirs(), files=frozenset({"daemon.metrics_file"})
+    )
+    if wrong is not None:
+        raise ConfigError(f"{path}: {wrong}")
 
     http = influx_raw.get("http")
     bind = http.get("bind-address", ":8086") if isinstance(http, dict) else ":8086"

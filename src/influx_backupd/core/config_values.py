@@ -215,7 +215,9 @@ def server_dirs_problem(dirs: dict[str, Path]) -> str | None:
     return None
 
 
-def our_dirs_problem(ours: dict[str, Path], server: dict[str, Path]) -> str | None:
+def our_dirs_problem(
+    ours: dict[str, Path], server: dict[str, Path], *, files: frozenset[str] = frozenset()
+) -> str | None:
     """Our own dirs (state, storage, the metrics file's) against the server's: inside one of
     them, every archive would be in the next backup and a restore would move our files (the
     catalog, every backup) aside with the live data; holding one, our 0700 mode would shut the
@@ -230,7 +232,7 @@ def our_dirs_problem(ours: dict[str, Path], server: dict[str, Path]) -> str | No
                     "the backups before it and a restore would move it aside with the live "
                     "data; choose a directory outside influxd's meta, data and wal dirs"
                 )
-            if _within(theirs, mine):
+            if key not in files and _within(theirs, mine):  # a file holds no dir
                 return (
                     f"{key}: {path} holds influxd's {name} dir {live}: choose a directory "
                     "of its own, outside influxd's meta, data and wal dirs"
