@@ -62,8 +62,9 @@ def journal_field_name(key: str) -> str:
 def _encode_value(value: object) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
-    if isinstance(value, dict | list | tuple):
-        # JSON, so that `journalctl -o json | jq` can read a nested value (not Python's repr)
+    if isinstance(value, dict | list | tuple | bool) or value is None:
+        # JSON, so that `journalctl -o json | jq` can read a nested value (not Python's repr),
+        # and `journalctl DRY_RUN=true` matches (not True; null, not None)
         return json.dumps(value, default=str, separators=(",", ":")).encode("utf-8", "replace")
     return str(value).encode("utf-8", "replace")
 
@@ -149,7 +150,7 @@ def priority_for(level: str) -> int:
 
 
 def _format_value(value: object) -> str:
-    if isinstance(value, dict | list | tuple):
+    if isinstance(value, dict | list | tuple | bool) or value is None:
         return json.dumps(value, default=str, separators=(",", ":"))
     text = str(value)
     if not text or any(c.isspace() or c in "\"'=" for c in text):

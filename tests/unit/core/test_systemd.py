@@ -443,6 +443,18 @@ def test_journal_fields_nested_json_message_id_no_duplicates(
     assert "MESSAGE_ID" not in parse_journal(recv(sock))
     logger.error("verify.finished", status="failed")
     assert parse_journal(recv(sock))["MESSAGE_ID"] == log.MESSAGE_IDS["verify_failed"].encode()
+    # scalars that are not text or numbers as JSON too: `journalctl DRY_RUN=true` matches
+    logger.info("prune.finished", dry_run=True, deep=False, follower_failed=None, kept=3)
+    fields = parse_journal(recv(sock))
+    assert (fields["DRY_RUN"], fields["DEEP"], fields["FOLLOWER_FAILED"]) == (
+        b"true",
+        b"false",
+        b"null",
+    )
+    assert fields["KEPT"] == b"3"
+    assert (
+        fields["MESSAGE"] == b"prune.finished dry_run=true deep=false follower_failed=null kept=3"
+    )
 
 
 def test_message_ids_are_distinct_128_bit() -> None:
