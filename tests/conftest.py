@@ -107,6 +107,20 @@ def write_config(
     return path
 
 
+def log_events(text: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The JSON log lines in a command's stderr (off a tty, every event is one), or those of
+    one event; other lines (a human one-liner, a traceback) are skipped."""
+    found = []
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and (name is None or event.get("event") == name):
+            found.append(event)
+    return found
+
+
 @dataclass
 class FailureHook:
     """A job's on_failure that writes the INFLUX_BACKUPD_ variables it was given to a file."""

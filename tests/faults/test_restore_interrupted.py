@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import write_config
+from tests.conftest import log_events
 from tests.faults.conftest import Ledger, run_cli
+from tests.faults.test_restore_swap_kill import _backed_up
 
-COLD = [{"name": "c", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}]
 MARKER = "influxd-stopped.json"
 
 # Loaded into the restore (sitecustomize): the first call of <MODULE>.<FN> on a path holding
@@ -45,15 +45,6 @@ def _paused(p, *a, **k):
     return _orig(p, *a, **k)
 setattr(_mod, _fn, _paused)
 """
-
-
-def _backed_up(tmp_path: Path, sandbox: Sandbox) -> tuple[Path, str]:
-    config = write_config(tmp_path, sandbox, jobs=COLD)
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 2_000)
-    first = run_cli(config, "backup", "--json")
-    assert first.returncode == 0, first.stderr[-3000:]
-    return config, str(json.loads(first.stdout)["id"])
 
 
 def _restore_paused(tmp_path: Path, config: Path, backup_id: str, fn: str, at: str) -> Any:
@@ -89,18 +80,6 @@ def _restore_paused(tmp_path: Path, config: Path, backup_id: str, fn: str, at: s
     return proc
 
 
-def _events(stderr: str, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in stderr.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("event") == name:
-            found.append(event)
-    return found
-
-
 def _beside(sandbox: Sandbox, pattern: str) -> list[str]:
     parents = {top.parent for top in (sandbox.meta, sandbox.data, sandbox.wal)}
     return sorted(str(p) for parent in parents for p in parent.glob(pattern))
@@ -123,13 +102,13 @@ def test_a_restore_signalled_while_extracting_leaves_no_staging_dirs(
     _, stderr = proc.communicate(timeout=60)
     if sig == "SIGTERM":
         assert proc.returncode == 1 and "interrupted by SIGTERM" in stderr, stderr[-3000:]
-        [removed] = _events(stderr, "restore.staging_removed")
+        [removed] = log_events(stderr, "restore.staging_removed")
         assert sorted(removed["paths"]) == staged
     else:
         assert _beside(sandbox, ".*.restore-*") == staged, "left by the kill"
         after = run_cli(config, "prune", "--dry-run")  # the next lock-taking command
         assert after.returncode == 0, after.stderr[-3000:]
-        [removed] = _events(after.stderr, "recovery.restore_staging_removed")
+        [removed] = log_events(after.stderr, "recovery.restore_staging_removed")
         assert sorted(removed["paths"]) == staged
     assert _beside(sandbox, ".*.restore-*") == []
     assert _beside(sandbox, "*.rollback-*") == [] and _beside(sandbox, "*.failed-restore-*") == []
@@ -167,10 +146,10 @@ def test_a_restore_killed_after_its_server_answered_is_kept_with_writes_made_sin
 
     after = run_cli(config, "prune", "--dry-run")
     assert after.returncode == 0, after.stderr[-3000:]
-    [kept] = _events(after.stderr, "recovery.restore_kept")
+    [kept] = log_events(after.stderr, "recovery.restore_kept")
     assert sorted(kept["previous_data"]) == previous
     assert all(p in kept["detail"] for p in previous), kept["detail"]
-    assert not _events(after.stderr, "recovery.restore_rolled_back")
+    assert not log_events(after.stderr, "recovery.restore_rolled_back")
     assert sandbox.pids() == pids, "the restored server was not stopped"
     assert "written_to_restored_server" in sandbox.databases()
     assert "written_after_backup" not in sandbox.databases()
@@ -208,7 +187,7 @@ def test_a_restore_rolled_back_names_the_restored_dirs_it_moved_aside(
         assert "rolls the restore back" in status.stdout, status.stdout
         after = run_cli(config, "prune", "--dry-run")
         assert after.returncode == 0, after.stderr[-3000:]
-        [event] = _events(after.stderr, "recovery.restore_rolled_back")
+        [event] = log_events(after.stderr, "recovery.restore_rolled_back")
         said = event["detail"]
         assert sorted(event["failed_restore"]) == _beside(sandbox, "*.failed-restore-*")
     failed = _beside(sandbox, "*.failed-restore-*")

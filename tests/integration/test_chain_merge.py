@@ -16,22 +16,10 @@ from influx_backupd.influxd import counts, influxql
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.sidecar import sidecar_of
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli, log_events, write_config
 from tests.integration.test_restore_target import serving
 
 HOT = [{"name": "hotjob", "mode": "hot"}]
-
-
-def _events(stderr: str, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in stderr.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("event") == name:
-            found.append(event)
-    return found
 
 
 def _count(url: str, db: str, where: str = "") -> int:
@@ -124,13 +112,13 @@ def test_deletes_and_a_dropped_database_between_links_do_not_come_back(
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["merge"] == "files", result.get("merge_reason")
-    assert [e["path"] for e in _events(done.stderr, "restore.chain_merge")] == ["files"]
-    assert _events(done.stderr, "restore.copied") == [], "no SELECT INTO"
+    assert [e["path"] for e in log_events(done.stderr, "restore.chain_merge")] == ["files"]
+    assert log_events(done.stderr, "restore.copied") == [], "no SELECT INTO"
     assert _figures(sandbox.url) == expected, "deleted points and the dropped db stay gone"
 
     # the database dropped between the links is not in the backup
     done = cli("restore", increment["id"], "--database", "other", "--as", "x")
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr  # a database it does not hold: a usage mistake
     assert "--database other: not in" in done.stderr and "holds: metrics" in done.stderr
 
     # the same chain, one database of it, into the live server under another name
@@ -149,7 +137,7 @@ def test_deletes_and_a_dropped_database_between_links_do_not_come_back(
     done = cli("restore", increment["id"], "--target", str(target), "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["merge"] == "sql"
-    assert [e["databases"] for e in _events(done.stderr, "restore.dropped_since_full")] == [
+    assert [e["databases"] for e in log_events(done.stderr, "restore.dropped_since_full")] == [
         ["other"]
     ]
     with serving(target / "influxdb.conf") as url:
@@ -211,9 +199,9 @@ def test_a_compaction_between_links_merges_with_a_listing_and_falls_back_without
     link = Path(increment["archive"]).name
     assert result["merge_reason"].startswith(f"{link}: shard "), result["merge_reason"]
     assert "no listing of the live shard files" in result["merge_reason"]
-    [event] = _events(done.stderr, "restore.chain_merge")
+    [event] = log_events(done.stderr, "restore.chain_merge")
     assert event["path"] == "sql" and event["reason"] == result["merge_reason"]
-    assert _events(done.stderr, "restore.copied"), "the SQL merge ran"
+    assert log_events(done.stderr, "restore.copied"), "the SQL merge ran"
     with serving(target / "influxdb.conf") as url:
         assert {"metrics": _count(url, "metrics")} == expected
 
@@ -256,7 +244,7 @@ def test_a_delete_in_one_of_a_shards_files_stays_deleted(tmp_path: Path, flushin
     done = cli("restore", increment["id"], "--target", str(target), "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["merge"] == "files"
-    [event] = _events(done.stderr, "restore.chain_merge")
+    [event] = log_events(done.stderr, "restore.chain_merge")
     assert event["shards"] == 1 and event["shards_reused"] + event["shards_packed"] >= 1, event
     with serving(target / "influxdb.conf") as url:
         assert _by_measurement(url) == expected

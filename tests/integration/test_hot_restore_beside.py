@@ -32,7 +32,15 @@ from influx_backupd.restore.hot import (
 )
 from influx_backupd.store.chain import Link
 from influx_backupd.store.scanners import Scan
-from tests.conftest import STAND_INS, Cli, hot_chain, throwaway_influxds, wait_until, write_config
+from tests.conftest import (
+    STAND_INS,
+    Cli,
+    hot_chain,
+    log_events,
+    throwaway_influxds,
+    wait_until,
+    write_config,
+)
 
 HOT = [{"name": "hotjob", "mode": "hot"}]
 SLOW_RESTORE = STAND_INS / "influxd_restore_slow"
@@ -50,16 +58,6 @@ def _chain(cli: Cli, sandbox: Sandbox) -> tuple[dict[str, Any], dict[str, int]]:
 
 def _staging(sandbox: Sandbox) -> list[Path]:
     return sorted(sandbox.root.glob(".*.restore-*"))
-
-
-def _events(stderr: str) -> list[dict[str, Any]]:
-    events = []
-    for line in stderr.splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events
 
 
 @contextmanager
@@ -104,7 +102,7 @@ def test_the_chain_is_built_while_the_live_server_serves_then_swapped_in(
     assert {db: sandbox.count(db) for db in expected} == expected
     assert sorted(sandbox.databases()) == ["later", "metrics"], "temporary databases dropped"
 
-    events = _events(done.stderr)
+    events = log_events(done.stderr)
     names = [e["event"] for e in events]
     building, built = names.index("restore.building"), names.index("restore.built")
     assert building < built < names.index("influxd.stopping"), names

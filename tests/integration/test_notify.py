@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox, free_port
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli, log_events, write_config
 
 pytestmark = pytest.mark.influxd
 
@@ -202,7 +202,7 @@ def test_a_receiver_that_answers_a_byte_at_a_time_holds_nothing_past_the_timeout
         listener.close()
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "ok"
-    failed = [e for e in _events(done.stderr) if e["event"] == "notify.failed"]
+    failed = [e for e in log_events(done.stderr) if e["event"] == "notify.failed"]
     assert [e["notify"] for e in failed] == ["start", "success"]
     assert all("no answer within 3s" in e["error"] for e in failed)
     left = [
@@ -218,7 +218,3 @@ def _inherited(proc: psutil.Process, mark: str) -> bool:
         return proc.environ().get("INFLUX_BACKUPD_TEST_RUN") == mark
     except psutil.Error:
         return False  # gone meanwhile
-
-
-def _events(stderr: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]

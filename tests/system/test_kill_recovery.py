@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
 
 import psutil
 
+from influx_backupd.core.log import MESSAGE_IDS
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
-from tests.conftest import Cli, failure_hooked, throwaway_influxds, wait_until, write_config
+from tests.conftest import (
+    Cli,
+    failure_hooked,
+    log_events,
+    throwaway_influxds,
+    wait_until,
+    write_config,
+)
 from tests.faults.conftest import Watched
 from tests.system.test_daemon import daemon, runs, wait_runs
 
@@ -128,8 +137,13 @@ def test_a_hot_run_killed_is_recorded_interrupted_and_its_leftovers_go(
     [killed] = catalog.list()
     assert killed.status == "running", "killed mid-run, the record says running until recovery"
 
-    second = cli.json("backup")  # cold: the next lock-taking command
+    done = cli("backup", "--json")  # cold: the next lock-taking command
+    second = json.loads(done.stdout)
     assert second["status"] == "ok", second["error"]
+    # found by the alert on run_failed's MESSAGE_ID, with its record, as a failed run.finished
+    [said] = [e for e in log_events(done.stderr) if e.get("event") == "recovery.run_interrupted"]
+    assert said["message_id"] == MESSAGE_IDS["run_failed"], said
+    assert said["record"]["id"] == killed.id and said["record"]["status"] == "interrupted"
     record = catalog.get(killed.id)
     assert record is not None and record.status == "interrupted"
     assert record.finished_at is not None

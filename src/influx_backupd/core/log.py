@@ -32,7 +32,8 @@ def journal_socket() -> str:
 # `journalctl MESSAGE_ID=…` finds them whatever the wording. docs/daemon.md lists them.
 MESSAGE_IDS: dict[str, str] = {
     "run_ok": "afb5ed9765974a8b84f700c79e46fd04",  # run.finished, status ok
-    "run_failed": "b8f44c973ce5488bba57f203e89db459",  # run.finished, failed or interrupted
+    # run.finished failed or interrupted; recovery.run_interrupted (a run killed outright)
+    "run_failed": "b8f44c973ce5488bba57f203e89db459",
     "verify_failed": "de9334f97d014f968c77351dcc5e0c67",  # verify.finished / verify.scheduled
     "influxd_left_down": "79d3fe3858984f03a7c86f4a916d259b",  # influxd.left_down
 }
@@ -44,6 +45,8 @@ def message_id_for(event_dict: Mapping[str, Any]) -> str | None:
         record = event_dict.get("record")
         status = record.get("status") if isinstance(record, dict) else None
         return MESSAGE_IDS["run_ok" if status == "ok" else "run_failed"]
+    if event == "recovery.run_interrupted":  # a run killed outright, recorded by the next command
+        return MESSAGE_IDS["run_failed"]
     if event in ("verify.finished", "verify.scheduled"):
         failed = event_dict.get("status") == "failed" or bool(event_dict.get("failed"))
         return MESSAGE_IDS["verify_failed"] if failed else None

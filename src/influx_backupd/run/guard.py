@@ -229,7 +229,11 @@ def recover(
             else f"; influxd could not be started again yet ({not_started}): still trying"
         )
         catalog.save_finished(record)  # counted in runs_total with it
-        logger.warning("recovery.run_interrupted", run_id=record.id, job=record.job)
+        # with the record, as run.finished carries it: the same MESSAGE_ID (run_failed) finds
+        # the runs a kill, the OOM killer or a power loss ended
+        logger.warning(
+            "recovery.run_interrupted", run_id=record.id, job=record.job, record=record.to_dict()
+        )
     # The dead runs just saved, and runs that finished but were killed (or signalled) before
     # their follow-up completed.
     for record in catalog.owed():
