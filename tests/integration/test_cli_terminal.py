@@ -3,13 +3,16 @@ it, NO_COLOR, the short record), --dry-run, --all and JSON times."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import re
 import select
+import struct
 import subprocess
 import sys
+import termios
 from datetime import datetime
 from pathlib import Path
 
@@ -21,9 +24,14 @@ from tests.conftest import Cli, write_config
 SGR = re.compile(r"\x1b\[[0-9;]*m")  # colour escapes
 
 
-def run_in_pty(argv: list[str], env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
-    """Run argv with stdin, stdout and stderr on a new pty; return its status and all it wrote."""
+def run_in_pty(
+    argv: list[str], env: dict[str, str], timeout: float = 300, columns: int | None = None
+) -> tuple[int, str]:
+    """Run argv with stdin, stdout and stderr on a new pty (`columns` wide if given); return
+    its status and all it wrote."""
     master, slave = pty.openpty()
+    if columns is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     proc = subprocess.Popen(
         argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
     )
@@ -78,13 +86,15 @@ def screen(text: str) -> list[str]:
     return ["".join(line) for line in lines]
 
 
-def backup_in_pty(config: Path, *args: str, no_color: bool = False) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+def backup_in_pty(
+    config: Path, *args: str, no_color: bool = False, columns: int | None = None
+) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
     env["TERM"] = "xterm"
     if no_color:
         env["NO_COLOR"] = "1"
     argv = [sys.executable, "-m", "influx_backupd", "-c", str(config), "backup", *args]
-    return run_in_pty(argv, env)
+    return run_in_pty(argv, env, columns=columns)
 
 
 @pytest.fixture
@@ -186,3 +196,20 @@ def test_quiet_on_a_terminal_is_the_record_alone(tmp_path: Path, filled: Sandbox
     assert "archive [" not in text and "\x1b[" not in text, "no bar, nothing to colour"
     shown = [line for line in screen(text) if line.strip()]
     assert shown[0].startswith("run ") and len(shown) == 4, shown
+
+
+@pytest.mark.influxd
+@pytest.mark.parametrize("columns", [80, 40])
+def test_the_bar_never_wraps_on_a_narrow_terminal(
+    tmp_path: Path, filled: Sandbox, columns: int
+) -> None:
+    """A row that wraps leaves a row behind at each \\r redraw (ESC[K erases one row only):
+    every drawing of the bar fits in one row of the pty's width, ETA included."""
+    config = write_config(tmp_path, filled)
+    status, text = backup_in_pty(config, columns=columns)
+    assert status == 0, text
+    drawn = [SGR.sub("", part) for part in re.split(r"\r\x1b\[K|\n", text)]
+    bars = [part for part in drawn if "%" in part and "ETA" in part]
+    assert bars, f"the bar was drawn: {text!r}"
+    for bar in bars:
+        assert len(bar) < columns, f"{len(bar)} characters on a {columns}-column terminal: {bar!r}"

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import threading
 from collections import deque
@@ -124,7 +125,7 @@ class _Console:
             out = self.stream
             try:
                 if self._status is not None:
-                    out.write(f"{CLEAR_LINE}{text}\n{self._status}")
+                    out.write(f"{CLEAR_LINE}{text}\n{fit(self._status, self.columns())}")
                 else:
                     out.write(text + "\n")
                 out.flush()
@@ -136,11 +137,18 @@ class _Console:
         with self._lock:
             out = self.stream
             try:
-                out.write(CLEAR_LINE + (text or ""))
+                out.write(CLEAR_LINE + fit(text or "", self.columns()))
                 out.flush()
             except (OSError, ValueError):
                 pass
             self._status = text
+
+    def columns(self) -> int:
+        """The terminal's width now (read at each draw: a resized window is followed)."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (OSError, ValueError, AttributeError):  # not a terminal (tests, pipes)
+            return shutil.get_terminal_size((80, 24)).columns
 
     # structlog calls the method named after the level with the rendered line
     def msg(self, message: str) -> None:
@@ -151,6 +159,18 @@ class _Console:
 
 CLEAR_LINE = "\r\x1b[K"  # to the line's start, erase it
 CONSOLE = _Console()
+
+
+def fit(text: str, columns: int) -> str:
+    """text cut to fit one row of a terminal `columns` wide, leaving the last column free: a
+    status line that wrapped would leave a row behind at each \\r redraw."""
+    room = max(columns - 1, 1)
+    return text if len(text) <= room else text[: room - 1] + "…"
+
+
+def status_columns() -> int:
+    """How wide the status line may be drawn, now."""
+    return CONSOLE.columns()
 
 
 def status_line(text: str | None) -> None:

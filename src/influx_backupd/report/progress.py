@@ -157,6 +157,9 @@ def _size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+MIN_BAR = 10  # a bar narrower than this says nothing the percentage does not
+
+
 class TerminalBar:
     """The archive's progress as the console's status line (core.log keeps log lines above it),
     redrawn at most every `interval` seconds.
@@ -209,17 +212,36 @@ class TerminalBar:
         since, then = self.samples[0]
         return (done - then) / (now - since) if now > since else None
 
-    def line(self, done: int, total: int, rate: float | None) -> str:
+    def line(self, done: int, total: int, rate: float | None, columns: int | None = None) -> str:
+        """One row that fits a terminal `columns` wide (default: the console's width now): the
+        bar shrinks first, then the least telling parts go (files, sizes, rate, label), so a
+        narrow terminal still sees the percentage and the ETA and the row never wraps."""
         # The prediction is taken before the stop; files may have grown since.
         fraction = min(done / total, 1.0) if total > 0 else 0.0
-        filled = int(fraction * self.width)
         speed = f"{_size(rate)}/s" if rate is not None else "-/s"
         eta = f"{(total - done) / rate:.0f}s" if rate and total > done else "-"
-        files = f"  {self.files[0]}/{self.files[1]} files" if self.files is not None else ""
-        return (
-            f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}% "
-            f"{_size(done)} / {_size(total)}{files}  {speed}  ETA {eta}"
-        )
+        parts = {
+            "label": self.label,
+            "percent": f"{fraction * 100:5.1f}%",
+            "sizes": f"{_size(done)} / {_size(total)}",
+            "files": f"{self.files[0]}/{self.files[1]} files" if self.files is not None else "",
+            "speed": speed,
+            "eta": f"ETA {eta}",
+        }
+        room = (columns if columns is not None else log.status_columns()) - 1
+        for drop in ("", "files", "sizes", "speed", "label"):
+            parts.pop(drop, None)
+            width = min(self.width, room - len(self._join(parts, "[]")))
+            if width >= MIN_BAR:
+                filled = int(fraction * width)
+                return self._join(parts, f"[{'#' * filled}{'.' * (width - filled)}]")
+        return log.fit(self._join(parts, ""), room + 1)  # not even the bar fits
+
+    @staticmethod
+    def _join(parts: dict[str, str], bar: str) -> str:
+        head = " ".join(p for p in (parts.get("label", ""), bar, parts["percent"]) if p)
+        tail = [parts.get(k, "") for k in ("sizes", "files", "speed", "eta")]
+        return "  ".join([head, *(p for p in tail if p)]).lstrip()
 
     def close(self) -> None:
         if self.drawn:

@@ -127,3 +127,16 @@ def test_run_tails_see_info_even_when_the_console_shows_warnings_only() -> None:
         ["info", "influxd.stopped"],
         ["warning", "hot.clock_skew"],
     ]
+
+
+def test_any_status_line_is_cut_to_the_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A status line that wraps leaves a row behind at each \\r redraw: whatever is drawn
+    there (the bar or anything else) is cut to one row, the last column left free."""
+    monkeypatch.setenv("COLUMNS", "40")
+    out = io.StringIO()
+    console = log._Console(out)
+    console.status("x" * 100)
+    console.line("a log line above it")
+    drawn = [part for part in out.getvalue().split(log.CLEAR_LINE) if part]
+    assert drawn[0] == "x" * 38 + "…"
+    assert drawn[-1].endswith("\n" + "x" * 38 + "…"), "redrawn cut as well"

@@ -63,3 +63,25 @@ def test_outside_systemd_nothing_is_sent(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     with progress.under_systemd("restore X", every=0.01):
         assert progress._listeners == []
+
+
+@pytest.mark.parametrize("columns", [200, 100, 80, 60, 40, 30, 20, 10, 2])
+def test_the_bar_fits_the_terminal_and_keeps_the_eta_longest(columns: int) -> None:
+    bar = progress.TerminalBar(lambda _s: None)
+    bar.files = (12, 16)
+    line = bar.line(2_400_000_000, 3_900_000_000, 257.6 * 2**20, columns)
+    assert len(line) < columns, "the last column stays free: a full row wraps on some terminals"
+    if columns >= 20:
+        assert "ETA 6s" in line and "61.5%" in line, line
+    if columns >= 40:
+        assert "[" in line, "the bar shrinks before it goes"
+    if columns >= 100:
+        assert "12/16 files" in line and "257.6 MiB/s" in line
+
+
+def test_the_bar_follows_the_console_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    widths = iter([80, 40])
+    monkeypatch.setattr(progress.log, "status_columns", lambda: next(widths))
+    bar = progress.TerminalBar(lambda _s: None)
+    assert 60 < len(bar.line(1, 2, 1000.0)) < 80
+    assert len(bar.line(1, 2, 1000.0)) < 40, "read again at each redraw"
