@@ -64,3 +64,38 @@ def test_a_restore_into_a_dir_without_room_is_refused_before_a_byte_is_written(
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
     assert sandbox.ping()
+
+
+def test_a_hot_dry_run_gives_no_space_verdict_but_cold_does(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Only a cold run is refused for space: a hot dry run calls its size an upper bound and
+    does not fail for it (the hot run itself then succeeds), while cold still says it would be
+    refused."""
+    jobs = [
+        {"name": "hourly", "every": "1h", "mode": "hot"},
+        {"name": "nightly", "every": "1d", "mode": "cold", "copy": "direct"},
+    ]
+    cli = Cli(write_config(tmp_path, sandbox, jobs=jobs))
+    sandbox.create_db("db")
+    sandbox.write_points("db", 100)
+    (tmp_path / "archives").mkdir()
+    free = shutil.disk_usage(tmp_path / "archives").free
+    with open(sandbox.data / "huge.bin", "wb") as fh:  # sparse, as _series files are
+        fh.truncate(free + (1 << 30))
+
+    done = cli("backup", "--dry-run", "--job", "hourly")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "would be refused" not in done.stdout and "upper bound" in done.stdout, done.stdout
+    plan = cli.json("backup", "--dry-run", "--job", "hourly")
+    assert plan["mode"] == "hot" and plan["fits"] is None
+    assert plan["predicted_bytes"] > free
+
+    cold = cli("backup", "--dry-run", "--job", "nightly")
+    assert cold.returncode == 1 and "does NOT fit: the backup would be refused" in cold.stdout
+    assert cli.json("backup", "--dry-run", "--job", "nightly")["fits"] is False
+
+    record = cli.json("backup", "--job", "hourly")
+    assert record["status"] == "ok", record["error"]
+    plan = cli.json("backup", "--dry-run", "--job", "hourly")
+    assert plan["recent_hot_bytes"] == record["bytes"]

@@ -269,11 +269,22 @@ def _dry_run(config: Config, jobs: list[JobSection], args: argparse.Namespace) -
         seconds = plan.predicted_downtime_s
         about = "unknown" if seconds is None else f"about {seconds:.1f}s"
         print(f"  downtime    {about} ({plan.downtime_basis})")
+        free = f"{fmt_bytes(plan.free_bytes)} free in {plan.storage_dir}"
+        if plan.fits is None:  # hot (or skip): never refused for space, so no verdict
+            recent = (
+                f", largest recent hot run {fmt_bytes(plan.recent_hot_bytes)}"
+                if plan.recent_hot_bytes is not None
+                else ""
+            )
+            print(
+                f"  size        at most about {fmt_bytes(plan.predicted_bytes)} (upper bound: "
+                f"hot output is gzipped{recent}), {free}; hot runs are not refused for space"
+            )
+            continue
         verdict = "fits" if plan.fits else "does NOT fit: the backup would be refused"
         print(
             f"  size        about {fmt_bytes(plan.predicted_bytes)} (needs "
-            f"{fmt_bytes(plan.needed_bytes)} free), {fmt_bytes(plan.free_bytes)} free in "
-            f"{plan.storage_dir}: {verdict}"
+            f"{fmt_bytes(plan.needed_bytes)} free), {free}: {verdict}"
         )
     return EXIT_OK if all(p.would_run for p in plans) else EXIT_FAILED
 

@@ -124,14 +124,21 @@ class Plan:
     needed_bytes: int
     free_bytes: int
     storage_dir: str
+    # what predicted_bytes is: a cold archive's size, or for hot an upper bound only
+    size_basis: str = "the dirs' apparent size"
+    recent_hot_bytes: int | None = None  # hot: the largest of the job's recent ok hot runs
 
     @property
-    def fits(self) -> bool:
+    def fits(self) -> bool | None:
+        """None: no verdict, as only a cold run is refused for space (a hot run's output,
+        gzipped and without the sparse _series files' holes, is a fraction of the estimate)."""
+        if self.mode != "cold":
+            return None
         return self.free_bytes >= self.needed_bytes
 
     @property
     def would_run(self) -> bool:
-        return self.mode != "skip" and self.fits
+        return self.mode != "skip" and self.fits is not False
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "fits": self.fits}
@@ -164,6 +171,7 @@ def dry_run(
     existing = next(p for p in (config.storage_dir, *config.storage_dir.parents) if p.exists())
     free = shutil.disk_usage(existing).free
     cold = decision.mode == "cold"
+    hot_sizes = [r.bytes for r in history if r.mode == "hot" and r.good]
     return Plan(
         job=job.name,
         mode=decision.mode,
@@ -178,6 +186,10 @@ def dry_run(
         needed_bytes=needed if cold else predicted,
         free_bytes=free,
         storage_dir=str(config.storage_dir),
+        size_basis="the dirs' apparent size"
+        if cold
+        else "upper bound: the dirs' apparent size; a hot backup is gzipped, usually far smaller",
+        recent_hot_bytes=max(hot_sizes) if hot_sizes and not cold else None,
     )
 
 
