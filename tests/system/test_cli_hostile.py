@@ -267,3 +267,82 @@ def test_a_damaged_prune_pending_list_is_set_aside_not_a_traceback(
     assert "prune.pending_list_damaged" in done.stderr
     [aside] = (tmp_path / "state").glob("prune-pending.json.damaged-*")
     assert aside.read_text() == text
+
+
+@pytest.mark.parametrize(
+    "command", [["list", "--job"], ["verify"], ["restore"], ["prune", "--job"], ["backup", "--job"]]
+)
+def test_a_non_utf8_argument_is_shown_as_its_bytes(tmp_path: Path, command: list[str]) -> None:
+    config = serverless_config(tmp_path)
+    done = run([*(c.encode() for c in ["-c", str(config), *command]), b"x\xff\xfe"])
+    assert done.returncode == EXIT_USAGE
+    line = one_line(done)
+    assert "'x\\xff\\xfe' is not valid UTF-8" in line, line
+    assert "\\udc" not in line, line
+
+
+LONG = "x" * 10240
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list", "--job", LONG],
+        ["prune", "--job", LONG],
+        ["backup", "--job", LONG],
+        ["backup", "--job", "nightly", "--job", LONG],
+        ["backup", "--mode", LONG],
+        ["verify", LONG],
+        ["restore", LONG, "--yes"],
+        ["restore", "--from", LONG, "x"],
+        ["verify", "--all", "--job", LONG],
+    ],
+)
+def test_a_long_argument_is_not_echoed_whole(tmp_path: Path, command: list[str]) -> None:
+    """An error line quotes at most the first 100 characters of a user's argument, and says
+    how long it was."""
+    config = serverless_config(tmp_path)
+    done = run(["-c", str(config), *command])
+    assert done.returncode == EXIT_USAGE, done.stderr[:500]
+    line = one_line(done)
+    assert len(line) < 400 and "characters)" in line, line[:500]
+    assert not (tmp_path / "state").exists(), "nothing touched"
+
+
+@pytest.mark.parametrize(
+    "argv", [["-q", "list", "-v"], ["-q", "-v", "list"], ["list", "-qv"], ["-vv", "list", "-q"]]
+)
+def test_quiet_and_verbose_together_are_refused(tmp_path: Path, argv: list[str]) -> None:
+    done = run(["-c", str(serverless_config(tmp_path)), *argv])
+    assert done.returncode == EXIT_USAGE and done.stdout == ""
+    assert "-q/--quiet and -v/--verbose" in one_line(done)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list", "--job", "nightly", "--job", "hourly"],
+        ["prune", "--dry-run", "--job", "nightly", "--job", "hourly"],
+        ["backup", "--dry-run", "--mode", "hot", "--mode", "cold"],
+        ["verify", "--all", "--job", "a", "--job", "b"],
+    ],
+)
+def test_an_option_given_twice_is_refused_not_the_last_kept(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    done = run(["-c", str(serverless_config(tmp_path)), *argv])
+    assert done.returncode == EXIT_USAGE and done.stdout == ""
+    assert "given more than once" in one_line(done)
+
+
+def test_backup_job_repeated_runs_those_jobs_in_order(tmp_path: Path) -> None:
+    config = serverless_config(tmp_path, jobs=("nightly", "hourly", "weekly"))
+    done = run(
+        ["-c", str(config), "backup", "--dry-run", "--json", "--job", "weekly", "--job", "nightly"]
+    )
+    assert done.returncode == 0, done.stderr
+    assert [p["job"] for p in json.loads(done.stdout)] == ["weekly", "nightly"]
+    done = run(["-c", str(config), "backup", "--dry-run", "--job", "hourly", "--job", "hourly"])
+    assert done.returncode == EXIT_USAGE and "given twice" in one_line(done)
+    done = run(["-c", str(config), "backup", "--dry-run", "--job", "hourly", "--all"])
+    assert done.returncode == EXIT_USAGE and "not allowed with" in one_line(done)

@@ -152,7 +152,8 @@ def test_help_and_usage_mistakes_load_no_command_machinery() -> None:
         "heavy = [m for m in sys.modules if m.split('.')[:2] in (\n"
         "    ['influx_backupd', 'cli'], ['influx_backupd', 'restore'], ['influx_backupd', 'jobs'],\n"
         "    ['influx_backupd', 'daemon'], ['influx_backupd', 'run'], ['influx_backupd', 'verify'],\n"
-        ") and m not in ('influx_backupd.cli', 'influx_backupd.cli.main', 'influx_backupd.cli.parser')]\n"
+        ") and m not in ('influx_backupd.cli', 'influx_backupd.cli.main',\n"
+        "    'influx_backupd.cli.parser', 'influx_backupd.cli.quote')]\n"
         "heavy += [m for m in ('apscheduler', 'pydantic', 'psutil') if m in sys.modules]\n"
         "print(','.join(sorted(heavy)), file=sys.stderr)\n"
     )

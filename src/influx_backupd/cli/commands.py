@@ -26,6 +26,7 @@ from influx_backupd.cli.output import (
     print_record,
     print_target,
 )
+from influx_backupd.cli.quote import capped, quoted
 from influx_backupd.core import unit_paths
 from influx_backupd.core.config import Config, ConfigError, JobSection, secret_file_warnings
 from influx_backupd.core.errors import (
@@ -75,7 +76,7 @@ def known_job(config: Config, name: str | None, *, history_too: bool = False) ->
         if catalog.exists() and catalog.list(job=name):
             return
     known = ", ".join(j.name for j in config.settings.job) or "none"
-    raise UsageError(f"--job {name}: no such job in {config.path} (jobs: {known})")
+    raise UsageError(f"--job {quoted(name)}: no such job in {config.path} (jobs: {known})")
 
 
 def backup_argument(config: Config, backup: str) -> None:
@@ -86,13 +87,15 @@ def backup_argument(config: Config, backup: str) -> None:
     catalog = Catalog(config.state_dir)
     record = catalog.get(backup) if catalog.exists() else None
     if record is not None and not record.archive:
-        raise UsageError(f"BACKUP {backup}: run {backup} is {record.status} and has no archive")
+        raise UsageError(
+            f"BACKUP {quoted(backup)}: run {backup} is {record.status} and has no archive"
+        )
     if record is not None or (catalog.exists() and catalog.find_by_archive(Path(backup))):
         return  # a damaged backup of ours is the command's failure (1), not a usage error
     problem = not_a_backup(Path(backup))
     if problem is not None:
         raise UsageError(
-            f"BACKUP {backup}: {problem}; give a catalog id (see `list`), a cold .tar archive "
+            f"BACKUP {quoted(backup)}: {problem}; give a catalog id (see `list`), a cold .tar archive "
             "or a hot backup"
         )
 
@@ -202,9 +205,13 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
 
 def _jobs_to_run(config: Config, args: argparse.Namespace) -> list[JobSection]:
     jobs = config.settings.job
-    if args.job is not None:
-        known_job(config, args.job)
-        return [config.job(args.job)]
+    if args.job is not None:  # --job given once or more: those jobs, in the order given
+        for name in args.job:
+            known_job(config, name)
+        twice = next((name for i, name in enumerate(args.job) if name in args.job[:i]), None)
+        if twice is not None:
+            raise UsageError(f"--job {quoted(twice)}: given twice; name each job once")
+        return [config.job(name) for name in args.job]
     if args.all:
         return list(jobs) or [config.job(None)]
     if len(jobs) > 1:
@@ -214,6 +221,11 @@ def _jobs_to_run(config: Config, args: argparse.Namespace) -> list[JobSection]:
             "or run them all, one after another, with --all"
         )
     return [config.job(None)]
+
+
+def several(args: argparse.Namespace) -> bool:
+    """--all, or --job more than once: --json prints an array, one item a job."""
+    return bool(args.all or (args.job and len(args.job) > 1))
 
 
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
@@ -244,7 +256,7 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
         if bar is not None:
             progress.unlisten(bar)
             bar.close()
-    if args.all and args.json:
+    if several(args) and args.json:
         print_json([r.to_dict() for r in records])
     else:
         for record in records:
@@ -260,7 +272,7 @@ def _dry_run(config: Config, jobs: list[JobSection], args: argparse.Namespace) -
     catalog = Catalog(config.state_dir)
     plans = [dry_run(config, job, catalog if catalog.exists() else None, args.mode) for job in jobs]
     if args.json:
-        print_json([p.to_dict() for p in plans] if args.all else plans[0].to_dict())
+        print_json([p.to_dict() for p in plans] if several(args) else plans[0].to_dict())
     for plan in [] if args.json else plans:
         print(f"backup {plan.job}: dry run, nothing stopped or written")
         print(f"  mode        {plan.mode}: {'; '.join(plan.reasons)}")
@@ -355,10 +367,11 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         if not sys.stdin.isatty():
             raise UsageError("restore replaces the live data of influxd; pass --yes to confirm")
         what = (
-            f"Replace database {args.new_name or args.database} with the one in {args.backup}? "
+            f"Replace database {quoted(args.new_name or args.database)} with the one in "
+            f"{quoted(args.backup)}? "
             "(the present one is kept aside)"
             if args.database
-            else f"Replace influxd's data with {args.backup}? influxd will be stopped."
+            else f"Replace influxd's data with {quoted(args.backup)}? influxd will be stopped."
         )
         try:
             answer = input(f"{what} [y/N] ")
@@ -399,10 +412,13 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             else:
                 result = restore_backup(config, catalog, args.backup)
         except RestoreRefused as exc:
-            print(f"influx-backupd: restore refused, nothing touched: {exc}", file=sys.stderr)
+            print(
+                f"influx-backupd: restore refused, nothing touched: {capped(str(exc))}",
+                file=sys.stderr,
+            )
             return exc.exit_status  # 1; 2 for a usage mistake, 78 for a config that cannot work
         except RestoreFailed as exc:
-            print(f"influx-backupd: {exc}", file=sys.stderr)
+            print(f"influx-backupd: {capped(str(exc))}", file=sys.stderr)
             return EXIT_FAILED
     if args.target is not None:
         print_target(into, args.json)

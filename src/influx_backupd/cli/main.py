@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from influx_backupd.cli.parser import build_parser
+from influx_backupd.cli.quote import capped, quoted
 from influx_backupd.core import log
 from influx_backupd.core.errors import EXIT_CONFIG, EXIT_FAILED, BackupdError
 from influx_backupd.core.interrupt import Interrupted
@@ -97,15 +98,14 @@ def _streams_open() -> None:
 
 def _undecodable(args: argparse.Namespace) -> str | None:
     """The first argument that is not valid UTF-8 (undecodable bytes arrive as lone
-    surrogates, which no file name, job name or query can carry on)."""
+    surrogates, which no file name, job name or query can carry on), as its bytes escaped."""
     for name, value in vars(args).items():
-        if isinstance(value, str):
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                return (
-                    f"{name.replace('_', '-')} {value.encode(errors='backslashreplace').decode()}"
-                )
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    return f"{name.replace('_', '-')} '{quoted(item)}'"
     return None
 
 
@@ -142,6 +142,8 @@ def _main(argv: Sequence[str] | None) -> int:
     for name, default in (("json", False), ("quiet", False), ("verbose", 0)):
         if not hasattr(args, name):
             setattr(args, name, default)
+    if args.quiet and args.verbose:  # before or after the command: two parsers, checked here
+        parser.error("-q/--quiet and -v/--verbose: give one of them")
     # Under systemd (a timer's service, `systemd-run`) events go to the journal as fields with
     # their MESSAGE_IDs, as the daemon's do, not as JSON text lines
     journal = log.journal_socket() if journal_available() else None
@@ -157,7 +159,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"influx-backupd: interrupted by {exc}", file=sys.stderr)
         return EXIT_FAILED
     except BackupdError as exc:  # every error of ours: one line, its own exit status
-        print(f"influx-backupd: {exc.line()}", file=sys.stderr)
+        print(f"influx-backupd: {capped(exc.line())}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         return 130

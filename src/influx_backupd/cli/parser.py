@@ -4,9 +4,11 @@ the exit statuses in the epilog. scripts/cli_docs.py builds the man page and com
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any, NoReturn
 
 from influx_backupd import __version__
+from influx_backupd.cli.quote import LIMIT, quoted, readable
 from influx_backupd.core import log
 from influx_backupd.core.errors import (
     EXIT_USAGE,
@@ -18,7 +20,27 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (what, and where to read more)."""
 
     def error(self, message: str) -> NoReturn:
+        # argparse quotes the user's value whole (`invalid choice: '…10 KB…'`): cut, readable
+        message = re.sub(rf"\S{{{LIMIT + 1},}}", lambda m: quoted(m.group()), readable(message))
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class _StoreOnce(argparse._StoreAction):
+    """An option that takes a value, given twice (`--mode hot --mode cold`), is refused: plain
+    argparse keeps the last one silently, and an operator who wrote two meant both."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        given: set[str] = namespace.__dict__.setdefault("_given_once", set())
+        if option_string is not None and self.dest in given:
+            raise argparse.ArgumentError(self, "given more than once; give it once")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
 
 
 EPILOG = """\
@@ -62,7 +84,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--quiet",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="only errors on stderr, no progress bar",
+        help="only errors on stderr, no progress bar (not with -v)",
     )
     p.add_argument(
         "-v",
@@ -86,6 +108,8 @@ def _command(
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.register("action", "store", _StoreOnce)  # the command's own options (not the common ones)
+    p.register("action", None, _StoreOnce)
     return p
 
 
@@ -110,11 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
         common,
         "backup",
         "run one backup now, in the foreground",
-        "With several jobs, name one with --job or run them all, one after another, with --all.",
+        "With several jobs, name one with --job or run them all, one after another, with --all; "
+        "--job given more than once runs those jobs, one after another, in the order given.",
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument(
-        "--job", metavar="NAME", help="the job to run (needed when there are several)"
+        "--job",
+        metavar="NAME",
+        action="append",
+        help="the job to run (needed when there are several); repeat it to run several jobs, "
+        "one after another, in the order given",
     )
     which.add_argument("--all", action="store_true", help="run every job, one after another")
     p.add_argument(
