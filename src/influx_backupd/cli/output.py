@@ -78,10 +78,13 @@ def print_record(record: RunRecord, as_json: bool, *, verbose: bool = False) -> 
         print(f"  archive   {record.archive}")
         sha = record.sha256 if verbose or not record.sha256 else record.sha256[:12] + "…"
         print(f"  size      {fmt_bytes(record.bytes)} in {record.files} files, sha256 {sha}")
-    print(
-        f"  downtime  {fmt_s(record.downtime_s)} = stop {fmt_s(record.stop_s)}"
-        f" + copy {fmt_s(record.copy_s)} + start {fmt_s(record.start_s)}"
-    )
+    if record.mode == "hot":  # never stopped influxd, ok or failed: no phases to add up
+        print("  downtime  none: hot, influxd kept serving")
+    else:
+        print(
+            f"  downtime  {fmt_s(record.downtime_s)} = stop {fmt_s(record.stop_s)}"
+            f" + copy {fmt_s(record.copy_s)} + start {fmt_s(record.start_s)}"
+        )
     if record.error:
         print(f"  error     {record.error}")
     if record.verify_status:
