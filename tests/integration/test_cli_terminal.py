@@ -213,3 +213,52 @@ def test_the_bar_never_wraps_on_a_narrow_terminal(
     assert bars, f"the bar was drawn: {text!r}"
     for bar in bars:
         assert len(bar) < columns, f"{len(bar)} characters on a {columns}-column terminal: {bar!r}"
+
+
+def unconverted_times(value: object, where: str = "") -> list[str]:
+    """Every number in a JSON document that looks like a Unix time (2001 … 2096) but is not a
+    *_unix twin: a time left as a bare float."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and key.endswith("_unix"):
+                stamp = value.get(key[: -len("_unix")])
+                assert stamp is None or str(stamp).endswith("Z"), (where, key, stamp)
+                continue
+            if isinstance(key, str) and key.endswith("bytes"):
+                continue
+            found += unconverted_times(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += unconverted_times(item, f"{where}[{i}]")
+    elif isinstance(value, int | float) and not isinstance(value, bool) and 1e9 <= value <= 4e9:
+        found.append(f"{where}={value}")
+    return found
+
+
+@pytest.mark.influxd
+def test_every_time_in_every_json_output_has_its_rfc3339_and_unix_forms(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    jobs = [
+        {"name": "hourly", "every": "1h", "mode": "hot"},
+        {"name": "nightly", "every": "1d", "mode": "cold", "copy": "direct"},
+    ]
+    cli = Cli(write_config(tmp_path, sandbox, jobs=jobs))
+    sandbox.create_db("db")
+    sandbox.write_points("db", 1000)
+    outputs = {
+        "hot full": cli.json("backup", "--job", "hourly"),
+        "hot increment": cli.json("backup", "--job", "hourly"),
+        "cold": cli.json("backup", "--job", "nightly"),
+    }
+    assert all(r["status"] == "ok" for r in outputs.values()), outputs
+    assert outputs["hot increment"]["since_anchor"].endswith("Z")
+    assert "shard_listing" in outputs["hot full"]["extra"], "a hot record with file mtimes"
+    outputs["list"] = cli.json("list")
+    outputs["status"] = cli.json("status")
+    outputs["dry run"] = cli.json("backup", "--dry-run", "--all")
+    outputs["verify"] = cli.json("verify", "--all")
+    for name, document in outputs.items():
+        assert unconverted_times(document) == [], name
+    assert all("next_run_unix" in job for job in outputs["status"]["jobs"]), "null beside null"

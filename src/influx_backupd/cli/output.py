@@ -43,18 +43,48 @@ def rfc3339(ts: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
+# Keys that hold a time whatever their name says (the rest end in _at).
+TIME_KEYS = frozenset({"next_run", "since", "since_anchor", "create_time", "mtime"})
+
+
 def is_time_key(key: object) -> bool:
-    return isinstance(key, str) and (key.endswith("_at") or key == "next_run")
+    return isinstance(key, str) and (key.endswith("_at") or key in TIME_KEYS)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _shard_files(shards: Any) -> Any:
+    """A hot record's shard listing keeps each file as [size, mtime] (compact in the catalog):
+    named fields here, so that its mtime follows the rule of every other time."""
+    if not isinstance(shards, dict):
+        return shards
+    out: dict[Any, Any] = {}
+    for shard, files in shards.items():
+        if not isinstance(files, dict):
+            out[shard] = files
+            continue
+        out[shard] = {
+            name: {"size": entry[0], "mtime": entry[1]}
+            if isinstance(entry, list) and len(entry) == 2
+            else entry
+            for name, entry in files.items()
+        }
+    return out
 
 
 def json_ready(value: Any) -> Any:
-    """Times (keys *_at, next_run) as RFC 3339 UTC strings, the Unix time beside them as
-    *_unix; everything else as it is."""
+    """One rule for every time in every --json output: a time (keys *_at, next_run, since,
+    since_anchor, create_time, a shard file's mtime) is an RFC 3339 UTC string with the Unix
+    time beside it as *_unix (null beside null); everything else as it is."""
     if isinstance(value, dict):
         out: dict[Any, Any] = {}
         for key, item in value.items():
-            if is_time_key(key) and isinstance(item, int | float) and not isinstance(item, bool):
-                out[key] = rfc3339(item)
+            if key == "shards" and "taken_at" in value:  # extra.shard_listing
+                item = _shard_files(item)
+            if is_time_key(key) and (_is_number(item) or item is None):
+                out[key] = rfc3339(item) if item is not None else None
                 out[f"{key}_unix"] = item
             else:
                 out[key] = json_ready(item)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from influx_backupd.cli.output import print_record
+from influx_backupd.cli.output import json_ready, print_record
 from influx_backupd.store.record import RunRecord
 
 
@@ -24,3 +24,24 @@ def test_a_cold_record_adds_up_its_phases(capsys: pytest.CaptureFixture[str]) ->
     assert (
         "  downtime  6.000s = stop 1.000s + copy 2.000s + start 3.000s" in capsys.readouterr().out
     )
+
+
+def test_json_times_follow_one_rule_in_the_daemon_and_restore_parts_too() -> None:
+    """status --json with a daemon running a job and a restore in progress: the published
+    state's `since`, a process's `create_time` and a missing next_run follow the rule."""
+    t = 1_790_000_000.5
+    out = json_ready(
+        {
+            "restore": {"started_at": t, "create_time": t, "pid": 4},
+            "daemon": {"run_in_flight": {"job": "a", "since": t}},
+            "jobs": [{"next_run": None}, {"next_run": t}],
+            "extra": {"shard_listing": {"taken_at": t, "shards": {"1": {"0001.tsm": [10, t]}}}},
+        }
+    )
+    assert out["restore"]["create_time"] == "2026-09-21T14:13:20.500Z"
+    assert out["restore"]["create_time_unix"] == t
+    assert out["daemon"]["run_in_flight"]["since_unix"] == t
+    assert out["jobs"][0] == {"next_run": None, "next_run_unix": None}
+    assert out["jobs"][1]["next_run_unix"] == t
+    entry = out["extra"]["shard_listing"]["shards"]["1"]["0001.tsm"]
+    assert entry == {"size": 10, "mtime": "2026-09-21T14:13:20.500Z", "mtime_unix": t}
