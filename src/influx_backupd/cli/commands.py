@@ -28,7 +28,14 @@ from influx_backupd.cli.output import (
 )
 from influx_backupd.cli.quote import capped, quoted
 from influx_backupd.core import unit_paths
-from influx_backupd.core.config import Config, ConfigError, JobSection, secret_file_warnings
+from influx_backupd.core.config import (
+    Config,
+    ConfigError,
+    JobSection,
+    job_warnings,
+    retention_warning,
+    secret_file_warnings,
+)
 from influx_backupd.core.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -130,8 +137,9 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
         },
         "state_dir": str(config.state_dir),
         "storage_dir": str(config.storage_dir),
-        "jobs": [j.model_dump(exclude_none=True) for j in s.job],
-        "verify": s.verify.model_dump(exclude_none=True),
+        # by_alias: each key as the config writes it (`copy`, not the model's copy_mode)
+        "jobs": [j.model_dump(exclude_none=True, by_alias=True) for j in s.job],
+        "verify": s.verify.model_dump(exclude_none=True, by_alias=True),
         # how many targets per event: the URLs themselves carry tokens and passwords
         "notify": {event: len(getattr(s.notify, event)) for event in notify.EVENTS},
         "http_auth": {
@@ -150,15 +158,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
         )
     plan["warnings"] += unit_paths.warnings(config)
     plan["warnings"] += secret_file_warnings(s)
-    for job in s.job:
-        if not any(
-            (job.keep_last, job.keep_hourly, job.keep_daily, job.keep_weekly, job.keep_monthly)
-        ):
-            plan["warnings"].append(
-                f"job {job.name} has no retention rule (keep_last, keep_hourly, keep_daily, "
-                "keep_weekly, keep_monthly all 0): every backup is kept until the disk is full; "
-                "e.g. keep_daily = 7 and keep_weekly = 4"
-            )
+    plan["warnings"] += job_warnings(s)
     if args.json:
         print_json(plan, indent=2)
         return EXIT_OK
@@ -213,14 +213,23 @@ def _jobs_to_run(config: Config, args: argparse.Namespace) -> list[JobSection]:
             raise UsageError(f"--job {quoted(twice)}: given twice; name each job once")
         return [config.job(name) for name in args.job]
     if args.all:
-        return list(jobs) or [config.job(None)]
+        return list(jobs) or [_implicit_job(config)]
     if len(jobs) > 1:
         names = ", ".join(j.name for j in jobs)
         raise UsageError(
             f"backup: {len(jobs)} jobs in {config.path} ({names}): name one with --job NAME, "
             "or run them all, one after another, with --all"
         )
-    return [config.job(None)]
+    return [_implicit_job(config)]
+
+
+def _implicit_job(config: Config) -> JobSection:
+    """The first job; without a [[job]], the implicit job 'manual', which keeps every backup:
+    said, as check-config says it of any job without a keep_* rule."""
+    job = config.job(None)
+    if not config.settings.job:
+        print(f"influx-backupd: warning: {config.path}: {retention_warning(job)}", file=sys.stderr)
+    return job
 
 
 def several(args: argparse.Namespace) -> bool:

@@ -288,13 +288,27 @@ def _apprise_url(value: object) -> object:
         quiet.disabled = was
     if not known:
         # never the rest of the value: a URL's path and user part carry its secrets
-        what = f"{value.split('://', 1)[0]!r} URL" if "://" in value else "value without ://"
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        what = f"{scheme!r} URL" if scheme else "value without ://"
+        hint = _APPRISE_HINTS.get(scheme, "")
+        examples = ", ".join(APPRISE_EXAMPLES)
         raise ValueError(
-            f"this {what} is not one apprise can send to (forms: "
-            "https://github.com/caronc/apprise/wiki, e.g. ntfy://ntfy.sh/TOPIC, "
-            "mailto://USER:PASSWORD@HOST, slack://TOKEN_A/TOKEN_B/TOKEN_C)"
+            f"apprise cannot use this {what}{hint} (forms: "
+            f"https://github.com/caronc/apprise/wiki, e.g. {examples})"
         )
     return value
+
+
+# What the refusal shows: each one apprise itself accepts (tests/unit/core/test_config_audit.py).
+APPRISE_EXAMPLES = (
+    "ntfy://ntfy.sh/TOPIC",
+    "mailto://USER:PASSWORD@example.com?smtp=smtp.example.com&to=you@example.com",
+)
+_MAIL_HINT = (
+    ": its host must be a mail domain (an IP address or a bare host name is refused); "
+    "name the SMTP server with smtp=HOST"
+)
+_APPRISE_HINTS = {"mailto": _MAIL_HINT, "mailtos": _MAIL_HINT}
 
 
 AppriseUrls = list[Annotated[str, AfterValidator(_apprise_url)]]
@@ -614,10 +628,17 @@ def _read_bytes(path: Path, where: str) -> bytes:
         raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
 
 
+def toml_of(data: bytes) -> dict[str, Any]:
+    """A TOML file's table; a UTF-8 byte-order mark first is skipped (Windows editors write one,
+    tomllib refuses it as "Invalid statement (at line 1, column 1)"). Raises as tomllib.loads,
+    or UnicodeDecodeError."""
+    return tomllib.loads(data.decode("utf-8-sig"))
+
+
 def _read_toml(path: Path, what: str) -> dict[str, Any]:
     data = _read_bytes(path, f"{path}: {what}")
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        return toml_of(data)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except RecursionError:
@@ -727,7 +748,8 @@ def _credentials(path: Path, section: InfluxdSection) -> Credentials | None:
         )
     where = f"{path}: influxd.password_file: {password_file}"
     try:
-        password = _read_bytes(password_file, where).decode("utf-8").rstrip("\r\n")
+        # utf-8-sig: a BOM a Windows editor wrote is no part of the password
+        password = _read_bytes(password_file, where).decode("utf-8-sig").rstrip("\r\n")
     except UnicodeDecodeError:
         raise ConfigError(f"{where} is not UTF-8 text") from None
     if not password:
@@ -768,6 +790,31 @@ def _offsite_usable(path: Path, section: OffsiteSection) -> None:
             ) from None
         except ValueError as exc:
             raise ConfigError(f"{where} {exc}") from None
+
+
+NO_JOB_WARNING = (
+    "no [[job]] is configured: the daemon never runs a backup, and `backup` runs an implicit "
+    "job 'manual' with no retention rule"
+)
+
+
+def retention_warning(job: JobSection) -> str | None:
+    """A job that keeps every backup until the disk is full; None when it has a keep_* rule."""
+    if any((job.keep_last, job.keep_hourly, job.keep_daily, job.keep_weekly, job.keep_monthly)):
+        return None
+    return (
+        f"job {job.name} has no retention rule (keep_last, keep_hourly, keep_daily, "
+        "keep_weekly, keep_monthly all 0): every backup is kept until the disk is full; "
+        "e.g. keep_daily = 7 and keep_weekly = 4"
+    )
+
+
+def job_warnings(settings: Settings) -> list[str]:
+    """check-config's and the daemon's (start, reload) warnings about the jobs: none at all,
+    or one that never deletes a backup."""
+    if not settings.job:
+        return [NO_JOB_WARNING]
+    return [w for job in settings.job if (w := retention_warning(job)) is not None]
 
 
 def secret_file_warnings(settings: Settings) -> list[str]:

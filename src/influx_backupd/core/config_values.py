@@ -68,7 +68,7 @@ def _value(key: str, value: object) -> str | None:
     if isinstance(value, list) and any(isinstance(v, str) and "\0" in v for v in value):
         return "must not contain a NUL byte"
     if key in _URL_KEYS and isinstance(value, str):
-        return url_problem(value)
+        return url_problem(value, key)
     if key == "backup_host" and isinstance(value, str):
         return host_port_problem(value)
     if key == "service" and isinstance(value, str) and not _UNIT.match(value):
@@ -106,11 +106,24 @@ def argv_problem(argv: list[str], *, on_path: bool = False) -> str | None:
     return f"the executable must be an absolute path, not {argv[0]!r}"
 
 
-def url_problem(url: str) -> str | None:
-    """[influxd] url, a job's heartbeat_url: an http(s) URL. The URL itself is shown only as
-    scheme and host: its user:password, path or query may be the secret (a healthchecks UUID,
-    a token)."""
-    example = "like http://127.0.0.1:8086"
+# Per key, its own example and where its secret goes: a heartbeat URL is no server's API.
+_URL_EXAMPLE = {
+    "heartbeat_url": "like https://hc-ping.com/UUID",
+    "url": "like http://127.0.0.1:8086",
+    "backup_url": "like http://127.0.0.1:8086",
+}
+_URL_SECRET = {
+    "heartbeat_url": "a heartbeat URL takes its secret in the path or query",
+    "url": "set [influxd] username and password_file",
+    "backup_url": "set [influxd] username and password_file",
+}
+
+
+def url_problem(url: str, key: str = "url") -> str | None:
+    """[influxd] url and backup_url, a job's heartbeat_url: an http(s) URL. The URL itself is
+    shown only as scheme and host: its user:password, path or query may be the secret (a
+    healthchecks UUID, a token)."""
+    example = _URL_EXAMPLE.get(key, "like https://host/path")
     if _CONTROL.search(url):
         return f"must be a URL without control characters, {example}"
     try:
@@ -122,10 +135,10 @@ def url_problem(url: str) -> str | None:
     if "@" in parts.netloc:
         # urllib cannot send them (it reads "user:password@host" as host and port, and says so
         # in an error holding the password): such a URL could only ever fail, loudly
+        secret = _URL_SECRET.get(key, "leave them out")
         return (
-            "must not hold credentials (user:password@host; the URL is not shown): for "
-            "[influxd] url set username and password_file; a heartbeat takes its secret in "
-            f"the path or query, {example}"
+            f"must not hold credentials (user:password@host; the URL is not shown): {secret}, "
+            f"{example}"
         )
     if parts.scheme not in ("http", "https"):
         return f"must start with http:// or https://, {example}, not {shown}"

@@ -56,7 +56,7 @@ def recipient(text: str) -> Any:
 def text_of(data: bytes) -> str:
     """A secret file's bytes as text; ValueError 'is not UTF-8 text' (never its bytes)."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a BOM a Windows editor wrote is no part of a key
     except UnicodeDecodeError:
         raise ValueError("is not UTF-8 text") from None
 

@@ -41,7 +41,14 @@ from influx_backupd import __version__
 from influx_backupd.core import log, systemd, unit_paths
 from influx_backupd.core.atomic import replace_file
 from influx_backupd.core.cancel import CancelToken
-from influx_backupd.core.config import Config, ConfigError, JobSection, Scheduled, load
+from influx_backupd.core.config import (
+    Config,
+    ConfigError,
+    JobSection,
+    Scheduled,
+    job_warnings,
+    load,
+)
 from influx_backupd.core.errors import EXIT_FAILED, BackupdError
 from influx_backupd.core.journal import journal_available
 from influx_backupd.core.jsontext import count
@@ -957,9 +964,10 @@ class Daemon:
                 self._log.warning("state.write_failed", error=str(exc))
 
     def _tell_unwritable(self) -> None:
-        """At start and reload: a configured dir this process cannot write (the unit's sandbox,
-        a read-only mount) fails every run; said now, once per dir, as check-config says it."""
-        for line in unit_paths.warnings(self.config):
+        """At start and reload: no job (nothing will ever run), a job that keeps every backup,
+        a configured dir this process cannot write (the unit's sandbox, a read-only mount: it
+        fails every run); said now, once each, as check-config says it."""
+        for line in job_warnings(self.config.settings) + unit_paths.warnings(self.config):
             self._log.warning("config.warning", detail=line)
 
     def _recover_keeping_alive(self) -> None:

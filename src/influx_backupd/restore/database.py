@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import tarfile
 import time
-import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -40,7 +39,7 @@ import psutil
 
 from influx_backupd.core import log
 from influx_backupd.core.atomic import replace_json
-from influx_backupd.core.config import Config
+from influx_backupd.core.config import Config, toml_of
 from influx_backupd.core.errors import RestoreFailed, RestoreMistake, RestoreRefused, UsageError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.jsontext import loads_json
@@ -100,8 +99,7 @@ class DatabaseResult:
 
 def live_snapshot_host(config: Config) -> str:
     """The live server's snapshot service, from its own influxdb.conf's bind-address."""
-    with open(config.server.conf, "rb") as fh:
-        bind = str(tomllib.load(fh).get("bind-address", "127.0.0.1:8088"))
+    bind = str(toml_of(config.server.conf.read_bytes()).get("bind-address", "127.0.0.1:8088"))
     host, _, port = bind.rpartition(":")
     host = host.strip("[]")
     if host in ("", "0.0.0.0", "::"):

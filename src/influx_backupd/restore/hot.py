@@ -57,7 +57,6 @@ import shutil
 import tarfile
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.core import log
-from influx_backupd.core.config import Config
+from influx_backupd.core.config import Config, toml_of
 from influx_backupd.core.errors import (
     BackupdError,
     HotFailed,
@@ -559,8 +558,7 @@ def wait_wal_flushed(wal: Path, logger: Logger) -> None:
 def live_settings(conf: Path) -> tuple[dict[str, str], str]:
     """The live influxdb.conf's [data] and [coordinator] settings for the throwaway: the
     restored shards must be what the live server expects, SELECT INTO meet its limits."""
-    with open(conf, "rb") as fh:
-        return server_settings(tomllib.load(fh))
+    return server_settings(toml_of(conf.read_bytes()))
 
 
 def _chown_tree(roots: list[Path], uid: int, gid: int) -> None:
