@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd import __version__
-from influx_backupd.core.config import Settings
-from influx_backupd.core.durations import DURATION_PATTERN
+from influx_backupd.core.config import PATH_PATTERN, Settings
+from influx_backupd.core.durations import DURATION_PATTERNS
 
 OUT = Path(__file__).resolve().parents[1] / "packaging" / "config.schema.json"
 
@@ -36,7 +36,7 @@ def _durations_as_strings(node: Any) -> Any:
     """A duration's default as people write it ("1h"), not as the seconds it parses to."""
     if isinstance(node, dict):
         is_duration = any(
-            isinstance(alt, dict) and alt.get("pattern") == DURATION_PATTERN
+            isinstance(alt, dict) and alt.get("pattern") in DURATION_PATTERNS
             for alt in node.get("anyOf", [])
         )
         if is_duration and isinstance(node.get("default"), int | float):
@@ -49,8 +49,24 @@ def _durations_as_strings(node: Any) -> Any:
     return node
 
 
+def _paths_absolute(node: Any) -> Any:
+    """Every path key (format "path") absolute, as load() holds them (config_values.path_problem);
+    a key with a stricter pattern of its own (storage.dir) keeps it."""
+    if isinstance(node, dict):
+        if node.get("format") == "path" and node.get("type") == "string":
+            node.setdefault("pattern", PATH_PATTERN)
+        for value in node.values():
+            _paths_absolute(value)
+    elif isinstance(node, list):
+        for value in node:
+            _paths_absolute(value)
+    return node
+
+
 def schema() -> dict[str, Any]:
-    body = _durations_as_strings(Settings.model_json_schema(by_alias=True, mode="validation"))
+    body = _paths_absolute(
+        _durations_as_strings(Settings.model_json_schema(by_alias=True, mode="validation"))
+    )
     for section in body["properties"].values():
         # a whole section's default repeats its keys' own defaults (durations in seconds)
         section.pop("default", None)

@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from influx_backupd.core import config_values, offsite_keys
-from influx_backupd.core.durations import Duration
+from influx_backupd.core.durations import Duration, IntervalDuration, PositiveDuration
 from influx_backupd.core.errors import EXIT_CONFIG, BackupdError
 from influx_backupd.core.names import JOB_NAME, JOB_NAME_RULE
 from influx_backupd.core.offsite_section import BUCKET_FORM, OffsiteSection
@@ -42,6 +42,34 @@ CONFIG_ENV = "INFLUX_BACKUPD_CONFIG"
 DEFAULT_STATE_DIR = Path("/var/lib/influx-backupd")
 
 _WINDOW = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]\Z")
+
+# The JSON Schema's share of the rules below (scripts/config_schema.py): only what it can say
+# without ever refusing a value load() accepts (tests/unit/core/test_config_schema_rules.py).
+_NO_CONTROL = r"\x00-\x1f\x7f"
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)
+
+
+def _url_pattern(scheme: str) -> str:
+    """An http(s) URL: a netloc without user:password@ or port 0, no control characters."""
+    return rf"^{scheme}://(?![^/?#]*:0+([/?#]|$))[^/?#@{_NO_CONTROL}]+([/?#][^{_NO_CONTROL}]*)?$"
+
+
+def _cron_field(number: str) -> str:
+    item = rf"(\*|{number}(-{number})?)(/[0-9]+)?"
+    return rf"{item}(,{item})*"
+
+
+# cron's nicknames (schedule.ALIASES, any case), or 5 fields: minute and hour in range; the
+# day, month and weekday fields' shape only
+_NICKNAMES = ("hourly", "daily", "midnight", "weekly", "monthly", "yearly", "annually")
+CRON_PATTERN = (
+    rf"^\s*(@({'|'.join(_any_case(n) for n in _NICKNAMES)})"
+    rf"|{_cron_field('0*[0-5]?[0-9]')}\s+{_cron_field('0*(1?[0-9]|2[0-3])')}(\s+\S+){{3}})\s*$"
+)
+PATH_PATTERN = r"^/[^\x00]*$"  # absolute, no NUL byte: every Path key (config_values.path_problem)
 
 
 @dataclass(frozen=True)
@@ -78,22 +106,44 @@ class DaemonSection(_Strict):
 
 
 class InfluxdSection(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            # service or command, not both (an empty one counts as unset, as below)
+            "oneOf": [
+                {"required": ["service"], "properties": {"service": {"minLength": 1}}},
+                {"required": ["command"], "properties": {"command": {"minItems": 1}}},
+            ],
+            "dependentRequired": {"username": ["password_file"], "password_file": ["username"]},
+        }
+    )
+
     config: Path = Path("/etc/influxdb/influxdb.conf")
     """The server's influxdb.conf: its meta, data, wal and hinted-handoff dirs are read from it."""
     service: str | None = None
     """The systemd unit that runs influxd, stopped and started with systemctl. Set service or command, not both."""
-    command: list[str] | None = None
+    command: Annotated[
+        list[str] | None,
+        Field(json_schema_extra={"minItems": 1, "prefixItems": [{"pattern": "^/"}]}),
+    ] = None
     """Without a service manager: the argv that starts influxd (detached, in its own session). Set service or command, not both."""
     pidfile: Path | None = None
     """With command: the pidfile influxd writes (else it is found by the config path on its command line)."""
     binary: Path = Path("/usr/bin/influxd")
     """The influxd executable used for `influxd backup` and `influxd restore` (hot jobs)."""
-    url: str | None = None  # default: from influxdb.conf [http] bind-address
+    url: Annotated[
+        str | None,
+        Field(json_schema_extra={"pattern": _url_pattern(" *" + _any_case("http") + "[sS]?")}),
+    ] = None  # default: from influxdb.conf [http] bind-address
     """The HTTP API, whose /ping must answer after a start. Unset: from influxdb.conf [http] bind-address."""
-    backup_host: str | None = None  # default: from influxdb.conf bind-address
+    backup_host: Annotated[
+        str | None, Field(json_schema_extra={"pattern": r"^.+:(?!0+$)[0-9]+$"})
+    ] = None  # default: from influxdb.conf bind-address
     """The snapshot (RPC) service hot backups read, host:port; may be a remote node. Unset: influxdb.conf's bind-address."""
     # backup_host's server's HTTP API, whose clock dates hot increments; default: see hot.py
-    backup_url: str | None = None
+    backup_url: Annotated[
+        str | None,
+        Field(json_schema_extra={"pattern": _url_pattern(" *" + _any_case("http") + "[sS]?")}),
+    ] = None
     """The HTTP API of backup_host's server, whose clock dates hot increments. Unset: url when backup_host is on url's host, else port 8086 of backup_host."""
     user: str = "influxdb"
     """Owner of restored files (influxd cannot write files it does not own)."""
@@ -127,8 +177,9 @@ class InfluxdSection(_Strict):
 
 
 class StorageSection(_Strict):
-    dir: Path
-    """Where the archives go (created with mode 0700); best on its own filesystem."""
+    # influxd's file globbing: no *, ? [ or backslash (config_values.glob_problem)
+    dir: Annotated[Path, Field(json_schema_extra={"pattern": r"^/[^*?\[\\\x00]*$"})]
+    """Where the archives go (created with mode 0700); best on its own filesystem. Outside influxd's meta, data and wal dirs (checked at load, not by this schema)."""
 
 
 def _job_name(value: object) -> object:
@@ -177,14 +228,18 @@ MIN_EVERY = 1.0  # seconds
 class Scheduled(_Strict):
     """When something runs: a 5-field crontab string, or an interval; neither = only by hand."""
 
-    schedule: Annotated[str | None, BeforeValidator(_crontab)] = None
-    """A 5-field crontab string in cron's meaning (0 and 7 are Sunday), or @hourly, @daily, @weekly, @monthly. Set schedule or every, or neither (by hand only)."""
-    every: Duration | None = None
-    """An interval instead of schedule, e.g. \"6h\"; its grid is anchored at the last run."""
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["schedule", "every"]}})
+
+    schedule: Annotated[
+        str | None, BeforeValidator(_crontab), Field(json_schema_extra={"pattern": CRON_PATTERN})
+    ] = None
+    """A 5-field crontab string in cron's meaning (0 and 7 are Sunday), or @hourly, @daily, @weekly, @monthly. Set schedule or every, or neither (by hand only). The day, month and weekday fields' values, and a schedule that never fires, are checked at load, not by this schema."""
+    every: IntervalDuration | None = None
+    """An interval instead of schedule, e.g. \"6h\", at least 1s; its grid is anchored at the last run."""
     jitter: Duration = 0.0
     """A random delay of up to this much added to each run."""
     timezone: Annotated[str, BeforeValidator(_timezone)] = "UTC"
-    """IANA time zone of the schedule."""
+    """IANA time zone of the schedule. That the system's tz database knows it is checked at load, not by this schema."""
     catch_up: Duration = 3600.0
     """A run missed while the daemon was down runs once at start-up if it is no older than this; a run waiting longer than this after it was due is skipped."""
 
@@ -208,13 +263,25 @@ class VerifySection(Scheduled):
     """Also restore every backup into a throwaway influxd and count its points (slow)."""
 
 
+# a hook's executable: an absolute path or a bare name (found on the PATH), never relative
+_HOOK_SCHEMA: dict[str, Any] = {"minItems": 1, "prefixItems": [{"pattern": "^(/|[^/]+$)"}]}
+
+
 class JobSection(Scheduled):
-    name: Annotated[str, BeforeValidator(_job_name)]
-    """The job's name: 1-64 letters, digits, '.', '_' or '-'. Names the archives and the metrics' backup_job label."""
+    name: Annotated[
+        str,
+        BeforeValidator(_job_name),
+        Field(json_schema_extra={"pattern": JOB_NAME.pattern.removesuffix("\\Z") + "$"}),
+    ]
+    """The job's name: 1-64 letters, digits, '.', '_' or '-'. Names the archives and the metrics' backup_job label. Unique among the jobs (checked at load, not by this schema)."""
     # how: the policy picks cold or hot per run
     mode: Literal["cold", "hot", "auto"] = "cold"
     """cold: stop influxd, tar its dirs, start it. hot: `influxd backup` while it serves. auto: hot when the snapshot service answers, else cold when allowed, else skip."""
-    cold_window: Annotated[str | None, BeforeValidator(_cold_window)] = None
+    cold_window: Annotated[
+        str | None,
+        BeforeValidator(_cold_window),
+        Field(json_schema_extra={"pattern": _WINDOW.pattern.removesuffix("\\Z") + "$"}),
+    ] = None
     """Scheduled cold runs only inside this daily window, in the job's time zone, e.g. \"01:00-05:00\" (may wrap midnight; equal ends: the whole day). Unset: any time."""
     max_downtime: Duration | None = None
     """Refuse a scheduled cold run whose predicted downtime is longer than this. Unset: no limit."""
@@ -243,14 +310,16 @@ class JobSection(Scheduled):
     """Verify each backup after it is written (sha256, structure, file formats)."""
     verify_restore_test: bool = Field(default=False, strict=True)
     """With verify_after_backup: also restore it into a throwaway influxd and query it."""
-    on_success: list[str] | None = None
-    """Argv run without a shell after a good run, the record in INFLUX_BACKUPD_* variables."""
-    on_failure: list[str] | None = None
-    """Argv run without a shell after a failed run, or when a check finds a backup bad."""
-    hook_timeout: Duration = 60.0
+    on_success: Annotated[list[str] | None, Field(json_schema_extra=_HOOK_SCHEMA)] = None
+    """Argv run without a shell after a good run, the record in INFLUX_BACKUPD_* variables. Its executable: an absolute path, or a name on the PATH (that it is there is checked at load, not by this schema)."""
+    on_failure: Annotated[list[str] | None, Field(json_schema_extra=_HOOK_SCHEMA)] = None
+    """Argv run without a shell after a failed run, or when a check finds a backup bad. Its executable as for on_success."""
+    hook_timeout: PositiveDuration = 60.0
     """After this long a hook's whole process group is killed."""
-    heartbeat_url: str | None = None
-    """healthchecks.io-style URL: GET url/start when a run begins, POST url on success and url/fail on failure, with the log tail."""
+    heartbeat_url: Annotated[
+        str | None, Field(json_schema_extra={"pattern": _url_pattern("https?")})
+    ] = None
+    """healthchecks.io-style URL: GET url/start when a run begins, POST url on success and url/fail on failure, with the log tail. No user:password@ (the secret goes in the path or query)."""
     offsite: bool = Field(default=True, strict=True)
     """false: this job's backups are not copied off-site ([offsite])."""
 
@@ -311,7 +380,10 @@ _MAIL_HINT = (
 _APPRISE_HINTS = {"mailto": _MAIL_HINT, "mailtos": _MAIL_HINT}
 
 
-AppriseUrls = list[Annotated[str, AfterValidator(_apprise_url)]]
+# The schema checks the form only: which schemes and URLs apprise takes is checked at load.
+AppriseUrls = list[
+    Annotated[str, AfterValidator(_apprise_url), Field(json_schema_extra={"pattern": "://"})]
+]
 
 
 class NotifySection(_Strict):
@@ -325,7 +397,7 @@ class NotifySection(_Strict):
     """apprise URLs told when a run failed or was interrupted."""
     verify_failed: AppriseUrls = Field(default_factory=list)
     """apprise URLs told when a check finds a kept backup bad."""
-    timeout: Duration = 30.0  # the most a notification may hold up the run that sends it
+    timeout: PositiveDuration = 30.0  # the most a notification may hold up the run that sends it
     """The most a notification may hold up the run that sends it."""
 
     @model_validator(mode="after")
@@ -343,11 +415,11 @@ class Settings(_Strict):
     storage: StorageSection
     """Where backups are kept."""
     job: list[JobSection] = Field(default_factory=list)
-    """The backup jobs, one [[job]] table each."""
+    """The backup jobs, one [[job]] table each, each with a name of its own (checked at load, not by this schema)."""
     verify: VerifySection = VerifySection()
     """Scheduled checks of every good backup (off unless schedule or every is set)."""
     notify: NotifySection = NotifySection()
-    """Notifications through apprise, per event (needs influx-backupd[notify])."""
+    """Notifications through apprise, per event (needs influx-backupd[notify]). That apprise can use each URL is checked at load; this schema checks only that it has a scheme://."""
     offsite: OffsiteSection | None = None
     """Off-site copies to S3-compatible storage (needs influx-backupd[s3]; docs/offsite.md)."""
 

@@ -34,15 +34,39 @@ def parse_duration(value: object) -> float:
 
 # In the JSON Schema a duration is what people write: a string like "90s" (or seconds).
 DURATION_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d|w)?\s*$"
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema(
+# ... one longer than 0 (a timeout): some digit of the number is not 0
+POSITIVE_DURATION_PATTERN = r"^\s*(?=[0-9.]*[1-9])[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d|w)?\s*$"
+# ... an interval of at least 1s (`every`): seconds from 1, ms from 1000, any other unit above 0
+# (the schema lets "0.01m" through, 0.6s: load refuses it)
+INTERVAL_DURATION_PATTERN = (
+    r"^\s*(0*[1-9][0-9]*(\.[0-9]+)?\s*s?|0*[1-9][0-9]{3,}(\.[0-9]+)?\s*ms"
+    r"|(?=[0-9.]*[1-9])[0-9]+(\.[0-9]+)?\s*[mhdw])\s*$"
+)
+DURATION_PATTERNS = (DURATION_PATTERN, POSITIVE_DURATION_PATTERN, INTERVAL_DURATION_PATTERN)
+
+
+def _schema(pattern: str, bound: dict[str, float]) -> WithJsonSchema:
+    return WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": DURATION_PATTERN, "examples": ["90s", "5m", "7d"]},
-                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": pattern, "examples": ["90s", "5m", "7d"]},
+                {"type": "number", **bound},
             ]
         }
-    ),
+    )
+
+
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), _schema(DURATION_PATTERN, {"minimum": 0})
+]
+# The same values; the schema tells an editor what the key's own check (in its model) refuses.
+PositiveDuration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _schema(POSITIVE_DURATION_PATTERN, {"exclusiveMinimum": 0}),
+]
+IntervalDuration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _schema(INTERVAL_DURATION_PATTERN, {"minimum": 1}),
 ]
