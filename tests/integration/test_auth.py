@@ -168,10 +168,8 @@ def test_check_config_warns_when_auth_is_enabled_and_no_username_is_set(
     assert "auth-enabled" not in done.stdout, "no auth warning once a username is set"
     assert "admin" in done.stdout and str(secret) in done.stdout
     plan = cli.json("check-config")
-    assert plan["http_auth"] == {
-        "auth_enabled": True,
-        "username": "admin",
-        "password_file": str(secret),
-    }
+    assert plan["auth_enabled"] is True
+    assert plan["influxd"]["username"] == "admin"
+    assert plan["influxd"]["password_file"] == str(secret)
     for out in (done.stdout + done.stderr, json.dumps(plan)):
         assert ADMIN[1] not in out, "the password is never printed"

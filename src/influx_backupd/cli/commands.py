@@ -122,31 +122,36 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     except CatalogError as exc:
         print(f"influx-backupd: warning: {exc}", file=sys.stderr)
     s = config.settings
-    plan: dict[str, Any] = {
-        "config": str(config.path),
-        "influxdb_conf": str(config.server.conf),
-        "dirs": {k: str(v) for k, v in config.server.dirs().items()},
+    influxd = {
+        "config": str(config.server.conf),
+        "service": s.influxd.service,
+        "command": s.influxd.command,
+        "pidfile": str(s.influxd.pidfile) if s.influxd.pidfile else None,
         "url": config.url,
         "backup_host": config.backup_host,
-        "server_clock": clock_url(config) + "/ping",
-        "control": {"service": s.influxd.service}
-        if s.influxd.service
-        else {
-            "command": s.influxd.command,
-            "pidfile": str(s.influxd.pidfile) if s.influxd.pidfile else None,
-        },
+        "username": s.influxd.username,
+        "password_file": str(s.influxd.password_file) if s.influxd.password_file else None,
+    }
+    daemon = {
         "state_dir": str(config.state_dir),
-        "storage_dir": str(config.storage_dir),
-        # by_alias: each key as the config writes it (`copy`, not the model's copy_mode)
-        "jobs": [j.model_dump(exclude_none=True, by_alias=True) for j in s.job],
+        "metrics_file": str(s.daemon.metrics_file) if s.daemon.metrics_file else None,
+        "log_level": s.daemon.log_level,
+    }
+    # Each config value under its table and key as the operator writes them (by_alias: `copy`,
+    # not the model's copy_mode), resolved (url, backup_host, state_dir); then what follows
+    # from influxdb.conf, which has no key of ours.
+    plan: dict[str, Any] = {
+        "config": str(config.path),
+        "daemon": {k: v for k, v in daemon.items() if v is not None},
+        "influxd": {k: v for k, v in influxd.items() if v is not None},
+        "storage": {"dir": str(config.storage_dir)},
+        "job": [j.model_dump(exclude_none=True, by_alias=True) for j in s.job],
         "verify": s.verify.model_dump(exclude_none=True, by_alias=True),
         # how many targets per event: the URLs themselves carry tokens and passwords
         "notify": {event: len(getattr(s.notify, event)) for event in notify.EVENTS},
-        "http_auth": {
-            "auth_enabled": config.auth_enabled,
-            "username": s.influxd.username,
-            "password_file": str(s.influxd.password_file) if s.influxd.password_file else None,
-        },
+        "dirs": {k: str(v) for k, v in config.server.dirs().items()},
+        "auth_enabled": config.auth_enabled,
+        "server_clock": clock_url(config) + "/ping",
         "warnings": [],
     }
     if config.auth_enabled and config.credentials is None:
@@ -163,7 +168,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
         print_json(plan, indent=2)
         return EXIT_OK
     print(f"{config.path}: ok")
-    print(f"  influxdb.conf  {plan['influxdb_conf']}")
+    print(f"  influxdb.conf  {plan['influxd']['config']}")
     for name, path in plan["dirs"].items():
         exists = "" if config.server.dirs()[name].is_dir() else "  (does not exist yet)"
         print(f"  {name + ' dir':<14} {path}{exists}")
@@ -173,7 +178,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     print(f"  snapshot host  {config.backup_host}")
     if any(job.mode != "cold" for job in s.job):
         print(f"  server clock   {plan['server_clock']} (its Date dates hot increments)")
-    ctl = plan["control"]
+    ctl = plan["influxd"]
     print(
         "  control        "
         + (

@@ -347,7 +347,7 @@ def test_check_config_prints_the_resolved_plan(
     plan = json.loads(capsys.readouterr().out)
     assert plan["dirs"]["data"] == str(tmp_path / "server" / "data")
     assert plan["server_clock"].endswith("/ping") and plan["server_clock"] in out
-    assert plan["jobs"][0]["name"] == "nightly"
+    assert plan["job"][0]["name"] == "nightly"
 
 
 def _field_names(model: type[BaseModel]) -> set[str]:

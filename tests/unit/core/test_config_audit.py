@@ -16,8 +16,8 @@ from influx_backupd.core.config import (
     APPRISE_EXAMPLES,
     NO_JOB_WARNING,
     ConfigError,
-    JobSection,
-    VerifySection,
+    Settings,
+    _model_at,
     load,
 )
 from tests.unit.core.test_config import INFLUXDB_CONF, base, write
@@ -70,18 +70,29 @@ def _plan(tmp_path: Path, body: str, capsys: pytest.CaptureFixture[str]) -> dict
     return plan
 
 
-def test_check_config_json_names_every_job_and_verify_key_as_the_config_does(
+def test_check_config_json_names_every_key_as_the_config_does(
     tmp_path: Path, influxdb_conf: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    extra = f'username = "backup"\npassword_file = "{secret}"'
     job = '[[job]]\nname = "nightly"\ncopy = "direct"\nkeep_daily = 7\n[verify]\nevery = "7d"'
-    plan = _plan(tmp_path, base(influxdb_conf, tmp_path, job=job), capsys)
-    job_keys = {f.alias or n for n, f in JobSection.model_fields.items()}
-    verify_keys = {f.alias or n for n, f in VerifySection.model_fields.items()}
-    assert set(plan["jobs"][0]) <= job_keys, set(plan["jobs"][0]) - job_keys
-    assert plan["jobs"][0]["copy"] == "direct"
-    assert set(plan["verify"]) <= verify_keys
-    assert set(plan["control"]) <= {"service", "command", "pidfile"}
-    assert set(plan["http_auth"]) <= {"auth_enabled", "username", "password_file"}
+    plan = _plan(tmp_path, base(influxdb_conf, tmp_path, influxd_extra=extra, job=job), capsys)
+    assert plan["job"][0]["copy"] == "direct"
+    # what no config key holds: the file itself, and what follows from influxdb.conf
+    derived = {"config", "dirs", "auth_enabled", "server_clock", "warnings"}
+    tables = {f.alias or n: n for n, f in Settings.model_fields.items()}
+    assert set(plan) - derived <= set(tables), set(plan) - derived - set(tables)
+    for table, body in plan.items():
+        if table in derived:
+            continue
+        model = _model_at((table,))
+        assert model is not None, table
+        keys = {f.alias or n for n, f in model.model_fields.items()}
+        for entry in body if isinstance(body, list) else [body]:
+            assert set(entry) <= keys, f"[{table}]: {set(entry) - keys}"
+    assert plan["influxd"]["username"] == "backup" and plan["storage"]["dir"]
+    assert plan["daemon"]["state_dir"] == str(tmp_path / "state")
 
 
 def test_check_config_and_the_daemon_warn_of_a_config_without_jobs(
