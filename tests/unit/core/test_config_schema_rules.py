@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from influx_backupd.core.config import CRON_PATTERN, MIN_EVERY, ConfigError, load
+from influx_backupd.core.config_values import host_port_problem, url_problem
 from influx_backupd.core.durations import (
     DURATION_PATTERN,
     INTERVAL_DURATION_PATTERN,
@@ -264,3 +265,28 @@ def test_duration_patterns_never_refuse_what_the_checks_accept(
             assert re.search(pattern, text), (pattern, text)
     if seconds == 0:
         assert not re.search(POSITIVE_DURATION_PATTERN, text), text
+
+
+_URL_PARTS = st.sampled_from(
+    [
+        *("http", "HTTPS", "https", "ftp", "://", ":", "@", "/", "?", "#", "[", "]", "::1"),
+        *("0", "00", "8086", "x", "a.b", "u:p", "%", "-", "65536", "1", " ", "\x7f", "\n"),
+    ]
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(parts=st.lists(_URL_PARTS, min_size=1, max_size=8))
+def test_url_and_host_port_patterns_never_refuse_what_load_accepts(parts: list[str]) -> None:
+    text = "".join(parts)
+    props = {
+        **SCHEMA["$defs"]["InfluxdSection"]["properties"],
+        **SCHEMA["$defs"]["JobSection"]["properties"],
+    }
+    for key in ("url", "backup_url"):
+        if url_problem(text, key) is None:
+            assert re.search(props[key]["pattern"], text), (key, text)
+    if text.startswith(("http://", "https://")) and url_problem(text, "heartbeat_url") is None:
+        assert re.search(props["heartbeat_url"]["pattern"], text), text
+    if host_port_problem(text) is None:
+        assert re.search(props["backup_host"]["pattern"], text), text
