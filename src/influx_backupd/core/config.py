@@ -134,11 +134,11 @@ class InfluxdSection(_Strict):
         str | None,
         Field(json_schema_extra={"pattern": _url_pattern(" *" + _any_case("http") + "[sS]?")}),
     ] = None  # default: from influxdb.conf [http] bind-address
-    """The HTTP API, whose /ping must answer after a start. Unset: from influxdb.conf [http] bind-address."""
+    """The HTTP API, whose /ping must answer after a start. Unset: from influxdb.conf [http] bind-address. Its host's form and a port above 65535 are checked at load, not by this schema."""
     backup_host: Annotated[
         str | None, Field(json_schema_extra={"pattern": r"^.+:(?!0+$)[0-9]+$"})
     ] = None  # default: from influxdb.conf bind-address
-    """The snapshot (RPC) service hot backups read, host:port; may be a remote node. Unset: influxdb.conf's bind-address."""
+    """The snapshot (RPC) service hot backups read, host:port; may be a remote node. Unset: influxdb.conf's bind-address. Its host's form and a port above 65535 are checked at load, not by this schema."""
     # backup_host's server's HTTP API, whose clock dates hot increments; default: see hot.py
     backup_url: Annotated[
         str | None,
