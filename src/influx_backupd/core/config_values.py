@@ -112,6 +112,7 @@ _URL_EXAMPLE = {
     "url": "like http://127.0.0.1:8086",
     "backup_url": "like http://127.0.0.1:8086",
 }
+_SERVER_URL_KEYS = frozenset({"url", "backup_url"})
 _URL_SECRET = {
     "heartbeat_url": "a heartbeat URL takes its secret in the path or query",
     "url": "set [influxd] username and password_file",
@@ -146,6 +147,13 @@ def url_problem(url: str, key: str = "url") -> str | None:
         return f"must name a host, {example}"
     if port == 0:
         return "its port must be 1-65535, not 0"
+    if key in _SERVER_URL_KEYS and (parts.query or parts.fragment or "?" in url or "#" in url):
+        # /ping, /query and /write are joined to its path: a query (u=…&p=… is how InfluxDB
+        # takes credentials there) would swallow them, and the URL is shown in records and logs
+        return (
+            "must not hold a query or fragment (the URL is not shown): "
+            f"{_URL_SECRET[key]} for credentials, {example}"
+        )
     return None
 
 

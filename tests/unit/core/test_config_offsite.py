@@ -370,3 +370,27 @@ def test_a_bad_influxd_url_or_heartbeat_url_is_refused_without_its_secret_parts(
         said = refused(path)
         assert f"{where}: " in said, said
         assert "pa55word" not in said and "6f1c" not in said and "backup:" not in said, said
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8086/?u=admin&p=hunter2", "http://127.0.0.1:8086#hunter2", "http://h:1?"],
+)
+@pytest.mark.parametrize("key", ["url", "backup_url"])
+def test_an_influxd_url_with_a_query_is_refused_without_it(
+    tmp_path: Path, url: str, key: str
+) -> None:
+    """InfluxDB takes u=…&p=… in a query: accepted, every /ping went to `…?u=…&p=…/ping` (every
+    cold backup failed) and the password was in records and logs. A heartbeat's query stays."""
+    conf = tmp_path / "influxdb.conf"
+    conf.write_text(INFLUXDB_CONF.format(root=tmp_path / "server"))
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[influxd]\nconfig = "{conf}"\n'
+        f'service = "influxdb.service"\n{key} = "{url}"\n[storage]\n'
+        f'dir = "{tmp_path / "archives"}"\n'
+    )
+    said = refused(path)
+    assert f"influxd.{key}: " in said and "query" in said, said
+    assert "hunter2" not in said and "admin" not in said, said
+    assert "username and password_file" in said, said
