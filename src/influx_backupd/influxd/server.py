@@ -290,10 +290,11 @@ class Influxd:
             raise NotAnswering(self.describe_down(proc))
         return proc
 
-    def runs_as_other(self, uid: int, gid: int) -> str | None:
-        """How the running influxd's (effective) user and group differ from uid and gid, whose
-        files it would then fail to write; None when they match, when it runs as root (any
-        owner's files are its own), when none runs or when that cannot be told."""
+    def runs_as_other(self, uid: int) -> str | None:
+        """How the running influxd's (effective) user differs from uid, whose files (at most
+        0644/0755) it would then fail to write; None when it is that user (the group alone
+        may differ: the owner writes its own files), when it runs as root (any owner's files
+        are its own), when none runs or when that cannot be told."""
         proc = self.locate()
         if proc is None:
             return None
@@ -301,7 +302,7 @@ class Influxd:
             runs = proc.uids().effective, proc.gids().effective
         except psutil.Error:
             return None
-        if runs[0] == 0 or runs == (uid, gid):
+        if runs[0] in (0, uid):
             return None
         try:
             user = repr(pwd.getpwuid(runs[0]).pw_name)

@@ -75,12 +75,12 @@ def owner_ids(config: Config) -> tuple[int, int]:
         raise RestoreMisconfigured(
             f"{config.path}: [influxd] group: no such group {section.group!r}"
         ) from None
-    other = Influxd(config).runs_as_other(uid, gid)
+    other = Influxd(config).runs_as_other(uid)
     if other is not None:
         raise RestoreMisconfigured(
             f"{config.path}: [influxd] user = {section.user!r}, group = {section.group!r} "
             f"(uid {uid}, gid {gid}), but {other}: restored files must belong to the user "
-            "influxd runs as; set [influxd] user and group to those"
+            "influxd runs as; set [influxd] user to its user (and group to its group)"
         )
     return uid, gid
 
