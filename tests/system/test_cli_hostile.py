@@ -346,3 +346,19 @@ def test_backup_job_repeated_runs_those_jobs_in_order(tmp_path: Path) -> None:
     assert done.returncode == EXIT_USAGE and "given twice" in one_line(done)
     done = run(["-c", str(config), "backup", "--dry-run", "--job", "hourly", "--all"])
     assert done.returncode == EXIT_USAGE and "not allowed with" in one_line(done)
+
+
+def test_control_characters_in_a_config_path_stay_on_one_line_and_inert(tmp_path: Path) -> None:
+    """A newline and an ESC sequence in --config's path (or in a path the config holds) were
+    printed raw: a second line, and a live `ESC[2J` that clears the operator's screen."""
+    done = run(["-c", str(tmp_path / "ab\ncd\x1b[2J.toml"), "status"], cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG
+    assert done.stderr.count("\n") == 1 and "\x1b" not in done.stderr, repr(done.stderr)
+    assert "ab\\ncd\\x1b[2J.toml" in done.stderr, repr(done.stderr)
+    config = serverless_config(tmp_path, jobs=("nightly",))
+    config.write_text(
+        config.read_text().replace(str(tmp_path / "archives"), "/x/back\\nups\\u001b[2J/x")
+    )
+    done = run(["-c", str(config), "check-config"], cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert done.stderr.count("\n") == 1 and "\x1b" not in done.stderr, repr(done.stderr)

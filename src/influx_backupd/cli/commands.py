@@ -26,7 +26,7 @@ from influx_backupd.cli.output import (
     print_record,
     print_target,
 )
-from influx_backupd.cli.quote import capped, quoted
+from influx_backupd.cli.quote import quoted, say
 from influx_backupd.core import unit_paths
 from influx_backupd.core.config import (
     Config,
@@ -120,7 +120,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     try:  # the config is fine either way: a damaged catalog is a warning here
         Catalog(config.state_dir).check()
     except CatalogError as exc:
-        print(f"influx-backupd: warning: {exc}", file=sys.stderr)
+        say(f"warning: {exc}")
     s = config.settings
     influxd = {
         "config": str(config.server.conf),
@@ -233,7 +233,7 @@ def _implicit_job(config: Config) -> JobSection:
     said, as check-config says it of any job without a keep_* rule."""
     job = config.job(None)
     if not config.settings.job:
-        print(f"influx-backupd: warning: {config.path}: {retention_warning(job)}", file=sys.stderr)
+        say(f"warning: {config.path}: {retention_warning(job)}")
     return job
 
 
@@ -261,10 +261,7 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
                 except ModeUnavailable as exc:
                     raise UsageError(str(exc)) from None
                 except Skipped as exc:  # mode auto: the policy ran nothing now
-                    print(
-                        f"influx-backupd: {job.name}: skipped, nothing backed up: {exc}",
-                        file=sys.stderr,
-                    )
+                    say(f"{job.name}: skipped, nothing backed up: {exc}")
                     skipped = True
     finally:
         if bar is not None:
@@ -426,13 +423,10 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             else:
                 result = restore_backup(config, catalog, args.backup)
         except RestoreRefused as exc:
-            print(
-                f"influx-backupd: restore refused, nothing touched: {capped(str(exc))}",
-                file=sys.stderr,
-            )
+            say(f"restore refused, nothing touched: {exc}")
             return exc.exit_status  # 1; 2 for a usage mistake, 78 for a config that cannot work
         except RestoreFailed as exc:
-            print(f"influx-backupd: {capped(str(exc))}", file=sys.stderr)
+            say(str(exc))
             return EXIT_FAILED
     if args.target is not None:
         print_target(into, args.json)
@@ -492,7 +486,7 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         try:
             write_metrics(config, catalog)
         except (OSError, MetricsNotWritten) as exc:
-            print(f"influx-backupd: {exc}", file=sys.stderr)
+            say(f"{exc}")
     if args.json:
         print_json([r.to_dict() for r in results])
     elif not results and not passed:
@@ -524,7 +518,7 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
             try:
                 write_metrics(config, catalog)
             except (OSError, MetricsNotWritten) as exc:
-                print(f"influx-backupd: {exc}", file=sys.stderr)
+                say(f"{exc}")
     if args.json:
         print_json(report.to_dict())
     else:
@@ -538,7 +532,7 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
         for kept in report.kept:
             print(f"{'kept':<12} {kept['id']:<22} {kept['job']:<10} {', '.join(kept['reasons'])}")
         for error in report.errors:
-            print(f"influx-backupd: prune: {error}", file=sys.stderr)
+            say(f"prune: {error}")
     return EXIT_FAILED if report.errors else EXIT_OK
 
 
@@ -549,7 +543,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
 
     storage = config.storage_dir
     if not storage.is_dir():
-        print(f"influx-backupd: import: storage dir {storage} does not exist", file=sys.stderr)
+        say(f"import: storage dir {storage} does not exist")
         return EXIT_FAILED
     # A damaged catalog is moved aside (never deleted) and rebuilt from the records; recovery
     # reads the catalog only after that.
@@ -584,7 +578,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
         if new and not args.dry_run:
             print("check them with: influx-backupd verify --all")
     for problem in problems:
-        print(f"influx-backupd: not imported: {problem}", file=sys.stderr)
+        say(f"not imported: {problem}")
     return EXIT_FAILED if problems else EXIT_OK
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from influx_backupd.cli.parser import build_parser
-from influx_backupd.cli.quote import capped, quoted
+from influx_backupd.cli.quote import quoted, say
 from influx_backupd.core import log
 from influx_backupd.core.errors import EXIT_CONFIG, EXIT_FAILED, BackupdError
 from influx_backupd.core.interrupt import Interrupted
@@ -85,7 +85,7 @@ def _tell_left_stopped(config: Config, command: str) -> None:
         daemon_pid=int(state["pid"]) if state else None,
         this_command_starts=command in _LOCK_TAKING,
     )
-    print(f"influx-backupd: {line}", file=sys.stderr)
+    say(line)
 
 
 def _streams_open() -> None:
@@ -156,10 +156,10 @@ def _main(argv: Sequence[str] | None) -> int:
         _tell_left_stopped(config, args.command)
         return command_function(args.command)(config, args)
     except Interrupted as exc:
-        print(f"influx-backupd: interrupted by {exc}", file=sys.stderr)
+        say(f"interrupted by {exc}")
         return EXIT_FAILED
     except BackupdError as exc:  # every error of ours: one line, its own exit status
-        print(f"influx-backupd: {capped(exc.line())}", file=sys.stderr)
+        say(exc.line())
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
@@ -179,7 +179,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if isinstance(exc, BrokenPipeError):
             raise
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"influx-backupd: {exc.strerror or exc}{where}", file=sys.stderr)
+        say(f"{exc.strerror or exc}{where}")
         return EXIT_FAILED
 
 

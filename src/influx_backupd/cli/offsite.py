@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from influx_backupd.cli.output import fmt_bytes, fmt_time, print_json
+from influx_backupd.cli.quote import say
 from influx_backupd.core.config import Config, ConfigError
 from influx_backupd.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from influx_backupd.core.interrupt import interrupt_on_signals
@@ -54,7 +55,7 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
         what = "already there" if sent.already else f"sent {fmt_bytes(sent.bytes_uploaded)}"
         print(f"{sent.id:<22} {what}, {fmt_bytes(sent.bytes_skipped)} skipped (in the bucket)")
     for line in report.skipped:
-        print(f"influx-backupd: offsite: not sent: {line}", file=sys.stderr)
+        say(f"offsite: not sent: {line}")
     if report.pruned is not None:
         p = report.pruned
         print(
@@ -64,11 +65,11 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
     if report.checked or report.check_failed:
         print(f"checked {report.checked} backups in the bucket (check_every)")
     for backup_id, why in report.check_failed.items():
-        print(f"influx-backupd: offsite: check: {backup_id}: {why}", file=sys.stderr)
+        say(f"offsite: check: {backup_id}: {why}")
     for backup_id in report.repaired:
         print(f"{backup_id:<22} repaired: its damaged objects sent again")
     for backup_id, why in report.unrepaired.items():
-        print(f"influx-backupd: offsite: not repaired: {backup_id}: {why}", file=sys.stderr)
+        say(f"offsite: not repaired: {backup_id}: {why}")
     print(
         f"uploaded {fmt_bytes(report.bytes_uploaded)}, skipped {fmt_bytes(report.bytes_skipped)}; "
         f"{len(report.pending)} backups not off-site"
@@ -80,7 +81,7 @@ def _metrics(config: Config, catalog: Catalog) -> None:
     try:
         write_metrics(config, catalog)
     except (OSError, MetricsNotWritten) as exc:
-        print(f"influx-backupd: {exc}", file=sys.stderr)
+        say(f"{exc}")
 
 
 def cmd_list(config: Config, args: argparse.Namespace) -> int:
@@ -279,7 +280,4 @@ def after_backup(config: Config) -> None:
         _metrics(config, catalog)
     if report is None:
         state = offsite.State.load(config.state_dir)
-        print(
-            f"influx-backupd: offsite: {state.last_error} (the local backup is kept)",
-            file=sys.stderr,
-        )
+        say(f"offsite: {state.last_error} (the local backup is kept)")

@@ -8,6 +8,7 @@ cannot drive the terminal. A long argument is cut: a 10 KB --job is not echoed w
 from __future__ import annotations
 
 import re
+import sys
 
 LIMIT = 100  # characters of a user's argument an error line quotes
 NET_LIMIT = 500  # any unbroken run in an error line (a net for places that quote whole)
@@ -34,6 +35,12 @@ _LONG_RUN = re.compile(rf"\S{{{NET_LIMIT + 1},}}")
 
 
 def capped(line: str) -> str:
-    """A whole error line with each unbroken run of over NET_LIMIT characters cut (no path
-    is that long in practice; a pasted blob is)."""
-    return _LONG_RUN.sub(lambda m: quoted(m.group(), NET_LIMIT), line)
+    """A whole error line, readable (a newline or ESC in a path from --config or the config
+    file escaped: one line, nothing that drives the terminal) with each unbroken run of over
+    NET_LIMIT characters cut (no path is that long in practice; a pasted blob is)."""
+    return _LONG_RUN.sub(lambda m: quoted(m.group(), NET_LIMIT), readable(line))
+
+
+def say(text: str) -> None:
+    """One line of ours on stderr, as every error and warning of the CLI is: capped."""
+    print(f"influx-backupd: {capped(text)}", file=sys.stderr)
