@@ -217,14 +217,16 @@ def roll_back(swaps: list[list[str]]) -> list[str]:
     failed: list[str] = []
     for target_s, rollback_s, staging_s in swaps:
         target, rollback_dir, staging = Path(target_s), Path(rollback_s), Path(staging_s)
+        aside = target.with_name(
+            target.name + ".failed-restore-" + rollback_dir.name.rpartition(".rollback-")[2]
+        )
         if rollback_dir.exists():
             if target.exists():
-                aside = target.with_name(
-                    target.name + ".failed-restore-" + rollback_dir.name.split(".rollback-", 1)[1]
-                )
                 os.rename(target, aside)
-                failed.append(str(aside))
             os.rename(rollback_dir, target)
+        # named also when an earlier rollback, killed part-way, moved it aside already
+        if aside.is_dir():
+            failed.append(str(aside))
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return failed
