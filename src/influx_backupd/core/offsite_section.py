@@ -13,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -37,7 +38,20 @@ def parse_size(value: object) -> object:
     raise ValueError(f"must be a number of bytes or a size like 20MB or 20MiB, not {value!r}")
 
 
-Size = Annotated[int, BeforeValidator(parse_size)]
+# In the schema: a whole number of bytes, or the strings parse_size takes ("20MiB", "1.5G"); the
+# key's bounds are checked at load (an editor would otherwise flag a valid "20MB").
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": _SIZE.pattern, "examples": ["20MiB", "64MB"]},
+                {"type": "integer", "minimum": 0},
+            ]
+        }
+    ),
+]
 
 
 def _prefix(value: object) -> object:

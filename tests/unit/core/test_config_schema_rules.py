@@ -290,3 +290,28 @@ def test_url_and_host_port_patterns_never_refuse_what_load_accepts(parts: list[s
         assert re.search(props["heartbeat_url"]["pattern"], text), text
     if host_port_problem(text) is None:
         assert re.search(props["backup_host"]["pattern"], text), text
+
+
+@pytest.mark.parametrize("size", ["20MB", "10 MiB", "1.5G", "64MiB", 8 << 20])
+def test_sizes_as_people_write_them_are_accepted(
+    tmp_path: Path, good: dict[str, Any], size: str | int
+) -> None:
+    """[offsite] max_rate, part_size, chunk_size take "20MiB" (their descriptions say so): the
+    schema typed them integer only, and an editor flagged a config load() takes."""
+    credentials = tmp_path / "s3.ini"
+    credentials.write_text("[default]\naws_access_key_id = a\naws_secret_access_key = b\n")
+    credentials.chmod(0o600)
+    config = {
+        **good,
+        "offsite": {
+            "bucket": "bkt-one",
+            "endpoint_url": "http://127.0.0.1:9000",
+            "credentials_file": str(credentials),
+            "max_rate": size,
+            "part_size": size if size != "1.5G" else "8MiB",
+            "chunk_size": size if size != "1.5G" else "64MiB",
+        },
+    }
+    assert _loads(tmp_path, config), "load() refuses it: not an acceptance to test"
+    errors = [e.message for e in VALIDATOR.iter_errors(config)]
+    assert not errors, errors
