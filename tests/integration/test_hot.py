@@ -64,7 +64,7 @@ def test_a_full_and_two_increments_restore_into_a_fresh_server(
     assert full["since"] is None
     # -since is when the full's snapshot began on the server's clock (read just before the
     # tool ran: a second or more after our start on a busy machine), rounded down
-    anchor = full.get("since_anchor") or full["extra"]["since_anchor"]
+    anchor = full["since_anchor_unix"]  # --json: since_anchor in RFC 3339, this its twin
     assert abs(anchor - full["started_at_unix"]) < 60
     assert first["since"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(anchor)))
     assert second["extra"]["databases"] == ["later", "metrics"]
@@ -164,7 +164,7 @@ def test_increments_take_since_from_the_servers_clock_not_ours(
         full = cli("backup", "--json")
         record = json.loads(full.stdout)
         assert record["status"] == "ok", record["error"]
-        anchor = record["since_anchor"]
+        anchor = record["since_anchor_unix"]
         assert abs(anchor - (record["started_at_unix"] - 3600)) < 5
         assert abs(record["extra"]["server_clock_offset_s"] + 3600) < 5
         assert '"hot.clock_skew"' in full.stderr, "an hour of skew is worth a warning"
@@ -189,7 +189,8 @@ def test_without_the_servers_clock_since_falls_back_to_ours_and_says_so(
     done = cli("backup", "--json")
     record = json.loads(done.stdout)
     assert record["status"] == "ok", record["error"]
-    assert record["since_anchor"] == record["started_at_unix"]
+    assert record["since_anchor_unix"] == record["started_at_unix"]
+    assert record["since_anchor"] == record["started_at"]
     assert '"hot.server_clock_unknown"' in done.stderr
 
 
