@@ -362,3 +362,23 @@ def test_control_characters_in_a_config_path_stay_on_one_line_and_inert(tmp_path
     done = run(["-c", str(config), "check-config"], cwd=tmp_path)
     assert done.returncode == EXIT_CONFIG, done.stderr
     assert done.stderr.count("\n") == 1 and "\x1b" not in done.stderr, repr(done.stderr)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        ["-c", "{a}", "-c", "{b}", "list"],
+        ["--config", "{a}", "list", "--config", "{b}"],
+        ["--config={a}", "list", "-c{b}"],
+    ],
+)
+def test_config_given_twice_is_refused_not_the_last_kept(tmp_path: Path, where: list[str]) -> None:
+    """Before and after the command, two parsers each kept theirs and the last won silently:
+    another instance's config used."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = serverless_config(tmp_path / "a"), serverless_config(tmp_path / "b")
+    done = run([w.format(a=a, b=b) for w in where])
+    assert done.returncode == EXIT_USAGE and done.stdout == ""
+    assert "--config/-c given more than once" in one_line(done)
+    assert run(["-c", str(a), "list"]).returncode == 0, "once is fine"

@@ -133,9 +133,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def _config_given_twice(argv: Sequence[str]) -> bool:
+    """--config or -c more than once, in any of its spellings (a value given after `--` is no
+    option)."""
+    seen = 0
+    for token in argv:
+        if token == "--":
+            break
+        if token in ("-c", "--config") or token.startswith("--config="):
+            seen += 1
+        elif token.startswith("-c") and not token.startswith("--"):
+            seen += 1  # -cPATH
+    return seen > 1
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if _config_given_twice(sys.argv[1:] if argv is None else argv):
+        # before and after the command two parsers each keep theirs: the last would win
+        parser.error("--config/-c given more than once; give it once")
     bad = _undecodable(args)
     if bad is not None:
         parser.error(f"argument {bad} is not valid UTF-8")
