@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import pwd
+import socket
 import threading
 import time
 from pathlib import Path
@@ -182,11 +183,15 @@ def test_increments_take_since_from_the_servers_clock_not_ours(
 def test_without_the_servers_clock_since_falls_back_to_ours_and_says_so(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    nobody = f"http://127.0.0.1:{free_port()}"  # no HTTP API answers there
-    cli = Cli(write_config(tmp_path, sandbox, influxd={"backup_url": nobody}, jobs=HOT))
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 300)
-    done = cli("backup", "--json")
+    # A port held bound, never listening: every connection is refused, and no other test's
+    # influxd can take it meanwhile (a free_port() did: seen once in CI, its Date answered)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{held.getsockname()[1]}"
+        cli = Cli(write_config(tmp_path, sandbox, influxd={"backup_url": nobody}, jobs=HOT))
+        sandbox.create_db("metrics")
+        sandbox.write_points("metrics", 300)
+        done = cli("backup", "--json")
     record = json.loads(done.stdout)
     assert record["status"] == "ok", record["error"]
     assert record["since_anchor_unix"] == record["started_at_unix"]
