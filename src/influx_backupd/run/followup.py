@@ -166,8 +166,7 @@ def name_what_holds_the_space(config: Config, catalog: Catalog, record: RunRecor
         return
     records = [r for r in catalog.list() if r.id in held]
     size = sum(r.bytes for r in records)
-    state = offsite.status(config, catalog) or {}
-    last_error = state.get("last_error")
+    last_error = offsite.State.load(config.state_dir).last_error  # no bucket request
     said = (
         f"{len(records)} backup(s), {size} bytes, are kept until they are off-site "
         "([offsite] hold_unsent)"

@@ -199,7 +199,7 @@ class CrashMarker:
             body is None
             or influxd is None
             or body.get("stopping") is not True
-            or not _same_process(named, influxd)
+            or not _names_identity(named, influxd)
         ):
             self.clear()
             return False
@@ -256,7 +256,9 @@ class CrashMarker:
         fsync_dir(self.path.parent)
 
 
-def _same_process(named: object, identity: tuple[int, float]) -> bool:
+def _names_identity(named: object, identity: tuple[int, float]) -> bool:
+    """The marker's named server is this (pid, create_time): a comparison of values, no
+    process looked up (core.processes.same_process asks whether it still runs)."""
     if not isinstance(named, dict):
         return False
     pid, created = named.get("pid"), named.get("create_time")
