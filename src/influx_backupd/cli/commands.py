@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from influx_backupd.cli import offsite as offsite_cli
 from influx_backupd.cli.output import (
     fmt_bytes,
@@ -45,7 +47,8 @@ from influx_backupd.core.errors import (
     UsageError,
 )
 from influx_backupd.core.interrupt import interrupt_on_signals
-from influx_backupd.core.schedule import describe
+from influx_backupd.core.redact import shown_url
+from influx_backupd.core.schedule import describe, human_duration
 from influx_backupd.daemon.loop import run_daemon
 from influx_backupd.daemon.status import gather, render
 from influx_backupd.influxd.server import Influxd
@@ -122,33 +125,35 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     except CatalogError as exc:
         say(f"warning: {exc}")
     s = config.settings
-    influxd = {
-        "config": str(config.server.conf),
-        "service": s.influxd.service,
-        "command": s.influxd.command,
-        "pidfile": str(s.influxd.pidfile) if s.influxd.pidfile else None,
-        "url": config.url,
-        "backup_host": config.backup_host,
-        "username": s.influxd.username,
-        "password_file": str(s.influxd.password_file) if s.influxd.password_file else None,
-    }
-    daemon = {
-        "state_dir": str(config.state_dir),
-        "metrics_file": str(s.daemon.metrics_file) if s.daemon.metrics_file else None,
-        "log_level": s.daemon.log_level,
-    }
-    # Each config value under its table and key as the operator writes them (by_alias: `copy`,
-    # not the model's copy_mode), resolved (url, backup_host, state_dir); then what follows
-    # from influxdb.conf, which has no key of ours.
+
+    # Every key of every table, as the operator writes it (by_alias: `copy`, not the model's
+    # copy_mode; null when unset), resolved where load() resolves it; then what follows from
+    # influxdb.conf, which has no key of ours. Secrets are never printed: notify URLs are
+    # counted, a heartbeat URL shows its scheme and host (its path is the token).
+    def table(model: BaseModel) -> dict[str, Any]:
+        return model.model_dump(mode="json", by_alias=True)
+
+    job_tables = [table(j) for j in s.job]
+    for shown in job_tables:
+        if shown["heartbeat_url"]:
+            shown["heartbeat_url"] = shown_url(shown["heartbeat_url"]).strip("'")
     plan: dict[str, Any] = {
         "config": str(config.path),
-        "daemon": {k: v for k, v in daemon.items() if v is not None},
-        "influxd": {k: v for k, v in influxd.items() if v is not None},
-        "storage": {"dir": str(config.storage_dir)},
-        "job": [j.model_dump(exclude_none=True, by_alias=True) for j in s.job],
-        "verify": s.verify.model_dump(exclude_none=True, by_alias=True),
-        # how many targets per event: the URLs themselves carry tokens and passwords
-        "notify": {event: len(getattr(s.notify, event)) for event in notify.EVENTS},
+        "daemon": {**table(s.daemon), "state_dir": str(config.state_dir)},
+        "influxd": {
+            **table(s.influxd),
+            "config": str(config.server.conf),
+            "url": config.url,
+            "backup_host": config.backup_host,
+        },
+        "storage": {**table(s.storage), "dir": str(config.storage_dir)},
+        "job": job_tables,
+        "verify": table(s.verify),
+        "notify": {
+            **{event: len(getattr(s.notify, event)) for event in notify.EVENTS},
+            "timeout": s.notify.timeout,
+        },
+        "offsite": table(s.offsite) if s.offsite is not None else None,
         "dirs": {k: str(v) for k, v in config.server.dirs().items()},
         "auth_enabled": config.auth_enabled,
         "server_clock": clock_url(config) + "/ping",
@@ -183,9 +188,14 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
         "  control        "
         + (
             f"systemctl, unit {ctl['service']}"
-            if "service" in ctl
+            if ctl["service"]
             else f"signals, start with {ctl['command']}"
         )
+    )
+    print(
+        f"  stop / start   within {human_duration(s.influxd.stop_timeout)} / "
+        f"{human_duration(s.influxd.start_timeout)}; restored files owned by "
+        f"{s.influxd.user}:{s.influxd.group}"
     )
     print(f"  state dir      {config.state_dir}")
     print(f"  archives       {config.storage_dir}")
@@ -197,12 +207,37 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
             if job.schedule
             else (f"every {job.every:g}s" if job.every else "manual only")
         )
-        print(f"  job {job.name:<10} mode={job.mode} {when}")
+        keep = ", ".join(
+            f"{rule.removeprefix('keep_')} {n}"
+            for rule in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly")
+            if (n := getattr(job, rule))
+        )
+        extras = [f"keep {keep}" if keep else "keeps every backup"]
+        if job.heartbeat_url:
+            extras.append(f"heartbeat {shown_url(job.heartbeat_url)}")
+        if s.offsite is not None:
+            extras.append("off-site" if job.offsite else "not off-site (offsite = false)")
+        print(f"  job {job.name:<10} mode={job.mode} {when}; {'; '.join(extras)}")
     checks = " + restore test" if s.verify.restore_test else ""
     checks += " + deep" if s.verify.deep else ""
     print(f"  verify --all   {describe(s.verify)}{checks} ([verify])")
-    told = [f"{event} ({n})" for event, n in plan["notify"].items() if n]
+    told = [f"{event} ({n})" for event in notify.EVENTS if (n := plan["notify"][event])]
     print(f"  notify         {', '.join(told) if told else 'none ([notify])'}")
+    off = s.offsite
+    if off is None:
+        print("  off-site       none ([offsite])")
+    else:
+        where = off.endpoint_url or "AWS S3"  # load() refuses credentials in it
+        print(f"  off-site       s3://{off.bucket}/{off.prefix}/ at {where}")
+        sealed = (
+            f"age-encrypted to {len(off.encrypt_to)} recipient(s)"
+            if off.encrypt_to
+            else "not encrypted by us"
+        )
+        print(
+            f"                 {sealed}; "
+            + ("local copies held until sent" if off.hold_unsent else "hold_unsent = false")
+        )
     for warning in plan["warnings"]:
         print(f"warning: {warning}")
     return EXIT_OK

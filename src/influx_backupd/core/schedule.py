@@ -238,11 +238,12 @@ def describe(job: Schedulable) -> str:
     if job.schedule is not None:
         return f"cron '{job.schedule}' {job.timezone}"
     if job.every is not None:
-        return f"every {_human(job.every)}"
+        return f"every {human_duration(job.every)}"
     return "manual only"
 
 
-def _human(seconds: float) -> str:
+def human_duration(seconds: float) -> str:
+    """ "6h", "90s", "1.5s": how a duration reads in the config."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"

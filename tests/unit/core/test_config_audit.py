@@ -76,21 +76,38 @@ def test_check_config_json_names_every_key_as_the_config_does(
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
     extra = f'username = "backup"\npassword_file = "{secret}"'
-    job = '[[job]]\nname = "nightly"\ncopy = "direct"\nkeep_daily = 7\n[verify]\nevery = "7d"'
-    plan = _plan(tmp_path, base(influxdb_conf, tmp_path, influxd_extra=extra, job=job), capsys)
+    job = (
+        '[[job]]\nname = "nightly"\ncopy = "direct"\nkeep_daily = 7\n'
+        'heartbeat_url = "https://hc-ping.com/5ec2e7-token"\n'
+        '[verify]\nevery = "7d"\n'
+        '[offsite]\nbucket = "backups"\nendpoint_url = "http://127.0.0.1:9000"\nmax_rate = "20MiB"'
+    )
+    body = base(influxdb_conf, tmp_path, influxd_extra=extra, job=job)
+    plan = _plan(tmp_path, body, capsys)
     assert plan["job"][0]["copy"] == "direct"
     # what no config key holds: the file itself, and what follows from influxdb.conf
     derived = {"config", "dirs", "auth_enabled", "server_clock", "warnings"}
     tables = {f.alias or n: n for n, f in Settings.model_fields.items()}
-    assert set(plan) - derived <= set(tables), set(plan) - derived - set(tables)
-    for table, body in plan.items():
+    # every table and every key in it, set or not: an operator sees what load() resolved
+    assert set(plan) - derived == set(tables), set(plan) - derived ^ set(tables)
+    for table, section in plan.items():
         if table in derived:
             continue
         model = _model_at((table,))
         assert model is not None, table
         keys = {f.alias or n for n, f in model.model_fields.items()}
-        for entry in body if isinstance(body, list) else [body]:
-            assert set(entry) <= keys, f"[{table}]: {set(entry) - keys}"
+        for entry in section if isinstance(section, list) else [section]:
+            assert set(entry) == keys, f"[{table}]: {set(entry) ^ keys}"
+    assert plan["offsite"]["max_rate"] == 20 * 2**20 and plan["offsite"]["hold_unsent"] is True
+    assert plan["influxd"]["user"] == "influxdb" and plan["influxd"]["stop_timeout"] == 90.0
+    assert plan["notify"]["timeout"] == 30.0 and plan["notify"]["failure"] == 0
+    # the heartbeat's token is its path: shown nowhere, as notify URLs are only counted
+    assert plan["job"][0]["heartbeat_url"] == "https://hc-ping.com/…"
+    assert cli.main(["--config", str(tmp_path / "config.toml"), "check-config"]) == 0
+    text = capsys.readouterr().out
+    assert "5ec2e7" not in text and "heartbeat https://hc-ping.com/…" in text
+    assert "off-site       s3://backups/" in text and "at http://127.0.0.1:9000" in text
+    assert "keep daily 7" in text and "restored files owned by influxdb:influxdb" in text
     assert plan["influxd"]["username"] == "backup" and plan["storage"]["dir"]
     assert plan["daemon"]["state_dir"] == str(tmp_path / "state")
 
