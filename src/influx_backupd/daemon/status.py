@@ -87,17 +87,24 @@ def gather(config: Config) -> dict[str, Any]:
     records = catalog.list() if catalog.exists() else []
     daemon_jobs: dict[str, Any] = state.get("jobs", {}) if state else {}
     jobs = []
-    for job in config.settings.job:
-        mine = [r for r in records if r.job == job.name]
+    # the config's jobs (or, with none, the implicit one `backup` runs), then any job the
+    # catalog holds runs of and the config no longer names: a failed run is never hidden
+    configured = config.settings.job or [config.job(None)]
+    names = [job.name for job in configured]
+    names += dict.fromkeys(r.job for r in records if r.job not in names)
+    for name in names:
+        job = next((j for j in configured if j.name == name), None)
+        mine = [r for r in records if r.job == name]
         finished = [r for r in mine if r.status != "running"]
         # "last ok": the newest good backup (one whose check failed since is none)
         last_ok = next((r for r in reversed(mine) if r.good), None)
-        published = daemon_jobs.get(job.name, {})
+        published = daemon_jobs.get(name, {})
         jobs.append(
             {
-                "name": job.name,
-                "schedule": describe(job),
-                "mode": job.mode,
+                "name": name,
+                "in_config": job is not None,
+                "schedule": describe(job) if job is not None else "not in the config",
+                "mode": job.mode if job is not None else mine[-1].mode,
                 "next_run": published.get("next_run") if state else None,
                 "last": _run_summary(finished[-1]) if finished else None,
                 "last_ok": _run_summary(last_ok) if last_ok else None,
@@ -194,7 +201,9 @@ def render(report: dict[str, Any]) -> str:
         )
     for job in report["jobs"]:
         lines.append(f"job {job['name']}  {job['schedule']}, mode {job['mode']}")
-        lines.append(f"  next    {_when(job['next_run']) if d['running'] else '- (no daemon)'}")
+        if job["in_config"]:
+            next_run = _when(job["next_run"]) if d["running"] else "- (no daemon)"
+            lines.append(f"  next    {next_run}")
         last = job["last"]
         if last is None:
             lines.append("  last    never ran")

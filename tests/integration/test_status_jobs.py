@@ -1,0 +1,50 @@
+"""`status` shows every job the catalog holds runs of: the implicit job of a config without
+[[job]] tables, and a job since removed from (or renamed in) the config. A failed run of a
+job the config does not name was hidden before: `status` looked clean."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import Cli, write_config
+
+
+def _without_jobs(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[: text.index("[[job]]")])
+
+
+def test_status_shows_the_implicit_job_and_jobs_no_longer_configured(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    _without_jobs(config)
+    cli = Cli(config)
+    assert cli("backup", "--json").returncode == 0
+    # a failed run of the implicit job: influxd does not answer (refused before any stop)
+    sandbox.stop()
+    assert cli("backup").returncode == 1
+    sandbox.start()
+
+    jobs = {job["name"]: job for job in cli.json("status")["jobs"]}
+    assert list(jobs) == ["manual"]
+    assert jobs["manual"]["in_config"] is True
+    assert jobs["manual"]["schedule"] == "manual only"
+    assert jobs["manual"]["last"]["status"] == "failed"
+    assert jobs["manual"]["last_ok"]["status"] == "ok"
+
+    # the operator adds a scheduled job: the manual runs stay in view, said to be unconfigured
+    write_config(tmp_path, sandbox)
+    jobs = {job["name"]: job for job in cli.json("status")["jobs"]}
+    assert list(jobs) == ["nightly", "manual"]
+    assert jobs["nightly"]["last"] is None
+    assert jobs["manual"]["in_config"] is False
+    assert jobs["manual"]["last"]["status"] == "failed"
+    text = cli("status").stdout
+    assert re.search(r"^job manual  not in the config, mode cold$", text, re.M), text
+    assert re.search(r"^job nightly  cron '0 3 \* \* \*' UTC, mode cold$", text, re.M), text
+    # next run only for a job the daemon schedules
+    manual = text[text.index("job manual") :]
+    assert "next" not in manual.split("\njob ")[0], text
