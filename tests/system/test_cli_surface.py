@@ -108,6 +108,32 @@ def test_top_level_help_lists_the_exit_statuses() -> None:
     assert "NO_COLOR" in done.stdout
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["-m", "influx_backupd"],
+        # the console script's target, as pip and the .deb write it
+        ["-c", "import sys; from influx_backupd.__main__ import main; sys.exit(main())"],
+    ],
+    ids=["python -m", "entry point"],
+)
+def test_a_command_never_loads_rich(entry: list[str]) -> None:
+    """structlog loads rich where it is installed (this suite's environment has it): a third of
+    every command's start, for tracebacks a command never prints."""
+    pytest.importorskip("rich")
+    for args in (["--help"], ["status", "--config", "/nonexistent.toml"]):
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", *entry, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()]
+        assert "influx_backupd.cli.main" in imported and "structlog" in imported, args
+        # (a refused `import rich` is listed too, alone: its modules are what loading costs)
+        assert [m for m in imported if m.startswith("rich.")] == [], args
+
+
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
