@@ -49,7 +49,6 @@ from influx_backupd.core.errors import (
 from influx_backupd.core.interrupt import interrupt_on_signals
 from influx_backupd.core.redact import shown_url
 from influx_backupd.core.schedule import describe, human_duration
-from influx_backupd.daemon.loop import run_daemon
 from influx_backupd.daemon.status import gather, render
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.influxd.throttle import DATABASE_RATE_MIB
@@ -618,6 +617,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.daemon.loop import run_daemon  # the scheduler: `run` alone loads it
 
     return run_daemon(config, getattr(args, "log_level", None) or config.settings.daemon.log_level)
 

@@ -53,6 +53,7 @@ from influx_backupd.core.errors import EXIT_FAILED, BackupdError
 from influx_backupd.core.journal import journal_available
 from influx_backupd.core.jsontext import count
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
+from influx_backupd.daemon.status import STATE_FILE
 from influx_backupd.influxd import server
 from influx_backupd.influxd.server import BACKOFF_CAP_S, InfluxdError, backoff
 from influx_backupd.report.metrics import DaemonFacts
@@ -65,7 +66,6 @@ from influx_backupd.store.record import RunRecord
 from influx_backupd.store.state import BackupLock, Busy, CrashMarker, lock_held
 from influx_backupd.verify.check import verify_all
 
-STATE_FILE = "daemon.json"
 DAEMON_RUN_START_ATTEMPTS = 3
 DAEMON_LOCK = "daemon.lock"
 TICK = 1.0  # seconds between main-loop ticks

@@ -12,13 +12,16 @@ from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import count, loads_json, number
 from influx_backupd.core.processes import LOOSE, same_process
 from influx_backupd.core.schedule import describe
-from influx_backupd.daemon.loop import STATE_FILE
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import progress
 from influx_backupd.run import offsite
 from influx_backupd.run.guard import left_stopped, left_stopped_line
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
+
+# The running daemon's published state (written by daemon.loop): its own constant here, so
+# that `status` and every command's crash-marker line do not import the scheduler to name it.
+STATE_FILE = "daemon.json"
 
 
 def read_daemon_state(config: Config) -> dict[str, Any] | None:
