@@ -228,6 +228,7 @@ def test_check_config_counts_notify_targets_without_their_urls(tmp_path: Path) -
         "success": 0,
         "failure": 2,
         "verify_failed": 0,
+        "timeout": 30.0,
     }
     for text in (done.stdout, plan.stdout):
         assert "s3cret" not in text and "t0p1c" not in text

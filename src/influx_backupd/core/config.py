@@ -90,10 +90,9 @@ class ConfigError(BackupdError):
 
 
 class _Strict(BaseModel):
-    # Docstrings under fields are their descriptions (the JSON Schema in packaging/ shows them).
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
-    )
+    # Docstrings under fields are their descriptions in the JSON Schema in packaging/, which
+    # scripts/config_schema.py reads from the source (not pydantic at every command's start).
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class DaemonSection(_Strict):

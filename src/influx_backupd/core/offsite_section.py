@@ -112,7 +112,7 @@ def _bucket(value: str) -> str:
 class OffsiteSection(BaseModel):
     """Where and how backups are copied off the host."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     bucket: Annotated[str, AfterValidator(_bucket)] = Field(
         min_length=3, max_length=63, pattern=BUCKET_PATTERN
