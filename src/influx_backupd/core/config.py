@@ -249,6 +249,18 @@ class Scheduled(_Strict):
         if self.every is not None and self.every < MIN_EVERY:
             # a shorter one starts a run (a cold one stops influxd) as often as it can
             raise ValueError(f"every: must be {MIN_EVERY:g}s or longer")
+        if self.jitter > 0:
+            # a delay as long as the gap pushes each run past the next one's time: an hourly
+            # job with jitter = "30d" ran weeks apart, and check-config said nothing
+            from influx_backupd.core.schedule import human_duration, shortest_gap
+
+            gap = shortest_gap(self)
+            if gap is not None and self.jitter >= gap:
+                raise ValueError(
+                    f"jitter: {human_duration(self.jitter)} must be shorter than the shortest "
+                    f"time between two runs of the schedule ({human_duration(gap)}), or a run "
+                    "would be delayed past the next"
+                )
         return self
 
 

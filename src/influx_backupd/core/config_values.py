@@ -11,6 +11,7 @@ absolute path. Every section and key is walked, so a new key of type Path gets t
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import urllib.parse
@@ -98,12 +99,22 @@ def argv_problem(argv: list[str], *, on_path: bool = False) -> str | None:
     if not argv or not argv[0]:
         return "must be a non-empty argv list starting with the executable, like ['/usr/bin/x']"
     if Path(argv[0]).is_absolute():
-        return None
+        # a hook is checked now, as a bare name's lookup is: found missing only when the run
+        # that needs it fails, it never says so (influxd's command: Influxd.startable())
+        return _executable_problem(Path(argv[0])) if on_path else None
     if on_path and "/" not in argv[0]:
         if shutil.which(argv[0]) is None:
             return f"the executable {argv[0]!r} is not on the PATH; give its absolute path"
         return None
     return f"the executable must be an absolute path, not {argv[0]!r}"
+
+
+def _executable_problem(path: Path) -> str | None:
+    if not path.exists():
+        return f"the executable {str(path)!r} does not exist"
+    if not path.is_file() or not os.access(path, os.X_OK):
+        return f"{str(path)!r} is not an executable file"
+    return None
 
 
 # Per key, its own example and where its secret goes: a heartbeat URL is no server's API.

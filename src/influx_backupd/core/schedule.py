@@ -191,6 +191,28 @@ def build_trigger(
     return None
 
 
+def shortest_gap(job: Schedulable) -> float | None:
+    """The shortest time in seconds between two runs of the job's schedule, from its first 50
+    fire times after 2000-01-01 (every pattern repeats within them, leap days included), or
+    None for a job run only by hand. A jitter must stay under it."""
+    if job.every is not None:
+        return job.every
+    trigger = build_trigger(job, with_jitter=False)
+    if trigger is None:
+        return None
+    gaps: list[float] = []
+    previous: datetime | None = None
+    now = datetime(2000, 1, 1, tzinfo=ZoneInfo(job.timezone))
+    for _ in range(50):
+        fire = trigger.get_next_fire_time(previous, now)
+        if fire is None:
+            break
+        if previous is not None and fire > previous:
+            gaps.append((fire - previous).total_seconds())
+        previous, now = fire, fire + timedelta(seconds=1)
+    return min(gaps, default=None)
+
+
 @dataclass(frozen=True)
 class Missed:
     """The latest fire time that has no run, and whether it is recent enough to catch up."""

@@ -17,6 +17,7 @@ from influx_backupd.core.schedule import (
     describe,
     latest_fire,
     missed_run,
+    shortest_gap,
     validate,
     weekdays,
 )
@@ -203,3 +204,37 @@ def test_latest_fire_is_exclusive_of_the_start_and_inclusive_of_the_end() -> Non
     at = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
     assert latest_fire(trigger, at, at) is None
     assert latest_fire(trigger, at - TICK, at) == at
+
+
+@pytest.mark.parametrize(
+    ("schedule", "gap"),
+    [
+        ("*/5 * * * *", 300),
+        ("0 * * * *", 3600),
+        ("@daily", 86400),
+        ("0 3 * * 1-5", 86400),  # Friday to Monday is longer: the shortest counts
+        ("0 3 1,15 * *", 14 * 86400),  # 1st to 15th; 15th to the next 1st: 14 to 17 days
+        ("0 0 29 2 *", 4 * 365 * 86400 + 86400),  # leap days only
+        ("0 0 1 1 1", 86400),  # cron's OR: 1 January or any Monday
+    ],
+)
+def test_the_shortest_gap_between_runs_of_a_schedule(schedule: str, gap: float) -> None:
+    assert shortest_gap(Job(schedule=schedule)) == gap
+    assert shortest_gap(Job(every=5.0)) == 5.0
+    assert shortest_gap(Job()) is None
+
+
+def test_a_jitter_as_long_as_the_gap_between_runs_is_refused_at_load() -> None:
+    from pydantic import ValidationError
+
+    from influx_backupd.core.config import JobSection, VerifySection
+
+    JobSection(name="hourly", schedule="0 * * * *", jitter=3599)
+    JobSection(name="manual", jitter=86400 * 30)  # by hand only: no runs to push past
+    for section in (
+        lambda: JobSection(name="hourly", schedule="0 * * * *", jitter=30 * 86400),
+        lambda: JobSection(name="often", every=600, jitter=600),
+        lambda: VerifySection(schedule="@weekly", jitter=8 * 86400),
+    ):
+        with pytest.raises(ValidationError, match="must be shorter than the shortest time"):
+            section()
