@@ -140,6 +140,9 @@ def test_a_failing_hook_a_hanging_hook_and_a_dead_heartbeat_do_not_fail_the_back
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     pidfile = tmp_path / "sleeper.pid"
+    broken = tmp_path / "notify"
+    broken.write_text("#!/nonexistent/interpreter\n")
+    broken.chmod(0o755)
     hanging = (
         "import os, subprocess, sys, time; "
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
@@ -158,7 +161,8 @@ def test_a_failing_hook_a_hanging_hook_and_a_dead_heartbeat_do_not_fail_the_back
             "on_success": [sys.executable, "-c", hanging],
             "hook_timeout": "2s",
         },
-        {"name": "missing", "mode": "cold", "on_success": ["/nonexistent/notify"]},
+        # there and executable (load checks that), but it cannot start: its interpreter is gone
+        {"name": "missing", "mode": "cold", "on_success": [str(broken)]},
     ]
     cli = Cli(write_config(tmp_path, sandbox, jobs=jobs))
 
@@ -178,7 +182,7 @@ def test_a_failing_hook_a_hanging_hook_and_a_dead_heartbeat_do_not_fail_the_back
 
     done = cli("backup", "--job", "missing", "--json")
     assert done.returncode == 0, done.stderr
-    assert "cannot start /nonexistent/notify" in done.stderr
+    assert f"cannot start {broken}" in done.stderr
     assert sandbox.ping()
 
 
