@@ -279,6 +279,34 @@ def test_the_next_command_keeps_trying_to_start_influxd_a_killed_run_left_stoppe
 
 
 @pytest.mark.fault(
+    "2",
+    "the daemon keeps starting influxd between jobs",
+    "a foreground backup killed beside an idle daemon",
+)
+def test_an_idle_daemon_starts_influxd_a_killed_foreground_backup_left_stopped(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    """An operator's `backup` killed (SIGKILL, the OOM killer) while influxd was stopped,
+    beside a daemon whose next run is hours away: the daemon starts influxd within seconds,
+    as `status` says it does (it waited for its next scheduled run before)."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    config = write_config(tmp_path, sandbox)  # nightly at 03:00: the daemon stays idle
+    with daemon(tmp_path, config) as d:
+        d.wait_event("daemon.ready", 120)
+        _killed_mid_copy(config, sandbox, ledger)
+        assert _stopped_by_us(tmp_path, sandbox)
+        found = d.wait_event("daemon.left_down_found", 60)
+        assert found["run_id"], found
+        wait_until(sandbox.ping, 120, "influxd started by the idle daemon")
+        wait_until(lambda: not (tmp_path / "state" / MARKER).exists(), 60, "the marker cleared")
+    runs = json.loads(run_cli(config, "list", "--json").stdout)
+    assert [r["status"] for r in runs] == ["interrupted"]
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault(
     "2", "the daemon keeps starting influxd between jobs", "started after a kill, port held"
 )
 def test_a_daemon_started_after_a_kill_tells_on_failure_and_keeps_trying(

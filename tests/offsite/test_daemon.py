@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -141,3 +142,55 @@ def test_a_stalled_request_is_left_behind_after_stall_after_even_with_nothing_du
             d.wait_event("offsite.retry_scheduled", timeout=30)
             assert d.stop() == 0
         assert sandbox.ping()
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_held_backups_that_fill_the_storage_dir_are_sent_when_the_endpoint_is_back(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """hold_unsent keeps every backup the bucket lacks; an outage fills the storage dir and runs
+    are refused for want of space. The endpoint back, the next refused run tries the bucket
+    (the back-off alone waited up to 6 h, every run refused meanwhile)."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    archive = _size(sandbox.meta) + _size(sandbox.data) + _size(sandbox.wal)
+    store = tmp_path / "archives"
+    store.mkdir()
+    # the 64 MiB reserve and room for about two archives
+    size_k = (archive * 5 // 2) // 1024 + 66 * 1024
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_k}k,mode=0700", "tmpfs", str(store)],
+        check=True,
+    )
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = int(holder.getsockname()[1])
+    down = Endpoint("moto", f"http://127.0.0.1:{port}", "comes-back", _credentials(tmp_path))
+    server = None
+    try:
+        jobs = [{"name": "often", "every": "3s", "mode": "cold", "copy": "direct", "keep_last": 1}]
+        # a retry far off: only the refused runs can bring the sync forward
+        section = offsite_section(down, retries=1, retry_after="1h")
+        config = write_config(tmp_path, sandbox, jobs=jobs, extra=section)
+        with daemon(tmp_path, config) as d:
+            wait_until(
+                lambda: any("hold_unsent" in (r.error or "") for r in runs(tmp_path)),
+                120,
+                "a run refused for the space held backups take",
+            )
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            holder.close()
+            server.start()
+            wait_port(port)
+            down.client().create_bucket(Bucket=down.bucket)
+            d.wait_event("offsite.sent", timeout=60)
+            assert d.stop() == 0
+        assert sandbox.ping()
+    finally:
+        holder.close()
+        if server is not None:
+            server.stop()
+        subprocess.run(["umount", "-l", str(store)], check=False)

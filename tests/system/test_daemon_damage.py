@@ -5,12 +5,17 @@ abandoned with influxd down); a stop or a recovery that waits keeps the daemon v
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.state import CrashMarker
@@ -179,3 +184,43 @@ def test_status_after_a_kill_says_the_daemon_did_not_stop_cleanly(
         assert d.stop() == 0
     assert "daemon    not running\n" in Cli(config)("status", check=True).stdout + "\n"
     assert json.loads(Cli(config)("status", "--json").stdout)["daemon"]["gone"] is None
+
+
+@pytest.mark.parametrize("under_systemd", [False, True], ids=["foreground", "under a unit"])
+def test_a_state_dir_the_daemon_cannot_write_is_a_config_error_not_a_restart_loop(
+    tmp_path: Path, under_systemd: bool
+) -> None:
+    """A state_dir outside the unit's ReadWritePaths= (EROFS there): exit 1 made
+    Restart=on-failure start the daemon every 10 s for ever, with no word of the sandbox.
+    78 is what RestartPreventExitStatus= leaves alone; the line names the key and, under a
+    unit, the fix."""
+    server = Sandbox(tmp_path / "server")
+    server.write_config()  # not started: the daemon must end before it looks at influxd
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], check=True
+    )
+    try:
+        config = write_config(tmp_path, server)
+        text = config.read_text().replace(str(tmp_path / "state"), str(read_only / "state"))
+        config.write_text(text)
+        env = (
+            {**os.environ, "INVOCATION_ID": "0" * 32}
+            if under_systemd
+            else {k: v for k, v in os.environ.items() if k != "INVOCATION_ID"}
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "influx_backupd", "--config", str(config), "run"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+    assert done.returncode == 78, done.stderr[-2000:]
+    assert len(lines) == 1, done.stderr[-2000:]
+    assert f"daemon.state_dir {read_only / 'state'}: Read-only file system" in lines[0]
+    assert ("ReadWritePaths=" in lines[0]) is under_systemd, lines[0]

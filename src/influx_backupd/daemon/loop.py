@@ -21,6 +21,7 @@ the worker and the status; split into mixins, each part would read state defined
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import queue
@@ -58,12 +59,17 @@ from influx_backupd.influxd import server
 from influx_backupd.influxd.server import BACKOFF_CAP_S, InfluxdError, backoff
 from influx_backupd.report.metrics import DaemonFacts
 from influx_backupd.run import offsite
-from influx_backupd.run.followup import MetricsNotWritten, tell_verify_failed, write_metrics
+from influx_backupd.run.followup import (
+    MetricsNotWritten,
+    held_for_the_bucket,
+    tell_verify_failed,
+    write_metrics,
+)
 from influx_backupd.run.guard import exclusive
 from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
 from influx_backupd.store.record import RunRecord
-from influx_backupd.store.state import BackupLock, Busy, CrashMarker, lock_held
+from influx_backupd.store.state import BackupLock, Busy, CrashMarker, StateDirError, lock_held
 from influx_backupd.verify.check import verify_all
 
 DAEMON_RUN_START_ATTEMPTS = 3
@@ -73,6 +79,7 @@ TICK = 1.0  # seconds between main-loop ticks
 # daemon (heartbeat older than a few minutes) from a quiet one.
 METRICS_EVERY = 30.0
 SIGNALLED_LOOK_S = 2.0  # how often a signalled, still running influxd is looked at
+LEFT_DOWN_LOOK_S = 5.0  # how often an idle daemon looks for a marker another process left
 STALL = 30.0  # a main loop silent this long is hung: the watchdog stops pinging
 EXTEND_EVERY = 10.0  # while a stop waits for a run: ask systemd for EXTEND_BY more this often
 EXTEND_BY = 60.0
@@ -140,6 +147,7 @@ class Daemon:
         # influxd left stopped (a crash marker): when the worker tries to start it next, and
         # what the status line says about it meanwhile
         self._next_start: float | None = None
+        self._left_down_looked = 0.0  # monotonic: when _watch_left_down last read the marker
         self._down_note: str | None = None
         self._worker = threading.Thread(target=self._work, name="backup-worker", daemon=True)
         self._watchdog = systemd.Watchdog(self.alive)
@@ -163,7 +171,18 @@ class Daemon:
     # -- start and the main loop ------------------------------------------------------------
     def run(self) -> int:
         lock = daemon_lock(self.config.state_dir)
-        lock.acquire()
+        try:
+            lock.acquire()
+        except StateDirError as exc:
+            # No restart mends a state_dir this daemon cannot write (under a unit, its sandbox
+            # is the usual why): 78, which the unit's RestartPreventExitStatus= does not retry,
+            # with the ReadWritePaths= hint a storage dir's error already gives.
+            why = exc.os_error
+            if why is None or why.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            raise ConfigError(
+                f"{self.config.path}: {unit_paths.explain(self.config, why)}"
+            ) from None
         try:
             for sig in (*_STOP_SIGNALS, signal.SIGHUP):
                 signal.signal(sig, self._queue_signal)
@@ -290,6 +309,7 @@ class Daemon:
         an unexpected error is logged in one line, once until it changes, and the loop goes on."""
         for name, step in (
             ("clock", self._check_clock),
+            ("left down", self._watch_left_down),
             ("publish", self._publish),
             ("metrics", lambda: self._heartbeat(stopping=stopping)),
         ):
@@ -560,6 +580,33 @@ class Daemon:
                 self._note_left_down()
 
     # -- influxd left stopped: tried again between jobs, with backoff, for as long as it takes --
+    def _watch_left_down(self) -> None:
+        """A crash marker another process left: a foreground backup or restore killed (SIGKILL,
+        the OOM killer) while influxd was stopped. The worker starts influxd as it does after
+        its own runs; an idle daemon waited for its next scheduled run (an hour, a day) while
+        `status` said it kept trying. A live command holding the lock is left alone: it
+        starts influxd itself, and if it dies its lock goes with it."""
+        now = time.monotonic()
+        if now < self._left_down_looked + LEFT_DOWN_LOOK_S:
+            return
+        self._left_down_looked = now
+        if self._running is not None or self._next_start is not None or self._starting:
+            return
+        marker = CrashMarker(self.config.state_dir)
+        if not marker.path.exists() or lock_held(self.config.state_dir):
+            return
+        left = marker.read()
+        if not CrashMarker.may_be_down(left) and not (left and CrashMarker.signalled_runs(left)):
+            return
+        self._log.warning(
+            "daemon.left_down_found",
+            run_id=left.get("run_id") if left else None,
+            detail="a command that stopped influxd ended without starting it: starting it",
+        )
+        self._note_left_down()
+        with self._cond:
+            self._cond.notify_all()
+
     def _start_due(self) -> bool:
         return self._next_start is not None and time.time() >= self._next_start
 
@@ -643,6 +690,10 @@ class Daemon:
             self._after_stop_request(catalog, record)
             if record.good and job.offsite and offsite.enabled(config):
                 self._fire(OFFSITE, "after a backup")  # after the lock: influxd serves again
+            elif held_for_the_bucket(config, catalog, record):
+                # backups hold_unsent keeps fill the storage dir: the bucket is tried now, not
+                # when the back-off says (up to 6 h of refused runs after the endpoint is back)
+                self._fire(OFFSITE, "backups held for the bucket fill the storage dir")
 
         self._with_lock(config, item, job.catch_up, backup)
 

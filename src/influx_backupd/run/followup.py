@@ -152,18 +152,25 @@ def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunReco
 _NO_SPACE = ("not enough space", "no space left", "disk quota")
 
 
+def held_for_the_bucket(config: Config, catalog: Catalog, record: RunRecord) -> set[str]:
+    """The backups hold_unsent keeps, when record is a run failed for want of space (else
+    none): what an endpoint down for days fills the storage dir with."""
+    error = record.error or ""
+    if record.status != "failed" or not any(w in error.lower() for w in _NO_SPACE):
+        return set()
+    return set(offsite.unsent_holds(config, catalog))
+
+
 def name_what_holds_the_space(config: Config, catalog: Catalog, record: RunRecord) -> None:
     """A run failed for want of space while backups wait for the bucket: say that hold_unsent
     keeps them (an endpoint down for days is what fills the storage dir), in the record's error
     that hooks and notifications pass on, and in a warning."""
-    error = record.error or ""
-    if record.status != "failed" or not any(w in error.lower() for w in _NO_SPACE):
+    if "hold_unsent" in (record.error or ""):  # said by an earlier try of this follow-up
         return
-    if "hold_unsent" in error:  # said by an earlier try of this follow-up
-        return
-    held = offsite.unsent_holds(config, catalog)
+    held = held_for_the_bucket(config, catalog, record)
     if not held:
         return
+    error = record.error or ""
     records = [r for r in catalog.list() if r.id in held]
     size = sum(r.bytes for r in records)
     last_error = offsite.State.load(config.state_dir).last_error  # no bucket request

@@ -45,6 +45,10 @@ class StateDirError(BackupdError):
     code = "state_dir"
     label = "state_dir"
 
+    def __init__(self, message: str, os_error: OSError | None = None) -> None:
+        super().__init__(message)
+        self.os_error = os_error  # what the lock's open said, with its path
+
 
 @dataclass
 class BackupLock:
@@ -62,7 +66,8 @@ class BackupLock:
         except OSError as exc:
             raise StateDirError(
                 f"cannot take the lock {self.path}: {exc.strerror or exc} (the state_dir must "
-                "be a directory this user can write; is another user's service running?)"
+                "be a directory this user can write; is another user's service running?)",
+                exc,
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
