@@ -359,13 +359,37 @@ class Daemon:
 
     def _check_clock(self) -> None:
         # A suspend or a clock change moves the wall clock against the monotonic one; the
-        # scheduler sleeps on the monotonic clock, so wake it to look at its jobs again.
+        # scheduler sleeps on the monotonic clock, so wake it to look at its jobs again. A
+        # step back leaves every next fire time computed under the old clock that far ahead
+        # (a VM booted with its clock ahead, then corrected by NTP: no run for the size of the
+        # step): they are computed again from the new clock.
         offset = time.time() - time.monotonic()
-        if abs(offset - self._clock_offset) > CLOCK_JUMP:
-            self._log.warning("clock.jumped", by_s=round(offset - self._clock_offset, 1))
-            if self._scheduler is not None and not self._stopping.is_set():  # shut down
-                self._scheduler.wakeup()
+        jump = offset - self._clock_offset
         self._clock_offset = offset
+        if abs(jump) <= CLOCK_JUMP:
+            return
+        back = jump < 0
+        self._log.warning(
+            "clock.jumped",
+            by_s=round(jump, 1),
+            then="next runs computed again from the new clock" if back else "scheduler woken",
+        )
+        if self._scheduler is None or self._stopping.is_set():  # not started, or shut down
+            return
+        if back:
+            self._reschedule_all()
+        self._scheduler.wakeup()
+
+    def _reschedule_all(self) -> None:
+        """Every job's and [verify]'s next run, computed again from the wall clock as it is."""
+        catalog = Catalog(self.config.state_dir)
+        for job in self.config.settings.job:
+            self._add_job(job, catalog, startup=False)
+        self._add_verify(catalog, startup=False)
+        self._log.info(
+            "schedule.recomputed",
+            next_runs={n: _iso(t) for n, t in self._next_runs().items()},
+        )
 
     def alive(self) -> bool:
         """The watchdog's health check: main loop ticking, worker and scheduler threads up."""
@@ -420,16 +444,33 @@ class Daemon:
 
     def _add_job(self, job: JobSection, catalog: Catalog, *, startup: bool) -> None:
         records = self._history(catalog, job.name)
-        last = max((r.started_at for r in records), default=None)
-        self._schedule(job.name, job, last, startup=startup)
+        starts = self._not_ahead(job.name, [(r.id, r.started_at) for r in records])
+        self._schedule(job.name, job, max(starts, default=None), startup=startup)
+
+    def _not_ahead(self, name: str, times: list[tuple[str, float]]) -> list[float]:
+        """The times not in the future. A run recorded while the clock was ahead (corrected
+        since) would put an `every` job's next run that far away: it is no anchor (said)."""
+        now = time.time()
+        ahead = sorted((t, run_id) for run_id, t in times if t > now)
+        if ahead:
+            self._log.warning(
+                "schedule.record_in_the_future",
+                job=name,
+                run_ids=[run_id for _, run_id in ahead],
+                latest=_iso(ahead[-1][0]),
+                now=_iso(now),
+                then="not anchored on: recorded while the clock was ahead",
+            )
+        return [t for _, t in times if t <= now]
 
     def _add_verify(self, catalog: Catalog, *, startup: bool) -> None:
         """[verify]: anchored at the oldest check of any good backup (a backup is checked when
         it is taken, and again by each verify), so every backup is checked again at least
         every `every`, however often the daemon restarts."""
         records = self._history(catalog)
-        checked = [r.verified_at or r.finished_at for r in records if r.ok and r.archive]
-        oldest = min((t for t in checked if t is not None), default=None)
+        checked = [(r.id, r.verified_at or r.finished_at) for r in records if r.ok and r.archive]
+        times = self._not_ahead(VERIFY_ALL, [(i, t) for i, t in checked if t is not None])
+        oldest = min(times, default=None)
         self._schedule(VERIFY_ALL, self.config.settings.verify, oldest, startup=startup)
 
     def _schedule(self, name: str, when: Scheduled, last: float | None, *, startup: bool) -> None:

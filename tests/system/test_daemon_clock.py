@@ -1,0 +1,153 @@
+"""The daemon's schedule against wall clock steps, its queue, its reload and what its status
+says after a run. The loop's functions are driven directly with a stopped (never started)
+sandbox influxd: no server is needed to schedule; one real daemon under libfaketime has the
+clock stepped back for real."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from influx_backupd.core.config import load
+from influx_backupd.daemon.loop import Daemon
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
+from tests.conftest import write_config
+from tests.system.test_daemon import daemon
+
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+HOUR = 3600.0
+DAY = 86400.0
+TEN_MIN = timedelta(minutes=10)
+
+
+@pytest.fixture
+def server(tmp_path: Path, influxd_path: str) -> Sandbox:
+    """Its influxdb.conf written, influxd not started: enough to load a config."""
+    sandbox = Sandbox(tmp_path / "server", binary=influxd_path)
+    sandbox.write_config()
+    return sandbox
+
+
+@contextmanager
+def scheduling(config: Path, **kwargs: Any) -> Iterator[Daemon]:
+    """A Daemon with its scheduler started (triggers only queue: no worker takes them)."""
+    d = Daemon(load(config), **kwargs)
+    d._start_scheduler()
+    try:
+        yield d
+    finally:
+        d._scheduler.shutdown(wait=False)
+
+
+def next_run(d: Daemon, name: str) -> float:
+    return float(d._scheduler.get_job(name).next_run_time.timestamp())
+
+
+def test_a_clock_stepped_back_recomputes_every_next_run_from_the_new_clock(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """Before: `clock.jumped by_s=-600` and only a wakeup: the next runs computed under the
+    old clock stayed 10 minutes ahead, and no run happened for that long."""
+    config = write_config(
+        tmp_path,
+        server,
+        jobs=[
+            {"name": "m", "schedule": "* * * * *", "mode": "hot"},
+            {"name": "e", "every": "2m", "mode": "hot"},
+        ],
+        extra='[verify]\nevery = "1h"\n',
+    )
+    with scheduling(config) as d:
+        # as computed while the clock read 10 minutes later than it now does
+        for name in ("m", "e", "[verify]"):
+            job = d._scheduler.get_job(name)
+            d._scheduler.modify_job(name, next_run_time=job.next_run_time + TEN_MIN)
+        d._clock_offset += 600
+        with capture_logs() as logs:
+            d._check_clock()
+        now = time.time()
+        assert next_run(d, "m") <= now + 60
+        assert next_run(d, "e") <= now + 120
+        assert next_run(d, "[verify]") <= now + HOUR
+    [jumped] = [e for e in logs if e["event"] == "clock.jumped"]
+    assert jumped["by_s"] <= -600 and "computed again" in jumped["then"], jumped
+
+
+def test_a_forward_step_keeps_the_next_runs(tmp_path: Path, server: Sandbox) -> None:
+    config = write_config(tmp_path, server, jobs=[{"name": "e", "every": "1h", "mode": "hot"}])
+    with scheduling(config) as d:
+        before = next_run(d, "e")
+        d._clock_offset -= 600
+        d._check_clock()
+        assert next_run(d, "e") == before
+
+
+def test_a_run_recorded_while_the_clock_was_ahead_is_no_anchor(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """Before: a run recorded with the clock a day ahead gave an `every = "2m"` job (and
+    [verify], anchored at its oldest check) a next run a day away."""
+    config = write_config(
+        tmp_path,
+        server,
+        jobs=[{"name": "e", "every": "2m", "mode": "hot"}],
+        extra='[verify]\nevery = "1h"\n',
+    )
+    ahead = time.time() + DAY
+    catalog = Catalog(tmp_path / "state")
+    catalog.save(
+        RunRecord(
+            "r-ahead",
+            "e",
+            "hot",
+            status="ok",
+            started_at=ahead,
+            finished_at=ahead + 5,
+            archive=str(tmp_path / "archives" / "x"),
+        )
+    )
+    with capture_logs() as logs, scheduling(config) as d:
+        now = time.time()
+        assert next_run(d, "e") <= now + 120
+        assert next_run(d, "[verify]") <= now + HOUR
+    told = [e for e in logs if e["event"] == "schedule.record_in_the_future"]
+    assert {e["job"] for e in told} == {"e", "[verify]"}, logs
+    assert all(e["run_ids"] == ["r-ahead"] for e in told)
+
+
+def test_a_real_daemon_keeps_running_jobs_after_the_clock_steps_back(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The audit's repro: a daemon under libfaketime, its clock stepped back 10 minutes after
+    runs were recorded. Before: no run for the size of the step."""
+    config = write_config(
+        tmp_path, sandbox, jobs=[{"name": "e", "every": "4s", "mode": "hot", "keep_last": 2}]
+    )
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    env = {
+        "LD_PRELOAD": str(FAKETIME),
+        "FAKETIME_TIMESTAMP_FILE": str(offset),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    with daemon(tmp_path, config, **env) as d:
+        d.wait_event("run.finished", timeout=40, job="e")
+        offset.write_text("-10m\n")
+        d.wait_event("clock.jumped", timeout=10)
+        jumped = len(d.events())
+        deadline = time.monotonic() + 30
+        while not any(e.get("event") == "run.due" for e in d.events()[jumped:]):
+            assert time.monotonic() < deadline, f"no run after the step back: {d.tail()}"
+            time.sleep(0.2)
+        assert any(e.get("event") == "schedule.record_in_the_future" for e in d.events())
+        assert d.stop() == 0
