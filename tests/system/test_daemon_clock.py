@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from influx_backupd.core.config import load
-from influx_backupd.daemon.loop import Daemon
+from influx_backupd.daemon.loop import Daemon, Due
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
@@ -122,6 +122,27 @@ def test_a_run_recorded_while_the_clock_was_ahead_is_no_anchor(
     told = [e for e in logs if e["event"] == "schedule.record_in_the_future"]
     assert {e["job"] for e in told} == {"e", "[verify]"}, logs
     assert all(e["run_ids"] == ["r-ahead"] for e in told)
+
+
+def test_a_newer_fire_moves_the_waiting_runs_due_time(tmp_path: Path, server: Sandbox) -> None:
+    """Before: the newer fire was dropped ("already waiting"), then the waiting one was
+    skipped as later than catch_up after its own, older, due time: the job lost its run."""
+    config = write_config(
+        tmp_path,
+        server,
+        jobs=[
+            {"name": "a", "every": "5s", "mode": "hot"},
+            {"name": "b", "every": "3s", "catch_up": "4s", "mode": "hot"},
+        ],
+    )
+    d = Daemon(load(config))
+    now = time.time()
+    d._running = "a"
+    d._pending = [Due("b", now - 11, "schedule"), Due("[verify]", now - 1, "resume")]
+    d._fire("b", "schedule", now)
+    assert d._pending == [Due("b", now, "schedule"), Due("[verify]", now - 1, "resume")]
+    d._fire("b", "catch-up", now - 30)  # an older one changes nothing
+    assert d._pending[0] == Due("b", now, "schedule")
 
 
 def test_a_real_daemon_keeps_running_jobs_after_the_clock_steps_back(

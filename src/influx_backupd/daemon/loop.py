@@ -530,9 +530,18 @@ class Daemon:
                     "run.skipped", job=name, reason="the previous run of this job is still running"
                 )
                 return
-            if any(d.job == name for d in self._pending):
+            for i, waiting in enumerate(self._pending):
+                if waiting.job != name:
+                    continue
+                # One run, due at the newest fire: a wait that outlasts catch_up after the
+                # older fire must not drop the run this newer one is owed
+                if due > waiting.due:
+                    self._pending[i] = Due(name, due, reason)
                 self._log.info(
-                    "run.skipped", job=name, reason="a run of this job is already waiting"
+                    "run.skipped",
+                    job=name,
+                    reason="a run of this job is already waiting: it now counts as due at "
+                    "this fire",
                 )
                 return
             ahead = [self._running] if self._running else []
