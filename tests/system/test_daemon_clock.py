@@ -145,6 +145,22 @@ def test_a_newer_fire_moves_the_waiting_runs_due_time(tmp_path: Path, server: Sa
     assert d._pending[0] == Due("b", now, "schedule")
 
 
+def test_a_reload_says_a_changed_log_level_needs_a_restart(tmp_path: Path, server: Sandbox) -> None:
+    config = write_config(tmp_path, server, jobs=[{"name": "e", "every": "1h", "mode": "hot"}])
+    with scheduling(config) as d:  # logging at the default level, info
+        write_config(
+            tmp_path,
+            server,
+            jobs=[{"name": "e", "every": "1h", "mode": "hot"}],
+            daemon={"log_level": "debug"},
+        )
+        with capture_logs() as logs:
+            d.reload()
+    said = [e["detail"] for e in logs if e["event"] == "config.warning"]
+    assert any("daemon.log_level" in s and "restart" in s for s in said), logs
+    assert any(e["event"] == "config.reloaded" for e in logs)
+
+
 def test_a_real_daemon_keeps_running_jobs_after_the_clock_steps_back(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:

@@ -120,8 +120,10 @@ def daemon_lock(state_dir: Path) -> BackupLock:
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, log_level: str | None = None) -> None:
         self.config = config
+        # the level logging was set up with (a reload cannot change it: said at the reload)
+        self._log_level = log_level or config.settings.daemon.log_level
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._pending: list[Due] = []
@@ -596,6 +598,13 @@ class Daemon:
         self._publish()
         systemd.ready()
         self._tell_unwritable()
+        level = new.settings.daemon.log_level
+        if level != self._log_level:
+            self._log.warning(
+                "config.warning",
+                detail=f"daemon.log_level: changed to {level!r}; the daemon keeps logging at "
+                f"{self._log_level!r} until it is restarted",
+            )
 
     # -- the worker -------------------------------------------------------------------------
     def _work(self) -> None:
@@ -1113,7 +1122,7 @@ def run_daemon(config: Config, level: str) -> int:
     # A run gives up starting influxd after a few attempts, leaving its crash marker; the
     # worker then keeps trying between jobs (the daemon stays stoppable and says so).
     server.RUN_START_ATTEMPTS = DAEMON_RUN_START_ATTEMPTS
-    daemon = Daemon(config)
+    daemon = Daemon(config, log_level=level)
     journal = log.journal_socket() if journal_available() else None
     log.configure(sys.stdout, level, journal=journal, processors=[daemon.observe])
     status = daemon.run()
