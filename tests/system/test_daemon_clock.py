@@ -5,6 +5,9 @@ clock stepped back for real."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -159,6 +162,43 @@ def test_a_reload_says_a_changed_log_level_needs_a_restart(tmp_path: Path, serve
     said = [e["detail"] for e in logs if e["event"] == "config.warning"]
     assert any("daemon.log_level" in s and "restart" in s for s in said), logs
     assert any(e["event"] == "config.reloaded" for e in logs)
+
+
+def test_run_and_a_reload_refuse_what_check_config_refuses(tmp_path: Path, server: Sandbox) -> None:
+    """Before: `run` started with an influxd command that does not exist, and a SIGHUP
+    loaded one (config.reloaded); every scheduled run then failed."""
+    jobs = [{"name": "e", "every": "1h", "mode": "hot"}]
+    config = write_config(tmp_path, server, jobs=jobs)
+    d = Daemon(load(config))
+    d._start_scheduler()
+    try:
+        good = d.config
+        nope = ["/usr/bin/influxd-nope", "run", "-config", str(server.conf)]
+        write_config(tmp_path, server, jobs=jobs, influxd={"command": nope})
+        with capture_logs() as logs:
+            d.reload()
+        assert d.config is good
+    finally:
+        d._scheduler.shutdown(wait=False)
+    [failed] = [e for e in logs if e["event"] == "config.reload_failed"]
+    assert not any(e["event"] == "config.reloaded" for e in logs)
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+
+    def command(name: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "influx_backupd", "--config", str(config), name]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+
+    check = command("check-config")
+    assert check.returncode == 78, check
+    assert check.stderr == f"influx-backupd: {failed['error']}\n"
+    assert "influxd.command: /usr/bin/influxd-nope does not exist" in check.stderr
+    try:
+        run = command("run")
+    except subprocess.TimeoutExpired:
+        pytest.fail("run started the daemon with an influxd it cannot start")
+    assert (run.returncode, run.stderr) == (78, check.stderr), run
+    assert not (tmp_path / "state" / "daemon.json").exists()
 
 
 def test_a_real_daemon_keeps_running_jobs_after_the_clock_steps_back(

@@ -619,6 +619,8 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from influx_backupd.daemon.loop import run_daemon  # the scheduler: `run` alone loads it
 
+    # refused as check-config and backup refuse it (78): every scheduled run would fail
+    _startable(config)
     return run_daemon(config, getattr(args, "log_level", None) or config.settings.daemon.log_level)
 
 

@@ -56,7 +56,7 @@ from influx_backupd.core.jsontext import count
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
 from influx_backupd.daemon.status import STATE_FILE
 from influx_backupd.influxd import server
-from influx_backupd.influxd.server import BACKOFF_CAP_S, InfluxdError, backoff
+from influx_backupd.influxd.server import BACKOFF_CAP_S, Influxd, InfluxdError, backoff
 from influx_backupd.report.metrics import DaemonFacts
 from influx_backupd.run import offsite
 from influx_backupd.run.followup import (
@@ -565,6 +565,7 @@ class Daemon:
                     f"{path}: daemon.state_dir: changing it needs a restart "
                     f"(running with {self.config.state_dir})"
                 )
+            refused(new)
         except ConfigError as exc:
             self._log.error(
                 "config.reload_failed", config=str(path), error=str(exc), kept="the old config"
@@ -1113,6 +1114,15 @@ class Daemon:
             self._note_left_down(str(exc))
         else:
             self._note_left_down()  # a server a dead run signalled, still running: watched
+
+
+def refused(config: Config) -> None:
+    """What check-config refuses beyond load(): an influxd this config could not start again.
+    `run` refuses such a config at start (cli cmd_run) and a reload keeps the old one: every
+    scheduled run would fail otherwise."""
+    problem = Influxd(config).startable()
+    if problem is not None:
+        raise ConfigError(f"{config.path}: {problem}")
 
 
 def run_daemon(config: Config, level: str) -> int:
