@@ -127,8 +127,32 @@ def watchdog_ping() -> bool:
     return notify("WATCHDOG=1")
 
 
+# Pings at most this often, at least this seldom: WATCHDOG_USEC=1 would ping tens of thousands
+# of times a second, a huge one overflows the wait (the thread died, no ping ever again).
+# A ping more often than half the timeout is harmless.
+WATCHDOG_MIN_S = 0.1
+WATCHDOG_MAX_S = 3600.0
+_CLAMP_TOLD: set[float] = set()
+
+
+def clamp_interval(interval: float) -> float:
+    """interval within [WATCHDOG_MIN_S, WATCHDOG_MAX_S]; what was changed is logged once."""
+    clamped = min(max(interval, WATCHDOG_MIN_S), WATCHDOG_MAX_S)
+    if clamped != interval and interval not in _CLAMP_TOLD:
+        _CLAMP_TOLD.add(interval)
+        log.get().warning(
+            "systemd.watchdog_clamped",
+            asked_s=interval,
+            pinging_every_s=clamped,
+            reason=f"WATCHDOG_USEC gives a ping interval outside "
+            f"{WATCHDOG_MIN_S:g}-{WATCHDOG_MAX_S:g}s",
+        )
+    return clamped
+
+
 def watchdog_interval() -> float | None:
-    """Seconds between watchdog pings (half of WatchdogSec=), or None if no watchdog is set.
+    """Seconds between watchdog pings (half of WatchdogSec=, clamped to a sane range), or
+    None if no watchdog is set.
 
     WATCHDOG_PID, when present, names the process the watchdog is meant for; a child that
     inherited the environment must not ping on the parent's behalf.
@@ -146,7 +170,7 @@ def watchdog_interval() -> float | None:
                 return None
         except ValueError:
             return None
-    return usec / 2 / 1_000_000
+    return clamp_interval(usec / 2 / 1_000_000)
 
 
 class Watchdog:
@@ -186,6 +210,7 @@ class Watchdog:
             self._thread = None
 
     def _run(self, interval: float) -> None:
+        interval = min(interval, WATCHDOG_MAX_S)  # a longer wait overflows: the thread died
         while True:
             try:
                 healthy = self._alive()

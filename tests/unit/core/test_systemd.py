@@ -156,6 +156,45 @@ def test_watchdog_interval(
     assert systemd.watchdog_interval() == expected
 
 
+@pytest.mark.parametrize(
+    ("usec", "expected"),
+    [("99999999999999999999999", 3600.0), ("1", 0.1)],
+)
+def test_a_watchdog_interval_out_of_range_is_clamped_and_said_once(
+    monkeypatch: pytest.MonkeyPatch, no_systemd_env: None, usec: str, expected: float
+) -> None:
+    """Before: a huge WATCHDOG_USEC killed the watchdog thread (OverflowError), 1 gave tens
+    of thousands of pings a second."""
+    monkeypatch.setenv("WATCHDOG_USEC", usec)
+    monkeypatch.setattr(systemd, "_CLAMP_TOLD", set(), raising=False)
+    with structlog.testing.capture_logs() as logs:
+        assert systemd.watchdog_interval() == expected
+        assert systemd.watchdog_interval() == expected
+    [said] = [e for e in logs if e["event"] == "systemd.watchdog_clamped"]
+    assert said["pinging_every_s"] == expected
+
+
+def test_a_huge_watchdog_interval_keeps_the_thread_and_a_tiny_one_pings_sanely(
+    monkeypatch: pytest.MonkeyPatch, no_systemd_env: None
+) -> None:
+    pings: list[float] = []
+    monkeypatch.setattr(systemd, "watchdog_ping", lambda: pings.append(time.monotonic()))
+    dog = systemd.Watchdog(lambda: True, interval=1e20)
+    assert dog.start()
+    thread = dog._thread
+    time.sleep(0.2)
+    assert thread is not None and thread.is_alive()
+    dog.stop()
+    assert not thread.is_alive() and pings
+    pings.clear()
+    monkeypatch.setenv("WATCHDOG_USEC", "1")
+    dog = systemd.Watchdog(lambda: True)
+    assert dog.start()
+    time.sleep(0.5)
+    dog.stop()
+    assert 1 <= len(pings) <= 10, len(pings)
+
+
 def test_watchdog_without_interval_does_not_start(no_systemd_env: None) -> None:
     dog = systemd.Watchdog(lambda: True)
     assert dog.start() is False
@@ -165,9 +204,9 @@ def test_watchdog_without_interval_does_not_start(no_systemd_env: None) -> None:
 def test_watchdog_uses_env_interval(
     notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("WATCHDOG_USEC", "40000")  # pings every 20 ms
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # pings every 200 ms
     dog = systemd.Watchdog(lambda: True)
-    assert dog.interval == pytest.approx(0.02)
+    assert dog.interval == pytest.approx(0.2)
     assert dog.start() is True
     try:
         assert recv(notify_socket) == b"WATCHDOG=1"
