@@ -5,6 +5,7 @@ clock stepped back for real."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -201,6 +202,50 @@ def test_run_and_a_reload_refuse_what_check_config_refuses(tmp_path: Path, serve
     assert not (tmp_path / "state" / "daemon.json").exists()
 
 
+def test_status_shows_the_follow_up_step_not_done(tmp_path: Path, server: Sandbox) -> None:
+    """Before: "phase done" for the whole follow-up (verify, prune, hook waits)."""
+    config = write_config(
+        tmp_path,
+        server,
+        jobs=[
+            {
+                "name": "j",
+                "every": "1h",
+                "mode": "hot",
+                "verify_after_backup": True,
+                "on_success": ["true"],
+            }
+        ],
+    )
+    d = Daemon(load(config))
+    d._worker = __import__("threading").current_thread()  # observe() follows the worker's events
+    d._running = "j"
+
+    def phase_after(**event: Any) -> str:
+        d.observe(None, "info", event)
+        return str(d._job_status_text({}))
+
+    assert "phase preflight" in phase_after(
+        event="run.started", run_id="r1", job="j", mode="hot", phase="preflight"
+    )
+    text = phase_after(event="run.finished", run_id="r1", phase="done", record={"status": "ok"})
+    assert "phase after run: verify, prune, hooks, run r1" in text, text
+    assert "phase after run: verify," in phase_after(event="verify.started", run_id="r1")
+    assert "phase after run: prune, hooks," in phase_after(event="verify.finished", run_id="r1")
+    # prune names the run it removes: still r1's follow-up
+    text = phase_after(event="prune.deleted", run_id="r0", action="prune", job="j")
+    assert "phase after run: prune, hooks, run r1" in text, text
+    assert "phase after run, run r1" in phase_after(event="hook.finished", hook="on_success")
+    json.dumps(d._current)  # published in daemon.json as it is
+
+    # a failed hot run, then its cold fallback: a run of its own
+    d._current = {}
+    phase_after(event="run.finished", run_id="h1", phase="done", record={"status": "failed"})
+    text = phase_after(event="run.started", run_id="c1", mode="cold", phase="preflight")
+    assert "phase preflight, run c1" in text, text
+
+
+@pytest.mark.skipif(not FAKETIME.exists(), reason="libfaketime (apt package faketime) missing")
 def test_a_real_daemon_keeps_running_jobs_after_the_clock_steps_back(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:

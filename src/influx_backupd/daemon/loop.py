@@ -101,6 +101,33 @@ class Due:
     reason: str  # "schedule" or "catch-up"
 
 
+# events that show a follow-up step under way (False) or over (True)
+_STEP_EVENTS = (
+    ("verify.finished", "verify", True),
+    ("verify.", "verify", False),
+    ("prune.", "prune", False),
+    ("hook.finished", "hooks", True),
+    ("heartbeat.", "heartbeat", True),
+    ("notify.", "notify", True),
+)
+
+
+def _after_run_seen(steps: list[str], event: MutableMapping[str, Any]) -> list[str]:
+    """steps without those an event shows to be over."""
+    name = str(event.get("event", ""))
+    found: tuple[str, bool] | None = None
+    if name == "after_run.step_failed":
+        found = (str(event.get("step")), True)
+    elif event.get("action") == "prune":
+        found = ("prune", False)
+    else:
+        found = next(((step, over) for p, step, over in _STEP_EVENTS if name.startswith(p)), None)
+    if found is None or found[0] not in steps:
+        return steps
+    at = steps.index(found[0])
+    return steps[at + 1 :] if found[1] else steps[at:]
+
+
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
@@ -160,15 +187,59 @@ class Daemon:
     def observe(
         self, _logger: object, _method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        if threading.current_thread() is self._worker and "run_id" in event_dict:
-            current = dict(self._current)
-            if current.get("run_id") != event_dict["run_id"]:
-                current = {"run_id": event_dict["run_id"], "since": time.time()}
-            for key in ("job", "mode", "phase"):
-                if key in event_dict:
-                    current[key] = event_dict[key]
-            self._current = current  # one assignment: readers never see half an update
+        if threading.current_thread() is self._worker:
+            with contextlib.suppress(Exception):  # status must never break a log line
+                self._follow(event_dict)
         return event_dict
+
+    def _follow(self, event: MutableMapping[str, Any]) -> None:
+        current = dict(self._current)
+        steps: list[str] | None = current.get("after_run")
+        run_id = event.get("run_id")
+        # after the run, prune names the runs it removes and has no phase: still this run's
+        # follow-up; a fallback run starts with a phase of its own
+        if (
+            run_id is not None
+            and current.get("run_id") != run_id
+            and (steps is None or "phase" in event)
+        ):
+            current = {"run_id": run_id, "since": time.time()}
+            steps = None
+        if steps is None:
+            if run_id is None:
+                return
+            for key in ("job", "mode", "phase"):
+                if key in event:
+                    current[key] = event[key]
+            if event.get("event") == "run.finished":
+                steps = self._after_run_steps(current.get("job"), event.get("record"))
+        else:
+            steps = _after_run_seen(steps, event)
+        if steps is not None:
+            # what is left of the follow-up (run/followup.py), the step under way first: its
+            # steps log no start of their own, only what they did
+            current["after_run"] = steps
+            current["phase"] = "after run" + (": " + ", ".join(steps) if steps else "")
+        self._current = current  # one assignment: readers never see half an update
+
+    def _after_run_steps(self, job_name: Any, record: Any) -> list[str]:
+        """The follow-up steps that take time, in order, for this finished run."""
+        job = next((j for j in self.config.settings.job if j.name == job_name), None)
+        if job is None or not isinstance(record, dict):
+            return []
+        ok = record.get("status") == "ok"
+        told = self.config.settings.notify
+        return [
+            step
+            for step, applies in (
+                ("verify", ok and job.verify_after_backup),
+                ("prune", ok),
+                ("hooks", bool(job.on_success if ok else job.on_failure)),
+                ("heartbeat", bool(job.heartbeat_url)),
+                ("notify", bool(told.success or told.verify_failed if ok else told.failure)),
+            )
+            if applies
+        ]
 
     # -- start and the main loop ------------------------------------------------------------
     def run(self) -> int:
