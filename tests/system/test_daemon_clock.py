@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +273,25 @@ def test_a_real_daemon_keeps_running_jobs_after_the_clock_steps_back(
             time.sleep(0.2)
         assert any(e.get("event") == "schedule.record_in_the_future" for e in d.events())
         assert d.stop() == 0
+
+
+def test_a_clock_stepped_back_moves_the_influxd_start_and_offsite_retry_waits(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """Waits set as wall clock + delay (influxd left down: the next start attempt; the
+    off-site retry) would wait the step on top of their delay."""
+    config = write_config(tmp_path, server, jobs=[{"name": "e", "every": "1h", "mode": "hot"}])
+    with scheduling(config) as d:
+        now = time.time()
+        d._next_start = now + 30 + 600  # set while the clock read 10 minutes later
+        d._scheduler.add_job(
+            d._fire,
+            "date",
+            run_date=datetime.fromtimestamp(now + 60 + 600, UTC),
+            args=["[offsite]", "retry"],
+            id="[offsite] retry",
+        )
+        d._clock_offset += 600
+        d._check_clock()
+        assert d._next_start <= now + 31
+        assert next_run(d, "[offsite] retry") <= time.time() + 61

@@ -451,7 +451,18 @@ class Daemon:
             return
         if back:
             self._reschedule_all()
+            self._shift_waits(jump)
         self._scheduler.wakeup()
+
+    def _shift_waits(self, jump: float) -> None:
+        """Waits set as wall clock + delay, moved with a clock stepped back: influxd's next
+        start attempt and the off-site retry would otherwise wait the step on top."""
+        if self._next_start is not None:
+            self._next_start += jump
+        retry = self._scheduler.get_job(OFFSITE + " retry")
+        if retry is not None and retry.next_run_time is not None:
+            when = max(retry.next_run_time.timestamp() + jump, time.time())
+            retry.modify(next_run_time=datetime.fromtimestamp(when, UTC))
 
     def _reschedule_all(self) -> None:
         """Every job's and [verify]'s next run, computed again from the wall clock as it is."""
