@@ -165,6 +165,16 @@ def test_a_reload_says_a_changed_log_level_needs_a_restart(tmp_path: Path, serve
     assert any(e["event"] == "config.reloaded" for e in logs)
 
 
+def test_a_reload_with_an_unchanged_log_level_says_nothing_of_it(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """`run --log-level debug`: the config's level, unchanged, is no news at each reload."""
+    config = write_config(tmp_path, server, jobs=[{"name": "e", "every": "1h", "mode": "hot"}])
+    with scheduling(config, log_level="debug") as d, capture_logs() as logs:
+        d.reload()
+    assert not [e for e in logs if "log_level" in str(e.get("detail"))], logs
+
+
 def test_run_and_a_reload_refuse_what_check_config_refuses(tmp_path: Path, server: Sandbox) -> None:
     """Before: `run` started with an influxd command that does not exist, and a SIGHUP
     loaded one (config.reloaded); every scheduled run then failed."""

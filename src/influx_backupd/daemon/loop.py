@@ -657,6 +657,7 @@ class Daemon:
         old = {j.name: j for j in self.config.settings.job}
         fresh = {j.name: j for j in new.settings.job}
         old_verify = self.config.settings.verify
+        old_level = self.config.settings.daemon.log_level
         self.config = new
         catalog = Catalog(new.state_dir)
         for name in old.keys() - fresh.keys():
@@ -682,7 +683,7 @@ class Daemon:
         systemd.ready()
         self._tell_unwritable()
         level = new.settings.daemon.log_level
-        if level != self._log_level:
+        if level != old_level:  # not vs the level in effect: `run --log-level` overrides it
             self._log.warning(
                 "config.warning",
                 detail=f"daemon.log_level: changed to {level!r}; the daemon keeps logging at "
