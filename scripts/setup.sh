@@ -26,6 +26,8 @@ command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 # the off-site tests decrypt with the age command-line tool
 command -v age >/dev/null 2>&1 || missing="$missing age"
+# a daemon whose wall clock is stepped back (tests/system/test_daemon_clock.py): libfaketime
+command -v faketime >/dev/null 2>&1 || missing="$missing faketime"
 if [ -n "$missing" ]; then
     echo "setup: apt-get install$missing" >&2
     $SUDO apt-get update -qq
