@@ -131,7 +131,24 @@ def cron_trigger(expr: str, tz: ZoneInfo, jitter: float | None = None) -> BaseTr
         )
     minute, hour, dom, month, dow = fields
     # One field at a time, in order, so the message names the field that is wrong.
-    for key, label, value in zip(("minute", "hour", "day", "month"), _FIELDS, fields, strict=False):
+    for key, label, value, top in zip(
+        ("minute", "hour", "day", "month"), _FIELDS, fields, (59, 23, 31, 12), strict=False
+    ):
+        # "60/5": APScheduler reads it as a range that ends before it starts and says "the
+        # total range of the expression (-1)"; said here as the value it is
+        start = next(
+            (
+                int(p[0])
+                for p in (part.split("/") for part in value.split(","))
+                if len(p) == 2 and p[0].isdigit() and int(p[0]) > top
+            ),
+            None,
+        )
+        if start is not None:
+            raise ScheduleError(
+                f"{label} field {value!r} of {expr!r}: the first value ({start}) is higher than "
+                f"the maximum value ({top})"
+            )
         try:
             CronTrigger(**{key: value}, timezone=tz)
         except ValueError as exc:

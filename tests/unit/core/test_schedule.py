@@ -111,6 +111,9 @@ def test_any_list_of_day_numbers_is_the_same_days_with_7_as_0(days: set[int]) ->
         ("0 3 * 13 *", "month field '13'"),
         ("0 3 * * mon/0", "step '0'"),
         ("0 0 31 2 *", "never fires"),
+        # was "the total range of the expression (-1)"
+        ("60/5 * * * *", r"minute field '60/5'.*first value \(60\) is higher than .*\(59\)"),
+        ("0 0,25/2 * * *", r"hour field '0,25/2'.*first value \(25\)"),
     ],
 )
 def test_a_bad_crontab_names_the_field(expr: str, message: str) -> None:
