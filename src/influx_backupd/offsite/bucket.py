@@ -381,15 +381,56 @@ class Bucket:
 
     def check(self) -> None:
         """The bucket is there and these credentials may list it."""
-        self.call(
-            f"list {self.key('')}",
+        prefix = self.key("")
+        page = self.call(
+            f"list {prefix}",
             self.client.list_objects_v2,
             Bucket=self.name,
-            Prefix=self.key(""),
+            Prefix=prefix,
             MaxKeys=1,
         )
+        self._listing(page, prefix)
+
+    def _listing(self, page: Any, prefix: str) -> list[Any]:
+        """The Contents of a page that is a ListBucketResult of this bucket and prefix. botocore
+        takes any 200 whose body parses as XML (a captive portal's or a proxy's HTML page) for
+        a listing with nothing in it, and prune deletes on the strength of what is not listed:
+        an answer that is not this listing is an error, never an empty bucket."""
+        where = f"{self.where}: list {prefix}"
+        if not isinstance(page, dict) or page.get("Name") != self.name:
+            kind = ""
+            if isinstance(page, dict):
+                headers = page.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+                kind = str(headers.get("content-type") or "")
+            raise OffsiteError(
+                f"{where}: the answer is not a listing of bucket {self.name!r}"
+                + (f" ({kind})" if kind else "")
+                + " (a proxy or captive portal in the way?); nothing deleted"
+            )
+        if page.get("Prefix", prefix) != prefix:
+            raise OffsiteError(
+                f"{where}: the answer lists prefix {str(page.get('Prefix'))[:80]!r}, not the one "
+                "asked; nothing deleted"
+            )
+        contents = page.get("Contents", [])
+        if not isinstance(contents, list):
+            raise OffsiteError(f"{where}: the answer's Contents is no list; nothing deleted")
+        for item in contents:
+            key = item.get("Key") if isinstance(item, dict) else None
+            if not isinstance(key, str) or not key.startswith(prefix):
+                raise OffsiteError(
+                    f"{where}: the answer names {str(key)[:80]!r}, outside the prefix asked; "
+                    "nothing deleted"
+                )
+        count = page.get("KeyCount")
+        if count is not None and count != len(contents):
+            raise OffsiteError(
+                f"{where}: the answer says {count} keys and lists {len(contents)}; nothing deleted"
+            )
+        return contents
 
     def ls(self, *under: str) -> Iterator[Listed]:
+        """Every object below the prefix, each page checked to be this listing (_listing)."""
         prefix = self.key(*under) + "/"
         token: str | None = None
         while True:
@@ -397,13 +438,21 @@ class Bucket:
             if token:
                 kwargs["ContinuationToken"] = token
             page = self.call(f"list {prefix}", self.client.list_objects_v2, **kwargs)
-            for item in page.get("Contents", []):
+            for item in self._listing(page, prefix):
                 modified: datetime = item["LastModified"]
                 etag = str(item.get("ETag") or "").strip('"')
                 yield Listed(item["Key"], int(item["Size"]), modified.timestamp(), etag)
             if not page.get("IsTruncated"):
                 return
-            token = page.get("NextContinuationToken")
+            nxt = page.get("NextContinuationToken")
+            if not nxt or nxt == token:
+                # no way on: asked again from the start it would loop, and stopping here
+                # would take what is left for absent
+                raise OffsiteError(
+                    f"{self.where}: list {prefix}: the answer says there is more but gives no "
+                    "new continuation token; nothing deleted"
+                )
+            token = nxt
 
     def exists(self, key: str) -> bool:
         try:

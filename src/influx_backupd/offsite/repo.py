@@ -259,6 +259,11 @@ class Offsite:
         self._identities: list[Any] | None = None
         self._present: dict[str, int] | None = None  # object name → size
         self._lock = threading.Lock()
+        # manifests known to be in the bucket (backup id → (job, how it is known)): listed
+        # before, found by a HEAD or written by send() in this process, or told by the caller
+        # (expect). A listing that misses one is not complete, and what deletes on the strength
+        # of a listing (retention, the sweep, a repair clearing its notes) must not trust it.
+        self._known: dict[str, tuple[str, str]] = {}
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -362,6 +367,8 @@ class Offsite:
     # -- listing ---------------------------------------------------------------------------
 
     def manifests(self, job: str | None = None) -> list[ManifestRef]:
+        """The manifests listed (of one job). Raises OffsiteError when the listing misses one
+        known to be there (see _known): nothing is decided on a listing not proved complete."""
         refs: list[ManifestRef] = []
         base = len(self.settings.prefix) + 1
         for item in self.bucket.ls("manifests"):
@@ -371,9 +378,35 @@ class Offsite:
             refs.append(
                 ManifestRef(parsed[0], parsed[1], item.key, item.modified, item.etag, item.size)
             )
+        listed = {r.id for r in refs}
+        missing = {
+            i: how
+            for i, (of, how) in self._known.items()
+            if i not in listed and (job is None or of == job)
+        }
+        if missing:
+            raise self.incomplete(missing)
+        for ref in refs:
+            self._known.setdefault(ref.id, (ref.job, "listed before"))
         if job is None and self.cache_dir is not None:
             self._forget(refs)
         return sorted(refs, key=lambda r: r.id)
+
+    def expect(self, backup_id: str, job: str, how: str) -> None:
+        """backup_id's manifest is known to be in the bucket (how: the proof): every later
+        listing must name it, or it is an error."""
+        self._known[backup_id] = (job, how)
+
+    def incomplete(self, missing: Mapping[str, str]) -> OffsiteError:
+        """The one line for a listing of the manifests that misses some known to be there
+        (backup id → how it is known)."""
+        first = sorted(missing)[0]
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        return OffsiteError(
+            f"{self.bucket.where}: the listing of {self.bucket.key('manifests')}/ is not "
+            f"complete: it misses backup {first} ({missing[first]}){more}; the endpoint (or a "
+            "proxy before it) does not list what it holds: nothing deleted"
+        )
 
     def find(self, backup_id: str) -> ManifestRef:
         for ref in self.manifests():
@@ -505,6 +538,8 @@ class Offsite:
         mkey = self.bucket.key(manifest_name(backup.job, backup.id, encrypted))
         resend = set(resend)
         has_manifest = self.bucket.exists(mkey)
+        if has_manifest:
+            self.expect(backup.id, backup.job, "found there by a HEAD just now")
         if has_manifest and not resend:
             result.complete = result.already = True
             return result
@@ -588,6 +623,7 @@ class Offsite:
         if encrypted:
             data = crypto.encrypt_bytes(data, self.recipients())
         result.bytes_uploaded += self.bucket.put_bytes(mkey, data)
+        self.expect(backup.id, backup.job, "written just now")
         result.complete = True
         result.seconds = time.monotonic() - started
         return result
@@ -943,13 +979,18 @@ class Offsite:
         now: float | None = None,
         dry_run: bool = False,
         unreadable: dict[str, str] | None = None,
+        judged: Iterable[ManifestRef] | None = None,
     ) -> PruneResult:
         """Delete the manifests not in keep (and not a chain parent of a kept one), then every
         object below the prefix that no remaining manifest names and that is older than grace;
-        abort multipart uploads older than grace."""
+        abort multipart uploads older than grace. judged: the manifests keep was decided over
+        (else listed here): only those can be deleted, never one a later listing adds.
+
+        Both listings are checked against the manifests known to be there (manifests()): one
+        that misses any raises before anything is deleted on its strength."""
         now = time.time() if now is None else now
         result = PruneResult(unreadable=dict(unreadable or {}))  # the caller's found already
-        refs = {r.id: r for r in self.manifests()}
+        refs = {r.id: r for r in (self.manifests() if judged is None else judged)}
         kept: dict[str, Manifest] = {}
         unreadable = result.unreadable
         todo = [i for i in keep if i in refs]
@@ -969,7 +1010,13 @@ class Offsite:
         result.manifests_deleted = [r.id for r in doomed]
         if not dry_run and doomed:
             self.bucket.delete([r.key for r in doomed])
-        # mark: what the manifests now in the bucket name (listed again: one may have come since)
+            for ref in doomed:
+                self._known.pop(ref.id, None)
+        # mark: what the manifests now in the bucket name (listed again: one may have come
+        # since); every manifest not deleted just now must be in it, or it sweeps nothing
+        for ref in refs.values():
+            if ref.id not in result.manifests_deleted or dry_run:
+                self._known.setdefault(ref.id, (ref.job, "listed before"))
         referenced: set[str] = set()
         for ref in self.manifests():
             if ref.id in kept:

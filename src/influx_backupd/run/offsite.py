@@ -29,7 +29,7 @@ from influx_backupd.keep.retention import RetentionPolicy, plan
 from influx_backupd.offsite.bucket import ACTIVITY, where_of
 from influx_backupd.offsite.errors import Damaged, NoSuchBackup, OffsiteError, Stalled
 from influx_backupd.offsite.files import Known, scan_dir, scan_tar
-from influx_backupd.offsite.manifest import Manifest
+from influx_backupd.offsite.manifest import Manifest, manifest_name
 from influx_backupd.offsite.repo import (
     Backup,
     Offsite,
@@ -450,6 +450,7 @@ def sync(
     offsite = open_offsite(config)
     try:
         in_bucket = {r.id for r in offsite.manifests()}
+        _sent_still_there(offsite, state, catalog, in_bucket)
         known: dict[str, Known] = {}
         for record in wanted(config, catalog, state):
             if record.id in in_bucket:
@@ -544,6 +545,37 @@ def sync(
     return report
 
 
+def _sent_still_there(
+    offsite: Offsite, state: State, catalog: Catalog, in_bucket: set[str]
+) -> None:
+    """What offsite.json records as sent but the listing does not name is asked for by a HEAD
+    (both names: encrypt_to may have been set since). Found: the listing is not complete, and
+    the sync stops before anything is decided on it (retention, the sweep and a repair delete
+    on the strength of what is not listed). Not found: deleted outside this tool (by hand, a
+    lifecycle rule): no longer sent, so a wanted backup is sent again. Every sent backup is
+    then expected in each later listing of this sync (Offsite.expect)."""
+    for backup_id in sorted(state.sent):
+        record = catalog.get(backup_id)
+        if record is None:
+            continue  # dropped from offsite.json as the sync ends
+        if backup_id in in_bucket:
+            offsite.expect(backup_id, record.job, "sent by this host, offsite.json says")
+            continue
+        keys = [offsite.bucket.key(manifest_name(record.job, backup_id, e)) for e in (False, True)]
+        if any(offsite.bucket.exists(k) for k in keys):
+            raise offsite.incomplete(
+                {backup_id: "sent by this host, and a HEAD of its manifest finds it"}
+            )
+        state.sent.pop(backup_id)
+        log.get().warning(
+            "offsite.manifest_gone",
+            run_id=backup_id,
+            job=record.job,
+            reason="offsite.json says sent, but its manifest is not in the bucket (deleted "
+            "outside influx-backupd?): taken as not off-site",
+        )
+
+
 def _retired(deleted: list[str], state: State, catalog: Catalog) -> None:
     """Backups whose manifest off-site retention deleted: never sent again; one imported from
     the bucket and never fetched had no copy but that one: its record goes too (it would stay
@@ -584,7 +616,8 @@ def prune_offsite(config: Config, offsite: Offsite, *, dry_run: bool = False) ->
     now = time.time()
     for records in by_job.values():
         keep |= {r.id for r in plan(records, policy, now=now).keep}
-    result = offsite.prune(keep, now=now, dry_run=dry_run, unreadable=unreadable)
+    # the manifests judged, not listed again: one listed only then would be deleted unjudged
+    result = offsite.prune(keep, now=now, dry_run=dry_run, unreadable=unreadable, judged=refs)
     log.get().info(
         "offsite.pruned",
         manifests_deleted=result.manifests_deleted,
