@@ -435,6 +435,19 @@ def backup_of(
     return Backup(record.id, record.job, record.kind, record.parent_id, record.to_dict(), source)
 
 
+def _has_local_copy(record: RunRecord | None) -> bool:
+    return record is not None and not only_in_bucket(record)
+
+
+def _repair_source(record: RunRecord) -> Backup:
+    """A local backup to repair from, every byte proved again (a damaged local copy must not
+    stand in for a repair). One imported from the bucket and never fetched has none: said so
+    in a few words, not as an archive path "not there"."""
+    if not _has_local_copy(record):
+        raise OffsiteError("no local copy (imported, never fetched)")
+    return backup_of(record, recheck=True)
+
+
 def sync(
     config: Config,
     catalog: Catalog,
@@ -517,9 +530,10 @@ def sync(
                 offsite,
                 catalog,
                 config.state_dir,
-                # every byte proved again: a damaged local copy must not stand in for a repair
-                lambda record: backup_of(record, recheck=True),
-                state.sent,
+                _repair_source,
+                # the other backups that may hold the objects: those with a local copy (one
+                # imported and never fetched would only add a "not there" to every line)
+                [i for i in state.sent if _has_local_copy(catalog.get(i))],
                 stop=stop,
             )
             report.repaired_bytes = sum(repair.bytes_by_job.values())
