@@ -128,6 +128,38 @@ def offsite_section(endpoint: Endpoint, **extra: object) -> str:
     return "\n[offsite]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
 
 
+def relay(
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    timeout: float,
+) -> tuple[list[str], bytes]:
+    """One request passed on to the upstream as it came (no Host or Accept-Encoding of
+    http.client's): its answer's status line and headers, hop-by-hop ones dropped and the
+    length its body's, and that body."""
+    up = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        up.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for k, v in headers.items():
+            up.putheader(k, v)
+        up.endheaders(body or None)
+        answer = up.getresponse()
+        data = answer.read()
+    finally:
+        up.close()
+    head = [f"HTTP/1.1 {answer.status} {answer.reason}"]
+    head += [
+        f"{k}: {v}"
+        for k, v in answer.getheaders()
+        if k.lower() not in ("connection", "transfer-encoding", "content-length")
+    ]
+    head.append(f"Content-Length: {len(data)}")
+    return head, data
+
+
 class StallingProxy:
     """Passes requests on to upstream (moto), except those `stalls(method, path)` picks: those
     get a status line and headers, then one byte every 2 s, for ever: each byte resets
@@ -181,26 +213,16 @@ class StallingProxy:
                 if headers.pop("Expect", "").lower() == "100-continue":
                     conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body = self._slowly(reader.read, int(headers.get("Content-Length", "0") or 0))
-                up = http.client.HTTPConnection(
-                    self.upstream.hostname, self.upstream.port, timeout=30
+                assert self.upstream.hostname and self.upstream.port
+                head, data = relay(
+                    self.upstream.hostname, self.upstream.port, method, path, headers, body, 30
                 )
-                up.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-                for k, v in headers.items():
-                    up.putheader(k, v)
-                up.endheaders(body or None)
-                answer = up.getresponse()
-                data = answer.read()
-                head = [f"HTTP/1.1 {answer.status} {answer.reason}"]
-                for k, v in answer.getheaders():
-                    if k.lower() not in ("connection", "transfer-encoding", "content-length"):
-                        head.append(f"{k}: {v}")
-                head += [f"Content-Length: {len(data)}", "Connection: close"]
+                head.append("Connection: close")
                 conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
                 for at in range(0, len(data), 4096):
                     conn.sendall(data[at : at + 4096])
                     if self.rate:
                         time.sleep(len(data[at : at + 4096]) / self.rate)
-                up.close()
             except OSError:
                 return
 

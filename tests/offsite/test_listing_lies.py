@@ -5,7 +5,6 @@ misses manifests this host knows are in the bucket."""
 
 from __future__ import annotations
 
-import http.client
 import socket
 import threading
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, write_config
 from tests.offsite.conftest import Endpoint
-from tests.offsite.helpers import offsite_section
+from tests.offsite.helpers import offsite_section, relay
 
 EMPTY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -83,23 +82,8 @@ class LyingProxy:
                 if lie is not None:
                     conn.sendall(lie)
                     continue
-                up = http.client.HTTPConnection(self.host, self.port_up, timeout=60)
-                up.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-                for k, v in headers.items():
-                    up.putheader(k, v)
-                up.endheaders(body or None)
-                a = up.getresponse()
-                data = a.read()
-                up.close()
-                head = "".join(
-                    f"{k}: {v}\r\n"
-                    for k, v in a.getheaders()
-                    if k.lower() not in ("connection", "transfer-encoding", "content-length")
-                )
-                conn.sendall(
-                    f"HTTP/1.1 {a.status} {a.reason}\r\n{head}Content-Length: {len(data)}\r\n\r\n".encode()
-                    + data
-                )
+                head, data = relay(self.host, self.port_up, method, path, headers, body, 60)
+                conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
 
 
 def _objects(moto: Endpoint) -> list[str]:
