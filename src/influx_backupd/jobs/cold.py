@@ -38,9 +38,9 @@ from influx_backupd.store.archive import (
     write_archive,
 )
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.layout import staging_root
+from influx_backupd.store.layout import partial_of, staging_root
 from influx_backupd.store.record import RunRecord, new_run_id
-from influx_backupd.store.sidecar import write_sidecar
+from influx_backupd.store.sidecar import sidecar_of, write_sidecar
 from influx_backupd.store.state import CrashMarker, process_identity
 
 SPACE_MARGIN = 1.02  # tar headers and padding, plus slack for files that grow before the stop
@@ -126,6 +126,18 @@ def space_needed(config: Config, dirs: dict[str, Path], staging: Path | None) ->
     return predicted, needed
 
 
+def prove_writable(config: Config, paths: list[Path]) -> None:
+    """Create and remove each file (a .partial name prune's cleanup knows, should we be killed
+    in between), or refuse in one line before anything is stopped."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            path.unlink()
+        except OSError as exc:
+            raise JobFailed(f"{unit_paths.explain(config, exc)}; influxd not stopped") from None
+
+
 def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) -> None:
     server = Influxd(config)
     dirs = config.server.dirs()
@@ -139,6 +151,12 @@ def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) ->
         del dirs[prefix]
     storage = config.storage_dir
     storage.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The archive and its record are the files a run writes outside the state dir (the crash
+    # marker and the catalog, written before the stop, prove that one): an existing dir that is
+    # read-only (not in the unit's ReadWritePaths=, or a symlink into such a place) would fail
+    # the copy only once influxd is down.
+    dest = storage / archive_name(job.name, record.id)
+    prove_writable(config, [partial_of(dest), partial_of(sidecar_of(dest))])
     sources: list[tuple[str, Path]] = [*dirs.items(), ("influxdb.conf", config.server.conf)]
     stager = Stager(staging_root(storage, job.name), sources) if job.copy_mode == "staged" else None
     record.extra["copy"] = job.copy_mode
