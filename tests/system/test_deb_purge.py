@@ -1,16 +1,27 @@
 """packaging/deb/postrm purge and prerm remove as real processes, in a private mount namespace
 whose /var/lib and /etc/systemd are a tmpfs: nothing of this host is touched.
 
-A crash marker whose run is still in flight (it holds the backup lock) was said as influxd left down:
+Purge removes only what it knows by name to be the package's own state; before, it removed every
+file under /var/lib/influx-backupd but crash markers, with a storage dir put there (the one dir
+the unit's sandbox always lets it write) every archive and .tar.json record with it. A crash
+marker whose run is still in flight (it holds the backup lock) was said as influxd left down:
 "run systemctl start influxdb", in the middle of that run's copy.
 """
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from influx_backupd.daemon import loop, status
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.report import progress
+from influx_backupd.restore import database
+from influx_backupd.run import offsite, offsite_repair
+from tests.conftest import Cli, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEB = ROOT / "packaging" / "deb"
@@ -37,6 +48,75 @@ def left(stdout: str) -> set[str]:
     return {line.removeprefix("./") for line in stdout.splitlines() if line.startswith("./")}
 
 
+def test_purge_keeps_the_backups_of_a_storage_dir_inside_the_state_dir(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A real state dir with its storage dir inside (storage.dir = state_dir/archives), after a
+    real backup: purge removes the catalog and the lock, never the archive or its record."""
+    config = write_config(tmp_path, sandbox)
+    state = tmp_path / "state"
+    text = config.read_text().replace(f'"{tmp_path / "archives"}"', f'"{state / "archives"}"')
+    config.write_text(text)
+    record = Cli(config).json("backup")
+    assert record["status"] == "ok", record["error"]
+    archive = Path(record["archive"]).name
+    assert (state / "catalog.db").is_file() and (state / "backup.lock").is_file()
+
+    done = in_namespace(f"cp -a {shlex.quote(str(state))}/. {STATE}/ && sh {DEB / 'postrm'} purge")
+    assert done.returncode == 0, done.stderr
+    assert left(done.stdout) == {"archives", f"archives/{archive}", f"archives/{archive}.json"}
+    lines = ours(done.stderr)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"influx-backupd: purge left in {STATE}: archives/ ("), lines
+
+
+def test_purge_removes_its_own_state_by_name_and_nothing_else() -> None:
+    """Every name the package gives a file in a state dir (its modules' constants), in the main
+    state dir and an instance's, goes with its temp files; all else stays."""
+    own = [
+        "catalog.db", "catalog.db-journal", "catalog.db-wal", "catalog.db-shm", "backup.lock",
+        "influxd.log", "prune-pending.json", loop.DAEMON_LOCK, status.STATE_FILE,
+        progress.RUNNING_FILE, offsite.STATE_FILE, offsite.KEY_FILE, "offsite-known-nightly.json",
+        f".{status.STATE_FILE}.123.456.tmp",
+    ]  # fmt: skip
+    own_dirs = [offsite.CACHE_DIR, offsite_repair.DAMAGED_DIR]
+    kept = [
+        "influxd-stopped.json", database.PENDING, "catalog.db.damaged-20260101T000000Z-ab12",
+        "nightly-1.tar", "nightly-1.tar.json", "nightly-2.tar.partial", "notes.txt",
+        "archives/nightly-3.tar", "archives/nightly-3.tar.json", "archives/notes.txt",
+        "archives/.staging/nightly/data/db/x.tsm", "archives/.verify-abc/owner.json",
+    ]  # fmt: skip
+    setup = []
+    for base in ("", "inst/"):
+        for name in own + kept:
+            setup.append(
+                f"mkdir -p $(dirname {STATE}/{base}{name}) && echo x > {STATE}/{base}{name}"
+            )
+        for name in own_dirs:
+            setup.append(f"mkdir -p {STATE}/{base}{name} && echo x > {STATE}/{base}{name}/0123abcd")
+    # a link to a dir elsewhere is not followed
+    setup.append("mkdir -p /var/lib/elsewhere && echo x > /var/lib/elsewhere/catalog.db")
+    setup.append(f"ln -s /var/lib/elsewhere {STATE}/linked")
+    # an instance's dir left holding only its crash marker: the marker's own line says it
+    setup.append(f"mkdir {STATE}/solo && echo '{{}}' > {STATE}/solo/influxd-stopped.json")
+    done = in_namespace(
+        " && ".join(setup) + f" && sh {DEB / 'postrm'} purge && ls /var/lib/elsewhere"
+    )
+    assert done.returncode == 0, done.stderr
+    expected = {"inst", "archives", "archives/.staging", "archives/.staging/nightly",
+                "archives/.staging/nightly/data", "archives/.staging/nightly/data/db",
+                "archives/.verify-abc", "linked", "solo", "solo/influxd-stopped.json"}  # fmt: skip
+    expected |= {f"inst/{p}" for p in expected if p.startswith("archives")}
+    expected |= {base + name for base in ("", "inst/") for name in kept}
+    assert left(done.stdout) == expected
+    assert "catalog.db" in done.stdout.splitlines(), "the link's target is untouched"
+    lines = ours(done.stderr)
+    assert len(lines) == 4, lines  # the three markers' warnings, then what was left
+    assert lines[3].startswith(f"influx-backupd: purge left in {STATE}: "), lines
+    assert "archives/, " in lines[3] and "inst/, " in lines[3] and "nightly-1.tar.json" in lines[3]
+    assert "solo" not in lines[3], lines
+
+
 # this shell holds the lock itself, as a run does: flock on an fd, its pid in the file
 HOLD = f"exec 9>>{STATE}/backup.lock && flock -x 9 && echo $$ > {STATE}/backup.lock"
 
@@ -46,7 +126,8 @@ HOLD = f"exec 9>>{STATE}/backup.lock && flock -x 9 && echo $$ > {STATE}/backup.l
 def test_a_marker_of_a_run_in_flight_is_not_said_as_influxd_left_down(
     script: str, kind: str
 ) -> None:
-    """The run holds the backup lock: the line names it in flight and asks for nothing."""
+    """The run holds the backup lock: the line names it in flight and asks for nothing; purge
+    leaves its state dir whole (its catalog still takes the run's record)."""
     marker = (
         '{"run_id":"r1","job":"nightly","stopping":true}'
         if kind == "backup"
@@ -66,4 +147,11 @@ def test_a_marker_of_a_run_in_flight_is_not_said_as_influxd_left_down(
         "it starts influxd again when it ends; do not start it yourself"
     ), lines
     assert not any("systemctl start" in line or "WARNING" in line for line in lines), lines
-    assert len(lines) == 1, lines
+    if name == "postrm":
+        assert lines[1:] == [
+            f"influx-backupd: purge left {STATE} as it is: influx-backupd (pid {pid}) holds its "
+            "backup.lock"
+        ], lines
+        assert left(done.stdout) == {"influxd-stopped.json", "catalog.db", "backup.lock"}
+    else:
+        assert len(lines) == 1, lines
