@@ -786,3 +786,33 @@ def test_purge_removes_state_and_keeps_the_backups(box: Container, debs: dict[st
     box.sh("dpkg --purge influx-backupd", timeout=300)
     assert box.sh(STATE_FILES).stdout.split() == sorted(markers)
     box.sh("rm -rf /var/lib/influx-backupd")
+
+
+def test_purge_keeps_backups_in_a_storage_dir_under_the_state_dir(
+    box: Container, debs: dict[str, Path]
+) -> None:
+    """storage.dir = /var/lib/influx-backupd/archives (the one dir the unit always lets it
+    write): check-config says so, and purge removes the catalog and the lock, never the archive
+    or its record. Before, purge removed every file there but crash markers, without a word."""
+    box.sh(f"dpkg -i /mnt/debs/first/{debs['first'].name}", timeout=300)
+    box.write(
+        "/etc/influx-backupd/config.toml",
+        IDLE.replace("/var/backups/influxdb", "/var/lib/influx-backupd/archives"),
+    )
+    checked = box.sh("influx-backupd check-config").stdout
+    assert "storage.dir: /var/lib/influx-backupd/archives is inside daemon.state_dir" in checked
+    record = box.json("influx-backupd backup --json")
+    assert record["status"] == "ok", record
+    archive = str(record["archive"])
+    box.sh("test -f /var/lib/influx-backupd/catalog.db")
+    purged = box.sh("dpkg --purge influx-backupd 2>&1", timeout=300).stdout
+    try:
+        # (and the staging tree the job keeps in its storage dir)
+        left = box.sh(f"{STATE_FILES} | grep -v /archives/.staging/").stdout.split()
+        assert left == [archive, archive + ".json"], purged
+        assert "influx-backupd: purge left in /var/lib/influx-backupd: archives/ (" in purged, (
+            purged
+        )
+        assert box.sh("systemctl is-active influxdb.service").stdout.strip() == "active"
+    finally:
+        box.sh("rm -rf /var/lib/influx-backupd")

@@ -128,6 +128,22 @@ def _existing(path: Path) -> Path:
     return Path("/")
 
 
+def storage_in_state(config: Config) -> str | None:
+    """A storage dir inside the state dir (the one dir the shipped unit always lets it write):
+    the backups share the state's fate. Package purge leaves them, but `systemctl clean
+    --what=state` or an admin resetting the state removes the dir whole."""
+    state = Path(os.path.realpath(config.state_dir))
+    storage = Path(os.path.realpath(config.storage_dir))
+    if storage != state and state not in storage.parents:
+        return None
+    return (
+        f"storage.dir: {config.storage_dir} is inside daemon.state_dir {config.state_dir}: "
+        "the backups would go with the state (`systemctl clean --what=state`, a state dir "
+        "reset); give them a dir of their own, such as /var/backups/influxdb (in the unit's "
+        "ReadWritePaths=)"
+    )
+
+
 def warnings(config: Config, sandbox: Sandbox | None = None, unit: str | None = None) -> list[str]:
     """One line per configured dir the service could not write in."""
     if unit is None:
@@ -135,6 +151,9 @@ def warnings(config: Config, sandbox: Sandbox | None = None, unit: str | None = 
     if sandbox is None and unit is not None:
         sandbox = unit_sandbox(unit)
     found: list[str] = []
+    nested = storage_in_state(config)
+    if nested is not None:
+        found.append(nested)
     seen: set[Path] = set()
     for w in written_dirs(config):
         if w.path in seen:

@@ -194,3 +194,22 @@ def test_a_run_error_on_a_configured_path_names_its_setting(
     elsewhere = OSError(errno.EROFS, "Read-only file system", "/usr/lib/x")
     assert explain(config, elsewhere) == str(elsewhere)
     assert explain(config, OSError(errno.ENOSPC, "No space left")) == "[Errno 28] No space left"
+
+
+def test_check_config_warns_about_a_storage_dir_inside_the_state_dir(tmp_path: Path) -> None:
+    """The one dir the shipped unit always lets it write: the backups would share the state's
+    fate (`systemctl clean --what=state`). Symlinks resolved; a dir beside the state is fine."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (tmp_path / "server").mkdir()
+    (tmp_path / "link").symlink_to(state)
+    for storage in (state / "archives", state, tmp_path / "link" / "archives"):
+        config = load(write(tmp_path, f'state_dir = "{state}"', storage))
+        found = warnings(config, None, None)
+        assert found == [
+            f"storage.dir: {storage} is inside daemon.state_dir {state}: the backups would go "
+            "with the state (`systemctl clean --what=state`, a state dir reset); give them a dir "
+            "of their own, such as /var/backups/influxdb (in the unit's ReadWritePaths=)"
+        ], found
+    beside = load(write(tmp_path, f'state_dir = "{state}"', tmp_path / "state-archives"))
+    assert warnings(beside, None, None) == []
