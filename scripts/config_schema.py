@@ -26,15 +26,9 @@ from pydantic import BaseModel
 from influx_backupd import __version__
 from influx_backupd.core.config import PATH_PATTERN, Settings
 from influx_backupd.core.durations import DURATION_PATTERNS
+from influx_backupd.core.schedule import human_duration
 
 OUT = Path(__file__).resolve().parents[1] / "packaging" / "config.schema.json"
-
-
-def _human(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def _durations_as_strings(node: Any) -> Any:
@@ -45,7 +39,7 @@ def _durations_as_strings(node: Any) -> Any:
             for alt in node.get("anyOf", [])
         )
         if is_duration and isinstance(node.get("default"), int | float):
-            node["default"] = _human(float(node["default"]))
+            node["default"] = human_duration(float(node["default"]))
         for value in node.values():
             _durations_as_strings(value)
     elif isinstance(node, list):

@@ -32,7 +32,6 @@ from influx_backupd.cli.quote import quoted, say
 from influx_backupd.core import unit_paths
 from influx_backupd.core.config import (
     Config,
-    ConfigError,
     JobSection,
     job_warnings,
     retention_warning,
@@ -112,9 +111,7 @@ def backup_argument(config: Config, backup: str) -> None:
 def _startable(config: Config) -> None:
     """A config whose influxd could not be started again is refused before anything is
     stopped: a stop we cannot undo is the one mistake a backup tool must not make."""
-    problem = Influxd(config).startable()
-    if problem is not None:
-        raise ConfigError(f"{config.path}: {problem}")
+    Influxd(config).refuse_unstartable()
 
 
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:

@@ -647,7 +647,8 @@ class Daemon:
                     f"{path}: daemon.state_dir: changing it needs a restart "
                     f"(running with {self.config.state_dir})"
                 )
-            refused(new)
+            # what check-config refuses beyond load(): every scheduled run would fail
+            Influxd(new).refuse_unstartable()
         except ConfigError as exc:
             self._log.error(
                 "config.reload_failed", config=str(path), error=str(exc), kept="the old config"
@@ -1197,15 +1198,6 @@ class Daemon:
             self._note_left_down(str(exc))
         else:
             self._note_left_down()  # a server a dead run signalled, still running: watched
-
-
-def refused(config: Config) -> None:
-    """What check-config refuses beyond load(): an influxd this config could not start again.
-    `run` refuses such a config at start (cli cmd_run) and a reload keeps the old one: every
-    scheduled run would fail otherwise."""
-    problem = Influxd(config).startable()
-    if problem is not None:
-        raise ConfigError(f"{config.path}: {problem}")
 
 
 def run_daemon(config: Config, level: str) -> int:

@@ -27,7 +27,7 @@ import psutil
 
 from influx_backupd.core import log
 from influx_backupd.core.atomic import replace_file
-from influx_backupd.core.config import Config
+from influx_backupd.core.config import Config, ConfigError
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import child_preexec, signals_allowed
 from influx_backupd.core.processes import same_process
@@ -218,6 +218,13 @@ class Influxd:
             return False
 
     # -- can it be started again the way the config says? ---------------------------------
+    def refuse_unstartable(self) -> None:
+        """startable() as the one line (78) that check-config, backup, restore, `run` and a
+        reload refuse with, before anything is stopped."""
+        problem = self.startable()
+        if problem is not None:
+            raise ConfigError(f"{self.config.path}: {problem}")
+
     def startable(self) -> str | None:
         """Why influxd could not be started again as configured, or None. Checked before
         anything is stopped: a stop we cannot undo is the worst thing we can do."""
