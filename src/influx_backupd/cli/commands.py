@@ -499,7 +499,7 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     results = []
     passed: list[str] = []
     # Under the lock: prune must not delete an archive (or its entry) while we read it.
-    with exclusive(config) as catalog:
+    with exclusive(config, influxd=False) as catalog:
         if args.all:
             passed = passed_over(catalog, args.job)
             results = verify_all(
@@ -542,7 +542,7 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
 def cmd_prune(config: Config, args: argparse.Namespace) -> int:
 
     known_job(config, args.job)  # before the lock
-    with exclusive(config) as catalog:
+    with exclusive(config, influxd=False) as catalog:
         hold = unsent_holds(config, catalog)
         report = prune(config, catalog, job=args.job, dry_run=args.dry_run, hold=hold)
         if not args.dry_run:
@@ -578,7 +578,9 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     # A damaged catalog is moved aside (never deleted) and rebuilt from the records; recovery
     # reads the catalog only after that.
-    with exclusive(config, on_damage="ignore" if args.dry_run else "set_aside") as catalog:
+    with exclusive(
+        config, on_damage="ignore" if args.dry_run else "set_aside", influxd=False
+    ) as catalog:
         found, problems = records_in(storage)
         known = set() if catalog.damage else {r.id for r in catalog.list()}
         new = [r for r in found if r.id not in known]

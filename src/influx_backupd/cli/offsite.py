@@ -38,7 +38,7 @@ def _configured(config: Config) -> None:
 def cmd_sync(config: Config, args: argparse.Namespace) -> int:
     """Send now what the bucket lacks, then off-site retention."""
     _configured(config)
-    with exclusive(config) as catalog:
+    with exclusive(config, influxd=False) as catalog:
         try:
             report = offsite.watched(config, lambda: offsite.sync(config, catalog))
         except OffsiteError as exc:
@@ -220,7 +220,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     `restore ID --from offsite` fetches them."""
     _configured(config)
     store = offsite.open_offsite(config)
-    with exclusive(config) as catalog:
+    with exclusive(config, influxd=False) as catalog:
         known = {r.id for r in catalog.list()}
         new = []
         skipped: dict[str, str] = {}
@@ -257,7 +257,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
 def fetch_for_restore(config: Config, backup_id: str) -> None:
     """Before `restore ID --from offsite`: the backup (and its chain) into the storage dir."""
     _configured(config)
-    with exclusive(config) as catalog:
+    with exclusive(config, influxd=False) as catalog:
         try:
             fetched = offsite.watched(
                 config, lambda: offsite.fetch_chain(config, catalog, backup_id)
@@ -271,7 +271,7 @@ def fetch_for_restore(config: Config, backup_id: str) -> None:
 def after_backup(config: Config) -> None:
     """`backup` with [offsite]: the new backup off-site now (cron users have no daemon to do
     it). A failure is one line here, the hooks and the metrics; the backup stays ok."""
-    with exclusive(config) as catalog:
+    with exclusive(config, influxd=False) as catalog:
         try:
             report = offsite.watched(config, lambda: offsite.run_sync(config, catalog))
         except OffsiteError as exc:  # a stalled request (run_sync tells every other failure)

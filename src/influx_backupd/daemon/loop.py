@@ -1189,7 +1189,7 @@ class Daemon:
     def _recover(self) -> None:
         """Whatever a dead predecessor left (influxd down, a partial archive), undone now."""
         try:
-            with exclusive(self.config):
+            with exclusive(self.config, influxd=False):  # influxd's lock too if a marker is left
                 pass
         except Busy as exc:
             self._log.info("daemon.recovery_deferred", detail=str(exc))

@@ -29,7 +29,7 @@ from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog, CatalogDamaged
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.sidecar import SidecarError, record_beside, sidecar_of
-from influx_backupd.store.state import CrashMarker, lock_for, lock_held
+from influx_backupd.store.state import CrashMarker, ServerLock, lock_for, lock_held
 from influx_backupd.verify.check import verify
 
 OnDamage = Literal["raise", "set_aside", "ignore"]
@@ -37,9 +37,18 @@ OnDamage = Literal["raise", "set_aside", "ignore"]
 
 @contextmanager
 def exclusive(
-    config: Config, *, start_attempts: int | None = None, on_damage: OnDamage = "raise"
+    config: Config,
+    *,
+    start_attempts: int | None = None,
+    on_damage: OnDamage = "raise",
+    influxd: bool = True,
 ) -> Iterator[Catalog]:
     """Take the backup lock (Busy if held), recover from a dead predecessor, yield the catalog.
+
+    influxd: the caller may stop or start the server (a run, a restore), so the server's own
+    lock is taken too (Busy while another state_dir's run holds it); False for callers that
+    only read backups or the catalog (verify, prune, off-site). Recovery that has a crash
+    marker to act on takes it either way: it may start influxd.
 
     A start that recovery cannot make is retried start_attempts times (None: the default of
     influxd.server, for as long as it takes in a foreground command), then StartFailed.
@@ -48,7 +57,10 @@ def exclusive(
     says where it went), "ignore" (import --dry-run: catalog.damage says what is wrong)."""
     lock = lock_for(config.state_dir)
     lock.acquire()
+    server_lock = ServerLock(config.settings.influxd.config)
     try:
+        if influxd or CrashMarker(config.state_dir).path.exists():
+            server_lock.acquire()
         # under the lock, whatever stops influxd (a cold run, a restore's swap) or starts it
         # again (recovery): its first failed start is told at once (core/alarms.py)
         with alarms.left_down_handler(left_down_alarm(config)):
@@ -56,6 +68,7 @@ def exclusive(
             recover(config, catalog, start_attempts=start_attempts, on_damage=on_damage)
             yield catalog
     finally:
+        server_lock.release()
         lock.release()
 
 

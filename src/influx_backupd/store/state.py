@@ -96,6 +96,62 @@ def lock_for(state_dir: Path) -> BackupLock:
     return BackupLock(state_dir / "backup.lock")
 
 
+class ServerLock:
+    """One influx-backupd at a time per influxd, whatever its state_dir: two configs (two
+    daemons, a daemon and a foreground command) naming the same influxdb.conf would otherwise
+    stop the server at once, each counting the other's downtime and starting it mid-copy.
+
+    flock(2) on influxdb.conf itself, opened read-only: nothing is written beside the server,
+    the lock needs no write access, and the file's inode is the server's identity (a restore
+    swaps meta, data and wal dirs, never the conf). Where flock is refused (a conf on some
+    network filesystems) the run goes on without it, as before this lock existed."""
+
+    def __init__(self, conf: Path) -> None:
+        self.conf = conf
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.conf, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return  # unreadable now: the run itself says so where it reads the conf
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _flock_holder(fd)
+            os.close(fd)
+            raise Busy(
+                f"influxd of {self.conf} is being backed up or restored by another "
+                f"influx-backupd ({holder}; a config with another state_dir naming the same "
+                "influxdb.conf): one at a time per influxd"
+            ) from None
+        except OSError:
+            os.close(fd)
+            return
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _flock_holder(fd: int) -> str:
+    """'pid N' of the process holding a flock on fd's file, from /proc/locks, if it says."""
+    st = os.fstat(fd)
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return "pid unknown"
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; waiters' lines have "->"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+            return f"pid {fields[4]}"
+    return "pid unknown"
+
+
 def lock_held(state_dir: Path) -> bool:
     """Whether a live process holds the backup lock; creates nothing (read-only commands)."""
     try:
