@@ -17,7 +17,7 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox, free_port
 from influx_backupd.jobs.plan import rfc3339
 from influx_backupd.store.scanners import scan_portable
-from tests.conftest import STAND_INS, Cli, write_config
+from tests.conftest import STAND_INS, Cli, log_events, write_config
 
 HOT = [{"name": "hotjob", "mode": "hot"}]
 INFLUXD09 = STAND_INS / "influxd09"
@@ -175,6 +175,56 @@ def test_increments_take_since_from_the_servers_clock_not_ours(
         assert increment["status"] == "ok", increment["error"]
         assert increment["kind"] == "incremental"
         assert increment["since"] == rfc3339(anchor), "-since is the server's time, not ours"
+    finally:
+        ping.shutdown()
+        ping.server_close()
+
+
+class _SteppedPing(http.server.BaseHTTPRequestHandler):
+    """Stand-in for the /ping of a server whose clock is `ahead` seconds ahead of ours, then
+    corrected (set back to 0) by the test: the real influxd here shares our clock, and
+    libfaketime cannot move a Go program's."""
+
+    ahead = 0.0
+
+    def do_GET(self) -> None:
+        self.send_response_only(204)
+        self.send_header("X-Influxdb-Version", "1.6.7~rc0")
+        self.send_header("Date", email.utils.formatdate(time.time() + self.ahead, usegmt=True))
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_a_server_clock_stepped_back_since_the_last_link_makes_a_new_full(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """influxd takes the files it dates after -since, the last link's anchor on its clock: once
+    its clock is set back, the files it writes are dated before that anchor, and an increment
+    missed them (2000 of 3000 points restored, backup, verify and the restore test all ok)."""
+    _SteppedPing.ahead = 7200.0
+    ping = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SteppedPing)
+    threading.Thread(target=ping.serve_forever, daemon=True).start()
+    try:
+        stepped = f"http://127.0.0.1:{ping.server_address[1]}"
+        cli = Cli(write_config(tmp_path, sandbox, influxd={"backup_url": stepped}, jobs=HOT))
+        sandbox.create_db("metrics")
+        sandbox.write_points("metrics", 1_000)
+        assert cli.json("backup")["kind"] == "full"
+        sandbox.write_points("metrics", 1_000, start=100_000)
+        assert cli.json("backup")["kind"] == "incremental"
+        _SteppedPing.ahead = 0.0  # NTP corrects the server's clock
+        sandbox.write_points("metrics", 1_000, start=200_000)
+        done = cli("backup", "--json")
+        record = json.loads(done.stdout)
+        assert record["status"] == "ok", record["error"]
+        assert record["kind"] == "full" and record["parent_id"] is None
+        [plan] = log_events(done.stderr, "hot.plan")
+        assert "behind the anchor" in plan["why"], plan
+        checked = cli("verify", record["id"], "--restore-test", "--json")
+        assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
+        assert json.loads(checked.stdout)[0]["restored_counts"] == {"metrics": 3_000}
     finally:
         ping.shutdown()
         ping.server_close()

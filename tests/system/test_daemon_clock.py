@@ -24,6 +24,7 @@ from influx_backupd.daemon.loop import Daemon, Due
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
+from influx_backupd.store.state import ClockSteps
 from tests.conftest import write_config
 from tests.system.test_daemon import daemon
 
@@ -84,6 +85,8 @@ def test_a_clock_stepped_back_recomputes_every_next_run_from_the_new_clock(
         assert next_run(d, "[verify]") <= now + HOUR
     [jumped] = [e for e in logs if e["event"] == "clock.jumped"]
     assert jumped["by_s"] <= -600 and "computed again" in jumped["then"], jumped
+    # counted for the hot jobs: their next link is a new full (jobs/plan.py)
+    assert ClockSteps(tmp_path / "state").count() == 1
 
 
 def test_a_forward_step_keeps_the_next_runs(tmp_path: Path, server: Sandbox) -> None:
@@ -93,6 +96,7 @@ def test_a_forward_step_keeps_the_next_runs(tmp_path: Path, server: Sandbox) -> 
         d._clock_offset -= 600
         d._check_clock()
         assert next_run(d, "e") == before
+    assert ClockSteps(tmp_path / "state").count() == 0, "a step forward dates no file too early"
 
 
 def test_a_run_recorded_while_the_clock_was_ahead_is_no_anchor(

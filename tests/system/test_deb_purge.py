@@ -21,6 +21,7 @@ from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.report import progress
 from influx_backupd.restore import database
 from influx_backupd.run import offsite, offsite_repair
+from influx_backupd.store.state import ClockSteps
 from tests.conftest import Cli, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +78,7 @@ def test_purge_removes_its_own_state_by_name_and_nothing_else() -> None:
         "catalog.db", "catalog.db-journal", "catalog.db-wal", "catalog.db-shm", "backup.lock",
         "influxd.log", "prune-pending.json", loop.DAEMON_LOCK, status.STATE_FILE,
         progress.RUNNING_FILE, offsite.STATE_FILE, offsite.KEY_FILE, "offsite-known-nightly.json",
-        f".{status.STATE_FILE}.123.456.tmp",
+        f".{status.STATE_FILE}.123.456.tmp", ClockSteps.NAME,
     ]  # fmt: skip
     own_dirs = [offsite.CACHE_DIR, offsite_repair.DAMAGED_DIR]
     kept = [

@@ -69,7 +69,14 @@ from influx_backupd.run.guard import exclusive
 from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
 from influx_backupd.store.record import RunRecord
-from influx_backupd.store.state import BackupLock, Busy, CrashMarker, StateDirError, lock_held
+from influx_backupd.store.state import (
+    BackupLock,
+    Busy,
+    ClockSteps,
+    CrashMarker,
+    StateDirError,
+    lock_held,
+)
 from influx_backupd.verify.check import verify_all
 
 DAEMON_RUN_START_ATTEMPTS = 3
@@ -447,6 +454,13 @@ class Daemon:
             by_s=round(jump, 1),
             then="next runs computed again from the new clock" if back else "scheduler woken",
         )
+        if back:
+            # counted for hot chains: files influxd writes from now on may be dated before the
+            # last link's -since, so the next increment is a new full (jobs/plan.py)
+            try:
+                ClockSteps(self.config.state_dir).note_back(round(jump, 1))
+            except OSError as exc:
+                self._log.error("clock.step_not_noted", error=str(exc))
         if self._scheduler is None or self._stopping.is_set():  # not started, or shut down
             return
         if back:

@@ -50,7 +50,7 @@ from influx_backupd.influxd.tool import (
 
 # Date has whole seconds and the request takes a moment: beyond this, the clocks really differ.
 from influx_backupd.jobs.follower import Follower
-from influx_backupd.jobs.plan import LinkPlan, plan_link
+from influx_backupd.jobs.plan import Clocks, LinkPlan, plan_link
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord, new_run_id
@@ -59,6 +59,7 @@ from influx_backupd.store.scanners import (
     scan_snapshot09,
 )
 from influx_backupd.store.sidecar import write_sidecar
+from influx_backupd.store.state import ClockSteps
 
 CLOCK_SKEW_WARN_S = 5.0
 _THIS_HOST = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
@@ -173,6 +174,15 @@ def _hot(
     if reason is not None:
         raise HotFailed(f"hot.unavailable: snapshot service at {host}: {reason}")
 
+    clock = None
+    clocks = None
+    if flavour == "portable":
+        # read once, before the plan: it decides whether a clock went back since the last
+        # link, and is this link's anchor (read before the snapshot, it is never later)
+        clock = server_clock(clock_url(config), credentials=config.credentials)
+        steps_back = ClockSteps(config.state_dir).count()
+        record.extra["clock_steps_back"] = steps_back
+        clocks = Clocks(time.time(), None if clock is None else clock[0], steps_back)
     plan = plan_link(
         history,
         full_every=job.full_every,
@@ -180,6 +190,7 @@ def _hot(
         flavour=flavour,
         host=host,
         storage_dir=config.storage_dir,
+        clocks=clocks,
     )
     record.kind = plan.kind
     record.chain_id = plan.chain_id or record.id
@@ -195,7 +206,7 @@ def _hot(
         deadline_left = max(1.0, timeout - (time.monotonic() - began))
         _run_09(section.binary, host, storage, record, plan, deadline_left, logger, cancel)
     else:
-        _anchor_since(clock_url(config), config.credentials, record, logger)
+        _anchor_since(clock, clock_url(config), record, logger)
         listing = _listing_source(config)
         if listing is not None:
             _await_deletes(listing, timeout / 4, record, logger, cancel)
@@ -285,17 +296,16 @@ def clock_url(config: Config) -> str:
 
 
 def _anchor_since(
-    url: str, credentials: Credentials | None, record: RunRecord, logger: Logger
+    clock: tuple[float, float] | None, url: str, record: RunRecord, logger: Logger
 ) -> None:
     """Record when this snapshot begins on the server's clock: the next increment's -since.
 
     influxd picks an increment's files by comparing their times with -since on its own clock.
     Ours would do on the same host, but a remote backup_host whose clock is behind ours would
     see files written just after this snapshot as older than -since, and the next increment
-    would miss them. Read just before the tool starts, and rounded down, the anchor is never
+    would miss them. Read before the plan (and the tool), and rounded down, the anchor is never
     later than the snapshot: an increment may hold a little more, never less.
     """
-    clock = server_clock(url, credentials=credentials)
     if clock is None:
         record.since_anchor = record.started_at
         logger.warning(

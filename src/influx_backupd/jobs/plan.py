@@ -12,12 +12,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-# Date has whole seconds and the request takes a moment: beyond this, the clocks really differ.
 from influx_backupd.store.chain import link_problem
 from influx_backupd.store.record import Flavour, RunRecord
 
 # Increments smaller than this together never force a new full (about 5 s of SELECT INTO).
 OUTGROWN_FLOOR = 256 << 20
+# Date has whole seconds and a request takes a moment: a clock behind by more than this went back.
+CLOCK_STEP_S = 5.0
+
+
+@dataclass(frozen=True)
+class Clocks:
+    """What the clocks say as a run plans its link (1.x increments: -since is a server time)."""
+
+    ours: float  # our wall clock
+    server: float | None  # the server's, from /ping's Date (None: unknown)
+    steps_back: int  # this host's clock steps back the daemon has seen (store.state.ClockSteps)
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ def plan_link(
     storage_dir: Path | None = None,
     exists: Callable[[Path], bool] = os.path.exists,
     problem: Callable[[RunRecord], str | None] = link_problem,
+    clocks: Clocks | None = None,
 ) -> LinkPlan:
     """Full or incremental, from this job's earlier runs (any order). A chain is extended only
     while every link is there, good (no failed check: retention keeps such a link, but an
@@ -102,8 +113,50 @@ def plan_link(
             f"the increments of chain {last.chain_id} ({added} bytes) have outgrown its full "
             f"({links[0].bytes} bytes)",
         )
+    if flavour == "portable" and clocks is not None:
+        stepped = clock_stepped_back(links, clocks)
+        if stepped is not None:
+            return LinkPlan("full", None, None, None, stepped)
     since = rfc3339(since_anchor(last)) if flavour == "portable" else None
     return LinkPlan("incremental", last.chain_id, last, since, f"extends chain {last.chain_id}")
+
+
+def clock_stepped_back(links: list[RunRecord], clocks: Clocks) -> str | None:
+    """Why an increment on these links could miss files because a clock went back, or None.
+
+    influxd picks an increment's files by their times against -since (the last link's anchor,
+    on its clock): files written while its clock was behind that anchor are dated before it and
+    left out, with nothing to say so. Seen from here as: the server's clock now behind the
+    anchor; ours behind the last link's start (the same clock, on one host); the server's clock
+    gone back against ours since the last link (a remote server corrected); or a step back the
+    daemon saw on this host since the chain's full. Any of them: a new full, which misses
+    nothing."""
+    last = links[-1]
+    anchor = since_anchor(last)
+    if clocks.server is not None and clocks.server < anchor - CLOCK_STEP_S:
+        return (
+            f"the server's clock ({rfc3339(clocks.server)}) is behind the anchor of link {last.id}"
+            f" ({rfc3339(anchor)}): it went back, and files it wrote since may be dated before "
+            "-since"
+        )
+    if clocks.ours < last.started_at - CLOCK_STEP_S:
+        return (
+            f"this host's clock ({rfc3339(clocks.ours)}) is behind the start of link {last.id} "
+            f"({rfc3339(last.started_at)}): it went back since"
+        )
+    before = last.extra.get("server_clock_offset_s")
+    if clocks.server is not None and isinstance(before, int | float):
+        went_back = before - (clocks.server - clocks.ours)
+        if went_back > CLOCK_STEP_S:
+            return (
+                f"the server's clock went back {went_back:.0f}s against ours since link "
+                f"{last.id}: files it wrote since may be dated before -since"
+            )
+    seen = [link.extra.get("clock_steps_back") for link in links]
+    counted = [n for n in seen if isinstance(n, int)]
+    if counted and clocks.steps_back > min(counted):
+        return "this host's clock was stepped back since the chain's full (the daemon saw it)"
+    return None
 
 
 def _within(archive: Path, storage_dir: Path) -> bool:

@@ -337,3 +337,29 @@ def _named_runs(body: dict[str, Any]) -> bool:
     if not isinstance(named, dict):
         return False
     return same_process(named.get("pid"), named.get("create_time")) is not None
+
+
+class ClockSteps:
+    """How often the daemon saw this host's wall clock stepped back (clock-steps.json).
+
+    A hot increment takes the files influxd dates after its parent's snapshot (-since); a
+    clock stepped back since then dates new files before it, and the increment would miss
+    them without a word. Each hot link records the count it saw; a higher count now means a
+    step since: the next link is a new full (jobs/plan.py)."""
+
+    NAME = "clock-steps.json"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / self.NAME
+
+    def count(self) -> int:
+        try:
+            body = loads_json(self.path.read_text())
+        except (OSError, ValueError):
+            return 0
+        return (count(body.get("steps_back")) or 0) if isinstance(body, dict) else 0
+
+    def note_back(self, by_s: float) -> None:
+        body = {"steps_back": self.count() + 1, "last_at": time.time(), "last_by_s": by_s}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        replace_json(self.path, body)

@@ -23,7 +23,7 @@ from influx_backupd.core.errors import CheckFailed
 from influx_backupd.influxd.tool import parse_version, probe_snapshot_service, run_tool, split_host
 from influx_backupd.jobs.follower import Follower
 from influx_backupd.jobs.hot import _listing_source, clock_url, shard_listing
-from influx_backupd.jobs.plan import plan_link
+from influx_backupd.jobs.plan import Clocks, plan_link
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.scanners import (
     portable_meta_databases,
@@ -144,6 +144,44 @@ def test_since_follows_the_servers_clock_when_the_last_link_recorded_it() -> Non
     # and a fraction of a second rounds down: earlier only ever includes more
     inc.since_anchor = DAY + 0.75
     assert _plan([full, inc]).since == "1970-01-02T00:00:00Z"  # type: ignore[attr-defined]
+
+
+def test_a_clock_gone_back_since_the_last_link_starts_a_new_full() -> None:
+    """influxd dates files by its clock and takes those after -since (the last link's anchor):
+    a clock stepped back dates new files before it, and an increment would miss them."""
+    full = _rec("a", 0.0)
+    full.extra["clock_steps_back"] = 0
+    inc = _rec("b", DAY, "incremental", chain="a", parent="a")
+    inc.since_anchor = DAY + 7200  # the server was two hours ahead then
+    inc.extra.update(server_clock_offset_s=7200.0, clock_steps_back=0)
+    now = 2 * DAY
+
+    def plan(ours: float, server: float | None, steps: int = 0) -> object:
+        return _plan([full, inc], now=now, clocks=Clocks(ours, server, steps))
+
+    # still two hours ahead, no step: the chain goes on
+    assert plan(now, now + 7200).kind == "incremental"  # type: ignore[attr-defined]
+    # corrected: now behind the anchor
+    corrected = plan(now, DAY + 3600)
+    assert corrected.kind == "full" and "behind the anchor" in corrected.why  # type: ignore[attr-defined]
+    # corrected long enough ago to be past the anchor again: the offset tells
+    later = plan(now, now)
+    assert later.kind == "full" and "went back 7200s" in later.why  # type: ignore[attr-defined]
+    # within a few seconds (Date's whole seconds, the request's time): not a step
+    assert plan(now, now + 7197).kind == "incremental"  # type: ignore[attr-defined]
+    # this host's own clock behind the last link's start (one clock for both on one host)
+    behind = plan(DAY - 60, None)
+    assert behind.kind == "full" and "this host's clock" in behind.why  # type: ignore[attr-defined]
+    # a step the daemon saw since the chain's full
+    seen = plan(now, now + 7200, steps=1)
+    assert seen.kind == "full" and "daemon saw" in seen.why  # type: ignore[attr-defined]
+    # links from before the count was kept, no server clock: nothing to go on, as before
+    del full.extra["clock_steps_back"], inc.extra["clock_steps_back"]
+    assert plan(now, None, steps=3).kind == "incremental"  # type: ignore[attr-defined]
+    # 0.9 snapshots take no -since: their increments are the tool's own
+    for r in (full, inc):
+        r.flavour = "0.9"
+    assert _plan([full, inc], flavour="0.9", clocks=Clocks(0.0, 0.0, 9)).kind == "incremental"  # type: ignore[attr-defined]
 
 
 # -- 1.x portable directories -----------------------------------------------------------------------
