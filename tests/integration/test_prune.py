@@ -218,3 +218,31 @@ def test_staging_trees_no_job_will_use_again_are_cleaned_and_a_kept_one_stays(
     assert sorted(report.cleaned) == unused and report.errors == []
     assert [p.name for p in staging.iterdir()] == ["nightly"]
     assert (trees["nightly"] / "data" / "db" / "000001.tsm").stat().st_size == 4096
+
+
+def test_a_renamed_jobs_backups_are_kept_and_prune_and_status_say_so(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """No keep_* rules apply to a job the config no longer names: its backups are kept for ever.
+    Before, prune and status said nothing, and a renamed job's backups filled the disk."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 100)
+    old = Cli(write_config(tmp_path, sandbox, jobs=[{"name": "hourly", "mode": "cold"}]))
+    made = [old.json("backup") for _ in range(2)]
+    assert [r["status"] for r in made] == ["ok", "ok"]
+    renamed = {"name": "hourly2", "mode": "cold", "keep_last": 1}
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[renamed]))
+    report = cli.json("prune")
+    size = sum(r["bytes"] for r in made)
+    assert report["not_in_config"] == [{"job": "hourly", "backups": 2, "bytes": size}]
+    assert report["deleted"] == [], "kept: nothing says which rules would apply"
+    assert all(Path(r["archive"]).exists() for r in made)
+    text = cli("prune")
+    assert text.returncode == 0, text.stderr
+    [line] = [line for line in text.stdout.splitlines() if "hourly " in line]
+    assert line.split()[:3] == ["kept", "2", "backups"] and "never pruned" in line, line
+    [job] = [j for j in cli.json("status")["jobs"] if j["name"] == "hourly"]
+    assert job["schedule"] == "not in the config: its 2 backups are never pruned", job
+    # one job of several pruned by name: the others are not its business
+    assert "not_in_config" in cli.json("prune", "--job", "hourly2")
+    assert cli.json("prune", "--job", "hourly2")["not_in_config"] == []

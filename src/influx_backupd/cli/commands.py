@@ -562,6 +562,11 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
             print(f"{'would clean' if args.dry_run else 'cleaned':<12} {path}")
         for kept in report.kept:
             print(f"{'kept':<12} {kept['id']:<22} {kept['job']:<10} {', '.join(kept['reasons'])}")
+        for job in report.not_in_config:
+            print(
+                f"{'kept':<12} {str(job['backups']) + ' backups':<22} {job['job']:<10} "
+                "not in the config: never pruned (name the job again to prune them by its rules)"
+            )
         for error in report.errors:
             say(f"prune: {error}")
     return EXIT_FAILED if report.errors else EXIT_OK

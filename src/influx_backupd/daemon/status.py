@@ -106,7 +106,9 @@ def gather(config: Config) -> dict[str, Any]:
             {
                 "name": name,
                 "in_config": job is not None,
-                "schedule": describe(job) if job is not None else "not in the config",
+                "schedule": describe(job)
+                if job is not None
+                else f"not in the config: its {sum(r.ok for r in mine)} backups are never pruned",
                 "mode": job.mode if job is not None else mine[-1].mode,
                 "next_run": published.get("next_run") if state else None,
                 "last": _run_summary(finished[-1]) if finished else None,

@@ -55,6 +55,9 @@ class PruneReport:
     deleted: list[Deletion] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)  # leftovers of dead runs
     errors: list[str] = field(default_factory=list)
+    # jobs the catalog holds backups of and the config no longer names (renamed, removed): no
+    # rules apply to them, so they are kept: {job, backups, bytes}
+    not_in_config: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,6 +170,8 @@ def prune(
         except PruneRefused as exc:
             report.errors.append(str(exc))
             logger.error("prune.refused", job=section.name, error=str(exc))
+    if job is None:
+        _not_in_config(config, catalog, report)
     _leftovers(config, catalog, report, dry_run)
     logger.info(
         "prune.finished",
@@ -176,6 +181,27 @@ def prune(
         errors=len(report.errors),
     )
     return report
+
+
+def _not_in_config(config: Config, catalog: Catalog, report: PruneReport) -> None:
+    """Backups of a job the config no longer names are never pruned (no keep_* rules apply):
+    said each time, or a renamed job's backups fill the disk without a word."""
+    named = {job.name for job in config.settings.job} or {config.job(None).name}
+    orphans: dict[str, list[RunRecord]] = {}
+    for record in catalog.list():
+        if record.job not in named and record.ok and not only_in_bucket(record):
+            orphans.setdefault(record.job, []).append(record)
+    for name, records in orphans.items():
+        size = sum(r.bytes for r in records)
+        report.not_in_config.append({"job": name, "backups": len(records), "bytes": size})
+        log.get(action="prune").warning(
+            "prune.job_not_in_config",
+            job=name,
+            backups=len(records),
+            bytes=size,
+            detail="no keep_* rules apply to a job the config does not name: its backups are "
+            "kept, never pruned (name the job in the config again to prune them by its rules)",
+        )
 
 
 def _prune_job(
