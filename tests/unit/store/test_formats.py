@@ -416,6 +416,32 @@ def test_wal_damaged_snappy_inside_a_payload_is_caught_only_by_deep(wal_check: W
     assert severities(wal_check(data, deep=True)) == ["error"]
 
 
+def test_wal_last_entry_of_garbage_is_an_error_and_of_zeros_a_torn_tail(
+    wal_check: WalCheck,
+) -> None:
+    """A whole last entry that does not decode: zeros at its end are what a crash leaves (the
+    file grown, its last pages never written), garbage is damage. Before, both were a torn
+    tail: a segment of one entry with a byte flipped passed `verify --deep` with a warning,
+    and influxd dropped every point in it."""
+    payload = wal_write_payload(b"cpu,host=a#!~#value", [float(i) for i in range(400)])
+    block = bytearray(cramjam.snappy.compress_raw(payload))
+    assert len(block) > 2048
+    copy = next(pos for pos, kind in snappy_elements(bytes(block)) if kind == 2)
+    flipped = bytearray(block)
+    flipped[copy + 1 : copy + 3] = (0xFFFF).to_bytes(2, "little")  # a copy before the start
+    damaged = wal_file(1) + struct.pack(">BI", 1, len(flipped)) + bytes(flipped)
+    findings = wal_check(damaged, deep=True)
+    assert severities(findings) == ["error"]
+    assert f"influxd would drop its {len(flipped)} bytes" in findings[0].message
+
+    unwritten = bytearray(block)
+    unwritten[-1024:] = bytes(1024)
+    torn = wal_file(1) + struct.pack(">BI", 1, len(unwritten)) + bytes(unwritten)
+    findings = wal_check(torn, deep=True)
+    assert severities(findings) == ["warning"]
+    assert "torn tail" in findings[0].message
+
+
 @DEPTHS
 def test_wal_corrupt_length_in_the_middle_is_an_error_not_a_torn_tail(
     wal_check: WalCheck, deep: bool

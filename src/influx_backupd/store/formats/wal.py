@@ -36,6 +36,7 @@ _STRING = 4
 # a dict lookup in the loop below, which runs once per series key.
 _VALUE_SIZE: tuple[int | None, ...] = (None, 16, 16, 9, None, 16) + (None,) * 250
 _ZERO_SCAN = 1 << 16
+_SECTOR = 512
 _KEY_HEADER = struct.Struct(">BH").unpack_from
 _U32 = struct.Struct(">I").unpack_from
 
@@ -85,15 +86,18 @@ def _check(read: _Reader, size: int, member: str, deep: bool) -> list[Finding]:
         if problem == "short":
             return [_short(member, size)]
         if problem is not None:
-            if end == size or _all_zero(read, pos, size):
-                # Nothing valid follows: the crash-torn write influxd truncates away.
+            if _all_zero(read, pos, size) or (end == size and _zero_tail(read, pos, end)):
+                # What a crash leaves: the file grown, its last pages never written (zeros).
+                # Nothing valid follows; influxd truncates it away.
                 return [_torn(member, pos, problem)]
+            # Garbage, not zeros: damage. Even as the last entry (a crash cannot write bytes
+            # that were never sent); influxd would drop it and whatever follows.
+            lost = f"the {size - end} bytes that follow" if end < size else f"its {length} bytes"
             return [
                 Finding(
                     "error",
                     member,
-                    f"corrupt entry at offset {pos}: {problem}; influxd would drop the "
-                    f"{size - end} bytes that follow",
+                    f"corrupt entry at offset {pos}: {problem}; influxd would drop {lost}",
                 )
             ]
         pos = end
@@ -143,6 +147,13 @@ def _torn(member: str, pos: int, detail: str) -> Finding:
 
 def _short(member: str, size: int) -> Finding:
     return Finding("error", member, f"data ends before its declared size of {size} bytes")
+
+
+def _zero_tail(read: _Reader, start: int, end: int) -> bool:
+    """The entry between start and end ends in at least a disk sector of zeros: the file was
+    grown, its last pages never written (a valid snappy block that ends in zeros decodes, so
+    this is only asked of one that does not)."""
+    return end - start >= _SECTOR and _all_zero(read, end - _SECTOR, end)
 
 
 def _all_zero(read: _Reader, start: int, end: int) -> bool:
