@@ -87,15 +87,22 @@ def in_window(window: str, local: dtime) -> bool:
     return now >= start or now < end
 
 
-def predict_downtime(history: Sequence[RunRecord], data_bytes: int | None = None) -> Prediction:
+def predict_downtime(
+    history: Sequence[RunRecord], data_bytes: int | None = None, copy: str | None = None
+) -> Prediction:
     """Downtime of the next cold run, from the job's recent ok cold runs.
 
-    The median downtime of the last few; when the data has grown beyond what those runs
-    copied, the larger of that and stop+start overhead + bytes ÷ the copy rate they achieved.
+    The median downtime of the last few (of the job's copy method, `copy`, where it has
+    runs of it); when the data has grown beyond what those runs copied in their stop window,
+    the larger of that and stop+start overhead + bytes ÷ the copy rate they achieved. Only a
+    direct copy's window holds all the data: a staged run copies there only what changed since
+    its pre-copy, so its downtime follows the changes (the median), not the data's size.
     """
     cold = [
         r for r in history if r.mode == "cold" and r.status == "ok" and r.downtime_s is not None
     ]
+    if copy is not None and any(_copy_of(r) == copy for r in cold):
+        cold = [r for r in cold if _copy_of(r) == copy]
     cold.sort(key=lambda r: r.started_at)
     recent = cold[-RECENT:]
     if not recent:
@@ -103,7 +110,11 @@ def predict_downtime(history: Sequence[RunRecord], data_bytes: int | None = None
     downtimes = [float(r.downtime_s or 0.0) for r in recent]
     median = statistics.median(downtimes)
     prediction = Prediction(median, f"median of the last {len(recent)} cold runs", downtimes)
-    sized = [r for r in recent if r.window_bytes and r.copy_s and r.copy_s > 0]
+    sized = [
+        r
+        for r in recent
+        if _copy_of(r) != "staged" and r.window_bytes and r.copy_s and r.copy_s > 0
+    ]
     if data_bytes is None or not sized:
         return prediction
     copied = statistics.median(float(r.window_bytes or 0) for r in sized)
@@ -119,6 +130,11 @@ def predict_downtime(history: Sequence[RunRecord], data_bytes: int | None = None
         f"{data_bytes} bytes at {rate:.0f} B/s plus {overhead:.1f}s stop/start (data grew)",
         downtimes,
     )
+
+
+def _copy_of(record: RunRecord) -> str:
+    """How a cold run copied: records from before staged copies existed were direct."""
+    return str(record.extra.get("copy") or "direct")
 
 
 def _local(now: datetime, tz: str) -> datetime:
@@ -140,7 +156,7 @@ def cold_check(
         else:
             allowed = False
             reasons.append(f"{clock} {job.timezone} is outside cold_window {job.cold_window}")
-    prediction = predict_downtime(history, capability.data_bytes)
+    prediction = predict_downtime(history, capability.data_bytes, job.copy_mode)
     if job.max_downtime is not None:
         if prediction.seconds is None:
             reasons.append(f"{prediction.basis}: max_downtime cannot be checked, allowed")

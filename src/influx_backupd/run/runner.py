@@ -165,7 +165,7 @@ def dry_run(
     scheduled = decide(job, now, capability, history, mode=job.mode)
     dirs = {k: p for k, p in config.server.dirs().items() if p.is_dir()}
     data_bytes = sum(tree_size(p) for p in dirs.values())
-    prediction = predict_downtime(history, data_bytes)
+    prediction = predict_downtime(history, data_bytes, job.copy_mode)
     staging = staging_root(config.storage_dir, job.name) if job.copy_mode == "staged" else None
     predicted, needed = space_needed(config, dirs, staging)
     existing = next(p for p in (config.storage_dir, *config.storage_dir.parents) if p.exists())

@@ -218,6 +218,28 @@ def test_prediction_grows_with_the_data_beyond_what_recent_runs_copied() -> None
     assert predict_downtime(runs, data_bytes=50_000_000).seconds == 10.0
 
 
+def test_a_staged_run_s_downtime_follows_its_changes_not_the_data_size() -> None:
+    """A staged run copies in its stop window only what changed since its pre-copy (44 bytes in
+    0.002 s here): scaling the whole data by that rate predicted 18451 s, and a job with
+    max_downtime = "5m" was skipped at every fire, for ever (no cold run ever came to correct
+    it). Its downtime is the median of its own runs."""
+    staged = []
+    for i, downtime in enumerate([0.3, 0.9, 0.15]):
+        run = cold_run(downtime, n=i, bytes_=44, copy=0.002)
+        run.extra["copy"] = "staged"
+        staged.append(run)
+    prediction = predict_downtime(staged, data_bytes=67_136_270, copy="staged")
+    assert prediction.seconds == 0.3 and "data grew" not in prediction.basis
+    j = job(mode="cold", max_downtime="5m")
+    sized = Capability(snapshot_service=False, influxd_version="1.6.7", data_bytes=67_136_270)
+    assert decide(j, NOON, sized, staged, mode="cold").mode == "cold"
+    # runs of the job's own copy method, where it has some: a switch to direct is not
+    # predicted from the staged runs' short windows, nor staged from direct ones
+    direct = [cold_run(600.0, n=10 + i) for i in range(3)]
+    assert predict_downtime([*direct, *staged], copy="staged").seconds == 0.3
+    assert predict_downtime([*direct, *staged], copy="direct").seconds == 600.0
+
+
 @pytest.mark.parametrize(
     ("window", "clock", "inside"),
     [
