@@ -9,14 +9,14 @@ import re
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from influx_backupd.core.config import JobSection, Settings, _describe, _model_at
 from influx_backupd.core.schedule import ScheduleError, cron_trigger
@@ -63,6 +63,42 @@ def test_example_marks_every_value_that_is_not_the_default() -> None:
             assert "# recommended" not in line, f"the default, marked as a change: {line}"
         checked += 1
     assert checked > 20
+
+
+def test_example_comments_out_only_defaults_or_marked_examples() -> None:
+    """A commented-out `# key = value` is the key's default, or marked "# e.g. (default: …)":
+    an operator reads `# sse = "AES256"` as what they get (before, several such examples were
+    unmarked: max_downtime, sse, storage_class, region, …)."""
+    section: str | None = None
+    checked = 0
+    for line in EXAMPLE.read_text().splitlines():
+        header = re.match(r"^(?:# )?\[\[?(\w+)\]\]?\s*$", line)
+        if header:
+            section = header.group(1)
+            continue
+        commented = re.match(r"^# (\w+) = (.*?)(\s{2,}#.*)?$", line)
+        if not commented or section is None:
+            continue
+        try:
+            raw = tomllib.loads(f"x = {commented.group(2)}")["x"]
+        except tomllib.TOMLDecodeError:
+            continue  # prose that happens to read "# word = …"
+        model = sections()[section]
+        key = commented.group(1)
+        field = next(f for n, f in model.model_fields.items() if key in (n, f.alias))
+        annotated = (
+            Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        )
+        try:
+            value = TypeAdapter(annotated).validate_python(raw)
+        except ValueError:
+            value = raw  # an example placeholder ("age1…"): never a default
+        if field.is_required() or value != field.get_default(call_default_factory=True):
+            assert "# e.g. (" in line and ("default: " in line or "required" in line), line
+        else:
+            assert "# e.g." not in line, f"the default, marked as an example: {line}"
+        checked += 1
+    assert checked > 40
 
 
 def test_schema_is_generated_from_the_models() -> None:
