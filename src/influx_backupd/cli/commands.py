@@ -57,7 +57,7 @@ from influx_backupd.report import notify, progress
 from influx_backupd.restore.database import restore_database
 from influx_backupd.restore.hot import restore_backup
 from influx_backupd.restore.target import restore_into, target_problem
-from influx_backupd.run.followup import MetricsNotWritten, write_metrics
+from influx_backupd.run.followup import MetricsNotWritten, tell_verify_failed, write_metrics
 from influx_backupd.run.guard import exclusive
 from influx_backupd.run.offsite import unsent_holds
 from influx_backupd.run.runner import ModeUnavailable, Skipped, dry_run, run_backup
@@ -518,6 +518,12 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
             write_metrics(config, catalog)
         except (OSError, MetricsNotWritten) as exc:
             say(f"{exc}")
+        # a kept backup found bad is news whoever checked it (a cron'd `verify --all` as much
+        # as the daemon's [verify]): its job's on_failure hook and [notify] verify_failed
+        found_bad = [catalog.get(r.run_id) for r in results if r.run_id and not r.ok]
+    for record in found_bad:
+        if record is not None:
+            tell_verify_failed(config, record)
     if args.json:
         print_json([r.to_dict() for r in results])
     elif not results and not passed:
