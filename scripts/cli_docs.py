@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     raise SystemExit("cli_docs: no build_parser() in influx_backupd.cli")
 
 
+def _exit_statuses() -> list[tuple[int, str]]:
+    """The exit statuses --help lists, from the same list."""
+    module = importlib.import_module("influx_backupd.cli.parser")
+    statuses: list[tuple[int, str]] = module.EXIT_STATUSES
+    return statuses
+
+
 def _option(action: argparse.Action) -> Option | None:
     if isinstance(action, argparse._HelpAction | argparse._VersionAction):
         return Option(list(action.option_strings), action.help or "", None)
@@ -161,9 +168,11 @@ def man(parser: argparse.ArgumentParser, version: str) -> str:
         "\\fBSTATE_DIRECTORY\\fR",
         "Set by systemd (\\fBStateDirectory=\\fR): the state dir when the configuration sets no",
         "\\fBstate_dir\\fR.",
+        ".TP",
+        "\\fBNO_COLOR\\fR",
+        "Set (to anything but the empty string): no colours, even on a terminal.",
         ".SH EXIT STATUS",
-        "0 ok, 1 the backup, restore or check failed, 2 usage, 75 busy (another backup holds the",
-        "lock), 78 configuration error.",
+        *[f".TP\n{code}\n{_roff(meaning)}" for code, meaning in _exit_statuses()],
         ".SH SEE ALSO",
         "\\fBsystemctl\\fR(1), \\fBjournalctl\\fR(1), \\fBinfluxd\\fR(1),",
         "\\fI/usr/share/doc/influx\\-backupd/README.md.gz\\fR",
@@ -278,9 +287,13 @@ def zsh(parser: argparse.ArgumentParser) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: cli_docs.py OUTDIR", file=sys.stderr)
-        return 2
+    if len(argv) != 1 or argv[0].startswith("-"):  # an option is not an OUTDIR to write into
+        wanted = argv in (["-h"], ["--help"])
+        print(
+            __doc__ if wanted else "usage: cli_docs.py OUTDIR",
+            file=sys.stdout if wanted else sys.stderr,
+        )
+        return 0 if wanted else 2
     from influx_backupd import __version__
 
     out = Path(argv[0])

@@ -43,17 +43,21 @@ class _StoreOnce(argparse._StoreAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-EPILOG = """\
-exit status:
-  0    ok
-  1    the backup, restore, verify, prune or import failed or was interrupted
-  2    usage error (unknown command or option, a missing or conflicting argument)
-  75   busy: another backup holds the lock in state_dir
-  78   configuration error (the config or influxdb.conf missing or invalid)
-  141  stdout was closed early (e.g. piped into head); nothing else is affected
-
--q/-v, --json and --config work before or after the command. NO_COLOR=1 turns off colours.
-"""
+# One list for --help's epilog and the man page's EXIT STATUS (scripts/cli_docs.py).
+EXIT_STATUSES = [
+    (0, "ok"),
+    (1, "the backup, restore, verify, prune or import failed or was interrupted"),
+    (2, "usage error (unknown command or option, a missing or conflicting argument)"),
+    (75, "busy: another backup holds the lock in state_dir, or the same influxd's"),
+    (78, "configuration error (the config or influxdb.conf missing or invalid)"),
+    (141, "stdout was closed early (e.g. piped into head); nothing else is affected"),
+]
+EPILOG = (
+    "exit status:\n"
+    + "".join(f"  {code:<4} {meaning}\n" for code, meaning in EXIT_STATUSES)
+    + "\n-q/-v, --json and --config work before or after the command. NO_COLOR=1 turns off "
+    "colours.\n"
+)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

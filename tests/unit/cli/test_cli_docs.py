@@ -75,3 +75,23 @@ def test_zsh_completion_names_every_command(out: Path) -> None:
         assert f"\n                {name}) _arguments" in text
     if shutil.which("zsh"):
         subprocess.run(["zsh", "-n", str(out / "_influx-backupd")], check=True, timeout=30)
+
+
+def test_man_page_lists_the_exit_statuses_help_lists(out: Path) -> None:
+    """One list for both (it lacked 141, and said less of 75, before)."""
+    man = (out / "influx-backupd.1").read_text()
+    section = man.split(".SH EXIT STATUS", 1)[1].split(".SH", 1)[0]
+    epilog = build_parser().epilog or ""
+    codes = [line.split()[0] for line in epilog.splitlines() if line[:2] == "  " and line.split()]
+    assert codes == ["0", "1", "2", "75", "78", "141"]
+    for code in codes:
+        assert f".TP\n{code}\n" in section, code
+    assert "NO_COLOR" in man.split(".SH ENVIRONMENT", 1)[1]
+
+
+def test_an_option_is_not_taken_for_the_output_dir(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 0 and "OUTDIR" in done.stdout
+    assert list(tmp_path.iterdir()) == [], "no dir named --help written"
