@@ -82,6 +82,9 @@ def test_recovery_waits_while_another_config_has_the_server(
     with open(sandbox.conf, "rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # A, between its stop and its start
         assert second("prune").returncode == 0, "no marker: prune needs no server"
+        plan = second.json("backup", "--dry-run")
+        plan = plan[0] if isinstance(plan, list) else plan
+        assert any(f"(pid {os.getpid()}) holds influxd" in r for r in plan["reasons"]), plan
         marker.write_text(json.dumps({"run_id": "20261202T000000Z-dead", "pid": 999999}))
         busy = second("prune")
         assert busy.returncode == 75, busy.stderr

@@ -25,7 +25,7 @@ from influx_backupd.run.policy import Capability, Chosen, Decision, decide, pred
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.layout import staging_root
 from influx_backupd.store.record import RunRecord
-from influx_backupd.store.state import CrashMarker
+from influx_backupd.store.state import CrashMarker, ServerLock, lock_held
 
 
 class ModeUnavailable(BackupdError):
@@ -161,6 +161,11 @@ def dry_run(
         )
         chosen: Chosen = "hot" if requested == "hot" else "cold"
         decision = Decision(chosen, [f"mode = {requested}, by hand: runs as asked"], fallback)
+    busy = _lock_holder(config)
+    if busy is not None:
+        decision.reasons.append(
+            f"but now {busy}: `backup` would exit 75 (busy), a scheduled run waits for it"
+        )
     # A scheduled run goes through the policy whatever the mode: say what it would do now.
     scheduled = decide(job, now, capability, history, mode=job.mode)
     dirs = {k: p for k, p in config.server.dirs().items() if p.is_dir()}
@@ -191,6 +196,18 @@ def dry_run(
         else "upper bound: the dirs' apparent size; a hot backup is gzipped, usually far smaller",
         recent_hot_bytes=max(hot_sizes) if hot_sizes and not cold else None,
     )
+
+
+def _lock_holder(config: Config) -> str | None:
+    """Who holds a lock a run would take (this state_dir's, or the server's), said as such."""
+    if lock_held(config.state_dir):
+        return f"another backup holds the lock in {config.state_dir}"
+    holder = ServerLock(config.settings.influxd.config).holder()
+    if holder is not None:
+        return (
+            f"another influx-backupd ({holder}) holds influxd of {config.settings.influxd.config}"
+        )
+    return None
 
 
 def _fall_back_to_cold(

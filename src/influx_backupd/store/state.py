@@ -135,6 +135,22 @@ class ServerLock:
             os.close(self.fd)
             self.fd = None
 
+    def holder(self) -> str | None:
+        """'pid N' of whoever holds the server's lock now, or None; takes nothing (dry runs)."""
+        try:
+            fd = os.open(self.conf, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _flock_holder(fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)  # drops the shared lock, if taken
+        return None
+
 
 def _flock_holder(fd: int) -> str:
     """'pid N' of the process holding a flock on fd's file, from /proc/locks, if it says."""
