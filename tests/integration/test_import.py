@@ -37,6 +37,7 @@ def test_a_new_host_imports_the_backups_then_lists_verifies_and_restores_them(
     dry = new.json("import", "--dry-run")
     assert sorted(dry["imported"]) == sorted(r["id"] for r in runs)
     assert new.json("list") == [], "a dry run adds nothing"
+    assert not (home / "state").exists(), "a dry run on a fresh host creates nothing there"
 
     # A record that cannot be read is named; the others are imported anyway (exit 1).
     stray = tmp_path / "archives" / "nightly-20200101T000000Z-dead.tar"
@@ -64,3 +65,15 @@ def test_a_new_host_imports_the_backups_then_lists_verifies_and_restores_them(
     restored = new("restore", increment["id"], "--yes", "--json")
     assert restored.returncode == 0, restored.stderr[-2000:]
     assert sandbox.count("metrics") == 2_700
+
+
+def test_import_from_a_storage_dir_that_does_not_exist_is_a_config_error(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    config.write_text(config.read_text().replace(str(tmp_path / "archives"), "/nonexistent/x"))
+    done = Cli(config)("import", "--json")
+    assert done.returncode == 78, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "storage.dir" in line and "/nonexistent/x" in line, line
+    assert not (tmp_path / "state").exists()

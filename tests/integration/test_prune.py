@@ -246,3 +246,10 @@ def test_a_renamed_jobs_backups_are_kept_and_prune_and_status_say_so(
     # one job of several pruned by name: the others are not its business
     assert "not_in_config" in cli.json("prune", "--job", "hourly2")
     assert cli.json("prune", "--job", "hourly2")["not_in_config"] == []
+
+
+def test_a_dry_run_on_a_fresh_host_creates_nothing(tmp_path: Path, sandbox: Sandbox) -> None:
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[{"name": "nightly", "keep_last": 1}]))
+    report = cli.json("prune", "--dry-run")
+    assert report["deleted"] == [] and report["kept"] == [] and report["dry_run"] is True
+    assert not (tmp_path / "state").exists(), "no state dir, catalog or lock made to say so"

@@ -38,6 +38,7 @@ from influx_backupd.core.config import (
     secret_file_warnings,
 )
 from influx_backupd.core.errors import (
+    EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -52,7 +53,7 @@ from influx_backupd.daemon.status import gather, render
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.influxd.throttle import DATABASE_RATE_MIB
 from influx_backupd.jobs.hot import clock_url
-from influx_backupd.keep.prune import prune
+from influx_backupd.keep.prune import PruneReport, prune
 from influx_backupd.report import notify, progress
 from influx_backupd.restore.database import restore_database
 from influx_backupd.restore.hot import restore_backup
@@ -548,6 +549,9 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
 def cmd_prune(config: Config, args: argparse.Namespace) -> int:
 
     known_job(config, args.job)  # before the lock
+    if args.dry_run and not config.state_dir.exists():
+        # no catalog yet: nothing to prune, and a dry run creates no state dir to say so
+        return _print_prune(PruneReport(dry_run=True), args)
     with exclusive(config, influxd=False) as catalog:
         hold = unsent_holds(config, catalog)
         report = prune(config, catalog, job=args.job, dry_run=args.dry_run, hold=hold)
@@ -556,6 +560,10 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
                 write_metrics(config, catalog)
             except (OSError, MetricsNotWritten) as exc:
                 say(f"{exc}")
+    return _print_prune(report, args)
+
+
+def _print_prune(report: PruneReport, args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_dict())
     else:
@@ -585,19 +593,26 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
 
     storage = config.storage_dir
     if not storage.is_dir():
-        say(f"import: storage dir {storage} does not exist")
-        return EXIT_FAILED
-    # A damaged catalog is moved aside (never deleted) and rebuilt from the records; recovery
-    # reads the catalog only after that.
-    with exclusive(
-        config, on_damage="ignore" if args.dry_run else "set_aside", influxd=False
-    ) as catalog:
+        say(f"import: storage dir {storage} (storage.dir) does not exist: nothing to import")
+        return EXIT_CONFIG
+    if args.dry_run and not config.state_dir.exists():
+        # a fresh host: no catalog, no lock to take, and a dry run creates neither
+        catalog = Catalog(config.state_dir)
         found, problems = records_in(storage)
-        known = set() if catalog.damage else {r.id for r in catalog.list()}
-        new = [r for r in found if r.id not in known]
-        if not args.dry_run:
-            for record in new:  # not counted in runs_total: they ran on the host that counted them
-                catalog.save(record)
+        known: set[str] = set()
+        new = found
+    else:
+        # A damaged catalog is moved aside (never deleted) and rebuilt from the records;
+        # recovery reads the catalog only after that.
+        with exclusive(
+            config, on_damage="ignore" if args.dry_run else "set_aside", influxd=False
+        ) as catalog:
+            found, problems = records_in(storage)
+            known = set() if catalog.damage else {r.id for r in catalog.list()}
+            new = [r for r in found if r.id not in known]
+            if not args.dry_run:
+                for record in new:  # not in runs_total: they ran on the host that counted them
+                    catalog.save(record)
     if args.json:
         report: dict[str, Any] = {
             "dry_run": args.dry_run,
