@@ -475,6 +475,8 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     print(
         f"  downtime {fmt_s(result.downtime_s)} = stop {fmt_s(result.stop_s)} + swap {fmt_s(result.swap_s)} + start {fmt_s(result.start_s)}"
     )
+    if result.served_check:
+        print(f"  checked  {result.served_check}")
     if result.rollback_dirs:
         print("  the previous data was kept in:")
         for path in result.rollback_dirs:

@@ -4,6 +4,7 @@ RFC 3339 UTC, the Unix time beside them)."""
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import UTC, datetime
 from typing import Any
 
@@ -191,9 +192,11 @@ def print_database(result: DatabaseResult, as_json: bool) -> None:
                 "were not compacted away in time and influxd restore takes none: points "
                 "deleted shortly before the backup may be back"
             )
+    if result.served_check:
+        print(f"  checked  {result.served_check}")
     if result.replaced_copy:
         print(f"  the database it replaced was kept in {result.replaced_copy}")
-        print(f"  once satisfied, remove it with: rm -rf {result.replaced_copy}")
+        print(f"  once satisfied, remove it with: rm -rf {shlex.quote(result.replaced_copy)}")
 
 
 def print_target(result: TargetResult, as_json: bool) -> None:

@@ -22,6 +22,7 @@ from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import progress
+from influx_backupd.restore.served import check_served
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
 from influx_backupd.store.archive import (
     COLD_TOPS,
@@ -156,6 +157,11 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
             t_start = time.monotonic()
             server.start(log_path=config.state_dir / "influxd.log")
             result.start_s = time.monotonic() - t_start
+            # ok only once it serves what was counted before the backup's stop (else undone)
+            served = check_served(
+                config, record.db_counts if record else None, logger, what="counted at backup time"
+            )
+            result.served, result.served_check = served.counted, served.summary()
     except (Exception, Interrupted) as exc:
         with signals_blocked():
             # A staging dir still there was never swapped in (the swap renames each into place

@@ -71,6 +71,7 @@ from influx_backupd.restore.hot import (
     start_throwaway,
 )
 from influx_backupd.restore.merge import ChainMerge
+from influx_backupd.restore.served import check_served
 from influx_backupd.restore.source import ColdSource, HotSource, choose
 from influx_backupd.store.archive import extract_safely
 from influx_backupd.store.catalog import Catalog
@@ -95,6 +96,9 @@ class DatabaseResult:
     cold_shards: dict[str, Any] | None = None
     # a hot backup: its tombstones, applied before the tool restored it (restore/deletes.py)
     deletes: dict[str, Any] | None = None
+    # the restored database's points against those the backup counted (restore/served.py)
+    served_check: str | None = None
+    warnings: list[str] = field(default_factory=list)  # for the operator, besides the log
 
 
 def live_snapshot_host(config: Config) -> str:
@@ -494,6 +498,12 @@ def _restore(
         t_restore = time.monotonic()
         live.take(portable, name, new)
         result.restore_s = round(time.monotonic() - t_restore, 3)
+        # ok only once it serves what the backup counted of it (else undone below)
+        recorded = (source.record.db_counts if source.record else None) or {}
+        floor = {new: recorded[name]} if name in recorded else None
+        result.served_check = check_served(
+            config, floor, logger, what=f"of {name} counted at backup time"
+        ).summary()
         pending.clear()
     except (Exception, Interrupted) as exc:
         with signals_blocked():

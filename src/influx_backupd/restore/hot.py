@@ -28,7 +28,9 @@ started again. Restored files are chowned to [influxd] user/group.
   beside. Every consumer of a chain (this, --target, --database, verify's restore test) goes
   through restore_portable_links, so all of them merge the same way, and each backup dir the
   tool reads first has its tombstones applied (apply_deletes, restore/deletes.py).
-  The live server is never queried, so no credentials are needed. A failure or signal while
+  The live server is queried only once it serves the build: its point counts must reach the
+  build's (restore/served.py; [influxd] credentials where auth is on, not compared when
+  refused), or the swap is undone. A failure or signal while
   building stops the throwaway, removes the staging dirs and leaves the live server as it was
   (RestoreFailed). The throwaway's conf and owner.json (naming the staging dirs) live in a
   verify scratch dir: a restore killed outright is cleaned up by the next lock-taking command
@@ -94,6 +96,7 @@ from influx_backupd.restore.merge import (
     view_of,
     write_merged,
 )
+from influx_backupd.restore.served import check_served, count_built
 from influx_backupd.restore.source import ColdSource, choose
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
 from influx_backupd.store import layout
@@ -104,7 +107,7 @@ from influx_backupd.store.chain import (
     check_links,
 )
 from influx_backupd.store.record import Flavour, RunRecord
-from influx_backupd.store.scanners import Scan, portable_meta_databases
+from influx_backupd.store.scanners import Scan, listed_size, portable_meta_databases
 
 QUERY_TIMEOUT = 3600.0
 SHARD_WAIT = 120.0  # how long a freshly restored shard may stay disabled
@@ -190,7 +193,9 @@ def _restore_hot(
         try:
             # with influxd stopped, the tool writes into the live config's (emptied) dirs
             with live_dirs_swapped(config, server, plan, result, logger, move_staging_in=False):
-                _snapshot09(config, links, targets, uid, gid, result, server, scratch, logger)
+                _snapshot09(
+                    config, links, scans, targets, uid, gid, result, server, scratch, logger
+                )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     logger.info(
@@ -285,20 +290,22 @@ def _restore_portable_beside(
     """
     logger = log.get(action="restore", mode="hot", flavour="portable")
     scratch: Path | None = None
-    built = False
+    built: dict[str, int] | None = None  # the build's point counts, once it is done
     try:
         scratch = scratch_dir.make(config.storage_dir, "restore-", list(plan.staging.values()))
         t_build = time.monotonic()
         logger.info("restore.building", staging=[str(p) for p in plan.staging.values()])
-        _build(config, links, plan, scratch, uid, gid, result, logger)
+        built = _build(config, links, plan, scratch, uid, gid, result, logger)
         result.build_s = time.monotonic() - t_build
-        built = True
         logger.info("restore.built", build_s=round(result.build_s, 3))
         server = Influxd(config)
         with live_dirs_swapped(config, server, plan, result, logger, move_staging_in=True):
             t_start = time.monotonic()
             server.start(log_path=config.state_dir / "influxd.log")
             result.start_s = time.monotonic() - t_start
+            # ok only once it serves what the build held (else undone by the swap)
+            served = check_served(config, built, logger, what="in the build before the swap")
+            result.served, result.served_check = served.counted, served.summary()
     except (Exception, Interrupted) as exc:
         with signals_blocked():
             # A staging dir still there was never swapped in (live_dirs_swapped renames them
@@ -307,7 +314,7 @@ def _restore_portable_beside(
         if isinstance(exc, RestoreFailed):
             raise  # from the swap: the previous dirs and server were put back
         logger.error("restore.build_failed", error=str(exc) or type(exc).__name__)
-        what = "while building beside" if not built else "before swapping in for"
+        what = "while building beside" if built is None else "before swapping in for"
         raise RestoreFailed(
             f"restore failed {what} the live server ({exc}); "
             "the live server and its data were not touched"
@@ -326,9 +333,10 @@ def _build(
     gid: int,
     result: HotRestoreResult,
     logger: Logger,
-) -> None:
+) -> dict[str, int]:
     """Restore the links into a throwaway influxd (free 127.0.0.1 ports, no auth) whose meta,
-    data and wal dirs are the staging dirs; stop it cleanly; chown what it wrote."""
+    data and wal dirs are the staging dirs; stop it cleanly; chown what it wrote. Returns its
+    point counts per database (restore/served.py: the live server is held to them)."""
     targets, staging = plan.targets, plan.staging
 
     section = config.settings.influxd
@@ -399,6 +407,7 @@ def _build(
         result.deletes = applied.summary()
         _grant_again(throwaway.url, grants, logger)
         result.restore_s = time.monotonic() - t_restore
+        built = count_built(throwaway.url, logger)
         wait_wal_flushed(staging["wal"], logger)
         if throwaway.killed_by() is not None:  # died after its last answer: not a whole build
             raise StepFailed("the build's influxd died")  # reported as its death, below
@@ -418,6 +427,7 @@ def _build(
         with signals_blocked():  # a second signal must not leave it serving
             throwaway.stop(timeout=section.stop_timeout)
     _chown_tree(list(staging.values()), uid, gid)
+    return built
 
 
 def _tree_bytes(root: Path) -> int:
@@ -817,6 +827,7 @@ def portable_databases(directory: Path) -> set[str]:
 def _snapshot09(
     config: Config,
     links: list[Link],
+    scans: list[Scan],
     targets: dict[str, Path],
     uid: int,
     gid: int,
@@ -837,11 +848,33 @@ def _snapshot09(
     for top in ("meta", "data"):
         if not targets[top].is_dir():
             raise StepFailed(f"influxd restore exited 0 but wrote no {top} dir {targets[top]}")
+    _check_restored09(scans, targets["data"])
     result.restore_s = time.monotonic() - t_restore
     _chown_tree(list(targets.values()), uid, gid)
     t_start = time.monotonic()
     server.start(log_path=config.state_dir / "influxd.log")
     result.start_s = time.monotonic() - t_start
+
+
+def _check_restored09(scans: list[Scan], data: Path) -> None:
+    """The tool's exit status is not the check (invariant 3): every shard file the links'
+    manifests list is in data with its listed size (the newest link's copy wins, as the tool
+    restores them; the meta store the tool rewrites). A 0.9 server's counts are never recorded,
+    so this is what its restore is held to. StepFailed (rolled back) naming the first wrong."""
+    wanted: dict[str, int] = {}
+    for scan in scans:
+        for entry in scan.manifest.get("files", []):
+            if isinstance(entry, dict) and entry.get("name") != "meta":
+                wanted[str(entry["name"])] = listed_size(entry, "manifest")
+    for name, size in sorted(wanted.items()):
+        path = data / name
+        if not path.is_file():
+            raise StepFailed(f"influxd restore exited 0 but did not restore {name} into {data}")
+        if path.stat().st_size != size:
+            raise StepFailed(
+                f"influxd restore exited 0 but restored {path} with {path.stat().st_size} "
+                f"bytes, its manifest says {size}"
+            )
 
 
 def restore_snapshot09_links(

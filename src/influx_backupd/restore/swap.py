@@ -33,6 +33,10 @@ class RestoreResult:
     start_s: float | None = None
     downtime_s: float | None = None
     files: int = 0
+    # the restored server's point counts, compared with those counted before (restore/served.py)
+    served: dict[str, int] | None = None
+    served_check: str | None = None  # what that comparison found, in words
+    warnings: list[str] = field(default_factory=list)  # for the operator, besides the log
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,8 @@ def live_dirs_swapped(
     move_staging_in: bool = True,
 ) -> Iterator[None]:
     """Stop influxd, move each live dir aside (and, if asked, each staged dir into its place);
-    the body brings a server up on the new dirs.
+    the body brings a server up on the new dirs and checks that it serves what it should
+    (restore/served.py): until then a kill is rolled back by recovery.
 
     Whatever fails or signals in between, the previous dirs are put back and the previous
     server started again (signals held meanwhile), then RestoreFailed. The crash marker is
@@ -174,7 +179,7 @@ def live_dirs_swapped(
         result.swap_s = time.monotonic() - t_swap
         yield
         result.downtime_s = time.monotonic() - t_stop
-        # the body returns once the restored server answers: from here a kill leaves it serving
+        # the body returns once the restored server serves: from here a kill leaves it serving
         # (recovery keeps it, guard.recover), never rolled back under writes it took since
         try:
             marker.swap_done(process_identity(server.locate()))

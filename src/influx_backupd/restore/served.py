@@ -1,0 +1,130 @@
+"""What a restore is ok by (invariant 3): once the restored server answers, it serves at least
+the points each database was counted with (a cold backup's db_counts, taken before its stop; a
+hot restore's build, counted before its throwaway stopped; counts.point_count on both sides).
+
+An answer to /ping is not enough: a server whose shards failed to open (a disk that filled as
+it started) answers it and serves nothing. A database below its count fails the restore, which
+the caller then undoes. More points are fine (writes since the count). A database the time
+budget leaves uncounted, or a server that refuses our credentials, is not compared: said, not
+failed (the restore test of verify compares the same figures where it can).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from influx_backupd.core.config import Config, Credentials
+from influx_backupd.core.errors import BackupdError
+from influx_backupd.core.log import Logger
+from influx_backupd.influxd import counts, influxql
+
+BUDGET_S = counts.BUDGET_S  # all databases together, after the start
+
+
+class NotServed(BackupdError):
+    """The restored server serves fewer points than were counted (the restore is undone)."""
+
+    code = "restore.not_served"
+
+
+@dataclass
+class Served:
+    """What the comparison found: counts per database, and what it could not compare."""
+
+    floor: dict[str, int] = field(default_factory=dict)
+    counted: dict[str, int] = field(default_factory=dict)
+    not_compared: list[str] = field(default_factory=list)
+    note: str = ""  # why nothing was compared at all
+
+    def summary(self) -> str:
+        """One phrase for the operator: what was compared, and with what."""
+        if self.note:
+            return f"not compared: {self.note}"
+        shown = ", ".join(
+            f"{db} {n} (counted {self.floor[db]})" for db, n in sorted(self.counted.items())
+        )
+        left = f"; not compared: {', '.join(self.not_compared)}" if self.not_compared else ""
+        return f"points served: {shown or 'none compared'}{left}"
+
+
+def check_served(
+    config: Config,
+    floor: Mapping[str, int] | None,
+    logger: Logger,
+    *,
+    what: str,
+    budget: float = BUDGET_S,
+) -> Served:
+    """Count the live server's databases named in floor; NotServed naming the first one below
+    its count (or missing). what: where floor came from ("counted at backup time")."""
+    served = Served(floor=dict(floor or {}))
+    if not floor:
+        served.note = "no point counts to compare with"
+        logger.info("restore.served_not_compared", reason=served.note)
+        return served
+    url, creds = config.url, config.credentials
+    try:
+        present = set(_databases(url, creds))
+    except influxql.AuthError as exc:
+        served.note = f"the restored server refused the query ({exc})"
+        logger.warning("restore.served_not_compared", reason=served.note)
+        return served
+    except influxql.QueryError as exc:
+        raise NotServed(f"the restored server does not answer SHOW DATABASES: {exc}") from None
+    deadline = time.monotonic() + budget
+    for db, want in sorted(floor.items()):
+        if db not in present:
+            raise NotServed(
+                f"database {db} is missing on the restored server, {want} points {what}"
+            )
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise counts.FiguresError("time budget spent")
+            got = counts.point_count(url, db, timeout=left, credentials=creds)
+        except counts.FiguresError as exc:
+            if time.monotonic() < deadline:
+                raise NotServed(
+                    f"database {db} does not answer on the restored server: {exc}"
+                ) from None
+            served.not_compared.append(db)
+            continue
+        served.counted[db] = got
+        if got < want:
+            raise NotServed(
+                f"database {db}: the restored server serves {got} points, {want} {what}"
+            )
+    event = logger.warning if served.not_compared else logger.info
+    event(
+        "restore.served",
+        counted=served.counted,
+        floor=served.floor,
+        not_compared=served.not_compared or None,
+        why=f"not counted within {budget:g}s" if served.not_compared else None,
+    )
+    return served
+
+
+def _databases(url: str, creds: Credentials | None) -> list[str]:
+    """SHOW DATABASES with influxql's own errors (an AuthError told apart)."""
+    series = influxql.query(url, "SHOW DATABASES", None, credentials=creds, timeout=30.0)
+    rows = (series[0].get("values") or []) if series else []
+    return [str(row[0]) for row in rows if row]
+
+
+def count_built(url: str, logger: Logger, budget: float = BUDGET_S) -> dict[str, int]:
+    """A restore's build, counted before its throwaway stops (no auth): the floor the live
+    server is held to once it serves the build. Never raises: a figure not taken is a database
+    not compared."""
+    try:
+        found, skipped = counts.point_counts(url, counts.databases(url), budget)
+    except counts.FiguresError as exc:
+        logger.warning("restore.build_not_counted", error=str(exc))
+        return {}
+    if skipped:
+        logger.warning("restore.build_counted", counts=found, skipped=skipped)
+    else:
+        logger.info("restore.build_counted", counts=found)
+    return found

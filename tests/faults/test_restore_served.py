@@ -1,0 +1,96 @@
+"""A whole-server restore is ok only once the restarted server serves what was restored: its
+per-database point counts against those the backup recorded (db_counts). Real influxd 1.6 on a
+small real tmpfs (mounting needs root) that fills up as the restored server starts, so its
+shards fail to open: it answers /ping and serves nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import Cli, log_events, started, write_config
+from tests.faults.conftest import FaultResult, one_line, points
+
+JOBS = {
+    "cold": {"name": "c", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"},
+    "hot": {"name": "h", "mode": "hot"},
+}
+# where the count the restored server is held to comes from
+COUNTED = {"cold": "counted at backup time", "hot": "in the build before the swap"}
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.fail("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _filling_wrapper(tmp_path: Path, mount: Path, binary: str) -> tuple[Path, Path]:
+    """An [influxd] command that fills the filesystem just before influxd starts when the
+    trigger file exists (once), and frees it at the next start (the rollback's): the restored
+    server starts on a full disk, the previous one on a disk with room again."""
+    trigger, filler = tmp_path / "fill-next-start", mount / "filler"
+    wrapper = tmp_path / "influxd-filling"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"if [ -e '{trigger}' ]; then rm -f '{trigger}'\n"
+        f"  dd if=/dev/zero of='{filler}' bs=1M 2>/dev/null\n"
+        f"else rm -f '{filler}'; fi\n"
+        f'exec {binary} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper, trigger
+
+
+@pytest.mark.fault("disk-full", "the live filesystem fills up as the restored server starts")
+@pytest.mark.parametrize("mode", list(JOBS))
+def test_a_restore_whose_server_serves_nothing_is_rolled_back(
+    tmp_path: Path, influxd_path: str, small_fs: Path, fault_result: FaultResult, mode: str
+) -> None:
+    """It said "restored …; influxd is running" (exit 0) while count(value) answered 0: the
+    shards had failed to open, and ping was all that was checked. Held to the backup's
+    db_counts (cold) or to what the build beside the live server held (hot)."""
+    server = Sandbox(small_fs / "server", binary=influxd_path)
+    wrapper, trigger = _filling_wrapper(tmp_path, small_fs, influxd_path)
+    with started(server):
+        server.create_db("db1")
+        server.write_points("db1", 20_000)
+        config = write_config(
+            tmp_path,
+            server,
+            jobs=[JOBS[mode]],
+            influxd={"command": [str(wrapper), *server.command()[1:]]},
+        )
+        cli = Cli(config)
+        rec = cli.json("backup")
+        assert rec["status"] == "ok", rec["error"]
+        assert rec["db_counts"] == ({"db1": 20_000} if mode == "cold" else None)
+        server.write_points("db1", 300, start=1_000_000)
+        before = points(server)
+        trigger.touch()
+
+        done = cli("restore", rec["id"], "--yes", timeout=300)
+
+        after = points(server)
+        fault_result.lost(points=sum(max(0, n - after.get(db, 0)) for db, n in before.items()))
+        assert done.returncode == 1, (after, done.stdout, done.stderr[-3000:])
+        line = one_line(done.stderr)
+        assert f"database db1: the restored server serves 0 points, 20000 {COUNTED[mode]}" in line
+        assert "the previous data was put back" in line, line
+        assert after == {"db1": 20_300}, "influxd serves the previous data again"
+        kept = sorted(p.name for p in server.root.glob("*.failed-restore-*"))
+        assert kept and all(name in line for name in kept), (kept, line)
+        assert not trigger.exists()
+        assert log_events(done.stderr, "restore.rolled_back")
