@@ -4,9 +4,11 @@ puts everything back if anything fails. Shared by cold and hot restores."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
+import shlex
 import shutil
 import time
 from collections.abc import Iterator
@@ -171,6 +173,8 @@ def live_dirs_swapped(
             if target.exists():
                 os.rename(target, plan.rollback[top])
                 result.rollback_dirs.append(str(plan.rollback[top]))
+            else:
+                note_absent(plan.rollback[top])
             if move_staging_in:
                 os.rename(plan.staging[top], target)
             elif target != config.server.dirs()[top]:
@@ -185,6 +189,10 @@ def live_dirs_swapped(
             marker.swap_done(process_identity(server.locate()))
         except OSError as exc:  # not worth a rollback of a server that answers: cleared below
             logger.warning("restore.marker_not_written", path=str(marker.path), error=str(exc))
+        for path in plan.rollback.values():  # the restored dirs stay: no rollback needs them
+            if path.is_file():
+                with contextlib.suppress(OSError):
+                    path.unlink()
     except (Exception, Interrupted) as exc:
         # any failure at all once the swap began: the previous data must come back
         with signals_blocked():
@@ -216,19 +224,41 @@ def live_dirs_swapped(
     marker.clear()
 
 
+def note_absent(rollback_dir: Path) -> None:
+    """An empty file where the rollback dir would be: the live dir did not exist before the
+    swap, so a rollback (ours, or recovery's after a kill: it reads only the marker's swaps and
+    the disk) moves whatever the restore put there aside and puts nothing back. Synced before
+    the staging dir is renamed in, which a power loss must not see without it."""
+    fd = os.open(rollback_dir, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    parent = os.open(rollback_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(parent)
+    finally:
+        os.close(parent)
+
+
 def roll_back(swaps: list[list[str]]) -> list[str]:
     """Put each live dir back from its rollback dir; what was restored is kept aside, not
-    deleted. Returns where (the *.failed-restore-* dirs: full copies nobody else names)."""
+    deleted. A live dir that did not exist before (note_absent) is moved aside and stays
+    absent. Returns where (the *.failed-restore-* dirs: full copies nobody else names)."""
     failed: list[str] = []
     for target_s, rollback_s, staging_s in swaps:
         target, rollback_dir, staging = Path(target_s), Path(rollback_s), Path(staging_s)
         aside = target.with_name(
             target.name + ".failed-restore-" + rollback_dir.name.rpartition(".rollback-")[2]
         )
-        if rollback_dir.exists():
+        if rollback_dir.is_dir():
             if target.exists():
                 os.rename(target, aside)
             os.rename(rollback_dir, target)
+        elif rollback_dir.is_file():  # no previous dir: nothing comes back, nothing stays
+            if target.exists():
+                os.rename(target, aside)
+            rollback_dir.unlink()
         # named also when an earlier rollback, killed part-way, moved it aside already
         if aside.is_dir():
             failed.append(str(aside))
@@ -238,13 +268,24 @@ def roll_back(swaps: list[list[str]]) -> list[str]:
 
 
 def failed_kept(failed: list[str]) -> str:
-    """The tail of a rollback's message: where the restored dirs went, how to remove them."""
+    """The tail of a rollback's message: where the restored dirs went, how to remove them (a
+    command to paste: each path shell-quoted), and which live dirs had nothing to put back."""
     if not failed:
         return ""
+    absent = [
+        str(live)
+        for live in (Path(path.rpartition(".failed-restore-")[0]) for path in failed)
+        if not live.exists()
+    ]
     return (
         "; what the restore had put in place was moved aside to "
         + ", ".join(failed)
+        + (
+            f" ({', '.join(absent)} did not exist before the restore: left absent)"
+            if absent
+            else ""
+        )
         + " (not used again: once not needed, rm -rf "
-        + " ".join(failed)
+        + shlex.join(failed)
         + ")"
     )
