@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -153,7 +154,16 @@ def test_a_hot_chain_rebuilt_into_a_dir_runs_with_the_printed_command(
     assert seen == []
     assert _live_state(sandbox) == before
     conf = target / "influxdb.conf"
-    assert f"influxd run -config {conf}" in done.stdout
+    # the command as printed, pasted into a shell: its path quoted (a space, quotes)
+    [line] = [ln for ln in done.stdout.splitlines() if "serve it with: " in ln]
+    assert shlex.split(line.partition("serve it with: ")[2]) == [
+        "influxd",
+        "run",
+        "-config",
+        str(conf),
+    ]
+    [line] = [ln for ln in done.stdout.splitlines() if "remove the copy with: " in ln]
+    assert shlex.split(line.partition("remove the copy with: ")[2]) == ["rm", "-rf", str(target)]
     assert not list((tmp_path / "archives").glob(".verify-*")), "the build's scratch is gone"
     with serving(conf) as url:
         assert _counts(url) == {"metrics": 6_500, "later": 600}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -481,7 +482,9 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         print("  the previous data was kept in:")
         for path in result.rollback_dirs:
             print(f"    {path}")
-        print("  once satisfied, remove it with: rm -rf " + " ".join(result.rollback_dirs))
+        print(
+            "  once satisfied, remove it with: " + shlex.join(["rm", "-rf", *result.rollback_dirs])
+        )
     return EXIT_OK
 
 

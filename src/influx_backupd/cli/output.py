@@ -208,10 +208,13 @@ def print_target(result: TargetResult, as_json: bool) -> None:
     print_merge(result.merge, result.merge_reason)
     print_deletes(result.deletes)
     if result.url is None:
-        print(f"  serve it with: influxd run -config {result.conf}")
+        print(f"  serve it with: influxd run -config {shlex.quote(result.conf)}")
     else:
         print(
             f"  serving  {result.url} (influxd pid {result.pid}, log {result.target}/influxd.log)"
         )
         print(f"  stop it with: kill {result.pid}")
-    print("  the live server was not touched; remove the copy with: rm -rf " + result.target)
+    print(
+        "  the live server was not touched; remove the copy with: rm -rf "
+        + shlex.quote(result.target)
+    )

@@ -28,6 +28,7 @@ failed tool had begun creating (it did not exist before) is dropped again.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import tarfile
 import time
 from collections import Counter
@@ -542,7 +543,18 @@ def _undo(
         if dropped and aside is not None:
             return (
                 f"putting {new} back failed too ({exc}): its data is in {aside}; restore it with "
-                f"influxd restore -portable -host {live.snapshot} -db {new} {aside}"
+                + shlex.join(
+                    [
+                        "influxd",
+                        "restore",
+                        "-portable",
+                        "-host",
+                        live.snapshot,
+                        "-db",
+                        new,
+                        str(aside),
+                    ]
+                )
             )
         return f"dropping the half-restored {new} failed ({exc}): drop it by hand"
     if aside is not None:

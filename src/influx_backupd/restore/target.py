@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -240,7 +241,7 @@ def restore_into(
                 raise RestoreFailed(
                     f"interrupted by {exc} while influxd started on {target}, which was stopped "
                     f"again; the backup is in {target} (serve it with: influxd run -config "
-                    f"{result.conf}); the live server was not touched"
+                    f"{shlex.quote(result.conf)}); the live server was not touched"
                 ) from None
     finally:
         with signals_blocked():
