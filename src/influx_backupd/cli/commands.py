@@ -461,6 +461,9 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         except RestoreFailed as exc:
             say(str(exc))
             return EXIT_FAILED
+    # a plain line each (the log event says it too): e.g. a backup whose bytes nothing checked
+    for warning in (into if args.target else one if args.database else result).warnings:
+        say(f"warning: {warning}")
     if args.target is not None:
         print_target(into, args.json)
         return EXIT_OK

@@ -12,6 +12,7 @@ import shutil
 import tarfile
 import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from influx_backupd.core import log
@@ -33,8 +34,9 @@ from influx_backupd.store.archive import (
 )
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import lookup
+from influx_backupd.store.formats import check_archive as check_formats
 from influx_backupd.store.record import RunRecord, only_in_bucket
-from influx_backupd.store.sidecar import SidecarError, record_beside
+from influx_backupd.store.sidecar import SidecarError, record_beside, sidecar_of
 
 ALLOWED_TOPS = COLD_TOPS
 
@@ -86,9 +88,25 @@ def owner_ids(config: Config) -> tuple[int, int]:
     return uid, gid
 
 
-def scan_cold(path: Path, record: RunRecord | None) -> set[str]:
+@dataclass(frozen=True)
+class ColdScan:
+    tops: set[str]  # the archive's top-level names
+    unchecked: str | None  # no recorded sha256: what the operator is told (a warning)
+
+
+# What the WAL checker says of a segment whose first entry does not decode: influxd truncates
+# it there, replaying none of it (verify counts it a tolerated torn tail: store/formats/wal.py).
+NOTHING_DECODED = "torn tail at offset 0 "
+
+
+def scan_cold(path: Path, record: RunRecord | None) -> ColdScan:
     """Read the whole archive: sha256 against the record, safe headers, data present, meta/ and
-    data/ there. Returns its top-level names."""
+    data/ there.
+
+    Without a recorded sha256 (a path with no record beside it, an old record) nothing says
+    its bytes are the ones written: said (event restore.no_sidecar, ColdScan.unchecked), and
+    the formats of its files are checked deeply instead, as verify --deep does; an error, or a
+    WAL segment of which nothing decodes, refuses it."""
     try:
         scan = scan_archive(path, ALLOWED_TOPS)
     except ArchiveError as exc:
@@ -103,12 +121,40 @@ def scan_cold(path: Path, record: RunRecord | None) -> set[str]:
             raise RestoreRefused(
                 f"{path}: no {needed}/ in the archive; not a cold backup of influxd"
             )
-    return scan.tops
+    if record is not None and record.sha256:
+        return ColdScan(scan.tops, None)
+    unchecked = (
+        f"{path} has no recorded sha256 (no record beside it, {sidecar_of(path).name}, and "
+        "none in the catalog): its bytes are not checked against anything; only the formats "
+        "of its files are"
+    )
+    log.get(action="restore").warning("restore.no_sidecar", path=str(path), detail=unchecked)
+    _check_formats(path)
+    return ColdScan(scan.tops, unchecked)
 
 
-def check_archive(config: Config, path: Path, record: RunRecord | None) -> set[str]:
+def _check_formats(path: Path) -> None:
+    """RestoreRefused naming the first file whose format is wrong (verify --deep's checks), or
+    a WAL segment nothing of which decodes."""
+    report = check_formats(path, deep=True)
+    bad = [f"{f.member}: {f.message}" for f in report.errors] + [
+        f"{f.member}: no entry of this WAL segment decodes, influxd would replay none of it "
+        f"({f.message.partition('): ')[2] or f.message})"
+        for f in report.findings
+        if f.severity == "warning" and f.message.startswith(NOTHING_DECODED)
+    ]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise RestoreRefused(
+            f"{path}: {bad[0]}{more}; no recorded sha256 to tell a damaged copy from the one "
+            "written"
+        )
+
+
+def check_archive(config: Config, path: Path, record: RunRecord | None) -> ColdScan:
     """scan_cold, and every dir of the archive has a live dir to go to."""
-    tops = scan_cold(path, record)
+    scan = scan_cold(path, record)
+    tops = scan.tops
     dirs = config.server.dirs()
     missing = sorted(tops - set(dirs) - {"influxdb.conf"})
     if missing:
@@ -116,17 +162,19 @@ def check_archive(config: Config, path: Path, record: RunRecord | None) -> set[s
             f"{path}: archive holds {', '.join(m + '/' for m in missing)} but {config.server.conf} "
             "sets no directory for it"
         )
-    return {top for top in tops if top in dirs}
+    return ColdScan({top for top in tops if top in dirs}, scan.unchecked)
 
 
 def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult:
     logger = log.get(action="restore")
     path, record = resolve_backup(catalog, backup)
     logger.info("restore.checking", archive=str(path))
-    check_archive(config, path, record)
+    checked = check_archive(config, path, record)
     uid, gid = owner_ids(config)
     plan = SwapPlan.for_server(config)
     result = RestoreResult(archive=str(path), run_id=record.id if record else None)
+    if checked.unchecked:
+        result.warnings.append(checked.unchecked)
 
     # The staging dirs are named in an owner record (influxd/scratch.py) before the first is
     # made: a restore killed outright leaves them to the next lock-taking command, which removes

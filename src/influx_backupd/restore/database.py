@@ -191,6 +191,7 @@ def restore_database(
             "pass --replace (its data is first kept aside as a portable backup)"
         )
     # Check everything before anything is touched.
+    unchecked = source.unchecked if isinstance(source, HotSource) else None
     if isinstance(source, HotSource):
         scans = check_links(source.flavour, source.links)
         # the newest link's manifest lists every shard the server had then (unchanged ones
@@ -200,7 +201,7 @@ def restore_database(
         links = [str(link.path) for link in source.links]
         logger.info("restore.checked", links=links, files=sum(s.files for s in scans))
     else:
-        scan_cold(source.path, source.record)
+        unchecked = scan_cold(source.path, source.record).unchecked
         held = _cold_databases(source.path)
         archive, run_id = source.path, source.record.id if source.record else None
         links = [str(source.path)]
@@ -209,6 +210,7 @@ def restore_database(
             f"--database {name}: not in {archive} (it holds: {', '.join(sorted(held)) or 'none'})"
         )
     result = DatabaseResult(str(archive), run_id, name, new, links=links)
+    result.warnings += [unchecked] if unchecked else []
     started = time.monotonic()
     scratch = scratch_dir.make(config.storage_dir, "restore-")
     try:

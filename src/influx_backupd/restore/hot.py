@@ -139,7 +139,9 @@ def restore_backup(config: Config, catalog: Catalog, backup: str) -> RestoreResu
     source = choose(catalog, backup)
     if isinstance(source, ColdSource):
         return restore_cold(config, catalog, backup)
-    return _restore_hot(config, source.flavour, source.links, source.record)
+    result = _restore_hot(config, source.flavour, source.links, source.record)
+    result.warnings += [source.unchecked] if source.unchecked else []
+    return result
 
 
 # -- the swap -----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ class HotSource:
     flavour: Flavour
     links: list[Link]  # the full first, this backup last
     record: RunRecord | None  # None: restored alone (no record in the catalog or beside it)
+    unchecked: str | None = None  # restored alone: what the operator is told (a warning)
 
 
 def choose(catalog: Catalog, backup: str) -> ColdSource | HotSource:
@@ -48,14 +49,19 @@ def choose(catalog: Catalog, backup: str) -> ColdSource | HotSource:
     if flavour not in ("0.9", "portable"):
         raise RestoreRefused(f"backup {backup}: cannot tell whether it is a 0.9 or 1.x backup")
     links, source = links_up_to(catalog, flavour, path, record)
-    if source == "alone" and flavour == "portable":
-        log.get(action="restore", mode="hot", flavour=flavour).warning(
-            "restore.no_sidecar",
-            path=str(path),
-            detail=(
-                f"{path} has no record beside it ({sidecar_of(path).name}) and is not in "
-                "the catalog: restored as a full; if it is an increment (-since), the "
-                "data of the links before it will be missing"
-            ),
+    if source != "alone":
+        return HotSource(flavour, links, links[-1].record)
+    # no recorded sha256: only its manifest says what it should hold
+    detail = (
+        f"{path} has no record beside it ({sidecar_of(path).name}) and is not in the catalog: "
+        "no recorded sha256, its bytes are checked against its manifest only"
+    )
+    if flavour == "portable":
+        detail += (
+            "; restored as a full: if it is an increment (-since), the data of the links "
+            "before it will be missing"
         )
-    return HotSource(flavour, links, links[-1].record if source != "alone" else None)
+    log.get(action="restore", mode="hot", flavour=flavour).warning(
+        "restore.no_sidecar", path=str(path), detail=detail
+    )
+    return HotSource(flavour, links, None, detail)

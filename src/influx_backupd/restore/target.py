@@ -87,6 +87,7 @@ class TargetResult:
     merge_reason: str | None = None  # why not "files"
     # 1.x: the backup's tombstones, applied before the tool restored it (restore/deletes.py)
     deletes: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)  # for the operator, besides the log
 
 
 # mkdir's answers that mean the path cannot hold a directory of ours, whatever we retry
@@ -166,9 +167,11 @@ def restore_into(
             links=[str(link.path) for link in source.links],
             files=sum(s.files for s in scans),
         )
+        result.warnings += [source.unchecked] if source.unchecked else []
     else:
         logger.info("restore.checking", archive=str(source.path))
-        tops = scan_cold(source.path, source.record)
+        cold = scan_cold(source.path, source.record)
+        tops = cold.tops
         result = TargetResult(
             archive=str(source.path),
             run_id=source.record.id if source.record else None,
@@ -176,6 +179,7 @@ def restore_into(
             conf=str(target / "influxdb.conf"),
             mode="cold",
         )
+        result.warnings += [cold.unchecked] if cold.unchecked else []
     started = time.monotonic()
     created = not target.exists()
     # owned (by owner.json) before anything is made: recovery undoes what a kill leaves
