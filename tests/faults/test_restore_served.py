@@ -6,7 +6,6 @@ shards fail to open: it answers /ping and serves nothing."""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, log_events, started, write_config
 from tests.faults.conftest import FaultResult, one_line, points
+from tests.integration.test_restore_live_dirs import _mounted
 
 JOBS = {
     "cold": {"name": "c", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"},
@@ -28,13 +28,8 @@ COUNTED = {"cold": "counted at backup time", "hot": "in the build before the swa
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.fail("mounting a tmpfs needs root (CI runs as root)")
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(mount)], check=True)
-    try:
+    with _mounted(tmp_path / "fs", "-t", "tmpfs", "-o", "size=80m", "tmpfs") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _filling_wrapper(tmp_path: Path, mount: Path, binary: str) -> tuple[Path, Path]:

@@ -8,16 +8,7 @@ import shlex
 from pathlib import Path
 
 from influx_backupd.restore.swap import failed_kept, note_absent, roll_back
-
-STAMP = "20261202T040000Z"
-
-
-def _swap(root: Path, name: str) -> list[str]:
-    return [
-        str(root / name),
-        str(root / f"{name}.rollback-{STAMP}"),
-        str(root / f".{name}.restore-x"),
-    ]
+from tests.unit.restore.test_roll_back_names import STAMP, _swap
 
 
 def _swapped(root: Path, *, absent: str) -> list[list[str]]:
