@@ -37,15 +37,24 @@ def test_restore_and_verify_say_it_is_only_in_the_bucket(
         f"influx-backupd: backup {backup_id} is only in the bucket: "
         f"restore {backup_id} --from offsite / verify {backup_id} --offsite\n"
     )
+    hint = (
+        f"influx-backupd: restore {backup_id}: backup {backup_id} is only in the bucket (imported "
+        "by import --offsite, no local copy); add --from offsite to fetch and restore it: "
+        f"restore {backup_id} --from offsite\n"
+    )
     look = tmp_path / "look"
     for args in (("restore", backup_id, "--yes"), ("restore", backup_id, "--target", str(look))):
         done = cli(*args)
-        assert (done.returncode, done.stderr) == (1, line), args
+        # a usage mistake (2): the backup is fine, the command lacks --from offsite
+        assert (done.returncode, done.stderr) == (2, hint), args
     assert not look.exists()
     done = cli("verify", backup_id)
     assert (done.returncode, done.stderr) == (1, line)
     [record] = cli.json("list")
     assert record["verify_status"] is None, "no verdict: nothing was checked"
+    assert record["only_in_bucket"] is True and record["status"] == "ok"
+    [row] = cli("list").stdout.splitlines()[1:]
+    assert "off-site only, no local copy" in row and record["archive"] not in row, row
     assert "FAILING" not in cli("status").stdout
     pruned = cli("prune", "--dry-run")
     assert "check failed" not in pruned.stdout and pruned.returncode == 0

@@ -21,10 +21,10 @@ from influx_backupd.cli import offsite as offsite_cli
 from influx_backupd.cli.output import (
     fmt_bytes,
     fmt_s,
-    fmt_time,
     print_database,
     print_deletes,
     print_json,
+    print_list,
     print_merge,
     print_record,
     print_target,
@@ -43,6 +43,7 @@ from influx_backupd.core.errors import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    OnlyInBucket,
     RestoreFailed,
     RestoreRefused,
     UsageError,
@@ -65,7 +66,7 @@ from influx_backupd.run.offsite import unsent_holds
 from influx_backupd.run.runner import ModeUnavailable, Skipped, dry_run, run_backup
 from influx_backupd.store.archive import not_a_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
-from influx_backupd.store.record import RunRecord
+from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import records_in
 from influx_backupd.verify.check import (
     BackupNotFound,
@@ -364,23 +365,7 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     catalog = Catalog(config.state_dir)
     if catalog.exists():
         catalog.check()  # damage anywhere, not only in the rows listed
-    records = catalog.list(job=args.job) if catalog.exists() else []
-    if args.json:
-        print_json([r.to_dict() for r in records])
-        return EXIT_OK
-    if not records:
-        print("no backups yet")
-        return EXIT_OK
-    print(
-        f"{'ID':<22} {'JOB':<10} {'MODE':<5} {'STATUS':<11} {'STARTED':<21} {'SIZE':>10} {'DOWNTIME':>9}  ARCHIVE"
-    )
-    for r in records:
-        # taken ok, found bad by a check since: not a good backup, and said so here too
-        status = "check-fail" if r.failed_check else r.status
-        print(
-            f"{r.id:<22} {r.job:<10} {r.mode:<5} {status:<11} {fmt_time(r.started_at):<21} "
-            f"{fmt_bytes(r.bytes):>10} {fmt_s(r.downtime_s):>9}  {r.archive or '-'}"
-        )
+    print_list(catalog.list(job=args.job) if catalog.exists() else [], args.json)
     return EXIT_OK
 
 
@@ -389,6 +374,10 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     from_offsite = args.source == "offsite"
     if not from_offsite:
         backup_argument(config, args.backup)
+        catalog = Catalog(config.state_dir)
+        record = catalog.get(args.backup) if catalog.exists() else None
+        if record is not None and only_in_bucket(record):
+            raise _from_offsite_hint(args.backup)
     if args.start and args.target is None:
         raise UsageError("restore: --start goes with --target DIR")
     if args.database is None and (
@@ -455,6 +444,8 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
                 )
             else:
                 result = restore_backup(config, catalog, args.backup)
+        except OnlyInBucket:  # found by a path the catalog knows: the same mistake
+            raise _from_offsite_hint(args.backup) from None
         except RestoreRefused as exc:
             say(f"restore refused, nothing touched: {exc}")
             return exc.exit_status  # 1; 2 for a usage mistake, 78 for a config that cannot work
@@ -489,6 +480,16 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             "  once satisfied, remove it with: " + shlex.join(["rm", "-rf", *result.rollback_dirs])
         )
     return EXIT_OK
+
+
+def _from_offsite_hint(backup: str) -> UsageError:
+    """`restore ID` of a backup imported by `import --offsite` and not fetched: a usage
+    mistake (the backup is fine, its archive is in the bucket), found before anything."""
+    return UsageError(
+        f"restore {quoted(backup)}: backup {quoted(backup)} is only in the bucket (imported by "
+        "import --offsite, no local copy); add --from offsite to fetch and restore it: "
+        f"restore {quoted(backup)} --from offsite"
+    )
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 from influx_backupd.restore.database import DatabaseResult
 from influx_backupd.restore.target import TargetResult
-from influx_backupd.store.record import RunRecord
+from influx_backupd.store.record import RunRecord, only_in_bucket
 
 
 def fmt_time(ts: float | None) -> str:
@@ -138,6 +138,34 @@ def print_record(record: RunRecord, as_json: bool, *, verbose: bool = False) -> 
         print(f"  points    {counts}")
     for key, value in sorted(record.extra.items()):
         print(f"  {key:<9} {json.dumps(value, default=str)}")
+
+
+def print_list(records: list[RunRecord], as_json: bool) -> None:
+    """`list`: one row a backup. A backup imported by `import --offsite` and not fetched has no
+    archive here: its row says so instead of naming a path that does not exist (--json: the
+    field only_in_bucket)."""
+    if as_json:
+        print_json([{**r.to_dict(), "only_in_bucket": only_in_bucket(r)} for r in records])
+        return
+    if not records:
+        print("no backups yet")
+        return
+    print(
+        f"{'ID':<22} {'JOB':<10} {'MODE':<5} {'STATUS':<11} {'STARTED':<21} {'SIZE':>10} "
+        f"{'DOWNTIME':>9}  ARCHIVE"
+    )
+    for r in records:
+        # taken ok, found bad by a check since: not a good backup, and said so here too
+        status = "check-fail" if r.failed_check else r.status
+        where = (
+            "off-site only, no local copy (restore --from offsite fetches it)"
+            if only_in_bucket(r)
+            else r.archive or "-"
+        )
+        print(
+            f"{r.id:<22} {r.job:<10} {r.mode:<5} {status:<11} {fmt_time(r.started_at):<21} "
+            f"{fmt_bytes(r.bytes):>10} {fmt_s(r.downtime_s):>9}  {where}"
+        )
 
 
 def print_merge(merge: str | None, reason: str | None) -> None:
