@@ -94,8 +94,9 @@ class ColdScan:
     unchecked: str | None  # no recorded sha256: what the operator is told (a warning)
 
 
-# What the WAL checker says of a segment whose first entry does not decode: influxd truncates
-# it there, replaying none of it (verify counts it a tolerated torn tail: store/formats/wal.py).
+# What the WAL checker says of a segment whose first entry is cut short or ends in zeros: influxd
+# truncates it there, replaying none of it (verify tolerates it as a torn tail: a crash's work;
+# an entry of garbage is an error already: store/formats/wal.py). Unchecked, it is refused.
 NOTHING_DECODED = "torn tail at offset 0 "
 
 
