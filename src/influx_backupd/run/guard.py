@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import time
 from collections.abc import Iterator
@@ -451,8 +452,8 @@ def _restore_tests_left(storage: Path) -> None:
                     "recovery.target_kept",
                     path=str(target),
                     detail="a restore --target killed while its influxd started: the copy is "
-                    f"whole, that server stopped; serve it with influxd run -config "
-                    f"{target / 'influxdb.conf'}",
+                    "whole, that server stopped; serve it with influxd run -config "
+                    + shlex.quote(str(target / "influxdb.conf")),
                 )
             # DIR dealt with: a later restore into the same DIR must never be taken for this one
             shutil.rmtree(path, ignore_errors=True)
