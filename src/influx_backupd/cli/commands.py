@@ -68,6 +68,7 @@ from influx_backupd.store.archive import not_a_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
 from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import records_in
+from influx_backupd.store.state import lock_held
 from influx_backupd.verify.check import (
     BackupNotFound,
     passed_over,
@@ -365,7 +366,11 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     catalog = Catalog(config.state_dir)
     if catalog.exists():
         catalog.check()  # damage anywhere, not only in the rows listed
-    print_list(catalog.list(job=args.job) if catalog.exists() else [], args.json)
+    print_list(
+        catalog.list(job=args.job) if catalog.exists() else [],
+        args.json,
+        run_alive=lock_held(config.state_dir),
+    )
     return EXIT_OK
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shlex
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from influx_backupd.restore.database import DatabaseResult
@@ -140,12 +141,36 @@ def print_record(record: RunRecord, as_json: bool, *, verbose: bool = False) -> 
         print(f"  {key:<9} {json.dumps(value, default=str)}")
 
 
-def print_list(records: list[RunRecord], as_json: bool) -> None:
+def print_list(records: list[RunRecord], as_json: bool, *, run_alive: bool = False) -> None:
     """`list`: one row a backup. A backup imported by `import --offsite` and not fetched has no
     archive here: its row says so instead of naming a path that does not exist (--json: the
-    field only_in_bucket)."""
+    field only_in_bucket). An ok backup whose archive is gone is `missing` (archive_missing),
+    not ok; a `running` run with no live process holding the lock (run_alive False) died, and
+    says so (process_gone) until the next command that takes the lock records it."""
+
+    def archive_missing(r: RunRecord) -> bool:
+        return (
+            r.ok
+            and not only_in_bucket(r)
+            and r.archive is not None
+            and not Path(r.archive).exists()
+        )
+
+    def process_gone(r: RunRecord) -> bool:
+        return r.status == "running" and not run_alive
+
     if as_json:
-        print_json([{**r.to_dict(), "only_in_bucket": only_in_bucket(r)} for r in records])
+        print_json(
+            [
+                {
+                    **r.to_dict(),
+                    "only_in_bucket": only_in_bucket(r),
+                    "archive_missing": archive_missing(r),
+                    "process_gone": process_gone(r),
+                }
+                for r in records
+            ]
+        )
         return
     if not records:
         print("no backups yet")
@@ -154,18 +179,29 @@ def print_list(records: list[RunRecord], as_json: bool) -> None:
         f"{'ID':<22} {'JOB':<10} {'MODE':<5} {'STATUS':<11} {'STARTED':<21} {'SIZE':>10} "
         f"{'DOWNTIME':>9}  ARCHIVE"
     )
+    notes: list[str] = []
     for r in records:
         # taken ok, found bad by a check since: not a good backup, and said so here too
-        status = "check-fail" if r.failed_check else r.status
+        status: str = "check-fail" if r.failed_check else r.status
         where = (
             "off-site only, no local copy (restore --from offsite fetches it)"
             if only_in_bucket(r)
             else r.archive or "-"
         )
+        if archive_missing(r):
+            status, where = "missing", f"{where} (gone from disk)"
+        elif process_gone(r):
+            status = "died"
+            notes.append(
+                f"{r.id}: its process is gone; the next command that takes the lock (backup, "
+                "prune, verify) records it interrupted and undoes what it left"
+            )
         print(
             f"{r.id:<22} {r.job:<10} {r.mode:<5} {status:<11} {fmt_time(r.started_at):<21} "
             f"{fmt_bytes(r.bytes):>10} {fmt_s(r.downtime_s):>9}  {where}"
         )
+    for note in notes:
+        print(note)
 
 
 def print_merge(merge: str | None, reason: str | None) -> None:
