@@ -32,7 +32,12 @@ from pydantic import (
 )
 
 from influx_backupd.core import config_values, offsite_keys
-from influx_backupd.core.durations import Duration, IntervalDuration, PositiveDuration
+from influx_backupd.core.durations import (
+    Duration,
+    IntervalDuration,
+    PositiveTimeoutDuration,
+    TimeoutDuration,
+)
 from influx_backupd.core.errors import EXIT_CONFIG, BackupdError
 from influx_backupd.core.names import JOB_NAME, JOB_NAME_RULE
 from influx_backupd.core.offsite_section import BUCKET_FORM, OffsiteSection
@@ -148,11 +153,11 @@ class InfluxdSection(_Strict):
     """Owner of restored files (influxd cannot write files it does not own)."""
     group: str = "influxdb"
     """Group of restored files."""
-    stop_timeout: Duration = 90.0
+    stop_timeout: TimeoutDuration = 90.0
     """How long influxd may take to stop; past it nothing is copied and influxd is left running."""
-    start_timeout: Duration = 120.0
+    start_timeout: TimeoutDuration = 120.0
     """How long influxd may take to answer /ping after a start (it grows with the WAL)."""
-    backup_timeout: Duration = 3600.0  # a whole `influxd backup` run (hot job)
+    backup_timeout: TimeoutDuration = 3600.0  # a whole `influxd backup` run (hot job)
     """Limit on one whole `influxd backup` run (hot jobs); past it the run fails."""
     # HTTP auth for queries to the live server ([http] auth-enabled); both or neither. The
     # password lives in its own file (config files are often world-readable): read at load.
@@ -325,7 +330,7 @@ class JobSection(Scheduled):
     """Argv run without a shell after a good run, the record in INFLUX_BACKUPD_* variables. Its executable: an absolute path, or a name on the PATH (that it is there is checked at load, not by this schema)."""
     on_failure: Annotated[list[str] | None, Field(json_schema_extra=_HOOK_SCHEMA)] = None
     """Argv run without a shell after a failed run, or when a check finds a backup bad. Its executable as for on_success."""
-    hook_timeout: PositiveDuration = 60.0
+    hook_timeout: PositiveTimeoutDuration = 60.0
     """After this long a hook's whole process group is killed."""
     heartbeat_url: Annotated[
         str | None, Field(json_schema_extra={"pattern": _url_pattern("https?")})
@@ -408,7 +413,9 @@ class NotifySection(_Strict):
     """apprise URLs told when a run failed or was interrupted."""
     verify_failed: AppriseUrls = Field(default_factory=list)
     """apprise URLs told when a check finds a kept backup bad."""
-    timeout: PositiveDuration = 30.0  # the most a notification may hold up the run that sends it
+    timeout: PositiveTimeoutDuration = (
+        30.0  # the most a notification may hold up the run that sends it
+    )
     """The most a notification may hold up the run that sends it."""
 
     @model_validator(mode="after")

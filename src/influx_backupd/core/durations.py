@@ -32,6 +32,45 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+# A timeout ends up in poll(2) (subprocess's communicate, selectors), which takes a C int of
+# milliseconds: past 2**31 ms (24.8 days) Python raises OverflowError mid-run. 3w is a whole
+# number in every unit, so the schema's pattern can say exactly what load refuses.
+MAX_TIMEOUT = 21 * 86400.0
+_TIMEOUT_LIMITS = {"ms": 1_814_400_000, "s": 1_814_400, "m": 30_240, "h": 504, "d": 21, "w": 3}
+
+
+def parse_timeout(value: object) -> float:
+    """A duration that is waited on as one timeout: at most 21d (3w)."""
+    seconds = parse_duration(value)
+    if seconds > MAX_TIMEOUT:
+        raise ValueError(
+            f"must be at most 21d (3w; the system's timers take no longer wait), not {value!r}"
+        )
+    return seconds
+
+
+def _at_most(limit: int) -> str:
+    """A regex for a decimal number <= limit (leading zeros allowed): below it any fraction,
+    the limit itself only with zeros after the point."""
+    digits = str(limit)
+    below = [f"[0-9]{{1,{len(digits) - 1}}}"] if len(digits) > 1 else []
+    for i, digit in enumerate(digits):
+        if digit != "0":
+            rest = len(digits) - i - 1
+            tail = f"[0-9]{{{rest}}}" if rest else ""
+            below.append(f"{digits[:i]}[0-{int(digit) - 1}]{tail}")
+    return f"0*(({'|'.join(below)})(\\.[0-9]+)?|{digits}(\\.0+)?)"
+
+
+def _timeout_pattern(positive: bool) -> str:
+    units = "|".join(
+        f"{_at_most(limit)}\\s*{'s?' if unit == 's' else unit}"
+        for unit, limit in _TIMEOUT_LIMITS.items()
+    )
+    ahead = "(?=[0-9.]*[1-9])" if positive else ""
+    return f"^\\s*{ahead}({units})\\s*$"
+
+
 # In the JSON Schema a duration is what people write: a string like "90s" (or seconds).
 DURATION_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d|w)?\s*$"
 # ... one longer than 0 (a timeout): some digit of the number is not 0
@@ -42,7 +81,15 @@ INTERVAL_DURATION_PATTERN = (
     r"^\s*(0*[1-9][0-9]*(\.[0-9]+)?\s*s?|0*[1-9][0-9]{3,}(\.[0-9]+)?\s*ms"
     r"|(?=[0-9.]*[1-9])[0-9]+(\.[0-9]+)?\s*[mhdw])\s*$"
 )
-DURATION_PATTERNS = (DURATION_PATTERN, POSITIVE_DURATION_PATTERN, INTERVAL_DURATION_PATTERN)
+TIMEOUT_PATTERN = _timeout_pattern(positive=False)
+POSITIVE_TIMEOUT_PATTERN = _timeout_pattern(positive=True)
+DURATION_PATTERNS = (
+    DURATION_PATTERN,
+    POSITIVE_DURATION_PATTERN,
+    INTERVAL_DURATION_PATTERN,
+    TIMEOUT_PATTERN,
+    POSITIVE_TIMEOUT_PATTERN,
+)
 
 
 def _schema(pattern: str, bound: dict[str, float]) -> WithJsonSchema:
@@ -69,4 +116,15 @@ IntervalDuration = Annotated[
     float,
     BeforeValidator(parse_duration),
     _schema(INTERVAL_DURATION_PATTERN, {"minimum": 1}),
+]
+# Waited on as one timeout (poll(2)): at most 21d, said by the schema too.
+TimeoutDuration = Annotated[
+    float,
+    BeforeValidator(parse_timeout),
+    _schema(TIMEOUT_PATTERN, {"minimum": 0, "maximum": MAX_TIMEOUT}),
+]
+PositiveTimeoutDuration = Annotated[
+    float,
+    BeforeValidator(parse_timeout),
+    _schema(POSITIVE_TIMEOUT_PATTERN, {"exclusiveMinimum": 0, "maximum": MAX_TIMEOUT}),
 ]

@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from influx_backupd.core import config_values, offsite_keys
-from influx_backupd.core.durations import Duration, PositiveDuration
+from influx_backupd.core.durations import Duration, PositiveDuration, PositiveTimeoutDuration
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]i?)?[bB]?\s*\Z")
 _SIZE_UNIT = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
@@ -174,7 +174,7 @@ class OffsiteSection(BaseModel):
     """The daemon: a backup that falls due waits this long for the upload to stop between objects; past it, an upload held by a request that does not end (a stuck endpoint) is left behind and the backup runs."""
     stall_after: Annotated[PositiveDuration, Field(gt=0)] = 300.0
     """A request that makes no progress for this long has stalled (an endpoint answering a byte at a time defeats the read timeout): the off-site step gives up with one line (a command exits; the daemon leaves it behind and tries again after retry_after). Progress: bytes leaving the socket's send queue, 16 KiB of a download, an attempt begun; our own max_rate waits do not count. Keep it above the read timeout (60 s) and above the time the endpoint takes to answer a whole upload."""
-    connect_timeout: Annotated[PositiveDuration, Field(gt=0)] = 10.0
+    connect_timeout: Annotated[PositiveTimeoutDuration, Field(gt=0)] = 10.0
     """How long a connection to the endpoint may take."""
     # objects no kept manifest references are deleted only once older than this (seconds):
     # an upload in flight writes its objects before its manifest
