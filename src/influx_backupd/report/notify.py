@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -98,8 +100,9 @@ def send(
     logger = log.get(notify=event, run_id=run_id) if run_id else log.get(notify=event)
     request = {"urls": list(urls), "subject": subject, "body": body, "event": event}
     outcome = _in_child({**request, "timeout": timeout}, timeout)
+    secrets = secret_parts(urls)
     for line in outcome.get("warnings") or []:
-        logger.warning("notify.library", detail=str(line))
+        logger.warning("notify.library", detail=scrub(str(line), secrets))
     if outcome.get("ok") is True and "refused" not in outcome:
         logger.info("notify.sent", targets=len(urls))
         return True
@@ -109,8 +112,52 @@ def send(
         else f"no answer within {timeout:g}s"
     )
     # URLs carry tokens and passwords: never log them, only how many.
-    logger.warning("notify.failed", targets=len(urls), error=str(error))
+    logger.warning("notify.failed", targets=len(urls), error=scrub(str(error), secrets))
     return False
+
+
+_WORD = re.compile(r"[A-Za-z0-9]")
+
+
+def secret_parts(urls: Sequence[str]) -> list[str]:
+    """Every part of the URLs that may be a secret, longest first: user, password, each path
+    segment (an ntfy topic, a webhook token), each query value and the fragment; the host too
+    unless it looks like one (a dot, a colon, localhost): discord://ID/TOKEN and slack://A/B/C
+    put tokens where a host goes. In raw and percent-decoded form."""
+    parts: set[str] = set()
+    for url in urls:
+        rest = url.split("://", 1)[-1]
+        netloc, _, tail = rest.partition("/")
+        if "?" in netloc or "#" in netloc:  # no path: scheme://host?query
+            netloc, tail = re.split(r"(?=[?#])", netloc, maxsplit=1)
+        userinfo, at, hostport = netloc.rpartition("@")
+        if at:
+            parts.update(userinfo.split(":", 1))
+        host = re.sub(r":[0-9]*\Z", "", hostport)
+        if not ("." in host or ":" in host or host.lower() == "localhost"):
+            parts.add(host)
+        path, _, query = tail.partition("?")
+        query, _, fragment = query.partition("#")
+        path, _, frag2 = path.partition("#")
+        parts.update(path.split("/"))
+        parts.update(p.partition("=")[2] for p in re.split(r"[&;]", query))
+        parts.update((fragment, frag2))
+    parts |= {urllib.parse.unquote_plus(p) for p in parts}
+    parts |= {urllib.parse.quote(p, safe="") for p in parts}
+    return sorted((p for p in parts if p), key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """text (a library's warning or error) with every secret part replaced by ***: a short one
+    only where it stands as a word of its own, so that "pw" spares "pwd"."""
+    for secret in secrets:
+        if len(secret) >= 6:
+            text = text.replace(secret, "***")
+        else:
+            edge = "" if _WORD.match(secret[0]) is None else r"(?<![A-Za-z0-9])"
+            end = "" if _WORD.match(secret[-1]) is None else r"(?![A-Za-z0-9])"
+            text = re.sub(edge + re.escape(secret) + end, "***", text)
+    return text
 
 
 def send_detached(
