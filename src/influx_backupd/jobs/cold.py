@@ -27,7 +27,7 @@ from influx_backupd.core.log import Logger
 from influx_backupd.influxd import counts
 from influx_backupd.influxd.server import SUPERVISOR_HINT, Influxd, InfluxdError, NotAnswering
 from influx_backupd.jobs.staging import Stager
-from influx_backupd.report import progress
+from influx_backupd.report import metrics, progress
 from influx_backupd.store.archive import (
     COLD_TOPS,
     ArchiveError,
@@ -98,20 +98,21 @@ def run_cold(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
     record = RunRecord(id=new_run_id(), job=job.name, mode="cold", started_at=time.time())
     logger = log.get(run_id=record.id, job=job.name, mode="cold")
     catalog.save(record)
-    logger.info("run.started", phase="preflight")
-    try:
-        _cold(config, job, record, logger)
-    except (JobFailed, InfluxdError, ArchiveError) as exc:
-        record.status = "failed"
-        record.error = str(exc)
-    except OSError as exc:
-        record.status = "failed"
-        record.error = unit_paths.explain(config, exc)
-    except Interrupted as exc:
-        record.status = "interrupted"
-        record.error = f"interrupted by {exc}"
-    finally:
-        catalog.finish(record, logger)
+    with log.run_context(run_id=record.id, job=job.name, mode="cold"):
+        logger.info("run.started", phase="preflight")
+        try:
+            _cold(config, job, record, logger)
+        except (JobFailed, InfluxdError, ArchiveError) as exc:
+            record.status = "failed"
+            record.error = str(exc)
+        except OSError as exc:
+            record.status = "failed"
+            record.error = unit_paths.explain(config, exc)
+        except Interrupted as exc:
+            record.status = "interrupted"
+            record.error = f"interrupted by {exc}"
+        finally:
+            catalog.finish(record, logger)
     return record
 
 
@@ -195,6 +196,18 @@ def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) ->
     finally:
         if stager is not None and not job.keep_staging:
             stager.remove()
+
+
+def _metrics_left_down(config: Config, logger: Logger) -> None:
+    path = config.settings.daemon.metrics_file
+    if path is None:
+        return
+    try:
+        metrics.mark_left_down(path)
+    except OSError as exc:  # the run goes on: its follow-up says so again if it persists
+        logger.warning(
+            "metrics.not_written", phase="stop", path=str(path), error=exc.strerror or str(exc)
+        )
 
 
 def _running_again(
@@ -300,6 +313,10 @@ def _stop_copy_start(
         raise JobFailed(f"{exc}; nothing stopped") from None
     pid = proc.pid
     marker.write(record.id, job=record.job, influxd=process_identity(proc))
+    # left_down 1 before the stop is asked, never after it (that would lengthen the downtime):
+    # a run killed in the window leaves it so, where the InfluxdLeftDown alert sees it; the
+    # follow-up's rewrite after the start sets it back
+    _metrics_left_down(config, logger)
     t_stop = time.monotonic()
     # Set before the stop is asked: a signal or error from here on must lead to a start.
     stop_requested = True

@@ -377,3 +377,19 @@ def write_textfile(path: Path, text: str) -> None:
     hidden and does not end in .prom (the collector reads only *.prom); 0644, as
     node_exporter often runs as another user."""
     replace_file(path, text.encode(), mode=0o644)
+
+
+def mark_left_down(path: Path) -> None:
+    """The metrics file as it is, with left_down 1: written by a cold job just before it asks
+    influxd to stop, so a run killed in the window (no daemon to rewrite the file) still shows.
+    No catalog read: only that one sample changes (the whole file from nothing if none yet)."""
+    sample = f"{LEFT_DOWN.name} "
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    if any(line.startswith(sample) for line in lines):
+        text = "\n".join(sample + "1" if line.startswith(sample) else line for line in lines)
+        write_textfile(path, text + "\n")
+    else:
+        write_textfile(path, render([], left_down=True))

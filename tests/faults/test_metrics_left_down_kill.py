@@ -1,0 +1,50 @@
+"""A foreground `backup` (cron, no daemon) SIGKILLed in the stop window: the metrics file says
+influx_backupd_influxd_left_down 1, so the InfluxdLeftDown alert fires; the next command's
+rewrite sets it back to 0 (real influxd, real CLI, a real kill)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import write_config
+from tests.faults.conftest import Watched, run_cli
+
+FILLER = 1_000_000_000  # sparse: its copy keeps the stop window open long enough to aim at
+
+
+def _left_down(path: Path) -> str:
+    [line] = [
+        line
+        for line in path.read_text().splitlines()
+        if line.startswith("influx_backupd_influxd_left_down ")
+    ]
+    return line.split()[1]
+
+
+@pytest.mark.fault("kill", "SIGKILL of backup", "in the stop window, with metrics_file")
+def test_a_backup_killed_in_the_stop_window_leaves_left_down_1(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    metrics = tmp_path / "metrics" / "influx_backupd.prom"
+    metrics.parent.mkdir()
+    job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
+    config = write_config(tmp_path, sandbox, jobs=[job], daemon={"metrics_file": str(metrics)})
+    first = run_cli(config, "backup", "--json")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert _left_down(metrics) == "0"
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(FILLER)
+
+    backup = Watched(config, "backup", "--json")
+    backup.wait_event("influxd.stopped", phase="stop")
+    backup.kill()
+    assert _left_down(metrics) == "1"
+    assert "influx_backupd_runs_total" in metrics.read_text(), "the rest is kept"
+
+    (sandbox.data / "filler.bin").unlink()
+    done = run_cli(config, "backup", "--json")  # recovers: starts influxd, rewrites the file
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _left_down(metrics) == "0"
