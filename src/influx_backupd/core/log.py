@@ -10,7 +10,7 @@ import shutil
 import sys
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
 import structlog
@@ -36,8 +36,18 @@ MESSAGE_IDS: dict[str, str] = {
     # run.finished failed or interrupted; recovery.run_interrupted (a run killed outright)
     "run_failed": "b8f44c973ce5488bba57f203e89db459",
     "verify_failed": "de9334f97d014f968c77351dcc5e0c67",  # verify.finished / verify.scheduled
-    "influxd_left_down": "79d3fe3858984f03a7c86f4a916d259b",  # influxd.left_down
+    # influxd is down because we stopped it: the run's left_down, the alarm at the first failed
+    # start, each failed start after our stop, the daemon finding a marker of a dead run
+    "influxd_left_down": "79d3fe3858984f03a7c86f4a916d259b",
 }
+LEFT_DOWN_EVENTS = frozenset(
+    {
+        "influxd.left_down",
+        "influxd.left_down_alarm",
+        "influxd.start_failed",  # start_until_up: only ever starts what we stopped
+        "daemon.left_down_found",
+    }
+)
 
 
 def message_id_for(event_dict: Mapping[str, Any]) -> str | None:
@@ -51,7 +61,7 @@ def message_id_for(event_dict: Mapping[str, Any]) -> str | None:
     if event in ("verify.finished", "verify.scheduled"):
         failed = event_dict.get("status") == "failed" or bool(event_dict.get("failed"))
         return MESSAGE_IDS["verify_failed"] if failed else None
-    if event == "influxd.left_down":
+    if event in LEFT_DOWN_EVENTS:
         return MESSAGE_IDS["influxd_left_down"]
     return None
 
@@ -255,6 +265,15 @@ def configure(
         cache_logger_on_first_use=False,
     )
     _route_stdlib(numeric)
+
+
+@contextlib.contextmanager
+def run_context(**context: Any) -> Iterator[None]:
+    """Every event logged in this thread while a run is under way carries its run_id, job and
+    mode, whichever module logs it (a server's start retries too): journalctl RUN_ID=… and the
+    run's log tail, keyed by run_id, find them all."""
+    with structlog.contextvars.bound_contextvars(**context):
+        yield
 
 
 def get(**bound: Any) -> Logger:

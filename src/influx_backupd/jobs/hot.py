@@ -115,22 +115,23 @@ def run_hot(
     logger = log.get(run_id=record.id, job=job.name, mode="hot")
     history = catalog.list(job=job.name)
     catalog.save(record)
-    logger.info("run.started", phase="preflight", backup_host=config.backup_host)
-    try:
-        _hot(config, job, record, history, logger, cancel)
-    except HotFailed as exc:
-        record.status = "failed"
-        record.error = str(exc)
-    except OSError as exc:
-        record.status = "failed"
-        record.error = f"hot.io: {unit_paths.explain(config, exc)}"
-    except Interrupted as exc:
-        record.status = "interrupted"
-        record.error = f"interrupted by {exc}"
-    finally:
-        if record.status == "failed":
-            _free_space_of_failed(record, logger)
-        catalog.finish(record, logger)
+    with log.run_context(run_id=record.id, job=job.name, mode="hot"):
+        logger.info("run.started", phase="preflight", backup_host=config.backup_host)
+        try:
+            _hot(config, job, record, history, logger, cancel)
+        except HotFailed as exc:
+            record.status = "failed"
+            record.error = str(exc)
+        except OSError as exc:
+            record.status = "failed"
+            record.error = f"hot.io: {unit_paths.explain(config, exc)}"
+        except Interrupted as exc:
+            record.status = "interrupted"
+            record.error = f"interrupted by {exc}"
+        finally:
+            if record.status == "failed":
+                _free_space_of_failed(record, logger)
+            catalog.finish(record, logger)
     return record
 
 

@@ -72,6 +72,12 @@ def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None =
 
 
 def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunRecord) -> None:
+    # what its steps log (a hook, a notification's failure) belongs to the run too
+    with log.run_context(run_id=record.id, job=job.name, mode=record.mode):
+        _follow_up(config, job, catalog, record)
+
+
+def _follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunRecord) -> None:
     logger = log.get(run_id=record.id, job=job.name)
 
     def step(name: str, action: Callable[[], None]) -> bool:

@@ -140,3 +140,20 @@ def test_any_status_line_is_cut_to_the_terminal_width(monkeypatch: pytest.Monkey
     drawn = [part for part in out.getvalue().split(log.CLEAR_LINE) if part]
     assert drawn[0] == "x" * 38 + "…"
     assert drawn[-1].endswith("\n" + "x" * 38 + "…"), "redrawn cut as well"
+
+
+def test_events_in_a_run_carry_its_context_and_left_down_events_their_message_id(
+    captured: io.StringIO,
+) -> None:
+    """A bare log.get() inside a run (influxd's start retries) carries run_id, job and mode;
+    every event that says influxd is down because of us carries the left-down MESSAGE_ID."""
+    with log.run_context(run_id="r1", job="nightly", mode="cold"):
+        log.get().error("influxd.start_failed", phase="start", attempt=1)
+        log.get(job="nightly").warning("influxd.left_down_alarm")
+    log.get().info("influxd.start_failed", phase="start")
+    inside, alarm, outside = events(captured)
+    assert (inside["run_id"], inside["job"], inside["mode"]) == ("r1", "nightly", "cold")
+    assert alarm["run_id"] == "r1"
+    left_down = log.MESSAGE_IDS["influxd_left_down"]
+    assert inside["message_id"] == alarm["message_id"] == left_down
+    assert "run_id" not in outside
