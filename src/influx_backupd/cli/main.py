@@ -8,7 +8,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from influx_backupd.cli.parser import build_parser
 from influx_backupd.cli.quote import quoted, say
@@ -114,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Private by default (state, staging, archives, records, logs), whatever the caller's
     # umask; what is meant to be shared (the metrics file), influxd and hooks set their own.
     hooks.CALLER_UMASK = os.umask(0o077)
+    stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
     try:
         status = _main(argv)
         sys.stdout.flush()  # here, not at exit, where a closed pipe would print a traceback
@@ -125,34 +126,67 @@ def main(argv: Sequence[str] | None = None) -> int:
             os._exit(status)
     except BrokenPipeError:
         # The reader went away (`list | head`): stop quietly, as coreutils do.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _stdout_to_devnull()
         return EXIT_PIPE
+    except StdoutFailed as exc:  # stdout's last flush (`backup > /dev/full`)
+        return _stdout_failed(exc)
     finally:
+        sys.stdout = stdout
         os.umask(hooks.CALLER_UMASK)  # a caller in the same process (tests) gets its own back
     return status
 
 
-def _config_given_twice(argv: Sequence[str]) -> bool:
-    """--config or -c more than once, in any of its spellings (a value given after `--` is no
-    option)."""
-    seen = 0
-    for token in argv:
-        if token == "--":
-            break
-        if token in ("-c", "--config") or token.startswith("--config="):
-            seen += 1
-        elif token.startswith("-c") and not token.startswith("--"):
-            seen += 1  # -cPATH
-    return seen > 1
+def _stdout_to_devnull() -> None:
+    """What stdout still holds goes nowhere: Python's own flush at exit would fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class StdoutFailed(OSError):
+    """Writing the command's output to stdout failed (a closed pipe is BrokenPipeError)."""
+
+
+class _Stdout:
+    """sys.stdout, whose write errors say they are stdout's: an OSError alone cannot tell a
+    full stdout from a full backup disk."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._inner.write(text))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StdoutFailed(exc.errno, exc.strerror) from exc
+
+    def flush(self) -> None:
+        try:
+            self._inner.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StdoutFailed(exc.errno, exc.strerror) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _stdout_failed(exc: OSError) -> int:
+    """`backup > /dev/full`: "No space left on device" alone reads like the backup disk is
+    full. The command's work (a backup recorded in the catalog) stands; only its output is lost."""
+    _stdout_to_devnull()
+    say(
+        f"cannot write the output to stdout: {exc.strerror or exc}; what the command did "
+        "stands (`influx-backupd list` shows the runs)"
+    )
+    return EXIT_FAILED
 
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if _config_given_twice(sys.argv[1:] if argv is None else argv):
-        # before and after the command two parsers each keep theirs: the last would win
-        parser.error("--config/-c given more than once; give it once")
     bad = _undecodable(args)
     if bad is not None:
         parser.error(f"argument {bad} is not valid UTF-8")
@@ -195,6 +229,8 @@ def _main(argv: Sequence[str] | None) -> int:
         # dir belongs, a full disk): what and where, in one line
         if isinstance(exc, BrokenPipeError):
             raise
+        if isinstance(exc, StdoutFailed):
+            return _stdout_failed(exc)
         where = f": {exc.filename}" if exc.filename else ""
         say(f"{exc.strerror or exc}{where}")
         return EXIT_FAILED

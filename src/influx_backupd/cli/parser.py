@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from influx_backupd import __version__
@@ -17,7 +18,24 @@ from influx_backupd.influxd.throttle import DATABASE_RATE_MIB
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line on stderr (what, and where to read more)."""
+    """argparse, but a usage mistake is one line on stderr (what, and where to read more), and
+    an option that stores (a value, a flag) given twice is refused (_once)."""
+
+    top = False  # the whole command line's parser: a parse starts every count afresh
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, action in _ONCE.items():
+            self.register("action", name, action)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self.top:
+            for action in _every_action(self):
+                if isinstance(action, _Once):
+                    action.given = False
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         # argparse quotes the user's value whole (`invalid choice: '…10 KB…'`): cut, readable
@@ -25,9 +43,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-class _StoreOnce(argparse._StoreAction):
-    """An option that takes a value, given twice (`--mode hot --mode cold`), is refused: plain
-    argparse keeps the last one silently, and an operator who wrote two meant both."""
+def _every_action(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
+    for action in parser._actions:
+        yield action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _every_action(sub)
+
+
+class _Once(argparse.Action):
+    """An option given twice (`--mode hot --mode cold`, `--log-level` before and after the
+    command, `--yes --yes`) is refused: plain argparse keeps the last one silently, and an
+    operator who wrote two meant both. Counted on the action itself: an option every command
+    takes is one action shared by the parser before the command and the command's own, whose
+    namespaces are two (-v counts, --job appends: neither is one of these)."""
+
+    given = False
 
     def __call__(
         self,
@@ -36,11 +67,36 @@ class _StoreOnce(argparse._StoreAction):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        given: set[str] = namespace.__dict__.setdefault("_given_once", set())
-        if option_string is not None and self.dest in given:
-            raise argparse.ArgumentError(self, "given more than once; give it once")
-        given.add(self.dest)
+        if option_string is not None:
+            if self.given:
+                parser.error(f"{'/'.join(self.option_strings)} given more than once; give it once")
+            self.given = True
         super().__call__(parser, namespace, values, option_string)
+
+
+class _StoreOnce(_Once, argparse._StoreAction):
+    pass
+
+
+class _StoreTrueOnce(_Once, argparse._StoreTrueAction):
+    pass
+
+
+class _StoreFalseOnce(_Once, argparse._StoreFalseAction):
+    pass
+
+
+class _StoreConstOnce(_Once, argparse._StoreConstAction):
+    pass
+
+
+_ONCE: dict[str | None, type[argparse.Action]] = {
+    None: _StoreOnce,
+    "store": _StoreOnce,
+    "store_true": _StoreTrueOnce,
+    "store_false": _StoreFalseOnce,
+    "store_const": _StoreConstOnce,
+}
 
 
 # One list for --help's epilog and the man page's EXIT STATUS (scripts/cli_docs.py).
@@ -112,8 +168,6 @@ def _command(
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.register("action", "store", _StoreOnce)  # the command's own options (not the common ones)
-    p.register("action", None, _StoreOnce)
     return p
 
 
@@ -128,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.top = True
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
