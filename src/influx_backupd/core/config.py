@@ -730,11 +730,36 @@ def _read_toml(path: Path, what: str) -> dict[str, Any]:
     try:
         return toml_of(data)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML: {_toml_reason(str(exc), data)}") from None
     except RecursionError:
         raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
+
+
+_TWICE = re.compile(
+    r"(Cannot overwrite a value|Cannot declare .* twice|Cannot mutate immutable namespace .*)"
+    r" \(at line (\d+), column \d+\)\Z"
+)
+
+
+def _toml_reason(message: str, data: bytes) -> str:
+    """tomllib's message, but a key or table given twice named, in our words (its own says
+    "Cannot overwrite a value (at line 21, column 14)")."""
+    found = _TWICE.match(message)
+    if found is None:
+        return message
+    number = int(found.group(2))
+    lines = data.decode("utf-8-sig", errors="replace").splitlines()
+    text = lines[number - 1].strip() if 0 < number <= len(lines) else ""
+    if text.startswith("["):
+        what = f"the table {text.split('#', 1)[0].strip()}"
+    else:
+        what = f"the key {text.partition('=')[0].strip()!r}" if "=" in text else "a key"
+    return (
+        f"line {number}: {what} is given twice, or extends a value set before; TOML takes each "
+        "key and table once (merge them)"
+    )
 
 
 def _host_port(bind: str, default_port: int) -> tuple[str, int]:
@@ -908,20 +933,25 @@ def job_warnings(settings: Settings) -> list[str]:
 
 
 def secret_file_warnings(settings: Settings) -> list[str]:
-    """check-config's warnings: an [offsite] secret file that its group or others may open."""
+    """check-config's warnings: a secret file ([influxd] password_file, [offsite]'s) that its
+    group or others may open."""
     found: list[str] = []
-    section = settings.offsite
-    if section is None:
-        return found
-    for key, holds in (("identity_file", "age identities"), ("credentials_file", "S3 keys")):
-        file = getattr(section, key)
+    files: list[tuple[str, Path | None, str]] = [
+        ("influxd.password_file", settings.influxd.password_file, "influxd's HTTP password")
+    ]
+    if settings.offsite is not None:
+        files += [
+            ("offsite.identity_file", settings.offsite.identity_file, "age identities"),
+            ("offsite.credentials_file", settings.offsite.credentials_file, "S3 keys"),
+        ]
+    for key, file, holds in files:
         try:
             mode = stat.S_IMODE(file.stat().st_mode) if file is not None else 0
         except OSError:
             continue  # load read it; gone since: the command that uses it says so
         if mode & 0o077:
             found.append(
-                f"offsite.{key}: {file} is readable or writable by group or others "
+                f"{key}: {file} is readable or writable by group or others "
                 f"(mode {mode:04o}) and holds {holds}: chmod 600 {file}"
             )
     return found
@@ -938,7 +968,14 @@ def load(path: Path) -> Config:
     if wrong is not None:
         raise ConfigError(f"{path}: {wrong}")
     if "state_dir" not in settings.daemon.model_fields_set:
-        daemon = settings.daemon.model_copy(update={"state_dir": default_state_dir(path)})
+        state_dir = default_state_dir(path)
+        wrong = config_values.path_problem(state_dir)
+        if wrong is not None:  # systemd's; the user never wrote daemon.state_dir
+            raise ConfigError(
+                f"{path}: $STATE_DIRECTORY (daemon.state_dir is unset, so the state dir comes "
+                f"from it) {wrong}; set daemon.state_dir or the unit's StateDirectory="
+            )
+        daemon = settings.daemon.model_copy(update={"state_dir": state_dir})
         settings = settings.model_copy(update={"daemon": daemon})
     if settings.offsite is not None:
         _offsite_usable(path, settings.offsite)

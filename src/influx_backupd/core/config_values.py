@@ -140,9 +140,12 @@ def url_problem(url: str, key: str = "url") -> str | None:
         return f"must be a URL without control characters, {example}"
     try:
         parts = urllib.parse.urlsplit(url)
+    except ValueError:  # a broken [v6 literal]
+        return f"has a broken [IPv6 address]; must be an http:// or https:// URL, {example}"
+    try:
         port = parts.port
-    except ValueError as exc:  # a port out of range or not a number, a broken [v6 literal]
-        return f"must be an http:// or https:// URL with a valid host and port ({exc}), {example}"
+    except ValueError:  # out of range or not a number; urllib's words quote part of the URL
+        return f"its port must be a number 1-65535, {example}"
     shown = shown_parts(parts)
     if "@" in parts.netloc:
         # urllib cannot send them (it reads "user:password@host" as host and port, and says so

@@ -7,6 +7,7 @@ fires when either matches. Both differences are translated here, so "0 3 * * 0" 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -177,9 +178,20 @@ def cron_trigger(expr: str, tz: ZoneInfo, jitter: float | None = None) -> BaseTr
     return make(dom, dow_arg, jitter or None)
 
 
+_UNRECOGNIZED = re.compile(r'Unrecognized expression "(.*)" for field "(\w+)"\Z')
+_FIELD_NAMES = {"day": "day of month", "day_of_week": "day of week"}
+
+
 def _reason(exc: ValueError) -> str:
     # APScheduler says "Error validating expression '61': the last value (61) is higher …"
     text = str(exc)
+    unrecognized = _UNRECOGNIZED.match(text)
+    if unrecognized is not None:  # cron's L, W, # and ? are not ours either
+        value, field = unrecognized.groups()
+        return (
+            f"{value!r} is not a {_FIELD_NAMES.get(field, field)} value we take: numbers, "
+            "ranges (1-5), lists (1,15), steps (*/2) and names (mon, jan)"
+        )
     return text.split("': ", 1)[1] if text.startswith("Error validating expression") else text
 
 
