@@ -48,3 +48,33 @@ def test_a_backup_killed_in_the_stop_window_leaves_left_down_1(
     done = run_cli(config, "backup", "--json")  # recovers: starts influxd, rewrites the file
     assert done.returncode == 0, done.stderr[-3000:]
     assert _left_down(metrics) == "0"
+
+
+@pytest.mark.fault("kill", "SIGKILL of restore", "in the swap's stop, with metrics_file")
+def test_a_restore_killed_at_its_stop_leaves_left_down_1_and_a_whole_one_0(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A whole-server restore stops influxd as a cold run does: the same sample, the same
+    rewrite after it (the restore wrote no metrics before)."""
+    metrics = tmp_path / "metrics" / "influx_backupd.prom"
+    metrics.parent.mkdir()
+    job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
+    config = write_config(tmp_path, sandbox, jobs=[job], daemon={"metrics_file": str(metrics)})
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 200)
+    first = run_cli(config, "backup", "--json")
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_id = first.stdout.split('"id": "', 1)[1].split('"', 1)[0]
+
+    restore = Watched(config, "restore", run_id, "--yes")
+    restore.wait_event("influxd.stopping", phase="stop")
+    restore.kill()
+    assert _left_down(metrics) == "1"
+
+    done = run_cli(config, "prune")  # recovers: rolls the swap back, starts influxd, rewrites
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _left_down(metrics) == "0"
+    whole = run_cli(config, "restore", run_id, "--yes")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert _left_down(metrics) == "0", "rewritten after the restore: influxd runs"
+    assert sandbox.count("metrics") == 200

@@ -457,6 +457,12 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         except RestoreFailed as exc:
             say(str(exc))
             return EXIT_FAILED
+        finally:
+            # left_down went to 1 before the swap's stop (restore/swap.py): set from the truth
+            try:
+                write_metrics(config, catalog)
+            except (OSError, MetricsNotWritten) as exc:
+                say(f"{exc}")
     # a plain line each (the log event says it too): e.g. a backup whose bytes nothing checked
     for warning in (into if args.target else one if args.database else result).warnings:
         say(f"warning: {warning}")

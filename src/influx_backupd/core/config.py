@@ -14,6 +14,7 @@ import difflib
 import logging
 import os
 import re
+import shlex
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -952,7 +953,7 @@ def secret_file_warnings(settings: Settings) -> list[str]:
         if mode & 0o077:
             found.append(
                 f"{key}: {file} is readable or writable by group or others "
-                f"(mode {mode:04o}) and holds {holds}: chmod 600 {file}"
+                f"(mode {mode:04o}) and holds {holds}: chmod 600 {shlex.quote(str(file))}"
             )
     return found
 

@@ -198,18 +198,6 @@ def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) ->
             stager.remove()
 
 
-def _metrics_left_down(config: Config, logger: Logger) -> None:
-    path = config.settings.daemon.metrics_file
-    if path is None:
-        return
-    try:
-        metrics.mark_left_down(path)
-    except OSError as exc:  # the run goes on: its follow-up says so again if it persists
-        logger.warning(
-            "metrics.not_written", phase="stop", path=str(path), error=exc.strerror or str(exc)
-        )
-
-
 def _running_again(
     config: Config,
     server: Influxd,
@@ -316,7 +304,7 @@ def _stop_copy_start(
     # left_down 1 before the stop is asked, never after it (that would lengthen the downtime):
     # a run killed in the window leaves it so, where the InfluxdLeftDown alert sees it; the
     # follow-up's rewrite after the start sets it back
-    _metrics_left_down(config, logger)
+    metrics.mark_left_down_before_stop(config.settings.daemon.metrics_file, logger)
     t_stop = time.monotonic()
     # Set before the stop is asked: a signal or error from here on must lead to a start.
     stop_requested = True

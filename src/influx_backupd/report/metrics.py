@@ -17,6 +17,7 @@ from typing import Literal
 
 from influx_backupd import __version__
 from influx_backupd.core.atomic import replace_file
+from influx_backupd.core.log import Logger
 from influx_backupd.store.record import RunRecord
 
 # The backup job's name. Not `job`: Prometheus sets its own `job` (and `instance`) target labels
@@ -393,3 +394,17 @@ def mark_left_down(path: Path) -> None:
         write_textfile(path, text + "\n")
     else:
         write_textfile(path, render([], left_down=True))
+
+
+def mark_left_down_before_stop(path: Path | None, logger: Logger, phase: str = "stop") -> None:
+    """mark_left_down just before influxd is asked to stop (a cold run's, a restore's swap);
+    never after it (that would lengthen the downtime). A failure is said, and the caller
+    goes on: the rewrite after the start says so again if it persists."""
+    if path is None:
+        return
+    try:
+        mark_left_down(path)
+    except OSError as exc:
+        logger.warning(
+            "metrics.not_written", phase=phase, path=str(path), error=exc.strerror or str(exc)
+        )

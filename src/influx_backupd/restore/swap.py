@@ -21,6 +21,7 @@ from influx_backupd.core.errors import RestoreFailed, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd.server import Influxd
+from influx_backupd.report import metrics
 from influx_backupd.store import layout
 from influx_backupd.store.state import CrashMarker, process_identity
 
@@ -164,6 +165,8 @@ def live_dirs_swapped(
     t_stop = time.monotonic()
     try:
         if was_running:
+            # as a cold run: left_down 1 before the stop is asked (cli's restore rewrites it)
+            metrics.mark_left_down_before_stop(config.settings.daemon.metrics_file, logger)
             marker.stopping()  # before the event: "stopping" in the log means it was asked
             logger.info("influxd.stopping", phase="stop")
             server.stop(outcome="nothing restored, live data untouched")
