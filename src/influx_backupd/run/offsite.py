@@ -625,8 +625,17 @@ def prune_offsite(config: Config, offsite: Offsite, *, dry_run: bool = False) ->
     keep = {r.id for r in refs if r.job not in configured}  # never prune what no job owns
     by_job: dict[str, list[RunRecord]] = {}
     unreadable: dict[str, str] = {}
+    # a backup whose copy in the bucket is damaged (noted by a check, not repaired) is no good
+    # backup there: as locally, it never takes a restorable one's place, nor do the later links
+    # of its chain (plan() counts an increment whose earlier link is not in the bucket as none
+    # either)
+    damaged = {d.backup: d for d in offsite_repair.noted(config.state_dir)}
     for ref, manifest in offsite.readable([r for r in refs if r.job in configured], unreadable):
-        by_job.setdefault(ref.job, []).append(record_of(manifest))
+        record = record_of(manifest)
+        if record.id in damaged:
+            record.verify_status = "failed"
+            record.verify_detail = f"{len(damaged[record.id].objects)} objects damaged off-site"
+        by_job.setdefault(ref.job, []).append(record)
     now = time.time()
     for records in by_job.values():
         keep |= {r.id for r in plan(records, policy, now=now).keep}
