@@ -67,3 +67,23 @@ def test_off_site_retention_never_counts_a_damaged_backup_as_a_good_one(
     assert report["pruned"]["manifests_deleted"] == [ids[0]], report["pruned"]
     assert _ids(cli.json("list", "--offsite")) == ids[1:], "the newest intact one is kept"
     assert cli("verify", ids[1], "--offsite", "--read-data", "100").returncode == 0
+
+
+def test_a_local_copy_found_damaged_by_a_repair_fails_its_check(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2000)
+    cli = Cli(write_config(tmp_path, sandbox, extra=offsite_section(moto)))
+    record = cli.json("backup")
+    store = Offsite(moto.settings())
+    manifest = store.manifest(record["id"])
+    largest = max((f for f in manifest.files if f.type == "file"), key=lambda f: f.size)
+    _spoil_object(moto, largest.object)
+    assert cli("verify", record["id"], "--offsite", "--read-data", "100").returncode == 1
+    _flip(Path(record["archive"]))
+    synced = cli("offsite", "sync", "--json")
+    assert synced.returncode == 1
+    assert record["id"] in json.loads(synced.stdout)["unrepaired"]
+    [listed] = cli.json("list")
+    assert listed["verify_status"] == "failed", listed

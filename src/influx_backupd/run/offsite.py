@@ -44,6 +44,8 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import chain_loop
 from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import write_sidecar
+from influx_backupd.verify.check import save_result
+from influx_backupd.verify.result import VerifyResult
 
 STATE_FILE = "offsite.json"
 # an archive whose sha256 was proved less than this ago (the run that wrote it hashed what it
@@ -435,6 +437,20 @@ def backup_of(
     return Backup(record.id, record.job, record.kind, record.parent_id, record.to_dict(), source)
 
 
+def found_damaged(catalog: Catalog, record: RunRecord, exc: Damaged) -> None:
+    """A local backup found not to be what its record says as it was read to be sent: its
+    failed check, saved in the catalog as verify saves one, so that list and status say so,
+    retention counts it as no good backup, and the next hot run starts a new chain rather than
+    extend one that restores nothing."""
+    current = catalog.get(record.id) or record
+    result = VerifyResult(archive=current.archive or "", run_id=current.id, job=current.job)
+    result.fail("sha256", f"found by the off-site sync: {exc}")
+    save_result(catalog, current, result)
+    log.get().error(
+        "offsite.local_copy_damaged", run_id=current.id, job=current.job, error=str(exc)
+    )
+
+
 def _has_local_copy(record: RunRecord | None) -> bool:
     return record is not None and not only_in_bucket(record)
 
@@ -477,12 +493,15 @@ def sync(
             try:
                 backup = backup_of(record, known[record.job])
             except OffsiteError as exc:  # a damaged or vanished local backup: the others go
+                if isinstance(exc, Damaged):
+                    found_damaged(catalog, record, exc)
                 report.skipped.append(f"{record.id}: {exc}")
                 logger.error("offsite.not_sent", run_id=record.id, job=record.job, error=str(exc))
                 continue
             try:
                 result = offsite.send(backup, should_stop=stop)
             except Damaged as exc:  # found while sending: no manifest, so not off-site
+                found_damaged(catalog, record, exc)
                 report.skipped.append(f"{record.id}: {exc}")
                 logger.error("offsite.not_sent", run_id=record.id, job=record.job, error=str(exc))
                 continue
@@ -535,6 +554,7 @@ def sync(
                 # imported and never fetched would only add a "not there" to every line)
                 [i for i in state.sent if _has_local_copy(catalog.get(i))],
                 stop=stop,
+                damaged=lambda record, exc: found_damaged(catalog, record, exc),
             )
             report.repaired_bytes = sum(repair.bytes_by_job.values())
             report.repaired, report.unrepaired = repair.repaired, repair.left

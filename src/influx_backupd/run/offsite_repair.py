@@ -166,8 +166,10 @@ def repair(
     sent: Iterable[str],
     *,
     stop: Callable[[], bool] = lambda: False,
+    damaged: Callable[[RunRecord, Damaged], None] = lambda _record, _exc: None,
 ) -> RepairReport:
-    """Send again what the notes name, from the local backups (sent: the ids off-site)."""
+    """Send again what the notes name, from the local backups (sent: the ids off-site).
+    damaged: told of each local copy found not to be what its record says (passed over)."""
     report = RepairReport()
     notes = noted(state_dir)
     if not notes:
@@ -203,6 +205,8 @@ def repair(
             try:
                 backup = backup_of(record)
             except OffsiteError as exc:
+                if isinstance(exc, Damaged):
+                    damaged(record, exc)
                 problems.append(f"{record.id}: {exc}")
                 continue
             try:
@@ -213,6 +217,7 @@ def repair(
                     split={f.sha256: f.chunk_size if f.chunks else 0 for f in manifest.files},
                 )
             except Damaged as exc:
+                damaged(record, exc)
                 problems.append(f"{record.id}: {exc}")
                 continue
             report.objects_sent += result.objects_uploaded
