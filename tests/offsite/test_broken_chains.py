@@ -11,7 +11,7 @@ from pathlib import Path
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.offsite.repo import Offsite
 from tests.conftest import Cli, write_config
-from tests.offsite.conftest import Endpoint
+from tests.offsite.conftest import Endpoint, free_port
 from tests.offsite.helpers import offsite_section
 
 HOT = [{"name": "hotjob", "mode": "hot", "keep_last": 1}]
@@ -67,6 +67,105 @@ def test_off_site_retention_never_counts_a_damaged_backup_as_a_good_one(
     assert report["pruned"]["manifests_deleted"] == [ids[0]], report["pruned"]
     assert _ids(cli.json("list", "--offsite")) == ids[1:], "the newest intact one is kept"
     assert cli("verify", ids[1], "--offsite", "--read-data", "100").returncode == 0
+
+
+def test_an_increment_is_not_sent_without_its_full_and_a_full_found_damaged_fails_its_check(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """The audit's repro: the full was made while the endpoint was down, and its local copy
+    went bad before the next sync. Before: the sync sent its increment alone (verify --offsite
+    said ok, the restore failed on "no chain parent"), and the full stayed ok in the catalog,
+    so every later hot run extended its chain."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    down = f"http://127.0.0.1:{free_port()}"
+    config = write_config(
+        tmp_path, sandbox, jobs=HOT, extra=offsite_section(moto, endpoint_url=down, retries=1)
+    )
+    cli = Cli(config)
+    full = cli.json("backup")
+    assert full["status"] == "ok" and full["kind"] == "full", full
+    shard = max(Path(full["archive"]).glob("*.s1.tar.gz"), key=lambda p: p.stat().st_size)
+    _flip(shard)
+    sandbox.write_points("metrics", 500, start=10_000)
+    increment = cli.json("backup")
+    assert increment["kind"] == "incremental" and increment["parent_id"] == full["id"]
+    config.write_text(config.read_text().replace(down, moto.url))
+
+    synced = cli("offsite", "sync", "--json")
+    assert synced.returncode == 1 and "Traceback" not in synced.stderr, synced.stderr[-2000:]
+    report = json.loads(synced.stdout)
+    assert report["sent"] == [], report
+    why = {line.split(":", 1)[0]: line for line in report["skipped"]}
+    assert set(why) == {full["id"], increment["id"]}, report["skipped"]
+    assert f"its chain parent {full['id']} is not off-site" in why[increment["id"]]
+    assert cli.json("list", "--offsite") == []
+
+    # the damage the sync found is the full's failed check, as verify records one
+    listed = {r["id"]: r for r in cli.json("list")}
+    assert listed[full["id"]]["verify_status"] == "failed"
+    detail = listed[full["id"]]["verify_detail"]
+    assert "found by the off-site sync" in detail and "the local backup is damaged" in detail
+    assert f"FAILING 1 backup(s) failed their last check: {full['id']}" in cli("status").stdout
+    off = cli.json("status")["offsite"]
+    assert list(off["not_sent"]) == [increment["id"]], off
+    assert f"its chain parent {full['id']} failed its check" in off["not_sent"][increment["id"]]
+    assert f"NOT SENT {increment['id']}: its chain parent" in cli("status").stdout
+    text = cli("offsite", "sync")
+    assert f"not sent: {increment['id']}: its chain parent {full['id']}" in text.stderr
+
+    # the next hot run starts a new chain, and that goes off-site whole
+    sandbox.write_points("metrics", 500, start=20_000)
+    fresh = cli.json("backup")
+    assert fresh["status"] == "ok" and fresh["kind"] == "full", fresh
+    # and local retention has its way with the dead chain: what no sync will send is not held
+    # for the bucket (before: held as "not off-site yet", for ever)
+    assert _ids(cli.json("list")) == [fresh["id"]]
+    assert _ids(cli.json("list", "--offsite")) == [fresh["id"]]
+    checked = cli("verify", "--offsite", "--all", "--read-data", "100")
+    assert checked.returncode == 0, checked.stdout
+
+
+def test_verify_list_and_import_offsite_check_the_chain(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """An increment in the bucket whose full is not there (deleted by hand here; sent alone by
+    a version before this check) restores nothing. Before: verify --offsite said ok, list
+    --offsite said nothing, and import --offsite made it an ok backup of a fresh host."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT, extra=offsite_section(moto)))
+    full = cli.json("backup")
+    sandbox.write_points("metrics", 500, start=10_000)
+    increment = cli.json("backup")
+    assert increment["parent_id"] == full["id"]
+    assert cli("verify", increment["id"], "--offsite").returncode == 0
+    moto.client().delete_object(
+        Bucket=moto.bucket, Key=f"host-a/manifests/hotjob/{full['id']}.json.gz"
+    )
+
+    done = cli("verify", increment["id"], "--offsite")
+    assert done.returncode == 1, done.stdout
+    assert f"its chain parent {full['id']} is not in the bucket" in done.stdout
+    every = cli("verify", "--offsite", "--all", "--json")
+    assert every.returncode == 1 and not json.loads(every.stdout)["ok"]
+
+    listed = cli("list", "--offsite")
+    assert listed.returncode == 1, listed.stdout
+    assert f"{increment['id']}: its chain parent {full['id']} is not in the bucket" in (
+        listed.stderr
+    )
+    [row] = cli.json("list", "--offsite")
+    assert row["restorable"] is False and full["id"] in row["problem"], row
+
+    (tmp_path / "b").mkdir()
+    fresh = Cli(write_config(tmp_path / "b", sandbox, jobs=HOT, extra=offsite_section(moto)))
+    imported = fresh("import", "--offsite")
+    assert imported.returncode == 1, imported.stdout
+    assert f"{increment['id']}: its chain parent {full['id']} is not in the bucket" in (
+        imported.stderr
+    )
+    assert fresh.json("list") == [], "nothing that cannot be restored is imported"
 
 
 def test_a_local_copy_found_damaged_by_a_repair_fails_its_check(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Collection
 from typing import Any
 
 from influx_backupd.cli.output import fmt_bytes, fmt_time, print_json
@@ -20,7 +21,8 @@ from influx_backupd.offsite.errors import (
     NotOurs,
     OffsiteError,
 )
-from influx_backupd.offsite.repo import VerifyResult, identity_wrong
+from influx_backupd.offsite.manifest import Manifest
+from influx_backupd.offsite.repo import ManifestRef, VerifyResult, chain_gap, identity_wrong
 from influx_backupd.run import offsite, offsite_repair
 from influx_backupd.run.followup import MetricsNotWritten, write_metrics
 from influx_backupd.run.guard import exclusive
@@ -90,10 +92,14 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     store = offsite.open_offsite(config)
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
-    found = offsite.watched(
-        config, lambda: list(store.readable(store.manifests(job=args.job), skipped))
-    )
+
+    def read() -> tuple[list[ManifestRef], list[tuple[ManifestRef, Manifest]]]:
+        refs = store.manifests(job=args.job)
+        return refs, list(store.readable(refs, skipped))
+
+    refs, found = offsite.watched(config, read)
     _identity_right(found, skipped)
+    gaps = _chain_gaps(refs, found, skipped)
     for _, manifest in found:
         rows.append(
             {
@@ -109,9 +115,15 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
                 "started_at": manifest.started_at,
                 "sent_at": manifest.sent_at,
                 "encrypted": manifest.encrypted,
+                "restorable": manifest.id not in gaps,
+                "problem": gaps.get(manifest.id),
             }
         )
     status = _told_skipped(skipped)
+    for backup_id, why in gaps.items():
+        say(f"offsite: {backup_id}: {why}")
+    if gaps:
+        status = EXIT_FAILED
     if args.json:
         print_json(rows)
         return status
@@ -125,6 +137,23 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
             f"{fmt_bytes(r['bytes']):>10}  {r['name']}"
         )
     return status
+
+
+def _chain_gaps(
+    refs: list[ManifestRef],
+    found: list[tuple[ManifestRef, Manifest]],
+    skipped: dict[str, str],
+    *,
+    whole: Collection[str] = (),
+) -> dict[str, str]:
+    """The backups of found an earlier link of whose chain is not in the bucket (or does not
+    read): backup id → why (they restore nothing from there). whole: backups taken as there
+    with their chains when listed (not read again)."""
+    parents: dict[str, str | None] = {r.id: None for r in refs if r.id in whole}
+    parents.update({m.id: m.parent for _, m in found})
+    unreadable = {r.id for r in refs if r.key in skipped}
+    gaps = {m.id: chain_gap(m.id, parents, unreadable) for _, m in found}
+    return {i: why for i, why in gaps.items() if why is not None}
 
 
 def _identity_right(found: list[Any], skipped: dict[str, str]) -> None:
@@ -158,15 +187,29 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     percent = args.read_data or 0.0
     started = time.monotonic()
 
+    # each earlier link of an increment's chain is checked with it (an increment restores only
+    # as well as they do), each backup once; what is found wrong with any is noted
+    done: dict[str, VerifyResult] = {}
+
     def check() -> tuple[list[VerifyResult], dict[str, str]]:
-        if args.backup is not None:
-            return [store.verify(args.backup, read_percent=percent)], {}
-        results, unreadable = [], {}
         read: set[str] = set()  # objects shared by backups are downloaded once
         listed = store.objects_in_place()  # and the bucket listed once, not once per backup
-        for ref in store.manifests(args.job):
+        refs = {r.id: r for r in store.manifests()}
+        if args.backup is not None:
+            ref = refs.get(args.backup) or store.find(args.backup)
+            return [
+                store.verify_chain(
+                    ref, done, refs=refs, listed=listed, read_percent=percent, read=read
+                )
+            ], {}
+        results, unreadable = [], {}
+        for ref in [r for r in refs.values() if args.job in (None, r.job)]:
             try:
-                results.append(store.verify(ref, read_percent=percent, read=read, listed=listed))
+                results.append(
+                    store.verify_chain(
+                        ref, done, refs=refs, listed=listed, read_percent=percent, read=read
+                    )
+                )
             except (BadManifest, IntegrityError, NotOurs) as exc:  # one we cannot read
                 unreadable[ref.id] = str(exc)
         return results, unreadable
@@ -175,14 +218,14 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         results, unreadable = offsite.watched(config, check)
     except NoSuchBackup as exc:  # BACKUP names nothing: a usage error, as for local backups
         raise UsageError(str(exc)) from None
-    for result in results:
+    for result in done.values():
         offsite_repair.note(config.state_dir, result.id, result.job, result.bad)
-    repairable = sum(len(r.bad) for r in results)
-    failed = unreadable or any(r.errors for r in results)
+    repairable = sum(len(r.bad) for r in done.values())
+    failed = unreadable or any(r.failed for r in results)
     if args.json:
         print_json(
             {
-                "backups": [{**r.__dict__, "ok": not r.errors} for r in results],
+                "backups": [{**r.__dict__, "ok": not r.failed} for r in results],
                 "unreadable": unreadable,
                 "ok": not failed,
                 "took_s": time.monotonic() - started,
@@ -196,13 +239,15 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED if failed else EXIT_OK
     for result in results:
-        status = "ok" if not result.errors else "failed"
+        status = "ok" if not result.failed else "failed"
         print(
             f"{status:<8} {result.id}  {result.objects} objects in the bucket, {result.checked} "
             f"downloaded and hashed ({fmt_bytes(result.bytes_read)})"
         )
         for error in result.errors:
             print(f"  error  {error}")
+        if result.chain is not None:
+            print(f"  error  chain: {result.chain}")
     for backup_id, why in unreadable.items():
         print(f"{'failed':<8} {backup_id}  its manifest does not read: {why}")
     if args.all and not results and not unreadable:
@@ -224,14 +269,22 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
         known = {r.id for r in catalog.list()}
         new = []
         skipped: dict[str, str] = {}
-        found = offsite.watched(
-            config,
-            lambda: list(
-                store.readable([ref for ref in store.manifests() if ref.id not in known], skipped)
-            ),
-        )
+
+        def read() -> tuple[list[ManifestRef], list[tuple[ManifestRef, Manifest]]]:
+            refs = store.manifests()
+            return refs, list(store.readable([r for r in refs if r.id not in known], skipped))
+
+        refs, found = offsite.watched(config, read)
         _identity_right(found, skipped)
+        # an increment whose earlier links are not in the bucket restores nothing: not made an
+        # ok backup of this host (a link in the bucket and known here already, not read
+        # again, was imported or sent whole)
+        orphans = _chain_gaps(refs, found, skipped, whole=known)
+        for backup_id, why in orphans.items():
+            say(f"offsite: not imported: {backup_id}: {why}")
         for _, manifest in found:
+            if manifest.id in orphans:
+                continue
             record = offsite.record_of(manifest, config.storage_dir)
             record.extra = {**record.extra, "offsite_only": True}
             new.append(record)
@@ -241,9 +294,16 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
             state = offsite.State.load(config.state_dir)
             state.sent.update({r.id: time.time() for r in new})
             state.save(config.state_dir)
-    status = _told_skipped(skipped)
+    status = EXIT_FAILED if orphans else _told_skipped(skipped)
     if args.json:
-        print_json({"dry_run": args.dry_run, "imported": [r.id for r in new], "skipped": skipped})
+        print_json(
+            {
+                "dry_run": args.dry_run,
+                "imported": [r.id for r in new],
+                "skipped": skipped,
+                "not_imported": orphans,
+            }
+        )
         return status
     verb = "would import" if args.dry_run else "imported"
     print(f"{verb} {len(new)} backups from {store.bucket.where}")

@@ -241,6 +241,8 @@ def render(report: dict[str, Any]) -> str:
             f"{len(off['not_offsite'])} backup(s) not off-site"
             + (f": {', '.join(off['not_offsite'])}" if off["not_offsite"] else "")
         )
+        for backup_id, why in (off.get("not_sent") or {}).items():
+            lines.append(f"  NOT SENT {backup_id}: {why}")
         if off["last_error"]:
             lines.append(f"  error   {off['last_error']} ({_when(off['last_error_at'])})")
         for damage in off.get("damaged") or []:

@@ -22,7 +22,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
@@ -54,6 +54,7 @@ from influx_backupd.offsite.manifest import (
 )
 from influx_backupd.offsite.settings import OffsiteSettings
 from influx_backupd.store.archive import restored_mode
+from influx_backupd.store.chain import chain_loop
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,14 @@ class VerifyResult:
     # (what a send from a local copy of that content puts right)
     bad: dict[str, str] = field(default_factory=dict)
     job: str = ""
+    parent: str | None = None  # the chain parent's backup id
+    # why an earlier link of its chain makes it restore nothing from the bucket (verify_chain):
+    # not in the bucket, its manifest does not read, or its own check failed
+    chain: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or self.chain is not None
 
 
 @dataclass
@@ -164,6 +173,26 @@ def drop_partial_fetches() -> None:
             shutil.rmtree(copy, ignore_errors=True)
         else:
             copy.unlink(missing_ok=True)
+
+
+def chain_gap(
+    backup_id: str, parents: Mapping[str, str | None], unreadable: Collection[str] = ()
+) -> str | None:
+    """Why backup_id restores nothing from the bucket for want of an earlier link, or None.
+    parents: each backup whose manifest was read (id → its chain parent); unreadable: the ids
+    of those listed whose manifest does not read."""
+    at, seen = backup_id, {backup_id}
+    while (parent := parents.get(at)) is not None:
+        link = "its chain parent" if at == backup_id else "the earlier link"
+        if parent in seen:
+            return chain_loop(backup_id, parent)
+        if parent in unreadable:
+            return f"{link} {parent} does not read: it cannot be restored from there"
+        if parent not in parents:
+            return f"{link} {parent} is not in the bucket: it cannot be restored from there"
+        seen.add(parent)
+        at = parent
+    return None
 
 
 def identity_wrong(read: int, skipped: dict[str, str]) -> str | None:
@@ -909,7 +938,9 @@ class Offsite:
                 by_object.setdefault(name, f)
             if f.objects():
                 by_file.setdefault(f.objects()[0], f)
-        result = VerifyResult(manifest.id, len(by_object), 0, 0, job=manifest.job)
+        result = VerifyResult(
+            manifest.id, len(by_object), 0, 0, job=manifest.job, parent=manifest.parent
+        )
         # one content, one object: files naming the same object must agree on what it holds
         # (only one of them is downloaded), and an unencrypted object is named by its sha256
         for f in manifest.files:
@@ -968,6 +999,53 @@ class Offsite:
                 result.bytes_read += got[1]
                 if read is not None:
                     read.update(f.objects())
+        return result
+
+    def verify_chain(
+        self,
+        ref: ManifestRef | str,
+        done: dict[str, VerifyResult],
+        *,
+        refs: Mapping[str, ManifestRef] | None = None,
+        listed: Mapping[str, int] | None = None,
+        **kwargs: Any,
+    ) -> VerifyResult:
+        """verify() of a backup and of each earlier link of its chain not in done (each result
+        put there, for the caller to note and to reuse): an increment restores only as well
+        as its earlier links, so one whose link is not in the bucket, does not read or fails
+        its own check fails too (result.chain says why), as a local verify of it does.
+        refs: the manifests listed (id → ref), else listed here."""
+        refs = {r.id: r for r in self.manifests()} if refs is None else refs
+        listed = self.objects_in_place() if listed is None else listed
+        result = done.get(ref if isinstance(ref, str) else ref.id)
+        if result is None:
+            result = self.verify(
+                refs.get(ref, ref) if isinstance(ref, str) else ref, listed=listed, **kwargs
+            )
+            done[result.id] = result
+        parents: dict[str, str | None] = {result.id: result.parent}
+        unreadable: dict[str, str] = {}
+        at = result
+        while at.parent is not None and at.parent not in parents:
+            link = done.get(at.parent)
+            if link is None and at.parent in refs:
+                try:
+                    link = self.verify(refs[at.parent], listed=listed, **kwargs)
+                except (BadManifest, NotOurs) as exc:
+                    unreadable[at.parent] = str(exc)
+                    break
+                done[link.id] = link
+            if link is None:
+                break
+            parents[link.id] = link.parent
+            if link.errors:
+                result.chain = (
+                    f"the earlier link {link.id} of its chain failed this check "
+                    f"({len(link.errors)} errors; the first: {link.errors[0]})"
+                )
+                return result
+            at = link
+        result.chain = chain_gap(result.id, parents, unreadable)
         return result
 
     # -- retention -------------------------------------------------------------------------

@@ -309,13 +309,56 @@ def not_offsite(config: Config, catalog: Catalog, state: State | None = None) ->
     return [r for r in wanted(config, catalog, state) if r.id not in state.sent]
 
 
+def blocked(config: Config, catalog: Catalog, state: State | None = None) -> dict[str, str]:
+    """The increments not off-site that no sync will send (backup id → why): an earlier link
+    of their chain is not off-site and will not be (its check failed, it is gone, off-site
+    retention pruned it). Sent alone, one would restore nothing from the bucket. From the
+    catalog and offsite.json: no request to the bucket."""
+    state = state or State.load(config.state_dir)
+    by_id = {r.id: r for r in catalog.list()}
+    found: dict[str, str] = {}
+    for record in not_offsite(config, catalog, state):
+        at, seen = record, {record.id}
+        while at.parent_id is not None and at.parent_id not in state.sent:
+            link = "its chain parent" if at is record else "the earlier link"
+            parent = by_id.get(at.parent_id)
+            why = (
+                f"{link} {at.parent_id} is neither here nor off-site"
+                if parent is None
+                else chain_loop(record.id, parent.id)
+                if parent.id in seen
+                else _not_sendable(parent, state, link)
+            )
+            if why is not None:
+                found[record.id] = f"{why}: not off-site, so it is not sent either"
+                break
+            assert parent is not None
+            seen.add(parent.id)
+            at = parent
+    return found
+
+
+def _not_sendable(link: RunRecord, state: State, name: str) -> str | None:
+    """Why no sync will send this link of a chain (named `name` in the line), if none will."""
+    if link.id in state.retired:
+        return f"{name} {link.id} was pruned off-site"
+    if link.failed_check:
+        return f"{name} {link.id} failed its check ({link.verify_detail})"
+    if not link.ok:
+        return f"{name} {link.id} is {link.status}"
+    return None
+
+
 def unsent_holds(config: Config, catalog: Catalog) -> dict[str, str]:
     """What local retention must keep for the off-site copy ([offsite] hold_unsent): what is
     not sent yet, and what a repair of a damaged off-site copy needs."""
     section = config.settings.offsite
     if section is None or not section.hold_unsent:
         return {}
-    holds = {r.id: "not off-site yet" for r in not_offsite(config, catalog)}
+    # not what no sync will send (its chain is broken): local retention judges it as it does
+    # its chain, or a dead chain would be held for ever
+    never = blocked(config, catalog)
+    holds = {r.id: "not off-site yet" for r in not_offsite(config, catalog) if r.id not in never}
     # the local copy a repair of its damaged off-site copy is sent from
     for note in offsite_repair.noted(config.state_dir):
         holds.setdefault(note.backup, "its off-site copy is damaged: kept to repair it")
@@ -332,6 +375,7 @@ def status(config: Config, catalog: Catalog) -> dict[str, Any] | None:
     return {
         "where": f"s3://{section.bucket}/{section.prefix}",
         "not_offsite": [r.id for r in not_offsite(config, catalog, state)],
+        "not_sent": blocked(config, catalog, state),  # of those, what no sync sends: why
         "last_success": max(successes) if successes else None,
         "last_error": state.last_error,
         "last_error_at": state.last_error_at,
@@ -481,9 +525,29 @@ def sync(
         in_bucket = {r.id for r in offsite.manifests()}
         _sent_still_there(offsite, state, catalog, in_bucket)
         known: dict[str, Known] = {}
+        never = blocked(config, catalog, state)
+        not_sent: dict[str, str] = {}  # backup id → why, in this sync
+
+        def skip(record: RunRecord, why: str) -> None:
+            not_sent[record.id] = why
+            report.skipped.append(f"{record.id}: {why}")
+            logger.error("offsite.not_sent", run_id=record.id, job=record.job, error=why)
+
         for record in wanted(config, catalog, state):
             if record.id in in_bucket:
                 state.sent.setdefault(record.id, time.time())
+                continue
+            if record.parent_id is not None and record.parent_id not in in_bucket:
+                # sent alone, an increment restores nothing from the bucket, and verify and
+                # retention there would count it as a backup
+                parent = record.parent_id
+                skip(
+                    record,
+                    never.get(record.id)
+                    or f"its chain parent {parent} is not off-site"
+                    + (f" ({not_sent[parent]})" if parent in not_sent else "")
+                    + ": not sent either",
+                )
                 continue
             if stop():
                 report.yielded = True
@@ -495,15 +559,13 @@ def sync(
             except OffsiteError as exc:  # a damaged or vanished local backup: the others go
                 if isinstance(exc, Damaged):
                     found_damaged(catalog, record, exc)
-                report.skipped.append(f"{record.id}: {exc}")
-                logger.error("offsite.not_sent", run_id=record.id, job=record.job, error=str(exc))
+                skip(record, str(exc))
                 continue
             try:
                 result = offsite.send(backup, should_stop=stop)
             except Damaged as exc:  # found while sending: no manifest, so not off-site
                 found_damaged(catalog, record, exc)
-                report.skipped.append(f"{record.id}: {exc}")
-                logger.error("offsite.not_sent", run_id=record.id, job=record.job, error=str(exc))
+                skip(record, str(exc))
                 continue
             report.sent.append(result)
             figures = state.job(record.job)

@@ -26,7 +26,7 @@ from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.jsontext import loads_json, number
 from influx_backupd.offsite.errors import BadManifest, Damaged, NotOurs, OffsiteError
 from influx_backupd.offsite.manifest import Manifest
-from influx_backupd.offsite.repo import Backup, Offsite
+from influx_backupd.offsite.repo import Backup, Offsite, VerifyResult
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 
@@ -54,6 +54,7 @@ class CheckReport:
     checked: int = 0  # backups
     damaged: list[str] = field(default_factory=list)  # backup ids with objects noted
     unreadable: dict[str, str] = field(default_factory=dict)  # backup id → why
+    broken: dict[str, str] = field(default_factory=dict)  # backup id → why its chain fails
     complete: bool = False  # every backup checked (not stopped early)
 
 
@@ -69,11 +70,15 @@ def check(
     logger = log.get()
     read: set[str] = set()  # objects shared by backups are downloaded once
     listed = offsite.objects_in_place()  # and the bucket listed once, not once per backup
-    for ref in offsite.manifests():
+    refs = {r.id: r for r in offsite.manifests()}
+    done: dict[str, VerifyResult] = {}  # each backup checked once, its chain's links too
+    for ref in refs.values():
         if stop():
             return report
         try:
-            result = offsite.verify(ref, read_percent=read_percent, read=read, listed=listed)
+            result = offsite.verify_chain(
+                ref, done, refs=refs, listed=listed, read_percent=read_percent, read=read
+            )
         except (BadManifest, NotOurs) as exc:  # not ours to rewrite (see the top)
             report.unreadable[ref.id] = str(exc)
             logger.error("offsite.check_failed", run_id=ref.id, error=str(exc))
@@ -89,6 +94,9 @@ def check(
                 objects=len(result.bad),
                 errors=result.errors[:5],
             )
+        if result.chain is not None:
+            report.broken[result.id] = result.chain
+            logger.error("offsite.chain_broken", run_id=result.id, job=result.job, why=result.chain)
     report.complete = True
     return report
 
