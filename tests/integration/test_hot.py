@@ -138,14 +138,17 @@ def test_the_remote_form_backs_up_the_backup_host_not_the_local_server(
         remote.stop()
 
 
-class _SkewedPing(http.server.BaseHTTPRequestHandler):
-    """Stand-in for the HTTP API of a remote backup_host whose clock is an hour behind ours:
-    only /ping, with influxd 1.6's headers. (The real influxd here shares our clock.)"""
+class _ShiftedPing(http.server.BaseHTTPRequestHandler):
+    """Stand-in for the HTTP API of a server whose clock is `ahead` seconds off ours (a remote
+    backup_host; one set back by NTP): only /ping, with influxd 1.6's headers. The real influxd
+    here shares our clock, and libfaketime cannot move a Go program's."""
+
+    ahead = 0.0
 
     def do_GET(self) -> None:
         self.send_response_only(204)
         self.send_header("X-Influxdb-Version", "1.6.7~rc0")
-        self.send_header("Date", email.utils.formatdate(time.time() - 3600, usegmt=True))
+        self.send_header("Date", email.utils.formatdate(time.time() + self.ahead, usegmt=True))
         self.end_headers()
 
     def log_message(self, *_args: object) -> None:
@@ -155,7 +158,8 @@ class _SkewedPing(http.server.BaseHTTPRequestHandler):
 def test_increments_take_since_from_the_servers_clock_not_ours(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    ping = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SkewedPing)
+    _ShiftedPing.ahead = -3600.0  # an hour behind ours
+    ping = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ShiftedPing)
     threading.Thread(target=ping.serve_forever, daemon=True).start()
     try:
         skewed = f"http://127.0.0.1:{ping.server_address[1]}"
@@ -180,31 +184,14 @@ def test_increments_take_since_from_the_servers_clock_not_ours(
         ping.server_close()
 
 
-class _SteppedPing(http.server.BaseHTTPRequestHandler):
-    """Stand-in for the /ping of a server whose clock is `ahead` seconds ahead of ours, then
-    corrected (set back to 0) by the test: the real influxd here shares our clock, and
-    libfaketime cannot move a Go program's."""
-
-    ahead = 0.0
-
-    def do_GET(self) -> None:
-        self.send_response_only(204)
-        self.send_header("X-Influxdb-Version", "1.6.7~rc0")
-        self.send_header("Date", email.utils.formatdate(time.time() + self.ahead, usegmt=True))
-        self.end_headers()
-
-    def log_message(self, *_args: object) -> None:
-        pass
-
-
 def test_a_server_clock_stepped_back_since_the_last_link_makes_a_new_full(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     """influxd takes the files it dates after -since, the last link's anchor on its clock: once
     its clock is set back, the files it writes are dated before that anchor, and an increment
     missed them (2000 of 3000 points restored, backup, verify and the restore test all ok)."""
-    _SteppedPing.ahead = 7200.0
-    ping = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SteppedPing)
+    _ShiftedPing.ahead = 7200.0
+    ping = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ShiftedPing)
     threading.Thread(target=ping.serve_forever, daemon=True).start()
     try:
         stepped = f"http://127.0.0.1:{ping.server_address[1]}"
@@ -214,7 +201,7 @@ def test_a_server_clock_stepped_back_since_the_last_link_makes_a_new_full(
         assert cli.json("backup")["kind"] == "full"
         sandbox.write_points("metrics", 1_000, start=100_000)
         assert cli.json("backup")["kind"] == "incremental"
-        _SteppedPing.ahead = 0.0  # NTP corrects the server's clock
+        _ShiftedPing.ahead = 0.0  # NTP corrects the server's clock
         sandbox.write_points("metrics", 1_000, start=200_000)
         done = cli("backup", "--json")
         record = json.loads(done.stdout)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from influx_backupd.core.config import JobSection, Settings, _describe, _model_at
 from influx_backupd.core.schedule import ScheduleError, cron_trigger
@@ -36,22 +38,30 @@ def sections() -> dict[str, type[BaseModel]]:
     return out
 
 
-def test_example_marks_every_value_that_is_not_the_default() -> None:
-    text = EXAMPLE.read_text()
-    settings_ = Settings.model_validate(tomllib.loads(text))
+def _example_keys(
+    key_line: str, header: str = r"^\[\[?(\w+)\]\]?"
+) -> Iterator[tuple[str, FieldInfo, re.Match[str], str]]:
+    """(section, the key's field, the match of key_line, the line) for each line of the example
+    that key_line matches (group 1: the key), in the table the last header line opened."""
     section: str | None = None
+    for line in EXAMPLE.read_text().splitlines():
+        opened = re.match(header, line)
+        if opened:
+            section = opened.group(1)
+            continue
+        found = re.match(key_line, line)
+        if found and section is not None:
+            model = sections()[section]
+            key = found.group(1)
+            field = next(f for n, f in model.model_fields.items() if key in (n, f.alias))
+            yield section, field, found, line
+
+
+def test_example_marks_every_value_that_is_not_the_default() -> None:
+    settings_ = Settings.model_validate(tomllib.loads(EXAMPLE.read_text()))
     checked = 0
-    for line in text.splitlines():
-        header = re.match(r"^\[\[?(\w+)\]\]?", line)
-        if header:
-            section = header.group(1)
-            continue
-        live = re.match(r"^(\w+) = ", line)
-        if not live or section is None:
-            continue
-        model = sections()[section]
-        key = live.group(1)
-        name, field = next((n, f) for n, f in model.model_fields.items() if key in (n, f.alias))
+    for section, field, _live, line in _example_keys(r"^(\w+) = "):
+        name = next(n for n, f in sections()[section].model_fields.items() if f is field)
         part: Any = getattr(settings_, section)
         value = getattr(part[0] if isinstance(part, list) else part, name)
         if field.is_required():
@@ -69,23 +79,13 @@ def test_example_comments_out_only_defaults_or_marked_examples() -> None:
     """A commented-out `# key = value` is the key's default, or marked "# e.g. (default: …)":
     an operator reads `# sse = "AES256"` as what they get (before, several such examples were
     unmarked: max_downtime, sse, storage_class, region, …)."""
-    section: str | None = None
     checked = 0
-    for line in EXAMPLE.read_text().splitlines():
-        header = re.match(r"^(?:# )?\[\[?(\w+)\]\]?\s*$", line)
-        if header:
-            section = header.group(1)
-            continue
-        commented = re.match(r"^# (\w+) = (.*?)(\s{2,}#.*)?$", line)
-        if not commented or section is None:
-            continue
+    commented = r"^# (\w+) = (.*?)(\s{2,}#.*)?$"
+    for _section, field, found, line in _example_keys(commented, r"^(?:# )?\[\[?(\w+)\]\]?\s*$"):
         try:
-            raw = tomllib.loads(f"x = {commented.group(2)}")["x"]
+            raw = tomllib.loads(f"x = {found.group(2)}")["x"]
         except tomllib.TOMLDecodeError:
             continue  # prose that happens to read "# word = …"
-        model = sections()[section]
-        key = commented.group(1)
-        field = next(f for n, f in model.model_fields.items() if key in (n, f.alias))
         annotated = (
             Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
         )
