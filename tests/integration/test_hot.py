@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import http.server
 import json
@@ -10,6 +11,7 @@ import pwd
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -155,14 +157,23 @@ class _ShiftedPing(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_increments_take_since_from_the_servers_clock_not_ours(
-    tmp_path: Path, sandbox: Sandbox
-) -> None:
-    _ShiftedPing.ahead = -3600.0  # an hour behind ours
+@contextlib.contextmanager
+def _shifted_ping(ahead: float) -> Iterator[str]:
+    """A _ShiftedPing server `ahead` seconds off our clock, on a free port: its URL."""
+    _ShiftedPing.ahead = ahead
     ping = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ShiftedPing)
     threading.Thread(target=ping.serve_forever, daemon=True).start()
     try:
-        skewed = f"http://127.0.0.1:{ping.server_address[1]}"
+        yield f"http://127.0.0.1:{ping.server_address[1]}"
+    finally:
+        ping.shutdown()
+        ping.server_close()
+
+
+def test_increments_take_since_from_the_servers_clock_not_ours(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    with _shifted_ping(-3600.0) as skewed:
         cli = Cli(write_config(tmp_path, sandbox, influxd={"backup_url": skewed}, jobs=HOT))
         sandbox.create_db("metrics")
         sandbox.write_points("metrics", 1_000)
@@ -179,9 +190,6 @@ def test_increments_take_since_from_the_servers_clock_not_ours(
         assert increment["status"] == "ok", increment["error"]
         assert increment["kind"] == "incremental"
         assert increment["since"] == rfc3339(anchor), "-since is the server's time, not ours"
-    finally:
-        ping.shutdown()
-        ping.server_close()
 
 
 def test_a_server_clock_stepped_back_since_the_last_link_makes_a_new_full(
@@ -190,11 +198,7 @@ def test_a_server_clock_stepped_back_since_the_last_link_makes_a_new_full(
     """influxd takes the files it dates after -since, the last link's anchor on its clock: once
     its clock is set back, the files it writes are dated before that anchor, and an increment
     missed them (2000 of 3000 points restored, backup, verify and the restore test all ok)."""
-    _ShiftedPing.ahead = 7200.0
-    ping = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ShiftedPing)
-    threading.Thread(target=ping.serve_forever, daemon=True).start()
-    try:
-        stepped = f"http://127.0.0.1:{ping.server_address[1]}"
+    with _shifted_ping(7200.0) as stepped:
         cli = Cli(write_config(tmp_path, sandbox, influxd={"backup_url": stepped}, jobs=HOT))
         sandbox.create_db("metrics")
         sandbox.write_points("metrics", 1_000)
@@ -212,9 +216,6 @@ def test_a_server_clock_stepped_back_since_the_last_link_makes_a_new_full(
         checked = cli("verify", record["id"], "--restore-test", "--json")
         assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
         assert json.loads(checked.stdout)[0]["restored_counts"] == {"metrics": 3_000}
-    finally:
-        ping.shutdown()
-        ping.server_close()
 
 
 def test_without_the_servers_clock_since_falls_back_to_ours_and_says_so(
