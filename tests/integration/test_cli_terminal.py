@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import select
+import socket
 import struct
 import subprocess
 import sys
@@ -262,3 +263,19 @@ def test_every_time_in_every_json_output_has_its_rfc3339_and_unix_forms(
     for name, document in outputs.items():
         assert unconverted_times(document) == [], name
     assert all("next_run_unix" in job for job in outputs["status"]["jobs"]), "null beside null"
+
+
+def test_a_failed_run_on_a_terminal_shows_its_record_short_not_as_python_repr(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The error-level run.finished a terminal shows carried the whole record as a Python dict,
+    then the command printed the short record again."""
+    with socket.socket() as held:  # bound, never listening: the snapshot service is down
+        held.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{held.getsockname()[1]}"
+        config = write_config(tmp_path, sandbox, influxd={"backup_host": closed})
+        status, text = backup_in_pty(config, "--mode", "hot")
+    assert status == 1, text
+    [finished] = [line for line in screen(text) if "run.finished" in line]
+    assert "{'" not in text and "'status':" not in text, finished
+    assert re.search(r"record=\S+ failed: hot\.unavailable", finished), finished

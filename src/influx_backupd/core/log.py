@@ -246,6 +246,7 @@ def configure(
         renderer = structlog.processors.JSONRenderer(sort_keys=False, default=str)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=colours_wanted(out))
+        processors = (*processors, _for_a_person)
     numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[
@@ -265,6 +266,19 @@ def configure(
         cache_logger_on_first_use=False,
     )
     _route_stdlib(numeric)
+
+
+def _for_a_person(_logger: Any, _name: str, event_dict: EventDict) -> EventDict:
+    """On a terminal: a run's record (run.finished) as its id, status and error, not a page of
+    Python repr (the command prints the short record below it; -v the whole one); any other
+    nested value as compact JSON, as jq and the journal show it."""
+    for key, value in event_dict.items():
+        if key == "record" and isinstance(value, dict):
+            shown = f"{value.get('id')} {value.get('status')}"
+            event_dict[key] = shown + (f": {value['error']}" if value.get("error") else "")
+        elif isinstance(value, dict | list | tuple):
+            event_dict[key] = json.dumps(value, default=str, separators=(",", ":"))
+    return event_dict
 
 
 @contextlib.contextmanager
