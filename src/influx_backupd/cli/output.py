@@ -112,11 +112,16 @@ def print_record(record: RunRecord, as_json: bool, *, verbose: bool = False) -> 
         print(f"  size      {fmt_bytes(record.bytes)} in {record.files} files, sha256 {sha}")
     if record.mode == "hot":  # never stopped influxd, ok or failed: no phases to add up
         print("  downtime  none: hot, influxd kept serving")
+    elif record.downtime_s is None:
+        print("  downtime  none: influxd was not stopped")
     else:
-        print(
-            f"  downtime  {fmt_s(record.downtime_s)} = stop {fmt_s(record.stop_s)}"
-            f" + copy {fmt_s(record.copy_s)} + start {fmt_s(record.start_s)}"
-        )
+        parts = [("stop", record.stop_s), ("copy", record.copy_s), ("start", record.start_s)]
+        # what the window held besides (the checks between stop and copy): the sum adds up
+        rest = record.downtime_s - sum(seconds or 0.0 for _, seconds in parts)
+        if rest >= 0.0005:
+            parts.insert(1, ("checks", rest))
+        shown = " + ".join(f"{name} {fmt_s(seconds)}" for name, seconds in parts)
+        print(f"  downtime  {fmt_s(record.downtime_s)} = {shown}")
     if record.error:
         print(f"  error     {record.error}")
     if record.verify_status:

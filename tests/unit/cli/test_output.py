@@ -26,6 +26,24 @@ def test_a_cold_record_adds_up_its_phases(capsys: pytest.CaptureFixture[str]) ->
     )
 
 
+def test_the_phases_add_up_to_the_downtime_and_a_run_never_stopped_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The checks between the stop and the copy are part of the window: before, 0.320 s was
+    shown as stop 0.072 + copy 0.002 + start 0.104; and a run refused before the stop showed
+    `downtime - = stop - + copy - + start -`."""
+    record = RunRecord(id="20261126T122754Z-3f9a", job="nightly", mode="cold", status="ok")
+    record.stop_s, record.copy_s, record.start_s, record.downtime_s = 0.072, 0.002, 0.104, 0.320
+    print_record(record, as_json=False)
+    assert (
+        "  downtime  0.320s = stop 0.072s + checks 0.142s + copy 0.002s + start 0.104s"
+        in capsys.readouterr().out
+    )
+    refused = RunRecord(id="20261126T122754Z-3f9b", job="nightly", mode="cold", status="failed")
+    print_record(refused, as_json=False)
+    assert "  downtime  none: influxd was not stopped" in capsys.readouterr().out
+
+
 def test_json_times_follow_one_rule_in_the_daemon_and_restore_parts_too() -> None:
     """status --json with a daemon running a job and a restore in progress: the published
     state's `since`, a process's `create_time` and a missing next_run follow the rule."""
