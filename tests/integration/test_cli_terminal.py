@@ -279,3 +279,15 @@ def test_a_failed_run_on_a_terminal_shows_its_record_short_not_as_python_repr(
     [finished] = [line for line in screen(text) if "run.finished" in line]
     assert "{'" not in text and "'status':" not in text, finished
     assert re.search(r"record=\S+ failed: hot\.unavailable", finished), finished
+
+
+def test_a_dumb_terminal_gets_no_bar(tmp_path: Path, filled: Sandbox) -> None:
+    """TERM=dumb cannot redraw a line: the bar was `\\r\\x1b[K` escapes on it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
+    env["TERM"] = "dumb"
+    config = write_config(tmp_path, filled)
+    argv = [sys.executable, "-m", "influx_backupd", "-c", str(config), "backup"]
+    status, text = run_in_pty(argv, env)
+    assert status == 0, text
+    assert "archive [" not in text and "\x1b[K" not in text, text
+    assert "status=ok" in text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -349,8 +350,10 @@ def _dry_run(config: Config, jobs: list[JobSection], args: argparse.Namespace) -
 
 def progress_bar(args: argparse.Namespace, label: str = "archive") -> Any:
     """A bar on stderr while the archive is written (or a backup restored), only when stderr
-    is a terminal."""
+    is a terminal that can redraw a line (TERM=dumb cannot: the bar would be escape codes)."""
     if getattr(args, "no_progress", False) or args.quiet or args.json or not sys.stderr.isatty():
+        return None
+    if os.environ.get("TERM") == "dumb":
         return None
 
     bar = progress.TerminalBar(label=label)

@@ -340,6 +340,7 @@ def _stop_copy_start(
         else:
             logger.info("archive.writing", phase="copy", path=str(dest), predicted_bytes=predicted)
             result = write_archive(dest, sources, progress=_Progress(predicted, logger))
+            progress.ended()
             record.copy_s = time.monotonic() - t_copy
             record.window_bytes = result.bytes
     finally:
@@ -363,6 +364,7 @@ def _stop_copy_start(
         result = write_archive(
             dest, stager.archive_sources(), progress=_Progress(predicted, logger)
         )
+        progress.ended()
         record.archive_s = time.monotonic() - t_archive
     assert result is not None
     record.archive, record.bytes, record.files = str(dest), result.bytes, result.files

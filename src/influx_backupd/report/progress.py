@@ -44,6 +44,17 @@ def notify(done: int, total: int, files: tuple[int, int] | None = None) -> None:
                 listener(done, total, files=files)
 
 
+def ended() -> None:
+    """What was being counted is all written: a listener that draws (the terminal bar) clears
+    itself now, not at the command's end, or the later log lines (influxd's start, the run's
+    end, prune) would each redraw a stale bar below them. A later notify draws it again."""
+    for listener in list(_listeners):
+        close = getattr(listener, "close", None)
+        if callable(close):
+            with contextlib.suppress(Exception):
+                close()
+
+
 def describe(done: int, total: int, files: tuple[int, int] | None = None) -> str:
     """ "1.0 MiB / 2.0 MiB, 3/10 files": for a status line."""
     text = f"{_size(done)} / {_size(total)}"
@@ -233,7 +244,7 @@ class TerminalBar:
             parts.pop(drop, None)
             width = min(self.width, room - len(self._join(parts, "[]")))
             if width >= MIN_BAR:
-                filled = int(fraction * width)
+                filled = int(fraction * width + 0.5)  # as the percentage rounds: 100.0% is full
                 return self._join(parts, f"[{'#' * filled}{'.' * (width - filled)}]")
         return log.fit(self._join(parts, ""), room + 1)  # not even the bar fits
 

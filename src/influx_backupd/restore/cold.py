@@ -265,3 +265,5 @@ def throwaway(config: Config, root: Path, settings: tuple[dict[str, str], str]) 
 def extract_progress(done: int, total: int, files: int, files_total: int) -> None:
     """extract_safely's progress to whoever listens (the terminal bar, a unit's status)."""
     progress.notify(done, total, files=(files, files_total))
+    if files >= files_total:
+        progress.ended()

@@ -458,6 +458,7 @@ def growth_reported(data: Path, links: list[Link], every: float = 1.0) -> Iterat
     with progress.repeating(every, lambda: progress.notify(min(_tree_bytes(data), total), total)):
         yield
     progress.notify(total, total)
+    progress.ended()
 
 
 def start_throwaway(server: Sandbox, timeout: float, what: str) -> None:

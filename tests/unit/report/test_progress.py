@@ -85,3 +85,18 @@ def test_the_bar_follows_the_console_width(monkeypatch: pytest.MonkeyPatch) -> N
     bar = progress.TerminalBar(lambda _s: None)
     assert 60 < len(bar.line(1, 2, 1000.0)) < 80
     assert len(bar.line(1, 2, 1000.0)) < 40, "read again at each redraw"
+
+
+def test_a_bar_at_100_percent_is_full_and_ended_clears_it_before_the_command_ends() -> None:
+    shown: list[str | None] = []
+    bar = progress.TerminalBar(shown.append, interval=0, width=10)
+    progress.listen(bar)
+    try:
+        bar(9_996, 10_000)  # 100.0% once rounded: no dot left
+        assert shown[-1] is not None and "[##########] 100.0%" in shown[-1], shown[-1]
+        progress.ended()  # the archive is written: influxd's start logs next, under no bar
+        assert shown[-1] is None
+        progress.ended()
+        assert shown.count(None) == 1, "cleared once"
+    finally:
+        progress.unlisten(bar)
