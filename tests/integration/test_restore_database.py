@@ -146,7 +146,7 @@ def test_a_database_from_a_cold_archive_under_a_new_name_beside_the_live_one(
     done = cli("restore", record["id"], "--as", "x")
     assert done.returncode == 2 and "go with --database" in done.stderr
     done = cli("restore", record["id"], "--database", "metrics", "--limit-rate", "-1")
-    assert done.returncode == 2 and "--limit-rate -1" in done.stderr
+    assert done.returncode == 2 and "--limit-rate: '-1'" in done.stderr
 
 
 def test_replace_keeps_the_replaced_database_aside_and_a_failure_puts_it_back(

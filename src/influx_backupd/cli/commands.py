@@ -394,8 +394,6 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         raise UsageError("restore: --as, --replace and --limit-rate go with --database NAME")
     if args.limit_rate is None:
         args.limit_rate = DATABASE_RATE_MIB
-    if args.limit_rate < 0:
-        raise UsageError(f"restore: --limit-rate {args.limit_rate:g}: give MiB a second, >= 0")
     if args.target is not None and args.database is not None:
         raise UsageError("restore: --target and --database are two forms; give one")
     if args.target is not None:

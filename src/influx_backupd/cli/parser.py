@@ -4,6 +4,7 @@ the exit statuses in the epilog. scripts/cli_docs.py builds the man page and com
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
@@ -275,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--limit-rate",
-        type=float,
+        type=_rate_mib,
         metavar="MIB_S",
         help="with --database: send the database to the live server at most this many MiB a "
         f"second, so that its own writes wait less (default: {DATABASE_RATE_MIB:g}; 0: no limit)",
@@ -331,6 +332,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job", metavar="NAME", help="only this job (default: every job)")
     p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
     return parser
+
+
+RATE_MIB_MIN, RATE_MIB_MAX = 0.01, 1e6  # 10 KiB/s, a TiB/s: past these, no rate is meant
+
+
+def _rate_mib(text: str) -> float:
+    """MiB a second: 0 (no limit) or a finite rate a throttle can keep (nan passed as no limit;
+    1e-300 overflowed the throttle's wait)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if value != 0 and not RATE_MIB_MIN <= value <= RATE_MIB_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: MiB a second, {RATE_MIB_MIN:g} to {RATE_MIB_MAX:g}, or 0 for no limit"
+        )
+    return value
 
 
 def _percent(text: str) -> float:
