@@ -34,8 +34,9 @@ def test_restore_and_verify_say_it_is_only_in_the_bucket(
 ) -> None:
     cli, backup_id = new_host
     line = (
-        f"influx-backupd: backup {backup_id} is only in the bucket: "
-        f"restore {backup_id} --from offsite / verify {backup_id} --offsite\n"
+        f"influx-backupd: verify {backup_id}: backup {backup_id} is only in the bucket (imported "
+        "by import --offsite, no local copy); check it there: "
+        f"verify {backup_id} --offsite\n"
     )
     hint = (
         f"influx-backupd: restore {backup_id}: backup {backup_id} is only in the bucket (imported "
@@ -49,7 +50,7 @@ def test_restore_and_verify_say_it_is_only_in_the_bucket(
         assert (done.returncode, done.stderr) == (2, hint), args
     assert not look.exists()
     done = cli("verify", backup_id)
-    assert (done.returncode, done.stderr) == (1, line)
+    assert (done.returncode, done.stderr) == (2, line), "a usage mistake, as restore's"
     [record] = cli.json("list")
     assert record["verify_status"] is None, "no verdict: nothing was checked"
     assert record["only_in_bucket"] is True and record["status"] == "ok"

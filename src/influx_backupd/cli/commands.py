@@ -532,6 +532,12 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
                 archive, record = resolve(catalog, args.backup)
             except BackupNotFound as exc:
                 raise UsageError(str(exc)) from None
+            except OnlyInBucket:  # the backup is fine: its archive is in the bucket, not here
+                raise UsageError(
+                    f"verify {quoted(args.backup)}: backup {quoted(args.backup)} is only in the "
+                    "bucket (imported by import --offsite, no local copy); check it there: "
+                    f"verify {quoted(args.backup)} --offsite"
+                ) from None
             result = verify(config, archive, record, deep=args.deep, restore_test=args.restore_test)
             if record is not None:
                 save_result(catalog, record, result)
