@@ -242,7 +242,7 @@ def test_a_renamed_jobs_backups_are_kept_and_prune_and_status_say_so(
     [line] = [line for line in text.stdout.splitlines() if "hourly " in line]
     assert line.split()[:3] == ["kept", "2", "backups"] and "never pruned" in line, line
     [job] = [j for j in cli.json("status")["jobs"] if j["name"] == "hourly"]
-    assert job["schedule"] == "not in the config: its 2 backups are never pruned", job
+    assert job["schedule"] == "not in the config: 2 backups kept, never pruned", job
     # one job of several pruned by name: the others are not its business
     assert "not_in_config" in cli.json("prune", "--job", "hourly2")
     assert cli.json("prune", "--job", "hourly2")["not_in_config"] == []

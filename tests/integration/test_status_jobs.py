@@ -43,8 +43,26 @@ def test_status_shows_the_implicit_job_and_jobs_no_longer_configured(
     assert jobs["manual"]["in_config"] is False
     assert jobs["manual"]["last"]["status"] == "failed"
     text = cli("status").stdout
-    assert re.search(r"^job manual  not in the config, mode cold$", text, re.M), text
+    assert re.search(
+        r"^job manual  not in the config: 1 backup kept, never pruned, mode cold$", text, re.M
+    ), text
     assert re.search(r"^job nightly  cron '0 3 \* \* \*' UTC, mode cold$", text, re.M), text
     # next run only for a job the daemon schedules
     manual = text[text.index("job manual") :]
     assert "next" not in manual.split("\njob ")[0], text
+
+
+def test_status_says_when_the_last_good_backup_was_after_a_failure(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The text said only `last failed …`: the age of the newest good backup, what an operator
+    asks first after a failure, was in --json alone."""
+    cli = Cli(write_config(tmp_path, sandbox))
+    good = cli.json("backup")
+    assert good["status"] == "ok"
+    assert "last ok" not in cli("status").stdout, "the last run is the last good one"
+    sandbox.stop()
+    assert cli("backup").returncode == 1  # influxd does not answer: refused before any stop
+    sandbox.start()
+    text = cli("status").stdout
+    assert re.search(rf"^  last ok .* \(run {good['id']}\)$", text, re.M), text

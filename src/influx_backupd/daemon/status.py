@@ -84,6 +84,13 @@ def _run_summary(record: RunRecord) -> dict[str, Any]:
     }
 
 
+def _not_in_config(backups: int) -> str:
+    """A job the config no longer names: no keep_* rules apply to the backups it left."""
+    if not backups:
+        return "not in the config"
+    return f"not in the config: {backups} backup{'s' * (backups != 1)} kept, never pruned"
+
+
 def gather(config: Config) -> dict[str, Any]:
     state = read_daemon_state(config)
     catalog = Catalog(config.state_dir)
@@ -108,7 +115,7 @@ def gather(config: Config) -> dict[str, Any]:
                 "in_config": job is not None,
                 "schedule": describe(job)
                 if job is not None
-                else f"not in the config: its {sum(r.ok for r in mine)} backups are never pruned",
+                else _not_in_config(sum(r.ok for r in mine)),
                 "mode": job.mode if job is not None else mine[-1].mode,
                 "next_run": published.get("next_run") if state else None,
                 "last": _run_summary(finished[-1]) if finished else None,
@@ -220,6 +227,14 @@ def render(report: dict[str, Any]) -> str:
             )
             if last["error"]:
                 lines.append(f"  error   {last['error']}")
+        good = job["last_ok"]
+        if last is not None and (good is None or good["id"] != last["id"]):
+            # after a failure, how old the newest good backup is: what an operator asks first
+            lines.append(
+                f"  last ok {_when(good['started_at'])} (run {good['id']})"
+                if good is not None
+                else "  last ok never: no good backup of this job"
+            )
         skip = job["last_skip"]
         if skip:
             lines.append(
