@@ -205,11 +205,14 @@ def _in_child(request: dict[str, Any], timeout: float) -> dict[str, Any]:
         out, _ = proc.communicate(json.dumps(request).encode(), timeout=timeout)
     except subprocess.TimeoutExpired:
         return {}
+    except OSError as exc:  # the pipe or the wait itself failed: a notification, not the run
+        return {"error": f"talking to the notifier failed: {exc.strerror or exc}"}
     finally:
         if proc.poll() is None:
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            with contextlib.suppress(OSError):
+                proc.wait()
     try:
         outcome = loads_json(out)
     except ValueError:

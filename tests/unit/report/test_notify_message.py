@@ -113,3 +113,17 @@ def test_the_notifier_never_imports_from_the_callers_working_directory(
     )
     assert not marker.exists(), "another package's code ran"
     assert outcome.get("ok") is False, outcome  # ours: it tried, and port 1 refused
+
+
+def test_a_failing_wait_on_the_notifier_is_a_failed_notification_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """communicate() itself failed (EINVAL from its wait, seen under libfaketime): send() raised
+    through run_backup, which had sent its start ping and then left no record at all."""
+    import subprocess
+
+    def broken(self: subprocess.Popen[bytes], *args: object, **kwargs: object) -> object:
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", broken)
+    assert notify.send(["json://127.0.0.1:9/x"], "s", "b", event="start", timeout=5) is False
