@@ -195,6 +195,8 @@ def test_a_run_short_of_space_names_the_backups_held_for_the_bucket(
     record = json.loads(done.stdout)
     size = sum(r["bytes"] for r in held)
     assert "not enough space" in record["error"], record["error"]
+    # the figure is explained: the archive, its margin, the reserve kept free
+    assert "a reserve of 67108864 bytes kept free" in record["error"], record["error"]
     assert f"2 backup(s), {size} bytes, are kept until they are off-site" in record["error"]
     assert "hold_unsent" in record["error"]
     assert "offsite.holding_space" in done.stderr

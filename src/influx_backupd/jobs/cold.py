@@ -166,8 +166,12 @@ def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) ->
     predicted, needed = space_needed(config, dirs, stager.root if stager is not None else None)
     free = shutil.disk_usage(storage).free
     if free < needed:
+        staged = needed - int(predicted * SPACE_MARGIN) - SPACE_RESERVE
         raise JobFailed(
-            f"not enough space in {storage}: need about {needed} bytes, {free} free; influxd not stopped"
+            f"not enough space in {storage}: need about {needed} bytes, {free} free (the archive "
+            f"~{predicted} bytes, {SPACE_MARGIN:g}x for growth, "
+            + (f"{staged} bytes of staging tree not copied yet, " if staged > 0 else "")
+            + f"and a reserve of {SPACE_RESERVE} bytes kept free); influxd not stopped"
         )
 
     # Refuse before stopping anything what restore would refuse in the archive (a link inside
