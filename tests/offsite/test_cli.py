@@ -150,6 +150,12 @@ def test_a_job_with_offsite_false_stays_on_the_host(
     assert cli.json("status")["offsite"]["not_offsite"] == []
     assert cli.json("offsite", "sync")["sent"] == []
     assert sorted(r["job"] for r in records if r["status"] == "ok") == ["nightly", "scratch"]
+    # the job removed from the config: its backups stay on the host all the same (before, the
+    # next sync sent them, and status counted them as not off-site yet)
+    cli = Cli(write_config(tmp_path, sandbox, jobs=jobs[:1], extra=offsite_section(moto)))
+    assert cli.json("status")["offsite"]["not_offsite"] == []
+    assert cli.json("offsite", "sync")["sent"] == []
+    assert [r["job"] for r in cli.json("list", "--offsite")] == ["nightly"]
 
 
 def test_a_damaged_local_archive_is_restored_from_the_bucket_and_kept_aside(

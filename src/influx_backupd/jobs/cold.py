@@ -96,6 +96,9 @@ class _Progress:
 def run_cold(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
     """One cold backup; always returns its record (saved in the catalog), ok or not."""
     record = RunRecord(id=new_run_id(), job=job.name, mode="cold", started_at=time.time())
+    # the job's off-site choice, kept with the backup: `offsite = false` must still hold for it
+    # once the job is renamed or removed from the config (run/offsite.py wanted)
+    record.extra["offsite"] = job.offsite
     logger = log.get(run_id=record.id, job=job.name, mode="cold")
     catalog.save(record)
     with log.run_context(run_id=record.id, job=job.name, mode="cold"):

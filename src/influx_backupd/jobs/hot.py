@@ -112,6 +112,9 @@ def run_hot(
     """One hot backup; always returns its record (saved in the catalog), ok or not. Cancelled,
     its tool is stopped (it owns the tool's process group) and the run fails."""
     record = RunRecord(id=new_run_id(), job=job.name, mode="hot", started_at=time.time())
+    # the job's off-site choice, kept with the backup: `offsite = false` must still hold for it
+    # once the job is renamed or removed from the config (run/offsite.py wanted)
+    record.extra["offsite"] = job.offsite
     logger = log.get(run_id=record.id, job=job.name, mode="hot")
     history = catalog.list(job=job.name)
     catalog.save(record)

@@ -284,9 +284,11 @@ def save_known(state_dir: Path, job: str, backup: Backup) -> Known:
 
 
 def wanted(config: Config, catalog: Catalog, state: State | None = None) -> list[RunRecord]:
-    """The local backups that belong off-site: good, of a job that has not opted out, not
-    imported from the bucket (only there), not retired by off-site retention; oldest first (a
-    chain's parent before its increments)."""
+    """The local backups that belong off-site: good, taken by a job that had not opted out then
+    and has not since (its record keeps the choice: a job with `offsite = false` renamed or
+    removed from the config still keeps its backups here), not imported from the bucket (only
+    there), not retired by off-site retention; oldest first (a chain's parent before its
+    increments)."""
     opted_out = {j.name for j in config.settings.job if not j.offsite}
     retired = (state or State.load(config.state_dir)).retired
     return sorted(
@@ -296,6 +298,7 @@ def wanted(config: Config, catalog: Catalog, state: State | None = None) -> list
             if r.good
             and r.archive
             and r.job not in opted_out
+            and r.extra.get("offsite") is not False
             and not only_in_bucket(r)
             and r.id not in retired
         ),
