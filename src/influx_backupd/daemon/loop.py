@@ -866,7 +866,9 @@ class Daemon:
             self._log.warning(
                 "offsite.still_held", reason="an earlier upload's request has not ended"
             )
-            self._retry_offsite(config)
+            # the same hung request, seen again: not a new failure (each counted doubled the
+            # wait: 60 s to 480 s within a minute for one request)
+            self._retry_offsite(config, new_failure=False)
             return
 
         def send(catalog: Catalog, _late: float) -> None:
@@ -940,11 +942,12 @@ class Daemon:
                     self._retry_offsite(config)
                 return _LEFT_BEHIND
 
-    def _retry_offsite(self, config: Config) -> None:
+    def _retry_offsite(self, config: Config, *, new_failure: bool = True) -> None:
         section = config.settings.offsite
         if section is None:
             return
-        self._offsite_failures += 1
+        if new_failure or not self._offsite_failures:
+            self._offsite_failures += 1
         delay = min(OFFSITE_RETRY_MAX, section.retry_after * 2 ** (self._offsite_failures - 1))
         self._scheduler.add_job(
             self._fire,
