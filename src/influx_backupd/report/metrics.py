@@ -146,7 +146,8 @@ OFFSITE_UPLOADED = Family(
 OFFSITE_SKIPPED = Family(
     "influx_backupd_offsite_skipped_bytes_total",
     "counter",
-    "Bytes of files not sent because their content was in the off-site bucket already.",
+    "Bytes of files not sent because an object of the same content was there to refer to: in "
+    "the bucket already, or sent earlier in the same upload (identical files).",
     (JOB_LABEL,),
 )
 OFFSITE_PENDING = Family(
