@@ -26,9 +26,11 @@ def test_not_enough_space_is_refused_before_the_stop(tmp_path: Path, sandbox: Sa
     record = json.loads(done.stdout)
     assert record["status"] == "failed"
     assert "influxd not stopped" in record["error"]
+    # need, have, then what need is made of: the archive, (no staging here), the reserve
     numbers = [int(n) for n in re.findall(r"\d{6,}", record["error"])]
-    assert len(numbers) == 2, record["error"]
-    need, have = numbers
+    assert len(numbers) == 4, record["error"]
+    need, have, archive, reserve = numbers
+    assert need == int(archive * 1.02) + reserve, record["error"]
     # have: the free space when the run looked; other tests beside this one write and remove
     # GBs meanwhile (a passing test's tmp dir goes as it ends), so it is free give or take that
     assert need > free + (1 << 30) and need > have, (need, have, free)
