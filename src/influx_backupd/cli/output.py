@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import shlex
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from influx_backupd.restore.database import DatabaseResult
 from influx_backupd.restore.target import TargetResult
-from influx_backupd.store.record import RunRecord, only_in_bucket
+from influx_backupd.store.record import RunRecord, missing_on_disk, only_in_bucket
 
 
 def fmt_time(ts: float | None) -> str:
@@ -153,14 +152,6 @@ def print_list(records: list[RunRecord], as_json: bool, *, run_alive: bool = Fal
     not ok; a `running` run with no live process holding the lock (run_alive False) died, and
     says so (process_gone) until the next command that takes the lock records it."""
 
-    def archive_missing(r: RunRecord) -> bool:
-        return (
-            r.ok
-            and not only_in_bucket(r)
-            and r.archive is not None
-            and not Path(r.archive).exists()
-        )
-
     def process_gone(r: RunRecord) -> bool:
         return r.status == "running" and not run_alive
 
@@ -170,7 +161,7 @@ def print_list(records: list[RunRecord], as_json: bool, *, run_alive: bool = Fal
                 {
                     **r.to_dict(),
                     "only_in_bucket": only_in_bucket(r),
-                    "archive_missing": archive_missing(r),
+                    "archive_missing": missing_on_disk(r),
                     "process_gone": process_gone(r),
                 }
                 for r in records
@@ -193,7 +184,7 @@ def print_list(records: list[RunRecord], as_json: bool, *, run_alive: bool = Fal
             if only_in_bucket(r)
             else r.archive or "-"
         )
-        if archive_missing(r):
+        if missing_on_disk(r):
             status, where = "missing", f"{where} (gone from disk)"
         elif process_gone(r):
             status = "died"

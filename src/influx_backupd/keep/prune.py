@@ -29,7 +29,7 @@ from influx_backupd.influxd import scratch
 from influx_backupd.keep.retention import RetentionPlan, RetentionPolicy, plan
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.record import RunRecord, only_in_bucket
+from influx_backupd.store.record import RunRecord, missing_on_disk, only_in_bucket
 from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
 
 
@@ -101,10 +101,6 @@ def _named_paths(records: Iterable[RunRecord]) -> set[Path]:
 
 # A start this far after now is the clock's doing, not a backup still to come.
 FUTURE_SLACK_S = 300.0
-
-
-def _on_disk(record: RunRecord) -> bool:
-    return bool(record.archive) and os.path.exists(str(record.archive))
 
 
 def _named_by(records: Iterable[RunRecord]) -> dict[Path, set[str]]:
@@ -217,7 +213,7 @@ def _prune_job(
     records = catalog.list(job=job.name)
     by_id = {r.id: r for r in records}
     # A backup whose files are gone restores nothing (plan's `missing`)
-    gone = {r.id for r in records if r.ok and not only_in_bucket(r) and not _on_disk(r)}
+    gone = {r.id for r in records if missing_on_disk(r)}
     if gone:
         logger.warning("prune.missing_on_disk", run_ids=sorted(gone))
     # A backup dated after now (taken while the clock was ahead) ranks newest until then: the

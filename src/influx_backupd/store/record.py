@@ -142,6 +142,16 @@ def only_in_bucket(record: RunRecord) -> bool:
     )
 
 
+def missing_on_disk(record: RunRecord) -> bool:
+    """An ok backup whose files are gone from here (not one only in the bucket): it restores
+    nothing (prune plans it as missing, list shows it so)."""
+    return (
+        record.ok
+        and not only_in_bucket(record)
+        and not (record.archive and os.path.exists(record.archive))
+    )
+
+
 LAST_TIME = 253_402_300_800  # 10000-01-01T00:00:00Z in Unix seconds
 COUNTS = ("bytes", "files", "window_bytes")
 
