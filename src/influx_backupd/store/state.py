@@ -137,19 +137,25 @@ class ServerLock:
 
     def holder(self) -> str | None:
         """'pid N' of whoever holds the server's lock now, or None; takes nothing (dry runs)."""
-        try:
-            fd = os.open(self.conf, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _flock_holder(fd)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)  # drops the shared lock, if taken
+        return flock_holder(self.conf)
+
+
+def flock_holder(path: Path) -> str | None:
+    """'pid N' (from /proc/locks) of a live process holding an exclusive flock on path, or None
+    (no such file, no holder); creates and takes nothing: read-only commands ask it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _flock_holder(fd)
+    except OSError:
+        return None  # flock refused (some network filesystems): nothing known to hold it
+    finally:
+        os.close(fd)  # drops the shared lock, if taken
+    return None
 
 
 def _flock_holder(fd: int) -> str:
@@ -170,17 +176,7 @@ def _flock_holder(fd: int) -> str:
 
 def lock_held(state_dir: Path) -> bool:
     """Whether a live process holds the backup lock; creates nothing (read-only commands)."""
-    try:
-        fd = os.open(state_dir / "backup.lock", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also drops the shared lock, if taken
-    return False
+    return flock_holder(state_dir / "backup.lock") is not None
 
 
 def process_identity(proc: psutil.Process | None) -> tuple[int, float] | None:
