@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +43,19 @@ def throwaway_influxds(storage: Path) -> list[psutil.Process]:
         if any(a.startswith(prefix) for a in argv):
             found.append(proc)
     return found
+
+
+@contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
+    """An HTTP stand-in on 127.0.0.1 (a /ping, a receiver) in a thread while the body runs:
+    its port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import json
 import os
 import pwd
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox, free_port
 from influx_backupd.jobs.plan import rfc3339
 from influx_backupd.store.scanners import scan_portable
-from tests.conftest import STAND_INS, Cli, log_events, write_config
+from tests.conftest import STAND_INS, Cli, log_events, serving, write_config
 
 HOT = [{"name": "hotjob", "mode": "hot"}]
 INFLUXD09 = STAND_INS / "influxd09"
@@ -161,13 +160,8 @@ class _ShiftedPing(http.server.BaseHTTPRequestHandler):
 def _shifted_ping(ahead: float) -> Iterator[str]:
     """A _ShiftedPing server `ahead` seconds off our clock, on a free port: its URL."""
     _ShiftedPing.ahead = ahead
-    ping = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ShiftedPing)
-    threading.Thread(target=ping.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{ping.server_address[1]}"
-    finally:
-        ping.shutdown()
-        ping.server_close()
+    with serving(_ShiftedPing) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_increments_take_since_from_the_servers_clock_not_ours(

@@ -4,15 +4,14 @@ in the path and the query) — real apprise, a real local HTTP receiver and a re
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import Cli, log_events, write_config
+from tests.conftest import Cli, log_events, serving, write_config
 
 
 class _Refusing(BaseHTTPRequestHandler):
@@ -31,13 +30,8 @@ class _Refusing(BaseHTTPRequestHandler):
 @pytest.fixture
 def refusing() -> Iterator[str]:
     """host:port of a receiver that answers 500 to everything."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Refusing) as port:
+        yield f"127.0.0.1:{port}"
 
 
 pytestmark = pytest.mark.influxd
