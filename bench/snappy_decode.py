@@ -11,11 +11,18 @@ each decoder, alternately, checking that both give the same bytes. Also times th
 segment bytes, the floor of any check that reads every byte. The pure-Python decoder is read
 from git history (PURE_AT, its last version); without git it is left out. Not a test: nothing
 is asserted.
+
+    python bench/snappy_decode.py --size 100M --libsnappy /usr/lib/x86_64-linux-gnu/libsnappy.so.1
+
+--libsnappy: also decode into a reused buffer with snappy's reference C++ library (Debian's
+libsnappy1v5, called through ctypes, which releases the GIL as cramjam does), beside cramjam's
+decompress_raw_into into the same buffer: is there a faster decoder to be had?
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import io
 import random
@@ -123,6 +130,34 @@ def pure_decoder() -> Callable[[bytes], bytes] | None:
     return decode
 
 
+def into_buffer_decoders(libsnappy: str | None) -> dict[str, Callable[[bytes], int]]:
+    """Decoders that write into one reused output buffer (as verify's own decompress does):
+    cramjam's, and the reference library's when a path to it is given."""
+    buffer = bytearray(64 << 20)
+    decoders: dict[str, Callable[[bytes], int]] = {
+        "into cramjam": lambda src: int(cramjam.snappy.decompress_raw_into(src, buffer))
+    }
+    if libsnappy:
+        uncompress = ctypes.CDLL(libsnappy).snappy_uncompress
+        uncompress.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_size_t),
+        ]
+        out = (ctypes.c_char * len(buffer)).from_buffer(buffer)
+        length = ctypes.c_size_t()
+
+        def reference(src: bytes) -> int:
+            length.value = len(buffer)
+            if uncompress(src, len(src), ctypes.addressof(out), ctypes.byref(length)) != 0:
+                raise ValueError("libsnappy: not a valid snappy block")
+            return length.value
+
+        decoders["into libsnappy"] = reference
+    return decoders
+
+
 def timed(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
@@ -133,6 +168,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", default="100M", help="WAL to generate (default 100M)")
     ap.add_argument("--runs", type=int, default=3, help="rounds of each decoder (default 3)")
+    ap.add_argument("--libsnappy", help="path of libsnappy.so.1 to compare with (see above)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="snappy-bench-") as work:
         server = Sandbox(
@@ -166,6 +202,9 @@ def main() -> int:
             findings = wal.check_wal(io.BytesIO(seg), len(seg), f"wal/{i}", deep=True)
             assert not [f for f in findings if f.severity == "error"], findings
 
+    into = into_buffer_decoders(args.libsnappy)
+    for p in payloads[:200]:
+        assert len({decode(p) for decode in into.values()}) == 1, "the decoders disagree"
     decoders: dict[str, Callable[[bytes], bytes]] = {"cramjam": cramjam_decompress}
     if pure is not None:
         decoders["pure-Python"] = pure
@@ -183,6 +222,11 @@ def main() -> int:
                 )
                 wal.decompress = decode  # type: ignore[assignment]
                 times.setdefault(f"check_wal {name}", []).append(timed(check_all))
+            for name in list(into) if run % 2 == 0 else list(reversed(into)):
+                decode_into = into[name]
+                times.setdefault(f"decode {name}", []).append(
+                    timed(lambda d=decode_into: [d(p) for p in payloads])  # type: ignore[misc]
+                )
             times.setdefault("sha256", []).append(
                 timed(lambda: [hashlib.sha256(s).digest() for s in segments])
             )
