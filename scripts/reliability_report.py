@@ -163,11 +163,22 @@ def documented(doc: Path) -> set[str]:
     return set(re.findall(r"\(`(tests/faults/[^`]+)`\)", doc.read_text()))
 
 
+def unmarked(doc: Path) -> set[str]:
+    """The node ids the document lists without a fault class (a test with no `fault` mark)."""
+    section = re.search(r"^## \?: \?$(.*?)(?=^## |\Z)", doc.read_text(), re.M | re.S)
+    return set(re.findall(r"\(`(tests/faults/[^`]+)`\)", section.group(1))) if section else set()
+
+
 def check(doc: Path) -> list[str]:
-    """What makes the document stale: fault tests it does not report, reports of tests gone."""
+    """What makes the document stale or vague: fault tests it does not report, reports of tests
+    gone, and tests it can only list under no class (their fault and variant unsaid)."""
     now, listed = collected(), documented(doc)
     problems = [f"not in {doc.name}: {n}" for n in sorted(now - listed)]
     problems += [f"in {doc.name} but no longer a test: {n}" for n in sorted(listed - now)]
+    problems += [
+        f"no fault mark: {n} (give it @pytest.mark.fault(CLASS, FAULT, VARIANT))"
+        for n in sorted(unmarked(doc) & now)
+    ]
     return problems
 
 

@@ -44,3 +44,16 @@ def test_the_document_reports_on_every_fault_test_and_no_other() -> None:
         [sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_fault_test_without_a_mark_is_named(tmp_path: Path) -> None:
+    rows = [
+        {"nodeid": "tests/faults/t.py::marked", "class": "kill", "fault": "SIGKILL",
+         "variant": "x", "outcome": "passed", "data_lost": None, "examples": 1},
+        {"nodeid": "tests/faults/t.py::bare", "class": "?", "fault": "(no fault marker)",
+         "variant": "bare", "outcome": "passed", "data_lost": None, "examples": 1},
+    ]  # fmt: skip
+    doc = tmp_path / "reliability.md"
+    script = _script()
+    doc.write_text(script.render(rows, "now"))
+    assert script.unmarked(doc) == {"tests/faults/t.py::bare"}
