@@ -120,6 +120,37 @@ def test_a_hot_chain_restores_into_the_live_auth_server_keeping_its_users(
     assert result["checks"]["restore_test"].startswith("ok (2 links restored")
 
 
+def test_a_restore_checked_as_a_user_who_may_read_one_database_is_not_undone(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """After the swap the restored server's points are counted with [influxd]'s credentials. A
+    user without admin rights sees only the databases it may read: the others are not compared
+    (said), never taken for missing (which undid a good restore)."""
+    server.create_db("metrics")
+    server.create_db("private")
+    server.write_points("metrics", 700)
+    server.write_points("private", 300)
+    server.query("CREATE USER reader WITH PASSWORD 'r3ad er'", method="POST")
+    server.query('GRANT READ ON "metrics" TO reader', method="POST")
+    reader = password_file(tmp_path, "r3ad er", name="reader-password")
+    cli = cli_for(tmp_path, server, username="reader", password=reader, jobs=HOT)
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    server.write_points("private", 50, start=80_000)  # after the backup: undone by the restore
+
+    done = cli("restore", record["id"], "--yes", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert {db: server.count(db) for db in ("metrics", "private")} == {
+        "metrics": 700,
+        "private": 300,
+    }
+    served = result["served_check"]
+    assert served.startswith("points served: metrics 700 (counted 700)"), served
+    assert "not compared: private" in served, served
+    assert "restore.served" in done.stderr and "refused" in done.stderr
+
+
 def test_a_stopped_auth_server_is_restored_and_started_without_using_the_credentials(
     tmp_path: Path, server: Sandbox
 ) -> None:

@@ -29,7 +29,10 @@ BUDGET_S = 30.0  # all databases together, before a cold stop
 
 class FiguresError(BackupdError):
     code = "figures"
-    pass
+
+
+class FiguresRefused(FiguresError):
+    """The server refused our credentials (told apart: a figure not taken, not a bad server)."""
 
 
 def _query(
@@ -37,6 +40,8 @@ def _query(
 ) -> list[dict[str, Any]]:
     try:
         return influxql.query(url, q, db, credentials=credentials, timeout=timeout, epoch="s")
+    except influxql.AuthError as exc:
+        raise FiguresRefused(str(exc)) from None
     except influxql.QueryError as exc:
         raise FiguresError(str(exc)) from None
 

@@ -5,8 +5,9 @@ hot restore's build, counted before its throwaway stopped; counts.point_count on
 An answer to /ping is not enough: a server whose shards failed to open (a disk that filled as
 it started) answers it and serves nothing. A database below its count fails the restore, which
 the caller then undoes. More points are fine (writes since the count). A database the time
-budget leaves uncounted, or a server that refuses our credentials, is not compared: said, not
-failed (the restore test of verify compares the same figures where it can).
+budget leaves uncounted, or one our credentials may not read (a user without admin rights does
+not even see it in SHOW DATABASES), is not compared: said, not failed (the restore test of
+verify compares the same figures where it can).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from influx_backupd.core.config import Config, Credentials
+from influx_backupd.core.config import Config
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.log import Logger
-from influx_backupd.influxd import counts, influxql
+from influx_backupd.influxd import counts
 
 BUDGET_S = counts.BUDGET_S  # all databases together, after the start
 
@@ -66,30 +67,38 @@ def check_served(
         return served
     url, creds = config.url, config.credentials
     try:
-        present = set(_databases(url, creds))
-    except influxql.AuthError as exc:
+        present = set(counts.databases(url, 30.0, credentials=creds))
+    except counts.FiguresRefused as exc:
         served.note = f"the restored server refused the query ({exc})"
         logger.warning("restore.served_not_compared", reason=served.note)
         return served
-    except influxql.QueryError as exc:
+    except counts.FiguresError as exc:
         raise NotServed(f"the restored server does not answer SHOW DATABASES: {exc}") from None
     deadline = time.monotonic() + budget
+    why: dict[str, str] = {}  # per database not compared
     for db, want in sorted(floor.items()):
-        if db not in present:
-            raise NotServed(
-                f"database {db} is missing on the restored server, {want} points {what}"
-            )
         left = deadline - time.monotonic()
         try:
             if left <= 0:
                 raise counts.FiguresError("time budget spent")
             got = counts.point_count(url, db, timeout=left, credentials=creds)
+        except counts.FiguresRefused as exc:
+            # A user without admin rights sees only the databases it may read (SHOW DATABASES
+            # leaves the others out): refused is a figure not taken, never a missing database.
+            served.not_compared.append(db)
+            why[db] = f"refused: {exc}"
+            continue
         except counts.FiguresError as exc:
+            if db not in present:
+                raise NotServed(
+                    f"database {db} is missing on the restored server, {want} points {what}"
+                ) from None
             if time.monotonic() < deadline:
                 raise NotServed(
                     f"database {db} does not answer on the restored server: {exc}"
                 ) from None
             served.not_compared.append(db)
+            why[db] = f"not counted within {budget:g}s"
             continue
         served.counted[db] = got
         if got < want:
@@ -102,16 +111,9 @@ def check_served(
         counted=served.counted,
         floor=served.floor,
         not_compared=served.not_compared or None,
-        why=f"not counted within {budget:g}s" if served.not_compared else None,
+        why=why or None,
     )
     return served
-
-
-def _databases(url: str, creds: Credentials | None) -> list[str]:
-    """SHOW DATABASES with influxql's own errors (an AuthError told apart)."""
-    series = influxql.query(url, "SHOW DATABASES", None, credentials=creds, timeout=30.0)
-    rows = (series[0].get("values") or []) if series else []
-    return [str(row[0]) for row in rows if row]
 
 
 def count_built(url: str, logger: Logger, budget: float = BUDGET_S) -> dict[str, int]:
