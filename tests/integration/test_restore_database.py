@@ -81,6 +81,8 @@ def test_a_dropped_database_comes_back_from_a_hot_chain_while_the_server_serves(
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["restored_as"] == "metrics" and result["replaced_copy"] is None
+    # held to what the chain's build served of it, as a whole-server restore is
+    assert result["served_check"] == "points served: metrics 6900 (counted 6900)"
     after = _points(sandbox)
     assert after == {**before, "metrics": 5_000 + 400 + 1_500}, "other databases untouched"
     assert sandbox.pids() == pids, "influxd was never stopped"
@@ -249,12 +251,21 @@ def test_with_auth_it_needs_credentials_and_replaces_with_them(
         assert record["status"] == "ok", record["error"]
         server.write_points("metrics", 100, start=100_000)
 
-        anonymous = cli_for(tmp_path, server, jobs=HOT)
-        done = anonymous("restore", record["id"], "--database", "metrics", "--as", "m2")
-        assert done.returncode == 1
-        [line] = done.stderr.strip().splitlines()
-        assert "the live server does not answer" in line and "nothing touched" in line
-        assert "m2" not in server.databases()
+        # Without credentials, or as a user who may only read (it sees only the databases it
+        # may read, and cannot drop what a failed restore made): refused before anything.
+        server.query("CREATE USER reader WITH PASSWORD 'r'", method="POST")
+        server.query('GRANT READ ON "metrics" TO reader', method="POST")
+        reader = password_file(tmp_path, "r", name="reader-password")
+        for who in (
+            cli_for(tmp_path, server, jobs=HOT),
+            cli_for(tmp_path, server, username="reader", password=reader, jobs=HOT),
+        ):
+            done = who("restore", record["id"], "--database", "metrics", "--as", "m2")
+            assert done.returncode == 1
+            [line] = done.stderr.strip().splitlines()
+            assert "needs an admin user on the live server" in line, line
+            assert "nothing touched" in line, line
+            assert "m2" not in server.databases()
 
         cli = cli_for(
             tmp_path, server, username=ADMIN[0], password=password_file(tmp_path), jobs=HOT

@@ -40,7 +40,7 @@ import psutil
 
 from influx_backupd.core import log
 from influx_backupd.core.atomic import replace_json
-from influx_backupd.core.config import Config, toml_of
+from influx_backupd.core.config import Config, Credentials, toml_of
 from influx_backupd.core.errors import RestoreFailed, RestoreMistake, RestoreRefused, UsageError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.jsontext import loads_json
@@ -97,6 +97,8 @@ class DatabaseResult:
     cold_shards: dict[str, Any] | None = None
     # a hot backup: its tombstones, applied before the tool restored it (restore/deletes.py)
     deletes: dict[str, Any] | None = None
+    # a hot chain: the points its build (a throwaway) served of the database before the export
+    built_count: int | None = None
     # the restored database's points against those the backup counted (restore/served.py)
     served_check: str | None = None
     warnings: list[str] = field(default_factory=list)  # for the operator, besides the log
@@ -181,6 +183,7 @@ def restore_database(
             "--database: a 0.9 snapshot restores only as a whole server (influxd restore -config)"
         )
     url, creds = config.url, config.credentials
+    _needs_admin(url, creds)
     try:
         existing = set(counts.databases(url, credentials=creds))
     except counts.FiguresError as exc:
@@ -220,6 +223,23 @@ def restore_database(
     result.seconds = round(time.monotonic() - started, 3)
     logger.info("restore.database_done", **{k: v for k, v in result.__dict__.items()})
     return result
+
+
+def _needs_admin(url: str, creds: Credentials | None) -> None:
+    """Refuse before anything is touched unless our user may administer the live server.
+
+    The restore lists, creates and drops databases there. A user without admin rights sees only
+    the databases it may read: it would take an existing one for absent, and could not drop what
+    a failed restore had made (which the undo then said was as it was)."""
+    try:
+        influxql.query(url, "SHOW USERS", None, credentials=creds, timeout=10.0)
+    except influxql.AuthError as exc:
+        raise RestoreRefused(
+            f"restore --database needs an admin user on the live server (it lists, creates and "
+            f"drops databases there): {exc}"
+        ) from None
+    except influxql.QueryError as exc:
+        raise RestoreRefused(f"the live server does not answer at {url}: {exc}") from None
 
 
 # The manifest gives each shard's tar size before gzip: a tar holding no file is its 1,024-byte
@@ -503,10 +523,13 @@ def _restore(
         result.restore_s = round(time.monotonic() - t_restore, 3)
         # ok only once it serves what the backup counted of it (else undone below)
         recorded = (source.record.db_counts if source.record else None) or {}
-        floor = {new: recorded[name]} if name in recorded else None
-        result.served_check = check_served(
-            config, floor, logger, what=f"of {name} counted at backup time"
-        ).summary()
+        if name in recorded:
+            floor, what = {new: recorded[name]}, f"of {name} counted at backup time"
+        elif result.built_count is not None:  # a hot chain: what its build served of it
+            floor, what = {new: result.built_count}, f"of {name} in the chain's build"
+        else:
+            floor, what = None, ""
+        result.served_check = check_served(config, floor, logger, what=what).summary()
         pending.clear()
     except (Exception, Interrupted) as exc:
         with signals_blocked():
@@ -564,6 +587,18 @@ def _undo(
     return "the live server's databases are as they were"
 
 
+BUILD_COUNT_S = counts.BUDGET_S  # a chain's build, counted before its export
+
+
+def _count_built(url: str, db: str, logger: Logger) -> int | None:
+    """db's points on a chain's build (no auth), or None if they could not be counted in time."""
+    try:
+        return counts.point_count(url, db, timeout=BUILD_COUNT_S)
+    except counts.FiguresError as exc:
+        logger.warning("restore.build_not_counted", database=db, error=str(exc))
+        return None
+
+
 def _portable_of(
     config: Config,
     source: ColdSource | HotSource,
@@ -602,6 +637,7 @@ def _portable_of(
             merges=merges,
             deletes_applied=applied,
         ) as server:
+            result.built_count = _count_built(server.url, name, logger)
             _export(config, logger, server.backup_host, name, export)
         result.deletes = applied.summary()
         if merges:
