@@ -204,3 +204,19 @@ def test_check_config_warns_when_auth_is_enabled_and_no_username_is_set(
     assert plan["influxd"]["password_file"] == str(secret)
     for out in (done.stdout + done.stderr, json.dumps(plan)):
         assert ADMIN[1] not in out, "the password is never printed"
+
+
+def test_check_config_warns_when_the_user_is_no_admin_on_the_running_server(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    server.query("CREATE USER reader WITH PASSWORD 'r'", method="POST")
+    reader = password_file(tmp_path, "r", name="reader-password")
+    as_reader = cli_for(tmp_path, server, username="reader", password=reader).json("check-config")
+    [warning] = [w for w in as_reader["warnings"] if "not an admin" in w]
+    assert warning.startswith("[influxd] username 'reader' is not an admin on http://127.0.0.1:")
+    assert "cover only the databases it may read" in warning
+    as_admin = cli_for(tmp_path, server, username=ADMIN[0], password=password_file(tmp_path))
+    assert not [w for w in as_admin.json("check-config")["warnings"] if "not an admin" in w]
+    server.stop()  # a server that does not answer: nothing to say, nothing waited for long
+    again = cli_for(tmp_path, server, username="reader", password=reader).json("check-config")
+    assert not [w for w in again["warnings"] if "not an admin" in w]

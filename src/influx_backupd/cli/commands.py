@@ -53,6 +53,7 @@ from influx_backupd.core.interrupt import interrupt_on_signals
 from influx_backupd.core.redact import shown_url
 from influx_backupd.core.schedule import describe, human_duration
 from influx_backupd.daemon.status import gather, render
+from influx_backupd.influxd import influxql
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.influxd.throttle import DATABASE_RATE_MIB
 from influx_backupd.jobs.hot import clock_url
@@ -119,6 +120,22 @@ def _startable(config: Config) -> None:
     Influxd(config).refuse_unstartable()
 
 
+def _not_admin_warning(config: Config) -> list[str]:
+    """A user without admin rights counts only the databases it may read: said, if the server
+    answers now (check-config works with it down: then nothing is said)."""
+    try:
+        refused = influxql.not_admin(config.url, config.credentials, timeout=3.0)
+    except influxql.QueryError:
+        return []
+    if refused is None:
+        return []
+    return [
+        f"[influxd] username {config.settings.influxd.username!r} is not an admin on "
+        f"{config.url}: point counts (and so restore tests and restore checks) cover only the "
+        "databases it may read, and restore --database is refused; use an admin user"
+    ]
+
+
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     _startable(config)
     try:  # the config is fine either way: a damaged catalog is a warning here
@@ -167,6 +184,8 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
             "not set: no point counts before a cold stop (restore tests cannot compare them); "
             "set [influxd] username and password_file"
         )
+    if config.auth_enabled and config.credentials is not None:
+        plan["warnings"] += _not_admin_warning(config)
     plan["warnings"] += unit_paths.warnings(config)
     plan["warnings"] += secret_file_warnings(s)
     plan["warnings"] += job_warnings(s)

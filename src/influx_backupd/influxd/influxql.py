@@ -130,3 +130,13 @@ def ping_headers(
 def values(series: list[dict[str, Any]]) -> list[list[Any]]:
     """Every row of every series."""
     return [row for s in series for row in s.get("values") or []]
+
+
+def not_admin(url: str, credentials: Credentials | None, timeout: float = 10.0) -> str | None:
+    """Why our user may not administer the server (SHOW USERS refused), or None if it may.
+    QueryError when the server does not answer."""
+    try:
+        query(url, "SHOW USERS", None, credentials=credentials, timeout=timeout)
+    except AuthError as exc:
+        return str(exc)
+    return None

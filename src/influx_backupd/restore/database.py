@@ -232,14 +232,14 @@ def _needs_admin(url: str, creds: Credentials | None) -> None:
     the databases it may read: it would take an existing one for absent, and could not drop what
     a failed restore had made (which the undo then said was as it was)."""
     try:
-        influxql.query(url, "SHOW USERS", None, credentials=creds, timeout=10.0)
-    except influxql.AuthError as exc:
-        raise RestoreRefused(
-            f"restore --database needs an admin user on the live server (it lists, creates and "
-            f"drops databases there): {exc}"
-        ) from None
+        refused = influxql.not_admin(url, creds)
     except influxql.QueryError as exc:
         raise RestoreRefused(f"the live server does not answer at {url}: {exc}") from None
+    if refused is not None:
+        raise RestoreRefused(
+            "restore --database needs an admin user on the live server (it lists, creates and "
+            f"drops databases there): {refused}"
+        )
 
 
 # The manifest gives each shard's tar size before gzip: a tar holding no file is its 1,024-byte
