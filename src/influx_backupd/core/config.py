@@ -753,8 +753,15 @@ def _toml_reason(message: str, data: bytes) -> str:
     number = int(found.group(2))
     lines = data.decode("utf-8-sig", errors="replace").splitlines()
     text = lines[number - 1].strip() if 0 < number <= len(lines) else ""
+    header = text.split("#", 1)[0].strip()
+    if header.startswith("[") and not header.endswith("]"):
+        # tomllib checks for a table given twice before it checks the closing bracket
+        close = "]]" if header.startswith("[[") else "]"
+        return (
+            f"line {number}: the table header {header} is not closed: expected {close!r} at its end"
+        )
     if text.startswith("["):
-        what = f"the table {text.split('#', 1)[0].strip()}"
+        what = f"the table {header}"
     else:
         what = f"the key {text.partition('=')[0].strip()!r}" if "=" in text else "a key"
     return (

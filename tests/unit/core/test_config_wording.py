@@ -46,6 +46,18 @@ def _check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
             "the table [notify] is given twice",
             "Cannot declare",
         ),
+        (  # tomllib calls it a table given twice: the missing ']' is the mistake
+            "job",
+            '[notify]\ntimeout = "1s"\n[notify  # the bracket forgotten',
+            "the table header [notify is not closed: expected ']' at its end",
+            "given twice",
+        ),
+        (
+            "job",
+            '[[job]]\nname = "a"\n[[job]\nname = "b"',
+            "Expected ']]' at the end of an array declaration (at line",  # tomllib's: clear
+            "given twice",
+        ),
     ],
 )
 def test_other_libraries_wording_is_ours(
