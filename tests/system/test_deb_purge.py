@@ -156,3 +156,36 @@ def test_a_marker_of_a_run_in_flight_is_not_said_as_influxd_left_down(
         assert left(done.stdout) == {"influxd-stopped.json", "catalog.db", "backup.lock"}
     else:
         assert len(lines) == 1, lines
+
+
+def test_purge_names_the_staging_copies_it_leaves_and_removes_only_unowned_metrics_dirs() -> None:
+    """Staging copies (a copy of the database per job) were left without a word, and the
+    node_exporter dirs postinst made stayed for good. In the namespace /var/lib (dpkg's database
+    with it) and /var/backups are a tmpfs: dpkg-query reads a database written here."""
+    metrics = "/var/lib/prometheus/node-exporter"
+    setup = (
+        "mount -t tmpfs none /var/backups && "
+        "mkdir -p '/var/backups/influxdb/.staging/nightly/data' "
+        f"'{STATE}/.staging/hot/data' {metrics} /var/lib/dpkg/info && "
+        ": > /var/lib/dpkg/status && "
+        f"sh {DEB / 'postrm'} purge && "
+        "test ! -e /var/lib/prometheus && "  # empty and no package's: gone
+        # the same dirs, owned by a package: they stay
+        f"mkdir -p {metrics} && printf '/var/lib/prometheus\\n{metrics}\\n' > "
+        "/var/lib/dpkg/info/prometheus-node-exporter.list && "
+        "printf 'Package: prometheus-node-exporter\\nStatus: install ok installed\\n"
+        "Architecture: amd64\\nVersion: 1.0\\n\\n' > /var/lib/dpkg/status && "
+        f"sh {DEB / 'postrm'} purge 2>/dev/null && test -d {metrics} && "
+        "test -d /var/backups/influxdb/.staging/nightly/data"
+    )
+    done = in_namespace(setup)
+    assert done.returncode == 0, done.stderr
+    said = [line for line in ours(done.stderr) if "staging copies" in line]
+    assert said == [
+        "influx-backupd: purge left the staging copies in /var/backups/influxdb/.staging (a copy "
+        "of the database per job, kept to shorten the next cold run; no backup): remove them "
+        "with rm -rf /var/backups/influxdb/.staging",
+        f"influx-backupd: purge left the staging copies in {STATE}/.staging (a copy of the "
+        f"database per job, kept to shorten the next cold run; no backup): remove them with "
+        f"rm -rf {STATE}/.staging",
+    ], ours(done.stderr)

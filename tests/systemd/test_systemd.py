@@ -722,6 +722,12 @@ def test_upgrade_to_a_newer_build_keeps_a_changed_config(
     # the running daemon was restarted onto the new build
     wait_active(box)
     assert main_pid(box) != pid
+    # Removed (config and the admin's enablement stay) and installed again: it runs again,
+    # as after a boot; before, it stayed stopped while `systemctl is-enabled` said enabled.
+    box.sh("dpkg -r influx-backupd", timeout=300)
+    assert box.show(UNIT, "ActiveState")["ActiveState"] == "inactive"
+    box.sh(f"dpkg -i /mnt/debs/newer/{debs['newer'].name}", timeout=300)
+    wait_active(box)
 
 
 MARKER = "influxd-stopped.json"
