@@ -61,6 +61,7 @@ from influx_backupd.restore.cold import (
     scan_cold,
     throwaway,
 )
+from influx_backupd.restore.cqs import bring_back
 from influx_backupd.restore.deletes import DeletesApplied
 from influx_backupd.restore.hot import (
     SHARD_WAIT,
@@ -101,6 +102,8 @@ class DatabaseResult:
     built_count: int | None = None
     # the restored database's points against those the backup counted (restore/served.py)
     served_check: str | None = None
+    # its continuous queries re-created, and those not and why (restore/cqs.py)
+    continuous_queries: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)  # for the operator, besides the log
 
 
@@ -530,6 +533,12 @@ def _restore(
         else:
             floor, what = None, ""
         result.served_check = check_served(config, floor, logger, what=what).summary()
+        # `influxd restore` takes no continuous query: those ON name, from the meta of the
+        # backup (a hot chain's newest link; a cold archive's, which the export carries)
+        meta = source.links[-1].path if isinstance(source, HotSource) else portable
+        cqs = bring_back(meta, live.q, logger, databases={name: new})
+        result.continuous_queries = cqs.summary()
+        result.warnings += cqs.warnings
         pending.clear()
     except (Exception, Interrupted) as exc:
         with signals_blocked():

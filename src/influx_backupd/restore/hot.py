@@ -22,8 +22,9 @@ started again. Restored files are chowned to [influxd] user/group.
   full, then each increment's databases, which the tool refuses to restore over existing ones
   ("DB metadata not changed. database may already exist"), under a temporary name, copied in
   with `SELECT * INTO ... GROUP BY *` (InfluxData's documented way to restore into an existing
-  database) and dropped. Non-admin users get their grants back; the throwaway is stopped
-  cleanly and the staged trees chowned. Only then is the live influxd stopped, the dirs swapped
+  database) and dropped. Non-admin users get their grants back and the newest link's
+  continuous queries are created again (the tool restores none; restore/cqs.py); the throwaway
+  is stopped cleanly and the staged trees chowned. Only then is the live influxd stopped, the dirs swapped
   by rename and influxd started: downtime = stop + rename + start; build_s is the time spent
   beside. Every consumer of a chain (this, --target, --database, verify's restore test) goes
   through restore_portable_links, so all of them merge the same way, and each backup dir the
@@ -62,6 +63,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,13 @@ from influx_backupd.influxd.tool import run_tool, tool_version
 from influx_backupd.report import progress
 from influx_backupd.restore import deletes
 from influx_backupd.restore.cold import owner_ids, restore_cold
+from influx_backupd.restore.cqs import (
+    ContinuousQuery,
+    CqsRestored,
+    bring_back,
+    meta_file,
+    server_cqs,
+)
 from influx_backupd.restore.deletes import DeletesApplied
 from influx_backupd.restore.merge import (
     ChainMerge,
@@ -107,7 +116,12 @@ from influx_backupd.store.chain import (
     check_links,
 )
 from influx_backupd.store.record import Flavour, RunRecord
-from influx_backupd.store.scanners import Scan, listed_size, portable_meta_databases
+from influx_backupd.store.scanners import (
+    Scan,
+    listed_size,
+    portable_meta_databases,
+    portable_meta_store,
+)
 
 QUERY_TIMEOUT = 3600.0
 SHARD_WAIT = 120.0  # how long a freshly restored shard may stay disabled
@@ -129,6 +143,8 @@ class HotRestoreResult(RestoreResult):
     merge_reason: str | None = None  # why not "files"
     # 1.x: the backup's tombstones, applied before the tool restored it (restore/deletes.py)
     deletes: dict[str, Any] | None = None
+    # 1.x: the continuous queries re-created, and those not and why (restore/cqs.py)
+    continuous_queries: dict[str, Any] | None = None
 
 
 # -- choosing ---------------------------------------------------------------------------------------
@@ -391,7 +407,7 @@ def _build(
             start()
         t_restore = time.monotonic()
         applied = DeletesApplied()
-        grants = _clear_databases(throwaway.url, logger) if kept_accounts else []
+        grants, live_cqs = _clear_databases(throwaway.url, logger) if kept_accounts else ([], [])
         with growth_reported(staging["data"], links):
             merge = restore_portable_links(
                 str(section.binary),
@@ -408,6 +424,12 @@ def _build(
             result.merge, result.merge_reason = merge.path, merge.reason
         result.deletes = applied.summary()
         _grant_again(throwaway.url, grants, logger)
+        # nor continuous queries: the newest link's meta holds those of the restored state
+        cqs = bring_back(
+            links[-1].path, partial(_query, throwaway.url, db=None), logger, live=live_cqs
+        )
+        result.continuous_queries = cqs.summary()
+        result.warnings += cqs.warnings
         result.restore_s = time.monotonic() - t_restore
         built = count_built(throwaway.url, logger)
         wait_wal_flushed(staging["wal"], logger)
@@ -493,14 +515,18 @@ def chain_server(
     databases: set[str] | None = None,
     merges: list[ChainMerge] | None = None,
     deletes_applied: DeletesApplied | None = None,
+    meta_kept: CqsRestored | None = None,
 ) -> Iterator[Sandbox]:
     """An empty throwaway influxd (its conf in root: recovery finds a scratch dir's) with 1.x
     links restored into it, full first (only `databases`, if given); stopped cleanly on exit.
     How the chain went in (restore_portable_links; its merged backup written in root) is
     appended to merges, what it did with the backup's tombstones counted into deletes_applied.
 
-    dirs: its meta, data and wal elsewhere than under root. Raises StepFailed, naming the
-    server's death by a signal when that is what went wrong.
+    dirs: its meta, data and wal elsewhere than under root. meta_kept (--target): it starts on
+    the newest link's meta store instead, whose users (their password hashes too) it keeps, as
+    the whole-server build keeps the live ones: its databases are dropped before the links go
+    in, its grants given and continuous queries created again after (said into meta_kept).
+    Raises StepFailed, naming the server's death by a signal when that is what went wrong.
     """
     section = config.settings.influxd
     server = Sandbox(
@@ -511,10 +537,18 @@ def chain_server(
         dirs=dirs or {},
         beside_live=True,
     )
+    if meta_kept is not None:
+        try:
+            store = portable_meta_store(meta_file(links[-1].path).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise StepFailed(f"{links[-1].path}: its meta cannot be read ({exc})") from None
+        server.meta.mkdir(parents=True, exist_ok=True)
+        (server.meta / "meta.db").write_bytes(store)
     server.write_config()
     start_throwaway(server, section.start_timeout, "an empty influxd")
     try:
         try:
+            grants = _clear_databases(server.url, logger)[0] if meta_kept is not None else []
             with growth_reported(server.data, links):
                 merge = restore_portable_links(
                     str(section.binary),
@@ -530,6 +564,10 @@ def chain_server(
                 )
             if merges is not None and merge is not None:
                 merges.append(merge)
+            if meta_kept is not None:
+                _grant_again(server.url, grants, logger)
+                run = partial(_query, server.url, db=None)
+                bring_back(links[-1].path, run, logger, into=meta_kept)
         except Exception as exc:
             note = server.killed_note()
             if note is None:
@@ -936,11 +974,15 @@ def _databases(url: str) -> list[str]:
     return [str(row[0]) for row in values(_query(url, "SHOW DATABASES", None))]
 
 
-def _clear_databases(url: str, logger: Logger) -> list[tuple[str, str, str]]:
+def _clear_databases(
+    url: str, logger: Logger
+) -> tuple[list[tuple[str, str, str]], list[ContinuousQuery]]:
     """Drop the databases of a server started on the live meta; keep its users.
 
-    Returns the non-admin users' grants (user, database, privilege), which the drops revoke.
+    Returns what the drops remove with them: the non-admin users' grants (user, database,
+    privilege) and the continuous queries (those the backup does not bring back are named).
     """
+    cqs = server_cqs(_query(url, "SHOW CONTINUOUS QUERIES", None))
     grants: list[tuple[str, str, str]] = []
     users = values(_query(url, "SHOW USERS", None))
     for user, admin in ((str(row[0]), bool(row[1])) for row in users):
@@ -951,7 +993,7 @@ def _clear_databases(url: str, logger: Logger) -> list[tuple[str, str, str]]:
     for db in dropped:  # their files are in the rollback dirs, not here
         _query(url, f"DROP DATABASE {ident(db)}", None)
     logger.info("restore.accounts_kept", users=len(users), grants=len(grants), dropped=dropped)
-    return grants
+    return grants, cqs
 
 
 _GRANTABLE = {"READ": "READ", "WRITE": "WRITE", "ALL PRIVILEGES": "ALL"}

@@ -21,6 +21,10 @@ server's [data] and [coordinator] settings (from the archived influxdb.conf of a
 from the live one for a hot chain, whose backups hold none), and the retention, subscriber and
 continuous-query services off: an old backup's shards would otherwise be deleted by its
 retention policies as soon as it is served.
+
+A hot chain's build starts on the newest link's meta (chain_server's meta_kept): DIR keeps the
+backup's users, with their password hashes, and grants, which `influxd restore -portable`
+leaves out, and gets the link's continuous queries created again (restore/cqs.py).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from influx_backupd.restore.cold import (
     scan_cold,
     throwaway,
 )
+from influx_backupd.restore.cqs import CqsRestored
 from influx_backupd.restore.deletes import DeletesApplied
 from influx_backupd.restore.hot import (
     StepFailed,
@@ -87,6 +92,8 @@ class TargetResult:
     merge_reason: str | None = None  # why not "files"
     # 1.x: the backup's tombstones, applied before the tool restored it (restore/deletes.py)
     deletes: dict[str, Any] | None = None
+    # 1.x: the continuous queries re-created, and those not and why (restore/cqs.py)
+    continuous_queries: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)  # for the operator, besides the log
 
 
@@ -276,6 +283,8 @@ def _rebuild_portable(
     build_data = {**data, "cache-snapshot-write-cold-duration": '"1s"'}
     merges: list[ChainMerge] = []
     applied = DeletesApplied()
+    # the backup's users, grants and continuous queries, which `influxd restore` leaves out
+    kept = CqsRestored()
     with chain_server(
         config,
         source.links,
@@ -287,11 +296,14 @@ def _rebuild_portable(
         extra_sections=sections,
         merges=merges,
         deletes_applied=applied,
+        meta_kept=kept,
     ):
         wait_wal_flushed(target / "wal", logger)
     if merges:
         result.merge, result.merge_reason = merges[0].path, merges[0].reason
     result.deletes = applied.summary()
+    result.continuous_queries = kept.summary()
+    result.warnings += kept.warnings
     return throwaway(config, target, (data, sections))  # its conf written last
 
 

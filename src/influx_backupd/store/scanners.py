@@ -226,6 +226,28 @@ def portable_meta_databases(data: bytes) -> set[str]:
     return names
 
 
+def portable_meta_cqs(data: bytes) -> list[tuple[str, str, str]]:
+    """The continuous queries a 1.x portable .meta file's meta store defines, as (database,
+    name, statement): DatabaseInfo {1: Name, 4: repeated ContinuousQueryInfo {1: Name,
+    2: Query}}, Query the whole CREATE CONTINUOUS QUERY statement as influxd normalized it.
+    `influxd restore -portable` restores none of them. Raises ValueError."""
+    found: list[tuple[str, str, str]] = []
+    for number, database in _fields(portable_meta_store(data)):
+        if number != 5 or not isinstance(database, bytes):
+            continue
+        name, queries = "", []
+        for number_in, value in _fields(database):
+            if number_in == 1 and isinstance(value, bytes):
+                name = value.decode("utf-8", "replace")
+            elif number_in == 4 and isinstance(value, bytes):
+                cq = {f: v for f, v in _fields(value) if isinstance(v, bytes)}
+                queries.append(
+                    (cq.get(1, b"").decode("utf-8", "replace"), cq.get(2, b"").decode("utf-8"))
+                )
+        found += [(name, cq_name, statement) for cq_name, statement in queries]
+    return found
+
+
 GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip id bytes and CM=8 (deflate), the only method gzip defines
 
 
