@@ -68,6 +68,7 @@ from influx_backupd.run.offsite import unsent_holds
 from influx_backupd.run.runner import ModeUnavailable, Skipped, dry_run, run_backup
 from influx_backupd.store.archive import not_a_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
+from influx_backupd.store.chain import LinkDamaged
 from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import records_in
 from influx_backupd.store.state import lock_held
@@ -75,6 +76,7 @@ from influx_backupd.verify.check import (
     BackupNotFound,
     passed_over,
     resolve,
+    save_refused_link,
     save_result,
     verify,
     verify_all,
@@ -472,6 +474,8 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         except OnlyInBucket:  # found by a path the catalog knows: the same mistake
             raise _from_offsite_hint(args.backup) from None
         except RestoreRefused as exc:
+            if isinstance(exc, LinkDamaged):
+                save_refused_link(catalog, exc)  # a link found bad: `list` and status say so
             say(f"restore refused, nothing touched: {exc}")
             return exc.exit_status  # 1; 2 for a usage mistake, 78 for a config that cannot work
         except RestoreFailed as exc:

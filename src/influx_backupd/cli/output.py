@@ -10,6 +10,7 @@ from typing import Any
 
 from influx_backupd.restore.database import DatabaseResult
 from influx_backupd.restore.target import TargetResult
+from influx_backupd.store.chain import chain_breaks
 from influx_backupd.store.record import RunRecord, missing_on_disk, only_in_bucket
 
 
@@ -149,8 +150,11 @@ def print_list(records: list[RunRecord], as_json: bool, *, run_alive: bool = Fal
     """`list`: one row a backup. A backup imported by `import --offsite` and not fetched has no
     archive here: its row says so instead of naming a path that does not exist (--json: the
     field only_in_bucket). An ok backup whose archive is gone is `missing` (archive_missing),
-    not ok; a `running` run with no live process holding the lock (run_alive False) died, and
-    says so (process_gone) until the next command that takes the lock records it."""
+    not ok; a hot increment that is fine itself but needs a link before it that is missing or
+    found bad is `broken-chain` (chain_broken: that link and why), as its restore is refused;
+    a `running` run with no live process holding the lock (run_alive False) died, and says so
+    (process_gone) until the next command that takes the lock records it."""
+    breaks = chain_breaks(records)
 
     def process_gone(r: RunRecord) -> bool:
         return r.status == "running" and not run_alive
@@ -162,6 +166,11 @@ def print_list(records: list[RunRecord], as_json: bool, *, run_alive: bool = Fal
                     **r.to_dict(),
                     "only_in_bucket": only_in_bucket(r),
                     "archive_missing": missing_on_disk(r),
+                    "chain_broken": (
+                        {"link": breaks[r.id].link, "why": breaks[r.id].why}
+                        if r.id in breaks
+                        else None
+                    ),
                     "process_gone": process_gone(r),
                 }
                 for r in records
@@ -172,7 +181,7 @@ def print_list(records: list[RunRecord], as_json: bool, *, run_alive: bool = Fal
         print("no backups yet")
         return
     print(
-        f"{'ID':<22} {'JOB':<10} {'MODE':<5} {'STATUS':<11} {'STARTED':<21} {'SIZE':>10} "
+        f"{'ID':<22} {'JOB':<10} {'MODE':<5} {'STATUS':<12} {'STARTED':<21} {'SIZE':>10} "
         f"{'DOWNTIME':>9}  ARCHIVE"
     )
     notes: list[str] = []
@@ -186,6 +195,10 @@ def print_list(records: list[RunRecord], as_json: bool, *, run_alive: bool = Fal
         )
         if missing_on_disk(r):
             status, where = "missing", f"{where} (gone from disk)"
+        elif r.id in breaks:
+            # its own verdict first (a check that failed for this very reason says so too)
+            status = "check-fail" if r.failed_check else "broken-chain"
+            where = f"{where} ({breaks[r.id]})"
         elif process_gone(r):
             status = "died"
             notes.append(
@@ -193,7 +206,7 @@ def print_list(records: list[RunRecord], as_json: bool, *, run_alive: bool = Fal
                 "prune, verify) records it interrupted and undoes what it left"
             )
         print(
-            f"{r.id:<22} {r.job:<10} {r.mode:<5} {status:<11} {fmt_time(r.started_at):<21} "
+            f"{r.id:<22} {r.job:<10} {r.mode:<5} {status:<12} {fmt_time(r.started_at):<21} "
             f"{fmt_bytes(r.bytes):>10} {fmt_s(r.downtime_s):>9}  {where}"
         )
     for note in notes:

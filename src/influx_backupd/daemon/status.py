@@ -17,7 +17,8 @@ from influx_backupd.report import progress
 from influx_backupd.run import offsite
 from influx_backupd.run.guard import left_stopped, left_stopped_line
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.record import RunRecord
+from influx_backupd.store.chain import chain_breaks
+from influx_backupd.store.record import RunRecord, missing_on_disk
 
 # The running daemon's published state (written by daemon.loop): its own constant here, so
 # that `status` and every command's crash-marker line do not import the scheduler to name it.
@@ -95,6 +96,7 @@ def gather(config: Config) -> dict[str, Any]:
     state = read_daemon_state(config)
     catalog = Catalog(config.state_dir)
     records = catalog.list() if catalog.exists() else []
+    breaks = chain_breaks(records)
     daemon_jobs: dict[str, Any] = state.get("jobs", {}) if state else {}
     jobs = []
     # the config's jobs (or, with none, the implicit one `backup` runs), then any job the
@@ -106,8 +108,12 @@ def gather(config: Config) -> dict[str, Any]:
         job = next((j for j in configured if j.name == name), None)
         mine = [r for r in records if r.job == name]
         finished = [r for r in mine if r.status != "running"]
-        # "last ok": the newest good backup (one whose check failed since is none)
-        last_ok = next((r for r in reversed(mine) if r.good), None)
+        # "last ok": the newest good backup (none: one whose check failed since, one gone from
+        # disk, one that needs a link that is: `list` shows none of them ok)
+        last_ok = next(
+            (r for r in reversed(mine) if r.good and not missing_on_disk(r) and r.id not in breaks),
+            None,
+        )
         published = daemon_jobs.get(name, {})
         jobs.append(
             {
@@ -166,6 +172,8 @@ def gather(config: Config) -> dict[str, Any]:
             "schedule": describe(config.settings.verify),
             "next_run": verify.get("next_run"),
             "failing": failing,  # good backups whose last check failed
+            # good themselves, and need a link that is missing or failed its check
+            "broken": {run_id: str(why) for run_id, why in breaks.items()},
         },
         "offsite": offsite_report,  # None without [offsite]
         "last_downtime": {
@@ -249,6 +257,8 @@ def render(report: dict[str, Any]) -> str:
             f"  FAILING {len(verify['failing'])} backup(s) failed their last check: "
             + ", ".join(verify["failing"])
         )
+    for run_id, why in (verify.get("broken") or {}).items():
+        lines.append(f"  BROKEN  {run_id}: {why} (a restore of it is refused)")
     off = report.get("offsite")
     if off:
         lines.append(

@@ -11,9 +11,19 @@ from typing import Literal
 
 from influx_backupd.core.errors import CheckFailed, RestoreRefused
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.record import Flavour, RunRecord, only_in_bucket
+from influx_backupd.store.record import Flavour, RunRecord, missing_on_disk, only_in_bucket
 from influx_backupd.store.scanners import Scan, changed_files, scan_portable, scan_snapshot09
 from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
+
+
+class LinkDamaged(RestoreRefused):
+    """A link whose own bytes failed restore's check (its manifest or its recorded sha256):
+    which one, so that the catalog can record it as found bad (before: a restore refused for a
+    changed byte, and `list` kept showing the link ok)."""
+
+    def __init__(self, message: str, link: Link) -> None:
+        super().__init__(message)
+        self.link = link
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,57 @@ def chain_loop(backup_id: str, again: str) -> str:
         f"chain of {backup_id} loops back to {again}: its records name each other as parents; "
         "an increment cannot be restored without a full below it"
     )
+
+
+@dataclass(frozen=True)
+class Break:
+    """Why a backup that is fine itself cannot be restored here: a link before it is."""
+
+    link: str  # the nearest link below it that is unusable
+    why: str  # "missing", "check-fail", "failed", "not in the catalog", "a loop of parents"
+
+    def __str__(self) -> str:
+        return f"needs link {self.link}, which is {self.why}"
+
+
+def chain_breaks(records: list[RunRecord]) -> dict[str, Break]:
+    """The ok hot increments whose chain below them is broken, from
+    the catalog's records alone: a link before them gone from disk, found bad by a check, not
+    ok, or not in the catalog, each a link that chain_for refuses or check_links would (before:
+    `list` showed them ok, and their restore was refused). A link only in the bucket breaks
+    nothing (restore --from offsite fetches the chain)."""
+    chains: dict[tuple[str, str | None], dict[str, RunRecord]] = {}
+    for r in records:
+        if r.mode == "hot":
+            chains.setdefault((r.job, r.chain_id), {})[r.id] = r
+
+    def below(record: RunRecord) -> Break | None:
+        members = chains.get((record.job, record.chain_id), {})
+        seen = {record.id}
+        current = record
+        while current.kind == "incremental":
+            parent = members.get(current.parent_id or "")
+            if parent is None:
+                return Break(current.parent_id or "?", "not in the catalog")
+            if parent.id in seen:
+                return Break(parent.id, "a loop of parents")
+            if not parent.ok:
+                return Break(parent.id, parent.status)
+            if missing_on_disk(parent):
+                return Break(parent.id, "missing")
+            if parent.failed_check:
+                return Break(parent.id, "check-fail")
+            seen.add(parent.id)
+            current = parent
+        return None
+
+    breaks: dict[str, Break] = {}
+    for r in records:
+        if r.ok and r.mode == "hot" and r.kind == "incremental":
+            verdict = below(r)
+            if verdict is not None:
+                breaks[r.id] = verdict
+    return breaks
 
 
 def link_problem(record: RunRecord) -> str | None:
@@ -198,15 +259,16 @@ def check_links(flavour: Flavour, links: list[Link], *, deep: bool = True) -> li
             else:
                 scan = scan_snapshot09(link.path, incremental=link.incremental)
         except CheckFailed as exc:
-            raise RestoreRefused(str(exc).removeprefix("hot.check: ")) from None
+            raise LinkDamaged(str(exc).removeprefix("hot.check: "), link) from None
         record = link.record
         if record is not None and record.sha256 and record.sha256 != scan.sha256:
             whose = "the catalog's" if link.source == "catalog" else "its backup record's"
             changed = changed_files(scan, record.extra.get("file_sha256"))
-            raise RestoreRefused(
+            raise LinkDamaged(
                 f"{link.path}: sha256 {scan.sha256} does not match {whose} "
                 f"{record.sha256} (run {record.id})"
-                + (f": changed since the backup: {'; '.join(changed)}" if changed else "")
+                + (f": changed since the backup: {'; '.join(changed)}" if changed else ""),
+                link,
             )
         scans.append(scan)
     return scans

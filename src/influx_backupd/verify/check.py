@@ -44,6 +44,7 @@ from influx_backupd.store.archive import (
 )
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import (
+    LinkDamaged,
     chain_for,
     is_increment_09,
     link_problem,
@@ -314,6 +315,9 @@ def _check_earlier_links(
                     catalog=catalog,
                     from_catalog=catalog is not None,
                 )
+                if own.status == "failed" and catalog is not None:
+                    # checked and found bad itself: its own verdict too, not only this one's
+                    result.links_failed[link.id] = "; ".join(own.errors)
             if own is None:
                 unread += 1
             elif own.status == "failed":
@@ -598,16 +602,47 @@ def passed_over(catalog: Catalog, job: str | None = None) -> list[str]:
 def save_result(catalog: Catalog, record: RunRecord, result: VerifyResult) -> None:
     """Into the catalog (the caller holds the lock, so prune cannot remove the record meanwhile).
     A check that could not be made (status error) is no verdict: the record keeps the last one
-    (before: it overwrote a "failed", and the bad backup counted as good again)."""
+    (before: it overwrote a "failed", and the bad backup counted as good again). Earlier links
+    found bad on the way are verdicts of their own, saved on them too."""
+    now = time.time()
+    for run_id, detail in result.links_failed.items():
+        link = catalog.get(run_id)
+        if link is not None and link.ok and link.archive:
+            _found_bad(catalog, link, detail, now)
     if result.status == "error":
         log.get().warning(
             "verify.not_judged", run_id=record.id, job=record.job, error=result.detail()
         )
         return
-    now = time.time()
     record.verify_status = result.status
     record.verified_at = now
     record.verify_detail = result.detail()
     catalog.save(record)
     if not result.ok:
         catalog.increment(record.job, VERIFY_FAILED, now)
+
+
+def save_refused_link(catalog: Catalog, refused: LinkDamaged) -> None:
+    """A restore (or a restore test) that refused a link for its own bytes found it bad as
+    verify would: the catalog's record of that link says so (before: nothing was recorded, and
+    `list` kept showing it ok). Only the record the link was checked against: a record beside a
+    dir on a new host is not this catalog's word."""
+    link = refused.link
+    known = catalog.get(link.record.id) if link.record is not None else None
+    if (
+        link.source == "catalog"
+        and known is not None
+        and known.ok
+        and known.archive is not None
+        and Path(known.archive) == link.path
+    ):
+        _found_bad(catalog, known, str(refused), time.time())
+
+
+def _found_bad(catalog: Catalog, record: RunRecord, detail: str, now: float) -> None:
+    record.verify_status = "failed"
+    record.verified_at = now
+    record.verify_detail = detail
+    catalog.save(record)
+    catalog.increment(record.job, VERIFY_FAILED, now)
+    log.get().error("verify.link_failed", run_id=record.id, job=record.job, error=detail)

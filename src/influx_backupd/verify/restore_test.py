@@ -35,6 +35,7 @@ from influx_backupd.store.archive import (
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import (
     Link,
+    LinkDamaged,
     check_links,
     links_up_to,
 )
@@ -153,6 +154,8 @@ def restore_test_hot(
     try:
         check_links(flavour, links[:-1], deep=False)
     except RestoreRefused as exc:
+        if isinstance(exc, LinkDamaged) and source == "catalog" and exc.link.record is not None:
+            result.links_failed[exc.link.record.id] = str(exc)  # that link's own verdict too
         result.fail(check, f"restore test: an earlier link of the chain is unusable: {exc}")
         return
     scratch = scratch_dir.make(config.storage_dir)

@@ -23,6 +23,9 @@ class VerifyResult:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     restored_counts: dict[str, int] | None = None  # per database, from a restore test's server
+    # earlier links of an increment's chain read here and found bad themselves (run id → what):
+    # saved as their own verdicts too, not only as this backup's
+    links_failed: dict[str, str] = field(default_factory=dict)
 
     def fail(self, check: str, message: str) -> None:
         self.errors.append(message)
