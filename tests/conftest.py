@@ -122,6 +122,18 @@ def write_config(
     return path
 
 
+def new_host_config(tmp_path: Path, server: Sandbox, **settings: Any) -> Path:
+    """The documented new-host route: a config under tmp_path/newhost with an empty state_dir
+    (no catalog) and tmp_path's storage dir (settings: write_config's)."""
+    home = tmp_path / "newhost"
+    home.mkdir()
+    config = write_config(home, server, **settings)
+    config.write_text(
+        config.read_text().replace(str(home / "archives"), str(tmp_path / "archives"))
+    )
+    return config
+
+
 def log_events(text: str, name: str | None = None) -> list[dict[str, Any]]:
     """The JSON log lines in a command's stderr (off a tty, every event is one), or those of
     one event; other lines (a human one-liner, a traceback) are skipped."""

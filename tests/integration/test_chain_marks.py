@@ -9,11 +9,12 @@ record beside it was gone, while `restore PATH` on a new host refused the chain 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import Cli, hot_chain, write_config
+from tests.conftest import Cli, hot_chain, new_host_config, write_config
 
 HOT = [{"name": "hot", "mode": "hot"}]
 
@@ -126,3 +127,48 @@ def test_a_missing_middle_link_breaks_the_links_after_it(tmp_path: Path, sandbox
     # what the restore says of it
     done = cli("restore", tip["id"], "--target", str(tmp_path / "restored"))
     assert done.returncode == 1 and first["id"] in done.stderr + done.stdout
+
+
+def test_verify_checks_the_records_beside_the_earlier_links(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli, (_full, first, _second, tip) = _chain(tmp_path, sandbox)
+    sidecar = Path(first["archive"] + ".json")
+    kept = sidecar.read_text()
+    sidecar.unlink()
+
+    refused = Cli(new_host_config(tmp_path, sandbox, jobs=HOT))(
+        "restore", tip["archive"], "--target", str(tmp_path / "r")
+    )
+    assert refused.returncode == 1, refused.stdout
+    why = f"link {first['id']} ({first['archive']}), the parent of"
+    assert why in refused.stderr + refused.stdout
+
+    for deep in ([], ["--deep"]):
+        done = cli("verify", tip["id"], *deep, "--json")
+        # this host restores it from the catalog: ok, with a warning naming the new host's refusal
+        assert done.returncode == 0, done.stdout
+        [result] = json.loads(done.stdout)
+        assert "a new host cannot restore it" in result["checks"]["chain"], result
+        [warning] = [w for w in result["warnings"] if "a restore on a new host" in w]
+        assert why in warning and "has no backup record" in warning
+    text = cli("verify", tip["id"], "--deep").stdout
+    assert "ok (4 links, each one's contents verified); a new host cannot" in text
+
+    # a record beside an earlier link that disagrees with the catalog: the chain fails
+    data = json.loads(kept)
+    data["sha256"] = "0" * 64
+    sidecar.write_text(json.dumps(data))
+    done = cli("verify", tip["id"], "--json")
+    assert done.returncode == 1, done.stdout
+    [result] = json.loads(done.stdout)
+    assert result["checks"]["chain"] == "failed"
+    [error] = result["errors"]
+    assert f"link {first['id']}" in error and "disagrees with the catalog" in error
+
+    sidecar.write_text(kept)
+    done = cli("verify", tip["id"], "--json")
+    assert done.returncode == 0, done.stdout
+    [result] = json.loads(done.stdout)
+    assert not result["warnings"], result
+    assert "new host" not in result["checks"]["chain"]

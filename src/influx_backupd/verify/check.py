@@ -136,7 +136,7 @@ def verify(
         from_catalog=from_catalog,
     )
     if record is not None and record.kind == "incremental" and archive.exists():
-        _verify_chain(config, record, result, catalog, deep=deep, seen=seen)
+        _verify_chain(config, archive, record, result, catalog, deep=deep, seen=seen)
     result.seconds = round(time.monotonic() - started, 3)
     event = logger.info if result.ok else logger.error
     event(
@@ -238,6 +238,7 @@ def _compare_sidecar(archive: Path, record: RunRecord, result: VerifyResult) -> 
 
 def _verify_chain(
     config: Config,
+    archive: Path,
     record: RunRecord,
     result: VerifyResult,
     catalog: Catalog | None,
@@ -247,7 +248,8 @@ def _verify_chain(
 ) -> None:
     """An increment restores only on top of its earlier links: each one in the catalog, ok,
     its archive there, and not failed its own last check (before: `verify TIP` said ok with a
-    link gone, and a restore of it was then refused). Deep: each one also verified in full."""
+    link gone, and a restore of it was then refused). Deep: each one also verified in full.
+    Each one's record beside it too: what a restore on a new host follows instead."""
     if catalog is None:
         if not config.state_dir.is_dir():
             return  # no catalog here (a backup verified by path on another host)
@@ -257,7 +259,9 @@ def _verify_chain(
     except RestoreRefused as exc:
         result.fail("chain", str(exc))
         return
-    _check_earlier_links(config, links[:-1], result, catalog, deep=deep, seen=seen)
+    _check_earlier_links(
+        config, links[:-1], result, catalog, deep=deep, seen=seen, new_host=archive
+    )
 
 
 def _verify_sidecar_chain(
@@ -286,11 +290,14 @@ def _check_earlier_links(
     deep: bool,
     seen: dict[str, VerifyResult] | None,
     whence: str = "",
+    new_host: Path | None = None,
 ) -> None:
     """What keeps an increment from restoring on these links: one gone or not its recorded
     size (stat only), or one whose own last check failed. Deep, or verified earlier in this
     run: its contents too, as `verify` of that link alone checks them. Otherwise the line says
-    that its contents were not read (before: "chain ok" over a link with a changed byte)."""
+    that its contents were not read (before: "chain ok" over a link with a changed byte).
+    From the catalog: each link's record beside it is checked against the catalog's, and
+    new_host (this increment) is followed as a new host's restore would (a warning)."""
     unread = 0
     for link in links:
         wrong = link_problem(link)
@@ -313,7 +320,7 @@ def _check_earlier_links(
                     deep=True,
                     restore_test=False,
                     catalog=catalog,
-                    from_catalog=catalog is not None,
+                    from_catalog=False,  # its record beside it: _record_beside_link, for every link
                 )
                 if own.status == "failed" and catalog is not None:
                     # checked and found bad itself: its own verdict too, not only this one's
@@ -325,6 +332,8 @@ def _check_earlier_links(
             elif not own.ok:
                 result.cannot("chain", f"link {link.id} could not be checked: {own.detail()}")
                 return
+        if wrong is None and catalog is not None:
+            wrong = _record_beside_link(link)
         if wrong is not None:
             prefix = f"chain {links[0].chain_id}: " if catalog is not None else ""
             result.fail("chain", prefix + wrong)
@@ -340,6 +349,42 @@ def _check_earlier_links(
         )
     else:
         result.checks["chain"] = f"ok ({total} links, each one's contents verified{whence})"
+    if catalog is not None and new_host is not None:
+        refused = _new_host_refusal(new_host)
+        if refused is not None:
+            result.checks["chain"] += "; a new host cannot restore it (see the warning)"
+            result.warnings.append(refused)
+
+
+def _record_beside_link(link: RunRecord) -> str | None:
+    """An earlier link's record beside it, which a restore on a new host reads instead of the
+    catalog: one that is unusable or disagrees with the catalog fails the chain, as it fails
+    `verify` of that link (a missing one: _new_host_refusal says what that costs)."""
+    path = Path(str(link.archive))
+    if not path.is_dir():
+        return None  # a 0.9 snapshot: no record is written beside it
+    own = VerifyResult(archive=str(path))
+    _compare_sidecar(path, link, own)
+    return f"link {link.id}: {'; '.join(own.errors)}" if own.errors else None
+
+
+def _new_host_refusal(archive: Path) -> str | None:
+    """What `restore PATH` on a new host (the catalog lost, or another state_dir) says of this
+    1.x increment: it follows the records beside the dirs, and refuses when one of the links
+    before it has none, or is not where its name says (before: verify said "chain ok" and that
+    restore refused). None when it would restore; not asked when the backup has no record
+    beside it itself (the record check's warning says so)."""
+    directory = archive.absolute()
+    if not directory.is_dir() or not sidecar_of(directory).is_file():
+        return None
+    try:
+        sidecar_chain(directory)
+    except RestoreRefused as exc:
+        return (
+            f"a restore on a new host (restore {archive}, from the records beside the links) "
+            f"refuses it: {exc}"
+        )
+    return None
 
 
 def _verify_tar(
