@@ -69,6 +69,7 @@ from influx_backupd.restore.hot import (
     apply_deletes,
     chain_server,
     live_settings,
+    merge_warnings,
     portable_databases,
     start_throwaway,
 )
@@ -651,6 +652,7 @@ def _portable_of(
         result.deletes = applied.summary()
         if merges:
             result.merge, result.merge_reason = merges[0].path, merges[0].reason
+            result.warnings += merge_warnings(merges[0])
         return export
     shards = cold_files.plan(source.path, name)
     dirs = {top: scratch / top for top in ("meta", "data", "wal")}

@@ -18,14 +18,15 @@ started again. Restored files are chowned to [influxd] user/group.
   cannot be exact (an increment without the live shards' listing the hot job records, a
   compaction after a snapshot, a tombstone whose TSM file is in no link, too little space) does
   it fall back, saying
-  why (event restore.chain_merge, the result's merge and merge_reason), to the SQL merge: the
-  full, then each increment's databases, which the tool refuses to restore over existing ones
-  ("DB metadata not changed. database may already exist"), under a temporary name, copied in
-  with `SELECT * INTO ... GROUP BY *` (InfluxData's documented way to restore into an existing
-  database) and dropped. Non-admin users get their grants back and the newest link's
-  continuous queries are created again (the tool restores none; restore/cqs.py); the throwaway
-  is stopped cleanly and the staged trees chowned. Only then is the live influxd stopped, the dirs swapped
-  by rename and influxd started: downtime = stop + rename + start; build_s is the time spent
+  why (event restore.chain_merge, the result's merge and merge_reason), to the SQL merge, held
+  to the newest link's meta by shard id (restore/sql_chain.py): the full's shards it lists,
+  under it, then each link's shards to copy, which the tool refuses to restore over existing
+  databases ("DB metadata not changed. database may already exist"), under a temporary name,
+  copied in with `SELECT * INTO ... GROUP BY *` (InfluxData's documented way to restore into an
+  existing database) shard by shard, and dropped. Non-admin users get their grants back and the
+  newest link's continuous queries are created again (the tool restores none; restore/cqs.py);
+  the throwaway is stopped cleanly and the staged trees chowned. Only then is the live influxd
+  stopped, the dirs swapped by rename and influxd started: downtime = stop + rename + start; build_s is the time spent
   beside. Every consumer of a chain (this, --target, --database, verify's restore test) goes
   through restore_portable_links, so all of them merge the same way, and each backup dir the
   tool reads first has its tombstones applied (apply_deletes, restore/deletes.py).
@@ -99,7 +100,6 @@ from influx_backupd.restore.cqs import (
 from influx_backupd.restore.deletes import DeletesApplied
 from influx_backupd.restore.merge import (
     ChainMerge,
-    manifest_of,
     merged_bytes,
     plan_merge,
     view_of,
@@ -107,6 +107,7 @@ from influx_backupd.restore.merge import (
 )
 from influx_backupd.restore.served import check_served, count_built
 from influx_backupd.restore.source import ColdSource, choose
+from influx_backupd.restore.sql_chain import CAVEAT, ShardCopy, plan_sql, write_filtered
 from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
 from influx_backupd.store import layout
 from influx_backupd.store.archive import short_of_room
@@ -119,7 +120,6 @@ from influx_backupd.store.record import Flavour, RunRecord
 from influx_backupd.store.scanners import (
     Scan,
     listed_size,
-    portable_meta_databases,
     portable_meta_store,
 )
 
@@ -422,6 +422,7 @@ def _build(
             )
         if merge is not None:
             result.merge, result.merge_reason = merge.path, merge.reason
+            result.warnings += merge_warnings(merge)
         result.deletes = applied.summary()
         _grant_again(throwaway.url, grants, logger)
         # nor continuous queries: the newest link's meta holds those of the restored state
@@ -756,13 +757,29 @@ def restore_portable_links(
                 for db in sorted(portable_databases(whole) & databases):
                     tool("-db", db, str(whole))
         else:
-            _restore_each_link(links, tool, q, url, tag, logger, databases, applied)
+            with _work_dir(work) as where:
+                _restore_each_link(links, tool, q, tag, logger, databases, applied, where)
     finally:
         for path in [*written, *([merged] if merged is not None else [])]:
             shutil.rmtree(path, ignore_errors=True)
     for db in _databases(url):  # every restored shard open before we call it done
         q("SHOW MEASUREMENTS", db)
     return outcome
+
+
+def merge_warnings(merge: ChainMerge) -> list[str]:
+    """What a restore's result says of how its chain went in: the SQL merge's caveat."""
+    return [CAVEAT] if merge.path == "sql" else []
+
+
+@contextmanager
+def _work_dir(work: Path | None) -> Iterator[Path]:
+    """work, or a temporary dir for a caller that gave none."""
+    if work is not None:
+        yield work
+        return
+    with tempfile.TemporaryDirectory(prefix="influx-backupd-") as made:
+        yield Path(made)
 
 
 def merge_chain(links: list[Link], work: Path, logger: Logger) -> tuple[Path | None, ChainMerge]:
@@ -811,49 +828,54 @@ def _restore_each_link(
     links: list[Link],
     tool: Callable[..., None],
     q: Callable[..., list[dict[str, Any]]],
-    url: str,
     tag: str,
     logger: Logger,
     databases: set[str] | None,
     applied: Callable[[Path], Path],
+    work: Path,
 ) -> None:
-    """The SQL merge: the full, then each increment's databases under a temporary name, copied
-    in with SELECT * INTO and dropped."""
-    for number, link in enumerate(links):
-        path = applied(link.path)
-        if number == 0 and databases is None:
-            tool(str(path))
-            continue
-        held = portable_databases(path)
-        wanted = sorted(held if databases is None else held & databases)
-        existing = set(_databases(url))
-        for db in wanted:
-            if db not in existing:
-                tool("-db", db, str(path))
-                continue
-            temp = f"{db}.restore-{tag}-{number}"
-            tool("-db", db, "-newdb", temp, str(path))
-            _copy_into(url, temp, db, logger)
-            q(f"DROP DATABASE {ident(temp)}")
-    if databases is None and len(links) > 1:
-        # The merge only adds: a database dropped between the full and the newest link came
-        # back with the full. The newest link's meta names the databases the server had then.
-        kept = newest_meta_databases(links[-1].path)
-        gone = sorted(set(_databases(url)) - kept - {counts.INTERNAL})
-        for db in gone:
-            q(f"DROP DATABASE {ident(db)}")
-        if gone:
-            logger.info("restore.dropped_since_full", databases=gone)
-
-
-def newest_meta_databases(directory: Path) -> set[str]:
-    """The databases defined in a 1.x portable backup dir's meta (its manifest's meta file)."""
+    """The SQL merge, held to the newest link's meta (restore/sql_chain.py): the full's shards
+    that meta still lists, under that meta, restored like a full (so databases, retention
+    policies, their durations and defaults are the newest link's); then each link's shards to
+    copy, restored under a temporary name and copied in with SELECT INTO, shard by shard."""
+    directories = [applied(link.path) for link in links]
     try:
-        _, manifest = manifest_of(directory)
-        meta = directory / str(manifest["meta"]["fileName"])
-        return portable_meta_databases(meta.read_bytes())
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise StepFailed(f"{directory}: its meta cannot be read ({exc})") from None
+        plan = plan_sql(directories)
+    except (OSError, ValueError, KeyError, TypeError, tarfile.TarError) as exc:
+        raise StepFailed(f"the chain's links cannot be read for the SQL merge ({exc})") from None
+    if databases is None:  # named as before: what the newest meta leaves out of earlier links
+        earlier = set().union(*(portable_databases(d) for d in directories[:-1]))
+        if gone := sorted(earlier - plan.shape.databases):
+            logger.info("restore.dropped_since_full", databases=gone)
+    if plan.superseded:
+        # a field's type changed in a shard: every point of it there was deleted in between
+        logger.info("restore.superseded_by_type", measurements=plan.superseded)
+    out = Path(tempfile.mkdtemp(prefix="sql-", dir=work))
+    try:
+        base = write_filtered(directories[0], directories[-1], plan.base, out / "base")
+        kept = sorted(plan.shape.databases - {counts.INTERNAL})
+        if databases is None:
+            tool(str(base))
+        else:
+            for db in sorted(set(kept) & databases):
+                tool("-db", db, str(base))
+        for number, copies in enumerate(plan.copies):
+            by_db: dict[str, list[ShardCopy]] = {}
+            for copy in copies:
+                if databases is None or copy.span.database in databases:
+                    by_db.setdefault(copy.span.database, []).append(copy)
+            if not by_db:
+                continue
+            sids = [c.sid for c in copies]
+            part = write_filtered(directories[number], directories[number], sids, out / str(number))
+            for db, shards in sorted(by_db.items()):
+                temp = f"{db}.restore-{tag}-{number}"
+                tool("-db", db, "-newdb", temp, str(part))
+                _copy_into(q, temp, db, shards, logger)
+                q(f"DROP DATABASE {ident(temp)}")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    logger.warning("restore.sql_merge_caveat", links=len(links), caveat=CAVEAT)
 
 
 def portable_databases(directory: Path) -> set[str]:
@@ -1009,33 +1031,49 @@ def _grant_again(url: str, grants: list[tuple[str, str, str]], logger: Logger) -
             logger.info("restore.granted", user=user, db=db, privilege=privilege)
 
 
-def _copy_into(url: str, source: str, dest: str, logger: Logger) -> None:
-    """Every point of every retention policy and measurement of source into dest, tags kept."""
+def _copy_into(
+    q: Callable[..., list[dict[str, Any]]],
+    source: str,
+    dest: str,
+    shards: list[ShardCopy],
+    logger: Logger,
+) -> None:
+    """The chosen measurements of each shard of source into dest, tags kept: one SELECT INTO a
+    measurement a shard, bounded by the shard group's time range (field types are per shard,
+    and only that shard's points are wanted), into the retention policy the newest meta names
+    for the shard (which the restored meta defines).
 
-    def q(statement: str, db: str | None = None) -> list[dict[str, Any]]:
-        return _query(url, statement, db)
-
-    dest_rps = {str(row[0]) for row in values(q(f"SHOW RETENTION POLICIES ON {ident(dest)}"))}
-    measurements = [str(row[0]) for row in values(q("SHOW MEASUREMENTS", source))]
-    for row in values(q(f"SHOW RETENTION POLICIES ON {ident(source)}")):
-        rp, duration, shard_duration = str(row[0]), str(row[1]), str(row[2])
-        if rp not in dest_rps:
-            q(
-                f"CREATE RETENTION POLICY {ident(rp)} ON {ident(dest)} DURATION {duration} "
-                f"REPLICATION 1 SHARD DURATION {shard_duration}"
+    The shard's TSM index holds the measurement, so a copy of nothing means the server has not
+    opened the shard yet (the tool returns first; seen under load): tried again for up to
+    SHARD_WAIT, then StepFailed, never a restore short of those points."""
+    for copy in shards:
+        rp, span = ident(copy.span.policy), copy.span
+        for m in copy.measurements:
+            statement = (
+                f"SELECT * INTO {ident(dest)}.{rp}.{ident(m)} "
+                f"FROM {ident(source)}.{rp}.{ident(m)} "
+                f"WHERE time >= {span.start} AND time < {span.end} GROUP BY *"
             )
-        for m in measurements:
-            written = values(
-                q(
-                    f"SELECT * INTO {ident(dest)}.{ident(rp)}.{ident(m)} "
-                    f"FROM {ident(source)}.{ident(rp)}.{ident(m)} GROUP BY *",
-                    source,
-                )
-            )
+            deadline = time.monotonic() + SHARD_WAIT
+            while not (points := _written(q(statement, source))):
+                if time.monotonic() >= deadline:
+                    raise StepFailed(
+                        f"{source}: shard {copy.sid} of retention policy {copy.span.policy} "
+                        f"holds {m} in the backup, but SELECT INTO copied none of it within "
+                        f"{SHARD_WAIT:g}s"
+                    )
+                time.sleep(0.2)
             logger.info(
                 "restore.copied",
                 db=dest,
-                rp=rp,
+                rp=copy.span.policy,
+                shard=copy.sid,
                 measurement=m,
-                points=written[0][1] if written else 0,
+                points=points,
             )
+
+
+def _written(answer: list[dict[str, Any]]) -> int:
+    """The points a SELECT INTO wrote (its one row: time, written)."""
+    rows = values(answer)
+    return int(rows[0][1]) if rows else 0

@@ -58,6 +58,7 @@ from influx_backupd.restore.hot import (
     chain_server,
     check_tool_restores,
     live_settings,
+    merge_warnings,
     restore_snapshot09_links,
     start_throwaway,
     wait_wal_flushed,
@@ -301,6 +302,7 @@ def _rebuild_portable(
         wait_wal_flushed(target / "wal", logger)
     if merges:
         result.merge, result.merge_reason = merges[0].path, merges[0].reason
+        result.warnings += merge_warnings(merges[0])
     result.deletes = applied.summary()
     result.continuous_queries = kept.summary()
     result.warnings += kept.warnings

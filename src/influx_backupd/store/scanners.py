@@ -199,6 +199,9 @@ def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
             raise ValueError(f"unexpected protobuf wire type {wire}")
 
 
+protobuf_fields = _fields  # restore/sql_chain.py reads the meta's shard groups with it
+
+
 def portable_meta_store(data: bytes) -> bytes:
     """The meta store inside a 1.x portable .meta file: protobuf PortableData {1: bytes Data,
     2: uint64 MaxNodeID}. Raises ValueError."""
