@@ -8,6 +8,10 @@ is influxd's own stop and start plus a WAL-sized copy.
 Every phase of the downtime is measured. influxd is started again whatever happens in between:
 exceptions and signals alike (signals are blocked while it starts), and a crash marker covers
 SIGKILL and power loss.
+
+A run cancelled (the daemon is stopping) before it asks influxd to stop abandons at once: it
+looks at the token at every step before the stop request, and the pre-copy of a staged run
+stops between files. Once the stop is asked it finishes, influxd started again.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ from pathlib import Path
 import psutil
 
 from influx_backupd.core import log, unit_paths
+from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import counts
 from influx_backupd.influxd.server import SUPERVISOR_HINT, Influxd, InfluxdError, NotAnswering
-from influx_backupd.jobs.staging import Stager
+from influx_backupd.jobs.staging import Stager, SyncStopped
 from influx_backupd.report import metrics, progress
 from influx_backupd.store.archive import (
     COLD_TOPS,
@@ -50,6 +55,22 @@ SPACE_RESERVE = 64 << 20
 class JobFailed(BackupdError):
     code = "cold"
     pass
+
+
+class Abandoned(BackupdError):
+    """Cancelled before influxd was asked to stop: nothing was stopped, nothing is kept."""
+
+    code = "cold"
+
+
+def _go_on(cancel: CancelToken, before: str) -> None:
+    """Raise Abandoned when the run is cancelled. Called only before the stop request: from
+    there on a run finishes (influxd started again), and a daemon that is stopping waited for a
+    stop of its own making (under systemd, queued behind the daemon's own stop job)."""
+    if cancel.cancelled:
+        raise Abandoned(
+            f"stopped by the daemon's shutdown {before}: influxd was not stopped, nothing copied"
+        )
 
 
 def tree_size(root: Path) -> int:
@@ -93,8 +114,11 @@ class _Progress:
             )
 
 
-def run_cold(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
-    """One cold backup; always returns its record (saved in the catalog), ok or not."""
+def run_cold(
+    config: Config, job: JobSection, catalog: Catalog, cancel: CancelToken = NEVER
+) -> RunRecord:
+    """One cold backup; always returns its record (saved in the catalog), ok or not.
+    Cancelled before influxd is asked to stop, it is abandoned (`interrupted`)."""
     record = RunRecord(id=new_run_id(), job=job.name, mode="cold", started_at=time.time())
     # the job's off-site choice, kept with the backup: `offsite = false` must still hold for it
     # once the job is renamed or removed from the config (run/offsite.py wanted)
@@ -104,7 +128,11 @@ def run_cold(config: Config, job: JobSection, catalog: Catalog) -> RunRecord:
     with log.run_context(run_id=record.id, job=job.name, mode="cold"):
         logger.info("run.started", phase="preflight")
         try:
-            _cold(config, job, record, logger)
+            _cold(config, job, record, logger, cancel)
+        except Abandoned as exc:
+            record.status = "interrupted"
+            record.error = str(exc)
+            logger.warning("run.abandoned", error=record.error)
         except (JobFailed, InfluxdError, ArchiveError) as exc:
             record.status = "failed"
             record.error = str(exc)
@@ -142,7 +170,10 @@ def prove_writable(config: Config, paths: list[Path]) -> None:
             raise JobFailed(f"{unit_paths.explain(config, exc)}; influxd not stopped") from None
 
 
-def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) -> None:
+def _cold(
+    config: Config, job: JobSection, record: RunRecord, logger: Logger, cancel: CancelToken
+) -> None:
+    _go_on(cancel, "before the run began")
     server = Influxd(config)
     dirs = config.server.dirs()
     for prefix, path in list(dirs.items()):
@@ -177,6 +208,7 @@ def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) ->
             + f"and a reserve of {SPACE_RESERVE} bytes kept free); influxd not stopped"
         )
 
+    _go_on(cancel, "while the space needed was measured")  # a walk of every dir: long
     # Refuse before stopping anything what restore would refuse in the archive (a link inside
     # a dir to an absolute path): the check after writing would only fail it after the stop.
     for prefix, path in dirs.items():
@@ -187,6 +219,7 @@ def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) ->
                 "influxd not stopped"
             )
 
+    _go_on(cancel, "while the dirs were checked for links")
     # Before anything is stopped: it can be started again the way the config says, and the
     # process the config names answers.
     problem = server.startable()
@@ -199,7 +232,7 @@ def _cold(config: Config, job: JobSection, record: RunRecord, logger: Logger) ->
             "server: nothing stopped"
         )
     try:
-        _stop_copy_start(config, record, logger, server, proc.pid, dirs, sources, stager, predicted)
+        _stop_copy_start(config, record, logger, server, dirs, sources, stager, predicted, cancel)
     finally:
         if stager is not None and not job.keep_staging:
             stager.remove()
@@ -276,11 +309,11 @@ def _stop_copy_start(
     record: RunRecord,
     logger: Logger,
     server: Influxd,
-    pid: int,
     dirs: dict[str, Path],
     sources: list[tuple[str, Path]],
     stager: Stager | None,
     predicted: int,
+    cancel: CancelToken,
 ) -> None:
     """Phase 1 (staged only), the stop window, then phase 3 (staged only) and the check."""
     marker = CrashMarker(config.state_dir)
@@ -288,10 +321,15 @@ def _stop_copy_start(
     staging: dict[str, object] = {}
     if stager is not None:
         # Phase 1, influxd serving: most of the bytes, outside the stop window.
+        _go_on(cancel, "before the pre-copy")
         logger.info("staging.syncing", phase="prestage", path=str(stager.root))
         t_pre = time.monotonic()
         try:
-            first = stager.sync(tolerant=True)
+            # a large data dir takes minutes: a cancel stops it between files
+            first = stager.sync(tolerant=True, stop=lambda: cancel.cancelled)
+        except SyncStopped:
+            _go_on(cancel, "during the pre-copy")
+            raise  # not reached: only a cancel stops it
         except OSError as exc:
             raise name_written(exc, stager.root) from None
         record.prestage_s = time.monotonic() - t_pre
@@ -307,6 +345,8 @@ def _stop_copy_start(
     except NotAnswering as exc:
         raise JobFailed(f"{exc}; nothing stopped") from None
     pid = proc.pid
+    # The last look, right before the stop request (the point counts' queries may have waited)
+    _go_on(cancel, "before influxd was asked to stop")
     marker.write(record.id, job=record.job, influxd=process_identity(proc))
     # left_down 1 before the stop is asked, never after it (that would lengthen the downtime):
     # a run killed in the window leaves it so, where the InfluxdLeftDown alert sees it; the

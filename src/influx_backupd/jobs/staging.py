@@ -20,6 +20,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,10 @@ COPY_CHUNK = 1 << 30  # per copy_file_range call; the kernel copies, so large is
 
 # relative member name → [size, mtime_ns, ino, dev, racy]
 Entries = dict[str, list[int]]
+
+
+class SyncStopped(Exception):
+    """sync's stop() said so between two files (the daemon is stopping)."""
 
 
 @dataclass
@@ -105,6 +110,7 @@ class Stager:
     _new: Entries = field(default_factory=dict)
     _can_chown: bool = True
     _racy_ns: int = RACY_NS
+    _stop: Callable[[], bool] | None = None
 
     def archive_sources(self) -> list[tuple[str, Path]]:
         """The (member prefix, path) list for write_archive: the same prefixes, staged."""
@@ -140,13 +146,28 @@ class Stager:
         replace_json(self.root / MANIFEST, doc, durable=False)
 
     # -- sync -------------------------------------------------------------------------------
-    def sync(self, *, tolerant: bool) -> SyncStats:
-        """One pass. tolerant: influxd is running, so sources may change or vanish under us."""
+    def sync(self, *, tolerant: bool, stop: Callable[[], bool] | None = None) -> SyncStats:
+        """One pass. tolerant: influxd is running, so sources may change or vanish under us.
+        stop: looked at before each file is copied; when true, SyncStopped (what was copied
+        is kept in the manifest for the next pass)."""
         started = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._old = self._load()
         self._new = {}
         self._racy_ns = RACY_NS if tolerant else RACY_STOPPED_NS
+        self._stop = stop
+        try:
+            stats = self._sync_all(tolerant)
+        except SyncStopped:
+            # entries not reached keep what they said: each is checked against both sides
+            self._save({**self._old, **self._new})
+            raise
+        finally:
+            self._stop = None
+        stats.seconds = time.monotonic() - started
+        return stats
+
+    def _sync_all(self, tolerant: bool) -> SyncStats:
         stats = SyncStats()
         wanted = {prefix for prefix, _src in self.sources} | {MANIFEST}
         for entry in os.scandir(self.root):
@@ -167,7 +188,6 @@ class Stager:
                 continue
             self._sync_entry(real, self.root / prefix, prefix, st, stats, tolerant)
         self._save(self._new)
-        stats.seconds = time.monotonic() - started
         return stats
 
     def _sync_entry(
@@ -255,6 +275,8 @@ class Stager:
         if self._unchanged(dst, name, st):
             self._new[name] = self._old[name]
             return
+        if self._stop is not None and self._stop():
+            raise SyncStopped(name)
         try:
             sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as exc:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from influx_backupd.core import log
+from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.interrupt import child_preexec
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.store.record import RunRecord
@@ -93,13 +94,15 @@ def send(
     event: Event,
     timeout: float = 30.0,
     run_id: str | None = None,
+    cancel: CancelToken = NEVER,
 ) -> bool:
-    """Send to every URL; True when all took it. Never raises, waits at most `timeout`."""
+    """Send to every URL; True when all took it. Never raises, waits at most `timeout`, and
+    no longer once cancelled (the daemon is stopping)."""
     if not urls:
         return True
     logger = log.get(notify=event, run_id=run_id) if run_id else log.get(notify=event)
     request = {"urls": list(urls), "subject": subject, "body": body, "event": event}
-    outcome = _in_child({**request, "timeout": timeout}, timeout)
+    outcome = _in_child({**request, "timeout": timeout}, timeout, cancel)
     secrets = secret_parts(urls)
     for line in outcome.get("warnings") or []:
         logger.warning("notify.library", detail=scrub(str(line), secrets))
@@ -186,8 +189,11 @@ def left_down_message(job: str | None, error: str) -> tuple[str, str]:
     )
 
 
-def _in_child(request: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """notify_child's outcome; {} when it gave none within timeout (it is killed then)."""
+def _in_child(
+    request: dict[str, Any], timeout: float, cancel: CancelToken = NEVER
+) -> dict[str, Any]:
+    """notify_child's outcome; {} when it gave none within timeout (it is killed then, or as
+    soon as cancel is)."""
     try:
         proc = subprocess.Popen(
             # -P: the caller's working directory is not put on sys.path (a root command run
@@ -201,6 +207,12 @@ def _in_child(request: dict[str, Any], timeout: float) -> dict[str, Any]:
         )
     except OSError as exc:
         return {"error": f"the notifier did not start: {exc.strerror or exc}"}
+
+    def stop() -> None:
+        if proc.returncode is None:  # not reaped yet: its pid is still its own
+            _kill_group(proc.pid)
+
+    forget = cancel.on_cancel(stop)
     try:
         out, _ = proc.communicate(json.dumps(request).encode(), timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -208,13 +220,20 @@ def _in_child(request: dict[str, Any], timeout: float) -> dict[str, Any]:
     except OSError as exc:  # the pipe or the wait itself failed: a notification, not the run
         return {"error": f"talking to the notifier failed: {exc.strerror or exc}"}
     finally:
+        forget()
         if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            _kill_group(proc.pid)
             with contextlib.suppress(OSError):
                 proc.wait()
     try:
         outcome = loads_json(out)
     except ValueError:
+        if cancel.cancelled:
+            return {"error": "cut short: the daemon is stopping"}
         return {"error": f"the notifier ended with status {proc.returncode} and no answer"}
     return outcome if isinstance(outcome, dict) else {"error": "the notifier's answer is no object"}
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)

@@ -67,14 +67,18 @@ def run_backup(
         if decision.mode == "skip":
             raise Skipped(decision)
         chosen, fallback = decision.mode, decision.fallback
-    if job.heartbeat_url:
+    # Cancelled meanwhile (the daemon is stopping): no start is announced; the job records
+    # the run as abandoned at once, influxd untouched.
+    if job.heartbeat_url and not cancel.cancelled:
         ping(job.heartbeat_url, "start")  # at most a few seconds, never raises
-    if config.settings.notify.start:
+    if config.settings.notify.start and not cancel.cancelled:
         subject, body = notify.start_message(job.name, chosen)
         section = config.settings.notify
-        notify.send(section.start, subject, body, event="start", timeout=section.timeout)
+        notify.send(
+            section.start, subject, body, event="start", timeout=section.timeout, cancel=cancel
+        )
     if chosen == "cold":
-        record = run_cold(config, job, catalog)
+        record = run_cold(config, job, catalog, cancel)
     elif chosen == "hot":
         record = run_hot(config, job, catalog, cancel)
     else:
@@ -85,7 +89,7 @@ def run_backup(
         and record.status == "failed"
         and not cancel.cancelled  # the daemon is stopping: no fallback run starts now
     ):
-        record = _fall_back_to_cold(config, job, catalog, record)
+        record = _fall_back_to_cold(config, job, catalog, record, cancel)
     influxd_left_down(config, record)
     after_run(config, job, catalog, record)
     return record
@@ -211,15 +215,14 @@ def _lock_holder(config: Config) -> str | None:
 
 
 def _fall_back_to_cold(
-    config: Config, job: JobSection, catalog: Catalog, failed: RunRecord
+    config: Config, job: JobSection, catalog: Catalog, failed: RunRecord, cancel: CancelToken
 ) -> RunRecord:
     """A failed hot run is a run of its own (recorded, followed up); cold only if allowed now."""
     after_run(config, job, catalog, failed)
     decision = policy_decision(config, job, catalog, "cold", after=failed)
     if decision.mode != "cold":
         return failed
-
-    return run_cold(config, job, catalog)
+    return run_cold(config, job, catalog, cancel)  # a SIGTERM during the follow-up: abandoned
 
 
 def _influxd_version(config: Config, timeout: float = 2.0) -> str | None:
