@@ -168,8 +168,9 @@ class Daemon:
         self._offsite_failures = 0  # in a row: the retry waits double each time
         self._held_sync: threading.Thread | None = None  # a sync left behind on a stuck request
         self._stopping = threading.Event()
-        # cancelled on SIGTERM: a hot run's tool is stopped by the job itself, and no fallback
-        # run starts; a cold run does not look at it (it finishes, influxd started again)
+        # cancelled on SIGTERM: a hot run's tool is stopped by the job itself, no fallback run
+        # starts, and a cold run not yet at its stop request is abandoned (influxd untouched);
+        # one past it finishes, influxd started again
         self._cancel = CancelToken()
         self._last_tick = time.monotonic()
         self._metrics_written = 0.0
@@ -347,17 +348,30 @@ class Daemon:
     def _exit_status(self) -> int:
         """1 when influxd may be left down (a crash marker, and no other process holding the
         backup lock to start it): exit 0 would keep Restart=on-failure from bringing the daemon
-        back, and with it the recovery that keeps trying to start influxd."""
+        back, and with it the recovery that keeps trying to start influxd. So too while a stop
+        a run asked for may still take it down (a "signalled" marker whose server still runs:
+        it outlasted stop_timeout): nobody watches it once we are gone."""
         state_dir = self.config.state_dir
         marker = CrashMarker(state_dir)
-        if not CrashMarker.may_be_down(marker.read()) or lock_held(state_dir):
+        left = marker.read()
+        if lock_held(state_dir):
+            return 0
+        if left is not None and CrashMarker.signalled_runs(left):
+            why = (
+                f"influxd (pid {CrashMarker.named_pid(left)}) got the stop run "
+                f"{left.get('run_id')} asked for and still runs: it may yet go down, and "
+                "nobody starts it again once the daemon is gone (crash marker "
+                f"{marker.path} left)"
+            )
+        elif CrashMarker.may_be_down(left):
+            why = f"influxd may be down (crash marker {marker.path} left)"
+        else:
             return 0
         self._log.error(
             "daemon.exit_influxd_down",
             error=(
-                f"influxd may be down (crash marker {marker.path} left): exit status 1, so "
-                "that the unit's Restart=on-failure starts the daemon again and its recovery "
-                "keeps trying to start influxd"
+                f"{why}: exit status 1, so that the unit's Restart=on-failure starts the "
+                "daemon again and its recovery keeps trying to start influxd"
             ),
         )
         return EXIT_FAILED
@@ -1076,7 +1090,9 @@ class Daemon:
                 "daemon.waiting_for_run",
                 job=self._running,
                 mode=mode,
-                action="stopping the hot backup" if mode == "hot" else "letting it finish",
+                action="stopping the hot backup"
+                if mode == "hot"
+                else "abandoning it unless influxd's stop was asked, then letting it finish",
             )
         last_extend = 0.0
         while self._worker.is_alive():
