@@ -447,7 +447,13 @@ class Influxd:
         if self.section.service:
             proc = self.locate()
             try:
-                self._systemctl("stop", self.section.service, timeout=timeout)
+                # ignore-dependencies, as start: the daemon's unit is ordered after
+                # influxdb.service, so a plain stop asked while `systemctl stop influx-backupd`
+                # (an upgrade's prerm, a shutdown) is pending waits for our own stop job, which
+                # waits for this run: stuck for stop_timeout, then run later, influxd left down
+                self._systemctl(
+                    "stop", "--job-mode=ignore-dependencies", self.section.service, timeout=timeout
+                )
             except InfluxdError as exc:
                 raise StopTimeout(f"{exc}{tail}") from None
             if proc is not None and not _wait_gone(proc, 5):
