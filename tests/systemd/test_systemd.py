@@ -109,6 +109,18 @@ IDLE = config("quick", "1h")
 # direct copy of ~600 MB: influxd stays stopped long enough to stop or kill the daemon then
 SLOW = config("slow", "3s", copy="direct", extra="verify_after_backup = false")
 BROKEN = QUICK.replace('mode = "cold"', 'mode = "lukewarm"')
+# a start notification to a listener that accepts and never answers: the run waits before its
+# stop for as long as [notify] timeout
+HUNG_START = config("hung", "3s", copy="direct") + (
+    '\n[notify]\nstart = ["json://127.0.0.1:9999/"]\ntimeout = "10m"\n'
+)
+SILENT = """
+import socket
+server = socket.create_server(("127.0.0.1", 9999))
+held = []
+while True:
+    held.append(server.accept()[0])
+"""
 
 
 def build_debs(out: Path, **suffixes: str) -> dict[str, Path]:
@@ -583,6 +595,49 @@ def test_stop_in_the_middle_of_a_cold_run_leaves_influxdb_active(box: Container)
     }
     record = next(r for r in runs(box) if r["id"] == run_id)
     assert record["status"] == "ok", record
+
+
+def test_stop_before_the_cold_runs_stop_returns_at_once_and_influxdb_is_untouched(
+    box: Container,
+) -> None:
+    """Before: the run stopped influxdb after the daemon's own stop began; systemd queued that
+    stop behind ours (After=influxdb.service), both waited stop_timeout (90 s), the daemon
+    exited 0 and the queued stop then took influxdb down for good."""
+    box.write("/root/silent.py", SILENT)
+    box.write(
+        "/etc/systemd/system/silent.service",
+        "[Service]\nExecStart=/usr/bin/python3 /root/silent.py\n",
+    )
+    box.sh("systemctl daemon-reload && systemctl start silent.service")
+    box.write("/etc/influx-backupd/config.toml", HUNG_START)
+    before = box.show("influxdb.service", "InvocationID", "MainPID", "ActiveState")
+    assert before["ActiveState"] == "active", before
+    box.sh(f"systemctl restart {UNIT}")  # this config (the unit may run another)
+    box.sh(
+        f"""
+for i in $(seq 600); do
+    case $(systemctl show {UNIT} -p StatusText --value) in "running hung"*"phase policy"*)
+        exit 0 ;;
+    esac
+    sleep 0.05
+done
+echo "no run of job hung seen in its policy phase" >&2; exit 1
+""",
+        timeout=120,
+    )
+    # stop_timeout is 90 s: a stop queued behind ours held this one that long
+    box.sh(f"systemctl stop {UNIT}", timeout=60)
+    assert box.show(UNIT, "ActiveState", "Result") == {
+        "ActiveState": "inactive",
+        "Result": "success",
+    }
+    assert box.show("influxdb.service", "InvocationID", "MainPID", "ActiveState") == before
+    assert box.sh("systemctl list-jobs --no-legend").stdout.strip() == "", "a stop left queued"
+    [record] = [r for r in runs(box) if r["job"] == "hung"]
+    assert record["status"] == "interrupted", record
+    assert "influxd was not stopped" in str(record["error"]), record
+    box.sh("systemctl stop silent.service")
+    box.write("/etc/influx-backupd/config.toml", SLOW)  # what the tests below expect
 
 
 def test_kill_9_mid_run_is_recovered_by_systemds_restart(box: Container) -> None:
