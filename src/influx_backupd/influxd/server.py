@@ -51,6 +51,10 @@ RUN_START_ATTEMPTS: int | None = None
 SUPERVISOR_HINT = (
     "if a supervisor restarts influxd when it stops, name its unit in [influxd] service"
 )
+# What systemd knows of a unit that a `systemctl start` would be refused for at once: the load
+# state (not-found, bad-setting, error, masked: bus_unit_validate_load_state), a masked unit
+# file, RefuseManualStart=, and CanStart (loaded, a type that starts, not refusing by hand).
+UNIT_START_PROPERTIES = ("LoadState", "UnitFileState", "RefuseManualStart", "CanStart")
 # Most of one influxd log line kept in an error message (its end: the reason comes last).
 LOG_LINE_MAX = 300
 
@@ -229,16 +233,7 @@ class Influxd:
         """Why influxd could not be started again as configured, or None. Checked before
         anything is stopped: a stop we cannot undo is the worst thing we can do."""
         if self.section.service:
-            try:
-                state = self._systemctl(
-                    "show", "-p", "LoadState", "--value", self.section.service, timeout=30
-                ).strip()
-            except InfluxdError:
-                # systemd not reachable here (a container, a chroot): it cannot say no
-                return None
-            if state == "not-found":
-                return f"influxd.service: unit {self.section.service} does not exist"
-            return None
+            return self._unit_unstartable(self.section.service)
         command = self.section.command or []
         if not command or not command[0]:
             return "influxd.command: empty; it must start with the influxd executable"
@@ -267,6 +262,42 @@ class Influxd:
                 f"(influxd.config) with -config; {what}: influxd started by it would not be "
                 "the server backed up"
             )
+        return None
+
+    def _unit_unstartable(self, unit: str) -> str | None:
+        """Why systemd would refuse `systemctl start unit` (a stop of it is still obeyed: a
+        masked unit stopped stays down until someone unmasks it), or None."""
+        try:
+            out = self._systemctl(
+                "show", *(f"--property={p}" for p in UNIT_START_PROPERTIES), unit, timeout=30
+            )
+        except InfluxdError:
+            # systemd not reachable here (a container, a chroot): it cannot say no
+            return None
+        props = dict(line.partition("=")[::2] for line in out.splitlines())
+        where = f"influxd.service: unit {unit}"
+        load = props.get("LoadState", "")
+        if load == "not-found":
+            return f"{where} does not exist"
+        # a mask of the unit file becomes the load state at the next daemon-reload (any
+        # package install does one): refused as if it were masked already
+        if load == "masked" or props.get("UnitFileState") in ("masked", "masked-runtime"):
+            return (
+                f"{where} is masked: systemd would refuse to start it again after the stop "
+                f"(`systemctl unmask {unit}`)"
+            )
+        if load and load != "loaded":  # bad-setting, error, or a state systemd calls unexpected
+            return (
+                f"{where} did not load (LoadState={load}): systemd would refuse to start it "
+                f"again after the stop (`systemctl status {unit}` says why)"
+            )
+        if props.get("RefuseManualStart") == "yes":
+            return (
+                f"{where} has RefuseManualStart=yes: systemd would refuse to start it again "
+                "after the stop"
+            )
+        if props.get("CanStart") == "no":  # the sum of the above, and a type that cannot start
+            return f"{where} cannot be started (systemd says CanStart=no)"
         return None
 
     def describe_down(self, proc: psutil.Process | None) -> str:
