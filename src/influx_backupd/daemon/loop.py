@@ -65,7 +65,7 @@ from influx_backupd.run.followup import (
     tell_verify_failed,
     write_metrics,
 )
-from influx_backupd.run.guard import exclusive
+from influx_backupd.run.guard import RollbackBlocked, exclusive
 from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
 from influx_backupd.store.record import RunRecord
@@ -186,6 +186,7 @@ class Daemon:
         self._next_start: float | None = None
         self._left_down_looked = 0.0  # monotonic: when _watch_left_down last read the marker
         self._down_note: str | None = None
+        self._blocked_said: str | None = None  # the rollback_blocked reason the log last gave
         self._worker = threading.Thread(target=self._work, name="backup-worker", daemon=True)
         self._watchdog = systemd.Watchdog(self.alive)
         self._scheduler: Any = None
@@ -782,9 +783,10 @@ class Daemon:
     def _start_due(self) -> bool:
         return self._next_start is not None and time.time() >= self._next_start
 
-    def _note_left_down(self, error: str | None = None) -> None:
+    def _note_left_down(self, error: str | None = None, *, retry_in: float | None = None) -> None:
         """After a run (or a failed recovery): a crash marker left means influxd is down, and
-        the worker tries to start it between jobs until it runs."""
+        the worker tries to start it between jobs until it runs. retry_in: when the next
+        attempt is due, if not after backoff of the start attempts failed so far."""
         left = CrashMarker(self.config.state_dir).read()
         if left is not None and CrashMarker.signalled_runs(left):
             # a server that got a run's stop and outlasted stop_timeout: looked at every few
@@ -801,17 +803,27 @@ class Daemon:
             return
         failures = count(left.get("start_failures")) or 0
         last = error or left.get("last_start_error") or "not started yet"
-        wait = backoff(max(1, failures))
-        if self._next_start is None or error is not None:
+        wait = retry_in if retry_in is not None else backoff(max(1, failures))
+        if self._next_start is None or error is not None or retry_in is not None:
             self._next_start = time.time() + wait
         at = datetime.fromtimestamp(self._next_start, UTC).strftime("%H:%M:%SZ")
+        blocked = left.get("rollback_blocked")
+        if isinstance(blocked, str):
+            # no start is tried until the rollback before it can be done: not "retrying"
+            self._down_note = (
+                f"restore {left.get('run_id')} killed before its check is not rolled back: "
+                f"{blocked}; looked at again at {at}"
+            )
+            return
+        tried = f"{failures} start attempts failed" if failures else "not started"
         self._down_note = (
-            f"influxd down since run {left.get('run_id')}: {failures} start attempts failed "
-            f"(last: {last}); retrying at {at}"
+            f"influxd down since run {left.get('run_id')}: {tried} (last: {last}); retrying at {at}"
         )
 
     def _start_influxd(self) -> None:
-        """One start attempt under the backup lock (recovery does it), between jobs."""
+        """One start attempt under the backup lock (recovery does it), between jobs. Every
+        failed attempt, whatever raised it, is noted: the status line, the left-down metric
+        and the time of the next attempt."""
         self._next_start = None
         left = CrashMarker(self.config.state_dir).read()
         if left is not None and CrashMarker.signalled_runs(left):
@@ -823,22 +835,46 @@ class Daemon:
         except Busy:
             self._next_start = time.time() + 5.0  # a foreground command runs: it starts it
             return
-        except InfluxdError as exc:
-            self._note_left_down(str(exc))
+        except RollbackBlocked as exc:
+            self._rollback_blocked(exc)
+            return
+        except CatalogError as exc:  # after influxd's start (recovery needs no catalog for it)
+            self._log.error("daemon.catalog_unusable", error=str(exc))
+            self._note_left_down()
+            self._write_metrics()
+            return
+        except Exception as exc:  # a start that failed; an OSError (a rename, the state_dir)
+            self._note_failed(exc)
             self._log.error(
                 "daemon.influxd_start_failed",
-                error=str(exc),
+                error=str(exc) or type(exc).__name__,
                 retry_at=_iso(self._next_start),
                 detail="influxd stays down until a start succeeds; the daemon keeps trying",
             )
-            self._write_metrics()  # influx_backupd_influxd_left_down 1
             return
-        except OSError as exc:
-            self._log.error("daemon.influxd_start_failed", error=str(exc))
-            self._next_start = time.time() + BACKOFF_CAP_S
-            return
+        self._blocked_said = None
         self._note_left_down()
         self._write_metrics()  # influx_backupd_influxd_left_down back to 0
+
+    def _note_failed(self, exc: Exception) -> None:
+        """A recovery that failed, noted (the status line, the left-down metric, the next
+        attempt): after backoff of the starts it counted, or BACKOFF_CAP_S when it failed
+        before any start (an OSError: nothing counted, so no backoff grows)."""
+        attempted = isinstance(exc, InfluxdError)
+        self._note_left_down(
+            str(exc) or type(exc).__name__, retry_in=None if attempted else BACKOFF_CAP_S
+        )
+        self._write_metrics()  # influx_backupd_influxd_left_down 1
+
+    def _rollback_blocked(self, exc: RollbackBlocked) -> None:
+        """Recovery of a killed restore stopped nothing: the renames of its rollback cannot be
+        made by this process (the unit's sandbox). Tried again every BACKOFF_CAP_S (a remount,
+        a command run by hand may end it), said in the log once per reason."""
+        if str(exc) != self._blocked_said:
+            self._log.error("daemon.rollback_blocked", error=str(exc))
+            self._blocked_said = str(exc)
+        self._note_left_down(retry_in=BACKOFF_CAP_S)
+        self._write_metrics()
 
     def _run(self, item: Due) -> None:
 
@@ -1226,9 +1262,11 @@ class Daemon:
                 pass
         except Busy as exc:
             self._log.info("daemon.recovery_deferred", detail=str(exc))
-        except InfluxdError as exc:
+        except RollbackBlocked as exc:
+            self._rollback_blocked(exc)
+        except (InfluxdError, OSError) as exc:  # OSError: a rename refused, before any start
             self._log.error("daemon.recovery_failed", error=str(exc))
-            self._note_left_down(str(exc))
+            self._note_failed(exc)
         else:
             self._note_left_down()  # a server a dead run signalled, still running: watched
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from influx_backupd.core.config import Config
-from influx_backupd.core.errors import RestoreFailed, RestoreRefused
+from influx_backupd.core.errors import RestoreFailed, RestoreMisconfigured, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd.server import Influxd
@@ -155,6 +155,15 @@ def live_dirs_swapped(
     """
     marker = CrashMarker(config.state_dir)
     swaps = plan.swaps()
+    # checked again here: the extraction before may have taken hours since the command's check
+    problem = server.startable()
+    if problem is not None:
+        raise RestoreMisconfigured(
+            f"{config.path}: {problem}; influxd not stopped, nothing restored"
+        )
+    blocked = renames_blocked(swaps)
+    if blocked is not None:
+        raise RestoreRefused(f"{blocked}; influxd not stopped, nothing restored")
     running = server.locate()
     was_running = running is not None
     # the server about to be stopped: a marker left by a kill before the stop names it still
@@ -242,6 +251,35 @@ def note_absent(rollback_dir: Path) -> None:
         os.fsync(parent)
     finally:
         os.close(parent)
+
+
+def renames_blocked(swaps: list[list[str]]) -> str | None:
+    """Why this process could not do a swap's renames (the restore's, or roll_back's), or None.
+
+    Each live dir and its rollback dir is renamed inside their parent: the parent and the dirs
+    must be writable here, and on a filesystem mounted read-write. os.access says EROFS even
+    to root, whom modes never stop: a systemd unit's ProtectSystem=strict mounts everything
+    outside its ReadWritePaths= read-only (for that unit alone; the same command run outside
+    it can). Checked before influxd is stopped: a rename that fails after the stop leaves the
+    server down on half-moved dirs."""
+    for target_s, rollback_s, _staging in swaps:
+        target, rollback_dir = Path(target_s), Path(rollback_s)
+        for path in (target.parent, target, rollback_dir):
+            if not path.is_dir():
+                continue  # absent (a live dir that never existed, a rollback not made yet)
+            try:
+                read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+            except OSError:
+                read_only = False
+            if read_only or not os.access(path, os.W_OK | os.X_OK):
+                why = "on a read-only mount" if read_only else "not writable"
+                return (
+                    f"{path} is {why} for this process (pid {os.getpid()}, uid {os.getuid()}), "
+                    f"so the renames in {target.parent} cannot be done here (a systemd unit's "
+                    f"sandbox: add {target.parent} to its ReadWritePaths=, or run the command "
+                    "as root outside the unit)"
+                )
+    return None
 
 
 def roll_back(swaps: list[list[str]]) -> list[str]:

@@ -18,7 +18,7 @@ from influx_backupd.influxd import scratch
 from influx_backupd.influxd.server import Influxd, InfluxdError
 from influx_backupd.report import progress
 from influx_backupd.restore.database import recover_database_restore
-from influx_backupd.restore.swap import failed_kept, roll_back
+from influx_backupd.restore.swap import failed_kept, renames_blocked, roll_back
 from influx_backupd.restore.target import recover_target
 from influx_backupd.run.followup import (
     MetricsNotWritten,
@@ -34,6 +34,13 @@ from influx_backupd.store.state import CrashMarker, ServerLock, lock_for, lock_h
 from influx_backupd.verify.check import verify
 
 OnDamage = Literal["raise", "set_aside", "ignore"]
+
+
+class RollbackBlocked(InfluxdError):
+    """A killed restore's rollback needs renames this process cannot make (a read-only mount,
+    the daemon unit's sandbox): nothing was stopped, the crash marker stays for one that can."""
+
+    code = "influxd.rollback_blocked"
 
 
 @contextmanager
@@ -150,10 +157,33 @@ def recover(
                     else ""
                 ),
             )
+        elif left.get("kind") == "restore" and (blocked := renames_blocked(left.get("swaps", []))):
+            # Proved before anything is stopped: a server stopped for a rollback that then
+            # fails stays down on half-moved dirs (inside the daemon's unit, whose sandbox
+            # mounts dirs outside ReadWritePaths= read-only). Whatever runs is left running.
+            not_started = RollbackBlocked(
+                f"restore {run_id} was killed before its restored influxd was checked, and "
+                f"its rollback cannot be done by this process: {blocked}; influxd "
+                + (
+                    "serves (the restored data, unchecked) and is not stopped"
+                    if answering
+                    else "stays stopped"
+                )
+                + f"; the crash marker {marker.path} stays for a command that can (e.g. "
+                "`influx-backupd prune --dry-run`)"
+            )
+            marker.rollback_blocked(blocked)
+            logger.error(
+                "recovery.rollback_blocked",
+                run_id=run_id,
+                answers=answering,
+                detail=str(not_started),
+            )
         elif left.get("kind") == "restore":
             # The restore never finished, so whatever runs now may be half-restored: go back to
             # the data as it was before (the restored dirs are kept aside, not deleted).
 
+            marker.rollback_blocked(None)
             if server.locate() is not None:
                 logger.warning("recovery.stopping_unfinished_restore", run_id=run_id)
                 server.stop()
@@ -165,7 +195,9 @@ def recover(
                 detail="the previous data was put back" + failed_kept(failed),
             )
             answering = server.answers_itself()
-        if answering:
+        if not_started is not None:
+            pass  # the rollback that must come first cannot be done here: nothing started
+        elif answering:
             if not swap_done:
                 logger.warning("recovery.influxd_already_running", run_id=run_id)
         else:
@@ -375,6 +407,13 @@ def left_stopped_line(
             else "clears it"
             if answering
             else "starts it again"
+        )
+    blocked = left.get("rollback_blocked") if restore and not this_command_starts else None
+    if isinstance(blocked, str):
+        # the daemon's unit cannot: not "keeps trying", which it cannot succeed at
+        return text + (
+            f"its rollback was not done (nothing stopped for it): {blocked}; a command that can "
+            f"rolls it back, e.g. `influx-backupd prune --dry-run` as root outside the unit"
         )
     if "lock_holder" in left:
         return text + f"pid {left['lock_holder']}, which holds the backup lock, keeps trying"

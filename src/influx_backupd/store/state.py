@@ -248,6 +248,15 @@ class CrashMarker:
             job = body.get("job")
             alarms.left_down(job if isinstance(job, str) else None, error)
 
+    def rollback_blocked(self, why: str | None) -> None:
+        """Why a restore's rollback could not be done by the last process that tried
+        (guard.recover), None once one can: kept in the marker, so that every command and
+        `status` say so, not that a start is being retried."""
+        body = self.read()
+        if body is not None and body.get("rollback_blocked") != why:
+            body.pop("rollback_blocked", None)
+            self._write({**body, **({"rollback_blocked": why} if why else {})})
+
     def read(self) -> dict[str, Any] | None:
         try:
             data = loads_json(self.path.read_text())
