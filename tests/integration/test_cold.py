@@ -362,3 +362,21 @@ def test_an_influxd_still_shutting_down_after_stop_timeout_is_waited_for_and_sta
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
+
+
+def test_the_log_of_the_influxd_we_start_is_trimmed_before_it_starts(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """influxd writes every request to state_dir/influxd.log while it runs; a cold run's start
+    trims it over 16 MiB (the last one kept as influxd.log.1), so it never grows for ever."""
+    cli = Cli(write_config(tmp_path, sandbox))
+    log = tmp_path / "state" / "influxd.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_bytes(b"an old request line\n" * ((17 << 20) // 20))
+    before = log.stat().st_size
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    assert (tmp_path / "state" / "influxd.log.1").stat().st_size == before
+    started = log.read_bytes()
+    assert b"an old request line" not in started and len(started) < 1 << 20, len(started)
+    assert sandbox.ping(), "the server came back, writing to the trimmed log"

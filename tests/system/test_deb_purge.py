@@ -76,7 +76,7 @@ def test_purge_removes_its_own_state_by_name_and_nothing_else() -> None:
     state dir and an instance's, goes with its temp files; all else stays."""
     own = [
         "catalog.db", "catalog.db-journal", "catalog.db-wal", "catalog.db-shm", "backup.lock",
-        "influxd.log", "prune-pending.json", loop.DAEMON_LOCK, status.STATE_FILE,
+        "influxd.log", "influxd.log.1", "prune-pending.json", loop.DAEMON_LOCK, status.STATE_FILE,
         progress.RUNNING_FILE, offsite.STATE_FILE, offsite.KEY_FILE, "offsite-known-nightly.json",
         f".{status.STATE_FILE}.123.456.tmp", ClockSteps.NAME,
     ]  # fmt: skip

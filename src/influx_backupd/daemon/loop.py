@@ -55,7 +55,7 @@ from influx_backupd.core.journal import journal_available
 from influx_backupd.core.jsontext import count
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
 from influx_backupd.daemon.status import STATE_FILE
-from influx_backupd.influxd import server
+from influx_backupd.influxd import logfile, server
 from influx_backupd.influxd.server import BACKOFF_CAP_S, Influxd, InfluxdError, backoff
 from influx_backupd.report.metrics import DaemonFacts
 from influx_backupd.run import offsite
@@ -425,6 +425,9 @@ class Daemon:
         # daemon.json's mtime: when this daemon was last alive, for `status` after a kill
         with contextlib.suppress(OSError):
             os.utime(self.config.state_dir / STATE_FILE)
+        # the influxd we started writes its log there as long as it runs (between cold runs)
+        if self.config.settings.influxd.command:
+            logfile.trim(self.config.state_dir / logfile.NAME, self._log)
 
     def _write_metrics(self, *, stopping: bool = False) -> None:
         """The metrics file with this daemon's heartbeat and next runs (none once stopping)."""

@@ -32,6 +32,7 @@ from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import child_preexec, signals_allowed
 from influx_backupd.core.processes import same_process
 from influx_backupd.core.redact import shown_url
+from influx_backupd.influxd import logfile
 from influx_backupd.influxd.influxql import ping_headers
 from influx_backupd.influxd.listening import listens
 
@@ -541,6 +542,8 @@ class Influxd:
             self.wait_ready(timeout)
             return
         assert self.section.command
+        if log_path is not None:
+            logfile.trim(log_path, log.get())
         if in_systemd_service():
             self._start_own_unit(self.section.command, log_path, timeout)
             return

@@ -29,7 +29,7 @@ from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
-from influx_backupd.influxd import counts
+from influx_backupd.influxd import counts, logfile
 from influx_backupd.influxd.server import SUPERVISOR_HINT, Influxd, InfluxdError, NotAnswering
 from influx_backupd.jobs.staging import Stager, SyncStopped
 from influx_backupd.report import metrics, progress
@@ -289,7 +289,7 @@ def _running_again(
     t_start = time.monotonic()
     logger.info("influxd.starting", phase="start")
     record.extra["start_attempts"] = server.start_until_up(
-        config.state_dir / "influxd.log", on_failure=marker.note_failed_start
+        config.state_dir / logfile.NAME, on_failure=marker.note_failed_start
     )
     now = time.monotonic()
     record.start_s = now - t_start

@@ -19,6 +19,7 @@ from influx_backupd.core import log
 from influx_backupd.core.config import Config, toml_of
 from influx_backupd.core.errors import OnlyInBucket, RestoreMisconfigured, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
+from influx_backupd.influxd import logfile
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
@@ -204,7 +205,7 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
         server = Influxd(config)
         with live_dirs_swapped(config, server, plan, result, logger):
             t_start = time.monotonic()
-            server.start(log_path=config.state_dir / "influxd.log")
+            server.start(log_path=config.state_dir / logfile.NAME)
             result.start_s = time.monotonic() - t_start
             # ok only once it serves what was counted before the backup's stop (else undone)
             served = check_served(

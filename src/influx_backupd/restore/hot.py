@@ -80,7 +80,7 @@ from influx_backupd.core.errors import (
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
-from influx_backupd.influxd import counts, influxql
+from influx_backupd.influxd import counts, influxql, logfile
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd import tombstones as influxd_tombstones
 from influx_backupd.influxd.influxql import ident, values
@@ -319,7 +319,7 @@ def _restore_portable_beside(
         server = Influxd(config)
         with live_dirs_swapped(config, server, plan, result, logger, move_staging_in=True):
             t_start = time.monotonic()
-            server.start(log_path=config.state_dir / "influxd.log")
+            server.start(log_path=config.state_dir / logfile.NAME)
             result.start_s = time.monotonic() - t_start
             # ok only once it serves what the build held (else undone by the swap)
             served = check_served(config, built, logger, what="in the build before the swap")
@@ -915,7 +915,7 @@ def _snapshot09(
     result.restore_s = time.monotonic() - t_restore
     _chown_tree(list(targets.values()), uid, gid)
     t_start = time.monotonic()
-    server.start(log_path=config.state_dir / "influxd.log")
+    server.start(log_path=config.state_dir / logfile.NAME)
     result.start_s = time.monotonic() - t_start
 
 

@@ -20,6 +20,7 @@ from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreFailed, RestoreMisconfigured, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
+from influx_backupd.influxd import logfile
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import metrics
 from influx_backupd.store import layout
@@ -225,7 +226,7 @@ def live_dirs_swapped(
                 if left is not None:
                     logger.warning("influxd.still_stopping", phase="start", pid=left.pid)
                 server.start_until_up(
-                    config.state_dir / "influxd.log", on_failure=marker.note_failed_start
+                    config.state_dir / logfile.NAME, on_failure=marker.note_failed_start
                 )
                 marker.clear()  # only once the old server runs again: else the next one retries
             else:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from influx_backupd.core import alarms, log
 from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import count, number
-from influx_backupd.influxd import scratch
+from influx_backupd.influxd import logfile, scratch
 from influx_backupd.influxd.server import Influxd, InfluxdError
 from influx_backupd.report import progress
 from influx_backupd.restore.database import recover_database_restore
@@ -217,7 +217,7 @@ def recover(
             started = time.monotonic()
             try:
                 server.start_until_up(
-                    config.state_dir / "influxd.log",
+                    config.state_dir / logfile.NAME,
                     attempts=start_attempts,
                     on_failure=marker.note_failed_start,
                 )
