@@ -9,6 +9,7 @@ import hashlib
 import os
 import tarfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,7 +343,7 @@ def scan_portable(
                 if deep:
                     members = _check_gunzipped(reader, path, listed)
                     if members is not None:
-                        _MEMBERS[file_signature(st)] = members
+                        _remember(file_signature(st), members)
                 else:
                     _check_gzip_ends(raw, st.st_size, path, listed)
             elif kind == "meta":
@@ -408,7 +409,17 @@ class _Counted:
 # What deep checks saw in shard tars: file signature -> [(member name, size)], regular files.
 # The restore's chain merge (restore/merge.py) plans from these instead of gunzipping every
 # link a second time; keyed by device, inode, size, mtime and ctime, so never stale.
-_MEMBERS: dict[tuple[int, int, int, int, int], list[tuple[str, int]]] = {}
+# At most _MEMBERS_MAX shard files, the oldest remembered dropped first: a daemon lives for
+# months, its deep checks read every new link's shards, and pruned links never come back.
+_MEMBERS: OrderedDict[tuple[int, int, int, int, int], list[tuple[str, int]]] = OrderedDict()
+_MEMBERS_MAX = 4096
+
+
+def _remember(signature: tuple[int, int, int, int, int], members: list[tuple[str, int]]) -> None:
+    _MEMBERS[signature] = members
+    _MEMBERS.move_to_end(signature)
+    while len(_MEMBERS) > _MEMBERS_MAX:
+        _MEMBERS.popitem(last=False)
 
 
 def members_seen(path: Path) -> list[tuple[str, int]] | None:
@@ -435,7 +446,7 @@ def remember_members(path: Path, members: list[tuple[str, int]]) -> None:
     """What a shard tar.gz this process has just written holds, as a deep check would have
     seen it (valid while the file is not changed)."""
     with contextlib.suppress(OSError):
-        _MEMBERS[file_signature(path.stat())] = list(members)
+        _remember(file_signature(path.stat()), list(members))
 
 
 def _check_gunzipped(reader: _Hashing, path: Path, listed: int) -> list[tuple[str, int]] | None:
