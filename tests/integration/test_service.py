@@ -67,3 +67,25 @@ def test_a_stopped_unit_is_not_backed_up_and_not_started(
     assert record["status"] == "failed"
     assert "not running" in record["error"]
     assert not sandbox.ping(), "an operator's stopped server stays stopped"
+
+
+def test_a_unit_that_runs_another_config_is_said_as_that(
+    tmp_path: Path, sandbox: Sandbox, service: Path, influxd_path: str
+) -> None:
+    """[influxd] service names a unit whose process runs another influxdb.conf than [influxd]
+    config: before, `influxd (pid N) does not answer http://…:8086/ping`, of a pid that answers
+    on its own port. Nothing stopped either way."""
+    other = Sandbox(tmp_path / "other", binary=influxd_path)
+    other.write_config()  # the config names this server's conf; the unit runs the sandbox's
+    for d in (other.meta, other.data, other.wal):
+        d.mkdir(parents=True, exist_ok=True)
+    cli = Cli(write_config(tmp_path, other, influxd={"command": None, "service": UNIT}))
+    pid = int((service / f"{UNIT}.pid").read_text())
+    record = cli.json("backup")
+    assert record["status"] == "failed"
+    assert (
+        f"{UNIT}'s main process (pid {pid}) runs -config {sandbox.conf}, not {other.conf}: "
+        "[influxd] service and config must name the same server; "
+    ) in record["error"], record["error"]
+    assert record["error"].endswith("nothing stopped"), record["error"]
+    assert int((service / f"{UNIT}.pid").read_text()) == pid and sandbox.ping()

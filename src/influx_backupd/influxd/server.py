@@ -125,25 +125,28 @@ class Holder:
         return f"pid {self.pid} ({self.name}) holds {self.path}"
 
 
-def names_conf(argv: list[str], conf: Path) -> bool:
-    """Whether an argv runs this influxdb.conf: as the value of influxd's `-config` flag
-    (`-config PATH`, `-config=PATH`, `--config …`), as influxd and a wrapper passing its
-    arguments on name it. A path anywhere else (`tail -f`, `less`, an editor on the file) is
-    not a server: taken for one, it was waited for as a server that would not exit, with
-    influxd down meanwhile, and counted as another server started in the stop window."""
-    real = conf.resolve()
-    wanted = {str(conf), str(real)}
-    after_flag = False
+def config_flags(argv: list[str]) -> list[str]:
+    """The values an argv gives influxd's `-config` flag (`-config PATH`, `-config=PATH`,
+    `--config …`)."""
+    values, after_flag = [], False
     for arg in argv:
         if after_flag:
-            value: str | None = arg
+            values.append(arg)
         elif arg.startswith(("-config=", "--config=")):
-            value = arg.split("=", 1)[1]
-        else:
-            value = None
+            values.append(arg.split("=", 1)[1])
         after_flag = arg in ("-config", "--config")
-        if value is None:
-            continue
+    return values
+
+
+def names_conf(argv: list[str], conf: Path) -> bool:
+    """Whether an argv runs this influxdb.conf: as the value of influxd's `-config` flag, as
+    influxd and a wrapper passing its arguments on name it. A path anywhere else (`tail -f`,
+    `less`, an editor on the file) is not a server: taken for one, it was waited for as a
+    server that would not exit, with influxd down meanwhile, and counted as another server
+    started in the stop window."""
+    real = conf.resolve()
+    wanted = {str(conf), str(real)}
+    for value in config_flags(argv):
         if value in wanted:
             return True
         # the config's path is resolved: /etc/influxdb/influxdb.conf may be a link to it.
@@ -311,6 +314,16 @@ class Influxd:
                 f"influxd (pid {proc.pid}) is stopped (frozen by SIGSTOP or a debugger) and "
                 f"does not answer {ping}"
             )
+        if self.section.service:
+            with suppress(psutil.Error):
+                other = config_flags(proc.cmdline())
+                if other and not names_conf(proc.cmdline(), self.config.server.conf):
+                    # the unit runs another server: its port is not the one ours names
+                    return (
+                        f"{self.section.service}'s main process (pid {proc.pid}) runs "
+                        f"-config {other[-1]}, not {self.config.server.conf}: [influxd] service "
+                        "and config must name the same server"
+                    )
         return f"influxd (pid {proc.pid}) does not answer {ping}"
 
     def frozen(self, proc: psutil.Process) -> bool:
