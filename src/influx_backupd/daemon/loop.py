@@ -306,6 +306,7 @@ class Daemon:
         self._watchdog.start()
         self._publish()
         self._write_metrics()
+        self._trim_influxd_log()
         systemd.ready()
         self._tell_unwritable()
         self._log.info(
@@ -425,7 +426,10 @@ class Daemon:
         # daemon.json's mtime: when this daemon was last alive, for `status` after a kill
         with contextlib.suppress(OSError):
             os.utime(self.config.state_dir / STATE_FILE)
-        # the influxd we started writes its log there as long as it runs (between cold runs)
+        self._trim_influxd_log()
+
+    def _trim_influxd_log(self) -> None:
+        """The influxd we started writes its log there as long as it runs (between cold runs)."""
         if self.config.settings.influxd.command:
             logfile.trim(self.config.state_dir / logfile.NAME, self._log)
 
