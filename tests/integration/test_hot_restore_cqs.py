@@ -201,4 +201,11 @@ def test_a_cq_is_renamed_only_where_it_names_its_own_database() -> None:
     assert statement is None and why is not None and "names database db7" in why
     statement, why = cq("DROP SERIES FROM x")
     assert statement is None and why is not None and "not a CREATE CONTINUOUS QUERY" in why
-    assert cq("anything at all", db="new") == ("anything at all", None)
+    # under its own name the text runs as it is, and only as the one CQ it says it is: a
+    # tampered meta must not run another statement on the live server by way of a CQ
+    plain = 'CREATE CONTINUOUS QUERY q ON "new" BEGIN SELECT max(v) INTO m2 FROM m GROUP BY time(1h) END'
+    assert cq(plain, db="new") == (plain, None)
+    for hostile in ("DROP DATABASE other", plain + '; DROP DATABASE "other"'):
+        statement, why = cq(hostile, db="new")
+        assert statement is None and why is not None, hostile
+    assert "more than one statement" in str(cq(plain + "; DROP DATABASE x", db="new")[1])

@@ -221,18 +221,24 @@ def _sources(tokens: list[_Token], i: int, many: bool) -> Iterator[list[int | No
 
 
 def renamed(cq: ContinuousQuery, new: str) -> tuple[str | None, str | None]:
-    """cq's statement for its database restored as new, or None and why it cannot be."""
-    if new == cq.database:
-        return cq.statement, None
+    """cq's statement for its database restored as new, or None and why it cannot be.
+
+    Whatever the name, the text is run on the live server only as what it says it is: one
+    CREATE CONTINUOUS QUERY ... ON its own database, no `;` and a second statement after it
+    (the meta is the backup's: a tampered one must not drop a database by way of a CQ)."""
     try:
         tokens = list(_tokens(cq.statement))
     except ValueError as exc:
-        return None, f"its text could not be read for the rename to {new} ({exc})"
+        return None, f"its text could not be read ({exc}): {cq.statement}"
     words = [t.text.upper() for t in tokens[:5]]
     if words[:3] != ["CREATE", "CONTINUOUS", "QUERY"] or words[4:5] != ["ON"]:
         return None, f"its text is not a CREATE CONTINUOUS QUERY ... ON statement: {cq.statement}"
     if len(tokens) < 6 or tokens[5].name != cq.database:
         return None, f"its text does not say ON {cq.database}: {cq.statement}"
+    if any(t.kind == "other" and t.text == ";" for t in tokens):
+        return None, f"its text holds more than one statement: {cq.statement}"
+    if new == cq.database:
+        return cq.statement, None
     swap = [tokens[5]]
     others: set[str] = set()
     for i, token in enumerate(tokens):
