@@ -316,8 +316,9 @@ class Influxd:
             )
         if self.section.service:
             with suppress(psutil.Error):
-                other = config_flags(proc.cmdline())
-                if other and not names_conf(proc.cmdline(), self.config.server.conf):
+                argv = proc.cmdline()
+                other = config_flags(argv)
+                if other and not names_conf(argv, self.config.server.conf):
                     # the unit runs another server: its port is not the one ours names
                     return (
                         f"{self.section.service}'s main process (pid {proc.pid}) runs "
