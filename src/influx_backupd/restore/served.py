@@ -85,7 +85,6 @@ def check_served(
         except counts.FiguresRefused as exc:
             # A user without admin rights sees only the databases it may read (SHOW DATABASES
             # leaves the others out): refused is a figure not taken, never a missing database.
-            served.not_compared.append(db)
             why[db] = f"refused: {exc}"
             continue
         except counts.FiguresError as exc:
@@ -97,7 +96,6 @@ def check_served(
                 raise NotServed(
                     f"database {db} does not answer on the restored server: {exc}"
                 ) from None
-            served.not_compared.append(db)
             why[db] = f"not counted within {budget:g}s"
             continue
         served.counted[db] = got
@@ -105,6 +103,7 @@ def check_served(
             raise NotServed(
                 f"database {db}: the restored server serves {got} points, {want} {what}"
             )
+    served.not_compared = list(why)  # in the floor's (sorted) order
     event = logger.warning if served.not_compared else logger.info
     event(
         "restore.served",
