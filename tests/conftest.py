@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import http.server
 import itertools
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 import pytest
@@ -84,6 +86,19 @@ def sandbox(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
         yield server
 
 
+def whole(tar: tarfile.TarFile, info: tarfile.TarInfo) -> tuple[tarfile.TarInfo, IO[bytes] | None]:
+    """addfile's arguments to write member info of tar again with its whole contents: a file
+    with holes read from our archive keeps its GNU.sparse pax records, which addfile would write
+    over data without the map they announce (a copy tarfile cannot read back)."""
+    contents = tar.extractfile(info) if info.isreg() else None
+    plain = copy.copy(info)
+    plain.pax_headers = {
+        key: value for key, value in info.pax_headers.items() if not key.startswith("GNU.sparse.")
+    }
+    plain.sparse = None
+    return plain, contents
+
+
 def write_config(
     tmp_path: Path,
     server: Sandbox,
@@ -92,7 +107,10 @@ def write_config(
     jobs: list[dict[str, Any]] | None = None,
     extra: str = "",
     daemon: dict[str, Any] | None = None,
+    holes: str | None = None,
 ) -> Path:
+    """holes: every job's `holes`; "fill" where a test's sparse filler file must make the copy
+    (the stop window) last, as a file of data would."""
     section: dict[str, Any] = {
         "config": str(server.conf),
         "command": server.command(),
@@ -116,6 +134,7 @@ def write_config(
     # copy = "direct": these tests watch the stop window's tar; staged has tests/integration/test_staged.py
     default_job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
     for job in jobs or [default_job]:
+        job = {**job, "holes": holes} if holes is not None else job
         lines += ["", "[[job]]", *(f"{k} = {json.dumps(v)}" for k, v in job.items())]
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n" + extra)

@@ -281,7 +281,7 @@ def test_a_server_started_by_someone_else_during_the_copy_fails_the_run(
     sandbox.write_points("metrics", 1_000)
     with open(sandbox.data / "filler.bin", "wb") as fh:  # sparse: the copy lasts seconds
         fh.truncate(1_500_000_000)
-    config = write_config(tmp_path, sandbox)
+    config = write_config(tmp_path, sandbox, holes="fill")
     ledger.take()
     backup = Watched(config, "backup", "--json")
     backup.wait_event("archive.writing", phase="copy")

@@ -87,7 +87,7 @@ def test_storage_filling_up_mid_write_fails_cleanly(
 ) -> None:
     mode, copy, event, fields = VARIANTS[variant]
     job = {"name": "nightly", "schedule": "0 3 * * *", "mode": mode, "copy": copy}
-    config = write_config(tmp_path, sandbox, jobs=[job])
+    config = write_config(tmp_path, sandbox, jobs=[job], holes="fill")
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 20_000)
     first = run_cli(config, "backup", "--json")

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import STAND_INS, Cli, write_config
+from influx_backupd.store import sparse
+from tests.conftest import STAND_INS, Cli, whole, write_config
 from tests.faults.conftest import COLD_AND_HOT, FaultResult, backed_up, one_line
 
 JOBS = COLD_AND_HOT
@@ -104,7 +105,7 @@ def _with_member(good: Path, dest: Path, extra: tuple[tarfile.TarInfo, bytes]) -
     with tarfile.open(good) as src, tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as out:
         members = src.getmembers()
         for index, info in enumerate(members):
-            out.addfile(info, src.extractfile(info) if info.isreg() else None)
+            out.addfile(*whole(src, info))
             if index == 1:
                 out.addfile(extra[0], io.BytesIO(extra[1]) if extra[1] else None)
 
@@ -323,28 +324,105 @@ def _refused_everywhere(world: World, path: Path, member: str, says: str) -> Non
     assert "m2" not in world.server.databases()
 
 
-@pytest.mark.fault("4", "hostile cold archive", "a GNU sparse member of 2 GB")
+@pytest.mark.fault("4", "hostile cold archive")
+@pytest.mark.parametrize(
+    "form",
+    [
+        pytest.param(["--format=gnu"], id="an old GNU sparse member of 2 GB"),
+        pytest.param(
+            ["--format=pax", "--sparse-version=0.0"], id="a PAX 0.0 sparse member of 2 GB"
+        ),
+        pytest.param(
+            ["--format=pax", "--sparse-version=0.1"], id="a PAX 0.1 sparse member of 2 GB"
+        ),
+    ],
+)
 def test_a_sparse_member_is_refused_by_verify_and_every_restore(
-    world: World, tmp_path: Path, fault_result: FaultResult
+    world: World, tmp_path: Path, fault_result: FaultResult, form: list[str]
 ) -> None:
-    """A few KB of tar that unpack to 2 GB of zeros: refused from its header alone (our cold
-    job writes no sparse members), never unpacked into the live, target or scratch dirs."""
+    """A few KB of tar that unpack to 2 GB of zeros in GNU tar's old sparse form: refused from
+    its header alone (our cold job writes files with holes as PAX 1.0 sparse members only),
+    never unpacked into the live, target or scratch dirs."""
     name = f"zeros-{uuid.uuid4().hex[:8]}"
     big = tmp_path / name
     with open(big, "wb") as fh:
         fh.truncate(2 << 30)  # a hole: no disk used
-    path = world.root / f"sparse-{uuid.uuid4().hex[:6]}.tar"
-    shutil.copyfile(world.cold, path)
+    # tar -r would append in the archive's own form (PAX 1.0): made apart, then joined
+    member = tmp_path / "member.tar"
     subprocess.run(
-        ["tar", "--sparse", f"--transform=s,^{name}$,data/{name},", "-rf", str(path), name],
+        ["tar", "--sparse", *form, f"--transform=s,^{name}$,data/{name},", "-cf", member, name],
         cwd=tmp_path,
         check=True,
+    )
+    path = _joined(
+        world.cold, member.read_bytes(), world.root / f"sparse-{uuid.uuid4().hex[:6]}.tar"
     )
     assert path.stat().st_size < 64 << 20
     _refused_everywhere(world, path, f"data/{name}", "sparse")
     found = list(world.root.rglob(f"{name}*"))
     assert not found, found
     _settle(world, world.server.pids(), fault_result)
+
+
+def _with_pax_sparse(world: World, name: str, runs: list[tuple[int, int]], size: int) -> Path:
+    """A copy of the cold archive with one more member: a PAX 1.0 sparse file (the form our
+    writer gives a file with holes) whose map is runs, size bytes in all."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    block_map = sparse.sparse_map(runs, size)
+    data = b"x" * sum(length for _, length in runs)
+    member = sparse.sparse_header(info, len(block_map) + len(data)) + block_map + data
+    member += bytes(-len(member) % tarfile.BLOCKSIZE)
+    path = world.root / f"pax-sparse-{uuid.uuid4().hex[:6]}.tar"
+    return _joined(world.cold, member + bytes(2 * tarfile.BLOCKSIZE), path)
+
+
+def _joined(good: Path, tail: bytes, path: Path) -> Path:
+    """path: the members of the archive good, then tail (members and an end marker)."""
+    with tarfile.open(good) as tar:
+        for _ in tar:
+            pass
+        end = tar.offset
+    with open(good, "rb") as src, open(path, "wb") as out:
+        out.write(src.read(end))
+        out.write(tail)
+        out.write(bytes(-out.tell() % tarfile.RECORDSIZE))
+    return path
+
+
+@pytest.mark.fault("4", "hostile cold archive")
+@pytest.mark.parametrize(
+    ("runs", "size"),
+    [
+        pytest.param([(0, 4096), (1024, 4096)], 1 << 20, id="a PAX sparse map whose runs overlap"),
+        pytest.param([(0, 4096), (2 << 20, 4096)], 1 << 20, id="a PAX sparse run past its size"),
+    ],
+)
+def test_a_crafted_sparse_map_is_refused_by_verify_and_every_restore(
+    world: World, fault_result: FaultResult, runs: list[tuple[int, int]], size: int
+) -> None:
+    """A file with holes is accepted in the one form our writer makes (PAX 1.0, runs in order
+    inside the file): a map that would have tarfile write a run twice or past the end is not."""
+    name = f"data/holes-{uuid.uuid4().hex[:8]}"
+    path = _with_pax_sparse(world, name, runs, size)
+    _refused_everywhere(world, path, name, "sparse file whose map")
+    _settle(world, world.server.pids(), fault_result)
+
+
+@pytest.mark.fault("4", "hostile cold archive", "a PAX sparse map cut short (no newline)")
+def test_a_sparse_map_cut_short_is_a_damaged_archive_in_one_line(
+    world: World, fault_result: FaultResult
+) -> None:
+    """tarfile itself raises ValueError on it (not TarError): verify and restore say the
+    archive is damaged in one line, no traceback, nothing stopped."""
+    info = tarfile.TarInfo("data/cut")
+    info.size = 1 << 20
+    member = sparse.sparse_header(info, tarfile.BLOCKSIZE) + b"7" * tarfile.BLOCKSIZE
+    tail = member + bytes(2 * tarfile.BLOCKSIZE)
+    path = _joined(world.cold, tail, world.root / f"cut-map-{uuid.uuid4().hex[:6]}.tar")
+    influxd = world.server.pids()
+    _refused_by_both(world, path, "damaged tar header")
+    _settle(world, influxd, fault_result)
 
 
 def _dir(name: str) -> tuple[tarfile.TarInfo, bytes]:
@@ -436,7 +514,7 @@ def test_an_archived_conf_cannot_write_sections_into_the_servers_we_start(
                 info.size = len(conf)
                 out.addfile(info, io.BytesIO(conf))
             else:
-                out.addfile(info, src.extractfile(info) if info.isreg() else None)
+                out.addfile(*whole(src, info))
     target = world.root / f"look-{uuid.uuid4().hex[:6]}"
     done = world.cli("restore", str(hostile), "--target", str(target), "--start", timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -465,7 +543,7 @@ def test_modes_from_an_archive_are_capped_at_influxds_own(
         for info in src.getmembers():
             if not info.issym():
                 info.mode = 0o6777
-            out.addfile(info, src.extractfile(info) if info.isreg() else None)
+            out.addfile(*whole(src, info))
     target = world.root / f"look-{uuid.uuid4().hex[:8]}"
     done = world.cli("restore", str(path), "--target", str(target))
     assert done.returncode == 0, done.stderr[-2000:]

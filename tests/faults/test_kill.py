@@ -39,7 +39,7 @@ def test_a_backup_killed_at_any_phase_is_recovered_by_the_next_command(
 ) -> None:
     copy, event, fields = PHASES[phase]
     job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": copy}
-    config = write_config(tmp_path, sandbox, jobs=[job])
+    config = write_config(tmp_path, sandbox, jobs=[job], holes="fill")
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 5_000)
     first = run_cli(config, "backup", "--json")

@@ -31,7 +31,9 @@ def test_a_backup_killed_in_the_stop_window_leaves_left_down_1(
     metrics = tmp_path / "metrics" / "influx_backupd.prom"
     metrics.parent.mkdir()
     job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
-    config = write_config(tmp_path, sandbox, jobs=[job], daemon={"metrics_file": str(metrics)})
+    config = write_config(
+        tmp_path, sandbox, jobs=[job], daemon={"metrics_file": str(metrics)}, holes="fill"
+    )
     first = run_cli(config, "backup", "--json")
     assert first.returncode == 0, first.stderr[-3000:]
     assert _left_down(metrics) == "0"

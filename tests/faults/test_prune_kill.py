@@ -24,7 +24,7 @@ def test_a_prune_killed_while_cutting_an_archive_down_is_finished_by_the_next_co
     tmp_path: Path, sandbox: Sandbox, ledger: Ledger
 ) -> None:
     job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold"}
-    config = write_config(tmp_path, sandbox, jobs=[job])  # no rule: both backups kept
+    config = write_config(tmp_path, sandbox, jobs=[job], holes="fill")  # no rule: both backups kept
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 1_000)
     with open(sandbox.data / "filler.bin", "wb") as fh:
@@ -39,7 +39,7 @@ def test_a_prune_killed_while_cutting_an_archive_down_is_finished_by_the_next_co
     assert full > FILLER
     ledger.take()
     ledger.backups_before.pop(old.name)  # the one prune is told to delete
-    assert write_config(tmp_path, sandbox, jobs=[{**job, "keep_last": 1}]) == config
+    assert write_config(tmp_path, sandbox, jobs=[{**job, "keep_last": 1}], holes="fill") == config
 
     prune = Watched(config, "prune", "--json")
     deadline = time.monotonic() + 60

@@ -61,7 +61,7 @@ def test_a_foreground_backup_retries_the_start_until_the_port_is_free(
 ) -> None:
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
-    config = write_config(tmp_path, sandbox)
+    config = write_config(tmp_path, sandbox, holes="fill")
     ledger.take()
     _filler(sandbox)
     backup = Watched(config, "backup", "--json")
@@ -104,6 +104,7 @@ def test_the_first_failed_start_is_told_while_influxd_is_still_down(
         jobs=[{**job, "heartbeat_url": f"http://{receiver.url}/hb"}],
         daemon={"metrics_file": str(metrics)},
         extra=f'\n[notify]\ntimeout = "10s"\nfailure = ["json://{receiver.url}/failure"]\n',
+        holes="fill",
     )
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
@@ -148,7 +149,9 @@ def test_the_daemon_keeps_trying_says_so_and_tells_on_failure(
     sandbox.write_points("metrics", 2_000)
     job, hook = failure_hooked(tmp_path, every="1h")
     metrics = tmp_path / "metrics.prom"
-    config = write_config(tmp_path, sandbox, jobs=[job], daemon={"metrics_file": str(metrics)})
+    config = write_config(
+        tmp_path, sandbox, jobs=[job], daemon={"metrics_file": str(metrics)}, holes="fill"
+    )
     # a run due an hour ago: the daemon catches it up as it starts
     Catalog(tmp_path / "state").save(
         RunRecord(
@@ -223,7 +226,7 @@ def test_every_command_reports_influxd_left_stopped_and_what_brings_it_back(
 ) -> None:
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
-    config = write_config(tmp_path, sandbox)
+    config = write_config(tmp_path, sandbox, holes="fill")
     _killed_mid_copy(config, sandbox, ledger)
     assert not sandbox.ping(), "killed inside the stop window: influxd is down"
 
@@ -257,7 +260,7 @@ def test_the_next_command_keeps_trying_to_start_influxd_a_killed_run_left_stoppe
 ) -> None:
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
-    config = write_config(tmp_path, sandbox)
+    config = write_config(tmp_path, sandbox, holes="fill")
     _killed_mid_copy(config, sandbox, ledger)
     holder = _hold_port(sandbox.http_port)
     try:
@@ -291,7 +294,9 @@ def test_an_idle_daemon_starts_influxd_a_killed_foreground_backup_left_stopped(
     as `status` says it does (it waited for its next scheduled run before)."""
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
-    config = write_config(tmp_path, sandbox)  # nightly at 03:00: the daemon stays idle
+    config = write_config(
+        tmp_path, sandbox, holes="fill"
+    )  # nightly at 03:00: the daemon stays idle
     with daemon(tmp_path, config) as d:
         d.wait_event("daemon.ready", 120)
         _killed_mid_copy(config, sandbox, ledger)
@@ -315,7 +320,7 @@ def test_a_daemon_started_after_a_kill_tells_on_failure_and_keeps_trying(
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
     job, hook = failure_hooked(tmp_path)
-    config = write_config(tmp_path, sandbox, jobs=[job])
+    config = write_config(tmp_path, sandbox, jobs=[job], holes="fill")
     _killed_mid_copy(config, sandbox, ledger)
     holder: socket.socket | None = _hold_port(sandbox.http_port)
     try:
@@ -370,7 +375,7 @@ def test_an_answer_from_another_process_on_the_port_is_not_taken_for_influxd(
 
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
-    config = write_config(tmp_path, sandbox)
+    config = write_config(tmp_path, sandbox, holes="fill")
     ledger.take()
     _filler(sandbox)
     backup = Watched(config, "backup", "--json")
@@ -401,7 +406,7 @@ def test_recovery_does_not_take_an_answer_from_another_process_for_influxd(
 
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
-    config = write_config(tmp_path, sandbox)
+    config = write_config(tmp_path, sandbox, holes="fill")
     _killed_mid_copy(config, sandbox, ledger)
     assert _stopped_by_us(tmp_path, sandbox)
     with answering_pings(sandbox.http_port):
@@ -469,7 +474,7 @@ def test_a_daemon_stopped_while_influxd_cannot_start_exits_non_zero(
     """Before: the run gave up, the worker returned (the daemon was stopping) and the daemon
     exited 0 with influxd down: Restart=on-failure did not bring it back, nothing retried."""
     config = write_config(
-        tmp_path, sandbox, jobs=[{"name": "often", "every": "3s", "copy": "direct"}]
+        tmp_path, sandbox, jobs=[{"name": "often", "every": "3s", "copy": "direct"}], holes="fill"
     )
     ledger.take()
     _filler(sandbox)

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import STAND_INS, Cli, write_config
+from tests.conftest import STAND_INS, Cli, whole, write_config
 
 
 def _archives(tmp_path: Path) -> list[Path]:
@@ -84,7 +84,7 @@ def test_sigkill_while_influxd_is_stopped_is_recovered_by_the_next_command(
     # A large (sparse) file makes the copy long enough to kill the backup inside the stop window.
     with open(sandbox.data / "filler.bin", "wb") as fh:
         fh.truncate(1_500_000_000)
-    cli = Cli(write_config(tmp_path, sandbox))
+    cli = Cli(write_config(tmp_path, sandbox, holes="fill"))
     marker = tmp_path / "state" / "influxd-stopped.json"
 
     backup = cli.popen("backup", "--json")
@@ -187,7 +187,7 @@ def _damaged_copies(archive: Path, tmp_path: Path) -> dict[str, Path]:
     with tarfile.open(evil, "w", format=tarfile.PAX_FORMAT) as tar:
         with tarfile.open(archive) as src:
             for info in src:
-                tar.addfile(info, src.extractfile(info) if info.isreg() else None)
+                tar.addfile(*whole(src, info))
         payload = tmp_path / "payload"
         payload.write_text("owned")
         tar.add(payload, arcname="data/../../escaped")
@@ -246,7 +246,7 @@ def test_sigterm_during_the_copy_restarts_influxd_and_records_an_interrupted_run
     sandbox.write_points("metrics", 1_000)
     with open(sandbox.data / "filler.bin", "wb") as fh:
         fh.truncate(1_500_000_000)
-    cli = Cli(write_config(tmp_path, sandbox))
+    cli = Cli(write_config(tmp_path, sandbox, holes="fill"))
     marker = tmp_path / "state" / "influxd-stopped.json"
     backup = cli.popen("backup", "--json")
     deadline = time.monotonic() + 60

@@ -12,7 +12,7 @@ from tests.conftest import Cli, write_config
 
 
 def test_not_enough_space_is_refused_before_the_stop(tmp_path: Path, sandbox: Sandbox) -> None:
-    cli = Cli(write_config(tmp_path, sandbox))
+    cli = Cli(write_config(tmp_path, sandbox, holes="fill"))
     (tmp_path / "archives").mkdir()
     free = shutil.disk_usage(tmp_path / "archives").free
     # A sparse file: the prediction sums file sizes, so this "needs" more than is free.
@@ -78,7 +78,7 @@ def test_a_hot_dry_run_gives_no_space_verdict_but_cold_does(
         {"name": "hourly", "every": "1h", "mode": "hot"},
         {"name": "nightly", "every": "1d", "mode": "cold", "copy": "direct"},
     ]
-    cli = Cli(write_config(tmp_path, sandbox, jobs=jobs))
+    cli = Cli(write_config(tmp_path, sandbox, jobs=jobs, holes="fill"))
     sandbox.create_db("db")
     sandbox.write_points("db", 100)
     (tmp_path / "archives").mkdir()

@@ -228,7 +228,10 @@ def test_sigkill_during_phase_one_leaves_influxd_serving_and_the_next_run_works(
         fh.truncate(3_000_000_000)
     cli = Cli(
         write_config(
-            tmp_path, sandbox, jobs=[{"name": "nightly", "mode": "cold", "copy": "staged"}]
+            tmp_path,
+            sandbox,
+            jobs=[{"name": "nightly", "mode": "cold", "copy": "staged"}],
+            holes="fill",
         )
     )
     staged_filler = staging_root(tmp_path / "archives", "nightly") / "data" / "filler.bin"

@@ -179,7 +179,11 @@ def test_a_run_short_of_space_names_the_backups_held_for_the_bucket(
     jobs = [{"name": "nightly", "mode": "cold", "copy": "direct", "keep_last": 1}]
     down = f"http://127.0.0.1:{free_port()}"
     config = write_config(
-        tmp_path, sandbox, jobs=jobs, extra=offsite_section(moto, endpoint_url=down, retries=1)
+        tmp_path,
+        sandbox,
+        jobs=jobs,
+        extra=offsite_section(moto, endpoint_url=down, retries=1),
+        holes="fill",
     )
     cli = Cli(config)
     held = []

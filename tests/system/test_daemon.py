@@ -176,6 +176,7 @@ def test_scheduled_runs_happen_on_time_never_overlap_and_report_to_systemd(
             {"name": "fast", "every": "2s", "mode": "cold"},
             {"name": "slow", "every": "3s", "mode": "cold"},
         ],
+        holes="fill",
     )
     notify = Datagrams(tmp_path, "notify.sock")
     started = time.time()
@@ -276,7 +277,7 @@ def test_sigterm_during_a_cold_run_finishes_it_and_influxd_is_up(
 ) -> None:
     filler(sandbox, 800_000_000)  # a copy of a second or more: long enough to signal into
     config = write_config(
-        tmp_path, sandbox, jobs=[{"name": "big", "every": "1s", "copy": "direct"}]
+        tmp_path, sandbox, jobs=[{"name": "big", "every": "1s", "copy": "direct"}], holes="fill"
     )
     marker = tmp_path / "state" / "influxd-stopped.json"
     notify = Datagrams(tmp_path, "notify.sock")

@@ -35,7 +35,7 @@ def test_a_daemon_killed_with_influxd_stopped_recovers_at_start_and_schedules_ag
     with open(sandbox.data / "filler.bin", "wb") as fh:
         fh.truncate(FILLER)
     job = {"name": "often", "every": "2s", "mode": "cold", "copy": "direct"}
-    config = write_config(tmp_path, sandbox, jobs=[job])
+    config = write_config(tmp_path, sandbox, jobs=[job], holes="fill")
     marker = tmp_path / "state" / "influxd-stopped.json"
 
     with daemon(tmp_path, config) as first:
@@ -205,7 +205,7 @@ def test_sighup_during_a_run_keeps_the_lock_and_the_run_finishes_ok(
     with open(sandbox.data / "filler.bin", "wb") as fh:
         fh.truncate(FILLER)
     job = {"name": "often", "every": "1h", "mode": "cold", "copy": "direct"}
-    config = write_config(tmp_path, sandbox, jobs=[job])
+    config = write_config(tmp_path, sandbox, jobs=[job], holes="fill")
     # A run due an hour ago: the daemon catches it up at start.
     Catalog(tmp_path / "state").save(
         RunRecord(

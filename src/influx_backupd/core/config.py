@@ -307,6 +307,8 @@ class JobSection(Scheduled):
     # TOML key `copy`; renamed here because BaseModel.copy exists
     copy_mode: Literal["staged", "direct"] = Field(default="staged", alias="copy")
     """staged: copy the dirs while influxd serves and stop it only for what changed. direct: tar while it is stopped."""
+    holes: Literal["keep", "fill"] = "keep"
+    """keep: a file with holes (influxd's preallocated _series segments) is staged and archived as its data only, a PAX 1.0 sparse member that GNU tar, bsdtar and Python's tarfile restore with its holes. fill: its holes as zeros, for tar readers without sparse support (busybox); archives grow by the holes."""
     keep_staging: bool = Field(default=True, strict=True)
     """Keep the staging tree between runs, so the next staged copy is incremental (costs one more copy of the data on the storage filesystem)."""
     full_every: Duration = 7 * 86400.0

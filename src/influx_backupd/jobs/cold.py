@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from influx_backupd.influxd import counts, logfile
 from influx_backupd.influxd.server import SUPERVISOR_HINT, Influxd, InfluxdError, NotAnswering
 from influx_backupd.jobs.staging import Stager, SyncStopped
 from influx_backupd.report import metrics, progress
+from influx_backupd.store import sparse
 from influx_backupd.store.archive import (
     COLD_TOPS,
     ArchiveError,
@@ -73,14 +75,18 @@ def _go_on(cancel: CancelToken, before: str) -> None:
         )
 
 
-def tree_size(root: Path) -> int:
+def tree_size(root: Path, keep_holes: bool = True) -> int:
+    """The bytes an archive of root's regular files holds (keep_holes: without their holes)."""
     total = 0
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
+            path = os.path.join(dirpath, name)
             try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
+                st = os.lstat(path)
             except FileNotFoundError:
                 continue  # compaction removed it while we looked
+            if stat.S_ISREG(st.st_mode):
+                total += sparse.archived_size(path, st, keep_holes)
     return total
 
 
@@ -147,13 +153,16 @@ def run_cold(
     return record
 
 
-def space_needed(config: Config, dirs: dict[str, Path], staging: Path | None) -> tuple[int, int]:
+def space_needed(
+    config: Config, dirs: dict[str, Path], staging: Path | None, keep_holes: bool = True
+) -> tuple[int, int]:
     """(predicted archive bytes, bytes the storage dir needs free): the archive with margin and
     reserve, and for a staged copy the part of the staging tree not there yet."""
-    predicted = sum(tree_size(p) for p in dirs.values()) + config.server.conf.stat().st_size
+    predicted = sum(tree_size(p, keep_holes) for p in dirs.values())
+    predicted += config.server.conf.stat().st_size
     needed = int(predicted * SPACE_MARGIN) + SPACE_RESERVE
     if staging is not None:
-        staged_already = tree_size(staging) if staging.is_dir() else 0
+        staged_already = tree_size(staging, keep_holes) if staging.is_dir() else 0
         needed += max(0, int(predicted * SPACE_MARGIN) - staged_already)
     return predicted, needed
 
@@ -193,11 +202,17 @@ def _cold(
     dest = storage / archive_name(job.name, record.id)
     prove_writable(config, [partial_of(dest), partial_of(sidecar_of(dest))])
     sources: list[tuple[str, Path]] = [*dirs.items(), ("influxdb.conf", config.server.conf)]
-    stager = Stager(staging_root(storage, job.name), sources) if job.copy_mode == "staged" else None
+    keep_holes = job.holes == "keep"
+    stager = (
+        Stager(staging_root(storage, job.name), sources, keep_holes=keep_holes)
+        if job.copy_mode == "staged"
+        else None
+    )
     record.extra["copy"] = job.copy_mode
 
     # Refuse before stopping anything when the archive (and the staging tree) cannot fit.
-    predicted, needed = space_needed(config, dirs, stager.root if stager is not None else None)
+    staging = stager.root if stager is not None else None
+    predicted, needed = space_needed(config, dirs, staging, keep_holes)
     free = shutil.disk_usage(storage).free
     if free < needed:
         staged = needed - int(predicted * SPACE_MARGIN) - SPACE_RESERVE
@@ -232,7 +247,9 @@ def _cold(
             "server: nothing stopped"
         )
     try:
-        _stop_copy_start(config, record, logger, server, dirs, sources, stager, predicted, cancel)
+        _stop_copy_start(
+            config, record, logger, server, dirs, sources, stager, predicted, cancel, keep_holes
+        )
     finally:
         if stager is not None and not job.keep_staging:
             stager.remove()
@@ -314,6 +331,7 @@ def _stop_copy_start(
     stager: Stager | None,
     predicted: int,
     cancel: CancelToken,
+    keep_holes: bool,
 ) -> None:
     """Phase 1 (staged only), the stop window, then phase 3 (staged only) and the check."""
     marker = CrashMarker(config.state_dir)
@@ -386,7 +404,9 @@ def _stop_copy_start(
             logger.info("staging.synced", phase="copy", **second.as_dict())
         else:
             logger.info("archive.writing", phase="copy", path=str(dest), predicted_bytes=predicted)
-            result = write_archive(dest, sources, progress=_Progress(predicted, logger))
+            result = write_archive(
+                dest, sources, progress=_Progress(predicted, logger), keep_holes=keep_holes
+            )
             progress.ended()
             record.copy_s = time.monotonic() - t_copy
             record.window_bytes = result.bytes
@@ -409,7 +429,10 @@ def _stop_copy_start(
         logger.info("archive.writing", phase="archive", path=str(dest), predicted_bytes=predicted)
         t_archive = time.monotonic()
         result = write_archive(
-            dest, stager.archive_sources(), progress=_Progress(predicted, logger)
+            dest,
+            stager.archive_sources(),
+            progress=_Progress(predicted, logger),
+            keep_holes=keep_holes,
         )
         progress.ended()
         record.archive_s = time.monotonic() - t_archive

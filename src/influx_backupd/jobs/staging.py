@@ -9,7 +9,8 @@ The manifest is never trusted blindly: it is dropped after a reboot (page-cache 
 copy may not have reached the disk), and a copy whose source was modified just before the copy
 is copied again next time (a timestamp tick can hide a second write).
 
-Copies are kernel-side: os.copy_file_range (a reflink where the filesystem can), else sendfile.
+Copies are kernel-side: os.copy_file_range (a reflink where the filesystem can), else sendfile;
+the holes of a sparse file (influxd's _series segments) stay holes unless keep_holes is off.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.jsontext import loads_json
+from influx_backupd.store.sparse import copy_keeping_holes, copy_whole
 
 MANIFEST = ".manifest.json"
 MANIFEST_VERSION = 1
@@ -34,7 +36,6 @@ MANIFEST_VERSION = 1
 # while it is stopped nothing writes until after the sync, so a few timestamp ticks suffice.
 RACY_NS = 2_000_000_000
 RACY_STOPPED_NS = 50_000_000
-COPY_CHUNK = 1 << 30  # per copy_file_range call; the kernel copies, so large is fine
 
 # relative member name → [size, mtime_ns, ino, dev, racy]
 Entries = dict[str, list[int]]
@@ -75,24 +76,6 @@ def _vanished(exc: OSError) -> bool:
     return exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE)
 
 
-def copy_fd(src: int, dst: int) -> int:
-    """Copy src (from its offset) to dst until EOF inside the kernel; bytes copied."""
-    total = 0
-    try:
-        while n := os.copy_file_range(src, dst, COPY_CHUNK):
-            total += n
-        return total
-    except OSError as exc:
-        # Across filesystems (EXDEV) or on filesystems without it: sendfile, still kernel-side.
-        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-    os.lseek(src, total, os.SEEK_SET)
-    os.lseek(dst, total, os.SEEK_SET)
-    while n := os.sendfile(dst, src, None, COPY_CHUNK):
-        total += n
-    return total
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -111,6 +94,7 @@ class Stager:
     _can_chown: bool = True
     _racy_ns: int = RACY_NS
     _stop: Callable[[], bool] | None = None
+    keep_holes: bool = True
 
     def archive_sources(self) -> list[tuple[str, Path]]:
         """The (member prefix, path) list for write_archive: the same prefixes, staged."""
@@ -291,7 +275,7 @@ class Stager:
                 _remove(dst)
             dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                copied = copy_fd(sfd, dfd)
+                copied = copy_keeping_holes(sfd, dfd) if self.keep_holes else copy_whole(sfd, dfd)
                 self._copy_meta(dst, before, fd=dfd)
             finally:
                 os.close(dfd)

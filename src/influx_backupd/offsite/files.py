@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from influx_backupd.offsite.errors import Damaged, OffsiteError
+from influx_backupd.store.formats.tarinfo import CheckedTarInfo
+from influx_backupd.store.sparse import sparse_refusal, stored_data
 
 CHUNK = 1 << 20
 Layout = Literal["tar", "dir"]
@@ -158,33 +160,42 @@ def scan_tar(
     each member's (their object names); for an archive whose sha256 was proved a short while
     ago (the run that wrote it, a verify)."""
     try:
-        with tarfile.open(path, "r:") as tar:
+        with tarfile.open(path, "r:", tarinfo=CheckedTarInfo) as tar:
             infos = tar.getmembers()
     except (tarfile.TarError, OSError) as exc:
         raise OffsiteError(f"{path}: not a readable tar archive ({exc})") from None
     notes: list[str] = []
-    rebuild: Literal["bytes", "tree"] = "bytes"
     entries: list[FileEntry] = []
     pos = 0
     with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size
+        # hard links, devices, other sparse forms: our writer makes none; rebuild the tree
+        odd = {
+            id(i) for i in infos if _entry_type(i) is None or (i.issparse() and sparse_refusal(i))
+        }
+        rebuild: Literal["bytes", "tree"] = "tree" if odd else "bytes"
         for info in infos:
             kind = _entry_type(info)
-            if kind is None or info.issparse():
-                # hard links, devices, sparse members: our writer makes none; rebuild the tree
-                rebuild = "tree"
+            if kind is None or id(info) in odd:
                 notes.append(f"member {info.name!r} is neither a file, a dir nor a symlink")
                 continue
+            if info.issparse() and rebuild == "tree":
+                # a tree gets whole files; the stored runs of a file with holes are not one
+                notes.append(f"member {info.name!r} has holes and is not sent as a file")
+                continue
+            # A file with holes (our writer's PAX 1.0 sparse member): its map goes with the
+            # headers into the lead, its object holds the data runs as stored.
+            stored = stored_data(info) if kind == "file" else 0
             lead = _read(fh, pos, info.offset_data - pos) if kind == "file" else b""
             if kind == "file":
-                pos = info.offset_data + info.size
+                pos = info.offset_data + stored
             entries.append(
                 FileEntry(
                     path=info.name,
-                    size=info.size if kind == "file" else 0,
+                    size=stored,
                     mode=info.mode,
                     mtime=float(info.mtime),
-                    sha256=(known or {}).get((info.name, info.size, float(info.mtime)), "")
+                    sha256=(known or {}).get((info.name, stored, float(info.mtime)), "")
                     if kind == "file"
                     else "",
                     type=kind,

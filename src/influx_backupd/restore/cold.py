@@ -36,6 +36,7 @@ from influx_backupd.store.archive import (
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import lookup
 from influx_backupd.store.formats import check_archive as check_formats
+from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import SidecarError, record_beside, sidecar_of
 
@@ -236,7 +237,7 @@ def archived_settings(path: Path) -> tuple[dict[str, str], str]:
     serving the archive's files (index-version: a TSI shard served as inmem is rebuilt, slowly);
     nothing when the archive holds no readable influxdb.conf."""
     try:
-        with tarfile.open(path, "r:") as tar:
+        with tarfile.open(path, "r:", tarinfo=CheckedTarInfo) as tar:
             member = tar.extractfile("influxdb.conf")
             if member is None:
                 return {}, ""

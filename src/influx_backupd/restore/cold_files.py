@@ -44,6 +44,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 
 from influx_backupd.restore.merge import TSM_NAME, link_or_symlink, manifest_of, shard_tar_writer
+from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.formats.tsm import check_tsm
 from influx_backupd.store.formats.wal import DELETE, DELETE_RANGE, entry_types
 from influx_backupd.store.scanners import remember_members
@@ -91,7 +92,7 @@ def plan(archive: Path, database: str) -> ColdShards:
     """Which shards of database can be taken by files (reads the tar headers and each WAL
     segment's entry headers)."""
     shards: dict[int, ArchivedShard] = {}
-    with tarfile.open(archive, "r:") as tar:
+    with tarfile.open(archive, "r:", tarinfo=CheckedTarInfo) as tar:
         for info in tar.getmembers():
             parts = PurePosixPath(info.name).parts
             sid = _shard_id(parts)
@@ -156,7 +157,7 @@ def write_portable(archive: Path, shards: ColdShards, export: Path, out: Path) -
     built = Built()
     by_files = shards.by_files
     entries: list[dict[str, Any]] = []
-    with tarfile.open(archive, "r:") as tar:
+    with tarfile.open(archive, "r:", tarinfo=CheckedTarInfo) as tar:
         for entry in manifest.get("files", []):
             name, sid = str(entry["fileName"]), int(entry["shardID"])
             shard = shards.shards.get(sid)
@@ -203,7 +204,7 @@ def _pack_shard(
             built.tsm_files_from_archive += 1
             built.bytes_from_archive += info.size
         # the export holds only what the WAL replayed: small, read as it streams
-        with tarfile.open(exported, "r|gz", bufsize=1 << 20) as tf:
+        with tarfile.open(exported, "r|gz", bufsize=1 << 20, tarinfo=CheckedTarInfo) as tf:
             for member in tf:
                 if not member.isfile() or TSM_NAME.match(PurePosixPath(member.name).name) is None:
                     continue  # influxd restore would take nothing else

@@ -79,6 +79,7 @@ from influx_backupd.restore.source import ColdSource, HotSource, choose
 from influx_backupd.store.archive import extract_safely
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import check_links
+from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.scanners import members_seen, scan_portable
 
 
@@ -153,7 +154,7 @@ def database_name_problem(name: str, *, target: bool) -> str | None:
 
 def _cold_databases(archive: Path) -> set[str]:
     """The databases a cold archive holds data of (data/DB/...)."""
-    with tarfile.open(archive, "r:") as tar:
+    with tarfile.open(archive, "r:", tarinfo=CheckedTarInfo) as tar:
         return {
             parts[1]
             for parts in (PurePosixPath(name).parts for name in tar.getnames())

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from influx_backupd.restore.merge import TSM_NAME, link_or_symlink, manifest_of, shard_tar_writer
+from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.scanners import portable_meta_store, remember_members, shard_members
 
 TOMBSTONE_NAME = re.compile(r"^([0-9]+)-([0-9]+)\.tombstone\Z")
@@ -131,7 +132,7 @@ def lay_out(directory: Path, shards: list[Tombstoned], meta: Path, data: Path) -
         dest = shard.shard_dir(data)
         dest.mkdir(parents=True)
         wanted = set(shard.tsm | shard.tombstones)
-        with tarfile.open(shard.tar, "r|gz", bufsize=1 << 20) as tf:
+        with tarfile.open(shard.tar, "r|gz", bufsize=1 << 20, tarinfo=CheckedTarInfo) as tf:
             for member in tf:
                 name = PurePosixPath(member.name).name
                 if not member.isfile() or name not in wanted:

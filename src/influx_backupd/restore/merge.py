@@ -47,6 +47,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 from influx_backupd.core.jsontext import loads_json
+from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.scanners import shard_members
 
@@ -288,7 +289,7 @@ def _pack(views: list[LinkView], sid: int, wanted: dict[int, set[str]], dest: Pa
         for link, names in sorted(wanted.items()):
             left = set(names)
             tar = views[link].shards[sid].tar
-            with tarfile.open(tar, "r|gz", bufsize=1 << 20) as tf:
+            with tarfile.open(tar, "r|gz", bufsize=1 << 20, tarinfo=CheckedTarInfo) as tf:
                 for member in tf:
                     base = PurePosixPath(member.name).name
                     if member.isfile() and base in left:

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from influx_backupd.restore.merge import link_or_symlink, manifest_of
+from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.formats.tsm import FOOTER_SIZE, HEADER_SIZE, INDEX_BLOCK
 from influx_backupd.store.scanners import portable_meta_store, protobuf_fields
 
@@ -163,7 +164,9 @@ def _index_of(tail: bytes, size: int, tar: Path, name: str) -> bytes:
     kept_from = size - len(tail)
     if offset >= kept_from:
         return tail[offset - kept_from : -FOOTER_SIZE]
-    with tarfile.open(tar, "r:gz") as tf:  # an index larger than TAIL_KEPT: rare
+    with tarfile.open(
+        tar, "r:gz", tarinfo=CheckedTarInfo
+    ) as tf:  # an index larger than TAIL_KEPT: rare
         stream = tf.extractfile(name)
         if stream is None:
             raise ValueError(f"{tar}: {name} is not a file")
@@ -175,7 +178,7 @@ def shard_fields(tar: Path) -> dict[str, dict[str, int]]:
     """measurement -> field -> TSM block type (0 float, 1 integer, 2 boolean, 3 string,
     4 unsigned) of every TSM file in one shard tar of a portable backup; one pass through it."""
     found: dict[str, dict[str, int]] = {}
-    with tarfile.open(tar, "r|gz", bufsize=1 << 20) as tf:
+    with tarfile.open(tar, "r|gz", bufsize=1 << 20, tarinfo=CheckedTarInfo) as tf:
         for member in tf:
             if not member.isfile() or not member.name.endswith(".tsm"):
                 continue

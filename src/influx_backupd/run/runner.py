@@ -129,7 +129,7 @@ class Plan:
     free_bytes: int
     storage_dir: str
     # what predicted_bytes is: a cold archive's size, or for hot an upper bound only
-    size_basis: str = "the dirs' apparent size"
+    size_basis: str = "the files' sizes"
     recent_hot_bytes: int | None = None  # hot: the largest of the job's recent ok hot runs
 
     @property
@@ -173,10 +173,12 @@ def dry_run(
     # A scheduled run goes through the policy whatever the mode: say what it would do now.
     scheduled = decide(job, now, capability, history, mode=job.mode)
     dirs = {k: p for k, p in config.server.dirs().items() if p.is_dir()}
-    data_bytes = sum(tree_size(p) for p in dirs.values())
+    keep_holes = job.holes == "keep"
+    data_bytes = sum(tree_size(p, keep_holes) for p in dirs.values())
     prediction = predict_downtime(history, data_bytes, job.copy_mode)
     staging = staging_root(config.storage_dir, job.name) if job.copy_mode == "staged" else None
-    predicted, needed = space_needed(config, dirs, staging)
+    predicted, needed = space_needed(config, dirs, staging, keep_holes)
+    size = "the files' sizes" + (", holes not counted" if keep_holes else "")
     existing = next(p for p in (config.storage_dir, *config.storage_dir.parents) if p.exists())
     free = shutil.disk_usage(existing).free
     cold = decision.mode == "cold"
@@ -195,9 +197,9 @@ def dry_run(
         needed_bytes=needed if cold else predicted,
         free_bytes=free,
         storage_dir=str(config.storage_dir),
-        size_basis="the dirs' apparent size"
+        size_basis=size
         if cold
-        else "upper bound: the dirs' apparent size; a hot backup is gzipped, usually far smaller",
+        else f"upper bound: {size}; a hot backup is gzipped, usually far smaller",
         recent_hot_bytes=max(hot_sizes) if hot_sizes and not cold else None,
     )
 
@@ -237,7 +239,8 @@ def _capability(config: Config, job: JobSection, requested: str) -> Capability:
         snapshot = probe_snapshot_service(config.backup_host, 3.0)
     data_bytes = None
     if job.max_downtime is not None and requested != "hot":
-        data_bytes = sum(tree_size(p) for p in config.server.dirs().values() if p.is_dir())
+        dirs = [p for p in config.server.dirs().values() if p.is_dir()]
+        data_bytes = sum(tree_size(p, job.holes == "keep") for p in dirs)
     return Capability(snapshot, _influxd_version(config), data_bytes)
 
 

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import grp
 import hashlib
+import io
 import os
 import pwd
 import queue
@@ -26,7 +27,8 @@ from typing import BinaryIO
 
 from influx_backupd.core.atomic import fsync_dir
 from influx_backupd.core.errors import BackupdError
-from influx_backupd.store import layout
+from influx_backupd.store import layout, sparse
+from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 
 CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough to keep RSS flat (and in L2)
 
@@ -209,8 +211,12 @@ def write_archive(
     sources: list[tuple[str, Path]],
     *,
     progress: ProgressFn | None = None,
+    keep_holes: bool = True,
 ) -> WriteResult:
     """Write an uncompressed pax tar of sources (member prefix, path) to dest.
+
+    keep_holes: a file with holes (store/sparse.py) is written as a PAX 1.0 sparse member, its
+    data runs only; False: as a plain member, its holes as zeros (any tar reads it).
 
     Written as dest.partial (mode 0600), fsynced, renamed, then the directory fsynced:
     a crash never leaves a file under the final name that is not complete.
@@ -233,12 +239,13 @@ def write_archive(
                 info = _tarinfo(path, name, st)
                 if info is None:
                     continue  # sockets, fifos and devices have no place in influxd's dirs
-                out.small(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
                 members += 1
                 if info.isreg():
-                    _copy_data(path, info, out, progress)
+                    _write_file(path, info, out, progress, keep_holes)
                     files += 1
                     sizes[name] = info.size
+                else:
+                    out.small(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         out.small(bytes(tarfile.BLOCKSIZE * 2))
         remainder = out.bytes % tarfile.RECORDSIZE
         if remainder:
@@ -259,28 +266,61 @@ def write_archive(
     return WriteResult(dest, out.bytes, files, members, digest, sizes)
 
 
-def _copy_data(
+def _write_file(
     path: Path,
     info: tarfile.TarInfo,
     out: _Out,
     progress: ProgressFn | None,
+    keep_holes: bool,
 ) -> None:
-    """Exactly info.size bytes of path, then the padding to the next 512-byte block."""
-    left = info.size
+    """The member of the regular file path: its headers, exactly info.size bytes of it (data
+    runs and map only, when it has holes worth keeping), then the padding to a whole block."""
     with open(path, "rb", buffering=0) as fh:
+        fd = fh.fileno()
         with contextlib.suppress(OSError):
-            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        while left > 0:
-            buf = out.buffer()
-            n = fh.readinto(buf[: min(len(buf), left)])
-            if not n:
-                out.give_back(buf)
-                raise ArchiveError(f"{path}: shrank while being archived ({left} bytes missing)")
-            out.data(buf, n)
-            left -= n
-            if progress is not None:
-                progress(n)
-    tail = info.size % tarfile.BLOCKSIZE
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        if keep_holes:
+            runs = sparse.data_segments(fd, info.size)
+            holes = sparse.hole_bytes(runs, info.size)
+            block_map = sparse.sparse_map(runs, info.size)
+            stored = len(block_map) + info.size - holes
+            if holes >= sparse.HOLES_WORTH_A_MAP and stored <= sparse.MAX_STORED:
+                out.small(sparse.sparse_header(info, stored))
+                out.small(block_map)
+                for offset, length in runs:
+                    _copy_run(fh, path, offset, length, out, progress)
+                if progress is not None:
+                    progress(holes)
+                # the map was read before the data: a file written meanwhile is not this one
+                if sparse.data_segments(fd, info.size) != runs or os.fstat(fd).st_size != info.size:
+                    raise ArchiveError(f"{path}: changed while being archived")
+                _pad(out, stored)
+                return
+        out.small(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        _copy_run(fh, path, 0, info.size, out, progress)
+    _pad(out, info.size)
+
+
+def _copy_run(
+    fh: io.FileIO, path: Path, offset: int, length: int, out: _Out, progress: ProgressFn | None
+) -> None:
+    """length bytes of the open file fh from offset into the archive."""
+    fh.seek(offset)
+    left = length
+    while left > 0:
+        buf = out.buffer()
+        n = fh.readinto(buf[: min(len(buf), left)])
+        if not n:
+            out.give_back(buf)
+            raise ArchiveError(f"{path}: shrank while being archived ({left} bytes missing)")
+        out.data(buf, n)
+        left -= n
+        if progress is not None:
+            progress(n)
+
+
+def _pad(out: _Out, size: int) -> None:
+    tail = size % tarfile.BLOCKSIZE
     if tail:
         out.small(bytes(tarfile.BLOCKSIZE - tail))
 
@@ -307,7 +347,7 @@ def check_written(result: WriteResult, allowed_tops: Set[str] | None) -> None:
     count = 0
     check = MemberCheck(allowed_tops)
     try:
-        with tarfile.open(result.path, "r:") as tar:
+        with tarfile.open(result.path, "r:", tarinfo=CheckedTarInfo) as tar:
             for info in tar:
                 try:
                     check(info)
@@ -351,8 +391,9 @@ def member_key(name: str) -> str:
 
 def check_member_safe(info: tarfile.TarInfo, allowed_tops: Set[str] | None) -> None:
     """Reject what could write outside the target: absolute paths, '..', links, devices, and
-    any member type our backups never write (a sparse file: gigabytes of zeros unpacked from a
-    small archive).
+    any member type our backups never write (a GNU sparse file other than the PAX 1.0 files
+    with holes our writer makes; the space check counts a sparse file's full size, so a few
+    bytes of archive cannot stand for gigabytes more than the disk holds).
 
     One member alone; MemberCheck adds what only the listing shows. allowed_tops None: any
     first path component."""
@@ -370,8 +411,8 @@ def check_member_safe(info: tarfile.TarInfo, allowed_tops: Set[str] | None) -> N
         raise unsafe(f"unexpected top-level entry (allowed: {', '.join(sorted(allowed_tops))})")
     if info.islnk():
         raise unsafe(f"a hard link to {info.linkname!r} (hard links are not allowed)")
-    if info.issparse():
-        raise unsafe(f"a sparse file of {info.size} bytes unpacked (backups hold no sparse files)")
+    if info.issparse() and (why := sparse.sparse_refusal(info)) is not None:
+        raise unsafe(why)
     if info.issym():
         target = PurePosixPath(info.linkname)
         if target.is_absolute() or ".." in target.parts:
@@ -454,7 +495,7 @@ def check_headers(path: Path, allowed_tops: Set[str] | None) -> int:
     when the tar cannot be read. Returns the bytes its regular files unpack to."""
     check = MemberCheck(allowed_tops)
     try:
-        with tarfile.open(path, "r:") as tar:
+        with tarfile.open(path, "r:", tarinfo=CheckedTarInfo) as tar:
             for info in tar:
                 check(info)
     except (tarfile.TarError, OSError) as exc:
@@ -534,6 +575,7 @@ def scan_archive(path: Path, allowed_tops: Set[str]) -> ArchiveScan:
                 fileobj=_Hashing(raw),
                 mode="r|",
                 bufsize=CHUNK,  # type: ignore[call-overload]
+                tarinfo=CheckedTarInfo,
             ) as tar,
         ):
             for info in tar:
@@ -542,9 +584,11 @@ def scan_archive(path: Path, allowed_tops: Set[str]) -> ArchiveScan:
                 tops.add(member_top(info.name))
                 if info.isreg():
                     files += 1
-                    stream = tar.extractfile(info)
+                    # what the archive stores of it (a sparse file: its runs, not its holes)
+                    # follows its headers: read from the stream as it stands
+                    stream = tar.fileobj
                     assert stream is not None
-                    left = info.size
+                    left = sparse.stored_data(info)
                     while left > 0:
                         chunk = stream.read(min(CHUNK, left))
                         if not chunk:
@@ -601,7 +645,7 @@ def extract_safely(
     Returns the number of regular files written.
     """
     allowed = set(targets)
-    with tarfile.open(path, "r:") as tar:
+    with tarfile.open(path, "r:", tarinfo=CheckedTarInfo) as tar:
         infos = tar.getmembers()
         check = MemberCheck(allowed | FILE_TOPS)
         for info in infos:
@@ -638,16 +682,22 @@ def extract_safely(
                 assert src is not None
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as out:
-                    left = info.size
-                    while left > 0:
-                        chunk = src.read(min(CHUNK, left))
-                        if not chunk:
-                            raise ArchiveError(f"member {info.name!r} is truncated")
-                        out.write(chunk)
-                        left -= len(chunk)
-                        done += len(chunk)
-                        if on_progress is not None:
-                            on_progress(done, bytes_total, written, files_total)
+                    # a sparse member's runs at their offsets, its holes left holes
+                    for offset, length in sparse.runs_of(info):
+                        src.seek(offset)
+                        out.seek(offset)
+                        left = length
+                        while left > 0:
+                            chunk = src.read(min(CHUNK, left))
+                            if not chunk:
+                                raise ArchiveError(f"member {info.name!r} is truncated")
+                            out.write(chunk)
+                            left -= len(chunk)
+                            done += len(chunk)
+                            if on_progress is not None:
+                                on_progress(done, bytes_total, written, files_total)
+                    out.truncate(info.size)
+                    done += info.size - sparse.stored_data(info)
                     out.flush()
                     os.fsync(out.fileno())
                 os.chmod(dest, restored_mode(info.mode, is_dir=False))
@@ -683,7 +733,7 @@ def not_a_backup(path: Path) -> str | None:
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
     try:
-        with tarfile.open(path) as tar:
+        with tarfile.open(path, tarinfo=CheckedTarInfo) as tar:
             tar.next()
     except (tarfile.TarError, OSError):
         return "not a tar archive"

@@ -11,6 +11,7 @@ from typing import Literal
 
 from influx_backupd.core.errors import CheckFailed, RestoreRefused
 from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.record import Flavour, RunRecord, missing_on_disk, only_in_bucket
 from influx_backupd.store.scanners import Scan, changed_files, scan_portable, scan_snapshot09
 from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
@@ -39,7 +40,7 @@ def sniff(path: Path) -> Flavour | None:
     if path.is_dir():
         return "portable" if any(path.glob("*.manifest")) else None
     try:
-        with tarfile.open(path) as tar:
+        with tarfile.open(path, tarinfo=CheckedTarInfo) as tar:
             first = tar.next()
     except (tarfile.TarError, OSError):
         return None

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 from influx_backupd.core.errors import CheckFailed
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.store.archive import CHUNK, MemberCheck, UnsafeArchive
+from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 
 MAX_SIZE = 2**63 - 1  # no file is larger; a manifest that says so lies
 
@@ -98,13 +99,18 @@ def scan_snapshot09(path: Path, *, incremental: bool) -> Scan:
     try:
         with open(path, "rb") as raw:
             reader = _Hashing(raw, digest)
-            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=reader, mode="r|", tarinfo=CheckedTarInfo) as tar:  # type: ignore[call-overload]
                 check = MemberCheck(None)  # the same check as restore's
                 for index, info in enumerate(tar):
                     try:
                         check(info)
                     except UnsafeArchive as exc:
                         raise CheckFailed(f"hot.check: {path}: {exc}") from None
+                    if info.issparse():  # influxd 0.9 writes none; its holes would be read
+                        raise CheckFailed(
+                            f"hot.check: {path}: member {info.name!r} is a sparse file, "
+                            "which a 0.9 snapshot never holds"
+                        )
                     if index == 0:
                         if info.name != "manifest" or not info.isreg():
                             raise CheckFailed(
@@ -436,7 +442,7 @@ def shard_members(path: Path) -> list[tuple[str, int]]:
     read once (and remembered). Raises OSError, tarfile.TarError."""
     seen = members_seen(path)
     if seen is None:
-        with tarfile.open(path, "r|gz", bufsize=CHUNK) as tf:
+        with tarfile.open(path, "r|gz", bufsize=CHUNK, tarinfo=CheckedTarInfo) as tf:
             seen = [(m.name, m.size) for m in tf if m.isfile()]
         remember_members(path, seen)
     return seen
@@ -458,7 +464,9 @@ def _check_gunzipped(reader: _Hashing, path: Path, listed: int) -> list[tuple[st
         with gzip.GzipFile(fileobj=reader, mode="rb") as gz:  # type: ignore[call-overload]
             counted = _Counted(gz)
             try:
-                with tarfile.open(fileobj=counted, mode="r|", bufsize=CHUNK) as tf:  # type: ignore[call-overload]
+                with tarfile.open(
+                    fileobj=counted, mode="r|", bufsize=CHUNK, tarinfo=CheckedTarInfo
+                ) as tf:  # type: ignore[call-overload]
                     members = [(m.name, m.size) for m in tf if m.isfile()]
             except tarfile.TarError:
                 members = None

@@ -54,6 +54,7 @@ from influx_backupd.store.chain import (
     sniff,
 )
 from influx_backupd.store.formats import ArchiveReport, Finding, check_archive, classify_member
+from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.formats.tsm import check_tsm
 from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.scanners import Scan, changed_files, scan_portable, scan_snapshot09
@@ -564,7 +565,7 @@ def check_portable_formats(directory: Path, *, deep: bool, spool_dir: Path) -> A
     for shard in sorted(directory.glob("*.tar.gz")):
         report.checked["shard archives"] = report.checked.get("shard archives", 0) + 1
         try:
-            with tarfile.open(shard, "r|gz") as tar:
+            with tarfile.open(shard, "r|gz", tarinfo=CheckedTarInfo) as tar:
                 for info in tar:
                     report.members += 1
                     name = f"{shard.name}/{info.name}"

@@ -39,6 +39,7 @@ from influx_backupd.store.chain import (
     links_up_to,
 )
 from influx_backupd.store.formats import ArchiveReport
+from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.record import Flavour, RunRecord
 from influx_backupd.store.scanners import listed_size
 from influx_backupd.verify.result import NOT_QUERIED_09, VerifyResult
@@ -338,7 +339,7 @@ def restore_test_09(
 
 def _snapshot_manifest(path: Path) -> list[dict[str, Any]]:
     """The files list of a 0.9 snapshot's manifest (its first member)."""
-    with tarfile.open(path, "r:") as tar:
+    with tarfile.open(path, "r:", tarinfo=CheckedTarInfo) as tar:
         first = tar.next()
         stream = tar.extractfile(first) if first is not None and first.name == "manifest" else None
         if stream is None:

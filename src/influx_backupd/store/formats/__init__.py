@@ -21,6 +21,7 @@ from typing import BinaryIO, Literal, cast
 
 from influx_backupd.store.formats.bolt import check_bolt
 from influx_backupd.store.formats.findings import Finding, read_at
+from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.formats.tsm import check_tsm
 from influx_backupd.store.formats.wal import check_wal, check_wal_buffer
 
@@ -240,7 +241,7 @@ def _scan(
     opened = False
     try:
         try:
-            with tarfile.open(fileobj=raw, mode="r:") as tar:
+            with tarfile.open(fileobj=raw, mode="r:", tarinfo=CheckedTarInfo) as tar:
                 opened = True
                 for info in tar:
                     _check_one(tar, info, archive_size, deep, report, checks, digest)
@@ -282,9 +283,12 @@ def _check_one(
         report.top_dirs.add(name.split("/", 1)[0])
     if not info.isreg():
         return
-    if info.offset_data + info.size > archive_size:
+    # a file with holes (store/sparse.py) stores only its runs; formats/ imports nothing else
+    runs = cast("list[tuple[int, int]] | None", info.sparse)  # typeshed says bytes
+    stored = info.size if runs is None else sum(length for _, length in runs)
+    if info.offset_data + stored > archive_size:
         raise _Truncated(
-            f"member {name} needs {info.size} bytes at offset {info.offset_data} but the "
+            f"member {name} needs {stored} bytes at offset {info.offset_data} but the "
             f"archive is only {archive_size} bytes: the archive is truncated"
         )
     kind = classify_member(name)
@@ -294,8 +298,8 @@ def _check_one(
         if os.pread(digest.fd, 4, info.offset_data + 16) != BOLT_MAGIC_LE:
             return
         kind = "bolt"
-    if info.sparse:  # not from our writer: tarfile knows where its pieces lie
-        digest.upto(info.offset_data + info.size)
+    if info.sparse:  # a file with holes: tarfile knows where its runs lie
+        digest.upto(info.offset_data + stored)
         extracted = tar.extractfile(info)
         if extracted is None:
             return
