@@ -21,6 +21,7 @@ exists, with no type change) the SQL merge cannot undo: CAVEAT says so.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tarfile
@@ -31,7 +32,7 @@ from typing import Any
 
 from influx_backupd.restore.merge import link_or_symlink, manifest_of
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
-from influx_backupd.store.formats.tsm import FOOTER_SIZE, HEADER_SIZE, INDEX_BLOCK
+from influx_backupd.store.formats.tsm import FOOTER_SIZE, HEADER_SIZE, BadIndex, index_entries
 from influx_backupd.store.scanners import portable_meta_store, protobuf_fields
 
 CAVEAT = (
@@ -134,24 +135,15 @@ def _measurement(series_key: bytes) -> str:
 
 
 def _index_fields(index: bytes, into: dict[str, dict[str, int]], what: str) -> None:
-    """measurement -> field -> block type of one TSM index (entries: key length u16, key, type
-    u8, count u16, count × 28 bytes). Raises ValueError."""
-    pos = 0
-    while pos < len(index):
-        if pos + 2 > len(index):
-            raise ValueError(f"{what}: TSM index cut short")
-        size = int.from_bytes(index[pos : pos + 2], "big")
-        key = index[pos + 2 : pos + 2 + size]
-        head = index[pos + 2 + size : pos + 5 + size]
-        if len(key) != size or len(head) != 3 or head[0] >= len(TYPE_NAMES):
-            raise ValueError(f"{what}: TSM index entry at {pos} is corrupt")
-        pos += 5 + size + int.from_bytes(head[1:], "big") * INDEX_BLOCK.size
-        series, sep, name = key.partition(FIELD_SEPARATOR)
-        if sep:
-            fields = into.setdefault(_measurement(series), {})
-            fields.setdefault(name.decode("utf-8", "replace"), head[0])
-    if pos != len(index):
-        raise ValueError(f"{what}: TSM index runs past its end")
+    """measurement -> field -> block type of one TSM index. Raises ValueError."""
+    try:
+        for entry in index_entries(io.BytesIO(index), 0, len(index)):
+            series, sep, name = entry.key.partition(FIELD_SEPARATOR)
+            if sep:
+                fields = into.setdefault(_measurement(series), {})
+                fields.setdefault(name.decode("utf-8", "replace"), entry.block_type)
+    except BadIndex as bad:
+        raise ValueError(f"{what}: TSM {bad}") from None
 
 
 def _index_of(tail: bytes, size: int, tar: Path, name: str) -> bytes:

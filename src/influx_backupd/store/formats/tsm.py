@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from influx_backupd.store.formats.findings import Finding, read_at
@@ -63,6 +65,54 @@ class _IndexReader:
         return self._buf[off : off + n]
 
 
+@dataclass(frozen=True)
+class IndexEntry:
+    """One well-formed index entry: its key (series key + field), its block type and its
+    blocks' raw (min time, max time, offset, size) records, INDEX_BLOCK.iter_unpack-able."""
+
+    key: bytes
+    block_type: int
+    blocks: bytes
+
+
+class BadIndex(ValueError):
+    """An index entry that is cut short or corrupt; the walk cannot go on past it. key: the
+    entry's key when it could be read."""
+
+    def __init__(self, message: str, key: bytes | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _shown(key: bytes) -> str:
+    """A key as a message names it: its first 80 bytes."""
+    return key[:80].decode("utf-8", "replace")
+
+
+def index_entries(stream: BinaryIO, start: int, end: int) -> Iterator[IndexEntry]:
+    """The entries of a TSM index that spans [start, end) of stream, in file order, read in
+    bounded chunks; the one walk of the index layout (verify's check_tsm and the SQL chain
+    merge's field types both use it). Raises BadIndex at the first entry it cannot read."""
+    index = _IndexReader(stream, start, end)
+    while index.pos < end:
+        entry_at = index.pos
+        head = index.take(2)
+        key = index.take(int.from_bytes(head, "big")) if head is not None else None
+        tail = index.take(3) if key is not None else None
+        if head is None or key is None or tail is None:
+            raise BadIndex(f"index entry at {entry_at} is cut short")
+        block_type, count = tail[0], int.from_bytes(tail[1:], "big")
+        if not key or block_type not in BLOCK_TYPES or count == 0:
+            raise BadIndex(
+                f"index entry at {entry_at} is corrupt (key length {len(key)}, "
+                f"type {block_type}, {count} blocks)"
+            )
+        blocks = index.take(count * INDEX_BLOCK.size)
+        if blocks is None:
+            raise BadIndex(f"index entry for {_shown(key)!r} is cut short", key)
+        yield IndexEntry(key, block_type, blocks)
+
+
 def check_tsm(stream: BinaryIO, size: int, member: str, *, deep: bool = False) -> list[Finding]:
     try:
         return _check(stream, size, member, deep)
@@ -102,46 +152,34 @@ def _check(stream: BinaryIO, size: int, member: str, deep: bool) -> list[Finding
         if block_problems <= _MAX_BLOCK_FINDINGS:
             findings.append(Finding("error", member, message))
 
-    index = _IndexReader(stream, index_offset, index_end)
     previous_key: bytes | None = None
-    while index.pos < index_end:
-        entry_at = index.pos
-        head = index.take(2)
-        key = index.take(int.from_bytes(head, "big")) if head is not None else None
-        tail = index.take(3) if key is not None else None
-        if head is None or key is None or tail is None:
-            findings.append(Finding("error", member, f"index entry at {entry_at} is cut short"))
-            break
-        block_type, count = tail[0], int.from_bytes(tail[1:], "big")
-        shown = key[:80].decode("utf-8", "replace")
-        if not key or block_type not in BLOCK_TYPES or count == 0:
-            findings.append(
-                Finding(
-                    "error",
-                    member,
-                    f"index entry at {entry_at} is corrupt (key length {len(key)}, "
-                    f"type {block_type}, {count} blocks)",
-                )
-            )
-            break
+
+    def note_order(key: bytes) -> None:
         if previous_key is not None and key <= previous_key:
             # Readers binary-search the index; out of order means keys become unreadable.
-            findings.append(Finding("error", member, f"index key {shown!r} out of order"))
-        previous_key = key
-        raw = index.take(count * INDEX_BLOCK.size)
-        if raw is None:
-            findings.append(Finding("error", member, f"index entry for {shown!r} is cut short"))
-            break
-        for min_time, max_time, offset, block_size in INDEX_BLOCK.iter_unpack(raw):
-            if min_time > max_time:
-                block_problem(f"block of {shown!r} at {offset}: min time after max time")
-            if offset < HEADER_SIZE or block_size < 5 or offset + block_size > index_offset:
-                block_problem(
-                    f"block of {shown!r} at {offset} (+{block_size} bytes) lies outside the "
-                    f"data section [{HEADER_SIZE}, {index_offset})"
-                )
-            elif deep and (problem := _check_block(stream, offset, block_size, block_type)):
-                block_problem(f"block of {shown!r} at {offset}: {problem}")
+            findings.append(Finding("error", member, f"index key {_shown(key)!r} out of order"))
+
+    try:
+        for entry in index_entries(stream, index_offset, index_end):
+            note_order(entry.key)
+            previous_key = entry.key
+            shown = _shown(entry.key)
+            for min_time, max_time, offset, block_size in INDEX_BLOCK.iter_unpack(entry.blocks):
+                if min_time > max_time:
+                    block_problem(f"block of {shown!r} at {offset}: min time after max time")
+                if offset < HEADER_SIZE or block_size < 5 or offset + block_size > index_offset:
+                    block_problem(
+                        f"block of {shown!r} at {offset} (+{block_size} bytes) lies outside the "
+                        f"data section [{HEADER_SIZE}, {index_offset})"
+                    )
+                elif deep and (
+                    problem := _check_block(stream, offset, block_size, entry.block_type)
+                ):
+                    block_problem(f"block of {shown!r} at {offset}: {problem}")
+    except BadIndex as bad:
+        if bad.key is not None:
+            note_order(bad.key)
+        findings.append(Finding("error", member, str(bad)))
     if block_problems > _MAX_BLOCK_FINDINGS:
         findings.append(
             Finding(
