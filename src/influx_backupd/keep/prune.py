@@ -29,6 +29,7 @@ from influx_backupd.influxd import scratch
 from influx_backupd.keep.retention import RetentionPlan, RetentionPolicy, plan
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.chain import ChainCut, parents
 from influx_backupd.store.record import RunRecord, missing_on_disk, only_in_bucket
 from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
 
@@ -296,12 +297,13 @@ def _holding(
     """The plan with the held backups, and every earlier link of their chains, moved to keep."""
     held: dict[str, str] = {}
     for run_id, why in hold.items():
-        seen: set[str] = set()
-        at: str | None = run_id
-        while at is not None and at in by_id and at not in seen:  # a looping chain ends
-            seen.add(at)
-            held.setdefault(at, why if at == run_id else f"an earlier link of {run_id}: {why}")
-            at = by_id[at].parent_id
+        record = by_id.get(run_id)
+        if record is None:
+            continue
+        held.setdefault(run_id, why)
+        with contextlib.suppress(ChainCut):  # a chain cut short or looping: held as far as it goes
+            for parent in parents(record, by_id):
+                held.setdefault(parent.id, f"an earlier link of {run_id}: {why}")
     moved = [r for r in result.delete if r.id in held]
     if not moved:
         return result

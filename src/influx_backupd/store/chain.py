@@ -4,7 +4,9 @@ every link checked against its manifest and recorded sha256 before anything is t
 
 from __future__ import annotations
 
+import itertools
 import tarfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -61,30 +63,26 @@ def chain_for(catalog: Catalog, record: RunRecord) -> list[RunRecord]:
     )
     by_id = {r.id: r for r in members}
     links: list[RunRecord] = []
-    current: RunRecord | None = record
-    while current is not None:
-        if any(link.id == current.id for link in links):
+    try:
+        for current in itertools.chain([record], parents(record, by_id)):
+            if only_in_bucket(current):
+                raise RestoreRefused(
+                    f"chain {record.chain_id}: link {current.id} is only in the bucket: "
+                    f"restore {record.id} --from offsite fetches the chain"
+                )
+            if not current.ok or not current.archive:
+                raise RestoreRefused(
+                    f"chain {record.chain_id}: link {current.id} is {current.status}, not usable"
+                )
+            links.append(current)
+    except ChainCut as cut:
+        if cut.parent is not None:
             # a record written by hand or a forged manifest: following it would never end
-            raise RestoreRefused(chain_loop(record.id, current.id))
-        if only_in_bucket(current):
-            raise RestoreRefused(
-                f"chain {record.chain_id}: link {current.id} is only in the bucket: "
-                f"restore {record.id} --from offsite fetches the chain"
-            )
-        if not current.ok or not current.archive:
-            raise RestoreRefused(
-                f"chain {record.chain_id}: link {current.id} is {current.status}, not usable"
-            )
-        links.append(current)
-        if current.kind == "full":
-            break
-        parent = by_id.get(current.parent_id or "")
-        if parent is None:
-            raise RestoreRefused(
-                f"chain {record.chain_id}: link {current.id}'s parent {current.parent_id} "
-                "is not in the catalog"
-            )
-        current = parent
+            raise RestoreRefused(chain_loop(record.id, cut.parent.id)) from None
+        raise RestoreRefused(
+            f"chain {record.chain_id}: link {cut.child.id}'s parent {cut.child.parent_id} "
+            "is not in the catalog"
+        ) from None
     links.reverse()
     if links[0].id != record.chain_id:
         raise RestoreRefused(f"chain {record.chain_id} does not start with its full")
@@ -97,6 +95,36 @@ def chain_loop(backup_id: str, again: str) -> str:
         f"chain of {backup_id} loops back to {again}: its records name each other as parents; "
         "an increment cannot be restored without a full below it"
     )
+
+
+class ChainCut(Exception):
+    """A walk down a chain's parents that cannot go on: child's parent is not among the records
+    walked (parent None), or is parent, a link the walk has passed already (a loop)."""
+
+    def __init__(self, child: RunRecord, parent: RunRecord | None) -> None:
+        super().__init__(child.id)
+        self.child = child
+        self.parent = parent
+
+    def as_break(self) -> Break:
+        if self.parent is None:
+            return Break(self.child.parent_id or "?", "not in the catalog")
+        return Break(self.parent.id, "a loop of parents")
+
+
+def parents(record: RunRecord, members: Mapping[str, RunRecord]) -> Iterator[RunRecord]:
+    """record's earlier links, nearest first, down to its full: each increment's parent_id looked
+    up in members (the one walk of a chain's parents: restore's chain_for, `list`'s chain_breaks,
+    prune's holds). Raises ChainCut where a parent is not in members or comes round again."""
+    seen = {record.id}
+    current = record
+    while current.kind == "incremental":
+        parent = members.get(current.parent_id or "")
+        if parent is None or parent.id in seen:
+            raise ChainCut(current, parent)
+        seen.add(parent.id)
+        yield parent
+        current = parent
 
 
 @dataclass(frozen=True)
@@ -122,23 +150,16 @@ def chain_breaks(records: list[RunRecord]) -> dict[str, Break]:
             chains.setdefault((r.job, r.chain_id), {})[r.id] = r
 
     def below(record: RunRecord) -> Break | None:
-        members = chains.get((record.job, record.chain_id), {})
-        seen = {record.id}
-        current = record
-        while current.kind == "incremental":
-            parent = members.get(current.parent_id or "")
-            if parent is None:
-                return Break(current.parent_id or "?", "not in the catalog")
-            if parent.id in seen:
-                return Break(parent.id, "a loop of parents")
-            if not parent.ok:
-                return Break(parent.id, parent.status)
-            if missing_on_disk(parent):
-                return Break(parent.id, "missing")
-            if parent.failed_check:
-                return Break(parent.id, "check-fail")
-            seen.add(parent.id)
-            current = parent
+        try:
+            for parent in parents(record, chains.get((record.job, record.chain_id), {})):
+                if not parent.ok:
+                    return Break(parent.id, parent.status)
+                if missing_on_disk(parent):
+                    return Break(parent.id, "missing")
+                if parent.failed_check:
+                    return Break(parent.id, "check-fail")
+        except ChainCut as cut:
+            return cut.as_break()
         return None
 
     breaks: dict[str, Break] = {}
