@@ -7,14 +7,15 @@ import http.server
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -58,6 +59,43 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class Silent:
+    """A TCP peer that accepts and never answers: its port, the connections it holds."""
+
+    port: int
+    accepted: list[socket.socket] = field(default_factory=list)
+
+
+@contextmanager
+def silent() -> Iterator[Silent]:
+    """A TCP listener on 127.0.0.1 that accepts connections and never reads or answers them (a
+    hung webhook, a snapshot service that hangs) in a thread while the body runs."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    peer = Silent(sock.getsockname()[1])
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            peer.accepted.append(conn)  # held open, never read from or answered
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield peer
+    finally:
+        # shutdown wakes the blocked accept(); a close alone leaves the port listening (Linux)
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+        thread.join()
+        for conn in peer.accepted:
+            conn.close()
 
 
 @pytest.fixture

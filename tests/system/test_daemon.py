@@ -26,7 +26,7 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli, silent, write_config
 
 
 class Datagrams:
@@ -389,17 +389,13 @@ def test_sigterm_during_a_hot_run_stops_influxd_backup_and_records_it_interrupte
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     # A snapshot "service" that accepts connections and never answers: `influxd backup` hangs.
-    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    host = f"127.0.0.1:{silent.getsockname()[1]}"
-    config = write_config(
-        tmp_path,
-        sandbox,
-        influxd={"backup_host": host, "backup_timeout": "10m"},
-        jobs=[{"name": "live", "every": "1s", "mode": "hot", "fallback": "cold"}],
-    )
-    try:
+    with silent() as peer:
+        config = write_config(
+            tmp_path,
+            sandbox,
+            influxd={"backup_host": f"127.0.0.1:{peer.port}", "backup_timeout": "10m"},
+            jobs=[{"name": "live", "every": "1s", "mode": "hot", "fallback": "cold"}],
+        )
         with daemon(tmp_path, config) as d:
             d.wait_event("run.started", timeout=20, mode="hot")
             deadline = time.monotonic() + 10
@@ -411,8 +407,6 @@ def test_sigterm_during_a_hot_run_stops_influxd_backup_and_records_it_interrupte
             stopping = time.monotonic()
             assert d.stop() == 0
             assert time.monotonic() - stopping < 15
-    finally:
-        silent.close()
     (record,) = runs(tmp_path)  # no fallback cold run was started while stopping
     assert record.mode == "hot"
     assert record.status == "interrupted"

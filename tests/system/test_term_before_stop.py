@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -27,40 +23,8 @@ from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.jobs.cold import run_cold
 from influx_backupd.jobs.staging import Stager, SyncStopped
 from influx_backupd.store.catalog import Catalog
-from tests.conftest import wait_until, write_config
+from tests.conftest import silent, wait_until, write_config
 from tests.system.test_daemon import daemon, runs
-
-
-class Silent:
-    """A TCP listener on 127.0.0.1 that accepts and never answers (a hung webhook)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)  # held open, never read from or answered
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.accepted:
-            conn.close()
-
-
-@contextmanager
-def silent() -> Iterator[Silent]:
-    listener = Silent()
-    try:
-        yield listener
-    finally:
-        listener.close()
 
 
 def _identity(sandbox: Sandbox) -> list[tuple[int, float]]:

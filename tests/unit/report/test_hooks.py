@@ -18,6 +18,7 @@ from influx_backupd.core import log
 from influx_backupd.report import heartbeat
 from influx_backupd.report.hooks import environment, run_hook
 from influx_backupd.store.record import RunRecord
+from tests.conftest import silent
 
 
 @pytest.fixture(autouse=True)
@@ -169,11 +170,9 @@ def test_heartbeat_to_a_closed_port_or_a_silent_server_returns_false_quickly() -
         port = s.getsockname()[1]
     assert heartbeat.ping(f"http://127.0.0.1:{port}/x", "success", timeout=2) is False
 
-    with socket.socket() as silent:  # accepts connections, never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
+    with silent() as peer:
         started = time.monotonic()
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}/x"
+        url = f"http://127.0.0.1:{peer.port}/x"
         assert heartbeat.ping(url, "start", timeout=1) is False
         assert time.monotonic() - started < 10
 

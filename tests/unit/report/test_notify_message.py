@@ -4,7 +4,6 @@ HTTP receiver (apprise's json://), including one that never answers."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 
 from influx_backupd.report import notify
 from influx_backupd.store.record import RunRecord
+from tests.conftest import silent
 
 
 def record(**kw: object) -> RunRecord:
@@ -86,13 +86,12 @@ def test_send_reaches_the_receiver(receiver: tuple[str, list[dict[str, object]]]
 
 
 def test_a_silent_receiver_costs_at_most_the_timeout() -> None:
-    # A listening socket that never accepts: the connection hangs, apprise waits.
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(0)
-        port = silent.getsockname()[1]
+    # A receiver that accepts and never answers: the request hangs, apprise waits.
+    with silent() as peer:
         started = time.monotonic()
-        assert not notify.send([f"json://127.0.0.1:{port}/x"], "s", "b", event="failure", timeout=1)
+        assert not notify.send(
+            [f"json://127.0.0.1:{peer.port}/x"], "s", "b", event="failure", timeout=1
+        )
         assert time.monotonic() - started < 5
 
 
