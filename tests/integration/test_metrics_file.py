@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import Cli, wait_until, write_config
+from tests.system.test_daemon import daemon
 
 
 def with_metrics_file(config: Path, metrics: Path) -> None:
@@ -26,6 +28,51 @@ def test_backup_writes_metrics_that_promtool_accepts(tmp_path: Path, config_path
     Cli(config_path)("backup", check=True, timeout=300)
     text = metrics.read_text()
     assert 'result="ok"} 1' in text
+    done = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout + done.stderr == ""
+
+
+NEXT_RUN = 'influx_backupd_next_run_timestamp_seconds{backup_job="nightly"}'
+
+
+def _samples(text: str, family: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(f"influx_backupd_{family}")]
+
+
+@pytest.mark.influxd
+def test_a_backup_after_the_daemon_was_killed_drops_its_next_runs(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A daemon's next runs are what it will do: once it is killed, a backup by hand rewrites
+    the file without them (else a dashboard shows a run that never comes); the heartbeat stays
+    (when the daemon was last alive). While the daemon lives, such a backup keeps them."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: scripts/setup.sh installs Debian's prometheus package")
+    metrics = tmp_path / "influx_backupd.prom"
+    config = write_config(tmp_path, sandbox, daemon={"metrics_file": str(metrics)})
+    with daemon(tmp_path, config) as d:
+        wait_until(
+            lambda: metrics.exists() and _samples(metrics.read_text(), "next_run"),
+            60,
+            "the daemon's next run in the metrics file",
+        )
+        Cli(config)("backup", check=True, timeout=300)
+        kept = [s.split(" ")[0] for s in _samples(metrics.read_text(), "next_run")]
+        assert kept == [NEXT_RUN], "a live daemon's next run is kept"
+        d.proc.kill()
+        d.proc.wait()
+    heartbeat = _samples(metrics.read_text(), "heartbeat")
+    assert len(heartbeat) == 1
+
+    Cli(config)("backup", check=True, timeout=300)
+    text = metrics.read_text()
+    assert 'result="ok"} 2' in text
+    assert _samples(text, "next_run") == [], text
+    assert _samples(text, "heartbeat") == heartbeat, "the dead daemon's last heartbeat stays"
     done = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )

@@ -14,15 +14,17 @@ from influx_backupd.core.processes import LOOSE, same_process
 from influx_backupd.core.schedule import describe
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import progress
+from influx_backupd.report.metrics import DAEMON_STATE
 from influx_backupd.run import offsite
 from influx_backupd.run.guard import left_stopped, left_stopped_line
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import chain_breaks
 from influx_backupd.store.record import RunRecord, missing_on_disk
 
-# The running daemon's published state (written by daemon.loop): its own constant here, so
-# that `status` and every command's crash-marker line do not import the scheduler to name it.
-STATE_FILE = "daemon.json"
+# The running daemon's published state (written by daemon.loop): named in report.metrics (which
+# keeps a killed daemon's next runs out of the file), so that `status` and every command's
+# crash-marker line do not import the scheduler to name it.
+STATE_FILE = DAEMON_STATE
 
 
 def read_daemon_state(config: Config) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from typing import Literal
 from influx_backupd import __version__
 from influx_backupd.core.atomic import replace_file
 from influx_backupd.core.log import Logger
+from influx_backupd.report.progress import read_published
 from influx_backupd.store.record import RunRecord
 
 # The backup job's name. Not `job`: Prometheus sets its own `job` (and `instance`) target labels
@@ -240,6 +241,25 @@ def previous_daemon_facts(text: str) -> DaemonFacts | None:
             if JOB_LABEL in labels:
                 next_runs[labels[JOB_LABEL]] = value
     return DaemonFacts(heartbeat, next_runs) if heartbeat is not None else None
+
+
+# Where the running daemon publishes its pid and start time (daemon.loop writes it, removes it
+# on a clean exit; `status` reads it): a killed daemon's is left, naming a process that is gone.
+DAEMON_STATE = "daemon.json"
+
+
+def carried_over(path: Path, state_dir: Path) -> DaemonFacts | None:
+    """What a writer other than the daemon (a backup by hand, verify, prune) keeps of the daemon's
+    samples in the file at path: its last heartbeat, so that it neither hides a dead daemon nor
+    invents a live one; its next runs only while the daemon runs (a killed one's would show a run
+    that never comes; one that stopped cleanly wrote none)."""
+    try:
+        facts = previous_daemon_facts(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+    if facts is None or not facts.next_runs or read_published(state_dir / DAEMON_STATE) is not None:
+        return facts
+    return DaemonFacts(facts.heartbeat, {})
 
 
 def escape_label_value(value: str) -> str:

@@ -23,7 +23,7 @@ from influx_backupd.report import heartbeat, notify
 from influx_backupd.report.hooks import environment, run_hook
 from influx_backupd.report.metrics import (
     DaemonFacts,
-    previous_daemon_facts,
+    carried_over,
     render,
     write_textfile,
 )
@@ -44,17 +44,14 @@ def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None =
     """The textfile for node_exporter, when [daemon] metrics_file is set.
 
     `daemon`: given by the daemon itself (its heartbeat, at least every minute, and the next
-    runs). Any other writer keeps what the daemon last wrote there, so a backup by hand neither
-    hides a dead daemon nor invents a live one.
+    runs). Any other writer keeps what the daemon last wrote there (metrics.carried_over: its
+    next runs only while it runs).
     """
     path = config.settings.daemon.metrics_file
     if path is None:
         return
     if daemon is None:
-        try:
-            daemon = previous_daemon_facts(path.read_text(encoding="utf-8", errors="replace"))
-        except OSError:
-            daemon = None
+        daemon = carried_over(path, config.state_dir)
     exists = catalog.exists()
     text = render(
         catalog.list() if exists else [],
