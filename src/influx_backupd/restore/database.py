@@ -41,13 +41,18 @@ import psutil
 from influx_backupd.core import log
 from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.config import Config, Credentials, toml_of
-from influx_backupd.core.errors import RestoreFailed, RestoreMistake, RestoreRefused, UsageError
+from influx_backupd.core.errors import (
+    RestoreFailed,
+    RestoreMisconfigured,
+    RestoreMistake,
+    RestoreRefused,
+    UsageError,
+)
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
 from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import counts, influxql
-from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd import tombstones as influxd_tombstones
 from influx_backupd.influxd.influxql import ident
 from influx_backupd.influxd.sandbox import BESIDE_LIVE_NICE
@@ -74,6 +79,7 @@ from influx_backupd.restore.hot import (
     start_throwaway,
 )
 from influx_backupd.restore.merge import ChainMerge
+from influx_backupd.restore.refusals import binary_usable, scratch_made, storage_writable
 from influx_backupd.restore.served import check_served
 from influx_backupd.restore.source import ColdSource, HotSource, choose
 from influx_backupd.store.archive import extract_safely
@@ -189,6 +195,8 @@ def restore_database(
         )
     url, creds = config.url, config.credentials
     _needs_admin(url, creds)
+    binary_usable(config)  # its tools and throwaways: before anything is read or written
+    storage_writable(config)
     try:
         existing = set(counts.databases(url, credentials=creds))
     except counts.FiguresError as exc:
@@ -220,7 +228,7 @@ def restore_database(
     result = DatabaseResult(str(archive), run_id, name, new, links=links)
     result.warnings += [unchecked] if unchecked else []
     started = time.monotonic()
-    scratch = scratch_dir.make(config.storage_dir, "restore-")
+    scratch = scratch_made(config, "restore-")
     try:
         _restore(config, source, result, scratch, new in existing, logger, rate)
     finally:
@@ -240,10 +248,10 @@ def _needs_admin(url: str, creds: Credentials | None) -> None:
         refused = influxql.not_admin(url, creds)
     except influxql.QueryError as exc:
         raise RestoreRefused(f"the live server does not answer at {url}: {exc}") from None
-    if refused is not None:
-        raise RestoreRefused(
+    if refused is not None:  # credentials missing, wrong or not an admin's: the config's
+        raise RestoreMisconfigured(
             "restore --database needs an admin user on the live server (it lists, creates and "
-            f"drops databases there): {refused}"
+            f"drops databases there; set [influxd] username and password_file): {refused}"
         )
 
 

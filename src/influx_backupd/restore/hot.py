@@ -74,14 +74,12 @@ from influx_backupd.core.errors import (
     BackupdError,
     HotFailed,
     RestoreFailed,
-    RestoreMisconfigured,
     RestoreRefused,
 )
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd import counts, influxql, logfile
-from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd import tombstones as influxd_tombstones
 from influx_backupd.influxd.influxql import ident, values
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
@@ -105,6 +103,7 @@ from influx_backupd.restore.merge import (
     view_of,
     write_merged,
 )
+from influx_backupd.restore.refusals import binary_usable, scratch_made, storage_writable
 from influx_backupd.restore.served import check_served, count_built
 from influx_backupd.restore.source import ColdSource, choose
 from influx_backupd.restore.sql_chain import CAVEAT, ShardCopy, plan_sql, write_filtered
@@ -153,6 +152,8 @@ class HotRestoreResult(RestoreResult):
 def restore_backup(config: Config, catalog: Catalog, backup: str) -> RestoreResult:
     """Restore BACKUP (a catalog id or a path): cold archives by restore_cold, hot ones here."""
     source = choose(catalog, backup)
+    # found before a cold archive is read or a build begins, the same for either flavour
+    storage_writable(config)
     if isinstance(source, ColdSource):
         return restore_cold(config, catalog, backup)
     result = _restore_hot(config, source.flavour, source.links, source.record)
@@ -170,10 +171,6 @@ def _restore_hot(
     logger.info("restore.checking", links=[str(link.path) for link in links])
     scans = check_links(flavour, links)
     uid, gid = owner_ids(config)
-    if not config.settings.influxd.binary.exists():
-        raise RestoreMisconfigured(
-            f"[influxd] binary {config.settings.influxd.binary} does not exist"
-        )
     check_tool_restores(config, flavour, links[-1].path)
     # 1.x: the restored server is built in plan.staging; 0.9: never created (roll_back removes them)
     plan = SwapPlan.for_server(config)
@@ -228,7 +225,9 @@ FLAVOUR_NAMES = {"0.9": "an InfluxDB 0.9 snapshot", "portable": "a 1.x -portable
 
 def check_tool_restores(config: Config, flavour: Flavour, path: Path) -> None:
     """The configured influxd's own restore reads this flavour: found before anything is
-    stopped (a 0.9 snapshot given to a 1.x tool, or the other way round, cannot be restored)."""
+    stopped (a 0.9 snapshot given to a 1.x tool, or the other way round, cannot be restored).
+    A binary that is not there or not executable is a config error (78) in every form."""
+    binary_usable(config)
     binary = config.settings.influxd.binary
     try:
         version = tool_version(binary)
@@ -310,7 +309,7 @@ def _restore_portable_beside(
     scratch: Path | None = None
     built: dict[str, int] | None = None  # the build's point counts, once it is done
     try:
-        scratch = scratch_dir.make(config.storage_dir, "restore-", list(plan.staging.values()))
+        scratch = scratch_made(config, "restore-", list(plan.staging.values()))
         t_build = time.monotonic()
         logger.info("restore.building", staging=[str(p) for p in plan.staging.values()])
         built = _build(config, links, plan, scratch, uid, gid, result, logger)
@@ -329,8 +328,11 @@ def _restore_portable_beside(
             # A staging dir still there was never swapped in (live_dirs_swapped renames them
             # into place or removes them when it rolls back): never live data.
             plan.remove_staging()
-        if isinstance(exc, RestoreFailed):
-            raise  # from the swap: the previous dirs and server were put back
+        if isinstance(exc, RestoreFailed | RestoreRefused):
+            # from the swap: the previous dirs and server were put back (RestoreFailed), or
+            # refused before its stop (a unit masked, renames blocked meanwhile: exit 78 as
+            # for a cold restore; the build is removed, the live server untouched)
+            raise
         logger.error("restore.build_failed", error=str(exc) or type(exc).__name__)
         what = "while building beside" if built is None else "before swapping in for"
         raise RestoreFailed(

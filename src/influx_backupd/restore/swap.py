@@ -56,8 +56,9 @@ class SwapPlan:
 
     @classmethod
     def for_server(cls, config: Config) -> SwapPlan:
-        """Refused (RestoreRefused, before anything is stopped) when a live dir cannot be
-        swapped by rename.
+        """Refused before anything is stopped or written when a live dir cannot be swapped by
+        rename: a mount point, or renames this process may not make (RestoreMisconfigured: the
+        config or the host must change, exit 78, for cold and hot alike).
 
         Each live dir is taken at its real path (symlinks resolved): staging and rollback dirs
         lie beside the real dir, on its filesystem, and a symlink such as data -> /big/data
@@ -80,17 +81,28 @@ class SwapPlan:
                     if target == configured[top]
                     else f"{configured[top]} (that is {target})"
                 )
-                raise RestoreRefused(
+                raise RestoreMisconfigured(
                     f"{config.server.conf}: {top} dir {shown} is a mount point: a whole-server "
                     "restore swaps dirs by rename, which cannot move a mount point; influxd not "
                     "stopped (restore --target DIR instead, then copy DIR's files into the mount "
                     "with influxd stopped)"
                 )
-            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RestoreMisconfigured(
+                    f"{config.server.conf}: {top} dir {configured[top]}: its parent "
+                    f"{target.parent} cannot be made ({exc.strerror or exc}); influxd not stopped"
+                ) from None
             if plan.rollback[top].exists() or plan.staging[top].exists():
                 raise RestoreRefused(
                     f"{plan.staging[top]} or {plan.rollback[top]} already exists; try again"
                 )
+        # before the staged copy is written beside the live dirs: the same renames are
+        # checked again right before the stop (live_dirs_swapped)
+        blocked = renames_blocked(plan.swaps())
+        if blocked is not None:
+            raise RestoreMisconfigured(f"{blocked}; influxd not stopped, nothing restored")
         return plan
 
     def swaps(self) -> list[list[str]]:
@@ -164,7 +176,7 @@ def live_dirs_swapped(
         )
     blocked = renames_blocked(swaps)
     if blocked is not None:
-        raise RestoreRefused(f"{blocked}; influxd not stopped, nothing restored")
+        raise RestoreMisconfigured(f"{blocked}; influxd not stopped, nothing restored")
     running = server.locate()
     was_running = running is not None
     # the server about to be stopped: a marker left by a kill before the stop names it still

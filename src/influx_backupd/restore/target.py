@@ -43,7 +43,6 @@ from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreFailed, RestoreMistake, RestoreRefused, UsageError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
-from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.sandbox import Sandbox, toml_value
 from influx_backupd.restore.cold import (
     archived_settings,
@@ -64,6 +63,7 @@ from influx_backupd.restore.hot import (
     wait_wal_flushed,
 )
 from influx_backupd.restore.merge import ChainMerge
+from influx_backupd.restore.refusals import binary_usable, scratch_made
 from influx_backupd.restore.source import ColdSource, HotSource, choose
 from influx_backupd.store import layout
 from influx_backupd.store.archive import extract_safely
@@ -188,10 +188,12 @@ def restore_into(
             mode="cold",
         )
         result.warnings += [cold.unchecked] if cold.unchecked else []
+    if start and isinstance(source, ColdSource):
+        binary_usable(config)  # the throwaway serving DIR: found before DIR is written
     started = time.monotonic()
     created = not target.exists()
     # owned (by owner.json) before anything is made: recovery undoes what a kill leaves
-    scratch = scratch_dir.make(config.storage_dir, "target-", target=target, created=created)
+    scratch = scratch_made(config, "target-", target=target, created=created)
     try:
         try:
             target.mkdir(mode=0o700, parents=True, exist_ok=True)
