@@ -21,8 +21,9 @@ The throwaways run from scratch dirs in the storage dir (recovery stops them aft
 NEWNAME existing on the live server is refused, unless --replace: then it is first backed up
 (`influxd backup -portable -database NEWNAME` from the live server) into the storage dir as
 `NEWNAME.replaced-<id>`, kept and printed, never deleted by us; only then dropped and restored.
-If the restore fails after the drop, that copy is restored back under NEWNAME. A database the
-failed tool had begun creating (it did not exist before) is dropped again.
+If the restore fails after the drop, that copy is restored back under NEWNAME, with the
+continuous queries and grants the drop took along (Dropped). A database the failed tool had
+begun creating (it did not exist before) is dropped again.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from influx_backupd.core.log import Logger
 from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import counts, influxql
 from influx_backupd.influxd import tombstones as influxd_tombstones
-from influx_backupd.influxd.influxql import ident
+from influx_backupd.influxd.influxql import ident, values
 from influx_backupd.influxd.sandbox import BESIDE_LIVE_NICE
 from influx_backupd.influxd.throttle import Forwarder
 from influx_backupd.influxd.tool import run_tool
@@ -66,9 +67,10 @@ from influx_backupd.restore.cold import (
     scan_cold,
     throwaway,
 )
-from influx_backupd.restore.cqs import bring_back
+from influx_backupd.restore.cqs import ContinuousQuery, bring_back, server_cqs
 from influx_backupd.restore.deletes import DeletesApplied
 from influx_backupd.restore.hot import (
+    GRANTABLE,
     SHARD_WAIT,
     StepFailed,
     apply_deletes,
@@ -316,8 +318,12 @@ class _Live:
         self.snapshot = live_snapshot_host(config)
 
     def q(self, statement: str, db: str | None = None) -> None:
+        self.rows(statement, db)
+
+    def rows(self, statement: str, db: str | None = None) -> list[dict[str, Any]]:
+        """The answer's series; StepFailed when the server refuses or does not answer."""
         try:
-            influxql.query(
+            return influxql.query(
                 self.config.url,
                 statement,
                 db,
@@ -490,6 +496,7 @@ def recover_database_restore(config: Config) -> None:
             bool(state.get("existed")),
             bool(state.get("dropped")),
             Path(aside) if isinstance(aside, str) else None,
+            Dropped.of(state.get("lost")),
             strict=True,
         )
     except (StepFailed, KeyError) as exc:
@@ -513,6 +520,7 @@ def _restore(
     pending = _Pending(config)
     aside: Path | None = None
     dropped = False
+    lost = Dropped()  # what DROP DATABASE takes with it that the tool does not bring back
     try:
         t_prepare = time.monotonic()
         # what we write there (an archive's files, a throwaway's, its export) shares the
@@ -527,8 +535,12 @@ def _restore(
             live.export(new, aside)
             scan_portable(aside, deep=True)
             result.replaced_copy = str(aside)
-            # written before the drop: a kill right after it still finds the copy
-            pending.write(new=new, existed=exists, dropped=True, aside=str(aside))
+            lost = Dropped.read(live, new)
+            # written before the drop: a kill right after it still finds the copy, and what
+            # the drop takes along (its continuous queries, the users' grants on it)
+            pending.write(
+                new=new, existed=exists, dropped=True, aside=str(aside), lost=lost.as_json()
+            )
             live.q(f"DROP DATABASE {ident(new)}")
             dropped = True
         t_restore = time.monotonic()
@@ -549,10 +561,13 @@ def _restore(
         cqs = bring_back(meta, live.q, logger, databases={name: new})
         result.continuous_queries = cqs.summary()
         result.warnings += cqs.warnings
+        # --replace: users keep their grants on the name (the drop took them); the replaced
+        # database's continuous queries the backup does not bring back are named
+        result.warnings += lost.grant_again(live) + lost.not_recreated(cqs.recreated, logger)
         pending.clear()
     except (Exception, Interrupted) as exc:
         with signals_blocked():
-            undone = _undo(live, new, exists, dropped, aside)
+            undone = _undo(live, new, exists, dropped, aside, lost)
             pending.clear()
         logger.error("restore.database_failed", error=str(exc), undone=undone)
         if isinstance(exc, Interrupted):
@@ -568,11 +583,14 @@ def _undo(
     existed: bool,
     dropped: bool,
     aside: Path | None,
+    lost: Dropped,
     *,
     strict: bool = False,
 ) -> str:
-    """Put the live server back as it was; says how it ended, for the error line. strict
-    (recovery): a live server that does not answer raises StepFailed, to be tried again."""
+    """Put the live server back as it was (a replaced database with its continuous queries and
+    the users' grants on it, which the drop took and the tool does not restore); says how it
+    ended, for the error line. strict (recovery): a live server that does not answer raises
+    StepFailed, to be tried again."""
     if dropped and aside is not None and not aside.is_dir():
         return f"database {new} was dropped and its copy {aside} is gone: restore it by hand"
     if strict:
@@ -582,7 +600,12 @@ def _undo(
             live.q(f"DROP DATABASE {ident(new)}")  # what the failed restore made of it
         if dropped and aside is not None:
             live.take(aside, new, new)
-            return f"database {new} was put back from the copy kept in {aside}"
+            problems = lost.create_again(live) + lost.grant_again(live)
+            return (
+                f"database {new} was put back from the copy kept in {aside}"
+                + (f" ({lost.described()})" if lost else "")
+                + "".join(f"; but {problem}" for problem in problems)
+            )
     except Exception as exc:
         if dropped and aside is not None:
             return (
@@ -604,6 +627,102 @@ def _undo(
     if aside is not None:
         remove_gently(aside, ignore_errors=True)  # a copy of a database that was never dropped
     return "the live server's databases are as they were"
+
+
+@dataclass
+class Dropped:
+    """What DROP DATABASE takes with the database that `influxd restore -portable` does not
+    bring back from a portable backup of it (its retention policies, their durations, shard
+    group durations and default it does: measured with 1.6): the database's continuous
+    queries and the non-admin users' grants on it. Read before a --replace drops it."""
+
+    database: str = ""
+    cqs: list[ContinuousQuery] = field(default_factory=list)
+    grants: list[tuple[str, str]] = field(default_factory=list)  # (user, privilege)
+
+    def __bool__(self) -> bool:
+        return bool(self.cqs or self.grants)
+
+    @classmethod
+    def read(cls, live: _Live, db: str) -> Dropped:
+        cqs = [cq for cq in server_cqs(live.rows("SHOW CONTINUOUS QUERIES")) if cq.database == db]
+        grants = []
+        for user, admin in ((str(row[0]), bool(row[1])) for row in values(live.rows("SHOW USERS"))):
+            if admin:
+                continue  # an admin's rights are not per database: the drop leaves them
+            for on, privilege in values(live.rows(f"SHOW GRANTS FOR {ident(user)}")):
+                if on == db and str(privilege) in GRANTABLE:
+                    grants.append((user, str(privilege)))
+        return cls(db, cqs, grants)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "cqs": [[cq.database, cq.name, cq.statement] for cq in self.cqs],
+            "grants": [list(grant) for grant in self.grants],
+        }
+
+    @classmethod
+    def of(cls, state: object) -> Dropped:
+        """From as_json's (a pending record: anything unreadable in it is left out)."""
+        if not isinstance(state, dict):
+            return cls()
+        cqs = [
+            ContinuousQuery(*map(str, cq))
+            for cq in state.get("cqs") or []
+            if isinstance(cq, list) and len(cq) == 3
+        ]
+        grants = [
+            (str(g[0]), str(g[1]))
+            for g in state.get("grants") or []
+            if isinstance(g, list) and len(g) == 2 and str(g[1]) in GRANTABLE
+        ]
+        return cls(str(state.get("database") or ""), cqs, grants)
+
+    def described(self) -> str:
+        parts = []
+        if self.cqs:
+            parts.append("continuous queries " + ", ".join(cq.name for cq in self.cqs))
+        if self.grants:
+            parts.append("grants to " + ", ".join(sorted({user for user, _ in self.grants})))
+        return "with its " + " and ".join(parts)
+
+    def create_again(self, live: _Live) -> list[str]:
+        """The continuous queries as the live server had them; what failed, in words."""
+        problems = []
+        for cq in self.cqs:
+            try:
+                live.q(cq.statement)
+            except StepFailed as exc:
+                problems.append(
+                    f"its continuous query {cq.label} could not be created again ({exc}): "
+                    f"{cq.statement}"
+                )
+        return problems
+
+    def grant_again(self, live: _Live) -> list[str]:
+        """The grants as the live server had them; what failed, in words."""
+        problems = []
+        for user, privilege in self.grants:
+            statement = f"GRANT {GRANTABLE[privilege]} ON {ident(self.database)} TO {ident(user)}"
+            try:
+                live.q(statement)
+            except StepFailed as exc:
+                problems.append(f"{statement} failed ({exc}): give it by hand")
+        return problems
+
+    def not_recreated(self, recreated: list[str], logger: Logger) -> list[str]:
+        """The replaced database's continuous queries that the backup's did not replace."""
+        lines = []
+        for cq in self.cqs:
+            if cq.label in recreated:
+                continue
+            lines.append(
+                f"the replaced database's continuous query {cq.label} is not in the backup: "
+                f"the restored database runs none by that name (it was: {cq.statement})"
+            )
+            logger.warning("restore.replaced_cq_not_kept", cq=cq.label, statement=cq.statement)
+        return lines
 
 
 BUILD_COUNT_S = counts.BUDGET_S  # a chain's build, counted before its export

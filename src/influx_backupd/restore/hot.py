@@ -1020,15 +1020,15 @@ def _clear_databases(
     return grants, cqs
 
 
-_GRANTABLE = {"READ": "READ", "WRITE": "WRITE", "ALL PRIVILEGES": "ALL"}
+GRANTABLE = {"READ": "READ", "WRITE": "WRITE", "ALL PRIVILEGES": "ALL"}
 
 
 def _grant_again(url: str, grants: list[tuple[str, str, str]], logger: Logger) -> None:
     """Grants on databases that the restore brought back, as the live server had them."""
     restored = set(_databases(url))
     for user, db, privilege in grants:
-        if db in restored and privilege in _GRANTABLE:
-            q = f"GRANT {_GRANTABLE[privilege]} ON {ident(db)} TO {ident(user)}"
+        if db in restored and privilege in GRANTABLE:
+            q = f"GRANT {GRANTABLE[privilege]} ON {ident(db)} TO {ident(user)}"
             _query(url, q, None)
             logger.info("restore.granted", user=user, db=db, privilege=privilege)
 
