@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from influx_backupd.cli import offsite as offsite_cli
 from influx_backupd.cli.output import (
     fmt_bytes,
     fmt_s,
+    fmt_time,
     print_database,
     print_deletes,
     print_json,
@@ -34,8 +36,11 @@ from influx_backupd.cli.quote import quoted, say
 from influx_backupd.core import unit_paths
 from influx_backupd.core.config import (
     Config,
+    ConfigError,
     JobSection,
+    default_state_dir,
     job_warnings,
+    resolve_path,
     retention_warning,
     secret_file_warnings,
 )
@@ -50,9 +55,11 @@ from influx_backupd.core.errors import (
     UsageError,
 )
 from influx_backupd.core.interrupt import interrupt_on_signals
+from influx_backupd.core.jsontext import loads_json, number
+from influx_backupd.core.processes import LOOSE, same_process
 from influx_backupd.core.redact import shown_url
 from influx_backupd.core.schedule import describe, human_duration
-from influx_backupd.daemon.status import gather, render
+from influx_backupd.daemon.status import STATE_FILE, gather, render
 from influx_backupd.influxd import influxql
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.influxd.throttle import DATABASE_RATE_MIB
@@ -697,6 +704,92 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     # refused as check-config and backup refuse it (78): every scheduled run would fail
     _startable(config)
     return run_daemon(config, getattr(args, "log_level", None) or config.settings.daemon.log_level)
+
+
+def status_despite(cli_path: str | None, error: ConfigError, args: argparse.Namespace) -> int:
+    """`status` with a config that does not load (a mistyped key): a daemon started on it
+    before still runs on what it loaded then, and an operator must still see it. What that
+    daemon publishes in its state_dir (daemon.json, a restore's progress), then the config's
+    error line; exit 78 all the same (a reload, a restart or any other command would refuse
+    this config)."""
+    try:
+        path: Path | None = resolve_path(cli_path)
+    except ConfigError:
+        path = None
+    state_dir = _state_dir_of(path) if path is not None else None
+    state = _published_state(state_dir) if state_dir is not None else None
+    if state is not None and state_dir is not None:
+        report = {
+            "daemon": {
+                "running": True,
+                "pid": state.get("pid"),
+                "started_at": state.get("started_at"),
+                "config": state.get("config"),
+                "status": state.get("status"),
+                "run_in_flight": state.get("running"),
+                "waiting": state.get("pending", []),
+                "next_runs": {
+                    str(name): job.get("next_run")
+                    for name, job in (state.get("jobs") or {}).items()
+                    if isinstance(job, dict)
+                },
+            },
+            "restore": progress.read_published(state_dir / progress.RUNNING_FILE),
+            "config_error": str(error),
+        }
+        if args.json:
+            print_json(report)
+        else:
+            print(_render_despite(report))
+    say(error.line())
+    return error.exit_status
+
+
+def _state_dir_of(path: Path) -> Path | None:
+    """[daemon] state_dir as the file writes it, read leniently (the file fails validation
+    elsewhere), or the default state dir of that config; None for a file that is no TOML."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    daemon = raw.get("daemon")
+    written = daemon.get("state_dir") if isinstance(daemon, dict) else None
+    if isinstance(written, str) and written and os.path.isabs(written):
+        return Path(written)
+    return default_state_dir(path)
+
+
+def _published_state(state_dir: Path) -> dict[str, Any] | None:
+    """A running daemon's daemon.json: as read_daemon_state reads it, without a config."""
+    try:
+        state = loads_json((state_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    if same_process(state.get("pid"), state.get("create_time"), LOOSE) is None:
+        return None  # no daemon, or its pid reused since
+    return state
+
+
+def _render_despite(report: dict[str, Any]) -> str:
+    d = report["daemon"]
+    lines = [
+        f"daemon    running, pid {d['pid']}, since {fmt_time(number(d['started_at']))}",
+        f"  status  {d['status']}",
+    ]
+    if d["config"]:
+        lines.append(f"  config  {d['config']}, as it loaded it (the file fails now: below)")
+    for name, when in d["next_runs"].items():
+        lines.append(f"job {name}  next {fmt_time(number(when))}")
+    running = report["restore"]
+    if running:
+        lines.append(f"restore   {running['what']} (pid {running['pid']})")
+    lines.append(
+        "config    NOT LOADED: the daemon keeps the config it loaded before; fix the file "
+        "(influx-backupd check-config), then reload it"
+    )
+    return "\n".join(lines)
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:

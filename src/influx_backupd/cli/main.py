@@ -199,10 +199,18 @@ def _main(argv: Sequence[str] | None) -> int:
     # their MESSAGE_IDs, as the daemon's do, not as JSON text lines
     journal = log.journal_socket() if journal_available() else None
     log.configure(level=_log_level(args, "info"), journal=journal)
-    from influx_backupd.core.config import load, resolve_path
+    from influx_backupd.core.config import ConfigError, load, resolve_path
 
     try:
-        config = load(resolve_path(getattr(args, "config", None)))
+        try:
+            config = load(resolve_path(getattr(args, "config", None)))
+        except ConfigError as exc:
+            if args.command != "status":
+                raise
+            # a daemon may run on the config it loaded before: status shows it all the same
+            from influx_backupd.cli.commands import status_despite
+
+            return status_despite(getattr(args, "config", None), exc, args)
         log.configure(level=_log_level(args, config.settings.daemon.log_level), journal=journal)
         _tell_left_stopped(config, args.command)
         return command_function(args.command)(config, args)
