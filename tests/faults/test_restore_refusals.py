@@ -173,21 +173,20 @@ def test_a_unit_masked_while_the_restore_prepares_exits_78_cold_and_hot(
     )
     pids = sandbox.pids()
     ledger.take()
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(HOOK)
-    paused, go = tmp_path / "paused", tmp_path / "go"
-    monkeypatch.setenv("UR_PAUSED", str(paused))
-    monkeypatch.setenv("UR_GO", str(go))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(HOOK)
+    for name, value in (("UR_PAUSED", "paused"), ("UR_GO", "go"), ("PYTHONPATH", "hook")):
+        tail = [os.environ.get("PYTHONPATH", "")] if name == "PYTHONPATH" else []
+        monkeypatch.setenv(name, os.pathsep.join([str(tmp_path / value), *tail]))
     restore = Watched(config, "restore", backup_id, "--yes")
-    wait_until(paused.exists, 180, "the restore is ready to swap")
+    wait_until((tmp_path / "paused").exists, 180, "the restore is ready to swap")
     _unit(service, sandbox, REFUSED["masked"][0])  # after the command's own check
-    go.touch()
+    (tmp_path / "go").touch()
     code, _, stderr = restore.finish()
     assert code == 78, stderr[-3000:]
-    line = one_line(stderr)
-    assert "masked" in line and "influxd not stopped, nothing restored" in line, line
+    said = one_line(stderr)
+    for words in ("masked", "influxd not stopped, nothing restored"):
+        assert words in said, said
     calls = (service / "calls.log").read_text().splitlines()
     assert f"stop {UNIT}" not in calls, "nothing stopped"
     _untouched(tmp_path, sandbox, pids, ledger)

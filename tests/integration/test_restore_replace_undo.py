@@ -7,14 +7,13 @@ the users without their grants. Real influxd 1.6; the failure is the stand-in to
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import STAND_INS, Cli, write_config
+from tests.conftest import STAND_INS, Cli, wait_until, write_config
 
 CQ = (
     'CREATE CONTINUOUS QUERY "hourly" ON "other" BEGIN SELECT mean("value") INTO '
@@ -91,19 +90,20 @@ def test_a_replace_killed_after_the_drop_is_undone_with_its_cqs_and_grants(
     proc = stuck.popen(
         "restore", backup_id, "--database", "metrics", "--as", "other", "--replace", "--yes"
     )
+
+    def tool() -> list[psutil.Process]:  # the stand-in's hanging `influxd restore`
+        assert proc.poll() is None, proc.communicate()
+        return [p for p in psutil.Process(proc.pid).children(True) if "sleep" in p.name()]
+
     try:
-        deadline = time.monotonic() + 120
-        while not any("sleep" in p.name() for p in psutil.Process(proc.pid).children(True)):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the restore never reached the live server"
-            time.sleep(0.1)
+        wait_until(tool, 120, "the restore's tool on the live server")
+        hanging_tool = tool()
         assert "other" not in sandbox.databases(), "dropped"
         assert json.loads(pending.read_text())["lost"]["cqs"][0][1] == "hourly"
-        tool = [p for p in psutil.Process(proc.pid).children(True) if "sleep" in p.name()]
     finally:
         proc.kill()
         proc.communicate()
-    for p in tool:
+    for p in hanging_tool:
         p.kill()
 
     done = Cli(write_config(tmp_path, sandbox))("prune", "--dry-run")  # takes the lock
