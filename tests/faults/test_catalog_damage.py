@@ -433,7 +433,8 @@ def test_a_catalog_held_when_a_cold_backup_saves_its_record_does_not_lose_the_ba
     holder.execute("BEGIN EXCLUSIVE")
     try:
         backup.wait_event("influxd.ready")
-        time.sleep(40)  # past SQLite's own 30 s wait
+        # said once a save has failed after SQLite's own 30 s wait: held past it
+        backup.wait_event("catalog.busy_final_save", 120)
     finally:
         holder.rollback()
         holder.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -51,6 +52,16 @@ def _signalled(tmp_path: Path) -> int | None:
 
 def _gone(pid: int) -> bool:
     return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+# late_exit_supervisor.py's linger: longer than any test waits; the test ends it (_release) once
+# it has seen what must happen while the signalled server still serves.
+UNTIL_RELEASED = "600"
+
+
+def _release(pid: int) -> None:
+    """The lingering late_exit_supervisor.py of that pid ends its shutdown now."""
+    os.kill(pid, signal.SIGUSR1)
 
 
 def _under(
@@ -217,7 +228,9 @@ def test_a_server_serving_past_stop_timeout_that_exits_later_is_started_by_the_n
     no command said it was down."""
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 3_000)
-    served = _serve_supervised(tmp_path, sandbox, "late_exit_supervisor.py", str(pidfile), "6")
+    served = _serve_supervised(
+        tmp_path, sandbox, "late_exit_supervisor.py", str(pidfile), UNTIL_RELEASED
+    )
 
     def config(stop_timeout: str) -> Path:
         influxd = {"pidfile": str(pidfile), "command": served, "stop_timeout": stop_timeout}
@@ -225,6 +238,7 @@ def test_a_server_serving_past_stop_timeout_that_exits_later_is_started_by_the_n
 
     args = ["backup", "--json"]
     if command == "restore":
+        _release(int(pidfile.read_text()))  # this backup's stop ends as a plain one
         backup = run_cli(config("60s"), "backup", "--json")
         assert backup.returncode == 0, backup.stderr[-3000:]
         args = ["restore", json.loads(backup.stdout)["id"], "--yes"]
@@ -234,6 +248,7 @@ def test_a_server_serving_past_stop_timeout_that_exits_later_is_started_by_the_n
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "stop_timeout" in done.stdout + done.stderr
     assert sandbox.ping() and _signalled(tmp_path) == first, "left serving, and watched"
+    _release(first)
     wait_until(lambda: _gone(first), 60, "the late end of its shutdown")
     assert not sandbox.ping()
     # now influxd is down: every command says so, the next one taking the lock starts it
@@ -254,7 +269,7 @@ def test_the_daemon_starts_a_server_that_exits_long_after_the_stop_it_outlasted(
     tmp_path: Path, sandbox: Sandbox, ledger: Ledger, pidfile: Path
 ) -> None:
     """No command runs after the failed backup: the daemon alone sees the late exit."""
-    config = _under(tmp_path, sandbox, pidfile, "late_exit_supervisor.py", "8", "2s")
+    config = _under(tmp_path, sandbox, pidfile, "late_exit_supervisor.py", UNTIL_RELEASED, "2s")
     ledger.take()
     first = int(pidfile.read_text())
     done = run_cli(config, "backup", "--json")
@@ -262,7 +277,8 @@ def test_the_daemon_starts_a_server_that_exits_long_after_the_stop_it_outlasted(
     assert sandbox.ping() and _signalled(tmp_path) == first
     with daemon(tmp_path, config) as d:
         d.wait_event("daemon.ready", 120)
-        assert not _gone(first), "the daemon was up before the late exit (linger too short?)"
+        assert not _gone(first), "the server exited before the daemon was up"
+        _release(first)
         wait_until(lambda: _gone(first), 60, "the late end of its shutdown")
         wait_until(sandbox.ping, 60, "the daemon starting influxd after the late exit")
         wait_until(lambda: not (tmp_path / "state" / MARKER).exists(), 30, "the marker cleared")

@@ -6,6 +6,10 @@ end. The real influxd closes its listeners early and forces its own exit 30 s af
 it cannot be made to do this on demand; this wrapper (its pid in the pidfile) is what the backup
 tool sees as "influxd" and signals.
 
+SIGUSR1 ends the linger at once (or, before the SIGTERM, makes it none): a test that has seen
+what must happen while the server lingers releases it then, instead of waiting out a LINGER
+long enough for a loaded machine.
+
 usage: late_exit_supervisor.py PIDFILE LINGER INFLUXD_ARGV...
 (The real influxd is given its config by environment: see conf_by_env.py.)
 """
@@ -30,7 +34,13 @@ def on_term(_signum: int, _frame: object) -> None:
         asked_at = time.monotonic()
 
 
+def on_release(_signum: int, _frame: object) -> None:
+    global linger
+    linger = 0.0
+
+
 signal.signal(signal.SIGTERM, on_term)
+signal.signal(signal.SIGUSR1, on_release)
 with open(pidfile, "w") as fh:
     fh.write(f"{os.getpid()}\n")
 while child.poll() is None:
