@@ -442,9 +442,7 @@ def _verify_tar(
         result.status = "failed"
     else:
         counted = ", ".join(f"{n} {kind}" for kind, n in sorted(report.checked.items()))
-        result.checks["formats"] = (
-            f"ok ({counted or 'no checkable files'}{', deep' if deep else ''})"
-        )
+        result.checks["formats"] = _formats_ok(counted or "no checkable files", report, deep)
 
     cold = not hot_snapshot
     # A hot 0.9 snapshot's layout is influxd's: its manifest check above stands for structure.
@@ -544,12 +542,16 @@ def _verify_directory(
         result.status = "failed"
     else:
         shards = report.checked.get("shard archives", 0)
-        result.checks["formats"] = (
-            f"ok ({report.checked.get('tsm', 0)} tsm in {shards} shard archives"
-            f"{', deep' if deep else ''})"
-        )
+        counted = f"{report.checked.get('tsm', 0)} tsm in {shards} shard archives"
+        result.checks["formats"] = _formats_ok(counted, report, deep)
     if restore_test:
         restore_test_hot(config, "portable", archive, record, result, catalog)
+
+
+def _formats_ok(counted: str, report: ArchiveReport, deep: bool) -> str:
+    """What was read, and what was not: a summary that does not imply more than it checked."""
+    unread = ", ".join(f"{n} {label}" for label, n in sorted(report.unread.items()))
+    return f"ok ({counted}{', deep' if deep else ''}{f'; not read: {unread}' if unread else ''})"
 
 
 def check_portable_formats(directory: Path, *, deep: bool, spool_dir: Path) -> ArchiveReport:
@@ -569,7 +571,10 @@ def check_portable_formats(directory: Path, *, deep: bool, spool_dir: Path) -> A
                 for info in tar:
                     report.members += 1
                     name = f"{shard.name}/{info.name}"
-                    if not info.isreg() or classify_member(info.name) != "tsm":
+                    if not info.isreg():
+                        continue
+                    if classify_member(info.name) != "tsm":
+                        report.not_read(info.name)
                         continue
                     stream = tar.extractfile(info)
                     if stream is None:

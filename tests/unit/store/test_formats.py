@@ -488,7 +488,7 @@ def cold_members() -> dict[str, bytes]:
         "influxdb.conf": b"[meta]\n",
         "meta/meta.db": b"\x0a\x05not-bolt-protobuf" * 10,
         "data/x/autogen/1/000000001-000000001.tsm": tsm_file(SERIES),
-        "data/x/autogen/1/fields.idx": b"\x00" * 10,
+        "data/x/autogen/1/fields.idx": b"\x00\x06\x01\x03\x0a\x0c\x0a\x03cpu\x12\x05\x0a\x01v\x10\x01",  # a real one
         "wal/x/autogen/1/_00001.wal": wal_file(),
         "wal/x/autogen/1/_00002.wal": b"",
     }
@@ -500,7 +500,7 @@ def test_archive_valid_passes(tmp_path: Path) -> None:
     assert report.ok
     assert report.members == 6
     assert report.top_dirs == {"influxdb.conf", "meta", "data", "wal"}
-    assert report.checked == {"tsm": 1, "wal": 2}
+    assert report.checked == {"fields.idx": 1, "tsm": 1, "wal": 2}
 
 
 def test_archive_flipped_tsm_byte_is_caught_deep(tmp_path: Path) -> None:
@@ -555,7 +555,7 @@ def test_archive_members_too_big_to_hold_are_checked_from_the_archive(
     monkeypatch.setattr(formats, "HOLD_MAX", 100)  # every WAL and TSM member streamed
     streamed = check_archive(path, deep=deep, sha256=True)
     assert streamed == held
-    assert held.checked == {"tsm": 1, "wal": 4}
+    assert held.checked == {"fields.idx": 1, "tsm": 1, "wal": 4}
 
 
 def test_archive_sha256_is_the_files_whatever_its_state(tmp_path: Path) -> None:
@@ -628,7 +628,7 @@ def test_archive_finds_09_bolt_shards_and_raft_db(tmp_path: Path) -> None:
         ("meta/raft.db", "bolt"),
         ("meta/meta.db", None),
         ("data/x/autogen/1", "bolt?"),
-        ("data/x/autogen/1/fields.idx", None),
+        ("data/x/autogen/1/fields.idx", "fields.idx"),
         ("data/x/autogen/1/000000002-000000003.tsm.tmp", None),
         ("wal/x/autogen/1/00012.wal", None),
     ],

@@ -1,4 +1,5 @@
-"""Readers that check InfluxDB's on-disk formats (Bolt, TSM, WAL) inside a backup archive.
+"""Readers that check InfluxDB's on-disk formats inside a backup archive: Bolt, TSM, WAL, and
+1.5+'s series files, TSI index files, index MANIFESTs and fields.idx.
 
 Each checker takes a seekable binary stream plus its size and returns a list of
 ``Finding``s instead of raising: ``verify`` wants every problem in an archive, not the
@@ -21,7 +22,18 @@ from typing import BinaryIO, Literal, cast
 
 from influx_backupd.store.formats.bolt import check_bolt
 from influx_backupd.store.formats.findings import Finding, read_at
+from influx_backupd.store.formats.series import (
+    check_segment,
+    check_series_index,
+    is_segment_name,
+)
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
+from influx_backupd.store.formats.tsi import (
+    IndexListing,
+    check_fields,
+    check_tsi,
+    check_tsl,
+)
 from influx_backupd.store.formats.tsm import check_tsm
 from influx_backupd.store.formats.wal import check_wal, check_wal_buffer
 
@@ -47,7 +59,10 @@ HOLD_MAX = 16 << 20
 IN_FLIGHT_MAX = 64 << 20
 _READ = 4 << 20
 
-Format = Literal["tsm", "wal", "bolt"]
+# Also the words verify's summary counts them by.
+Format = Literal[
+    "tsm", "wal", "bolt", "series", "series index", "tsi", "tsl", "MANIFEST", "fields.idx"
+]
 
 
 @dataclass
@@ -56,7 +71,13 @@ class ArchiveReport:
     members: int = 0
     top_dirs: set[str] = field(default_factory=set)
     checked: dict[str, int] = field(default_factory=dict)
+    unread: dict[str, int] = field(default_factory=dict)  # regular members no checker reads
     sha256: str | None = None  # of the whole file, when asked for and it could all be read
+
+    def not_read(self, name: str) -> None:
+        """Count a regular member no checker reads, by its extension, for the summary."""
+        label = os.path.splitext(name)[1] or "other"
+        self.unread[label] = self.unread.get(label, 0) + 1
 
     @property
     def errors(self) -> list[Finding]:
@@ -87,6 +108,18 @@ def classify_member(name: str) -> Format | Literal["bolt?"] | None:
     # 1.x meta/meta.db is protobuf, not bolt; only 0.9's raft log is a bolt file.
     if name == "meta/raft.db":
         return "bolt"
+    if parts[0] == "data" and len(parts) == 5 and parts[2] == "_series":  # DB/_series/PP/file
+        return "series" if is_segment_name(base) else "series index" if base == "index" else None
+    if parts[0] == "data" and len(parts) == 7 and parts[4] == "index":  # DB/RP/ID/index/N/file
+        return (
+            "tsi"
+            if base.endswith(".tsi")
+            else "tsl"
+            if base.endswith(".tsl")
+            else ("MANIFEST" if base == "MANIFEST" else None)
+        )
+    if parts[0] == "data" and len(parts) == 5 and base == "fields.idx":
+        return "fields.idx"
     # 0.9 shards: data/<db>/<rp>/<shard-id>, a bolt file with no extension. 1.x has
     # directories there, so the magic check decides.
     if len(parts) == 4 and parts[0] == "data" and "." not in base and base:
@@ -101,6 +134,16 @@ def _check_member(
         return check_tsm(stream, size, member, deep=deep)
     if kind == "wal":
         return check_wal(stream, size, member, deep=deep)
+    if kind == "series":
+        return check_segment(stream, size, member, deep=deep)
+    if kind == "series index":
+        return check_series_index(stream, size, member)
+    if kind == "tsi":
+        return check_tsi(stream, size, member)
+    if kind == "tsl":
+        return check_tsl(stream, size, member)
+    if kind == "fields.idx":
+        return check_fields(stream, size, member)
     return check_bolt(stream, size, member)
 
 
@@ -238,13 +281,14 @@ def _scan(
         report.findings.append(Finding("error", ARCHIVE_MEMBER, message))
 
     archive_size = os.fstat(raw.fileno()).st_size
+    listing = IndexListing()
     opened = False
     try:
         try:
             with tarfile.open(fileobj=raw, mode="r:", tarinfo=CheckedTarInfo) as tar:
                 opened = True
                 for info in tar:
-                    _check_one(tar, info, archive_size, deep, report, checks, digest)
+                    _check_one(tar, info, archive_size, deep, report, checks, digest, listing)
                 end = tar.offset
         finally:
             checks.collect()  # every member's findings before the archive's own
@@ -256,6 +300,7 @@ def _scan(
         return archive_error(
             f"archive unreadable after {report.members} members (truncated or corrupt): {exc}"
         )
+    report.findings.extend(listing.findings())  # a MANIFEST against the members beside it
     # tarfile stops quietly at a missing or garbled header, so a tar cut at a member
     # boundary would look complete. Tar writers always end an archive with two zero
     # blocks: insist on them.
@@ -276,6 +321,7 @@ def _check_one(
     report: ArchiveReport,
     checks: _Checks,
     digest: _Digest,
+    listing: IndexListing,
 ) -> None:
     name = _normalise(info.name)
     report.members += 1
@@ -291,13 +337,17 @@ def _check_one(
             f"member {name} needs {stored} bytes at offset {info.offset_data} but the "
             f"archive is only {archive_size} bytes: the archive is truncated"
         )
+    listing.saw(name)
     kind = classify_member(name)
-    if kind is None:
-        return
     if kind == "bolt?":
-        if os.pread(digest.fd, 4, info.offset_data + 16) != BOLT_MAGIC_LE:
-            return
-        kind = "bolt"
+        kind = "bolt" if os.pread(digest.fd, 4, info.offset_data + 16) == BOLT_MAGIC_LE else None
+    if kind is None:
+        report.not_read(name)
+        return
+    if kind == "MANIFEST":  # small, and the listing needs it: read here, on this thread
+        checks.add(listing.manifest(digest.read(info.offset_data, info.size), name))
+        report.checked[kind] = report.checked.get(kind, 0) + 1
+        return
     if info.sparse:  # a file with holes: tarfile knows where its runs lie
         digest.upto(info.offset_data + stored)
         extracted = tar.extractfile(info)

@@ -1,0 +1,217 @@
+"""Checks of a database's series file (influxd 1.5+): `data/DB/_series/PP/SSSS` segments and
+`data/DB/_series/PP/index`, as influxdb 1.6's tsdb/series_segment.go and series_index.go read
+them. Both index types keep one (an inmem server's too).
+
+A segment is preallocated to its full size (4 MiB for segment 0, doubling up to 256 MiB) and
+holds a 5-byte header (magic "SSEG", version 1), then entries: flag u8 (1 insert, 2 tombstone),
+series id u64 big-endian, and for an insert the series key (uvarint length, then measurement
+u16 length + bytes, uvarint tag count, each tag key and value u16 length + bytes). influxd
+reads entries up to the first byte that is not a valid flag: zeros there are the unused rest of
+the file, anything else is damage (influxd stops reading there, and writes new series over
+it). A bad magic makes influxd fail to open the database; a garbled key makes it panic.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import BinaryIO
+
+from influx_backupd.store.formats.findings import Finding, read_at
+
+SEGMENT_MAGIC = b"SSEG"
+INDEX_MAGIC = b"SIDX"
+SEGMENT_HEADER_SIZE = 5
+INDEX_HEADER_SIZE = 4 + 1 + 8 * 8
+INSERT, TOMBSTONE = 0x01, 0x02
+PARTITIONS = 8  # tsdb.SeriesFilePartitionN: ids of partition p are p+1, p+1+8, ...
+_INDEX_ELEM_SIZE = 16
+_U64 = struct.Struct(">Q").unpack_from
+_U16 = struct.Struct(">H").unpack_from
+_CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
+# Segment file names are what strconv.ParseUint(name, 16) accepts; partition dirs are %02x.
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+def is_segment_name(base: str) -> bool:
+    return bool(_HEX.fullmatch(base))
+
+
+def segment_size(segment_id: int) -> int:
+    """The size influxd maps a segment at (SeriesSegmentSize): 4 MiB doubling to 256 MiB."""
+    return 1 << min(segment_id + 22, 28)
+
+
+class _Window:
+    """Reads a stream in 1 MiB pieces; get(pos, n) returns up to n bytes at pos."""
+
+    def __init__(self, stream: BinaryIO, size: int) -> None:
+        self._stream, self._size = stream, size
+        self._base, self._buf = 0, b""
+
+    def get(self, pos: int, n: int) -> bytes:
+        if pos < self._base or pos + n > self._base + len(self._buf):
+            self._base = pos
+            self._buf = read_at(self._stream, pos, min(max(n, _CHUNK), self._size - pos))
+        start = pos - self._base
+        return self._buf[start : start + n]
+
+
+def _uvarint(data: bytes, i: int) -> tuple[int, int] | None:
+    """(value, next index), or None when data ends first or the value overflows 64 bits."""
+    value = shift = 0
+    while i < len(data) and shift < 70:
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if byte < 0x80:
+            return (value, i) if value < 1 << 64 else None
+        shift += 7
+    return None
+
+
+def _key_problem(key: bytes) -> str | None:
+    """Why a series key (without its length prefix) does not parse, or None."""
+    if len(key) < 2:
+        return "key shorter than its measurement length"
+    i = 2 + _U16(key, 0)[0]
+    tags = _uvarint(key, i)
+    if i > len(key) or tags is None:
+        return "measurement name or tag count runs past the key"
+    count, i = tags
+    for _ in range(min(count, len(key))):
+        for _part in ("key", "value"):
+            if i + 2 > len(key):
+                return "tag runs past the key"
+            i += 2 + _U16(key, i)[0]
+    if i != len(key) or count > len(key):
+        return f"key length says {len(key)} bytes, its measurement and {count} tags say otherwise"
+    return None
+
+
+def check_segment(stream: BinaryIO, size: int, member: str, *, deep: bool = False) -> list[Finding]:
+    """Header always; deep: every entry up to the end of the data, and zeros after it."""
+    header = read_at(stream, 0, SEGMENT_HEADER_SIZE)
+    if len(header) < SEGMENT_HEADER_SIZE or header[:4] != SEGMENT_MAGIC:
+        return [
+            Finding(
+                "error",
+                member,
+                f"not a series segment: starts {header[:4]!r}, not {SEGMENT_MAGIC!r} "
+                "(influxd cannot open this database's series file)",
+            )
+        ]
+    if header[4] != 1:
+        return [Finding("error", member, f"series segment version {header[4]}, influxd reads 1")]
+    parts = member.split("/")
+    expected = segment_size(int(parts[-1], 16))
+    if size < expected:
+        return [
+            Finding(
+                "error",
+                member,
+                f"series segment is {size} bytes; influxd maps it at {expected} and would "
+                "crash reading past the end",
+            )
+        ]
+    if not deep:
+        return []
+    partition = int(parts[-2], 16) if is_segment_name(parts[-2]) else None
+    if partition is not None and partition >= PARTITIONS:
+        partition = None  # not a dir influxd opens: no id rule to hold it to
+    return _walk(_Window(stream, size), size, member, partition)
+
+
+def _walk(window: _Window, size: int, member: str, partition: int | None) -> list[Finding]:
+    pos = SEGMENT_HEADER_SIZE
+    while pos < size:
+        head = window.get(pos, 1 + 8 + 10)
+        flag = head[0]
+        if flag not in (INSERT, TOMBSTONE):
+            return _after_end(window, pos, size, member, flag)
+        if len(head) < 9:
+            return [_bad(member, pos, "entry cut short in its series id")]
+        series_id = _U64(head, 1)[0]
+        if series_id == 0 or (partition is not None and (series_id - 1) % PARTITIONS != partition):
+            return [_bad(member, pos, f"series id {series_id} does not belong to this partition")]
+        if flag == TOMBSTONE:
+            pos += 9
+            continue
+        length = _uvarint(head, 9)
+        if length is None:
+            return [_bad(member, pos, "unreadable series key length")]
+        key_start = pos + length[1]
+        key_end = key_start + length[0]
+        if key_end > size:
+            return [_bad(member, pos, f"series key of {length[0]} bytes runs past the end")]
+        problem = _key_problem(window.get(key_start, key_end - key_start))
+        if problem is not None:
+            return [_bad(member, pos, f"garbled series key ({problem})")]
+        pos = key_end
+    return []
+
+
+def _after_end(window: _Window, pos: int, size: int, member: str, flag: int) -> list[Finding]:
+    """influxd stops at pos: the rest must be the zeros the file was preallocated with."""
+    at = pos
+    while at < size:
+        chunk = window.get(at, min(_CHUNK, size - at))
+        if chunk == _ZEROS[: len(chunk)]:  # a memcmp: most of a segment is this
+            at += len(chunk)
+            continue
+        stripped = chunk.lstrip(b"\0")
+        if stripped:
+            first = at + len(chunk) - len(stripped)
+            return [
+                _bad(
+                    member,
+                    pos,
+                    f"flag {flag} ends the entries there, yet data follows (first non-zero "
+                    f"byte at offset {first}): influxd would not read the series after it",
+                )
+            ]
+        at += len(chunk)
+    return []
+
+
+def _bad(member: str, pos: int, detail: str) -> Finding:
+    return Finding("error", member, f"corrupt series entry at offset {pos}: {detail}")
+
+
+def check_series_index(stream: BinaryIO, size: int, member: str) -> list[Finding]:
+    """The header (magic "SIDX", version 1) and where it places its two hash maps."""
+    header = read_at(stream, 0, INDEX_HEADER_SIZE)
+    if len(header) < INDEX_HEADER_SIZE or header[:4] != INDEX_MAGIC:
+        return [
+            Finding(
+                "error",
+                member,
+                f"not a series index: starts {header[:4]!r}, not {INDEX_MAGIC!r} "
+                "(influxd cannot open this database's series file)",
+            )
+        ]
+    if header[4] != 1:
+        return [Finding("error", member, f"series index version {header[4]}, influxd reads 1")]
+    count, capacity, key_off, key_size, id_off, id_size = struct.unpack_from(">6Q", header, 21)
+    maps = {"key/id": (key_off, key_size), "id/offset": (id_off, id_size)}
+    for name, (offset, length) in maps.items():
+        if offset < INDEX_HEADER_SIZE or offset + length > size:
+            return [
+                Finding(
+                    "error",
+                    member,
+                    f"its {name} map (offset {offset}, {length} bytes) lies outside the "
+                    f"file's {size} bytes",
+                )
+            ]
+        if length != capacity * _INDEX_ELEM_SIZE or count > capacity:
+            return [
+                Finding(
+                    "error",
+                    member,
+                    f"its {name} map holds {length} bytes; capacity {capacity} "
+                    f"(count {count}) needs {capacity * _INDEX_ELEM_SIZE}",
+                )
+            ]
+    return []

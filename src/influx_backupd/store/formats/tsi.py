@@ -1,0 +1,263 @@
+"""Checks of a shard's index files (influxd 1.5+), as influxdb 1.6 reads them:
+- `index/N/MANIFEST` (tsdb/index/tsi1/partition.go): JSON, "version" 1, its "files" the .tsi
+  and .tsl files influxd opens in that dir. A bad MANIFEST fails the shard; a missing one
+  makes influxd open an empty index partition, so the shard serves no points.
+- `.tsi` index files (index_file.go): magic "TSI1", an 82-byte trailer ending in version 1
+  that places five blocks inside the file; the measurement block ends in its own version 1.
+- `.tsl` log files (log_file.go): entries of flag u8, uvarint series id, then name, tag key
+  and tag value (uvarint length + bytes each), then a CRC-32 (IEEE, big-endian) of the bytes
+  before it. influxd replays entries up to the first one that is cut short or fails its
+  checksum and silently ignores the rest.
+- `fields.idx` (tsdb/shard.go, either index type): magic 00 06 01 03, then a protobuf
+  MeasurementFieldSet.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import struct
+import zlib
+from collections import Counter
+from typing import BinaryIO
+
+from influx_backupd.store.formats.findings import Finding, read_at
+
+TSI_MAGIC = b"TSI1"
+TSI_TRAILER_SIZE = 2 + 10 * 8
+MEASUREMENT_TRAILER_SIZE = 2 + 8 * 8
+FIELDS_MAGIC = bytes([0, 6, 1, 3])
+MANIFEST = "MANIFEST"
+INDEX_SUFFIXES = (".tsi", ".tsl")
+_TSI_BLOCKS = (
+    "measurement",
+    "series id set",
+    "tombstone series id set",
+    "series sketch",
+    "tombstone series sketch",
+)
+# A bad .tsl entry is damage, not a torn tail, when a whole entry follows it; looked for this
+# far (influxd compacts a log file at max-index-log-file-size, 1 MiB by default).
+_RESYNC_MAX = 1 << 20
+
+
+def check_tsi(stream: BinaryIO, size: int, member: str) -> list[Finding]:
+    if size < len(TSI_MAGIC) + TSI_TRAILER_SIZE:
+        return [_err(member, f"{size} bytes: shorter than a TSI1 header and trailer")]
+    magic = read_at(stream, 0, len(TSI_MAGIC))
+    if magic != TSI_MAGIC:
+        return [_err(member, f"not a TSI index file: starts {magic!r}, not {TSI_MAGIC!r}")]
+    trailer = read_at(stream, size - TSI_TRAILER_SIZE, TSI_TRAILER_SIZE)
+    if len(trailer) < TSI_TRAILER_SIZE:
+        return [_err(member, f"data ends before its declared size of {size} bytes")]
+    version = struct.unpack_from(">H", trailer, TSI_TRAILER_SIZE - 2)[0]
+    if version != 1:
+        return [_err(member, f"index file version {version}, influxd reads 1")]
+    fields = struct.unpack_from(">10Q", trailer, 0)
+    end = size - TSI_TRAILER_SIZE
+    for i, name in enumerate(_TSI_BLOCKS):
+        offset, length = fields[2 * i], fields[2 * i + 1]
+        if offset + length > end or (length and offset < len(TSI_MAGIC)):
+            return [
+                _err(
+                    member,
+                    f"its trailer places the {name} block (offset {offset}, {length} bytes) "
+                    f"outside the file's {size} bytes",
+                )
+            ]
+    offset, length = fields[0], fields[1]
+    if length < MEASUREMENT_TRAILER_SIZE:
+        return [_err(member, f"measurement block of {length} bytes is shorter than its trailer")]
+    block_version = struct.unpack(">H", read_at(stream, offset + length - 2, 2))[0]
+    if block_version != 1:
+        return [_err(member, f"measurement block version {block_version}, influxd reads 1")]
+    return []
+
+
+def check_tsl(stream: BinaryIO, size: int, member: str) -> list[Finding]:
+    """Every entry and its checksum, as influxd's LogFile.open replays them."""
+    data = read_at(stream, 0, size)
+    if len(data) < size:
+        return [_err(member, f"data ends before its declared size of {size} bytes")]
+    pos = 0
+    while pos < size:
+        entry = _tsl_entry(data, pos)
+        if isinstance(entry, int):
+            pos = entry
+            continue
+        if entry == "overflow":
+            message = f"entry at offset {pos} has a varint past 64 bits: influxd cannot open it"
+            return [_err(member, message)]
+        return _tsl_stop(data, pos, entry, member)
+    return []
+
+
+def _tsl_entry(data: bytes, pos: int) -> int | str:
+    """The offset after the entry at pos, or why influxd stops there ("short", "checksum")
+    or fails ("overflow")."""
+    i = pos + 1
+    if i > len(data):
+        return "short"
+    for field in range(4):  # series id, then name, key and value lengths
+        value, i, problem = _uvarint(data, i)
+        if problem:
+            return problem
+        if field:
+            i += value
+            if i > len(data):
+                return "short"
+    if i + 4 > len(data):
+        return "short"
+    if zlib.crc32(data[pos:i]) != struct.unpack_from(">I", data, i)[0]:
+        return "checksum"
+    return i + 4
+
+
+def _uvarint(data: bytes, i: int) -> tuple[int, int, str]:
+    """(value, next index, "" or what influxd's uvarint() makes of it)."""
+    value = shift = 0
+    for n, byte in enumerate(data[i : i + 10]):
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if n == 9 and byte > 1:
+                return 0, i, "overflow"
+            return value, i + n + 1, ""
+        shift += 7
+    return 0, i, "overflow" if len(data) - i >= 10 else "short"
+
+
+def _tsl_stop(data: bytes, pos: int, why: str, member: str) -> list[Finding]:
+    """influxd stops replaying at pos. A torn tail (a write cut short) is what a crash leaves:
+    a warning, as influxd tolerates it. A whole entry after it, or no readable entry at all,
+    is damage: influxd would silently drop those series from the index."""
+    what = "cut short" if why == "short" else "fails its checksum"
+    lost = len(data) - pos
+    if pos == 0:
+        message = f"no readable entry: the first {what}; influxd would ignore all {lost} bytes"
+        return [_err(member, f"{message} (their series unindexed)")]
+    zeros_from = len(data.rstrip(b"\0"))  # no entry hides in the zeros at the end
+    for start in range(pos + 1, min(zeros_from, pos + 1 + _RESYNC_MAX)):
+        if isinstance(_tsl_entry(data, start), int):
+            return [
+                _err(
+                    member,
+                    f"corrupt entry at offset {pos} ({what}), yet a whole entry follows at "
+                    f"offset {start}: influxd would drop the {lost} bytes from {pos} on",
+                )
+            ]
+    return [
+        Finding(
+            "warning",
+            member,
+            f"torn tail at offset {pos} (influxd tolerates this): last entry {what}, "
+            f"{lost} bytes ignored",
+        )
+    ]
+
+
+def check_fields(stream: BinaryIO, size: int, member: str) -> list[Finding]:
+    """The magic and the protobuf framing of measurements and their fields."""
+    data = read_at(stream, 0, size)
+    if data[:4] != FIELDS_MAGIC:
+        return [
+            _err(member, f"unknown fields index format: starts {data[:4]!r}, not {FIELDS_MAGIC!r}")
+        ]
+    # MeasurementFieldSet{1: MeasurementFields{1: name, 2: Field{1: name, 2: type}}}
+    problem = _protobuf_problem(data, 4, len(data), {1: {2: {}}})
+    return [] if problem is None else [_err(member, f"garbled field list: {problem}")]
+
+
+_Schema = dict[int, "_Schema"]
+
+
+def _protobuf_problem(data: bytes, i: int, end: int, nested: _Schema) -> str | None:
+    while i < end:
+        key, i, problem = _uvarint(data, i)
+        if problem:
+            return f"unreadable field key at offset {i}"
+        number, wire = key >> 3, key & 7
+        if number == 0 or wire not in (0, 1, 2, 5):
+            return f"field {number} of wire type {wire} at offset {i}"
+        if wire == 0:
+            _value, i, problem = _uvarint(data, i)
+            if problem:
+                return f"unreadable varint at offset {i}"
+        elif wire == 2:
+            length, i, problem = _uvarint(data, i)
+            if problem or i + length > end:
+                return f"field {number} at offset {i} runs past its message"
+            if number in nested:
+                inner = _protobuf_problem(data, i, i + length, nested[number])
+                if inner is not None:
+                    return inner
+            i += length
+        else:
+            i += 8 if wire == 1 else 4
+    return None if i == end else "the last field runs past the end"
+
+
+class IndexListing:
+    """What a MANIFEST needs of the rest of the archive: the members beside it. Fed every
+    regular member name (in any order) and every MANIFEST; asked at the end."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, set[str]] = {}  # index partition dir -> file names
+        self._manifests: dict[str, list[str]] = {}  # its MANIFEST's path -> files it lists
+        self._series_dbs: set[str] = set()
+        self._tsi_dbs: Counter[str] = Counter()
+
+    def saw(self, name: str) -> None:
+        parts = name.split("/")
+        if parts[0] != "data" or len(parts) < 3:
+            return
+        if parts[2] == "_series":
+            self._series_dbs.add(parts[1])
+        elif len(parts) == 7 and parts[4] == "index":
+            self._members.setdefault(posixpath.dirname(name), set()).add(parts[6])
+            if parts[6].endswith(INDEX_SUFFIXES):
+                self._tsi_dbs[parts[1]] += 1
+
+    def manifest(self, data: bytes, member: str) -> list[Finding]:
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return [_err(member, f"not JSON ({exc}): influxd cannot open this shard's index")]
+        files = doc.get("files", []) if isinstance(doc, dict) else None
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            return [_err(member, 'not an index MANIFEST: wants an object with a "files" list')]
+        if doc.get("version") != 1:
+            return [_err(member, f"version {doc.get('version')!r}: influxd 1.x reads version 1")]
+        self._manifests[member] = files
+        return []
+
+    def findings(self) -> list[Finding]:
+        found = []
+        for manifest, files in sorted(self._manifests.items()):
+            here = self._members.get(posixpath.dirname(manifest), set())
+            missing = [f for f in files if f not in here]
+            if missing:
+                found.append(
+                    _err(manifest, f"lists {', '.join(missing)}, not in the archive beside it")
+                )
+        for folder, names in sorted(self._members.items()):
+            if MANIFEST not in names and any(n.endswith(INDEX_SUFFIXES) for n in names):
+                found.append(
+                    _err(
+                        f"{folder}/{MANIFEST}",
+                        "missing beside the index files in its dir: influxd would open the "
+                        "partition empty (its series unindexed)",
+                    )
+                )
+        for db in sorted(set(self._tsi_dbs) - self._series_dbs):
+            found.append(
+                _err(
+                    f"data/{db}/_series",
+                    "missing: the shards' TSI index files refer to it, influxd would serve "
+                    "none of their series",
+                )
+            )
+        return found
+
+
+def _err(member: str, message: str) -> Finding:
+    return Finding("error", member, message)

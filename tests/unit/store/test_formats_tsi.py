@@ -1,0 +1,213 @@
+"""Series-file and TSI readers against small files built here the way influxdb 1.6 writes them
+(tsdb/series_segment.go, series_index.go, tsdb/index/tsi1/log_file.go)."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import tarfile
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from influx_backupd.store.formats import check_archive, classify_member
+from influx_backupd.store.formats.series import (
+    check_segment,
+    check_series_index,
+    segment_size,
+)
+from influx_backupd.store.formats.tsi import IndexListing, check_tsl
+
+SEGMENT = "data/db/_series/00/0000"
+
+
+def uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def series_key(name: bytes, tags: dict[bytes, bytes]) -> bytes:
+    body = struct.pack(">H", len(name)) + name + uvarint(len(tags))
+    for k, v in tags.items():
+        body += struct.pack(">H", len(k)) + k + struct.pack(">H", len(v)) + v
+    return uvarint(len(body)) + body
+
+
+def segment(*entries: bytes, size: int = segment_size(0)) -> bytes:
+    data = b"SSEG\x01" + b"".join(entries)
+    return data + bytes(size - len(data))
+
+
+def insert(series_id: int, key: bytes) -> bytes:
+    return b"\x01" + struct.pack(">Q", series_id) + key
+
+
+def check_seg(data: bytes, member: str = SEGMENT) -> list[str]:
+    return [
+        f"{f.severity}: {f.message}"
+        for f in check_segment(io.BytesIO(data), len(data), member, deep=True)
+    ]
+
+
+def test_segment_entries_pass() -> None:
+    key = series_key(b"cpu", {b"host": b"a"})
+    assert check_seg(segment(insert(1, key), insert(9, key), b"\x02" + struct.pack(">Q", 1))) == []
+
+
+def test_segment_shallow_reads_the_header_only() -> None:
+    data = segment(b"\x07garbage")
+    assert check_segment(io.BytesIO(data), len(data), SEGMENT) == []
+    assert "data follows" in check_seg(data)[0]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"SSEH\x01" + bytes(segment_size(0) - 5), "not a series segment"),
+        (b"SSEG\x02" + bytes(segment_size(0) - 5), "version 2"),
+        (segment(size=1000), "would crash"),
+        (segment(insert(2, series_key(b"cpu", {}))), "does not belong to this partition"),
+        (segment(insert(1, uvarint(5) + b"\x00\x09cpu\x00")), "garbled series key"),
+        (segment(insert(1, series_key(b"cpu", {})), b"\x00\x00\x05"), "data follows"),
+        (segment(insert(1, uvarint(1 << 40))), "runs past the end"),
+    ],
+)
+def test_segment_damage(data: bytes, message: str) -> None:
+    assert len(found := check_seg(data)) == 1 and message in found[0], found
+
+
+@given(st.binary(min_size=1, max_size=40), st.dictionaries(st.binary(max_size=9), st.binary()))
+def test_any_series_key_parses(name: bytes, tags: dict[bytes, bytes]) -> None:
+    assert check_seg(segment(insert(1, series_key(name, tags)))) == []
+
+
+def series_index(count: int, capacity: int, *, key_size: int | None = None) -> bytes:
+    size = capacity * 16
+    key_size = size if key_size is None else key_size
+    header = b"SIDX\x01" + struct.pack(
+        ">8Q", count, 0, count, capacity, 69, key_size, 69 + key_size, size
+    )
+    return header + bytes(key_size + size)
+
+
+def test_series_index() -> None:
+    member = "data/db/_series/00/index"
+    good = series_index(100, 128)
+    assert check_series_index(io.BytesIO(good), len(good), member) == []
+    bad = series_index(100, 128, key_size=16 * 100)
+    assert "capacity 128" in check_series_index(io.BytesIO(bad), len(bad), member)[0].message
+    cut = good[:-1]
+    assert "outside" in check_series_index(io.BytesIO(cut), len(cut), member)[0].message
+    wrong = b"SIDY" + good[4:]
+    assert (
+        "not a series index" in check_series_index(io.BytesIO(wrong), len(wrong), member)[0].message
+    )
+
+
+def tsl_entry(
+    flag: int, series_id: int, name: bytes = b"", key: bytes = b"", value: bytes = b""
+) -> bytes:
+    body = bytes([flag]) + uvarint(series_id)
+    for part in (name, key, value):
+        body += uvarint(len(part)) + part
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def check_log(data: bytes) -> list[tuple[str, str]]:
+    return [(f.severity, f.message) for f in check_tsl(io.BytesIO(data), len(data), "x.tsl")]
+
+
+ENTRIES = [tsl_entry(0, i) for i in range(1, 6)] + [tsl_entry(2, 0, b"cpu")]
+
+
+def test_tsl_entries_pass() -> None:
+    assert check_log(b"".join(ENTRIES)) == []
+    assert check_log(b"") == []
+
+
+def test_tsl_torn_tail_is_a_warning() -> None:
+    """influxd stops at the entry cut short or zero-filled, and carries on: a crash did that."""
+    whole = b"".join(ENTRIES)
+    for data in (whole[:-2], whole + ENTRIES[0][:3], whole + bytes(600)):
+        [(severity, message)] = check_log(data)
+        assert severity == "warning" and "torn tail" in message
+
+
+def test_tsl_bad_entry_before_whole_ones_is_an_error() -> None:
+    data = bytearray(b"".join(ENTRIES))
+    data[len(ENTRIES[0]) + 1] ^= 0x04  # the second entry's series id: its CRC fails
+    [(severity, message)] = check_log(bytes(data))
+    assert severity == "error" and f"offset {len(ENTRIES[0])}" in message
+
+
+def test_tsl_nothing_readable_is_an_error() -> None:
+    """A log file zeroed (or garbled from its first byte): influxd indexes none of it."""
+    [(severity, message)] = check_log(bytes(len(b"".join(ENTRIES))))
+    assert severity == "error" and "no readable entry" in message
+
+
+def test_manifest_listing() -> None:
+    listing = IndexListing()
+    folder = "data/db/rp/1/index/0"
+    for name in ("L0-00000002.tsl", "L1-00000001.tsi", "MANIFEST"):
+        listing.saw(f"{folder}/{name}")
+    listing.saw("data/db/_series/00/0000")
+    doc = {"files": ["L0-00000002.tsl", "L1-00000001.tsi", "L1-00000003.tsi"], "version": 1}
+    assert listing.manifest(json.dumps(doc).encode(), f"{folder}/MANIFEST") == []
+    [missing] = listing.findings()
+    assert missing.member == f"{folder}/MANIFEST" and "L1-00000003.tsi" in missing.message
+    assert "version 2" in listing.manifest(b'{"files": [], "version": 2}', "m")[0].message
+    assert "not JSON" in listing.manifest(b'{"files": [', "m")[0].message
+
+
+def test_index_files_without_manifest() -> None:
+    listing = IndexListing()
+    listing.saw("data/db/rp/1/index/3/L0-00000001.tsl")
+    assert [f.member for f in listing.findings()] == [
+        "data/db/rp/1/index/3/MANIFEST",
+        "data/db/_series",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("data/db/_series/00/0000", "series"),
+        ("data/db/_series/07/000a", "series"),
+        ("data/db/_series/00/index", "series index"),
+        ("data/db/_series/00/0000.initializing", None),
+        ("data/db/rp/1/index/0/MANIFEST", "MANIFEST"),
+        ("data/db/rp/1/index/0/L0-00000001.tsl", "tsl"),
+        ("data/db/rp/1/index/0/L3-00000008.tsi", "tsi"),
+        ("data/db/rp/1/fields.idx", "fields.idx"),
+        ("./data/db/rp/1/fields.idx", "fields.idx"),
+    ],
+)
+def test_classify(name: str, kind: str | None) -> None:
+    assert classify_member(name) == kind
+
+
+def test_archive_counts_what_it_did_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "a.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in [
+            ("influxdb.conf", b"x"),
+            ("meta/meta.db", b"x"),
+            ("data/db/rp/1/000000001-000000001.tsm.tombstone", b""),
+            (SEGMENT, segment(insert(1, series_key(b"cpu", {})))),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    report = check_archive(path, deep=True)
+    assert report.findings == []
+    assert report.checked == {"series": 1}
+    assert report.unread == {".conf": 1, ".db": 1, ".tombstone": 1}
