@@ -17,6 +17,8 @@ from influx_backupd.core.errors import (
 )
 from influx_backupd.influxd.throttle import DATABASE_RATE_MIB
 
+_EXPECTED_ONE = re.compile(r"argument (-[^:]+): expected one argument")
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (what, and where to read more), and
@@ -41,6 +43,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse quotes the user's value whole (`invalid choice: '…10 KB…'`): cut, readable
         message = re.sub(rf"\S{{{LIMIT + 1},}}", lambda m: quoted(m.group()), readable(message))
+        # `--database -dash` reads -dash as an option: a name may start with '-' (influxd
+        # takes it), and only the = form passes it
+        missing = _EXPECTED_ONE.fullmatch(message)
+        option = max(missing.group(1).split("/"), key=len) if missing else ""
+        action = self._option_string_actions.get(option)
+        if action is not None and not action.choices:  # a choice never starts with '-'
+            message += f"; a value that starts with '-' is given as {option}=-VALUE"
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
