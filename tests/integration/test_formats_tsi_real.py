@@ -4,7 +4,6 @@ each kind damaged in a copy: verify --deep names the member."""
 from __future__ import annotations
 
 import shutil
-import tarfile
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 from influx_backupd.store.formats import check_archive
 from tests.conftest import Cli, write_config
+from tests.integration.test_formats_real import cold_tar
 
 pytestmark = [
     pytest.mark.influxd,
@@ -65,13 +65,6 @@ def tsi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tsi_files(tsi_root: Path, tmp_path: Path) -> Path:
     """A private copy, so a test may damage it."""
     return Path(shutil.copytree(tsi_root, tmp_path / "influxd"))
-
-
-def cold_tar(root: Path, dest: Path) -> Path:
-    with tarfile.open(dest, "w") as tar:
-        for name in ("meta", "data", "wal", "influxdb.conf"):
-            tar.add(root / name, arcname=name)
-    return dest
 
 
 def test_real_tsi1_files_pass(tsi_files: Path, tmp_path: Path) -> None:

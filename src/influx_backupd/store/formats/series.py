@@ -90,20 +90,20 @@ def _key_problem(key: bytes) -> str | None:
     return None
 
 
+def _header_problem(header: bytes, magic: bytes, size: int, what: str) -> str | None:
+    """Magic, then version 1: what influxd needs to open the series file at all."""
+    if len(header) < size or header[:4] != magic:
+        start = f"starts {header[:4]!r}, not {magic!r}" if len(header) >= 4 else "too short"
+        return f"not a {what}: {start} (influxd cannot open this database's series file)"
+    return None if header[4] == 1 else f"{what} version {header[4]}, influxd reads 1"
+
+
 def check_segment(stream: BinaryIO, size: int, member: str, *, deep: bool = False) -> list[Finding]:
     """Header always; deep: every entry up to the end of the data, and zeros after it."""
     header = read_at(stream, 0, SEGMENT_HEADER_SIZE)
-    if len(header) < SEGMENT_HEADER_SIZE or header[:4] != SEGMENT_MAGIC:
-        return [
-            Finding(
-                "error",
-                member,
-                f"not a series segment: starts {header[:4]!r}, not {SEGMENT_MAGIC!r} "
-                "(influxd cannot open this database's series file)",
-            )
-        ]
-    if header[4] != 1:
-        return [Finding("error", member, f"series segment version {header[4]}, influxd reads 1")]
+    problem = _header_problem(header, SEGMENT_MAGIC, SEGMENT_HEADER_SIZE, "series segment")
+    if problem is not None:
+        return [Finding("error", member, problem)]
     parts = member.split("/")
     expected = segment_size(int(parts[-1], 16))
     if size < expected:
@@ -182,17 +182,9 @@ def _bad(member: str, pos: int, detail: str) -> Finding:
 def check_series_index(stream: BinaryIO, size: int, member: str) -> list[Finding]:
     """The header (magic "SIDX", version 1) and where it places its two hash maps."""
     header = read_at(stream, 0, INDEX_HEADER_SIZE)
-    if len(header) < INDEX_HEADER_SIZE or header[:4] != INDEX_MAGIC:
-        return [
-            Finding(
-                "error",
-                member,
-                f"not a series index: starts {header[:4]!r}, not {INDEX_MAGIC!r} "
-                "(influxd cannot open this database's series file)",
-            )
-        ]
-    if header[4] != 1:
-        return [Finding("error", member, f"series index version {header[4]}, influxd reads 1")]
+    problem = _header_problem(header, INDEX_MAGIC, INDEX_HEADER_SIZE, "series index")
+    if problem is not None:
+        return [Finding("error", member, problem)]
     count, capacity, key_off, key_size, id_off, id_size = struct.unpack_from(">6Q", header, 21)
     maps = {"key/id": (key_off, key_size), "id/offset": (id_off, id_size)}
     for name, (offset, length) in maps.items():
