@@ -60,7 +60,7 @@ from influx_backupd.core.processes import LOOSE, same_process
 from influx_backupd.core.redact import shown_url
 from influx_backupd.core.schedule import describe, human_duration
 from influx_backupd.daemon.status import STATE_FILE, gather, render
-from influx_backupd.influxd import influxql
+from influx_backupd.influxd import influxql, names
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.influxd.throttle import DATABASE_RATE_MIB
 from influx_backupd.jobs.hot import clock_url
@@ -198,6 +198,12 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     plan["warnings"] += unit_paths.warnings(config)
     plan["warnings"] += secret_file_warnings(s)
     plan["warnings"] += job_warnings(s)
+    cold_jobs = [job.name for job in s.job if job.mode in ("cold", "auto")]
+    unloadable = names.unloadable(config.server.dirs()) if cold_jobs else None
+    if unloadable is not None:
+        plan["warnings"].append(
+            f"{unloadable}: a cold run of {', '.join(cold_jobs)} is refused ({names.HOT_HINT})"
+        )
     if args.json:
         print_json(plan, indent=2)
         return EXIT_OK

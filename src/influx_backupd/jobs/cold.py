@@ -30,7 +30,7 @@ from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
-from influx_backupd.influxd import counts, logfile
+from influx_backupd.influxd import counts, logfile, names
 from influx_backupd.influxd.server import SUPERVISOR_HINT, Influxd, InfluxdError, NotAnswering
 from influx_backupd.jobs.staging import Stager, SyncStopped
 from influx_backupd.report import metrics, progress
@@ -235,6 +235,9 @@ def _cold(
             )
 
     _go_on(cancel, "while the dirs were checked for links")
+    problem = names.unloadable(dirs)  # the restart would come back without that data
+    if problem is not None:
+        raise JobFailed(f"{problem}; {names.HOT_HINT}; influxd not stopped")
     # Before anything is stopped: it can be started again the way the config says, and the
     # process the config names answers.
     problem = server.startable()

@@ -19,7 +19,7 @@ from influx_backupd.core import log
 from influx_backupd.core.config import Config, toml_of
 from influx_backupd.core.errors import OnlyInBucket, RestoreMisconfigured, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
-from influx_backupd.influxd import logfile
+from influx_backupd.influxd import logfile, names
 from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
@@ -202,6 +202,10 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
             raise RestoreRefused(f"{exc}; influxd not stopped") from None
         except (ArchiveError, OSError) as exc:
             raise RestoreRefused(f"extraction failed, live data untouched: {exc}") from None
+        # influxd is started on these files: one it would not load is refused while it serves
+        problem = names.unloadable(plan.staging)
+        if problem is not None:
+            raise RestoreRefused(f"{path}: {problem}; influxd not stopped")
 
         server = Influxd(config)
         with live_dirs_swapped(config, server, plan, result, logger):

@@ -14,6 +14,7 @@ from influx_backupd.core import log
 from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import EXIT_USAGE, BackupdError
+from influx_backupd.influxd import names
 from influx_backupd.influxd.influxql import ping_headers
 from influx_backupd.influxd.tool import probe_snapshot_service
 from influx_backupd.jobs.cold import run_cold, space_needed, tree_size
@@ -131,6 +132,7 @@ class Plan:
     # what predicted_bytes is: a cold archive's size, or for hot an upper bound only
     size_basis: str = "the files' sizes"
     recent_hot_bytes: int | None = None  # hot: the largest of the job's recent ok hot runs
+    refused: str | None = None  # why the run would be refused before anything is stopped
 
     @property
     def fits(self) -> bool | None:
@@ -142,7 +144,7 @@ class Plan:
 
     @property
     def would_run(self) -> bool:
-        return self.mode != "skip" and self.fits is not False
+        return self.mode != "skip" and self.fits is not False and self.refused is None
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "fits": self.fits}
@@ -183,6 +185,9 @@ def dry_run(
     free = shutil.disk_usage(existing).free
     cold = decision.mode == "cold"
     hot_sizes = [r.bytes for r in history if r.mode == "hot" and r.good]
+    unloadable = names.unloadable(dirs) if cold else None
+    if unloadable is not None:
+        decision.reasons.append(f"but the cold run would be refused: {unloadable}")
     return Plan(
         job=job.name,
         mode=decision.mode,
@@ -201,6 +206,7 @@ def dry_run(
         if cold
         else f"upper bound: {size}; a hot backup is gzipped, usually far smaller",
         recent_hot_bytes=max(hot_sizes) if hot_sizes and not cold else None,
+        refused=unloadable,
     )
 
 
