@@ -179,3 +179,48 @@ def before_stop(
             logger.info("figures.taken", db_counts=counts, took_s=took)
     except Exception as exc:  # a figure is never worth failing a backup for
         logger.warning("figures.failed", error=str(exc))
+
+
+SERVED_LESS = (
+    "the restarted server serves fewer points than it did before the stop: the live server "
+    "lost them at the restart (the archive holds them; restore it, or look at influxd's log). "
+    "Writes since the stop only add points; a shard dropped by retention enforcement in "
+    "between lowers a count too"
+)
+
+
+def after_start(config: Config, record: RunRecord, logger: Logger) -> None:
+    """Called by the cold job once influxd serves again (never in the stop window): the
+    databases counted before the stop, counted again. One that serves fewer points is a live
+    server that lost data at the restart, not a bad archive: the run stays ok, with the loss in
+    record.extra["served_less"] ({db: {before, after}}) and a warning event influxd.served_less
+    per database (the run's log tail goes with its notification and heartbeat). Never raises.
+    """
+    before = record.db_counts
+    if not before:  # not taken (auth, none): nothing to compare with
+        return
+    url, creds = config.url, config.credentials
+    started = time.monotonic()
+    deadline = started + BUDGET_S
+    after: dict[str, int] = {}
+    try:
+        present = set(databases(url, credentials=creds))
+        for db in sorted(before):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            after[db] = (
+                point_count(url, db, timeout=left, credentials=creds) if db in present else 0
+            )
+    except Exception as exc:  # a figure is never worth failing a backup for
+        logger.warning("figures.after_start_failed", error=str(exc), counted=after)
+    record.extra["served_after_start_s"] = round(time.monotonic() - started, 3)
+    less = {
+        db: {"before": n, "after": after[db]}
+        for db, n in sorted(before.items())
+        if db in after and after[db] < n
+    }
+    for db, seen in less.items():
+        logger.warning("influxd.served_less", db=db, **seen, detail=SERVED_LESS)
+    if less:
+        record.extra["served_less"] = less

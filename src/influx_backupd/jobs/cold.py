@@ -426,6 +426,8 @@ def _stop_copy_start(
             f"influxd (pid {intruder.pid}) was started by something else while the files were "
             f"copied: they may hold its writes, nothing is kept ({SUPERVISOR_HINT})"
         )
+    # influxd serves again: does it serve what it did before the stop?
+    counts.after_start(config, record, logger)
 
     if stager is not None:
         # Phase 3, influxd serving again: the tar comes from the staging tree.
