@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import base64
 import difflib
-import logging
 import os
 import re
 import shlex
 import stat
 import tomllib
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args
@@ -28,11 +28,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     model_validator,
 )
 
-from influx_backupd.core import config_values, offsite_keys
+from influx_backupd.core import apprise_urls, config_values, offsite_keys
 from influx_backupd.core.durations import (
     Duration,
     IntervalDuration,
@@ -359,22 +360,35 @@ class JobSection(Scheduled):
         return self
 
 
+# Each [notify] URL's verdict (True, or why it could not be checked) while its section is
+# validated: NotifySection asks one child about all of them, each URL's validator reads its own.
+_VERDICTS: ContextVar[dict[str, bool | str] | None] = ContextVar("_VERDICTS", default=None)
+
+
+def _apprise_takes(value: str) -> bool:
+    """Whether apprise can use value, asked of a child: apprise stays out of this process (the
+    daemon's, for its whole life); a value without :// never parses as an apprise URL."""
+    if "://" not in value:
+        return False
+    verdict = (_VERDICTS.get() or {}).get(value)
+    if verdict is None:  # a section built without its model validator around it
+        try:
+            verdict = apprise_urls.usable([value])[0]
+        except apprise_urls.Unchecked as exc:
+            verdict = str(exc)
+    if isinstance(verdict, str):
+        raise ValueError(f"could not be checked: {verdict}")
+    return verdict
+
+
 def _apprise_url(value: object) -> object:
     if not isinstance(value, str) or not value:
         raise ValueError("must be an apprise URL like 'ntfy://ntfy.sh/my-topic'")
-    try:
-        import apprise  # optional: influx-backupd[notify]
-    except ImportError:
+    if not apprise_urls.installed():
         raise ValueError(
             "needs apprise, which is not installed: pip install 'influx-backupd[notify]'"
-        ) from None
-    quiet = logging.getLogger("apprise")  # it logs its own error: ours is the one line
-    was, quiet.disabled = quiet.disabled, True
-    try:
-        known = apprise.Apprise().add(value)
-    finally:
-        quiet.disabled = was
-    if not known:
+        )
+    if not _apprise_takes(value):
         # never the rest of the value: a URL's path and user part carry its secrets
         scheme = value.split("://", 1)[0].lower() if "://" in value else ""
         what = f"{scheme!r} URL" if scheme else "value without ://"
@@ -420,6 +434,34 @@ class NotifySection(_Strict):
         30.0  # the most a notification may hold up the run that sends it
     )
     """The most a notification may hold up the run that sends it."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _asked_together(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        """One child answers for every URL of the section (each child starts Python and
+        apprise, about 0.4 s of CPU); each URL's own validator then reads its verdict."""
+        urls = sorted(
+            {
+                url
+                for urls in (data.values() if isinstance(data, dict) else ())
+                if isinstance(urls, list)
+                for url in urls
+                if isinstance(url, str) and "://" in url
+            }
+        )
+        if not urls or not apprise_urls.installed():
+            return handler(data)
+        try:
+            verdicts: dict[str, bool | str] = dict(
+                zip(urls, apprise_urls.usable(urls), strict=True)
+            )
+        except apprise_urls.Unchecked as exc:
+            verdicts = dict.fromkeys(urls, str(exc))
+        token = _VERDICTS.set(verdicts)
+        try:
+            return handler(data)
+        finally:
+            _VERDICTS.reset(token)
 
     @model_validator(mode="after")
     def _some_time(self) -> Self:
