@@ -60,7 +60,7 @@ def test_a_second_listing_reads_no_manifest_and_a_deleted_one_leaves_the_list(
 
 
 def test_a_manifest_written_again_or_damaged_in_the_cache_is_read_again(
-    moto: Endpoint, tmp_path: Path
+    moto: Endpoint, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     archive = make_tar(tmp_path / "a.tar", make_tree(tmp_path / "t", {"data/1.tsm": b"x" * 999}))
     backup = cold_backup(archive, "20261130T010000Z-0001")
@@ -68,11 +68,16 @@ def test_a_manifest_written_again_or_damaged_in_the_cache_is_read_again(
     cache = tmp_path / "cache"
     gets: list[str] = []
 
+    def count(params: dict[str, str], **_: object) -> None:
+        gets.append(params["url_path"])
+
     def counted() -> Offsite:
         offsite = Offsite(moto.settings(), cache_dir=cache)
-        offsite.bucket.client.meta.events.register(
-            "before-call.s3.GetObject", lambda params, **_: gets.append(params["url_path"])
-        )
+        # the client is the process's (offsite/bucket.py Clients): counted once, not once per
+        # Offsite, and no longer once this test is done
+        events, once = offsite.bucket.client.meta.events, "test-count-gets"
+        events.register("before-call.s3.GetObject", count, unique_id=once)
+        request.addfinalizer(lambda: events.unregister("before-call.s3.GetObject", unique_id=once))
         return offsite
 
     assert counted().manifest(backup.id).id == backup.id

@@ -265,14 +265,15 @@ def _page(**fields: object) -> dict[str, object]:
     ],
 )
 def test_a_page_that_is_not_this_listing_is_an_error(
-    moto: Endpoint, pages: list[dict[str, object]], said: str
+    moto: Endpoint, pages: list[dict[str, object]], said: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from influx_backupd.offsite.bucket import Bucket
     from influx_backupd.offsite.errors import OffsiteError
 
     bucket = Bucket(moto.settings(bucket="bkt"))
     answers = iter(pages)
-    bucket.client.list_objects_v2 = lambda **_: next(answers)
+    # the client is the process's (offsite/bucket.py Clients): put back after this test
+    monkeypatch.setattr(bucket.client, "list_objects_v2", lambda **_: next(answers))
     with pytest.raises(OffsiteError, match="nothing deleted") as raised:
         list(bucket.ls("manifests"))
     assert said in str(raised.value)
