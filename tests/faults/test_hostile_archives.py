@@ -364,15 +364,20 @@ def test_a_sparse_member_is_refused_by_verify_and_every_restore(
     _settle(world, world.server.pids(), fault_result)
 
 
-def _with_pax_sparse(world: World, name: str, runs: list[tuple[int, int]], size: int) -> Path:
+def _with_pax_sparse(
+    world: World, name: str, runs: list[tuple[int, int]], size: int, stored: int | None = None
+) -> Path:
     """A copy of the cold archive with one more member: a PAX 1.0 sparse file (the form our
-    writer gives a file with holes) whose map is runs, size bytes in all."""
+    writer gives a file with holes) whose map is runs, size bytes in all, and stored bytes of
+    data (default: what the runs say), then an ordinary member."""
     info = tarfile.TarInfo(name)
     info.size = size
     block_map = sparse.sparse_map(runs, size)
-    data = b"x" * sum(length for _, length in runs)
+    data = b"x" * (sum(length for _, length in runs) if stored is None else stored)
     member = sparse.sparse_header(info, len(block_map) + len(data)) + block_map + data
     member += bytes(-len(member) % tarfile.BLOCKSIZE)
+    after, contents = _reg(f"{name}-after")
+    member += after.tobuf(tarfile.PAX_FORMAT) + contents + bytes(tarfile.BLOCKSIZE - len(contents))
     path = world.root / f"pax-sparse-{uuid.uuid4().hex[:6]}.tar"
     return _joined(world.cold, member + bytes(2 * tarfile.BLOCKSIZE), path)
 
@@ -407,6 +412,27 @@ def test_a_crafted_sparse_map_is_refused_by_verify_and_every_restore(
     path = _with_pax_sparse(world, name, runs, size)
     _refused_everywhere(world, path, name, "sparse file whose map")
     _settle(world, world.server.pids(), fault_result)
+
+
+@pytest.mark.fault("4", "hostile cold archive")
+@pytest.mark.parametrize(
+    ("size", "stored"),
+    [
+        pytest.param(4 << 20, 512, id="a PAX sparse map claiming more data than is stored"),
+        pytest.param(10**30, None, id="a PAX sparse file of 10**30 bytes"),
+    ],
+)
+def test_a_sparse_map_the_archive_cannot_back_is_refused_by_verify_and_every_restore(
+    world: World, fault_result: FaultResult, size: int, stored: int | None
+) -> None:
+    """tarfile would hand out the next member's header as the file's data, or restore would
+    make a file larger than any filesystem: verify says what restore says (before: verify ok)."""
+    name = f"data/claims-{uuid.uuid4().hex[:8]}"
+    path = _with_pax_sparse(world, name, [(0, 6000)], size, stored)
+    influxd = world.server.pids()
+    errors, line = _refused_by_both(world, path, "sparse file of")
+    assert repr(name) in errors and repr(name) in line, (errors, line)
+    _settle(world, influxd, fault_result)
 
 
 @pytest.mark.fault("4", "hostile cold archive", "a PAX sparse map cut short (no newline)")

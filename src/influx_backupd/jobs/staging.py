@@ -114,6 +114,8 @@ class Stager:
             or raw.get("version") != MANIFEST_VERSION
             or raw.get("boot_id") != boot_id()
             or raw.get("sources") != {p: str(s) for p, s in self.sources}
+            # copies made with the other holes setting hold their holes, or zeros, wrongly
+            or raw.get("holes") != self.keep_holes
         ):
             return {}
         entries = raw.get("entries")
@@ -124,6 +126,7 @@ class Stager:
             "version": MANIFEST_VERSION,
             "boot_id": boot_id(),
             "sources": {p: str(s) for p, s in self.sources},
+            "holes": self.keep_holes,
             "entries": entries,
         }
         # not durable: after a power loss a missing manifest only costs a full sync
@@ -275,7 +278,10 @@ class Stager:
                 _remove(dst)
             dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                copied = copy_keeping_holes(sfd, dfd) if self.keep_holes else copy_whole(sfd, dfd)
+                if self.keep_holes:
+                    reached, copied = copy_keeping_holes(sfd, dfd)
+                else:
+                    reached = copied = copy_whole(sfd, dfd)
                 self._copy_meta(dst, before, fd=dfd)
             finally:
                 os.close(dfd)
@@ -286,7 +292,7 @@ class Stager:
             before.st_mtime_ns >= now_ns - self._racy_ns
             or after.st_size != before.st_size
             or after.st_mtime_ns != before.st_mtime_ns
-            or copied != before.st_size
+            or reached != before.st_size
         )
         self._new[name] = [
             before.st_size,

@@ -281,10 +281,10 @@ def _write_file(
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         if keep_holes:
             runs = sparse.data_segments(fd, info.size)
-            holes = sparse.hole_bytes(runs, info.size)
-            block_map = sparse.sparse_map(runs, info.size)
-            stored = len(block_map) + info.size - holes
-            if holes >= sparse.HOLES_WORTH_A_MAP and stored <= sparse.MAX_STORED:
+            if sparse.worth_a_map(runs, info.size):
+                holes = sparse.hole_bytes(runs, info.size)
+                block_map = sparse.sparse_map(runs, info.size)
+                stored = len(block_map) + info.size - holes
                 out.small(sparse.sparse_header(info, stored))
                 out.small(block_map)
                 for offset, length in runs:
@@ -486,7 +486,7 @@ class MemberCheck:
             self._parents.add(above)
         self._kinds[key] = info.isdir()
         if info.isreg():
-            self.unpacked += info.size
+            self.unpacked += sparse.stored_data(info)  # holes are written as holes
 
 
 def check_headers(path: Path, allowed_tops: Set[str] | None) -> int:
@@ -527,9 +527,10 @@ def short_of_room(wanted: Iterable[tuple[Path, int]]) -> tuple[Path, int, int] |
 def check_space(infos: list[tarfile.TarInfo], targets: dict[str, Path]) -> None:
     """NoSpace unless each filesystem the targets lie on has room for the bytes the members
     going there unpack to (their sizes, never the archive's: a few headers can stand for
-    gigabytes). Targets need not exist yet; their parents must."""
+    gigabytes; a sparse file's data, its holes are written as holes and CheckedTarInfo holds
+    its map to what is stored). Targets need not exist yet; their parents must."""
     short = short_of_room(
-        (targets[PurePosixPath(info.name).parts[0]].parent, info.size)
+        (targets[PurePosixPath(info.name).parts[0]].parent, sparse.stored_data(info))
         for info in infos
         if info.isreg()
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import os
 import tarfile
-from collections.abc import Callable
 from typing import cast
 
 # Below this many bytes of holes a file is archived plainly: a sparse member costs a header
@@ -55,6 +54,15 @@ def hole_bytes(segments: Segments, size: int) -> int:
     return size - sum(length for _, length in segments)
 
 
+def worth_a_map(runs: Segments, size: int) -> bool:
+    """Whether a file of size bytes with these data runs is archived as a sparse member: holes
+    worth a map, and the map and runs fit the ustar size field (else a plain member)."""
+    holes = hole_bytes(runs, size)
+    if holes < HOLES_WORTH_A_MAP:
+        return False
+    return len(sparse_map(runs, size)) + size - holes <= MAX_STORED
+
+
 def archived_size(path: str | os.PathLike[str], st: os.stat_result, keep_holes: bool) -> int:
     """The bytes of the regular file path (stat st) an archive member holds: its size, or with
     keep_holes and holes worth a map, its data runs only. Only a file with fewer blocks than
@@ -66,10 +74,12 @@ def archived_size(path: str | os.PathLike[str], st: os.stat_result, keep_holes: 
     except OSError:
         return st.st_size  # gone or unreadable: the archive's own pass says which
     try:
-        holes = hole_bytes(data_segments(fd, st.st_size), st.st_size)
+        runs = data_segments(fd, st.st_size)
     finally:
         os.close(fd)
-    return st.st_size - holes if holes >= HOLES_WORTH_A_MAP else st.st_size
+    return (
+        st.st_size - hole_bytes(runs, st.st_size) if worth_a_map(runs, st.st_size) else st.st_size
+    )
 
 
 def sparse_map(segments: Segments, size: int) -> bytes:
@@ -120,7 +130,10 @@ def sparse_refusal(info: tarfile.TarInfo) -> str | None:
     older GNU forms and a crafted map (overlapping runs, runs past the end) are refused."""
     pax = info.pax_headers
     if (pax.get("GNU.sparse.major"), pax.get("GNU.sparse.minor")) != ("1", "0") or not info.isreg():
-        return "a sparse file in a form backups never hold (only PAX 1.0 sparse files)"
+        return (
+            "a sparse file in a form backups never hold (only PAX 1.0 sparse files: "
+            "GNU tar writes them with --format=pax)"
+        )
     end = 0
     for offset, length in runs_of(info):
         if offset < end or length < 0 or offset + length > info.size:
@@ -134,13 +147,15 @@ def stored_data(info: tarfile.TarInfo) -> int:
     return sum(length for _, length in runs_of(info))
 
 
-def copy_keeping_holes(src: int, dst: int, on_copy: Callable[[int], None] | None = None) -> int:
+def copy_keeping_holes(src: int, dst: int) -> tuple[int, int]:
     """Copy the file src into the empty file dst (both opened, dst writable) run by run inside
-    the kernel, holes left as holes. Returns the size given to dst: src's size when the copy
-    began (a file that grows or shrinks meanwhile gets a copy of that size; the caller compares
-    sizes before and after)."""
+    the kernel, holes left as holes. Returns (the bytes of src the copy covered, the data bytes
+    copied): src's size when the copy began, less when it shrank meanwhile (dst is given that
+    size either way; the caller compares sizes before and after)."""
     size = os.fstat(src).st_size
     kernel_copy = True
+    copied = 0
+    reached = size
     for offset, length in data_segments(src, size):
         done = 0
         while done < length:
@@ -158,12 +173,12 @@ def copy_keeping_holes(src: int, dst: int, on_copy: Callable[[int], None] | None
                 os.lseek(dst, at, os.SEEK_SET)
                 n = os.sendfile(dst, src, at, min(length - done, _COPY_CHUNK))
             if n == 0:  # src shrank under us: the copy ends here
+                reached = min(reached, at)
                 break
             done += n
-            if on_copy is not None:
-                on_copy(n)
+            copied += n
     os.ftruncate(dst, size)
-    return size
+    return reached, copied
 
 
 def copy_whole(src: int, dst: int) -> int:

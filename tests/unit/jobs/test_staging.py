@@ -255,3 +255,43 @@ def test_configured_dirs_and_files_that_are_symlinks_are_staged_as_what_they_poi
 
 def make_server_sources(root: Path) -> list[tuple[str, Path]]:
     return [(name, root / name) for name in ("meta", "data", "wal", "influxdb.conf")]
+
+
+def _holed(path: Path, data: bytes, size: int) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.truncate(size)
+    settle(path)
+
+
+def test_a_file_with_holes_is_staged_with_them_and_counted_by_its_data(
+    server: tuple[Path, list[tuple[str, Path]], Stager],
+) -> None:
+    src, _sources, stager = server
+    segment = src / "data" / "db" / "_series" / "00" / "0000"
+    segment.parent.mkdir(parents=True)
+    _holed(segment, b"SSEG\x01" + os.urandom(5000), 4 << 20)
+    stats = stager.sync(tolerant=False)
+    staged = stager.root / "data" / "db" / "_series" / "00" / "0000"
+    assert staged.read_bytes() == segment.read_bytes()
+    assert staged.stat().st_blocks * 512 < 1 << 20, "the staging copy kept the holes"
+    # what was copied is the data, not the file's size (the run's window_bytes)
+    assert stats.copied_bytes < 2 << 20, stats
+
+
+def test_switching_holes_copies_every_file_again(
+    server: tuple[Path, list[tuple[str, Path]], Stager],
+) -> None:
+    """A tree staged with holes filled would be archived with its zeros after a switch to
+    keep (and the other way round): the manifest knows the setting, a switch starts over."""
+    src, sources, stager = server
+    holed = src / "data" / "db" / "big.bin"
+    _holed(holed, b"x" * 4096, 8 << 20)
+    filling = Stager(stager.root, sources, keep_holes=False)
+    filling.sync(tolerant=False)
+    staged = stager.root / "data" / "db" / "big.bin"
+    assert staged.stat().st_blocks * 512 >= 8 << 20
+    again = Stager(stager.root, sources, keep_holes=True).sync(tolerant=False)
+    assert again.copied == again.files, again
+    assert staged.stat().st_blocks * 512 < 1 << 20
+    assert staged.read_bytes() == holed.read_bytes()
