@@ -124,17 +124,21 @@ def sandbox(tmp_path: Path, influxd_path: str) -> Iterator[Sandbox]:
         yield server
 
 
-def whole(tar: tarfile.TarFile, info: tarfile.TarInfo) -> tuple[tarfile.TarInfo, IO[bytes] | None]:
-    """addfile's arguments to write member info of tar again with its whole contents: a file
-    with holes read from our archive keeps its GNU.sparse pax records, which addfile would write
-    over data without the map they announce (a copy tarfile cannot read back)."""
-    contents = tar.extractfile(info) if info.isreg() else None
-    plain = copy.copy(info)
-    plain.pax_headers = {
+def plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A copy of info to write again, with tarfile's addfile, over the member's whole contents:
+    a file with holes read from our archive keeps its GNU.sparse pax records, which addfile
+    would write over data without the map they announce (a copy tarfile cannot read back)."""
+    copied = copy.copy(info)
+    copied.pax_headers = {
         key: value for key, value in info.pax_headers.items() if not key.startswith("GNU.sparse.")
     }
-    plain.sparse = None
-    return plain, contents
+    copied.sparse = None
+    return copied
+
+
+def whole(tar: tarfile.TarFile, info: tarfile.TarInfo) -> tuple[tarfile.TarInfo, IO[bytes] | None]:
+    """addfile's arguments to write member info of tar again, whole (see plain)."""
+    return plain(info), tar.extractfile(info) if info.isreg() else None
 
 
 def write_config(

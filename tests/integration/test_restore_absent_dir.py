@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli, plain, write_config
 
 
 def _with_garbage_meta(archive: Path, out: Path) -> None:
@@ -22,7 +22,7 @@ def _with_garbage_meta(archive: Path, out: Path) -> None:
             data = src.extractfile(member) if member.isreg() else None
             if member.name == "meta/meta.db":
                 data = io.BytesIO(os.urandom(member.size))
-            dst.addfile(member, data)
+            dst.addfile(plain(member), data)
 
 
 def _listing(root: Path) -> list[str]:

@@ -16,7 +16,7 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import new_run_id
-from tests.conftest import Cli, throwaway_influxds, write_config
+from tests.conftest import Cli, plain, throwaway_influxds, write_config
 from tests.unit.store.test_formats import bolt_file, snappy_elements
 
 
@@ -92,6 +92,7 @@ def rewrite(
             new = change(info, data)
             if new is None:
                 continue
+            info = plain(info)
             info.size = len(new)
             out.addfile(info, io.BytesIO(new) if info.isreg() else None)
     return dest
@@ -241,7 +242,7 @@ def test_a_truncated_bolt_file_and_a_missing_dir_are_caught(backed: Backed, tmp_
         members = [(i, src.extractfile(i).read() if i.isreg() else None) for i in src]  # type: ignore[union-attr]
     with tarfile.open(damaged, "w", format=tarfile.PAX_FORMAT) as out:
         for info, data in members:
-            out.addfile(info, io.BytesIO(data) if data is not None else None)
+            out.addfile(plain(info), io.BytesIO(data) if data is not None else None)
         info = tarfile.TarInfo("meta/raft.db")
         info.size = len(bolt) // 2
         out.addfile(info, io.BytesIO(bolt[: info.size]))
