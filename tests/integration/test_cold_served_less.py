@@ -14,8 +14,8 @@ def test_a_restart_that_loses_a_databases_points_is_a_warning_on_the_ok_run(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     """The [influxd] command moves the WAL of database lost aside just before influxd starts
-    (as a damaged index or an unloadable dir would): the restarted server serves none of its
-    points, and the run said ok with nothing else."""
+    (as a damaged index or an unloadable dir would), once: the restarted server serves none of
+    its points, and the run said ok with nothing else."""
     sandbox.create_db("lost")
     sandbox.write_points("lost", 300)
     sandbox.create_db("kept")
@@ -23,12 +23,18 @@ def test_a_restart_that_loses_a_databases_points_is_a_warning_on_the_ok_run(
     aside = tmp_path / "wal-aside"
     wrapper = tmp_path / "influxd-losing"
     wrapper.write_text(
-        f"#!/bin/sh\nmv '{sandbox.wal / 'lost'}' '{aside}' 2>/dev/null\n"
+        f"#!/bin/sh\ntest -e '{aside}' || mv '{sandbox.wal / 'lost'}' '{aside}' 2>/dev/null\n"
         f'exec {sandbox.command()[0]} "$@"\n'
     )
     wrapper.chmod(0o755)
+    metrics = tmp_path / "backupd.prom"
     cli = Cli(
-        write_config(tmp_path, sandbox, influxd={"command": [str(wrapper), *sandbox.command()[1:]]})
+        write_config(
+            tmp_path,
+            sandbox,
+            influxd={"command": [str(wrapper), *sandbox.command()[1:]]},
+            daemon={"metrics_file": str(metrics)},
+        )
     )
 
     done = cli("backup", "--json")
@@ -42,6 +48,23 @@ def test_a_restart_that_loses_a_databases_points_is_a_warning_on_the_ok_run(
     (event,) = log_events(done.stderr, "influxd.served_less")
     assert (event["db"], event["before"], event["after"]) == ("lost", 300, 0)
     assert "retention enforcement" in event["detail"]
+    assert event["message_id"] == "9dedff1fc615431190a7c1a960ee317e"
+    # where an operator looks next: the metric an alert rule fires on, and status
+    samples = [line for line in metrics.read_text().splitlines() if line.startswith("influx_")]
+    lost = [line for line in samples if line.startswith("influx_backupd_served_less_points")]
+    assert lost == ['influx_backupd_served_less_points{backup_job="nightly",database="lost"} 300']
+    status = cli("status")
+    assert status.returncode == 0, status.stderr
+    assert (
+        f"SERVED LESS after the restart of run {listed['id']}: lost (300 points)" in status.stdout
+    )
+
+    # a later cold run whose restart serves everything clears the metric and the line
+    sandbox.write_points("lost", 10)
+    again = cli("backup")
+    assert again.returncode == 0, again.stderr
+    assert "influx_backupd_served_less_points{" not in metrics.read_text()
+    assert "SERVED LESS" not in cli("status").stdout
 
 
 def test_a_restart_that_serves_everything_again_says_nothing(

@@ -39,6 +39,9 @@ MESSAGE_IDS: dict[str, str] = {
     # influxd is down because we stopped it: the run's left_down, the alarm at the first failed
     # start, each failed start after our stop, the daemon finding a marker of a dead run
     "influxd_left_down": "79d3fe3858984f03a7c86f4a916d259b",
+    # influxd.served_less: after a cold run's restart a database served fewer points than
+    # before the stop (the live server lost them; the run's archive holds them)
+    "influxd_served_less": "9dedff1fc615431190a7c1a960ee317e",
 }
 LEFT_DOWN_EVENTS = frozenset(
     {
@@ -63,6 +66,8 @@ def message_id_for(event_dict: Mapping[str, Any]) -> str | None:
         return MESSAGE_IDS["verify_failed"] if failed else None
     if event in LEFT_DOWN_EVENTS:
         return MESSAGE_IDS["influxd_left_down"]
+    if event == "influxd.served_less":
+        return MESSAGE_IDS["influxd_served_less"]
     return None
 
 

@@ -12,6 +12,7 @@ from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import count, loads_json, number
 from influx_backupd.core.processes import LOOSE, same_process
 from influx_backupd.core.schedule import describe
+from influx_backupd.influxd import counts
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import progress
 from influx_backupd.report.metrics import DAEMON_STATE
@@ -117,6 +118,7 @@ def gather(config: Config) -> dict[str, Any]:
             None,
         )
         published = daemon_jobs.get(name, {})
+        served_run, served_less = counts.served_less(finished)
         jobs.append(
             {
                 "name": name,
@@ -129,6 +131,10 @@ def gather(config: Config) -> dict[str, Any]:
                 "last": _run_summary(finished[-1]) if finished else None,
                 "last_ok": _run_summary(last_ok) if last_ok else None,
                 "last_skip": published.get("last_skip") if state else None,
+                # the newest cold run's restarted server served fewer points than before its stop
+                "served_less": {"run_id": served_run, "databases": served_less}
+                if served_less
+                else None,
             }
         )
     verify = state.get("verify", {}) if state else {}
@@ -244,6 +250,13 @@ def render(report: dict[str, Any]) -> str:
                 f"  last ok {_when(good['started_at'])} (run {good['id']})"
                 if good is not None
                 else "  last ok never: no good backup of this job"
+            )
+        served = job.get("served_less")
+        if served:
+            lost = ", ".join(f"{db} ({n} points)" for db, n in served["databases"].items())
+            lines.append(
+                f"  SERVED LESS after the restart of run {served['run_id']}: {lost} fewer than "
+                "before its stop; the live server lost them, that run's archive holds them"
             )
         skip = job["last_skip"]
         if skip:

@@ -14,7 +14,7 @@ the whole pass has a time budget; databases not counted within it are left out o
 from __future__ import annotations
 
 import time
-from collections.abc import Container, Mapping
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
 from influx_backupd.core.config import Config, Credentials
@@ -224,3 +224,19 @@ def after_start(config: Config, record: RunRecord, logger: Logger) -> None:
         logger.warning("influxd.served_less", db=db, **seen, detail=SERVED_LESS)
     if less:
         record.extra["served_less"] = less
+
+
+def served_less(finished: Sequence[RunRecord]) -> tuple[str | None, dict[str, int]]:
+    """The newest of `finished` (oldest first) that counted again after its start (a cold
+    run; a hot one leaves the figure standing): its id and {database: points fewer}."""
+    counted = next((r for r in reversed(finished) if "served_after_start_s" in r.extra), None)
+    if counted is None:
+        return None, {}
+    seen = counted.extra.get("served_less")
+    less: dict[str, int] = {}
+    for db, figures in (seen if isinstance(seen, dict) else {}).items():
+        before = figures.get("before") if isinstance(figures, dict) else None
+        after = figures.get("after") if isinstance(figures, dict) else None
+        if isinstance(before, int) and isinstance(after, int) and before > after:
+            less[str(db)] = before - after
+    return counted.id, less

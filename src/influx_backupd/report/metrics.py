@@ -18,6 +18,7 @@ from typing import Literal
 from influx_backupd import __version__
 from influx_backupd.core.atomic import replace_file
 from influx_backupd.core.log import Logger
+from influx_backupd.influxd import counts
 from influx_backupd.report.progress import read_published
 from influx_backupd.store.record import RunRecord
 
@@ -124,6 +125,14 @@ LEFT_DOWN = Family(
     "else 0. Also 1 for the seconds of a cold backup's stop window.",
     (),
 )
+SERVED_LESS = Family(
+    "influx_backupd_served_less_points",
+    "gauge",
+    "Points a database served fewer after the restart of the job's newest cold run than just "
+    "before its stop: the live server lost them at the restart (the archive holds them). "
+    "Only databases that lost points have a sample.",
+    (JOB_LABEL, "database"),
+)
 BUILD_INFO = Family(
     "influx_backupd_build_info",
     "gauge",
@@ -196,6 +205,7 @@ FAMILIES: tuple[Family, ...] = (
     VERIFY_FAILURES,
     FAILING_VERIFY,
     OLDEST_CHECK,
+    SERVED_LESS,
 )
 # the families every file has; OFFSITE_FAMILIES are added with [offsite]
 METRIC_NAMES: frozenset[str] = frozenset(f.name for f in FAMILIES)
@@ -350,6 +360,8 @@ def render(
         downtimes = [r.downtime_s for r in finished if r.downtime_s is not None]
         if downtimes:
             samples[DOWNTIME.name].append((j, downtimes[-1]))
+        for db, points in counts.served_less(finished)[1].items():
+            samples[SERVED_LESS.name].append(((*j, ("database", db)), points))
         if finished:
             last = finished[-1]
             for phase, attr in PHASES:

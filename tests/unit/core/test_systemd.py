@@ -498,7 +498,7 @@ def test_journal_fields_nested_json_message_id_no_duplicates(
 
 def test_message_ids_are_distinct_128_bit() -> None:
     ids = list(log.MESSAGE_IDS.values())
-    assert len(set(ids)) == len(ids) == 4
+    assert len(set(ids)) == len(ids) == 5
     assert all(len(bytes.fromhex(i)) == 16 for i in ids)
 
 

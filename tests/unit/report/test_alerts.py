@@ -227,6 +227,27 @@ def test_influxd_left_down_after_two_minutes(promtool: str, tmp_path: Path) -> N
     run_cases(promtool, tmp_path, cases)
 
 
+def test_served_less_fires_per_database_until_a_restart_serves_everything(
+    promtool: str, tmp_path: Path
+) -> None:
+    lost = "influx_backupd_served_less_points"
+    cases = [
+        {
+            "interval": "1m",
+            "input_series": [
+                # a cold run at minute 1 lost 300 points of db1; the next one (minute 4) did not
+                series(lost, "_ 300x2 _x5", backup_job="nightly", database="db1"),
+            ],
+            "alert_rule_test": [
+                fires("InfluxdServedLess", "0m"),
+                fires("InfluxdServedLess", "2m", by_job("nightly") | {"database": "db1"}),
+                fires("InfluxdServedLess", "9m"),
+            ],
+        }
+    ]
+    run_cases(promtool, tmp_path, cases)
+
+
 def test_metrics_absent_for_an_hour(promtool: str, tmp_path: Path) -> None:
     """A metrics file that never was (its directory missing): no series at all to go stale."""
     cases = [

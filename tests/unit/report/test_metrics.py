@@ -63,7 +63,8 @@ def catalog() -> list[RunRecord]:
         rec("c1", "cold", "ok", 1000.0, bytes=10, downtime_s=5.0, stop_s=1.0, copy_s=3.0,
             start_s=1.0, archive_s=2.5, verify_status="failed"),
         rec("c2", "cold", "ok", 2000.0, bytes=20, downtime_s=6.5, stop_s=2.0, copy_s=3.5,
-            start_s=1.0, verify_status="ok"),
+            start_s=1.0, verify_status="ok", extra={"served_after_start_s": 0.02, "served_less":
+            {"lost": {"before": 300, "after": 0}, "same": {"before": 5, "after": 5}}}),
         rec("c3", "cold", "failed", 3000.0, downtime_s=0.75, stop_s=0.5, start_s=0.25,
             verify_status="failed"),
         rec("c4", "cold", "interrupted", 4000.0, stop_s=0.5),
@@ -117,6 +118,8 @@ def test_render_values_and_labels() -> None:
         k("backups_kept", backup_job="other"): 0.0,
         k("build_info", version=__version__): 1.0,
         k("influxd_left_down"): 0.0,
+        # c2's restart served 300 points fewer of "lost" (c3 and c4 counted nothing after)
+        k("served_less_points", backup_job="cold", database="lost"): 300.0,
         # no daemon: no heartbeat, no next runs
     }
     assert values == expected
@@ -212,7 +215,7 @@ def test_names_follow_prometheus_conventions() -> None:
         assert family.labels[:1] in (("backup_job",), ("version",), ())
         assert "job" not in family.labels, "Prometheus's own target label"
         assert METRIC_LABELS[family.name] == family.labels
-    assert len(METRIC_NAMES) == 14
+    assert len(METRIC_NAMES) == 15
 
 
 def test_daemon_facts_and_left_down() -> None:
