@@ -34,6 +34,7 @@ def test_a_restart_that_loses_a_databases_points_is_a_warning_on_the_ok_run(
             sandbox,
             influxd={"command": [str(wrapper), *sandbox.command()[1:]]},
             daemon={"metrics_file": str(metrics)},
+            jobs=[{"name": "nightly", "schedule": "@daily", "copy": "direct", "keep_last": 1}],
         )
     )
 
@@ -65,6 +66,9 @@ def test_a_restart_that_loses_a_databases_points_is_a_warning_on_the_ok_run(
     assert again.returncode == 0, again.stderr
     assert "influx_backupd_served_less_points{" not in metrics.read_text()
     assert "SERVED LESS" not in cli("status").stdout
+    # keep_last = 1, and the prune after that run still keeps the only copy of the lost points
+    assert [r["id"] for r in cli.json("list")] == [listed["id"], cli.json("list")[-1]["id"]]
+    assert Path(listed["archive"]).is_file()
 
 
 def test_a_restart_that_serves_everything_again_says_nothing(

@@ -232,11 +232,4 @@ def served_less(finished: Sequence[RunRecord]) -> tuple[str | None, dict[str, in
     counted = next((r for r in reversed(finished) if "served_after_start_s" in r.extra), None)
     if counted is None:
         return None, {}
-    seen = counted.extra.get("served_less")
-    less: dict[str, int] = {}
-    for db, figures in (seen if isinstance(seen, dict) else {}).items():
-        before = figures.get("before") if isinstance(figures, dict) else None
-        after = figures.get("after") if isinstance(figures, dict) else None
-        if isinstance(before, int) and isinstance(after, int) and before > after:
-            less[str(db)] = before - after
-    return counted.id, less
+    return counted.id, counted.lost_at_restart

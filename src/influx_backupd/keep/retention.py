@@ -24,6 +24,10 @@ storage mount that was down, a throwaway influxd that would not start) and it ma
 newest data there is. It is kept until the
 good backups the rules keep are all newer than it (with no rule, for ever) — and in any case
 while the rules would keep it were its check good — and a kept chain keeps it like any member.
+
+A backup whose restart lost points (the live server served fewer after the cold run's restart
+than before its stop) holds the only copy of them: it is kept for LOST_POINTS_HOLD_DAYS after it
+was taken, whatever the rules say, so that the operator the alert woke has time to restore them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
 from influx_backupd.store.record import RunRecord
+
+LOST_POINTS_HOLD_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -181,11 +187,9 @@ def plan(
     of backups whose files are gone, which restore nothing: as a failed check, they never take
     a restorable backup's place, nor do their chain's later links.
 
-    `now` is accepted for time-relative rules (a future keep_within); the
-    current rules count periods that have a backup, not periods back from now,
-    so it does not change the result.
+    The rules count periods that have a backup, not periods back from now; `now` ends only
+    the hold of a backup whose restart lost points (LOST_POINTS_HOLD_DAYS).
     """
-    del now
     ordered = _newest_first(records)
     members = {r.id: r for r in ordered if r.status in ("ok", "running")}
 
@@ -220,6 +224,14 @@ def plan(
                 else "a check of an earlier link failed"
             )
             mark(r, f"{what}: kept until the good backups kept are all newer")
+
+    hold_s = LOST_POINTS_HOLD_DAYS * 86400
+    for r in ordered:
+        lost = r.lost_at_restart if r.ok else {}
+        if lost and now - r.started_at < hold_s:
+            until = _utc(r.started_at + hold_s).strftime("%Y-%m-%d")
+            dbs = ", ".join(f"{db} ({n} points)" for db, n in sorted(lost.items()))
+            mark(r, f"holds what the live server lost at its restart: {dbs}; kept until {until}")
 
     # Whole chains: the newest anchoring member names the reason.
     keys = {rid: chain_key(r, members) for rid, r in members.items()}

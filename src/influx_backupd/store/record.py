@@ -134,6 +134,20 @@ class RunRecord:
         """A backup to rely on (hooks' success, retention's newest good, the exit status)."""
         return self.ok and not self.failed_check
 
+    @property
+    def lost_at_restart(self) -> dict[str, int]:
+        """{database: points} the live server served fewer after this cold run's restart than
+        before its stop (extra["served_less"], influxd/counts.after_start): points only this
+        run's archive may still hold."""
+        seen = self.extra.get("served_less")
+        lost: dict[str, int] = {}
+        for db, figures in (seen if isinstance(seen, dict) else {}).items():
+            before = figures.get("before") if isinstance(figures, dict) else None
+            after = figures.get("after") if isinstance(figures, dict) else None
+            if isinstance(before, int) and isinstance(after, int) and before > after:
+                lost[str(db)] = before - after
+        return lost
+
 
 def only_in_bucket(record: RunRecord) -> bool:
     """Imported from the bucket (import --offsite) and not fetched since: no archive here."""

@@ -574,3 +574,29 @@ def test_an_increment_on_a_link_whose_check_failed_counts_for_no_rule() -> None:
         "a check of an earlier link failed: kept until the good backups kept are all newer"
     ]
     assert p.reasons["A0"] == ["last 3/3"]
+
+
+def lost_points(rid: str, when: str, served_less: dict[str, Any]) -> RunRecord:
+    record = cold(rid, when)
+    record.extra = {"served_after_start_s": 0.02, "served_less": served_less}
+    return record
+
+
+def test_a_backup_whose_restart_lost_points_is_kept_for_30_days_whatever_the_rules() -> None:
+    """The only copy of points the live server lost at the run's restart: the alert's reader
+    gets a month to restore them, where keep_last = 1 would delete it at the next run."""
+    records = [
+        lost_points("lost", "2027-02-20 03:00", {"db1": {"before": 300, "after": 0}}),
+        lost_points("same", "2027-02-21 03:00", {"db1": {"before": 5, "after": 5}}),
+        cold("newer", "2027-02-28 03:00"),
+    ]
+    policy = RetentionPolicy(keep_last=1)
+
+    within = plan(records, policy, now=ts("2027-03-01 00:00"))
+    assert ids(within.keep) == ["newer", "lost"] and ids(within.delete) == ["same"]
+    assert within.reasons["lost"] == [
+        "holds what the live server lost at its restart: db1 (300 points); kept until 2027-03-22"
+    ]
+
+    after = plan(records, policy, now=ts("2027-03-22 03:01"))
+    assert ids(after.keep) == ["newer"] and ids(after.delete) == ["same", "lost"]
