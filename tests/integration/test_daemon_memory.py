@@ -85,6 +85,25 @@ def test_a_url_apprise_cannot_use_is_refused_by_the_load_as_before(
     assert "notify.failure[2]: apprise cannot use this 'mailto' URL" in done.stderr
 
 
+def test_list_and_status_take_notify_urls_as_written_and_other_commands_ask_apprise(
+    tmp_path: Path, influxd_path: str
+) -> None:
+    """list and status send no notification: their load starts no apprise child (about 1 s
+    each); the same unusable URL still stops every command that may send one."""
+    bad = '"mailto://erin:pw@127.0.0.1:1?to=x@example.com"'
+    extra = NOTIFY.replace(
+        '/failure", "ntfy://ntfy.sh/t0p1c"]', f'/failure", "ntfy://ntfy.sh/t0p1c", {bad}]'
+    )
+    cli = Cli(write_config(tmp_path, server(tmp_path, influxd_path), extra=extra))
+    for command in (["list"], ["status"]):
+        done = cli(*command)
+        assert done.returncode == 0, done.stderr
+    for command in (["check-config"], ["backup", "--dry-run"], ["prune", "--dry-run"]):
+        done = cli(*command)
+        assert done.returncode == 78, (command, done.stderr)
+        assert "notify.failure[2]: apprise cannot use this 'mailto' URL" in done.stderr
+
+
 def test_notify_urls_without_apprise_installed_are_refused_naming_the_extra(
     tmp_path: Path, influxd_path: str
 ) -> None:

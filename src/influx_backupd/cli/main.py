@@ -55,6 +55,10 @@ _COMMANDS = {
     "prune": ("commands", "cmd_prune"),
 }
 
+# Commands that send no notification whatever they find: their config load does not ask
+# apprise about the [notify] URLs (a child process, about 1 s); every other command's does.
+_NEVER_NOTIFY = {"list", "status"}
+
 # Commands that take the backup lock: their recovery starts an influxd left stopped.
 _LOCK_TAKING = {"backup", "restore", "verify", "prune", "import", "offsite"}
 
@@ -203,7 +207,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
     try:
         try:
-            config = load(resolve_path(getattr(args, "config", None)))
+            config = load(
+                resolve_path(getattr(args, "config", None)),
+                ask_apprise=args.command not in _NEVER_NOTIFY,
+            )
         except ConfigError as exc:
             if args.command != "status":
                 raise

@@ -363,6 +363,9 @@ class JobSection(Scheduled):
 # Each [notify] URL's verdict (True, or why it could not be checked) while its section is
 # validated: NotifySection asks one child about all of them, each URL's validator reads its own.
 _VERDICTS: ContextVar[dict[str, bool | str] | None] = ContextVar("_VERDICTS", default=None)
+# False while a command that never notifies (list, status) loads the config: its URLs are taken
+# as written, and the child that asks apprise (about 1 s of wall time) is not started.
+_ASK_APPRISE: ContextVar[bool] = ContextVar("_ASK_APPRISE", default=True)
 
 
 def _apprise_takes(value: str) -> bool:
@@ -451,6 +454,12 @@ class NotifySection(_Strict):
         )
         if not urls or not apprise_urls.installed():
             return handler(data)
+        if not _ASK_APPRISE.get():
+            token = _VERDICTS.set(dict.fromkeys(urls, True))
+            try:
+                return handler(data)
+            finally:
+                _VERDICTS.reset(token)
         try:
             verdicts: dict[str, bool | str] = dict(
                 zip(urls, apprise_urls.usable(urls), strict=True)
@@ -1009,13 +1018,19 @@ def secret_file_warnings(settings: Settings) -> list[str]:
     return found
 
 
-def load(path: Path) -> Config:
-    """Load and validate; raises ConfigError with one line naming the file and key path."""
+def load(path: Path, *, ask_apprise: bool = True) -> Config:
+    """Load and validate; raises ConfigError with one line naming the file and key path.
+
+    ask_apprise=False: for a command that sends no notification, [notify] URLs are checked for
+    their form only (each has ://), not by apprise in a child."""
     raw = _read_toml(path, "config file")
+    token = _ASK_APPRISE.set(ask_apprise)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_describe(_first_to_tell(exc.errors()))}") from None
+    finally:
+        _ASK_APPRISE.reset(token)
     wrong = config_values.problem(settings)  # before any path is used (a NUL byte, relative)
     if wrong is not None:
         raise ConfigError(f"{path}: {wrong}")
