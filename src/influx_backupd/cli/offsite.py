@@ -324,8 +324,13 @@ def fetch_for_restore(config: Config, backup_id: str) -> None:
             )
         except NoSuchBackup as exc:  # BACKUP names nothing in the bucket: a usage error
             raise UsageError(str(exc)) from None
-        for record in fetched:
-            print(f"fetched {record.id} into {record.archive}", file=sys.stderr)
+        for record, now in fetched:
+            said = (
+                f"fetched {record.id} into {record.archive}"
+                if now
+                else f"{record.id} is here already, as the bucket has it: {record.archive}"
+            )
+            print(said, file=sys.stderr)
 
 
 def after_backup(config: Config) -> None:

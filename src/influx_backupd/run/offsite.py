@@ -779,11 +779,12 @@ def run_sync(
     return None
 
 
-def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRecord]:
+def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[tuple[RunRecord, bool]]:
     """Bring a backup (and, for an increment, every earlier link of its chain) from the bucket
     into the storage dir, each hashed on the way; its record beside it and in the catalog.
     A link already in the storage dir with its recorded sha256 is not fetched again; one that
-    is damaged is moved aside (NAME.damaged-TIME) and fetched."""
+    is damaged is moved aside (NAME.damaged-TIME) and fetched. Returns each link, oldest
+    first, with whether it was fetched now (False: the local copy was intact)."""
     offsite = open_offsite(config)
     refs = {r.id: r for r in offsite.manifests()}
     chain: list[Manifest] = []
@@ -805,7 +806,7 @@ def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRec
         at = manifest.parent
     storage = config.storage_dir
     storage.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fetched: list[RunRecord] = []
+    fetched: list[tuple[RunRecord, bool]] = []
     owners = {r.archive: r for r in catalog.list() if r.archive}
     for manifest in reversed(chain):
         record = record_of(manifest, storage)
@@ -822,7 +823,7 @@ def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRec
             if _intact(target, manifest.sha256):
                 if catalog.get(manifest.id) is None:
                     catalog.save(record)
-                fetched.append(record)
+                fetched.append((record, False))
                 continue
             # damaged (or another backup under that name): kept aside, never deleted
             aside = target.with_name(f"{target.name}.damaged-{int(time.time())}")
@@ -834,7 +835,7 @@ def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[RunRec
         write_sidecar(target, record)
         catalog.save(record)
         log.get().info("offsite.fetched", run_id=manifest.id, path=str(target), bytes=got.bytes)
-        fetched.append(record)
+        fetched.append((record, True))
     return fetched
 
 
