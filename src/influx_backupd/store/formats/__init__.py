@@ -73,6 +73,9 @@ class ArchiveReport:
     checked: dict[str, int] = field(default_factory=dict)
     unread: dict[str, int] = field(default_factory=dict)  # regular members no checker reads
     sha256: str | None = None  # of the whole file, when asked for and it could all be read
+    # every member read up to the end-of-archive marker: only then does a member not seen tell
+    # that it is missing, rather than that the archive is cut short or unreadable before it
+    read_whole: bool = False
 
     def not_read(self, name: str) -> None:
         """Count a regular member no checker reads, by its extension, for the summary."""
@@ -310,6 +313,8 @@ def _scan(
             f"no end-of-archive marker at offset {end} after {report.members} members: "
             "the archive is truncated or corrupt"
         )
+    else:
+        report.read_whole = True
     return None
 
 
