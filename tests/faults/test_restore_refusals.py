@@ -249,3 +249,27 @@ def test_every_form_that_runs_the_binary_refuses_a_missing_one_with_78(
     _refused(done, f"[influxd] binary {missing} does not exist")
     assert "m2" not in sandbox.databases() and not (tmp_path / "look").exists()
     _untouched(tmp_path, sandbox, pids, ledger)
+
+
+@pytest.mark.fault(
+    "refusal", "whole-server restore whose influxdb.conf sets no dir the backup needs"
+)
+@pytest.mark.parametrize("mode", list(JOBS))
+def test_an_influxdb_conf_without_the_wal_dir_exits_78_cold_and_hot(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, mode: str
+) -> None:
+    """The backup holds a WAL; the live influxdb.conf (edited since) names no [data] wal-dir to
+    put it in: the config must change first (it said 1, as a damaged backup does)."""
+    config, backup_id = _backed_up(tmp_path, sandbox, mode)
+    conf = sandbox.conf.read_text()
+    lines = [line for line in conf.splitlines() if not line.strip().startswith("wal-dir")]
+    assert len(lines) == len(conf.splitlines()) - 1
+    sandbox.conf.write_text("\n".join(lines) + "\n")
+    pids = sandbox.pids()
+    ledger.take()
+    try:
+        done = run_cli(config, "restore", backup_id, "--yes")
+    finally:
+        sandbox.conf.write_text(conf)
+    _refused(done, str(sandbox.conf), "wal")
+    _untouched(tmp_path, sandbox, pids, ledger)

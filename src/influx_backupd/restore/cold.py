@@ -161,7 +161,7 @@ def check_archive(config: Config, path: Path, record: RunRecord | None) -> ColdS
     dirs = config.server.dirs()
     missing = sorted(tops - set(dirs) - {"influxdb.conf"})
     if missing:
-        raise RestoreRefused(
+        raise RestoreMisconfigured(
             f"{path}: archive holds {', '.join(m + '/' for m in missing)} but {config.server.conf} "
             "sets no directory for it"
         )

@@ -74,6 +74,7 @@ from influx_backupd.core.errors import (
     BackupdError,
     HotFailed,
     RestoreFailed,
+    RestoreMisconfigured,
     RestoreRefused,
 )
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
@@ -181,14 +182,14 @@ def _restore_hot(
             if given is not None and given.is_symlink():
                 # os.RemoveAll removes the link itself: the restored dir would be a plain dir in
                 # its place, on the link's filesystem, and a rollback would lose the link
-                raise RestoreRefused(
+                raise RestoreMisconfigured(
                     f"{config.server.conf}: {top} dir {given} is a symlink, which 0.9's "
                     "`influxd restore` replaces by a plain dir; influxd not stopped (point "
                     f"the config at {targets[top]} itself)"
                 )
     if flavour == "portable":
         if "wal" not in targets:
-            raise RestoreRefused(
+            raise RestoreMisconfigured(
                 f"{config.server.conf} sets no [data] wal-dir: the restored server's WAL "
                 "needs a dir to be swapped into"
             )
