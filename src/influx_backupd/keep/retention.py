@@ -36,6 +36,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
+from influx_backupd.store.chain import ChainCut, parents
 from influx_backupd.store.record import RunRecord
 
 LOST_POINTS_HOLD_DAYS = 30
@@ -126,19 +127,12 @@ def chain_key(record: RunRecord, members: dict[str, RunRecord]) -> str:
 def _on_failed_link(
     record: RunRecord, members: dict[str, RunRecord], failed: Callable[[RunRecord], bool]
 ) -> bool:
-    """An earlier link of record's chain failed its last check (or its files are gone)."""
-    current, seen = record, {record.id}
-    while current.kind == "incremental" and current.parent_id:
-        parent = members.get(current.parent_id)
-        if parent is None:
-            return True  # an earlier link not kept as ok: the chain cannot be restored
-        if parent.id in seen:
-            return False
-        if failed(parent):
-            return True
-        seen.add(parent.id)
-        current = parent
-    return False
+    """An earlier link of record's chain failed its last check (or its files are gone), or is
+    not kept as ok: the chain cannot be restored. A loop of parents is chain_key's to name."""
+    try:
+        return any(failed(parent) for parent in parents(record, members))
+    except ChainCut as cut:
+        return cut.parent is None
 
 
 def _selected(oks: list[RunRecord], policy: RetentionPolicy) -> dict[str, list[str]]:
