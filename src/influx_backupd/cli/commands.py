@@ -55,11 +55,10 @@ from influx_backupd.core.errors import (
     UsageError,
 )
 from influx_backupd.core.interrupt import interrupt_on_signals
-from influx_backupd.core.jsontext import loads_json, number
-from influx_backupd.core.processes import LOOSE, same_process
+from influx_backupd.core.jsontext import number
 from influx_backupd.core.redact import shown_url
 from influx_backupd.core.schedule import describe, human_duration
-from influx_backupd.daemon.status import STATE_FILE, gather, render
+from influx_backupd.daemon.status import daemon_state_in, gather, render
 from influx_backupd.influxd import influxql, names
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.influxd.throttle import DATABASE_RATE_MIB
@@ -723,7 +722,7 @@ def status_despite(cli_path: str | None, error: ConfigError, args: argparse.Name
     except ConfigError:
         path = None
     state_dir = _state_dir_of(path) if path is not None else None
-    state = _published_state(state_dir) if state_dir is not None else None
+    state = daemon_state_in(state_dir) if state_dir is not None else None
     if state is not None and state_dir is not None:
         report = {
             "daemon": {
@@ -763,19 +762,6 @@ def _state_dir_of(path: Path) -> Path | None:
     if isinstance(written, str) and written and os.path.isabs(written):
         return Path(written)
     return default_state_dir(path)
-
-
-def _published_state(state_dir: Path) -> dict[str, Any] | None:
-    """A running daemon's daemon.json: as read_daemon_state reads it, without a config."""
-    try:
-        state = loads_json((state_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(state, dict):
-        return None
-    if same_process(state.get("pid"), state.get("create_time"), LOOSE) is None:
-        return None  # no daemon, or its pid reused since
-    return state
 
 
 def _render_despite(report: dict[str, Any]) -> str:

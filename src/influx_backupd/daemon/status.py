@@ -6,11 +6,11 @@ answers while a backup runs.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import count, loads_json, number
-from influx_backupd.core.processes import LOOSE, same_process
 from influx_backupd.core.schedule import describe
 from influx_backupd.influxd import counts
 from influx_backupd.influxd.server import Influxd
@@ -29,18 +29,16 @@ STATE_FILE = DAEMON_STATE
 
 
 def read_daemon_state(config: Config) -> dict[str, Any] | None:
-    """The running daemon's published state, or None when no daemon is running.
+    """The running daemon's published state, or None when no daemon is running."""
+    return daemon_state_in(config.state_dir)
 
-    The pid alone could have been reused since: it counts only when the process still has the
-    start time the daemon wrote.
-    """
-    try:
-        state = loads_json((config.state_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(state, dict):
-        return None
-    if same_process(state.get("pid"), state.get("create_time"), LOOSE) is None:
+
+def daemon_state_in(state_dir: Path) -> dict[str, Any] | None:
+    """read_daemon_state without a config (`status` on one that does not load). The pid alone
+    could have been reused since: it counts only when the process still has the start time the
+    daemon wrote (progress.read_published)."""
+    state = progress.read_published(state_dir / STATE_FILE)
+    if state is None:
         return None
     # a damaged file of a live daemon loses the parts that do not fit, not the whole `status`
     jobs = state.get("jobs")
