@@ -132,3 +132,54 @@ def test_storage_filling_up_mid_write_fails_cleanly(
     assert lost_points == 0 and lost == []
     again = run_cli(config, "backup", "--json")  # with room again, the next backup is good
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+@pytest.fixture
+def small_state(tmp_path: Path) -> Iterator[Path]:
+    """A state dir alone on a small tmpfs, to fill."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "state"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)], check=True
+    )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.fault("disk-full", "the state dir is full when a dead run left influxd stopped")
+@pytest.mark.parametrize("command", ["run", "backup"])
+def test_a_full_state_dir_does_not_keep_influxd_down(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, small_state: Path, command: str
+) -> None:
+    """A backup killed in its stop window, then its state dir fills up: the next command (the
+    daemon started by its unit, or a cron backup) still starts influxd (before, the pid it
+    writes into the lock file failed first: exit 1, influxd left down until space was freed),
+    then says in one line that the state dir is full."""
+    job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
+    config = write_config(tmp_path, sandbox, jobs=[job], holes="fill")
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    assert run_cli(config, "backup").returncode == 0
+    ledger.take()
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(FILLER)
+    backup = Watched(config, "backup", "--json")
+    backup.wait_event("archive.writing", phase="copy")
+    backup.kill()
+    assert (small_state / "influxd-stopped.json").exists() and not sandbox.ping()
+    (sandbox.data / "filler.bin").unlink()
+    _fill(small_state)
+
+    done = run_cli(config, command, timeout=120)
+
+    assert sandbox.ping(), "influxd answers again"
+    assert not (small_state / "influxd-stopped.json").exists()
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert f"state_dir {small_state} is full" in done.stderr.strip().splitlines()[-1]
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []

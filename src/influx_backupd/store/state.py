@@ -9,6 +9,7 @@ marker for SIGNALLED_WATCH_S: should it exit late, nothing else would start it a
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -76,7 +77,14 @@ class BackupLock:
             os.close(fd)
             raise Busy(f"{self.busy_means} (lock {self.path} held by pid {holder})") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            # The flock is the lock; the pid only names its holder to a second caller. A full
+            # state dir must not stop the recovery that starts an influxd left down.
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                os.close(fd)
+                raise
         self.fd = fd
 
     def release(self) -> None:
