@@ -9,6 +9,7 @@ marker for SIGNALLED_WATCH_S: should it exit late, nothing else would start it a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -251,7 +252,8 @@ class CrashMarker:
             next_start_at=time.time() + retry_in_s,
             alarmed=True,
         )
-        self._write(body)
+        with contextlib.suppress(OSError):  # a full state dir: the count lost, not the retry
+            self._write(body)
         if first:
             job = body.get("job")
             alarms.left_down(job if isinstance(job, str) else None, error)

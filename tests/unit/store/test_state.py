@@ -129,3 +129,24 @@ def test_a_signalled_marker_watches_only_the_server_it_stopped_and_only_for_a_wh
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_failed_start_noted_in_a_full_state_dir_still_raises_the_alarm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The marker's count is written on each failed start, inside the retry loop that brings
+    influxd back: a full state dir must cost the count, never the loop (or the alarm)."""
+    from influx_backupd.core import alarms
+
+    marker = CrashMarker(tmp_path)
+    marker.write("run-1", job="nightly")
+    told: list[tuple[str | None, str]] = []
+
+    def full(*_args: object, **_kw: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state, "replace_json", full)
+    with alarms.left_down_handler(lambda job, error: told.append((job, error))):
+        marker.note_failed_start(1, "influxd exited 1", 5.0)
+    assert told == [("nightly", "influxd exited 1")]
+    assert marker.read() is not None and "start_failures" not in (marker.read() or {})
