@@ -4,6 +4,7 @@ backups made before are untouched."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -20,19 +21,25 @@ MiB = 1 << 20
 FILLER = 300 * MiB  # sparse in the data dir, written out in full by the copy
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` mounted on `mount` (made here) while the body runs."""
     if os.geteuid() != 0:
         pytest.fail("mounting a tmpfs needs root (CI runs as root)")
-    mount = tmp_path / "archives"
     mount.mkdir()
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1000m,mode=0700", "tmpfs", str(mount)], check=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount)], check=True
     )
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "archives", "1000m") as mount:
+        yield mount
 
 
 def _fill(mount: Path) -> None:
@@ -137,17 +144,8 @@ def test_storage_filling_up_mid_write_fails_cleanly(
 @pytest.fixture
 def small_state(tmp_path: Path) -> Iterator[Path]:
     """A state dir alone on a small tmpfs, to fill."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting a tmpfs needs root (CI runs as root)")
-    mount = tmp_path / "state"
-    mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)], check=True
-    )
-    try:
+    with tmpfs(tmp_path / "state", "16m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.fault("disk-full", "the state dir is full when a dead run left influxd stopped")
