@@ -181,3 +181,34 @@ def test_a_full_state_dir_does_not_keep_influxd_down(
     assert f"state_dir {small_state} is full" in done.stderr.strip().splitlines()[-1]
     lost_points, lost = ledger.settle()
     assert lost_points == 0 and lost == []
+
+
+@pytest.mark.fault("disk-full", "a write with no file name to it fails for want of space")
+def test_a_nameless_full_disk_error_names_the_full_dir(
+    tmp_path: Path,
+    sandbox: Sandbox,
+    small_state: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """os.write and friends raise ENOSPC without a file name: the command's one line was the
+    bare "No space left on device". It now says which of our dirs is full."""
+    from influx_backupd.cli import main as cli_main
+
+    config = write_config(tmp_path, sandbox)
+
+    def writes_into_the_state_dir(*_args: object) -> int:
+        fd = os.open(small_state / "scratch", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:  # a real ENOSPC from the kernel, as a full tmpfs gives it
+                os.write(fd, b"\0" * (1 << 20))
+        finally:
+            os.close(fd)
+
+    monkeypatch.setattr(cli_main, "command_function", lambda _name: writes_into_the_state_dir)
+    status = cli_main.main(["--config", str(config), "list"])
+
+    assert status == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("influx-backupd: No space left on device: state_dir "), line
+    assert f"{small_state} has " in line and "bytes free" in line and "storage.dir" not in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import sys
@@ -205,6 +206,7 @@ def _main(argv: Sequence[str] | None) -> int:
     log.configure(level=_log_level(args, "info"), journal=journal)
     from influx_backupd.core.config import ConfigError, load, resolve_path
 
+    config: Config | None = None
     try:
         try:
             config = load(
@@ -247,8 +249,23 @@ def _main(argv: Sequence[str] | None) -> int:
         if isinstance(exc, StdoutFailed):
             return _stdout_failed(exc)
         where = f": {exc.filename}" if exc.filename else ""
+        if not where and exc.errno in (errno.ENOSPC, errno.EDQUOT) and config is not None:
+            where = _full_dirs(config)  # a write with no name to it: which of ours is full
         say(f"{exc.strerror or exc}{where}")
         return EXIT_FAILED
+
+
+def _full_dirs(config: Config) -> str:
+    found = []
+    for key, path in (("state_dir", config.state_dir), ("storage.dir", config.storage_dir)):
+        try:
+            fs = os.statvfs(path)
+        except OSError:
+            continue
+        free = fs.f_bavail * fs.f_frsize
+        if free < 1 << 20:
+            found.append(f"{key} {path} has {free} bytes free")
+    return f": {'; '.join(found)}" if found else ""
 
 
 if __name__ == "__main__":
