@@ -323,7 +323,7 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     records: list[RunRecord] = []
     skipped = False
     try:
-        with exclusive(config) as catalog:
+        with exclusive(config, doing="backup") as catalog:
             for job in jobs:
                 try:
                     records.append(run_backup(config, job, catalog, mode=args.mode))
@@ -342,7 +342,9 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
         for record in records:
             print_record(record, args.json, verbose=args.verbose > 0)
     if config.settings.offsite is not None and any(r.good for r in records):
-        offsite_cli.after_backup(config)  # after the lock was let go: influxd serves again
+        # after the lock was let go: influxd serves again; the send takes it again as an
+        # off-site send, which the next backup (cron's next hour) waits for and which yields
+        offsite_cli.after_backup(config)
     return EXIT_OK if records and all(r.good for r in records) and not skipped else EXIT_FAILED
 
 
@@ -458,7 +460,7 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         offsite_cli.fetch_for_restore(config, args.backup)
     bar = progress_bar(args, "restore")
     with (
-        exclusive(config) as catalog,
+        exclusive(config, doing="restore") as catalog,
         progress.under_systemd(f"restore {args.backup}"),
         progress.published(config.state_dir / progress.RUNNING_FILE, f"restore {args.backup}"),
         contextlib.ExitStack() as cleanup,
@@ -556,7 +558,7 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     results = []
     passed: list[str] = []
     # Under the lock: prune must not delete an archive (or its entry) while we read it.
-    with exclusive(config, influxd=False) as catalog:
+    with exclusive(config, influxd=False, doing="verify") as catalog:
         if args.all:
             passed = passed_over(catalog, args.job)
             results = verify_all(
@@ -614,7 +616,7 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
     if args.dry_run and not config.state_dir.exists():
         # no catalog yet: nothing to prune, and a dry run creates no state dir to say so
         return _print_prune(PruneReport(dry_run=True), args)
-    with exclusive(config, influxd=False) as catalog:
+    with exclusive(config, influxd=False, doing="prune") as catalog:
         hold = unsent_holds(config, catalog)
         report = prune(config, catalog, job=args.job, dry_run=args.dry_run, hold=hold)
         if not args.dry_run:

@@ -12,7 +12,7 @@ from typing import Any
 from influx_backupd.cli.output import fmt_bytes, fmt_time, print_json
 from influx_backupd.cli.quote import say
 from influx_backupd.core.config import Config, ConfigError
-from influx_backupd.core.errors import EXIT_FAILED, EXIT_OK, UsageError
+from influx_backupd.core.errors import EXIT_BUSY, EXIT_FAILED, EXIT_OK, UsageError
 from influx_backupd.core.interrupt import interrupt_on_signals
 from influx_backupd.offsite.errors import (
     BadManifest,
@@ -27,6 +27,7 @@ from influx_backupd.run import offsite, offsite_repair
 from influx_backupd.run.followup import MetricsNotWritten, write_metrics
 from influx_backupd.run.guard import exclusive
 from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.state import OFFSITE, Busy, Yielded
 
 
 def _configured(config: Config) -> None:
@@ -40,19 +41,19 @@ def _configured(config: Config) -> None:
 def cmd_sync(config: Config, args: argparse.Namespace) -> int:
     """Send now what the bucket lacks, then off-site retention."""
     _configured(config)
-    with exclusive(config, influxd=False) as catalog:
+    with exclusive(config, influxd=False, doing=OFFSITE) as catalog:
         try:
-            report = offsite.watched(config, lambda: offsite.sync(config, catalog))
+            report = offsite.watched(config, lambda: offsite.sync(config, catalog), yields=True)
         except OffsiteError as exc:
             offsite.tell_failed(config, catalog, str(exc))
             _metrics(config, catalog)
             raise
         _metrics(config, catalog)
+    if report.yielded:  # a command waiting for the lock went first: try again later (75)
+        say("offsite: stopped for a command waiting for the backup lock; the next sync resumes")
     if args.json:
         print_json(report.to_dict())
-        return (
-            EXIT_FAILED if report.skipped or report.unrepaired or report.check_failed else EXIT_OK
-        )
+        return _sync_status(report)
     for sent in report.sent:
         what = "already there" if sent.already else f"sent {fmt_bytes(sent.bytes_uploaded)}"
         print(f"{sent.id:<22} {what}, {fmt_bytes(sent.bytes_skipped)} skipped (in the bucket)")
@@ -76,7 +77,13 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
         f"uploaded {fmt_bytes(report.bytes_uploaded)}, skipped {fmt_bytes(report.bytes_skipped)}; "
         f"{len(report.pending)} backups not off-site"
     )
-    return EXIT_FAILED if report.skipped or report.unrepaired or report.check_failed else EXIT_OK
+    return _sync_status(report)
+
+
+def _sync_status(report: offsite.SyncReport) -> int:
+    if report.skipped or report.unrepaired or report.check_failed:
+        return EXIT_FAILED
+    return EXIT_BUSY if report.yielded else EXIT_OK
 
 
 def _metrics(config: Config, catalog: Catalog) -> None:
@@ -335,14 +342,30 @@ def fetch_for_restore(config: Config, backup_id: str) -> None:
 
 def after_backup(config: Config) -> None:
     """`backup` with [offsite]: the new backup off-site now (cron users have no daemon to do
-    it). A failure is one line here, the hooks and the metrics; the backup stays ok."""
-    with exclusive(config, influxd=False) as catalog:
-        try:
-            report = offsite.watched(config, lambda: offsite.run_sync(config, catalog))
-        except OffsiteError as exc:  # a stalled request (run_sync tells every other failure)
-            offsite.tell_failed(config, catalog, str(exc))
-            report = None
-        _metrics(config, catalog)
+    it). A failure is one line here, the hooks and the metrics; the backup stays ok. The send
+    holds the lock only as an off-site send: it yields to a command that waits for the lock
+    (the next cron backup), and the next sync resumes it."""
+    try:
+        with exclusive(config, influxd=False, doing=OFFSITE) as catalog:
+            try:
+                report = offsite.watched(
+                    config, lambda: offsite.run_sync(config, catalog), yields=True
+                )
+            except OffsiteError as exc:  # a stalled request (run_sync tells every other failure)
+                offsite.tell_failed(config, catalog, str(exc))
+                report = None
+            _metrics(config, catalog)
+    except Yielded as exc:  # given up for a command waiting for the lock: no failure
+        say(f"offsite: {exc} (the local backup is kept)")
+        return
+    except Busy as exc:  # the lock is another's (the daemon's send, a backup waiting for it)
+        say(f"offsite: not sent now: {exc}; the next sync sends it (the local backup is kept)")
+        return
     if report is None:
         state = offsite.State.load(config.state_dir)
         say(f"offsite: {state.last_error} (the local backup is kept)")
+    elif report.yielded:
+        say(
+            "offsite: stopped for a command waiting for the backup lock; the next sync resumes "
+            "(the local backup is kept)"
+        )

@@ -69,6 +69,7 @@ from influx_backupd.run.guard import RollbackBlocked, exclusive
 from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
 from influx_backupd.store.record import RunRecord
+from influx_backupd.store.state import OFFSITE as STATE_OFFSITE
 from influx_backupd.store.state import (
     BackupLock,
     Busy,
@@ -76,6 +77,7 @@ from influx_backupd.store.state import (
     CrashMarker,
     StateDirError,
     lock_held,
+    lock_wanted,
 )
 from influx_backupd.verify.check import verify_all
 
@@ -143,6 +145,11 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Readers (`status`) see the old file or the new one, never half of one."""
     text = json.dumps(data, indent=1, sort_keys=True) + "\n"
     replace_file(path, text.encode(), durable=False)  # rewritten as it changes: no fsync
+
+
+def _now() -> bool:
+    """exclusive()'s give_up for a take that waits for no off-site send: Busy at once."""
+    return True
 
 
 def daemon_lock(state_dir: Path) -> BackupLock:
@@ -837,7 +844,8 @@ class Daemon:
             self._next_start = time.time() + SIGNALLED_LOOK_S  # still runs: nothing to start
             return
         try:
-            with exclusive(self.config, start_attempts=1):
+            # an off-site send holding the lock is not waited for here: tried again in 5 s
+            with exclusive(self.config, start_attempts=1, doing="recovery", give_up=_now):
                 pass
         except Busy:
             self._next_start = time.time() + 5.0  # a foreground command runs: it starts it
@@ -938,7 +946,9 @@ class Daemon:
             elif report is not None:
                 self._offsite_failures = 0
             if report is not None and report.yielded and not self._stopping.is_set():
-                self._log.info("offsite.yielded", reason="a backup is due: resumed after it")
+                waiting = lock_wanted(config.state_dir)
+                reason = f"{waiting} waits for the lock" if waiting else "a backup is due"
+                self._log.info("offsite.yielded", reason=f"{reason}: resumed after it")
                 with self._cond:
                     self._pending.append(Due(OFFSITE, time.time(), "resume"))
                     self._cond.notify_all()
@@ -960,7 +970,13 @@ class Daemon:
         left_behind = threading.Event()
 
         def stop() -> bool:
-            return left_behind.is_set() or self._stopping.is_set() or self._backup_waiting()
+            # a foreground command (cron's `backup`, a restore) waiting for the lock too
+            return (
+                left_behind.is_set()
+                or self._stopping.is_set()
+                or self._backup_waiting()
+                or lock_wanted(config.state_dir) is not None
+            )
 
         outcome: list[Any] = []
         thread = threading.Thread(
@@ -1077,6 +1093,11 @@ class Daemon:
         """action(catalog, seconds late) under the backup lock, once it is free; given up when
         the wait would start it later than catch_up after it was due, or the daemon stops."""
         waited_for_lock = False
+        doing = {OFFSITE: STATE_OFFSITE, VERIFY_ALL: "verify"}.get(item.job, "backup")
+
+        def give_up() -> bool:  # waiting for an off-site send (another process's) to yield
+            return self._stopping.is_set() or time.time() - item.due > catch_up
+
         while True:
             late = time.time() - item.due
             if late > catch_up:
@@ -1090,7 +1111,7 @@ class Daemon:
                 self._log.info("run.dropped", job=item.job, reason="the daemon is stopping")
                 return
             try:
-                with exclusive(config) as catalog:
+                with exclusive(config, doing=doing, give_up=give_up) as catalog:
                     action(catalog, late)
                     return
             except Busy as exc:
@@ -1265,7 +1286,8 @@ class Daemon:
     def _recover(self) -> None:
         """Whatever a dead predecessor left (influxd down, a partial archive), undone now."""
         try:
-            with exclusive(self.config, influxd=False):  # influxd's lock too if a marker is left
+            # influxd's lock too if a marker is left; an off-site send's lock is not waited for
+            with exclusive(self.config, influxd=False, doing="recovery", give_up=_now):
                 pass
         except Busy as exc:
             self._log.info("daemon.recovery_deferred", detail=str(exc))

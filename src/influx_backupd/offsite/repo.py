@@ -700,15 +700,17 @@ class Offsite:
             running: set[Future[None]] = set()
             try:
                 for job in jobs:
+                    while len(running) >= limit:
+                        finished, running = wait(running, return_when=FIRST_COMPLETED)
+                        for f in finished:
+                            f.result()
+                    # asked once a slot is free, just before the job starts: asked before the
+                    # wait, one more part went out after the stop (a part's time at max_rate)
                     if should_stop():
                         wait(running)
                         for f in running:
                             f.result()
                         return True
-                    while len(running) >= limit:
-                        finished, running = wait(running, return_when=FIRST_COMPLETED)
-                        for f in finished:
-                            f.result()
                     running.add(pool.submit(job))
                 finished, _ = wait(running)
                 for f in finished:

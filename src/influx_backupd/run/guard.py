@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,18 @@ from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog, CatalogDamaged
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.sidecar import SidecarError, record_beside, sidecar_of
-from influx_backupd.store.state import CrashMarker, ServerLock, lock_for, lock_held
+from influx_backupd.store.state import (
+    OFFSITE,
+    BackupLock,
+    Busy,
+    CrashMarker,
+    LockWanted,
+    ServerLock,
+    lock_for,
+    lock_held,
+    lock_holder_pid,
+    lock_wanted,
+)
 from influx_backupd.verify.check import verify
 
 OnDamage = Literal["raise", "set_aside", "ignore"]
@@ -43,6 +54,12 @@ class RollbackBlocked(InfluxdError):
     code = "influxd.rollback_blocked"
 
 
+# How long past [offsite] yield_within a command waits for an off-site send to let the lock go:
+# a send that gave its upload up still unwinds (its state saved, its metrics written).
+YIELD_MARGIN_S = 30.0
+DEFAULT_YIELD_WITHIN = 60.0  # a config without [offsite] waits as long for another's send
+
+
 @contextmanager
 def exclusive(
     config: Config,
@@ -50,8 +67,16 @@ def exclusive(
     start_attempts: int | None = None,
     on_damage: OnDamage = "raise",
     influxd: bool = True,
+    doing: str | None = None,
+    give_up: Callable[[], bool] = lambda: False,
 ) -> Iterator[Catalog]:
     """Take the backup lock (Busy if held), recover from a dead predecessor, yield the catalog.
+
+    doing: what this holder does (store.state.HOLDERS), as a second caller's busy line says it.
+    A lock held by an off-site send (doing OFFSITE) is asked to yield and waited for, up to
+    [offsite] yield_within and a margin (or until give_up() says so); whatever else holds it is
+    Busy at once. An off-site send (OFFSITE) waits for nothing, and takes no lock a command
+    waits for.
 
     influxd: the caller may stop or start the server (a run, a restore), so the server's own
     lock is taken too (Busy while another state_dir's run holds it); False for callers that
@@ -63,8 +88,8 @@ def exclusive(
     on_damage: what a damaged catalog does (after influxd was brought back: that needs no
     catalog); "raise" CatalogDamaged, "set_aside" (import, which rebuilds it: catalog.moved_aside
     says where it went), "ignore" (import --dry-run: catalog.damage says what is wrong)."""
-    lock = lock_for(config.state_dir)
-    lock.acquire()
+    lock = lock_for(config.state_dir, doing)
+    _take(config, lock, give_up)
     server_lock = ServerLock(config.settings.influxd.config)
     try:
         if influxd or CrashMarker(config.state_dir).path.exists():
@@ -78,6 +103,50 @@ def exclusive(
     finally:
         server_lock.release()
         lock.release()
+
+
+def _take(config: Config, lock: BackupLock, give_up: Callable[[], bool]) -> None:
+    """lock.acquire(), waiting for an off-site send to yield (exclusive)."""
+    state_dir = config.state_dir
+    if lock.doing == OFFSITE:
+        # a command waits for the lock (a send left it for that command): no send takes it
+        # first, as the daemon's resumed one or the next cron backup's would
+        waiting = lock_wanted(state_dir)
+        if waiting is not None:
+            raise Busy(f"{waiting} waits for the backup lock in {state_dir}")
+        lock.acquire()
+        return
+    try:
+        lock.acquire()
+        return
+    except Busy as exc:
+        if exc.doing != OFFSITE:
+            raise
+        holder = str(exc)
+    section = config.settings.offsite
+    within = section.yield_within if section is not None else DEFAULT_YIELD_WITHIN
+    within += YIELD_MARGIN_S
+    log.get().info("lock.waiting_for_offsite", holder=holder, within_s=within)
+    waited = time.monotonic()
+    with LockWanted(state_dir, lock.doing):
+        while True:
+            time.sleep(0.1)
+            try:
+                lock.acquire()
+                break
+            except Busy as exc:
+                if exc.doing != OFFSITE:
+                    raise  # taken by a backup (or another holder) meanwhile: busy, as it says
+                if time.monotonic() - waited >= within or give_up():
+                    raise Busy(
+                        f"{exc}, asked to yield, has not let it go in "
+                        f"{time.monotonic() - waited:.0f}s ([offsite] yield_within and "
+                        f"{YIELD_MARGIN_S:.0f}s)",
+                        OFFSITE,
+                    ) from None
+    log.get().info(
+        "lock.offsite_yielded", holder=holder, waited_s=round(time.monotonic() - waited, 3)
+    )
 
 
 def _catalog_usable(catalog: Catalog, on_damage: OnDamage) -> bool:
@@ -349,11 +418,7 @@ def left_stopped(config: Config) -> dict[str, Any] | None:
     if lock_held(config.state_dir):
         if not left.get("start_failures"):
             return None
-        try:
-            holder = (config.state_dir / "backup.lock").read_text().strip()
-        except OSError:
-            holder = ""
-        left["lock_holder"] = holder or "unknown"
+        left["lock_holder"] = lock_holder_pid(config.state_dir)
     return left
 
 

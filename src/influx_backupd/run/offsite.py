@@ -44,6 +44,7 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import chain_loop
 from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import write_sidecar
+from influx_backupd.store.state import Yielded, lock_wanted
 from influx_backupd.verify.check import save_result
 from influx_backupd.verify.result import VerifyResult
 
@@ -59,12 +60,15 @@ T = TypeVar("T")
 _LEFT: list[threading.Event] = []  # watched() work given up (its done flag, not set yet)
 
 
-def watched(config: Config, work: Callable[[], T]) -> T:
+def watched(config: Config, work: Callable[[], T], *, yields: bool = False) -> T:
     """work() (requests to the bucket) in a thread of its own, given up with Stalled when a
     request has made no progress for [offsite] stall_after. Given up (a stall, or a signal in the
     caller's thread), the thread is left on its request and the command leaves with os._exit as
     it ends (left_behind()), before that thread can do more. For one-shot commands: the daemon
-    has its own way (daemon/loop._sync_yielding)."""
+    has its own way (daemon/loop._sync_yielding). yields: work is a sync, which stops between
+    objects for a command waiting for the lock (sync); one that has not stopped within
+    [offsite] yield_within (a part, a hash, a request that takes longer) is given up with
+    Yielded, and the next sync resumes it."""
     section = config.settings.offsite
     limit = section.stall_after if section is not None else 300.0
     outcome: list[tuple[bool, Any]] = []
@@ -82,7 +86,7 @@ def watched(config: Config, work: Callable[[], T]) -> T:
 
     threading.Thread(target=run, name="offsite", daemon=True).start()
     try:
-        _wait(done, config, limit)
+        _wait(done, config, limit, yields)
     except BaseException:
         # a signal (Interrupted, KeyboardInterrupt) or a stall: the work is not waited for;
         # the command ends now, and leaves with os._exit (left_behind)
@@ -96,9 +100,18 @@ def watched(config: Config, work: Callable[[], T]) -> T:
     raise value
 
 
-def _wait(done: threading.Event, config: Config, limit: float) -> None:
+def _wait(done: threading.Event, config: Config, limit: float, yields: bool) -> None:
     section = config.settings.offsite
+    within = section.yield_within if section is not None else 60.0
+    asked: float | None = None  # since when a command waits for the lock
     while not done.wait(0.25):
+        waiting = lock_wanted(config.state_dir) if yields else None
+        asked = None if waiting is None else asked or time.monotonic()
+        if waiting is not None and asked is not None and time.monotonic() - asked >= within:
+            raise Yielded(
+                f"{waiting} waits for the backup lock, and the upload did not stop between "
+                f"objects within yield_within ({within:.0f}s): given up, the next sync resumes it"
+            )
         stalled = stalled_for()
         if stalled >= limit:
             where = where_of(section) if section is not None else "the bucket"
@@ -519,7 +532,10 @@ def sync(
     prune: bool = True,
 ) -> SyncReport:
     """Send every wanted backup the bucket lacks, oldest first; then off-site retention.
-    The caller holds the backup lock. Raises OffsiteError (after saving what was done)."""
+    The caller holds the backup lock. Raises OffsiteError (after saving what was done).
+    Stops (report.yielded) between objects and parts when stop() says so, or a command waits
+    for the backup lock (store.state.LockWanted): the next sync resumes."""
+    stop = _or_wanted(config.state_dir, stop)
     logger = log.get()
     state = State.load(config.state_dir)
     report = SyncReport()
@@ -642,6 +658,10 @@ def sync(
         report.pending = [r.id for r in not_offsite(config, catalog, state)]
         state.save(config.state_dir)
     return report
+
+
+def _or_wanted(state_dir: Path, stop: Callable[[], bool]) -> Callable[[], bool]:
+    return lambda: stop() or lock_wanted(state_dir) is not None
 
 
 def _sent_still_there(

@@ -33,12 +33,40 @@ SIGNALLED_WATCH_S = 900.0
 SWAP_DONE = "swap_done"
 
 
+# What a holder of the backup lock does, written after its pid in the lock file ("PID DOING"),
+# as the busy line says it. A holder that only sends off-site (OFFSITE) yields to a command that
+# waits for the lock (LockWanted); whatever else holds it makes that command busy (75).
+OFFSITE = "offsite"
+HOLDERS = {
+    "backup": "another backup is running",
+    "restore": "a restore is running",
+    "prune": "a prune is running",
+    "verify": "a verify is running",
+    "recovery": "the daemon is recovering what a dead run left",
+    OFFSITE: "an off-site send is running",
+}
+UNKNOWN_HOLDER = HOLDERS["backup"]  # a lock file without DOING (an older version's)
+
+
 class Busy(BackupdError):
-    """Another influx-backupd holds the backup lock (exit status 75)."""
+    """Another influx-backupd holds the backup lock (exit status 75). doing: what the holder
+    said it does in the lock file (HOLDERS), None if it did not say."""
 
     code = "busy"
     label = "busy"
     exit_status = EXIT_BUSY
+
+    def __init__(self, message: str, doing: str | None = None) -> None:
+        super().__init__(message)
+        self.doing = doing
+
+
+class Yielded(Busy):
+    """An off-site send gave the backup lock up to a command waiting for it, before it was done:
+    the next sync resumes it (exit status 75: try again later)."""
+
+    code = "offsite.yielded"
+    label = "offsite"
 
 
 class StateDirError(BackupdError):
@@ -56,8 +84,10 @@ class StateDirError(BackupdError):
 class BackupLock:
     path: Path
     fd: int | None = None
-    # what a second caller is told is going on (the daemon's own lock reuses this class)
-    busy_means: str = "another backup is running"
+    # what a second caller is told is going on (the daemon's own lock reuses this class); None:
+    # what the holder wrote it does (HOLDERS)
+    busy_means: str | None = None
+    doing: str | None = None  # what this holder does, written after its pid
 
     def acquire(self) -> None:
         try:
@@ -74,15 +104,18 @@ class BackupLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            pid, doing = _holder_said(os.pread(fd, 64, 0))
             os.close(fd)
-            raise Busy(f"{self.busy_means} (lock {self.path} held by pid {holder})") from None
+            means = self.busy_means or HOLDERS.get(doing or "", UNKNOWN_HOLDER)
+            raise Busy(f"{means} (lock {self.path} held by pid {pid})", doing) from None
         os.ftruncate(fd, 0)
+        said = f"{os.getpid()} {self.doing}" if self.doing else str(os.getpid())
         try:
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{said}\n".encode(), 0)
         except OSError as exc:
-            # The flock is the lock; the pid only names its holder to a second caller. A full
-            # state dir must not stop the recovery that starts an influxd left down.
+            # The flock is the lock; the pid only names its holder to a second caller (one
+            # that cannot read it waits as for a backup). A full state dir must not stop the
+            # recovery that starts an influxd left down.
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 os.close(fd)
                 raise
@@ -101,8 +134,84 @@ class BackupLock:
         self.release()
 
 
-def lock_for(state_dir: Path) -> BackupLock:
-    return BackupLock(state_dir / "backup.lock")
+def lock_for(state_dir: Path, doing: str | None = None) -> BackupLock:
+    return BackupLock(state_dir / "backup.lock", doing=doing)
+
+
+def _holder_said(raw: bytes) -> tuple[str, str | None]:
+    """The pid and what it does, as a holder wrote them in the lock file ("PID DOING"; an older
+    version wrote the pid alone; a holder between its flock and its write, nothing)."""
+    words = raw.decode(errors="replace").split()
+    return (words[0] if words else "unknown"), (words[1] if len(words) > 1 else None)
+
+
+def lock_holder_pid(state_dir: Path) -> str:
+    """The pid the backup lock's holder wrote ("unknown" if none); takes nothing."""
+    try:
+        return _holder_said((state_dir / "backup.lock").read_bytes()[:64])[0]
+    except OSError:
+        return "unknown"
+
+
+WANTED_DIR = "lock-wanted"
+
+
+class LockWanted:
+    """While a command waits for the backup lock that an off-site send holds: a file of its own
+    in <state_dir>/lock-wanted/ (pid, process start time, what it will do), which the send
+    polls between objects and parts (lock_wanted) and yields to. Removed when the wait ends;
+    one left by a waiter killed meanwhile names a dead process: ignored, and removed."""
+
+    def __init__(self, state_dir: Path, doing: str | None) -> None:
+        self.path = state_dir / WANTED_DIR / f"{os.getpid()}.json"
+        self.doing = doing
+
+    def __enter__(self) -> LockWanted:
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        body = {
+            "pid": os.getpid(),
+            "create_time": psutil.Process().create_time(),
+            "doing": self.doing,
+            "since": time.time(),
+        }
+        replace_json(self.path, body, durable=False)  # a wait outlives no reboot
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def lock_wanted(state_dir: Path) -> str | None:
+    """A live command waiting for the backup lock, said as "a backup (pid N)"; None if none."""
+    try:
+        entries = sorted(p for p in (state_dir / WANTED_DIR).iterdir() if p.suffix == ".json")
+    except OSError:
+        return None  # none yet (most of the time), or not readable: nobody can wait there
+    for path in entries:
+        if path.name.startswith("."):
+            continue  # a LockWanted being written (replace_json's temp file)
+        try:
+            body = loads_json(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (
+            not isinstance(body, dict)
+            or same_process(body.get("pid"), body.get("create_time")) is None
+        ):
+            path.unlink(missing_ok=True)  # its waiter was killed (or the file is not ours)
+            continue
+        doing = body.get("doing")
+        what = WAITERS.get(doing if isinstance(doing, str) else "", "a command")
+        return f"{what} (pid {body['pid']})"
+    return None
+
+
+WAITERS = {
+    "backup": "a backup",
+    "restore": "a restore",
+    "prune": "a prune",
+    "verify": "a verify",
+}
 
 
 class ServerLock:

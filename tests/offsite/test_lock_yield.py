@@ -1,0 +1,202 @@
+"""An off-site send holds the backup lock only as a send: a command that needs the lock (cron's
+next `backup`) asks it to yield and waits, instead of exiting busy (75) and taking no backup.
+
+Before: `backup`'s own off-site step (cron users have no daemon) held the lock for the whole
+upload; the next hourly `backup` exited 75 "another backup is running" while it lasted (hours
+for a first upload at max_rate, for ever on a hanging endpoint): invariant 8 broken."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import Cli, log_events, wait_until, write_config
+from tests.offsite.conftest import Endpoint
+from tests.offsite.helpers import offsite_section
+from tests.system.test_daemon import daemon
+
+MiB = 1024 * 1024
+
+
+def slow_and_fast(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint, filler_mib: int, **slow: object
+) -> tuple[Path, Path]:
+    """Two configs of one state_dir: `slow` sends at max_rate part by part (5 MiB parts, one at
+    a time); `fast` is the same without max_rate, for the commands that come after it. The
+    cold archive holds filler_mib MiB of filler (one object, sent as 5 MiB parts)."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    (sandbox.data / "filler.bin").write_bytes(bytes(range(256)) * (filler_mib * MiB // 256))
+    common = {"part_size": "5MiB", "concurrency": 1}
+    fast = write_config(tmp_path, sandbox, extra=offsite_section(moto, **common))
+    slow_config = tmp_path / "slow.toml"
+    section = offsite_section(moto, **common, **{"max_rate": "512KiB", **slow})
+    slow_config.write_text(plain_config(fast).read_text() + section)
+    return slow_config, fast
+
+
+def plain_config(config: Path) -> Path:
+    """config without its [offsite] section: a backup it makes is not sent (plain.toml)."""
+    plain = config.parent / "plain.toml"
+    plain.write_text(config.read_text().split("\n[offsite]\n")[0])
+    return plain
+
+
+def _uploading(moto: Endpoint) -> bool:
+    """A multipart upload is under way in the bucket: the filler is being sent."""
+    return bool(moto.client().list_multipart_uploads(Bucket=moto.bucket).get("Uploads"))
+
+
+def _bucket_whole(fast: Cli, ids: list[str]) -> None:
+    """The next sync completes what was left, and every backup in the bucket verifies."""
+    synced = fast("offsite", "sync", "--json", timeout=300)
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    assert json.loads(synced.stdout)["pending"] == []
+    assert sorted(r["id"] for r in fast.json("list", "--offsite")) == sorted(ids)
+    checked = fast("verify", "--offsite", "--all", "--read-data", "100", timeout=300)
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-3000:]
+
+
+def test_the_next_cron_backup_waits_for_the_send_which_yields_between_parts(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    slow, fast = slow_and_fast(tmp_path, sandbox, moto, filler_mib=40)
+    first = Cli(slow).popen("backup", "--json")
+    try:
+        # the first backup is done and its send holds the lock (40 MiB at 512 KiB/s)
+        wait_until(lambda: _uploading(moto), 120, "the first backup sending")
+        second = Cli(fast)("backup", "--json", timeout=300)
+        out, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads(second.stdout)["status"] == "ok"
+    assert log_events(second.stderr, "lock.waiting_for_offsite")
+    assert log_events(second.stderr, "lock.offsite_yielded")
+    assert first.returncode == 0, err[-3000:]
+    assert "offsite: stopped for a command waiting for the backup lock" in err, err[-3000:]
+    assert "Traceback" not in err + second.stderr
+    _bucket_whole(Cli(fast), [json.loads(out)["id"], json.loads(second.stdout)["id"]])
+    assert sandbox.ping()
+
+
+def test_a_send_that_cannot_stop_within_yield_within_gives_its_upload_up(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """One 5 MiB part takes 40 s at 128 KiB/s: the send cannot reach a part's end within
+    yield_within (1 s); it gives the upload up (the next sync resumes it) and the lock goes."""
+    slow, fast = slow_and_fast(tmp_path, sandbox, moto, filler_mib=12, max_rate="128KiB")
+    slow.write_text(slow.read_text() + 'yield_within = "1s"\n')
+    # a backup made with no [offsite] step of its own, for the sync to send
+    plain = plain_config(fast)
+    made = Cli(plain).json("backup")
+    assert made["status"] == "ok"
+    sync = Cli(slow).popen("offsite", "sync")
+    try:
+        wait_until(lambda: _uploading(moto), 60, "the sync sending")
+        second = Cli(fast)("backup", "--json", timeout=300)
+        _, err = sync.communicate(timeout=120)
+    finally:
+        if sync.poll() is None:
+            sync.kill()
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads(second.stdout)["status"] == "ok"
+    # the sync gave way: "try again later", one line saying why
+    assert sync.returncode == 75, err[-3000:]
+    line = [x for x in err.splitlines() if x.startswith("influx-backupd:")][-1]
+    assert "waits for the backup lock" in line and "yield_within (1s)" in line, line
+    assert "Traceback" not in err
+    _bucket_whole(Cli(fast), [made["id"], json.loads(second.stdout)["id"]])
+    assert sandbox.ping()
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from influx_backupd.store.state import BackupLock
+BackupLock(Path(sys.argv[1]), doing=sys.argv[2] if sys.argv[2] != "-" else None).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def holding_lock(tmp_path: Path, doing: str) -> subprocess.Popen[str]:
+    """A process that holds the backup lock saying it does `doing` ("-": says nothing, as an
+    older version's lock file), and never lets it go."""
+    (tmp_path / "state").mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(tmp_path / "state" / "backup.lock"), doing],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_lock_held_for_anything_but_a_send_is_busy_at_once_saying_what_holds_it(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox))
+    for doing, says in [
+        ("backup", "another backup is running"),
+        ("restore", "a restore is running"),
+        ("-", "another backup is running"),
+    ]:
+        holder = holding_lock(tmp_path, doing)
+        try:
+            busy = cli("backup")
+        finally:
+            holder.kill()
+            holder.wait()
+        assert busy.returncode == 75, busy.stderr[-2000:]
+        assert f"busy: {says} (lock " in busy.stderr and f"pid {holder.pid})" in busy.stderr
+        assert not log_events(busy.stderr, "lock.waiting_for_offsite"), doing
+    assert not (tmp_path / "state" / "lock-wanted").exists() or not list(
+        (tmp_path / "state" / "lock-wanted").iterdir()
+    )
+
+
+def test_a_send_that_never_yields_is_waited_for_only_yield_within_and_a_margin(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """A holder that says it sends but never lets go (hung in a way nothing can end): the
+    waiting backup gives up after [offsite] yield_within and 30 s, busy, saying so; its
+    request is gone with it."""
+    extra = offsite_section(moto, yield_within="1s")
+    cli = Cli(write_config(tmp_path, sandbox, extra=extra))
+    holder = holding_lock(tmp_path, "offsite")
+    try:
+        busy = cli("backup", timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert busy.returncode == 75, busy.stderr[-2000:]
+    line = [x for x in busy.stderr.splitlines() if x.startswith("influx-backupd:")][-1]
+    assert "an off-site send is running" in line and "asked to yield" in line, line
+    assert f"pid {holder.pid}" in line, line
+    assert list((tmp_path / "state" / "lock-wanted").iterdir()) == []
+
+
+def test_the_daemons_send_yields_to_a_cron_backup(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    slow, fast = slow_and_fast(tmp_path, sandbox, moto, filler_mib=40)
+    for config in (slow, fast):  # no job of the daemon's falls due during the test
+        config.write_text(config.read_text().replace("0 3 * * *", "0 3 1 1 *"))
+    plain = plain_config(fast)
+    made = Cli(plain).json("backup")  # for the daemon to send at start-up
+    assert made["status"] == "ok"
+    with daemon(tmp_path, slow) as d:
+        wait_until(lambda: _uploading(moto), 120, "the daemon sending")
+        second = Cli(fast)("backup", "--json", timeout=300)
+        yielded = d.wait_event("offsite.yielded", timeout=60)
+        assert d.stop() == 0
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads(second.stdout)["status"] == "ok"
+    assert "a backup (pid " in yielded["reason"] and "waits for the lock" in yielded["reason"]
+    _bucket_whole(Cli(fast), [made["id"], json.loads(second.stdout)["id"]])
+    assert sandbox.ping()
