@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, log_events, wait_until, write_config
 from tests.offsite.conftest import Endpoint
@@ -117,6 +119,8 @@ def test_a_send_that_cannot_stop_within_yield_within_gives_its_upload_up(
 _HOLD = """
 import sys, time
 from pathlib import Path
+
+import psutil
 from influx_backupd.store.state import BackupLock
 BackupLock(Path(sys.argv[1]), doing=sys.argv[2] if sys.argv[2] != "-" else None).acquire()
 print("held", flush=True)
@@ -200,3 +204,36 @@ def test_the_daemons_send_yields_to_a_cron_backup(
     assert "a backup (pid " in yielded["reason"] and "waits for the lock" in yielded["reason"]
     _bucket_whole(Cli(fast), [made["id"], json.loads(second.stdout)["id"]])
     assert sandbox.ping()
+
+
+def test_no_send_takes_the_lock_while_a_command_waits_for_it_and_the_backup_stays_ok(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """A live request (a command waiting for the lock, here a process standing in for one):
+    `backup` runs, its send leaves the lock to that command with one line, exit 0 (before: a
+    send that met a lock it could not take raised busy out of `backup`, exit 75 after an ok
+    backup), and `offsite sync` exits 75; once the request is gone, the sync sends."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    cli = Cli(write_config(tmp_path, sandbox, extra=offsite_section(moto)))
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    wanted = tmp_path / "state" / "lock-wanted" / f"{stand_in.pid}.json"
+    wanted.parent.mkdir(parents=True)
+    created = psutil.Process(stand_in.pid).create_time()
+    wanted.write_text(json.dumps({"pid": stand_in.pid, "create_time": created, "doing": "restore"}))
+    try:
+        backup = cli("backup", "--json")
+        sync = cli("offsite", "sync")
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert backup.returncode == 0, backup.stderr[-3000:]
+    assert json.loads(backup.stdout)["status"] == "ok"
+    said = f"offsite: not sent now: a restore (pid {stand_in.pid}) waits for the backup lock"
+    assert said in backup.stderr, backup.stderr[-3000:]
+    assert sync.returncode == 75, sync.stderr[-3000:]
+    assert f"busy: a restore (pid {stand_in.pid}) waits for the backup lock" in sync.stderr
+    synced = cli("offsite", "sync", "--json")  # the stand-in is dead: its request is ignored
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    assert json.loads(synced.stdout)["pending"] == []
+    assert not wanted.exists()
