@@ -171,7 +171,7 @@ class OffsiteSection(BaseModel):
     retry_after: Annotated[PositiveDuration, Field(gt=0)] = 900.0
     """After a failed off-site step the daemon tries again this long after, doubling up to 6 h."""
     yield_within: Annotated[PositiveDuration, Field(gt=0)] = 60.0
-    """The daemon: a backup that falls due waits this long for the upload to stop between objects; past it, an upload held by a request that does not end (a stuck endpoint) is left behind and the backup runs."""
+    """A backup that falls due in the daemon, or a command that needs the backup lock (cron's next `backup`, a restore), waits this long for an off-site send to stop between objects and parts; past it, the send gives its upload up (the daemon leaves a request that does not end behind) and the other runs; the next sync resumes. Such a command gives up 30 s later (busy, 75)."""
     stall_after: Annotated[PositiveDuration, Field(gt=0)] = 300.0
     """A request that makes no progress for this long has stalled (an endpoint answering a byte at a time defeats the read timeout): the off-site step gives up with one line (a command exits; the daemon leaves it behind and tries again after retry_after). Progress: bytes leaving the socket's send queue, 16 KiB of a download, an attempt begun; our own max_rate waits do not count. Keep it above the read timeout (60 s) and above the time the endpoint takes to answer a whole upload."""
     connect_timeout: Annotated[PositiveTimeoutDuration, Field(gt=0)] = 10.0
