@@ -13,7 +13,7 @@ import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, log_events, wait_until
-from tests.faults.conftest import FaultResult, Ledger
+from tests.faults.conftest import Ledger
 from tests.offsite import conftest as offsite_fixtures
 from tests.offsite.conftest import Endpoint
 from tests.offsite.test_lock_yield import holding_lock, plain_config, slow_and_fast
@@ -36,12 +36,7 @@ def configs(tmp_path: Path, sandbox: Sandbox, moto: Endpoint) -> tuple[Path, Pat
 
 @pytest.mark.fault("kill", "a backup killed while it waits for an off-site send's lock")
 def test_a_killed_waiters_request_is_not_yielded_to(
-    tmp_path: Path,
-    sandbox: Sandbox,
-    moto: Endpoint,
-    configs: tuple[Path, Path],
-    ledger: Ledger,
-    fault_result: FaultResult,
+    tmp_path: Path, sandbox: Sandbox, configs: tuple[Path, Path], ledger: Ledger
 ) -> None:
     slow, fast = configs
     made = Cli(fast).json("backup")
@@ -78,7 +73,6 @@ def test_a_send_killed_while_a_backup_waits_lets_it_run_and_the_next_sync_comple
     moto: Endpoint,
     configs: tuple[Path, Path],
     ledger: Ledger,
-    fault_result: FaultResult,
 ) -> None:
     slow, fast = configs
     plain = plain_config(fast)

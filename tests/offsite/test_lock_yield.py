@@ -52,6 +52,21 @@ def _uploading(moto: Endpoint) -> bool:
     return bool(moto.client().list_multipart_uploads(Bucket=moto.bucket).get("Uploads"))
 
 
+def _backup_while(
+    sender: subprocess.Popen[str], moto: Endpoint, config: Path
+) -> tuple[subprocess.Popen[str], str, str, subprocess.CompletedProcess[str]]:
+    """`backup --json` of config once sender uploads; then sender's end: (sender, its stdout,
+    its stderr, that backup)."""
+    try:
+        wait_until(lambda: _uploading(moto), 120, "the upload under way")
+        second = Cli(config)("backup", "--json", timeout=300)
+        out, err = sender.communicate(timeout=300)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+    return sender, out, err, second
+
+
 def _bucket_whole(fast: Cli, ids: list[str]) -> None:
     """The next sync completes what was left, and every backup in the bucket verifies."""
     synced = fast("offsite", "sync", "--json", timeout=300)
@@ -66,15 +81,8 @@ def test_the_next_cron_backup_waits_for_the_send_which_yields_between_parts(
     tmp_path: Path, sandbox: Sandbox, moto: Endpoint
 ) -> None:
     slow, fast = slow_and_fast(tmp_path, sandbox, moto, filler_mib=40)
-    first = Cli(slow).popen("backup", "--json")
-    try:
-        # the first backup is done and its send holds the lock (40 MiB at 512 KiB/s)
-        wait_until(lambda: _uploading(moto), 120, "the first backup sending")
-        second = Cli(fast)("backup", "--json", timeout=300)
-        out, err = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    # the first backup is done and its send holds the lock (40 MiB at 512 KiB/s)
+    first, out, err, second = _backup_while(Cli(slow).popen("backup", "--json"), moto, fast)
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads(second.stdout)["status"] == "ok"
     assert log_events(second.stderr, "lock.waiting_for_offsite")
@@ -97,14 +105,7 @@ def test_a_send_that_cannot_stop_within_yield_within_gives_its_upload_up(
     plain = plain_config(fast)
     made = Cli(plain).json("backup")
     assert made["status"] == "ok"
-    sync = Cli(slow).popen("offsite", "sync")
-    try:
-        wait_until(lambda: _uploading(moto), 60, "the sync sending")
-        second = Cli(fast)("backup", "--json", timeout=300)
-        _, err = sync.communicate(timeout=120)
-    finally:
-        if sync.poll() is None:
-            sync.kill()
+    sync, _, err, second = _backup_while(Cli(slow).popen("offsite", "sync"), moto, fast)
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads(second.stdout)["status"] == "ok"
     # the sync gave way: "try again later", one line saying why
