@@ -520,7 +520,8 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         f"  downtime {fmt_s(result.downtime_s)} = stop {fmt_s(result.stop_s)} + swap {fmt_s(result.swap_s)} + start {fmt_s(result.start_s)}"
     )
     if result.served_check:
-        print(f"  checked  {result.served_check}")
+        took = f" (in {fmt_s(result.check_s)}, influxd answering)" if result.check_s else ""
+        print(f"  checked  {result.served_check}{took}")
     if result.rollback_dirs:
         print("  the previous data was kept in:")
         for path in result.rollback_dirs:

@@ -213,10 +213,12 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
             server.start(log_path=config.state_dir / logfile.NAME)
             result.start_s = time.monotonic() - t_start
             # ok only once it serves what was counted before the backup's stop (else undone)
+            t_check = time.monotonic()
             served = check_served(
                 config, record.db_counts if record else None, logger, what="counted at backup time"
             )
             result.served, result.served_check = served.counted, served.summary()
+            result.check_s = time.monotonic() - t_check
     except (Exception, Interrupted) as exc:
         with signals_blocked():
             # A staging dir still there was never swapped in (the swap renames each into place

@@ -322,8 +322,10 @@ def _restore_portable_beside(
             server.start(log_path=config.state_dir / logfile.NAME)
             result.start_s = time.monotonic() - t_start
             # ok only once it serves what the build held (else undone by the swap)
+            t_check = time.monotonic()
             served = check_served(config, built, logger, what="in the build before the swap")
             result.served, result.served_check = served.counted, served.summary()
+            result.check_s = time.monotonic() - t_check
     except (Exception, Interrupted) as exc:
         with signals_blocked():
             # A staging dir still there was never swapped in (live_dirs_swapped renames them

@@ -35,7 +35,10 @@ class RestoreResult:
     stop_s: float | None = None
     swap_s: float | None = None
     start_s: float | None = None
-    downtime_s: float | None = None
+    downtime_s: float | None = None  # from the stop until the restored server answers
+    # the count of what the restored server serves, after its start: it answers meanwhile, so
+    # this is not downtime (a failed count still rolls the restore back)
+    check_s: float | None = None
     files: int = 0
     # the restored server's point counts, compared with those counted before (restore/served.py)
     served: dict[str, int] | None = None
@@ -207,7 +210,7 @@ def live_dirs_swapped(
                 target.mkdir(mode=0o755)
         result.swap_s = time.monotonic() - t_swap
         yield
-        result.downtime_s = time.monotonic() - t_stop
+        result.downtime_s = time.monotonic() - t_stop - (result.check_s or 0.0)
         # the body returns once the restored server serves: from here a kill leaves it serving
         # (recovery keeps it, guard.recover), never rolled back under writes it took since
         try:
