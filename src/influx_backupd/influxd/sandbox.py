@@ -341,6 +341,13 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         return found
 
     def stop(self, timeout: float = 40.0) -> None:
+        """Stop every influxd of this sandbox (SIGTERM, SIGKILL after timeout). A signal to us
+        meanwhile waits until it is done: one that landed while the servers were being looked
+        up left a throwaway serving for good (its command's cleanup was over)."""
+        with signals_blocked():
+            self._stop(timeout)
+
+    def _stop(self, timeout: float) -> None:
         import psutil
 
         procs = []
