@@ -63,7 +63,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def _settle(world: World, influxd: list[int], result: FaultResult) -> None:
     """Records what was lost (points, kept backups), then: influxd was never stopped."""
-    after = backups(world.archives)
+    after = backups(world.archives, world.backups)
     lost = [name for name, sha in world.backups.items() if after.get(name) != sha]
     result.lost(points=POINTS - world.server.count("metrics"), archives=len(lost))
     assert not lost, lost

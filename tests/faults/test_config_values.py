@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli
-from tests.faults.conftest import FaultResult, Ledger, one_line
+from tests.faults.conftest import FaultResult, Ledger, Watched, one_line
 
 EXIT_CONFIG = 78
 
@@ -215,13 +214,18 @@ def test_values_check_config_accepts_work_in_every_command_and_the_daemon(
     for argv in [("verify", "--all"), ("prune",), ("list",), ("status",), ("import",)]:
         done = cli(*argv)
         assert done.returncode == 0 and "Traceback" not in done.stderr, (argv, done.stderr[-3000:])
-    daemon = cli.popen("run")
+    daemon = Watched(config, "run")
     try:
-        time.sleep(4)
-        assert daemon.poll() is None, daemon.communicate(timeout=10)[1][-3000:]
+        # serving with these values (it would have exited before saying so), and where the
+        # schedule is seconds long, through a run of its own (not a fixed wait: a loaded machine
+        # takes longer, an idle one less)
+        daemon.wait_event("daemon.ready")
+        if "every" in EDGE[case].get("[job]", {}):
+            daemon.wait_event("run.finished")
+        assert daemon.proc.poll() is None, daemon.tail()
     finally:
-        daemon.terminate()
-        _, err = daemon.communicate(timeout=120)
-    assert daemon.returncode == 0 and "Traceback" not in err, err[-3000:]
+        daemon.proc.terminate()
+        code, _, err = daemon.finish(timeout=120)
+    assert code == 0 and "Traceback" not in err, err[-3000:]
     lost_points, lost = ledger.settle()
     assert lost_points == 0 and not lost

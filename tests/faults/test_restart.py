@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,13 +25,33 @@ from tests.integration.test_notify import Receiver
 from tests.system.test_daemon import daemon
 
 HUNG = ["sleep", "617"]  # what the hanging wrapper of the last test becomes
-FILLER = 1_500_000_000  # sparse: the copy (the stop window) lasts long enough to act in
+# Sparse, archived with holes = "fill": the copy (the stop window) lasts long enough to act in.
+# A run killed in it copies only what it reached; a run that goes on to its end writes, syncs
+# and hashes all of it, so those tests freeze the run in the window (_frozen) and need a
+# window only as long as it takes to see an event and send a signal.
+FILLER = 1_500_000_000
+FROZEN_FILLER = 200_000_000
 MARKER = "influxd-stopped.json"
 
 
-def _filler(sandbox: Sandbox) -> None:
+def _filler(sandbox: Sandbox, size: int = FILLER) -> None:
     with open(sandbox.data / "filler.bin", "wb") as fh:
-        fh.truncate(FILLER)
+        fh.truncate(size)
+
+
+@contextmanager
+def _frozen(proc: subprocess.Popen[Any], tmp_path: Path, sandbox: Sandbox) -> Iterator[None]:
+    """proc (a backup or the daemon whose run just said influxd.stopped) stopped with SIGSTOP
+    inside its stop window while the body runs, then continued: the window lasts as long as the
+    body needs, whatever the load, where a filler file copied for that long would be written,
+    synced and hashed whole once the run goes on."""
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        # the signal landed in the window: influxd is down and not started again
+        wait_until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "influxd stopped by the run")
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
 
 
 def _killed_mid_copy(config: Path, sandbox: Sandbox, ledger: Ledger) -> None:
@@ -63,10 +87,11 @@ def test_a_foreground_backup_retries_the_start_until_the_port_is_free(
     sandbox.write_points("metrics", 2_000)
     config = write_config(tmp_path, sandbox, holes="fill")
     ledger.take()
-    _filler(sandbox)
+    _filler(sandbox, FROZEN_FILLER)
     backup = Watched(config, "backup", "--json")
-    wait_until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "influxd stopped by the backup")
-    holder = _hold_port(sandbox.http_port if port.startswith("HTTP") else sandbox.rpc_port)
+    backup.wait_event("influxd.stopped")
+    with _frozen(backup.proc, tmp_path, sandbox):
+        holder = _hold_port(sandbox.http_port if port.startswith("HTTP") else sandbox.rpc_port)
     try:
         failed = backup.wait_event("influxd.start_failed", timeout=120)
         assert failed["retry_in_s"] > 0, failed
@@ -109,11 +134,12 @@ def test_the_first_failed_start_is_told_while_influxd_is_still_down(
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
     ledger.take()
-    _filler(sandbox)
+    _filler(sandbox, FROZEN_FILLER)
     backup = Watched(config, "backup", "--json")
     try:
-        wait_until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "influxd stopped by the backup")
-        holder = _hold_port(sandbox.http_port)
+        backup.wait_event("influxd.stopped")
+        with _frozen(backup.proc, tmp_path, sandbox):
+            holder = _hold_port(sandbox.http_port)
         try:
             backup.wait_event("influxd.start_failed", timeout=120)
             wait_until(
@@ -164,12 +190,13 @@ def test_the_daemon_keeps_trying_says_so_and_tells_on_failure(
         )
     )
     ledger.take()
-    _filler(sandbox)
+    _filler(sandbox, FROZEN_FILLER)
     holder: socket.socket | None = None
     with daemon(tmp_path, config) as d:
         try:
-            wait_until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "the caught-up run's stop")
-            holder = _hold_port(sandbox.http_port)
+            d.wait_event("influxd.stopped", 120)  # the caught-up run's stop
+            with _frozen(d.proc, tmp_path, sandbox):
+                holder = _hold_port(sandbox.http_port)
             wait_until(
                 hook.called,
                 180,
@@ -377,10 +404,12 @@ def test_an_answer_from_another_process_on_the_port_is_not_taken_for_influxd(
     sandbox.write_points("metrics", 2_000)
     config = write_config(tmp_path, sandbox, holes="fill")
     ledger.take()
-    _filler(sandbox)
+    _filler(sandbox, FROZEN_FILLER)
     backup = Watched(config, "backup", "--json")
-    backup.wait_event("archive.writing", phase="copy")  # influxd is stopped: its port is free
-    with answering_pings(sandbox.http_port):
+    backup.wait_event("influxd.stopped")
+    with ExitStack() as answering:
+        with _frozen(backup.proc, tmp_path, sandbox):  # influxd is stopped: its port is free
+            answering.enter_context(answering_pings(sandbox.http_port))
         failed = backup.wait_event("influxd.start_failed", timeout=120)
     assert "another process answers there" in failed["error"], failed
     status, out, err = backup.finish()
@@ -477,12 +506,13 @@ def test_a_daemon_stopped_while_influxd_cannot_start_exits_non_zero(
         tmp_path, sandbox, jobs=[{"name": "often", "every": "3s", "copy": "direct"}], holes="fill"
     )
     ledger.take()
-    _filler(sandbox)
+    _filler(sandbox, FROZEN_FILLER)
     holder: socket.socket | None = None
     try:
         with daemon(tmp_path, config) as d:
             d.wait_event("influxd.stopped", 60)
-            holder = _hold_port(sandbox.http_port)
+            with _frozen(d.proc, tmp_path, sandbox):
+                holder = _hold_port(sandbox.http_port)
             d.wait_event("influxd.start_failed", 120)
             d.proc.send_signal(signal.SIGTERM)
             assert d.proc.wait(120) == 1, d.tail()
