@@ -20,7 +20,8 @@ import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli
-from tests.faults.conftest import FaultResult, Ledger, Watched, one_line
+from tests.faults.conftest import FaultResult, Ledger, one_line
+from tests.system.test_daemon import daemon
 
 EXIT_CONFIG = 78
 
@@ -214,18 +215,15 @@ def test_values_check_config_accepts_work_in_every_command_and_the_daemon(
     for argv in [("verify", "--all"), ("prune",), ("list",), ("status",), ("import",)]:
         done = cli(*argv)
         assert done.returncode == 0 and "Traceback" not in done.stderr, (argv, done.stderr[-3000:])
-    daemon = Watched(config, "run")
-    try:
+    with daemon(tmp_path, config) as d:
         # serving with these values (it would have exited before saying so), and where the
-        # schedule is seconds long, through a run of its own (not a fixed wait: a loaded machine
-        # takes longer, an idle one less)
-        daemon.wait_event("daemon.ready")
+        # schedule is seconds long, through a run of its own; not a fixed wait (a loaded
+        # machine takes longer, an idle one less)
+        d.wait_event("daemon.ready", 120)
         if "every" in EDGE[case].get("[job]", {}):
-            daemon.wait_event("run.finished")
-        assert daemon.proc.poll() is None, daemon.tail()
-    finally:
-        daemon.proc.terminate()
-        code, _, err = daemon.finish(timeout=120)
-    assert code == 0 and "Traceback" not in err, err[-3000:]
+            finished = d.wait_event("run.finished", 120)
+            assert finished["record"]["status"] == "ok", finished
+        assert d.stop(120) == 0, d.tail()
+    assert "Traceback" not in d.out.read_text(), d.tail()
     lost_points, lost = ledger.settle()
     assert lost_points == 0 and not lost

@@ -20,7 +20,7 @@ import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import STAND_INS, wait_until, write_config
-from tests.faults.conftest import Ledger, Watched, one_line, run_cli
+from tests.faults.conftest import Ledger, Watched, frozen, one_line, run_cli
 
 MARKER = "influxd-stopped.json"
 
@@ -279,24 +279,29 @@ def test_a_server_started_by_someone_else_during_the_copy_fails_the_run(
     log line said influxd "was not stopped by this run"."""
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 1_000)
-    with open(sandbox.data / "filler.bin", "wb") as fh:  # sparse: the copy lasts seconds
-        fh.truncate(1_500_000_000)
+    # sparse, filled: the copy lasts long enough to freeze the run in it (frozen)
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(200_000_000)
     config = write_config(tmp_path, sandbox, holes="fill")
     ledger.take()
     backup = Watched(config, "backup", "--json")
     backup.wait_event("archive.writing", phase="copy")
-    other = subprocess.Popen(
-        sandbox.command(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    frozen = variant.startswith("frozen")
-    if frozen:
-        os.kill(other.pid, signal.SIGSTOP)  # found, not answering: never doubled, never signalled
+    other_frozen = variant.startswith("frozen")
+    with frozen(backup.proc):  # the copy goes on once the other server is as the variant says
+        other = subprocess.Popen(
+            sandbox.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        if other_frozen:
+            # found, not answering: never doubled, never signalled
+            os.kill(other.pid, signal.SIGSTOP)
+        else:
+            wait_until(sandbox.ping, 60, "the other server answering")
     try:
         code, out, err = backup.finish()
-        if frozen:
+        if other_frozen:
             os.kill(other.pid, signal.SIGCONT)
             wait_until(sandbox.ping, 60, "the thawed server answering")
         assert code == 1 and "Traceback" not in err, err[-3000:]

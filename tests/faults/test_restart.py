@@ -20,7 +20,7 @@ from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 from tests.conftest import failure_hooked, wait_until, write_config
-from tests.faults.conftest import Ledger, Watched, one_line, run_cli
+from tests.faults.conftest import Ledger, Watched, frozen, one_line, run_cli
 from tests.integration.test_notify import Receiver
 from tests.system.test_daemon import daemon
 
@@ -41,17 +41,12 @@ def _filler(sandbox: Sandbox, size: int = FILLER) -> None:
 
 @contextmanager
 def _frozen(proc: subprocess.Popen[Any], tmp_path: Path, sandbox: Sandbox) -> Iterator[None]:
-    """proc (a backup or the daemon whose run just said influxd.stopped) stopped with SIGSTOP
-    inside its stop window while the body runs, then continued: the window lasts as long as the
-    body needs, whatever the load, where a filler file copied for that long would be written,
-    synced and hashed whole once the run goes on."""
-    proc.send_signal(signal.SIGSTOP)
-    try:
+    """proc (a backup, or the daemon, whose run just said influxd.stopped) frozen in its stop
+    window while the body runs (tests.faults.conftest.frozen)."""
+    with frozen(proc):
         # the signal landed in the window: influxd is down and not started again
         wait_until(lambda: _stopped_by_us(tmp_path, sandbox), 120, "influxd stopped by the run")
         yield
-    finally:
-        proc.send_signal(signal.SIGCONT)
 
 
 def _killed_mid_copy(config: Path, sandbox: Sandbox, ledger: Ledger) -> None:
