@@ -50,6 +50,7 @@ CLASSES: dict[str, str] = {
     "refusal": "input refused with one line, nothing touched",
     "check": "a check that fails for a reason outside the backup",
     "intruder": "influxd started by someone else inside the stop window",
+    "offsite": "off-site copies damaged, shared or cut short",
 }
 
 

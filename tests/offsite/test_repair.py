@@ -4,6 +4,7 @@ Against a real influxd and moto's server; the damage is done to the objects in t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -339,3 +340,51 @@ def test_a_check_of_many_backups_lists_the_bucket_once(
     report = offsite_repair.check(Offsite(moto.settings()), tmp_path / "state", read_percent=100)
     assert report.checked == 4 and report.complete and not report.damaged
     assert listings.count("objects") == 1, listings
+
+
+def test_a_check_that_reads_nothing_back_keeps_the_damage_an_earlier_one_found(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    cli, _ = _setup(tmp_path, sandbox, moto, check_every="0")
+    record = cli.json("backup")
+    key = _largest(moto)
+    _spoil(moto, key)  # its size unchanged: a listing cannot tell
+    found = cli("verify", record["id"], "--offsite", "--read-data", "100")
+    assert found.returncode == 1 and "1 damaged or missing objects noted" in found.stdout
+
+    listed = cli("verify", record["id"], "--offsite")  # sizes only: it reads nothing back
+    assert listed.returncode == 1, listed.stdout
+    assert "noted damaged by an earlier check were not read back now" in listed.stdout
+    [noted] = cli.json("status")["offsite"]["damaged"]
+    assert (noted["backup"], noted["objects"]) == (record["id"], 1)
+
+    synced = cli("offsite", "sync")
+    assert f"{record['id']:<22} repaired" in synced.stdout, synced.stdout + synced.stderr
+    assert cli.json("status")["offsite"]["damaged"] == []
+    status, checked = _verify_all(cli)
+    assert status == 0 and checked["ok"], checked
+
+
+def test_an_object_known_damaged_is_written_again_by_a_send_that_holds_it(
+    tmp_path: Path, moto: Endpoint
+) -> None:
+    """The listing shows a damaged object with its size: a later backup holding its content
+    must not take it as there (and point at it), but write it again."""
+    from influx_backupd.offsite.repo import Offsite
+    from tests.offsite.helpers import cold_backup, make_tar, make_tree
+
+    tree = make_tree(tmp_path / "t", {"data/a.tsm": b"A" * 70_000, "wal/_1.wal": b"w1"})
+    first = make_tar(tmp_path / "one.tar", tree)
+    (tree / "wal" / "_1.wal").write_bytes(b"w2")
+    second = make_tar(tmp_path / "two.tar", tree)
+    settings = moto.settings()
+    Offsite(settings).send(cold_backup(first, "20260101T000000Z-aaaa"))
+    tsm = hashlib.sha256(b"A" * 70_000).hexdigest()
+    _spoil(moto, f"host-a/objects/{tsm[:2]}/{tsm}")
+
+    store = Offsite(settings)
+    store.distrust([tsm])
+    sent = store.send(cold_backup(second, "20260102T000000Z-bbbb"))
+    assert sent.resent == [tsm]
+    body = moto.client().get_object(Bucket=moto.bucket, Key=f"host-a/objects/{tsm[:2]}/{tsm}")
+    assert hashlib.sha256(body["Body"].read()).hexdigest() == tsm

@@ -115,6 +115,9 @@ class VerifyResult:
     # why an earlier link of its chain makes it restore nothing from the bucket (verify_chain):
     # not in the bucket, its manifest does not read, or its own check failed
     chain: str | None = None
+    # objects downloaded, hashed and found good in this check: only these clear damage noted
+    # by an earlier check (a listing of sizes cannot tell a changed byte)
+    reread: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -287,6 +290,9 @@ class Offsite:
         self._recipients: list[Any] | None = None
         self._identities: list[Any] | None = None
         self._present: dict[str, int] | None = None  # object name → size
+        # objects a check found damaged (listed, maybe of the right size): sent again by any
+        # send that holds their content, never skipped as present (see distrust)
+        self._distrusted: set[str] = set()
         self._lock = threading.Lock()
         # manifests known to be in the bucket (backup id → (job, how it is known)): listed
         # before, found by a HEAD or written by send() in this process, or told by the caller
@@ -534,7 +540,18 @@ class Offsite:
         """Objects in the bucket (name → size), listed once and kept up to date by send()."""
         if self._present is None:
             self._present = self.objects_in_place()
+            for name in self._distrusted:
+                self._present.pop(name, None)
         return self._present
+
+    def distrust(self, names: Iterable[str]) -> None:
+        """Objects known damaged in the bucket (noted by a check, not repaired yet): a send
+        whose backup holds their content writes them again (listed in its `resent`) rather
+        than take them as there because the listing shows them, of the right size."""
+        self._distrusted |= set(names)
+        if self._present is not None:
+            for name in self._distrusted:
+                self._present.pop(name, None)
 
     def objects_in_place(self) -> dict[str, int]:
         """The objects listed (name → size) at the key a manifest's name resolves to: one
@@ -621,8 +638,9 @@ class Offsite:
             if complete:
                 with self._lock:
                     present[name] = size
-                    if name in resend:
+                    if name in resend or name in self._distrusted:
                         result.resent.append(name)
+                        self._distrusted.discard(name)
 
         hashed = _read_ahead(backup.source)
         try:
@@ -983,6 +1001,7 @@ class Offsite:
                     continue
                 if read is not None and all(name in read for name in f.objects()):
                     result.checked += len(f.objects())
+                    result.reread.extend(f.objects())
                     continue
                 try:
                     got = self._read_file(manifest, f, None)
@@ -999,6 +1018,7 @@ class Offsite:
                     continue
                 result.checked += len(f.objects())
                 result.bytes_read += got[1]
+                result.reread.extend(f.objects())
                 if read is not None:
                     read.update(f.objects())
         return result

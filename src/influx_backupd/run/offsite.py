@@ -543,6 +543,9 @@ def sync(
     try:
         in_bucket = {r.id for r in offsite.manifests()}
         _sent_still_there(offsite, state, catalog, in_bucket)
+        # an object a check found damaged lists with its size all the same: a backup holding
+        # its content must write it again, not point at it (the repair below needs a copy)
+        offsite.distrust(n for d in offsite_repair.noted(config.state_dir) for n in d.objects)
         known: dict[str, Known] = {}
         never = blocked(config, catalog, state)
         not_sent: dict[str, str] = {}  # backup id → why, in this sync
@@ -587,6 +590,7 @@ def sync(
                 skip(record, str(exc))
                 continue
             report.sent.append(result)
+            offsite_repair.forget(config.state_dir, result.resent)
             figures = state.job(record.job)
             figures.uploaded_bytes += result.bytes_uploaded
             figures.skipped_bytes += result.bytes_skipped

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,32 +72,39 @@ def check(
     listed = offsite.objects_in_place()  # and the bucket listed once, not once per backup
     refs = {r.id: r for r in offsite.manifests()}
     done: dict[str, VerifyResult] = {}  # each backup checked once, its chain's links too
-    for ref in refs.values():
-        if stop():
-            return report
-        try:
-            result = offsite.verify_chain(
-                ref, done, refs=refs, listed=listed, read_percent=read_percent, read=read
-            )
-        except (BadManifest, NotOurs) as exc:  # not ours to rewrite (see the top)
-            report.unreadable[ref.id] = str(exc)
-            logger.error("offsite.check_failed", run_id=ref.id, error=str(exc))
-            continue
-        report.checked += 1
-        note(state_dir, result.id, result.job, result.bad)
-        if result.bad:
-            report.damaged.append(result.id)
-            logger.error(
-                "offsite.damaged",
-                run_id=result.id,
-                job=result.job,
-                objects=len(result.bad),
-                errors=result.errors[:5],
-            )
-        if result.chain is not None:
-            report.broken[result.id] = result.chain
-            logger.error("offsite.chain_broken", run_id=result.id, job=result.job, why=result.chain)
-    report.complete = True
+    try:
+        for ref in refs.values():
+            if stop():
+                return report
+            try:
+                offsite.verify_chain(
+                    ref, done, refs=refs, listed=listed, read_percent=read_percent, read=read
+                )
+            except (BadManifest, NotOurs) as exc:  # not ours to rewrite (see the top)
+                report.unreadable[ref.id] = str(exc)
+                logger.error("offsite.check_failed", run_id=ref.id, error=str(exc))
+                continue
+            report.checked += 1
+        report.complete = True
+    finally:
+        # each backup checked (the links of its chain too), its note brought up to date; what
+        # an earlier check found and this one did not read again stays noted
+        for result in done.values():
+            left = note(state_dir, result.id, result.job, result.bad, result.reread)
+            if left:
+                report.damaged.append(result.id)
+                logger.error(
+                    "offsite.damaged",
+                    run_id=result.id,
+                    job=result.job,
+                    objects=len(left),
+                    errors=result.errors[:5] or ["noted by an earlier check, not read again"],
+                )
+            if result.chain is not None:
+                report.broken[result.id] = result.chain
+                logger.error(
+                    "offsite.chain_broken", run_id=result.id, job=result.job, why=result.chain
+                )
     return report
 
 
@@ -106,50 +113,72 @@ def _note_path(state_dir: Path, backup_id: str) -> Path:
     return state_dir / DAMAGED_DIR / (hashlib.sha256(backup_id.encode()).hexdigest()[:32] + ".json")
 
 
-def note(state_dir: Path, backup_id: str, job: str, objects: dict[str, str]) -> None:
-    """The objects a check found wrong with one backup in the bucket (replacing that backup's
-    last note); none clears it."""
+def note(
+    state_dir: Path,
+    backup_id: str,
+    job: str,
+    objects: Mapping[str, str],
+    reread: Iterable[str] = (),
+) -> dict[str, str]:
+    """What a check found wrong with one backup in the bucket, added to its note; returns what
+    the note then holds. Only an object the check read back whole and found good (reread) is
+    taken off it: a check that did not read an object (a listing of sizes, a sample) knows
+    nothing of a changed byte in it, and must not erase the damage an earlier one found."""
     path = _note_path(state_dir, backup_id)
-    if not objects:
+    was = _read_note(path)
+    cleared = set(reread) - set(objects)
+    left = {n: why for n, why in (was.objects if was else {}).items() if n not in cleared}
+    left.update(objects)
+    if not left:
         path.unlink(missing_ok=True)
-        return
+        return left
+    if was is not None and left == was.objects:
+        return left  # nothing new: found_at stays (a repair under way matches on it)
     path.parent.mkdir(mode=0o700, exist_ok=True)
     replace_json(
         path,
-        {
-            "backup": backup_id,
-            "job": job,
-            "objects": objects,
-            "found_at": time.time(),
-        },
+        {"backup": backup_id, "job": job, "objects": left, "found_at": time.time()},
         indent=1,
     )
+    return left
+
+
+def forget(state_dir: Path, names: Collection[str]) -> None:
+    """Objects written again from a local copy's hashed content (a send that held them): off
+    every note that names them."""
+    if not names:
+        return
+    for damage in noted(state_dir):
+        if any(n in names for n in damage.objects):
+            _clear(state_dir, damage, {n: w for n, w in damage.objects.items() if n not in names})
+
+
+def _read_note(path: Path) -> Damage | None:
+    """One note as written, or None (none, or one that does not read: the check writes it
+    again)."""
+    try:
+        raw = loads_json(path.read_text())
+        found_at = number(raw["found_at"])
+        if found_at is None:  # NaN, 1e400, a string: no time `status` can print
+            raise ValueError("found_at")
+        return Damage(
+            backup=str(raw["backup"]),
+            job=str(raw.get("job") or ""),
+            objects={str(k): str(v) for k, v in dict(raw.get("objects") or {}).items()},
+            found_at=found_at,
+        )
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        return None
 
 
 def noted(state_dir: Path) -> list[Damage]:
     """Every note, oldest first; one that does not read is passed over (the next check of its
     backup writes it again)."""
-    found = []
     try:
         paths = sorted((state_dir / DAMAGED_DIR).glob("*.json"))
     except OSError:
         return []
-    for path in paths:
-        try:
-            raw = loads_json(path.read_text())
-            found_at = number(raw["found_at"])
-            if found_at is None:  # NaN, 1e400, a string: no time `status` can print
-                raise ValueError("found_at")
-            found.append(
-                Damage(
-                    backup=str(raw["backup"]),
-                    job=str(raw.get("job") or ""),
-                    objects={str(k): str(v) for k, v in dict(raw.get("objects") or {}).items()},
-                    found_at=found_at,
-                )
-            )
-        except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError):
-            continue
+    found = [d for d in map(_read_note, paths) if d is not None]
     return sorted(found, key=lambda d: d.found_at)
 
 
