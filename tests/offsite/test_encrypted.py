@@ -283,3 +283,39 @@ def test_a_manifest_of_other_keys_neither_fails_the_sync_nor_stops_retention(
     report = json.loads(synced.stdout)
     assert list(report["check_failed"]) == ["20200101T000001Z-beef"] and report["checked"] == 1
     assert cli.json("status")["offsite"]["last_error"] is None
+
+
+def test_encrypted_backups_without_identity_file_are_a_config_error(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: restore --from offsite (and list, verify) exited 1, as for a failed restore."""
+    identity, recipient = age_identity(tmp_path)
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    section = offsite_section(moto, encrypt_to=[recipient], identity_file=str(identity))
+    config = write_config(tmp_path, sandbox, extra=section)
+    cli = Cli(config)
+    record = cli.json("backup")
+    assert record["status"] == "ok"
+    config.write_text(
+        config.read_text().replace(f"identity_file = {json.dumps(str(identity))}\n", "")
+    )
+    assert "identity_file" not in config.read_text()
+    Path(record["archive"]).unlink()
+    for args in (
+        ("restore", record["id"], "--from", "offsite", "--yes"),
+        ("list", "--offsite"),
+        ("verify", record["id"], "--offsite"),
+    ):
+        done = cli(*args)
+        assert done.returncode == 78, (args, done.stderr[-2000:])
+        last = done.stderr.strip().splitlines()[-1]
+        assert "set [offsite] identity_file" in last and "Traceback" not in done.stderr, args
+    assert sandbox.count("metrics") == 300, "nothing restored, nothing touched"
+    config.write_text(
+        config.read_text().replace(
+            "[offsite]\n", f'[offsite]\nidentity_file = "{tmp_path}/none.txt"\n'
+        )
+    )
+    done = cli("list", "--offsite")
+    assert done.returncode == 78 and "none.txt" in done.stderr, done.stderr[-2000:]

@@ -57,8 +57,8 @@ Size = Annotated[
 def _prefix(value: object) -> object:
     if isinstance(value, str) and not _PREFIX.match(value):
         raise ValueError(
-            "must be path segments of letters, digits, '.', '_' or '-' joined by '/' "
-            "(no leading or trailing '/')"
+            "must be path segments of 1-63 letters, digits, '.', '_' or '-', each starting with "
+            f"a letter or digit, joined by '/' (no leading or trailing '/'), not {value!r:.80}"
         )
     return value
 

@@ -17,7 +17,13 @@ from typing import Any
 
 from influx_backupd.core import offsite_keys
 from influx_backupd.core.atomic import replace_file
-from influx_backupd.offsite.errors import IntegrityError, MissingExtra, NotOurs, OffsiteError
+from influx_backupd.offsite.errors import (
+    IntegrityError,
+    MissingExtra,
+    NotOurs,
+    OffsiteError,
+    OffsiteMisconfigured,
+)
 
 
 def _pyrage() -> Any:
@@ -37,7 +43,7 @@ def recipients(spec: list[str]) -> list[Any]:
         except offsite_keys.NoPyrage:
             raise MissingExtra("pyrage") from None
         except ValueError as exc:
-            raise OffsiteError(f"encrypt_to[{i}]: {exc}") from None
+            raise OffsiteMisconfigured(f"encrypt_to[{i}]: {exc}") from None
     return out
 
 
@@ -46,11 +52,11 @@ def identities(path: Path) -> list[Any]:
     try:
         return offsite_keys.identities(offsite_keys.text_of(path.read_bytes()))
     except OSError as exc:
-        raise OffsiteError(f"identity_file {path}: {exc.strerror or exc}") from None
+        raise OffsiteMisconfigured(f"identity_file {path}: {exc.strerror or exc}") from None
     except offsite_keys.NoPyrage:
         raise MissingExtra("pyrage") from None
     except ValueError as exc:
-        raise OffsiteError(f"identity_file {path} {exc}") from None
+        raise OffsiteMisconfigured(f"identity_file {path} {exc}") from None
 
 
 def encrypt_bytes(data: bytes, to: list[Any]) -> bytes:

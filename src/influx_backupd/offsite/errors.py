@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from influx_backupd.core.errors import BackupdError
+from influx_backupd.core.errors import EXIT_CONFIG, BackupdError
 
 
 class OffsiteError(BackupdError):
@@ -10,6 +10,13 @@ class OffsiteError(BackupdError):
 
     code = "offsite"
     label = "offsite"
+
+
+class OffsiteMisconfigured(OffsiteError):
+    """The [offsite] section does not fit what the bucket holds (encrypted backups and no
+    identity_file, an identity_file that does not read): the config must change first."""
+
+    exit_status = EXIT_CONFIG
 
 
 class Unreachable(OffsiteError):

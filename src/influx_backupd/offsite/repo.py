@@ -40,6 +40,7 @@ from influx_backupd.offsite.errors import (
     NotFound,
     NotOurs,
     OffsiteError,
+    OffsiteMisconfigured,
 )
 from influx_backupd.offsite.files import CHUNK, FileEntry, Source, listing_sha256
 from influx_backupd.offsite.manifest import (
@@ -310,7 +311,7 @@ class Offsite:
     def identities(self) -> list[Any]:
         if self._identities is None:
             if self.settings.identity_file is None:
-                raise OffsiteError(
+                raise OffsiteMisconfigured(
                     f"{self.bucket.where}: the backups are encrypted: set [offsite] identity_file "
                     "to an age identity file of one of the encrypt_to recipients"
                 )
