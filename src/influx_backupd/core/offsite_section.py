@@ -54,12 +54,26 @@ Size = Annotated[
 ]
 
 
+# the names of the bucket layout below a prefix (docs/offsite.md): a prefix with a segment of
+# these would put one host's layout inside another's (prefix "a/objects" inside the objects of
+# prefix "a", whose sweep deletes what it does not name)
+LAYOUT_NAMES = ("objects", "manifests", "keys")
+
+
 def _prefix(value: object) -> object:
     if isinstance(value, str) and not _PREFIX.match(value):
         raise ValueError(
             "must be path segments of 1-63 letters, digits, '.', '_' or '-', each starting with "
             f"a letter or digit, joined by '/' (no leading or trailing '/'), not {value!r:.80}"
         )
+    if isinstance(value, str):
+        taken = next((p for p in value.split("/") if p in LAYOUT_NAMES), None)
+        if taken is not None:
+            raise ValueError(
+                f"must not have a segment named {taken!r} (objects, manifests and keys name "
+                "the layout below a prefix: another host's prefix would hold this one's "
+                f"copies), not {value!r:.80}"
+            )
     return value
 
 

@@ -19,6 +19,7 @@ import math
 import os
 import queue
 import random
+import re
 import shutil
 import threading
 import time
@@ -227,6 +228,7 @@ class _Piece(NamedTuple):
     chunk: bool
 
 
+_OBJECT = re.compile(r"[0-9a-f]{64}\Z")  # an object's name: a sha256 or an HMAC-SHA256, hex
 AHEAD = 256 * 1024 * 1024  # bytes hashed ahead of the uploads, at most (page cache, not RSS)
 
 
@@ -559,10 +561,19 @@ class Offsite:
         copied or moved elsewhere below objects/ is not what a restore will find."""
         listed = {}
         for item in self.bucket.ls("objects"):
-            name = PurePosixPath(item.key).name
-            if item.key == self.bucket.key(object_name(name)):
+            name = self._object_at(item.key)
+            if name is not None:
                 listed[name] = item.size
         return listed
+
+    def _object_at(self, key: str) -> str | None:
+        """The object name whose key this is (objects/<2 hex>/<64 hex> below the prefix), or
+        None: a key of another form is none of ours (another tool's, or a host's whose prefix
+        lies below ours), and is never deleted or aborted here."""
+        name = PurePosixPath(key).name
+        if _OBJECT.match(name) and key == self.bucket.key(object_name(name)):
+            return name
+        return None
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -1134,7 +1145,8 @@ class Offsite:
             return result
         sweep: list[Listed] = []
         for item in self.bucket.ls("objects"):
-            if PurePosixPath(item.key).name in referenced:
+            name = self._object_at(item.key)
+            if name is None or name in referenced:
                 continue
             if now - item.modified < self.settings.grace:
                 result.objects_in_grace += 1
@@ -1148,7 +1160,7 @@ class Offsite:
                 for item in sweep:
                     self._present.pop(PurePosixPath(item.key).name, None)
         for key, upload_id, started in self.bucket.uploads():
-            if now - started >= self.settings.grace:
+            if self._object_at(key) is not None and now - started >= self.settings.grace:
                 result.uploads_aborted += 1
                 if not dry_run:
                     self.bucket.abort(key, upload_id)
