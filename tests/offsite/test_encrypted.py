@@ -282,7 +282,10 @@ def test_a_manifest_of_other_keys_neither_fails_the_sync_nor_stops_retention(
     assert synced.returncode == 1, "the manifest it could not read is said"
     report = json.loads(synced.stdout)
     assert list(report["check_failed"]) == ["20200101T000001Z-beef"] and report["checked"] == 1
-    assert cli.json("status")["offsite"]["last_error"] is None
+    # retention judged the others, but swept nothing while that manifest may name any object:
+    # said, as the sync's exit status, its line and status's error
+    assert "20200101T000001Z-beef" in report["sweep_blocked"]
+    assert "deleted no object" in cli.json("status")["offsite"]["last_error"]
 
 
 def test_encrypted_backups_without_identity_file_are_a_config_error(
@@ -319,3 +322,48 @@ def test_encrypted_backups_without_identity_file_are_a_config_error(
     )
     done = cli("list", "--offsite")
     assert done.returncode == 78 and "none.txt" in done.stderr, done.stderr[-2000:]
+
+
+def test_after_encrypt_to_changes_retention_says_it_sweeps_nothing_until_the_old_identity_is_given(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: the manifests of before (encrypted to the old recipient only) stopped every
+    sweep, and `offsite sync` exited 0 saying "pruned 0 backups, 0 objects", for ever."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old_identity, old_recipient = age_identity(tmp_path / "old")
+    new_identity, new_recipient = age_identity(tmp_path / "new")
+    sandbox.create_db("metrics")
+    section = offsite_section(
+        moto, encrypt_to=[old_recipient], identity_file=str(old_identity), keep_last=1, grace="0s"
+    )
+    config = write_config(tmp_path, sandbox, extra=section)
+    cli = Cli(config)
+    first = cli.json("backup")
+    config.write_text(
+        config.read_text()
+        .replace(old_recipient, new_recipient)
+        .replace(str(old_identity), str(new_identity))
+    )
+    for night in range(3):
+        sandbox.write_points("metrics", 300, start=night * 10_000)
+        assert cli.json("backup")["status"] == "ok"
+
+    synced = cli("offsite", "sync")
+    assert synced.returncode == 1, synced.stdout
+    last = synced.stderr.strip().splitlines()[-1]
+    assert first["id"] in last and "deleted no object" in last and "identity_file" in last
+    assert "Traceback" not in synced.stderr
+    status = cli.json("status")["offsite"]
+    assert first["id"] in status["last_error"]
+    assert first["id"] in cli("status").stdout
+
+    both = tmp_path / "both.txt"
+    both.write_text(new_identity.read_text() + old_identity.read_text())
+    both.chmod(0o600)
+    config.write_text(config.read_text().replace(str(new_identity), str(both)))
+    report = cli.json("offsite", "sync")
+    assert report["sweep_blocked"] is None
+    assert report["pruned"]["manifests_deleted"] == [first["id"]]
+    assert report["pruned"]["objects_deleted"] > 0
+    assert cli.json("status")["offsite"]["last_error"] is None

@@ -73,6 +73,8 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
         print(f"{backup_id:<22} repaired: its damaged objects sent again")
     for backup_id, why in report.unrepaired.items():
         say(f"offsite: not repaired: {backup_id}: {why}")
+    if report.sweep_blocked is not None:
+        say(f"offsite: {report.sweep_blocked}")
     print(
         f"uploaded {fmt_bytes(report.bytes_uploaded)}, skipped {fmt_bytes(report.bytes_skipped)}; "
         f"{len(report.pending)} backups not off-site"
@@ -81,7 +83,11 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
 
 
 def _sync_status(report: offsite.SyncReport) -> int:
-    if report.skipped or report.unrepaired or report.check_failed:
+    """1 when something was left undone: a backup not sent, damage not repaired, a manifest
+    the check or retention could not read (the bucket is never swept while one does not);
+    else 75 when the send yielded the lock to a command waiting for it."""
+    failed = report.skipped or report.unrepaired or report.check_failed or report.sweep_blocked
+    if failed:
         return EXIT_FAILED
     return EXIT_BUSY if report.yielded else EXIT_OK
 

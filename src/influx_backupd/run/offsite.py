@@ -438,6 +438,8 @@ class SyncReport:
     repaired: list[str] = field(default_factory=list)  # backups whose damaged objects were sent
     repaired_bytes: int = 0  # sent again by the repair
     unrepaired: dict[str, str] = field(default_factory=dict)  # backup id → why not yet
+    # why off-site retention deleted no object (manifests it cannot read): the bucket grows
+    sweep_blocked: str | None = None
 
     @property
     def bytes_uploaded(self) -> int:
@@ -458,6 +460,7 @@ class SyncReport:
             "check_failed": self.check_failed,
             "repaired": self.repaired,
             "unrepaired": self.unrepaired,
+            "sweep_blocked": self.sweep_blocked,
             "bytes_uploaded": self.bytes_uploaded,
             "bytes_skipped": self.bytes_skipped,
         }
@@ -650,7 +653,12 @@ def sync(
             report.pruned = prune_offsite(config, offsite)
             if report.pruned is not None:
                 _retired(report.pruned.manifests_deleted, state, catalog)
+                if report.pruned.unreadable:
+                    report.sweep_blocked = sweep_blocked(offsite, report.pruned.unreadable)
         state.last_error = state.last_error_at = None
+        if report.sweep_blocked is not None:
+            # not a failed sync (everything was sent), but what status must show until mended
+            state.failed(report.sweep_blocked)
     except Exception as exc:
         line = str(exc) if isinstance(exc, OffsiteError) else f"{type(exc).__name__}: {exc}"
         state.failed(line)
@@ -697,6 +705,19 @@ def _sent_still_there(
             reason="offsite.json says sent, but its manifest is not in the bucket (deleted "
             "outside influx-backupd?): taken as not off-site",
         )
+
+
+def sweep_blocked(offsite: Offsite, unreadable: dict[str, str]) -> str:
+    """The line for a prune that deleted no object because manifests do not read: as long as
+    one does not, which objects it names is unknown, and nothing is swept (the bucket grows)."""
+    first = sorted(unreadable)[0]
+    more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
+    return (
+        f"{offsite.bucket.where}: off-site retention deleted no object: the manifest {first} "
+        f"({unreadable[first]}){more} does not read, and may name any object; after encrypt_to "
+        "changed, identity_file must hold the identities of the recipients before too (one "
+        "per line) until their backups are pruned; a manifest that is not ours: delete it"
+    )
 
 
 def _retired(deleted: list[str], state: State, catalog: Catalog) -> None:
