@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, write_config
-from tests.faults.conftest import FaultResult
+from tests.faults.conftest import FaultResult, Watched
 from tests.offsite.conftest import Endpoint, moto, moto_url
-from tests.offsite.helpers import offsite_section
+from tests.offsite.helpers import StallingProxy, offsite_section
 
 __all__ = ["moto", "moto_url"]  # the fixtures, used by name
 
@@ -60,3 +62,71 @@ def test_damage_found_off_site_survives_the_scheduled_check_and_is_repaired(
     assert _intact(moto, key)
     again = cli("verify", record["id"], "--offsite", "--read-data", "100")
     assert again.returncode == 0, again.stdout
+
+
+@pytest.mark.fault("offsite", "a prune cut short after deleting manifests")
+@pytest.mark.parametrize("cut", ["sigkill", "endpoint-stalls"])
+def test_a_prune_cut_short_after_deleting_manifests_is_resumed_not_undone(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint, fault_result: FaultResult, cut: str
+) -> None:
+    """Before: the retirement was recorded only after the mark and sweep; killed between, the
+    next sync sent the pruned backup again ("offsite.manifest_gone … deleted outside
+    influx-backupd?") for the prune after it to delete again."""
+    sandbox.create_db("metrics")
+    seen_delete = threading.Event()
+
+    def stalls(method: str, path: str) -> bool:
+        # everything after the first DeleteObjects (the manifests retention deletes) hangs
+        if seen_delete.is_set():
+            return True
+        if method == "POST" and "?delete" in path:
+            seen_delete.set()
+        return False
+
+    armed = [False]
+    proxy = StallingProxy(moto.url, lambda m, p: armed[0] and stalls(m, p))
+    try:
+        section = offsite_section(moto, endpoint_url=proxy.url)
+        config = write_config(tmp_path, sandbox, extra=section)
+        cli = Cli(config)
+        ids = []
+        for night in range(2):
+            sandbox.write_points("metrics", 300, start=night * 10_000)
+            ids.append(cli.json("backup")["id"])
+        assert cli.json("status")["offsite"]["not_offsite"] == []
+        rules = 'keep_last = 1\ngrace = "0s"\n' + (
+            'stall_after = "3s"\n' if cut != "sigkill" else ""
+        )
+        config.write_text(config.read_text().replace("[offsite]\n", f"[offsite]\n{rules}"))
+        armed[0] = True
+        if cut == "sigkill":
+            sync = Watched(config, "offsite", "sync")
+            deadline = time.monotonic() + 120
+            while not proxy.stalled:
+                assert sync.proc.poll() is None, f"sync ended before its mark: {sync.tail()}"
+                assert time.monotonic() < deadline, "the sync never deleted a manifest"
+                time.sleep(0.05)
+            sync.kill()
+        else:  # the mark's listing hangs: given up after stall_after, one line, exit 1
+            given_up = cli("offsite", "sync")
+            assert given_up.returncode == 1 and proxy.stalled, given_up.stderr[-2000:]
+            assert "stalls" in given_up.stderr.strip().splitlines()[-1]
+        armed[0] = False
+        manifests = moto.client().list_objects_v2(Bucket=moto.bucket, Prefix="host-a/manifests/")
+        assert [o["Key"].rsplit("/", 1)[1] for o in manifests["Contents"]] == [
+            f"{ids[1]}.json.gz"
+        ], "killed after the manifest of the first was deleted"
+
+        again = cli("offsite", "sync", "--json")
+        assert again.returncode == 0, again.stderr[-3000:]
+        report = json.loads(again.stdout)
+        sent_again = [s["id"] for s in report["sent"]]
+        fault_result.lost(archives=0)
+        assert sent_again == [], "the pruned backup was not sent again"
+        assert "offsite.manifest_gone" not in again.stderr
+        assert report["pruned"]["objects_deleted"] > 0, "the sweep cut short was done now"
+        assert cli.json("status")["offsite"]["not_offsite"] == []
+        listed = cli.json("list", "--offsite")
+        assert [r["id"] for r in listed] == [ids[1]]
+    finally:
+        proxy.close()

@@ -1092,6 +1092,7 @@ class Offsite:
         dry_run: bool = False,
         unreadable: dict[str, str] | None = None,
         judged: Iterable[ManifestRef] | None = None,
+        retiring: Callable[[list[str]], None] = lambda _ids: None,
     ) -> PruneResult:
         """Delete the manifests not in keep (and not a chain parent of a kept one), then every
         object below the prefix that no remaining manifest names and that is older than grace;
@@ -1099,7 +1100,9 @@ class Offsite:
         (else listed here): only those can be deleted, never one a later listing adds.
 
         Both listings are checked against the manifests known to be there (manifests()): one
-        that misses any raises before anything is deleted on its strength."""
+        that misses any raises before anything is deleted on its strength. retiring: told the
+        backup ids whose manifests are about to be deleted, before they are (a prune cut short
+        after that, by a kill or an error in the mark or sweep, is then resumed, not undone)."""
         now = time.time() if now is None else now
         result = PruneResult(unreadable=dict(unreadable or {}))  # the caller's found already
         refs = {r.id: r for r in (self.manifests() if judged is None else judged)}
@@ -1121,6 +1124,7 @@ class Offsite:
         doomed = [ref for ref, _ in self.readable(candidates, unreadable)]
         result.manifests_deleted = [r.id for r in doomed]
         if not dry_run and doomed:
+            retiring(result.manifests_deleted)
             self.bucket.delete([r.key for r in doomed])
             for ref in doomed:
                 self._known.pop(ref.id, None)

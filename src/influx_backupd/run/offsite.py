@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -546,6 +546,8 @@ def sync(
     try:
         in_bucket = {r.id for r in offsite.manifests()}
         _sent_still_there(offsite, state, catalog, in_bucket)
+        # a prune cut short after deleting manifests: what it retired is gone from the bucket
+        _forget_imported([i for i in state.retired if i not in in_bucket], catalog)
         # an object a check found damaged lists with its size all the same: a backup holding
         # its content must write it again, not point at it (the repair below needs a copy)
         offsite.distrust(n for d in offsite_repair.noted(config.state_dir) for n in d.objects)
@@ -650,9 +652,18 @@ def sync(
                 state.job(job).uploaded_bytes += sent
             report.yielded = stop()
         if prune and not report.yielded:
-            report.pruned = prune_offsite(config, offsite)
+
+            def retiring(ids: list[str]) -> None:
+                # on disk before the manifests go: a prune cut short after deleting them (a
+                # kill, an error in the mark or sweep) must not have the next sync send those
+                # backups again as "deleted outside influx-backupd"
+                _retire(ids, state)
+                state.save(config.state_dir)
+
+            report.pruned = prune_offsite(config, offsite, retiring=retiring)
             if report.pruned is not None:
-                _retired(report.pruned.manifests_deleted, state, catalog)
+                _retire(report.pruned.manifests_deleted, state)
+                _forget_imported(report.pruned.manifests_deleted, catalog)
                 if report.pruned.unreadable:
                     report.sweep_blocked = sweep_blocked(offsite, report.pruned.unreadable)
         state.last_error = state.last_error_at = None
@@ -720,13 +731,19 @@ def sweep_blocked(offsite: Offsite, unreadable: dict[str, str]) -> str:
     )
 
 
-def _retired(deleted: list[str], state: State, catalog: Catalog) -> None:
-    """Backups whose manifest off-site retention deleted: never sent again; one imported from
-    the bucket and never fetched had no copy but that one: its record goes too (it would stay
-    an ok backup with no archive anywhere, counted by local retention)."""
+def _retire(deleted: list[str], state: State) -> None:
+    """Backups whose manifest off-site retention deletes: never sent again (local retention
+    may keep them longer, and each sync would send them for the next prune to delete)."""
     for backup_id in deleted:
         state.sent.pop(backup_id, None)
-        state.retired[backup_id] = time.time()
+        state.retired.setdefault(backup_id, time.time())
+
+
+def _forget_imported(deleted: Iterable[str], catalog: Catalog) -> None:
+    """Of the backups whose manifest retention deleted, those imported from the bucket and never
+    fetched had no copy but that one: their records go too (each would stay an ok backup with
+    no archive anywhere, counted by local retention)."""
+    for backup_id in deleted:
         record = catalog.get(backup_id)
         if record is not None and only_in_bucket(record):
             catalog.delete(backup_id)
@@ -737,7 +754,13 @@ def _retired(deleted: list[str], state: State, catalog: Catalog) -> None:
             )
 
 
-def prune_offsite(config: Config, offsite: Offsite, *, dry_run: bool = False) -> PruneResult | None:
+def prune_offsite(
+    config: Config,
+    offsite: Offsite,
+    *,
+    dry_run: bool = False,
+    retiring: Callable[[list[str]], None] = lambda _ids: None,
+) -> PruneResult | None:
     """[offsite] keep_* per job over the manifests (chains kept whole, as locally), then the
     engine's mark and sweep. No keep_* rule: nothing off-site is deleted."""
     section = config.settings.offsite
@@ -770,7 +793,9 @@ def prune_offsite(config: Config, offsite: Offsite, *, dry_run: bool = False) ->
     for records in by_job.values():
         keep |= {r.id for r in plan(records, policy, now=now).keep}
     # the manifests judged, not listed again: one listed only then would be deleted unjudged
-    result = offsite.prune(keep, now=now, dry_run=dry_run, unreadable=unreadable, judged=refs)
+    result = offsite.prune(
+        keep, now=now, dry_run=dry_run, unreadable=unreadable, judged=refs, retiring=retiring
+    )
     log.get().info(
         "offsite.pruned",
         manifests_deleted=result.manifests_deleted,
