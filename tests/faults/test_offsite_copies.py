@@ -130,3 +130,43 @@ def test_a_prune_cut_short_after_deleting_manifests_is_resumed_not_undone(
         assert [r["id"] for r in listed] == [ids[1]]
     finally:
         proxy.close()
+
+
+@pytest.mark.fault("offsite", "two hosts write one prefix", "same prefix and job, keep_last 1")
+def test_a_second_host_on_the_same_prefix_is_refused_and_deletes_nothing(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint, fault_result: FaultResult
+) -> None:
+    """Before: host B's sync pruned host A's backups (keep_last counted them as its own), A
+    sent its pruned backup again, and B's status said "0 not off-site"."""
+    sandbox.create_db("metrics")
+    section = offsite_section(moto, keep_last=1, grace="0s")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Cli(write_config(tmp_path / "a", sandbox, extra=section))
+    b = Cli(write_config(tmp_path / "b", sandbox, extra=section))
+    first = a.json("backup")
+    sandbox.write_points("metrics", 300)
+    theirs = b.json("backup")
+    assert theirs["status"] == "ok", "the local backup is kept whatever the bucket says"
+    refused = b("offsite", "sync")
+    assert refused.returncode == 78, refused.stderr[-2000:]
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "written by another host" in line and "--adopt" in line, line
+    assert "Traceback" not in refused.stderr
+    status = b.json("status")["offsite"]
+    assert status["not_offsite"] == [theirs["id"]] and "--adopt" in status["last_error"]
+    sandbox.write_points("metrics", 300, start=50_000)
+    second = a.json("backup")
+
+    listed = [r["id"] for r in b.json("list", "--offsite")]  # reading is anyone's
+    fault_result.lost(archives=0 if listed == [second["id"]] else 1)
+    assert listed == [second["id"]], "A's newest is there, B deleted nothing"
+    assert first["id"] not in listed, "A's retention judged A's own"
+    assert not any("manifest_gone" in line for line in (a("offsite", "sync").stderr,))
+
+    # host A is gone for good: B takes the prefix over, with A's backups
+    taken = b("offsite", "sync", "--adopt", "--json")
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    assert [s["id"] for s in json.loads(taken.stdout)["sent"]] == [theirs["id"]]
+    again = a("offsite", "sync")
+    assert again.returncode == 78 and "--adopt" in again.stderr, again.stderr[-2000:]

@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,7 +60,12 @@ def test_after_a_failure_the_daemon_tries_again_and_completes_the_upload(
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     port = int(holder.getsockname()[1])
-    down = Endpoint("moto", f"http://127.0.0.1:{port}", "comes-back", _credentials(tmp_path))
+    down = Endpoint(
+        "moto",
+        f"http://127.0.0.1:{port}",
+        f"comes-back-{uuid.uuid4().hex[:8]}",
+        _credentials(tmp_path),
+    )
     jobs = [{"name": "nightly", "schedule": "0 3 1 1 *", "mode": "cold", "copy": "direct"}]
     section = offsite_section(down, retries=1, retry_after="2s")
     config = write_config(tmp_path, sandbox, jobs=jobs, extra=section)
@@ -169,7 +175,12 @@ def test_held_backups_that_fill_the_storage_dir_are_sent_when_the_endpoint_is_ba
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     port = int(holder.getsockname()[1])
-    down = Endpoint("moto", f"http://127.0.0.1:{port}", "comes-back", _credentials(tmp_path))
+    down = Endpoint(
+        "moto",
+        f"http://127.0.0.1:{port}",
+        f"comes-back-{uuid.uuid4().hex[:8]}",
+        _credentials(tmp_path),
+    )
     server = None
     try:
         jobs = [{"name": "often", "every": "3s", "mode": "cold", "copy": "direct", "keep_last": 1}]

@@ -31,9 +31,12 @@ def test_a_prefix_out_of_form_is_refused_saying_the_rule(prefix: str) -> None:
     assert "each starting with a letter or digit" in said and repr(prefix) in said, said
 
 
-@pytest.mark.parametrize("prefix", ["objects", "db1/objects", "db1/manifests", "a/keys/b"])
+@pytest.mark.parametrize(
+    "prefix", ["objects", "db1/objects", "db1/manifests", "a/keys/b", "db1/writer.json"]
+)
 def test_a_prefix_with_a_segment_of_the_layout_is_refused(prefix: str) -> None:
-    taken = next(p for p in prefix.split("/") if p in ("objects", "manifests", "keys"))
+    layout = ("objects", "manifests", "keys", "writer.json")
+    taken = next(p for p in prefix.split("/") if p in layout)
     said = _error(prefix)
     assert f"segment named {taken!r}" in said, said
 

@@ -123,7 +123,8 @@ def test_imported_backups_pruned_off_site_leave_no_record_without_a_copy(
     section = offsite_section(moto, keep_last=1)
     fresh = Cli(write_config(tmp_path / "b", sandbox, jobs=COLD_KEEP_5, extra=section))
     assert fresh("import", "--offsite").returncode == 0
-    assert fresh.json("offsite", "sync")["pruned"]["manifests_deleted"]
+    # the old host is gone for good: the new one takes its prefix over
+    assert fresh.json("offsite", "sync", "--adopt")["pruned"]["manifests_deleted"]
     again = fresh("offsite", "sync", "--json")
     assert again.returncode == 0, again.stdout + again.stderr[-2000:]
     assert json.loads(again.stdout)["skipped"] == []

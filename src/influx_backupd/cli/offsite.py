@@ -43,7 +43,9 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
     _configured(config)
     with exclusive(config, influxd=False, doing=OFFSITE) as catalog:
         try:
-            report = offsite.watched(config, lambda: offsite.sync(config, catalog), yields=True)
+            report = offsite.watched(
+                config, lambda: offsite.sync(config, catalog, adopt=args.adopt), yields=True
+            )
         except OffsiteError as exc:
             offsite.tell_failed(config, catalog, str(exc))
             _metrics(config, catalog)

@@ -332,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub, common, "offsite", "off-site copies: `offsite sync` sends now what the bucket lacks"
     )
     p.add_argument("action", choices=("sync",), help="sync: send, then off-site retention")
+    p.add_argument(
+        "--adopt",
+        action="store_true",
+        help="take the prefix over from the host that wrote it (it is gone for good): its "
+        "backups are then this host's, judged by its off-site retention",
+    )
 
     p = _command(sub, common, "run", "run the daemon: every job on its schedule until stopped")
 

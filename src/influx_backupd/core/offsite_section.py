@@ -57,7 +57,7 @@ Size = Annotated[
 # the names of the bucket layout below a prefix (docs/offsite.md): a prefix with a segment of
 # these would put one host's layout inside another's (prefix "a/objects" inside the objects of
 # prefix "a", whose sweep deletes what it does not name)
-LAYOUT_NAMES = ("objects", "manifests", "keys")
+LAYOUT_NAMES = ("objects", "manifests", "keys", "writer.json")
 
 
 def _prefix(value: object) -> object:
@@ -70,9 +70,9 @@ def _prefix(value: object) -> object:
         taken = next((p for p in value.split("/") if p in LAYOUT_NAMES), None)
         if taken is not None:
             raise ValueError(
-                f"must not have a segment named {taken!r} (objects, manifests and keys name "
-                "the layout below a prefix: another host's prefix would hold this one's "
-                f"copies), not {value!r:.80}"
+                f"must not have a segment named {taken!r} (objects, manifests, keys and "
+                "writer.json name the layout below a prefix: another host's prefix would hold "
+                f"this one's copies), not {value!r:.80}"
             )
     return value
 

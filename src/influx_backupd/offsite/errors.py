@@ -19,6 +19,11 @@ class OffsiteMisconfigured(OffsiteError):
     exit_status = EXIT_CONFIG
 
 
+class PrefixTaken(OffsiteMisconfigured):
+    """The prefix is written by another host (or config): this one neither writes nor prunes
+    there until given a prefix of its own, or told to take this one over (--adopt)."""
+
+
 class Unreachable(OffsiteError):
     """The endpoint does not answer (closed port, DNS, timeouts after retries)."""
 

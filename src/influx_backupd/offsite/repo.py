@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import math
 import os
 import queue
@@ -42,6 +43,7 @@ from influx_backupd.offsite.errors import (
     NotOurs,
     OffsiteError,
     OffsiteMisconfigured,
+    PrefixTaken,
 )
 from influx_backupd.offsite.files import CHUNK, FileEntry, Source, listing_sha256
 from influx_backupd.offsite.manifest import (
@@ -228,6 +230,28 @@ class _Piece(NamedTuple):
     chunk: bool
 
 
+WRITER_MARKER = "writer.json"  # below the prefix: who writes it (Offsite.claim)
+_WRITER = re.compile(r"[0-9a-f]{32}\Z")
+
+
+def _marker_of(data: bytes) -> dict[str, Any] | None:
+    """The writer marker's fields (writer, host, adopted), or None when it is not one."""
+    try:
+        raw = json.loads(data)
+        writer, host, adopted = raw["writer"], raw.get("host") or "", raw.get("adopted") or []
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if (
+        not isinstance(writer, str)
+        or not _WRITER.match(writer)
+        or not isinstance(host, str)
+        or not isinstance(adopted, list)
+        or not all(isinstance(a, str) and _WRITER.match(a) for a in adopted)
+    ):
+        return None
+    return {"writer": writer, "host": host, "adopted": adopted}
+
+
 _OBJECT = re.compile(r"[0-9a-f]{64}\Z")  # an object's name: a sha256 or an HMAC-SHA256, hex
 AHEAD = 256 * 1024 * 1024  # bytes hashed ahead of the uploads, at most (page cache, not RSS)
 
@@ -282,10 +306,16 @@ class Offsite:
         key_file: Path | None = None,
         cache_dir: Path | None = None,
         on_sent: Callable[[int], None] | None = None,
+        writer: str | None = None,
     ) -> None:
         """key_file: where this host keeps its name key (needed to send when encrypting);
-        cache_dir: where manifests read from the bucket are kept (none: not kept)."""
+        cache_dir: where manifests read from the bucket are kept (none: not kept); writer: this
+        host's writer id (see claim), written into each manifest it sends."""
         self.settings = settings
+        self.writer = writer
+        # the writer ids whose manifests this host's retention judges: its own, and those of
+        # the writers before it that it took the prefix over from (claim)
+        self._owned: set[str] = {writer} if writer else set()
         self.cache_dir = cache_dir
         self.bucket = Bucket(settings, on_sent=on_sent)
         self.key_file = key_file
@@ -401,6 +431,67 @@ class Offsite:
             if len(data) == 32:
                 return data
         return None
+
+    # -- who writes the prefix ---------------------------------------------------------------
+
+    def claim(self, *, adopt: bool = False, host: str = "") -> None:
+        """Make sure this host (self.writer) is the one writing the prefix, before it writes or
+        prunes there: the marker WRITER_MARKER below the prefix names the writer. None there
+        yet (a new prefix, or one written before markers): this host's from now on, and the
+        manifests without a writer id there are taken as its own. Another writer's: raises
+        PrefixTaken, unless adopt (that host is gone for good: this one takes the prefix over,
+        with the backups it wrote). Two hosts sharing a prefix (the same short host name, a
+        cloned config) would otherwise prune each other's backups."""
+        assert self.writer is not None, "claim() needs the writer id"
+        key = self.bucket.key(WRITER_MARKER)
+        try:
+            marker: dict[str, Any] | None = _marker_of(self.bucket.get_bytes(key))
+            taken = True
+        except NotFound:
+            marker, taken = None, False
+        if marker is not None and marker["writer"] == self.writer:
+            self._owned = {self.writer, *marker["adopted"]}
+            return
+        if taken and not adopt:
+            raise self._taken(marker)
+        before: list[str] = []
+        if marker is not None:
+            before = [*marker["adopted"], marker["writer"]]
+        mine = {"writer": self.writer, "host": host, "since": time.time(), "adopted": before}
+        self.bucket.put_bytes(key, json.dumps(mine, indent=1).encode())
+        # two hosts claiming a new prefix at once: the marker is the last one's (S3 has no
+        # create-if-absent everywhere); read back, the other one sees it is not its own
+        again = _marker_of(self.bucket.get_bytes(key))
+        if again is None or again["writer"] != self.writer:
+            raise self._taken(again)
+        self._owned = {self.writer, *before}
+        log.get().warning(
+            "offsite.prefix_adopted" if taken else "offsite.prefix_claimed",
+            where=self.bucket.where,
+            writer=self.writer,
+            adopted=before,
+        )
+
+    def _taken(self, marker: dict[str, Any] | None) -> PrefixTaken:
+        whose = (
+            f"another host or config (its marker {self.bucket.key(WRITER_MARKER)} does not read)"
+            if marker is None
+            else f"another host or config (writer {marker['writer'][:12]}…"
+            + (f", host {marker['host']!r:.80}" if marker["host"] else "")
+            + ")"
+        )
+        return PrefixTaken(
+            f"{self.bucket.where}: this prefix is written by {whose}, not by this host (writer "
+            f"{(self.writer or '')[:12]}…): nothing sent or pruned there; give this host a "
+            "prefix of its own ([offsite] prefix), or, if that host is gone for good, take the "
+            "prefix over: influx-backupd offsite sync --adopt"
+        )
+
+    def owns(self, manifest: Manifest) -> bool:
+        """Whether this host's retention may judge (and delete) the manifest: written by it or
+        by a writer it took the prefix over from, or by no writer id (before writer ids)."""
+        writer = manifest.extra.get("writer")
+        return writer is None or self.writer is None or writer in self._owned
 
     # -- listing ---------------------------------------------------------------------------
 
@@ -678,6 +769,8 @@ class Offsite:
             sent_at=time.time(),
             chunks=chunks,
         )
+        if self.writer is not None:
+            manifest.extra = {**manifest.extra, "writer": self.writer}
         data = manifest.encode()
         if encrypted:
             data = crypto.encrypt_bytes(data, self.recipients())
@@ -1121,7 +1214,8 @@ class Offsite:
         # what is not kept goes, but for a manifest that cannot be read (whose backup is
         # unknown): never deleted by a rule it cannot be judged by
         candidates = [r for i, r in refs.items() if i not in kept and r.key not in unreadable]
-        doomed = [ref for ref, _ in self.readable(candidates, unreadable)]
+        # never a manifest another writer sent (a host sharing the prefix by mistake)
+        doomed = [ref for ref, m in self.readable(candidates, unreadable) if self.owns(m)]
         result.manifests_deleted = [r.id for r in doomed]
         if not dry_run and doomed:
             retiring(result.manifests_deleted)

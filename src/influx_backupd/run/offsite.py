@@ -14,6 +14,9 @@ skipped, and the backups sent.
 from __future__ import annotations
 
 import contextlib
+import re
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from influx_backupd.core import log
-from influx_backupd.core.atomic import replace_json
+from influx_backupd.core.atomic import replace_file, replace_json
 from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import count, loads_json, number, tell_ignored
 from influx_backupd.keep.retention import RetentionPolicy, plan
@@ -53,6 +56,9 @@ STATE_FILE = "offsite.json"
 # wrote; a verify re-read it) is sent without hashing it whole again (each member still is)
 RECHECK_AFTER = 24 * 3600.0
 KEY_FILE = "offsite-name.key"
+# this host's writer id (random, made by its first sync): the prefix's marker names the one
+# writer of a prefix, and each manifest the writer that sent it (Offsite.claim)
+WRITER_FILE = "offsite-writer.id"
 CACHE_DIR = "offsite-manifests"  # manifests as read from the bucket, for list, import, prune
 
 
@@ -150,6 +156,25 @@ def open_offsite(config: Config, **kwargs: Any) -> Offsite:
         cache_dir=config.state_dir / CACHE_DIR,
         **kwargs,
     )
+
+
+def writer_id(state_dir: Path) -> str:
+    """This host's writer id, made (0600) the first time; one that does not read is an error
+    (made anew, this host would be refused its own prefix)."""
+    path = state_dir / WRITER_FILE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = secrets.token_hex(16)
+        replace_file(path, text.encode() + b"\n")
+    except (OSError, ValueError) as exc:
+        raise OffsiteError(f"{path}: cannot be read: {exc}") from None
+    if not re.fullmatch(r"[0-9a-f]{32}", text):
+        raise OffsiteError(
+            f"{path}: not a writer id (32 hex digits); move it away, then take this host's "
+            "prefix back with: influx-backupd offsite sync --adopt"
+        )
+    return text
 
 
 # -- what the host knows (offsite.json) ---------------------------------------------------------
@@ -533,17 +558,20 @@ def sync(
     *,
     stop: Callable[[], bool] = lambda: False,
     prune: bool = True,
+    adopt: bool = False,
 ) -> SyncReport:
     """Send every wanted backup the bucket lacks, oldest first; then off-site retention.
-    The caller holds the backup lock. Raises OffsiteError (after saving what was done).
+    The caller holds the backup lock. Raises OffsiteError (after saving what was done);
+    PrefixTaken when another host writes the prefix (adopt: take it over).
     Stops (report.yielded) between objects and parts when stop() says so, or a command waits
     for the backup lock (store.state.LockWanted): the next sync resumes."""
     stop = _or_wanted(config.state_dir, stop)
     logger = log.get()
     state = State.load(config.state_dir)
     report = SyncReport()
-    offsite = open_offsite(config)
+    offsite = open_offsite(config, writer=writer_id(config.state_dir))
     try:
+        offsite.claim(adopt=adopt, host=socket.gethostname())
         in_bucket = {r.id for r in offsite.manifests()}
         _sent_still_there(offsite, state, catalog, in_bucket)
         # a prune cut short after deleting manifests: what it retired is gone from the bucket
@@ -660,6 +688,7 @@ def sync(
                 _retire(ids, state)
                 state.save(config.state_dir)
 
+            offsite.claim(host=socket.gethostname())  # still ours (no host took it over since)
             report.pruned = prune_offsite(config, offsite, retiring=retiring)
             if report.pruned is not None:
                 _retire(report.pruned.manifests_deleted, state)
@@ -784,6 +813,11 @@ def prune_offsite(
     # either)
     damaged = {d.backup: d for d in offsite_repair.noted(config.state_dir)}
     for ref, manifest in offsite.readable([r for r in refs if r.job in configured], unreadable):
+        if not offsite.owns(manifest):
+            # sent by another writer of the prefix: never judged here (the newest backups of
+            # another host would take this host's places under keep_last, and its own go)
+            keep.add(ref.id)
+            continue
         record = record_of(manifest)
         if record.id in damaged:
             record.verify_status = "failed"

@@ -1,0 +1,67 @@
+"""One writer per prefix: a marker below it names the host that writes there, each manifest the
+writer that sent it; another host is refused (78) until it takes the prefix over (--adopt), and
+retention never judges a manifest another writer sent. Against moto's server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.offsite.errors import PrefixTaken
+from influx_backupd.offsite.repo import Offsite
+from tests.offsite.conftest import Endpoint
+from tests.offsite.helpers import cold_backup, make_tar, make_tree
+
+A, B = "a" * 32, "b" * 32
+
+
+def _backup(tmp_path: Path, bid: str, content: bytes) -> object:
+    tree = make_tree(tmp_path / bid, {"data/x.tsm": content, "wal/_1.wal": bid.encode()})
+    return cold_backup(make_tar(tmp_path / f"nightly-{bid}.tar", tree), bid)
+
+
+def _manifests(moto: Endpoint) -> list[str]:
+    listed = moto.client().list_objects_v2(Bucket=moto.bucket, Prefix="host-a/manifests/")
+    return sorted(o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", []))
+
+
+def test_a_second_writer_is_refused_until_it_adopts_the_prefix(moto: Endpoint) -> None:
+    settings = moto.settings()
+    Offsite(settings, writer=A).claim(host="db1.dc1")
+    Offsite(settings, writer=A).claim(host="db1.dc1")  # its own: again and again
+    with pytest.raises(PrefixTaken) as refused:
+        Offsite(settings, writer=B).claim(host="db1.dc2")
+    said = str(refused.value)
+    assert "written by another host" in said and "'db1.dc1'" in said and "--adopt" in said
+    Offsite(settings, writer=B).claim(adopt=True, host="db1.dc2")
+    with pytest.raises(PrefixTaken):
+        Offsite(settings, writer=A).claim()
+    marker = moto.client().get_object(Bucket=moto.bucket, Key="host-a/writer.json")
+    assert json.loads(marker["Body"].read())["adopted"] == [A]
+
+
+def test_retention_never_deletes_what_another_writer_sent(moto: Endpoint, tmp_path: Path) -> None:
+    """Two hosts that both sent (claims raced): each prunes only its own manifests, and no
+    object the other's name is swept."""
+    settings = moto.settings(grace=0)
+    ours, theirs = Offsite(settings, writer=A), Offsite(settings, writer=B)
+    ours.send(_backup(tmp_path, "20260101T000000Z-aaaa", b"1" * 5000))  # type: ignore[arg-type]
+    theirs.send(_backup(tmp_path, "20260102T000000Z-bbbb", b"2" * 5000))  # type: ignore[arg-type]
+
+    pruned = ours.prune(set())
+    assert pruned.manifests_deleted == ["20260101T000000Z-aaaa"]
+    assert _manifests(moto) == ["20260102T000000Z-bbbb.json.gz"]
+    assert Offsite(settings).verify("20260102T000000Z-bbbb", read_percent=100).errors == []
+
+
+def test_manifests_from_before_writer_ids_are_taken_by_the_first_writer(
+    moto: Endpoint, tmp_path: Path
+) -> None:
+    settings = moto.settings(grace=0)
+    Offsite(settings).send(_backup(tmp_path, "20260101T000000Z-aaaa", b"1" * 5000))  # type: ignore[arg-type]
+    now = Offsite(settings, writer=A)
+    now.claim()
+    assert now.owns(now.manifest("20260101T000000Z-aaaa"))
+    assert now.prune(set()).manifests_deleted == ["20260101T000000Z-aaaa"]
