@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +119,25 @@ def test_a_changed_encrypted_object_is_named_and_the_others_are_still_checked(
     assert result.checked == 1, "meta.db was still downloaded and hashed"
 
 
+def _encrypted_backup(
+    tmp_path: Path,
+    sandbox: Sandbox,
+    moto: Endpoint,
+    identity: Path,
+    recipient: str,
+    **extra: object,
+) -> tuple[Path, Cli, dict[str, Any]]:
+    """A config encrypting to recipient (identity_file: identity) and its first backup, sent."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    section = offsite_section(moto, encrypt_to=[recipient], identity_file=str(identity), **extra)
+    config = write_config(tmp_path, sandbox, extra=section)
+    cli = Cli(config)
+    first = cli.json("backup")
+    assert first["status"] == "ok"
+    return config, cli, first
+
+
 def test_after_encrypt_to_changes_new_backups_restore_with_the_new_identity_alone(
     tmp_path: Path, sandbox: Sandbox, moto: Endpoint
 ) -> None:
@@ -128,13 +148,7 @@ def test_after_encrypt_to_changes_new_backups_restore_with_the_new_identity_alon
     (tmp_path / "new").mkdir()
     old_identity, old_recipient = age_identity(tmp_path / "old")
     new_identity, new_recipient = age_identity(tmp_path / "new")
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 300)
-    section = offsite_section(moto, encrypt_to=[old_recipient], identity_file=str(old_identity))
-    config = write_config(tmp_path, sandbox, extra=section)
-    cli = Cli(config)
-    first = cli.json("backup")
-    assert first["status"] == "ok"
+    config, cli, first = _encrypted_backup(tmp_path, sandbox, moto, old_identity, old_recipient)
     # the old key is retired (lost, or handed on): encrypt to the new one from now on
     config.write_text(
         config.read_text()
@@ -293,13 +307,7 @@ def test_encrypted_backups_without_identity_file_are_a_config_error(
 ) -> None:
     """Before: restore --from offsite (and list, verify) exited 1, as for a failed restore."""
     identity, recipient = age_identity(tmp_path)
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 300)
-    section = offsite_section(moto, encrypt_to=[recipient], identity_file=str(identity))
-    config = write_config(tmp_path, sandbox, extra=section)
-    cli = Cli(config)
-    record = cli.json("backup")
-    assert record["status"] == "ok"
+    config, cli, record = _encrypted_backup(tmp_path, sandbox, moto, identity, recipient)
     config.write_text(
         config.read_text().replace(f"identity_file = {json.dumps(str(identity))}\n", "")
     )
@@ -333,13 +341,9 @@ def test_after_encrypt_to_changes_retention_says_it_sweeps_nothing_until_the_old
     (tmp_path / "new").mkdir()
     old_identity, old_recipient = age_identity(tmp_path / "old")
     new_identity, new_recipient = age_identity(tmp_path / "new")
-    sandbox.create_db("metrics")
-    section = offsite_section(
-        moto, encrypt_to=[old_recipient], identity_file=str(old_identity), keep_last=1, grace="0s"
+    config, cli, first = _encrypted_backup(
+        tmp_path, sandbox, moto, old_identity, old_recipient, keep_last=1, grace="0s"
     )
-    config = write_config(tmp_path, sandbox, extra=section)
-    cli = Cli(config)
-    first = cli.json("backup")
     config.write_text(
         config.read_text()
         .replace(old_recipient, new_recipient)
