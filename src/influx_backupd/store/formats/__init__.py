@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import tarfile
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
 from influx_backupd.store.formats.bolt import check_bolt
-from influx_backupd.store.formats.findings import Finding, read_at
+from influx_backupd.store.formats.findings import Finding, read_at, stoppable
 from influx_backupd.store.formats.series import (
     check_segment,
     check_series_index,
@@ -164,8 +165,17 @@ def check_archive(path: Path, *, deep: bool = False, sha256: bool = False) -> Ar
     try:
         with open(path, "rb") as raw:
             digest = _Digest(raw.fileno(), sha256)
-            with ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="verify") as pool:
-                _scan(raw, deep, report, _Checks(pool, report), digest)
+            pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="verify")
+            stop = threading.Event()
+            try:
+                _scan(raw, deep, report, _Checks(pool, report, stop), digest)
+            except BaseException:
+                # Interrupted (a SIGTERM): end the checks still running at their next read
+                # and drop those not begun, rather than wait for them (it could be minutes)
+                stop.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
             if sha256:
                 digest.to_end()
                 report.sha256 = digest.hexdigest()
@@ -242,21 +252,31 @@ class _Checks:
     """Checks on worker threads, their findings kept in member order; at most IN_FLIGHT_MAX
     bytes of members wait or run at once."""
 
-    def __init__(self, pool: ThreadPoolExecutor, report: ArchiveReport) -> None:
+    def __init__(
+        self, pool: ThreadPoolExecutor, report: ArchiveReport, stop: threading.Event
+    ) -> None:
         self._pool = pool
         self._report = report
+        self._stop = stop
         self._pending: deque[tuple[int, Future[list[Finding]] | list[Finding]]] = deque()
         self._held = 0
 
     def submit(self, kind: Format, data: bytes, member: str, deep: bool) -> None:
         while self._pending and self._held + len(data) > IN_FLIGHT_MAX:
             self._collect_one()
-        self._pending.append((len(data), self._pool.submit(_check_held, kind, data, member, deep)))
+        self._pending.append(
+            (
+                len(data),
+                self._pool.submit(stoppable, self._stop, _check_held, kind, data, member, deep),
+            )
+        )
         self._held += len(data)
 
     def submit_region(self, kind: Format, region: _Region, member: str, deep: bool) -> None:
         stream = cast(BinaryIO, region)
-        future = self._pool.submit(_check_member, kind, stream, region.size, member, deep)
+        future = self._pool.submit(
+            stoppable, self._stop, _check_member, kind, stream, region.size, member, deep
+        )
         self._pending.append((0, future))
 
     def add(self, findings: list[Finding]) -> None:
@@ -293,8 +313,10 @@ def _scan(
                 for info in tar:
                     _check_one(tar, info, archive_size, deep, report, checks, digest, listing)
                 end = tar.offset
-        finally:
+        except Exception:
             checks.collect()  # every member's findings before the archive's own
+            raise
+        checks.collect()  # not in a finally: interrupted, no check is waited for
     except _Truncated as exc:
         return archive_error(str(exc))
     except (tarfile.TarError, OSError, EOFError) as exc:

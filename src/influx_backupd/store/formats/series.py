@@ -17,7 +17,7 @@ import re
 import struct
 from typing import BinaryIO
 
-from influx_backupd.store.formats.findings import Finding, read_at
+from influx_backupd.store.formats.findings import Finding, Window, read_at
 
 SEGMENT_MAGIC = b"SSEG"
 INDEX_MAGIC = b"SIDX"
@@ -41,21 +41,6 @@ def is_segment_name(base: str) -> bool:
 def segment_size(segment_id: int) -> int:
     """The size influxd maps a segment at (SeriesSegmentSize): 4 MiB doubling to 256 MiB."""
     return 1 << min(segment_id + 22, 28)
-
-
-class _Window:
-    """Reads a stream in 1 MiB pieces; get(pos, n) returns up to n bytes at pos."""
-
-    def __init__(self, stream: BinaryIO, size: int) -> None:
-        self._stream, self._size = stream, size
-        self._base, self._buf = 0, b""
-
-    def get(self, pos: int, n: int) -> bytes:
-        if pos < self._base or pos + n > self._base + len(self._buf):
-            self._base = pos
-            self._buf = read_at(self._stream, pos, min(max(n, _CHUNK), self._size - pos))
-        start = pos - self._base
-        return self._buf[start : start + n]
 
 
 def _uvarint(data: bytes, i: int) -> tuple[int, int] | None:
@@ -120,10 +105,10 @@ def check_segment(stream: BinaryIO, size: int, member: str, *, deep: bool = Fals
     partition = int(parts[-2], 16) if is_segment_name(parts[-2]) else None
     if partition is not None and partition >= PARTITIONS:
         partition = None  # not a dir influxd opens: no id rule to hold it to
-    return _walk(_Window(stream, size), size, member, partition)
+    return _walk(Window(stream, size), size, member, partition)
 
 
-def _walk(window: _Window, size: int, member: str, partition: int | None) -> list[Finding]:
+def _walk(window: Window, size: int, member: str, partition: int | None) -> list[Finding]:
     pos = SEGMENT_HEADER_SIZE
     while pos < size:
         head = window.get(pos, 1 + 8 + 10)
@@ -152,7 +137,7 @@ def _walk(window: _Window, size: int, member: str, partition: int | None) -> lis
     return []
 
 
-def _after_end(window: _Window, pos: int, size: int, member: str, flag: int) -> list[Finding]:
+def _after_end(window: Window, pos: int, size: int, member: str, flag: int) -> list[Finding]:
     """influxd stops at pos: the rest must be the zeros the file was preallocated with."""
     at = pos
     while at < size:
