@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import struct
+import subprocess
+import sys
 import tarfile
 import zlib
 from pathlib import Path
@@ -152,6 +154,59 @@ def test_tsl_nothing_readable_is_an_error() -> None:
     """A log file zeroed (or garbled from its first byte): influxd indexes none of it."""
     [(severity, message)] = check_log(bytes(len(b"".join(ENTRIES))))
     assert severity == "error" and "no readable entry" in message
+
+
+def test_tsl_hostile_bytes_take_linear_time() -> None:
+    """After a bad entry, bytes that parse as endless huge entries (audit: 80 80 80 02, a 4 MiB
+    length at every offset) cost one bounded search, not a checksum per offset of megabytes
+    each (13+ min for 16 MB); and that much non-zero data is no torn write."""
+    bad = bytearray(tsl_entry(1, 1, b"cpu", b"host", b"a"))
+    bad[-1] ^= 0xFF
+    for pattern in (b"\x80\x80\x80\x02", b"\x7f", b"\x01\x00\x00\x00\x00"):
+        data = ENTRIES[0] + bytes(bad) + pattern * ((4 << 20) // len(pattern))
+        [(severity, message)] = check_log(data)
+        assert severity == "error" and "no whole entry" in message, message
+
+
+def _limited_check(archive: Path) -> str:
+    """check_archive in a child with 2.5 GB of address space (the audit's ulimit -v)."""
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (2_500_000_000, 2_500_000_000))\n"
+        "from influx_backupd.store.formats import check_archive\n"
+        "for f in check_archive(__import__('pathlib').Path(sys.argv[1]), deep=True).findings:\n"
+        "    print(f)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(archive)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and not done.stderr, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "expected"),
+    [
+        ("index/0/L0-00000001.tsl", tsl_entry(1, 1), "warning: {}: torn tail at offset 9 "),
+        ("fields.idx", b"\x00\x06\x01\x03", "error: {}: garbled field list: field 0 "),
+    ],
+)
+def test_a_large_sparse_member_is_read_in_windows(
+    name: str, head: bytes, expected: str, tmp_path: Path
+) -> None:
+    """A 3 GiB member of one entry and holes (a 30 KB archive) was read whole: a MemoryError
+    traceback under ulimit -v 2500000. Now its checker reads it 1 MiB at a time."""
+    member = f"data/db/rp/1/{name}"
+    path = tmp_path / "root" / member
+    path.parent.mkdir(parents=True)
+    with path.open("wb") as f:
+        f.write(head)
+        f.truncate(3 << 30)
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "-S", "-cf", archive, "-C", tmp_path / "root", "data"], check=True)
+    assert archive.stat().st_size < 1 << 20
+    found = _limited_check(archive)
+    assert found.startswith(expected.format(member)), found
 
 
 def test_manifest_listing() -> None:

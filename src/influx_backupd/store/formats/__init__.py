@@ -10,6 +10,7 @@ memory, on worker threads; nothing is extracted to disk.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import os
@@ -134,6 +135,15 @@ def classify_member(name: str) -> Format | Literal["bolt?"] | None:
 def _check_member(
     kind: Format, stream: BinaryIO, size: int, member: str, deep: bool
 ) -> list[Finding]:
+    try:
+        return _run_checker(kind, stream, size, member, deep)
+    except MemoryError:  # checkers read in windows; a finding, should one still not fit
+        return [Finding("error", member, f"not checked: out of memory for its {size} bytes")]
+
+
+def _run_checker(
+    kind: Format, stream: BinaryIO, size: int, member: str, deep: bool
+) -> list[Finding]:
     if kind == "tsm":
         return check_tsm(stream, size, member, deep=deep)
     if kind == "wal":
@@ -246,6 +256,34 @@ class _Region:
         data = os.pread(self._fd, n, self._offset + self._pos) if n > 0 else b""
         self._pos += len(data)
         return data
+
+
+class _SparseRegion(_Region):
+    """A member with holes, read in place: its runs' bytes lie one after another from offset
+    (as tarfile maps them), zeros between them. Not tarfile's reader: it reads a seek back as
+    zeros after the (0, 0) entries GNU tar pads an old-style sparse map with."""
+
+    def __init__(self, fd: int, offset: int, size: int, runs: list[tuple[int, int]]) -> None:
+        super().__init__(fd, offset, size)
+        self._runs: list[tuple[int, int, int]] = []  # (start, end, where its bytes are stored)
+        stored = offset
+        for start, length in sorted(r for r in runs if r[1]):
+            self._runs.append((start, start + length, stored))
+            stored += length
+        self._ends = [end for _, end, _ in self._runs]
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self._pos
+        n = self.size - pos if n < 0 else max(0, min(n, self.size - pos))
+        out = bytearray(n)
+        for start, end, stored in self._runs[bisect.bisect_right(self._ends, pos) :]:
+            if start >= pos + n:
+                break
+            lo, hi = max(start, pos), min(end, pos + n)
+            chunk = os.pread(self._fd, hi - lo, stored + lo - start)
+            out[lo - pos : lo - pos + len(chunk)] = chunk
+        self._pos += n
+        return bytes(out)
 
 
 class _Checks:
@@ -375,12 +413,10 @@ def _check_one(
         checks.add(listing.manifest(digest.read(info.offset_data, info.size), name))
         report.checked[kind] = report.checked.get(kind, 0) + 1
         return
-    if info.sparse:  # a file with holes: tarfile knows where its runs lie
+    if runs is not None:  # a file with holes: checked from its runs, as tarfile maps them
         digest.upto(info.offset_data + stored)
-        extracted = tar.extractfile(info)
-        if extracted is None:
-            return
-        checks.add(_check_member(kind, cast(BinaryIO, extracted), info.size, name, deep))
+        region: _Region = _SparseRegion(digest.fd, info.offset_data, info.size, runs)
+        checks.submit_region(kind, region, name, deep)
     elif info.size <= HOLD_MAX:
         data = digest.read(info.offset_data, info.size)
         if len(data) < info.size:  # the file shrank since the walk began

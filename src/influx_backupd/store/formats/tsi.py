@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import posixpath
 import struct
@@ -21,7 +22,7 @@ import zlib
 from collections import Counter
 from typing import BinaryIO
 
-from influx_backupd.store.formats.findings import Finding, read_at
+from influx_backupd.store.formats.findings import Finding, Window, read_at
 
 TSI_MAGIC = b"TSI1"
 TSI_TRAILER_SIZE = 2 + 10 * 8
@@ -39,6 +40,11 @@ _TSI_BLOCKS = (
 # A bad .tsl entry is damage, not a torn tail, when a whole entry follows it; looked for this
 # far (influxd compacts a log file at max-index-log-file-size, 1 MiB by default).
 _RESYNC_MAX = 1 << 20
+# An entry looked for there names no measurement, tag key or value longer than a series key
+# can be (influxd's MaxKeyLength, 64 KiB): longer ones are noise, not checksummed.
+_MAX_FIELD = 1 << 16
+_WINDOW = 1 << 20
+_MAX_ENTRY = 1 + 10 + 3 * (10 + _MAX_FIELD) + 4
 
 
 def check_tsi(stream: BinaryIO, size: int, member: str) -> list[Finding]:
@@ -75,40 +81,53 @@ def check_tsi(stream: BinaryIO, size: int, member: str) -> list[Finding]:
 
 
 def check_tsl(stream: BinaryIO, size: int, member: str) -> list[Finding]:
-    """Every entry and its checksum, as influxd's LogFile.open replays them."""
-    data = read_at(stream, 0, size)
-    if len(data) < size:
-        return [_err(member, f"data ends before its declared size of {size} bytes")]
+    """Every entry and its checksum, as influxd's LogFile.open replays them; read in windows
+    (a member may be gigabytes, or sparse)."""
+    window = Window(stream, size)
     pos = 0
     while pos < size:
-        entry = _tsl_entry(data, pos)
+        entry = _tsl_entry(window, pos)
         if isinstance(entry, int):
             pos = entry
             continue
         if entry == "overflow":
             message = f"entry at offset {pos} has a varint past 64 bits: influxd cannot open it"
             return [_err(member, message)]
-        return _tsl_stop(data, pos, entry, member)
+        return _tsl_stop(window, pos, entry, member)
     return []
 
 
-def _tsl_entry(data: bytes, pos: int) -> int | str:
+def _tsl_entry(
+    window: Window, pos: int, max_field: int | None = None, spent: list[int] | None = None
+) -> int | str:
     """The offset after the entry at pos, or why influxd stops there ("short", "checksum")
-    or fails ("overflow")."""
+    or fails ("overflow"); "long" when a name, key or value exceeds max_field. spent[0]
+    grows by the bytes checksummed."""
+    size = window.size
     i = pos + 1
-    if i > len(data):
+    if i > size:
         return "short"
     for field in range(4):  # series id, then name, key and value lengths
-        value, i, problem = _uvarint(data, i)
+        value, used, problem = _uvarint(window.get(i, 10), 0)
         if problem:
             return problem
+        i += used
         if field:
+            if max_field is not None and value > max_field:
+                return "long"
             i += value
-            if i > len(data):
+            if i > size:
                 return "short"
-    if i + 4 > len(data):
+    if i + 4 > size:
         return "short"
-    if zlib.crc32(data[pos:i]) != struct.unpack_from(">I", data, i)[0]:
+    if spent is not None:
+        spent[0] += i - pos
+    crc, at = 0, pos
+    while at < i:  # a field may be larger than a window
+        chunk = window.get(at, min(_WINDOW, i - at))
+        crc = zlib.crc32(chunk, crc)
+        at += len(chunk)
+    if crc != struct.unpack(">I", window.get(i, 4))[0]:
         return "checksum"
     return i + 4
 
@@ -126,25 +145,44 @@ def _uvarint(data: bytes, i: int) -> tuple[int, int, str]:
     return 0, i, "overflow" if len(data) - i >= 10 else "short"
 
 
-def _tsl_stop(data: bytes, pos: int, why: str, member: str) -> list[Finding]:
+def _tsl_stop(window: Window, pos: int, why: str, member: str) -> list[Finding]:
     """influxd stops replaying at pos. A torn tail (a write cut short) is what a crash leaves:
-    a warning, as influxd tolerates it. A whole entry after it, or no readable entry at all,
-    is damage: influxd would silently drop those series from the index."""
+    a warning, as influxd tolerates it (IndexListing makes it an error in an older log, which
+    no crash tears). A whole entry after it, or no readable entry at all, is damage: influxd
+    would silently drop those series from the index."""
     what = "cut short" if why == "short" else "fails its checksum"
-    lost = len(data) - pos
+    lost = window.size - pos
     if pos == 0:
         message = f"no readable entry: the first {what}; influxd would ignore all {lost} bytes"
         return [_err(member, f"{message} (their series unindexed)")]
-    zeros_from = len(data.rstrip(b"\0"))  # no entry hides in the zeros at the end
-    for start in range(pos + 1, min(zeros_from, pos + 1 + _RESYNC_MAX)):
-        if isinstance(_tsl_entry(data, start), int):
+    # the bytes searched, and room for the longest entry that starts among them, at once
+    end = min(window.size, pos + 1 + _RESYNC_MAX)
+    ahead = window.get(pos, end - pos + _MAX_ENTRY)
+    end = pos + len(ahead[: end - pos].rstrip(b"\0"))  # no entry hides in zeros at the end
+    nearby = Window(io.BytesIO(ahead), len(ahead))
+    # Each start costs a few uvarints and a checksum of what it claims: bounded, so that
+    # hostile bytes (a plausible entry at every offset) cost time linear in what is searched.
+    budget, spent = 16 * (end - pos) + _WINDOW, [0]
+    for start in range(1, end - pos):
+        if isinstance(_tsl_entry(nearby, start, _MAX_FIELD, spent), int):
             return [
                 _err(
                     member,
-                    f"corrupt entry at offset {pos} ({what}), yet a whole entry follows at "
-                    f"offset {start}: influxd would drop the {lost} bytes from {pos} on",
+                    f"{_corrupt(pos, what)}, yet a whole entry follows at offset {pos + start}: "
+                    f"influxd would drop the {lost} bytes from {pos} on",
                 )
             ]
+        if spent[0] + 64 * start > budget:
+            break
+    if end - pos > _MAX_ENTRY:  # a write cut short leaves at most one entry's bytes unread
+        return [
+            _err(
+                member,
+                f"{_corrupt(pos, what)}, and the {end - pos} bytes searched from there hold "
+                f"no whole entry, more than a write cut short leaves: influxd would drop the "
+                f"{lost} bytes from {pos} on",
+            )
+        ]
     return [
         Finding(
             "warning",
@@ -155,39 +193,47 @@ def _tsl_stop(data: bytes, pos: int, why: str, member: str) -> list[Finding]:
     ]
 
 
+def _corrupt(pos: int, what: str) -> str:
+    return f"corrupt entry at offset {pos} ({what})"
+
+
 def check_fields(stream: BinaryIO, size: int, member: str) -> list[Finding]:
-    """The magic and the protobuf framing of measurements and their fields."""
-    data = read_at(stream, 0, size)
-    if data[:4] != FIELDS_MAGIC:
+    """The magic and the protobuf framing of measurements and their fields, read in windows."""
+    window = Window(stream, size)
+    magic = window.get(0, 4)
+    if magic != FIELDS_MAGIC:
         return [
-            _err(member, f"unknown fields index format: starts {data[:4]!r}, not {FIELDS_MAGIC!r}")
+            _err(member, f"unknown fields index format: starts {magic!r}, not {FIELDS_MAGIC!r}")
         ]
     # MeasurementFieldSet{1: MeasurementFields{1: name, 2: Field{1: name, 2: type}}}
-    problem = _protobuf_problem(data, 4, len(data), {1: {2: {}}})
+    problem = _protobuf_problem(window, 4, size, {1: {2: {}}})
     return [] if problem is None else [_err(member, f"garbled field list: {problem}")]
 
 
 _Schema = dict[int, "_Schema"]
 
 
-def _protobuf_problem(data: bytes, i: int, end: int, nested: _Schema) -> str | None:
+def _protobuf_problem(window: Window, i: int, end: int, nested: _Schema) -> str | None:
     while i < end:
-        key, i, problem = _uvarint(data, i)
+        key, used, problem = _uvarint(window.get(i, 10), 0)
         if problem:
             return f"unreadable field key at offset {i}"
+        i += used
         number, wire = key >> 3, key & 7
         if number == 0 or wire not in (0, 1, 2, 5):
             return f"field {number} of wire type {wire} at offset {i}"
         if wire == 0:
-            _value, i, problem = _uvarint(data, i)
+            _value, used, problem = _uvarint(window.get(i, 10), 0)
             if problem:
                 return f"unreadable varint at offset {i}"
+            i += used
         elif wire == 2:
-            length, i, problem = _uvarint(data, i)
+            length, used, problem = _uvarint(window.get(i, 10), 0)
+            i += used
             if problem or i + length > end:
                 return f"field {number} at offset {i} runs past its message"
             if number in nested:
-                inner = _protobuf_problem(data, i, i + length, nested[number])
+                inner = _protobuf_problem(window, i, i + length, nested[number])
                 if inner is not None:
                     return inner
             i += length
