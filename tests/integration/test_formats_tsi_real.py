@@ -122,6 +122,17 @@ DAMAGE: dict[str, tuple[Callable[[Path], Path], bool, str]] = {
         True,
         "influxd would",
     ),
+    # the trailer's series-id-set and series-sketch offsets, one off: influxd serves no series
+    "tsi id set offset": (
+        lambda r: (_flip(p := _largest(r, "*.tsi"), p.stat().st_size - 82 + 23, 0x01), p)[1],
+        True,
+        "roaring bitmap",
+    ),
+    "tsi sketch offset": (
+        lambda r: (_flip(p := _largest(r, "*.tsi"), p.stat().st_size - 82 + 55, 0x01), p)[1],
+        True,
+        "HLL sketch",
+    ),
     "MANIFEST json": (lambda r: (_flip(_manifest(r), 0, 0x01), _manifest(r))[1], True, "JSON"),
     "fields.idx": (
         lambda r: (_flip(p := next(r.rglob("fields.idx")), 2), p)[1],

@@ -44,6 +44,9 @@ _RESYNC_MAX = 1 << 20
 # can be (influxd's MaxKeyLength, 64 KiB): longer ones are noise, not checksummed.
 _MAX_FIELD = 1 << 16
 _WINDOW = 1 << 20
+# A roaring bitmap's first 4 bytes, little-endian: this cookie, or with run containers this
+# one in the low 16 bits (RoaringBitmap/roaring serialization).
+_ROARING, _ROARING_RUNS = 12346, 12347
 _MAX_ENTRY = 1 + 10 + 3 * (10 + _MAX_FIELD) + 4
 
 
@@ -71,6 +74,11 @@ def check_tsi(stream: BinaryIO, size: int, member: str) -> list[Finding]:
                     f"outside the file's {size} bytes",
                 )
             ]
+    for i, name in enumerate(_TSI_BLOCKS[1:], 1):
+        offset, length = fields[2 * i], fields[2 * i + 1]
+        problem = _block_problem(name, read_at(stream, offset, min(length, 8))) if length else None
+        if problem is not None:
+            return [_err(member, f"its {name} block at offset {offset}: {problem}")]
     offset, length = fields[0], fields[1]
     if length < MEASUREMENT_TRAILER_SIZE:
         return [_err(member, f"measurement block of {length} bytes is shorter than its trailer")]
@@ -78,6 +86,25 @@ def check_tsi(stream: BinaryIO, size: int, member: str) -> list[Finding]:
     if block_version != 1:
         return [_err(member, f"measurement block version {block_version}, influxd reads 1")]
     return []
+
+
+def _block_problem(name: str, head: bytes) -> str | None:
+    """What influxd's IndexFile.Open makes of a block's first bytes: the series id sets are
+    roaring bitmaps (tsdb.SeriesIDSet), the sketches HLL++ (pkg/estimator/hll Plus); either
+    failing to unmarshal fails the shard (its series all unserved)."""
+    if name.endswith("sketch"):
+        # version byte, precision p (NewPlus takes 4..18), then the sparse flag
+        if len(head) < 3 or not 4 <= head[1] <= 18:
+            return f"not an HLL sketch (precision {head[1:2].hex() or 'missing'}, wants 4-18)"
+        return None
+    cookie = int.from_bytes(head[:4], "little")
+    if (
+        len(head) < 8
+        or cookie & 0xFFFF not in (_ROARING_RUNS, _ROARING)
+        or (cookie & 0xFFFF == _ROARING and cookie != _ROARING)
+    ):
+        return f"not a roaring bitmap (starts {head[:4].hex()}, wants cookie 3a30 or 3b30)"
+    return None
 
 
 def check_tsl(stream: BinaryIO, size: int, member: str) -> list[Finding]:
