@@ -75,7 +75,7 @@ def test_segment_shallow_reads_the_header_only() -> None:
     [
         (b"SSEH\x01" + bytes(segment_size(0) - 5), "not a series segment"),
         (b"SSEG\x02" + bytes(segment_size(0) - 5), "version 2"),
-        (segment(size=1000), "would crash"),
+        (segment(size=1000), "not the 4194304 influxd preallocates: cut short"),
         (segment(insert(2, series_key(b"cpu", {}))), "does not belong to this partition"),
         (segment(insert(1, uvarint(5) + b"\x00\x09cpu\x00")), "garbled series key"),
         (segment(insert(1, series_key(b"cpu", {})), b"\x00\x00\x05"), "data follows"),
@@ -106,12 +106,72 @@ def test_series_index() -> None:
     assert check_series_index(io.BytesIO(good), len(good), member) == []
     bad = series_index(100, 128, key_size=16 * 100)
     assert "capacity 128" in check_series_index(io.BytesIO(bad), len(bad), member)[0].message
+    over = series_index(200, 128)
+    [finding] = check_series_index(io.BytesIO(over), len(over), member)
+    assert finding.message == "its count of 200 series exceeds its capacity 128"
     cut = good[:-1]
     assert "outside" in check_series_index(io.BytesIO(cut), len(cut), member)[0].message
     wrong = b"SIDY" + good[4:]
     assert (
         "not a series index" in check_series_index(io.BytesIO(wrong), len(wrong), member)[0].message
     )
+
+
+KEYS = [insert(1, series_key(b"cpu", {b"host": b"a"})), insert(9, series_key(b"mem", {}))]
+OFFSETS = [5, 5 + len(KEYS[0])]  # segment 0 (<< 32), the positions of KEYS in it
+
+
+def mapped_index(
+    *, max_id: int = 9, max_offset: int = OFFSETS[1], id_map: list[tuple[int, int]] | None = None
+) -> bytes:
+    """A SIDX index of KEYS as influxd's compaction writes it; id_map: its (id, offset) slots."""
+    capacity = 4
+    key_map = [(offset, series_id) for series_id, offset in zip((1, 9), OFFSETS, strict=True)]
+    id_map = [(1, OFFSETS[0]), (9, OFFSETS[1])] if id_map is None else id_map
+    size = capacity * 16
+    header = b"SIDX\x01" + struct.pack(
+        ">8Q", max_id, max_offset, 2, capacity, 69, size, 69 + size, size
+    )
+    maps = b""
+    for pairs in (key_map, id_map):
+        maps += b"".join(struct.pack(">QQ", *pair) for pair in pairs).ljust(size, b"\0")
+    return header + maps
+
+
+def check_series_dir(tmp_path: Path, index: bytes, *, deep: bool) -> list[str]:
+    archive = tmp_path / "series.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in (("index", index), ("0000", segment(*KEYS))):
+            info = tarfile.TarInfo(f"data/db/_series/00/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return [str(f) for f in check_archive(archive, deep=deep).findings]
+
+
+@pytest.mark.parametrize(
+    ("index", "deep_only", "expected"),
+    [
+        # influxd recovers only entries after maxOffset: segment 1 -> 254 (audit: XOR byte 16)
+        (mapped_index(max_offset=0xFE << 32 | OFFSETS[1]), False, "segment 00fe, not in the"),
+        (
+            mapped_index(max_offset=OFFSETS[1] + 3),
+            True,
+            "maxOffset 0x21 points at flag 0, not an entry",
+        ),
+        # a slot one byte off: influxd panics at start ("slice bounds out of range")
+        (mapped_index(id_map=[(1, 6), (9, OFFSETS[1])]), True, "series 1 at 0x6 (flag 0,"),
+        (mapped_index(id_map=[(1, 1 << 32 | 5)]), True, "(segment 0001, not in the archive"),
+        (mapped_index(id_map=[(2, OFFSETS[0])]), True, "series 2 at 0x5 (flag 1, series id 1)"),
+        (mapped_index(max_id=8), True, "maxSeriesID 8 is below series id 9"),
+    ],
+)
+def test_series_index_against_its_segments(
+    index: bytes, deep_only: bool, expected: str, tmp_path: Path
+) -> None:
+    assert check_series_dir(tmp_path, mapped_index(), deep=True) == []
+    [deep] = check_series_dir(tmp_path, index, deep=True)
+    assert deep.startswith("error: data/db/_series/00/index: ") and expected in deep, deep
+    assert check_series_dir(tmp_path, index, deep=False) == ([] if deep_only else [deep])
 
 
 def tsl_entry(

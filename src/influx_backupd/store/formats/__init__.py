@@ -11,6 +11,7 @@ memory, on worker threads; nothing is extracted to disk.
 from __future__ import annotations
 
 import bisect
+import copy
 import hashlib
 import io
 import os
@@ -25,6 +26,7 @@ from typing import BinaryIO, Literal, cast
 from influx_backupd.store.formats.bolt import check_bolt
 from influx_backupd.store.formats.findings import Finding, read_at, stoppable
 from influx_backupd.store.formats.series import (
+    SeriesFiles,
     check_segment,
     check_series_index,
     is_segment_name,
@@ -247,6 +249,12 @@ class _Region:
         self._fd, self._offset, self.size = fd, offset, size
         self._pos = 0
 
+    def copy(self) -> _Region:
+        """The same member with its own position: a region is read by one thread at a time."""
+        twin = copy.copy(self)
+        twin._pos = 0
+        return twin
+
     def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
         self._pos = pos if whence == os.SEEK_SET else self._pos + pos
         return self._pos
@@ -343,13 +351,16 @@ def _scan(
 
     archive_size = os.fstat(raw.fileno()).st_size
     listing = IndexListing()
+    series_files = SeriesFiles()
     opened = False
     try:
         try:
             with tarfile.open(fileobj=raw, mode="r:", tarinfo=CheckedTarInfo) as tar:
                 opened = True
                 for info in tar:
-                    _check_one(tar, info, archive_size, deep, report, checks, digest, listing)
+                    _check_one(
+                        info, archive_size, deep, report, checks, digest, listing, series_files
+                    )
                 end = tar.offset
         except Exception:
             checks.collect()  # every member's findings before the archive's own
@@ -364,6 +375,7 @@ def _scan(
             f"archive unreadable after {report.members} members (truncated or corrupt): {exc}"
         )
     report.findings.extend(listing.findings())  # a MANIFEST against the members beside it
+    report.findings.extend(series_files.findings(deep))  # a series index against its segments
     # tarfile stops quietly at a missing or garbled header, so a tar cut at a member
     # boundary would look complete. Tar writers always end an archive with two zero
     # blocks: insist on them.
@@ -379,7 +391,6 @@ def _scan(
 
 
 def _check_one(
-    tar: tarfile.TarFile,
     info: tarfile.TarInfo,
     archive_size: int,
     deep: bool,
@@ -387,6 +398,7 @@ def _check_one(
     checks: _Checks,
     digest: _Digest,
     listing: IndexListing,
+    series_files: SeriesFiles,
 ) -> None:
     name = _normalise(info.name)
     report.members += 1
@@ -413,9 +425,15 @@ def _check_one(
         checks.add(listing.manifest(digest.read(info.offset_data, info.size), name))
         report.checked[kind] = report.checked.get(kind, 0) + 1
         return
+    region = (
+        _Region(digest.fd, info.offset_data, info.size)
+        if runs is None
+        else _SparseRegion(digest.fd, info.offset_data, info.size, runs)
+    )
+    if kind in ("series", "series index"):  # read again at the end, each against the others
+        series_files.saw(name, cast(BinaryIO, region.copy()), info.size)
     if runs is not None:  # a file with holes: checked from its runs, as tarfile maps them
         digest.upto(info.offset_data + stored)
-        region: _Region = _SparseRegion(digest.fd, info.offset_data, info.size, runs)
         checks.submit_region(kind, region, name, deep)
     elif info.size <= HOLD_MAX:
         data = digest.read(info.offset_data, info.size)
@@ -426,6 +444,5 @@ def _check_one(
     else:
         # checked on a worker from the archive (e.g. a TSM file's index and, deep, its blocks)
         # while this thread hashes on
-        region = _Region(digest.fd, info.offset_data, info.size)
         checks.submit_region(kind, region, name, deep)
     report.checked[kind] = report.checked.get(kind, 0) + 1

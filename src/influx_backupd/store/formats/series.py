@@ -13,6 +13,7 @@ it). A bad magic makes influxd fail to open the database; a garbled key makes it
 
 from __future__ import annotations
 
+import posixpath
 import re
 import struct
 from typing import BinaryIO
@@ -96,8 +97,8 @@ def check_segment(stream: BinaryIO, size: int, member: str, *, deep: bool = Fals
             Finding(
                 "error",
                 member,
-                f"series segment is {size} bytes; influxd maps it at {expected} and would "
-                "crash reading past the end",
+                f"series segment is {size} bytes, not the {expected} influxd preallocates: "
+                f"cut short, any series written past byte {size} are lost",
             )
         ]
     if not deep:
@@ -171,6 +172,10 @@ def check_series_index(stream: BinaryIO, size: int, member: str) -> list[Finding
     if problem is not None:
         return [Finding("error", member, problem)]
     count, capacity, key_off, key_size, id_off, id_size = struct.unpack_from(">6Q", header, 21)
+    if count > capacity:
+        return [
+            Finding("error", member, f"its count of {count} series exceeds its capacity {capacity}")
+        ]
     maps = {"key/id": (key_off, key_size), "id/offset": (id_off, id_size)}
     for name, (offset, length) in maps.items():
         if offset < INDEX_HEADER_SIZE or offset + length > size:
@@ -182,13 +187,98 @@ def check_series_index(stream: BinaryIO, size: int, member: str) -> list[Finding
                     f"file's {size} bytes",
                 )
             ]
-        if length != capacity * _INDEX_ELEM_SIZE or count > capacity:
+        if length != capacity * _INDEX_ELEM_SIZE:
             return [
                 Finding(
                     "error",
                     member,
-                    f"its {name} map holds {length} bytes; capacity {capacity} "
-                    f"(count {count}) needs {capacity * _INDEX_ELEM_SIZE}",
+                    f"its {name} map holds {length} bytes; its capacity {capacity} needs "
+                    f"{capacity * _INDEX_ELEM_SIZE}",
                 )
             ]
     return []
+
+
+class SeriesFiles:
+    """A series partition's index against the segments beside it, once the archive walk has
+    seen them all (in any order); fed every segment and index member as a stream to read."""
+
+    def __init__(self) -> None:
+        self._segments: dict[str, dict[int, BinaryIO]] = {}  # dir -> segment id -> file
+        self._indexes: dict[str, tuple[BinaryIO, int]] = {}
+
+    def saw(self, member: str, stream: BinaryIO, size: int) -> None:
+        folder, base = posixpath.split(member)
+        if base == "index":
+            self._indexes[member] = (stream, size)
+        elif is_segment_name(base):
+            self._segments.setdefault(folder, {})[int(base, 16)] = stream
+
+    def findings(self, deep: bool) -> list[Finding]:
+        found = []
+        for member, (stream, size) in sorted(self._indexes.items()):
+            segments = self._segments.get(posixpath.dirname(member), {})
+            problem = _index_against_segments(stream, size, segments, deep)
+            if problem is not None:
+                found.append(Finding("error", member, problem))
+        return found
+
+
+def _index_against_segments(
+    stream: BinaryIO, size: int, segments: dict[int, BinaryIO], deep: bool
+) -> str | None:
+    """influxd trusts the index: it recovers only the entries after maxOffset (a maxOffset past
+    the data loses those series), hands out ids after maxSeriesID, and reads a series key at
+    every offset its maps hold (a wrong one: "slice bounds out of range", a panic at start)."""
+    if check_series_index(stream, size, "") or not segments:
+        return None  # its own check (or the segment check) says what is wrong
+    header = read_at(stream, 0, INDEX_HEADER_SIZE)
+    max_id, max_offset, count, capacity = struct.unpack_from(">4Q", header, 5)
+    key_off, _, id_off, _ = struct.unpack_from(">4Q", header, 37)
+
+    def entry(offset: int) -> tuple[int, int] | str:
+        """(flag, series id) of the entry at offset (segment id << 32 | position)."""
+        segment_id, pos = offset >> 32, offset & 0xFFFFFFFF
+        if segment_id not in segments:
+            return f"segment {segment_id:04x}, not in the archive beside it"
+        head = read_at(segments[segment_id], pos, 9) if pos >= SEGMENT_HEADER_SIZE else b""
+        if len(head) < 9:
+            return f"position {pos}, outside segment {segment_id:04x}'s entries"
+        return head[0], _U64(head, 1)[0]
+
+    if count:
+        at = entry(max_offset)
+        if isinstance(at, str) or (deep and at[0] not in (INSERT, TOMBSTONE)):
+            where = at if isinstance(at, str) else f"flag {at[0]}, not an entry"
+            return (
+                f"its maxOffset {max_offset:#x} points at {where}: influxd would not recover "
+                "the series written after it"
+            )
+    if not deep:
+        return None
+    bad, first, highest = 0, "", 0
+    for name, start, id_first in (("key/id", key_off, False), ("id/offset", id_off, True)):
+        window = Window(stream, size)
+        for n in range(capacity):
+            elem = window.get(start + n * _INDEX_ELEM_SIZE, _INDEX_ELEM_SIZE)
+            a, b = _U64(elem, 0)[0], _U64(elem, 8)[0]
+            series_id, offset = (a, b) if id_first else (b, a)
+            if not offset:
+                continue
+            highest = max(highest, series_id)
+            at = entry(offset)
+            if at != (INSERT, series_id):
+                bad += 1
+                what = at if isinstance(at, str) else f"flag {at[0]}, series id {at[1]}"
+                first = first or f"{name} map slot {n}: series {series_id} at {offset:#x} ({what})"
+    if bad:
+        return (
+            f"{bad} map slot(s) point at no insert entry of their series, first {first}: "
+            "influxd would panic reading the key there"
+        )
+    if highest > max_id:
+        return (
+            f"its maxSeriesID {max_id} is below series id {highest} in its maps: influxd "
+            "would hand that id out again"
+        )
+    return None
