@@ -283,6 +283,39 @@ def test_manifest_listing() -> None:
     assert "not JSON" in listing.manifest(b'{"files": [', "m")[0].message
 
 
+def index_tar(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"data/db/rp/1/index/0/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_a_torn_tail_only_in_the_newest_log(tmp_path: Path) -> None:
+    """A crash tears only the log influxd appends to (the newest); the same cut in an older
+    one is damage (audit: influxd lost series), and a log after the MANIFEST in the tar too."""
+    torn = b"".join(ENTRIES)[:-2]
+    manifest = json.dumps({"files": ["L0-00000003.tsl", "L0-00000001.tsl"], "version": 1})
+    files = {"L0-00000001.tsl": torn, "MANIFEST": manifest.encode(), "L0-00000003.tsl": torn}
+    report = check_archive(index_tar(tmp_path / "i.tar", files))
+    found = {f.member.rsplit("/", 1)[1]: (f.severity, f.message) for f in report.findings}
+    assert found["L0-00000003.tsl"][0] == "warning"
+    severity, message = found["L0-00000001.tsl"]
+    assert severity == "error" and "in a log older than L0-00000003.tsl" in message, message
+
+
+def test_a_manifest_not_listing_a_file_beside_it(tmp_path: Path) -> None:
+    """influxd 1.6 deletes index files its MANIFEST does not list when it opens the shard."""
+    manifest = json.dumps({"files": ["L0-00000003.tsl"], "version": 1}).encode()
+    log = b"".join(ENTRIES)
+    files = {"L0-00000003.tsl": log, "L1-00000002.tsi": b"", "MANIFEST": manifest}
+    report = check_archive(index_tar(tmp_path / "i.tar", files))
+    [warning] = [f for f in report.findings if f.member.endswith("MANIFEST")]
+    assert warning.severity == "warning"
+    assert warning.message.startswith("does not list L1-00000002.tsi beside it: influxd deletes")
+
+
 def test_index_files_without_manifest() -> None:
     listing = IndexListing()
     listing.saw("data/db/rp/1/index/3/L0-00000001.tsl")

@@ -374,6 +374,7 @@ def _scan(
         return archive_error(
             f"archive unreadable after {report.members} members (truncated or corrupt): {exc}"
         )
+    report.findings[:] = listing.judge_logs(report.findings)  # an older log's torn tail
     report.findings.extend(listing.findings())  # a MANIFEST against the members beside it
     report.findings.extend(series_files.findings(deep))  # a series index against its segments
     # tarfile stops quietly at a missing or garbled header, so a tar cut at a member

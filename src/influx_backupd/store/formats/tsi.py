@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import re
 import struct
 import zlib
 from collections import Counter
@@ -220,6 +221,14 @@ def _tsl_stop(window: Window, pos: int, why: str, member: str) -> list[Finding]:
     ]
 
 
+# check_tsl's torn-tail warning, which IndexListing.judge_logs reads back
+_TORN = re.compile(
+    r"torn tail at offset (\d+) \(influxd tolerates this\): last entry (.+), (\d+) bytes ignored"
+)
+# an index file's name: L<level>-<sequence, decimal>.tsi/.tsl (tsi1 FormatIndexFileName)
+_FILE_ID = re.compile(r"L\d+-(\d+)\.ts[il]")
+
+
 def _corrupt(pos: int, what: str) -> str:
     return f"corrupt entry at offset {pos} ({what})"
 
@@ -312,6 +321,20 @@ class IndexListing:
                 found.append(
                     _err(manifest, f"lists {', '.join(missing)}, not in the archive beside it")
                 )
+            unlisted = sorted(n for n in here if n.endswith(INDEX_SUFFIXES) and n not in files)
+            if unlisted:
+                # A warning: influxd deletes them at open as a compaction's leftovers (a crash
+                # mid-compaction leaves its output unlisted, its inputs still listed: no loss);
+                # only a stale MANIFEST would lose their series.
+                found.append(
+                    Finding(
+                        "warning",
+                        manifest,
+                        f"does not list {', '.join(unlisted)} beside it: influxd deletes "
+                        "them when it opens the shard (a compaction's leftovers; their series "
+                        "are lost unless the files it lists hold them)",
+                    )
+                )
         for folder, names in sorted(self._members.items()):
             if MANIFEST not in names and any(n.endswith(INDEX_SUFFIXES) for n in names):
                 found.append(
@@ -330,6 +353,31 @@ class IndexListing:
                 )
             )
         return found
+
+    def judge_logs(self, findings: list[Finding]) -> list[Finding]:
+        """findings, a torn tail in an older log made an error: a crash tears only the newest
+        log in a MANIFEST (influxd appends to it alone); an older one was whole when the next
+        began, so an entry cut short or failing there is damage, its series lost."""
+        newest: dict[str, tuple[int, str]] = {}  # MANIFEST's dir -> its newest log
+        for manifest, files in self._manifests.items():
+            logs = [(int(m[1]), f) for f in files if (m := _FILE_ID.fullmatch(f)) and ".tsl" in f]
+            if logs:
+                newest[posixpath.dirname(manifest)] = max(logs)
+        judged = []
+        for finding in findings:
+            folder, base = posixpath.split(finding.member)
+            torn = _TORN.fullmatch(finding.message) if finding.severity == "warning" else None
+            latest = newest.get(folder)
+            if torn is not None and latest is not None and base != latest[1]:
+                pos, what, lost = torn.groups()
+                finding = _err(
+                    finding.member,
+                    f"entry at offset {pos} {what} in a log older than {latest[1]} (only the "
+                    f"newest log can have a torn tail): influxd would drop the {lost} bytes "
+                    f"from {pos} on",
+                )
+            judged.append(finding)
+        return judged
 
 
 def _err(member: str, message: str) -> Finding:
