@@ -10,6 +10,8 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Cli
 
 _BLOCK = 4_000_000_000  # near a TSM block's u32 size limit
@@ -44,6 +46,7 @@ def _read_bytes(pid: int) -> int:
     return 0
 
 
+@pytest.mark.fault("term", "verify signalled mid-check", "one SIGTERM in a deep walk on a worker")
 def test_first_sigterm_stops_a_long_deep_check(cli: Cli, tmp_path: Path) -> None:
     archive = sparse_tsm_archive(tmp_path / "big.tar")
     proc = cli.popen("verify", str(archive), "--deep")
