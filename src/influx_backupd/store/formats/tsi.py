@@ -188,9 +188,11 @@ def _tsl_stop(window: Window, pos: int, why: str, member: str) -> list[Finding]:
     ahead = window.get(pos, end - pos + _MAX_ENTRY)
     end = pos + len(ahead[: end - pos].rstrip(b"\0"))  # no entry hides in zeros at the end
     nearby = Window(io.BytesIO(ahead), len(ahead))
-    # Each start costs a few uvarints and a checksum of what it claims: bounded, so that
-    # hostile bytes (a plausible entry at every offset) cost time linear in what is searched.
-    budget, spent = 16 * (end - pos) + _WINDOW, [0]
+    # Each start costs a few uvarints (64 here) and a checksum of what it claims: bounded, so
+    # that hostile bytes (a plausible entry at every offset) cost time linear in what is
+    # searched. Every start is tried when the bytes could be a torn tail; past that the
+    # verdict is an error anyway, and the search only names the entry that follows.
+    budget, spent = 64 * min(end - pos, _MAX_ENTRY) + 16 * (end - pos) + _WINDOW, [0]
     for start in range(1, end - pos):
         if isinstance(_tsl_entry(nearby, start, _MAX_FIELD, spent), int):
             return [
@@ -201,22 +203,23 @@ def _tsl_stop(window: Window, pos: int, why: str, member: str) -> list[Finding]:
                 )
             ]
         if spent[0] + 64 * start > budget:
-            break
-    if end - pos > _MAX_ENTRY:  # a write cut short leaves at most one entry's bytes unread
-        return [
-            _err(
-                member,
-                f"{_corrupt(pos, what)}, and the {end - pos} bytes searched from there hold "
-                f"no whole entry, more than a write cut short leaves: influxd would drop the "
-                f"{lost} bytes from {pos} on",
-            )
-        ]
+            break  # entries that nearly parse everywhere: no write cut short
+    else:
+        if end - pos <= _MAX_ENTRY:  # a write cut short leaves at most one entry's bytes
+            return [
+                Finding(
+                    "warning",
+                    member,
+                    f"torn tail at offset {pos} (influxd tolerates this): last entry {what}, "
+                    f"{lost} bytes ignored",
+                )
+            ]
     return [
-        Finding(
-            "warning",
+        _err(
             member,
-            f"torn tail at offset {pos} (influxd tolerates this): last entry {what}, "
-            f"{lost} bytes ignored",
+            f"{_corrupt(pos, what)}, and no whole entry found in the {end - pos} bytes from "
+            f"there, more than a write cut short leaves: influxd would drop the {lost} bytes "
+            f"from {pos} on",
         )
     ]
 
