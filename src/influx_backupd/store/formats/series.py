@@ -29,6 +29,8 @@ PARTITIONS = 8  # tsdb.SeriesFilePartitionN: ids of partition p are p+1, p+1+8, 
 _INDEX_ELEM_SIZE = 16
 _U64 = struct.Struct(">Q").unpack_from
 _U16 = struct.Struct(">H").unpack_from
+_SLOT = struct.Struct(">QQ")  # a series index map slot: (offset, id) or (id, offset)
+_ID_MASK = (1 << 64) - 1
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
 # Segment file names are what strconv.ParseUint(name, 16) accepts; partition dirs are %02x.
@@ -204,7 +206,7 @@ class SeriesFiles:
     seen them all (in any order); fed every segment and index member as a stream to read."""
 
     def __init__(self) -> None:
-        self._segments: dict[str, dict[int, BinaryIO]] = {}  # dir -> segment id -> file
+        self._segments: dict[str, dict[int, Window]] = {}  # dir -> segment id -> its bytes
         self._indexes: dict[str, tuple[BinaryIO, int]] = {}
 
     def saw(self, member: str, stream: BinaryIO, size: int) -> None:
@@ -212,7 +214,7 @@ class SeriesFiles:
         if base == "index":
             self._indexes[member] = (stream, size)
         elif is_segment_name(base):
-            self._segments.setdefault(folder, {})[int(base, 16)] = stream
+            self._segments.setdefault(folder, {})[int(base, 16)] = Window(stream, size)
 
     def findings(self, deep: bool) -> list[Finding]:
         found = []
@@ -225,7 +227,7 @@ class SeriesFiles:
 
 
 def _index_against_segments(
-    stream: BinaryIO, size: int, segments: dict[int, BinaryIO], deep: bool
+    stream: BinaryIO, size: int, segments: dict[int, Window], deep: bool
 ) -> str | None:
     """influxd trusts the index: it recovers only the entries after maxOffset (a maxOffset past
     the data loses those series), hands out ids after maxSeriesID, and reads a series key at
@@ -241,7 +243,7 @@ def _index_against_segments(
         segment_id, pos = offset >> 32, offset & 0xFFFFFFFF
         if segment_id not in segments:
             return f"segment {segment_id:04x}, not in the archive beside it"
-        head = read_at(segments[segment_id], pos, 9) if pos >= SEGMENT_HEADER_SIZE else b""
+        head = segments[segment_id].get(pos, 9) if pos >= SEGMENT_HEADER_SIZE else b""
         if len(head) < 9:
             return f"position {pos}, outside segment {segment_id:04x}'s entries"
         return head[0], _U64(head, 1)[0]
@@ -256,21 +258,34 @@ def _index_against_segments(
             )
     if not deep:
         return None
-    bad, first, highest = 0, "", 0
-    for name, start, id_first in (("key/id", key_off, False), ("id/offset", id_off, True)):
+    # every non-zero slot as offset << 64 | series id (ints sort fast), visited in offset
+    # order: each segment is read front to back in windows, not a read a slot
+    slots: list[int] = []
+    for start, id_first in ((key_off, False), (id_off, True)):
         window = Window(stream, size)
-        for n in range(capacity):
-            elem = window.get(start + n * _INDEX_ELEM_SIZE, _INDEX_ELEM_SIZE)
-            a, b = _U64(elem, 0)[0], _U64(elem, 8)[0]
-            series_id, offset = (a, b) if id_first else (b, a)
-            if not offset:
-                continue
-            highest = max(highest, series_id)
+        end = start + capacity * _INDEX_ELEM_SIZE
+        for piece in range(start, end, _CHUNK):  # _CHUNK bytes hold whole slots
+            elems = _SLOT.iter_unpack(window.get(piece, min(_CHUNK, end - piece)))
+            if id_first:
+                slots.extend(offset << 64 | series_id for series_id, offset in elems if offset)
+            else:
+                slots.extend(offset << 64 | series_id for offset, series_id in elems if offset)
+    slots.sort()
+    bad, first, highest = 0, "", 0
+    for slot in slots:
+        offset, series_id = slot >> 64, slot & _ID_MASK
+        highest = max(highest, series_id)
+        segment_id, pos = offset >> 32, offset & 0xFFFFFFFF
+        head = segments[segment_id].get(pos, 9) if segment_id in segments else b""
+        # what influxd reads there: this series' insert entry, its key after it
+        found = len(head) == 9 and pos >= SEGMENT_HEADER_SIZE and head[0] == INSERT
+        if found and _U64(head, 1)[0] == series_id:
+            continue
+        bad += 1
+        if not first:
             at = entry(offset)
-            if at != (INSERT, series_id):
-                bad += 1
-                what = at if isinstance(at, str) else f"flag {at[0]}, series id {at[1]}"
-                first = first or f"{name} map slot {n}: series {series_id} at {offset:#x} ({what})"
+            what = at if isinstance(at, str) else f"flag {at[0]}, series id {at[1]}"
+            first = f"series {series_id} at {offset:#x} ({what})"
     if bad:
         return (
             f"{bad} map slot(s) point at no insert entry of their series, first {first}: "
