@@ -26,7 +26,15 @@ from influx_backupd.run.policy import Capability, Chosen, Decision, decide, pred
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.layout import staging_root
 from influx_backupd.store.record import RunRecord
-from influx_backupd.store.state import CrashMarker, ServerLock, lock_held
+from influx_backupd.store.state import (
+    HOLDERS,
+    OFFSITE,
+    UNKNOWN_HOLDER,
+    CrashMarker,
+    ServerLock,
+    lock_held,
+    lock_holder,
+)
 
 
 class ModeUnavailable(BackupdError):
@@ -169,9 +177,7 @@ def dry_run(
         decision = Decision(chosen, [f"mode = {requested}, by hand: runs as asked"], fallback)
     busy = _lock_holder(config)
     if busy is not None:
-        decision.reasons.append(
-            f"but now {busy}: `backup` would exit 75 (busy), a scheduled run waits for it"
-        )
+        decision.reasons.append(f"but now {busy}")
     # A scheduled run goes through the policy whatever the mode: say what it would do now.
     scheduled = decide(job, now, capability, history, mode=job.mode)
     dirs = {k: p for k, p in config.server.dirs().items() if p.is_dir()}
@@ -211,13 +217,24 @@ def dry_run(
 
 
 def _lock_holder(config: Config) -> str | None:
-    """Who holds a lock a run would take (this state_dir's, or the server's), said as such."""
+    """Who holds a lock a run would take (this state_dir's, or the server's), and what a run
+    would do about it, said as such."""
+    busy = "`backup` would exit 75 (busy), a scheduled run waits for it"
     if lock_held(config.state_dir):
-        return f"another backup holds the lock in {config.state_dir}"
+        pid, doing = lock_holder(config.state_dir)
+        if doing == OFFSITE:  # asked to yield (run/guard.exclusive)
+            return (
+                f"an off-site send (pid {pid}) holds the lock in {config.state_dir}: `backup` "
+                "would ask it to yield and wait for it (up to [offsite] yield_within and 30 s), "
+                "as a scheduled run would"
+            )
+        what = HOLDERS.get(doing or "", UNKNOWN_HOLDER)
+        return f"{what} (pid {pid}, the lock in {config.state_dir}): {busy}"
     holder = ServerLock(config.settings.influxd.config).holder()
     if holder is not None:
         return (
-            f"another influx-backupd ({holder}) holds influxd of {config.settings.influxd.config}"
+            f"another influx-backupd ({holder}) holds influxd of "
+            f"{config.settings.influxd.config}: {busy}"
         )
     return None
 

@@ -145,12 +145,17 @@ def _holder_said(raw: bytes) -> tuple[str, str | None]:
     return (words[0] if words else "unknown"), (words[1] if len(words) > 1 else None)
 
 
-def lock_holder_pid(state_dir: Path) -> str:
-    """The pid the backup lock's holder wrote ("unknown" if none); takes nothing."""
+def lock_holder(state_dir: Path) -> tuple[str, str | None]:
+    """The pid the backup lock's holder wrote ("unknown" if none) and what it does; takes
+    nothing."""
     try:
-        return _holder_said((state_dir / "backup.lock").read_bytes()[:64])[0]
+        return _holder_said((state_dir / "backup.lock").read_bytes()[:64])
     except OSError:
-        return "unknown"
+        return "unknown", None
+
+
+def lock_holder_pid(state_dir: Path) -> str:
+    return lock_holder(state_dir)[0]
 
 
 WANTED_DIR = "lock-wanted"
