@@ -29,6 +29,8 @@ time.sleep(120)
     [
         ("offsite", "`backup` would ask it to yield and wait for it"),
         ("restore", "a restore is running (pid "),
+        ("import", "an import is running (pid "),
+        ("fetch", "a fetch from the bucket for a restore is running (pid "),
     ],
 )
 def test_dry_run_names_the_lock_holder_and_what_a_run_would_do(

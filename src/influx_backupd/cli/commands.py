@@ -670,7 +670,10 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
         # A damaged catalog is moved aside (never deleted) and rebuilt from the records;
         # recovery reads the catalog only after that.
         with exclusive(
-            config, on_damage="ignore" if args.dry_run else "set_aside", influxd=False
+            config,
+            on_damage="ignore" if args.dry_run else "set_aside",
+            influxd=False,
+            doing="import",
         ) as catalog:
             found, problems = records_in(storage)
             known = set() if catalog.damage else {r.id for r in catalog.list()}

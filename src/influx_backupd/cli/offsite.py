@@ -295,7 +295,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     `restore ID --from offsite` fetches them."""
     _configured(config)
     store = offsite.open_offsite(config)
-    with exclusive(config, influxd=False) as catalog:
+    with exclusive(config, influxd=False, doing="import") as catalog:
         known = {r.id for r in catalog.list()}
         new = []
         skipped: dict[str, str] = {}
@@ -347,7 +347,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
 def fetch_for_restore(config: Config, backup_id: str) -> None:
     """Before `restore ID --from offsite`: the backup (and its chain) into the storage dir."""
     _configured(config)
-    with exclusive(config, influxd=False) as catalog:
+    with exclusive(config, influxd=False, doing="fetch") as catalog:
         try:
             fetched = offsite.watched(
                 config, lambda: offsite.fetch_chain(config, catalog, backup_id)

@@ -43,6 +43,8 @@ HOLDERS = {
     "prune": "a prune is running",
     "verify": "a verify is running",
     "recovery": "the daemon is recovering what a dead run left",
+    "import": "an import is running",
+    "fetch": "a fetch from the bucket for a restore is running",
     OFFSITE: "an off-site send is running",
 }
 UNKNOWN_HOLDER = HOLDERS["backup"]  # a lock file without DOING (an older version's)
