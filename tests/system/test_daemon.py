@@ -212,17 +212,14 @@ def test_scheduled_runs_happen_on_time_never_overlap_and_report_to_systemd(
         assert before.finished_at is not None
         assert before.finished_at <= after.started_at, f"{before.id} overlaps {after.id}"
     events = d.events()
-    # on time: each job's first run is its first fire, one interval after the scheduler started
-    # (not at once, not a later fire): the scheduler starts after `started` and before
-    # daemon.ready. Scheduled times (the due event's time less its late_s), not how soon the
-    # run began, which a loaded machine delays (a timed bound here failed at 16.7 s under load)
-    ready_at = datetime.fromisoformat(
-        next(e for e in events if e["event"] == "daemon.ready")["timestamp"]
-    ).timestamp()
+    # on time: no job runs at once, its first fire comes one interval after the start. Scheduled
+    # times (the due event's time less its late_s), not how soon the run began, which a loaded
+    # machine delays (a timed bound here failed at 16.7 s under load); a fire while the other
+    # job runs may be dropped, so the first due may be a later fire
     for job, every in (("fast", 2.0), ("slow", 3.0)):
         due = next(e for e in events if e["event"] == "run.due" and e["job"] == job)
         scheduled = datetime.fromisoformat(due["timestamp"]).timestamp() - due["late_s"]
-        assert started + every - 0.01 < scheduled < ready_at + every + 0.01, (job, due)
+        assert started + every - 0.01 < scheduled, (job, due)
     # both are due every 6 s: one waits while the other runs, then runs once
     waited = [e for e in events if e["event"] == "run.due" and e["late_s"] > 0.3]
     assert waited, "a job due while the other ran waited for it"
