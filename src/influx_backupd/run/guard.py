@@ -39,7 +39,7 @@ from influx_backupd.store.state import (
     ServerLock,
     lock_for,
     lock_held,
-    lock_holder_pid,
+    lock_holder,
     lock_wanted,
 )
 from influx_backupd.verify.check import verify
@@ -418,7 +418,7 @@ def left_stopped(config: Config) -> dict[str, Any] | None:
     if lock_held(config.state_dir):
         if not left.get("start_failures"):
             return None
-        left["lock_holder"] = lock_holder_pid(config.state_dir)
+        left["lock_holder"] = lock_holder(config.state_dir)[0]
     return left
 
 

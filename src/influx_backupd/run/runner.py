@@ -27,11 +27,10 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.layout import staging_root
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.state import (
-    HOLDERS,
     OFFSITE,
-    UNKNOWN_HOLDER,
     CrashMarker,
     ServerLock,
+    holder_means,
     lock_held,
     lock_holder,
 )
@@ -228,7 +227,7 @@ def _lock_holder(config: Config) -> str | None:
                 "would ask it to yield and wait for it (up to [offsite] yield_within and 30 s), "
                 "as a scheduled run would"
             )
-        what = HOLDERS.get(doing or "", UNKNOWN_HOLDER)
+        what = holder_means(doing)
         return f"{what} (pid {pid}, the lock in {config.state_dir}): {busy}"
     holder = ServerLock(config.settings.influxd.config).holder()
     if holder is not None:

@@ -50,6 +50,11 @@ HOLDERS = {
 UNKNOWN_HOLDER = HOLDERS["backup"]  # a lock file without DOING (an older version's)
 
 
+def holder_means(doing: str | None) -> str:
+    """What a holder that wrote DOING in the lock file is doing, as a busy line says it."""
+    return HOLDERS.get(doing or "", UNKNOWN_HOLDER)
+
+
 class Busy(BackupdError):
     """Another influx-backupd holds the backup lock (exit status 75). doing: what the holder
     said it does in the lock file (HOLDERS), None if it did not say."""
@@ -108,7 +113,7 @@ class BackupLock:
         except BlockingIOError:
             pid, doing = _holder_said(os.pread(fd, 64, 0))
             os.close(fd)
-            means = self.busy_means or HOLDERS.get(doing or "", UNKNOWN_HOLDER)
+            means = self.busy_means or holder_means(doing)
             raise Busy(f"{means} (lock {self.path} held by pid {pid})", doing) from None
         os.ftruncate(fd, 0)
         said = f"{os.getpid()} {self.doing}" if self.doing else str(os.getpid())
@@ -154,10 +159,6 @@ def lock_holder(state_dir: Path) -> tuple[str, str | None]:
         return _holder_said((state_dir / "backup.lock").read_bytes()[:64])
     except OSError:
         return "unknown", None
-
-
-def lock_holder_pid(state_dir: Path) -> str:
-    return lock_holder(state_dir)[0]
 
 
 WANTED_DIR = "lock-wanted"
