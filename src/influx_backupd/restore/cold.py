@@ -24,8 +24,12 @@ from influx_backupd.influxd import scratch as scratch_dir
 from influx_backupd.influxd.sandbox import RESTORE_TEST_SECTIONS, Sandbox, server_settings
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import progress
-from influx_backupd.restore.served import check_served
-from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
+from influx_backupd.restore.swap import (
+    RestoreResult,
+    SwapPlan,
+    check_served_after_start,
+    live_dirs_swapped,
+)
 from influx_backupd.store.archive import (
     COLD_TOPS,
     ArchiveError,
@@ -213,12 +217,13 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
             server.start(log_path=config.state_dir / logfile.NAME)
             result.start_s = time.monotonic() - t_start
             # ok only once it serves what was counted before the backup's stop (else undone)
-            t_check = time.monotonic()
-            served = check_served(
-                config, record.db_counts if record else None, logger, what="counted at backup time"
+            check_served_after_start(
+                result,
+                config,
+                record.db_counts if record else None,
+                logger,
+                what="counted at backup time",
             )
-            result.served, result.served_check = served.counted, served.summary()
-            result.check_s = time.monotonic() - t_check
     except (Exception, Interrupted) as exc:
         with signals_blocked():
             # A staging dir still there was never swapped in (the swap renames each into place

@@ -105,10 +105,15 @@ from influx_backupd.restore.merge import (
     write_merged,
 )
 from influx_backupd.restore.refusals import binary_usable, scratch_made, storage_writable
-from influx_backupd.restore.served import check_served, count_built
+from influx_backupd.restore.served import count_built
 from influx_backupd.restore.source import ColdSource, choose
 from influx_backupd.restore.sql_chain import CAVEAT, ShardCopy, plan_sql, write_filtered
-from influx_backupd.restore.swap import RestoreResult, SwapPlan, live_dirs_swapped
+from influx_backupd.restore.swap import (
+    RestoreResult,
+    SwapPlan,
+    check_served_after_start,
+    live_dirs_swapped,
+)
 from influx_backupd.store import layout
 from influx_backupd.store.archive import short_of_room
 from influx_backupd.store.catalog import Catalog
@@ -322,10 +327,9 @@ def _restore_portable_beside(
             server.start(log_path=config.state_dir / logfile.NAME)
             result.start_s = time.monotonic() - t_start
             # ok only once it serves what the build held (else undone by the swap)
-            t_check = time.monotonic()
-            served = check_served(config, built, logger, what="in the build before the swap")
-            result.served, result.served_check = served.counted, served.summary()
-            result.check_s = time.monotonic() - t_check
+            check_served_after_start(
+                result, config, built, logger, what="in the build before the swap"
+            )
     except (Exception, Interrupted) as exc:
         with signals_blocked():
             # A staging dir still there was never swapped in (live_dirs_swapped renames them

@@ -11,7 +11,7 @@ import secrets
 import shlex
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,7 @@ from influx_backupd.core.log import Logger
 from influx_backupd.influxd import logfile
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import metrics
+from influx_backupd.restore.served import check_served
 from influx_backupd.store import layout
 from influx_backupd.store.state import CrashMarker, process_identity
 
@@ -44,6 +45,22 @@ class RestoreResult:
     served: dict[str, int] | None = None
     served_check: str | None = None  # what that comparison found, in words
     warnings: list[str] = field(default_factory=list)  # for the operator, besides the log
+
+
+def check_served_after_start(
+    result: RestoreResult,
+    config: Config,
+    floor: Mapping[str, int] | None,
+    logger: Logger,
+    *,
+    what: str,
+) -> None:
+    """Hold the restored server, once it answers, to floor (restore/served.py; NotServed rolls
+    the restore back), noting what it found and how long that took (check_s: not downtime)."""
+    t_check = time.monotonic()
+    served = check_served(config, floor, logger, what=what)
+    result.served, result.served_check = served.counted, served.summary()
+    result.check_s = time.monotonic() - t_check
 
 
 @dataclass(frozen=True)
