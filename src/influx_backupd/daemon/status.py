@@ -12,7 +12,6 @@ from typing import Any
 from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import count, loads_json, number
 from influx_backupd.core.schedule import describe
-from influx_backupd.influxd import counts
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import progress
 from influx_backupd.report.metrics import DAEMON_STATE
@@ -20,7 +19,7 @@ from influx_backupd.run import offsite
 from influx_backupd.run.guard import left_stopped, left_stopped_line
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import chain_breaks
-from influx_backupd.store.record import RunRecord, missing_on_disk
+from influx_backupd.store.record import RunRecord, missing_on_disk, served_less
 
 # The running daemon's published state (written by daemon.loop): named in report.metrics (which
 # keeps a killed daemon's next runs out of the file), so that `status` and every command's
@@ -116,7 +115,7 @@ def gather(config: Config) -> dict[str, Any]:
             None,
         )
         published = daemon_jobs.get(name, {})
-        served_run, served_less = counts.served_less(finished)
+        served_run, lost = served_less(finished)
         jobs.append(
             {
                 "name": name,
@@ -130,9 +129,7 @@ def gather(config: Config) -> dict[str, Any]:
                 "last_ok": _run_summary(last_ok) if last_ok else None,
                 "last_skip": published.get("last_skip") if state else None,
                 # the newest cold run's restarted server served fewer points than before its stop
-                "served_less": {"run_id": served_run, "databases": served_less}
-                if served_less
-                else None,
+                "served_less": {"run_id": served_run, "databases": lost} if lost else None,
             }
         )
     verify = state.get("verify", {}) if state else {}

@@ -14,7 +14,7 @@ the whole pass has a time budget; databases not counted within it are left out o
 from __future__ import annotations
 
 import time
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Mapping
 from typing import Any
 
 from influx_backupd.core.config import Config, Credentials
@@ -194,7 +194,8 @@ def after_start(config: Config, record: RunRecord, logger: Logger) -> None:
     databases counted before the stop, counted again. One that serves fewer points is a live
     server that lost data at the restart, not a bad archive: the run stays ok, with the loss in
     record.extra["served_less"] ({db: {before, after}}) and a warning event influxd.served_less
-    per database (the run's log tail goes with its notification and heartbeat). Never raises.
+    per database (the run's log tail goes with its notification and heartbeat); status and the
+    metrics read it back with store.record.served_less. Never raises.
     """
     before = record.db_counts
     if not before:  # not taken (auth, none): nothing to compare with
@@ -224,12 +225,3 @@ def after_start(config: Config, record: RunRecord, logger: Logger) -> None:
         logger.warning("influxd.served_less", db=db, **seen, detail=SERVED_LESS)
     if less:
         record.extra["served_less"] = less
-
-
-def served_less(finished: Sequence[RunRecord]) -> tuple[str | None, dict[str, int]]:
-    """The newest of `finished` (oldest first) that counted again after its start (a cold
-    run; a hot one leaves the figure standing): its id and {database: points fewer}."""
-    counted = next((r for r in reversed(finished) if "served_after_start_s" in r.extra), None)
-    if counted is None:
-        return None, {}
-    return counted.id, counted.lost_at_restart

@@ -18,9 +18,8 @@ from typing import Literal
 from influx_backupd import __version__
 from influx_backupd.core.atomic import replace_file
 from influx_backupd.core.log import Logger
-from influx_backupd.influxd import counts
 from influx_backupd.report.progress import read_published
-from influx_backupd.store.record import RunRecord
+from influx_backupd.store.record import RunRecord, served_less
 
 # The backup job's name. Not `job`: Prometheus sets its own `job` (and `instance`) target labels
 # on every scrape, and would rename ours to exported_job unless the scrape had honor_labels.
@@ -360,7 +359,7 @@ def render(
         downtimes = [r.downtime_s for r in finished if r.downtime_s is not None]
         if downtimes:
             samples[DOWNTIME.name].append((j, downtimes[-1]))
-        for db, points in counts.served_less(finished)[1].items():
+        for db, points in served_less(finished)[1].items():
             samples[SERVED_LESS.name].append(((*j, ("database", db)), points))
         if finished:
             last = finished[-1]

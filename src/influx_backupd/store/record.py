@@ -9,6 +9,7 @@ import dataclasses
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -147,6 +148,16 @@ class RunRecord:
             if isinstance(before, int) and isinstance(after, int) and before > after:
                 lost[str(db)] = before - after
         return lost
+
+
+def served_less(finished: Sequence[RunRecord]) -> tuple[str | None, dict[str, int]]:
+    """The newest of `finished` (oldest first) that counted again after its start (a cold
+    run, influxd/counts.after_start; a hot one leaves the figure standing): its id and
+    {database: points fewer}. For `status` and the metrics."""
+    counted = next((r for r in reversed(finished) if "served_after_start_s" in r.extra), None)
+    if counted is None:
+        return None, {}
+    return counted.id, counted.lost_at_restart
 
 
 def only_in_bucket(record: RunRecord) -> bool:
