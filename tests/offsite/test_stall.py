@@ -76,6 +76,7 @@ def test_offsite_sync_gives_up_a_stalled_upload_and_ends(
     assert took < 60, f"offsite sync took {took:.0f}s on a stalled endpoint"
     status = cli.json("status")
     assert "made no progress" in (status["offsite"]["last_error"] or ""), status["offsite"]
+    assert status["offsite"]["last_error_reason"] == "unreachable", "as the metrics name it"
     assert status["offsite"]["not_offsite"], "the backup is not counted as off-site"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from influx_backupd.core.errors import EXIT_CONFIG, BackupdError
 
 
@@ -73,3 +75,34 @@ class MissingExtra(OffsiteError):
         super().__init__(
             f"off-site copies need {module}: pip install 'influx-backupd[s3]' (boto3, pyrage)"
         )
+
+
+# What the off-site copy fails on now, as the metrics name it (influx_backupd_offsite_failing's
+# reason label): prefix_taken, another writer holds the prefix (`offsite sync --adopt` takes it
+# over); sweep_blocked, off-site retention deleted no object, as a manifest does not read;
+# unreachable, the endpoint does not answer or stalls; credentials, it refuses them (or the
+# bucket policy the request); damaged, objects found missing or damaged in the bucket and not
+# sent again yet, or what a read brought back is not what the manifest says; other, any other
+# failure.
+Reason = Literal["prefix_taken", "sweep_blocked", "unreachable", "credentials", "damaged", "other"]
+REASONS: tuple[Reason, ...] = (
+    "prefix_taken",
+    "sweep_blocked",
+    "unreachable",
+    "credentials",
+    "damaged",
+    "other",
+)
+
+
+def reason_of(exc: BaseException) -> Reason:
+    """The reason a failed off-site step names (sweep_blocked is no error: a sync's outcome)."""
+    if isinstance(exc, PrefixTaken):
+        return "prefix_taken"
+    if isinstance(exc, Unreachable):
+        return "unreachable"
+    if isinstance(exc, Refused):
+        return "credentials"
+    if isinstance(exc, IntegrityError | Damaged):
+        return "damaged"
+    return "other"

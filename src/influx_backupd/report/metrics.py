@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,6 +18,7 @@ from typing import Literal
 from influx_backupd import __version__
 from influx_backupd.core.atomic import replace_file
 from influx_backupd.core.log import Logger
+from influx_backupd.offsite.errors import REASONS
 from influx_backupd.report.progress import read_published
 from influx_backupd.store.record import RunRecord, served_less
 
@@ -171,12 +172,29 @@ OFFSITE_DAMAGED = Family(
     "Objects in the bucket a check found missing or damaged and no sync has sent again yet.",
     (JOB_LABEL,),
 )
+# A state set (OpenMetrics' StateSet, as kube-state-metrics writes a pod's phase): every reason
+# has a sample, 1 for what fails now and 0 for the others. Not a sample only while failing: a
+# series that vanishes reads as "no data" (a file not written, not scraped) as much as "ok", and
+# Prometheus marks it stale rather than 0; with all of them written, `== 1` alerts, a panel shows
+# the 0s of a healthy host, and `changes()` sees each transition. It is per host (one sync sends
+# for every job), so it has no backup_job label.
+OFFSITE_FAILING = Family(
+    "influx_backupd_offsite_failing",
+    "gauge",
+    "1 for each reason the off-site copy fails on now, 0 for the others (every reason has a "
+    "sample): prefix_taken (another writer holds the prefix: offsite sync --adopt takes it "
+    "over), sweep_blocked (retention deleted no object: a manifest does not read), unreachable "
+    "(the endpoint does not answer, or stalls), credentials (refused), damaged (objects found "
+    "damaged in the bucket, not sent again yet), other. All 0 after a sync that completed.",
+    ("reason",),
+)
 OFFSITE_FAMILIES = (
     OFFSITE_LAST_SUCCESS,
     OFFSITE_UPLOADED,
     OFFSITE_SKIPPED,
     OFFSITE_PENDING,
     OFFSITE_DAMAGED,
+    OFFSITE_FAILING,
 )
 
 
@@ -311,6 +329,7 @@ def render(
     left_down: bool = False,
     version: str = __version__,
     offsite: Mapping[str, OffsiteFigures] | None = None,
+    offsite_failing: Collection[str] = (),
 ) -> str:
     """The textfile for all jobs in `records`.
 
@@ -322,6 +341,9 @@ def render(
     monotonic counters) makes runs_total and verify_failures_total survive
     retention: with it they come from the counters, not from counting records,
     and last_run takes the counter's last time when the record is gone.
+
+    `offsite` (per job) and `offsite_failing` (the reasons of offsite.errors.REASONS the
+    off-site copy fails on now) add the off-site families; written only with [offsite].
     """
     extra_failures = verify_failures or {}
     counted = counters
@@ -393,6 +415,10 @@ def render(
             samples[OFFSITE_SKIPPED.name].append((j, figures.skipped_bytes))
             samples[OFFSITE_PENDING.name].append((j, figures.pending))
             samples[OFFSITE_DAMAGED.name].append((j, figures.damaged))
+        for reason in REASONS:
+            samples[OFFSITE_FAILING.name].append(
+                ((("reason", reason),), 1 if reason in offsite_failing else 0)
+            )
 
     lines: list[str] = []
     for family in families:

@@ -59,6 +59,7 @@ def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None =
         daemon=daemon,
         left_down=CrashMarker.may_be_down(CrashMarker(config.state_dir).read()),
         offsite=offsite.figures(config, catalog) if exists else None,
+        offsite_failing=offsite.failing(config),
     )
     try:
         write_textfile(path, text)

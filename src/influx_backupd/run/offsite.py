@@ -30,7 +30,15 @@ from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import count, loads_json, number, tell_ignored
 from influx_backupd.keep.retention import RetentionPolicy, plan
 from influx_backupd.offsite.bucket import ACTIVITY, where_of
-from influx_backupd.offsite.errors import Damaged, NoSuchBackup, OffsiteError, Stalled
+from influx_backupd.offsite.errors import (
+    REASONS,
+    Damaged,
+    NoSuchBackup,
+    OffsiteError,
+    Reason,
+    Stalled,
+    reason_of,
+)
 from influx_backupd.offsite.files import Known, scan_dir, scan_tar
 from influx_backupd.offsite.manifest import Manifest, manifest_name
 from influx_backupd.offsite.repo import (
@@ -126,7 +134,7 @@ def _wait(done: threading.Event, config: Config, limit: float, yields: bool) -> 
                 f"{limit:.0f}s): the endpoint stalls; given up"
             )
             with contextlib.suppress(OSError):  # sync()'s own record of it waits in its thread
-                State.load(config.state_dir).failed(line).save(config.state_dir)
+                State.load(config.state_dir).failed(line, "unreachable").save(config.state_dir)
             raise Stalled(line)
 
 
@@ -193,6 +201,9 @@ class State:
     sent: dict[str, float] = field(default_factory=dict)  # backup id → when it was complete
     last_error: str | None = None
     last_error_at: float | None = None
+    # what last_error is, as the metrics name it (offsite.errors.REASONS); None in a file
+    # written before it was kept: "other"
+    last_error_reason: Reason | None = None
     last_check: float | None = None  # every backup in the bucket checked (check_every)
     # backup id → when off-site retention deleted its manifest: not sent again (local
     # retention may keep it longer, and each sync would send it for the next prune to delete)
@@ -263,11 +274,16 @@ class State:
         if error is not None and not isinstance(error, str):
             bad.append("last_error")
             error = None
+        reason = raw.get("last_error_reason")
+        if reason is not None and reason not in REASONS:
+            bad.append("last_error_reason")
+            reason = None
         state = cls(
             jobs=jobs,
             sent=stamps("sent"),
             last_error=error,
             last_error_at=stamp("last_error_at"),
+            last_error_reason=reason if error is not None else None,
             last_check=stamp("last_check"),
             retired=stamps("retired"),
         )
@@ -280,6 +296,7 @@ class State:
             "sent": self.sent,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
+            "last_error_reason": self.last_error_reason,
             "last_check": self.last_check,
             "retired": self.retired,
         }
@@ -288,10 +305,22 @@ class State:
     def job(self, name: str) -> JobFigures:
         return self.jobs.setdefault(name, JobFigures())
 
-    def failed(self, line: str) -> State:
+    def failed(self, line: str, reason: Reason) -> State:
         """The last failure, as status and the metrics show it."""
         self.last_error, self.last_error_at = line, time.time()
+        self.last_error_reason = reason
         return self
+
+    def cleared(self) -> None:
+        """A sync that completed: no failure stands."""
+        self.last_error = self.last_error_at = self.last_error_reason = None
+
+    @property
+    def failing(self) -> Reason | None:
+        """What the last failure is (None: the last sync completed)."""
+        if self.last_error is None:
+            return None
+        return self.last_error_reason or "other"
 
 
 def _write_private(final: Path, data: object) -> None:
@@ -420,8 +449,25 @@ def status(config: Config, catalog: Catalog) -> dict[str, Any] | None:
         "last_success": max(successes) if successes else None,
         "last_error": state.last_error,
         "last_error_at": state.last_error_at,
+        "last_error_reason": state.failing,
         "damaged": offsite_repair.summary(config.state_dir),
     }
+
+
+def failing(config: Config) -> frozenset[Reason]:
+    """What the off-site copy fails on now, for the metrics (no request to the bucket): the
+    last failure offsite.json records (a sync, or a stall that gave one up), and "damaged" while
+    objects a check or `verify --offsite` found damaged in the bucket are not sent again (what
+    status lists as DAMAGED). None after a sync that completed with nothing left damaged."""
+    if config.settings.offsite is None:
+        return frozenset()
+    reasons: set[Reason] = set()
+    last = State.load(config.state_dir).failing
+    if last is not None:
+        reasons.add(last)
+    if any(note.objects for note in offsite_repair.noted(config.state_dir)):
+        reasons.add("damaged")
+    return frozenset(reasons)
 
 
 def figures(config: Config, catalog: Catalog) -> dict[str, OffsiteFigures] | None:
@@ -695,13 +741,13 @@ def sync(
                 _forget_imported(report.pruned.manifests_deleted, catalog)
                 if report.pruned.unreadable:
                     report.sweep_blocked = sweep_blocked(offsite, report.pruned.unreadable)
-        state.last_error = state.last_error_at = None
+        state.cleared()
         if report.sweep_blocked is not None:
             # not a failed sync (everything was sent), but what status must show until mended
-            state.failed(report.sweep_blocked)
+            state.failed(report.sweep_blocked, "sweep_blocked")
     except Exception as exc:
         line = str(exc) if isinstance(exc, OffsiteError) else f"{type(exc).__name__}: {exc}"
-        state.failed(line)
+        state.failed(line, reason_of(exc))
         raise
     finally:
         ids = {r.id for r in catalog.list()}

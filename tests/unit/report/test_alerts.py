@@ -319,6 +319,42 @@ def test_offsite_behind_fires_after_half_a_day_of_backups_waiting(
     run_cases(promtool, tmp_path, cases)
 
 
+def test_offsite_failing_fires_per_reason_after_an_hour_until_a_sync_completes(
+    promtool: str, tmp_path: Path
+) -> None:
+    """prefix_taken from minute 1 on; unreachable for 40 minutes (the daemon's retry got
+    through): never an alert; damaged is InfluxBackupOffsiteDamaged's; sweep_blocked for two
+    hours, then a sync that completed."""
+    failing = "influx_backupd_offsite_failing"
+
+    def warns(reason: str) -> dict[str, str]:
+        return {"instance": TARGET["instance"], "reason": reason, "severity": "warning"}
+
+    cases = [
+        {
+            "interval": "1m",
+            "input_series": [
+                series(failing, "0 1x300", reason="prefix_taken"),
+                series(failing, "0 1x40 0x260", reason="unreachable"),
+                series(failing, "0 1x300", reason="damaged"),
+                series(failing, "0 1x120 0x180", reason="sweep_blocked"),
+                series(failing, "0x300", reason="credentials"),
+            ],
+            "alert_rule_test": [
+                fires("InfluxBackupOffsiteFailing", "50m"),
+                fires(
+                    "InfluxBackupOffsiteFailing",
+                    "90m",
+                    warns("prefix_taken"),
+                    warns("sweep_blocked"),
+                ),
+                fires("InfluxBackupOffsiteFailing", "150m", warns("prefix_taken")),
+            ],
+        }
+    ]
+    run_cases(promtool, tmp_path, cases)
+
+
 def test_alerts_use_only_metrics_and_labels_the_code_writes() -> None:
     rules = yaml.safe_load(ALERTS.read_text())
     exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]

@@ -9,11 +9,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from influx_backupd import __version__
+from influx_backupd.offsite.errors import REASONS
 from influx_backupd.report.metrics import (
     FAMILIES,
     METRIC_LABELS,
     METRIC_NAMES,
+    OFFSITE_FAILING,
     DaemonFacts,
+    OffsiteFigures,
     format_value,
     previous_daemon_facts,
     render,
@@ -229,6 +232,26 @@ def test_daemon_facts_and_left_down() -> None:
     # another writer reads them back from the file the daemon wrote
     assert previous_daemon_facts(text) == facts
     assert previous_daemon_facts(render([])) is None
+
+
+def test_offsite_failing_is_a_state_set_of_every_reason() -> None:
+    """With [offsite], every reason has a sample: 1 for those failing now, 0 for the others (a
+    healthy host shows 0s, not no series); without [offsite], none."""
+    figures = {"a": OffsiteFigures(last_success=None, uploaded_bytes=0, skipped_bytes=0, pending=1)}
+    failing = "offsite_failing"
+    values, types = parse(render([], offsite=figures, offsite_failing={"prefix_taken", "damaged"}))
+    assert {r: values[k(failing, reason=r)] for r in REASONS} == {
+        "prefix_taken": 1.0,
+        "sweep_blocked": 0.0,
+        "unreachable": 0.0,
+        "credentials": 0.0,
+        "damaged": 1.0,
+        "other": 0.0,
+    }
+    assert types[OFFSITE_FAILING.name] == "gauge" and OFFSITE_FAILING.labels == ("reason",)
+    values, _ = parse(render([], offsite=figures))
+    assert [values[k(failing, reason=r)] for r in REASONS] == [0.0] * len(REASONS)
+    assert OFFSITE_FAILING.name not in render([], offsite_failing={"other"})
 
 
 @pytest.mark.parametrize(
