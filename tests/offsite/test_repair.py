@@ -76,6 +76,7 @@ def test_a_damaged_object_is_noted_by_verify_and_sent_again_by_the_next_sync(
     assert f'influx_backupd_offsite_damaged_objects{{{JOB_LABEL}="nightly"}} 0' in (
         metrics.read_text()
     ), "the sync put it right before writing the metrics"
+    assert 'influx_backupd_offsite_failing{reason="damaged"} 0' in metrics.read_text()
 
     status, found = _verify_all(cli)
     assert status == 0 and found["ok"], found
@@ -132,6 +133,7 @@ def test_what_no_local_backup_holds_is_said_by_sync_status_and_metrics(
     assert f'influx_backupd_offsite_damaged_objects{{{JOB_LABEL}="nightly"}} 1' in (
         metrics.read_text()
     )
+    assert 'influx_backupd_offsite_failing{reason="damaged"} 1' in metrics.read_text()
     assert _objects(moto)[key], "the damaged object is left as it was: nothing to replace it"
 
 
