@@ -186,3 +186,31 @@ def test_a_local_copy_found_damaged_by_a_repair_fails_its_check(
     assert record["id"] in json.loads(synced.stdout)["unrepaired"]
     [listed] = cli.json("list")
     assert listed["verify_status"] == "failed", listed
+
+
+def test_one_sync_sends_a_whole_chain_left_behind_by_an_outage(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """The audits' repro: a full and two increments made while the endpoint was down. Before:
+    each sync sent one link (the parent sent earlier in the same sync still counted as "not
+    off-site"), exit 1 each time, so a chain that grows each run never caught up."""
+    sandbox.create_db("metrics")
+    down = f"http://127.0.0.1:{free_port()}"
+    jobs = [{"name": "hotjob", "mode": "hot"}]
+    config = write_config(
+        tmp_path, sandbox, jobs=jobs, extra=offsite_section(moto, endpoint_url=down, retries=1)
+    )
+    cli = Cli(config)
+    made = []
+    for night in range(3):
+        sandbox.write_points("metrics", 200, start=night * 10_000)
+        made.append(cli.json("backup"))
+    assert [r["kind"] for r in made] == ["full", "incremental", "incremental"], made
+    config.write_text(config.read_text().replace(down, moto.url))
+
+    synced = cli("offsite", "sync", "--json")
+    assert synced.returncode == 0, synced.stderr[-2000:]
+    report = json.loads(synced.stdout)
+    assert report["skipped"] == [], report["skipped"]
+    assert _ids(cli.json("list", "--offsite")) == [r["id"] for r in made]
+    assert cli.json("status")["offsite"]["not_sent"] in ({}, None, [])

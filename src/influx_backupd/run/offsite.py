@@ -677,6 +677,8 @@ def sync(
                 report.yielded = True
                 break
             state.sent[record.id] = time.time()
+            # its increments, later in this loop, go too (the chain is sent whole, oldest first)
+            in_bucket.add(record.id)
             known[record.job] = save_known(config.state_dir, record.job, backup)
             figures.last_success = time.time()
             logger.info(
