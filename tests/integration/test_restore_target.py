@@ -196,6 +196,24 @@ def test_a_dir_that_is_not_empty_is_refused_with_one_line_and_left_alone(
     done = cli("restore", record["id"], "--start")
     assert done.returncode == 2 and "--start goes with --target" in done.stderr
 
+    # an empty --target ("$UNSET") named the current dir: before, the archive went into it, it
+    # was made 0700, and a traceback followed
+    here = tmp_path / "cwd"
+    here.mkdir()
+    command = [sys.executable, "-m", "influx_backupd", "--config", str(cli.config), "restore"]
+    for empty in ("", " "):
+        done = subprocess.run(
+            [*command, record["id"], "--target", empty],
+            capture_output=True,
+            text=True,
+            cwd=here,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "--target: empty: give a directory" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert list(here.iterdir()) == [] and here.stat().st_mode & 0o777 == 0o755
+
 
 def test_a_build_that_fails_removes_what_it_wrote_into_the_dir(
     tmp_path: Path, sandbox: Sandbox

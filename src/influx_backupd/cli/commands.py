@@ -502,7 +502,9 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             except (OSError, MetricsNotWritten) as exc:
                 say(f"{exc}")
     # a plain line each (the log event says it too): e.g. a backup whose bytes nothing checked
-    for warning in (into if args.target else one if args.database else result).warnings:
+    for warning in (
+        into if args.target is not None else one if args.database is not None else result
+    ).warnings:
         say(f"warning: {warning}")
     if args.target is not None:
         print_target(into, args.json)

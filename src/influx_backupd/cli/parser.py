@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target",
         metavar="DIR",
+        type=_directory,
         help="restore into DIR (absent or empty) with a ready-to-run influxdb.conf instead; "
         "the live server is not touched",
     )
@@ -350,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 RATE_MIB_MIN, RATE_MIB_MAX = 0.01, 1e6  # 10 KiB/s, a TiB/s: past these, no rate is meant
+
+
+def _directory(text: str) -> str:
+    """A directory named on the command line: an empty one would be the current directory,
+    which nobody means (`--target "$UNSET"`)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: give a directory (absent or empty)")
+    return text
 
 
 def _rate_mib(text: str) -> float:
