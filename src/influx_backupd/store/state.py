@@ -149,7 +149,10 @@ def _holder_said(raw: bytes) -> tuple[str, str | None]:
     """The pid and what it does, as a holder wrote them in the lock file ("PID DOING"; an older
     version wrote the pid alone; a holder between its flock and its write, nothing)."""
     words = raw.decode(errors="replace").split()
-    return (words[0] if words else "unknown"), (words[1] if len(words) > 1 else None)
+    # whatever else is there (garbage, a NUL) is not printed as a pid
+    pid = words[0] if words and words[0].isascii() and words[0].isdigit() else "unknown"
+    doing = words[1] if len(words) > 1 and words[1] in HOLDERS else None
+    return pid, doing
 
 
 def lock_holder(state_dir: Path) -> tuple[str, str | None]:

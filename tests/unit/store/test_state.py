@@ -150,3 +150,20 @@ def test_a_failed_start_noted_in_a_full_state_dir_still_raises_the_alarm(
         marker.note_failed_start(1, "influxd exited 1", 5.0)
     assert told == [("nightly", "influxd exited 1")]
     assert marker.read() is not None and "start_failures" not in (marker.read() or {})
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        (b"4242 offsite\n", ("4242", "offsite")),
+        (b"4242\n", ("4242", None)),  # an older version's
+        (b"", ("unknown", None)),  # a holder between its flock and its write
+        (b"xx\x00\xff garbage", ("unknown", None)),  # the audit's: printed as "pid xx\x00\ufffd"
+        (b"4242 \x1b[2Jcleared", ("4242", None)),  # not a DOING we write: not repeated
+    ],
+)
+def test_the_lock_holder_is_read_as_a_pid_and_a_known_doing_or_unknown(
+    tmp_path: Path, written: bytes, said: tuple[str, str | None]
+) -> None:
+    (tmp_path / "backup.lock").write_bytes(written)
+    assert state.lock_holder(tmp_path) == said
