@@ -65,3 +65,21 @@ def test_manifests_from_before_writer_ids_are_taken_by_the_first_writer(
     now.claim()
     assert now.owns(now.manifest("20260101T000000Z-aaaa"))
     assert now.prune(set()).manifests_deleted == ["20260101T000000Z-aaaa"]
+
+
+def test_what_the_bucket_serves_is_read_only_as_far_as_it_may_be_long(moto: Endpoint) -> None:
+    """The audit's repro: a 600 MiB writer.json (anyone with the bucket's keys can put one)
+    took the sync to 1.9 GB RSS on the influxd host before it said "does not read". A marker
+    is read no further than SMALL_OBJECT: even our own, padded past it, is refused unread."""
+    settings = moto.settings()
+    store = Offsite(settings, writer=A)
+    store.claim(host="db1.dc1")
+    key = "host-a/writer.json"
+    client = moto.client()
+    ours = client.get_object(Bucket=moto.bucket, Key=key)["Body"].read()
+    # still a marker of ours, were it read whole (an unknown field is passed over)
+    padded = json.dumps({**json.loads(ours), "pad": "x" * (3 << 20)}).encode()
+    client.put_object(Bucket=moto.bucket, Key=key, Body=padded)
+    assert len(store.bucket.get_bytes(key, 1000)) == 1001
+    with pytest.raises(PrefixTaken):
+        Offsite(settings, writer=A).claim(host="db1.dc1")

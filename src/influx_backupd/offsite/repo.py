@@ -234,6 +234,11 @@ WRITER_MARKER = "writer.json"  # below the prefix: who writes it (Offsite.claim)
 _WRITER = re.compile(r"[0-9a-f]{32}\Z")
 
 
+# The writer marker, a name key and its recipients tag are a few hundred bytes: one read back
+# longer than this is not ours (and does not parse), read no further.
+SMALL_OBJECT = 1 << 20
+
+
 def _marker_of(data: bytes) -> dict[str, Any] | None:
     """The writer marker's fields (writer, host, adopted), or None when it is not one."""
     try:
@@ -418,13 +423,16 @@ class Offsite:
         for item in sorted(listed, key=lambda o: o.modified, reverse=True):
             tag = item.key[: -len(".age")] + ".recipients"
             try:
-                if self.bucket.get_bytes(tag).decode(errors="replace").strip() != recipients:
+                if (
+                    self.bucket.get_bytes(tag, SMALL_OBJECT).decode(errors="replace").strip()
+                    != recipients
+                ):
                     continue
             except NotFound:
                 continue
             try:
                 data = crypto.decrypt_bytes(
-                    self.bucket.get_bytes(item.key), self.identities(), item.key
+                    self.bucket.get_bytes(item.key, SMALL_OBJECT), self.identities(), item.key
                 )
             except (NotOurs, IntegrityError):
                 continue  # a key of other recipients (encrypt_to changed since), or damaged
@@ -445,7 +453,7 @@ class Offsite:
         assert self.writer is not None, "claim() needs the writer id"
         key = self.bucket.key(WRITER_MARKER)
         try:
-            marker: dict[str, Any] | None = _marker_of(self.bucket.get_bytes(key))
+            marker: dict[str, Any] | None = _marker_of(self.bucket.get_bytes(key, SMALL_OBJECT))
             taken = True
         except NotFound:
             marker, taken = None, False
@@ -461,7 +469,7 @@ class Offsite:
         self.bucket.put_bytes(key, json.dumps(mine, indent=1).encode())
         # two hosts claiming a new prefix at once: the marker is the last one's (S3 has no
         # create-if-absent everywhere); read back, the other one sees it is not its own
-        again = _marker_of(self.bucket.get_bytes(key))
+        again = _marker_of(self.bucket.get_bytes(key, SMALL_OBJECT))
         if again is None or again["writer"] != self.writer:
             raise self._taken(again)
         self._owned = {self.writer, *before}
@@ -561,7 +569,7 @@ class Offsite:
                 cached.unlink(missing_ok=True)
         if ref.size > MAX_STORED:  # not even downloaded
             raise BadManifest(f"{ref.key}: {ref.size} bytes, more than a manifest may be")
-        data = self.bucket.get_bytes(ref.key)
+        data = self.bucket.get_bytes(ref.key, MAX_STORED)  # a longer one: BadManifest
         manifest = self._decode(ref, data)
         if path is not None:
             self._keep(path, data)
