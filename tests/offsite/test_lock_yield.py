@@ -18,7 +18,7 @@ from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, log_events, wait_until, write_config
 from tests.offsite.conftest import Endpoint
 from tests.offsite.helpers import offsite_section
-from tests.system.test_daemon import daemon
+from tests.system.test_daemon import daemon, runs
 
 MiB = 1024 * 1024
 
@@ -238,3 +238,34 @@ def test_no_send_takes_the_lock_while_a_command_waits_for_it_and_the_backup_stay
     assert synced.returncode == 0, synced.stderr[-3000:]
     assert json.loads(synced.stdout)["pending"] == []
     assert not wanted.exists()
+
+
+def test_the_daemons_send_waiting_for_the_lock_does_not_hold_up_its_backups(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """The audit's repro: a command waits for the lock (suspended with Ctrl-Z, here a process
+    standing in for one), so the daemon's send after a backup cannot take it. Before: that send
+    waited at the head of the queue, and every backup due behind it waited too, for as long as
+    the command did (the lock itself free all along)."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    jobs = [{"name": "often", "every": "5s", "mode": "cold", "copy": "direct"}]
+    config = write_config(tmp_path, sandbox, jobs=jobs, extra=offsite_section(moto))
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    wanted = tmp_path / "state" / "lock-wanted" / f"{stand_in.pid}.json"
+    wanted.parent.mkdir(parents=True)
+    created = psutil.Process(stand_in.pid).create_time()
+    wanted.write_text(json.dumps({"pid": stand_in.pid, "create_time": created, "doing": "restore"}))
+    try:
+        with daemon(tmp_path, config) as d:
+            d.wait_event("run.deferred", timeout=60, job="[offsite]")
+            wait_until(lambda: len([r for r in runs(tmp_path) if r.ok]) >= 3, 90, "3 backups")
+            assert Cli(config).json("list", "--offsite") == []  # the command still waits
+            stand_in.kill()
+            stand_in.wait()
+            d.wait_event("offsite.sent", timeout=60)
+            assert d.stop() == 0
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert sandbox.ping()

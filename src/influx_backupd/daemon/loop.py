@@ -1115,6 +1115,20 @@ class Daemon:
                     action(catalog, late)
                     return
             except Busy as exc:
+                if item.job in (OFFSITE, VERIFY_ALL) and self._backup_waiting():
+                    # a send or check that cannot have the lock now (a command waits for it,
+                    # a send of its own holds it, for as long as they like) must not hold up
+                    # the backups queued behind it, which may take the lock: they go first
+                    self._log.info(
+                        "run.deferred",
+                        job=item.job,
+                        reason=f"{exc}: the backups queued behind it go first",
+                    )
+                    with self._cond:
+                        if not any(d.job == item.job for d in self._pending):
+                            self._pending.append(Due(item.job, item.due, item.reason))
+                        self._cond.notify_all()
+                    return
                 if not waited_for_lock:
                     self._log.info("run.waiting_for_lock", job=item.job, detail=str(exc))
                     waited_for_lock = True
