@@ -178,11 +178,16 @@ def test_a_damaged_local_archive_is_restored_from_the_bucket_and_kept_aside(
     aside = list(archive.parent.glob(archive.name + ".damaged-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == bytes(data)
     assert f"fetched {record['id']} into {archive}" in done.stderr
-    # again, with the local copy intact now: said so, not "fetched"
+    # again, with the local copy intact now: said so, not "fetched"; its record beside it is
+    # written again if a fetch that ran out of space lost it (before: never, and a new host's
+    # import did not take that backup)
+    beside = archive.with_name(archive.name + ".json")
+    beside.unlink()
     again = cli("restore", record["id"], "--from", "offsite", "--target", str(tmp_path / "look"))
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{record['id']} is here already, as the bucket has it: {archive}" in again.stderr
     assert "fetched" not in again.stderr
+    assert json.loads(beside.read_text())["id"] == record["id"]
 
 
 def test_a_backup_id_the_bucket_does_not_hold_is_a_usage_error(

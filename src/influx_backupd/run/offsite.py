@@ -54,7 +54,7 @@ from influx_backupd.run import offsite_repair
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import chain_loop
 from influx_backupd.store.record import RunRecord, only_in_bucket
-from influx_backupd.store.sidecar import write_sidecar
+from influx_backupd.store.sidecar import sidecar_of, write_sidecar
 from influx_backupd.store.state import Yielded, lock_wanted
 from influx_backupd.verify.check import save_result
 from influx_backupd.verify.result import VerifyResult
@@ -973,6 +973,10 @@ def fetch_chain(config: Config, catalog: Catalog, backup_id: str) -> list[tuple[
             )
         if target.exists():
             if _intact(target, manifest.sha256):
+                if not sidecar_of(target).exists():
+                    # an earlier fetch that ran out of space between the two, or an archive
+                    # copied in by hand: a new host's import needs the record beside it
+                    write_sidecar(target, record)
                 if catalog.get(manifest.id) is None:
                     catalog.save(record)
                 fetched.append((record, False))
