@@ -123,6 +123,10 @@ def test_what_no_local_backup_holds_is_said_by_sync_status_and_metrics(
     Path(record["archive"]).unlink()
     status, _ = _verify_all(cli)
     assert status == 1
+    # said by the check itself (before: only from the next sync or run)
+    assert f'influx_backupd_offsite_damaged_objects{{{JOB_LABEL}="nightly"}} 1' in (
+        metrics.read_text()
+    )
 
     synced = cli("offsite", "sync")
     assert synced.returncode == 1, synced.stdout

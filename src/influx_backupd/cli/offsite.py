@@ -246,6 +246,9 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
                 f"{len(left) - len(result.bad)} objects noted damaged by an earlier check were "
                 "not read back now (--read-data 100 reads them; the next sync repairs them)"
             )
+    catalog = Catalog(config.state_dir)
+    if catalog.exists():  # what is noted damaged (or found whole again) is in the metrics now
+        _metrics(config, catalog)
     failed = unreadable or any(r.failed for r in results)
     if args.json:
         print_json(
