@@ -221,6 +221,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
             return status_despite(getattr(args, "config", None), exc, args)
         log.configure(level=_log_level(args, config.settings.daemon.log_level), journal=journal)
+        _state_dir_open_to_us(config)
         _tell_left_stopped(config, args.command)
         return command_function(args.command)(config, args)
     except Interrupted as exc:
@@ -253,6 +254,24 @@ def _main(argv: Sequence[str] | None) -> int:
             where = _full_dirs(config)  # a write with no name to it: which of ours is full
         say(f"{exc.strerror or exc}{where}")
         return EXIT_FAILED
+
+
+def _state_dir_open_to_us(config: Config) -> None:
+    """A state_dir this user cannot look into (the service's, 0700, read without sudo) is said
+    so, before anything reads it: every read there would fail as "absent", making a catalog
+    look empty and a crash marker look torn (so, present)."""
+    from influx_backupd.store.state import StateDirError
+
+    try:
+        os.lstat(config.state_dir / "backup.lock")
+    except PermissionError as exc:
+        raise StateDirError(
+            f"state_dir {config.state_dir}: {exc.strerror}: this user (uid {os.getuid()}) "
+            "cannot read it; run as the user the service runs as (e.g. with sudo)",
+            exc,
+        ) from None
+    except OSError:
+        pass  # absent (not made yet) or not a dir: each command says so in its own words
 
 
 def _full_dirs(config: Config) -> str:
