@@ -38,7 +38,6 @@ from influx_backupd.core.durations import (
     Duration,
     IntervalDuration,
     PositiveTimeoutDuration,
-    TimeoutDuration,
 )
 from influx_backupd.core.errors import EXIT_CONFIG, BackupdError
 from influx_backupd.core.names import JOB_NAME, JOB_NAME_RULE
@@ -155,11 +154,11 @@ class InfluxdSection(_Strict):
     """Owner of restored files (influxd cannot write files it does not own)."""
     group: str = "influxdb"
     """Group of restored files."""
-    stop_timeout: TimeoutDuration = 90.0
+    stop_timeout: PositiveTimeoutDuration = 90.0
     """How long influxd may take to stop; past it nothing is copied and influxd is left running."""
-    start_timeout: TimeoutDuration = 120.0
+    start_timeout: PositiveTimeoutDuration = 120.0
     """How long influxd may take to answer /ping after a start (it grows with the WAL)."""
-    backup_timeout: TimeoutDuration = 3600.0  # a whole `influxd backup` run (hot job)
+    backup_timeout: PositiveTimeoutDuration = 3600.0  # a whole `influxd backup` run (hot job)
     """Limit on one whole `influxd backup` run (hot jobs); past it the run fails."""
     # HTTP auth for queries to the live server ([http] auth-enabled); both or neither. The
     # password lives in its own file (config files are often world-readable): read at load.
@@ -179,6 +178,10 @@ class InfluxdSection(_Strict):
             )
         if self.command is not None and (not self.command or not self.command[0]):
             raise ValueError("command: must start with the influxd executable")
+        # 0 fails every run: influxd is given no time to stop or answer, influxd backup none
+        for key in ("stop_timeout", "start_timeout", "backup_timeout"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}: must be longer than 0s")
         return self
 
 

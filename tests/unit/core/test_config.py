@@ -172,6 +172,14 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         "job[0].hook_timeout: must",
     ),
     ("zero notify timeout", 'job:[notify]\ntimeout = "0s"', "notify.timeout: must be longer"),
+    # each fails every run (stop_timeout: no stop is waited for; backup_timeout: no backup)
+    ("zero stop timeout", 'influxd_extra:stop_timeout = "0s"', "influxd.stop_timeout: must be"),
+    ("zero start timeout", "influxd_extra:start_timeout = 0", "influxd.start_timeout: must be"),
+    (
+        "zero backup timeout",
+        'influxd_extra:backup_timeout = "0.0m"',
+        "influxd.backup_timeout: must be longer than 0s",
+    ),
     ("misspelt section", 'job:[storge]\ndir = "/x"', "storge: unknown key; did you mean storage?"),
     # what TOML says as a string or a float is not quietly read as a bool or a count
     (
