@@ -4,16 +4,83 @@ One way for every state, record, status, marker and key file the tool writes: a 
 beside the target (os.replace must not cross filesystems), its mode set exactly (not left to
 the caller's umask), then renamed over the target. `durable` adds what survives a power loss:
 the file's bytes fsync'd before the rename, the directory fsync'd after it.
+
+Only over a regular file (or none): a setting that names a device, a FIFO or a socket
+(/dev/null) is left as it is, never replaced by a file. read_small reads such a file back,
+bounded, and never blocks on a FIFO nor reads a device.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def kind_of(mode: int) -> str:
+    """What a stat's st_mode says a file is, as a line says it ("a FIFO")."""
+    for test, kind in _KINDS:
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+class NotRegularFile(OSError):
+    """A file we write or read back exists and is not a regular file (symlink followed)."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        super().__init__(errno.EINVAL, f"it is {kind_of(mode)}, not a regular file", str(path))
+
+
+def not_regular(path: Path) -> str | None:
+    """What path is when it exists and is not a regular file ("a character device"), symlink
+    followed; None for a regular file, or nothing there (a file we may create)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else kind_of(mode)
+
+
+def read_small(path: Path, limit: int) -> bytes:
+    """The content of a small regular file we wrote (a metrics file, a pidfile). Raises OSError:
+    NotRegularFile for anything else, without blocking (O_NONBLOCK: a FIFO) nor reading a
+    device; EFBIG past limit bytes (/dev/zero would never end)."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):  # a device is not even opened
+        raise NotRegularFile(path, mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode  # what was opened: the name may have changed since
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, mode)
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+    return data
 
 
 def fsync_dir(path: Path) -> None:
@@ -35,7 +102,14 @@ def replace_file(
 ) -> None:
     """path's content becomes data. tmp: the temp file's name where a cleanup knows it (a
     backup's `.partial`); by default hidden and unique to this process and thread, so that
-    two writers (the daemon and a command) never share one."""
+    two writers (the daemon and a command) never share one. Raises NotRegularFile, and
+    writes nothing, when path exists and is not a regular file."""
+    try:
+        st_mode = os.stat(path).st_mode
+    except OSError:
+        st_mode = stat.S_IFREG  # nothing there (or a dangling symlink, which the rename replaces)
+    if not stat.S_ISREG(st_mode):
+        raise NotRegularFile(path, st_mode)
     if tmp is None:
         _sweep(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")

@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from influx_backupd.core import apprise_urls, config_values, offsite_keys
+from influx_backupd.core import apprise_urls, atomic, config_values, offsite_keys
 from influx_backupd.core.durations import (
     Duration,
     IntervalDuration,
@@ -105,7 +105,7 @@ class DaemonSection(_Strict):
     state_dir: Path = DEFAULT_STATE_DIR  # unset: see default_state_dir
     """Catalog, backup lock, crash marker and the log of influxd servers we started. Unset: $STATE_DIRECTORY when systemd sets it, else /var/lib/influx-backupd."""
     metrics_file: Path | None = None
-    """Prometheus text file for node_exporter's textfile collector, rewritten after every run and by the daemon at least every minute. Unset: no metrics."""
+    """Prometheus text file for node_exporter's textfile collector, rewritten after every run and by the daemon at least every minute: a regular file, or none yet (a device, FIFO or socket is refused at load). Unset: no metrics."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """The lowest level of events logged by the daemon and, off a terminal, by commands."""
 
@@ -132,7 +132,7 @@ class InfluxdSection(_Strict):
     ] = None
     """Without a service manager: the argv that starts influxd (detached, in its own session). Set service or command, not both."""
     pidfile: Path | None = None
-    """With command: the pidfile influxd writes (else it is found by the config path on its command line)."""
+    """With command: the pidfile influxd writes (else it is found by the config path on its command line): a regular file, or none yet."""
     binary: Path = Path("/usr/bin/influxd")
     """The influxd executable used for `influxd backup` and `influxd restore` (hot jobs)."""
     url: Annotated[
@@ -1059,8 +1059,13 @@ def load(path: Path, *, ask_apprise: bool = True) -> Config:
         ("daemon.metrics_file", settings.daemon.metrics_file),
         ("influxd.pidfile", settings.influxd.pidfile),
     ):
-        if file is not None and file.is_dir():
-            raise ConfigError(f"{path}: {key}: {file} is a directory; name a file (in it)")
+        # a device would be replaced by a file at the first write (/dev/null!), a FIFO block
+        # the read that keeps the daemon's samples
+        kind = atomic.not_regular(file) if file is not None else None
+        if kind is not None:
+            raise ConfigError(
+                f"{path}: {key}: {file} is {kind}: must be a regular file (or not exist yet)"
+            )
     ours = {"daemon.state_dir": settings.daemon.state_dir, "storage.dir": settings.storage.dir}
     if settings.daemon.metrics_file is not None:
         ours["daemon.metrics_file"] = settings.daemon.metrics_file

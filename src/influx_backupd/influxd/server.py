@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 
 from influx_backupd.core import log
-from influx_backupd.core.atomic import replace_file
+from influx_backupd.core.atomic import read_small, replace_file
 from influx_backupd.core.config import Config, ConfigError
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import child_preexec, signals_allowed
@@ -58,6 +58,7 @@ SUPERVISOR_HINT = (
 UNIT_START_PROPERTIES = ("LoadState", "UnitFileState", "RefuseManualStart", "CanStart")
 # Most of one influxd log line kept in an error message (its end: the reason comes last).
 LOG_LINE_MAX = 300
+MAX_PIDFILE = 64  # a pid and a newline; more is no pidfile of influxd's
 
 
 def backoff(failed: int) -> float:
@@ -181,8 +182,10 @@ class Influxd:
             return self._remember(pid)
         if self.section.pidfile is not None:
             try:
-                pid = int(self.section.pidfile.read_text().strip() or 0)
-            except (OSError, ValueError):
+                # bounded, and never a FIFO's or a device's (read_small): a pid is a few digits
+                text = read_small(self.section.pidfile, MAX_PIDFILE).decode("ascii")
+                pid = int(text.strip() or 0)
+            except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
                 pid = 0
             found = self._remember(pid)
             # A stale pidfile may name a reused pid: only a process started with our

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from influx_backupd import __version__
-from influx_backupd.core.atomic import replace_file
+from influx_backupd.core.atomic import read_small, replace_file
 from influx_backupd.core.log import Logger
 from influx_backupd.offsite.errors import REASONS
 from influx_backupd.report.progress import read_published
@@ -25,6 +25,9 @@ from influx_backupd.store.record import RunRecord, served_less
 # The backup job's name. Not `job`: Prometheus sets its own `job` (and `instance`) target labels
 # on every scrape, and would rename ours to exported_job unless the scrape had honor_labels.
 JOB_LABEL = "backup_job"
+# The most of the metrics file read back (its daemon samples, its left_down line): ours is a few
+# KiB; past this it is not ours, or is /dev/zero's endless zeros
+MAX_METRICS_FILE = 1 << 20
 RESULTS: tuple[str, ...] = ("ok", "failed", "interrupted")  # finished statuses
 # (phase label value, RunRecord field)
 PHASES: tuple[tuple[str, str], ...] = (
@@ -281,7 +284,8 @@ def carried_over(path: Path, state_dir: Path) -> DaemonFacts | None:
     invents a live one; its next runs only while the daemon runs (a killed one's would show a run
     that never comes; one that stopped cleanly wrote none)."""
     try:
-        facts = previous_daemon_facts(path.read_text(encoding="utf-8", errors="replace"))
+        text = read_small(path, MAX_METRICS_FILE).decode("utf-8", errors="replace")
+        facts = previous_daemon_facts(text)
     except OSError:
         return None
     if facts is None or not facts.next_runs or read_published(state_dir / DAEMON_STATE) is not None:
@@ -444,7 +448,7 @@ def mark_left_down(path: Path) -> None:
     No catalog read: only that one sample changes (the whole file from nothing if none yet)."""
     sample = f"{LEFT_DOWN.name} "
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_small(path, MAX_METRICS_FILE).decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         lines = []
     if any(line.startswith(sample) for line in lines):
