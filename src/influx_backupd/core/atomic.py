@@ -45,28 +45,36 @@ class NotRegularFile(OSError):
         super().__init__(errno.EINVAL, f"it is {kind_of(mode)}, not a regular file", str(path))
 
 
+def _mode_if_any(path: Path) -> int | None:
+    """path's st_mode, symlink followed; None when nothing is there (or a dangling symlink)."""
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return None
+
+
+def _require_regular(path: Path, mode: int | None) -> None:
+    """NotRegularFile unless mode is a regular file's (or None: nothing there)."""
+    if mode is not None and not stat.S_ISREG(mode):
+        raise NotRegularFile(path, mode)
+
+
 def not_regular(path: Path) -> str | None:
     """What path is when it exists and is not a regular file ("a character device"), symlink
     followed; None for a regular file, or nothing there (a file we may create)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    return None if stat.S_ISREG(mode) else kind_of(mode)
+    mode = _mode_if_any(path)
+    return None if mode is None or stat.S_ISREG(mode) else kind_of(mode)
 
 
 def read_small(path: Path, limit: int) -> bytes:
     """The content of a small regular file we wrote (a metrics file, a pidfile). Raises OSError:
     NotRegularFile for anything else, without blocking (O_NONBLOCK: a FIFO) nor reading a
     device; EFBIG past limit bytes (/dev/zero would never end)."""
-    mode = os.stat(path).st_mode
-    if not stat.S_ISREG(mode):  # a device is not even opened
-        raise NotRegularFile(path, mode)
+    _require_regular(path, os.stat(path).st_mode)  # a device is not even opened
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        mode = os.fstat(fd).st_mode  # what was opened: the name may have changed since
-        if not stat.S_ISREG(mode):
-            raise NotRegularFile(path, mode)
+        # what was opened: the name may have changed since
+        _require_regular(path, os.fstat(fd).st_mode)
         chunks: list[bytes] = []
         left = limit + 1
         while left > 0:
@@ -104,12 +112,8 @@ def replace_file(
     backup's `.partial`); by default hidden and unique to this process and thread, so that
     two writers (the daemon and a command) never share one. Raises NotRegularFile, and
     writes nothing, when path exists and is not a regular file."""
-    try:
-        st_mode = os.stat(path).st_mode
-    except OSError:
-        st_mode = stat.S_IFREG  # nothing there (or a dangling symlink, which the rename replaces)
-    if not stat.S_ISREG(st_mode):
-        raise NotRegularFile(path, st_mode)
+    # nothing there (or a dangling symlink, which the rename replaces) is fine
+    _require_regular(path, _mode_if_any(path))
     if tmp is None:
         _sweep(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
