@@ -10,11 +10,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import psutil
+import pytest
 
+from influx_backupd.core.config import load
 from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.run.guard import exclusive
+from influx_backupd.store.state import Busy, lock_held, lock_wanted
 from tests.conftest import Cli, log_events, wait_until, write_config
 from tests.offsite.conftest import Endpoint
 from tests.offsite.helpers import offsite_section
@@ -142,6 +148,18 @@ def holding_lock(tmp_path: Path, doing: str) -> subprocess.Popen[str]:
     return proc
 
 
+def stand_in_waiting(tmp_path: Path, doing: str) -> tuple[subprocess.Popen[str], Path]:
+    """A live process standing in for a command that waits for the backup lock to do `doing`
+    (its request file in lock-wanted/, as LockWanted writes it) and never takes it: a command
+    suspended with Ctrl-Z. Returns the process and its request file."""
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], text=True)
+    wanted = tmp_path / "state" / "lock-wanted" / f"{stand_in.pid}.json"
+    wanted.parent.mkdir(parents=True, exist_ok=True)
+    created = psutil.Process(stand_in.pid).create_time()
+    wanted.write_text(json.dumps({"pid": stand_in.pid, "create_time": created, "doing": doing}))
+    return stand_in, wanted
+
+
 def test_a_lock_held_for_anything_but_a_send_is_busy_at_once_saying_what_holds_it(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
@@ -217,11 +235,7 @@ def test_no_send_takes_the_lock_while_a_command_waits_for_it_and_the_backup_stay
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 300)
     cli = Cli(write_config(tmp_path, sandbox, extra=offsite_section(moto)))
-    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    wanted = tmp_path / "state" / "lock-wanted" / f"{stand_in.pid}.json"
-    wanted.parent.mkdir(parents=True)
-    created = psutil.Process(stand_in.pid).create_time()
-    wanted.write_text(json.dumps({"pid": stand_in.pid, "create_time": created, "doing": "restore"}))
+    stand_in, wanted = stand_in_waiting(tmp_path, "restore")
     try:
         backup = cli("backup", "--json")
         sync = cli("offsite", "sync")
@@ -251,11 +265,7 @@ def test_the_daemons_send_waiting_for_the_lock_does_not_hold_up_its_backups(
     sandbox.write_points("metrics", 300)
     jobs = [{"name": "often", "every": "5s", "mode": "cold", "copy": "direct"}]
     config = write_config(tmp_path, sandbox, jobs=jobs, extra=offsite_section(moto))
-    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    wanted = tmp_path / "state" / "lock-wanted" / f"{stand_in.pid}.json"
-    wanted.parent.mkdir(parents=True)
-    created = psutil.Process(stand_in.pid).create_time()
-    wanted.write_text(json.dumps({"pid": stand_in.pid, "create_time": created, "doing": "restore"}))
+    stand_in, _ = stand_in_waiting(tmp_path, "restore")
     try:
         with daemon(tmp_path, config) as d:
             d.wait_event("run.deferred", timeout=60, job="[offsite]")
@@ -269,3 +279,85 @@ def test_the_daemons_send_waiting_for_the_lock_does_not_hold_up_its_backups(
         stand_in.kill()
         stand_in.wait()
     assert sandbox.ping()
+
+
+def test_a_command_waiting_for_the_lock_takes_it_before_a_taker_that_came_later(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Audit L: a cron `backup` asked the daemon's send to yield; the send let go, and the
+    daemon's own backup, fallen due meanwhile, took the free lock first (it asks at once, the
+    waiter polls): the cron backup exited 75 after its wait. Now whoever comes later leaves a
+    free lock to the command that waited first; here the later taker is this test, taking it
+    in process the moment the send's stand-in lets go."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    path = write_config(tmp_path, sandbox)
+    holder = holding_lock(tmp_path, "offsite")
+    waiter = Cli(path).popen("backup", "--json")
+    try:
+        wait_until(lambda: lock_wanted(tmp_path / "state") is not None, 60, "the backup waiting")
+        holder.kill()
+        holder.wait()
+        with (
+            pytest.raises(Busy, match="another backup is running"),
+            exclusive(load(path), doing="backup"),
+        ):
+            pass
+        out, err = waiter.communicate(timeout=300)
+    finally:
+        holder.kill()
+        waiter.kill()
+    assert waiter.returncode == 0, err[-3000:]
+    assert json.loads(out)["status"] == "ok"
+    assert sandbox.ping()
+
+
+def test_a_waiter_that_does_not_take_the_free_lock_holds_a_later_taker_up_only_briefly(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A waiting command suspended with Ctrl-Z never takes the lock: a backup that comes later
+    leaves it a few seconds (FIRST_WAITER_GRACE_S), then runs."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    cli = Cli(write_config(tmp_path, sandbox))
+    stand_in, _ = stand_in_waiting(tmp_path, "backup")
+    try:
+        done = cli("backup", "--json")
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["status"] == "ok"
+    (left,) = log_events(done.stderr, "lock.after_first_waiter")
+    assert f"a backup (pid {stand_in.pid})" in left["waiting"]
+
+
+def test_a_scheduled_backup_that_waited_for_a_send_to_yield_says_how_late_it_started(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """run.due's late_s counts the wait for an off-site send (here another process's, standing
+    in) to let the lock go; it was measured before that wait, and said ~0 for a run that
+    started seconds after it was due."""
+    jobs = [{"name": "often", "every": "10s", "mode": "cold", "copy": "direct"}]
+    config = write_config(tmp_path, sandbox, jobs=jobs)
+    state = tmp_path / "state"
+    holder: subprocess.Popen[str] | None = None
+    try:
+        with daemon(tmp_path, config) as d:
+            wait_until(lambda: runs(tmp_path) and not lock_held(state), 90, "a first run over")
+            holder = holding_lock(tmp_path, "offsite")
+            wait_until(lambda: lock_wanted(state) is not None, 60, "the next run waiting")
+            time.sleep(3)
+            holder.kill()
+            holder.wait()
+            wait_until(lambda: len(_events(d, "run.due")) >= 2, 60, "the waiting run started")
+            assert d.stop() == 0
+    finally:
+        if holder is not None:
+            holder.kill()
+    assert _events(d, "run.due")[1]["late_s"] >= 3
+    assert sandbox.ping()
+
+
+def _events(d: Any, name: str) -> list[dict[str, Any]]:
+    return [e for e in d.events() if e.get("event") == name]

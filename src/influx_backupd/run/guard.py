@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import time
@@ -57,6 +58,9 @@ class RollbackBlocked(InfluxdError):
 # How long past [offsite] yield_within a command waits for an off-site send to let the lock go:
 # a send that gave its upload up still unwinds (its state saved, its metrics written).
 YIELD_MARGIN_S = 30.0
+# How long a taker leaves a free lock to a command that was waiting for it first (it polls
+# every 0.1 s); one that does not take it by then (suspended with Ctrl-Z) holds nobody up.
+FIRST_WAITER_GRACE_S = 3.0
 DEFAULT_YIELD_WITHIN = 60.0  # a config without [offsite] waits as long for another's send
 
 
@@ -116,6 +120,7 @@ def _take(config: Config, lock: BackupLock, give_up: Callable[[], bool]) -> None
             raise Busy(f"{waiting} waits for the backup lock in {state_dir}")
         lock.acquire()
         return
+    _leave_to_first_waiter(state_dir, give_up)
     try:
         lock.acquire()
         return
@@ -147,6 +152,23 @@ def _take(config: Config, lock: BackupLock, give_up: Callable[[], bool]) -> None
     log.get().info(
         "lock.offsite_yielded", holder=holder, waited_s=round(time.monotonic() - waited, 3)
     )
+
+
+def _leave_to_first_waiter(state_dir: Path, give_up: Callable[[], bool]) -> None:
+    """First come, first served: a command that waits for the lock (an off-site send was asked
+    to yield it to that command) takes it when it comes free, before a taker that came later
+    (the daemon's backup fallen due meanwhile took it, and the command got 75 after its wait).
+    Waits at most FIRST_WAITER_GRACE_S, and not at all while a crash marker says influxd may
+    be down: whoever takes the lock first starts it."""
+    deadline = time.monotonic() + FIRST_WAITER_GRACE_S
+    waiting = lock_wanted(state_dir, other_than=os.getpid())
+    if waiting is None or CrashMarker(state_dir).path.exists():
+        return
+    log.get().info("lock.after_first_waiter", waiting=waiting, within_s=FIRST_WAITER_GRACE_S)
+    while time.monotonic() < deadline and not give_up() and not lock_held(state_dir):
+        time.sleep(0.1)
+        if lock_wanted(state_dir, other_than=os.getpid()) is None:
+            return
 
 
 def _catalog_usable(catalog: Catalog, on_damage: OnDamage) -> bool:

@@ -192,8 +192,9 @@ class LockWanted:
         self.path.unlink(missing_ok=True)
 
 
-def lock_wanted(state_dir: Path) -> str | None:
-    """A live command waiting for the backup lock, said as "a backup (pid N)"; None if none."""
+def lock_wanted(state_dir: Path, *, other_than: int | None = None) -> str | None:
+    """A live command waiting for the backup lock, said as "a backup (pid N)"; None if none.
+    other_than: a pid whose own request does not count (the asker's)."""
     try:
         entries = sorted(p for p in (state_dir / WANTED_DIR).iterdir() if p.suffix == ".json")
     except OSError:
@@ -210,6 +211,8 @@ def lock_wanted(state_dir: Path) -> str | None:
             or same_process(body.get("pid"), body.get("create_time")) is None
         ):
             path.unlink(missing_ok=True)  # its waiter was killed (or the file is not ours)
+            continue
+        if body.get("pid") == other_than:
             continue
         doing = body.get("doing")
         what = WAITERS.get(doing if isinstance(doing, str) else "", "a command")
