@@ -1112,7 +1112,8 @@ class Daemon:
                 return
             try:
                 with exclusive(config, doing=doing, give_up=give_up) as catalog:
-                    action(catalog, late)
+                    # late as it starts: exclusive() may have waited for a send to yield
+                    action(catalog, time.time() - item.due)
                     return
             except Busy as exc:
                 if item.job in (OFFSITE, VERIFY_ALL) and self._backup_waiting():
