@@ -83,3 +83,39 @@ def test_what_the_bucket_serves_is_read_only_as_far_as_it_may_be_long(moto: Endp
     assert len(store.bucket.get_bytes(key, 1000)) == 1001
     with pytest.raises(PrefixTaken):
         Offsite(settings, writer=A).claim(host="db1.dc1")
+
+
+def test_two_hosts_claiming_a_new_prefix_in_the_same_moment_leave_it_to_one(
+    moto: Endpoint,
+) -> None:
+    """Both found no marker; B wrote its own between A's read and A's write. Before, A wrote
+    over it and read its own back, and B had read back its own a moment earlier: both wrote
+    and pruned there as its sole writer. Now A's marker is written only if none is there
+    (If-None-Match, honoured by AWS S3 and moto): A is refused, naming B's host."""
+    settings = moto.settings()
+    a = Offsite(settings, writer=A)
+    read = a.bucket.get_bytes
+
+    def read_then_b_claims(key: str, limit: int) -> bytes:
+        try:
+            return read(key, limit)
+        finally:
+            if key.endswith("writer.json") and not claimed:
+                claimed.append(True)
+                Offsite(settings, writer=B).claim(host="db1.dc2")
+
+    claimed: list[bool] = []
+    a.bucket.get_bytes = read_then_b_claims  # type: ignore[method-assign]
+    with pytest.raises(PrefixTaken, match=r"'db1\.dc2'"):
+        a.claim(host="db1.dc1")
+    marker = moto.client().get_object(Bucket=moto.bucket, Key="host-a/writer.json")
+    assert json.loads(marker["Body"].read())["writer"] == B
+    Offsite(settings, writer=B).claim(host="db1.dc2")  # still B's
+
+
+def test_a_prefix_is_claimed_where_the_endpoint_ignores_the_condition(rclone: Endpoint) -> None:
+    """rclone's serve s3 takes no If-None-Match: the first marker is written all the same."""
+    settings = rclone.settings()
+    Offsite(settings, writer=A).claim(host="db1.dc1")
+    with pytest.raises(PrefixTaken):
+        Offsite(settings, writer=B).claim(host="db1.dc2")

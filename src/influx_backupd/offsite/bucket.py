@@ -26,6 +26,7 @@ from typing import Any
 
 from influx_backupd.core import offsite_keys
 from influx_backupd.offsite.errors import (
+    AlreadyThere,
     MissingExtra,
     NoBucket,
     NotFound,
@@ -415,6 +416,8 @@ class Bucket:
                 )
             if code in _NOT_FOUND:
                 return NotFound(f"{self.where}: {what}: not found")
+            if code in ("PreconditionFailed", "412"):
+                return AlreadyThere(f"{self.where}: {what}: already there")
             if code in (
                 "SlowDown",
                 "503",
@@ -586,8 +589,17 @@ class Bucket:
             return {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": b64}
         return {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": _crc32(data)}
 
-    def put_bytes(self, key: str, data: bytes | memoryview, *, sha256: str | None = None) -> int:
-        """One PUT; sha256: the data's, when the caller knows it (then sent as its checksum)."""
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes | memoryview,
+        *,
+        sha256: str | None = None,
+        if_absent: bool = False,
+    ) -> int:
+        """One PUT; sha256: the data's, when the caller knows it (then sent as its checksum).
+        if_absent: only where nothing is at key yet (If-None-Match: *, which AWS S3 and moto
+        honour): AlreadyThere if something is. An endpoint may ignore the header."""
         self.call(
             f"put {key}",
             self.client.put_object,
@@ -597,6 +609,7 @@ class Bucket:
             ContentLength=len(data),
             **self._checksum(data, sha256),
             **self._extra(),
+            **({"IfNoneMatch": "*"} if if_absent else {}),
         )
         self._sent(len(data))
         return len(data)

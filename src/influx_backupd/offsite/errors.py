@@ -64,6 +64,10 @@ class NotFound(OffsiteError):
     """A backup (manifest) or object is not in the bucket."""
 
 
+class AlreadyThere(OffsiteError):
+    """A PUT made only if nothing is at its key (If-None-Match: *) found something there (412)."""
+
+
 class NoSuchBackup(NotFound):
     """The backup the command line names is not in the bucket (a usage error there)."""
 

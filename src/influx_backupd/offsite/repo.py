@@ -36,14 +36,18 @@ from influx_backupd.core.atomic import replace_file
 from influx_backupd.offsite import crypto
 from influx_backupd.offsite.bucket import Bucket, Listed, Multipart
 from influx_backupd.offsite.errors import (
+    AlreadyThere,
     BadManifest,
     IntegrityError,
+    NoBucket,
     NoSuchBackup,
     NotFound,
     NotOurs,
     OffsiteError,
     OffsiteMisconfigured,
     PrefixTaken,
+    Refused,
+    Unreachable,
 )
 from influx_backupd.offsite.files import CHUNK, FileEntry, Source, listing_sha256
 from influx_backupd.offsite.manifest import (
@@ -466,9 +470,13 @@ class Offsite:
         if marker is not None:
             before = [*marker["adopted"], marker["writer"]]
         mine = {"writer": self.writer, "host": host, "since": time.time(), "adopted": before}
-        self.bucket.put_bytes(key, json.dumps(mine, indent=1).encode())
-        # two hosts claiming a new prefix at once: the marker is the last one's (S3 has no
-        # create-if-absent everywhere); read back, the other one sees it is not its own
+        body = json.dumps(mine, indent=1).encode()
+        if taken:
+            self.bucket.put_bytes(key, body)
+        else:
+            self._put_if_absent(key, body)
+        # an endpoint that ignores If-None-Match: two hosts claiming a new prefix at once both
+        # write, the marker is the last one's; read back, the other one sees it is not its own
         again = _marker_of(self.bucket.get_bytes(key, SMALL_OBJECT))
         if again is None or again["writer"] != self.writer:
             raise self._taken(again)
@@ -479,6 +487,20 @@ class Offsite:
             writer=self.writer,
             adopted=before,
         )
+
+    def _put_if_absent(self, key: str, body: bytes) -> None:
+        """The first marker of a prefix, written only if no other host's came first (two hosts
+        claiming it in the same moment: each read none, each wrote, and a read-back can see
+        its own marker before the other's overwrites it). An endpoint that refuses the
+        condition itself (a request error other than 412) is written to plainly."""
+        try:
+            self.bucket.put_bytes(key, body, if_absent=True)
+        except AlreadyThere:
+            raise self._taken(_marker_of(self.bucket.get_bytes(key, SMALL_OBJECT))) from None
+        except (NoBucket, Refused, Unreachable):
+            raise
+        except OffsiteError:
+            self.bucket.put_bytes(key, body)
 
     def _taken(self, marker: dict[str, Any] | None) -> PrefixTaken:
         whose = (
