@@ -75,6 +75,21 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     assert done.stderr == "", "no traceback, no message"
 
 
+def test_text_an_ascii_stdout_cannot_hold_is_escaped(tmp_path: Path) -> None:
+    """PYTHONIOENCODING=ascii and a path with an "é": check-config printed half its plan and
+    exited 78 (a UnicodeEncodeError of stdout's, read as a config error)."""
+    config = serverless_config(tmp_path, jobs=("nightly",))
+    config.write_text(config.read_text().replace("/archives", "/archiv\u00e9s"))
+    done = subprocess.run(
+        [sys.executable, "-m", "influx_backupd", "-c", str(config), "check-config"],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert f"archives       {tmp_path}/archiv\\xe9s\n".encode() in done.stdout, done.stdout
+
+
 def test_json_and_verbosity_before_or_after_the_command(tmp_path: Path) -> None:
     config = str(serverless_config(tmp_path))
     after = cli("check-config", "-c", config, "--json", "-q")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import errno
 import importlib
@@ -101,6 +102,33 @@ def _streams_open() -> None:
             setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115
 
 
+def _escaping(error: UnicodeError) -> tuple[str | bytes, int]:
+    """A character the stream's encoding cannot hold is written escaped (\\u2026 for "…"); an
+    undecodable byte of a file name (a lone surrogate) is written back as that byte."""
+    try:
+        return _SURROGATEESCAPE(error)
+    except UnicodeError:
+        return codecs.backslashreplace_errors(error)
+
+
+_SURROGATEESCAPE = codecs.lookup_error("surrogateescape")
+codecs.register_error("influx-backupd-escape", _escaping)
+
+
+def _tolerant_streams() -> list[tuple[Any, str]]:
+    """stdout and stderr write what their encoding cannot hold escaped (PYTHONIOENCODING=ascii,
+    the C locale without UTF-8 mode): our own text ("…" after a sha256, a path) must not fail a
+    command whose work is done. Returns each stream with its error handler before, to put back."""
+    before = []
+    for stream in (sys.stdout, sys.stderr):
+        errors = getattr(stream, "errors", None)
+        if isinstance(errors, str) and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(OSError, ValueError):
+                stream.reconfigure(errors="influx-backupd-escape")
+                before.append((stream, errors))
+    return before
+
+
 def _undecodable(args: argparse.Namespace) -> str | None:
     """The first argument that is not valid UTF-8 (undecodable bytes arrive as lone
     surrogates, which no file name, job name or query can carry on), as its bytes escaped."""
@@ -116,6 +144,7 @@ def _undecodable(args: argparse.Namespace) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _streams_open()
+    tolerant = _tolerant_streams()
     # Private by default (state, staging, archives, records, logs), whatever the caller's
     # umask; what is meant to be shared (the metrics file), influxd and hooks set their own.
     hooks.CALLER_UMASK = os.umask(0o077)
@@ -137,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stdout_failed(exc)
     finally:
         sys.stdout = stdout
+        for stream, errors in tolerant:
+            with contextlib.suppress(OSError, ValueError):
+                stream.reconfigure(errors=errors)
         os.umask(hooks.CALLER_UMASK)  # a caller in the same process (tests) gets its own back
     return status
 
