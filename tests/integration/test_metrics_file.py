@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -78,3 +79,31 @@ def test_a_backup_after_the_daemon_was_killed_drops_its_next_runs(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout + done.stderr == ""
+
+
+REFUSED_RESTORES = {
+    "unknown id": ["20200101T000000Z-none", "--yes"],
+    "bad --target": ["{id}", "--target", "{config}"],  # a file, not a dir
+    "database not in it": ["{id}", "--database", "absent"],
+}
+
+
+@pytest.mark.influxd
+def test_a_refused_restore_leaves_the_metrics_file_alone(tmp_path: Path, sandbox: Sandbox) -> None:
+    """A restore refused before it touched anything (exit 2, "nothing touched") rewrote the
+    metrics file all the same: a refused command writes no state."""
+    metrics = tmp_path / "influx_backupd.prom"
+    config = write_config(tmp_path, sandbox, daemon={"metrics_file": str(metrics)})
+    cli = Cli(config)
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 100)
+    backup_id = cli.json("backup")["id"]
+    before = metrics.read_bytes()
+    metrics.write_bytes(before + b"# ours\n")  # what a rewrite would drop
+    os.utime(metrics, ns=(1_000_000_000, 1_000_000_000))
+    for name, args in REFUSED_RESTORES.items():
+        argv = [a.format(id=backup_id, config=config) for a in args]
+        done = cli("restore", *argv)
+        assert done.returncode == 2, (name, done.returncode, done.stderr[-2000:])
+        assert metrics.read_bytes() == before + b"# ours\n", name
+        assert metrics.stat().st_mtime_ns == 1_000_000_000, name

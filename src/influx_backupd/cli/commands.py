@@ -77,7 +77,7 @@ from influx_backupd.store.catalog import Catalog, CatalogError
 from influx_backupd.store.chain import LinkDamaged
 from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import records_in
-from influx_backupd.store.state import lock_held
+from influx_backupd.store.state import CrashMarker, lock_held
 from influx_backupd.verify.check import (
     BackupNotFound,
     passed_over,
@@ -459,6 +459,9 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     if from_offsite:  # fetched and hashed first; then the restore below, as from local backups
         offsite_cli.fetch_for_restore(config, args.backup)
     bar = progress_bar(args, "restore")
+    # a dead run's crash marker: the lock's recovery acts on it (influxd started again), which
+    # the metrics must show even if this restore is refused
+    recovering = CrashMarker(config.state_dir).path.exists()
     with (
         exclusive(config, doing="restore") as catalog,
         progress.under_systemd(f"restore {args.backup}"),
@@ -468,6 +471,7 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         if bar is not None:
             cleanup.callback(bar.close)
             cleanup.callback(progress.unlisten, bar)
+        write_state = True  # refused: nothing was touched, no state is written
         try:
             if args.target is not None:
                 into = restore_into(
@@ -488,6 +492,10 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         except OnlyInBucket:  # found by a path the catalog knows: the same mistake
             raise _from_offsite_hint(args.backup) from None
         except RestoreRefused as exc:
+            # refused before the stop (restore/swap.py), so left_down is as it was: the metrics
+            # are rewritten only for a link found bad, which the catalog now says, or after
+            # recovery
+            write_state = recovering or isinstance(exc, LinkDamaged)
             if isinstance(exc, LinkDamaged):
                 save_refused_link(catalog, exc)  # a link found bad: `list` and status say so
             say(f"restore refused, nothing touched: {exc}")
@@ -497,10 +505,11 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             return EXIT_FAILED
         finally:
             # left_down went to 1 before the swap's stop (restore/swap.py): set from the truth
-            try:
-                write_metrics(config, catalog)
-            except (OSError, MetricsNotWritten) as exc:
-                say(f"{exc}")
+            if write_state:
+                try:
+                    write_metrics(config, catalog)
+                except (OSError, MetricsNotWritten) as exc:
+                    say(f"{exc}")
     # a plain line each (the log event says it too): e.g. a backup whose bytes nothing checked
     for warning in (
         into if args.target is not None else one if args.database is not None else result
