@@ -90,6 +90,23 @@ def test_text_an_ascii_stdout_cannot_hold_is_escaped(tmp_path: Path) -> None:
     assert f"archives       {tmp_path}/archiv\\xe9s\n".encode() in done.stdout, done.stdout
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["list", "--help"]])
+def test_help_and_version_to_a_full_stdout_exit_1_in_one_line(args: list[str]) -> None:
+    """argparse ignored the failed write and exited 0: a script saw --version succeed."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "influx_backupd", *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "influx-backupd: cannot write the output to stdout: No space left on device\n"
+    )
+
+
 def test_json_and_verbosity_before_or_after_the_command(tmp_path: Path) -> None:
     config = str(serverless_config(tmp_path))
     after = cli("check-config", "-c", config, "--json", "-q")

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from influx_backupd.cli.parser import build_parser
+from influx_backupd.cli.parser import PrintFailed, build_parser
 from influx_backupd.cli.quote import quoted, say
 from influx_backupd.core import log
 from influx_backupd.core.errors import EXIT_CONFIG, EXIT_FAILED, BackupdError
@@ -162,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`list | head`): stop quietly, as coreutils do.
         _stdout_to_devnull()
         return EXIT_PIPE
+    except PrintFailed as exc:  # `--help > /dev/full`
+        return _stdout_failed(exc, work=False)
     except StdoutFailed as exc:  # stdout's last flush (`backup > /dev/full`)
         return _stdout_failed(exc)
     finally:
@@ -210,14 +212,13 @@ class _Stdout:
         return getattr(self._inner, name)
 
 
-def _stdout_failed(exc: OSError) -> int:
+def _stdout_failed(exc: OSError, *, work: bool = True) -> int:
     """`backup > /dev/full`: "No space left on device" alone reads like the backup disk is
-    full. The command's work (a backup recorded in the catalog) stands; only its output is lost."""
+    full. The command's work (a backup recorded in the catalog) stands; only its output is lost.
+    work=False: a command that does nothing but print (--help, --version)."""
     _stdout_to_devnull()
-    say(
-        f"cannot write the output to stdout: {exc.strerror or exc}; what the command did "
-        "stands (`influx-backupd list` shows the runs)"
-    )
+    stands = "; what the command did stands (`influx-backupd list` shows the runs)"
+    say(f"cannot write the output to stdout: {exc.strerror or exc}{stands if work else ''}")
     return EXIT_FAILED
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -18,6 +19,10 @@ from influx_backupd.core.errors import (
 from influx_backupd.influxd.throttle import DATABASE_RATE_MIB
 
 _EXPECTED_ONE = re.compile(r"argument (-[^:]+): expected one argument")
+
+
+class PrintFailed(OSError):
+    """--help or --version could not be written to stdout (`--help > /dev/full`)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,6 +44,21 @@ class _Parser(argparse.ArgumentParser):
                 if isinstance(action, _Once):
                     action.given = False
         return super().parse_known_args(args, namespace)
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        """argparse ignores an OSError writing --help or --version to stdout, then exits 0:
+        here it is PrintFailed, which cli/main.py says in one line (exit 1), as it does for
+        every other command's output."""
+        if not message or file is None or file is not sys.stdout:
+            super()._print_message(message, file)
+            return
+        try:
+            file.write(message)
+            file.flush()
+        except BrokenPipeError:
+            raise  # `--help | head -1`: quiet, as every command's output
+        except OSError as exc:
+            raise PrintFailed(exc.errno, exc.strerror) from None
 
     def error(self, message: str) -> NoReturn:
         # argparse quotes the user's value whole (`invalid choice: '…10 KB…'`): cut, readable
