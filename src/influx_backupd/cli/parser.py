@@ -43,7 +43,37 @@ class _Parser(argparse.ArgumentParser):
             for action in _every_action(self):
                 if isinstance(action, _Once):
                     action.given = False
-        return super().parse_known_args(args, namespace)
+        given = list(sys.argv[1:] if args is None else args)
+        unknown = self._unknown_options(given)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return super().parse_known_args(given, namespace)
+
+    def _unknown_options(self, args: list[str]) -> list[str]:
+        """The options given to this parser that it does not know, named before anything else:
+        argparse said a missing BACKUP first (`restore -x`), as if -x were not there. The
+        parser with commands looks only before the command (whose own parser looks after it);
+        a value after an option that takes one is argparse's to judge (`--target -x`)."""
+        unknown: list[str] = []
+        value_next = False
+        for arg in args:
+            if arg == "--":
+                break
+            if value_next:
+                value_next = False
+                continue
+            found = self._parse_optional(arg)
+            if found is None:  # a positional: the command, a value, BACKUP
+                if self._subparsers is not None:
+                    break
+                continue
+            # (action, option, explicit value); a list of such tuples on later Pythons
+            action, *_, explicit = found[0] if isinstance(found, list) else found
+            if action is None:
+                unknown.append(arg)
+            else:
+                value_next = explicit is None and action.nargs in (None, 1)
+        return unknown
 
     def _print_message(self, message: str, file: Any = None) -> None:
         """argparse ignores an OSError writing --help or --version to stdout, then exits 0:
