@@ -32,6 +32,9 @@ class _Parser(argparse.ArgumentParser):
     top = False  # the whole command line's parser: a parse starts every count afresh
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # no abbreviations (`list --js` for --json): a script's option keeps its meaning as
+        # options are added (every command's parser is one of these too)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         for name, action in _ONCE.items():
             self.register("action", name, action)

@@ -63,3 +63,27 @@ def test_options_values_and_combined_flags_still_parse() -> None:
         ["-c/etc/x.toml", "-vv", "backup", "--job", "-", "--mode=hot", "--json"]
     )
     assert (args.config, args.verbose, args.job, args.mode) == ("/etc/x.toml", 2, ["-"], "hot")
+
+
+def _abbreviations() -> list[tuple[str, str]]:
+    """(command, an abbreviation of each of its long options); "" for the top-level parser."""
+    top = build_parser()
+    [sub] = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    cases = []
+    for command, parser in [("", top), *sub.choices.items()]:
+        known = {o for a in parser._actions for o in a.option_strings}
+        for option in sorted(o for o in known if o.startswith("--")):
+            if option[:-1] not in known:
+                cases.append((command, option[:-1]))
+    return cases
+
+
+@pytest.mark.parametrize(("command", "abbreviation"), _abbreviations())
+def test_an_abbreviated_option_is_refused(
+    command: str, abbreviation: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse took `list --js` for --json: an option added later (--jsonl) would change
+    what an old script means."""
+    argv = [abbreviation, "list"] if not command else [command, abbreviation]
+    line = _refused(argv, capsys)
+    assert f"unrecognized arguments: {abbreviation} (" in line, line
