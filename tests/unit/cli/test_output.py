@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from influx_backupd.cli.output import json_ready, print_record
@@ -63,3 +66,25 @@ def test_json_times_follow_one_rule_in_the_daemon_and_restore_parts_too() -> Non
     assert out["jobs"][1]["next_run_unix"] == t
     entry = out["extra"]["shard_listing"]["shards"]["1"]["0001.tsm"]
     assert entry == {"size": 10, "mtime": "2026-09-21T14:13:20.500Z", "mtime_unix": t}
+
+
+def test_the_readmes_backup_example_is_what_backup_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """README's example lacked `+ checks` (and the sha256 was shortened to 8, not 12, digits)
+    once the record's lines changed: the example is printed again from its own figures."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    start = readme.index("`backup` prints the run record")
+    block = readme[readme.index("```\n", start) + 4 :]
+    example = block[: block.index("```")]
+    figures = dict(re.findall(r"(stop|checks|copy|start) (\d+\.\d+)s", example))
+    record = RunRecord(id="20261126T124216Z-df01", job="nightly", mode="cold", status="ok")
+    record.archive = "/var/backups/influxdb/nightly-20261126T124216Z-df01.tar"
+    record.bytes, record.files = int(32.6 * (1 << 20)), 12
+    record.sha256 = re.findall(r"sha256 ([0-9a-f]+)…", example)[0].ljust(64, "0")
+    record.stop_s, record.copy_s, record.start_s = (
+        float(figures[k]) for k in ("stop", "copy", "start")
+    )
+    record.downtime_s = float(re.findall(r"downtime  (\d+\.\d+)s", example)[0])
+    print_record(record, as_json=False)
+    assert capsys.readouterr().out == example
