@@ -53,7 +53,9 @@ grep -q '^ExecStart=/usr/bin/influx-backupd ' "$unit" || {
 version=$(printf '%s' "$version" | sed 's/^0*\(.\)/\1/')
 if [ "$version" -ge 253 ]; then
     sed -e "s|^ExecStart=/usr/bin/influx-backupd |ExecStart=$bindir/influx-backupd |" \
+        -e "s|^ExecStopPost=-/usr/bin/influx-backupd |ExecStopPost=-$bindir/influx-backupd |" \
         -e 's|^Type=notify$|Type=notify-reload|' -e '/^ExecReload=/d' "$unit"
 else
-    sed -e "s|^ExecStart=/usr/bin/influx-backupd |ExecStart=$bindir/influx-backupd |" "$unit"
+    sed -e "s|^ExecStart=/usr/bin/influx-backupd |ExecStart=$bindir/influx-backupd |" \
+        -e "s|^ExecStopPost=-/usr/bin/influx-backupd |ExecStopPost=-$bindir/influx-backupd |" "$unit"
 fi

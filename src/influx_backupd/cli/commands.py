@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,11 @@ from influx_backupd.core.config import (
     Config,
     ConfigError,
     JobSection,
-    default_state_dir,
     job_warnings,
     resolve_path,
     retention_warning,
     secret_file_warnings,
+    state_dir_leniently,
 )
 from influx_backupd.core.errors import (
     EXIT_CONFIG,
@@ -622,6 +621,29 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
+def cmd_recover(config: Config, args: argparse.Namespace) -> int:
+    """What the lock's recovery does, alone (guard.recover): influxd started again after a
+    killed run, a killed restore rolled back; 3 starts tried, then StartFailed (exit 1)."""
+    marker = CrashMarker(config.state_dir)
+    left = marker.read() if config.state_dir.exists() else None
+    if left is not None:
+        with exclusive(config, influxd=False, start_attempts=3):
+            pass
+    still = marker.read() if left is not None else None
+    run_id = left.get("run_id") if left is not None else None
+    if args.json:
+        print_json({"left_stopped": left is not None, "run_id": run_id, "kept": still is not None})
+    elif left is None:
+        print("nothing to recover: no run left influxd stopped")
+    elif still is None and not CrashMarker.may_be_down(left):
+        print(f"cleared the crash marker of run {run_id}, killed before it stopped influxd")
+    elif still is None:
+        print(f"recovered: influxd, stopped by run {run_id or '(unknown)'}, runs again")
+    else:  # a server that got a stop and still runs: watched, not started twice
+        print(f"crash marker {marker.path} kept: its run's influxd still runs")
+    return EXIT_OK
+
+
 def cmd_prune(config: Config, args: argparse.Namespace) -> int:
 
     known_job(config, args.job)  # before the lock
@@ -738,7 +760,7 @@ def status_despite(cli_path: str | None, error: ConfigError, args: argparse.Name
         path: Path | None = resolve_path(cli_path)
     except ConfigError:
         path = None
-    state_dir = _state_dir_of(path) if path is not None else None
+    state_dir = state_dir_leniently(path) if path is not None else None
     state = daemon_state_in(state_dir) if state_dir is not None else None
     if state is not None and state_dir is not None:
         report = {
@@ -765,20 +787,6 @@ def status_despite(cli_path: str | None, error: ConfigError, args: argparse.Name
             print(_render_despite(report))
     say(error.line())
     return error.exit_status
-
-
-def _state_dir_of(path: Path) -> Path | None:
-    """[daemon] state_dir as the file writes it, read leniently (the file fails validation
-    elsewhere), or the default state dir of that config; None for a file that is no TOML."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    daemon = raw.get("daemon")
-    written = daemon.get("state_dir") if isinstance(daemon, dict) else None
-    if isinstance(written, str) and written and os.path.isabs(written):
-        return Path(written)
-    return default_state_dir(path)
 
 
 def _render_despite(report: dict[str, Any]) -> str:

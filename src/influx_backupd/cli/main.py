@@ -55,6 +55,7 @@ _COMMANDS = {
     "restore": ("commands", "cmd_restore"),
     "verify": ("commands", "cmd_verify"),
     "prune": ("commands", "cmd_prune"),
+    "recover": ("commands", "cmd_recover"),
 }
 
 # Commands that send no notification whatever they find: their config load does not ask
@@ -76,7 +77,7 @@ def command_function(command: str) -> Callable[[Config, argparse.Namespace], int
 def _tell_left_stopped(config: Config, command: str) -> None:
     """Every command says, in one line, when a dead run left influxd stopped (the daemon says
     it in its log and status line instead)."""
-    if command == "run":
+    if command in ("run", "recover"):  # they say it themselves
         return
     from influx_backupd.daemon.status import read_daemon_state
     from influx_backupd.run.guard import left_stopped, left_stopped_line
@@ -92,6 +93,40 @@ def _tell_left_stopped(config: Config, command: str) -> None:
         this_command_starts=command in _LOCK_TAKING,
     )
     say(line)
+
+
+def _left_down_despite(args: argparse.Namespace) -> None:
+    """A config that does not load, and a crash marker saying a killed run left influxd
+    stopped (the daemon killed mid-copy after its file was edited, restarted by systemd into
+    this error): the server is started again with the config that run used, before the
+    error's line; `status` only says so."""
+    from influx_backupd.core.config import ConfigError, resolve_path, state_dir_leniently
+    from influx_backupd.run.guard import recover_despite
+    from influx_backupd.store.state import CrashMarker
+
+    try:
+        path = resolve_path(getattr(args, "config", None))
+    except ConfigError:
+        return
+    state_dir = state_dir_leniently(path)
+    if state_dir is None:
+        return
+    if args.command == "status":
+        marker = CrashMarker(state_dir)
+        if CrashMarker.may_be_down(marker.read()):
+            say(
+                f"influxd may be down: a run stopped it and was killed (crash marker "
+                f"{marker.path}); any other command starts it again: influx-backupd recover"
+            )
+        return
+    try:
+        line = recover_despite(path, state_dir)
+    except OSError as exc:  # the state dir not ours to read (another user's): its line later
+        line = (
+            None if exc.errno in (errno.EACCES, errno.EPERM) else f"{exc.strerror}: {exc.filename}"
+        )
+    if line is not None:
+        say(line)
 
 
 def _streams_open() -> None:
@@ -247,6 +282,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 ask_apprise=args.command not in _NEVER_NOTIFY,
             )
         except ConfigError as exc:
+            _left_down_despite(args)
             if args.command != "status":
                 raise
             # a daemon may run on the config it loaded before: status shows it all the same

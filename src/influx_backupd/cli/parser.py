@@ -395,6 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, common, "run", "run the daemon: every job on its schedule until stopped")
 
+    p = _command(
+        sub,
+        common,
+        "recover",
+        "start influxd again if a killed run left it stopped (a killed restore: rolled back)",
+        "Every command that takes the backup lock does this first; this one does nothing else. "
+        "The unit runs it after the daemon stops (ExecStopPost=), so that a daemon killed while "
+        "influxd was stopped, and then stopped itself before systemd restarted it, never leaves "
+        "the server down. Also when the config no longer loads: the config the killed run used "
+        "is kept in the state dir for this. Tries 3 starts, then exits 1 (the next command or "
+        "the daemon tries again).",
+    )
+
     p = _command(sub, common, "status", "show the daemon, each job's last result and next run")
 
     p = _command(sub, common, "prune", "delete the backups the jobs' keep_* rules no longer keep")

@@ -543,6 +543,10 @@ class Config:
     # influxdb.conf [http] bind-address's port: the one influxd itself listens on (url may
     # name a proxy in front of it)
     http_port: int | None = None
+    # the file's bytes as loaded: what a run that may stop influxd keeps beside its crash
+    # marker (guard.exclusive), so that the server can be started again the way that run would
+    # have, should the file since fail to load
+    text: bytes = b""
 
     @property
     def state_dir(self) -> Path:
@@ -783,7 +787,10 @@ def toml_of(data: bytes) -> dict[str, Any]:
 
 
 def _read_toml(path: Path, what: str) -> dict[str, Any]:
-    data = _read_bytes(path, f"{path}: {what}")
+    return _toml_text(path, _read_bytes(path, f"{path}: {what}"))
+
+
+def _toml_text(path: Path, data: bytes) -> dict[str, Any]:
     try:
         return toml_of(data)
     except tomllib.TOMLDecodeError as exc:
@@ -869,6 +876,21 @@ def read_server_paths(conf: Path) -> tuple[ServerPaths, dict[str, Any]]:
         hh=section_dir("hinted-handoff", "dir", False),
     )
     return paths, raw
+
+
+def state_dir_leniently(path: Path) -> Path | None:
+    """[daemon] state_dir as the file writes it, read leniently (the file fails validation
+    elsewhere), or the default state dir of that config; None for a file that is no TOML (or
+    no regular file: a FIFO would block the read)."""
+    try:
+        raw = toml_of(_read_bytes(path, str(path)))
+    except (ConfigError, ValueError, RecursionError):
+        return None
+    daemon = raw.get("daemon")
+    written = daemon.get("state_dir") if isinstance(daemon, dict) else None
+    if isinstance(written, str) and written and os.path.isabs(written):
+        return Path(written)
+    return default_state_dir(path)
 
 
 def default_state_dir(config_path: Path) -> Path:
@@ -1021,12 +1043,15 @@ def secret_file_warnings(settings: Settings) -> list[str]:
     return found
 
 
-def load(path: Path, *, ask_apprise: bool = True) -> Config:
+def load(path: Path, *, ask_apprise: bool = True, text: bytes | None = None) -> Config:
     """Load and validate; raises ConfigError with one line naming the file and key path.
 
     ask_apprise=False: for a command that sends no notification, [notify] URLs are checked for
-    their form only (each has ://), not by apprise in a child."""
-    raw = _read_toml(path, "config file")
+    their form only (each has ://), not by apprise in a child. text: the file's content as
+    kept earlier (guard.config_in_use), read in place of path's own."""
+    if text is None:
+        text = _read_bytes(path, f"{path}: config file")
+    raw = _toml_text(path, text)
     token = _ASK_APPRISE.set(ask_apprise)
     try:
         settings = Settings.model_validate(raw)
@@ -1095,4 +1120,5 @@ def load(path: Path, *, ask_apprise: bool = True) -> Config:
         credentials=_credentials(path, settings.influxd),
         auth_enabled=isinstance(http, dict) and http.get("auth-enabled") is True,
         http_port=http_port,
+        text=text,
     )

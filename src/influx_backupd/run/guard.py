@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from influx_backupd.core import alarms, log
-from influx_backupd.core.config import Config
+from influx_backupd.core import alarms, atomic, log
+from influx_backupd.core.config import Config, ConfigError, load
 from influx_backupd.core.jsontext import count, number
 from influx_backupd.influxd import logfile, scratch
 from influx_backupd.influxd.server import Influxd, InfluxdError
@@ -98,6 +98,8 @@ def exclusive(
     try:
         if influxd or CrashMarker(config.state_dir).path.exists():
             server_lock.acquire()
+        if influxd:
+            keep_config_in_use(config)
         # under the lock, whatever stops influxd (a cold run, a restore's swap) or starts it
         # again (recovery): its first failed start is told at once (core/alarms.py)
         with alarms.left_down_handler(left_down_alarm(config)):
@@ -151,6 +153,65 @@ def _take(config: Config, lock: BackupLock, give_up: Callable[[], bool]) -> None
                     ) from None
     log.get().info(
         "lock.offsite_yielded", holder=holder, waited_s=round(time.monotonic() - waited, 3)
+    )
+
+
+# The config of the last run that may stop influxd, as it loaded it: what starts influxd again
+# after that run was killed, should the file have been edited into one that does not load since
+# (recover_despite). Beside the crash marker, 0600 in the 0700 state dir, as the config's own
+# secrets ([notify] URLs) deserve.
+CONFIG_IN_USE = "config-in-use.toml"
+
+
+def keep_config_in_use(config: Config) -> None:
+    """Kept before anything is stopped; written only when it changed (an fsync per change)."""
+    path = config.state_dir / CONFIG_IN_USE
+    try:
+        if atomic.read_small(path, len(config.text)) == config.text:
+            return
+    except OSError:
+        pass  # none yet, longer, or not a file we wrote: written anew
+    atomic.replace_file(path, config.text)
+
+
+def recover_despite(config_path: Path, state_dir: Path) -> str | None:
+    """config_path does not load, and the crash marker in its state dir says a killed
+    run left influxd stopped: every command, `run` under systemd after the kill included, would
+    refuse the config and leave the server down with nothing saying so. Started again here the
+    way that run would have, with the config it ran on (CONFIG_IN_USE). Returns one line saying
+    what was done, or None when nothing was left stopped (or a live process owns it)."""
+    marker = CrashMarker(state_dir)
+    left = marker.read()
+    if left is None or not CrashMarker.may_be_down(left) or lock_held(state_dir):
+        return None
+    stopped_by = f"run {left.get('run_id') or '(unknown)'}"
+    kept_path = state_dir / CONFIG_IN_USE
+    try:
+        config = load(config_path, ask_apprise=False, text=atomic.read_small(kept_path, 1 << 20))
+    except (OSError, ConfigError) as exc:
+        why = exc.line() if isinstance(exc, ConfigError) else f"{kept_path}: {exc.strerror}"
+        return (
+            f"influxd may be down: {stopped_by} stopped it and was killed (crash marker "
+            f"{marker.path}); it cannot be started from the config that run used ({why}): "
+            f"fix {config_path}, then any command starts it"
+        )
+    if config.state_dir != state_dir:
+        return None  # a config of another instance was kept there: not ours to act on
+    try:
+        with exclusive(config, start_attempts=3):
+            pass
+    except (Busy, CatalogDamaged):
+        pass  # a live command owns it; or the catalog: recovery started influxd before that
+    except InfluxdError as exc:
+        return (
+            f"influxd was left stopped by {stopped_by} (killed), and starting it again with "
+            f"the config that run used ({kept_path}) failed: {exc}; the next command retries"
+        )
+    if CrashMarker.may_be_down(marker.read()):
+        return None
+    return (
+        f"influxd was left stopped by {stopped_by} (killed): started again with the config "
+        f"that run used ({kept_path}), because {config_path} does not load now"
     )
 
 

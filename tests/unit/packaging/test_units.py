@@ -15,6 +15,7 @@ PACKAGING = Path(__file__).resolve().parents[3] / "packaging"
 INSTALL_SH = PACKAGING / "install.sh"
 UNITS = ("influx-backupd.service", "influx-backupd@.service")
 EXEC_START = "ExecStart=/usr/bin/influx-backupd "
+EXEC_STOP_POST = "ExecStopPost=-/usr/bin/influx-backupd "
 RENDER = PACKAGING / "render-unit.sh"
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -36,7 +37,8 @@ def unit_copy(tmp_path: Path, name: str) -> Path:
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
     dest = tmp_path / name
-    dest.write_text(text.replace(EXEC_START, f"ExecStart={fake} "))
+    text = text.replace(EXEC_START, f"ExecStart={fake} ")
+    dest.write_text(text.replace(EXEC_STOP_POST, f"ExecStopPost=-{fake} "))
     return dest
 
 
@@ -98,6 +100,11 @@ def test_units_carry_required_settings() -> None:
             assert wanted in lines, f"{name}: {wanted}"
     template = (PACKAGING / "influx-backupd@.service").read_text()
     assert "--config /etc/influx-backupd/%i.toml run" in template
+    assert "ExecStopPost=-/usr/bin/influx-backupd --config /etc/influx-backupd/%i.toml recover" in (
+        template.splitlines()
+    )
+    plain = (PACKAGING / "influx-backupd.service").read_text().splitlines()
+    assert f"{EXEC_STOP_POST}--config /etc/influx-backupd/config.toml recover" in plain
     assert "StateDirectory=influx-backupd/%i" in template
 
 
@@ -118,11 +125,11 @@ def test_render_picks_the_reload_protocol_by_systemd_version(name: str) -> None:
     new = render(name, "/usr/bin", "253").splitlines()
     assert "Type=notify-reload" in new and "Type=notify" not in new
     assert not [line for line in new if line.startswith("ExecReload=")]
-    assert [line for line in old if line.startswith("ExecStart=")] == [
-        line.replace("/usr/bin/", "/usr/local/bin/", 1)
-        for line in new
-        if line.startswith("ExecStart=")
-    ]
+    for key in ("ExecStart=", "ExecStopPost="):
+        assert [line for line in old if line.startswith(key)] == [
+            line.replace("/usr/bin/", "/usr/local/bin/", 1) for line in new if line.startswith(key)
+        ]
+        assert [line for line in old if line.startswith(key) and "/usr/local/bin/" in line]
 
 
 # The figure docs/daemon.md promises; tests/systemd checks it again inside a booted Debian 12.

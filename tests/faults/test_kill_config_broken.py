@@ -1,0 +1,79 @@
+"""A run killed while influxd was stopped, and its config edited since into one that does not
+load: systemd restarts the daemon into a config error (78, and RestartPreventExitStatus=78 ends
+the restarts there), so recovery must not wait for a config that loads. The server is started
+again with the config the killed run used (kept in the state dir), before the error's line;
+`status` says influxd may be down. And `recover`, which the unit runs after every stop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.influxd.sandbox import Sandbox
+from tests.conftest import write_config
+from tests.faults.conftest import Ledger, Watched, run_cli
+
+MARKER = "influxd-stopped.json"
+FILLER = 1_000_000_000  # sparse: its copy keeps the stop window open long enough to aim at
+
+
+def _killed_mid_copy(tmp_path: Path, sandbox: Sandbox, ledger: Ledger) -> Path:
+    """A config whose cold backup was SIGKILLed during its copy: influxd stopped, marker left."""
+    job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
+    config = write_config(tmp_path, sandbox, jobs=[job], holes="fill")
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 5_000)
+    first = run_cli(config, "backup", "--json")
+    assert first.returncode == 0, first.stderr[-3000:]
+    ledger.take()
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(FILLER)
+    backup = Watched(config, "backup", "--json")
+    backup.wait_event("archive.writing", phase="copy")
+    backup.kill()
+    (sandbox.data / "filler.bin").unlink()
+    assert (tmp_path / "state" / MARKER).exists()
+    assert not sandbox.ping()
+    return config
+
+
+@pytest.mark.fault("kill", "SIGKILL mid-copy, then the config edited into one that does not load")
+@pytest.mark.parametrize("command", ["run", "recover", "backup"])
+def test_influxd_is_started_again_with_the_config_the_killed_run_used(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, command: str
+) -> None:
+    config = _killed_mid_copy(tmp_path, sandbox, ledger)
+    config.write_text(config.read_text().replace('mode = "cold"', 'mode = "warm"'))
+
+    status = run_cli(config, "status")
+    assert status.returncode == 78, status.stderr[-3000:]
+    assert "influxd may be down" in status.stderr and "recover" in status.stderr
+    assert (tmp_path / "state" / MARKER).exists()  # status acts on nothing
+
+    done = run_cli(config, command)
+    assert done.returncode == 78, done.stderr[-3000:]
+    assert "started again with the config that run used" in done.stderr, done.stderr[-3000:]
+    assert "'warm'" in done.stderr.strip().splitlines()[-1]  # then the config's own error
+    assert "Traceback" not in done.stderr
+    assert sandbox.ping(), "influxd answers"
+    assert not (tmp_path / "state" / MARKER).exists()
+    lost_points, lost = ledger.settle()
+    assert (lost_points, lost) == (0, [])
+
+
+@pytest.mark.fault("kill", "SIGKILL mid-copy, then `recover` (the unit's ExecStopPost=)")
+def test_recover_starts_influxd_a_killed_run_left_stopped_and_else_does_nothing(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    config = _killed_mid_copy(tmp_path, sandbox, ledger)
+    done = run_cli(config, "recover")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("recovered: influxd, stopped by run "), done.stdout
+    assert sandbox.ping()
+    again = run_cli(config, "recover", "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["left_stopped"] is False
+    lost_points, lost = ledger.settle()
+    assert (lost_points, lost) == (0, [])
