@@ -7,9 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from influx_backupd.core.config import load
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.offsite.errors import REASONS
 from influx_backupd.offsite.repo import Offsite
+from influx_backupd.run import offsite, offsite_repair
+from influx_backupd.run.followup import write_metrics
+from influx_backupd.store.catalog import Catalog
 from tests.conftest import Cli, write_config
 from tests.offsite.conftest import Endpoint, free_port
 from tests.offsite.helpers import offsite_section
@@ -109,3 +115,26 @@ def test_an_endpoint_down_then_refusing_our_keys_each_show_until_a_sync_complete
     config.write_text(config.read_text().replace(str(wrong), str(rclone.credentials)))
     assert cli("offsite", "sync").returncode == 0
     assert failing(metrics) == only(None)
+
+
+def test_a_metrics_write_loads_offsite_json_and_the_damage_notes_once(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon writes the metrics every 30 s: the figures and the failing reasons come from
+    one read of offsite.json and of the notes (each was read twice)."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    cli, metrics = _cli(tmp_path, sandbox, offsite_section(moto))
+    assert cli.json("backup")["status"] == "ok"
+    before = metrics.read_text()
+    config = load(cli.config)
+    loads: list[str] = []
+    state_load, noted = offsite.State.load.__func__, offsite_repair.noted  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        offsite.State, "load", classmethod(lambda c, d: loads.append("state") or state_load(c, d))
+    )
+    monkeypatch.setattr(offsite_repair, "noted", lambda d: loads.append("notes") or noted(d))
+    write_metrics(config, Catalog(config.state_dir))
+    assert sorted(loads) == ["notes", "state"]
+    assert failing(metrics) == only(None)
+    assert metrics.read_text().count("offsite") == before.count("offsite")

@@ -53,13 +53,14 @@ def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None =
     if daemon is None:
         daemon = carried_over(path, config.state_dir)
     exists = catalog.exists()
+    shown, failing = offsite.for_metrics(config, catalog if exists else None)
     text = render(
         catalog.list() if exists else [],
         counters=catalog.counters() if exists else None,
         daemon=daemon,
         left_down=CrashMarker.may_be_down(CrashMarker(config.state_dir).read()),
-        offsite=offsite.figures(config, catalog) if exists else None,
-        offsite_failing=offsite.failing(config),
+        offsite=shown,
+        offsite_failing=failing,
     )
     try:
         write_textfile(path, text)

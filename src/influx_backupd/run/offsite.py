@@ -454,32 +454,57 @@ def status(config: Config, catalog: Catalog) -> dict[str, Any] | None:
     }
 
 
-def failing(config: Config) -> frozenset[Reason]:
+def for_metrics(
+    config: Config, catalog: Catalog | None
+) -> tuple[dict[str, OffsiteFigures] | None, frozenset[Reason]]:
+    """figures() (None without a catalog) and failing(), from one load of offsite.json and of
+    the damage notes (the metrics are written every 30 s by the daemon)."""
+    if config.settings.offsite is None:
+        return None, frozenset()
+    state = State.load(config.state_dir)
+    notes = offsite_repair.noted(config.state_dir)
+    shown = None if catalog is None else figures(config, catalog, state, notes)
+    return shown, failing(config, state, notes)
+
+
+def failing(
+    config: Config, state: State | None = None, notes: list[offsite_repair.Damage] | None = None
+) -> frozenset[Reason]:
     """What the off-site copy fails on now, for the metrics (no request to the bucket): the
     last failure offsite.json records (a sync, or a stall that gave one up), and "damaged" while
     objects a check or `verify --offsite` found damaged in the bucket are not sent again (what
-    status lists as DAMAGED). None after a sync that completed with nothing left damaged."""
+    status lists as DAMAGED). None after a sync that completed with nothing left damaged.
+    state, notes: as loaded already (else read here)."""
     if config.settings.offsite is None:
         return frozenset()
     reasons: set[Reason] = set()
-    last = State.load(config.state_dir).failing
+    last = (state or State.load(config.state_dir)).failing
     if last is not None:
         reasons.add(last)
-    if any(note.objects for note in offsite_repair.noted(config.state_dir)):
+    if notes is None:
+        notes = offsite_repair.noted(config.state_dir)
+    if any(note.objects for note in notes):
         reasons.add("damaged")
     return frozenset(reasons)
 
 
-def figures(config: Config, catalog: Catalog) -> dict[str, OffsiteFigures] | None:
-    """Per job, for the metrics."""
+def figures(
+    config: Config,
+    catalog: Catalog,
+    state: State | None = None,
+    notes: list[offsite_repair.Damage] | None = None,
+) -> dict[str, OffsiteFigures] | None:
+    """Per job, for the metrics. state, notes: as loaded already (else read here)."""
     if config.settings.offsite is None:
         return None
-    state = State.load(config.state_dir)
+    state = state or State.load(config.state_dir)
+    if notes is None:
+        notes = offsite_repair.noted(config.state_dir)
     pending: dict[str, int] = {}
     for record in not_offsite(config, catalog, state):
         pending[record.job] = pending.get(record.job, 0) + 1
     damaged: dict[str, int] = {}
-    for note in offsite_repair.noted(config.state_dir):
+    for note in notes:
         damaged[note.job] = damaged.get(note.job, 0) + len(note.objects)
     jobs = {j.name for j in config.settings.job if j.offsite}
     return {
