@@ -138,3 +138,35 @@ def test_a_metrics_write_loads_offsite_json_and_the_damage_notes_once(
     assert sorted(loads) == ["notes", "state"]
     assert failing(metrics) == only(None)
     assert metrics.read_text().count("offsite") == before.count("offsite")
+
+
+def test_a_sync_that_leaves_a_backup_behind_or_cannot_read_its_writer_id_is_failing(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: a sync that ended but did not send a backup (exit 1) cleared last_error, and
+    one that failed on this host's writer id file recorded nothing: offsite_failing stayed 0."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    down = f"http://127.0.0.1:{free_port()}"
+    cli, metrics = _cli(tmp_path, sandbox, offsite_section(moto, endpoint_url=down, retries=1))
+    record = cli.json("backup")
+    assert record["status"] == "ok"
+    Path(record["archive"]).unlink()  # gone from the storage dir before the next sync
+    cli.config.write_text(cli.config.read_text().replace(down, moto.url))
+    synced = cli("offsite", "sync")
+    assert synced.returncode == 1, synced.stderr[-2000:]
+    assert f"not sent: {record['id']}" in synced.stderr
+    assert failing(metrics) == only("other")
+    off = cli.json("status")["offsite"]
+    assert off["last_error_reason"] == "other"
+    assert f"not sent: {record['id']}" in off["last_error"], off
+
+    writer = load(cli.config).state_dir / "offsite-writer.id"
+    writer.unlink()
+    writer.mkdir()  # not a file this host can read its writer id from
+    refused = cli("offsite", "sync")
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert "offsite-writer.id: cannot be read" in refused.stderr
+    off = cli.json("status")["offsite"]
+    assert "offsite-writer.id: cannot be read" in (off["last_error"] or ""), off
+    assert failing(metrics) == only("other")

@@ -640,8 +640,9 @@ def sync(
     logger = log.get()
     state = State.load(config.state_dir)
     report = SyncReport()
-    offsite = open_offsite(config, writer=writer_id(config.state_dir))
     try:
+        # inside: a writer id that does not read is this sync's failure too (status, metrics)
+        offsite = open_offsite(config, writer=writer_id(config.state_dir))
         offsite.claim(adopt=adopt, host=socket.gethostname())
         in_bucket = {r.id for r in offsite.manifests()}
         _sent_still_there(offsite, state, catalog, in_bucket)
@@ -772,6 +773,9 @@ def sync(
         if report.sweep_blocked is not None:
             # not a failed sync (everything was sent), but what status must show until mended
             state.failed(report.sweep_blocked, "sweep_blocked")
+        elif report.skipped or report.check_failed:
+            # a sync that ended but left a backup behind (exit 1) fails too, until one sends it
+            state.failed(_left_behind(report), "other")
     except Exception as exc:
         line = str(exc) if isinstance(exc, OffsiteError) else f"{type(exc).__name__}: {exc}"
         state.failed(line, reason_of(exc))
@@ -783,6 +787,14 @@ def sync(
         report.pending = [r.id for r in not_offsite(config, catalog, state)]
         state.save(config.state_dir)
     return report
+
+
+def _left_behind(report: SyncReport) -> str:
+    """The line for a sync that ended with backups not sent or manifests that do not read."""
+    said = [f"not sent: {line}" for line in report.skipped]
+    said += [f"check: {i}: {why}" for i, why in report.check_failed.items()]
+    more = f" (and {len(said) - 1} more)" if len(said) > 1 else ""
+    return f"{said[0]}{more}"
 
 
 def _or_wanted(state_dir: Path, stop: Callable[[], bool]) -> Callable[[], bool]:
