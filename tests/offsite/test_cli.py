@@ -202,3 +202,29 @@ def test_a_backup_id_the_bucket_does_not_hold_is_a_usage_error(
         assert done.returncode == 2, (argv, done.stderr)
         assert done.stderr.strip().endswith("no backup 20200101T000000Z-0000 in the bucket")
     assert sandbox.ping()
+
+
+def test_quiet_list_and_import_say_why_they_exit_1_for_a_manifest_passed_over(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: -q hid the warning event, the only word of the manifest passed over: exit 1 in
+    silence (--json printed the other rows and nothing of it)."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    cli = Cli(write_config(tmp_path, sandbox, extra=offsite_section(moto)))
+    record = cli.json("backup")
+    assert record["status"] == "ok"
+    planted = "host-a/manifests/nightly/20200101T000001Z-beef.json.gz"
+    moto.client().put_object(Bucket=moto.bucket, Key=planted, Body=b"not gzip")
+    for argv in (("-q", "list", "--offsite"), ("-q", "list", "--offsite", "--json")):
+        listed = cli(*argv)
+        assert listed.returncode == 1, listed.stderr
+        lines = listed.stderr.splitlines()
+        assert len(lines) == 1 and "Traceback" not in listed.stderr, listed.stderr
+        assert lines[0].startswith("influx-backupd: offsite: passed over 1 manifest(s)")
+        assert planted in lines[0], lines[0]
+    (tmp_path / "new").mkdir()
+    fresh = Cli(write_config(tmp_path / "new", sandbox, extra=offsite_section(moto)))
+    imported = fresh("-q", "import", "--offsite")
+    assert imported.returncode == 1, imported.stderr
+    assert planted in imported.stderr and "passed over 1 manifest(s)" in imported.stderr

@@ -179,9 +179,17 @@ def _identity_right(found: list[Any], skipped: dict[str, str]) -> None:
 
 
 def _told_skipped(skipped: dict[str, str]) -> int:
-    """Exit 1 when a manifest was passed over (each said once, by offsite.manifest_skipped;
-    the rest were listed or imported), so that a script notices."""
-    return EXIT_FAILED if skipped else EXIT_OK
+    """Exit 1 when a manifest was passed over (the rest were listed or imported), so that a
+    script notices; and why, in one line on stderr: offsite.manifest_skipped is a warning, which
+    -q (and --log-level error) hides, and an exit 1 must never go unexplained."""
+    if not skipped:
+        return EXIT_OK
+    key = sorted(skipped)[0]
+    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+    say(
+        f"offsite: passed over {len(skipped)} manifest(s) that do not read: {key}: {skipped[key]}{more}"
+    )
+    return EXIT_FAILED
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
@@ -327,7 +335,8 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
             state = offsite.State.load(config.state_dir)
             state.sent.update({r.id: time.time() for r in new})
             state.save(config.state_dir)
-    status = EXIT_FAILED if orphans else _told_skipped(skipped)
+    told = _told_skipped(skipped)  # said whether or not orphans make it 1 anyway
+    status = EXIT_FAILED if orphans else told
     if args.json:
         print_json(
             {
