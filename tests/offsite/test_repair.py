@@ -71,7 +71,8 @@ def test_a_damaged_object_is_noted_by_verify_and_sent_again_by_the_next_sync(
     assert text.returncode == 1 and "the next `offsite sync`" in text.stdout, text.stdout
     noted = cli.json("status")["offsite"]["damaged"]
     assert [(d["backup"], d["objects"]) for d in noted] == [(record["id"], 1)]
-    assert "DAMAGED" in cli("status").stdout
+    assert "the next sync sends them again from its local copy" in cli("status").stdout
+    assert cli.json("status")["offsite"]["damaged"][0]["repair"]["can"] == "local_copy"
     cli("offsite", "sync")  # also rewrites the metrics
     assert f'influx_backupd_offsite_damaged_objects{{{JOB_LABEL}="nightly"}} 0' in (
         metrics.read_text()

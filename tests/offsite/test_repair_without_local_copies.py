@@ -28,6 +28,10 @@ def test_a_repair_on_a_host_without_local_copies_says_one_short_line_per_backup(
     for o in client.list_objects_v2(Bucket=moto.bucket, Prefix="host-a/objects/")["Contents"]:
         client.delete_object(Bucket=moto.bucket, Key=o["Key"])
     assert new("verify", "--offsite", "--all").returncode == 1
+    # before: "the next sync sends them again from a local copy", which no copy here holds
+    said = [x for x in new("status").stdout.splitlines() if "DAMAGED" in x]
+    assert len(said) == len(ids) and all("its own local copy is not here" in x for x in said)
+    assert not any("sends them again from" in x for x in said), said
 
     synced = new("offsite", "sync", "--adopt")  # the old host is gone: its prefix is taken over
     assert synced.returncode == 1, synced.stdout
@@ -40,3 +44,11 @@ def test_a_repair_on_a_host_without_local_copies_says_one_short_line_per_backup(
         assert backup_id in line and not any(i in line for i in others), line
         assert "no local copy" in line and len(line) < 200, line
     assert "Traceback" not in synced.stderr
+    # the repair found no local backup holding them: status says so, and what to do
+    said = [x for x in new("status").stdout.splitlines() if "DAMAGED" in x]
+    assert len(said) == len(ids), said
+    for line in said:
+        assert "NOT repairable: " in line and "no local copy" in line, line
+        assert "take a new backup" in line and "sends them again" not in line, line
+    damaged = new.json("status")["offsite"]["damaged"]
+    assert {d["repair"]["can"] for d in damaged} == {"not_repairable"}, damaged

@@ -283,8 +283,8 @@ def render(report: dict[str, Any]) -> str:
         for damage in off.get("damaged") or []:
             lines.append(
                 f"  DAMAGED {damage['backup']}: {damage['objects']} object(s) missing or damaged "
-                f"in the bucket (found {_when(damage['found_at'])}); the next sync sends them "
-                "again from a local copy"
+                f"in the bucket (found {_when(damage['found_at'])}); "
+                + _repair_said(damage.get("repair") or {})
             )
     down = report["last_downtime"]
     if down:
@@ -293,3 +293,18 @@ def render(report: dict[str, Any]) -> str:
             f"{_when(down['started_at'])})"
         )
     return "\n".join(lines)
+
+
+def _repair_said(repair: dict[str, Any]) -> str:
+    """What the next sync can do for a damaged off-site backup (run/offsite._repair_outlook)."""
+    if repair.get("can") == "local_copy":
+        return "the next sync sends them again from its local copy"
+    if repair.get("can") == "not_repairable":
+        return (
+            f"NOT repairable: {repair.get('why')}; a restore of it from the bucket fails: "
+            "take a new backup (the next sync sends it), and off-site retention prunes this one"
+        )
+    return (
+        "its own local copy is not here: the next sync sends them again only if another "
+        "local backup holds them (it says `not repaired` when none does)"
+    )

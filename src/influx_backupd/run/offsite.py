@@ -208,6 +208,9 @@ class State:
     # backup id → when off-site retention deleted its manifest: not sent again (local
     # retention may keep it longer, and each sync would send it for the next prune to delete)
     retired: dict[str, float] = field(default_factory=dict)
+    # backup id → why the last sync's repair could not send its damaged objects again (no
+    # local backup holds them): what `status` says of its damage instead of "the next sync"
+    unrepaired: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, state_dir: Path) -> State:
@@ -274,6 +277,12 @@ class State:
         if error is not None and not isinstance(error, str):
             bad.append("last_error")
             error = None
+        unrepaired = {}
+        for name, why in table("unrepaired").items():
+            if isinstance(why, str):
+                unrepaired[name] = why
+            else:
+                bad.append(f"unrepaired.{name}")
         reason = raw.get("last_error_reason")
         if reason is not None and reason not in REASONS:
             bad.append("last_error_reason")
@@ -286,6 +295,7 @@ class State:
             last_error_reason=reason if error is not None else None,
             last_check=stamp("last_check"),
             retired=stamps("retired"),
+            unrepaired=unrepaired,
         )
         tell_ignored(path, bad)
         return state
@@ -299,6 +309,7 @@ class State:
             "last_error_reason": self.last_error_reason,
             "last_check": self.last_check,
             "retired": self.retired,
+            "unrepaired": self.unrepaired,
         }
         _write_private(state_dir / STATE_FILE, data)
 
@@ -450,8 +461,24 @@ def status(config: Config, catalog: Catalog) -> dict[str, Any] | None:
         "last_error": state.last_error,
         "last_error_at": state.last_error_at,
         "last_error_reason": state.failing,
-        "damaged": offsite_repair.summary(config.state_dir),
+        "damaged": [
+            {**damage, "repair": _repair_outlook(damage["backup"], catalog, state)}
+            for damage in offsite_repair.summary(config.state_dir)
+        ],
     }
+
+
+def _repair_outlook(backup_id: str, catalog: Catalog, state: State) -> dict[str, Any]:
+    """What the next sync can do for a backup's damaged objects, as far as this host knows
+    without asking the bucket: "local_copy", sent again from its own local copy; "not_repairable",
+    the last sync's repair found no local backup holding them (why); "unknown", its own copy
+    is not here, and only another local backup whose manifest names them could repair it."""
+    if backup_id in state.unrepaired:
+        return {"can": "not_repairable", "why": state.unrepaired[backup_id]}
+    record = catalog.get(backup_id)
+    if _has_local_copy(record) and record is not None and record.good and record.archive:
+        return {"can": "local_copy", "why": None}
+    return {"can": "unknown", "why": "its own local copy is not here"}
 
 
 def for_metrics(
@@ -750,6 +777,12 @@ def sync(
             )
             report.repaired_bytes = sum(repair.bytes_by_job.values())
             report.repaired, report.unrepaired = repair.repaired, repair.left
+            # what status says of each damaged backup: kept until a repair sends it (a note
+            # gone, pruned or cleared, is not shown at all)
+            state.unrepaired = {
+                i: why for i, why in state.unrepaired.items() if i not in repair.repaired
+            }
+            state.unrepaired.update(repair.left)
             for job, sent in repair.bytes_by_job.items():
                 state.job(job).uploaded_bytes += sent
             report.yielded = stop()
