@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from influx_backupd.offsite.errors import PrefixTaken
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.offsite.errors import OffsiteError, PrefixTaken
 from influx_backupd.offsite.repo import Offsite
+from tests.conftest import Cli, write_config
 from tests.offsite.conftest import Endpoint
-from tests.offsite.helpers import cold_backup, make_tar, make_tree
+from tests.offsite.helpers import cold_backup, make_tar, make_tree, offsite_section
 
 A, B = "a" * 32, "b" * 32
 
@@ -81,8 +83,79 @@ def test_what_the_bucket_serves_is_read_only_as_far_as_it_may_be_long(moto: Endp
     padded = json.dumps({**json.loads(ours), "pad": "x" * (3 << 20)}).encode()
     client.put_object(Bucket=moto.bucket, Key=key, Body=padded)
     assert len(store.bucket.get_bytes(key, 1000)) == 1001
-    with pytest.raises(PrefixTaken):
+    with pytest.raises(OffsiteError) as refused:
         Offsite(settings, writer=A).claim(host="db1.dc1")
+    assert not isinstance(refused.value, PrefixTaken)
+    assert "does not read as an influx-backupd writer marker" in str(refused.value)
+    assert f"more than {1 << 20} bytes" in str(refused.value)
+
+
+def test_a_page_that_is_no_marker_is_told_as_such_and_never_adopted(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """The audit's repro: a proxy or captive portal's HTML page (200) for writer.json was told
+    as "written by another host ... --adopt", and --adopt wrote over that object."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    cli = Cli(write_config(tmp_path, sandbox, extra=offsite_section(moto)))
+    page = b"<!DOCTYPE html><html><body>Sign in to the guest Wi-Fi</body></html>"
+    client = moto.client()
+    key = "host-a/writer.json"
+    client.put_object(Bucket=moto.bucket, Key=key, Body=page, ContentType="text/html")
+    assert cli.json("backup")["status"] == "ok", "the local backup stays ok"
+    for argv in (("offsite", "sync"), ("offsite", "sync", "--adopt")):
+        done = cli(*argv)
+        assert done.returncode == 1, (argv, done.stderr[-2000:])
+        line = done.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in done.stderr, done.stderr
+        assert f"{key} does not read as an influx-backupd writer marker" in line, line
+        assert "got text/html" in line and "starting '<!DOCTYPE html>" in line, line
+        assert moto.url in line and "--adopt" not in line, line
+        assert client.get_object(Bucket=moto.bucket, Key=key)["Body"].read() == page
+    assert cli.json("status")["offsite"]["not_offsite"], "nothing sent there"
+
+
+def test_name_key_tags_and_manifests_that_are_pages_say_what_came(
+    moto: Endpoint, tmp_path: Path
+) -> None:
+    """The other small objects read back: a recipients tag or name key that is a page is an
+    error naming it (before: passed over as another's, and a fresh host made a new name key,
+    sending every file again); a manifest that is one is passed over saying what came."""
+    from tests.offsite.helpers import age_identity
+
+    identity, recipient = age_identity(tmp_path)
+    (tmp_path / "state").mkdir()
+    settings = moto.settings(encrypt_to=[recipient])
+    sent = Offsite(settings, key_file=tmp_path / "state" / "name.key").send(
+        _backup(tmp_path, "20260101T000000Z-aaaa", b"1" * 5000)  # type: ignore[arg-type]
+    )
+    assert sent.complete
+    client = moto.client()
+    listed = client.list_objects_v2(Bucket=moto.bucket, Prefix="host-a/keys/")["Contents"]
+    page = b"<html><body>Please log in</body></html>"
+    fresh = moto.settings(encrypt_to=[recipient], identity_file=identity)
+    for suffix, what in ((".recipients", "a recipients tag"), (".age", "an age-encrypted")):
+        [key] = [o["Key"] for o in listed if o["Key"].endswith(suffix)]
+        kept = client.get_object(Bucket=moto.bucket, Key=key)["Body"].read()
+        client.put_object(Bucket=moto.bucket, Key=key, Body=page, ContentType="text/html")
+        state = tmp_path / f"fresh{suffix}"
+        state.mkdir()
+        with pytest.raises(OffsiteError) as refused:
+            Offsite(fresh, key_file=state / "name.key").send(
+                _backup(tmp_path, "20260102T000000Z-bbbb", b"2" * 5000)  # type: ignore[arg-type]
+            )
+        said = str(refused.value)
+        assert f"{key} does not read as {what}" in said and "got text/html" in said, said
+        assert not (state / "name.key").exists(), "no new name key made"
+        client.put_object(Bucket=moto.bucket, Key=key, Body=kept)
+
+    planted = "host-a/manifests/nightly/20200101T000000Z-0001.json.gz"
+    client.put_object(Bucket=moto.bucket, Key=planted, Body=page, ContentType="text/html")
+    store = Offsite(fresh)
+    skipped: dict[str, str] = {}
+    found = list(store.readable(store.manifests(), skipped))
+    assert [m.id for _, m in found] == ["20260101T000000Z-aaaa"]
+    assert "got text/html" in skipped[planted], skipped
 
 
 def test_two_hosts_claiming_a_new_prefix_in_the_same_moment_leave_it_to_one(
@@ -94,9 +167,9 @@ def test_two_hosts_claiming_a_new_prefix_in_the_same_moment_leave_it_to_one(
     (If-None-Match, honoured by AWS S3 and moto): A is refused, naming B's host."""
     settings = moto.settings()
     a = Offsite(settings, writer=A)
-    read = a.bucket.get_bytes
+    read = a.bucket.get_typed
 
-    def read_then_b_claims(key: str, limit: int) -> bytes:
+    def read_then_b_claims(key: str, limit: int) -> tuple[bytes, str]:
         try:
             return read(key, limit)
         finally:
@@ -105,7 +178,7 @@ def test_two_hosts_claiming_a_new_prefix_in_the_same_moment_leave_it_to_one(
                 Offsite(settings, writer=B).claim(host="db1.dc2")
 
     claimed: list[bool] = []
-    a.bucket.get_bytes = read_then_b_claims  # type: ignore[method-assign]
+    a.bucket.get_typed = read_then_b_claims  # type: ignore[method-assign]
     with pytest.raises(PrefixTaken, match=r"'db1\.dc2'"):
         a.claim(host="db1.dc1")
     marker = moto.client().get_object(Bucket=moto.bucket, Key="host-a/writer.json")

@@ -536,9 +536,15 @@ class Bucket:
         """The object's bytes, at most limit + 1 of them: anyone who can write the bucket (or
         answer for it) decides its size, and the caller's own check of what it reads refuses
         one longer than limit, without holding it in memory first."""
-        body = self.get_stream(key)
+        return self.get_typed(key, limit)[0]
+
+    def get_typed(self, key: str, limit: int) -> tuple[bytes, str]:
+        """get_bytes(), and the Content-Type the answer came with ("" when none): what a
+        caller names when the body is not what it expects (a proxy's or portal's HTML page)."""
+        answer = self.call(f"get {key}", self.client.get_object, Bucket=self.name, Key=key)
+        body = _Reading(answer["Body"])
         try:
-            return bytes(body.read(limit + 1))
+            return bytes(body.read(limit + 1)), str(answer.get("ContentType") or "")
         except Exception as exc:
             raise self.error(exc, f"get {key}") from None
         finally:

@@ -243,6 +243,21 @@ _WRITER = re.compile(r"[0-9a-f]{32}\Z")
 SMALL_OBJECT = 1 << 20
 
 
+_GZIP = b"\x1f\x8b"
+_AGE = b"age-encryption.org/v1\n"
+# a recipients tag as written: the recipients' fingerprint (crypto.recipients_fingerprint)
+_RECIPIENTS = re.compile(rb"\s*[0-9a-f]{64}\s*")
+
+
+def _what_came(data: bytes, kind: str, limit: int) -> str:
+    """A few words on a body read back that is not what was asked for: its Content-Type, its
+    size, and its first bytes (readable)."""
+    size = f"more than {limit} bytes" if len(data) > limit else f"{len(data)} bytes"
+    start = data[:24].decode("ascii", "backslashreplace")
+    start = "".join(c if c.isprintable() else "?" for c in start)
+    return f"got {kind or 'no Content-Type'}, {size}" + (f", starting {start!r}" if data else "")
+
+
 def _marker_of(data: bytes) -> dict[str, Any] | None:
     """The writer marker's fields (writer, host, adopted), or None when it is not one."""
     try:
@@ -427,17 +442,18 @@ class Offsite:
         for item in sorted(listed, key=lambda o: o.modified, reverse=True):
             tag = item.key[: -len(".age")] + ".recipients"
             try:
-                if (
-                    self.bucket.get_bytes(tag, SMALL_OBJECT).decode(errors="replace").strip()
-                    != recipients
-                ):
-                    continue
+                said, kind = self.bucket.get_typed(tag, SMALL_OBJECT)
             except NotFound:
                 continue
+            if not _RECIPIENTS.fullmatch(said):
+                raise self._not_read(tag, "a recipients tag of a name key", said, kind)
+            if said.decode().strip() != recipients:
+                continue
+            stored, kind = self.bucket.get_typed(item.key, SMALL_OBJECT)
+            if not stored.startswith(_AGE):
+                raise self._not_read(item.key, "an age-encrypted name key", stored, kind)
             try:
-                data = crypto.decrypt_bytes(
-                    self.bucket.get_bytes(item.key, SMALL_OBJECT), self.identities(), item.key
-                )
+                data = crypto.decrypt_bytes(stored, self.identities(), item.key)
             except (NotOurs, IntegrityError):
                 continue  # a key of other recipients (encrypt_to changed since), or damaged
             if len(data) == 32:
@@ -456,15 +472,16 @@ class Offsite:
         cloned config) would otherwise prune each other's backups."""
         assert self.writer is not None, "claim() needs the writer id"
         key = self.bucket.key(WRITER_MARKER)
+        marker: dict[str, Any] | None
         try:
-            marker: dict[str, Any] | None = _marker_of(self.bucket.get_bytes(key, SMALL_OBJECT))
-            taken = True
+            marker = self._read_marker(key)
         except NotFound:
-            marker, taken = None, False
+            marker = None
         if marker is not None and marker["writer"] == self.writer:
             self._owned = {self.writer, *marker["adopted"]}
             return
-        if taken and not adopt:
+        taken = marker is not None
+        if marker is not None and not adopt:
             raise self._taken(marker)
         before: list[str] = []
         if marker is not None:
@@ -477,8 +494,8 @@ class Offsite:
             self._put_if_absent(key, body)
         # an endpoint that ignores If-None-Match: two hosts claiming a new prefix at once both
         # write, the marker is the last one's; read back, the other one sees it is not its own
-        again = _marker_of(self.bucket.get_bytes(key, SMALL_OBJECT))
-        if again is None or again["writer"] != self.writer:
+        again = self._read_marker(key)
+        if again["writer"] != self.writer:
             raise self._taken(again)
         self._owned = {self.writer, *before}
         log.get().warning(
@@ -496,17 +513,40 @@ class Offsite:
         try:
             self.bucket.put_bytes(key, body, if_absent=True)
         except AlreadyThere:
-            raise self._taken(_marker_of(self.bucket.get_bytes(key, SMALL_OBJECT))) from None
+            raise self._taken(self._read_marker(key)) from None
         except (NoBucket, Refused, Unreachable):
             raise
         except OffsiteError:
             self.bucket.put_bytes(key, body)
 
-    def _taken(self, marker: dict[str, Any] | None) -> PrefixTaken:
+    def _not_read(self, key: str, what: str, data: bytes, kind: str) -> OffsiteError:
+        """An object read back that is not what this tool writes there: never passed over as
+        one of other recipients (a new name key would be made, and every file sent again)."""
+        return OffsiteError(
+            f"{self.bucket.where}: {key} does not read as {what} "
+            f"({_what_came(data, kind, SMALL_OBJECT)}): check endpoint_url and bucket (a "
+            "proxy or captive portal answering for the endpoint?); nothing sent"
+        )
+
+    def _read_marker(self, key: str) -> dict[str, Any]:
+        """The writer marker at key (NotFound: none). A body that is no marker of ours (a
+        proxy's or captive portal's page answering for the endpoint, an object of someone
+        else's, a damaged one) is an error of its own, never taken for another writer's: the
+        line for that suggests --adopt, which would write over that object."""
+        data, kind = self.bucket.get_typed(key, SMALL_OBJECT)
+        marker = _marker_of(data)
+        if marker is None:
+            raise OffsiteError(
+                f"{self.bucket.where}: {key} does not read as an influx-backupd writer marker "
+                f"({_what_came(data, kind, SMALL_OBJECT)}): check endpoint_url and bucket (a "
+                "proxy or captive portal answering for the endpoint?); nothing sent or pruned. "
+                "If it is that bucket and the object is damaged, delete it by hand"
+            )
+        return marker
+
+    def _taken(self, marker: dict[str, Any]) -> PrefixTaken:
         whose = (
-            f"another host or config (its marker {self.bucket.key(WRITER_MARKER)} does not read)"
-            if marker is None
-            else f"another host or config (writer {marker['writer'][:12]}…"
+            f"another host or config (writer {marker['writer'][:12]}…"
             + (f", host {marker['host']!r:.80}" if marker["host"] else "")
             + ")"
         )
@@ -591,8 +631,14 @@ class Offsite:
                 cached.unlink(missing_ok=True)
         if ref.size > MAX_STORED:  # not even downloaded
             raise BadManifest(f"{ref.key}: {ref.size} bytes, more than a manifest may be")
-        data = self.bucket.get_bytes(ref.key, MAX_STORED)  # a longer one: BadManifest
-        manifest = self._decode(ref, data)
+        data, kind = self.bucket.get_typed(ref.key, MAX_STORED)  # a longer one: BadManifest
+        try:
+            manifest = self._decode(ref, data)
+        except BadManifest as exc:
+            if data.startswith((_GZIP, _AGE)):
+                raise
+            # not even gzip or age: a proxy's page, someone's object: say what came
+            raise BadManifest(f"{exc} ({_what_came(data, kind, MAX_STORED)})") from None
         if path is not None:
             self._keep(path, data)
         return manifest
