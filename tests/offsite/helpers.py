@@ -164,7 +164,9 @@ class StallingProxy:
     """Passes requests on to upstream (moto), except those `stalls(method, path)` picks: those
     get a status line and headers, then one byte every 2 s, for ever: each byte resets
     botocore's read timeout, so no such request ever ends. No upstream: every request stalls.
-    rate (bytes/s): every body, both ways, passed on that slowly but steadily."""
+    rate (bytes/s): every body, both ways, passed on that slowly but steadily. cuts(method,
+    path): those answers are passed on with their whole Content-Length but half their body, and
+    the connection closed (a connection broken mid-body)."""
 
     def __init__(
         self,
@@ -172,10 +174,13 @@ class StallingProxy:
         stalls: Callable[[str, str], bool] = lambda _m, _p: True,
         *,
         rate: int | None = None,
+        cuts: Callable[[str, str], bool] = lambda _m, _p: False,
     ) -> None:
         self.upstream = urlsplit(upstream or "http://127.0.0.1:9")
         self.stalls = stalls
         self.rate = rate
+        self.cuts = cuts
+        self.cut: list[str] = []
         self.stalled: list[str] = []
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -219,6 +224,11 @@ class StallingProxy:
                 )
                 head.append("Connection: close")
                 conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+                if self.cuts(method, path) and len(data) > 1:
+                    self.cut.append(f"{method} {path}")
+                    conn.sendall(data[: len(data) // 2])
+                    conn.shutdown(socket.SHUT_RDWR)
+                    return
                 for at in range(0, len(data), 4096):
                     conn.sendall(data[at : at + 4096])
                     if self.rate:

@@ -138,10 +138,18 @@ PIECE = 16 * 1024  # a download's unit of movement (see _Reading.read)
 
 class _Reading:
     """A response body whose every read is a request in flight for ACTIVITY (a download that
-    trickles stalls as an upload's answer does)."""
+    trickles stalls as an upload's answer does). A read that fails (the connection broken or
+    timed out mid-body) raises broken(exc, bytes read so far): our line, kept in self.broken
+    for a caller whose reader (age's) hides it behind an error of its own."""
 
-    def __init__(self, body: Any) -> None:
+    def __init__(
+        self, body: Any, broken: Callable[[BaseException, int], OffsiteError] | None = None
+    ) -> None:
         self._body = body
+        self._broken = broken
+        self.got = 0  # bytes read so far
+        self.broken: OffsiteError | None = None
+        self.content_type = ""  # as the answer says ("" when it does not)
 
     def read(self, n: int = -1) -> bytes:
         """In pieces of PIECE at most, each one movement: a slow download that brings a piece
@@ -151,13 +159,21 @@ class _Reading:
             pieces: list[bytes] = []
             left = n
             while left != 0:
-                piece = bytes(self._body.read(PIECE if left < 0 else min(PIECE, left)))
+                try:
+                    piece = bytes(self._body.read(PIECE if left < 0 else min(PIECE, left)))
+                except Exception as exc:
+                    if self._broken is None:
+                        raise
+                    self.broken = self._broken(exc, self.got + sum(map(len, pieces)))
+                    raise self.broken from None
                 if not piece:
                     break
                 ACTIVITY.moved()
                 pieces.append(piece)
                 left = left - len(piece) if left > 0 else left
-            return b"".join(pieces)
+            data = b"".join(pieces)
+            self.got += len(data)
+            return data
         finally:
             ACTIVITY.end()
 
@@ -166,6 +182,23 @@ class _Reading:
 
     def close(self) -> None:
         self._body.close()
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return type(exc).__name__ in ("ReadTimeoutError", "ReadTimeout") or isinstance(
+        exc, TimeoutError
+    )
+
+
+def _connection_broken(exc: BaseException, e: Any) -> bool:
+    """A connection closed or broken mid-answer, by whichever layer said it: botocore's
+    ResponseStreamingError, IncompleteReadError and ConnectionClosedError, urllib3's
+    ProtocolError and IncompleteRead, http.client's IncompleteRead, the socket's errors."""
+    if isinstance(exc, e.ResponseStreamingError | e.IncompleteReadError | e.ConnectionClosedError):
+        return True
+    if type(exc).__name__ in ("ProtocolError", "IncompleteRead", "RemoteDisconnected"):
+        return True
+    return isinstance(exc, ConnectionError) or "Connection broken" in str(exc)
 
 
 def _boto() -> tuple[Any, Any, Any]:
@@ -431,6 +464,9 @@ class Bucket:
             return OffsiteError(f"{self.where}: {what}: failed ({code})")
         if isinstance(exc, e.BotoCoreError):
             return OffsiteError(f"{self.where}: {what}: {type(exc).__name__}")
+        if _timed_out(exc) or _connection_broken(exc, e):
+            # urllib3's or http.client's own, raised past botocore (its text is theirs)
+            return Unreachable(f"{self.where}: connection lost: {what}")
         return OffsiteError(self._redact(f"{self.where}: {what}: {exc}"))
 
     def _redact(self, text: str) -> str:
@@ -541,19 +577,44 @@ class Bucket:
     def get_typed(self, key: str, limit: int) -> tuple[bytes, str]:
         """get_bytes(), and the Content-Type the answer came with ("" when none): what a
         caller names when the body is not what it expects (a proxy's or portal's HTML page)."""
-        answer = self.call(f"get {key}", self.client.get_object, Bucket=self.name, Key=key)
-        body = _Reading(answer["Body"])
+        body = self.get_stream(key)
         try:
-            return bytes(body.read(limit + 1)), str(answer.get("ContentType") or "")
+            return bytes(body.read(limit + 1)), body.content_type
         except Exception as exc:
             raise self.error(exc, f"get {key}") from None
         finally:
             with contextlib.suppress(Exception):
                 body.close()  # the rest of an oversized body is not read
 
-    def get_stream(self, key: str) -> Any:
-        body = self.call(f"get {key}", self.client.get_object, Bucket=self.name, Key=key)["Body"]
-        return _Reading(body)
+    def get_stream(self, key: str) -> _Reading:
+        answer = self.call(f"get {key}", self.client.get_object, Bucket=self.name, Key=key)
+        length = answer.get("ContentLength")
+        reading = _Reading(
+            answer["Body"],
+            lambda exc, got: self.broken(
+                exc, key, got, length if isinstance(length, int) else None
+            ),
+        )
+        reading.content_type = str(answer.get("ContentType") or "")
+        return reading
+
+    def broken(self, exc: BaseException, key: str, got: int, length: int | None) -> OffsiteError:
+        """One line for a download that failed mid-body, in our words (never urllib3's
+        "('Connection broken: IncompleteRead(12 bytes read, 88 more expected)', …)"): the
+        endpoint, the key and how far it came."""
+        if isinstance(exc, OffsiteError):
+            return exc
+        of = f" of {length}" if length is not None else ""
+        if _timed_out(exc):
+            return Unreachable(
+                f"{self.where}: the endpoint sent nothing more within the read timeout after {got}{of} "
+                f"bytes of {key}; given up"
+            )
+        if _connection_broken(exc, self._exc):
+            return Unreachable(
+                f"{self.where}: the endpoint closed the connection after {got}{of} bytes of {key}"
+            )
+        return self.error(exc, f"get {key}")
 
     # -- writing ---------------------------------------------------------------------------
 

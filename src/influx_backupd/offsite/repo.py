@@ -952,13 +952,22 @@ class Offsite:
             key = self.bucket.key(object_name(name))
             body = self.bucket.get_stream(key)
             try:
-                if manifest.encrypted:
-                    crypto.decrypt_stream(
-                        body, writer, self.identities(), f"object {key} ({f.path})"
-                    )
-                else:
-                    while chunk := body.read(CHUNK):
-                        writer.write(chunk)
+                try:
+                    if manifest.encrypted:
+                        crypto.decrypt_stream(
+                            body, writer, self.identities(), f"object {key} ({f.path})"
+                        )
+                    else:
+                        while chunk := body.read(CHUNK):
+                            writer.write(chunk)
+                except Exception:
+                    if body.broken is not None:
+                        # the connection broke mid-body: no damage (age's reader says
+                        # "decryption error" for a read that failed under it)
+                        raise body.broken from None
+                    raise
+            except Unreachable:
+                raise
             except NotOurs:
                 raise  # not damage: encrypted to other keys (encrypt_to changed since)
             except OffsiteError as exc:
