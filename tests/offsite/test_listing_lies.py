@@ -278,3 +278,32 @@ def test_a_page_that_is_not_this_listing_is_an_error(
         list(bucket.ls("manifests"))
     assert said in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+def test_list_refuses_an_empty_listing_that_misses_what_this_host_sent(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: `list --offsite` printed "no backups in s3://…" (exit 0) for a well-formed empty
+    listing that sync refuses: what this host sent, and a HEAD finds, is missing from it."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 200)
+    px = LyingProxy(moto.url, moto.bucket)
+    try:
+        section = offsite_section(moto, endpoint_url=px.url, retries=1)
+        cli = Cli(write_config(tmp_path, sandbox, extra=section))
+        sent = cli.json("backup")["id"]
+        assert [r["id"] for r in cli.json("list", "--offsite")] == [sent]
+        px.lie = "empty"
+        for argv in (("list", "--offsite"), ("-q", "list", "--offsite", "--json")):
+            listed = cli(*argv)
+            assert listed.returncode == 1, (argv, listed.stdout, listed.stderr[-2000:])
+            assert listed.stdout == "", "no list shown from it"
+            said = [x for x in listed.stderr.splitlines() if x.startswith("influx-backupd: ")]
+            assert len(said) == 1 and "Traceback" not in listed.stderr, listed.stderr
+            assert "is not complete: it misses backup " + sent in said[0], said[0]
+            assert "sent by this host" in said[0], said[0]
+        assert px.lies >= 2
+        px.lie = None
+        assert [r["id"] for r in cli.json("list", "--offsite")] == [sent]
+    finally:
+        px.close()

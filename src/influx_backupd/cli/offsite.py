@@ -108,8 +108,14 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
 
+    catalog = Catalog(config.state_dir)
+    sent = offsite.State.load(config.state_dir) if catalog.exists() else offsite.State()
+
     def read() -> tuple[list[ManifestRef], list[tuple[ManifestRef, Manifest]]]:
         refs = store.manifests(job=args.job)
+        # a listing that misses a manifest this host sent, and a HEAD finds: not the bucket's
+        # word (the check sync makes before it decides anything on a listing)
+        offsite.listing_checked(store, sent, catalog, {r.id for r in refs}, job=args.job)
         return refs, list(store.readable(refs, skipped))
 
     refs, found = offsite.watched(config, read)

@@ -837,15 +837,38 @@ def _or_wanted(state_dir: Path, stop: Callable[[], bool]) -> Callable[[], bool]:
 def _sent_still_there(
     offsite: Offsite, state: State, catalog: Catalog, in_bucket: set[str]
 ) -> None:
-    """What offsite.json records as sent but the listing does not name is asked for by a HEAD
-    (both names: encrypt_to may have been set since). Found: the listing is not complete, and
-    the sync stops before anything is decided on it (retention, the sweep and a repair delete
-    on the strength of what is not listed). Not found: deleted outside this tool (by hand, a
-    lifecycle rule): no longer sent, so a wanted backup is sent again. Every sent backup is
-    then expected in each later listing of this sync (Offsite.expect)."""
+    """What offsite.json records as sent but the listing does not name: listing_checked; one
+    not found by its HEAD was deleted outside this tool (by hand, a lifecycle rule): no longer
+    sent, so a wanted backup is sent again."""
+    for record in listing_checked(offsite, state, catalog, in_bucket):
+        state.sent.pop(record.id)
+        log.get().warning(
+            "offsite.manifest_gone",
+            run_id=record.id,
+            job=record.job,
+            reason="offsite.json says sent, but its manifest is not in the bucket (deleted "
+            "outside influx-backupd?): taken as not off-site",
+        )
+
+
+def listing_checked(
+    offsite: Offsite,
+    state: State,
+    catalog: Catalog,
+    in_bucket: set[str],
+    job: str | None = None,
+) -> list[RunRecord]:
+    """A listing of the manifests (in_bucket: the ids it names; of one job) against what
+    offsite.json records as sent: each one it does not name is asked for by a HEAD (both names:
+    encrypt_to may have been set since). Found: the listing is not complete, and this raises
+    (sync decides nothing on it: retention, the sweep and a repair delete on the strength of
+    what is not listed; list does not show it as the bucket's). Every sent backup listed is
+    then expected in each later listing (Offsite.expect). Returns the records of those not
+    found: deleted outside this tool."""
+    gone = []
     for backup_id in sorted(state.sent):
         record = catalog.get(backup_id)
-        if record is None:
+        if record is None or job not in (None, record.job):
             continue  # dropped from offsite.json as the sync ends
         if backup_id in in_bucket:
             offsite.expect(backup_id, record.job, "sent by this host, offsite.json says")
@@ -855,14 +878,8 @@ def _sent_still_there(
             raise offsite.incomplete(
                 {backup_id: "sent by this host, and a HEAD of its manifest finds it"}
             )
-        state.sent.pop(backup_id)
-        log.get().warning(
-            "offsite.manifest_gone",
-            run_id=backup_id,
-            job=record.job,
-            reason="offsite.json says sent, but its manifest is not in the bucket (deleted "
-            "outside influx-backupd?): taken as not off-site",
-        )
+        gone.append(record)
+    return gone
 
 
 def sweep_blocked(offsite: Offsite, unreadable: dict[str, str]) -> str:
