@@ -145,6 +145,12 @@ def _not_admin_warning(config: Config) -> list[str]:
 
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     _startable(config)
+    # the unit's private /tmp for storage or state: every backup lost at stop (`run` refuses)
+    lost = unit_paths.private_tmp_errors(config)
+    for line in lost:
+        say(f"{config.path}: {line}")
+    if lost:
+        return EXIT_CONFIG
     try:  # the config is fine either way: a damaged catalog is a warning here
         Catalog(config.state_dir).check()
     except CatalogError as exc:
@@ -747,6 +753,8 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
     # refused as check-config and backup refuse it (78): every scheduled run would fail
     _startable(config)
+    # under a unit with PrivateTmp=yes: a storage or state dir in /tmp would go at each stop
+    unit_paths.refuse_private_tmp(config)
     return run_daemon(config, getattr(args, "log_level", None) or config.settings.daemon.log_level)
 
 

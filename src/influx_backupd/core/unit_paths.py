@@ -5,6 +5,11 @@ a private /tmp are writable, so a storage dir or metrics_file elsewhere fails at
 (`after_run.step_failed`), long after `systemctl enable --now` looked fine. The sandbox is read
 from `systemctl show` of the unit that runs this config, and modelled as systemd mounts it: the
 most specific path rule wins.
+
+Writable is not enough under PrivateTmp=yes (the shipped units): /tmp and /var/tmp there are the
+unit's own, unseen from a shell and deleted when it stops. A storage dir or state dir there would
+lose every backup, the catalog and the crash marker at `systemctl stop` (private_tmp_errors: a
+refusal); a metrics file there is never seen by node_exporter (a warning).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from influx_backupd.core.config import DEFAULT_CONFIG_PATH, Config, instance_name
+from influx_backupd.core.config import DEFAULT_CONFIG_PATH, Config, ConfigError, instance_name
 from influx_backupd.core.interrupt import child_preexec
 
 _PROPERTIES = (
@@ -29,6 +34,7 @@ _PROPERTIES = (
     "StateDirectory",
 )
 _SYSTEM = {"yes": ("/usr", "/boot", "/efi"), "full": ("/usr", "/boot", "/efi", "/etc")}
+_TMP = (Path("/tmp"), Path("/var/tmp"))  # what PrivateTmp=yes replaces by dirs of the unit's own
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class Sandbox:
     read_write: tuple[Path, ...]  # ReadWritePaths=: skipped by systemd while they do not exist
     read_only: tuple[Path, ...]  # ReadOnlyPaths=, InaccessiblePaths=, ProtectHome=
     created: tuple[Path, ...] = ()  # StateDirectory=, PrivateTmp=: systemd makes them
+    private_tmp: bool = False  # PrivateTmp=yes: /tmp and /var/tmp are the unit's, gone at stop
 
     @classmethod
     def from_properties(cls, props: dict[str, str]) -> Sandbox:
@@ -76,8 +83,9 @@ class Sandbox:
             return [Path(p.lstrip("-+")) for p in props.get(key, "").split() if p.lstrip("-+")]
 
         created = [Path("/var/lib") / d for d in props.get("StateDirectory", "").split()]
-        if props.get("PrivateTmp") == "yes":
-            created += [Path("/tmp"), Path("/var/tmp")]
+        private_tmp = props.get("PrivateTmp") == "yes"
+        if private_tmp:
+            created += _TMP
         read_only = paths("ReadOnlyPaths") + paths("InaccessiblePaths")
         if props.get("ProtectHome", "no") != "no":
             read_only += [Path("/home"), Path("/root"), Path("/run/user")]
@@ -86,7 +94,17 @@ class Sandbox:
             tuple(paths("ReadWritePaths")),
             tuple(read_only),
             tuple(created),
+            private_tmp,
         )
+
+    def in_private_tmp(self, path: Path) -> bool:
+        """Whether path (absolute), symlinks followed as far as it exists, is in the unit's own
+        /tmp or /var/tmp: writable there, but seen by nothing outside and deleted at stop."""
+        if not self.private_tmp:
+            return False
+        real = Path(os.path.realpath(path))
+        tmps = {*_TMP, *(Path(os.path.realpath(t)) for t in _TMP)}
+        return any(real == t or t in real.parents for t in tmps)
 
     def writable(self, path: Path) -> bool:
         """Whether the unit can create or write files in the directory path (absolute)."""
@@ -144,12 +162,85 @@ def storage_in_state(config: Config) -> str | None:
     )
 
 
-def warnings(config: Config, sandbox: Sandbox | None = None, unit: str | None = None) -> list[str]:
-    """One line per configured dir the service could not write in."""
+def _the_unit(
+    config: Config, sandbox: Sandbox | None, unit: str | None
+) -> tuple[Sandbox | None, str | None]:
+    """The unit that runs this config and its sandbox, unless given (tests give both)."""
     if unit is None:
         unit = unit_for(config.path)
     if sandbox is None and unit is not None:
         sandbox = unit_sandbox(unit)
+    return sandbox, unit
+
+
+# what each setting loses in the unit's private /tmp, and where it belongs instead
+_LOST = {
+    "storage.dir": ("every backup with them", "/var/backups/influxdb"),
+    "daemon.state_dir": (
+        "the catalog, the lock and the crash marker with them (influxd left down by a "
+        "killed backup would go unnoticed)",
+        "/var/lib/influx-backupd (or leave state_dir out: the unit's StateDirectory=)",
+    ),
+}
+
+
+def private_tmp_errors(
+    config: Config, sandbox: Sandbox | None = None, unit: str | None = None
+) -> list[str]:
+    """One line per key whose dir the unit running this config (PrivateTmp=yes) would keep in
+    its own /tmp or /var/tmp, deleted when it stops: storage.dir and daemon.state_dir. A config
+    no unit runs (cron, a shell) may use /tmp: nothing is said then."""
+    sandbox, unit = _the_unit(config, sandbox, unit)
+    if sandbox is None or unit is None:
+        return []
+    found: list[str] = []
+    for key, path in (("storage.dir", config.storage_dir), ("daemon.state_dir", config.state_dir)):
+        if sandbox.in_private_tmp(path):
+            lost, instead = _LOST[key]
+            found.append(
+                f"{key} {path}: the unit {unit} has PrivateTmp=yes: /tmp and /var/tmp are its "
+                f"own, deleted when it stops, and {lost}; choose a dir such as {instead}"
+            )
+    return found
+
+
+def refuse_private_tmp(
+    config: Config, sandbox: Sandbox | None = None, unit: str | None = None
+) -> None:
+    """private_tmp_errors as the one line (78) `run` refuses to start with: the unit's
+    RestartPreventExitStatus=78 ends the restart loop, and no backup is made to be lost."""
+    found = private_tmp_errors(config, sandbox, unit)
+    if found:
+        raise ConfigError(f"{config.path}: " + "; ".join(found))
+
+
+def _private_tmp_warnings(config: Config, sandbox: Sandbox, unit: str) -> list[str]:
+    """The other dirs the service uses, in its private /tmp: a metrics file node_exporter
+    never reads; influxd's dirs or pidfile, which the unit sees a /tmp of its own in place of."""
+    found: list[str] = []
+    seen: set[Path] = set()
+    for w in written_dirs(config):
+        if w.key in _LOST or w.path in seen or not sandbox.in_private_tmp(w.path):
+            continue
+        seen.add(w.path)
+        if w.key == "daemon.metrics_file":
+            found.append(
+                f"{w.key}: {config.settings.daemon.metrics_file} is in /tmp or /var/tmp, which "
+                f"{unit} (PrivateTmp=yes) has its own of: node_exporter never sees the file, "
+                "and it is deleted when the unit stops; "
+                "choose node_exporter's textfile dir, such as /var/lib/prometheus/node-exporter"
+            )
+        else:
+            found.append(
+                f"{w.key}: {w.path} is in /tmp or /var/tmp, which {unit} (PrivateTmp=yes) has "
+                "its own of: the daemon would not see what influxd keeps there; move it out"
+            )
+    return found
+
+
+def warnings(config: Config, sandbox: Sandbox | None = None, unit: str | None = None) -> list[str]:
+    """One line per configured dir the service could not write in, or not where it should."""
+    sandbox, unit = _the_unit(config, sandbox, unit)
     found: list[str] = []
     nested = storage_in_state(config)
     if nested is not None:
@@ -176,6 +267,8 @@ def warnings(config: Config, sandbox: Sandbox | None = None, unit: str | None = 
         elif not never_made and not os.access(target, os.W_OK):
             where = "" if target == w.path.resolve() else f" (it would be made in {target})"
             found.append(f"{w.key}: {w.path} is not writable{where}")
+    if sandbox is not None and unit is not None:
+        found += _private_tmp_warnings(config, sandbox, unit)
     return found
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from influx_backupd.core.config import default_state_dir, load
+from influx_backupd.core.config import ConfigError, default_state_dir, load
 from influx_backupd.core.unit_paths import Sandbox, unit_for, warnings
 from influx_backupd.influxd.server import normal_priority
 
@@ -213,3 +213,114 @@ def test_check_config_warns_about_a_storage_dir_inside_the_state_dir(tmp_path: P
         ], found
     beside = load(write(tmp_path, f'state_dir = "{state}"', tmp_path / "state-archives"))
     assert warnings(beside, None, None) == []
+
+
+PRIVATE_TMP = {"ProtectSystem": "strict", "PrivateTmp": "yes", "StateDirectory": "influx-backupd"}
+
+
+@pytest.fixture
+def fake_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """/tmp and /var/tmp played by two dirs under tmp_path (itself in /tmp, so that a dir
+    outside them exists to compare with)."""
+    from influx_backupd.core import unit_paths
+
+    tmps = (tmp_path / "tmp", tmp_path / "var-tmp")
+    for t in tmps:
+        t.mkdir()
+    monkeypatch.setattr(unit_paths, "_TMP", tmps)
+    return tmps
+
+
+def test_private_tmp_model_follows_symlinks(tmp_path: Path, fake_tmp: tuple[Path, Path]) -> None:
+    tmp, var_tmp = fake_tmp
+    box = Sandbox.from_properties(PRIVATE_TMP)
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    (srv / "link").symlink_to(var_tmp / "x")  # its target does not exist yet
+    (tmp / "out").symlink_to(srv)
+    assert box.private_tmp and box.writable(var_tmp / "b")  # writable, yet lost at stop
+    for inside in (tmp, var_tmp / "b", tmp / "a" / "b", srv / "link", srv / "link" / "backups"):
+        assert box.in_private_tmp(inside), inside
+    for outside in (srv, srv / "backups", tmp / "out" / "backups", tmp_path / "tmpfoo"):
+        assert not box.in_private_tmp(outside), outside
+    no = Sandbox.from_properties({**PRIVATE_TMP, "PrivateTmp": "no"})
+    assert not no.private_tmp and not no.in_private_tmp(var_tmp / "b")
+
+
+def test_storage_and_state_in_the_units_private_tmp_are_errors(
+    tmp_path: Path, fake_tmp: tuple[Path, Path]
+) -> None:
+    """Before: check-config said ok and the daemon's backups lived in the unit's own /var/tmp,
+    missing from a shell and deleted by `systemctl stop`."""
+    from influx_backupd.core.unit_paths import private_tmp_errors, refuse_private_tmp
+
+    tmp, var_tmp = fake_tmp
+    (tmp_path / "server").mkdir()
+    state, storage = tmp / "state", var_tmp / "influx-backups"
+    metrics = var_tmp / "m" / "x.prom"
+    (var_tmp / "m").mkdir()
+    config = load(
+        write(tmp_path, f'state_dir = "{state}"\nmetrics_file = "{metrics}"', storage=storage)
+    )
+    box = Sandbox.from_properties({**PRIVATE_TMP, "ReadWritePaths": str(tmp_path / "server")})
+    unit = "influx-backupd.service"
+    gone = (
+        f"the unit {unit} has PrivateTmp=yes: /tmp and /var/tmp are its own, deleted when it stops"
+    )
+    assert private_tmp_errors(config, box, unit) == [
+        f"storage.dir {storage}: {gone}, and every backup with them; choose a dir such as "
+        "/var/backups/influxdb",
+        f"daemon.state_dir {state}: {gone}, and the catalog, the lock and the crash marker with "
+        "them (influxd left down by a killed backup would go unnoticed); choose a dir such as "
+        "/var/lib/influx-backupd (or leave state_dir out: the unit's StateDirectory=)",
+    ]
+    with pytest.raises(ConfigError) as refused:
+        refuse_private_tmp(config, box, unit)
+    assert str(refused.value).startswith(f"{config.path}: storage.dir {storage}: the unit ")
+    assert "; daemon.state_dir " in str(refused.value) and "\n" not in str(refused.value)
+    # the metrics file there is a warning: node_exporter never sees it
+    assert warnings(config, box, unit) == [
+        f"daemon.metrics_file: {metrics} is in /tmp or /var/tmp, which {unit} (PrivateTmp=yes) "
+        "has its own of: node_exporter never sees the file, and it is deleted when the unit "
+        "stops; choose "
+        "node_exporter's textfile dir, such as /var/lib/prometheus/node-exporter"
+    ]
+    # without PrivateTmp, or with no unit running this config (cron, a shell): /tmp is fine
+    plain = Sandbox.from_properties({**PRIVATE_TMP, "PrivateTmp": "no"})
+    assert private_tmp_errors(config, plain, unit) == []
+    assert private_tmp_errors(config, None, None) == []
+    refuse_private_tmp(config, None, None)
+    assert warnings(config, None, None) == []
+    # a storage dir elsewhere, with the state dir there: the state dir alone
+    beside = load(write(tmp_path, f'state_dir = "{var_tmp / "s"}"'))
+    assert [e.split()[0] for e in private_tmp_errors(beside, box, unit)] == ["daemon.state_dir"]
+
+
+def test_check_config_and_run_refuse_a_units_private_tmp(
+    tmp_path: Path,
+    fake_tmp: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from influx_backupd.cli import main as cli
+    from influx_backupd.core import unit_paths
+
+    _, var_tmp = fake_tmp
+    (tmp_path / "server").mkdir()
+    state, storage = tmp_path / "state", var_tmp / "influx-backups"
+    path = write(tmp_path, f'state_dir = "{state}"', storage=storage)
+    # this config is not any unit's (it is under /tmp): check-config says ok
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    assert "PrivateTmp" not in capsys.readouterr().err
+    # as the shipped unit's config
+    monkeypatch.setattr(unit_paths, "unit_for", lambda _: "influx-backupd.service")
+    monkeypatch.setattr(unit_paths, "unit_sandbox", lambda _: Sandbox.from_properties(PRIVATE_TMP))
+    for command in (["check-config"], ["check-config", "--json"], ["run"]):
+        assert cli.main(["--config", str(path), *command]) == 78, command
+        out, err = capsys.readouterr()
+        assert out == "" and err == (
+            f"influx-backupd: {path}: storage.dir {storage}: the unit influx-backupd.service has "
+            "PrivateTmp=yes: /tmp and /var/tmp are its own, deleted when it stops, and every "
+            "backup with them; choose a dir such as /var/backups/influxdb\n"
+        ), command
+    assert not storage.exists() and not state.exists()  # nothing touched
