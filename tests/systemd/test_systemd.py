@@ -433,6 +433,25 @@ def test_check_config_warns_about_a_path_the_unit_cannot_write(box: Container) -
     ) in out, out
 
 
+def test_check_config_refuses_a_storage_dir_in_the_units_private_tmp(box: Container) -> None:
+    """Before: check-config said ok, and each backup went to the unit's own /var/tmp: missing
+    from a shell, deleted by `systemctl stop`. The unit's real PrivateTmp=yes, read by
+    `systemctl show`."""
+    probe = QUICK.replace('dir = "/var/backups/influxdb"', 'dir = "/var/tmp/influx-backups"')
+    box.write("/etc/influx-backupd/probe.toml", probe)
+    checked = box.sh(
+        "influx-backupd --config /etc/influx-backupd/probe.toml check-config", check=False
+    )
+    box.sh("rm /etc/influx-backupd/probe.toml")
+    assert checked.returncode == 78, checked
+    assert checked.stderr == (
+        "influx-backupd: /etc/influx-backupd/probe.toml: storage.dir /var/tmp/influx-backups: "
+        "the unit influx-backupd@probe.service has PrivateTmp=yes: /tmp and /var/tmp are its "
+        "own, deleted when it stops, and every backup with them; choose a dir such as "
+        "/var/backups/influxdb\n"
+    ), checked
+
+
 def test_a_storage_dir_the_unit_cannot_write_is_said_at_start_and_by_each_run(
     box: Container,
 ) -> None:
