@@ -560,6 +560,18 @@ def test_reload_applies_a_new_schedule_and_refuses_a_broken_one(box: Container) 
     assert box.show(UNIT, "ActiveState")["ActiveState"] == "active"
     assert main_pid(box) == pid
     assert hourly(box)  # the old config stays
+    # a storage dir moved into the unit's private /tmp: every backup would go at its stop
+    start = cursor(box)
+    box.write("/etc/influx-backupd/config.toml", IDLE.replace("/var/backups/", "/var/tmp/"))
+    box.sh(f"systemctl reload {UNIT}")
+    box.wait(
+        "the private /tmp refused",
+        lambda: any(
+            e.get("EVENT") == "config.reload_failed" and "PrivateTmp=yes" in e.get("MESSAGE", "")
+            for e in journal_since(box, start, f"_SYSTEMD_UNIT={UNIT}")
+        ),
+    )
+    assert main_pid(box) == pid
     box.write("/etc/influx-backupd/config.toml", QUICK)
     box.sh(f"systemctl reload {UNIT}")
     box.wait("the 3 s schedule", lambda: (seconds_to_next_run(box) or 3600) < 10)
@@ -736,6 +748,34 @@ def test_kill_9_mid_run_is_recovered_by_systemds_restart(box: Container) -> None
             box.sh("systemctl is-active influxdb.service", check=False).stdout.strip() == "active"
         ),
     )
+
+
+def test_kill_9_mid_run_then_a_stop_before_the_restart_leaves_influxdb_active(
+    box: Container,
+) -> None:
+    """Audit P: the daemon killed while influxd was stopped, then `systemctl stop` within
+    RestartSec: no restart, so no recovery; influxd stayed down. The unit's ExecStopPost=
+    (`recover`) starts it."""
+    for _attempt in range(3):
+        box.sh(f"systemctl start {UNIT}")
+        wait_active(box)
+        start = cursor(box)
+        mid_cold_run(
+            box,
+            f"kill -9 $(systemctl show {UNIT} -p MainPID --value); systemctl stop {UNIT}",
+        )
+        said = [e.get("MESSAGE", "") for e in journal_since(box, start, f"_SYSTEMD_UNIT={UNIT}")]
+        if any(m.startswith("recovered: influxd, stopped by run ") for m in said):
+            break  # else the copy ended between the status read and the kill: again
+    else:
+        raise AssertionError(f"no kill landed in the stop window: {said[-20:]}")
+    # no wait: the stop returned after ExecStopPost= started influxdb
+    assert box.sh("systemctl is-active influxdb.service", check=False).stdout.strip() == "active"
+    assert box.show(UNIT, "ActiveState")["ActiveState"] in ("inactive", "failed")
+    assert box.sh("test -e /var/lib/influx-backupd/influxd-stopped.json", check=False).returncode
+    box.sh(f"systemctl reset-failed {UNIT}", check=False)
+    box.sh(f"systemctl start {UNIT}")
+    wait_active(box)
 
 
 def test_the_watchdog_restarts_a_frozen_daemon(box: Container) -> None:

@@ -690,8 +690,10 @@ class Daemon:
                     f"{path}: daemon.state_dir: changing it needs a restart "
                     f"(running with {self.config.state_dir})"
                 )
-            # what check-config refuses beyond load(): every scheduled run would fail
+            # what check-config refuses beyond load(): every scheduled run would fail, or
+            # every backup go with the unit's private /tmp at its stop
             Influxd(new).refuse_unstartable()
+            unit_paths.refuse_private_tmp(new)
         except ConfigError as exc:
             self._log.error(
                 "config.reload_failed", config=str(path), error=str(exc), kept="the old config"
