@@ -7,6 +7,7 @@ again with the config the killed run used (kept in the state dir), before the er
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,15 @@ MARKER = "influxd-stopped.json"
 FILLER = 1_000_000_000  # sparse: its copy keeps the stop window open long enough to aim at
 
 
-def _killed_mid_copy(tmp_path: Path, sandbox: Sandbox, ledger: Ledger) -> Path:
-    """A config whose cold backup was SIGKILLed during its copy: influxd stopped, marker left."""
+def _killed_mid_copy(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, *, default_state_dir: bool = False
+) -> Path:
+    """A config whose cold backup was SIGKILLed during its copy: influxd stopped, marker left.
+    default_state_dir: the config names no state_dir; $STATE_DIRECTORY gives it (the unit's)."""
     job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
     config = write_config(tmp_path, sandbox, jobs=[job], holes="fill")
+    if default_state_dir:
+        config.write_text(re.sub(r"(?m)^state_dir = .*\n", "", config.read_text()))
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 5_000)
     first = run_cli(config, "backup", "--json")
@@ -40,12 +46,30 @@ def _killed_mid_copy(tmp_path: Path, sandbox: Sandbox, ledger: Ledger) -> Path:
 
 
 @pytest.mark.fault("kill", "SIGKILL mid-copy, then the config edited into one that does not load")
-@pytest.mark.parametrize("command", ["run", "recover", "backup"])
+@pytest.mark.parametrize(
+    ("command", "edit"),
+    [
+        ("run", "a bad value"),
+        ("recover", "a bad value"),
+        ("backup", "a bad value"),
+        ("run", "no TOML"),
+    ],
+    ids=["run, a bad value", "recover, a bad value", "backup, a bad value", "run, no TOML"],
+)
 def test_influxd_is_started_again_with_the_config_the_killed_run_used(
-    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, command: str
+    tmp_path: Path,
+    sandbox: Sandbox,
+    ledger: Ledger,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    edit: str,
 ) -> None:
-    config = _killed_mid_copy(tmp_path, sandbox, ledger)
-    config.write_text(config.read_text().replace('mode = "cold"', 'mode = "warm"'))
+    no_toml = edit == "no TOML"
+    if no_toml:  # its state_dir unknown: the default one (the unit's $STATE_DIRECTORY)
+        monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    config = _killed_mid_copy(tmp_path, sandbox, ledger, default_state_dir=no_toml)
+    broken = ('mode = "cold', "not valid TOML") if no_toml else ('mode = "warm"', "'warm'")
+    config.write_text(config.read_text().replace('mode = "cold"', broken[0]))
 
     status = run_cli(config, "status")
     assert status.returncode == 78, status.stderr[-3000:]
@@ -55,7 +79,7 @@ def test_influxd_is_started_again_with_the_config_the_killed_run_used(
     done = run_cli(config, command)
     assert done.returncode == 78, done.stderr[-3000:]
     assert "started again with the config that run used" in done.stderr, done.stderr[-3000:]
-    assert "'warm'" in done.stderr.strip().splitlines()[-1]  # then the config's own error
+    assert broken[1] in done.stderr.strip().splitlines()[-1]  # then the config's own error
     assert "Traceback" not in done.stderr
     assert sandbox.ping(), "influxd answers"
     assert not (tmp_path / "state" / MARKER).exists()

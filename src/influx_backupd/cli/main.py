@@ -100,7 +100,12 @@ def _left_down_despite(args: argparse.Namespace) -> None:
     stopped (the daemon killed mid-copy after its file was edited, restarted by systemd into
     this error): the server is started again with the config that run used, before the
     error's line; `status` only says so."""
-    from influx_backupd.core.config import ConfigError, resolve_path, state_dir_leniently
+    from influx_backupd.core.config import (
+        ConfigError,
+        default_state_dir,
+        resolve_path,
+        state_dir_leniently,
+    )
     from influx_backupd.run.guard import recover_despite
     from influx_backupd.store.state import CrashMarker
 
@@ -108,9 +113,9 @@ def _left_down_despite(args: argparse.Namespace) -> None:
         path = resolve_path(getattr(args, "config", None))
     except ConfigError:
         return
-    state_dir = state_dir_leniently(path)
-    if state_dir is None:
-        return
+    # a file that is no TOML now (half-edited): the state dir a config without state_dir has
+    # (the kept config must name that same dir for anything to be done)
+    state_dir = state_dir_leniently(path) or default_state_dir(path)
     if args.command == "status":
         marker = CrashMarker(state_dir)
         if CrashMarker.may_be_down(marker.read()):
