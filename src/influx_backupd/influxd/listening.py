@@ -88,3 +88,32 @@ def _by_psutil(family: list[psutil.Process], port: int) -> bool | None:
         if any(s.status == psutil.CONN_LISTEN and s.laddr and s.laddr[1] == port for s in sockets):
             return True
     return False
+
+
+def listeners(port: int) -> list[int] | None:
+    """The pids listening on port in our network namespace: [] when no socket listens there,
+    None when one does but whose it is cannot be told (another user's process). The sockets
+    are read first (one file): the descriptors of every process only when one listens."""
+    try:
+        inodes = _listening_inodes(os.getpid(), port)
+    except (OSError, ValueError, IndexError):
+        return None
+    if not inodes:
+        return []
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue  # gone, or another user's
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{entry}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and int(target[8:-1]) in inodes:
+                found.append(int(entry))
+                break
+    return found or None

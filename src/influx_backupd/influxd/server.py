@@ -34,7 +34,7 @@ from influx_backupd.core.processes import same_process
 from influx_backupd.core.redact import shown_url
 from influx_backupd.influxd import logfile
 from influx_backupd.influxd.influxql import ping_headers
-from influx_backupd.influxd.listening import listens
+from influx_backupd.influxd.listening import listeners, listens
 
 # What influxd gets under its own service (Debian's unit, systemd's default): its new files are
 # never world-writable, whatever umask the caller of influx-backupd had.
@@ -59,6 +59,8 @@ UNIT_START_PROPERTIES = ("LoadState", "UnitFileState", "RefuseManualStart", "Can
 # Most of one influxd log line kept in an error message (its end: the reason comes last).
 LOG_LINE_MAX = 300
 MAX_PIDFILE = 64  # a pid and a newline; more is no pidfile of influxd's
+# backup_host's hosts that name this one: its port is one influxd itself listens on
+LOCAL_HOSTS = ("", "localhost", "127.0.0.1", "::1", "0.0.0.0", "::")
 
 
 def backoff(failed: int) -> float:
@@ -205,14 +207,8 @@ class Influxd:
         that runs influxd as its child (`influxd "$@" & wait`, runuser) names the conf too,
         and a SIGTERM to it would end the wrapper alone (leaving influxd running on the files
         being copied) or, runuser, end influxd by SIGKILL two seconds later."""
-        pids = {p.pid for p in candidates}
-        for proc in candidates:
-            try:
-                if not any(c.pid in pids for c in proc.children(recursive=True)):
-                    return self._remember(proc.pid)
-            except psutil.Error:
-                continue
-        return None
+        found = _innermost_of(candidates)
+        return self._remember(found.pid) if found is not None else None
 
     def _all_naming_conf(self) -> list[psutil.Process]:
         conf = self.config.server.conf
@@ -721,6 +717,62 @@ class Influxd:
                 )
 
     # -- who holds the files ---------------------------------------------
+    def _outside(self, proc: psutil.Process | None) -> list[psutil.Process]:
+        """The processes running our influxdb.conf other than proc and its children: under
+        [influxd] service, a server started by hand beside the unit (locate() looks at the
+        unit's MainPID alone); under [influxd] command, a second one beside the one found."""
+        ours = _family(proc)
+        return [p for p in self._all_naming_conf() if p.pid not in ours]
+
+    def stranger(self, dirs: Iterable[Path], proc: psutil.Process | None) -> str | None:
+        """Who else serves or holds dirs than proc (the server located, about to be stopped,
+        or None) and its children, in words; None when nobody. Stopping proc (or starting the
+        configured server) would not free the dirs: asked before anything is stopped or renamed.
+        """
+        conf = self.config.server.conf
+        outside = _innermost_of(self._outside(proc))
+        if outside is not None:
+            if self.section.service:
+                return (
+                    f"influxd pid {outside.pid} serves {conf} outside {self.section.service} "
+                    "(started by hand?): stop it, or start it through the unit"
+                )
+            beside = f" beside pid {proc.pid}" if proc is not None else ""
+            return f"influxd pid {outside.pid} runs {conf}{beside}: stop it"
+        ours = _family(proc)
+        held = [h for h in self.holders(dirs) if h.pid not in ours]
+        if not held:
+            return None
+        if self.section.service:
+            found = f"{self.section.service}'s MainPID is {proc.pid if proc else 'none'}"
+        else:
+            found = f"the config's influxd is {f'pid {proc.pid}' if proc else 'not running'}"
+        more = f" (and {len(held) - 1} more)" if len(held) > 1 else ""
+        return f"{held[0]}{more}, which is not the influxd of {conf} ({found}): stop it"
+
+    def in_use(self, dirs: Iterable[Path]) -> str | None:
+        """Once influxd is stopped: who still holds a file under dirs (holders) or listens on
+        influxd's own HTTP port, in words; None when nobody. A process found here would write
+        into what is about to be moved aside, or keep the server started next from serving."""
+        held = self.holders(dirs)
+        if held:
+            return "files still in use after the stop: " + "; ".join(map(str, held))
+        for port in self._own_ports():
+            pids = listeners(port)
+            if pids is None or pids:
+                who = f"pid {', '.join(map(str, pids))}" if pids else "a process"
+                return f"{who} listens on influxd's port {port} after the stop"
+        return None
+
+    def _own_ports(self) -> list[int]:
+        """The ports influxd itself listens on: [http] bind-address's, and backup_host's (the
+        snapshot service) when that names this host."""
+        ports = [self.config.http_port] if self.config.http_port is not None else []
+        host, _, port = self.config.backup_host.rpartition(":")
+        if host.strip("[]") in LOCAL_HOSTS and port.isdigit() and int(port) not in ports:
+            ports.append(int(port))
+        return ports
+
     def holders(self, dirs: Iterable[Path]) -> list[Holder]:
         """Processes with a file under dirs open or mapped (influxd mmaps TSM files)."""
         roots = tuple(str(d.resolve()).rstrip("/") + "/" for d in dirs)
@@ -741,6 +793,32 @@ class Influxd:
                     found.append(Holder(proc.pid, proc.info["name"] or "?", path))
                     break
         return found
+
+
+def _innermost_of(candidates: list[psutil.Process]) -> psutil.Process | None:
+    """Of candidates, the first that no other of them descends from (see Influxd._innermost)."""
+    pids = {p.pid for p in candidates}
+    for proc in candidates:
+        try:
+            if not any(c.pid in pids for c in proc.children(recursive=True)):
+                return proc
+        except psutil.Error:
+            continue
+    return None
+
+
+def _family(proc: psutil.Process | None) -> set[int]:
+    """proc's pid, its descendants' (a wrapper's influxd) and its ancestors' (the wrapper or
+    supervisor that runs it, naming the same conf: stop() waits for those too); empty for
+    None."""
+    if proc is None:
+        return set()
+    found = {proc.pid}
+    with suppress(psutil.Error):
+        found.update(c.pid for c in proc.children(recursive=True))
+    with suppress(psutil.Error):
+        found.update(p.pid for p in proc.parents())
+    return found
 
 
 def _wait_gone(proc: psutil.Process, timeout: float) -> bool:

@@ -29,6 +29,7 @@ from influx_backupd.restore.swap import (
     SwapPlan,
     check_served_after_start,
     live_dirs_swapped,
+    refuse_stranger,
 )
 from influx_backupd.store.archive import (
     COLD_TOPS,
@@ -179,6 +180,9 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
     checked = check_archive(config, path, record)
     uid, gid = owner_ids(config)
     plan = SwapPlan.for_server(config)
+    # before hours of extraction: a server the config does not name serves the live dirs
+    # (asked again right before the stop: live_dirs_swapped)
+    refuse_stranger(Influxd(config), plan)
     result = RestoreResult(archive=str(path), run_id=record.id if record else None)
     if checked.unchecked:
         result.warnings.append(checked.unchecked)

@@ -113,6 +113,7 @@ from influx_backupd.restore.swap import (
     SwapPlan,
     check_served_after_start,
     live_dirs_swapped,
+    refuse_stranger,
 )
 from influx_backupd.store import layout
 from influx_backupd.store.archive import short_of_room
@@ -180,6 +181,9 @@ def _restore_hot(
     check_tool_restores(config, flavour, links[-1].path)
     # 1.x: the restored server is built in plan.staging; 0.9: never created (roll_back removes them)
     plan = SwapPlan.for_server(config)
+    # before the build: a server the config does not name serves the live dirs (asked again
+    # right before the stop: live_dirs_swapped)
+    refuse_stranger(Influxd(config), plan)
     targets = plan.targets
     if flavour == "0.9":
         for top in ("meta", "data"):

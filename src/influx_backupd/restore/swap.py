@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreFailed, RestoreMisconfigured, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
@@ -137,6 +139,24 @@ class SwapPlan:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def refuse_stranger(server: Influxd, plan: SwapPlan, running: psutil.Process | None = None) -> None:
+    """RestoreRefused when a process other than the server the config names (running: located
+    already, else now) serves or holds the live dirs: under [influxd] service one started by
+    hand beside the unit, whose MainPID alone locate() sees. Stopping the unit would not stop
+    it; the renames would move the dirs from under it, and what it wrote meanwhile (a database
+    created) would be lost with the dirs it wrote into."""
+    if running is None:
+        running = server.locate()
+    stranger = server.stranger(plan.targets.values(), running)
+    if stranger is not None:
+        raise RestoreRefused(f"{stranger}, then restore again")
+
+
+class HeldAfterStop(Exception):
+    """Something still holds the live dirs or influxd's ports once influxd stopped: nothing
+    is renamed, influxd is started again."""
+
+
 def real_live_dir(path: Path) -> Path:
     """path with every symlink in it resolved: where the dir really is (it need not exist)."""
     return Path(os.path.realpath(path))
@@ -199,6 +219,7 @@ def live_dirs_swapped(
         raise RestoreMisconfigured(f"{blocked}; influxd not stopped, nothing restored")
     running = server.locate()
     was_running = running is not None
+    refuse_stranger(server, plan, running)  # the last look before the stop: nothing stopped
     # the server about to be stopped: a marker left by a kill before the stop names it still
     # running, and recovery leaves it alone (CrashMarker.never_stopped)
     marker.write(
@@ -213,6 +234,12 @@ def live_dirs_swapped(
             logger.info("influxd.stopping", phase="stop")
             server.stop(outcome="nothing restored, live data untouched")
         result.stop_s = time.monotonic() - t_stop
+        # the last look before the renames: nothing may write into what is moved aside, nor
+        # keep the restored server from its port (a server started in the stop window, a
+        # process the unit's stop left behind)
+        held = server.in_use(plan.targets.values())
+        if held is not None:
+            raise HeldAfterStop(held)
         t_swap = time.monotonic()
         for top, target in plan.targets.items():
             if target.exists():
@@ -263,6 +290,11 @@ def live_dirs_swapped(
                 marker.clear()  # only once the old server runs again: else the next one retries
             else:
                 marker.clear()
+        if isinstance(exc, HeldAfterStop):
+            raise RestoreFailed(
+                f"restore failed ({exc}; stop it, then restore again): nothing was renamed, "
+                + ("influxd started again" if was_running else "influxd was not running")
+            ) from None
         raise RestoreFailed(
             f"restore failed ({exc}); the previous data was put back" + failed_kept(failed)
         ) from None
