@@ -146,6 +146,34 @@ def _refused(
 @pytest.mark.fault(
     "intruder",
     "a restore while another influxd serves the live dirs",
+    "a cold backup meanwhile says who serves",
+)
+def test_a_cold_backup_says_who_runs_the_config_outside_the_unit(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, units: Path
+) -> None:
+    """Before: "influxd is not running (no process for …)" while a pid served that config.
+    Nothing is stopped either way."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    ledger.take()
+    (units / f"{UNIT}.json").write_text(json.dumps({"command": sandbox.command()}))
+    config = write_config(tmp_path, sandbox, influxd={"command": None, "service": UNIT})
+    [pid] = sandbox.pids()
+    done = run_cli(config, "backup", "--json")
+    assert done.returncode == 1, done.stderr[-3000:]
+    error = json.loads(done.stdout)["error"]
+    assert (
+        f"influxd pid {pid} runs {sandbox.conf} outside {UNIT}, whose MainPID is none "
+        "(started by hand?)"
+    ) in error, error
+    assert _asked(units) == []
+    assert sandbox.pids() == [pid] and sandbox.ping()
+    assert ledger.settle() == (0, [])
+
+
+@pytest.mark.fault(
+    "intruder",
+    "a restore while another influxd serves the live dirs",
     "a process the unit's stop left behind holds a live dir",
 )
 def test_a_live_dir_held_after_the_stop_is_not_renamed_and_influxd_starts_again(

@@ -307,6 +307,13 @@ class Influxd:
         """Why the server does not count as serving, in words that fit what the process is."""
         ping = f"{self.config.url}/ping"
         if proc is None:
+            outside = _innermost_of(self._outside(None))
+            if outside is not None and self.section.service:
+                # a server started by hand while the unit is down: running, not ours to stop
+                return (
+                    f"influxd pid {outside.pid} runs {self.config.server.conf} outside "
+                    f"{self.section.service}, whose MainPID is none (started by hand?)"
+                )
             return f"influxd is not running (no process for {self.config.server.conf})"
         if _frozen(proc):
             return (
