@@ -5,8 +5,10 @@ a chain that cannot be merged exactly takes the SQL merge and says why."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +250,85 @@ def test_a_delete_in_one_of_a_shards_files_stays_deleted(tmp_path: Path, flushin
     assert event["shards"] == 1 and event["shards_reused"] + event["shards_packed"] >= 1, event
     with serving(target / "influxdb.conf") as url:
         assert _by_measurement(url) == expected
+
+
+COLD_AND_HOT = [{"name": "cold", "mode": "cold", "copy": "direct"}, {"name": "hot3", "mode": "hot"}]
+
+
+def _backup(cli: Cli, job: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A backup's record and its hot.plan event (the kind and why)."""
+    done = cli("backup", "--job", job, "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    plans = log_events(done.stderr, "hot.plan")
+    return json.loads(done.stdout), plans[0] if plans else {}
+
+
+def _in_tsm(sandbox: Sandbox, db: str) -> None:
+    """Until the database's points are in a TSM file (the cache snapshot after a second), and
+    a second more: that file's time is well before any later -since."""
+    deadline = time.monotonic() + 60
+    while not any(sandbox.data.glob(f"{db}/*/*/*.tsm")):
+        assert time.monotonic() < deadline, "never snapshotted to TSM"
+        time.sleep(0.2)
+    time.sleep(1.5)
+
+
+def _restore_served(cli: Cli, tmp_path: Path, backup: str, name: str) -> int:
+    target = tmp_path / name
+    done = cli("restore", backup, "--target", str(target), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    with serving(target / "influxdb.conf") as url:
+        return _count(url, "db9")
+
+
+def test_a_whole_server_restore_ends_the_hot_chains_and_loses_no_point(
+    tmp_path: Path, flushing: Sandbox
+) -> None:
+    """The audit's repro: a cold backup C, the database dropped and made again, a hot full;
+    `restore C --yes` brings C's TSM files back with their old times, which the next
+    increment's -since would leave out (its shard new to the chain, or its id reused). The
+    restore ends every hot chain (a), and without its mark in the catalog the live files dated
+    before -since that the chain never saw make the run a full (c): either way a restore of
+    the newest backup serves every point the live server had."""
+    sandbox = flushing
+    cli = Cli(write_config(tmp_path, sandbox, jobs=COLD_AND_HOT))
+    sandbox.create_db("db9")
+    sandbox.write_points("db9", 5_000)
+    _in_tsm(sandbox, "db9")
+    cold = cli.json("backup", "--job", "cold")
+    assert cold["status"] == "ok", cold
+
+    def diverge_and_restore_cold() -> dict[str, Any]:
+        sandbox.query('DROP DATABASE "db9"', method="POST")
+        sandbox.create_db("db9")
+        sandbox.write_points("db9", 200)
+        hot, _ = _backup(cli, "hot3")  # the first a full, the second an increment on a chain
+        assert hot["status"] == "ok", hot
+        done = cli("restore", cold["id"], "--yes")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert _count(sandbox.url, "db9") == 5_000
+        return hot
+
+    # (a) the restore's mark: the next hot run is a full, and says why
+    assert diverge_and_restore_cold()["kind"] == "full"
+    sandbox.write_points("db9", 1_000, start=10_000)
+    live = _count(sandbox.url, "db9")
+    assert live == 6_000
+    after, plan = _backup(cli, "hot3")
+    assert after["kind"] == "full", plan
+    assert plan["why"].startswith(f"the server was restored from {cold['id']} at "), plan
+    assert plan["why"].endswith(": a new chain"), plan
+    sandbox.write_points("db9", 500, start=20_000)
+    increment, plan = _backup(cli, "hot3")
+    assert increment["kind"] == "incremental" and increment["parent_id"] == after["id"], plan
+    assert _restore_served(cli, tmp_path, increment["id"], "by-mark") == 6_500
+
+    # (c) without the mark (a restore the catalog never heard of): the listing tells
+    diverge_and_restore_cold()
+    with closing(sqlite3.connect(tmp_path / "state" / "catalog.db")) as conn, conn:
+        conn.execute("DELETE FROM chain_ends")
+    sandbox.write_points("db9", 1_000, start=10_000)
+    after, plan = _backup(cli, "hot3")
+    assert after["kind"] == "full", plan
+    assert "before -since" in plan["why"] and "an increment would leave it out" in plan["why"]
+    assert _restore_served(cli, tmp_path, after["id"], "by-listing") == 6_000

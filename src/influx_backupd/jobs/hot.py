@@ -52,7 +52,8 @@ from influx_backupd.influxd.tool import (
 from influx_backupd.jobs.follower import Follower
 from influx_backupd.jobs.plan import Clocks, LinkPlan, plan_link
 from influx_backupd.store import layout
-from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.catalog import Catalog, ChainEnd
+from influx_backupd.store.chain import parse_listing
 from influx_backupd.store.record import RunRecord, new_run_id
 from influx_backupd.store.scanners import (
     scan_portable,
@@ -117,11 +118,12 @@ def run_hot(
     record.extra["offsite"] = job.offsite
     logger = log.get(run_id=record.id, job=job.name, mode="hot")
     history = catalog.list(job=job.name)
+    ends = catalog.chain_ends()  # a whole-server restore since a chain's full ends it
     catalog.save(record)
     with log.run_context(run_id=record.id, job=job.name, mode="hot"):
         logger.info("run.started", phase="preflight", backup_host=config.backup_host)
         try:
-            _hot(config, job, record, history, logger, cancel)
+            _hot(config, job, record, history, logger, cancel, ends)
         except HotFailed as exc:
             record.status = "failed"
             record.error = str(exc)
@@ -159,6 +161,7 @@ def _hot(
     history: list[RunRecord],
     logger: Logger,
     cancel: CancelToken,
+    ends: tuple[ChainEnd, ...] = (),
 ) -> None:
     section = config.settings.influxd
     host = config.backup_host
@@ -180,6 +183,7 @@ def _hot(
 
     clock = None
     clocks = None
+    live = None
     if flavour == "portable":
         # read once, before the plan: it decides whether a clock went back since the last
         # link, and is this link's anchor (read before the snapshot, it is never later)
@@ -187,6 +191,12 @@ def _hot(
         steps_back = ClockSteps(config.state_dir).count()
         record.extra["clock_steps_back"] = steps_back
         clocks = Clocks(time.time(), None if clock is None else clock[0], steps_back)
+        source = _listing_source(config)
+        # the live files now: one dated before -since that the chain never saw ends it
+        try:
+            live = None if source is None else parse_listing(shard_listing(source))
+        except OSError as exc:
+            logger.warning("hot.listing_failed", path=str(source), error=str(exc))
     plan = plan_link(
         history,
         full_every=job.full_every,
@@ -195,6 +205,8 @@ def _hot(
         host=host,
         storage_dir=config.storage_dir,
         clocks=clocks,
+        ends=ends,
+        live=live,
     )
     record.kind = plan.kind
     record.chain_id = plan.chain_id or record.id

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from influx_backupd.store.chain import link_problem
+from influx_backupd.store.catalog import ChainEnd
+from influx_backupd.store.chain import ShardListing, link_problem, listing_of
 from influx_backupd.store.record import Flavour, RunRecord
 
 # Increments smaller than this together never force a new full (about 5 s of SELECT INTO).
@@ -61,11 +62,16 @@ def plan_link(
     exists: Callable[[Path], bool] = os.path.exists,
     problem: Callable[[RunRecord], str | None] = link_problem,
     clocks: Clocks | None = None,
+    ends: Sequence[ChainEnd] = (),
+    live: ShardListing | None = None,
 ) -> LinkPlan:
     """Full or incremental, from this job's earlier runs (any order). A chain is extended only
     while every link is there, good (no failed check: retention keeps such a link, but an
     increment on it would restore only as well as it does) and in storage_dir (a chain split
-    across two dirs cannot be restored from the new one alone)."""
+    across two dirs cannot be restored from the new one alone); and not past an end of the
+    server's chains (ends, from the catalog: a whole-server restore since the chain's full),
+    nor (1.x) when a live shard file (live: the shard listing taken now) predates -since yet is
+    not as the last link's listing had it: an increment would leave it out."""
     hot = sorted((r for r in history if r.mode == "hot"), key=lambda r: (r.started_at, r.id))
     if not hot:
         return LinkPlan("full", None, None, None, "first hot run of this job")
@@ -96,6 +102,9 @@ def plan_link(
             return LinkPlan(
                 "full", None, None, None, f"link {link.id} is not in storage.dir {storage_dir}"
             )
+    for end in ends:
+        if end.at >= links[0].started_at:
+            return LinkPlan("full", None, None, None, f"{end.why}: a new chain")
     if now - links[0].started_at >= full_every:
         return LinkPlan("full", None, None, None, "full_every has passed since the chain's full")
     added = sum(link.bytes for link in links[1:])
@@ -117,8 +126,38 @@ def plan_link(
         stepped = clock_stepped_back(links, clocks)
         if stepped is not None:
             return LinkPlan("full", None, None, None, stepped)
+    if flavour == "portable" and live is not None:
+        unheld = older_in_no_link(live, last)
+        if unheld is not None:
+            return LinkPlan("full", None, None, None, unheld)
     since = rfc3339(since_anchor(last)) if flavour == "portable" else None
     return LinkPlan("incremental", last.chain_id, last, since, f"extends chain {last.chain_id}")
+
+
+def older_in_no_link(live: ShardListing, last: RunRecord) -> str | None:
+    """Why an increment on last would miss a live file, or None: a file dated before -since
+    (last's anchor: the increment leaves it out) that last's listing, taken right after its
+    snapshot, does not have with that size and time, so no link holds it as it is: a restore
+    of the server (tar keeps files' times) or a file moved into place since. Unknown without
+    last's listing (a remote backup_host, a record from before listings): None."""
+    before = listing_of(last)
+    if before is None:
+        return None
+    since = float(int(since_anchor(last)))  # -since as given: whole seconds, rounded down
+    for sid, files in sorted(live.items()):
+        held = before.get(sid, {})
+        for name, (size, mtime) in sorted(files.items()):
+            if mtime > since:
+                continue  # the increment takes it
+            kept = held.get(name)
+            if kept is not None and kept[0] == size and abs(kept[1] - mtime) < 1e-3:
+                continue
+            return (
+                f"shard {sid}'s {name} is dated {rfc3339(mtime)}, before -since "
+                f"{rfc3339(since)}, yet it was not live after link {last.id}: an increment "
+                "would leave it out (a restore of the server or a file moved into place since)"
+            )
+    return None
 
 
 def clock_stepped_back(links: list[RunRecord], clocks: Clocks) -> str | None:

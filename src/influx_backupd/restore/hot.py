@@ -117,7 +117,7 @@ from influx_backupd.restore.swap import (
 )
 from influx_backupd.store import layout
 from influx_backupd.store.archive import short_of_room
-from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.catalog import Catalog, CatalogError
 from influx_backupd.store.chain import (
     Link,
     check_links,
@@ -161,11 +161,23 @@ def restore_backup(config: Config, catalog: Catalog, backup: str) -> RestoreResu
     source = choose(catalog, backup)
     # found before a cold archive is read or a build begins, the same for either flavour
     storage_writable(config)
+    # every hot chain of the server ends here: restored files keep their old times, which an
+    # increment's -since leaves out. Marked before the swap (a kill after it must not leave a
+    # chain extendable; a restore that fails costs only a full), said as done after it.
+    ended = f"the server was restored from {backup}"
+    catalog.end_chains("restore", f"a restore of the server from {backup} began at {_utc()}")
     if isinstance(source, ColdSource):
-        return restore_cold(config, catalog, backup)
-    result = _restore_hot(config, source.flavour, source.links, source.record)
-    result.warnings += [source.unchecked] if source.unchecked else []
+        result: RestoreResult = restore_cold(config, catalog, backup)
+    else:
+        result = _restore_hot(config, source.flavour, source.links, source.record)
+        result.warnings += [source.unchecked] if source.unchecked else []
+    with contextlib.suppress(CatalogError):  # the mark above ends the chains already
+        catalog.end_chains("restore", f"{ended} at {_utc()}")
     return result
+
+
+def _utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 # -- the swap -----------------------------------------------------------------------------------

@@ -47,12 +47,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 from influx_backupd.core.jsontext import loads_json
+from influx_backupd.store.chain import listing_of
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.scanners import shard_members
 
 TSM_NAME = re.compile(r"^([0-9]+)-([0-9]+)\.tsm\Z")
-LISTING = "shard_listing"  # the record.extra key jobs/hot.py writes
 
 
 @dataclass(frozen=True)
@@ -171,22 +171,6 @@ def parse_since(since: str | None) -> float | None:
         return datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
-
-
-def listing_of(record: RunRecord | None) -> dict[int, dict[str, tuple[int, float]]] | None:
-    """The shard listing a link's record carries (jobs/hot.py), None when it has none."""
-    raw = record.extra.get(LISTING) if record is not None else None
-    if not isinstance(raw, dict) or not isinstance(raw.get("shards"), dict):
-        return None
-    found: dict[int, dict[str, tuple[int, float]]] = {}
-    try:
-        for sid, files in raw["shards"].items():
-            found[int(sid)] = {
-                str(name): (int(stat[0]), float(stat[1])) for name, stat in dict(files).items()
-            }
-    except (TypeError, ValueError, IndexError):
-        return None
-    return found
 
 
 def manifest_of(directory: Path) -> tuple[Path, dict[str, Any]]:

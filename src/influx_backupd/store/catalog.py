@@ -20,6 +20,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
@@ -99,6 +100,24 @@ CREATE TABLE IF NOT EXISTS counters (
 -- command runs what a killed process left owed
 CREATE TABLE IF NOT EXISTS owed (run_id TEXT PRIMARY KEY);
 """
+# events that end every hot chain of the server (a whole-server restore): the next hot run of
+# each job is a full (jobs/plan.py); one row per kind, the newest kept. Made by the first mark,
+# not with the schema: a catalog from before it is read as it is, by readers that cannot write.
+_CHAIN_ENDS = """
+CREATE TABLE IF NOT EXISTS chain_ends (
+    kind TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    why TEXT NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class ChainEnd:
+    """Every hot chain begun before `at` (our clock) ends there: the next link is a full."""
+
+    at: float
+    why: str  # said in the next hot run's plan
 
 
 class Catalog:
@@ -318,6 +337,31 @@ class Catalog:
             return {(job, name): (int(value), float(at)) for job, name, value, at in rows}
         except (TypeError, ValueError):
             raise CatalogDamaged(self.path, "a counter is not a number") from None
+
+    def end_chains(self, kind: str, why: str, at: float | None = None) -> None:
+        """Mark every hot chain of the server ended now (or at `at`): the next hot run of each
+        job takes a full, saying `why`. A later mark of the same kind replaces it."""
+        with self._connect() as conn:
+            conn.execute(_CHAIN_ENDS)
+            conn.execute(
+                "INSERT OR REPLACE INTO chain_ends (kind, at, why) VALUES (?,?,?)",
+                (kind, time.time() if at is None else at, why),
+            )
+
+    def chain_ends(self) -> tuple[ChainEnd, ...]:
+        """The marks that end chains, oldest first (none in a catalog that has none)."""
+        if not self.exists():
+            return ()
+        with self._connect() as conn:
+            if not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chain_ends'"
+            ).fetchall():
+                return ()
+            rows = conn.execute("SELECT at, why FROM chain_ends ORDER BY at").fetchall()
+        try:
+            return tuple(ChainEnd(float(at), str(why)) for at, why in rows)
+        except (TypeError, ValueError):
+            raise CatalogDamaged(self.path, "a chain end is not a time") from None
 
     def exists(self) -> bool:
         return os.path.lexists(self.path)  # a dangling symlink is a damaged catalog, not none

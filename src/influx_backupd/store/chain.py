@@ -18,6 +18,32 @@ from influx_backupd.store.record import Flavour, RunRecord, missing_on_disk, onl
 from influx_backupd.store.scanners import Scan, changed_files, scan_portable, scan_snapshot09
 from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
 
+# A 1.x link's record.extra key (jobs/hot.py): the live shards' files right after its snapshot.
+LISTING = "shard_listing"
+# shard id -> file name -> (size, mtime)
+ShardListing = dict[int, dict[str, tuple[int, float]]]
+
+
+def parse_listing(raw: object) -> ShardListing | None:
+    """A shard listing as jobs/hot.py writes it ({"shards": {id: {name: [size, mtime]}}}), or
+    None when it is not one."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("shards"), dict):
+        return None
+    found: ShardListing = {}
+    try:
+        for sid, files in raw["shards"].items():
+            found[int(sid)] = {
+                str(name): (int(stat[0]), float(stat[1])) for name, stat in dict(files).items()
+            }
+    except (TypeError, ValueError, IndexError):
+        return None
+    return found
+
+
+def listing_of(record: RunRecord | None) -> ShardListing | None:
+    """The shard listing a link's record carries, None when it has none."""
+    return parse_listing(record.extra.get(LISTING)) if record is not None else None
+
 
 class LinkDamaged(RestoreRefused):
     """A link whose own bytes failed restore's check (its manifest or its recorded sha256):

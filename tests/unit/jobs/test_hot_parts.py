@@ -24,6 +24,7 @@ from influx_backupd.influxd.tool import parse_version, probe_snapshot_service, r
 from influx_backupd.jobs.follower import Follower
 from influx_backupd.jobs.hot import _listing_source, clock_url, shard_listing
 from influx_backupd.jobs.plan import Clocks, plan_link
+from influx_backupd.store.catalog import ChainEnd
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.scanners import (
     portable_meta_databases,
@@ -144,6 +145,45 @@ def test_since_follows_the_servers_clock_when_the_last_link_recorded_it() -> Non
     # and a fraction of a second rounds down: earlier only ever includes more
     inc.since_anchor = DAY + 0.75
     assert _plan([full, inc]).since == "1970-01-02T00:00:00Z"  # type: ignore[attr-defined]
+
+
+def test_a_restore_of_the_server_since_the_chains_full_ends_the_chain() -> None:
+    """A whole-server restore's mark in the catalog (restore.hot.restore_backup): restored
+    files keep their old times, which -since leaves out, so the next run is a full."""
+    full = _rec("a", 0.0)
+    inc = _rec("b", DAY, "incremental", chain="a", parent="a")
+    ended = ChainEnd(1.5 * DAY, "the server was restored from C at T")
+    plan = _plan([full, inc], ends=[ended])
+    assert plan.kind == "full"  # type: ignore[attr-defined]
+    assert plan.why == "the server was restored from C at T: a new chain"  # type: ignore[attr-defined]
+    # a restore before the chain's full is in the full already
+    assert _plan([full, inc], ends=[ChainEnd(-1.0, "x")]).kind == "incremental"  # type: ignore[attr-defined]
+    # and the new chain after it goes on as before
+    after = _rec("n", 1.6 * DAY)
+    assert _plan([full, inc, after], ends=[ended]).kind == "incremental"  # type: ignore[attr-defined]
+
+
+def test_a_live_file_older_than_since_that_no_link_saw_takes_a_full() -> None:
+    """A shard file dated before -since (a restore keeps archived times) that the last link's
+    listing did not have: an increment would leave it out without a word."""
+    full = _rec("a", 0.0)
+    inc = _rec("b", DAY, "incremental", chain="a", parent="a")
+    inc.since_anchor = DAY
+    inc.extra["shard_listing"] = {"shards": {"2": {"000000001-000000001.tsm": [100, 10.0]}}}
+    seen = {2: {"000000001-000000001.tsm": (100, 10.0)}}
+    newer = {3: {"000000001-000000001.tsm": (50, DAY + 60)}}
+    assert _plan([full, inc], live={**seen, **newer}).kind == "incremental"  # type: ignore[attr-defined]
+    restored = {5: {"000000001-000000001.tsm": (4000, 0.5 * DAY)}}
+    plan = _plan([full, inc], live={**seen, **restored})
+    assert plan.kind == "full"  # type: ignore[attr-defined]
+    assert plan.why.startswith("shard 5's 000000001-000000001.tsm is dated 1970-01-01T12:00:00Z")  # type: ignore[attr-defined]
+    assert "before -since 1970-01-02T00:00:00Z" in plan.why  # type: ignore[attr-defined]
+    # the same name in a shard id the chain had, but other bytes (ids reused after a restore)
+    other = {2: {"000000001-000000001.tsm": (4000, 0.5 * DAY)}}
+    assert _plan([full, inc], live=other).kind == "full"  # type: ignore[attr-defined]
+    # without the last link's listing (a remote backup_host) nothing can be told
+    inc.extra.pop("shard_listing")
+    assert _plan([full, inc], live={**seen, **restored}).kind == "incremental"  # type: ignore[attr-defined]
 
 
 def test_a_clock_gone_back_since_the_last_link_starts_a_new_full() -> None:
