@@ -394,6 +394,46 @@ def test_deep_verify_of_a_link_reads_the_earlier_links_plain_says_it_did_not(
         chain.catalog.delete(damaged)
 
 
+def test_deep_verify_reads_again_a_link_whose_last_check_failed(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """Before: `verify TIP --deep` failed on an earlier link's stale verdict ("failed its last
+    check (... is not a directory)") although the link's dir was back and intact, and a
+    restore of TIP succeeded. --deep reads it again, as verify of it alone would, and its
+    record says what was found; plain verify still goes by the verdict (it reads no link)."""
+    middle = tmp_path / "middle"
+    shutil.copytree(chain.incremental["archive"], middle)
+    stale = {"verify_status": "failed", "verify_detail": f"{middle}: is not a directory"}
+    back = chain.register(middle, **stale)
+    shutil.copytree(chain.incremental["archive"], tmp_path / "tip")
+    tip = chain.register(tmp_path / "tip", parent_id=back, verify_status=None, verify_detail=None)
+    try:
+        plain = chain.cli("verify", tip, "--json")
+        assert plain.returncode == 1, plain.stdout
+        assert any("failed its last check" in e for e in results(plain)[0]["errors"])
+
+        done = chain.cli("verify", tip, "--deep", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+        [result] = results(done)
+        assert result["checks"]["chain"].startswith("ok (3 links, each one's"), result
+        again = chain.catalog.get(back)
+        assert again is not None and again.verify_status == "ok", again
+        assert not again.failed_check and "is not a directory" not in str(again.verify_detail)
+
+        # a restore test's verdict stands: --deep runs none of an earlier link
+        failed = {
+            "verify_status": "failed",
+            "verify_detail": "restore test: 3 points, 4000 counted",
+        }
+        chain.catalog.save(dataclasses.replace(again, **failed))
+        done = chain.cli("verify", tip, "--deep", "--json")
+        assert done.returncode == 1, done.stdout
+        assert any("restore test: 3 points" in e for e in results(done)[0]["errors"])
+    finally:
+        chain.catalog.delete(tip)
+        chain.catalog.delete(back)
+
+
 def test_a_record_beside_a_backup_that_disagrees_with_the_catalog_fails_verify(
     chain: Chain, tmp_path: Path
 ) -> None:

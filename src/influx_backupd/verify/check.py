@@ -65,7 +65,7 @@ from influx_backupd.store.sidecar import (
     sidecar_of,
 )
 from influx_backupd.verify.restore_test import restore_test_cold, restore_test_hot
-from influx_backupd.verify.result import VerifyResult
+from influx_backupd.verify.result import RESTORE_TEST, VerifyResult
 
 COLD_REQUIRED = ("meta", "data", "influxdb.conf")
 # A TSM file from a 1.x shard .tar.gz is checked from a copy (gzip streams cannot seek): in memory
@@ -307,6 +307,10 @@ def _check_earlier_links(
                 f"link {link.id} failed its last check "
                 f"({link.verify_detail or 'see verify ' + link.id})"
             )
+            if deep and RESTORE_TEST not in (link.verify_detail or ""):
+                # read again, as verify of it alone would (its dir may be back and intact):
+                # not a stale verdict; one of a restore test stands (none is run of it here)
+                wrong = None
         if wrong is None:
             own = (seen or {}).get(link.id)
             if own is not None and own.status == "error":
@@ -333,6 +337,8 @@ def _check_earlier_links(
             elif not own.ok:
                 result.cannot("chain", f"link {link.id} could not be checked: {own.detail()}")
                 return
+            elif link.failed_check and catalog is not None:
+                result.links_passed[link.id] = own.detail()  # its record says so too
         if wrong is None and catalog is not None:
             wrong = _record_beside_link(link)
         if wrong is not None:
@@ -663,6 +669,12 @@ def save_result(catalog: Catalog, record: RunRecord, result: VerifyResult) -> No
         link = catalog.get(run_id)
         if link is not None and link.ok and link.archive:
             _found_bad(catalog, link, detail, now)
+    for run_id, detail in result.links_passed.items():
+        link = catalog.get(run_id)
+        if link is not None and link.failed_check:
+            link.verify_status, link.verified_at, link.verify_detail = "ok", now, detail
+            catalog.save(link)
+            log.get().info("verify.link_passed", run_id=link.id, job=link.job, detail=detail)
     if result.status == "error":
         log.get().warning(
             "verify.not_judged", run_id=record.id, job=record.job, error=result.detail()

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 NOT_QUERIED_09 = "not queried (0.9 server not available here)"
+RESTORE_TEST = "restore test"  # how a restore test's failures begin (restore_test.py)
 
 
 @dataclass
@@ -26,6 +27,9 @@ class VerifyResult:
     # earlier links of an increment's chain read here and found bad themselves (run id → what):
     # saved as their own verdicts too, not only as this backup's
     links_failed: dict[str, str] = field(default_factory=dict)
+    # earlier links whose last check had failed, read again here (--deep) and found ok: their
+    # records say so too (run id -> what was checked)
+    links_passed: dict[str, str] = field(default_factory=dict)
 
     def fail(self, check: str, message: str) -> None:
         self.errors.append(message)
