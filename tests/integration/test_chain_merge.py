@@ -332,3 +332,27 @@ def test_a_whole_server_restore_ends_the_hot_chains_and_loses_no_point(
     assert after["kind"] == "full", plan
     assert "before -since" in plan["why"] and "an increment would leave it out" in plan["why"]
     assert _restore_served(cli, tmp_path, after["id"], "by-listing") == 6_000
+
+    # (b) neither (the last link without a listing, as a remote backup_host's): the increment
+    # leaves the restored file out, and what restores or verifies it says so
+    last = diverge_and_restore_cold()
+    with closing(sqlite3.connect(tmp_path / "state" / "catalog.db")) as conn, conn:
+        conn.execute("DELETE FROM chain_ends")
+    stored = Catalog(tmp_path / "state").get(last["id"])
+    assert stored is not None
+    stored.extra.pop("shard_listing")
+    Catalog(tmp_path / "state").save(stored)
+    sandbox.write_points("db9", 1_000, start=10_000)
+    blind, plan = _backup(cli, "hot3")
+    assert blind["kind"] == "incremental", plan
+    checked = cli("verify", blind["id"], "--deep", "--restore-test", "--json")
+    assert checked.returncode == 1, checked.stdout + checked.stderr[-2000:]
+    [result] = json.loads(checked.stdout)
+    assert any(
+        "the chain does not hold every point" in e and "is live but in no link" in e
+        for e in result["errors"]
+    ), result["errors"]
+    done = cli("restore", blind["id"], "--target", str(tmp_path / "blind"), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    merged = json.loads(done.stdout)
+    assert merged["merge"] == "sql" and "is live but in no link" in merged["merge_reason"]

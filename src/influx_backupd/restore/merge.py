@@ -19,7 +19,10 @@ earlier links, T the increment's and L the listing:
 
 A compaction after the snapshot that removed files of P leaves its SEQ > 1 output in L outside
 T ∪ P (an output compacted again leaves another), and a file of L modified before -since that
-no link holds was renamed into place after the previous snapshot: both refuse the merge. Points
+no link holds was renamed into place after the previous snapshot: both refuse the merge. So
+does such a file in a shard new to the chain (P empty): there it is a file no link holds at
+all, brought back with its old time by a restore of the server (tar keeps mtimes), whose points
+no merge can restore (MergePlan.unheld: verify's restore test fails on it). Points
 in two files overlap harmlessly (influxd keeps the newest on read); only deletions are at risk.
 `influxd restore` takes only *.tsm files from a shard tar: a tombstone in the merged set is
 packed beside its TSM file, and restore/deletes.py applies it before the tool runs; one whose
@@ -84,6 +87,8 @@ class MergePlan:
     reason: str | None = None  # why not exact
     # shard id -> file name -> index of the link whose tar holds it
     shards: dict[int, dict[str, int]] = field(default_factory=dict)
+    # not exact because a live file is in no link at all: its points are in no merge either
+    unheld: bool = False
 
 
 def _seq(name: str) -> int | None:
@@ -106,6 +111,10 @@ def plan_merge(views: list[LinkView]) -> MergePlan:
                     return MergePlan(False, f"{view.label}: shard {sid}: {why}")
                 listed = (view.listing or {})[sid]
                 files = {name: link for name, link in before.items() if name in listed}
+            elif number > 0:
+                why = _older_in_no_link(view, sid, part.files)
+                if why is not None:
+                    return MergePlan(False, f"{view.label}: shard {sid}: {why}", unheld=True)
             for name in part.files:
                 files[name] = number  # the same name in a newer link: the same bytes
             now[sid] = files
@@ -158,6 +167,26 @@ def _unexplained(
             f"{name} is live but in no link ({what}): a compaction or delete after the "
             "snapshot may have replaced files of the earlier links"
         )
+    return None
+
+
+def _older_in_no_link(view: LinkView, sid: int, taken: frozenset[str]) -> str | None:
+    """Why a shard new to the chain cannot be taken from this increment's files alone (None:
+    it can). A live file of its listing modified before -since that the increment does not
+    hold was in place before the snapshot yet is in no link: a restore of the server, or a
+    file moved in, with its old time kept (tar keeps mtimes), which -since leaves out. Without
+    a listing nothing can be told (as before: the increment's files)."""
+    listed = (view.listing or {}).get(sid)
+    if listed is None or view.since is None:
+        return None
+    for name in sorted(set(listed) - taken):
+        if listed[name][1] <= view.since:
+            return (
+                f"{name} is live but in no link (modified before -since yet not in the "
+                "increment, and the shard is in no earlier link): its points are not in this "
+                "chain (a restore of the server or a file moved into place since the chain "
+                "began)"
+            )
     return None
 
 

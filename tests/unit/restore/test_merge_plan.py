@@ -84,6 +84,42 @@ def test_a_shard_new_in_the_increment_needs_no_listing() -> None:
     assert plan.shards == {1: {"000000001-000000001.tsm": 0}, 2: {"000000001-000000001.tsm": 1}}
 
 
+def test_a_shard_new_to_the_chain_with_a_live_file_older_than_since_falls_back() -> None:
+    """A whole-server restore between the links brings shard files back with their old times:
+    -since leaves them out, and a shard the earlier links never had was taken from the
+    increment's files alone (its new points), losing the restored ones without a word."""
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm")}),
+            increment(
+                {3: part("000000002-000000001.tsm")},
+                {
+                    3: {
+                        **live("000000002-000000001.tsm"),
+                        **live("000000001-000000001.tsm", mtime=SINCE - 3600),
+                    }
+                },
+            ),
+        ]
+    )
+    assert not plan.exact and plan.unheld
+    assert plan.reason is not None
+    assert plan.reason.startswith(
+        "inc1: shard 3: 000000001-000000001.tsm is live but in no link (modified before -since"
+    ), plan.reason
+    # a cache snapshot written after the snapshot is not part of the link: still exact
+    plan = plan_merge(
+        [
+            full({1: part("000000001-000000001.tsm")}),
+            increment(
+                {3: part("000000002-000000001.tsm")},
+                {3: live("000000002-000000001.tsm", "000000003-000000001.tsm")},
+            ),
+        ]
+    )
+    assert plan.exact, plan.reason
+
+
 def test_with_a_listing_a_compaction_replaces_what_it_consumed() -> None:
     plan = plan_merge(
         [
