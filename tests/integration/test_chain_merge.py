@@ -117,6 +117,12 @@ def test_deletes_and_a_dropped_database_between_links_do_not_come_back(
     assert [e["path"] for e in log_events(done.stderr, "restore.chain_merge")] == ["files"]
     assert log_events(done.stderr, "restore.copied") == [], "no SELECT INTO"
     assert _figures(sandbox.url) == expected, "deleted points and the dropped db stay gone"
+    # a whole-server restore of a hot backup ends the chains too: the next run is a full
+    after = cli("backup", "--json")
+    assert after.returncode == 0, after.stderr[-3000:]
+    assert json.loads(after.stdout)["kind"] == "full"
+    [plan] = log_events(after.stderr, "hot.plan")
+    assert plan["why"].startswith(f"the server was restored from {increment['id']} at "), plan
 
     # the database dropped between the links is not in the backup
     done = cli("restore", increment["id"], "--database", "other", "--as", "x")
