@@ -267,6 +267,18 @@ def frozen(proc: subprocess.Popen[Any]) -> Iterator[None]:
         proc.send_signal(signal.SIGCONT)
 
 
+def kill_backup_mid_copy(config: Path, sandbox: Sandbox, filler: int) -> None:
+    """SIGKILL of config's cold direct `backup` as its copy begins, influxd stopped by it: a
+    sparse filler of `filler` bytes in the data dir keeps the stop window open long enough to
+    aim at (written out whole by the copy), removed after the kill."""
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(filler)
+    backup = Watched(config, "backup", "--json")
+    backup.wait_event("archive.writing", phase="copy")
+    backup.kill()
+    (sandbox.data / "filler.bin").unlink()
+
+
 def run_cli(config: Path, *args: str, umask: int | None = None, timeout: float = 300) -> Any:
     """Like tests.conftest.Cli, with the caller's umask chosen."""
     import subprocess

@@ -15,7 +15,7 @@ import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import write_config
-from tests.faults.conftest import Ledger, Watched, run_cli
+from tests.faults.conftest import Ledger, Watched, kill_backup_mid_copy, run_cli
 
 MiB = 1 << 20
 FILLER = 300 * MiB  # sparse in the data dir, written out in full by the copy
@@ -163,13 +163,8 @@ def test_a_full_state_dir_does_not_keep_influxd_down(
     sandbox.write_points("metrics", 2_000)
     assert run_cli(config, "backup").returncode == 0
     ledger.take()
-    with open(sandbox.data / "filler.bin", "wb") as fh:
-        fh.truncate(FILLER)
-    backup = Watched(config, "backup", "--json")
-    backup.wait_event("archive.writing", phase="copy")
-    backup.kill()
+    kill_backup_mid_copy(config, sandbox, FILLER)
     assert (small_state / "influxd-stopped.json").exists() and not sandbox.ping()
-    (sandbox.data / "filler.bin").unlink()
     _fill(small_state)
 
     done = run_cli(config, command, timeout=120)

@@ -14,7 +14,7 @@ import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import write_config
-from tests.faults.conftest import Ledger, Watched, run_cli
+from tests.faults.conftest import Ledger, kill_backup_mid_copy, run_cli
 
 MARKER = "influxd-stopped.json"
 FILLER = 1_000_000_000  # sparse: its copy keeps the stop window open long enough to aim at
@@ -34,12 +34,7 @@ def _killed_mid_copy(
     first = run_cli(config, "backup", "--json")
     assert first.returncode == 0, first.stderr[-3000:]
     ledger.take()
-    with open(sandbox.data / "filler.bin", "wb") as fh:
-        fh.truncate(FILLER)
-    backup = Watched(config, "backup", "--json")
-    backup.wait_event("archive.writing", phase="copy")
-    backup.kill()
-    (sandbox.data / "filler.bin").unlink()
+    kill_backup_mid_copy(config, sandbox, FILLER)
     assert (tmp_path / "state" / MARKER).exists()
     assert not sandbox.ping()
     return config

@@ -11,6 +11,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -148,16 +150,22 @@ def holding_lock(tmp_path: Path, doing: str) -> subprocess.Popen[str]:
     return proc
 
 
-def stand_in_waiting(tmp_path: Path, doing: str) -> tuple[subprocess.Popen[str], Path]:
+@contextmanager
+def stand_in_waiting(tmp_path: Path, doing: str) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     """A live process standing in for a command that waits for the backup lock to do `doing`
     (its request file in lock-wanted/, as LockWanted writes it) and never takes it: a command
-    suspended with Ctrl-Z. Returns the process and its request file."""
+    suspended with Ctrl-Z. Yields the process and its request file; killed on the way out."""
     stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], text=True)
-    wanted = tmp_path / "state" / "lock-wanted" / f"{stand_in.pid}.json"
-    wanted.parent.mkdir(parents=True, exist_ok=True)
-    created = psutil.Process(stand_in.pid).create_time()
-    wanted.write_text(json.dumps({"pid": stand_in.pid, "create_time": created, "doing": doing}))
-    return stand_in, wanted
+    try:
+        wanted = tmp_path / "state" / "lock-wanted" / f"{stand_in.pid}.json"
+        wanted.parent.mkdir(parents=True, exist_ok=True)
+        created = psutil.Process(stand_in.pid).create_time()
+        body = {"pid": stand_in.pid, "create_time": created, "doing": doing}
+        wanted.write_text(json.dumps(body))
+        yield stand_in, wanted
+    finally:
+        stand_in.kill()
+        stand_in.wait()
 
 
 def test_a_lock_held_for_anything_but_a_send_is_busy_at_once_saying_what_holds_it(
@@ -235,13 +243,9 @@ def test_no_send_takes_the_lock_while_a_command_waits_for_it_and_the_backup_stay
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 300)
     cli = Cli(write_config(tmp_path, sandbox, extra=offsite_section(moto)))
-    stand_in, wanted = stand_in_waiting(tmp_path, "restore")
-    try:
+    with stand_in_waiting(tmp_path, "restore") as (stand_in, wanted):
         backup = cli("backup", "--json")
         sync = cli("offsite", "sync")
-    finally:
-        stand_in.kill()
-        stand_in.wait()
     assert backup.returncode == 0, backup.stderr[-3000:]
     assert json.loads(backup.stdout)["status"] == "ok"
     said = f"offsite: not sent now: a restore (pid {stand_in.pid}) waits for the backup lock"
@@ -265,19 +269,14 @@ def test_the_daemons_send_waiting_for_the_lock_does_not_hold_up_its_backups(
     sandbox.write_points("metrics", 300)
     jobs = [{"name": "often", "every": "5s", "mode": "cold", "copy": "direct"}]
     config = write_config(tmp_path, sandbox, jobs=jobs, extra=offsite_section(moto))
-    stand_in, _ = stand_in_waiting(tmp_path, "restore")
-    try:
-        with daemon(tmp_path, config) as d:
-            d.wait_event("run.deferred", timeout=60, job="[offsite]")
-            wait_until(lambda: len([r for r in runs(tmp_path) if r.ok]) >= 3, 90, "3 backups")
-            assert Cli(config).json("list", "--offsite") == []  # the command still waits
-            stand_in.kill()
-            stand_in.wait()
-            d.wait_event("offsite.sent", timeout=60)
-            assert d.stop() == 0
-    finally:
+    with stand_in_waiting(tmp_path, "restore") as (stand_in, _), daemon(tmp_path, config) as d:
+        d.wait_event("run.deferred", timeout=60, job="[offsite]")
+        wait_until(lambda: len([r for r in runs(tmp_path) if r.ok]) >= 3, 90, "3 backups")
+        assert Cli(config).json("list", "--offsite") == []  # the command still waits
         stand_in.kill()
         stand_in.wait()
+        d.wait_event("offsite.sent", timeout=60)
+        assert d.stop() == 0
     assert sandbox.ping()
 
 
@@ -320,12 +319,8 @@ def test_a_waiter_that_does_not_take_the_free_lock_holds_a_later_taker_up_only_b
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 300)
     cli = Cli(write_config(tmp_path, sandbox))
-    stand_in, _ = stand_in_waiting(tmp_path, "backup")
-    try:
+    with stand_in_waiting(tmp_path, "backup") as (stand_in, _):
         done = cli("backup", "--json")
-    finally:
-        stand_in.kill()
-        stand_in.wait()
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["status"] == "ok"
     (left,) = log_events(done.stderr, "lock.after_first_waiter")
