@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from influx_backupd.core import apprise_urls, atomic, config_values, offsite_keys
+from influx_backupd.core import apprise_urls, atomic, config_values, offsite_keys, redact
 from influx_backupd.core.durations import (
     Duration,
     IntervalDuration,
@@ -662,7 +662,9 @@ def _closest(loc: tuple[int | str, ...]) -> str:
 
 
 def _shown(value: object) -> str:
-    text = repr(value)
+    """A value as an error line quotes it: short, and any URL in it (a [notify] URL given as a
+    string or a table where a list belongs) as scheme and host only: its token stays out."""
+    text = redact.shown_url(repr(value))
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -105,3 +105,22 @@ def test_check_config_warns_of_a_readable_influxd_password_file(
     assert cli.main(["--config", str(path), "check-config"]) == 0
     out = capsys.readouterr()
     assert ("influxd.password_file" in out.out + out.err) == warned, out
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"tgram://123456:SECRETTOKEN/999"',  # a string where a list belongs
+        '{ url = "ntfy://u:SECRETTOKEN@ntfy.sh/x" }',  # a table where a list belongs
+    ],
+)
+def test_a_notify_url_in_the_wrong_form_is_not_quoted_with_its_token(
+    tmp_path: Path, influxdb_conf: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """The audit's repro: `must be a list like ["a", "b"], not 'tgram://123456:SECRETTOKEN/999'`
+    put the token in the error line (and in the journal, through ExecStopPost's recover)."""
+    path = write(tmp_path, base(influxdb_conf, tmp_path, job=f"[notify]\nfailure = {value}"))
+    status, err = _check(path, capsys)
+    assert status == 78 and err.count("\n") == 1, err
+    assert "notify.failure: must be a list" in err, err
+    assert "SECRETTOKEN" not in err, err
