@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from influx_backupd.core import alarms
-from influx_backupd.core.atomic import fsync_dir, replace_json
+from influx_backupd.core.atomic import fsync_dir, read_small, replace_json
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
 from influx_backupd.core.jsontext import count, loads_json
 from influx_backupd.core.processes import same_process
@@ -165,6 +165,8 @@ def lock_holder(state_dir: Path) -> tuple[str, str | None]:
 
 
 WANTED_DIR = "lock-wanted"
+# A crash marker or a lock request is a few hundred bytes; past this, not ours (read as torn)
+MARKER_MAX = 1 << 20
 
 
 class LockWanted:
@@ -203,9 +205,9 @@ def lock_wanted(state_dir: Path, *, other_than: int | None = None) -> str | None
         if path.name.startswith("."):
             continue  # a LockWanted being written (replace_json's temp file)
         try:
-            body = loads_json(path.read_text())
+            body = loads_json(read_small(path, MARKER_MAX).decode())
         except (OSError, ValueError):
-            continue
+            continue  # not a request of ours (not even a regular file): passed over
         if (
             not isinstance(body, dict)
             or same_process(body.get("pid"), body.get("create_time")) is None
@@ -392,7 +394,8 @@ class CrashMarker:
 
     def read(self) -> dict[str, Any] | None:
         try:
-            data = loads_json(self.path.read_text())
+            # bounded, and never blocking on a FIFO nor reading a device put there
+            data = loads_json(read_small(self.path, MARKER_MAX).decode())
         except FileNotFoundError:
             return None
         except (OSError, ValueError):

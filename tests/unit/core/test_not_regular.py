@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import socket
 import stat
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from influx_backupd.core.atomic import NotRegularFile, read_small, replace_file
 from influx_backupd.core.config import load
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import metrics
+from influx_backupd.store.state import MARKER_MAX, WANTED_DIR, CrashMarker, lock_wanted
 from tests.unit.core.test_config import base, influxdb_conf, write
 
 __all__ = ["influxdb_conf"]
@@ -169,3 +171,35 @@ def test_locate_reads_no_pidfile_turned_into_a_node_after_load(
     make, _ = NODES[node]
     make(pidfile)
     assert Influxd(config).locate() is None  # no influxd runs with this test's influxdb.conf
+
+
+@contextlib.contextmanager
+def _within(seconds: int) -> Iterator[None]:
+    """Fails the test, rather than hanging it, on a read that blocks (a FIFO opened for read)."""
+
+    def hung(_signum: int, _frame: object) -> None:
+        raise AssertionError(f"blocked for {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_as_crash_marker_or_lock_request_is_read_without_blocking(tmp_path: Path) -> None:
+    """The audit's repro: a FIFO at influxd-stopped.json hung every command (status, list,
+    recover: ExecStopPost= for up to TimeoutStopSec), one in lock-wanted/ every backup. Now a
+    marker that is no regular file reads as torn (influxd may be down: recovery acts on it), and
+    such a lock request is passed over; a huge marker is not read whole."""
+    os.mkfifo(tmp_path / "influxd-stopped.json")
+    (tmp_path / WANTED_DIR).mkdir()
+    os.mkfifo(tmp_path / WANTED_DIR / "123.json")
+    with _within(5):
+        assert CrashMarker(tmp_path).read() == {"run_id": None}
+        assert lock_wanted(tmp_path) is None
+    os.unlink(tmp_path / "influxd-stopped.json")
+    (tmp_path / "influxd-stopped.json").write_bytes(b" " * (MARKER_MAX + 1))
+    assert CrashMarker(tmp_path).read() == {"run_id": None}
