@@ -189,14 +189,24 @@ def recover_despite(config_path: Path, state_dir: Path) -> str | None:
     try:
         config = load(config_path, ask_apprise=False, text=atomic.read_small(kept_path, 1 << 20))
     except (OSError, ConfigError) as exc:
-        why = exc.line() if isinstance(exc, ConfigError) else f"{kept_path}: {exc.strerror}"
+        # said of the kept file, which is what did not load (load() names config_path)
+        why = (
+            exc.line().replace(str(config_path), str(kept_path), 1)
+            if isinstance(exc, ConfigError)
+            else f"{kept_path}: {exc.strerror}"
+        )
         return (
             f"influxd may be down: {stopped_by} stopped it and was killed (crash marker "
             f"{marker.path}); it cannot be started from the config that run used ({why}): "
             f"fix {config_path}, then any command starts it"
         )
-    if config.state_dir != state_dir:
-        return None  # a config of another instance was kept there: not ours to act on
+    if config.state_dir != state_dir:  # a config of another instance kept there: not ours
+        return (
+            f"influxd may be down: {stopped_by} stopped it and was killed (crash marker "
+            f"{marker.path}); the config kept in {kept_path} names another state_dir "
+            f"({config.state_dir}), so nothing was started: fix {config_path}, then any "
+            "command starts it"
+        )
     try:
         with exclusive(config, start_attempts=3):
             pass
