@@ -32,6 +32,7 @@ COMMANDS = [
     ["run"],
     ["status"],
     ["offsite", "sync"],
+    ["recover"],
 ]
 
 

@@ -116,6 +116,8 @@ def _left_down_despite(args: argparse.Namespace) -> None:
     # a file that is no TOML now (half-edited): the state dir a config without state_dir has
     # (the kept config must name that same dir for anything to be done)
     state_dir = state_dir_leniently(path) or default_state_dir(path)
+    if not state_dir.is_dir():
+        return  # no state dir, no crash marker (a file in its place: the config's error says)
     if args.command == "status":
         marker = CrashMarker(state_dir)
         if CrashMarker.may_be_down(marker.read()):

@@ -396,8 +396,8 @@ class CrashMarker:
         try:
             # bounded, and never blocking on a FIFO nor reading a device put there
             data = loads_json(read_small(self.path, MARKER_MAX).decode())
-        except FileNotFoundError:
-            return None
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # none there; or no state dir at all (a file in its place): none either
         except (OSError, ValueError):
             # A torn marker still means influxd may be down.
             return {"run_id": None}
