@@ -116,8 +116,10 @@ def _left_down_despite(args: argparse.Namespace) -> None:
     # a file that is no TOML now (half-edited): the state dir a config without state_dir has
     # (the kept config must name that same dir for anything to be done)
     state_dir = state_dir_leniently(path) or default_state_dir(path)
-    if not state_dir.is_dir():
-        return  # no state dir, no crash marker (a file in its place: the config's error says)
+    if not state_dir.is_dir() or not os.access(state_dir, os.R_OK | os.X_OK):
+        # no state dir, no crash marker (a file in its place: the config's error says so);
+        # one this user cannot read (the service's, without sudo): nothing known of one
+        return
     if args.command == "status":
         marker = CrashMarker(state_dir)
         if CrashMarker.may_be_down(marker.read()):
