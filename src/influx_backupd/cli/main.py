@@ -130,10 +130,11 @@ def _left_down_despite(args: argparse.Namespace) -> None:
         return
     try:
         line = recover_despite(path, state_dir)
-    except OSError as exc:  # the state dir not ours to read (another user's): its line later
-        line = (
-            None if exc.errno in (errno.EACCES, errno.EPERM) else f"{exc.strerror}: {exc.filename}"
-        )
+    except BackupdError as exc:  # what recovery itself ran into, said as any command says it
+        line = exc.line()
+    except (OSError, ValueError):
+        # a best effort beside the config's own error, which follows: never a traceback
+        line = None
     if line is not None:
         say(line)
 

@@ -890,7 +890,8 @@ def state_dir_leniently(path: Path) -> Path | None:
         return None
     daemon = raw.get("daemon")
     written = daemon.get("state_dir") if isinstance(daemon, dict) else None
-    if isinstance(written, str) and written and os.path.isabs(written):
+    # one load() refuses (relative, a NUL byte) names no dir: the default one, as if unset
+    if isinstance(written, str) and written and not config_values.path_problem(Path(written)):
         return Path(written)
     return default_state_dir(path)
 

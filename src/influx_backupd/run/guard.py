@@ -98,13 +98,13 @@ def exclusive(
     try:
         if influxd or CrashMarker(config.state_dir).path.exists():
             server_lock.acquire()
-        if influxd:
-            keep_config_in_use(config)
         # under the lock, whatever stops influxd (a cold run, a restore's swap) or starts it
         # again (recovery): its first failed start is told at once (core/alarms.py)
         with alarms.left_down_handler(left_down_alarm(config)):
             catalog = Catalog(config.state_dir)
             recover(config, catalog, start_attempts=start_attempts, on_damage=on_damage)
+            if influxd:  # after recovery: a full state dir must not keep influxd down
+                keep_config_in_use(config)
             yield catalog
     finally:
         server_lock.release()
@@ -171,7 +171,12 @@ def keep_config_in_use(config: Config) -> None:
             return
     except OSError:
         pass  # none yet, longer, or not a file we wrote: written anew
-    atomic.replace_file(path, config.text)
+    try:
+        atomic.replace_file(path, config.text)
+    except OSError as exc:
+        # a full state dir: the run says so where it writes what it must (its record, the
+        # marker); this copy is a spare, and the one kept before (if any) is left as it was
+        log.get().warning("state.config_not_kept", path=str(path), error=str(exc))
 
 
 def recover_despite(config_path: Path, state_dir: Path) -> str | None:
