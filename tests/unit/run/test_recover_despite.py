@@ -14,18 +14,25 @@ from tests.unit.core.test_config import base, influxdb_conf, write
 __all__ = ["influxdb_conf"]
 
 
-def _left_down(state: Path) -> None:
+def _broken_config(tmp_path: Path, influxdb_conf: Path) -> Path:
+    """A config that fails to load (an unknown table), its state dir tmp_path/state."""
+    return write(tmp_path, base(influxdb_conf, tmp_path).replace("[storage]", "[storag]"))
+
+
+def _left_down(tmp_path: Path, influxdb_conf: Path) -> tuple[Path, Path]:
+    """The broken config, and its state dir with a killed run's crash marker in it."""
+    config = _broken_config(tmp_path, influxdb_conf)
+    state = tmp_path / "state"
     state.mkdir(mode=0o700, exist_ok=True)
     marker = {"run_id": "20261203T000000Z-dead", "pid": 999_999_999, "written_at": time.time()}
     (state / "influxd-stopped.json").write_text(json.dumps(marker))
+    return config, state
 
 
 def test_a_kept_config_that_does_not_load_is_named_as_such(
     tmp_path: Path, influxdb_conf: Path
 ) -> None:
-    config = write(tmp_path, base(influxdb_conf, tmp_path).replace("[storage]", "[storag]"))
-    state = tmp_path / "state"
-    _left_down(state)
+    config, state = _left_down(tmp_path, influxdb_conf)
     (state / CONFIG_IN_USE).write_text("garbage [[[")
     line = recover_despite(config, state)
     assert line is not None and line.startswith("influxd may be down: run 20261203T000000Z-dead")
@@ -37,9 +44,7 @@ def test_a_kept_config_that_does_not_load_is_named_as_such(
 def test_a_kept_config_of_another_state_dir_is_said_and_not_acted_on(
     tmp_path: Path, influxdb_conf: Path
 ) -> None:
-    config = write(tmp_path, base(influxdb_conf, tmp_path).replace("[storage]", "[storag]"))
-    state = tmp_path / "state"
-    _left_down(state)
+    config, state = _left_down(tmp_path, influxdb_conf)
     other = base(influxdb_conf, tmp_path).replace(str(state), str(tmp_path / "other"))
     (state / CONFIG_IN_USE).write_text(other)
     line = recover_despite(config, state)
@@ -49,6 +54,6 @@ def test_a_kept_config_of_another_state_dir_is_said_and_not_acted_on(
 
 
 def test_nothing_is_said_without_a_crash_marker(tmp_path: Path, influxdb_conf: Path) -> None:
-    config = write(tmp_path, base(influxdb_conf, tmp_path).replace("[storage]", "[storag]"))
+    config = _broken_config(tmp_path, influxdb_conf)
     (tmp_path / "state").mkdir()
     assert recover_despite(config, tmp_path / "state") is None
