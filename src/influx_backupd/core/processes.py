@@ -1,37 +1,104 @@
 """Is a pid written down earlier still the process it named?
 
 State files (the crash marker, the daemon's and a command's published state, a scratch dir's
-owner) name a process by pid and psutil's create_time. A pid alone can be reused by another
-process since; the pair cannot. One answer for every reader, so that a damaged file (a string,
-NaN, a negative or 400-digit number) is "not that process" everywhere, never a traceback.
+owner, a lock request) name a process by its identity(): pid, psutil's create_time, and
+`start`, this boot's id with the process's start in clock ticks since boot. A pid alone can be
+reused by another process since; pid and start cannot. One answer for every reader, so that a
+damaged file (a string, NaN, a negative or 400-digit number) is "not that process" everywhere,
+never a traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Mapping
 
 import psutil
 
-# Both values come from psutil on this host. Long-lived writers (the daemon) get a second: the
-# kernel's boot time that psutil adds to a process's start ticks moves when the clock is stepped.
-EXACT = 0.01
-LOOSE = 1.0
+# Only for records written before `start` was: create_time is the kernel's boot time (whole
+# seconds in /proc/stat, moved by every clock step and NTP slew) plus the start ticks, so the
+# same process reads a second apart on either side of a boot-time step.
+WALL_SLACK = 1.01
 
 
-def same_process(pid: object, create_time: object, slack: float = EXACT) -> psutil.Process | None:
-    """The live (not zombie) process with this pid, if it was started at create_time."""
+@functools.cache
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _stat(pid: int) -> tuple[str, str] | None:
+    """(state, start) from /proc/PID/stat: start ticks never change with the wall clock."""
+    boot = _boot_id()
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data.rpartition(b")")[2].split()  # comm, in (), may hold spaces and ")"
+    if boot is None or len(fields) < 20:
+        return None
+    return fields[0].decode("ascii", "replace"), f"{boot}:{fields[19].decode('ascii')}"
+
+
+def identity(proc: psutil.Process | None = None) -> dict[str, object] | None:
+    """What a state file keeps to name proc (this process by default); None once it is gone."""
+    try:
+        proc = proc or psutil.Process()
+        named: dict[str, object] = {"pid": proc.pid, "create_time": proc.create_time()}
+    except psutil.Error:
+        return None
+    stat = _stat(proc.pid)
+    if stat is not None:
+        named["start"] = stat[1]
+    return named
+
+
+def same_process(pid: object, create_time: object, start: object = None) -> psutil.Process | None:
+    """The live (not zombie) process with this pid, if it is the one identity() named."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return None
-    if not isinstance(create_time, int | float) or isinstance(create_time, bool):
-        return None
-    if not math.isfinite(create_time):
-        return None
     try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) > slack:
+        proc = psutil.Process(pid)  # before the stat read: a pid reused in between mismatches
+        if isinstance(start, str):
+            stat = _stat(pid)
+            if stat is None or stat[1] != start or stat[0] == "Z":
+                return None
+            return proc
+        if not isinstance(create_time, int | float) or isinstance(create_time, bool):
+            return None
+        if not math.isfinite(create_time):
+            return None
+        if abs(proc.create_time() - create_time) > WALL_SLACK:
             return None
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
     except (psutil.Error, ValueError, OverflowError):  # gone; or a pid no process can have
         return None
     return proc
+
+
+def same_as(named: object) -> psutil.Process | None:
+    """same_process for a record identity() wrote (damaged: None)."""
+    if not isinstance(named, Mapping):
+        return None
+    return same_process(named.get("pid"), named.get("create_time"), named.get("start"))
+
+
+def names_same(named: object, other: Mapping[str, object]) -> bool:
+    """Two identities name the same process: a comparison of values, nothing looked up."""
+    if not isinstance(named, Mapping) or named.get("pid") != other.get("pid"):
+        return False
+    start = named.get("start")
+    if isinstance(start, str) and isinstance(other.get("start"), str):
+        return start == other.get("start")
+    created, now = named.get("create_time"), other.get("create_time")
+    return (
+        isinstance(created, int | float)
+        and isinstance(now, int | float)
+        and abs(created - now) <= WALL_SLACK
+    )

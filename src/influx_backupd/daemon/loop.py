@@ -36,8 +36,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import psutil
-
 from influx_backupd import __version__
 from influx_backupd.core import log, systemd, unit_paths
 from influx_backupd.core.atomic import replace_file
@@ -53,6 +51,7 @@ from influx_backupd.core.config import (
 from influx_backupd.core.errors import EXIT_FAILED, BackupdError
 from influx_backupd.core.journal import journal_available
 from influx_backupd.core.jsontext import count
+from influx_backupd.core.processes import identity
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
 from influx_backupd.daemon.status import STATE_FILE
 from influx_backupd.influxd import logfile, server
@@ -185,7 +184,7 @@ class Daemon:
         self._tick_failing: dict[str, str] = {}  # a main-loop step's last error, logged once
         self._clock_offset = time.time() - time.monotonic()
         self._started_at = time.time()
-        self._create_time = psutil.Process().create_time()
+        self._identity = identity() or {"pid": os.getpid()}
         self._published: dict[str, Any] | None = None
         self._status_line = ""
         # influxd left stopped (a crash marker): when the worker tries to start it next, and
@@ -1242,8 +1241,7 @@ class Daemon:
         with self._cond:
             pending = [d.job for d in self._pending]
         state = {
-            "pid": os.getpid(),
-            "create_time": self._create_time,
+            **self._identity,
             "started_at": self._started_at,
             "version": __version__,
             "config": str(self.config.path),

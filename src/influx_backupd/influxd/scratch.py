@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from influx_backupd.core.jsontext import loads_json
-from influx_backupd.core.processes import same_process
+from influx_backupd.core.processes import identity, same_process
 from influx_backupd.store import layout
 
 PREFIX = layout.SCRATCH
@@ -32,10 +32,11 @@ PREFIX = layout.SCRATCH
 @dataclass(frozen=True)
 class Owner:
     pid: int
-    # The owner's start time (psutil's create_time): a pid reused since by another process is
-    # not the owner. None in dirs written before it was recorded.
+    # The owner's start time (psutil's create_time) and core.processes' `start`: a pid reused
+    # since by another process is not the owner. None in dirs written before they were recorded.
     started: float | None
     staging: list[Path]
+    start: str | None = None
     target: Path | None = None  # restore --target's DIR
     created: bool = False  # DIR was made by that restore (else it was an empty dir)
 
@@ -56,10 +57,11 @@ def make(
     """A new scratch dir (PREFIX + kind + random), owned by this process."""
     storage.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = Path(tempfile.mkdtemp(prefix=PREFIX + kind, dir=storage))
-    me = psutil.Process()
+    me = identity() or {"pid": os.getpid()}
     owner: dict[str, object] = {
-        "pid": me.pid,
-        "started": me.create_time(),
+        "pid": me["pid"],
+        "started": me.get("create_time"),
+        "start": me.get("start"),
         "staging": [str(p) for p in staging or []],
     }
     if target is not None:
@@ -73,11 +75,12 @@ def make(
 def owner(scratch: Path) -> Owner | None:
     try:
         data = loads_json((scratch / "owner.json").read_text())
-        started = data.get("started")
+        started, start = data.get("started"), data.get("start")
         return Owner(
             pid=int(data["pid"]),
             started=None if started is None else float(started),
             staging=[Path(str(p)) for p in data.get("staging") or []],
+            start=start if isinstance(start, str) else None,
             target=None if data.get("target") is None else Path(str(data["target"])),
             created=bool(data.get("created", False)),
         )
@@ -96,7 +99,7 @@ def owner_alive(scratch: Path) -> bool:
             return made_by.pid > 0 and psutil.pid_exists(made_by.pid)
         except OverflowError:  # a pid no process can have
             return False
-    return same_process(made_by.pid, made_by.started) is not None
+    return same_process(made_by.pid, made_by.started, made_by.start) is not None
 
 
 def stop_server(scratch: Path) -> list[int]:

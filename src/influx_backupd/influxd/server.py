@@ -30,7 +30,7 @@ from influx_backupd.core.atomic import read_small, replace_file
 from influx_backupd.core.config import Config, ConfigError
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import child_preexec, signals_allowed
-from influx_backupd.core.processes import same_process
+from influx_backupd.core.processes import identity, same_as
 from influx_backupd.core.redact import shown_url
 from influx_backupd.influxd import logfile
 from influx_backupd.influxd.influxql import ping_headers
@@ -380,8 +380,7 @@ class Influxd:
         if pid <= 0:
             return None
         try:
-            proc = psutil.Process(pid)
-            checked = same_process(pid, proc.create_time())
+            checked = same_as(identity(psutil.Process(pid)))  # not a zombie
         except psutil.Error:
             return None
         self._proc = checked

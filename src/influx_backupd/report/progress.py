@@ -12,12 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from influx_backupd.core import log, systemd
 from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.jsontext import loads_json
-from influx_backupd.core.processes import LOOSE, same_process
+from influx_backupd.core.processes import identity, same_as
 
 # (bytes done, bytes expected), and files=(done, expected) when the emitter counts files
 Listener = Callable[..., None]
@@ -99,11 +97,9 @@ def published(path: Path, what: str, every: float = 2.0) -> Iterator[None]:
     """While a long command (a restore) runs: its progress in path (JSON, rewritten every
     `every` seconds, removed at the end), which `status` shows. pid and create_time let a reader
     tell a file left by a process killed outright."""
-    me = psutil.Process()
     state: dict[str, Any] = {
         "what": what,
-        "pid": me.pid,
-        "create_time": me.create_time(),
+        **(identity() or {}),
         "started_at": time.time(),
         "done": 0,
         "total": 0,
@@ -135,7 +131,7 @@ def read_published(path: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(state, dict):
         return None
-    if same_process(state.get("pid"), state.get("create_time"), LOOSE) is None:
+    if same_as(state) is None:
         return None
     return state
 

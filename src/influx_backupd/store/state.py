@@ -24,7 +24,7 @@ from influx_backupd.core import alarms
 from influx_backupd.core.atomic import fsync_dir, read_small, replace_json
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
 from influx_backupd.core.jsontext import count, loads_json
-from influx_backupd.core.processes import same_process
+from influx_backupd.core.processes import identity, names_same, same_as
 
 # How long a server that got our stop signal and still runs is watched: influxd 1.x ends its own
 # shutdown by force 30 s after SIGTERM; an exit later than this is not taken as ours.
@@ -182,8 +182,7 @@ class LockWanted:
     def __enter__(self) -> LockWanted:
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
         body = {
-            "pid": os.getpid(),
-            "create_time": psutil.Process().create_time(),
+            **(identity() or {"pid": os.getpid()}),
             "doing": self.doing,
             "since": time.time(),
         }
@@ -208,10 +207,7 @@ def lock_wanted(state_dir: Path, *, other_than: int | None = None) -> str | None
             body = loads_json(read_small(path, MARKER_MAX).decode())
         except (OSError, ValueError):
             continue  # not a request of ours (not even a regular file): passed over
-        if (
-            not isinstance(body, dict)
-            or same_process(body.get("pid"), body.get("create_time")) is None
-        ):
+        if not isinstance(body, dict) or same_as(body) is None:
             path.unlink(missing_ok=True)  # its waiter was killed (or the file is not ours)
             continue
         if body.get("pid") == other_than:
@@ -313,14 +309,9 @@ def lock_held(state_dir: Path) -> bool:
     return flock_holder(state_dir / "backup.lock") is not None
 
 
-def process_identity(proc: psutil.Process | None) -> tuple[int, float] | None:
-    """A server's pid and create_time, for the crash marker (CrashMarker.never_stopped)."""
-    if proc is None:
-        return None
-    try:
-        return proc.pid, proc.create_time()
-    except psutil.Error:
-        return None
+def process_identity(proc: psutil.Process | None) -> dict[str, object] | None:
+    """A server's identity, for the crash marker (CrashMarker.never_stopped)."""
+    return None if proc is None else identity(proc)
 
 
 class CrashMarker:
@@ -328,13 +319,13 @@ class CrashMarker:
         self.path = state_dir / "influxd-stopped.json"
 
     def write(
-        self, run_id: str, *, influxd: tuple[int, float] | None = None, **detail: Any
+        self, run_id: str, *, influxd: dict[str, object] | None = None, **detail: Any
     ) -> None:
         """influxd: the pid and create_time of the server about to be stopped, so that a marker
         left by a process killed before it asked for the stop is told apart (never_stopped)."""
         body: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(), "written_at": time.time()}
         if influxd is not None:
-            body["influxd"] = {"pid": influxd[0], "create_time": influxd[1]}
+            body["influxd"] = influxd
             body["stopping"] = False
         self._write({**body, **detail})
 
@@ -345,14 +336,13 @@ class CrashMarker:
         if body is not None and body.get("stopping") is not True:
             self._write({**body, "stopping": True})
 
-    def swap_done(self, restored: tuple[int, float] | None) -> None:
+    def swap_done(self, restored: dict[str, object] | None) -> None:
         """A restore's server answers on the restored dirs (pid, create_time): the swap is done.
         A marker left from here on is not rolled back by recovery (guard.recover): the restored
         server may have taken writes since, and a rollback would be a second outage."""
         body = self.read()
         if body is not None:
-            named = {"pid": restored[0], "create_time": restored[1]} if restored else None
-            self._write({**body, "phase": SWAP_DONE, "restored_influxd": named})
+            self._write({**body, "phase": SWAP_DONE, "restored_influxd": restored})
 
     @staticmethod
     def restore_swap_done(body: dict[str, Any]) -> bool:
@@ -403,7 +393,7 @@ class CrashMarker:
             return {"run_id": None}
         return data if isinstance(data, dict) else {"run_id": None}
 
-    def signalled(self, influxd: tuple[int, float] | None) -> bool:
+    def signalled(self, influxd: dict[str, object] | None) -> bool:
         """After a stop that outlasted stop_timeout: influxd (pid, create_time) still runs.
 
         When it is the very server this marker named and its stop was asked, the marker is
@@ -417,7 +407,7 @@ class CrashMarker:
             body is None
             or influxd is None
             or body.get("stopping") is not True
-            or not _names_identity(named, influxd)
+            or not names_same(named, influxd)
         ):
             self.clear()
             return False
@@ -474,26 +464,10 @@ class CrashMarker:
         fsync_dir(self.path.parent)
 
 
-def _names_identity(named: object, identity: tuple[int, float]) -> bool:
-    """The marker's named server is this (pid, create_time): a comparison of values, no
-    process looked up (core.processes.same_process asks whether it still runs)."""
-    if not isinstance(named, dict):
-        return False
-    pid, created = named.get("pid"), named.get("create_time")
-    return (
-        pid == identity[0]
-        and isinstance(created, int | float)
-        and abs(created - identity[1]) <= 0.01
-    )
-
-
 def _named_runs(body: dict[str, Any]) -> bool:
     """The server the marker names (same pid, same create_time: not a reused pid, not a
     restart) still runs."""
-    named = body.get("influxd")
-    if not isinstance(named, dict):
-        return False
-    return same_process(named.get("pid"), named.get("create_time")) is not None
+    return same_as(body.get("influxd")) is not None
 
 
 class ClockSteps:
