@@ -23,26 +23,49 @@ WALL_SLACK = 1.01
 
 
 @functools.cache
-def _boot_id() -> str | None:
+def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            return f.read().strip() or None
+            return f.read().strip()
     except OSError:
-        return None
+        return ""  # not known: _same_start falls back to the wall clock
 
 
 def _stat(pid: int) -> tuple[str, str] | None:
     """(state, start) from /proc/PID/stat: start ticks never change with the wall clock."""
-    boot = _boot_id()
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
     fields = data.rpartition(b")")[2].split()  # comm, in (), may hold spaces and ")"
-    if boot is None or len(fields) < 20:
+    if len(fields) < 20:
         return None
-    return fields[0].decode("ascii", "replace"), f"{boot}:{fields[19].decode('ascii')}"
+    return fields[0].decode("ascii", "replace"), f"{_boot_id()}:{fields[19].decode('ascii')}"
+
+
+def _wall_close(created: object, other: object) -> bool:
+    """Two create_times of one process: equal but for a step of the kernel's boot time."""
+    if not isinstance(created, int | float) or isinstance(created, bool):
+        return False
+    if not isinstance(other, int | float) or isinstance(other, bool):
+        return False
+    try:
+        return math.isfinite(created) and abs(created - other) <= WALL_SLACK
+    except OverflowError:  # a 400-digit number
+        return False
+
+
+def _same_start(start: str, created: object, now_start: str, now_created: float) -> bool:
+    """Same start ticks, in the same boot. The boot ids differ in another boot, and also where
+    this view of /proc/sys differs from the writer's (a sandboxed service in a container sees
+    the host's id, a shell there nspawn's): then the wall clock tells, as a reboot always
+    moves it by more than a second."""
+    boot, _, ticks = start.rpartition(":")
+    now_boot, _, now_ticks = now_start.rpartition(":")
+    if not ticks or ticks != now_ticks:
+        return False
+    return (boot != "" and boot == now_boot) or _wall_close(created, now_created)
 
 
 def identity(proc: psutil.Process | None = None) -> dict[str, object] | None:
@@ -66,14 +89,10 @@ def same_process(pid: object, create_time: object, start: object = None) -> psut
         proc = psutil.Process(pid)  # before the stat read: a pid reused in between mismatches
         if isinstance(start, str):
             stat = _stat(pid)
-            if stat is None or stat[1] != start or stat[0] == "Z":
+            if stat is None or stat[0] == "Z":
                 return None
-            return proc
-        if not isinstance(create_time, int | float) or isinstance(create_time, bool):
-            return None
-        if not math.isfinite(create_time):
-            return None
-        if abs(proc.create_time() - create_time) > WALL_SLACK:
+            return proc if _same_start(start, create_time, stat[1], proc.create_time()) else None
+        if not _wall_close(create_time, proc.create_time()):
             return None
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
@@ -93,12 +112,9 @@ def names_same(named: object, other: Mapping[str, object]) -> bool:
     """Two identities name the same process: a comparison of values, nothing looked up."""
     if not isinstance(named, Mapping) or named.get("pid") != other.get("pid"):
         return False
-    start = named.get("start")
-    if isinstance(start, str) and isinstance(other.get("start"), str):
-        return start == other.get("start")
-    created, now = named.get("create_time"), other.get("create_time")
-    return (
-        isinstance(created, int | float)
-        and isinstance(now, int | float)
-        and abs(created - now) <= WALL_SLACK
-    )
+    start, now_start, now_created = named.get("start"), other.get("start"), other.get("create_time")
+    if isinstance(start, str) and isinstance(now_start, str):
+        if not isinstance(now_created, int | float):
+            return False
+        return _same_start(start, named.get("create_time"), now_start, float(now_created))
+    return _wall_close(named.get("create_time"), now_created)

@@ -47,10 +47,28 @@ def test_a_reused_pid_is_another_process() -> None:
     me = identity()
     assert me is not None
     boot, ticks = str(me["start"]).rsplit(":", 1)
-    for start in (f"{boot}:{int(ticks) + 1}", f"00000000-0000-0000-0000-000000000000:{ticks}"):
-        assert same_as({**me, "start": start}) is None, start  # another start; another boot
-        assert not names_same({**me, "start": start}, me)
+    another = f"{boot}:{int(ticks) + 1}"
+    assert same_as({**me, "start": another}) is None
+    assert not names_same({**me, "start": another}, me)
     assert not names_same({**me, "pid": ME.pid + 1}, me)
+
+
+def test_another_boot_id_is_another_boot_only_when_the_wall_clock_says_so_too() -> None:
+    """CI at a675b84: in a container, the service (ProtectKernelTunables=) read the host's
+    boot id and a shell nspawn's, and `status` said the running daemon was not. A reboot
+    always moves the wall-clock start by more than a second."""
+    me = identity()
+    assert me is not None
+    _, ticks = str(me["start"]).rsplit(":", 1)
+    other_view = {**me, "start": f"00000000-0000-0000-0000-000000000000:{ticks}"}
+    assert same_as(other_view) is not None
+    assert names_same(other_view, me)
+    rebooted = {**other_view, "create_time": cast(float, me["create_time"]) - 60}
+    assert same_as(rebooted) is None
+    assert not names_same(rebooted, me)
+    unknown = {**me, "start": f":{ticks}"}  # no boot id could be read: the wall clock tells
+    assert same_as(unknown) is not None
+    assert same_as({**unknown, "create_time": cast(float, me["create_time"]) + 30}) is None
 
 
 def test_a_record_without_start_is_judged_by_create_time_within_a_boot_time_step() -> None:
@@ -107,8 +125,11 @@ def test_a_zombie_is_not_running() -> None:
 def test_damaged_values_name_no_process(pid: object, created: object) -> None:
     assert same_process(pid, created) is None
     assert same_as({"pid": pid, "create_time": created}) is None
-    for start in (None, 5, "", "x:y", "nonsense"):
+    for start in (None, 5, "", "x:y", "nonsense", ":", "x:"):
         assert same_process(pid, created, start) is None
+        assert not names_same(
+            {"pid": pid, "create_time": created, "start": start}, identity() or {}
+        )
 
 
 def test_status_of_a_damaged_daemon_state_is_no_daemon(tmp_path: Path) -> None:
