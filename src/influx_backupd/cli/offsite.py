@@ -121,7 +121,8 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     refs, found = offsite.watched(config, read)
     _identity_right(found, skipped)
     gaps = _chain_gaps(refs, found, skipped)
-    for _, manifest in found:
+    # in the order they were made, as `list` does: ids sort by second, then a random suffix
+    for _, manifest in sorted(found, key=lambda pair: (pair[1].started_at, pair[1].id)):
         rows.append(
             {
                 "id": manifest.id,
