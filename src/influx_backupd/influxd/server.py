@@ -141,12 +141,13 @@ def config_flags(argv: list[str]) -> list[str]:
     return values
 
 
-def names_conf(argv: list[str], conf: Path) -> bool:
+def names_conf(argv: list[str], conf: Path, cwd: Callable[[], str | None] | None = None) -> bool:
     """Whether an argv runs this influxdb.conf: as the value of influxd's `-config` flag, as
     influxd and a wrapper passing its arguments on name it. A path anywhere else (`tail -f`,
     `less`, an editor on the file) is not a server: taken for one, it was waited for as a
     server that would not exit, with influxd down meanwhile, and counted as another server
-    started in the stop window."""
+    started in the stop window. cwd: the process's working dir, against which a relative
+    value is read (`cd /srv/influx && influxd -config influxdb.conf`), asked only for one."""
     real = conf.resolve()
     wanted = {str(conf), str(real)}
     for value in config_flags(argv):
@@ -157,7 +158,21 @@ def names_conf(argv: list[str], conf: Path) -> bool:
         # the stop window too
         if value.startswith("/") and os.path.realpath(value) == str(real):
             return True
+        if value and not value.startswith("/") and cwd is not None:
+            base = cwd()
+            if base is not None and os.path.realpath(os.path.join(base, value)) == str(real):
+                return True
     return False
+
+
+def _cwd_of(proc: psutil.Process) -> Callable[[], str | None]:
+    def cwd() -> str | None:
+        try:
+            return proc.cwd()
+        except (psutil.Error, OSError):
+            return None  # gone, or another user's: its relative path cannot be told
+
+    return cwd
 
 
 def _frozen(proc: psutil.Process) -> bool:
@@ -215,12 +230,13 @@ class Influxd:
         return [
             proc
             for proc in psutil.process_iter(["cmdline", "pid"])
-            if proc.pid != os.getpid() and names_conf(proc.info["cmdline"] or [], conf)
+            if proc.pid != os.getpid()
+            and names_conf(proc.info["cmdline"] or [], conf, _cwd_of(proc))
         ]
 
     def _names_our_conf(self, proc: psutil.Process) -> bool:
         try:
-            return names_conf(proc.cmdline(), self.config.server.conf)
+            return names_conf(proc.cmdline(), self.config.server.conf, _cwd_of(proc))
         except psutil.Error:
             return False
 
@@ -324,7 +340,7 @@ class Influxd:
             with suppress(psutil.Error):
                 argv = proc.cmdline()
                 other = config_flags(argv)
-                if other and not names_conf(argv, self.config.server.conf):
+                if other and not names_conf(argv, self.config.server.conf, _cwd_of(proc)):
                     # the unit runs another server: its port is not the one ours names
                     return (
                         f"{self.section.service}'s main process (pid {proc.pid}) runs "

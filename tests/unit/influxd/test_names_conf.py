@@ -44,3 +44,20 @@ def test_only_a_config_flag_names_it_not_a_path_anywhere_in_a_command(tmp_path: 
         ["sh", "wrapper.sh", f"--config={conf}"],
     ):
         assert names_conf(argv, conf), argv
+
+
+def test_a_relative_config_path_is_read_against_the_process_working_dir(tmp_path: Path) -> None:
+    """`cd /srv/influx && influxd -config influxdb.conf`: before, such a server was "not
+    running" to a cold backup (nothing stopped, exit 1) while restore named its pid."""
+    conf = tmp_path / "server" / "influxdb.conf"
+    conf.parent.mkdir()
+    conf.write_text("")
+    for argv in (["influxd", "-config", "influxdb.conf"], ["influxd", "-config=./influxdb.conf"]):
+        assert names_conf(argv, conf, lambda: str(conf.parent)), argv
+        assert not names_conf(argv, conf, lambda: str(tmp_path)), argv  # another dir's file
+        assert not names_conf(argv, conf, lambda: None), argv  # a cwd that cannot be read
+        assert not names_conf(argv, conf), argv
+    assert names_conf(["influxd", "-config", "server/influxdb.conf"], conf, lambda: str(tmp_path))
+    asked: list[int] = []
+    assert not names_conf(["tail", "-f", "influxdb.conf"], conf, lambda: asked.append(1) or None)
+    assert asked == [], "a process naming no -config is not asked its working dir"
