@@ -96,45 +96,11 @@ def _tell_left_stopped(config: Config, command: str) -> None:
 
 
 def _left_down_despite(args: argparse.Namespace) -> None:
-    """A config that does not load, and a crash marker saying a killed run left influxd
-    stopped (the daemon killed mid-copy after its file was edited, restarted by systemd into
-    this error): the server is started again with the config that run used, before the
-    error's line; `status` only says so."""
-    from influx_backupd.core.config import (
-        ConfigError,
-        default_state_dir,
-        resolve_path,
-        state_dir_leniently,
-    )
-    from influx_backupd.run.guard import recover_despite
-    from influx_backupd.store.state import CrashMarker
+    """The config does not load: a run killed meanwhile may have left influxd stopped (see
+    guard.left_down_despite); said before the error's line, acted on except by `status`."""
+    from influx_backupd.run.guard import left_down_despite
 
-    try:
-        path = resolve_path(getattr(args, "config", None))
-    except ConfigError:
-        return
-    # a file that is no TOML now (half-edited): the state dir a config without state_dir has
-    # (the kept config must name that same dir for anything to be done)
-    state_dir = state_dir_leniently(path) or default_state_dir(path)
-    if not state_dir.is_dir() or not os.access(state_dir, os.R_OK | os.X_OK):
-        # no state dir, no crash marker (a file in its place: the config's error says so);
-        # one this user cannot read (the service's, without sudo): nothing known of one
-        return
-    if args.command == "status":
-        marker = CrashMarker(state_dir)
-        if CrashMarker.may_be_down(marker.read()):
-            say(
-                f"influxd may be down: a run stopped it and was killed (crash marker "
-                f"{marker.path}); any other command starts it again: influx-backupd recover"
-            )
-        return
-    try:
-        line = recover_despite(path, state_dir)
-    except BackupdError as exc:  # what recovery itself ran into, said as any command says it
-        line = exc.line()
-    except (OSError, ValueError):
-        # a best effort beside the config's own error, which follows: never a traceback
-        line = None
+    line = left_down_despite(getattr(args, "config", None), act=args.command != "status")
     if line is not None:
         say(line)
 

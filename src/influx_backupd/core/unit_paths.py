@@ -75,6 +75,8 @@ class Sandbox:
     read_only: tuple[Path, ...]  # ReadOnlyPaths=, InaccessiblePaths=, ProtectHome=
     created: tuple[Path, ...] = ()  # StateDirectory=, PrivateTmp=: systemd makes them
     private_tmp: bool = False  # PrivateTmp=yes: /tmp and /var/tmp are the unit's, gone at stop
+    # /tmp and /var/tmp as named and resolved (/var/tmp may be a link): resolved once
+    tmp_dirs: frozenset[Path] = frozenset()
 
     @classmethod
     def from_properties(cls, props: dict[str, str]) -> Sandbox:
@@ -95,6 +97,7 @@ class Sandbox:
             tuple(read_only),
             tuple(created),
             private_tmp,
+            frozenset({*_TMP, *(Path(os.path.realpath(t)) for t in _TMP)}),
         )
 
     def in_private_tmp(self, path: Path) -> bool:
@@ -103,8 +106,7 @@ class Sandbox:
         if not self.private_tmp:
             return False
         real = Path(os.path.realpath(path))
-        tmps = {*_TMP, *(Path(os.path.realpath(t)) for t in _TMP)}
-        return any(real == t or t in real.parents for t in tmps)
+        return any(real == t or t in real.parents for t in self.tmp_dirs)
 
     def writable(self, path: Path) -> bool:
         """Whether the unit can create or write files in the directory path (absolute)."""
@@ -194,11 +196,11 @@ def private_tmp_errors(
     if sandbox is None or unit is None:
         return []
     found: list[str] = []
-    for key, path in (("storage.dir", config.storage_dir), ("daemon.state_dir", config.state_dir)):
-        if sandbox.in_private_tmp(path):
-            lost, instead = _LOST[key]
+    dirs = {w.key: w.path for w in written_dirs(config)}
+    for key, (lost, instead) in _LOST.items():
+        if sandbox.in_private_tmp(dirs[key]):
             found.append(
-                f"{key} {path}: the unit {unit} has PrivateTmp=yes: /tmp and /var/tmp are its "
+                f"{key} {dirs[key]}: the unit {unit} has PrivateTmp=yes: /tmp and /var/tmp are its "
                 f"own, deleted when it stops, and {lost}; choose a dir such as {instead}"
             )
     return found

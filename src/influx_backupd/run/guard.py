@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from influx_backupd.core import alarms, atomic, log
-from influx_backupd.core.config import Config, ConfigError, load
+from influx_backupd.core.config import (
+    Config,
+    ConfigError,
+    default_state_dir,
+    load,
+    resolve_path,
+    state_dir_leniently,
+)
+from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.jsontext import count, number
 from influx_backupd.influxd import logfile, scratch
 from influx_backupd.influxd.server import Influxd, InfluxdError
@@ -177,6 +185,39 @@ def keep_config_in_use(config: Config) -> None:
         # a full state dir: the run says so where it writes what it must (its record, the
         # marker); this copy is a spare, and the one kept before (if any) is left as it was
         log.get().warning("state.config_not_kept", path=str(path), error=str(exc))
+
+
+def left_down_despite(config_arg: str | None, *, act: bool) -> str | None:
+    """A config that does not load, and a crash marker saying a killed run left influxd
+    stopped (the daemon killed mid-copy after its file was edited, restarted by systemd into
+    that error): the server is started again with the config that run used (act; `status`
+    only says so). The one line to print before the config's own error, or None. A best effort
+    beside that error: never raises."""
+    try:
+        path = resolve_path(config_arg)
+    except ConfigError:
+        return None
+    # a file that is no TOML now (half-edited): the state dir a config without state_dir has
+    # (the kept config must name that same dir for anything to be done)
+    state_dir = state_dir_leniently(path) or default_state_dir(path)
+    if not state_dir.is_dir() or not os.access(state_dir, os.R_OK | os.X_OK):
+        # no state dir, no crash marker (a file in its place: the config's error says so);
+        # one this user cannot read (the service's, without sudo): nothing known of one
+        return None
+    if not act:
+        marker = CrashMarker(state_dir)
+        if not CrashMarker.may_be_down(marker.read()):
+            return None
+        return (
+            f"influxd may be down: a run stopped it and was killed (crash marker "
+            f"{marker.path}); any other command starts it again: influx-backupd recover"
+        )
+    try:
+        return recover_despite(path, state_dir)
+    except BackupdError as exc:  # what recovery itself ran into, said as any command says it
+        return exc.line()
+    except (OSError, ValueError):
+        return None
 
 
 def recover_despite(config_path: Path, state_dir: Path) -> str | None:
