@@ -219,22 +219,32 @@ def test_every_command_says_the_catalog_is_damaged_and_import_rebuilds_it(
 def test_a_catalog_locked_by_another_process_makes_commands_busy_not_broken(
     world: World, fault_result: FaultResult
 ) -> None:
-    cli, db = _variant(world, "locked")
+    # the two lock-takers each in a state dir of its own, side by side with the readers: each
+    # waits out SQLite's 30 s once (in one state dir they would wait in turn, a minute)
+    first, second = _variant(world, "locked"), _variant(world, "locked-import")
     influxd = world.server.pids()
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
+    holders = [sqlite3.connect(db, isolation_level=None) for _, db in (first, second)]
+    for holder in holders:
+        holder.execute("BEGIN EXCLUSIVE")
+    asked = [
+        (first, ("list",)),
+        (first, ("status",)),
+        (first, ("backup", "--job", "nightly")),
+        (second, ("import",)),
+    ]
     try:
-        # readers side by side, two lock-takers in turn: each waits out SQLite's 30 s
-        commands = [("list",), ("status",), ("backup", "--job", "nightly"), ("import",)]
-        results = _all(cli, commands)
+        with ThreadPoolExecutor(len(asked)) as pool:
+            done_all = list(pool.map(lambda a: a[0][0](*a[1], timeout=240), asked))
     finally:
-        holder.rollback()
-        holder.close()
-    for argv, done in results.items():
+        for holder in holders:
+            holder.rollback()
+            holder.close()
+    for ((_, db), argv), done in zip(asked, done_all, strict=True):
         line = one_line(done.stderr)
         assert done.returncode == 75, (argv, done.returncode, line)
         assert str(db) in line and "locked" in line, (argv, line)
-    assert db.read_bytes() == world.catalog, "a locked catalog is not moved aside"
+    for _, db in (first, second):
+        assert db.read_bytes() == world.catalog, "a locked catalog is not moved aside"
     _settle(world, influxd, fault_result)
 
 

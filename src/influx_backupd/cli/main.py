@@ -79,6 +79,10 @@ def _tell_left_stopped(config: Config, command: str) -> None:
     it in its log and status line instead)."""
     if command in ("run", "recover"):  # they say it themselves
         return
+    from influx_backupd.store.state import CrashMarker
+
+    if CrashMarker(config.state_dir).read() is None:
+        return  # the common case, without loading what recovery needs (a tenth of a CPU s)
     from influx_backupd.daemon.status import read_daemon_state
     from influx_backupd.run.guard import left_stopped, left_stopped_line
 
