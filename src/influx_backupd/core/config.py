@@ -883,17 +883,44 @@ def read_server_paths(conf: Path) -> tuple[ServerPaths, dict[str, Any]]:
 def state_dir_leniently(path: Path) -> Path | None:
     """[daemon] state_dir as the file writes it, read leniently (the file fails validation
     elsewhere), or the default state dir of that config; None for a file that is no TOML (or
-    no regular file: a FIFO would block the read)."""
+    no regular file: a FIFO would block the read). A file that is no TOML (half-edited) is
+    read line by line for its [daemon] section's state_dir."""
     try:
-        raw = toml_of(_read_bytes(path, str(path)))
-    except (ConfigError, ValueError, RecursionError):
+        data = _read_bytes(path, str(path))
+    except ConfigError:
         return None
-    daemon = raw.get("daemon")
-    written = daemon.get("state_dir") if isinstance(daemon, dict) else None
+    try:
+        raw = toml_of(data)
+    except (ValueError, RecursionError):
+        written: object = _state_dir_line(data.decode("utf-8", "replace"))
+        if written is None:
+            return None
+    else:
+        daemon = raw.get("daemon")
+        written = daemon.get("state_dir") if isinstance(daemon, dict) else None
     # one load() refuses (relative, a NUL byte) names no dir: the default one, as if unset
     if isinstance(written, str) and written and not config_values.path_problem(Path(written)):
         return Path(written)
     return default_state_dir(path)
+
+
+_TABLE_LINE = re.compile(r"\s*\[\[?\s*([A-Za-z0-9_.-]+)\s*\]\]?\s*(#.*)?")
+_STATE_DIR_LINE = re.compile(r"""\s*state_dir\s*=\s*(?:"([^"\\]*)"|'([^']*)')\s*(#.*)?""")
+
+
+def _state_dir_line(text: str) -> str | None:
+    """The state_dir a [daemon] section writes on a line of its own, in a file that does not
+    parse as a whole (one broken line elsewhere): None when no such line, or two disagree."""
+    section, found = None, set()
+    for line in text.splitlines():
+        table = _TABLE_LINE.fullmatch(line)
+        if table:
+            section = table.group(1)
+            continue
+        value = _STATE_DIR_LINE.fullmatch(line) if section == "daemon" else None
+        if value:
+            found.add(value.group(1) if value.group(1) is not None else value.group(2))
+    return found.pop() if len(found) == 1 else None
 
 
 def default_state_dir(config_path: Path) -> Path:
