@@ -27,6 +27,19 @@ from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 STAND_INS = Path(__file__).parent / "stand_ins"
 
 
+def descendants_named(pid: int, part: str) -> list[psutil.Process]:
+    """pid's descendants whose name holds part; one that exits while they are read is left
+    out (a shell's short-lived children: name() of a gone process raises)."""
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if part in child.name():
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
     """Polls predicate until it is true; fails naming what never came."""
     deadline = time.monotonic() + timeout

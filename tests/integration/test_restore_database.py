@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from influx_backupd.core import config as config_mod
@@ -20,7 +19,7 @@ from influx_backupd.influxd import counts
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.restore import database
 from influx_backupd.store.scanners import scan_portable
-from tests.conftest import STAND_INS, Cli, write_config
+from tests.conftest import STAND_INS, Cli, descendants_named, write_config
 from tests.integration.test_auth import ADMIN, cli_for, password_file
 
 HOT = [{"name": "hotjob", "mode": "hot"}]
@@ -203,13 +202,13 @@ def test_a_replace_killed_after_the_drop_is_undone_by_the_next_command(
     )
     try:
         deadline = time.monotonic() + 120
-        while not any("sleep" in p.name() for p in psutil.Process(proc.pid).children(True)):
+        while not descendants_named(proc.pid, "sleep"):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the restore never reached the live server"
             time.sleep(0.1)
         assert json.loads(pending.read_text())["dropped"] is True
         assert "other" not in sandbox.databases(), "dropped, its copy kept aside"
-        tool = [p for p in psutil.Process(proc.pid).children(True) if "sleep" in p.name()]
+        tool = descendants_named(proc.pid, "sleep")
         # `status` (no lock) shows the restore running, with its progress
         report = stuck.json("status")
         assert report["restore"]["what"] == f"restore {record['id']}"

@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import STAND_INS, Cli, wait_until, write_config
+from tests.conftest import STAND_INS, Cli, descendants_named, wait_until, write_config
 
 CQ = (
     'CREATE CONTINUOUS QUERY "hourly" ON "other" BEGIN SELECT mean("value") INTO '
@@ -93,7 +93,7 @@ def test_a_replace_killed_after_the_drop_is_undone_with_its_cqs_and_grants(
 
     def tool() -> list[psutil.Process]:  # the stand-in's hanging `influxd restore`
         assert proc.poll() is None, proc.communicate()
-        return [p for p in psutil.Process(proc.pid).children(True) if "sleep" in p.name()]
+        return descendants_named(proc.pid, "sleep")
 
     try:
         wait_until(tool, 120, "the restore's tool on the live server")
