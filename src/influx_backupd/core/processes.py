@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Mapping
 
 import psutil
@@ -68,10 +69,11 @@ def _same_start(start: str, created: object, now_start: str, now_created: float)
     return (boot != "" and boot == now_boot) or _wall_close(created, now_created)
 
 
-def identity(proc: psutil.Process | None = None) -> dict[str, object] | None:
-    """What a state file keeps to name proc (this process by default); None once it is gone."""
+def identity(proc: psutil.Process | None) -> dict[str, object] | None:
+    """What a state file keeps to name proc; None for none, or once it is gone."""
+    if proc is None:
+        return None
     try:
-        proc = proc or psutil.Process()
         named: dict[str, object] = {"pid": proc.pid, "create_time": proc.create_time()}
     except psutil.Error:
         return None
@@ -79,6 +81,11 @@ def identity(proc: psutil.Process | None = None) -> dict[str, object] | None:
     if stat is not None:
         named["start"] = stat[1]
     return named
+
+
+def own_identity() -> dict[str, object]:
+    """identity() of this process, which cannot be gone."""
+    return identity(psutil.Process()) or {"pid": os.getpid()}
 
 
 def same_process(pid: object, create_time: object, start: object = None) -> psutil.Process | None:

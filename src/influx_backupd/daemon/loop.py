@@ -51,7 +51,7 @@ from influx_backupd.core.config import (
 from influx_backupd.core.errors import EXIT_FAILED, BackupdError
 from influx_backupd.core.journal import journal_available
 from influx_backupd.core.jsontext import count
-from influx_backupd.core.processes import identity
+from influx_backupd.core.processes import own_identity
 from influx_backupd.core.schedule import build_trigger, describe, missed_run
 from influx_backupd.daemon.status import STATE_FILE
 from influx_backupd.influxd import logfile, server
@@ -184,7 +184,7 @@ class Daemon:
         self._tick_failing: dict[str, str] = {}  # a main-loop step's last error, logged once
         self._clock_offset = time.time() - time.monotonic()
         self._started_at = time.time()
-        self._identity = identity() or {"pid": os.getpid()}
+        self._identity = own_identity()
         self._published: dict[str, Any] | None = None
         self._status_line = ""
         # influxd left stopped (a crash marker): when the worker tries to start it next, and

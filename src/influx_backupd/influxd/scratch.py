@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from influx_backupd.core.jsontext import loads_json
-from influx_backupd.core.processes import identity, same_process
+from influx_backupd.core.processes import own_identity, same_process
 from influx_backupd.store import layout
 
 PREFIX = layout.SCRATCH
@@ -57,7 +57,7 @@ def make(
     """A new scratch dir (PREFIX + kind + random), owned by this process."""
     storage.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = Path(tempfile.mkdtemp(prefix=PREFIX + kind, dir=storage))
-    me = identity() or {"pid": os.getpid()}
+    me = own_identity()
     owner: dict[str, object] = {
         "pid": me["pid"],
         "started": me.get("create_time"),

@@ -30,6 +30,7 @@ from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
+from influx_backupd.core.processes import identity
 from influx_backupd.influxd import counts, logfile, names
 from influx_backupd.influxd.server import SUPERVISOR_HINT, Influxd, InfluxdError, NotAnswering
 from influx_backupd.jobs.staging import Stager, SyncStopped
@@ -48,7 +49,7 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.layout import partial_of, staging_root
 from influx_backupd.store.record import RunRecord, new_run_id
 from influx_backupd.store.sidecar import sidecar_of, write_sidecar
-from influx_backupd.store.state import CrashMarker, process_identity
+from influx_backupd.store.state import CrashMarker
 
 SPACE_MARGIN = 1.02  # tar headers and padding, plus slack for files that grow before the stop
 SPACE_RESERVE = 64 << 20
@@ -287,7 +288,7 @@ def _running_again(
         if intruder is not None:
             marker.clear()
             return intruder
-        watched = marker.signalled(process_identity(proc))
+        watched = marker.signalled(identity(proc))
         logger.warning(
             "influxd.still_running",
             phase="start",
@@ -368,7 +369,7 @@ def _stop_copy_start(
     pid = proc.pid
     # The last look, right before the stop request (the point counts' queries may have waited)
     _go_on(cancel, "before influxd was asked to stop")
-    marker.write(record.id, job=record.job, influxd=process_identity(proc))
+    marker.write(record.id, job=record.job, influxd=identity(proc))
     # left_down 1 before the stop is asked, never after it (that would lengthen the downtime):
     # a run killed in the window leaves it so, where the InfluxdLeftDown alert sees it; the
     # follow-up's rewrite after the start sets it back

@@ -15,7 +15,7 @@ from typing import Any
 from influx_backupd.core import log, systemd
 from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.jsontext import loads_json
-from influx_backupd.core.processes import identity, same_as
+from influx_backupd.core.processes import own_identity, same_as
 
 # (bytes done, bytes expected), and files=(done, expected) when the emitter counts files
 Listener = Callable[..., None]
@@ -99,7 +99,7 @@ def published(path: Path, what: str, every: float = 2.0) -> Iterator[None]:
     tell a file left by a process killed outright."""
     state: dict[str, Any] = {
         "what": what,
-        **(identity() or {}),
+        **own_identity(),
         "started_at": time.time(),
         "done": 0,
         "total": 0,

@@ -22,12 +22,13 @@ from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreFailed, RestoreMisconfigured, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.log import Logger
+from influx_backupd.core.processes import identity
 from influx_backupd.influxd import logfile
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.report import metrics
 from influx_backupd.restore.served import check_served
 from influx_backupd.store import layout
-from influx_backupd.store.state import CrashMarker, process_identity
+from influx_backupd.store.state import CrashMarker
 
 
 @dataclass
@@ -222,9 +223,7 @@ def live_dirs_swapped(
     refuse_stranger(server, plan, running)  # the last look before the stop: nothing stopped
     # the server about to be stopped: a marker left by a kill before the stop names it still
     # running, and recovery leaves it alone (CrashMarker.never_stopped)
-    marker.write(
-        f"restore-{plan.rid}", kind="restore", swaps=swaps, influxd=process_identity(running)
-    )
+    marker.write(f"restore-{plan.rid}", kind="restore", swaps=swaps, influxd=identity(running))
     t_stop = time.monotonic()
     try:
         if was_running:
@@ -258,7 +257,7 @@ def live_dirs_swapped(
         # the body returns once the restored server serves: from here a kill leaves it serving
         # (recovery keeps it, guard.recover), never rolled back under writes it took since
         try:
-            marker.swap_done(process_identity(server.locate()))
+            marker.swap_done(identity(server.locate()))
         except OSError as exc:  # not worth a rollback of a server that answers: cleared below
             logger.warning("restore.marker_not_written", path=str(marker.path), error=str(exc))
         for path in plan.rollback.values():  # the restored dirs stay: no rollback needs them
@@ -277,7 +276,7 @@ def live_dirs_swapped(
             if left is not None and server.answers_itself(left.pid):
                 # its stop outlasted stop_timeout and it still serves the previous data: left
                 # as it is, watched (started again should it exit late)
-                marker.signalled(process_identity(left))
+                marker.signalled(identity(left))
             elif was_running and (left is None or not server.frozen(left)):
                 # the previous data must serve again: retried with backoff until it does. A
                 # server still shutting down (its stop outlasted stop_timeout) is waited for

@@ -18,13 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from influx_backupd.core import alarms
 from influx_backupd.core.atomic import fsync_dir, read_small, replace_json
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
 from influx_backupd.core.jsontext import count, loads_json
-from influx_backupd.core.processes import identity, names_same, same_as
+from influx_backupd.core.processes import names_same, own_identity, same_as
 
 # How long a server that got our stop signal and still runs is watched: influxd 1.x ends its own
 # shutdown by force 30 s after SIGTERM; an exit later than this is not taken as ours.
@@ -182,7 +180,7 @@ class LockWanted:
     def __enter__(self) -> LockWanted:
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
         body = {
-            **(identity() or {"pid": os.getpid()}),
+            **own_identity(),
             "doing": self.doing,
             "since": time.time(),
         }
@@ -307,11 +305,6 @@ def _flock_holder(fd: int) -> str:
 def lock_held(state_dir: Path) -> bool:
     """Whether a live process holds the backup lock; creates nothing (read-only commands)."""
     return flock_holder(state_dir / "backup.lock") is not None
-
-
-def process_identity(proc: psutil.Process | None) -> dict[str, object] | None:
-    """A server's identity, for the crash marker (CrashMarker.never_stopped)."""
-    return None if proc is None else identity(proc)
 
 
 class CrashMarker:

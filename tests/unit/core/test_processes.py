@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from influx_backupd.core.config import Config
-from influx_backupd.core.processes import identity, names_same, same_as, same_process
+from influx_backupd.core.processes import identity, names_same, own_identity, same_as, same_process
 from influx_backupd.daemon.status import STATE_FILE, read_daemon_state
 from influx_backupd.report.progress import read_published
 
@@ -23,7 +23,7 @@ ME = psutil.Process()
 
 
 def test_this_process_is_itself() -> None:
-    me = identity()
+    me = own_identity()
     assert me is not None and isinstance(me.get("start"), str)
     found = same_as(me)
     assert found is not None and found.pid == ME.pid
@@ -35,7 +35,7 @@ def test_a_step_of_the_clock_does_not_make_a_process_another() -> None:
     clock step) ticked over during the suite, and this very process read a second off its
     recorded create_time: a live lock waiter, scratch owner or crash marker's influxd would
     have been taken for gone. The start ticks since boot do not move."""
-    me = identity()
+    me = own_identity()
     assert me is not None
     for step in (-1.0, 1.0, -3600.0, 86400.0):
         created = cast(float, me["create_time"]) + step
@@ -44,7 +44,7 @@ def test_a_step_of_the_clock_does_not_make_a_process_another() -> None:
 
 
 def test_a_reused_pid_is_another_process() -> None:
-    me = identity()
+    me = own_identity()
     assert me is not None
     boot, ticks = str(me["start"]).rsplit(":", 1)
     another = f"{boot}:{int(ticks) + 1}"
@@ -57,7 +57,7 @@ def test_another_boot_id_is_another_boot_only_when_the_wall_clock_says_so_too() 
     """CI at a675b84: in a container, the service (ProtectKernelTunables=) read the host's
     boot id and a shell nspawn's, and `status` said the running daemon was not. A reboot
     always moves the wall-clock start by more than a second."""
-    me = identity()
+    me = own_identity()
     assert me is not None
     _, ticks = str(me["start"]).rsplit(":", 1)
     other_view = {**me, "start": f"00000000-0000-0000-0000-000000000000:{ticks}"}
@@ -127,9 +127,7 @@ def test_damaged_values_name_no_process(pid: object, created: object) -> None:
     assert same_as({"pid": pid, "create_time": created}) is None
     for start in (None, 5, "", "x:y", "nonsense", ":", "x:"):
         assert same_process(pid, created, start) is None
-        assert not names_same(
-            {"pid": pid, "create_time": created, "start": start}, identity() or {}
-        )
+        assert not names_same({"pid": pid, "create_time": created, "start": start}, own_identity())
 
 
 def test_status_of_a_damaged_daemon_state_is_no_daemon(tmp_path: Path) -> None:

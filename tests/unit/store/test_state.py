@@ -10,8 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from influx_backupd.core.processes import identity
 from influx_backupd.store import state
-from influx_backupd.store.state import BackupLock, Busy, CrashMarker, process_identity
+from influx_backupd.store.state import BackupLock, Busy, CrashMarker
 
 HOLD = """
 import sys, time
@@ -68,7 +69,7 @@ def test_a_marker_tells_a_run_killed_before_it_asked_for_the_stop(tmp_path: Path
     was stopped. Asked, or another process on that pid, or an older marker: it may have been."""
     me = psutil.Process()
     marker = CrashMarker(tmp_path)
-    marker.write("r1", influxd=process_identity(me))
+    marker.write("r1", influxd=identity(me))
     body = marker.read()
     assert body is not None and CrashMarker.never_stopped(body)
     marker.stopping()
@@ -94,13 +95,13 @@ def test_a_signalled_marker_watches_only_the_server_it_stopped_and_only_for_a_wh
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         marker = CrashMarker(tmp_path)
-        marker.write("r1", kind="restore", swaps=[["a", "b", "c"]], influxd=process_identity(me))
-        assert not marker.signalled(process_identity(me)), "the stop was never asked"
+        marker.write("r1", kind="restore", swaps=[["a", "b", "c"]], influxd=identity(me))
+        assert not marker.signalled(identity(me)), "the stop was never asked"
         assert marker.read() is None
 
-        marker.write("r2", job="nightly", influxd=process_identity(me))
+        marker.write("r2", job="nightly", influxd=identity(me))
         marker.stopping()
-        assert not marker.signalled(process_identity(psutil.Process(sleeper.pid)))
+        assert not marker.signalled(identity(psutil.Process(sleeper.pid)))
         assert marker.read() is None, "another server runs: not ours, cleared"
 
         marker.write(
@@ -108,10 +109,10 @@ def test_a_signalled_marker_watches_only_the_server_it_stopped_and_only_for_a_wh
             job="nightly",
             kind="restore",
             swaps=[["a", "b", "c"]],
-            influxd=process_identity(psutil.Process(sleeper.pid)),
+            influxd=identity(psutil.Process(sleeper.pid)),
         )
         marker.stopping()
-        assert marker.signalled(process_identity(psutil.Process(sleeper.pid)))
+        assert marker.signalled(identity(psutil.Process(sleeper.pid)))
         body = marker.read()
         assert body is not None and body["run_id"] == "r3" and body["job"] == "nightly"
         assert "swaps" not in body and "kind" not in body, "nothing left to roll back"
