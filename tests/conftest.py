@@ -346,6 +346,29 @@ def hot_chain(
     return links
 
 
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test (and its fixtures, torn down before this autouse one), kill what still
+    runs on the test's own files: a throwaway influxd, a stand-in tool, our CLI, and their
+    children. A test that fails between killing our process and its own clean-up would
+    otherwise leave them running on a dir pytest then deletes, for the rest of the suite."""
+    yield
+    tmp_path = request.node.funcargs.get("tmp_path")
+    if not isinstance(tmp_path, Path):
+        return
+    prefix = str(tmp_path)  # the dir itself or below it, not test_x10 for test_x1
+    left: list[psutil.Process] = []
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info["cmdline"] or ()
+        if proc.pid != os.getpid() and any(a == prefix or prefix + os.sep in a for a in argv):
+            with suppress(psutil.Error):
+                left += [proc, *proc.children(recursive=True)]
+    for proc in left:
+        with suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(left, timeout=5)
+
+
 def pytest_itemcollected(item: pytest.Item) -> None:
     """Under pytest -n (scripts/test.sh), the tests of a module that builds a module-scoped
     fixture (a shared influxd with backups, CLI outcomes gathered side by side, a booted

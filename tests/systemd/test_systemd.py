@@ -186,10 +186,14 @@ def lintian(debs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     container boots and the tests below drive it; its test, last in the file, reads it."""
     assert shutil.which("lintian"), "lintian is missing: scripts/setup.sh installs it"
     out = tmp_path_factory.mktemp("lintian") / "lintian"
+    # lintian unpacks the .deb into a 64 MB pool under $TMPDIR and leaves it when killed:
+    # under the test's own dir, pytest's clean-up removes it
+    work = tmp_path_factory.mktemp("lintian-tmp")
     with open(out.with_suffix(".out"), "wb") as stdout, open(out.with_suffix(".err"), "wb") as err:
         proc = subprocess.Popen(
             ["lintian", "--fail-on", "error,warning", "--info", str(debs["first"])],
             stdin=subprocess.DEVNULL,
+            env={**os.environ, "TMPDIR": str(work)},
             stdout=stdout,
             stderr=err,
         )
