@@ -824,4 +824,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         print_json(report)
     else:
         print(render(report))
-    return EXIT_OK
+    # influxd left down by a run that is gone is the one state that needs a person now:
+    # `influx-backupd status || alert` (a job's failed run is a line, not an outage)
+    down = report["influxd_down"]
+    return EXIT_FAILED if down is not None and not down["answers"] else EXIT_OK

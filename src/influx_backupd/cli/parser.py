@@ -165,7 +165,11 @@ _ONCE: dict[str | None, type[argparse.Action]] = {
 # One list for --help's epilog and the man page's EXIT STATUS (scripts/cli_docs.py).
 EXIT_STATUSES = [
     (0, "ok"),
-    (1, "the backup, restore, verify, prune or import failed or was interrupted"),
+    (
+        1,
+        "the backup, restore, verify, prune or import failed or was interrupted; "
+        "status: a run that is gone left influxd down",
+    ),
     (2, "usage error (unknown command or option, a missing or conflicting argument)"),
     (75, "busy: another backup holds the lock in state_dir, or the same influxd's"),
     (78, "configuration error (the config or influxdb.conf missing or invalid)"),
@@ -408,7 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the daemon tries again).",
     )
 
-    p = _command(sub, common, "status", "show the daemon, each job's last result and next run")
+    p = _command(
+        sub,
+        common,
+        "status",
+        "show the daemon, each job's last result and next run",
+        "Exits 1 while a run that is gone has left influxd stopped and it does not answer "
+        "(`influx-backupd recover` starts it), so that `influx-backupd status || alert` "
+        "works; 0 otherwise, whatever the jobs' last results.",
+    )
 
     p = _command(sub, common, "prune", "delete the backups the jobs' keep_* rules no longer keep")
     p.add_argument("--job", metavar="NAME", help="only this job (default: every job)")
