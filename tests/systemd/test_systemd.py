@@ -456,6 +456,35 @@ def test_check_config_refuses_a_storage_dir_in_the_units_private_tmp(box: Contai
     ), checked
 
 
+def test_an_operators_own_unit_with_private_tmp_is_refused_whatever_the_config_path(
+    box: Container,
+) -> None:
+    """Before: only the shipped units' config paths were checked; `run` under a unit of the
+    operator's own (here a transient one, `systemd-run -p PrivateTmp=yes`) started, and each
+    backup went to a /var/tmp deleted at its stop."""
+    probe = QUICK.replace('dir = "/var/backups/influxdb"', 'dir = "/var/tmp/influx-backups"')
+    box.sh("mkdir -p /srv/own")
+    box.write("/srv/own/backups.toml", probe)
+    try:
+        for command in ("check-config", "run"):
+            done = box.sh(
+                "systemd-run --quiet --wait --pipe -p PrivateTmp=yes -p ProtectSystem=strict "
+                f"influx-backupd --config /srv/own/backups.toml {command}",
+                check=False,
+            )
+            assert done.returncode == 78, (command, done)
+            line = done.stderr.strip()
+            assert line.startswith(
+                "influx-backupd: /srv/own/backups.toml: storage.dir /var/tmp/influx-backups: "
+                "the unit run-"
+            ), (command, line)
+            assert ".service has PrivateTmp=yes" in line and "\n" not in line, (command, line)
+        # the same config from a shell: no unit runs it, nothing to say
+        assert box.sh("influx-backupd --config /srv/own/backups.toml check-config").returncode == 0
+    finally:
+        box.sh("rm -rf /srv/own")
+
+
 def test_a_storage_dir_the_unit_cannot_write_is_said_at_start_and_by_each_run(
     box: Container,
 ) -> None:

@@ -15,6 +15,7 @@ refusal); a metrics file there is never seen by node_exporter (a warning).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import subprocess
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ _PROPERTIES = (
     "ReadOnlyPaths",
     "InaccessiblePaths",
     "StateDirectory",
+    "MainPID",
+    "ControlPID",
 )
 _SYSTEM = {"yes": ("/usr", "/boot", "/efi"), "full": ("/usr", "/boot", "/efi", "/etc")}
 _TMP = (Path("/tmp"), Path("/var/tmp"))  # what PrivateTmp=yes replaces by dirs of the unit's own
@@ -66,6 +69,28 @@ def unit_for(config_path: Path) -> str | None:
         return "influx-backupd.service"
     name = instance_name(config_path)
     return f"influx-backupd@{name}.service" if name else None
+
+
+def own_service(cgroup: str | None = None) -> str | None:
+    """The system service this process runs in, from its cgroup (cgroup v2 `0::/…`, or v1's
+    `name=systemd` line): the innermost `*.service` of the path. Only when systemd started us
+    (INVOCATION_ID): a login shell is in a session's `.scope` and is no service's."""
+    if cgroup is None:
+        if not os.environ.get("INVOCATION_ID"):
+            return None
+        try:
+            with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as f:
+                cgroup = f.read(65536)
+        except OSError:
+            return None
+    for line in cgroup.splitlines():
+        fields = line.split(":", 2)
+        if len(fields) != 3 or fields[1] not in ("", "name=systemd"):
+            continue
+        for part in reversed(fields[2].split("/")):
+            if part.endswith(".service") and len(part) > len(".service"):
+                return part
+    return None
 
 
 @dataclass(frozen=True)
@@ -123,6 +148,11 @@ class Sandbox:
 
 def unit_sandbox(unit: str) -> Sandbox | None:
     """The unit's sandbox from `systemctl show`; None without systemd or without the unit."""
+    props = _shown(unit)
+    return Sandbox.from_properties(props) if props is not None else None
+
+
+def _shown(unit: str) -> dict[str, str] | None:
     try:
         result = subprocess.run(
             ["systemctl", "show", "--property", ",".join(_PROPERTIES), unit],
@@ -137,7 +167,22 @@ def unit_sandbox(unit: str) -> Sandbox | None:
     props = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     if result.returncode != 0 or props.get("LoadState") != "loaded":
         return None
-    return Sandbox.from_properties(props)
+    return props
+
+
+@functools.cache
+def running_unit() -> tuple[str, Sandbox] | None:
+    """The service whose main (ExecStart=) or control (ExecStartPre=, …) process this is, and
+    its sandbox: an operator's own unit, or `systemd-run -p PrivateTmp=yes influx-backupd run`,
+    whatever its config path. Not a process that merely runs inside some service (a test suite
+    under a CI runner's unit): that service does not run us."""
+    unit = own_service()
+    props = _shown(unit) if unit is not None else None
+    if unit is None or props is None:
+        return None
+    if str(os.getpid()) not in (props.get("MainPID"), props.get("ControlPID")):
+        return None
+    return unit, Sandbox.from_properties(props)
 
 
 def _existing(path: Path) -> Path:
@@ -167,8 +212,12 @@ def storage_in_state(config: Config) -> str | None:
 def _the_unit(
     config: Config, sandbox: Sandbox | None, unit: str | None
 ) -> tuple[Sandbox | None, str | None]:
-    """The unit that runs this config and its sandbox, unless given (tests give both)."""
+    """The unit that runs this config and its sandbox, unless given (tests give both): the
+    one running this process, else the shipped unit for the config's path."""
     if unit is None:
+        running = running_unit()
+        if running is not None:
+            return running[1], running[0]
         unit = unit_for(config.path)
     if sandbox is None and unit is not None:
         sandbox = unit_sandbox(unit)
@@ -297,7 +346,8 @@ def explain(config: Config, exc: OSError) -> str:
     what = exc.strerror or str(exc)
     text = f"{owner.key} {owner.path}: {what}" + ("" if path == owner.path else f" ({path})")
     if exc.errno in _REFUSED and os.environ.get("INVOCATION_ID"):
-        unit = unit_for(config.path) or "influx-backupd.service"
+        running = running_unit()
+        unit = running[0] if running else unit_for(config.path) or "influx-backupd.service"
         text += (
             f"; if the unit's sandbox is why, add it to ReadWritePaths= with "
             f"`systemctl edit {unit}` (`influx-backupd check-config` lists every such path)"

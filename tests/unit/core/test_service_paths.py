@@ -324,3 +324,51 @@ def test_check_config_and_run_refuse_a_units_private_tmp(
             "backup with them; choose a dir such as /var/backups/influxdb\n"
         ), command
     assert not storage.exists() and not state.exists()  # nothing touched
+
+
+@pytest.mark.parametrize(
+    ("cgroup", "service"),
+    [
+        ("0::/system.slice/my-backups.service\n", "my-backups.service"),
+        ("0::/system.slice/run-u42.service\n", "run-u42.service"),  # systemd-run
+        ("0::/system.slice/box.service/payload\n", "box.service"),  # a delegated sub-group
+        ("12:cpu:/x.service\n1:name=systemd:/system.slice/v1.service\n", "v1.service"),
+        ("0::/user.slice/user-0.slice/session-3.scope\n", None),  # a login shell
+        ("0::/\n", None),  # no systemd (a container without it, this test machine)
+        ("0::/system.slice/.service\n", None),
+        ("garbage\n\n:::\n", None),
+    ],
+)
+def test_own_service_is_read_from_the_cgroup(cgroup: str, service: str | None) -> None:
+    from influx_backupd.core.unit_paths import own_service
+
+    assert own_service(cgroup) == service
+
+
+def test_the_unit_running_this_process_is_the_one_checked_whatever_the_config_path(
+    tmp_path: Path, fake_tmp: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: only the shipped units' config paths were known; `run` under an operator's own
+    unit with PrivateTmp=yes kept every backup in a /tmp deleted at its stop."""
+    import os
+
+    from influx_backupd.core import unit_paths
+
+    _, var_tmp = fake_tmp
+    (tmp_path / "server").mkdir()
+    config = load(write(tmp_path, storage=var_tmp / "influx-backups"))
+    assert unit_paths.unit_for(config.path) is None  # no shipped unit runs /tmp/…/config.toml
+    other = {**PRIVATE_TMP, "LoadState": "loaded", "MainPID": "1", "ControlPID": "0"}
+    shown = other
+    monkeypatch.setattr(unit_paths, "own_service", lambda: "my-backups.service")
+    monkeypatch.setattr(unit_paths, "_shown", lambda unit: shown)
+
+    unit_paths.running_unit.cache_clear()
+    assert unit_paths.private_tmp_errors(config) == [], "that service's process is another"
+    for key in ("MainPID", "ControlPID"):  # ExecStart= `run`, ExecStartPre= `check-config`
+        shown = {**other, key: str(os.getpid())}
+        unit_paths.running_unit.cache_clear()
+        [line] = unit_paths.private_tmp_errors(config)
+        assert line.startswith(f"storage.dir {var_tmp / 'influx-backups'}: the unit "), line
+        assert "my-backups.service has PrivateTmp=yes" in line, line
+    unit_paths.running_unit.cache_clear()
