@@ -372,3 +372,60 @@ def test_after_encrypt_to_changes_retention_says_it_sweeps_nothing_until_the_old
     assert report["pruned"]["manifests_deleted"] == [first["id"]]
     assert report["pruned"]["objects_deleted"] > 0
     assert cli.json("status")["offsite"]["last_error"] is None
+
+
+def test_after_encryption_is_turned_off_the_plain_backups_list_sync_and_import(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """Before: one `.age` manifest in a prefix read without identity_file (the backups sent
+    before encryption was turned off, or one planted) made every `list --offsite`, `verify
+    --all --offsite`, `import --offsite` and `offsite sync` exit 78: nothing imported on a
+    fresh host, no retention ever again. Now it is passed over, said in one line, and the
+    sweep deletes no object while it may name any."""
+    identity, recipient = age_identity(tmp_path)
+    config, cli, first = _encrypted_backup(
+        tmp_path, sandbox, moto, identity, recipient, keep_last=2, grace="0s"
+    )
+    plain_text = "".join(
+        line
+        for line in config.read_text().splitlines(keepends=True)
+        if not line.startswith(("encrypt_to", "identity_file"))
+    )
+    config.write_text(plain_text)
+    plain = [cli.json("backup") for _ in range(2)]
+    assert all(r["status"] == "ok" for r in plain), plain
+
+    listed = cli("list", "--offsite", "--json")
+    assert listed.returncode == 1, listed.stderr[-2000:]
+    assert {r["id"] for r in json.loads(listed.stdout)} == {r["id"] for r in plain}
+    last = listed.stderr.strip().splitlines()[-1]
+    assert first["id"] in last and "set [offsite] identity_file" in last, last
+
+    verified = cli("verify", "--all", "--offsite", "--json")
+    assert verified.returncode == 1 and "Traceback" not in verified.stderr
+    report = json.loads(verified.stdout)
+    assert {b["id"] for b in report["backups"]} == {r["id"] for r in plain}
+    assert all(b["ok"] for b in report["backups"])
+    assert list(report["unreadable"]) == [first["id"]]
+
+    synced = cli("offsite", "sync")
+    assert synced.returncode == 1 and "Traceback" not in synced.stderr, synced.stderr[-2000:]
+    assert "deleted no object" in synced.stderr.strip().splitlines()[-1]
+
+    fresh = tmp_path / "fresh-state"
+    other = Cli(tmp_path / "fresh.toml")
+    other.config.write_text(plain_text.replace(str(tmp_path / "state"), str(fresh)))
+    imported = other("import", "--offsite")
+    assert imported.returncode == 1, imported.stderr[-2000:]
+    assert {r["id"] for r in other.json("list")} == {r["id"] for r in plain}
+
+    # with nothing plain to read, the config is what is wrong: 78, one line
+    moto_client = moto.client()
+    for r in plain:
+        for item in moto_client.list_objects_v2(
+            Bucket=moto.bucket, Prefix=f"host-a/manifests/{r['job']}/{r['id']}"
+        ).get("Contents", []):
+            moto_client.delete_object(Bucket=moto.bucket, Key=item["Key"])
+    done = cli("list", "--offsite")
+    assert done.returncode == 78, done.stderr[-2000:]
+    assert "set [offsite] identity_file" in done.stderr.strip().splitlines()[-1]

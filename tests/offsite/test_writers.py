@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,4 +192,28 @@ def test_a_prefix_is_claimed_where_the_endpoint_ignores_the_condition(rclone: En
     settings = rclone.settings()
     Offsite(settings, writer=A).claim(host="db1.dc1")
     with pytest.raises(PrefixTaken):
+        Offsite(settings, writer=B).claim(host="db1.dc2")
+
+
+def test_a_claim_whose_answer_was_lost_is_ours_not_another_hosts(moto: Endpoint) -> None:
+    """The first marker is stored, its answer lost (a 500, a reset), and the retry gets 412:
+    the marker there is this writer's own. Before: "written by another host … (writer X), not
+    by this host (writer X)", advice to --adopt, and no send until the next sync."""
+    settings = moto.settings()
+    a = Offsite(settings, writer=A)
+    put = a.bucket.put_bytes
+    lost: list[str] = []
+
+    def stored_but_answer_lost(key: str, body: bytes, **kw: Any) -> None:
+        if kw.get("if_absent") and key.endswith("writer.json") and not lost:
+            lost.append(key)
+            put(key, body, **kw)  # stored; what the client sees is its retry, refused (412)
+        put(key, body, **kw)
+
+    a.bucket.put_bytes = stored_but_answer_lost  # type: ignore[method-assign]
+    a.claim(host="db1.dc1")
+    assert lost, "the conditional put was made"
+    marker = moto.client().get_object(Bucket=moto.bucket, Key="host-a/writer.json")
+    assert json.loads(marker["Body"].read())["writer"] == A
+    with pytest.raises(PrefixTaken, match=r"'db1\.dc1'"):
         Offsite(settings, writer=B).claim(host="db1.dc2")

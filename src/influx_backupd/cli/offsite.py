@@ -20,6 +20,7 @@ from influx_backupd.offsite.errors import (
     NoSuchBackup,
     NotOurs,
     OffsiteError,
+    OffsiteMisconfigured,
 )
 from influx_backupd.offsite.manifest import Manifest
 from influx_backupd.offsite.repo import ManifestRef, VerifyResult, chain_gap, identity_wrong
@@ -119,7 +120,7 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
         return refs, list(store.readable(refs, skipped))
 
     refs, found = offsite.watched(config, read)
-    _identity_right(found, skipped)
+    _identity_right(found, skipped, store.bucket.where)
     gaps = _chain_gaps(refs, found, skipped)
     # in the order they were made, as `list` does: ids sort by second, then a random suffix
     for _, manifest in sorted(found, key=lambda pair: (pair[1].started_at, pair[1].id)):
@@ -178,11 +179,12 @@ def _chain_gaps(
     return {i: why for i, why in gaps.items() if why is not None}
 
 
-def _identity_right(found: list[Any], skipped: dict[str, str]) -> None:
-    """None of the manifests read, some for want of a key: the identity is wrong, said once."""
-    wrong = identity_wrong(len(found), skipped)
+def _identity_right(found: list[Any], skipped: dict[str, str], where: str) -> None:
+    """None of the manifests read, some for want of a key: the identity is wrong or missing,
+    said once."""
+    wrong = identity_wrong(len(found), skipped, where)
     if wrong is not None:
-        raise OffsiteError(wrong)
+        raise wrong
 
 
 def _told_skipped(skipped: dict[str, str]) -> int:
@@ -248,6 +250,9 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         results, unreadable = offsite.watched(config, check)
     except NoSuchBackup as exc:  # BACKUP names nothing: a usage error, as for local backups
         raise UsageError(str(exc)) from None
+    missing = identity_wrong(len(results), unreadable, store.bucket.where)
+    if isinstance(missing, OffsiteMisconfigured):  # all encrypted, no identity_file: 78
+        raise missing
     repairable = 0
     for result in done.values():
         left = offsite_repair.note(
@@ -323,7 +328,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
             return refs, list(store.readable([r for r in refs if r.id not in known], skipped))
 
         refs, found = offsite.watched(config, read)
-        _identity_right(found, skipped)
+        _identity_right(found, skipped, store.bucket.where)
         # an increment whose earlier links are not in the bucket restores nothing: not made an
         # ok backup of this host (a link in the bucket and known here already, not read
         # again, was imported or sent whole)

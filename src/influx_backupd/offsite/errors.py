@@ -56,6 +56,13 @@ class NotOurs(OffsiteError):
     """Encrypted to none of the identity_file's keys: a wrong identity, or another's file."""
 
 
+class NoIdentity(NotOurs, OffsiteMisconfigured):
+    """Encrypted, and no identity_file is set: a manifest of backups sent before encryption was
+    turned off, or one planted. Passed over like one of other keys where many are read (a
+    single such object must not stop every listing of a plain prefix); asked for by itself, or
+    when nothing else reads, the config must change (78)."""
+
+
 class Damaged(OffsiteError):
     """The local backup is not what its record says: it is not sent (the others are)."""
 

@@ -40,6 +40,7 @@ from influx_backupd.offsite.errors import (
     BadManifest,
     IntegrityError,
     NoBucket,
+    NoIdentity,
     NoSuchBackup,
     NotFound,
     NotOurs,
@@ -206,12 +207,30 @@ def chain_gap(
     return None
 
 
-def identity_wrong(read: int, skipped: dict[str, str]) -> str | None:
-    """The line to end a listing with when no manifest read and some were encrypted to other
-    keys: then it is the identity_file that is wrong, not those manifests."""
+NO_IDENTITY_LINE = (
+    "is encrypted, and no identity_file is set: set [offsite] identity_file to an age identity "
+    "file of one of its recipients (keep it after turning encryption off, until the encrypted "
+    "backups are pruned)"
+)
+
+
+def no_identity_line(where: str) -> str:
+    return (
+        f"{where}: the backups are encrypted: set [offsite] identity_file to an age identity "
+        "file of one of the encrypt_to recipients"
+    )
+
+
+def identity_wrong(read: int, skipped: dict[str, str], where: str) -> OffsiteError | None:
+    """The error to end a listing with when no manifest read and some were encrypted: then it
+    is the config that is wrong, not those manifests. No identity_file at all: 78; one whose
+    keys open none: the identity is wrong (1)."""
     if read:
         return None
-    return next((why for why in skipped.values() if why.endswith(crypto.NOT_OURS_LINE)), None)
+    if any(why.endswith(NO_IDENTITY_LINE) for why in skipped.values()):
+        return OffsiteMisconfigured(no_identity_line(where))
+    wrong = next((why for why in skipped.values() if why.endswith(crypto.NOT_OURS_LINE)), None)
+    return OffsiteError(wrong) if wrong is not None else None
 
 
 def _local_failure(exc: BaseException, target: Path) -> OffsiteError:
@@ -367,10 +386,7 @@ class Offsite:
     def identities(self) -> list[Any]:
         if self._identities is None:
             if self.settings.identity_file is None:
-                raise OffsiteMisconfigured(
-                    f"{self.bucket.where}: the backups are encrypted: set [offsite] identity_file "
-                    "to an age identity file of one of the encrypt_to recipients"
-                )
+                raise OffsiteMisconfigured(no_identity_line(self.bucket.where))
             self._identities = crypto.identities(self.settings.identity_file)
         return self._identities
 
@@ -513,7 +529,10 @@ class Offsite:
         try:
             self.bucket.put_bytes(key, body, if_absent=True)
         except AlreadyThere:
-            raise self._taken(self._read_marker(key)) from None
+            there = self._read_marker(key)
+            if there["writer"] == self.writer:
+                return  # our own put, stored, whose answer was lost (its retry then saw 412)
+            raise self._taken(there) from None
         except (NoBucket, Refused, Unreachable):
             raise
         except OffsiteError:
@@ -645,6 +664,8 @@ class Offsite:
 
     def _decode(self, ref: ManifestRef, data: bytes) -> Manifest:
         if ref.key.endswith(".age"):
+            if self.settings.identity_file is None:
+                raise NoIdentity(f"{ref.key}: {NO_IDENTITY_LINE}")
             try:
                 data = crypto.decrypt_bytes(data, self.identities(), ref.key)
             except IntegrityError as exc:  # damaged: passed over like any unreadable manifest
