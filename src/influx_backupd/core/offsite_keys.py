@@ -112,4 +112,14 @@ def credentials(text: str, profile: str) -> dict[str, str]:
             f"lacks {' and '.join(missing)} in [{profile}] "
             "(it needs aws_access_key_id and aws_secret_access_key)"
         )
+    for key, value in found.items():
+        # sent in a request header: a line break (an indented line after the key continues its
+        # value, in this format) or a space would fail every request as "connection lost"
+        found[key] = value = value.strip()
+        if not all("!" <= c <= "~" for c in value):
+            raise ValueError(
+                f"{key} in [{profile}] is not one word of printable ASCII (an indented line "
+                "after it continues its value; a space or a control character): each value "
+                "must be one line, as the key was given"
+            )
     return found

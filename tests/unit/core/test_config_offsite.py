@@ -277,6 +277,33 @@ def test_a_credentials_file_without_the_secret_key_is_refused(tmp_path: Path) ->
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        # an indented line continues the value above it (configparser, as the AWS CLI's)
+        ("[default]\naws_access_key_id = AKIAEXAMPLE\n  {s}\naws_secret_access_key = x\n", "id"),
+        ("[default]\naws_access_key_id = AKIAEXAMPLE\naws_secret_access_key = a {s}\n", "secret"),
+        ("[default]\naws_access_key_id = AKIA\taa\naws_secret_access_key = {s}\n", "id"),
+        ("[default]\naws_access_key_id = AKIA\naws_secret_access_key = {s}\u00e9\n", "secret"),
+    ],
+)
+def test_a_credential_that_is_not_one_word_is_refused_at_load_never_shown(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    """Before: check-config said ok, and every request failed as "connection lost" (http.client
+    refuses a header value holding a line break)."""
+    creds = secret_file(tmp_path, "creds", text.format(s=SECRET).encode())
+    path = config_file(tmp_path, f'credentials_file = "{creds}"')
+    message = refused(path)
+    name = "aws_access_key_id" if key == "id" else "aws_secret_access_key"
+    assert message == (
+        f"{path}: offsite.credentials_file: {creds} {name} in [default] is not one word of "
+        "printable ASCII (an indented line after it continues its value; a space or a control "
+        "character): each value must be one line, as the key was given"
+    )
+    assert SECRET not in message and SECRET[:8] not in message
+
+
 def test_a_credentials_file_that_does_not_parse_names_the_line_never_shows_it(
     tmp_path: Path,
 ) -> None:
