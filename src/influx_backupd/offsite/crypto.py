@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from influx_backupd.core import offsite_keys
+from influx_backupd.core import log, offsite_keys
 from influx_backupd.core.atomic import replace_file
 from influx_backupd.offsite.errors import (
     IntegrityError,
@@ -133,6 +134,26 @@ def renew_key(path: Path) -> bytes:
     return key
 
 
+def _private(path: Path) -> None:
+    """A name key others may read (copied in with cp, a umask, a chmod by hand): made 0600 again,
+    as written, and said. With it, anyone may confirm a guessed file in the bucket by its
+    name. One we may not change is left, said all the same."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        log.get().warning(
+            "offsite.key_file_readable", path=str(path), mode=f"{mode:04o}", error=exc.strerror
+        )
+        return
+    log.get().warning("offsite.key_file_made_private", path=str(path), mode=f"{mode:04o}")
+
+
 def local_key(path: Path, make: Callable[[], bytes] = lambda: secrets.token_bytes(32)) -> bytes:
     """The host's name key: read it, or make one (0600, written then renamed)."""
     try:
@@ -140,6 +161,7 @@ def local_key(path: Path, make: Callable[[], bytes] = lambda: secrets.token_byte
     except FileNotFoundError:
         data = b""
     if len(data) == 32:
+        _private(path)
         return data
     if data:
         raise OffsiteError(f"{path}: not a name key (32 bytes); move it away to make a new one")

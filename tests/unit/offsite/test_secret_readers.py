@@ -66,3 +66,21 @@ def test_credentials_are_read_as_at_load_and_never_shown(tmp_path: Path) -> None
     with pytest.raises(OffsiteError) as caught:
         _credentials(_settings(creds))
     assert SECRET not in str(caught.value) and "(line 2)" in str(caught.value)
+
+
+def test_a_name_key_others_may_read_is_made_private_again_and_said(tmp_path: Path) -> None:
+    """Before: a name key made world-readable (cp, a chmod by hand) stayed so, unsaid: with it,
+    anyone on the host may confirm a guessed file in the bucket by its object name."""
+    from structlog.testing import capture_logs
+
+    key = tmp_path / "offsite-name.key"
+    made = crypto.local_key(key)
+    assert key.stat().st_mode & 0o777 == 0o600
+    key.chmod(0o644)
+    with capture_logs() as logs:
+        assert crypto.local_key(key) == made
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert [(e["event"], e["mode"]) for e in logs] == [("offsite.key_file_made_private", "0644")]
+    with capture_logs() as logs:  # private already: nothing to say
+        crypto.local_key(key)
+    assert logs == []
