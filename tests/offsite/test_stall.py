@@ -172,6 +172,10 @@ def test_a_signal_during_a_stalled_request_ends_the_command_at_once(
     assert f"influx-backupd: interrupted by {sig}" in err, err[-3000:]
     assert sandbox.ping()
     assert [r["status"] for r in Cli(config).json("list")] == ["ok"], "the local backup stays"
+    # said where status looks: before, the sync's own record of it never came (its thread is
+    # left, the command leaves with os._exit), and status showed nothing wrong
+    last_error = Cli(config).json("status")["offsite"]["last_error"]
+    assert last_error is not None and f"interrupted by {sig}" in last_error, last_error
 
 
 def test_sigterm_during_a_fetch_from_the_bucket_ends_it_and_the_next_fetch_works(

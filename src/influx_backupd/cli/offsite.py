@@ -13,7 +13,8 @@ from influx_backupd.cli.output import fmt_bytes, fmt_time, print_json
 from influx_backupd.cli.quote import say
 from influx_backupd.core.config import Config, ConfigError
 from influx_backupd.core.errors import EXIT_BUSY, EXIT_FAILED, EXIT_OK, UsageError
-from influx_backupd.core.interrupt import interrupt_on_signals
+from influx_backupd.core.interrupt import Interrupted, interrupt_on_signals
+from influx_backupd.offsite.bucket import where_of
 from influx_backupd.offsite.errors import (
     BadManifest,
     IntegrityError,
@@ -50,6 +51,9 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
         except OffsiteError as exc:
             offsite.tell_failed(config, catalog, str(exc))
             _metrics(config, catalog)
+            raise
+        except Interrupted as exc:
+            _interrupted(config, catalog, exc)
             raise
         _metrics(config, catalog)
     if report.yielded:  # a command waiting for the lock went first: try again later (75)
@@ -93,6 +97,20 @@ def _sync_status(report: offsite.SyncReport) -> int:
     if failed:
         return EXIT_FAILED
     return EXIT_BUSY if report.yielded else EXIT_OK
+
+
+def _interrupted(config: Config, catalog: Catalog, signal: Interrupted) -> None:
+    """A sync given up for a signal: its thread is left (the command leaves with os._exit, see
+    run/offsite.watched), so its own record of how it ended never comes. Written here: status
+    and the metrics show the interruption rather than nothing, or a failure of before."""
+    section = config.settings.offsite
+    where = where_of(section) if section is not None else "off-site"
+    line = f"{where}: interrupted by {signal}; the next sync resumes it"
+    try:
+        offsite.State.load(config.state_dir).failed(line, "other").save(config.state_dir)
+    except OSError as exc:
+        say(f"{exc}")
+    _metrics(config, catalog)
 
 
 def _metrics(config: Config, catalog: Catalog) -> None:
@@ -401,6 +419,9 @@ def after_backup(config: Config) -> None:
             except OffsiteError as exc:  # a stalled request (run_sync tells every other failure)
                 offsite.tell_failed(config, catalog, str(exc))
                 report = None
+            except Interrupted as exc:
+                _interrupted(config, catalog, exc)
+                raise
             _metrics(config, catalog)
     except Yielded as exc:  # given up for a command waiting for the lock: no failure
         say(f"offsite: {exc} (the local backup is kept)")
