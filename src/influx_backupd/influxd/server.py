@@ -9,12 +9,14 @@ that drops privileges could not; there it is started as a transient unit of its 
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import hashlib
 import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -579,6 +581,7 @@ class Influxd:
         assert self.section.command
         if log_path is not None:
             logfile.trim(log_path, log.get())
+            log_path = _log_usable(log_path)
         if in_systemd_service():
             self._start_own_unit(self.section.command, log_path, timeout)
             return
@@ -630,10 +633,7 @@ class Influxd:
         # every user) and in the unit's Environment= (`systemctl show` does too), and
         # INFLUXDB_* settings carry secrets. influxd reads its settings from influxdb.conf.
         log_from = (log_path, _size(log_path)) if log_path else None
-        if log_path is not None:
-            # made here, private (systemd would create it with the unit's umask), then appended to
-            with suppress(OSError):
-                os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        if log_path is not None:  # made private by _log_usable (systemd: the unit's umask)
             argv += [f"--property=Standard{out}=append:{log_path}" for out in ("Output", "Error")]
         try:
             done = _captured([*argv, "--", *command], timeout)
@@ -882,6 +882,30 @@ def _final_line(text: str) -> str | None:
     return lines[-1].strip() if lines else None
 
 
+def _log_usable(path: Path) -> Path | None:
+    """path, made (0600) and opened for appending once to prove it can be; None when it cannot
+    (the state dir removed, made read-only, the log a directory): influxd is then started with
+    its output discarded, and that is said. Starting influxd again never depends on the state
+    dir."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOCTTY | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)  # NONBLOCK: a FIFO nobody reads must not hang us
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.get().warning(
+            "influxd.log_unavailable",
+            path=str(path),
+            error=exc.strerror or str(exc),
+            detail="influxd started without its output kept",
+        )
+        return None
+    return path
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -931,5 +955,13 @@ def _exit_status(proc: subprocess.Popen[bytes] | psutil.Process) -> str | None:
 
 
 def _write_pidfile(path: Path, pid: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(path, f"{pid}\n".encode(), mode=0o644)
+    """influxd's pidfile, as its init script would write it. Written after influxd runs: one
+    that cannot be (its dir read-only, gone) is said, and the start goes on, as influxd's start
+    never depends on our own files."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(path, f"{pid}\n".encode(), mode=0o644)
+    except OSError as exc:
+        log.get().warning(
+            "influxd.pidfile_not_written", path=str(path), pid=pid, error=exc.strerror or str(exc)
+        )

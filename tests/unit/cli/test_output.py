@@ -45,6 +45,13 @@ def test_the_phases_add_up_to_the_downtime_and_a_run_never_stopped_says_so(
     refused = RunRecord(id="20261126T122754Z-3f9b", job="nightly", mode="cold", status="failed")
     print_record(refused, as_json=False)
     assert "  downtime  none: influxd was not stopped" in capsys.readouterr().out
+    # stopped, and not answering again when the run ended: never "not stopped"
+    left = RunRecord(id="20261126T122754Z-3f9c", job="nightly", mode="cold", status="failed")
+    left.stop_s, left.copy_s = 0.077, 0.04
+    print_record(left, as_json=False)
+    out = capsys.readouterr().out
+    assert "  downtime  not ended: influxd was stopped and did not answer again in this run" in out
+    assert "not stopped" not in out
 
 
 def test_json_times_follow_one_rule_in_the_daemon_and_restore_parts_too() -> None:
