@@ -13,21 +13,55 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-_SHIELDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+# Every other signal whose default action ends the process (`kill -USR1`, `kill -QUIT`,
+# `kill -34`): left at its default, one that came inside the stop window would end us with
+# influxd down. Taken as SIGTERM is, everywhere. Not the fault signals (SEGV, BUS, ABRT, …):
+# faulthandler and the kernel own those.
+OTHER_ENDING: tuple[int, ...] = (
+    *(
+        getattr(signal, name)
+        for name in (
+            "SIGQUIT",
+            "SIGUSR1",
+            "SIGUSR2",
+            "SIGALRM",
+            "SIGVTALRM",
+            "SIGPROF",
+            "SIGIO",
+            "SIGPWR",
+            "SIGSTKFLT",
+            "SIGXCPU",
+            "SIGXFSZ",
+        )
+        if hasattr(signal, name)
+    ),
+    *range(signal.SIGRTMIN, signal.SIGRTMAX + 1),
+)
+ENDING: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, *OTHER_ENDING)
+_SHIELDED = set(ENDING)
 
 
 class Interrupted(BaseException):
     """A signal asked us to stop; raised in the main thread so `finally` restarts influxd."""
 
 
+def signal_name(signum: int) -> str:
+    """SIGTERM, SIGRTMIN+3: as `kill -l` says it."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+
+
 def raise_interrupted(signum: int, _frame: FrameType | None) -> None:
-    raise Interrupted(signal.Signals(signum).name)
+    raise Interrupted(signal_name(signum))
 
 
 def interrupt_on_signals() -> None:
-    """SIGTERM, SIGINT and SIGHUP raise Interrupted in the main thread: each command's
-    `finally` undoes what it began, and it ends with "interrupted by SIG…", exit 1."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    """SIGTERM, SIGINT, SIGHUP and every other signal that would end us (ENDING) raise
+    Interrupted in the main thread: each command's `finally` undoes what it began (influxd
+    started again), and it ends with "interrupted by SIG…", exit 1."""
+    for sig in ENDING:
         signal.signal(sig, raise_interrupted)
 
 

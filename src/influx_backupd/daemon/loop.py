@@ -49,6 +49,7 @@ from influx_backupd.core.config import (
     load,
 )
 from influx_backupd.core.errors import EXIT_FAILED, BackupdError
+from influx_backupd.core.interrupt import OTHER_ENDING, signal_name
 from influx_backupd.core.journal import journal_available
 from influx_backupd.core.jsontext import count
 from influx_backupd.core.processes import own_identity
@@ -99,7 +100,9 @@ VERIFY_ALL = "[verify]"
 OFFSITE = "[offsite]"
 _LEFT_BEHIND = object()  # _sync_yielding: the sync was left on a request that does not end
 OFFSITE_RETRY_MAX = 6 * 3600.0  # the longest wait between tries after failures
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# any signal that would end the daemon ends it cleanly, as SIGTERM does (a run in flight
+# finishes: influxd runs again before we exit)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, *OTHER_ENDING)
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,7 @@ class Daemon:
                 # a SIGTERM during recovery, acted on now that influxd runs: no run starts
                 self._stopping.set()
                 systemd.stopping()
-                self._log.info("daemon.stopping", signal=signal.Signals(early).name)
+                self._log.info("daemon.stopping", signal=signal_name(early))
                 self._write_metrics(stopping=True)
             else:
                 try:
@@ -323,7 +326,7 @@ class Daemon:
             watchdog_s=self._watchdog.interval,
         )
         signum = self._main_loop()
-        self._shutdown(signal.Signals(signum).name)
+        self._shutdown(signal_name(signum))
         self._write_metrics(stopping=True)
 
     def _stop_signal_queued(self) -> int | None:
@@ -1186,7 +1189,7 @@ class Daemon:
                 again = self._signals.get_nowait()
                 self._log.info(
                     "daemon.still_stopping",
-                    signal=signal.Signals(again).name,
+                    signal=signal_name(again),
                     detail="a backup is finishing; influxd is started again before exit",
                 )
         self._watchdog.stop()

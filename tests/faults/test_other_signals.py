@@ -1,0 +1,88 @@
+"""Signals other than TERM, INT and HUP inside the stop window. Their default action ends the
+process: before, `kill -USR1` on a foreground backup ended it (exit 138) and `kill -USR2` the
+daemon, with influxd left stopped until the next command or systemd's restart. Now every signal
+that would end us is taken as SIGTERM is: the run ends (the daemon's finishes first) and influxd
+runs again before we exit."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
+from tests.conftest import write_config
+from tests.faults.conftest import Ledger, Watched, frozen, run_cli
+from tests.system.test_daemon import daemon
+
+SIGNALS = {
+    "SIGUSR1": signal.SIGUSR1,
+    "SIGQUIT": signal.SIGQUIT,
+    "SIGALRM": signal.SIGALRM,
+    "SIGRTMIN+3": signal.SIGRTMIN + 3,
+}
+
+
+@pytest.mark.fault("2", "a signal other than TERM/INT/HUP in the stop window", "foreground backup")
+@pytest.mark.parametrize("name", list(SIGNALS))
+def test_a_foreground_backup_given_another_ending_signal_starts_influxd_first(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, name: str
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    config = write_config(tmp_path, sandbox)
+    ledger.take()
+    backup = Watched(config, "backup")
+    backup.wait_event("archive.writing", phase="copy")
+    with frozen(backup.proc):  # inside the window; delivered as it goes on
+        assert not sandbox.pids()
+        backup.proc.send_signal(SIGNALS[name])
+    code, out, err = backup.finish()
+    assert code == 1, err[-3000:]
+    assert f"interrupted by {name}" in out, out  # the record, as for SIGTERM
+    assert "Traceback" not in err, err[-3000:]
+    assert sandbox.ping(), "influxd runs again before the backup returns"
+    assert not (tmp_path / "state" / "influxd-stopped.json").exists()
+    runs = json.loads(run_cli(config, "list", "--json").stdout)
+    assert [r["status"] for r in runs] == ["interrupted"]
+    lost_points, _ = ledger.settle()
+    assert lost_points == 0
+
+
+@pytest.mark.fault("2", "a signal other than TERM/INT/HUP in the stop window", "the daemon")
+def test_the_daemon_given_sigusr2_in_a_run_finishes_it_and_stops_cleanly(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    config = write_config(tmp_path, sandbox, jobs=[{"name": "nightly", "every": "1h"}])
+    # a run due an hour ago: the daemon catches it up as it starts
+    Catalog(tmp_path / "state").save(
+        RunRecord(
+            id="20200101T000000Z-0000",
+            job="nightly",
+            mode="cold",
+            status="ok",
+            started_at=time.time() - 3700,
+            finished_at=time.time() - 3699,
+        )
+    )
+    ledger.take()
+    with daemon(tmp_path, config) as d:
+        d.wait_event("influxd.stopped", 120)
+        with frozen(d.proc):
+            assert not sandbox.pids()
+            d.proc.send_signal(signal.SIGUSR2)
+        assert d.proc.wait(120) == 0, d.tail()
+        events = [e for e in d.events() if e.get("event") == "daemon.stopping"]
+        assert events and events[-1]["signal"] == "SIGUSR2", d.tail()
+    assert sandbox.ping(), "influxd runs again before the daemon exits"
+    runs = json.loads(run_cli(config, "list", "--json").stdout)
+    assert runs[-1]["status"] == "ok", runs[-1]
+    lost_points, _ = ledger.settle()
+    assert lost_points == 0
