@@ -20,6 +20,7 @@ from tests.conftest import write_config
 from tests.faults.conftest import Ledger, Watched, frozen, run_cli
 from tests.system.test_daemon import daemon
 
+FILLER = 200_000_000  # zeros, copied whole (holes = "fill")
 SIGNALS = {
     "SIGUSR1": signal.SIGUSR1,
     "SIGQUIT": signal.SIGQUIT,
@@ -35,8 +36,11 @@ def test_a_foreground_backup_given_another_ending_signal_starts_influxd_first(
 ) -> None:
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
-    config = write_config(tmp_path, sandbox)
+    config = write_config(tmp_path, sandbox, holes="fill")
     ledger.take()
+    # a copy long enough to freeze the run inside its window under any load
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(FILLER)
     backup = Watched(config, "backup")
     backup.wait_event("archive.writing", phase="copy")
     with frozen(backup.proc):  # inside the window; delivered as it goes on
@@ -60,7 +64,9 @@ def test_the_daemon_given_sigusr2_in_a_run_finishes_it_and_stops_cleanly(
 ) -> None:
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
-    config = write_config(tmp_path, sandbox, jobs=[{"name": "nightly", "every": "1h"}])
+    config = write_config(
+        tmp_path, sandbox, jobs=[{"name": "nightly", "every": "1h"}], holes="fill"
+    )
     # a run due an hour ago: the daemon catches it up as it starts
     Catalog(tmp_path / "state").save(
         RunRecord(
@@ -73,6 +79,9 @@ def test_the_daemon_given_sigusr2_in_a_run_finishes_it_and_stops_cleanly(
         )
     )
     ledger.take()
+    # a window long enough to see the stop in the daemon's log (read every 0.1 s) and freeze it
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(FILLER)
     with daemon(tmp_path, config) as d:
         d.wait_event("influxd.stopped", 120)
         with frozen(d.proc):

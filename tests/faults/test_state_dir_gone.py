@@ -16,6 +16,8 @@ from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import write_config
 from tests.faults.conftest import Ledger, Watched, frozen, run_cli
 
+FILLER = 200_000_000  # zeros, copied whole (holes = "fill")
+
 
 def _take_away(state: Path, how: str) -> None:
     if how == "removed":
@@ -35,8 +37,11 @@ def test_influxd_starts_again_whatever_became_of_the_state_dir(
 ) -> None:
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
-    config = write_config(tmp_path, sandbox)
+    config = write_config(tmp_path, sandbox, holes="fill")
     ledger.take()
+    # a copy long enough to freeze the run inside its window under any load
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(FILLER)
     state = tmp_path / "state"
     backup = Watched(config, "backup")
     try:
