@@ -131,6 +131,30 @@ def test_an_empty_backup_argument_names_nothing(tmp_path: Path, command: list[st
     assert "BACKUP: empty" in one_line(done)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["verify", "loop"],
+        ["restore", "loop", "--yes"],
+        ["restore", "loop", "--target", "t"],
+        ["restore", "loop", "--database", "d"],
+        ["verify", "loop/x"],
+    ],
+)
+def test_a_backup_path_that_is_a_symlink_loop_is_one_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Before: RuntimeError: Symlink loop, a traceback (Path.resolve on Python 3.11)."""
+    config = serverless_config(tmp_path)
+    (tmp_path / "archives").mkdir()
+    assert run(["-c", str(config), "import"]).returncode == 0  # a catalog, empty
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    done = run(["-c", str(config), *command], cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == EXIT_USAGE, done.stderr
+    one_line(done)
+
+
 def test_an_empty_config_path_is_no_config(tmp_path: Path) -> None:
     done = run(["-c", "", "list"], cwd=tmp_path)
     assert done.returncode == EXIT_CONFIG

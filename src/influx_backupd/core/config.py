@@ -42,6 +42,7 @@ from influx_backupd.core.durations import (
 from influx_backupd.core.errors import EXIT_CONFIG, BackupdError
 from influx_backupd.core.names import JOB_NAME, JOB_NAME_RULE
 from influx_backupd.core.offsite_section import BUCKET_FORM, OffsiteSection
+from influx_backupd.core.paths import real
 
 DEFAULT_CONFIG_PATH = Path("/etc/influx-backupd/config.toml")
 CONFIG_ENV = "INFLUX_BACKUPD_CONFIG"
@@ -871,7 +872,7 @@ def read_server_paths(conf: Path) -> tuple[ServerPaths, dict[str, Any]]:
     data = section_dir("data", "dir", True)
     assert meta is not None and data is not None
     paths = ServerPaths(
-        conf=conf.resolve(),
+        conf=real(conf),
         meta=meta,
         data=data,
         wal=section_dir("data", "wal-dir", False),

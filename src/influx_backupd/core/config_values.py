@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from influx_backupd.core.paths import real
 from influx_backupd.core.redact import shown_parts
 
 # systemd's unit name characters; never starting with '-' (systemctl would take an option)
@@ -278,7 +279,7 @@ def our_dirs_problem(
 def _real(path: Path) -> Path:
     """Where a path leads, symlinks resolved as far as they exist (a dir made later too)."""
     try:
-        return path.resolve()
+        return real(path)
     except (OSError, RuntimeError):  # a symlink loop: compared as written
         return path
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from influx_backupd.core.config import DEFAULT_CONFIG_PATH, Config, ConfigError, instance_name
 from influx_backupd.core.interrupt import child_preexec
+from influx_backupd.core.paths import real
 
 _PROPERTIES = (
     "LoadState",
@@ -189,7 +190,7 @@ def _existing(path: Path) -> Path:
     """path, or the nearest ancestor that exists (where it would be created), resolved."""
     for candidate in (path, *path.parents):
         if candidate.exists():
-            return candidate.resolve()
+            return real(candidate)
     return Path("/")
 
 
@@ -308,7 +309,7 @@ def warnings(config: Config, sandbox: Sandbox | None = None, unit: str | None = 
                 f"{w.key}: its directory {w.path} does not exist: no metrics are written "
                 "until it does"
             )
-        if sandbox is not None and unit is not None and not sandbox.writable(w.path.resolve()):
+        if sandbox is not None and unit is not None and not sandbox.writable(real(w.path)):
             # first: inside the unit, its sandbox is also why access() says no
             found.append(
                 f"{w.key}: {w.path} would not be writable by {unit} "
@@ -316,7 +317,7 @@ def warnings(config: Config, sandbox: Sandbox | None = None, unit: str | None = 
                 f"with `systemctl edit {unit}`"
             )
         elif not never_made and not os.access(target, os.W_OK):
-            where = "" if target == w.path.resolve() else f" (it would be made in {target})"
+            where = "" if target == real(w.path) else f" (it would be made in {target})"
             found.append(f"{w.key}: {w.path} is not writable{where}")
     if sandbox is not None and unit is not None:
         found += _private_tmp_warnings(config, sandbox, unit)

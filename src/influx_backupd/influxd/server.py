@@ -32,6 +32,7 @@ from influx_backupd.core.atomic import read_small, replace_file
 from influx_backupd.core.config import Config, ConfigError
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import child_preexec, signals_allowed
+from influx_backupd.core.paths import real
 from influx_backupd.core.processes import identity, same_as
 from influx_backupd.core.redact import shown_url
 from influx_backupd.influxd import logfile
@@ -150,19 +151,19 @@ def names_conf(argv: list[str], conf: Path, cwd: Callable[[], str | None] | None
     server that would not exit, with influxd down meanwhile, and counted as another server
     started in the stop window. cwd: the process's working dir, against which a relative
     value is read (`cd /srv/influx && influxd -config influxdb.conf`), asked only for one."""
-    real = conf.resolve()
-    wanted = {str(conf), str(real)}
+    resolved = real(conf)
+    wanted = {str(conf), str(resolved)}
     for value in config_flags(argv):
         if value in wanted:
             return True
         # the config's path is resolved: /etc/influxdb/influxdb.conf may be a link to it.
         # Only a -config value is read: every process's every argument is looked at here, in
         # the stop window too
-        if value.startswith("/") and os.path.realpath(value) == str(real):
+        if value.startswith("/") and os.path.realpath(value) == str(resolved):
             return True
         if value and not value.startswith("/") and cwd is not None:
             base = cwd()
-            if base is not None and os.path.realpath(os.path.join(base, value)) == str(real):
+            if base is not None and os.path.realpath(os.path.join(base, value)) == str(resolved):
                 return True
     return False
 
@@ -797,7 +798,7 @@ class Influxd:
 
     def holders(self, dirs: Iterable[Path]) -> list[Holder]:
         """Processes with a file under dirs open or mapped (influxd mmaps TSM files)."""
-        roots = tuple(str(d.resolve()).rstrip("/") + "/" for d in dirs)
+        roots = tuple(str(real(d)).rstrip("/") + "/" for d in dirs)
         found: list[Holder] = []
         me = os.getpid()
         for proc in psutil.process_iter(["pid", "name"]):
@@ -937,7 +938,7 @@ def in_systemd_service() -> bool:
 
 def transient_unit(conf: Path) -> str:
     """The unit an influxd started under systemd runs in: one name per influxdb.conf."""
-    digest = hashlib.sha256(str(conf.resolve()).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(str(real(conf)).encode()).hexdigest()[:12]
     return f"influx-backupd-influxd-{digest}.service"
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from influx_backupd.core.paths import real
 from influx_backupd.store.catalog import ChainEnd
 from influx_backupd.store.chain import ShardListing, link_problem, listing_of
 from influx_backupd.store.record import Flavour, RunRecord
@@ -200,7 +201,7 @@ def clock_stepped_back(links: list[RunRecord], clocks: Clocks) -> str | None:
 
 def _within(archive: Path, storage_dir: Path) -> bool:
     """The archive lies in storage_dir (under whichever path names it: a symlink is not a move)."""
-    return archive.parent == storage_dir or archive.parent.resolve() == storage_dir.resolve()
+    return archive.parent == storage_dir or real(archive.parent) == real(storage_dir)
 
 
 def since_anchor(link: RunRecord) -> float:

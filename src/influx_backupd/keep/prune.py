@@ -24,6 +24,7 @@ from influx_backupd.core.atomic import replace_json
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.jsontext import loads_json
+from influx_backupd.core.paths import real
 from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import scratch
 from influx_backupd.keep.retention import RetentionPlan, RetentionPolicy, plan
@@ -125,12 +126,12 @@ def _ours_alone(
     """The paths prune may remove with record: strictly inside the storage dir, and no other
     backup's. A record may come from outside (a sidecar, a bucket's manifest): the path it
     names is not trusted to be its own. The others stay where they are, said in an error."""
-    storage = config.storage_dir.resolve()
+    storage = real(config.storage_dir)
     kept: list[Path] = []
     for path in paths:
         # the last element itself is what goes; ".." (`DIR/..` is the storage dir itself,
         # which lies below itself by name) and "." name no file of a backup
-        where = Path(os.path.normpath(path.parent.resolve() / path.name))
+        where = Path(os.path.normpath(real(path.parent) / path.name))
         if path.name in ("", ".", "..") or ".." in path.parts or storage not in where.parents:
             why = f"{path}: not inside storage.dir {config.storage_dir}; left where it is"
         elif named.get(path, set()) - {record.id}:

@@ -50,6 +50,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 from influx_backupd.core.jsontext import loads_json
+from influx_backupd.core.paths import real
 from influx_backupd.store.chain import listing_of
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.record import RunRecord
@@ -320,7 +321,7 @@ def link_or_symlink(source: Path, dest: Path) -> None:
     try:
         os.link(source, dest)
     except OSError:
-        os.symlink(source.resolve(), dest)
+        os.symlink(real(source), dest)
 
 
 def _entry(part: ShardPart, sid: int, name: str, size: int) -> dict[str, Any]:

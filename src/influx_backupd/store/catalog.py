@@ -26,6 +26,7 @@ from pathlib import Path
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
+from influx_backupd.core.paths import real
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.sidecar import sidecar_of
 
@@ -295,9 +296,9 @@ class Catalog:
         return self._record(row[0]) if row else None
 
     def find_by_archive(self, archive: Path) -> RunRecord | None:
-        wanted = str(archive.resolve())
+        wanted = str(real(archive))
         for record in self.list():
-            if record.archive and str(Path(record.archive).resolve()) == wanted:
+            if record.archive and str(real(Path(record.archive))) == wanted:
                 return record
         return None
 
