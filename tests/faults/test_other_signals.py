@@ -22,6 +22,7 @@ from tests.system.test_daemon import daemon
 
 FILLER = 200_000_000  # zeros, copied whole (holes = "fill")
 SIGNALS = {
+    "SIGINT": signal.SIGINT,  # Ctrl-C: exit 1, as for any interruption
     "SIGUSR1": signal.SIGUSR1,
     "SIGQUIT": signal.SIGQUIT,
     "SIGALRM": signal.SIGALRM,

@@ -279,8 +279,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except BackupdError as exc:  # every error of ours: one line, its own exit status
         say(exc.line())
         return exc.exit_status
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C before a command set its handlers: as any interruption
+        say("interrupted by SIGINT")
+        return EXIT_FAILED
     except UnicodeEncodeError as exc:
         # a path or name the locale's encoding cannot hold (LANG=C and a config naming
         # "/var/lib/stäte"): nothing of ours can be written under that name
