@@ -189,6 +189,7 @@ class Daemon:
         self._started_at = time.time()
         self._identity = own_identity()
         self._published: dict[str, Any] | None = None
+        self._publish_failed: str | None = None  # the error daemon.json's last write got
         self._status_line = ""
         # influxd left stopped (a crash marker): when the worker tries to start it next, and
         # what the status line says about it meanwhile
@@ -761,6 +762,10 @@ class Daemon:
                     self._offsite(item)
                 else:
                     self._run(item)
+            except BackupdError as exc:
+                # one of ours, before the run could begin (a state dir made read-only or
+                # removed: no lock, so no record): its one line, not a traceback each fire
+                self._log.error("run.not_started", job=item.job, error=exc.line())
             except Exception:
                 # The worker must outlive any one run; the run's record says what happened.
                 self._log.exception("run.crashed", job=item.job)
@@ -1271,7 +1276,14 @@ class Daemon:
                 write_json_atomic(self.config.state_dir / STATE_FILE, state)
                 self._published = state
             except OSError as exc:
-                self._log.warning("state.write_failed", error=str(exc))
+                # said when it starts failing or fails otherwise, not at every tick
+                if str(exc) != self._publish_failed:
+                    self._log.warning("state.write_failed", error=str(exc))
+                self._publish_failed = str(exc)
+            else:
+                if self._publish_failed is not None:
+                    self._log.info("state.written_again", after=self._publish_failed)
+                self._publish_failed = None
 
     def _tell_unwritable(self) -> None:
         """At start and reload: no job (nothing will ever run), a job that keeps every backup,
