@@ -265,3 +265,28 @@ def test_a_state_dir_made_read_only_under_an_idle_daemon_is_one_line_per_fire_no
         )
         assert any(e.get("event") == "state.written_again" for e in d.events())
     assert sandbox.ping()
+
+
+def test_a_state_dir_removed_under_the_daemon_is_taken_again_and_keeps_a_second_daemon_out(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: the daemon went on holding the lock of the removed file, and a second `run` on
+    the same state dir made a new lock there and ran the same jobs beside it."""
+    config = write_config(tmp_path, sandbox, jobs=[{"name": "often", "every": "1h", "mode": "hot"}])
+    state = tmp_path / "state"
+    with daemon(tmp_path, config) as d:
+        d.wait_event("daemon.ready", 60)
+        shutil.rmtree(state)
+        lost = d.wait_event("daemon.lock_lost", 30)
+        assert lost["then"] == "taken again" and "import" in lost["detail"], lost
+        assert (state / "daemon.lock").exists() and state.stat().st_mode & 0o777 == 0o700
+        second = subprocess.run(
+            [sys.executable, "-m", "influx_backupd", "--config", str(config), "run"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 75, second.stderr[-2000:]
+        assert "another influx-backupd daemon uses state_dir" in second.stderr
+        assert d.proc.poll() is None, "the first daemon goes on"
+        assert d.stop() == 0, d.tail()

@@ -189,6 +189,8 @@ class Daemon:
         self._started_at = time.time()
         self._identity = own_identity()
         self._published: dict[str, Any] | None = None
+        self._lock: BackupLock | None = None  # the daemon lock, held from run() on
+        self._lock_lost = False  # another process took the state dir: exit 1
         self._publish_failed: str | None = None  # the error daemon.json's last write got
         self._status_line = ""
         # influxd left stopped (a crash marker): when the worker tries to start it next, and
@@ -262,7 +264,7 @@ class Daemon:
 
     # -- start and the main loop ------------------------------------------------------------
     def run(self) -> int:
-        lock = daemon_lock(self.config.state_dir)
+        lock = self._lock = daemon_lock(self.config.state_dir)
         try:
             lock.acquire()
         except StateDirError as exc:
@@ -302,9 +304,12 @@ class Daemon:
                     self._stop_after_failure()
                     raise
             status = self._exit_status()
+            if self._lock_lost:
+                status = EXIT_FAILED  # not stopped by anyone: the state dir went to another
         finally:
-            with contextlib.suppress(OSError):
-                (self.config.state_dir / STATE_FILE).unlink()
+            if not self._lock_lost:  # else daemon.json is the new holder's
+                with contextlib.suppress(OSError):
+                    (self.config.state_dir / STATE_FILE).unlink()
             lock.release()
         self._log.info("daemon.stopped", exit_status=status)
         return status
@@ -414,6 +419,7 @@ class Daemon:
         may end the daemon with a run in flight (a cold run's influxd would be abandoned):
         an unexpected error is logged in one line, once until it changes, and the loop goes on."""
         for name, step in (
+            ("lock", self._check_lock),
             ("clock", self._check_clock),
             ("left down", self._watch_left_down),
             ("publish", self._publish),
@@ -428,6 +434,40 @@ class Daemon:
                 self._tick_failing[name] = line
             else:
                 self._tick_failing.pop(name, None)
+
+    def _check_lock(self) -> None:
+        """The daemon lock's file is still the one we hold. The state dir removed (or the lock
+        replaced) under us: a second daemon could take a new lock there and run the same jobs.
+        Taken again at once on the path (the state dir made again, 0700); if another process
+        took it first, this daemon stops (after a run in flight), exit 1, and leaves the dir to
+        it. The catalog made again is empty: said, with what rebuilds it."""
+        lock = self._lock
+        if lock is None or lock.still_held() or self._stopping.is_set():
+            return
+        lock.release()
+        try:
+            lock.acquire()
+        except (Busy, StateDirError) as exc:
+            self._log.error(
+                "daemon.lock_lost",
+                path=str(lock.path),
+                error=exc.line(),
+                then="stops: another process holds the state dir now",
+            )
+            self._lock = None
+            self._lock_lost = True
+            self._signals.put(signal.SIGTERM)
+            return
+        self._log.error(
+            "daemon.lock_lost",
+            path=str(lock.path),
+            then="taken again",
+            detail=(
+                "the state dir was removed or its lock replaced under the running daemon; the "
+                "catalog there is new: `influx-backupd import` rebuilds it from the records "
+                "beside the archives"
+            ),
+        )
 
     def _heartbeat(self, *, stopping: bool) -> None:
         if time.monotonic() - self._metrics_written < METRICS_EVERY:

@@ -131,6 +131,19 @@ class BackupLock:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
 
+    def still_held(self) -> bool:
+        """The file we hold is still the one at path: not removed (rm -rf of the state dir)
+        nor replaced. A flock on a removed file keeps nobody out: a second process would make
+        a new file there and take it."""
+        if self.fd is None:
+            return False
+        try:
+            there = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return False
+        held = os.fstat(self.fd)
+        return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
+
     def __enter__(self) -> BackupLock:
         self.acquire()
         return self

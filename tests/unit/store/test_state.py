@@ -168,3 +168,22 @@ def test_the_lock_holder_is_read_as_a_pid_and_a_known_doing_or_unknown(
 ) -> None:
     (tmp_path / "backup.lock").write_bytes(written)
     assert state.lock_holder(tmp_path) == said
+
+
+def test_a_lock_whose_file_was_removed_or_replaced_is_no_longer_held(tmp_path: Path) -> None:
+    from influx_backupd.store.state import BackupLock, Busy
+
+    path = tmp_path / "state" / "daemon.lock"
+    mine = BackupLock(path)
+    mine.acquire()
+    assert mine.still_held()
+    path.unlink()  # rm -rf of the state dir, in short
+    assert not mine.still_held()
+    other = BackupLock(path)
+    other.acquire()  # a second process takes a new file there: nothing keeps it out
+    assert not mine.still_held() and other.still_held()
+    mine.release()
+    with pytest.raises(Busy):
+        mine.acquire()
+    other.release()
+    assert not other.still_held()
