@@ -69,8 +69,8 @@ from influx_backupd.run.guard import RollbackBlocked, exclusive
 from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
 from influx_backupd.store.record import RunRecord
-from influx_backupd.store.state import OFFSITE as STATE_OFFSITE
 from influx_backupd.store.state import (
+    DAEMON_LOCK,
     BackupLock,
     Busy,
     ClockSteps,
@@ -79,10 +79,10 @@ from influx_backupd.store.state import (
     lock_held,
     lock_wanted,
 )
+from influx_backupd.store.state import OFFSITE as STATE_OFFSITE
 from influx_backupd.verify.check import verify_all
 
 DAEMON_RUN_START_ATTEMPTS = 3
-DAEMON_LOCK = "daemon.lock"
 TICK = 1.0  # seconds between main-loop ticks
 # The metrics file's heartbeat: rewritten at least this often, so that an alert can tell a dead
 # daemon (heartbeat older than a few minutes) from a quiet one.

@@ -46,6 +46,7 @@ from influx_backupd.store.state import (
     CrashMarker,
     LockWanted,
     ServerLock,
+    daemon_holder,
     lock_for,
     lock_held,
     lock_holder,
@@ -204,8 +205,23 @@ def left_down_despite(config_arg: str | None, *, act: bool) -> str | None:
         # no state dir, no crash marker (a file in its place: the config's error says so);
         # one this user cannot read (the service's, without sudo): nothing known of one
         return None
+    marker = CrashMarker(state_dir)
+    daemon = daemon_holder(state_dir)
+    if daemon is not None:
+        # a daemon alive on the config it loaded before: it keeps starting influxd itself,
+        # nobody else is to (and no command here was "killed")
+        left = marker.read()
+        if not CrashMarker.may_be_down(left):
+            return None
+        assert left is not None
+        failed = count(left.get("start_failures")) or 0
+        last = f"; last: {left.get('last_start_error')}" if left.get("last_start_error") else ""
+        return (
+            f"influxd may be down: run {left.get('run_id') or '(unknown)'} stopped it (crash "
+            f"marker {marker.path}); the daemon ({daemon}) keeps trying to start it with the "
+            f"config it loaded ({failed} failed starts{last})"
+        )
     if not act:
-        marker = CrashMarker(state_dir)
         if not CrashMarker.may_be_down(marker.read()):
             return None
         return (
@@ -244,7 +260,7 @@ def recover_despite(config_path: Path, state_dir: Path) -> str | None:
         return (
             f"influxd may be down: {stopped_by} stopped it and was killed (crash marker "
             f"{marker.path}); it cannot be started from the config that run used ({why}): "
-            f"fix {config_path}, then any command starts it"
+            f"once that and {config_path} load, any command starts it"
         )
     if config.state_dir != state_dir:  # a config of another instance kept there: not ours
         return (

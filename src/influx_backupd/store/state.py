@@ -320,6 +320,14 @@ def lock_held(state_dir: Path) -> bool:
     return flock_holder(state_dir / "backup.lock") is not None
 
 
+DAEMON_LOCK = "daemon.lock"  # held by the daemon for its lifetime (daemon/loop.daemon_lock)
+
+
+def daemon_holder(state_dir: Path) -> str | None:
+    """'pid N' of a live daemon on this state dir, or None; takes nothing."""
+    return flock_holder(state_dir / DAEMON_LOCK)
+
+
 class CrashMarker:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "influxd-stopped.json"

@@ -37,7 +37,7 @@ def test_a_kept_config_that_does_not_load_is_named_as_such(
     line = recover_despite(config, state)
     assert line is not None and line.startswith("influxd may be down: run 20261203T000000Z-dead")
     assert f"({state / CONFIG_IN_USE}: not valid TOML" in line, line
-    assert f"fix {config}, then any command starts it" in line, line
+    assert f"once that and {config} load, any command starts it" in line, line
     assert (state / "influxd-stopped.json").exists()
 
 
@@ -57,3 +57,24 @@ def test_nothing_is_said_without_a_crash_marker(tmp_path: Path, influxdb_conf: P
     config = _broken_config(tmp_path, influxdb_conf)
     (tmp_path / "state").mkdir()
     assert recover_despite(config, tmp_path / "state") is None
+
+
+def test_with_a_daemon_alive_the_line_says_it_keeps_trying_not_that_a_run_was_killed(
+    tmp_path: Path, influxdb_conf: Path
+) -> None:
+    """Before: status and list said "a run stopped it and was killed … any other command
+    starts it again" while the daemon that stopped it was alive and retrying the start."""
+    from influx_backupd.run.guard import left_down_despite
+    from influx_backupd.store.state import DAEMON_LOCK, BackupLock
+
+    config, state = _left_down(tmp_path, influxdb_conf)
+    marker = json.loads((state / "influxd-stopped.json").read_text())
+    marker.update(start_failures=4, last_start_error="influxdb.conf: bad toml")
+    (state / "influxd-stopped.json").write_text(json.dumps(marker))
+    with BackupLock(state / DAEMON_LOCK):  # the daemon, alive
+        for act in (False, True):
+            line = left_down_despite(str(config), act=act)
+            assert line is not None and "was killed" not in line, line
+            assert "the daemon (pid " in line and "keeps trying to start it" in line, line
+            assert "4 failed starts; last: influxdb.conf: bad toml" in line, line
+    assert (state / "influxd-stopped.json").exists(), "nothing acted on"
