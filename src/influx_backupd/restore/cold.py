@@ -6,6 +6,7 @@ only renames. The live dirs are moved aside into rollback dirs, never deleted.
 
 from __future__ import annotations
 
+import errno
 import grp
 import pwd
 import shutil
@@ -173,6 +174,26 @@ def check_archive(config: Config, path: Path, record: RunRecord | None) -> ColdS
     return ColdScan({top for top in tops if top in dirs}, scan.unchecked)
 
 
+def _extraction_error(exc: OSError, plan: SwapPlan) -> str:
+    """An OSError of the extraction, with where: a write that fails says no path of its own
+    ("[Errno 28] No space left on device"), and the disk may have filled after the space check
+    (another writer beside the live dirs)."""
+    why = exc.strerror or str(exc)
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return f"{why}{where}"
+    free = []
+    for staging in plan.staging.values():
+        try:
+            free.append(f"{staging.parent}: {shutil.disk_usage(staging.parent).free} bytes free")
+        except OSError:
+            continue
+    now = f"; now {', '.join(free)}" if free else ""
+    return (
+        f"{why} while extracting beside the live dirs{where}{now} (filled since the space check?)"
+    )
+
+
 def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult:
     logger = log.get(action="restore")
     path, record = resolve_backup(catalog, backup)
@@ -208,7 +229,12 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
             )
         except NoSpace as exc:
             raise RestoreRefused(f"{exc}; influxd not stopped") from None
-        except (ArchiveError, OSError) as exc:
+        except OSError as exc:
+            raise RestoreRefused(
+                f"extraction failed, live data untouched: {_extraction_error(exc, plan)}; "
+                "influxd not stopped"
+            ) from None
+        except ArchiveError as exc:
             raise RestoreRefused(f"extraction failed, live data untouched: {exc}") from None
         # influxd is started on these files: one it would not load is refused while it serves
         problem = names.unloadable(plan.staging)
