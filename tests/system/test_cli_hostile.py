@@ -406,3 +406,26 @@ def test_config_given_twice_is_refused_not_the_last_kept(tmp_path: Path, where: 
     assert done.returncode == EXIT_USAGE and done.stdout == ""
     assert "--config/-c given more than once" in one_line(done)
     assert run(["-c", str(a), "list"]).returncode == 0, "once is fine"
+
+
+@pytest.mark.parametrize(
+    ("command", "start"),
+    [
+        (["verify", "X1", "--all"], "verify: BACKUP X1 and --all do not go together"),
+        (["verify", "X1", "--all", "--offsite"], "verify --offsite: BACKUP X1 and --all do not"),
+        (["verify"], "verify: name one BACKUP"),
+    ],
+)
+def test_verify_names_the_pair_that_does_not_go_together(
+    tmp_path: Path, command: list[str], start: str
+) -> None:
+    """Before: `verify X --all` said "name one BACKUP … or pass --all", as for neither."""
+    config = serverless_config(tmp_path)
+    if "--offsite" in command:
+        config.write_text(
+            config.read_text()
+            + '\n[offsite]\nbucket = "bkt"\nendpoint_url = "http://127.0.0.1:9"\n'
+        )
+    done = run(["-c", str(config), *command])
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert one_line(done).startswith(f"influx-backupd: {start}"), done.stderr

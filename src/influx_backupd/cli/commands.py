@@ -564,7 +564,12 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         return int(offsite_cli.cmd_verify(config, args))
     if args.read_data is not None:
         raise UsageError("verify: --read-data goes with --offsite")
-    if (args.backup is None) == (not args.all):
+    if args.backup is not None and args.all:
+        raise UsageError(
+            f"verify: BACKUP {quoted(args.backup)} and --all do not go together: name one "
+            "backup, or pass --all for every one"
+        )
+    if args.backup is None and not args.all:
         raise UsageError("verify: name one BACKUP (catalog id or archive path) or pass --all")
     if args.job is not None and not args.all:
         raise UsageError("verify: --job goes with --all (a BACKUP names its job already)")

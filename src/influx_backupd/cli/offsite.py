@@ -10,7 +10,7 @@ from collections.abc import Collection
 from typing import Any
 
 from influx_backupd.cli.output import fmt_bytes, fmt_time, print_json
-from influx_backupd.cli.quote import say
+from influx_backupd.cli.quote import quoted, say
 from influx_backupd.core.config import Config, ConfigError
 from influx_backupd.core.errors import EXIT_BUSY, EXIT_FAILED, EXIT_OK, UsageError
 from influx_backupd.core.interrupt import Interrupted, interrupt_on_signals
@@ -224,7 +224,12 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     downloaded and hashed. What is found wrong is noted, and the next sync sends it again
     from a local copy (run/offsite_repair)."""
     _configured(config)
-    if (args.backup is None) == (not args.all):
+    if args.backup is not None and args.all:
+        raise UsageError(
+            f"verify --offsite: BACKUP {quoted(args.backup)} and --all do not go together: "
+            "name one backup, or pass --all for every one"
+        )
+    if args.backup is None and not args.all:
         raise UsageError("verify --offsite: name one BACKUP id (see list --offsite) or pass --all")
     if args.job is not None and not args.all:
         raise UsageError("verify --offsite: --job goes with --all (a BACKUP names its job already)")
