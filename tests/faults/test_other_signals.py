@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.record import RunRecord
 from tests.conftest import write_config
 from tests.faults.conftest import Ledger, Watched, frozen, run_cli
-from tests.system.test_daemon import daemon
+from tests.system.test_daemon import daemon, filler, ran_an_hour_ago
 
 FILLER = 200_000_000  # zeros, copied whole (holes = "fill")
 SIGNALS = {
@@ -39,9 +36,7 @@ def test_a_foreground_backup_given_another_ending_signal_starts_influxd_first(
     sandbox.write_points("metrics", 2_000)
     config = write_config(tmp_path, sandbox, holes="fill")
     ledger.take()
-    # a copy long enough to freeze the run inside its window under any load
-    with open(sandbox.data / "filler.bin", "wb") as fh:
-        fh.truncate(FILLER)
+    filler(sandbox, FILLER)  # a copy long enough to freeze the run in its window under any load
     backup = Watched(config, "backup")
     backup.wait_event("archive.writing", phase="copy")
     with frozen(backup.proc):  # inside the window; delivered as it goes on
@@ -68,21 +63,9 @@ def test_the_daemon_given_sigusr2_in_a_run_finishes_it_and_stops_cleanly(
     config = write_config(
         tmp_path, sandbox, jobs=[{"name": "nightly", "every": "1h"}], holes="fill"
     )
-    # a run due an hour ago: the daemon catches it up as it starts
-    Catalog(tmp_path / "state").save(
-        RunRecord(
-            id="20200101T000000Z-0000",
-            job="nightly",
-            mode="cold",
-            status="ok",
-            started_at=time.time() - 3700,
-            finished_at=time.time() - 3699,
-        )
-    )
+    ran_an_hour_ago(tmp_path / "state", "nightly")  # caught up at start
     ledger.take()
-    # a window long enough to see the stop in the daemon's log (read every 0.1 s) and freeze it
-    with open(sandbox.data / "filler.bin", "wb") as fh:
-        fh.truncate(FILLER)
+    filler(sandbox, FILLER)  # a window long enough to see the stop in the log and freeze it
     with daemon(tmp_path, config) as d:
         d.wait_event("influxd.stopped", 120)
         with frozen(d.proc):

@@ -8,7 +8,6 @@ import json
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -17,12 +16,10 @@ from typing import Any
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.record import RunRecord
 from tests.conftest import failure_hooked, wait_until, write_config
 from tests.faults.conftest import Ledger, Watched, frozen, one_line, run_cli
 from tests.integration.test_notify import Receiver
-from tests.system.test_daemon import daemon
+from tests.system.test_daemon import daemon, ran_an_hour_ago
 
 HUNG = ["sleep", "617"]  # what the hanging wrapper of the last test becomes
 # Sparse, archived with holes = "fill": the copy (the stop window) lasts long enough to act in.
@@ -173,17 +170,7 @@ def test_the_daemon_keeps_trying_says_so_and_tells_on_failure(
     config = write_config(
         tmp_path, sandbox, jobs=[job], daemon={"metrics_file": str(metrics)}, holes="fill"
     )
-    # a run due an hour ago: the daemon catches it up as it starts
-    Catalog(tmp_path / "state").save(
-        RunRecord(
-            id="20200101T000000Z-0000",
-            job="nightly",
-            mode="cold",
-            status="ok",
-            started_at=time.time() - 3700,
-            finished_at=time.time() - 3699,
-        )
-    )
+    ran_an_hour_ago(tmp_path / "state", "nightly")  # caught up at start
     ledger.take()
     _filler(sandbox, FROZEN_FILLER)
     holder: socket.socket | None = None

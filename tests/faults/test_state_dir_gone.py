@@ -15,6 +15,7 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import write_config
 from tests.faults.conftest import Ledger, Watched, frozen, run_cli
+from tests.system.test_daemon import filler
 
 FILLER = 200_000_000  # zeros, copied whole (holes = "fill")
 
@@ -39,9 +40,7 @@ def test_influxd_starts_again_whatever_became_of_the_state_dir(
     sandbox.write_points("metrics", 2_000)
     config = write_config(tmp_path, sandbox, holes="fill")
     ledger.take()
-    # a copy long enough to freeze the run inside its window under any load
-    with open(sandbox.data / "filler.bin", "wb") as fh:
-        fh.truncate(FILLER)
+    filler(sandbox, FILLER)  # a copy long enough to freeze the run in its window under any load
     state = tmp_path / "state"
     backup = Watched(config, "backup")
     try:

@@ -165,6 +165,21 @@ def filler(sandbox: Sandbox, size: int) -> None:
         fh.truncate(size)
 
 
+def ran_an_hour_ago(state_dir: Path, job: str) -> None:
+    """A run of job an hour ago in the catalog: a daemon with `every = "1h"` catches the next
+    one up as it starts."""
+    Catalog(state_dir).save(
+        RunRecord(
+            id="20200101T000000Z-0000",
+            job=job,
+            mode="cold",
+            status="ok",
+            started_at=time.time() - 3700,
+            finished_at=time.time() - 3699,
+        )
+    )
+
+
 def test_scheduled_runs_happen_on_time_never_overlap_and_report_to_systemd(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:

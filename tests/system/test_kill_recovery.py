@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 
 import psutil
@@ -12,7 +11,6 @@ import psutil
 from influx_backupd.core.log import MESSAGE_IDS
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.record import RunRecord
 from tests.conftest import (
     Cli,
     failure_hooked,
@@ -22,7 +20,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.faults.conftest import Watched
-from tests.system.test_daemon import daemon, runs, wait_runs
+from tests.system.test_daemon import daemon, ran_an_hour_ago, runs, wait_runs
 
 FILLER = 1_500_000_000  # sparse: makes the copy (and so the stop window) long enough to aim at
 
@@ -206,17 +204,7 @@ def test_sighup_during_a_run_keeps_the_lock_and_the_run_finishes_ok(
         fh.truncate(FILLER)
     job = {"name": "often", "every": "1h", "mode": "cold", "copy": "direct"}
     config = write_config(tmp_path, sandbox, jobs=[job], holes="fill")
-    # A run due an hour ago: the daemon catches it up at start.
-    Catalog(tmp_path / "state").save(
-        RunRecord(
-            id="20200101T000000Z-0000",
-            job="often",
-            mode="cold",
-            status="ok",
-            started_at=time.time() - 3700,
-            finished_at=time.time() - 3699,
-        )
-    )
+    ran_an_hour_ago(tmp_path / "state", "often")  # caught up at start
     marker = tmp_path / "state" / "influxd-stopped.json"
     with daemon(tmp_path, config) as d:
         wait_until(lambda: marker.exists(), 60, "the caught-up run stopping influxd")
