@@ -267,6 +267,27 @@ def frozen(proc: subprocess.Popen[Any]) -> Iterator[None]:
         proc.send_signal(signal.SIGCONT)
 
 
+@contextmanager
+def backup_frozen_in_window(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> Iterator[tuple[Path, Watched]]:
+    """A foreground cold `backup` of 2,000 points, frozen (SIGSTOP) as its copy begins, while
+    the body runs: influxd stopped, the run paused; it goes on as the body ends. A 200 MB
+    filler (zeros, holes = "fill") keeps the copy long enough to freeze it there under any
+    load. Yields its config and the process (finish() it after)."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    config = write_config(tmp_path, sandbox, holes="fill")
+    ledger.take()
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(200_000_000)
+    backup = Watched(config, "backup")
+    backup.wait_event("archive.writing", phase="copy")
+    with frozen(backup.proc):
+        assert not sandbox.pids(), "influxd is stopped"
+        yield config, backup
+
+
 def kill_backup_mid_copy(config: Path, sandbox: Sandbox, filler: int) -> None:
     """SIGKILL of config's cold direct `backup` as its copy begins, influxd stopped by it: a
     sparse filler of `filler` bytes in the data dir keeps the stop window open long enough to

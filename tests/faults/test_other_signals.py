@@ -14,7 +14,7 @@ import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import write_config
-from tests.faults.conftest import Ledger, Watched, frozen, run_cli
+from tests.faults.conftest import Ledger, backup_frozen_in_window, frozen, run_cli
 from tests.system.test_daemon import daemon, filler, ran_an_hour_ago
 
 FILLER = 200_000_000  # zeros, copied whole (holes = "fill")
@@ -32,16 +32,8 @@ SIGNALS = {
 def test_a_foreground_backup_given_another_ending_signal_starts_influxd_first(
     tmp_path: Path, sandbox: Sandbox, ledger: Ledger, name: str
 ) -> None:
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 2_000)
-    config = write_config(tmp_path, sandbox, holes="fill")
-    ledger.take()
-    filler(sandbox, FILLER)  # a copy long enough to freeze the run in its window under any load
-    backup = Watched(config, "backup")
-    backup.wait_event("archive.writing", phase="copy")
-    with frozen(backup.proc):  # inside the window; delivered as it goes on
-        assert not sandbox.pids()
-        backup.proc.send_signal(SIGNALS[name])
+    with backup_frozen_in_window(tmp_path, sandbox, ledger) as (config, backup):
+        backup.proc.send_signal(SIGNALS[name])  # delivered as it goes on
     code, out, err = backup.finish()
     assert code == 1, err[-3000:]
     assert f"interrupted by {name}" in out, out  # the record, as for SIGTERM

@@ -13,11 +13,7 @@ from pathlib import Path
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import write_config
-from tests.faults.conftest import Ledger, Watched, frozen, run_cli
-from tests.system.test_daemon import filler
-
-FILLER = 200_000_000  # zeros, copied whole (holes = "fill")
+from tests.faults.conftest import Ledger, backup_frozen_in_window, run_cli
 
 
 def _take_away(state: Path, how: str) -> None:
@@ -36,17 +32,9 @@ def _take_away(state: Path, how: str) -> None:
 def test_influxd_starts_again_whatever_became_of_the_state_dir(
     tmp_path: Path, sandbox: Sandbox, ledger: Ledger, how: str
 ) -> None:
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 2_000)
-    config = write_config(tmp_path, sandbox, holes="fill")
-    ledger.take()
-    filler(sandbox, FILLER)  # a copy long enough to freeze the run in its window under any load
     state = tmp_path / "state"
-    backup = Watched(config, "backup")
     try:
-        backup.wait_event("archive.writing", phase="copy")
-        with frozen(backup.proc):  # inside the window: influxd stopped, our run paused
-            assert not sandbox.pids(), "influxd is stopped"
+        with backup_frozen_in_window(tmp_path, sandbox, ledger) as (config, backup):
             _take_away(state, how)
         code, out, err = backup.finish()
     finally:
