@@ -1311,7 +1311,7 @@ class Daemon:
             "running": dict(self._current, job=self._running) if self._running else None,
             "pending": pending,
         }
-        if state != self._published:
+        if state != self._published and not self._lock_lost:  # else the file is another's
             try:
                 write_json_atomic(self.config.state_dir / STATE_FILE, state)
                 self._published = state
