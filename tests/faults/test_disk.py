@@ -10,6 +10,8 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -207,3 +209,39 @@ def test_a_nameless_full_disk_error_names_the_full_dir(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("influx-backupd: No space left on device: state_dir "), line
     assert f"{small_state} has " in line and "bytes free" in line and "storage.dir" not in line
+
+
+def _config_with(state: Path, storage: Path, data: Path) -> Any:
+    """What the nameless-ENOSPC line reads of a config: our dirs and influxd's."""
+    server = SimpleNamespace(dirs=lambda: {"meta": data.parent / "meta", "data": data})
+    return SimpleNamespace(state_dir=state, storage_dir=storage, server=server)
+
+
+@pytest.mark.fault("disk-full", "a restore's write beside influxd's dirs fails for want of space")
+def test_a_nameless_full_disk_error_names_influxds_full_dir(tmp_path: Path) -> None:
+    """A restore writes its staging dirs beside influxd's live dirs, which need not share a
+    filesystem with ours: the line named no dir when that one filled (a bare "No space left
+    on device" for a hot restore or --database). It names influxd's full dir now."""
+    from influx_backupd.cli.main import _full_dirs
+
+    for name in ("state", "storage"):
+        (tmp_path / name).mkdir()
+    with tmpfs(tmp_path / "influxdb", "4m") as live:
+        (live / "data").mkdir()
+        _fill(live)
+        line = _full_dirs(_config_with(tmp_path / "state", tmp_path / "storage", live / "data"))
+    assert line.startswith(": influxd's data dir "), line
+    assert f"{live}/data has " in line and "state_dir" not in line and "storage.dir" not in line
+
+
+@pytest.mark.fault("disk-full", "a write failed for want of space, freed again by the clean-up")
+def test_a_nameless_full_disk_error_freed_since_says_what_is_free_now(tmp_path: Path) -> None:
+    """The failed run's clean-up often frees what filled: then what each filesystem we write
+    has free now, once each (state, storage and influxd's dirs on one filesystem here)."""
+    from influx_backupd.cli.main import _full_dirs
+
+    for name in ("state", "storage", "data"):
+        (tmp_path / name).mkdir()
+    line = _full_dirs(_config_with(tmp_path / "state", tmp_path / "storage", tmp_path / "data"))
+    assert line.startswith(f" (bytes free now: state_dir {tmp_path}/state "), line
+    assert line.count(" free now") == 1 and "storage.dir" not in line

@@ -325,16 +325,29 @@ def _state_dir_open_to_us(config: Config) -> None:
 
 
 def _full_dirs(config: Config) -> str:
-    found = []
-    for key, path in (("state_dir", config.state_dir), ("storage.dir", config.storage_dir)):
+    """Which of the dirs we write is full, for a write that failed with no name to it: ours, and
+    influxd's dirs (a restore builds its staging dirs beside them, on their filesystem). When
+    none is full any more (the failed run's clean-up freed it), what each has free now."""
+    places = [("state_dir", config.state_dir), ("storage.dir", config.storage_dir)] + [
+        (f"influxd's {top} dir", path) for top, path in config.server.dirs().items()
+    ]
+    free_by_fs: dict[int, tuple[str, int]] = {}
+    for key, path in places:
         try:
+            device = os.stat(path).st_dev
             fs = os.statvfs(path)
         except OSError:
             continue
-        free = fs.f_bavail * fs.f_frsize
-        if free < 1 << 20:
-            found.append(f"{key} {path} has {free} bytes free")
-    return f": {'; '.join(found)}" if found else ""
+        free_by_fs.setdefault(device, (f"{key} {path}", fs.f_bavail * fs.f_frsize))
+    full = [
+        f"{place} has {free} bytes free" for place, free in free_by_fs.values() if free < 1 << 20
+    ]
+    if full:
+        return f": {'; '.join(full)}"
+    if not free_by_fs:
+        return ""
+    now = ", ".join(f"{place} {free}" for place, free in free_by_fs.values())
+    return f" (bytes free now: {now})"
 
 
 if __name__ == "__main__":
