@@ -107,7 +107,7 @@ def _interrupted(config: Config, catalog: Catalog, signal: Interrupted) -> None:
     where = where_of(section) if section is not None else "off-site"
     line = f"{where}: interrupted by {signal}; the next sync resumes it"
     try:
-        offsite.State.load(config.state_dir).failed(line, "other").save(config.state_dir)
+        offsite.State.note_failure(config.state_dir, line, "other")
     except OSError as exc:
         say(f"{exc}")
     _metrics(config, catalog)

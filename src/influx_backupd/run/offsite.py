@@ -134,7 +134,7 @@ def _wait(done: threading.Event, config: Config, limit: float, yields: bool) -> 
                 f"{limit:.0f}s): the endpoint stalls; given up"
             )
             with contextlib.suppress(OSError):  # sync()'s own record of it waits in its thread
-                State.load(config.state_dir).failed(line, "unreachable").save(config.state_dir)
+                State.note_failure(config.state_dir, line, "unreachable")
             raise Stalled(line)
 
 
@@ -321,6 +321,12 @@ class State:
         self.last_error, self.last_error_at = line, time.time()
         self.last_error_reason = reason
         return self
+
+    @classmethod
+    def note_failure(cls, state_dir: Path, line: str, reason: Reason) -> None:
+        """A failure said by another thread than the sync's (a stall, a signal): the sync's own
+        record of how it ended may never come. Raises OSError."""
+        cls.load(state_dir).failed(line, reason).save(state_dir)
 
     def cleared(self) -> None:
         """A sync that completed: no failure stands."""
