@@ -192,7 +192,9 @@ class Watched:
     """A real `influx-backupd` process whose stderr log events (JSON lines) a thread collects,
     so a test can act at the moment a phase begins."""
 
-    def __init__(self, config: Path, *args: str, umask: int | None = None) -> None:
+    def __init__(
+        self, config: Path, *args: str, umask: int | None = None, own_group: bool = False
+    ) -> None:
         import subprocess
         import sys
         import threading
@@ -205,6 +207,9 @@ class Watched:
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             umask=-1 if umask is None else umask,
+            # a process group of its own, as a shell's job has: the kernel ignores job-control
+            # stops (SIGTSTP) sent to a group it counts orphaned, which this worker's may be
+            process_group=0 if own_group else None,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import write_config
-from tests.faults.conftest import Ledger, backup_frozen_in_window, frozen, run_cli
+from tests.faults.conftest import Ledger, Watched, backup_frozen_in_window, frozen, run_cli
 from tests.system.test_daemon import daemon, filler, ran_an_hour_ago
 
 FILLER = 200_000_000  # zeros, copied whole (holes = "fill")
@@ -69,5 +71,37 @@ def test_the_daemon_given_sigusr2_in_a_run_finishes_it_and_stops_cleanly(
     assert sandbox.ping(), "influxd runs again before the daemon exits"
     runs = json.loads(run_cli(config, "list", "--json").stdout)
     assert runs[-1]["status"] == "ok", runs[-1]
+    lost_points, _ = ledger.settle()
+    assert lost_points == 0
+
+
+@pytest.mark.fault("2", "Ctrl-Z (SIGTSTP) in the stop window", "foreground backup")
+def test_ctrl_z_in_the_stop_window_stops_the_backup_once_influxd_runs_again(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    """Before, Ctrl-Z on a foreground cold backup stopped it at once, influxd down until the
+    operator typed `fg`. The stop now waits until influxd runs again; `fg` then finishes it."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    config = write_config(tmp_path, sandbox, holes="fill")
+    ledger.take()
+    filler(sandbox, FILLER)
+    backup = Watched(config, "backup", own_group=True)
+    backup.wait_event("archive.writing", phase="copy")
+    backup.proc.send_signal(signal.SIGTSTP)
+    assert not sandbox.pids(), "the signal came inside the stop window"
+    process = psutil.Process(backup.proc.pid)
+    deadline = time.monotonic() + 120
+    while process.status() != psutil.STATUS_STOPPED:
+        assert backup.proc.poll() is None, backup.tail()
+        assert time.monotonic() < deadline, "never stopped"
+        time.sleep(0.02)
+    assert sandbox.ping(), "influxd runs again before the backup stops"
+    backup.proc.send_signal(signal.SIGCONT)  # `fg`
+    code, _, err = backup.finish()
+    assert code == 0, err[-3000:]
+    assert "SIGTSTP: influxd is stopped for this backup" in err, err[-3000:]
+    runs = json.loads(run_cli(config, "list", "--json").stdout)
+    assert [r["status"] for r in runs] == ["ok"]
     lost_points, _ = ledger.settle()
     assert lost_points == 0

@@ -6,10 +6,11 @@ job (and, through it, psutil, tarfile and the format readers) just for a class n
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import FrameType
 from typing import Any
 
@@ -136,6 +137,49 @@ def signals_allowed() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
         for sig in held:
             _held_handlers[sig] = signal.signal(sig, _defer)
+
+
+# Job control: Ctrl-Z (SIGTSTP, or `kill -TSTP`), and a background job touching its terminal
+# (SIGTTIN; SIGTTOU under `stty tostop`). Obeyed inside the stop window, they would freeze us
+# with influxd down until someone types `fg`.
+_SUSPEND_NOTE = (
+    b"influx-backupd: SIGTSTP: influxd is stopped for this backup; this process stops once it "
+    b"runs again\n"
+)
+
+
+@contextmanager
+def suspend_deferred() -> Iterator[None]:
+    """While influxd is down because of us: a SIGTSTP waits until the body ends, then stops
+    this process as it asked (or goes to the handler there was before); a background job's
+    terminal I/O goes on rather than stopping it (SIGTTIN, SIGTTOU ignored meanwhile: a read
+    fails with EIO, a write is written). Main thread only, where Python runs handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    asked: list[int] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        if not asked:  # no lock of ours may be taken here: a plain write, once
+            with suppress(OSError):
+                os.write(2, _SUSPEND_NOTE)
+        asked.append(signum)
+
+    before = {
+        signal.SIGTSTP: signal.signal(signal.SIGTSTP, note),
+        signal.SIGTTIN: signal.signal(signal.SIGTTIN, signal.SIG_IGN),
+        signal.SIGTTOU: signal.signal(signal.SIGTTOU, signal.SIG_IGN),
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        previous = before[signal.SIGTSTP]
+        if asked and callable(previous):
+            previous(signal.SIGTSTP, None)  # an outer window's: it stops when that one ends
+        elif asked and previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGTSTP)  # stopped here; goes on at SIGCONT (`fg`)
 
 
 def unblock_in_child() -> None:

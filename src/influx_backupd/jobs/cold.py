@@ -28,7 +28,7 @@ from influx_backupd.core import log, unit_paths
 from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
-from influx_backupd.core.interrupt import Interrupted, signals_blocked
+from influx_backupd.core.interrupt import Interrupted, signals_blocked, suspend_deferred
 from influx_backupd.core.log import Logger
 from influx_backupd.core.processes import identity
 from influx_backupd.influxd import counts, logfile, names
@@ -369,55 +369,61 @@ def _stop_copy_start(
     pid = proc.pid
     # The last look, right before the stop request (the point counts' queries may have waited)
     _go_on(cancel, "before influxd was asked to stop")
-    marker.write(record.id, job=record.job, influxd=identity(proc))
-    # left_down 1 before the stop is asked, never after it (that would lengthen the downtime):
-    # a run killed in the window leaves it so, where the InfluxdLeftDown alert sees it; the
-    # follow-up's rewrite after the start sets it back
-    metrics.mark_left_down_before_stop(config.settings.daemon.metrics_file, logger)
-    t_stop = time.monotonic()
-    # Set before the stop is asked: a signal or error from here on must lead to a start.
-    stop_requested = True
-    result: WriteResult | None = None
-    intruder: psutil.Process | None = None
-    try:
-        marker.stopping()  # before the event: "stopping" in the log means the stop was asked
-        logger.info("influxd.stopping", phase="stop", pid=pid)
+    # Ctrl-Z from here until influxd runs again stops us only then (core/interrupt)
+    with suspend_deferred():
+        marker.write(record.id, job=record.job, influxd=identity(proc))
+        # left_down 1 before the stop is asked, never after it (that would lengthen the downtime):
+        # a run killed in the window leaves it so, where the InfluxdLeftDown alert sees it; the
+        # follow-up's rewrite after the start sets it back
+        metrics.mark_left_down_before_stop(config.settings.daemon.metrics_file, logger)
+        t_stop = time.monotonic()
+        # Set before the stop is asked: a signal or error from here on must lead to a start.
+        stop_requested = True
+        result: WriteResult | None = None
+        intruder: psutil.Process | None = None
         try:
-            server.stop(outcome="nothing copied")
-        except InfluxdError as exc:
-            raise JobFailed(str(exc)) from None
-        t_copy = time.monotonic()
-        record.stop_s = t_copy - t_stop
-        logger.info("influxd.stopped", phase="stop", stop_s=round(record.stop_s, 3))
-
-        holders = server.holders(dirs.values())
-        if holders:
-            raise JobFailed("files still in use after the stop: " + "; ".join(map(str, holders)))
-        t_copy = time.monotonic()  # copy_s is the copy alone; the holder check is in downtime_s
-        record.extra["holders_s"] = round(t_copy - t_stop - record.stop_s, 3)
-
-        if stager is not None:
-            # Phase 2, influxd stopped: only what changed since phase 1, compared to the source.
+            marker.stopping()  # before the event: "stopping" in the log means the stop was asked
+            logger.info("influxd.stopping", phase="stop", pid=pid)
             try:
-                second = stager.sync(tolerant=False)
-            except OSError as exc:
-                raise name_written(exc, stager.root) from None
-            record.copy_s = time.monotonic() - t_copy
-            record.window_bytes = second.copied_bytes
-            staging["window"] = second.as_dict()
-            logger.info("staging.synced", phase="copy", **second.as_dict())
-        else:
-            logger.info("archive.writing", phase="copy", path=str(dest), predicted_bytes=predicted)
-            result = write_archive(
-                dest, sources, progress=_Progress(predicted, logger), keep_holes=keep_holes
-            )
-            progress.ended()
-            record.copy_s = time.monotonic() - t_copy
-            record.window_bytes = result.bytes
-    finally:
-        if stop_requested:
-            with signals_blocked():
-                intruder = _running_again(config, server, record, logger, marker, t_stop)
+                server.stop(outcome="nothing copied")
+            except InfluxdError as exc:
+                raise JobFailed(str(exc)) from None
+            t_copy = time.monotonic()
+            record.stop_s = t_copy - t_stop
+            logger.info("influxd.stopped", phase="stop", stop_s=round(record.stop_s, 3))
+
+            holders = server.holders(dirs.values())
+            if holders:
+                raise JobFailed(
+                    "files still in use after the stop: " + "; ".join(map(str, holders))
+                )
+            t_copy = time.monotonic()  # copy_s is the copy alone; the holder check is in downtime_s
+            record.extra["holders_s"] = round(t_copy - t_stop - record.stop_s, 3)
+
+            if stager is not None:
+                # Phase 2, influxd stopped: only what changed since phase 1, compared to the source.
+                try:
+                    second = stager.sync(tolerant=False)
+                except OSError as exc:
+                    raise name_written(exc, stager.root) from None
+                record.copy_s = time.monotonic() - t_copy
+                record.window_bytes = second.copied_bytes
+                staging["window"] = second.as_dict()
+                logger.info("staging.synced", phase="copy", **second.as_dict())
+            else:
+                logger.info(
+                    "archive.writing", phase="copy", path=str(dest), predicted_bytes=predicted
+                )
+                result = write_archive(
+                    dest, sources, progress=_Progress(predicted, logger), keep_holes=keep_holes
+                )
+                progress.ended()
+                record.copy_s = time.monotonic() - t_copy
+                record.window_bytes = result.bytes
+        finally:
+            if stop_requested:
+                with signals_blocked():
+                    intruder = _running_again(config, server, record, logger, marker, t_stop)
     if intruder is not None:
         # A live server may have written the files while they were copied: a torn copy that
         # every check would pass (sizes and sums are of what was read)

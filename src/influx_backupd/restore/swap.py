@@ -20,7 +20,7 @@ import psutil
 
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreFailed, RestoreMisconfigured, RestoreRefused
-from influx_backupd.core.interrupt import Interrupted, signals_blocked
+from influx_backupd.core.interrupt import Interrupted, signals_blocked, suspend_deferred
 from influx_backupd.core.log import Logger
 from influx_backupd.core.processes import identity
 from influx_backupd.influxd import logfile
@@ -223,81 +223,83 @@ def live_dirs_swapped(
     refuse_stranger(server, plan, running)  # the last look before the stop: nothing stopped
     # the server about to be stopped: a marker left by a kill before the stop names it still
     # running, and recovery leaves it alone (CrashMarker.never_stopped)
-    marker.write(f"restore-{plan.rid}", kind="restore", swaps=swaps, influxd=identity(running))
-    t_stop = time.monotonic()
-    try:
-        if was_running:
-            # as a cold run: left_down 1 before the stop is asked (cli's restore rewrites it)
-            metrics.mark_left_down_before_stop(config.settings.daemon.metrics_file, logger)
-            marker.stopping()  # before the event: "stopping" in the log means it was asked
-            logger.info("influxd.stopping", phase="stop")
-            server.stop(outcome="nothing restored, live data untouched")
-        result.stop_s = time.monotonic() - t_stop
-        # the last look before the renames: nothing may write into what is moved aside, nor
-        # keep the restored server from its port (a server started in the stop window, a
-        # process the unit's stop left behind)
-        held = server.in_use(plan.targets.values())
-        if held is not None:
-            raise HeldAfterStop(held)
-        t_swap = time.monotonic()
-        for top, target in plan.targets.items():
-            if target.exists():
-                os.rename(target, plan.rollback[top])
-                result.rollback_dirs.append(str(plan.rollback[top]))
-            else:
-                note_absent(plan.rollback[top])
-            if move_staging_in:
-                os.rename(plan.staging[top], target)
-            elif target != config.server.dirs()[top]:
-                # a symlinked live dir: the tool writes through the link, which must name a dir
-                target.mkdir(mode=0o755)
-        result.swap_s = time.monotonic() - t_swap
-        yield
-        result.downtime_s = time.monotonic() - t_stop - (result.check_s or 0.0)
-        # the body returns once the restored server serves: from here a kill leaves it serving
-        # (recovery keeps it, guard.recover), never rolled back under writes it took since
+    # Ctrl-Z from here until a server runs again stops us only then (core/interrupt)
+    with suspend_deferred():
+        marker.write(f"restore-{plan.rid}", kind="restore", swaps=swaps, influxd=identity(running))
+        t_stop = time.monotonic()
         try:
-            marker.swap_done(identity(server.locate()))
-        except OSError as exc:  # not worth a rollback of a server that answers: cleared below
-            logger.warning("restore.marker_not_written", path=str(marker.path), error=str(exc))
-        for path in plan.rollback.values():  # the restored dirs stay: no rollback needs them
-            if path.is_file():
-                with contextlib.suppress(OSError):
-                    path.unlink()
-    except (Exception, Interrupted) as exc:
-        # any failure at all once the swap began: the previous data must come back
-        with signals_blocked():
-            logger.error("restore.rolling_back", error=str(exc))
-            if result.stop_s is not None and server.locate() is not None:
-                server.stop()  # past the stop, a running influxd is the (half-)restored one
-            failed = roll_back(swaps)
-            logger.error("restore.rolled_back", failed_restore=failed)
-            left = server.locate()
-            if left is not None and server.answers_itself(left.pid):
-                # its stop outlasted stop_timeout and it still serves the previous data: left
-                # as it is, watched (started again should it exit late)
-                marker.signalled(identity(left))
-            elif was_running and (left is None or not server.frozen(left)):
-                # the previous data must serve again: retried with backoff until it does. A
-                # server still shutting down (its stop outlasted stop_timeout) is waited for
-                # by start_until_up, then started; a frozen one (never signalled) is left
-                if left is not None:
-                    logger.warning("influxd.still_stopping", phase="start", pid=left.pid)
-                server.start_until_up(
-                    config.state_dir / logfile.NAME, on_failure=marker.note_failed_start
-                )
-                marker.clear()  # only once the old server runs again: else the next one retries
-            else:
-                marker.clear()
-        if isinstance(exc, HeldAfterStop):
+            if was_running:
+                # as a cold run: left_down 1 before the stop is asked (cli's restore rewrites it)
+                metrics.mark_left_down_before_stop(config.settings.daemon.metrics_file, logger)
+                marker.stopping()  # before the event: "stopping" in the log means it was asked
+                logger.info("influxd.stopping", phase="stop")
+                server.stop(outcome="nothing restored, live data untouched")
+            result.stop_s = time.monotonic() - t_stop
+            # the last look before the renames: nothing may write into what is moved aside, nor
+            # keep the restored server from its port (a server started in the stop window, a
+            # process the unit's stop left behind)
+            held = server.in_use(plan.targets.values())
+            if held is not None:
+                raise HeldAfterStop(held)
+            t_swap = time.monotonic()
+            for top, target in plan.targets.items():
+                if target.exists():
+                    os.rename(target, plan.rollback[top])
+                    result.rollback_dirs.append(str(plan.rollback[top]))
+                else:
+                    note_absent(plan.rollback[top])
+                if move_staging_in:
+                    os.rename(plan.staging[top], target)
+                elif target != config.server.dirs()[top]:
+                    # a symlinked live dir: the tool writes through the link, which must name a dir
+                    target.mkdir(mode=0o755)
+            result.swap_s = time.monotonic() - t_swap
+            yield
+            result.downtime_s = time.monotonic() - t_stop - (result.check_s or 0.0)
+            # the body returns once the restored server serves: from here a kill leaves it serving
+            # (recovery keeps it, guard.recover), never rolled back under writes it took since
+            try:
+                marker.swap_done(identity(server.locate()))
+            except OSError as exc:  # not worth a rollback of a server that answers: cleared below
+                logger.warning("restore.marker_not_written", path=str(marker.path), error=str(exc))
+            for path in plan.rollback.values():  # the restored dirs stay: no rollback needs them
+                if path.is_file():
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+        except (Exception, Interrupted) as exc:
+            # any failure at all once the swap began: the previous data must come back
+            with signals_blocked():
+                logger.error("restore.rolling_back", error=str(exc))
+                if result.stop_s is not None and server.locate() is not None:
+                    server.stop()  # past the stop, a running influxd is the (half-)restored one
+                failed = roll_back(swaps)
+                logger.error("restore.rolled_back", failed_restore=failed)
+                left = server.locate()
+                if left is not None and server.answers_itself(left.pid):
+                    # its stop outlasted stop_timeout and it still serves the previous data: left
+                    # as it is, watched (started again should it exit late)
+                    marker.signalled(identity(left))
+                elif was_running and (left is None or not server.frozen(left)):
+                    # the previous data must serve again: retried with backoff until it does. A
+                    # server still shutting down (its stop outlasted stop_timeout) is waited for
+                    # by start_until_up, then started; a frozen one (never signalled) is left
+                    if left is not None:
+                        logger.warning("influxd.still_stopping", phase="start", pid=left.pid)
+                    server.start_until_up(
+                        config.state_dir / logfile.NAME, on_failure=marker.note_failed_start
+                    )
+                    marker.clear()  # only once the old server runs again: else the next one retries
+                else:
+                    marker.clear()
+            if isinstance(exc, HeldAfterStop):
+                raise RestoreFailed(
+                    f"restore failed ({exc}; stop it, then restore again): nothing was renamed, "
+                    + ("influxd started again" if was_running else "influxd was not running")
+                ) from None
             raise RestoreFailed(
-                f"restore failed ({exc}; stop it, then restore again): nothing was renamed, "
-                + ("influxd started again" if was_running else "influxd was not running")
+                f"restore failed ({exc}); the previous data was put back" + failed_kept(failed)
             ) from None
-        raise RestoreFailed(
-            f"restore failed ({exc}); the previous data was put back" + failed_kept(failed)
-        ) from None
-    marker.clear()
+        marker.clear()
 
 
 def note_absent(rollback_dir: Path) -> None:
