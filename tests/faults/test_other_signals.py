@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -90,18 +91,52 @@ def test_ctrl_z_in_the_stop_window_stops_the_backup_once_influxd_runs_again(
     backup.wait_event("archive.writing", phase="copy")
     backup.proc.send_signal(signal.SIGTSTP)
     assert not sandbox.pids(), "the signal came inside the stop window"
-    process = psutil.Process(backup.proc.pid)
-    deadline = time.monotonic() + 120
-    while process.status() != psutil.STATUS_STOPPED:
-        assert backup.proc.poll() is None, backup.tail()
-        assert time.monotonic() < deadline, "never stopped"
-        time.sleep(0.02)
+    _stopped_by_job_control(backup.proc)
     assert sandbox.ping(), "influxd runs again before the backup stops"
     backup.proc.send_signal(signal.SIGCONT)  # `fg`
     code, _, err = backup.finish()
     assert code == 0, err[-3000:]
-    assert "SIGTSTP: influxd is stopped for this backup" in err, err[-3000:]
+    assert "SIGTSTP: influxd is stopped for this run" in err, err[-3000:]
     runs = json.loads(run_cli(config, "list", "--json").stdout)
     assert [r["status"] for r in runs] == ["ok"]
+    lost_points, _ = ledger.settle()
+    assert lost_points == 0
+
+
+def _stopped_by_job_control(proc: subprocess.Popen[str]) -> None:
+    """Until proc is stopped (state T), failing if it exits or takes two minutes."""
+    process = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    while process.status() != psutil.STATUS_STOPPED:
+        assert proc.poll() is None, f"exited {proc.returncode}"
+        assert time.monotonic() < deadline, "never stopped"
+        time.sleep(0.02)
+
+
+@pytest.mark.fault("2", "Ctrl-Z (SIGTSTP) in the stop window", "the daemon")
+def test_the_daemon_given_sigtstp_in_a_run_stops_once_influxd_runs_again(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    """The daemon's runs are in its worker thread: `kill -TSTP` in one's window waits there
+    too, and the daemon goes on with its schedule after SIGCONT."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    config = write_config(
+        tmp_path, sandbox, jobs=[{"name": "nightly", "every": "1h"}], holes="fill"
+    )
+    ran_an_hour_ago(tmp_path / "state", "nightly")  # caught up at start
+    ledger.take()
+    filler(sandbox, FILLER)
+    with daemon(tmp_path, config) as d:
+        d.wait_event("influxd.stopped", 120)
+        d.proc.send_signal(signal.SIGTSTP)
+        assert not sandbox.pids(), "the signal came inside the stop window"
+        _stopped_by_job_control(d.proc)
+        assert sandbox.ping(), "influxd runs again before the daemon stops"
+        d.proc.send_signal(signal.SIGCONT)
+        d.wait_event("run.finished", 120)
+        assert d.proc.poll() is None, d.tail()
+    runs = json.loads(run_cli(config, "list", "--json").stdout)
+    assert runs[-1]["status"] == "ok", runs[-1]
     lost_points, _ = ledger.settle()
     assert lost_points == 0

@@ -84,6 +84,7 @@ class Daemon:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                process_group=0,  # as under its unit: not in this worker's group (job control)
             )
 
     def events(self) -> list[dict[str, Any]]:

@@ -64,6 +64,7 @@ def interrupt_on_signals() -> None:
     started again), and it ends with "interrupted by SIG…", exit 1."""
     for sig in ENDING:
         signal.signal(sig, raise_interrupted)
+    gate_job_control()
 
 
 # While signals are held: the handlers set before (the main thread's only), and the signals
@@ -141,45 +142,54 @@ def signals_allowed() -> Iterator[None]:
 
 # Job control: Ctrl-Z (SIGTSTP, or `kill -TSTP`), and a background job touching its terminal
 # (SIGTTIN; SIGTTOU under `stty tostop`). Obeyed inside the stop window, they would freeze us
-# with influxd down until someone types `fg`.
+# with influxd down until someone types `fg`. Windows may open in any thread (the daemon's
+# runs are in its worker); the handler runs in the main thread, between bytecodes, so a plain
+# counter read there needs no lock (one taken in a handler could be the main thread's own).
 _SUSPEND_NOTE = (
-    b"influx-backupd: SIGTSTP: influxd is stopped for this backup; this process stops once it "
+    b"influx-backupd: SIGTSTP: influxd is stopped for this run; this process stops once it "
     b"runs again\n"
 )
+_windows_open = 0
+_suspend_asked = False
+
+
+def gate_job_control() -> None:
+    """SIGTSTP obeyed at once outside a stop window, once the window ends inside one
+    (suspend_deferred); SIGTTIN and SIGTTOU ignored (a read of the terminal fails with EIO, a
+    write is written). Main thread, with the other handlers."""
+    signal.signal(signal.SIGTSTP, _on_suspend)
+    signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+
+
+def _on_suspend(_signum: int, _frame: FrameType | None) -> None:
+    global _suspend_asked
+    if _windows_open:
+        if not _suspend_asked:
+            with suppress(OSError):  # a plain write: no lock of ours may be taken here
+                os.write(2, _SUSPEND_NOTE)
+        _suspend_asked = True
+        return
+    signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    try:
+        os.kill(os.getpid(), signal.SIGTSTP)  # stopped here, until SIGCONT (`fg`)
+    finally:
+        signal.signal(signal.SIGTSTP, _on_suspend)
 
 
 @contextmanager
 def suspend_deferred() -> Iterator[None]:
-    """While influxd is down because of us: a SIGTSTP waits until the body ends, then stops
-    this process as it asked (or goes to the handler there was before); a background job's
-    terminal I/O goes on rather than stopping it (SIGTTIN, SIGTTOU ignored meanwhile: a read
-    fails with EIO, a write is written). Main thread only, where Python runs handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    asked: list[int] = []
-
-    def note(signum: int, _frame: FrameType | None) -> None:
-        if not asked:  # no lock of ours may be taken here: a plain write, once
-            with suppress(OSError):
-                os.write(2, _SUSPEND_NOTE)
-        asked.append(signum)
-
-    before = {
-        signal.SIGTSTP: signal.signal(signal.SIGTSTP, note),
-        signal.SIGTTIN: signal.signal(signal.SIGTTIN, signal.SIG_IGN),
-        signal.SIGTTOU: signal.signal(signal.SIGTTOU, signal.SIG_IGN),
-    }
+    """While influxd is down because of us (any thread): a SIGTSTP waits until the body ends,
+    then stops this process as it asked (gate_job_control; without it, the default applies)."""
+    global _windows_open, _suspend_asked
+    _windows_open += 1  # under the GIL: the handler only reads it
     try:
         yield
     finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-        previous = before[signal.SIGTSTP]
-        if asked and callable(previous):
-            previous(signal.SIGTSTP, None)  # an outer window's: it stops when that one ends
-        elif asked and previous == signal.SIG_DFL:
-            os.kill(os.getpid(), signal.SIGTSTP)  # stopped here; goes on at SIGCONT (`fg`)
+        _windows_open -= 1
+        if not _windows_open and _suspend_asked:
+            _suspend_asked = False
+            os.kill(os.getpid(), signal.SIGTSTP)  # to _on_suspend, in the main thread
 
 
 def unblock_in_child() -> None:

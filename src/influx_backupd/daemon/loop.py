@@ -49,7 +49,7 @@ from influx_backupd.core.config import (
     load,
 )
 from influx_backupd.core.errors import EXIT_FAILED, BackupdError
-from influx_backupd.core.interrupt import OTHER_ENDING, signal_name
+from influx_backupd.core.interrupt import OTHER_ENDING, gate_job_control, signal_name
 from influx_backupd.core.journal import journal_available
 from influx_backupd.core.jsontext import count
 from influx_backupd.core.processes import own_identity
@@ -280,6 +280,7 @@ class Daemon:
         try:
             for sig in (*_STOP_SIGNALS, signal.SIGHUP):
                 signal.signal(sig, self._queue_signal)
+            gate_job_control()  # `kill -TSTP` in a run's stop window: obeyed once influxd runs
             # said before recovery, which may wait on influxd's start for minutes: `status`
             # meanwhile shows the daemon starting, not "not running"
             self._starting = True
