@@ -49,18 +49,25 @@ def test_a_foreground_backup_given_another_ending_signal_starts_influxd_first(
     assert lost_points == 0
 
 
-@pytest.mark.fault("2", "a signal other than TERM/INT/HUP in the stop window", "the daemon")
-def test_the_daemon_given_sigusr2_in_a_run_finishes_it_and_stops_cleanly(
-    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
-) -> None:
+def _a_daemon_run_due_with_a_long_window(tmp_path: Path, sandbox: Sandbox, ledger: Ledger) -> Path:
+    """A config whose hourly cold job is due as the daemon starts (it ran an hour ago), with a
+    filler that keeps its stop window open long enough to see the stop in the log and act."""
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 2_000)
     config = write_config(
         tmp_path, sandbox, jobs=[{"name": "nightly", "every": "1h"}], holes="fill"
     )
-    ran_an_hour_ago(tmp_path / "state", "nightly")  # caught up at start
+    ran_an_hour_ago(tmp_path / "state", "nightly")
     ledger.take()
-    filler(sandbox, FILLER)  # a window long enough to see the stop in the log and freeze it
+    filler(sandbox, FILLER)
+    return config
+
+
+@pytest.mark.fault("2", "a signal other than TERM/INT/HUP in the stop window", "the daemon")
+def test_the_daemon_given_sigusr2_in_a_run_finishes_it_and_stops_cleanly(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    config = _a_daemon_run_due_with_a_long_window(tmp_path, sandbox, ledger)
     with daemon(tmp_path, config) as d:
         d.wait_event("influxd.stopped", 120)
         with frozen(d.proc):
@@ -119,14 +126,7 @@ def test_the_daemon_given_sigtstp_in_a_run_stops_once_influxd_runs_again(
 ) -> None:
     """The daemon's runs are in its worker thread: `kill -TSTP` in one's window waits there
     too, and the daemon goes on with its schedule after SIGCONT."""
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 2_000)
-    config = write_config(
-        tmp_path, sandbox, jobs=[{"name": "nightly", "every": "1h"}], holes="fill"
-    )
-    ran_an_hour_ago(tmp_path / "state", "nightly")  # caught up at start
-    ledger.take()
-    filler(sandbox, FILLER)
+    config = _a_daemon_run_due_with_a_long_window(tmp_path, sandbox, ledger)
     with daemon(tmp_path, config) as d:
         d.wait_event("influxd.stopped", 120)
         d.proc.send_signal(signal.SIGTSTP)
