@@ -111,14 +111,11 @@ def _deliver() -> None:
 
 @contextmanager
 def signals_blocked() -> Iterator[None]:
-    """Hold SIGTERM/SIGINT/SIGHUP while influxd is being started; they are delivered afterwards.
-    A SIGTSTP waits too (suspend_deferred): every start, a recovery's and a rollback's among
-    them, is a moment influxd may be down because of us."""
+    """Hold SIGTERM/SIGINT/SIGHUP while influxd is being started; they are delivered afterwards."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _SHIELDED)
     held = _hold_handlers()
     try:
-        with suspend_deferred():
-            yield
+        yield
     finally:
         if held:
             _release_handlers()
