@@ -32,7 +32,7 @@ def test_the_served_count_after_the_start_is_not_downtime(
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     phases = result["stop_s"] + result["swap_s"] + result["start_s"]
-    assert result["check_s"] > 0 and result["served"] == {"metrics": 20_000}
+    assert result["check_s"] > 0 and result["served"] == {"metrics": 20_000}, result["warnings"]
     assert result["downtime_s"] >= phases  # the phases and the moments between them
 
     shown = cli("restore", record["id"], "--yes")

@@ -115,17 +115,17 @@ def check_served(
     return served
 
 
-def count_built(url: str, logger: Logger, budget: float = BUDGET_S) -> dict[str, int]:
+def count_built(url: str, logger: Logger, budget: float = BUDGET_S) -> tuple[dict[str, int], str]:
     """A restore's build, counted before its throwaway stops (no auth): the floor the live
-    server is held to once it serves the build. Never raises: a figure not taken is a database
-    not compared."""
+    server is held to once it serves the build, and what was not counted and why ("" when all
+    was). Never raises: a figure not taken is a database not compared."""
     try:
         found, skipped = counts.point_counts(url, counts.databases(url), budget)
     except counts.FiguresError as exc:
         logger.warning("restore.build_not_counted", error=str(exc))
-        return {}
+        return {}, str(exc)
     if skipped:
         logger.warning("restore.build_counted", counts=found, skipped=skipped)
     else:
         logger.info("restore.build_counted", counts=found)
-    return found
+    return found, skipped
