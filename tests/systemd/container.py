@@ -130,13 +130,21 @@ class Container:
         return json.loads(self.sh(script).stdout)
 
     def wait(self, what: str, predicate: object, timeout: float = 90, every: float = 0.3) -> None:
-        """Poll predicate() (a callable) until true; fail naming what was awaited."""
+        """Poll predicate() (a callable) until true; fail naming what was awaited, with the end
+        of the container's journal (what a failure under load needs to be told apart)."""
         assert callable(predicate)
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what}\n{self.journal_tail()}"
+                )
             time.sleep(every)
+
+    def journal_tail(self, lines: int = 60) -> str:
+        """The container's last journal lines, whatever unit wrote them."""
+        tail = self.sh(f"journalctl -n {lines} --no-pager -o short-monotonic", check=False)
+        return f"journal (last {lines} lines):\n{tail.stdout[-8000:]}"
 
     def shutdown(self) -> None:
         if self.proc is None:

@@ -684,7 +684,13 @@ def test_an_influxd_the_daemon_starts_itself_outlives_the_daemon(box: Container)
         box.sh("pkill -TERM -x influxd; while pgrep -x influxd >/dev/null; do sleep 0.1; done")
         box.sh("systemctl reset-failed byhand.service", check=False)
         box.write("/etc/influx-backupd/config.toml", QUICK)
-        box.sh(f"systemctl start influxdb.service && systemctl restart {UNIT}")
+        # a failure above may have left files only root may open (influxd run as root): the
+        # tests after this one need influxdb.service as it was, not this test's failure again
+        box.sh("chown -R influxdb:influxdb /var/lib/influxdb")
+        started = box.sh(
+            f"systemctl start influxdb.service && systemctl restart {UNIT}", check=False
+        )
+        assert started.returncode == 0, f"{started.stderr}\n{box.journal_tail()}"
 
 
 # -- stopping, killing, freezing -------------------------------------------------------------------
