@@ -9,15 +9,21 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import write_config
-from tests.faults.conftest import Ledger, Watched, backup_frozen_in_window, frozen, run_cli
+from tests.conftest import wait_until, write_config
+from tests.faults.conftest import (
+    Ledger,
+    Watched,
+    backup_frozen_in_window,
+    frozen,
+    kill_backup_mid_copy,
+    run_cli,
+)
 from tests.system.test_daemon import daemon, filler, ran_an_hour_ago
 
 FILLER = 200_000_000  # zeros, copied whole (holes = "fill")
@@ -113,11 +119,12 @@ def test_ctrl_z_in_the_stop_window_stops_the_backup_once_influxd_runs_again(
 def _stopped_by_job_control(proc: subprocess.Popen[str]) -> None:
     """Until proc is stopped (state T), failing if it exits or takes two minutes."""
     process = psutil.Process(proc.pid)
-    deadline = time.monotonic() + 120
-    while process.status() != psutil.STATUS_STOPPED:
+
+    def stopped() -> bool:
         assert proc.poll() is None, f"exited {proc.returncode}"
-        assert time.monotonic() < deadline, "never stopped"
-        time.sleep(0.02)
+        return process.status() == psutil.STATUS_STOPPED
+
+    wait_until(stopped, 120, "it stopped (state T)")
 
 
 @pytest.mark.fault("2", "Ctrl-Z (SIGTSTP) in the stop window", "the daemon")
@@ -138,5 +145,42 @@ def test_the_daemon_given_sigtstp_in_a_run_stops_once_influxd_runs_again(
         assert d.proc.poll() is None, d.tail()
     runs = json.loads(run_cli(config, "list", "--json").stdout)
     assert runs[-1]["status"] == "ok", runs[-1]
+    lost_points, _ = ledger.settle()
+    assert lost_points == 0
+
+
+@pytest.mark.fault("2", "Ctrl-Z (SIGTSTP) while recovery starts influxd", "recover")
+def test_ctrl_z_while_recovery_starts_influxd_stops_once_it_answers(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    """After a killed run, the next command starts influxd again: obeyed at once, a Ctrl-Z there
+    stopped it before influxd answered (or before a failed start was tried again). It now
+    waits, as in the stop window. The command here is a wrapper that takes seconds to exec
+    influxd: a start slow enough to aim at."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 2_000)
+    slow = tmp_path / "slow-influxd.sh"
+    slow.write_text(f'#!/bin/sh\nsleep 4\nexec {sandbox.binary} "$@"\n')
+    slow.chmod(0o755)
+    config = write_config(
+        tmp_path,
+        sandbox,
+        holes="fill",
+        influxd={"command": [str(slow), "-config", str(sandbox.conf)]},
+    )
+    ledger.take()
+    kill_backup_mid_copy(config, sandbox, FILLER)
+    assert not sandbox.ping(), "the killed backup left influxd stopped"
+    recovery = Watched(config, "recover", own_group=True)
+    recovery.wait_event("recovery.starting_influxd")
+    recovery.proc.send_signal(signal.SIGTSTP)
+    assert not sandbox.ping(), "the signal came before influxd answered"
+    _stopped_by_job_control(recovery.proc)
+    assert sandbox.ping(), "influxd answers before recovery stops"
+    recovery.proc.send_signal(signal.SIGCONT)  # `fg`
+    code, _, err = recovery.finish()
+    assert code == 0, err[-3000:]
+    assert "SIGTSTP: influxd is stopped for this run" in err, err[-3000:]
+    assert not (tmp_path / "state" / "influxd-stopped.json").exists()
     lost_points, _ = ledger.settle()
     assert lost_points == 0

@@ -162,6 +162,17 @@ def gate_job_control() -> None:
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
 
 
+def gate_job_control_where_unset() -> None:
+    """gate_job_control for a command that set no handlers of its own (list, prune, recover:
+    recovery after a killed run may start influxd in any of them). Main thread only; a
+    SIGTSTP already caught or ignored is left as it is."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTSTP) == signal.SIG_DFL
+    ):
+        gate_job_control()
+
+
 def _on_suspend(_signum: int, _frame: FrameType | None) -> None:
     global _suspend_asked
     if _windows_open:

@@ -22,6 +22,7 @@ from influx_backupd.core.config import (
     state_dir_leniently,
 )
 from influx_backupd.core.errors import BackupdError
+from influx_backupd.core.interrupt import gate_job_control_where_unset, suspend_deferred
 from influx_backupd.core.jsontext import count, number
 from influx_backupd.influxd import logfile, scratch
 from influx_backupd.influxd.server import Influxd, InfluxdError
@@ -358,105 +359,111 @@ def recover(
         )
         left = None
     if left is not None:
-        server = Influxd(config)
-        run_id = left.get("run_id")
-        swap_done = CrashMarker.restore_swap_done(left)
-        answering = server.answers_itself()
-        if swap_done:
-            # Killed after its restored server answered: the swap is done. A rollback now would
-            # be a second outage and lose the writes made since; the restored data stays.
-            kept = _rollback_dirs(left)
-            logger.warning(
-                "recovery.restore_kept",
-                run_id=run_id,
-                previous_data=kept,
-                detail=f"restore {run_id} was killed after its restored influxd answered: the "
-                "restored data stays in use"
-                + (", influxd answers" if answering else ", influxd is started again on it")
-                + (
-                    "; the previous data is kept in "
-                    + ", ".join(kept)
-                    + " (to go back to it: stop influxd, rename those dirs back by hand)"
-                    if kept
-                    else ""
-                ),
-            )
-        elif left.get("kind") == "restore" and (blocked := renames_blocked(left.get("swaps", []))):
-            # Proved before anything is stopped: a server stopped for a rollback that then
-            # fails stays down on half-moved dirs (inside the daemon's unit, whose sandbox
-            # mounts dirs outside ReadWritePaths= read-only). Whatever runs is left running.
-            not_started = RollbackBlocked(
-                f"restore {run_id} was killed before its restored influxd was checked, and "
-                f"its rollback cannot be done by this process: {blocked}; influxd "
-                + (
-                    "serves (the restored data, unchecked) and is not stopped"
-                    if answering
-                    else "stays stopped"
-                )
-                + f"; the crash marker {marker.path} stays for a command that can (e.g. "
-                "`influx-backupd prune --dry-run`)"
-            )
-            marker.rollback_blocked(blocked)
-            logger.error(
-                "recovery.rollback_blocked",
-                run_id=run_id,
-                answers=answering,
-                detail=str(not_started),
-            )
-        elif left.get("kind") == "restore":
-            # The restore never finished, so whatever runs now may be half-restored: go back to
-            # the data as it was before (the restored dirs are kept aside, not deleted).
-
-            marker.rollback_blocked(None)
-            if server.locate() is not None:
-                logger.warning("recovery.stopping_unfinished_restore", run_id=run_id)
-                server.stop()
-            failed = roll_back(left.get("swaps", []))
-            logger.warning(
-                "recovery.restore_rolled_back",
-                run_id=run_id,
-                failed_restore=failed,
-                detail="the previous data was put back" + failed_kept(failed),
-            )
+        # influxd is down because of a dead run until this ends (a rollback, the start, its
+        # retries): a Ctrl-Z waits for it, as in a stop window
+        gate_job_control_where_unset()
+        with suspend_deferred():
+            server = Influxd(config)
+            run_id = left.get("run_id")
+            swap_done = CrashMarker.restore_swap_done(left)
             answering = server.answers_itself()
-        if not_started is not None:
-            pass  # the rollback that must come first cannot be done here: nothing started
-        elif answering:
-            if not swap_done:
-                logger.warning("recovery.influxd_already_running", run_id=run_id)
-        else:
-            logger.warning(
-                "recovery.starting_influxd",
-                run_id=run_id,
-                marker=str(marker.path),
-                detail=(
-                    f"influxd (pid {CrashMarker.named_pid(left)}) outlasted this run's stop "
-                    "and exited since: started again"
-                    if "signalled_at" in left
-                    else "the restored influxd exited since: started again on the restored data"
-                    if swap_done
-                    else "influxd was left stopped by this run"
-                ),
-            )
-            started = time.monotonic()
-            try:
-                server.start_until_up(
-                    config.state_dir / logfile.NAME,
-                    attempts=start_attempts,
-                    on_failure=marker.note_failed_start,
+            if swap_done:
+                # Killed after its restored server answered: the swap is done. A rollback now would
+                # be a second outage and lose the writes made since; the restored data stays.
+                kept = _rollback_dirs(left)
+                logger.warning(
+                    "recovery.restore_kept",
+                    run_id=run_id,
+                    previous_data=kept,
+                    detail=f"restore {run_id} was killed after its restored influxd answered: the "
+                    "restored data stays in use"
+                    + (", influxd answers" if answering else ", influxd is started again on it")
+                    + (
+                        "; the previous data is kept in "
+                        + ", ".join(kept)
+                        + " (to go back to it: stop influxd, rename those dirs back by hand)"
+                        if kept
+                        else ""
+                    ),
                 )
-            except InfluxdError as exc:
-                # Only with start_attempts (the daemon): the dead run is still recorded and
-                # followed up (its on_failure told) below, then the caller tries again later.
-                not_started = exc
+            elif left.get("kind") == "restore" and (
+                blocked := renames_blocked(left.get("swaps", []))
+            ):
+                # Proved before anything is stopped: a server stopped for a rollback that then
+                # fails stays down on half-moved dirs (inside the daemon's unit, whose sandbox
+                # mounts dirs outside ReadWritePaths= read-only). Whatever runs is left running.
+                not_started = RollbackBlocked(
+                    f"restore {run_id} was killed before its restored influxd was checked, and "
+                    f"its rollback cannot be done by this process: {blocked}; influxd "
+                    + (
+                        "serves (the restored data, unchecked) and is not stopped"
+                        if answering
+                        else "stays stopped"
+                    )
+                    + f"; the crash marker {marker.path} stays for a command that can (e.g. "
+                    "`influx-backupd prune --dry-run`)"
+                )
+                marker.rollback_blocked(blocked)
+                logger.error(
+                    "recovery.rollback_blocked",
+                    run_id=run_id,
+                    answers=answering,
+                    detail=str(not_started),
+                )
+            elif left.get("kind") == "restore":
+                # The restore never finished, so whatever runs now may be half-restored: go back to
+                # the data as it was before (the restored dirs are kept aside, not deleted).
+
+                marker.rollback_blocked(None)
+                if server.locate() is not None:
+                    logger.warning("recovery.stopping_unfinished_restore", run_id=run_id)
+                    server.stop()
+                failed = roll_back(left.get("swaps", []))
+                logger.warning(
+                    "recovery.restore_rolled_back",
+                    run_id=run_id,
+                    failed_restore=failed,
+                    detail="the previous data was put back" + failed_kept(failed),
+                )
+                answering = server.answers_itself()
+            if not_started is not None:
+                pass  # the rollback that must come first cannot be done here: nothing started
+            elif answering:
+                if not swap_done:
+                    logger.warning("recovery.influxd_already_running", run_id=run_id)
             else:
                 logger.warning(
-                    "recovery.influxd_started",
+                    "recovery.starting_influxd",
                     run_id=run_id,
-                    start_s=round(time.monotonic() - started, 3),
+                    marker=str(marker.path),
+                    detail=(
+                        f"influxd (pid {CrashMarker.named_pid(left)}) outlasted this run's stop "
+                        "and exited since: started again"
+                        if "signalled_at" in left
+                        else "the restored influxd exited since: started again on the restored data"
+                        if swap_done
+                        else "influxd was left stopped by this run"
+                    ),
                 )
-        if not_started is None and not CrashMarker.signalled_runs(left):
-            marker.clear()
+                started = time.monotonic()
+                try:
+                    server.start_until_up(
+                        config.state_dir / logfile.NAME,
+                        attempts=start_attempts,
+                        on_failure=marker.note_failed_start,
+                    )
+                except InfluxdError as exc:
+                    # Only with start_attempts (the daemon): the dead run is still recorded and
+                    # followed up (its on_failure told) below, then the caller tries again later.
+                    not_started = exc
+                else:
+                    logger.warning(
+                        "recovery.influxd_started",
+                        run_id=run_id,
+                        start_s=round(time.monotonic() - started, 3),
+                    )
+            if not_started is None and not CrashMarker.signalled_runs(left):
+                marker.clear()
     storage = config.storage_dir
     if storage.is_dir():
         # a dead cold run's partial tar, a dead hot run's incomplete dir
