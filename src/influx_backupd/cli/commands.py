@@ -14,11 +14,10 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from influx_backupd.cli import offsite as offsite_cli
 from influx_backupd.cli.output import (
     fmt_bytes,
     fmt_s,
@@ -57,35 +56,23 @@ from influx_backupd.core.interrupt import interrupt_on_signals
 from influx_backupd.core.jsontext import number
 from influx_backupd.core.redact import shown_url
 from influx_backupd.core.schedule import describe, human_duration
-from influx_backupd.daemon.status import daemon_state_in, gather, render
 from influx_backupd.influxd import influxql, names
 from influx_backupd.influxd.server import Influxd
 from influx_backupd.influxd.throttle import DATABASE_RATE_MIB
-from influx_backupd.jobs.hot import clock_url
-from influx_backupd.keep.prune import PruneReport, prune
 from influx_backupd.report import notify, progress
-from influx_backupd.restore.database import restore_database
-from influx_backupd.restore.hot import restore_backup
-from influx_backupd.restore.target import restore_into, target_problem
-from influx_backupd.run.followup import MetricsNotWritten, tell_verify_failed, write_metrics
 from influx_backupd.run.guard import exclusive
-from influx_backupd.run.offsite import unsent_holds
-from influx_backupd.run.runner import ModeUnavailable, Skipped, dry_run, run_backup
 from influx_backupd.store.archive import not_a_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
-from influx_backupd.store.chain import LinkDamaged
 from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import records_in
 from influx_backupd.store.state import CrashMarker, lock_held
-from influx_backupd.verify.check import (
-    BackupNotFound,
-    passed_over,
-    resolve,
-    save_refused_link,
-    save_result,
-    verify,
-    verify_all,
-)
+
+if TYPE_CHECKING:
+    from influx_backupd.keep.prune import PruneReport
+
+# Every command's start loads this module: what one command alone runs (a restore, a backup, a
+# verify, the off-site commands) is imported inside it, so that `list`, `status` and
+# `check-config` (probed by monitoring, ExecStartPre) do not pay for the rest.
 
 
 def known_job(config: Config, name: str | None, *, history_too: bool = False) -> None:
@@ -144,6 +131,8 @@ def _not_admin_warning(config: Config) -> list[str]:
 
 
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.jobs.hot import clock_url
+
     _startable(config)
     # the unit's private /tmp for storage or state: every backup lost at stop (`run` refuses)
     lost = unit_paths.private_tmp_errors(config)
@@ -318,6 +307,9 @@ def several(args: argparse.Namespace) -> bool:
 
 def cmd_backup(config: Config, args: argparse.Namespace) -> int:
 
+    from influx_backupd.cli import offsite as offsite_cli
+    from influx_backupd.run.runner import ModeUnavailable, Skipped, run_backup
+
     jobs = _jobs_to_run(config, args)
     if args.dry_run:
         return _dry_run(config, jobs, args)
@@ -356,6 +348,8 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
 def _dry_run(config: Config, jobs: list[JobSection], args: argparse.Namespace) -> int:
     """The policy's decision and the predictions, stopping nothing, writing nothing (no lock,
     no state_dir created: the catalog is only read, if there is one)."""
+    from influx_backupd.run.runner import dry_run
+
     catalog = Catalog(config.state_dir)
     plans = [dry_run(config, job, catalog if catalog.exists() else None, args.mode) for job in jobs]
     if args.json:
@@ -403,6 +397,8 @@ def progress_bar(args: argparse.Namespace, label: str = "archive") -> Any:
 
 def cmd_list(config: Config, args: argparse.Namespace) -> int:
     if args.offsite:
+        from influx_backupd.cli import offsite as offsite_cli
+
         return int(offsite_cli.cmd_list(config, args))
 
     known_job(config, args.job, history_too=True)
@@ -418,6 +414,13 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_restore(config: Config, args: argparse.Namespace) -> int:
+
+    from influx_backupd.restore.database import restore_database
+    from influx_backupd.restore.hot import restore_backup
+    from influx_backupd.restore.target import restore_into, target_problem
+    from influx_backupd.run.followup import MetricsNotWritten, write_metrics
+    from influx_backupd.store.chain import LinkDamaged
+    from influx_backupd.verify.check import save_refused_link
 
     from_offsite = args.source == "offsite"
     if not from_offsite:
@@ -462,6 +465,8 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
             return EXIT_USAGE
     interrupt_on_signals()  # a restore interrupted mid-way is rolled back; a fetch ends
     if from_offsite:  # fetched and hashed first; then the restore below, as from local backups
+        from influx_backupd.cli import offsite as offsite_cli
+
         offsite_cli.fetch_for_restore(config, args.backup)
     bar = progress_bar(args, "restore")
     # a dead run's crash marker: the lock's recovery acts on it (influxd started again), which
@@ -559,8 +564,19 @@ def _from_offsite_hint(backup: str) -> UsageError:
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.run.followup import MetricsNotWritten, tell_verify_failed, write_metrics
+    from influx_backupd.verify.check import (
+        BackupNotFound,
+        passed_over,
+        resolve,
+        save_result,
+        verify,
+        verify_all,
+    )
 
     if args.offsite:
+        from influx_backupd.cli import offsite as offsite_cli
+
         return int(offsite_cli.cmd_verify(config, args))
     if args.read_data is not None:
         raise UsageError("verify: --read-data goes with --offsite")
@@ -657,6 +673,10 @@ def cmd_recover(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_prune(config: Config, args: argparse.Namespace) -> int:
 
+    from influx_backupd.keep.prune import PruneReport, prune
+    from influx_backupd.run.followup import MetricsNotWritten, write_metrics
+    from influx_backupd.run.offsite import unsent_holds
+
     known_job(config, args.job)  # before the lock
     if args.dry_run and not config.state_dir.exists():
         # no catalog yet: nothing to prune, and a dry run creates no state dir to say so
@@ -698,6 +718,8 @@ def _print_prune(report: PruneReport, args: argparse.Namespace) -> int:
 def cmd_import(config: Config, args: argparse.Namespace) -> int:
     """The backups in the storage dir, by the records beside them, into this host's catalog."""
     if args.offsite:
+        from influx_backupd.cli import offsite as offsite_cli
+
         return int(offsite_cli.cmd_import(config, args))
 
     storage = config.storage_dir
@@ -769,6 +791,8 @@ def status_despite(cli_path: str | None, error: ConfigError, args: argparse.Name
     daemon publishes in its state_dir (daemon.json, a restore's progress), then the config's
     error line; exit 78 all the same (a reload, a restart or any other command would refuse
     this config)."""
+    from influx_backupd.daemon.status import daemon_state_in
+
     try:
         path: Path | None = resolve_path(cli_path)
     except ConfigError:
@@ -823,6 +847,8 @@ def _render_despite(report: dict[str, Any]) -> str:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from influx_backupd.daemon.status import gather, render  # the off-site state too
+
     Catalog(config.state_dir).check()
     report = gather(config)
     if args.json:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import shlex
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from influx_backupd.restore.database import DatabaseResult
-from influx_backupd.restore.target import TargetResult
 from influx_backupd.store.chain import chain_breaks
 from influx_backupd.store.record import RunRecord, missing_on_disk, only_in_bucket
+
+if TYPE_CHECKING:  # types only: `list` and `status` need not load the restore modules
+    from influx_backupd.restore.database import DatabaseResult
+    from influx_backupd.restore.target import TargetResult
 
 
 def fmt_time(ts: float | None) -> str:

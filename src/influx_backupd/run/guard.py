@@ -27,9 +27,6 @@ from influx_backupd.core.jsontext import count, number
 from influx_backupd.influxd import logfile, scratch
 from influx_backupd.influxd.server import Influxd, InfluxdError
 from influx_backupd.report import progress
-from influx_backupd.restore.database import recover_database_restore
-from influx_backupd.restore.swap import failed_kept, renames_blocked, roll_back
-from influx_backupd.restore.target import recover_target
 from influx_backupd.run.followup import (
     MetricsNotWritten,
     follow_up,
@@ -53,7 +50,6 @@ from influx_backupd.store.state import (
     lock_holder,
     lock_wanted,
 )
-from influx_backupd.verify.check import verify
 
 OnDamage = Literal["raise", "set_aside", "ignore"]
 
@@ -328,6 +324,10 @@ def recover(
     on_damage: OnDamage = "raise",
 ) -> None:
     """We hold the lock, so no other run is alive: undo what a dead one left behind."""
+    # here, not at the top: `list` and `status` import this module for left_stopped only
+    from influx_backupd.restore.database import recover_database_restore
+    from influx_backupd.restore.swap import failed_kept, renames_blocked, roll_back
+
     logger = log.get()
     marker = CrashMarker(config.state_dir)
     left = marker.read()
@@ -524,6 +524,8 @@ def _adopt(config: Config, record: RunRecord) -> RunRecord | None:
     the record beside it (written only once the output was checked) naming this run as ok, and
     the archive verifying against that record (sha256, structure). None otherwise: then the
     run was interrupted, as before."""
+    from influx_backupd.verify.check import verify  # only for a run that died near its end
+
     storage = config.storage_dir
     for archive in (
         storage / f"{record.job}-{record.id}.tar",
@@ -683,6 +685,7 @@ def _restore_tests_left(storage: Path) -> None:
     left the crash marker too, handled before this: by then no staging dir is left.)
     Its scratch dir stays for prune, which reports and removes leftovers of dead runs.
     """
+    from influx_backupd.restore.target import recover_target
 
     for path in storage.glob(scratch.PREFIX + "*"):
         if not path.is_dir() or scratch.owner_alive(path):

@@ -56,7 +56,6 @@ from influx_backupd.store.chain import chain_loop
 from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import sidecar_of, write_sidecar
 from influx_backupd.store.state import Yielded, lock_wanted
-from influx_backupd.verify.check import save_result
 from influx_backupd.verify.result import VerifyResult
 
 STATE_FILE = "offsite.json"
@@ -635,6 +634,8 @@ def found_damaged(catalog: Catalog, record: RunRecord, exc: Damaged) -> None:
     retention counts it as no good backup, and the next hot run starts a new chain rather than
     extend one that restores nothing."""
     current = catalog.get(record.id) or record
+    from influx_backupd.verify.check import save_result  # verify's readers: only here
+
     result = VerifyResult(archive=current.archive or "", run_id=current.id, job=current.job)
     result.fail("sha256", f"found by the off-site sync: {exc}")
     save_result(catalog, current, result)
