@@ -5,6 +5,9 @@ retention never judges a manifest another writer sent. Against moto's server."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +220,107 @@ def test_a_claim_whose_answer_was_lost_is_ours_not_another_hosts(moto: Endpoint)
     assert json.loads(marker["Body"].read())["writer"] == A
     with pytest.raises(PrefixTaken, match=r"'db1\.dc1'"):
         Offsite(settings, writer=B).claim(host="db1.dc2")
+
+
+M1, M2 = "1" * 32, "2" * 32  # two machines' fingerprints (run.offsite.machine_fingerprint)
+
+
+def _marker(moto: Endpoint) -> dict[str, Any]:
+    body = moto.client().get_object(Bucket=moto.bucket, Key="host-a/writer.json")["Body"]
+    found: dict[str, Any] = json.loads(body.read())
+    return found
+
+
+def test_a_copy_of_the_state_dir_on_another_machine_is_refused_until_it_adopts(
+    moto: Endpoint,
+) -> None:
+    """A cloned VM (or a restored disk image) carries the first host's writer id: both would
+    write one prefix as one writer, each pruning the other's backups as its own. The marker
+    names the machine too: the same writer id from another machine is refused, with how to
+    part them; --adopt is for a machine that replaces the first for good."""
+    settings = moto.settings()
+    Offsite(settings, writer=A).claim(host="db1", machine=M1)
+    Offsite(settings, writer=A).claim(host="db1", machine=M1)  # its own: again and again
+    with pytest.raises(PrefixTaken) as refused:
+        Offsite(settings, writer=A).claim(host="db1", machine=M2)
+    said = str(refused.value)
+    assert "from another machine" in said and "copied" in said, said
+    assert "offsite-writer.id" in said and "--adopt" in said, said
+    assert _marker(moto)["machine"] == M1, "the first host's marker is left as it was"
+    Offsite(settings, writer=A).claim(adopt=True, host="db1-new", machine=M2)
+    assert _marker(moto)["machine"] == M2
+    with pytest.raises(PrefixTaken, match="from another machine"):
+        Offsite(settings, writer=A).claim(host="db1", machine=M1)
+
+
+def test_a_marker_from_before_machines_takes_the_first_machine_that_claims_it(
+    moto: Endpoint,
+) -> None:
+    settings = moto.settings()
+    Offsite(settings, writer=A).claim(host="db1")  # no fingerprint: none is checked
+    assert "machine" not in _marker(moto)
+    Offsite(settings, writer=A).claim(host="db1", machine=M1)
+    assert _marker(moto)["machine"] == M1 and _marker(moto)["writer"] == A
+    with pytest.raises(PrefixTaken, match="from another machine"):
+        Offsite(settings, writer=A).claim(host="db1", machine=M2)
+    Offsite(settings, writer=A).claim(host="db1")  # a machine that has none is not refused
+
+
+def _on_another_machine(
+    config: Path, machine_id: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """The CLI as on a clone of this machine: its own /etc/machine-id (bind-mounted in a mount
+    namespace of its own), the same state dir."""
+    return subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'mount --bind "$0" /etc/machine-id && exec "$@"',
+            str(machine_id),
+            sys.executable,
+            "-m",
+            "influx_backupd",
+            "--config",
+            str(config),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_a_cloned_vm_syncing_with_the_first_hosts_state_dir_is_refused(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    config = write_config(tmp_path, sandbox, extra=offsite_section(moto))
+    cli = Cli(config)
+    assert cli.json("backup")["status"] == "ok"
+    first = cli("offsite", "sync")
+    assert first.returncode == 0, first.stderr[-2000:]
+    named = _marker(moto)["machine"]
+    assert len(named) == 32 and named not in Path("/etc/machine-id").read_text(), named
+    clone_id = tmp_path / "machine-id"
+    clone_id.write_text("0123456789abcdef0123456789abcdef\n")
+
+    clone = _on_another_machine(config, clone_id, "offsite", "sync")
+    assert clone.returncode == 78, clone.stderr[-2000:]
+    line = clone.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in clone.stderr, clone.stderr[-3000:]
+    assert "own writer id" in line and "from another machine" in line, line
+    assert _marker(moto)["machine"] == named, "the first host keeps its prefix"
+    assert cli("offsite", "sync").returncode == 0, "and goes on syncing"
+
+    # the first machine is gone for good: this one replaces it
+    taken = _on_another_machine(config, clone_id, "offsite", "sync", "--adopt")
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    assert _marker(moto)["machine"] not in (named, "")
+    again = cli("offsite", "sync")
+    assert again.returncode == 78 and "from another machine" in again.stderr, again.stderr[-2000:]

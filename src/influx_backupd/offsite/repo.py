@@ -278,10 +278,12 @@ def _what_came(data: bytes, kind: str, limit: int) -> str:
 
 
 def _marker_of(data: bytes) -> dict[str, Any] | None:
-    """The writer marker's fields (writer, host, adopted), or None when it is not one."""
+    """The writer marker's fields (writer, host, adopted, machine: "" in one written before
+    machines were named), or None when it is not one."""
     try:
         raw = json.loads(data)
         writer, host, adopted = raw["writer"], raw.get("host") or "", raw.get("adopted") or []
+        machine = raw.get("machine") or ""
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
     if (
@@ -290,9 +292,11 @@ def _marker_of(data: bytes) -> dict[str, Any] | None:
         or not isinstance(host, str)
         or not isinstance(adopted, list)
         or not all(isinstance(a, str) and _WRITER.match(a) for a in adopted)
+        or not isinstance(machine, str)
+        or (machine and not _WRITER.match(machine))
     ):
         return None
-    return {"writer": writer, "host": host, "adopted": adopted}
+    return {"writer": writer, "host": host, "adopted": adopted, "machine": machine}
 
 
 _OBJECT = re.compile(r"[0-9a-f]{64}\Z")  # an object's name: a sha256 or an HMAC-SHA256, hex
@@ -478,14 +482,20 @@ class Offsite:
 
     # -- who writes the prefix ---------------------------------------------------------------
 
-    def claim(self, *, adopt: bool = False, host: str = "") -> None:
+    def claim(self, *, adopt: bool = False, host: str = "", machine: str = "") -> None:
         """Make sure this host (self.writer) is the one writing the prefix, before it writes or
         prunes there: the marker WRITER_MARKER below the prefix names the writer. None there
         yet (a new prefix, or one written before markers): this host's from now on, and the
         manifests without a writer id there are taken as its own. Another writer's: raises
         PrefixTaken, unless adopt (that host is gone for good: this one takes the prefix over,
         with the backups it wrote). Two hosts sharing a prefix (the same short host name, a
-        cloned config) would otherwise prune each other's backups."""
+        cloned config) would otherwise prune each other's backups.
+
+        machine: this machine's fingerprint (run.offsite.machine_fingerprint; "" when it has
+        none), kept in the marker. Our own writer id claimed from another machine is a copy of
+        this host's state dir (a cloned VM, a restored image): refused as another writer is,
+        unless adopt (this machine replaces that one). A marker naming no machine yet is
+        given ours."""
         assert self.writer is not None, "claim() needs the writer id"
         key = self.bucket.key(WRITER_MARKER)
         marker: dict[str, Any] | None
@@ -493,29 +503,37 @@ class Offsite:
             marker = self._read_marker(key)
         except NotFound:
             marker = None
-        if marker is not None and marker["writer"] == self.writer:
+        ours = marker is not None and marker["writer"] == self.writer
+        if marker is not None and ours and (not machine or marker["machine"] == machine):
             self._owned = {self.writer, *marker["adopted"]}
             return
-        taken = marker is not None
-        if marker is not None and not adopt:
-            raise self._taken(marker)
+        if marker is not None and not adopt and (not ours or marker["machine"]):
+            raise self._taken(marker, copied=ours)
         before: list[str] = []
         if marker is not None:
-            before = [*marker["adopted"], marker["writer"]]
+            # our own writer id again (a machine taking it over, or named for the first time)
+            # is not a writer adopted
+            before = [*marker["adopted"]] + ([] if ours else [marker["writer"]])
         mine = {"writer": self.writer, "host": host, "since": time.time(), "adopted": before}
+        if machine:
+            mine["machine"] = machine
         body = json.dumps(mine, indent=1).encode()
-        if taken:
+        if marker is not None:
             self.bucket.put_bytes(key, body)
         else:
             self._put_if_absent(key, body)
         # an endpoint that ignores If-None-Match: two hosts claiming a new prefix at once both
         # write, the marker is the last one's; read back, the other one sees it is not its own
         again = self._read_marker(key)
-        if again["writer"] != self.writer:
-            raise self._taken(again)
+        if again["writer"] != self.writer or (machine and again["machine"] != machine):
+            raise self._taken(again, copied=again["writer"] == self.writer)
         self._owned = {self.writer, *before}
         log.get().warning(
-            "offsite.prefix_adopted" if taken else "offsite.prefix_claimed",
+            "offsite.prefix_named_machine"
+            if ours and marker is not None and not marker["machine"]
+            else "offsite.prefix_adopted"
+            if marker is not None
+            else "offsite.prefix_claimed",
             where=self.bucket.where,
             writer=self.writer,
             adopted=before,
@@ -563,7 +581,19 @@ class Offsite:
             )
         return marker
 
-    def _taken(self, marker: dict[str, Any]) -> PrefixTaken:
+    def _taken(self, marker: dict[str, Any], *, copied: bool = False) -> PrefixTaken:
+        if copied:
+            return PrefixTaken(
+                f"{self.bucket.where}: this prefix is written with this host's own writer id "
+                f"({marker['writer'][:12]}…) from another machine"
+                + (f" (host {marker['host']!r:.80})" if marker["host"] else "")
+                + ": this host's state dir was copied from it (a cloned VM, a restored disk "
+                "image), and each would prune the other's backups as its own; nothing sent or "
+                "pruned there. Give this host a writer id and a prefix of its own (move "
+                "offsite-writer.id out of the state dir, set [offsite] prefix), or, if that "
+                "machine is gone for good and this one replaces it: influx-backupd offsite "
+                "sync --adopt"
+            )
         whose = (
             f"another host or config (writer {marker['writer'][:12]}…"
             + (f", host {marker['host']!r:.80}" if marker["host"] else "")

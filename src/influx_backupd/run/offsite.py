@@ -14,6 +14,7 @@ skipped, and the backups sent.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import re
 import secrets
 import socket
@@ -67,6 +68,8 @@ KEY_FILE = "offsite-name.key"
 # writer of a prefix, and each manifest the writer that sent it (Offsite.claim)
 WRITER_FILE = "offsite-writer.id"
 CACHE_DIR = "offsite-manifests"  # manifests as read from the bucket, for list, import, prune
+# where systemd (and, before it, D-Bus) keeps the id of this installation of the OS
+MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
 
 
 T = TypeVar("T")
@@ -182,6 +185,23 @@ def writer_id(state_dir: Path) -> str:
             "prefix back with: influx-backupd offsite sync --adopt"
         )
     return text
+
+
+def machine_fingerprint(files: Iterable[Path] = MACHINE_ID_FILES) -> str:
+    """This machine, as the prefix's marker names it (Offsite.claim): an id derived from
+    /etc/machine-id and never the id itself, which systemd asks applications not to show
+    (HMAC-SHA256 keyed by it, as sd_id128_get_machine_app_specific does). "" when the machine
+    has none: then no machine is checked. A clone that kept the machine id is not told apart."""
+    for path in files:
+        try:
+            text = path.read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if re.fullmatch(r"[0-9a-f]{32}", text):
+            return hmac.new(
+                bytes.fromhex(text), b"influx-backupd offsite writer", "sha256"
+            ).hexdigest()[:32]
+    return ""
 
 
 # -- what the host knows (offsite.json) ---------------------------------------------------------
@@ -677,7 +697,7 @@ def sync(
     try:
         # inside: a writer id that does not read is this sync's failure too (status, metrics)
         offsite = open_offsite(config, writer=writer_id(config.state_dir))
-        offsite.claim(adopt=adopt, host=socket.gethostname())
+        offsite.claim(adopt=adopt, host=socket.gethostname(), machine=machine_fingerprint())
         in_bucket = {r.id for r in offsite.manifests()}
         _sent_still_there(offsite, state, catalog, in_bucket)
         # a prune cut short after deleting manifests: what it retired is gone from the bucket
@@ -802,7 +822,8 @@ def sync(
                 _retire(ids, state)
                 state.save(config.state_dir)
 
-            offsite.claim(host=socket.gethostname())  # still ours (no host took it over since)
+            # still ours (no host took it over since)
+            offsite.claim(host=socket.gethostname(), machine=machine_fingerprint())
             report.pruned = prune_offsite(config, offsite, retiring=retiring)
             if report.pruned is not None:
                 _retire(report.pruned.manifests_deleted, state)
