@@ -104,12 +104,7 @@ def test_ctrl_z_in_the_stop_window_stops_the_backup_once_influxd_runs_again(
     backup.wait_event("archive.writing", phase="copy")
     backup.proc.send_signal(signal.SIGTSTP)
     assert not sandbox.pids(), "the signal came inside the stop window"
-    _stopped_by_job_control(backup.proc)
-    assert sandbox.ping(), "influxd runs again before the backup stops"
-    backup.proc.send_signal(signal.SIGCONT)  # `fg`
-    code, _, err = backup.finish()
-    assert code == 0, err[-3000:]
-    assert "SIGTSTP: influxd is stopped for this run" in err, err[-3000:]
+    _ctrl_z_obeyed_once_influxd_answers(backup, sandbox)
     runs = json.loads(run_cli(config, "list", "--json").stdout)
     assert [r["status"] for r in runs] == ["ok"]
     lost_points, _ = ledger.settle()
@@ -125,6 +120,17 @@ def _stopped_by_job_control(proc: subprocess.Popen[str]) -> None:
         return process.status() == psutil.STATUS_STOPPED
 
     wait_until(stopped, 120, "it stopped (state T)")
+
+
+def _ctrl_z_obeyed_once_influxd_answers(command: Watched, sandbox: Sandbox) -> None:
+    """After a SIGTSTP sent while influxd was down because of command: stopped only once
+    influxd answers; `fg` (SIGCONT) then lets it end ok, having said why it waited."""
+    _stopped_by_job_control(command.proc)
+    assert sandbox.ping(), "influxd answers before the command stops"
+    command.proc.send_signal(signal.SIGCONT)  # `fg`
+    code, _, err = command.finish()
+    assert code == 0, err[-3000:]
+    assert "SIGTSTP: influxd is stopped for this run" in err, err[-3000:]
 
 
 @pytest.mark.fault("2", "Ctrl-Z (SIGTSTP) in the stop window", "the daemon")
@@ -175,12 +181,7 @@ def test_ctrl_z_while_recovery_starts_influxd_stops_once_it_answers(
     recovery.wait_event("recovery.starting_influxd")
     recovery.proc.send_signal(signal.SIGTSTP)
     assert not sandbox.ping(), "the signal came before influxd answered"
-    _stopped_by_job_control(recovery.proc)
-    assert sandbox.ping(), "influxd answers before recovery stops"
-    recovery.proc.send_signal(signal.SIGCONT)  # `fg`
-    code, _, err = recovery.finish()
-    assert code == 0, err[-3000:]
-    assert "SIGTSTP: influxd is stopped for this run" in err, err[-3000:]
+    _ctrl_z_obeyed_once_influxd_answers(recovery, sandbox)
     assert not (tmp_path / "state" / "influxd-stopped.json").exists()
     lost_points, _ = ledger.settle()
     assert lost_points == 0

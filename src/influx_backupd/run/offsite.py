@@ -653,9 +653,9 @@ def found_damaged(catalog: Catalog, record: RunRecord, exc: Damaged) -> None:
     failed check, saved in the catalog as verify saves one, so that list and status say so,
     retention counts it as no good backup, and the next hot run starts a new chain rather than
     extend one that restores nothing."""
-    current = catalog.get(record.id) or record
     from influx_backupd.verify.check import save_result  # verify's readers: only here
 
+    current = catalog.get(record.id) or record
     result = VerifyResult(archive=current.archive or "", run_id=current.id, job=current.job)
     result.fail("sha256", f"found by the off-site sync: {exc}")
     save_result(catalog, current, result)
@@ -697,7 +697,8 @@ def sync(
     try:
         # inside: a writer id that does not read is this sync's failure too (status, metrics)
         offsite = open_offsite(config, writer=writer_id(config.state_dir))
-        offsite.claim(adopt=adopt, host=socket.gethostname(), machine=machine_fingerprint())
+        machine = machine_fingerprint()  # claimed now and again before retention
+        offsite.claim(adopt=adopt, host=socket.gethostname(), machine=machine)
         in_bucket = {r.id for r in offsite.manifests()}
         _sent_still_there(offsite, state, catalog, in_bucket)
         # a prune cut short after deleting manifests: what it retired is gone from the bucket
@@ -823,7 +824,7 @@ def sync(
                 state.save(config.state_dir)
 
             # still ours (no host took it over since)
-            offsite.claim(host=socket.gethostname(), machine=machine_fingerprint())
+            offsite.claim(host=socket.gethostname(), machine=machine)
             report.pruned = prune_offsite(config, offsite, retiring=retiring)
             if report.pruned is not None:
                 _retire(report.pruned.manifests_deleted, state)
