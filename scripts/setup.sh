@@ -2,8 +2,8 @@
 # Installs what influx-backupd, its demo and its tests need on a fresh Debian machine:
 # InfluxDB (Debian's influxdb package, 1.6) when influxd is missing, systemd-analyze for the
 # unit checks, what the .deb build and the systemd tests need, promtool (Debian's prometheus
-# package) for the metrics and alert-rule checks, and the package itself with its test
-# dependencies. Idempotent.
+# package) and prometheus-node-exporter for the metrics and alert-rule checks, and the package
+# itself with its test dependencies. Idempotent.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -24,6 +24,8 @@ command -v lintian >/dev/null 2>&1 || missing="$missing lintian"
 command -v systemd-nspawn >/dev/null 2>&1 || missing="$missing systemd-container"
 command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+# the real textfile collector, scraped by the metrics tests (several instances' files in one dir)
+[ -x /usr/bin/prometheus-node-exporter ] || missing="$missing prometheus-node-exporter"
 # the off-site tests decrypt with the age command-line tool
 command -v age >/dev/null 2>&1 || missing="$missing age"
 # a daemon whose wall clock is stepped back (tests/system/test_daemon_clock.py): libfaketime

@@ -79,9 +79,11 @@ def test_a_recovery_that_fails_with_an_oserror_is_noted_in_status_and_metrics(
         left_down = [
             line
             for line in metrics.read_text().splitlines()
-            if line.startswith("influx_backupd_influxd_left_down ")
+            if line.startswith("influx_backupd_influxd_left_down{")
         ]
-        assert left_down == ["influx_backupd_influxd_left_down 1"], left_down
+        assert left_down == ['influx_backupd_influxd_left_down{backup_instance="default"} 1'], (
+            left_down
+        )
     finally:
         daemon.send_signal(signal.SIGTERM)
         out, _ = daemon.communicate(timeout=120)

@@ -19,7 +19,7 @@ def _left_down(path: Path) -> str:
     [line] = [
         line
         for line in path.read_text().splitlines()
-        if line.startswith("influx_backupd_influxd_left_down ")
+        if line.startswith("influx_backupd_influxd_left_down{")
     ]
     return line.split()[1]
 

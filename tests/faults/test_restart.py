@@ -140,7 +140,9 @@ def test_the_first_failed_start_is_told_while_influxd_is_still_down(
                 "the alarm, while influxd is down",
             )
             assert not sandbox.pids(), "told while influxd was still down"
-            assert "influx_backupd_influxd_left_down 1\n" in metrics.read_text()
+            assert (
+                'influx_backupd_influxd_left_down{backup_instance="m"} 1\n' in metrics.read_text()
+            )
             backup.wait_event("influxd.start_failed", timeout=60)  # a second attempt failed too
         finally:
             holder.close()
@@ -153,7 +155,7 @@ def test_the_first_failed_start_is_told_while_influxd_is_still_down(
     assert "influxd did not start again" in alarm["title"]
     assert "job nightly stopped influxd" in alarm["message"]
     assert len(_pinged(receiver, "/hb/fail")) == 1
-    assert "influx_backupd_influxd_left_down 0\n" in metrics.read_text()
+    assert 'influx_backupd_influxd_left_down{backup_instance="m"} 0\n' in metrics.read_text()
     (sandbox.data / "filler.bin").unlink()
     lost_points, lost = ledger.settle()
     assert lost_points == 0 and lost == []
@@ -199,7 +201,9 @@ def test_the_daemon_keeps_trying_says_so_and_tells_on_failure(
             assert "retry" in report["daemon"]["status"], report["daemon"]
             wait_until(
                 lambda: (
-                    metrics.exists() and "influx_backupd_influxd_left_down 1" in metrics.read_text()
+                    metrics.exists()
+                    and 'influx_backupd_influxd_left_down{backup_instance="metrics"} 1'
+                    in metrics.read_text()
                 ),
                 60,
                 "influx_backupd_influxd_left_down 1 in the metrics",
@@ -209,7 +213,10 @@ def test_the_daemon_keeps_trying_says_so_and_tells_on_failure(
             holder = None
             wait_until(sandbox.ping, 120, "the daemon starting influxd once the port is free")
             wait_until(
-                lambda: "influx_backupd_influxd_left_down 0" in metrics.read_text(),
+                lambda: (
+                    'influx_backupd_influxd_left_down{backup_instance="metrics"} 0'
+                    in metrics.read_text()
+                ),
                 60,
                 "influx_backupd_influxd_left_down 0",
             )

@@ -207,11 +207,11 @@ def test_metrics_file_after_real_runs_parses_and_counts_survive_pruning(
     for family in text_string_to_metric_families(metrics.read_text()):
         for s in family.samples:
             samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    job = ("backup_job", "nightly")
-    assert samples[("influx_backupd_runs_total", (job, ("result", "ok")))] == 2
-    assert samples[("influx_backupd_runs_total", (job, ("result", "failed")))] == 1
-    assert ("influx_backupd_last_run_timestamp_seconds", (job, ("result", "failed"))) in samples
-    assert samples[("influx_backupd_downtime_seconds", (job,))] > 0
-    assert samples[("influx_backupd_archive_bytes", (job,))] > 0
-    assert samples[("influx_backupd_verify_failures_total", (job,))] == 0
+    job = ("backup_instance", "default"), ("backup_job", "nightly")
+    assert samples[("influx_backupd_runs_total", (*job, ("result", "ok")))] == 2
+    assert samples[("influx_backupd_runs_total", (*job, ("result", "failed")))] == 1
+    assert ("influx_backupd_last_run_timestamp_seconds", (*job, ("result", "failed"))) in samples
+    assert samples[("influx_backupd_downtime_seconds", job)] > 0
+    assert samples[("influx_backupd_archive_bytes", job)] > 0
+    assert samples[("influx_backupd_verify_failures_total", job)] == 0
     assert metrics.stat().st_mode & 0o777 == 0o644

@@ -87,7 +87,10 @@ def test_a_deep_verify_marks_the_damaged_link_and_the_links_that_need_it(
     [last_ok] = [line for line in text.splitlines() if line.startswith("  last ok")]
     assert last_ok.endswith(f"(run {full['id']})"), text
     metrics = (tmp_path / "metrics.prom").read_text()
-    assert 'influx_backupd_backups_failing_verify{backup_job="hot"} 2\n' in metrics
+    assert (
+        'influx_backupd_backups_failing_verify{backup_instance="metrics",backup_job="hot"} 2\n'
+        in metrics
+    )
 
 
 def test_a_restore_refused_for_a_damaged_link_records_it(tmp_path: Path, sandbox: Sandbox) -> None:

@@ -53,7 +53,9 @@ def test_a_restart_that_loses_a_databases_points_is_a_warning_on_the_ok_run(
     # where an operator looks next: the metric an alert rule fires on, and status
     samples = [line for line in metrics.read_text().splitlines() if line.startswith("influx_")]
     lost = [line for line in samples if line.startswith("influx_backupd_served_less_points")]
-    assert lost == ['influx_backupd_served_less_points{backup_job="nightly",database="lost"} 300']
+    assert lost == [
+        'influx_backupd_served_less_points{backup_instance="backupd",backup_job="nightly",database="lost"} 300'
+    ]
     status = cli("status")
     assert status.returncode == 0, status.stderr
     assert (

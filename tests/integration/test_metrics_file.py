@@ -36,7 +36,9 @@ def test_backup_writes_metrics_that_promtool_accepts(tmp_path: Path, config_path
     assert done.stdout + done.stderr == ""
 
 
-NEXT_RUN = 'influx_backupd_next_run_timestamp_seconds{backup_job="nightly"}'
+NEXT_RUN = (
+    'influx_backupd_next_run_timestamp_seconds{backup_instance="default",backup_job="nightly"}'
+)
 
 
 def _samples(text: str, family: str) -> list[str]:

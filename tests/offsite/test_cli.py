@@ -34,8 +34,14 @@ def test_backup_goes_off_site_and_is_listed_verified_and_reported(
     status = cli.json("status")
     assert status["offsite"]["not_offsite"] == [] and status["offsite"]["last_success"]
     text = metrics.read_text()
-    assert f'influx_backupd_offsite_pending_backups{{{JOB_LABEL}="nightly"}} 0' in text
-    assert f'influx_backupd_offsite_uploaded_bytes_total{{{JOB_LABEL}="nightly"}}' in text
+    assert (
+        f'influx_backupd_offsite_pending_backups{{backup_instance="metrics",{JOB_LABEL}="nightly"}} 0'
+        in text
+    )
+    assert (
+        f'influx_backupd_offsite_uploaded_bytes_total{{backup_instance="metrics",{JOB_LABEL}="nightly"}}'
+        in text
+    )
     assert "# HELP influx_backupd_offsite_skipped_bytes_total" in text
     checked = cli("verify", record["id"], "--offsite", "--read-data", "100", "--json")
     assert checked.returncode == 0, checked.stderr[-2000:]

@@ -74,10 +74,14 @@ def test_a_damaged_object_is_noted_by_verify_and_sent_again_by_the_next_sync(
     assert "the next sync sends them again from its local copy" in cli("status").stdout
     assert cli.json("status")["offsite"]["damaged"][0]["repair"]["can"] == "local_copy"
     cli("offsite", "sync")  # also rewrites the metrics
-    assert f'influx_backupd_offsite_damaged_objects{{{JOB_LABEL}="nightly"}} 0' in (
-        metrics.read_text()
+    assert (
+        f'influx_backupd_offsite_damaged_objects{{backup_instance="metrics",{JOB_LABEL}="nightly"}} 0'
+        in (metrics.read_text())
     ), "the sync put it right before writing the metrics"
-    assert 'influx_backupd_offsite_failing{reason="damaged"} 0' in metrics.read_text()
+    assert (
+        'influx_backupd_offsite_failing{backup_instance="metrics",reason="damaged"} 0'
+        in metrics.read_text()
+    )
 
     status, found = _verify_all(cli)
     assert status == 0 and found["ok"], found
@@ -125,8 +129,9 @@ def test_what_no_local_backup_holds_is_said_by_sync_status_and_metrics(
     status, _ = _verify_all(cli)
     assert status == 1
     # said by the check itself (before: only from the next sync or run)
-    assert f'influx_backupd_offsite_damaged_objects{{{JOB_LABEL}="nightly"}} 1' in (
-        metrics.read_text()
+    assert (
+        f'influx_backupd_offsite_damaged_objects{{backup_instance="metrics",{JOB_LABEL}="nightly"}} 1'
+        in (metrics.read_text())
     )
 
     synced = cli("offsite", "sync")
@@ -135,10 +140,14 @@ def test_what_no_local_backup_holds_is_said_by_sync_status_and_metrics(
     assert len(lines) == 1 and "not repaired" in lines[0] and record["id"] in lines[0], lines
     assert "held by no local backup" in lines[0] and "Traceback" not in synced.stderr
     assert [d["backup"] for d in cli.json("status")["offsite"]["damaged"]] == [record["id"]]
-    assert f'influx_backupd_offsite_damaged_objects{{{JOB_LABEL}="nightly"}} 1' in (
-        metrics.read_text()
+    assert (
+        f'influx_backupd_offsite_damaged_objects{{backup_instance="metrics",{JOB_LABEL}="nightly"}} 1'
+        in (metrics.read_text())
     )
-    assert 'influx_backupd_offsite_failing{reason="damaged"} 1' in metrics.read_text()
+    assert (
+        'influx_backupd_offsite_failing{backup_instance="metrics",reason="damaged"} 1'
+        in metrics.read_text()
+    )
     assert _objects(moto)[key], "the damaged object is left as it was: nothing to replace it"
 
 

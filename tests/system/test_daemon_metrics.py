@@ -16,9 +16,12 @@ import pytest
 
 from tests.system.test_cli_surface import serverless_config
 
-HEARTBEAT = re.compile(r"^influx_backupd_heartbeat_timestamp_seconds (\S+)$", re.M)
+HEARTBEAT = re.compile(
+    r'^influx_backupd_heartbeat_timestamp_seconds\{backup_instance="[^"]*"\} (\S+)$', re.M
+)
 NEXT_RUN = re.compile(
-    r'^influx_backupd_next_run_timestamp_seconds\{backup_job="(\w+)"\} (\S+)$', re.M
+    r'^influx_backupd_next_run_timestamp_seconds\{backup_instance="default",backup_job="(\w+)"\} (\S+)$',
+    re.M,
 )
 
 
@@ -63,8 +66,8 @@ def test_heartbeat_next_runs_and_promtool(tmp_path: Path) -> None:
         next_runs = {job: float(t) for job, t in NEXT_RUN.findall(text)}
         assert set(next_runs) == {"nightly", "hourly"}
         assert all(t > time.time() for t in next_runs.values()), "0 3 1 1 *: next 1 January"
-        assert "influx_backupd_build_info{version=" in text
-        assert "influx_backupd_influxd_left_down 0" in text
+        assert 'influx_backupd_build_info{backup_instance="default",version=' in text
+        assert 'influx_backupd_influxd_left_down{backup_instance="default"} 0' in text
         lint = subprocess.run(
             [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
         )

@@ -150,8 +150,14 @@ def test_a_hot_run_killed_is_recorded_interrupted_and_its_leftovers_go(
     assert sandbox.ping()
     # Its follow-up ran late, at recovery: counted, and the operator's on_failure told.
     prom = metrics.read_text()
-    assert 'influx_backupd_runs_total{backup_job="nightly",result="interrupted"} 1' in prom
-    assert 'influx_backupd_runs_total{backup_job="nightly",result="ok"} 1' in prom
+    assert (
+        'influx_backupd_runs_total{backup_instance="metrics",backup_job="nightly",result="interrupted"} 1'
+        in prom
+    )
+    assert (
+        'influx_backupd_runs_total{backup_instance="metrics",backup_job="nightly",result="ok"} 1'
+        in prom
+    )
     told = hook.told()
     assert told["INFLUX_BACKUPD_RUN_ID"] == killed.id
     assert told["INFLUX_BACKUPD_STATUS"] == "interrupted"

@@ -65,11 +65,14 @@ def test_a_backup_gone_bad_on_disk_is_found_by_the_next_scheduled_verify(
         counted = [
             line.rsplit(" ", 1)[1]
             for line in metrics.read_text().splitlines()
-            if line.startswith('influx_backupd_verify_failures_total{backup_job="nightly"}')
+            if line.startswith(
+                'influx_backupd_verify_failures_total{backup_instance="metrics",backup_job="nightly"}'
+            )
         ]
         assert counted and int(counted[0]) >= 1, counted  # one per failed check, every 2 s
         assert (
-            'influx_backupd_backups_failing_verify{backup_job="nightly"} 1\n' in metrics.read_text()
+            'influx_backupd_backups_failing_verify{backup_instance="metrics",backup_job="nightly"} 1\n'
+            in metrics.read_text()
         )
         assert f"FAILING 1 backup(s) failed their last check: {record['id']}" in _status(config)
         # The operator's on_failure hears of it, with the run and what the check found.

@@ -25,6 +25,14 @@ from influx_backupd.store.record import RunRecord, served_less
 # The backup job's name. Not `job`: Prometheus sets its own `job` (and `instance`) target labels
 # on every scrape, and would rename ours to exported_job unless the scrape had honor_labels.
 JOB_LABEL = "backup_job"
+# The instance (influx-backupd@NAME) that wrote the file, on every sample: several instances write
+# their files into one node_exporter textfile dir, and node_exporter drops all but one of equal
+# series (logging it, with no scrape error). Named from the file's name, unique in that dir by
+# construction: influx_backupd_NAME.prom (the README's name for instance NAME) -> NAME,
+# influx_backupd.prom (the plain unit's) -> DEFAULT_INSTANCE, any other NAME.prom -> NAME.
+INSTANCE_LABEL = "backup_instance"
+DEFAULT_INSTANCE = "default"
+_FILE_PREFIX = "influx_backupd"
 # The most of the metrics file read back (its daemon samples, its left_down line): ours is a few
 # KiB; past this it is not ours, or is /dev/zero's endless zeros
 MAX_METRICS_FILE = 1 << 20
@@ -229,7 +237,10 @@ FAMILIES: tuple[Family, ...] = (
 )
 # the families every file has; OFFSITE_FAMILIES are added with [offsite]
 METRIC_NAMES: frozenset[str] = frozenset(f.name for f in FAMILIES)
-METRIC_LABELS: Mapping[str, tuple[str, ...]] = {f.name: f.labels for f in FAMILIES}
+# the labels each family's samples carry: INSTANCE_LABEL first on every one
+METRIC_LABELS: Mapping[str, tuple[str, ...]] = {
+    f.name: (INSTANCE_LABEL, *f.labels) for f in FAMILIES
+}
 
 Labels = tuple[tuple[str, str], ...]
 # Written only by the daemon; other writers (a backup by hand, prune, verify) carry them over.
@@ -293,6 +304,14 @@ def carried_over(path: Path, state_dir: Path) -> DaemonFacts | None:
     return DaemonFacts(facts.heartbeat, {})
 
 
+def instance_of(path: Path) -> str:
+    """The INSTANCE_LABEL value of the metrics file at `path` (see INSTANCE_LABEL)."""
+    stem = path.name.removesuffix(".prom")
+    if stem == _FILE_PREFIX:
+        return DEFAULT_INSTANCE
+    return stem.removeprefix(_FILE_PREFIX + "_") or DEFAULT_INSTANCE
+
+
 def escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -334,8 +353,9 @@ def render(
     version: str = __version__,
     offsite: Mapping[str, OffsiteFigures] | None = None,
     offsite_failing: Collection[str] = (),
+    instance: str = DEFAULT_INSTANCE,
 ) -> str:
-    """The textfile for all jobs in `records`.
+    """The textfile for all jobs in `records`, every sample labelled INSTANCE_LABEL=`instance`.
 
     `verify_failures` adds failures the records no longer show (job -> count),
     e.g. of runs already pruned. Running records are ignored: they have no
@@ -425,13 +445,13 @@ def render(
             )
 
     lines: list[str] = []
+    first = ((INSTANCE_LABEL, instance),)
     for family in families:
         lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
         lines.append(f"# TYPE {family.name} {family.type}")
         for labels, value in samples[family.name]:
-            rendered = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels)
-            braces = f"{{{rendered}}}" if rendered else ""
-            lines.append(f"{family.name}{braces} {format_value(value)}")
+            rendered = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in first + labels)
+            lines.append(f"{family.name}{{{rendered}}} {format_value(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -446,16 +466,36 @@ def mark_left_down(path: Path) -> None:
     """The metrics file as it is, with left_down 1: written by a cold job just before it asks
     influxd to stop, so a run killed in the window (no daemon to rewrite the file) still shows.
     No catalog read: only that one sample changes (the whole file from nothing if none yet)."""
-    sample = f"{LEFT_DOWN.name} "
+    set_left_down(path, True)
+
+
+def set_left_down(path: Path, down: bool) -> None:
+    """The metrics file as it is, with only its left_down sample set to `down` (the whole file
+    from nothing if it has none yet): what mark_left_down writes, and what a recovery that
+    brought influxd back writes, without the catalog."""
+    sample = left_down_sample(path, down)
     try:
         lines = read_small(path, MAX_METRICS_FILE).decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         lines = []
-    if any(line.startswith(sample) for line in lines):
-        text = "\n".join(sample + "1" if line.startswith(sample) else line for line in lines)
-        write_textfile(path, text + "\n")
+    ours = [i for i, line in enumerate(lines) if _sample_name(line) == LEFT_DOWN.name]
+    if ours:
+        for i in ours:  # a file from before the instance label has the bare name: relabelled
+            lines[i] = sample
+        write_textfile(path, "\n".join(lines) + "\n")
     else:
-        write_textfile(path, render([], left_down=True))
+        write_textfile(path, render([], left_down=down, instance=instance_of(path)))
+
+
+def left_down_sample(path: Path, down: bool) -> str:
+    """The left_down line of the metrics file at `path`, as render writes it."""
+    label = f'{INSTANCE_LABEL}="{escape_label_value(instance_of(path))}"'
+    return f"{LEFT_DOWN.name}{{{label}}} {1 if down else 0}"
+
+
+def _sample_name(line: str) -> str | None:
+    match = _SAMPLE.match(line)
+    return match["name"] if match else None
 
 
 def mark_left_down_before_stop(path: Path | None, logger: Logger, phase: str = "stop") -> None:

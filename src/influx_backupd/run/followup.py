@@ -24,6 +24,7 @@ from influx_backupd.report.hooks import environment, run_hook
 from influx_backupd.report.metrics import (
     DaemonFacts,
     carried_over,
+    instance_of,
     render,
     write_textfile,
 )
@@ -60,6 +61,7 @@ def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None =
         left_down=CrashMarker.may_be_down(CrashMarker(config.state_dir).read()),
         offsite=shown,
         offsite_failing=failing,
+        instance=instance_of(path),
     )
     try:
         write_textfile(path, text)

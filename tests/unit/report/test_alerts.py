@@ -20,7 +20,8 @@ import yaml
 from influx_backupd.report.metrics import JOB_LABEL, METRIC_LABELS, METRIC_NAMES, OFFSITE_FAMILIES
 
 ALERTS = Path(__file__).resolve().parents[3] / "packaging" / "prometheus-alerts.yml"
-TARGET = {"instance": "db1:9100", "job": "node"}
+# the scrape's target labels, and the influx-backupd instance whose file the series come from
+TARGET = {"instance": "db1:9100", "job": "node", "backup_instance": "default"}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,12 @@ def labels(backup_job: str | None = None, **more: str) -> dict[str, str]:
 
 def by_job(backup_job: str) -> dict[str, str]:
     """Labels of an alert that aggregates by (instance, backup_job)."""
-    return {"instance": TARGET["instance"], "backup_job": backup_job, "severity": "critical"}
+    return {
+        "instance": TARGET["instance"],
+        "backup_instance": TARGET["backup_instance"],
+        "backup_job": backup_job,
+        "severity": "critical",
+    }
 
 
 LAST_RUN = "influx_backupd_last_run_timestamp_seconds"
@@ -164,7 +170,7 @@ def test_failing_verify_with_its_annotations(promtool: str, tmp_path: Path) -> N
                         {
                             "exp_labels": labels("a"),
                             "exp_annotations": {
-                                "summary": "influx-backupd: 2 kept backup(s) of a on db1:9100 "
+                                "summary": "influx-backupd: 2 kept backup(s) of a on db1:9100 (default) "
                                 "failed verification",
                                 "description": "`influx-backupd status` names them; they "
                                 "will not restore as taken.",
@@ -187,12 +193,12 @@ def test_daemon_silent(promtool: str, tmp_path: Path) -> None:
             "input_series": [
                 # a daemon that wrote every minute until minute 3, then died
                 {
-                    "series": f'{heartbeat}{{instance="db1:9100",job="node"}}',
+                    "series": f'{heartbeat}{{instance="db1:9100",job="node",backup_instance="default"}}',
                     "values": "0+60x3 180x20",
                 },
                 # one that keeps writing
                 {
-                    "series": f'{heartbeat}{{instance="db2:9100",job="node"}}',
+                    "series": f'{heartbeat}{{instance="db2:9100",job="node",backup_instance="default"}}',
                     "values": "0+60x23",
                 },
             ],
@@ -213,7 +219,8 @@ def test_influxd_left_down_after_two_minutes(promtool: str, tmp_path: Path) -> N
                 series("influx_backupd_influxd_left_down", "0 1 1 1 1 0"),
                 # a cold backup's stop window seen by one write: not an outage
                 {
-                    "series": 'influx_backupd_influxd_left_down{instance="db2:9100",job="node"}',
+                    "series": "influx_backupd_influxd_left_down"
+                    '{instance="db2:9100",job="node",backup_instance="default"}',
                     "values": "0 1 0 0 0 0",
                 },
             ],
@@ -221,6 +228,33 @@ def test_influxd_left_down_after_two_minutes(promtool: str, tmp_path: Path) -> N
                 fires("InfluxdLeftDown", "2m"),
                 fires("InfluxdLeftDown", "3m", labels()),
                 fires("InfluxdLeftDown", "5m"),
+            ],
+        }
+    ]
+    run_cases(promtool, tmp_path, cases)
+
+
+def test_two_instances_on_one_host_alert_apart(promtool: str, tmp_path: Path) -> None:
+    """influx-backupd@db2 beside the plain unit on db1:9100, both with a job `nightly`: each
+    instance's failure and left_down is its own alert (one `by` without backup_instance would
+    merge them, and a ok run of one would hide the other's failure)."""
+    db2 = {"backup_instance": "db2"}
+    cases = [
+        {
+            "interval": "1m",
+            "input_series": [
+                series(LAST_RUN, "100x10", backup_job="nightly", result="ok"),
+                series(LAST_RUN, "200x10", backup_job="nightly", result="failed", **db2),
+                series(LAST_RUN, "300x10", backup_job="nightly", result="ok", **db2),
+                series(LAST_RUN, "50x10", backup_job="nightly", result="failed"),
+                series(LAST_RUN, "400x10", backup_job="weekly", result="failed", **db2),
+                series(LAST_RUN, "500x10", backup_job="weekly", result="ok"),
+                series("influx_backupd_influxd_left_down", "0x10"),
+                series("influx_backupd_influxd_left_down", "1x10", **db2),
+            ],
+            "alert_rule_test": [
+                fires("InfluxBackupFailed", "5m", by_job("weekly") | db2),
+                fires("InfluxdLeftDown", "5m", labels(**db2)),
             ],
         }
     ]
@@ -328,7 +362,12 @@ def test_offsite_failing_fires_per_reason_after_an_hour_until_a_sync_completes(
     failing = "influx_backupd_offsite_failing"
 
     def warns(reason: str) -> dict[str, str]:
-        return {"instance": TARGET["instance"], "reason": reason, "severity": "warning"}
+        return {
+            "instance": TARGET["instance"],
+            "backup_instance": TARGET["backup_instance"],
+            "reason": reason,
+            "severity": "warning",
+        }
 
     cases = [
         {

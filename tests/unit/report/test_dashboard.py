@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from influx_backupd.report.metrics import JOB_LABEL, METRIC_LABELS, METRIC_NAMES
+from influx_backupd.report.metrics import INSTANCE_LABEL, JOB_LABEL, METRIC_LABELS, METRIC_NAMES
 
 DASHBOARD = Path(__file__).resolve().parents[3] / "packaging" / "grafana-dashboard.json"
 METRIC = re.compile(r"\binflux_backupd_[A-Za-z0-9_:]*")
@@ -74,6 +74,7 @@ def test_every_query_honours_the_instance_and_job_variables(dashboard: dict[str,
         for match in re.finditer(r"(influx_backupd_\w+)(\{[^}]*\})?", target["expr"]):
             name, selector = match.group(1), match.group(2) or ""
             assert 'instance=~"$instance"' in selector, f"panel {panel['title']!r}: {selector!r}"
+            assert f'{INSTANCE_LABEL}=~"${INSTANCE_LABEL}"' in selector, panel["title"]
             if JOB_LABEL in METRIC_LABELS[name]:
                 assert f'{JOB_LABEL}=~"$job"' in selector, f"panel {panel['title']!r}: {selector!r}"
 
@@ -96,7 +97,8 @@ def test_job_variable(dashboard: dict[str, Any]) -> None:
     assert job["type"] == "query"
     assert job["datasource"]["uid"] == DS_UID
     assert job["query"] == (
-        f'label_values(influx_backupd_runs_total{{instance=~"$instance"}}, {JOB_LABEL})'
+        'label_values(influx_backupd_runs_total{instance=~"$instance", '
+        f'{INSTANCE_LABEL}=~"${INSTANCE_LABEL}"}}, {JOB_LABEL})'
     )
     assert set(METRIC.findall(job["query"])) <= METRIC_NAMES
 
@@ -108,6 +110,13 @@ def test_instance_variable_comes_first(dashboard: dict[str, Any]) -> None:
     assert instance["type"] == "query" and instance["multi"] and instance["includeAll"]
     assert instance["query"] == "label_values(influx_backupd_build_info, instance)"
     assert JOB_LABEL == "backup_job", "not Prometheus's own target label"
+    # then the influx-backupd instances of the hosts chosen (influx-backupd@NAME), before the jobs
+    assert names.index("instance") < names.index(INSTANCE_LABEL) < names.index("job")
+    ours = dashboard["templating"]["list"][names.index(INSTANCE_LABEL)]
+    assert ours["multi"] and ours["includeAll"]
+    assert ours["query"] == (
+        f'label_values(influx_backupd_build_info{{instance=~"$instance"}}, {INSTANCE_LABEL})'
+    )
 
 
 def test_panel_ids_unique_and_placed(dashboard: dict[str, Any]) -> None:

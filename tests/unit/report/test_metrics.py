@@ -42,7 +42,8 @@ def parse(text: str) -> tuple[dict[Key, float], dict[str, str]]:
 
 
 def k(name: str, **labels: str) -> Key:
-    return (f"influx_backupd_{name}", frozenset(labels.items()))
+    """A sample's key; render's default instance unless `backup_instance` is given."""
+    return (f"influx_backupd_{name}", frozenset({"backup_instance": "default", **labels}.items()))
 
 
 def rec(rid: str, job: str, status: str, started: float, **kw: object) -> RunRecord:
@@ -208,7 +209,10 @@ def test_label_values_are_escaped(job: str) -> None:
 
 def test_escaping_is_exactly_the_exposition_format() -> None:
     text = render([rec("x", 'a"b\\c', "ok", 1.0)])
-    assert 'influx_backupd_runs_total{backup_job="a\\"b\\\\c",result="ok"} 1\n' in text
+    assert (
+        'influx_backupd_runs_total{backup_instance="default",backup_job="a\\"b\\\\c",result="ok"} 1\n'
+        in text
+    )
 
 
 def test_names_follow_prometheus_conventions() -> None:
@@ -216,8 +220,8 @@ def test_names_follow_prometheus_conventions() -> None:
         assert re.fullmatch(r"influx_backupd_[a-z][a-z_]*[a-z]", family.name)
         assert family.name.endswith("_total") == (family.type == "counter")
         assert family.labels[:1] in (("backup_job",), ("version",), ())
-        assert "job" not in family.labels, "Prometheus's own target label"
-        assert METRIC_LABELS[family.name] == family.labels
+        assert {"job", "instance"}.isdisjoint(family.labels), "Prometheus's own target labels"
+        assert METRIC_LABELS[family.name] == ("backup_instance", *family.labels)
     assert len(METRIC_NAMES) == 15
 
 

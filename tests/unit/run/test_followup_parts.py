@@ -90,12 +90,14 @@ def test_counters_keep_runs_total_monotonic_when_records_are_pruned(tmp_path: Pa
     # only the newest ok record is left after retention
     left = [RunRecord("b", "nightly", "cold", status="ok", started_at=19.0, finished_at=20.0)]
     samples = _samples(render(left, counters=catalog.counters()))
-    job = ("backup_job", "nightly")
-    assert samples[("influx_backupd_runs_total", (job, ("result", "ok")))] == 2
-    assert samples[("influx_backupd_runs_total", (job, ("result", "failed")))] == 1
-    assert samples[("influx_backupd_runs_total", (job, ("result", "interrupted")))] == 0
-    assert samples[("influx_backupd_verify_failures_total", (job,))] == 1
-    assert samples[("influx_backupd_last_run_timestamp_seconds", (job, ("result", "failed")))] == 15
+    job = ("backup_instance", "default"), ("backup_job", "nightly")
+    assert samples[("influx_backupd_runs_total", (*job, ("result", "ok")))] == 2
+    assert samples[("influx_backupd_runs_total", (*job, ("result", "failed")))] == 1
+    assert samples[("influx_backupd_runs_total", (*job, ("result", "interrupted")))] == 0
+    assert samples[("influx_backupd_verify_failures_total", job)] == 1
+    assert (
+        samples[("influx_backupd_last_run_timestamp_seconds", (*job, ("result", "failed")))] == 15
+    )
     assert catalog.counters()[("nightly", "ok")] == (2, 20.0)
 
 

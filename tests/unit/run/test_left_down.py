@@ -26,7 +26,7 @@ def test_left_down_is_logged_and_counted(tmp_path: Path) -> None:
     try:
         assert influxd_left_down(config, record) is False, "no marker: influxd is not ours"
         write_metrics(config, Catalog(config.state_dir))
-        assert "influx_backupd_influxd_left_down 0\n" in metrics.read_text()
+        assert 'influx_backupd_influxd_left_down{backup_instance="m"} 0\n' in metrics.read_text()
 
         CrashMarker(config.state_dir).write("r-1")
         assert influxd_left_down(config, record) is True
@@ -37,7 +37,7 @@ def test_left_down_is_logged_and_counted(tmp_path: Path) -> None:
     assert event["event"] == "influxd.left_down" and event["level"] == "critical"
     assert event["message_id"] == log.MESSAGE_IDS["influxd_left_down"]
     assert event["stopped_by"] == "r-1" and event["error"] == "no start"
-    assert "influx_backupd_influxd_left_down 1\n" in metrics.read_text()
+    assert 'influx_backupd_influxd_left_down{backup_instance="m"} 1\n' in metrics.read_text()
 
 
 def test_a_metrics_file_that_cannot_be_written_is_one_line_about_the_setting(
