@@ -109,3 +109,27 @@ def test_a_refused_restore_leaves_the_metrics_file_alone(tmp_path: Path, sandbox
         assert done.returncode == 2, (name, done.returncode, done.stderr[-2000:])
         assert metrics.read_bytes() == before + b"# ours\n", name
         assert metrics.stat().st_mtime_ns == 1_000_000_000, name
+
+
+@pytest.mark.influxd
+def test_a_renamed_job_leaves_no_series_behind(tmp_path: Path, sandbox: Sandbox) -> None:
+    """A job renamed in the config keeps its backups, but not its series: frozen in the file
+    they would fire InfluxBackupTooOld (and Failed, ServedLess) for a job that is gone."""
+    metrics = tmp_path / "influx_backupd.prom"
+    job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
+    config = write_config(tmp_path, sandbox, jobs=[job], daemon={"metrics_file": str(metrics)})
+    Cli(config)("backup", check=True, timeout=300)
+    assert 'backup_job="nightly"' in metrics.read_text()
+
+    write_config(
+        tmp_path, sandbox, jobs=[job | {"name": "daily"}], daemon={"metrics_file": str(metrics)}
+    )
+    Cli(config)("backup", check=True, timeout=300)
+    text = metrics.read_text()
+    assert 'backup_job="nightly"' not in text, text
+    assert (
+        'influx_backupd_runs_total{backup_instance="default",backup_job="daily",result="ok"} 1'
+        in text
+    )
+    listed = Cli(config).json("list")
+    assert sorted(r["job"] for r in listed) == ["daily", "nightly"], "its backup is kept"

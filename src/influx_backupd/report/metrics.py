@@ -354,6 +354,7 @@ def render(
     offsite: Mapping[str, OffsiteFigures] | None = None,
     offsite_failing: Collection[str] = (),
     instance: str = DEFAULT_INSTANCE,
+    jobs: Collection[str] | None = None,
 ) -> str:
     """The textfile for all jobs in `records`, every sample labelled INSTANCE_LABEL=`instance`.
 
@@ -368,6 +369,12 @@ def render(
 
     `offsite` (per job) and `offsite_failing` (the reasons of offsite.errors.REASONS the
     off-site copy fails on now) add the off-site families; written only with [offsite].
+
+    `jobs` (the config's job names): per-job samples only for these. A job renamed or removed
+    from the config keeps its backups (never pruned) and its records, but its series would stay
+    frozen in the file for ever: its last success ageing (InfluxBackupTooOld), a last failed run
+    or a served_less that no later run clears (InfluxBackupFailed, InfluxdServedLess). `status`
+    names such backups (`not in the config: N backups kept`); the metrics leave them out.
     """
     extra_failures = verify_failures or {}
     counted = counters
@@ -382,7 +389,10 @@ def render(
         for name, when in sorted(daemon.next_runs.items()):
             samples[NEXT_RUN.name].append((((JOB_LABEL, name),), when))
 
-    for job in sorted(set(by_job) | set(extra_failures) | {j for j, _ in counted or {}}):
+    shown = set(by_job) | set(extra_failures) | {j for j, _ in counted or {}}
+    if jobs is not None:
+        shown &= set(jobs)
+    for job in sorted(shown):
         runs = by_job.get(job, [])
         finished = sorted((r for r in runs if r.status in RESULTS), key=_order)
         oks = [r for r in finished if r.ok]

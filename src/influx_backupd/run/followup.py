@@ -62,6 +62,7 @@ def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None =
         offsite=shown,
         offsite_failing=failing,
         instance=instance_of(path),
+        jobs=[job.name for job in config.settings.job],
     )
     try:
         write_textfile(path, text)
