@@ -80,3 +80,49 @@ def test_a_restore_killed_at_its_stop_leaves_left_down_1_and_a_whole_one_0(
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert _left_down(metrics) == "0", "rewritten after the restore: influxd runs"
     assert sandbox.count("metrics") == 200
+
+
+@pytest.mark.fault(
+    "kill", "SIGKILL of backup", "in the stop window, then recover or prune --dry-run"
+)
+def test_a_recovery_that_starts_influxd_sets_left_down_back_to_0(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Any command's recovery that starts influxd again (or finds it running) clears the crash
+    marker; the metrics file says so too, even when no dead run's follow-up rewrites it (a
+    killed restore has no record): else InfluxdLeftDown (critical) fires while influxd serves.
+    Before, `prune --dry-run` (the README's way to start influxd again) left the 1."""
+    metrics = tmp_path / "metrics" / "influx_backupd.prom"
+    metrics.parent.mkdir()
+    job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
+    config = write_config(
+        tmp_path, sandbox, jobs=[job], daemon={"metrics_file": str(metrics)}, holes="fill"
+    )
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 200)
+    first = run_cli(config, "backup", "--json")
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_id = first.stdout.split('"id": "', 1)[1].split('"', 1)[0]
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(FILLER)
+
+    backup = Watched(config, "backup", "--json")
+    backup.wait_event("influxd.stopped", phase="stop")
+    backup.kill()
+    assert _left_down(metrics) == "1"
+    (sandbox.data / "filler.bin").unlink()
+    done = run_cli(config, "recover")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sandbox.count("metrics") == 200, "influxd serves"
+    assert _left_down(metrics) == "0"
+    assert 'result="interrupted"} 1' in metrics.read_text(), "the rest of the file is there"
+
+    restore = Watched(config, "restore", run_id, "--yes")
+    restore.wait_event("influxd.stopping", phase="stop")
+    restore.kill()
+    assert _left_down(metrics) == "1"
+    done = run_cli(config, "prune", "--dry-run")  # recovers: rolls back, starts influxd
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sandbox.count("metrics") == 200, "influxd serves"
+    assert _left_down(metrics) == "0"
+    assert 'result="interrupted"} 1' in metrics.read_text(), "the rest of the file is there"

@@ -497,6 +497,19 @@ def set_left_down(path: Path, down: bool) -> None:
         write_textfile(path, render([], left_down=down, instance=instance_of(path)))
 
 
+def left_down_in(path: Path) -> bool | None:
+    """What the metrics file at `path` says of left_down now (None: no file, or no sample)."""
+    try:
+        text = read_small(path, MAX_METRICS_FILE).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is not None and match["name"] == LEFT_DOWN.name:
+            return match["value"] != "0"
+    return None
+
+
 def left_down_sample(path: Path, down: bool) -> str:
     """The left_down line of the metrics file at `path`, as render writes it."""
     label = f'{INSTANCE_LABEL}="{escape_label_value(instance_of(path))}"'

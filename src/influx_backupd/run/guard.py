@@ -26,7 +26,7 @@ from influx_backupd.core.interrupt import gate_job_control_where_unset, suspend_
 from influx_backupd.core.jsontext import count, number
 from influx_backupd.influxd import logfile, scratch
 from influx_backupd.influxd.server import Influxd, InfluxdError
-from influx_backupd.report import progress
+from influx_backupd.report import metrics, progress
 from influx_backupd.run.followup import (
     MetricsNotWritten,
     follow_up,
@@ -324,6 +324,40 @@ def recover(
     on_damage: OnDamage = "raise",
 ) -> None:
     """We hold the lock, so no other run is alive: undo what a dead one left behind."""
+    try:
+        _recover(config, catalog, start_attempts=start_attempts, on_damage=on_damage)
+    finally:
+        _left_down_as_the_marker_says(config)
+
+
+def _left_down_as_the_marker_says(config: Config) -> None:
+    """The metrics file's left_down made to agree with the crash marker, as the recovery left
+    it. Under the lock no run is in a stop window, so the marker alone says whether influxd is
+    down. A recovery that started influxd (or found it running) clears the marker, but rewrites
+    the metrics only through a dead run's follow-up: a killed restore (no record), a run that
+    failed its start and was followed up before its killer came, or a marker of a run killed
+    before its stop left `left_down 1` there while influxd served, and InfluxdLeftDown (critical)
+    firing until some later full rewrite. Only that sample changes; no catalog read."""
+    path = config.settings.daemon.metrics_file
+    if path is None:
+        return
+    down = CrashMarker.may_be_down(CrashMarker(config.state_dir).read())
+    said = metrics.left_down_in(path)
+    if said is None or said == down:
+        return  # no file (the next full write makes it), or it agrees
+    try:
+        metrics.set_left_down(path, down)
+    except OSError as exc:
+        log.get().error("metrics.not_written", path=str(path), error=exc.strerror or str(exc))
+
+
+def _recover(
+    config: Config,
+    catalog: Catalog,
+    *,
+    start_attempts: int | None,
+    on_damage: OnDamage,
+) -> None:
     # here, not at the top: `list` and `status` import this module for left_stopped only
     from influx_backupd.restore.database import recover_database_restore
     from influx_backupd.restore.swap import failed_kept, renames_blocked, roll_back
