@@ -140,8 +140,12 @@ def valid_database_name(name: str) -> bool:
     )
 
 
-# a database is a directory under data/ and wal/: one file name of at most this many bytes
-MAX_NAME_BYTES = 255
+# A database is a directory under data/ and wal/, and `influxd restore -portable` sends each of
+# its shards' files to the live server in a USTAR tar as "NAME/RP/SHARD/FILE": a header splits
+# such a path into a prefix of at most 155 bytes and a name of at most 100 only at a '/', so
+# NAME (the first element) may be at most 155 bytes; a longer one fails the upload (seen with
+# 1.6: "USTAR cannot encode Name=...") after the whole prepare.
+MAX_NAME_BYTES = 155
 
 
 def database_name_problem(name: str, *, target: bool) -> str | None:
@@ -156,7 +160,10 @@ def database_name_problem(name: str, *, target: bool) -> str | None:
         # influxd restore -newdb writes the name into a USTAR header, which holds ASCII only
         return "influxd restore takes ASCII names only; restore it --as an ASCII name"
     if target and len(name.encode()) > MAX_NAME_BYTES:
-        return f"longer than {MAX_NAME_BYTES} bytes, the most a directory name may be"
+        return (
+            f"{len(name.encode())} bytes long; at most {MAX_NAME_BYTES} bytes: influxd restore "
+            "sends its files in USTAR tar headers, whose path prefix holds no more"
+        )
     return None
 
 
