@@ -22,8 +22,11 @@ NEWNAME existing on the live server is refused, unless --replace: then it is fir
 (`influxd backup -portable -database NEWNAME` from the live server) into the storage dir as
 `NEWNAME.replaced-<id>`, kept and printed, never deleted by us; only then dropped and restored.
 If the restore fails after the drop, that copy is restored back under NEWNAME, with the
-continuous queries and grants the drop took along (Dropped). A database the failed tool had
-begun creating (it did not exist before) is dropped again.
+continuous queries and grants the drop took along (Dropped). NEWNAME is looked at again right
+before the take: one a client created during the prepare is refused then (RestoreMistake). A
+failed restore drops only what it made: a NEWNAME that did not exist right before the take and
+that the tool did not find existing (influxd's "DB metadata not changed": a client created it in
+between) is the take's; any other is the client's and left as it is.
 """
 
 from __future__ import annotations
@@ -500,7 +503,9 @@ def recover_database_restore(config: Config) -> None:
         undone = _undo(
             _Live(config, logger, 0.0),
             str(state["new"]),
-            bool(state.get("existed")),
+            # killed while the tool ran: NEW did not exist right before it (looked at), so
+            # what exists now is taken as the take's (a file of an older version: as it did)
+            bool(state.get("taking", state.get("dropped") or not state.get("existed"))),
             bool(state.get("dropped")),
             Path(aside) if isinstance(aside, str) else None,
             Dropped.of(state.get("lost")),
@@ -511,6 +516,23 @@ def recover_database_restore(config: Config) -> None:
         return
     logger.warning("recovery.database_restore_undone", undone=undone)
     pending.clear()
+
+
+# `influxd restore -portable`'s words when the live server's meta refused the database (it
+# exists there): the tool made nothing, changed nothing
+META_NOT_CHANGED = "DB metadata not changed"
+
+
+def _created_meanwhile(new: str, dropped: bool) -> str:
+    return (
+        f"database {new} was created on the live server meanwhile (by another client, after "
+        + (
+            "this restore dropped the one it replaces"
+            if dropped
+            else "the check before the prepare"
+        )
+        + "); nothing of it was touched: restore --as another name, or --replace it"
+    )
 
 
 def _restore(
@@ -527,6 +549,7 @@ def _restore(
     pending = _Pending(config)
     aside: Path | None = None
     dropped = False
+    made = False  # NEW is this run's: the take began on a server without it, and created it
     lost = Dropped()  # what DROP DATABASE takes with it that the tool does not bring back
     try:
         t_prepare = time.monotonic()
@@ -550,8 +573,28 @@ def _restore(
             )
             live.q(f"DROP DATABASE {ident(new)}")
             dropped = True
+        # The check that NEW is free was made before the prepare, which may have taken long:
+        # a client may have created it since. Looked at again right before the take; what
+        # exists now is not ours to fill, nor to drop.
+        if live.has(new):
+            raise RestoreMistake(_created_meanwhile(new, dropped))
+        pending.write(
+            new=new,
+            existed=exists,
+            dropped=dropped,
+            aside=str(aside) if aside else None,
+            lost=lost.as_json(),
+            taking=True,
+        )
         t_restore = time.monotonic()
-        live.take(portable, name, new)
+        made = True  # unless the tool says the server refused it (below)
+        try:
+            live.take(portable, name, new)
+        except StepFailed as exc:
+            # a client created it between the look above and the tool's meta update: the
+            # live server refused the tool's database, and NEW is the client's
+            made = META_NOT_CHANGED not in str(exc)
+            raise
         result.restore_s = round(time.monotonic() - t_restore, 3)
         # ok only once it serves what the backup counted of it (else undone below)
         recorded = (source.record.db_counts if source.record else None) or {}
@@ -572,9 +615,21 @@ def _restore(
         # database's continuous queries the backup does not bring back are named
         result.warnings += lost.grant_again(live) + lost.not_recreated(cqs.recreated, logger)
         pending.clear()
+    except RestoreMistake as exc:  # created meanwhile, before this run changed anything
+        if not dropped:
+            pending.clear()
+            logger.error("restore.database_refused", error=str(exc))
+            raise
+        with signals_blocked():
+            undone = _undo(live, new, False, dropped, aside, lost)
+            pending.clear()
+        logger.error("restore.database_failed", error=str(exc), undone=undone)
+        raise RestoreFailed(
+            f"restore of database {name} as {new} failed: {exc}; {undone}"
+        ) from None
     except (Exception, Interrupted) as exc:
         with signals_blocked():
-            undone = _undo(live, new, exists, dropped, aside, lost)
+            undone = _undo(live, new, made, dropped, aside, lost)
             pending.clear()
         logger.error("restore.database_failed", error=str(exc), undone=undone)
         if isinstance(exc, Interrupted):
@@ -587,7 +642,7 @@ def _restore(
 def _undo(
     live: _Live,
     new: str,
-    existed: bool,
+    made: bool,
     dropped: bool,
     aside: Path | None,
     lost: Dropped,
@@ -595,23 +650,53 @@ def _undo(
     strict: bool = False,
 ) -> str:
     """Put the live server back as it was (a replaced database with its continuous queries and
-    the users' grants on it, which the drop took and the tool does not restore); says how it
-    ended, for the error line. strict (recovery): a live server that does not answer raises
-    StepFailed, to be tried again."""
+    the users' grants on it, which the drop took and the tool does not restore); says what it
+    did, for the error line. made: NEW is this run's (its take created it), the one database
+    dropped here; one a client created meanwhile is left as it is. strict (recovery): a live
+    server that does not answer raises StepFailed, to be tried again."""
     if dropped and aside is not None and not aside.is_dir():
         return f"database {new} was dropped and its copy {aside} is gone: restore it by hand"
     if strict:
         live.has(new)  # StepFailed while the live server does not answer
+    done: list[str] = []
     try:
-        if (dropped or not existed) and live.has(new):
+        there = live.has(new)
+        if there and made:
             live.q(f"DROP DATABASE {ident(new)}")  # what the failed restore made of it
+            done.append(f"the half-restored {new} this restore made was dropped")
+            there = False
+        elif there:
+            done.append(f"database {new}, created meanwhile by another client, was left as it is")
+        if dropped and aside is not None and there:
+            return "; ".join(
+                [
+                    *done,
+                    f"the replaced {new} is kept in {aside}: put it back by hand (as another "
+                    "name, or once that one is dropped) with "
+                    + shlex.join(
+                        [
+                            "influxd",
+                            "restore",
+                            "-portable",
+                            "-host",
+                            live.snapshot,
+                            "-db",
+                            new,
+                            str(aside),
+                        ]
+                    ),
+                ]
+            )
         if dropped and aside is not None:
             live.take(aside, new, new)
             problems = lost.create_again(live) + lost.grant_again(live)
-            return (
-                f"database {new} was put back from the copy kept in {aside}"
-                + (f" ({lost.described()})" if lost else "")
-                + "".join(f"; but {problem}" for problem in problems)
+            return "; ".join(
+                [
+                    *done,
+                    f"database {new} was put back from the copy kept in {aside}"
+                    + (f" ({lost.described()})" if lost else "")
+                    + "".join(f"; but {problem}" for problem in problems),
+                ]
             )
     except Exception as exc:
         if dropped and aside is not None:
@@ -633,7 +718,9 @@ def _undo(
         return f"dropping the half-restored {new} failed ({exc}): drop it by hand"
     if aside is not None:
         remove_gently(aside, ignore_errors=True)  # a copy of a database that was never dropped
-    return "the live server's databases are as they were"
+    if not done:
+        return "nothing on the live server was changed"
+    return "; ".join([*done, "no other database was touched"])
 
 
 @dataclass
