@@ -67,11 +67,19 @@ def test_a_database_restore_killed_leaves_the_live_server_as_it_was(
         restore.kill()
     assert "restore.database_done" not in "".join(restore.lines), "killed before it ended"
 
-    done = run_cli(config, "prune", "--dry-run")  # the next lock-taking command
+    if nth > 1:  # killed with the live server changed: a dry run says so and changes nothing
+        done = run_cli(config, "prune", "--dry-run")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert '"dry_run": true' in done.stderr and "drop the half-restored m2" in done.stderr
+        assert "m2" in points(sandbox), "a dry run drops no database"
+        status = run_cli(config, "status")
+        assert "a killed restore --database left m2 pending" in status.stdout, status.stdout
+    done = run_cli(config, "recover")  # the next lock-taking command
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     if nth > 1:  # killed with the live server changed: undone from the pending file
         assert "recovery.database_restore_undone" in done.stderr, done.stderr[-3000:]
+        assert "undid the killed restore of database m2: the half-restored m2" in done.stdout
     assert sandbox.pids() == live_pids, "the live influxd was never stopped"
     left = _ours(tmp_path, sandbox)
     for proc in left:
@@ -85,3 +93,62 @@ def test_a_database_restore_killed_leaves_the_live_server_as_it_was(
     lost_points, lost = ledger.settle()
     assert lost_points == 0, "points lost"
     assert lost == [], f"archives lost or changed: {lost}"
+
+
+@pytest.mark.fault("kill", "SIGKILL of restore --database from a cold archive, once it is in")
+@pytest.mark.parametrize("form", ["--as", "--as --replace"])
+def test_a_database_restore_killed_once_its_database_is_in_is_finished_not_undone(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, form: str
+) -> None:
+    """Past the point of no return (the database taken in, every shard settled), clients may
+    write into the restored database: the next lock-taking command keeps it, with those writes
+    (with --replace, the replaced database stays in its copy aside, as after a restore)."""
+    config = write_config(tmp_path, sandbox)
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 20_000)
+    done = run_cli(config, "backup", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(done.stdout)
+    pending = tmp_path / "state" / "restore-database.json"
+    replace = form.endswith("--replace")
+    if replace:
+        sandbox.create_db("m2")
+        sandbox.write_points("m2", 10)  # the database the restore replaces
+
+    restore = Watched(
+        config, "restore", record["id"], "--database", "metrics", "--as", "m2",
+        *(["--replace", "--yes"] if replace else []),
+    )  # fmt: skip
+    try:
+        restore.wait_event("restore.taken_in", timeout=300)
+    finally:
+        restore.kill()
+    assert "restore.database_done" not in "".join(restore.lines), "killed before it ended"
+    assert json.loads(pending.read_text())["in"] is True
+    sandbox.write_points("m2", 50, start=500_000)  # a client writes into the restored database
+    ledger.take()
+    assert points(sandbox) == {"metrics": 20_000, "m2": 20_050}
+
+    status = run_cli(config, "status")
+    assert "a killed restore --database left m2 pending" in status.stdout, status.stdout
+    assert "`influx-backupd recover` keeps it" in status.stdout
+    done = run_cli(config, "prune", "--dry-run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "keep the restored database m2" in done.stderr and pending.exists()
+    done = run_cli(config, "recover")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert "recovery.database_restore_finished" in done.stderr, done.stderr[-3000:]
+    assert "finished the killed restore of database m2: kept the restored database m2" in (
+        done.stdout
+    ), done.stdout
+    assert "not compared with the backup's count" in done.stdout
+    if replace:
+        [kept] = (tmp_path / "archives").glob("m2.replaced-*")
+        assert f"the replaced m2 is kept in {kept}" in done.stdout, done.stdout
+    assert not pending.exists()
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0, "the restored database and the writes since are kept"
+    assert lost == [], f"archives lost or changed: {lost}"
+    assert points(sandbox) == {"metrics": 20_000, "m2": 20_050}
+    assert "nothing to recover" in run_cli(config, "recover").stdout

@@ -227,9 +227,16 @@ def test_a_replace_killed_after_the_drop_is_undone_by_the_next_command(
     assert stuck.json("status")["restore"] is None, "a file left by a dead restore is not shown"
 
     cli = Cli(write_config(tmp_path, sandbox))
-    done = cli("prune", "--dry-run")  # any command that takes the lock
+    done = cli("prune", "--dry-run")  # a dry run says what it would do, and does none of it
+    assert done.returncode == 0, done.stderr
+    assert "put the replaced one back from" in done.stderr and '"dry_run": true' in done.stderr
+    assert pending.exists() and "other" not in sandbox.databases()
+    done = cli("recover")  # as any command that takes the lock
     assert done.returncode == 0, done.stderr
     assert "recovery.database_restore_undone" in done.stderr
+    assert "undid the killed restore of database other: database other was put back" in (
+        done.stdout
+    ), done.stdout
     assert not pending.exists()
     assert not (tmp_path / "state" / "restore-progress.json").exists()
     assert _points(sandbox) == before, "other is back, as it was; nothing else changed"

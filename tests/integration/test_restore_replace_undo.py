@@ -106,7 +106,7 @@ def test_a_replace_killed_after_the_drop_is_undone_with_its_cqs_and_grants(
     for p in hanging_tool:
         p.kill()
 
-    done = Cli(write_config(tmp_path, sandbox))("prune", "--dry-run")  # takes the lock
+    done = Cli(write_config(tmp_path, sandbox))("prune")  # takes the lock (a dry run: not)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "recovery.database_restore_undone" in done.stderr
     assert not pending.exists()

@@ -65,7 +65,13 @@ from influx_backupd.store.archive import not_a_backup
 from influx_backupd.store.catalog import Catalog, CatalogError
 from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import records_in
-from influx_backupd.store.state import CrashMarker, lock_held
+from influx_backupd.store.state import (
+    PENDING_DATABASE_RESTORE,
+    CrashMarker,
+    dry_recovery,
+    lock_held,
+    pending_database_restore,
+)
 
 if TYPE_CHECKING:
     from influx_backupd.keep.prune import PruneReport
@@ -650,25 +656,51 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_recover(config: Config, args: argparse.Namespace) -> int:
     """What the lock's recovery does, alone (guard.recover): influxd started again after a
-    killed run, a killed restore rolled back; 3 starts tried, then StartFailed (exit 1)."""
+    killed run, a killed restore rolled back, a killed `restore --database` undone or finished;
+    3 starts tried, then StartFailed (exit 1)."""
     marker = CrashMarker(config.state_dir)
     left = marker.read() if config.state_dir.exists() else None
-    if left is not None:
+    database = (config.state_dir / PENDING_DATABASE_RESTORE).exists()
+    recovered: list[str] = []
+    if left is not None or database:
         with exclusive(config, influxd=False, start_attempts=3):
             pass
+        if database:
+            from influx_backupd.restore.database import RECOVERED
+
+            recovered = RECOVERED
     still = marker.read() if left is not None else None
     run_id = left.get("run_id") if left is not None else None
+    kept_db = database and (config.state_dir / PENDING_DATABASE_RESTORE).exists()
+    if kept_db:  # the live server did not answer: said in the log; tried again next time
+        recovered = [
+            *recovered,
+            f"{config.state_dir / PENDING_DATABASE_RESTORE} kept: a killed restore --database "
+            "is neither undone nor finished (the live server did not answer; see the log): "
+            "run recover again",
+        ]
     if args.json:
-        print_json({"left_stopped": left is not None, "run_id": run_id, "kept": still is not None})
-    elif left is None:
-        print("nothing to recover: no run left influxd stopped")
+        print_json(
+            {
+                "left_stopped": left is not None,
+                "run_id": run_id,
+                "kept": still is not None,
+                "database_restore": recovered,
+            }
+        )
+        return EXIT_FAILED if kept_db else EXIT_OK
+    for line in recovered:
+        print(line)
+    if left is None:
+        if not database:
+            print("nothing to recover: no run left influxd stopped, no database restore pending")
     elif still is None and not CrashMarker.may_be_down(left):
         print(f"cleared the crash marker of run {run_id}, killed before it stopped influxd")
     elif still is None:
         print(f"recovered: influxd, stopped by run {run_id or '(unknown)'}, runs again")
     else:  # a server that got a stop and still runs: watched, not started twice
         print(f"crash marker {marker.path} kept: its run's influxd still runs")
-    return EXIT_OK
+    return EXIT_FAILED if kept_db else EXIT_OK
 
 
 def cmd_prune(config: Config, args: argparse.Namespace) -> int:
@@ -681,7 +713,7 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> int:
     if args.dry_run and not config.state_dir.exists():
         # no catalog yet: nothing to prune, and a dry run creates no state dir to say so
         return _print_prune(PruneReport(dry_run=True), args)
-    with exclusive(config, influxd=False, doing="prune") as catalog:
+    with dry_recovery(args.dry_run), exclusive(config, influxd=False, doing="prune") as catalog:
         hold = unsent_holds(config, catalog)
         report = prune(config, catalog, job=args.job, dry_run=args.dry_run, hold=hold)
         if not args.dry_run:
@@ -735,12 +767,15 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     else:
         # A damaged catalog is moved aside (never deleted) and rebuilt from the records;
         # recovery reads the catalog only after that.
-        with exclusive(
-            config,
-            on_damage="ignore" if args.dry_run else "set_aside",
-            influxd=False,
-            doing="import",
-        ) as catalog:
+        with (
+            dry_recovery(args.dry_run),
+            exclusive(
+                config,
+                on_damage="ignore" if args.dry_run else "set_aside",
+                influxd=False,
+                doing="import",
+            ) as catalog,
+        ):
             found, problems = records_in(storage)
             known = set() if catalog.damage else {r.id for r in catalog.list()}
             new = [r for r in found if r.id not in known]
@@ -851,10 +886,24 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 
     Catalog(config.state_dir).check()
     report = gather(config)
+    # a killed `restore --database` (a running one holds the lock): what the next lock-taking
+    # command does with it
+    pending = None if lock_held(config.state_dir) else pending_database_restore(config.state_dir)
+    report["database_restore_pending"] = pending
     if args.json:
         print_json(report)
     else:
         print(render(report))
+        if pending is not None:
+            what = (
+                "its database was in: `influx-backupd recover` keeps it and finishes"
+                if pending.get("in")
+                else "it was not in: `influx-backupd recover` undoes it"
+            )
+            print(
+                f"restore   a killed restore --database left {pending.get('new', '?')} pending "
+                f"({config.state_dir / PENDING_DATABASE_RESTORE}); {what}"
+            )
     # influxd left down by a run that is gone is the one state that needs a person now:
     # `influx-backupd status || alert` (a job's failed run is a line, not an outage)
     down = report["influxd_down"]

@@ -409,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
         "influxd was stopped, and then stopped itself before systemd restarted it, never leaves "
         "the server down. Also when the config no longer loads: the config the killed run used "
         "is kept in the state dir for this. Tries 3 starts, then exits 1 (the next command or "
-        "the daemon tries again).",
+        "the daemon tries again). A killed `restore --database` is undone (its database not in "
+        "yet) or finished (in: kept, with the writes since), and said; exit 1 if the live server "
+        "does not answer.",
     )
 
     p = _command(

@@ -36,6 +36,7 @@ import shlex
 import tarfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -92,6 +93,7 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import check_links
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.scanners import members_seen, scan_portable
+from influx_backupd.store.state import PENDING_DATABASE_RESTORE, recovery_is_dry
 
 
 @dataclass
@@ -350,10 +352,13 @@ class _Live:
         except counts.FiguresError as exc:
             raise StepFailed(str(exc)) from None
 
-    def take(self, portable: Path, db: str, as_name: str) -> None:
+    def take(
+        self, portable: Path, db: str, as_name: str, on_in: Callable[[], None] | None = None
+    ) -> None:
         """Database db of a portable backup into the live server as as_name; returns once
         every shard of it is open. The upload is paced at self.rate bytes a second (0: not),
-        and the files the server writes are flushed behind as they grow."""
+        and the files the server writes are flushed behind as they grow. on_in: called once
+        it is in, before that is logged."""
         behind = FlushBehind(self.config.server.data / as_name)
         with behind, Forwarder(self.snapshot, self.rate) as paced:
             _tool(
@@ -371,6 +376,8 @@ class _Live:
             )
         self.q("SHOW MEASUREMENTS", as_name)
         self.settled(as_name, *_shards_with_data(portable, db))
+        if on_in is not None:
+            on_in()
         self.logger.info(
             "restore.taken_in",
             database=as_name,
@@ -461,13 +468,14 @@ def _export(config: Config, logger: Logger, host: str, db: str, dest: Path) -> N
     _tool(config, logger, "backup", "-portable", "-host", host, "-database", db, str(dest))
 
 
-PENDING = "restore-database.json"  # in state_dir while the live server is being changed
+PENDING = PENDING_DATABASE_RESTORE  # in state_dir while the live server is being changed
 
 
 class _Pending:
     """What a database restore has done to the live server so far, in state_dir: a restore
     killed outright (SIGKILL, power loss) is undone from it by the next lock-taking command
-    (recover_database_restore)."""
+    (recover_database_restore); once its database is in ("in": taken in, every shard settled),
+    it is finished instead, never undone: clients may have written into it since."""
 
     def __init__(self, config: Config) -> None:
         self.path = config.state_dir / PENDING
@@ -487,25 +495,44 @@ class _Pending:
         self.path.unlink(missing_ok=True)
 
 
+# What recovery did with a killed database restore in this process, one line each (`recover`).
+RECOVERED: list[str] = []
+
+
 def recover_database_restore(config: Config) -> None:
-    """Called under the lock (its writer is dead): undo what a killed database restore did to
-    the live server, as a failed one undoes it itself. Kept for the next command if the live
-    server does not answer now."""
+    """Called under the lock (its writer is dead): a killed database restore whose database was
+    not in yet is undone on the live server, as a failed one undoes it itself; one whose
+    database was in (the point of no return: clients may have written into it since) is
+    finished: the database kept, the replaced one's grants given again, what is left undone
+    said in one warning. Kept for the next command if the live server does not answer now; a
+    dry run (state.dry_recovery) says what it would do and changes nothing."""
     pending = _Pending(config)
     state = pending.read()
     if state is None:
-        if pending.path.exists():
+        if pending.path.exists() and not recovery_is_dry():
             pending.clear()  # unreadable: written half-way, before anything was changed
         return
     logger = log.get(action="recovery", database=state.get("new"))
     aside = state.get("aside")
+    if state.get("in"):
+        _finish(config, pending, state, logger)
+        return
+    made = bool(state.get("taking", state.get("dropped") or not state.get("existed")))
+    if recovery_is_dry():
+        would = (f"drop the half-restored {state.get('new')}" if made else "drop nothing") + (
+            f", put the replaced one back from {aside}" if state.get("dropped") else ""
+        )
+        logger.warning(
+            "recovery.database_restore_pending", would=would, path=str(pending.path), dry_run=True
+        )
+        return
     try:
         undone = _undo(
             _Live(config, logger, 0.0),
             str(state["new"]),
             # killed while the tool ran: NEW did not exist right before it (looked at), so
             # what exists now is taken as the take's (a file of an older version: as it did)
-            bool(state.get("taking", state.get("dropped") or not state.get("existed"))),
+            made,
             bool(state.get("dropped")),
             Path(aside) if isinstance(aside, str) else None,
             Dropped.of(state.get("lost")),
@@ -515,6 +542,39 @@ def recover_database_restore(config: Config) -> None:
         logger.error("recovery.database_restore_pending", error=str(exc), path=str(pending.path))
         return
     logger.warning("recovery.database_restore_undone", undone=undone)
+    RECOVERED.append(f"undid the killed restore of database {state['new']}: {undone}")
+    pending.clear()
+
+
+def _finish(config: Config, pending: _Pending, state: dict[str, Any], logger: Logger) -> None:
+    """A killed database restore past its point of no return: finished forward (see above)."""
+    new, aside = str(state.get("new")), state.get("aside")
+    left = [
+        f"its points were not compared with the backup's count, and the backup's continuous "
+        f"queries on {state.get('database', new)} were not re-created: check both by hand"
+    ]
+    if isinstance(aside, str):
+        left.append(f"the replaced {new} is kept in {aside}")
+    if recovery_is_dry():
+        logger.warning(
+            "recovery.database_restore_pending",
+            would=f"keep the restored database {new} and finish its restore",
+            path=str(pending.path),
+            dry_run=True,
+        )
+        return
+    live = _Live(config, logger, 0.0)
+    try:
+        if live.has(new):
+            left = Dropped.of(state.get("lost")).grant_again(live) + left
+            done = f"kept the restored database {new} (it was in when the restore was killed)"
+        else:
+            done = f"the restored database {new} is gone from the live server (dropped since)"
+    except StepFailed as exc:
+        logger.error("recovery.database_restore_pending", error=str(exc), path=str(pending.path))
+        return
+    logger.warning("recovery.database_restore_finished", done=done, left_undone=left)
+    RECOVERED.append(f"finished the killed restore of database {new}: {done}; " + "; ".join(left))
     pending.clear()
 
 
@@ -588,8 +648,23 @@ def _restore(
         )
         t_restore = time.monotonic()
         made = True  # unless the tool says the server refused it (below)
+
+        def taken_in() -> None:
+            # the point of no return: a kill from here on is finished, not undone (clients
+            # may write into it from now on); a failure in this process is still undone
+            pending.write(
+                new=new,
+                database=name,
+                existed=exists,
+                dropped=dropped,
+                aside=str(aside) if aside else None,
+                lost=lost.as_json(),
+                taking=True,
+                **{"in": True},
+            )
+
         try:
-            live.take(portable, name, new)
+            live.take(portable, name, new, on_in=taken_in)
         except StepFailed as exc:
             # a client created it between the look above and the tool's meta update: the
             # live server refused the tool's database, and NEW is the client's
@@ -629,6 +704,17 @@ def _restore(
         ) from None
     except (Exception, Interrupted) as exc:
         with signals_blocked():
+            if made or dropped:
+                # undone in this process, even past the point of no return: a kill during the
+                # undo leaves it to recovery to undo (never to finish a half-undone restore)
+                pending.write(
+                    new=new,
+                    existed=exists,
+                    dropped=dropped,
+                    aside=str(aside) if aside else None,
+                    lost=lost.as_json(),
+                    taking=made,
+                )
             undone = _undo(live, new, made, dropped, aside, lost)
             pending.clear()
         logger.error("restore.database_failed", error=str(exc), undone=undone)

@@ -14,6 +14,8 @@ import errno
 import fcntl
 import os
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,41 @@ from influx_backupd.core.processes import names_same, own_identity, same_as
 SIGNALLED_WATCH_S = 900.0
 # A restore marker's phase once the restored server answers (CrashMarker.swap_done).
 SWAP_DONE = "swap_done"
+
+# What a `restore --database` has done to the live server so far (restore/database.py), in
+# state_dir while it changes it; read here too by `status` and `recover`, which say it.
+PENDING_DATABASE_RESTORE = "restore-database.json"
+
+# Set while a --dry-run command holds the lock: its recovery says what it would do to the live
+# server's databases (a killed `restore --database`'s) and does none of it.
+_DRY_RECOVERY: ContextVar[bool] = ContextVar("dry_recovery", default=False)
+
+
+@contextlib.contextmanager
+def dry_recovery(dry: bool) -> Iterator[None]:
+    token = _DRY_RECOVERY.set(dry)
+    try:
+        yield
+    finally:
+        _DRY_RECOVERY.reset(token)
+
+
+def recovery_is_dry() -> bool:
+    return _DRY_RECOVERY.get()
+
+
+def pending_database_restore(state_dir: Path) -> dict[str, Any] | None:
+    """A killed `restore --database`'s pending state ({} if unreadable), None if there is none."""
+    path = state_dir / PENDING_DATABASE_RESTORE
+    try:
+        text = path.read_text()
+    except OSError:  # none, or a state dir this user cannot read (said elsewhere)
+        return None
+    try:
+        data = loads_json(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 # What a holder of the backup lock does, written after its pid in the lock file ("PID DOING"),
