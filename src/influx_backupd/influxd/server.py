@@ -29,7 +29,7 @@ import psutil
 
 from influx_backupd.core import log
 from influx_backupd.core.atomic import read_small, replace_file
-from influx_backupd.core.config import Config, ConfigError
+from influx_backupd.core.config import Config, ConfigError, read_server_paths
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import child_preexec, signals_allowed
 from influx_backupd.core.paths import real
@@ -254,6 +254,9 @@ class Influxd:
     def startable(self) -> str | None:
         """Why influxd could not be started again as configured, or None. Checked before
         anything is stopped: a stop we cannot undo is the worst thing we can do."""
+        problem = self._conf_problem()
+        if problem is not None:
+            return problem
         if self.section.service:
             return self._unit_unstartable(self.section.service)
         command = self.section.command or []
@@ -283,6 +286,29 @@ class Influxd:
                 f"influxd.command must name the configured influxdb.conf {conf} "
                 f"(influxd.config) with -config; {what}: influxd started by it would not be "
                 "the server backed up"
+            )
+        return None
+
+    def _conf_problem(self) -> str | None:
+        """influxdb.conf as influxd will read it when it starts again: still there, readable,
+        TOML, naming the dirs this command loaded. The command's own check may be hours old
+        (a long extraction, a daemon's schedule): moved, broken or edited since, the start
+        after the stop would fail, or bring up a server on other dirs than those copied."""
+        loaded = self.config.server
+        try:
+            now, _ = read_server_paths(loaded.conf)
+        except ConfigError as exc:
+            return f"{exc}: influxd could not start again with it"
+        moved = [
+            f"{name} {getattr(loaded, name)} -> {getattr(now, name)}"
+            for name in ("meta", "data", "wal", "hh")
+            if getattr(now, name) != getattr(loaded, name)
+        ]
+        if moved:
+            return (
+                f"{loaded.conf} names other dirs than when this command read it "
+                f"({', '.join(moved)}): influxd would start again on other dirs than these; "
+                "run the command again (the daemon: systemctl reload influx-backupd)"
             )
         return None
 
