@@ -147,6 +147,14 @@ def url_problem(url: str, key: str = "url") -> str | None:
         port = parts.port
     except ValueError:  # out of range or not a number; urllib's words quote part of the URL
         return f"its port must be a number 1-65535, {example}"
+    # urllib sends neither (http.client refuses a space, ASCII-encodes the path): every request
+    # would fail, and its error quotes the path, a heartbeat's secret. Leading spaces are
+    # stripped by urllib itself.
+    if any(c.isspace() for c in url.lstrip(" ")) or not (parts.path + parts.query).isascii():
+        return (
+            "must not contain spaces or non-ASCII characters (the URL is not shown): "
+            f"percent-encode them (a space is %20), delete one pasted at its end, {example}"
+        )
     shown = shown_parts(parts)
     if "@" in parts.netloc:
         # urllib cannot send them (it reads "user:password@host" as host and port, and says so

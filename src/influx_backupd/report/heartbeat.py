@@ -66,8 +66,19 @@ def ping(base: str, signal: Signal, *, timeout: float = TIMEOUT_S, body: str | N
     error = outcome.get("error") or (
         f"HTTP {status}" if status is not None else f"no answer within {timeout:g}s"
     )
-    logger.warning("heartbeat.failed", url=_shown(url), error=str(error).replace(url, _shown(url)))
+    logger.warning("heartbeat.failed", url=_shown(url), error=_scrubbed(str(error), url))
     return False
+
+
+def _scrubbed(error: str, url: str) -> str:
+    """An error without the URL's path or query, whole or as urllib quotes them (http.client
+    quotes the path alone, "URL can't contain control characters. '/ping/UUID/start'")."""
+    parts = urllib.parse.urlsplit(url)
+    secret = parts.path + (f"?{parts.query}" if parts.query else "")
+    for text in (url, secret, parts.path, parts.query):
+        if len(text) > 1:  # "/" alone hides nothing and would spoil the message
+            error = error.replace(text, _shown(url) if text == url else "…")
+    return error
 
 
 def _shown(url: str) -> str:
