@@ -175,3 +175,29 @@ def test_verify_checks_the_records_beside_the_earlier_links(
     [result] = json.loads(done.stdout)
     assert not result["warnings"], result
     assert "new host" not in result["checks"]["chain"]
+
+
+def test_a_restore_refused_for_a_damaged_cold_archive_records_it(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """As for a hot link: a cold archive whose bytes no longer match its sha256 is refused, and
+    `list` and `status` say so from then on instead of calling it ok."""
+    cold = [{"name": "nightly", "mode": "cold", "copy": "direct"}]
+    cli = Cli(write_config(tmp_path, sandbox, jobs=cold))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    backup = cli.json("backup")
+    archive = Path(backup["archive"])
+    with archive.open("r+b") as f:  # one byte of the tar's end-of-archive zeros: size unchanged
+        f.seek(-10, 2)
+        f.write(b"\xff")
+
+    done = cli("restore", backup["id"], "--target", str(tmp_path / "restored"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "restore refused, nothing touched" in done.stderr and "sha256" in done.stderr
+    assert not (tmp_path / "restored").exists()
+    listed = _listed(cli)
+    assert listed[backup["id"]]["verify_status"] == "failed"
+    assert str(archive) in listed[backup["id"]]["verify_detail"]
+    assert _statuses(cli) == {backup["id"]: "check-fail"}
+    assert backup["id"] in cli.json("status")["verify"]["failing"]

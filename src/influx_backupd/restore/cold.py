@@ -40,7 +40,7 @@ from influx_backupd.store.archive import (
     scan_archive,
 )
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.chain import lookup
+from influx_backupd.store.chain import Link, LinkDamaged, lookup
 from influx_backupd.store.formats import check_archive as check_formats
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.record import RunRecord, only_in_bucket
@@ -116,14 +116,18 @@ def scan_cold(path: Path, record: RunRecord | None) -> ColdScan:
     its bytes are the ones written: said (event restore.no_sidecar, ColdScan.unchecked), and
     the formats of its files are checked deeply instead, as verify --deep does; an error, or a
     WAL segment of which nothing decodes, refuses it."""
+    # Bytes that differ from the record's sha256 are LinkDamaged: the catalog records it found
+    # bad as verify would (before, `list` and status went on calling such an archive ok)
+    link = Link(path, record, incremental=False) if record is not None else None
     try:
         scan = scan_archive(path, ALLOWED_TOPS)
-    except ArchiveError as exc:
+    except ArchiveError as exc:  # unreadable, or a member refused: not always the bytes' fault
         raise RestoreRefused(str(exc)) from None
-    if record is not None and record.sha256 and record.sha256 != scan.sha256:
-        raise RestoreRefused(
+    if link is not None and record is not None and record.sha256 and record.sha256 != scan.sha256:
+        raise LinkDamaged(
             f"{path}: sha256 {scan.sha256} does not match the recorded {record.sha256} "
-            f"(run {record.id})"
+            f"(run {record.id})",
+            link,
         )
     for needed in ("meta", "data"):
         if needed not in scan.tops:
