@@ -27,24 +27,15 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import wait_until, write_config
 from tests.faults.conftest import Ledger, Watched, one_line, run_cli
+from tests.faults.test_restore_refusals import HOOK as RESTORE_PAUSE
 
-HOOK = """
-import os, time
-import influx_backupd.jobs.cold as cold_job
-import influx_backupd.restore.cold as cold
-import influx_backupd.restore.hot as hot
-def _then_wait(original):
-    def waits(*a, **k):
-        out = original(*a, **k)
-        open(os.environ["CC_PAUSED"], "w").close()
-        while not os.path.exists(os.environ["CC_GO"]):
-            time.sleep(0.01)
-        return out
-    return waits
-cold_job.space_needed = _then_wait(cold_job.space_needed)
-cold.extract_safely = _then_wait(cold.extract_safely)
-hot._build = _then_wait(hot._build)
-"""
+# the restore refusals' pause (after the extraction or the build), and the cold job's after its
+# space is measured
+HOOK = (
+    RESTORE_PAUSE
+    + "import influx_backupd.jobs.cold as cold_job\n"
+    + "cold_job.space_needed = _then_wait(cold_job.space_needed)\n"
+)
 
 
 def _moved(conf: Path) -> str:
@@ -80,8 +71,8 @@ JOBS = {
 def _paused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "hook").mkdir()
     (tmp_path / "hook" / "sitecustomize.py").write_text(HOOK)
-    monkeypatch.setenv("CC_PAUSED", str(tmp_path / "paused"))
-    monkeypatch.setenv("CC_GO", str(tmp_path / "go"))
+    monkeypatch.setenv("UR_PAUSED", str(tmp_path / "paused"))
+    monkeypatch.setenv("UR_GO", str(tmp_path / "go"))
     tail = os.environ.get("PYTHONPATH", "")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "hook"), tail]))
 

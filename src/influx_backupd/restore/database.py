@@ -758,19 +758,7 @@ def _undo(
                 [
                     *done,
                     f"the replaced {new} is kept in {aside}: put it back by hand (as another "
-                    "name, or once that one is dropped) with "
-                    + shlex.join(
-                        [
-                            "influxd",
-                            "restore",
-                            "-portable",
-                            "-host",
-                            live.snapshot,
-                            "-db",
-                            new,
-                            str(aside),
-                        ]
-                    ),
+                    "name, or once that one is dropped) with " + _by_hand(live, new, aside),
                 ]
             )
         if dropped and aside is not None:
@@ -788,18 +776,7 @@ def _undo(
         if dropped and aside is not None:
             return (
                 f"putting {new} back failed too ({exc}): its data is in {aside}; restore it with "
-                + shlex.join(
-                    [
-                        "influxd",
-                        "restore",
-                        "-portable",
-                        "-host",
-                        live.snapshot,
-                        "-db",
-                        new,
-                        str(aside),
-                    ]
-                )
+                + _by_hand(live, new, aside)
             )
         return f"dropping the half-restored {new} failed ({exc}): drop it by hand"
     if aside is not None:
@@ -993,3 +970,10 @@ def _portable_of(
             "compaction may be back",
         )
     return portable
+
+
+def _by_hand(live: _Live, new: str, aside: Path) -> str:
+    """The command that puts a replaced database's kept copy back, for an error line."""
+    return shlex.join(
+        ["influxd", "restore", "-portable", "-host", live.snapshot, "-db", new, str(aside)]
+    )
