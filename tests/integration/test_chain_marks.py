@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, hot_chain, new_host_config, write_config
 
@@ -201,3 +203,30 @@ def test_a_restore_refused_for_a_damaged_cold_archive_records_it(
     assert str(archive) in listed[backup["id"]]["verify_detail"]
     assert _statuses(cli) == {backup["id"]: "check-fail"}
     assert backup["id"] in cli.json("status")["verify"]["failing"]
+
+
+@pytest.mark.parametrize("mode", ["cold", "hot"])
+def test_a_restore_of_an_id_whose_archive_is_gone_says_so_in_one_line(
+    tmp_path: Path, sandbox: Sandbox, mode: str
+) -> None:
+    """Before: `influx-backupd: No such file or directory: PATH` from the first open, which
+    neither said it was a restore refused nor where to look."""
+    job = {"name": "nightly", "mode": "cold", "copy": "direct"} if mode == "cold" else HOT[0]
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[job]))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    backup = cli.json("backup")
+    archive = Path(backup["archive"])
+    archive.rename(tmp_path / "moved-away")
+
+    for form in ([], ["--target", str(tmp_path / "restored")], ["--database", "metrics"]):
+        done = cli("restore", backup["id"], *form, "--yes")
+        assert done.returncode == 1, (form, done.stdout + done.stderr)
+        [line] = [ln for ln in done.stderr.splitlines() if not ln.startswith("{")]
+        assert line == (
+            f"influx-backupd: restore refused, nothing touched: backup {backup['id']}'s archive "
+            f"{archive} is gone (moved or deleted since it was written): `influx-backupd list` "
+            "shows what is kept; if it was sent off-site, "
+            f"`influx-backupd restore {backup['id']} --from offsite`"
+        ), (form, line)
+    assert sandbox.count("metrics") == 1_000

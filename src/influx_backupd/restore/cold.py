@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import grp
+import os
 import pwd
 import shutil
 import tarfile
@@ -56,6 +57,7 @@ def resolve_backup(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | Non
     if record is not None and record.id == backup:
         if record.status != "ok" or path is None:
             raise RestoreRefused(f"backup {backup} is {record.status}, not a usable backup")
+        refuse_gone(record, path)
         return path, record
     if path is None:
         raise RestoreRefused(f"{backup}: neither a catalog id nor an existing archive path")
@@ -65,6 +67,17 @@ def resolve_backup(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | Non
         return path, record_beside(path.absolute())
     except SidecarError as exc:
         raise RestoreRefused(str(exc)) from None
+
+
+def refuse_gone(record: RunRecord, path: Path) -> None:
+    """A catalogued backup whose archive is no longer where the catalog says: one line naming
+    it (before, a bare "No such file or directory: PATH" from the first open)."""
+    if not os.path.lexists(path):
+        raise RestoreRefused(
+            f"backup {record.id}'s archive {path} is gone (moved or deleted since it was "
+            "written): `influx-backupd list` shows what is kept; if it was sent off-site, "
+            f"`influx-backupd restore {record.id} --from offsite`"
+        )
 
 
 def owner_ids(config: Config) -> tuple[int, int]:
