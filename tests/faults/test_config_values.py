@@ -98,6 +98,12 @@ HOSTILE: dict[str, tuple[str, str, str, str]] = {
     "url with a space": ("influxd", "url", '"http://local host:8086"', "host"),
     "backup_url that is a word": ("influxd", "backup_url", '"influx"', "http://"),
     "heartbeat_url without a host": ("[job]", "heartbeat_url", '"https://"', "host"),
+    "heartbeat_url with a space in its path": (
+        "[job]",
+        "heartbeat_url",
+        '"https://hc-ping.com/5ec2e7 secret"',
+        "spaces",
+    ),
     "backup_host without a port": ("influxd", "backup_host", '"127.0.0.1:"', "port"),
     "backup_host with a word for a port": ("influxd", "backup_host", '"127.0.0.1:rpc"', "port"),
     "backup_host with port 0": ("influxd", "backup_host", '"127.0.0.1:0"', "port"),

@@ -147,14 +147,6 @@ def url_problem(url: str, key: str = "url") -> str | None:
         port = parts.port
     except ValueError:  # out of range or not a number; urllib's words quote part of the URL
         return f"its port must be a number 1-65535, {example}"
-    # urllib sends neither (http.client refuses a space, ASCII-encodes the path): every request
-    # would fail, and its error quotes the path, a heartbeat's secret. Leading spaces are
-    # stripped by urllib itself.
-    if any(c.isspace() for c in url.lstrip(" ")) or not (parts.path + parts.query).isascii():
-        return (
-            "must not contain spaces or non-ASCII characters (the URL is not shown): "
-            f"percent-encode them (a space is %20), delete one pasted at its end, {example}"
-        )
     shown = shown_parts(parts)
     if "@" in parts.netloc:
         # urllib cannot send them (it reads "user:password@host" as host and port, and says so
@@ -170,6 +162,14 @@ def url_problem(url: str, key: str = "url") -> str | None:
         return f"must name a host, {example}"
     if port == 0:
         return "its port must be 1-65535, not 0"
+    # Elsewhere than the host (said above) urllib sends neither (http.client refuses a space,
+    # ASCII-encodes the path): every request would fail, its error quoting the path, a
+    # heartbeat's secret. Leading spaces urllib strips itself.
+    if any(c.isspace() for c in url.lstrip(" ")) or not (parts.path + parts.query).isascii():
+        return (
+            "must not contain spaces or non-ASCII characters (the URL is not shown): "
+            f"percent-encode them (a space is %20), delete one pasted at its end, {example}"
+        )
     if key in _SERVER_URL_KEYS and (parts.query or parts.fragment or "?" in url or "#" in url):
         # /ping, /query and /write are joined to its path: a query (u=…&p=… is how InfluxDB
         # takes credentials there) would swallow them, and the URL is shown in records and logs
