@@ -24,6 +24,17 @@ def _left_down(path: Path) -> str:
     return line.split()[1]
 
 
+def _killed_in_its_stop_window(config: Path, sandbox: Sandbox, metrics: Path) -> None:
+    """A cold backup SIGKILLed once influxd stopped (a sparse filler keeps the copy long enough);
+    left_down 1 in the file; the filler stays for the caller to remove."""
+    with open(sandbox.data / "filler.bin", "wb") as fh:
+        fh.truncate(FILLER)
+    backup = Watched(config, "backup", "--json")
+    backup.wait_event("influxd.stopped", phase="stop")
+    backup.kill()
+    assert _left_down(metrics) == "1"
+
+
 @pytest.mark.fault("kill", "SIGKILL of backup", "in the stop window, with metrics_file")
 def test_a_backup_killed_in_the_stop_window_leaves_left_down_1(
     tmp_path: Path, sandbox: Sandbox
@@ -37,13 +48,7 @@ def test_a_backup_killed_in_the_stop_window_leaves_left_down_1(
     first = run_cli(config, "backup", "--json")
     assert first.returncode == 0, first.stderr[-3000:]
     assert _left_down(metrics) == "0"
-    with open(sandbox.data / "filler.bin", "wb") as fh:
-        fh.truncate(FILLER)
-
-    backup = Watched(config, "backup", "--json")
-    backup.wait_event("influxd.stopped", phase="stop")
-    backup.kill()
-    assert _left_down(metrics) == "1"
+    _killed_in_its_stop_window(config, sandbox, metrics)
     assert "influx_backupd_runs_total" in metrics.read_text(), "the rest is kept"
 
     (sandbox.data / "filler.bin").unlink()
@@ -103,13 +108,7 @@ def test_a_recovery_that_starts_influxd_sets_left_down_back_to_0(
     first = run_cli(config, "backup", "--json")
     assert first.returncode == 0, first.stderr[-3000:]
     run_id = first.stdout.split('"id": "', 1)[1].split('"', 1)[0]
-    with open(sandbox.data / "filler.bin", "wb") as fh:
-        fh.truncate(FILLER)
-
-    backup = Watched(config, "backup", "--json")
-    backup.wait_event("influxd.stopped", phase="stop")
-    backup.kill()
-    assert _left_down(metrics) == "1"
+    _killed_in_its_stop_window(config, sandbox, metrics)
     (sandbox.data / "filler.bin").unlink()
     done = run_cli(config, "recover")
     assert done.returncode == 0, done.stderr[-3000:]

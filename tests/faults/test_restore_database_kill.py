@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,18 +35,23 @@ KILLS: dict[str, tuple[str, dict[str, str], int]] = {
 }
 
 
+def backed_up(tmp_path: Path, sandbox: Sandbox, points: int) -> tuple[Path, dict[str, Any]]:
+    """A config for the sandbox, and the record of a cold backup of `points` in metrics."""
+    config = write_config(tmp_path, sandbox)
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", points)
+    done = run_cli(config, "backup", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return config, json.loads(done.stdout)
+
+
 @pytest.mark.fault("kill", "SIGKILL of restore --database from a cold archive")
 @pytest.mark.parametrize("variant", list(KILLS))
 def test_a_database_restore_killed_leaves_the_live_server_as_it_was(
     tmp_path: Path, sandbox: Sandbox, ledger: Ledger, variant: str
 ) -> None:
     event, fields, nth = KILLS[variant]
-    config = write_config(tmp_path, sandbox)
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 20_000)
-    done = run_cli(config, "backup", "--json")
-    assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads(done.stdout)
+    config, record = backed_up(tmp_path, sandbox, 20_000)
     sandbox.write_points("metrics", 300, start=200_000)  # the live server moves on
     ledger.take()
     live_pids, before = sandbox.pids(), points(sandbox)
@@ -103,12 +109,7 @@ def test_a_database_restore_killed_once_its_database_is_in_is_finished_not_undon
     """Past the point of no return (the database taken in, every shard settled), clients may
     write into the restored database: the next lock-taking command keeps it, with those writes
     (with --replace, the replaced database stays in its copy aside, as after a restore)."""
-    config = write_config(tmp_path, sandbox)
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 20_000)
-    done = run_cli(config, "backup", "--json")
-    assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads(done.stdout)
+    config, record = backed_up(tmp_path, sandbox, 20_000)
     pending = tmp_path / "state" / "restore-database.json"
     replace = form.endswith("--replace")
     if replace:

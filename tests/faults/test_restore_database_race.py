@@ -11,7 +11,6 @@ was touched; 1: the take failed, and the undo says it left the client's database
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import STAND_INS, write_config
 from tests.faults.conftest import FaultResult, one_line, points, run_cli
+from tests.faults.test_restore_database_kill import backed_up
 
 CLIENT = STAND_INS / "influxd_client_creates_db"
 # variant → (the influxd command the client's create comes just before, exit status, line)
@@ -46,12 +46,7 @@ def test_a_database_a_client_created_meanwhile_is_never_dropped(
     moment: str,
 ) -> None:
     at, status, words = MOMENTS[moment]
-    config = write_config(tmp_path, sandbox)
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 2_000)
-    done = run_cli(config, "backup", "--json")
-    assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads(done.stdout)
+    _, record = backed_up(tmp_path, sandbox, 2_000)
     live_pids = sandbox.pids()
 
     monkeypatch.setenv("CLIENT_AT", at)
@@ -80,12 +75,7 @@ def test_a_database_a_client_created_meanwhile_is_never_dropped(
 def test_a_replace_whose_name_a_client_takes_after_the_drop_keeps_both(
     tmp_path: Path, sandbox: Sandbox, fault_result: FaultResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = write_config(tmp_path, sandbox)
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 2_000)
-    done = run_cli(config, "backup", "--json")
-    assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads(done.stdout)
+    config, record = backed_up(tmp_path, sandbox, 2_000)
     sandbox.create_db("race")
     sandbox.write_points("race", 30)  # the database the restore replaces
 

@@ -611,6 +611,18 @@ def _restore(
     dropped = False
     made = False  # NEW is this run's: the take began on a server without it, and created it
     lost = Dropped()  # what DROP DATABASE takes with it that the tool does not bring back
+
+    def note(**more: Any) -> None:
+        """The pending state as this run stands now, with `more` (what it is about to do)."""
+        pending.write(
+            new=new,
+            existed=exists,
+            dropped=dropped,
+            aside=str(aside) if aside else None,
+            lost=lost.as_json(),
+            **more,
+        )
+
     try:
         t_prepare = time.monotonic()
         # what we write there (an archive's files, a throwaway's, its export) shares the
@@ -638,30 +650,14 @@ def _restore(
         # exists now is not ours to fill, nor to drop.
         if live.has(new):
             raise RestoreMistake(_created_meanwhile(new, dropped))
-        pending.write(
-            new=new,
-            existed=exists,
-            dropped=dropped,
-            aside=str(aside) if aside else None,
-            lost=lost.as_json(),
-            taking=True,
-        )
+        note(taking=True)
         t_restore = time.monotonic()
         made = True  # unless the tool says the server refused it (below)
 
         def taken_in() -> None:
             # the point of no return: a kill from here on is finished, not undone (clients
             # may write into it from now on); a failure in this process is still undone
-            pending.write(
-                new=new,
-                database=name,
-                existed=exists,
-                dropped=dropped,
-                aside=str(aside) if aside else None,
-                lost=lost.as_json(),
-                taking=True,
-                **{"in": True},
-            )
+            note(database=name, taking=True, **{"in": True})
 
         try:
             live.take(portable, name, new, on_in=taken_in)
@@ -707,14 +703,7 @@ def _restore(
             if made or dropped:
                 # undone in this process, even past the point of no return: a kill during the
                 # undo leaves it to recovery to undo (never to finish a half-undone restore)
-                pending.write(
-                    new=new,
-                    existed=exists,
-                    dropped=dropped,
-                    aside=str(aside) if aside else None,
-                    lost=lost.as_json(),
-                    taking=made,
-                )
+                note(taking=made)
             undone = _undo(live, new, made, dropped, aside, lost)
             pending.clear()
         logger.error("restore.database_failed", error=str(exc), undone=undone)
