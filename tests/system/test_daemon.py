@@ -231,7 +231,10 @@ def test_scheduled_runs_happen_on_time_never_overlap_and_report_to_systemd(
         notify.close()
 
     records = sorted(runs(tmp_path), key=lambda r: r.started_at)
-    assert all(r.status == "ok" for r in records), [(r.job, r.status, r.error) for r in records]
+    # a job fires every 2-3 s, so the stop may come as a run begins: that one run is recorded
+    # interrupted (influxd served again, checked above); every run before it finished ok
+    finished = records[:-1] if records[-1].status == "interrupted" else records
+    assert all(r.status == "ok" for r in finished), [(r.job, r.status, r.error) for r in records]
     for before, after in itertools.pairwise(records):
         assert before.finished_at is not None
         assert before.finished_at <= after.started_at, f"{before.id} overlaps {after.id}"
