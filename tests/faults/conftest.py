@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -303,6 +304,15 @@ def kill_backup_mid_copy(config: Path, sandbox: Sandbox, filler: int) -> None:
     backup.wait_event("archive.writing", phase="copy")
     backup.kill()
     (sandbox.data / "filler.bin").unlink()
+
+
+def hold_port(port: int) -> socket.socket:
+    """What keeps influxd from starting: another socket listening on its HTTP port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(64)
+    return sock
 
 
 def run_cli(config: Path, *args: str, umask: int | None = None, timeout: float = 300) -> Any:

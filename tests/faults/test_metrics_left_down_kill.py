@@ -4,24 +4,29 @@ rewrite sets it back to 0 (real influxd, real CLI, a real kill)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import write_config
-from tests.faults.conftest import Watched, run_cli
+from tests.faults.conftest import Watched, hold_port, run_cli
 
 FILLER = 1_000_000_000  # sparse: its copy keeps the stop window open long enough to aim at
 
 
-def _left_down(path: Path) -> str:
-    [line] = [
-        line
-        for line in path.read_text().splitlines()
-        if line.startswith("influx_backupd_influxd_left_down{")
-    ]
+def _sample(path: Path, name: str) -> str:
+    [line] = [line for line in path.read_text().splitlines() if line.startswith(name + "{")]
     return line.split()[1]
+
+
+def _left_down(path: Path) -> str:
+    return _sample(path, "influx_backupd_influxd_left_down")
+
+
+def _down_expected_until(path: Path) -> float:
+    return float(_sample(path, "influx_backupd_influxd_down_expected_until_timestamp_seconds"))
 
 
 def _killed_in_its_stop_window(config: Path, sandbox: Sandbox, metrics: Path) -> None:
@@ -31,6 +36,9 @@ def _killed_in_its_stop_window(config: Path, sandbox: Sandbox, metrics: Path) ->
         fh.truncate(FILLER)
     backup = Watched(config, "backup", "--json")
     backup.wait_event("influxd.stopped", phase="stop")
+    # the window's expected end, written with it: InfluxdLeftDown waits for it while the run
+    # copies (stop and start timeouts, 90 s and 120 s here, and the margin at least)
+    assert _down_expected_until(metrics) > time.time() + 300
     backup.kill()
     assert _left_down(metrics) == "1"
 
@@ -125,3 +133,33 @@ def test_a_recovery_that_starts_influxd_sets_left_down_back_to_0(
     assert sandbox.count("metrics") == 200, "influxd serves"
     assert _left_down(metrics) == "0"
     assert 'result="interrupted"} 1' in metrics.read_text(), "the rest of the file is there"
+
+
+@pytest.mark.fault("kill", "SIGKILL of backup", "in the stop window, then a start that fails")
+def test_a_dead_runs_window_is_no_longer_expected_once_a_start_fails(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The window's expected end keeps InfluxdLeftDown quiet only while the run that stopped
+    influxd lives: the next writer (a recovery whose starts fail, here `recover` with influxd's
+    port held) writes 0, and the alert fires 2 minutes on, not at the dead run's window end."""
+    metrics = tmp_path / "metrics" / "influx_backupd.prom"
+    metrics.parent.mkdir()
+    job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
+    config = write_config(
+        tmp_path, sandbox, jobs=[job], daemon={"metrics_file": str(metrics)}, holes="fill"
+    )
+    _killed_in_its_stop_window(config, sandbox, metrics)
+    assert _down_expected_until(metrics) > time.time(), "as the dead run left it"
+    (sandbox.data / "filler.bin").unlink()
+    holder = hold_port(sandbox.http_port)
+    try:
+        failed = run_cli(config, "recover")
+        assert failed.returncode == 1, failed.stderr[-3000:]
+        assert _left_down(metrics) == "1"
+        assert _down_expected_until(metrics) == 0
+    finally:
+        holder.close()
+    done = run_cli(config, "recover")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sandbox.ping()
+    assert (_left_down(metrics), _down_expected_until(metrics)) == ("0", 0)

@@ -17,7 +17,7 @@ import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import failure_hooked, wait_until, write_config
-from tests.faults.conftest import Ledger, Watched, frozen, one_line, run_cli
+from tests.faults.conftest import Ledger, Watched, frozen, hold_port, one_line, run_cli
 from tests.integration.test_notify import Receiver
 from tests.system.test_daemon import daemon, ran_an_hour_ago
 
@@ -57,15 +57,6 @@ def _killed_mid_copy(config: Path, sandbox: Sandbox, ledger: Ledger) -> None:
     (sandbox.data / "filler.bin").unlink()
 
 
-def _hold_port(port: int) -> socket.socket:
-    """What keeps influxd from starting: another socket listening on its HTTP port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(64)
-    return sock
-
-
 def _stopped_by_us(tmp_path: Path, sandbox: Sandbox) -> bool:
     return (tmp_path / "state" / MARKER).exists() and not sandbox.pids()
 
@@ -83,7 +74,7 @@ def test_a_foreground_backup_retries_the_start_until_the_port_is_free(
     backup = Watched(config, "backup", "--json")
     backup.wait_event("influxd.stopped")
     with _frozen(backup.proc, tmp_path, sandbox):
-        holder = _hold_port(sandbox.http_port if port.startswith("HTTP") else sandbox.rpc_port)
+        holder = hold_port(sandbox.http_port if port.startswith("HTTP") else sandbox.rpc_port)
     try:
         failed = backup.wait_event("influxd.start_failed", timeout=120)
         assert failed["retry_in_s"] > 0, failed
@@ -131,7 +122,7 @@ def test_the_first_failed_start_is_told_while_influxd_is_still_down(
     try:
         backup.wait_event("influxd.stopped")
         with _frozen(backup.proc, tmp_path, sandbox):
-            holder = _hold_port(sandbox.http_port)
+            holder = hold_port(sandbox.http_port)
         try:
             backup.wait_event("influxd.start_failed", timeout=120)
             wait_until(
@@ -180,7 +171,7 @@ def test_the_daemon_keeps_trying_says_so_and_tells_on_failure(
         try:
             d.wait_event("influxd.stopped", 120)  # the caught-up run's stop
             with _frozen(d.proc, tmp_path, sandbox):
-                holder = _hold_port(sandbox.http_port)
+                holder = hold_port(sandbox.http_port)
             wait_until(
                 hook.called,
                 180,
@@ -280,7 +271,7 @@ def test_the_next_command_keeps_trying_to_start_influxd_a_killed_run_left_stoppe
     sandbox.write_points("metrics", 2_000)
     config = write_config(tmp_path, sandbox, holes="fill")
     _killed_mid_copy(config, sandbox, ledger)
-    holder = _hold_port(sandbox.http_port)
+    holder = hold_port(sandbox.http_port)
     try:
         recovery = Watched(config, "prune", "--dry-run")
         recovery.wait_event("influxd.start_failed", timeout=120)
@@ -340,7 +331,7 @@ def test_a_daemon_started_after_a_kill_tells_on_failure_and_keeps_trying(
     job, hook = failure_hooked(tmp_path)
     config = write_config(tmp_path, sandbox, jobs=[job], holes="fill")
     _killed_mid_copy(config, sandbox, ledger)
-    holder: socket.socket | None = _hold_port(sandbox.http_port)
+    holder: socket.socket | None = hold_port(sandbox.http_port)
     try:
         with daemon(tmp_path, config) as d:
             # Recovery could not start influxd: the killed run is recorded and its on_failure
@@ -503,7 +494,7 @@ def test_a_daemon_stopped_while_influxd_cannot_start_exits_non_zero(
         with daemon(tmp_path, config) as d:
             d.wait_event("influxd.stopped", 60)
             with _frozen(d.proc, tmp_path, sandbox):
-                holder = _hold_port(sandbox.http_port)
+                holder = hold_port(sandbox.http_port)
             d.wait_event("influxd.start_failed", 120)
             d.proc.send_signal(signal.SIGTERM)
             assert d.proc.wait(120) == 1, d.tail()

@@ -62,6 +62,9 @@ UNIT_START_PROPERTIES = ("LoadState", "UnitFileState", "RefuseManualStart", "Can
 # Most of one influxd log line kept in an error message (its end: the reason comes last).
 LOG_LINE_MAX = 300
 MAX_PIDFILE = 64  # a pid and a newline; more is no pidfile of influxd's
+# Slack on top of a stop window's expected length before influxd counts as down by mistake
+# (stop_window_end)
+WINDOW_MARGIN_S = 300.0
 # backup_host's hosts that name this one: its port is one influxd itself listens on
 LOCAL_HOSTS = ("", "localhost", "127.0.0.1", "::1", "0.0.0.0", "::")
 
@@ -193,6 +196,14 @@ class Influxd:
         # the last process start() ran: a wrapper whose command line does not name our
         # influxdb.conf is not found by locate(), and must not be started a second time
         self._started: psutil.Process | None = None
+
+    def stop_window_end(self, work_s: float = 0.0) -> float:
+        """The unix time by which a stop window asked now, whose own work (a copy) takes about
+        `work_s`, has ended with margin: twice that work, plus influxd's stop and start timeouts
+        (a slower stop or start is a failure of its own), plus WINDOW_MARGIN_S. Until then a
+        left_down is expected, not an outage (CrashMarker.down_expected_until)."""
+        s = self.section
+        return time.time() + 2 * work_s + s.stop_timeout + s.start_timeout + WINDOW_MARGIN_S
 
     # -- finding it -------------------------------------------------------
     def locate(self) -> psutil.Process | None:

@@ -53,6 +53,11 @@ from influx_backupd.store.state import CrashMarker
 
 SPACE_MARGIN = 1.02  # tar headers and padding, plus slack for files that grow before the stop
 SPACE_RESERVE = 64 << 20
+# A slow disk's copy rate: how long a stop window of a job with no cold run yet is expected to
+# take, from the bytes it copies (the metrics' down_expected_until; see Influxd.stop_window_end)
+SLOW_COPY_RATE = 20 << 20  # B/s
+# The job's recent cold runs whose stop windows say how long the next one takes
+RECENT_WINDOWS = 20
 
 
 class JobFailed(BackupdError):
@@ -135,7 +140,7 @@ def run_cold(
     with log.run_context(run_id=record.id, job=job.name, mode="cold"):
         logger.info("run.started", phase="preflight")
         try:
-            _cold(config, job, record, logger, cancel)
+            _cold(config, job, record, logger, cancel, _longest_window(catalog, job))
         except Abandoned as exc:
             record.status = "interrupted"
             record.error = str(exc)
@@ -152,6 +157,16 @@ def run_cold(
         finally:
             catalog.finish(record, logger)
     return record
+
+
+def _longest_window(catalog: Catalog, job: JobSection) -> float | None:
+    """The longest stop window (downtime_s) among the job's recent ok cold runs (None: none)."""
+    windows = [
+        r.downtime_s
+        for r in catalog.list(job=job.name)[-RECENT_WINDOWS:]
+        if r.mode == "cold" and r.ok and r.downtime_s is not None
+    ]
+    return max(windows, default=None)
 
 
 def space_needed(
@@ -181,7 +196,12 @@ def prove_writable(config: Config, paths: list[Path]) -> None:
 
 
 def _cold(
-    config: Config, job: JobSection, record: RunRecord, logger: Logger, cancel: CancelToken
+    config: Config,
+    job: JobSection,
+    record: RunRecord,
+    logger: Logger,
+    cancel: CancelToken,
+    longest_window: float | None,
 ) -> None:
     _go_on(cancel, "before the run began")
     server = Influxd(config)
@@ -250,9 +270,22 @@ def _cold(
             f"{server.describe_down(proc)}; a cold backup stops and restarts a serving "
             "server: nothing stopped"
         )
+    # how long the stop window is expected to take: as the longest recent one, or with none
+    # yet, the data at a slow disk's rate
+    window_s = longest_window if longest_window is not None else predicted / SLOW_COPY_RATE
     try:
         _stop_copy_start(
-            config, record, logger, server, dirs, sources, stager, predicted, cancel, keep_holes
+            config,
+            record,
+            logger,
+            server,
+            dirs,
+            sources,
+            stager,
+            predicted,
+            cancel,
+            keep_holes,
+            window_s,
         )
     finally:
         if stager is not None and not job.keep_staging:
@@ -336,8 +369,10 @@ def _stop_copy_start(
     predicted: int,
     cancel: CancelToken,
     keep_holes: bool,
+    window_s: float,
 ) -> None:
-    """Phase 1 (staged only), the stop window, then phase 3 (staged only) and the check."""
+    """Phase 1 (staged only), the stop window, then phase 3 (staged only) and the check.
+    window_s: how long the stop window is expected to take (Influxd.stop_window_end)."""
     marker = CrashMarker(config.state_dir)
     dest = config.storage_dir / archive_name(record.job, record.id)
     staging: dict[str, object] = {}
@@ -371,11 +406,13 @@ def _stop_copy_start(
     _go_on(cancel, "before influxd was asked to stop")
     # Ctrl-Z from here until influxd runs again stops us only then (core/interrupt)
     with suspend_deferred():
-        marker.write(record.id, job=record.job, influxd=identity(proc))
+        until = server.stop_window_end(window_s)
+        marker.write(record.id, job=record.job, influxd=identity(proc), down_expected_until=until)
         # left_down 1 before the stop is asked, never after it (that would lengthen the downtime):
-        # a run killed in the window leaves it so, where the InfluxdLeftDown alert sees it; the
-        # follow-up's rewrite after the start sets it back
-        metrics.mark_left_down_before_stop(config.settings.daemon.metrics_file, logger)
+        # a run killed in the window leaves it so, where the InfluxdLeftDown alert sees it once
+        # the window's expected end has passed; the follow-up's rewrite after the start sets it
+        # back
+        metrics.mark_left_down_before_stop(config.settings.daemon.metrics_file, logger, until)
         t_stop = time.monotonic()
         # Set before the stop is asked: a signal or error from here on must lead to a start.
         stop_requested = True

@@ -7,6 +7,7 @@ a pure function of the records and a restart loses nothing. Exposition format
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections import defaultdict
@@ -136,6 +137,15 @@ LEFT_DOWN = Family(
     "else 0. Also 1 for the seconds of a cold backup's stop window.",
     (),
 )
+DOWN_EXPECTED = Family(
+    "influx_backupd_influxd_down_expected_until_timestamp_seconds",
+    "gauge",
+    "Unix time until which influxd is stopped on purpose: the end, with margin, of the stop "
+    "window of a cold backup or restore whose process still runs; 0 when there is none. "
+    "InfluxdLeftDown waits until then, so a long healthy window is no outage, while a run "
+    "killed in its window or a failed start is one at once.",
+    (),
+)
 SERVED_LESS = Family(
     "influx_backupd_served_less_points",
     "gauge",
@@ -222,6 +232,7 @@ FAMILIES: tuple[Family, ...] = (
     BUILD_INFO,
     HEARTBEAT,
     LEFT_DOWN,
+    DOWN_EXPECTED,
     NEXT_RUN,
     KEPT,
     LAST_SUCCESS,
@@ -350,6 +361,7 @@ def render(
     counters: Mapping[tuple[str, str], tuple[int, float]] | None = None,
     daemon: DaemonFacts | None = None,
     left_down: bool = False,
+    down_expected_until: float = 0.0,
     version: str = __version__,
     offsite: Mapping[str, OffsiteFigures] | None = None,
     offsite_failing: Collection[str] = (),
@@ -384,6 +396,7 @@ def render(
     samples: dict[str, list[tuple[Labels, float]]] = {f.name: [] for f in FAMILIES}
     samples[BUILD_INFO.name].append(((("version", version),), 1))
     samples[LEFT_DOWN.name].append(((), 1 if left_down else 0))
+    samples[DOWN_EXPECTED.name].append(((), down_expected_until if left_down else 0))
     if daemon is not None:
         samples[HEARTBEAT.name].append(((), daemon.heartbeat))
         for name, when in sorted(daemon.next_runs.items()):
@@ -472,48 +485,75 @@ def write_textfile(path: Path, text: str) -> None:
     replace_file(path, text.encode(), mode=0o644)
 
 
-def mark_left_down(path: Path) -> None:
+def mark_left_down(path: Path, down_expected_until: float = 0.0) -> None:
     """The metrics file as it is, with left_down 1: written by a cold job just before it asks
     influxd to stop, so a run killed in the window (no daemon to rewrite the file) still shows.
-    No catalog read: only that one sample changes (the whole file from nothing if none yet)."""
-    set_left_down(path, True)
+    No catalog read: only that one sample changes (the whole file from nothing if none yet),
+    and DOWN_EXPECTED's, the end of the window the run expects (see CrashMarker)."""
+    set_left_down(path, True, down_expected_until)
 
 
-def set_left_down(path: Path, down: bool) -> None:
-    """The metrics file as it is, with only its left_down sample set to `down` (the whole file
-    from nothing if it has none yet): what mark_left_down writes, and what a recovery that
-    brought influxd back writes, without the catalog."""
-    sample = left_down_sample(path, down)
+def set_left_down(path: Path, down: bool, down_expected_until: float = 0.0) -> None:
+    """The metrics file as it is, with only its left_down and DOWN_EXPECTED samples set (the
+    whole file from nothing if it has no left_down yet): what mark_left_down writes, and what a
+    recovery that brought influxd back writes, without the catalog."""
+    wanted = _left_down_lines(instance_of(path), down, down_expected_until)
     try:
         lines = read_small(path, MAX_METRICS_FILE).decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         lines = []
-    ours = [i for i, line in enumerate(lines) if _sample_name(line) == LEFT_DOWN.name]
-    if ours:
-        for i in ours:  # a file from before the instance label has the bare name: relabelled
-            lines[i] = sample
-        write_textfile(path, "\n".join(lines) + "\n")
-    else:
-        write_textfile(path, render([], left_down=down, instance=instance_of(path)))
+    at = {name: i for i, line in enumerate(lines) if (name := _sample_name(line)) in wanted}
+    if LEFT_DOWN.name not in at:
+        write_textfile(
+            path,
+            render(
+                [],
+                left_down=down,
+                down_expected_until=down_expected_until,
+                instance=instance_of(path),
+            ),
+        )
+        return
+    for name, i in at.items():  # a file from before the instance label has the bare name
+        lines[i] = wanted[name]
+    if DOWN_EXPECTED.name not in at:  # a file an older version wrote: its family added after
+        lines[at[LEFT_DOWN.name] + 1 : at[LEFT_DOWN.name] + 1] = [
+            f"# HELP {DOWN_EXPECTED.name} {_escape_help(DOWN_EXPECTED.help)}",
+            f"# TYPE {DOWN_EXPECTED.name} {DOWN_EXPECTED.type}",
+            wanted[DOWN_EXPECTED.name],
+        ]
+    write_textfile(path, "\n".join(lines) + "\n")
 
 
-def left_down_in(path: Path) -> bool | None:
-    """What the metrics file at `path` says of left_down now (None: no file, or no sample)."""
+def left_down_in(path: Path) -> tuple[bool, float] | None:
+    """What the metrics file at `path` says of left_down and DOWN_EXPECTED now (None: no file,
+    or no left_down sample; a missing DOWN_EXPECTED reads 0)."""
     try:
         text = read_small(path, MAX_METRICS_FILE).decode("utf-8", errors="replace")
     except OSError:
         return None
+    down: bool | None = None
+    until = 0.0
     for line in text.splitlines():
         match = _SAMPLE.match(line)
-        if match is not None and match["name"] == LEFT_DOWN.name:
-            return match["value"] != "0"
-    return None
+        if match is None:
+            continue
+        if match["name"] == LEFT_DOWN.name:
+            down = match["value"] != "0"
+        elif match["name"] == DOWN_EXPECTED.name:
+            with contextlib.suppress(ValueError):
+                until = float(match["value"])
+    return None if down is None else (down, until)
 
 
-def left_down_sample(path: Path, down: bool) -> str:
-    """The left_down line of the metrics file at `path`, as render writes it."""
-    label = f'{INSTANCE_LABEL}="{escape_label_value(instance_of(path))}"'
-    return f"{LEFT_DOWN.name}{{{label}}} {1 if down else 0}"
+def _left_down_lines(instance: str, down: bool, down_expected_until: float) -> dict[str, str]:
+    """The left_down and DOWN_EXPECTED lines of an instance's file, as render writes them."""
+    label = f'{INSTANCE_LABEL}="{escape_label_value(instance)}"'
+    until = down_expected_until if down else 0
+    return {
+        LEFT_DOWN.name: f"{LEFT_DOWN.name}{{{label}}} {1 if down else 0}",
+        DOWN_EXPECTED.name: f"{DOWN_EXPECTED.name}{{{label}}} {format_value(until)}",
+    }
 
 
 def _sample_name(line: str) -> str | None:
@@ -521,14 +561,16 @@ def _sample_name(line: str) -> str | None:
     return match["name"] if match else None
 
 
-def mark_left_down_before_stop(path: Path | None, logger: Logger, phase: str = "stop") -> None:
+def mark_left_down_before_stop(
+    path: Path | None, logger: Logger, down_expected_until: float, phase: str = "stop"
+) -> None:
     """mark_left_down just before influxd is asked to stop (a cold run's, a restore's swap);
     never after it (that would lengthen the downtime). A failure is said, and the caller
     goes on: the rewrite after the start says so again if it persists."""
     if path is None:
         return
     try:
-        mark_left_down(path)
+        mark_left_down(path, down_expected_until)
     except OSError as exc:
         logger.warning(
             "metrics.not_written", phase=phase, path=str(path), error=exc.strerror or str(exc)

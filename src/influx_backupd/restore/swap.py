@@ -225,12 +225,22 @@ def live_dirs_swapped(
     # running, and recovery leaves it alone (CrashMarker.never_stopped)
     # Ctrl-Z from here until a server runs again stops us only then (core/interrupt)
     with suspend_deferred():
-        marker.write(f"restore-{plan.rid}", kind="restore", swaps=swaps, influxd=identity(running))
+        # the window's work is renames: influxd's own stop and start are what take time
+        until = server.stop_window_end()
+        marker.write(
+            f"restore-{plan.rid}",
+            kind="restore",
+            swaps=swaps,
+            influxd=identity(running),
+            down_expected_until=until,
+        )
         t_stop = time.monotonic()
         try:
             if was_running:
                 # as a cold run: left_down 1 before the stop is asked (cli's restore rewrites it)
-                metrics.mark_left_down_before_stop(config.settings.daemon.metrics_file, logger)
+                metrics.mark_left_down_before_stop(
+                    config.settings.daemon.metrics_file, logger, until
+                )
                 marker.stopping()  # before the event: "stopping" in the log means it was asked
                 logger.info("influxd.stopping", phase="stop")
                 server.stop(outcome="nothing restored, live data untouched")

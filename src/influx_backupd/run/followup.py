@@ -54,11 +54,13 @@ def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None =
         daemon = carried_over(path, config.state_dir)
     exists = catalog.exists()
     shown, failing = offsite.for_metrics(config, catalog if exists else None)
+    marker = CrashMarker(config.state_dir).read()
     text = render(
         catalog.list() if exists else [],
         counters=catalog.counters() if exists else None,
         daemon=daemon,
-        left_down=CrashMarker.may_be_down(CrashMarker(config.state_dir).read()),
+        left_down=CrashMarker.may_be_down(marker),
+        down_expected_until=CrashMarker.down_expected_until(marker),
         offsite=shown,
         offsite_failing=failing,
         instance=instance_of(path),

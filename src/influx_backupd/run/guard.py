@@ -341,12 +341,15 @@ def _left_down_as_the_marker_says(config: Config) -> None:
     path = config.settings.daemon.metrics_file
     if path is None:
         return
-    down = CrashMarker.may_be_down(CrashMarker(config.state_dir).read())
+    marker = CrashMarker(config.state_dir).read()
+    down = CrashMarker.may_be_down(marker)
+    # a dead run's window is no longer expected (its writer is gone): left_down then counts
+    until = CrashMarker.down_expected_until(marker) if down else 0.0
     said = metrics.left_down_in(path)
-    if said is None or said == down:
+    if said is None or said == (down, until):
         return  # no file (the next full write makes it), or it agrees
     try:
-        metrics.set_left_down(path, down)
+        metrics.set_left_down(path, down, until)
     except OSError as exc:
         log.get().error("metrics.not_written", path=str(path), error=exc.strerror or str(exc))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -29,6 +30,9 @@ from influx_backupd.core.processes import names_same, own_identity, same_as
 # How long a server that got our stop signal and still runs is watched: influxd 1.x ends its own
 # shutdown by force 30 s after SIGTERM; an exit later than this is not taken as ours.
 SIGNALLED_WATCH_S = 900.0
+# The longest stop window a marker may call expected (CrashMarker.down_expected_until): a copy of
+# 20 TB at 200 MB/s, and a bound on what a hand-edited marker can silence.
+MAX_EXPECTED_WINDOW_S = 48 * 3600.0
 # A restore marker's phase once the restored server answers (CrashMarker.swap_done).
 SWAP_DONE = "swap_done"
 
@@ -370,14 +374,25 @@ class CrashMarker:
         self.path = state_dir / "influxd-stopped.json"
 
     def write(
-        self, run_id: str, *, influxd: dict[str, object] | None = None, **detail: Any
+        self,
+        run_id: str,
+        *,
+        influxd: dict[str, object] | None = None,
+        down_expected_until: float | None = None,
+        **detail: Any,
     ) -> None:
         """influxd: the pid and create_time of the server about to be stopped, so that a marker
-        left by a process killed before it asked for the stop is told apart (never_stopped)."""
-        body: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(), "written_at": time.time()}
+        left by a process killed before it asked for the stop is told apart (never_stopped).
+        down_expected_until: the unix time by which the stop window ends, past which influxd is
+        down by mistake (see the static method of that name)."""
+        now = time.time()
+        body: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(), "written_at": now}
         if influxd is not None:
             body["influxd"] = influxd
             body["stopping"] = False
+        if down_expected_until is not None:
+            body["down_expected_until"] = down_expected_until
+            body["writer"] = own_identity()
         self._write({**body, **detail})
 
     def stopping(self) -> None:
@@ -500,6 +515,27 @@ class CrashMarker:
             and not CrashMarker.never_stopped(body)
             and not CrashMarker.signalled_runs(body)
         )
+
+    @staticmethod
+    def down_expected_until(body: dict[str, Any] | None) -> float:
+        """Unix time until which influxd is down on purpose (0: it is not): the end of the stop
+        window a run wrote in its marker before the stop (`down_expected_until`, with
+        `writer`: its own identity), only while that very process lives and no start of
+        influxd has failed. A run killed in its window, or whose start fails, is down by
+        mistake at once (the InfluxdLeftDown alert waits for this time, not for a dead run's)."""
+        if body is None or body.get("start_failures"):
+            return 0.0
+        until, written = body.get("down_expected_until"), body.get("written_at")
+        if (
+            not isinstance(until, int | float)
+            or isinstance(until, bool)
+            or not isinstance(written, int | float)
+            or not math.isfinite(until)
+            # a hand-edited or damaged marker never silences the alert for long
+            or not written <= until <= written + MAX_EXPECTED_WINDOW_S
+        ):
+            return 0.0
+        return float(until) if same_as(body.get("writer")) is not None else 0.0
 
     @staticmethod
     def named_pid(body: dict[str, Any]) -> int | None:

@@ -131,7 +131,9 @@ def test_mark_left_down_leaves_a_device_or_socket_as_it_is(tmp_path: Path) -> No
             before = _kind(path)
             with pytest.raises(NotRegularFile):
                 metrics.mark_left_down(path)
-            metrics.mark_left_down_before_stop(path, structlog.get_logger())  # said, not raised
+            metrics.mark_left_down_before_stop(
+                path, structlog.get_logger(), 0.0
+            )  # said, not raised
             assert _kind(path) == before
 
 

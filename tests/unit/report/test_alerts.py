@@ -234,6 +234,39 @@ def test_influxd_left_down_after_two_minutes(promtool: str, tmp_path: Path) -> N
     run_cases(promtool, tmp_path, cases)
 
 
+def test_influxd_left_down_waits_for_the_windows_expected_end(
+    promtool: str, tmp_path: Path
+) -> None:
+    """A long healthy stop window (a large direct copy) wrote until when its run expects
+    influxd down: no alert before that time, and 2 minutes after it, one. A window whose run
+    died (the next writer, a recovery whose start fails, wrote 0) fires 2 minutes on, not at
+    the dead run's expected end."""
+    left_down = "influx_backupd_influxd_left_down"
+    expected = "influx_backupd_influxd_down_expected_until_timestamp_seconds"
+    db2 = {"backup_instance": "db2"}
+    cases = [
+        {
+            "interval": "1m",
+            "input_series": [
+                # stopped at minute 1, its window expected to end by minute 30 (1800 s)
+                series(left_down, "0 1x40"),
+                series(expected, "0 1800x40"),
+                # db2's run expected its window until minute 60, and died: 0 from minute 2
+                series(left_down, "0 1x40", **db2),
+                series(expected, "0 3600 0x39", **db2),
+            ],
+            "alert_rule_test": [
+                fires("InfluxdLeftDown", "3m"),
+                fires("InfluxdLeftDown", "4m", labels(**db2)),
+                fires("InfluxdLeftDown", "29m", labels(**db2)),
+                fires("InfluxdLeftDown", "31m", labels(**db2)),
+                fires("InfluxdLeftDown", "32m", labels(), labels(**db2)),
+            ],
+        }
+    ]
+    run_cases(promtool, tmp_path, cases)
+
+
 def test_two_instances_on_one_host_alert_apart(promtool: str, tmp_path: Path) -> None:
     """influx-backupd@db2 beside the plain unit on db1:9100, both with a job `nightly`: each
     instance's failure and left_down is its own alert (one `by` without backup_instance would

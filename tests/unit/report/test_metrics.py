@@ -18,8 +18,10 @@ from influx_backupd.report.metrics import (
     DaemonFacts,
     OffsiteFigures,
     format_value,
+    left_down_in,
     previous_daemon_facts,
     render,
+    set_left_down,
     write_textfile,
 )
 from influx_backupd.store.record import RunRecord
@@ -122,6 +124,7 @@ def test_render_values_and_labels() -> None:
         k("backups_kept", backup_job="other"): 0.0,
         k("build_info", version=__version__): 1.0,
         k("influxd_left_down"): 0.0,
+        k("influxd_down_expected_until_timestamp_seconds"): 0.0,
         # c2's restart served 300 points fewer of "lost" (c3 and c4 counted nothing after)
         k("served_less_points", backup_job="cold", database="lost"): 300.0,
         # no daemon: no heartbeat, no next runs
@@ -181,6 +184,7 @@ def test_no_records_renders_only_help_type_and_host_facts() -> None:
     assert with_samples == {
         "influx_backupd_build_info": [1.0],
         "influx_backupd_influxd_left_down": [0.0],
+        "influx_backupd_influxd_down_expected_until_timestamp_seconds": [0.0],
     }
     for name in METRIC_NAMES:
         assert f"# TYPE {name} " in text
@@ -222,7 +226,7 @@ def test_names_follow_prometheus_conventions() -> None:
         assert family.labels[:1] in (("backup_job",), ("version",), ())
         assert {"job", "instance"}.isdisjoint(family.labels), "Prometheus's own target labels"
         assert METRIC_LABELS[family.name] == ("backup_instance", *family.labels)
-    assert len(METRIC_NAMES) == 15
+    assert len(METRIC_NAMES) == 16
 
 
 def test_daemon_facts_and_left_down() -> None:
@@ -233,9 +237,43 @@ def test_daemon_facts_and_left_down() -> None:
     assert values[k("next_run_timestamp_seconds", backup_job="b")] == 2000.0
     assert values[k("next_run_timestamp_seconds", backup_job='a"x')] == 3000.0
     assert values[k("influxd_left_down")] == 1.0
+    assert values[k("influxd_down_expected_until_timestamp_seconds")] == 0
+    window = render([], left_down=True, down_expected_until=77.5)
+    assert parse(window)[0][k("influxd_down_expected_until_timestamp_seconds")] == 77.5
+    up = render([], left_down=False, down_expected_until=77.5)
+    assert parse(up)[0][k("influxd_down_expected_until_timestamp_seconds")] == 0, "up: none"
     # another writer reads them back from the file the daemon wrote
     assert previous_daemon_facts(text) == facts
     assert previous_daemon_facts(render([])) is None
+
+
+def test_left_down_and_the_windows_expected_end_change_alone(tmp_path: Path) -> None:
+    """set_left_down rewrites only its two samples, keeps the rest, and adds the expected end
+    to a file an older version wrote (none there); an expected end means nothing while up."""
+    path = tmp_path / "influx_backupd_db2.prom"
+    expected = "influx_backupd_influxd_down_expected_until_timestamp_seconds"
+    full = render([rec("x", "a", "ok", 1.0)], instance="db2")
+    older = "\n".join(line for line in full.splitlines() if expected not in line) + "\n"
+    write_textfile(path, older)
+    assert left_down_in(path) == (False, 0.0)
+
+    set_left_down(path, True, 1234567890.5)
+    values, _ = parse(path.read_text())
+    assert values[k("influxd_left_down", backup_instance="db2")] == 1
+    assert values[k("influxd_down_expected_until_timestamp_seconds", backup_instance="db2")] == (
+        1234567890.5
+    )
+    assert values[k("backups_kept", backup_instance="db2", backup_job="a")] == 1, "kept"
+    assert left_down_in(path) == (True, 1234567890.5)
+
+    set_left_down(path, False, 1234567890.5)
+    assert left_down_in(path) == (False, 0.0)
+    assert path.read_text().count(f"# TYPE {expected} ") == 1
+
+    nothing = tmp_path / "influx_backupd.prom"
+    set_left_down(nothing, True, 99.0)  # no file yet: a whole one
+    assert left_down_in(nothing) == (True, 99.0)
+    parse(nothing.read_text())
 
 
 def test_offsite_failing_is_a_state_set_of_every_reason() -> None:

@@ -132,6 +132,49 @@ def test_a_signalled_marker_watches_only_the_server_it_stopped_and_only_for_a_wh
         sleeper.wait()
 
 
+def test_a_windows_expected_end_counts_only_while_its_run_lives_and_starts_did_not_fail(
+    tmp_path: Path,
+) -> None:
+    """down_expected_until (what keeps InfluxdLeftDown quiet through a long healthy window):
+    the end the run wrote, while that very process lives; 0 once it is gone, once a start of
+    influxd failed, or for a value no run writes (a hand-edited or damaged marker)."""
+    marker = CrashMarker(tmp_path)
+    until = time.time() + 3600
+    marker.write("r1", job="nightly", influxd=identity(psutil.Process()), down_expected_until=until)
+    body = marker.read()
+    assert body is not None and CrashMarker.down_expected_until(body) == until
+    marker.note_failed_start(1, "port in use", 1.0)
+    assert CrashMarker.down_expected_until(marker.read()) == 0
+
+    assert CrashMarker.down_expected_until(None) == 0
+    assert CrashMarker.down_expected_until({"run_id": None}) == 0, "torn"
+    marker.write("r2", job="nightly")  # no window written (a marker of an older version)
+    assert CrashMarker.down_expected_until(marker.read()) == 0
+    written = body["written_at"]
+    for bad in (float("nan"), float("inf"), 9e99, written - 1, "soon", True):
+        hostile = {**body, "down_expected_until": bad}
+        assert CrashMarker.down_expected_until(hostile) == 0, bad
+    over = written + state.MAX_EXPECTED_WINDOW_S + 1
+    assert CrashMarker.down_expected_until({**body, "down_expected_until": over}) == 0
+
+    # a writer that died: its window is over, whatever it expected
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from influx_backupd.store.state import CrashMarker; "
+            "CrashMarker(Path(sys.argv[1])).write('r3', down_expected_until=time.time() + 3600)",
+            str(tmp_path),
+        ],
+        check=True,
+    )
+    assert child.returncode == 0
+    dead = marker.read()
+    assert dead is not None and dead["run_id"] == "r3" and dead["down_expected_until"] > 0
+    assert CrashMarker.down_expected_until(dead) == 0
+
+
 def test_a_failed_start_noted_in_a_full_state_dir_still_raises_the_alarm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
