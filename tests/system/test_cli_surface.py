@@ -245,6 +245,28 @@ def test_check_config_warns_about_a_job_without_retention(tmp_path: Path) -> Non
     assert "job hoarder" in done.stdout and "cron '@daily'" in done.stdout
 
 
+def test_check_config_warns_about_a_schedule_that_never_meets_its_cold_window(
+    tmp_path: Path,
+) -> None:
+    """Every scheduled run of such a job is skipped: no record, no failure, and with no
+    success yet no InfluxBackupTooOld either; said at load instead (the daemon says it too)."""
+    config = serverless_config(tmp_path, jobs=("kept",))
+    with config.open("a") as f:
+        f.write(
+            '[[job]]\nname = "noon"\nschedule = "0 12 * * *"\ncold_window = "01:00-05:00"\n'
+            "keep_last = 3\n"
+            '[[job]]\nname = "night"\nschedule = "0 3 * * *"\ncold_window = "01:00-05:00"\n'
+            "keep_last = 3\n"
+        )
+    done = cli("-c", str(config), "check-config")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stdout.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        "warning: job noon: schedule '0 12 * * *' never fires inside cold_window 01:00-05:00 "
+        "(UTC): every scheduled cold run is skipped"
+    ], done.stdout
+
+
 def test_check_config_counts_notify_targets_without_their_urls(tmp_path: Path) -> None:
     config = serverless_config(tmp_path, jobs=("nightly",))
     with config.open("a") as f:

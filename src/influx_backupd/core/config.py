@@ -1041,12 +1041,32 @@ def retention_warning(job: JobSection) -> str | None:
     )
 
 
+def window_warning(job: JobSection) -> str | None:
+    """A job whose scheduled cold runs may never come inside its cold_window: each of them is
+    skipped (no run, no record, no failure to alert on); None when they can."""
+    if job.cold_window is None or job.mode == "hot":
+        return None
+    from influx_backupd.core.schedule import window_missed  # APScheduler: load when used
+
+    missed = window_missed(job.schedule, job.every, job.timezone, job.cold_window)
+    if missed is None:
+        return None
+    when = (
+        " whenever the snapshot service does not answer (mode = auto)" if job.mode == "auto" else ""
+    )
+    return f"job {job.name}: {missed}{when}"
+
+
 def job_warnings(settings: Settings) -> list[str]:
     """check-config's and the daemon's (start, reload) warnings about the jobs: none at all,
-    or one that never deletes a backup."""
+    one that never deletes a backup, one whose scheduled cold runs never come inside its
+    cold_window."""
     if not settings.job:
         return [NO_JOB_WARNING]
-    return [w for job in settings.job if (w := retention_warning(job)) is not None]
+    found: list[str] = []
+    for job in settings.job:
+        found += [w for w in (retention_warning(job), window_warning(job)) if w is not None]
+    return found
 
 
 def secret_file_warnings(settings: Settings) -> list[str]:

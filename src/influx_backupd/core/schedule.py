@@ -7,9 +7,11 @@ fires when either matches. Both differences are translated here, so "0 3 * * 0" 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import time as dtime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -299,3 +301,71 @@ def human_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+def _minutes(text: str) -> int:
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def in_window(window: str, local: dtime) -> bool:
+    """Whether `local` falls in "HH:MM-HH:MM" (start inclusive, end exclusive).
+
+    A window whose end is before its start wraps midnight ("22:00-02:00"); equal ends mean the
+    whole day.
+    """
+    start_text, end_text = window.split("-")
+    start, end = _minutes(start_text), _minutes(end_text)
+    now = local.hour * 60 + local.minute
+    if start == end:
+        return True
+    if start < end:
+        return start <= now < end
+    return now >= start or now < end
+
+
+# How far ahead a schedule's fires are looked at for one inside a cold window: a year and a bit
+# covers a yearly schedule. A crontab's times of day are the same on every day it fires, so the
+# count (a dense schedule's bound) needs to cover only its first day: 1440 a day at most
+_WINDOW_LOOKAHEAD = timedelta(days=400)
+_WINDOW_FIRES = 2000
+_DAY_S = 86400
+
+
+def window_missed(
+    schedule: str | None, every: float | None, timezone: str, window: str
+) -> str | None:
+    """Why a job's scheduled runs may never come inside its cold window `window` (so that every
+    scheduled cold run is skipped), or None. A crontab schedule: none of its fires in the next
+    400 days (or 2000 fires) is inside. An interval: its runs keep to the times of day one
+    interval apart from its first, every gcd(interval, 1 day) seconds apart, and a window shorter
+    than that step may hold none of them."""
+    start, end = (_minutes(t) for t in window.split("-"))
+    if start == end:
+        return None  # the whole day
+    if schedule is not None:
+        tz = ZoneInfo(timezone)
+        trigger = cron_trigger(schedule, tz)
+        now = datetime.now(tz)
+        fire = trigger.get_next_fire_time(None, now)
+        for _ in range(_WINDOW_FIRES):
+            if fire is None or fire > now + _WINDOW_LOOKAHEAD:
+                break
+            if in_window(window, fire.astimezone(tz).time()):
+                return None
+            fire = trigger.get_next_fire_time(fire, fire + _TICK)
+        return (
+            f"schedule {schedule!r} never fires inside cold_window {window} ({timezone}): "
+            "every scheduled cold run is skipped"
+        )
+    if every is None or every != int(every):
+        return None
+    step = math.gcd(int(every), _DAY_S)
+    if step <= ((end - start) % 1440) * 60:
+        return None
+    return (
+        f"every = {human_duration(every)} runs at the same few times of day "
+        f"({human_duration(step)} apart, from one interval after the daemon starts), which may "
+        f"all fall outside cold_window {window}: its scheduled cold runs may all be skipped; "
+        "a crontab schedule inside the window does not drift"
+    )

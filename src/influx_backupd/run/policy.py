@@ -15,10 +15,10 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from datetime import time as dtime
 from typing import Literal, Protocol
 from zoneinfo import ZoneInfo
 
+from influx_backupd.core.schedule import in_window
 from influx_backupd.store.record import RunRecord
 
 Chosen = Literal["cold", "hot", "skip"]
@@ -64,27 +64,6 @@ class Prediction:
     seconds: float | None
     basis: str
     samples: list[float] = field(default_factory=list)
-
-
-def _minutes(text: str) -> int:
-    hours, minutes = text.split(":")
-    return int(hours) * 60 + int(minutes)
-
-
-def in_window(window: str, local: dtime) -> bool:
-    """Whether `local` falls in "HH:MM-HH:MM" (start inclusive, end exclusive).
-
-    A window whose end is before its start wraps midnight ("22:00-02:00"); equal ends mean the
-    whole day.
-    """
-    start_text, end_text = window.split("-")
-    start, end = _minutes(start_text), _minutes(end_text)
-    now = local.hour * 60 + local.minute
-    if start == end:
-        return True
-    if start < end:
-        return start <= now < end
-    return now >= start or now < end
 
 
 def predict_downtime(

@@ -20,6 +20,7 @@ from influx_backupd.core.schedule import (
     shortest_gap,
     validate,
     weekdays,
+    window_missed,
 )
 
 MONDAY = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -241,3 +242,32 @@ def test_a_jitter_as_long_as_the_gap_between_runs_is_refused_at_load() -> None:
     ):
         with pytest.raises(ValidationError, match="must be shorter than the shortest time"):
             section()
+
+
+@pytest.mark.parametrize(
+    ("schedule", "every", "window", "missed"),
+    [
+        ("0 12 * * *", None, "02:00-04:00", True),  # noon, every day: never at night
+        ("0 3 * * *", None, "02:00-04:00", False),
+        ("30 23 * * *", None, "23:00-01:00", False),  # a window over midnight
+        ("0 1 * * *", None, "23:00-01:00", True),  # its end is exclusive
+        ("0 12 * * *", None, "12:00-12:00", False),  # equal ends: the whole day
+        ("*/20 10-11 * * *", None, "02:00-04:00", True),  # dense, still never inside
+        ("0 3 1 1 *", None, "02:00-04:00", False),  # once a year, inside
+        ("0 13 1 1 *", None, "02:00-04:00", True),  # once a year, outside
+        ("@weekly", None, "23:00-01:00", False),  # Sunday 00:00
+        (None, 86400.0, "02:00-04:00", True),  # the time of day of the daemon's start
+        (None, 6 * 3600.0, "02:00-04:00", True),  # four times a day, 6 h apart: may all miss
+        (None, 7 * 3600.0, "02:00-04:00", False),  # 7 h: drifts over every hour of the day
+        (None, 3600.0, "02:00-04:00", False),
+        (None, 86400.5, "02:00-04:00", False),  # not whole seconds: drifts
+        (None, None, "02:00-04:00", False),  # by hand only
+    ],
+)
+def test_a_schedule_that_never_meets_its_cold_window_is_named(
+    schedule: str | None, every: float | None, window: str, missed: bool
+) -> None:
+    said = window_missed(schedule, every, "Europe/Berlin", window)
+    assert (said is not None) == missed, said
+    if said is not None:
+        assert window in said and "skipped" in said

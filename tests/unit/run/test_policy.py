@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from influx_backupd.core.config import JobSection
-from influx_backupd.run.policy import Capability, decide, in_window, predict_downtime
+from influx_backupd.core.schedule import in_window
+from influx_backupd.run.policy import Capability, decide, predict_downtime
 from influx_backupd.store.record import RunRecord
 
 NIGHT = datetime(2026, 3, 2, 2, 30, tzinfo=UTC)  # 02:30 UTC
