@@ -156,6 +156,16 @@ MANIFESTS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "shard size is a list": _set_first_shard("size", [1]),
     "shard fileName is a number": _set_first_shard("fileName", 5),
     "shard fileName climbs out": _set_first_shard("fileName", "../../../etc/passwd"),
+    # names that would make paths outside data/ and wal/, or a shard `influxd restore` would
+    # skip without a word (the meta does not place it there): the database served empty
+    "shard database climbs out": _set_first_shard("database", "../../../etc"),
+    "shard database holds a slash": _set_first_shard("database", "a/b"),
+    "shard policy is '..'": _set_first_shard("policy", ".."),
+    "shard database is one the meta does not place it in": _set_first_shard("database", "other"),
+    "shardID is a string": _set_first_shard("shardID", "1"),
+    "shardID is negative": _set_first_shard("shardID", -1),
+    "shardID the meta does not have": _set_first_shard("shardID", 987654),
+    "a shard listed twice": lambda m: {**m, "files": [*m["files"], m["files"][0]]},
     "files is null": lambda m: {**m, "files": None},
     "files holds a number": lambda m: {**m, "files": [5]},
     "meta is a string": lambda m: {**m, "meta": "meta"},

@@ -17,12 +17,13 @@ HOT = [{"name": "hotjob", "mode": "hot"}]
 SAME = ("id", "job", "mode", "kind", "chain_id", "parent_id", "since", "sha256", "bytes", "files")
 
 
-def _flip_byte(path: Path) -> None:
-    with open(path, "r+b") as fh:
-        fh.seek(path.stat().st_size // 2)
-        byte = fh.read(1)
-        fh.seek(-1, 1)
-        fh.write(bytes([byte[0] ^ 0xFF]))
+def _flip_max_node_id(meta: Path) -> None:
+    """The low bit of a 1.x portable .meta file's last byte: its MaxNodeID varint (field 2, which
+    influxd writes last, 0 here), so the file stays well-formed."""
+    data = bytearray(meta.read_bytes())
+    assert data[-2] == 0x10 and data[-1] in (0, 1), data[-4:].hex()
+    data[-1] ^= 1
+    meta.write_bytes(bytes(data))
 
 
 def _tree(root: Path) -> list[str]:
@@ -74,16 +75,17 @@ def test_a_chain_restores_by_path_without_the_catalog_and_refuses_a_broken_one(
         cli = _new_host(tmp_path, fresh)
         before = _tree(fresh.root)
 
-        # A flipped byte inside the full's meta store: every manifest check passes, only the
-        # sha256 the sidecar recorded tells.
+        # A flipped bit in the full's meta file that leaves it a well-formed meta (its last
+        # field, MaxNodeID, 0 -> 1): every manifest and meta check passes, only the sha256 the
+        # sidecar recorded tells. (A flip inside the meta store itself is refused by the scan.)
         meta = sorted(Path(full["archive"]).glob("*.meta"))[0]
-        _flip_byte(meta)
+        _flip_max_node_id(meta)
         refused = cli("restore", second["archive"], "--yes")
         assert refused.returncode == 1, refused.stderr[-2000:]
         assert "nothing touched" in refused.stderr and "Traceback" not in refused.stderr
         assert "does not match its backup record's" in refused.stderr
         assert _tree(fresh.root) == before
-        _flip_byte(meta)
+        _flip_max_node_id(meta)
 
         # The first increment gone: the second cannot be restored, and says which link it lacks.
         aside = tmp_path / "aside"

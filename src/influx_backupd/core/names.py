@@ -17,3 +17,12 @@ BACKUP_ID_RULE = "1-128 letters, digits, '.', '_', ':', '+' or '-', starting wit
 # may give it: one path element of ours, never a hidden one (.partial, .verify-… are the tool's)
 FILE_NAME = re.compile(r"^[A-Za-z0-9_+:-][A-Za-z0-9_.+:-]{0,254}\Z")
 FILE_NAME_RULE = "1-255 letters, digits, '.', '_', '+', ':' or '-', not starting with '.'"
+
+# A database or retention policy name as influxd takes it (its meta.ValidName): one path element
+# under data/ and wal/. A name read from a backup's manifest is held to this before any path or
+# query is made of it.
+INFLUX_NAME_RULE = "a name influxd takes: not empty, not '.' or '..', no '/', '\\' or NUL"
+
+
+def influx_name_ok(name: object) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and not set(name) & set("/\\\0")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from influx_backupd.core.names import influx_name_ok
 from influx_backupd.restore.merge import TSM_NAME, link_or_symlink, manifest_of, shard_tar_writer
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.scanners import portable_meta_store, remember_members, shard_members
@@ -80,11 +81,6 @@ class Tombstoned:
         return data / str(self.entry["database"]) / str(self.entry["policy"]) / str(self.sid)
 
 
-def _valid_name(name: object) -> bool:
-    """A database or retention policy name influxd accepts (meta.ValidName): one path element."""
-    return isinstance(name, str) and name not in ("", ".", "..") and not set(name) & set("/\\\0")
-
-
 def _members(tar: Path) -> list[str]:
     """The base names of a shard tar's regular files."""
     return [PurePosixPath(name).name for name, _ in shard_members(tar)]
@@ -106,7 +102,7 @@ def find(directory: Path) -> tuple[list[Tombstoned], DeletesApplied]:
         tsm = frozenset(n for n in names if TSM_NAME.match(n))
         with_file = frozenset(t for t in tombstones if t.removesuffix(".tombstone") + ".tsm" in tsm)
         orphans = frozenset(tombstones - with_file)
-        if not (_valid_name(entry.get("database")) and _valid_name(entry.get("policy"))):
+        if not (influx_name_ok(entry.get("database")) and influx_name_ok(entry.get("policy"))):
             report.not_applied[tar.name] = "its manifest entry names no valid database and policy"
             continue
         if len(set(names)) != len(names):  # not a tar influxd wrote: restored as it is

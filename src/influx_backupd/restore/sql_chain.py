@@ -33,7 +33,7 @@ from typing import Any
 from influx_backupd.restore.merge import link_or_symlink, manifest_of
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.formats.tsm import FOOTER_SIZE, HEADER_SIZE, BadIndex, index_entries
-from influx_backupd.store.scanners import portable_meta_store, protobuf_fields
+from influx_backupd.store.scanners import MetaShape, ShardSpan, meta_shape
 
 CAVEAT = (
     "the chain was copied in with SELECT INTO, which follows the newest link's meta (dropped "
@@ -50,61 +50,6 @@ TAIL_KEPT = 64 << 20
 # A shard's tar size before gzip, as the manifest lists it: one holding no file is its 1,024-byte
 # end marker or nothing (an increment lists every shard, an unchanged one so).
 EMPTY_TAR = 1024
-
-
-@dataclass(frozen=True)
-class ShardSpan:
-    """A live shard of the newest meta: its database, retention policy and group time range
-    (nanoseconds, end exclusive)."""
-
-    database: str
-    policy: str
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class MetaShape:
-    databases: frozenset[str]
-    shards: dict[int, ShardSpan]
-
-
-def _signed(value: int) -> int:
-    """A protobuf int64 varint (two's complement in 64 bits)."""
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _text(value: int | bytes) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
-
-
-def meta_shape(data: bytes) -> MetaShape:
-    """The databases and live shards a 1.x portable .meta file defines (influxdb's meta.proto:
-    Data {5: DatabaseInfo}; DatabaseInfo {1: Name, 3: RetentionPolicyInfo}; RetentionPolicyInfo
-    {1: Name, 5: ShardGroupInfo}; ShardGroupInfo {2: StartTime, 3: EndTime, 4: DeletedAt,
-    5: ShardInfo}; ShardInfo {1: ID}). A group with DeletedAt set is gone. Raises ValueError."""
-    databases: set[str] = set()
-    shards: dict[int, ShardSpan] = {}
-    for number, db in protobuf_fields(portable_meta_store(data)):
-        if number != 5 or not isinstance(db, bytes):
-            continue
-        db_fields = list(protobuf_fields(db))
-        name = next((_text(v) for n, v in db_fields if n == 1), "")
-        databases.add(name)
-        for rp in (v for n, v in db_fields if n == 3 and isinstance(v, bytes)):
-            rp_fields = list(protobuf_fields(rp))
-            policy = next((_text(v) for n, v in rp_fields if n == 1), "")
-            for group in (v for n, v in rp_fields if n == 5 and isinstance(v, bytes)):
-                ints = {n: _signed(v) for n, v in protobuf_fields(group) if isinstance(v, int)}
-                if ints.get(4, 0) != 0:
-                    continue
-                span = ShardSpan(name, policy, ints.get(2, 0), ints.get(3, 0))
-                for shard in (v for n, v in protobuf_fields(group) if n == 5):
-                    if isinstance(shard, bytes):
-                        sid = next((v for n, v in protobuf_fields(shard) if n == 1), None)
-                        if isinstance(sid, int):
-                            shards[sid] = span
-    return MetaShape(frozenset(databases), shards)
 
 
 def newest_shape(directory: Path) -> MetaShape:

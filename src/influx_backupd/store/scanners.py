@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 from influx_backupd.core.errors import CheckFailed
 from influx_backupd.core.jsontext import loads_json
+from influx_backupd.core.names import INFLUX_NAME_RULE, influx_name_ok
 from influx_backupd.store.archive import CHUNK, MemberCheck, UnsafeArchive
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 
@@ -206,9 +207,6 @@ def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
             raise ValueError(f"unexpected protobuf wire type {wire}")
 
 
-protobuf_fields = _fields  # restore/sql_chain.py reads the meta's shard groups with it
-
-
 def portable_meta_store(data: bytes) -> bytes:
     """The meta store inside a 1.x portable .meta file: protobuf PortableData {1: bytes Data,
     2: uint64 MaxNodeID}. Raises ValueError."""
@@ -256,6 +254,83 @@ def portable_meta_cqs(data: bytes) -> list[tuple[str, str, str]]:
                 )
         found += [(name, cq_name, statement) for cq_name, statement in queries]
     return found
+
+
+@dataclass(frozen=True)
+class ShardSpan:
+    """A shard of a portable meta: its database, retention policy and group time range
+    (nanoseconds, end exclusive)."""
+
+    database: str
+    policy: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class MetaShape:
+    databases: frozenset[str]
+    shards: dict[int, ShardSpan]
+
+
+def _signed(value: int) -> int:
+    """A protobuf int64 varint (two's complement in 64 bits)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _text(value: int | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
+
+
+def meta_shape(data: bytes, *, deleted: bool = False) -> MetaShape:
+    """The databases and live shards a 1.x portable .meta file defines (influxdb's meta.proto:
+    Data {5: DatabaseInfo}; DatabaseInfo {1: Name, 3: RetentionPolicyInfo}; RetentionPolicyInfo
+    {1: Name, 5: ShardGroupInfo}; ShardGroupInfo {2: StartTime, 3: EndTime, 4: DeletedAt,
+    5: ShardInfo}; ShardInfo {1: ID}). A group with DeletedAt set is gone, unless `deleted`
+    (a backup may hold a shard its server was deleting). Raises ValueError."""
+    databases: set[str] = set()
+    shards: dict[int, ShardSpan] = {}
+    for number, db in _fields(portable_meta_store(data)):
+        if number != 5 or not isinstance(db, bytes):
+            continue
+        db_fields = list(_fields(db))
+        name = next((_text(v) for n, v in db_fields if n == 1), "")
+        databases.add(name)
+        for rp in (v for n, v in db_fields if n == 3 and isinstance(v, bytes)):
+            rp_fields = list(_fields(rp))
+            policy = next((_text(v) for n, v in rp_fields if n == 1), "")
+            for group in (v for n, v in rp_fields if n == 5 and isinstance(v, bytes)):
+                ints = {n: _signed(v) for n, v in _fields(group) if isinstance(v, int)}
+                if ints.get(4, 0) != 0 and not deleted:
+                    continue
+                span = ShardSpan(name, policy, ints.get(2, 0), ints.get(3, 0))
+                for shard in (v for n, v in _fields(group) if n == 5):
+                    if isinstance(shard, bytes):
+                        sid = next((v for n, v in _fields(shard) if n == 1), None)
+                        if isinstance(sid, int):
+                            shards[sid] = span
+    return MetaShape(frozenset(databases), shards)
+
+
+def shard_entry_problem(entry: dict[str, Any], shape: MetaShape | None) -> str | None:
+    """What is wrong with a portable manifest's shard entry (None: nothing): its database or
+    retention policy not a name influxd takes (one path element), its shardID not a shard id,
+    or a shard the backup's meta (`shape`, deleted groups included) does not place where the
+    entry says. `influxd restore -portable` uploads a shard only into the meta's shard of that
+    id: one the meta does not hold is silently not restored (its database served empty)."""
+    database, policy, sid = entry.get("database"), entry.get("policy"), entry.get("shardID")
+    if not influx_name_ok(database) or not influx_name_ok(policy):
+        return f"shard entry names database {database!r:.100} / retention policy {policy!r:.100}: {INFLUX_NAME_RULE}"
+    if not isinstance(sid, int) or isinstance(sid, bool) or sid < 1:
+        return f"shard entry of {database}.{policy} has shardID {sid!r:.50}, not a shard id"
+    if shape is None:
+        return None
+    span = shape.shards.get(sid)
+    if span is None:
+        return f"shard {sid} ({database}.{policy}) is in no shard group of the backup's meta: influxd restore would not restore it"
+    if (span.database, span.policy) != (database, policy):
+        return f"the manifest puts shard {sid} in {database}.{policy}, the backup's meta in {span.database}.{span.policy}"
+    return None
 
 
 GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip id bytes and CM=8 (deflate), the only method gzip defines
@@ -314,12 +389,22 @@ def scan_portable(
     if not isinstance(meta, dict) or not isinstance(files, list):
         raise CheckFailed(f"hot.check: {where}: no meta entry or files list")
     expected: dict[str, tuple[str, int]] = {}  # file name → (kind, listed size)
+    sids: set[int] = set()
     for kind, entry in [("meta", meta)] + [("shard", f) for f in files]:
         if not isinstance(entry, dict) or not isinstance(entry.get("fileName"), str):
             raise CheckFailed(f"hot.check: {where}: an entry without fileName: {entry!r:.200}")
         name = entry["fileName"]
         if "/" in name or "\0" in name or name in ("", ".", ".."):
             raise CheckFailed(f"hot.check: {where}: names unsafe file {name!r:.200}")
+        if name in expected:
+            raise CheckFailed(f"hot.check: {where}: lists {name!r:.200} twice")
+        if kind == "shard":
+            problem = shard_entry_problem(entry, None)
+            if problem is None and entry["shardID"] in sids:
+                problem = f"lists shard {entry['shardID']} twice"
+            if problem is not None:
+                raise CheckFailed(f"hot.check: {where}: {problem}")
+            sids.add(entry["shardID"])
         expected[name] = (kind, listed_size(entry, where))
     for name in expected:
         if name not in names:
@@ -333,6 +418,7 @@ def scan_portable(
     listing = hashlib.sha256()
     per_file: dict[str, str] = {}
     total = 0
+    shape = MetaShape(frozenset(), {})
     for name in names:
         path = directory / name
         if not path.is_file() or path.is_symlink():
@@ -354,7 +440,9 @@ def scan_portable(
                     _check_gzip_ends(raw, st.st_size, path, listed)
             elif kind == "meta":
                 try:
-                    inner = portable_meta_size(reader.read())
+                    meta_bytes = reader.read()
+                    inner = portable_meta_size(meta_bytes)
+                    shape = meta_shape(meta_bytes, deleted=True)
                 except ValueError as exc:
                     raise CheckFailed(
                         f"hot.check: {path}: not a portable meta file ({exc})"
@@ -372,6 +460,10 @@ def scan_portable(
         total += size
         per_file[name] = hexdigest
         listing.update(f"{name}\0{size}\0{hexdigest}\n".encode())
+    for entry in files:  # the meta was read above: every listed file exists, meta included
+        problem = shard_entry_problem(entry, shape)
+        if problem is not None:
+            raise CheckFailed(f"hot.check: {where}: {problem}")
     return Scan(
         bytes=total,
         files=len(names),

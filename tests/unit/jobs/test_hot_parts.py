@@ -227,9 +227,61 @@ def test_a_clock_gone_back_since_the_last_link_starts_a_new_full() -> None:
 # -- 1.x portable directories -----------------------------------------------------------------------
 
 
-def _portable_dir(root: Path, shard: bytes = b"x" * 5000, meta: bytes = b"m" * 94) -> Path:
+def _pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _pb_field(number: int, value: bytes | int) -> bytes:
+    """One protobuf field: a varint (wire type 0) or length-delimited bytes (wire type 2)."""
+    if isinstance(value, int):
+        return _pb_varint(number << 3) + _pb_varint(value)
+    return _pb_varint(number << 3 | 2) + _pb_varint(len(value)) + value
+
+
+def meta_store(
+    shards: dict[int, tuple[str, str]], *, deleted: frozenset[int] = frozenset()
+) -> bytes:
+    """A 1.x meta store (influxdb's meta.proto Data) placing each shard id in its (database,
+    retention policy), one shard group each; `deleted`: groups with DeletedAt set."""
+    databases: dict[str, dict[str, list[int]]] = {}
+    for sid, (db, rp) in shards.items():
+        databases.setdefault(db, {}).setdefault(rp, []).append(sid)
+    data = b""
+    for db, policies in databases.items():
+        body = _pb_field(1, db.encode())
+        for rp, sids in policies.items():
+            groups = b"".join(
+                _pb_field(
+                    5,
+                    _pb_field(1, sid)
+                    + _pb_field(2, 0)
+                    + _pb_field(3, 1 << 40)
+                    + (_pb_field(4, 7) if sid in deleted else b"")
+                    + _pb_field(5, _pb_field(1, sid)),
+                )
+                for sid in sids
+            )
+            body += _pb_field(3, _pb_field(1, rp.encode()) + groups)
+        data += _pb_field(5, body)
+    return data
+
+
+def _portable_dir(
+    root: Path,
+    shard: bytes = b"x" * 5000,
+    meta: bytes | None = None,
+    entry: dict[str, object] | None = None,
+) -> Path:
+    """A portable backup dir: T.meta (a meta store placing shard 1 in d.autogen unless `meta`),
+    one shard T.s1.tar.gz of `shard`, its manifest entry updated with `entry`."""
     root.mkdir()
-    (root / "T.meta").write_bytes(b"\x0a" + bytes([len(meta)]) + meta + b"\x10\x00")
+    meta = meta_store({1: ("d", "autogen")}) if meta is None else meta
+    (root / "T.meta").write_bytes(_pb_field(1, meta) + b"\x10\x00")
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb") as gz:
         gz.write(shard)
@@ -244,6 +296,7 @@ def _portable_dir(root: Path, shard: bytes = b"x" * 5000, meta: bytes = b"m" * 9
                 "shardID": 1,
                 "fileName": "T.s1.tar.gz",
                 "size": len(shard),
+                **(entry or {}),
             }
         ],
     }
@@ -280,6 +333,60 @@ def test_portable_scan_refuses_damage(tmp_path: Path, damage: str) -> None:
     else:
         (d / "T.meta").write_bytes(b"\x0a\x05hello")
     with pytest.raises(CheckFailed, match=r"^hot\.check: "):
+        scan_portable(d)
+
+
+@pytest.mark.parametrize(
+    ("entry", "meta", "says"),
+    [
+        ({"database": "../x"}, None, "database '../x'"),
+        ({"database": "a/b"}, None, "database 'a/b'"),
+        ({"policy": ".."}, None, "retention policy '..'"),
+        ({"database": ""}, None, "database ''"),
+        ({"database": 7}, None, "database 7"),
+        ({"shardID": "1"}, None, "shardID '1'"),
+        ({"shardID": True}, None, "shardID True"),
+        ({"shardID": 0}, None, "shardID 0"),
+        # influxd restore uploads a shard only into the meta's shard of that id: served empty
+        (
+            {},
+            {2: ("d", "autogen")},
+            "shard 1 (d.autogen) is in no shard group of the backup's meta",
+        ),
+        (
+            {},
+            {1: ("other", "autogen")},
+            "puts shard 1 in d.autogen, the backup's meta in other.autogen",
+        ),
+        ({"policy": "weekly"}, None, "the backup's meta in d.autogen"),
+    ],
+)
+def test_a_manifest_entry_the_meta_does_not_back_is_refused(
+    tmp_path: Path, entry: dict[str, object], meta: dict[int, tuple[str, str]] | None, says: str
+) -> None:
+    """A hostile or damaged manifest: names that would make paths outside data/ (../x), or a
+    shard the backup's meta does not place there, which `influxd restore -portable` would skip
+    without a word (the restore "ok", the database served empty)."""
+    d = _portable_dir(tmp_path / "b", entry=entry, meta=None if meta is None else meta_store(meta))
+    for deep in (False, True):
+        with pytest.raises(CheckFailed, match=r"^hot\.check: ") as raised:
+            scan_portable(d, deep=deep)
+        assert says in str(raised.value)
+
+
+def test_a_shard_of_a_group_being_deleted_is_still_the_metas(tmp_path: Path) -> None:
+    """influxd exports a shard its retention service has marked deleted but not yet removed: the
+    meta holds it with DeletedAt set, and the backup is good."""
+    meta = meta_store({1: ("d", "autogen")}, deleted=frozenset({1}))
+    assert scan_portable(_portable_dir(tmp_path / "b", meta=meta)).files == 3
+
+
+def test_a_shard_listed_twice_is_refused(tmp_path: Path) -> None:
+    d = _portable_dir(tmp_path / "b")
+    manifest = json.loads((d / "T.manifest").read_text())
+    manifest["files"].append({**manifest["files"][0]})
+    (d / "T.manifest").write_text(json.dumps(manifest))
+    with pytest.raises(CheckFailed, match="twice"):
         scan_portable(d)
 
 
@@ -573,26 +680,21 @@ def test_the_live_shards_are_listed_only_for_the_local_server_backed_up(
     assert files["000000001-000000001.tsm"][0] == 10
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    assert len(payload) < 128
-    return bytes([number << 3 | 2, len(payload)]) + payload
-
-
 def test_portable_meta_databases_names_every_database_of_the_meta_store() -> None:
-    rp = _field(1, b"autogen")
+    rp = _pb_field(1, b"autogen")
     store = (
         b"\x08\x05"  # Term: a varint
         + b"\x21"
         + (7).to_bytes(8, "little")  # field 4 as fixed64: skipped, not refused
-        + _field(5, _field(1, b"metrics") + _field(2, b"autogen") + _field(3, rp))
-        + _field(5, _field(1, b"empty"))  # a database with no shards is a database
-        + _field(6, _field(1, b"admin"))  # a user's name is not a database
+        + _pb_field(5, _pb_field(1, b"metrics") + _pb_field(2, b"autogen") + _pb_field(3, rp))
+        + _pb_field(5, _pb_field(1, b"empty"))  # a database with no shards is a database
+        + _pb_field(6, _pb_field(1, b"admin"))  # a user's name is not a database
     )
-    assert portable_meta_databases(_field(1, store) + b"\x10\x01") == {"metrics", "empty"}
+    assert portable_meta_databases(_pb_field(1, store) + b"\x10\x01") == {"metrics", "empty"}
     with pytest.raises(ValueError):
         portable_meta_databases(b"\x10\x01")  # no meta store
     with pytest.raises(ValueError):
-        portable_meta_databases(_field(1, store)[:-3])  # cut short
+        portable_meta_databases(_pb_field(1, store)[:-3])  # cut short
 
 
 def test_a_chain_is_not_extended_on_a_link_that_failed_its_check_or_left_storage_dir(
