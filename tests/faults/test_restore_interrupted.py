@@ -50,6 +50,12 @@ setattr(_mod, _fn, _paused)
 def _restore_paused(tmp_path: Path, config: Path, backup_id: str, fn: str, at: str) -> Any:
     """`restore BACKUP --yes`, paused at the first call of fn (module.name) on a path
     holding <at>."""
+    return paused_at(tmp_path, config, ["restore", backup_id, "--yes"], fn, at)
+
+
+def paused_at(tmp_path: Path, config: Path, args: list[str], fn: str, at: str) -> Any:
+    """The command `args`, paused at the first call of fn (module.name) on a path holding
+    <at>: returned once it is."""
     hook = tmp_path / "hook"
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(HOOK)
@@ -66,7 +72,7 @@ def _restore_paused(tmp_path: Path, config: Path, backup_id: str, fn: str, at: s
     }
     command = [sys.executable, "-m", "influx_backupd", "--config", str(config)]
     proc = subprocess.Popen(
-        [*command, "restore", backup_id, "--yes"],
+        [*command, *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -172,19 +172,29 @@ def test_a_restore_killed_while_building_never_stopped_the_live_server_and_is_cl
     storage = tmp_path / "archives"
 
     # SIGKILL: the throwaway influxd keeps running and the staging dirs stay, until the next
-    # lock-taking command.
+    # lock-taking command, or `recover` (which said "nothing to recover" before)
     restore = cli.popen("restore", increment["id"], "--yes")
     wait_until(lambda: throwaway_influxds(storage), 60, "the restore's throwaway influxd")
     restore.kill()
     restore.communicate()
     assert throwaway_influxds(storage), "SIGKILL leaves the throwaway influxd running"
-    assert _staging(sandbox), "…and the staging dirs"
+    staged = _staging(sandbox)
+    assert staged, "…and the staging dirs"
     assert sandbox.pids() == pid_before, "the live influxd was never stopped"
-    done = cli("backup")
+    done = cli("recover")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "recovery.restore_staging_removed" in done.stderr
+    said = done.stdout.splitlines()
+    assert any(line.startswith("cleared: a throwaway influxd (pid ") for line in said), said
+    for path in staged:
+        assert f"cleared: restore staging dir {path} " in done.stdout, said
+    assert "nothing to recover" not in done.stdout
     assert throwaway_influxds(storage) == []
     assert _staging(sandbox) == []
+    again = cli("recover")
+    assert again.returncode == 0 and again.stdout.startswith("nothing to recover"), again.stdout
+    done = cli("backup")
+    assert done.returncode == 0, done.stderr[-2000:]
     assert cli("prune").returncode == 0  # reports and removes the dead run's scratch dir
     assert not list(storage.glob(".verify-*"))
     assert sandbox.pids() == pid_before

@@ -67,6 +67,7 @@ from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import records_in
 from influx_backupd.store.state import (
     PENDING_DATABASE_RESTORE,
+    Busy,
     CrashMarker,
     dry_recovery,
     lock_held,
@@ -658,17 +659,29 @@ def cmd_recover(config: Config, args: argparse.Namespace) -> int:
     """What the lock's recovery does, alone (guard.recover): influxd started again after a
     killed run, a killed restore rolled back, a killed `restore --database` undone or finished;
     3 starts tried, then StartFailed (exit 1)."""
+    from influx_backupd.run.guard import dead_runs_left
+
     marker = CrashMarker(config.state_dir)
     left = marker.read() if config.state_dir.exists() else None
     database = (config.state_dir / PENDING_DATABASE_RESTORE).exists()
+    # a killed restore's throwaway and staging, a killed run's partial archive or record: what
+    # the next lock-taking command would clear, cleared now (each said in the log as it goes)
+    found = dead_runs_left(config)
     recovered: list[str] = []
-    if left is not None or database:
-        with exclusive(config, influxd=False, start_attempts=3):
-            pass
+    if left is not None or database or found:
+        try:
+            with exclusive(config, influxd=False, start_attempts=3):
+                pass
+        except Busy:
+            if left is not None or database:
+                raise
+            found = []  # a run took the lock since: it cleared them as it did
         if database:
             from influx_backupd.restore.database import RECOVERED
 
             recovered = RECOVERED
+    remaining = dead_runs_left(config) if found else []
+    cleared = [what for what in found if what not in remaining]
     still = marker.read() if left is not None else None
     run_id = left.get("run_id") if left is not None else None
     kept_db = database and (config.state_dir / PENDING_DATABASE_RESTORE).exists()
@@ -686,14 +699,23 @@ def cmd_recover(config: Config, args: argparse.Namespace) -> int:
                 "run_id": run_id,
                 "kept": still is not None,
                 "database_restore": recovered,
+                "cleared": cleared,
+                "not_cleared": remaining,
             }
         )
         return EXIT_FAILED if kept_db else EXIT_OK
-    for line in recovered:
+    for line in [
+        *recovered,
+        *(f"cleared: {what}" for what in cleared),
+        *(f"not cleared (see the log): {what}" for what in remaining),
+    ]:
         print(line)
     if left is None:
-        if not database:
-            print("nothing to recover: no run left influxd stopped, no database restore pending")
+        if not database and not found:
+            print(
+                "nothing to recover: no run left influxd stopped, no database restore pending, "
+                "nothing of a killed run left"
+            )
     elif still is None and not CrashMarker.may_be_down(left):
         print(f"cleared the crash marker of run {run_id}, killed before it stopped influxd")
     elif still is None:

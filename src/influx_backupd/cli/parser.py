@@ -411,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
         "is kept in the state dir for this. Tries 3 starts, then exits 1 (the next command or "
         "the daemon tries again). A killed `restore --database` is undone (its database not in "
         "yet) or finished (in: kept, with the writes since), and said; exit 1 if the live server "
-        "does not answer.",
+        "does not answer. What killed runs left (a restore's throwaway influxd and staging "
+        "copies, an unfinished archive, a run still recorded running) is cleared and said.",
     )
 
     p = _command(

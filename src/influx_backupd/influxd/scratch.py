@@ -102,10 +102,27 @@ def owner_alive(scratch: Path) -> bool:
     return same_process(made_by.pid, made_by.started, made_by.start) is not None
 
 
-def stop_server(scratch: Path) -> list[int]:
-    """The throwaway influxds of a dead owner: SIGKILL, as they hold nothing we keep (a
-    `--target` DIR's server is stopped only before the hand-over, while this dir exists).
-    Returns the pids stopped."""
+def left_behind(scratch: Path) -> list[str]:
+    """What recovery has to clear of this dir's dead owner (guard's _restore_tests_left): its
+    throwaway influxds still running, the restore staging dirs it named still there. Empty for
+    a live owner's dir, and once recovery has cleared it (the dir itself stays for prune)."""
+    if owner_alive(scratch):
+        return []
+    made_by = owner(scratch)
+    found = [f"a throwaway influxd (pid {proc.pid}) of {scratch}" for proc in _servers(scratch)]
+    found += [
+        f"restore staging dir {staged} (a copy of the data beside the live dirs)"
+        for staged in (made_by.staging if made_by else [])
+        if layout.is_restore_staging(staged) and staged.is_dir()
+    ]
+    if made_by is not None and made_by.target is not None:
+        found.append(f"restore --target {made_by.target}, not finished")
+    return found
+
+
+def _servers(scratch: Path) -> list[psutil.Process]:
+    """The influxds serving from this dir's conf (or a conf inside it, or its owner's
+    `--target` DIR's)."""
     made_by = owner(scratch)
     confs = {str(scratch / "influxdb.conf"), *(made_by.serves if made_by else [])}
     # a throwaway may also serve from a dir of its own inside this one (a restore applies a
@@ -115,13 +132,23 @@ def stop_server(scratch: Path) -> list[int]:
     def ours(arg: str) -> bool:
         return arg in confs or (arg.startswith(inside) and arg.endswith(os.sep + "influxdb.conf"))
 
+    return [
+        proc
+        for proc in psutil.process_iter(["cmdline"])
+        if any(ours(arg) for arg in proc.info["cmdline"] or [])
+    ]
+
+
+def stop_server(scratch: Path) -> list[int]:
+    """The throwaway influxds of a dead owner: SIGKILL, as they hold nothing we keep (a
+    `--target` DIR's server is stopped only before the hand-over, while this dir exists).
+    Returns the pids stopped."""
     stopped = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if any(ours(arg) for arg in proc.info["cmdline"] or []):
-            try:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(10)
-            except (psutil.NoSuchProcess, psutil.TimeoutExpired):
-                continue
-            stopped.append(proc.pid)
+    for proc in _servers(scratch):
+        try:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+            continue
+        stopped.append(proc.pid)
     return stopped

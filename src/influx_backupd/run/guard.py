@@ -712,6 +712,36 @@ def _follow_up_late(config: Config, catalog: Catalog, record: RunRecord) -> None
     catalog.followed_up(record.id)
 
 
+def dead_runs_left(config: Config) -> list[str]:
+    """What killed runs left that the lock's recovery clears, besides a crash marker and a
+    pending database restore (`recover` says them): throwaway influxds and restore staging of
+    dead owners, unfinished archives, runs the catalog still has `running`. Read without the
+    lock. None while a live process holds the lock: it cleared what dead runs left when it took
+    the lock, and its own partial archive or `running` record is no leftover (the unit's
+    ExecStopPost `recover` beside an operator's backup must not fail on it)."""
+    found: list[str] = []
+    if not config.state_dir.is_dir() or lock_held(config.state_dir):
+        return found
+    storage = config.storage_dir
+    if storage.is_dir():
+        for path in sorted(storage.glob(scratch.PREFIX + "*")):
+            if path.is_dir():
+                found += scratch.left_behind(path)
+        found += [
+            f"unfinished backup {p}"
+            for p in sorted(
+                [*storage.glob("*" + layout.PARTIAL), *storage.glob("*" + layout.INCOMPLETE)]
+            )
+        ]
+    catalog = Catalog(config.state_dir)
+    try:
+        running = catalog.running() if catalog.exists() else []
+    except (CatalogDamaged, OSError, ValueError):
+        running = []  # the recovery says what is wrong with the catalog
+    found += [f"run {r.id} ({r.job}) still recorded running" for r in running]
+    return found
+
+
 def _restore_tests_left(storage: Path) -> None:
     """A verify --restore-test killed mid-way leaves its throwaway influxd serving: stop it.
 
