@@ -484,6 +484,33 @@ def test_status_shows_the_daemon_starting_while_it_recovers(
     assert during["daemon"]["status"].startswith("starting"), during["daemon"]
 
 
+def test_status_says_a_suspended_daemon_runs_no_job(tmp_path: Path, sandbox: Sandbox) -> None:
+    """A daemon stopped by SIGSTOP (Ctrl-Z in a terminal, a debugger) runs no job and writes no
+    heartbeat; its state file still names it. Before, `status` called it running."""
+    config = write_config(tmp_path, sandbox, jobs=[{"name": "nightly", "schedule": "0 3 * * *"}])
+    cli = Cli(config)
+    with daemon(tmp_path, config) as d:
+        d.wait_event("daemon.ready", 120)
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        try:
+            wait_until(
+                lambda: psutil.Process(d.proc.pid).status() == psutil.STATUS_STOPPED,
+                10,
+                "the daemon stopped",
+            )
+            report = cli.json("status")["daemon"]
+            assert report["running"] is True and report["suspended"] is True, report
+            text = cli("status").stdout
+            assert "daemon    suspended (stopped by a signal" in text, text
+            assert f"kill -CONT {d.proc.pid}" in text, text
+        finally:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        report = cli.json("status")["daemon"]
+        assert report["suspended"] is False, report
+        assert "daemon    running, pid" in cli("status").stdout
+        assert d.stop() == 0
+
+
 def test_the_daemon_trims_the_log_of_the_influxd_it_started(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import count, loads_json, number
 from influx_backupd.core.schedule import describe
@@ -55,6 +57,18 @@ def daemon_state_in(state_dir: Path) -> dict[str, Any] | None:
     for key in ("started_at",):
         state[key] = number(state.get(key))
     return state
+
+
+def suspended(pid: object) -> bool:
+    """The daemon process is stopped by a signal (SIGSTOP, Ctrl-Z, a debugger): it runs no job,
+    writes no heartbeat and answers no SIGHUP until it is continued, though its state file says
+    it runs."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except (psutil.Error, OverflowError):
+        return False
 
 
 def left_behind(config: Config) -> dict[str, Any] | None:
@@ -161,6 +175,7 @@ def gather(config: Config) -> dict[str, Any]:
         else None,
         "daemon": {
             "running": state is not None,
+            "suspended": state is not None and suspended(state.get("pid")),
             "pid": state.get("pid") if state else None,
             "started_at": state.get("started_at") if state else None,
             "config": state.get("config") if state else None,
@@ -203,7 +218,14 @@ def render(report: dict[str, Any]) -> str:
     if report["influxd_down"]:
         label = "crash marker" if report["influxd_down"].get("answers") else "influxd down"
         lines.append(f"{label}  {report['influxd_down']['detail']}")
-    if d["running"]:
+    if d["running"] and d.get("suspended"):
+        lines.append(
+            f"daemon    suspended (stopped by a signal: SIGSTOP, Ctrl-Z or a debugger), pid "
+            f"{d['pid']}: it runs no job and writes no heartbeat until continued "
+            f"(kill -CONT {d['pid']})"
+        )
+        lines.append(f"  status  {d['status']} (as it was when it was suspended)")
+    elif d["running"]:
         lines.append(f"daemon    running, pid {d['pid']}, since {_when(d['started_at'])}")
         lines.append(f"  status  {d['status']}")
     elif d.get("gone"):
