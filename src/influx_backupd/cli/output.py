@@ -120,10 +120,8 @@ def print_record(record: RunRecord, as_json: bool, *, verbose: bool = False) -> 
         print("  downtime  none: influxd was not stopped")
     else:
         parts = [("stop", record.stop_s), ("copy", record.copy_s), ("start", record.start_s)]
-        # what the window held besides (the checks between stop and copy): the sum adds up
-        rest = record.downtime_s - sum(seconds or 0.0 for _, seconds in parts)
-        if rest >= 0.0005:
-            parts.insert(1, ("checks", rest))
+        if record.checks_s is not None:  # what the window held besides: the sum adds up
+            parts.insert(1, ("checks", record.checks_s))
         shown = " + ".join(f"{name} {fmt_s(seconds)}" for name, seconds in parts)
         print(f"  downtime  {fmt_s(record.downtime_s)} = {shown}")
     if record.error:

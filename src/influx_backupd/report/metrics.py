@@ -41,6 +41,7 @@ RESULTS: tuple[str, ...] = ("ok", "failed", "interrupted")  # finished statuses
 # (phase label value, RunRecord field)
 PHASES: tuple[tuple[str, str], ...] = (
     ("stop", "stop_s"),
+    ("checks", "checks_s"),  # the window's rest: stop, checks, copy and start add up to downtime
     ("copy", "copy_s"),
     ("start", "start_s"),
     ("prestage", "prestage_s"),
@@ -77,7 +78,8 @@ DOWNTIME = Family(
 PHASE = Family(
     "influx_backupd_phase_seconds",
     "gauge",
-    "Seconds each phase of the last finished backup run took.",
+    "Seconds each phase of the last finished backup run took: stop, checks, copy and start add "
+    "up to its downtime; prestage and archive are taken while influxd serves.",
     (JOB_LABEL, "phase"),
 )
 ARCHIVE_BYTES = Family(

@@ -136,6 +136,16 @@ class RunRecord:
         return self.ok and not self.failed_check
 
     @property
+    def checks_s(self) -> float | None:
+        """The stop window's time besides the stop, copy and start (the checks between the stop
+        and the copy: files still held, the staged tree): the downtime less those three, so the
+        phases add up to it. None without a downtime, or when that rest is under half a ms."""
+        if self.downtime_s is None:
+            return None
+        rest = self.downtime_s - sum(s or 0.0 for s in (self.stop_s, self.copy_s, self.start_s))
+        return rest if rest >= 0.0005 else None
+
+    @property
     def lost_at_restart(self) -> dict[str, int]:
         """{database: points} the live server served fewer after this cold run's restart than
         before its stop (extra["served_less"], influxd/counts.after_start): points only this

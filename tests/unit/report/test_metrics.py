@@ -152,6 +152,19 @@ def test_phases_of_last_finished_run_only_those_measured() -> None:
     assert phases == {"stop": 0.125, "copy": 0.0}
 
 
+def test_the_phases_add_up_to_the_downtime() -> None:
+    """The window's checks (files still held, between the stop and the copy) are a phase too:
+    stop, checks, copy and start add up to downtime_seconds, as `backup` prints them."""
+    run = rec("a", "j", "ok", 1.0, stop_s=1.5, copy_s=2.0, start_s=3.0, downtime_s=7.25)
+    values, _ = parse(render([run]))
+    phases = {dict(labels)["phase"]: v for (name, labels), v in values.items() if "phase" in name}
+    assert phases == {"stop": 1.5, "checks": 0.75, "copy": 2.0, "start": 3.0}
+    assert sum(phases.values()) == values[k("downtime_seconds", backup_job="j")]
+    exact = rec("b", "j", "ok", 2.0, stop_s=1.0, copy_s=1.0, start_s=1.0, downtime_s=3.0)
+    phases_b = parse(render([exact]))[0]
+    assert not any(dict(labels).get("phase") == "checks" for (_, labels) in phases_b)
+
+
 def test_the_oldest_check_moves_when_every_backup_is_verified_again() -> None:
     """A scheduled verify checks them all: the oldest check becomes the earliest of those."""
     records = [
