@@ -1,7 +1,8 @@
 """`recover` clears what a killed run left even when influxd was never stopped (no crash marker):
 a hot backup SIGKILLed just before it renames its checked output into place leaves the
-unfinished dir and a record still `running`. Before, `recover` said "nothing to recover" and left them for the next lock-taking
-command (real influxd, real `influxd backup`, real CLI, a real kill)."""
+unfinished dir and a record still `running`. Before, `recover` said "nothing to recover" and
+left them for the next lock-taking command (real influxd, real `influxd backup`, real CLI, a
+real kill)."""
 
 from __future__ import annotations
 

@@ -504,7 +504,10 @@ def set_left_down(path: Path, down: bool, down_expected_until: float = 0.0) -> N
         lines = read_small(path, MAX_METRICS_FILE).decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         lines = []
-    at = {name: i for i, line in enumerate(lines) if (name := _sample_name(line)) in wanted}
+    at: dict[str, list[int]] = {}
+    for i, line in enumerate(lines):
+        if (name := _sample_name(line)) in wanted:
+            at.setdefault(name, []).append(i)
     if LEFT_DOWN.name not in at:
         write_textfile(
             path,
@@ -516,10 +519,12 @@ def set_left_down(path: Path, down: bool, down_expected_until: float = 0.0) -> N
             ),
         )
         return
-    for name, i in at.items():  # a file from before the instance label has the bare name
-        lines[i] = wanted[name]
+    for name, indexes in at.items():  # a file from before the instance label has the bare name
+        for i in indexes:
+            lines[i] = wanted[name]
     if DOWN_EXPECTED.name not in at:  # a file an older version wrote: its family added after
-        lines[at[LEFT_DOWN.name] + 1 : at[LEFT_DOWN.name] + 1] = [
+        after = at[LEFT_DOWN.name][-1] + 1
+        lines[after:after] = [
             f"# HELP {DOWN_EXPECTED.name} {_escape_help(DOWN_EXPECTED.help)}",
             f"# TYPE {DOWN_EXPECTED.name} {DOWN_EXPECTED.type}",
             wanted[DOWN_EXPECTED.name],

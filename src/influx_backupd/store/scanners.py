@@ -320,16 +320,25 @@ def shard_entry_problem(entry: dict[str, Any], shape: MetaShape | None) -> str |
     id: one the meta does not hold is silently not restored (its database served empty)."""
     database, policy, sid = entry.get("database"), entry.get("policy"), entry.get("shardID")
     if not influx_name_ok(database) or not influx_name_ok(policy):
-        return f"shard entry names database {database!r:.100} / retention policy {policy!r:.100}: {INFLUX_NAME_RULE}"
+        return (
+            f"shard entry names database {database!r:.100} / retention policy {policy!r:.100}: "
+            + INFLUX_NAME_RULE
+        )
     if not isinstance(sid, int) or isinstance(sid, bool) or sid < 1:
         return f"shard entry of {database}.{policy} has shardID {sid!r:.50}, not a shard id"
     if shape is None:
         return None
     span = shape.shards.get(sid)
     if span is None:
-        return f"shard {sid} ({database}.{policy}) is in no shard group of the backup's meta: influxd restore would not restore it"
+        return (
+            f"shard {sid} ({database}.{policy}) is in no shard group of the backup's meta: "
+            "influxd restore would not restore it"
+        )
     if (span.database, span.policy) != (database, policy):
-        return f"the manifest puts shard {sid} in {database}.{policy}, the backup's meta in {span.database}.{span.policy}"
+        return (
+            f"the manifest puts shard {sid} in {database}.{policy}, the backup's meta in "
+            f"{span.database}.{span.policy}"
+        )
     return None
 
 
