@@ -38,6 +38,7 @@ from influx_backupd.core.redact import shown_url
 from influx_backupd.influxd import logfile
 from influx_backupd.influxd.influxql import ping_headers
 from influx_backupd.influxd.listening import listeners, listens
+from influx_backupd.store.state import MAX_EXPECTED_WINDOW_S
 
 # What influxd gets under its own service (Debian's unit, systemd's default): its new files are
 # never world-writable, whatever umask the caller of influx-backupd had.
@@ -203,7 +204,9 @@ class Influxd:
         (a slower stop or start is a failure of its own), plus WINDOW_MARGIN_S. Until then a
         left_down is expected, not an outage (CrashMarker.down_expected_until)."""
         s = self.section
-        return time.time() + 2 * work_s + s.stop_timeout + s.start_timeout + WINDOW_MARGIN_S
+        window = 2 * work_s + s.stop_timeout + s.start_timeout + WINDOW_MARGIN_S
+        # the most a marker may expect (a longer one reads as damaged, so as no window at all)
+        return time.time() + min(window, MAX_EXPECTED_WINDOW_S)
 
     # -- finding it -------------------------------------------------------
     def locate(self) -> psutil.Process | None:

@@ -230,3 +230,27 @@ def test_a_lock_whose_file_was_removed_or_replaced_is_no_longer_held(tmp_path: P
         mine.acquire()
     other.release()
     assert not other.still_held()
+
+
+def test_a_stop_windows_expected_end_is_twice_its_work_plus_influxds_timeouts_and_capped(
+    tmp_path: Path,
+) -> None:
+    """What a run writes before its stop: never more than a marker may expect (a longer one
+    would read as damaged, so as no window at all, and page in the middle of a healthy copy)."""
+    from influx_backupd.core.config import load
+    from influx_backupd.influxd.server import WINDOW_MARGIN_S, Influxd
+    from tests.unit.influxd.test_ping_auth import config_for
+
+    server = Influxd(load(config_for(tmp_path, "http://127.0.0.1:8086", False)))
+    timeouts = server.section.stop_timeout + server.section.start_timeout
+    now = time.time()
+    end = server.stop_window_end(600.0)
+    assert now + 1200 + timeouts + WINDOW_MARGIN_S <= end <= time.time() + 1200 + timeouts + 300
+    huge = server.stop_window_end(10e6)  # 200 TB at 20 MB/s
+    assert huge <= time.time() + state.MAX_EXPECTED_WINDOW_S
+    body = {
+        "written_at": time.time(),
+        "down_expected_until": huge,
+        "writer": identity(psutil.Process()),
+    }
+    assert CrashMarker.down_expected_until(body) == huge, "still read as the window it is"
