@@ -90,6 +90,9 @@ def test_recover_starts_influxd_a_killed_run_left_stopped_and_else_does_nothing(
     done = run_cli(config, "recover")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("recovered: influxd, stopped by run "), done.stdout
+    said = done.stdout.splitlines()
+    # and what else the killed run left: its record still `running`
+    assert any(line.startswith("cleared: run ") for line in said), said
     assert sandbox.ping()
     again = run_cli(config, "recover", "--json")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -704,12 +704,7 @@ def cmd_recover(config: Config, args: argparse.Namespace) -> int:
             }
         )
         return EXIT_FAILED if kept_db else EXIT_OK
-    for line in [
-        *recovered,
-        *(f"cleared: {what}" for what in cleared),
-        *(f"not cleared (see the log): {what}" for what in remaining),
-    ]:
-        print(line)
+    # influxd first: what the command is for
     if left is None:
         if not database and not found:
             print(
@@ -722,6 +717,12 @@ def cmd_recover(config: Config, args: argparse.Namespace) -> int:
         print(f"recovered: influxd, stopped by run {run_id or '(unknown)'}, runs again")
     else:  # a server that got a stop and still runs: watched, not started twice
         print(f"crash marker {marker.path} kept: its run's influxd still runs")
+    for line in [
+        *recovered,
+        *(f"cleared: {what}" for what in cleared),
+        *(f"not cleared (see the log): {what}" for what in remaining),
+    ]:
+        print(line)
     return EXIT_FAILED if kept_db else EXIT_OK
 
 
