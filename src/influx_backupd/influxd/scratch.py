@@ -109,7 +109,9 @@ def left_behind(scratch: Path) -> list[str]:
     if owner_alive(scratch):
         return []
     made_by = owner(scratch)
-    found = [f"a throwaway influxd (pid {proc.pid}) of {scratch}" for proc in _servers(scratch)]
+    found = [
+        f"a throwaway influxd (pid {proc.pid}) of {scratch}" for proc in _servers(scratch, made_by)
+    ]
     found += [
         f"restore staging dir {staged} (a copy of the data beside the live dirs)"
         for staged in (made_by.staging if made_by else [])
@@ -120,10 +122,9 @@ def left_behind(scratch: Path) -> list[str]:
     return found
 
 
-def _servers(scratch: Path) -> list[psutil.Process]:
+def _servers(scratch: Path, made_by: Owner | None) -> list[psutil.Process]:
     """The influxds serving from this dir's conf (or a conf inside it, or its owner's
-    `--target` DIR's)."""
-    made_by = owner(scratch)
+    (`made_by`) `--target` DIR's)."""
     confs = {str(scratch / "influxdb.conf"), *(made_by.serves if made_by else [])}
     # a throwaway may also serve from a dir of its own inside this one (a restore applies a
     # backup's deletes in one beside the throwaway it restores into)
@@ -144,7 +145,7 @@ def stop_server(scratch: Path) -> list[int]:
     `--target` DIR's server is stopped only before the hand-over, while this dir exists).
     Returns the pids stopped."""
     stopped = []
-    for proc in _servers(scratch):
+    for proc in _servers(scratch, owner(scratch)):
         try:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)

@@ -503,11 +503,7 @@ def _recover(
                 marker.clear()
     storage = config.storage_dir
     if storage.is_dir():
-        # a dead cold run's partial tar, a dead hot run's incomplete dir
-        for leftover in [
-            *storage.glob("*" + layout.PARTIAL),
-            *storage.glob("*" + layout.INCOMPLETE),
-        ]:
+        for leftover in _unfinished(storage):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
@@ -712,6 +708,12 @@ def _follow_up_late(config: Config, catalog: Catalog, record: RunRecord) -> None
     catalog.followed_up(record.id)
 
 
+def _unfinished(storage: Path) -> list[Path]:
+    """A dead cold run's partial tar, a dead hot run's incomplete dir (under the lock: no live
+    run's)."""
+    return [*storage.glob("*" + layout.PARTIAL), *storage.glob("*" + layout.INCOMPLETE)]
+
+
 def dead_runs_left(config: Config) -> list[str]:
     """What killed runs left that the lock's recovery clears, besides a crash marker and a
     pending database restore (`recover` says them): throwaway influxds and restore staging of
@@ -727,12 +729,7 @@ def dead_runs_left(config: Config) -> list[str]:
         for path in sorted(storage.glob(scratch.PREFIX + "*")):
             if path.is_dir():
                 found += scratch.left_behind(path)
-        found += [
-            f"unfinished backup {p}"
-            for p in sorted(
-                [*storage.glob("*" + layout.PARTIAL), *storage.glob("*" + layout.INCOMPLETE)]
-            )
-        ]
+        found += [f"unfinished backup {p}" for p in sorted(_unfinished(storage))]
     catalog = Catalog(config.state_dir)
     try:
         running = catalog.running() if catalog.exists() else []
