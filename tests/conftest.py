@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from tests.cli_process import run_cli_process
 
 STAND_INS = Path(__file__).parent / "stand_ins"
 
@@ -281,10 +282,8 @@ class Cli:
     def __call__(
         self, *args: str, timeout: float = 120, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "influx_backupd", "--config", str(self.config), *args],
-            capture_output=True,
-            text=True,
+        done = run_cli_process(
+            ["--config", str(self.config), *args],
             timeout=timeout,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

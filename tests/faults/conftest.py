@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
+from tests.cli_process import run_cli_process
 from tests.conftest import Cli, started, write_config
 
 RESULTS_ENV = "INFLUX_BACKUPD_FAULT_RESULTS"
@@ -317,16 +318,11 @@ def hold_port(port: int) -> socket.socket:
 
 def run_cli(config: Path, *args: str, umask: int | None = None, timeout: float = 300) -> Any:
     """Like tests.conftest.Cli, with the caller's umask chosen."""
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "influx_backupd", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
+    return run_cli_process(
+        ["--config", str(config), *args],
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        umask=-1 if umask is None else umask,
+        umask=umask,
     )
 
 

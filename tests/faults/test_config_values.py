@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
+from tests.cli_process import run_cli_process
 from tests.conftest import Cli
 from tests.faults.conftest import FaultResult, Ledger, one_line
 from tests.system.test_daemon import daemon
@@ -137,12 +137,8 @@ COMMANDS = [("check-config",), ("backup",), ("run",)]
 def _refused(
     root: Path, argv: tuple[str, ...], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "influx_backupd", "--config", str(root / "config.toml"), *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=root,
+    return run_cli_process(
+        ["--config", str(root / "config.toml"), *argv], timeout=timeout, cwd=root
     )
 
 

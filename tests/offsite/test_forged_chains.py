@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
+from tests.cli_process import run_cli_process
 from tests.conftest import Cli, write_config
 from tests.offsite.conftest import Endpoint
 from tests.offsite.helpers import offsite_section
@@ -50,12 +50,7 @@ def increment_of(parent: str, suffix: str) -> Change:
 
 def run(cli: Cli, *args: str) -> subprocess.CompletedProcess[str]:
     """The command, bounded: a hang fails the test instead of holding the run for ever."""
-    return subprocess.run(
-        [sys.executable, "-m", "influx_backupd", "--config", str(cli.config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli_process(["--config", str(cli.config), *args], timeout=60)
 
 
 @pytest.fixture

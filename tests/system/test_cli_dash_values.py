@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from influx_backupd.cli.parser import build_parser
+from tests.cli_process import run_cli_process
 
 EXIT_USAGE, EXIT_CONFIG = 2, 78
 CHOICES = ("--mode", "--log-level", "--from")  # a few words, none starting with '-'
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "influx_backupd", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli_process(args, timeout=60)
 
 
 def test_restore_database_dash(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import pytest
 
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
+from tests.cli_process import run_cli_process
 
 EXIT_USAGE, EXIT_CONFIG = 2, 78
 COMMANDS = [
@@ -207,10 +207,8 @@ def _run(root: Path, case: Case) -> Outcome:
         Catalog(root / "state").save(failed)
     argv = [a.format(root=root) for a in case.argv]
     before = _tree(root)
-    done = subprocess.run(
-        [sys.executable, "-m", "influx_backupd", "--config", str(config), *argv],
-        capture_output=True,
-        text=True,
+    done = run_cli_process(
+        ["--config", str(config), *argv],
         timeout=60,
         stdin=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if k != "INFLUX_BACKUPD_CONFIG"},

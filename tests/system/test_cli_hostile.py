@@ -18,19 +18,14 @@ import pytest
 
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
+from tests.cli_process import run_cli_process
 from tests.system.test_cli_surface import serverless_config
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG = 1, 2, 78
 
 
 def run(argv: list[str | bytes], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "influx_backupd", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        **kw,  # type: ignore[call-overload]
-    )
+    return run_cli_process(argv, timeout=60, **kw)  # type: ignore[arg-type]
 
 
 def one_line(done: subprocess.CompletedProcess[str]) -> str:

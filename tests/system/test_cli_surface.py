@@ -14,6 +14,7 @@ import pytest
 
 from influx_backupd.cli.main import command_function
 from influx_backupd.cli.parser import build_parser
+from tests.cli_process import run_cli_process
 
 EXIT_USAGE, EXIT_PIPE = 2, 141
 
@@ -48,13 +49,7 @@ def serverless_config(
 
 
 def cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "influx_backupd", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        **kw,  # type: ignore[call-overload]
-    )
+    return run_cli_process(args, timeout=60, **kw)  # type: ignore[arg-type]
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
