@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 # what Python reads once as it starts: a call that changes one needs an interpreter of its own
@@ -63,7 +64,7 @@ def run_cli_process(
             env=full_env,
             timeout=timeout,
             umask=umask,
-            cwd=None if cwd is None else os.fspath(cwd),
+            cwd=os.getcwd() if cwd is None else os.fspath(cwd),  # the worker's, as a Popen's
             devnull_stdin=stdin == subprocess.DEVNULL,
         )
     finally:
@@ -76,6 +77,7 @@ class _Server:
         self.env = dict(os.environ)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.cli_process", str(theirs.fileno())],
+            cwd=Path(__file__).resolve().parents[1],  # where `tests` imports from
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -95,7 +97,7 @@ class _Server:
         env: dict[str, str],
         timeout: float | None,
         umask: int | None,
-        cwd: str | None,
+        cwd: str,
         devnull_stdin: bool,
     ) -> subprocess.CompletedProcess[str]:
         if umask is None:
@@ -242,8 +244,7 @@ def _child(request: dict[str, Any], fds: list[int]) -> None:
         os.environ.update(request["env"])
         time.tzset()
         _std_streams(unbuffered=bool(os.environ.get(_UNBUFFERED)))
-        if request["cwd"] is not None:
-            os.chdir(request["cwd"])
+        os.chdir(request["cwd"])
         sys.path[0] = os.getcwd()  # as `-m` sets it
         from influx_backupd.cli.main import main
 

@@ -76,6 +76,17 @@ def test_the_environment_working_dir_and_stdin_of_the_call_reach_the_child(
     assert elsewhere.returncode == 78 and "config.toml" in elsewhere.stderr
 
 
+def test_a_call_runs_in_the_callers_working_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serverless_config(tmp_path)
+    run_cli_process(["--version"])  # the server up, in the worker's dir
+    monkeypatch.chdir(tmp_path)
+    env = {**os.environ, "INFLUX_BACKUPD_CONFIG": "config.toml"}
+    done = run_cli_process(["list"], env=env)
+    assert (done.returncode, done.stdout) == (0, "no backups yet\n"), done.stderr
+
+
 def test_a_call_that_changes_how_python_starts_gets_an_interpreter_of_its_own(
     tmp_path: Path,
 ) -> None:
