@@ -6,6 +6,7 @@ only renames. The live dirs are moved aside into rollback dirs, never deleted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import os
@@ -70,14 +71,25 @@ def resolve_backup(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | Non
 
 
 def refuse_gone(record: RunRecord, path: Path) -> None:
-    """A catalogued backup whose archive is no longer where the catalog says: one line naming
-    it (before, a bare "No such file or directory: PATH" from the first open)."""
-    if not os.path.lexists(path):
-        raise RestoreRefused(
-            f"backup {record.id}'s archive {path} is gone (moved or deleted since it was "
-            "written): `influx-backupd list` shows what is kept; if it was sent off-site, "
-            f"`influx-backupd restore {record.id} --from offsite`"
-        )
+    """A catalogued backup whose archive is no longer where the catalog says, or is a link that
+    leads nowhere (archives moved to a disk since unmounted): one line naming it (before, a bare
+    "No such file or directory: PATH" from the first open)."""
+    try:
+        os.stat(path)
+        return
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError:
+        return  # there, but not ours to look at: the open says why, with its path
+    why = "moved or deleted since it was written"
+    if os.path.islink(path):
+        with contextlib.suppress(OSError):
+            why = f"a link to {path.parent / os.readlink(path)}, which is not there"
+    raise RestoreRefused(
+        f"backup {record.id}'s archive {path} is gone ({why}): `influx-backupd list` shows "
+        f"what is kept; if it was sent off-site, `influx-backupd restore {record.id} --from "
+        "offsite`"
+    )
 
 
 def owner_ids(config: Config) -> tuple[int, int]:
