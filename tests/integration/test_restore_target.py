@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -213,6 +214,93 @@ def test_a_dir_that_is_not_empty_is_refused_with_one_line_and_left_alone(
         assert "--target: empty: give a directory" in done.stderr
         assert "Traceback" not in done.stderr
         assert list(here.iterdir()) == [] and here.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_dir_among_our_own_files_or_one_that_cannot_be_written_is_refused_before_anything(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: a DIR inside the storage dir (a hot backup's own dir among them) or the state
+    dir was restored into (the hot backup then failed its check for good: "inside is not in the
+    manifest"); an over-long name, or an existing empty DIR on a read-only mount, got exit 1."""
+    cli = Cli(write_config(tmp_path, sandbox, jobs=HOT))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 100)
+    record = cli.json("backup")
+    backup_dir = Path(record["archive"])
+    storage, state = tmp_path / "archives", tmp_path / "state"
+    link = tmp_path / "to-storage"
+    link.symlink_to(storage)
+    for target, said in (
+        (backup_dir / "inside", f"inside influx-backupd's storage dir {storage}"),
+        (storage / "restored", f"inside influx-backupd's storage dir {storage}"),
+        (link / "new", f"inside influx-backupd's storage dir {storage}"),
+        (state / "restored", f"inside influx-backupd's state dir {state}"),
+    ):
+        done = cli("restore", record["id"], "--target", str(target))
+        assert done.returncode == 2, (target, done.stderr)
+        assert done.stderr.splitlines() == [
+            f"influx-backupd: --target {target}: {said}; give a directory outside it"
+        ], done.stderr
+        assert not target.exists()
+    assert cli("verify", record["id"]).returncode == 0
+    # a backup given by path, outside the storage dir: not into itself either
+    elsewhere = tmp_path / "copied"
+    shutil.copytree(backup_dir, elsewhere)
+    done = cli("restore", str(elsewhere), "--target", str(elsewhere / "inside"))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "influx-backupd: restore refused, nothing touched: "
+        f"--target {elsewhere / 'inside'}: inside the backup it restores, "
+        f"{elsewhere}; give a directory outside it"
+    )
+    assert not (elsewhere / "inside").exists()
+
+    too_long = tmp_path / ("n" * 300)
+    done = cli("restore", record["id"], "--target", str(too_long))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"influx-backupd: --target {too_long}: File name too long"]
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], check=True
+    )
+    try:
+        for target in (read_only, read_only / "a" / "b"):
+            done = cli("restore", record["id"], "--target", str(target))
+            assert done.returncode == 2, (target, done.stderr)
+            [line] = done.stderr.splitlines()
+            assert (
+                line.startswith(f"influx-backupd: --target {target}: ") and "not writable" in line
+            )
+    finally:
+        subprocess.run(["umount", str(read_only)], check=True)
+    assert list(read_only.iterdir()) == []
+
+
+def test_a_failed_restore_into_a_dir_it_made_removes_the_parents_it_made_too(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cli = Cli(write_config(tmp_path, sandbox))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    record = cli.json("backup")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(small)], check=True)
+    try:
+        (small / "kept").mkdir()  # the user's: stays
+        filler = os.statvfs(small)
+        (small / "kept" / "filler").write_bytes(b"x" * (filler.f_bavail * filler.f_frsize - 8192))
+        target = small / "kept" / "a" / "b" / "c"
+        done = cli("restore", record["id"], "--target", str(target))
+        assert done.returncode == 1, done.stderr
+        assert sorted(str(p.relative_to(small)) for p in small.rglob("*")) == [
+            "kept",
+            "kept/filler",
+        ]
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_a_build_that_fails_removes_what_it_wrote_into_the_dir(

@@ -447,7 +447,7 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     if args.target is not None and args.database is not None:
         raise UsageError("restore: --target and --database are two forms; give one")
     if args.target is not None:
-        problem = target_problem(Path(args.target).absolute(), config.server.dirs())
+        problem = target_problem(Path(args.target).absolute(), config)
         if problem is not None:
             raise UsageError(problem)
     if args.target is None and args.database is None:

@@ -111,19 +111,30 @@ DIR_REFUSALS = {
 }
 
 
-def target_problem(target: Path, live: dict[str, Path] | None = None) -> str | None:
+def target_problem(target: Path, config: Config) -> str | None:
     """Why DIR cannot take a restore (None: it can): it must be absent (and one that can be
-    made) or an empty dir, and outside the live server's dirs (live: config.server.dirs())."""
+    made) or an empty dir we may write, outside the live server's dirs and outside our own
+    storage and state dirs (a hot backup's own dir among them: it would fail its check for
+    good)."""
+    try:
+        return _target_problem(target, config)
+    except OSError as exc:  # a name too long, a loop of links: the path's own fault
+        return f"--target {target}: {exc.strerror or exc}"
+
+
+def _target_problem(target: Path, config: Config) -> str | None:
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         return f"--target {target}: not a directory"
-    real = Path(os.path.realpath(target))
-    for name, path in (live or {}).items():
-        inside = Path(os.path.realpath(path))
-        if real == inside or inside in real.parents:
+    real = Path(os.path.realpath(target, strict=False))
+    for name, path in config.server.dirs().items():
+        if _within(real, path):
             return (
                 f"--target {target}: inside the live server's {name} dir {path}; "
                 "give a directory outside its meta, data and wal dirs"
             )
+    for name, path in (("storage", config.storage_dir), ("state", config.state_dir)):
+        if _within(real, path):
+            return f"--target {target}: inside influx-backupd's {name} dir {path}; give a directory outside it"
     if not target.exists():
         ancestor = target.parent
         while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
@@ -132,6 +143,8 @@ def target_problem(target: Path, live: dict[str, Path] | None = None) -> str | N
             return f"--target {target}: cannot be made, {ancestor} is not a directory"
         if not os.access(ancestor, os.W_OK | os.X_OK):
             return f"--target {target}: cannot be made, {ancestor} is not writable"
+    elif not os.access(target, os.W_OK | os.X_OK):  # a read-only mount, another user's dir
+        return f"--target {target}: not writable; give a directory this user may write"
     odd = sorted(set(str(target)) & set(GLOB_CHARS))
     if odd:
         return (
@@ -147,16 +160,29 @@ def target_problem(target: Path, live: dict[str, Path] | None = None) -> str | N
     return None
 
 
+def _within(real: Path, path: Path) -> bool:
+    """real (resolved) is path, or lies under it (symlinks followed)."""
+    inside = Path(os.path.realpath(path))
+    return real == inside or inside in real.parents
+
+
 def restore_into(
     config: Config, catalog: Catalog, backup: str, target: Path, *, start: bool = False
 ) -> TargetResult:
     """Restore BACKUP (a catalog id or a path) into target; RestoreRefused (nothing written)
     or RestoreFailed (what was written removed again)."""
     target = target.absolute()
-    problem = target_problem(target, config.server.dirs())
+    problem = target_problem(target, config)
     if problem is not None:
         raise RestoreMistake(problem)
     source = choose(catalog, backup)
+    if isinstance(source, HotSource):  # a backup given by path, outside the storage dir
+        for link in source.links:
+            if _within(Path(os.path.realpath(target)), link.path):
+                raise RestoreMistake(
+                    f"--target {target}: inside the backup it restores, {link.path}; give a "
+                    "directory outside it"
+                )
     logger = log.get(action="restore", target=str(target))
     if isinstance(source, HotSource):
         if source.flavour == "0.9" and start:
@@ -192,6 +218,9 @@ def restore_into(
         binary_usable(config)  # the throwaway serving DIR: found before DIR is written
     started = time.monotonic()
     created = not target.exists()
+    first_made = target  # the uppermost dir the mkdir below makes: a failure removes up to it
+    while created and not first_made.parent.exists() and first_made.parent != first_made:
+        first_made = first_made.parent
     # owned (by owner.json) before anything is made: recovery undoes what a kill leaves
     scratch = scratch_made(config, "target-", target=target, created=created)
     try:
@@ -223,7 +252,7 @@ def restore_into(
             mark.unlink()  # the conf is in: complete
         except (Exception, Interrupted) as exc:
             with signals_blocked():
-                _empty(target, created)
+                _empty(target, created, first_made)
             what = "removed again" if created else "emptied again"
             why = (
                 f"interrupted by {exc}"
@@ -348,10 +377,16 @@ def recover_target(target: Path, created: bool) -> bool:
     return True
 
 
-def _empty(target: Path, created: bool) -> None:
-    """Remove what a failed restore wrote into target (target itself too if it made it)."""
+def _empty(target: Path, created: bool, first_made: Path | None = None) -> None:
+    """Remove what a failed restore wrote into target (target itself too if it made it, and
+    the parents it made for it, up to first_made, where they are empty)."""
     if created:
         shutil.rmtree(target, ignore_errors=True)
+        for parent in target.parents if first_made not in (None, target) else ():
+            if parent == first_made.parent:  # type: ignore[union-attr]
+                break
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         return
     with contextlib.suppress(OSError):
         for child in target.iterdir():
