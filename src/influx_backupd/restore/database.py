@@ -57,7 +57,7 @@ from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
 from influx_backupd.core.removal import remove_gently
-from influx_backupd.influxd import counts, influxql
+from influx_backupd.influxd import counts, influxql, names
 from influx_backupd.influxd import tombstones as influxd_tombstones
 from influx_backupd.influxd.influxql import ident, values
 from influx_backupd.influxd.sandbox import BESIDE_LIVE_NICE
@@ -161,6 +161,11 @@ def database_name_problem(name: str, *, target: bool) -> str | None:
         return "influxd's own statistics database is not restored"
     if not valid_database_name(name):
         return "not a name influxd accepts (no '/', '\\', control characters, '.' or '..')"
+    if target and any(c in name for c in names.BREAKING):
+        return (
+            f"influxd cannot load the files of a database whose name holds {names.NAMED} (it "
+            "finds them by glob patterns); restore it --as another name"
+        )
     if target and not name.isascii():
         # influxd restore -newdb writes the name into a USTAR header, which holds ASCII only
         return "influxd restore takes ASCII names only; restore it --as an ASCII name"
