@@ -253,3 +253,38 @@ def test_a_dry_run_on_a_fresh_host_creates_nothing(tmp_path: Path, sandbox: Sand
     report = cli.json("prune", "--dry-run")
     assert report["deleted"] == [] and report["kept"] == [] and report["dry_run"] is True
     assert not (tmp_path / "state").exists(), "no state dir, catalog or lock made to say so"
+
+
+def test_files_of_others_in_the_storage_dir_are_never_taken_for_a_dead_runs(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: every lock-taking command removed anything named *.partial or *.incomplete in
+    the storage dir (rclone writes *.partial as it copies), prune a `.verify-*` dir of anyone's,
+    and retention a directory found at a cold archive's name, with what they held."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[{"name": "nightly", "keep_last": 1}]))
+    first = cli.json("backup")
+    storage = tmp_path / "archives"
+    theirs = [storage / "notes.partial", storage / "x.tar.partial"]
+    for path in theirs:
+        path.write_text("mine")
+    for name in ("photos.partial", "mine.incomplete", ".verify-mine", "nightly-x.incomplete"):
+        (storage / name).mkdir()
+        (storage / name / "precious.txt").write_text("mine")
+        theirs.append(storage / name / "precious.txt")
+    # retention's turn: the first backup's archive was moved away, a dir of someone's is there
+    archive = Path(first["archive"])
+    archive.rename(tmp_path / "moved-away.tar")
+    archive.mkdir()
+    (archive / "precious.txt").write_text("mine")
+    theirs.append(archive / "precious.txt")
+
+    for command in (("prune", "--dry-run"), ("recover",), ("verify", first["id"]), ("backup",)):
+        done = cli(*command)
+        assert "Traceback" not in done.stderr, (command, done.stderr[-2000:])
+    done = cli("backup")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert cli("prune").returncode in (0, 1)
+    assert [p for p in theirs if not p.exists()] == [], "none of theirs removed"
+    assert "nothing to recover" in cli("recover").stdout

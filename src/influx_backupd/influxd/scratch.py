@@ -102,10 +102,24 @@ def owner_alive(scratch: Path) -> bool:
     return same_process(made_by.pid, made_by.started, made_by.start) is not None
 
 
+def ours_and_dead(path: Path) -> bool:
+    """A scratch dir of ours (its owner.json reads, or it is empty: killed between mkdtemp and
+    the owner record) whose owner is gone: recovery and prune may clear it. A dir another tool
+    or a person named `.verify-…` is none of ours, whatever it holds."""
+    if path.is_symlink() or not path.is_dir() or owner_alive(path):
+        return False
+    if owner(path) is not None:
+        return True
+    try:
+        return not any(path.iterdir())
+    except OSError:
+        return False
+
+
 def left_behind(scratch: Path) -> list[str]:
     """What recovery has to clear of this dir's dead owner (guard's _restore_tests_left): its
-    throwaway influxds still running, the restore staging dirs it named still there. Empty for
-    a live owner's dir, and once recovery has cleared it (the dir itself stays for prune)."""
+    throwaway influxds still running, the restore staging dirs it named still there, the dir
+    itself. Empty for a live owner's dir."""
     if owner_alive(scratch):
         return []
     made_by = owner(scratch)
@@ -119,6 +133,7 @@ def left_behind(scratch: Path) -> list[str]:
     ]
     if made_by is not None and made_by.target is not None:
         found.append(f"restore --target {made_by.target}, not finished")
+    found.append(f"the working dir {scratch} of a killed restore or restore test")
     return found
 
 

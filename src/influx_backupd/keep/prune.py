@@ -91,8 +91,26 @@ def _files_of(config: Config, record: RunRecord) -> list[Path]:
     for path in paths:
         for candidate in (path, layout.partial_of(path)):
             if candidate not in found and (candidate.exists() or candidate.is_symlink()):
+                if _dir_where_a_file_belongs(record, candidate):
+                    log.get(action="prune").warning(
+                        "prune.not_ours",
+                        path=str(candidate),
+                        reason="a directory where this backup's file belongs: left as it is",
+                    )
+                    continue
                 found.append(candidate)
     return found
+
+
+def _dir_where_a_file_belongs(record: RunRecord, path: Path) -> bool:
+    """A cold archive and a record beside a backup (or either's partial) are files: a directory
+    at such a name (a person's, since) is not what the backup wrote. A hot backup's dir, and
+    its fetch's partial, are directories."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return record.mode == "cold" or path.name.removesuffix(layout.PARTIAL).endswith(
+        (".tar", ".json")
+    )
 
 
 def _named_paths(records: Iterable[RunRecord]) -> set[Path]:
@@ -394,7 +412,7 @@ def _leftovers(config: Config, catalog: Catalog, report: PruneReport, dry_run: b
                 left.append((path, "partial archive of a dead run"))
             elif layout.is_incomplete(path) and path.is_dir():
                 left.append((path, "hot backup dir of a dead run"))
-            elif layout.is_scratch(path) and path.is_dir() and not scratch.owner_alive(path):
+            elif layout.is_scratch(path) and scratch.ours_and_dead(path):
                 left.append((path, "scratch dir of a dead restore test or restore"))
             elif _orphan_sidecar(path, run_ids):
                 left.append((path, "record of a removed backup"))

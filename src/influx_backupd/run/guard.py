@@ -49,6 +49,7 @@ from influx_backupd.store.state import (
     lock_held,
     lock_holder,
     lock_wanted,
+    recovery_is_dry,
 )
 
 OnDamage = Literal["raise", "set_aside", "ignore"]
@@ -709,9 +710,17 @@ def _follow_up_late(config: Config, catalog: Catalog, record: RunRecord) -> None
 
 
 def _unfinished(storage: Path) -> list[Path]:
-    """A dead cold run's partial tar, a dead hot run's incomplete dir (under the lock: no live
-    run's)."""
-    return [*storage.glob("*" + layout.PARTIAL), *storage.glob("*" + layout.INCOMPLETE)]
+    """A dead cold run's partial tar (or record), a dead hot run's incomplete dir (under the
+    lock: no live run's); only names a run gives (layout): not another tool's "x.partial"."""
+    try:
+        entries = sorted(storage.iterdir())
+    except OSError:
+        return []
+    return [
+        path
+        for path in entries
+        if layout.is_partial(path) or (layout.is_incomplete(path) and path.is_dir())
+    ]
 
 
 def dead_runs_left(config: Config) -> list[str]:
@@ -727,7 +736,7 @@ def dead_runs_left(config: Config) -> list[str]:
     storage = config.storage_dir
     if storage.is_dir():
         for path in sorted(storage.glob(scratch.PREFIX + "*")):
-            if path.is_dir():
+            if scratch.ours_and_dead(path):
                 found += scratch.left_behind(path)
         found += [f"unfinished backup {p}" for p in sorted(_unfinished(storage))]
     catalog = Catalog(config.state_dir)
@@ -747,12 +756,15 @@ def _restore_tests_left(storage: Path) -> None:
     copies of the data): removed here. Its owner is dead and every restore holds the lock we
     hold, so none is in use. (One killed during the swap
     left the crash marker too, handled before this: by then no staging dir is left.)
-    Its scratch dir stays for prune, which reports and removes leftovers of dead runs.
+    Then its scratch dir goes too (a restore's unpacked copy of the backup, a restore test's
+    server files): nothing of a dead owner's is in use, as prune, which removed them before,
+    also finds. Left for the next prune, a killed restore's copy of a database took its size
+    of disk while `recover` said "nothing to recover".
     """
     from influx_backupd.restore.target import recover_target
 
     for path in storage.glob(scratch.PREFIX + "*"):
-        if not path.is_dir() or scratch.owner_alive(path):
+        if not scratch.ours_and_dead(path):
             continue
         made_by = scratch.owner(path)
         stopped = scratch.stop_server(path)
@@ -788,5 +800,13 @@ def _restore_tests_left(storage: Path) -> None:
                     "whole, that server stopped; serve it with influxd run -config "
                     + shlex.quote(str(target / "influxdb.conf")),
                 )
-            # DIR dealt with: a later restore into the same DIR must never be taken for this one
-            shutil.rmtree(path, ignore_errors=True)
+        if recovery_is_dry():  # prune --dry-run: its own report says the dir
+            continue
+        # a --target's DIR dealt with: a later restore into the same DIR must never be taken
+        # for this one
+        shutil.rmtree(path, ignore_errors=True)
+        log.get().warning(
+            "recovery.scratch_removed",
+            path=str(path),
+            detail="the working dir of a killed restore or restore test",
+        )

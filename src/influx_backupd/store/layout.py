@@ -6,6 +6,7 @@ of ours, so that no other module matches on spelled-out suffixes.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 PARTIAL = ".partial"  # a file being written: fsync, then renamed onto its final name
@@ -13,6 +14,10 @@ INCOMPLETE = ".incomplete"  # a 1.x backup dir while the tool writes it (a dir: 
 STAGING_DIR = ".staging"  # under the storage dir; one staged-copy tree per job
 RESTORE_SCRATCH = ".restore-"  # a hot restore's scratch under the storage dir, per restore id
 SCRATCH = ".verify-"  # a throwaway influxd's scratch dir (restore tests, restore builds)
+# What a run names in the storage dir: JOB-RUNID (store/record.new_run_id), then .tar (a cold
+# archive), nothing (a hot backup's dir) or either's record beside it (.json). A cleaner matches
+# whole names: another tool's "photos.partial" in the same dir is not ours to remove.
+_RUN_NAMED = re.compile(r".+-\d{8}T\d{6}Z-[0-9a-f]{4,}(\.tar)?(\.json)?")
 
 
 def partial_of(final: Path) -> Path:
@@ -50,11 +55,15 @@ def is_restore_staging(path: Path) -> bool:
 
 
 def is_partial(path: Path) -> bool:
-    return path.name.endswith(PARTIAL)
+    """A run's file (or a fetched tree) being written, by its name."""
+    name = path.name
+    return name.endswith(PARTIAL) and _RUN_NAMED.fullmatch(name[: -len(PARTIAL)]) is not None
 
 
 def is_incomplete(path: Path) -> bool:
-    return path.name.endswith(INCOMPLETE)
+    """A 1.x hot run's backup dir while the tool writes it, by its name."""
+    name = path.name
+    return name.endswith(INCOMPLETE) and _RUN_NAMED.fullmatch(name[: -len(INCOMPLETE)]) is not None
 
 
 def is_scratch(path: Path) -> bool:
