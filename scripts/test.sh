@@ -13,9 +13,11 @@ echo "== mypy --strict src" >&2
 "$PYTHON" -m mypy --strict src
 echo "== lint-imports (the layers contract in pyproject.toml)" >&2
 "$PYTHON" -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
-# Side by side: most of the suite waits on influxd starting, stopping and copying, so three
-# workers fill two cores (tests of a module with a shared fixture stay on one worker, see
-# tests/conftest.py). TEST_WORKERS=0 runs them one after another.
+# Side by side: most of the suite waits on influxd starting, stopping and copying, and the
+# CLI's calls fork from a pre-imported server (tests/cli_process.py), so five workers fill two
+# cores (three did while every call started an interpreter: two thirds of the suite's CPU).
+# Tests of a module with a shared fixture stay on one worker (tests/conftest.py).
+# TEST_WORKERS=0 runs them one after another.
 # The suite writes archives of a GB or more side by side (some 5 GB at its peak; a passing
 # test's tmp dir is removed as it ends): say so up front on a nearly full disk, not as 300
 # errors half an hour later.
@@ -27,5 +29,5 @@ fi
 # Our modules compiled once, up front: where PYTHONDONTWRITEBYTECODE is set (this CI machine
 # sets it) every CLI process a test starts would compile them again, about 0.3 CPU s each.
 "$PYTHON" -m compileall -q src >/dev/null
-echo "== pytest (${TEST_WORKERS:-3} workers)" >&2
-"$PYTHON" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-3}" --dist loadgroup "$@"
+echo "== pytest (${TEST_WORKERS:-5} workers)" >&2
+"$PYTHON" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-5}" --dist loadgroup "$@"

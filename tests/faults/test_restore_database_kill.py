@@ -20,6 +20,7 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import write_config
 from tests.faults.conftest import Ledger, Watched, points, run_cli
+from tests.faults.test_restore_interrupted import paused_at
 from tests.faults.test_restore_target_kill import _ours
 
 # variant → (the event the kill lands on, its fields, how many of them come first)
@@ -117,15 +118,16 @@ def test_a_database_restore_killed_once_its_database_is_in_is_finished_not_undon
         sandbox.create_db("m2")
         sandbox.write_points("m2", 10)  # the database the restore replaces
 
-    restore = Watched(
-        config, "restore", record["id"], "--database", "metrics", "--as", "m2",
-        *(["--replace", "--yes"] if replace else []),
+    # paused past the point of no return (the database in, its continuous queries not yet
+    # brought back), then killed: a kill on seeing restore.taken_in could land after the end
+    restore = paused_at(
+        tmp_path, config,
+        ["restore", record["id"], "--database", "metrics", "--as", "m2",
+         *(["--replace", "--yes"] if replace else [])],
+        "influx_backupd.restore.database.bring_back", ".verify-restore",
     )  # fmt: skip
-    try:
-        restore.wait_event("restore.taken_in", timeout=300)
-    finally:
-        restore.kill()
-    assert "restore.database_done" not in "".join(restore.lines), "killed before it ended"
+    restore.kill()
+    restore.communicate(timeout=60)
     assert json.loads(pending.read_text())["in"] is True
     sandbox.write_points("m2", 50, start=500_000)  # a client writes into the restored database
     ledger.take()

@@ -800,10 +800,10 @@ def _restore_tests_left(storage: Path) -> None:
                     "whole, that server stopped; serve it with influxd run -config "
                     + shlex.quote(str(target / "influxdb.conf")),
                 )
-        if recovery_is_dry():  # prune --dry-run: its own report says the dir
+        elif recovery_is_dry():  # prune --dry-run: its own report says the dir
             continue
-        # a --target's DIR dealt with: a later restore into the same DIR must never be taken
-        # for this one
+        # a --target's DIR dealt with (even in a dry run, as before): a later restore into the
+        # same DIR must never be taken for this one
         shutil.rmtree(path, ignore_errors=True)
         log.get().warning(
             "recovery.scratch_removed",
