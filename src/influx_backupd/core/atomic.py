@@ -59,6 +59,12 @@ def _require_regular(path: Path, mode: int | None) -> None:
         raise NotRegularFile(path, mode)
 
 
+def not_regular_fd(fd: int) -> str | None:
+    """What an open file is when it is not a regular file ("a FIFO"), else None."""
+    mode = os.fstat(fd).st_mode
+    return None if stat.S_ISREG(mode) else kind_of(mode)
+
+
 def not_regular(path: Path) -> str | None:
     """What path is when it exists and is not a regular file ("a character device"), symlink
     followed; None for a regular file, or nothing there (a file we may create)."""
@@ -89,6 +95,22 @@ def read_small(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
     return data
+
+
+# What a file the tool writes and reads back (a state file, a record, a manifest, a portable
+# backup's meta) may hold; far past any real one.
+OURS_LIMIT = 256 << 20
+
+
+def read_ours(path: Path, limit: int = OURS_LIMIT) -> bytes:
+    """A file the tool wrote, read whole: OSError (NotRegularFile, EFBIG) where something else
+    was put in its place (a FIFO would block the command for ever, /dev/zero fill its memory)."""
+    return read_small(path, limit)
+
+
+def read_ours_text(path: Path, limit: int = OURS_LIMIT) -> str:
+    """read_ours, as UTF-8 text (ValueError if it is not)."""
+    return read_ours(path, limit).decode()
 
 
 def fsync_dir(path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import psutil
 
+from influx_backupd.core.atomic import read_ours_text
 from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import count, loads_json, number
 from influx_backupd.core.schedule import describe
@@ -78,7 +79,7 @@ def left_behind(config: Config) -> dict[str, Any] | None:
     path = config.state_dir / STATE_FILE
     try:
         last_alive = path.stat().st_mtime
-        state = loads_json(path.read_text())
+        state = loads_json(read_ours_text(path))
     except (OSError, ValueError):
         return None
     pid = state.get("pid") if isinstance(state, dict) else None

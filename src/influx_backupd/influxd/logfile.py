@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from influx_backupd.core.log import Logger
@@ -25,7 +26,16 @@ def trim(path: Path, logger: Logger, limit: int = LIMIT) -> bool:
     """Trim path if it holds more than limit bytes; True if it did. Never raises: a log that
     cannot be trimmed is logged, and nothing else depends on it."""
     try:
-        if path.stat().st_size <= limit:
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode):
+            # a symlink (to a file of someone's: truncating through it empties theirs), a FIFO
+            # (the copy would block), a device: not the log we keep
+            if st.st_size > limit or not stat.S_ISLNK(st.st_mode):
+                logger.warning(
+                    "influxd.log_not_trimmed", path=str(path), error="not a regular file"
+                )
+            return False
+        if st.st_size <= limit:
             return False
         old = path.with_name(path.name + ".1")
         part = old.with_name(f".{old.name}.{os.getpid()}.tmp")
@@ -37,7 +47,12 @@ def trim(path: Path, logger: Logger, limit: int = LIMIT) -> bool:
         finally:
             with contextlib.suppress(OSError):
                 part.unlink()
-        os.truncate(path, 0)  # only once the copy is safe
+        # only once the copy is safe; O_NOFOLLOW: not through a symlink put there meanwhile
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         return False
     except OSError as exc:

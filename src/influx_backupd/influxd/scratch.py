@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from influx_backupd.core.atomic import read_ours_text
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.processes import own_identity, same_process
 from influx_backupd.store import layout
@@ -74,7 +75,7 @@ def make(
 
 def owner(scratch: Path) -> Owner | None:
     try:
-        data = loads_json((scratch / "owner.json").read_text())
+        data = loads_json(read_ours_text(scratch / "owner.json"))
         started, start = data.get("started"), data.get("start")
         return Owner(
             pid=int(data["pid"]),

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from influx_backupd.core.atomic import replace_json
+from influx_backupd.core.atomic import read_ours_text, replace_json
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.store.sparse import copy_keeping_holes, copy_whole
 
@@ -106,7 +106,7 @@ class Stager:
     # -- manifest ---------------------------------------------------------------------------
     def _load(self) -> Entries:
         try:
-            raw = loads_json((self.root / MANIFEST).read_text())
+            raw = loads_json(read_ours_text(self.root / MANIFEST))
         except (OSError, ValueError):
             return {}
         if (

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.core import log
-from influx_backupd.core.atomic import replace_json
+from influx_backupd.core.atomic import read_ours_text, replace_json
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.jsontext import loads_json
@@ -502,7 +502,7 @@ class _Pending:
 
     def read(self) -> list[tuple[str, str]]:
         try:
-            data = loads_json(self.path.read_text())
+            data = loads_json(read_ours_text(self.path))
             if isinstance(data, list) and all(
                 isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e)
                 for e in data

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.core import log, systemd
-from influx_backupd.core.atomic import replace_json
+from influx_backupd.core.atomic import read_ours_text, replace_json
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.processes import own_identity, same_as
 
@@ -126,7 +126,7 @@ def published(path: Path, what: str, every: float = 2.0) -> Iterator[None]:
 def read_published(path: Path) -> dict[str, Any] | None:
     """A running command's published progress; None when there is none or its writer is gone."""
     try:
-        state = loads_json(path.read_text())
+        state = loads_json(read_ours_text(path))
     except (OSError, ValueError):
         return None
     if not isinstance(state, dict):

@@ -12,6 +12,7 @@ import grp
 import os
 import pwd
 import shutil
+import stat
 import tarfile
 import time
 import tomllib
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from influx_backupd.core import log
+from influx_backupd.core.atomic import kind_of
 from influx_backupd.core.config import Config, toml_of
 from influx_backupd.core.errors import OnlyInBucket, RestoreMisconfigured, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
@@ -75,12 +77,19 @@ def refuse_gone(record: RunRecord, path: Path) -> None:
     leads nowhere (archives moved to a disk since unmounted): one line naming it (before, a bare
     "No such file or directory: PATH" from the first open)."""
     try:
-        os.stat(path)
-        return
+        mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
-        pass
+        mode = None
     except OSError:
         return  # there, but not ours to look at: the open says why, with its path
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # a FIFO would block the restore for ever, a device never end
+        raise RestoreRefused(
+            f"backup {record.id}'s archive {path} is {kind_of(mode)}, not a backup: something "
+            "was put in its place; `influx-backupd list` shows what is kept"
+        )
+    if mode is not None:
+        return
     why = "moved or deleted since it was written"
     if os.path.islink(path):
         with contextlib.suppress(OSError):

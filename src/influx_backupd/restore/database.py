@@ -44,7 +44,7 @@ from typing import Any
 import psutil
 
 from influx_backupd.core import log
-from influx_backupd.core.atomic import replace_json
+from influx_backupd.core.atomic import read_ours_text, replace_json
 from influx_backupd.core.config import Config, Credentials, toml_of
 from influx_backupd.core.errors import (
     RestoreFailed,
@@ -288,7 +288,7 @@ def _shards_with_data(portable: Path, db: str) -> tuple[Counter[str], Counter[st
     with_tsm: Counter[str] = Counter()
     for manifest in portable.glob("*.manifest"):
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, KeyError):
-            for f in loads_json(manifest.read_text())["files"]:
+            for f in loads_json(read_ours_text(manifest))["files"]:
                 if f.get("database") == db and int(f.get("size", 0)) > EMPTY_SHARD_TAR:
                     policy = str(f.get("policy"))
                     with_files[policy] += 1
@@ -491,7 +491,7 @@ class _Pending:
 
     def read(self) -> dict[str, Any] | None:
         try:
-            data = loads_json(self.path.read_text())
+            data = loads_json(read_ours_text(self.path))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None

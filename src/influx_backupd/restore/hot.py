@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.core import log
+from influx_backupd.core.atomic import read_ours, read_ours_text
 from influx_backupd.core.config import Config, toml_of
 from influx_backupd.core.errors import (
     BackupdError,
@@ -499,7 +500,7 @@ def link_bytes(link: Link) -> int:
     found = sorted(link.path.glob("*.manifest"))
     if not found:
         return 0
-    manifest = loads_json(found[0].read_text())
+    manifest = loads_json(read_ours_text(found[0]))
     return sum(int(f.get("size", 0)) for f in manifest.get("files", []))
 
 
@@ -570,7 +571,7 @@ def chain_server(
     )
     if meta_kept is not None:
         try:
-            store = portable_meta_store(meta_file(links[-1].path).read_bytes())
+            store = portable_meta_store(read_ours(meta_file(links[-1].path)))
         except (OSError, ValueError) as exc:
             raise StepFailed(f"{links[-1].path}: its meta cannot be read ({exc})") from None
         server.meta.mkdir(parents=True, exist_ok=True)
@@ -913,7 +914,7 @@ def portable_databases(directory: Path) -> set[str]:
     found = sorted(directory.glob("*.manifest"))
     if not found:
         raise StepFailed(f"{directory}: no *.manifest")
-    manifest = loads_json(found[0].read_text())
+    manifest = loads_json(read_ours_text(found[0]))
     return {str(f["database"]) for f in manifest.get("files", [])}
 
 

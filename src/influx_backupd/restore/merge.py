@@ -49,6 +49,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
+from influx_backupd.core.atomic import read_ours_text
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.paths import real
 from influx_backupd.store.chain import listing_of
@@ -207,7 +208,7 @@ def manifest_of(directory: Path) -> tuple[Path, dict[str, Any]]:
     found = sorted(directory.glob("*.manifest"))
     if len(found) != 1:
         raise ValueError(f"{directory}: {len(found)} *.manifest files, expected 1")
-    return found[0], loads_json(found[0].read_text())
+    return found[0], loads_json(read_ours_text(found[0]))
 
 
 def view_of(directory: Path, record: RunRecord | None, *, full: bool) -> LinkView:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from influx_backupd.core import log
-from influx_backupd.core.atomic import replace_file, replace_json
+from influx_backupd.core.atomic import read_ours_text, replace_file, replace_json
 from influx_backupd.core.config import Config
 from influx_backupd.core.jsontext import count, loads_json, number, tell_ignored
 from influx_backupd.keep.retention import RetentionPolicy, plan
@@ -173,7 +173,7 @@ def writer_id(state_dir: Path) -> str:
     (made anew, this host would be refused its own prefix)."""
     path = state_dir / WRITER_FILE
     try:
-        text = path.read_text().strip()
+        text = read_ours_text(path).strip()
     except FileNotFoundError:
         text = secrets.token_hex(16)
         replace_file(path, text.encode() + b"\n")
@@ -194,7 +194,7 @@ def machine_fingerprint(files: Iterable[Path] = MACHINE_ID_FILES) -> str:
     has none: then no machine is checked. A clone that kept the machine id is not told apart."""
     for path in files:
         try:
-            text = path.read_text().strip()
+            text = read_ours_text(path).strip()
         except (OSError, ValueError):
             continue
         if re.fullmatch(r"[0-9a-f]{32}", text):
@@ -238,7 +238,7 @@ class State:
         30 s and `status`, which must not raise on it. The next sync rewrites the file."""
         path = state_dir / STATE_FILE
         try:
-            raw = loads_json(path.read_text())
+            raw = loads_json(read_ours_text(path))
         except FileNotFoundError:
             return cls()  # none yet: the next sync learns it from the bucket
         except (OSError, ValueError):
@@ -373,7 +373,7 @@ def load_known(state_dir: Path, job: str) -> Known:
     there could make a lie spread into every later backup; an encrypting host cannot read its
     manifests back). None yet, or unreadable: everything is hashed once."""
     try:
-        rows = loads_json(_known_file(state_dir, job).read_text())
+        rows = loads_json(read_ours_text(_known_file(state_dir, job)))
         return {(str(p), int(n), float(t)): str(sha) for p, n, t, sha in rows}
     except (OSError, ValueError, TypeError):
         return {}

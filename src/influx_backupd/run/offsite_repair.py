@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.core import log
-from influx_backupd.core.atomic import replace_json
+from influx_backupd.core.atomic import read_ours_text, replace_json
 from influx_backupd.core.jsontext import loads_json, number
 from influx_backupd.offsite.errors import BadManifest, Damaged, NotOurs, OffsiteError
 from influx_backupd.offsite.manifest import Manifest
@@ -157,7 +157,7 @@ def _read_note(path: Path) -> Damage | None:
     """One note as written, or None (none, or one that does not read: the check writes it
     again)."""
     try:
-        raw = loads_json(path.read_text())
+        raw = loads_json(read_ours_text(path))
         found_at = number(raw["found_at"])
         if found_at is None:  # NaN, 1e400, a string: no time `status` can print
             raise ValueError("found_at")
@@ -187,7 +187,7 @@ def _clear(state_dir: Path, damage: Damage, left: dict[str, str]) -> None:
     is left as it is."""
     path = _note_path(state_dir, damage.backup)
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        if float(loads_json(path.read_text())["found_at"]) != damage.found_at:
+        if float(loads_json(read_ours_text(path))["found_at"]) != damage.found_at:
             return
         if left:
             replace_json(path, {**damage.__dict__, "objects": left}, indent=1)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from influx_backupd.core.atomic import read_ours
 from influx_backupd.core.errors import CheckFailed
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.names import INFLUX_NAME_RULE, influx_name_ok
@@ -392,7 +393,11 @@ def scan_portable(
             f"hot.check: {directory}: {len(manifests)} *.manifest files, expected exactly 1"
         )
     where = directory / manifests[0]
-    manifest = _manifest_json(where.read_bytes(), str(where))
+    try:
+        text = read_ours(where)
+    except OSError as exc:  # a FIFO or a device put there: never waited on nor read for ever
+        raise CheckFailed(f"hot.check: {where}: cannot be read ({exc.strerror or exc})") from None
+    manifest = _manifest_json(text, str(where))
     meta = manifest.get("meta")
     files = manifest.get("files")
     if not isinstance(meta, dict) or not isinstance(files, list):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from influx_backupd.core.atomic import replace_json
+from influx_backupd.core.atomic import read_ours_text, replace_json
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.store import layout
@@ -42,7 +42,7 @@ def read_sidecar_data(archive: Path) -> dict[str, object] | None:
     """The raw record beside archive; None when there is none; SidecarError when unusable."""
     path = sidecar_of(archive)
     try:
-        data = loads_json(path.read_text())
+        data = loads_json(read_ours_text(path))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:

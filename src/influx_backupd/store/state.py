@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.core import alarms
-from influx_backupd.core.atomic import fsync_dir, read_small, replace_json
+from influx_backupd.core.atomic import (
+    fsync_dir,
+    not_regular_fd,
+    read_ours_text,
+    read_small,
+    replace_json,
+)
 from influx_backupd.core.errors import EXIT_BUSY, BackupdError
 from influx_backupd.core.jsontext import count, loads_json
 from influx_backupd.core.processes import names_same, own_identity, same_as
@@ -62,7 +68,7 @@ def pending_database_restore(state_dir: Path) -> dict[str, Any] | None:
     """A killed `restore --database`'s pending state ({} if unreadable), None if there is none."""
     path = state_dir / PENDING_DATABASE_RESTORE
     try:
-        text = path.read_text()
+        text = read_ours_text(path)
     except OSError:  # none, or a state dir this user cannot read (said elsewhere)
         return None
     try:
@@ -126,6 +132,12 @@ class StateDirError(BackupdError):
         self.os_error = os_error  # what the lock's open said, with its path
 
 
+_NOT_OURS = (
+    "not the lock file influx-backupd makes (a regular file); remove it, the next command makes "
+    "it again"
+)
+
+
 @dataclass
 class BackupLock:
     path: Path
@@ -140,13 +152,20 @@ class BackupLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # O_NOFOLLOW: a symlink put there would have us truncate and write whatever it
             # names (as root); refused, it is the one-line error below
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+            fd = os.open(self.path, flags, 0o600)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateDirError(f"cannot take the lock {self.path}: {_NOT_OURS}", exc) from None
             raise StateDirError(
                 f"cannot take the lock {self.path}: {exc.strerror or exc} (the state_dir must "
                 "be a directory this user can write; is another user's service running?)",
                 exc,
             ) from None
+        kind = not_regular_fd(fd)
+        if kind is not None:  # a FIFO, a device: no lock file of ours
+            os.close(fd)
+            raise StateDirError(f"cannot take the lock {self.path}: it is {kind}; {_NOT_OURS}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -211,7 +230,7 @@ def lock_holder(state_dir: Path) -> tuple[str, str | None]:
     """The pid the backup lock's holder wrote ("unknown" if none) and what it does; takes
     nothing."""
     try:
-        return _holder_said((state_dir / "backup.lock").read_bytes()[:64])
+        return _holder_said(read_small(state_dir / "backup.lock", 4096)[:64])
     except OSError:
         return "unknown", None
 
@@ -326,7 +345,8 @@ def flock_holder(path: Path) -> str | None:
     """'pid N' (from /proc/locks) of a live process holding an exclusive flock on path, or None
     (no such file, no holder); creates and takes nothing: read-only commands ask it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO put there would block the open until a writer came
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
     try:
@@ -572,7 +592,7 @@ class ClockSteps:
 
     def count(self) -> int:
         try:
-            body = loads_json(self.path.read_text())
+            body = loads_json(read_ours_text(self.path))
         except (OSError, ValueError):
             return 0
         return (count(body.get("steps_back")) or 0) if isinstance(body, dict) else 0

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from influx_backupd.core import log
+from influx_backupd.core.atomic import not_regular
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import (
     EXIT_USAGE,
@@ -166,6 +167,10 @@ def _verify_one(
     what `verify --deep` of a later link checks of each earlier one."""
     if not archive.exists():
         result.fail("archive", f"{archive}: the archive is missing")
+        return
+    odd = not_regular(archive) if not archive.is_dir() else None
+    if odd is not None:  # a FIFO would block the check for ever, a device never end
+        result.fail("archive", f"{archive}: it is {odd}, not an archive: something was put there")
         return
     if archive.is_dir():
         _verify_directory(

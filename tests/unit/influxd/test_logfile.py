@@ -42,3 +42,20 @@ def test_no_log_and_an_unwritable_copy_are_said_not_raised(tmp_path: Path) -> No
     assert not logfile.trim(path, log.get(), limit=10)
     assert path.stat().st_size == 100, "not truncated when the copy failed"
     assert not list(tmp_path.glob(".influxd.log.1.*.tmp"))
+
+
+def test_a_link_or_a_fifo_in_the_logs_place_is_neither_followed_nor_waited_on(
+    tmp_path: Path,
+) -> None:
+    """Before: a symlink there had the trim truncate the file it names (someone's 21 MB file
+    left empty, its content only in influxd.log.1 until the next trim); a FIFO blocked it."""
+    theirs = tmp_path / "theirs.log"
+    theirs.write_bytes(b"x" * 100)
+    path = tmp_path / logfile.NAME
+    path.symlink_to(theirs)
+    assert not logfile.trim(path, log.get(), limit=10)
+    assert theirs.read_bytes() == b"x" * 100
+    assert not (tmp_path / "influxd.log.1").exists()
+    path.unlink()
+    os.mkfifo(path)
+    assert not logfile.trim(path, log.get(), limit=0)
