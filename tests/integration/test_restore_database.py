@@ -154,6 +154,27 @@ def test_a_database_from_a_cold_archive_under_a_new_name_beside_the_live_one(
     assert done.returncode == 2 and "--limit-rate: '-1'" in done.stderr
 
 
+def test_a_replace_that_fails_before_its_drop_says_the_database_was_not_touched(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: "database metrics, created meanwhile by another client, was left as it is" of
+    the user's own database, which a --replace failing before its drop never touched."""
+    _populate(sandbox)
+    record = Cli(write_config(tmp_path, sandbox)).json("backup")
+    before = _points(sandbox)
+    # every `influxd backup` drops a file of what it wrote: the replaced one's copy is refused
+    broken = Cli(
+        write_config(
+            tmp_path, sandbox, influxd={"binary": str(STAND_INS / "influxd_hot_drops_a_file")}
+        )
+    )
+    done = broken("restore", record["id"], "--database", "metrics", "--replace", "--yes")
+    assert done.returncode == 1, done.stderr[-2000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert "database metrics was not touched" in line and "another client" not in line, line
+    assert _points(sandbox) == before
+
+
 def test_replace_keeps_the_replaced_database_aside_and_a_failure_puts_it_back(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:

@@ -542,6 +542,7 @@ def recover_database_restore(config: Config) -> None:
             Path(aside) if isinstance(aside, str) else None,
             Dropped.of(state.get("lost")),
             strict=True,
+            existed=bool(state.get("existed")),
         )
     except (StepFailed, KeyError) as exc:
         logger.error("recovery.database_restore_pending", error=str(exc), path=str(pending.path))
@@ -697,7 +698,7 @@ def _restore(
             logger.error("restore.database_refused", error=str(exc))
             raise
         with signals_blocked():
-            undone = _undo(live, new, False, dropped, aside, lost)
+            undone = _undo(live, new, False, dropped, aside, lost, existed=exists)
             pending.clear()
         logger.error("restore.database_failed", error=str(exc), undone=undone)
         raise RestoreFailed(
@@ -709,7 +710,7 @@ def _restore(
                 # undone in this process, even past the point of no return: a kill during the
                 # undo leaves it to recovery to undo (never to finish a half-undone restore)
                 note(taking=made)
-            undone = _undo(live, new, made, dropped, aside, lost)
+            undone = _undo(live, new, made, dropped, aside, lost, existed=exists)
             pending.clear()
         logger.error("restore.database_failed", error=str(exc), undone=undone)
         if isinstance(exc, Interrupted):
@@ -728,12 +729,14 @@ def _undo(
     lost: Dropped,
     *,
     strict: bool = False,
+    existed: bool = False,
 ) -> str:
     """Put the live server back as it was (a replaced database with its continuous queries and
     the users' grants on it, which the drop took and the tool does not restore); says what it
     did, for the error line. made: NEW is this run's (its take created it), the one database
-    dropped here; one a client created meanwhile is left as it is. strict (recovery): a live
-    server that does not answer raises StepFailed, to be tried again."""
+    dropped here; one a client created meanwhile is left as it is. existed: NEW was there
+    before the run (--replace), its own until dropped. strict (recovery): a live server that
+    does not answer raises StepFailed, to be tried again."""
     if dropped and aside is not None and not aside.is_dir():
         return f"database {new} was dropped and its copy {aside} is gone: restore it by hand"
     if strict:
@@ -745,6 +748,8 @@ def _undo(
             live.q(f"DROP DATABASE {ident(new)}")  # what the failed restore made of it
             done.append(f"the half-restored {new} this restore made was dropped")
             there = False
+        elif there and existed and not dropped:  # --replace that failed before its drop
+            done.append(f"database {new} was not touched")
         elif there:
             done.append(f"database {new}, created meanwhile by another client, was left as it is")
         if dropped and aside is not None and there:
