@@ -7,6 +7,7 @@ again with the config the killed run used (kept in the state dir), before the er
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -21,12 +22,18 @@ FILLER = 1_000_000_000  # sparse: its copy keeps the stop window open long enoug
 
 
 def _killed_mid_copy(
-    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, *, default_state_dir: bool = False
+    tmp_path: Path,
+    sandbox: Sandbox,
+    ledger: Ledger,
+    *,
+    default_state_dir: bool = False,
+    daemon: dict[str, str] | None = None,
 ) -> Path:
     """A config whose cold backup was SIGKILLed during its copy: influxd stopped, marker left.
-    default_state_dir: the config names no state_dir; $STATE_DIRECTORY gives it (the unit's)."""
+    default_state_dir: the config names no state_dir; $STATE_DIRECTORY gives it (the unit's).
+    daemon: more [daemon] settings."""
     job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
-    config = write_config(tmp_path, sandbox, jobs=[job], holes="fill")
+    config = write_config(tmp_path, sandbox, jobs=[job], holes="fill", daemon=daemon)
     if default_state_dir:
         config.write_text(re.sub(r"(?m)^state_dir = .*\n", "", config.read_text()))
     sandbox.create_db("metrics")
@@ -80,6 +87,35 @@ def test_influxd_is_started_again_with_the_config_the_killed_run_used(
     assert not (tmp_path / "state" / MARKER).exists()
     lost_points, lost = ledger.settle()
     assert (lost_points, lost) == (0, [])
+
+
+@pytest.mark.fault("kill", "SIGKILL mid-copy, then the storage dir or metrics file replaced")
+@pytest.mark.parametrize("replaced", ["the storage dir by a file", "the metrics file by a FIFO"])
+def test_influxd_is_started_again_whatever_became_of_paths_a_start_does_not_need(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger, replaced: str
+) -> None:
+    """The config's text unchanged, but what it names on disk fails its load: before, the kept
+    config failed the same check, and every command (recover too) left influxd down."""
+    metrics = tmp_path / "metrics.prom"
+    config = _killed_mid_copy(tmp_path, sandbox, ledger, daemon={"metrics_file": str(metrics)})
+    if replaced.startswith("the storage dir"):
+        storage = tmp_path / "archives"
+        storage.rename(tmp_path / "archives.unmounted")
+        storage.write_text("x")
+        said = "storage.dir"
+    else:
+        metrics.unlink(missing_ok=True)
+        os.mkfifo(metrics)
+        said = "daemon.metrics_file"
+    done = run_cli(config, "recover")
+    assert done.returncode == 78, done.stderr[-3000:]
+    assert "started again with the config that run used" in done.stderr, done.stderr[-3000:]
+    assert said in done.stderr.strip().splitlines()[-1]  # then the config's own error
+    assert "Traceback" not in done.stderr
+    assert sandbox.ping(), "influxd answers"
+    assert not (tmp_path / "state" / MARKER).exists()
+    lost_points, _ = ledger.settle()  # the archives moved away with the storage dir
+    assert lost_points == 0
 
 
 @pytest.mark.fault("kill", "SIGKILL mid-copy, then `recover` (the unit's ExecStopPost=)")

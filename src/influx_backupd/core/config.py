@@ -1094,12 +1094,17 @@ def secret_file_warnings(settings: Settings) -> list[str]:
     return found
 
 
-def load(path: Path, *, ask_apprise: bool = True, text: bytes | None = None) -> Config:
+def load(
+    path: Path, *, ask_apprise: bool = True, text: bytes | None = None, to_restart: bool = False
+) -> Config:
     """Load and validate; raises ConfigError with one line naming the file and key path.
 
     ask_apprise=False: for a command that sends no notification, [notify] URLs are checked for
     their form only (each has ://), not by apprise in a child. text: the file's content as
-    kept earlier (guard.config_in_use), read in place of path's own."""
+    kept earlier (guard.config_in_use), read in place of path's own. to_restart: only to start
+    an influxd a killed run left stopped (guard.recover_despite): what the files on disk say of
+    the storage dir, the metrics file and the off-site keys is not asked (a storage dir turned
+    into a file must not keep the server down; the commands after say it)."""
     if text is None:
         text = _read_bytes(path, f"{path}: config file")
     raw = _toml_text(path, text)
@@ -1123,16 +1128,17 @@ def load(path: Path, *, ask_apprise: bool = True, text: bytes | None = None) -> 
             )
         daemon = settings.daemon.model_copy(update={"state_dir": state_dir})
         settings = settings.model_copy(update={"daemon": daemon})
-    if settings.offsite is not None:
+    if settings.offsite is not None and not to_restart:
         _offsite_usable(path, settings.offsite)
     server, influx_raw = read_server_paths(settings.influxd.config)
     wrong = config_values.server_dirs_problem(server.dirs())
     if wrong is not None:
         raise ConfigError(f"{server.conf}: {wrong}")
     _usable_dir(path, "daemon.state_dir", settings.daemon.state_dir)
-    _usable_dir(path, "storage.dir", settings.storage.dir)
+    if not to_restart:
+        _usable_dir(path, "storage.dir", settings.storage.dir)
     for key, file in (
-        ("daemon.metrics_file", settings.daemon.metrics_file),
+        ("daemon.metrics_file", None if to_restart else settings.daemon.metrics_file),
         ("influxd.pidfile", settings.influxd.pidfile),
     ):
         # a device would be replaced by a file at the first write (/dev/null!), a FIFO block

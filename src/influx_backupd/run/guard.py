@@ -247,7 +247,12 @@ def recover_despite(config_path: Path, state_dir: Path) -> str | None:
     stopped_by = f"run {left.get('run_id') or '(unknown)'}"
     kept_path = state_dir / CONFIG_IN_USE
     try:
-        config = load(config_path, ask_apprise=False, text=atomic.read_small(kept_path, 1 << 20))
+        config = load(
+            config_path,
+            ask_apprise=False,
+            text=atomic.read_small(kept_path, 1 << 20),
+            to_restart=True,
+        )
     except (OSError, ConfigError) as exc:
         # said of the kept file, which is what did not load (load() names config_path)
         why = (
