@@ -23,6 +23,9 @@ def _odd(path: Path, kind: str) -> None:
     path.unlink(missing_ok=True)
     if kind == "fifo":
         os.mkfifo(path, 0o600)
+    elif kind == "dir":
+        path.mkdir()
+        (path / "x.manifest").write_text("{}")
     else:
         path.symlink_to("/dev/zero")
 
@@ -58,7 +61,7 @@ def test_a_state_file_replaced_ends_every_command(
     assert sandbox.ping()
 
 
-@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "dir"])
 def test_an_archive_record_or_manifest_replaced_fails_its_check_and_restore_in_a_line(
     tmp_path: Path, sandbox: Sandbox, kind: str
 ) -> None:
@@ -74,6 +77,8 @@ def test_an_archive_record_or_manifest_replaced_fails_its_check_and_restore_in_a
     assert done.returncode == 1 and "not a backup" in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "restored").exists()
 
+    if kind == "dir":  # a cold archive replaced by a dir: not looked into as a hot one
+        return
     hot_root = tmp_path / "hot"
     hot_root.mkdir()
     hot = Cli(write_config(hot_root, sandbox, jobs=HOT))

@@ -82,7 +82,8 @@ def refuse_gone(record: RunRecord, path: Path) -> None:
         mode = None
     except OSError:
         return  # there, but not ours to look at: the open says why, with its path
-    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    dir_for_a_file = mode is not None and stat.S_ISDIR(mode) and record.mode == "cold"
+    if mode is not None and (dir_for_a_file or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
         # a FIFO would block the restore for ever, a device never end
         raise RestoreRefused(
             f"backup {record.id}'s archive {path} is {kind_of(mode)}, not a backup: something "

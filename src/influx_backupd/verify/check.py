@@ -169,6 +169,8 @@ def _verify_one(
         result.fail("archive", f"{archive}: the archive is missing")
         return
     odd = not_regular(archive) if not archive.is_dir() else None
+    if odd is None and archive.is_dir() and record is not None and record.mode == "cold":
+        odd = "a directory"  # a cold archive is one file: not a hot backup's dir to look into
     if odd is not None:  # a FIFO would block the check for ever, a device never end
         result.fail("archive", f"{archive}: it is {odd}, not an archive: something was put there")
         return
