@@ -173,6 +173,9 @@ def test_a_replace_that_fails_before_its_drop_says_the_database_was_not_touched(
     line = done.stderr.strip().splitlines()[-1]
     assert "database metrics was not touched" in line and "another client" not in line, line
     assert _points(sandbox) == before
+    # the copy of it the --replace began (its export failed its check) is gone too
+    assert not list((tmp_path / "archives").glob("metrics.replaced-*"))
+    assert "was removed" in line, line
 
 
 def test_replace_keeps_the_replaced_database_aside_and_a_failure_puts_it_back(

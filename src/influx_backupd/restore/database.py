@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import shutil
 import tarfile
 import time
 from collections import Counter
@@ -750,6 +751,10 @@ def _undo(
             there = False
         elif there and existed and not dropped:  # --replace that failed before its drop
             done.append(f"database {new} was not touched")
+            if aside is not None and aside.exists():
+                # our own copy of a database that was never dropped: no use, its size of disk
+                shutil.rmtree(aside, ignore_errors=True)
+                done.append(f"the copy of it begun in {aside} was removed")
         elif there:
             done.append(f"database {new}, created meanwhile by another client, was left as it is")
         if dropped and aside is not None and there:
