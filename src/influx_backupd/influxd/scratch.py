@@ -134,7 +134,8 @@ def left_behind(scratch: Path) -> list[str]:
     ]
     if made_by is not None and made_by.target is not None:
         found.append(f"restore --target {made_by.target}, not finished")
-    found.append(f"the working dir {scratch} of a killed restore or restore test")
+    if ours_and_dead(scratch):
+        found.append(f"the working dir {scratch} of a killed restore or restore test")
     return found
 
 

@@ -741,7 +741,7 @@ def dead_runs_left(config: Config) -> list[str]:
     storage = config.storage_dir
     if storage.is_dir():
         for path in sorted(storage.glob(scratch.PREFIX + "*")):
-            if scratch.ours_and_dead(path):
+            if path.is_dir():
                 found += scratch.left_behind(path)
         found += [f"unfinished backup {p}" for p in sorted(_unfinished(storage))]
     catalog = Catalog(config.state_dir)
@@ -769,7 +769,7 @@ def _restore_tests_left(storage: Path) -> None:
     from influx_backupd.restore.target import recover_target
 
     for path in storage.glob(scratch.PREFIX + "*"):
-        if not scratch.ours_and_dead(path):
+        if not path.is_dir() or scratch.owner_alive(path):
             continue
         made_by = scratch.owner(path)
         stopped = scratch.stop_server(path)
@@ -805,7 +805,9 @@ def _restore_tests_left(storage: Path) -> None:
                     "whole, that server stopped; serve it with influxd run -config "
                     + shlex.quote(str(target / "influxdb.conf")),
                 )
-        elif recovery_is_dry():  # prune --dry-run: its own report says the dir
+        elif recovery_is_dry() or not scratch.ours_and_dead(path):
+            # prune --dry-run: its own report says the dir; one without our owner record (a
+            # person's `.verify-x`) is never removed, only a server of ours in it stopped
             continue
         # a --target's DIR dealt with (even in a dry run, as before): a later restore into the
         # same DIR must never be taken for this one
