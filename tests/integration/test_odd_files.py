@@ -76,6 +76,8 @@ def test_an_archive_record_or_manifest_replaced_fails_its_check_and_restore_in_a
     done = cold("restore", record["id"], "--target", str(tmp_path / "restored"), timeout=60)
     assert done.returncode == 1 and "not a backup" in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "restored").exists()
+    by_path = cold("restore", str(archive), "--target", str(tmp_path / "restored"), timeout=60)
+    assert by_path.returncode == 1 and "not a backup" in by_path.stderr, by_path.stderr[-2000:]
 
     if kind == "dir":  # a cold archive replaced by a dir: not looked into as a hot one
         return

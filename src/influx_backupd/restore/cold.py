@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from influx_backupd.core import log
-from influx_backupd.core.atomic import kind_of
+from influx_backupd.core.atomic import kind_of, not_regular
 from influx_backupd.core.config import Config, toml_of
 from influx_backupd.core.errors import OnlyInBucket, RestoreMisconfigured, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
@@ -64,6 +64,12 @@ def resolve_backup(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | Non
         return path, record
     if path is None:
         raise RestoreRefused(f"{backup}: neither a catalog id nor an existing archive path")
+    if path.is_dir():  # a cold backup's archive is one file: not a dir to look into
+        odd = "a directory" if record is not None and record.mode == "cold" else None
+    else:
+        odd = not_regular(path)
+    if odd is not None:  # a FIFO would block the restore for ever, a device never end
+        raise RestoreRefused(f"{path}: it is {odd}, not a backup (an archive or a backup dir)")
     if record is not None:
         return path, record
     try:  # not in this catalog (a new host?): the record written beside the archive
