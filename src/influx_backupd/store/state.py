@@ -14,6 +14,7 @@ import errno
 import fcntl
 import math
 import os
+import shlex
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -568,6 +569,15 @@ class CrashMarker:
             self.path.unlink()
         except FileNotFoundError:
             return
+        except IsADirectoryError:
+            try:
+                self.path.rmdir()  # empty: nothing of anyone's in it
+            except OSError:
+                raise StateDirError(
+                    f"{self.path}: a directory where the crash marker (a file influx-backupd "
+                    f"writes) belongs; influxd was started again; remove it (rm -r "
+                    f"{shlex.quote(str(self.path))}) for the next command to go on"
+                ) from None
         fsync_dir(self.path.parent)
 
 

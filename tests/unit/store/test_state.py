@@ -64,6 +64,20 @@ def test_crash_marker_round_trip_and_a_torn_marker_still_counts(tmp_path: Path) 
     marker.clear()  # idempotent
 
 
+def test_a_directory_in_the_markers_place_is_removed_if_empty_else_said(tmp_path: Path) -> None:
+    """Before: "Is a directory: PATH" from every command, with nothing saying what it was."""
+    marker = CrashMarker(tmp_path)
+    marker.path.mkdir()
+    assert marker.read() == {"run_id": None}, "read as torn: influxd may be down"
+    marker.clear()
+    assert not marker.path.exists(), "an empty one holds nothing of anyone's"
+    marker.path.mkdir()
+    (marker.path / "x").write_text("someone's")
+    with pytest.raises(state.StateDirError, match="a directory where the crash marker"):
+        marker.clear()
+    assert (marker.path / "x").read_text() == "someone's"
+
+
 def test_a_marker_tells_a_run_killed_before_it_asked_for_the_stop(tmp_path: Path) -> None:
     """The server it names (pid and create_time) still runs and no stop was asked: nothing
     was stopped. Asked, or another process on that pid, or an older marker: it may have been."""
