@@ -4,6 +4,7 @@ database back into the live server while it serves, every other database untouch
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import urllib.request
@@ -176,6 +177,33 @@ def test_a_replace_that_fails_before_its_drop_says_the_database_was_not_touched(
     # the copy of it the --replace began (its export failed its check) is gone too
     assert not list((tmp_path / "archives").glob("metrics.replaced-*"))
     assert "was removed" in line, line
+
+
+def test_an_interrupted_restore_says_what_it_put_back(tmp_path: Path, sandbox: Sandbox) -> None:
+    """Before: only "interrupted by SIGTERM", not what became of the live server."""
+    from tests.faults.conftest import Watched
+
+    config = write_config(tmp_path, sandbox)
+    _populate(sandbox)
+    record = Cli(config).json("backup")
+    before = _points(sandbox)
+    restore = Watched(
+        config, "restore", record["id"], "--database", "metrics", "--as", "m2",
+        "--limit-rate", "0.02",
+    )  # fmt: skip
+    try:
+        restore.wait_event("restore.running", timeout=120)
+        time.sleep(1)  # the export from the archive's throwaway, or the upload
+        restore.proc.send_signal(signal.SIGTERM)
+        restore.proc.wait(timeout=120)
+    finally:
+        restore.kill()
+    assert restore.proc.returncode == 1
+    line = [ln for ln in restore.lines if not ln.startswith("{")][-1].strip()
+    assert line.startswith(
+        "influx-backupd: restore of database metrics as m2 interrupted by SIGTERM; "
+    ), line
+    assert _points(sandbox) == before
 
 
 def test_replace_keeps_the_replaced_database_aside_and_a_failure_puts_it_back(

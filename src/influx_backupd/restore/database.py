@@ -714,8 +714,10 @@ def _restore(
             undone = _undo(live, new, made, dropped, aside, lost, existed=exists)
             pending.clear()
         logger.error("restore.database_failed", error=str(exc), undone=undone)
-        if isinstance(exc, Interrupted):
-            raise
+        if isinstance(exc, Interrupted):  # what was put back said, as a failure says it
+            raise RestoreFailed(
+                f"restore of database {name} as {new} interrupted by {exc}; {undone}"
+            ) from None
         raise RestoreFailed(
             f"restore of database {name} as {new} failed ({exc or type(exc).__name__}); {undone}"
         ) from None
