@@ -161,8 +161,15 @@ def test_a_replace_that_fails_before_its_drop_says_the_database_was_not_touched(
     """Before: "database metrics, created meanwhile by another client, was left as it is" of
     the user's own database, which a --replace failing before its drop never touched."""
     _populate(sandbox)
-    record = Cli(write_config(tmp_path, sandbox)).json("backup")
+    cli = Cli(write_config(tmp_path, sandbox))
+    record = cli.json("backup")
     before = _points(sandbox)
+    unconfirmed = cli("restore", record["id"], "--database", "metrics", "--replace")
+    assert unconfirmed.returncode == 2  # stdin no terminal: no question asked
+    assert unconfirmed.stderr.splitlines() == [
+        "influx-backupd: restore replaces database metrics on the live server; pass --yes to "
+        "confirm"
+    ]
     # every `influxd backup` drops a file of what it wrote: the replaced one's copy is refused
     broken = Cli(
         write_config(

@@ -454,7 +454,12 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         _startable(config)  # the whole-server restore stops influxd: it must start again
     if args.target is None and not args.yes and (args.database is None or args.replace):
         if not sys.stdin.isatty():
-            raise UsageError("restore replaces the live data of influxd; pass --yes to confirm")
+            what = (
+                "the live data of influxd"
+                if args.database is None
+                else f"database {quoted(args.new_name or args.database)} on the live server"
+            )
+            raise UsageError(f"restore replaces {what}; pass --yes to confirm")
         what = (
             f"Replace database {quoted(args.new_name or args.database)} with the one in "
             f"{quoted(args.backup)}? "
