@@ -575,8 +575,8 @@ class CrashMarker:
             except OSError:
                 raise StateDirError(
                     f"{self.path}: a directory where the crash marker (a file influx-backupd "
-                    f"writes) belongs; influxd was started again; remove it (rm -r "
-                    f"{shlex.quote(str(self.path))}) for the next command to go on"
+                    f"writes) belongs; remove it (rm -r {shlex.quote(str(self.path))}) for the "
+                    "next command to go on"
                 ) from None
         fsync_dir(self.path.parent)
 
