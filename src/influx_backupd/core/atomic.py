@@ -72,10 +72,16 @@ def not_regular(path: Path) -> str | None:
     return None if mode is None or stat.S_ISREG(mode) else kind_of(mode)
 
 
-def read_small(path: Path, limit: int) -> bytes:
-    """The content of a small regular file we wrote (a metrics file, a pidfile). Raises OSError:
-    NotRegularFile for anything else, without blocking (O_NONBLOCK: a FIFO) nor reading a
-    device; EFBIG past limit bytes (/dev/zero would never end)."""
+# What a file the tool writes and reads back (a state file, a record, a manifest, a portable
+# backup's meta) may hold; far past any real one.
+OURS_LIMIT = 256 << 20
+
+
+def read_small(path: Path, limit: int = OURS_LIMIT) -> bytes:
+    """The content of a regular file we wrote (a state file, a record, a manifest, a metrics
+    file, a pidfile). Raises OSError: NotRegularFile for anything else, without blocking
+    (O_NONBLOCK: a FIFO) nor reading a device; EFBIG past limit bytes (/dev/zero would never
+    end)."""
     _require_regular(path, os.stat(path).st_mode)  # a device is not even opened
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
@@ -97,20 +103,9 @@ def read_small(path: Path, limit: int) -> bytes:
     return data
 
 
-# What a file the tool writes and reads back (a state file, a record, a manifest, a portable
-# backup's meta) may hold; far past any real one.
-OURS_LIMIT = 256 << 20
-
-
-def read_ours(path: Path, limit: int = OURS_LIMIT) -> bytes:
-    """A file the tool wrote, read whole: OSError (NotRegularFile, EFBIG) where something else
-    was put in its place (a FIFO would block the command for ever, /dev/zero fill its memory)."""
-    return read_small(path, limit)
-
-
 def read_ours_text(path: Path, limit: int = OURS_LIMIT) -> str:
-    """read_ours, as UTF-8 text (ValueError if it is not)."""
-    return read_ours(path, limit).decode()
+    """read_small, as UTF-8 text (ValueError if it is not)."""
+    return read_small(path, limit).decode()
 
 
 def fsync_dir(path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from influx_backupd.core.paths import real
+from influx_backupd.core.paths import is_within, real
 from influx_backupd.core.redact import shown_parts
 
 # systemd's unit name characters; never starting with '-' (systemctl would take an option)
@@ -250,7 +250,7 @@ def server_dirs_problem(dirs: dict[str, Path]) -> str | None:
     real = {name: _real(path) for name, path in dirs.items()}
     for inner, inner_path in real.items():
         for outer, outer_path in real.items():
-            if inner != outer and _within(inner_path, outer_path):
+            if inner != outer and is_within(inner_path, outer_path):
                 return (
                     f"the {inner} dir {dirs[inner]} is inside the {outer} dir {dirs[outer]}: "
                     "influx-backupd backs up and restores each dir whole, so they must be apart "
@@ -270,13 +270,13 @@ def our_dirs_problem(
         mine = _real(path)
         for name, live in server.items():
             theirs = _real(live)
-            if _within(mine, theirs):
+            if is_within(mine, theirs):
                 return (
                     f"{key}: {path} is inside influxd's {name} dir {live}: a backup would hold "
                     "the backups before it and a restore would move it aside with the live "
                     "data; choose a directory outside influxd's meta, data and wal dirs"
                 )
-            if key not in files and _within(theirs, mine):  # a file holds no dir
+            if key not in files and is_within(theirs, mine):  # a file holds no dir
                 return (
                     f"{key}: {path} holds influxd's {name} dir {live}: choose a directory "
                     "of its own, outside influxd's meta, data and wal dirs"
@@ -290,7 +290,3 @@ def _real(path: Path) -> Path:
         return real(path)
     except (OSError, RuntimeError):  # a symlink loop: compared as written
         return path
-
-
-def _within(inner: Path, outer: Path) -> bool:
-    return inner == outer or outer in inner.parents

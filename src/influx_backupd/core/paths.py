@@ -14,3 +14,9 @@ from pathlib import Path
 
 def real(path: Path | str) -> Path:
     return Path(os.path.realpath(path))
+
+
+def is_within(inner: Path, outer: Path) -> bool:
+    """inner is outer or lies under it, as given (resolve both with real() first to follow
+    symlinks)."""
+    return inner == outer or outer in inner.parents

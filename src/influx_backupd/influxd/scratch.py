@@ -104,12 +104,19 @@ def owner_alive(scratch: Path) -> bool:
 
 
 def ours_and_dead(path: Path) -> bool:
-    """A scratch dir of ours (its owner.json reads, or it is empty: killed between mkdtemp and
-    the owner record) whose owner is gone: recovery and prune may clear it. A dir another tool
-    or a person named `.verify-…` is none of ours, whatever it holds."""
-    if path.is_symlink() or not path.is_dir() or owner_alive(path):
+    """A scratch dir of ours whose owner is gone: recovery and prune may clear it."""
+    if not path.is_dir() or owner_alive(path):
         return False
-    if owner(path) is not None:
+    return is_ours(path, owner(path))
+
+
+def is_ours(path: Path, made_by: Owner | None) -> bool:
+    """A scratch dir of ours: its owner record reads (made_by), or it is empty (killed between
+    mkdtemp and the owner record). A dir another tool or a person named `.verify-…` is none of
+    ours, whatever it holds."""
+    if path.is_symlink():
+        return False
+    if made_by is not None:
         return True
     try:
         return not any(path.iterdir())
@@ -134,7 +141,7 @@ def left_behind(scratch: Path) -> list[str]:
     ]
     if made_by is not None and made_by.target is not None:
         found.append(f"restore --target {made_by.target}, not finished")
-    if ours_and_dead(scratch):
+    if is_ours(scratch, made_by):  # its owner is dead (above)
         found.append(f"the working dir {scratch} of a killed restore or restore test")
     return found
 

@@ -12,7 +12,6 @@ import grp
 import os
 import pwd
 import shutil
-import stat
 import tarfile
 import time
 import tomllib
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from influx_backupd.core import log
-from influx_backupd.core.atomic import kind_of, not_regular
 from influx_backupd.core.config import Config, toml_of
 from influx_backupd.core.errors import OnlyInBucket, RestoreMisconfigured, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
@@ -36,6 +34,7 @@ from influx_backupd.restore.swap import (
     live_dirs_swapped,
     refuse_stranger,
 )
+from influx_backupd.store import layout
 from influx_backupd.store.archive import (
     COLD_TOPS,
     ArchiveError,
@@ -60,15 +59,12 @@ def resolve_backup(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | Non
     if record is not None and record.id == backup:
         if record.status != "ok" or path is None:
             raise RestoreRefused(f"backup {backup} is {record.status}, not a usable backup")
-        refuse_gone(record, path)
+        refuse_unusable(record, path)
         return path, record
     if path is None:
         raise RestoreRefused(f"{backup}: neither a catalog id nor an existing archive path")
-    if path.is_dir():  # a cold backup's archive is one file: not a dir to look into
-        odd = "a directory" if record is not None and record.mode == "cold" else None
-    else:
-        odd = not_regular(path)
-    if odd is not None:  # a FIFO would block the restore for ever, a device never end
+    odd = layout.not_a_backup(path, record)
+    if odd is not None:
         raise RestoreRefused(f"{path}: it is {odd}, not a backup (an archive or a backup dir)")
     if record is not None:
         return path, record
@@ -78,24 +74,24 @@ def resolve_backup(catalog: Catalog, backup: str) -> tuple[Path, RunRecord | Non
         raise RestoreRefused(str(exc)) from None
 
 
-def refuse_gone(record: RunRecord, path: Path) -> None:
-    """A catalogued backup whose archive is no longer where the catalog says, or is a link that
-    leads nowhere (archives moved to a disk since unmounted): one line naming it (before, a bare
-    "No such file or directory: PATH" from the first open)."""
+def refuse_unusable(record: RunRecord, path: Path) -> None:
+    """A catalogued backup whose archive is no longer where the catalog says, is a link that
+    leads nowhere (archives moved to a disk since unmounted), or is something put in its place
+    (layout.not_a_backup): one line naming it (before, a bare "No such file or directory: PATH"
+    from the first open, or a wait for ever on a FIFO)."""
     try:
-        mode = os.stat(path).st_mode
+        os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
-        mode = None
+        pass  # gone: said below
     except OSError:
         return  # there, but not ours to look at: the open says why, with its path
-    dir_for_a_file = mode is not None and stat.S_ISDIR(mode) and record.mode == "cold"
-    if mode is not None and (dir_for_a_file or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
-        # a FIFO would block the restore for ever, a device never end
-        raise RestoreRefused(
-            f"backup {record.id}'s archive {path} is {kind_of(mode)}, not a backup: something "
-            "was put in its place; `influx-backupd list` shows what is kept"
-        )
-    if mode is not None:
+    else:
+        odd = layout.not_a_backup(path, record)
+        if odd is not None:
+            raise RestoreRefused(
+                f"backup {record.id}'s archive {path} is {odd}, not a backup: something was "
+                "put in its place; `influx-backupd list` shows what is kept"
+            )
         return
     why = "moved or deleted since it was written"
     if os.path.islink(path):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from influx_backupd.core.atomic import read_ours
+from influx_backupd.core.atomic import read_small
 from influx_backupd.core.interrupt import Interrupted
 from influx_backupd.core.log import Logger
 from influx_backupd.influxd.influxql import ident
@@ -66,7 +66,7 @@ def meta_file(directory: Path) -> Path:
 
 def backup_cqs(directory: Path) -> list[ContinuousQuery]:
     """The continuous queries of a 1.x portable backup dir's meta. Raises ValueError/OSError."""
-    return [ContinuousQuery(*cq) for cq in portable_meta_cqs(read_ours(meta_file(directory)))]
+    return [ContinuousQuery(*cq) for cq in portable_meta_cqs(read_small(meta_file(directory)))]
 
 
 def server_cqs(series: list[dict[str, Any]]) -> list[ContinuousQuery]:

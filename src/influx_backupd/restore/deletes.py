@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from influx_backupd.core.atomic import read_ours
+from influx_backupd.core.atomic import read_small
 from influx_backupd.core.names import influx_name_ok
 from influx_backupd.restore.merge import TSM_NAME, link_or_symlink, manifest_of, shard_tar_writer
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
@@ -124,7 +124,7 @@ def lay_out(directory: Path, shards: list[Tombstoned], meta: Path, data: Path) -
     _, manifest = manifest_of(directory)
     meta.mkdir(parents=True, exist_ok=True)
     meta_file = directory / str(manifest["meta"]["fileName"])
-    (meta / "meta.db").write_bytes(portable_meta_store(read_ours(meta_file)))
+    (meta / "meta.db").write_bytes(portable_meta_store(read_small(meta_file)))
     for shard in shards:
         dest = shard.shard_dir(data)
         dest.mkdir(parents=True)

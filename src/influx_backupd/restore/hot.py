@@ -69,7 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.core import log
-from influx_backupd.core.atomic import read_ours, read_ours_text
+from influx_backupd.core.atomic import read_ours_text, read_small
 from influx_backupd.core.config import Config, toml_of
 from influx_backupd.core.errors import (
     BackupdError,
@@ -571,7 +571,7 @@ def chain_server(
     )
     if meta_kept is not None:
         try:
-            store = portable_meta_store(read_ours(meta_file(links[-1].path)))
+            store = portable_meta_store(read_small(meta_file(links[-1].path)))
         except (OSError, ValueError) as exc:
             raise StepFailed(f"{links[-1].path}: its meta cannot be read ({exc})") from None
         server.meta.mkdir(parents=True, exist_ok=True)

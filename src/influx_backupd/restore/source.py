@@ -9,7 +9,7 @@ from pathlib import Path
 
 from influx_backupd.core import log
 from influx_backupd.core.errors import OnlyInBucket, RestoreRefused
-from influx_backupd.restore.cold import refuse_gone, resolve_backup
+from influx_backupd.restore.cold import refuse_unusable, resolve_backup
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import Link, links_up_to, lookup, sniff
 from influx_backupd.store.record import Flavour, RunRecord, only_in_bucket
@@ -44,7 +44,7 @@ def choose(catalog: Catalog, backup: str) -> ColdSource | HotSource:
         raise RestoreRefused(f"backup {record.id} is {record.status}, not a usable backup")
     assert path is not None
     if record is not None:
-        refuse_gone(record, path)
+        refuse_unusable(record, path)
     flavour = (record.flavour if record else None) or sniff(path)
     if flavour is None and record is None:
         return ColdSource(*resolve_backup(catalog, backup))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from influx_backupd.core.atomic import read_ours
+from influx_backupd.core.atomic import read_small
 from influx_backupd.restore.merge import link_or_symlink, manifest_of
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.formats.tsm import FOOTER_SIZE, HEADER_SIZE, BadIndex, index_entries
@@ -56,7 +56,7 @@ EMPTY_TAR = 1024
 def newest_shape(directory: Path) -> MetaShape:
     """meta_shape of a portable backup dir's meta (its manifest's meta file)."""
     _, manifest = manifest_of(directory)
-    return meta_shape(read_ours(directory / str(manifest["meta"]["fileName"])))
+    return meta_shape(read_small(directory / str(manifest["meta"]["fileName"])))
 
 
 # -- field types from TSM indexes ------------------------------------------------------------------

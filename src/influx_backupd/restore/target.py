@@ -43,6 +43,7 @@ from influx_backupd.core import log
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreFailed, RestoreMistake, RestoreRefused, UsageError
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
+from influx_backupd.core.paths import is_within, real
 from influx_backupd.influxd.sandbox import Sandbox, toml_value
 from influx_backupd.restore.cold import (
     archived_settings,
@@ -125,15 +126,15 @@ def target_problem(target: Path, config: Config) -> str | None:
 def _target_problem(target: Path, config: Config) -> str | None:
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         return f"--target {target}: not a directory"
-    real = Path(os.path.realpath(target, strict=False))
+    resolved = real(target)
     for name, path in config.server.dirs().items():
-        if _within(real, path):
+        if is_within(resolved, real(path)):
             return (
                 f"--target {target}: inside the live server's {name} dir {path}; "
                 "give a directory outside its meta, data and wal dirs"
             )
     for name, path in (("storage", config.storage_dir), ("state", config.state_dir)):
-        if _within(real, path):
+        if is_within(resolved, real(path)):
             return f"--target {target}: inside influx-backupd's {name} dir {path}; give a directory outside it"
     if not target.exists():
         ancestor = target.parent
@@ -160,12 +161,6 @@ def _target_problem(target: Path, config: Config) -> str | None:
     return None
 
 
-def _within(real: Path, path: Path) -> bool:
-    """real (resolved) is path, or lies under it (symlinks followed)."""
-    inside = Path(os.path.realpath(path))
-    return real == inside or inside in real.parents
-
-
 def restore_into(
     config: Config, catalog: Catalog, backup: str, target: Path, *, start: bool = False
 ) -> TargetResult:
@@ -178,7 +173,7 @@ def restore_into(
     source = choose(catalog, backup)
     if isinstance(source, HotSource):  # a backup given by path, outside the storage dir
         for link in source.links:
-            if _within(Path(os.path.realpath(target)), link.path):
+            if is_within(real(target), real(link.path)):
                 raise RestoreMistake(
                     f"--target {target}: inside the backup it restores, {link.path}; give a "
                     "directory outside it"

@@ -805,7 +805,7 @@ def _restore_tests_left(storage: Path) -> None:
                     "whole, that server stopped; serve it with influxd run -config "
                     + shlex.quote(str(target / "influxdb.conf")),
                 )
-        elif recovery_is_dry() or not scratch.ours_and_dead(path):
+        elif recovery_is_dry() or not scratch.is_ours(path, made_by):
             # prune --dry-run: its own report says the dir; one without our owner record (a
             # person's `.verify-x`) is never removed, only a server of ours in it stopped
             continue

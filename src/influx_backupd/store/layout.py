@@ -6,8 +6,13 @@ of ours, so that no other module matches on spelled-out suffixes.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
+
+from influx_backupd.core.atomic import kind_of
+from influx_backupd.store.record import RUN_ID_PATTERN, RunRecord
 
 PARTIAL = ".partial"  # a file being written: fsync, then renamed onto its final name
 INCOMPLETE = ".incomplete"  # a 1.x backup dir while the tool writes it (a dir: not PARTIAL)
@@ -17,7 +22,7 @@ SCRATCH = ".verify-"  # a throwaway influxd's scratch dir (restore tests, restor
 # What a run names in the storage dir: JOB-RUNID (store/record.new_run_id), then .tar (a cold
 # archive), nothing (a hot backup's dir) or either's record beside it (.json). A cleaner matches
 # whole names: another tool's "photos.partial" in the same dir is not ours to remove.
-_RUN_NAMED = re.compile(r".+-\d{8}T\d{6}Z-[0-9a-f]{4,}(\.tar)?(\.json)?")
+_RUN_NAMED = re.compile(rf".+-{RUN_ID_PATTERN}(\.tar)?(\.json)?")
 
 
 def partial_of(final: Path) -> Path:
@@ -68,3 +73,17 @@ def is_incomplete(path: Path) -> bool:
 
 def is_scratch(path: Path) -> bool:
     return path.name.startswith(SCRATCH)
+
+
+def not_a_backup(path: Path, record: RunRecord | None) -> str | None:
+    """What path is when no backup can be there ("a FIFO", "a character device", "a directory"
+    where a cold archive, one file, belongs): something put in its place, which a read would
+    block on for ever or never end. None for a file or a dir, and when nothing is there (a
+    backup gone: its callers say that their own way)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory" if record is not None and record.mode == "cold" else None
+    return None if stat.S_ISREG(mode) else kind_of(mode)

@@ -30,6 +30,10 @@ Flavour = Literal["0.9", "portable"]
 TYPED_FROM_EXTRA = ("flavour", "backup_host", "since_anchor", "snapshot_base", "dirs")
 
 
+# What new_run_id gives, as a pattern (layout knows the names a run gives by it)
+RUN_ID_PATTERN = r"\d{8}T\d{6}Z-[0-9a-f]{4,}"
+
+
 def new_run_id(now: float | None = None) -> str:
     """Sortable by time, unique enough for one host: 20261126T122754Z-3f9a."""
     stamp = datetime.fromtimestamp(now if now is not None else time.time(), UTC)

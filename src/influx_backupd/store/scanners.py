@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from influx_backupd.core.atomic import read_ours
+from influx_backupd.core.atomic import read_small
 from influx_backupd.core.errors import CheckFailed
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.names import INFLUX_NAME_RULE, influx_name_ok
@@ -394,7 +394,7 @@ def scan_portable(
         )
     where = directory / manifests[0]
     try:
-        text = read_ours(where)
+        text = read_small(where)
     except OSError as exc:  # a FIFO or a device put there: never waited on nor read for ever
         raise CheckFailed(f"hot.check: {where}: cannot be read ({exc.strerror or exc})") from None
     manifest = _manifest_json(text, str(where))

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from influx_backupd.core import log
-from influx_backupd.core.atomic import not_regular
 from influx_backupd.core.config import Config
 from influx_backupd.core.errors import (
     EXIT_USAGE,
@@ -37,6 +36,7 @@ from influx_backupd.core.errors import (
     RestoreRefused,
 )
 from influx_backupd.report.metrics import VERIFY_FAILED
+from influx_backupd.store import layout
 from influx_backupd.store.archive import (
     COLD_TOPS,
     ArchiveError,
@@ -168,10 +168,8 @@ def _verify_one(
     if not archive.exists():
         result.fail("archive", f"{archive}: the archive is missing")
         return
-    odd = not_regular(archive) if not archive.is_dir() else None
-    if odd is None and archive.is_dir() and record is not None and record.mode == "cold":
-        odd = "a directory"  # a cold archive is one file: not a hot backup's dir to look into
-    if odd is not None:  # a FIFO would block the check for ever, a device never end
+    odd = layout.not_a_backup(archive, record)
+    if odd is not None:
         result.fail("archive", f"{archive}: it is {odd}, not an archive: something was put there")
         return
     if archive.is_dir():
