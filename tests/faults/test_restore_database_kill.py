@@ -156,3 +156,44 @@ def test_a_database_restore_killed_once_its_database_is_in_is_finished_not_undon
     assert lost == [], f"archives lost or changed: {lost}"
     assert points(sandbox) == {"metrics": 20_000, "m2": 20_050}
     assert "nothing to recover" in run_cli(config, "recover").stdout
+
+
+@pytest.mark.fault(
+    "kill", "SIGKILL of restore --database --replace while it keeps the replaced copy"
+)
+def test_a_replace_killed_while_keeping_its_copy_leaves_no_copy_behind(
+    tmp_path: Path, sandbox: Sandbox, ledger: Ledger
+) -> None:
+    """Killed between the export of the database it replaces and its drop: the live database
+    was never touched, so the next lock-taking command removes the half-made copy aside (a
+    database's size of disk). Before, the pending file did not name the copy yet: recovery
+    said nothing and `m2.replaced-*` stayed in the storage dir for good."""
+    config, record = backed_up(tmp_path, sandbox, 2_000)
+    sandbox.create_db("m2")
+    sandbox.write_points("m2", 10)  # the database the restore would replace
+    ledger.take()  # before the copy is made: it is no backup, and goes
+    restore = paused_at(
+        tmp_path, config,
+        ["restore", record["id"], "--database", "metrics", "--as", "m2", "--replace", "--yes"],
+        "influx_backupd.restore.database.scan_portable", ".replaced-",
+    )  # fmt: skip
+    restore.kill()
+    restore.communicate(timeout=60)
+    [copy] = (tmp_path / "archives").glob("m2.replaced-*")
+    before = points(sandbox)
+    assert before == {"metrics": 2_000, "m2": 10}
+
+    done = run_cli(config, "prune", "--dry-run")
+    assert f"drop nothing, remove the copy begun in {copy}" in done.stderr, done.stderr[-3000:]
+    assert copy.exists()
+    done = run_cli(config, "recover")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert "database m2 was not touched" in done.stdout, done.stdout
+    assert f"the copy of it begun in {copy} was removed" in done.stdout, done.stdout
+    assert not copy.exists()
+    assert not (tmp_path / "state" / "restore-database.json").exists()
+    assert points(sandbox) == before
+    lost_points, lost = ledger.settle()
+    assert lost_points == 0 and lost == []
+    assert run_cli(config, "recover").stdout.startswith("nothing to recover")

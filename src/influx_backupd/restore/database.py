@@ -526,7 +526,11 @@ def recover_database_restore(config: Config) -> None:
     made = bool(state.get("taking", state.get("dropped") or not state.get("existed")))
     if recovery_is_dry():
         would = (f"drop the half-restored {state.get('new')}" if made else "drop nothing") + (
-            f", put the replaced one back from {aside}" if state.get("dropped") else ""
+            f", put the replaced one back from {aside}"
+            if state.get("dropped")
+            else f", remove the copy begun in {aside}"
+            if isinstance(aside, str)
+            else ""
         )
         logger.warning(
             "recovery.database_restore_pending", would=would, path=str(pending.path), dry_run=True
@@ -637,9 +641,12 @@ def _restore(
         with FlushBehind(scratch):
             portable = _portable_of(config, source, name, scratch, logger, result)
         result.prepare_s = round(time.monotonic() - t_prepare, 3)
-        pending.write(new=new, existed=exists, dropped=False, aside=None)
         if exists:  # --replace: keep the present one aside first, whole
             aside = config.storage_dir / f"{new}.replaced-{scratch.name[-8:]}"
+        # names the copy before it is begun: a kill while it is made leaves it for recovery
+        # to remove (the live database was not touched yet)
+        pending.write(new=new, existed=exists, dropped=False, aside=str(aside) if aside else None)
+        if aside is not None:
             logger.info("restore.keeping_replaced", database=new, path=str(aside))
             live.export(new, aside)
             scan_portable(aside, deep=True)
