@@ -206,6 +206,15 @@ def test_staging_trees_no_job_will_use_again_are_cleaned_and_a_kept_one_stays(
     for tree in trees.values():
         (tree / "data" / "db").mkdir(parents=True)
         (tree / "data" / "db" / "000001.tsm").write_bytes(b"x" * 4096)
+    # not trees of ours: a file, a name no job can have, a link (to someone's dir): left
+    (staging / "notes.txt").write_text("mine")
+    (staging / "my copy").mkdir()
+    (staging / "my copy" / "f").write_text("mine")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "f").write_text("mine")
+    (staging / "linked").symlink_to(elsewhere)
+    others = sorted(["notes.txt", "my copy", "linked"])
     catalog = Catalog(config.state_dir)
 
     dry = prune_module.prune(config, catalog, dry_run=True)
@@ -216,8 +225,10 @@ def test_staging_trees_no_job_will_use_again_are_cleaned_and_a_kept_one_stays(
     # `prune --job nightly` too: leftovers are the storage dir's, not one job's.
     report = prune_module.prune(config, catalog, job="nightly")
     assert sorted(report.cleaned) == unused and report.errors == []
-    assert [p.name for p in staging.iterdir()] == ["nightly"]
+    assert sorted(p.name for p in staging.iterdir()) == sorted(["nightly", *others])
     assert (trees["nightly"] / "data" / "db" / "000001.tsm").stat().st_size == 4096
+    assert (staging / "notes.txt").read_text() == (staging / "my copy" / "f").read_text() == "mine"
+    assert (elsewhere / "f").read_text() == "mine"
 
 
 def test_a_renamed_jobs_backups_are_kept_and_prune_and_status_say_so(

@@ -463,6 +463,11 @@ def _unused_staging_trees(config: Config) -> list[tuple[Path, str]]:
     jobs = {j.name: j for j in config.settings.job}
     left: list[tuple[Path, str]] = []
     for tree in sorted(trees.iterdir()):
+        if not layout.is_staging_tree(tree):
+            log.get(action="prune").warning(
+                "prune.not_ours", path=str(tree), reason="not a job's staging tree: left as it is"
+            )
+            continue
         job = jobs.get(tree.name)
         if job is None:
             left.append((tree, "staging tree of a job no longer in the config"))

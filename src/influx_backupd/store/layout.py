@@ -12,6 +12,7 @@ import stat
 from pathlib import Path
 
 from influx_backupd.core.atomic import kind_of
+from influx_backupd.core.names import JOB_NAME
 from influx_backupd.store.record import RUN_ID_PATTERN, RunRecord
 
 PARTIAL = ".partial"  # a file being written: fsync, then renamed onto its final name
@@ -39,6 +40,17 @@ def staging_root(storage_dir: Path, job: str) -> Path:
 
 def staging_trees(storage_dir: Path) -> Path:
     return storage_dir / STAGING_DIR
+
+
+def is_staging_tree(path: Path) -> bool:
+    """A job's staged-copy tree under staging_trees(): a directory (no link) named as a job can
+    be. A file, a link or another name found there is not ours to remove."""
+    if JOB_NAME.match(path.name) is None:
+        return False
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def restore_staging(live: Path, restore_id: str) -> Path:
