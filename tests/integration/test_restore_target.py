@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import tomllib
@@ -386,3 +387,37 @@ def test_restore_shows_its_progress_on_a_terminal_and_to_systemd(
                 messages.append(sock.recv(4096).decode())
     assert messages[0] == "EXTEND_TIMEOUT_USEC=60000000", messages
     assert messages[-1] == f"STATUS=restore {record['id']}: finished", messages
+
+
+def test_a_dir_with_room_for_the_bytes_but_not_the_blocks_is_refused_before_anything(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Hundreds of small files take a block each: a filesystem with room for their bytes but
+    not their blocks was taken, and the restore failed half-way with a bare "[Errno 28] No
+    space left on device". It is refused before anything is written, saying what it needs."""
+    cli = Cli(write_config(tmp_path, sandbox))
+    for n in range(30):
+        sandbox.create_db(f"d{n}")
+        sandbox.write_points(f"d{n}", 2)
+    record = cli.json("backup")
+    with tarfile.open(record["archive"]) as tar:
+        files = [i for i in tar.getmembers() if i.isreg()]
+    data = sum(length for i in files for _, length in (i.sparse or [(0, i.size)]))
+    blocks = sum(
+        -(-length // 4096) * 4096 for i in files for _, length in (i.sparse or [(0, i.size)])
+    )
+    assert blocks - data > 200_000, (data, blocks)  # many small files
+    small = tmp_path / "small"
+    small.mkdir()
+    size = -(-(data + 100_000) // 4096) * 4096  # room for the bytes, not for the blocks
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)], check=True)
+    try:
+        done = cli("restore", record["id"], "--target", str(small / "t"))
+        assert done.returncode == 1, done.stderr
+        assert f"not enough space in {small / 't'}: the archive unpacks to about" in done.stderr, (
+            done.stderr
+        )
+        assert "nothing written" in done.stderr and "Errno" not in done.stderr
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -525,20 +525,28 @@ def short_of_room(wanted: Iterable[tuple[Path, int]]) -> tuple[Path, int, int] |
 
 
 def check_space(infos: list[tarfile.TarInfo], targets: dict[str, Path]) -> None:
-    """NoSpace unless each filesystem the targets lie on has room for the bytes the members
-    going there unpack to (their sizes, never the archive's: a few headers can stand for
-    gigabytes; a sparse file's data, its holes are written as holes and CheckedTarInfo holds
-    its map to what is stored). Targets need not exist yet; their parents must."""
+    """NoSpace unless each filesystem the targets lie on has room for what the members going
+    there unpack to (their data in the filesystem's blocks, never the archive's size: a few
+    headers can stand for gigabytes; a sparse file's data, its holes are written as holes and
+    CheckedTarInfo holds its map to what is stored). Targets need not exist yet; their parents
+    must."""
+    blocks: dict[Path, tuple[int, int]] = {}
+
+    def taken(parent: Path, info: tarfile.TarInfo) -> tuple[Path, int]:
+        if parent not in blocks:
+            block = os.statvfs(parent).f_frsize or 4096
+            # a dir takes a block where the parent dir does (ext4, xfs), none on tmpfs
+            blocks[parent] = block, block if os.stat(parent).st_blocks else 0
+        return parent, sparse.on_disk(info, *blocks[parent])
+
     short = short_of_room(
-        (targets[PurePosixPath(info.name).parts[0]].parent, sparse.stored_data(info))
-        for info in infos
-        if info.isreg()
+        taken(targets[PurePosixPath(info.name).parts[0]].parent, info) for info in infos
     )
     if short is not None:
         parent, size, free = short
         raise NoSpace(
-            f"not enough space in {parent}: the archive unpacks to {size} bytes there, "
-            f"{free} free; nothing written"
+            f"not enough space in {parent}: the archive unpacks to about {size} bytes there "
+            f"(in the filesystem's {blocks[parent][0]}-byte blocks), {free} free; nothing written"
         )
 
 

@@ -147,6 +147,22 @@ def stored_data(info: tarfile.TarInfo) -> int:
     return sum(length for _, length in runs_of(info))
 
 
+def on_disk(info: tarfile.TarInfo, block: int, directory: int) -> int:
+    """About the bytes a member takes once unpacked on a filesystem of `block`-byte blocks:
+    each data run in whole blocks (a file of 10 bytes takes one), a directory `directory`
+    bytes; a link or an empty file none. Counted bytes alone, many small files overrun a
+    small disk."""
+    if info.isdir():
+        return directory
+    if not info.isreg():
+        return 0
+    return sum(
+        (-(-(offset + length) // block) - offset // block) * block
+        for offset, length in runs_of(info)
+        if length
+    )
+
+
 def copy_keeping_holes(src: int, dst: int) -> tuple[int, int]:
     """Copy the file src into the empty file dst (both opened, dst writable) run by run inside
     the kernel, holes left as holes. Returns (the bytes of src the copy covered, the data bytes
