@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,7 +44,26 @@ def make_tar(dest: Path, root: Path) -> Path:
     return dest
 
 
+def named_as_the_tool_names(path: Path, job: str, id: str, ext: str) -> Path:
+    """path, or a link of it under the name the tool gives that backup (JOB-ID[.tar]): a
+    manifest naming another file in the storage dir is refused as not ours. Made again on
+    each call, so a caller that rewrote path sends what it holds now."""
+    named = path.with_name(f"{job}-{id}{ext}")
+    if named == path:
+        return path
+    if named.is_dir() and not named.is_symlink():
+        shutil.rmtree(named)
+    else:
+        named.unlink(missing_ok=True)
+    if path.is_dir():
+        shutil.copytree(path, named, symlinks=True, copy_function=os.link)
+    else:
+        os.link(path, named)
+    return named
+
+
 def cold_backup(path: Path, id: str, job: str = "nightly") -> Backup:
+    path = named_as_the_tool_names(path, job, id, ".tar")
     source: Source = scan_tar(path, sha256(path))
     record = {
         "id": id,
@@ -59,6 +79,7 @@ def cold_backup(path: Path, id: str, job: str = "nightly") -> Backup:
 
 
 def hot_backup(path: Path, id: str, *, parent: str | None = None, job: str = "hot") -> Backup:
+    path = named_as_the_tool_names(path, job, id, "")
     source = scan_dir(path)
     record = {
         "id": id,

@@ -46,6 +46,7 @@ def plant(
     client = endpoint.client()
     body = client.get_object(Bucket=endpoint.bucket, Key=manifest_key(prefix, job, source_id))
     raw = json.loads(gzip.decompress(body["Body"].read()))
+    raw["name"] = raw["name"].replace(raw["id"], new_id)  # as the tool names new_id's
     raw["id"] = raw["record"]["id"] = new_id
     change(raw)
     key = manifest_key(prefix, job, new_id)
@@ -173,12 +174,13 @@ def test_a_bad_manifest_is_passed_over_by_listing_and_pruning_keeps_every_object
     assert result.objects_deleted == 0 and list(result.unreadable) == list(skipped)
 
 
-def test_a_planted_manifest_naming_a_local_archive_is_never_deleted_by_prune(
+def test_a_planted_manifest_naming_a_file_in_the_storage_dir_is_not_imported(
     tmp_path: Path, sandbox: Sandbox, moto: Endpoint
 ) -> None:
-    """Imported, a backup whose name is another backup's archive; pruned, it took that archive
-    with it. Now the prune leaves any path another record names (and anything outside the
-    storage dir); import passes over the manifests it cannot read and says so."""
+    """A manifest names where its backup lies in the storage dir. Naming another backup's
+    archive, imported and pruned, it took that archive with it (before an earlier fix); naming
+    a user's file there, prune removed that file as the backup's archive (exit 0). Only the
+    name the tool gives that backup is taken: import passes over the others and says so."""
     sandbox.create_db("metrics")
     sandbox.write_points("metrics", 300)
     jobs = [{"name": "nightly", "mode": "cold", "copy": "direct", "keep_last": 1}]
@@ -186,9 +188,8 @@ def test_a_planted_manifest_naming_a_local_archive_is_never_deleted_by_prune(
     cli = Cli(config)
     mine = cli.json("backup")
     archive = Path(mine["archive"])
-    outside = tmp_path / "victim.conf"
-    outside.write_text("keep me")
-    older = "20200101T000000Z-0001"
+    users = archive.parent / "keepme"
+    users.write_text("the user's own file")
 
     def old_and_named(name: str) -> Callable[[dict[str, Any]], None]:
         def change(raw: dict[str, Any]) -> None:
@@ -197,7 +198,9 @@ def test_a_planted_manifest_naming_a_local_archive_is_never_deleted_by_prune(
 
         return change
 
-    plant(moto, "host-a", old_and_named(archive.name), source_id=mine["id"], new_id=older)
+    planted = {"20200101T000000Z-0001": archive.name, "20200101T000000Z-0003": users.name}
+    for forged, name in planted.items():
+        plant(moto, "host-a", old_and_named(name), source_id=mine["id"], new_id=forged)
     moto.client().put_object(
         Bucket=moto.bucket,
         Key=manifest_key("host-a", "nightly", "20200101T000000Z-0002"),
@@ -205,15 +208,16 @@ def test_a_planted_manifest_naming_a_local_archive_is_never_deleted_by_prune(
     )
     imported = cli("import", "--offsite", "--json")
     assert imported.returncode == 1, imported.stderr
-    assert json.loads(imported.stdout)["imported"] == [older]
-    assert "offsite.manifest_skipped" in imported.stderr and "cut short" in imported.stderr
-    # the event, and the one line that explains the exit 1 whatever the log level
-    assert imported.stderr.count("\n") == 2, imported.stderr
-    assert imported.stderr.splitlines()[-1].startswith("influx-backupd: offsite: passed over 1")
-    pruned = cli("prune", "--json")
+    assert json.loads(imported.stdout)["imported"] == []
+    assert "cut short" in imported.stderr
+    for forged, name in planted.items():
+        assert f"name {name!r} is not 'nightly-{forged}.tar'" in imported.stderr
+    assert imported.stderr.splitlines()[-1].startswith("influx-backupd: offsite: passed over 3")
+    assert [r["id"] for r in cli.json("list")] == [mine["id"]]
+    done = cli("prune")
+    assert done.returncode == 0, done.stderr
     assert archive.is_file(), "the kept backup's archive is still there"
-    assert "named by another backup's record too" in pruned.stdout + pruned.stderr
-    assert outside.read_text() == "keep me"
+    assert users.read_text() == "the user's own file"
     assert cli("verify", mine["id"]).returncode == 0
 
 
@@ -254,18 +258,24 @@ def test_a_manifest_naming_another_backups_archive_does_not_move_it_aside(
     mine = cli.json("backup")
     archive = Path(mine["archive"])
     before = archive.read_bytes()
-    # another content under that name: before, the archive was moved aside for it
-    plant(
-        moto,
-        "host-a",
-        lambda raw: raw.__setitem__("sha256", "0" * 64),
-        source_id=mine["id"],
-        new_id=FORGED_ID,
-    )
-    done = cli("restore", FORGED_ID, "--from", "offsite", "--target", str(tmp_path / "look"))
-    assert done.returncode == 1, done.stderr
-    assert f"the archive of backup {mine['id']}; not fetched" in done.stderr
+    # another content under that name: before, the archive was moved aside for it; and a
+    # user's file and its .json beside: moved aside as "damaged" and written over
+    users = archive.parent / "keepme"
+    users.write_text("notes")
+    users.with_name("keepme.json").write_text('{"mine": "precious"}')
+    for name, forged in ((archive.name, FORGED_ID), ("keepme", "20261201T040000Z-eeee")):
+
+        def named(raw: dict[str, Any], name: str = name) -> None:
+            raw["sha256"], raw["name"] = "0" * 64, name
+
+        plant(moto, "host-a", named, source_id=mine["id"], new_id=forged)
+        done = cli("restore", forged, "--from", "offsite", "--target", str(tmp_path / "look"))
+        assert done.returncode == 1, done.stderr
+        assert f"name {name!r} is not 'nightly-{forged}.tar'" in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
     assert archive.read_bytes() == before
+    assert users.read_text() == "notes"
+    assert users.with_name("keepme.json").read_text() == '{"mine": "precious"}'
     assert not list(archive.parent.glob("*.damaged-*"))
     assert not (tmp_path / "look").exists()
 
@@ -291,3 +301,26 @@ def test_modes_from_a_manifest_are_capped_at_influxds_own(
     }
     assert modes and {m for m in modes.values() if m & 0o7022} == set(), modes
     assert modes["meta/meta.db"] == 0o644 and modes["data/db"] == 0o755
+
+
+def test_a_manifest_key_under_another_job_does_not_count_as_this_backup_sent(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint
+) -> None:
+    """The sync took a backup as off-site when any job's manifests named its id: one under
+    another job's key (a job renamed on another host sharing the prefix, or planted) had the
+    backup recorded as sent, never sent, and no longer held back by retention."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    local = Cli(write_config(tmp_path, sandbox))
+    mine = local.json("backup")["id"]
+    moto.client().put_object(
+        Bucket=moto.bucket,
+        Key=manifest_key("host-a", "other", mine),
+        Body=gzip.compress(b"{}"),
+    )
+    cli = Cli(write_config(tmp_path, sandbox, extra=offsite_section(moto)))
+    synced = cli.json("offsite", "sync")
+    assert [s["id"] for s in synced["sent"]] == [mine], synced
+    assert moto.client().head_object(
+        Bucket=moto.bucket, Key=manifest_key("host-a", "nightly", mine)
+    )

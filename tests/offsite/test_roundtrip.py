@@ -59,11 +59,14 @@ def test_cold_archive_comes_back_byte_for_byte_and_only_new_files_travel(
     for path, bid in ((first, "20261130T010000Z-aaaa"), (second, "20261201T010000Z-bbbb")):
         got = Offsite(endpoint.settings()).fetch(bid, out)
         assert got.rebuilt == "bytes"
-        assert got.path == out / path.name
+        assert got.path == out / f"nightly-{bid}.tar"  # the name the tool gives bid's
         assert got.path.read_bytes() == path.read_bytes()
     # GNU tar reads the rebuilt archive
     listing = subprocess.run(
-        ["tar", "-tf", str(out / first.name)], capture_output=True, text=True, check=True
+        ["tar", "-tf", str(out / "nightly-20261130T010000Z-aaaa.tar")],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "data/db/autogen/1/000000002-000000001.tsm" in listing.stdout.split()
     assert not endpoint.client().list_multipart_uploads(Bucket=endpoint.bucket).get("Uploads")

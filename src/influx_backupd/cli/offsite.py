@@ -134,7 +134,7 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
         refs = store.manifests(job=args.job)
         # a listing that misses a manifest this host sent, and a HEAD finds: not the bucket's
         # word (the check sync makes before it decides anything on a listing)
-        offsite.listing_checked(store, sent, catalog, {r.id for r in refs}, job=args.job)
+        offsite.listing_checked(store, sent, catalog, {(r.job, r.id) for r in refs}, job=args.job)
         return refs, list(store.readable(refs, skipped))
 
     refs, found = offsite.watched(config, read)

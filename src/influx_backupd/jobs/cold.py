@@ -46,7 +46,7 @@ from influx_backupd.store.archive import (
     write_archive,
 )
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.layout import partial_of, staging_root
+from influx_backupd.store.layout import cold_archive, partial_of, staging_root
 from influx_backupd.store.record import RunRecord, new_run_id
 from influx_backupd.store.sidecar import sidecar_of, write_sidecar
 from influx_backupd.store.state import CrashMarker
@@ -94,10 +94,6 @@ def tree_size(root: Path, keep_holes: bool = True) -> int:
             if stat.S_ISREG(st.st_mode):
                 total += sparse.archived_size(path, st, keep_holes)
     return total
-
-
-def archive_name(job: str, run_id: str) -> str:
-    return f"{job}-{run_id}.tar"
 
 
 class _Progress:
@@ -220,7 +216,7 @@ def _cold(
     # marker and the catalog, written before the stop, prove that one): an existing dir that is
     # read-only (not in the unit's ReadWritePaths=, or a symlink into such a place) would fail
     # the copy only once influxd is down.
-    dest = storage / archive_name(job.name, record.id)
+    dest = cold_archive(storage, job.name, record.id)
     prove_writable(config, [partial_of(dest), partial_of(sidecar_of(dest))])
     sources: list[tuple[str, Path]] = [*dirs.items(), ("influxdb.conf", config.server.conf)]
     keep_holes = job.holes == "keep"
@@ -374,7 +370,7 @@ def _stop_copy_start(
     """Phase 1 (staged only), the stop window, then phase 3 (staged only) and the check.
     window_s: how long the stop window is expected to take (Influxd.stop_window_end)."""
     marker = CrashMarker(config.state_dir)
-    dest = config.storage_dir / archive_name(record.job, record.id)
+    dest = cold_archive(config.storage_dir, record.job, record.id)
     staging: dict[str, object] = {}
     if stager is not None:
         # Phase 1, influxd serving: most of the bytes, outside the stop window.

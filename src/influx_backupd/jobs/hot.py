@@ -367,7 +367,7 @@ def _run_portable(
     cancel: CancelToken,
     listing: Path | None = None,
 ) -> None:
-    final = storage / f"{record.job}-{record.id}"
+    final = layout.hot_backup_dir(storage, record.job, record.id)
     work = layout.incomplete_of(final)
     work.mkdir(mode=0o700)
     record.archive = str(work)  # until checked: a failed run's leftovers stay findable
@@ -431,7 +431,7 @@ def _run_09(
     cancel: CancelToken,
 ) -> None:
     if plan.parent is None:
-        base = storage / f"{record.job}-{record.id}.snapshot"
+        base = layout.snapshot_base(storage, record.job, record.id)
     else:
         base = Path(str(plan.parent.snapshot_base or plan.parent.archive))
     record.snapshot_base = str(base)

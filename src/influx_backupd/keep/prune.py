@@ -81,9 +81,7 @@ def _files_of(config: Config, record: RunRecord) -> list[Path]:
     if record.archive:
         paths.append(Path(record.archive))
     if record.status != "ok":
-        for ext in (".tar", ""):
-            guess = config.storage_dir / f"{record.job}-{record.id}{ext}"
-            paths.append(guess)
+        paths += layout.run_archives(config.storage_dir, record.job, record.id)
     # The record beside an archive goes with it (after it: a sidecar is never left naming an
     # archive that is half gone without the prune-pending list covering it).
     paths += [sidecar_of(p) for p in paths]  # only those that exist are kept below

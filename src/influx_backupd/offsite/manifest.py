@@ -22,6 +22,7 @@ from influx_backupd.core.names import BACKUP_ID, FILE_NAME, FILE_NAME_RULE, JOB_
 from influx_backupd.core.shapes import shape_problem
 from influx_backupd.offsite.errors import BadManifest
 from influx_backupd.offsite.files import FileEntry, Layout, Source
+from influx_backupd.store import layout
 from influx_backupd.store.record import LAST_TIME, RunRecord
 
 FORMAT = 1  # a manifest without chunked files: what every version reads
@@ -184,7 +185,14 @@ def manifest_problem(raw: object) -> str | None:
             f"its record is of backup {record['id']!r:.60} of job {record['job']!r:.60}, "
             f"not {raw['id']} of {raw['job']}"
         )
-    wrong = _agreement_problem(raw, record)
+    wrong = _agreement_problem(raw, record) or layout.backup_name_problem(
+        raw["name"],
+        raw["job"],
+        raw["id"],
+        mode=record["mode"],
+        snapshot=record["mode"] == "hot" and raw["layout"] == "tar",
+        kind=raw["kind"],
+    )
     if wrong is not None:
         return wrong
     for index, entry in enumerate(raw["files"]):

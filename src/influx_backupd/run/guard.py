@@ -566,10 +566,7 @@ def _adopt(config: Config, record: RunRecord) -> RunRecord | None:
     from influx_backupd.verify.check import verify  # only for a run that died near its end
 
     storage = config.storage_dir
-    for archive in (
-        storage / f"{record.job}-{record.id}.tar",
-        storage / f"{record.job}-{record.id}",
-    ):
+    for archive in layout.run_archives(storage, record.job, record.id):
         if not archive.exists() or archive.is_symlink():
             continue
         try:

@@ -699,8 +699,12 @@ def sync(
         offsite = open_offsite(config, writer=writer_id(config.state_dir))
         machine = machine_fingerprint()  # claimed now and again before retention
         offsite.claim(adopt=adopt, host=socket.gethostname(), machine=machine)
-        in_bucket = {r.id for r in offsite.manifests()}
-        _sent_still_there(offsite, state, catalog, in_bucket)
+        listed = offsite.manifests()
+        in_bucket = {r.id for r in listed}
+        # whether a backup is there: its id under its own job's key (another job's manifest
+        # naming that id is not this backup's)
+        there = {(r.job, r.id) for r in listed}
+        _sent_still_there(offsite, state, catalog, there)
         # a prune cut short after deleting manifests: what it retired is gone from the bucket
         _forget_imported([i for i in state.retired if i not in in_bucket], catalog)
         # an object a check found damaged lists with its size all the same: a backup holding
@@ -716,10 +720,10 @@ def sync(
             logger.error("offsite.not_sent", run_id=record.id, job=record.job, error=why)
 
         for record in wanted(config, catalog, state):
-            if record.id in in_bucket:
+            if (record.job, record.id) in there:
                 state.sent.setdefault(record.id, time.time())
                 continue
-            if record.parent_id is not None and record.parent_id not in in_bucket:
+            if record.parent_id is not None and (record.job, record.parent_id) not in there:
                 # sent alone, an increment restores nothing from the bucket, and verify and
                 # retention there would count it as a backup
                 parent = record.parent_id
@@ -759,7 +763,7 @@ def sync(
                 break
             state.sent[record.id] = time.time()
             # its increments, later in this loop, go too (the chain is sent whole, oldest first)
-            in_bucket.add(record.id)
+            there.add((record.job, record.id))
             known[record.job] = save_known(config.state_dir, record.job, backup)
             figures.last_success = time.time()
             logger.info(
@@ -864,12 +868,12 @@ def _or_wanted(state_dir: Path, stop: Callable[[], bool]) -> Callable[[], bool]:
 
 
 def _sent_still_there(
-    offsite: Offsite, state: State, catalog: Catalog, in_bucket: set[str]
+    offsite: Offsite, state: State, catalog: Catalog, there: set[tuple[str, str]]
 ) -> None:
     """What offsite.json records as sent but the listing does not name: listing_checked; one
     not found by its HEAD was deleted outside this tool (by hand, a lifecycle rule): no longer
     sent, so a wanted backup is sent again."""
-    for record in listing_checked(offsite, state, catalog, in_bucket):
+    for record in listing_checked(offsite, state, catalog, there):
         state.sent.pop(record.id)
         log.get().warning(
             "offsite.manifest_gone",
@@ -884,10 +888,10 @@ def listing_checked(
     offsite: Offsite,
     state: State,
     catalog: Catalog,
-    in_bucket: set[str],
+    there: set[tuple[str, str]],
     job: str | None = None,
 ) -> list[RunRecord]:
-    """A listing of the manifests (in_bucket: the ids it names; of one job) against what
+    """A listing of the manifests (there: the (job, id) it names; of one job) against what
     offsite.json records as sent: each one it does not name is asked for by a HEAD (both names:
     encrypt_to may have been set since). Found: the listing is not complete, and this raises
     (sync decides nothing on it: retention, the sweep and a repair delete on the strength of
@@ -899,7 +903,7 @@ def listing_checked(
         record = catalog.get(backup_id)
         if record is None or job not in (None, record.job):
             continue  # dropped from offsite.json as the sync ends
-        if backup_id in in_bucket:
+        if (record.job, backup_id) in there:
             offsite.expect(backup_id, record.job, "sent by this host, offsite.json says")
             continue
         keys = [offsite.bucket.key(manifest_name(record.job, backup_id, e)) for e in (False, True)]

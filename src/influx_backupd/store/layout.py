@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 
 from influx_backupd.core.atomic import kind_of
-from influx_backupd.core.names import JOB_NAME
+from influx_backupd.core.names import BACKUP_ID, JOB_NAME
 from influx_backupd.store.record import RUN_ID_PATTERN, RunRecord
 
 PARTIAL = ".partial"  # a file being written: fsync, then renamed onto its final name
@@ -24,6 +24,51 @@ SCRATCH = ".verify-"  # a throwaway influxd's scratch dir (restore tests, restor
 # archive), nothing (a hot backup's dir) or either's record beside it (.json). A cleaner matches
 # whole names: another tool's "photos.partial" in the same dir is not ours to remove.
 _RUN_NAMED = re.compile(rf".+-{RUN_ID_PATTERN}(\.tar)?(\.json)?")
+
+
+def cold_archive(storage_dir: Path, job: str, run_id: str) -> Path:
+    return storage_dir / f"{job}-{run_id}.tar"
+
+
+def hot_backup_dir(storage_dir: Path, job: str, run_id: str) -> Path:
+    """A 1.x hot (portable) backup's dir."""
+    return storage_dir / f"{job}-{run_id}"
+
+
+def snapshot_base(storage_dir: Path, job: str, run_id: str) -> Path:
+    """A 0.9 hot chain's PATH: its full; influxd writes the increments beside it as PATH.N."""
+    return storage_dir / f"{job}-{run_id}.snapshot"
+
+
+def run_archives(storage_dir: Path, job: str, run_id: str) -> tuple[Path, Path]:
+    """Where a run of job leaves its backup: a cold archive, or a hot backup's dir."""
+    return cold_archive(storage_dir, job, run_id), hot_backup_dir(storage_dir, job, run_id)
+
+
+def backup_name_problem(
+    name: str, job: str, run_id: str, *, mode: str, snapshot: bool, kind: str
+) -> str | None:
+    """Why `name` is not the one the tool gives that backup in the storage dir (None: it is).
+    A record from outside (a bucket's manifest) names where its backup goes: only the name
+    of that backup, never another file there (which a fetch would move aside, a prune
+    remove). snapshot: a 0.9 hot backup (a snapshot file, not a dir)."""
+    root = Path("/")
+    if mode == "cold":
+        wanted = [cold_archive(root, job, run_id).name]
+    elif snapshot and kind == "full":
+        wanted = [snapshot_base(root, job, run_id).name]
+    elif snapshot:  # an increment: PATH.N beside its chain's full
+        prefix, rest = f"{job}-", name.rpartition(".snapshot.")
+        increment = (
+            name.startswith(prefix)
+            and rest[1] != ""
+            and rest[2].isdigit()
+            and BACKUP_ID.match(rest[0][len(prefix) :]) is not None
+        )
+        return None if increment else f"name {name!r:.80} is not {job}-ID.snapshot.N"
+    else:
+        wanted = [hot_backup_dir(root, job, run_id).name]
+    return None if name in wanted else f"name {name!r:.80} is not {wanted[0]!r}"
 
 
 def partial_of(final: Path) -> Path:
