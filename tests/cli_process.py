@@ -250,7 +250,7 @@ def _child(request: dict[str, Any], fds: list[int]) -> None:
 
         sys.argv = [sys.modules["influx_backupd.__main__"].__file__ or "", *request["argv"]]
         try:
-            code = _exit_code(main())
+            code = _exit_code(main(exiting=True))
         except SystemExit as exc:
             code = _exit_code(exc.code)
         except BaseException:

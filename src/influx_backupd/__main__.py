@@ -7,7 +7,13 @@ import sys
 # line per error), so it never loads it; a program that imports the package keeps its own.
 sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
-from influx_backupd.cli.main import main  # noqa: E402
+from influx_backupd.cli.main import main as command_line  # noqa: E402
+
+
+def main() -> int:
+    """The process's own command line: it ends when the command does."""
+    return command_line(exiting=True)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -16,7 +16,7 @@ from influx_backupd.cli.parser import PrintFailed, build_parser
 from influx_backupd.cli.quote import quoted, say
 from influx_backupd.core import log
 from influx_backupd.core.errors import EXIT_CONFIG, EXIT_FAILED, BackupdError
-from influx_backupd.core.interrupt import Interrupted
+from influx_backupd.core.interrupt import Interrupted, done_with_signals
 from influx_backupd.core.journal import journal_available
 from influx_backupd.report import hooks
 
@@ -157,22 +157,33 @@ def _undecodable(args: argparse.Namespace) -> str | None:
     return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
+    """The command line; exiting: the process ends with it (`influx-backupd`, `python -m`),
+    and a signal once its work is done no longer changes its exit status."""
     _streams_open()
     tolerant = _tolerant_streams()
     # Private by default (state, staging, archives, records, logs), whatever the caller's
     # umask; what is meant to be shared (the metrics file), influxd and hooks set their own.
     hooks.CALLER_UMASK = os.umask(0o077)
     stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
+    status: int | None = None
     try:
         status = _main(argv)
         sys.stdout.flush()  # here, not at exit, where a closed pipe would print a traceback
+        if exiting:
+            done_with_signals()
         offsite_run = sys.modules.get("influx_backupd.run.offsite")  # loaded only if used
         if offsite_run is not None and offsite_run.left_behind():
             # a stalled request's thread is held: Python would join the upload's pool
             # threads at exit, as long as that request lasts; all of ours is written
             sys.stderr.flush()
             os._exit(status)
+    except Interrupted:
+        if status is None or not exiting:
+            raise
+        # a signal between the command's end and done_with_signals(): its work stands
+        done_with_signals()
+        sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (`list | head`): stop quietly, as coreutils do.
         _stdout_to_devnull()

@@ -67,6 +67,17 @@ def interrupt_on_signals() -> None:
     gate_job_control()
 
 
+def done_with_signals() -> None:
+    """The command's work is done and said, and the process is about to exit: a signal from
+    here on changes nothing, so it is ignored. Else one in the last milliseconds (the
+    interpreter's end, after Python resets our handlers) ended the process by that signal: a
+    finished restore looked killed, and a service run by systemd failed. SIGQUIT keeps its
+    default: the way to end a process whose exit hangs (a thread that does not end)."""
+    for sig in ENDING:
+        if sig != signal.SIGQUIT:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 # While signals are held: the handlers set before (the main thread's only), and the signals
 # that came meanwhile, delivered when the hold ends.
 _held_handlers: dict[int, Any] = {}
