@@ -249,6 +249,9 @@ def test_status_shows_the_follow_up_step_not_done(tmp_path: Path, server: Sandbo
     # prune names the run it removes: still r1's follow-up
     text = phase_after(event="prune.deleted", run_id="r0", action="prune", job="j")
     assert "phase after run: prune, hooks, run r1" in text, text
+    # its end shows it over (before, its action kept prune shown while the hooks ran)
+    text = phase_after(event="prune.finished", action="prune", deleted=1)
+    assert "phase after run: hooks, run r1" in text, text
     assert "phase after run, run r1" in phase_after(event="hook.finished", hook="on_success")
     json.dumps(d._current)  # published in daemon.json as it is
 

@@ -116,6 +116,7 @@ class Due:
 _STEP_EVENTS = (
     ("verify.finished", "verify", True),
     ("verify.", "verify", False),
+    ("prune.finished", "prune", True),
     ("prune.", "prune", False),
     ("hook.finished", "hooks", True),
     ("heartbeat.", "heartbeat", True),
@@ -129,10 +130,10 @@ def _after_run_seen(steps: list[str], event: MutableMapping[str, Any]) -> list[s
     found: tuple[str, bool] | None = None
     if name == "after_run.step_failed":
         found = (str(event.get("step")), True)
-    elif event.get("action") == "prune":
-        found = ("prune", False)
     else:
         found = next(((step, over) for p, step, over in _STEP_EVENTS if name.startswith(p)), None)
+        if found is None and event.get("action") == "prune":  # its other events (clean, …)
+            found = ("prune", False)
     if found is None or found[0] not in steps:
         return steps
     at = steps.index(found[0])
