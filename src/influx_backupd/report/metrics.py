@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
@@ -483,8 +484,9 @@ def render(
 def write_textfile(path: Path, text: str) -> None:
     """Replace `path` atomically so node_exporter never reads half a file: the temp file is
     hidden and does not end in .prom (the collector reads only *.prom); 0644, as
-    node_exporter often runs as another user."""
-    replace_file(path, text.encode(), mode=0o644)
+    node_exporter often runs as another user. A symlink is written through (the config check
+    follows it too): replaced, the link would become a file and its target go stale."""
+    replace_file(Path(os.path.realpath(path)), text.encode(), mode=0o644)
 
 
 def mark_left_down(path: Path, down_expected_until: float = 0.0) -> None:

@@ -345,3 +345,17 @@ def test_write_textfile_failure_cleans_its_temp(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_textfile(target, "x 1\n")
     assert [p.name for p in tmp_path.iterdir()] == ["occupied.prom"]
+
+
+def test_write_textfile_writes_through_a_symlink(tmp_path: Path) -> None:
+    """The config check follows a link for metrics_file; the write replaced the link itself
+    with a file, and node_exporter, reading the link's target, saw that one stale for good."""
+    real = tmp_path / "textfile" / "influx_backupd.prom"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    link = tmp_path / "link.prom"
+    link.symlink_to(real)
+    write_textfile(link, "new 1\n")
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_text() == "new 1\n"
+    assert sorted(p.name for p in real.parent.iterdir()) == ["influx_backupd.prom"]
