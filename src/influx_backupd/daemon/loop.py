@@ -943,14 +943,25 @@ class Daemon:
         self._write_metrics()
 
     def _run(self, item: Due) -> None:
-
-        config = self.config  # a reload from now on does not touch this run
-        job = next((j for j in config.settings.job if j.name == item.job), None)
-        if job is None:
+        queued = self.config  # as the run was queued (the lock it waits for is that state dir's)
+        first = next((j for j in queued.settings.job if j.name == item.job), None)
+        if first is None:
             self._log.info("run.dropped", job=item.job, reason="the job is no longer configured")
             return
 
         def backup(catalog: Catalog, late: float) -> None:
+            # a reload while the run waited for the lock: it runs as its job is configured now,
+            # or not at all (a job removed or renamed; the state dir moved, whose lock it holds)
+            config = self.config  # a reload from now on does not touch this run
+            job = next((j for j in config.settings.job if j.name == item.job), None)
+            if job is None or config.state_dir != queued.state_dir:
+                why = "no longer configured" if job is None else "moved: its state dir changed"
+                self._log.info(
+                    "run.dropped",
+                    job=item.job,
+                    reason=f"the job is {why} (a reload while it waited for the lock)",
+                )
+                return
             self._current = {"job": job.name, "phase": "policy", "since": time.time()}
             self._log.info("run.due", job=job.name, reason=item.reason, late_s=round(late, 3))
             try:
@@ -969,7 +980,7 @@ class Daemon:
                 # when the back-off says (up to 6 h of refused runs after the endpoint is back)
                 self._fire(OFFSITE, "backups held for the bucket fill the storage dir")
 
-        self._with_lock(config, item, job.catch_up, backup)
+        self._with_lock(queued, item, first.catch_up, backup)
 
     def _offsite(self, item: Due) -> None:
         """[offsite]: send what the bucket lacks, under the lock, stopping between objects for

@@ -1,0 +1,46 @@
+"""A run that waits for the backup lock (a manual backup holds it) while a reload removes or
+renames its job: dropped once the lock frees, not run on the config it was queued with (before,
+it stopped influxd once more and wrote an archive under a job name no config prunes)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from influx_backupd.core.config import load
+from influx_backupd.daemon.loop import Daemon, Due
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.state import lock_for
+from tests.conftest import write_config
+from tests.system.test_daemon_clock import server
+
+__all__ = ["server"]  # the fixture, shared
+
+
+def test_a_run_waiting_for_the_lock_is_dropped_when_a_reload_removed_its_job(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    config = write_config(tmp_path, server, jobs=[{"name": "fast", "every": "1h"}])
+    d = Daemon(load(config))
+    lock = lock_for(d.config.state_dir, doing="backup")
+    lock.__enter__()  # a manual backup holds it
+    with capture_logs() as events:
+        worker = threading.Thread(target=d._run, args=(Due("fast", time.time(), "schedule"),))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not any(e["event"] == "run.waiting_for_lock" for e in events):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # the reload: the job renamed
+        d.config = load(write_config(tmp_path, server, jobs=[{"name": "renamed", "every": "1h"}]))
+        lock.release()
+        worker.join(60)
+        assert not worker.is_alive()
+    dropped = [e for e in events if e["event"] == "run.dropped"]
+    assert dropped and "no longer configured" in dropped[0]["reason"], events
+    assert not any(e["event"] in ("run.due", "run.started") for e in events), events
+    assert Catalog(d.config.state_dir).list() == []
