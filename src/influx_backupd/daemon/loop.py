@@ -62,6 +62,7 @@ from influx_backupd.run import offsite
 from influx_backupd.run.followup import (
     MetricsNotWritten,
     held_for_the_bucket,
+    not_started_alarm,
     tell_verify_failed,
     write_metrics,
 )
@@ -175,6 +176,8 @@ class Daemon:
         self._current: dict[str, Any] = {}  # run_id, mode, phase: from the run's own log events
         self._starting = False  # run(): recovery of what a predecessor left is under way
         self._skips: dict[str, dict[str, Any]] = {}  # job → the last policy skip
+        # job → (count, last time, its error): scheduled runs that could not begin (no record)
+        self._not_started: dict[str, tuple[int, float, str]] = {}
         self._offsite_failures = 0  # in a row: the retry waits double each time
         self._held_sync: threading.Thread | None = None  # a sync left behind on a stuck request
         self._stopping = threading.Event()
@@ -495,6 +498,7 @@ class Daemon:
         facts = DaemonFacts(
             heartbeat=time.time(),
             next_runs={n: t for n, t in next_runs.items() if n != VERIFY_ALL and t is not None},
+            not_started={job: (n, at) for job, (n, at, _) in self._not_started.items()},
         )
         try:
             write_metrics(config, Catalog(config.state_dir), facts)
@@ -807,7 +811,7 @@ class Daemon:
             except BackupdError as exc:
                 # one of ours, before the run could begin (a state dir made read-only or
                 # removed: no lock, so no record): its one line, not a traceback each fire
-                self._log.error("run.not_started", job=item.job, error=exc.line())
+                self._not_begun(item, "run.not_started", exc.line())
             except Exception:
                 # The worker must outlive any one run; the run's record says what happened.
                 self._log.exception("run.crashed", job=item.job)
@@ -1163,11 +1167,11 @@ class Daemon:
         while True:
             late = time.time() - item.due
             if late > catch_up:
-                self._log.warning(
-                    "run.skipped",
-                    job=item.job,
-                    reason=f"it would start {late:.0f}s after it was due, later than catch_up",
-                )
+                why = f"it would start {late:.0f}s after it was due, later than catch_up"
+                if waited_for_lock:  # held from it by another holder of the lock
+                    self._not_begun(item, "run.skipped", f"{why} (the backup lock was held)")
+                else:
+                    self._log.warning("run.skipped", job=item.job, reason=why)
                 return
             if self._stopping.is_set():
                 self._log.info("run.dropped", job=item.job, reason="the daemon is stopping")
@@ -1197,11 +1201,25 @@ class Daemon:
                     waited_for_lock = True
                 self._stopping.wait(1.0)
             except InfluxdError as exc:  # recovery could not start influxd
-                self._log.error("run.failed_to_start", job=item.job, error=str(exc))
+                self._not_begun(item, "run.failed_to_start", str(exc))
                 return
             except CatalogError as exc:  # damaged (import rebuilds it), held or read-only
-                self._log.error("run.catalog_unusable", job=item.job, error=str(exc))
+                self._not_begun(item, "run.catalog_unusable", str(exc))
                 return
+
+    def _not_begun(self, item: Due, event: str, error: str) -> None:
+        """A run that could not begin, so that no record tells of it: said, and for a backup
+        job counted (the metrics' runs_not_started_total, `status`) and told to the failure
+        notifications and its heartbeat, as a failed run is."""
+        self._log.error(event, job=item.job, error=error)
+        if item.job in (OFFSITE, VERIFY_ALL) or self._stopping.is_set():
+            return
+        count = self._not_started.get(item.job, (0, 0.0, ""))[0]
+        self._not_started[item.job] = (count + 1, time.time(), error)
+        config = self.config
+        with contextlib.suppress(Exception):  # an alarm never ends the worker
+            not_started_alarm(config, item.job, error)
+        self._metrics_written = 0.0  # the main loop's next tick writes the metrics file
 
     def _after_stop_request(self, catalog: Catalog, record: RunRecord) -> None:
         # A hot run we cut short on SIGTERM failed because we asked it to: say so.
@@ -1293,6 +1311,12 @@ class Daemon:
         stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
         return f"idle; next: {name} at {stamp}"
 
+    def _not_started_json(self, job: str) -> dict[str, Any] | None:
+        if job not in self._not_started:
+            return None
+        count, at, error = self._not_started[job]
+        return {"count": count, "at": at, "error": error}
+
     def _publish(self) -> None:
         next_runs = {} if self._stopping.is_set() else self._next_runs()
         line = self._status_text(next_runs)
@@ -1314,6 +1338,7 @@ class Daemon:
                     "mode": job.mode,
                     "next_run": next_runs.get(job.name),
                     "last_skip": self._skips.get(job.name),
+                    "not_started": self._not_started_json(job.name),
                 }
                 for job in self.config.settings.job
             },

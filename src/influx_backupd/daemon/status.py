@@ -53,6 +53,13 @@ def daemon_state_in(state_dir: Path) -> dict[str, Any] | None:
             isinstance(skip, dict) and isinstance(skip.get("reasons"), list)
         ):
             job["last_skip"] = None
+        begun = job.get("not_started")
+        if begun is not None and not (
+            isinstance(begun, dict)
+            and isinstance(begun.get("count"), int)
+            and isinstance(begun.get("error"), str)
+        ):
+            job["not_started"] = None
     if not isinstance(state.get("verify"), dict):
         state["verify"] = {}
     for key in ("started_at",):
@@ -143,6 +150,8 @@ def gather(config: Config) -> dict[str, Any]:
                 "last": _run_summary(finished[-1]) if finished else None,
                 "last_ok": _run_summary(last_ok) if last_ok else None,
                 "last_skip": published.get("last_skip") if state else None,
+                # scheduled runs the daemon could not begin (no record tells of them)
+                "not_started": published.get("not_started") if state else None,
                 # the newest cold run's restarted server served fewer points than before its stop
                 "served_less": {"run_id": served_run, "databases": lost} if lost else None,
             }
@@ -275,6 +284,12 @@ def render(report: dict[str, Any]) -> str:
             lines.append(
                 f"  SERVED LESS after the restart of run {served['run_id']}: {lost} fewer than "
                 "before its stop; the live server lost them, that run's archive holds them"
+            )
+        begun = job["not_started"]
+        if begun:
+            lines.append(
+                f"  NOT STARTED {begun['count']} scheduled run(s) since the daemon started, the "
+                f"last {_when(begun.get('at'))}: {begun['error']}"
             )
         skip = job["last_skip"]
         if skip:

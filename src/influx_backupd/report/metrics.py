@@ -13,7 +13,7 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -127,6 +127,19 @@ NEXT_RUN = Family(
     "Unix time of the job's next scheduled run (only while the daemon schedules it).",
     (JOB_LABEL,),
 )
+NOT_STARTED = Family(
+    "influx_backupd_runs_not_started_total",
+    "counter",
+    "Scheduled backup runs the daemon could not begin, so that no run record tells of them "
+    "(the state dir or catalog unusable, the lock held past catch_up), since it started.",
+    (JOB_LABEL,),
+)
+LAST_NOT_STARTED = Family(
+    "influx_backupd_last_not_started_timestamp_seconds",
+    "gauge",
+    "Unix time the job's last scheduled run could not begin (0: none since the daemon started).",
+    (JOB_LABEL,),
+)
 HEARTBEAT = Family(
     "influx_backupd_heartbeat_timestamp_seconds",
     "gauge",
@@ -237,6 +250,8 @@ FAMILIES: tuple[Family, ...] = (
     LEFT_DOWN,
     DOWN_EXPECTED,
     NEXT_RUN,
+    NOT_STARTED,
+    LAST_NOT_STARTED,
     KEPT,
     LAST_SUCCESS,
     LAST_RUN,
@@ -258,15 +273,17 @@ METRIC_LABELS: Mapping[str, tuple[str, ...]] = {
 
 Labels = tuple[tuple[str, str], ...]
 # Written only by the daemon; other writers (a backup by hand, prune, verify) carry them over.
-DAEMON_FAMILIES: tuple[Family, ...] = (HEARTBEAT, NEXT_RUN)
+DAEMON_FAMILIES: tuple[Family, ...] = (HEARTBEAT, NEXT_RUN, NOT_STARTED, LAST_NOT_STARTED)
 
 
 @dataclass(frozen=True)
 class DaemonFacts:
-    """What only the running daemon knows: that it is alive now, and when each job runs next."""
+    """What only the running daemon knows: that it is alive now, when each job runs next, and
+    which scheduled runs it could not begin (job -> (count, last time)): those have no record."""
 
     heartbeat: float
     next_runs: Mapping[str, float]
+    not_started: Mapping[str, tuple[int, float]] = field(default_factory=dict)
 
 
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
@@ -281,6 +298,8 @@ def previous_daemon_facts(text: str) -> DaemonFacts | None:
     """The daemon's heartbeat and next runs as an earlier write of the file has them."""
     heartbeat: float | None = None
     next_runs: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    lasts: dict[str, float] = {}
     for line in text.splitlines():
         match = _SAMPLE.match(line)
         if match is None:
@@ -291,11 +310,19 @@ def previous_daemon_facts(text: str) -> DaemonFacts | None:
             continue
         if match["name"] == HEARTBEAT.name:
             heartbeat = value
-        elif match["name"] == NEXT_RUN.name:
-            labels = {k: _unescape(v) for k, v in _LABEL.findall(match["labels"] or "")}
-            if JOB_LABEL in labels:
-                next_runs[labels[JOB_LABEL]] = value
-    return DaemonFacts(heartbeat, next_runs) if heartbeat is not None else None
+            continue
+        labels = {k: _unescape(v) for k, v in _LABEL.findall(match["labels"] or "")}
+        job = labels.get(JOB_LABEL)
+        if job is None or not math.isfinite(value):
+            continue
+        if match["name"] == NEXT_RUN.name:
+            next_runs[job] = value
+        elif match["name"] == NOT_STARTED.name and value >= 0:
+            counts[job] = int(value)
+        elif match["name"] == LAST_NOT_STARTED.name:
+            lasts[job] = value
+    not_started = {job: (n, lasts.get(job, 0.0)) for job, n in counts.items() if n}
+    return DaemonFacts(heartbeat, next_runs, not_started) if heartbeat is not None else None
 
 
 # Where the running daemon publishes its pid and start time (daemon.loop writes it, removes it
@@ -315,7 +342,7 @@ def carried_over(path: Path, state_dir: Path) -> DaemonFacts | None:
         return None
     if facts is None or not facts.next_runs or read_published(state_dir / DAEMON_STATE) is not None:
         return facts
-    return DaemonFacts(facts.heartbeat, {})
+    return DaemonFacts(facts.heartbeat, {}, facts.not_started)
 
 
 def instance_of(path: Path) -> str:
@@ -404,6 +431,13 @@ def render(
         samples[HEARTBEAT.name].append(((), daemon.heartbeat))
         for name, when in sorted(daemon.next_runs.items()):
             samples[NEXT_RUN.name].append((((JOB_LABEL, name),), when))
+        # every job's, 0 included: an alert on increase() sees the first one
+        for name in sorted(set(jobs or ()) | set(daemon.not_started)):
+            if jobs is not None and name not in jobs:
+                continue
+            count, at = daemon.not_started.get(name, (0, 0.0))
+            samples[NOT_STARTED.name].append((((JOB_LABEL, name),), count))
+            samples[LAST_NOT_STARTED.name].append((((JOB_LABEL, name),), at))
 
     shown = set(by_job) | set(extra_failures) | {j for j, _ in counted or {}}
     if jobs is not None:

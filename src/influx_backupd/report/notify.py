@@ -189,6 +189,15 @@ def left_down_message(job: str | None, error: str) -> tuple[str, str]:
     )
 
 
+def not_started_message(job: str, error: str) -> tuple[str, str]:
+    """(title, body) of the alarm for a scheduled run the daemon could not begin."""
+    return (
+        f"influx-backupd on {socket.gethostname()}: backup {job} not started",
+        f"the scheduled run of job {job} could not begin, and no run record tells of it: "
+        f"{error}\nThe daemon tries again at the next scheduled time (`influx-backupd status`).",
+    )
+
+
 def _in_child(
     request: dict[str, Any], timeout: float, cancel: CancelToken = NEVER
 ) -> dict[str, Any]:

@@ -234,6 +234,23 @@ def left_down_alarm(config: Config) -> alarms.Handler:
     return alarm
 
 
+def not_started_alarm(config: Config, job_name: str, error: str) -> None:
+    """A scheduled run the daemon could not begin (no record, so no follow-up of its own): the
+    failure notifications and the job's heartbeat /fail, without waiting for them."""
+    subject, body = notify.not_started_message(job_name, error)
+    section = config.settings.notify
+    notify.send_detached(section.failure, subject, body, event="failure", timeout=section.timeout)
+    job = next((j for j in config.settings.job if j.name == job_name), None)
+    if job is not None and job.heartbeat_url:
+        threading.Thread(
+            target=heartbeat.ping,
+            args=(job.heartbeat_url, "fail"),
+            kwargs={"body": f"{subject}\n{body}"},
+            name="heartbeat-alarm",
+            daemon=True,
+        ).start()
+
+
 def tell_verify_failed(config: Config, record: RunRecord) -> None:
     """A later check (the daemon's [verify]) found this run's backup bad: its job's on_failure
     hook, with the record (INFLUX_BACKUPD_VERIFY=failed and the errors in _VERIFY_DETAIL), as

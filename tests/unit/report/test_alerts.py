@@ -211,6 +211,32 @@ def test_daemon_silent(promtool: str, tmp_path: Path) -> None:
     run_cases(promtool, tmp_path, cases)
 
 
+def test_not_started_fires_for_the_hour_after_a_run_that_could_not_begin(
+    promtool: str, tmp_path: Path
+) -> None:
+    name = "influx_backupd_runs_not_started_total"
+    cases = [
+        {
+            "interval": "1m",
+            "input_series": [
+                # 0 from the daemon's start; one run not begun at minute 5
+                series(name, "0x4 1x100", backup_job="nightly"),
+                series(name, "0x104", backup_job="hourly"),  # every run begun
+            ],
+            "alert_rule_test": [
+                fires("InfluxBackupNotStarted", "4m"),
+                fires(
+                    "InfluxBackupNotStarted",
+                    "6m",
+                    {**TARGET, "backup_job": "nightly", "severity": "critical"},
+                ),
+                fires("InfluxBackupNotStarted", "70m"),
+            ],
+        }
+    ]
+    run_cases(promtool, tmp_path, cases)
+
+
 def test_influxd_left_down_after_two_minutes(promtool: str, tmp_path: Path) -> None:
     cases = [
         {

@@ -133,6 +133,8 @@ def test_render_values_and_labels() -> None:
     daemon_only = {
         "influx_backupd_heartbeat_timestamp_seconds",
         "influx_backupd_next_run_timestamp_seconds",
+        "influx_backupd_runs_not_started_total",
+        "influx_backupd_last_not_started_timestamp_seconds",
     }
     assert set(types) == METRIC_NAMES - daemon_only
     assert {name: types[name] for name in types} == {
@@ -239,7 +241,7 @@ def test_names_follow_prometheus_conventions() -> None:
         assert family.labels[:1] in (("backup_job",), ("version",), ())
         assert {"job", "instance"}.isdisjoint(family.labels), "Prometheus's own target labels"
         assert METRIC_LABELS[family.name] == ("backup_instance", *family.labels)
-    assert len(METRIC_NAMES) == 16
+    assert len(METRIC_NAMES) == 18
 
 
 def test_daemon_facts_and_left_down() -> None:
@@ -258,6 +260,25 @@ def test_daemon_facts_and_left_down() -> None:
     # another writer reads them back from the file the daemon wrote
     assert previous_daemon_facts(text) == facts
     assert previous_daemon_facts(render([])) is None
+
+
+def test_runs_not_started_are_counted_per_job_zero_included() -> None:
+    """A scheduled run the daemon could not begin leaves no record: only the daemon's count
+    shows it (InfluxBackupNotStarted). Every configured job has a sample, 0 included, so that
+    increase() sees the first one; a job no longer configured has none."""
+    facts = DaemonFacts(
+        heartbeat=10.0, next_runs={}, not_started={"a": (3, 1700.5), "gone": (1, 5.0)}
+    )
+    text = render([], daemon=facts, jobs=["a", "b"])
+    values, types = parse(text)
+    assert types["influx_backupd_runs_not_started_total"] == "counter"
+    assert values[k("runs_not_started_total", backup_job="a")] == 3
+    assert values[k("last_not_started_timestamp_seconds", backup_job="a")] == 1700.5
+    assert values[k("runs_not_started_total", backup_job="b")] == 0
+    assert values[k("last_not_started_timestamp_seconds", backup_job="b")] == 0
+    assert k("runs_not_started_total", backup_job="gone") not in values
+    # carried over by another writer (a backup by hand) as the daemon wrote them
+    assert previous_daemon_facts(text) == DaemonFacts(10.0, {}, {"a": (3, 1700.5)})
 
 
 def test_left_down_and_the_windows_expected_end_change_alone(tmp_path: Path) -> None:

@@ -1,0 +1,91 @@
+"""A scheduled run the daemon cannot begin (here a full state dir; a read-only one, a catalog held
+by another process and the lock held past catch_up take the same way) leaves no
+run record, so nothing that reads records told of it: the metrics said the last run was ok and
+the heartbeat fresh, `status` said idle, no failure notification went out. It is now counted
+(influx_backupd_runs_not_started_total, InfluxBackupNotStarted), shown by `status`, and told
+to the failure notifications and the job's heartbeat /fail."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from influx_backupd.core.config import load
+from influx_backupd.daemon.loop import Daemon, Due
+from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.report.metrics import previous_daemon_facts
+from influx_backupd.store.catalog import Catalog
+from tests.conftest import Cli, wait_until, write_config
+from tests.integration.test_notify import Receiver
+from tests.system.test_daemon_clock import server
+
+__all__ = ["server"]  # the fixture, shared
+
+
+def test_a_run_that_cannot_begin_is_counted_shown_and_told(tmp_path: Path, server: Sandbox) -> None:
+    receiver = Receiver()
+    metrics = tmp_path / "m.prom"
+    mounts: list[Path] = []
+    try:
+        config = write_config(
+            tmp_path,
+            server,
+            jobs=[
+                {"name": "fast", "every": "1h", "heartbeat_url": f"http://{receiver.url}/hb"},
+                {"name": "other", "every": "1h"},
+            ],
+            daemon={"metrics_file": str(metrics)},
+            extra=f'\n[notify]\ntimeout = "10s"\nfailure = ["json://{receiver.url}/failure"]\n',
+        )
+        state = tmp_path / "state"
+        state.mkdir(exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], check=True)
+        mounts.append(state)
+        Catalog(state).list()  # the catalog an earlier run left
+        fill = os.statvfs(state)
+        (state / "filler").write_bytes(b"x" * (fill.f_bavail * fill.f_frsize))
+        d = Daemon(load(config))
+        with capture_logs() as events:
+            d._run(Due("fast", time.time(), "schedule"))
+        [event] = [e for e in events if e["event"] == "run.catalog_unusable"]
+        assert "is full" in event["error"]
+
+        d._write_metrics()
+        facts = previous_daemon_facts(metrics.read_text())
+        assert facts is not None
+        assert facts.not_started["fast"][0] == 1 and "other" not in facts.not_started
+        text = metrics.read_text()
+        assert (
+            'influx_backupd_runs_not_started_total{backup_instance="m",backup_job="fast"} 1' in text
+        )
+        assert (
+            'influx_backupd_runs_not_started_total{backup_instance="m",backup_job="other"} 0'
+            in text
+        )
+
+        wait_until(
+            lambda: (
+                receiver.posts("/failure") and any(p == "/hb/fail" for _, p, _ in receiver.requests)
+            ),
+            30,
+            "the failure notification and the heartbeat's /fail",
+        )
+        [told] = receiver.posts("/failure")
+        assert "backup fast not started" in told["title"] and "is full" in told["message"]
+
+        # once space is freed, `status` says it too (daemon.json lives in the state dir)
+        (state / "filler").unlink()
+        d._publish()  # daemon.json, as the main loop's tick writes it
+        shown = Cli(config)("status")
+        assert "NOT STARTED 1 scheduled run(s) since the daemon started" in shown.stdout, (
+            shown.stdout
+        )
+        assert "is full" in shown.stdout
+    finally:
+        receiver.close()
+        for mount in mounts:
+            subprocess.run(["umount", str(mount)], check=True)
