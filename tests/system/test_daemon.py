@@ -27,7 +27,7 @@ import pytest
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
-from tests.conftest import Cli, silent, wait_until, write_config
+from tests.conftest import Cli, descendants_named, silent, wait_until, write_config
 
 
 class Datagrams:
@@ -525,3 +525,44 @@ def test_the_daemon_trims_the_log_of_the_influxd_it_started(
         assert (tmp_path / "state" / "influxd.log.1").stat().st_size > 16 << 20
         assert log.stat().st_size == 0
         assert d.stop() == 0
+
+
+def test_sigterm_during_a_runs_hook_stops_the_hook_and_leaves_the_follow_up_owed(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A stopping daemon waited for the follow-up whole: a hook may take hook_timeout (up to
+    weeks), while the daemon kept telling systemd to wait longer (EXTEND_TIMEOUT_USEC), so
+    `systemctl stop` and an upgrade hung as long. influxd runs again by then: the hook's process
+    group is stopped, what is left of the follow-up is owed to the next start."""
+    config = write_config(
+        tmp_path,
+        sandbox,
+        jobs=[
+            {
+                "name": "quick",
+                "every": "1h",
+                "catch_up": "2h",
+                "copy": "direct",
+                "on_success": ["sleep", "300"],
+                "hook_timeout": "10m",
+            }
+        ],
+    )
+    ran_an_hour_ago(tmp_path / "state", "quick")  # due at once
+    with daemon(tmp_path, config) as d:
+        deadline = time.monotonic() + 120
+        while not descendants_named(d.proc.pid, "sleep"):
+            assert time.monotonic() < deadline, d.tail()
+            assert d.proc.poll() is None, d.tail()
+            time.sleep(0.05)
+        [hook] = descendants_named(d.proc.pid, "sleep")
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(30) == 0, d.tail()
+    assert not hook.is_running(), "the hook's process group was stopped"
+    assert sandbox.ping()
+    events = d.events()
+    [finished] = [e for e in events if e["event"] == "hook.finished"]
+    assert "stopped by the daemon's shutdown" in finished["error"]
+    assert any(e["event"] == "after_run.interrupted" for e in events), d.tail()
+    [record] = [r for r in runs(tmp_path) if r.status == "ok" and r.id != "20200101T000000Z-0000"]
+    assert [r.id for r in Catalog(tmp_path / "state").owed()] == [record.id], "owed"

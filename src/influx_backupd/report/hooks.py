@@ -13,11 +13,13 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from influx_backupd.core import log
+from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.interrupt import child_preexec
 from influx_backupd.core.redact import shown_url
 from influx_backupd.store.record import RunRecord
@@ -37,6 +39,7 @@ class HookResult:
     seconds: float
     output: str
     error: str | None = None
+    cancelled: bool = False  # stopped by its caller's cancel (the daemon stops)
 
     @property
     def ok(self) -> bool:
@@ -64,8 +67,16 @@ def environment(record: RunRecord, status: str | None = None) -> dict[str, str]:
 
 
 def run_hook(
-    argv: Sequence[str], env: dict[str, str], timeout: float, *, name: str = "hook"
+    argv: Sequence[str],
+    env: dict[str, str],
+    timeout: float,
+    *,
+    name: str = "hook",
+    cancel: CancelToken = NEVER,
 ) -> HookResult:
+    """argv, waited for up to timeout, then its process group killed. cancel: its process group
+    is sent SIGTERM at once (SIGKILL STOP_GRACE later): a daemon stopping does not wait out a
+    hook that may take hook_timeout (up to weeks)."""
     logger = log.get(hook=name)
     started = time.monotonic()
     result = HookResult(list(argv), None, False, 0.0, "")
@@ -85,6 +96,7 @@ def run_hook(
         except OSError as exc:
             result.error = f"cannot start {argv[0]}: {exc.strerror or exc}"
         else:
+            forget = cancel.on_cancel(lambda: _stop_group(proc))
             try:
                 result.returncode = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -93,10 +105,15 @@ def run_hook(
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            finally:
+                forget()
             # Children a hook left running on purpose (exit 0, `cmd &`) are not ours to kill:
             # they do not hold us up, as their output goes to a file, not a pipe we read.
             if result.returncode not in (0, None):
                 result.error = f"exited with status {result.returncode}"
+            if cancel.cancelled and result.returncode is not None and result.returncode < 0:
+                result.cancelled = True
+                result.error = "stopped by the daemon's shutdown (its process group was signalled)"
         # the tail only: a hook that printed 400 MB is not read into memory whole
         size = out.seek(0, os.SEEK_END)
         out.seek(max(0, size - 4 * OUTPUT_TAIL))
@@ -113,3 +130,22 @@ def run_hook(
         output=result.output,
     )
     return result
+
+
+STOP_GRACE = 5.0  # seconds a cancelled hook's group has between SIGTERM and SIGKILL
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """A cancelled hook: SIGTERM to its process group, SIGKILL if it outlives STOP_GRACE (from
+    a thread: the canceller does not wait)."""
+
+    def stop() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    threading.Thread(target=stop, name="hook-stop", daemon=True).start()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from influx_backupd.core import alarms, log
+from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import Interrupted
@@ -32,6 +33,8 @@ from influx_backupd.run import offsite
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.state import CrashMarker
+
+SHUTDOWN = "the daemon's shutdown"  # what cancels a follow-up, as its interruption names it
 
 
 class MetricsNotWritten(BackupdError):
@@ -74,16 +77,29 @@ def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None =
         ) from None
 
 
-def follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunRecord) -> None:
+def follow_up(
+    config: Config,
+    job: JobSection,
+    catalog: Catalog,
+    record: RunRecord,
+    cancel: CancelToken = NEVER,
+) -> None:
+    """cancel (the daemon stops): the steps not begun are left, a hook running is stopped, and
+    the follow-up stays owed, run again whole by the next lock-taking command (as after a
+    signal in the foreground)."""
     # what its steps log (a hook, a notification's failure) belongs to the run too
     with log.run_context(run_id=record.id, job=job.name, mode=record.mode):
-        _follow_up(config, job, catalog, record)
+        _follow_up(config, job, catalog, record, cancel)
 
 
-def _follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunRecord) -> None:
+def _follow_up(
+    config: Config, job: JobSection, catalog: Catalog, record: RunRecord, cancel: CancelToken
+) -> None:
     logger = log.get(run_id=record.id, job=job.name)
 
     def step(name: str, action: Callable[[], None]) -> bool:
+        if cancel.cancelled:
+            raise Interrupted(SHUTDOWN)
         try:
             action()
         except BackupdError as exc:  # explained in its one line: no traceback wanted
@@ -117,7 +133,9 @@ def _follow_up(config: Config, job: JobSection, catalog: Catalog, record: RunRec
         argv = job.on_success if record.good else job.on_failure
         if argv:
             name = "on_success" if record.good else "on_failure"
-            run_hook(argv, environment(record), job.hook_timeout, name=name)
+            result = run_hook(argv, environment(record), job.hook_timeout, name=name, cancel=cancel)
+            if result.cancelled:
+                raise Interrupted(SHUTDOWN)
 
     event = notify.event_for(record)
 
