@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -89,3 +90,47 @@ def test_a_run_that_cannot_begin_is_counted_shown_and_told(tmp_path: Path, serve
         receiver.close()
         for mount in mounts:
             subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_the_heartbeat_is_not_held_up_by_a_catalog_another_process_holds(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """The main loop wrote the metrics file waiting SQLite's 30 s for a catalog another process
+    held (a `sqlite3` session, a long write): no signal handled, nothing published, and the
+    watchdog's limit is 30 s too. It waits half a second, says so once, and tries again."""
+    metrics = tmp_path / "m.prom"
+    config = write_config(
+        tmp_path,
+        server,
+        jobs=[{"name": "fast", "every": "1h"}],
+        daemon={"metrics_file": str(metrics)},
+    )
+    d = Daemon(load(config))
+    Catalog(d.config.state_dir).list()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('BEGIN EXCLUSIVE'); print('held', flush=True); time.sleep(120)",
+            str(d.config.state_dir / "catalog.db"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with capture_logs() as events:
+            started = time.monotonic()
+            d._write_metrics()
+            took = time.monotonic() - started
+        assert took < 10, f"the main loop waited {took:.1f}s"
+        [failed] = [e for e in events if e["event"] == "metrics.write_failed"]
+        assert "locked by another process" in failed["error"]
+    finally:
+        holder.kill()
+        holder.wait()
+    d._metrics_written = 0.0
+    d._write_metrics()  # free again: written
+    assert previous_daemon_facts(metrics.read_text()) is not None

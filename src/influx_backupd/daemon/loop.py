@@ -85,6 +85,7 @@ from influx_backupd.verify.check import verify_all
 
 DAEMON_RUN_START_ATTEMPTS = 3
 TICK = 1.0  # seconds between main-loop ticks
+MAIN_LOOP_CATALOG_WAIT = 0.5  # seconds the main loop waits for a catalog another process holds
 # The metrics file's heartbeat: rewritten at least this often, so that an alert can tell a dead
 # daemon (heartbeat older than a few minutes) from a quiet one.
 METRICS_EVERY = 30.0
@@ -501,7 +502,9 @@ class Daemon:
             not_started={job: (n, at) for job, (n, at, _) in self._not_started.items()},
         )
         try:
-            write_metrics(config, Catalog(config.state_dir), facts)
+            # the main loop's: never stalled by a catalog another process holds (30 s was the
+            # watchdog's own limit); said once, tried again with the next heartbeat
+            write_metrics(config, Catalog(config.state_dir, timeout=MAIN_LOOP_CATALOG_WAIT), facts)
         except Exception as exc:  # a damaged catalog or state file, a full disk, a bug
             # said once, and again only when it changes: the heartbeat tries every 30 s. Never
             # raised: this runs in the main loop, whose end would abandon a run in flight

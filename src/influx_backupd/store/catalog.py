@@ -122,8 +122,11 @@ class ChainEnd:
 
 
 class Catalog:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, timeout: float = TIMEOUT_S) -> None:
+        """timeout: how long a read or write waits for another process's write (a loop that
+        must not stall, the daemon's heartbeat, waits less)."""
         self.path = state_dir / "catalog.db"
+        self.timeout = timeout
         self.moved_aside: Path | None = None  # where set_aside() put a damaged one
         self.damage: str | None = None  # a damage found and left alone (import --dry-run)
 
@@ -134,7 +137,7 @@ class Catalog:
             what = "a dangling symlink" if not self.path.exists() else "not a regular file"
             raise CatalogDamaged(self.path, what)
         try:
-            with closing(sqlite3.connect(self.path, timeout=TIMEOUT_S)) as conn:
+            with closing(sqlite3.connect(self.path, timeout=self.timeout)) as conn:
                 conn.execute("PRAGMA synchronous=FULL")
                 if not _has_schema(conn):
                     conn.executescript(_SCHEMA)
@@ -154,7 +157,7 @@ class Catalog:
             primary is None and isinstance(exc, sqlite3.OperationalError) and "locked" in text
         ):
             return CatalogBusy(
-                f"catalog {self.path} is locked by another process (waited {TIMEOUT_S:g}s); "
+                f"catalog {self.path} is locked by another process (waited {self.timeout:g}s); "
                 "try again when it is done"
             )
         if primary in (_READONLY, _PERM, _AUTH) or "readonly" in text or "read-only" in text:
