@@ -230,23 +230,11 @@ def left_down_alarm(config: Config) -> alarms.Handler:
         with contextlib.suppress(Exception):
             write_metrics(config, Catalog(config.state_dir))
         subject, body = notify.left_down_message(job_name, error)
-        section = config.settings.notify
-        notify.send_detached(
-            section.failure, subject, body, event="failure", timeout=section.timeout
-        )
-        job = next((j for j in config.settings.job if j.name == job_name), None)
-        if job is not None and job.heartbeat_url:
-            threading.Thread(
-                target=heartbeat.ping,
-                args=(job.heartbeat_url, "fail"),
-                kwargs={"body": f"{subject}\n{body}"},
-                name="heartbeat-alarm",
-                daemon=True,
-            ).start()
+        pinged = _told_of_failure(config, job_name, subject, body)
         log.get(job=job_name).warning(
             "influxd.left_down_alarm",
-            notified=len(section.failure),
-            heartbeat=bool(job is not None and job.heartbeat_url),
+            notified=len(config.settings.notify.failure),
+            heartbeat=pinged,
         )
 
     return alarm
@@ -256,17 +244,25 @@ def not_started_alarm(config: Config, job_name: str, error: str) -> None:
     """A scheduled run the daemon could not begin (no record, so no follow-up of its own): the
     failure notifications and the job's heartbeat /fail, without waiting for them."""
     subject, body = notify.not_started_message(job_name, error)
+    _told_of_failure(config, job_name, subject, body)
+
+
+def _told_of_failure(config: Config, job_name: str | None, subject: str, body: str) -> bool:
+    """The failure notifications and job_name's heartbeat /fail, sent without waiting for
+    either (an alarm raised where nothing may wait). Whether a heartbeat was pinged."""
     section = config.settings.notify
     notify.send_detached(section.failure, subject, body, event="failure", timeout=section.timeout)
     job = next((j for j in config.settings.job if j.name == job_name), None)
-    if job is not None and job.heartbeat_url:
-        threading.Thread(
-            target=heartbeat.ping,
-            args=(job.heartbeat_url, "fail"),
-            kwargs={"body": f"{subject}\n{body}"},
-            name="heartbeat-alarm",
-            daemon=True,
-        ).start()
+    if job is None or not job.heartbeat_url:
+        return False
+    threading.Thread(
+        target=heartbeat.ping,
+        args=(job.heartbeat_url, "fail"),
+        kwargs={"body": f"{subject}\n{body}"},
+        name="heartbeat-alarm",
+        daemon=True,
+    ).start()
+    return True
 
 
 def tell_verify_failed(config: Config, record: RunRecord) -> None:
