@@ -88,6 +88,17 @@ def test_heartbeat_next_runs_and_promtool(tmp_path: Path) -> None:
         second = wait_heartbeat(metrics, first, proc, timeout=75)
         assert second - first <= 60 + 5
 
+        # A reload's schedule is in the file at the next tick, not the next heartbeat (30 s
+        # of a removed job's next run before)
+        text = config.read_text()
+        config.write_text(text[: text.index('[[job]]\nname = "hourly"')])
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while {job for job, _ in NEXT_RUN.findall(metrics.read_text())} != {"nightly"}:
+            assert time.monotonic() < deadline, metrics.read_text()
+            time.sleep(0.1)
+        second = heartbeat(metrics) or second
+
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:

@@ -778,6 +778,7 @@ class Daemon:
             removed=sorted(old.keys() - fresh.keys()),
         )
         self._publish()
+        self._metrics_written = 0.0  # the next tick writes the new schedule's next runs
         systemd.ready()
         self._tell_unwritable()
         level = new.settings.daemon.log_level
@@ -823,6 +824,9 @@ class Daemon:
                     self._running = None
                     self._current = {}
                 self._note_left_down()
+                # the run's own metrics write kept the next runs the file had (one now past):
+                # the main loop's next tick writes them as they are
+                self._metrics_written = 0.0
 
     # -- influxd left stopped: tried again between jobs, with backoff, for as long as it takes --
     def _watch_left_down(self) -> None:
