@@ -4,6 +4,7 @@ it stopped influxd once more and wrote an archive under a job name no config pru
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.state import lock_for
 from tests.conftest import write_config
-from tests.system.test_daemon_clock import server
+from tests.system.test_daemon_clock import scheduling, server
 
 __all__ = ["server"]  # the fixture, shared
 
@@ -44,3 +45,33 @@ def test_a_run_waiting_for_the_lock_is_dropped_when_a_reload_removed_its_job(
     assert dropped and "no longer configured" in dropped[0]["reason"], events
     assert not any(e["event"] in ("run.due", "run.started") for e in events), events
     assert Catalog(d.config.state_dir).list() == []
+
+
+def test_a_burst_of_sighups_is_one_reload_and_a_stop_among_them_comes_first(
+    tmp_path: Path, server: Sandbox
+) -> None:
+    """Each SIGHUP was a reload of its own (0.3 s each with [notify]: 30 of them took 10 s, and
+    a SIGTERM sent meanwhile waited behind them)."""
+    config = write_config(tmp_path, server, jobs=[{"name": "fast", "every": "1h"}])
+    with scheduling(config) as d:
+        for _ in range(30):
+            d._signals.put(signal.SIGHUP)
+        with capture_logs() as events:
+            loop = threading.Thread(target=lambda: done.append(d._main_loop()))
+            done: list[int] = []
+            loop.start()
+            deadline = time.monotonic() + 30
+            while not any(e["event"] == "config.reloaded" for e in events):
+                assert time.monotonic() < deadline, events
+                time.sleep(0.05)
+            d._signals.put(signal.SIGTERM)
+            loop.join(30)
+        assert done == [signal.SIGTERM]
+        assert sum(e["event"] == "config.reloaded" for e in events) == 1, events
+
+        # a stop queued behind SIGHUPs: no reload first
+        for sig in (signal.SIGHUP, signal.SIGHUP, signal.SIGTERM, signal.SIGHUP):
+            d._signals.put(sig)
+        with capture_logs() as events:
+            assert d._main_loop() == signal.SIGTERM
+        assert not any(e["event"] == "config.reloaded" for e in events), events

@@ -413,12 +413,28 @@ class Daemon:
                 assert signum is not None
                 return signum
             if signum == signal.SIGHUP:
+                # a burst of SIGHUPs is one reload (each took its time: a SIGTERM waited behind
+                # them); a stop among them comes first
+                merged = self._queued_since()
+                if merged is not None:
+                    return merged
                 try:
                     self.reload()
                 except Exception as exc:  # a reload never ends the daemon (a run may be in flight)
                     self._log.exception("config.reload_failed", error=str(exc), kept="running")
                     systemd.ready()
             self._tick(stopping=False)
+
+    def _queued_since(self) -> int | None:
+        """Drain the signals queued after a SIGHUP: the stop signal among them (None: only
+        more SIGHUPs, which the one reload covers)."""
+        while True:
+            try:
+                again = self._signals.get_nowait()
+            except queue.Empty:
+                return None
+            if again in _STOP_SIGNALS:
+                return again
 
     def _tick(self, *, stopping: bool) -> None:
         """What the main loop does each tick, also while a stop waits for a run. Nothing here
