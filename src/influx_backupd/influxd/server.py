@@ -135,6 +135,10 @@ class Holder:
         return f"pid {self.pid} ({self.name}) holds {self.path}"
 
 
+# The environment variables influxd (1.x) reads over influxdb.conf's dirs, by our dir's name
+DIR_ENV = {"meta": "INFLUXDB_META_DIR", "data": "INFLUXDB_DATA_DIR", "wal": "INFLUXDB_DATA_WAL_DIR"}
+
+
 def config_flags(argv: list[str]) -> list[str]:
     """The values an argv gives influxd's `-config` flag (`-config PATH`, `-config=PATH`,
     `--config …`)."""
@@ -268,7 +272,7 @@ class Influxd:
     def startable(self) -> str | None:
         """Why influxd could not be started again as configured, or None. Checked before
         anything is stopped: a stop we cannot undo is the worst thing we can do."""
-        problem = self._conf_problem()
+        problem = self._conf_problem() or self._dirs_overridden()
         if problem is not None:
             return problem
         if self.section.service:
@@ -325,6 +329,34 @@ class Influxd:
                 "run the command again (the daemon: systemctl reload influx-backupd)"
             )
         return None
+
+    def _dirs_overridden(self) -> str | None:
+        """influxd takes INFLUXDB_META_DIR, INFLUXDB_DATA_DIR and INFLUXDB_DATA_WAL_DIR from its
+        environment over influxdb.conf (/etc/default/influxdb, a unit's Environment=): one the
+        running influxd has, naming another dir, means a backup copies dirs it does not use
+        (and verifies them ok), a restore fills dirs it does not serve. Only these variables
+        are read and said (others carry secrets)."""
+        proc = self.locate()
+        if proc is None:
+            return None
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            return None
+        loaded = self.config.server
+        overridden = [
+            f"{var}={env[var]!r} (influxdb.conf: {getattr(loaded, name)})"
+            for name, var in DIR_ENV.items()
+            if env.get(var) and real(Path(env[var])) != real(getattr(loaded, name))
+        ]
+        if not overridden:
+            return None
+        return (
+            f"influxd (pid {proc.pid}) runs with {', '.join(overridden)}: its environment "
+            f"overrides {loaded.conf}, so a backup would copy dirs that influxd does not use; "
+            "set the dirs in influxdb.conf and remove the variables (/etc/default/influxdb, "
+            "the unit's Environment=), then restart influxd"
+        )
 
     def _unit_unstartable(self, unit: str) -> str | None:
         """Why systemd would refuse `systemctl start unit` (a stop of it is still obeyed: a
