@@ -336,7 +336,10 @@ class Influxd:
         running influxd has, naming another dir, means a backup copies dirs it does not use
         (and verifies them ok), a restore fills dirs it does not serve. Only these variables
         are read and said (others carry secrets)."""
-        proc = self.locate()
+        try:
+            proc = self.locate()
+        except InfluxdError:  # systemd not reachable here (a container): nothing to look at
+            return None
         if proc is None:
             return None
         try:
