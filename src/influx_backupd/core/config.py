@@ -851,8 +851,9 @@ def _joined(host: str, port: int) -> str:
 
 
 def read_server_paths(conf: Path) -> tuple[ServerPaths, dict[str, Any]]:
-    """The meta, data, wal and hinted-handoff dirs from influxdb.conf (which is TOML too)."""
-    raw = _read_toml(conf, "influxdb.conf")
+    """The meta, data, wal and hinted-handoff dirs from influxdb.conf (which is TOML too), its
+    names read as influxd reads them: in any case (`[Data]`, `WAL-Dir`)."""
+    raw = _folded(_read_toml(conf, "influxdb.conf"), conf, "")
 
     def section_dir(section: str, key: str, required: bool) -> Path | None:
         table = raw.get(section)
@@ -861,9 +862,10 @@ def read_server_paths(conf: Path) -> tuple[ServerPaths, dict[str, Any]]:
             if required:
                 raise ConfigError(f"{conf}: [{section}] {key}: missing (influx-backupd needs it)")
             return None
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or "\0" in value:
             raise ConfigError(f"{conf}: [{section}] {key}: must be a directory path")
-        path = Path(value).expanduser()
+        # no expanduser: influxd takes "~" as it is, a dir named ~ (a relative path)
+        path = Path(value)
         if not path.is_absolute():
             raise ConfigError(f"{conf}: [{section}] {key}: must be an absolute path, not {value!r}")
         return path
@@ -879,6 +881,41 @@ def read_server_paths(conf: Path) -> tuple[ServerPaths, dict[str, Any]]:
         hh=section_dir("hinted-handoff", "dir", False),
     )
     return paths, raw
+
+
+def influx_conf_of(data: bytes) -> dict[str, Any]:
+    """An influxdb.conf's TOML with its names as influxd reads them, in any case (see _folded;
+    of two spellings the first is kept: a live conf with two was refused when loaded)."""
+    return _folded(toml_of(data), None, "")
+
+
+def _folded(table: dict[str, Any], conf: Path | None, where: str) -> dict[str, Any]:
+    """table with every name (its sections' too) in lower case, as influxd 1.x matches them
+    (BurntSushi/toml ignores case); two spellings of one name, of which influxd takes either,
+    are refused (conf None: the first is kept)."""
+    folded: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for name, value in table.items():
+        key = name.lower()
+        if key in spelled and conf is None:
+            continue
+        if key in spelled:
+            first, second = sorted((spelled[key], name))
+            if where:
+                what = f"[{where}] {first!r} and {second!r} are one key"
+            else:
+                what = f"[{first}] and [{second}] are one section"
+            raise ConfigError(
+                f"{conf}: {what} to influxd (it reads names in any case, and takes either "
+                "value); keep one"
+            )
+        spelled[key] = name
+        if isinstance(value, dict):
+            value = _folded(value, conf, f"{where}.{key}" if where else name)
+        elif isinstance(value, list):
+            value = [_folded(v, conf, where or name) if isinstance(v, dict) else v for v in value]
+        folded[key] = value
+    return folded
 
 
 def state_dir_leniently(path: Path) -> Path | None:

@@ -297,6 +297,19 @@ def test_influxdb_conf_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str
         ('[data]\ndir = "/d"\n', "[meta] dir: missing"),
         ('[meta]\ndir = "m"\n[data]\ndir = "/d"\n', "[meta] dir: must be an absolute path"),
         ('[meta]\ndir = "/m"\n[data]\ndir = 5\n', "[data] dir: must be a directory path"),
+        # influxd takes "~" literally (a dir named ~ under its working dir): relative
+        ('[meta]\ndir = "/m"\n[data]\ndir = "~/d"\n', "[data] dir: must be an absolute path"),
+        # TOML's \u0000: a traceback from every command before
+        ('[meta]\ndir = "/m"\n[data]\ndir = "/d\\u0000x"\n', "[data] dir: must be a directory path"),
+        # influxd reads names in any case: two spellings of one are either, at random
+        (
+            '[meta]\ndir = "/m"\n[data]\ndir = "/d"\n[DATA]\nDIR = "/e"\n',
+            "[DATA] and [data] are one section to influxd",
+        ),
+        (
+            '[meta]\ndir = "/m"\n[data]\ndir = "/d"\nwal-dir = "/w"\nWAL-DIR = "/v"\n',
+            "[data] 'WAL-DIR' and 'wal-dir' are one key to influxd",
+        ),
     ],
 )
 def test_influxdb_conf_without_the_dirs_we_need(
@@ -380,6 +393,19 @@ def test_config_example_is_valid_and_documents_every_key() -> None:
         for key in _field_names(sub):
             # documented either as a live key or as a commented-out example
             assert f"\n{key} = " in text or f"\n# {key} = " in text, f"{section}.{key} undocumented"
+
+
+def test_influxdb_conf_names_are_read_in_any_case_as_influxd_reads_them(tmp_path: Path) -> None:
+    """influxd 1.6 matches section and key names ignoring case: `[Data]` and `WAL-Dir` move its
+    dirs. Read exactly, the tool archived the default-spelled dirs (or none) and called it ok."""
+    conf = tmp_path / "influxdb.conf"
+    conf.write_text(
+        '[Meta]\n  Dir = "/srv/m"\n[DATA]\n  dir = "/srv/d"\n  WAL-Dir = "/srv/w"\n'
+        '[Http]\n  Bind-Address = ":9999"\n'
+    )
+    paths, raw = read_server_paths(conf)
+    assert (paths.meta, paths.data, paths.wal) == (Path("/srv/m"), Path("/srv/d"), Path("/srv/w"))
+    assert raw["http"]["bind-address"] == ":9999"
 
 
 def test_read_server_paths_of_a_09_style_conf_includes_hinted_handoff(tmp_path: Path) -> None:
