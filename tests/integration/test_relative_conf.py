@@ -6,6 +6,7 @@ value was never read against the process's working dir."""
 from __future__ import annotations
 
 import subprocess
+import tarfile
 from pathlib import Path
 
 import psutil
@@ -44,3 +45,24 @@ def test_a_cold_backup_stops_and_restarts_an_influxd_started_on_a_relative_conf_
         if by_hand.poll() is None:
             by_hand.kill()
             by_hand.wait()
+
+
+def test_a_conf_spelling_its_names_in_other_case_is_backed_up_whole(
+    tmp_path: Path, influxd_path: str
+) -> None:
+    """influxd reads `WAL-Dir` as wal-dir: the tool read names exactly, archived no wal at all
+    and called the backup ok (its points not yet in TSM files were in none of it)."""
+    server = Sandbox(tmp_path / "server", binary=influxd_path)
+    server.write_config()
+    server.conf.write_text(server.conf.read_text().replace("wal-dir", "WAL-Dir"))
+    server.start()
+    try:
+        server.create_db("metrics")
+        server.write_points("metrics", 500)
+        record = Cli(write_config(tmp_path, server)).json("backup")
+        assert record["status"] == "ok", record["error"]
+        assert sorted(record["dirs"]) == ["data", "meta", "wal"]
+        with tarfile.open(record["archive"]) as tar:
+            assert any(n.startswith("wal/") and n.endswith(".wal") for n in tar.getnames())
+    finally:
+        server.stop()

@@ -300,7 +300,10 @@ def test_influxdb_conf_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str
         # influxd takes "~" literally (a dir named ~ under its working dir): relative
         ('[meta]\ndir = "/m"\n[data]\ndir = "~/d"\n', "[data] dir: must be an absolute path"),
         # TOML's \u0000: a traceback from every command before
-        ('[meta]\ndir = "/m"\n[data]\ndir = "/d\\u0000x"\n', "[data] dir: must be a directory path"),
+        (
+            '[meta]\ndir = "/m"\n[data]\ndir = "/d\\u0000x"\n',
+            "[data] dir: must be a directory path",
+        ),
         # influxd reads names in any case: two spellings of one are either, at random
         (
             '[meta]\ndir = "/m"\n[data]\ndir = "/d"\n[DATA]\nDIR = "/e"\n',
