@@ -110,6 +110,15 @@ class SwapPlan:
                     "stopped (restore --target DIR instead, then copy DIR's files into the mount "
                     "with influxd stopped)"
                 )
+            below = sorted(m for m in _mount_points() if target in m.parents)
+            if below:
+                raise RestoreMisconfigured(
+                    f"{config.server.conf}: {top} dir {configured[top]} holds the mount point "
+                    f"{below[0]}: a whole-server restore moves the dir aside by rename, mount and "
+                    "all, and would put the restored files on the dir's own filesystem; influxd "
+                    "not stopped (restore --target DIR instead, then copy DIR's files in with "
+                    "influxd stopped)"
+                )
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
