@@ -27,6 +27,13 @@ def _exec(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.fixture(autouse=True)
+def _forking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests hold the fork server to a fresh interpreter: they fork whatever
+    INFLUX_BACKUPD_TESTS_EXEC asks of the rest of the suite."""
+    monkeypatch.delenv("INFLUX_BACKUPD_TESTS_EXEC", raising=False)
+
+
 def _forked(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     before = cli_process._SERVER
     done = run_cli_process(argv, timeout=60, **kw)  # type: ignore[arg-type]
