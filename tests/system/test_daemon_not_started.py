@@ -31,12 +31,18 @@ def test_a_run_that_cannot_begin_is_counted_shown_and_told(tmp_path: Path, serve
     receiver = Receiver()
     metrics = tmp_path / "m.prom"
     mounts: list[Path] = []
+    told_hook = tmp_path / "hook.env"
     try:
         config = write_config(
             tmp_path,
             server,
             jobs=[
-                {"name": "fast", "every": "1h", "heartbeat_url": f"http://{receiver.url}/hb"},
+                {
+                    "name": "fast",
+                    "every": "1h",
+                    "heartbeat_url": f"http://{receiver.url}/hb",
+                    "on_failure": ["sh", "-c", f"env | grep ^INFLUX_BACKUPD_ > {told_hook}"],
+                },
                 {"name": "other", "every": "1h"},
             ],
             daemon={"metrics_file": str(metrics)},
@@ -54,6 +60,11 @@ def test_a_run_that_cannot_begin_is_counted_shown_and_told(tmp_path: Path, serve
             d._run(Due("fast", time.time(), "schedule"))
         [event] = [e for e in events if e["event"] == "run.catalog_unusable"]
         assert "is full" in event["error"]
+        # its on_failure hook, as after a failed run, waited for
+        hook_env = dict(line.split("=", 1) for line in told_hook.read_text().splitlines())
+        assert hook_env["INFLUX_BACKUPD_STATUS"] == "not_started"
+        assert hook_env["INFLUX_BACKUPD_JOB"] == "fast" and hook_env["INFLUX_BACKUPD_RUN_ID"] == ""
+        assert "is full" in hook_env["INFLUX_BACKUPD_ERROR"]
 
         d._write_metrics()
         facts = previous_daemon_facts(metrics.read_text())

@@ -1233,7 +1233,7 @@ class Daemon:
     def _not_begun(self, item: Due, event: str, error: str) -> None:
         """A run that could not begin, so that no record tells of it: said, and for a backup
         job counted (the metrics' runs_not_started_total, `status`) and told to the failure
-        notifications and its heartbeat, as a failed run is."""
+        notifications, its heartbeat and its on_failure hook, as a failed run is."""
         self._log.error(event, job=item.job, error=error)
         if item.job in (OFFSITE, VERIFY_ALL) or self._stopping.is_set():
             return
@@ -1241,7 +1241,7 @@ class Daemon:
         self._not_started[item.job] = (count + 1, time.time(), error)
         config = self.config
         with contextlib.suppress(Exception):  # an alarm never ends the worker
-            not_started_alarm(config, item.job, error)
+            not_started_alarm(config, item.job, error, self._cancel)
         self._metrics_written = 0.0  # the main loop's next tick writes the metrics file
 
     def _after_stop_request(self, catalog: Catalog, record: RunRecord) -> None:

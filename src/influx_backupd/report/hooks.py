@@ -66,6 +66,20 @@ def environment(record: RunRecord, status: str | None = None) -> dict[str, str]:
     }
 
 
+def not_started_environment(job: str, mode: str, error: str) -> dict[str, str]:
+    """The variables of a scheduled run that could not begin: STATUS not_started, no run id
+    (no record tells of it), the error; the rest empty."""
+    empty = dict.fromkeys(("RUN_ID", "ARCHIVE", "DOWNTIME_S", "VERIFY", "VERIFY_DETAIL"), "")
+    return {
+        **{PREFIX + name: value for name, value in empty.items()},
+        PREFIX + "JOB": job,
+        PREFIX + "STATUS": "not_started",
+        PREFIX + "MODE": mode,
+        PREFIX + "BYTES": "0",
+        PREFIX + "ERROR": error,
+    }
+
+
 def run_hook(
     argv: Sequence[str],
     env: dict[str, str],

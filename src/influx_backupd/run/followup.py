@@ -21,7 +21,7 @@ from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import Interrupted
 from influx_backupd.keep.prune import prune
 from influx_backupd.report import heartbeat, notify
-from influx_backupd.report.hooks import environment, run_hook
+from influx_backupd.report.hooks import environment, not_started_environment, run_hook
 from influx_backupd.report.metrics import (
     DaemonFacts,
     carried_over,
@@ -240,11 +240,18 @@ def left_down_alarm(config: Config) -> alarms.Handler:
     return alarm
 
 
-def not_started_alarm(config: Config, job_name: str, error: str) -> None:
+def not_started_alarm(
+    config: Config, job_name: str, error: str, cancel: CancelToken = NEVER
+) -> None:
     """A scheduled run the daemon could not begin (no record, so no follow-up of its own): the
-    failure notifications and the job's heartbeat /fail, without waiting for them."""
+    failure notifications and the job's heartbeat /fail, without waiting for them, then its
+    on_failure hook (INFLUX_BACKUPD_STATUS=not_started), waited for as after a run."""
     subject, body = notify.not_started_message(job_name, error)
     _told_of_failure(config, job_name, subject, body)
+    job = next((j for j in config.settings.job if j.name == job_name), None)
+    if job is not None and job.on_failure:
+        env = not_started_environment(job.name, job.mode, error)
+        run_hook(job.on_failure, env, job.hook_timeout, name="on_failure", cancel=cancel)
 
 
 def _told_of_failure(config: Config, job_name: str | None, subject: str, body: str) -> bool:
