@@ -39,4 +39,7 @@ class CancelToken:
                 self._callbacks.remove(callback)
 
 
+# What cancels a run's follow-up and the hook it waits for, as their lines say it
+DAEMON_SHUTDOWN = "the daemon's shutdown"
+
 NEVER = CancelToken()  # for callers that never cancel (a foreground command: Ctrl-C interrupts)

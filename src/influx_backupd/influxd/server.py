@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import psutil
 
@@ -269,10 +270,11 @@ class Influxd:
         if problem is not None:
             raise ConfigError(f"{self.config.path}: {problem}")
 
-    def startable(self) -> str | None:
+    def startable(self, running: psutil.Process | Literal["look"] | None = "look") -> str | None:
         """Why influxd could not be started again as configured, or None. Checked before
-        anything is stopped: a stop we cannot undo is the worst thing we can do."""
-        problem = self._conf_problem() or self._dirs_overridden()
+        anything is stopped: a stop we cannot undo is the worst thing we can do. running: the
+        process locate() found just before (else it is looked for)."""
+        problem = self._conf_problem() or self._dirs_overridden(running)
         if problem is not None:
             return problem
         if self.section.service:
@@ -330,14 +332,14 @@ class Influxd:
             )
         return None
 
-    def _dirs_overridden(self) -> str | None:
+    def _dirs_overridden(self, running: psutil.Process | Literal["look"] | None) -> str | None:
         """influxd takes INFLUXDB_META_DIR, INFLUXDB_DATA_DIR and INFLUXDB_DATA_WAL_DIR from its
         environment over influxdb.conf (/etc/default/influxdb, a unit's Environment=): one the
         running influxd has, naming another dir, means a backup copies dirs it does not use
         (and verifies them ok), a restore fills dirs it does not serve. Only these variables
         are read and said (others carry secrets)."""
         try:
-            proc = self.locate()
+            proc = self.locate() if running == "look" else running
         except InfluxdError:  # systemd not reachable here (a container): nothing to look at
             return None
         if proc is None:

@@ -257,10 +257,10 @@ def _cold(
         raise JobFailed(f"{problem}; {names.HOT_HINT}; influxd not stopped")
     # Before anything is stopped: it can be started again the way the config says, and the
     # process the config names answers.
-    problem = server.startable()
+    proc = server.locate()
+    problem = server.startable(proc)
     if problem is not None:
         raise JobFailed(f"{problem}; influxd not stopped")
-    proc = server.locate()
     if proc is None or not server.answers_itself(proc.pid):
         raise JobFailed(
             f"{server.describe_down(proc)}; a cold backup stops and restarts a serving "

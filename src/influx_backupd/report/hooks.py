@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from influx_backupd.core import log
-from influx_backupd.core.cancel import NEVER, CancelToken
+from influx_backupd.core.cancel import DAEMON_SHUTDOWN, NEVER, CancelToken
 from influx_backupd.core.interrupt import child_preexec
 from influx_backupd.core.redact import shown_url
 from influx_backupd.store.record import RunRecord
@@ -127,7 +127,7 @@ def run_hook(
                 result.error = f"exited with status {result.returncode}"
             if cancel.cancelled and result.returncode is not None and result.returncode < 0:
                 result.cancelled = True
-                result.error = "stopped by the daemon's shutdown (its process group was signalled)"
+                result.error = f"stopped by {DAEMON_SHUTDOWN} (its process group was signalled)"
         # the tail only: a hook that printed 400 MB is not read into memory whole
         size = out.seek(0, os.SEEK_END)
         out.seek(max(0, size - 4 * OUTPUT_TAIL))

@@ -432,9 +432,7 @@ def render(
         for name, when in sorted(daemon.next_runs.items()):
             samples[NEXT_RUN.name].append((((JOB_LABEL, name),), when))
         # every job's, 0 included: an alert on increase() sees the first one
-        for name in sorted(set(jobs or ()) | set(daemon.not_started)):
-            if jobs is not None and name not in jobs:
-                continue
+        for name in sorted(daemon.not_started if jobs is None else jobs):
             count, at = daemon.not_started.get(name, (0, 0.0))
             samples[NOT_STARTED.name].append((((JOB_LABEL, name),), count))
             samples[LAST_NOT_STARTED.name].append((((JOB_LABEL, name),), at))

@@ -219,7 +219,8 @@ def live_dirs_swapped(
     marker = CrashMarker(config.state_dir)
     swaps = plan.swaps()
     # checked again here: the extraction before may have taken hours since the command's check
-    problem = server.startable()
+    running = server.locate()
+    problem = server.startable(running)
     if problem is not None:
         raise RestoreMisconfigured(
             f"{config.path}: {problem}; influxd not stopped, nothing restored"
@@ -227,7 +228,6 @@ def live_dirs_swapped(
     blocked = renames_blocked(swaps)
     if blocked is not None:
         raise RestoreMisconfigured(f"{blocked}; influxd not stopped, nothing restored")
-    running = server.locate()
     was_running = running is not None
     refuse_stranger(server, plan, running)  # the last look before the stop: nothing stopped
     # the server about to be stopped: a marker left by a kill before the stop names it still

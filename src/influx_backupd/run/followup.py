@@ -1,4 +1,4 @@
-"""What follows a finished run (runner.after_run): counters, verify, prune, metrics, hooks, heartbeat.
+"""What follows a finished run (runner.run_backup): counters, verify, prune, metrics, hooks, heartbeat.
 
 Runs after the job returned, so influxd is serving again. Each step is on its own: a step that
 fails is logged and the next one runs; nothing here changes the run's status or raises.
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from influx_backupd.core import alarms, log
-from influx_backupd.core.cancel import NEVER, CancelToken
+from influx_backupd.core.cancel import DAEMON_SHUTDOWN, NEVER, CancelToken
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import Interrupted
@@ -33,8 +33,6 @@ from influx_backupd.run import offsite
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.state import CrashMarker
-
-SHUTDOWN = "the daemon's shutdown"  # what cancels a follow-up, as its interruption names it
 
 
 class MetricsNotWritten(BackupdError):
@@ -84,9 +82,10 @@ def follow_up(
     record: RunRecord,
     cancel: CancelToken = NEVER,
 ) -> None:
-    """cancel (the daemon stops): the steps not begun are left, a hook running is stopped, and
-    the follow-up stays owed, run again whole by the next lock-taking command (as after a
-    signal in the foreground)."""
+    """Everything that reads the finished record; never fails the run it follows. cancel (the
+    daemon stops): the steps not begun are left, a hook running is stopped, and the follow-up
+    stays owed, run again whole by the next lock-taking command (as after a signal in the
+    foreground)."""
     # what its steps log (a hook, a notification's failure) belongs to the run too
     with log.run_context(run_id=record.id, job=job.name, mode=record.mode):
         _follow_up(config, job, catalog, record, cancel)
@@ -99,7 +98,7 @@ def _follow_up(
 
     def step(name: str, action: Callable[[], None]) -> bool:
         if cancel.cancelled:
-            raise Interrupted(SHUTDOWN)
+            raise Interrupted(DAEMON_SHUTDOWN)
         try:
             action()
         except BackupdError as exc:  # explained in its one line: no traceback wanted
@@ -135,7 +134,7 @@ def _follow_up(
             name = "on_success" if record.good else "on_failure"
             result = run_hook(argv, environment(record), job.hook_timeout, name=name, cancel=cancel)
             if result.cancelled:
-                raise Interrupted(SHUTDOWN)
+                raise Interrupted(DAEMON_SHUTDOWN)
 
     event = notify.event_for(record)
 

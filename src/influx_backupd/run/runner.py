@@ -1,6 +1,6 @@
 """One backup run, from the job's mode to what follows the record (shared by CLI and daemon).
 
-mode (cold | hot | auto → policy) → the job → record → after_run (prune, verify, metrics, hooks)
+mode (cold | hot | auto → policy) → the job → record → follow_up (prune, verify, metrics, hooks)
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def run_backup(
     ):
         record = _fall_back_to_cold(config, job, catalog, record, cancel)
     influxd_left_down(config, record)
-    after_run(config, job, catalog, record, cancel)
+    follow_up(config, job, catalog, record, cancel)
     return record
 
 
@@ -242,7 +242,7 @@ def _fall_back_to_cold(
     config: Config, job: JobSection, catalog: Catalog, failed: RunRecord, cancel: CancelToken
 ) -> RunRecord:
     """A failed hot run is a run of its own (recorded, followed up); cold only if allowed now."""
-    after_run(config, job, catalog, failed, cancel)
+    follow_up(config, job, catalog, failed, cancel)
     decision = policy_decision(config, job, catalog, "cold", after=failed)
     if decision.mode != "cold":
         return failed
@@ -291,16 +291,3 @@ def policy_decision(
     if decision.mode == "skip":
         logger.warning("policy.skipped", reasons=decision.reasons)
     return decision
-
-
-def after_run(
-    config: Config,
-    job: JobSection,
-    catalog: Catalog,
-    record: RunRecord,
-    cancel: CancelToken = NEVER,
-) -> None:
-    """Everything that reads the finished record. Never fails the run it follows; cut short
-    when cancelled (the daemon stops), and then owed."""
-
-    follow_up(config, job, catalog, record, cancel)

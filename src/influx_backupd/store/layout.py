@@ -54,9 +54,9 @@ def backup_name_problem(
     remove). snapshot: a 0.9 hot backup (a snapshot file, not a dir)."""
     root = Path("/")
     if mode == "cold":
-        wanted = [cold_archive(root, job, run_id).name]
+        wanted = cold_archive(root, job, run_id).name
     elif snapshot and kind == "full":
-        wanted = [snapshot_base(root, job, run_id).name]
+        wanted = snapshot_base(root, job, run_id).name
     elif snapshot:  # an increment: PATH.N beside its chain's full
         prefix, rest = f"{job}-", name.rpartition(".snapshot.")
         increment = (
@@ -67,8 +67,8 @@ def backup_name_problem(
         )
         return None if increment else f"name {name!r:.80} is not {job}-ID.snapshot.N"
     else:
-        wanted = [hot_backup_dir(root, job, run_id).name]
-    return None if name in wanted else f"name {name!r:.80} is not {wanted[0]!r}"
+        wanted = hot_backup_dir(root, job, run_id).name
+    return None if name == wanted else f"name {name!r:.80} is not {wanted!r}"
 
 
 def partial_of(final: Path) -> Path:
