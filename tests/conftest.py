@@ -398,3 +398,23 @@ def pytest_configure(config: pytest.Config) -> None:
             "test groups tests/conftest.py sets: pip install -e '.[test]' (pyproject.toml "
             "pins pytest below 9.2), or run the tests one at a time (TEST_WORKERS=0)"
         )
+
+
+def raised_promptly(read: Callable[[], object]) -> BaseException | None:
+    """What read() raised (None: it returned), or a failed test if it was still reading after
+    5 s (a FIFO nobody writes to blocks a plain read for ever)."""
+    outcome: list[BaseException | None] = []
+
+    def reader() -> None:
+        try:
+            read()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    thread.join(5)
+    if thread.is_alive():
+        pytest.fail("still reading after 5 s")
+    return outcome[0]

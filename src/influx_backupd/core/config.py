@@ -889,6 +889,13 @@ def influx_conf_of(data: bytes) -> dict[str, Any]:
     return _folded(toml_of(data), None, "")
 
 
+def read_influx_conf(conf: Path) -> dict[str, Any]:
+    """influx_conf_of the influxdb.conf at conf, read again when a run needs it (it may have
+    changed since the load checked it): only a regular file of sane size, or OSError (a FIFO
+    put there since would block the run for ever, a link to /dev/zero fill memory)."""
+    return influx_conf_of(atomic.read_small(conf, MAX_READ))
+
+
 def _folded(table: dict[str, Any], conf: Path | None, where: str) -> dict[str, Any]:
     """table with every name (its sections' too) in lower case, as influxd 1.x matches them
     (BurntSushi/toml ignores case); two spellings of one name, of which influxd takes either,

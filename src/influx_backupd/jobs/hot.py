@@ -32,7 +32,7 @@ from typing import Any
 from influx_backupd.core import log, unit_paths
 from influx_backupd.core.atomic import fsync_dir
 from influx_backupd.core.cancel import NEVER, CancelToken
-from influx_backupd.core.config import Config, Credentials, JobSection, influx_conf_of
+from influx_backupd.core.config import Config, Credentials, JobSection, read_influx_conf
 from influx_backupd.core.errors import CheckFailed, HotFailed
 from influx_backupd.core.interrupt import Interrupted
 from influx_backupd.core.log import Logger
@@ -266,9 +266,7 @@ def _listing_source(config: Config) -> Path | None:
         return None
     # and the one whose influxdb.conf we read: another local instance's files are not these
     try:
-        bind = str(
-            influx_conf_of(config.server.conf.read_bytes()).get("bind-address", "127.0.0.1:8088")
-        )
+        bind = str(read_influx_conf(config.server.conf).get("bind-address", "127.0.0.1:8088"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return None
     if split_host(bind)[1] != port:

@@ -25,6 +25,8 @@ from datetime import datetime
 from typing import Any
 
 from influx_backupd.core import offsite_keys
+from influx_backupd.core.atomic import read_small
+from influx_backupd.core.config import MAX_READ
 from influx_backupd.offsite.errors import (
     AlreadyThere,
     MissingExtra,
@@ -288,7 +290,7 @@ def _credentials(settings: OffsiteSettings) -> dict[str, str]:
     if path is None:
         return {}
     try:
-        text = offsite_keys.text_of(path.read_bytes())
+        text = offsite_keys.text_of(read_small(path, MAX_READ))  # as the load reads it
         return offsite_keys.credentials(text, settings.profile)
     except OSError as exc:
         raise OffsiteError(f"credentials_file {path}: {exc.strerror or exc}") from None

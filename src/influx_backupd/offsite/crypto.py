@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from influx_backupd.core import log, offsite_keys
-from influx_backupd.core.atomic import replace_file
+from influx_backupd.core.atomic import read_small, replace_file
+from influx_backupd.core.config import MAX_READ
 from influx_backupd.offsite.errors import (
     IntegrityError,
     MissingExtra,
@@ -49,9 +50,11 @@ def recipients(spec: list[str]) -> list[Any]:
 
 
 def identities(path: Path) -> list[Any]:
-    """The identities of an age identity file (AGE-SECRET-KEY-1… lines; # comments)."""
+    """The identities of an age identity file (AGE-SECRET-KEY-1… lines; # comments): read as
+    the config's load reads it, only a regular file of sane size (one replaced by a FIFO since
+    would block the sync for ever, /dev/zero fill memory)."""
     try:
-        return offsite_keys.identities(offsite_keys.text_of(path.read_bytes()))
+        return offsite_keys.identities(offsite_keys.text_of(read_small(path, MAX_READ)))
     except OSError as exc:
         raise OffsiteMisconfigured(f"identity_file {path}: {exc.strerror or exc}") from None
     except offsite_keys.NoPyrage:
@@ -157,9 +160,11 @@ def _private(path: Path) -> None:
 def local_key(path: Path, make: Callable[[], bytes] = lambda: secrets.token_bytes(32)) -> bytes:
     """The host's name key: read it, or make one (0600, written then renamed)."""
     try:
-        data = path.read_bytes()
+        data = read_small(path)
     except FileNotFoundError:
         data = b""
+    except OSError as exc:
+        raise OffsiteError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     if len(data) == 32:
         _private(path)
         return data

@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, NamedTuple
 
 from influx_backupd.core import log
-from influx_backupd.core.atomic import replace_file
+from influx_backupd.core.atomic import read_ours_text, read_small, replace_file
 from influx_backupd.offsite import crypto
 from influx_backupd.offsite.bucket import Bucket, Listed, Multipart
 from influx_backupd.offsite.errors import (
@@ -439,7 +439,7 @@ class Offsite:
         assert self.key_file is not None
         marker = self._recipients_marker()
         try:
-            was: str | None = marker.read_text().strip()
+            was: str | None = read_ours_text(marker).strip()
         except FileNotFoundError:
             was = None  # a key from before this marker: taken as made for these recipients
         except OSError as exc:
@@ -673,8 +673,8 @@ class Offsite:
         cached = None if fresh else path
         if cached is not None:
             try:
-                return self._decode(ref, cached.read_bytes())
-            except FileNotFoundError:
+                return self._decode(ref, read_small(cached))
+            except OSError:  # none, or not a file we wrote: a cache, read from the bucket
                 pass
             except OffsiteError:  # damaged (gzip's CRC, age's MAC): read it again
                 cached.unlink(missing_ok=True)

@@ -46,7 +46,7 @@ import psutil
 
 from influx_backupd.core import log
 from influx_backupd.core.atomic import read_ours_text, replace_json
-from influx_backupd.core.config import Config, Credentials, influx_conf_of
+from influx_backupd.core.config import Config, Credentials, read_influx_conf
 from influx_backupd.core.errors import (
     RestoreFailed,
     RestoreMisconfigured,
@@ -125,9 +125,7 @@ class DatabaseResult:
 
 def live_snapshot_host(config: Config) -> str:
     """The live server's snapshot service, from its own influxdb.conf's bind-address."""
-    bind = str(
-        influx_conf_of(config.server.conf.read_bytes()).get("bind-address", "127.0.0.1:8088")
-    )
+    bind = str(read_influx_conf(config.server.conf).get("bind-address", "127.0.0.1:8088"))
     host, _, port = bind.rpartition(":")
     host = host.strip("[]")
     if host in ("", "0.0.0.0", "::"):

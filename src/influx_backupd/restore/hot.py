@@ -70,7 +70,7 @@ from typing import Any
 
 from influx_backupd.core import log
 from influx_backupd.core.atomic import read_ours_text, read_small
-from influx_backupd.core.config import Config, influx_conf_of
+from influx_backupd.core.config import Config, read_influx_conf
 from influx_backupd.core.errors import (
     BackupdError,
     HotFailed,
@@ -641,7 +641,7 @@ def wait_wal_flushed(wal: Path, logger: Logger) -> None:
 def live_settings(conf: Path) -> tuple[dict[str, str], str]:
     """The live influxdb.conf's [data] and [coordinator] settings for the throwaway: the
     restored shards must be what the live server expects, SELECT INTO meet its limits."""
-    return server_settings(influx_conf_of(conf.read_bytes()))
+    return server_settings(read_influx_conf(conf))
 
 
 def _chown_tree(roots: list[Path], uid: int, gid: int) -> None:

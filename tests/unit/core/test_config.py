@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -17,10 +18,12 @@ from influx_backupd.core.config import (
     JobSection,
     Settings,
     load,
+    read_influx_conf,
     read_server_paths,
 )
 from influx_backupd.core.durations import parse_duration
 from influx_backupd.core.offsite_section import OffsiteSection
+from tests.conftest import raised_promptly
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -465,3 +468,23 @@ def test_a_relative_config_path_is_made_absolute_where_it_was_given(
     assert resolve_path("conf.toml") == tmp_path / "conf.toml"
     monkeypatch.setenv(CONFIG_ENV, "sub/conf.toml")
     assert resolve_path(None) == tmp_path / "sub" / "conf.toml"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_influxdb_conf_read_again_by_a_run_is_only_a_regular_file(
+    tmp_path: Path, kind: str
+) -> None:
+    """A hot run and the restores read the live influxdb.conf again (its bind-address, its
+    [data] settings), days after the load checked it. Before: a plain read, so a FIFO put
+    there since blocked the run holding the lock for good, a link to /dev/zero filled memory.
+    Now an OSError at once, which each caller reports as any unreadable conf."""
+    conf = tmp_path / "influxdb.conf"
+    conf.write_text('[Data]\nDir = "/var/lib/influxdb/data"\n')
+    assert read_influx_conf(conf) == {"data": {"dir": "/var/lib/influxdb/data"}}
+    conf.unlink()
+    if kind == "fifo":
+        os.mkfifo(conf)
+    else:
+        conf.symlink_to("/dev/zero")
+    caught = raised_promptly(lambda: read_influx_conf(conf))
+    assert isinstance(caught, OSError) and "not a regular file" in str(caught), caught

@@ -3,6 +3,8 @@ load): one OffsiteError line, never a traceback, never the secret; parsed as loa
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pyrage
@@ -12,6 +14,7 @@ from influx_backupd.core.offsite_section import OffsiteSection
 from influx_backupd.offsite import crypto
 from influx_backupd.offsite.bucket import _credentials
 from influx_backupd.offsite.errors import OffsiteError
+from tests.conftest import raised_promptly
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY"
 
@@ -84,3 +87,27 @@ def test_a_name_key_others_may_read_is_made_private_again_and_said(tmp_path: Pat
     with capture_logs() as logs:  # private already: nothing to say
         crypto.local_key(key)
     assert logs == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_secret_file_replaced_by_a_fifo_or_a_device_since_the_load_is_one_line(
+    tmp_path: Path, kind: str
+) -> None:
+    """Before: the load refused them, but the sync read them again with a plain read: a FIFO
+    put there since hung the sync (and the daemon's off-site work) for good, /dev/zero filled
+    memory. Now each reader takes only a regular file of sane size, as the load does."""
+    odd = tmp_path / "odd"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to("/dev/zero")
+    readers: dict[str, Callable[[], object]] = {
+        f"identity_file {odd}": lambda: crypto.identities(odd),
+        f"credentials_file {odd}": lambda: _credentials(_settings(odd)),
+        f"{odd}": lambda: crypto.local_key(odd),
+    }
+    for named, read in readers.items():
+        caught = raised_promptly(read)
+        assert isinstance(caught, OffsiteError), (named, caught)
+        assert str(caught).startswith(named) and "not a regular file" in str(caught), caught
+    assert odd.is_fifo() if kind == "fifo" else odd.is_symlink()  # left as it was
