@@ -32,6 +32,7 @@ from influx_backupd.restore.swap import (
     SwapPlan,
     check_served_after_start,
     live_dirs_swapped,
+    refuse_source_inside,
     refuse_stranger,
 )
 from influx_backupd.store import layout
@@ -242,6 +243,7 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
     checked = check_archive(config, path, record)
     uid, gid = owner_ids(config)
     plan = SwapPlan.for_server(config)
+    refuse_source_inside(plan, [path])
     # before hours of extraction: a server the config does not name serves the live dirs
     # (asked again right before the stop: live_dirs_swapped)
     refuse_stranger(Influxd(config), plan)

@@ -38,7 +38,8 @@ started again. Restored files are chowned to [influxd] user/group.
   verify scratch dir: a restore killed outright is cleaned up by the next lock-taking command
   (guard.recover stops the throwaway, removes the staging dirs; prune removes the scratch dir).
 - 0.9: with influxd stopped, `influxd restore -config CONF PATH`; the tool reads PATH and every
-  PATH.N beside it, so the chain up to the chosen link is hard-linked into a scratch dir first.
+  PATH.N beside it, so the chain up to the chosen link is hard-linked (or copied) into a verify
+  scratch dir before the stop (prune removes one a killed restore left).
 
 The restore goes into the local server of [influxd] config (its own bind-address), whatever
 backup_host the backups came from.
@@ -114,9 +115,9 @@ from influx_backupd.restore.swap import (
     SwapPlan,
     check_served_after_start,
     live_dirs_swapped,
+    refuse_source_inside,
     refuse_stranger,
 )
-from influx_backupd.store import layout
 from influx_backupd.store.archive import short_of_room
 from influx_backupd.store.catalog import Catalog, CatalogError
 from influx_backupd.store.chain import (
@@ -209,6 +210,7 @@ def _restore_hot(
                     "`influxd restore` replaces by a plain dir; influxd not stopped (point "
                     f"the config at {targets[top]} itself)"
                 )
+    refuse_source_inside(plan, [link.path for link in links])
     if flavour == "portable":
         if "wal" not in targets:
             raise RestoreMisconfigured(
@@ -227,13 +229,13 @@ def _restore_hot(
     if flavour == "portable":
         _restore_portable_beside(config, links, plan, uid, gid, result)
     else:
-        scratch = layout.restore_scratch(config.storage_dir, plan.rid)
+        scratch = scratch_made(config, "restore09-")
         try:
+            # staged while influxd serves: a copy (links from another filesystem) is no downtime
+            staged = stage_snapshot09_links(links, scratch / "stage")
             # with influxd stopped, the tool writes into the live config's (emptied) dirs
             with live_dirs_swapped(config, server, plan, result, logger, move_staging_in=False):
-                _snapshot09(
-                    config, links, scans, targets, uid, gid, result, server, scratch, logger
-                )
+                _snapshot09(config, staged, scans, targets, uid, gid, result, server, logger)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     logger.info(
@@ -920,28 +922,24 @@ def portable_databases(directory: Path) -> set[str]:
 
 def _snapshot09(
     config: Config,
-    links: list[Link],
+    staged: Path,
     scans: list[Scan],
     targets: dict[str, Path],
     uid: int,
     gid: int,
     result: HotRestoreResult,
     server: Influxd,
-    scratch: Path,
     logger: Logger,
 ) -> None:
     t_restore = time.monotonic()
-    restore_snapshot09_links(
+    run_snapshot09_restore(
         str(config.settings.influxd.binary),
         config.server.conf,
-        links,
-        scratch,
+        staged,
         timeout=config.settings.influxd.backup_timeout,
         logger=logger,
     )
-    for top in ("meta", "data"):
-        if not targets[top].is_dir():
-            raise StepFailed(f"influxd restore exited 0 but wrote no {top} dir {targets[top]}")
+    check_restored09_dirs(targets["meta"], targets["data"])
     _check_restored09(scans, targets["data"])
     result.restore_s = time.monotonic() - t_restore
     _chown_tree(list(targets.values()), uid, gid)
@@ -971,23 +969,44 @@ def _check_restored09(scans: list[Scan], data: Path) -> None:
             )
 
 
+def check_restored09_dirs(meta: Path, data: Path) -> None:
+    """What 0.9's tool must have written, whatever its exit status (invariant 3): a meta dir
+    with the meta store in it (a server started on an empty one serves no database) and a data
+    dir. StepFailed naming the first missing."""
+    if not data.is_dir():
+        raise StepFailed(f"influxd restore exited 0 but wrote no data dir {data}")
+    if not meta.is_dir() or not any(meta.iterdir()):
+        raise StepFailed(f"influxd restore exited 0 but left the meta dir {meta} missing or empty")
+
+
 def restore_snapshot09_links(
-    binary: str, conf: Path, links: list[Link], scratch: Path, *, timeout: float, logger: Logger
+    binary: str, conf: Path, links: list[Link], stage: Path, *, timeout: float, logger: Logger
 ) -> None:
     """`influxd restore -config CONF` of 0.9 links (full first) into CONF's meta and data dirs.
+    influxd must not be running on CONF. stage: as stage_snapshot09_links. Raises StepFailed."""
+    base = stage_snapshot09_links(links, stage)
+    run_snapshot09_restore(binary, conf, base, timeout=timeout, logger=logger)
 
-    influxd must not be running on CONF. scratch (created here, removed by the caller) holds the
-    links hard-linked as PATH, PATH.0, ...: the tool restores PATH and every PATH.N beside it, so
-    it is given exactly the chosen links. Raises StepFailed.
-    """
-    scratch.mkdir(mode=0o700)
-    base = scratch / "snapshot"
+
+def stage_snapshot09_links(links: list[Link], stage: Path) -> Path:
+    """The links (full first) hard-linked, or copied, into stage (created here, removed by the
+    caller's scratch dir) as PATH, PATH.0, …: the tool restores PATH and every PATH.N beside it,
+    so it is given exactly the chosen links. Returns PATH."""
+    stage.mkdir(mode=0o700)
+    base = stage / "snapshot"
     for number, link in enumerate(links):
         staged = base if number == 0 else Path(f"{base}.{number - 1}")
         try:
             os.link(link.path, staged)
         except OSError:
             shutil.copyfile(link.path, staged)
+    return base
+
+
+def run_snapshot09_restore(
+    binary: str, conf: Path, base: Path, *, timeout: float, logger: Logger
+) -> None:
+    """0.9's `influxd restore -config CONF PATH` of staged links; StepFailed unless it exits 0."""
     argv = [binary, "restore", "-config", str(conf), str(base)]
     logger.info("restore.running", argv=argv)
     run = run_tool(argv, timeout, logger, phase="restore")

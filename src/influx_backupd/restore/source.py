@@ -11,7 +11,7 @@ from influx_backupd.core import log
 from influx_backupd.core.errors import OnlyInBucket, RestoreRefused
 from influx_backupd.restore.cold import refuse_unusable, resolve_backup
 from influx_backupd.store.catalog import Catalog
-from influx_backupd.store.chain import Link, links_up_to, lookup, sniff
+from influx_backupd.store.chain import Link, increments_beside_09, links_up_to, lookup, sniff
 from influx_backupd.store.record import Flavour, RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import sidecar_of
 
@@ -62,6 +62,13 @@ def choose(catalog: Catalog, backup: str) -> ColdSource | HotSource:
         detail += (
             "; restored as a full: if it is an increment (-since), the data of the links "
             "before it will be missing"
+        )
+    later = increments_beside_09(path) if flavour == "0.9" and len(links) == 1 else []
+    if later:
+        # 0.9's own `influxd restore PATH` would take them all; this restores the backup named
+        detail += (
+            f"; restored as it was taken: the increments beside it ({later[0].name} to "
+            f"{later[-1].name}) are not restored (give {later[-1].name} to restore the latest)"
         )
     log.get(action="restore", mode="hot", flavour=flavour).warning(
         "restore.no_sidecar", path=str(path), detail=detail

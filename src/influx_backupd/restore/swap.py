@@ -11,7 +11,7 @@ import secrets
 import shlex
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from influx_backupd.core.config import Config
 from influx_backupd.core.errors import RestoreFailed, RestoreMisconfigured, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked, suspend_deferred
 from influx_backupd.core.log import Logger
+from influx_backupd.core.paths import is_within, real
 from influx_backupd.core.processes import identity
 from influx_backupd.influxd import logfile
 from influx_backupd.influxd.server import Influxd
@@ -147,6 +148,20 @@ class SwapPlan:
     def remove_staging(self) -> None:
         for path in self.staging.values():
             shutil.rmtree(path, ignore_errors=True)
+
+
+def refuse_source_inside(plan: SwapPlan, backup_files: Iterable[Path]) -> None:
+    """A backup lying inside a live dir moves aside with it at the swap: read after the stop
+    (0.9's tool) it is gone, and either way it ends in a rollback dir an operator removes.
+    Refused before anything is stopped, as the operator's to move."""
+    for path in backup_files:
+        for top, live in plan.targets.items():
+            if is_within(real(path), live):
+                raise RestoreRefused(
+                    f"{path}: the backup lies inside the live {top} dir {live}, which a "
+                    "whole-server restore moves aside: move it out of the server's dirs first "
+                    "(or restore --target DIR); influxd not stopped"
+                )
 
 
 def refuse_stranger(server: Influxd, plan: SwapPlan, running: psutil.Process | None = None) -> None:

@@ -56,6 +56,7 @@ from influx_backupd.restore.deletes import DeletesApplied
 from influx_backupd.restore.hot import (
     StepFailed,
     chain_server,
+    check_restored09_dirs,
     check_tool_restores,
     live_settings,
     merge_warnings,
@@ -66,7 +67,6 @@ from influx_backupd.restore.hot import (
 from influx_backupd.restore.merge import ChainMerge
 from influx_backupd.restore.refusals import binary_usable, scratch_made
 from influx_backupd.restore.source import ColdSource, HotSource, choose
-from influx_backupd.store import layout
 from influx_backupd.store.archive import extract_safely
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import check_links
@@ -346,18 +346,20 @@ def _rebuild_09(config: Config, source: HotSource, target: Path) -> None:
         f"[data]\n  dir = {toml_value(target / 'data')}\n"
         f"[hinted-handoff]\n  dir = {toml_value(target / 'hh')}\n"
     )
-    scratch = layout.restore_scratch(config.storage_dir, target.name + "-" + str(os.getpid()))
+    # named apart from target (whose name may take the 255 bytes a name has)
+    scratch = scratch_made(config, "restore09-")
     try:
         restore_snapshot09_links(
             str(config.settings.influxd.binary),
             conf,
             source.links,
-            scratch,
+            scratch / "stage",
             timeout=config.settings.influxd.backup_timeout,
             logger=logger,
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    check_restored09_dirs(target / "meta", target / "data")
     conf.rename(target / "influxdb.conf")
 
 

@@ -365,4 +365,38 @@ def links_up_to(
         return links, "catalog"
     if flavour == "portable" and sidecar_of(path.absolute()).exists():
         return sidecar_chain(path.absolute()), "sidecar"
-    return [Link(path, None, flavour == "0.9" and is_increment_09(path))], "alone"
+    if flavour == "0.9":
+        return chain_beside_09(path), "alone"
+    return [Link(path, None, False)], "alone"
+
+
+def chain_beside_09(path: Path) -> list[Link]:
+    """A 0.9 snapshot given without a record, with the links 0.9's own restore reads with it:
+    PATH.N (an increment, by its name) on top of PATH and PATH.0 … PATH.N-1 beside it, and no
+    later one (the state when PATH.N was taken). Without PATH beside it, PATH.N is taken as a
+    full whose name ends in digits: an increment alone holds no meta, which a full's check
+    refuses (restored as a full, it left the server an empty meta dir).
+    RestoreRefused when a link between PATH and PATH.N is missing."""
+    base = path.with_suffix("")
+    if not is_increment_09(path) or not base.is_file():
+        return [Link(path, None, False)]
+    links = [Link(base, None, False)]
+    number = int(path.suffix[1:])
+    for before in range(number):
+        link = Path(f"{base}.{before}")
+        if not link.is_file():
+            raise RestoreRefused(
+                f"{link}, the increment before {path.name} beside its full {base.name}, is "
+                "missing: a 0.9 increment restores only on top of its full and every increment "
+                "before it"
+            )
+        links.append(Link(link, None, True))
+    return [*links, Link(path, None, True)]
+
+
+def increments_beside_09(path: Path) -> list[Path]:
+    """The increments PATH.0, PATH.1, … lying beside the 0.9 full PATH, in order."""
+    found: list[Path] = []
+    while (link := Path(f"{path}.{len(found)}")).is_file():
+        found.append(link)
+    return found

@@ -18,7 +18,6 @@ from influx_backupd.store.record import RUN_ID_PATTERN, RunRecord
 PARTIAL = ".partial"  # a file being written: fsync, then renamed onto its final name
 INCOMPLETE = ".incomplete"  # a 1.x backup dir while the tool writes it (a dir: not PARTIAL)
 STAGING_DIR = ".staging"  # under the storage dir; one staged-copy tree per job
-RESTORE_SCRATCH = ".restore-"  # a hot restore's scratch under the storage dir, per restore id
 SCRATCH = ".verify-"  # a throwaway influxd's scratch dir (restore tests, restore builds)
 # What a run names in the storage dir: JOB-RUNID (store/record.new_run_id), then .tar (a cold
 # archive), nothing (a hot backup's dir) or either's record beside it (.json). A cleaner matches
@@ -106,10 +105,6 @@ def restore_staging(live: Path, restore_id: str) -> Path:
 def rollback_of(live: Path, restore_id: str) -> Path:
     """Where a restore moves one live dir aside: kept, never deleted by us."""
     return live.parent / f"{live.name}.rollback-{restore_id}"
-
-
-def restore_scratch(storage_dir: Path, restore_id: str) -> Path:
-    return storage_dir / f"{RESTORE_SCRATCH}{restore_id}"
 
 
 def is_restore_staging(path: Path) -> bool:

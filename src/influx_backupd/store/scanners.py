@@ -155,7 +155,14 @@ def scan_snapshot09(path: Path, *, incremental: bool) -> Scan:
             f"hot.check: {path}: {extra[0]!r} is in the snapshot, not in its manifest"
         )
     if not incremental and "meta" not in listed:
-        raise CheckFailed(f"hot.check: {path}: a full snapshot without meta")
+        # 0.9 names its increments PATH.N: one given without its full beside it
+        hint = (
+            f" (by its name an increment of {path.stem}, which is not beside it: an increment "
+            "restores only on top of its full)"
+            if path.suffix[1:].isdigit()
+            else ""
+        )
+        raise CheckFailed(f"hot.check: {path}: a full snapshot without meta{hint}")
     return Scan(bytes=reader.bytes, files=len(listed), sha256=digest.hexdigest(), manifest=manifest)
 
 
