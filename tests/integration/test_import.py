@@ -77,3 +77,50 @@ def test_import_from_a_storage_dir_that_does_not_exist_is_a_config_error(
     [line] = done.stderr.strip().splitlines()
     assert "storage.dir" in line and "/nonexistent/x" in line, line
     assert not (tmp_path / "state").exists()
+
+
+def test_backups_that_failed_their_check_stay_failed_through_an_import_and_prune_keeps_good_ones(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: a verdict was kept only in the catalog. Rebuilt by import (a damaged catalog, a
+    new host), the two newest backups, found damaged by verify, counted as good again: keep_last
+    = 2 kept them and prune removed the two good ones, exit 0. The record beside each backup now
+    carries the verdict, and a later good verdict too."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    job = {"name": "nightly", "mode": "cold", "copy": "direct"}
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[job]))
+    runs = [cli.json("backup") for _ in range(4)]
+    assert [r["status"] for r in runs] == ["ok"] * 4, [r.get("error") for r in runs]
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[{**job, "keep_last": 2}]))
+    kept_bytes = {}
+    for run in runs[2:]:  # the two newest rot on disk
+        archive = Path(run["archive"])
+        kept_bytes[archive] = archive.read_bytes()
+        data = bytearray(kept_bytes[archive])
+        data[len(data) // 2] ^= 0xFF
+        archive.write_bytes(bytes(data))
+    assert cli("verify", "--all").returncode == 1
+    # the catalog is lost (a new host, or a damaged one rebuilt the documented way)
+    (tmp_path / "state" / "catalog.db").unlink()
+    imported = cli.json("import")
+    assert sorted(imported["imported"]) == sorted(r["id"] for r in runs)
+    listed = {r["id"]: r["verify_status"] for r in cli.json("list")}
+    assert listed == {
+        runs[0]["id"]: "ok",
+        runs[1]["id"]: "ok",
+        runs[2]["id"]: "failed",
+        runs[3]["id"]: "failed",
+    }
+    pruned = cli.json("prune")
+    assert pruned["deleted"] == [], "the only good backups must stay"
+    for run in runs:
+        assert Path(run["archive"]).exists()
+
+    # mended (copied back from elsewhere): verify says ok, and so does the record beside it
+    for archive, data in kept_bytes.items():
+        archive.write_bytes(data)
+    assert cli("verify", "--all").returncode == 0
+    (tmp_path / "state" / "catalog.db").unlink()
+    cli.json("import")
+    assert {r["verify_status"] for r in cli.json("list")} == {"ok"}

@@ -38,6 +38,36 @@ def write_sidecar(archive: Path, record: RunRecord) -> None:
     replace_json(final, data, indent=1, tmp=layout.partial_of(final))
 
 
+def note_verdict(record: RunRecord) -> str | None:
+    """A check's verdict on a backup (verify, a restore that refused it) into the record beside
+    it too, when it changes what that record says: import on a new host, or after a damaged
+    catalog, reads it there (before: an imported backup that had failed its check counted as
+    good, and retention removed the good ones in its place). Returns the line to log when the
+    record could not be written; None when written or there is none to write to."""
+    if record.archive is None:
+        return None
+    archive = Path(record.archive)
+    try:
+        data = read_sidecar_data(archive)
+    except SidecarError as exc:
+        return str(exc)
+    if data is None or data.get("id") != record.id:
+        return None
+    if data.get("verify_status") == record.verify_status:
+        return None
+    data.update(
+        verify_status=record.verify_status,
+        verified_at=record.verified_at,
+        verify_detail=record.verify_detail,
+    )
+    final = sidecar_of(archive)
+    try:
+        replace_json(final, data, indent=1, tmp=layout.partial_of(final))
+    except OSError as exc:
+        return f"{final}: {exc.strerror or exc}"
+    return None
+
+
 def read_sidecar_data(archive: Path) -> dict[str, object] | None:
     """The raw record beside archive; None when there is none; SidecarError when unusable."""
     path = sidecar_of(archive)

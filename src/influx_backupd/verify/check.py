@@ -61,6 +61,7 @@ from influx_backupd.store.record import RunRecord, only_in_bucket
 from influx_backupd.store.scanners import Scan, changed_files, scan_portable, scan_snapshot09
 from influx_backupd.store.sidecar import (
     SidecarError,
+    note_verdict,
     read_sidecar_data,
     record_beside,
     sidecar_of,
@@ -679,6 +680,7 @@ def save_result(catalog: Catalog, record: RunRecord, result: VerifyResult) -> No
         if link is not None and link.failed_check:
             link.verify_status, link.verified_at, link.verify_detail = "ok", now, detail
             catalog.save(link)
+            _note_beside(link)
             log.get().info("verify.link_passed", run_id=link.id, job=link.job, detail=detail)
     if result.status == "error":
         log.get().warning(
@@ -689,8 +691,15 @@ def save_result(catalog: Catalog, record: RunRecord, result: VerifyResult) -> No
     record.verified_at = now
     record.verify_detail = result.detail()
     catalog.save(record)
+    _note_beside(record)
     if not result.ok:
         catalog.increment(record.job, VERIFY_FAILED, now)
+
+
+def _note_beside(record: RunRecord) -> None:
+    problem = note_verdict(record)
+    if problem is not None:  # the catalog has it: only an import would miss it
+        log.get().warning("verify.record_beside_not_updated", run_id=record.id, error=problem)
 
 
 def save_refused_link(catalog: Catalog, refused: LinkDamaged) -> None:
@@ -715,5 +724,6 @@ def _found_bad(catalog: Catalog, record: RunRecord, detail: str, now: float) -> 
     record.verified_at = now
     record.verify_detail = detail
     catalog.save(record)
+    _note_beside(record)
     catalog.increment(record.job, VERIFY_FAILED, now)
     log.get().error("verify.link_failed", run_id=record.id, job=record.job, error=detail)
