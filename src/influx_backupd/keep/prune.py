@@ -27,7 +27,7 @@ from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.paths import real
 from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import scratch
-from influx_backupd.keep.retention import RetentionPlan, RetentionPolicy, plan
+from influx_backupd.keep.retention import FUTURE_SLACK_S, RetentionPlan, RetentionPolicy, plan
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import ChainCut, parents
@@ -115,10 +115,6 @@ def _named_paths(records: Iterable[RunRecord]) -> set[Path]:
     """The archives these records name, and the records beside them."""
     archives = {Path(r.archive) for r in records if r.archive}
     return archives | {sidecar_of(p) for p in archives}
-
-
-# A start this far after now is the clock's doing, not a backup still to come.
-FUTURE_SLACK_S = 300.0
 
 
 def _named_by(records: Iterable[RunRecord]) -> dict[Path, set[str]]:
@@ -234,17 +230,10 @@ def _prune_job(
     gone = {r.id for r in records if missing_on_disk(r)}
     if gone:
         logger.warning("prune.missing_on_disk", run_ids=sorted(gone))
-    # A backup dated after now (taken while the clock was ahead) ranks newest until then: the
-    # newest one dated before now is kept besides, or each new backup would be pruned at once
+    # taken while the clock was ahead: kept, counted by no rule until their date (retention.plan)
     ahead = sorted(r.id for r in records if r.started_at > now + FUTURE_SLACK_S)
-    present = [
-        r for r in records if r.good and r.id not in gone and r.started_at <= now + FUTURE_SLACK_S
-    ]
     if ahead:
         logger.warning("prune.dated_in_the_future", run_ids=ahead)
-        if present:
-            newest = max(present, key=lambda r: (r.started_at, r.id))
-            hold = {newest.id: "the newest backup not dated in the future", **hold}
     result = _holding(plan(records, policy_of(job), now=now, missing=gone), by_id, hold)
 
     # Belt and braces: whatever retention.plan says, the newest good backup stays.

@@ -40,6 +40,9 @@ from influx_backupd.store.chain import ChainCut, parents
 from influx_backupd.store.record import RunRecord
 
 LOST_POINTS_HOLD_DAYS = 30
+# a backup dated this far past now was taken while the clock was ahead (clocks of one host
+# disagree by less)
+FUTURE_SLACK_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -181,10 +184,13 @@ def plan(
     of backups whose files are gone, which restore nothing: as a failed check, they never take
     a restorable backup's place, nor do their chain's later links.
 
-    The rules count periods that have a backup, not periods back from now; `now` ends only
-    the hold of a backup whose restart lost points (LOST_POINTS_HOLD_DAYS).
+    The rules count periods that have a backup, not periods back from now; `now` ends the hold
+    of a backup whose restart lost points (LOST_POINTS_HOLD_DAYS), and tells the backups dated
+    in the future (taken while the clock was ahead): each is kept, counted by no rule until its
+    date has passed (ranked newest, they took the rules' places and today's backups went).
     """
     ordered = _newest_first(records)
+    ahead = {r.id for r in ordered if r.started_at > now + FUTURE_SLACK_S}
     members = {r.id: r for r in ordered if r.status in ("ok", "running")}
 
     # an increment restores only as well as its earlier links: one on a link whose check
@@ -193,12 +199,13 @@ def plan(
         return r.failed_check or (r.ok and r.id in missing)
 
     unproven = {r.id for r in ordered if failed(r) or _on_failed_link(r, members, failed)}
-    oks = [r for r in ordered if r.good and r.id not in unproven]  # what the rules count
+    # what the rules count
+    oks = [r for r in ordered if r.good and r.id not in unproven and r.id not in ahead]
     checked_bad = [r for r in ordered if r.ok and r.id in unproven]
     reasons = _selected(oks, policy)
     # what the rules would keep were every check good: a failed check never has them delete a
     # backup they would otherwise keep
-    as_if_good = _selected([r for r in ordered if r.ok], policy)
+    as_if_good = _selected([r for r in ordered if r.ok and r.id not in ahead], policy)
 
     def mark(record: RunRecord, why: str) -> None:
         reasons.setdefault(record.id, []).append(why)
@@ -206,6 +213,12 @@ def plan(
     for r in ordered:
         if r.status == "running":
             mark(r, "running")
+        elif r.ok and r.id in ahead:
+            mark(
+                r,
+                f"dated in the future ({_utc(r.started_at):%Y-%m-%d %H:%M} UTC): kept, counted "
+                "by no rule until then",
+            )
     kept_good = [r.started_at for r in oks if r.id in reasons]
     for r in checked_bad:
         newer = not kept_good or r.started_at >= min(kept_good)

@@ -600,3 +600,26 @@ def test_a_backup_whose_restart_lost_points_is_kept_for_30_days_whatever_the_rul
 
     after = plan(records, policy, now=ts("2027-03-22 03:01"))
     assert ids(after.keep) == ["newer"] and ids(after.delete) == ["same", "lost"]
+
+
+def test_backups_dated_in_the_future_are_kept_and_take_no_rules_place() -> None:
+    """Taken while the clock was 30 days ahead, for a week: before, they ranked newest, filled
+    keep_last and keep_daily, and prune removed four of the five backups of today's data (only
+    the newest present one was held) for as long as the clock had been ahead. Now each is kept,
+    counted by no rule until its date has passed."""
+    future = [cold(f"f{d}", f"2027-03-{d} 03:00") for d in range(24, 31)]
+    present = [cold(f"p{d}", f"2027-02-{d} 03:00") for d in range(24, 29)]
+    result = run(future + present, keep_last=3, keep_daily=7)
+    assert result.delete == []
+    assert all("dated in the future" in " ".join(result.reasons[r.id]) for r in future)
+    assert result.reasons["p28"] == ["newest ok", "last 1/3", "daily 2027-02-28"]
+    assert result.reasons["p24"] == ["daily 2027-02-24"]
+
+
+def test_a_chain_with_a_link_dated_in_the_future_is_kept_whole() -> None:
+    full = hot("full", "2027-02-27 03:00", chain="c")
+    later = hot("inc", "2027-03-20 03:00", chain="c", parent="full")  # the clock ahead
+    newer = [cold(f"p{d}", f"2027-02-{d} 04:00") for d in (27, 28)]
+    result = run([full, later, *newer], keep_last=1)
+    assert ids(result.keep) == ["inc", "p28", "full"], result.reasons
+    assert ids(result.delete) == ["p27"]
