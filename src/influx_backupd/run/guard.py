@@ -44,6 +44,7 @@ from influx_backupd.store.state import (
     CrashMarker,
     LockWanted,
     ServerLock,
+    StorageLock,
     daemon_holder,
     lock_for,
     lock_held,
@@ -102,6 +103,7 @@ def exclusive(
     lock = lock_for(config.state_dir, doing)
     _take(config, lock, give_up)
     server_lock = ServerLock(config.settings.influxd.config)
+    storage_lock = StorageLock(config.storage_dir)
     try:
         if influxd or CrashMarker(config.state_dir).path.exists():
             server_lock.acquire()
@@ -109,11 +111,18 @@ def exclusive(
         # again (recovery): its first failed start is told at once (core/alarms.py)
         with alarms.left_down_handler(left_down_alarm(config)):
             catalog = Catalog(config.state_dir)
-            recover(config, catalog, start_attempts=start_attempts, on_damage=on_damage)
+            recover(
+                config,
+                catalog,
+                start_attempts=start_attempts,
+                on_damage=on_damage,
+                storage_lock=storage_lock,
+            )
             if influxd:  # after recovery: a full state dir must not keep influxd down
                 keep_config_in_use(config)
             yield catalog
     finally:
+        storage_lock.release()
         server_lock.release()
         lock.release()
 
@@ -328,10 +337,19 @@ def recover(
     *,
     start_attempts: int | None = None,
     on_damage: OnDamage = "raise",
+    storage_lock: StorageLock | None = None,
 ) -> None:
-    """We hold the lock, so no other run is alive: undo what a dead one left behind."""
+    """We hold the lock, so no other run is alive: undo what a dead one left behind.
+    storage_lock: taken once influxd is back (Busy while another instance uses the storage
+    dir: its unfinished archive is no dead run's), before the storage dir is cleaned."""
     try:
-        _recover(config, catalog, start_attempts=start_attempts, on_damage=on_damage)
+        _recover(
+            config,
+            catalog,
+            start_attempts=start_attempts,
+            on_damage=on_damage,
+            storage_lock=storage_lock,
+        )
     finally:
         _left_down_as_the_marker_says(config)
 
@@ -366,6 +384,7 @@ def _recover(
     *,
     start_attempts: int | None,
     on_damage: OnDamage,
+    storage_lock: StorageLock | None,
 ) -> None:
     # here, not at the top: `list` and `status` import this module for left_stopped only
     from influx_backupd.restore.database import recover_database_restore
@@ -507,6 +526,8 @@ def _recover(
                     )
             if not_started is None and not CrashMarker.signalled_runs(left):
                 marker.clear()
+    if storage_lock is not None:
+        storage_lock.acquire()
     storage = config.storage_dir
     if storage.is_dir():
         for leftover in _unfinished(storage):

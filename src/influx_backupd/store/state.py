@@ -342,6 +342,46 @@ class ServerLock:
         return flock_holder(self.conf)
 
 
+class StorageLock:
+    """One influx-backupd at a time per storage dir, whatever its state_dir: two instances
+    sharing one (a config copied for an influx-backupd@NAME, only [influxd] changed) filled one
+    staging tree with both servers' files at once, an ok backup holding the other server's
+    data, and each one's recovery removed the other's unfinished archive as a dead run's.
+
+    flock(2) on the storage dir itself, opened read-only: nothing is written there (a
+    read-only mount of backups restores as before); no dir yet, or a filesystem that refuses
+    flock: the command goes on without it."""
+
+    def __init__(self, storage: Path) -> None:
+        self.storage = storage
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.storage, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return  # none yet (made by the first backup) or unreadable: said where it is used
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _flock_holder(fd)
+            os.close(fd)
+            raise Busy(
+                f"storage dir {self.storage} is in use by another influx-backupd ({holder}; a "
+                "config with another state_dir naming the same storage.dir): one at a time per "
+                "storage dir; give each instance a storage.dir of its own"
+            ) from None
+        except OSError:
+            os.close(fd)
+            return
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def flock_holder(path: Path) -> str | None:
     """'pid N' (from /proc/locks) of a live process holding an exclusive flock on path, or None
     (no such file, no holder); creates and takes nothing: read-only commands ask it."""
