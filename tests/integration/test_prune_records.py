@@ -3,6 +3,7 @@ backup dated after now, a chain whose full is gone from the disk (real influxd, 
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ def test_a_record_naming_dir_dotdot_never_gets_the_storage_dir_removed(
     Catalog(tmp_path / "state").save(bad)
     done = cli("prune")
     assert all(Path(r["archive"]).exists() for r in links), done.stdout
-    assert "not inside storage.dir" in done.stdout + done.stderr
+    assert "outside storage.dir" in done.stdout + done.stderr
 
 
 def test_a_backup_dated_after_now_never_has_the_newest_one_pruned(
@@ -81,3 +82,33 @@ def test_a_chain_whose_full_is_gone_never_costs_a_restorable_backup_its_place(
     done = cli("prune")
     assert done.returncode in (0, 1), done.stderr
     assert Path(a["archive"]).exists(), done.stdout
+
+
+def test_backups_outside_storage_dir_take_no_rules_place_from_this_configs_own(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Two backups in another storage dir share this catalog (storage.dir changed since, or
+    another config naming this state_dir: `-c` through a link found the plain unit's). Before:
+    keep_last = 2 kept those two, deleted all three of this config's own, exit 0 (and dropped
+    the entries of any whose files it refused). Now they are kept, counted by no rule."""
+    cold = {"name": "nightly", "mode": "cold", "copy": "direct"}
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    here = Cli(write_config(tmp_path, sandbox, jobs=[cold]))
+    own = [here.json("backup") for _ in range(3)]
+    config = write_config(tmp_path, sandbox, jobs=[cold])
+    config.write_text(
+        config.read_text().replace(str(tmp_path / "archives"), str(tmp_path / "other"))
+    )
+    other = [Cli(config).json("backup") for _ in range(2)]
+    assert [r["status"] for r in own + other] == ["ok"] * 5
+    pruning = Cli(write_config(tmp_path, sandbox, jobs=[{**cold, "keep_last": 2}]))
+    done = pruning("prune", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [d["run_id"] for d in report["deleted"]] == [own[0]["id"]]
+    kept = {k["id"]: k["reasons"] for k in report["kept"]}
+    assert set(kept) == {own[1]["id"], own[2]["id"], other[0]["id"], other[1]["id"]}
+    assert all("outside storage.dir" in " ".join(kept[r["id"]]) for r in other)
+    assert all(Path(r["archive"]).exists() for r in own[1:] + other)
+    assert {r.id for r in Catalog(tmp_path / "state").list()} == set(kept)

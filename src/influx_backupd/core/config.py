@@ -982,12 +982,21 @@ def default_state_dir(config_path: Path) -> Path:
     return DEFAULT_STATE_DIR / name if name else DEFAULT_STATE_DIR
 
 
+def spellings(config_path: Path) -> list[Path]:
+    """config_path as given, `..` folded, and with its links followed: `-c /root/db2.toml`, a
+    link to /etc/influx-backupd/db2.toml, is that instance's config (its state dir, its unit)."""
+    return [Path(os.path.normpath(config_path)), real(config_path)]
+
+
 def instance_name(config_path: Path) -> str | None:
     """NAME for /etc/influx-backupd/NAME.toml, the config of the unit influx-backupd@NAME."""
-    name = config_path.stem
-    if config_path.parent != DEFAULT_CONFIG_PATH.parent or config_path.suffix != ".toml":
-        return None
-    return name if name != DEFAULT_CONFIG_PATH.stem and JOB_NAME.match(name) else None
+    for path in spellings(config_path):
+        name = path.stem
+        if path.parent != DEFAULT_CONFIG_PATH.parent or path.suffix != ".toml":
+            continue
+        if name != DEFAULT_CONFIG_PATH.stem and JOB_NAME.match(name):
+            return name
+    return None
 
 
 def _usable_dir(path: Path, key: str, value: Path) -> None:

@@ -21,7 +21,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from influx_backupd.core.config import DEFAULT_CONFIG_PATH, Config, ConfigError, instance_name
+from influx_backupd.core.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    instance_name,
+    spellings,
+)
 from influx_backupd.core.interrupt import child_preexec
 from influx_backupd.core.paths import real
 
@@ -66,7 +72,7 @@ def written_dirs(config: Config) -> list[Written]:
 
 def unit_for(config_path: Path) -> str | None:
     """The shipped unit that runs this config file, if one does."""
-    if config_path == DEFAULT_CONFIG_PATH:
+    if DEFAULT_CONFIG_PATH in spellings(config_path):
         return "influx-backupd.service"
     name = instance_name(config_path)
     return f"influx-backupd@{name}.service" if name else None

@@ -127,6 +127,14 @@ def _named_by(records: Iterable[RunRecord]) -> dict[Path, set[str]]:
     return named
 
 
+def _inside(storage: Path, path: Path) -> bool:
+    """path lies strictly inside storage (real: links followed). The last element itself is
+    what would go: ".." (`DIR/..` is the storage dir itself, which lies below itself by name)
+    and "." name no file of a backup."""
+    where = Path(os.path.normpath(real(path.parent) / path.name))
+    return path.name not in ("", ".", "..") and ".." not in path.parts and storage in where.parents
+
+
 def _ours_alone(
     config: Config,
     named: Mapping[Path, set[str]],
@@ -141,10 +149,7 @@ def _ours_alone(
     storage = real(config.storage_dir)
     kept: list[Path] = []
     for path in paths:
-        # the last element itself is what goes; ".." (`DIR/..` is the storage dir itself,
-        # which lies below itself by name) and "." name no file of a backup
-        where = Path(os.path.normpath(real(path.parent) / path.name))
-        if path.name in ("", ".", "..") or ".." in path.parts or storage not in where.parents:
+        if not _inside(storage, path):
             why = f"{path}: not inside storage.dir {config.storage_dir}; left where it is"
         elif named.get(path, set()) - {record.id}:
             why = f"{path}: named by another backup's record too; left where it is"
@@ -234,7 +239,24 @@ def _prune_job(
     ahead = sorted(r.id for r in records if r.started_at > now + FUTURE_SLACK_S)
     if ahead:
         logger.warning("prune.dated_in_the_future", run_ids=ahead)
-    result = _holding(plan(records, policy_of(job), now=now, missing=gone), by_id, hold)
+    # A backup outside storage.dir (storage.dir changed since, or a state_dir another config
+    # shares) is not this config's to judge: counted by a rule it took a place of its own
+    # backups, which went (and prune, refusing its files, dropped its entry)
+    storage = real(config.storage_dir)
+    elsewhere = {
+        r.id: f"lies outside storage.dir {config.storage_dir}: never pruned by this config"
+        for r in records
+        if r.archive and r.status != "running" and not _inside(storage, Path(r.archive))
+    }
+    if elsewhere:
+        logger.warning(
+            "prune.outside_storage",
+            run_ids=sorted(elsewhere),
+            detail="kept, counted by no rule: move them into storage.dir and import them, or "
+            "remove them by hand",
+        )
+    retention = plan(records, policy_of(job), now=now, missing=gone, aside=elsewhere)
+    result = _holding(retention, by_id, hold)
 
     # Belt and braces: whatever retention.plan says, the newest good backup stays.
     goods = sorted((r for r in records if r.good), key=lambda r: (r.started_at, r.id))

@@ -32,7 +32,7 @@ was taken, whatever the rules say, so that the operator the alert woke has time 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
@@ -179,6 +179,7 @@ def plan(
     *,
     now: float,
     missing: Collection[str] = (),
+    aside: Mapping[str, str] | None = None,
 ) -> RetentionPlan:
     """Split one job's runs into keep and delete, newest first in each list. missing: the ids
     of backups whose files are gone, which restore nothing: as a failed check, they never take
@@ -188,9 +189,16 @@ def plan(
     of a backup whose restart lost points (LOST_POINTS_HOLD_DAYS), and tells the backups dated
     in the future (taken while the clock was ahead): each is kept, counted by no rule until its
     date has passed (ranked newest, they took the rules' places and today's backups went).
+    aside: backups kept and counted by no rule either (id → why: not the caller's to judge).
     """
     ordered = _newest_first(records)
-    ahead = {r.id for r in ordered if r.started_at > now + FUTURE_SLACK_S}
+    aside = dict(aside or {})
+    for r in ordered:
+        if r.ok and r.started_at > now + FUTURE_SLACK_S:
+            when = _utc(r.started_at).strftime("%Y-%m-%d %H:%M")
+            aside.setdefault(
+                r.id, f"dated in the future ({when} UTC): kept, counted by no rule until then"
+            )
     members = {r.id: r for r in ordered if r.status in ("ok", "running")}
 
     # an increment restores only as well as its earlier links: one on a link whose check
@@ -200,12 +208,12 @@ def plan(
 
     unproven = {r.id for r in ordered if failed(r) or _on_failed_link(r, members, failed)}
     # what the rules count
-    oks = [r for r in ordered if r.good and r.id not in unproven and r.id not in ahead]
+    oks = [r for r in ordered if r.good and r.id not in unproven and r.id not in aside]
     checked_bad = [r for r in ordered if r.ok and r.id in unproven]
     reasons = _selected(oks, policy)
     # what the rules would keep were every check good: a failed check never has them delete a
     # backup they would otherwise keep
-    as_if_good = _selected([r for r in ordered if r.ok and r.id not in ahead], policy)
+    as_if_good = _selected([r for r in ordered if r.ok and r.id not in aside], policy)
 
     def mark(record: RunRecord, why: str) -> None:
         reasons.setdefault(record.id, []).append(why)
@@ -213,12 +221,8 @@ def plan(
     for r in ordered:
         if r.status == "running":
             mark(r, "running")
-        elif r.ok and r.id in ahead:
-            mark(
-                r,
-                f"dated in the future ({_utc(r.started_at):%Y-%m-%d %H:%M} UTC): kept, counted "
-                "by no rule until then",
-            )
+        elif r.id in aside:
+            mark(r, aside[r.id])
     kept_good = [r.started_at for r in oks if r.id in reasons]
     for r in checked_bad:
         newer = not kept_good or r.started_at >= min(kept_good)

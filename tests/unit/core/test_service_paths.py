@@ -372,3 +372,19 @@ def test_the_unit_running_this_process_is_the_one_checked_whatever_the_config_pa
         assert line.startswith(f"storage.dir {var_tmp / 'influx-backups'}: the unit "), line
         assert "my-backups.service has PrivateTmp=yes" in line, line
     unit_paths.running_unit.cache_clear()
+
+
+def test_an_instance_config_named_through_a_link_or_dots_finds_the_instance_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: `-c /root/db2.toml` (a link to /etc/influx-backupd/db2.toml) or a path with `..`
+    in it got the plain unit's /var/lib/influx-backupd: its lock and catalog, whose retention
+    then ranked the other instance's backups with this one's and pruned this one's."""
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    link = tmp_path / "db2.toml"
+    link.symlink_to("/etc/influx-backupd/db2.toml")  # its target need not exist for the name
+    assert default_state_dir(link) == Path("/var/lib/influx-backupd/db2")
+    assert unit_for(link) == "influx-backupd@db2.service"
+    dotted = Path("/etc/influx-backupd/../influx-backupd/db2.toml")
+    assert default_state_dir(dotted) == Path("/var/lib/influx-backupd/db2")
+    assert default_state_dir(tmp_path / "db2.toml.bak") == Path("/var/lib/influx-backupd")
