@@ -124,3 +124,29 @@ def test_backups_that_failed_their_check_stay_failed_through_an_import_and_prune
     (tmp_path / "state" / "catalog.db").unlink()
     cli.json("import")
     assert {r["verify_status"] for r in cli.json("list")} == {"ok"}
+
+
+def test_an_empty_catalog_beside_backups_says_to_import_them(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Before: a catalog.db truncated to 0 bytes (or none, on a new host) beside a storage dir
+    full of backups: `list` said "no backups yet", `status` "never ran", `verify --all` "no
+    backups to verify", all exit 0, and nothing said the backups were there to be imported."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 300)
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[{"name": "nightly", "mode": "cold"}]))
+    taken = [cli.json("backup") for _ in range(2)]
+    assert [r["status"] for r in taken] == ["ok", "ok"]
+    (tmp_path / "state" / "catalog.db").write_bytes(b"")
+    hint = (
+        f"the catalog knows no backups, but 2 backups with their records lie in storage.dir "
+        f"{tmp_path / 'archives'}: add them with `influx-backupd import`"
+    )
+    for argv in (["list"], ["list", "--json"], ["status"], ["verify", "--all"]):
+        done = cli(*argv)
+        assert done.returncode == 0, (argv, done.stderr)
+        assert hint in done.stderr.splitlines()[-1], (argv, done.stderr)
+    assert cli.json("list") == []
+    cli("import", check=True)
+    assert len(cli.json("list")) == 2
+    assert "import" not in cli("list").stderr

@@ -412,12 +412,28 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     catalog = Catalog(config.state_dir)
     if catalog.exists():
         catalog.check()  # damage anywhere, not only in the rows listed
-    print_list(
-        catalog.list(job=args.job) if catalog.exists() else [],
-        args.json,
-        run_alive=lock_held(config.state_dir),
-    )
+    records = catalog.list(job=args.job) if catalog.exists() else []
+    print_list(records, args.json, run_alive=lock_held(config.state_dir))
+    if not records:
+        say_unimported(config, catalog)
     return EXIT_OK
+
+
+def say_unimported(config: Config, catalog: Catalog) -> None:
+    """When the catalog knows no backup at all (a new host; a catalog lost or truncated to
+    nothing, which SQLite reads as a new one) but records of backups lie beside them in the
+    storage dir: one line saying so, or every command would call the host backup-less."""
+    try:
+        if catalog.exists() and catalog.list():
+            return
+        beside = [p for p in config.storage_dir.glob("*.json") if p.with_suffix("").exists()]
+    except (CatalogError, OSError):
+        return
+    if beside:
+        say(
+            f"the catalog knows no backups, but {len(beside)} backups with their records lie "
+            f"in storage.dir {config.storage_dir}: add them with `influx-backupd import`"
+        )
 
 
 def cmd_restore(config: Config, args: argparse.Namespace) -> int:
@@ -643,6 +659,8 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         print_json([r.to_dict() for r in results])
     elif not results and not passed:
         print("no backups to verify")
+    if not results and not passed and args.all:
+        say_unimported(config, catalog)
     if passed and not args.json:
         print(
             f"passed over {len(passed)} backup(s) only in the bucket (not fetched here): "
@@ -932,6 +950,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
                 f"restore   a killed restore --database left {pending.get('new', '?')} pending "
                 f"({config.state_dir / PENDING_DATABASE_RESTORE}); {what}"
             )
+    say_unimported(config, Catalog(config.state_dir))
     # influxd left down by a run that is gone is the one state that needs a person now:
     # `influx-backupd status || alert` (a job's failed run is a line, not an outage)
     down = report["influxd_down"]
