@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from influx_backupd.core import log
-from influx_backupd.core.config import Config, influx_conf_of
+from influx_backupd.core.config import MAX_READ, Config, influx_conf_of
 from influx_backupd.core.errors import OnlyInBucket, RestoreMisconfigured, RestoreRefused
 from influx_backupd.core.interrupt import Interrupted, signals_blocked
 from influx_backupd.influxd import logfile, names
@@ -325,7 +325,11 @@ def archived_settings(path: Path) -> tuple[dict[str, str], str]:
             member = tar.extractfile("influxdb.conf")
             if member is None:
                 return {}, ""
-            raw = influx_conf_of(member.read())
+            # read whole: one larger than any conf (a hostile header's size) is none to serve
+            data = member.read(MAX_READ + 1)
+            if len(data) > MAX_READ:
+                return {}, ""
+            raw = influx_conf_of(data)
     except (KeyError, OSError, tarfile.TarError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return {}, ""
     return server_settings(raw)

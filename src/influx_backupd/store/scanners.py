@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from influx_backupd.core.atomic import read_small
+from influx_backupd.core.atomic import OURS_LIMIT, read_small
 from influx_backupd.core.errors import CheckFailed
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.names import INFLUX_NAME_RULE, influx_name_ok
@@ -117,6 +117,11 @@ def scan_snapshot09(path: Path, *, incremental: bool) -> Scan:
                         if info.name != "manifest" or not info.isreg():
                             raise CheckFailed(
                                 f"hot.check: {path}: first member is {info.name!r}, not the manifest"
+                            )
+                        if info.size > OURS_LIMIT:  # read whole: memory, not a check
+                            raise CheckFailed(
+                                f"hot.check: {path}: its manifest is {info.size} bytes, more "
+                                "than a manifest may be"
                             )
                         stream = tar.extractfile(info)
                         assert stream is not None
@@ -460,6 +465,10 @@ def scan_portable(
                 else:
                     _check_gzip_ends(raw, st.st_size, path, listed)
             elif kind == "meta":
+                if st.st_size > OURS_LIMIT:  # read whole: memory, not a check
+                    raise CheckFailed(
+                        f"hot.check: {path}: {st.st_size} bytes, more than a meta file may be"
+                    )
                 try:
                     meta_bytes = reader.read()
                     inner = portable_meta_size(meta_bytes)

@@ -714,3 +714,18 @@ def test_a_chain_is_not_extended_on_a_link_that_failed_its_check_or_left_storage
     full.verify_status = "failed"
     bad = _plan([full, inc], storage_dir=tmp_path / "old")
     assert bad.kind == "full" and "a failed its last check" in bad.why  # type: ignore[attr-defined]
+
+
+def test_a_09_manifest_larger_than_any_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest is read whole into memory: a header claiming gigabytes (a hostile or
+    damaged snapshot) was read to its end. Refused by its size first (the limit lowered here
+    to keep the file small)."""
+    from influx_backupd.store import scanners
+
+    snapshot = _snapshot(tmp_path / "s", {"meta": b"m", "db/rp/1": b"abc"})
+    manifest_size = len(json.dumps({"files": [{"name": "meta", "size": 1, "index": 1}]}))
+    monkeypatch.setattr(scanners, "OURS_LIMIT", manifest_size)
+    with pytest.raises(CheckFailed, match="more than a manifest may be"):
+        scan_snapshot09(snapshot, incremental=False)
