@@ -359,3 +359,20 @@ def test_archive_counts_what_it_did_not_read(tmp_path: Path) -> None:
     assert report.findings == []
     assert report.checked == {"series": 1}
     assert report.unread == {".conf": 1, ".db": 1, ".tombstone": 1}
+
+
+def test_tsl_last_entry_failing_a_written_checksum_is_damage() -> None:
+    """Audit: a byte changed in the last entry of a log (its series id, a name, the checksum
+    itself) was a "torn tail" warning; influxd then dropped that series from the index and the
+    restore lost its points. A crash leaves the unwritten bytes zeros: a checksum written is
+    no torn write. Zeroed, it still is one."""
+    whole = b"".join(ENTRIES)
+    last = len(whole) - len(ENTRIES[-1])
+    for at in (last + 1, len(whole) - 2):  # the series id, the checksum
+        data = bytearray(whole)
+        data[at] ^= 0x01
+        [(severity, message)] = check_log(bytes(data))
+        assert severity == "error" and f"offset {last}" in message, message
+    zeroed = whole[:-4] + bytes(4)
+    [(severity, message)] = check_log(zeroed)
+    assert severity == "warning" and "torn tail" in message, message

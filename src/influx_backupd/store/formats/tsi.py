@@ -177,7 +177,9 @@ def _tsl_stop(window: Window, pos: int, why: str, member: str) -> list[Finding]:
     """influxd stops replaying at pos. A torn tail (a write cut short) is what a crash leaves:
     a warning, as influxd tolerates it (IndexListing makes it an error in an older log, which
     no crash tears). A whole entry after it, or no readable entry at all, is damage: influxd
-    would silently drop those series from the index."""
+    would silently drop those series from the index. So is a last entry whole by its lengths
+    that fails its checksum with its checksum written (not zeros: the pages a crash leaves
+    unwritten read as zeros), as a bad WAL entry is: a changed byte, its series dropped."""
     what = "cut short" if why == "short" else "fails its checksum"
     lost = window.size - pos
     if pos == 0:
@@ -205,7 +207,8 @@ def _tsl_stop(window: Window, pos: int, why: str, member: str) -> list[Finding]:
         if spent[0] + 64 * start > budget:
             break  # entries that nearly parse everywhere: no write cut short
     else:
-        if end - pos <= _MAX_ENTRY:  # a write cut short leaves at most one entry's bytes
+        # a write cut short leaves at most one entry's bytes, and no checksum written
+        if end - pos <= _MAX_ENTRY and (why == "short" or window.size - end >= 4):
             return [
                 Finding(
                     "warning",
