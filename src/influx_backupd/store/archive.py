@@ -626,14 +626,19 @@ def scan_archive(path: Path, allowed_tops: Set[str]) -> ArchiveScan:
 
 
 # The most a restored dir or file is given: influxd's own modes. Modes come from an archive or
-# a manifest, which may be hostile: never set-id, never writable by group or other.
-MAX_DIR_MODE = 0o755
-MAX_FILE_MODE = 0o644
+# a manifest, which may be hostile: never set-id, never writable by group or other. And the
+# least: what influxd, running as the owner, needs (a member of mode 0000 from a re-tarred
+# archive, restored as such, left its points unserved).
+MAX_DIR_MODE, MIN_DIR_MODE = 0o755, 0o700
+MAX_FILE_MODE, MIN_FILE_MODE = 0o644, 0o600
 
 
 def restored_mode(mode: int, *, is_dir: bool) -> int:
-    """A mode read from an archive or manifest, capped for a restored or fetched dir or file."""
-    return stat.S_IMODE(mode) & (MAX_DIR_MODE if is_dir else MAX_FILE_MODE)
+    """A mode read from an archive or manifest, capped and floored for a restored or fetched
+    dir or file."""
+    if is_dir:
+        return stat.S_IMODE(mode) & MAX_DIR_MODE | MIN_DIR_MODE
+    return stat.S_IMODE(mode) & MAX_FILE_MODE | MIN_FILE_MODE
 
 
 def extract_safely(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
@@ -232,3 +233,22 @@ def test_a_dir_that_cannot_be_listed_fails_the_write_rather_than_archive_it_empt
     with pytest.raises(PermissionError):
         write_archive(tmp_path / "a.tar", [("data", tmp_path / "src" / "data")])
     assert not (tmp_path / "a.tar").exists()
+
+
+def test_restored_modes_are_capped_and_leave_influxd_its_own_access(tmp_path: Path) -> None:
+    """Modes come from the archive, which may have been re-tarred: never set-id nor writable
+    by others (the cap), and, audit G, never less than the owner's read and write (a member of
+    mode 0000 restored as such: influxd, running as that owner, served none of its points)."""
+    dirs = tarfile.TarInfo("data/db")
+    dirs.type, dirs.mode = tarfile.DIRTYPE, 0o000
+    locked, data = _file("data/db/locked.tsm")
+    locked.mode = 0o000
+    setid, more = _file("data/db/setid.tsm")
+    setid.mode = 0o6777
+    archive = _tar_with(
+        tmp_path, _file("meta/meta.db"), (dirs, None), (locked, data), (setid, more)
+    )
+    targets = {"meta": tmp_path / "m", "data": tmp_path / "d"}
+    extract_safely(archive, targets, uid=None, gid=None)
+    mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "d").rglob("*")}
+    assert mode == {"db": 0o700, "locked.tsm": 0o600, "setid.tsm": 0o644}
