@@ -22,7 +22,7 @@ from influx_backupd.store.formats.series import (
     check_series_index,
     segment_size,
 )
-from influx_backupd.store.formats.tsi import IndexListing, check_tsl
+from influx_backupd.store.formats.tsi import FIELDS_MAGIC, IndexListing, check_fields, check_tsl
 
 SEGMENT = "data/db/_series/00/0000"
 
@@ -376,3 +376,37 @@ def test_tsl_last_entry_failing_a_written_checksum_is_damage() -> None:
     zeroed = whole[:-4] + bytes(4)
     [(severity, message)] = check_log(zeroed)
     assert severity == "warning" and "torn tail" in message, message
+
+
+def _pb(number: int, value: bytes | int) -> bytes:
+    if isinstance(value, int):
+        return uvarint(number << 3) + uvarint(value)
+    return uvarint(number << 3 | 2) + uvarint(len(value)) + value
+
+
+def fields_idx(measurements: dict[bytes, list[tuple[bytes, int]]]) -> bytes:
+    """fields.idx as influxd 1.6 writes it: magic, then MeasurementFieldSet{1: MeasurementFields{
+    1: name, 2: Field{1: name, 2: type}}}."""
+    body = b"".join(
+        _pb(1, _pb(1, name) + b"".join(_pb(2, _pb(1, f) + _pb(2, t)) for f, t in fields))
+        for name, fields in measurements.items()
+    )
+    return FIELDS_MAGIC + body
+
+
+def check_field_list(data: bytes) -> list[str]:
+    return [f.message for f in check_fields(io.BytesIO(data), len(data), "fields.idx")]
+
+
+def test_fields_idx_names_and_types_are_checked() -> None:
+    """Audit G: a field's type byte changed (1 to 33) passed verify --deep (framing only); the
+    restored influxd panicked ("unreachable") on the first query of that field. A name emptied
+    lost a measurement's fields."""
+    good = {b"cpu": [(b"value", 1), (b"n", 2), (b"s", 3), (b"ok", 4), (b"u", 9)], b"mem": []}
+    assert check_field_list(fields_idx(good)) == []
+    [bad] = check_field_list(fields_idx({b"cpu": [(b"value", 33)]}))
+    assert "field b'value' has type 33, none a field has" in bad, bad
+    [unnamed] = check_field_list(fields_idx({b"cpu": [(b"", 1)]}))
+    assert "a field without a name" in unnamed, unnamed
+    [nameless] = check_field_list(fields_idx({b"": [(b"value", 1)]}))
+    assert "a measurement without a name" in nameless, nameless

@@ -21,6 +21,7 @@ import re
 import struct
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from influx_backupd.store.formats.findings import Finding, Window, read_at
@@ -249,7 +250,68 @@ def check_fields(stream: BinaryIO, size: int, member: str) -> list[Finding]:
         ]
     # MeasurementFieldSet{1: MeasurementFields{1: name, 2: Field{1: name, 2: type}}}
     problem = _protobuf_problem(window, 4, size, {1: {2: {}}})
+    if problem is None:
+        problem = _fields_problem(window, size)
     return [] if problem is None else [_err(member, f"garbled field list: {problem}")]
+
+
+# influxql's DataType of a stored field (Float, Integer, String, Boolean, Unsigned): influxd
+# panics on a query of a field of any other type ("unreachable"), or serves none of it
+_FIELD_TYPES = frozenset({1, 2, 3, 4, 9})
+
+
+def _fields_problem(window: Window, size: int) -> str | None:
+    """What influxd needs of each measurement's fields, the framing being whole: a name, and
+    every field a name and a type a field can have. A changed byte the framing tolerates (a
+    type, a length) otherwise made a restore whose influxd panicked on a query of that field
+    or lost a measurement's fields."""
+    for start, end in _messages(window, 4, size):
+        name = b""
+        for number, value in _pb_fields(window, start, end):
+            if number == 1 and isinstance(value, tuple):
+                name = window.get(value[0], min(value[1] - value[0], 1 << 16))
+            elif number == 2 and isinstance(value, tuple):
+                field_name, field_type = b"", None
+                for inner, got in _pb_fields(window, *value):
+                    if inner == 1 and isinstance(got, tuple):
+                        field_name = window.get(got[0], min(got[1] - got[0], 1 << 16))
+                    elif inner == 2 and isinstance(got, int):
+                        field_type = got
+                where = f"at offset {value[0]}"
+                if not field_name:
+                    return f"a field without a name {where}"
+                if field_type not in _FIELD_TYPES:
+                    return f"field {field_name[:64]!r} has type {field_type}, none a field has ({where})"
+        if not name:
+            return f"a measurement without a name at offset {start}"
+    return None
+
+
+def _messages(window: Window, i: int, end: int) -> Iterator[tuple[int, int]]:
+    """The extents of field 1's embedded messages (the measurements) between i and end."""
+    for number, value in _pb_fields(window, i, end):
+        if number == 1 and isinstance(value, tuple):
+            yield value
+
+
+def _pb_fields(window: Window, i: int, end: int) -> Iterator[tuple[int, int | tuple[int, int]]]:
+    """(field number, varint value or (start, end) of a length-delimited one), in a message
+    whose framing _protobuf_problem has found whole."""
+    while i < end:
+        key, used, _ = _uvarint(window.get(i, 10), 0)
+        i += used
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, used, _ = _uvarint(window.get(i, 10), 0)
+            i += used
+            yield number, value
+        elif wire == 2:
+            length, used, _ = _uvarint(window.get(i, 10), 0)
+            i += used
+            yield number, (i, i + length)
+            i += length
+        else:
+            i += 8 if wire == 1 else 4
 
 
 _Schema = dict[int, "_Schema"]
