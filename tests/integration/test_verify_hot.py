@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from influx_backupd.core.errors import CheckFailed
 from influx_backupd.influxd.sandbox import Sandbox, influxd_binary
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import new_run_id
@@ -469,3 +470,23 @@ def test_a_record_beside_a_backup_that_disagrees_with_the_catalog_fails_verify(
     finally:
         chain.catalog.delete(run_id)
         chain.catalog.delete(bare)
+
+
+def test_a_portable_meta_store_whose_default_policy_is_none_of_its_own_fails_its_scan(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Audit G: "autogen" with one bit flipped in a portable backup's .meta passed verify
+    --deep and restore by path; every query of the restored server that named no retention
+    policy failed ("retention policy not found: Autogen"). The meta store is read now."""
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[{"name": "hotjob", "mode": "hot"}]))
+    (full,) = hot_chain(cli, sandbox, [[("metrics", 300)]])
+    backup = Path(full["archive"])
+    assert scan_portable(backup).files > 0  # sound: no false alarm on a real one
+    damaged = tmp_path / "damaged"
+    shutil.copytree(backup, damaged)
+    (meta,) = damaged.glob("*.meta")
+    data = meta.read_bytes()
+    at = data.index(b"\x12\x07autogen")  # DatabaseInfo's DefaultRetentionPolicy field
+    meta.write_bytes(data[: at + 2] + b"A" + data[at + 3 :])
+    with pytest.raises(CheckFailed, match="its default retention policy b'Autogen' is none"):
+        scan_portable(damaged)

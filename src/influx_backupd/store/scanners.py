@@ -20,6 +20,7 @@ from influx_backupd.core.errors import CheckFailed
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.names import INFLUX_NAME_RULE, influx_name_ok
 from influx_backupd.store.archive import CHUNK, MemberCheck, UnsafeArchive
+from influx_backupd.store.formats.meta import meta_problem
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 
 MAX_SIZE = 2**63 - 1  # no file is larger; a manifest that says so lies
@@ -473,10 +474,13 @@ def scan_portable(
                     meta_bytes = reader.read()
                     inner = portable_meta_size(meta_bytes)
                     shape = meta_shape(meta_bytes, deleted=True)
+                    problem = meta_problem(portable_meta_store(meta_bytes))
                 except ValueError as exc:
                     raise CheckFailed(
                         f"hot.check: {path}: not a portable meta file ({exc})"
                     ) from None
+                if problem is not None:
+                    raise CheckFailed(f"hot.check: {path}: meta store: {problem}")
                 if inner != listed:
                     raise CheckFailed(
                         f"hot.check: {path}: meta store is {inner} bytes, manifest says {listed}"

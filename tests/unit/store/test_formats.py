@@ -483,10 +483,46 @@ def make_tar(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+def _pb(number: int, value: bytes | int) -> bytes:
+    """One protobuf field: a varint, or a length-delimited one."""
+    if isinstance(value, int):
+        return bytes([number << 3]) + _uvarint(value)
+    return bytes([number << 3 | 2]) + _uvarint(len(value)) + value
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes([*out, n])
+
+
+def meta_store(*databases: tuple[bytes, bytes, list[bytes]]) -> bytes:
+    """A 1.x meta store: Data{1: term, 2: index, 5: DatabaseInfo{1: name, 2: default retention
+    policy, 3: RetentionPolicyInfo{1: name, 4: replicas}}}, as meta.proto defines them."""
+    return (
+        _pb(1, 0)
+        + _pb(2, 5)
+        + b"".join(
+            _pb(
+                5,
+                _pb(1, name)
+                + _pb(2, default)
+                + b"".join(_pb(3, _pb(1, p) + _pb(4, 1)) for p in rps),
+            )
+            for name, default, rps in databases
+        )
+    )
+
+
+META_STORE = meta_store((b"x", b"autogen", [b"autogen"]))
+
+
 def cold_members() -> dict[str, bytes]:
     return {
         "influxdb.conf": b"[meta]\n",
-        "meta/meta.db": b"\x0a\x05not-bolt-protobuf" * 10,
+        "meta/meta.db": META_STORE,
         "data/x/autogen/1/000000001-000000001.tsm": tsm_file(SERIES),
         "data/x/autogen/1/fields.idx": b"\x00\x06\x01\x03\x0a\x0c\x0a\x03cpu\x12\x05\x0a\x01v\x10\x01",  # a real one
         "wal/x/autogen/1/_00001.wal": wal_file(),
@@ -500,7 +536,7 @@ def test_archive_valid_passes(tmp_path: Path) -> None:
     assert report.ok
     assert report.members == 6
     assert report.top_dirs == {"influxdb.conf", "meta", "data", "wal"}
-    assert report.checked == {"fields.idx": 1, "tsm": 1, "wal": 2}
+    assert report.checked == {"fields.idx": 1, "meta.db": 1, "tsm": 1, "wal": 2}
 
 
 def test_archive_flipped_tsm_byte_is_caught_deep(tmp_path: Path) -> None:
@@ -555,7 +591,7 @@ def test_archive_members_too_big_to_hold_are_checked_from_the_archive(
     monkeypatch.setattr(formats, "HOLD_MAX", 100)  # every WAL and TSM member streamed
     streamed = check_archive(path, deep=deep, sha256=True)
     assert streamed == held
-    assert held.checked == {"fields.idx": 1, "tsm": 1, "wal": 4}
+    assert held.checked == {"fields.idx": 1, "meta.db": 1, "tsm": 1, "wal": 4}
 
 
 def test_archive_sha256_is_the_files_whatever_its_state(tmp_path: Path) -> None:
@@ -626,7 +662,7 @@ def test_archive_finds_09_bolt_shards_and_raft_db(tmp_path: Path) -> None:
         ("data/x/autogen/1/000000002-000000003.tsm", "tsm"),
         ("./wal/x/autogen/1/_00012.wal", "wal"),
         ("meta/raft.db", "bolt"),
-        ("meta/meta.db", None),
+        ("meta/meta.db", "meta.db"),
         ("data/x/autogen/1", "bolt?"),
         ("data/x/autogen/1/fields.idx", "fields.idx"),
         ("data/x/autogen/1/000000002-000000003.tsm.tmp", None),

@@ -348,7 +348,7 @@ def test_archive_counts_what_it_did_not_read(tmp_path: Path) -> None:
     with tarfile.open(path, "w") as tar:
         for name, data in [
             ("influxdb.conf", b"x"),
-            ("meta/meta.db", b"x"),
+            ("meta/leftover.db", b"x"),
             ("data/db/rp/1/000000001-000000001.tsm.tombstone", b""),
             (SEGMENT, segment(insert(1, series_key(b"cpu", {})))),
         ]:

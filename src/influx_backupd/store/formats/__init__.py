@@ -25,6 +25,7 @@ from typing import BinaryIO, Literal, cast
 
 from influx_backupd.store.formats.bolt import check_bolt
 from influx_backupd.store.formats.findings import Finding, read_at, stoppable
+from influx_backupd.store.formats.meta import check_meta_db
 from influx_backupd.store.formats.series import (
     SeriesFiles,
     check_segment,
@@ -65,7 +66,16 @@ _READ = 4 << 20
 
 # Also the words verify's summary counts them by.
 Format = Literal[
-    "tsm", "wal", "bolt", "series", "series index", "tsi", "tsl", "MANIFEST", "fields.idx"
+    "tsm",
+    "wal",
+    "bolt",
+    "series",
+    "series index",
+    "tsi",
+    "tsl",
+    "MANIFEST",
+    "fields.idx",
+    "meta.db",
 ]
 
 
@@ -115,6 +125,8 @@ def classify_member(name: str) -> Format | Literal["bolt?"] | None:
     # 1.x meta/meta.db is protobuf, not bolt; only 0.9's raft log is a bolt file.
     if name == "meta/raft.db":
         return "bolt"
+    if name == "meta/meta.db":
+        return "meta.db"
     if parts[0] == "data" and len(parts) == 5 and parts[2] == "_series":  # DB/_series/PP/file
         return "series" if is_segment_name(base) else "series index" if base == "index" else None
     if parts[0] == "data" and len(parts) == 7 and parts[4] == "index":  # DB/RP/ID/index/N/file
@@ -160,6 +172,8 @@ def _run_checker(
         return check_tsl(stream, size, member)
     if kind == "fields.idx":
         return check_fields(stream, size, member)
+    if kind == "meta.db":
+        return check_meta_db(stream, size, member)
     return check_bolt(stream, size, member)
 
 

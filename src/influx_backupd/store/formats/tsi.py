@@ -21,10 +21,10 @@ import re
 import struct
 import zlib
 from collections import Counter
-from collections.abc import Iterator
 from typing import BinaryIO
 
 from influx_backupd.store.formats.findings import Finding, Window, read_at
+from influx_backupd.store.formats.protobuf import embedded, fields_of, framing_problem, uvarint
 
 TSI_MAGIC = b"TSI1"
 TSI_TRAILER_SIZE = 2 + 10 * 8
@@ -137,7 +137,7 @@ def _tsl_entry(
     if i > size:
         return "short"
     for field in range(4):  # series id, then name, key and value lengths
-        value, used, problem = _uvarint(window.get(i, 10), 0)
+        value, used, problem = uvarint(window.get(i, 10), 0)
         if problem:
             return problem
         i += used
@@ -159,19 +159,6 @@ def _tsl_entry(
     if crc != struct.unpack(">I", window.get(i, 4))[0]:
         return "checksum"
     return i + 4
-
-
-def _uvarint(data: bytes, i: int) -> tuple[int, int, str]:
-    """(value, next index, "" or what influxd's uvarint() makes of it)."""
-    value = shift = 0
-    for n, byte in enumerate(data[i : i + 10]):
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            if n == 9 and byte > 1:
-                return 0, i, "overflow"
-            return value, i + n + 1, ""
-        shift += 7
-    return 0, i, "overflow" if len(data) - i >= 10 else "short"
 
 
 def _tsl_stop(window: Window, pos: int, why: str, member: str) -> list[Finding]:
@@ -249,7 +236,7 @@ def check_fields(stream: BinaryIO, size: int, member: str) -> list[Finding]:
             _err(member, f"unknown fields index format: starts {magic!r}, not {FIELDS_MAGIC!r}")
         ]
     # MeasurementFieldSet{1: MeasurementFields{1: name, 2: Field{1: name, 2: type}}}
-    problem = _protobuf_problem(window, 4, size, {1: {2: {}}})
+    problem = framing_problem(window, 4, size, {1: {2: {}}})
     if problem is None:
         problem = _fields_problem(window, size)
     return [] if problem is None else [_err(member, f"garbled field list: {problem}")]
@@ -265,14 +252,14 @@ def _fields_problem(window: Window, size: int) -> str | None:
     every field a name and a type a field can have. A changed byte the framing tolerates (a
     type, a length) otherwise made a restore whose influxd panicked on a query of that field
     or lost a measurement's fields."""
-    for start, end in _messages(window, 4, size):
+    for start, end in embedded(window, 4, size, 1):
         name = b""
-        for number, value in _pb_fields(window, start, end):
+        for number, value in fields_of(window, start, end):
             if number == 1 and isinstance(value, tuple):
                 name = window.get(value[0], min(value[1] - value[0], 1 << 16))
             elif number == 2 and isinstance(value, tuple):
                 field_name, field_type = b"", None
-                for inner, got in _pb_fields(window, *value):
+                for inner, got in fields_of(window, *value):
                     if inner == 1 and isinstance(got, tuple):
                         field_name = window.get(got[0], min(got[1] - got[0], 1 << 16))
                     elif inner == 2 and isinstance(got, int):
@@ -285,65 +272,6 @@ def _fields_problem(window: Window, size: int) -> str | None:
         if not name:
             return f"a measurement without a name at offset {start}"
     return None
-
-
-def _messages(window: Window, i: int, end: int) -> Iterator[tuple[int, int]]:
-    """The extents of field 1's embedded messages (the measurements) between i and end."""
-    for number, value in _pb_fields(window, i, end):
-        if number == 1 and isinstance(value, tuple):
-            yield value
-
-
-def _pb_fields(window: Window, i: int, end: int) -> Iterator[tuple[int, int | tuple[int, int]]]:
-    """(field number, varint value or (start, end) of a length-delimited one), in a message
-    whose framing _protobuf_problem has found whole."""
-    while i < end:
-        key, used, _ = _uvarint(window.get(i, 10), 0)
-        i += used
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, used, _ = _uvarint(window.get(i, 10), 0)
-            i += used
-            yield number, value
-        elif wire == 2:
-            length, used, _ = _uvarint(window.get(i, 10), 0)
-            i += used
-            yield number, (i, i + length)
-            i += length
-        else:
-            i += 8 if wire == 1 else 4
-
-
-_Schema = dict[int, "_Schema"]
-
-
-def _protobuf_problem(window: Window, i: int, end: int, nested: _Schema) -> str | None:
-    while i < end:
-        key, used, problem = _uvarint(window.get(i, 10), 0)
-        if problem:
-            return f"unreadable field key at offset {i}"
-        i += used
-        number, wire = key >> 3, key & 7
-        if number == 0 or wire not in (0, 1, 2, 5):
-            return f"field {number} of wire type {wire} at offset {i}"
-        if wire == 0:
-            _value, used, problem = _uvarint(window.get(i, 10), 0)
-            if problem:
-                return f"unreadable varint at offset {i}"
-            i += used
-        elif wire == 2:
-            length, used, problem = _uvarint(window.get(i, 10), 0)
-            i += used
-            if problem or i + length > end:
-                return f"field {number} at offset {i} runs past its message"
-            if number in nested:
-                inner = _protobuf_problem(window, i, i + length, nested[number])
-                if inner is not None:
-                    return inner
-            i += length
-        else:
-            i += 8 if wire == 1 else 4
-    return None if i == end else "the last field runs past the end"
 
 
 class IndexListing:

@@ -1,0 +1,86 @@
+"""influxd 1.x's meta store (meta/meta.db, and the store inside a portable backup's .meta):
+influxdb's meta.proto Data, as protobuf. Nothing checksums it: a changed byte left a restored
+influxd that would not start ("proto: illegal tag 0"), or whose every query without a
+retention policy failed ("retention policy not found"), while verify said ok.
+
+Read: the framing of Data and the messages in it (databases, their retention policies, shard
+groups, shards and owners, subscriptions, continuous queries; users and their privileges;
+nodes), every database and retention policy named, a database's default retention policy one
+of its own (or none), no retention policy named twice in a database."""
+
+from __future__ import annotations
+
+import io
+from typing import BinaryIO
+
+from influx_backupd.store.formats.findings import Finding, Window
+from influx_backupd.store.formats.protobuf import (
+    Schema,
+    embedded,
+    fields_of,
+    framing_problem,
+    text_of,
+)
+
+# Data {4, 10, 11: NodeInfo; 5: DatabaseInfo {3: RetentionPolicyInfo {5: ShardGroupInfo
+# {5: ShardInfo {3: ShardOwner}}, 6: SubscriptionInfo}, 4: ContinuousQueryInfo}; 6: UserInfo
+# {3: UserPrivilege}}
+_DATA: Schema = {
+    4: {},
+    5: {3: {5: {5: {3: {}}}, 6: {}}, 4: {}},
+    6: {3: {}},
+    10: {},
+    11: {},
+}
+# far past any meta store: it holds no series, only databases, policies, shards and users
+MAX_META = 256 << 20
+
+
+def check_meta_db(stream: BinaryIO, size: int, member: str) -> list[Finding]:
+    if size > MAX_META:
+        return [Finding("error", member, f"{size} bytes: more than a meta store may be")]
+    problem = meta_store_problem(Window(stream, size), size)
+    return [] if problem is None else [Finding("error", member, f"meta store: {problem}")]
+
+
+def meta_problem(data: bytes) -> str | None:
+    """meta_store_problem of a store held in memory (a portable backup's)."""
+    return meta_store_problem(Window(io.BytesIO(data), len(data)), len(data))
+
+
+def meta_store_problem(window: Window, size: int) -> str | None:
+    """What influxd would not load or not serve of the meta store, or None."""
+    if size == 0:
+        return "empty"
+    problem = framing_problem(window, 0, size, _DATA)
+    if problem is not None:
+        return problem
+    for start, end in embedded(window, 0, size, 5):
+        name, default, policies = b"", b"", []
+        for number, value in fields_of(window, start, end):
+            if number == 1 and isinstance(value, tuple):
+                name = text_of(window, value)
+            elif number == 2 and isinstance(value, tuple):
+                default = text_of(window, value)
+            elif number == 3 and isinstance(value, tuple):
+                policy = next(
+                    (
+                        text_of(window, v)
+                        for n, v in fields_of(window, *value)
+                        if n == 1 and isinstance(v, tuple)
+                    ),
+                    b"",
+                )
+                if not policy:
+                    return f"a retention policy without a name at offset {value[0]}"
+                policies.append(policy)
+        if not name:
+            return f"a database without a name at offset {start}"
+        if len(set(policies)) != len(policies):
+            return f"database {name[:64]!r} names a retention policy twice"
+        if default and default not in policies:
+            return (
+                f"database {name[:64]!r}: its default retention policy {default[:64]!r} is none "
+                f"of its own ({', '.join(repr(p[:64]) for p in policies) or 'none'})"
+            )
+    return None
