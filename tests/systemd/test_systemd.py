@@ -930,6 +930,38 @@ def test_upgrade_to_a_newer_build_keeps_a_changed_config(
     wait_active(box)
 
 
+def test_an_upgrade_leaves_a_stopped_daemon_stopped_and_a_daemon_with_a_broken_config_running(
+    box: Container, debs: dict[str, Path]
+) -> None:
+    """Before: an upgrade started every enabled unit that was not running (a daemon stopped
+    for maintenance began a cold run at once), and restarted a daemon whose config had been
+    edited into one that does not load: the unit failed (78), its reason only in the journal,
+    dpkg said "Could not execute systemctl" and exited 0, and no backup ran any more."""
+    deb = f"/mnt/debs/newer/{debs['newer'].name}"
+    box.sh(f"systemctl stop {UNIT}")
+    box.sh(f"dpkg -i {deb}", timeout=300)
+    time.sleep(2)
+    assert box.show(UNIT, "ActiveState")["ActiveState"] == "inactive"
+    box.sh(f"systemctl start {UNIT}")
+    wait_active(box)
+    good = box.sh("cat /etc/influx-backupd/config.toml").stdout
+    pid = main_pid(box)
+    box.write("/etc/influx-backupd/config.toml", BROKEN, mode=0o640)
+    try:
+        upgraded = box.sh(f"dpkg -i {deb} 2>&1", timeout=300).stdout
+        said = [line for line in upgraded.splitlines() if "was not restarted" in line]
+        assert len(said) == 1, upgraded
+        assert f"WARNING: {UNIT} was not restarted onto the new version" in said[0]
+        assert "mode" in said[0] and "lukewarm" in said[0], said
+        assert "Could not execute" not in upgraded, upgraded
+        assert box.show(UNIT, "ActiveState")["ActiveState"] == "active"
+        assert main_pid(box) == pid, "the working daemon runs on"
+    finally:
+        box.write("/etc/influx-backupd/config.toml", good, mode=0o640)
+    box.sh(f"systemctl restart {UNIT}")
+    wait_active(box)
+
+
 MARKER = "influxd-stopped.json"
 # What purge leaves of the state: the crash markers, nothing else.
 STATE_FILES = "find /var/lib/influx-backupd -type f 2>/dev/null | sort"
@@ -954,8 +986,9 @@ def test_purge_removes_state_and_keeps_the_backups(box: Container, debs: dict[st
     box.sh(f"touch {metrics}/influx_backupd_alpha.prom {metrics}/.influx_backupd.prom.9.9.tmp")
     box.sh(f"touch {metrics}/other_exporter.prom")  # not ours: stays
     # Crash markers of runs killed with influxd down, in an instance's state dir and the main one.
-    markers = [f"/var/lib/influx-backupd/{MARKER}", f"/var/lib/influx-backupd/beta/{MARKER}"]
-    box.sh("mkdir -p /var/lib/influx-backupd/beta")
+    # gamma: a state dir whose config is gone (nothing can act on its marker)
+    markers = [f"/var/lib/influx-backupd/{d}{MARKER}" for d in ("", "beta/", "gamma/")]
+    box.sh("mkdir -p /var/lib/influx-backupd/beta /var/lib/influx-backupd/gamma")
     for marker in markers:
         box.write(marker, '{"run_id": "killed", "pid": 1, "written_at": 0}\n', mode=0o600)
     purged = box.sh("dpkg --purge influx-backupd 2>&1", timeout=300).stdout
@@ -971,16 +1004,24 @@ def test_purge_removes_state_and_keeps_the_backups(box: Container, debs: dict[st
     box.sh(f"test -e {metrics}/other_exporter.prom && rm {metrics}/other_exporter.prom")
     assert box.show(UNIT, "LoadState")["LoadState"] == "not-found"
     assert box.sh("systemctl is-active influxdb.service").stdout.strip() == "active"
-    # Each marker: said at remove (with what to do while the command is there) and at purge,
-    # which keeps it and nothing else of the state.
+    # The markers of a config still there (main, beta): acted on at remove by the lock's
+    # recovery, while the command is there (before: only said, with advice to run a command
+    # the removal then took away). gamma's (no gamma.toml, no config kept in use): said at
+    # remove and at purge, which keeps it and nothing else of the state.
+    *recoverable, gamma = markers
     lines = [line for line in purged.splitlines() if "influx-backupd: WARNING" in line]
-    for marker in markers:
-        said = [line for line in lines if f"crash marker {marker}" in line]
-        assert len(said) == 2, purged
-        assert "systemctl start influxdb" in said[0] and "prune --dry-run" in said[0], said
-        assert "kept by the purge" in said[1], said
-    assert "--config /etc/influx-backupd/beta.toml prune" in purged, purged
-    assert box.sh(STATE_FILES).stdout.split() == sorted(markers)
+    for marker in recoverable:
+        assert (
+            f"influx-backupd: a killed run had left influxd stopped (crash marker {marker}): "
+            '"influx-backupd recover" started it again before the removal'
+        ) in purged, purged
+        assert not [line for line in lines if f"crash marker {marker}" in line], purged
+    said = [line for line in lines if f"crash marker {gamma}" in line]
+    assert len(said) == 2, purged
+    assert "systemctl start influxdb" in said[0] and "prune --dry-run" in said[0], said
+    assert "kept by the purge" in said[1], said
+    assert "--config /etc/influx-backupd/gamma.toml prune" in purged, purged
+    assert box.sh(STATE_FILES).stdout.split() == [gamma]
     # No link of ours is left: installed again, the units are not enabled (README).
     assert box.sh(OUR_LINKS).stdout.split() == []
     box.sh(f"dpkg -i /mnt/debs/first/{debs['first'].name}", timeout=300)
@@ -988,9 +1029,9 @@ def test_purge_removes_state_and_keeps_the_backups(box: Container, debs: dict[st
         enabled = box.sh(f"systemctl is-enabled {unit}", check=False).stdout.strip()
         assert enabled == "disabled", (unit, enabled)
     assert box.show(UNIT, "ActiveState")["ActiveState"] == "inactive"
-    # purged again, as this section leaves it; the markers (and influxd, never down) are ours
+    # purged again, as this section leaves it; the marker (and influxd, never down) is ours
     box.sh("dpkg --purge influx-backupd", timeout=300)
-    assert box.sh(STATE_FILES).stdout.split() == sorted(markers)
+    assert box.sh(STATE_FILES).stdout.split() == [gamma]
     box.sh("rm -rf /var/lib/influx-backupd")
 
 
