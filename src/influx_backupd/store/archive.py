@@ -42,6 +42,17 @@ class UnsafeArchive(ArchiveError):
     pass
 
 
+def _iov_max() -> int:
+    try:
+        limit = os.sysconf("SC_IOV_MAX")
+    except (OSError, ValueError):
+        limit = -1
+    return limit if limit > 0 else 16  # POSIX's least
+
+
+_IOV_MAX = _iov_max()
+
+
 class _Out:
     """Writes to an fd while a second thread hashes the same bytes, in order.
 
@@ -114,10 +125,13 @@ class _Out:
             view = view[os.write(self.fd, view) :]
 
     def _writev(self, parts: list[bytes | memoryview]) -> None:
-        written = os.writev(self.fd, parts)
-        total = sum(len(p) for p in parts)
-        if written < total:  # short write (signal, nearly full disk): finish it piece by piece
-            self._write(memoryview(b"".join(bytes(p) for p in parts))[written:])
+        # at most IOV_MAX buffers a call (EINVAL past it): a run of headers without data
+        # (a server's thousand empty shard wal dirs) is more than that
+        for start in range(0, len(parts), _IOV_MAX):
+            batch = parts[start : start + _IOV_MAX]
+            written = os.writev(self.fd, batch)
+            if written < sum(len(p) for p in batch):  # short (signal, nearly full disk)
+                self._write(memoryview(b"".join(bytes(p) for p in batch))[written:])
 
 
 @dataclass

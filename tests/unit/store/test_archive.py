@@ -252,3 +252,20 @@ def test_restored_modes_are_capped_and_leave_influxd_its_own_access(tmp_path: Pa
     extract_safely(archive, targets, uid=None, gid=None)
     mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "d").rglob("*")}
     assert mode == {"db": 0o700, "locked.tsm": 0o600, "setid.tsm": 0o644}
+
+
+def test_more_members_without_data_in_a_row_than_one_write_takes(tmp_path: Path) -> None:
+    """Audit F: 1,100 empty dirs in a row (a server's empty shard wal dirs after a restart,
+    about 1,000 shards) were written as one writev of 1,100 headers: EINVAL past IOV_MAX, and
+    every cold backup of that server failed after its stop."""
+    wal = tmp_path / "src" / "wal"
+    for n in range(1100):
+        (wal / "db" / "autogen" / str(n)).mkdir(parents=True)
+    (tmp_path / "src" / "meta").mkdir()
+    (tmp_path / "src" / "meta" / "meta.db").write_bytes(b"m")
+    dest = tmp_path / "a.tar"
+    result = write_archive(dest, [("meta", tmp_path / "src" / "meta"), ("wal", wal)])
+    assert result.members == 5 + 1100  # meta, meta.db, wal, db, autogen, the shards
+    with tarfile.open(dest) as tar:
+        assert len([m for m in tar.getmembers() if m.isdir()]) == 1104
+    assert result.sha256 == hashlib.sha256(dest.read_bytes()).hexdigest()
