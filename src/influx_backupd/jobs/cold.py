@@ -425,6 +425,19 @@ def _stop_copy_start(
             record.stop_s = t_copy - t_stop
             logger.info("influxd.stopped", phase="stop", stop_s=round(record.stop_s, 3))
 
+            # influxd makes wal/ (and hh/) at its first write: one made since the checks
+            # before the stop holds acknowledged points (counted above), archived as the rest
+            late = {
+                prefix: path
+                for prefix, path in config.server.dirs().items()
+                if prefix not in dirs and path.is_dir()
+            }
+            if late:
+                logger.info("archive.dir_appeared", dirs=sorted(late))
+                dirs.update(late)
+                sources[-1:-1] = list(late.items())  # before influxdb.conf
+                if stager is not None:
+                    stager.add_sources(list(late.items()))
             holders = server.holders(dirs.values())
             if holders:
                 raise JobFailed(

@@ -96,6 +96,18 @@ class Stager:
     _stop: Callable[[], bool] | None = None
     keep_holes: bool = True
 
+    def __post_init__(self) -> None:
+        self.sources = list(self.sources)  # its own: add_sources changes it
+
+    def add_sources(self, added: list[tuple[str, Path]]) -> None:
+        """Sources that appeared since the last pass (influxd makes wal/ at its first write),
+        before the last one (influxdb.conf): staged by the next pass, what is staged of the
+        others kept (a manifest of other sources would have the next pass copy everything)."""
+        entries = self._load() if (self.root / MANIFEST).exists() else {}
+        self.sources[-1:-1] = added
+        if entries:
+            self._save(entries)
+
     def archive_sources(self) -> list[tuple[str, Path]]:
         """The (member prefix, path) list for write_archive: the same prefixes, staged."""
         return [(prefix, self.root / prefix) for prefix, _src in self.sources]
