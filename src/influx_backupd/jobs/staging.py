@@ -76,6 +76,16 @@ def _vanished(exc: OSError) -> bool:
     return exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE)
 
 
+def _not_own_file(path: Path) -> bool:
+    """path is there and is no regular file of the tree's alone (a link, a dir, a file with
+    another name elsewhere)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return not stat.S_ISREG(st.st_mode) or st.st_nlink > 1
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -150,6 +160,9 @@ class Stager:
         stop: looked at before each file is copied; when true, SyncStopped (what was copied
         is kept in the manifest for the next pass)."""
         started = time.monotonic()
+        for path in (self.root.parent, self.root):
+            if path.is_symlink():  # its target is not ours to fill, nor to empty of the rest
+                path.unlink()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._old = self._load()
         self._new = {}
@@ -286,9 +299,12 @@ class Stager:
         try:
             before = os.fstat(sfd)  # what we copy is this inode, whatever the name points at now
             now_ns = time.time_ns()
-            if os.path.lexists(dst) and not (dst.is_file() and not dst.is_symlink()):
+            # written in place only when it is a file of the tree's own: a hard link to it (a
+            # file outside the tree) would be overwritten and given the source's owner
+            if _not_own_file(dst):
                 _remove(dst)
-            dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+            dfd = os.open(dst, flags, 0o600)
             try:
                 if self.keep_holes:
                     reached, copied = copy_keeping_holes(sfd, dfd)

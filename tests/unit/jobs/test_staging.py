@@ -295,3 +295,41 @@ def test_switching_holes_copies_every_file_again(
     assert again.copied == again.files, again
     assert staged.stat().st_blocks * 512 < 1 << 20
     assert staged.read_bytes() == holed.read_bytes()
+
+
+def test_a_staged_file_hard_linked_elsewhere_is_replaced_not_written_through(
+    server: tuple[Path, list[tuple[str, Path]], Stager], tmp_path: Path
+) -> None:
+    """Audit F: a staged copy opened with O_TRUNC and written in place: a hard link to it from
+    outside the tree (planted in the 0700 dir) had that outside file overwritten with the
+    source's bytes and given its owner."""
+    src, _sources, stager = server
+    stager.sync(tolerant=False)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"not a backup")
+    staged = stager.root / "meta" / "meta.db"
+    staged.unlink()
+    os.link(victim, staged)
+    (src / "meta" / "meta.db").write_bytes(b"changed meta")
+    settle(src / "meta" / "meta.db")
+    os.utime(src / "meta" / "meta.db", ns=(OLD + 10**9, OLD + 10**9))
+    stager.sync(tolerant=False)
+    assert victim.read_bytes() == b"not a backup"
+    assert staged.read_bytes() == b"changed meta" and staged.stat().st_nlink == 1
+
+
+def test_a_staging_root_planted_as_a_link_to_another_dir_is_not_emptied(
+    server: tuple[Path, list[tuple[str, Path]], Stager], tmp_path: Path
+) -> None:
+    """Audit F: .staging/JOB a symlink to another dir: a sync removed everything there but the
+    names it stages. The link goes (only the link), a tree of its own is made."""
+    src, _sources, stager = server
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.me").write_bytes(b"a user's file")
+    stager.root.parent.mkdir(parents=True)
+    stager.root.symlink_to(elsewhere)
+    stager.sync(tolerant=False)
+    assert (elsewhere / "keep.me").read_bytes() == b"a user's file"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.me"]
+    assert not stager.root.is_symlink() and tree(stager.root) == tree(src)
