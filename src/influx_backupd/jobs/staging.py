@@ -30,7 +30,7 @@ from influx_backupd.core.jsontext import loads_json
 from influx_backupd.store.sparse import copy_keeping_holes, copy_whole
 
 MANIFEST = ".manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the staged copy's inode and ctime
 # A copy of a file modified within this long before it is not trusted next time: a second
 # write in the same timestamp tick would not change its mtime. While influxd runs, generously;
 # while it is stopped nothing writes until after the sync, so a few timestamp ticks suffice.
@@ -275,10 +275,13 @@ class Stager:
             have = os.lstat(dst)
         except OSError:
             return False
+        # the staged copy as it was made: a byte changed in it since (its mtime set back by
+        # hand, a restore of the tree) changes its ctime, which nobody can set back
         return (
             stat.S_ISREG(have.st_mode)
             and have.st_size == st.st_size
             and have.st_mtime_ns == st.st_mtime_ns
+            and old[5:7] == [have.st_ino, have.st_ctime_ns]
         )
 
     def _sync_file(
@@ -311,6 +314,7 @@ class Stager:
                 else:
                     reached = copied = copy_whole(sfd, dfd)
                 self._copy_meta(dst, before, fd=dfd)
+                staged = os.fstat(dfd)
             finally:
                 os.close(dfd)
             after = os.fstat(sfd)
@@ -328,6 +332,8 @@ class Stager:
             before.st_ino,
             before.st_dev,
             int(racy),
+            staged.st_ino,
+            staged.st_ctime_ns,
         ]
         stats.copied += 1
         stats.copied_bytes += copied

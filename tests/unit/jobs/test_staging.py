@@ -333,3 +333,24 @@ def test_a_staging_root_planted_as_a_link_to_another_dir_is_not_emptied(
     assert (elsewhere / "keep.me").read_bytes() == b"a user's file"
     assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.me"]
     assert not stager.root.is_symlink() and tree(stager.root) == tree(src)
+
+
+def test_a_staged_copy_changed_with_its_mtime_set_back_is_copied_again(
+    server: tuple[Path, list[tuple[str, Path]], Stager],
+) -> None:
+    """Audit F: a byte flipped in a staged TSM file and its mtime put back was trusted by size
+    and mtime: the next backup archived the changed copy, ok, and a TSM file of an old shard
+    (never rewritten) carried it into every backup after. The copy's ctime says it changed."""
+    src, _sources, stager = server
+    stager.sync(tolerant=False)
+    rel = "data/db/autogen/1/000000001-000000001.tsm"
+    staged = stager.root / rel
+    before = staged.stat()
+    data = bytearray(staged.read_bytes())
+    data[1000] ^= 0xFF
+    staged.write_bytes(bytes(data))
+    os.utime(staged, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again = stager.sync(tolerant=False)
+    assert again.copied == 1
+    assert staged.read_bytes() == (src / rel).read_bytes()
+    assert stager.sync(tolerant=False).copied == 0  # and trusted again once copied
