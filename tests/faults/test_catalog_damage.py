@@ -140,11 +140,16 @@ COMMANDS: list[tuple[str, ...]] = [
 ]
 
 
-def _variant(world: World, name: str) -> tuple[Cli, Path]:
+def _variant(world: World, name: str, *, own_storage: bool = False) -> tuple[Cli, Path]:
+    """A state dir of its own with the world's catalog; the world's storage dir, or (one to
+    run beside another variant's lock-taker: one command at a time per storage dir) its own."""
     home = world.root / ("v-" + name.replace(" ", "-"))
     home.mkdir()
     config = write_config(home, world.server, jobs=JOBS)
-    config.write_text(config.read_text().replace(str(home / "archives"), str(world.archives)))
+    if own_storage:
+        (home / "archives").mkdir(mode=0o700)
+    else:
+        config.write_text(config.read_text().replace(str(home / "archives"), str(world.archives)))
     (home / "state").mkdir(mode=0o700)
     db = home / "state" / "catalog.db"
     db.write_bytes(world.catalog)
@@ -219,9 +224,10 @@ def test_every_command_says_the_catalog_is_damaged_and_import_rebuilds_it(
 def test_a_catalog_locked_by_another_process_makes_commands_busy_not_broken(
     world: World, fault_result: FaultResult
 ) -> None:
-    # the two lock-takers each in a state dir of its own, side by side with the readers: each
-    # waits out SQLite's 30 s once (in one state dir they would wait in turn, a minute)
-    first, second = _variant(world, "locked"), _variant(world, "locked-import")
+    # the two lock-takers each in a state dir (and storage dir) of its own, side by side with
+    # the readers: each waits out SQLite's 30 s once (in one they would wait in turn, a minute)
+    first = _variant(world, "locked")
+    second = _variant(world, "locked-import", own_storage=True)
     influxd = world.server.pids()
     holders = [sqlite3.connect(db, isolation_level=None) for _, db in (first, second)]
     for holder in holders:

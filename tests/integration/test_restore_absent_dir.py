@@ -4,25 +4,11 @@ influxd 1.6, real CLI."""
 
 from __future__ import annotations
 
-import io
-import os
 import shutil
-import tarfile
 from pathlib import Path
 
 from influx_backupd.influxd.sandbox import Sandbox
-from tests.conftest import Cli, plain, write_config
-
-
-def _with_garbage_meta(archive: Path, out: Path) -> None:
-    """archive with meta/meta.db's bytes replaced by garbage of the same size (no Bolt magic:
-    the format checks pass it; influxd does not start on it)."""
-    with tarfile.open(archive) as src, tarfile.open(out, "w") as dst:
-        for member in src.getmembers():
-            data = src.extractfile(member) if member.isreg() else None
-            if member.name == "meta/meta.db":
-                data = io.BytesIO(os.urandom(member.size))
-            dst.addfile(plain(member), data)
+from tests.conftest import Cli, write_config
 
 
 def _listing(root: Path) -> list[str]:
@@ -40,13 +26,18 @@ def test_a_failed_start_moves_the_restored_wal_aside_when_there_was_none(
     cli = Cli(write_config(tmp_path, sandbox))
     rec = cli.json("backup")
     assert rec["status"] == "ok", rec["error"]
-    bad = tmp_path / "badmeta.tar"
-    _with_garbage_meta(Path(rec["archive"]), bad)
     sandbox.stop()
     shutil.rmtree(sandbox.wal)
     before = {top: _listing(sandbox.root / top) for top in ("meta", "data")}
 
-    done = cli("restore", str(bad), "--yes")
+    # the restored influxd cannot start: the command that starts it fails (a sound archive;
+    # before, a garbled meta.db did it, which the format checks now refuse before anything)
+    failing = tmp_path / "influxd-that-fails"
+    failing.write_text("#!/bin/sh\necho 'run: create server: failing on purpose' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    command = [str(failing), "run", "-config", str(sandbox.conf)]
+    cli = Cli(write_config(tmp_path, sandbox, influxd={"command": command}))
+    done = cli("restore", rec["id"], "--yes")
 
     assert done.returncode == 1, (done.stdout, done.stderr[-3000:])
     last = done.stderr.splitlines()[-1]

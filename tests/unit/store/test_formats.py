@@ -498,22 +498,21 @@ def _uvarint(n: int) -> bytes:
     return bytes([*out, n])
 
 
-def meta_store(*databases: tuple[bytes, bytes, list[bytes]]) -> bytes:
-    """A 1.x meta store: Data{1: term, 2: index, 5: DatabaseInfo{1: name, 2: default retention
-    policy, 3: RetentionPolicyInfo{1: name, 4: replicas}}}, as meta.proto defines them."""
-    return (
-        _pb(1, 0)
-        + _pb(2, 5)
-        + b"".join(
-            _pb(
-                5,
-                _pb(1, name)
-                + _pb(2, default)
-                + b"".join(_pb(3, _pb(1, p) + _pb(4, 1)) for p in rps),
-            )
-            for name, default, rps in databases
-        )
+def meta_store(*databases: tuple[bytes, bytes, list[bytes]], max_ids: bool = True) -> bytes:
+    """A 1.x meta store as meta.proto defines it, with the fields it requires: Data{1: term,
+    2: index, 3: cluster id, 5: DatabaseInfo{1: name, 2: default retention policy,
+    3: RetentionPolicyInfo{1: name, 2: duration, 3: shard group duration, 4: replicas}},
+    7, 8, 9: the highest node, shard group and shard ids}."""
+
+    def policy(name: bytes) -> bytes:
+        return _pb(1, name) + _pb(2, 0) + _pb(3, 3600) + _pb(4, 1)
+
+    body = b"".join(
+        _pb(5, _pb(1, name) + _pb(2, default) + b"".join(_pb(3, policy(p)) for p in rps))
+        for name, default, rps in databases
     )
+    ids = _pb(7, 0) + _pb(8, 0) + _pb(9, 0) if max_ids else b""
+    return _pb(1, 0) + _pb(2, 5) + _pb(3, 1) + body + ids
 
 
 META_STORE = meta_store((b"x", b"autogen", [b"autogen"]))

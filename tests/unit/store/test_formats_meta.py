@@ -32,8 +32,10 @@ def test_a_sound_meta_store_passes() -> None:
         (meta_store((b"x", b"", [b""])), "a retention policy without a name"),
         # audit G: influxd refused to start ("proto: illegal tag 0")
         (b"\x00" + meta_store((b"x", b"", [])), "meta store: field 0 of wire type 0"),
-        (meta_store((b"x", b"autogen", [b"autogen"]))[:-3], "runs past"),
+        (meta_store((b"x", b"autogen", [b"autogen"]))[:-1], "meta store: unreadable varint"),
         (b"", "meta store: empty"),
+        # influxd: proto: required field "MaxShardID" not set, and refused to start
+        (meta_store((b"x", b"", []), max_ids=False), "a Data at offset 0 lacks its field 7"),
     ],
 )
 def test_damage_influxd_would_not_load_or_serve_is_an_error(data: bytes, expected: str) -> None:

@@ -5,12 +5,15 @@ retention policy failed ("retention policy not found"), while verify said ok.
 
 Read: the framing of Data and the messages in it (databases, their retention policies, shard
 groups, shards and owners, subscriptions, continuous queries; users and their privileges;
-nodes), every database and retention policy named, a database's default retention policy one
-of its own (or none), no retention policy named twice in a database."""
+nodes), the fields meta.proto requires of each (influxd refuses to start without one: "proto:
+required field "MaxShardID" not set"), every database and retention policy named, a
+database's default retention policy one of its own (or none), no retention policy named twice
+in a database."""
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from influx_backupd.store.formats.findings import Finding, Window
@@ -24,14 +27,62 @@ from influx_backupd.store.formats.protobuf import (
 
 # Data {4, 10, 11: NodeInfo; 5: DatabaseInfo {3: RetentionPolicyInfo {5: ShardGroupInfo
 # {5: ShardInfo {3: ShardOwner}}, 6: SubscriptionInfo}, 4: ContinuousQueryInfo}; 6: UserInfo
-# {3: UserPrivilege}}
+# {4: UserPrivilege}}
 _DATA: Schema = {
     4: {},
     5: {3: {5: {5: {3: {}}}, 6: {}}, 4: {}},
-    6: {3: {}},
+    6: {4: {}},
     10: {},
     11: {},
 }
+
+
+@dataclass(frozen=True)
+class _Message:
+    """A message of meta.proto: its name, the fields it requires, the messages it holds."""
+
+    name: str
+    required: tuple[int, ...]
+    holds: dict[int, _Message] = field(default_factory=dict)
+
+
+_SHARD = _Message("ShardInfo", (1,), {3: _Message("ShardOwner", (1,))})
+_POLICY = _Message(
+    "RetentionPolicyInfo",
+    (1, 2, 3, 4),
+    {
+        5: _Message("ShardGroupInfo", (1, 2, 3, 4), {5: _SHARD}),
+        6: _Message("SubscriptionInfo", (1, 2)),
+    },
+)
+_META = _Message(
+    "Data",
+    (1, 2, 3, 7, 8, 9),
+    {
+        5: _Message(
+            "DatabaseInfo", (1, 2), {3: _POLICY, 4: _Message("ContinuousQueryInfo", (1, 2))}
+        ),
+        6: _Message("UserInfo", (1, 2, 3), {4: _Message("UserPrivilege", (1, 2))}),
+    },
+)
+
+
+def _missing(window: Window, start: int, end: int, message: _Message) -> str | None:
+    """The first required field absent in the message from start to end, or in one inside."""
+    present: set[int] = set()
+    for number, value in fields_of(window, start, end):
+        present.add(number)
+        inner = message.holds.get(number)
+        if inner is not None and isinstance(value, tuple):
+            problem = _missing(window, *value, inner)
+            if problem is not None:
+                return problem
+    absent = [n for n in message.required if n not in present]
+    if absent:
+        return f"a {message.name} at offset {start} lacks its field {absent[0]} (influxd needs it)"
+    return None
+
+
 # far past any meta store: it holds no series, only databases, policies, shards and users
 MAX_META = 256 << 20
 
@@ -52,7 +103,7 @@ def meta_store_problem(window: Window, size: int) -> str | None:
     """What influxd would not load or not serve of the meta store, or None."""
     if size == 0:
         return "empty"
-    problem = framing_problem(window, 0, size, _DATA)
+    problem = framing_problem(window, 0, size, _DATA) or _missing(window, 0, size, _META)
     if problem is not None:
         return problem
     for start, end in embedded(window, 0, size, 5):
