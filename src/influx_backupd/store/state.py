@@ -298,35 +298,30 @@ WAITERS = {
 }
 
 
-class ServerLock:
-    """One influx-backupd at a time per influxd, whatever its state_dir: two configs (two
-    daemons, a daemon and a foreground command) naming the same influxdb.conf would otherwise
-    stop the server at once, each counting the other's downtime and starting it mid-copy.
+class _ReadOnlyFlock:
+    """An exclusive flock(2) on a file or dir that exists, opened read-only: nothing is written
+    there and no write access is needed. None there yet, or a filesystem that refuses flock
+    (some network filesystems): the command goes on without it, as before these locks."""
 
-    flock(2) on influxdb.conf itself, opened read-only: nothing is written beside the server,
-    the lock needs no write access, and the file's inode is the server's identity (a restore
-    swaps meta, data and wal dirs, never the conf). Where flock is refused (a conf on some
-    network filesystems) the run goes on without it, as before this lock existed."""
-
-    def __init__(self, conf: Path) -> None:
-        self.conf = conf
+    def __init__(self, path: Path, flags: int = 0) -> None:
+        self.path = path
+        self._flags = flags
         self.fd: int | None = None
+
+    def busy_line(self, holder: str) -> str:
+        raise NotImplementedError
 
     def acquire(self) -> None:
         try:
-            fd = os.open(self.conf, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | self._flags)
         except OSError:
-            return  # unreadable now: the run itself says so where it reads the conf
+            return  # none yet, or unreadable: said where it is used
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _flock_holder(fd)
             os.close(fd)
-            raise Busy(
-                f"influxd of {self.conf} is being backed up or restored by another "
-                f"influx-backupd ({holder}; a config with another state_dir naming the same "
-                "influxdb.conf): one at a time per influxd"
-            ) from None
+            raise Busy(self.busy_line(holder)) from None
         except OSError:
             os.close(fd)
             return
@@ -336,50 +331,50 @@ class ServerLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class ServerLock(_ReadOnlyFlock):
+    """One influx-backupd at a time per influxd, whatever its state_dir: two configs (two
+    daemons, a daemon and a foreground command) naming the same influxdb.conf would otherwise
+    stop the server at once, each counting the other's downtime and starting it mid-copy.
+
+    On influxdb.conf itself: the file's inode is the server's identity (a restore swaps meta,
+    data and wal dirs, never the conf)."""
+
+    def __init__(self, conf: Path) -> None:
+        super().__init__(conf)
+        self.conf = conf
+
+    def busy_line(self, holder: str) -> str:
+        return (
+            f"influxd of {self.conf} is being backed up or restored by another "
+            f"influx-backupd ({holder}; a config with another state_dir naming the same "
+            "influxdb.conf): one at a time per influxd"
+        )
 
     def holder(self) -> str | None:
         """'pid N' of whoever holds the server's lock now, or None; takes nothing (dry runs)."""
         return flock_holder(self.conf)
 
 
-class StorageLock:
+class StorageLock(_ReadOnlyFlock):
     """One influx-backupd at a time per storage dir, whatever its state_dir: two instances
     sharing one (a config copied for an influx-backupd@NAME, only [influxd] changed) filled one
     staging tree with both servers' files at once, an ok backup holding the other server's
     data, and each one's recovery removed the other's unfinished archive as a dead run's.
 
-    flock(2) on the storage dir itself, opened read-only: nothing is written there (a
-    read-only mount of backups restores as before); no dir yet, or a filesystem that refuses
-    flock: the command goes on without it."""
+    On the storage dir itself: a read-only mount of backups restores as before."""
 
     def __init__(self, storage: Path) -> None:
+        super().__init__(storage, os.O_DIRECTORY)
         self.storage = storage
-        self.fd: int | None = None
 
-    def acquire(self) -> None:
-        try:
-            fd = os.open(self.storage, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return  # none yet (made by the first backup) or unreadable: said where it is used
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _flock_holder(fd)
-            os.close(fd)
-            raise Busy(
-                f"storage dir {self.storage} is in use by another influx-backupd ({holder}; a "
-                "config with another state_dir naming the same storage.dir): one at a time per "
-                "storage dir; give each instance a storage.dir of its own"
-            ) from None
-        except OSError:
-            os.close(fd)
-            return
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+    def busy_line(self, holder: str) -> str:
+        return (
+            f"storage dir {self.storage} is in use by another influx-backupd ({holder}; a "
+            "config with another state_dir naming the same storage.dir): one at a time per "
+            "storage dir; give each instance a storage.dir of its own"
+        )
 
 
 def flock_holder(path: Path) -> str | None:
