@@ -247,13 +247,14 @@ def meta_store(
     shards: dict[int, tuple[str, str]], *, deleted: frozenset[int] = frozenset()
 ) -> bytes:
     """A 1.x meta store (influxdb's meta.proto Data) placing each shard id in its (database,
-    retention policy), one shard group each; `deleted`: groups with DeletedAt set."""
+    retention policy), one shard group each; `deleted`: groups with DeletedAt set. With the
+    fields meta.proto requires (influxd refuses to start without one, and so does verify)."""
     databases: dict[str, dict[str, list[int]]] = {}
     for sid, (db, rp) in shards.items():
         databases.setdefault(db, {}).setdefault(rp, []).append(sid)
     data = b""
     for db, policies in databases.items():
-        body = _pb_field(1, db.encode())
+        body = _pb_field(1, db.encode()) + _pb_field(2, b"")
         for rp, sids in policies.items():
             groups = b"".join(
                 _pb_field(
@@ -261,14 +262,16 @@ def meta_store(
                     _pb_field(1, sid)
                     + _pb_field(2, 0)
                     + _pb_field(3, 1 << 40)
-                    + (_pb_field(4, 7) if sid in deleted else b"")
+                    + _pb_field(4, 7 if sid in deleted else 0)
                     + _pb_field(5, _pb_field(1, sid)),
                 )
                 for sid in sids
             )
-            body += _pb_field(3, _pb_field(1, rp.encode()) + groups)
+            policy = _pb_field(1, rp.encode()) + _pb_field(2, 0) + _pb_field(3, 3600)
+            body += _pb_field(3, policy + _pb_field(4, 1) + groups)
         data += _pb_field(5, body)
-    return data
+    required = _pb_field(1, 0) + _pb_field(2, 5) + _pb_field(3, 1)
+    return required + data + _pb_field(7, 0) + _pb_field(8, 1) + _pb_field(9, 1)
 
 
 def _portable_dir(
