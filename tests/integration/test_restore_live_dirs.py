@@ -200,33 +200,27 @@ def test_a_09_restore_with_a_symlinked_data_dir_is_refused_before_the_stop(
 
 
 def test_a_mount_point_under_a_live_dir_is_refused_before_the_stop(
-    tmp_path: Path, influxd_path: str
+    tmp_path: Path, sandbox: Sandbox
 ) -> None:
     """A database's dir on a disk of its own (data/metrics a mount point): the swap moved the
     data dir aside by rename, mount and all, the restored database landed on the data dir's
     own filesystem, and the rollback dir the restore names for `rm -rf` held the mounted
     disk. Refused before the stop, naming the mount."""
-    server = Sandbox(tmp_path / "server", binary=influxd_path)
-    server.write_config()
-    server.start()
-    try:
-        server.create_db("metrics")
-        server.write_points("metrics", 100)
-        cli = Cli(write_config(tmp_path, server, jobs=_job("cold")))
-        rec = cli.json("backup")
-        assert rec["status"] == "ok", rec["error"]
-        disk = server.data / "disk"
-        disk.mkdir()
-        with _mounted(disk, "-t", "tmpfs", "-o", "size=10m", "tmpfs"):
-            (disk / "kept").write_text("on its own disk")
-            pids = server.pids()
-            done = cli("restore", rec["id"], "--yes")
-            assert done.returncode == 78, done.stderr[-2000:]
-            last = done.stderr.splitlines()[-1]
-            assert f"holds the mount point {disk}" in last, last
-            assert "influxd not stopped" in last, last
-            assert server.pids() == pids, "influxd was never stopped"
-            assert (disk / "kept").read_text() == "on its own disk"
-            assert not list(tmp_path.rglob("*.rollback-*"))
-    finally:
-        server.stop()
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 100)
+    cli = Cli(write_config(tmp_path, sandbox, jobs=_job("cold")))
+    rec = cli.json("backup")
+    assert rec["status"] == "ok", rec["error"]
+    disk = sandbox.data / "disk"
+    disk.mkdir()
+    with _mounted(disk, "-t", "tmpfs", "-o", "size=10m", "tmpfs"):
+        (disk / "kept").write_text("on its own disk")
+        pids = sandbox.pids()
+        done = cli("restore", rec["id"], "--yes")
+        assert done.returncode == 78, done.stderr[-2000:]
+        last = done.stderr.splitlines()[-1]
+        assert f"holds the mount point {disk}" in last, last
+        assert "influxd not stopped" in last, last
+        assert sandbox.pids() == pids, "influxd was never stopped"
+        assert (disk / "kept").read_text() == "on its own disk"
+        assert not list(tmp_path.rglob("*.rollback-*"))

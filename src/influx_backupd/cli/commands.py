@@ -424,7 +424,7 @@ def say_unimported(config: Config, catalog: Catalog) -> None:
     nothing, which SQLite reads as a new one) but records of backups lie beside them in the
     storage dir: one line saying so, or every command would call the host backup-less."""
     try:
-        if catalog.exists() and catalog.list():
+        if catalog.exists() and catalog.knows_any():
             return
         beside = [p for p in config.storage_dir.glob("*.json") if p.with_suffix("").exists()]
     except (CatalogError, OSError):

@@ -324,6 +324,11 @@ class Catalog:
                 ).fetchall()
         return [self._record(row[0]) for row in rows]
 
+    def knows_any(self) -> bool:
+        """Whether any run is recorded: one row read, none parsed."""
+        with self._connect() as conn:
+            return conn.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is not None
+
     def delete(self, run_id: str) -> None:
         with self._connect() as conn:
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))

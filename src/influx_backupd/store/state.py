@@ -16,7 +16,7 @@ import math
 import os
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,13 +303,12 @@ class _ReadOnlyFlock:
     there and no write access is needed. None there yet, or a filesystem that refuses flock
     (some network filesystems): the command goes on without it, as before these locks."""
 
-    def __init__(self, path: Path, flags: int = 0) -> None:
+    def __init__(self, path: Path, busy_line: Callable[[str], str], flags: int = 0) -> None:
+        """busy_line: the Busy line, given who holds it ("pid N")."""
         self.path = path
+        self._busy_line = busy_line
         self._flags = flags
         self.fd: int | None = None
-
-    def busy_line(self, holder: str) -> str:
-        raise NotImplementedError
 
     def acquire(self) -> None:
         try:
@@ -321,7 +320,7 @@ class _ReadOnlyFlock:
         except BlockingIOError:
             holder = _flock_holder(fd)
             os.close(fd)
-            raise Busy(self.busy_line(holder)) from None
+            raise Busy(self._busy_line(holder)) from None
         except OSError:
             os.close(fd)
             return
@@ -342,15 +341,15 @@ class ServerLock(_ReadOnlyFlock):
     data and wal dirs, never the conf)."""
 
     def __init__(self, conf: Path) -> None:
-        super().__init__(conf)
-        self.conf = conf
-
-    def busy_line(self, holder: str) -> str:
-        return (
-            f"influxd of {self.conf} is being backed up or restored by another "
-            f"influx-backupd ({holder}; a config with another state_dir naming the same "
-            "influxdb.conf): one at a time per influxd"
+        super().__init__(
+            conf,
+            lambda holder: (
+                f"influxd of {conf} is being backed up or restored by another influx-backupd "
+                f"({holder}; a config with another state_dir naming the same influxdb.conf): "
+                "one at a time per influxd"
+            ),
         )
+        self.conf = conf
 
     def holder(self) -> str | None:
         """'pid N' of whoever holds the server's lock now, or None; takes nothing (dry runs)."""
@@ -366,14 +365,14 @@ class StorageLock(_ReadOnlyFlock):
     On the storage dir itself: a read-only mount of backups restores as before."""
 
     def __init__(self, storage: Path) -> None:
-        super().__init__(storage, os.O_DIRECTORY)
-        self.storage = storage
-
-    def busy_line(self, holder: str) -> str:
-        return (
-            f"storage dir {self.storage} is in use by another influx-backupd ({holder}; a "
-            "config with another state_dir naming the same storage.dir): one at a time per "
-            "storage dir; give each instance a storage.dir of its own"
+        super().__init__(
+            storage,
+            lambda holder: (
+                f"storage dir {storage} is in use by another influx-backupd ({holder}; a "
+                "config with another state_dir naming the same storage.dir): one at a time per "
+                "storage dir; give each instance a storage.dir of its own"
+            ),
+            os.O_DIRECTORY,
         )
 
 

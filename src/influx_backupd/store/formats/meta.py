@@ -25,17 +25,6 @@ from influx_backupd.store.formats.protobuf import (
     text_of,
 )
 
-# Data {4, 10, 11: NodeInfo; 5: DatabaseInfo {3: RetentionPolicyInfo {5: ShardGroupInfo
-# {5: ShardInfo {3: ShardOwner}}, 6: SubscriptionInfo}, 4: ContinuousQueryInfo}; 6: UserInfo
-# {4: UserPrivilege}}
-_DATA: Schema = {
-    4: {},
-    5: {3: {5: {5: {3: {}}}, 6: {}}, 4: {}},
-    6: {4: {}},
-    10: {},
-    11: {},
-}
-
 
 @dataclass(frozen=True)
 class _Message:
@@ -55,16 +44,31 @@ _POLICY = _Message(
         6: _Message("SubscriptionInfo", (1, 2)),
     },
 )
+_NODE = _Message("NodeInfo", ())  # its framing read, no field required of it here
+# Data {4, 10, 11: NodeInfo; 5: DatabaseInfo {3: RetentionPolicyInfo {5: ShardGroupInfo
+# {5: ShardInfo {3: ShardOwner}}, 6: SubscriptionInfo}, 4: ContinuousQueryInfo}; 6: UserInfo
+# {4: UserPrivilege}}
 _META = _Message(
     "Data",
     (1, 2, 3, 7, 8, 9),
     {
+        4: _NODE,
+        10: _NODE,
+        11: _NODE,
         5: _Message(
             "DatabaseInfo", (1, 2), {3: _POLICY, 4: _Message("ContinuousQueryInfo", (1, 2))}
         ),
         6: _Message("UserInfo", (1, 2, 3), {4: _Message("UserPrivilege", (1, 2))}),
     },
 )
+
+
+def _framing(message: _Message) -> Schema:
+    """The messages whose framing is read, as framing_problem takes them."""
+    return {number: _framing(inner) for number, inner in message.holds.items()}
+
+
+_DATA = _framing(_META)
 
 
 def _missing(window: Window, start: int, end: int, message: _Message) -> str | None:

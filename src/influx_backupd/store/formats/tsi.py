@@ -24,7 +24,13 @@ from collections import Counter
 from typing import BinaryIO
 
 from influx_backupd.store.formats.findings import Finding, Window, read_at
-from influx_backupd.store.formats.protobuf import embedded, fields_of, framing_problem, uvarint
+from influx_backupd.store.formats.protobuf import (
+    embedded,
+    fields_of,
+    framing_problem,
+    text_of,
+    uvarint,
+)
 
 TSI_MAGIC = b"TSI1"
 TSI_TRAILER_SIZE = 2 + 10 * 8
@@ -256,12 +262,12 @@ def _fields_problem(window: Window, size: int) -> str | None:
         name = b""
         for number, value in fields_of(window, start, end):
             if number == 1 and isinstance(value, tuple):
-                name = window.get(value[0], min(value[1] - value[0], 1 << 16))
+                name = text_of(window, value)
             elif number == 2 and isinstance(value, tuple):
                 field_name, field_type = b"", None
                 for inner, got in fields_of(window, *value):
                     if inner == 1 and isinstance(got, tuple):
-                        field_name = window.get(got[0], min(got[1] - got[0], 1 << 16))
+                        field_name = text_of(window, got)
                     elif inner == 2 and isinstance(got, int):
                         field_type = got
                 where = f"at offset {value[0]}"
