@@ -421,3 +421,19 @@ def test_a_dir_with_room_for_the_bytes_but_not_the_blocks_is_refused_before_anyt
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_accept_fewer_points_with_target_is_a_usage_error(tmp_path: Path, sandbox: Sandbox) -> None:
+    """--target compares no counts: the flag there is a mistake, said before anything."""
+    cli = Cli(
+        write_config(tmp_path, sandbox, jobs=[{"name": "c", "mode": "cold", "copy": "direct"}])
+    )
+    rec = cli.json("backup")
+    target = tmp_path / "into"
+
+    done = cli("restore", rec["id"], "--target", str(target), "--accept-fewer-points")
+
+    assert done.returncode == 2, done.stderr
+    assert "--accept-fewer-points goes with a restore into the live server" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not target.exists()

@@ -462,6 +462,11 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
         args.limit_rate = DATABASE_RATE_MIB
     if args.target is not None and args.database is not None:
         raise UsageError("restore: --target and --database are two forms; give one")
+    if args.target is not None and args.accept_fewer_points:
+        raise UsageError(
+            "restore: --accept-fewer-points goes with a restore into the live server; "
+            "--target compares no counts"
+        )
     if args.target is not None:
         problem = target_problem(Path(args.target).absolute(), config)
         if problem is not None:
@@ -524,9 +529,12 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
                     new_name=args.new_name,
                     replace=args.replace,
                     rate=args.limit_rate * (1 << 20),
+                    accept_fewer_points=args.accept_fewer_points,
                 )
             else:
-                result = restore_backup(config, catalog, args.backup)
+                result = restore_backup(
+                    config, catalog, args.backup, accept_fewer_points=args.accept_fewer_points
+                )
         except OnlyInBucket:  # found by a path the catalog knows: the same mistake
             raise _from_offsite_hint(args.backup) from None
         except RestoreRefused as exc:

@@ -348,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --database: send the database to the live server at most this many MiB a "
         f"second, so that its own writes wait less (default: {DATABASE_RATE_MIB:g}; 0: no limit)",
     )
+    p.add_argument(
+        "--accept-fewer-points",
+        action="store_true",
+        help="keep the restore of a cold backup when the restored server serves fewer points "
+        "than counted before its stop (a delete acknowledged in between); said, not refused",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
 
     p = _command(sub, common, "verify", "check backups: sha256, structure, file formats")

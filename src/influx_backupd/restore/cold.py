@@ -236,7 +236,9 @@ def _extraction_error(exc: OSError, plan: SwapPlan) -> str:
     )
 
 
-def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult:
+def restore_cold(
+    config: Config, catalog: Catalog, backup: str, *, accept_fewer_points: bool = False
+) -> RestoreResult:
     logger = log.get(action="restore")
     path, record = resolve_backup(catalog, backup)
     logger.info("restore.checking", archive=str(path))
@@ -296,6 +298,8 @@ def restore_cold(config: Config, catalog: Catalog, backup: str) -> RestoreResult
                 record.db_counts if record else None,
                 logger,
                 what="counted at backup time",
+                before_a_stop=True,
+                accept_fewer=accept_fewer_points,
             )
     except (Exception, Interrupted) as exc:
         with signals_blocked():

@@ -197,6 +197,7 @@ def restore_database(
     new_name: str | None = None,
     replace: bool = False,
     rate: float = 0.0,
+    accept_fewer_points: bool = False,
 ) -> DatabaseResult:
     """Restore database `name` of BACKUP into the live server as new_name (default: name),
     its upload to the live server at most `rate` bytes a second (0: as fast as it goes).
@@ -250,7 +251,16 @@ def restore_database(
     started = time.monotonic()
     scratch = scratch_made(config, "restore-")
     try:
-        _restore(config, source, result, scratch, new in existing, logger, rate)
+        _restore(
+            config,
+            source,
+            result,
+            scratch,
+            new in existing,
+            logger,
+            rate,
+            accept_fewer_points=accept_fewer_points,
+        )
     finally:
         remove_gently(scratch, ignore_errors=True)  # the live server's disk, likely
     result.seconds = round(time.monotonic() - started, 3)
@@ -614,6 +624,8 @@ def _restore(
     exists: bool,
     logger: Logger,
     rate: float,
+    *,
+    accept_fewer_points: bool,
 ) -> None:
     name, new = result.database, result.restored_as
     live = _Live(config, logger, rate)
@@ -683,13 +695,23 @@ def _restore(
         result.restore_s = round(time.monotonic() - t_restore, 3)
         # ok only once it serves what the backup counted of it (else undone below)
         recorded = (source.record.db_counts if source.record else None) or {}
-        if name in recorded:
+        counted_before_stop = name in recorded
+        if counted_before_stop:
             floor, what = {new: recorded[name]}, f"of {name} counted at backup time"
         elif result.built_count is not None:  # a hot chain: what its build served of it
             floor, what = {new: result.built_count}, f"of {name} in the chain's build"
         else:
             floor, what = None, ""
-        result.served_check = check_served(config, floor, logger, what=what).summary()
+        served = check_served(
+            config,
+            floor,
+            logger,
+            what=what,
+            before_a_stop=counted_before_stop,
+            accept_fewer=accept_fewer_points and counted_before_stop,
+        )
+        result.served_check = served.summary()
+        result.warnings += served.fewer_warning()
         # `influxd restore` takes no continuous query: those ON name, from the meta of the
         # backup (a hot chain's newest link; a cold archive's, which the export carries)
         meta = source.links[-1].path if isinstance(source, HotSource) else portable

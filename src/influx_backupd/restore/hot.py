@@ -158,8 +158,12 @@ class HotRestoreResult(RestoreResult):
 # -- choosing ---------------------------------------------------------------------------------------
 
 
-def restore_backup(config: Config, catalog: Catalog, backup: str) -> RestoreResult:
-    """Restore BACKUP (a catalog id or a path): cold archives by restore_cold, hot ones here."""
+def restore_backup(
+    config: Config, catalog: Catalog, backup: str, *, accept_fewer_points: bool = False
+) -> RestoreResult:
+    """Restore BACKUP (a catalog id or a path): cold archives by restore_cold, hot ones here.
+    accept_fewer_points: a cold archive's server may serve fewer points than counted before
+    its stop (restore/served.py); a hot chain is held to its build's count regardless."""
     source = choose(catalog, backup)
     # found before a cold archive is read or a build begins, the same for either flavour
     storage_writable(config)
@@ -169,7 +173,9 @@ def restore_backup(config: Config, catalog: Catalog, backup: str) -> RestoreResu
     ended = f"the server was restored from {backup}"
     catalog.end_chains("restore", f"a restore of the server from {backup} began at {_utc()}")
     if isinstance(source, ColdSource):
-        result: RestoreResult = restore_cold(config, catalog, backup)
+        result: RestoreResult = restore_cold(
+            config, catalog, backup, accept_fewer_points=accept_fewer_points
+        )
     else:
         result = _restore_hot(config, source.flavour, source.links, source.record)
         result.warnings += [source.unchecked] if source.unchecked else []

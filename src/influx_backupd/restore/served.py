@@ -37,6 +37,7 @@ class Served:
     floor: dict[str, int] = field(default_factory=dict)
     counted: dict[str, int] = field(default_factory=dict)
     not_compared: list[str] = field(default_factory=list)
+    fewer: list[str] = field(default_factory=list)  # below their count, accepted
     note: str = ""  # why nothing was compared at all
 
     def summary(self) -> str:
@@ -47,7 +48,20 @@ class Served:
             f"{db} {n} (counted {self.floor[db]})" for db, n in sorted(self.counted.items())
         )
         left = f"; not compared: {', '.join(self.not_compared)}" if self.not_compared else ""
-        return f"points served: {shown or 'none compared'}{left}"
+        fewer = (
+            f"; fewer than counted, accepted (--accept-fewer-points): {', '.join(self.fewer)}"
+            if self.fewer
+            else ""
+        )
+        return f"points served: {shown or 'none compared'}{fewer}{left}"
+
+    def fewer_warning(self) -> list[str]:
+        """The operator's warning for the databases kept below their count (none: [])."""
+        return [
+            f"database {db} serves {self.counted[db]} points, {self.floor[db]} counted before "
+            "the backup's stop: kept, as --accept-fewer-points asked"
+            for db in self.fewer
+        ]
 
 
 def check_served(
@@ -57,9 +71,16 @@ def check_served(
     *,
     what: str,
     budget: float = BUDGET_S,
+    before_a_stop: bool = False,
+    accept_fewer: bool = False,
 ) -> Served:
     """Count the live server's databases named in floor; NotServed naming the first one below
-    its count (or missing). what: where floor came from ("counted at backup time")."""
+    its count (or missing). what: where floor came from ("counted at backup time").
+
+    before_a_stop: floor was counted before a cold backup's stop, so a delete acknowledged
+    between that count and the stop lowers what the archive holds, which no figure tells
+    apart from loss: the refusal names accept_fewer, with which a database below its count
+    (or missing) is said and kept (Served.fewer), not refused."""
     served = Served(floor=dict(floor or {}))
     if not floor:
         served.note = "no point counts to compare with"
@@ -89,8 +110,12 @@ def check_served(
             continue
         except counts.FiguresError as exc:
             if db not in present:
+                if accept_fewer:
+                    _fewer(served, db, 0, logger)
+                    continue
                 raise NotServed(
                     f"database {db} is missing on the restored server, {want} points {what}"
+                    + (ACCEPT_HINT if before_a_stop else "")
                 ) from None
             if time.monotonic() < deadline:
                 raise NotServed(
@@ -100,19 +125,38 @@ def check_served(
             continue
         served.counted[db] = got
         if got < want:
+            if accept_fewer:
+                _fewer(served, db, got, logger)
+                continue
             raise NotServed(
                 f"database {db}: the restored server serves {got} points, {want} {what}"
+                + (ACCEPT_HINT if before_a_stop else "")
             )
     served.not_compared = list(why)  # in the floor's (sorted) order
-    event = logger.warning if served.not_compared else logger.info
+    event = logger.warning if served.not_compared or served.fewer else logger.info
     event(
         "restore.served",
         counted=served.counted,
         floor=served.floor,
         not_compared=served.not_compared or None,
+        fewer_accepted=served.fewer or None,
         why=why or None,
     )
     return served
+
+
+ACCEPT_HINT = (
+    "; a delete acknowledged between that count and the backup's stop (DROP, DELETE, a "
+    "retention policy expiring shards) lowers it too: to keep this restore all the same, "
+    "run it again with --accept-fewer-points"
+)
+
+
+def _fewer(served: Served, db: str, got: int, logger: Logger) -> None:
+    """A database below its count, kept because the operator accepted that (--accept-fewer-points)."""
+    served.counted[db] = got
+    served.fewer.append(db)
+    logger.warning("restore.served_fewer_accepted", db=db, served=got, floor=served.floor[db])
 
 
 def count_built(url: str, logger: Logger, budget: float = BUDGET_S) -> tuple[dict[str, int], str]:

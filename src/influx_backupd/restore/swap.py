@@ -58,12 +58,17 @@ def check_served_after_start(
     logger: Logger,
     *,
     what: str,
+    before_a_stop: bool = False,
+    accept_fewer: bool = False,
 ) -> None:
     """Hold the restored server, once it answers, to floor (restore/served.py; NotServed rolls
     the restore back), noting what it found and how long that took (check_s: not downtime)."""
     t_check = time.monotonic()
-    served = check_served(config, floor, logger, what=what)
+    served = check_served(
+        config, floor, logger, what=what, before_a_stop=before_a_stop, accept_fewer=accept_fewer
+    )
     result.served, result.served_check = served.counted, served.summary()
+    result.warnings += served.fewer_warning()
     result.check_s = time.monotonic() - t_check
 
 

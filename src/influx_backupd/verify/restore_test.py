@@ -114,7 +114,7 @@ def _check_restored(server: Sandbox, record: RunRecord | None, result: VerifyRes
             continue
         # Points counted before the stop are a floor: writes may land until the stop itself.
         if got < want:
-            errors.append(f"database {db}: {got} points restored, {want} counted at backup time")
+            errors.append(_fewer(db, got, want, record))
         elif got > want:
             more.append(f"{db} +{got - want}")
     if errors:
@@ -278,9 +278,7 @@ def _check_restored_hot(
             continue
         want = floor.get(db)
         if want is not None and restored[db] < want:
-            errors.append(
-                f"database {db}: {restored[db]} points restored, {want} counted at backup"
-            )
+            errors.append(_fewer(db, restored[db], want, record))
     result.restored_counts = restored
     if errors:
         for message in errors:
@@ -367,3 +365,17 @@ def _snapshot_manifest(path: Path) -> list[dict[str, Any]]:
     if not isinstance(files, list):
         raise ValueError(f"{path}: manifest has no files list")
     return [f for f in files if isinstance(f, dict)]
+
+
+def _fewer(db: str, got: int, want: int, record: RunRecord | None) -> str:
+    """A database restored below its count before the stop; when the live server, restarted on
+    the same files, served fewer too (the run's served_less), the likelier cause is named."""
+    line = f"database {db}: {got} points restored, {want} counted at backup time"
+    fewer = record.lost_at_restart.get(db) if record is not None else None
+    if fewer is not None:
+        line += (
+            f"; the live server served {fewer} fewer after the backup's restart too: a "
+            "delete acknowledged between the count and the stop, or points influxd dropped at "
+            "that restart (`restore --accept-fewer-points` restores it all the same)"
+        )
+    return line
