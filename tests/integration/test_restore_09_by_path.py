@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import STAND_INS, Cli, write_config
-from tests.faults.test_restore_interrupted import paused_at
 
 INFLUXD09 = STAND_INS / "influxd09"
 HOT = [{"name": "hotjob", "mode": "hot"}]
@@ -179,23 +177,3 @@ def test_a_restore_into_a_target_with_a_long_name_works(chain: Chain) -> None:
     assert restored == {
         name.removeprefix("server09/"): data for name, data in chain.states[2].items()
     }
-
-
-@pytest.mark.parametrize("target", [False, True])
-def test_a_09_restore_killed_leaves_no_scratch_dir_once_pruned(chain: Chain, target: bool) -> None:
-    """Before: a SIGKILL left <storage>/.restore-… with the snapshots hard-linked in for good
-    (prune and recovery knew only the restore tests' scratch dirs): the bytes of archives
-    pruned since stayed on disk."""
-    args = ["restore", chain.backups[2]["id"]]
-    args += ["--target", str(chain.tmp / "look")] if target else ["--yes"]
-    proc = paused_at(chain.tmp, chain.cli.config, args, "influx_backupd.restore.hot.run_tool", "")
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    storage = Path(chain.backups[0]["archive"]).parent
-    assert [p.name for p in storage.iterdir() if p.name.startswith(".")], "a scratch dir was left"
-    recovered = chain.cli("recover")
-    assert recovered.returncode == 0, recovered.stderr
-    pruned = chain.cli("prune")
-    assert pruned.returncode == 0, pruned.stderr
-    assert [p.name for p in storage.iterdir() if p.name.startswith(".")] == []
-    assert chain.server.ping()

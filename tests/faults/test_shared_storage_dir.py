@@ -11,6 +11,8 @@ import signal
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import Cli, started, write_config
 from tests.faults.test_restore_interrupted import paused_at
@@ -27,6 +29,7 @@ def _databases(archive: Path) -> set[str]:
         }
 
 
+@pytest.mark.fault("refusal", "a second instance given the same storage dir", "cold, staged")
 def test_a_second_instance_on_the_same_storage_dir_waits_and_touches_nothing_of_the_first(
     tmp_path: Path, influxd_path: str
 ) -> None:

@@ -42,6 +42,7 @@ def _members(archive: Path) -> set[str]:
         return {name.split("/")[0] for name in tar.getnames()}
 
 
+@pytest.mark.fault("4", "influxd makes its wal dir after the cold run's checks")
 @pytest.mark.parametrize("copy", ["staged", "direct"])
 def test_a_wal_dir_made_after_the_checks_is_archived(
     tmp_path: Path, sandbox: Sandbox, copy: str
