@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -75,15 +75,19 @@ def sniff(path: Path) -> Flavour | None:
     return "0.9" if first is not None and first.name == "manifest" else None
 
 
-def chain_for(catalog: Catalog, record: RunRecord) -> list[RunRecord]:
-    """The chain's links from its full up to record, oldest first; refuses a broken chain."""
+def chain_for(
+    catalog: Catalog, record: RunRecord, runs: Sequence[RunRecord] | None = None
+) -> list[RunRecord]:
+    """The chain's links from its full up to record, oldest first; refuses a broken chain.
+    runs: the catalog's records as the caller already read them (verify --all: one read for
+    every link it checks, where reading the catalog again for each made it quadratic)."""
     if not record.chain_id:
         raise RestoreRefused(f"backup {record.id} is a hot backup without a chain id")
     members = sorted(
         (
             r
-            for r in catalog.list(job=record.job)
-            if r.chain_id == record.chain_id and r.mode == "hot"
+            for r in (catalog.list(job=record.job) if runs is None else runs)
+            if r.job == record.job and r.chain_id == record.chain_id and r.mode == "hot"
         ),
         key=lambda r: (r.started_at, r.id),
     )

@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -103,10 +103,12 @@ def verify(
     restore_test: bool = False,
     catalog: Catalog | None = None,
     seen: dict[str, VerifyResult] | None = None,
+    runs: Sequence[RunRecord] | None = None,
 ) -> VerifyResult:
     """catalog: where a hot record's chain is looked up (default: the one in state_dir).
     seen: the results of backups verified earlier in this run (verify --all), at this depth:
-    an increment's earlier links among them are not read again.
+    an increment's earlier links among them are not read again. runs: the catalog's records
+    as verify --all read them (chains are looked up there, not read again for each link).
 
     A tar the catalog does not know is checked against the record written beside it, if any;
     one it knows, its record beside it against the catalog's."""
@@ -139,7 +141,7 @@ def verify(
         from_catalog=from_catalog,
     )
     if record is not None and record.kind == "incremental" and archive.exists():
-        _verify_chain(config, archive, record, result, catalog, deep=deep, seen=seen)
+        _verify_chain(config, archive, record, result, catalog, deep=deep, seen=seen, runs=runs)
     result.seconds = round(time.monotonic() - started, 3)
     event = logger.info if result.ok else logger.error
     event(
@@ -252,6 +254,7 @@ def _verify_chain(
     *,
     deep: bool,
     seen: dict[str, VerifyResult] | None,
+    runs: Sequence[RunRecord] | None = None,
 ) -> None:
     """An increment restores only on top of its earlier links: each one in the catalog, ok,
     its archive there, and not failed its own last check (before: `verify TIP` said ok with a
@@ -262,7 +265,7 @@ def _verify_chain(
             return  # no catalog here (a backup verified by path on another host)
         catalog = Catalog(config.state_dir)
     try:
-        links = chain_for(catalog, record)
+        links = chain_for(catalog, record, runs)
     except RestoreRefused as exc:
         result.fail("chain", str(exc))
         return
@@ -633,9 +636,8 @@ def verify_all(
     passed = set(passed_over(catalog, job))
     if passed:
         log.get().info("verify.passed_over", reason="only in the bucket", backups=sorted(passed))
-    good = [
-        r for r in catalog.list(job=job) if r.ok and r.archive is not None and r.id not in passed
-    ]
+    runs = catalog.list(job=job)
+    good = [r for r in runs if r.ok and r.archive is not None and r.id not in passed]
     good.sort(key=lambda r: (r.verified_at or r.finished_at or r.started_at, r.started_at))
     results = []
     seen: dict[str, VerifyResult] = {}
@@ -651,6 +653,7 @@ def verify_all(
             restore_test=restore_test,
             catalog=catalog,  # the increments' chains are read from it, not opened again each
             seen=seen,  # an increment's earlier links checked before it are not read again
+            runs=runs,
         )
         save_result(catalog, record, result)
         results.append(result)
