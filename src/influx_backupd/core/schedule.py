@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -218,8 +218,31 @@ def build_trigger(
     if job.schedule is not None:
         return cron_trigger(job.schedule, tz, jitter)
     if job.every is not None:
-        return IntervalTrigger(seconds=job.every, start_date=anchor, timezone=tz, jitter=jitter)
+        return _GridInterval(seconds=job.every, start_date=anchor, timezone=tz, jitter=jitter)
     return None
+
+
+class _GridInterval(IntervalTrigger):  # type: ignore[misc]  # APScheduler 3 is untyped
+    """An interval whose every run is its grid time plus a fresh jitter. APScheduler's adds the
+    jitter to the previous fire, itself jittered, so the runs walked off the grid: 4 h after
+    48 hourly runs with a 10 min jitter, and a daily cold job out of its cold window."""
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        if previous_fire_time is not None:
+            # the jitter is under the interval (config): the grid's next time after the
+            # previous fire is the one after that fire's own grid time
+            now = just_after(previous_fire_time)
+        fire: datetime | None = super().get_next_fire_time(None, now)
+        return fire
+
+
+def just_after(moment: datetime) -> datetime:
+    """A microsecond after moment, as an instant. Adding to a local time is wall-clock
+    arithmetic that resets `fold`: from the second 02:30 of a repeated hour it went an hour
+    back (and a trigger stepped so returned fires from before the window it was asked for)."""
+    return moment.astimezone(UTC) + _TICK
 
 
 def shortest_gap(job: Schedulable) -> float | None:
@@ -240,7 +263,7 @@ def shortest_gap(job: Schedulable) -> float | None:
             break
         if previous is not None and fire > previous:
             gaps.append((fire - previous).total_seconds())
-        previous, now = fire, fire + timedelta(seconds=1)
+        previous, now = fire, just_after(fire) + timedelta(seconds=1)
     return min(gaps, default=None)
 
 
@@ -268,7 +291,7 @@ def missed_run(
     latest = latest_fire(trigger, window_start, now)
     if latest is not None:
         return Missed(latest, True)
-    first = trigger.get_next_fire_time(None, last_started + _TICK)
+    first = trigger.get_next_fire_time(None, just_after(last_started))
     if first is not None and first <= now:
         return Missed(first, False)
     return None
@@ -277,12 +300,12 @@ def missed_run(
 def latest_fire(trigger: BaseTrigger, after: datetime, until: datetime) -> datetime | None:
     """The latest fire time in (after, until] (build `trigger` without jitter)."""
     latest = None
-    fire = trigger.get_next_fire_time(None, after + _TICK)
+    fire = trigger.get_next_fire_time(None, just_after(after))
     for _ in range(_MAX_STEPS):
         if fire is None or fire > until:
             break
         latest = fire
-        fire = trigger.get_next_fire_time(fire, fire + _TICK)
+        fire = trigger.get_next_fire_time(None, just_after(fire))
     return latest
 
 
@@ -333,7 +356,12 @@ _DAY_S = 86400
 
 
 def window_missed(
-    schedule: str | None, every: float | None, timezone: str, window: str
+    schedule: str | None,
+    every: float | None,
+    timezone: str,
+    window: str,
+    *,
+    now: datetime | None = None,
 ) -> str | None:
     """Why a job's scheduled runs may never come inside its cold window `window` (so that every
     scheduled cold run is skipped), or None. A crontab schedule: none of its fires in the next
@@ -346,14 +374,14 @@ def window_missed(
     if schedule is not None:
         tz = ZoneInfo(timezone)
         trigger = cron_trigger(schedule, tz)
-        now = datetime.now(tz)
+        now = datetime.now(tz) if now is None else now
         fire = trigger.get_next_fire_time(None, now)
         for _ in range(_WINDOW_FIRES):
             if fire is None or fire > now + _WINDOW_LOOKAHEAD:
                 break
             if in_window(window, fire.astimezone(tz).time()):
                 return None
-            fire = trigger.get_next_fire_time(fire, fire + _TICK)
+            fire = trigger.get_next_fire_time(None, just_after(fire))
         return (
             f"schedule {schedule!r} never fires inside cold_window {window} ({timezone}): "
             "every scheduled cold run is skipped"

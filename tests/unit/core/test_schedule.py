@@ -271,3 +271,40 @@ def test_a_schedule_that_never_meets_its_cold_window_is_named(
     assert (said is not None) == missed, said
     if said is not None:
         assert window in said and "skipped" in said
+
+
+def test_the_latest_fire_in_the_repeated_hour_is_found_and_never_one_outside_the_window() -> None:
+    """Stepping from a fire in the repeated hour (fold=1) by adding to the local time went an
+    hour back: the loop spun 200,000 steps (6 s before the daemon was ready) and returned a
+    fire from before its own window, which the daemon then skipped as too late (time audit)."""
+    trigger = cron_trigger("*/30 * * * *", ZoneInfo("Europe/Berlin"))
+    now = datetime(2026, 10, 25, 1, 59, 50, tzinfo=UTC)  # 02:59:50 CET, the second time round
+    latest = latest_fire(trigger, now - timedelta(hours=1), now)
+    assert latest is not None
+    assert latest.astimezone(UTC) == datetime(2026, 10, 25, 1, 30, tzinfo=UTC)
+    missed = missed_run(trigger, datetime(2026, 10, 25, 0, 10, tzinfo=UTC), now, catch_up=3600)
+    assert missed is not None and missed.catch_up
+    assert missed.fire_time.astimezone(UTC) == datetime(2026, 10, 25, 1, 30, tzinfo=UTC)
+
+
+def test_a_schedule_inside_its_window_is_not_named_in_the_week_of_a_dst_change() -> None:
+    """window_missed stepped the same way: on the Saturday before the October change it said
+    an hourly schedule never fires inside 04:00-05:00."""
+    now = datetime(2026, 10, 24, 3, 30, tzinfo=UTC)
+    assert window_missed("0 * * * *", None, "Europe/Berlin", "04:00-05:00", now=now) is None
+
+
+@pytest.mark.parametrize(("every", "jitter"), [(3600.0, 600.0), (86400.0, 3600.0)])
+def test_every_with_jitter_keeps_to_its_grid_run_after_run(every: float, jitter: float) -> None:
+    """APScheduler adds the jitter to the previous fire, itself jittered: the runs walked off
+    the grid (4 h after 48 hourly runs with 10 min; 55 of 60 daily runs outside a 2 h cold
+    window). Stepped here as the scheduler steps it: each fire within jitter of its grid time."""
+    anchor = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+    trigger = build_trigger(Job(every=every, jitter=jitter), anchor=anchor)
+    assert trigger is not None
+    fire = trigger.get_next_fire_time(None, anchor + TICK)
+    for n in range(1, 61):
+        assert fire is not None
+        grid = anchor + timedelta(seconds=every * n)
+        assert grid <= fire <= grid + timedelta(seconds=jitter), (n, fire, grid)
+        fire = trigger.get_next_fire_time(fire, fire)
