@@ -35,7 +35,7 @@ from influx_backupd.influxd import counts, logfile, names
 from influx_backupd.influxd.server import SUPERVISOR_HINT, Influxd, InfluxdError, NotAnswering
 from influx_backupd.jobs.staging import Stager, SyncStopped
 from influx_backupd.report import metrics, progress
-from influx_backupd.store import sparse
+from influx_backupd.store import layout, sparse
 from influx_backupd.store.archive import (
     COLD_TOPS,
     ArchiveError,
@@ -131,8 +131,8 @@ def run_cold(
     # the job's off-site choice, kept with the backup: `offsite = false` must still hold for it
     # once the job is renamed or removed from the config (run/offsite.py wanted)
     record.extra["offsite"] = job.offsite
+    catalog.start_run(record, lambda rid: layout.id_in_use(config.storage_dir, job.name, rid))
     logger = log.get(run_id=record.id, job=job.name, mode="cold")
-    catalog.save(record)
     with log.run_context(run_id=record.id, job=job.name, mode="cold"):
         logger.info("run.started", phase="preflight")
         try:

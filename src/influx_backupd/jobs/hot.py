@@ -116,10 +116,10 @@ def run_hot(
     # the job's off-site choice, kept with the backup: `offsite = false` must still hold for it
     # once the job is renamed or removed from the config (run/offsite.py wanted)
     record.extra["offsite"] = job.offsite
-    logger = log.get(run_id=record.id, job=job.name, mode="hot")
     history = catalog.list(job=job.name)
     ends = catalog.chain_ends()  # a whole-server restore since a chain's full ends it
-    catalog.save(record)
+    catalog.start_run(record, lambda rid: layout.id_in_use(config.storage_dir, job.name, rid))
+    logger = log.get(run_id=record.id, job=job.name, mode="hot")
     with log.run_context(run_id=record.id, job=job.name, mode="hot"):
         logger.info("run.started", phase="preflight", backup_host=config.backup_host)
         try:

@@ -18,7 +18,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ from influx_backupd.core.errors import EXIT_BUSY, BackupdError
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.log import Logger
 from influx_backupd.core.paths import real
-from influx_backupd.store.record import RunRecord
+from influx_backupd.store.record import RunRecord, new_run_id
 from influx_backupd.store.sidecar import sidecar_of
 
 TIMEOUT_S = 30.0  # how long a command waits for another one's write to the catalog
@@ -48,6 +48,9 @@ class CatalogDamaged(CatalogError):
             f"catalog {path} is damaged ({detail}); rebuild it from the records beside the "
             "archives with `influx-backupd import` (it moves the damaged file aside)"
         )
+
+
+_ID_DRAWS = 100  # a free id is found at the first or second draw; this bounds a broken taken()
 
 
 class CatalogBusy(CatalogError):
@@ -224,6 +227,22 @@ class Catalog:
                 f"catalog {self.path} is damaged and cannot be moved aside ({exc.strerror})"
             ) from None
         return aside
+
+    def start_run(self, record: RunRecord, taken: Callable[[str], bool]) -> None:
+        """Save a new run's first record under an id no run has: record.id is drawn again
+        while the catalog has a run of that id or taken(id) (its names in the storage dir).
+        Two runs in one second shared an id once in 65,536 (a fast failure, then its fallback;
+        seconds repeated after the clock stepped back), and the second replaced the first's
+        record (INSERT OR REPLACE) and archive (a rename over it)."""
+        for _ in range(_ID_DRAWS):
+            if not taken(record.id):
+                with self._connect() as conn:
+                    held = conn.execute("SELECT 1 FROM runs WHERE id = ?", (record.id,))
+                    if held.fetchone() is None:
+                        _save_row(conn, record)
+                        return
+            record.id = new_run_id(record.started_at or None)
+        raise CatalogBusy(f"no free run id after {_ID_DRAWS} draws: {self.path}")
 
     def save(self, record: RunRecord) -> None:
         with self._connect() as conn:

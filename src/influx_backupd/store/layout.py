@@ -44,6 +44,20 @@ def run_archives(storage_dir: Path, job: str, run_id: str) -> tuple[Path, Path]:
     return cold_archive(storage_dir, job, run_id), hot_backup_dir(storage_dir, job, run_id)
 
 
+def id_in_use(storage_dir: Path, job: str, run_id: str) -> bool:
+    """Whether anything of the storage dir is named for this run already (an archive, a hot
+    dir, a snapshot, a record beside one, a .partial): a run given that id would replace it."""
+    names = (
+        cold_archive(storage_dir, job, run_id).name,
+        hot_backup_dir(storage_dir, job, run_id).name,
+        snapshot_base(storage_dir, job, run_id).name,
+    )
+    try:
+        return any(entry.name.startswith(names) for entry in os.scandir(storage_dir))
+    except OSError:
+        return False  # no storage dir yet (the first run makes it): nothing there to replace
+
+
 def backup_name_problem(
     name: str, job: str, run_id: str, *, mode: str, snapshot: bool, kind: str
 ) -> str | None:

@@ -1,0 +1,55 @@
+"""A new run's id is one no run has, in the catalog or in the storage dir's names.
+
+Two runs in one second drew the same id once in 65,536 (a fast failure, then its fallback;
+seconds repeated after the clock stepped back): the second run's record replaced the first's
+(INSERT OR REPLACE) and its archive was renamed over the first's."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from influx_backupd.store import layout
+from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.record import RunRecord
+
+AT = datetime(2026, 12, 4, 3, 0, tzinfo=UTC).timestamp()
+SAME_SECOND = "20261204T030000Z-3f9a"
+
+
+def _ok(run_id: str, job: str) -> RunRecord:
+    record = RunRecord(id=run_id, job=job, mode="cold", status="ok", started_at=AT)
+    record.archive = f"/backups/{job}-{run_id}.tar"
+    return record
+
+
+def test_a_run_drawn_with_the_id_of_one_in_the_catalog_gets_another(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path)
+    catalog.save(_ok(SAME_SECOND, "nightly"))
+    new = RunRecord(id=SAME_SECOND, job="fallback", mode="cold", started_at=AT)
+
+    catalog.start_run(new, lambda run_id: False)
+
+    assert new.id != SAME_SECOND and new.id.startswith("20261204T030000Z-")
+    first = catalog.get(SAME_SECOND)
+    assert first is not None and first.job == "nightly" and first.status == "ok"
+    saved = catalog.get(new.id)
+    assert saved is not None and saved.job == "fallback" and saved.status == "running"
+
+
+def test_a_run_drawn_with_the_id_of_files_in_the_storage_dir_gets_another(tmp_path: Path) -> None:
+    """A catalog lost or set aside knows nothing of the archives there: their names count too."""
+    storage = tmp_path / "archives"
+    storage.mkdir()
+    for name in (f"nightly-{SAME_SECOND}.tar", f"nightly-{SAME_SECOND}.tar.json"):
+        (storage / name).write_bytes(b"a backup of before")
+    catalog = Catalog(tmp_path / "state")
+    new = RunRecord(id=SAME_SECOND, job="nightly", mode="cold", started_at=AT)
+
+    catalog.start_run(new, lambda run_id: layout.id_in_use(storage, "nightly", run_id))
+
+    assert new.id != SAME_SECOND
+    assert not layout.id_in_use(storage, "nightly", new.id)
+    assert layout.id_in_use(storage, "nightly", SAME_SECOND)
+    assert not layout.id_in_use(storage, "other", SAME_SECOND), "another job's names are apart"
+    assert not layout.id_in_use(tmp_path / "none", "nightly", SAME_SECOND), "no storage dir yet"
