@@ -4,10 +4,12 @@ job the config does not name was hidden before: `status` looked clean."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.store.catalog import Catalog
 from tests.conftest import Cli, write_config
 
 
@@ -66,3 +68,34 @@ def test_status_says_when_the_last_good_backup_was_after_a_failure(
     sandbox.start()
     text = cli("status").stdout
     assert re.search(rf"^  last ok .* \(run {good['id']}\)$", text, re.M), text
+
+
+def test_a_run_dated_ahead_of_the_clock_hides_no_later_failure(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A run taken while the clock was a year ahead (or imported with such a date) was `last`
+    and `last ok` for that year: the failures since were never shown (the time audit)."""
+    cli = Cli(write_config(tmp_path, sandbox))
+    good = cli.json("backup")
+    assert good["status"] == "ok"
+    catalog = Catalog(tmp_path / "state")
+    ahead = catalog.get(good["id"])
+    assert ahead is not None
+    year = 365 * 86_400.0
+    ahead = dataclasses.replace(
+        ahead,
+        id="20271204T030000Z-ahead",
+        started_at=ahead.started_at + year,
+        finished_at=(ahead.finished_at or ahead.started_at) + year,
+    )
+    catalog.save(ahead)
+    sandbox.stop()
+    assert cli("backup").returncode == 1  # influxd does not answer: refused before any stop
+    sandbox.start()
+
+    text = cli("status").stdout
+
+    assert re.search(r"^  last    failed ", text, re.M), text
+    assert re.search(rf"^  last ok .* \(run {good['id']}\)$", text, re.M), text
+    assert "DATED AHEAD 1 run(s)" in text and "20271204T030000Z-ahead" in text, text
+    assert re.search(rf"^last downtime .*run {good['id']}", text, re.M), text

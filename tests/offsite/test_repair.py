@@ -213,6 +213,14 @@ def test_the_sync_checks_the_bucket_every_check_every_and_repairs_in_the_same_ru
     status, found = _verify_all(cli)
     assert status == 0, found
 
+    # stamped while the clock was a year ahead: due now, not in a year (the time audit)
+    _spoil(moto, key)
+    saved = json.loads(state.read_text())
+    saved["last_check"] += 365 * 86_400
+    state.write_text(json.dumps(saved))
+    ahead = cli.json("offsite", "sync")
+    assert ahead["checked"] == 1 and ahead["repaired"] == [record["id"]], ahead
+
     # off: never checked by the sync
     config = cli.config
     config.write_text(config.read_text().replace('check_every = "1h"', 'check_every = "0"'))

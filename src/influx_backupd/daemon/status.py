@@ -5,6 +5,7 @@ answers while a backup runs.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from influx_backupd.run import offsite
 from influx_backupd.run.guard import left_stopped, left_stopped_line
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import chain_breaks
-from influx_backupd.store.record import RunRecord, missing_on_disk, served_less
+from influx_backupd.store.record import RunRecord, dated_ahead, missing_on_disk, served_less
 
 # The running daemon's published state (written by daemon.loop): named in report.metrics (which
 # keeps a killed daemon's next runs out of the file), so that `status` and every command's
@@ -115,6 +116,7 @@ def _not_in_config(backups: int) -> str:
 
 
 def gather(config: Config) -> dict[str, Any]:
+    now = time.time()
     state = read_daemon_state(config)
     catalog = Catalog(config.state_dir)
     records = catalog.list() if catalog.exists() else []
@@ -128,7 +130,10 @@ def gather(config: Config) -> dict[str, Any]:
     names += dict.fromkeys(r.job for r in records if r.job not in names)
     for name in names:
         job = next((j for j in configured if j.name == name), None)
-        mine = [r for r in records if r.job == name]
+        # a run dated ahead of the clock is never the last one: it would hide every later
+        # failure until its date (store.record.dated_ahead); said on a line of its own
+        ahead = [r for r in records if r.job == name and dated_ahead(r, now)]
+        mine = [r for r in records if r.job == name and not dated_ahead(r, now)]
         finished = [r for r in mine if r.status != "running"]
         # "last ok": the newest good backup (none: one whose check failed since, one gone from
         # disk, one that needs a link that is: `list` shows none of them ok)
@@ -154,11 +159,12 @@ def gather(config: Config) -> dict[str, Any]:
                 "not_started": published.get("not_started") if state else None,
                 # the newest cold run's restarted server served fewer points than before its stop
                 "served_less": {"run_id": served_run, "databases": lost} if lost else None,
+                "dated_ahead": [r.id for r in ahead] or None,
             }
         )
     verify = state.get("verify", {}) if state else {}
     failing = [r.id for r in records if r.failed_check]
-    with_downtime = [r for r in records if r.downtime_s is not None]
+    with_downtime = [r for r in records if r.downtime_s is not None and not dated_ahead(r, now)]
     offsite_report = offsite.status(config, catalog) if catalog.exists() else None
     last_downtime = with_downtime[-1] if with_downtime else None
     left = left_stopped(config)
@@ -277,6 +283,13 @@ def render(report: dict[str, Any]) -> str:
                 f"  last ok {_when(good['started_at'])} (run {good['id']})"
                 if good is not None
                 else "  last ok never: no good backup of this job"
+            )
+        ahead = job.get("dated_ahead")
+        if ahead:
+            lines.append(
+                f"  DATED AHEAD {len(ahead)} run(s) dated past now, taken while the clock was "
+                f"ahead (or imported so): {', '.join(ahead[:3])}{' …' * (len(ahead) > 3)}; "
+                "not shown as the last run, kept, counted by no retention rule until then"
             )
         served = job.get("served_less")
         if served:

@@ -27,11 +27,11 @@ from influx_backupd.core.jsontext import loads_json
 from influx_backupd.core.paths import real
 from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import scratch
-from influx_backupd.keep.retention import FUTURE_SLACK_S, RetentionPlan, RetentionPolicy, plan
+from influx_backupd.keep.retention import RetentionPlan, RetentionPolicy, plan
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import ChainCut, parents
-from influx_backupd.store.record import RunRecord, missing_on_disk, only_in_bucket
+from influx_backupd.store.record import RunRecord, dated_ahead, missing_on_disk, only_in_bucket
 from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
 
 
@@ -236,7 +236,7 @@ def _prune_job(
     if gone:
         logger.warning("prune.missing_on_disk", run_ids=sorted(gone))
     # taken while the clock was ahead: kept, counted by no rule until their date (retention.plan)
-    ahead = sorted(r.id for r in records if r.started_at > now + FUTURE_SLACK_S)
+    ahead = sorted(r.id for r in records if r.ok and dated_ahead(r, now))
     if ahead:
         logger.warning("prune.dated_in_the_future", run_ids=ahead)
     # A backup outside storage.dir (storage.dir changed since, or a state_dir another config

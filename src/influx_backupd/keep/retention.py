@@ -37,12 +37,9 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
 from influx_backupd.store.chain import ChainCut, parents
-from influx_backupd.store.record import RunRecord
+from influx_backupd.store.record import RunRecord, dated_ahead
 
 LOST_POINTS_HOLD_DAYS = 30
-# a backup dated this far past now was taken while the clock was ahead (clocks of one host
-# disagree by less)
-FUTURE_SLACK_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -194,7 +191,7 @@ def plan(
     ordered = _newest_first(records)
     aside = dict(aside or {})
     for r in ordered:
-        if r.ok and r.started_at > now + FUTURE_SLACK_S:
+        if r.ok and dated_ahead(r, now):
             when = _utc(r.started_at).strftime("%Y-%m-%d %H:%M")
             aside.setdefault(
                 r.id, f"dated in the future ({when} UTC): kept, counted by no rule until then"

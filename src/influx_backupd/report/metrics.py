@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import re
+import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from influx_backupd.core.atomic import read_small, replace_file
 from influx_backupd.core.log import Logger
 from influx_backupd.offsite.errors import REASONS
 from influx_backupd.report.progress import read_published
-from influx_backupd.store.record import RunRecord, served_less
+from influx_backupd.store.record import FUTURE_SLACK_S, RunRecord, dated_ahead, served_less
 
 # The backup job's name. Not `job`: Prometheus sets its own `job` (and `instance`) target labels
 # on every scrape, and would rename ours to exported_job unless the scrape had honor_labels.
@@ -397,6 +398,7 @@ def render(
     offsite_failing: Collection[str] = (),
     instance: str = DEFAULT_INSTANCE,
     jobs: Collection[str] | None = None,
+    now: float | None = None,
 ) -> str:
     """The textfile for all jobs in `records`, every sample labelled INSTANCE_LABEL=`instance`.
 
@@ -417,7 +419,12 @@ def render(
     frozen in the file for ever: its last success ageing (InfluxBackupTooOld), a last failed run
     or a served_less that no later run clears (InfluxBackupFailed, InfluxdServedLess). `status`
     names such backups (`not in the config: N backups kept`); the metrics leave them out.
+
+    A run dated ahead of `now` (default: the clock's; store.record.dated_ahead) is no job's
+    last run or success: dated in 2027, it held last_success there and kept every later
+    failure from InfluxBackupFailed and InfluxBackupTooOld for a year. It is kept and counted.
     """
+    now = time.time() if now is None else now
     extra_failures = verify_failures or {}
     counted = counters
     by_job: dict[str, list[RunRecord]] = defaultdict(list)
@@ -442,22 +449,27 @@ def render(
         shown &= set(jobs)
     for job in sorted(shown):
         runs = by_job.get(job, [])
-        finished = sorted((r for r in runs if r.status in RESULTS), key=_order)
+        finished = sorted(
+            (r for r in runs if r.status in RESULTS and not dated_ahead(r, now)), key=_order
+        )
         oks = [r for r in finished if r.ok]
+        kept = [r for r in runs if r.ok]
         j = ((JOB_LABEL, job),)
 
         if oks:
             samples[LAST_SUCCESS.name].append((j, _finished_at(oks[-1])))
             samples[ARCHIVE_BYTES.name].append((j, oks[-1].bytes))
-            checks = [r.verified_at or _finished_at(r) for r in oks]
+            checks = [r.verified_at or _finished_at(r) for r in kept]
             samples[OLDEST_CHECK.name].append((j, min(checks)))
-        failing = sum(1 for r in oks if r.failed_check)
-        samples[KEPT.name].append((j, len(oks)))
+        failing = sum(1 for r in kept if r.failed_check)
+        samples[KEPT.name].append((j, len(kept)))
         samples[FAILING_VERIFY.name].append((j, failing))
         for result in RESULTS:
             times = [_finished_at(r) for r in finished if r.status == result]
             if counted is not None and (job, result) in counted:
-                times.append(counted[job, result][1])
+                at = counted[job, result][1]
+                if at <= now + FUTURE_SLACK_S:  # counted by a run dated ahead: as above
+                    times.append(at)
             if times:
                 samples[LAST_RUN.name].append(((*j, ("result", result)), max(times)))
         downtimes = [r.downtime_s for r in finished if r.downtime_s is not None]
@@ -476,7 +488,7 @@ def render(
             if counted is not None:
                 count = counted.get((job, result), (0, 0.0))[0]
             else:
-                count = sum(1 for r in finished if r.status == result)
+                count = sum(1 for r in runs if r.status == result)
             samples[RUNS.name].append(((*j, ("result", result)), count))
         if counted is not None:
             failed_verifies = counted.get((job, VERIFY_FAILED), (0, 0.0))[0]

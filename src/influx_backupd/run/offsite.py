@@ -54,7 +54,7 @@ from influx_backupd.report.metrics import OffsiteFigures
 from influx_backupd.run import offsite_repair
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import chain_loop
-from influx_backupd.store.record import RunRecord, only_in_bucket
+from influx_backupd.store.record import FUTURE_SLACK_S, RunRecord, only_in_bucket
 from influx_backupd.store.sidecar import sidecar_of, write_sidecar
 from influx_backupd.store.state import Yielded, lock_wanted
 from influx_backupd.verify.result import VerifyResult
@@ -621,7 +621,10 @@ def _check_due(config: Config, state: State) -> bool:
         return False
     if section.encrypted and section.identity_file is None:
         return False  # the host holds only the recipients: `verify --offsite` where the key is
-    return state.last_check is None or time.time() - state.last_check >= section.check_every
+    now = time.time()
+    if state.last_check is None or state.last_check > now + FUTURE_SLACK_S:
+        return True  # never, or stamped while the clock was ahead: not a year without checks
+    return now - state.last_check >= section.check_every
 
 
 def backup_of(

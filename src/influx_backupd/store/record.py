@@ -174,6 +174,18 @@ def served_less(finished: Sequence[RunRecord]) -> tuple[str | None, dict[str, in
     return counted.id, counted.lost_at_restart
 
 
+# a run dated this far past now was taken while the clock was ahead (clocks of one host
+# disagree by less)
+FUTURE_SLACK_S = 300.0
+
+
+def dated_ahead(record: RunRecord, now: float) -> bool:
+    """Taken while the clock was ahead (or imported with such a date): ranked by its date, it
+    passes for the newest run until then, hiding every later failure (status, the metrics'
+    last success) and taking retention's places (keep/retention.py sets it aside)."""
+    return max(record.started_at, record.finished_at or 0.0) > now + FUTURE_SLACK_S
+
+
 def only_in_bucket(record: RunRecord) -> bool:
     """Imported from the bucket (import --offsite) and not fetched since: no archive here."""
     return bool(record.extra.get("offsite_only")) and not (

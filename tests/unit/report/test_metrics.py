@@ -380,3 +380,23 @@ def test_write_textfile_writes_through_a_symlink(tmp_path: Path) -> None:
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert real.read_text() == "new 1\n"
     assert sorted(p.name for p in real.parent.iterdir()) == ["influx_backupd.prom"]
+
+
+def test_a_run_dated_ahead_of_the_clock_is_no_last_run_or_success() -> None:
+    """One run recorded while the clock was a year ahead held last_success (and the downtime
+    and phases) there: every later failure stayed hidden from InfluxBackupFailed and
+    InfluxBackupTooOld for that year (the time audit). It is still kept and counted."""
+    now = 1_800_000_000.0
+    records = [
+        rec("day-before", "j", "ok", now - 86_400, bytes=1, downtime_s=1.0),
+        rec("next-year", "j", "ok", now + 365 * 86_400, bytes=2, downtime_s=9.0),
+        rec("now", "j", "failed", now - 160, downtime_s=2.0),
+    ]
+    counters = {("j", "ok"): (2, now + 365 * 86_400 + 100), ("j", "failed"): (1, now - 60)}
+    values, _ = parse(render(records, counters=counters, now=now))
+    assert values[k("last_success_timestamp_seconds", backup_job="j")] == now - 86_300
+    assert values[k("last_run_timestamp_seconds", backup_job="j", result="ok")] == now - 86_300
+    assert values[k("last_run_timestamp_seconds", backup_job="j", result="failed")] == now - 60
+    assert values[k("downtime_seconds", backup_job="j")] == 2.0
+    assert values[k("backups_kept", backup_job="j")] == 2.0
+    assert values[k("runs_total", backup_job="j", result="ok")] == 2.0
