@@ -874,25 +874,53 @@ class Influxd:
         return ports
 
     def holders(self, dirs: Iterable[Path]) -> list[Holder]:
-        """Processes with a file under dirs open or mapped (influxd mmaps TSM files)."""
+        """Processes with a file under dirs open or mapped (influxd mmaps TSM files). Asked
+        inside the stop window: /proc is read directly, the descriptors' links and the maps'
+        paths, where psutil's open_files() also reads each descriptor's fdinfo and
+        memory_maps() the kernel's smaps (sizes of every mapping, worked out on read): 1.8 s
+        of downtime beside a second influxd with 20,000 descriptors (the scale audit)."""
         roots = tuple(str(real(d)).rstrip("/") + "/" for d in dirs)
         found: list[Holder] = []
         me = os.getpid()
-        for proc in psutil.process_iter(["pid", "name"]):
-            if proc.pid == me:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) == me:
                 continue
-            try:
-                paths = [f.path for f in proc.open_files()]
-                paths += [m.path for m in proc.memory_maps(grouped=True)]
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-            except OSError:
-                continue
-            for path in paths:
-                if path.startswith(roots) or (path + "/") in roots:
-                    found.append(Holder(proc.pid, proc.info["name"] or "?", path))
-                    break
+            path = _held_under(entry.path, roots)
+            if path is not None:
+                found.append(Holder(int(entry.name), _name_of(entry.path), path))
         return found
+
+
+def _held_under(proc_dir: str, roots: tuple[str, ...]) -> str | None:
+    """The first file under roots (or a root itself) the process of /proc/PID holds open or
+    mapped; None when none is, or it went or may not be read (as psutil's AccessDenied)."""
+
+    def under(path: str) -> bool:
+        return path.startswith(roots) or (path + "/") in roots
+
+    try:
+        for fd in os.scandir(f"{proc_dir}/fd"):
+            with suppress(OSError):  # closed meanwhile
+                target = os.readlink(fd.path)
+                if under(target):
+                    return target
+        with open(f"{proc_dir}/maps", encoding="utf-8", errors="surrogateescape") as maps:
+            for line in maps:
+                # address perms offset dev inode [path]; a path may hold spaces
+                fields = line.rstrip("\n").split(maxsplit=5)
+                if len(fields) == 6 and under(fields[5]):
+                    return fields[5]
+    except OSError:
+        return None
+    return None
+
+
+def _name_of(proc_dir: str) -> str:
+    try:
+        with open(f"{proc_dir}/comm", encoding="utf-8", errors="replace") as comm:
+            return comm.read().strip() or "?"
+    except OSError:
+        return "?"
 
 
 def _innermost_of(candidates: list[psutil.Process]) -> psutil.Process | None:
