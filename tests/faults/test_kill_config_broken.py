@@ -47,6 +47,23 @@ def _killed_mid_copy(
     return config
 
 
+# edits that fail the load in ways the validation never sees: before, each ended the command
+# outside the handling of a config that does not load (a traceback, or exit 1) and influxd
+# stayed down (the hostile-input audit)
+STRANGE = {
+    "a 5000-digit number": (
+        lambda text, tmp: text.replace(
+            'mode = "cold"', 'mode = "cold"\nkeep_last = 1' + "0" * 5000
+        ),
+        "a number of more than 4300 digits",
+    ),
+    "a storage dir name over 255 bytes": (
+        lambda text, tmp: text.replace(str(tmp / "archives"), str(tmp / ("a" * 300))),
+        "File name too long",
+    ),
+}
+
+
 @pytest.mark.fault("kill", "SIGKILL mid-copy, then the config edited into one that does not load")
 @pytest.mark.parametrize(
     ("command", "edit"),
@@ -55,8 +72,17 @@ def _killed_mid_copy(
         ("recover", "a bad value"),
         ("backup", "a bad value"),
         ("run", "no TOML"),
+        ("recover", "a 5000-digit number"),
+        ("recover", "a storage dir name over 255 bytes"),
     ],
-    ids=["run, a bad value", "recover, a bad value", "backup, a bad value", "run, no TOML"],
+    ids=[
+        "run, a bad value",
+        "recover, a bad value",
+        "backup, a bad value",
+        "run, no TOML",
+        "recover, a 5000-digit number",
+        "recover, a storage dir name over 255 bytes",
+    ],
 )
 def test_influxd_is_started_again_with_the_config_the_killed_run_used(
     tmp_path: Path,
@@ -70,8 +96,13 @@ def test_influxd_is_started_again_with_the_config_the_killed_run_used(
     if no_toml:  # its state_dir unknown: the default one (the unit's $STATE_DIRECTORY)
         monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     config = _killed_mid_copy(tmp_path, sandbox, ledger, default_state_dir=no_toml)
-    broken = ('mode = "cold', "not valid TOML") if no_toml else ('mode = "warm"', "'warm'")
-    config.write_text(config.read_text().replace('mode = "cold"', broken[0]))
+    if edit in STRANGE:
+        change, said = STRANGE[edit]
+        config.write_text(change(config.read_text(), tmp_path))
+        broken = ("", said)
+    else:
+        broken = ('mode = "cold', "not valid TOML") if no_toml else ('mode = "warm"', "'warm'")
+        config.write_text(config.read_text().replace('mode = "cold"', broken[0]))
 
     status = run_cli(config, "status")
     assert status.returncode == 78, status.stderr[-3000:]

@@ -11,6 +11,7 @@ import pty
 import select
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -54,6 +55,18 @@ def test_closed_stdout_or_stderr_changes_no_exit_status(tmp_path: Path) -> None:
     assert in_shell(f"{cmd} list 2>&-").returncode == 0
     assert in_shell(f"{cmd} list --job nope 2>&-").returncode == EXIT_USAGE
     assert in_shell(f"{cmd} backup 2>&- >&-").returncode == EXIT_USAGE  # two jobs, no --job
+
+
+def test_a_closed_stdin_is_no_terminal_to_ask(tmp_path: Path) -> None:
+    """`restore ID` without --yes asks on a terminal; with stdin closed (`<&-`) it ended in an
+    AttributeError traceback, exit 1 (the hostile-input audit)."""
+    config = serverless_config(tmp_path)
+    archive = tmp_path / "nightly-20261204T030000Z-3f9a.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.addfile(tarfile.TarInfo("meta"))
+    done = in_shell(f"{sys.executable} -m influx_backupd -c {config} restore {archive} <&-")
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert "--yes" in one_line(done)
 
 
 @pytest.mark.parametrize(

@@ -111,10 +111,11 @@ def _left_down_despite(args: argparse.Namespace) -> None:
 
 def _streams_open() -> None:
     """A command started with stdout or stderr closed (`>&-`, `2>&-`) writes into /dev/null
-    there instead of failing on its first print: the backup's own status is what counts."""
-    for name in ("stdout", "stderr"):
+    there instead of failing on its first print: the backup's own status is what counts. A
+    closed stdin (`<&-`) reads as /dev/null: no terminal, so a question is refused as usage."""
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
         if getattr(sys, name) is None:
-            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115
+            setattr(sys, name, open(os.devnull, mode))  # noqa: SIM115
 
 
 def _escaping(error: UnicodeError) -> tuple[str | bytes, int]:
@@ -280,6 +281,11 @@ def _main(argv: Sequence[str] | None) -> int:
             from influx_backupd.cli.commands import status_despite
 
             return status_despite(getattr(args, "config", None), exc, args)
+        except Exception:
+            # a mistake of ours in loading it: a server a killed run left stopped is started
+            # again all the same (invariant 1), then the error goes its way
+            _left_down_despite(args)
+            raise
         log.configure(level=_log_level(args, config.settings.daemon.log_level), journal=journal)
         _state_dir_open_to_us(config)
         _tell_left_stopped(config, args.command)

@@ -319,15 +319,15 @@ class JobSection(Scheduled):
     full_every: Duration = 7 * 86400.0
     """Hot jobs: start a new chain (a full backup) after this long; increments in between."""
     # keep
-    keep_last: int = Field(default=0, ge=0, strict=True)
+    keep_last: int = Field(default=0, ge=0, le=config_values.KEEP_MAX, strict=True)
     """Retention: keep the newest N good backups. All keep_* 0: keep every backup."""
-    keep_hourly: int = Field(default=0, ge=0, strict=True)
+    keep_hourly: int = Field(default=0, ge=0, le=config_values.KEEP_MAX, strict=True)
     """Retention: keep the newest good backup of each of the last N hours."""
-    keep_daily: int = Field(default=0, ge=0, strict=True)
+    keep_daily: int = Field(default=0, ge=0, le=config_values.KEEP_MAX, strict=True)
     """Retention: keep the newest good backup of each of the last N days."""
-    keep_weekly: int = Field(default=0, ge=0, strict=True)
+    keep_weekly: int = Field(default=0, ge=0, le=config_values.KEEP_MAX, strict=True)
     """Retention: keep the newest good backup of each of the last N weeks."""
-    keep_monthly: int = Field(default=0, ge=0, strict=True)
+    keep_monthly: int = Field(default=0, ge=0, le=config_values.KEEP_MAX, strict=True)
     """Retention: keep the newest good backup of each of the last N months."""
     # prove and report
     verify_after_backup: bool = Field(default=False, strict=True)
@@ -665,6 +665,8 @@ def _closest(loc: tuple[int | str, ...]) -> str:
 def _shown(value: object) -> str:
     """A value as an error line quotes it: short, and any URL in it (a [notify] URL given as a
     string or a table where a list belongs) as scheme and host only: its token stays out."""
+    if isinstance(value, int) and value.bit_length() > 64:  # repr() of 5000 digits raises
+        return f"a number of {value.bit_length()} bits"
     text = redact.shown_url(repr(value))
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -802,6 +804,12 @@ def _toml_text(path: Path, data: bytes) -> dict[str, Any]:
         raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
+    except ValueError as exc:  # Python's own limit on integers, met while parsing
+        if "digits" in str(exc):
+            raise ConfigError(
+                f"{path}: not valid TOML here: a number of more than 4300 digits"
+            ) from None
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 _TWICE = re.compile(
@@ -1150,7 +1158,24 @@ def secret_file_warnings(settings: Settings) -> list[str]:
 def load(
     path: Path, *, ask_apprise: bool = True, text: bytes | None = None, to_restart: bool = False
 ) -> Config:
-    """Load and validate; raises ConfigError with one line naming the file and key path.
+    """Load and validate; raises ConfigError with one line naming the file and key path, and
+    nothing else: a path the system refuses to look at (a name over 255 bytes, a loop, EACCES)
+    is a config error too. Before, such an OSError or ValueError ended the command outside
+    the handling of a config that does not load, which starts again an influxd a killed run
+    left stopped: influxd stayed down (the hostile-input audit)."""
+    try:
+        return _load(path, ask_apprise=ask_apprise, text=text, to_restart=to_restart)
+    except (ConfigError, UnicodeEncodeError):  # the latter: a path the locale cannot hold,
+        raise  # said as such by the CLI (its one line asks for a UTF-8 locale)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise ConfigError(f"{path}: {where}{exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{path}: cannot be used: {str(exc)[:200]}") from None
+
+
+def _load(path: Path, *, ask_apprise: bool, text: bytes | None, to_restart: bool) -> Config:
+    """load's work (its docstring).
 
     ask_apprise=False: for a command that sends no notification, [notify] URLs are checked for
     their form only (each has ://), not by apprise in a child. text: the file's content as

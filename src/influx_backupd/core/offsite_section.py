@@ -200,13 +200,13 @@ class OffsiteSection(BaseModel):
     """Every backup in the bucket is checked this often, by the sync that follows (as `verify --offsite --all`): its objects there and of their size, check_read_data percent of them downloaded and hashed; what is found damaged is sent again from a local copy. 0: never. With encrypt_to it needs identity_file (the manifests are read)."""
     check_read_data: float = Field(default=0.0, ge=0.0, le=100.0)
     """With check_every: this percent of each backup's files downloaded and hashed (at least one file when above 0); 0: listing and sizes only (no download costs)."""
-    keep_last: int = Field(default=0, ge=0, strict=True)
+    keep_last: int = Field(default=0, ge=0, le=config_values.KEEP_MAX, strict=True)
     """Off-site retention: keep the newest N backups. All keep_* 0: keep all."""
-    keep_daily: int = Field(default=0, ge=0, strict=True)
+    keep_daily: int = Field(default=0, ge=0, le=config_values.KEEP_MAX, strict=True)
     """Off-site retention: keep the newest backup of each of the last N days."""
-    keep_weekly: int = Field(default=0, ge=0, strict=True)
+    keep_weekly: int = Field(default=0, ge=0, le=config_values.KEEP_MAX, strict=True)
     """Off-site retention: keep the newest backup of each of the last N weeks."""
-    keep_monthly: int = Field(default=0, ge=0, strict=True)
+    keep_monthly: int = Field(default=0, ge=0, le=config_values.KEEP_MAX, strict=True)
     """Off-site retention: keep the newest backup of each of the last N months."""
 
     @model_validator(mode="after")

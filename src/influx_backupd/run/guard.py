@@ -202,6 +202,13 @@ def left_down_despite(config_arg: str | None, *, act: bool) -> str | None:
     only says so). The one line to print before the config's own error, or None. A best effort
     beside that error: never raises."""
     try:
+        return _left_down_despite(config_arg, act=act)
+    except (OSError, ValueError):  # a state dir named past the system's limits: nothing known
+        return None
+
+
+def _left_down_despite(config_arg: str | None, *, act: bool) -> str | None:
+    try:
         path = resolve_path(config_arg)
     except ConfigError:
         return None

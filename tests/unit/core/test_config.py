@@ -205,6 +205,23 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         'job:[offsite]\nbucket = "Bad Bucket!"',
         "offsite.bucket: must be an S3 bucket name",
     ),
+    # past any count: check-config said ok, then printing the plan, prune and every backup's
+    # follow-up ended in a traceback (the hostile-input audit)
+    (
+        "a keep rule past any count",
+        'job:[[job]]\nname = "a"\nkeep_last = 0x' + "f" * 5000,
+        "job[0].keep_last: must be 1000000 or less",
+    ),
+    (
+        "an off-site keep rule past any count",
+        'job:[offsite]\nbucket = "backups"\nkeep_daily = 9223372036854775808',
+        "offsite.keep_daily: must be 1000000 or less",
+    ),
+    (
+        "a number past Python's digits",
+        'job:[[job]]\nname = "a"\nkeep_last = 1' + "0" * 5000,
+        "not valid TOML here: a number of more than 4300 digits",
+    ),
 ]
 
 
