@@ -26,9 +26,9 @@ from influx_backupd.influxd.sandbox import BESIDE_LIVE_GOGC, Sandbox
 from influx_backupd.restore.hot import (
     BUILD_HEADROOM_MAX,
     BUILD_HEADROOM_MIN,
-    _check_space,
     _out_of_space,
     build_headroom,
+    check_build_space,
 )
 from influx_backupd.store.chain import Link
 from influx_backupd.store.scanners import Scan
@@ -226,7 +226,7 @@ def test_a_build_that_cannot_fit_beside_the_live_dirs_is_refused_with_both_numbe
     increment = Scan(1, 2, "y", {"meta": {"size": 10}, "files": [{"size": 100}]})
     links = [Link(tmp_path / "full", None, False), Link(tmp_path / "inc", None, True)]
     with pytest.raises(RestoreRefused) as refused:
-        _check_space(
+        check_build_space(
             {"meta": tmp_path / ".meta.r", "data": tmp_path / ".data.r"}, links, [full, increment]
         )
     message = str(refused.value)
@@ -237,7 +237,7 @@ def test_a_build_that_cannot_fit_beside_the_live_dirs_is_refused_with_both_numbe
     assert "free; influxd not stopped" in message and str(tmp_path) in message
 
     small = Scan(1, 2, "x", {"meta": {"size": 10}, "files": [{"size": 1000}]})
-    _check_space({"data": data}, links[:1], [small])  # fits: no refusal
+    check_build_space({"data": data}, links[:1], [small])  # fits: no refusal
     # the room grows with the build, within its bounds (a small backup on a small volume fits)
     assert build_headroom(1000) == BUILD_HEADROOM_MIN
     assert build_headroom(40 << 20) == 20 << 20

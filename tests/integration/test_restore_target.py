@@ -437,3 +437,27 @@ def test_accept_fewer_points_with_target_is_a_usage_error(tmp_path: Path, sandbo
     assert "--accept-fewer-points goes with a restore into the live server" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not target.exists()
+
+
+def test_a_hot_chain_rebuilt_where_it_does_not_fit_is_refused_at_once(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The throwaway's `influxd restore` on a full filesystem waited for its whole
+    backup_timeout (an hour by default) before the hostile-input audit's 25 s timeout cut it
+    short; the cold form was refused at once. Now the chain's size is asked first too."""
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[{"name": "hotjob", "mode": "hot"}]))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 50_000)
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        done = cli("restore", record["id"], "--target", str(small / "t"), timeout=60)
+        assert done.returncode == 1, done.stderr
+        line = done.stderr.strip().splitlines()[-1]
+        assert f"not enough space in {small / 't'}: the chain rebuilt there needs about" in line
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

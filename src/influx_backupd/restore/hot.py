@@ -223,7 +223,7 @@ def _restore_hot(
                 f"{config.server.conf} sets no [data] wal-dir: the restored server's WAL "
                 "needs a dir to be swapped into"
             )
-        _check_space(plan.staging, links, scans)
+        check_build_space(plan.staging, links, scans)
     result = HotRestoreResult(
         archive=str(links[-1].path),
         run_id=record.id if record else None,
@@ -283,8 +283,17 @@ def build_headroom(shard_bytes: int) -> int:
     return min(BUILD_HEADROOM_MAX, max(BUILD_HEADROOM_MIN, shard_bytes // 2))
 
 
-def _check_space(staging: dict[str, Path], links: list[Link], scans: list[Scan]) -> None:
-    """Refuse, before anything starts, a build that cannot fit beside the live dirs.
+def check_build_space(
+    staging: dict[str, Path],
+    links: list[Link],
+    scans: list[Scan],
+    *,
+    what: str = "the restored server built beside the live one",
+    then: str = "influxd not stopped",
+) -> None:
+    """Refuse, before anything starts, a build that cannot fit beside the live dirs (or in
+    restore --target's dir: there a full disk made the throwaway's restore wait for its whole
+    backup_timeout, an hour by default).
 
     The estimate is the links' unpacked sizes from their manifests, increments twice: restored
     under a temporary name, then copied in by SELECT INTO before the temporary copy is dropped;
@@ -304,8 +313,8 @@ def _check_space(staging: dict[str, Path], links: list[Link], scans: list[Scan])
     if short is not None:
         parent, size, free = short
         raise RestoreRefused(
-            f"not enough space in {parent}: the restored server built beside the live one "
-            f"needs about {size} bytes there, {free} free; influxd not stopped"
+            f"not enough space in {parent}: {what} needs about {size} bytes there, {free} "
+            f"free; {then}"
         )
 
 

@@ -56,6 +56,7 @@ from influx_backupd.restore.deletes import DeletesApplied
 from influx_backupd.restore.hot import (
     StepFailed,
     chain_server,
+    check_build_space,
     check_restored09_dirs,
     check_tool_restores,
     live_settings,
@@ -240,6 +241,13 @@ def restore_into(
             if isinstance(source, ColdSource):
                 server = _unpack_cold(config, source, tops, target, result)
             elif source.flavour == "portable":
+                check_build_space(
+                    {top: target / top for top in ("meta", "data")},
+                    source.links,
+                    scans,
+                    what="the chain rebuilt there",
+                    then="nothing written",
+                )
                 server = _rebuild_portable(config, source, target, result, scratch)
             else:
                 server = None
