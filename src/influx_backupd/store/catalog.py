@@ -276,7 +276,8 @@ class Catalog:
         if record.status == "running":
             record.status = "failed"
             record.error = record.error or "unexpected error"
-        record.finished_at = time.time()
+        # never before its start: a clock stepped back mid-run made `took -3598s` (time audit)
+        record.finished_at = max(time.time(), record.started_at)
         self._save_final(record, logger)
         event = logger.info if record.ok else logger.error
         event("run.finished", phase="done", record=record.to_dict())

@@ -6,9 +6,11 @@ seconds repeated after the clock stepped back): the second run's record replaced
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from influx_backupd.core import log
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
@@ -53,3 +55,20 @@ def test_a_run_drawn_with_the_id_of_files_in_the_storage_dir_gets_another(tmp_pa
     assert layout.id_in_use(storage, "nightly", SAME_SECOND)
     assert not layout.id_in_use(storage, "other", SAME_SECOND), "another job's names are apart"
     assert not layout.id_in_use(tmp_path / "none", "nightly", SAME_SECOND), "no storage dir yet"
+
+
+def test_a_run_finished_after_the_clock_stepped_back_never_ends_before_it_began(
+    tmp_path: Path,
+) -> None:
+    """A step of an hour back during a cold run stored finished_at an hour before started_at:
+    `backup -v` said `took -3598s` and hooks were given both."""
+    catalog = Catalog(tmp_path)
+    record = RunRecord(id=SAME_SECOND, job="nightly", mode="cold", started_at=time.time() + 3600)
+    catalog.start_run(record, lambda run_id: False)
+    record.status = "ok"
+
+    catalog.finish(record, log.get())
+
+    saved = catalog.get(record.id)
+    assert saved is not None and saved.finished_at is not None
+    assert saved.finished_at >= saved.started_at
