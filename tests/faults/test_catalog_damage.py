@@ -402,6 +402,11 @@ def test_a_daemon_whose_catalog_is_damaged_says_so_each_run_and_keeps_running(
             time.sleep(1)
             assert daemon.poll() is None, daemon.communicate(timeout=30)
             seen += _read_available(daemon)
+            if "run.finished" in seen and "run.catalog_unusable" not in seen:
+                # damaged inside one of the daemon's transactions: SQLite's rollback of its
+                # journal wrote the pages back (a busy machine: 27 runs ok in CI): again
+                _random_bytes(tmp_path / "state" / "catalog.db")
+                seen = ""
         assert "run.catalog_unusable" in seen and "damaged" in seen, seen[-3000:]
         assert "run.crashed" not in seen and "Traceback" not in seen, seen[-3000:]
         assert daemon.poll() is None, "the daemon keeps running"

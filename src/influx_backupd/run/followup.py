@@ -30,7 +30,7 @@ from influx_backupd.report.metrics import (
     write_textfile,
 )
 from influx_backupd.run import offsite
-from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.catalog import Catalog, ReadAgainOnChange
 from influx_backupd.store.record import RunRecord
 from influx_backupd.store.state import CrashMarker
 
@@ -39,6 +39,9 @@ class MetricsNotWritten(BackupdError):
     """The metrics file could not be replaced (its dir missing, read-only, full)."""
 
     code = "metrics"
+
+
+_CATALOG_READ = ReadAgainOnChange()  # the daemon's heartbeat rewrites the file every 30 s
 
 
 def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None = None) -> None:
@@ -56,9 +59,10 @@ def write_metrics(config: Config, catalog: Catalog, daemon: DaemonFacts | None =
     exists = catalog.exists()
     shown, failing = offsite.for_metrics(config, catalog if exists else None)
     marker = CrashMarker(config.state_dir).read()
+    records, counters = _CATALOG_READ.read(catalog) if exists else ([], None)
     text = render(
-        catalog.list() if exists else [],
-        counters=catalog.counters() if exists else None,
+        records,
+        counters=counters,
         daemon=daemon,
         left_down=CrashMarker.may_be_down(marker),
         down_expected_until=CrashMarker.down_expected_until(marker),

@@ -401,6 +401,39 @@ def _has_schema(conn: sqlite3.Connection) -> bool:
     return {"runs", "counters", "owed"} <= names
 
 
+class ReadAgainOnChange:
+    """The catalog's records and counters, read again only once its file changed (SQLite's
+    change counter, size, mtime, inode) or max_age_s passed: the daemon rewrites its metrics every 30 s, and parsing
+    every record each time cost 0.37 s at 5,000 records (1 % of a core, idle). max_age_s
+    bounds what a filesystem with coarse mtimes could hide."""
+
+    def __init__(self, max_age_s: float = 600.0) -> None:
+        self.max_age_s = max_age_s
+        self._key: tuple[object, ...] | None = None
+        self._read_at = 0.0
+        self._value: tuple[list[RunRecord], dict[tuple[str, str], tuple[int, float]]] = ([], {})
+
+    def read(
+        self, catalog: Catalog
+    ) -> tuple[list[RunRecord], dict[tuple[str, str], tuple[int, float]]]:
+        try:
+            with open(catalog.path, "rb") as db:
+                st = os.fstat(db.fileno())
+                # SQLite's file change counter (header bytes 24-27): every commit in rollback
+                # journal mode, the catalog's, adds one, where an mtime may not move within
+                # a clock tick
+                counter = db.read(28)[24:28]
+        except OSError:
+            self._key = None
+            return [], {}
+        # taken before the read: a change meanwhile makes the next key differ
+        key = (str(catalog.path), st.st_ino, st.st_size, st.st_mtime_ns, counter)
+        if key != self._key or time.monotonic() - self._read_at >= self.max_age_s:
+            self._value = (catalog.list(), catalog.counters())
+            self._key, self._read_at = key, time.monotonic()
+        return self._value
+
+
 def _save_row(conn: sqlite3.Connection, record: RunRecord) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO runs (id, job, status, started_at, record) VALUES (?,?,?,?,?)",

@@ -10,9 +10,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from influx_backupd.core import log
 from influx_backupd.store import layout
-from influx_backupd.store.catalog import Catalog
+from influx_backupd.store.catalog import Catalog, ReadAgainOnChange
 from influx_backupd.store.record import RunRecord
 
 AT = datetime(2026, 12, 4, 3, 0, tzinfo=UTC).timestamp()
@@ -72,3 +74,33 @@ def test_a_run_finished_after_the_clock_stepped_back_never_ends_before_it_began(
     saved = catalog.get(record.id)
     assert saved is not None and saved.finished_at is not None
     assert saved.finished_at >= saved.started_at
+
+
+def test_the_daemons_metrics_read_the_catalog_again_only_once_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every 30 s the daemon parsed every record for its metrics (0.37 s at 5,000, idle)."""
+    catalog = Catalog(tmp_path)
+    catalog.save(_ok(SAME_SECOND, "nightly"))
+    reads: list[int] = []
+    listed = Catalog.list
+
+    def counted(self: Catalog, job: str | None = None) -> list[RunRecord]:
+        reads.append(1)
+        return listed(self, job)
+
+    monkeypatch.setattr(Catalog, "list", counted)
+    cache = ReadAgainOnChange(max_age_s=3600)
+    assert [r.id for r in cache.read(catalog)[0]] == [SAME_SECOND]
+    assert [r.id for r in cache.read(catalog)[0]] == [SAME_SECOND]
+    assert len(reads) == 1, "unchanged: not read again"
+
+    changed = _ok(SAME_SECOND, "nightly")
+    changed.verify_status = "failed"
+    catalog.save(changed)
+    assert cache.read(catalog)[0][0].verify_status == "failed"
+    assert len(reads) == 2
+
+    cache.max_age_s = 0  # however long a coarse mtime could hide a change: read again
+    cache.read(catalog)
+    assert len(reads) == 3
