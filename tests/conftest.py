@@ -418,3 +418,19 @@ def raised_promptly(read: Callable[[], object]) -> BaseException | None:
     if thread.is_alive():
         pytest.fail("still reading after 5 s")
     return outcome[0]
+
+
+def catalog_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one at each Catalog.list() from now on: reads a change must not
+    multiply (a catalog parsed again per link, per metrics write)."""
+    from influx_backupd.store.catalog import Catalog
+
+    reads: list[int] = []
+    listed = Catalog.list
+
+    def counted(self: Catalog, job: str | None = None) -> list[Any]:
+        reads.append(1)
+        return listed(self, job)
+
+    monkeypatch.setattr(Catalog, "list", counted)
+    return reads

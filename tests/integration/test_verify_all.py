@@ -12,7 +12,7 @@ from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord, new_run_id
 from influx_backupd.verify.check import verify_all
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli, catalog_reads, write_config
 
 
 def test_the_least_recently_checked_goes_first_and_a_cut_short_check_resumes_there(
@@ -53,14 +53,7 @@ def test_verify_all_reads_the_catalog_once_however_long_a_hot_chain_is(
     Counted here as catalog reads, which must not grow with the chain."""
     config = load(write_config(tmp_path, sandbox, jobs=[{"name": "hotjob", "mode": "hot"}]))
     catalog = Catalog(config.state_dir)
-    reads: list[int] = []
-    listed = Catalog.list
-
-    def counted(self: Catalog, job: str | None = None) -> list[RunRecord]:
-        reads.append(1)
-        return listed(self, job)
-
-    monkeypatch.setattr(Catalog, "list", counted)
+    reads = catalog_reads(monkeypatch)
     per_length = {}
     for links in (3, 12):
         parent: RunRecord | None = None

@@ -16,6 +16,7 @@ from influx_backupd.core import log
 from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog, ReadAgainOnChange
 from influx_backupd.store.record import RunRecord
+from tests.conftest import catalog_reads
 
 AT = datetime(2026, 12, 4, 3, 0, tzinfo=UTC).timestamp()
 SAME_SECOND = "20261204T030000Z-3f9a"
@@ -82,14 +83,7 @@ def test_the_daemons_metrics_read_the_catalog_again_only_once_it_changed(
     """Every 30 s the daemon parsed every record for its metrics (0.37 s at 5,000, idle)."""
     catalog = Catalog(tmp_path)
     catalog.save(_ok(SAME_SECOND, "nightly"))
-    reads: list[int] = []
-    listed = Catalog.list
-
-    def counted(self: Catalog, job: str | None = None) -> list[RunRecord]:
-        reads.append(1)
-        return listed(self, job)
-
-    monkeypatch.setattr(Catalog, "list", counted)
+    reads = catalog_reads(monkeypatch)
     cache = ReadAgainOnChange(max_age_s=3600)
     assert [r.id for r in cache.read(catalog)[0]] == [SAME_SECOND]
     assert [r.id for r in cache.read(catalog)[0]] == [SAME_SECOND]
