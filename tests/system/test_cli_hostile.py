@@ -70,13 +70,18 @@ def test_a_closed_stdin_is_no_terminal_to_ask(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [["list", "--job"], ["verify"], ["restore"], ["prune", "--job"]]
-)
-def test_an_argument_that_is_not_utf8_is_a_usage_error(tmp_path: Path, command: list[str]) -> None:
+    ("command", "named"),
+    [(["list", "--job"], "--job"), (["verify"], "BACKUP"), (["restore"], "BACKUP"),
+     (["prune", "--job"], "--job")],
+)  # fmt: skip
+def test_an_argument_that_is_not_utf8_is_a_usage_error(
+    tmp_path: Path, command: list[str], named: str
+) -> None:
+    """Named as the command line gives it (it said `argument job`, `argument backup`)."""
     config = serverless_config(tmp_path)
     done = run([*(c.encode() for c in ["-c", str(config), *command]), b"x\xff"])
     assert done.returncode == EXIT_USAGE
-    assert "not valid UTF-8" in one_line(done)
+    assert f"argument {named} 'x\\xff' is not valid UTF-8" in one_line(done)
     assert not (tmp_path / "state").exists(), "nothing touched"
 
 
@@ -437,3 +442,17 @@ def test_verify_names_the_pair_that_does_not_go_together(
     done = run(["-c", str(config), *command])
     assert done.returncode == EXIT_USAGE, done.stderr
     assert one_line(done).startswith(f"influx-backupd: {start}"), done.stderr
+
+
+def test_an_empty_job_name_and_an_oversized_config_say_what_they_are(tmp_path: Path) -> None:
+    """`--job ''` read as `--job : no such job`; a config over the limit did not say the limit."""
+    config = serverless_config(tmp_path)
+    done = run(["-c", str(config), "list", "--job", ""])
+    assert done.returncode == EXIT_USAGE
+    assert one_line(done).startswith("influx-backupd: --job '' (empty): no such job")
+    big = tmp_path / "big.toml"
+    with big.open("wb") as f:
+        f.truncate(17 << 20)
+    done = run(["-c", str(big), "check-config"])
+    assert done.returncode == EXIT_CONFIG
+    assert "too large to be one (at most 16 MiB)" in one_line(done)

@@ -91,7 +91,8 @@ def known_job(config: Config, name: str | None, *, history_too: bool = False) ->
         if catalog.exists() and catalog.list(job=name):
             return
     known = ", ".join(j.name for j in config.settings.job) or "none"
-    raise UsageError(f"--job {quoted(name)}: no such job in {config.path} (jobs: {known})")
+    shown = quoted(name) if name else "'' (empty)"
+    raise UsageError(f"--job {shown}: no such job in {config.path} (jobs: {known})")
 
 
 def backup_argument(config: Config, backup: str) -> None:

@@ -145,17 +145,35 @@ def _tolerant_streams() -> list[tuple[Any, str]]:
     return before
 
 
-def _undecodable(args: argparse.Namespace) -> str | None:
+def _undecodable(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
     """The first argument that is not valid UTF-8 (undecodable bytes arrive as lone
-    surrogates, which no file name, job name or query can carry on), as its bytes escaped."""
+    surrogates, which no file name, job name or query can carry on), named as the command
+    line gives it (--job, BACKUP), its bytes escaped."""
+    names = _argument_names(parser)
     for name, value in vars(args).items():
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, str):
                 try:
                     item.encode()
                 except UnicodeEncodeError:
-                    return f"{name.replace('_', '-')} '{quoted(item)}'"
+                    return f"{names.get(name, name)} '{quoted(item)}'"
     return None
+
+
+def _argument_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each argument's dest → how the command line names it: its longest option string
+    (--job), or a positional's metavar (BACKUP), over the parser and its subcommands."""
+    names: dict[str, str] = {}
+    parsers = [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings:
+                names.setdefault(action.dest, max(action.option_strings, key=len))
+            else:
+                names.setdefault(action.dest, str(action.metavar or action.dest.upper()))
+    return names
 
 
 def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
@@ -252,7 +270,7 @@ def _stdout_failed(exc: OSError, *, work: bool = True) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    bad = _undecodable(args)
+    bad = _undecodable(args, parser)
     if bad is not None:
         parser.error(f"argument {bad} is not valid UTF-8")
     for name, default in (("json", False), ("quiet", False), ("verbose", 0)):

@@ -771,7 +771,9 @@ def _read_bytes(path: Path, where: str) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"{where} is not a regular file")
         if st.st_size > MAX_READ:
-            raise ConfigError(f"{where} is {st.st_size} bytes: too large to be one")
+            raise ConfigError(
+                f"{where} is {st.st_size} bytes: too large to be one (at most {MAX_READ >> 20} MiB)"
+            )
         with path.open("rb") as f:
             return f.read(MAX_READ + 1)
     except FileNotFoundError:
