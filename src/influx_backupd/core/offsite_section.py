@@ -198,7 +198,7 @@ class OffsiteSection(BaseModel):
     """Local retention keeps a good backup that is not off-site yet (an endpoint down for days), with the earlier links of its chain, until a sync has sent it; a warning (prune.held) says so. false: local retention as if there were no off-site copies."""
     check_every: Annotated[Duration, Field(ge=0)] = 7 * 86400.0
     """Every backup in the bucket is checked this often, by the sync that follows (as `verify --offsite --all`): its objects there and of their size, check_read_data percent of them downloaded and hashed; what is found damaged is sent again from a local copy. 0: never. With encrypt_to it needs identity_file (the manifests are read)."""
-    check_read_data: float = Field(default=0.0, ge=0.0, le=100.0)
+    check_read_data: float = Field(default=0.0, ge=0.0, le=100.0, allow_inf_nan=False)
     """With check_every: this percent of each backup's files downloaded and hashed (at least one file when above 0); 0: listing and sizes only (no download costs)."""
     keep_last: int = Field(default=0, ge=0, le=config_values.KEEP_MAX, strict=True)
     """Off-site retention: keep the newest N backups. All keep_* 0: keep all."""

@@ -218,6 +218,11 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         "offsite.keep_daily: must be 1000000 or less",
     ),
     (
+        "not a number for a percentage",
+        'job:[offsite]\nbucket = "backups"\ncheck_read_data = nan',
+        "offsite.check_read_data: must be a finite number",
+    ),
+    (
         "a number past Python's digits",
         'job:[[job]]\nname = "a"\nkeep_last = 1' + "0" * 5000,
         "not valid TOML here: a number of more than 4300 digits",
