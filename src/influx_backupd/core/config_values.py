@@ -22,10 +22,10 @@ from pydantic import BaseModel
 from influx_backupd.core.paths import is_within, real
 from influx_backupd.core.redact import shown_parts
 
-# systemd's unit name characters; never starting with '-' (systemctl would take an option)
 # the most backups a keep_* rule may name: far past any schedule's lifetime (a million hourly
 # runs: 114 years), small enough that no number of them overflows what counts them
 KEEP_MAX = 1_000_000
+# systemd's unit name characters; never starting with '-' (systemctl would take an option)
 _UNIT = re.compile(r"^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]*\Z")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+)\Z")
 _URL_KEYS = {"url", "backup_url", "heartbeat_url"}

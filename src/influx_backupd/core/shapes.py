@@ -28,7 +28,12 @@ def fits(value: object, hint: Any) -> bool:
 
 def _number(value: object) -> bool:
     # a number is a number: a 3.0 for a count is no damage
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past any float (400 digits in a record read back)
+        return False
 
 
 def _string(value: object) -> bool:

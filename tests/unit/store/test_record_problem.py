@@ -24,6 +24,8 @@ GOOD: dict[str, Any] = {"id": "20261201T030000Z-abcd", "job": "nightly", "mode":
         ({"bytes": -5}, "bytes is -5, not a count"),
         ({"files": 1.5}, "files is 1.5, not a count"),
         ({"downtime_s": -1.0}, "downtime_s is -1.0, not a duration"),
+        # past any float: an OverflowError out of the catalog's read, not a line
+        ({"started_at": 10**400}, "started_at is 1000"),
     ],
 )
 def test_what_we_never_write_is_refused_with_the_field_named(
