@@ -403,9 +403,9 @@ def _has_schema(conn: sqlite3.Connection) -> bool:
 
 class ReadAgainOnChange:
     """The catalog's records and counters, read again only once its file changed (SQLite's
-    change counter, size, mtime, inode) or max_age_s passed: the daemon rewrites its metrics every 30 s, and parsing
-    every record each time cost 0.37 s at 5,000 records (1 % of a core, idle). max_age_s
-    bounds what a filesystem with coarse mtimes could hide."""
+    change counter, size, mtime, inode) or max_age_s passed: the daemon rewrites its metrics
+    every 30 s, and parsing every record each time cost 0.37 s at 5,000 records (1 % of a
+    core, idle). max_age_s bounds what anything the key misses could hide."""
 
     def __init__(self, max_age_s: float = 600.0) -> None:
         self.max_age_s = max_age_s
