@@ -797,6 +797,20 @@ def _read_toml(path: Path, what: str) -> dict[str, Any]:
     return _toml_text(path, _read_bytes(path, f"{path}: {what}"))
 
 
+def _restart_essentials(raw: dict[str, Any]) -> dict[str, Any]:
+    """Of a config's tables, what starting influxd again reads (load's essentials_only)."""
+    kept: dict[str, Any] = {}
+    if "influxd" in raw:
+        kept["influxd"] = raw["influxd"]
+    for table, key in (("daemon", "state_dir"), ("storage", "dir")):
+        section = raw.get(table)
+        if isinstance(section, dict) and key in section:
+            kept[table] = {key: section[key]}
+        elif table in raw:
+            kept[table] = raw[table] if not isinstance(raw[table], dict) else {}
+    return kept
+
+
 def _toml_text(path: Path, data: bytes) -> dict[str, Any]:
     try:
         return toml_of(data)
@@ -1158,7 +1172,12 @@ def secret_file_warnings(settings: Settings) -> list[str]:
 
 
 def load(
-    path: Path, *, ask_apprise: bool = True, text: bytes | None = None, to_restart: bool = False
+    path: Path,
+    *,
+    ask_apprise: bool = True,
+    text: bytes | None = None,
+    to_restart: bool = False,
+    essentials_only: bool = False,
 ) -> Config:
     """Load and validate; raises ConfigError with one line naming the file and key path, and
     nothing else: a path the system refuses to look at (a name over 255 bytes, a loop, EACCES)
@@ -1166,7 +1185,13 @@ def load(
     the handling of a config that does not load, which starts again an influxd a killed run
     left stopped: influxd stayed down (the hostile-input audit)."""
     try:
-        return _load(path, ask_apprise=ask_apprise, text=text, to_restart=to_restart)
+        return _load(
+            path,
+            ask_apprise=ask_apprise,
+            text=text,
+            to_restart=to_restart,
+            essentials_only=essentials_only,
+        )
     except (ConfigError, UnicodeEncodeError):  # the latter: a path the locale cannot hold,
         raise  # said as such by the CLI (its one line asks for a UTF-8 locale)
     except OSError as exc:
@@ -1176,7 +1201,9 @@ def load(
         raise ConfigError(f"{path}: cannot be used: {str(exc)[:200]}") from None
 
 
-def _load(path: Path, *, ask_apprise: bool, text: bytes | None, to_restart: bool) -> Config:
+def _load(
+    path: Path, *, ask_apprise: bool, text: bytes | None, to_restart: bool, essentials_only: bool
+) -> Config:
     """load's work (its docstring).
 
     ask_apprise=False: for a command that sends no notification, [notify] URLs are checked for
@@ -1184,10 +1211,15 @@ def _load(path: Path, *, ask_apprise: bool, text: bytes | None, to_restart: bool
     kept earlier (guard.config_in_use), read in place of path's own. to_restart: only to start
     an influxd a killed run left stopped (guard.recover_despite): what the files on disk say of
     the storage dir, the metrics file and the off-site keys is not asked (a storage dir turned
-    into a file must not keep the server down; the commands after say it)."""
+    into a file must not keep the server down; the commands after say it). essentials_only:
+    only what starting influxd again needs is read ([influxd], daemon.state_dir, storage.dir):
+    a job, notify or off-site value that a newer release validates more strictly (or one
+    edited meanwhile) must not keep a server a killed run left stopped down."""
     if text is None:
         text = _read_bytes(path, f"{path}: config file")
     raw = _toml_text(path, text)
+    if essentials_only:
+        raw = _restart_essentials(raw)
     token = _ASK_APPRISE.set(ask_apprise)
     try:
         settings = Settings.model_validate(raw)

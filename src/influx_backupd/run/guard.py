@@ -7,7 +7,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -262,25 +262,14 @@ def recover_despite(config_path: Path, state_dir: Path) -> str | None:
         return None
     stopped_by = f"run {left.get('run_id') or '(unknown)'}"
     kept_path = state_dir / CONFIG_IN_USE
-    try:
-        config = load(
-            config_path,
-            ask_apprise=False,
-            text=atomic.read_small(kept_path, 1 << 20),
-            to_restart=True,
-        )
-    except (OSError, ConfigError) as exc:
-        # said of the kept file, which is what did not load (load() names config_path)
-        why = (
-            exc.line().replace(str(config_path), str(kept_path), 1)
-            if isinstance(exc, ConfigError)
-            else f"{kept_path}: {exc.strerror}"
-        )
+    loaded = _config_to_restart(config_path, kept_path)
+    if isinstance(loaded, str):
         return (
             f"influxd may be down: {stopped_by} stopped it and was killed (crash marker "
-            f"{marker.path}); it cannot be started from the config that run used ({why}): "
+            f"{marker.path}); it cannot be started from the config that run used ({loaded}): "
             f"once that and {config_path} load, any command starts it"
         )
+    config, used = loaded
     if config.state_dir != state_dir:  # a config of another instance kept there: not ours
         return (
             f"influxd may be down: {stopped_by} stopped it and was killed (crash marker "
@@ -301,9 +290,36 @@ def recover_despite(config_path: Path, state_dir: Path) -> str | None:
     if CrashMarker.may_be_down(marker.read()):
         return None
     return (
-        f"influxd was left stopped by {stopped_by} (killed): started again with the config "
-        f"that run used ({kept_path}), because {config_path} does not load now"
+        f"influxd was left stopped by {stopped_by} (killed): started again with {used}, "
+        f"because {config_path} does not load now"
     )
+
+
+def _config_to_restart(config_path: Path, kept_path: Path) -> tuple[Config, str] | str:
+    """The config to start influxd again with, and how the line names it; or why none loads.
+    The one the killed run used, whole; else only what a start reads of it (a job or notify
+    value a newer release refuses, after an upgrade, must not keep the server down); else,
+    that file missing (a release before it was kept) or unusable, the same of config_path."""
+    try:
+        kept: bytes | None = atomic.read_small(kept_path, 1 << 20)
+    except OSError as exc:
+        kept, why = None, f"{kept_path}: {exc.strerror}"
+    if kept is not None:
+        try:
+            config = load(config_path, ask_apprise=False, text=kept, to_restart=True)
+            return config, f"the config that run used ({kept_path})"
+        except ConfigError as exc:
+            # said of the kept file, which is what did not load (load() names config_path)
+            why = exc.line().replace(str(config_path), str(kept_path), 1)
+        with suppress(ConfigError):
+            config = load(
+                config_path, ask_apprise=False, text=kept, to_restart=True, essentials_only=True
+            )
+            return config, f"[influxd] of the config that run used ({kept_path}; {why})"
+    with suppress(ConfigError):
+        config = load(config_path, ask_apprise=False, to_restart=True, essentials_only=True)
+        return config, f"[influxd] of {config_path} ({why})"
+    return why
 
 
 def _leave_to_first_waiter(state_dir: Path, give_up: Callable[[], bool]) -> None:
