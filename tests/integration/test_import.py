@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from influx_backupd.influxd.sandbox import Sandbox
+from influx_backupd.store.catalog import Catalog
 from tests.conftest import Cli, write_config
 
 JOBS = [{"name": "nightly", "mode": "cold", "copy": "direct"}, {"name": "hotjob", "mode": "hot"}]
@@ -150,3 +151,39 @@ def test_an_empty_catalog_beside_backups_says_to_import_them(
     cli("import", check=True)
     assert len(cli.json("list")) == 2
     assert "import" not in cli("list").stderr
+
+
+def test_a_verdict_an_older_release_kept_only_in_the_catalog_reaches_the_record_beside(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The upgrade audit: verdicts of releases before the record beside a backup carried them
+    were in the catalog alone; the catalog lost after the upgrade, import counted those
+    backups good and keep_last pruned a good one for them. The next prune writes them beside."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    job = {"name": "nightly", "mode": "cold", "copy": "direct"}
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[job]))
+    runs = [cli.json("backup") for _ in range(3)]
+    assert [r["status"] for r in runs] == ["ok"] * 3, [r.get("error") for r in runs]
+    catalog = Catalog(tmp_path / "state")
+    for run in runs[1:]:  # found bad by an older release's verify: the catalog says so, alone
+        record = catalog.get(run["id"])
+        assert record is not None
+        record.verify_status, record.verified_at = "failed", record.started_at + 60
+        record.verify_detail = "sha256: the archive changed"
+        catalog.save(record)
+        beside = json.loads(Path(run["archive"] + ".json").read_text())
+        assert beside["verify_status"] is None
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[{**job, "keep_last": 2}]))
+
+    assert cli.json("prune")["deleted"] == []
+
+    for run in runs[1:]:
+        beside = json.loads(Path(run["archive"] + ".json").read_text())
+        assert beside["verify_status"] == "failed", beside
+    (tmp_path / "state" / "catalog.db").unlink()
+    cli.json("import")
+    listed = {r["id"]: r["verify_status"] for r in cli.json("list")}
+    assert listed == {runs[0]["id"]: None, runs[1]["id"]: "failed", runs[2]["id"]: "failed"}
+    assert cli.json("prune")["deleted"] == [], "the only good backup stays"
+    assert all(Path(run["archive"]).exists() for run in runs)

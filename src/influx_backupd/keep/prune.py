@@ -24,6 +24,7 @@ from influx_backupd.core.atomic import read_ours_text, replace_json
 from influx_backupd.core.config import Config, JobSection
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.jsontext import loads_json
+from influx_backupd.core.log import Logger
 from influx_backupd.core.paths import real
 from influx_backupd.core.removal import remove_gently
 from influx_backupd.influxd import scratch
@@ -32,7 +33,7 @@ from influx_backupd.store import layout
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import ChainCut, parents
 from influx_backupd.store.record import RunRecord, dated_ahead, missing_on_disk, only_in_bucket
-from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
+from influx_backupd.store.sidecar import SidecarError, note_verdict, read_sidecar_data, sidecar_of
 
 
 class PruneRefused(BackupdError):
@@ -219,6 +220,18 @@ def _not_in_config(config: Config, catalog: Catalog, report: PruneReport) -> Non
         )
 
 
+def _verdicts_beside(records: list[RunRecord], logger: Logger) -> None:
+    """A failed check the catalog holds, into the record beside its backup where that one does
+    not say it yet: releases before the verdict was kept there (upgrades) left them in the
+    catalog alone, and import after a lost catalog counted those backups good, so retention
+    removed good ones in their place (the upgrade audit). Each prune mends what it finds."""
+    for record in records:
+        if record.failed_check:
+            problem = note_verdict(record)
+            if problem is not None:
+                logger.warning("prune.record_beside_not_updated", run_id=record.id, error=problem)
+
+
 def _prune_job(
     config: Config,
     catalog: Catalog,
@@ -231,6 +244,8 @@ def _prune_job(
     logger = log.get(action="prune", job=job.name, dry_run=dry_run)
     records = catalog.list(job=job.name)
     by_id = {r.id: r for r in records}
+    if not dry_run:
+        _verdicts_beside(records, logger)
     # A backup whose files are gone restores nothing (plan's `missing`)
     gone = {r.id for r in records if missing_on_disk(r)}
     if gone:
