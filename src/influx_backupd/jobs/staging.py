@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from influx_backupd.core import log
 from influx_backupd.core.atomic import read_ours_text, replace_json
 from influx_backupd.core.jsontext import loads_json
 from influx_backupd.store.sparse import copy_keeping_holes, copy_whole
@@ -131,14 +132,24 @@ class Stager:
             raw = loads_json(read_ours_text(self.root / MANIFEST))
         except (OSError, ValueError):
             return {}
-        if (
-            not isinstance(raw, dict)
-            or raw.get("version") != MANIFEST_VERSION
-            or raw.get("boot_id") != boot_id()
-            or raw.get("sources") != {p: str(s) for p, s in self.sources}
+        if not isinstance(raw, dict):
+            return {}
+        # Each reason to copy everything again (in the pre-copy, while influxd serves), said:
+        # on a big server that first run reads the whole data set
+        why = (
+            "made by another release (its format changed)"
+            if raw.get("version") != MANIFEST_VERSION
+            else "made before the host last booted (copies may not have reached the disk)"
+            if raw.get("boot_id") != boot_id()
+            else "made for other source dirs"
+            if raw.get("sources") != {p: str(s) for p, s in self.sources}
             # copies made with the other holes setting hold their holes, or zeros, wrongly
-            or raw.get("holes") != self.keep_holes
-        ):
+            else "made with the other holes setting"
+            if raw.get("holes") != self.keep_holes
+            else None
+        )
+        if why is not None:
+            log.get().info("staging.copied_again", path=str(self.root), reason=why)
             return {}
         entries = raw.get("entries")
         return entries if isinstance(entries, dict) else {}

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from influx_backupd.jobs.staging import MANIFEST, Stager
 from influx_backupd.store.archive import COLD_TOPS, check_written, write_archive
@@ -168,16 +169,28 @@ def test_a_staging_tree_that_was_tampered_with_is_not_trusted(
     assert tree(stager.root) == tree(src)
 
 
-def test_a_manifest_from_another_boot_means_everything_is_copied_again(
-    server: tuple[Path, list[tuple[str, Path]], Stager],
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"boot_id": "another-boot"}, "made before the host last booted"),
+        ({"version": 1}, "made by another release"),  # an upgrade (the upgrade audit)
+    ],
+)
+def test_a_manifest_from_another_boot_or_release_means_everything_is_copied_again_said(
+    server: tuple[Path, list[tuple[str, Path]], Stager], change: dict[str, object], said: str
 ) -> None:
+    """Said, with why: the first staged run after an upgrade read the whole data set again
+    with nothing in the log to tell why."""
     _src, _sources, stager = server
     stager.sync(tolerant=False)
     manifest = stager.root / MANIFEST
     doc = json.loads(manifest.read_text())
-    doc["boot_id"] = "another-boot"
+    doc.update(change)
     manifest.write_text(json.dumps(doc))
-    assert stager.sync(tolerant=False).copied == 5
+    with capture_logs() as events:
+        assert stager.sync(tolerant=False).copied == 5
+    [event] = [e for e in events if e["event"] == "staging.copied_again"]
+    assert event["reason"].startswith(said), event
 
 
 def test_a_file_modified_just_before_its_copy_is_copied_again_next_time(
