@@ -461,3 +461,22 @@ def test_a_hot_chain_rebuilt_where_it_does_not_fit_is_refused_at_once(
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_accept_fewer_points_given_for_a_hot_chain_is_said_unused(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A hot chain is held to its build's count, never to one taken before a stop: the flag
+    was taken in silence there (the review)."""
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[{"name": "hotjob", "mode": "hot"}]))
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+
+    done = cli(
+        "restore", record["id"], "--database", "metrics", "--as", "m2", "--accept-fewer-points"
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "warning: --accept-fewer-points not used: a hot chain is held" in done.stderr

@@ -22,9 +22,10 @@ from pydantic import BaseModel
 from influx_backupd.core.paths import is_within, real
 from influx_backupd.core.redact import shown_parts
 
-# the most backups a keep_* rule may name: far past any schedule's lifetime (a million hourly
-# runs: 114 years), small enough that no number of them overflows what counts them
-KEEP_MAX = 1_000_000
+# the most backups a keep_* rule may name: SQLite's and JSON's largest integer, past any
+# count (a config that says "forever" with a big number still loads after an upgrade); a
+# number past it reached f-strings and Python's 4,300-digit limit (a traceback in prune)
+KEEP_MAX = 2**63 - 1
 # systemd's unit name characters; never starting with '-' (systemctl would take an option)
 _UNIT = re.compile(r"^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]*\Z")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+)\Z")

@@ -902,7 +902,13 @@ def _held_under(proc_dir: str, roots: tuple[str, ...]) -> str | None:
         for fd in os.scandir(f"{proc_dir}/fd"):
             with suppress(OSError):  # closed meanwhile
                 target = os.readlink(fd.path)
-                if under(target):
+                # a file in there, as psutil's open_files() counted them: a dir walked (find,
+                # du) or a file deleted while open is nothing a copy of the dir would meet
+                if (
+                    under(target)
+                    and not target.endswith(" (deleted)")
+                    and stat.S_ISREG(os.stat(fd.path).st_mode)
+                ):
                     return target
         with open(f"{proc_dir}/maps", encoding="utf-8", errors="surrogateescape") as maps:
             for line in maps:

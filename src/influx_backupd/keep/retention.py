@@ -192,7 +192,7 @@ def plan(
     aside = dict(aside or {})
     for r in ordered:
         if r.ok and dated_ahead(r, now):
-            when = _utc(r.started_at).strftime("%Y-%m-%d %H:%M")
+            when = _utc(max(r.started_at, r.finished_at or 0.0)).strftime("%Y-%m-%d %H:%M")
             aside.setdefault(
                 r.id, f"dated in the future ({when} UTC): kept, counted by no rule until then"
             )

@@ -87,7 +87,7 @@ from influx_backupd.restore.hot import (
 )
 from influx_backupd.restore.merge import ChainMerge
 from influx_backupd.restore.refusals import binary_usable, scratch_made, storage_writable
-from influx_backupd.restore.served import check_served
+from influx_backupd.restore.served import NOT_ACCEPTED, check_served
 from influx_backupd.restore.source import ColdSource, HotSource, choose
 from influx_backupd.store.archive import extract_safely
 from influx_backupd.store.catalog import Catalog
@@ -712,6 +712,8 @@ def _restore(
         )
         result.served_check = served.summary()
         result.warnings += served.fewer_warning()
+        if accept_fewer_points and not counted_before_stop:
+            result.warnings.append(NOT_ACCEPTED)
         # `influxd restore` takes no continuous query: those ON name, from the meta of the
         # backup (a hot chain's newest link; a cold archive's, which the export carries)
         meta = source.links[-1].path if isinstance(source, HotSource) else portable

@@ -107,7 +107,7 @@ from influx_backupd.restore.merge import (
     write_merged,
 )
 from influx_backupd.restore.refusals import binary_usable, scratch_made, storage_writable
-from influx_backupd.restore.served import count_built
+from influx_backupd.restore.served import NOT_ACCEPTED, count_built
 from influx_backupd.restore.source import ColdSource, choose
 from influx_backupd.restore.sql_chain import CAVEAT, ShardCopy, plan_sql, write_filtered
 from influx_backupd.restore.swap import (
@@ -179,6 +179,7 @@ def restore_backup(
     else:
         result = _restore_hot(config, source.flavour, source.links, source.record)
         result.warnings += [source.unchecked] if source.unchecked else []
+        result.warnings += [NOT_ACCEPTED] if accept_fewer_points else []
     with contextlib.suppress(CatalogError):  # the mark above ends the chains already
         catalog.end_chains("restore", f"{ended} at {_utc()}")
     return result

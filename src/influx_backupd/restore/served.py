@@ -145,6 +145,12 @@ def check_served(
     return served
 
 
+# said when the flag was given where no count from before a stop is compared (a hot chain)
+NOT_ACCEPTED = (
+    "--accept-fewer-points not used: a hot chain is held to what its build served, which no "
+    "delete before a stop can lower"
+)
+
 ACCEPT_HINT = (
     "; a delete acknowledged between that count and the backup's stop (DROP, DELETE, a "
     "retention policy expiring shards) lowers it too: to keep this restore all the same, "

@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -417,15 +418,26 @@ class ReadAgainOnChange:
         self, catalog: Catalog
     ) -> tuple[list[RunRecord], dict[tuple[str, str], tuple[int, float]]]:
         try:
-            with open(catalog.path, "rb") as db:
-                st = os.fstat(db.fileno())
-                # SQLite's file change counter (header bytes 24-27): every commit in rollback
-                # journal mode, the catalog's, adds one, where an mtime may not move within
-                # a clock tick
-                counter = db.read(28)[24:28]
+            # never blocking on a FIFO, never through a link: anything but a regular file is
+            # read the usual way below, which names it damaged as it always did
+            fd = os.open(catalog.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
+            fd = None
+        if fd is None:
             self._key = None
-            return [], {}
+            return catalog.list(), catalog.counters()
+        try:
+            st = os.fstat(fd)
+            # SQLite's file change counter (header bytes 24-27): every commit in rollback
+            # journal mode, the catalog's, adds one, where an mtime may not move within a tick
+            counter = os.pread(fd, 4, 24) if stat.S_ISREG(st.st_mode) else None
+        except OSError:
+            counter = None
+        finally:
+            os.close(fd)
+        if counter is None:
+            self._key = None
+            return catalog.list(), catalog.counters()
         # taken before the read: a change meanwhile makes the next key differ
         key = (str(catalog.path), st.st_ino, st.st_size, st.st_mtime_ns, counter)
         if key != self._key or time.monotonic() - self._read_at >= self.max_age_s:

@@ -210,12 +210,12 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     (
         "a keep rule past any count",
         'job:[[job]]\nname = "a"\nkeep_last = 0x' + "f" * 5000,
-        "job[0].keep_last: must be 1000000 or less",
+        "job[0].keep_last: must be 9223372036854775807 or less",
     ),
     (
         "an off-site keep rule past any count",
         'job:[offsite]\nbucket = "backups"\nkeep_daily = 9223372036854775808',
-        "offsite.keep_daily: must be 1000000 or less",
+        "offsite.keep_daily: must be 9223372036854775807 or less",
     ),
     (
         "not a number for a percentage",

@@ -16,11 +16,16 @@ HOLD = """
 import mmap, os, sys, time
 how, path = sys.argv[1], sys.argv[2]
 keep = [os.open('/dev/null', os.O_RDONLY) for _ in range(2000)]  # many descriptors besides
-if how != "none":
+if how in ("open", "mapped"):
     f = open(path, 'r+b')
     if how == "mapped":
         m = mmap.mmap(f.fileno(), 4096)
         f.close()  # only the mapping holds it now
+elif how == "dir":  # find or du walking through
+    d = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+elif how == "deleted":  # a file of its own, removed while it holds it
+    g = open(os.path.dirname(path) + "/scratch", "w")
+    os.unlink(os.path.dirname(path) + "/scratch")
 print('ready', flush=True)
 time.sleep(120)
 """
@@ -56,8 +61,10 @@ def test_a_file_held_open_or_only_mapped_is_found_with_its_process(
     assert found[0].name.startswith("python")
 
 
-@pytest.mark.parametrize("holder", ["none"], indirect=True)
+@pytest.mark.parametrize("holder", ["none", "dir", "deleted"], indirect=True)
 def test_a_process_holding_nothing_under_the_dirs_is_not_named(
     data: Path, holder: subprocess.Popen[str]
 ) -> None:
+    """Nor one with a dir open under them (find, du) or a file it deleted while open: psutil's
+    open_files() never counted those, and a cold run failed after its stop (the review)."""
     assert [h for h in Influxd.holders(None, [data]) if h.pid == holder.pid] == []  # type: ignore[arg-type]

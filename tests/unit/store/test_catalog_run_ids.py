@@ -6,6 +6,7 @@ seconds repeated after the clock stepped back): the second run's record replaced
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,9 +15,9 @@ import pytest
 
 from influx_backupd.core import log
 from influx_backupd.store import layout
-from influx_backupd.store.catalog import Catalog, ReadAgainOnChange
+from influx_backupd.store.catalog import Catalog, CatalogDamaged, ReadAgainOnChange
 from influx_backupd.store.record import RunRecord
-from tests.conftest import catalog_reads
+from tests.conftest import catalog_reads, raised_promptly
 
 AT = datetime(2026, 12, 4, 3, 0, tzinfo=UTC).timestamp()
 SAME_SECOND = "20261204T030000Z-3f9a"
@@ -98,3 +99,25 @@ def test_the_daemons_metrics_read_the_catalog_again_only_once_it_changed(
     cache.max_age_s = 0  # however long a coarse mtime could hide a change: read again
     cache.read(catalog)
     assert len(reads) == 3
+
+
+@pytest.mark.parametrize("planted", ["a dangling link", "a dir", "a FIFO"])
+def test_the_metrics_cache_says_a_catalog_that_is_no_file_damaged_and_never_blocks(
+    tmp_path: Path, planted: str
+) -> None:
+    """It opened the path itself: a FIFO there blocked the daemon's loop, and a link or a dir
+    gave empty metrics (no last success, every count 0) with nothing said (the review)."""
+    catalog = Catalog(tmp_path)
+    catalog.save(_ok(SAME_SECOND, "nightly"))
+    cache = ReadAgainOnChange()
+    assert len(cache.read(catalog)[0]) == 1
+    catalog.path.unlink()
+    if planted == "a dangling link":
+        catalog.path.symlink_to(tmp_path / "gone")
+    elif planted == "a dir":
+        catalog.path.mkdir()
+    else:
+        os.mkfifo(catalog.path)
+
+    raised = raised_promptly(lambda: cache.read(catalog))
+    assert isinstance(raised, CatalogDamaged), raised
