@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.store.catalog import Catalog
@@ -87,13 +88,8 @@ def test_backups_that_failed_their_check_stay_failed_through_an_import_and_prune
     new host), the two newest backups, found damaged by verify, counted as good again: keep_last
     = 2 kept them and prune removed the two good ones, exit 0. The record beside each backup now
     carries the verdict, and a later good verdict too."""
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 1_000)
-    job = {"name": "nightly", "mode": "cold", "copy": "direct"}
-    cli = Cli(write_config(tmp_path, sandbox, jobs=[job]))
-    runs = [cli.json("backup") for _ in range(4)]
-    assert [r["status"] for r in runs] == ["ok"] * 4, [r.get("error") for r in runs]
-    cli = Cli(write_config(tmp_path, sandbox, jobs=[{**job, "keep_last": 2}]))
+    runs = _backups(tmp_path, sandbox, 4)
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[{**NIGHTLY, "keep_last": 2}]))
     kept_bytes = {}
     for run in runs[2:]:  # the two newest rot on disk
         archive = Path(run["archive"])
@@ -159,12 +155,7 @@ def test_a_verdict_an_older_release_kept_only_in_the_catalog_reaches_the_record_
     """The upgrade audit: verdicts of releases before the record beside a backup carried them
     were in the catalog alone; the catalog lost after the upgrade, import counted those
     backups good and keep_last pruned a good one for them. The next prune writes them beside."""
-    sandbox.create_db("metrics")
-    sandbox.write_points("metrics", 1_000)
-    job = {"name": "nightly", "mode": "cold", "copy": "direct"}
-    cli = Cli(write_config(tmp_path, sandbox, jobs=[job]))
-    runs = [cli.json("backup") for _ in range(3)]
-    assert [r["status"] for r in runs] == ["ok"] * 3, [r.get("error") for r in runs]
+    runs = _backups(tmp_path, sandbox, 3)
     catalog = Catalog(tmp_path / "state")
     for run in runs[1:]:  # found bad by an older release's verify: the catalog says so, alone
         record = catalog.get(run["id"])
@@ -174,7 +165,7 @@ def test_a_verdict_an_older_release_kept_only_in_the_catalog_reaches_the_record_
         catalog.save(record)
         beside = json.loads(Path(run["archive"] + ".json").read_text())
         assert beside["verify_status"] is None
-    cli = Cli(write_config(tmp_path, sandbox, jobs=[{**job, "keep_last": 2}]))
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[{**NIGHTLY, "keep_last": 2}]))
 
     assert cli.json("prune")["deleted"] == []
 
@@ -187,3 +178,16 @@ def test_a_verdict_an_older_release_kept_only_in_the_catalog_reaches_the_record_
     assert listed == {runs[0]["id"]: None, runs[1]["id"]: "failed", runs[2]["id"]: "failed"}
     assert cli.json("prune")["deleted"] == [], "the only good backup stays"
     assert all(Path(run["archive"]).exists() for run in runs)
+
+
+NIGHTLY = {"name": "nightly", "mode": "cold", "copy": "direct"}
+
+
+def _backups(tmp_path: Path, sandbox: Sandbox, count: int) -> list[dict[str, Any]]:
+    """count ok cold backups of a server with one database, oldest first."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 1_000)
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[NIGHTLY]))
+    runs = [cli.json("backup") for _ in range(count)]
+    assert [r["status"] for r in runs] == ["ok"] * count, [r.get("error") for r in runs]
+    return runs

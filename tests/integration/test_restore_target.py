@@ -28,6 +28,7 @@ from influx_backupd.influxd import counts
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import STAND_INS, Cli, write_config
 from tests.integration.test_cli_terminal import run_in_pty, screen
+from tests.integration.test_restore_live_dirs import _mounted
 
 HOT = [{"name": "hotjob", "mode": "hot"}]
 # quotes and spaces: the generated conf must quote them as TOML
@@ -450,17 +451,12 @@ def test_a_hot_chain_rebuilt_where_it_does_not_fit_is_refused_at_once(
     sandbox.write_points("metrics", 50_000)
     record = cli.json("backup")
     assert record["status"] == "ok", record["error"]
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
-    try:
+    with _mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as small:
         done = cli("restore", record["id"], "--target", str(small / "t"), timeout=60)
         assert done.returncode == 1, done.stderr
         line = done.stderr.strip().splitlines()[-1]
         assert f"not enough space in {small / 't'}: the chain rebuilt there needs about" in line
         assert list(small.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_accept_fewer_points_given_for_a_hot_chain_is_said_unused(
