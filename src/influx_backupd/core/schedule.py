@@ -238,6 +238,12 @@ class _GridInterval(IntervalTrigger):  # type: ignore[misc]  # APScheduler 3 is 
         return fire
 
 
+def fire_after(trigger: BaseTrigger, moment: datetime) -> datetime | None:
+    """trigger's first fire strictly after moment (None: it never fires again)."""
+    fire: datetime | None = trigger.get_next_fire_time(None, just_after(moment))
+    return fire
+
+
 def just_after(moment: datetime) -> datetime:
     """A microsecond after moment, as an instant. Adding to a local time is wall-clock
     arithmetic that resets `fold`: from the second 02:30 of a repeated hour it went an hour
@@ -291,7 +297,7 @@ def missed_run(
     latest = latest_fire(trigger, window_start, now)
     if latest is not None:
         return Missed(latest, True)
-    first = trigger.get_next_fire_time(None, just_after(last_started))
+    first = fire_after(trigger, last_started)
     if first is not None and first <= now:
         return Missed(first, False)
     return None
@@ -300,12 +306,12 @@ def missed_run(
 def latest_fire(trigger: BaseTrigger, after: datetime, until: datetime) -> datetime | None:
     """The latest fire time in (after, until] (build `trigger` without jitter)."""
     latest = None
-    fire = trigger.get_next_fire_time(None, just_after(after))
+    fire = fire_after(trigger, after)
     for _ in range(_MAX_STEPS):
         if fire is None or fire > until:
             break
         latest = fire
-        fire = trigger.get_next_fire_time(None, just_after(fire))
+        fire = fire_after(trigger, fire)
     return latest
 
 
@@ -381,7 +387,7 @@ def window_missed(
                 break
             if in_window(window, fire.astimezone(tz).time()):
                 return None
-            fire = trigger.get_next_fire_time(None, just_after(fire))
+            fire = fire_after(trigger, fire)
         return (
             f"schedule {schedule!r} never fires inside cold_window {window} ({timezone}): "
             "every scheduled cold run is skipped"

@@ -633,10 +633,10 @@ def verify_all(
     the catalog. The caller holds the lock: prune cannot delete an archive (or its entry) while
     it is read. `stop` is asked between backups (the daemon: stopping, or a backup is due); a
     check cut short and begun again later starts with the backups it did not reach."""
-    passed = set(passed_over(catalog, job))
+    runs = catalog.list(job=job)  # once: passed over, the backups, every increment's chain
+    passed = {r.id for r in runs if _passed_over(r)}
     if passed:
         log.get().info("verify.passed_over", reason="only in the bucket", backups=sorted(passed))
-    runs = catalog.list(job=job)
     good = [r for r in runs if r.ok and r.archive is not None and r.id not in passed]
     good.sort(key=lambda r: (r.verified_at or r.finished_at or r.started_at, r.started_at))
     results = []
@@ -665,7 +665,11 @@ def passed_over(catalog: Catalog, job: str | None = None) -> list[str]:
     """The backups verify_all leaves alone: imported from the bucket (import --offsite) and not
     fetched yet. Nothing here to check, and no verdict: a "failed" would show FAILING in status
     and make prune keep them (verify --offsite checks them in the bucket)."""
-    return [r.id for r in catalog.list(job=job) if r.ok and only_in_bucket(r)]
+    return [r.id for r in catalog.list(job=job) if _passed_over(r)]
+
+
+def _passed_over(record: RunRecord) -> bool:
+    return record.ok and only_in_bucket(record)
 
 
 def save_result(catalog: Catalog, record: RunRecord, result: VerifyResult) -> None:
