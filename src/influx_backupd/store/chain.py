@@ -15,7 +15,13 @@ from influx_backupd.core.errors import CheckFailed, RestoreRefused
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.record import Flavour, RunRecord, missing_on_disk, only_in_bucket
-from influx_backupd.store.scanners import Scan, changed_files, scan_portable, scan_snapshot09
+from influx_backupd.store.scanners import (
+    Scan,
+    changed_files,
+    is_increment_09,
+    scan_portable,
+    scan_snapshot09,
+)
 from influx_backupd.store.sidecar import SidecarError, read_sidecar_data, sidecar_of
 
 # A 1.x link's record.extra key (jobs/hot.py): the live shards' files right after its snapshot.
@@ -327,12 +333,6 @@ def check_links(flavour: Flavour, links: list[Link], *, deep: bool = True) -> li
 
 
 # -- what a BACKUP argument names -------------------------------------------------------------------
-
-
-def is_increment_09(path: Path) -> bool:
-    """0.9's tool names its increments PATH.0, PATH.1, …: without a record, the numeric suffix
-    is the only sign that a snapshot file is one."""
-    return path.suffix[1:].isdigit()
 
 
 def lookup(catalog: Catalog, backup: str) -> tuple[Path | None, RunRecord | None]:

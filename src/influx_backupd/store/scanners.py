@@ -26,6 +26,12 @@ from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 MAX_SIZE = 2**63 - 1  # no file is larger; a manifest that says so lies
 
 
+def is_increment_09(path: Path) -> bool:
+    """0.9's tool names its increments PATH.0, PATH.1, …: without a record, the numeric suffix
+    is the only sign that a snapshot file is one."""
+    return path.suffix[1:].isdigit()
+
+
 def listed_size(entry: dict[str, Any], where: object) -> int:
     """A manifest entry's size: a whole number of bytes, else CheckFailed naming the manifest
     (never int()'s ValueError, TypeError or OverflowError)."""
@@ -165,7 +171,7 @@ def scan_snapshot09(path: Path, *, incremental: bool) -> Scan:
         hint = (
             f" (by its name an increment of {path.stem}, which is not beside it: an increment "
             "restores only on top of its full)"
-            if path.suffix[1:].isdigit()
+            if is_increment_09(path)
             else ""
         )
         raise CheckFailed(f"hot.check: {path}: a full snapshot without meta{hint}")

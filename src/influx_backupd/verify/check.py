@@ -47,7 +47,6 @@ from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.chain import (
     LinkDamaged,
     chain_for,
-    is_increment_09,
     link_problem,
     lookup,
     read_sidecar,
@@ -58,7 +57,13 @@ from influx_backupd.store.formats import ArchiveReport, Finding, check_archive, 
 from influx_backupd.store.formats.tarinfo import CheckedTarInfo
 from influx_backupd.store.formats.tsm import check_tsm
 from influx_backupd.store.record import RunRecord, only_in_bucket
-from influx_backupd.store.scanners import Scan, changed_files, scan_portable, scan_snapshot09
+from influx_backupd.store.scanners import (
+    Scan,
+    changed_files,
+    is_increment_09,
+    scan_portable,
+    scan_snapshot09,
+)
 from influx_backupd.store.sidecar import (
     SidecarError,
     note_verdict,
