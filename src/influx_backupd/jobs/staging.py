@@ -77,7 +77,7 @@ def _vanished(exc: OSError) -> bool:
     return exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE)
 
 
-def _not_own_file(path: Path) -> bool:
+def _not_own_file(path: str) -> bool:
     """path is there and is no regular file of the tree's alone (a link, a dir, a file with
     another name elsewhere)."""
     try:
@@ -87,11 +87,12 @@ def _not_own_file(path: Path) -> bool:
     return not stat.S_ISREG(st.st_mode) or st.st_nlink > 1
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
+def _remove(path: str | Path) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
     else:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 @dataclass
@@ -193,9 +194,10 @@ class Stager:
     def _sync_all(self, tolerant: bool) -> SyncStats:
         stats = SyncStats()
         wanted = {prefix for prefix, _src in self.sources} | {MANIFEST}
-        for entry in os.scandir(self.root):
-            if entry.name not in wanted:
-                _remove(Path(entry.path))
+        with os.scandir(self.root) as listing:
+            for entry in listing:
+                if entry.name not in wanted:
+                    _remove(entry.path)
         for prefix, src in self.sources:
             # The configured dir or file itself is followed (data -> /mnt/big/data): its
             # contents are staged under prefix, as write_archive archives a direct copy.
@@ -209,12 +211,14 @@ class Stager:
                     raise
                 stats.vanished += 1
                 continue
-            self._sync_entry(real, self.root / prefix, prefix, st, stats, tolerant)
+            self._sync_entry(str(real), str(self.root / prefix), prefix, st, stats, tolerant)
         self._save(self._new)
         return stats
 
+    # The walk below goes by str paths: in the stopped pass, on thousands of shard files,
+    # pathlib's parsing cost as much as the system calls (bench/staging_window.py)
     def _sync_entry(
-        self, src: Path, dst: Path, name: str, st: os.stat_result, stats: SyncStats, tolerant: bool
+        self, src: str, dst: str, name: str, st: os.stat_result, stats: SyncStats, tolerant: bool
     ) -> None:
         mode = st.st_mode
         if stat.S_ISDIR(mode):
@@ -241,23 +245,30 @@ class Stager:
         # sockets, fifos and devices: the archive skips them, so does the staging tree
 
     def _sync_dir(
-        self, src: Path, dst: Path, name: str, st: os.stat_result, stats: SyncStats, tolerant: bool
+        self, src: str, dst: str, name: str, st: os.stat_result, stats: SyncStats, tolerant: bool
     ) -> None:
         try:
-            children = {e.name: e for e in os.scandir(src)}
+            with os.scandir(src) as listing:
+                children = {e.name: e for e in listing}
         except OSError as exc:
             if not (tolerant and _vanished(exc)):
                 raise
             stats.vanished += 1
             return
-        if os.path.lexists(dst) and not (dst.is_dir() and not dst.is_symlink()):
+        try:
+            there: os.stat_result | None = os.lstat(dst)
+        except FileNotFoundError:
+            there = None
+        if there is not None and not stat.S_ISDIR(there.st_mode):  # a file, or a link
             _remove(dst)
-        with contextlib.suppress(FileExistsError):
+            there = None
+        if there is None:
             os.mkdir(dst, 0o700)
-        for entry in os.scandir(dst):
-            if entry.name not in children:
-                _remove(Path(entry.path))
-                stats.removed += 1
+        with os.scandir(dst) as listing:
+            for entry in listing:
+                if entry.name not in children:
+                    _remove(entry.path)
+                    stats.removed += 1
         for child_name in sorted(children):
             child = children[child_name]
             try:
@@ -268,17 +279,24 @@ class Stager:
                 stats.vanished += 1
                 continue
             self._sync_entry(
-                Path(child.path),
-                dst / child_name,
+                child.path,
+                f"{dst}/{child_name}",
                 f"{name}/{child_name}",
                 child_st,
                 stats,
                 tolerant,
             )
         # Last, after the entries inside changed: creating and removing them moves the mtime.
-        self._copy_meta(dst, st, fd=None)
+        # One lstat where the three writes are already so (every unchanged shard dir)
+        have = os.lstat(dst)
+        if not (
+            have.st_mtime_ns == st.st_mtime_ns
+            and stat.S_IMODE(have.st_mode) == stat.S_IMODE(st.st_mode)
+            and (not self._can_chown or (have.st_uid, have.st_gid) == (st.st_uid, st.st_gid))
+        ):
+            self._copy_meta(dst, st, fd=None)
 
-    def _unchanged(self, dst: Path, name: str, st: os.stat_result) -> bool:
+    def _unchanged(self, dst: str, name: str, st: os.stat_result) -> bool:
         old = self._old.get(name)
         if old is None or old[4] or old[:4] != [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]:
             return False
@@ -296,7 +314,7 @@ class Stager:
         )
 
     def _sync_file(
-        self, src: Path, dst: Path, name: str, st: os.stat_result, stats: SyncStats, tolerant: bool
+        self, src: str, dst: str, name: str, st: os.stat_result, stats: SyncStats, tolerant: bool
     ) -> None:
         if self._unchanged(dst, name, st):
             self._new[name] = self._old[name]
@@ -349,7 +367,7 @@ class Stager:
         stats.copied += 1
         stats.copied_bytes += copied
 
-    def _copy_meta(self, dst: Path, st: os.stat_result, fd: int | None) -> None:
+    def _copy_meta(self, dst: str, st: os.stat_result, fd: int | None) -> None:
         """Mode, owner and mtime as the source has them, so tar headers match a direct archive."""
         perm = stat.S_IMODE(st.st_mode)
         if self._can_chown:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tarfile
 import time
 from pathlib import Path
@@ -124,9 +125,9 @@ def test_files_and_dirs_vanishing_during_a_tolerant_sync_are_skipped_strict_rais
     class Compacting(Stager):
         """Deletes each source file just before it is copied, as a compaction would."""
 
-        def _sync_file(self, src_file: Path, *args: object, **kwargs: object) -> None:  # type: ignore[override]
-            if src_file.name.endswith(".tsm"):
-                src_file.unlink()
+        def _sync_file(self, src_file: str, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+            if src_file.endswith(".tsm"):
+                os.unlink(src_file)
             super()._sync_file(src_file, *args, **kwargs)  # type: ignore[arg-type]
 
     racing = Compacting(stager.root, sources)
@@ -141,8 +142,8 @@ def test_files_and_dirs_vanishing_during_a_tolerant_sync_are_skipped_strict_rais
 
     # a whole shard dir removed (retention) while listing: the dir vanishes under scandir
     class Retention(Stager):
-        def _sync_dir(self, src_dir: Path, *args: object, **kwargs: object) -> None:  # type: ignore[override]
-            if src_dir.name == "1":
+        def _sync_dir(self, src_dir: str, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+            if os.path.basename(src_dir) == "1":
                 import shutil
 
                 shutil.rmtree(src_dir)
@@ -233,6 +234,25 @@ def test_an_archive_of_the_staging_tree_equals_one_of_the_source(
     staged = write_archive(tmp_path / "staged.tar", stager.archive_sources())
     assert _members(tmp_path / "direct.tar") == _members(tmp_path / "staged.tar")
     assert direct.sha256 == staged.sha256  # same headers, same data: the same bytes
+
+
+def test_a_dir_whose_mode_owner_or_mtime_alone_changed_is_staged_as_it_is_now(
+    tmp_path: Path, server: tuple[Path, list[tuple[str, Path]], Stager]
+) -> None:
+    """The stopped pass leaves a staged dir's metadata alone only when all of it is already
+    the source's: each of mode, owner and mtime changed by itself still reaches the archive."""
+    src, sources, stager = server
+    stager.sync(tolerant=True)
+    os.chmod(src / "data" / "db", 0o750)
+    if os.geteuid() == 0:
+        os.chown(src / "data" / "db" / "autogen", 4242, 4343)
+    os.utime(src / "wal" / "db", ns=(OLD, OLD + 7_000_000_000))
+    stager.sync(tolerant=False)
+    write_archive(tmp_path / "direct.tar", sources)
+    write_archive(tmp_path / "staged.tar", stager.archive_sources())
+    assert _members(tmp_path / "direct.tar") == _members(tmp_path / "staged.tar")
+    staged = os.lstat(stager.root / "data" / "db")
+    assert stat.S_IMODE(staged.st_mode) == 0o750
 
 
 def test_remove_deletes_the_tree(server: tuple[Path, list[tuple[str, Path]], Stager]) -> None:
