@@ -412,3 +412,95 @@ def test_an_object_known_damaged_is_written_again_by_a_send_that_holds_it(
     assert sent.resent == [tsm]
     body = moto.client().get_object(Bucket=moto.bucket, Key=f"host-a/objects/{tsm[:2]}/{tsm}")
     assert hashlib.sha256(body["Body"].read()).hexdigest() == tsm
+
+
+# Loaded into `verify --offsite` (sitecustomize): just before the first backup's check, a sync
+# beside it prunes that backup (its manifest, then the objects no other backup names), as
+# `offsite sync` may at any time: verify takes no backup lock.
+PRUNED_DURING_CHECK = """
+import os
+from influx_backupd.offsite import repo
+from influx_backupd.offsite.repo import object_name
+_manifest = repo.Offsite.manifest
+_pruned = []
+def _prune(self, ref):
+    others = set()
+    for other in self.manifests():
+        if other.id != ref.id:
+            others |= _manifest(self, other).objects()
+    only = _manifest(self, ref).objects() - others
+    assert only
+    self.bucket.delete([ref.key])
+    self.bucket.delete([self.bucket.key(object_name(n)) for n in only])
+def _read_for_the_check(self, ref, *, fresh=False):
+    if not fresh or _pruned:  # the check's own read is fresh: from the bucket
+        return _manifest(self, ref, fresh=fresh)
+    _pruned.append(ref)
+    if os.environ["PRUNED"] == "before its manifest is read":
+        _prune(self, ref)
+        return _manifest(self, ref, fresh=True)
+    read = _manifest(self, ref, fresh=True)
+    _prune(self, ref)
+    return read
+repo.Offsite.manifest = _read_for_the_check
+"""
+
+
+@pytest.mark.parametrize("when", ["before its manifest is read", "after its manifest was read"])
+def test_a_backup_pruned_by_a_sync_while_verify_checked_it_is_no_damage(
+    tmp_path: Path, sandbox: Sandbox, moto: Endpoint, when: str
+) -> None:
+    """Before: its objects, deleted with it, were called missing: `verify --offsite --all`
+    failed (exit 1) on a backup removed on purpose and noted damage no sync could repair."""
+    import subprocess
+    import sys
+
+    cli, _ = _setup(tmp_path, sandbox, moto)
+    first = cli.json("backup")
+    sandbox.write_points("metrics", 500, start=10_000)
+    second = cli.json("backup")
+    assert first["status"] == second["status"] == "ok"
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(PRUNED_DURING_CHECK)
+    argv = [sys.executable, "-m", "influx_backupd", "--config", str(cli.config)]
+    done = subprocess.run(
+        [*argv, "verify", "--offsite", "--all", "--read-data", "100", "--json"],
+        env={**os.environ, "PRUNED": when, "PYTHONPATH": os.pathsep.join([str(hook), *sys.path])},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stdout, done.stderr[-3000:]
+    found = json.loads(done.stdout)
+    assert done.returncode == 0 and found["ok"], found
+    [pruned] = found["pruned_while_checked"]  # the first checked (ids sort within a second)
+    assert [pruned, *(b["id"] for b in found["backups"])] in (
+        [first["id"], second["id"]],
+        [second["id"], first["id"]],
+    )
+    assert cli.json("status")["offsite"]["damaged"] == []
+    assert "offsite.pruned_while_checked" in done.stderr
+
+
+@pytest.mark.parametrize("when", ["before its manifest is read", "after its manifest was read"])
+def test_the_daemons_check_passes_over_a_backup_pruned_while_checked(
+    tmp_path: Path, moto: Endpoint, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    from influx_backupd.offsite import repo
+    from influx_backupd.run import offsite_repair
+    from tests.offsite.helpers import cold_backup, make_tar, make_tree
+
+    offsite = repo.Offsite(moto.settings())
+    for n in range(2):
+        tree = make_tree(tmp_path / f"t{n}", {"meta/meta.db": b"m" * 100, f"data/{n}": b"%d" % n})
+        offsite.send(
+            cold_backup(make_tar(tmp_path / f"n{n}.tar", tree), f"20261130T0{n}0000Z-000{n}")
+        )
+    monkeypatch.setattr(repo.Offsite, "manifest", repo.Offsite.manifest)  # put back after
+    monkeypatch.setenv("PRUNED", when)
+    exec(PRUNED_DURING_CHECK, {})
+    report = offsite_repair.check(repo.Offsite(moto.settings()), tmp_path, read_percent=100)
+    assert report.complete and not report.damaged and not report.broken, report
+    assert offsite_repair.noted(tmp_path) == []

@@ -19,6 +19,7 @@ from influx_backupd.offsite.errors import (
     BadManifest,
     IntegrityError,
     NoSuchBackup,
+    NotFound,
     NotOurs,
     OffsiteError,
     OffsiteMisconfigured,
@@ -245,11 +246,13 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     # each earlier link of an increment's chain is checked with it (an increment restores only
     # as well as they do), each backup once; what is found wrong with any is noted
     done: dict[str, VerifyResult] = {}
+    refs: dict[str, ManifestRef] = {}
+    pruned: set[str] = set()  # removed from the bucket by a prune while checked
 
     def check() -> tuple[list[VerifyResult], dict[str, str]]:
         read: set[str] = set()  # objects shared by backups are downloaded once
         listed = store.objects_in_place()  # and the bucket listed once, not once per backup
-        refs = {r.id: r for r in store.manifests()}
+        refs.update((r.id, r) for r in store.manifests())
         if args.backup is not None:
             ref = refs.get(args.backup) or store.find(args.backup)
             return [
@@ -267,6 +270,10 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
                 )
             except (BadManifest, IntegrityError, NotOurs) as exc:  # one we cannot read
                 unreadable[ref.id] = str(exc)
+            except NotFound:  # its manifest, listed, is gone: pruned by a sync meanwhile?
+                if not offsite_repair.gone(store, ref):
+                    raise
+                pruned.add(ref.id)
         return results, unreadable
 
     try:
@@ -276,8 +283,17 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     missing = identity_wrong(len(results), unreadable, store.bucket.where)
     if isinstance(missing, OffsiteMisconfigured):  # all encrypted, no identity_file: 78
         raise missing
+    # removed by a sync's prune while checked: gone, not damaged (a named one fails: it is gone)
+    gone = pruned | offsite_repair.pruned_meanwhile(store, refs, done.values())
+    if args.all:
+        results = [r for r in results if r.id not in gone]
+    for result in results:
+        if result.id in gone:
+            result.errors = ["it was removed from the bucket (pruned) while it was checked"]
     repairable = 0
     for result in done.values():
+        if result.id in gone:
+            continue
         left = offsite_repair.note(
             config.state_dir, result.id, result.job, result.bad, result.reread
         )
@@ -298,6 +314,7 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
             {
                 "backups": [{**_shown(r), "ok": not r.failed} for r in results],
                 "unreadable": unreadable,
+                "pruned_while_checked": sorted(gone),
                 "ok": not failed,
                 "took_s": time.monotonic() - started,
             }
@@ -321,6 +338,9 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
             print(f"  error  chain: {result.chain}")
     for backup_id, why in unreadable.items():
         print(f"{'failed':<8} {backup_id}  its manifest does not read: {why}")
+    if args.all:
+        for backup_id in sorted(gone):
+            print(f"{'pruned':<8} {backup_id}  removed from the bucket by a prune while checked")
     if args.all and not results and not unreadable:
         print(f"no backups in {store.bucket.where}")
     if repairable:

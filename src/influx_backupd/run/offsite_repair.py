@@ -14,9 +14,11 @@ key reads): verify says so, and deleting it makes the next sync send the backup 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import os
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,9 @@ from typing import Any
 from influx_backupd.core import log
 from influx_backupd.core.atomic import read_ours_text, replace_json
 from influx_backupd.core.jsontext import loads_json, number
-from influx_backupd.offsite.errors import BadManifest, Damaged, NotOurs, OffsiteError
+from influx_backupd.offsite.errors import BadManifest, Damaged, NotFound, NotOurs, OffsiteError
 from influx_backupd.offsite.manifest import Manifest
-from influx_backupd.offsite.repo import Backup, Offsite, VerifyResult
+from influx_backupd.offsite.repo import Backup, ManifestRef, Offsite, VerifyResult
 from influx_backupd.store.catalog import Catalog
 from influx_backupd.store.record import RunRecord
 
@@ -84,12 +86,19 @@ def check(
                 report.unreadable[ref.id] = str(exc)
                 logger.error("offsite.check_failed", run_id=ref.id, error=str(exc))
                 continue
+            except NotFound:
+                if not gone(offsite, ref):  # listed, not there, yet still listed: an error
+                    raise
+                continue
             report.checked += 1
         report.complete = True
     finally:
+        pruned = pruned_meanwhile(offsite, refs, done.values())
         # each backup checked (the links of its chain too), its note brought up to date; what
         # an earlier check found and this one did not read again stays noted
         for result in done.values():
+            if result.id in pruned:
+                continue
             left = note(state_dir, result.id, result.job, result.bad, result.reread)
             if left:
                 report.damaged.append(result.id)
@@ -108,9 +117,49 @@ def check(
     return report
 
 
+def pruned_meanwhile(
+    offsite: Offsite, refs: Mapping[str, ManifestRef], results: Iterable[VerifyResult]
+) -> set[str]:
+    """The failing backups a prune removed from the bucket while they were checked (a sync
+    beside the check: verify takes no backup lock): their objects went with them, which is no
+    damage to note or fail on."""
+    return {r.id for r in results if r.failed and r.id in refs and gone(offsite, refs[r.id])}
+
+
+def gone(offsite: Offsite, ref: ManifestRef) -> bool:
+    """ref's manifest, listed when the check began, is no longer in the bucket: neither its key
+    nor a listing has it (pruned since). A bucket that cannot be asked: not gone (every failure
+    stays as it is)."""
+    logger = log.get()
+    try:
+        if offsite.bucket.exists(ref.key) or any(
+            item.key == ref.key for item in offsite.bucket.ls("manifests")
+        ):
+            return False
+    except OffsiteError as exc:
+        logger.warning("offsite.pruned_unknown", run_id=ref.id, error=str(exc))
+        return False
+    logger.info("offsite.pruned_while_checked", run_id=ref.id, job=ref.job)
+    return True
+
+
 def _note_path(state_dir: Path, backup_id: str) -> Path:
     # ids come from the bucket's listing: the file name is a digest of one, never the id
     return state_dir / DAMAGED_DIR / (hashlib.sha256(backup_id.encode()).hexdigest()[:32] + ".json")
+
+
+@contextlib.contextmanager
+def _notes_held(notes: Path) -> Iterator[None]:
+    """The notes' dir flocked while a note is read, decided on and written: verify (without
+    the backup lock) and a sync's repair change notes at once, and a repair writing back what
+    it read would drop what a check noted in between. A filesystem refusing flock: unheld."""
+    fd = os.open(notes, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)  # brief: a read and a write of one small file
+        yield
+    finally:
+        os.close(fd)  # drops the flock
 
 
 def note(
@@ -125,22 +174,26 @@ def note(
     taken off it: a check that did not read an object (a listing of sizes, a sample) knows
     nothing of a changed byte in it, and must not erase the damage an earlier one found."""
     path = _note_path(state_dir, backup_id)
-    was = _read_note(path)
-    cleared = set(reread) - set(objects)
-    left = {n: why for n, why in (was.objects if was else {}).items() if n not in cleared}
-    left.update(objects)
-    if not left:
-        path.unlink(missing_ok=True)
+    if objects:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+    elif not path.parent.is_dir():
+        return {}  # nothing found, nothing noted before
+    with _notes_held(path.parent):
+        was = _read_note(path)
+        cleared = set(reread) - set(objects)
+        left = {n: why for n, why in (was.objects if was else {}).items() if n not in cleared}
+        left.update(objects)
+        if not left:
+            path.unlink(missing_ok=True)
+            return left
+        if was is not None and left == was.objects:
+            return left  # nothing new: found_at stays (a repair under way matches on it)
+        replace_json(
+            path,
+            {"backup": backup_id, "job": job, "objects": left, "found_at": time.time()},
+            indent=1,
+        )
         return left
-    if was is not None and left == was.objects:
-        return left  # nothing new: found_at stays (a repair under way matches on it)
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    replace_json(
-        path,
-        {"backup": backup_id, "job": job, "objects": left, "found_at": time.time()},
-        indent=1,
-    )
-    return left
 
 
 def forget(state_dir: Path, names: Collection[str]) -> None:
@@ -186,7 +239,7 @@ def _clear(state_dir: Path, damage: Damage, left: dict[str, str]) -> None:
     """Write what is still wrong of a note, or remove it; a note a newer check wrote meanwhile
     is left as it is."""
     path = _note_path(state_dir, damage.backup)
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError), _notes_held(path.parent):
         if float(loads_json(read_ours_text(path))["found_at"]) != damage.found_at:
             return
         if left:
