@@ -504,3 +504,32 @@ def test_the_daemons_check_passes_over_a_backup_pruned_while_checked(
     report = offsite_repair.check(repo.Offsite(moto.settings()), tmp_path, read_percent=100)
     assert report.complete and not report.damaged and not report.broken, report
     assert offsite_repair.noted(tmp_path) == []
+
+
+def test_an_object_listed_then_gone_when_read_is_noted_missing_the_check_goes_on(
+    tmp_path: Path, moto: Endpoint
+) -> None:
+    """Before: the 404 of a listed object ended the whole check (one line, exit 1) with nothing
+    noted, so the next sync repaired nothing of it and the other backups went unchecked."""
+    from influx_backupd.offsite import repo
+    from influx_backupd.offsite.repo import object_name
+    from influx_backupd.run import offsite_repair
+    from tests.offsite.helpers import cold_backup, make_tar, make_tree
+
+    offsite = repo.Offsite(moto.settings())
+    for n in range(2):
+        tree = make_tree(tmp_path / f"t{n}", {f"data/{n}": b"%d" % n * 1000})
+        offsite.send(
+            cold_backup(make_tar(tmp_path / f"n{n}.tar", tree), f"20261130T0{n}0000Z-000{n}")
+        )
+    checking = repo.Offsite(moto.settings())
+    listed = checking.objects_in_place()
+    [first, second] = checking.manifests()
+    [victim] = checking.manifest(first).objects() - checking.manifest(second).objects()
+    checking.bucket.delete([checking.bucket.key(object_name(victim))])
+    done: dict[str, repo.VerifyResult] = {}
+    for ref in (first, second):
+        checking.verify_chain(ref, done, listed=listed, read_percent=100)
+    assert list(done[first.id].bad) == [victim] and "not found" in done[first.id].bad[victim]
+    assert not done[second.id].failed
+    assert offsite_repair.pruned_meanwhile(checking, {first.id: first}, done.values()) == set()

@@ -1252,7 +1252,9 @@ class Offsite:
                     # write over what those keys read
                     result.errors.append(str(exc))
                     continue
-                except IntegrityError as exc:
+                except (IntegrityError, NotFound) as exc:
+                    # NotFound: listed, gone when read (removed since: by a prune beside us,
+                    # which the caller tells apart, or by anything else: damage, as missing)
                     result.errors.append(str(exc))
                     # which chunk of a file is wrong cannot be told: all of them are sent again
                     result.bad.update(dict.fromkeys(f.objects(), str(exc)))
