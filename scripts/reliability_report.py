@@ -51,6 +51,7 @@ CLASSES: dict[str, str] = {
     "check": "a check that fails for a reason outside the backup",
     "intruder": "influxd started by someone else inside the stop window",
     "offsite": "off-site copies damaged, shared or cut short",
+    "limits": "the caller's resource limits (open files), which influxd must not inherit",
 }
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from influx_backupd.core.interrupt import child_preexec, signals_blocked
 from influx_backupd.core.jsontext import loads_json
+from influx_backupd.influxd.limits import server_limits
 from influx_backupd.influxd.listening import listens
 
 # Go's default is 100. Copying an increment of about 1 GB in with SELECT INTO, the throwaway's
@@ -246,7 +247,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             # A signal raised while Popen waits for the exec would leave a server starting
             # whose pid nobody has: held here until self.proc names it; the child lets them
             # through again before its exec (child_preexec).
-            with signals_blocked():
+            with signals_blocked(), server_limits():
                 self.proc = subprocess.Popen(
                     self.command(),
                     env=env,

@@ -14,6 +14,7 @@ import grp
 import hashlib
 import os
 import pwd
+import resource
 import shutil
 import signal
 import stat
@@ -38,6 +39,7 @@ from influx_backupd.core.processes import identity, same_as
 from influx_backupd.core.redact import shown_url
 from influx_backupd.influxd import logfile
 from influx_backupd.influxd.influxql import ping_headers
+from influx_backupd.influxd.limits import server_limits, server_nofile
 from influx_backupd.influxd.listening import listeners, listens
 from influx_backupd.store.state import MAX_EXPECTED_WINDOW_S
 
@@ -119,6 +121,12 @@ def normal_priority() -> Iterator[None]:
                 me.ionice(psutil.IOPRIO_CLASS_NONE)
             else:
                 me.ionice(ionice.ioclass, ionice.value)
+
+
+def _nofile_property() -> str:
+    """systemd-run's LimitNOFILE= for influxd: what server_limits gives a forked one."""
+    soft, _hard = server_nofile(*resource.getrlimit(resource.RLIMIT_NOFILE))
+    return "infinity" if soft == resource.RLIM_INFINITY else str(soft)
 
 
 class NotAnswering(InfluxdError):
@@ -668,7 +676,7 @@ class Influxd:
         try:
             # Its own session: influxd must outlive us and never get our terminal's signals.
             # The server we protect serves at normal priority, not at ours (the unit's Nice=).
-            with normal_priority():
+            with normal_priority(), server_limits():
                 child = subprocess.Popen(
                     self.section.command,
                     stdin=subprocess.DEVNULL,
@@ -706,6 +714,8 @@ class Influxd:
             "--quiet",
             f"--description=influxd for {self.config.server.conf} (started by influx-backupd)",
             f"--property=UMask={INFLUXD_UMASK:04o}",
+            # a transient service's default is 1024 (systemd's DefaultLimitNOFILE): limits.py
+            f"--property=LimitNOFILE={_nofile_property()}",
         ]
         # None of our environment is passed on: --setenv puts values in argv (ps shows them to
         # every user) and in the unit's Environment= (`systemctl show` does too), and

@@ -19,6 +19,7 @@ from influx_backupd.core.cancel import NEVER, CancelToken
 from influx_backupd.core.errors import HotFailed
 from influx_backupd.core.interrupt import child_preexec
 from influx_backupd.core.log import Logger
+from influx_backupd.influxd.limits import server_limits
 from influx_backupd.store.record import Flavour
 
 PROBE_TIMEOUT = 3.0
@@ -150,15 +151,16 @@ def run_tool(
     group is sent SIGTERM: the caller then sees the tool fail.
     """
     started = time.monotonic()
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        close_fds=True,
-        preexec_fn=child_preexec(),
-    )
+    with server_limits():  # `influxd backup` and `restore` open every shard's files too
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=child_preexec(),
+        )
     lines: list[str] = []
 
     def terminate() -> None:
