@@ -33,3 +33,58 @@ def test_a_start_that_exits_before_answering_quotes_the_last_line_of_its_log(
     assert f"its log {log} ends: " in message, message
     assert "address already in use" in message.split(" ends: ", 1)[1], message
     assert "\n" not in message and "earlier start" not in message
+
+
+DAEMONIZING = """#!/bin/sh
+# an init script's start: influxd in the background, the script returns 0 at once
+{binary} "$@" >/dev/null 2>&1 &
+exit 0
+"""
+
+
+def test_a_command_that_puts_influxd_in_the_background_and_returns_0_is_a_start(
+    tmp_path: Path, influxd_path: str
+) -> None:
+    """Audit: its exit 0 was taken for a failed start: a cold run raised the left-down alarm
+    (failure notifications, the heartbeat's /fail) and waited a backoff on every run."""
+    import json
+
+    from tests.conftest import Cli, log_events, started
+
+    wrapper = tmp_path / "influxd-start"
+    wrapper.write_text(DAEMONIZING.format(binary=influxd_path))
+    wrapper.chmod(0o755)
+    with started(Sandbox(tmp_path / "server", binary=influxd_path)) as server:
+        server.create_db("db1")
+        server.write_points("db1", 500)
+        command = [str(wrapper), "run", "-config", str(server.conf)]
+        config = write_config(tmp_path, server, influxd={"command": command})
+        done = Cli(config)("backup", "--json")
+        assert done.returncode == 0, done.stderr[-3000:]
+        record = json.loads(done.stdout)
+        assert record["status"] == "ok", record["error"]
+        assert not log_events(done.stderr, "influxd.start_failed"), done.stderr[-3000:]
+        assert log_events(done.stderr, "influxd.command_detached")
+        assert server.count("db1") == 500
+        [pid] = server.pids()
+        # the one running now is the one a later stop finds: stopped and started again, ok
+        again = Cli(config).json("backup")
+        assert again["status"] == "ok", again["error"]
+        assert server.pids() != [pid]
+
+
+def test_a_command_that_returns_0_and_leaves_nothing_running_fails_the_start(
+    tmp_path: Path, influxd_path: str
+) -> None:
+    server = Sandbox(tmp_path / "server", binary=influxd_path)
+    server.write_config()
+    config = load(
+        write_config(
+            tmp_path,
+            server,
+            influxd={"command": ["/bin/true", "-config", str(server.conf)], "start_timeout": "30s"},
+        )
+    )
+    with pytest.raises(StartFailed) as failed:
+        Influxd(config).start()
+    assert "exited with status 0 before answering" in str(failed.value)

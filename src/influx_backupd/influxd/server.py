@@ -123,6 +123,11 @@ def normal_priority() -> Iterator[None]:
                 me.ionice(ionice.ioclass, ionice.value)
 
 
+# How long a start command that exited 0 (it put influxd in the background) may take to leave
+# a process running our influxdb.conf: past it, the exit is a failed start
+DETACH_GRACE_S = 3.0
+
+
 def _nofile_property() -> str:
     """systemd-run's LimitNOFILE= for influxd: what server_limits gives a forked one."""
     soft, _hard = server_nofile(*resource.getrlimit(resource.RLIMIT_NOFILE))
@@ -539,11 +544,26 @@ class Influxd:
         (influxd's reason, such as a permission denied on meta.db)."""
         deadline = time.monotonic() + timeout
         impostor = False
+        detached_by = 0.0  # when a command that exited 0 must have left influxd running
         while time.monotonic() < deadline:
             if self.ping(timeout=min(1.0, max(0.05, deadline - time.monotonic()))):
                 if self._listening_itself(proc.pid if proc is not None else self._started_pid()):
                     return
                 impostor = True
+            if isinstance(proc, subprocess.Popen) and proc.poll() == 0:
+                # An init script's way: influxd put in the background, the command returned
+                # 0. The server is the process running our influxdb.conf, given a moment to
+                # appear; taking the exit for a failed start raised a left-down alarm, and a
+                # second start beside it, on every run.
+                detached = self.locate()
+                if detached is not None:
+                    log.get().info("influxd.command_detached", pid=detached.pid)
+                    proc = detached
+                    continue
+                detached_by = detached_by or time.monotonic() + DETACH_GRACE_S
+                if time.monotonic() < detached_by:
+                    time.sleep(0.05)
+                    continue
             status = _exit_status(proc) if proc is not None else None
             if status is not None:
                 said = _log_last_line(*log_from) if log_from is not None else None
@@ -697,7 +717,10 @@ class Influxd:
         with contextlib.suppress(psutil.Error):
             self._started = psutil.Process(child.pid)
         self.wait_ready(timeout, child, log_from=log_from)
-        self._remember(child.pid)
+        if self._remember(child.pid) is None:  # a command that put influxd in the background
+            detached = self.locate()
+            if detached is not None:
+                self._remember(detached.pid)
 
     def _start_own_unit(self, command: list[str], log_path: Path | None, timeout: float) -> None:
         """The command as a transient service (systemd-run): outside our unit's cgroup, so that
