@@ -9,8 +9,9 @@ a database created meanwhile into the restored meta dir, then moved aside: lost.
 
 - service mode: systemd is not PID 1 here; the stand-in systemctl names no MainPID while the
   sandbox's influxd runs the same influxdb.conf, started outside the unit (the audit's case);
-- command mode: an influxd given the same influxdb.conf through INFLUXDB_CONFIG_PATH, so that no
-  argv names it (the analogue: a process holds the live dirs that is not the server located);
+- command mode: an influxd given the same influxdb.conf through INFLUXDB_CONFIG_PATH under
+  another name (argv[0]), so that neither its argv nor an `influxd` reading that variable names
+  it (the analogue: a process holds the live dirs that is not the server located);
 - after the stop: a unit whose stop leaves a process holding a file in a live dir
   (KillMode=process): nothing is renamed, influxd is started again through the unit.
 
@@ -68,7 +69,8 @@ def _hidden_server(sandbox: Sandbox) -> Iterator[subprocess.Popen[bytes]]:
     sandbox.stop()
     env = {**os.environ, "INFLUXDB_CONFIG_PATH": str(sandbox.conf)}
     server = subprocess.Popen(
-        [sandbox.binary, "run"],
+        ["server-under-another-name", "run"],
+        executable=sandbox.binary,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -88,3 +88,63 @@ def test_a_command_that_returns_0_and_leaves_nothing_running_fails_the_start(
     with pytest.raises(StartFailed) as failed:
         Influxd(config).start()
     assert "exited with status 0 before answering" in str(failed.value)
+
+
+def test_an_influxd_started_without_config_flag_is_found_by_what_it_reads(
+    tmp_path: Path, influxd_path: str
+) -> None:
+    """`influxd` with INFLUXDB_CONFIG_PATH (the official image's and a hand start's way) names
+    no -config. Audit: such a server was "not running": a cold backup refused, and recovery
+    after a killed run started a second influxd, which failed on the taken port, for ever."""
+    import json
+    import os
+    import subprocess
+    import time
+
+    from tests.conftest import Cli
+
+    server = Sandbox(tmp_path / "server", binary=influxd_path)
+    server.write_config()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "INFLUXDB_CONFIG_PATH": str(server.conf)}
+    hand = subprocess.Popen(
+        [influxd_path], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not server.ping() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.create_db("db1")
+        server.write_points("db1", 300)
+        config_path = write_config(tmp_path, server)
+        influxd = Influxd(load(config_path))
+        found = influxd.locate()
+        assert found is not None and found.pid == hand.pid
+        assert influxd.start_until_up(attempts=1) == 1, "running: recovery starts nothing"
+        assert [p for p in server.pids() if p != hand.pid] == []
+
+        done = Cli(config_path)("backup", "--json")
+        assert done.returncode == 0, done.stderr[-3000:]
+        record = json.loads(done.stdout)
+        assert record["status"] == "ok", record["error"]
+        assert hand.wait(timeout=30) == 0, "stopped by the run (SIGTERM: a clean exit)"
+        assert server.count("db1") == 300  # started again, by the configured command
+    finally:
+        hand.kill()
+        hand.wait()
+        server.stop()
+
+    # never another tool of influxd's, nor an influxd given -config (read by its flag)
+    from influx_backupd.influxd.server import implicit_conf
+
+    class Proc:
+        def environ(self) -> dict[str, str]:
+            return {"INFLUXDB_CONFIG_PATH": str(server.conf)}
+
+        def cwd(self) -> str:
+            return "/"
+
+    assert implicit_conf(["influxd", "backup", "-portable", "x"], Proc()) is None  # type: ignore[arg-type]
+    assert implicit_conf(["influxd", "-config", "/other.conf"], Proc()) is None  # type: ignore[arg-type]
+    assert implicit_conf(["/usr/bin/influxd", "run"], Proc()) == os.path.realpath(server.conf)  # type: ignore[arg-type]

@@ -1,9 +1,10 @@
-"""For the supervisor stand-ins: run the real influxd with its config named by environment.
+"""For the supervisor stand-ins: run the real influxd where the backup tool does not see it.
 
-The backup tool takes for "influxd" the innermost process whose argv names the config with
--config (a wrapper's child is the server it signals). A supervisor that plays an influxd
-refusing to stop must therefore be that innermost process: its real influxd is given the
-config through INFLUXDB_CONFIG_PATH (influxd 1.x reads it when -config is absent) instead.
+The backup tool takes for "influxd" the innermost process that runs the config: named with
+-config (a wrapper's child is the server it signals), or an `influxd` whose environment names
+it (INFLUXDB_CONFIG_PATH, which influxd 1.x reads when -config is absent). A supervisor that
+plays an influxd refusing to stop must therefore be that innermost process: its real influxd
+is given the config through INFLUXDB_CONFIG_PATH and runs under another name (argv[0]).
 """
 
 import ctypes
@@ -21,7 +22,8 @@ def dies_with_parent() -> None:
 
 
 def hidden(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """argv without its -config flag, and an environment naming that config."""
+    """argv without its -config flag and under another name (Popen with executable=the
+    binary: child_argv's first item is no influxd), and an environment naming that config."""
     out: list[str] = []
     conf = None
     it = iter(argv)
@@ -35,4 +37,7 @@ def hidden(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if conf is not None:
         env["INFLUXDB_CONFIG_PATH"] = conf
-    return out, env
+    return [HIDDEN_NAME, *out[1:]], env
+
+
+HIDDEN_NAME = "server-behind-a-stand-in"

@@ -18,7 +18,7 @@ from conf_by_env import dies_with_parent, hidden
 
 pidfile, linger, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 child_argv, child_env = hidden(argv)
-child = subprocess.Popen(child_argv, env=child_env, preexec_fn=dies_with_parent)
+child = subprocess.Popen(child_argv, executable=argv[0], env=child_env, preexec_fn=dies_with_parent)
 stopping = False
 
 

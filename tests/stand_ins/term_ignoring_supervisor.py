@@ -26,7 +26,7 @@ def child_preexec() -> None:
     dies_with_parent()
 
 
-child = subprocess.Popen(child_argv, env=child_env, preexec_fn=child_preexec)
+child = subprocess.Popen(child_argv, executable=argv[0], env=child_env, preexec_fn=child_preexec)
 
 
 def shutdown(_signum: int, _frame: object) -> None:

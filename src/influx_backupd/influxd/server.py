@@ -190,6 +190,40 @@ def names_conf(argv: list[str], conf: Path, cwd: Callable[[], str | None] | None
     return False
 
 
+def implicit_conf(argv: list[str], proc: psutil.Process) -> str | None:
+    """The influxdb.conf (resolved) an influxd server started without `-config` reads, as
+    influxd 1.x finds it: $INFLUXDB_CONFIG_PATH, else ~/.influxdb/influxdb.conf, else
+    /etc/influxdb/influxdb.conf (the official Docker image, a hand start). Only for a process
+    that is `influxd` or `influxd run` (never its backup, restore or version tools); None for
+    any other, or when its environment may not be read (another user's)."""
+    if not argv or os.path.basename(argv[0]) != "influxd" or config_flags(argv):
+        return None
+    if len(argv) > 1 and argv[1] != "run" and not argv[1].startswith("-"):
+        return None
+    try:
+        env = proc.environ()
+    except (psutil.Error, OSError):
+        return None
+    named = env.get("INFLUXDB_CONFIG_PATH")
+    if named:
+        base = _cwd_of(proc)() or "/"
+        return os.path.realpath(os.path.join(base, named))
+    home = env.get("HOME")
+    for candidate in [
+        *([os.path.join(home, ".influxdb", "influxdb.conf")] if home else []),
+        "/etc/influxdb/influxdb.conf",
+    ]:
+        if os.path.exists(candidate):
+            return os.path.realpath(candidate)
+    return None  # influxd's built-in settings: no file of anyone's
+
+
+def runs_conf(proc: psutil.Process, argv: list[str], conf: Path) -> bool:
+    """Whether the process is influxd serving this influxdb.conf: named with -config (as a
+    wrapper passing its arguments on names it too), or found by influxd itself."""
+    return names_conf(argv, conf, _cwd_of(proc)) or implicit_conf(argv, proc) == str(real(conf))
+
+
 def _cwd_of(proc: psutil.Process) -> Callable[[], str | None]:
     def cwd() -> str | None:
         try:
@@ -265,13 +299,12 @@ class Influxd:
         return [
             proc
             for proc in psutil.process_iter(["cmdline", "pid"])
-            if proc.pid != os.getpid()
-            and names_conf(proc.info["cmdline"] or [], conf, _cwd_of(proc))
+            if proc.pid != os.getpid() and runs_conf(proc, proc.info["cmdline"] or [], conf)
         ]
 
     def _names_our_conf(self, proc: psutil.Process) -> bool:
         try:
-            return names_conf(proc.cmdline(), self.config.server.conf, _cwd_of(proc))
+            return runs_conf(proc, proc.cmdline(), self.config.server.conf)
         except psutil.Error:
             return False
 
