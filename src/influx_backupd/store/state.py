@@ -139,6 +139,18 @@ _NOT_OURS = (
 )
 
 
+def _why_unwritable(exc: OSError) -> str:
+    """The likely cause of a lock file that cannot be made, by what the system said."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            " (the state_dir must be a directory this user can write; is another user's "
+            "service running?)"
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # no blocks, or no inodes (df -i)
+        return " (the state_dir's filesystem is full: no space or no inodes left, see df -i)"
+    return ""
+
+
 @dataclass
 class BackupLock:
     path: Path
@@ -159,8 +171,7 @@ class BackupLock:
             if exc.errno == errno.ELOOP:
                 raise StateDirError(f"cannot take the lock {self.path}: {_NOT_OURS}", exc) from None
             raise StateDirError(
-                f"cannot take the lock {self.path}: {exc.strerror or exc} (the state_dir must "
-                "be a directory this user can write; is another user's service running?)",
+                f"cannot take the lock {self.path}: {exc.strerror or exc}{_why_unwritable(exc)}",
                 exc,
             ) from None
         kind = not_regular_fd(fd)

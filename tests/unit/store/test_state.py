@@ -268,3 +268,29 @@ def test_a_stop_windows_expected_end_is_twice_its_work_plus_influxds_timeouts_an
         "writer": identity(psutil.Process()),
     }
     assert CrashMarker.down_expected_until(body) == huge, "still read as the window it is"
+
+
+@pytest.mark.parametrize(
+    ("code", "said", "not_said"),
+    [
+        (28, "filesystem is full: no space or no inodes left", "another user's service"),
+        (13, "another user's service running?", "filesystem is full"),
+        (30, "Read-only file system", "another user's service"),
+    ],
+)
+def test_a_lock_that_cannot_be_made_says_the_likely_cause_of_what_the_system_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, said: str, not_said: str
+) -> None:
+    """Audit: a state dir out of inodes was asked whether another user's service ran."""
+    import errno
+    import os
+
+    assert code in (errno.ENOSPC, errno.EACCES, errno.EROFS)
+
+    def refused(*_args: object, **_kwargs: object) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(state.os, "open", refused)
+    with pytest.raises(state.StateDirError) as failed:
+        BackupLock(tmp_path / "backup.lock").acquire()
+    assert said in str(failed.value) and not_said not in str(failed.value), str(failed.value)
