@@ -114,6 +114,11 @@ def print_record(record: RunRecord, as_json: bool, *, verbose: bool = False) -> 
         print(f"  size      {fmt_bytes(record.bytes)} in {record.files} files, sha256 {sha}")
     if record.mode == "hot":  # never stopped influxd, ok or failed: no phases to add up
         print("  downtime  none: hot, influxd kept serving")
+    elif record.downtime_s is None and "frozen_after_stop" in record.extra:
+        print(
+            "  downtime  pending: influxd was asked to stop and frozen before it exited; it "
+            "goes down once thawed, and is started again then"
+        )
     elif record.downtime_s is None and record.stop_s is not None:
         print("  downtime  not ended: influxd was stopped and did not answer again in this run")
     elif record.downtime_s is None:

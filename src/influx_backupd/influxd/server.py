@@ -249,6 +249,8 @@ class Influxd:
         # the last process start() ran: a wrapper whose command line does not name our
         # influxdb.conf is not found by locate(), and must not be started a second time
         self._started: psutil.Process | None = None
+        # the last process stop() asked to stop (SIGTERM sent, or the unit's stop run)
+        self._asked: psutil.Process | None = None
 
     def stop_window_end(self, work_s: float = 0.0) -> float:
         """The unix time by which a stop window asked now, whose own work (a copy) takes about
@@ -478,6 +480,12 @@ class Influxd:
     def frozen(self, proc: psutil.Process) -> bool:
         return _frozen(proc)
 
+    def asked_to_stop(self, proc: psutil.Process) -> bool:
+        """Whether stop() asked this very process (same pid, same create_time) to stop. One
+        frozen since (SIGSTOP, a cgroup freezer, a debugger) holds that request and exits once
+        thawed: it is going down, not left alone."""
+        return self._asked is not None and self._asked == proc
+
     def check_answers(self) -> psutil.Process:
         """The process the config names, answering right now: the last check before a stop."""
         proc = self.locate()
@@ -654,6 +662,7 @@ class Influxd:
         tail = f": {outcome}" if outcome else ""
         if self.section.service:
             proc = self.locate()
+            self._asked = proc  # systemd signals it, frozen or not: the stop stays pending
             try:
                 # ignore-dependencies, as start: the daemon's unit is ordered after
                 # influxdb.service, so a plain stop asked while `systemctl stop influx-backupd`
@@ -679,12 +688,15 @@ class Influxd:
             proc.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             return
+        self._asked = proc
         started = time.monotonic()
         if not _wait_gone(proc, timeout):
+            # frozen since the signal (mid-shutdown): it exits once thawed, not before
+            frozen = " (it is frozen by SIGSTOP or a debugger since)" if _frozen(proc) else ""
             # Never SIGKILL: a forced kill mid-write is the corruption we exist to avoid.
             raise StopTimeout(
                 f"influxd (pid {proc.pid}) did not exit within stop_timeout={timeout:.0f}s "
-                f"after SIGTERM{tail}"
+                f"after SIGTERM{frozen}{tail}"
             )
         self._proc = None
         # Whatever else runs our influxdb.conf (a wrapper around influxd ends as its child

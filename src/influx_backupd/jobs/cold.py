@@ -300,7 +300,8 @@ def _running_again(
 
     A server that never stopped (its shutdown outlasted stop_timeout) and still answers is
     left as it is, and watched: the marker stays "signalled" so that it is started again if it
-    exits later. One still shutting down is waited for, then started. Returned: a server found
+    exits later; so is one frozen after it got the stop, which exits once thawed. One still
+    shutting down is waited for, then started. Returned: a server found
     although the stop completed (every process on our influxdb.conf had exited), started by
     something else while the files were copied: nothing copied in that window can be trusted.
     """
@@ -328,6 +329,19 @@ def _running_again(
         )
         return None
     if proc is not None and server.frozen(proc):
+        if server.asked_to_stop(proc) and marker.signalled(identity(proc)):
+            # It got our stop, then was frozen mid-shutdown (SIGSTOP, a cgroup freezer, a
+            # debugger): it exits once thawed, and nothing can start it before. The marker stays
+            # "signalled": recovery and the daemon start it again once it has exited.
+            record.extra["frozen_after_stop"] = proc.pid
+            logger.warning(
+                "influxd.frozen_stopping",
+                phase="start",
+                pid=proc.pid,
+                detail="it got the stop and was frozen before it exited: it goes down once "
+                "thawed, and is started again then",
+            )
+            return None
         # stop() never signals a frozen process: it was not stopped by us, nothing to start
         marker.clear()
         return intruder

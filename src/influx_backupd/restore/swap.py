@@ -314,14 +314,18 @@ def live_dirs_swapped(
                 failed = roll_back(swaps)
                 logger.error("restore.rolled_back", failed_restore=failed)
                 left = server.locate()
-                if left is not None and server.answers_itself(left.pid):
-                    # its stop outlasted stop_timeout and it still serves the previous data: left
-                    # as it is, watched (started again should it exit late)
+                if left is not None and (
+                    server.answers_itself(left.pid)
+                    or (server.frozen(left) and server.asked_to_stop(left))
+                ):
+                    # its stop outlasted stop_timeout and it still serves the previous data, or it
+                    # got the stop and was frozen before it exited (it goes down once thawed):
+                    # left as it is, watched (started again should it exit late)
                     marker.signalled(identity(left))
                 elif was_running and (left is None or not server.frozen(left)):
                     # the previous data must serve again: retried with backoff until it does. A
                     # server still shutting down (its stop outlasted stop_timeout) is waited for
-                    # by start_until_up, then started; a frozen one (never signalled) is left
+                    # by start_until_up, then started; a frozen one never signalled is left
                     if left is not None:
                         logger.warning("influxd.still_stopping", phase="start", pid=left.pid)
                     server.start_until_up(

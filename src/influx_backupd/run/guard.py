@@ -24,6 +24,7 @@ from influx_backupd.core.config import (
 from influx_backupd.core.errors import BackupdError
 from influx_backupd.core.interrupt import gate_job_control_where_unset, suspend_deferred
 from influx_backupd.core.jsontext import count, number
+from influx_backupd.core.processes import same_as
 from influx_backupd.influxd import logfile, scratch
 from influx_backupd.influxd.server import Influxd, InfluxdError
 from influx_backupd.report import metrics, progress
@@ -429,20 +430,28 @@ def _recover(
         )
         marker.clear()
         left = None
-    # A server that got a run's stop and outlasted stop_timeout: while it serves it is left
-    # alone, the marker kept (started again should it exit late); one still shutting down is
-    # waited for and started below
-    if (
-        left is not None
-        and CrashMarker.signalled_runs(left)
-        and Influxd(config).answers_itself(CrashMarker.named_pid(left))
-    ):
-        logger.info(
-            "recovery.influxd_signalled_serving",
-            run_id=left.get("run_id"),
-            pid=CrashMarker.named_pid(left),
-        )
-        left = None
+    # A server that got a run's stop and outlasted stop_timeout: while it serves, or is frozen
+    # (it exits once thawed; no start can be tried beside it), it is left alone, the marker kept
+    # (started again should it exit late); one still shutting down is waited for and started
+    # below
+    if left is not None and CrashMarker.signalled_runs(left):
+        named = same_as(left.get("influxd"))
+        server = Influxd(config)
+        if named is not None and server.frozen(named):
+            logger.warning(
+                "recovery.influxd_signalled_frozen",
+                run_id=left.get("run_id"),
+                pid=named.pid,
+                detail="it got the run's stop and is frozen: started again once it has exited",
+            )
+            left = None
+        elif server.answers_itself(CrashMarker.named_pid(left)):
+            logger.info(
+                "recovery.influxd_signalled_serving",
+                run_id=left.get("run_id"),
+                pid=CrashMarker.named_pid(left),
+            )
+            left = None
     if left is not None:
         # influxd is down because of a dead run until this ends (a rollback, the start, its
         # retries): a Ctrl-Z waits for it, as in a stop window
