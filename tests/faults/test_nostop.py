@@ -109,6 +109,7 @@ def test_a_server_ignoring_sigterm_keeps_serving_and_nothing_is_copied(
     record = json.loads(done.stdout)
     assert record["status"] == "failed" and "stop_timeout" in record["error"], record["error"]
     assert record["archive"] is None
+    assert record["extra"]["serving_after_stop"] == supervisor  # "none so far", not "none"
     assert int(pidfile.read_text()) == supervisor and psutil.pid_exists(supervisor)
     assert sandbox.ping(), "influxd serves on: never killed, never doubled"
     # it got the SIGTERM: watched (started again should it exit late), never said to be down

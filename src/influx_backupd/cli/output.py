@@ -119,6 +119,11 @@ def print_record(record: RunRecord, as_json: bool, *, verbose: bool = False) -> 
             "  downtime  pending: influxd was asked to stop and frozen before it exited; it "
             "goes down once thawed, and is started again then"
         )
+    elif record.downtime_s is None and "serving_after_stop" in record.extra:
+        print(
+            "  downtime  none so far: influxd was asked to stop and still served past "
+            "stop_timeout; it is watched, and started again should it exit"
+        )
     elif record.downtime_s is None and record.stop_s is not None:
         print("  downtime  not ended: influxd was stopped and did not answer again in this run")
     elif record.downtime_s is None:

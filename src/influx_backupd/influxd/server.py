@@ -175,7 +175,8 @@ def names_conf(argv: list[str], conf: Path, cwd: Callable[[], str | None] | None
     value is read (`cd /srv/influx && influxd -config influxdb.conf`), asked only for one."""
     resolved = real(conf)
     wanted = {str(conf), str(resolved)}
-    for value in config_flags(argv):
+    # the last one given: Go's flag package keeps it (`-config ours -config other` runs other)
+    for value in config_flags(argv)[-1:]:
         if value in wanted:
             return True
         # the config's path is resolved: /etc/influxdb/influxdb.conf may be a link to it.

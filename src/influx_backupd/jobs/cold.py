@@ -319,6 +319,8 @@ def _running_again(
             marker.clear()
             return intruder
         watched = marker.signalled(identity(proc))
+        if watched:
+            record.extra["serving_after_stop"] = proc.pid  # asked: it may yet go down
         logger.warning(
             "influxd.still_running",
             phase="start",

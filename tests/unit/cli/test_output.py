@@ -95,3 +95,21 @@ def test_the_readmes_backup_example_is_what_backup_prints(
     record.downtime_s = float(re.findall(r"downtime  (\d+\.\d+)s", example)[0])
     print_record(record, as_json=False)
     assert capsys.readouterr().out == example
+
+
+@pytest.mark.parametrize(
+    ("key", "said"),
+    [
+        ("serving_after_stop", "none so far: influxd was asked to stop and still served past"),
+        ("frozen_after_stop", "pending: influxd was asked to stop and frozen before it exited"),
+    ],
+)
+def test_a_stop_asked_and_not_ended_is_never_said_not_stopped(
+    key: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Audit: a server that got SIGTERM and outlasted stop_timeout was "not stopped"."""
+    record = RunRecord(id="20261126T122754Z-3f9d", job="nightly", mode="cold", status="failed")
+    record.extra[key] = 4242
+    print_record(record, as_json=False)
+    out = capsys.readouterr().out
+    assert f"  downtime  {said}" in out and "not stopped" not in out

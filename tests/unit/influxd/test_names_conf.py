@@ -61,3 +61,14 @@ def test_a_relative_config_path_is_read_against_the_process_working_dir(tmp_path
     asked: list[int] = []
     assert not names_conf(["tail", "-f", "influxdb.conf"], conf, lambda: asked.append(1) or None)
     assert asked == [], "a process naming no -config is not asked its working dir"
+
+
+def test_of_two_config_flags_the_last_is_the_one_influxd_reads(tmp_path: Path) -> None:
+    """Go's flag package keeps a flag's last value: `-config ours -config other` serves other.
+    Audit (reading): any -config value counted, so such a server was taken for ours."""
+    conf = tmp_path / "influxdb.conf"
+    other = tmp_path / "other.conf"
+    for path in (conf, other):
+        path.write_text("")
+    assert not names_conf(["influxd", "-config", str(conf), "-config", str(other)], conf)
+    assert names_conf(["influxd", "-config", str(other), f"-config={conf}"], conf)
