@@ -244,7 +244,7 @@ def test_every_command_reports_influxd_left_stopped_and_what_brings_it_back(
         line = one_line(done.stderr)
         assert "influxd" in line and "stopped" in line, line
         assert "not started again" in line, line
-        assert "prune --dry-run" in line, "it tells what brings influxd back"
+        assert "`influx-backupd recover`" in line, "it tells what brings influxd back"
         assert not sandbox.ping(), f"{args} must not touch anything"
     status = run_cli(config, "status")
     assert "influxd down" in status.stdout, status.stdout

@@ -495,7 +495,7 @@ def _recover(
                         else "stays stopped"
                     )
                     + f"; the crash marker {marker.path} stays for a command that can (e.g. "
-                    "`influx-backupd prune --dry-run`)"
+                    "`influx-backupd recover`)"
                 )
                 marker.rollback_blocked(blocked)
                 logger.error(
@@ -731,7 +731,7 @@ def left_stopped_line(
         # the daemon's unit cannot: not "keeps trying", which it cannot succeed at
         return text + (
             f"its rollback was not done (nothing stopped for it): {blocked}; a command that can "
-            f"rolls it back, e.g. `influx-backupd prune --dry-run` as root outside the unit"
+            f"rolls it back, e.g. `influx-backupd recover` as root outside the unit"
         )
     if "lock_holder" in left:
         return text + f"pid {left['lock_holder']}, which holds the backup lock, keeps trying"
@@ -739,10 +739,7 @@ def left_stopped_line(
         return text + f"this command {does} first"
     if daemon_pid is not None and not answering:
         return text + f"the daemon (pid {daemon_pid}) keeps trying to start it"
-    return text + (
-        f"any command that takes the backup lock {does}, e.g. `influx-backupd prune --dry-run`"
-        + ("" if restore else " (deletes nothing)")
-    )
+    return text + (f"`influx-backupd recover` (or any command that takes the backup lock) {does}")
 
 
 def _follow_up_late(config: Config, catalog: Catalog, record: RunRecord) -> None:
