@@ -281,3 +281,31 @@ def test_check_config_counts_notify_targets_without_their_urls(tmp_path: Path) -
     }
     for text in (done.stdout, plan.stdout):
         assert "s3cret" not in text and "t0p1c" not in text
+
+
+def test_check_config_warns_of_the_user_group_and_binary_later_commands_refuse(
+    tmp_path: Path,
+) -> None:
+    """README walkthrough: a user, group or binary that does not exist passed check-config
+    without a word; a restore then refused (78) and a hot backup failed."""
+    config = serverless_config(tmp_path)
+    plain = cli("--config", str(config), "check-config", "--json")
+    assert plain.returncode == 0, plain.stderr
+    assert not [w for w in json.loads(plain.stdout)["warnings"] if "[influxd]" in w]
+    config.write_text(
+        config.read_text().replace(
+            "[influxd]\n",
+            '[influxd]\nuser = "no-such-user-x"\ngroup = "no-such-group-x"\n'
+            'binary = "/usr/bin/influxd-not-there"\n',
+        )
+    )
+    done = cli("--config", str(config), "check-config", "--json")
+    assert done.returncode == 0, done.stderr
+    said = [w for w in json.loads(done.stdout)["warnings"] if "[influxd]" in w]
+    assert said == [
+        "[influxd] user: no such user 'no-such-user-x': a whole-server restore refuses it (78)",
+        "[influxd] binary /usr/bin/influxd-not-there does not exist: hot backups fail, and "
+        "restores and restore tests refuse it (78)",
+    ], said
+    text = cli("--config", str(config), "check-config")
+    assert "no such user 'no-such-user-x'" in text.stdout + text.stderr

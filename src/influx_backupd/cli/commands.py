@@ -47,6 +47,7 @@ from influx_backupd.core.errors import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    BackupdError,
     OnlyInBucket,
     RestoreFailed,
     RestoreRefused,
@@ -138,6 +139,25 @@ def _not_admin_warning(config: Config) -> list[str]:
     ]
 
 
+def _later_refusals(config: Config) -> list[str]:
+    """What the commands that use them refuse, said now: the [influxd] user and group a
+    restore gives the restored files, and the binary hot backups, restores and restore tests
+    run. Warnings, not errors: a config that only takes cold backups never uses them."""
+    from influx_backupd.restore.cold import owner_ids
+    from influx_backupd.restore.refusals import binary_usable
+
+    found: list[str] = []
+    for check, uses in (
+        (owner_ids, "a whole-server restore refuses it (78)"),
+        (binary_usable, "hot backups fail, and restores and restore tests refuse it (78)"),
+    ):
+        try:
+            check(config)
+        except BackupdError as exc:
+            found.append(f"{str(exc).removeprefix(f'{config.path}: ')}: {uses}")
+    return found
+
+
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     from influx_backupd.jobs.hot import clock_url
 
@@ -199,6 +219,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     plan["warnings"] += unit_paths.warnings(config)
     plan["warnings"] += secret_file_warnings(s)
     plan["warnings"] += job_warnings(s)
+    plan["warnings"] += _later_refusals(config)
     cold_jobs = [job.name for job in s.job if job.mode in ("cold", "auto")]
     unloadable = names.unloadable(config.server.dirs()) if cold_jobs else None
     if unloadable is not None:
