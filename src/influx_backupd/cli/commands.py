@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,14 +144,15 @@ def _later_refusals(config: Config) -> list[str]:
     """What the commands that use them refuse, said now: the [influxd] user and group a
     restore gives the restored files, and the binary hot backups, restores and restore tests
     run. Warnings, not errors: a config that only takes cold backups never uses them."""
-    from influx_backupd.restore.cold import owner_ids
+    from influx_backupd.restore.cold import named_owner
     from influx_backupd.restore.refusals import binary_usable
 
     found: list[str] = []
-    for check, uses in (
-        (owner_ids, "a whole-server restore refuses it (78)"),
+    checks: tuple[tuple[Callable[[Config], object], str], ...] = (
+        (named_owner, "a whole-server restore refuses it (78)"),
         (binary_usable, "hot backups fail, and restores and restore tests refuse it (78)"),
-    ):
+    )
+    for check, uses in checks:
         try:
             check(config)
         except BackupdError as exc:

@@ -105,12 +105,8 @@ def refuse_unusable(record: RunRecord, path: Path) -> None:
     )
 
 
-def owner_ids(config: Config) -> tuple[int, int]:
-    """[influxd] user's and group's ids, which restored files are given. Refused (a config
-    error, before anything is stopped) when the running influxd runs as another user or group:
-    the server started on the restored files would fail on them (permission denied on
-    meta.db) only once the old one was stopped. An influxd running as root passes (any
-    owner's files are its own); with none running there is nothing to compare."""
+def named_owner(config: Config) -> tuple[int, int]:
+    """[influxd] user's and group's ids; a config error when either does not exist."""
     section = config.settings.influxd
     try:
         uid = pwd.getpwnam(section.user).pw_uid
@@ -124,6 +120,17 @@ def owner_ids(config: Config) -> tuple[int, int]:
         raise RestoreMisconfigured(
             f"{config.path}: [influxd] group: no such group {section.group!r}"
         ) from None
+    return uid, gid
+
+
+def owner_ids(config: Config) -> tuple[int, int]:
+    """[influxd] user's and group's ids, which restored files are given. Refused (a config
+    error, before anything is stopped) when the running influxd runs as another user or group:
+    the server started on the restored files would fail on them (permission denied on
+    meta.db) only once the old one was stopped. An influxd running as root passes (any
+    owner's files are its own); with none running there is nothing to compare."""
+    section = config.settings.influxd
+    uid, gid = named_owner(config)
     other = Influxd(config).runs_as_other(uid)
     if other is not None:
         raise RestoreMisconfigured(
