@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from influx_backupd.core.config import load
 from influx_backupd.influxd.sandbox import Sandbox
 from influx_backupd.influxd.server import Influxd, StartFailed
-from tests.conftest import write_config
+from tests.conftest import started, write_config
 
 
 def test_a_start_that_exits_before_answering_quotes_the_last_line_of_its_log(
@@ -49,7 +50,7 @@ def test_a_command_that_puts_influxd_in_the_background_and_returns_0_is_a_start(
     (failure notifications, the heartbeat's /fail) and waited a backoff on every run."""
     import json
 
-    from tests.conftest import Cli, log_events, started
+    from tests.conftest import Cli, log_events
 
     wrapper = tmp_path / "influxd-start"
     wrapper.write_text(DAEMONIZING.format(binary=influxd_path))
@@ -58,7 +59,10 @@ def test_a_command_that_puts_influxd_in_the_background_and_returns_0_is_a_start(
         server.create_db("db1")
         server.write_points("db1", 500)
         command = [str(wrapper), "run", "-config", str(server.conf)]
-        config = write_config(tmp_path, server, influxd={"command": command})
+        pidfile = tmp_path / "influxd.pid"
+        config = write_config(
+            tmp_path, server, influxd={"command": command, "pidfile": str(pidfile)}
+        )
         done = Cli(config)("backup", "--json")
         assert done.returncode == 0, done.stderr[-3000:]
         record = json.loads(done.stdout)
@@ -67,6 +71,7 @@ def test_a_command_that_puts_influxd_in_the_background_and_returns_0_is_a_start(
         assert log_events(done.stderr, "influxd.command_detached")
         assert server.count("db1") == 500
         [pid] = server.pids()
+        assert int(pidfile.read_text()) == pid, "the server, not the command that exited"
         # the one running now is the one a later stop finds: stopped and started again, ok
         again = Cli(config).json("backup")
         assert again["status"] == "ok", again["error"]
@@ -97,7 +102,6 @@ def test_an_influxd_started_without_config_flag_is_found_by_what_it_reads(
     no -config. Audit: such a server was "not running": a cold backup refused, and recovery
     after a killed run started a second influxd, which failed on the taken port, for ever."""
     import json
-    import os
     import subprocess
     import time
 
@@ -139,12 +143,54 @@ def test_an_influxd_started_without_config_flag_is_found_by_what_it_reads(
     from influx_backupd.influxd.server import implicit_conf
 
     class Proc:
+        pid = os.getpid()  # its root: ours
+
         def environ(self) -> dict[str, str]:
             return {"INFLUXDB_CONFIG_PATH": str(server.conf)}
 
         def cwd(self) -> str:
             return "/"
 
+    ours = os.stat(server.conf)
     assert implicit_conf(["influxd", "backup", "-portable", "x"], Proc()) is None  # type: ignore[arg-type]
     assert implicit_conf(["influxd", "-config", "/other.conf"], Proc()) is None  # type: ignore[arg-type]
-    assert implicit_conf(["/usr/bin/influxd", "run"], Proc()) == os.path.realpath(server.conf)  # type: ignore[arg-type]
+    assert implicit_conf(["/usr/bin/influxd", "run"], Proc()) == (ours.st_dev, ours.st_ino)  # type: ignore[arg-type]
+
+
+def test_an_influxd_in_another_mount_namespace_reading_a_file_of_our_confs_name_is_not_ours(
+    tmp_path: Path, influxd_path: str
+) -> None:
+    """Review: a container's influxd (the official image: no -config, its own
+    /etc/influxdb/influxdb.conf) was matched by the path alone, looked up in our filesystem:
+    a cold backup stopped ours, then waited on the other for ever (ours left down). Here the
+    other's namespace has its own file mounted over our conf's path."""
+    import shutil
+    import subprocess
+    import time
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    ours = Sandbox(tmp_path / "a", binary=influxd_path)
+    theirs = Sandbox(tmp_path / "b", binary=influxd_path)
+    theirs.write_config()
+    with started(ours):
+        env = {"PATH": os.environ["PATH"], "INFLUXDB_CONFIG_PATH": str(ours.conf)}
+        inside = f"mount --bind {theirs.conf} {ours.conf} && exec {influxd_path} run"
+        other = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", inside],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not theirs.ping() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert theirs.ping(), "the other server serves its own ports"
+            influxd = Influxd(load(write_config(tmp_path, ours)))
+            found = influxd.locate()
+            assert found is not None and found.pid in ours.pids(), (found, other.pid)
+            assert other.pid not in [p.pid for p in influxd._all_naming_conf()]
+        finally:
+            other.terminate()
+            other.wait(30)

@@ -191,12 +191,15 @@ def names_conf(argv: list[str], conf: Path, cwd: Callable[[], str | None] | None
     return False
 
 
-def implicit_conf(argv: list[str], proc: psutil.Process) -> str | None:
-    """The influxdb.conf (resolved) an influxd server started without `-config` reads, as
-    influxd 1.x finds it: $INFLUXDB_CONFIG_PATH, else ~/.influxdb/influxdb.conf, else
-    /etc/influxdb/influxdb.conf (the official Docker image, a hand start). Only for a process
-    that is `influxd` or `influxd run` (never its backup, restore or version tools); None for
-    any other, or when its environment may not be read (another user's)."""
+def implicit_conf(argv: list[str], proc: psutil.Process) -> tuple[int, int] | None:
+    """The influxdb.conf an influxd server started without `-config` reads, as influxd 1.x
+    finds it ($INFLUXDB_CONFIG_PATH, else ~/.influxdb/influxdb.conf, else
+    /etc/influxdb/influxdb.conf: the official Docker image, a hand start), as the file's
+    (st_dev, st_ino). Looked up through the process's own root (/proc/PID/root): a container's
+    /etc/influxdb/influxdb.conf is its own file, not the host's of the same name (taken for
+    ours, its server was stopped instead of, or beside, ours). Only for a process that is
+    `influxd` or `influxd run` (never its backup, restore or version tools); None for any
+    other, or when its environment or root may not be read (another user's)."""
     if not argv or os.path.basename(argv[0]) != "influxd" or config_flags(argv):
         return None
     if len(argv) > 1 and argv[1] != "run" and not argv[1].startswith("-"):
@@ -205,24 +208,43 @@ def implicit_conf(argv: list[str], proc: psutil.Process) -> str | None:
         env = proc.environ()
     except (psutil.Error, OSError):
         return None
+    root = f"/proc/{proc.pid}/root"
+
+    def seen(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(root + path)  # the process's root: links resolve inside it
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
     named = env.get("INFLUXDB_CONFIG_PATH")
     if named:
-        base = _cwd_of(proc)() or "/"
-        return os.path.realpath(os.path.join(base, named))
+        base = _cwd_of(proc)() if not named.startswith("/") else "/"
+        return seen(os.path.join(base, named)) if base is not None else None
     home = env.get("HOME")
     for candidate in [
         *([os.path.join(home, ".influxdb", "influxdb.conf")] if home else []),
         "/etc/influxdb/influxdb.conf",
     ]:
-        if os.path.exists(candidate):
-            return os.path.realpath(candidate)
+        found = seen(candidate)
+        if found is not None:
+            return found
     return None  # influxd's built-in settings: no file of anyone's
 
 
 def runs_conf(proc: psutil.Process, argv: list[str], conf: Path) -> bool:
     """Whether the process is influxd serving this influxdb.conf: named with -config (as a
     wrapper passing its arguments on names it too), or found by influxd itself."""
-    return names_conf(argv, conf, _cwd_of(proc)) or implicit_conf(argv, proc) == str(real(conf))
+    if names_conf(argv, conf, _cwd_of(proc)):
+        return True
+    implicit = implicit_conf(argv, proc)
+    if implicit is None:
+        return False
+    try:
+        ours = os.stat(conf)
+    except OSError:
+        return False
+    return implicit == (ours.st_dev, ours.st_ino)
 
 
 def _cwd_of(proc: psutil.Process) -> Callable[[], str | None]:
@@ -767,6 +789,8 @@ class Influxd:
             detached = self.locate()
             if detached is not None:
                 self._remember(detached.pid)
+                if self.section.pidfile is not None:  # it named the command, gone
+                    _write_pidfile(self.section.pidfile, detached.pid)
 
     def _start_own_unit(self, command: list[str], log_path: Path | None, timeout: float) -> None:
         """The command as a transient service (systemd-run): outside our unit's cgroup, so that
