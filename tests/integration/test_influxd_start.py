@@ -157,13 +157,15 @@ def test_an_influxd_started_without_config_flag_is_found_by_what_it_reads(
     assert implicit_conf(["/usr/bin/influxd", "run"], Proc()) == (ours.st_dev, ours.st_ino)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("named_by", ["INFLUXDB_CONFIG_PATH", "-config"])
 def test_an_influxd_in_another_mount_namespace_reading_a_file_of_our_confs_name_is_not_ours(
-    tmp_path: Path, influxd_path: str
+    tmp_path: Path, influxd_path: str, named_by: str
 ) -> None:
     """Review: a container's influxd (the official image: no -config, its own
     /etc/influxdb/influxdb.conf) was matched by the path alone, looked up in our filesystem:
-    a cold backup stopped ours, then waited on the other for ever (ours left down). Here the
-    other's namespace has its own file mounted over our conf's path."""
+    a cold backup stopped ours, then waited on the other for ever (ours left down); named with
+    -config, the same before. Here the other's namespace has its own file mounted over our
+    conf's path."""
     import shutil
     import subprocess
     import time
@@ -175,7 +177,8 @@ def test_an_influxd_in_another_mount_namespace_reading_a_file_of_our_confs_name_
     theirs.write_config()
     with started(ours):
         env = {"PATH": os.environ["PATH"], "INFLUXDB_CONFIG_PATH": str(ours.conf)}
-        inside = f"mount --bind {theirs.conf} {ours.conf} && exec {influxd_path} run"
+        flag = f" -config {ours.conf}" if named_by == "-config" else ""
+        inside = f"mount --bind {theirs.conf} {ours.conf} && exec {influxd_path} run{flag}"
         other = subprocess.Popen(
             ["unshare", "-m", "--propagation", "private", "sh", "-c", inside],
             env=env,

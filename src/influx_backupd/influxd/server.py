@@ -234,17 +234,28 @@ def implicit_conf(argv: list[str], proc: psutil.Process) -> tuple[int, int] | No
 
 def runs_conf(proc: psutil.Process, argv: list[str], conf: Path) -> bool:
     """Whether the process is influxd serving this influxdb.conf: named with -config (as a
-    wrapper passing its arguments on names it too), or found by influxd itself."""
-    if names_conf(argv, conf, _cwd_of(proc)):
-        return True
-    implicit = implicit_conf(argv, proc)
-    if implicit is None:
-        return False
+    wrapper passing its arguments on names it too), or found by influxd itself; either way
+    the file it sees at that path (through its own root: a container's is its own) must be
+    ours. A -config match whose root may not be read counts, as it always did."""
     try:
-        ours = os.stat(conf)
+        st = os.stat(conf)
     except OSError:
         return False
-    return implicit == (ours.st_dev, ours.st_ino)
+    ours = (st.st_dev, st.st_ino)
+    cwd = _cwd_of(proc)
+    if names_conf(argv, conf, cwd):
+        value = config_flags(argv)[-1]
+        base = "/" if value.startswith("/") else cwd()
+        if base is None:
+            return True
+        try:
+            seen = os.stat(f"/proc/{proc.pid}/root" + os.path.join(base, value))
+        except OSError as exc:
+            # not there in its root: another file system's (a container's); not readable: as
+            # before, the path alone
+            return exc.errno not in (errno.ENOENT, errno.ENOTDIR)
+        return (seen.st_dev, seen.st_ino) == ours
+    return implicit_conf(argv, proc) == ours
 
 
 def _cwd_of(proc: psutil.Process) -> Callable[[], str | None]:
