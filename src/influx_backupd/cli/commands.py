@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from influx_backupd.cli.output import (
+    downtime_sum,
     fmt_bytes,
     fmt_s,
     fmt_time,
@@ -597,9 +598,9 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     print(f"restored {result.archive} ({result.files} files); influxd is running")
     print_merge(getattr(result, "merge", None), getattr(result, "merge_reason", None))
     print_deletes(getattr(result, "deletes", None))
-    print(
-        f"  downtime {fmt_s(result.downtime_s)} = stop {fmt_s(result.stop_s)} + swap {fmt_s(result.swap_s)} + start {fmt_s(result.start_s)}"
-    )
+    if result.downtime_s is not None:
+        parts = [("stop", result.stop_s), ("swap", result.swap_s), ("start", result.start_s)]
+        print(f"  downtime {downtime_sum(result.downtime_s, parts)}")
     if result.served_check:
         took = f" (in {fmt_s(result.check_s)}, influxd answering)" if result.check_s else ""
         print(f"  checked  {result.served_check}{took}")

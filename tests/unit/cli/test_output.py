@@ -113,3 +113,15 @@ def test_a_stop_asked_and_not_ended_is_never_said_not_stopped(
     print_record(record, as_json=False)
     out = capsys.readouterr().out
     assert f"  downtime  {said}" in out and "not stopped" not in out
+
+
+def test_a_restores_downtime_parts_add_up_too() -> None:
+    """README walkthrough: `downtime 0.267s = stop 0.076s + swap 0.000s + start 0.074s`, the
+    parts 0.150 s: the checks between the stop and the swap (files still held) were left out."""
+    from influx_backupd.cli.output import downtime_sum
+
+    said = downtime_sum(0.267, [("stop", 0.076), ("swap", 0.0), ("start", 0.074)])
+    assert said == "0.267s = stop 0.076s + checks 0.117s + swap 0.000s + start 0.074s"
+    assert downtime_sum(0.150, [("stop", 0.076), ("swap", 0.0), ("start", 0.074)]) == (
+        "0.150s = stop 0.076s + swap 0.000s + start 0.074s"
+    )
