@@ -1242,6 +1242,11 @@ def _load(
         settings = settings.model_copy(update={"daemon": daemon})
     if settings.offsite is not None and not to_restart:
         _offsite_usable(path, settings.offsite)
+    if not os.path.lexists(settings.influxd.config):  # the key's line, not the file's alone
+        raise ConfigError(
+            f"{path}: influxd.config {settings.influxd.config}: not found (the influxdb.conf "
+            "influxd runs with)"
+        )
     server, influx_raw = read_server_paths(settings.influxd.config)
     wrong = config_values.server_dirs_problem(server.dirs())
     if wrong is not None:

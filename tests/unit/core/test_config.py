@@ -306,11 +306,13 @@ def test_neither_service_nor_command(
 
 
 def test_influxdb_conf_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The line names the config and its key (README walkthrough: it named neither)."""
     body = base(tmp_path / "gone.conf", tmp_path)
-    assert cli.main(["--config", str(write(tmp_path, body)), "check-config"]) == 78
-    assert (
-        capsys.readouterr().err
-        == f"influx-backupd: {tmp_path / 'gone.conf'}: influxdb.conf not found\n"
+    config = write(tmp_path, body)
+    assert cli.main(["--config", str(config), "check-config"]) == 78
+    assert capsys.readouterr().err == (
+        f"influx-backupd: {config}: influxd.config {tmp_path / 'gone.conf'}: not found "
+        "(the influxdb.conf influxd runs with)\n"
     )
 
 
