@@ -225,3 +225,22 @@ def test_metrics_file_after_real_runs_parses_and_counts_survive_pruning(
     assert samples[("influx_backupd_archive_bytes", job)] > 0
     assert samples[("influx_backupd_verify_failures_total", job)] == 0
     assert metrics.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_backup_says_what_its_retention_deleted(tmp_path: Path, sandbox: Sandbox) -> None:
+    """README walkthrough: the only cold backup went to keep_last after hot runs by hand, and
+    nothing but a JSON log line counted it; its id then looked unknown to `restore`."""
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 200)
+    job = {"name": "nightly", "schedule": "0 3 * * *", "mode": "cold", "copy": "direct"}
+    cli = Cli(write_config(tmp_path, sandbox, jobs=[{**job, "keep_last": 1}]))
+    first = cli.json("backup")
+    done = cli("backup")
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [line for line in done.stdout.splitlines() if line.startswith("pruned ")]
+    assert said == [
+        "pruned 1 older backup by the job's retention (keep_*, hot and cold runs alike): "
+        + first["id"]
+    ], done.stdout
+    again = cli("backup", "--json")  # JSON: the record alone, as before
+    assert json.loads(again.stdout)["status"] == "ok"

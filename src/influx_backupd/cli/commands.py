@@ -351,8 +351,15 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     bar = progress_bar(args)
     records: list[RunRecord] = []
     skipped = False
+    pruned: list[str] = []  # what each run's retention deleted: said, not only logged
     try:
         with exclusive(config, doing="backup") as catalog:
+            names = {job.name for job in jobs}
+
+            def kept() -> set[str]:
+                return {r.id for r in catalog.list() if r.job in names and r.good}
+
+            before = kept() if not args.json else set()
             for job in jobs:
                 try:
                     records.append(run_backup(config, job, catalog, mode=args.mode))
@@ -361,6 +368,8 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
                 except Skipped as exc:  # mode auto: the policy ran nothing now
                     say(f"{job.name}: skipped, nothing backed up: {exc}")
                     skipped = True
+            if before:
+                pruned = sorted(before - kept())
     finally:
         if bar is not None:
             progress.unlisten(bar)
@@ -370,6 +379,11 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
     else:
         for record in records:
             print_record(record, args.json, verbose=args.verbose > 0)
+    if pruned:
+        print(
+            f"pruned {len(pruned)} older backup{'s' if len(pruned) > 1 else ''} by the job's "
+            f"retention (keep_*, hot and cold runs alike): {', '.join(pruned)}"
+        )
     if config.settings.offsite is not None and any(r.good for r in records):
         # after the lock was let go: influxd serves again; the send takes it again as an
         # off-site send, which the next backup (cron's next hour) waits for and which yields
