@@ -90,7 +90,12 @@ def test_tsm_files_come_from_the_archive_and_the_wal_s_points_win(
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     # the later shard's WAL holds nothing: all of it comes from the archive
-    assert result["cold_shards"] == {"by_files": 2, "whole": {}, "tombstones_not_restored": 0}
+    assert result["cold_shards"] == {
+        "by_files": 2,
+        "whole": {},
+        "from_wal": 0,
+        "tombstones_not_restored": 0,
+    }
     assert _rows(sandbox, "m2") == expected["metrics"]
     assert sandbox.count("m2") == 4_000 + 2_000 + 900 + 700
 
@@ -137,3 +142,24 @@ def test_deletes_a_tombstone_holds_stay_deleted(tmp_path: Path, sandbox: Sandbox
     assert "tombstone" in why or "holds a delete" in why
     assert result["cold_shards"]["tombstones_not_restored"] == 0
     assert _rows(sandbox, "m2") == expected, "no deleted point is back"
+
+
+def test_a_database_whose_points_are_all_in_the_wal_says_where_they_came_from(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """README walkthrough: `shards 0 taken from the archive's TSM files, 0 replayed whole`
+    beside 5000 points checked: the WAL-only shard was counted nowhere."""
+    cli = Cli(write_config(tmp_path, sandbox))
+    sandbox.create_db("fresh")
+    sandbox.write_points("fresh", 2_000)  # never snapshotted: in the WAL alone
+    record = cli.json("backup")
+    assert record["status"] == "ok", record["error"]
+    tsm, wal = _archived(Path(record["archive"]), "fresh")
+    assert not tsm and wal
+    done = cli("restore", record["id"], "--database", "fresh", "--as", "f2")
+    assert done.returncode == 0, done.stderr
+    assert (
+        "  shards   0 taken from the archive's TSM files, 0 replayed whole by a throwaway "
+        "influxd, 1 from its WAL alone (no TSM file yet)"
+    ) in done.stdout, done.stdout
+    assert sandbox.count("f2") == 2_000

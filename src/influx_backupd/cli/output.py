@@ -272,9 +272,11 @@ def print_database(result: DatabaseResult, as_json: bool) -> None:
     print_deletes(result.deletes)
     if result.cold_shards is not None:
         whole = result.cold_shards["whole"]
+        from_wal = result.cold_shards.get("from_wal", 0)
         print(
             f"  shards   {result.cold_shards['by_files']} taken from the archive's TSM files, "
             f"{len(whole)} replayed whole by a throwaway influxd"
+            + (f", {from_wal} from its WAL alone (no TSM file yet)" if from_wal else "")
         )
         for sid, why in whole.items():
             print(f"           shard {sid}: {why}")

@@ -141,6 +141,8 @@ class Built:
     bytes_from_archive: int = 0
     files_from_throwaway: int = 0
     whole_because: dict[int, str] = field(default_factory=dict)  # the shards replayed whole
+    # shards with no TSM file in the archive (their points in its WAL alone): as exported
+    shards_from_wal: int = 0
 
     @property
     def shards_whole(self) -> int:
@@ -166,6 +168,8 @@ def write_portable(archive: Path, shards: ColdShards, export: Path, out: Path) -
                 entries.append(entry)
                 if shard is not None and shard.whole_because is not None:
                     built.whole_because[sid] = shard.whole_because
+                elif entry.get("database") == shards.database:
+                    built.shards_from_wal += 1
                 continue
             size, members = _pack_shard(tar, shard, export / name, out / name, built)
             remember_members(out / name, members)  # the lost-shard check knows it holds TSM

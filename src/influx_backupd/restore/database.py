@@ -995,6 +995,7 @@ def _portable_of(
     result.cold_shards = {
         "by_files": built.shards_by_files,
         "whole": {str(sid): why for sid, why in sorted(built.whole_because.items())},
+        "from_wal": built.shards_from_wal,
         "tombstones_not_restored": tombstones,
     }
     if tombstones:
