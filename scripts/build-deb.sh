@@ -124,7 +124,9 @@ DOC=$ROOT/usr/share/doc/influx-backupd
 install -d "$DOC" "$ROOT/usr/share/man/man1" "$ROOT/usr/share/bash-completion/completions" \
     "$ROOT/usr/share/zsh/vendor-completions"
 install -m 0644 packaging/deb/copyright "$DOC/copyright"
-for f in README.md docs/daemon.md docs/operations.md; do
+# every doc the README points to: an operator of the package has no checkout
+for f in README.md docs/daemon.md docs/operations.md docs/offsite.md docs/performance.md \
+    docs/reliability.md; do
     gzip -9n <"$f" >"$DOC/$(basename "$f").gz"
 done
 install -m 0644 config.example.toml "$DOC/"
