@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from influx_backupd.store.chain import chain_breaks
-from influx_backupd.store.record import RunRecord, missing_on_disk, only_in_bucket
+from influx_backupd.store.record import RunRecord, missing_on_disk, only_in_bucket, window_rest
 
 if TYPE_CHECKING:  # types only: `list` and `status` need not load the restore modules
     from influx_backupd.restore.database import DatabaseResult
@@ -106,8 +106,8 @@ def downtime_sum(total: float, parts: list[tuple[str, float | None]]) -> str:
     """`0.320s = stop 0.072s + checks 0.142s + copy 0.002s + start 0.104s`: the window's time
     besides its named phases (the checks between the stop and the next phase: files still
     held, the staged tree) shown as checks after the stop, so the parts add up to the total."""
-    rest = total - sum(seconds or 0.0 for _name, seconds in parts)
-    if rest >= 0.0005:  # under half a ms: rounding
+    rest = window_rest(total, (seconds for _name, seconds in parts))
+    if rest is not None:
         parts = [parts[0], ("checks", rest), *parts[1:]]
     return f"{fmt_s(total)} = " + " + ".join(f"{name} {fmt_s(sec)}" for name, sec in parts)
 
@@ -272,7 +272,7 @@ def print_database(result: DatabaseResult, as_json: bool) -> None:
     print_deletes(result.deletes)
     if result.cold_shards is not None:
         whole = result.cold_shards["whole"]
-        from_wal = result.cold_shards.get("from_wal", 0)
+        from_wal = result.cold_shards["from_wal"]
         print(
             f"  shards   {result.cold_shards['by_files']} taken from the archive's TSM files, "
             f"{len(whole)} replayed whole by a throwaway influxd"

@@ -9,7 +9,7 @@ import dataclasses
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -38,6 +38,14 @@ def new_run_id(now: float | None = None) -> str:
     """Sortable by time, unique enough for one host: 20261126T122754Z-3f9a."""
     stamp = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
     return stamp.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
+def window_rest(total: float, phases: Iterable[float | None]) -> float | None:
+    """A stop window's time besides its named phases (the checks between the stop and the
+    next: files still held, the staged tree), so that they add up to it; None under half a ms
+    (rounding)."""
+    rest = total - sum(seconds or 0.0 for seconds in phases)
+    return rest if rest >= 0.0005 else None
 
 
 @dataclass
@@ -146,8 +154,7 @@ class RunRecord:
         phases add up to it. None without a downtime, or when that rest is under half a ms."""
         if self.downtime_s is None:
             return None
-        rest = self.downtime_s - sum(s or 0.0 for s in (self.stop_s, self.copy_s, self.start_s))
-        return rest if rest >= 0.0005 else None
+        return window_rest(self.downtime_s, (self.stop_s, self.copy_s, self.start_s))
 
     @property
     def lost_at_restart(self) -> dict[str, int]:
