@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -153,10 +154,21 @@ def test_influxd_is_started_again_whatever_became_of_paths_a_start_does_not_need
 def test_recover_starts_influxd_a_killed_run_left_stopped_and_else_does_nothing(
     tmp_path: Path, sandbox: Sandbox, ledger: Ledger
 ) -> None:
+    began = time.time()
     config = _killed_mid_copy(tmp_path, sandbox, ledger)
+    time.sleep(1.0)  # down at least this long after the kill
     done = run_cli(config, "recover")
+    back = time.time()
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("recovered: influxd, stopped by run "), done.stdout
+    # the outage the killed run caused is measured, to the start recovery made (before: none)
+    [killed] = [
+        r
+        for r in json.loads(run_cli(config, "list", "--json").stdout)
+        if r["status"] == "interrupted"
+    ]
+    assert killed["extra"]["downtime_until_recovery"] is True
+    assert 1.0 <= killed["downtime_s"] <= back - began, (killed["downtime_s"], back - began)
     said = done.stdout.splitlines()
     # and what else the killed run left: its record still `running`
     assert any(line.startswith("cleared: run ") for line in said), said

@@ -129,6 +129,11 @@ def print_record(record: RunRecord, as_json: bool, *, verbose: bool = False) -> 
             "  downtime  pending: influxd was asked to stop and frozen before it exited; it "
             "goes down once thawed, and is started again then"
         )
+    elif record.downtime_s is not None and record.extra.get("downtime_until_recovery"):
+        print(
+            f"  downtime  {fmt_s(record.downtime_s)}: killed in its stop window; influxd ran "
+            "again once recovery started it"
+        )
     elif record.downtime_s is None and "serving_after_stop" in record.extra:
         print(
             "  downtime  none so far: influxd was asked to stop and still served past "

@@ -418,6 +418,7 @@ def _recover(
     marker = CrashMarker(config.state_dir)
     left = marker.read()
     not_started: InfluxdError | None = None
+    back_at: float | None = None  # when recovery had influxd answering again (it started it)
     if left is not None and CrashMarker.never_stopped(left):
         # Its writer died between writing it and asking influxd to stop: the server it named
         # runs untouched, nothing was swapped. Only a restore's staging dirs may be left.
@@ -551,6 +552,7 @@ def _recover(
                     # followed up (its on_failure told) below, then the caller tries again later.
                     not_started = exc
                 else:
+                    back_at = time.time()
                     logger.warning(
                         "recovery.influxd_started",
                         run_id=run_id,
@@ -590,6 +592,13 @@ def _recover(
         record.status = "interrupted"
         record.finished_at = record.finished_at or time.time()
         stopped_it = left is not None and left.get("run_id") == record.id
+        if stopped_it and back_at is not None and left is not None:
+            # killed inside its stop window: the outage it caused ran until this start (the
+            # dead process's clock and ours: both wall clocks, one host)
+            asked = number(left.get("stopping_at"))
+            if asked is not None and left.get("stopping") is True:
+                record.downtime_s = max(0.0, back_at - asked)
+                record.extra["downtime_until_recovery"] = True
         record.error = "the backup process died before finishing" + (
             ""
             if not stopped_it

@@ -152,8 +152,8 @@ class RunRecord:
         """The stop window's time besides the stop, copy and start (the checks between the stop
         and the copy: files still held, the staged tree): the downtime less those three, so the
         phases add up to it. None without a downtime, or when that rest is under half a ms."""
-        if self.downtime_s is None:
-            return None
+        if self.downtime_s is None or self.extra.get("downtime_until_recovery"):
+            return None  # a killed run's outage: no phases of its own to add up
         return window_rest(self.downtime_s, (self.stop_s, self.copy_s, self.start_s))
 
     @property

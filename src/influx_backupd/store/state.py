@@ -466,7 +466,9 @@ class CrashMarker:
         marker may be on its way down even while it still runs."""
         body = self.read()
         if body is not None and body.get("stopping") is not True:
-            self._write({**body, "stopping": True})
+            # stopping_at: a run killed from here on has its outage measured by the recovery
+            # that starts influxd again (guard._recover), to the record and the metrics
+            self._write({**body, "stopping": True, "stopping_at": time.time()})
 
     def swap_done(self, restored: dict[str, object] | None) -> None:
         """A restore's server answers on the restored dirs (pid, create_time): the swap is done.

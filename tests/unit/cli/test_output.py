@@ -125,3 +125,15 @@ def test_a_restores_downtime_parts_add_up_too() -> None:
     assert downtime_sum(0.150, [("stop", 0.076), ("swap", 0.0), ("start", 0.074)]) == (
         "0.150s = stop 0.076s + swap 0.000s + start 0.074s"
     )
+
+
+def test_a_run_killed_in_its_stop_window_shows_the_outage_recovery_ended(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    record = RunRecord(id="20261126T122754Z-3f9e", job="nightly", mode="cold", status="interrupted")
+    record.downtime_s = 12.5
+    record.extra["downtime_until_recovery"] = True
+    print_record(record, as_json=False)
+    out = capsys.readouterr().out
+    assert "  downtime  12.500s: killed in its stop window; influxd ran again once recovery" in out
+    assert record.checks_s is None, "no phases of its own: not all of it 'checks'"
