@@ -5,6 +5,7 @@ a chain that cannot be merged exactly takes the SQL merge and says why."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -270,13 +271,18 @@ def _backup(cli: Cli, job: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _in_tsm(sandbox: Sandbox, db: str) -> None:
-    """Until the database's points are in a TSM file (the cache snapshot after a second), and
-    a second more: that file's time is well before any later -since."""
+    """Until the database's points are in a TSM file (the cache snapshot after a second),
+    then dated an hour back, as a server's settled files are: well before any later -since,
+    which reaches back plan.SINCE_MARGIN_S before its link's anchor (TSM files are immutable:
+    influxd never reads their times)."""
     deadline = time.monotonic() + 60
     while not any(sandbox.data.glob(f"{db}/*/*/*.tsm")):
         assert time.monotonic() < deadline, "never snapshotted to TSM"
         time.sleep(0.2)
-    time.sleep(1.5)
+    time.sleep(0.5)
+    settled = time.time() - 3600
+    for tsm in sandbox.data.glob(f"{db}/*/*/*.tsm"):
+        os.utime(tsm, (settled, settled))
 
 
 def _restore_served(cli: Cli, tmp_path: Path, backup: str, name: str) -> int:
