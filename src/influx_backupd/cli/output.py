@@ -243,6 +243,12 @@ def print_merge(merge: str | None, reason: str | None) -> None:
         print("  chain    merged by files, restored once")
     elif merge == "sql":
         print(f"  chain    copied in with SELECT INTO (not merged by files: {reason})")
+        # said where the operator reads, not only in the log (hot audit: 7,158 deleted points
+        # back after a restore that exited 0)
+        print(
+            "  warning  SELECT INTO cannot undo a DELETE, DROP SERIES or DROP MEASUREMENT made "
+            "between links in a shard that still exists: such points may be back"
+        )
 
 
 def print_deletes(deletes: dict[str, Any] | None) -> None:

@@ -137,3 +137,17 @@ def test_a_run_killed_in_its_stop_window_shows_the_outage_recovery_ended(
     out = capsys.readouterr().out
     assert "  downtime  12.500s: killed in its stop window; influxd ran again once recovery" in out
     assert record.checks_s is None, "no phases of its own: not all of it 'checks'"
+
+
+def test_a_chain_copied_in_with_select_into_warns_of_deleted_points_coming_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Hot audit: a remote chain's restore brought 7,158 deleted points back, exit 0, said only
+    in a log line (restore.sql_merge_caveat)."""
+    from influx_backupd.cli.output import print_merge
+
+    print_merge("sql", "no listing of the shards (a remote backup_host)")
+    out = capsys.readouterr().out
+    assert "  warning  SELECT INTO cannot undo a DELETE, DROP SERIES or DROP MEASUREMENT" in out
+    print_merge("files", None)
+    assert "warning" not in capsys.readouterr().out
