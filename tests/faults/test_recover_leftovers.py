@@ -48,3 +48,60 @@ def test_recover_clears_a_killed_hot_runs_unfinished_dir_and_record(
     assert json.loads(again.stdout)["cleared"] == []
     assert run_cli(config, "recover").stdout.startswith("nothing to recover")
     assert sorted(p.name for p in storage.iterdir() if p.name.startswith("hourly")) == []
+
+
+# Loaded into the daemon (sitecustomize): the cold run's point counts take 5 s, a window
+# before the stop for the daemon's SIGTERM to land in.
+SLOW_COUNTS = """
+import time
+from influx_backupd.influxd import counts
+_before = counts.before_stop
+def _slow(*args, **kwargs):
+    time.sleep(5.0)
+    return _before(*args, **kwargs)
+counts.before_stop = _slow
+"""
+
+
+@pytest.mark.fault(
+    "term", "SIGTERM of the daemon mid-run", "then recover (the unit's ExecStopPost)"
+)
+def test_recover_sends_the_follow_up_a_run_the_daemons_stop_cut_short_owes(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Soak audit: `systemctl stop` mid-run records it interrupted and owes its follow-up (the
+    failure notification, on_failure, metrics); `recover`, which the unit runs after every
+    stop, said "nothing to recover" and left it owed until the daemon's next start."""
+    import os
+    import signal
+    import sys
+
+    from influx_backupd.store.catalog import Catalog
+    from tests.system.test_daemon import daemon, ran_an_hour_ago
+
+    sandbox.create_db("metrics")
+    sandbox.write_points("metrics", 500)
+    told = tmp_path / "on_failure.txt"
+    hook = [sys.executable, "-c", f"open({str(told)!r}, 'a').write('told\\n')"]
+    job = {"name": "nightly", "every": "1h", "mode": "cold", "on_failure": hook}
+    config = write_config(tmp_path, sandbox, jobs=[job])
+    ran_an_hour_ago(tmp_path / "state", "nightly")
+    site = tmp_path / "slow-counts"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_COUNTS)
+    with daemon(tmp_path, config, PYTHONPATH=os.pathsep.join([str(site), *sys.path])) as d:
+        d.wait_event("run.started", 120)
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(60) == 0, d.tail()
+    catalog = Catalog(tmp_path / "state")
+    [owed] = catalog.owed()
+    assert owed.status == "interrupted", owed
+    assert not told.exists(), "the daemon's stop sends nothing: the follow-up is owed"
+
+    done = run_cli(config, "recover")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "nothing to recover" not in done.stdout, done.stdout
+    assert f"cleared: run {owed.id} (nightly) owed its follow-up" in done.stdout, done.stdout
+    assert told.read_text() == "told\n", "on_failure ran"
+    assert catalog.owed() == []
+    assert sandbox.ping()

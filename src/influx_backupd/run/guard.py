@@ -803,9 +803,18 @@ def dead_runs_left(config: Config) -> list[str]:
     catalog = Catalog(config.state_dir)
     try:
         running = catalog.running() if catalog.exists() else []
+        # a run the daemon's stop cut short (SIGTERM: recorded interrupted) owes its failure
+        # notification, hooks and metrics: `recover` (the unit's ExecStopPost) sends them now,
+        # where they waited for the daemon's next start (the soak audit), perhaps for ever. An
+        # ok run's owed follow-up (a verify of its archive: minutes) waits for the next
+        # lock-taking command, as before: a stop or a shutdown must not wait on it
+        owed = [r for r in catalog.owed() if not r.ok] if catalog.exists() else []
     except (CatalogDamaged, OSError, ValueError):
-        running = []  # the recovery says what is wrong with the catalog
+        running, owed = [], []  # the recovery says what is wrong with the catalog
     found += [f"run {r.id} ({r.job}) still recorded running" for r in running]
+    found += [
+        f"run {r.id} ({r.job}) owed its follow-up (notifications, hooks, metrics)" for r in owed
+    ]
     return found
 
 
