@@ -359,3 +359,27 @@ def backed_up(
         runs = [cli.json("backup", "--job", job["name"]) for job in COLD_AND_HOT]
         assert [r["status"] for r in runs] == ["ok", "ok"], runs
         yield BackedUp(root, server, cli, runs)
+
+
+HELD = """
+import importlib, time
+_module = importlib.import_module({module!r})
+_real = getattr(_module, {function!r})
+def _held(*args, **kwargs):
+    time.sleep({seconds!r})
+    return _real(*args, **kwargs)
+setattr(_module, {function!r}, _held)
+"""
+
+
+def held_env(tmp_path: Path, target: str, seconds: float) -> dict[str, str]:
+    """The environment of a CLI or daemon process in which target ("package.module:function",
+    as the caller looks it up) sleeps `seconds` first (a sitecustomize): a window held open at a
+    known step, long enough for a test's signal on a loaded machine."""
+    module, function = target.split(":")
+    site = tmp_path / f"held-{module.rsplit('.', 1)[-1]}-{function}"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        HELD.format(module=module, function=function, seconds=seconds)
+    )
+    return {"PYTHONPATH": os.pathsep.join([str(site), *__import__("sys").path])}

@@ -7,10 +7,8 @@ runs again before we exit."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -23,6 +21,7 @@ from tests.faults.conftest import (
     Watched,
     backup_frozen_in_window,
     frozen,
+    held_env,
     kill_backup_mid_copy,
     run_cli,
 )
@@ -69,28 +68,6 @@ def _a_daemon_run_due_with_a_long_window(tmp_path: Path, sandbox: Sandbox, ledge
     ledger.take()
     filler(sandbox, FILLER)
     return config
-
-
-# Loaded into the daemon (sitecustomize): the cold copy starts 3 s late, so the stop window
-# outlasts the test's look at the log and its signal on a loaded machine (a 200 MB filler
-# alone is copied in a fifth of a second: CI once saw the window over before the signal).
-HOLD_COPY = """
-import time
-from influx_backupd.jobs import cold
-_write = cold.write_archive
-def _held(*args, **kwargs):
-    time.sleep(3.0)
-    return _write(*args, **kwargs)
-cold.write_archive = _held
-"""
-
-
-def _copy_held(tmp_path: Path) -> dict[str, str]:
-    """The daemon's environment that loads HOLD_COPY."""
-    site = tmp_path / "hold-copy"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(HOLD_COPY)
-    return {"PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
 
 
 @pytest.mark.fault("2", "a signal other than TERM/INT/HUP in the stop window", "the daemon")
@@ -164,7 +141,11 @@ def test_the_daemon_given_sigtstp_in_a_run_stops_once_influxd_runs_again(
     """The daemon's runs are in its worker thread: `kill -TSTP` in one's window waits there
     too, and the daemon goes on with its schedule after SIGCONT."""
     config = _a_daemon_run_due_with_a_long_window(tmp_path, sandbox, ledger)
-    with daemon(tmp_path, config, **_copy_held(tmp_path)) as d:
+    # the copy held 3 s: the window outlasts the test's look at the log on a loaded machine (a
+    # 200 MB filler alone is copied in a fifth of a second: CI once saw it over before the signal)
+    with daemon(
+        tmp_path, config, **held_env(tmp_path, "influx_backupd.jobs.cold:write_archive", 3.0)
+    ) as d:
         d.wait_event("influxd.stopped", 120)
         d.proc.send_signal(signal.SIGTSTP)
         assert not sandbox.pids(), "the signal came inside the stop window"

@@ -13,7 +13,7 @@ import pytest
 
 from influx_backupd.influxd.sandbox import Sandbox
 from tests.conftest import write_config
-from tests.faults.conftest import run_cli
+from tests.faults.conftest import held_env, run_cli
 from tests.faults.test_restore_interrupted import paused_at
 
 
@@ -50,19 +50,6 @@ def test_recover_clears_a_killed_hot_runs_unfinished_dir_and_record(
     assert sorted(p.name for p in storage.iterdir() if p.name.startswith("hourly")) == []
 
 
-# Loaded into the daemon (sitecustomize): the cold run's point counts take 5 s, a window
-# before the stop for the daemon's SIGTERM to land in.
-SLOW_COUNTS = """
-import time
-from influx_backupd.influxd import counts
-_before = counts.before_stop
-def _slow(*args, **kwargs):
-    time.sleep(5.0)
-    return _before(*args, **kwargs)
-counts.before_stop = _slow
-"""
-
-
 @pytest.mark.fault(
     "term", "SIGTERM of the daemon mid-run", "then recover (the unit's ExecStopPost)"
 )
@@ -72,7 +59,6 @@ def test_recover_sends_the_follow_up_a_run_the_daemons_stop_cut_short_owes(
     """Soak audit: `systemctl stop` mid-run records it interrupted and owes its follow-up (the
     failure notification, on_failure, metrics); `recover`, which the unit runs after every
     stop, said "nothing to recover" and left it owed until the daemon's next start."""
-    import os
     import signal
     import sys
 
@@ -86,10 +72,9 @@ def test_recover_sends_the_follow_up_a_run_the_daemons_stop_cut_short_owes(
     job = {"name": "nightly", "every": "1h", "mode": "cold", "on_failure": hook}
     config = write_config(tmp_path, sandbox, jobs=[job])
     ran_an_hour_ago(tmp_path / "state", "nightly")
-    site = tmp_path / "slow-counts"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SLOW_COUNTS)
-    with daemon(tmp_path, config, PYTHONPATH=os.pathsep.join([str(site), *sys.path])) as d:
+    # the point counts before the stop held 5 s: a window for the daemon's SIGTERM to land in
+    slow = held_env(tmp_path, "influx_backupd.influxd.counts:before_stop", 5.0)
+    with daemon(tmp_path, config, **slow) as d:
         d.wait_event("run.started", 120)
         d.proc.send_signal(signal.SIGTERM)
         assert d.proc.wait(60) == 0, d.tail()
