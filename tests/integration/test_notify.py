@@ -83,8 +83,12 @@ def test_start_and_success_with_the_log_tail(
         jobs=[job],
         extra=notify_section(receiver, start="/start", success="/ok", failure="/fail"),
     )
-    record = Cli(config).json("backup")
+    done = Cli(config)("backup", "--json")
+    record = json.loads(done.stdout)
     assert record["status"] == "ok"
+    # each notify.sent names its job and mode, the start's too (before its run has an id)
+    sent = log_events(done.stderr, "notify.sent")
+    assert [(e.get("job"), e.get("mode")) for e in sent] == [("nightly", "cold")] * 2, sent
     [start] = receiver.posts("/start")
     assert start["type"] == "info" and start["title"].endswith("nightly started")
     [ok] = receiver.posts("/ok")

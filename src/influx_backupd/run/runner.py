@@ -82,9 +82,11 @@ def run_backup(
     if config.settings.notify.start and not cancel.cancelled:
         subject, body = notify.start_message(job.name, chosen)
         section = config.settings.notify
-        notify.send(
-            section.start, subject, body, event="start", timeout=section.timeout, cancel=cancel
-        )
+        # before the run has an id: its job and mode tie the log's notify.sent to it
+        with log.run_context(job=job.name, mode=chosen):
+            notify.send(
+                section.start, subject, body, event="start", timeout=section.timeout, cancel=cancel
+            )
     if chosen == "cold":
         record = run_cold(config, job, catalog, cancel)
     elif chosen == "hot":
