@@ -208,14 +208,12 @@ def implicit_conf(argv: list[str], proc: psutil.Process) -> tuple[int, int] | No
         env = proc.environ()
     except (psutil.Error, OSError):
         return None
-    root = f"/proc/{proc.pid}/root"
 
     def seen(path: str) -> tuple[int, int] | None:
         try:
-            st = os.stat(root + path)  # the process's root: links resolve inside it
+            return _in_root(proc.pid, path)
         except OSError:
             return None
-        return (st.st_dev, st.st_ino)
 
     named = env.get("INFLUXDB_CONFIG_PATH")
     if named:
@@ -236,26 +234,37 @@ def runs_conf(proc: psutil.Process, argv: list[str], conf: Path) -> bool:
     """Whether the process is influxd serving this influxdb.conf: named with -config (as a
     wrapper passing its arguments on names it too), or found by influxd itself; either way
     the file it sees at that path (through its own root: a container's is its own) must be
-    ours. A -config match whose root may not be read counts, as it always did."""
-    try:
-        st = os.stat(conf)
-    except OSError:
-        return False
-    ours = (st.st_dev, st.st_ino)
+    ours. A -config match whose root, or our own file, may not be read counts, as it always
+    did. Asked of every process in the stop window: our file is looked at only on a match."""
     cwd = _cwd_of(proc)
     if names_conf(argv, conf, cwd):
         value = config_flags(argv)[-1]
         base = "/" if value.startswith("/") else cwd()
-        if base is None:
+        ours = _identity(conf)
+        if base is None or ours is None:
             return True
         try:
-            seen = os.stat(f"/proc/{proc.pid}/root" + os.path.join(base, value))
+            return _in_root(proc.pid, os.path.join(base, value)) == ours
         except OSError as exc:
             # not there in its root: another file system's (a container's); not readable: as
             # before, the path alone
             return exc.errno not in (errno.ENOENT, errno.ENOTDIR)
-        return (seen.st_dev, seen.st_ino) == ours
-    return implicit_conf(argv, proc) == ours
+    implicit = implicit_conf(argv, proc)
+    return implicit is not None and implicit == _identity(conf)
+
+
+def _in_root(pid: int, path: str) -> tuple[int, int]:
+    """(st_dev, st_ino) of path as process pid sees it (links resolve inside its root)."""
+    st = os.stat(f"/proc/{pid}/root" + path)
+    return (st.st_dev, st.st_ino)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _cwd_of(proc: psutil.Process) -> Callable[[], str | None]:
