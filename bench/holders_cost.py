@@ -17,11 +17,12 @@ paired ratio this/vs. Not a test.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from paired import alternate, report
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -67,30 +68,20 @@ def main() -> int:
         )
         try:
             assert neighbour.stdout is not None and neighbour.stdout.readline().strip() == "ready"
-            got: dict[str, list[float]] = {name: [] for name in trees}
-            for i in range(args.runs):
-                for name in list(trees) if i % 2 == 0 else list(reversed(trees)):
-                    done = subprocess.run(
-                        [sys.executable, "-c", TIMED, str(data)],
-                        env={"PYTHONPATH": str(trees[name])},
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    )
-                    seconds, pids = done.stdout.split()
-                    assert str(neighbour.pid) in pids.split(","), (name, done.stdout)
-                    got[name].append(float(seconds))
+
+            def checked(name: str, out: str) -> float:
+                seconds, pids = out.split()
+                assert str(neighbour.pid) in pids.split(","), (name, out)
+                return float(seconds)
+
+            got = alternate(trees, args.runs, lambda _name: ["-c", TIMED, str(data)], checked)
         finally:
             neighbour.kill()
             neighbour.wait()
-    print(
-        f"a neighbour with {args.fds} descriptors and {args.maps} mappings, medians of {args.runs}:"
+    report(
+        f"a neighbour with {args.fds} descriptors and {args.maps} mappings, medians of {args.runs}:",
+        got,
     )
-    for name in trees:
-        print(f"  {name:<5} {statistics.median(got[name]):.4f} s")
-    if args.vs_src:
-        ratio = statistics.median(a / b for a, b in zip(got["this"], got["vs"], strict=True))
-        print(f"  this/vs {ratio:.2f}")
     return 0
 
 

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from paired import alternate, report
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -65,36 +64,25 @@ def main() -> int:
         (src / "meta").mkdir()
         (src / "meta" / "meta.db").write_bytes(b"m" * 512)
         os.utime(src / "meta" / "meta.db", (old, old))
-        got: dict[str, list[float]] = {name: [] for name in trees}
-        for i in range(args.runs):
-            for name in list(trees) if i % 2 == 0 else list(reversed(trees)):
-                done = subprocess.run(
-                    [
-                        sys.executable,
-                        "-c",
-                        TIMED,
-                        str(src),
-                        f"{tmp}/stage-{name}",
-                        str(args.changed),
-                    ],
-                    env={"PYTHONPATH": str(trees[name])},
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                seconds, copied, files = done.stdout.split()
-                assert int(copied) == args.changed, (name, done.stdout)
-                assert int(files) == args.dirs * args.files + 1, (name, done.stdout)
-                got[name].append(float(seconds))
-    print(
+
+        def checked(name: str, out: str) -> float:
+            seconds, copied, files = out.split()
+            assert int(copied) == args.changed, (name, out)
+            assert int(files) == args.dirs * args.files + 1, (name, out)
+            return float(seconds)
+
+        got = alternate(
+            trees,
+            args.runs,
+            # each tree stages into a dir of its own
+            lambda name: ["-c", TIMED, str(src), f"{tmp}/stage-{name}", str(args.changed)],
+            checked,
+        )
+    report(
         f"{args.dirs} dirs x {args.files} files, {args.changed} changed, the stopped pass,"
-        f" medians of {args.runs}:"
+        f" medians of {args.runs}:",
+        got,
     )
-    for name in trees:
-        print(f"  {name:<5} {statistics.median(got[name]):.4f} s")
-    if args.vs_src:
-        ratio = statistics.median(a / b for a, b in zip(got["this"], got["vs"], strict=True))
-        print(f"  this/vs {ratio:.2f}")
     return 0
 
 
